@@ -1,0 +1,494 @@
+/**
+ * The one table of runtime settings: every environment variable, its default and its check.
+ *
+ * The names are the contract with the CDK construct (it writes them to /etc/karma-proxy/env) and with
+ * users of the two systems before us: the stateless load balancer's variables keep their name, meaning
+ * and unit (seconds, and minutes for CIRCUIT_BREAKER_TIMEOUT); Karma's REDIS_URL keeps its forms.
+ */
+import * as os from 'node:os';
+import { makeTarget, Target } from './types';
+
+export type NodeFilter = 'ecs' | 'asg' | 'tag' | 'static';
+export type Mode = 'http' | 'tcp';
+export type IpPreference = 'private' | 'public';
+
+/** An inclusive range of status codes or ports. */
+export interface Range {
+  readonly from: number;
+  readonly to: number;
+}
+
+export interface Config {
+  readonly port: number;
+  readonly host: string;
+  /** Lower-case, no leading or trailing dot; '' when unset (allowed outside ecs mode). */
+  readonly domain: string;
+  readonly nodeFilter: NodeFilter;
+  readonly mode: Mode;
+  readonly staticTargets: readonly Target[];
+  readonly awsRegion: string | undefined;
+  readonly tagName: string;
+  readonly tagValue: string;
+  readonly asgName: string;
+  readonly targetPort: number;
+  readonly nodeCheckPeriodMs: number;
+  /** null when HEALTH_CHECK_PATH=off: no active checks. */
+  readonly healthCheckPath: string | null;
+  readonly healthCheckPeriodMs: number;
+  readonly healthCheckTimeoutMs: number;
+  readonly healthyThreshold: number;
+  readonly unhealthyThreshold: number;
+  readonly healthCheckMatcher: readonly Range[];
+  readonly circuitBreakerThreshold: number;
+  readonly circuitBreakerTimeoutMs: number;
+  readonly retries: number;
+  readonly poolSize: number;
+  readonly poolTimeoutMs: number;
+  readonly upstreamTimeoutMs: number;
+  readonly shutdownTimeoutMs: number;
+  readonly logConnections: boolean;
+  readonly metricsPort: number;
+  readonly metricsHost: string;
+  readonly workers: number;
+  /** Empty means any. Lower-case. */
+  readonly allowedClusters: readonly string[];
+  /** Empty means any. */
+  readonly allowedPorts: readonly Range[];
+  readonly healthyTasksOnly: boolean;
+  readonly ipPreference: IpPreference;
+  readonly negativeCacheTtlMs: number;
+  readonly maxRoutes: number;
+  readonly routeIdleTtlMs: number;
+  readonly redisUrl: string | undefined;
+  readonly redisAuthSecretArn: string | undefined;
+  readonly maxConnections: number;
+  readonly idleTimeoutMs: number;
+  readonly headersTimeoutMs: number;
+  readonly requestTimeoutMs: number;
+  readonly maxHeaderSize: number;
+  readonly maxHeaders: number;
+}
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+/** A default may depend on the discovery mode: ALB-like for ecs, the stateless load balancer's for pools. */
+type Default<T> = T | { readonly ecs: T; readonly pool: T };
+
+interface Setting<T> {
+  readonly env: string;
+  readonly doc: string;
+  /** Shown in docs; the parse result of this text is the default. undefined = unset/optional. */
+  readonly default: Default<string | undefined>;
+  readonly parse: (raw: string) => T;
+}
+
+class Invalid extends Error {}
+
+// ---- parsers: each throws Invalid with a message that completes "NAME must be ..." ----
+
+const integer = (min: number, max: number) => (raw: string): number => {
+  if (!/^\d+$/.test(raw.trim())) throw new Invalid(`an integer from ${min} to ${max}`);
+  const n = Number(raw.trim());
+  if (n < min || n > max) throw new Invalid(`an integer from ${min} to ${max}`);
+  return n;
+};
+
+/** A positive duration in `unit`, fractions allowed, returned in milliseconds. */
+const duration = (unit: 'seconds' | 'minutes', opts: { zero?: boolean } = {}) => (raw: string): number => {
+  const t = raw.trim();
+  if (!/^\d+(\.\d+)?$/.test(t)) throw new Invalid(`a number of ${unit}${opts.zero ? '' : ' above 0'}`);
+  const n = Number(t);
+  if (!(n > 0 || (opts.zero && n === 0))) throw new Invalid(`a number of ${unit}${opts.zero ? '' : ' above 0'}`);
+  const ms = Math.round(n * (unit === 'minutes' ? 60_000 : 1000));
+  if (ms > 2_147_483_647) throw new Invalid(`at most ${unit === 'minutes' ? 35_000 : 2_147_483} ${unit}`);
+  return ms;
+};
+
+const bool = (raw: string): boolean => {
+  const t = raw.trim().toLowerCase();
+  if (['true', '1', 'yes', 'on'].includes(t)) return true;
+  if (['false', '0', 'no', 'off', ''].includes(t)) return false;
+  throw new Invalid('true or false');
+};
+
+const oneOf = <T extends string>(...values: T[]) => (raw: string): T => {
+  const t = raw.trim().toLowerCase() as T;
+  if (!values.includes(t)) throw new Invalid(`one of ${values.join(', ')}`);
+  return t;
+};
+
+const text = (raw: string): string => {
+  if (raw.trim() === '') throw new Invalid('a non-empty string');
+  return raw.trim();
+};
+
+const optionalText = (raw: string): string | undefined => (raw.trim() === '' ? undefined : raw.trim());
+
+const list = (raw: string): string[] =>
+  raw
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s !== '');
+
+/** `8080,9000-9100`: ports and inclusive ranges. */
+export const parseRanges = (min: number, max: number, what: string) => (raw: string): Range[] =>
+  list(raw).map((item) => {
+    const m = /^(\d+)(?:-(\d+))?$/.exec(item);
+    const from = m ? Number(m[1]) : NaN;
+    const to = m ? Number(m[2] ?? m[1]) : NaN;
+    if (!m || from < min || to > max || from > to) {
+      throw new Invalid(`a comma-separated list of ${what} or ranges (${min}-${max}), got '${item}'`);
+    }
+    return { from, to };
+  });
+
+const hostnameRe = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
+
+const domainName = (raw: string): string => {
+  const d = raw.trim().toLowerCase().replace(/^\.+|\.+$/g, '');
+  if (d === '') return '';
+  if (d.length > 253 || !hostnameRe.test(d)) throw new Invalid(`a DNS domain such as example.com, got '${raw}'`);
+  return d;
+};
+
+/** `ip:port,[v6]:port,host:port`: the pool of static mode. */
+const staticTargets = (raw: string): Target[] =>
+  list(raw).map((item) => {
+    const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\[\]]+)):(\d+)$/.exec(item);
+    const port = m ? Number(m[3]) : NaN;
+    const host = m ? (m[1] ?? m[2]).toLowerCase() : '';
+    if (!m || port < 1 || port > 65535 || (!m[1] && !hostnameRe.test(host))) {
+      throw new Invalid(`a comma-separated list of host:port, got '${item}'`);
+    }
+    return makeTarget(host, port);
+  });
+
+/** Karma's bare `host:port`, or a redis:// / rediss:// URL (user and password allowed). */
+const redisUrl = (raw: string): string | undefined => {
+  const t = raw.trim();
+  if (t === '') return undefined;
+  if (/^[^/:@\s]+:\d{1,5}$/.test(t)) return `redis://${t}`;
+  let u: URL;
+  try {
+    u = new URL(t);
+  } catch {
+    throw new Invalid('a redis:// or rediss:// URL, or host:port');
+  }
+  if ((u.protocol !== 'redis:' && u.protocol !== 'rediss:') || u.hostname === '') {
+    throw new Invalid('a redis:// or rediss:// URL, or host:port');
+  }
+  return t;
+};
+
+const cpus = String(typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length);
+
+/**
+ * Every setting, its default and its check. Order is the order of the README's table.
+ * Defaults with { ecs, pool } differ by NODE_FILTER: ALB-like for ecs, the stateless load balancer's
+ * for the pool modes (asg, tag, static).
+ */
+export const SETTINGS = {
+  port: { env: 'PORT', doc: 'Port the proxy listens on.', default: '6969', parse: integer(0, 65535) },
+  host: { env: 'HOST', doc: 'Address the proxy listens on.', default: '0.0.0.0', parse: text },
+  domain: {
+    env: 'DOMAIN',
+    doc: 'Domain under which `<service>-<port>-<cluster>.<DOMAIN>` is routed. Required in ecs mode.',
+    default: undefined,
+    parse: domainName,
+  },
+  nodeFilter: {
+    env: 'NODE_FILTER',
+    doc: 'Discovery: `ecs` (route by Host to ECS services), `asg`, `tag` or `static` (one pool).',
+    default: 'ecs',
+    parse: oneOf<NodeFilter>('ecs', 'asg', 'tag', 'static'),
+  },
+  mode: {
+    env: 'MODE',
+    doc: '`http`, or `tcp` to forward raw TCP to a pool (static, tag, asg).',
+    default: 'http',
+    parse: oneOf<Mode>('http', 'tcp'),
+  },
+  staticTargets: {
+    env: 'STATIC_TARGETS',
+    doc: 'The pool of static mode: `ip:port,ip:port`.',
+    default: undefined,
+    parse: staticTargets,
+  },
+  awsRegion: {
+    env: 'AWS_REGION',
+    doc: 'AWS region of the ECS clusters and EC2 instances. Unset: the SDK chain (the instance\'s region).',
+    default: undefined,
+    parse: optionalText,
+  },
+  tagName: { env: 'TAG_NAME', doc: 'Tag key of the EC2 pool in tag mode.', default: 'Name', parse: text },
+  tagValue: { env: 'TAG_VALUE', doc: 'Tag value of the EC2 pool in tag mode.', default: 'worker-node', parse: text },
+  asgName: { env: 'ASG_NAME', doc: 'Auto Scaling group of the pool in asg mode.', default: 'worker-nodes', parse: text },
+  targetPort: {
+    env: 'TARGET_PORT',
+    doc: 'Port of the EC2 pool targets (tag, asg).',
+    default: '30080',
+    parse: integer(1, 65535),
+  },
+  nodeCheckPeriodMs: {
+    env: 'NODE_CHECK_PERIOD',
+    doc: 'Seconds between discovery refreshes of known routes and pools.',
+    default: { ecs: '30', pool: '10' },
+    parse: duration('seconds'),
+  },
+  healthCheckPath: {
+    env: 'HEALTH_CHECK_PATH',
+    doc: 'Path of active HTTP health checks; `off` disables them.',
+    default: { ecs: '/', pool: '/ping' },
+    parse: (raw: string): string | null => {
+      const t = raw.trim();
+      if (t.toLowerCase() === 'off') return null;
+      if (!/^\/[\x21-\x7e]*$/.test(t)) throw new Invalid("a path starting with '/', or off");
+      return t;
+    },
+  },
+  healthCheckPeriodMs: {
+    env: 'HEALTH_CHECK_PERIOD',
+    doc: 'Seconds between health checks of a target.',
+    default: { ecs: '30', pool: '2' },
+    parse: duration('seconds'),
+  },
+  healthCheckTimeoutMs: {
+    env: 'HEALTH_CHECK_TIMEOUT',
+    doc: 'Seconds a health check may take.',
+    default: { ecs: '5', pool: '2' },
+    parse: duration('seconds'),
+  },
+  healthyThreshold: {
+    env: 'HEALTHY_THRESHOLD',
+    doc: 'Consecutive passing checks that make an unhealthy target healthy.',
+    default: { ecs: '5', pool: '2' },
+    parse: integer(1, 100),
+  },
+  unhealthyThreshold: {
+    env: 'UNHEALTHY_THRESHOLD',
+    doc: 'Consecutive failing checks that make a healthy target unhealthy.',
+    default: '2',
+    parse: integer(1, 100),
+  },
+  healthCheckMatcher: {
+    env: 'HEALTH_CHECK_MATCHER',
+    doc: 'Status codes that pass a health check: `200`, `200-399`, `200,204`.',
+    default: { ecs: '200-399', pool: '200' },
+    parse: (raw: string): Range[] => {
+      const r = parseRanges(100, 599, 'status codes')(raw);
+      if (r.length === 0) throw new Invalid('a comma-separated list of status codes or ranges (100-599)');
+      return r;
+    },
+  },
+  circuitBreakerThreshold: {
+    env: 'CIRCUIT_BREAKER_THRESHOLD',
+    doc: 'Consecutive forwarding failures that open a target\'s circuit breaker.',
+    default: '5',
+    parse: integer(1, 1_000_000),
+  },
+  circuitBreakerTimeoutMs: {
+    env: 'CIRCUIT_BREAKER_TIMEOUT',
+    doc: 'Minutes (fractions allowed) an open breaker waits before letting one trial request through.',
+    default: '5',
+    parse: duration('minutes'),
+  },
+  retries: {
+    env: 'RETRIES',
+    doc: 'How many times a failed request is retried on another target.',
+    default: '2',
+    parse: integer(0, 10),
+  },
+  poolSize: {
+    env: 'POOL_SIZE',
+    doc: 'Maximum sockets per target (keep-alive pool).',
+    default: '100',
+    parse: integer(1, 100_000),
+  },
+  poolTimeoutMs: {
+    env: 'POOL_TIMEOUT',
+    doc: 'Seconds to connect to a target.',
+    default: '2',
+    parse: duration('seconds'),
+  },
+  upstreamTimeoutMs: {
+    env: 'UPSTREAM_TIMEOUT',
+    doc: 'Seconds a target may stay silent (before its response or within it) before a 504 / abort, like the ALB idle timeout.',
+    default: '60',
+    parse: duration('seconds'),
+  },
+  shutdownTimeoutMs: {
+    env: 'SHUTDOWN_TIMEOUT',
+    doc: 'Seconds in-flight requests get to finish after SIGTERM or SIGINT.',
+    default: '30',
+    parse: duration('seconds', { zero: true }),
+  },
+  logConnections: {
+    env: 'LOG_CONNECTIONS',
+    doc: 'Log one JSON access line per request (and per TCP connection in tcp mode).',
+    default: 'false',
+    parse: bool,
+  },
+  metricsPort: {
+    env: 'METRICS_PORT',
+    doc: 'Port of `/metrics` and `/healthz`.',
+    default: '6970',
+    parse: integer(0, 65535),
+  },
+  metricsHost: { env: 'METRICS_HOST', doc: 'Address of the metrics endpoint.', default: '0.0.0.0', parse: text },
+  workers: {
+    env: 'WORKERS',
+    doc: 'Worker processes sharing the port. Default: the number of CPUs.',
+    default: cpus,
+    parse: integer(1, 256),
+  },
+  allowedClusters: {
+    env: 'ALLOWED_CLUSTERS',
+    doc: 'Comma-separated ECS clusters that may be routed to; empty means any.',
+    default: '',
+    parse: (raw: string) => list(raw.toLowerCase()),
+  },
+  allowedPorts: {
+    env: 'ALLOWED_PORTS',
+    doc: 'Comma-separated ports or ranges (`80,8000-8100`) that may be routed to; empty means any.',
+    default: '',
+    parse: parseRanges(1, 65535, 'ports'),
+  },
+  healthyTasksOnly: {
+    env: 'HEALTHY_TASKS_ONLY',
+    doc: 'Route only to ECS tasks whose container health check says HEALTHY.',
+    default: 'false',
+    parse: bool,
+  },
+  ipPreference: {
+    env: 'IP_PREFERENCE',
+    doc: '`private` (in-VPC traffic is free) or `public` (falls back to private) for awsvpc tasks.',
+    default: 'private',
+    parse: oneOf<IpPreference>('private', 'public'),
+  },
+  negativeCacheTtlMs: {
+    env: 'NEGATIVE_CACHE_TTL',
+    doc: 'Seconds a route that has no task is answered 503 without asking AWS again.',
+    default: '10',
+    parse: duration('seconds'),
+  },
+  maxRoutes: { env: 'MAX_ROUTES', doc: 'Most routes kept in memory.', default: '1000', parse: integer(1, 1_000_000) },
+  routeIdleTtlMs: {
+    env: 'ROUTE_IDLE_TTL',
+    doc: 'Seconds after which an unused route is forgotten.',
+    default: '600',
+    parse: duration('seconds'),
+  },
+  redisUrl: {
+    env: 'REDIS_URL',
+    doc: 'Optional Redis to share discovery: `redis://[user:pass@]host:port`, `rediss://…` (TLS) or `host:port`.',
+    default: undefined,
+    parse: redisUrl,
+  },
+  redisAuthSecretArn: {
+    env: 'REDIS_AUTH_SECRET_ARN',
+    doc: 'Secrets Manager secret holding the Redis AUTH token, read once at start.',
+    default: undefined,
+    parse: optionalText,
+  },
+  maxConnections: {
+    env: 'MAX_CONNECTIONS',
+    doc: 'Most open client connections per worker; past it new connections are closed.',
+    default: '10000',
+    parse: integer(1, 1_000_000),
+  },
+  idleTimeoutMs: {
+    env: 'IDLE_TIMEOUT',
+    doc: 'Seconds an idle client connection (keep-alive or stalled) is kept open, like the ALB idle timeout.',
+    default: '60',
+    parse: duration('seconds'),
+  },
+  headersTimeoutMs: {
+    env: 'HEADERS_TIMEOUT',
+    doc: 'Seconds a client has to send the request line and headers.',
+    default: '10',
+    parse: duration('seconds'),
+  },
+  requestTimeoutMs: {
+    env: 'REQUEST_TIMEOUT',
+    doc: 'Seconds a client has to send a whole request, body included; 0 disables it.',
+    default: '300',
+    parse: duration('seconds', { zero: true }),
+  },
+  maxHeaderSize: {
+    env: 'MAX_HEADER_SIZE',
+    doc: 'Most bytes of request line and headers; larger is a 431.',
+    default: '16384',
+    parse: integer(1024, 1_048_576),
+  },
+  maxHeaders: {
+    env: 'MAX_HEADERS',
+    doc: 'Most request header fields; more is a 431.',
+    default: '100',
+    parse: integer(1, 2000),
+  },
+} satisfies { [K in keyof Config]: Setting<Config[K]> };
+
+export class ConfigError extends Error {
+  constructor(readonly problems: readonly string[]) {
+    super(`invalid configuration: ${problems.join('; ')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+function defaultFor(setting: Setting<unknown>, filter: NodeFilter): string | undefined {
+  const d = setting.default;
+  if (d !== undefined && typeof d === 'object') return filter === 'ecs' ? d.ecs : d.pool;
+  return d;
+}
+
+/** Reads and checks every setting; throws one ConfigError naming every bad or missing variable. */
+export function loadConfig(env: Env = process.env): Config {
+  const problems: string[] = [];
+  const out: Record<string, unknown> = {};
+  const read = (key: keyof Config, filter: NodeFilter): void => {
+    const s = SETTINGS[key] as Setting<unknown>;
+    const given = env[s.env];
+    const raw = given !== undefined && given.trim() !== '' ? given : defaultFor(s, filter);
+    if (raw === undefined) {
+      out[key] = undefined;
+      return;
+    }
+    try {
+      out[key] = s.parse(raw);
+    } catch (e) {
+      if (!(e instanceof Invalid)) throw e;
+      problems.push(`${s.env} must be ${e.message} (got '${given}')`);
+    }
+  };
+  read('nodeFilter', 'ecs');
+  const filter = (out.nodeFilter as NodeFilter | undefined) ?? 'ecs';
+  for (const key of Object.keys(SETTINGS) as (keyof Config)[]) if (key !== 'nodeFilter') read(key, filter);
+
+  // Settings that depend on each other.
+  if (filter === 'ecs' && !out.domain && !problems.some((p) => p.startsWith('DOMAIN '))) {
+    problems.push('DOMAIN is required when NODE_FILTER=ecs (routes are <service>-<port>-<cluster>.<DOMAIN>)');
+  }
+  if (filter === 'static' && !(out.staticTargets as Target[] | undefined)?.length &&
+      !problems.some((p) => p.startsWith('STATIC_TARGETS '))) {
+    problems.push('STATIC_TARGETS is required when NODE_FILTER=static (ip:port,ip:port)');
+  }
+  if (out.mode === 'tcp' && filter === 'ecs') {
+    problems.push('MODE=tcp needs a pool: NODE_FILTER must be static, tag or asg (ecs routes by Host, which is HTTP)');
+  }
+  if (
+    typeof out.healthCheckTimeoutMs === 'number' &&
+    typeof out.healthCheckPeriodMs === 'number' &&
+    out.healthCheckTimeoutMs > out.healthCheckPeriodMs
+  ) {
+    problems.push('HEALTH_CHECK_TIMEOUT must not exceed HEALTH_CHECK_PERIOD');
+  }
+  if (out.port !== 0 && out.port === out.metricsPort && out.host === out.metricsHost) {
+    problems.push('METRICS_PORT must differ from PORT');
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+  out.staticTargets ??= [];
+  return Object.freeze(out) as unknown as Config;
+}
+
+/** Env var names, for the README and for the construct's contract test. */
+export const ENV_NAMES: readonly string[] = Object.values(SETTINGS).map((s) => s.env);

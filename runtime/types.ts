@@ -1,0 +1,45 @@
+/** The shapes every runtime module speaks. Kept free of I/O so any module can import them. */
+
+/** One upstream endpoint. `id` is `host:port` (IPv6 in brackets) and is what metrics and logs name. */
+export interface Target {
+  readonly id: string;
+  readonly host: string;
+  readonly port: number;
+}
+
+/** What a Host header names in ecs mode. In pool modes (static, tag, asg) there is one route: POOL_ROUTE. */
+export interface RouteKey {
+  readonly service: string;
+  readonly port: number;
+  readonly cluster: string;
+}
+
+/** The single route of the pool modes; every Host goes to it. */
+export const POOL_ROUTE: RouteKey = Object.freeze({ service: '*', port: 0, cluster: '*' });
+
+/** Stable string form of a route, used as map key, Redis key part and metric label. */
+export function routeId(key: RouteKey): string {
+  return key === POOL_ROUTE || key.service === '*' ? 'pool' : `${key.service}-${key.port}-${key.cluster}`;
+}
+
+export function makeTarget(host: string, port: number): Target {
+  const id = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+  return { id, host, port };
+}
+
+/**
+ * A discovery source. `discover` does the I/O and returns plain targets; it throws on an AWS or
+ * network failure (the caller keeps the last known targets), and returns [] when the route or pool
+ * exists but is empty or does not exist at all (both answer 503).
+ */
+export interface Provider {
+  readonly name: string;
+  discover(route: RouteKey, signal?: AbortSignal): Promise<Target[]>;
+  /** Release clients, timers, sockets. */
+  close?(): Promise<void>;
+}
+
+/** The one method the health checker knows about the rest of the proxy (Traefik's SetStatus). */
+export interface StatusSetter {
+  setStatus(target: Target, up: boolean): void;
+}
