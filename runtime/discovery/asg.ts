@@ -1,0 +1,89 @@
+/**
+ * EC2 pool of an Auto Scaling group (`NODE_FILTER=asg`).
+ *
+ * DescribeAutoScalingGroups(ASG_NAME) → the InService instance ids (not Pending, Terminating*,
+ * Standby …) → DescribeInstances by those ids → transformInstances → `privateIp:TARGET_PORT`.
+ * A missing or empty group is an empty pool and makes no DescribeInstances call: the stateless load
+ * balancer sent an empty id list, which DescribeInstances answers with every instance of the region.
+ */
+import {
+  AutoScalingClient,
+  DescribeAutoScalingGroupsCommand,
+  type AutoScalingGroup,
+} from '@aws-sdk/client-auto-scaling';
+import type { EC2Client, Reservation } from '@aws-sdk/client-ec2';
+import { measureDiscovery, send } from '../aws';
+import { Provider, RouteKey, Target } from '../types';
+import { countSkipped, describeInstancesById, instancesOf, Skipped, transformInstances } from './ec2';
+
+/** Pure: the ids of the group's InService instances, sorted, and how many others were left out. */
+export function inServiceInstanceIds(groups: readonly AutoScalingGroup[], name: string): { ids: string[]; skipped: Skipped } {
+  // The call named one group; a group without a name in the answer can only be that one.
+  const group = groups.find((g) => g.AutoScalingGroupName === name || g.AutoScalingGroupName === undefined);
+  const ids = new Set<string>();
+  let others = 0;
+  for (const i of group?.Instances ?? []) {
+    if (i.LifecycleState === 'InService' && i.InstanceId) ids.add(i.InstanceId);
+    else others++;
+  }
+  return { ids: [...ids].sort(), skipped: others ? { not_in_service: others } : {} };
+}
+
+export interface AsgRecords {
+  readonly groups: readonly AutoScalingGroup[];
+  readonly reservations: readonly Reservation[];
+}
+
+/** Pure: ASG records → targets. Instances must be InService in the group and running in EC2. */
+export function transformAsg(records: AsgRecords, name: string, port: number): { targets: Target[]; skipped: Skipped } {
+  const inService = inServiceInstanceIds(records.groups, name);
+  const wanted = new Set(inService.ids);
+  const instances = instancesOf(records.reservations).filter((i) => !i.InstanceId || wanted.has(i.InstanceId));
+  const out = transformInstances(instances, port);
+  const skipped: Skipped = { ...inService.skipped };
+  for (const [k, n] of Object.entries(out.skipped) as [keyof Skipped, number][]) skipped[k] = (skipped[k] ?? 0) + n;
+  return { targets: out.targets, skipped };
+}
+
+export interface AsgProviderOptions {
+  readonly autoScaling: AutoScalingClient;
+  readonly ec2: EC2Client;
+  readonly asgName: string;
+  readonly targetPort: number;
+  /** Clients made for this provider, destroyed by close(). @default none */
+  readonly ownedClients?: readonly { destroy(): void }[];
+}
+
+export class AsgProvider implements Provider {
+  readonly name = 'asg';
+  readonly scope: string;
+
+  constructor(private readonly opts: AsgProviderOptions) {
+    this.scope = `asg.${opts.asgName}.${opts.targetPort}`;
+  }
+
+  async discover(_route: RouteKey, signal?: AbortSignal): Promise<Target[]> {
+    return measureDiscovery(this.name, signal, async () => {
+      const { targets, skipped } = transformAsg(await this.fetch(signal), this.opts.asgName, this.opts.targetPort);
+      countSkipped(skipped);
+      return targets;
+    });
+  }
+
+  /** The I/O. No InService instance, no DescribeInstances call. */
+  async fetch(signal?: AbortSignal): Promise<AsgRecords> {
+    const out = await send<object, { AutoScalingGroups?: AutoScalingGroup[] }>(
+      this.opts.autoScaling,
+      new DescribeAutoScalingGroupsCommand({ AutoScalingGroupNames: [this.opts.asgName] }),
+      signal,
+    );
+    const groups = out.AutoScalingGroups ?? [];
+    const { ids } = inServiceInstanceIds(groups, this.opts.asgName);
+    if (ids.length === 0) return { groups, reservations: [] };
+    return { groups, reservations: await describeInstancesById(this.opts.ec2, ids, signal) };
+  }
+
+  async close(): Promise<void> {
+    for (const c of this.opts.ownedClients ?? []) c.destroy();
+  }
+}

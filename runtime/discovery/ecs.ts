@@ -1,0 +1,369 @@
+/**
+ * ECS discovery: the RUNNING tasks of one service, as targets for one port.
+ *
+ * Fetch (I/O) then transform (pure), like Traefik's ECS provider:
+ *   ListTasks(desiredStatus=RUNNING), every page → DescribeTasks by 100 → [public IPs: one
+ *   DescribeNetworkInterfaces] → [bridge/host: DescribeContainerInstances + DescribeInstances, cached]
+ *   → transformEcs(records) → targets.
+ *
+ * awsvpc tasks (Fargate, or EC2 with awsvpc) are reached at their ENI's IP on the port of the Host.
+ * bridge/host tasks are reached at their container instance's private IP on the `hostPort` that the
+ * container's `networkBindings` give for the Host's port (the container port), so dynamic host ports
+ * work.
+ */
+import {
+  DescribeContainerInstancesCommand,
+  DescribeTasksCommand,
+  ECSClient,
+  ListTasksCommand,
+  paginateListTasks,
+  type ContainerInstance,
+  type ListTasksCommandInput,
+  type NetworkBinding,
+  type Task,
+} from '@aws-sdk/client-ecs';
+import { DescribeNetworkInterfacesCommand, EC2Client, type NetworkInterface } from '@aws-sdk/client-ec2';
+import { chunk, isNotFound, measureDiscovery, pages, send } from '../aws';
+import type { IpPreference } from '../config';
+import { makeTarget, Provider, RouteKey, Target } from '../types';
+import {
+  countSkipped,
+  describeInstancesById,
+  privateIpsById,
+  sortTargets,
+  type SkipReason,
+  type Skipped,
+  type TransformResult,
+} from './ec2';
+
+export type { SkipReason, Skipped, TransformResult };
+
+/** What the fetch part returns: plain data, nothing live. */
+export interface EcsRecords {
+  /** DescribeTasks output, every batch concatenated. */
+  readonly tasks: readonly Task[];
+  /** Tasks DescribeTasks reported as failures (MISSING). */
+  readonly missing?: number;
+  /** ENI id → public IPv4, from DescribeNetworkInterfaces (only with IP_PREFERENCE=public). */
+  readonly publicIps: Readonly<Record<string, string>>;
+  /** Container instance ARN → its EC2 instance's private IP (bridge/host tasks). */
+  readonly hostIps: Readonly<Record<string, string>>;
+}
+
+export interface EcsTransformOptions {
+  /** The port of the Host: the target port (awsvpc) or the container port (bridge/host). */
+  readonly port: number;
+  readonly healthyTasksOnly: boolean;
+  readonly ipPreference: IpPreference;
+}
+
+/** The task's ENI (awsvpc network mode), from its attachment, else from its containers. */
+export function eniOf(task: Task): { id?: string; privateIp?: string; ipv6?: string } | undefined {
+  const att = (task.attachments ?? []).find(
+    (a) => a.type === 'ElasticNetworkInterface' && (a.details ?? []).length > 0 &&
+      !['DETACHING', 'DETACHED', 'DELETED', 'FAILED'].includes(a.status ?? ''),
+  );
+  const detail = (name: string) => att?.details?.find((d) => d.name === name)?.value || undefined;
+  let privateIp = detail('privateIPv4Address');
+  let ipv6 = detail('ipv6Address');
+  const id = detail('networkInterfaceId');
+  if (!privateIp && !ipv6) {
+    for (const c of task.containers ?? []) {
+      for (const ni of c.networkInterfaces ?? []) {
+        privateIp ||= ni.privateIpv4Address || undefined;
+        ipv6 ||= ni.ipv6Address || undefined;
+      }
+    }
+  }
+  if (!att && !privateIp && !ipv6) return undefined;
+  return { ...(id ? { id } : {}), ...(privateIp ? { privateIp } : {}), ...(ipv6 ? { ipv6 } : {}) };
+}
+
+/** Why a task must not get traffic regardless of its address, or undefined if it may. */
+export function statusSkip(task: Task, healthyTasksOnly: boolean): SkipReason | undefined {
+  if (task.lastStatus !== 'RUNNING') return 'not_running';
+  if (task.desiredStatus !== undefined && task.desiredStatus !== 'RUNNING') return 'stopping';
+  if (task.healthStatus === 'UNHEALTHY') return 'unhealthy';
+  if (healthyTasksOnly && task.healthStatus !== 'HEALTHY') return 'not_healthy';
+  return undefined;
+}
+
+/** `8000-8010` → [8000, 8010]. */
+function range(text: string | undefined): [number, number] | undefined {
+  const m = /^(\d+)-(\d+)$/.exec(text ?? '');
+  return m ? [Number(m[1]), Number(m[2])] : undefined;
+}
+
+/** The host port a binding gives to `containerPort`, or undefined. */
+function hostPortFor(b: NetworkBinding, containerPort: number): number | undefined {
+  if (b.protocol !== undefined && b.protocol !== 'tcp') return undefined;
+  if (b.containerPort === containerPort && typeof b.hostPort === 'number' && b.hostPort > 0) return b.hostPort;
+  const cr = range(b.containerPortRange);
+  const hr = range(b.hostPortRange);
+  // Docker maps a port range onto the host range in order.
+  if (cr && hr && containerPort >= cr[0] && containerPort <= cr[1] && cr[1] - cr[0] === hr[1] - hr[0]) {
+    return hr[0] + (containerPort - cr[0]);
+  }
+  return undefined;
+}
+
+/** The distinct host ports of the task's containers for `containerPort` (bridge/host mode). */
+export function hostPortsOf(task: Task, containerPort: number): number[] {
+  const ports = new Set<number>();
+  for (const c of task.containers ?? []) {
+    for (const b of c.networkBindings ?? []) {
+      const p = hostPortFor(b, containerPort);
+      if (p !== undefined) ports.add(p);
+    }
+  }
+  return [...ports].sort((a, b) => a - b);
+}
+
+/** Tasks that pass the status filters. */
+export function usableTasks(tasks: readonly Task[], healthyTasksOnly: boolean): Task[] {
+  return tasks.filter((t) => statusSkip(t, healthyTasksOnly) === undefined);
+}
+
+/** ENI ids whose public IP is wanted (usable awsvpc tasks). */
+export function eniIdsToResolve(tasks: readonly Task[], opts: Omit<EcsTransformOptions, 'port'>): string[] {
+  if (opts.ipPreference !== 'public') return [];
+  const ids = new Set<string>();
+  for (const t of usableTasks(tasks, opts.healthyTasksOnly)) {
+    const id = eniOf(t)?.id;
+    if (id) ids.add(id);
+  }
+  return [...ids].sort();
+}
+
+/** Container instances whose private IP is needed (usable tasks without an ENI address). */
+export function containerInstancesToResolve(tasks: readonly Task[], healthyTasksOnly: boolean): string[] {
+  const arns = new Set<string>();
+  for (const t of usableTasks(tasks, healthyTasksOnly)) {
+    const eni = eniOf(t);
+    if (!eni?.privateIp && !eni?.ipv6 && t.containerInstanceArn) arns.add(t.containerInstanceArn);
+  }
+  return [...arns].sort();
+}
+
+/** Pure: ECS records → targets for one port, and what was left out and why. */
+export function transformEcs(records: EcsRecords, opts: EcsTransformOptions): TransformResult {
+  const skipped: Skipped = {};
+  const skip = (r: SkipReason) => {
+    skipped[r] = (skipped[r] ?? 0) + 1;
+  };
+  if (records.missing) skipped.not_found = records.missing;
+  const targets: Target[] = [];
+  for (const task of records.tasks) {
+    const why = statusSkip(task, opts.healthyTasksOnly);
+    if (why) {
+      skip(why);
+      continue;
+    }
+    const eni = eniOf(task);
+    if (eni?.privateIp || eni?.ipv6) {
+      const pub = opts.ipPreference === 'public' && eni.id ? records.publicIps[eni.id] : undefined;
+      targets.push(makeTarget((pub || eni.privateIp || eni.ipv6) as string, opts.port));
+      continue;
+    }
+    if (eni || !task.containerInstanceArn) {
+      // An awsvpc task whose ENI has no IP yet, or a task with nothing to reach it by.
+      skip('no_address');
+      continue;
+    }
+    const hostPorts = hostPortsOf(task, opts.port);
+    if (hostPorts.length === 0) {
+      skip('no_binding');
+      continue;
+    }
+    const hostIp = records.hostIps[task.containerInstanceArn];
+    if (!hostIp) {
+      skip('no_host');
+      continue;
+    }
+    for (const p of hostPorts) targets.push(makeTarget(hostIp, p));
+  }
+  return { targets: sortTargets(targets), skipped };
+}
+
+/** Pure: DescribeNetworkInterfaces output → ENI id → public IPv4. */
+export function publicIpsByEni(enis: readonly NetworkInterface[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const n of enis) if (n.NetworkInterfaceId && n.Association?.PublicIp) out[n.NetworkInterfaceId] = n.Association.PublicIp;
+  return out;
+}
+
+export interface EcsProviderOptions {
+  readonly ecs: ECSClient;
+  /** Needed for IP_PREFERENCE=public and for bridge/host tasks. */
+  readonly ec2: EC2Client;
+  readonly healthyTasksOnly?: boolean;
+  readonly ipPreference?: IpPreference;
+  /** How long a container instance → private IP mapping is kept. @default 1 hour */
+  readonly hostCacheTtlMs?: number;
+  /** Most container instances remembered. @default 10000 */
+  readonly hostCacheMax?: number;
+  /** Clients made for this provider, destroyed by close(). @default none */
+  readonly ownedClients?: readonly { destroy(): void }[];
+}
+
+/** The ECS provider: one route = one (service, port, cluster). */
+export class EcsProvider implements Provider {
+  readonly name = 'ecs';
+  /** Redis key part: results depend on these options, so proxies that differ must not share. */
+  readonly scope: string;
+  private readonly ecs: ECSClient;
+  private readonly ec2: EC2Client;
+  private readonly healthyTasksOnly: boolean;
+  private readonly ipPreference: IpPreference;
+  private readonly hostCacheTtlMs: number;
+  private readonly hostCacheMax: number;
+  /** Container instance ARN → private IP of its EC2 instance. Both never change for its life. */
+  private readonly hostCache = new Map<string, { ip: string; until: number }>();
+
+  constructor(private readonly opts: EcsProviderOptions) {
+    this.ecs = opts.ecs;
+    this.ec2 = opts.ec2;
+    this.healthyTasksOnly = opts.healthyTasksOnly ?? false;
+    this.ipPreference = opts.ipPreference ?? 'private';
+    this.hostCacheTtlMs = opts.hostCacheTtlMs ?? 3_600_000;
+    this.hostCacheMax = opts.hostCacheMax ?? 10_000;
+    this.scope = ['ecs', this.ipPreference, this.healthyTasksOnly ? 'healthy' : 'all'].join('.');
+  }
+
+  async discover(route: RouteKey, signal?: AbortSignal): Promise<Target[]> {
+    if (route.service === '*') return [];
+    return measureDiscovery(this.name, signal, async () => {
+      const records = await this.fetch(route, signal);
+      const { targets, skipped } = transformEcs(records, {
+        port: route.port,
+        healthyTasksOnly: this.healthyTasksOnly,
+        ipPreference: this.ipPreference,
+      });
+      countSkipped(skipped);
+      return targets;
+    });
+  }
+
+  /** The I/O: every record the transform needs for one route. */
+  async fetch(route: RouteKey, signal?: AbortSignal): Promise<EcsRecords> {
+    const empty: EcsRecords = { tasks: [], publicIps: {}, hostIps: {} };
+    const arns = await this.listTaskArns(route, signal);
+    if (arns === undefined || arns.length === 0) return empty;
+
+    const described = await Promise.all(
+      chunk(arns, 100).map((batch) =>
+        send<object, { tasks?: Task[]; failures?: unknown[] }>(
+          this.ecs,
+          new DescribeTasksCommand({ cluster: route.cluster, tasks: batch }),
+          signal,
+        ),
+      ),
+    );
+    const tasks = described.flatMap((d) => d.tasks ?? []);
+    const missing = described.reduce((n, d) => n + (d.failures?.length ?? 0), 0);
+    signal?.throwIfAborted();
+
+    const [publicIps, hostIps] = await Promise.all([
+      this.publicIps(eniIdsToResolve(tasks, { healthyTasksOnly: this.healthyTasksOnly, ipPreference: this.ipPreference }), signal),
+      this.hostIps(route.cluster, containerInstancesToResolve(tasks, this.healthyTasksOnly), signal),
+    ]);
+    return { tasks, missing, publicIps, hostIps };
+  }
+
+  /** Every page of ListTasks; undefined when the cluster or service does not exist. */
+  private async listTaskArns(route: RouteKey, signal?: AbortSignal): Promise<string[] | undefined> {
+    const input: ListTasksCommandInput = {
+      cluster: route.cluster,
+      serviceName: route.service,
+      desiredStatus: 'RUNNING',
+      maxResults: 100,
+    };
+    const arns: string[] = [];
+    try {
+      const paginator = paginateListTasks({ client: this.ecs, pageSize: 100 }, input, ...(signal ? [{ abortSignal: signal }] : []));
+      for await (const page of pages(apiOf(ListTasksCommand), input, paginator)) arns.push(...(page.taskArns ?? []));
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+    return [...new Set(arns)];
+  }
+
+  /** One DescribeNetworkInterfaces for every ENI; ENIs without a public IP fall back to private. */
+  private async publicIps(eniIds: string[], signal?: AbortSignal): Promise<Record<string, string>> {
+    if (eniIds.length === 0) return {};
+    let enis: NetworkInterface[];
+    try {
+      const out = await send<object, { NetworkInterfaces?: NetworkInterface[] }>(
+        this.ec2,
+        new DescribeNetworkInterfacesCommand({ NetworkInterfaceIds: eniIds }),
+        signal,
+      );
+      enis = out.NetworkInterfaces ?? [];
+    } catch (err) {
+      // With ids, one ENI deleted in between (a task that just stopped) fails the whole call; a filter
+      // does not. Only then, since the filter form needs paging.
+      if ((err as { name?: string }).name !== 'InvalidNetworkInterfaceID.NotFound') throw err;
+      const out = await send<object, { NetworkInterfaces?: NetworkInterface[] }>(
+        this.ec2,
+        new DescribeNetworkInterfacesCommand({ Filters: [{ Name: 'network-interface-id', Values: eniIds }] }),
+        signal,
+      );
+      enis = out.NetworkInterfaces ?? [];
+    }
+    return publicIpsByEni(enis);
+  }
+
+  /** Private IPs of container instances, from the cache or DescribeContainerInstances + DescribeInstances. */
+  private async hostIps(cluster: string, arns: string[], signal?: AbortSignal): Promise<Record<string, string>> {
+    const out: Record<string, string> = {};
+    const now = Date.now();
+    const unknown: string[] = [];
+    for (const arn of arns) {
+      const hit = this.hostCache.get(arn);
+      if (hit && hit.until > now) out[arn] = hit.ip;
+      else unknown.push(arn);
+    }
+    if (unknown.length === 0) return out;
+
+    const described = await Promise.all(
+      chunk(unknown, 100).map((batch) =>
+        send<object, { containerInstances?: ContainerInstance[] }>(
+          this.ecs,
+          new DescribeContainerInstancesCommand({ cluster, containerInstances: batch }),
+          signal,
+        ),
+      ),
+    );
+    const instanceOf = new Map<string, string>();
+    for (const ci of described.flatMap((d) => d.containerInstances ?? [])) {
+      if (ci.containerInstanceArn && ci.ec2InstanceId) instanceOf.set(ci.containerInstanceArn, ci.ec2InstanceId);
+    }
+    const instanceIds = [...new Set(instanceOf.values())].sort();
+    if (instanceIds.length === 0) return out;
+    const reservations = await describeInstancesById(this.ec2, instanceIds, signal);
+    const ips = privateIpsById(reservations);
+    for (const [arn, id] of instanceOf) {
+      const ip = ips[id];
+      if (!ip) continue;
+      out[arn] = ip;
+      this.remember(arn, ip, now);
+    }
+    return out;
+  }
+
+  private remember(arn: string, ip: string, now: number): void {
+    this.hostCache.delete(arn);
+    this.hostCache.set(arn, { ip, until: now + this.hostCacheTtlMs });
+    // Map keeps insertion order: the first key is the oldest.
+    while (this.hostCache.size > this.hostCacheMax) this.hostCache.delete(this.hostCache.keys().next().value as string);
+  }
+
+  async close(): Promise<void> {
+    for (const c of this.opts.ownedClients ?? []) c.destroy();
+  }
+}
+
+function apiOf(ctor: { name: string }): string {
+  return ctor.name.replace(/Command$/, '');
+}
