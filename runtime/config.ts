@@ -137,7 +137,7 @@ export const parseRanges = (min: number, max: number, what: string) => (raw: str
     const from = m ? Number(m[1]) : NaN;
     const to = m ? Number(m[2] ?? m[1]) : NaN;
     if (!m || from < min || to > max || from > to) {
-      throw new Invalid(`a comma-separated list of ${what} or ranges (${min}-${max}), got '${item}'`);
+      throw new Invalid(`a comma-separated list of ${what} or ranges (${min}-${max}), and '${item}' is not one`);
     }
     return { from, to };
   });

@@ -1,3 +1,135 @@
-// Placeholder until the server lands; replaced in the next commits.
-import { loadConfig } from './config';
-loadConfig();
+/**
+ * Wiring: the primary process checks the configuration, forks WORKERS workers that share the port,
+ * replaces any that dies, serves /metrics (summed over all workers) and /healthz, and on SIGTERM or
+ * SIGINT lets every worker finish its in-flight requests before it exits 0.
+ */
+import cluster, { Worker } from 'node:cluster';
+import * as http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { AggregatorRegistry } from 'prom-client';
+import { Config, ConfigError, loadConfig } from './config';
+import { errorFields, log } from './log';
+import { startWorker } from './worker';
+
+const EXIT_BAD_CONFIG = 2;
+
+function configOrExit(): Config {
+  try {
+    return loadConfig(process.env);
+  } catch (e) {
+    if (!(e instanceof ConfigError)) throw e;
+    // One message naming every bad setting, readable by a person and a log parser alike.
+    process.stderr.write(`karma-proxy: ${e.message}\n`);
+    process.exit(EXIT_BAD_CONFIG);
+  }
+}
+
+type WorkerMessage = { type: 'ready'; port: number } | { type: 'fatal'; error: string };
+
+function runPrimary(config: Config): void {
+  const aggregator = new AggregatorRegistry();
+  const ready = new Set<number>();
+  let listenPort = 0;
+  let shuttingDown = false;
+  let announced = false;
+  const recentDeaths: number[] = [];
+
+  const fork = (): Worker => {
+    const w = cluster.fork();
+    w.on('message', (m: WorkerMessage) => {
+      if (m?.type === 'ready') {
+        ready.add(w.id);
+        listenPort = m.port;
+        if (!announced && ready.size === config.workers) {
+          announced = true;
+          log('info', 'ready', { port: listenPort, workers: config.workers, metricsPort: metricsPort(), mode: config.mode, nodeFilter: config.nodeFilter });
+        }
+      } else if (m?.type === 'fatal') {
+        // A worker that cannot start (port taken, …) would fail the same way again: stop here.
+        log('error', 'worker cannot start', { error: m.error });
+        shuttingDown = true;
+        for (const other of Object.values(cluster.workers ?? {})) other?.process.kill('SIGTERM');
+        process.exitCode = 1;
+      }
+    });
+    return w;
+  };
+
+  cluster.on('exit', (w, code, signal) => {
+    ready.delete(w.id);
+    if (shuttingDown) {
+      if (Object.keys(cluster.workers ?? {}).length === 0) void stop();
+      return;
+    }
+    log('error', 'worker died; replacing it', { worker: w.id, code, signal });
+    const now = Date.now();
+    recentDeaths.push(now);
+    while (recentDeaths.length && now - recentDeaths[0] > 10_000) recentDeaths.shift();
+    // A crash loop is slowed down rather than spun: one replacement per second past 5 deaths in 10 s.
+    const delay = recentDeaths.length > 5 ? 1000 : 0;
+    setTimeout(fork, delay).unref();
+  });
+
+  const metricsServer = http.createServer((req, res) => {
+    const path = (req.url ?? '').split('?')[0];
+    if (req.method === 'GET' && path === '/metrics') {
+      aggregator.clusterMetrics().then(
+        (text) => {
+          res.writeHead(200, { 'Content-Type': aggregator.contentType });
+          res.end(text);
+        },
+        (err: unknown) => {
+          res.writeHead(500, { 'Content-Type': 'text/plain' });
+          res.end(`metrics unavailable: ${String(err)}\n`);
+        },
+      );
+    } else if (req.method === 'GET' && path === '/healthz') {
+      const ok = ready.size > 0 && !shuttingDown;
+      res.writeHead(ok ? 200 : 503, { 'Content-Type': 'application/json' });
+      res.end(JSON.stringify({ status: ok ? 'ok' : shuttingDown ? 'stopping' : 'starting', workers: ready.size, port: listenPort }) + '\n');
+    } else {
+      res.writeHead(404, { 'Content-Type': 'text/plain' });
+      res.end('not found\n');
+    }
+  });
+  metricsServer.on('error', (err) => {
+    // The proxy itself keeps serving without its metrics endpoint.
+    log('error', 'metrics endpoint cannot listen', { port: config.metricsPort, ...errorFields(err) });
+  });
+  metricsServer.listen(config.metricsPort, config.metricsHost);
+  const metricsPort = (): number => (metricsServer.address() as AddressInfo | null)?.port ?? config.metricsPort;
+
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> =>
+    (stopping ??= new Promise<void>((resolve) => {
+      metricsServer.close();
+      metricsServer.closeAllConnections();
+      resolve();
+    }).then(() => process.exit(process.exitCode ?? 0)));
+
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (shuttingDown && signal !== 'SIGINT') return;
+    shuttingDown = true;
+    log('info', 'shutting down', { signal, timeoutSeconds: config.shutdownTimeoutMs / 1000 });
+    const workers = Object.values(cluster.workers ?? {});
+    if (workers.length === 0) void stop();
+    for (const w of workers) w?.process.kill('SIGTERM');
+    // Workers enforce SHUTDOWN_TIMEOUT themselves; this only guards against one that hangs.
+    setTimeout(() => {
+      for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGKILL');
+      void stop();
+    }, config.shutdownTimeoutMs + 5000).unref();
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+
+  for (let i = 0; i < config.workers; i++) fork();
+}
+
+function main(): void {
+  const config = configOrExit();
+  if (cluster.isPrimary) runPrimary(config);
+  else void startWorker(config);
+}
+
+main();

@@ -4,7 +4,7 @@
  *
  * The first five names are the stateless load balancer's, kept exactly so its dashboards still work.
  */
-import { Counter, Gauge, Histogram, register } from 'prom-client';
+import { AggregatorRegistry, Counter, Gauge, Histogram, register } from 'prom-client';
 
 export { register };
 
@@ -123,4 +123,12 @@ export const tasksSkipped = new Counter({
 /** Class of an HTTP status for the requests counter: 2xx, 3xx, 4xx, 5xx. */
 export function statusClass(status: number): string {
   return `${Math.floor(status / 100)}xx`;
+}
+
+/**
+ * In a cluster worker: answer the primary's requests for this worker's metrics. prom-client installs
+ * that listener only when an AggregatorRegistry is made, so a worker makes one.
+ */
+export function serveMetricsToPrimary(): void {
+  new AggregatorRegistry();
 }

@@ -1,0 +1,187 @@
+/**
+ * Targets and their state, and round-robin over them.
+ *
+ * A target's state (health verdict, circuit breaker, keep-alive agent, in-flight count) lives once in
+ * the TargetRegistry, shared by every route that names it; a Pool is one route's ordered members.
+ * The balancer knows targets and their state, not where they came from (discovery) nor how health
+ * is judged (the health checker calls setStatus).
+ */
+import * as http from 'node:http';
+import { CircuitBreaker, breakerStateValue } from './breaker';
+import { breakerState, failOpenTotal, nodeHealthStatus, targetsPerRoute } from './metrics';
+import type { StatusSetter, Target } from './types';
+
+export interface TargetState {
+  readonly target: Target;
+  /** true healthy, false unhealthy, undefined not checked yet (or active checks are off). */
+  healthy: boolean | undefined;
+  readonly breaker: CircuitBreaker;
+  /** Keep-alive agent: POOL_SIZE sockets at most to this target. */
+  readonly agent: http.Agent;
+  inflight: number;
+  /** How many pools list this target; at 0 with nothing in flight it is forgotten (drained). */
+  refs: number;
+}
+
+export interface RegistryOptions {
+  readonly poolSize: number;
+  readonly breakerThreshold: number;
+  readonly breakerTimeoutMs: number;
+  /** Free keep-alive sockets are closed after this idle time, before a typical upstream would close them. */
+  readonly freeSocketTimeoutMs?: number;
+}
+
+export class TargetRegistry implements StatusSetter {
+  private readonly states = new Map<string, TargetState>();
+  private changed: (() => void) | undefined;
+
+  constructor(private readonly opts: RegistryOptions) {}
+
+  /** Called whenever the set of targets in use changes (the health checker re-syncs on it). */
+  onChange(fn: () => void): void {
+    this.changed = fn;
+  }
+
+  targets(): Target[] {
+    return [...this.states.values()].map((s) => s.target);
+  }
+
+  get(id: string): TargetState | undefined {
+    return this.states.get(id);
+  }
+
+  acquire(target: Target): TargetState {
+    let s = this.states.get(target.id);
+    if (!s) {
+      const id = target.id;
+      s = {
+        target,
+        healthy: undefined,
+        breaker: new CircuitBreaker({
+          threshold: this.opts.breakerThreshold,
+          timeoutMs: this.opts.breakerTimeoutMs,
+          onChange: (state) => breakerState.labels({ target: id }).set(breakerStateValue(state)),
+        }),
+        agent: new http.Agent({
+          keepAlive: true,
+          maxSockets: this.opts.poolSize,
+          maxFreeSockets: Math.min(this.opts.poolSize, 256),
+          timeout: this.opts.freeSocketTimeoutMs ?? 4000,
+          scheduling: 'lifo',
+        }),
+        inflight: 0,
+        refs: 0,
+      };
+      this.states.set(id, s);
+      this.changed?.();
+    }
+    s.refs++;
+    return s;
+  }
+
+  release(s: TargetState): void {
+    s.refs--;
+    this.collect(s);
+  }
+
+  /** Called when a request to `s` ends; finishes draining a target that left every pool. */
+  done(s: TargetState): void {
+    s.inflight--;
+    if (s.refs <= 0) this.collect(s);
+  }
+
+  private collect(s: TargetState): void {
+    if (s.refs > 0 || this.states.get(s.target.id) !== s) return;
+    if (s.inflight > 0) return; // draining: in-flight requests finish, done() comes back here
+    this.states.delete(s.target.id);
+    s.agent.destroy();
+    breakerState.remove({ target: s.target.id });
+    nodeHealthStatus.remove({ target: s.target.id });
+    this.changed?.();
+  }
+
+  setStatus(target: Target, up: boolean): void {
+    const s = this.states.get(target.id);
+    if (s) s.healthy = up;
+  }
+
+  close(): void {
+    for (const s of this.states.values()) s.agent.destroy();
+    this.states.clear();
+  }
+}
+
+export interface Pick {
+  readonly state: TargetState;
+  /** Every target of the route was unhealthy, so an unhealthy one was chosen (as the ALB does). */
+  readonly failOpen: boolean;
+}
+
+// Preference tiers: healthy first; targets not checked yet only when none is healthy; unhealthy
+// ones only when nothing else is left (fail open).
+const HEALTHY = 0;
+const UNCHECKED = 1;
+const UNHEALTHY = 2;
+const tier = (s: TargetState): number => (s.healthy === true ? HEALTHY : s.healthy === undefined ? UNCHECKED : UNHEALTHY);
+
+/** One route's members, in a stable order, and its round-robin cursor. */
+export class Pool {
+  private members: TargetState[] = [];
+  private cursor = 0;
+
+  constructor(
+    readonly id: string,
+    private readonly registry: TargetRegistry,
+  ) {}
+
+  get size(): number {
+    return this.members.length;
+  }
+
+  get targets(): readonly Target[] {
+    return this.members.map((m) => m.target);
+  }
+
+  /**
+   * Replaces the members, idempotently: a target already present keeps its state, and the cursor is
+   * not reset, so a refresh with the same members does not disturb the rotation. Leaving targets are
+   * drained (no new requests; in-flight ones finish).
+   */
+  update(targets: readonly Target[]): void {
+    const next = [...new Map(targets.map((t) => [t.id, t])).values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    const same = next.length === this.members.length && next.every((t, i) => t.id === this.members[i].target.id);
+    if (same) return;
+    const old = this.members;
+    this.members = next.map((t) => this.registry.acquire(t));
+    for (const s of old) this.registry.release(s);
+    if (this.members.length > 0) this.cursor %= this.members.length;
+    else this.cursor = 0;
+    targetsPerRoute.labels({ route: this.id }).set(this.members.length);
+  }
+
+  /** Drops every member (the route is forgotten). */
+  clear(): void {
+    this.update([]);
+    targetsPerRoute.remove({ route: this.id });
+  }
+
+  /**
+   * Round-robin over the best tier of targets whose breaker lets a request through, skipping
+   * `exclude` (targets this request already failed on). Exact: with all targets healthy, N picks
+   * visit each target once per N. Synchronous, so concurrent requests never share a cursor value.
+   */
+  pick(exclude?: ReadonlySet<TargetState>): Pick | undefined {
+    const n = this.members.length;
+    for (let want = HEALTHY; want <= UNHEALTHY; want++) {
+      for (let k = 0; k < n; k++) {
+        const i = (this.cursor + k) % n;
+        const s = this.members[i];
+        if (tier(s) !== want || exclude?.has(s) || !s.breaker.tryAcquire()) continue;
+        this.cursor = i + 1 === n ? 0 : i + 1;
+        if (want === UNHEALTHY) failOpenTotal.labels({ route: this.id }).inc();
+        return { state: s, failOpen: want === UNHEALTHY };
+      }
+    }
+    return undefined;
+  }
+}

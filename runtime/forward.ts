@@ -1,0 +1,391 @@
+/**
+ * Forwarding: a request and a chosen target in, the upstream's response (or a clean 5xx) out.
+ *
+ * Plain HTTP requests go through node:http directly rather than http-proxy: http-proxy pipes the
+ * request body upstream the moment it is called, so when a connection is then refused the body is
+ * gone and the request cannot be retried on another target. Here the body starts flowing only once
+ * the upstream socket is connected. WebSocket upgrades use http-proxy's `ws` pass.
+ *
+ * Outcomes map to statuses as fastify-reply-from does: refused or reset is 502, a silent upstream
+ * 504, no target 503 (with Retry-After). The cause is kept for the log and the metric.
+ */
+import * as http from 'node:http';
+import type { Duplex } from 'node:stream';
+import httpProxy from 'http-proxy';
+import type { Pool, TargetRegistry, TargetState } from './balancer';
+import { failedConnections, retriesTotal, successfulConnections, upstreamErrors } from './metrics';
+
+export interface ForwardOptions {
+  readonly connectTimeoutMs: number;
+  readonly upstreamTimeoutMs: number;
+  readonly retries: number;
+  /** The port clients connected to, for X-Forwarded-Port. */
+  readonly listenPort: () => number;
+}
+
+export type FailureKind = 'refused' | 'reset' | 'timeout' | 'connect_timeout' | 'dns' | 'other';
+
+/** What became of one forwarded request, for the access log and metrics. */
+export interface Outcome {
+  status: number;
+  target: string | undefined;
+  attempts: number;
+  error: FailureKind | undefined;
+}
+
+// Hop-by-hop headers (RFC 9110 §7.6.1, plus the old Keep-Alive/Proxy-Connection), never forwarded.
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+]);
+// Headers the proxy sets itself.
+const OWN = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-port', 'x-forwarded-host', 'expect']);
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
+
+/** A try that ended without a response. `client_gone`: the client left first, not the target's fault. */
+class UpstreamError extends Error {
+  constructor(
+    readonly kind: FailureKind | 'client_gone',
+    /** Nothing of the request reached the target: safe to retry with any method. */
+    readonly beforeSend: boolean,
+  ) {
+    super(kind);
+  }
+}
+
+function kindOf(err: NodeJS.ErrnoException): FailureKind {
+  switch (err.code) {
+    case 'ECONNREFUSED':
+    case 'EHOSTUNREACH':
+    case 'ENETUNREACH':
+      return 'refused';
+    case 'ECONNRESET':
+    case 'EPIPE':
+    case 'ECONNABORTED':
+      return 'reset';
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+      return 'dns';
+    case 'ETIMEDOUT':
+      return 'connect_timeout';
+    default:
+      return 'other';
+  }
+}
+
+function clientIp(req: http.IncomingMessage): string {
+  const a = req.socket.remoteAddress ?? '';
+  return a.startsWith('::ffff:') ? a.slice(7) : a;
+}
+
+/** Names listed in a Connection header are hop-by-hop too. */
+function connectionTokens(req: http.IncomingMessage): Set<string> | undefined {
+  const c = req.headers.connection;
+  if (!c) return undefined;
+  return new Set(c.split(',').map((t) => t.trim().toLowerCase()));
+}
+
+/** The upstream request's headers: client's headers minus hop-by-hop, plus X-Forwarded-*. Flat [k, v, k, v]. */
+export function upstreamHeaders(req: http.IncomingMessage, listenPort: number): string[] {
+  const raw = req.rawHeaders;
+  const extra = connectionTokens(req);
+  const out: string[] = [];
+  let xff: string | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i];
+    const lower = name.toLowerCase();
+    if (HOP_BY_HOP.has(lower) || extra?.has(lower)) continue;
+    if (OWN.has(lower)) {
+      if (lower === 'x-forwarded-for') xff = xff === undefined ? raw[i + 1] : `${xff}, ${raw[i + 1]}`;
+      continue;
+    }
+    out.push(name, raw[i + 1]);
+  }
+  const ip = clientIp(req);
+  out.push('X-Forwarded-For', xff ? `${xff}, ${ip}` : ip);
+  out.push('X-Forwarded-Proto', 'http');
+  out.push('X-Forwarded-Port', String(listenPort));
+  if (req.headers.host !== undefined) out.push('X-Forwarded-Host', req.headers.host);
+  return out;
+}
+
+/** The response headers for the client: upstream's minus hop-by-hop. Flat [k, v, k, v]. */
+function downstreamHeaders(res: http.IncomingMessage): string[] {
+  const raw = res.rawHeaders;
+  const c = res.headers.connection;
+  const extra = c ? new Set(c.split(',').map((t) => t.trim().toLowerCase())) : undefined;
+  const out: string[] = [];
+  for (let i = 0; i < raw.length; i += 2) {
+    const lower = raw[i].toLowerCase();
+    if (HOP_BY_HOP.has(lower) || extra?.has(lower)) continue;
+    out.push(raw[i], raw[i + 1]);
+  }
+  return out;
+}
+
+function hasBody(req: http.IncomingMessage): boolean {
+  const te = req.headers['transfer-encoding'];
+  if (te !== undefined) return true;
+  const cl = req.headers['content-length'];
+  return cl !== undefined && cl !== '0';
+}
+
+/** Writes a short plain-text answer of the proxy's own, if the response has not started. */
+export function answer(res: http.ServerResponse, status: number, message: string, headers?: Record<string, string>): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  const body = message + '\n';
+  res.writeHead(status, {
+    'Content-Type': 'text/plain; charset=utf-8',
+    'Content-Length': Buffer.byteLength(body),
+    'Cache-Control': 'no-store',
+    ...headers,
+  });
+  res.end(body);
+}
+
+export class Forwarder {
+  private readonly wsProxy = httpProxy.createProxyServer({ ws: true, xfwd: false, changeOrigin: false });
+
+  constructor(
+    private readonly registry: TargetRegistry,
+    private readonly opts: ForwardOptions,
+  ) {
+    // http-proxy re-throws errors no one handles; each ws() call passes its own callback, this is a backstop.
+    this.wsProxy.on('error', () => undefined);
+  }
+
+  /**
+   * Forwards `req` to a target of `pool`, retrying on the next target when that is safe:
+   * any method when nothing was sent, idempotent ones without a body when the target reset before
+   * answering. Resolves when the response is finished or abandoned; never rejects.
+   */
+  async web(req: http.IncomingMessage, res: http.ServerResponse, pool: Pool): Promise<Outcome> {
+    const outcome: Outcome = { status: 0, target: undefined, attempts: 0, error: undefined };
+    const tried = new Set<TargetState>();
+    const headers = upstreamHeaders(req, this.opts.listenPort());
+    const body = hasBody(req);
+    const retryOnReset = IDEMPOTENT.has(req.method ?? '') && !body;
+    for (;;) {
+      const pick = pool.pick(tried);
+      if (!pick) {
+        // Nothing (else) to try: the client hears what went wrong with the last target, if any.
+        if (outcome.error) return this.fail(res, outcome);
+        outcome.status = 503;
+        answer(res, 503, 'no target available', { 'Retry-After': '5' });
+        return outcome;
+      }
+      const s = pick.state;
+      tried.add(s);
+      outcome.attempts++;
+      outcome.target = s.target.id;
+      try {
+        outcome.status = await this.attempt(req, res, s, headers, body);
+        outcome.error = undefined;
+        return outcome;
+      } catch (e) {
+        const err = e as UpstreamError;
+        if (err.kind === 'client_gone') {
+          outcome.status = 499; // nginx's code for "client closed request"; only logged, never sent
+          return outcome;
+        }
+        outcome.error = err.kind;
+        // Timeouts are not retried: the target may be working on it, and the client has waited long enough.
+        const retryable = err.beforeSend || (retryOnReset && err.kind === 'reset');
+        if (retryable && outcome.attempts <= this.opts.retries && !res.headersSent && !req.socket.destroyed) {
+          retriesTotal.inc();
+          continue;
+        }
+        return this.fail(res, outcome);
+      }
+    }
+  }
+
+  private fail(res: http.ServerResponse, outcome: Outcome): Outcome {
+    outcome.status = outcome.error === 'timeout' || outcome.error === 'connect_timeout' ? 504 : 502;
+    answer(res, outcome.status, outcome.status === 504 ? 'upstream timed out' : 'upstream connection failed');
+    return outcome;
+  }
+
+  /** One try against one target. Resolves with the status once the response is done; rejects with UpstreamError. */
+  private attempt(
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    s: TargetState,
+    headers: string[],
+    body: boolean,
+  ): Promise<number> {
+    const { target } = s;
+    s.inflight++;
+    return new Promise<number>((resolve, reject) => {
+      let settled = false;
+      let sent = false; // any byte of the request may have reached the target
+      let responded = false;
+      let connectTimer: NodeJS.Timeout | undefined;
+      const up = http.request({
+        host: target.host,
+        port: target.port,
+        method: req.method,
+        path: req.url,
+        headers: headers as unknown as http.OutgoingHttpHeaders,
+        agent: s.agent,
+        setHost: false,
+      });
+
+      const finish = (status: number | undefined, err?: UpstreamError): void => {
+        if (settled) return;
+        settled = true;
+        if (connectTimer) clearTimeout(connectTimer);
+        res.off('close', onClientClose);
+        this.registry.done(s);
+        if (err) {
+          if (err.kind === 'client_gone') s.breaker.release();
+          else {
+            s.breaker.onFailure();
+            failedConnections.labels({ target: target.id }).inc();
+            upstreamErrors.labels({ kind: err.kind }).inc();
+          }
+          reject(err);
+        } else resolve(status!);
+      };
+
+      const fail = (kind: FailureKind): void => {
+        if (settled) return;
+        if (responded) {
+          // Mid-response: the status is on its way already; cut the client off so it sees a short body.
+          upstreamErrors.labels({ kind }).inc();
+          failedConnections.labels({ target: target.id }).inc();
+          res.destroy();
+          finish(res.statusCode);
+          return;
+        }
+        up.destroy();
+        finish(undefined, new UpstreamError(kind, !sent));
+      };
+
+      // The client went away before the response ended: stop the upstream work too. (`req` emits
+      // 'close' once its body is read, so the response's 'close' is the signal that the client left.)
+      const onClientClose = (): void => {
+        if (settled || res.writableFinished) return;
+        up.destroy();
+        if (responded) finish(res.statusCode);
+        else finish(undefined, new UpstreamError('client_gone', false));
+      };
+      res.on('close', onClientClose);
+
+      const startSending = (): void => {
+        if (connectTimer) clearTimeout(connectTimer);
+        connectTimer = undefined;
+        sent = true;
+        if (body) req.pipe(up);
+        else up.end();
+      };
+
+      up.on('socket', (socket) => {
+        if ((socket as unknown as { connecting: boolean }).connecting) {
+          connectTimer = setTimeout(() => {
+            const e = Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' });
+            up.destroy(e);
+          }, this.opts.connectTimeoutMs);
+          socket.once('connect', startSending);
+        } else {
+          startSending();
+        }
+      });
+
+      // Idle timeout of the upstream socket: silent before the response is a 504, within it an abort.
+      up.setTimeout(this.opts.upstreamTimeoutMs, () => fail('timeout'));
+
+      up.on('error', (err: NodeJS.ErrnoException) => fail(kindOf(err)));
+
+      up.on('response', (upRes) => {
+        responded = true;
+        if (connectTimer) clearTimeout(connectTimer);
+        s.breaker.onSuccess();
+        successfulConnections.labels({ target: target.id }).inc();
+        const status = upRes.statusCode ?? 502;
+        if (!res.headersSent) {
+          res.writeHead(status, upRes.statusMessage, downstreamHeaders(upRes));
+        }
+        upRes.on('error', () => fail('reset'));
+        upRes.on('aborted', () => fail('reset'));
+        upRes.pipe(res);
+        res.on('finish', () => finish(status));
+      });
+    });
+  }
+
+  /** Forwards a WebSocket (or other Upgrade) handshake and then the raw bytes both ways. */
+  ws(req: http.IncomingMessage, socket: Duplex, head: Buffer, pool: Pool): Promise<Outcome> {
+    const outcome: Outcome = { status: 101, target: undefined, attempts: 1, error: undefined };
+    const pick = pool.pick();
+    if (!pick) {
+      outcome.status = 503;
+      rawAnswer(socket, 503, 'no target available', 'Retry-After: 5\r\n');
+      return Promise.resolve(outcome);
+    }
+    const s = pick.state;
+    outcome.target = s.target.id;
+    s.inflight++;
+    // X-Forwarded-* as for plain requests; http-proxy copies req.headers to the upstream request.
+    const ip = clientIp(req);
+    const prior = req.headers['x-forwarded-for'];
+    req.headers['x-forwarded-for'] = prior ? `${prior}, ${ip}` : ip;
+    req.headers['x-forwarded-proto'] = 'http';
+    req.headers['x-forwarded-port'] = String(this.opts.listenPort());
+    if (req.headers.host !== undefined) req.headers['x-forwarded-host'] = req.headers.host;
+    return new Promise((resolve) => {
+      let done = false;
+      const end = (): void => {
+        if (done) return;
+        done = true;
+        this.registry.done(s);
+        resolve(outcome);
+      };
+      socket.once('close', () => {
+        // The handshake went through (or the client left): either way no verdict against the target.
+        if (!outcome.error) s.breaker.onSuccess();
+        end();
+      });
+      this.wsProxy.ws(
+        req,
+        socket,
+        head,
+        { target: { host: s.target.host, port: s.target.port }, proxyTimeout: this.opts.upstreamTimeoutMs },
+        (err: NodeJS.ErrnoException) => {
+          const kind = kindOf(err);
+          outcome.error = kind;
+          outcome.status = 502;
+          s.breaker.onFailure();
+          failedConnections.labels({ target: s.target.id }).inc();
+          upstreamErrors.labels({ kind }).inc();
+          rawAnswer(socket, 502, 'upstream connection failed');
+          end();
+        },
+      );
+    });
+  }
+
+  close(): void {
+    this.wsProxy.close();
+  }
+}
+
+/** An answer written straight to a socket (for upgrade requests, which have no ServerResponse). */
+export function rawAnswer(socket: Duplex, status: number, message: string, extraHeaders = ''): void {
+  if (socket.destroyed || !socket.writable) return;
+  const body = message + '\n';
+  socket.end(
+    `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ''}\r\nContent-Type: text/plain; charset=utf-8\r\n` +
+      `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n${extraHeaders}\r\n${body}`,
+  );
+}

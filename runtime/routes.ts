@@ -1,0 +1,227 @@
+/**
+ * The route table: RouteKey to Pool, in memory.
+ *
+ * The hot path calls `get` (synchronous). Only the first request of an unknown route waits, on the
+ * one discovery shared by all its concurrent requests (singleflight). A route with no target is
+ * remembered as absent for NEGATIVE_CACHE_TTL, so junk Hosts cost one discovery, not one per request.
+ * At most MAX_ROUTES routes are kept; unused ones are forgotten after ROUTE_IDLE_TTL; known ones are
+ * refreshed in the background every NODE_CHECK_PERIOD, and keep their last targets when AWS fails.
+ */
+import { Pool, TargetRegistry } from './balancer';
+import { errorFields, log } from './log';
+import { discoveryDuration, discoveryErrors, limitHits, routesKnown } from './metrics';
+import { Provider, RouteKey, routeId } from './types';
+
+export interface RouteTableOptions {
+  readonly negativeCacheTtlMs: number;
+  readonly maxRoutes: number;
+  readonly routeIdleTtlMs: number;
+  readonly refreshMs: number;
+  /** How long a failed first discovery is remembered, so an AWS outage is not hammered. */
+  readonly errorCacheTtlMs?: number;
+  /** Background refreshes running at once; ECS read APIs share one account-wide rate limit. */
+  readonly refreshConcurrency?: number;
+  readonly now?: () => number;
+}
+
+interface Entry {
+  readonly key: RouteKey;
+  readonly id: string;
+  /** Known route (possibly empty after a scale to zero); undefined while absent. */
+  pool: Pool | undefined;
+  /** Absent until this time (negative cache). */
+  absentUntil: number;
+  lastUsed: number;
+  inflight: Promise<Pool | undefined> | undefined;
+}
+
+export type Lookup =
+  | { readonly kind: 'pool'; readonly pool: Pool }
+  | { readonly kind: 'absent' }
+  | { readonly kind: 'unknown' };
+
+const ABSENT: Lookup = Object.freeze({ kind: 'absent' });
+const UNKNOWN: Lookup = Object.freeze({ kind: 'unknown' });
+
+export class RouteTable {
+  private readonly entries = new Map<string, Entry>();
+  private timer: NodeJS.Timeout | undefined;
+  private refreshing = false;
+  private readonly now: () => number;
+  private readonly abort = new AbortController();
+
+  constructor(
+    private readonly provider: Provider,
+    private readonly registry: TargetRegistry,
+    private readonly opts: RouteTableOptions,
+  ) {
+    this.now = opts.now ?? Date.now;
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  /** The hot path: no await, no I/O. */
+  get(key: RouteKey, id: string = routeId(key)): Lookup {
+    const e = this.entries.get(id);
+    if (!e) return UNKNOWN;
+    const now = this.now();
+    e.lastUsed = now;
+    if (e.pool) return { kind: 'pool', pool: e.pool };
+    if (e.absentUntil > now) return ABSENT;
+    return UNKNOWN;
+  }
+
+  /** Discovers a route not known yet; concurrent callers share one discovery. Never rejects. */
+  resolve(key: RouteKey, id: string = routeId(key)): Promise<Pool | undefined> {
+    let e = this.entries.get(id);
+    if (e?.inflight) return e.inflight;
+    if (e?.pool) return Promise.resolve(e.pool);
+    if (!e) {
+      if (this.entries.size >= this.opts.maxRoutes && !this.evictOne()) {
+        limitHits.labels({ limit: 'routes' }).inc();
+        return Promise.resolve(undefined);
+      }
+      e = { key, id, pool: undefined, absentUntil: 0, lastUsed: this.now(), inflight: undefined };
+      this.entries.set(id, e);
+    }
+    const entry = e;
+    entry.inflight = this.discover(entry).then(
+      (targets) => {
+        entry.inflight = undefined;
+        if (targets.length === 0) {
+          entry.absentUntil = this.now() + this.opts.negativeCacheTtlMs;
+          this.gauge();
+          return undefined;
+        }
+        if (this.entries.get(id) !== entry) return undefined; // forgotten meanwhile
+        entry.pool = new Pool(id, this.registry);
+        entry.pool.update(targets);
+        this.gauge();
+        return entry.pool;
+      },
+      () => {
+        entry.inflight = undefined;
+        entry.absentUntil = this.now() + (this.opts.errorCacheTtlMs ?? 1000);
+        this.gauge();
+        return undefined;
+      },
+    );
+    return entry.inflight;
+  }
+
+  /** Adds a route that is always kept (the one pool of static, tag and asg modes) and discovers it. */
+  async pin(key: RouteKey): Promise<Pool> {
+    const id = routeId(key);
+    const pool = new Pool(id, this.registry);
+    this.entries.set(id, { key, id, pool, absentUntil: 0, lastUsed: Infinity, inflight: undefined });
+    this.gauge();
+    try {
+      pool.update(await this.discover(this.entries.get(id)!));
+    } catch {
+      // Logged and counted in discover(); the refresh loop tries again.
+    }
+    return pool;
+  }
+
+  start(): void {
+    const tick = (): void => {
+      this.timer = setTimeout(() => {
+        void this.refresh().finally(() => {
+          if (!this.abort.signal.aborted) tick();
+        });
+      }, this.opts.refreshMs);
+      this.timer.unref();
+    };
+    tick();
+  }
+
+  stop(): void {
+    this.abort.abort();
+    if (this.timer) clearTimeout(this.timer);
+  }
+
+  /** One refresh pass: expire idle and negative entries, rediscover the known routes. */
+  async refresh(): Promise<void> {
+    if (this.refreshing) return;
+    this.refreshing = true;
+    try {
+      const now = this.now();
+      const due: Entry[] = [];
+      for (const e of this.entries.values()) {
+        if (now - e.lastUsed > this.opts.routeIdleTtlMs && !e.inflight) this.forget(e);
+        else if (!e.pool && e.absentUntil <= now && !e.inflight) this.forget(e);
+        else if (e.pool) due.push(e);
+      }
+      this.gauge();
+      const limit = this.opts.refreshConcurrency ?? 4;
+      let next = 0;
+      const worker = async (): Promise<void> => {
+        while (next < due.length && !this.abort.signal.aborted) {
+          const e = due[next++];
+          try {
+            const targets = await this.discover(e);
+            // A service scaled to zero becomes empty (503), not stale.
+            if (e.pool && this.entries.get(e.id) === e) e.pool.update(targets);
+          } catch {
+            // Stale on error: the last known targets keep serving.
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(limit, due.length) }, worker));
+    } finally {
+      this.refreshing = false;
+    }
+  }
+
+  private async discover(e: Entry): Promise<import('./types').Target[]> {
+    const started = process.hrtime.bigint();
+    const seconds = (): number => Number(process.hrtime.bigint() - started) / 1e9;
+    try {
+      const targets = await this.provider.discover(e.key, this.abort.signal);
+      discoveryDuration.labels({ provider: this.provider.name, outcome: 'ok' }).observe(seconds());
+      return targets;
+    } catch (err) {
+      discoveryDuration.labels({ provider: this.provider.name, outcome: 'error' }).observe(seconds());
+      discoveryErrors.labels({ provider: this.provider.name }).inc();
+      log('warn', 'discovery failed; keeping the last known targets', { route: e.id, ...errorFields(err) });
+      throw err;
+    }
+  }
+
+  /** Frees one slot: a negative entry first, else the least recently used route. */
+  private evictOne(): boolean {
+    let victim: Entry | undefined;
+    for (const e of this.entries.values()) {
+      if (e.inflight || e.lastUsed === Infinity) continue;
+      if (!e.pool) {
+        victim = e;
+        break;
+      }
+      if (!victim || e.lastUsed < victim.lastUsed) victim = e;
+    }
+    if (!victim) return false;
+    limitHits.labels({ limit: 'routes' }).inc();
+    this.forget(victim);
+    return true;
+  }
+
+  private forget(e: Entry): void {
+    this.entries.delete(e.id);
+    e.pool?.clear();
+  }
+
+  private gauge(): void {
+    let known = 0;
+    for (const e of this.entries.values()) if (e.pool) known++;
+    routesKnown.labels({ state: 'known' }).set(known);
+    routesKnown.labels({ state: 'absent' }).set(this.entries.size - known);
+  }
+
+  close(): void {
+    this.stop();
+    for (const e of this.entries.values()) e.pool?.clear();
+    this.entries.clear();
+  }
+}

@@ -1,0 +1,243 @@
+/**
+ * The client-facing HTTP server of one worker: accept, limits and timeouts, then the straight path
+ * Host → route → pool → target → forward, then metrics and the access line.
+ */
+import * as http from 'node:http';
+import type * as net from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { Config } from './config';
+import { answer, Forwarder, Outcome, rawAnswer } from './forward';
+import { log } from './log';
+import {
+  activeConnections,
+  limitHits,
+  rejectedRequests,
+  requestDuration,
+  requestsTotal,
+  statusClass,
+} from './metrics';
+import type { RouteTable } from './routes';
+import { parseHost, RouteResult, RoutingRules, rulesFrom } from './routing';
+import { POOL_ROUTE, RouteKey, routeId } from './types';
+import type { Pool } from './balancer';
+
+export interface ProxyServer {
+  readonly server: net.Server;
+  /** Stops accepting, lets in-flight requests finish within `timeoutMs`, closes idle keep-alive connections. */
+  shutdown(timeoutMs: number): Promise<void>;
+}
+
+/** Why a request was refused before routing, or undefined when it may go on. */
+function screen(req: http.IncomingMessage, maxHeaders: number): { status: number; reason: string; message: string } | undefined {
+  const raw = req.rawHeaders;
+  if (raw.length / 2 > maxHeaders) return { status: 431, reason: 'too_many_headers', message: 'too many header fields' };
+  let hosts = 0;
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i].length === 4 && raw[i].toLowerCase() === 'host') hosts++;
+  }
+  if (hosts > 1) return { status: 400, reason: 'duplicate_host', message: 'more than one Host header' };
+  const url = req.url ?? '';
+  // Origin-form only: an absolute-form target (`GET http://169.254.169.254/`) could name another host
+  // than the Host header; a reverse proxy has no use for it, so it is refused rather than guessed at.
+  if (url.charCodeAt(0) !== 47 /* '/' */ && !(url === '*' && req.method === 'OPTIONS')) {
+    return { status: 400, reason: 'bad_target', message: 'request target must be a path' };
+  }
+  return undefined;
+}
+
+export function createProxyServer(config: Config, routes: RouteTable, forwarder: Forwarder): ProxyServer & { readonly server: http.Server } {
+  const rules: RoutingRules = rulesFrom(config);
+  const poolMode = config.nodeFilter !== 'ecs';
+  const poolId = routeId(POOL_ROUTE);
+  // Hosts repeat: remember what each parsed to, so the everyday request does no parsing at all.
+  const hostCache = new Map<string, RouteResult & { id?: string }>();
+
+  const route = (host: string | undefined): (RouteResult & { id?: string }) => {
+    if (host === undefined) return parseHost(host, rules);
+    let r = hostCache.get(host);
+    if (r === undefined) {
+      const parsed = parseHost(host, rules);
+      r = parsed.ok ? { ...parsed, id: routeId(parsed.key) } : parsed;
+      if (hostCache.size >= 10_000) hostCache.clear();
+      hostCache.set(host, r);
+    }
+    return r;
+  };
+
+  const started = new WeakMap<http.IncomingMessage, bigint>();
+
+  const record = (req: http.IncomingMessage, routeLabel: string, o: Outcome): void => {
+    const t0 = started.get(req);
+    const seconds = t0 === undefined ? 0 : Number(process.hrtime.bigint() - t0) / 1e9;
+    const code = statusClass(o.status);
+    requestsTotal.labels({ route: routeLabel, code }).inc();
+    requestDuration.labels({ code }).observe(seconds);
+    if (config.logConnections) {
+      log('info', 'access', {
+        method: req.method,
+        host: req.headers.host,
+        path: req.url,
+        status: o.status,
+        route: routeLabel,
+        target: o.target,
+        attempts: o.attempts,
+        error: o.error,
+        ms: Math.round(seconds * 1000),
+        client: req.socket.remoteAddress,
+      });
+    }
+  };
+
+  const refuse = (req: http.IncomingMessage, res: http.ServerResponse, status: number, reason: string, message: string): void => {
+    rejectedRequests.labels({ reason }).inc();
+    if (status === 431) limitHits.labels({ limit: 'headers' }).inc();
+    // A malformed request says little good about what follows on the same connection: close it.
+    if (status === 400 || status === 431) res.shouldKeepAlive = false;
+    answer(res, status, message);
+    record(req, 'none', { status, target: undefined, attempts: 0, error: undefined });
+  };
+
+  /** Resolves the route of a request: a pool, or an answer already given. */
+  const lookup = async (key: RouteKey, id: string): Promise<Pool | undefined> => {
+    const hit = routes.get(key, id);
+    if (hit.kind === 'pool') return hit.pool;
+    if (hit.kind === 'absent') return undefined;
+    return routes.resolve(key, id);
+  };
+
+  const onRequest = (req: http.IncomingMessage, res: http.ServerResponse): void => {
+    started.set(req, process.hrtime.bigint());
+    if (shuttingDown) res.shouldKeepAlive = false;
+    const bad = screen(req, config.maxHeaders);
+    if (bad) return refuse(req, res, bad.status, bad.reason, bad.message);
+    let key: RouteKey;
+    let id: string;
+    if (poolMode) {
+      key = POOL_ROUTE;
+      id = poolId;
+    } else {
+      const r = route(req.headers.host);
+      if (!r.ok) return refuse(req, res, r.status, r.reason, r.message);
+      key = r.key;
+      id = r.id!;
+    }
+    const hit = routes.get(key, id);
+    const go = (pool: Pool | undefined): void => {
+      if (!pool) {
+        answer(res, 503, 'no target available for this route', { 'Retry-After': '5' });
+        record(req, id, { status: 503, target: undefined, attempts: 0, error: undefined });
+        return;
+      }
+      void forwarder.web(req, res, pool).then((o) => record(req, id, o));
+    };
+    // The everyday case stays synchronous; only a route never seen before waits for its discovery.
+    if (hit.kind === 'pool') go(hit.pool);
+    else if (hit.kind === 'absent') go(undefined);
+    else void routes.resolve(key, id).then(go);
+  };
+
+  const onUpgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer): void => {
+    socket.on('error', () => undefined);
+    const bad = screen(req, config.maxHeaders);
+    if (bad) {
+      rejectedRequests.labels({ reason: bad.reason }).inc();
+      return rawAnswer(socket, bad.status, bad.message);
+    }
+    let key: RouteKey = POOL_ROUTE;
+    let id = poolId;
+    if (!poolMode) {
+      const r = route(req.headers.host);
+      if (!r.ok) {
+        rejectedRequests.labels({ reason: r.reason }).inc();
+        return rawAnswer(socket, r.status, r.message);
+      }
+      key = r.key;
+      id = r.id!;
+    }
+    started.set(req, process.hrtime.bigint());
+    // A WebSocket lives as long as its peers want; no fixed timeout cuts it (TCP keep-alive finds dead peers).
+    if ('setTimeout' in socket) (socket as unknown as { setTimeout(ms: number): void }).setTimeout(0);
+    void lookup(key, id).then((pool) => {
+      if (!pool) {
+        rawAnswer(socket, 503, 'no target available for this route', 'Retry-After: 5\r\n');
+        record(req, id, { status: 503, target: undefined, attempts: 0, error: undefined });
+        return;
+      }
+      void forwarder.ws(req, socket, head, pool).then((o) => record(req, id, o));
+    });
+  };
+
+  const server = http.createServer(
+    {
+      maxHeaderSize: config.maxHeaderSize,
+      requestTimeout: config.requestTimeoutMs,
+      headersTimeout:
+        config.requestTimeoutMs > 0 ? Math.min(config.headersTimeoutMs, config.requestTimeoutMs) : config.headersTimeoutMs,
+      keepAliveTimeout: config.idleTimeoutMs,
+      // How often header and request timeouts are enforced (Node's default is 30 s).
+      connectionsCheckingInterval: 500,
+      requireHostHeader: true,
+      joinDuplicateHeaders: false,
+      noDelay: true,
+    },
+    onRequest,
+  );
+  // Socket inactivity in either direction, like the ALB idle timeout; no listener means destroy.
+  server.timeout = config.idleTimeoutMs;
+  server.maxConnections = config.maxConnections;
+  server.on('drop', () => limitHits.labels({ limit: 'connections' }).inc());
+  server.on('upgrade', onUpgrade);
+  server.on('connect', (req: http.IncomingMessage, socket: Duplex) => {
+    socket.on('error', () => undefined);
+    rejectedRequests.labels({ reason: 'connect_method' }).inc();
+    rawAnswer(socket, 405, 'CONNECT is not supported', 'Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n');
+    void req;
+  });
+  const sockets = new Set<Duplex>();
+  server.on('connection', (socket) => {
+    activeConnections.inc();
+    sockets.add(socket);
+    socket.once('close', () => {
+      activeConnections.dec();
+      sockets.delete(socket);
+    });
+  });
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    const code = err.code ?? '';
+    rejectedRequests.labels({ reason: 'client_error' }).inc();
+    if (code === 'ECONNRESET' || !socket.writable || (err as { bytesParsed?: number }).bytesParsed === 0 && code === 'HPE_INVALID_EOF_STATE') {
+      socket.destroy();
+      return;
+    }
+    const status =
+      code === 'HPE_HEADER_OVERFLOW' ? 431 : code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : code === 'HPE_INVALID_VERSION' ? 505 : 400;
+    if (status === 431) limitHits.labels({ limit: 'headers' }).inc();
+    rawAnswer(socket, status, http.STATUS_CODES[status] ?? 'Bad Request');
+  });
+
+  let shuttingDown = false;
+  const shutdown = (timeoutMs: number): Promise<void> =>
+    new Promise<void>((resolve) => {
+      shuttingDown = true;
+      let done = false;
+      const finish = (): void => {
+        if (done) return;
+        done = true;
+        clearInterval(sweep);
+        clearTimeout(deadline);
+        resolve();
+      };
+      server.close(() => finish());
+      server.closeIdleConnections();
+      // Connections whose last response just ended become idle: close them as they do.
+      const sweep = setInterval(() => server.closeIdleConnections(), 100);
+      const deadline = setTimeout(() => {
+        server.closeAllConnections();
+        // Upgraded sockets (WebSockets) are no longer tracked by the HTTP server: end them too.
+        for (const socket of sockets) socket.destroy();
+        setImmediate(finish);
+      }, timeoutMs);
+    });
+
+  return { server, shutdown };
+}

@@ -1,0 +1,117 @@
+/**
+ * MODE=tcp: raw TCP to the one pool (static, tag, asg), what the stateless load balancer did.
+ * Round-robin with the same health and breaker state as HTTP; a connection that cannot be made is
+ * retried on the next target (nothing was sent yet); half-close is passed through both ways.
+ */
+import * as net from 'node:net';
+import type { Pool, TargetRegistry, TargetState } from './balancer';
+import type { Config } from './config';
+import { log } from './log';
+import { activeConnections, failedConnections, limitHits, retriesTotal, successfulConnections, upstreamErrors } from './metrics';
+import type { RouteTable } from './routes';
+import type { ProxyServer } from './server';
+import { POOL_ROUTE } from './types';
+
+export function createTcpServer(config: Config, routes: RouteTable, registry: TargetRegistry): ProxyServer {
+  const sockets = new Set<net.Socket>();
+
+  const connect = (pool: Pool, tried: Set<TargetState>, client: net.Socket, attempt: number, startedAt: number): void => {
+    const pick = pool.pick(tried);
+    if (!pick) {
+      client.destroy();
+      return;
+    }
+    const s = pick.state;
+    tried.add(s);
+    s.inflight++;
+    const upstream = net.connect({ host: s.target.host, port: s.target.port, allowHalfOpen: true });
+    sockets.add(upstream);
+    let connected = false;
+    let finished = false;
+    const timer = setTimeout(() => upstream.destroy(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' })), config.poolTimeoutMs);
+    const done = (): void => {
+      if (finished) return;
+      finished = true;
+      sockets.delete(upstream);
+      registry.done(s);
+      if (config.logConnections) {
+        log('info', 'tcp connection closed', {
+          client: client.remoteAddress,
+          target: s.target.id,
+          bytesIn: client.bytesRead,
+          bytesOut: client.bytesWritten,
+          ms: Date.now() - startedAt,
+        });
+      }
+    };
+    upstream.once('connect', () => {
+      connected = true;
+      clearTimeout(timer);
+      s.breaker.onSuccess();
+      successfulConnections.labels({ target: s.target.id }).inc();
+      upstream.setNoDelay(true);
+      upstream.setTimeout(config.idleTimeoutMs, () => upstream.destroy());
+      client.pipe(upstream);
+      upstream.pipe(client);
+      client.resume();
+    });
+    upstream.on('error', (err: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      if (connected) {
+        client.destroy();
+        return;
+      }
+      s.breaker.onFailure();
+      failedConnections.labels({ target: s.target.id }).inc();
+      upstreamErrors.labels({ kind: err.code === 'ETIMEDOUT' ? 'connect_timeout' : err.code === 'ECONNREFUSED' ? 'refused' : 'other' }).inc();
+      done();
+      if (attempt < config.retries && !client.destroyed) {
+        retriesTotal.inc();
+        connect(pool, tried, client, attempt + 1, startedAt);
+      } else client.destroy();
+    });
+    upstream.once('close', () => {
+      clearTimeout(timer);
+      if (connected) {
+        done();
+        // The client may still be reading what was piped; end() flushes then closes.
+        if (!client.destroyed) client.end();
+      }
+    });
+    client.once('close', () => {
+      if (connected) upstream.destroy();
+    });
+  };
+
+  const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (client) => {
+    activeConnections.inc();
+    sockets.add(client);
+    client.on('error', () => undefined);
+    client.once('close', () => {
+      activeConnections.dec();
+      sockets.delete(client);
+    });
+    client.setTimeout(config.idleTimeoutMs, () => client.destroy());
+    const hit = routes.get(POOL_ROUTE);
+    if (hit.kind !== 'pool') {
+      client.destroy();
+      return;
+    }
+    connect(hit.pool, new Set(), client, 0, Date.now());
+  });
+  server.maxConnections = config.maxConnections;
+  server.on('drop', () => limitHits.labels({ limit: 'connections' }).inc());
+
+  const shutdown = (timeoutMs: number): Promise<void> =>
+    new Promise<void>((resolve) => {
+      const deadline = setTimeout(() => {
+        for (const s of sockets) s.destroy();
+      }, timeoutMs);
+      server.close(() => {
+        clearTimeout(deadline);
+        resolve();
+      });
+    });
+
+  return { server, shutdown };
+}

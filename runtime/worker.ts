@@ -1,0 +1,116 @@
+/**
+ * One worker process: discovery and health loops beside the request path, the server on the shared
+ * port, and a graceful stop on SIGTERM/SIGINT.
+ */
+import type { AddressInfo } from 'node:net';
+import { TargetRegistry } from './balancer';
+import type { Config } from './config';
+import { Forwarder } from './forward';
+import { HealthChecker } from './health';
+import { errorFields, log } from './log';
+import { createProvider } from './discovery';
+import { serveMetricsToPrimary } from './metrics';
+import { RouteTable } from './routes';
+import { createProxyServer } from './server';
+import { createTcpServer } from './tcp';
+import { POOL_ROUTE, Provider } from './types';
+
+export interface Running {
+  readonly port: number;
+  stop(): Promise<void>;
+}
+
+/** Builds and starts everything one worker runs. Exported for in-process tests. */
+export async function start(config: Config, deps: { provider?: Provider } = {}): Promise<Running> {
+  const provider = deps.provider ?? (await createProvider(config));
+  const registry = new TargetRegistry({
+    poolSize: config.poolSize,
+    breakerThreshold: config.circuitBreakerThreshold,
+    breakerTimeoutMs: config.circuitBreakerTimeoutMs,
+  });
+  const health =
+    config.healthCheckPath === null
+      ? undefined
+      : new HealthChecker(
+          {
+            path: config.healthCheckPath,
+            periodMs: config.healthCheckPeriodMs,
+            timeoutMs: config.healthCheckTimeoutMs,
+            healthyThreshold: config.healthyThreshold,
+            unhealthyThreshold: config.unhealthyThreshold,
+            matcher: config.healthCheckMatcher,
+          },
+          registry,
+        );
+  if (health) registry.onChange(() => health.sync(registry.targets()));
+
+  const routes = new RouteTable(provider, registry, {
+    negativeCacheTtlMs: config.negativeCacheTtlMs,
+    maxRoutes: config.maxRoutes,
+    routeIdleTtlMs: config.routeIdleTtlMs,
+    refreshMs: config.nodeCheckPeriodMs,
+  });
+  if (config.nodeFilter !== 'ecs') await routes.pin(POOL_ROUTE);
+  routes.start();
+
+  let port = 0;
+  const forwarder = new Forwarder(registry, {
+    connectTimeoutMs: config.poolTimeoutMs,
+    upstreamTimeoutMs: config.upstreamTimeoutMs,
+    retries: config.retries,
+    listenPort: () => port,
+  });
+  const front =
+    config.mode === 'tcp'
+      ? createTcpServer(config, routes, registry)
+      : createProxyServer(config, routes, forwarder);
+
+  await new Promise<void>((resolve, reject) => {
+    front.server.once('error', reject);
+    front.server.listen({ port: config.port, host: config.host }, () => {
+      front.server.off('error', reject);
+      resolve();
+    });
+  });
+  port = (front.server.address() as AddressInfo).port;
+
+  let stopped: Promise<void> | undefined;
+  const stop = (): Promise<void> =>
+    (stopped ??= (async () => {
+      routes.stop();
+      await front.shutdown(config.shutdownTimeoutMs);
+      health?.stop();
+      routes.close();
+      forwarder.close();
+      registry.close();
+      await provider.close?.();
+    })());
+  return { port, stop };
+}
+
+/** The worker's entry point under node:cluster. */
+export async function startWorker(config: Config): Promise<void> {
+  let running: Running;
+  try {
+    running = await start(config);
+  } catch (err) {
+    log('error', 'cannot start', errorFields(err));
+    process.send?.({ type: 'fatal', error: (err as Error).message });
+    process.exit(1);
+  }
+  serveMetricsToPrimary();
+  process.send?.({ type: 'ready', port: running.port });
+  const onSignal = (): void => {
+    void running.stop().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        log('error', 'shutdown failed', errorFields(err));
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  // The primary going away (killed hard) leaves nobody to replace or stop us: stop too.
+  process.on('disconnect', onSignal);
+}

@@ -1,0 +1,76 @@
+import { Pool, TargetRegistry } from '../../runtime/balancer';
+import { makeTarget } from '../../runtime/types';
+
+const registry = (): TargetRegistry => new TargetRegistry({ poolSize: 4, breakerThreshold: 3, breakerTimeoutMs: 60_000 });
+const targets = ['10.0.0.3:80', '10.0.0.1:80', '10.0.0.2:80'].map((id) => makeTarget(id.split(':')[0], 80));
+const picks = (pool: Pool, n: number): string[] => Array.from({ length: n }, () => pool.pick()!.state.target.id);
+
+describe('round-robin', () => {
+  let reg: TargetRegistry;
+  beforeEach(() => (reg = registry()));
+  afterEach(() => reg.close());
+
+  test('visits each target exactly once per round, in a stable order', () => {
+    const pool = new Pool('r', reg);
+    pool.update(targets);
+    expect(picks(pool, 7)).toEqual(['10.0.0.1:80', '10.0.0.2:80', '10.0.0.3:80', '10.0.0.1:80', '10.0.0.2:80', '10.0.0.3:80', '10.0.0.1:80']);
+  });
+
+  test('a refresh with the same members (in another order) does not reset the rotation', () => {
+    const pool = new Pool('r', reg);
+    pool.update(targets);
+    expect(picks(pool, 2)).toEqual(['10.0.0.1:80', '10.0.0.2:80']);
+    pool.update([...targets].reverse());
+    expect(picks(pool, 2)).toEqual(['10.0.0.3:80', '10.0.0.1:80']);
+  });
+
+  test('healthy targets first; not-yet-checked ones only while none is healthy; unhealthy ones as a last resort (fail open)', () => {
+    const pool = new Pool('r', reg);
+    pool.update(targets);
+    // Nothing checked yet: all serve.
+    expect(new Set(picks(pool, 3)).size).toBe(3);
+    reg.setStatus(targets[1], true); // 10.0.0.1 healthy, the others unchecked
+    expect(picks(pool, 3)).toEqual(['10.0.0.1:80', '10.0.0.1:80', '10.0.0.1:80']);
+    reg.setStatus(targets[1], false);
+    reg.setStatus(targets[2], false);
+    reg.setStatus(targets[0], false);
+    const r = pool.pick()!;
+    expect(r.failOpen).toBe(true);
+    expect(new Set(picks(pool, 3)).size).toBe(3);
+  });
+
+  test('an excluded target (already failed for this request) is skipped', () => {
+    const pool = new Pool('r', reg);
+    pool.update(targets);
+    const first = pool.pick()!.state;
+    const second = pool.pick(new Set([first]))!.state;
+    expect(second).not.toBe(first);
+    expect(pool.pick(new Set([reg.get('10.0.0.1:80')!, reg.get('10.0.0.2:80')!, reg.get('10.0.0.3:80')!]))).toBeUndefined();
+  });
+
+  test('an open breaker takes a target out of rotation', () => {
+    const pool = new Pool('r', reg);
+    pool.update(targets);
+    const s = reg.get('10.0.0.2:80')!;
+    for (let i = 0; i < 3; i++) s.breaker.onFailure();
+    expect(picks(pool, 4)).toEqual(['10.0.0.1:80', '10.0.0.3:80', '10.0.0.1:80', '10.0.0.3:80']);
+  });
+
+  test('an empty pool picks nothing', () => {
+    const pool = new Pool('r', reg);
+    pool.update([]);
+    expect(pool.pick()).toBeUndefined();
+  });
+
+  test('a target that leaves every pool is drained: forgotten only after its in-flight requests end', () => {
+    const pool = new Pool('r', reg);
+    pool.update(targets);
+    const s = pool.pick()!.state;
+    s.inflight++;
+    pool.update(targets.filter((t) => t.id !== s.target.id));
+    expect(picks(pool, 4)).not.toContain(s.target.id);
+    expect(reg.get(s.target.id)).toBe(s);
+    reg.done(s);
+    expect(reg.get(s.target.id)).toBeUndefined();
+  });
+});

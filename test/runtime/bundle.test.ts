@@ -1,0 +1,243 @@
+/**
+ * The bundle (dist/karma-proxy.js) as the instance runs it: a child process with workers, real
+ * backends and clients on 127.0.0.1.
+ */
+import * as crypto from 'node:crypto';
+import * as http from 'node:http';
+import { WebSocket, WebSocketServer } from 'ws';
+import { Backend, startBackend } from '../support/backend';
+import { Proxy, rssBytes, runBundle, startBundle } from '../support/bundle';
+import { close, freePort, listen, request } from '../support/net';
+
+jest.setTimeout(60_000);
+
+const MB = 1024 * 1024;
+
+/** Samples the RSS of the proxy's workers every 20 ms while `work` runs; returns the peak growth. */
+async function peakRssGrowth(p: Proxy, work: () => Promise<void>): Promise<{ growth: number; peak: number }> {
+  const pids = p.workers();
+  expect(pids.length).toBeGreaterThan(0);
+  const base = Math.max(...pids.map(rssBytes));
+  let peak = base;
+  const timer = setInterval(() => {
+    for (const pid of pids) {
+      try {
+        peak = Math.max(peak, rssBytes(pid));
+      } catch {
+        /* a worker gone mid-sample */
+      }
+    }
+  }, 20);
+  try {
+    await work();
+  } finally {
+    clearInterval(timer);
+  }
+  return { growth: peak - base, peak };
+}
+
+describe('the bundle, on a static pool', () => {
+  let backend: Backend;
+  let p: Proxy;
+  beforeAll(async () => {
+    backend = await startBackend('big');
+    p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, HEALTH_CHECK_PATH: 'off' });
+  });
+  afterAll(async () => {
+    await p.stop();
+    await backend.close();
+  });
+
+  test('a 50 MB download streams through without the proxy holding it', async () => {
+    const chunk = crypto.randomBytes(MB);
+    backend.handle = (_req, res) => {
+      res.writeHead(200, { 'Content-Type': 'application/octet-stream', 'Content-Length': 50 * MB });
+      let sent = 0;
+      const pump = (): void => {
+        while (sent < 50 && res.write(chunk)) sent++;
+        if (sent >= 50) res.end();
+        else res.once('drain', () => { sent++; pump(); });
+      };
+      pump();
+    };
+    let received = 0;
+    const { growth } = await peakRssGrowth(p, () =>
+      new Promise<void>((resolve, reject) => {
+        http.get({ host: '127.0.0.1', port: p.port, path: '/download' }, (res) => {
+          expect(res.statusCode).toBe(200);
+          // A slow reader: the proxy must apply backpressure, not buffer the rest.
+          res.on('data', (c: Buffer) => {
+            received += c.length;
+            res.pause();
+            setTimeout(() => res.resume(), 1);
+          });
+          res.on('end', resolve);
+          res.on('error', reject);
+        }).on('error', reject);
+      }),
+    );
+    expect(received).toBe(50 * MB);
+    expect(growth).toBeLessThan(20 * MB);
+  });
+
+  test('a 50 MB upload streams through without the proxy holding it', async () => {
+    backend.handle = (req, res) => {
+      let n = 0;
+      req.on('data', (c: Buffer) => (n += c.length));
+      req.on('end', () => res.end(String(n)));
+    };
+    const chunk = crypto.randomBytes(MB);
+    let answer = '';
+    const { growth } = await peakRssGrowth(p, () =>
+      new Promise<void>((resolve, reject) => {
+        const req = http.request({ host: '127.0.0.1', port: p.port, method: 'POST', path: '/upload', headers: { 'Content-Length': 50 * MB } }, (res) => {
+          res.on('data', (c) => (answer += c));
+          res.on('end', resolve);
+        });
+        req.on('error', reject);
+        let sent = 0;
+        const pump = (): void => {
+          while (sent < 50) {
+            sent++;
+            if (!req.write(chunk)) return void req.once('drain', pump);
+          }
+          req.end();
+        };
+        pump();
+      }),
+    );
+    expect(answer).toBe(String(50 * MB));
+    expect(growth).toBeLessThan(20 * MB);
+  });
+
+  test('a WebSocket upgrade is forwarded and echoes both ways', async () => {
+    const wsServer = http.createServer();
+    const wss = new WebSocketServer({ server: wsServer });
+    wss.on('connection', (sock, req) => {
+      sock.send(`hello ${req.headers['x-forwarded-for']}`);
+      sock.on('message', (m) => sock.send(`echo ${m.toString()}`));
+    });
+    const wsPort = await listen(wsServer);
+    const q = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${wsPort}`, HEALTH_CHECK_PATH: 'off' });
+    try {
+      const ws = new WebSocket(`ws://127.0.0.1:${q.port}/socket`);
+      const got: string[] = [];
+      await new Promise<void>((resolve, reject) => {
+        ws.on('message', (m) => {
+          got.push(m.toString());
+          if (got.length === 1) ws.send('one');
+          else if (got.length === 2) ws.send('two');
+          else ws.close();
+        });
+        ws.on('close', () => resolve());
+        ws.on('error', reject);
+      });
+      expect(got).toEqual(['hello 127.0.0.1', 'echo one', 'echo two']);
+    } finally {
+      await q.stop();
+      wss.close();
+      await close(wsServer);
+    }
+  });
+
+  test('/metrics has the five seed metric names and the request counters after traffic', async () => {
+    backend.handle = (_req, res) => res.end('ok');
+    for (let i = 0; i < 3; i++) expect((await request(p.port)).status).toBe(200);
+    const m = await request(p.metricsPort, { path: '/metrics' });
+    expect(m.status).toBe(200);
+    expect(m.headers['content-type']).toMatch(/^text\/plain/);
+    for (const name of [
+      'load_balancer_active_connections',
+      'load_balancer_health_check_latency_seconds',
+      'load_balancer_failed_connections_total',
+      'load_balancer_successful_connections_total',
+      'load_balancer_node_health_status',
+    ]) {
+      expect(m.body).toMatch(new RegExp(`^# TYPE ${name} `, 'm'));
+    }
+    const ok = /^karma_requests_total\{route="pool",code="2xx"\} (\d+)$/m.exec(m.body);
+    expect(Number(ok?.[1])).toBeGreaterThanOrEqual(3);
+    expect(m.body).toMatch(/^load_balancer_successful_connections_total\{target="127\.0\.0\.1:\d+"\} \d+/m);
+    expect(m.body).toMatch(/^karma_request_duration_seconds_count\{code="2xx"\} \d+/m);
+    const h = await request(p.metricsPort, { path: '/healthz' });
+    expect(h.status).toBe(200);
+  });
+});
+
+describe('the bundle answers failures with the right status', () => {
+  test('a slow target gives 504, a dead one 502', async () => {
+    const slow = await startBackend('slow');
+    slow.handle = () => undefined;
+    const dead = await freePort();
+    const a = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${slow.port}`, UPSTREAM_TIMEOUT: '0.5', HEALTH_CHECK_PATH: 'off' });
+    const b = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${dead}`, HEALTH_CHECK_PATH: 'off' });
+    try {
+      expect((await request(a.port)).status).toBe(504);
+      expect((await request(b.port)).status).toBe(502);
+    } finally {
+      await Promise.all([a.stop(), b.stop()]);
+      await slow.close();
+    }
+  });
+
+  test('a service with no running task gives 503 with Retry-After', async () => {
+    // A minimal ECS endpoint (awsJson1_1) whose services have no task.
+    const ecs = http.createServer((req, res) => {
+      req.resume();
+      res.writeHead(200, { 'Content-Type': 'application/x-amz-json-1.1' });
+      res.end(JSON.stringify({ taskArns: [] }));
+    });
+    const ecsPort = await listen(ecs);
+    const p = await startBundle({
+      DOMAIN: 'example.com',
+      AWS_REGION: 'us-east-1',
+      AWS_ACCESS_KEY_ID: 'test',
+      AWS_SECRET_ACCESS_KEY: 'test',
+      AWS_ENDPOINT_URL_ECS: `http://127.0.0.1:${ecsPort}`,
+      AWS_ENDPOINT_URL_EC2: `http://127.0.0.1:${ecsPort}`,
+    });
+    try {
+      const r = await request(p.port, { headers: { Host: 'api-8080-prod.example.com' } });
+      expect(r.status).toBe(503);
+      expect(r.headers['retry-after']).toBeDefined();
+    } finally {
+      await p.stop();
+      await close(ecs);
+    }
+  });
+});
+
+describe('the bundle starts and stops cleanly', () => {
+  test('SIGTERM during a 2 s request: the request completes and the process exits 0', async () => {
+    const backend = await startBackend('slowish');
+    backend.handle = (_req, res) => setTimeout(() => res.end('finished'), 2000);
+    const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, HEALTH_CHECK_PATH: 'off', WORKERS: '2' });
+    try {
+      const inflight = request(p.port, { timeoutMs: 10_000 });
+      await new Promise((r) => setTimeout(r, 300));
+      expect(backend.seen).toHaveLength(1);
+      const exit = p.stop('SIGTERM');
+      const reply = await inflight;
+      expect(reply).toMatchObject({ status: 200, body: 'finished' });
+      expect(await exit).toBe(0);
+    } finally {
+      await p.stop('SIGKILL');
+      await backend.close();
+    }
+  });
+
+  test('a bad configuration exits 2 with one message naming each bad variable', async () => {
+    const r = await runBundle({ PORT: 'eighty', NODE_FILTER: 'static', POOL_SIZE: '-3', LOG_CONNECTIONS: 'sometimes' });
+    expect(r.code).toBe(2);
+    const lines = r.stderr.trim().split('\n');
+    expect(lines).toHaveLength(1);
+    for (const name of ['PORT', 'POOL_SIZE', 'LOG_CONNECTIONS', 'STATIC_TARGETS']) expect(lines[0]).toContain(name);
+    expect(lines[0]).not.toContain('NODE_FILTER must');
+  });
+
+  test('DOMAIN is required in ecs mode', async () => {
+    const r = await runBundle({ NODE_FILTER: 'ecs' });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('DOMAIN is required');
+  });
+});

@@ -1,0 +1,162 @@
+import { ConfigError, ENV_NAMES, loadConfig } from '../../runtime/config';
+
+const errorOf = (env: Record<string, string>): ConfigError => {
+  try {
+    loadConfig(env);
+  } catch (e) {
+    if (e instanceof ConfigError) return e;
+    throw e;
+  }
+  throw new Error('expected a ConfigError');
+};
+
+describe('configuration', () => {
+  test('defaults: port 6969 on 0.0.0.0, ecs mode, ALB-like health checks', () => {
+    const c = loadConfig({ DOMAIN: 'Example.COM' });
+    expect(c).toMatchObject({
+      port: 6969,
+      host: '0.0.0.0',
+      domain: 'example.com',
+      nodeFilter: 'ecs',
+      mode: 'http',
+      poolSize: 100,
+      poolTimeoutMs: 2000,
+      upstreamTimeoutMs: 60_000,
+      shutdownTimeoutMs: 30_000,
+      logConnections: false,
+      metricsPort: 6970,
+      allowedClusters: [],
+      allowedPorts: [],
+      nodeCheckPeriodMs: 30_000,
+      healthCheckPath: '/',
+      healthCheckPeriodMs: 30_000,
+      healthCheckTimeoutMs: 5000,
+      healthyThreshold: 5,
+      unhealthyThreshold: 2,
+      healthCheckMatcher: [{ from: 200, to: 399 }],
+      circuitBreakerThreshold: 5,
+      circuitBreakerTimeoutMs: 300_000,
+      retries: 2,
+      ipPreference: 'private',
+      negativeCacheTtlMs: 10_000,
+      maxRoutes: 1000,
+      routeIdleTtlMs: 600_000,
+    });
+    expect(c.workers).toBeGreaterThanOrEqual(1);
+  });
+
+  test("pool modes take the stateless load balancer's defaults and units", () => {
+    const c = loadConfig({ NODE_FILTER: 'asg' });
+    expect(c).toMatchObject({
+      nodeFilter: 'asg',
+      asgName: 'worker-nodes',
+      tagName: 'Name',
+      tagValue: 'worker-node',
+      targetPort: 30080,
+      nodeCheckPeriodMs: 10_000,
+      healthCheckPath: '/ping',
+      healthCheckPeriodMs: 2000,
+      healthCheckTimeoutMs: 2000,
+      healthCheckMatcher: [{ from: 200, to: 200 }],
+      domain: undefined,
+    });
+  });
+
+  test('the seed example: every variable keeps its name, meaning and unit', () => {
+    const c = loadConfig({
+      AWS_REGION: 'us-east-1',
+      NODE_FILTER: 'tag',
+      TAG_NAME: 'Environment',
+      TAG_VALUE: 'Production',
+      PORT: '8080',
+      HEALTH_CHECK_PERIOD: '30',
+      HEALTH_CHECK_PATH: '/health',
+      HEALTH_CHECK_TIMEOUT: '5',
+      TARGET_PORT: '30080',
+      POOL_SIZE: '200',
+      POOL_TIMEOUT: '3',
+      CIRCUIT_BREAKER_THRESHOLD: '3',
+      CIRCUIT_BREAKER_TIMEOUT: '10',
+      SHUTDOWN_TIMEOUT: '60',
+      NODE_CHECK_PERIOD: '10',
+      LOG_CONNECTIONS: 'true',
+      HOST: '0.0.0.0',
+      ASG_NAME: 'workers',
+    });
+    expect(c).toMatchObject({
+      awsRegion: 'us-east-1',
+      tagName: 'Environment',
+      tagValue: 'Production',
+      port: 8080,
+      healthCheckPeriodMs: 30_000,
+      healthCheckPath: '/health',
+      healthCheckTimeoutMs: 5000,
+      poolSize: 200,
+      poolTimeoutMs: 3000,
+      circuitBreakerThreshold: 3,
+      circuitBreakerTimeoutMs: 600_000,
+      shutdownTimeoutMs: 60_000,
+      logConnections: true,
+      asgName: 'workers',
+    });
+    for (const name of ['PORT', 'HOST', 'NODE_FILTER', 'AWS_REGION', 'TAG_NAME', 'TAG_VALUE', 'ASG_NAME', 'NODE_CHECK_PERIOD',
+      'HEALTH_CHECK_PERIOD', 'HEALTH_CHECK_PATH', 'HEALTH_CHECK_TIMEOUT', 'TARGET_PORT', 'POOL_SIZE', 'POOL_TIMEOUT',
+      'CIRCUIT_BREAKER_THRESHOLD', 'CIRCUIT_BREAKER_TIMEOUT', 'SHUTDOWN_TIMEOUT', 'LOG_CONNECTIONS', 'REDIS_URL']) {
+      expect(ENV_NAMES).toContain(name);
+    }
+  });
+
+  test('CIRCUIT_BREAKER_TIMEOUT takes fractions of a minute', () => {
+    expect(loadConfig({ NODE_FILTER: 'asg', CIRCUIT_BREAKER_TIMEOUT: '0.05' }).circuitBreakerTimeoutMs).toBe(3000);
+  });
+
+  test('static mode reads STATIC_TARGETS, IPv6 included', () => {
+    const c = loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: '10.0.0.1:80, [::1]:8080,localhost:3000' });
+    expect(c.staticTargets).toEqual([
+      { id: '10.0.0.1:80', host: '10.0.0.1', port: 80 },
+      { id: '[::1]:8080', host: '::1', port: 8080 },
+      { id: 'localhost:3000', host: 'localhost', port: 3000 },
+    ]);
+  });
+
+  test("REDIS_URL takes redis://, rediss:// with credentials, and Karma's bare host:port", () => {
+    expect(loadConfig({ NODE_FILTER: 'asg', REDIS_URL: 'cache.local:6379' }).redisUrl).toBe('redis://cache.local:6379');
+    expect(loadConfig({ NODE_FILTER: 'asg', REDIS_URL: 'rediss://u:p@cache:6380/0' }).redisUrl).toBe('rediss://u:p@cache:6380/0');
+    expect(errorOf({ NODE_FILTER: 'asg', REDIS_URL: 'http://cache' }).problems).toEqual([
+      "REDIS_URL must be a redis:// or rediss:// URL, or host:port (got 'http://cache')",
+    ]);
+  });
+
+  test('HEALTH_CHECK_PATH=off disables active checks', () => {
+    expect(loadConfig({ NODE_FILTER: 'asg', HEALTH_CHECK_PATH: 'off' }).healthCheckPath).toBeNull();
+  });
+
+  test('allow-lists: clusters lower-cased, ports and ranges', () => {
+    const c = loadConfig({ DOMAIN: 'example.com', ALLOWED_CLUSTERS: 'Prod, staging', ALLOWED_PORTS: '80,8000-8100' });
+    expect(c.allowedClusters).toEqual(['prod', 'staging']);
+    expect(c.allowedPorts).toEqual([{ from: 80, to: 80 }, { from: 8000, to: 8100 }]);
+  });
+
+  test('every bad or missing setting is named in one error', () => {
+    const e = errorOf({ PORT: 'http', POOL_SIZE: '0', NODE_FILTER: 'ecs', LOG_CONNECTIONS: 'maybe', ALLOWED_PORTS: '80,70000', UPSTREAM_TIMEOUT: '-1' });
+    expect(e.problems).toEqual([
+      "PORT must be an integer from 0 to 65535 (got 'http')",
+      "POOL_SIZE must be an integer from 1 to 100000 (got '0')",
+      "UPSTREAM_TIMEOUT must be a number of seconds above 0 (got '-1')",
+      "LOG_CONNECTIONS must be true or false (got 'maybe')",
+      "ALLOWED_PORTS must be a comma-separated list of ports or ranges (1-65535), and '70000' is not one (got '80,70000')",
+      'DOMAIN is required when NODE_FILTER=ecs (routes are <service>-<port>-<cluster>.<DOMAIN>)',
+    ]);
+    expect(e.message).toMatch(/^invalid configuration: PORT must be/);
+  });
+
+  test('mode-specific requirements', () => {
+    expect(errorOf({ NODE_FILTER: 'static' }).problems).toEqual(['STATIC_TARGETS is required when NODE_FILTER=static (ip:port,ip:port)']);
+    expect(errorOf({ NODE_FILTER: 'nope' }).problems[0]).toBe("NODE_FILTER must be one of ecs, asg, tag, static (got 'nope')");
+    expect(errorOf({ DOMAIN: 'example.com', MODE: 'tcp' }).problems[0]).toMatch(/^MODE=tcp needs a pool/);
+    expect(errorOf({ NODE_FILTER: 'static', STATIC_TARGETS: '10.0.0.1' }).problems[0]).toMatch(/^STATIC_TARGETS must be/);
+    expect(errorOf({ NODE_FILTER: 'asg', HEALTH_CHECK_TIMEOUT: '5', HEALTH_CHECK_PERIOD: '2' }).problems).toEqual([
+      'HEALTH_CHECK_TIMEOUT must not exceed HEALTH_CHECK_PERIOD',
+    ]);
+  });
+});

@@ -1,0 +1,174 @@
+/**
+ * The request path in one process: real backends and clients on 127.0.0.1, targets from a provider
+ * given by the test.
+ */
+import * as http from 'node:http';
+import * as net from 'node:net';
+import { loadConfig } from '../../runtime/config';
+import { Running, start } from '../../runtime/worker';
+import { makeTarget, Provider, RouteKey, Target } from '../../runtime/types';
+import { Backend, startBackend } from '../support/backend';
+import { freePort, request } from '../support/net';
+
+const QUIET = { HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', LOG_CONNECTIONS: 'false' };
+
+function fixed(targets: Target[]): Provider & { calls: RouteKey[] } {
+  const calls: RouteKey[] = [];
+  return { name: 'test', calls, discover: async (route) => (calls.push(route), targets) };
+}
+
+async function proxy(env: Record<string, string>, provider: Provider): Promise<Running> {
+  return start(loadConfig({ ...QUIET, PORT: '0', ...env }), { provider });
+}
+
+describe('forwarding to a static pool', () => {
+  let backends: Backend[];
+  let p: Running;
+  beforeAll(async () => {
+    backends = await Promise.all(['a', 'b', 'c'].map(startBackend));
+    const targets = backends.map((b) => makeTarget('127.0.0.1', b.port));
+    p = await proxy({ NODE_FILTER: 'static', STATIC_TARGETS: targets.map((t) => t.id).join(',') }, fixed(targets));
+  });
+  afterAll(async () => {
+    await p.stop();
+    await Promise.all(backends.map((b) => b.close()));
+  });
+  beforeEach(() => backends.forEach((b) => (b.seen.length = 0)));
+
+  test('round-robin is exact over 3 backends', async () => {
+    const names: string[] = [];
+    for (let i = 0; i < 9; i++) names.push((await request(p.port)).body);
+    const order = [...backends].sort((x, y) => (`127.0.0.1:${x.port}` < `127.0.0.1:${y.port}` ? -1 : 1)).map((b) => b.name);
+    const start0 = order.indexOf(names[0]);
+    const expected = Array.from({ length: 9 }, (_, i) => order[(start0 + i) % 3]);
+    expect(names).toEqual(expected);
+  });
+
+  test('round-robin stays fair with 50 concurrent clients', async () => {
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 50 });
+    const one = (): Promise<string> =>
+      new Promise((resolve, reject) => {
+        http
+          .get({ host: '127.0.0.1', port: p.port, path: '/', agent }, (res) => {
+            let body = '';
+            res.on('data', (c) => (body += c));
+            res.on('end', () => resolve(body));
+          })
+          .on('error', reject);
+      });
+    const bodies = await Promise.all(Array.from({ length: 50 }, async () => {
+      const got: string[] = [];
+      for (let i = 0; i < 6; i++) got.push(await one());
+      return got;
+    }));
+    agent.destroy();
+    const counts = bodies.flat().reduce<Record<string, number>>((m, n) => ((m[n] = (m[n] ?? 0) + 1), m), {});
+    expect(counts).toEqual({ a: 100, b: 100, c: 100 });
+  });
+
+  test('Host is preserved, X-Forwarded-* set and appended, hop-by-hop headers dropped both ways', async () => {
+    backends.forEach((b) => {
+      b.handle = (_req, res) => {
+        res.writeHead(200, { 'Keep-Alive': 'timeout=5', 'X-Secret-Hop': 'x', Connection: 'X-Secret-Hop', 'X-Kept': 'yes' });
+        res.end('ok');
+      };
+    });
+    const r = await request(p.port, {
+      headers: {
+        Host: 'app.example.com:6969',
+        'X-Forwarded-For': '203.0.113.7',
+        'X-Forwarded-Proto': 'https',
+        Connection: 'keep-alive, X-Private',
+        'X-Private': 'do not pass',
+        'Keep-Alive': 'timeout=5',
+        'Proxy-Authorization': 'Basic Zm9vOmJhcg==',
+        TE: 'trailers',
+        'X-Custom': 'kept',
+      },
+    });
+    expect(r.status).toBe(200);
+    expect(r.headers['x-kept']).toBe('yes');
+    expect(r.headers['x-secret-hop']).toBeUndefined();
+    expect(r.headers['keep-alive']).not.toBe('timeout=5'); // the proxy's own keep-alive, not the target's
+    const seen = backends.flatMap((b) => b.seen)[0];
+    expect(seen.headers.host).toBe('app.example.com:6969');
+    expect(seen.headers['x-forwarded-for']).toBe('203.0.113.7, 127.0.0.1');
+    expect(seen.headers['x-forwarded-proto']).toBe('http');
+    expect(seen.headers['x-forwarded-port']).toBe(String(p.port));
+    expect(seen.headers['x-forwarded-host']).toBe('app.example.com:6969');
+    expect(seen.headers['x-custom']).toBe('kept');
+    for (const h of ['x-private', 'keep-alive', 'proxy-authorization', 'te']) expect(seen.headers[h]).toBeUndefined();
+  });
+
+  test('an absolute-form request target is refused, never followed', async () => {
+    const reply = await new Promise<string>((resolve) => {
+      const s = net.connect(p.port, '127.0.0.1', () => s.write('GET http://169.254.169.254/latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n'));
+      let data = '';
+      s.on('data', (d) => (data += d));
+      s.on('close', () => resolve(data));
+      s.setTimeout(5000, () => s.destroy());
+    });
+    expect(reply).toMatch(/^HTTP\/1\.1 400 /);
+    expect(backends.flatMap((b) => b.seen)).toHaveLength(0);
+  });
+});
+
+describe('errors map to statuses', () => {
+  test('a dead target is a 502', async () => {
+    const dead = makeTarget('127.0.0.1', await freePort());
+    const p = await proxy({ NODE_FILTER: 'static', STATIC_TARGETS: dead.id, RETRIES: '0' }, fixed([dead]));
+    try {
+      const r = await request(p.port);
+      expect(r.status).toBe(502);
+    } finally {
+      await p.stop();
+    }
+  });
+
+  test('a target that does not answer within UPSTREAM_TIMEOUT is a 504', async () => {
+    const slow = await startBackend('slow');
+    slow.handle = () => undefined; // never answers
+    const t = makeTarget('127.0.0.1', slow.port);
+    const p = await proxy({ NODE_FILTER: 'static', STATIC_TARGETS: t.id, UPSTREAM_TIMEOUT: '0.3' }, fixed([t]));
+    try {
+      const r = await request(p.port);
+      expect(r.status).toBe(504);
+      expect(slow.seen).toHaveLength(1); // a timeout is not retried
+    } finally {
+      await p.stop();
+      await slow.close();
+    }
+  });
+
+  test('a route with no target is a 503 with Retry-After, and is not rediscovered within NEGATIVE_CACHE_TTL', async () => {
+    const provider = fixed([]);
+    const p = await proxy({ DOMAIN: 'example.com' }, provider);
+    try {
+      for (let i = 0; i < 3; i++) {
+        const r = await request(p.port, { headers: { Host: 'api-8080-prod.example.com' } });
+        expect(r.status).toBe(503);
+        expect(r.headers['retry-after']).toBeDefined();
+      }
+      expect(provider.calls).toEqual([{ service: 'api', port: 8080, cluster: 'prod' }]);
+    } finally {
+      await p.stop();
+    }
+  });
+
+  test('ecs mode: a bad Host is a 400 naming the problem, a cluster outside the allow-list a 403, and neither asks discovery', async () => {
+    const provider = fixed([]);
+    const p = await proxy({ DOMAIN: 'example.com', ALLOWED_CLUSTERS: 'prod' }, provider);
+    try {
+      const bad = await request(p.port, { headers: { Host: 'api.example.com' } });
+      expect(bad.status).toBe(400);
+      expect(bad.body).toMatch(/port/);
+      const wrong = await request(p.port, { headers: { Host: 'api-8080-prod.evil.com' } });
+      expect(wrong.status).toBe(400);
+      const forbidden = await request(p.port, { headers: { Host: 'api-8080-staging.example.com' } });
+      expect(forbidden.status).toBe(403);
+      expect(provider.calls).toEqual([]);
+    } finally {
+      await p.stop();
+    }
+  });
+});
