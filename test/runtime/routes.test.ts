@@ -1,0 +1,139 @@
+import { TargetRegistry } from '../../runtime/balancer';
+import { loadConfig } from '../../runtime/config';
+import { RouteTable } from '../../runtime/routes';
+import { makeTarget, Provider, RouteKey, Target } from '../../runtime/types';
+import { Running, start } from '../../runtime/worker';
+import { startBackend } from '../support/backend';
+import { request } from '../support/net';
+
+/** A provider whose answers the test releases by hand, counting calls per route. */
+function gated(answer: (route: RouteKey) => Target[] | Error) {
+  const calls: string[] = [];
+  let open!: () => void;
+  let gate = new Promise<void>((r) => (open = r));
+  const provider: Provider = {
+    name: 'gated',
+    discover: async (route) => {
+      calls.push(`${route.service}-${route.port}-${route.cluster}`);
+      await gate;
+      const a = answer(route);
+      if (a instanceof Error) throw a;
+      return a;
+    },
+  };
+  return {
+    provider,
+    calls,
+    release: () => open(),
+    reset: () => (gate = new Promise<void>((r) => (open = r))),
+  };
+}
+
+const key = (service: string, port = 80, cluster = 'prod'): RouteKey => ({ service, port, cluster });
+
+describe('route table', () => {
+  let clock = 0;
+  const now = () => clock;
+  let registry: TargetRegistry;
+  beforeEach(() => {
+    clock = 1_000_000;
+    registry = new TargetRegistry({ poolSize: 1, breakerThreshold: 5, breakerTimeoutMs: 1000 });
+  });
+  afterEach(() => registry.close());
+
+  const table = (provider: Provider, over: Partial<ConstructorParameters<typeof RouteTable>[2]> = {}) =>
+    new RouteTable(provider, registry, { negativeCacheTtlMs: 10_000, maxRoutes: 1000, routeIdleTtlMs: 600_000, refreshMs: 30_000, now, ...over });
+
+  test('concurrent first requests for a new route share one discovery', async () => {
+    const g = gated(() => [makeTarget('10.0.0.1', 80)]);
+    const t = table(g.provider);
+    const waits = Array.from({ length: 200 }, () => t.resolve(key('api')));
+    g.release();
+    const pools = await Promise.all(waits);
+    expect(g.calls).toEqual(['api-80-prod']);
+    expect(new Set(pools).size).toBe(1);
+    expect(t.get(key('api')).kind).toBe('pool');
+  });
+
+  test('a route with no target is remembered as absent for NEGATIVE_CACHE_TTL, then asked again', async () => {
+    const g = gated(() => []);
+    g.release();
+    const t = table(g.provider);
+    await Promise.all(Array.from({ length: 100 }, () => t.resolve(key('junk'))));
+    expect(t.get(key('junk')).kind).toBe('absent');
+    clock += 9_999;
+    expect(t.get(key('junk')).kind).toBe('absent');
+    expect(g.calls).toHaveLength(1);
+    clock += 2;
+    expect(t.get(key('junk')).kind).toBe('unknown');
+    await t.resolve(key('junk'));
+    expect(g.calls).toHaveLength(2);
+  });
+
+  test('at most MAX_ROUTES routes are kept: absent ones go first, then the least recently used', async () => {
+    const g = gated((r) => (r.service.startsWith('junk') ? [] : [makeTarget('10.0.0.1', r.port)]));
+    g.release();
+    const t = table(g.provider, { maxRoutes: 3 });
+    await t.resolve(key('a'));
+    await t.resolve(key('junk1'));
+    await t.resolve(key('b'));
+    clock += 1;
+    t.get(key('a')); // a is now more recent than b
+    await t.resolve(key('c')); // evicts junk1
+    expect(t.get(key('junk1')).kind).toBe('unknown');
+    await t.resolve(key('d')); // evicts b, the least recently used
+    expect(t.size).toBe(3);
+    expect(t.get(key('b')).kind).toBe('unknown');
+    expect(t.get(key('a')).kind).toBe('pool');
+  });
+
+  test('a route unused for ROUTE_IDLE_TTL is forgotten at the next refresh', async () => {
+    const g = gated(() => [makeTarget('10.0.0.1', 80)]);
+    g.release();
+    const t = table(g.provider, { routeIdleTtlMs: 60_000 });
+    await t.resolve(key('api'));
+    clock += 60_001;
+    await t.refresh();
+    expect(t.size).toBe(0);
+    expect(registry.targets()).toEqual([]);
+  });
+
+  test('refresh: a service scaled to zero becomes empty, and a failing discovery keeps the last targets', async () => {
+    let answer: Target[] | Error = [makeTarget('10.0.0.1', 80), makeTarget('10.0.0.2', 80)];
+    const g = gated(() => answer);
+    g.release();
+    const t = table(g.provider);
+    const pool = (await t.resolve(key('api')))!;
+    expect(pool.size).toBe(2);
+    answer = Object.assign(new Error('Rate exceeded'), { name: 'ThrottlingException' });
+    await t.refresh();
+    expect(pool.size).toBe(2);
+    answer = [];
+    await t.refresh();
+    expect(pool.size).toBe(0);
+    expect(pool.pick()).toBeUndefined();
+  });
+});
+
+describe('route table behind the server', () => {
+  let p: Running;
+  afterEach(async () => p?.stop());
+
+  test('200 concurrent requests for a new route make one discovery; 100 for a junk route make one', async () => {
+    const backend = await startBackend('api');
+    try {
+      const g = gated((r) => (r.service === 'api' ? [makeTarget('127.0.0.1', backend.port)] : []));
+      p = await start(loadConfig({ DOMAIN: 'example.com', PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off' }), { provider: g.provider });
+      const api = Array.from({ length: 200 }, () => request(p.port, { headers: { Host: `api-${backend.port}-prod.example.com` } }));
+      const junk = Array.from({ length: 100 }, () => request(p.port, { headers: { Host: 'nothing-80-prod.example.com' } }));
+      await new Promise((r) => setTimeout(r, 200));
+      g.release();
+      const replies = await Promise.all([...api, ...junk]);
+      expect(replies.slice(0, 200).every((r) => r.status === 200)).toBe(true);
+      expect(replies.slice(200).every((r) => r.status === 503)).toBe(true);
+      expect(g.calls.sort()).toEqual([`api-${backend.port}-prod`, 'nothing-80-prod']);
+    } finally {
+      await backend.close();
+    }
+  });
+});

@@ -1,0 +1,62 @@
+import * as net from 'node:net';
+import { loadConfig } from '../../runtime/config';
+import { makeTarget, Provider, Target } from '../../runtime/types';
+import { Running, start } from '../../runtime/worker';
+import { close, freePort, listen } from '../support/net';
+
+/** A TCP echo server that names itself first, and ends its side when the client ends its own. */
+async function echo(name: string): Promise<{ server: net.Server; port: number }> {
+  const server = net.createServer({ allowHalfOpen: true }, (s) => {
+    s.write(`${name}:`);
+    s.on('data', (d) => s.write(d));
+    s.on('end', () => s.end(':bye'));
+  });
+  return { server, port: await listen(server) };
+}
+
+/** Connects, sends `text`, half-closes, and collects everything until the server closes. */
+function exchange(port: number, text: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true }, () => s.end(text));
+    let got = '';
+    s.on('data', (d) => (got += d));
+    s.on('close', () => resolve(got));
+    s.on('error', reject);
+    s.setTimeout(5000, () => s.destroy(new Error('timeout')));
+  });
+}
+
+const fixed = (targets: Target[]): Provider => ({ name: 'test', discover: async () => targets });
+
+describe('MODE=tcp', () => {
+  let p: Running;
+  const servers: net.Server[] = [];
+  afterEach(async () => {
+    await p?.stop();
+    await Promise.all(servers.map(close));
+    servers.length = 0;
+  });
+
+  test('round-robins raw connections and passes half-close both ways', async () => {
+    const a = await echo('a');
+    const b = await echo('b');
+    servers.push(a.server, b.server);
+    const targets = [makeTarget('127.0.0.1', a.port), makeTarget('127.0.0.1', b.port)];
+    p = await start(loadConfig({ NODE_FILTER: 'static', MODE: 'tcp', STATIC_TARGETS: targets.map((t) => t.id).join(','), PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off' }), { provider: fixed(targets) });
+    const replies = [];
+    for (let i = 0; i < 4; i++) replies.push(await exchange(p.port, `hi${i}`));
+    const names = replies.map((r) => r.split(':')[0]);
+    expect(names.filter((n) => n === 'a')).toHaveLength(2);
+    expect(names.filter((n) => n === 'b')).toHaveLength(2);
+    expect(names[0]).not.toBe(names[1]);
+    expect(replies[0]).toMatch(/^[ab]:hi0:bye$/);
+  });
+
+  test('a dead target is skipped: the connection is retried on the next one', async () => {
+    const a = await echo('a');
+    servers.push(a.server);
+    const targets = [makeTarget('127.0.0.1', a.port), makeTarget('127.0.0.1', await freePort())];
+    p = await start(loadConfig({ NODE_FILTER: 'static', MODE: 'tcp', STATIC_TARGETS: targets.map((t) => t.id).join(','), PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off' }), { provider: fixed(targets) });
+    for (let i = 0; i < 4; i++) expect(await exchange(p.port, 'x')).toBe('a:x:bye');
+  });
+});
