@@ -1,0 +1,182 @@
+/**
+ * Real SDK clients, made by runtime/aws.ts, discovering through the loopback AWS stub: proves the
+ * AWS_ENDPOINT_URL_* wiring and that the providers read the real wire formats (ECS JSON, EC2 and
+ * Auto Scaling XML), paging and errors included.
+ */
+import { fetchSecretString, createSecretsManagerClient } from '../../../runtime/aws';
+import { loadConfig } from '../../../runtime/config';
+import { createProvider } from '../../../runtime/discovery';
+import { awsCalls } from '../../../runtime/metrics';
+import { POOL_ROUTE, type Provider, type RouteKey } from '../../../runtime/types';
+import { startAwsStub, type AwsStub, type StubTask } from '../../support/aws-stub';
+
+let stub: AwsStub;
+let restoreEnv: () => void;
+const providers: Provider[] = [];
+
+beforeAll(async () => {
+  stub = await startAwsStub();
+  restoreEnv = stub.applyEnv();
+});
+afterAll(async () => {
+  await Promise.all(providers.map((p) => p.close?.()));
+  restoreEnv();
+  await stub.close();
+});
+beforeEach(() => {
+  stub.resetCalls();
+  stub.clearFaults();
+  Object.assign(stub.model, { clusters: {}, containerInstances: {}, instances: [], asgs: {}, secrets: {} });
+});
+
+/** A provider from env, as main builds it; short timeouts and few attempts keep fault tests fast. */
+function provider(env: Record<string, string>, attempts = 3): Provider {
+  const p = createProvider(loadConfig({ DOMAIN: 'example.com', ...env }), {}, { maxAttempts: attempts, requestTimeoutMs: 1000, connectionTimeoutMs: 1000 });
+  providers.push(p);
+  return p;
+}
+
+async function count(api: string, outcome: string): Promise<number> {
+  return (await awsCalls.get()).values.find((v) => v.labels.api === api && v.labels.outcome === outcome)?.value ?? 0;
+}
+
+const route: RouteKey = { service: 'web', port: 8080, cluster: 'prod' };
+const awsvpc = (n: number, over: Partial<StubTask> = {}): StubTask => ({ ip: `10.0.${n >> 8}.${n & 255}`, ...over });
+
+describe('discovery through the AWS stub with real SDK clients', () => {
+  test('ECS awsvpc: every page, DescribeTasks by 100, only RUNNING and not UNHEALTHY', async () => {
+    const tasks = Array.from({ length: 250 }, (_, i) => awsvpc(i + 1));
+    tasks.push(awsvpc(300, { lastStatus: 'PENDING' }), awsvpc(301, { healthStatus: 'UNHEALTHY' }));
+    stub.model.clusters.prod = { web: tasks, other: [awsvpc(400)] };
+    const okBefore = await count('ListTasks', 'ok');
+
+    const targets = await provider({}).discover(route);
+
+    expect(targets).toHaveLength(250);
+    expect(targets).toContainEqual({ id: '10.0.0.1:8080', host: '10.0.0.1', port: 8080 });
+    expect(targets.map((t) => t.id)).not.toContain('10.0.1.44:8080'); // PENDING
+    expect(targets.map((t) => t.id)).not.toContain('10.0.1.45:8080'); // UNHEALTHY
+    expect(stub.count('ListTasks')).toBe(3);
+    expect(stub.count('DescribeTasks')).toBe(3);
+    expect(stub.calls.filter((c) => c.api === 'DescribeTasks').map((c) => (c.params.tasks as string[]).length)).toEqual([100, 100, 52]);
+    expect(stub.calls[0].params).toMatchObject({ cluster: 'prod', serviceName: 'web', desiredStatus: 'RUNNING' });
+    expect((await count('ListTasks', 'ok')) - okBefore).toBe(3);
+  });
+
+  test('ECS public IPs: one DescribeNetworkInterfaces, private IP as fallback', async () => {
+    stub.model.clusters.prod = { web: [awsvpc(1, { publicIp: '54.1.1.1' }), awsvpc(2), awsvpc(3, { publicIp: '54.1.1.3' })] };
+    const targets = await provider({ IP_PREFERENCE: 'public' }).discover(route);
+    expect(targets.map((t) => t.id)).toEqual(['10.0.0.2:8080', '54.1.1.1:8080', '54.1.1.3:8080']);
+    expect(stub.count('DescribeNetworkInterfaces')).toBe(1);
+    expect(Object.keys(stub.calls.find((c) => c.api === 'DescribeNetworkInterfaces')?.params ?? {})).toEqual(
+      expect.arrayContaining(['NetworkInterfaceId.1', 'NetworkInterfaceId.2', 'NetworkInterfaceId.3']),
+    );
+  });
+
+  test('ECS bridge mode: dynamic host ports on the container instance private IP', async () => {
+    const ci = 'arn:aws:ecs:us-east-1:123456789012:container-instance/prod/abc';
+    stub.model.clusters.prod = {
+      web: [
+        { containerInstanceArn: ci, bindings: [{ containerPort: 8080, hostPort: 32768 }] },
+        { containerInstanceArn: ci, bindings: [{ containerPort: 8080, hostPort: 32769 }] },
+      ],
+    };
+    stub.model.containerInstances[ci] = 'i-0abc';
+    stub.model.instances.push({ id: 'i-0abc', privateIp: '10.3.0.7' });
+    const p = provider({});
+    expect((await p.discover(route)).map((t) => t.id)).toEqual(['10.3.0.7:32768', '10.3.0.7:32769']);
+    await p.discover(route);
+    expect(stub.count('DescribeContainerInstances')).toBe(1);
+    expect(stub.count('DescribeInstances')).toBe(1);
+  });
+
+  test('a missing cluster or service is an empty route', async () => {
+    stub.model.clusters.prod = { web: [awsvpc(1)] };
+    const p = provider({});
+    await expect(p.discover({ ...route, cluster: 'nope' })).resolves.toEqual([]);
+    await expect(p.discover({ ...route, service: 'nope' })).resolves.toEqual([]);
+  });
+
+  test('tag mode: running instances with the tag, on TARGET_PORT', async () => {
+    stub.model.instances.push(
+      { id: 'i-1', privateIp: '10.4.0.1', tags: { Name: 'worker-node' } },
+      { id: 'i-2', privateIp: '10.4.0.2', tags: { Name: 'worker-node' }, state: 'stopped' },
+      { id: 'i-3', privateIp: '10.4.0.3', tags: { Name: 'other' } },
+      { id: 'i-4', tags: { Name: 'worker-node' } },
+    );
+    await expect(provider({ NODE_FILTER: 'tag' }).discover(POOL_ROUTE)).resolves.toEqual([
+      { id: '10.4.0.1:30080', host: '10.4.0.1', port: 30080 },
+    ]);
+  });
+
+  test('asg mode: InService only; an empty or missing group is an empty pool with no DescribeInstances', async () => {
+    stub.model.instances.push({ id: 'i-1', privateIp: '10.5.0.1' }, { id: 'i-2', privateIp: '10.5.0.2' });
+    stub.model.asgs['worker-nodes'] = [{ id: 'i-1' }, { id: 'i-2', lifecycleState: 'Terminating:Wait' }];
+    stub.model.asgs.empty = [];
+    expect((await provider({ NODE_FILTER: 'asg' }).discover(POOL_ROUTE)).map((t) => t.id)).toEqual(['10.5.0.1:30080']);
+    expect(stub.count('DescribeInstances')).toBe(1);
+
+    stub.resetCalls();
+    await expect(provider({ NODE_FILTER: 'asg', ASG_NAME: 'empty' }).discover(POOL_ROUTE)).resolves.toEqual([]);
+    await expect(provider({ NODE_FILTER: 'asg', ASG_NAME: 'missing' }).discover(POOL_ROUTE)).resolves.toEqual([]);
+    expect(stub.count('DescribeAutoScalingGroups')).toBe(2);
+    expect(stub.count('DescribeInstances')).toBe(0);
+  });
+
+  test('a throttled call is retried by the SDK and counted per attempt', async () => {
+    stub.model.clusters.prod = { web: [awsvpc(1)] };
+    stub.fail('ListTasks', 'throttle');
+    const before = await count('ListTasks', 'throttled');
+    await expect(provider({}).discover(route)).resolves.toHaveLength(1);
+    expect(stub.count('ListTasks')).toBe(2);
+    expect((await count('ListTasks', 'throttled')) - before).toBe(1);
+  });
+
+  test.each([
+    ['throttle', 'ThrottlingException'],
+    ['error500', 'ServerException'],
+  ] as const)('%s on every attempt: discover throws %s', async (fault, name) => {
+    stub.model.clusters.prod = { web: [awsvpc(1)] };
+    stub.fail('*', fault, { times: Infinity });
+    await expect(provider({}, 2).discover(route)).rejects.toMatchObject({ name });
+    expect(stub.count('ListTasks')).toBe(2);
+  });
+
+  test('throttled EC2 and Auto Scaling are counted as throttled too', async () => {
+    const ec2Before = await count('DescribeInstances', 'throttled');
+    const asgBefore = await count('DescribeAutoScalingGroups', 'throttled');
+    stub.fail('*', 'throttle', { times: Infinity });
+    await expect(provider({ NODE_FILTER: 'tag' }, 1).discover(POOL_ROUTE)).rejects.toMatchObject({ name: 'RequestLimitExceeded' });
+    await expect(provider({ NODE_FILTER: 'asg' }, 1).discover(POOL_ROUTE)).rejects.toMatchObject({ name: 'Throttling' });
+    expect((await count('DescribeInstances', 'throttled')) - ec2Before).toBe(1);
+    expect((await count('DescribeAutoScalingGroups', 'throttled')) - asgBefore).toBe(1);
+  });
+
+  test.each(['hang', 'malformed', 'reset'] as const)('a %s answer fails the discovery within the timeout', async (fault) => {
+    stub.model.clusters.prod = { web: [awsvpc(1)] };
+    stub.fail('ListTasks', fault, { times: Infinity });
+    const started = Date.now();
+    await expect(provider({}, 1).discover(route)).rejects.toBeInstanceOf(Error);
+    expect(Date.now() - started).toBeLessThan(5000);
+  });
+
+  test('an abort signal stops a discovery', async () => {
+    stub.model.clusters.prod = { web: [awsvpc(1)] };
+    stub.fail('ListTasks', 'hang');
+    const ac = new AbortController();
+    const p = provider({}, 1).discover(route, ac.signal);
+    setImmediate(() => ac.abort());
+    await expect(p).rejects.toBeInstanceOf(Error);
+  });
+
+  test('Secrets Manager: the SecretString of a secret', async () => {
+    stub.model.secrets['arn:aws:secretsmanager:us-east-1:123456789012:secret:redis-auth'] = 'tok3n';
+    const sm = createSecretsManagerClient();
+    try {
+      await expect(fetchSecretString('arn:aws:secretsmanager:us-east-1:123456789012:secret:redis-auth', sm)).resolves.toBe('tok3n');
+      await expect(fetchSecretString('missing', sm)).rejects.toMatchObject({ name: 'ResourceNotFoundException' });
+    } finally {
+      sm.destroy();
+    }
+  });
+});

@@ -1,0 +1,358 @@
+import {
+  DescribeContainerInstancesCommand,
+  DescribeTasksCommand,
+  ECSClient,
+  ListTasksCommand,
+  type Task,
+} from '@aws-sdk/client-ecs';
+import { DescribeInstancesCommand, DescribeNetworkInterfacesCommand, EC2Client } from '@aws-sdk/client-ec2';
+import { mockClient } from 'aws-sdk-client-mock';
+import { createProvider, EcsProvider, transformEcs } from '../../../runtime/discovery';
+import { awsCalls, tasksSkipped } from '../../../runtime/metrics';
+import type { RouteKey } from '../../../runtime/types';
+
+const ecsMock = mockClient(ECSClient);
+const ec2Mock = mockClient(EC2Client);
+const route: RouteKey = { service: 'api', port: 8080, cluster: 'prod' };
+
+beforeEach(() => {
+  ecsMock.reset();
+  ec2Mock.reset();
+});
+afterAll(() => {
+  ecsMock.restore();
+  ec2Mock.restore();
+});
+
+const arn = (i: number) => `arn:aws:ecs:us-east-1:123456789012:task/prod/${i.toString(16).padStart(32, '0')}`;
+
+/** An awsvpc (Fargate) task as DescribeTasks returns it. */
+function fargateTask(i: number, over: Partial<Task> = {}): Task {
+  const ip = `10.0.${Math.floor(i / 250)}.${(i % 250) + 1}`;
+  return {
+    taskArn: arn(i),
+    lastStatus: 'RUNNING',
+    desiredStatus: 'RUNNING',
+    healthStatus: 'UNKNOWN',
+    launchType: 'FARGATE',
+    attachments: [
+      {
+        id: `att-${i}`,
+        type: 'ElasticNetworkInterface',
+        status: 'ATTACHED',
+        details: [
+          { name: 'subnetId', value: 'subnet-1' },
+          { name: 'networkInterfaceId', value: `eni-${i}` },
+          { name: 'macAddress', value: '0a:00:00:00:00:01' },
+          { name: 'privateIPv4Address', value: ip },
+        ],
+      },
+    ],
+    containers: [{ name: 'app', lastStatus: 'RUNNING', networkInterfaces: [{ attachmentId: `att-${i}`, privateIpv4Address: ip }] }],
+    ...over,
+  };
+}
+
+/** A bridge-mode task on a container instance with a dynamic host port for container port 8080. */
+function bridgeTask(i: number, containerInstance: string, hostPort: number): Task {
+  return {
+    taskArn: arn(i),
+    lastStatus: 'RUNNING',
+    desiredStatus: 'RUNNING',
+    launchType: 'EC2',
+    containerInstanceArn: containerInstance,
+    containers: [
+      {
+        name: 'app',
+        networkBindings: [
+          { bindIP: '0.0.0.0', containerPort: 8080, hostPort, protocol: 'tcp' },
+          { bindIP: '::', containerPort: 8080, hostPort, protocol: 'tcp' },
+          { bindIP: '0.0.0.0', containerPort: 9090, hostPort: hostPort + 1, protocol: 'tcp' },
+        ],
+      },
+    ],
+  };
+}
+
+async function metricValue(metric: typeof awsCalls | typeof tasksSkipped, labels: Record<string, string>): Promise<number> {
+  const m = await metric.get();
+  return m.values
+    .filter((v) => Object.entries(labels).every(([k, x]) => (v.labels as Record<string, unknown>)[k] === x))
+    .reduce((n, v) => n + v.value, 0);
+}
+
+function provider(over: Partial<ConstructorParameters<typeof EcsProvider>[0]> = {}): EcsProvider {
+  return new EcsProvider({ ecs: new ECSClient({ region: 'us-east-1' }), ec2: new EC2Client({ region: 'us-east-1' }), ...over });
+}
+
+/** DescribeTasks answering from a table of tasks, at most 100 per call like the real API. */
+function describeFrom(tasks: Task[]): void {
+  const byArn = new Map(tasks.map((t) => [t.taskArn as string, t]));
+  ecsMock.on(DescribeTasksCommand).callsFake((input: { tasks: string[] }) => {
+    if (input.tasks.length > 100) throw Object.assign(new Error('Tasks cannot be more than 100'), { name: 'InvalidParameterException' });
+    return { tasks: input.tasks.map((a) => byArn.get(a)).filter(Boolean), failures: [] };
+  });
+}
+
+describe('EcsProvider with mocked SDK clients', () => {
+  test('250 tasks over three ListTasks pages become 250 targets with three DescribeTasks calls', async () => {
+    const tasks = Array.from({ length: 250 }, (_, i) => fargateTask(i));
+    // Pages of 100 by token, like ECS; the tokens seen are recorded as sent (the paginator reuses its input).
+    const tokens: (string | undefined)[] = [];
+    ecsMock.on(ListTasksCommand).callsFake((input: { nextToken?: string; cluster?: string; serviceName?: string; desiredStatus?: string }) => {
+      expect(input).toMatchObject({ cluster: 'prod', serviceName: 'api', desiredStatus: 'RUNNING' });
+      tokens.push(input.nextToken);
+      const from = Number(input.nextToken ?? 0);
+      return { taskArns: tasks.slice(from, from + 100).map((t) => t.taskArn as string), nextToken: from + 100 < 250 ? String(from + 100) : undefined };
+    });
+    describeFrom(tasks);
+
+    const targets = await provider().discover(route);
+
+    expect(targets).toHaveLength(250);
+    expect(targets.every((t) => t.port === 8080)).toBe(true);
+    expect(targets.map((t) => t.id)).toEqual([...targets.map((t) => t.id)].sort());
+    expect(ecsMock.commandCalls(ListTasksCommand)).toHaveLength(3);
+    expect(tokens).toEqual([undefined, '100', '200']);
+    const describes = ecsMock.commandCalls(DescribeTasksCommand);
+    expect(describes.map((c) => c.args[0].input.tasks?.length)).toEqual([100, 100, 50]);
+    expect(describes.every((c) => c.args[0].input.cluster === 'prod')).toBe(true);
+    expect(ec2Mock.calls()).toHaveLength(0); // private IPs need no EC2 call
+  });
+
+  test('PENDING, STOPPED, stopping and UNHEALTHY tasks are left out and counted', async () => {
+    const tasks = [
+      fargateTask(1),
+      fargateTask(2, { lastStatus: 'PENDING' }),
+      fargateTask(3, { lastStatus: 'STOPPED', desiredStatus: 'STOPPED' }),
+      fargateTask(4, { healthStatus: 'UNHEALTHY' }),
+      fargateTask(5, { healthStatus: 'HEALTHY' }),
+      fargateTask(6, { lastStatus: 'RUNNING', desiredStatus: 'STOPPED' }),
+      fargateTask(7, { lastStatus: 'PROVISIONING' }),
+    ];
+    ecsMock.on(ListTasksCommand).resolves({ taskArns: tasks.map((t) => t.taskArn as string) });
+    describeFrom(tasks);
+    const before = {
+      notRunning: await metricValue(tasksSkipped, { reason: 'not_running' }),
+      unhealthy: await metricValue(tasksSkipped, { reason: 'unhealthy' }),
+    };
+
+    const targets = await provider().discover(route);
+
+    expect(targets.map((t) => t.id)).toEqual(['10.0.0.2:8080', '10.0.0.6:8080']);
+    expect((await metricValue(tasksSkipped, { reason: 'not_running' })) - before.notRunning).toBe(3);
+    expect((await metricValue(tasksSkipped, { reason: 'unhealthy' })) - before.unhealthy).toBe(1);
+  });
+
+  test('HEALTHY_TASKS_ONLY keeps only HEALTHY tasks', async () => {
+    const tasks = [fargateTask(1, { healthStatus: 'HEALTHY' }), fargateTask(2, { healthStatus: 'UNKNOWN' }), fargateTask(3, { healthStatus: 'UNHEALTHY' })];
+    ecsMock.on(ListTasksCommand).resolves({ taskArns: tasks.map((t) => t.taskArn as string) });
+    describeFrom(tasks);
+    const targets = await provider({ healthyTasksOnly: true }).discover(route);
+    expect(targets.map((t) => t.id)).toEqual(['10.0.0.2:8080']);
+  });
+
+  test('bridge mode: container instance private IP on the dynamic host port, container instances cached', async () => {
+    const ci = (n: number) => `arn:aws:ecs:us-east-1:123456789012:container-instance/prod/ci${n}`;
+    const tasks = [bridgeTask(1, ci(1), 32768), bridgeTask(2, ci(1), 32771), bridgeTask(3, ci(2), 49153)];
+    ecsMock.on(ListTasksCommand).resolves({ taskArns: tasks.map((t) => t.taskArn as string) });
+    describeFrom(tasks);
+    ecsMock.on(DescribeContainerInstancesCommand).resolves({
+      containerInstances: [
+        { containerInstanceArn: ci(1), ec2InstanceId: 'i-1' },
+        { containerInstanceArn: ci(2), ec2InstanceId: 'i-2' },
+      ],
+    });
+    ec2Mock.on(DescribeInstancesCommand).resolves({
+      Reservations: [
+        { Instances: [{ InstanceId: 'i-1', PrivateIpAddress: '10.1.0.1', State: { Name: 'running' } }] },
+        { Instances: [{ InstanceId: 'i-2', PrivateIpAddress: '10.1.0.2', State: { Name: 'running' } }] },
+      ],
+    });
+    const p = provider();
+
+    const targets = await p.discover(route);
+
+    expect(targets.map((t) => t.id)).toEqual(['10.1.0.1:32768', '10.1.0.1:32771', '10.1.0.2:49153']);
+    expect(ecsMock.commandCalls(DescribeContainerInstancesCommand)).toHaveLength(1);
+    expect(ecsMock.commandCalls(DescribeContainerInstancesCommand)[0].args[0].input).toMatchObject({
+      cluster: 'prod',
+      containerInstances: [ci(1), ci(2)],
+    });
+    expect(ec2Mock.commandCalls(DescribeInstancesCommand)[0].args[0].input.InstanceIds).toEqual(['i-1', 'i-2']);
+
+    // The other port of the same tasks, and a second refresh: the container instances are cached.
+    const other = await p.discover({ ...route, port: 9090 });
+    expect(other.map((t) => t.id)).toEqual(['10.1.0.1:32769', '10.1.0.1:32772', '10.1.0.2:49154']);
+    expect(ecsMock.commandCalls(DescribeContainerInstancesCommand)).toHaveLength(1);
+    expect(ec2Mock.commandCalls(DescribeInstancesCommand)).toHaveLength(1);
+  });
+
+  test('IP_PREFERENCE=public: one DescribeNetworkInterfaces for all ENIs, private IP when no public one', async () => {
+    const tasks = Array.from({ length: 5 }, (_, i) => fargateTask(i));
+    ecsMock.on(ListTasksCommand).resolves({ taskArns: tasks.map((t) => t.taskArn as string) });
+    describeFrom(tasks);
+    ec2Mock.on(DescribeNetworkInterfacesCommand).resolves({
+      NetworkInterfaces: [0, 1, 2, 3].map((i) => ({
+        NetworkInterfaceId: `eni-${i}`,
+        PrivateIpAddress: `10.0.0.${i + 1}`,
+        ...(i === 2 ? {} : { Association: { PublicIp: `54.0.0.${i + 1}` } }),
+      })),
+    });
+
+    const targets = await provider({ ipPreference: 'public' }).discover(route);
+
+    expect(targets.map((t) => t.id).sort()).toEqual(['10.0.0.3:8080', '10.0.0.5:8080', '54.0.0.1:8080', '54.0.0.2:8080', '54.0.0.4:8080']);
+    const calls = ec2Mock.commandCalls(DescribeNetworkInterfacesCommand);
+    expect(calls).toHaveLength(1);
+    expect(calls[0].args[0].input.NetworkInterfaceIds).toEqual(['eni-0', 'eni-1', 'eni-2', 'eni-3', 'eni-4']);
+  });
+
+  test('a deleted ENI does not fail public IP discovery: the ids are retried as a filter', async () => {
+    const tasks = [fargateTask(1), fargateTask(2)];
+    ecsMock.on(ListTasksCommand).resolves({ taskArns: tasks.map((t) => t.taskArn as string) });
+    describeFrom(tasks);
+    ec2Mock
+      .on(DescribeNetworkInterfacesCommand)
+      .rejectsOnce(Object.assign(new Error("The networkInterface ID 'eni-2' does not exist"), { name: 'InvalidNetworkInterfaceID.NotFound' }))
+      .resolves({ NetworkInterfaces: [{ NetworkInterfaceId: 'eni-1', Association: { PublicIp: '54.0.0.9' } }] });
+    const targets = await provider({ ipPreference: 'public' }).discover(route);
+    expect(targets.map((t) => t.id)).toEqual(['10.0.0.3:8080', '54.0.0.9:8080']);
+    expect(ec2Mock.commandCalls(DescribeNetworkInterfacesCommand)[1].args[0].input.Filters).toEqual([
+      { Name: 'network-interface-id', Values: ['eni-1', 'eni-2'] },
+    ]);
+  });
+
+  test('tasks with missing fields are skipped and counted, never a crash', async () => {
+    const tasks: Task[] = [
+      fargateTask(1),
+      { taskArn: arn(2), lastStatus: 'RUNNING' }, // nothing to reach it by
+      fargateTask(3, { attachments: [{ type: 'ElasticNetworkInterface', status: 'PRECREATED', details: [{ name: 'subnetId', value: 's' }] }], containers: [] }),
+      { ...bridgeTask(4, 'ci-x', 32768), containers: [{ name: 'app', networkBindings: [{ containerPort: 9999, hostPort: 1 }] }] }, // no binding for 8080
+      { ...bridgeTask(5, 'ci-gone', 32768) }, // container instance unknown
+      { taskArn: arn(6) }, // no status at all
+    ];
+    ecsMock.on(ListTasksCommand).resolves({ taskArns: tasks.map((t) => t.taskArn as string) });
+    describeFrom(tasks);
+    ecsMock.on(DescribeContainerInstancesCommand).resolves({ containerInstances: [], failures: [{ arn: 'ci-gone', reason: 'MISSING' }] });
+    const before = await metricValue(tasksSkipped, {});
+
+    const targets = await provider().discover(route);
+
+    expect(targets.map((t) => t.id)).toEqual(['10.0.0.2:8080']);
+    expect((await metricValue(tasksSkipped, {})) - before).toBe(5);
+    expect(ec2Mock.commandCalls(DescribeInstancesCommand)).toHaveLength(0);
+  });
+
+  test.each(['ClusterNotFoundException', 'ServiceNotFoundException'])('%s is an empty route, not an error', async (name) => {
+    ecsMock.on(ListTasksCommand).rejects(Object.assign(new Error(name), { name, $metadata: { httpStatusCode: 400 } }));
+    await expect(provider().discover(route)).resolves.toEqual([]);
+    expect(ecsMock.commandCalls(DescribeTasksCommand)).toHaveLength(0);
+  });
+
+  test('a service scaled to zero is empty, with no DescribeTasks call', async () => {
+    ecsMock.on(ListTasksCommand).resolves({ taskArns: [] });
+    await expect(provider().discover(route)).resolves.toEqual([]);
+    expect(ecsMock.commandCalls(DescribeTasksCommand)).toHaveLength(0);
+  });
+
+  test('throttling throws (so the route table keeps the last targets) and is counted as throttled', async () => {
+    const tasks = [fargateTask(1), fargateTask(2)];
+    describeFrom(tasks);
+    ecsMock
+      .on(ListTasksCommand)
+      .resolvesOnce({ taskArns: tasks.map((t) => t.taskArn as string) })
+      .rejects(Object.assign(new Error('Rate exceeded'), { name: 'ThrottlingException', $metadata: { httpStatusCode: 400 } }));
+    const p = provider();
+    const throttledBefore = await metricValue(awsCalls, { api: 'ListTasks', outcome: 'throttled' });
+
+    // What the route table does: keep the last good answer when a refresh throws.
+    let last = await p.discover(route);
+    const refresh = async () => {
+      try {
+        last = await p.discover(route);
+      } catch {
+        /* stale on error */
+      }
+    };
+    await expect(p.discover(route)).rejects.toMatchObject({ name: 'ThrottlingException' });
+    await refresh();
+
+    expect(last.map((t) => t.id)).toEqual(['10.0.0.2:8080', '10.0.0.3:8080']);
+    expect((await metricValue(awsCalls, { api: 'ListTasks', outcome: 'throttled' })) - throttledBefore).toBe(2);
+  });
+
+  test('the route of the pool modes is not an ECS service', async () => {
+    await expect(provider().discover({ service: '*', port: 0, cluster: '*' })).resolves.toEqual([]);
+    expect(ecsMock.calls()).toHaveLength(0);
+  });
+
+  test('createProvider builds an ECS provider whose clients can be mocked', async () => {
+    const tasks = [fargateTask(1)];
+    ecsMock.on(ListTasksCommand).resolves({ taskArns: tasks.map((t) => t.taskArn as string) });
+    describeFrom(tasks);
+    const p = createProvider({
+      nodeFilter: 'ecs',
+      awsRegion: 'us-east-1',
+      tagName: 'Name',
+      tagValue: 'x',
+      asgName: 'x',
+      targetPort: 30080,
+      healthyTasksOnly: false,
+      ipPreference: 'private',
+      staticTargets: [],
+    });
+    expect(p.name).toBe('ecs');
+    await expect(p.discover(route)).resolves.toEqual([{ id: '10.0.0.2:8080', host: '10.0.0.2', port: 8080 }]);
+    await p.close?.();
+  });
+});
+
+describe('transformEcs (pure)', () => {
+  const base = { port: 80, healthyTasksOnly: false, ipPreference: 'private' as const };
+  test.each<[string, Task, string[]]>([
+    ['awsvpc from the attachment', fargateTask(0), ['10.0.0.1:80']],
+    [
+      'awsvpc from the container when the attachment has no IP',
+      fargateTask(0, { attachments: [{ type: 'ElasticNetworkInterface', details: [{ name: 'networkInterfaceId', value: 'eni-0' }] }] }),
+      ['10.0.0.1:80'],
+    ],
+    [
+      'IPv6-only awsvpc task',
+      fargateTask(0, {
+        attachments: [{ type: 'ElasticNetworkInterface', details: [{ name: 'ipv6Address', value: '2600:1f18::1' }] }],
+        containers: [],
+      }),
+      ['[2600:1f18::1]:80'],
+    ],
+    [
+      'host mode binding',
+      { taskArn: 'a', lastStatus: 'RUNNING', containerInstanceArn: 'ci', containers: [{ networkBindings: [{ containerPort: 80, hostPort: 80 }] }] },
+      ['10.9.9.9:80'],
+    ],
+    [
+      'port range binding',
+      {
+        taskArn: 'a',
+        lastStatus: 'RUNNING',
+        containerInstanceArn: 'ci',
+        containers: [{ networkBindings: [{ containerPortRange: '70-90', hostPortRange: '40070-40090' }] }],
+      },
+      ['10.9.9.9:40080'],
+    ],
+    [
+      'udp binding is not a target',
+      { taskArn: 'a', lastStatus: 'RUNNING', containerInstanceArn: 'ci', containers: [{ networkBindings: [{ containerPort: 80, hostPort: 80, protocol: 'udp' }] }] },
+      [],
+    ],
+    ['DEACTIVATING', fargateTask(0, { lastStatus: 'DEACTIVATING' }), []],
+  ])('%s', (_name, task, ids) => {
+    const out = transformEcs({ tasks: [task], publicIps: {}, hostIps: { ci: '10.9.9.9' } }, base);
+    expect(out.targets.map((t) => t.id)).toEqual(ids);
+  });
+
+  test('the same address twice is one target', () => {
+    const out = transformEcs({ tasks: [fargateTask(0), fargateTask(0, { taskArn: 'dup' })], publicIps: {}, hostIps: {} }, base);
+    expect(out.targets).toHaveLength(1);
+  });
+});
