@@ -16,7 +16,7 @@ import { AutoScalingClient } from '@aws-sdk/client-auto-scaling';
 import { EC2Client } from '@aws-sdk/client-ec2';
 import { ECSClient } from '@aws-sdk/client-ecs';
 import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
-import { awsCalls, discoveryDuration, discoveryErrors } from './metrics';
+import { awsCalls } from './metrics';
 
 export interface AwsClients {
   readonly ecs: ECSClient;
@@ -222,28 +222,6 @@ export async function fetchSecretString(
 export function isNotFound(err: unknown): boolean {
   const name = (err as { name?: unknown } | null)?.name;
   return name === 'ClusterNotFoundException' || name === 'ServiceNotFoundException';
-}
-
-/**
- * Runs one discovery of `provider`, observing `discoveryDuration{provider,outcome}` (ok, error,
- * aborted) and counting failures in `discoveryErrors{provider}`. The providers call this around their
- * AWS work, so a shared (Redis) hit is not a discovery.
- */
-export async function measureDiscovery<T>(provider: string, signal: AbortSignal | undefined, fn: () => Promise<T>): Promise<T> {
-  const end = discoveryDuration.startTimer({ provider });
-  try {
-    const out = await fn();
-    end({ outcome: 'ok' });
-    return out;
-  } catch (err) {
-    if (signal?.aborted) {
-      end({ outcome: 'aborted' });
-    } else {
-      end({ outcome: 'error' });
-      discoveryErrors.inc({ provider });
-    }
-    throw err;
-  }
 }
 
 /** Splits a list into batches of at most `size` (DescribeTasks takes 100 tasks at most). */

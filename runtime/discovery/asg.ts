@@ -12,7 +12,7 @@ import {
   type AutoScalingGroup,
 } from '@aws-sdk/client-auto-scaling';
 import type { EC2Client, Reservation } from '@aws-sdk/client-ec2';
-import { measureDiscovery, send } from '../aws';
+import { send } from '../aws';
 import { Provider, RouteKey, Target } from '../types';
 import { countSkipped, describeInstancesById, instancesOf, Skipped, transformInstances } from './ec2';
 
@@ -63,11 +63,9 @@ export class AsgProvider implements Provider {
   }
 
   async discover(_route: RouteKey, signal?: AbortSignal): Promise<Target[]> {
-    return measureDiscovery(this.name, signal, async () => {
-      const { targets, skipped } = transformAsg(await this.fetch(signal), this.opts.asgName, this.opts.targetPort);
-      countSkipped(skipped);
-      return targets;
-    });
+    const { targets, skipped } = transformAsg(await this.fetch(signal), this.opts.asgName, this.opts.targetPort);
+    countSkipped(skipped);
+    return targets;
   }
 
   /** The I/O. No InService instance, no DescribeInstances call. */

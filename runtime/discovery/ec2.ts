@@ -14,7 +14,7 @@ import {
   type Instance,
   type Reservation,
 } from '@aws-sdk/client-ec2';
-import { chunk, measureDiscovery, pages, send } from '../aws';
+import { chunk, pages, send } from '../aws';
 import { tasksSkipped } from '../metrics';
 import { makeTarget, Provider, RouteKey, Target } from '../types';
 
@@ -131,12 +131,10 @@ export class TagProvider implements Provider {
   }
 
   async discover(_route: RouteKey, signal?: AbortSignal): Promise<Target[]> {
-    return measureDiscovery(this.name, signal, async () => {
-      const instances = instancesOf(await this.fetch(signal));
-      const { targets, skipped } = transformInstances(instances, this.opts.targetPort);
-      countSkipped(skipped);
-      return targets;
-    });
+    const instances = instancesOf(await this.fetch(signal));
+    const { targets, skipped } = transformInstances(instances, this.opts.targetPort);
+    countSkipped(skipped);
+    return targets;
   }
 
   /** The I/O: reservations of running instances with the tag. */

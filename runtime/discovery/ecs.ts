@@ -23,7 +23,7 @@ import {
   type Task,
 } from '@aws-sdk/client-ecs';
 import { DescribeNetworkInterfacesCommand, EC2Client, type NetworkInterface } from '@aws-sdk/client-ec2';
-import { chunk, isNotFound, measureDiscovery, pages, send } from '../aws';
+import { chunk, isNotFound, pages, send } from '../aws';
 import type { IpPreference } from '../config';
 import { makeTarget, Provider, RouteKey, Target } from '../types';
 import {
@@ -232,16 +232,14 @@ export class EcsProvider implements Provider {
 
   async discover(route: RouteKey, signal?: AbortSignal): Promise<Target[]> {
     if (route.service === '*') return [];
-    return measureDiscovery(this.name, signal, async () => {
-      const records = await this.fetch(route, signal);
-      const { targets, skipped } = transformEcs(records, {
-        port: route.port,
-        healthyTasksOnly: this.healthyTasksOnly,
-        ipPreference: this.ipPreference,
-      });
-      countSkipped(skipped);
-      return targets;
+    const records = await this.fetch(route, signal);
+    const { targets, skipped } = transformEcs(records, {
+      port: route.port,
+      healthyTasksOnly: this.healthyTasksOnly,
+      ipPreference: this.ipPreference,
     });
+    countSkipped(skipped);
+    return targets;
   }
 
   /** The I/O: every record the transform needs for one route. */
