@@ -1,0 +1,230 @@
+/**
+ * From CDK context (`-c key=value`, cdk.json) and `KARMA_*` env vars to the stack's props. Context wins
+ * over the env var. Values from the command line are strings; values from cdk.json may be typed: both
+ * are read. Every problem is collected into one error.
+ */
+import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import type { DiscoveryMode } from './karma-proxy';
+import type { KarmaProxyStackProps } from './karma-proxy-stack';
+
+type Kind = 'string' | 'int' | 'bool' | 'list' | 'env';
+
+/** Every context key the app reads, what it holds, its default, and what it means (the README's table). */
+export const CONTEXT_KEYS = {
+  domain: { kind: 'string', default: 'none (example value proxy.example.com)', doc: 'Routes are <service>-<port>-<cluster>.<domain>; the record is *.<domain>.' },
+  hostedZoneId: { kind: 'string', default: 'none (no DNS record)', doc: 'Route53 hosted zone that receives the wildcard record.' },
+  hostedZoneName: { kind: 'string', default: 'the domain', doc: 'Name of that zone (no lookup is made).' },
+  vpcId: { kind: 'string', default: 'a new VPC, no NAT gateway', doc: 'Existing VPC; needs publicSubnetIds (and isolatedSubnetIds or privateSubnetIds with redis).' },
+  publicSubnetIds: { kind: 'list', default: 'none', doc: 'Public subnets of vpcId, for the proxy.' },
+  isolatedSubnetIds: { kind: 'list', default: 'none', doc: 'Isolated subnets of vpcId, for the cache.' },
+  privateSubnetIds: { kind: 'list', default: 'none', doc: 'Private subnets of vpcId, for the cache when there are no isolated ones.' },
+  availabilityZones: { kind: 'list', default: "the region's first AZs", doc: 'AZs of those subnets, in order.' },
+  instanceType: { kind: 'string', default: 't4g.nano', doc: 'ARM Graviton instance type.' },
+  minCapacity: { kind: 'int', default: '1', doc: 'Instances in steady state.' },
+  maxCapacity: { kind: 'int', default: 'minCapacity', doc: 'Most instances; one Elastic IP each.' },
+  spot: { kind: 'bool', default: 'false', doc: 'Run on Spot.' },
+  redis: { kind: 'bool', default: 'true', doc: 'ElastiCache Redis shared by the fleet; false keeps state in memory.' },
+  redisNodeType: { kind: 'string', default: 'cache.t4g.micro', doc: 'Cache node type.' },
+  allowedCidrs: { kind: 'list', default: '0.0.0.0/0', doc: 'Who may reach ports 80 and 443.' },
+  metricsCidr: { kind: 'string', default: 'none', doc: 'CIDR allowed to reach the metrics port (6970).' },
+  discovery: { kind: 'string', default: 'ecs', doc: 'ecs, asg, tag or static (NODE_FILTER).' },
+  clusters: { kind: 'list', default: 'any', doc: 'ECS clusters that may be routed to (ALLOWED_CLUSTERS).' },
+  ports: { kind: 'list', default: 'any', doc: 'Target ports or ranges that may be routed to (ALLOWED_PORTS).' },
+  proxyEnv: { kind: 'env', default: 'none', doc: 'Runtime env vars: JSON object or KEY=value,KEY=value; overrides the rest.' },
+  stackName: { kind: 'string', default: 'KarmaProxy', doc: 'Name of the CloudFormation stack.' },
+} satisfies Record<string, { kind: Kind; default: string; doc: string }>;
+
+export type ContextKey = keyof typeof CONTEXT_KEYS;
+
+/** What the app uses when no domain and no hosted zone are given: synth works, deploy would not. */
+export const EXAMPLE_CONTEXT = {
+  domain: 'proxy.example.com',
+  hostedZoneId: 'Z0123456789EXAMPLE',
+  hostedZoneName: 'example.com',
+} as const;
+
+/** `hostedZoneId` -> `KARMA_HOSTED_ZONE_ID`. */
+export function envVarName(key: string): string {
+  return `KARMA_${key.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase()}`;
+}
+
+export type ContextReader = (key: string) => unknown;
+
+export interface ContextResult {
+  readonly stackName: string;
+  readonly props: KarmaProxyStackProps;
+  /** True when the example domain and zone were used. */
+  readonly usedExamples: boolean;
+  /** Things to tell the user (not errors). */
+  readonly warnings: string[];
+}
+
+const TRUE = ['true', '1', 'yes', 'on'];
+const FALSE = ['false', '0', 'no', 'off'];
+
+/** Reads every key; throws one error naming every bad one. */
+export function propsFromContext(
+  readContext: ContextReader,
+  env: Readonly<Record<string, string | undefined>> = process.env,
+): ContextResult {
+  const problems: string[] = [];
+  const warnings: string[] = [];
+
+  const raw = (key: ContextKey): { value: unknown; from: string } | undefined => {
+    const c = readContext(key);
+    if (c !== undefined && c !== null && c !== '') return { value: c, from: `context '${key}'` };
+    const name = envVarName(key);
+    const e = env[name];
+    if (e !== undefined && e.trim() !== '') return { value: e, from: name };
+    return undefined;
+  };
+
+  const str = (key: ContextKey): string | undefined => {
+    const r = raw(key);
+    if (!r) return undefined;
+    if (typeof r.value !== 'string' && typeof r.value !== 'number') {
+      problems.push(`${r.from} must be a string`);
+      return undefined;
+    }
+    return String(r.value).trim();
+  };
+  const int = (key: ContextKey): number | undefined => {
+    const r = raw(key);
+    if (!r) return undefined;
+    const s = String(r.value).trim();
+    if (!/^\d+$/.test(s)) {
+      problems.push(`${r.from} must be a whole number (got '${s}')`);
+      return undefined;
+    }
+    return Number(s);
+  };
+  const bool = (key: ContextKey): boolean | undefined => {
+    const r = raw(key);
+    if (!r) return undefined;
+    if (typeof r.value === 'boolean') return r.value;
+    const s = String(r.value).trim().toLowerCase();
+    if (TRUE.includes(s)) return true;
+    if (FALSE.includes(s)) return false;
+    problems.push(`${r.from} must be true or false (got '${String(r.value)}')`);
+    return undefined;
+  };
+  const list = (key: ContextKey): string[] | undefined => {
+    const r = raw(key);
+    if (!r) return undefined;
+    let v: unknown = r.value;
+    if (typeof v === 'string' && v.trim().startsWith('[')) {
+      try {
+        v = JSON.parse(v);
+      } catch {
+        problems.push(`${r.from} is not a JSON list nor a comma-separated list`);
+        return undefined;
+      }
+    }
+    if (Array.isArray(v)) return v.map((x) => String(x).trim()).filter((x) => x !== '');
+    if (typeof v === 'string' || typeof v === 'number') {
+      return String(v).split(',').map((x) => x.trim()).filter((x) => x !== '');
+    }
+    problems.push(`${r.from} must be a list (a,b,c or a JSON list)`);
+    return undefined;
+  };
+  const envMap = (key: ContextKey): Record<string, string> | undefined => {
+    const r = raw(key);
+    if (!r) return undefined;
+    let v: unknown = r.value;
+    if (typeof v === 'string' && v.trim().startsWith('{')) {
+      try {
+        v = JSON.parse(v);
+      } catch {
+        problems.push(`${r.from} is not valid JSON`);
+        return undefined;
+      }
+    }
+    if (v && typeof v === 'object' && !Array.isArray(v)) {
+      return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, String(x)]));
+    }
+    if (typeof v === 'string') {
+      const out: Record<string, string> = {};
+      // Split before each NAME=, so that a value may itself hold commas: ALLOWED_PORTS=80,8080.
+      for (const pair of v.split(/[,;\n](?=\s*[A-Za-z_][A-Za-z0-9_]*=)/)) {
+        const m = /^\s*([A-Za-z_][A-Za-z0-9_]*)=(.*)$/s.exec(pair);
+        if (!m) {
+          if (pair.trim() !== '') problems.push(`${r.from}: '${pair.trim()}' is not KEY=value`);
+          continue;
+        }
+        out[m[1]] = m[2].trim();
+      }
+      return out;
+    }
+    problems.push(`${r.from} must be a JSON object or KEY=value,KEY=value`);
+    return undefined;
+  };
+
+  let domain = str('domain');
+  let hostedZoneId = str('hostedZoneId');
+  let hostedZoneName = str('hostedZoneName');
+  let usedExamples = false;
+  if (!domain && !hostedZoneId) {
+    usedExamples = true;
+    domain = EXAMPLE_CONTEXT.domain;
+    hostedZoneId = EXAMPLE_CONTEXT.hostedZoneId;
+    hostedZoneName = hostedZoneName ?? EXAMPLE_CONTEXT.hostedZoneName;
+    warnings.push(
+      `no domain and no hostedZoneId given: synthesizing with example values (domain=${EXAMPLE_CONTEXT.domain}, ` +
+      `hostedZoneId=${EXAMPLE_CONTEXT.hostedZoneId}, hostedZoneName=${hostedZoneName}). Deploy with ` +
+      '`npx cdk deploy -c domain=<your domain> -c hostedZoneId=<your zone id>`, or set KARMA_DOMAIN and KARMA_HOSTED_ZONE_ID.');
+  } else if (!domain) {
+    problems.push('hostedZoneId needs domain (context domain or KARMA_DOMAIN)');
+  } else if (!hostedZoneId) {
+    warnings.push(`no hostedZoneId: no DNS record is created; point *.${domain} at the Addresses output yourself.`);
+  }
+
+  const instanceTypeName = str('instanceType');
+  const discovery = str('discovery');
+  if (discovery !== undefined && !['ecs', 'asg', 'tag', 'static'].includes(discovery)) {
+    problems.push(`discovery must be ecs, asg, tag or static (got '${discovery}')`);
+  }
+  const metricsCidr = str('metricsCidr');
+  const peer = (cidr: string): ec2.IPeer | undefined => {
+    try {
+      return cidr.includes(':') ? ec2.Peer.ipv6(cidr) : ec2.Peer.ipv4(cidr);
+    } catch {
+      problems.push(`metricsCidr '${cidr}' is not a CIDR such as 10.0.0.0/16`);
+      return undefined;
+    }
+  };
+  const ports = list('ports')?.map((p) => (/^\d+$/.test(p) ? Number(p) : p));
+
+  const props: KarmaProxyStackProps = {
+    domain,
+    hostedZoneId,
+    hostedZoneName,
+    vpcId: str('vpcId'),
+    publicSubnetIds: list('publicSubnetIds'),
+    isolatedSubnetIds: list('isolatedSubnetIds'),
+    privateSubnetIds: list('privateSubnetIds'),
+    availabilityZones: list('availabilityZones'),
+    instanceType: instanceTypeName ? new ec2.InstanceType(instanceTypeName) : undefined,
+    minCapacity: int('minCapacity'),
+    maxCapacity: int('maxCapacity'),
+    spot: bool('spot'),
+    redis: bool('redis'),
+    redisNodeType: str('redisNodeType'),
+    allowedCidrs: list('allowedCidrs'),
+    metricsPeer: metricsCidr ? peer(metricsCidr) : undefined,
+    discovery: discovery as DiscoveryMode | undefined,
+    clusters: list('clusters'),
+    ports,
+    environment: envMap('proxyEnv'),
+  };
+  const stackName = str('stackName') ?? 'KarmaProxy';
+  if (!/^[A-Za-z][A-Za-z0-9-]{0,127}$/.test(stackName)) {
+    problems.push(`stackName '${stackName}' must start with a letter and hold only letters, digits and dashes`);
+  }
+
+  if (problems.length > 0) {
+    throw new Error(`Invalid Karma Proxy settings:\n  - ${problems.join('\n  - ')}`);
+  }
+  // Leave unset keys out, so that the construct's defaults apply.
+  const defined = Object.fromEntries(Object.entries(props).filter(([, v]) => v !== undefined)) as KarmaProxyStackProps;
+  return { stackName, props: defined, usedExamples, warnings };
+}

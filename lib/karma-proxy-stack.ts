@@ -1,0 +1,102 @@
+/**
+ * The deployable stack: a KarmaProxy with an imported hosted zone and, optionally, an imported VPC,
+ * both from plain attributes so that synth never looks anything up. Outputs the wildcard name, the
+ * addresses and the monthly cost estimate.
+ */
+import { CfnOutput, Fn, Stack, StackProps } from 'aws-cdk-lib';
+import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as route53 from 'aws-cdk-lib/aws-route53';
+import { Construct } from 'constructs';
+import { formatCostSummary } from './cost';
+import { KarmaProxy, KarmaProxyProps } from './karma-proxy';
+
+export interface KarmaProxyStackProps extends StackProps, Omit<KarmaProxyProps, 'vpc' | 'hostedZone'> {
+  /** Route53 hosted zone that receives `*.<domain>`.
+   * @default no DNS record */
+  readonly hostedZoneId?: string;
+  /** Name of that zone. Only used to build and check the record name.
+   * @default the domain itself (the record is then `*.<domain>` whatever the zone's apex is) */
+  readonly hostedZoneName?: string;
+  /** An existing VPC, imported from attributes (no lookup): needs `publicSubnetIds`, and
+   * `isolatedSubnetIds` (or `privateSubnetIds`) when redis is on.
+   * @default a new VPC */
+  readonly vpcId?: string;
+  /** Public subnets of `vpcId`, for the proxy. */
+  readonly publicSubnetIds?: string[];
+  /** Isolated subnets of `vpcId`, for the cache. */
+  readonly isolatedSubnetIds?: string[];
+  /** Private subnets (with egress) of `vpcId`, for the cache when there are no isolated ones. */
+  readonly privateSubnetIds?: string[];
+  /** AZs of the subnets, in the same order.
+   * @default the region's first AZs, one per public subnet */
+  readonly availabilityZones?: string[];
+}
+
+export class KarmaProxyStack extends Stack {
+  public readonly proxy: KarmaProxy;
+
+  constructor(scope: Construct, id: string, props: KarmaProxyStackProps = {}) {
+    super(scope, id, {
+      description: 'Karma Proxy: a Graviton instance that load-balances HTTP to ECS services and EC2 pools, instead of an ALB',
+      ...props,
+    });
+
+    const problems: string[] = [];
+    let vpc: ec2.IVpc | undefined;
+    if (props.vpcId) {
+      const pub = props.publicSubnetIds ?? [];
+      if (pub.length === 0) problems.push('vpcId needs publicSubnetIds (the proxy runs in public subnets)');
+      const cacheSubnets = (props.isolatedSubnetIds?.length ?? 0) + (props.privateSubnetIds?.length ?? 0);
+      if ((props.redis ?? true) && cacheSubnets === 0) {
+        problems.push('vpcId needs isolatedSubnetIds or privateSubnetIds for the cache (or redis: false)');
+      }
+      if (problems.length === 0) {
+        const azs = props.availabilityZones ?? pub.map((_, i) => Fn.select(i, Fn.getAzs()));
+        vpc = ec2.Vpc.fromVpcAttributes(this, 'Vpc', {
+          vpcId: props.vpcId,
+          availabilityZones: azs,
+          publicSubnetIds: pub,
+          isolatedSubnetIds: props.isolatedSubnetIds?.length ? props.isolatedSubnetIds : undefined,
+          privateSubnetIds: props.privateSubnetIds?.length ? props.privateSubnetIds : undefined,
+        });
+      }
+    } else if (props.publicSubnetIds || props.isolatedSubnetIds || props.privateSubnetIds) {
+      problems.push('publicSubnetIds, isolatedSubnetIds and privateSubnetIds need vpcId');
+    }
+    if (props.hostedZoneName && !props.hostedZoneId) problems.push('hostedZoneName needs hostedZoneId');
+    if (problems.length > 0) {
+      throw new Error(`Invalid KarmaProxyStack props (${this.node.path}):\n  - ${problems.join('\n  - ')}`);
+    }
+
+    const hostedZone = props.hostedZoneId
+      ? route53.HostedZone.fromHostedZoneAttributes(this, 'Zone', {
+        hostedZoneId: props.hostedZoneId,
+        zoneName: props.hostedZoneName ?? props.domain ?? '',
+      })
+      : undefined;
+
+    this.proxy = new KarmaProxy(this, 'Proxy', { ...props, vpc, hostedZone });
+
+    if (this.proxy.wildcardDomainName) {
+      new CfnOutput(this, 'WildcardDomain', {
+        description: 'Routes: <service>-<port>-<cluster> under this wildcard',
+        value: this.proxy.wildcardDomainName,
+      });
+    }
+    new CfnOutput(this, 'Addresses', {
+      description: 'Elastic IPs of the fleet, one per instance slot',
+      value: Fn.join(',', this.proxy.addresses),
+    });
+    new CfnOutput(this, 'MonthlyCostEstimate', {
+      description: 'What this stack costs per month, next to the floor of an ALB',
+      value: formatCostSummary(this.proxy.costEstimate),
+    });
+    new CfnOutput(this, 'AutoScalingGroupName', {
+      description: 'Find the instances: aws ssm start-session --target <instance id>',
+      value: this.proxy.autoScalingGroup.autoScalingGroupName,
+    });
+    if (this.proxy.cacheEndpoint) {
+      new CfnOutput(this, 'CacheEndpoint', { value: this.proxy.cacheEndpoint });
+    }
+  }
+}

@@ -1,0 +1,801 @@
+/**
+ * KarmaProxy: a small Graviton fleet running the bundled proxy runtime in place of an Application Load
+ * Balancer. It builds (or takes) the network, an optional ElastiCache Redis shared by the fleet, the
+ * instance role, one Elastic IP per instance slot, and a wildcard DNS record listing those addresses.
+ *
+ * This file never imports runtime code: it knows the bundle's path and the runtime's env var names.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import {
+  Aws,
+  CfnElement,
+  Duration,
+  Lazy,
+  Stack,
+  Tags,
+  Token,
+  Validations,
+} from 'aws-cdk-lib';
+import * as autoscaling from 'aws-cdk-lib/aws-autoscaling';
+import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as elasticache from 'aws-cdk-lib/aws-elasticache';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import * as route53 from 'aws-cdk-lib/aws-route53';
+import * as s3assets from 'aws-cdk-lib/aws-s3-assets';
+import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
+import { Construct } from 'constructs';
+import { CostEstimate, estimateMonthlyCost } from './cost';
+import { INSTANCE_PATHS, renderBootstrap, renderEnvFile, renderUnit } from './user-data';
+
+/** How the runtime finds its targets (the runtime's NODE_FILTER). */
+export type DiscoveryMode = 'ecs' | 'asg' | 'tag' | 'static';
+
+/** Active health checks of targets, ALB-like. Unset fields keep the runtime's defaults for the mode. */
+export interface KarmaProxyHealthCheck {
+  /** Path probed on each target; `'off'` disables active checks (HEALTH_CHECK_PATH).
+   * @default '/' in ecs mode, '/ping' in pool modes */
+  readonly path?: string;
+  /** Time between two checks of a target (HEALTH_CHECK_PERIOD).
+   * @default 30 seconds in ecs mode, 2 seconds in pool modes */
+  readonly interval?: Duration;
+  /** Time a check may take (HEALTH_CHECK_TIMEOUT).
+   * @default 5 seconds in ecs mode, 2 seconds in pool modes */
+  readonly timeout?: Duration;
+  /** Passing checks that make an unhealthy target healthy (HEALTHY_THRESHOLD).
+   * @default 5 in ecs mode, 2 in pool modes */
+  readonly healthyThreshold?: number;
+  /** Failing checks that make a healthy target unhealthy (UNHEALTHY_THRESHOLD).
+   * @default 2 */
+  readonly unhealthyThreshold?: number;
+  /** Status codes that pass, e.g. `'200'`, `'200-399'`, `'200,204'` (HEALTH_CHECK_MATCHER).
+   * @default '200-399' in ecs mode, '200' in pool modes */
+  readonly healthyHttpCodes?: string;
+}
+
+export interface KarmaProxyProps {
+  // ---- network ----
+
+  /** The VPC of the proxy (and of the cache).
+   * @default a new VPC: 2 AZs, public subnets for the proxy, isolated subnets for the cache, no NAT gateway */
+  readonly vpc?: ec2.IVpc;
+  /** Where the instances run. They need a route to the internet for the Elastic IPs, packages and AWS APIs.
+   * @default the VPC's public subnets */
+  readonly vpcSubnets?: ec2.SubnetSelection;
+  /** Where the cache runs.
+   * @default the VPC's isolated subnets, else its private subnets */
+  readonly cacheSubnets?: ec2.SubnetSelection;
+  /** The proxy's security group. The construct adds its ingress rules (80, 443, metrics) to it.
+   * @default a new group with all outbound traffic allowed */
+  readonly securityGroup?: ec2.ISecurityGroup;
+  /** CIDRs (IPv4 or IPv6) allowed to reach ports 80 and 443. An empty list opens nothing: use `connections`.
+   * @default ['0.0.0.0/0'] */
+  readonly allowedCidrs?: string[];
+  /** Who may scrape `/metrics` and read `/healthz` on `metricsPort`.
+   * @default nobody from outside the instance */
+  readonly metricsPeer?: ec2.IPeer;
+  /** Port of `/metrics` and `/healthz` (METRICS_PORT).
+   * @default 6970 */
+  readonly metricsPort?: number;
+
+  // ---- DNS ----
+
+  /** Routes are `<service>-<port>-<cluster>.<domain>` (DOMAIN); the record is `*.<domain>`.
+   * Required in ecs mode and when `hostedZone` is given.
+   * @default none */
+  readonly domain?: string;
+  /** Zone that receives the wildcard A record. Import it with `HostedZone.fromHostedZoneAttributes`.
+   * @default no record: point `*.<domain>` at `addresses` yourself */
+  readonly hostedZone?: route53.IHostedZone;
+  /** TTL of the wildcard record.
+   * @default 60 seconds */
+  readonly recordTtl?: Duration;
+
+  // ---- fleet ----
+
+  /** Instance type; must be ARM Graviton (arm64).
+   * @default t4g.nano */
+  readonly instanceType?: ec2.InstanceType;
+  /** Instances running in steady state (one signal each at deploy).
+   * @default 1 */
+  readonly minCapacity?: number;
+  /** Most instances, and the number of Elastic IPs (one per slot).
+   * @default minCapacity */
+  readonly maxCapacity?: number;
+  /** Run on Spot (about a third of the price; an interrupted instance is replaced and reclaims its address).
+   * @default false */
+  readonly spot?: boolean;
+  /** The instance role. The construct adds what the instance needs to it.
+   * @default a new role with exactly what the discovery mode, the bundle, the cache secret and the addresses need, plus SSM Session Manager */
+  readonly role?: iam.IRole;
+  /** Root volume (gp3, encrypted), GB.
+   * @default 8 */
+  readonly rootVolumeSize?: number;
+  /** How long CloudFormation waits for an instance to boot, become healthy and claim its address.
+   * @default 15 minutes */
+  readonly signalTimeout?: Duration;
+  /** Local path of the runtime bundle, uploaded as an asset.
+   * @default dist/karma-proxy.js of this package (`npm run build`) */
+  readonly bundlePath?: string;
+
+  // ---- cache ----
+
+  /** An ElastiCache Redis that the fleet shares discovery through. `false`: each instance keeps its own state in memory.
+   * @default true */
+  readonly redis?: boolean;
+  /** Cache node type.
+   * @default cache.t4g.micro */
+  readonly redisNodeType?: string;
+
+  // ---- runtime ----
+
+  /** How targets are found (NODE_FILTER).
+   * @default 'ecs' */
+  readonly discovery?: DiscoveryMode;
+  /** ECS clusters that may be routed to (ALLOWED_CLUSTERS); the role can only read these.
+   * @default any cluster */
+  readonly clusters?: string[];
+  /** Target ports that may be routed to: numbers or `'8000-8100'` ranges (ALLOWED_PORTS).
+   * @default any port */
+  readonly ports?: Array<number | string>;
+  /** Auto Scaling group of the pool in asg mode (ASG_NAME).
+   * @default the runtime's default, 'worker-nodes' */
+  readonly asgName?: string;
+  /** Tag key and value of the pool in tag mode (TAG_NAME, TAG_VALUE).
+   * @default the runtime's defaults, 'Name' and 'worker-node' */
+  readonly tagName?: string;
+  /** @default the runtime's default, 'worker-node' */
+  readonly tagValue?: string;
+  /** The pool in static mode, `host:port` each (STATIC_TARGETS). Required in static mode.
+   * @default none */
+  readonly staticTargets?: string[];
+  /** Port of the pool's instances in asg and tag modes (TARGET_PORT).
+   * @default the runtime's default, 30080 */
+  readonly targetPort?: number;
+  /** Time between discovery refreshes (NODE_CHECK_PERIOD).
+   * @default 30 seconds in ecs mode, 10 seconds in pool modes */
+  readonly discoveryInterval?: Duration;
+  /** Active health checks of targets.
+   * @default the runtime's defaults for the mode */
+  readonly healthCheck?: KarmaProxyHealthCheck;
+  /** Time in-flight requests get after SIGTERM (SHUTDOWN_TIMEOUT); systemd waits 15 seconds longer.
+   * @default 30 seconds */
+  readonly shutdownTimeout?: Duration;
+  /** Any runtime env var, written last to /etc/karma-proxy/env: it overrides what the props above set.
+   * @default none */
+  readonly environment?: Record<string, string>;
+}
+
+const DNS_NAME = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$/;
+const CLUSTER_NAME = /^[A-Za-z0-9_-]{1,255}$/;
+const ENV_KEY = /^[A-Z_][A-Z0-9_]*$/;
+const DISCOVERY_MODES: readonly DiscoveryMode[] = ['ecs', 'asg', 'tag', 'static'];
+
+const unresolved = (v: unknown): boolean => Token.isUnresolved(v);
+const stripDot = (s: string): string => s.trim().toLowerCase().replace(/\.+$/, '');
+
+/** Seconds as the runtime reads them: `30`, `0.5`. */
+function seconds(d: Duration): string {
+  return String(d.toMilliseconds() / 1000);
+}
+
+function isCidr(s: string): boolean {
+  const v4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/.exec(s);
+  if (v4) return v4.slice(1, 5).every((o) => Number(o) <= 255) && Number(v4[5]) <= 32;
+  const v6 = /^([0-9a-fA-F:]+)\/(\d{1,3})$/.exec(s);
+  return !!v6 && v6[1].includes(':') && Number(v6[2]) <= 128;
+}
+
+function isPortSpec(p: number | string): boolean {
+  if (typeof p === 'number') return Number.isInteger(p) && p >= 1 && p <= 65535;
+  const m = /^(\d{1,5})(?:-(\d{1,5}))?$/.exec(p.trim());
+  if (!m) return false;
+  const from = Number(m[1]);
+  const to = Number(m[2] ?? m[1]);
+  return from >= 1 && to <= 65535 && from <= to;
+}
+
+/**
+ * A Graviton fleet running Karma Proxy, with its addresses, DNS, cache and permissions.
+ *
+ * ```ts
+ * const proxy = new KarmaProxy(this, 'Proxy', { domain: 'apps.example.com', hostedZone });
+ * service.connections.allowFrom(proxy, ec2.Port.tcp(8080));
+ * ```
+ */
+export class KarmaProxy extends Construct implements ec2.IConnectable {
+  /** Port the proxy listens on, on the instance. */
+  public static readonly HTTP_PORT = 80;
+  /** Opened now for the TLS listener to come. */
+  public static readonly HTTPS_PORT = 443;
+  public static readonly DEFAULT_METRICS_PORT = 6970;
+  public static readonly REDIS_PORT = 6379;
+  public static readonly DEFAULT_INSTANCE_TYPE = 't4g.nano';
+  public static readonly DEFAULT_REDIS_NODE_TYPE = 'cache.t4g.micro';
+  public static readonly DEFAULT_BUNDLE_PATH = path.join(__dirname, '..', 'dist', 'karma-proxy.js');
+  /** Tag key marking the Elastic IPs (and instances) of one fleet. */
+  public static readonly POOL_TAG_KEY = 'karma-proxy:pool';
+  /** Paths on the instance. */
+  public static readonly ENV_FILE = INSTANCE_PATHS.envFile;
+  public static readonly BUNDLE_FILE = INSTANCE_PATHS.bundle;
+  /** systemd's LimitNOFILE: a socket to the client and one to the target per request. */
+  public static readonly LIMIT_NOFILE = 65536;
+
+  public readonly connections: ec2.Connections;
+  public readonly vpc: ec2.IVpc;
+  public readonly securityGroup: ec2.ISecurityGroup;
+  public readonly role: iam.IRole;
+  public readonly launchTemplate: ec2.LaunchTemplate;
+  public readonly autoScalingGroup: autoscaling.AutoScalingGroup;
+  public readonly userData: ec2.UserData;
+  /** The runtime bundle as uploaded. */
+  public readonly bundle: s3assets.Asset;
+  /** One Elastic IP per instance slot (maxCapacity). */
+  public readonly elasticIps: ec2.CfnEIP[];
+  /** The public addresses of the fleet (tokens resolved at deploy). */
+  public readonly addresses: string[];
+  /** Value of the POOL_TAG_KEY tag on this fleet's addresses and instances. */
+  public readonly poolId: string;
+  /** `*.<domain>` when a domain is given. */
+  public readonly wildcardDomainName?: string;
+  public readonly wildcardRecord?: route53.ARecord;
+  /** Primary endpoint address of the cache, when `redis` is on. */
+  public readonly cacheEndpoint?: string;
+  /** Port of the cache, when `redis` is on. */
+  public readonly cachePort?: string;
+  /** `rediss://<endpoint>:<port>` (no password: the token is in `cacheAuthSecret`). */
+  public readonly redisUrl?: string;
+  /** Secret whose SecretString is the cache's AUTH token. */
+  public readonly cacheAuthSecret?: secretsmanager.ISecret;
+  public readonly cacheSecurityGroup?: ec2.ISecurityGroup;
+  public readonly cacheReplicationGroup?: elasticache.CfnReplicationGroup;
+  /** Exactly what is written to /etc/karma-proxy/env (values may be tokens). */
+  public readonly runtimeEnvironment: Readonly<Record<string, string>>;
+  /** Monthly cost of what this construct runs, with the ALB's floor beside it. */
+  public readonly costEstimate: CostEstimate;
+
+  constructor(scope: Construct, id: string, props: KarmaProxyProps = {}) {
+    super(scope, id);
+
+    const instanceType = props.instanceType ?? new ec2.InstanceType(KarmaProxy.DEFAULT_INSTANCE_TYPE);
+    const minCapacity = props.minCapacity ?? 1;
+    const maxCapacity = props.maxCapacity ?? Math.max(minCapacity, 1);
+    const discovery = props.discovery ?? 'ecs';
+    const useRedis = props.redis ?? true;
+    const redisNodeType = props.redisNodeType ?? KarmaProxy.DEFAULT_REDIS_NODE_TYPE;
+    const metricsPort = props.metricsPort ?? KarmaProxy.DEFAULT_METRICS_PORT;
+    const allowedCidrs = props.allowedCidrs ?? ['0.0.0.0/0'];
+    const bundlePath = props.bundlePath ?? KarmaProxy.DEFAULT_BUNDLE_PATH;
+    const rootVolumeSize = props.rootVolumeSize ?? 8;
+    const shutdownTimeout = props.shutdownTimeout ?? Duration.seconds(30);
+    const signalTimeout = props.signalTimeout ?? Duration.minutes(15);
+    const recordTtl = props.recordTtl ?? Duration.seconds(60);
+    const domain = props.domain === undefined || unresolved(props.domain) ? props.domain : stripDot(props.domain);
+    const environment = props.environment ?? {};
+
+    this.validate(props, {
+      instanceType, minCapacity, maxCapacity, discovery, redisNodeType, metricsPort, allowedCidrs,
+      bundlePath, rootVolumeSize, shutdownTimeout, domain, environment, useRedis,
+    });
+
+    // environment may override these two: the metrics rule, the health probe and systemd's stop timeout follow it.
+    const overridden = (key: string): string | undefined =>
+      environment[key] !== undefined && !unresolved(environment[key]) ? environment[key].trim() : undefined;
+    const effectiveMetricsPort = Number(overridden('METRICS_PORT') ?? metricsPort);
+    const effectiveShutdownSeconds = Number(overridden('SHUTDOWN_TIMEOUT') ?? shutdownTimeout.toMilliseconds() / 1000);
+
+    // ---- network ----
+    this.vpc = props.vpc ?? new ec2.Vpc(this, 'Vpc', {
+      maxAzs: 2,
+      // The proxy sits in public subnets with its own addresses: a NAT gateway would cost ten times the instance.
+      natGateways: 0,
+      subnetConfiguration: [
+        { name: 'Public', subnetType: ec2.SubnetType.PUBLIC, cidrMask: 24 },
+        { name: 'Cache', subnetType: ec2.SubnetType.PRIVATE_ISOLATED, cidrMask: 24 },
+      ],
+      // Nothing uses the default group; restricting it would add a Lambda-backed custom resource.
+      restrictDefaultSecurityGroup: false,
+    });
+    if (!props.vpc) {
+      Validations.of(this.vpc).acknowledge({
+        id: 'AwsSolutions-VPC7',
+        reason: 'Flow logs cost more than the proxy itself; the proxy can log each request (LOG_CONNECTIONS).',
+      });
+    }
+
+    this.securityGroup = props.securityGroup ?? new ec2.SecurityGroup(this, 'SecurityGroup', {
+      vpc: this.vpc,
+      description: 'Karma Proxy: HTTP(S) from allowedCidrs; out to targets, AWS APIs and packages',
+      allowAllOutbound: true,
+    });
+    for (const cidr of allowedCidrs) {
+      const peer = cidr.includes(':') ? ec2.Peer.ipv6(cidr) : ec2.Peer.ipv4(cidr);
+      this.securityGroup.addIngressRule(peer, ec2.Port.tcp(KarmaProxy.HTTP_PORT), `HTTP from ${cidr}`);
+      this.securityGroup.addIngressRule(peer, ec2.Port.tcp(KarmaProxy.HTTPS_PORT), `HTTPS from ${cidr}`);
+    }
+    if (props.metricsPeer) {
+      this.securityGroup.addIngressRule(props.metricsPeer, ec2.Port.tcp(effectiveMetricsPort), 'Karma Proxy metrics and health');
+    }
+    if (!props.securityGroup && allowedCidrs.some((c) => c.endsWith('/0'))) {
+      Validations.of(this.securityGroup).acknowledge({
+        id: 'AwsSolutions-EC23',
+        reason: 'A public load balancer: ports 80 and 443 are open to allowedCidrs by design, and nothing else is.',
+      });
+    }
+    this.connections = new ec2.Connections({
+      securityGroups: [this.securityGroup],
+      defaultPort: ec2.Port.tcp(KarmaProxy.HTTP_PORT),
+    });
+
+    // ---- identity ----
+    const ownRole = !props.role;
+    this.role = props.role ?? new iam.Role(this, 'Role', {
+      assumedBy: new iam.ServicePrincipal('ec2.amazonaws.com'),
+      description: 'Karma Proxy instances: discovery reads, its bundle, its cache secret, its addresses, Session Manager',
+      managedPolicies: [iam.ManagedPolicy.fromAwsManagedPolicyName('AmazonSSMManagedInstanceCore')],
+    });
+    if (ownRole) {
+      Validations.of(this.role).acknowledge({
+        id: 'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore]',
+        reason: 'Session Manager is the only way in (no SSH key, no open port); AWS maintains this policy for it.',
+      });
+    }
+    this.addDiscoveryPermissions(discovery, props.clusters);
+
+    // ---- bundle ----
+    this.bundle = new s3assets.Asset(this, 'Bundle', { path: bundlePath });
+    // The whole asset prefix, not just this bundle's key: an update that rolls back must still be able to
+    // fetch the previous bundle while the policy is already the new one.
+    this.bundle.grantRead(this.role);
+    const bundleReason = 'Read-only access to the CDK asset bucket (asset.grantRead): instances download the bundle at boot, and a rolled-back update needs the previous one.';
+    for (const finding of ['Action::s3:GetObject*', 'Action::s3:GetBucket*', 'Action::s3:List*',
+      `Resource::${nagText(this.bundle.bucket.arnForObjects('*'), this)}`]) {
+      Validations.of(this.role).acknowledge({ id: `AwsSolutions-IAM5[${finding}]`, reason: bundleReason });
+    }
+
+    // ---- cache ----
+    if (useRedis) {
+      const subnets = this.vpc.selectSubnets(props.cacheSubnets ?? this.defaultCacheSubnets());
+      const cacheSg = new ec2.SecurityGroup(this, 'CacheSecurityGroup', {
+        vpc: this.vpc,
+        description: 'Karma Proxy cache: Redis from the proxy fleet only',
+        allowAllOutbound: false,
+      });
+      cacheSg.addIngressRule(this.securityGroup, ec2.Port.tcp(KarmaProxy.REDIS_PORT), 'Redis from the Karma Proxy fleet');
+      const secret = new secretsmanager.Secret(this, 'CacheAuthToken', {
+        description: 'Karma Proxy: AUTH token of its Redis (the SecretString is the token)',
+        generateSecretString: { passwordLength: 64, excludePunctuation: true, includeSpace: false },
+      });
+      Validations.of(secret).acknowledge({
+        id: 'AwsSolutions-SMG4',
+        reason: 'The token is read once at start by the runtime; rotating an ElastiCache AUTH token needs a coordinated ROTATE/SET update that this stack does not automate.',
+      });
+      const subnetGroup = new elasticache.CfnSubnetGroup(this, 'CacheSubnets', {
+        description: 'Karma Proxy cache subnets',
+        subnetIds: subnets.subnetIds,
+      });
+      const cache = new elasticache.CfnReplicationGroup(this, 'Cache', {
+        replicationGroupDescription: 'Karma Proxy shared discovery cache',
+        engine: 'redis',
+        engineVersion: '7.1',
+        cacheNodeType: redisNodeType,
+        numCacheClusters: 1,
+        automaticFailoverEnabled: false,
+        multiAzEnabled: false,
+        port: KarmaProxy.REDIS_PORT,
+        cacheSubnetGroupName: subnetGroup.ref,
+        securityGroupIds: [cacheSg.securityGroupId],
+        transitEncryptionEnabled: true,
+        transitEncryptionMode: 'required',
+        atRestEncryptionEnabled: true,
+        // A {{resolve:secretsmanager:...}} reference: the token itself is never in the template.
+        authToken: secret.secretValue.unsafeUnwrap(),
+      });
+      Validations.of(cache).acknowledge({
+        id: 'AwsSolutions-AEC4',
+        reason: 'The cache only shares discovery results: when it is down each instance asks AWS itself, so a second node in another AZ would double its cost for nothing.',
+      });
+      Validations.of(cache).acknowledge({
+        id: 'AwsSolutions-AEC5',
+        reason: 'Only the proxy security group reaches the cache, over TLS with an AUTH token; a non-default port adds nothing to that.',
+      });
+      this.role.addToPrincipalPolicy(new iam.PolicyStatement({
+        sid: 'ReadCacheAuthToken',
+        actions: ['secretsmanager:GetSecretValue'],
+        resources: [secret.secretArn],
+      }));
+      this.cacheSecurityGroup = cacheSg;
+      this.cacheAuthSecret = secret;
+      this.cacheReplicationGroup = cache;
+      this.cacheEndpoint = cache.attrPrimaryEndPointAddress;
+      this.cachePort = cache.attrPrimaryEndPointPort;
+      this.redisUrl = `rediss://${this.cacheEndpoint}:${this.cachePort}`;
+    }
+
+    // ---- addresses ----
+    this.poolId = this.node.addr;
+    Tags.of(this).add(KarmaProxy.POOL_TAG_KEY, this.poolId);
+    this.elasticIps = [];
+    for (let slot = 0; slot < maxCapacity; slot++) {
+      this.elasticIps.push(new ec2.CfnEIP(this, `Address${slot + 1}`, { domain: 'vpc' }));
+    }
+    this.addresses = this.elasticIps.map((eip) => eip.attrPublicIp);
+    this.role.addToPrincipalPolicy(new iam.PolicyStatement({
+      sid: 'FindFleetAddresses',
+      actions: ['ec2:DescribeAddresses'],
+      resources: ['*'],
+    }));
+    const stack = Stack.of(this);
+    this.role.addToPrincipalPolicy(new iam.PolicyStatement({
+      sid: 'ClaimFleetAddress',
+      actions: ['ec2:AssociateAddress'],
+      resources: this.elasticIps.map((eip) =>
+        stack.formatArn({ service: 'ec2', resource: 'elastic-ip', resourceName: eip.attrAllocationId })),
+    }));
+    this.role.addToPrincipalPolicy(new iam.PolicyStatement({
+      sid: 'ClaimAddressForFleetInstance',
+      actions: ['ec2:AssociateAddress'],
+      resources: [stack.formatArn({ service: 'ec2', resource: 'instance', resourceName: '*' })],
+      conditions: { StringEquals: { [`aws:ResourceTag/${KarmaProxy.POOL_TAG_KEY}`]: this.poolId } },
+    }));
+    Validations.of(this.role).acknowledge({
+      id: `AwsSolutions-IAM5[Resource::${nagText(stack.formatArn({ service: 'ec2', resource: 'instance', resourceName: '*' }), this)}]`,
+      reason: 'An instance can only be named once it exists: AssociateAddress is limited to instances carrying this fleet\'s pool tag, and to this fleet\'s addresses.',
+    });
+    Validations.of(this.role).acknowledge({
+      id: 'AwsSolutions-IAM5[Resource::*]',
+      reason: 'Describe and List calls (ec2:DescribeAddresses, ec2:DescribeInstances, ec2:DescribeNetworkInterfaces, autoscaling:DescribeAutoScalingGroups, ecs:ListTasks) support no resource-level permissions; ECS calls are conditioned on the allowed clusters when clusters are given.',
+    });
+
+    // ---- runtime settings ----
+    const env: Record<string, string> = {
+      PORT: String(KarmaProxy.HTTP_PORT),
+      NODE_FILTER: discovery,
+      AWS_REGION: Aws.REGION,
+      METRICS_PORT: String(metricsPort),
+      SHUTDOWN_TIMEOUT: seconds(shutdownTimeout),
+    };
+    if (domain) env.DOMAIN = domain;
+    if (props.clusters?.length) env.ALLOWED_CLUSTERS = props.clusters.join(',');
+    if (props.ports?.length) env.ALLOWED_PORTS = props.ports.map((p) => String(p).trim()).join(',');
+    if (props.asgName !== undefined) env.ASG_NAME = props.asgName;
+    if (props.tagName !== undefined) env.TAG_NAME = props.tagName;
+    if (props.tagValue !== undefined) env.TAG_VALUE = props.tagValue;
+    if (props.staticTargets?.length) env.STATIC_TARGETS = props.staticTargets.join(',');
+    if (props.targetPort !== undefined) env.TARGET_PORT = String(props.targetPort);
+    if (props.discoveryInterval) env.NODE_CHECK_PERIOD = seconds(props.discoveryInterval);
+    const hc = props.healthCheck ?? {};
+    if (hc.path !== undefined) env.HEALTH_CHECK_PATH = hc.path;
+    if (hc.interval) env.HEALTH_CHECK_PERIOD = seconds(hc.interval);
+    if (hc.timeout) env.HEALTH_CHECK_TIMEOUT = seconds(hc.timeout);
+    if (hc.healthyThreshold !== undefined) env.HEALTHY_THRESHOLD = String(hc.healthyThreshold);
+    if (hc.unhealthyThreshold !== undefined) env.UNHEALTHY_THRESHOLD = String(hc.unhealthyThreshold);
+    if (hc.healthyHttpCodes !== undefined) env.HEALTH_CHECK_MATCHER = hc.healthyHttpCodes;
+    if (this.redisUrl && this.cacheAuthSecret) {
+      env.REDIS_URL = this.redisUrl;
+      env.REDIS_AUTH_SECRET_ARN = this.cacheAuthSecret.secretArn;
+    }
+    Object.assign(env, environment);
+    this.runtimeEnvironment = Object.freeze({ ...env });
+
+
+    // ---- fleet ----
+    const signalResource = Lazy.string({
+      produce: () => stack.getLogicalId(this.autoScalingGroup.node.defaultChild as CfnElement),
+    });
+    this.userData = ec2.UserData.custom(renderBootstrap({
+      stackName: Aws.STACK_NAME,
+      signalResource,
+      region: Aws.REGION,
+      bundleUrl: this.bundle.s3ObjectUrl,
+      addressTagKey: KarmaProxy.POOL_TAG_KEY,
+      addressTagValue: this.poolId,
+      healthUrl: `http://127.0.0.1:${effectiveMetricsPort}/healthz`,
+      healthWaitSeconds: 300,
+      addressWaitSeconds: 600,
+      envFile: renderEnvFile(this.runtimeEnvironment),
+      unit: renderUnit({
+        timeoutStopSec: Math.ceil(effectiveShutdownSeconds) + 15,
+        limitNoFile: KarmaProxy.LIMIT_NOFILE,
+      }),
+    }));
+
+    this.launchTemplate = new ec2.LaunchTemplate(this, 'LaunchTemplate', {
+      instanceType,
+      // Resolved from SSM by CloudFormation at deploy: synth needs no lookup.
+      machineImage: ec2.MachineImage.latestAmazonLinux2023({ cpuType: ec2.AmazonLinuxCpuType.ARM_64 }),
+      userData: this.userData,
+      role: this.role,
+      securityGroup: this.securityGroup,
+      // The instance reaches packages and AWS APIs through its own public address: there is no NAT.
+      associatePublicIpAddress: true,
+      requireImdsv2: true,
+      // Only processes on the instance itself need the metadata service: no containers in between.
+      httpPutResponseHopLimit: 1,
+      blockDevices: [{
+        deviceName: '/dev/xvda',
+        volume: ec2.BlockDeviceVolume.ebs(rootVolumeSize, {
+          volumeType: ec2.EbsDeviceVolumeType.GP3,
+          encrypted: true,
+          deleteOnTermination: true,
+        }),
+      }],
+      instanceInitiatedShutdownBehavior: ec2.InstanceInitiatedShutdownBehavior.TERMINATE,
+      spotOptions: props.spot
+        ? { requestType: ec2.SpotRequestType.ONE_TIME, interruptionBehavior: ec2.SpotInstanceInterruption.TERMINATE }
+        : undefined,
+    });
+
+    this.autoScalingGroup = new autoscaling.AutoScalingGroup(this, 'Fleet', {
+      vpc: this.vpc,
+      vpcSubnets: props.vpcSubnets ?? { subnetType: ec2.SubnetType.PUBLIC },
+      launchTemplate: this.launchTemplate,
+      minCapacity,
+      maxCapacity,
+      signals: autoscaling.Signals.waitForMinCapacity({ timeout: signalTimeout }),
+      // One instance at a time; a new bundle that never turns healthy fails its signal and is rolled back.
+      // With a spare slot the new instance comes up before the old one goes; otherwise old goes first.
+      updatePolicy: autoscaling.UpdatePolicy.rollingUpdate({
+        maxBatchSize: 1,
+        minInstancesInService: Math.min(minCapacity, maxCapacity - 1),
+        waitOnResourceSignals: true,
+        pauseTime: signalTimeout,
+      }),
+    });
+    // Instances must find their permissions and their addresses in place when they boot, and must be gone
+    // before an address is released at deletion.
+    this.autoScalingGroup.node.addDependency(this.role);
+    for (const eip of this.elasticIps) this.autoScalingGroup.node.addDependency(eip);
+    Validations.of(this.autoScalingGroup).acknowledge({
+      id: 'AwsSolutions-AS3',
+      reason: 'Scaling notifications would need a topic and a subscriber; CloudFormation events and the ASG activity history cover this small fleet.',
+    });
+
+    if (minCapacity < maxCapacity) {
+      Validations.of(this).addWarning('KarmaProxy:IdleAddresses',
+        `minCapacity (${minCapacity}) is below maxCapacity (${maxCapacity}): the wildcard record lists all ` +
+        `${maxCapacity} addresses, and clients that pick an address without an instance will time out.`);
+    }
+
+    // ---- DNS ----
+    if (domain) this.wildcardDomainName = `*.${domain}`;
+    if (props.hostedZone && domain) {
+      this.wildcardRecord = new route53.ARecord(this, 'WildcardRecord', {
+        zone: props.hostedZone,
+        // A trailing dot: the name is final, whatever the zone object knows of its own name.
+        recordName: `*.${domain}.`,
+        target: route53.RecordTarget.fromIpAddresses(...this.addresses),
+        ttl: recordTtl,
+        comment: 'Karma Proxy fleet addresses',
+      });
+    }
+
+    this.costEstimate = estimateMonthlyCost({
+      instanceType: instanceType.toString(),
+      instances: minCapacity,
+      spot: props.spot ?? false,
+      elasticIps: maxCapacity,
+      volumeGb: rootVolumeSize,
+      cacheNodeType: useRedis ? redisNodeType : undefined,
+      hostedZone: this.wildcardRecord !== undefined,
+    });
+  }
+
+  /** The role may read exactly what the discovery mode reads. */
+  private addDiscoveryPermissions(discovery: DiscoveryMode, clusters: string[] | undefined): void {
+    const stack = Stack.of(this);
+    const add = (sid: string, actions: string[], resources: string[], conditions?: Record<string, unknown>): void => {
+      this.role.addToPrincipalPolicy(new iam.PolicyStatement({ sid, actions, resources, conditions }));
+    };
+    switch (discovery) {
+      case 'ecs': {
+        if (clusters?.length) {
+          const clusterArns = clusters.map((c) => stack.formatArn({ service: 'ecs', resource: 'cluster', resourceName: c }));
+          // ListTasks and DescribeContainerInstances are authorized on the cluster through a condition, not a resource.
+          add('EcsListInAllowedClusters', ['ecs:ListTasks', 'ecs:DescribeContainerInstances'], ['*'],
+            { ArnEquals: { 'ecs:cluster': clusterArns } });
+          const taskArns = clusters.map((c) => stack.formatArn({ service: 'ecs', resource: 'task', resourceName: `${c}/*` }));
+          add('EcsDescribeTasksInAllowedClusters', ['ecs:DescribeTasks'], taskArns);
+          for (const arn of taskArns) {
+            Validations.of(this.role).acknowledge({
+              id: `AwsSolutions-IAM5[Resource::${nagText(arn, this)}]`,
+              reason: 'Task IDs are not known in advance: DescribeTasks is limited to the tasks of the allowed clusters.',
+            });
+          }
+        } else {
+          add('EcsDiscovery', ['ecs:ListTasks', 'ecs:DescribeTasks', 'ecs:DescribeContainerInstances'], ['*']);
+        }
+        add('Ec2DescribeForEcsTasks', ['ec2:DescribeNetworkInterfaces', 'ec2:DescribeInstances'], ['*']);
+        break;
+      }
+      case 'tag':
+        add('Ec2DescribeTaggedPool', ['ec2:DescribeInstances'], ['*']);
+        break;
+      case 'asg':
+        add('AsgPoolDiscovery', ['autoscaling:DescribeAutoScalingGroups', 'ec2:DescribeInstances'], ['*']);
+        break;
+      case 'static':
+        break;
+    }
+  }
+
+  private defaultCacheSubnets(): ec2.SubnetSelection {
+    if (this.vpc.isolatedSubnets.length > 0) return { subnetType: ec2.SubnetType.PRIVATE_ISOLATED };
+    return { subnetType: ec2.SubnetType.PRIVATE_WITH_EGRESS };
+  }
+
+  /** Every problem with the props, in one error that names them. Tokens are not judged. */
+  private validate(props: KarmaProxyProps, v: {
+    instanceType: ec2.InstanceType; minCapacity: number; maxCapacity: number; discovery: DiscoveryMode;
+    redisNodeType: string; metricsPort: number; allowedCidrs: string[]; bundlePath: string;
+    rootVolumeSize: number; shutdownTimeout: Duration; domain: string | undefined;
+    environment: Record<string, string>; useRedis: boolean;
+  }): void {
+    const problems: string[] = [];
+    const known = (x: unknown): boolean => !unresolved(x);
+
+    if (known(v.minCapacity) && (!Number.isInteger(v.minCapacity) || v.minCapacity < 1)) {
+      problems.push(`minCapacity (${v.minCapacity}) must be a whole number of at least 1`);
+    }
+    if (known(v.maxCapacity) && (!Number.isInteger(v.maxCapacity) || v.maxCapacity < 1)) {
+      problems.push(`maxCapacity (${v.maxCapacity}) must be a whole number of at least 1`);
+    }
+    if (known(v.minCapacity) && known(v.maxCapacity) && v.minCapacity > v.maxCapacity) {
+      problems.push(`minCapacity (${v.minCapacity}) must not exceed maxCapacity (${v.maxCapacity})`);
+    }
+
+    const typeName = v.instanceType.toString();
+    if (known(typeName)) {
+      let arch: ec2.InstanceArchitecture | undefined;
+      try {
+        arch = v.instanceType.architecture;
+      } catch {
+        arch = undefined;
+      }
+      if (arch !== ec2.InstanceArchitecture.ARM_64) {
+        problems.push(`instanceType '${typeName}' is not an ARM Graviton (arm64) type: the image and Node.js are arm64 (use t4g, c7g, m7g...)`);
+      }
+    }
+
+    if (!DISCOVERY_MODES.includes(v.discovery)) {
+      problems.push(`discovery '${v.discovery}' must be one of ${DISCOVERY_MODES.join(', ')}`);
+    }
+
+    const zoneName = props.hostedZone ? tryZoneName(props.hostedZone) : undefined;
+    if (v.domain !== undefined && known(v.domain)) {
+      if (!DNS_NAME.test(v.domain)) {
+        problems.push(`domain '${props.domain}' is not a DNS name such as apps.example.com`);
+      } else if (zoneName !== undefined && known(zoneName)) {
+        const zone = stripDot(zoneName);
+        if (v.domain !== zone && !v.domain.endsWith(`.${zone}`)) {
+          problems.push(`domain '${v.domain}' is not inside hosted zone '${zone}'`);
+        }
+      }
+    }
+    const envDomain = v.environment.DOMAIN;
+    if (v.discovery === 'ecs' && !v.domain && !envDomain) {
+      problems.push("domain is required when discovery is 'ecs' (routes are <service>-<port>-<cluster>.<domain>)");
+    }
+    if (props.hostedZone && !v.domain) {
+      problems.push('domain is required with hostedZone (the record is *.<domain>)');
+    }
+
+    if (v.discovery === 'static' && !props.staticTargets?.length && !v.environment.STATIC_TARGETS) {
+      problems.push("staticTargets is required when discovery is 'static' (host:port each)");
+    }
+    for (const t of props.staticTargets ?? []) {
+      if (known(t) && !/^(\[[0-9a-fA-F:.]+\]|[^:\s,[\]]+):\d{1,5}$/.test(t)) {
+        problems.push(`staticTargets entry '${t}' must be host:port`);
+      }
+    }
+    if (props.clusters?.length && v.discovery !== 'ecs') {
+      problems.push(`clusters only applies when discovery is 'ecs' (discovery is '${v.discovery}')`);
+    }
+    for (const c of props.clusters ?? []) {
+      if (known(c) && !CLUSTER_NAME.test(c)) problems.push(`clusters entry '${c}' is not an ECS cluster name`);
+    }
+    for (const p of props.ports ?? []) {
+      if (known(p) && !isPortSpec(p)) problems.push(`ports entry '${p}' must be a port (1-65535) or a range such as 8000-8100`);
+    }
+    if (props.targetPort !== undefined && known(props.targetPort) && !isPortSpec(props.targetPort)) {
+      problems.push(`targetPort (${props.targetPort}) must be a port from 1 to 65535`);
+    }
+
+    for (const cidr of v.allowedCidrs) {
+      if (known(cidr) && !isCidr(cidr)) problems.push(`allowedCidrs entry '${cidr}' is not a CIDR such as 0.0.0.0/0 or 203.0.113.0/24`);
+    }
+    if (known(v.metricsPort)) {
+      if (!Number.isInteger(v.metricsPort) || v.metricsPort < 1 || v.metricsPort > 65535) {
+        problems.push(`metricsPort (${v.metricsPort}) must be a port from 1 to 65535`);
+      } else if (v.metricsPort === KarmaProxy.HTTP_PORT || v.metricsPort === KarmaProxy.HTTPS_PORT) {
+        problems.push(`metricsPort (${v.metricsPort}) must differ from the proxy's ports 80 and 443`);
+      }
+    }
+
+    if (v.useRedis && known(v.redisNodeType) && !/^cache\.[a-z0-9]+\.[a-z0-9]+$/.test(v.redisNodeType)) {
+      problems.push(`redisNodeType '${v.redisNodeType}' is not a cache node type such as cache.t4g.micro`);
+    }
+    if (!v.useRedis && props.redisNodeType !== undefined) {
+      problems.push('redisNodeType is set but redis is false');
+    }
+    if (known(v.rootVolumeSize) && (!Number.isInteger(v.rootVolumeSize) || v.rootVolumeSize < 8 || v.rootVolumeSize > 16384)) {
+      problems.push(`rootVolumeSize (${v.rootVolumeSize}) must be a whole number of GB from 8 (the image's size) to 16384`);
+    }
+
+    const hc = props.healthCheck;
+    if (hc?.interval && hc.timeout && known(hc.interval.toMilliseconds()) &&
+        hc.timeout.toMilliseconds() > hc.interval.toMilliseconds()) {
+      problems.push(`healthCheck.timeout (${seconds(hc.timeout)} s) must not exceed healthCheck.interval (${seconds(hc.interval)} s)`);
+    }
+    for (const k of ['healthyThreshold', 'unhealthyThreshold'] as const) {
+      const n = hc?.[k];
+      if (n !== undefined && known(n) && (!Number.isInteger(n) || n < 1 || n > 100)) {
+        problems.push(`healthCheck.${k} (${n}) must be a whole number from 1 to 100`);
+      }
+    }
+    if (hc?.path !== undefined && known(hc.path) && hc.path !== 'off' && !/^\/[\x21-\x7e]*$/.test(hc.path)) {
+      problems.push(`healthCheck.path '${hc.path}' must start with '/' (or be 'off')`);
+    }
+    if (hc?.healthyHttpCodes !== undefined && known(hc.healthyHttpCodes) &&
+        !/^\d{3}(-\d{3})?(,\d{3}(-\d{3})?)*$/.test(hc.healthyHttpCodes.replace(/\s/g, ''))) {
+      problems.push(`healthCheck.healthyHttpCodes '${hc.healthyHttpCodes}' must look like 200, 200-399 or 200,204`);
+    }
+
+    for (const [key, value] of Object.entries(v.environment)) {
+      if (!ENV_KEY.test(key)) problems.push(`environment key '${key}' is not an env var name (A-Z, 0-9, _)`);
+      if (typeof value !== 'string') problems.push(`environment.${key} must be a string`);
+      else if (known(value) && /[\n\r\0]/.test(value)) problems.push(`environment.${key} must be one line`);
+    }
+    const envMetrics = v.environment.METRICS_PORT;
+    if (envMetrics !== undefined && known(envMetrics) && !/^\d{1,5}$/.test(envMetrics.trim())) {
+      problems.push(`environment.METRICS_PORT '${envMetrics}' must be a port number`);
+    }
+    const envShutdown = v.environment.SHUTDOWN_TIMEOUT;
+    if (envShutdown !== undefined && known(envShutdown) && !/^\d+(\.\d+)?$/.test(envShutdown.trim())) {
+      problems.push(`environment.SHUTDOWN_TIMEOUT '${envShutdown}' must be a number of seconds`);
+    }
+
+    if (known(v.bundlePath) && !fs.existsSync(v.bundlePath)) {
+      problems.push(`bundle '${v.bundlePath}' does not exist: run 'npm run build' first (or set bundlePath)`);
+    }
+
+    if (problems.length > 0) {
+      throw new Error(`Invalid KarmaProxy props (${this.node.path}):\n  - ${problems.join('\n  - ')}`);
+    }
+  }
+}
+
+/**
+ * A value as cdk-nag names it in a finding (`arn:<AWS::Partition>:s3:::bucket/*`), so that an
+ * acknowledgment matches whatever the stack's environment and synthesizer make of it.
+ */
+function nagText(value: string, scope: Construct): string {
+  const visit = (node: unknown): string => {
+    if (node === undefined) return '';
+    if (typeof node === 'string') return node.replace(/\$\{/g, '<').replace(/\}/g, '>');
+    if (node && typeof node === 'object') {
+      const o = node as Record<string, unknown>;
+      if (Array.isArray(o['Fn::Join'])) {
+        const [sep, items] = o['Fn::Join'] as [string, unknown[]];
+        return items.map(visit).join(sep);
+      }
+      if (o['Fn::Sub'] !== undefined) return visit(o['Fn::Sub']);
+      if (Array.isArray(o['Fn::GetAtt'])) {
+        const [res, attr] = o['Fn::GetAtt'] as unknown[];
+        return `<${visit(res)}.${visit(attr)}>`;
+      }
+      if (o.Ref !== undefined) return `<${visit(o.Ref)}>`;
+    }
+    return JSON.stringify(node);
+  };
+  return visit(Stack.of(scope).resolve(value));
+}
+
+/** zoneName of an imported zone, or undefined when the zone object does not know it (fromHostedZoneId). */
+function tryZoneName(zone: route53.IHostedZone): string | undefined {
+  try {
+    return zone.zoneName;
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,248 @@
+/**
+ * The text the instance runs at first boot, and the files it writes: the env file and the systemd unit.
+ * Pure functions of their options, so tests can render them with plain values and check them with
+ * `bash -n` and `systemd-analyze verify`. Values may contain CDK tokens; CloudFormation resolves them
+ * inside the user data (bucket names, ARNs, endpoints: none needs quoting).
+ */
+import { Token } from 'aws-cdk-lib';
+
+/** Where things live on the instance. */
+export const INSTANCE_PATHS = {
+  /** Amazon Linux 2023's namespaced Node.js 22 binary: an upgrade of the default `node` cannot change it. */
+  node: '/usr/bin/node-22',
+  bundleDir: '/opt/karma-proxy',
+  bundle: '/opt/karma-proxy/karma-proxy.js',
+  envDir: '/etc/karma-proxy',
+  envFile: '/etc/karma-proxy/env',
+  unitName: 'karma-proxy.service',
+  unitFile: '/etc/systemd/system/karma-proxy.service',
+} as const;
+
+export interface UnitOptions {
+  /** Seconds systemd waits after SIGTERM before SIGKILL: at least the runtime's SHUTDOWN_TIMEOUT. */
+  readonly timeoutStopSec: number;
+  /** @default INSTANCE_PATHS.node */
+  readonly node?: string;
+  /** @default INSTANCE_PATHS.bundle */
+  readonly bundle?: string;
+  /** @default INSTANCE_PATHS.envFile */
+  readonly envFile?: string;
+  /** Open files per process (client plus upstream sockets). */
+  readonly limitNoFile: number;
+}
+
+/**
+ * The service: unprivileged (a fresh dynamic user), allowed to bind port 80 and nothing more, a
+ * read-only system, restarted whatever happens, stopped with SIGTERM and time to drain.
+ */
+export function renderUnit(o: UnitOptions): string {
+  return [
+    '[Unit]',
+    'Description=Karma Proxy (HTTP load balancer for ECS services and EC2 pools)',
+    'Wants=network-online.target',
+    'After=network-online.target',
+    // Never give up restarting: a proxy that stays down is worse than one that crash-loops visibly.
+    'StartLimitIntervalSec=0',
+    '',
+    '[Service]',
+    'Type=simple',
+    `EnvironmentFile=${o.envFile ?? INSTANCE_PATHS.envFile}`,
+    `ExecStart=${o.node ?? INSTANCE_PATHS.node} ${o.bundle ?? INSTANCE_PATHS.bundle}`,
+    'Restart=always',
+    'RestartSec=2',
+    'KillSignal=SIGTERM',
+    `TimeoutStopSec=${o.timeoutStopSec}`,
+    `LimitNOFILE=${o.limitNoFile}`,
+    'DynamicUser=yes',
+    'AmbientCapabilities=CAP_NET_BIND_SERVICE',
+    'CapabilityBoundingSet=CAP_NET_BIND_SERVICE',
+    'NoNewPrivileges=yes',
+    'ProtectSystem=strict',
+    'ProtectHome=yes',
+    'PrivateTmp=yes',
+    'PrivateDevices=yes',
+    'ProtectKernelTunables=yes',
+    'ProtectKernelModules=yes',
+    'ProtectKernelLogs=yes',
+    'ProtectControlGroups=yes',
+    'ProtectClock=yes',
+    'ProtectHostname=yes',
+    'RestrictNamespaces=yes',
+    'RestrictRealtime=yes',
+    'RestrictSUIDSGID=yes',
+    'LockPersonality=yes',
+    // AF_NETLINK: libuv lists interfaces through it (os.networkInterfaces).
+    'RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK',
+    'SystemCallArchitectures=native',
+    'UMask=0077',
+    // Node's JIT needs writable+executable memory, so no MemoryDenyWriteExecute.
+    '',
+    '[Install]',
+    'WantedBy=multi-user.target',
+    '',
+  ].join('\n');
+}
+
+const SAFE_VALUE = /^[A-Za-z0-9_.,:/@+=*%^~-]*$/;
+
+/**
+ * `KEY=value` lines in systemd's EnvironmentFile syntax. Plain values stay bare; others are
+ * double-quoted with `\ " ` $` escaped. Values holding CDK tokens are left as they are: what
+ * CloudFormation puts there (endpoints, ARNs, regions) is always plain.
+ */
+export function renderEnvFile(env: Readonly<Record<string, string>>): string {
+  const lines = Object.keys(env)
+    .sort()
+    .map((key) => {
+      const value = env[key];
+      if (Token.isUnresolved(value) || SAFE_VALUE.test(value)) return `${key}=${value}`;
+      return `${key}="${value.replace(/[\\"`$]/g, (c) => `\\${c}`)}"`;
+    });
+  return lines.join('\n') + '\n';
+}
+
+export interface BootstrapOptions {
+  /** Stack name, logical ID of the Auto Scaling group and region, for cfn-signal. */
+  readonly stackName: string;
+  readonly signalResource: string;
+  readonly region: string;
+  /** s3://bucket/key of the bundle. */
+  readonly bundleUrl: string;
+  /** The tag that marks this fleet's Elastic IPs. */
+  readonly addressTagKey: string;
+  readonly addressTagValue: string;
+  /** The runtime's /healthz, polled before the instance claims an address and signals success. */
+  readonly healthUrl: string;
+  readonly healthWaitSeconds: number;
+  /** How long to wait for a free address (a replaced instance frees its own as it terminates). */
+  readonly addressWaitSeconds: number;
+  /** The content of /etc/karma-proxy/env. */
+  readonly envFile: string;
+  /** The content of the systemd unit. */
+  readonly unit: string;
+}
+
+const sq = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
+
+/** A here-document whose delimiter cannot occur in its body. */
+function heredoc(target: string, mode: string, body: string, delimiter: string): string {
+  if (body.split('\n').includes(delimiter)) throw new Error(`the text for ${target} contains the line ${delimiter}`);
+  const text = body.endsWith('\n') ? body : `${body}\n`;
+  return `install -m ${mode} /dev/null ${target}\ncat > ${target} <<'${delimiter}'\n${text}${delimiter}`;
+}
+
+/**
+ * The first-boot script: install Node.js 22 and the CloudFormation helpers, fetch the bundle, write
+ * the settings and the unit, start the service, wait until it answers /healthz, claim a free Elastic
+ * IP of this fleet, then signal CloudFormation. Any failure signals failure, so a broken bundle
+ * stops a rolling update and CloudFormation rolls it back.
+ */
+export function renderBootstrap(o: BootstrapOptions): string {
+  return `#!/bin/bash
+# Karma Proxy first boot, rendered by the KarmaProxy construct. Runs once, as root, through cloud-init;
+# its output is in /var/log/cloud-init-output.log.
+set -euo pipefail
+
+readonly STACK_NAME=${sq(o.stackName)}
+readonly SIGNAL_RESOURCE=${sq(o.signalResource)}
+readonly REGION=${sq(o.region)}
+readonly BUNDLE_URL=${sq(o.bundleUrl)}
+readonly ADDRESS_TAG_KEY=${sq(o.addressTagKey)}
+readonly ADDRESS_TAG_VALUE=${sq(o.addressTagValue)}
+readonly HEALTH_URL=${sq(o.healthUrl)}
+readonly HEALTH_WAIT_SECONDS=${o.healthWaitSeconds}
+readonly ADDRESS_WAIT_SECONDS=${o.addressWaitSeconds}
+
+log() { echo "karma-proxy-boot: $*" >&2; }
+
+signalled=0
+signal() {
+  # Tells CloudFormation whether this instance came up; a failure stops the deploy or rolls the update back.
+  [ "$signalled" = 1 ] && return 0
+  signalled=1
+  local bin
+  bin=$(command -v cfn-signal || echo /opt/aws/bin/cfn-signal)
+  "$bin" -e "$1" --stack "$STACK_NAME" --resource "$SIGNAL_RESOURCE" --region "$REGION" || log "cfn-signal failed"
+}
+on_exit() {
+  local rc=$?
+  if [ "$rc" != 0 ]; then
+    log "failed with status $rc"
+    signal 1
+  fi
+}
+trap on_exit EXIT
+
+# Node.js from the distribution (namespaced: /usr/bin/node-22), and cfn-signal, which not every
+# Amazon Linux 2023 image carries.
+for attempt in 1 2 3 4 5; do
+  if dnf install -y nodejs22 aws-cfn-bootstrap; then break; fi
+  if [ "$attempt" = 5 ]; then log "dnf install failed"; exit 1; fi
+  sleep $((attempt * 5))
+done
+test -x ${INSTANCE_PATHS.node}
+
+# The bundle: one file, every dependency inside.
+install -d -m 0755 ${INSTANCE_PATHS.bundleDir} ${INSTANCE_PATHS.envDir}
+aws s3 cp --only-show-errors --region "$REGION" "$BUNDLE_URL" ${INSTANCE_PATHS.bundle}
+chmod 0644 ${INSTANCE_PATHS.bundle}
+
+# Settings from the construct. No secret here: the runtime reads the Redis AUTH token from Secrets Manager.
+${heredoc(INSTANCE_PATHS.envFile, '0644', o.envFile, 'KARMA_PROXY_ENV')}
+
+${heredoc(INSTANCE_PATHS.unitFile, '0644', o.unit, 'KARMA_PROXY_UNIT')}
+systemctl daemon-reload
+systemctl enable --now ${INSTANCE_PATHS.unitName}
+
+deadline=$((SECONDS + HEALTH_WAIT_SECONDS))
+until curl -fs --max-time 2 -o /dev/null "$HEALTH_URL"; do
+  if [ "$SECONDS" -ge "$deadline" ]; then
+    log "not healthy after $HEALTH_WAIT_SECONDS s"
+    journalctl -u ${INSTANCE_PATHS.unitName} --no-pager -n 100 || true
+    exit 1
+  fi
+  sleep 2
+done
+log "healthy"
+
+# Claim a free Elastic IP of this fleet, so that the wildcard record reaches this instance. Two
+# instances may race for the same one: associate-address refuses the second (no reassociation),
+# which then tries another.
+imds_token=$(curl -fsS -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' http://169.254.169.254/latest/api/token)
+INSTANCE_ID=$(curl -fsS -H "X-aws-ec2-metadata-token: $imds_token" http://169.254.169.254/latest/meta-data/instance-id)
+readonly INSTANCE_ID
+
+claim_address() {
+  local held free alloc
+  held=$(aws ec2 describe-addresses --region "$REGION" --output text \\
+    --filters "Name=tag:$ADDRESS_TAG_KEY,Values=$ADDRESS_TAG_VALUE" "Name=instance-id,Values=$INSTANCE_ID" \\
+    --query 'Addresses[0].PublicIp') || return 1
+  if [ -n "$held" ] && [ "$held" != None ]; then
+    log "holds $held"
+    return 0
+  fi
+  free=$(aws ec2 describe-addresses --region "$REGION" --output text \\
+    --filters "Name=tag:$ADDRESS_TAG_KEY,Values=$ADDRESS_TAG_VALUE" \\
+    --query 'Addresses[?AssociationId==null].AllocationId') || return 1
+  alloc=$(printf '%s\\n' $free | grep '^eipalloc-' | shuf -n 1 || true)
+  if [ -z "$alloc" ]; then
+    log "no free address yet"
+    return 1
+  fi
+  aws ec2 associate-address --region "$REGION" --instance-id "$INSTANCE_ID" --allocation-id "$alloc" \\
+    --no-allow-reassociation --output text >/dev/null || return 1
+  log "claimed $alloc"
+}
+
+deadline=$((SECONDS + ADDRESS_WAIT_SECONDS))
+until claim_address; do
+  if [ "$SECONDS" -ge "$deadline" ]; then
+    log "no free address after $ADDRESS_WAIT_SECONDS s"
+    exit 1
+  fi
+  sleep $((3 + RANDOM % 5))
+done
+
+signal 0
+`;
+}

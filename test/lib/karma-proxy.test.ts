@@ -1,0 +1,495 @@
+/**
+ * Intent checks: what each resource must be, read from the synthesized template. Stacks are built
+ * once per configuration and shared by the assertions about them (synth is the slow part).
+ */
+import { App, Duration, Stack } from 'aws-cdk-lib';
+import { Match, Template } from 'aws-cdk-lib/assertions';
+import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as route53 from 'aws-cdk-lib/aws-route53';
+import { KarmaProxy, KarmaProxyProps } from '../../lib';
+import { DOMAIN, ZONE, heredocBody, only, parseEnvFile, templateOf, userDataText } from './helpers';
+
+type Statement = { Action: string | string[]; Resource: unknown; Condition?: unknown; Sid?: string };
+
+function statements(template: Template): Statement[] {
+  return Object.values(template.findResources('AWS::IAM::Policy'))
+    .flatMap((p) => (p as { Properties: { PolicyDocument: { Statement: Statement[] } } }).Properties.PolicyDocument.Statement);
+}
+const actionsOf = (s: Statement): string[] => (Array.isArray(s.Action) ? s.Action : [s.Action]);
+function allActions(template: Template): string[] {
+  return statements(template).flatMap(actionsOf);
+}
+function statementWith(template: Template, action: string): Statement {
+  const found = statements(template).filter((s) => actionsOf(s).includes(action));
+  if (found.length !== 1) throw new Error(`expected one statement with ${action}, found ${found.length}`);
+  return found[0];
+}
+
+/** A construct alone in a plain stack: faster than the whole app stack for IAM variations. */
+function constructTemplate(props: KarmaProxyProps): Template {
+  const stack = new Stack(new App(), 'Test');
+  new KarmaProxy(stack, 'Proxy', props);
+  return Template.fromStack(stack);
+}
+
+describe('default stack', () => {
+  const { stack, template } = templateOf();
+  const logicalId = (type: string): string => Object.keys(template.findResources(type))[0];
+  const proxySg = Object.entries(template.findResources('AWS::EC2::SecurityGroup'))
+    .find(([, r]) => String((r as { Properties: { GroupDescription: string } }).Properties.GroupDescription).startsWith('Karma Proxy: HTTP'))!;
+  const userData = userDataText(template);
+  const envFile = parseEnvFile(heredocBody(userData, 'KARMA_PROXY_ENV'));
+  const unit = heredocBody(userData, 'KARMA_PROXY_UNIT');
+
+  describe('network', () => {
+    test('a new VPC with public and isolated subnets and no NAT gateway', () => {
+      template.resourceCountIs('AWS::EC2::VPC', 1);
+      template.resourceCountIs('AWS::EC2::NatGateway', 0);
+      template.resourceCountIs('AWS::EC2::Subnet', 4);
+      template.resourcePropertiesCountIs('AWS::EC2::Subnet', { MapPublicIpOnLaunch: true }, 2);
+      template.resourcePropertiesCountIs('AWS::EC2::Subnet', { MapPublicIpOnLaunch: false }, 2);
+      // Only the public subnets route to the internet.
+      template.resourceCountIs('AWS::EC2::Route', 2);
+      template.allResourcesProperties('AWS::EC2::Route', { GatewayId: Match.anyValue() });
+    });
+
+    test("the proxy's group opens 80 and 443 to anywhere, and nothing else", () => {
+      const ingress = (proxySg[1] as { Properties: { SecurityGroupIngress: unknown[] } }).Properties.SecurityGroupIngress;
+      expect(ingress).toEqual([
+        expect.objectContaining({ CidrIp: '0.0.0.0/0', IpProtocol: 'tcp', FromPort: 80, ToPort: 80 }),
+        expect.objectContaining({ CidrIp: '0.0.0.0/0', IpProtocol: 'tcp', FromPort: 443, ToPort: 443 }),
+      ]);
+      // No separate ingress resource targets the proxy's group either (the metrics port stays closed).
+      const separate = Object.values(template.findResources('AWS::EC2::SecurityGroupIngress'))
+        .filter((r) => JSON.stringify(r).includes(`"GroupId":{"Fn::GetAtt":["${proxySg[0]}"`));
+      expect(separate).toEqual([]);
+    });
+
+    test('instances run in the public subnets with a public address (no NAT to reach packages)', () => {
+      const asg = only(template, 'AWS::AutoScaling::AutoScalingGroup') as { Properties: { VPCZoneIdentifier: { Ref: string }[] } };
+      expect(asg.Properties.VPCZoneIdentifier.map((r) => r.Ref)).toEqual([
+        expect.stringMatching(/PublicSubnet1/), expect.stringMatching(/PublicSubnet2/),
+      ]);
+      template.hasResourceProperties('AWS::EC2::LaunchTemplate', {
+        LaunchTemplateData: { NetworkInterfaces: [Match.objectLike({ AssociatePublicIpAddress: true, DeviceIndex: 0 })] },
+      });
+    });
+  });
+
+  describe('cache', () => {
+    test('Redis on cache.t4g.micro, encrypted in transit and at rest, AUTH token from Secrets Manager', () => {
+      const secretId = logicalId('AWS::SecretsManager::Secret');
+      template.hasResourceProperties('AWS::ElastiCache::ReplicationGroup', {
+        Engine: 'redis',
+        CacheNodeType: 'cache.t4g.micro',
+        NumCacheClusters: 1,
+        TransitEncryptionEnabled: true,
+        TransitEncryptionMode: 'required',
+        AtRestEncryptionEnabled: true,
+        AuthToken: { 'Fn::Join': ['', ['{{resolve:secretsmanager:', { Ref: secretId }, ':SecretString:::}}']] },
+      });
+      template.hasResourceProperties('AWS::SecretsManager::Secret', {
+        GenerateSecretString: Match.objectLike({ ExcludePunctuation: true, PasswordLength: 64 }),
+      });
+      // The token is generated by Secrets Manager: never a value in the template.
+      template.hasResourceProperties('AWS::SecretsManager::Secret', { SecretString: Match.absent() });
+    });
+
+    test('in the isolated subnets', () => {
+      const group = only(template, 'AWS::ElastiCache::SubnetGroup') as { Properties: { SubnetIds: { Ref: string }[] } };
+      expect(group.Properties.SubnetIds.map((r) => r.Ref)).toEqual([
+        expect.stringMatching(/CacheSubnet1/), expect.stringMatching(/CacheSubnet2/),
+      ]);
+      const isolated = Object.entries(template.findResources('AWS::EC2::Subnet'))
+        .filter(([, r]) => JSON.stringify(r).includes('"Isolated"')).map(([id]) => id);
+      expect(group.Properties.SubnetIds.map((r) => r.Ref).sort()).toEqual(isolated.sort());
+    });
+
+    test('reachable on 6379 from the proxy group only', () => {
+      const cacheSgId = Object.entries(template.findResources('AWS::EC2::SecurityGroup'))
+        .find(([, r]) => JSON.stringify(r).includes('Karma Proxy cache'))![0];
+      template.hasResourceProperties('AWS::ElastiCache::ReplicationGroup', {
+        SecurityGroupIds: [{ 'Fn::GetAtt': [cacheSgId, 'GroupId'] }],
+      });
+      const rules = Object.values(template.findResources('AWS::EC2::SecurityGroupIngress'))
+        .map((r) => (r as { Properties: Record<string, unknown> }).Properties)
+        .filter((p) => JSON.stringify(p.GroupId).includes(cacheSgId));
+      expect(rules).toEqual([expect.objectContaining({
+        IpProtocol: 'tcp', FromPort: 6379, ToPort: 6379,
+        SourceSecurityGroupId: { 'Fn::GetAtt': [proxySg[0], 'GroupId'] },
+      })]);
+      template.hasResourceProperties('AWS::EC2::SecurityGroup', {
+        GroupDescription: Match.stringLikeRegexp('cache'),
+        SecurityGroupIngress: Match.absent(),
+      });
+    });
+
+    test('the runtime gets a rediss:// URL with no password and the secret ARN', () => {
+      expect(envFile.REDIS_URL).toBe('rediss://TOKEN:TOKEN');
+      expect(envFile.REDIS_AUTH_SECRET_ARN).toBe('TOKEN');
+      expect(stack.resolve(stack.proxy.runtimeEnvironment.REDIS_AUTH_SECRET_ARN))
+        .toEqual({ Ref: logicalId('AWS::SecretsManager::Secret') });
+      expect(stack.resolve(stack.proxy.cacheEndpoint))
+        .toEqual({ 'Fn::GetAtt': [logicalId('AWS::ElastiCache::ReplicationGroup'), 'PrimaryEndPoint.Address'] });
+    });
+  });
+
+  describe('IAM', () => {
+    test('an EC2 role with Session Manager, and no SSH key anywhere', () => {
+      template.hasResourceProperties('AWS::IAM::Role', {
+        AssumeRolePolicyDocument: { Statement: [Match.objectLike({ Principal: { Service: 'ec2.amazonaws.com' } })] },
+        ManagedPolicyArns: [{ 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':iam::aws:policy/AmazonSSMManagedInstanceCore']] }],
+      });
+      template.hasResourceProperties('AWS::EC2::LaunchTemplate', {
+        LaunchTemplateData: Match.objectLike({ KeyName: Match.absent() }),
+      });
+      template.resourceCountIs('AWS::EC2::KeyPair', 0);
+      template.resourceCountIs('AWS::IAM::User', 0);
+      template.resourceCountIs('AWS::IAM::AccessKey', 0);
+    });
+
+    test('exactly the ECS discovery reads, its secret, its bundle, its addresses and its signal', () => {
+      expect(new Set(allActions(template))).toEqual(new Set([
+        'ecs:ListTasks', 'ecs:DescribeTasks', 'ecs:DescribeContainerInstances',
+        'ec2:DescribeNetworkInterfaces', 'ec2:DescribeInstances',
+        'secretsmanager:GetSecretValue',
+        's3:GetObject*', 's3:GetBucket*', 's3:List*',
+        'ec2:DescribeAddresses', 'ec2:AssociateAddress',
+        'cloudformation:SignalResource',
+      ]));
+    });
+
+    test('the secret can be read, only that secret', () => {
+      expect(statementWith(template, 'secretsmanager:GetSecretValue').Resource)
+        .toEqual({ Ref: logicalId('AWS::SecretsManager::Secret') });
+    });
+
+    test('addresses: any can be described, only the fleet\'s can be associated, only to its instances', () => {
+      expect(statementWith(template, 'ec2:DescribeAddresses').Resource).toBe('*');
+      const assoc = statements(template).filter((s) => actionsOf(s).includes('ec2:AssociateAddress'));
+      expect(JSON.stringify(assoc)).toContain(`"Fn::GetAtt":["${logicalId('AWS::EC2::EIP')}","AllocationId"]`);
+      expect(assoc.some((s) => s.Resource === '*')).toBe(false);
+      const onInstances = assoc.find((s) => JSON.stringify(s.Resource).includes(':instance/*'))!;
+      expect(onInstances.Condition).toEqual({ StringEquals: { 'aws:ResourceTag/karma-proxy:pool': stack.proxy.poolId } });
+    });
+
+    test('the bundle asset can be read', () => {
+      const s3 = statementWith(template, 's3:GetObject*');
+      expect(JSON.stringify(s3.Resource)).toContain('cdk-hnb659fds-assets');
+    });
+
+    test('no action wildcard beyond the asset grant, and no iam:PassRole', () => {
+      const actions = allActions(template);
+      expect(actions).not.toContain('*');
+      expect(actions.filter((a) => a.endsWith(':*'))).toEqual([]);
+      expect(actions).not.toContain('iam:PassRole');
+    });
+  });
+
+  describe('fleet', () => {
+    test('a launch template on Graviton with IMDSv2 required and hop limit 1', () => {
+      template.hasResourceProperties('AWS::EC2::LaunchTemplate', {
+        LaunchTemplateData: Match.objectLike({
+          InstanceType: 't4g.nano',
+          MetadataOptions: { HttpTokens: 'required', HttpPutResponseHopLimit: 1 },
+          BlockDeviceMappings: [{ DeviceName: '/dev/xvda', Ebs: Match.objectLike({ VolumeType: 'gp3', Encrypted: true, VolumeSize: 8 }) }],
+          InstanceMarketOptions: Match.absent(),
+        }),
+      });
+    });
+
+    test('Amazon Linux 2023 arm64, resolved from SSM at deploy', () => {
+      const lt = only(template, 'AWS::EC2::LaunchTemplate') as { Properties: { LaunchTemplateData: { ImageId: { Ref: string } } } };
+      const param = template.toJSON().Parameters[lt.Properties.LaunchTemplateData.ImageId.Ref];
+      expect(param.Type).toBe('AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>');
+      expect(param.Default).toMatch(/^\/aws\/service\/ami-amazon-linux-latest\/al2023-ami-.*-arm64$/);
+    });
+
+    test('an Auto Scaling group of 1 that waits for signals and rolls updates one by one', () => {
+      template.hasResource('AWS::AutoScaling::AutoScalingGroup', {
+        Properties: Match.objectLike({ MinSize: '1', MaxSize: '1' }),
+        CreationPolicy: { ResourceSignal: { Count: 1, Timeout: 'PT15M' } },
+        UpdatePolicy: Match.objectLike({
+          AutoScalingRollingUpdate: Match.objectLike({
+            MaxBatchSize: 1, MinInstancesInService: 0, WaitOnResourceSignals: true, PauseTime: 'PT15M',
+          }),
+        }),
+      });
+    });
+
+    test('the group waits for the role, its policy and the addresses', () => {
+      const asg = only(template, 'AWS::AutoScaling::AutoScalingGroup') as { DependsOn: string[] };
+      expect(asg.DependsOn).toEqual(expect.arrayContaining([
+        logicalId('AWS::IAM::Role'), logicalId('AWS::IAM::Policy'), logicalId('AWS::EC2::EIP'),
+      ]));
+    });
+
+    test('user data installs Node.js 22 and the cfn helpers, fetches the bundle, signals the group', () => {
+      expect(userData.startsWith('#!/bin/bash\n')).toBe(true);
+      expect(userData).toContain('dnf install -y nodejs22 aws-cfn-bootstrap');
+      expect(userData).toContain(`aws s3 cp --only-show-errors --region "$REGION" "$BUNDLE_URL" /opt/karma-proxy/karma-proxy.js`);
+      expect(userData).toContain(`readonly SIGNAL_RESOURCE='${logicalId('AWS::AutoScaling::AutoScalingGroup')}'`);
+      expect(userData).toMatch(/"\$bin" -e "\$1" --stack "\$STACK_NAME" --resource "\$SIGNAL_RESOURCE" --region "\$REGION"/);
+      expect(userData).toContain("readonly HEALTH_URL='http://127.0.0.1:6970/healthz'");
+      // Health first, then the address, then success.
+      const order = ['systemctl enable --now karma-proxy.service', 'until curl -fs', 'until claim_address', 'signal 0'];
+      const at = order.map((s) => userData.indexOf(s));
+      expect(at.every((i) => i > 0)).toBe(true);
+      expect([...at].sort((a, b) => a - b)).toEqual(at);
+      const bundleUrl = JSON.stringify(stack.resolve(stack.proxy.bundle.s3ObjectUrl));
+      expect(JSON.stringify(template.toJSON())).toContain(bundleUrl.slice(1, -1));
+    });
+
+    test('the systemd unit runs the bundle unprivileged, hardened, always restarted', () => {
+      for (const line of [
+        'ExecStart=/usr/bin/node-22 /opt/karma-proxy/karma-proxy.js',
+        'EnvironmentFile=/etc/karma-proxy/env',
+        'DynamicUser=yes',
+        'AmbientCapabilities=CAP_NET_BIND_SERVICE',
+        'CapabilityBoundingSet=CAP_NET_BIND_SERVICE',
+        'NoNewPrivileges=yes',
+        'ProtectSystem=strict',
+        'ProtectHome=yes',
+        'PrivateTmp=yes',
+        'Restart=always',
+        'KillSignal=SIGTERM',
+        'WantedBy=multi-user.target',
+      ]) {
+        expect(unit.split('\n')).toContain(line);
+      }
+      expect(Number(/^LimitNOFILE=(\d+)$/m.exec(unit)![1])).toBeGreaterThanOrEqual(65536);
+      // systemd waits longer than the runtime's own drain.
+      expect(Number(/^TimeoutStopSec=(\d+)$/m.exec(unit)![1])).toBeGreaterThanOrEqual(Number(envFile.SHUTDOWN_TIMEOUT));
+      expect(unit).not.toMatch(/^User=root$/m);
+    });
+
+    test('the env file: port 80, ecs discovery, the domain, the region', () => {
+      expect(envFile).toMatchObject({
+        PORT: '80',
+        NODE_FILTER: 'ecs',
+        DOMAIN: DOMAIN,
+        AWS_REGION: 'TOKEN',
+        METRICS_PORT: '6970',
+        SHUTDOWN_TIMEOUT: '30',
+      });
+      expect(envFile.ALLOWED_CLUSTERS).toBeUndefined();
+      expect(envFile.ALLOWED_PORTS).toBeUndefined();
+    });
+  });
+
+  describe('addresses and DNS', () => {
+    test('one Elastic IP per slot, tagged with the fleet', () => {
+      template.resourceCountIs('AWS::EC2::EIP', 1);
+      template.hasResourceProperties('AWS::EC2::EIP', {
+        Domain: 'vpc',
+        Tags: Match.arrayWith([{ Key: 'karma-proxy:pool', Value: stack.proxy.poolId }]),
+      });
+      expect(userData).toContain(`readonly ADDRESS_TAG_KEY='karma-proxy:pool'`);
+      expect(userData).toContain(`readonly ADDRESS_TAG_VALUE='${stack.proxy.poolId}'`);
+      expect(userData).toContain('--no-allow-reassociation');
+    });
+
+    test('instances carry the fleet tag that the AssociateAddress condition checks', () => {
+      template.hasResourceProperties('AWS::AutoScaling::AutoScalingGroup', {
+        Tags: Match.arrayWith([{ Key: 'karma-proxy:pool', Value: stack.proxy.poolId, PropagateAtLaunch: true }]),
+      });
+    });
+
+    test('a wildcard A record in the given zone lists the addresses', () => {
+      template.hasResourceProperties('AWS::Route53::RecordSet', {
+        Name: `*.${DOMAIN}.`,
+        Type: 'A',
+        HostedZoneId: ZONE.hostedZoneId,
+        TTL: '60',
+        ResourceRecords: [{ 'Fn::GetAtt': [logicalId('AWS::EC2::EIP'), 'PublicIp'] }],
+      });
+    });
+  });
+
+  describe('outputs', () => {
+    test('the wildcard name, the addresses and the monthly cost next to the ALB floor', () => {
+      const outputs = template.toJSON().Outputs;
+      expect(outputs.WildcardDomain.Value).toBe(`*.${DOMAIN}`);
+      expect(outputs.Addresses.Value).toEqual({ 'Fn::GetAtt': [logicalId('AWS::EC2::EIP'), 'PublicIp'] });
+      expect(outputs.MonthlyCostEstimate.Value).toBe(
+        '$19.54/month (us-east-1, 2026-11 prices); an ALB starts at $22.27/month before traffic');
+    });
+  });
+});
+
+describe('a larger fleet on spot, with allow-lists and runtime settings', () => {
+  const { stack, template } = templateOf({
+    instanceType: new ec2.InstanceType('t4g.small'),
+    minCapacity: 2,
+    maxCapacity: 3,
+    spot: true,
+    clusters: ['prod', 'staging'],
+    ports: [80, '8000-8100'],
+    allowedCidrs: ['203.0.113.0/24', '2001:db8::/32'],
+    metricsPeer: ec2.Peer.ipv4('10.1.0.0/16'),
+    healthCheck: {
+      path: '/health', interval: Duration.seconds(15), timeout: Duration.millis(2500),
+      healthyThreshold: 3, unhealthyThreshold: 4, healthyHttpCodes: '200-299',
+    },
+    discoveryInterval: Duration.seconds(20),
+    shutdownTimeout: Duration.seconds(60),
+    environment: { LOG_CONNECTIONS: 'true', RETRIES: '1', DOMAIN: 'apps.example.com' },
+  });
+  const userData = userDataText(template);
+  const envFile = parseEnvFile(heredocBody(userData, 'KARMA_PROXY_ENV'));
+
+  test('spot instances of the chosen type', () => {
+    template.hasResourceProperties('AWS::EC2::LaunchTemplate', {
+      LaunchTemplateData: Match.objectLike({
+        InstanceType: 't4g.small',
+        InstanceMarketOptions: { MarketType: 'spot', SpotOptions: Match.objectLike({ SpotInstanceType: 'one-time' }) },
+      }),
+    });
+  });
+
+  test('one address per slot, all in the record; updates keep the others in service', () => {
+    template.resourceCountIs('AWS::EC2::EIP', 3);
+    const eips = Object.keys(template.findResources('AWS::EC2::EIP'));
+    template.hasResourceProperties('AWS::Route53::RecordSet', {
+      ResourceRecords: eips.map((id) => ({ 'Fn::GetAtt': [id, 'PublicIp'] })),
+    });
+    template.hasResource('AWS::AutoScaling::AutoScalingGroup', {
+      Properties: Match.objectLike({ MinSize: '2', MaxSize: '3' }),
+      CreationPolicy: { ResourceSignal: Match.objectLike({ Count: 2 }) },
+      UpdatePolicy: Match.objectLike({ AutoScalingRollingUpdate: Match.objectLike({ MinInstancesInService: 2, MaxBatchSize: 1 }) }),
+    });
+    expect(stack.proxy.addresses).toHaveLength(3);
+  });
+
+  test('80 and 443 from the given CIDRs only; metrics from its peer only', () => {
+    template.hasResourceProperties('AWS::EC2::SecurityGroup', {
+      SecurityGroupIngress: [
+        Match.objectLike({ CidrIp: '203.0.113.0/24', FromPort: 80, ToPort: 80 }),
+        Match.objectLike({ CidrIp: '203.0.113.0/24', FromPort: 443, ToPort: 443 }),
+        Match.objectLike({ CidrIpv6: '2001:db8::/32', FromPort: 80, ToPort: 80 }),
+        Match.objectLike({ CidrIpv6: '2001:db8::/32', FromPort: 443, ToPort: 443 }),
+        Match.objectLike({ CidrIp: '10.1.0.0/16', FromPort: 6970, ToPort: 6970 }),
+      ],
+    });
+    expect(JSON.stringify(template.toJSON())).not.toContain('"CidrIp":"0.0.0.0/0","Description":"HTTP');
+  });
+
+  test('ECS reads are limited to the given clusters', () => {
+    const all = statements(template);
+    const list = all.find((s) => actionsOf(s).includes('ecs:ListTasks'))!;
+    expect(JSON.stringify(list.Condition)).toMatch(/"ArnEquals":\{"ecs:cluster":\[.*:cluster\/prod".*:cluster\/staging"/);
+    const describe = all.find((s) => actionsOf(s).includes('ecs:DescribeTasks'))!;
+    expect(JSON.stringify(describe.Resource)).toMatch(/:task\/prod\/\*".*:task\/staging\/\*"/);
+  });
+
+  test('runtime settings from the props, then environment on top', () => {
+    expect(envFile).toMatchObject({
+      ALLOWED_CLUSTERS: 'prod,staging',
+      ALLOWED_PORTS: '80,8000-8100',
+      HEALTH_CHECK_PATH: '/health',
+      HEALTH_CHECK_PERIOD: '15',
+      HEALTH_CHECK_TIMEOUT: '2.5',
+      HEALTHY_THRESHOLD: '3',
+      UNHEALTHY_THRESHOLD: '4',
+      HEALTH_CHECK_MATCHER: '200-299',
+      NODE_CHECK_PERIOD: '20',
+      SHUTDOWN_TIMEOUT: '60',
+      LOG_CONNECTIONS: 'true',
+      RETRIES: '1',
+    });
+    expect(Number(/^TimeoutStopSec=(\d+)$/m.exec(userData)![1])).toBeGreaterThanOrEqual(60);
+  });
+
+  test('the cost estimate counts three addresses, two spot instances and the cache', () => {
+    const e = stack.proxy.costEstimate;
+    expect(e.lines.find((l) => l.item.startsWith('Elastic IP'))!.quantity).toBe(3);
+    expect(e.lines.find((l) => l.item.startsWith('EC2'))).toMatchObject({ quantity: 2, unitMonthlyUsd: 4.09 });
+  });
+});
+
+describe('environment overrides', () => {
+  test('an env var from environment wins over the prop that sets it', () => {
+    const stack = new Stack(new App(), 'Test');
+    const proxy = new KarmaProxy(stack, 'Proxy', {
+      domain: DOMAIN, redis: false, metricsPort: 7000,
+      environment: { METRICS_PORT: '7100', NODE_FILTER: 'ecs', SHUTDOWN_TIMEOUT: '90' },
+    });
+    expect(proxy.runtimeEnvironment).toMatchObject({ METRICS_PORT: '7100', SHUTDOWN_TIMEOUT: '90' });
+    const userData = userDataText(Template.fromStack(stack));
+    expect(userData).toContain("readonly HEALTH_URL='http://127.0.0.1:7100/healthz'");
+    expect(userData).toMatch(/^TimeoutStopSec=105$/m);
+  });
+});
+
+describe('discovery modes get exactly their reads', () => {
+  const base = { redis: false } as const;
+  const discoveryActions = (t: Template): string[] => allActions(t).filter((a) =>
+    a.startsWith('ecs:') || a.startsWith('autoscaling:') || a === 'ec2:DescribeInstances' || a === 'ec2:DescribeNetworkInterfaces');
+
+  test('asg', () => {
+    const t = constructTemplate({ ...base, discovery: 'asg', asgName: 'workers', targetPort: 8080 });
+    expect(discoveryActions(t).sort()).toEqual(['autoscaling:DescribeAutoScalingGroups', 'ec2:DescribeInstances']);
+    const env = parseEnvFile(heredocBody(userDataText(t), 'KARMA_PROXY_ENV'));
+    expect(env).toMatchObject({ NODE_FILTER: 'asg', ASG_NAME: 'workers', TARGET_PORT: '8080' });
+    expect(env.DOMAIN).toBeUndefined();
+  });
+
+  test('tag', () => {
+    const t = constructTemplate({ ...base, discovery: 'tag', tagName: 'Role', tagValue: 'web' });
+    expect(discoveryActions(t)).toEqual(['ec2:DescribeInstances']);
+    const env = parseEnvFile(heredocBody(userDataText(t), 'KARMA_PROXY_ENV'));
+    expect(env).toMatchObject({ NODE_FILTER: 'tag', TAG_NAME: 'Role', TAG_VALUE: 'web' });
+  });
+
+  test('static', () => {
+    const t = constructTemplate({ ...base, discovery: 'static', staticTargets: ['10.0.1.10:8080', '10.0.1.11:8080'] });
+    expect(discoveryActions(t)).toEqual([]);
+    const env = parseEnvFile(heredocBody(userDataText(t), 'KARMA_PROXY_ENV'));
+    expect(env).toMatchObject({ NODE_FILTER: 'static', STATIC_TARGETS: '10.0.1.10:8080,10.0.1.11:8080' });
+  });
+
+  test('ecs without clusters reads any cluster', () => {
+    const t = constructTemplate({ ...base, domain: DOMAIN });
+    const ecs = statementWith(t, 'ecs:ListTasks');
+    expect(actionsOf(ecs).sort()).toEqual(['ecs:DescribeContainerInstances', 'ecs:DescribeTasks', 'ecs:ListTasks']);
+    expect(ecs.Resource).toBe('*');
+    expect(ecs.Condition).toBeUndefined();
+  });
+});
+
+describe('IConnectable', () => {
+  test('a service can let the proxy in with connections.allowFrom', () => {
+    const stack = new Stack(new App(), 'Test');
+    const vpc = new ec2.Vpc(stack, 'AppVpc', { natGateways: 0, maxAzs: 2, restrictDefaultSecurityGroup: false });
+    const proxy = new KarmaProxy(stack, 'Proxy', { vpc, domain: DOMAIN, redis: false });
+    const serviceSg = new ec2.SecurityGroup(stack, 'Service', { vpc });
+    serviceSg.connections.allowFrom(proxy, ec2.Port.tcp(8080));
+    const t = Template.fromStack(stack);
+    t.hasResourceProperties('AWS::EC2::SecurityGroupIngress', {
+      IpProtocol: 'tcp', FromPort: 8080, ToPort: 8080,
+      GroupId: { 'Fn::GetAtt': [stack.getLogicalId(serviceSg.node.defaultChild as ec2.CfnSecurityGroup), 'GroupId'] },
+      SourceSecurityGroupId: { 'Fn::GetAtt': [stack.getLogicalId(proxy.securityGroup.node.defaultChild as ec2.CfnSecurityGroup), 'GroupId'] },
+    });
+    expect(proxy.connections.securityGroups).toEqual([proxy.securityGroup]);
+    expect(proxy.connections.defaultPort?.toString()).toBe('80');
+  });
+
+  test('no hosted zone: no record, the addresses are still there', () => {
+    const stack = new Stack(new App(), 'Test');
+    const proxy = new KarmaProxy(stack, 'Proxy', { domain: DOMAIN, redis: false });
+    const t = Template.fromStack(stack);
+    t.resourceCountIs('AWS::Route53::RecordSet', 0);
+    t.resourceCountIs('AWS::EC2::EIP', 1);
+    expect(proxy.wildcardRecord).toBeUndefined();
+    expect(proxy.wildcardDomainName).toBe(`*.${DOMAIN}`);
+  });
+
+  test('a zone known only by id takes the record too (the name is absolute)', () => {
+    const stack = new Stack(new App(), 'Test');
+    const zone = route53.HostedZone.fromHostedZoneId(stack, 'Zone', 'Z0BYID');
+    new KarmaProxy(stack, 'Proxy', { domain: DOMAIN, hostedZone: zone, redis: false });
+    Template.fromStack(stack).hasResourceProperties('AWS::Route53::RecordSet', {
+      Name: `*.${DOMAIN}.`, HostedZoneId: 'Z0BYID',
+    });
+  });
+});
