@@ -1,0 +1,254 @@
+/**
+ * Health checks, circuit breaker, retries, fail-open and draining, through the real request path
+ * with real backends on 127.0.0.1 that the tests break at chosen moments.
+ */
+import * as http from 'node:http';
+import { loadConfig } from '../../runtime/config';
+import { failedConnections, nodeHealthStatus } from '../../runtime/metrics';
+import { makeTarget, Provider, Target } from '../../runtime/types';
+import { Running, start } from '../../runtime/worker';
+import { Backend, startBackend } from '../support/backend';
+import { request, until } from '../support/net';
+
+jest.setTimeout(30_000);
+
+const idOf = (b: Backend): string => `127.0.0.1:${b.port}`;
+
+/** A provider whose pool the test can change. */
+function mutable(targets: Target[]): Provider & { set(t: Target[]): void } {
+  let now = targets;
+  return { name: 'test', discover: async () => now, set: (t) => (now = t) };
+}
+
+async function proxyFor(backends: Backend[], env: Record<string, string>, provider?: Provider): Promise<Running> {
+  const targets = backends.map((b) => makeTarget('127.0.0.1', b.port));
+  return start(
+    loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: targets.map((t) => t.id).join(','), PORT: '0', HOST: '127.0.0.1', ...env }),
+    { provider: provider ?? mutable(targets) },
+  );
+}
+
+/** Kills a backend the hard way: no new connections, open ones reset. */
+function kill(b: Backend): void {
+  b.server.close();
+  b.server.closeAllConnections();
+}
+
+async function metricValue(metric: { get(): Promise<{ values: { labels: Record<string, unknown>; value: number }[] }> }, target: string): Promise<number | undefined> {
+  const m = await metric.get();
+  return m.values.find((v) => v.labels.target === target)?.value;
+}
+
+const HEALTH = { HEALTH_CHECK_PATH: '/health', HEALTH_CHECK_PERIOD: '0.2', HEALTH_CHECK_TIMEOUT: '0.15', UNHEALTHY_THRESHOLD: '2', HEALTHY_THRESHOLD: '2' };
+
+describe('one bad target never turns into client errors', () => {
+  let backends: Backend[] = [];
+  let p: Running | undefined;
+  afterEach(async () => {
+    await p?.stop();
+    p = undefined;
+    await Promise.all(backends.map((b) => b.close()));
+    backends = [];
+  });
+
+  test('three backends under 200 concurrent GETs, one killed mid-run: no client error, and the dead one is left alone within UNHEALTHY_THRESHOLD × HEALTH_CHECK_PERIOD', async () => {
+    backends = await Promise.all(['a', 'b', 'c'].map(startBackend));
+    p = await proxyFor(backends, HEALTH);
+    const victim = backends[1];
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 200 });
+    const statuses: number[] = [];
+    const errors: string[] = [];
+    let running = true;
+    const client = async (): Promise<void> => {
+      while (running) {
+        await new Promise<void>((resolve) => {
+          http
+            .get({ host: '127.0.0.1', port: p!.port, path: '/', agent }, (res) => {
+              statuses.push(res.statusCode ?? 0);
+              res.resume();
+              res.on('end', resolve);
+            })
+            .on('error', (e) => {
+              errors.push(e.message);
+              resolve();
+            });
+        });
+      }
+    };
+    const load = Promise.all(Array.from({ length: 200 }, client));
+    await until('traffic on every backend', () => backends.every((b) => b.seen.length > 50));
+    kill(victim);
+    const killedAt = Date.now();
+    // UNHEALTHY_THRESHOLD × HEALTH_CHECK_PERIOD = 0.4 s, plus one period of jitter and slack.
+    await new Promise((r) => setTimeout(r, 400 + 400));
+    const triedAfterWindow = await metricValue(failedConnections, idOf(victim));
+    await new Promise((r) => setTimeout(r, 600));
+    running = false;
+    await load;
+    agent.destroy();
+    expect(errors).toEqual([]);
+    expect(statuses.filter((s) => s !== 200)).toEqual([]);
+    expect(triedAfterWindow).toBeGreaterThan(0); // in-flight requests did hit it (and were retried)
+    expect(await metricValue(failedConnections, idOf(victim))).toBe(triedAfterWindow);
+    expect(await metricValue(nodeHealthStatus, idOf(victim))).toBe(0);
+    expect(Date.now() - killedAt).toBeGreaterThan(0);
+  });
+
+  test('a backend whose health path turns 500 leaves rotation after the threshold and returns after HEALTHY_THRESHOLD passing checks', async () => {
+    backends = await Promise.all(['a', 'b'].map(startBackend));
+    p = await proxyFor(backends, HEALTH);
+    const [a, b] = backends;
+    await until('both healthy', async () => (await metricValue(nodeHealthStatus, idOf(a))) === 1 && (await metricValue(nodeHealthStatus, idOf(b))) === 1);
+    b.healthStatus = 500;
+    const checksAtFlip = b.healthChecks;
+    await until('b unhealthy', async () => (await metricValue(nodeHealthStatus, idOf(b))) === 0);
+    expect(b.healthChecks - checksAtFlip).toBeGreaterThanOrEqual(2);
+    b.seen.length = 0;
+    for (let i = 0; i < 10; i++) expect((await request(p.port)).body).toBe('a');
+    expect(b.seen).toHaveLength(0);
+    b.healthStatus = 200;
+    const checksAtRecovery = b.healthChecks;
+    await until('b healthy again', async () => (await metricValue(nodeHealthStatus, idOf(b))) === 1);
+    expect(b.healthChecks - checksAtRecovery).toBeGreaterThanOrEqual(2);
+    const names = [];
+    for (let i = 0; i < 4; i++) names.push((await request(p.port)).body);
+    expect(names.sort()).toEqual(['a', 'a', 'b', 'b']);
+  });
+
+  test('when every target is unhealthy, requests still reach them (fail open)', async () => {
+    backends = await Promise.all(['a', 'b'].map(startBackend));
+    backends.forEach((b) => (b.healthStatus = 503));
+    p = await proxyFor(backends, HEALTH);
+    await until('both unhealthy', async () => (await metricValue(nodeHealthStatus, idOf(backends[0]))) === 0 && (await metricValue(nodeHealthStatus, idOf(backends[1]))) === 0);
+    const names = [];
+    for (let i = 0; i < 4; i++) {
+      const r = await request(p.port);
+      expect(r.status).toBe(200);
+      names.push(r.body);
+    }
+    expect(names.sort()).toEqual(['a', 'a', 'b', 'b']);
+  });
+});
+
+describe('circuit breaker', () => {
+  test('opens after exactly CIRCUIT_BREAKER_THRESHOLD failures, half-opens after the timeout, re-opens on failure and closes on success', async () => {
+    const good = await startBackend('good');
+    const bad = await startBackend('bad');
+    let broken = true;
+    bad.handle = (req, res) => (broken ? req.socket.destroy() : res.end('bad'));
+    // 0.005 min = 300 ms. No active checks: only forwarding outcomes count here.
+    const p = await proxyFor([good, bad], { HEALTH_CHECK_PATH: 'off', CIRCUIT_BREAKER_THRESHOLD: '3', CIRCUIT_BREAKER_TIMEOUT: '0.005', RETRIES: '0' });
+    try {
+      const statuses: number[] = [];
+      for (let i = 0; i < 12; i++) statuses.push((await request(p.port, { method: 'POST', body: 'x' })).status);
+      expect(bad.seen).toHaveLength(3); // exactly the threshold, then no traffic
+      expect(statuses.filter((s) => s === 502)).toHaveLength(3);
+      await new Promise((r) => setTimeout(r, 350));
+      // Half-open: one trial goes through, fails, and the breaker re-opens for another timeout.
+      for (let i = 0; i < 6; i++) await request(p.port, { method: 'POST', body: 'x' });
+      expect(bad.seen).toHaveLength(4);
+      broken = false;
+      await new Promise((r) => setTimeout(r, 350));
+      const names = [];
+      for (let i = 0; i < 6; i++) names.push((await request(p.port)).body);
+      expect(bad.seen.length).toBeGreaterThanOrEqual(6); // closed again: back in rotation
+      expect(names.filter((n) => n === 'bad').length).toBeGreaterThanOrEqual(2);
+    } finally {
+      await p.stop();
+      await good.close();
+      await bad.close();
+    }
+  });
+});
+
+describe('retry on another target', () => {
+  /** Two backends; the one with the lower id (picked first by a fresh proxy) resets every request. */
+  async function resettingFirst(): Promise<{ resetting: Backend; good: Backend; p: Running }> {
+    const pair = (await Promise.all(['x', 'y'].map(startBackend))).sort((m, n) => (idOf(m) < idOf(n) ? -1 : 1));
+    const [resetting, good] = pair;
+    resetting.handle = (req) => req.socket.destroy();
+    good.handle = (req, res) => {
+      req.resume();
+      req.on('end', () => res.end('good'));
+    };
+    return { resetting, good, p: await proxyFor(pair, { HEALTH_CHECK_PATH: 'off' }) };
+  }
+
+  test('a GET reset before its response is retried on the next target', async () => {
+    const { resetting, good, p } = await resettingFirst();
+    try {
+      expect(await request(p.port)).toMatchObject({ status: 200, body: 'good' });
+      expect(resetting.seen).toHaveLength(1);
+      expect(good.seen).toHaveLength(1);
+    } finally {
+      await p.stop();
+      await Promise.all([resetting.close(), good.close()]);
+    }
+  });
+
+  test('a POST whose body was streamed is not retried after bytes were sent', async () => {
+    const { resetting, good, p } = await resettingFirst();
+    try {
+      const post = await new Promise<number>((resolve, reject) => {
+        const req = http.request({ host: '127.0.0.1', port: p.port, method: 'POST', path: '/upload', headers: { 'Transfer-Encoding': 'chunked' } }, (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        });
+        req.on('error', reject);
+        req.write('first bytes of a streamed body');
+        setTimeout(() => req.end('rest'), 100);
+      });
+      expect(post).toBe(502);
+      expect(resetting.seen).toHaveLength(1);
+      expect(good.seen).toHaveLength(0);
+    } finally {
+      await p.stop();
+      await Promise.all([resetting.close(), good.close()]);
+    }
+  });
+
+  test('a POST to a target that refuses the connection is retried with its body on the next one', async () => {
+    const good = await startBackend('good');
+    const dead = await startBackend('dead');
+    await dead.close();
+    good.handle = (req, res) => {
+      let body = '';
+      req.on('data', (c) => (body += c));
+      req.on('end', () => res.end(`got ${body}`));
+    };
+    const p = await proxyFor([good, dead], { HEALTH_CHECK_PATH: 'off' });
+    try {
+      for (let i = 0; i < 4; i++) {
+        expect(await request(p.port, { method: 'POST', body: `payload-${i}` })).toMatchObject({ status: 200, body: `got payload-${i}` });
+      }
+    } finally {
+      await p.stop();
+      await good.close();
+    }
+  });
+});
+
+describe('draining', () => {
+  test('a target that leaves the discovered set gets no new request, and its in-flight one finishes', async () => {
+    const a = await startBackend('a');
+    const b = await startBackend('b');
+    b.handle = (_req, res) => setTimeout(() => res.end('b-slow'), 600);
+    const provider = mutable([makeTarget('127.0.0.1', a.port), makeTarget('127.0.0.1', b.port)]);
+    const p = await proxyFor([a, b], { HEALTH_CHECK_PATH: 'off', NODE_CHECK_PERIOD: '0.1' }, provider);
+    try {
+      const replies = [request(p.port), request(p.port)];
+      await until('b has its request', () => b.seen.length === 1);
+      provider.set([makeTarget('127.0.0.1', a.port)]);
+      await new Promise((r) => setTimeout(r, 250)); // two refreshes
+      const after = [];
+      for (let i = 0; i < 4; i++) after.push((await request(p.port)).body);
+      expect(after).toEqual(['a', 'a', 'a', 'a']);
+      expect((await Promise.all(replies)).map((r) => r.body).sort()).toEqual(['a', 'b-slow']);
+      expect(b.seen).toHaveLength(1);
+    } finally {
+      await p.stop();
+      await a.close();
+      await b.close();
+    }
+  });
+});
