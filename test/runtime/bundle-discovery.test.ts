@@ -1,0 +1,79 @@
+/**
+ * The bundle discovering through a loopback AWS endpoint (AWS_ENDPOINT_URL_*), as it would through
+ * AWS: ECS awsvpc and bridge tasks, and EC2 pools.
+ */
+import { startAwsStub, AwsStub } from '../support/aws-stub';
+import { Backend, startBackend } from '../support/backend';
+import { startBundle } from '../support/bundle';
+import { request } from '../support/net';
+
+jest.setTimeout(60_000);
+
+describe('the bundle with AWS discovery', () => {
+  let stub: AwsStub;
+  let backends: Backend[];
+  beforeAll(async () => {
+    backends = await Promise.all(['task-1', 'task-2'].map(startBackend));
+    stub = await startAwsStub();
+  });
+  afterAll(async () => {
+    await stub.close();
+    await Promise.all(backends.map((b) => b.close()));
+  });
+
+  test('routes a Host to the RUNNING task of an ECS service (awsvpc), never to a PENDING one', async () => {
+    const [one, two] = backends;
+    // awsvpc: the target port is the port in the Host, so both backends must listen on it; use
+    // one backend per service instead and check the PENDING task is left out.
+    stub.model.clusters.prod = {
+      api: [
+        { ip: '127.0.0.1', lastStatus: 'RUNNING' },
+        { ip: '127.0.0.2', lastStatus: 'PENDING' },
+      ],
+    };
+    const p = await startBundle({ ...stub.env(), DOMAIN: 'example.com', HEALTH_CHECK_PATH: 'off' });
+    try {
+      for (let i = 0; i < 3; i++) {
+        const r = await request(p.port, { headers: { Host: `api-${one.port}-prod.example.com` } });
+        expect(r).toMatchObject({ status: 200, body: 'task-1' });
+      }
+      expect(stub.count('ListTasks')).toBe(1);
+      const unknown = await request(p.port, { headers: { Host: `nope-${two.port}-prod.example.com` } });
+      expect(unknown.status).toBe(503);
+    } finally {
+      await p.stop();
+    }
+  });
+
+  test('bridge mode: the Host port is the container port, the target the instance IP on the dynamic host port', async () => {
+    const [one, two] = backends;
+    stub.model.clusters.ec2 = {
+      web: [
+        { launchType: 'EC2', containerInstanceArn: 'arn:aws:ecs:us-east-1:123456789012:container-instance/ec2/ci-1', bindings: [{ containerPort: 80, hostPort: one.port }] },
+        { launchType: 'EC2', containerInstanceArn: 'arn:aws:ecs:us-east-1:123456789012:container-instance/ec2/ci-1', bindings: [{ containerPort: 80, hostPort: two.port }] },
+      ],
+    };
+    stub.model.containerInstances['arn:aws:ecs:us-east-1:123456789012:container-instance/ec2/ci-1'] = 'i-0123456789abcdef0';
+    stub.model.instances.push({ id: 'i-0123456789abcdef0', privateIp: '127.0.0.1' });
+    const p = await startBundle({ ...stub.env(), DOMAIN: 'example.com', HEALTH_CHECK_PATH: 'off' });
+    try {
+      const names = [];
+      for (let i = 0; i < 4; i++) names.push((await request(p.port, { headers: { Host: 'web-80-ec2.example.com' } })).body);
+      expect(names.sort()).toEqual(['task-1', 'task-1', 'task-2', 'task-2']);
+    } finally {
+      await p.stop();
+    }
+  });
+
+  test('asg mode: the InService instances of the group, on TARGET_PORT', async () => {
+    const [one] = backends;
+    stub.model.asgs.workers = [{ id: 'i-00000000000000001' }, { id: 'i-00000000000000002', lifecycleState: 'Terminating' }];
+    stub.model.instances.push({ id: 'i-00000000000000001', privateIp: '127.0.0.1' }, { id: 'i-00000000000000002', privateIp: '127.0.0.3' });
+    const p = await startBundle({ ...stub.env(), NODE_FILTER: 'asg', ASG_NAME: 'workers', TARGET_PORT: String(one.port), HEALTH_CHECK_PATH: 'off' });
+    try {
+      for (let i = 0; i < 3; i++) expect(await request(p.port, { headers: { Host: 'anything.example.org' } })).toMatchObject({ status: 200, body: 'task-1' });
+    } finally {
+      await p.stop();
+    }
+  });
+});
