@@ -1,12 +1,10 @@
 /**
- * Picks the discovery provider of NODE_FILTER and builds its AWS clients (unless given).
- *
- * Wiring, for main:
- *   const provider = createProvider(config);                  // ecs | tag | asg | static
- *   const redis = await createRedis(config);                   // undefined without REDIS_URL
- *   const shared = redis ? new SharedProvider(provider, redis, { periodMs: config.nodeCheckPeriodMs }) : provider;
+ * Picks the discovery provider of NODE_FILTER, builds its AWS clients (unless given) and, when
+ * REDIS_URL is set, wraps it in a SharedProvider so the fleet shares one discovery per route and
+ * period. `createProvider(config)` is all the wiring a worker needs; close() releases everything.
  */
 import { createAutoScalingClient, createEc2Client, createEcsClient, type AwsClientOptions, type AwsClients } from '../aws';
+import { createRedis, SharedProvider, type RedisClientOptions } from '../cache';
 import type { Config } from '../config';
 import type { Provider } from '../types';
 import { AsgProvider } from './asg';
@@ -22,18 +20,42 @@ export { StaticProvider } from './static';
 export type ProviderConfig = Pick<
   Config,
   'nodeFilter' | 'awsRegion' | 'tagName' | 'tagValue' | 'asgName' | 'targetPort' | 'healthyTasksOnly' | 'ipPreference' | 'staticTargets'
->;
+> &
+  Partial<Pick<Config, 'redisUrl' | 'redisAuthSecretArn' | 'nodeCheckPeriodMs'>>;
+
+export interface CreateProviderOptions extends AwsClientOptions {
+  /** Options of the Redis client when REDIS_URL is set. */
+  readonly redis?: RedisClientOptions;
+}
 
 /**
- * The provider of `config.nodeFilter`. Clients not given are created (region from AWS_REGION, else the
- * SDK chain) and destroyed by the provider's close(); given clients stay the caller's.
+ * The provider of `config.nodeFilter`, shared through Redis when `config.redisUrl` is set (static mode
+ * has nothing to share). Clients not given are created (region from AWS_REGION, else the SDK chain)
+ * and destroyed by close(); given clients stay the caller's. Never waits on Redis: the client connects
+ * (and reads REDIS_AUTH_SECRET_ARN) in the background, and discovery goes straight to AWS until then.
  */
 export function createProvider(
   config: ProviderConfig,
   clients: Partial<AwsClients> = {},
+  options: CreateProviderOptions = {},
+): Provider {
+  const inner = createBaseProvider(config, clients, options);
+  if (!config.redisUrl || config.nodeFilter === 'static') return inner;
+  const redis = createRedis(
+    { redisUrl: config.redisUrl, redisAuthSecretArn: config.redisAuthSecretArn, awsRegion: config.awsRegion },
+    options.redis,
+  );
+  return new SharedProvider(inner, redis, { periodMs: config.nodeCheckPeriodMs ?? (config.nodeFilter === 'ecs' ? 30_000 : 10_000) });
+}
+
+/** The provider of `config.nodeFilter` alone, without Redis sharing. */
+export function createBaseProvider(
+  config: ProviderConfig,
+  clients: Partial<AwsClients> = {},
   clientOptions: AwsClientOptions = {},
 ): Provider {
-  const opts: AwsClientOptions = { region: config.awsRegion, ...clientOptions };
+  const { redis: _redis, ...awsOptions } = clientOptions as CreateProviderOptions;
+  const opts: AwsClientOptions = { region: config.awsRegion, ...awsOptions };
   const owned: { destroy(): void }[] = [];
   const make = <T extends { destroy(): void }>(given: T | undefined, create: (o: AwsClientOptions) => T): T => {
     if (given) return given;

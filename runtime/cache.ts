@@ -1,0 +1,358 @@
+/**
+ * Redis sharing of discovery results (optional, REDIS_URL), so a fleet of proxies makes about the AWS
+ * calls of one proxy.
+ *
+ * `SharedProvider` wraps the real provider. For a route it reads `karma:v1:targets:<scope>:<route>`:
+ *   - fresh enough (younger than ~0.9 NODE_CHECK_PERIOD, measured on Redis's clock with PTTL, so
+ *     clock skew between proxies does not matter) → a hit, no AWS call;
+ *   - else it takes `karma:v1:lock:<scope>:<route>` (SET NX PX, expiring before the next period) and
+ *     the winner calls AWS and writes the result (SET PX, TTL of a few periods); the others keep
+ *     serving the previous shared value, or, when there is none yet, wait a bounded moment for the
+ *     winner's.
+ * Redis is never needed: when it is down, slow (short command timeout) or not configured, discovery
+ * goes straight to the inner provider and AWS. The client reconnects by itself with a capped backoff;
+ * an outage is logged once when it starts and once when it ends, never per request.
+ *
+ * The lock is not released after a refresh: while it lives the value is fresh anyway, and when the
+ * refresh failed (AWS throttling) holding it keeps the rest of the fleet from piling on.
+ */
+import { Redis, type RedisOptions } from 'ioredis';
+import type { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import { createSecretsManagerClient, fetchSecretString } from './aws';
+import type { Config } from './config';
+import { errorFields, log } from './log';
+import { cacheLookups } from './metrics';
+import { makeTarget, Provider, RouteKey, routeId, Target } from './types';
+
+/** Bump when the stored shape changes: proxies of two versions then simply do not share. */
+export const KEY_PREFIX = 'karma:v1';
+
+export const targetsKey = (scope: string, route: RouteKey): string => `${KEY_PREFIX}:targets:${scope}:${routeId(route)}`;
+export const lockKey = (scope: string, route: RouteKey): string => `${KEY_PREFIX}:lock:${scope}:${routeId(route)}`;
+
+/** What is stored under a targets key. */
+interface StoredTargets {
+  readonly v: 1;
+  /** Writer's clock, for people reading Redis; freshness uses PTTL instead. */
+  readonly at: number;
+  /** TTL it was written with, and how long its discovery took (the data is that much older). */
+  readonly ttl: number;
+  readonly took: number;
+  readonly targets: readonly { readonly host: string; readonly port: number }[];
+}
+
+export function encodeTargets(targets: readonly Target[], ttlMs: number, tookMs: number, now = Date.now()): string {
+  const value: StoredTargets = { v: 1, at: now, ttl: ttlMs, took: tookMs, targets: targets.map((t) => ({ host: t.host, port: t.port })) };
+  return JSON.stringify(value);
+}
+
+/** Pure: a stored value back to targets, or undefined for anything malformed or of another version. */
+export function decodeTargets(raw: string | null | undefined): { targets: Target[]; ttl: number; took: number } | undefined {
+  if (typeof raw !== 'string') return undefined;
+  let v: Partial<StoredTargets>;
+  try {
+    v = JSON.parse(raw) as Partial<StoredTargets>;
+  } catch {
+    return undefined;
+  }
+  if (!v || v.v !== 1 || !Array.isArray(v.targets) || typeof v.ttl !== 'number') return undefined;
+  const targets: Target[] = [];
+  for (const t of v.targets) {
+    if (!t || typeof t.host !== 'string' || t.host === '' || !Number.isInteger(t.port) || t.port < 1 || t.port > 65535) return undefined;
+    targets.push(makeTarget(t.host, t.port));
+  }
+  targets.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  return { targets, ttl: v.ttl, took: typeof v.took === 'number' && v.took > 0 ? v.took : 0 };
+}
+
+export interface SharedProviderOptions {
+  /** NODE_CHECK_PERIOD in ms: one proxy of the fleet refreshes a route about this often. */
+  readonly periodMs: number;
+  /** How long a shared result lives in Redis. @default 3 × periodMs */
+  readonly ttlMs?: number;
+  /** A shared result younger than this is used as is. @default 0.9 × periodMs */
+  readonly freshMs?: number;
+  /** How long the refresh lock is held. @default freshMs */
+  readonly lockMs?: number;
+  /** With nothing shared yet and another proxy refreshing, how long to wait for its result. @default 2000 */
+  readonly waitMs?: number;
+  /** Poll step of that wait. @default 50 */
+  readonly pollMs?: number;
+  /** After a failed Redis command, how long to go straight to AWS before trying Redis again. @default 1000 */
+  readonly suspendMs?: number;
+  /** Key part naming what was discovered. @default inner.scope, else inner.name */
+  readonly scope?: string;
+}
+
+type Shared = { targets: Target[]; ageMs: number };
+
+/** Clients already watched, so two providers on one client do not log an outage twice. */
+const watched = new WeakSet<Redis>();
+
+/** Logs an outage once when it starts and once when it ends; also keeps 'error' from ever being unhandled. */
+function watch(redis: Redis, onReady?: () => void): void {
+  if (onReady) redis.on('ready', onReady);
+  if (watched.has(redis)) return;
+  watched.add(redis);
+  let down = false;
+  redis.on('error', (err: unknown) => {
+    if (down) return;
+    down = true;
+    log('warn', 'redis unavailable: discovery goes on without sharing', errorFields(err));
+  });
+  redis.on('ready', () => {
+    if (!down) return;
+    down = false;
+    log('info', 'redis available again: discovery is shared');
+  });
+}
+
+export class SharedProvider implements Provider {
+  readonly name: string;
+  readonly scope: string;
+  private redis: Redis | undefined;
+  private readonly pending: Promise<void> | undefined;
+  private closed = false;
+  private suspendedUntil = 0;
+  private readonly ttlMs: number;
+  private readonly freshMs: number;
+  private readonly lockMs: number;
+  private readonly waitMs: number;
+  private readonly pollMs: number;
+  private readonly suspendMs: number;
+  private readonly token = `${process.pid}-${Math.random().toString(36).slice(2)}`;
+
+  /**
+   * `redis` may be a promise (createRedis reads the AUTH secret first): until it settles, and if it
+   * gives undefined, every discovery goes to the inner provider. close() closes the inner provider
+   * and the client: the client belongs to this provider.
+   */
+  constructor(
+    private readonly inner: Provider,
+    redis: Redis | Promise<Redis | undefined> | undefined,
+    opts: SharedProviderOptions,
+  ) {
+    this.name = inner.name;
+    this.scope = opts.scope ?? (inner as { scope?: unknown }).scope?.toString() ?? inner.name;
+    const period = Math.max(1, opts.periodMs);
+    this.ttlMs = Math.max(1, Math.round(opts.ttlMs ?? 3 * period));
+    this.freshMs = Math.max(1, Math.round(opts.freshMs ?? 0.9 * period));
+    this.lockMs = Math.max(1, Math.round(opts.lockMs ?? this.freshMs));
+    this.waitMs = opts.waitMs ?? 2000;
+    this.pollMs = Math.max(1, opts.pollMs ?? 50);
+    this.suspendMs = opts.suspendMs ?? 1000;
+    if (redis instanceof Promise) {
+      this.pending = redis.then(
+        (r) => this.attach(r),
+        (err: unknown) => log('error', 'redis client could not be created: discovery is not shared', errorFields(err)),
+      );
+    } else {
+      this.attach(redis);
+    }
+  }
+
+  private attach(redis: Redis | undefined): void {
+    if (!redis) return;
+    if (this.closed) {
+      redis.disconnect();
+      return;
+    }
+    this.redis = redis;
+    watch(redis, () => {
+      this.suspendedUntil = 0;
+    });
+  }
+
+  /**
+   * Resolves true once the Redis client is connected and ready (waiting for it if need be), false
+   * when there is no client. Discovery never waits for this; tests and start-up logs may.
+   */
+  async connected(): Promise<boolean> {
+    await this.pending;
+    const r = this.redis;
+    if (!r) return false;
+    if (r.status !== 'ready') await new Promise<void>((resolve) => r.once('ready', () => resolve()));
+    return this.redis === r;
+  }
+
+  /** The client if it is worth asking right now: connected, and not just failed. */
+  private usable(): Redis | undefined {
+    const r = this.redis;
+    if (!r || r.status !== 'ready' || Date.now() < this.suspendedUntil) return undefined;
+    return r;
+  }
+
+  private failed(): void {
+    this.suspendedUntil = Date.now() + this.suspendMs;
+  }
+
+  async discover(route: RouteKey, signal?: AbortSignal): Promise<Target[]> {
+    const redis = this.usable();
+    if (!redis) {
+      cacheLookups.inc({ result: 'error' });
+      return this.inner.discover(route, signal);
+    }
+    const key = targetsKey(this.scope, route);
+    let shared: Shared | undefined;
+    let won: boolean;
+    try {
+      shared = await this.read(redis, key);
+      if (shared && shared.ageMs < this.freshMs) {
+        cacheLookups.inc({ result: 'hit' });
+        return shared.targets;
+      }
+      won = (await redis.set(lockKey(this.scope, route), this.token, 'PX', this.lockMs, 'NX')) === 'OK';
+    } catch {
+      // Down or slow: this proxy discovers by itself. The outage is logged by watch(), once.
+      this.failed();
+      cacheLookups.inc({ result: 'error' });
+      return this.inner.discover(route, signal);
+    }
+
+    if (won) return this.refresh(redis, key, route, signal);
+    if (shared) {
+      // Another proxy is refreshing right now; until it writes, the previous result is the best.
+      cacheLookups.inc({ result: 'hit' });
+      return shared.targets;
+    }
+    const theirs = await this.waitForOther(redis, key, signal);
+    if (theirs) {
+      cacheLookups.inc({ result: 'hit' });
+      return theirs;
+    }
+    cacheLookups.inc({ result: 'miss' });
+    return this.inner.discover(route, signal);
+  }
+
+  private async refresh(redis: Redis, key: string, route: RouteKey, signal?: AbortSignal): Promise<Target[]> {
+    cacheLookups.inc({ result: 'miss' });
+    const started = Date.now();
+    const targets = await this.inner.discover(route, signal);
+    // Not awaited: a request never waits on writing the shared copy.
+    redis.set(key, encodeTargets(targets, this.ttlMs, Date.now() - started), 'PX', this.ttlMs).catch(() => this.failed());
+    return targets;
+  }
+
+  /** The shared value and its age: time since written (Redis's clock) plus how long its discovery took. */
+  private async read(redis: Redis, key: string): Promise<Shared | undefined> {
+    const res = await redis.pipeline().get(key).pttl(key).exec();
+    if (!res) throw new Error('redis pipeline aborted');
+    const [[getErr, raw], [ttlErr, pttl]] = res as [[Error | null, string | null], [Error | null, number]];
+    if (getErr) throw getErr;
+    if (ttlErr) throw ttlErr;
+    const value = decodeTargets(raw);
+    if (!value) return undefined;
+    const ageMs = pttl >= 0 ? Math.max(0, value.ttl - pttl) + value.took : Infinity;
+    return { targets: value.targets, ageMs };
+  }
+
+  /** Polls for the result of the proxy holding the lock, at most waitMs. undefined: go to AWS. */
+  private async waitForOther(redis: Redis, key: string, signal?: AbortSignal): Promise<Target[] | undefined> {
+    const deadline = Date.now() + this.waitMs;
+    while (Date.now() < deadline) {
+      signal?.throwIfAborted();
+      await new Promise((r) => setTimeout(r, Math.min(this.pollMs, Math.max(0, deadline - Date.now()))));
+      try {
+        const value = decodeTargets(await redis.get(key));
+        if (value) return value.targets;
+      } catch {
+        this.failed();
+        return undefined;
+      }
+    }
+    return undefined;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const r = this.redis;
+    this.redis = undefined;
+    if (r) {
+      // QUIT is polite but waits on the server; a dead or slow server must not delay shutdown.
+      const bounded = (p: Promise<unknown>, ms: number) => {
+        let timer: NodeJS.Timeout | undefined;
+        return Promise.race([p, new Promise((res) => (timer = setTimeout(res, ms)))]).finally(() => clearTimeout(timer));
+      };
+      if (r.status === 'ready') await bounded(r.quit().catch(() => undefined), 500);
+      if (r.status !== 'end') {
+        const ended = new Promise((res) => r.once('end', res));
+        r.disconnect();
+        await bounded(ended, 1000);
+      }
+    }
+    await this.inner.close?.();
+  }
+}
+
+export interface RedisClientOptions {
+  /** A Redis command slower than this fails (and discovery goes to AWS). @default 300 */
+  readonly commandTimeoutMs?: number;
+  /** @default 2000 */
+  readonly connectTimeoutMs?: number;
+  /** Longest wait between reconnection attempts. @default 2000 */
+  readonly maxReconnectDelayMs?: number;
+  /** Client for REDIS_AUTH_SECRET_ARN; one is made (and destroyed) when absent. */
+  readonly secretsClient?: SecretsManagerClient;
+}
+
+/** The ioredis options of the proxy: fail fast, never queue, reconnect forever with a capped backoff. */
+export function redisOptions(opts: RedisClientOptions = {}): RedisOptions {
+  const cap = opts.maxReconnectDelayMs ?? 2000;
+  return {
+    enableOfflineQueue: false,
+    commandTimeout: opts.commandTimeoutMs ?? 300,
+    connectTimeout: opts.connectTimeoutMs ?? 2000,
+    maxRetriesPerRequest: 1,
+    autoResendUnfulfilledCommands: false,
+    retryStrategy: (times: number) => Math.min(50 * 2 ** Math.min(times, 10), cap),
+    // After an ElastiCache failover the old primary answers READONLY: reconnect to the new one.
+    reconnectOnError: (err: Error) => (err.message.startsWith('READONLY') ? 2 : false),
+    // RESP2: every Redis and ElastiCache version speaks it; we need GET, SET and PTTL only.
+    protocol: 2,
+    connectionName: 'karma-proxy',
+  };
+}
+
+/** The AUTH token from a SecretString: the string itself, or a JSON object's token/password field. */
+export function authTokenOf(secret: string): string {
+  const t = secret.trim();
+  if (t.startsWith('{')) {
+    try {
+      const o = JSON.parse(t) as Record<string, unknown>;
+      for (const k of ['token', 'authToken', 'auth_token', 'password']) if (typeof o[k] === 'string' && o[k]) return o[k] as string;
+    } catch {
+      // Not JSON after all: the string is the token.
+    }
+  }
+  return t;
+}
+
+/**
+ * The Redis client of REDIS_URL (`redis://`, `rediss://` for TLS, user and password allowed; a bare
+ * `host:port` arrives here already as `redis://host:port`), or undefined without REDIS_URL. With
+ * REDIS_AUTH_SECRET_ARN, the secret is read once, now, and its SecretString is the password. A secret
+ * that cannot be read leaves the proxy without Redis (logged), not without service.
+ */
+export async function createRedis(
+  config: Pick<Config, 'redisUrl' | 'redisAuthSecretArn' | 'awsRegion'>,
+  opts: RedisClientOptions = {},
+): Promise<Redis | undefined> {
+  if (!config.redisUrl) return undefined;
+  let url = config.redisUrl;
+  if (config.redisAuthSecretArn) {
+    const sm = opts.secretsClient ?? createSecretsManagerClient({ region: config.awsRegion });
+    try {
+      const u = new URL(url);
+      u.password = encodeURIComponent(authTokenOf(await fetchSecretString(config.redisAuthSecretArn, sm)));
+      url = u.toString();
+    } catch (err) {
+      log('error', 'cannot read the Redis AUTH token: discovery is not shared', { secret: config.redisAuthSecretArn, ...errorFields(err) });
+      return undefined;
+    } finally {
+      if (!opts.secretsClient) sm.destroy();
+    }
+  }
+  const redis = new Redis(url, redisOptions(opts));
+  watch(redis);
+  return redis;
+}

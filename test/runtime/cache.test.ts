@@ -1,0 +1,298 @@
+/**
+ * Redis sharing against a real redis-server started here on an ephemeral port, and real ECS
+ * providers discovering through the loopback AWS stub, so "AWS calls" are calls the stub counted.
+ */
+import { Redis } from 'ioredis';
+import {
+  authTokenOf,
+  createRedis,
+  decodeTargets,
+  encodeTargets,
+  lockKey,
+  redisOptions,
+  SharedProvider,
+  targetsKey,
+} from '../../runtime/cache';
+import { loadConfig } from '../../runtime/config';
+import { createProvider } from '../../runtime/discovery';
+import { cacheLookups } from '../../runtime/metrics';
+import { makeTarget, type Provider, type RouteKey, type Target } from '../../runtime/types';
+import { startAwsStub, type AwsStub } from '../support/aws-stub';
+import { startRedisServer, type RedisServer } from '../support/redis';
+
+jest.setTimeout(20_000);
+
+const PERIOD_S = 0.4;
+const PERIOD_MS = PERIOD_S * 1000;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+let stub: AwsStub;
+let restoreEnv: () => void;
+let server: RedisServer;
+let admin: Redis;
+const open: Provider[] = [];
+
+beforeAll(async () => {
+  [stub, server] = await Promise.all([startAwsStub(), startRedisServer()]);
+  restoreEnv = stub.applyEnv();
+  admin = new Redis(server.url, { lazyConnect: true, maxRetriesPerRequest: 1 });
+  admin.on('error', () => undefined);
+});
+afterEach(async () => {
+  await Promise.all(open.splice(0).map((p) => p.close?.()));
+});
+afterAll(async () => {
+  admin.disconnect();
+  restoreEnv();
+  await Promise.all([server.stop(), stub.close()]);
+});
+beforeEach(async () => {
+  stub.resetCalls();
+  stub.clearFaults();
+  stub.model.clusters = { prod: { web: [{ ip: '10.0.0.1' }, { ip: '10.0.0.2' }, { ip: '10.0.0.3' }] } };
+  if (admin.status === 'ready' || admin.status === 'wait') {
+    if (admin.status === 'wait') await admin.connect();
+    await admin.flushall();
+  }
+});
+
+/** A proxy's discovery as the worker builds it: config from env, REDIS_URL set. */
+function proxy(env: Record<string, string> = {}): SharedProvider {
+  const p = createProvider(
+    loadConfig({ DOMAIN: 'example.com', REDIS_URL: server.url.replace('redis://', ''), NODE_CHECK_PERIOD: String(PERIOD_S), ...env }),
+    {},
+    { maxAttempts: 1, requestTimeoutMs: 2000, redis: { commandTimeoutMs: 200, maxReconnectDelayMs: 100 } },
+  );
+  open.push(p);
+  expect(p).toBeInstanceOf(SharedProvider);
+  return p as SharedProvider;
+}
+
+const route: RouteKey = { service: 'web', port: 8080, cluster: 'prod' };
+const ids = (ts: Target[]) => ts.map((t) => t.id);
+const ALL = ['10.0.0.1:8080', '10.0.0.2:8080', '10.0.0.3:8080'];
+
+async function lookups(result: string): Promise<number> {
+  return (await cacheLookups.get()).values.find((v) => v.labels.result === result)?.value ?? 0;
+}
+
+describe('pure parts', () => {
+  test('stored targets round-trip; anything else is a miss', () => {
+    const t = [makeTarget('10.0.0.2', 80), makeTarget('fd00::1', 80)];
+    expect(decodeTargets(encodeTargets(t, 1000, 5))).toEqual({ targets: [makeTarget('10.0.0.2', 80), makeTarget('fd00::1', 80)], ttl: 1000, took: 5 });
+    expect(decodeTargets(encodeTargets([], 1000, 0))?.targets).toEqual([]);
+    for (const bad of [null, '', 'nope', '{"v":2,"ttl":1,"targets":[]}', '{"v":1,"ttl":1,"targets":[{"host":"x","port":0}]}', '{"v":1,"targets":[]}']) {
+      expect(decodeTargets(bad)).toBeUndefined();
+    }
+  });
+
+  test('keys are versioned and name the provider scope and the route', () => {
+    expect(targetsKey('ecs.private.all', route)).toBe('karma:v1:targets:ecs.private.all:web-8080-prod');
+    expect(lockKey('asg.workers.30080', { service: '*', port: 0, cluster: '*' })).toBe('karma:v1:lock:asg.workers.30080:pool');
+  });
+
+  test('the client fails fast and reconnects with a capped backoff', () => {
+    const o = redisOptions({ maxReconnectDelayMs: 3000 });
+    expect(o).toMatchObject({ enableOfflineQueue: false, commandTimeout: 300, maxRetriesPerRequest: 1 });
+    const retry = o.retryStrategy as (n: number) => number;
+    expect(retry(1)).toBeLessThan(retry(3));
+    expect(retry(1000)).toBe(3000);
+  });
+
+  test('the AUTH secret is the SecretString, or a JSON token field', () => {
+    expect(authTokenOf('s3cret\n')).toBe('s3cret');
+    expect(authTokenOf('{"token":"abc"}')).toBe('abc');
+    expect(authTokenOf('{"password":"p"}')).toBe('p');
+  });
+});
+
+describe('SharedProvider on a real redis-server', () => {
+  test('two proxies sharing Redis make one set of AWS calls per interval', async () => {
+    const a = proxy();
+    const b = proxy();
+    expect(await a.connected()).toBe(true);
+    expect(await b.connected()).toBe(true);
+    const hitsBefore = await lookups('hit');
+
+    // Interval 1: both at once (one takes the lock, the other waits for its result).
+    const [ra, rb] = await Promise.all([a.discover(route), b.discover(route)]);
+    expect(ids(ra)).toEqual(ALL);
+    expect(ids(rb)).toEqual(ALL);
+    expect(stub.count('ListTasks')).toBe(1);
+    expect(stub.count('DescribeTasks')).toBe(1);
+
+    // Intervals 2 and 3: each proxy refreshes once per period, in either order.
+    for (const [first, second, n] of [[a, b, 2], [b, a, 3]] as const) {
+      await sleep(PERIOD_MS);
+      expect(ids(await first.discover(route))).toEqual(ALL);
+      expect(ids(await second.discover(route))).toEqual(ALL);
+      expect(stub.count('ListTasks')).toBe(n);
+    }
+    expect(stub.count('DescribeTasks')).toBe(3);
+    expect((await lookups('hit')) - hitsBefore).toBe(3);
+
+    // What a proxy shares is what the others serve: a change in ECS reaches both at the next refresh.
+    stub.model.clusters.prod.web.pop();
+    await sleep(PERIOD_MS);
+    expect(ids(await a.discover(route))).toEqual(ALL.slice(0, 2));
+    expect(ids(await b.discover(route))).toEqual(ALL.slice(0, 2));
+    expect(stub.count('ListTasks')).toBe(4);
+
+    const stored = decodeTargets(await admin.get(targetsKey('ecs.private.all', route)));
+    expect(stored?.targets.map((t) => t.id)).toEqual(ALL.slice(0, 2));
+    expect(await admin.pttl(targetsKey('ecs.private.all', route))).toBeGreaterThan(PERIOD_MS);
+  });
+
+  test('a proxy with nothing shared waits for the lock holder instead of calling AWS', async () => {
+    const a = proxy();
+    await a.connected();
+    await admin.set(lockKey('ecs.private.all', route), 'someone-else', 'PX', 5000);
+    const pending = a.discover(route);
+    await sleep(20);
+    await admin.set(targetsKey('ecs.private.all', route), encodeTargets([makeTarget('10.9.9.9', 8080)], 5000, 0), 'PX', 5000);
+    expect(ids(await pending)).toEqual(['10.9.9.9:8080']);
+    expect(stub.count('ListTasks')).toBe(0);
+  });
+
+  test('an empty service is shared as empty, and AWS failures are not cached', async () => {
+    const a = proxy();
+    const b = proxy();
+    await Promise.all([a.connected(), b.connected()]);
+    stub.model.clusters.prod.web = [];
+    expect(await a.discover(route)).toEqual([]);
+    expect(await b.discover(route)).toEqual([]);
+    expect(stub.count('ListTasks')).toBe(1);
+
+    await sleep(PERIOD_MS);
+    stub.fail('ListTasks', 'throttle', { times: Infinity });
+    await expect(a.discover(route)).rejects.toMatchObject({ name: 'ThrottlingException' });
+    // b sees a's lock and the previous (empty) shared answer, and does not pile on AWS.
+    expect(await b.discover(route)).toEqual([]);
+    expect(stub.count('ListTasks')).toBe(2);
+  });
+
+  test('Redis killed mid-test: requests are still served, errors are logged once; a restart is picked up', async () => {
+    const a = proxy();
+    const b = proxy();
+    await Promise.all([a.connected(), b.connected()]);
+    expect(ids(await a.discover(route))).toEqual(ALL);
+    expect(ids(await b.discover(route))).toEqual(ALL);
+    expect(stub.count('ListTasks')).toBe(1);
+
+    const stderr = jest.spyOn(process.stderr, 'write');
+    try {
+      await server.kill();
+      const errorsBefore = await lookups('error');
+      for (let i = 0; i < 5; i++) {
+        const started = Date.now();
+        const [ra, rb] = await Promise.all([a.discover(route), b.discover(route)]);
+        expect(ids(ra)).toEqual(ALL);
+        expect(ids(rb)).toEqual(ALL);
+        expect(Date.now() - started).toBeLessThan(1000); // no request waits on a dead Redis
+      }
+      expect(stub.count('ListTasks')).toBe(11); // each proxy on its own now
+      expect((await lookups('error')) - errorsBefore).toBe(10);
+      const outageLines = stderr.mock.calls.filter(([line]) => String(line).includes('redis unavailable'));
+      expect(outageLines.length).toBeLessThanOrEqual(2); // once per client, not per request
+    } finally {
+      stderr.mockRestore();
+      await server.restart(); // in finally: later tests need it whatever happened here
+    }
+
+    expect(await a.connected()).toBe(true);
+    expect(await b.connected()).toBe(true);
+    stub.resetCalls();
+    expect(ids(await a.discover(route))).toEqual(ALL);
+    expect(ids(await b.discover(route))).toEqual(ALL);
+    expect(stub.count('ListTasks')).toBe(1); // shared again
+  });
+
+  test('a slow (paused) Redis costs a request at most the command timeout', async () => {
+    const a = proxy();
+    await a.connected();
+    server.pause();
+    try {
+      const started = Date.now();
+      expect(ids(await a.discover(route))).toEqual(ALL);
+      expect(Date.now() - started).toBeLessThan(1500);
+      // Just failed: the next discovery does not even try Redis.
+      const again = Date.now();
+      expect(ids(await a.discover(route))).toEqual(ALL);
+      expect(Date.now() - again).toBeLessThan(150);
+    } finally {
+      server.resume();
+    }
+  });
+
+  test('without a reachable Redis at start the proxy discovers by itself', async () => {
+    const p = createProvider(
+      loadConfig({ DOMAIN: 'example.com', REDIS_URL: 'redis://127.0.0.1:1', NODE_CHECK_PERIOD: '1' }),
+      {},
+      { maxAttempts: 1, redis: { maxReconnectDelayMs: 100 } },
+    );
+    open.push(p);
+    expect(ids(await p.discover(route))).toEqual(ALL);
+  });
+});
+
+describe('createRedis', () => {
+  let secured: RedisServer;
+  beforeAll(async () => {
+    secured = await startRedisServer(['--requirepass', 'pa:ss@word', '--user', 'karma', 'on', '>k-secret', '~*', '+@all']);
+  });
+  afterAll(async () => {
+    await secured.stop();
+  });
+
+  async function pingWith(config: Parameters<typeof createRedis>[0]): Promise<string> {
+    const r = await createRedis(config, { maxReconnectDelayMs: 100 });
+    if (!r) throw new Error('no client');
+    try {
+      if (r.status !== 'ready') await new Promise((resolve, reject) => {
+        r.once('ready', resolve);
+        r.once('error', reject);
+      });
+      return await r.ping();
+    } finally {
+      r.disconnect();
+    }
+  }
+
+  test('no REDIS_URL, no client', async () => {
+    await expect(createRedis({ redisUrl: undefined, redisAuthSecretArn: undefined, awsRegion: undefined })).resolves.toBeUndefined();
+  });
+
+  test('redis:// with a password, and with a user and password', async () => {
+    const port = secured.port;
+    await expect(pingWith({ redisUrl: `redis://:${encodeURIComponent('pa:ss@word')}@127.0.0.1:${port}`, redisAuthSecretArn: undefined, awsRegion: undefined })).resolves.toBe('PONG');
+    await expect(pingWith({ redisUrl: `redis://karma:k-secret@127.0.0.1:${port}`, redisAuthSecretArn: undefined, awsRegion: undefined })).resolves.toBe('PONG');
+  });
+
+  test('the bare host:port of the seed', async () => {
+    const config = loadConfig({ DOMAIN: 'example.com', REDIS_URL: `127.0.0.1:${server.port}` });
+    await expect(pingWith(config)).resolves.toBe('PONG');
+  });
+
+  test('REDIS_AUTH_SECRET_ARN: the token comes from Secrets Manager, once', async () => {
+    const arn = 'arn:aws:secretsmanager:us-east-1:123456789012:secret:karma-redis-auth';
+    stub.model.secrets[arn] = 'pa:ss@word';
+    await expect(pingWith({ redisUrl: `redis://127.0.0.1:${secured.port}`, redisAuthSecretArn: arn, awsRegion: 'us-east-1' })).resolves.toBe('PONG');
+    expect(stub.count('GetSecretValue')).toBe(1);
+  });
+
+  test('an unreadable secret leaves the proxy without Redis, not without service', async () => {
+    await expect(
+      createRedis({ redisUrl: `redis://127.0.0.1:${secured.port}`, redisAuthSecretArn: 'arn:aws:secretsmanager:us-east-1:123456789012:secret:missing', awsRegion: 'us-east-1' }),
+    ).resolves.toBeUndefined();
+  });
+
+  test('rediss:// turns TLS on', async () => {
+    const r = await createRedis({ redisUrl: 'rediss://user:pw@127.0.0.1:1', redisAuthSecretArn: undefined, awsRegion: undefined }, { maxReconnectDelayMs: 100 });
+    try {
+      expect(r?.options.tls).toBeTruthy();
+      expect(r?.options).toMatchObject({ username: 'user', password: 'pw', host: '127.0.0.1', port: 1 });
+    } finally {
+      r?.disconnect();
+    }
+  });
+});
