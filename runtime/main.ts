@@ -9,7 +9,6 @@ import type { AddressInfo } from 'node:net';
 import { AggregatorRegistry } from 'prom-client';
 import { Config, ConfigError, loadConfig } from './config';
 import { errorFields, log } from './log';
-import { startWorker } from './worker';
 
 const EXIT_BAD_CONFIG = 2;
 
@@ -129,7 +128,8 @@ function runPrimary(config: Config): void {
 function main(): void {
   const config = configOrExit();
   if (cluster.isPrimary) runPrimary(config);
-  else void startWorker(config);
+  // Only workers load the proxy itself (and the AWS SDK with it): the primary stays small.
+  else void import('./worker').then((w) => w.startWorker(config));
 }
 
 main();
