@@ -36,6 +36,28 @@ async function peakRssGrowth(p: Proxy, work: () => Promise<void>): Promise<{ gro
   return { growth: peak - base, peak };
 }
 
+/** GETs /download and counts the body's bytes; a slow reader pauses after every chunk. */
+function download(port: number, slow = false): Promise<number> {
+  return new Promise((resolve, reject) => {
+    let n = 0;
+    http
+      .get({ host: '127.0.0.1', port, path: '/download' }, (res) => {
+        expect(res.statusCode).toBe(200);
+        res.on('data', (c: Buffer) => {
+          n += c.length;
+          if (slow) {
+            // The proxy must apply backpressure, not buffer the rest.
+            res.pause();
+            setTimeout(() => res.resume(), 1);
+          }
+        });
+        res.on('end', () => resolve(n));
+        res.on('error', reject);
+      })
+      .on('error', reject);
+  });
+}
+
 describe('the bundle, on a static pool', () => {
   let backend: Backend;
   let p: Proxy;
@@ -60,24 +82,14 @@ describe('the bundle, on a static pool', () => {
       };
       pump();
     };
+    // Warm up first (JIT, buffers, first sockets), so growth measures what the body costs.
+    expect(await download(p.port)).toBe(50 * MB);
     let received = 0;
-    const { growth } = await peakRssGrowth(p, () =>
-      new Promise<void>((resolve, reject) => {
-        http.get({ host: '127.0.0.1', port: p.port, path: '/download' }, (res) => {
-          expect(res.statusCode).toBe(200);
-          // A slow reader: the proxy must apply backpressure, not buffer the rest.
-          res.on('data', (c: Buffer) => {
-            received += c.length;
-            res.pause();
-            setTimeout(() => res.resume(), 1);
-          });
-          res.on('end', resolve);
-          res.on('error', reject);
-        }).on('error', reject);
-      }),
-    );
+    const { growth } = await peakRssGrowth(p, async () => {
+      received = await download(p.port, true);
+    });
     expect(received).toBe(50 * MB);
-    expect(growth).toBeLessThan(20 * MB);
+    expect(growth).toBeLessThan(25 * MB);
   });
 
   test('a 50 MB upload streams through without the proxy holding it', async () => {
@@ -107,7 +119,7 @@ describe('the bundle, on a static pool', () => {
       }),
     );
     expect(answer).toBe(String(50 * MB));
-    expect(growth).toBeLessThan(20 * MB);
+    expect(growth).toBeLessThan(25 * MB);
   });
 
   test('a WebSocket upgrade is forwarded and echoes both ways', async () => {
