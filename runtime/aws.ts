@@ -71,7 +71,7 @@ export function isThrottling(err: unknown): boolean {
 
 /** `ListTasksCommand` → `ListTasks`. */
 function apiName(commandName: unknown): string {
-  return typeof commandName === 'string' && commandName !== '' ? commandName.replace(/Command$/, '') : 'unknown';
+  return typeof commandName === 'string' && commandName !== '' ? commandName.replace(/Command\d*$/, '') : 'unknown';
 }
 
 /**

@@ -22,7 +22,13 @@ import {
   type NetworkBinding,
   type Task,
 } from '@aws-sdk/client-ecs';
-import { DescribeNetworkInterfacesCommand, EC2Client, type NetworkInterface } from '@aws-sdk/client-ec2';
+import {
+  DescribeNetworkInterfacesCommand,
+  EC2Client,
+  paginateDescribeNetworkInterfaces,
+  type DescribeNetworkInterfacesCommandInput,
+  type NetworkInterface,
+} from '@aws-sdk/client-ec2';
 import { chunk, isNotFound, pages, send } from '../aws';
 import type { IpPreference } from '../config';
 import { makeTarget, Provider, RouteKey, Target } from '../types';
@@ -287,29 +293,36 @@ export class EcsProvider implements Provider {
     return [...new Set(arns)];
   }
 
-  /** One DescribeNetworkInterfaces for every ENI; ENIs without a public IP fall back to private. */
+  /**
+   * One DescribeNetworkInterfaces for every ENI (batches of 1000 beyond that); ENIs without a public
+   * IP fall back to private in the transform.
+   */
   private async publicIps(eniIds: string[], signal?: AbortSignal): Promise<Record<string, string>> {
     if (eniIds.length === 0) return {};
-    let enis: NetworkInterface[];
+    const batches = await Promise.all(chunk(eniIds, 1000).map((ids) => this.describeEnis(ids, signal)));
+    return publicIpsByEni(batches.flat());
+  }
+
+  private async describeEnis(ids: string[], signal?: AbortSignal): Promise<NetworkInterface[]> {
     try {
       const out = await send<object, { NetworkInterfaces?: NetworkInterface[] }>(
         this.ec2,
-        new DescribeNetworkInterfacesCommand({ NetworkInterfaceIds: eniIds }),
+        new DescribeNetworkInterfacesCommand({ NetworkInterfaceIds: ids }),
         signal,
       );
-      enis = out.NetworkInterfaces ?? [];
+      return out.NetworkInterfaces ?? [];
     } catch (err) {
-      // With ids, one ENI deleted in between (a task that just stopped) fails the whole call; a filter
-      // does not. Only then, since the filter form needs paging.
+      // By id, one ENI deleted in between (its task just stopped) fails the whole call; a filter
+      // ignores it. Only then, since filters take at most 200 values and need paging.
       if ((err as { name?: string }).name !== 'InvalidNetworkInterfaceID.NotFound') throw err;
-      const out = await send<object, { NetworkInterfaces?: NetworkInterface[] }>(
-        this.ec2,
-        new DescribeNetworkInterfacesCommand({ Filters: [{ Name: 'network-interface-id', Values: eniIds }] }),
-        signal,
-      );
-      enis = out.NetworkInterfaces ?? [];
+      const enis: NetworkInterface[] = [];
+      for (const values of chunk(ids, 200)) {
+        const input: DescribeNetworkInterfacesCommandInput = { Filters: [{ Name: 'network-interface-id', Values: values }], MaxResults: 1000 };
+        const paginator = paginateDescribeNetworkInterfaces({ client: this.ec2, pageSize: 1000 }, input, ...(signal ? [{ abortSignal: signal }] : []));
+        for await (const page of pages('DescribeNetworkInterfaces', input, paginator)) enis.push(...(page.NetworkInterfaces ?? []));
+      }
+      return enis;
     }
-    return publicIpsByEni(enis);
   }
 
   /** Private IPs of container instances, from the cache or DescribeContainerInstances + DescribeInstances. */
@@ -363,5 +376,5 @@ export class EcsProvider implements Provider {
 }
 
 function apiOf(ctor: { name: string }): string {
-  return ctor.name.replace(/Command$/, '');
+  return ctor.name.replace(/Command\d*$/, '');
 }

@@ -218,9 +218,9 @@ describe('EcsProvider with mocked SDK clients', () => {
       .resolves({ NetworkInterfaces: [{ NetworkInterfaceId: 'eni-1', Association: { PublicIp: '54.0.0.9' } }] });
     const targets = await provider({ ipPreference: 'public' }).discover(route);
     expect(targets.map((t) => t.id)).toEqual(['10.0.0.3:8080', '54.0.0.9:8080']);
-    expect(ec2Mock.commandCalls(DescribeNetworkInterfacesCommand)[1].args[0].input.Filters).toEqual([
-      { Name: 'network-interface-id', Values: ['eni-1', 'eni-2'] },
-    ]);
+    expect(ec2Mock.commandCalls(DescribeNetworkInterfacesCommand)[1].args[0].input).toMatchObject({
+      Filters: [{ Name: 'network-interface-id', Values: ['eni-1', 'eni-2'] }],
+    });
   });
 
   test('tasks with missing fields are skipped and counted, never a crash', async () => {
