@@ -76,8 +76,8 @@ function apiName(commandName: unknown): string {
 
 /**
  * Inputs already counted by the middleware. The middleware sees every attempt of a real client, but a
- * client whose `send` is replaced (aws-sdk-client-mock, a proxy) runs no middleware at all; `track`
- * counts those calls itself, and this set tells it which calls the middleware already counted.
+ * client whose `send` is replaced (aws-sdk-client-mock, a proxy) runs no middleware at all; `send` and `pages`
+ * count those calls themselves, and this set tells them which calls the middleware already counted.
  */
 const countedInputs = new WeakSet<object>();
 
@@ -87,7 +87,7 @@ const COUNTING_MIDDLEWARE = 'karmaAwsCallsMiddleware';
  * Counts every HTTP attempt (so a throttled attempt that the SDK retried is still seen) by API and
  * outcome. Sits right after the retry middleware, where errors are already deserialised.
  */
-export function addCallCounting(client: { middlewareStack: ECSClient['middlewareStack'] }): void {
+export function addCallCounting(client: { middlewareStack: object }): void {
   const stack = client.middlewareStack as unknown as {
     addRelativeTo: (mw: unknown, opts: object) => void;
     identify: () => string[];
@@ -184,19 +184,19 @@ export function createEcsClient(opts: AwsClientOptions = {}): ECSClient {
 
 export function createEc2Client(opts: AwsClientOptions = {}): EC2Client {
   const c = new EC2Client(baseConfig(opts));
-  addCallCounting(c as unknown as ECSClient);
+  addCallCounting(c);
   return c;
 }
 
 export function createAutoScalingClient(opts: AwsClientOptions = {}): AutoScalingClient {
   const c = new AutoScalingClient(baseConfig(opts));
-  addCallCounting(c as unknown as ECSClient);
+  addCallCounting(c);
   return c;
 }
 
 export function createSecretsManagerClient(opts: AwsClientOptions = {}): SecretsManagerClient {
   const c = new SecretsManagerClient(baseConfig(opts));
-  addCallCounting(c as unknown as ECSClient);
+  addCallCounting(c);
   return c;
 }
 
