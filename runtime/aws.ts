@@ -75,9 +75,9 @@ function apiName(commandName: unknown): string {
 }
 
 /**
- * Inputs already counted by the middleware. The middleware sees every attempt of a real client, but a
- * client whose `send` is replaced (aws-sdk-client-mock, a proxy) runs no middleware at all; `send` and `pages`
- * count those calls themselves, and this set tells them which calls the middleware already counted.
+ * Inputs already counted by the middleware. The middleware sees every attempt of a real client, but
+ * a client whose `send` is replaced (aws-sdk-client-mock, a proxy) runs no middleware at all; `send`
+ * and `pages` count those calls themselves, and this set tells them which ones were counted already.
  */
 const countedInputs = new WeakSet<object>();
 
