@@ -1,0 +1,251 @@
+import { BREAKER_STATE_VALUE, BreakerState, CircuitBreaker, breakerStateValue } from '../../runtime/breaker';
+
+/** CIRCUIT_BREAKER_TIMEOUT is in minutes; tests use a fraction of one, as an operator may. */
+const TIMEOUT_MIN = 0.001;
+const TIMEOUT_MS = TIMEOUT_MIN * 60_000; // 60 ms
+
+function make(threshold = 3, timeoutMs = TIMEOUT_MS) {
+  let t = 1_000_000;
+  const changes: BreakerState[] = [];
+  const breaker = new CircuitBreaker({
+    threshold,
+    timeoutMs,
+    now: () => t,
+    onChange: (s) => changes.push(s),
+  });
+  return {
+    breaker,
+    changes,
+    advance: (ms: number) => {
+      t += ms;
+    },
+  };
+}
+
+function fail(b: CircuitBreaker, n: number): void {
+  for (let i = 0; i < n; i++) b.onFailure();
+}
+
+describe('CircuitBreaker', () => {
+  it('starts closed and lets everything through', () => {
+    const { breaker, changes } = make();
+    expect(breaker.state).toBe('closed');
+    expect(breaker.canPass()).toBe(true);
+    for (let i = 0; i < 10; i++) expect(breaker.tryAcquire()).toBe(true);
+    expect(changes).toEqual([]);
+  });
+
+  it.each([1, 2, 5])('opens after exactly %i consecutive failures, not one fewer', (threshold) => {
+    const { breaker, changes } = make(threshold);
+    fail(breaker, threshold - 1);
+    expect(breaker.state).toBe('closed');
+    expect(breaker.canPass()).toBe(true);
+    breaker.onFailure();
+    expect(breaker.state).toBe('open');
+    expect(breaker.canPass()).toBe(false);
+    expect(breaker.tryAcquire()).toBe(false);
+    expect(changes).toEqual(['open']);
+  });
+
+  it('a success in between resets the failure count', () => {
+    const { breaker } = make(3);
+    fail(breaker, 2);
+    breaker.onSuccess();
+    expect(breaker.failureCount).toBe(0);
+    fail(breaker, 2);
+    expect(breaker.state).toBe('closed');
+    breaker.onFailure();
+    expect(breaker.state).toBe('open');
+  });
+
+  it('turns half-open lazily once the timeout (a fraction of a minute) has passed, and says so', () => {
+    const { breaker, changes, advance } = make(1);
+    breaker.onFailure();
+    advance(TIMEOUT_MS - 1);
+    expect(breaker.state).toBe('open');
+    expect(breaker.canPass()).toBe(false);
+    advance(1);
+    expect(changes).toEqual(['open']); // nothing happens until someone looks
+    expect(breaker.canPass()).toBe(true);
+    expect(breaker.state).toBe('half-open');
+    expect(changes).toEqual(['open', 'half-open']);
+  });
+
+  it('canPass has no side effect: it never takes the trial', () => {
+    const { breaker, advance } = make(1);
+    breaker.onFailure();
+    advance(TIMEOUT_MS);
+    for (let i = 0; i < 5; i++) expect(breaker.canPass()).toBe(true);
+    expect(breaker.tryAcquire()).toBe(true);
+    expect(breaker.canPass()).toBe(false);
+  });
+
+  it('lets only one trial through at a time', () => {
+    const { breaker, advance } = make(1);
+    breaker.onFailure();
+    advance(TIMEOUT_MS);
+    expect(breaker.tryAcquire()).toBe(true);
+    expect(breaker.tryAcquire()).toBe(false);
+    expect(breaker.tryAcquire()).toBe(false);
+    expect(breaker.canPass()).toBe(false);
+    expect(breaker.state).toBe('half-open');
+    // Time passing does not hand out a second trial while the first has not reported.
+    advance(TIMEOUT_MS * 10);
+    expect(breaker.tryAcquire()).toBe(false);
+  });
+
+  it('a successful trial closes it and clears the count', () => {
+    const { breaker, changes, advance } = make(2);
+    fail(breaker, 2);
+    advance(TIMEOUT_MS);
+    expect(breaker.tryAcquire()).toBe(true);
+    breaker.onSuccess();
+    expect(breaker.state).toBe('closed');
+    expect(breaker.canPass()).toBe(true);
+    expect(changes).toEqual(['open', 'half-open', 'closed']);
+    breaker.onFailure();
+    expect(breaker.state).toBe('closed'); // the count started again from zero
+    breaker.onFailure();
+    expect(breaker.state).toBe('open');
+  });
+
+  it('a failed trial re-opens it with a fresh timeout', () => {
+    const { breaker, changes, advance } = make(3);
+    fail(breaker, 3);
+    advance(TIMEOUT_MS + 500); // the trial goes long after the first timeout ended
+    expect(breaker.tryAcquire()).toBe(true);
+    breaker.onFailure(); // a single failure is enough in half-open
+    expect(breaker.state).toBe('open');
+    advance(TIMEOUT_MS - 1);
+    expect(breaker.state).toBe('open');
+    expect(breaker.tryAcquire()).toBe(false);
+    advance(1);
+    expect(breaker.state).toBe('half-open');
+    expect(changes).toEqual(['open', 'half-open', 'open', 'half-open']);
+  });
+
+  it('release gives the trial back and stays half-open', () => {
+    const { breaker, changes, advance } = make(1);
+    breaker.onFailure();
+    advance(TIMEOUT_MS);
+    expect(breaker.tryAcquire()).toBe(true);
+    breaker.release();
+    expect(breaker.state).toBe('half-open');
+    expect(breaker.canPass()).toBe(true);
+    expect(breaker.tryAcquire()).toBe(true);
+    expect(breaker.tryAcquire()).toBe(false);
+    expect(changes).toEqual(['open', 'half-open']);
+  });
+
+  it('release outside half-open changes nothing', () => {
+    const { breaker, changes } = make(2);
+    breaker.onFailure();
+    breaker.release();
+    expect(breaker.state).toBe('closed');
+    expect(breaker.failureCount).toBe(1);
+    breaker.onFailure();
+    breaker.release();
+    expect(breaker.state).toBe('open');
+    expect(changes).toEqual(['open']);
+  });
+
+  it('ignores outcomes reported while open: they belong to requests sent before it opened', () => {
+    const { breaker, changes, advance } = make(1);
+    breaker.onFailure();
+    advance(TIMEOUT_MS - 10);
+    breaker.onFailure(); // does not push the timeout back
+    breaker.onSuccess(); // does not close without a trial
+    expect(breaker.state).toBe('open');
+    advance(10);
+    expect(breaker.state).toBe('half-open');
+    expect(changes).toEqual(['open', 'half-open']);
+  });
+
+  it('ignores outcomes reported in half-open when no trial is out', () => {
+    const { breaker, advance } = make(1);
+    breaker.onFailure();
+    advance(TIMEOUT_MS);
+    breaker.onSuccess();
+    expect(breaker.state).toBe('half-open');
+    breaker.onFailure();
+    expect(breaker.state).toBe('half-open');
+    expect(breaker.canPass()).toBe(true);
+  });
+
+  it('a zero timeout goes half-open at the next look', () => {
+    const { breaker, changes } = make(1, 0);
+    breaker.onFailure();
+    expect(breaker.state).toBe('half-open');
+    expect(changes).toEqual(['open', 'half-open']);
+  });
+
+  describe('permits', () => {
+    it('report like the plain methods while the state has not changed', () => {
+      const { breaker, advance } = make(2);
+      breaker.acquire()!.failure();
+      breaker.acquire()!.failure();
+      expect(breaker.state).toBe('open');
+      expect(breaker.acquire()).toBeUndefined();
+      advance(TIMEOUT_MS);
+      const trial = breaker.acquire()!;
+      expect(trial).toBeDefined();
+      expect(breaker.acquire()).toBeUndefined();
+      trial.success();
+      expect(breaker.state).toBe('closed');
+    });
+
+    it('from before a state change report into the void', () => {
+      const { breaker, advance } = make(1);
+      const slow = breaker.acquire()!; // admitted while closed, answers much later
+      breaker.onFailure(); // opens
+      advance(TIMEOUT_MS);
+      const trial = breaker.acquire()!;
+      slow.success(); // must not close the breaker in place of the trial
+      expect(breaker.state).toBe('half-open');
+      expect(breaker.canPass()).toBe(false);
+      slow.failure();
+      expect(breaker.state).toBe('half-open');
+      trial.failure();
+      expect(breaker.state).toBe('open');
+    });
+
+    it('count once, whatever the caller does', () => {
+      const { breaker } = make(2);
+      const p = breaker.acquire()!;
+      p.failure();
+      p.failure();
+      expect(breaker.failureCount).toBe(1);
+      expect(breaker.state).toBe('closed');
+    });
+
+    it('release hands the trial back', () => {
+      const { breaker, advance } = make(1);
+      breaker.onFailure();
+      advance(TIMEOUT_MS);
+      breaker.acquire()!.release();
+      expect(breaker.canPass()).toBe(true);
+    });
+  });
+
+  it('maps states to the metric values', () => {
+    expect(BREAKER_STATE_VALUE).toEqual({ closed: 0, 'half-open': 1, open: 2 });
+    expect(breakerStateValue('closed')).toBe(0);
+    expect(breakerStateValue('half-open')).toBe(1);
+    expect(breakerStateValue('open')).toBe(2);
+  });
+
+  it('uses the real clock by default', () => {
+    const b = new CircuitBreaker({ threshold: 1, timeoutMs: 60_000 });
+    b.onFailure();
+    expect(b.state).toBe('open');
+  });
+
+  it.each([
+    ['threshold must be an integer >= 1, got 0', { threshold: 0, timeoutMs: 1 }],
+    ['threshold must be an integer >= 1, got 1.5', { threshold: 1.5, timeoutMs: 1 }],
+    ['timeoutMs must be a finite number >= 0, got -1', { threshold: 1, timeoutMs: -1 }],
+    ['timeoutMs must be a finite number >= 0, got NaN', { threshold: 1, timeoutMs: Number.NaN }],
+  ])('rejects bad options: %s', (message, opts) => {
+    expect(() => new CircuitBreaker(opts)).toThrow(message);
+  });
+});
