@@ -9,7 +9,7 @@
 import * as http from 'node:http';
 import { CircuitBreaker, breakerStateValue } from './breaker';
 import { breakerState, failOpenTotal, nodeHealthStatus, targetsPerRoute } from './metrics';
-import type { StatusSetter, Target } from './types';
+import { sortTargets, type StatusSetter, type Target } from './types';
 
 export interface TargetState {
   readonly target: Target;
@@ -148,7 +148,7 @@ export class Pool {
    * drained (no new requests; in-flight ones finish).
    */
   update(targets: readonly Target[]): void {
-    const next = [...new Map(targets.map((t) => [t.id, t])).values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    const next = sortTargets(targets);
     const same = next.length === this.members.length && next.every((t, i) => t.id === this.members[i].target.id);
     if (same) return;
     const old = this.members;

@@ -27,6 +27,13 @@ export function makeTarget(host: string, port: number): Target {
   return { id, host, port };
 }
 
+/** Targets without duplicates, in a stable order (by id), so round-robin order survives refreshes. */
+export function sortTargets(targets: Iterable<Target>): Target[] {
+  const byId = new Map<string, Target>();
+  for (const t of targets) byId.set(t.id, t);
+  return [...byId.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+}
+
 /**
  * A discovery source. `discover` does the I/O and returns plain targets; it throws on an AWS or
  * network failure (the caller keeps the last known targets), and returns [] when the route or pool

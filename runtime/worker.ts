@@ -8,7 +8,7 @@ import type { Config } from './config';
 import { Forwarder } from './forward';
 import { HealthChecker } from './health';
 import { errorFields, log } from './log';
-import { createProvider } from './discovery';
+import { StaticProvider } from './discovery/static';
 import { serveMetricsToPrimary } from './metrics';
 import { RouteTable } from './routes';
 import { createProxyServer } from './server';
@@ -20,9 +20,19 @@ export interface Running {
   stop(): Promise<void>;
 }
 
+/**
+ * The discovery provider of NODE_FILTER. The AWS SDK and Redis client are loaded only by the modes
+ * that use them: a static pool's worker stays tens of megabytes smaller.
+ */
+async function providerFor(config: Config): Promise<Provider> {
+  if (config.nodeFilter === 'static') return new StaticProvider(config.staticTargets);
+  const { createProvider } = await import('./discovery');
+  return createProvider(config);
+}
+
 /** Builds and starts everything one worker runs. Exported for in-process tests. */
 export async function start(config: Config, deps: { provider?: Provider } = {}): Promise<Running> {
-  const provider = deps.provider ?? (await createProvider(config));
+  const provider = deps.provider ?? (await providerFor(config));
   const registry = new TargetRegistry({
     poolSize: config.poolSize,
     breakerThreshold: config.circuitBreakerThreshold,
@@ -41,6 +51,7 @@ export async function start(config: Config, deps: { provider?: Provider } = {}):
             matcher: config.healthCheckMatcher,
           },
           registry,
+          { onError: (err, target) => log('error', 'health status update failed', { target: target.id, ...errorFields(err) }) },
         );
   if (health) registry.onChange(() => health.sync(registry.targets()));
 

@@ -16,7 +16,7 @@ import {
 } from '@aws-sdk/client-ec2';
 import { chunk, pages, send } from '../aws';
 import { tasksSkipped } from '../metrics';
-import { makeTarget, Provider, RouteKey, Target } from '../types';
+import { makeTarget, Provider, RouteKey, sortTargets, Target } from '../types';
 
 /** Why a task or instance was left out. Label values of `tasksSkipped{reason}`. */
 export type SkipReason =
@@ -39,11 +39,7 @@ export interface TransformResult {
 }
 
 /** Sorted by id (stable order for round-robin), de-duplicated. */
-export function sortTargets(targets: Iterable<Target>): Target[] {
-  const byId = new Map<string, Target>();
-  for (const t of targets) byId.set(t.id, t);
-  return [...byId.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
-}
+export { sortTargets };
 
 /** Adds a transform's skipped counts to `tasksSkipped{reason}`. */
 export function countSkipped(skipped: Skipped): void {

@@ -1,6 +1,5 @@
 /** The fixed pool of `NODE_FILTER=static` (STATIC_TARGETS). No I/O; every route is the pool. */
-import { Provider, RouteKey, Target } from '../types';
-import { sortTargets } from './ec2';
+import { Provider, RouteKey, sortTargets, Target } from '../types';
 
 export class StaticProvider implements Provider {
   readonly name = 'static';
