@@ -634,6 +634,9 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     const problems: string[] = [];
     const known = (x: unknown): boolean => !unresolved(x);
 
+    // Capacities size the address pool and the cost estimate, so they must be plain numbers at synth.
+    if (!known(v.maxCapacity)) problems.push('maxCapacity must be a number at synth time (it is the number of Elastic IPs)');
+    if (!known(v.minCapacity)) problems.push('minCapacity must be a number at synth time (it is the number of signals awaited)');
     if (known(v.minCapacity) && (!Number.isInteger(v.minCapacity) || v.minCapacity < 1)) {
       problems.push(`minCapacity (${v.minCapacity}) must be a whole number of at least 1`);
     }

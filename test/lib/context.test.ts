@@ -1,0 +1,89 @@
+/** The app's settings: context keys first, then KARMA_* env vars, then example values with a warning. */
+import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import { CONTEXT_KEYS, EXAMPLE_CONTEXT, propsFromContext } from '../../lib';
+import { envVarName } from '../../lib/context';
+
+const none = (): undefined => undefined;
+const ctx = (values: Record<string, unknown>) => (key: string): unknown => values[key];
+
+test('every key of the issue is read, each with its KARMA_ env var', () => {
+  for (const key of ['domain', 'hostedZoneId', 'hostedZoneName', 'vpcId', 'instanceType', 'minCapacity', 'maxCapacity',
+    'spot', 'redis', 'redisNodeType', 'allowedCidrs', 'clusters', 'ports', 'proxyEnv']) {
+    expect(CONTEXT_KEYS).toHaveProperty(key);
+  }
+  expect(envVarName('hostedZoneId')).toBe('KARMA_HOSTED_ZONE_ID');
+  expect(envVarName('redisNodeType')).toBe('KARMA_REDIS_NODE_TYPE');
+  expect(envVarName('proxyEnv')).toBe('KARMA_PROXY_ENV');
+  expect(envVarName('domain')).toBe('KARMA_DOMAIN');
+});
+
+test('nothing given: example values, said in a warning', () => {
+  const r = propsFromContext(none, {});
+  expect(r.usedExamples).toBe(true);
+  expect(r.props).toEqual({ ...EXAMPLE_CONTEXT });
+  expect(r.stackName).toBe('KarmaProxy');
+  expect(r.warnings.join('\n')).toMatch(/example values.*proxy\.example\.com.*cdk deploy -c domain=/s);
+});
+
+test('command-line context: strings of every kind', () => {
+  const r = propsFromContext(ctx({
+    domain: 'apps.acme.io', hostedZoneId: 'Z1', instanceType: 't4g.micro', minCapacity: '2', maxCapacity: '3',
+    spot: 'true', redis: 'false', allowedCidrs: '203.0.113.0/24, 198.51.100.0/24', clusters: 'prod,staging',
+    ports: '80,8000-8100', proxyEnv: 'LOG_CONNECTIONS=true,ALLOWED_PORTS=80,8080', redisNodeType: 'cache.t4g.small',
+    vpcId: 'vpc-1', publicSubnetIds: 'subnet-1,subnet-2', hostedZoneName: 'acme.io',
+  }), {});
+  expect(r.usedExamples).toBe(false);
+  expect(r.warnings).toEqual([]);
+  expect(r.props).toMatchObject({
+    domain: 'apps.acme.io', hostedZoneId: 'Z1', hostedZoneName: 'acme.io', minCapacity: 2, maxCapacity: 3, spot: true,
+    redis: false, redisNodeType: 'cache.t4g.small', allowedCidrs: ['203.0.113.0/24', '198.51.100.0/24'],
+    clusters: ['prod', 'staging'], ports: [80, '8000-8100'],
+    environment: { LOG_CONNECTIONS: 'true', ALLOWED_PORTS: '80,8080' },
+    vpcId: 'vpc-1', publicSubnetIds: ['subnet-1', 'subnet-2'],
+  });
+  expect(r.props.instanceType?.toString()).toBe('t4g.micro');
+});
+
+test('cdk.json context: typed values', () => {
+  const r = propsFromContext(ctx({
+    domain: 'apps.acme.io', minCapacity: 2, spot: false, clusters: ['a', 'b'], proxyEnv: { RETRIES: 1 },
+  }), {});
+  expect(r.props).toMatchObject({ minCapacity: 2, spot: false, clusters: ['a', 'b'], environment: { RETRIES: '1' } });
+});
+
+test('KARMA_* env vars, and context winning over them', () => {
+  const env = {
+    KARMA_DOMAIN: 'env.acme.io', KARMA_HOSTED_ZONE_ID: 'ZENV', KARMA_SPOT: '1', KARMA_MAX_CAPACITY: '4',
+    KARMA_PROXY_ENV: '{"LOG_CONNECTIONS":"true"}', KARMA_ALLOWED_CIDRS: '["10.0.0.0/8"]',
+  };
+  const r = propsFromContext(ctx({ domain: 'ctx.acme.io' }), env);
+  expect(r.props).toMatchObject({
+    domain: 'ctx.acme.io', hostedZoneId: 'ZENV', spot: true, maxCapacity: 4,
+    environment: { LOG_CONNECTIONS: 'true' }, allowedCidrs: ['10.0.0.0/8'],
+  });
+});
+
+test('a domain without a zone: no record, said in a warning', () => {
+  const r = propsFromContext(ctx({ domain: 'apps.acme.io' }), {});
+  expect(r.props.hostedZoneId).toBeUndefined();
+  expect(r.warnings).toEqual([expect.stringContaining('no DNS record')]);
+});
+
+test('a metrics CIDR becomes the metrics peer', () => {
+  const r = propsFromContext(ctx({ domain: 'a.acme.io', metricsCidr: '10.0.0.0/16' }), {});
+  expect(r.props.metricsPeer?.uniqueId).toBe(ec2.Peer.ipv4('10.0.0.0/16').uniqueId);
+});
+
+test('every bad value in one error, naming where it came from', () => {
+  expect(() => propsFromContext(ctx({
+    hostedZoneId: 'Z1', minCapacity: 'two', spot: 'maybe', discovery: 'dns', metricsCidr: 'nope',
+  }), { KARMA_REDIS: 'perhaps' })).toThrow([
+    'Invalid Karma Proxy settings:',
+    '  - hostedZoneId needs domain (context domain or KARMA_DOMAIN)',
+    "  - discovery must be ecs, asg, tag or static (got 'dns')",
+    "  - context 'minCapacity' must be a whole number (got 'two')",
+    "  - context 'spot' must be true or false (got 'maybe')",
+    "  - KARMA_REDIS must be true or false (got 'perhaps')",
+    "  - metricsCidr 'nope' is not a CIDR such as 10.0.0.0/16",
+  ].join('\n'));
+});

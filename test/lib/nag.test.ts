@@ -1,0 +1,71 @@
+/**
+ * cdk-nag's AwsSolutions pack finds nothing left unacknowledged, and every acknowledgment says why.
+ * (cdk-nag 3 is a policy validation plugin: acknowledgments are CDK's own `Validations.acknowledge`.)
+ */
+import { App, Stack, Validations } from 'aws-cdk-lib';
+import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import { AwsSolutionsChecks } from 'cdk-nag';
+import { IConstruct } from 'constructs';
+import { KarmaProxy } from '../../lib';
+import { makeStack } from './helpers';
+
+const configs = {
+  default: {},
+  'existing VPC, redis: false': {
+    vpcId: 'vpc-0123456789abcdef0',
+    publicSubnetIds: ['subnet-0aaaaaaaaaaaaaaa1', 'subnet-0aaaaaaaaaaaaaaa2'],
+    redis: false,
+  },
+  'spot, two instances, clusters': { spot: true, clusters: ['prod'], minCapacity: 2, maxCapacity: 2 },
+};
+
+describe.each(Object.entries(configs))('%s', (_name, props) => {
+  const { app, stack } = makeStack(props);
+  app.synth();
+
+  test('no AwsSolutions violation', () => {
+    const report = new AwsSolutionsChecks().validateScope(stack);
+    const found = report.violations.map((v) =>
+      `${v.ruleName} at ${v.violatingResources.map((r) => r.constructPath).join(', ')}`);
+    expect(found).toEqual([]);
+    expect(report.success).toBe(true);
+  });
+});
+
+test('the checks do find what is not acknowledged: a security group the user brings', () => {
+  const stack = new Stack(new App(), 'Test');
+  const vpc = new ec2.Vpc(stack, 'Vpc', { natGateways: 0, restrictDefaultSecurityGroup: false });
+  const securityGroup = new ec2.SecurityGroup(stack, 'Mine', { vpc });
+  new KarmaProxy(stack, 'Proxy', { vpc, securityGroup, domain: 'apps.example.com', redis: false });
+  const rules = new AwsSolutionsChecks().validateScope(stack).violations.map((v) => v.ruleName);
+  expect(rules).toContain('AwsSolutions-EC23');
+});
+
+test('the pack registered on the app the documented way lets synth through', () => {
+  const { app } = makeStack({});
+  Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
+  expect(() => app.synth()).not.toThrow();
+});
+
+test('every acknowledgment carries a reason', () => {
+  const { stack } = makeStack({ clusters: ['prod'] });
+  const acks: { path: string; id: string; reason: unknown }[] = [];
+  const walk = (c: IConstruct): void => {
+    for (const m of c.node.metadata) {
+      if (m.type === Validations.ACKNOWLEDGED_RULES_METADATA_KEY) {
+        for (const [id, reason] of Object.entries(m.data as Record<string, unknown>)) {
+          if (id.includes('AwsSolutions-')) acks.push({ path: c.node.path, id, reason });
+        }
+      }
+    }
+    c.node.children.forEach(walk);
+  };
+  walk(stack);
+  expect(acks.length).toBeGreaterThan(5);
+  for (const a of acks) {
+    expect(typeof a.reason).toBe('string');
+    expect((a.reason as string).length).toBeGreaterThan(30);
+  }
+  // Acknowledged where they apply, never for the whole stack.
+  expect(acks.filter((a) => a.path === stack.node.path)).toEqual([]);
+});

@@ -1,0 +1,83 @@
+/**
+ * A user's own stack: the construct comes from the package's entry point, the VPC and the hosted zone
+ * are imported from attributes (no lookup), and it synthesizes.
+ */
+import { App, Stack } from 'aws-cdk-lib';
+import { Match, Template } from 'aws-cdk-lib/assertions';
+import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as route53 from 'aws-cdk-lib/aws-route53';
+import * as pkg from '../../lib';
+
+test('the entry point exports the construct, its stack and the cost estimate', () => {
+  expect(typeof pkg.KarmaProxy).toBe('function');
+  expect(typeof pkg.KarmaProxyStack).toBe('function');
+  expect(typeof pkg.estimateMonthlyCost).toBe('function');
+});
+
+test('imported into another stack with an imported VPC and hosted zone, it synthesizes', () => {
+  const app = new App();
+  const stack = new Stack(app, 'MyServices', { env: { account: '123456789012', region: 'eu-west-1' } });
+  const vpc = ec2.Vpc.fromVpcAttributes(stack, 'Vpc', {
+    vpcId: 'vpc-0123456789abcdef0',
+    availabilityZones: ['eu-west-1a', 'eu-west-1b'],
+    publicSubnetIds: ['subnet-0aaaaaaaaaaaaaaa1', 'subnet-0aaaaaaaaaaaaaaa2'],
+    isolatedSubnetIds: ['subnet-0bbbbbbbbbbbbbbb1', 'subnet-0bbbbbbbbbbbbbbb2'],
+  });
+  const hostedZone = route53.HostedZone.fromHostedZoneAttributes(stack, 'Zone', {
+    hostedZoneId: 'Z0MYZONE', zoneName: 'acme.io',
+  });
+  const proxy = new pkg.KarmaProxy(stack, 'Proxy', { vpc, hostedZone, domain: 'svc.acme.io', clusters: ['prod'] });
+
+  const service = new ec2.SecurityGroup(stack, 'Service', { vpc });
+  service.connections.allowFrom(proxy, ec2.Port.tcp(8080));
+
+  const assembly = app.synth();
+  expect(assembly.getStackByName('MyServices').template.Resources).toBeDefined();
+
+  const t = Template.fromStack(stack);
+  t.resourceCountIs('AWS::EC2::VPC', 0);
+  t.hasResourceProperties('AWS::AutoScaling::AutoScalingGroup', {
+    VPCZoneIdentifier: ['subnet-0aaaaaaaaaaaaaaa1', 'subnet-0aaaaaaaaaaaaaaa2'],
+  });
+  t.hasResourceProperties('AWS::ElastiCache::SubnetGroup', {
+    SubnetIds: ['subnet-0bbbbbbbbbbbbbbb1', 'subnet-0bbbbbbbbbbbbbbb2'],
+  });
+  t.hasResourceProperties('AWS::Route53::RecordSet', { Name: '*.svc.acme.io.', HostedZoneId: 'Z0MYZONE', Type: 'A' });
+  t.hasResourceProperties('AWS::EC2::SecurityGroupIngress', {
+    FromPort: 8080, ToPort: 8080, SourceSecurityGroupId: Match.objectLike({ 'Fn::GetAtt': Match.anyValue() }),
+  });
+  // Public fields a user builds on.
+  expect(proxy.connections).toBeInstanceOf(ec2.Connections);
+  expect(proxy.securityGroup).toBeDefined();
+  expect(proxy.autoScalingGroup).toBeDefined();
+  expect(proxy.role).toBeDefined();
+  expect(proxy.addresses).toHaveLength(1);
+  expect(proxy.cacheEndpoint).toBeDefined();
+  expect(proxy.redisUrl).toMatch(/^rediss:\/\//);
+});
+
+test('an imported VPC with private subnets only puts the cache there', () => {
+  const stack = new Stack(new App(), 'Mine');
+  const vpc = ec2.Vpc.fromVpcAttributes(stack, 'Vpc', {
+    vpcId: 'vpc-0123456789abcdef1',
+    availabilityZones: ['us-east-1a'],
+    publicSubnetIds: ['subnet-0ccccccccccccccc1'],
+    privateSubnetIds: ['subnet-0ddddddddddddddd1'],
+  });
+  new pkg.KarmaProxy(stack, 'Proxy', { vpc, domain: 'apps.example.com' });
+  Template.fromStack(stack).hasResourceProperties('AWS::ElastiCache::SubnetGroup', { SubnetIds: ['subnet-0ddddddddddddddd1'] });
+});
+
+test('redis: false leaves the cache, its secret and its permissions out', () => {
+  const stack = new Stack(new App(), 'Mine');
+  const proxy = new pkg.KarmaProxy(stack, 'Proxy', { domain: 'apps.example.com', redis: false });
+  const t = Template.fromStack(stack);
+  t.resourceCountIs('AWS::ElastiCache::ReplicationGroup', 0);
+  t.resourceCountIs('AWS::ElastiCache::SubnetGroup', 0);
+  t.resourceCountIs('AWS::SecretsManager::Secret', 0);
+  expect(JSON.stringify(t.toJSON())).not.toContain('secretsmanager:');
+  expect(proxy.runtimeEnvironment.REDIS_URL).toBeUndefined();
+  expect(proxy.runtimeEnvironment.REDIS_AUTH_SECRET_ARN).toBeUndefined();
+  expect(proxy.cacheEndpoint).toBeUndefined();
+  expect(proxy.costEstimate.lines.some((l) => l.item.includes('ElastiCache'))).toBe(false);
+});

@@ -1,0 +1,122 @@
+/**
+ * The boot script and the files it writes are checked by the tools that will read them: bash parses
+ * the script, systemd verifies the unit (where systemd-analyze exists), and the runtime's own table of
+ * env var names covers every key the construct writes.
+ */
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { App, Duration, Stack } from 'aws-cdk-lib';
+import { Template } from 'aws-cdk-lib/assertions';
+import { KarmaProxy } from '../../lib';
+import { renderBootstrap, renderEnvFile, renderUnit } from '../../lib/user-data';
+import { ENV_NAMES } from '../../runtime/config';
+import { heredocBody, makeStack, parseEnvFile, userDataText } from './helpers';
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'karma-proxy-user-data-'));
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+function bashSyntax(script: string, name: string): { status: number | null; stderr: string } {
+  const file = path.join(tmp, `${name}.sh`);
+  fs.writeFileSync(file, script);
+  const r = spawnSync('bash', ['-n', file], { encoding: 'utf8' });
+  return { status: r.status, stderr: r.stderr };
+}
+
+const configs = {
+  default: makeStack({}).stack,
+  'redis false, spot, every runtime setting': makeStack({
+    redis: false,
+    spot: true,
+    clusters: ['prod'],
+    ports: [80, '8000-8100'],
+    healthCheck: { path: '/healthz?full=1', interval: Duration.seconds(10), timeout: Duration.seconds(3) },
+    // Values that shell and systemd quoting must survive.
+    environment: { LOG_CONNECTIONS: 'true', TAG_VALUE: `it's "quoted" $HOME \`x\` \\ end`, HEALTH_CHECK_MATCHER: '200,204' },
+  }).stack,
+};
+
+describe.each(Object.entries(configs))('%s', (name, stack) => {
+  const script = userDataText(Template.fromStack(stack));
+
+  test('the rendered user data passes bash -n', () => {
+    expect(bashSyntax(script, name.replace(/\W+/g, '-'))).toEqual({ status: 0, stderr: '' });
+  });
+
+  test('the env file carries exactly the construct\'s runtime settings', () => {
+    const env = parseEnvFile(heredocBody(script, 'KARMA_PROXY_ENV'));
+    expect(Object.keys(env).sort()).toEqual(Object.keys(stack.proxy.runtimeEnvironment).sort());
+  });
+
+  test('every key the construct writes is a runtime env var (runtime/config.ts)', () => {
+    const unknown = Object.keys(stack.proxy.runtimeEnvironment).filter((k) => !ENV_NAMES.includes(k));
+    expect(unknown).toEqual([]);
+  });
+
+  test('no secret in the user data', () => {
+    expect(script).not.toMatch(/password|AUTH_TOKEN=|rediss:\/\/[^\s:]*@/i);
+  });
+});
+
+test('every setting the props can write is a runtime env var', () => {
+  const stack = new Stack(new App(), 'Test');
+  const props = {
+    domain: 'apps.example.com', clusters: ['prod'], ports: [80], asgName: 'a', tagName: 'b', tagValue: 'c',
+    staticTargets: ['10.0.0.1:80'], targetPort: 8080, discoveryInterval: Duration.seconds(5),
+    shutdownTimeout: Duration.seconds(10), redis: true,
+    healthCheck: { path: '/', interval: Duration.seconds(10), timeout: Duration.seconds(2), healthyThreshold: 2, unhealthyThreshold: 2, healthyHttpCodes: '200' },
+  };
+  const proxy = new KarmaProxy(stack, 'Proxy', props);
+  const written = Object.keys(proxy.runtimeEnvironment);
+  expect(written.length).toBeGreaterThanOrEqual(20);
+  expect(written.filter((k) => !ENV_NAMES.includes(k))).toEqual([]);
+});
+
+test('awkward values reach the runtime intact through systemd quoting', () => {
+  const text = renderEnvFile({ A: 'plain', B: `it's "quoted" $HOME \`x\` \\ end`, C: 'a b', D: '' });
+  expect(text).toBe([
+    'A=plain',
+    'B="it\'s \\"quoted\\" \\$HOME \\`x\\` \\\\ end"',
+    'C="a b"',
+    'D=',
+    '',
+  ].join('\n'));
+});
+
+test('a here-document body that would end it early is refused', () => {
+  expect(() => renderBootstrap({
+    stackName: 's', signalResource: 'r', region: 'r', bundleUrl: 's3://b/k', addressTagKey: 'k', addressTagValue: 'v',
+    healthUrl: 'http://127.0.0.1:1/healthz', healthWaitSeconds: 1, addressWaitSeconds: 1,
+    envFile: 'A=1\nKARMA_PROXY_ENV\n', unit: renderUnit({ timeoutStopSec: 45, limitNoFile: 65536 }),
+  })).toThrow('contains the line KARMA_PROXY_ENV');
+});
+
+describe('systemd-analyze verify', () => {
+  const tool = ['/usr/bin/systemd-analyze', '/bin/systemd-analyze'].find((p) => fs.existsSync(p));
+  const unit = heredocBody(userDataText(Template.fromStack(configs.default)), 'KARMA_PROXY_UNIT');
+
+  (tool ? test : test.skip)('the unit the user data writes verifies clean', () => {
+    // Node 22 and the env file are not on this machine: point the copy at files that exist, keep the rest.
+    const envFile = path.join(tmp, 'env');
+    fs.writeFileSync(envFile, 'PORT=80\n');
+    const file = path.join(tmp, 'karma-proxy.service');
+    const copy = unit
+      .replace('ExecStart=/usr/bin/node-22 /opt/karma-proxy/karma-proxy.js', `ExecStart=/bin/true ${envFile}`)
+      .replace('EnvironmentFile=/etc/karma-proxy/env', `EnvironmentFile=${envFile}`);
+    expect(copy).not.toBe(unit);
+    fs.writeFileSync(file, copy);
+    const r = spawnSync(tool!, ['verify', file], { encoding: 'utf8' });
+    // verify exits 0 on unknown keys and bad values and only warns: any line about our file is a failure.
+    const complaints = `${r.stdout}\n${r.stderr}`.split('\n').filter((l) => l.includes('karma-proxy.service'));
+    expect(complaints).toEqual([]);
+    expect(r.status).toBe(0);
+  });
+
+  (tool ? test : test.skip)('and it would notice a mistake (the check is not blind)', () => {
+    const file = path.join(tmp, 'broken-karma-proxy.service');
+    fs.writeFileSync(file, unit.replace('Restart=always', 'Restart=sometimes').replace(/^ExecStart=.*$/m, 'ExecStart=/bin/true'));
+    const r = spawnSync(tool!, ['verify', file], { encoding: 'utf8' });
+    expect(`${r.stdout}${r.stderr}`).toMatch(/broken-karma-proxy\.service.*restart/i);
+  });
+});

@@ -1,0 +1,116 @@
+/** Bad props fail at synth with one error that names every problem, in words a user can act on. */
+import { App, CfnParameter, Duration, Stack } from 'aws-cdk-lib';
+import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as route53 from 'aws-cdk-lib/aws-route53';
+import { KarmaProxy, KarmaProxyProps, KarmaProxyStack } from '../../lib';
+
+function build(props: KarmaProxyProps, withZone = false): () => KarmaProxy {
+  return () => {
+    const stack = new Stack(new App(), 'Test');
+    const hostedZone = withZone
+      ? route53.HostedZone.fromHostedZoneAttributes(stack, 'Zone', { hostedZoneId: 'Z0TEST', zoneName: 'example.com' })
+      : undefined;
+    return new KarmaProxy(stack, 'Proxy', { domain: 'apps.example.com', redis: false, hostedZone, ...props });
+  };
+}
+
+function messageOf(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (e) {
+    return (e as Error).message;
+  }
+  throw new Error('expected an error');
+}
+
+describe('one problem, its exact message', () => {
+  test.each<[string, KarmaProxyProps, string, boolean?]>([
+    ['min above max', { minCapacity: 3, maxCapacity: 2 }, 'minCapacity (3) must not exceed maxCapacity (2)'],
+    ['a domain outside the zone', { domain: 'x.other.com' }, "domain 'x.other.com' is not inside hosted zone 'example.com'", true],
+    ['a zone name that only ends like the zone', { domain: 'notexample.com' }, "domain 'notexample.com' is not inside hosted zone 'example.com'", true],
+    ['min of zero', { minCapacity: 0, maxCapacity: 1 }, 'minCapacity (0) must be a whole number of at least 1'],
+    ['an x86 instance type', { instanceType: new ec2.InstanceType('t3.micro') },
+      "instanceType 't3.micro' is not an ARM Graviton (arm64) type: the image and Node.js are arm64 (use t4g, c7g, m7g...)"],
+    ['no domain in ecs mode', { domain: undefined },
+      "domain is required when discovery is 'ecs' (routes are <service>-<port>-<cluster>.<domain>)"],
+    ['a zone without a domain', { domain: undefined, discovery: 'tag' }, 'domain is required with hostedZone (the record is *.<domain>)', true],
+    ['a bad domain', { domain: 'not a domain' }, "domain 'not a domain' is not a DNS name such as apps.example.com"],
+    ['static with no targets', { discovery: 'static' }, "staticTargets is required when discovery is 'static' (host:port each)"],
+    ['a bad static target', { discovery: 'static', staticTargets: ['10.0.0.1'] }, "staticTargets entry '10.0.0.1' must be host:port"],
+    ['a bad CIDR', { allowedCidrs: ['10.0.0.0/33'] }, "allowedCidrs entry '10.0.0.0/33' is not a CIDR such as 0.0.0.0/0 or 203.0.113.0/24"],
+    ['metrics on the proxy port', { metricsPort: 80 }, "metricsPort (80) must differ from the proxy's ports 80 and 443"],
+    ['a bad port', { ports: [70000] }, "ports entry '70000' must be a port (1-65535) or a range such as 8000-8100"],
+    ['a bad cluster name', { clusters: ['prod cluster'] }, "clusters entry 'prod cluster' is not an ECS cluster name"],
+    ['clusters outside ecs mode', { discovery: 'tag', clusters: ['prod'] }, "clusters only applies when discovery is 'ecs' (discovery is 'tag')"],
+    ['a cache type without a cache', { redisNodeType: 'cache.t4g.small' }, 'redisNodeType is set but redis is false'],
+    ['a bad cache type', { redis: true, redisNodeType: 't4g.micro' }, "redisNodeType 't4g.micro' is not a cache node type such as cache.t4g.micro"],
+    ['a small root volume', { rootVolumeSize: 4 }, "rootVolumeSize (4) must be a whole number of GB from 8 (the image's size) to 16384"],
+    ['a health timeout above its interval', { healthCheck: { interval: Duration.seconds(5), timeout: Duration.seconds(10) } },
+      'healthCheck.timeout (10 s) must not exceed healthCheck.interval (5 s)'],
+    ['a bad health path', { healthCheck: { path: 'health' } }, "healthCheck.path 'health' must start with '/' (or be 'off')"],
+    ['a bad env var name', { environment: { 'log-connections': 'true' } }, "environment key 'log-connections' is not an env var name (A-Z, 0-9, _)"],
+    ['a two-line env value', { environment: { DOMAIN: 'a\nb' } }, 'environment.DOMAIN must be one line'],
+    ['a missing bundle', { bundlePath: '/nonexistent/karma-proxy.js' },
+      "bundle '/nonexistent/karma-proxy.js' does not exist: run 'npm run build' first (or set bundlePath)"],
+    // (A rest parameter: jest would take a fourth named one for a done callback on three-item rows.)
+  ])('%s', (_name, props, message, ...zone) => {
+    const text = messageOf(build(props, zone[0] ?? false));
+    expect(text).toContain(message);
+    expect(text.startsWith('Invalid KarmaProxy props (Test/Proxy):')).toBe(true);
+  });
+});
+
+test('every problem in one error, one per line', () => {
+  const text = messageOf(build({
+    minCapacity: 3, maxCapacity: 2, domain: 'x.other.com', instanceType: new ec2.InstanceType('m5.large'),
+  }, true));
+  expect(text).toBe([
+    'Invalid KarmaProxy props (Test/Proxy):',
+    '  - minCapacity (3) must not exceed maxCapacity (2)',
+    "  - instanceType 'm5.large' is not an ARM Graviton (arm64) type: the image and Node.js are arm64 (use t4g, c7g, m7g...)",
+    "  - domain 'x.other.com' is not inside hosted zone 'example.com'",
+  ].join('\n'));
+});
+
+test('the zone apex itself and a trailing dot are fine', () => {
+  expect(build({ domain: 'example.com.' }, true)).not.toThrow();
+  expect(build({ domain: 'Apps.Example.com' }, true)).not.toThrow();
+});
+
+test('unresolved tokens are not judged, except capacities that size the address pool', () => {
+  const stack = new Stack(new App(), 'Test');
+  const domain = new CfnParameter(stack, 'Domain').valueAsString;
+  const cidr = new CfnParameter(stack, 'Cidr').valueAsString;
+  expect(() => new KarmaProxy(stack, 'Proxy', { domain, allowedCidrs: [cidr], redis: false })).not.toThrow();
+
+  const stack2 = new Stack(new App(), 'Test');
+  const max = new CfnParameter(stack2, 'Max', { type: 'Number' }).valueAsNumber;
+  expect(messageOf(() => new KarmaProxy(stack2, 'Proxy', { domain: 'apps.example.com', redis: false, maxCapacity: max })))
+    .toContain('maxCapacity must be a number at synth time (it is the number of Elastic IPs)');
+});
+
+describe('the stack', () => {
+  const stackMessage = (props: ConstructorParameters<typeof KarmaProxyStack>[2]): string =>
+    messageOf(() => new KarmaProxyStack(new App(), 'KarmaProxy', { domain: 'apps.example.com', ...props }));
+
+  test('an existing VPC needs its subnets', () => {
+    expect(stackMessage({ vpcId: 'vpc-1' })).toBe([
+      'Invalid KarmaProxyStack props (KarmaProxy):',
+      '  - vpcId needs publicSubnetIds (the proxy runs in public subnets)',
+      '  - vpcId needs isolatedSubnetIds or privateSubnetIds for the cache (or redis: false)',
+    ].join('\n'));
+  });
+
+  test('subnets need a VPC, a zone name needs a zone id', () => {
+    expect(stackMessage({ publicSubnetIds: ['subnet-1'], hostedZoneName: 'example.com' })).toBe([
+      'Invalid KarmaProxyStack props (KarmaProxy):',
+      '  - publicSubnetIds, isolatedSubnetIds and privateSubnetIds need vpcId',
+      '  - hostedZoneName needs hostedZoneId',
+    ].join('\n'));
+  });
+
+  test("the construct's checks apply through the stack", () => {
+    expect(stackMessage({ hostedZoneId: 'Z1', hostedZoneName: 'example.com', domain: 'x.other.com' }))
+      .toContain("domain 'x.other.com' is not inside hosted zone 'example.com'");
+  });
+});
