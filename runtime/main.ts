@@ -6,9 +6,11 @@
 import cluster, { Worker } from 'node:cluster';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { AggregatorRegistry } from 'prom-client';
 import { Config, ConfigError, loadConfig } from './config';
+import { Coordinator, providerFor } from './coordinator';
+import type { ToPrimary } from './ipc';
 import { errorFields, log } from './log';
+import { register } from './metrics';
 
 const EXIT_BAD_CONFIG = 2;
 
@@ -23,10 +25,10 @@ function configOrExit(): Config {
   }
 }
 
-type WorkerMessage = { type: 'ready'; port: number } | { type: 'fatal'; error: string };
-
-function runPrimary(config: Config): void {
-  const aggregator = new AggregatorRegistry();
+async function runPrimary(config: Config): Promise<void> {
+  const coordinator = new Coordinator(config, await providerFor(config));
+  // Cached discoveries live as long as a route could (routes expire in the workers after the idle TTL).
+  setInterval(() => coordinator.prune(config.routeIdleTtlMs), config.nodeCheckPeriodMs).unref();
   const ready = new Set<number>();
   let listenPort = 0;
   let shuttingDown = false;
@@ -35,15 +37,16 @@ function runPrimary(config: Config): void {
 
   const fork = (): Worker => {
     const w = cluster.fork();
-    w.on('message', (m: WorkerMessage) => {
-      if (m?.type === 'ready') {
+    coordinator.add(w);
+    w.on('message', (m: ToPrimary) => {
+      if (m?.t === 'ready') {
         ready.add(w.id);
         listenPort = m.port;
         if (!announced && ready.size === config.workers) {
           announced = true;
           log('info', 'ready', { port: listenPort, workers: config.workers, metricsPort: metricsPort(), mode: config.mode, nodeFilter: config.nodeFilter });
         }
-      } else if (m?.type === 'fatal') {
+      } else if (m?.t === 'fatal') {
         // A worker that cannot start (port taken, …) would fail the same way again: stop here.
         log('error', 'worker cannot start', { error: m.error });
         shuttingDown = true;
@@ -56,6 +59,7 @@ function runPrimary(config: Config): void {
 
   cluster.on('exit', (w, code, signal) => {
     ready.delete(w.id);
+    coordinator.remove(w);
     if (shuttingDown) {
       if (Object.keys(cluster.workers ?? {}).length === 0) void stop();
       return;
@@ -72,9 +76,9 @@ function runPrimary(config: Config): void {
   const metricsServer = http.createServer((req, res) => {
     const path = (req.url ?? '').split('?')[0];
     if (req.method === 'GET' && path === '/metrics') {
-      aggregator.clusterMetrics().then(
+      coordinator.metrics().then(
         (text) => {
-          res.writeHead(200, { 'Content-Type': aggregator.contentType });
+          res.writeHead(200, { 'Content-Type': register.contentType });
           res.end(text);
         },
         (err: unknown) => {
@@ -100,11 +104,11 @@ function runPrimary(config: Config): void {
 
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> =>
-    (stopping ??= new Promise<void>((resolve) => {
+    (stopping ??= (async () => {
       metricsServer.close();
       metricsServer.closeAllConnections();
-      resolve();
-    }).then(() => process.exit(process.exitCode ?? 0)));
+      await coordinator.close().catch(() => undefined);
+    })().then(() => process.exit(process.exitCode ?? 0)));
 
   const onSignal = (signal: NodeJS.Signals): void => {
     if (shuttingDown && signal !== 'SIGINT') return;
@@ -127,7 +131,12 @@ function runPrimary(config: Config): void {
 
 function main(): void {
   const config = configOrExit();
-  if (cluster.isPrimary) runPrimary(config);
+  if (cluster.isPrimary) {
+    runPrimary(config).catch((err: unknown) => {
+      log('error', 'cannot start', errorFields(err));
+      process.exit(1);
+    });
+  }
   // Only workers load the proxy itself (and the AWS SDK with it): the primary stays small.
   else void import('./worker').then((w) => w.startWorker(config));
 }

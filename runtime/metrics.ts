@@ -1,10 +1,10 @@
 /**
- * Every Prometheus metric of the proxy, in one place. Each worker registers these on prom-client's
- * global registry; the primary process serves the sum of all workers (AggregatorRegistry).
+ * Every Prometheus metric of the proxy, in one place, on prom-client's global registry in every
+ * process; the primary serves the sum over itself and its workers (coordinator.ts).
  *
  * The first five names are the stateless load balancer's, kept exactly so its dashboards still work.
  */
-import { AggregatorRegistry, Counter, Gauge, Histogram, register } from 'prom-client';
+import { Counter, Gauge, Histogram, register } from 'prom-client';
 
 export { register };
 
@@ -125,10 +125,3 @@ export function statusClass(status: number): string {
   return `${Math.floor(status / 100)}xx`;
 }
 
-/**
- * In a cluster worker: answer the primary's requests for this worker's metrics. prom-client installs
- * that listener only when an AggregatorRegistry is made, so a worker makes one.
- */
-export function serveMetricsToPrimary(): void {
-  new AggregatorRegistry();
-}

@@ -8,8 +8,8 @@ import type { Config } from './config';
 import { Forwarder } from './forward';
 import { HealthChecker } from './health';
 import { errorFields, log } from './log';
-import { StaticProvider } from './discovery/static';
-import { serveMetricsToPrimary } from './metrics';
+import { providerFor } from './coordinator';
+import { joinPrimary, PrimaryProvider, sendToPrimary } from './ipc';
 import { RouteTable } from './routes';
 import { createProxyServer } from './server';
 import { createTcpServer } from './tcp';
@@ -20,26 +20,24 @@ export interface Running {
   stop(): Promise<void>;
 }
 
-/**
- * The discovery provider of NODE_FILTER. The AWS SDK and Redis client are loaded only by the modes
- * that use them: a static pool's worker stays tens of megabytes smaller.
- */
-async function providerFor(config: Config): Promise<Provider> {
-  if (config.nodeFilter === 'static') return new StaticProvider(config.staticTargets);
-  const { createProvider } = await import('./discovery');
-  return createProvider(config);
-}
-
 /** Builds and starts everything one worker runs. Exported for in-process tests. */
-export async function start(config: Config, deps: { provider?: Provider } = {}): Promise<Running> {
-  const provider = deps.provider ?? (await providerFor(config));
+export async function start(config: Config, deps: { provider?: Provider; primary?: boolean } = {}): Promise<Running> {
   const registry = new TargetRegistry({
     poolSize: config.poolSize,
     breakerThreshold: config.circuitBreakerThreshold,
     breakerTimeoutMs: config.circuitBreakerTimeoutMs,
   });
+  let provider: Provider;
+  if (deps.primary) {
+    // Under node:cluster the primary discovers and health-checks for every worker (see ipc.ts).
+    const viaPrimary = new PrimaryProvider(config.nodeFilter);
+    joinPrimary(viaPrimary, registry);
+    provider = viaPrimary;
+  } else {
+    provider = deps.provider ?? (await providerFor(config));
+  }
   const health =
-    config.healthCheckPath === null
+    config.healthCheckPath === null || deps.primary
       ? undefined
       : new HealthChecker(
           {
@@ -103,14 +101,13 @@ export async function start(config: Config, deps: { provider?: Provider } = {}):
 export async function startWorker(config: Config): Promise<void> {
   let running: Running;
   try {
-    running = await start(config);
+    running = await start(config, { primary: true });
   } catch (err) {
     log('error', 'cannot start', errorFields(err));
-    process.send?.({ type: 'fatal', error: (err as Error).message });
+    sendToPrimary({ t: 'fatal', error: (err as Error).message });
     process.exit(1);
   }
-  serveMetricsToPrimary();
-  process.send?.({ type: 'ready', port: running.port });
+  sendToPrimary({ t: 'ready', port: running.port });
   const onSignal = (): void => {
     void running.stop().then(
       () => process.exit(0),

@@ -1,0 +1,176 @@
+/**
+ * The primary's share of the work: one discovery and one health checker for all workers (see ipc.ts
+ * for why), and /metrics gathered from every worker plus the primary itself.
+ */
+import type { Worker } from 'node:cluster';
+import { AggregatorRegistry } from 'prom-client';
+import type { Config } from './config';
+import { StaticProvider } from './discovery/static';
+import { HealthChecker } from './health';
+import type { ToPrimary, ToWorker } from './ipc';
+import { errorFields, log } from './log';
+import { register } from './metrics';
+import { Provider, RouteKey, routeId, sortTargets, Target } from './types';
+
+/**
+ * The discovery provider of NODE_FILTER. The AWS SDK and the Redis client are loaded only by the modes
+ * that use them: a static pool's processes stay tens of megabytes smaller.
+ */
+export async function providerFor(config: Config): Promise<Provider> {
+  if (config.nodeFilter === 'static') return new StaticProvider(config.staticTargets);
+  const { createProvider } = await import('./discovery');
+  return createProvider(config);
+}
+
+interface Cached {
+  readonly at: number;
+  readonly targets: readonly Target[];
+}
+
+export class Coordinator {
+  private readonly workers = new Map<number, Worker>();
+  private readonly inUse = new Map<number, readonly Target[]>();
+  private readonly verdicts = new Map<string, boolean>();
+  private readonly health: HealthChecker | undefined;
+  /** Results younger than this serve every worker's request for the route: one discovery per period. */
+  private readonly freshMs: number;
+  private readonly fresh = new Map<string, Cached>();
+  private readonly inflight = new Map<string, Promise<Target[]>>();
+  private n = 0;
+  private readonly pendingMetrics = new Map<number, { left: number; json: unknown[]; done: () => void }>();
+
+  constructor(
+    config: Config,
+    private readonly provider: Provider,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.freshMs = config.nodeCheckPeriodMs * 0.9;
+    this.health =
+      config.healthCheckPath === null
+        ? undefined
+        : new HealthChecker(
+            {
+              path: config.healthCheckPath,
+              periodMs: config.healthCheckPeriodMs,
+              timeoutMs: config.healthCheckTimeoutMs,
+              healthyThreshold: config.healthyThreshold,
+              unhealthyThreshold: config.unhealthyThreshold,
+              matcher: config.healthCheckMatcher,
+            },
+            { setStatus: (target, up) => this.verdict(target.id, up) },
+            { onError: (err, target) => log('error', 'health status update failed', { target: target.id, ...errorFields(err) }) },
+          );
+  }
+
+  add(worker: Worker): void {
+    this.workers.set(worker.id, worker);
+    worker.on('message', (m: ToPrimary) => this.onMessage(worker, m));
+  }
+
+  remove(worker: Worker): void {
+    this.workers.delete(worker.id);
+    if (this.inUse.delete(worker.id)) this.syncHealth();
+    for (const p of this.pendingMetrics.values()) {
+      // A worker that died mid-gather must not hold /metrics up.
+      if (--p.left === 0) p.done();
+    }
+  }
+
+  private onMessage(worker: Worker, m: ToPrimary): void {
+    switch (m.t) {
+      case 'discover':
+        void this.discover(m.route).then(
+          (targets) => this.send(worker, { t: 'discovered', n: m.n, targets }),
+          (err: unknown) => this.send(worker, { t: 'discovered', n: m.n, error: (err as Error)?.message ?? String(err) }),
+        );
+        break;
+      case 'in-use': {
+        this.inUse.set(worker.id, m.targets);
+        // Verdicts the worker has not heard yet (its targets may have been checked for another worker).
+        const known = m.targets.filter((t) => this.verdicts.has(t.id)).map((t) => [t.id, this.verdicts.get(t.id)!] as const);
+        if (known.length) this.send(worker, { t: 'health', verdicts: known });
+        this.syncHealth();
+        break;
+      }
+      case 'metrics': {
+        const p = this.pendingMetrics.get(m.n);
+        if (p) {
+          p.json.push(m.json);
+          if (--p.left === 0) p.done();
+        }
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  /** One discovery per route at a time, and one per period however many workers ask. */
+  discover(route: RouteKey): Promise<Target[]> {
+    const id = routeId(route);
+    const hit = this.fresh.get(id);
+    if (hit && this.now() - hit.at < this.freshMs) return Promise.resolve([...hit.targets]);
+    let p = this.inflight.get(id);
+    if (!p) {
+      p = this.provider.discover(route).then(
+        (targets) => {
+          this.inflight.delete(id);
+          this.fresh.set(id, { at: this.now(), targets });
+          return targets;
+        },
+        (err: unknown) => {
+          this.inflight.delete(id);
+          throw err;
+        },
+      );
+      this.inflight.set(id, p);
+    }
+    return p.then((t) => [...t]);
+  }
+
+  /** Forgets cached results no worker asked for in a while (routes expire in the workers too). */
+  prune(maxAgeMs: number): void {
+    const now = this.now();
+    for (const [id, c] of this.fresh) if (now - c.at > maxAgeMs) this.fresh.delete(id);
+  }
+
+  private syncHealth(): void {
+    if (!this.health) return;
+    const all = sortTargets([...this.inUse.values()].flat());
+    const ids = new Set(all.map((t) => t.id));
+    for (const id of this.verdicts.keys()) if (!ids.has(id)) this.verdicts.delete(id);
+    this.health.sync(all);
+  }
+
+  private verdict(id: string, up: boolean): void {
+    this.verdicts.set(id, up);
+    for (const w of this.workers.values()) {
+      if (this.inUse.get(w.id)?.some((t) => t.id === id)) this.send(w, { t: 'health', verdicts: [[id, up]] });
+    }
+  }
+
+  private send(worker: Worker, m: ToWorker): void {
+    if (worker.isConnected()) worker.send(m);
+  }
+
+  /** Prometheus text of every worker and the primary, summed (gauges marked so take the max). */
+  async metrics(timeoutMs = 5000): Promise<string> {
+    const n = ++this.n;
+    const json: unknown[] = [await register.getMetricsAsJSON()];
+    const live = [...this.workers.values()].filter((w) => w.isConnected());
+    if (live.length > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, timeoutMs);
+        this.pendingMetrics.set(n, { left: live.length, json, done: () => (clearTimeout(timer), resolve()) });
+        for (const w of live) this.send(w, { t: 'metrics?', n });
+      });
+      this.pendingMetrics.delete(n);
+    }
+    return AggregatorRegistry.aggregate(json as Parameters<typeof AggregatorRegistry.aggregate>[0]).metrics();
+  }
+
+  async close(): Promise<void> {
+    this.health?.stop();
+    await this.provider.close?.();
+  }
+}

@@ -1,0 +1,65 @@
+/**
+ * Several workers under one primary: discovery and health checks happen once for all of them, and
+ * what the primary learns reaches every worker.
+ */
+import { startAwsStub } from '../support/aws-stub';
+import { startBackend } from '../support/backend';
+import { startBundle } from '../support/bundle';
+import { request, until } from '../support/net';
+
+jest.setTimeout(60_000);
+
+test('each target is health-checked once per period, not once per worker, and a verdict reaches every worker', async () => {
+  const good = await startBackend('good');
+  const sick = await startBackend('sick');
+  sick.healthStatus = 500;
+  const p = await startBundle({
+    NODE_FILTER: 'static',
+    STATIC_TARGETS: `127.0.0.1:${good.port},127.0.0.1:${sick.port}`,
+    WORKERS: '2',
+    HEALTH_CHECK_PATH: '/health',
+    HEALTH_CHECK_PERIOD: '0.2',
+    HEALTH_CHECK_TIMEOUT: '0.1',
+    UNHEALTHY_THRESHOLD: '2',
+  });
+  try {
+    await until('the sick one judged', async () => {
+      const m = await request(p.metricsPort, { path: '/metrics' });
+      return new RegExp(`load_balancer_node_health_status\\{target="127.0.0.1:${sick.port}"\\} 0`).test(m.body);
+    });
+    const before = good.healthChecks;
+    await new Promise((r) => setTimeout(r, 2000));
+    const checks = good.healthChecks - before;
+    // One checker: about 10 checks in 2 s at 0.2 s (±10% jitter). One per worker would be about 20.
+    expect(checks).toBeGreaterThanOrEqual(7);
+    expect(checks).toBeLessThanOrEqual(13);
+    // New connections spread over both workers; none of them sends to the sick target.
+    sick.seen.length = 0;
+    for (let i = 0; i < 20; i++) expect((await request(p.port)).body).toBe('good');
+    expect(sick.seen).toHaveLength(0);
+    const m = await request(p.metricsPort, { path: '/metrics' });
+    expect(Number(/^karma_requests_total\{route="pool",code="2xx"\} (\d+)$/m.exec(m.body)?.[1])).toBe(20);
+  } finally {
+    await p.stop();
+    await good.close();
+    await sick.close();
+  }
+});
+
+test('concurrent requests for a new route on two workers make one ECS discovery', async () => {
+  const backend = await startBackend('task');
+  const stub = await startAwsStub({ clusters: { prod: { api: [{ ip: '127.0.0.1' }] } } });
+  const p = await startBundle({ ...stub.env(), DOMAIN: 'example.com', WORKERS: '2', HEALTH_CHECK_PATH: 'off' });
+  try {
+    const replies = await Promise.all(
+      Array.from({ length: 40 }, () => request(p.port, { headers: { Host: `api-${backend.port}-prod.example.com` } })),
+    );
+    expect(replies.every((r) => r.status === 200 && r.body === 'task')).toBe(true);
+    expect(stub.count('ListTasks')).toBe(1);
+    expect(stub.count('DescribeTasks')).toBe(1);
+  } finally {
+    await p.stop();
+    await stub.close();
+    await backend.close();
+  }
+});
