@@ -3,16 +3,17 @@
  * both from plain attributes so that synth never looks anything up. Outputs the wildcard name, the
  * addresses and the monthly cost estimate.
  */
-import { CfnOutput, Fn, Stack, StackProps } from 'aws-cdk-lib';
+import { Annotations, CfnOutput, Fn, Stack, StackProps } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as route53 from 'aws-cdk-lib/aws-route53';
 import { Construct } from 'constructs';
+import { EXAMPLE_CONTEXT } from './context';
 import { formatCostSummary } from './cost';
 import { KarmaProxy, KarmaProxyProps } from './karma-proxy';
 
 export interface KarmaProxyStackProps extends StackProps, Omit<KarmaProxyProps, 'vpc' | 'hostedZone'> {
   /** Route53 hosted zone that receives `*.<domain>`.
-   * @default no DNS record */
+   * @default no DNS record; example values (a warning) when there is no domain either */
   readonly hostedZoneId?: string;
   /** Name of that zone. Only used to build and check the record name.
    * @default the domain itself (the record is then `*.<domain>` whatever the zone's apex is) */
@@ -34,6 +35,8 @@ export interface KarmaProxyStackProps extends StackProps, Omit<KarmaProxyProps, 
 
 export class KarmaProxyStack extends Stack {
   public readonly proxy: KarmaProxy;
+  /** True when neither a domain nor a hosted zone was given and example values stand in for them. */
+  public readonly usesExampleValues: boolean;
 
   constructor(scope: Construct, id: string, props: KarmaProxyStackProps = {}) {
     super(scope, id, {
@@ -68,14 +71,24 @@ export class KarmaProxyStack extends Stack {
       throw new Error(`Invalid KarmaProxyStack props (${this.node.path}):\n  - ${problems.join('\n  - ')}`);
     }
 
-    const hostedZone = props.hostedZoneId
+    // Nothing to route by: synthesize anyway, with example values and a warning (a deploy would fail at the record).
+    let { domain, hostedZoneId, hostedZoneName } = props;
+    this.usesExampleValues = !domain && !hostedZoneId;
+    if (this.usesExampleValues) {
+      ({ domain, hostedZoneId, hostedZoneName } = EXAMPLE_CONTEXT);
+      Annotations.of(this).addWarningV2('karma-proxy:example-values',
+        `No domain and no hostedZoneId: using example values (domain ${domain}, zone ${hostedZoneId} ${hostedZoneName}). ` +
+        'Give your own before deploying.');
+    }
+
+    const hostedZone = hostedZoneId
       ? route53.HostedZone.fromHostedZoneAttributes(this, 'Zone', {
-        hostedZoneId: props.hostedZoneId,
-        zoneName: props.hostedZoneName ?? props.domain ?? '',
+        hostedZoneId,
+        zoneName: hostedZoneName ?? domain ?? '',
       })
       : undefined;
 
-    this.proxy = new KarmaProxy(this, 'Proxy', { ...props, vpc, hostedZone });
+    this.proxy = new KarmaProxy(this, 'Proxy', { ...props, domain, vpc, hostedZone });
 
     if (this.proxy.wildcardDomainName) {
       new CfnOutput(this, 'WildcardDomain', {

@@ -81,8 +81,8 @@ export interface KarmaProxyProps {
   // ---- DNS ----
 
   /** Routes are `<service>-<port>-<cluster>.<domain>` (DOMAIN); the record is `*.<domain>`.
-   * Required in ecs mode and when `hostedZone` is given.
-   * @default none */
+   * Needed in ecs mode; must be inside `hostedZone`.
+   * @default the hosted zone's name when a zone is given, else none */
   readonly domain?: string;
   /** Zone that receives the wildcard A record. Import it with `HostedZone.fromHostedZoneAttributes`.
    * @default no record: point `*.<domain>` at `addresses` yourself */
@@ -270,7 +270,9 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     const shutdownTimeout = props.shutdownTimeout ?? Duration.seconds(30);
     const signalTimeout = props.signalTimeout ?? Duration.minutes(15);
     const recordTtl = props.recordTtl ?? Duration.seconds(60);
-    const domain = props.domain === undefined || unresolved(props.domain) ? props.domain : stripDot(props.domain);
+    // Without a domain, the zone's own name: the record is then *.<zone>.
+    const domainInput = props.domain ?? (props.hostedZone ? tryZoneName(props.hostedZone) : undefined);
+    const domain = domainInput === undefined || unresolved(domainInput) ? domainInput : stripDot(domainInput);
     const environment = props.environment ?? {};
 
     this.validate(props, {
@@ -667,7 +669,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     const zoneName = props.hostedZone ? tryZoneName(props.hostedZone) : undefined;
     if (v.domain !== undefined && known(v.domain)) {
       if (!DNS_NAME.test(v.domain)) {
-        problems.push(`domain '${props.domain}' is not a DNS name such as apps.example.com`);
+        problems.push(`domain '${v.domain}' is not a DNS name such as apps.example.com`);
       } else if (zoneName !== undefined && known(zoneName)) {
         const zone = stripDot(zoneName);
         if (v.domain !== zone && !v.domain.endsWith(`.${zone}`)) {
@@ -680,7 +682,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       problems.push("domain is required when discovery is 'ecs' (routes are <service>-<port>-<cluster>.<domain>)");
     }
     if (props.hostedZone && !v.domain) {
-      problems.push('domain is required with hostedZone (the record is *.<domain>)');
+      problems.push("domain is required with a hostedZone whose name is not known (the record is *.<domain>)");
     }
 
     if (v.discovery === 'static' && !props.staticTargets?.length && !v.environment.STATIC_TARGETS) {

@@ -3,10 +3,10 @@
  * once per configuration and shared by the assertions about them (synth is the slow part).
  */
 import { App, Duration, Stack } from 'aws-cdk-lib';
-import { Match, Template } from 'aws-cdk-lib/assertions';
+import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as route53 from 'aws-cdk-lib/aws-route53';
-import { KarmaProxy, KarmaProxyProps } from '../../lib';
+import { KarmaProxy, KarmaProxyProps, KarmaProxyStack } from '../../lib';
 import { DOMAIN, ZONE, heredocBody, only, parseEnvFile, templateOf, userDataText } from './helpers';
 
 type Statement = { Action: string | string[]; Resource: unknown; Condition?: unknown; Sid?: string };
@@ -482,6 +482,21 @@ describe('IConnectable', () => {
     t.resourceCountIs('AWS::EC2::EIP', 1);
     expect(proxy.wildcardRecord).toBeUndefined();
     expect(proxy.wildcardDomainName).toBe(`*.${DOMAIN}`);
+  });
+
+  test("with a zone and no domain, the domain is the zone's name", () => {
+    const stack = new Stack(new App(), 'Test');
+    const zone = route53.HostedZone.fromHostedZoneAttributes(stack, 'Zone', { hostedZoneId: 'Z0APEX', zoneName: 'example.com' });
+    const proxy = new KarmaProxy(stack, 'Proxy', { hostedZone: zone, redis: false });
+    expect(proxy.runtimeEnvironment.DOMAIN).toBe('example.com');
+    Template.fromStack(stack).hasResourceProperties('AWS::Route53::RecordSet', { Name: '*.example.com.', HostedZoneId: 'Z0APEX' });
+  });
+
+  test('a stack given nothing synthesizes with example values and a warning', () => {
+    const stack = new KarmaProxyStack(new App(), 'KarmaProxy');
+    expect(stack.usesExampleValues).toBe(true);
+    Annotations.fromStack(stack).hasWarning('/KarmaProxy', Match.stringLikeRegexp('example values'));
+    Template.fromStack(stack).hasResourceProperties('AWS::Route53::RecordSet', { Name: '*.proxy.example.com.' });
   });
 
   test('a zone known only by id takes the record too (the name is absolute)', () => {

@@ -17,6 +17,7 @@ const configs = {
     redis: false,
   },
   'spot, two instances, clusters': { spot: true, clusters: ['prod'], minCapacity: 2, maxCapacity: 2 },
+  'an account and region of its own': { env: { account: '123456789012', region: 'eu-west-1' }, clusters: ['prod'] },
 };
 
 describe.each(Object.entries(configs))('%s', (_name, props) => {

@@ -33,7 +33,6 @@ describe('one problem, its exact message', () => {
       "instanceType 't3.micro' is not an ARM Graviton (arm64) type: the image and Node.js are arm64 (use t4g, c7g, m7g...)"],
     ['no domain in ecs mode', { domain: undefined },
       "domain is required when discovery is 'ecs' (routes are <service>-<port>-<cluster>.<domain>)"],
-    ['a zone without a domain', { domain: undefined, discovery: 'tag' }, 'domain is required with hostedZone (the record is *.<domain>)', true],
     ['a bad domain', { domain: 'not a domain' }, "domain 'not a domain' is not a DNS name such as apps.example.com"],
     ['static with no targets', { discovery: 'static' }, "staticTargets is required when discovery is 'static' (host:port each)"],
     ['a bad static target', { discovery: 'static', staticTargets: ['10.0.0.1'] }, "staticTargets entry '10.0.0.1' must be host:port"],
@@ -70,6 +69,13 @@ test('every problem in one error, one per line', () => {
     "  - instanceType 'm5.large' is not an ARM Graviton (arm64) type: the image and Node.js are arm64 (use t4g, c7g, m7g...)",
     "  - domain 'x.other.com' is not inside hosted zone 'example.com'",
   ].join('\n'));
+});
+
+test('a zone known only by its id needs a domain', () => {
+  const stack = new Stack(new App(), 'Test');
+  const hostedZone = route53.HostedZone.fromHostedZoneId(stack, 'Zone', 'Z0BYID');
+  expect(messageOf(() => new KarmaProxy(stack, 'Proxy', { hostedZone, redis: false })))
+    .toContain('domain is required with a hostedZone whose name is not known (the record is *.<domain>)');
 });
 
 test('the zone apex itself and a trailing dot are fine', () => {
