@@ -7,7 +7,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import * as net from 'node:net';
 import { freePort } from './net';
 
-export const REDIS_SERVER = process.env.REDIS_SERVER_BIN ?? '/usr/bin/redis-server';
+// Found on PATH (.ci/run installs it when missing); REDIS_SERVER_BIN picks another build.
+export const REDIS_SERVER = process.env.REDIS_SERVER_BIN ?? 'redis-server';
 
 export interface RedisServer {
   readonly port: number;
