@@ -13,5 +13,5 @@ export {
   formatCostTable,
 } from './cost';
 export type { CostEstimate, CostInputs, CostLine } from './cost';
-export { propsFromContext, CONTEXT_KEYS, EXAMPLE_CONTEXT } from './context';
+export { propsFromContext, envVarName, CONTEXT_KEYS, EXAMPLE_CONTEXT } from './context';
 export type { ContextReader, ContextResult } from './context';

@@ -22,11 +22,14 @@ export interface KarmaProxyStackProps extends StackProps, Omit<KarmaProxyProps, 
    * `isolatedSubnetIds` (or `privateSubnetIds`) when redis is on.
    * @default a new VPC */
   readonly vpcId?: string;
-  /** Public subnets of `vpcId`, for the proxy. */
+  /** Public subnets of `vpcId`, for the proxy.
+   * @default none (required with vpcId) */
   readonly publicSubnetIds?: string[];
-  /** Isolated subnets of `vpcId`, for the cache. */
+  /** Isolated subnets of `vpcId`, for the cache.
+   * @default none */
   readonly isolatedSubnetIds?: string[];
-  /** Private subnets (with egress) of `vpcId`, for the cache when there are no isolated ones. */
+  /** Private subnets (with egress) of `vpcId`, for the cache when there are no isolated ones.
+   * @default none */
   readonly privateSubnetIds?: string[];
   /** AZs of the subnets, in the same order.
    * @default the region's first AZs, one per public subnet */

@@ -720,6 +720,10 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     if (v.useRedis && known(v.redisNodeType) && !/^cache\.[a-z0-9]+\.[a-z0-9]+$/.test(v.redisNodeType)) {
       problems.push(`redisNodeType '${v.redisNodeType}' is not a cache node type such as cache.t4g.micro`);
     }
+    if (v.useRedis && props.vpc && !props.cacheSubnets &&
+        props.vpc.isolatedSubnets.length === 0 && props.vpc.privateSubnets.length === 0) {
+      problems.push('vpc has no isolated or private subnets for the cache: give cacheSubnets, or set redis to false');
+    }
     if (!v.useRedis && props.redisNodeType !== undefined) {
       problems.push('redisNodeType is set but redis is false');
     }

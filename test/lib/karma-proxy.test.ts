@@ -5,6 +5,7 @@
 import { App, Duration, Stack } from 'aws-cdk-lib';
 import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as iam from 'aws-cdk-lib/aws-iam';
 import * as route53 from 'aws-cdk-lib/aws-route53';
 import { KarmaProxy, KarmaProxyProps, KarmaProxyStack } from '../../lib';
 import { DOMAIN, ZONE, heredocBody, only, parseEnvFile, templateOf, userDataText } from './helpers';
@@ -472,6 +473,24 @@ describe('IConnectable', () => {
     });
     expect(proxy.connections.securityGroups).toEqual([proxy.securityGroup]);
     expect(proxy.connections.defaultPort?.toString()).toBe('80');
+  });
+
+  test('an existing role and security group are used, and given what the proxy needs', () => {
+    const stack = new Stack(new App(), 'Test');
+    const vpc = new ec2.Vpc(stack, 'AppVpc', { natGateways: 0, maxAzs: 2, restrictDefaultSecurityGroup: false });
+    const role = iam.Role.fromRoleArn(stack, 'Role', 'arn:aws:iam::123456789012:role/my-proxy-role');
+    const securityGroup = ec2.SecurityGroup.fromSecurityGroupId(stack, 'Sg', 'sg-0123456789abcdef0');
+    const proxy = new KarmaProxy(stack, 'Proxy', { vpc, role, securityGroup, domain: DOMAIN, redis: false });
+    expect(proxy.role).toBe(role);
+    expect(proxy.securityGroup).toBe(securityGroup);
+    const t = Template.fromStack(stack);
+    t.resourceCountIs('AWS::IAM::Role', 0);
+    t.hasResourceProperties('AWS::IAM::InstanceProfile', { Roles: ['my-proxy-role'] });
+    t.hasResourceProperties('AWS::IAM::Policy', {
+      Roles: ['my-proxy-role'],
+      PolicyDocument: { Statement: Match.arrayWith([Match.objectLike({ Action: 'ec2:AssociateAddress' })]) },
+    });
+    t.hasResourceProperties('AWS::EC2::SecurityGroupIngress', { GroupId: 'sg-0123456789abcdef0', FromPort: 80, CidrIp: '0.0.0.0/0' });
   });
 
   test('no hosted zone: no record, the addresses are still there', () => {

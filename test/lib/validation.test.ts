@@ -71,6 +71,16 @@ test('every problem in one error, one per line', () => {
   ].join('\n'));
 });
 
+test('a cache needs somewhere private to live', () => {
+  const stack = new Stack(new App(), 'Test');
+  const vpc = ec2.Vpc.fromVpcAttributes(stack, 'Vpc', {
+    vpcId: 'vpc-0123456789abcdef0', availabilityZones: ['us-east-1a'], publicSubnetIds: ['subnet-0aaaaaaaaaaaaaaa1'],
+  });
+  expect(messageOf(() => new KarmaProxy(stack, 'Proxy', { vpc, domain: 'apps.example.com' })))
+    .toContain('vpc has no isolated or private subnets for the cache: give cacheSubnets, or set redis to false');
+  expect(() => new KarmaProxy(stack, 'NoCache', { vpc, domain: 'apps.example.com', redis: false })).not.toThrow();
+});
+
 test('a zone known only by its id needs a domain', () => {
   const stack = new Stack(new App(), 'Test');
   const hostedZone = route53.HostedZone.fromHostedZoneId(stack, 'Zone', 'Z0BYID');
