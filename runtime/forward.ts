@@ -13,7 +13,7 @@ import * as http from 'node:http';
 import type { Duplex } from 'node:stream';
 import httpProxy from 'http-proxy';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
-import { failedConnections, retriesTotal, successfulConnections, upstreamErrors } from './metrics';
+import { failedConnections, limitHits, rejectedRequests, retriesTotal, successfulConnections, upstreamErrors } from './metrics';
 
 export interface ForwardOptions {
   readonly connectTimeoutMs: number;
@@ -23,7 +23,8 @@ export interface ForwardOptions {
   readonly listenPort: () => number;
 }
 
-export type FailureKind = 'refused' | 'reset' | 'timeout' | 'connect_timeout' | 'dns' | 'other';
+/** `pool_full`: every one of the target's POOL_SIZE sockets stayed busy for UPSTREAM_TIMEOUT. */
+export type FailureKind = 'refused' | 'reset' | 'timeout' | 'connect_timeout' | 'dns' | 'pool_full' | 'other';
 
 /** What became of one forwarded request, for the access log and metrics. */
 export interface Outcome {
@@ -48,13 +49,25 @@ const HOP_BY_HOP = new Set([
 // Headers the proxy sets itself.
 const OWN = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-port', 'x-forwarded-host', 'expect']);
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
+// Names a client may not smuggle past us in underscore spelling (`X_Forwarded_For`, `Transfer_Encoding`):
+// CGI-style backends (PHP, WSGI, Rack) fold `_` and `-` together and would read them as the real thing.
+const GUARDED = new Set([...HOP_BY_HOP, ...OWN, 'host', 'content-length']);
+/** How many keep-alive connections found closed by the target one request may skip. */
+const MAX_STALE = 3;
 
-/** A try that ended without a response. `client_gone`: the client left first, not the target's fault. */
+/**
+ * A try that ended without a response, and whose fault it was:
+ * `client_gone` the client left first; `client_timeout` the client stopped sending its body;
+ * `stale` a keep-alive connection the target had already closed, before anything that cannot be
+ * replayed was sent (safe to try again on a fresh connection, and no mark against the target).
+ */
 class UpstreamError extends Error {
   constructor(
-    readonly kind: FailureKind | 'client_gone',
+    readonly kind: FailureKind | 'client_gone' | 'client_timeout' | 'stale',
     /** Nothing of the request reached the target: safe to retry with any method. */
     readonly beforeSend: boolean,
+    /** Says nothing about the target's health (a keep-alive race), so its breaker is not told. */
+    readonly blameless = false,
   ) {
     super(kind);
   }
@@ -75,9 +88,16 @@ function kindOf(err: NodeJS.ErrnoException): FailureKind {
       return 'dns';
     case 'ETIMEDOUT':
       return 'connect_timeout';
+    case 'EPOOLFULL':
+      return 'pool_full';
     default:
       return 'other';
   }
+}
+
+/** Resolves after the event loop has polled for I/O once (a check phase, then a full turn). */
+function nextPoll(): Promise<void> {
+  return new Promise((resolve) => setImmediate(() => setImmediate(resolve)));
 }
 
 function clientIp(req: http.IncomingMessage): string {
@@ -101,7 +121,9 @@ export function upstreamHeaders(req: http.IncomingMessage, listenPort: number): 
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i];
     const lower = name.toLowerCase();
-    if (HOP_BY_HOP.has(lower) || extra?.has(lower)) continue;
+    // Connection may name extra hop-by-hop headers, but never Host: the target must see where the request went.
+    if (HOP_BY_HOP.has(lower) || (extra?.has(lower) && lower !== 'host')) continue;
+    if (lower.includes('_') && GUARDED.has(lower.replace(/_/g, '-'))) continue;
     if (OWN.has(lower)) {
       if (lower === 'x-forwarded-for') xff = xff === undefined ? raw[i + 1] : `${xff}, ${raw[i + 1]}`;
       continue;
@@ -175,6 +197,8 @@ export class Forwarder {
     const headers = upstreamHeaders(req, this.opts.listenPort());
     const body = hasBody(req);
     const retryOnReset = IDEMPOTENT.has(req.method ?? '') && !body;
+    let retries = 0;
+    let stale = 0;
     for (;;) {
       const pick = pool.pick(tried);
       if (!pick) {
@@ -189,7 +213,7 @@ export class Forwarder {
       outcome.attempts++;
       outcome.target = s.target.id;
       try {
-        outcome.status = await this.attempt(req, res, s, headers, body);
+        outcome.status = await this.attempt(req, res, s, headers, body, retryOnReset, stale > 0);
         outcome.error = undefined;
         return outcome;
       } catch (e) {
@@ -198,10 +222,38 @@ export class Forwarder {
           outcome.status = 499; // nginx's code for "client closed request"; only logged, never sent
           return outcome;
         }
+        if (err.kind === 'client_timeout') {
+          // The client stopped sending its body: its fault, said as nginx says it, and the connection is done.
+          rejectedRequests.labels({ reason: 'body_timeout' }).inc();
+          outcome.status = 408;
+          res.shouldKeepAlive = false;
+          answer(res, 408, 'request body timed out');
+          return outcome;
+        }
+        const unsent = !res.headersSent && !req.socket.destroyed;
+        if (err.kind === 'stale') {
+          // The target had closed that keep-alive connection: nothing was lost, try a fresh one (same target allowed).
+          if (stale < MAX_STALE && unsent) {
+            stale++;
+            tried.delete(s);
+            // Its idle siblings are likely just as dead (an idle timeout, a restart), and a target that closes
+            // after every response leaves only dead ones: the next try opens a connection of its own.
+            for (const sock of s.agent.freeSockets[s.agent.getName({ host: s.target.host, port: s.target.port })] ?? []) sock.destroy();
+            await nextPoll();
+            if (req.socket.destroyed || res.headersSent) {
+              outcome.status = 499;
+              return outcome;
+            }
+            continue;
+          }
+          outcome.error = 'reset';
+          return this.fail(res, outcome);
+        }
         outcome.error = err.kind;
         // Timeouts are not retried: the target may be working on it, and the client has waited long enough.
         const retryable = err.beforeSend || (retryOnReset && err.kind === 'reset');
-        if (retryable && outcome.attempts <= this.opts.retries && !res.headersSent && !req.socket.destroyed) {
+        if (retryable && retries < this.opts.retries && unsent) {
+          retries++;
           retriesTotal.inc();
           continue;
         }
@@ -211,6 +263,12 @@ export class Forwarder {
   }
 
   private fail(res: http.ServerResponse, outcome: Outcome): Outcome {
+    if (outcome.error === 'pool_full') {
+      // Every socket to the target stayed busy: the proxy is protecting it, as an overloaded ALB would say.
+      outcome.status = 503;
+      answer(res, 503, 'target busy', { 'Retry-After': '5' });
+      return outcome;
+    }
     outcome.status = outcome.error === 'timeout' || outcome.error === 'connect_timeout' ? 504 : 502;
     answer(res, outcome.status, outcome.status === 504 ? 'upstream timed out' : 'upstream connection failed');
     return outcome;
@@ -223,6 +281,9 @@ export class Forwarder {
     s: TargetState,
     headers: string[],
     body: boolean,
+    replayable: boolean,
+    /** A one-off connection outside the keep-alive pool (after a stale one). */
+    fresh = false,
   ): Promise<number> {
     const { target } = s;
     s.inflight++;
@@ -231,13 +292,14 @@ export class Forwarder {
       let sent = false; // any byte of the request may have reached the target
       let responded = false;
       let connectTimer: NodeJS.Timeout | undefined;
+      let queueTimer: NodeJS.Timeout | undefined;
       const up = http.request({
         host: target.host,
         port: target.port,
         method: req.method,
         path: req.url,
         headers: headers as unknown as http.OutgoingHttpHeaders,
-        agent: s.agent,
+        agent: fresh ? false : s.agent,
         setHost: false,
       });
 
@@ -245,15 +307,17 @@ export class Forwarder {
         if (settled) return;
         settled = true;
         if (connectTimer) clearTimeout(connectTimer);
+        if (queueTimer) clearTimeout(queueTimer);
         res.off('close', onClientClose);
         this.registry.done(s);
         if (err) {
-          if (err.kind === 'client_gone') s.breaker.release();
+          const notTheTarget = err.kind === 'client_gone' || err.kind === 'client_timeout' || err.kind === 'stale';
+          if (notTheTarget || err.blameless || err.kind === 'pool_full') s.breaker.release();
           else {
             s.breaker.onFailure();
             failedConnections.labels({ target: target.id }).inc();
-            upstreamErrors.labels({ kind: err.kind }).inc();
           }
+          if (!notTheTarget) upstreamErrors.labels({ kind: err.kind }).inc();
           reject(err);
         } else resolve(status!);
       };
@@ -269,7 +333,17 @@ export class Forwarder {
           return;
         }
         up.destroy();
-        finish(undefined, new UpstreamError(kind, !sent));
+        if (kind === 'reset' && up.reusedSocket) {
+          // A keep-alive connection looks alive until its FIN is read: the target most likely closed it just
+          // before our request came. Tried again when nothing unrepeatable was sent; a 502 otherwise (the
+          // body is gone), but no mark against a target that is fine on a fresh connection.
+          finish(undefined, !sent || replayable ? new UpstreamError('stale', true) : new UpstreamError('reset', false, true));
+        } else if (kind === 'timeout' && body && !req.complete && !up.writableNeedDrain) {
+          // Silent both ways with the body unfinished and the target not pushing back: the client stalled.
+          finish(undefined, new UpstreamError('client_timeout', false));
+        } else {
+          finish(undefined, new UpstreamError(kind, !sent));
+        }
       };
 
       // The client went away before the response ended: stop the upstream work too. (`req` emits
@@ -283,6 +357,7 @@ export class Forwarder {
       res.on('close', onClientClose);
 
       const startSending = (): void => {
+        if (settled) return;
         if (connectTimer) clearTimeout(connectTimer);
         connectTimer = undefined;
         sent = true;
@@ -290,13 +365,29 @@ export class Forwarder {
         else up.end();
       };
 
+      // Every socket of the target busy (POOL_SIZE): the request waits in the agent's queue, which the
+      // agent fills synchronously. The wait is bounded like a silent target, and counted.
+      const waiting = s.agent.requests[s.agent.getName({ host: target.host, port: target.port })];
+      if (waiting !== undefined && waiting[waiting.length - 1] === up) {
+        limitHits.labels({ limit: 'target_sockets' }).inc();
+        queueTimer = setTimeout(() => fail('pool_full'), this.opts.upstreamTimeoutMs);
+      }
+
       up.on('socket', (socket) => {
+        if (queueTimer) clearTimeout(queueTimer);
+        queueTimer = undefined;
+        if (settled) return;
         if ((socket as unknown as { connecting: boolean }).connecting) {
           connectTimer = setTimeout(() => {
             const e = Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' });
             up.destroy(e);
           }, this.opts.connectTimeoutMs);
           socket.once('connect', startSending);
+        } else if (up.reusedSocket && !replayable) {
+          // A reused socket whose target closed it a moment ago still looks open until its FIN is read.
+          // Let one poll phase pass before sending what could not be replayed: a stale socket then fails
+          // with nothing sent, and the request moves to a fresh connection instead of failing.
+          void nextPoll().then(startSending);
         } else {
           startSending();
         }
