@@ -21,14 +21,28 @@ import { parseHost, RouteResult, RoutingRules, rulesFrom } from './routing';
 import { POOL_ROUTE, RouteKey, routeId } from './types';
 import type { Pool } from './balancer';
 
+const isWebSocket = (req: http.IncomingMessage): boolean =>
+  req.method === 'GET' && req.headers.upgrade?.toLowerCase() === 'websocket';
+
 export interface ProxyServer {
   readonly server: net.Server;
   /** Stops accepting, lets in-flight requests finish within `timeoutMs`, closes idle keep-alive connections. */
   shutdown(timeoutMs: number): Promise<void>;
 }
 
-/** Why a request was refused before routing, or undefined when it may go on. */
-function screen(req: http.IncomingMessage, maxHeaders: number): { status: number; reason: string; message: string } | undefined {
+type Refusal = { status: number; reason: string; message: string };
+
+// RFC 9110 §4.2 / RFC 3986 §3.2.2: reg-name or IP literal, then an optional port.
+const HOST_VALUE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::\d{0,5})?$/;
+
+/**
+ * Why a request was refused before routing, or undefined when it may go on. Node's parser (llhttp)
+ * already refuses most malformed input (Content-Length with Transfer-Encoding, two Content-Lengths,
+ * bad characters, obs-fold); this refuses what it lets through but a target might read differently.
+ */
+function screen(req: http.IncomingMessage, maxHeaders: number, checkHost: boolean): Refusal | undefined {
+  // llhttp parses `HTTP/0.9` and `HTTP/2.0` request lines; neither is something to pass on as HTTP/1.1.
+  if (req.httpVersionMajor !== 1) return { status: 400, reason: 'bad_version', message: 'only HTTP/1.0 and HTTP/1.1 are supported' };
   const raw = req.rawHeaders;
   if (raw.length / 2 > maxHeaders) return { status: 431, reason: 'too_many_headers', message: 'too many header fields' };
   let hosts = 0;
@@ -36,6 +50,17 @@ function screen(req: http.IncomingMessage, maxHeaders: number): { status: number
     if (raw[i].length === 4 && raw[i].toLowerCase() === 'host') hosts++;
   }
   if (hosts > 1) return { status: 400, reason: 'duplicate_host', message: 'more than one Host header' };
+  const te = req.headers['transfer-encoding'];
+  if (te !== undefined) {
+    // Only plain `chunked` is framing everyone agrees on (`gzip, chunked`, `identity, chunked` are how
+    // desync attacks begin), and HTTP/1.0 has no Transfer-Encoding at all (RFC 9112 §6.1): refused, as the
+    // ALB's defensive mode does.
+    if (req.httpVersionMinor === 0) return { status: 400, reason: 'bad_framing', message: 'Transfer-Encoding in an HTTP/1.0 request' };
+    if (te.trim().toLowerCase() !== 'chunked') return { status: 400, reason: 'bad_framing', message: 'Transfer-Encoding must be chunked' };
+  }
+  if (checkHost && req.headers.host !== undefined && !HOST_VALUE.test(req.headers.host)) {
+    return { status: 400, reason: 'bad_host', message: 'malformed Host header' };
+  }
   const url = req.url ?? '';
   // Origin-form only: an absolute-form target (`GET http://169.254.169.254/`) could name another host
   // than the Host header; a reverse proxy has no use for it, so it is refused rather than guessed at.
@@ -108,7 +133,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
   const onRequest = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     started.set(req, process.hrtime.bigint());
     if (shuttingDown) res.shouldKeepAlive = false;
-    const bad = screen(req, config.maxHeaders);
+    const bad = screen(req, config.maxHeaders, poolMode);
     if (bad) return refuse(req, res, bad.status, bad.reason, bad.message);
     let key: RouteKey;
     let id: string;
@@ -128,6 +153,11 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
         record(req, id, { status: 503, target: undefined, attempts: 0, error: undefined });
         return;
       }
+      // While the target works, UPSTREAM_TIMEOUT is the one clock (a silent target is a 504, a stalled
+      // body a 408, a client that stops reading loses the connection): the client socket's own idle timer
+      // would otherwise race it and cut the connection without an answer. Node puts IDLE_TIMEOUT back
+      // once the response is done and the connection waits for the next request.
+      req.socket.setTimeout(0);
       void forwarder.web(req, res, pool).then((o) => record(req, id, o));
     };
     // The everyday case stays synchronous; only a route never seen before waits for its discovery.
@@ -136,9 +166,32 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
     else void routes.resolve(key, id).then(go);
   };
 
+  /**
+   * An Upgrade other than WebSocket (h2c from `curl --http2`, `TLS/1.0`): RFC 9110 §7.8 lets a server
+   * ignore it, as the ALB does. It is answered as the HTTP/1.1 request it also is, Upgrade dropped,
+   * and the connection closes after. Never tunnelled: an h2c tunnel would carry requests the proxy
+   * never sees. One with a body is refused, since Node hands its bytes over as tunnel data.
+   */
+  const plainRequest = (req: http.IncomingMessage, socket: Duplex): void => {
+    const res = new http.ServerResponse(req);
+    res.shouldKeepAlive = false;
+    res.assignSocket(socket as net.Socket);
+    res.once('finish', () => {
+      res.detachSocket(socket as net.Socket);
+      socket.end();
+    });
+    const cl = req.headers['content-length'];
+    if (req.headers['transfer-encoding'] !== undefined || (cl !== undefined && cl !== '0')) {
+      started.set(req, process.hrtime.bigint());
+      return refuse(req, res, 400, 'upgrade_with_body', 'an Upgrade request other than WebSocket may not carry a body');
+    }
+    onRequest(req, res);
+  };
+
   const onUpgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer): void => {
     socket.on('error', () => undefined);
-    const bad = screen(req, config.maxHeaders);
+    if (!isWebSocket(req)) return plainRequest(req, socket);
+    const bad = screen(req, config.maxHeaders, poolMode);
     if (bad) {
       rejectedRequests.labels({ reason: bad.reason }).inc();
       return rawAnswer(socket, bad.status, bad.message);
@@ -205,12 +258,16 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
     const code = err.code ?? '';
     rejectedRequests.labels({ reason: 'client_error' }).inc();
-    if (code === 'ECONNRESET' || !socket.writable || (err as { bytesParsed?: number }).bytesParsed === 0 && code === 'HPE_INVALID_EOF_STATE') {
+    // A response already under way on this connection must not get an answer spliced into it.
+    const current = (socket as { _httpMessage?: http.ServerResponse | null })._httpMessage;
+    if (code === 'ECONNRESET' || !socket.writable || current?.headersSent || (err as { bytesParsed?: number }).bytesParsed === 0 && code === 'HPE_INVALID_EOF_STATE') {
       socket.destroy();
       return;
     }
+    // Always a 4xx: unknown versions (`HTTP/1.2`, `HTTP/3.0`, a bare-LF request line) are malformed
+    // HTTP/1.x to us, not a version to negotiate, and nothing hostile earns a 5xx.
     const status =
-      code === 'HPE_HEADER_OVERFLOW' ? 431 : code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : code === 'HPE_INVALID_VERSION' ? 505 : 400;
+      code === 'HPE_HEADER_OVERFLOW' ? 431 : code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW' ? 413 : 400;
     if (status === 431) limitHits.labels({ limit: 'headers' }).inc();
     rawAnswer(socket, status, http.STATUS_CODES[status] ?? 'Bad Request');
   });
