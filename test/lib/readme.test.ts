@@ -1,10 +1,10 @@
-/** The draft README section stays true to the code: every settings key, and the cost totals. */
+/** The README's deploy section stays true to the code: every settings key, and the cost totals. */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CONTEXT_KEYS, estimateMonthlyCost } from '../../lib';
 import { envVarName } from '../../lib/context';
 
-const readme = fs.readFileSync(path.join(__dirname, '..', '..', 'lib', 'README-cdk.md'), 'utf8');
+const readme = fs.readFileSync(path.join(__dirname, '..', '..', 'README.md'), 'utf8');
 
 test.each(Object.keys(CONTEXT_KEYS))('the settings table has %s and its env var', (key) => {
   expect(readme).toContain(`| \`${key}\` | \`${envVarName(key)}\` |`);
