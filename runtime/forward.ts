@@ -23,8 +23,11 @@ export interface ForwardOptions {
   readonly listenPort: () => number;
 }
 
-/** `pool_full`: every one of the target's POOL_SIZE sockets stayed busy for UPSTREAM_TIMEOUT. */
-export type FailureKind = 'refused' | 'reset' | 'timeout' | 'connect_timeout' | 'dns' | 'pool_full' | 'other';
+/**
+ * `pool_full`: every one of the target's POOL_SIZE sockets stayed busy for UPSTREAM_TIMEOUT.
+ * `bad_response`: the target answered something that is not HTTP/1.1 (or over our limits).
+ */
+export type FailureKind = 'refused' | 'reset' | 'timeout' | 'connect_timeout' | 'dns' | 'pool_full' | 'bad_response' | 'other';
 
 /** What became of one forwarded request, for the access log and metrics. */
 export interface Outcome {
@@ -91,7 +94,8 @@ function kindOf(err: NodeJS.ErrnoException): FailureKind {
     case 'EPOOLFULL':
       return 'pool_full';
     default:
-      return 'other';
+      // llhttp's verdicts on the response: HPE_INVALID_CONSTANT, HPE_UNEXPECTED_CONTENT_LENGTH, …
+      return err.code?.startsWith('HPE_') ? 'bad_response' : 'other';
   }
 }
 
@@ -188,8 +192,10 @@ export class Forwarder {
 
   /**
    * Forwards `req` to a target of `pool`, retrying on the next target when that is safe:
-   * any method when nothing was sent, idempotent ones without a body when the target reset before
-   * answering. Resolves when the response is finished or abandoned; never rejects.
+   * any method when nothing was sent, idempotent ones without a body when the target reset or garbled
+   * its answer before any of it reached the client. A keep-alive connection the target had closed is
+   * not a failure: the request moves to a fresh connection. Resolves when the response is finished or
+   * abandoned; never rejects.
    */
   async web(req: http.IncomingMessage, res: http.ServerResponse, pool: Pool): Promise<Outcome> {
     const outcome: Outcome = { status: 0, target: undefined, attempts: 0, error: undefined };
@@ -251,7 +257,8 @@ export class Forwarder {
         }
         outcome.error = err.kind;
         // Timeouts are not retried: the target may be working on it, and the client has waited long enough.
-        const retryable = err.beforeSend || (retryOnReset && err.kind === 'reset');
+        // A reset or a garbled answer before any byte reached the client is, for an idempotent request.
+        const retryable = err.beforeSend || (retryOnReset && (err.kind === 'reset' || err.kind === 'bad_response'));
         if (retryable && retries < this.opts.retries && unsent) {
           retries++;
           retriesTotal.inc();
