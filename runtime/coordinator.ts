@@ -34,6 +34,8 @@ export class Coordinator {
   private readonly health: HealthChecker | undefined;
   /** Results younger than this serve every worker's request for the route: one discovery per period. */
   private readonly freshMs: number;
+  /** An empty result is kept no longer than NEGATIVE_CACHE_TTL, so a new service shows up as promised. */
+  private readonly emptyFreshMs: number;
   private readonly fresh = new Map<string, Cached>();
   private readonly inflight = new Map<string, Promise<Target[]>>();
   private n = 0;
@@ -45,6 +47,7 @@ export class Coordinator {
     private readonly now: () => number = Date.now,
   ) {
     this.freshMs = config.nodeCheckPeriodMs * 0.9;
+    this.emptyFreshMs = Math.min(this.freshMs, config.negativeCacheTtlMs * 0.9);
     this.health =
       config.healthCheckPath === null
         ? undefined
@@ -109,7 +112,7 @@ export class Coordinator {
   discover(route: RouteKey): Promise<Target[]> {
     const id = routeId(route);
     const hit = this.fresh.get(id);
-    if (hit && this.now() - hit.at < this.freshMs) return Promise.resolve([...hit.targets]);
+    if (hit && this.now() - hit.at < (hit.targets.length ? this.freshMs : this.emptyFreshMs)) return Promise.resolve([...hit.targets]);
     let p = this.inflight.get(id);
     if (!p) {
       p = this.provider.discover(route).then(

@@ -63,3 +63,43 @@ test('concurrent requests for a new route on two workers make one ECS discovery'
     await backend.close();
   }
 });
+
+test('a worker that dies is replaced, and the proxy keeps serving meanwhile', async () => {
+  const backend = await startBackend('ok');
+  const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, WORKERS: '2', HEALTH_CHECK_PATH: 'off' });
+  try {
+    const before = p.workers();
+    expect(before).toHaveLength(2);
+    process.kill(before[0], 'SIGKILL');
+    for (let i = 0; i < 10; i++) expect((await request(p.port)).status).toBe(200);
+    const after = await until('a replacement worker', () => {
+      const now = p.workers();
+      return now.length === 2 && !now.includes(before[0]) ? now : undefined;
+    });
+    expect(after).toContain(before[1]);
+    await until('the replacement serving', async () => (await request(p.metricsPort, { path: '/healthz' })).body.includes('"workers":2'));
+    expect(p.stderr).toContain('worker died; replacing it');
+  } finally {
+    await p.stop();
+    await backend.close();
+  }
+});
+
+test('LOG_CONNECTIONS=true writes one JSON access line per request; the default is quiet', async () => {
+  const backend = await startBackend('ok');
+  const loud = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, HEALTH_CHECK_PATH: 'off', LOG_CONNECTIONS: 'true' });
+  const quiet = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, HEALTH_CHECK_PATH: 'off' });
+  try {
+    await request(loud.port, { path: '/a?b=1' });
+    await request(quiet.port, { path: '/a' });
+    const access = await until('the access line', () => loud.lines().filter((l) => l.msg === 'access'));
+    expect(access).toHaveLength(1);
+    expect(access[0]).toMatchObject({ level: 'info', method: 'GET', path: '/a?b=1', status: 200, target: `127.0.0.1:${backend.port}` });
+    expect(typeof access[0].ms).toBe('number');
+    await new Promise((r) => setTimeout(r, 100));
+    expect(quiet.lines().filter((l) => l.msg === 'access')).toEqual([]);
+  } finally {
+    await Promise.all([loud.stop(), quiet.stop()]);
+    await backend.close();
+  }
+});

@@ -1,0 +1,62 @@
+import { loadConfig } from '../../runtime/config';
+import { Coordinator } from '../../runtime/coordinator';
+import { makeTarget, Provider, RouteKey, Target } from '../../runtime/types';
+
+const route: RouteKey = { service: 'api', port: 80, cluster: 'prod' };
+
+function counting(answer: () => Target[]): Provider & { calls: number } {
+  const p = { name: 'test', calls: 0, discover: async () => (p.calls++, answer()) };
+  return p;
+}
+
+describe('the primary shares discovery among workers', () => {
+  let clock = 0;
+  const config = loadConfig({ DOMAIN: 'example.com', NODE_CHECK_PERIOD: '30', NEGATIVE_CACHE_TTL: '10', HEALTH_CHECK_PATH: 'off' });
+
+  test('concurrent and same-period requests for a route make one discovery', async () => {
+    const provider = counting(() => [makeTarget('10.0.0.1', 80)]);
+    const c = new Coordinator(config, provider, () => clock);
+    await Promise.all([c.discover(route), c.discover(route), c.discover(route)]);
+    clock += 26_000;
+    await c.discover(route);
+    expect(provider.calls).toBe(1);
+    clock += 2_000; // 28 s: past 0.9 × NODE_CHECK_PERIOD
+    await c.discover(route);
+    expect(provider.calls).toBe(2);
+    await c.close();
+  });
+
+  test('an empty answer is shared no longer than NEGATIVE_CACHE_TTL', async () => {
+    let targets: Target[] = [];
+    const provider = counting(() => targets);
+    const c = new Coordinator(config, provider, () => clock);
+    expect(await c.discover(route)).toEqual([]);
+    clock += 8_000;
+    expect(await c.discover(route)).toEqual([]);
+    expect(provider.calls).toBe(1);
+    targets = [makeTarget('10.0.0.1', 80)];
+    clock += 1_500; // 9.5 s
+    expect(await c.discover(route)).toEqual(targets);
+    expect(provider.calls).toBe(2);
+    await c.close();
+  });
+
+  test('a failed discovery is not cached', async () => {
+    let fail = true;
+    const provider: Provider & { calls: number } = {
+      name: 'test',
+      calls: 0,
+      discover: async () => {
+        provider.calls++;
+        if (fail) throw new Error('ThrottlingException');
+        return [makeTarget('10.0.0.1', 80)];
+      },
+    };
+    const c = new Coordinator(config, provider, () => clock);
+    await expect(c.discover(route)).rejects.toThrow('ThrottlingException');
+    fail = false;
+    expect(await c.discover(route)).toHaveLength(1);
+    expect(provider.calls).toBe(2);
+    await c.close();
+  });
+});
