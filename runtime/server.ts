@@ -160,10 +160,27 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
       req.socket.setTimeout(0);
       void forwarder.web(req, res, pool).then((o) => record(req, id, o));
     };
-    // The everyday case stays synchronous; only a route never seen before waits for its discovery.
+    // The everyday case stays synchronous; only a route never seen before waits for its discovery,
+    // and for no longer than UPSTREAM_TIMEOUT: a throttled or hung AWS API must not hold clients (the
+    // discovery itself goes on, for the requests after this one).
     if (hit.kind === 'pool') go(hit.pool);
     else if (hit.kind === 'absent') go(undefined);
-    else void routes.resolve(key, id).then(go);
+    else {
+      req.socket.setTimeout(0);
+      let late = false;
+      const timer = setTimeout(() => {
+        late = true;
+        answer(res, 503, 'route discovery is taking too long', { 'Retry-After': '5' });
+        record(req, id, { status: 503, target: undefined, attempts: 0, error: undefined });
+      }, config.upstreamTimeoutMs);
+      void routes.resolve(key, id).then((pool) => {
+        if (late) return;
+        clearTimeout(timer);
+        // The client may have left while discovery ran: nothing to forward for it.
+        if (req.socket.destroyed) return record(req, id, { status: 499, target: undefined, attempts: 0, error: undefined });
+        go(pool);
+      });
+    }
   };
 
   /**
@@ -211,6 +228,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
     // A WebSocket lives as long as its peers want; no fixed timeout cuts it (TCP keep-alive finds dead peers).
     if ('setTimeout' in socket) (socket as unknown as { setTimeout(ms: number): void }).setTimeout(0);
     void lookup(key, id).then((pool) => {
+      if (socket.destroyed) return;
       if (!pool) {
         rawAnswer(socket, 503, 'no target available for this route', 'Retry-After: 5\r\n');
         record(req, id, { status: 503, target: undefined, attempts: 0, error: undefined });
