@@ -1,0 +1,191 @@
+// Process accounting from /proc: CPU time and memory of a process tree, and of the whole machine,
+// so a run can say how much of a core the proxy used and how much CPU others took meanwhile.
+import { execFileSync, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+
+let ticks = 100;
+try {
+  ticks = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+} catch {
+  // 100 Hz is the Linux default.
+}
+export const CLK_TCK = ticks;
+
+export const hasProc = fs.existsSync('/proc/self/stat');
+
+function read(path) {
+  try {
+    return fs.readFileSync(path, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+/** pid and every descendant (threads are not processes: /proc/<pid>/task/<tid>/children per thread). */
+export function tree(pid) {
+  const out = [];
+  const walk = (p) => {
+    out.push(p);
+    const tasks = fs.existsSync(`/proc/${p}/task`) ? fs.readdirSync(`/proc/${p}/task`) : [];
+    for (const t of tasks) {
+      const kids = read(`/proc/${p}/task/${t}/children`);
+      if (!kids) continue;
+      for (const k of kids.trim().split(/\s+/)) if (k) walk(Number(k));
+    }
+  };
+  if (pid) walk(pid);
+  return out;
+}
+
+/** utime + stime of one process, in seconds (its threads included). */
+export function cpuSeconds(pid) {
+  const s = read(`/proc/${pid}/stat`);
+  if (!s) return 0;
+  const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / CLK_TCK;
+}
+
+/** Resident and peak resident memory of one process, in MiB. */
+export function memory(pid) {
+  const s = read(`/proc/${pid}/status`) ?? '';
+  const kb = (name) => Number((new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(s) ?? [])[1] ?? 0);
+  return { rss: kb('VmRSS') / 1024, hwm: kb('VmHWM') / 1024 };
+}
+
+/** Busy and total seconds of the machine (all cores) from /proc/stat. */
+export function machineSeconds() {
+  const line = (read('/proc/stat') ?? '').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  const [user, nice, system, idle, iowait, irq, softirq, steal] = line;
+  const busy = user + nice + system + irq + softirq + (steal ?? 0);
+  return { busy: busy / CLK_TCK, total: (busy + idle + (iowait ?? 0)) / CLK_TCK };
+}
+
+export function onPath(cmd) {
+  for (const dir of (process.env.PATH ?? '').split(':')) {
+    if (dir && fs.existsSync(`${dir}/${cmd}`)) return `${dir}/${cmd}`;
+  }
+  for (const dir of ['/usr/sbin', '/sbin', '/usr/local/sbin']) if (fs.existsSync(`${dir}/${cmd}`)) return `${dir}/${cmd}`;
+  return undefined;
+}
+
+export const taskset = onPath('taskset');
+
+// Every process the bench starts, so none outlives it when it fails or is interrupted.
+const children = new Set();
+const killAll = () => {
+  for (const c of children) {
+    try {
+      c.kill('SIGTERM'); // nginx's master and Karma's primary take their workers down on SIGTERM
+    } catch {
+      // gone already
+    }
+  }
+};
+process.on('exit', killAll);
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.on(sig, () => {
+    killAll();
+    process.exit(130);
+  });
+}
+
+/** Spawns `cmd args` pinned to `cores` (a taskset list like "1") when taskset exists. */
+export function spawnPinned(cores, cmd, args, opts = {}) {
+  const [c, a] = taskset && cores !== undefined ? [taskset, ['-c', String(cores), cmd, ...args]] : [cmd, args];
+  const child = spawn(c, a, { stdio: ['ignore', 'pipe', 'pipe'], ...opts });
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  return child;
+}
+
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Waits for a child to exit, killing it hard after `ms`. */
+export function stopChild(child, signal = 'SIGTERM', ms = 5000) {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    const t = setTimeout(() => {
+      try {
+        child.kill('SIGKILL');
+      } catch {
+        // already gone
+      }
+    }, ms);
+    child.once('exit', () => {
+      clearTimeout(t);
+      resolve();
+    });
+    try {
+      child.kill(signal);
+    } catch {
+      clearTimeout(t);
+      resolve();
+    }
+  });
+}
+
+/**
+ * Samples a set of process trees while a load runs: CPU seconds used (start to stop) and the peak
+ * resident memory of each named process.
+ */
+export class Sampler {
+  constructor(groups) {
+    // groups: { name: () => pid[] }
+    this.groups = groups;
+    this.peak = {};
+    this.cpu0 = {};
+    this.timer = undefined;
+  }
+
+  cpuNow() {
+    const out = {};
+    for (const [name, pids] of Object.entries(this.groups)) {
+      out[name] = pids().reduce((sum, p) => sum + cpuSeconds(p), 0);
+    }
+    return out;
+  }
+
+  start() {
+    this.cpu0 = this.cpuNow();
+    this.machine0 = machineSeconds();
+    this.t0 = process.hrtime.bigint();
+    const sample = () => {
+      for (const [name, pids] of Object.entries(this.groups)) {
+        for (const p of pids()) {
+          const key = `${name}:${p}`;
+          const m = memory(p).rss;
+          if (m > (this.peak[key] ?? 0)) this.peak[key] = m;
+        }
+      }
+    };
+    sample();
+    this.timer = setInterval(sample, 200);
+  }
+
+  stop() {
+    clearInterval(this.timer);
+    const wall = Number(process.hrtime.bigint() - this.t0) / 1e9;
+    const cpu1 = this.cpuNow();
+    const m1 = machineSeconds();
+    const cpu = {};
+    let ours = 0;
+    for (const name of Object.keys(cpu1)) {
+      cpu[name] = cpu1[name] - (this.cpu0[name] ?? 0);
+      ours += cpu[name];
+    }
+    const busy = m1.busy - this.machine0.busy;
+    return { wall, cpu, peakRss: this.peak, foreignCores: Math.max(0, (busy - ours) / wall) };
+  }
+}

@@ -1,0 +1,383 @@
+// `npm run bench`: Karma Proxy against nginx and HAProxy (when on PATH) and against bare Node
+// forwarders, on one loopback backend, each proxy pinned to one core. Prints markdown tables and
+// writes the same numbers as JSON under test/bench/results/.
+//
+// Env (all optional):
+//   BENCH_DURATION   seconds measured per run (default 6)       BENCH_WARMUP  seconds of warm-up (default 2)
+//   BENCH_SCENARIOS  comma list of: small,1mb,c1000,newconn,post64k,latency,mem1g (default all)
+//   BENCH_SUBJECTS   comma list of subject ids or kinds: direct,karma,nginx,haproxy,alt:node-http,
+//                    alt:undici,alt:http-proxy,alt:http-proxy-3, or baseline,peer,alternative,prototype
+//   BENCH_PROTOTYPES 1: also build and measure test/bench/prototypes/*.patch applied to runtime/
+//   BENCH_PROXY_CORE / BENCH_LOAD_CORE  cores for the proxy / for load generator + backend (1 / 0)
+//   BENCH_BACKEND=node  use test/bench/backend.mjs even when nginx is installed
+//   BENCH_LOADGEN=autocannon  use autocannon even when wrk is installed
+//   BENCH_NODE_OPTIONS  NODE_OPTIONS for Karma's processes (e.g. --max-semi-space-size=2)
+//   BENCH_KARMA_ENV  more env for Karma, space-separated K=V (e.g. "MALLOC_ARENA_MAX=2 POOL_SIZE=200")
+//   BENCH_REPEAT     runs per subject and scenario, interleaved (default 1); the table keeps the run with
+//                    the most req/s (the latency table the median p99), the JSON keeps them all
+//   BENCH_NGINX_EXTRA  directives added to the nginx peer's location block
+import * as crypto from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { drive, loadGenerator } from './lib/load.mjs';
+import { buildPrototypes } from './lib/prototypes.mjs';
+import { hasProc, memory, Sampler, sleep, spawnPinned, taskset } from './lib/proc.mjs';
+import { BENCH_DIR, ROOT, startBackend, subjectCatalog, version } from './lib/subjects.mjs';
+
+const say = (s = '') => process.stdout.write(s + '\n');
+const num = (v, d = 0) => (v === undefined || v === null || Number.isNaN(v) ? '–' : Number(v).toLocaleString('en-US', { minimumFractionDigits: d, maximumFractionDigits: d }));
+const ratio = (a, b) => (a && b ? a / b : undefined);
+const fmtRatio = (r) => (r === undefined ? '–' : `${r.toFixed(2)}×`);
+
+const DURATION = Number(process.env.BENCH_DURATION ?? 6);
+const WARMUP = Number(process.env.BENCH_WARMUP ?? 2);
+const PROXY_CORE = process.env.BENCH_PROXY_CORE ?? '1';
+const LOAD_CORE = process.env.BENCH_LOAD_CORE ?? '0';
+const REPEAT = Math.max(1, Number(process.env.BENCH_REPEAT ?? 1));
+
+/** Runs every subject REPEAT times, interleaved, and keeps one row per subject: `pick` chooses among its runs. */
+async function repeated(subjects, run, pick) {
+  const runs = new Map();
+  for (let i = 0; i < REPEAT; i++) {
+    for (const s of subjects) {
+      const row = await run(s);
+      if (row) runs.set(s.id, [...(runs.get(s.id) ?? []), row]);
+    }
+  }
+  const rows = [];
+  for (const s of subjects) {
+    const rs = runs.get(s.id);
+    if (!rs) continue;
+    const row = pick(rs);
+    if (rs.length > 1) row.runs = rs.map(({ runs: _r, ...r }) => r);
+    rows.push(row);
+  }
+  return rows;
+}
+const mostRps = (rs) => rs.reduce((a, b) => (b.rps > a.rps ? b : a));
+const medianP99 = (rs) => [...rs].sort((a, b) => a.p99 - b.p99)[Math.floor((rs.length - 1) / 2)];
+
+const SCENARIOS = [
+  { id: 'small', title: 'Small GET, keep-alive', path: '/small', connections: 50, note: '102-byte body, 50 keep-alive connections' },
+  { id: '1mb', title: '1 MB responses, keep-alive', path: '/1mb', connections: 10, note: '1 MiB body, 10 keep-alive connections' },
+  { id: 'c1000', title: '1,000 concurrent keep-alive connections', path: '/small', connections: 1000, note: '102-byte body' },
+  { id: 'newconn', title: 'New connection per request', path: '/small', connections: 50, close: true, note: 'Connection: close on every request, 50 at a time' },
+  { id: 'post64k', title: 'POST 64 KB', path: '/post', connections: 50, method: 'POST', bodyBytes: 65536, note: '64 KiB request body, 3-byte answer, 50 keep-alive connections' },
+  { id: 'latency', title: 'Latency at half of Karma’s maximum small-GET rate', path: '/small', connections: 50, note: 'same offered rate for every subject' },
+  { id: 'mem1g', title: 'Memory after a 1 GB transfer', path: '/1gb', note: 'one 1 GiB response through the proxy, then RSS' },
+];
+
+function wanted(list, all) {
+  if (!list) return all;
+  const want = new Set(list.split(',').map((s) => s.trim()).filter(Boolean));
+  return all.filter((x) => want.has(x.id) || want.has(x.kind));
+}
+
+function git(args) {
+  try {
+    return execFileSync('git', args, { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+  } catch {
+    return undefined;
+  }
+}
+
+/** One GET of `url` read to the end by a client pinned to the load core; resolves with bytes and seconds. */
+function download(url) {
+  const code = `const http=require('http');const t=process.hrtime.bigint();let n=0;
+http.get(${JSON.stringify(url)},{agent:false},(r)=>{r.on('data',(c)=>n+=c.length);r.on('end',()=>{console.log(JSON.stringify({status:r.statusCode,bytes:n,seconds:Number(process.hrtime.bigint()-t)/1e9}))})}).on('error',(e)=>{console.log(JSON.stringify({error:e.message}))});`;
+  return new Promise((resolve) => {
+    const child = spawnPinned(LOAD_CORE, process.execPath, ['-e', code]);
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.on('exit', () => {
+      try {
+        resolve(JSON.parse(out));
+      } catch {
+        resolve({ error: out.trim() || 'no output' });
+      }
+    });
+  });
+}
+
+async function main() {
+  if (!hasProc) {
+    say('The benchmark reads CPU time and memory from /proc: run it on Linux.');
+    process.exit(1);
+  }
+  const started = new Date();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'karma-bench-'));
+  // nginx's workers drop root for an unprivileged user, which must be able to read the backend's files.
+  fs.chmodSync(dir, 0o755);
+  const gen = loadGenerator();
+  if (!gen) {
+    say('No load generator: install wrk, or run npm ci (autocannon is a devDependency).');
+    process.exit(1);
+  }
+  const scenarios = wanted(process.env.BENCH_SCENARIOS, SCENARIOS);
+
+  // Run a copy of the bundle: another `npm run build` during the run must not change what is measured.
+  const bundleSrc = path.join(ROOT, 'dist', 'karma-proxy.js');
+  const bundle = path.join(dir, 'karma-proxy.js');
+  if (fs.existsSync(bundleSrc)) fs.copyFileSync(bundleSrc, bundle);
+  const bundleSha = fs.existsSync(bundle) ? crypto.createHash('sha256').update(fs.readFileSync(bundle)).digest('hex').slice(0, 12) : undefined;
+
+  const karmaEnv = {};
+  if (process.env.BENCH_NODE_OPTIONS) karmaEnv.NODE_OPTIONS = process.env.BENCH_NODE_OPTIONS;
+  if (process.env.UV_THREADPOOL_SIZE) karmaEnv.UV_THREADPOOL_SIZE = process.env.UV_THREADPOOL_SIZE;
+  for (const kv of (process.env.BENCH_KARMA_ENV ?? '').split(/\s+/).filter(Boolean)) {
+    const i = kv.indexOf('=');
+    if (i > 0) karmaEnv[kv.slice(0, i)] = kv.slice(i + 1);
+  }
+
+  const prototypes = process.env.BENCH_PROTOTYPES === '1' ? await buildPrototypes(dir, say) : [];
+
+  const backend = await startBackend(dir, LOAD_CORE);
+  const catalog = subjectCatalog({ dir, core: PROXY_CORE, backendPort: backend.port, bundle, karmaEnv, prototypes });
+  const subjects = [];
+  const skipped = {};
+  for (const s of wanted(process.env.BENCH_SUBJECTS, catalog)) {
+    const why = s.available();
+    if (why) skipped[s.id] = why;
+    else subjects.push(s);
+  }
+
+  const layout = taskset
+    ? `proxy under test pinned to core ${PROXY_CORE}; load generator and backend pinned to core ${LOAD_CORE} (taskset)`
+    : 'taskset not found: processes are not pinned, numbers are noisier';
+  const meta = {
+    date: started.toISOString(),
+    commit: git(['rev-parse', '--short', 'HEAD']),
+    runtimeDirty: (git(['status', '--porcelain', '--', 'runtime']) ?? '') !== '',
+    bundleSha256: bundleSha,
+    node: process.version,
+    cpu: os.cpus()[0]?.model,
+    cores: os.cpus().length,
+    arch: process.arch,
+    memoryGiB: Math.round(os.totalmem() / 2 ** 30),
+    kernel: os.release(),
+    layout,
+    loadGenerator: gen.name === 'wrk' ? `${version(gen.bin, ['-v'])} (-t1)` : `autocannon ${JSON.parse(fs.readFileSync(path.join(ROOT, 'node_modules', 'autocannon', 'package.json'), 'utf8')).version}`,
+    backend: backend.kind,
+    durationSeconds: DURATION,
+    repeat: REPEAT,
+    warmupSeconds: WARMUP,
+    karmaEnv: { WORKERS: '1', HEALTH_CHECK_PATH: 'off', NODE_FILTER: 'static', ...karmaEnv },
+    loadavgAtStart: os.loadavg().map((x) => Number(x.toFixed(2))),
+  };
+
+  say(`# Karma Proxy benchmark — ${meta.date}`);
+  say();
+  say(`- Machine: ${meta.cores} × ${meta.cpu} (${meta.arch}), ${meta.memoryGiB} GiB, Linux ${meta.kernel}, Node ${meta.node}`);
+  say(`- Layout: ${layout}`);
+  say(`- Load generator: ${meta.loadGenerator}; backend: ${meta.backend}`);
+  say(`- Karma: commit ${meta.commit}${meta.runtimeDirty ? ' (runtime/ has uncommitted changes)' : ''}, bundle sha256 ${bundleSha ?? '–'}, env ${Object.entries(meta.karmaEnv).map(([k, v]) => `${k}=${v}`).join(' ')}`);
+  say(`- ${DURATION} s measured after ${WARMUP} s of warm-up per run${REPEAT > 1 ? `, ${REPEAT} runs each (best kept)` : ''}; load average at start ${meta.loadavgAtStart.join(' ')}`);
+  for (const [id, why] of Object.entries(skipped)) say(`- SKIPPED ${id}: ${why}`);
+  if (gen.name !== 'wrk') say('- wrk not found: autocannon drives the load; its latencies are whole milliseconds');
+  say();
+
+  const results = { meta, skipped, scenarios: {} };
+  const rowsOf = {};
+
+  const measure = async (subject, sc, loadOpts) => {
+    let inst;
+    try {
+      inst = await subject.start();
+    } catch (e) {
+      skipped[`${subject.id}@${sc.id}`] = e.message;
+      say(`  ${subject.id}: could not start (${e.message.split('\n')[0]})`);
+      return undefined;
+    }
+    try {
+      const url = `http://127.0.0.1:${inst.port}${sc.path}`;
+      const base = { url, connections: sc.connections, method: sc.method, bodyBytes: sc.bodyBytes, close: sc.close, dir, core: LOAD_CORE, ...loadOpts };
+      if (WARMUP > 0) await drive(gen, { ...base, seconds: WARMUP });
+      const sampler = new Sampler({ proxy: inst.pids, backend: backend.pids });
+      sampler.start();
+      const r = await drive(gen, { ...base, seconds: DURATION });
+      const s = sampler.stop();
+      const workers = inst.workers();
+      const peakWorker = Math.max(0, ...workers.map((p) => s.peakRss[`proxy:${p}`] ?? 0));
+      const peakAll = Object.entries(s.peakRss).filter(([k]) => k.startsWith('proxy:')).reduce((a, [, v]) => a + v, 0);
+      const now = workers.map((p) => memory(p));
+      const row = {
+        subject: subject.id,
+        label: subject.label,
+        kind: subject.kind,
+        ...r,
+        mbps: r.bytes / r.seconds / 1e6,
+        proxyCpuCores: subject.kind === 'baseline' ? undefined : s.cpu.proxy / s.wall,
+        rpsPerCore: subject.kind === 'baseline' || s.cpu.proxy <= 0 ? undefined : r.requests / s.cpu.proxy,
+        workerRssPeakMiB: workers.length ? peakWorker : undefined,
+        allProcessesRssPeakMiB: workers.length ? peakAll : undefined,
+        workerRssEndMiB: workers.length ? Math.max(...now.map((m) => m.rss)) : undefined,
+        workerHwmMiB: workers.length ? Math.max(...now.map((m) => m.hwm)) : undefined,
+        foreignCpuCores: s.foreignCores,
+        backendCpuCores: s.cpu.backend / s.wall,
+      };
+      say(
+        `  ${subject.id.padEnd(18)} ${num(row.rps).padStart(8)} req/s  p50 ${num(row.p50, 2)} ms  p99 ${num(row.p99, 2)} ms` +
+          `  cpu ${row.proxyCpuCores === undefined ? '–' : num(row.proxyCpuCores * 100) + '%'}  rss ${num(row.workerRssPeakMiB, 1)} MiB` +
+          `${row.errors || row.non2xx ? `  errors ${row.errors} non-2xx ${row.non2xx}` : ''}${row.foreignCpuCores > 0.15 ? `  (others used ${num(row.foreignCpuCores, 2)} cores)` : ''}`,
+      );
+      return row;
+    } catch (e) {
+      skipped[`${subject.id}@${sc.id}`] = e.message;
+      say(`  ${subject.id}: failed (${e.message.split('\n')[0]})`);
+      return undefined;
+    } finally {
+      await inst.stop();
+    }
+  };
+
+  for (const sc of scenarios) {
+    say(`## ${sc.title}`);
+    const rows = [];
+    if (sc.id === 'latency') {
+      const karmaMax = rowsOf.small?.find((r) => r.subject === 'karma')?.rps ?? Number(process.env.BENCH_LATENCY_RATE ?? 0);
+      if (!karmaMax) {
+        say('  skipped: needs the small scenario (or BENCH_LATENCY_RATE) to know Karma’s maximum rate');
+        continue;
+      }
+      const rate = karmaMax / 2;
+      sc.rate = rate;
+      // wrk has no rate option: each connection waits `delay` ms after each answer, so 50 connections
+      // offer about 50 000 / delay requests per second (the measured rate is reported).
+      const load = gen.name === 'wrk' ? { delayMs: (sc.connections * 1000) / rate } : { rate };
+      say(`  offered rate ≈ ${num(rate)} req/s (half of Karma’s ${num(karmaMax)})`);
+      rows.push(...(await repeated(subjects, (s) => measure(s, sc, load), medianP99)));
+      const direct = rows.find((r) => r.subject === 'direct');
+      for (const r of rows) {
+        r.addedP50 = direct ? r.p50 - direct.p50 : undefined;
+        r.addedP99 = direct ? r.p99 - direct.p99 : undefined;
+      }
+    } else if (sc.id === 'mem1g') {
+      for (const s of subjects) {
+        if (s.kind === 'baseline') continue;
+        let inst;
+        try {
+          inst = await s.start();
+          const before = Math.max(0, ...inst.workers().map((p) => memory(p).rss));
+          const d = await download(`http://127.0.0.1:${inst.port}/1gb`);
+          await sleep(500);
+          const after = inst.workers().map((p) => memory(p));
+          const row = {
+            subject: s.id,
+            label: s.label,
+            kind: s.kind,
+            bytes: d.bytes,
+            status: d.status,
+            error: d.error,
+            mbps: d.bytes / d.seconds / 1e6,
+            workerRssIdleMiB: before,
+            workerRssAfterMiB: Math.max(...after.map((m) => m.rss)),
+            workerHwmMiB: Math.max(...after.map((m) => m.hwm)),
+          };
+          rows.push(row);
+          say(`  ${s.id.padEnd(18)} ${num(row.bytes / 2 ** 30, 2)} GiB at ${num(row.mbps)} MB/s  rss idle ${num(row.workerRssIdleMiB, 1)} → after ${num(row.workerRssAfterMiB, 1)} MiB, peak ${num(row.workerHwmMiB, 1)} MiB${d.error || d.status !== 200 ? ` error ${d.error ?? `status ${d.status}`}` : ''}`);
+        } catch (e) {
+          skipped[`${s.id}@${sc.id}`] = e.message;
+          say(`  ${s.id}: failed (${e.message.split('\n')[0]})`);
+        } finally {
+          await inst?.stop();
+        }
+      }
+    } else {
+      rows.push(...(await repeated(subjects, (s) => measure(s, sc, {}), mostRps)));
+    }
+    const nginx = rows.find((r) => r.subject === 'nginx');
+    for (const r of rows) {
+      r.vsNginx = ratio(r.rps, nginx?.rps);
+      r.vsNginxPerCore = ratio(r.rpsPerCore, nginx?.rpsPerCore);
+    }
+    rowsOf[sc.id] = rows;
+    results.scenarios[sc.id] = { title: sc.title, note: sc.note, connections: sc.connections, offeredRate: sc.rate, rows };
+    say();
+  }
+
+  await backend.stop();
+
+  // ---- the report
+  const md = [];
+  const p = (s = '') => md.push(s);
+  p(`### Results (${meta.date.slice(0, 10)}, commit ${meta.commit ?? '–'})`);
+  p();
+  p(`${meta.cores} × ${meta.cpu}, Node ${meta.node}. ${layout}. Load: ${meta.loadGenerator}. Backend: ${meta.backend}.`);
+  p(`Each run: ${WARMUP} s warm-up, ${DURATION} s measured${REPEAT > 1 ? `; ${REPEAT} runs per row, interleaved, the best kept (latency: the median p99)` : ''}. "× nginx" compares with nginx in this same run.`);
+  p('"req/s per core" is requests divided by the CPU seconds the proxy\'s processes used: it does not move when other');
+  p('processes share the machine, where req/s does.');
+  p();
+  for (const sc of scenarios) {
+    const res = results.scenarios[sc.id];
+    if (!res) continue;
+    const rows = res.rows;
+    p(`**${sc.title}** — ${sc.note}${sc.connections ? '' : ''}${sc.id === 'latency' && sc.rate ? `; offered ≈ ${num(sc.rate)} req/s` : ''}`);
+    p();
+    if (sc.id === 'mem1g') {
+      p('| subject | transferred | MB/s | worker RSS idle (MiB) | after (MiB) | peak (MiB) |');
+      p('|---|--:|--:|--:|--:|--:|');
+      for (const r of rows) p(`| ${r.label} | ${num(r.bytes / 2 ** 30, 2)} GiB | ${num(r.mbps)} | ${num(r.workerRssIdleMiB, 1)} | ${num(r.workerRssAfterMiB, 1)} | ${num(r.workerHwmMiB, 1)} |`);
+    } else if (sc.id === 'latency') {
+      p('| subject | req/s | p50 ms | p99 ms | p99.9 ms | p99 added over direct (ms) | proxy CPU |');
+      p('|---|--:|--:|--:|--:|--:|--:|');
+      for (const r of rows) p(`| ${r.label} | ${num(r.rps)} | ${num(r.p50, 3)} | ${num(r.p99, 3)} | ${num(r.p999, 3)} | ${r.kind === 'baseline' ? '–' : num(r.addedP99, 3)} | ${r.proxyCpuCores === undefined ? '–' : num(r.proxyCpuCores * 100) + ' %'} |`);
+    } else {
+      const mb = sc.id === '1mb';
+      p(`| subject | req/s | × nginx |${mb ? ' MB/s |' : ''} p50 ms | p99 ms | proxy CPU | req/s per core | × nginx per core | worker RSS peak (MiB) | errors |`);
+      p(`|---|--:|--:|${mb ? '--:|' : ''}--:|--:|--:|--:|--:|--:|--:|`);
+      for (const r of rows) {
+        const errs = r.errors || r.non2xx ? `${r.errors}${r.non2xx ? ` (+${r.non2xx} non-2xx)` : ''}` : '0';
+        p(
+          `| ${r.label}${r.foreignCpuCores > 0.15 ? ' †' : ''} | ${num(r.rps)} | ${r.kind === 'baseline' ? '–' : fmtRatio(r.vsNginx)} |${mb ? ` ${num(r.mbps)} |` : ''} ${num(r.p50, 2)} | ${num(r.p99, 2)} | ` +
+            `${r.proxyCpuCores === undefined ? '–' : num(r.proxyCpuCores * 100) + ' %'} | ${num(r.rpsPerCore)} | ${fmtRatio(r.vsNginxPerCore)} | ${num(r.workerRssPeakMiB, 1)} | ${errs} |`,
+        );
+      }
+    }
+    p();
+  }
+  const noisy = Object.values(results.scenarios).some((s) => s.rows.some((r) => r.foreignCpuCores > 0.15));
+  if (noisy) p('† other processes on the machine used more than 0.15 of a core during that run: its req/s is understated; per core is not.\n');
+  for (const [id, why] of Object.entries(skipped)) p(`- skipped ${id}: ${why}`);
+
+  // ---- the issue's targets
+  const find = (sc, id) => results.scenarios[sc]?.rows.find((r) => r.subject === id);
+  const t = [];
+  const ks = find('small', 'karma');
+  const ns = find('small', 'nginx');
+  if (ks && ns) {
+    t.push({ target: 'small-GET throughput per core ≥ 0.5× nginx (same run)', value: `${fmtRatio(ks.vsNginxPerCore)} per core (${num(ks.rpsPerCore)} vs ${num(ns.rpsPerCore)}); ${fmtRatio(ks.vsNginx)} in req/s`, met: ks.vsNginxPerCore >= 0.5 });
+  }
+  const kl = find('latency', 'karma');
+  if (kl && kl.addedP99 !== undefined) t.push({ target: 'p99 added over direct ≤ 1 ms at half Karma’s maximum rate', value: `${num(kl.addedP99, 3)} ms (p99 ${num(kl.p99, 3)} ms vs direct ${num(find('latency', 'direct')?.p99, 3)} ms)`, met: kl.addedP99 <= 1 });
+  const kc = find('c1000', 'karma');
+  if (kc) t.push({ target: 'RSS ≤ 80 MB per worker at 1,000 connections', value: `${num(kc.workerRssPeakMiB, 1)} MiB peak`, met: kc.workerRssPeakMiB * 1.048576 <= 80 });
+  const km = find('mem1g', 'karma');
+  if (km) t.push({ target: 'RSS per worker after a 1 GB transfer (reported; same 80 MB budget)', value: `${num(km.workerRssAfterMiB, 1)} MiB after, ${num(km.workerHwmMiB, 1)} MiB peak`, met: km.workerHwmMiB * 1.048576 <= 80 });
+  if (t.length) {
+    p('**Targets of issue 6**');
+    p();
+    p('| target | reached | met |');
+    p('|---|---|---|');
+    for (const x of t) p(`| ${x.target} | ${x.value} | ${x.met ? 'yes' : 'no'} |`);
+    p();
+  }
+  results.targets = t;
+  results.markdown = md.join('\n');
+
+  say(results.markdown);
+  const outDir = process.env.BENCH_OUT ?? path.join(BENCH_DIR, 'results');
+  fs.mkdirSync(outDir, { recursive: true });
+  const stamp = meta.date.replace(/[:.]/g, '-');
+  const file = path.join(outDir, `bench-${stamp}.json`);
+  fs.writeFileSync(file, JSON.stringify(results, null, 2) + '\n');
+  fs.writeFileSync(path.join(outDir, 'latest.json'), JSON.stringify(results, null, 2) + '\n');
+  say(`Wrote ${path.relative(process.cwd(), file)} and latest.json (${Math.round((Date.now() - started.getTime()) / 1000)} s in all).`);
+  fs.rmSync(dir, { recursive: true, force: true });
+}
+
+main().catch((e) => {
+  say(`bench failed: ${e.stack ?? e}`);
+  process.exit(1);
+});
