@@ -26,6 +26,10 @@ function configOrExit(): Config {
 }
 
 async function runPrimary(config: Config): Promise<void> {
+  // Workers accept from the shared listening socket themselves rather than through the primary
+  // (node's default on Linux is round-robin by the primary): no IPC hand-off per connection, and a
+  // connection queued while a worker dies waits for another worker instead of being lost with it.
+  cluster.schedulingPolicy = cluster.SCHED_NONE;
   const coordinator = new Coordinator(config, await providerFor(config));
   // Cached discoveries live as long as a route could (routes expire in the workers after the idle TTL).
   setInterval(() => coordinator.prune(config.routeIdleTtlMs), config.nodeCheckPeriodMs).unref();

@@ -11,7 +11,10 @@ await build({
   // The ESM builds of the AWS SDK tree-shake: only the commands we call are kept, which halves what
   // a worker holds in memory (the CJS build of the EC2 client alone costs ~70 MB of RSS).
   mainFields: ['module', 'main'],
-  minify: false,
+  // Whitespace and syntax only: identifiers stay, so stack traces keep their function names, and each
+  // process holds ~6 MB less of parsed source (measured: 72 to 66 MB idle for a worker).
+  minifyWhitespace: true,
+  minifySyntax: true,
   sourcemap: false,
   legalComments: 'none',
   logLevel: 'warning',
