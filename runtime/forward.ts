@@ -300,6 +300,7 @@ export class Forwarder {
       let responded = false;
       let connectTimer: NodeJS.Timeout | undefined;
       let queueTimer: NodeJS.Timeout | undefined;
+      let queue: http.ClientRequest[] | undefined;
       const up = http.request({
         host: target.host,
         port: target.port,
@@ -314,7 +315,13 @@ export class Forwarder {
         if (settled) return;
         settled = true;
         if (connectTimer) clearTimeout(connectTimer);
-        if (queueTimer) clearTimeout(queueTimer);
+        if (queueTimer) {
+          clearTimeout(queueTimer);
+          // Still queued (given up, or the client left): the agent would keep it until a socket frees,
+          // which for a target whose sockets stay busy is never. Take it out.
+          const i = queue?.indexOf(up) ?? -1;
+          if (i >= 0) queue!.splice(i, 1);
+        }
         res.off('close', onClientClose);
         this.registry.done(s);
         if (err) {
@@ -377,12 +384,14 @@ export class Forwarder {
       const waiting = s.agent.requests[s.agent.getName({ host: target.host, port: target.port })];
       if (waiting !== undefined && waiting[waiting.length - 1] === up) {
         limitHits.labels({ limit: 'target_sockets' }).inc();
+        queue = waiting as http.ClientRequest[];
         queueTimer = setTimeout(() => fail('pool_full'), this.opts.upstreamTimeoutMs);
       }
 
       up.on('socket', (socket) => {
         if (queueTimer) clearTimeout(queueTimer);
         queueTimer = undefined;
+        queue = undefined;
         if (settled) return;
         if ((socket as unknown as { connecting: boolean }).connecting) {
           connectTimer = setTimeout(() => {

@@ -256,6 +256,8 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
   // Socket inactivity in either direction, like the ALB idle timeout; no listener means destroy.
   server.timeout = config.idleTimeoutMs;
   server.maxConnections = config.maxConnections;
+  // Header fields past MAX_HEADERS are a 431 anyway (screen()); no need to keep up to Node's 2000 of them.
+  server.maxHeadersCount = config.maxHeaders + 1;
   server.on('drop', () => limitHits.labels({ limit: 'connections' }).inc());
   server.on('upgrade', onUpgrade);
   server.on('connect', (req: http.IncomingMessage, socket: Duplex) => {
