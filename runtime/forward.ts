@@ -323,6 +323,7 @@ export class Forwarder {
           if (i >= 0) queue!.splice(i, 1);
         }
         res.off('close', onClientClose);
+        req.off('timeout', onClientStall);
         this.registry.done(s);
         if (err) {
           const notTheTarget = err.kind === 'client_gone' || err.kind === 'client_timeout' || err.kind === 'stale';
@@ -359,6 +360,18 @@ export class Forwarder {
           finish(undefined, new UpstreamError(kind, !sent));
         }
       };
+
+      // Node's idle timer of the client socket (IDLE_TIMEOUT) fired while the body was still coming: the
+      // client stalled. Listening keeps Node from destroying the socket, so the client can hear a 408.
+      const onClientStall = (): void => {
+        if (settled) return;
+        up.destroy();
+        if (responded) {
+          res.destroy();
+          finish(res.statusCode);
+        } else finish(undefined, new UpstreamError('client_timeout', false));
+      };
+      if (body) req.on('timeout', onClientStall);
 
       // The client went away before the response ended: stop the upstream work too. (`req` emits
       // 'close' once its body is read, so the response's 'close' is the signal that the client left.)

@@ -21,6 +21,19 @@ import { parseHost, RouteResult, RoutingRules, rulesFrom } from './routing';
 import { POOL_ROUTE, RouteKey, routeId } from './types';
 import type { Pool } from './balancer';
 
+const bodyComing = (req: http.IncomingMessage): boolean => {
+  const cl = req.headers['content-length'];
+  return req.headers['transfer-encoding'] !== undefined || (cl !== undefined && cl !== '0');
+};
+
+/** A whole first packet that is one HTTP/0.9 request line: `GET /path` and a line end, no version. */
+function isHttp09(chunk: Buffer): boolean {
+  const lf = chunk.indexOf(10);
+  if (lf === -1 || lf !== chunk.length - 1 || lf > 8192) return false;
+  const line = chunk.toString('latin1', 0, chunk[lf - 1] === 13 ? lf - 1 : lf);
+  return /^[A-Z]+ \S+$/.test(line);
+}
+
 const isWebSocket = (req: http.IncomingMessage): boolean =>
   req.method === 'GET' && req.headers.upgrade?.toLowerCase() === 'websocket';
 
@@ -90,6 +103,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
   };
 
   const started = new WeakMap<http.IncomingMessage, bigint>();
+  const busyTimeoutMs = Math.max(config.idleTimeoutMs, config.upstreamTimeoutMs + 1000);
 
   const record = (req: http.IncomingMessage, routeLabel: string, o: Outcome): void => {
     const t0 = started.get(req);
@@ -153,11 +167,13 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
         record(req, id, { status: 503, target: undefined, attempts: 0, error: undefined });
         return;
       }
-      // While the target works, UPSTREAM_TIMEOUT is the one clock (a silent target is a 504, a stalled
-      // body a 408, a client that stops reading loses the connection): the client socket's own idle timer
-      // would otherwise race it and cut the connection without an answer. Node puts IDLE_TIMEOUT back
-      // once the response is done and the connection waits for the next request.
-      req.socket.setTimeout(0);
+      // Once the request is in, UPSTREAM_TIMEOUT is the clock (a silent target is a 504): the client
+      // socket's idle timer is moved just past it, or at equal values it would race the 504 and cut the
+      // connection without an answer. It still ends a connection whose client stopped reading, and Node
+      // puts IDLE_TIMEOUT back once the response is done. While a body is still coming, IDLE_TIMEOUT of
+      // silence from the client stays a stall (the forwarder answers it with a 408).
+      if (!bodyComing(req)) req.socket.setTimeout(busyTimeoutMs);
+      else req.once('end', () => res.writableFinished || req.socket.setTimeout(busyTimeoutMs));
       void forwarder.web(req, res, pool).then((o) => record(req, id, o));
     };
     // The everyday case stays synchronous; only a route never seen before waits for its discovery,
@@ -166,7 +182,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
     if (hit.kind === 'pool') go(hit.pool);
     else if (hit.kind === 'absent') go(undefined);
     else {
-      req.socket.setTimeout(0);
+      req.socket.setTimeout(busyTimeoutMs);
       let late = false;
       const timer = setTimeout(() => {
         late = true;
@@ -197,8 +213,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
       res.detachSocket(socket as net.Socket);
       socket.end();
     });
-    const cl = req.headers['content-length'];
-    if (req.headers['transfer-encoding'] !== undefined || (cl !== undefined && cl !== '0')) {
+    if (bodyComing(req)) {
       started.set(req, process.hrtime.bigint());
       return refuse(req, res, 400, 'upgrade_with_body', 'an Upgrade request other than WebSocket may not carry a body');
     }
@@ -273,6 +288,15 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
     socket.once('close', () => {
       activeConnections.dec();
       sockets.delete(socket);
+    });
+    // Node's parser reads `GET /\r\n` (HTTP/0.9) as a request line still waiting for its headers: answer
+    // it now rather than after HEADERS_TIMEOUT. Runs after the parser has seen the same bytes.
+    socket.once('data', (chunk: Buffer) => {
+      if (isHttp09(chunk) && !(socket as { _httpMessage?: unknown })._httpMessage) {
+        rejectedRequests.labels({ reason: 'bad_version' }).inc();
+        rawAnswer(socket, 400, 'only HTTP/1.0 and HTTP/1.1 are supported');
+        socket.destroySoon();
+      }
     });
   });
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
