@@ -179,6 +179,12 @@ export function answer(res: http.ServerResponse, status: number, message: string
   res.end(body);
 }
 
+/** The client connection's own clocks, which the server knows and the forwarder honours. */
+export interface ClientTimers {
+  /** IDLE_TIMEOUT: put back on the client socket once the response has started. */
+  readonly idleTimeoutMs?: number;
+}
+
 export class Forwarder {
   private readonly wsProxy = httpProxy.createProxyServer({ ws: true, xfwd: false, changeOrigin: false });
 
@@ -197,7 +203,7 @@ export class Forwarder {
    * not a failure: the request moves to a fresh connection. Resolves when the response is finished or
    * abandoned; never rejects.
    */
-  async web(req: http.IncomingMessage, res: http.ServerResponse, pool: Pool): Promise<Outcome> {
+  async web(req: http.IncomingMessage, res: http.ServerResponse, pool: Pool, client: ClientTimers = {}): Promise<Outcome> {
     const outcome: Outcome = { status: 0, target: undefined, attempts: 0, error: undefined };
     const tried = new Set<TargetState>();
     const headers = upstreamHeaders(req, this.opts.listenPort());
@@ -219,7 +225,7 @@ export class Forwarder {
       outcome.attempts++;
       outcome.target = s.target.id;
       try {
-        outcome.status = await this.attempt(req, res, s, headers, body, retryOnReset, stale > 0);
+        outcome.status = await this.attempt(req, res, s, headers, body, retryOnReset, stale > 0, client);
         outcome.error = undefined;
         return outcome;
       } catch (e) {
@@ -291,6 +297,7 @@ export class Forwarder {
     replayable: boolean,
     /** A one-off connection outside the keep-alive pool (after a stale one). */
     fresh = false,
+    client: ClientTimers = {},
   ): Promise<number> {
     const { target } = s;
     s.inflight++;
@@ -430,6 +437,8 @@ export class Forwarder {
       up.on('response', (upRes) => {
         responded = true;
         if (connectTimer) clearTimeout(connectTimer);
+        // The status is on its way: from here a client that stops reading is an idle client again.
+        if (client.idleTimeoutMs !== undefined) req.socket.setTimeout(client.idleTimeoutMs);
         s.breaker.onSuccess();
         successfulConnections.labels({ target: target.id }).inc();
         const status = upRes.statusCode ?? 502;

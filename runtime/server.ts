@@ -104,6 +104,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
 
   const started = new WeakMap<http.IncomingMessage, bigint>();
   const busyTimeoutMs = Math.max(config.idleTimeoutMs, config.upstreamTimeoutMs + 1000);
+  const clientTimers = { idleTimeoutMs: config.idleTimeoutMs };
 
   const record = (req: http.IncomingMessage, routeLabel: string, o: Outcome): void => {
     const t0 = started.get(req);
@@ -167,14 +168,14 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
         record(req, id, { status: 503, target: undefined, attempts: 0, error: undefined });
         return;
       }
-      // Once the request is in, UPSTREAM_TIMEOUT is the clock (a silent target is a 504): the client
-      // socket's idle timer is moved just past it, or at equal values it would race the 504 and cut the
-      // connection without an answer. It still ends a connection whose client stopped reading, and Node
-      // puts IDLE_TIMEOUT back once the response is done. While a body is still coming, IDLE_TIMEOUT of
-      // silence from the client stays a stall (the forwarder answers it with a 408).
+      // Between the end of the request and the start of the response, UPSTREAM_TIMEOUT is the clock (a
+      // silent target is a 504): the client socket's idle timer is moved just past it, or at equal values
+      // it would race the 504 and cut the connection without an answer. Before that, IDLE_TIMEOUT of
+      // silence is a client stalling in its body (408); after, a client that stops reading (the
+      // forwarder puts IDLE_TIMEOUT back when the response starts, Node when it ends).
       if (!bodyComing(req)) req.socket.setTimeout(busyTimeoutMs);
-      else req.once('end', () => res.writableFinished || req.socket.setTimeout(busyTimeoutMs));
-      void forwarder.web(req, res, pool).then((o) => record(req, id, o));
+      else req.once('end', () => res.headersSent || req.socket.setTimeout(busyTimeoutMs));
+      void forwarder.web(req, res, pool, clientTimers).then((o) => record(req, id, o));
     };
     // The everyday case stays synchronous; only a route never seen before waits for its discovery,
     // and for no longer than UPSTREAM_TIMEOUT: a throttled or hung AWS API must not hold clients (the

@@ -207,6 +207,21 @@ describe('backend faults under load', () => {
   });
 });
 
+describe('a silent target when IDLE_TIMEOUT equals UPSTREAM_TIMEOUT (the defaults are both 60 s)', () => {
+  test('the client gets its 504, never a connection cut by its own idle timer', async () => {
+    const silent = await startFaulty('silent');
+    silent.mode = 'hang';
+    const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${silent.port}`, HEALTH_CHECK_PATH: 'off', IDLE_TIMEOUT: '1', UPSTREAM_TIMEOUT: '1' });
+    try {
+      const replies = await Promise.all(Array.from({ length: 5 }, (_, i) => request(p.port, { path: `/silent/${i}`, method: i % 2 ? 'POST' : 'GET', body: i % 2 ? 'x' : undefined })));
+      expect(replies.map((r) => r.status)).toEqual([504, 504, 504, 504, 504]);
+    } finally {
+      await p.stop('SIGKILL');
+      await silent.close();
+    }
+  });
+});
+
 describe('a worker killed under load', () => {
   test('the others keep serving, a new worker takes its place, and only its open connections fail', async () => {
     const target = await startFaulty('target');
