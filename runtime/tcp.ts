@@ -1,7 +1,9 @@
 /**
  * MODE=tcp: raw TCP to the one pool (static, tag, asg), what the stateless load balancer did.
  * Round-robin with the same health and breaker state as HTTP; a connection that cannot be made is
- * retried on the next target (nothing was sent yet); half-close is passed through both ways.
+ * retried on the next target (nothing was sent yet); half-close is passed through both ways. A target
+ * holds at most POOL_SIZE connections: past it the next target takes the client, and with every target
+ * full the client is closed.
  */
 import * as net from 'node:net';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
@@ -23,6 +25,13 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
     }
     const s = pick.state;
     tried.add(s);
+    if (s.inflight >= config.poolSize) {
+      // POOL_SIZE connections to this target already: another target takes this one, or nobody does.
+      s.breaker.release();
+      limitHits.labels({ limit: 'target_sockets' }).inc();
+      connect(pool, tried, client, attempt, startedAt);
+      return;
+    }
     s.inflight++;
     const upstream = net.connect({ host: s.target.host, port: s.target.port, allowHalfOpen: true });
     sockets.add(upstream);

@@ -212,6 +212,47 @@ describe('against the bundle', () => {
     }
   });
 
+  test('POOL_SIZE in MODE=tcp: a target holds that many connections; past it the client is closed, counted', async () => {
+    const held = new Set<net.Socket>();
+    const target = net.createServer((s) => {
+      held.add(s);
+      s.on('close', () => held.delete(s));
+      s.write('hello');
+    });
+    const port = await listen(target);
+    const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${port}`, HEALTH_CHECK_PATH: 'off', MODE: 'tcp', POOL_SIZE: '2' });
+    const clients: net.Socket[] = [];
+    const open = (): Promise<{ socket: net.Socket; greeting: string }> =>
+      new Promise((resolve) => {
+        const socket = net.connect({ host: '127.0.0.1', port: p.port });
+        clients.push(socket);
+        let greeting = '';
+        socket.on('data', (d) => {
+          greeting += d;
+          if (greeting === 'hello') resolve({ socket, greeting });
+        });
+        socket.on('error', () => undefined);
+        socket.on('close', () => resolve({ socket, greeting }));
+      });
+    try {
+      expect((await open()).greeting).toBe('hello');
+      expect((await open()).greeting).toBe('hello');
+      const third = await open();
+      expect(third.greeting).toBe('');
+      expect(third.socket.destroyed).toBe(true);
+      expect(held.size).toBe(2);
+      expect(await metric(p.metricsPort, 'karma_limit_hits_total', { limit: 'target_sockets' })).toBe(1);
+      clients[0].destroy();
+      await until('a free slot at the target', () => held.size === 1);
+      expect((await open()).greeting).toBe('hello');
+    } finally {
+      for (const c of clients) c.destroy();
+      await p.stop('SIGKILL');
+      for (const s of held) s.destroy();
+      await new Promise<void>((r) => target.close(() => r()));
+    }
+  });
+
   describe('MAX_ROUTES (ecs mode)', () => {
     let stub: AwsStub;
     beforeAll(async () => {
