@@ -21,6 +21,12 @@ import { parseHost, RouteResult, RoutingRules, rulesFrom } from './routing';
 import { POOL_ROUTE, RouteKey, routeId } from './types';
 import type { Pool } from './balancer';
 
+/**
+ * Longest wait of a new route's first request for its discovery (UPSTREAM_TIMEOUT if shorter): one AWS
+ * call's own timeout (aws.ts). A discovery still running after that is AWS in trouble, not a slow answer.
+ */
+const FIRST_DISCOVERY_WAIT_MS = 10_000;
+
 const bodyComing = (req: http.IncomingMessage): boolean => {
   const cl = req.headers['content-length'];
   return req.headers['transfer-encoding'] !== undefined || (cl !== undefined && cl !== '0');
@@ -104,6 +110,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
 
   const started = new WeakMap<http.IncomingMessage, bigint>();
   const busyTimeoutMs = Math.max(config.idleTimeoutMs, config.upstreamTimeoutMs + 1000);
+  const discoveryWaitMs = Math.min(config.upstreamTimeoutMs, FIRST_DISCOVERY_WAIT_MS);
   const clientTimers = { idleTimeoutMs: config.idleTimeoutMs };
 
   const record = (req: http.IncomingMessage, routeLabel: string, o: Outcome): void => {
@@ -178,8 +185,8 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
       void forwarder.web(req, res, pool, clientTimers).then((o) => record(req, id, o));
     };
     // The everyday case stays synchronous; only a route never seen before waits for its discovery,
-    // and for no longer than UPSTREAM_TIMEOUT: a throttled or hung AWS API must not hold clients (the
-    // discovery itself goes on, for the requests after this one).
+    // and not for long: a throttled or hung AWS API must not hold clients (the discovery itself goes
+    // on, for the requests after this one).
     if (hit.kind === 'pool') go(hit.pool);
     else if (hit.kind === 'absent') go(undefined);
     else {
@@ -189,7 +196,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
         late = true;
         answer(res, 503, 'route discovery is taking too long', { 'Retry-After': '5' });
         record(req, id, { status: 503, target: undefined, attempts: 0, error: undefined });
-      }, config.upstreamTimeoutMs);
+      }, discoveryWaitMs);
       void routes.resolve(key, id).then((pool) => {
         if (late) return;
         clearTimeout(timer);
