@@ -10,7 +10,7 @@ import { HealthChecker } from './health';
 import type { ToPrimary, ToWorker } from './ipc';
 import { errorFields, log } from './log';
 import { register } from './metrics';
-import { Provider, RouteKey, routeId, sortTargets, Target } from './types';
+import { Provider, RouteKey, routeId, sortTargets, StatusSetter, Target } from './types';
 
 /**
  * The discovery provider of NODE_FILTER. The AWS SDK and the Redis client are loaded only by the modes
@@ -20,6 +20,23 @@ export async function providerFor(config: Config): Promise<Provider> {
   if (config.nodeFilter === 'static') return new StaticProvider(config.staticTargets);
   const { createProvider } = await import('./discovery');
   return createProvider(config);
+}
+
+/** The active health checker the settings ask for, or undefined with HEALTH_CHECK_PATH=off. */
+export function healthCheckerFor(config: Config, setter: StatusSetter): HealthChecker | undefined {
+  if (config.healthCheckPath === null) return undefined;
+  return new HealthChecker(
+    {
+      path: config.healthCheckPath,
+      periodMs: config.healthCheckPeriodMs,
+      timeoutMs: config.healthCheckTimeoutMs,
+      healthyThreshold: config.healthyThreshold,
+      unhealthyThreshold: config.unhealthyThreshold,
+      matcher: config.healthCheckMatcher,
+    },
+    setter,
+    { onError: (err, target) => log('error', 'health status update failed', { target: target.id, ...errorFields(err) }) },
+  );
 }
 
 interface Cached {
@@ -48,21 +65,7 @@ export class Coordinator {
   ) {
     this.freshMs = config.nodeCheckPeriodMs * 0.9;
     this.emptyFreshMs = Math.min(this.freshMs, config.negativeCacheTtlMs * 0.9);
-    this.health =
-      config.healthCheckPath === null
-        ? undefined
-        : new HealthChecker(
-            {
-              path: config.healthCheckPath,
-              periodMs: config.healthCheckPeriodMs,
-              timeoutMs: config.healthCheckTimeoutMs,
-              healthyThreshold: config.healthyThreshold,
-              unhealthyThreshold: config.unhealthyThreshold,
-              matcher: config.healthCheckMatcher,
-            },
-            { setStatus: (target, up) => this.verdict(target.id, up) },
-            { onError: (err, target) => log('error', 'health status update failed', { target: target.id, ...errorFields(err) }) },
-          );
+    this.health = healthCheckerFor(config, { setStatus: (target, up) => this.verdict(target.id, up) });
   }
 
   add(worker: Worker): void {

@@ -6,9 +6,8 @@ import type { AddressInfo } from 'node:net';
 import { TargetRegistry } from './balancer';
 import type { Config } from './config';
 import { Forwarder } from './forward';
-import { HealthChecker } from './health';
 import { errorFields, log } from './log';
-import { providerFor } from './coordinator';
+import { healthCheckerFor, providerFor } from './coordinator';
 import { joinPrimary, PrimaryProvider, sendToPrimary } from './ipc';
 import { RouteTable } from './routes';
 import { createProxyServer } from './server';
@@ -36,21 +35,8 @@ export async function start(config: Config, deps: { provider?: Provider; primary
   } else {
     provider = deps.provider ?? (await providerFor(config));
   }
-  const health =
-    config.healthCheckPath === null || deps.primary
-      ? undefined
-      : new HealthChecker(
-          {
-            path: config.healthCheckPath,
-            periodMs: config.healthCheckPeriodMs,
-            timeoutMs: config.healthCheckTimeoutMs,
-            healthyThreshold: config.healthyThreshold,
-            unhealthyThreshold: config.unhealthyThreshold,
-            matcher: config.healthCheckMatcher,
-          },
-          registry,
-          { onError: (err, target) => log('error', 'health status update failed', { target: target.id, ...errorFields(err) }) },
-        );
+  // Under the primary, health checks run there; in one process (tests), here.
+  const health = deps.primary ? undefined : healthCheckerFor(config, registry);
   if (health) registry.onChange(() => health.sync(registry.targets()));
 
   const routes = new RouteTable(provider, registry, {
