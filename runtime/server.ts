@@ -250,8 +250,15 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
     started.set(req, process.hrtime.bigint());
     // A WebSocket lives as long as its peers want; no fixed timeout cuts it (TCP keep-alive finds dead peers).
     if ('setTimeout' in socket) (socket as unknown as { setTimeout(ms: number): void }).setTimeout(0);
+    let late = false;
+    const timer = setTimeout(() => {
+      late = true;
+      rawAnswer(socket, 503, 'route discovery is taking too long', 'Retry-After: 5\r\n');
+      record(req, id, { status: 503, target: undefined, attempts: 0, error: undefined });
+    }, discoveryWaitMs);
     void lookup(key, id).then((pool) => {
-      if (socket.destroyed) return;
+      clearTimeout(timer);
+      if (late || socket.destroyed) return;
       if (!pool) {
         rawAnswer(socket, 503, 'no target available for this route', 'Retry-After: 5\r\n');
         record(req, id, { status: 503, target: undefined, attempts: 0, error: undefined });
