@@ -91,8 +91,6 @@ function kindOf(err: NodeJS.ErrnoException): FailureKind {
       return 'dns';
     case 'ETIMEDOUT':
       return 'connect_timeout';
-    case 'EPOOLFULL':
-      return 'pool_full';
     default:
       // llhttp's verdicts on the response: HPE_INVALID_CONSTANT, HPE_UNEXPECTED_CONTENT_LENGTH, …
       return err.code?.startsWith('HPE_') ? 'bad_response' : 'other';
