@@ -58,6 +58,7 @@ export interface Config {
   readonly ipPreference: IpPreference;
   readonly negativeCacheTtlMs: number;
   readonly maxRoutes: number;
+  readonly newRouteRate: number;
   readonly routeIdleTtlMs: number;
   readonly redisUrl: string | undefined;
   readonly redisAuthSecretArn: string | undefined;
@@ -372,6 +373,12 @@ export const SETTINGS = {
     parse: duration('seconds'),
   },
   maxRoutes: { env: 'MAX_ROUTES', doc: 'Most routes kept in memory.', default: '1000', parse: integer(1, 1_000_000) },
+  newRouteRate: {
+    env: 'NEW_ROUTE_RATE',
+    doc: 'Routes per second (bursts of 4 s worth) a worker may start discovering; past it unknown Hosts get 503, so junk Hosts cannot spend the account\'s ECS API rate limit.',
+    default: '5',
+    parse: integer(1, 100_000),
+  },
   routeIdleTtlMs: {
     env: 'ROUTE_IDLE_TTL',
     doc: 'Seconds after which an unused route is forgotten.',

@@ -51,7 +51,7 @@ export const requestDuration = new Histogram({
 });
 export const upstreamErrors = new Counter({
   name: 'karma_upstream_errors_total',
-  help: 'Forwarding failures by kind: refused, reset, timeout, connect_timeout, dns, other.',
+  help: 'Forwarding failures by kind: refused, reset, timeout, connect_timeout, dns, bad_response, pool_full, other.',
   labelNames: ['kind'] as const,
 });
 export const retriesTotal = new Counter({
@@ -71,7 +71,7 @@ export const breakerState = new Gauge({
 });
 export const limitHits = new Counter({
   name: 'karma_limit_hits_total',
-  help: 'Times a protective limit was reached: connections, routes, target_sockets, headers.',
+  help: 'Times a protective limit was reached: connections, routes, new_routes, target_sockets, headers.',
   labelNames: ['limit'] as const,
 });
 export const rejectedRequests = new Counter({

@@ -21,6 +21,12 @@ export interface RouteTableOptions {
   readonly errorCacheTtlMs?: number;
   /** Background refreshes running at once; ECS read APIs share one account-wide rate limit. */
   readonly refreshConcurrency?: number;
+  /**
+   * Discoveries of routes without targets that may start per second (a bucket of 4 s worth): each
+   * costs AWS calls from the account-wide ECS budget, and a client can invent Hosts without end.
+   * @default unlimited
+   */
+  readonly newRoutesPerSecond?: number;
   readonly now?: () => number;
 }
 
@@ -49,6 +55,8 @@ export class RouteTable {
   private refreshing = false;
   private readonly now: () => number;
   private readonly abort = new AbortController();
+  private tokens: number;
+  private tokensAt: number;
 
   constructor(
     private readonly provider: Provider,
@@ -56,6 +64,20 @@ export class RouteTable {
     private readonly opts: RouteTableOptions,
   ) {
     this.now = opts.now ?? Date.now;
+    this.tokens = (opts.newRoutesPerSecond ?? 0) * 4;
+    this.tokensAt = this.now();
+  }
+
+  /** Takes one token of the new-route budget; false when it is spent for now. */
+  private mayDiscoverNew(): boolean {
+    const rate = this.opts.newRoutesPerSecond;
+    if (rate === undefined) return true;
+    const now = this.now();
+    this.tokens = Math.min(rate * 4, this.tokens + ((now - this.tokensAt) * rate) / 1000);
+    this.tokensAt = now;
+    if (this.tokens < 1) return false;
+    this.tokens--;
+    return true;
   }
 
   get size(): number {
@@ -78,6 +100,10 @@ export class RouteTable {
     let e = this.entries.get(id);
     if (e?.inflight) return e.inflight;
     if (e?.pool) return Promise.resolve(e.pool);
+    if (!this.mayDiscoverNew()) {
+      limitHits.labels({ limit: 'new_routes' }).inc();
+      return Promise.resolve(undefined);
+    }
     if (!e) {
       if (this.entries.size >= this.opts.maxRoutes && !this.evictOne()) {
         limitHits.labels({ limit: 'routes' }).inc();

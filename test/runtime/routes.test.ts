@@ -137,3 +137,25 @@ describe('route table behind the server', () => {
     }
   });
 });
+
+describe('new-route budget', () => {
+  test('past NEW_ROUTE_RATE (bursts of 4 s worth) a new route is refused without a discovery, and the budget refills', async () => {
+    let clock = 0;
+    const registry = new TargetRegistry({ poolSize: 1, breakerThreshold: 5, breakerTimeoutMs: 1000 });
+    const g = gated(() => []);
+    g.release();
+    const t = new RouteTable(g.provider, registry, {
+      negativeCacheTtlMs: 10_000, maxRoutes: 1000, routeIdleTtlMs: 600_000, refreshMs: 30_000, newRoutesPerSecond: 2, now: () => clock,
+    });
+    for (let i = 0; i < 8; i++) await t.resolve(key(`junk${i}`));
+    expect(g.calls).toHaveLength(8);
+    expect(await t.resolve(key('junk8'))).toBeUndefined();
+    expect(g.calls).toHaveLength(8);
+    clock += 500; // one more token at 2 per second
+    await t.resolve(key('junk9'));
+    expect(g.calls).toHaveLength(9);
+    expect(await t.resolve(key('junk10'))).toBeUndefined();
+    expect(g.calls).toHaveLength(9);
+    registry.close();
+  });
+});
