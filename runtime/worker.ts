@@ -63,7 +63,9 @@ export async function start(config: Config, deps: { provider?: Provider; primary
 
   await new Promise<void>((resolve, reject) => {
     front.server.once('error', reject);
-    front.server.listen({ port: config.port, host: config.host }, () => {
+    // Node's default accept queue (511) overflows in connection bursts, and the kernel then retries
+    // after 1 s and 3 s: the benchmark saw 2-5 s p99 at 1,000 connections. nginx and HAProxy use 4096.
+    front.server.listen({ port: config.port, host: config.host, backlog: 4096 }, () => {
       front.server.off('error', reject);
       resolve();
     });
