@@ -13,8 +13,6 @@ import type { StatusSetter, Target } from './types';
 
 export const HEALTH_CHECK_USER_AGENT = 'karma-proxy-health-check';
 
-/** A new target is first checked within this long (or one period, if shorter), spread at random. */
-const FIRST_CHECK_SPREAD_MS = 1000;
 /** ±10% on every period, so targets added together do not stay in lock-step. */
 const PERIOD_JITTER = 0.1;
 
@@ -97,7 +95,10 @@ export class HealthChecker {
       }
       const fresh: Tracked = { target, verdict: undefined, streak: 0, timer: undefined, cancel: undefined, gone: false };
       this.tracked.set(id, fresh);
-      this.schedule(fresh, this.random() * Math.min(this.opts.periodMs, FIRST_CHECK_SPREAD_MS));
+      // A new target is checked at once: until its first check passes it gets no traffic (while the
+      // route has a healthy target), so jitter here would only delay a scale-out. Jitter keeps the
+      // periodic checks that follow apart.
+      this.schedule(fresh, 0);
     }
   }
 

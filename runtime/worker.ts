@@ -12,11 +12,18 @@ import { joinPrimary, PrimaryProvider, sendToPrimary } from './ipc';
 import { RouteTable } from './routes';
 import { createProxyServer } from './server';
 import { createTcpServer } from './tcp';
-import { POOL_ROUTE, Provider } from './types';
+import { POOL_ROUTE, Provider, Target } from './types';
 
 export interface Running {
   readonly port: number;
   stop(): Promise<void>;
+}
+
+async function firstVerdicts(registry: TargetRegistry, targets: readonly Target[], boundMs: number): Promise<void> {
+  const deadline = Date.now() + boundMs;
+  while (Date.now() < deadline && targets.some((t) => registry.get(t.id)?.healthy === undefined)) {
+    await new Promise((r) => setTimeout(r, 10));
+  }
 }
 
 /** Builds and starts everything one worker runs. Exported for in-process tests. */
@@ -46,7 +53,12 @@ export async function start(config: Config, deps: { provider?: Provider; primary
     routeIdleTtlMs: config.routeIdleTtlMs,
     refreshMs: config.nodeCheckPeriodMs,
   });
-  if (config.nodeFilter !== 'ecs') await routes.pin(POOL_ROUTE);
+  if (config.nodeFilter !== 'ecs') {
+    const pool = await routes.pin(POOL_ROUTE);
+    // Serve once every target of the pool has its first verdict (bounded by one check's timeout), so
+    // the first requests are not all sent to whichever target happened to be judged first.
+    if (config.healthCheckPath !== null) await firstVerdicts(registry, pool.targets, config.healthCheckTimeoutMs + 1000);
+  }
   routes.start();
 
   let port = 0;

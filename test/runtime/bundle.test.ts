@@ -253,3 +253,21 @@ describe('the bundle starts and stops cleanly', () => {
     expect(r.stderr).toContain('DOMAIN is required');
   });
 });
+
+describe('the bundle at start, with default health checks', () => {
+  test('serves round-robin over 3 backends exactly from its first request', async () => {
+    const backends = await Promise.all(['a', 'b', 'c'].map(startBackend));
+    const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: backends.map((b) => `127.0.0.1:${b.port}`).join(',') });
+    try {
+      const names: string[] = [];
+      for (let i = 0; i < 9; i++) names.push((await request(p.port)).body);
+      const counts = names.reduce<Record<string, number>>((m, n) => ((m[n] = (m[n] ?? 0) + 1), m), {});
+      expect(counts).toEqual({ a: 3, b: 3, c: 3 });
+      expect(new Set(names.slice(0, 3)).size).toBe(3);
+      expect(backends.every((b) => b.healthChecks >= 1)).toBe(true); // checked on /ping before serving
+    } finally {
+      await p.stop();
+      await Promise.all(backends.map((b) => b.close()));
+    }
+  });
+});
