@@ -56,7 +56,8 @@ export class Coordinator {
   private readonly fresh = new Map<string, Cached>();
   private readonly inflight = new Map<string, Promise<Target[]>>();
   private n = 0;
-  private readonly pendingMetrics = new Map<number, { left: number; json: unknown[]; done: () => void }>();
+  /** Gathers of /metrics under way: the workers still to answer each. */
+  private readonly pendingMetrics = new Map<number, { waiting: Set<number>; json: unknown[]; done: () => void }>();
 
   constructor(
     config: Config,
@@ -78,7 +79,7 @@ export class Coordinator {
     if (this.inUse.delete(worker.id)) this.syncHealth();
     for (const p of this.pendingMetrics.values()) {
       // A worker that died mid-gather must not hold /metrics up.
-      if (--p.left === 0) p.done();
+      if (p.waiting.delete(worker.id) && p.waiting.size === 0) p.done();
     }
   }
 
@@ -101,8 +102,8 @@ export class Coordinator {
       case 'metrics': {
         const p = this.pendingMetrics.get(m.n);
         if (p) {
-          p.json.push(m.json);
-          if (--p.left === 0) p.done();
+          if (p.waiting.delete(worker.id)) p.json.push(m.json);
+          if (p.waiting.size === 0) p.done();
         }
         break;
       }
@@ -167,7 +168,7 @@ export class Coordinator {
     if (live.length > 0) {
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, timeoutMs);
-        this.pendingMetrics.set(n, { left: live.length, json, done: () => (clearTimeout(timer), resolve()) });
+        this.pendingMetrics.set(n, { waiting: new Set(live.map((w) => w.id)), json, done: () => (clearTimeout(timer), resolve()) });
         for (const w of live) this.send(w, { t: 'metrics?', n });
       });
       this.pendingMetrics.delete(n);
