@@ -13,6 +13,7 @@ import * as http from 'node:http';
 import type { Duplex } from 'node:stream';
 import httpProxy from 'http-proxy';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
+import type { UpstreamRequest } from './upstream';
 import { failedConnections, limitHits, rejectedRequests, retriesTotal, successfulConnections, upstreamErrors } from './metrics';
 
 export interface ForwardOptions {
@@ -248,7 +249,7 @@ export class Forwarder {
             tried.delete(s);
             // Its idle siblings are likely just as dead (an idle timeout, a restart), and a target that closes
             // after every response leaves only dead ones: the next try opens a connection of its own.
-            for (const sock of s.agent.freeSockets[s.agent.getName({ host: s.target.host, port: s.target.port })] ?? []) sock.destroy();
+            s.pool.destroyIdle();
             await nextPoll();
             if (req.socket.destroyed || res.headersSent) {
               outcome.status = 499;
@@ -305,16 +306,8 @@ export class Forwarder {
       let responded = false;
       let connectTimer: NodeJS.Timeout | undefined;
       let queueTimer: NodeJS.Timeout | undefined;
-      let queue: http.ClientRequest[] | undefined;
-      const up = http.request({
-        host: target.host,
-        port: target.port,
-        method: req.method,
-        path: req.url,
-        headers: headers as unknown as http.OutgoingHttpHeaders,
-        agent: fresh ? false : s.agent,
-        setHost: false,
-      });
+      const ask = { method: req.method ?? 'GET', path: req.url ?? '/', headers, body };
+      const up: UpstreamRequest = fresh ? s.pool.fresh(ask) : s.pool.request(ask);
 
       const finish = (status: number | undefined, err?: UpstreamError): void => {
         if (settled) return;
@@ -322,10 +315,9 @@ export class Forwarder {
         if (connectTimer) clearTimeout(connectTimer);
         if (queueTimer) {
           clearTimeout(queueTimer);
-          // Still queued (given up, or the client left): the agent would keep it until a socket frees,
-          // which for a target whose sockets stay busy is never. Take it out.
-          const i = queue?.indexOf(up) ?? -1;
-          if (i >= 0) queue!.splice(i, 1);
+          // Still queued (given up, or the client left): take it out of the line, or it would wait until a
+          // socket frees, which for a target whose sockets stay busy is never.
+          up.destroy();
         }
         res.off('close', onClientClose);
         req.off('timeout', onClientStall);
@@ -393,23 +385,20 @@ export class Forwarder {
         if (connectTimer) clearTimeout(connectTimer);
         connectTimer = undefined;
         sent = true;
-        if (body) req.pipe(up);
+        if (body) req.pipe(up as unknown as NodeJS.WritableStream); // write/end/drain, as Readable.pipe uses them
         else up.end();
       };
 
-      // Every socket of the target busy (POOL_SIZE): the request waits in the agent's queue, which the
-      // agent fills synchronously. The wait is bounded like a silent target, and counted.
-      const waiting = s.agent.requests[s.agent.getName({ host: target.host, port: target.port })];
-      if (waiting !== undefined && waiting[waiting.length - 1] === up) {
+      // Every socket of the target busy (POOL_SIZE): the request waits in the pool's FIFO line, which the
+      // pool says synchronously. The wait is bounded like a silent target, and counted.
+      if (up.queued) {
         limitHits.labels({ limit: 'target_sockets' }).inc();
-        queue = waiting as http.ClientRequest[];
         queueTimer = setTimeout(() => fail('pool_full'), this.opts.upstreamTimeoutMs);
       }
 
       up.on('socket', (socket) => {
         if (queueTimer) clearTimeout(queueTimer);
         queueTimer = undefined;
-        queue = undefined;
         if (settled) return;
         if ((socket as unknown as { connecting: boolean }).connecting) {
           connectTimer = setTimeout(() => {
