@@ -1,10 +1,12 @@
 /**
  * Forwarding: a request and a chosen target in, the upstream's response (or a clean 5xx) out.
  *
- * Plain HTTP requests go through node:http directly rather than http-proxy: http-proxy pipes the
+ * Plain HTTP requests go through our own upstream client (upstream.ts: net sockets and node's llhttp
+ * parser, one keep-alive pool per target) rather than http-proxy or http.request: http-proxy pipes the
  * request body upstream the moment it is called, so when a connection is then refused the body is
- * gone and the request cannot be retried on another target. Here the body starts flowing only once
- * the upstream socket is connected. WebSocket upgrades use http-proxy's `ws` pass.
+ * gone and the request cannot be retried on another target, and node:http's client side was half a
+ * worker's CPU. Here the body starts flowing only once the upstream socket is connected. WebSocket
+ * upgrades use http-proxy's `ws` pass.
  *
  * Outcomes map to statuses as fastify-reply-from does: refused or reset is 502, a silent upstream
  * 504, no target 503 (with Retry-After). The cause is kept for the log and the metric.
