@@ -6,18 +6,18 @@
  * The balancer knows targets and their state, not where they came from (discovery) nor how health
  * is judged (the health checker calls setStatus).
  */
-import * as http from 'node:http';
 import { CircuitBreaker, breakerStateValue } from './breaker';
 import { breakerState, failOpenTotal, nodeHealthStatus, targetsPerRoute } from './metrics';
 import { sortTargets, type StatusSetter, type Target } from './types';
+import { UpstreamPool } from './upstream';
 
 export interface TargetState {
   readonly target: Target;
   /** true healthy, false unhealthy, undefined not checked yet (or active checks are off). */
   healthy: boolean | undefined;
   readonly breaker: CircuitBreaker;
-  /** Keep-alive agent: POOL_SIZE sockets at most to this target. */
-  readonly agent: http.Agent;
+  /** Keep-alive connections: POOL_SIZE sockets at most to this target, more requests wait in line. */
+  readonly pool: UpstreamPool;
   inflight: number;
   /** How many pools list this target; at 0 with nothing in flight it is forgotten (drained). */
   refs: number;
@@ -62,12 +62,12 @@ export class TargetRegistry implements StatusSetter {
           timeoutMs: this.opts.breakerTimeoutMs,
           onChange: (state) => breakerState.labels({ target: id }).set(breakerStateValue(state)),
         }),
-        agent: new http.Agent({
-          keepAlive: true,
+        pool: new UpstreamPool({
+          host: target.host,
+          port: target.port,
           maxSockets: this.opts.poolSize,
           maxFreeSockets: Math.min(this.opts.poolSize, 256),
-          timeout: this.opts.freeSocketTimeoutMs ?? 4000,
-          scheduling: 'lifo',
+          freeSocketTimeoutMs: this.opts.freeSocketTimeoutMs ?? 4000,
         }),
         inflight: 0,
         refs: 0,
@@ -94,7 +94,7 @@ export class TargetRegistry implements StatusSetter {
     if (s.refs > 0 || this.states.get(s.target.id) !== s) return;
     if (s.inflight > 0) return; // draining: in-flight requests finish, done() comes back here
     this.states.delete(s.target.id);
-    s.agent.destroy();
+    s.pool.destroy();
     breakerState.remove({ target: s.target.id });
     nodeHealthStatus.remove({ target: s.target.id });
     this.changed?.();
@@ -106,7 +106,7 @@ export class TargetRegistry implements StatusSetter {
   }
 
   close(): void {
-    for (const s of this.states.values()) s.agent.destroy();
+    for (const s of this.states.values()) s.pool.destroy();
     this.states.clear();
   }
 }

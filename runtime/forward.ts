@@ -1,10 +1,12 @@
 /**
  * Forwarding: a request and a chosen target in, the upstream's response (or a clean 5xx) out.
  *
- * Plain HTTP requests go through node:http directly rather than http-proxy: http-proxy pipes the
+ * Plain HTTP requests go through our own upstream client (upstream.ts: net sockets and node's llhttp
+ * parser, one keep-alive pool per target) rather than http-proxy or http.request: http-proxy pipes the
  * request body upstream the moment it is called, so when a connection is then refused the body is
- * gone and the request cannot be retried on another target. Here the body starts flowing only once
- * the upstream socket is connected. WebSocket upgrades use http-proxy's `ws` pass.
+ * gone and the request cannot be retried on another target, and node:http's client side was half a
+ * worker's CPU. Here the body starts flowing only once the upstream socket is connected. WebSocket
+ * upgrades use http-proxy's `ws` pass.
  *
  * Outcomes map to statuses as fastify-reply-from does: refused or reset is 502, a silent upstream
  * 504, no target 503 (with Retry-After). The cause is kept for the log and the metric.
@@ -13,6 +15,7 @@ import * as http from 'node:http';
 import type { Duplex } from 'node:stream';
 import httpProxy from 'http-proxy';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
+import type { UpstreamRequest } from './upstream';
 import { failedConnections, limitHits, rejectedRequests, retriesTotal, successfulConnections, upstreamErrors } from './metrics';
 
 export interface ForwardOptions {
@@ -248,7 +251,7 @@ export class Forwarder {
             tried.delete(s);
             // Its idle siblings are likely just as dead (an idle timeout, a restart), and a target that closes
             // after every response leaves only dead ones: the next try opens a connection of its own.
-            for (const sock of s.agent.freeSockets[s.agent.getName({ host: s.target.host, port: s.target.port })] ?? []) sock.destroy();
+            s.pool.destroyIdle();
             await nextPoll();
             if (req.socket.destroyed || res.headersSent) {
               outcome.status = 499;
@@ -305,16 +308,8 @@ export class Forwarder {
       let responded = false;
       let connectTimer: NodeJS.Timeout | undefined;
       let queueTimer: NodeJS.Timeout | undefined;
-      let queue: http.ClientRequest[] | undefined;
-      const up = http.request({
-        host: target.host,
-        port: target.port,
-        method: req.method,
-        path: req.url,
-        headers: headers as unknown as http.OutgoingHttpHeaders,
-        agent: fresh ? false : s.agent,
-        setHost: false,
-      });
+      const ask = { method: req.method ?? 'GET', path: req.url ?? '/', headers, body };
+      const up: UpstreamRequest = fresh ? s.pool.fresh(ask) : s.pool.request(ask);
 
       const finish = (status: number | undefined, err?: UpstreamError): void => {
         if (settled) return;
@@ -322,10 +317,9 @@ export class Forwarder {
         if (connectTimer) clearTimeout(connectTimer);
         if (queueTimer) {
           clearTimeout(queueTimer);
-          // Still queued (given up, or the client left): the agent would keep it until a socket frees,
-          // which for a target whose sockets stay busy is never. Take it out.
-          const i = queue?.indexOf(up) ?? -1;
-          if (i >= 0) queue!.splice(i, 1);
+          // Still queued (given up, or the client left): take it out of the line, or it would wait until a
+          // socket frees, which for a target whose sockets stay busy is never.
+          up.destroy();
         }
         res.off('close', onClientClose);
         req.off('timeout', onClientStall);
@@ -393,23 +387,20 @@ export class Forwarder {
         if (connectTimer) clearTimeout(connectTimer);
         connectTimer = undefined;
         sent = true;
-        if (body) req.pipe(up);
+        if (body) req.pipe(up as unknown as NodeJS.WritableStream); // write/end/drain, as Readable.pipe uses them
         else up.end();
       };
 
-      // Every socket of the target busy (POOL_SIZE): the request waits in the agent's queue, which the
-      // agent fills synchronously. The wait is bounded like a silent target, and counted.
-      const waiting = s.agent.requests[s.agent.getName({ host: target.host, port: target.port })];
-      if (waiting !== undefined && waiting[waiting.length - 1] === up) {
+      // Every socket of the target busy (POOL_SIZE): the request waits in the pool's FIFO line, which the
+      // pool says synchronously. The wait is bounded like a silent target, and counted.
+      if (up.queued) {
         limitHits.labels({ limit: 'target_sockets' }).inc();
-        queue = waiting as http.ClientRequest[];
         queueTimer = setTimeout(() => fail('pool_full'), this.opts.upstreamTimeoutMs);
       }
 
       up.on('socket', (socket) => {
         if (queueTimer) clearTimeout(queueTimer);
         queueTimer = undefined;
-        queue = undefined;
         if (settled) return;
         if ((socket as unknown as { connecting: boolean }).connecting) {
           connectTimer = setTimeout(() => {

@@ -1,0 +1,504 @@
+/**
+ * The upstream side of forwarding: a lean keep-alive HTTP/1.1 client, one UpstreamPool per target.
+ *
+ * Why not http.request + http.Agent: under small-GET load ClientRequest, Agent.addRequest and the
+ * response IncomingMessage stream were about half of a worker's CPU (test/bench/README-bench.md). Here a
+ * connection is a net.Socket and one reused llhttp parser (the binding node:http itself uses, reached
+ * through `_http_common`); the request head goes out as one string; the response body goes straight into
+ * the client's ServerResponse with backpressure.
+ *
+ * UpstreamRequest is shaped like the part of ClientRequest that forward.ts uses ('socket', 'response',
+ * 'error', setTimeout, reusedSocket, writableNeedDrain, write/end as a pipe destination, destroy), so the
+ * forwarder's retry, breaker and timeout logic is unchanged.
+ *
+ * Handles: Content-Length, chunked and close-delimited responses; HEAD, 204 and 304 without a body; 1xx
+ * informational responses skipped until the final one (101 to a plain request is a bad response);
+ * `Connection: close` and HTTP/1.0 answers (socket not reused); a response that ends before the request
+ * body did (socket not reused); request bodies with Content-Length or, when the client sent chunked,
+ * re-chunked; raw header names and repeated headers as sent; POOL_SIZE sockets per target with a FIFO
+ * queue; idle sockets closed after the free-socket timeout, most recently used first.
+ * Does not handle: Upgrade (forward.ts `ws` stays on http-proxy), trailers (dropped, as hop-by-hop),
+ * pipelining, TLS to targets.
+ */
+import { EventEmitter } from 'node:events';
+import * as net from 'node:net';
+
+interface Parser {
+  initialize(type: number, resource: object, maxHeaderSize: number, lenient: number): void;
+  execute(data: Buffer): number | Error | undefined;
+  finish(): number | Error | undefined;
+  close(): void;
+  [k: number]: unknown;
+}
+interface ParserClass {
+  new (): Parser;
+  readonly RESPONSE: number;
+  readonly kOnHeaders: number;
+  readonly kOnHeadersComplete: number;
+  readonly kOnBody: number;
+  readonly kOnMessageComplete: number;
+}
+
+// node:http's own llhttp binding (Node 20 and 22 export it from `_http_common`; esbuild keeps the require).
+// eslint-disable-next-line @typescript-eslint/no-var-requires
+const { HTTPParser } = require('_http_common') as { HTTPParser: ParserClass };
+if (typeof HTTPParser !== 'function' || typeof HTTPParser.kOnHeadersComplete !== 'number') {
+  throw new Error(`this Node (${process.version}) has no usable HTTPParser in _http_common`);
+}
+const kOnHeaders = HTTPParser.kOnHeaders | 0;
+const kOnHeadersComplete = HTTPParser.kOnHeadersComplete | 0;
+const kOnBody = HTTPParser.kOnBody | 0;
+const kOnMessageComplete = HTTPParser.kOnMessageComplete | 0;
+
+export interface UpstreamPoolOptions {
+  readonly host: string;
+  readonly port: number;
+  /** POOL_SIZE: sockets open at most (busy or idle); more requests wait in FIFO order. */
+  readonly maxSockets: number;
+  /** Idle sockets kept at most. */
+  readonly maxFreeSockets: number;
+  /** An idle socket is closed after this long, before a typical target would close it. */
+  readonly freeSocketTimeoutMs: number;
+}
+
+export interface UpstreamRequestOptions {
+  method: string;
+  path: string;
+  /** Flat [name, value, …], names as the client spelled them; hop-by-hop headers already removed. */
+  headers: string[];
+  /** The request has a body: it goes out with the client's Content-Length, or chunked without one. */
+  body: boolean;
+}
+
+function badResponse(code: string, message: string): NodeJS.ErrnoException {
+  return Object.assign(new Error(message), { code });
+}
+
+class Conn {
+  readonly socket: net.Socket;
+  current: UpstreamRequest | undefined;
+  private pendingHeaders: string[] = [];
+  /** Served a request already: a failure before the answer may be a keep-alive race. */
+  reused = false;
+  /** The exchange under way is a 1xx: its end is not the end of the response. */
+  private informational = false;
+  /** The target switched protocols (or answered unasked): the socket is no HTTP any more. */
+  private upgraded = false;
+
+  constructor(
+    readonly pool: UpstreamPool | undefined,
+    host: string,
+    port: number,
+  ) {
+    this.socket = net.connect({ host, port, noDelay: true });
+    const parser = new HTTPParser();
+    parser.initialize(HTTPParser.RESPONSE, {}, 0, 0);
+    // Over 32 header lines llhttp hands them over in parts before headers-complete.
+    parser[kOnHeaders] = (h: string[]) => {
+      for (const x of h) this.pendingHeaders.push(x);
+    };
+    parser[kOnHeadersComplete] = (
+      _maj: number,
+      _min: number,
+      headers: string[] | undefined,
+      _method: unknown,
+      _url: unknown,
+      status: number,
+      message: string,
+      upgrade: boolean,
+      keepAlive: boolean,
+    ): number => {
+      let raw = headers ?? [];
+      if (this.pendingHeaders.length > 0) {
+        raw = this.pendingHeaders.concat(raw);
+        this.pendingHeaders = [];
+      }
+      const x = this.current;
+      if (!x || upgrade) {
+        // An answer nobody asked for, or a protocol switch nobody asked for: the socket is dropped.
+        this.upgraded = true;
+        return 1;
+      }
+      if (status >= 100 && status < 200) {
+        // 101 to a request that asked for no upgrade is not HTTP any more: a bad response. (llhttp errors
+        // are not reported once it has seen an upgrade, so this is flagged and checked after execute.)
+        if (status === 101) {
+          this.upgraded = true;
+          return 1;
+        }
+        this.informational = true;
+        return 1; // no body; the final response follows on the same socket
+      }
+      this.informational = false;
+      x.keepAlive = keepAlive;
+      x.respond(status, message, raw);
+      return x.method === 'HEAD' ? 1 : 0;
+    };
+    parser[kOnBody] = (b: Buffer) => this.current?.res?.body(b);
+    parser[kOnMessageComplete] = () => {
+      if (this.informational) {
+        this.informational = false;
+        return;
+      }
+      if (this.upgraded) return; // failed after execute returns
+      const x = this.current;
+      if (!x) return;
+      this.current = undefined;
+      x.complete();
+      // Reused only when both sides of the exchange are over: a target that answered before the request
+      // body was all sent leaves the socket mid-request.
+      if (x.keepAlive && x.ended && this.pool && !this.socket.destroyed) this.pool.release(this);
+      else this.socket.destroy();
+    };
+    this.socket.on('data', (d: Buffer) => {
+      let r: number | Error | undefined;
+      try {
+        r = parser.execute(d);
+      } catch (e) {
+        r = e as Error;
+      }
+      // execute() returns bytes parsed, or an Error of node's own realm (not `instanceof` ours under a vm).
+      if (this.upgraded && typeof r !== 'object') r = badResponse('HPE_UNEXPECTED_UPGRADE', 'an upgrade or an answer nobody asked for');
+      if (typeof r === 'object' && r !== null) {
+        const code = (r as NodeJS.ErrnoException).code;
+        this.socket.destroy(badResponse(code?.startsWith('HPE_') ? code : 'HPE_INTERNAL', `bad upstream response: ${r.message}`));
+      }
+    });
+    // The target closed its side: a close-delimited body ends here. Anything else under way is cut short,
+    // and said at once (as node:http does), not when our own FIN is out: a request waiting to send on a
+    // keep-alive socket must learn it is stale before it sends what cannot be replayed.
+    this.socket.on('end', () => {
+      parser.finish();
+      if (this.current) this.socket.destroy(badResponse('ECONNRESET', 'socket hang up'));
+    });
+    this.socket.on('timeout', () => {
+      if (this.current) this.current.emit('timeout');
+      else this.socket.destroy();
+    });
+    this.socket.on('error', (err: NodeJS.ErrnoException) => this.current?.socketError(err));
+    this.socket.on('close', () => {
+      const x = this.current;
+      this.current = undefined;
+      // The parser may be on the stack (close inside a callback): free it on a later turn.
+      setImmediate(() => parser.close());
+      this.pool?.forget(this);
+      x?.socketClosed();
+    });
+  }
+
+  /** Hands the socket to `x`. */
+  attach(x: UpstreamRequest): void {
+    this.current = x;
+    this.informational = false;
+  }
+}
+
+/** The keep-alive connections of one target: POOL_SIZE at most, idle ones reused most recent first. */
+export class UpstreamPool {
+  private readonly idle: Conn[] = [];
+  private readonly all = new Set<Conn>();
+  private readonly waiting: UpstreamRequest[] = [];
+  private closed = false;
+
+  constructor(private readonly opts: UpstreamPoolOptions) {}
+
+  /**
+   * A request to the target. It gets an idle socket, a new one, or (every socket busy) waits in line:
+   * `queued` says which, synchronously, for the forwarder's pool_full timer.
+   */
+  request(opts: UpstreamRequestOptions): UpstreamRequest {
+    const x = new UpstreamRequest(opts, this, true);
+    this.dispatch(x);
+    return x;
+  }
+
+  /** A one-off connection outside the pool (after a stale keep-alive one), closed after its response. */
+  fresh(opts: UpstreamRequestOptions): UpstreamRequest {
+    const x = new UpstreamRequest(opts, undefined, false);
+    x.assign(new Conn(undefined, this.opts.host, this.opts.port));
+    return x;
+  }
+
+  /** Requests waiting for a socket. */
+  get queued(): number {
+    return this.waiting.length;
+  }
+
+  /** Sockets open (busy or idle). */
+  get sockets(): number {
+    return this.all.size;
+  }
+
+  private dispatch(x: UpstreamRequest): void {
+    for (let c = this.idle.pop(); c; c = this.idle.pop()) {
+      if (c.socket.destroyed || !c.socket.readable) continue; // closed, or the target's FIN already read
+      c.socket.setTimeout(0);
+      return x.assign(c);
+    }
+    if (!this.closed && this.all.size < this.opts.maxSockets) return x.assign(this.open());
+    x.queued = true;
+    this.waiting.push(x);
+  }
+
+  private open(): Conn {
+    const c = new Conn(this, this.opts.host, this.opts.port);
+    this.all.add(c);
+    return c;
+  }
+
+  /** A socket whose exchange ended cleanly: to the next in line, else idle. */
+  release(c: Conn): void {
+    c.reused = true;
+    if (this.closed) {
+      c.socket.destroy();
+      return;
+    }
+    const next = this.waiting.shift();
+    if (next) return next.assign(c);
+    if (this.idle.length >= this.opts.maxFreeSockets) {
+      c.socket.destroy();
+      return;
+    }
+    c.socket.setTimeout(this.opts.freeSocketTimeoutMs);
+    this.idle.push(c);
+  }
+
+  /** A socket closed: its place goes to the next in line, on a new connection. */
+  forget(c: Conn): void {
+    if (!this.all.delete(c)) return;
+    const i = this.idle.indexOf(c);
+    if (i !== -1) this.idle.splice(i, 1);
+    if (!this.closed && this.waiting.length > 0 && this.all.size < this.opts.maxSockets) this.waiting.shift()!.assign(this.open());
+  }
+
+  /** Takes a request that gave up out of the line. */
+  withdraw(x: UpstreamRequest): void {
+    const i = this.waiting.indexOf(x);
+    if (i !== -1) this.waiting.splice(i, 1);
+  }
+
+  /** Closes the idle sockets (after one turned out to be closed by the target, its siblings likely are too). */
+  destroyIdle(): void {
+    for (const c of this.idle.splice(0)) c.socket.destroy();
+  }
+
+  /** Closes every socket; later requests are refused a socket and wait (none should come). */
+  destroy(): void {
+    this.closed = true;
+    for (const c of [...this.all]) c.socket.destroy();
+    this.idle.length = 0;
+  }
+}
+
+/** The response as forward.ts reads it: status, raw headers, `headers.connection`, pipe(res), 'aborted'. */
+export class UpstreamResponse extends EventEmitter {
+  readonly headers: { connection?: string } = {};
+  private sink: NodeJS.WritableStream | undefined;
+  private paused = false;
+
+  constructor(
+    private readonly socket: net.Socket,
+    readonly statusCode: number,
+    readonly statusMessage: string,
+    readonly rawHeaders: string[],
+  ) {
+    super();
+    for (let i = 0; i < rawHeaders.length; i += 2) {
+      const n = rawHeaders[i];
+      if (n.length === 10 && n.toLowerCase() === 'connection') {
+        this.headers.connection = this.headers.connection === undefined ? rawHeaders[i + 1] : `${this.headers.connection}, ${rawHeaders[i + 1]}`;
+      }
+    }
+  }
+
+  pipe<T extends NodeJS.WritableStream>(res: T): T {
+    this.sink = res;
+    return res;
+  }
+
+  private readonly resume = (): void => {
+    this.paused = false;
+    this.socket.resume();
+  };
+
+  body(b: Buffer): void {
+    const res = this.sink;
+    if (!res) return;
+    // The client is slower than the target: stop reading the target until the client drains.
+    if (!res.write(b) && !this.paused) {
+      this.paused = true;
+      this.socket.pause();
+      res.once('drain', this.resume);
+    }
+  }
+
+  end(): void {
+    if (this.paused) {
+      // The body is complete and buffered in the response: the socket may serve the next exchange now,
+      // and a finished response may never say 'drain'.
+      this.sink?.removeListener('drain', this.resume);
+      this.resume();
+    }
+    this.sink?.end();
+  }
+}
+
+/** One request on one upstream socket, shaped like the part of http.ClientRequest forward.ts uses. */
+export class UpstreamRequest extends EventEmitter {
+  readonly method: string;
+  keepAlive = false;
+  destroyed = false;
+  /** The socket served an earlier request (a failure before the answer may be a keep-alive race). */
+  reusedSocket = false;
+  /** Waited for a socket (every one of the target's was busy). */
+  queued = false;
+  writableNeedDrain = false;
+  /** For Readable.pipe: this takes writes until end(). */
+  get writable(): boolean {
+    return !this.ended && !this.destroyed;
+  }
+  /** end() was called: the whole request is written. */
+  ended = false;
+  res: UpstreamResponse | undefined;
+  private conn: Conn | undefined;
+  private headSent = false;
+  private chunked = false;
+  private timeoutMs = 0;
+  private errored = false;
+  private readonly head: string;
+
+  constructor(
+    opts: UpstreamRequestOptions,
+    private readonly pool: UpstreamPool | undefined,
+    keepAlive: boolean,
+  ) {
+    super();
+    this.method = opts.method;
+    const h = opts.headers;
+    let head = `${opts.method} ${opts.path} HTTP/1.1\r\n`;
+    let length = false;
+    for (let i = 0; i < h.length; i += 2) {
+      head += `${h[i]}: ${h[i + 1]}\r\n`;
+      if (h[i].length === 14 && h[i].toLowerCase() === 'content-length') length = true;
+    }
+    if (!keepAlive) head += 'Connection: close\r\n';
+    // forward.ts drops Transfer-Encoding (hop-by-hop): a body of unknown length goes out chunked.
+    if (opts.body && !length) {
+      this.chunked = true;
+      head += 'Transfer-Encoding: chunked\r\n';
+    }
+    this.head = head + '\r\n';
+  }
+
+  assign(c: Conn): void {
+    if (this.destroyed) {
+      // Gave up while in line: the socket goes to the next one.
+      if (c.pool) c.pool.release(c);
+      else c.socket.destroy();
+      return;
+    }
+    this.conn = c;
+    c.attach(this);
+    this.reusedSocket = c.reused;
+    if (this.timeoutMs) c.socket.setTimeout(this.timeoutMs);
+    // Listeners are added after the request is made, as with http.request.
+    process.nextTick(() => {
+      if (!this.destroyed && this.conn === c) this.emit('socket', c.socket);
+    });
+  }
+
+  setTimeout(ms: number, cb?: () => void): this {
+    this.timeoutMs = ms;
+    if (cb) this.on('timeout', cb);
+    this.conn?.socket.setTimeout(ms);
+    return this;
+  }
+
+  private sendHead(): net.Socket | undefined {
+    const c = this.conn;
+    if (!c || this.destroyed) return undefined;
+    if (!this.headSent) {
+      this.headSent = true;
+      c.socket.write(this.head, 'latin1');
+    }
+    return c.socket;
+  }
+
+  /** A body chunk (from req.pipe). Data for a request already given up is dropped. */
+  write(chunk: Buffer | string): boolean {
+    const s = this.sendHead();
+    if (!s) return true;
+    const len = typeof chunk === 'string' ? Buffer.byteLength(chunk) : chunk.length;
+    if (len === 0) return true; // a zero-length chunk would end a chunked body
+    let ok: boolean;
+    if (this.chunked) {
+      s.cork();
+      s.write(`${len.toString(16)}\r\n`, 'latin1');
+      s.write(chunk);
+      ok = s.write('\r\n', 'latin1');
+      s.uncork();
+    } else ok = s.write(chunk);
+    if (!ok && !this.writableNeedDrain) {
+      this.writableNeedDrain = true;
+      s.once('drain', () => {
+        this.writableNeedDrain = false;
+        this.emit('drain');
+      });
+    }
+    return ok;
+  }
+
+  end(chunk?: Buffer | string): this {
+    if (this.ended) return this;
+    if (chunk) this.write(chunk);
+    this.ended = true;
+    const s = this.sendHead();
+    if (s && this.chunked) s.write('0\r\n\r\n', 'latin1');
+    this.emit('finish');
+    return this;
+  }
+
+  respond(status: number, message: string, raw: string[]): void {
+    this.res = new UpstreamResponse(this.conn!.socket, status, message, raw);
+    this.emit('response', this.res);
+  }
+
+  complete(): void {
+    this.conn?.socket.setTimeout(0);
+    const res = this.res;
+    this.conn = undefined;
+    res?.end();
+  }
+
+  socketError(err: NodeJS.ErrnoException): void {
+    if (this.errored) return;
+    this.errored = true;
+    if (this.res) this.res.emit('aborted');
+    else if (!this.destroyed) this.emit('error', err);
+  }
+
+  socketClosed(): void {
+    if (this.errored) return;
+    this.errored = true;
+    if (this.res) this.res.emit('aborted');
+    else if (!this.destroyed) this.emit('error', Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' }));
+  }
+
+  destroy(err?: Error): this {
+    if (this.destroyed) return this;
+    this.destroyed = true;
+    this.pool?.withdraw(this);
+    const c = this.conn;
+    this.conn = undefined;
+    if (c && c.current === this) {
+      c.current = undefined;
+      c.socket.destroy();
+    }
+    if (err && !this.errored) {
+      this.errored = true;
+      process.nextTick(() => this.emit('error', err));
+    }
+    this.emit('close');
+    return this;
+  }
+}

@@ -1,0 +1,287 @@
+import * as http from 'node:http';
+import * as net from 'node:net';
+import { Readable, Writable } from 'node:stream';
+import type { AddressInfo } from 'node:net';
+import { UpstreamPool, type UpstreamRequest, type UpstreamRequestOptions } from '../../runtime/upstream';
+
+interface Got {
+  status: number;
+  message: string;
+  raw: string[];
+  body: string;
+  reused: boolean;
+  queued: boolean;
+}
+
+function sink(chunks: Buffer[]): Writable {
+  return new Writable({
+    write(c: Buffer, _e, cb) {
+      chunks.push(c);
+      cb();
+    },
+  });
+}
+
+/** Sends one request and collects the whole answer. */
+function send(up: UpstreamRequest, body?: Readable | string): Promise<Got> {
+  return new Promise((resolve, reject) => {
+    up.setTimeout(3000, () => up.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })));
+    up.on('error', reject);
+    up.on('socket', () => {
+      if (body instanceof Readable) body.pipe(up as unknown as NodeJS.WritableStream);
+      else up.end(body);
+    });
+    up.on('response', (res) => {
+      const chunks: Buffer[] = [];
+      const w = sink(chunks);
+      res.on('aborted', () => reject(new Error('aborted')));
+      res.pipe(w);
+      w.on('finish', () =>
+        resolve({ status: res.statusCode, message: res.statusMessage, raw: res.rawHeaders, body: Buffer.concat(chunks).toString(), reused: up.reusedSocket, queued: up.queued }),
+      );
+    });
+  });
+}
+
+const servers: net.Server[] = [];
+const pools: UpstreamPool[] = [];
+afterEach(async () => {
+  for (const p of pools.splice(0)) p.destroy();
+  await Promise.all(servers.splice(0).map((s) => new Promise((r) => s.close(r))));
+});
+
+async function listen(s: net.Server): Promise<number> {
+  servers.push(s);
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  if (s instanceof http.Server) s.keepAliveTimeout = 10_000;
+  return (s.address() as AddressInfo).port;
+}
+
+/** A server writing `answer` (raw bytes) for each request head it reads; `end` closes after it. */
+async function rawServer(answer: (head: string) => string, end = false): Promise<number> {
+  const s = net.createServer((sock) => {
+    let buf = '';
+    sock.on('data', (d) => {
+      buf += d.toString('latin1');
+      let i: number;
+      while ((i = buf.indexOf('\r\n\r\n')) !== -1) {
+        const head = buf.slice(0, i);
+        buf = buf.slice(i + 4);
+        sock.write(answer(head));
+        if (end) sock.end();
+      }
+    });
+    sock.on('error', () => undefined);
+  });
+  return listen(s);
+}
+
+function pool(port: number, maxSockets = 10, freeSocketTimeoutMs = 4000): UpstreamPool {
+  const p = new UpstreamPool({ host: '127.0.0.1', port, maxSockets, maxFreeSockets: maxSockets, freeSocketTimeoutMs });
+  pools.push(p);
+  return p;
+}
+
+const get = (path = '/', method = 'GET', headers: string[] = ['Host', 'x']): UpstreamRequestOptions => ({ method, path, headers, body: false });
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe('upstream client', () => {
+  test('Content-Length answers on one keep-alive socket, reused', async () => {
+    const port = await listen(http.createServer((req, res) => res.end(`hi ${req.url}`)));
+    const p = pool(port);
+    const a = await send(p.request(get('/a')));
+    const b = await send(p.request(get('/b')));
+    expect([a.status, a.body, a.reused]).toEqual([200, 'hi /a', false]);
+    expect([b.status, b.body, b.reused]).toEqual([200, 'hi /b', true]);
+    expect(p.sockets).toBe(1);
+  });
+
+  test('chunked answers, then the socket serves the next request', async () => {
+    const port = await listen(
+      http.createServer((_req, res) => {
+        res.write('one,');
+        setTimeout(() => res.end('two'), 5);
+      }),
+    );
+    const p = pool(port);
+    expect((await send(p.request(get()))).body).toBe('one,two');
+    expect(await send(p.request(get()))).toMatchObject({ body: 'one,two', reused: true });
+  });
+
+  test('a close-delimited answer ends when the target closes, and its socket is not kept', async () => {
+    const port = await rawServer(() => 'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end', true);
+    const p = pool(port);
+    expect(await send(p.request(get()))).toMatchObject({ status: 200, body: 'until the end' });
+    await sleep(20);
+    expect(p.sockets).toBe(0);
+  });
+
+  test('HEAD has no body despite Content-Length; 204 and 304 none either; the socket stays usable', async () => {
+    const port = await listen(
+      http.createServer((req, res) => {
+        if (req.url === '/204') res.writeHead(204).end();
+        else if (req.url === '/304') res.writeHead(304, { ETag: '"x"' }).end();
+        else res.writeHead(200, { 'Content-Length': '5' }).end(req.method === 'HEAD' ? undefined : 'hello');
+      }),
+    );
+    const p = pool(port);
+    expect(await send(p.request(get('/', 'HEAD')))).toMatchObject({ status: 200, body: '' });
+    expect(await send(p.request(get('/204')))).toMatchObject({ status: 204, body: '', reused: true });
+    expect(await send(p.request(get('/304')))).toMatchObject({ status: 304, body: '', reused: true });
+    expect(await send(p.request(get('/')))).toMatchObject({ status: 200, body: 'hello', reused: true });
+    expect(p.sockets).toBe(1);
+  });
+
+  test('1xx informational answers are skipped until the final one', async () => {
+    const port = await rawServer(
+      () => 'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok',
+    );
+    const p = pool(port);
+    const a = await send(p.request(get()));
+    expect([a.status, a.message, a.raw, a.body]).toEqual([201, 'Created', ['Content-Length', '2'], 'ok']);
+    expect(await send(p.request(get()))).toMatchObject({ status: 201, reused: true });
+  });
+
+  test('repeated headers and header-name case come through as sent', async () => {
+    const port = await rawServer(() => 'HTTP/1.1 200 Fine\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\nX-MiXeD-Case: v\r\nContent-Length: 0\r\n\r\n');
+    const a = await send(pool(port).request(get()));
+    expect(a.raw).toEqual(['Set-Cookie', 'a=1', 'set-cookie', 'b=2', 'X-MiXeD-Case', 'v', 'Content-Length', '0']);
+    expect(a.message).toBe('Fine');
+  });
+
+  test('more than 32 header lines are all kept', async () => {
+    const lines = Array.from({ length: 50 }, (_, i) => `X-H${i}: ${i}\r\n`).join('');
+    const port = await rawServer(() => `HTTP/1.1 200 OK\r\n${lines}Content-Length: 0\r\n\r\n`);
+    const a = await send(pool(port).request(get()));
+    expect(a.raw.length).toBe(102);
+    expect(a.raw.slice(98)).toEqual(['X-H49', '49', 'Content-Length', '0']);
+  });
+
+  test('Connection: close from the target: the socket is not reused', async () => {
+    const port = await listen(http.createServer((_req, res) => res.writeHead(200, { Connection: 'close' }).end('x')));
+    const p = pool(port);
+    await send(p.request(get()));
+    expect(await send(p.request(get()))).toMatchObject({ reused: false });
+  });
+
+  test('a socket the target closed while idle is not handed out again', async () => {
+    const port = await listen(
+      http.createServer((req, res) => {
+        res.end('x', () => req.socket.destroy());
+      }),
+    );
+    const p = pool(port);
+    await send(p.request(get()));
+    await sleep(30);
+    expect(p.sockets).toBe(0);
+    expect(await send(p.request(get()))).toMatchObject({ body: 'x', reused: false });
+  });
+
+  test('idle sockets close after the free-socket timeout', async () => {
+    const port = await listen(http.createServer((_req, res) => res.end('x')));
+    const p = pool(port, 10, 100);
+    await send(p.request(get()));
+    expect(p.sockets).toBe(1);
+    await sleep(300);
+    expect(p.sockets).toBe(0);
+  });
+
+  test('request bodies: Content-Length as sent, chunked when the client had no length, large ones with backpressure', async () => {
+    const seen: { te?: string; cl?: string; len: number }[] = [];
+    const port = await listen(
+      http.createServer((req, res) => {
+        let len = 0;
+        req.on('data', (d: Buffer) => (len += d.length));
+        req.on('end', () => {
+          seen.push({ te: req.headers['transfer-encoding'], cl: req.headers['content-length'], len });
+          res.end(String(len));
+        });
+      }),
+    );
+    const p = pool(port);
+    const withLength = await send(p.request({ method: 'POST', path: '/', headers: ['Host', 'x', 'Content-Length', '5'], body: true }), Readable.from([Buffer.from('hello')]));
+    expect(withLength.body).toBe('5');
+    const big = Buffer.alloc(4 * 1024 * 1024, 'a');
+    const parts = Array.from({ length: 64 }, (_, i) => big.subarray(i * 65536, (i + 1) * 65536));
+    const chunked = await send(p.request({ method: 'PUT', path: '/', headers: ['Host', 'x'], body: true }), Readable.from([Buffer.alloc(0), ...parts]));
+    expect(chunked.body).toBe(String(big.length));
+    expect(seen).toEqual([
+      { te: undefined, cl: '5', len: 5 },
+      { te: 'chunked', cl: undefined, len: big.length },
+    ]);
+    expect(chunked.reused).toBe(true);
+  });
+
+  test('POOL_SIZE sockets at most; the others wait in FIFO order and get the freed sockets', async () => {
+    const held: http.ServerResponse[] = [];
+    const port = await listen(http.createServer((_req, res) => held.push(res)));
+    const p = pool(port, 2);
+    const order: string[] = [];
+    const reqs = ['a', 'b', 'c', 'd'].map((id) => {
+      const up = p.request(get(`/${id}`));
+      return { id, up, done: send(up).then((g) => (order.push(id), g)) };
+    });
+    expect(reqs.map((r) => r.up.queued)).toEqual([false, false, true, true]);
+    expect(p.queued).toBe(2);
+    const release = async () => {
+      while (held.length === 0) await sleep(5);
+      held.shift()!.end('x');
+    };
+    for (let i = 0; i < 4; i++) await release();
+    const got = await Promise.all(reqs.map((r) => r.done));
+    expect(order).toEqual(['a', 'b', 'c', 'd']);
+    expect(got.map((g) => g.reused)).toEqual([false, false, true, true]);
+    expect(p.sockets).toBe(2);
+  });
+
+  test('a request that gives up while in line leaves it', async () => {
+    const held: http.ServerResponse[] = [];
+    const port = await listen(http.createServer((_req, res) => held.push(res)));
+    const p = pool(port, 1);
+    const first = send(p.request(get('/1')));
+    const waiting = p.request(get('/2'));
+    expect(waiting.queued).toBe(true);
+    waiting.destroy();
+    expect(p.queued).toBe(0);
+    while (held.length === 0) await sleep(5);
+    held[0].end('x');
+    expect((await first).body).toBe('x');
+  });
+
+  test('a socket closed while others wait: the next in line gets a new connection', async () => {
+    const port = await listen(http.createServer((req, res) => (req.url === '/die' ? req.socket.destroy() : res.end('ok'))));
+    const p = pool(port, 1);
+    const dying = send(p.request(get('/die'))).catch((e: NodeJS.ErrnoException) => e.code);
+    const next = p.request(get('/next'));
+    expect(next.queued).toBe(true);
+    expect(await dying).toBe('ECONNRESET');
+    expect(await send(next)).toMatchObject({ body: 'ok', reused: false });
+  });
+
+  test('garbage is an error with an llhttp code', async () => {
+    const garbage = await rawServer(() => 'THIS IS NOT HTTP\r\n\r\n');
+    await expect(send(pool(garbage).request(get()))).rejects.toMatchObject({ code: expect.stringMatching(/^HPE_/) });
+  });
+
+  test('a 101 to a plain request is an error with an llhttp code', async () => {
+    const upgrade = await rawServer(() => 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n');
+    await expect(send(pool(upgrade).request(get()))).rejects.toMatchObject({ code: expect.stringMatching(/^HPE_/) });
+  });
+
+  test('a one-off connection says Connection: close and is not pooled', async () => {
+    let conn: string | undefined;
+    const port = await listen(http.createServer((req, res) => ((conn = req.headers.connection), res.end('x'))));
+    const p = pool(port);
+    expect(await send(p.fresh(get()))).toMatchObject({ body: 'x' });
+    expect(conn).toBe('close');
+    expect(p.sockets).toBe(0);
+  });
+
+  test('refused connections are errors with the socket code', async () => {
+    const s = net.createServer();
+    const port = await listen(s);
+    await new Promise((r) => s.close(r));
+    servers.length = 0;
+    await expect(send(pool(port).request(get()))).rejects.toMatchObject({ code: 'ECONNREFUSED' });
+  });
+});
