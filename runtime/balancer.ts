@@ -19,6 +19,8 @@ export interface TargetState {
   /** Keep-alive connections: POOL_SIZE sockets at most to this target, more requests wait in line. */
   readonly pool: UpstreamPool;
   inflight: number;
+  /** Open WebSocket (Upgrade) tunnels: POOL_SIZE at most, besides the keep-alive pool. */
+  tunnels: number;
   /** How many pools list this target; at 0 with nothing in flight it is forgotten (drained). */
   refs: number;
 }
@@ -70,6 +72,7 @@ export class TargetRegistry implements StatusSetter {
           freeSocketTimeoutMs: this.opts.freeSocketTimeoutMs ?? 4000,
         }),
         inflight: 0,
+        tunnels: 0,
         refs: 0,
       };
       this.states.set(id, s);

@@ -301,7 +301,7 @@ export const SETTINGS = {
   },
   poolSize: {
     env: 'POOL_SIZE',
-    doc: 'Maximum sockets per target (keep-alive pool).',
+    doc: 'Maximum sockets per target (keep-alive pool), and WebSocket tunnels per target.',
     default: '100',
     parse: integer(1, 100_000),
   },

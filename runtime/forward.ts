@@ -24,6 +24,8 @@ export interface ForwardOptions {
   readonly retries: number;
   /** The port clients connected to, for X-Forwarded-Port. */
   readonly listenPort: () => number;
+  /** POOL_SIZE: also the most WebSocket tunnels open to one target. @default unlimited */
+  readonly maxTunnelsPerTarget?: number;
 }
 
 /**
@@ -453,7 +455,16 @@ export class Forwarder {
     }
     const s = pick.state;
     outcome.target = s.target.id;
+    if (s.tunnels >= (this.opts.maxTunnelsPerTarget ?? Infinity)) {
+      // Long-lived tunnels would otherwise pile up on one target without bound.
+      s.breaker.release();
+      limitHits.labels({ limit: 'target_sockets' }).inc();
+      outcome.status = 503;
+      rawAnswer(socket, 503, 'target busy: too many open WebSockets', 'Retry-After: 5\r\n');
+      return Promise.resolve(outcome);
+    }
     s.inflight++;
+    s.tunnels++;
     // X-Forwarded-* as for plain requests; http-proxy copies req.headers to the upstream request.
     const ip = clientIp(req);
     const prior = req.headers['x-forwarded-for'];
@@ -466,6 +477,7 @@ export class Forwarder {
       const end = (): void => {
         if (done) return;
         done = true;
+        s.tunnels--;
         this.registry.done(s);
         resolve(outcome);
       };

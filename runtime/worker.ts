@@ -67,6 +67,7 @@ export async function start(config: Config, deps: { provider?: Provider; primary
     upstreamTimeoutMs: config.upstreamTimeoutMs,
     retries: config.retries,
     listenPort: () => port,
+    maxTunnelsPerTarget: config.poolSize,
   });
   const front =
     config.mode === 'tcp'
