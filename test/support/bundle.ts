@@ -5,7 +5,7 @@
 import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { freePort, until } from './net';
+import { until } from './net';
 
 export const BUNDLE = path.join(__dirname, '..', '..', 'dist', 'karma-proxy.js');
 
@@ -49,11 +49,15 @@ export function runBundle(env: Record<string, string>, timeoutMs = 15_000): Prom
   });
 }
 
-/** Starts the bundle on free ports; env overrides the test defaults (static pool, 1 worker, quiet health checks). */
+/**
+ * Starts the bundle; env overrides the test defaults (one worker, loopback). Unless given, PORT and
+ * METRICS_PORT are 0 and the ports are read from the `ready` line: two "free" ports picked in advance
+ * can be the same one.
+ */
 export async function startBundle(env: Record<string, string>, timeoutMs = 20_000): Promise<Proxy> {
   if (!fs.existsSync(BUNDLE)) throw new Error(`${BUNDLE} is missing: run npm run build`);
-  const port = env.PORT ? Number(env.PORT) : await freePort();
-  const metricsPort = env.METRICS_PORT ? Number(env.METRICS_PORT) : await freePort();
+  const port = env.PORT ?? '0';
+  const metricsPort = env.METRICS_PORT ?? '0';
   const fullEnv: Record<string, string> = {
     PATH: process.env.PATH ?? '',
     HOST: '127.0.0.1',
@@ -62,8 +66,8 @@ export async function startBundle(env: Record<string, string>, timeoutMs = 20_00
     // Keep tests off any real AWS: no credentials, no region lookups through instance metadata.
     AWS_EC2_METADATA_DISABLED: 'true',
     ...env,
-    PORT: String(port),
-    METRICS_PORT: String(metricsPort),
+    PORT: port,
+    METRICS_PORT: metricsPort,
   };
   const child = spawn(process.execPath, [BUNDLE], { env: fullEnv, stdio: ['ignore', 'pipe', 'pipe'] });
   running.add(child);
@@ -75,8 +79,8 @@ export async function startBundle(env: Record<string, string>, timeoutMs = 20_00
   );
   const p: Proxy = {
     child,
-    port,
-    metricsPort,
+    port: Number(port),
+    metricsPort: Number(metricsPort),
     stdout: '',
     stderr: '',
     exited,
@@ -118,6 +122,8 @@ export async function startBundle(env: Record<string, string>, timeoutMs = 20_00
     },
     timeoutMs,
   );
+  const ready = p.lines().find((l) => l.msg === 'ready')!;
+  Object.assign(p, { port: Number(ready.port), metricsPort: Number(ready.metricsPort) });
   return p;
 }
 
