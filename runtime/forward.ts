@@ -15,7 +15,8 @@ import * as http from 'node:http';
 import type { Duplex } from 'node:stream';
 import httpProxy from 'http-proxy';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
-import type { UpstreamRequest } from './upstream';
+import type * as net from 'node:net';
+import type { UpstreamHandler, UpstreamRequest, UpstreamResponse } from './upstream';
 import { failedConnections, limitHits, rejectedRequests, retriesTotal, successfulConnections, upstreamErrors } from './metrics';
 
 export interface ForwardOptions {
@@ -102,11 +103,6 @@ function kindOf(err: NodeJS.ErrnoException): FailureKind {
   }
 }
 
-/** Resolves after the event loop has polled for I/O once (a check phase, then a full turn). */
-function nextPoll(): Promise<void> {
-  return new Promise((resolve) => setImmediate(() => setImmediate(resolve)));
-}
-
 function clientIp(req: http.IncomingMessage): string {
   const a = req.socket.remoteAddress ?? '';
   return a.startsWith('::ffff:') ? a.slice(7) : a;
@@ -146,7 +142,7 @@ export function upstreamHeaders(req: http.IncomingMessage, listenPort: number): 
 }
 
 /** The response headers for the client: upstream's minus hop-by-hop. Flat [k, v, k, v]. */
-function downstreamHeaders(res: http.IncomingMessage): string[] {
+function downstreamHeaders(res: { readonly rawHeaders: string[]; readonly headers: { connection?: string } }): string[] {
   const raw = res.rawHeaders;
   const c = res.headers.connection;
   const extra = c ? new Set(c.split(',').map((t) => t.trim().toLowerCase())) : undefined;
@@ -203,245 +199,16 @@ export class Forwarder {
    * Forwards `req` to a target of `pool`, retrying on the next target when that is safe:
    * any method when nothing was sent, idempotent ones without a body when the target reset or garbled
    * its answer before any of it reached the client. A keep-alive connection the target had closed is
-   * not a failure: the request moves to a fresh connection. Resolves when the response is finished or
-   * abandoned; never rejects.
+   * not a failure: the request moves to a fresh connection. Calls `done` once, when the response is
+   * finished or abandoned.
    */
-  async web(req: http.IncomingMessage, res: http.ServerResponse, pool: Pool, client: ClientTimers = {}): Promise<Outcome> {
-    const outcome: Outcome = { status: 0, target: undefined, attempts: 0, error: undefined };
-    const tried = new Set<TargetState>();
-    const headers = upstreamHeaders(req, this.opts.listenPort());
-    const body = hasBody(req);
-    const retryOnReset = IDEMPOTENT.has(req.method ?? '') && !body;
-    let retries = 0;
-    let stale = 0;
-    for (;;) {
-      const pick = pool.pick(tried);
-      if (!pick) {
-        // Nothing (else) to try: the client hears what went wrong with the last target, if any.
-        if (outcome.error) return this.fail(res, outcome);
-        outcome.status = 503;
-        answer(res, 503, 'no target available', { 'Retry-After': '5' });
-        return outcome;
-      }
-      const s = pick.state;
-      tried.add(s);
-      outcome.attempts++;
-      outcome.target = s.target.id;
-      try {
-        outcome.status = await this.attempt(req, res, s, headers, body, retryOnReset, stale > 0, client);
-        outcome.error = undefined;
-        return outcome;
-      } catch (e) {
-        const err = e as UpstreamError;
-        if (err.kind === 'client_gone') {
-          outcome.status = 499; // nginx's code for "client closed request"; only logged, never sent
-          return outcome;
-        }
-        if (err.kind === 'client_timeout') {
-          // The client stopped sending its body: its fault, said as nginx says it, and the connection is done.
-          rejectedRequests.labels({ reason: 'body_timeout' }).inc();
-          outcome.status = 408;
-          res.shouldKeepAlive = false;
-          answer(res, 408, 'request body timed out');
-          return outcome;
-        }
-        const unsent = !res.headersSent && !req.socket.destroyed;
-        if (err.kind === 'stale') {
-          // The target had closed that keep-alive connection: nothing was lost, try a fresh one (same target allowed).
-          if (stale < MAX_STALE && unsent) {
-            stale++;
-            tried.delete(s);
-            // Its idle siblings are likely just as dead (an idle timeout, a restart), and a target that closes
-            // after every response leaves only dead ones: the next try opens a connection of its own.
-            s.pool.destroyIdle();
-            await nextPoll();
-            if (req.socket.destroyed || res.headersSent) {
-              outcome.status = 499;
-              return outcome;
-            }
-            continue;
-          }
-          outcome.error = 'reset';
-          return this.fail(res, outcome);
-        }
-        outcome.error = err.kind;
-        // Timeouts are not retried: the target may be working on it, and the client has waited long enough.
-        // A reset or a garbled answer before any byte reached the client is, for an idempotent request.
-        const retryable = err.beforeSend || (retryOnReset && (err.kind === 'reset' || err.kind === 'bad_response'));
-        if (retryable && retries < this.opts.retries && unsent) {
-          retries++;
-          retriesTotal.inc();
-          continue;
-        }
-        return this.fail(res, outcome);
-      }
-    }
+  forward(req: http.IncomingMessage, res: http.ServerResponse, pool: Pool, client: ClientTimers, done: (o: Outcome) => void): void {
+    new Exchange(this.registry, this.opts, req, res, pool, client, done).next();
   }
 
-  private fail(res: http.ServerResponse, outcome: Outcome): Outcome {
-    if (outcome.error === 'pool_full') {
-      // Every socket to the target stayed busy: the proxy is protecting it, as an overloaded ALB would say.
-      outcome.status = 503;
-      answer(res, 503, 'target busy', { 'Retry-After': '5' });
-      return outcome;
-    }
-    outcome.status = outcome.error === 'timeout' || outcome.error === 'connect_timeout' ? 504 : 502;
-    answer(res, outcome.status, outcome.status === 504 ? 'upstream timed out' : 'upstream connection failed');
-    return outcome;
-  }
-
-  /** One try against one target. Resolves with the status once the response is done; rejects with UpstreamError. */
-  private attempt(
-    req: http.IncomingMessage,
-    res: http.ServerResponse,
-    s: TargetState,
-    headers: string[],
-    body: boolean,
-    replayable: boolean,
-    /** A one-off connection outside the keep-alive pool (after a stale one). */
-    fresh = false,
-    client: ClientTimers = {},
-  ): Promise<number> {
-    const { target } = s;
-    s.inflight++;
-    return new Promise<number>((resolve, reject) => {
-      let settled = false;
-      let sent = false; // any byte of the request may have reached the target
-      let responded = false;
-      let connectTimer: NodeJS.Timeout | undefined;
-      let queueTimer: NodeJS.Timeout | undefined;
-      const ask = { method: req.method ?? 'GET', path: req.url ?? '/', headers, body };
-      const up: UpstreamRequest = fresh ? s.pool.fresh(ask) : s.pool.request(ask);
-
-      const finish = (status: number | undefined, err?: UpstreamError): void => {
-        if (settled) return;
-        settled = true;
-        if (connectTimer) clearTimeout(connectTimer);
-        if (queueTimer) {
-          clearTimeout(queueTimer);
-          // Still queued (given up, or the client left): take it out of the line, or it would wait until a
-          // socket frees, which for a target whose sockets stay busy is never.
-          up.destroy();
-        }
-        res.off('close', onClientClose);
-        req.off('timeout', onClientStall);
-        this.registry.done(s);
-        if (err) {
-          const notTheTarget = err.kind === 'client_gone' || err.kind === 'client_timeout' || err.kind === 'stale';
-          if (notTheTarget || err.blameless || err.kind === 'pool_full') s.breaker.release();
-          else {
-            s.breaker.onFailure();
-            failedConnections.labels({ target: target.id }).inc();
-          }
-          if (!notTheTarget) upstreamErrors.labels({ kind: err.kind }).inc();
-          reject(err);
-        } else resolve(status!);
-      };
-
-      const fail = (kind: FailureKind): void => {
-        if (settled) return;
-        if (responded) {
-          // Mid-response: the status is on its way already; cut the client off so it sees a short body.
-          upstreamErrors.labels({ kind }).inc();
-          failedConnections.labels({ target: target.id }).inc();
-          res.destroy();
-          finish(res.statusCode);
-          return;
-        }
-        up.destroy();
-        if (kind === 'reset' && up.reusedSocket) {
-          // A keep-alive connection looks alive until its FIN is read: the target most likely closed it just
-          // before our request came. Tried again when nothing unrepeatable was sent; a 502 otherwise (the
-          // body is gone), but no mark against a target that is fine on a fresh connection.
-          finish(undefined, !sent || replayable ? new UpstreamError('stale', true) : new UpstreamError('reset', false, true));
-        } else if (kind === 'timeout' && body && !req.complete && !up.writableNeedDrain) {
-          // Silent both ways with the body unfinished and the target not pushing back: the client stalled.
-          finish(undefined, new UpstreamError('client_timeout', false));
-        } else {
-          finish(undefined, new UpstreamError(kind, !sent));
-        }
-      };
-
-      // Node's idle timer of the client socket (IDLE_TIMEOUT) fired while the body was still coming: the
-      // client stalled. Listening keeps Node from destroying the socket, so the client can hear a 408.
-      const onClientStall = (): void => {
-        if (settled) return;
-        up.destroy();
-        if (responded) {
-          res.destroy();
-          finish(res.statusCode);
-        } else finish(undefined, new UpstreamError('client_timeout', false));
-      };
-      if (body) req.on('timeout', onClientStall);
-
-      // The client went away before the response ended: stop the upstream work too. (`req` emits
-      // 'close' once its body is read, so the response's 'close' is the signal that the client left.)
-      const onClientClose = (): void => {
-        if (settled || res.writableFinished) return;
-        up.destroy();
-        if (responded) finish(res.statusCode);
-        else finish(undefined, new UpstreamError('client_gone', false));
-      };
-      res.on('close', onClientClose);
-
-      const startSending = (): void => {
-        if (settled) return;
-        if (connectTimer) clearTimeout(connectTimer);
-        connectTimer = undefined;
-        sent = true;
-        if (body) req.pipe(up as unknown as NodeJS.WritableStream); // write/end/drain, as Readable.pipe uses them
-        else up.end();
-      };
-
-      // Every socket of the target busy (POOL_SIZE): the request waits in the pool's FIFO line, which the
-      // pool says synchronously. The wait is bounded like a silent target, and counted.
-      if (up.queued) {
-        limitHits.labels({ limit: 'target_sockets' }).inc();
-        queueTimer = setTimeout(() => fail('pool_full'), this.opts.upstreamTimeoutMs);
-      }
-
-      up.on('socket', (socket) => {
-        if (queueTimer) clearTimeout(queueTimer);
-        queueTimer = undefined;
-        if (settled) return;
-        if ((socket as unknown as { connecting: boolean }).connecting) {
-          connectTimer = setTimeout(() => {
-            const e = Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' });
-            up.destroy(e);
-          }, this.opts.connectTimeoutMs);
-          socket.once('connect', startSending);
-        } else if (up.reusedSocket && !replayable) {
-          // A reused socket whose target closed it a moment ago still looks open until its FIN is read.
-          // Let one poll phase pass before sending what could not be replayed: a stale socket then fails
-          // with nothing sent, and the request moves to a fresh connection instead of failing.
-          void nextPoll().then(startSending);
-        } else {
-          startSending();
-        }
-      });
-
-      // Idle timeout of the upstream socket: silent before the response is a 504, within it an abort.
-      up.setTimeout(this.opts.upstreamTimeoutMs, () => fail('timeout'));
-
-      up.on('error', (err: NodeJS.ErrnoException) => fail(kindOf(err)));
-
-      up.on('response', (upRes) => {
-        responded = true;
-        if (connectTimer) clearTimeout(connectTimer);
-        // The status is on its way: from here a client that stops reading is an idle client again.
-        if (client.idleTimeoutMs !== undefined) req.socket.setTimeout(client.idleTimeoutMs);
-        s.breaker.onSuccess();
-        successfulConnections.labels({ target: target.id }).inc();
-        const status = upRes.statusCode ?? 502;
-        if (!res.headersSent) {
-          res.writeHead(status, upRes.statusMessage, downstreamHeaders(upRes));
-        }
-        upRes.on('error', () => fail('reset'));
-        upRes.on('aborted', () => fail('reset'));
-        upRes.pipe(res);
-        res.on('finish', () => finish(status));
-      });
-    });
+  /** forward(), as a promise that never rejects. */
+  web(req: http.IncomingMessage, res: http.ServerResponse, pool: Pool, client: ClientTimers = {}): Promise<Outcome> {
+    return new Promise((resolve) => this.forward(req, res, pool, client, resolve));
   }
 
   /** Forwards a WebSocket (or other Upgrade) handshake and then the raw bytes both ways. */
@@ -508,6 +275,299 @@ export class Forwarder {
   close(): void {
     this.wsProxy.close();
   }
+}
+
+/**
+ * One client request on its way through the targets of a pool: each try, the retry decision, the outcome.
+ * One object per request whose methods the upstream client calls directly (UpstreamHandler): the hot path
+ * allocates no promises, closures or listeners per try.
+ */
+class Exchange implements UpstreamHandler {
+  private readonly outcome: Outcome = { status: 0, target: undefined, attempts: 0, error: undefined };
+  private readonly headers: string[];
+  private readonly body: boolean;
+  private readonly retryOnReset: boolean;
+  /** Targets this request already failed on (made on the first retry). */
+  private tried: Set<TargetState> | undefined;
+  private retries = 0;
+  private stale = 0;
+  private listening = false;
+
+  // The try under way.
+  private s!: TargetState;
+  private up: UpstreamRequest | undefined;
+  private settled = true;
+  /** Any byte of the request may have reached the target. */
+  private sent = false;
+  private responded = false;
+  /** A keep-alive connection that could be stale is about to carry what cannot be replayed. */
+  private replayable = false;
+  private status = 0;
+  private connectTimer: NodeJS.Timeout | undefined;
+  private queueTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly registry: TargetRegistry,
+    private readonly opts: ForwardOptions,
+    private readonly req: http.IncomingMessage,
+    private readonly res: http.ServerResponse,
+    private readonly pool: Pool,
+    private readonly client: ClientTimers,
+    private readonly done: (o: Outcome) => void,
+  ) {
+    this.headers = upstreamHeaders(req, opts.listenPort());
+    this.body = hasBody(req);
+    this.retryOnReset = IDEMPOTENT.has(req.method ?? '') && !this.body;
+  }
+
+  /** Picks the next target and tries it, or answers with what went wrong when none is left. */
+  next(): void {
+    const pick = this.pool.pick(this.tried);
+    const outcome = this.outcome;
+    if (!pick) {
+      // Nothing (else) to try: the client hears what went wrong with the last target, if any.
+      if (outcome.error) return this.fail();
+      outcome.status = 503;
+      answer(this.res, 503, 'no target available', { 'Retry-After': '5' });
+      return this.done(outcome);
+    }
+    outcome.attempts++;
+    outcome.target = pick.state.target.id;
+    this.attempt(pick.state, this.stale > 0);
+  }
+
+  private fail(): void {
+    const outcome = this.outcome;
+    if (outcome.error === 'pool_full') {
+      // Every socket to the target stayed busy: the proxy is protecting it, as an overloaded ALB would say.
+      outcome.status = 503;
+      answer(this.res, 503, 'target busy', { 'Retry-After': '5' });
+    } else {
+      outcome.status = outcome.error === 'timeout' || outcome.error === 'connect_timeout' ? 504 : 502;
+      answer(this.res, outcome.status, outcome.status === 504 ? 'upstream timed out' : 'upstream connection failed');
+    }
+    this.done(outcome);
+  }
+
+  /** One try against one target; ends in settle(). */
+  private attempt(s: TargetState, fresh: boolean): void {
+    this.s = s;
+    s.inflight++;
+    this.settled = false;
+    this.sent = false;
+    this.responded = false;
+    this.replayable = this.retryOnReset;
+    this.up = undefined;
+    const { req, res } = this;
+    if (!this.listening) {
+      this.listening = true;
+      res.on('close', this.onClientClose);
+      if (this.body) req.on('timeout', this.onClientStall);
+    }
+    const ask = { method: req.method ?? 'GET', path: req.url ?? '/', headers: this.headers, body: this.body, timeoutMs: this.opts.upstreamTimeoutMs };
+    // A socket at hand is announced (onSocket) before request() returns.
+    const up = fresh ? s.pool.fresh(ask, this) : s.pool.request(ask, this);
+    this.up = up;
+    // Every socket of the target busy (POOL_SIZE): the request waits in the pool's FIFO line, which the
+    // pool says synchronously. The wait is bounded like a silent target, and counted.
+    if (up.queued && !this.settled) {
+      limitHits.labels({ limit: 'target_sockets' }).inc();
+      this.queueTimer = setTimeout(this.onQueueTimeout, this.opts.upstreamTimeoutMs);
+    }
+  }
+
+  private readonly onQueueTimeout = (): void => this.failTry('pool_full');
+
+  onSocket(up: UpstreamRequest, socket: net.Socket): void {
+    this.up = up;
+    if (this.queueTimer) clearTimeout(this.queueTimer);
+    this.queueTimer = undefined;
+    if (this.settled) return;
+    if (socket.connecting) {
+      this.connectTimer = setTimeout(this.onConnectTimeout, this.opts.connectTimeoutMs);
+      socket.once('connect', this.startSending);
+    } else if (up.reusedSocket && !this.replayable) {
+      // A reused socket whose target closed it a moment ago still looks open until its FIN is read.
+      // Let one poll phase pass before sending what could not be replayed: a stale socket then fails
+      // with nothing sent, and the request moves to a fresh connection instead of failing.
+      setImmediate(afterPoll, this.startSending);
+    } else {
+      this.startSending();
+    }
+  }
+
+  private readonly onConnectTimeout = (): void => {
+    this.up?.destroy(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' }));
+  };
+
+  private readonly startSending = (): void => {
+    if (this.settled) return;
+    if (this.connectTimer) clearTimeout(this.connectTimer);
+    this.connectTimer = undefined;
+    this.sent = true;
+    const up = this.up!;
+    if (this.body) this.req.pipe(up as unknown as NodeJS.WritableStream); // write/end/drain, as Readable.pipe uses them
+    else up.end();
+  };
+
+  onResponse(upRes: UpstreamResponse): void {
+    const { res, s } = this;
+    this.responded = true;
+    if (this.connectTimer) clearTimeout(this.connectTimer);
+    // The status is on its way: from here a client that stops reading is an idle client again.
+    if (this.client.idleTimeoutMs !== undefined) this.req.socket.setTimeout(this.client.idleTimeoutMs);
+    s.breaker.onSuccess();
+    successfulConnections.labels({ target: s.target.id }).inc();
+    const status = (this.status = upRes.statusCode ?? 502);
+    if (!res.headersSent) res.writeHead(status, upRes.statusMessage, downstreamHeaders(upRes));
+    upRes.pipe(res);
+    res.once('finish', this.onFinish);
+  }
+
+  onError(err: NodeJS.ErrnoException): void {
+    this.failTry(kindOf(err));
+  }
+
+  onAborted(): void {
+    this.failTry('reset');
+  }
+
+  onTimeout(): void {
+    // Idle timeout of the upstream socket: silent before the response is a 504, within it an abort.
+    this.failTry('timeout');
+  }
+
+  private readonly onFinish = (): void => this.settle(this.status);
+
+  // The client went away before the response ended: stop the upstream work too. (`req` emits
+  // 'close' once its body is read, so the response's 'close' is the signal that the client left.)
+  private readonly onClientClose = (): void => {
+    if (this.settled || this.res.writableFinished) return;
+    this.up?.destroy();
+    if (this.responded) this.settle(this.res.statusCode);
+    else this.settle(undefined, new UpstreamError('client_gone', false));
+  };
+
+  // Node's idle timer of the client socket (IDLE_TIMEOUT) fired while the body was still coming: the
+  // client stalled. Listening keeps Node from destroying the socket, so the client can hear a 408.
+  private readonly onClientStall = (): void => {
+    if (this.settled) return;
+    this.up?.destroy();
+    if (this.responded) {
+      this.res.destroy();
+      this.settle(this.res.statusCode);
+    } else this.settle(undefined, new UpstreamError('client_timeout', false));
+  };
+
+  private failTry(kind: FailureKind): void {
+    if (this.settled) return;
+    const up = this.up;
+    if (this.responded) {
+      // Mid-response: the status is on its way already; cut the client off so it sees a short body.
+      upstreamErrors.labels({ kind }).inc();
+      failedConnections.labels({ target: this.s.target.id }).inc();
+      this.res.destroy();
+      this.settle(this.res.statusCode);
+      return;
+    }
+    up?.destroy();
+    if (kind === 'reset' && up?.reusedSocket) {
+      // A keep-alive connection looks alive until its FIN is read: the target most likely closed it just
+      // before our request came. Tried again when nothing unrepeatable was sent; a 502 otherwise (the
+      // body is gone), but no mark against a target that is fine on a fresh connection.
+      this.settle(undefined, !this.sent || this.replayable ? new UpstreamError('stale', true) : new UpstreamError('reset', false, true));
+    } else if (kind === 'timeout' && this.body && !this.req.complete && !up?.writableNeedDrain) {
+      // Silent both ways with the body unfinished and the target not pushing back: the client stalled.
+      this.settle(undefined, new UpstreamError('client_timeout', false));
+    } else {
+      this.settle(undefined, new UpstreamError(kind, !this.sent));
+    }
+  }
+
+  /** Ends the try: the target's books, then the outcome, or the next try. */
+  private settle(status: number | undefined, err?: UpstreamError): void {
+    if (this.settled) return;
+    this.settled = true;
+    const s = this.s;
+    if (this.connectTimer) clearTimeout(this.connectTimer);
+    this.connectTimer = undefined;
+    if (this.queueTimer) {
+      clearTimeout(this.queueTimer);
+      this.queueTimer = undefined;
+      // Still queued (given up, or the client left): take it out of the line, or it would wait until a
+      // socket frees, which for a target whose sockets stay busy is never.
+      this.up?.destroy();
+    }
+    this.registry.done(s);
+    const outcome = this.outcome;
+    if (!err) {
+      outcome.status = status!;
+      outcome.error = undefined;
+      return this.done(outcome);
+    }
+    const notTheTarget = err.kind === 'client_gone' || err.kind === 'client_timeout' || err.kind === 'stale';
+    if (notTheTarget || err.blameless || err.kind === 'pool_full') s.breaker.release();
+    else {
+      s.breaker.onFailure();
+      failedConnections.labels({ target: s.target.id }).inc();
+    }
+    if (!notTheTarget) upstreamErrors.labels({ kind: err.kind }).inc();
+    this.retryOrAnswer(err);
+  }
+
+  private retryOrAnswer(err: UpstreamError): void {
+    const { outcome, req, res } = this;
+    if (err.kind === 'client_gone') {
+      outcome.status = 499; // nginx's code for "client closed request"; only logged, never sent
+      return this.done(outcome);
+    }
+    if (err.kind === 'client_timeout') {
+      // The client stopped sending its body: its fault, said as nginx says it, and the connection is done.
+      rejectedRequests.labels({ reason: 'body_timeout' }).inc();
+      outcome.status = 408;
+      res.shouldKeepAlive = false;
+      answer(res, 408, 'request body timed out');
+      return this.done(outcome);
+    }
+    const unsent = !res.headersSent && !req.socket.destroyed;
+    if (err.kind === 'stale') {
+      // The target had closed that keep-alive connection: nothing was lost, try a fresh one (same target allowed).
+      if (this.stale < MAX_STALE && unsent) {
+        this.stale++;
+        // Its idle siblings are likely just as dead (an idle timeout, a restart), and a target that closes
+        // after every response leaves only dead ones: the next try opens a connection of its own.
+        this.s.pool.destroyIdle();
+        setImmediate(afterPoll, this.retryStale);
+        return;
+      }
+      outcome.error = 'reset';
+      return this.fail();
+    }
+    (this.tried ??= new Set()).add(this.s);
+    outcome.error = err.kind;
+    // Timeouts are not retried: the target may be working on it, and the client has waited long enough.
+    // A reset or a garbled answer before any byte reached the client is, for an idempotent request.
+    const retryable = err.beforeSend || (this.retryOnReset && (err.kind === 'reset' || err.kind === 'bad_response'));
+    if (retryable && this.retries < this.opts.retries && unsent) {
+      this.retries++;
+      retriesTotal.inc();
+      return this.next();
+    }
+    this.fail();
+  }
+
+  private readonly retryStale = (): void => {
+    if (this.req.socket.destroyed || this.res.headersSent) {
+      this.outcome.status = 499;
+      return this.done(this.outcome);
+    }
+    this.next();
+  };
+}
+
+/** Runs `fn` after the event loop has polled for I/O once (from a check phase: one more full turn). */
+function afterPoll(fn: () => void): void {
+  setImmediate(fn);
 }
 
 /** An answer written straight to a socket (for upgrade requests, which have no ServerResponse). */

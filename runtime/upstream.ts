@@ -68,6 +68,48 @@ export interface UpstreamRequestOptions {
   headers: string[];
   /** The request has a body: it goes out with the client's Content-Length, or chunked without one. */
   body: boolean;
+  /** Idle timeout of the socket while it serves this request (UPSTREAM_TIMEOUT); 0 for none. @default 0 */
+  timeoutMs?: number;
+}
+
+/**
+ * What a request tells its owner, as direct calls (forward.ts's Exchange): no event listeners to add and
+ * remove per request, and no tick between getting a socket and writing to it.
+ */
+export interface UpstreamHandler {
+  /** The request has a socket (maybe still connecting); the head goes out with the first write() or end(). */
+  onSocket(up: UpstreamRequest, socket: net.Socket): void;
+  /** The final response's head arrived; its body follows into whatever `res.pipe()` was given. */
+  onResponse(res: UpstreamResponse): void;
+  /** The request failed before a response started (connection refused or reset, a bad answer, destroy(err)). */
+  onError(err: NodeJS.ErrnoException): void;
+  /** The response was cut short after it started. */
+  onAborted(): void;
+  /** The socket was silent for `timeoutMs`. */
+  onTimeout(): void;
+}
+
+/** For callers that prefer events (the upstream tests): 'socket', 'response', 'error', 'timeout', and 'aborted' on the response. */
+class Emitting implements UpstreamHandler {
+  constructor(private readonly up: UpstreamRequest) {}
+  onSocket(up: UpstreamRequest, socket: net.Socket): void {
+    // Listeners are added after the request is made, as with http.request.
+    process.nextTick(() => {
+      if (!up.destroyed) up.emit('socket', socket);
+    });
+  }
+  onResponse(res: UpstreamResponse): void {
+    this.up.emit('response', res);
+  }
+  onError(err: NodeJS.ErrnoException): void {
+    this.up.emit('error', err);
+  }
+  onAborted(): void {
+    this.up.res?.aborted();
+  }
+  onTimeout(): void {
+    this.up.emit('timeout');
+  }
 }
 
 function badResponse(code: string, message: string): NodeJS.ErrnoException {
@@ -84,6 +126,8 @@ class Conn {
   private informational = false;
   /** The target switched protocols (or answered unasked): the socket is no HTTP any more. */
   private upgraded = false;
+  /** The idle timeout the socket has now (set only when it changes: each setTimeout allocates a timer). */
+  timeoutMs = 0;
 
   constructor(
     readonly pool: UpstreamPool | undefined,
@@ -172,7 +216,7 @@ class Conn {
       if (this.current) this.socket.destroy(badResponse('ECONNRESET', 'socket hang up'));
     });
     this.socket.on('timeout', () => {
-      if (this.current) this.current.emit('timeout');
+      if (this.current) this.current.timedOut();
       else this.socket.destroy();
     });
     this.socket.on('error', (err: NodeJS.ErrnoException) => this.current?.socketError(err));
@@ -191,6 +235,12 @@ class Conn {
     this.current = x;
     this.informational = false;
   }
+
+  setTimeout(ms: number): void {
+    if (ms === this.timeoutMs) return;
+    this.timeoutMs = ms;
+    this.socket.setTimeout(ms);
+  }
 }
 
 /** The keep-alive connections of one target: POOL_SIZE at most, idle ones reused most recent first. */
@@ -206,15 +256,15 @@ export class UpstreamPool {
    * A request to the target. It gets an idle socket, a new one, or (every socket busy) waits in line:
    * `queued` says which, synchronously, for the forwarder's pool_full timer.
    */
-  request(opts: UpstreamRequestOptions): UpstreamRequest {
-    const x = new UpstreamRequest(opts, this, true);
+  request(opts: UpstreamRequestOptions, handler?: UpstreamHandler): UpstreamRequest {
+    const x = new UpstreamRequest(opts, this, true, handler);
     this.dispatch(x);
     return x;
   }
 
   /** A one-off connection outside the pool (after a stale keep-alive one), closed after its response. */
-  fresh(opts: UpstreamRequestOptions): UpstreamRequest {
-    const x = new UpstreamRequest(opts, undefined, false);
+  fresh(opts: UpstreamRequestOptions, handler?: UpstreamHandler): UpstreamRequest {
+    const x = new UpstreamRequest(opts, undefined, false, handler);
     x.assign(new Conn(undefined, this.opts.host, this.opts.port));
     return x;
   }
@@ -232,7 +282,6 @@ export class UpstreamPool {
   private dispatch(x: UpstreamRequest): void {
     for (let c = this.idle.pop(); c; c = this.idle.pop()) {
       if (c.socket.destroyed || !c.socket.readable) continue; // closed, or the target's FIN already read
-      c.socket.setTimeout(0);
       return x.assign(c);
     }
     if (!this.closed && this.all.size < this.opts.maxSockets) return x.assign(this.open());
@@ -259,7 +308,7 @@ export class UpstreamPool {
       c.socket.destroy();
       return;
     }
-    c.socket.setTimeout(this.opts.freeSocketTimeoutMs);
+    c.setTimeout(this.opts.freeSocketTimeoutMs);
     this.idle.push(c);
   }
 
@@ -290,25 +339,37 @@ export class UpstreamPool {
   }
 }
 
-/** The response as forward.ts reads it: status, raw headers, `headers.connection`, pipe(res), 'aborted'. */
-export class UpstreamResponse extends EventEmitter {
+/** The response as forward.ts reads it: status, raw headers, `headers.connection`, pipe(res). */
+export class UpstreamResponse {
   readonly headers: { connection?: string } = {};
   private sink: NodeJS.WritableStream | undefined;
   private paused = false;
+  private onAbort: (() => void) | undefined;
 
   constructor(
+    /** The request this answers. */
+    readonly owner: UpstreamRequest,
     private readonly socket: net.Socket,
     readonly statusCode: number,
     readonly statusMessage: string,
     readonly rawHeaders: string[],
   ) {
-    super();
     for (let i = 0; i < rawHeaders.length; i += 2) {
       const n = rawHeaders[i];
       if (n.length === 10 && n.toLowerCase() === 'connection') {
         this.headers.connection = this.headers.connection === undefined ? rawHeaders[i + 1] : `${this.headers.connection}, ${rawHeaders[i + 1]}`;
       }
     }
+  }
+
+  /** Only 'aborted' (the response was cut short), for callers without a handler. */
+  on(event: 'aborted', fn: () => void): this {
+    if (event === 'aborted') this.onAbort = fn;
+    return this;
+  }
+
+  aborted(): void {
+    this.onAbort?.();
   }
 
   pipe<T extends NodeJS.WritableStream>(res: T): T {
@@ -367,13 +428,18 @@ export class UpstreamRequest extends EventEmitter {
   private errored = false;
   private readonly head: string;
 
+  private readonly handler: UpstreamHandler;
+
   constructor(
     opts: UpstreamRequestOptions,
     private readonly pool: UpstreamPool | undefined,
     keepAlive: boolean,
+    handler?: UpstreamHandler,
   ) {
     super();
+    this.handler = handler ?? new Emitting(this);
     this.method = opts.method;
+    this.timeoutMs = opts.timeoutMs ?? 0;
     const h = opts.headers;
     let head = `${opts.method} ${opts.path} HTTP/1.1\r\n`;
     let length = false;
@@ -400,18 +466,20 @@ export class UpstreamRequest extends EventEmitter {
     this.conn = c;
     c.attach(this);
     this.reusedSocket = c.reused;
-    if (this.timeoutMs) c.socket.setTimeout(this.timeoutMs);
-    // Listeners are added after the request is made, as with http.request.
-    process.nextTick(() => {
-      if (!this.destroyed && this.conn === c) this.emit('socket', c.socket);
-    });
+    c.setTimeout(this.timeoutMs);
+    this.handler.onSocket(this, c.socket);
   }
 
+  /** Sets the socket's idle timeout for this request; `cb` listens for 'timeout' (event callers only). */
   setTimeout(ms: number, cb?: () => void): this {
     this.timeoutMs = ms;
     if (cb) this.on('timeout', cb);
-    this.conn?.socket.setTimeout(ms);
+    this.conn?.setTimeout(ms);
     return this;
+  }
+
+  timedOut(): void {
+    this.handler.onTimeout();
   }
 
   private sendHead(): net.Socket | undefined {
@@ -459,12 +527,11 @@ export class UpstreamRequest extends EventEmitter {
   }
 
   respond(status: number, message: string, raw: string[]): void {
-    this.res = new UpstreamResponse(this.conn!.socket, status, message, raw);
-    this.emit('response', this.res);
+    this.res = new UpstreamResponse(this, this.conn!.socket, status, message, raw);
+    this.handler.onResponse(this.res);
   }
 
   complete(): void {
-    this.conn?.socket.setTimeout(0);
     const res = this.res;
     this.conn = undefined;
     res?.end();
@@ -473,15 +540,15 @@ export class UpstreamRequest extends EventEmitter {
   socketError(err: NodeJS.ErrnoException): void {
     if (this.errored) return;
     this.errored = true;
-    if (this.res) this.res.emit('aborted');
-    else if (!this.destroyed) this.emit('error', err);
+    if (this.res) this.handler.onAborted();
+    else if (!this.destroyed) this.handler.onError(err);
   }
 
   socketClosed(): void {
     if (this.errored) return;
     this.errored = true;
-    if (this.res) this.res.emit('aborted');
-    else if (!this.destroyed) this.emit('error', Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' }));
+    if (this.res) this.handler.onAborted();
+    else if (!this.destroyed) this.handler.onError(Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' }));
   }
 
   destroy(err?: Error): this {
@@ -496,7 +563,7 @@ export class UpstreamRequest extends EventEmitter {
     }
     if (err && !this.errored) {
       this.errored = true;
-      process.nextTick(() => this.emit('error', err));
+      process.nextTick(() => this.handler.onError(err));
     }
     this.emit('close');
     return this;
