@@ -178,12 +178,6 @@ export function answer(res: http.ServerResponse, status: number, message: string
   res.end(body);
 }
 
-/** The client connection's own clocks, which the server knows and the forwarder honours. */
-export interface ClientTimers {
-  /** IDLE_TIMEOUT: put back on the client socket once the response has started. */
-  readonly idleTimeoutMs?: number;
-}
-
 export class Forwarder {
   private readonly wsProxy = httpProxy.createProxyServer({ ws: true, xfwd: false, changeOrigin: false });
 
@@ -202,13 +196,13 @@ export class Forwarder {
    * not a failure: the request moves to a fresh connection. Calls `done` once, when the response is
    * finished or abandoned.
    */
-  forward(req: http.IncomingMessage, res: http.ServerResponse, pool: Pool, client: ClientTimers, done: (o: Outcome) => void): void {
-    new Exchange(this.registry, this.opts, req, res, pool, client, done).next();
+  forward(req: http.IncomingMessage, res: http.ServerResponse, pool: Pool, done: (o: Outcome) => void): void {
+    new Exchange(this.registry, this.opts, req, res, pool, done).next();
   }
 
   /** forward(), as a promise that never rejects. */
-  web(req: http.IncomingMessage, res: http.ServerResponse, pool: Pool, client: ClientTimers = {}): Promise<Outcome> {
-    return new Promise((resolve) => this.forward(req, res, pool, client, resolve));
+  web(req: http.IncomingMessage, res: http.ServerResponse, pool: Pool): Promise<Outcome> {
+    return new Promise((resolve) => this.forward(req, res, pool, resolve));
   }
 
   /** Forwards a WebSocket (or other Upgrade) handshake and then the raw bytes both ways. */
@@ -312,7 +306,6 @@ class Exchange implements UpstreamHandler {
     private readonly req: http.IncomingMessage,
     private readonly res: http.ServerResponse,
     private readonly pool: Pool,
-    private readonly client: ClientTimers,
     private readonly done: (o: Outcome) => void,
   ) {
     this.headers = upstreamHeaders(req, opts.listenPort());
@@ -414,8 +407,6 @@ class Exchange implements UpstreamHandler {
     const { res, s } = this;
     this.responded = true;
     if (this.connectTimer) clearTimeout(this.connectTimer);
-    // The status is on its way: from here a client that stops reading is an idle client again.
-    if (this.client.idleTimeoutMs !== undefined) this.req.socket.setTimeout(this.client.idleTimeoutMs);
     s.breaker.onSuccess();
     successfulConnections.labels({ target: s.target.id }).inc();
     const status = (this.status = upRes.statusCode ?? 502);

@@ -147,9 +147,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
   };
 
   const started = new WeakMap<http.IncomingMessage, bigint>();
-  const busyTimeoutMs = Math.max(config.idleTimeoutMs, config.upstreamTimeoutMs + 1000);
   const discoveryWaitMs = Math.min(config.upstreamTimeoutMs, FIRST_DISCOVERY_WAIT_MS);
-  const clientTimers = { idleTimeoutMs: config.idleTimeoutMs };
 
   const record = (req: http.IncomingMessage, routeLabel: string, o: Outcome): void => {
     const t0 = started.get(req);
@@ -213,14 +211,8 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
         record(req, id, { status: 503, target: undefined, attempts: 0, error: undefined });
         return;
       }
-      // Between the end of the request and the start of the response, UPSTREAM_TIMEOUT is the clock (a
-      // silent target is a 504): the client socket's idle timer is moved just past it, or at equal values
-      // it would race the 504 and cut the connection without an answer. Before that, IDLE_TIMEOUT of
-      // silence is a client stalling in its body (408); after, a client that stops reading (the
-      // forwarder puts IDLE_TIMEOUT back when the response starts, Node when it ends).
-      if (!bodyComing(req)) req.socket.setTimeout(busyTimeoutMs);
-      else req.once('end', () => res.headersSent || req.socket.setTimeout(busyTimeoutMs));
-      forwarder.forward(req, res, pool, clientTimers, (o) => record(req, id, o));
+      // The client socket's idle timer is not touched per request (see onSocketTimeout).
+      forwarder.forward(req, res, pool, (o) => record(req, id, o));
     };
     // The everyday case stays synchronous; only a route never seen before waits for its discovery,
     // and not for long: a throttled or hung AWS API must not hold clients (the discovery itself goes
@@ -228,7 +220,6 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
     if (hit.kind === 'pool') go(hit.pool);
     else if (hit.kind === 'absent') go(undefined);
     else {
-      req.socket.setTimeout(busyTimeoutMs);
       let late = false;
       const timer = setTimeout(() => {
         late = true;
@@ -306,13 +297,37 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
     });
   };
 
+  /**
+   * IDLE_TIMEOUT of silence on a client connection (Node's per-socket timer, server.timeout, refreshed by
+   * every read and write). Node has already told the request, so a client stalled in its body has had
+   * its 408 from the forwarder. Then: a response still to come is the target's or discovery's to give
+   * (UPSTREAM_TIMEOUT and the discovery wait bound them, then a 504 or 503), so the clock starts again;
+   * an answer just written gets one more period to drain; anything else (an idle keep-alive connection,
+   * a client that stopped reading) is closed, as Node would.
+   */
+  const graced = new WeakSet<net.Socket>();
+  const onSocketTimeout = (socket: net.Socket): void => {
+    const res = (socket as { _httpMessage?: http.ServerResponse | null })._httpMessage;
+    if (res && !socket.destroyed) {
+      if (!res.headersSent) return void socket.setTimeout(config.idleTimeoutMs);
+      if (res.writableEnded && !graced.has(socket)) {
+        graced.add(socket);
+        return void socket.setTimeout(config.idleTimeoutMs);
+      }
+    }
+    socket.destroy();
+  };
+
   const server = http.createServer(
     {
       maxHeaderSize: config.maxHeaderSize,
       requestTimeout: config.requestTimeoutMs,
       headersTimeout:
         config.requestTimeoutMs > 0 ? Math.min(config.headersTimeoutMs, config.requestTimeoutMs) : config.headersTimeoutMs,
-      keepAliveTimeout: config.idleTimeoutMs,
+      // No separate keep-alive timer: an idle keep-alive connection is closed by the same IDLE_TIMEOUT
+      // timer (server.timeout). With one, Node re-set the socket's timer twice per request (each
+      // setTimeout allocates one), and so did we; now the timer is set once per connection.
+      keepAliveTimeout: 0,
       // How often header and request timeouts are enforced (Node's default is 30 s).
       connectionsCheckingInterval: 500,
       requireHostHeader: true,
@@ -327,6 +342,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
   // Header fields past MAX_HEADERS are a 431 anyway (screen()); no need to keep up to Node's 2000 of them.
   server.maxHeadersCount = config.maxHeaders + 1;
   server.on('drop', () => limitHits.labels({ limit: 'connections' }).inc());
+  server.on('timeout', onSocketTimeout);
   server.on('upgrade', onUpgrade);
   server.on('connect', (req: http.IncomingMessage, socket: Duplex) => {
     socket.on('error', () => undefined);

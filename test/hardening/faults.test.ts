@@ -14,6 +14,7 @@
  * "exactly" is checked id by id.
  */
 import * as http from 'node:http';
+import * as net from 'node:net';
 import type { Socket } from 'node:net';
 import { Proxy, startBundle } from '../support/bundle';
 import { AwsStub, startAwsStub } from '../support/aws-stub';
@@ -218,6 +219,44 @@ describe('a silent target when IDLE_TIMEOUT equals UPSTREAM_TIMEOUT (the default
     } finally {
       await p.stop('SIGKILL');
       await silent.close();
+    }
+  });
+});
+
+describe('IDLE_TIMEOUT is silence on the client connection, not a cap on a slow answer', () => {
+  test('a target slower than IDLE_TIMEOUT but within UPSTREAM_TIMEOUT still answers through; an idle keep-alive connection closes after IDLE_TIMEOUT', async () => {
+    const slow = http.createServer((req, res) => {
+      req.resume();
+      setTimeout(() => res.end(`slow ${req.url}`), 2200);
+    });
+    const slowPort = await listen(slow);
+    const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${slowPort}`, HEALTH_CHECK_PATH: 'off', IDLE_TIMEOUT: '1', UPSTREAM_TIMEOUT: '4' });
+    try {
+      const replies = await Promise.all([request(p.port, { path: '/a' }), request(p.port, { path: '/b', method: 'POST', body: 'x' })]);
+      expect(replies.map((r) => [r.status, r.body])).toEqual([
+        [200, 'slow /a'],
+        [200, 'slow /b'],
+      ]);
+
+      // One keep-alive exchange, then silence: the proxy closes the connection after about IDLE_TIMEOUT.
+      const sock = await new Promise<Socket>((resolve, reject) => {
+        const c = net.connect(p.port, '127.0.0.1', () => resolve(c));
+        c.on('error', reject);
+      });
+      let answered = 0;
+      sock.on('data', () => (answered = Date.now()));
+      const closed = new Promise<number>((r) => sock.on('close', () => r(Date.now())));
+      sock.write('GET /keep HTTP/1.1\r\nHost: app.example.com\r\n\r\n');
+      const closedAt = await Promise.race([closed, new Promise<number>((r) => setTimeout(() => r(-1), 10_000))]);
+      sock.destroy();
+      expect(answered).toBeGreaterThan(0);
+      expect(closedAt).toBeGreaterThan(0);
+      const idleMs = closedAt - answered;
+      expect(idleMs).toBeGreaterThanOrEqual(900);
+      expect(idleMs).toBeLessThan(4000);
+    } finally {
+      await p.stop('SIGKILL');
+      await close(slow);
     }
   });
 });

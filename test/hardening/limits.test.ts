@@ -86,7 +86,7 @@ describe('defaults', () => {
         maxConnections: server.maxConnections,
         maxHeaderSize: (server as unknown as { maxHeaderSize: number }).maxHeaderSize,
         maxHeadersCount: server.maxHeadersCount,
-      }).toEqual({ headersTimeout: 7000, requestTimeout: 70_000, keepAliveTimeout: 17_000, timeout: 17_000, maxConnections: 123, maxHeaderSize: 4096, maxHeadersCount: 101 });
+      }).toEqual({ headersTimeout: 7000, requestTimeout: 70_000, keepAliveTimeout: 0, timeout: 17_000, maxConnections: 123, maxHeaderSize: 4096, maxHeadersCount: 101 });
     } finally {
       routes.close();
       forwarder.close();
