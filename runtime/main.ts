@@ -25,11 +25,20 @@ function configOrExit(): Config {
   }
 }
 
+/** V8 flags for workers (see runPrimary). */
+export const WORKER_V8_FLAGS = ['--max-semi-space-size=4', '--heap-growing-percent=30'];
+
 async function runPrimary(config: Config): Promise<void> {
   // Workers accept from the shared listening socket themselves rather than through the primary
   // (node's default on Linux is round-robin by the primary): no IPC hand-off per connection, and a
   // connection queued while a worker dies waits for another worker instead of being lost with it.
   cluster.schedulingPolicy = cluster.SCHED_NONE;
+  // The worker's memory shape, part of the bundle rather than of the unit so that every way of running
+  // it (systemd, `npm run proxy`, the tests, the benchmark) gets the same. Flags given to node itself
+  // come after and win. Measured at 1,000 open connections (test/bench/README-bench.md): V8's young
+  // generation grows to 32 MB under load by default; 4 MB semi-spaces cap it at 8 MB, and a smaller old
+  // space growing step keeps what survives from piling up before a full collection.
+  cluster.setupPrimary({ execArgv: [...WORKER_V8_FLAGS, ...process.execArgv] });
   const coordinator = new Coordinator(config, await providerFor(config));
   // Cached discoveries live as long as a route could (routes expire in the workers after the idle TTL).
   setInterval(() => coordinator.prune(config.routeIdleTtlMs), config.nodeCheckPeriodMs).unref();
@@ -40,7 +49,8 @@ async function runPrimary(config: Config): Promise<void> {
   const recentDeaths: number[] = [];
 
   const fork = (): Worker => {
-    const w = cluster.fork();
+    // glibc gives every thread its own malloc arena by default (V8's helper threads too): two are enough.
+    const w = cluster.fork({ MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '2' });
     coordinator.add(w);
     w.on('message', (m: ToPrimary) => {
       if (m?.t === 'ready') {

@@ -2,6 +2,7 @@
  * Several workers under one primary: discovery and health checks happen once for all of them, and
  * what the primary learns reaches every worker.
  */
+import * as fs from 'node:fs';
 import { startAwsStub } from '../support/aws-stub';
 import { startBackend } from '../support/backend';
 import { startBundle } from '../support/bundle';
@@ -101,5 +102,21 @@ test('LOG_CONNECTIONS=true writes one JSON access line per request; the default 
   } finally {
     await Promise.all([loud.stop(), quiet.stop()]);
     await backend.close();
+  }
+});
+
+test("workers start with the bundle's memory settings (a small V8 young generation, two malloc arenas)", async () => {
+  const target = await startBackend('target');
+  const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${target.port}`, HEALTH_CHECK_PATH: 'off', WORKERS: '1' });
+  try {
+    const [pid] = p.workers();
+    const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    const env = fs.readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
+    expect(argv).toEqual(expect.arrayContaining(['--max-semi-space-size=4', '--heap-growing-percent=30']));
+    expect(env).toContain('MALLOC_ARENA_MAX=2');
+    expect((await request(p.port, { path: '/' })).status).toBe(200);
+  } finally {
+    await p.stop('SIGKILL');
+    await target.close();
   }
 });
