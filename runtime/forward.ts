@@ -17,7 +17,7 @@ import httpProxy from 'http-proxy';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
 import type * as net from 'node:net';
 import type { UpstreamHandler, UpstreamRequest, UpstreamResponse } from './upstream';
-import { failedConnections, limitHits, rejectedRequests, retriesTotal, successfulConnections, upstreamErrors } from './metrics';
+import { countSuccess, failedConnections, limitHits, rejectedRequests, retriesTotal, upstreamErrors } from './metrics';
 
 export interface ForwardOptions {
   readonly connectTimeoutMs: number;
@@ -408,7 +408,7 @@ class Exchange implements UpstreamHandler {
     this.responded = true;
     if (this.connectTimer) clearTimeout(this.connectTimer);
     s.breaker.onSuccess();
-    successfulConnections.labels({ target: s.target.id }).inc();
+    countSuccess(s.target.id);
     const status = (this.status = upRes.statusCode ?? 502);
     if (!res.headersSent) res.writeHead(status, upRes.statusMessage, downstreamHeaders(upRes));
     upRes.pipe(res);

@@ -11,10 +11,8 @@ import { log } from './log';
 import {
   activeConnections,
   limitHits,
+  countRequest,
   rejectedRequests,
-  requestDuration,
-  requestsTotal,
-  statusClass,
 } from './metrics';
 import type { RouteTable } from './routes';
 import { parseHost, RouteResult, RoutingRules, rulesFrom } from './routing';
@@ -77,6 +75,9 @@ function onFirstChunk(socket: net.Socket, see: (chunk: Buffer) => void): void {
     return result;
   };
 }
+
+const kStarted = Symbol('karma.started');
+type Timed = http.IncomingMessage & { [kStarted]?: number };
 
 const isWebSocket = (req: http.IncomingMessage): boolean =>
   req.method === 'GET' && req.headers.upgrade?.toLowerCase() === 'websocket';
@@ -146,15 +147,16 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
     return r;
   };
 
-  const started = new WeakMap<http.IncomingMessage, bigint>();
+  // When each request arrived (ms, performance.now()), for the duration metric and the access log.
+  const started = (req: http.IncomingMessage): void => {
+    (req as Timed)[kStarted] = performance.now();
+  };
   const discoveryWaitMs = Math.min(config.upstreamTimeoutMs, FIRST_DISCOVERY_WAIT_MS);
 
   const record = (req: http.IncomingMessage, routeLabel: string, o: Outcome): void => {
-    const t0 = started.get(req);
-    const seconds = t0 === undefined ? 0 : Number(process.hrtime.bigint() - t0) / 1e9;
-    const code = statusClass(o.status);
-    requestsTotal.labels({ route: routeLabel, code }).inc();
-    requestDuration.labels({ code }).observe(seconds);
+    const t0 = (req as Timed)[kStarted];
+    const seconds = t0 === undefined ? 0 : (performance.now() - t0) / 1000;
+    countRequest(routeLabel, o.status, seconds);
     if (config.logConnections) {
       log('info', 'access', {
         method: req.method,
@@ -189,7 +191,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
   };
 
   const onRequest = (req: http.IncomingMessage, res: http.ServerResponse): void => {
-    started.set(req, process.hrtime.bigint());
+    started(req);
     if (shuttingDown) res.shouldKeepAlive = false;
     const bad = screen(req, config.maxHeaders, poolMode);
     if (bad) return refuse(req, res, bad.status, bad.reason, bad.message);
@@ -251,7 +253,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
       socket.end();
     });
     if (bodyComing(req)) {
-      started.set(req, process.hrtime.bigint());
+      started(req);
       return refuse(req, res, 400, 'upgrade_with_body', 'an Upgrade request other than WebSocket may not carry a body');
     }
     onRequest(req, res);
@@ -276,7 +278,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
       key = r.key;
       id = r.id!;
     }
-    started.set(req, process.hrtime.bigint());
+    started(req);
     // A WebSocket lives as long as its peers want; no fixed timeout cuts it (TCP keep-alive finds dead peers).
     if ('setTimeout' in socket) (socket as unknown as { setTimeout(ms: number): void }).setTimeout(0);
     let late = false;

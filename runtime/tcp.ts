@@ -9,7 +9,7 @@ import * as net from 'node:net';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
 import type { Config } from './config';
 import { log } from './log';
-import { activeConnections, failedConnections, limitHits, retriesTotal, successfulConnections, upstreamErrors } from './metrics';
+import { activeConnections, countSuccess, failedConnections, limitHits, retriesTotal, upstreamErrors } from './metrics';
 import type { RouteTable } from './routes';
 import type { ProxyServer } from './server';
 import { POOL_ROUTE } from './types';
@@ -57,7 +57,7 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
       connected = true;
       clearTimeout(timer);
       s.breaker.onSuccess();
-      successfulConnections.labels({ target: s.target.id }).inc();
+      countSuccess(s.target.id);
       upstream.setNoDelay(true);
       upstream.setTimeout(config.idleTimeoutMs, () => upstream.destroy());
       client.pipe(upstream);
