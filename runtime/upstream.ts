@@ -16,7 +16,7 @@
  * `Connection: close` and HTTP/1.0 answers (socket not reused); a response that ends before the request
  * body did (socket not reused); request bodies with Content-Length or, when the client sent chunked,
  * re-chunked; raw header names and repeated headers as sent; POOL_SIZE sockets per target with a FIFO
- * queue; idle sockets closed after the free-socket timeout, most recently used first.
+ * queue; idle sockets reused most recently used first, and closed by a sweep after the free-socket timeout.
  * Does not handle: Upgrade (forward.ts `ws` stays on http-proxy), trailers (dropped, as hop-by-hop),
  * pipelining, TLS to targets.
  */
@@ -128,6 +128,8 @@ class Conn {
   private upgraded = false;
   /** The idle timeout the socket has now (set only when it changes: each setTimeout allocates a timer). */
   timeoutMs = 0;
+  /** When the socket last went idle in its pool (Date.now()). */
+  idleSince = 0;
 
   constructor(
     readonly pool: UpstreamPool | undefined,
@@ -249,6 +251,7 @@ export class UpstreamPool {
   private readonly all = new Set<Conn>();
   private readonly waiting: UpstreamRequest[] = [];
   private closed = false;
+  private sweeper: NodeJS.Timeout | undefined;
 
   constructor(private readonly opts: UpstreamPoolOptions) {}
 
@@ -308,9 +311,24 @@ export class UpstreamPool {
       c.socket.destroy();
       return;
     }
-    c.setTimeout(this.opts.freeSocketTimeoutMs);
+    c.idleSince = Date.now();
     this.idle.push(c);
+    this.sweeper ??= setInterval(this.sweep, Math.max(10, this.opts.freeSocketTimeoutMs / 8)).unref();
   }
+
+  /**
+   * Closes the sockets idle for the free-socket timeout. A sweep rather than a timer per socket: the
+   * socket keeps its request timeout while idle, so going idle and busy again costs no timer.
+   */
+  private readonly sweep = (): void => {
+    const cutoff = Date.now() - this.opts.freeSocketTimeoutMs;
+    // Idle sockets are taken from the end, so the front holds the longest idle.
+    while (this.idle.length > 0 && this.idle[0].idleSince <= cutoff) this.idle.shift()!.socket.destroy();
+    if (this.idle.length === 0 && this.sweeper) {
+      clearInterval(this.sweeper);
+      this.sweeper = undefined;
+    }
+  };
 
   /** A socket closed: its place goes to the next in line, on a new connection. */
   forget(c: Conn): void {
@@ -334,6 +352,8 @@ export class UpstreamPool {
   /** Closes every socket; later requests are refused a socket and wait (none should come). */
   destroy(): void {
     this.closed = true;
+    if (this.sweeper) clearInterval(this.sweeper);
+    this.sweeper = undefined;
     for (const c of [...this.all]) c.socket.destroy();
     this.idle.length = 0;
   }
