@@ -35,6 +35,12 @@ export interface ForwardOptions {
  */
 export type FailureKind = 'refused' | 'reset' | 'timeout' | 'connect_timeout' | 'dns' | 'pool_full' | 'bad_response' | 'other';
 
+/**
+ * Told once what became of a forwarded request; `tag` is what the caller gave forward() (the route), so
+ * one function serves every request.
+ */
+export type Done = (o: Outcome, req: http.IncomingMessage, tag: string) => void;
+
 /** What became of one forwarded request, for the access log and metrics. */
 export interface Outcome {
   status: number;
@@ -196,8 +202,8 @@ export class Forwarder {
    * not a failure: the request moves to a fresh connection. Calls `done` once, when the response is
    * finished or abandoned.
    */
-  forward(req: http.IncomingMessage, res: http.ServerResponse, pool: Pool, done: (o: Outcome) => void): void {
-    new Exchange(this.registry, this.opts, req, res, pool, done).next();
+  forward(req: http.IncomingMessage, res: http.ServerResponse, pool: Pool, done: Done, tag = ''): void {
+    new Exchange(this.registry, this.opts, req, res, pool, done, tag).next();
   }
 
   /** forward(), as a promise that never rejects. */
@@ -306,11 +312,16 @@ class Exchange implements UpstreamHandler {
     private readonly req: http.IncomingMessage,
     private readonly res: http.ServerResponse,
     private readonly pool: Pool,
-    private readonly done: (o: Outcome) => void,
+    private readonly report: Done,
+    private readonly tag: string,
   ) {
     this.headers = upstreamHeaders(req, opts.listenPort());
     this.body = hasBody(req);
     this.retryOnReset = IDEMPOTENT.has(req.method ?? '') && !this.body;
+  }
+
+  private done(): void {
+    this.report(this.outcome, this.req, this.tag);
   }
 
   /** Picks the next target and tries it, or answers with what went wrong when none is left. */
@@ -322,7 +333,7 @@ class Exchange implements UpstreamHandler {
       if (outcome.error) return this.fail();
       outcome.status = 503;
       answer(this.res, 503, 'no target available', { 'Retry-After': '5' });
-      return this.done(outcome);
+      return this.done();
     }
     outcome.attempts++;
     outcome.target = pick.state.target.id;
@@ -339,7 +350,7 @@ class Exchange implements UpstreamHandler {
       outcome.status = outcome.error === 'timeout' || outcome.error === 'connect_timeout' ? 504 : 502;
       answer(this.res, outcome.status, outcome.status === 504 ? 'upstream timed out' : 'upstream connection failed');
     }
-    this.done(outcome);
+    this.done();
   }
 
   /** One try against one target; ends in settle(). */
@@ -354,8 +365,12 @@ class Exchange implements UpstreamHandler {
     const { req, res } = this;
     if (!this.listening) {
       this.listening = true;
-      res.on('close', this.onClientClose);
-      if (this.body) req.on('timeout', this.onClientStall);
+      (res as Carrying)[kExchange] = this;
+      res.on('close', onClientClose);
+      if (this.body) {
+        (req as Carrying)[kExchange] = this;
+        req.on('timeout', onClientStall);
+      }
     }
     const ask = { method: req.method ?? 'GET', path: req.url ?? '/', headers: this.headers, body: this.body, timeoutMs: this.opts.upstreamTimeoutMs };
     // A socket at hand is announced (onSocket) before request() returns.
@@ -365,11 +380,10 @@ class Exchange implements UpstreamHandler {
     // pool says synchronously. The wait is bounded like a silent target, and counted.
     if (up.queued && !this.settled) {
       limitHits.labels({ limit: 'target_sockets' }).inc();
-      this.queueTimer = setTimeout(this.onQueueTimeout, this.opts.upstreamTimeoutMs);
+      this.queueTimer = setTimeout(queueTimedOut, this.opts.upstreamTimeoutMs, this);
     }
   }
 
-  private readonly onQueueTimeout = (): void => this.failTry('pool_full');
 
   onSocket(up: UpstreamRequest, socket: net.Socket): void {
     this.up = up;
@@ -377,23 +391,23 @@ class Exchange implements UpstreamHandler {
     this.queueTimer = undefined;
     if (this.settled) return;
     if (socket.connecting) {
-      this.connectTimer = setTimeout(this.onConnectTimeout, this.opts.connectTimeoutMs);
-      socket.once('connect', this.startSending);
+      this.connectTimer = setTimeout(connectTimedOut, this.opts.connectTimeoutMs, this);
+      socket.once('connect', () => this.startSending());
     } else if (up.reusedSocket && !this.replayable) {
       // A reused socket whose target closed it a moment ago still looks open until its FIN is read.
       // Let one poll phase pass before sending what could not be replayed: a stale socket then fails
       // with nothing sent, and the request moves to a fresh connection instead of failing.
-      setImmediate(afterPoll, this.startSending);
+      setImmediate(afterPoll, startSending, this);
     } else {
       this.startSending();
     }
   }
 
-  private readonly onConnectTimeout = (): void => {
+  connectTimedOut(): void {
     this.up?.destroy(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' }));
-  };
+  }
 
-  private readonly startSending = (): void => {
+  startSending(): void {
     if (this.settled) return;
     if (this.connectTimer) clearTimeout(this.connectTimer);
     this.connectTimer = undefined;
@@ -401,7 +415,7 @@ class Exchange implements UpstreamHandler {
     const up = this.up!;
     if (this.body) this.req.pipe(up as unknown as NodeJS.WritableStream); // write/end/drain, as Readable.pipe uses them
     else up.end();
-  };
+  }
 
   onResponse(upRes: UpstreamResponse): void {
     const { res, s } = this;
@@ -412,7 +426,7 @@ class Exchange implements UpstreamHandler {
     const status = (this.status = upRes.statusCode ?? 502);
     if (!res.headersSent) res.writeHead(status, upRes.statusMessage, downstreamHeaders(upRes));
     upRes.pipe(res);
-    res.once('finish', this.onFinish);
+    res.once('finish', onResponseFinish);
   }
 
   onError(err: NodeJS.ErrnoException): void {
@@ -428,29 +442,31 @@ class Exchange implements UpstreamHandler {
     this.failTry('timeout');
   }
 
-  private readonly onFinish = (): void => this.settle(this.status);
+  responseFinished(): void {
+    this.settle(this.status);
+  }
 
   // The client went away before the response ended: stop the upstream work too. (`req` emits
   // 'close' once its body is read, so the response's 'close' is the signal that the client left.)
-  private readonly onClientClose = (): void => {
+  clientClosed(): void {
     if (this.settled || this.res.writableFinished) return;
     this.up?.destroy();
     if (this.responded) this.settle(this.res.statusCode);
     else this.settle(undefined, new UpstreamError('client_gone', false));
-  };
+  }
 
   // Node's idle timer of the client socket (IDLE_TIMEOUT) fired while the body was still coming: the
   // client stalled. Listening keeps Node from destroying the socket, so the client can hear a 408.
-  private readonly onClientStall = (): void => {
+  clientStalled(): void {
     if (this.settled) return;
     this.up?.destroy();
     if (this.responded) {
       this.res.destroy();
       this.settle(this.res.statusCode);
     } else this.settle(undefined, new UpstreamError('client_timeout', false));
-  };
+  }
 
-  private failTry(kind: FailureKind): void {
+  failTry(kind: FailureKind): void {
     if (this.settled) return;
     const up = this.up;
     if (this.responded) {
@@ -494,7 +510,7 @@ class Exchange implements UpstreamHandler {
     if (!err) {
       outcome.status = status!;
       outcome.error = undefined;
-      return this.done(outcome);
+      return this.done();
     }
     const notTheTarget = err.kind === 'client_gone' || err.kind === 'client_timeout' || err.kind === 'stale';
     if (notTheTarget || err.blameless || err.kind === 'pool_full') s.breaker.release();
@@ -510,7 +526,7 @@ class Exchange implements UpstreamHandler {
     const { outcome, req, res } = this;
     if (err.kind === 'client_gone') {
       outcome.status = 499; // nginx's code for "client closed request"; only logged, never sent
-      return this.done(outcome);
+      return this.done();
     }
     if (err.kind === 'client_timeout') {
       // The client stopped sending its body: its fault, said as nginx says it, and the connection is done.
@@ -518,7 +534,7 @@ class Exchange implements UpstreamHandler {
       outcome.status = 408;
       res.shouldKeepAlive = false;
       answer(res, 408, 'request body timed out');
-      return this.done(outcome);
+      return this.done();
     }
     const unsent = !res.headersSent && !req.socket.destroyed;
     if (err.kind === 'stale') {
@@ -528,7 +544,7 @@ class Exchange implements UpstreamHandler {
         // Its idle siblings are likely just as dead (an idle timeout, a restart), and a target that closes
         // after every response leaves only dead ones: the next try opens a connection of its own.
         this.s.pool.destroyIdle();
-        setImmediate(afterPoll, this.retryStale);
+        setImmediate(afterPoll, retryStale, this);
         return;
       }
       outcome.error = 'reset';
@@ -547,19 +563,37 @@ class Exchange implements UpstreamHandler {
     this.fail();
   }
 
-  private readonly retryStale = (): void => {
+  retryStale(): void {
     if (this.req.socket.destroyed || this.res.headersSent) {
       this.outcome.status = 499;
-      return this.done(this.outcome);
+      return this.done();
     }
     this.next();
-  };
+  }
 }
 
-/** Runs `fn` after the event loop has polled for I/O once (from a check phase: one more full turn). */
-function afterPoll(fn: () => void): void {
-  setImmediate(fn);
+/** Runs `fn(x)` after the event loop has polled for I/O once (from a check phase: one more full turn). */
+function afterPoll(fn: (x: Exchange) => void, x: Exchange): void {
+  setImmediate(fn, x);
 }
+
+// Listeners and timer callbacks shared by every Exchange (found through the request or response), so a
+// request allocates no closures for them.
+const kExchange = Symbol('karma.exchange');
+type Carrying = { [kExchange]?: Exchange };
+function onClientClose(this: http.ServerResponse): void {
+  (this as Carrying)[kExchange]?.clientClosed();
+}
+function onClientStall(this: http.IncomingMessage): void {
+  (this as Carrying)[kExchange]?.clientStalled();
+}
+function onResponseFinish(this: http.ServerResponse): void {
+  (this as Carrying)[kExchange]?.responseFinished();
+}
+const queueTimedOut = (x: Exchange): void => x.failTry('pool_full');
+const connectTimedOut = (x: Exchange): void => x.connectTimedOut();
+const startSending = (x: Exchange): void => x.startSending();
+const retryStale = (x: Exchange): void => x.retryStale();
 
 /** An answer written straight to a socket (for upgrade requests, which have no ServerResponse). */
 export function rawAnswer(socket: Duplex, status: number, message: string, extraHeaders = ''): void {

@@ -31,6 +31,8 @@ export interface RouteTableOptions {
 }
 
 interface Entry {
+  /** The lookup answer for this entry's pool, made once rather than per request. */
+  hit?: Lookup & { kind: 'pool' };
   readonly key: RouteKey;
   readonly id: string;
   /** Known route (possibly empty after a scale to zero); undefined while absent. */
@@ -90,7 +92,7 @@ export class RouteTable {
     if (!e) return UNKNOWN;
     const now = this.now();
     e.lastUsed = now;
-    if (e.pool) return { kind: 'pool', pool: e.pool };
+    if (e.pool) return e.hit?.pool === e.pool ? e.hit : (e.hit = { kind: 'pool', pool: e.pool });
     if (e.absentUntil > now) return ABSENT;
     return UNKNOWN;
   }

@@ -173,6 +173,8 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
     }
   };
 
+  const recordForwarded = (o: Outcome, req: http.IncomingMessage, id: string): void => record(req, id, o);
+
   const refuse = (req: http.IncomingMessage, res: http.ServerResponse, status: number, reason: string, message: string): void => {
     rejectedRequests.labels({ reason }).inc();
     if (status === 431) limitHits.labels({ limit: 'headers' }).inc();
@@ -214,7 +216,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
         return;
       }
       // The client socket's idle timer is not touched per request (see onSocketTimeout).
-      forwarder.forward(req, res, pool, (o) => record(req, id, o));
+      forwarder.forward(req, res, pool, recordForwarded, id);
     };
     // The everyday case stays synchronous; only a route never seen before waits for its discovery,
     // and not for long: a throttled or hung AWS API must not hold clients (the discovery itself goes
