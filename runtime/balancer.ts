@@ -23,6 +23,8 @@ export interface TargetState {
   tunnels: number;
   /** How many pools list this target; at 0 with nothing in flight it is forgotten (drained). */
   refs: number;
+  /** The answer pick() gives for this target when it is not a fail-open one, made once. */
+  picked?: Pick;
 }
 
 export interface RegistryOptions {
@@ -181,8 +183,11 @@ export class Pool {
         const s = this.members[i];
         if (tier(s) !== want || exclude?.has(s) || !s.breaker.tryAcquire()) continue;
         this.cursor = i + 1 === n ? 0 : i + 1;
-        if (want === UNHEALTHY) failOpenTotal.labels({ route: this.id }).inc();
-        return { state: s, failOpen: want === UNHEALTHY };
+        if (want === UNHEALTHY) {
+          failOpenTotal.labels({ route: this.id }).inc();
+          return { state: s, failOpen: true };
+        }
+        return (s.picked ??= { state: s, failOpen: false });
       }
     }
     return undefined;

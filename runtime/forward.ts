@@ -16,7 +16,7 @@ import type { Duplex } from 'node:stream';
 import httpProxy from 'http-proxy';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
 import type * as net from 'node:net';
-import type { UpstreamHandler, UpstreamRequest, UpstreamResponse } from './upstream';
+import type { RenderedHeaders, UpstreamHandler, UpstreamRequest, UpstreamResponse } from './upstream';
 import { countSuccess, failedConnections, limitHits, rejectedRequests, retriesTotal, upstreamErrors } from './metrics';
 
 export interface ForwardOptions {
@@ -114,6 +114,17 @@ function clientIp(req: http.IncomingMessage): string {
   return a.startsWith('::ffff:') ? a.slice(7) : a;
 }
 
+let lastPort = -1;
+let lastPortString = '';
+/** The listening port as a header value, made once rather than per request. */
+function portString(port: number): string {
+  if (port !== lastPort) {
+    lastPort = port;
+    lastPortString = String(port);
+  }
+  return lastPortString;
+}
+
 /** Names listed in a Connection header are hop-by-hop too. */
 function connectionTokens(req: http.IncomingMessage): Set<string> | undefined {
   const c = req.headers.connection;
@@ -121,11 +132,23 @@ function connectionTokens(req: http.IncomingMessage): Set<string> | undefined {
   return new Set(c.split(',').map((t) => t.trim().toLowerCase()));
 }
 
-/** The upstream request's headers: client's headers minus hop-by-hop, plus X-Forwarded-*. Flat [k, v, k, v]. */
-export function upstreamHeaders(req: http.IncomingMessage, listenPort: number): string[] {
+/**
+ * The upstream request's header lines (`Name: value\r\n` each, one string, as they go on the wire): the
+ * client's headers minus hop-by-hop ones, plus X-Forwarded-*.
+ */
+export function upstreamHeaderLines(req: http.IncomingMessage, listenPort: string): RenderedHeaders {
+  let lines = '';
+  let hasLength = false;
+  renderUpstream(req, listenPort, (name, value) => {
+    lines += `${name}: ${value}\r\n`;
+    if (name.length === 14 && name.toLowerCase() === 'content-length') hasLength = true;
+  });
+  return { lines, hasLength };
+}
+
+function renderUpstream(req: http.IncomingMessage, listenPort: string, emit: (name: string, value: string) => void): void {
   const raw = req.rawHeaders;
   const extra = connectionTokens(req);
-  const out: string[] = [];
   let xff: string | undefined;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i];
@@ -137,14 +160,13 @@ export function upstreamHeaders(req: http.IncomingMessage, listenPort: number): 
       if (lower === 'x-forwarded-for') xff = xff === undefined ? raw[i + 1] : `${xff}, ${raw[i + 1]}`;
       continue;
     }
-    out.push(name, raw[i + 1]);
+    emit(name, raw[i + 1]);
   }
   const ip = clientIp(req);
-  out.push('X-Forwarded-For', xff ? `${xff}, ${ip}` : ip);
-  out.push('X-Forwarded-Proto', 'http');
-  out.push('X-Forwarded-Port', String(listenPort));
-  if (req.headers.host !== undefined) out.push('X-Forwarded-Host', req.headers.host);
-  return out;
+  emit('X-Forwarded-For', xff ? `${xff}, ${ip}` : ip);
+  emit('X-Forwarded-Proto', 'http');
+  emit('X-Forwarded-Port', listenPort);
+  if (req.headers.host !== undefined) emit('X-Forwarded-Host', req.headers.host);
 }
 
 /** The response headers for the client: upstream's minus hop-by-hop. Flat [k, v, k, v]. */
@@ -284,7 +306,7 @@ export class Forwarder {
  */
 class Exchange implements UpstreamHandler {
   private readonly outcome: Outcome = { status: 0, target: undefined, attempts: 0, error: undefined };
-  private readonly headers: string[];
+  private readonly headers: RenderedHeaders;
   private readonly body: boolean;
   private readonly retryOnReset: boolean;
   /** Targets this request already failed on (made on the first retry). */
@@ -315,7 +337,7 @@ class Exchange implements UpstreamHandler {
     private readonly report: Done,
     private readonly tag: string,
   ) {
-    this.headers = upstreamHeaders(req, opts.listenPort());
+    this.headers = upstreamHeaderLines(req, portString(opts.listenPort()));
     this.body = hasBody(req);
     this.retryOnReset = IDEMPOTENT.has(req.method ?? '') && !this.body;
   }

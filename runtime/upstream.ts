@@ -61,11 +61,20 @@ export interface UpstreamPoolOptions {
   readonly freeSocketTimeoutMs: number;
 }
 
+/** Header lines as they go on the wire (`Name: value\r\n` each), and whether one is Content-Length. */
+export interface RenderedHeaders {
+  readonly lines: string;
+  readonly hasLength: boolean;
+}
+
 export interface UpstreamRequestOptions {
   method: string;
   path: string;
-  /** Flat [name, value, …], names as the client spelled them; hop-by-hop headers already removed. */
-  headers: string[];
+  /**
+   * Flat [name, value, …], names as the client spelled them, or already rendered as header lines;
+   * hop-by-hop headers removed either way.
+   */
+  headers: string[] | RenderedHeaders;
   /** The request has a body: it goes out with the client's Content-Length, or chunked without one. */
   body: boolean;
   /** Idle timeout of the socket while it serves this request (UPSTREAM_TIMEOUT); 0 for none. @default 0 */
@@ -463,9 +472,14 @@ export class UpstreamRequest extends EventEmitter {
     const h = opts.headers;
     let head = `${opts.method} ${opts.path} HTTP/1.1\r\n`;
     let length = false;
-    for (let i = 0; i < h.length; i += 2) {
-      head += `${h[i]}: ${h[i + 1]}\r\n`;
-      if (h[i].length === 14 && h[i].toLowerCase() === 'content-length') length = true;
+    if (Array.isArray(h)) {
+      for (let i = 0; i < h.length; i += 2) {
+        head += `${h[i]}: ${h[i + 1]}\r\n`;
+        if (h[i].length === 14 && h[i].toLowerCase() === 'content-length') length = true;
+      }
+    } else {
+      head += h.lines;
+      length = h.hasLength;
     }
     if (!keepAlive) head += 'Connection: close\r\n';
     // forward.ts drops Transfer-Encoding (hop-by-hop): a body of unknown length goes out chunked.
