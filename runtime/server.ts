@@ -25,6 +25,9 @@ import type { Pool } from './balancer';
  */
 const FIRST_DISCOVERY_WAIT_MS = 10_000;
 
+/** How long past IDLE_TIMEOUT an idle keep-alive connection stays open (Node's own margin). */
+const KEEP_ALIVE_GRACE_MS = 1000;
+
 const bodyComing = (req: http.IncomingMessage): boolean => {
   const cl = req.headers['content-length'];
   return req.headers['transfer-encoding'] !== undefined || (cl !== undefined && cl !== '0');
@@ -194,6 +197,9 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
 
   const onRequest = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     started(req);
+    // Advertised as Node does when it runs the keep-alive timer itself (see keepAliveTimeout below).
+    (res as unknown as { _keepAliveTimeout: number })._keepAliveTimeout = config.idleTimeoutMs;
+    if (inKeepAliveGrace > 0) endKeepAliveGrace(req.socket);
     if (shuttingDown) res.shouldKeepAlive = false;
     const bad = screen(req, config.maxHeaders, poolMode);
     if (bad) return refuse(req, res, bad.status, bad.reason, bad.message);
@@ -306,12 +312,24 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
    * every read and write). Node has already told the request, so a client stalled in its body has had
    * its 408 from the forwarder. Then: a response still to come is the target's or discovery's to give
    * (UPSTREAM_TIMEOUT and the discovery wait bound them, then a 504 or 503), so the clock starts again;
-   * an answer just written gets one more period to drain; anything else (an idle keep-alive connection,
-   * a client that stopped reading) is closed, as Node would.
+   * an answer just written gets one more period to drain; a connection idle between requests gets
+   * KEEP_ALIVE_GRACE_MS more, as Node gives past the `Keep-Alive: timeout` it advertises, so that a
+   * client honouring the hint closes first (no request lost to the close race); anything else (a client
+   * that stopped reading) is closed, as Node would.
    */
   const graced = new WeakSet<net.Socket>();
+  const keepAliveGraced = new WeakSet<net.Socket>();
+  let inKeepAliveGrace = 0;
   const onSocketTimeout = (socket: net.Socket): void => {
     const res = (socket as { _httpMessage?: http.ServerResponse | null })._httpMessage;
+    if (keepAliveGraced.has(socket)) {
+      endKeepAliveGrace(socket);
+      if (!res) return void socket.destroy();
+    } else if (!res && !socket.destroyed) {
+      keepAliveGraced.add(socket);
+      inKeepAliveGrace++;
+      return void socket.setTimeout(KEEP_ALIVE_GRACE_MS);
+    }
     if (res && !socket.destroyed) {
       if (!res.headersSent) return void socket.setTimeout(config.idleTimeoutMs);
       if (res.writableEnded && !graced.has(socket)) {
@@ -321,6 +339,12 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
     }
     socket.destroy();
   };
+  /** A request came on a connection in its keep-alive grace: back to the IDLE_TIMEOUT clock. */
+  const endKeepAliveGrace = (socket: net.Socket): void => {
+    if (!keepAliveGraced.delete(socket)) return;
+    inKeepAliveGrace--;
+    socket.setTimeout(config.idleTimeoutMs);
+  };
 
   const server = http.createServer(
     {
@@ -329,8 +353,9 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
       headersTimeout:
         config.requestTimeoutMs > 0 ? Math.min(config.headersTimeoutMs, config.requestTimeoutMs) : config.headersTimeoutMs,
       // No separate keep-alive timer: an idle keep-alive connection is closed by the same IDLE_TIMEOUT
-      // timer (server.timeout). With one, Node re-set the socket's timer twice per request (each
-      // setTimeout allocates one), and so did we; now the timer is set once per connection.
+      // timer (server.timeout), plus KEEP_ALIVE_GRACE_MS (onSocketTimeout). With Node's, the socket's
+      // timer was re-set twice per request (each setTimeout allocates one), and twice more by us; now
+      // it is set once per connection. The Keep-Alive header is still sent (onRequest).
       keepAliveTimeout: 0,
       // How often header and request timeouts are enforced (Node's default is 30 s).
       connectionsCheckingInterval: 500,
