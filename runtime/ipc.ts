@@ -16,7 +16,9 @@ export type ToPrimary =
   | { readonly t: 'discover'; readonly n: number; readonly route: RouteKey }
   /** Every target this worker has in use now (the health checker checks the union). */
   | { readonly t: 'in-use'; readonly targets: readonly Target[] }
-  | { readonly t: 'metrics'; readonly n: number; readonly json: unknown };
+  | { readonly t: 'metrics'; readonly n: number; readonly json: unknown }
+  /** With the listening handle: send it back (acceptors.ts). */
+  | { readonly t: 'acceptor'; readonly n: number };
 
 export type ToWorker =
   | { readonly t: 'discovered'; readonly n: number; readonly targets?: readonly Target[]; readonly error?: string }

@@ -7,6 +7,7 @@ import cluster, { Worker } from 'node:cluster';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Config, ConfigError, loadConfig } from './config';
+import { answerAcceptorRequest } from './acceptors';
 import { Coordinator, providerFor } from './coordinator';
 import type { ToPrimary } from './ipc';
 import { errorFields, log } from './log';
@@ -52,7 +53,8 @@ async function runPrimary(config: Config): Promise<void> {
     // glibc gives every thread its own malloc arena by default (V8's helper threads too): two are enough.
     const w = cluster.fork({ MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '2' });
     coordinator.add(w);
-    w.on('message', (m: ToPrimary) => {
+    w.on('message', (m: ToPrimary, handle?: unknown) => {
+      if (answerAcceptorRequest(w, m, handle)) return;
       if (m?.t === 'ready') {
         ready.add(w.id);
         listenPort = m.port;

@@ -3,6 +3,7 @@
  * port, and a graceful stop on SIGTERM/SIGINT.
  */
 import type { AddressInfo } from 'node:net';
+import { addAcceptors } from './acceptors';
 import { TargetRegistry } from './balancer';
 import type { Config } from './config';
 import { Forwarder } from './forward';
@@ -76,19 +77,21 @@ export async function start(config: Config, deps: { provider?: Provider; primary
 
   await new Promise<void>((resolve, reject) => {
     front.server.once('error', reject);
-    // Node's default accept queue (511) overflows in connection bursts, and the kernel then retries
-    // after 1 s and 3 s: the benchmark saw 2-5 s p99 at 1,000 connections. nginx and HAProxy use 4096.
-    front.server.listen({ port: config.port, host: config.host, backlog: 4096 }, () => {
+    // The accept queue nginx and HAProxy use (node's default is 511), for connection bursts.
+    front.server.listen({ port: config.port, host: config.host, backlog: ACCEPT_BACKLOG }, () => {
       front.server.off('error', reject);
       resolve();
     });
   });
   port = (front.server.address() as AddressInfo).port;
+  // More than one accept per event-loop turn, so a burst of connections is not queued for seconds.
+  const acceptors = await addAcceptors(front.server, ACCEPT_BACKLOG);
 
   let stopped: Promise<void> | undefined;
   const stop = (): Promise<void> =>
     (stopped ??= (async () => {
       routes.stop();
+      acceptors.close();
       await front.shutdown(config.shutdownTimeoutMs);
       health?.stop();
       routes.close();
@@ -98,6 +101,8 @@ export async function start(config: Config, deps: { provider?: Provider; primary
     })());
   return { port, stop };
 }
+
+const ACCEPT_BACKLOG = 4096;
 
 /** The worker's entry point under node:cluster. */
 export async function startWorker(config: Config): Promise<void> {

@@ -3,6 +3,10 @@
  * what the primary learns reaches every worker.
  */
 import * as fs from 'node:fs';
+import * as http from 'node:http';
+import * as net from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { ACCEPT_HANDLES } from '../../runtime/acceptors';
 import { startAwsStub } from '../support/aws-stub';
 import { startBackend } from '../support/backend';
 import { startBundle } from '../support/bundle';
@@ -119,4 +123,72 @@ test("workers start with the bundle's memory settings (a small V8 young generati
     await p.stop('SIGKILL');
     await target.close();
   }
+});
+
+/** The inode of the socket listening on `port`, from /proc/net/tcp (state 0A is LISTEN). */
+function listeningInode(port: number): string | undefined {
+  const hex = port.toString(16).toUpperCase().padStart(4, '0');
+  for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    if (!fs.existsSync(file)) continue;
+    for (const line of fs.readFileSync(file, 'utf8').split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f.length > 9 && f[1].endsWith(`:${hex}`) && f[3] === '0A') return f[9];
+    }
+  }
+  return undefined;
+}
+
+describe('a worker accepts on several handles of its one listening socket (libuv accepts one connection per handle per loop turn)', () => {
+  test('it holds ACCEPT_HANDLES descriptors of the socket; MAX_CONNECTIONS counts the connections of all of them; in-flight requests on any finish on SIGTERM', async () => {
+    const slow = http.createServer((req, res) => {
+      req.resume();
+      setTimeout(() => res.end(`done ${req.url}`), req.url?.startsWith('/slow') ? 700 : 0);
+    });
+    await new Promise<void>((r) => slow.listen(0, '127.0.0.1', r));
+    const slowPort = (slow.address() as AddressInfo).port;
+    const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${slowPort}`, HEALTH_CHECK_PATH: 'off', WORKERS: '1', MAX_CONNECTIONS: '20', IDLE_TIMEOUT: '30' });
+    const sockets: net.Socket[] = [];
+    try {
+      const [pid] = p.workers();
+      const inode = listeningInode(p.port);
+      expect(inode).toBeDefined();
+      const handles = fs.readdirSync(`/proc/${pid}/fd`).filter((fd) => {
+        try {
+          return fs.readlinkSync(`/proc/${pid}/fd/${fd}`) === `socket:[${inode}]`;
+        } catch {
+          return false;
+        }
+      });
+      expect(handles.length).toBe(ACCEPT_HANDLES);
+
+      // 60 connections at once, each with one request: 20 are served and stay open, the rest are closed.
+      const outcomes = await Promise.all(
+        Array.from({ length: 60 }, (_, i) =>
+          new Promise<'served' | 'closed'>((resolve) => {
+            const s = net.connect(p.port, '127.0.0.1', () => s.write(`GET /c${i} HTTP/1.1\r\nHost: app.example.com\r\n\r\n`));
+            sockets.push(s);
+            s.on('data', () => resolve('served'));
+            s.on('close', () => resolve('closed'));
+            s.on('error', () => resolve('closed'));
+          }),
+        ),
+      );
+      expect(outcomes.filter((o) => o === 'served').length).toBe(20);
+      await until('20 open connections', async () => /load_balancer_active_connections 20\b/.test((await request(p.metricsPort, { path: '/metrics' })).body));
+      for (const s of sockets.splice(0)) s.destroy();
+      await until('all closed', async () => /load_balancer_active_connections 0\b/.test((await request(p.metricsPort, { path: '/metrics' })).body));
+
+      // Twenty slow requests at once (spread over the handles), then SIGTERM: every one finishes.
+      const inFlight = Array.from({ length: 20 }, (_, i) => request(p.port, { path: `/slow/${i}` }));
+      await new Promise((r) => setTimeout(r, 200));
+      const stopped = p.stop('SIGTERM', 10_000);
+      const replies = await Promise.all(inFlight);
+      expect(replies.map((r) => r.status)).toEqual(Array(20).fill(200));
+      expect(await stopped).toBe(0);
+    } finally {
+      for (const s of sockets) s.destroy();
+      await p.stop('SIGKILL');
+      await new Promise((r) => slow.close(r));
+    }
+  });
 });
