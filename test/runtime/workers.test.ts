@@ -116,7 +116,7 @@ test("workers start with the bundle's memory settings (a small V8 young generati
     const [pid] = p.workers();
     const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
     const env = fs.readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
-    expect(argv).toEqual(expect.arrayContaining(['--max-semi-space-size=4', '--heap-growing-percent=30']));
+    expect(argv).toEqual(expect.arrayContaining(['--max-semi-space-size=4', '--heap-growing-percent=100']));
     expect(env).toContain('MALLOC_ARENA_MAX=2');
     expect((await request(p.port, { path: '/' })).status).toBe(200);
   } finally {
