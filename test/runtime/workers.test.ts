@@ -97,7 +97,10 @@ test('LOG_CONNECTIONS=true writes one JSON access line per request; the default 
   try {
     await request(loud.port, { path: '/a?b=1' });
     await request(quiet.port, { path: '/a' });
-    const access = await until('the access line', () => loud.lines().filter((l) => l.msg === 'access'));
+    const access = (await until('the access line', () => {
+      const lines = loud.lines().filter((l) => l.msg === 'access');
+      return lines.length > 0 ? lines : undefined;
+    }))!;
     expect(access).toHaveLength(1);
     expect(access[0]).toMatchObject({ level: 'info', method: 'GET', path: '/a?b=1', status: 200, target: `127.0.0.1:${backend.port}` });
     expect(typeof access[0].ms).toBe('number');
