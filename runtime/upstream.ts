@@ -199,11 +199,15 @@ class Conn {
       const x = this.current;
       if (!x) return;
       this.current = undefined;
+      const keep = x.keepAlive && this.pool !== undefined && !this.socket.destroyed;
+      // A target that answered before the whole request body was sent (nginx's `return`, an early 413)
+      // and keeps the connection reads and discards the rest, as HTTP/1.1 asks: the body goes on, and the
+      // socket is reused once it is all sent, as node:http's client does. (Destroying it instead cost a
+      // new upstream connection per such request.)
+      if (keep && !x.ended) x.releaseWhenSent = true;
       x.complete();
-      // Reused only when both sides of the exchange are over: a target that answered before the request
-      // body was all sent leaves the socket mid-request.
-      if (x.keepAlive && x.ended && this.pool && !this.socket.destroyed) this.pool.release(this);
-      else this.socket.destroy();
+      if (keep && x.ended) this.pool!.release(this);
+      else if (!keep) this.socket.destroy();
     };
     this.socket.on('data', (d: Buffer) => {
       let r: number | Error | undefined;
@@ -449,6 +453,8 @@ export class UpstreamRequest extends EventEmitter {
   }
   /** end() was called: the whole request is written. */
   ended = false;
+  /** The response is complete but the body is still going out: end() hands the socket back to the pool. */
+  releaseWhenSent = false;
   res: UpstreamResponse | undefined;
   private conn: Conn | undefined;
   private headSent = false;
@@ -556,6 +562,13 @@ export class UpstreamRequest extends EventEmitter {
     this.ended = true;
     const s = this.sendHead();
     if (s && this.chunked) s.write('0\r\n\r\n', 'latin1');
+    if (this.releaseWhenSent) {
+      // Answered already; now the body is all out too: the socket serves the next request.
+      this.releaseWhenSent = false;
+      const c = this.conn;
+      this.conn = undefined;
+      if (c?.pool && !c.socket.destroyed) c.pool.release(c);
+    }
     this.emit('finish');
     return this;
   }
@@ -567,7 +580,8 @@ export class UpstreamRequest extends EventEmitter {
 
   complete(): void {
     const res = this.res;
-    this.conn = undefined;
+    // Still sending the body: the socket stays this request's until end().
+    if (!this.releaseWhenSent) this.conn = undefined;
     res?.end();
   }
 
@@ -591,8 +605,10 @@ export class UpstreamRequest extends EventEmitter {
     this.pool?.withdraw(this);
     const c = this.conn;
     this.conn = undefined;
-    if (c && c.current === this) {
-      c.current = undefined;
+    if (c && (c.current === this || this.releaseWhenSent)) {
+      // Mid-exchange, or answered with the body only partly sent: the socket cannot serve another request.
+      this.releaseWhenSent = false;
+      if (c.current === this) c.current = undefined;
       c.socket.destroy();
     }
     if (err && !this.errored) {

@@ -84,6 +84,13 @@ function pool(port: number, maxSockets = 10, freeSocketTimeoutMs = 4000): Upstre
 
 const get = (path = '/', method = 'GET', headers: string[] = ['Host', 'x']): UpstreamRequestOptions => ({ method, path, headers, body: false });
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+async function until(check: () => boolean, ms = 3000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > end) throw new Error('timed out waiting');
+    await sleep(5);
+  }
+}
 
 describe('upstream client', () => {
   test('Content-Length answers on one keep-alive socket, reused', async () => {
@@ -175,6 +182,47 @@ describe('upstream client', () => {
     await sleep(30);
     expect(p.sockets).toBe(0);
     expect(await send(p.request(get()))).toMatchObject({ body: 'x', reused: false });
+  });
+
+  test('a target that answers before the body is all sent (and reads the rest, as nginx does) gets the whole body, and the socket is reused after', async () => {
+    const bodies: number[] = [];
+    const s = net.createServer((sock) => {
+      let buf = Buffer.alloc(0);
+      let need = -1; // body bytes still to discard, or -1 while reading a head
+      let got = 0;
+      sock.on('data', (d: Buffer) => {
+        buf = Buffer.concat([buf, d]);
+        for (;;) {
+          if (need < 0) {
+            const i = buf.indexOf('\r\n\r\n');
+            if (i === -1) return;
+            const head = buf.subarray(0, i).toString('latin1');
+            buf = buf.subarray(i + 4);
+            need = Number(/content-length: (\d+)/i.exec(head)?.[1] ?? 0);
+            got = 0;
+            sock.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'); // before reading any of the body
+          }
+          const take = Math.min(need, buf.length);
+          got += take;
+          need -= take;
+          buf = buf.subarray(take);
+          if (need > 0) return;
+          bodies.push(got);
+          need = -1;
+          if (buf.length === 0) return;
+        }
+      });
+      sock.on('error', () => undefined);
+    });
+    const port = await listen(s);
+    const p = pool(port);
+    const big = 'x'.repeat(256 * 1024);
+    const post = (): UpstreamRequestOptions => ({ method: 'POST', path: '/', headers: ['Host', 'x', 'Content-Length', String(big.length)], body: true });
+    expect(await send(p.request(post()), Readable.from([big.slice(0, 100_000), big.slice(100_000)]))).toMatchObject({ status: 200, body: 'ok' });
+    await until(() => bodies.length === 1);
+    expect(await send(p.request(get()))).toMatchObject({ status: 200, body: 'ok', reused: true });
+    expect(bodies).toEqual([big.length, 0]);
+    expect(p.sockets).toBe(1);
   });
 
   test('idle sockets close after the free-socket timeout', async () => {
