@@ -40,7 +40,9 @@ async function runPrimary(config: Config): Promise<void> {
   // under load by default; 4 MB semi-spaces cap it at 8 MB at no throughput cost. With only that, at
   // 1,000 open connections the old space filled with promoted garbage to ~68 MB before a full
   // collection; a growing step of 2x (--heap-growing-percent=100) holds a worker near 104 MiB there
-  // (141 without) for ~14 % of POST-64 KB throughput. A step of 1.3x got 96 MiB but cost 40 %.
+  // (137-141 without) for ~14 % of POST-64 KB throughput and about half of 1 MB-response throughput
+  // (frequent full collections driven by body buffers). Kept: on a t4g.nano memory binds first, and
+  // its network (32 Mbit/s baseline) caps large transfers far below either rate. 1.3x: 96 MiB, -40 %.
   cluster.setupPrimary({ execArgv: [...WORKER_V8_FLAGS, ...process.execArgv] });
   const coordinator = new Coordinator(config, await providerFor(config));
   // Cached discoveries live as long as a route could (routes expire in the workers after the idle TTL).
