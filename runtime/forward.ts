@@ -64,6 +64,11 @@ const HOP_BY_HOP = new Set([
 // Headers the proxy sets itself.
 const OWN = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-port', 'x-forwarded-host', 'expect']);
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
+/**
+ * Lengths of the names above: a header whose name has none of them (and no `_`) is none of them, so the
+ * everyday header is passed on without lower-casing its name (which allocates a string).
+ */
+const SPECIAL_LENGTHS = new Set([...HOP_BY_HOP, ...OWN].map((n) => n.length));
 // Names a client may not smuggle past us in underscore spelling (`X_Forwarded_For`, `Transfer_Encoding`):
 // CGI-style backends (PHP, WSGI, Rack) fold `_` and `-` together and would read them as the real thing.
 const GUARDED = new Set([...HOP_BY_HOP, ...OWN, 'host', 'content-length']);
@@ -152,6 +157,10 @@ function renderUpstream(req: http.IncomingMessage, listenPort: string, emit: (na
   let xff: string | undefined;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i];
+    if (extra === undefined && !SPECIAL_LENGTHS.has(name.length) && !name.includes('_')) {
+      emit(name, raw[i + 1]);
+      continue;
+    }
     const lower = name.toLowerCase();
     // Connection may name extra hop-by-hop headers, but never Host: the target must see where the request went.
     if (HOP_BY_HOP.has(lower) || (extra?.has(lower) && lower !== 'host')) continue;
@@ -176,8 +185,10 @@ function downstreamHeaders(res: { readonly rawHeaders: string[]; readonly header
   const extra = c ? new Set(c.split(',').map((t) => t.trim().toLowerCase())) : undefined;
   const out: string[] = [];
   for (let i = 0; i < raw.length; i += 2) {
-    const lower = raw[i].toLowerCase();
-    if (HOP_BY_HOP.has(lower) || extra?.has(lower)) continue;
+    if (extra !== undefined || SPECIAL_LENGTHS.has(raw[i].length)) {
+      const lower = raw[i].toLowerCase();
+      if (HOP_BY_HOP.has(lower) || extra?.has(lower)) continue;
+    }
     out.push(raw[i], raw[i + 1]);
   }
   return out;
