@@ -101,8 +101,16 @@ export async function addAcceptors(main: net.Server, backlog: number): Promise<A
       extra.on('drop', (d) => main.emit('drop', d));
       extra.on('error', (err) => log('warn', 'extra accept handle failed', errorFields(err)));
       // A handle sent over IPC is bound already: set it up as node does for one (setupListenHandle).
-      e._handle = copy;
-      e._listen2(null, -1, -1, backlog);
+      // Internals: a Node where they differ gets one accept handle, as before, not a failed start.
+      try {
+        if (typeof e._listen2 !== 'function' || typeof m._connections !== 'number') throw new Error('net.Server internals have changed');
+        e._handle = copy;
+        e._listen2(null, -1, -1, backlog);
+      } catch (err) {
+        log('warn', 'cannot add accept handles; accepting on one', errorFields(err));
+        (copy as { close?: () => void }).close?.();
+        break;
+      }
       extras.push(extra);
     }
   }
