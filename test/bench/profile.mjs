@@ -6,7 +6,8 @@
 // Env: PROFILE_SECONDS (default 10), PROFILE_BUNDLE (default dist/karma-proxy.js),
 //      PROFILE_CONNECTIONS (default 50), PROFILE_INTERVAL_US (sampling interval, default 200),
 //      PROFILE_SUBJECT (default karma; alt:node-http etc. profile an alternative for comparison),
-//      PROFILE_OUT (default results/profile-latest.json).
+//      PROFILE_OUT (default results/profile-latest.json), PROFILE_SCENARIO (small, 1mb or post64k;
+//      default small).
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -18,6 +19,13 @@ const say = (s = '') => process.stdout.write(s + '\n');
 const SECONDS = Number(process.env.PROFILE_SECONDS ?? 10);
 const CONNECTIONS = Number(process.env.PROFILE_CONNECTIONS ?? 50);
 const INTERVAL = Number(process.env.PROFILE_INTERVAL_US ?? 200);
+/** What load is profiled: the benchmark's scenarios of the same names. */
+const SCENARIOS = {
+  small: { title: 'small GET', path: '/small' },
+  '1mb': { title: '1 MB responses', path: '/1mb', connections: 10 },
+  post64k: { title: 'POST 64 KB', path: '/post', method: 'POST', bodyBytes: 64 * 1024 },
+};
+const SCENARIO = process.env.PROFILE_SCENARIO ?? 'small';
 
 /** Bundle line → the source module esbuild wrote above it (`// runtime/forward.ts`). */
 function moduleMap(bundle) {
@@ -137,10 +145,13 @@ async function main() {
   const karma = subjectCatalog({ dir, core: '1', backendPort: backend.port, bundle, karmaEnv: {} }).find((s) => s.id === subjectId);
   if (!karma) throw new Error(`no subject ${subjectId}`);
   const inst = await karma.start({}, ['--cpu-prof', `--cpu-prof-dir=${profDir}`, `--cpu-prof-interval=${INTERVAL}`]);
-  const url = `http://127.0.0.1:${inst.port}/small`;
-  await drive(gen, { url, connections: CONNECTIONS, seconds: 2, dir, core: '0' });
+  const sc = SCENARIOS[SCENARIO];
+  if (!sc) throw new Error(`PROFILE_SCENARIO must be one of ${Object.keys(SCENARIOS).join(', ')}`);
+  const url = `http://127.0.0.1:${inst.port}${sc.path}`;
+  const load = { url, connections: process.env.PROFILE_CONNECTIONS ? CONNECTIONS : (sc.connections ?? CONNECTIONS), method: sc.method, bodyBytes: sc.bodyBytes, dir, core: '0' };
+  await drive(gen, { ...load, seconds: 2 });
   const t0 = Number(process.hrtime.bigint() / 1000n);
-  const r = await drive(gen, { url, connections: CONNECTIONS, seconds: SECONDS, dir, core: '0' });
+  const r = await drive(gen, { ...load, seconds: SECONDS });
   const window = [t0, Number(process.hrtime.bigint() / 1000n)];
   await inst.stop();
   await backend.stop();
@@ -163,7 +174,7 @@ async function main() {
 
   const f = (x) => x.toFixed(1);
   const md = [];
-  md.push(`### CPU profile of ${subjectId}'s worker, small GET (${Math.round(r.rps)} req/s under the profiler, ${CONNECTIONS} connections, ${SECONDS} s)`);
+  md.push(`### CPU profile of ${subjectId}'s worker, ${sc.title} (${Math.round(r.rps)} req/s under the profiler, ${load.connections} connections, ${SECONDS} s)`);
   md.push('');
   const us = (s.busyMs * 1000) / r.requests;
   md.push(`Busy ${Math.round(s.busyMs)} ms, idle ${Math.round(s.idleMs)} ms over the ${SECONDS} s measured (start-up excluded): ${us.toFixed(1)} µs of CPU per request under the profiler. Percentages are of busy time; µs are per request.`);
