@@ -7,14 +7,14 @@
  * through `_http_common`); the request head goes out as one string; the response body goes straight into
  * the client's ServerResponse with backpressure.
  *
- * UpstreamRequest is shaped like the part of ClientRequest that forward.ts uses ('socket', 'response',
- * 'error', setTimeout, reusedSocket, writableNeedDrain, write/end as a pipe destination, destroy), so the
- * forwarder's retry, breaker and timeout logic is unchanged.
+ * A request tells its owner what happens through an UpstreamHandler (forward.ts's Exchange): direct
+ * calls, no listeners per request. It is also a pipe destination (write/end/drain) for request bodies,
+ * and without a handler it emits ClientRequest-like events ('socket', 'response', 'error', 'timeout').
  *
  * Handles: Content-Length, chunked and close-delimited responses; HEAD, 204 and 304 without a body; 1xx
  * informational responses skipped until the final one (101 to a plain request is a bad response);
  * `Connection: close` and HTTP/1.0 answers (socket not reused); a response that ends before the request
- * body did (socket not reused); request bodies with Content-Length or, when the client sent chunked,
+ * body did (the body is still sent, then the socket reused, as node:http does); request bodies with Content-Length or, when the client sent chunked,
  * re-chunked; raw header names and repeated headers as sent; POOL_SIZE sockets per target with a FIFO
  * queue; idle sockets reused most recently used first, and closed by a sweep after the free-socket timeout.
  * Does not handle: Upgrade (forward.ts `ws` stays on http-proxy), trailers (dropped, as hop-by-hop),
@@ -23,32 +23,7 @@
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 
-interface Parser {
-  initialize(type: number, resource: object, maxHeaderSize: number, lenient: number): void;
-  execute(data: Buffer): number | Error | undefined;
-  finish(): number | Error | undefined;
-  close(): void;
-  [k: number]: unknown;
-}
-interface ParserClass {
-  new (): Parser;
-  readonly RESPONSE: number;
-  readonly kOnHeaders: number;
-  readonly kOnHeadersComplete: number;
-  readonly kOnBody: number;
-  readonly kOnMessageComplete: number;
-}
-
-// node:http's own llhttp binding (Node 20 and 22 export it from `_http_common`; esbuild keeps the require).
-// eslint-disable-next-line @typescript-eslint/no-var-requires
-const { HTTPParser } = require('_http_common') as { HTTPParser: ParserClass };
-if (typeof HTTPParser !== 'function' || typeof HTTPParser.kOnHeadersComplete !== 'number') {
-  throw new Error(`this Node (${process.version}) has no usable HTTPParser in _http_common`);
-}
-const kOnHeaders = HTTPParser.kOnHeaders | 0;
-const kOnHeadersComplete = HTTPParser.kOnHeadersComplete | 0;
-const kOnBody = HTTPParser.kOnBody | 0;
-const kOnMessageComplete = HTTPParser.kOnMessageComplete | 0;
+import { HTTPParser, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete } from './llhttp';
 
 export interface UpstreamPoolOptions {
   readonly host: string;
@@ -380,8 +355,6 @@ export class UpstreamResponse {
   private onAbort: (() => void) | undefined;
 
   constructor(
-    /** The request this answers. */
-    readonly owner: UpstreamRequest,
     private readonly socket: net.Socket,
     readonly statusCode: number,
     readonly statusMessage: string,
@@ -574,7 +547,7 @@ export class UpstreamRequest extends EventEmitter {
   }
 
   respond(status: number, message: string, raw: string[]): void {
-    this.res = new UpstreamResponse(this, this.conn!.socket, status, message, raw);
+    this.res = new UpstreamResponse(this.conn!.socket, status, message, raw);
     this.handler.onResponse(this.res);
   }
 
