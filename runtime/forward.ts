@@ -39,7 +39,7 @@ export type FailureKind = 'refused' | 'reset' | 'timeout' | 'connect_timeout' | 
  * Told once what became of a forwarded request; `tag` is what the caller gave forward() (the route), so
  * one function serves every request.
  */
-export type Done = (o: Outcome, req: http.IncomingMessage, tag: string) => void;
+export type Done = (req: http.IncomingMessage, tag: string, o: Outcome) => void;
 
 /** What became of one forwarded request, for the access log and metrics. */
 export interface Outcome {
@@ -142,40 +142,30 @@ function connectionTokens(req: http.IncomingMessage): Set<string> | undefined {
  * client's headers minus hop-by-hop ones, plus X-Forwarded-*.
  */
 export function upstreamHeaderLines(req: http.IncomingMessage, listenPort: string): RenderedHeaders {
-  let lines = '';
-  let hasLength = false;
-  renderUpstream(req, listenPort, (name, value) => {
-    lines += `${name}: ${value}\r\n`;
-    if (name.length === 14 && name.toLowerCase() === 'content-length') hasLength = true;
-  });
-  return { lines, hasLength };
-}
-
-function renderUpstream(req: http.IncomingMessage, listenPort: string, emit: (name: string, value: string) => void): void {
   const raw = req.rawHeaders;
   const extra = connectionTokens(req);
+  let lines = '';
+  let hasLength = false;
   let xff: string | undefined;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i];
-    if (extra === undefined && !SPECIAL_LENGTHS.has(name.length) && !name.includes('_')) {
-      emit(name, raw[i + 1]);
-      continue;
+    if (extra !== undefined || SPECIAL_LENGTHS.has(name.length) || name.includes('_')) {
+      const lower = name.toLowerCase();
+      // Connection may name extra hop-by-hop headers, but never Host: the target must see where the request went.
+      if (HOP_BY_HOP.has(lower) || (extra?.has(lower) && lower !== 'host')) continue;
+      if (lower.includes('_') && GUARDED.has(lower.replace(/_/g, '-'))) continue;
+      if (OWN.has(lower)) {
+        if (lower === 'x-forwarded-for') xff = xff === undefined ? raw[i + 1] : `${xff}, ${raw[i + 1]}`;
+        continue;
+      }
     }
-    const lower = name.toLowerCase();
-    // Connection may name extra hop-by-hop headers, but never Host: the target must see where the request went.
-    if (HOP_BY_HOP.has(lower) || (extra?.has(lower) && lower !== 'host')) continue;
-    if (lower.includes('_') && GUARDED.has(lower.replace(/_/g, '-'))) continue;
-    if (OWN.has(lower)) {
-      if (lower === 'x-forwarded-for') xff = xff === undefined ? raw[i + 1] : `${xff}, ${raw[i + 1]}`;
-      continue;
-    }
-    emit(name, raw[i + 1]);
+    if (name.length === 14 && name.toLowerCase() === 'content-length') hasLength = true;
+    lines += `${name}: ${raw[i + 1]}\r\n`;
   }
   const ip = clientIp(req);
-  emit('X-Forwarded-For', xff ? `${xff}, ${ip}` : ip);
-  emit('X-Forwarded-Proto', 'http');
-  emit('X-Forwarded-Port', listenPort);
-  if (req.headers.host !== undefined) emit('X-Forwarded-Host', req.headers.host);
+  lines += `X-Forwarded-For: ${xff ? `${xff}, ${ip}` : ip}\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Port: ${listenPort}\r\n`;
+  if (req.headers.host !== undefined) lines += `X-Forwarded-Host: ${req.headers.host}\r\n`;
+  return { lines, hasLength };
 }
 
 /** The response headers for the client: upstream's minus hop-by-hop. Flat [k, v, k, v]. */
@@ -241,7 +231,7 @@ export class Forwarder {
 
   /** forward(), as a promise that never rejects. */
   web(req: http.IncomingMessage, res: http.ServerResponse, pool: Pool): Promise<Outcome> {
-    return new Promise((resolve) => this.forward(req, res, pool, resolve));
+    return new Promise((resolve) => this.forward(req, res, pool, (_req, _tag, o) => resolve(o)));
   }
 
   /** Forwards a WebSocket (or other Upgrade) handshake and then the raw bytes both ways. */
@@ -354,7 +344,7 @@ class Exchange implements UpstreamHandler {
   }
 
   private done(): void {
-    this.report(this.outcome, this.req, this.tag);
+    this.report(this.req, this.tag, this.outcome);
   }
 
   /** Picks the next target and tries it, or answers with what went wrong when none is left. */

@@ -7,6 +7,7 @@ import type * as net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Config } from './config';
 import { answer, Forwarder, Outcome, rawAnswer } from './forward';
+import { kOnExecute, type Parser } from './llhttp';
 import { log } from './log';
 import {
   activeConnections,
@@ -41,15 +42,6 @@ function isHttp09(chunk: Buffer): boolean {
   return /^[A-Z]+ \S+$/.test(line);
 }
 
-// eslint-disable-next-line @typescript-eslint/no-var-requires
-const { HTTPParser } = require('_http_common') as { HTTPParser: { kOnExecute: number } };
-const kOnExecute = HTTPParser.kOnExecute | 0;
-
-interface ServerParser {
-  [k: number]: unknown;
-  getCurrentBuffer?: () => Buffer;
-}
-
 /**
  * Calls `see` with the first bytes a client sent, after Node's parser has read them. Not with a 'data'
  * listener: adding one takes the connection off Node's native read path (the parser reading the socket
@@ -57,7 +49,7 @@ interface ServerParser {
  * execute hook still sees each read's buffer (`getCurrentBuffer`), so the first one is looked at there.
  */
 function onFirstChunk(socket: net.Socket, see: (chunk: Buffer) => void): void {
-  const parser = (socket as unknown as { parser?: ServerParser }).parser;
+  const parser = (socket as unknown as { parser?: Parser }).parser;
   const consumed = (socket as unknown as { _handle?: { _consumed?: boolean } })._handle?._consumed === true;
   const original = parser?.[kOnExecute];
   if (!parser || !consumed || typeof original !== 'function' || typeof parser.getCurrentBuffer !== 'function') {
@@ -176,8 +168,6 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
     }
   };
 
-  const recordForwarded = (o: Outcome, req: http.IncomingMessage, id: string): void => record(req, id, o);
-
   const refuse = (req: http.IncomingMessage, res: http.ServerResponse, status: number, reason: string, message: string): void => {
     rejectedRequests.labels({ reason }).inc();
     if (status === 431) limitHits.labels({ limit: 'headers' }).inc();
@@ -222,7 +212,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
         return;
       }
       // The client socket's idle timer is not touched per request (see onSocketTimeout).
-      forwarder.forward(req, res, pool, recordForwarded, id);
+      forwarder.forward(req, res, pool, record, id);
     };
     // The everyday case stays synchronous; only a route never seen before waits for its discovery,
     // and not for long: a throttled or hung AWS API must not hold clients (the discovery itself goes

@@ -15,6 +15,9 @@ import { createProxyServer } from './server';
 import { createTcpServer } from './tcp';
 import { POOL_ROUTE, Provider, Target } from './types';
 
+/** The accept queue nginx and HAProxy use (node's default is 511), for connection bursts. */
+const ACCEPT_BACKLOG = 4096;
+
 export interface Running {
   readonly port: number;
   stop(): Promise<void>;
@@ -77,7 +80,6 @@ export async function start(config: Config, deps: { provider?: Provider; primary
 
   await new Promise<void>((resolve, reject) => {
     front.server.once('error', reject);
-    // The accept queue nginx and HAProxy use (node's default is 511), for connection bursts.
     front.server.listen({ port: config.port, host: config.host, backlog: ACCEPT_BACKLOG }, () => {
       front.server.off('error', reject);
       resolve();
@@ -101,8 +103,6 @@ export async function start(config: Config, deps: { provider?: Provider; primary
     })());
   return { port, stop };
 }
-
-const ACCEPT_BACKLOG = 4096;
 
 /** The worker's entry point under node:cluster. */
 export async function startWorker(config: Config): Promise<void> {
