@@ -11,7 +11,7 @@
  */
 import { Proxy, startBundle } from '../support/bundle';
 import { AwsStub, startAwsStub } from '../support/aws-stub';
-import { Canary, rawExchange, RecordingBackend, startCanary, startRecordingBackend } from './support';
+import { Canary, loggedTargets, rawExchange, RecordingBackend, startCanary, startRecordingBackend } from './support';
 
 jest.setTimeout(60_000);
 
@@ -92,11 +92,6 @@ const ECS_CASES: Case[] = [
 ];
 
 const marker = (n: number): string => `/op-${String(n).padStart(3, '0')}`;
-
-/** Targets named by the access log. */
-function loggedTargets(p: Proxy): Set<string> {
-  return new Set(p.lines().filter((l) => l.msg === 'access' && typeof l.target === 'string').map((l) => l.target as string));
-}
 
 describe('ecs mode: requests cannot choose their target', () => {
   let web: RecordingBackend;

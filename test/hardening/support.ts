@@ -5,6 +5,7 @@
  */
 import * as http from 'node:http';
 import * as net from 'node:net';
+import type { Proxy } from '../support/bundle';
 import { close, listen } from '../support/net';
 
 // ---- raw exchanges ----
@@ -359,4 +360,9 @@ export function metricValue(text: string, name: string, labels: Record<string, s
 
 export async function metric(metricsPort: number, name: string, labels: Record<string, string> = {}): Promise<number> {
   return metricValue(await scrape(metricsPort), name, labels);
+}
+
+/** Targets named by a proxy's access log (LOG_CONNECTIONS=true). */
+export function loggedTargets(p: Proxy): Set<string> {
+  return new Set(p.lines().filter((l) => l.msg === 'access' && typeof l.target === 'string').map((l) => l.target as string));
 }
