@@ -71,18 +71,26 @@ function firstJsonLine(child, what, ms = 15000) {
 
 // ---------------------------------------------------------------- backend
 
-function nginxBackendConf(dir, port) {
+/**
+ * The start of every nginx configuration here: one worker, files under `dir` named after `name`, and
+ * temp paths prefixed by `t` (each nginx of a run has its own), up to `http {` and its first settings.
+ */
+function nginxPrologue(dir, name, t) {
   return `worker_processes 1;
 worker_rlimit_nofile 20000;
 daemon off;
-pid ${dir}/backend.pid;
-error_log ${dir}/backend-error.log warn;
+pid ${dir}/${name}.pid;
+error_log ${dir}/${name}-error.log warn;
 events { worker_connections 16384; }
 http {
   access_log off;
-  client_body_temp_path ${dir}/b-body; proxy_temp_path ${dir}/b-proxy; fastcgi_temp_path ${dir}/b-fcgi;
-  uwsgi_temp_path ${dir}/b-uwsgi; scgi_temp_path ${dir}/b-scgi;
-  keepalive_requests 1000000;
+  client_body_temp_path ${dir}/${t}-body; proxy_temp_path ${dir}/${t}-proxy; fastcgi_temp_path ${dir}/${t}-fcgi;
+  uwsgi_temp_path ${dir}/${t}-uwsgi; scgi_temp_path ${dir}/${t}-scgi;
+  keepalive_requests 1000000;`;
+}
+
+function nginxBackendConf(dir, port) {
+  return `${nginxPrologue(dir, 'backend', 'b')}
   keepalive_timeout 65s;
   client_max_body_size 0;
   sendfile on;
@@ -131,17 +139,7 @@ export function version(bin, args) {
 // ---------------------------------------------------------------- subjects
 
 function nginxProxyConf(dir, port, backendPort) {
-  return `worker_processes 1;
-worker_rlimit_nofile 20000;
-daemon off;
-pid ${dir}/peer-nginx.pid;
-error_log ${dir}/peer-nginx-error.log warn;
-events { worker_connections 16384; }
-http {
-  access_log off;
-  client_body_temp_path ${dir}/p-body; proxy_temp_path ${dir}/p-proxy; fastcgi_temp_path ${dir}/p-fcgi;
-  uwsgi_temp_path ${dir}/p-uwsgi; scgi_temp_path ${dir}/p-scgi;
-  keepalive_requests 1000000;
+  return `${nginxPrologue(dir, 'peer-nginx', 'p')}
   keepalive_timeout 60s;
   client_max_body_size 0;
   client_body_buffer_size 128k;
