@@ -40,6 +40,10 @@ describe('the bundle with AWS discovery', () => {
       expect(stub.count('ListTasks')).toBe(1);
       const unknown = await request(p.port, { headers: { Host: `nope-${two.port}-prod.example.com` } });
       expect(unknown.status).toBe(503);
+      // Discovery runs in the primary from the packed module (scripts/build.mjs); what it counts lands in
+      // the one metrics registry that /metrics serves, not in a copy of its own.
+      const metrics = await request(p.metricsPort, { path: '/metrics' });
+      expect(metrics.body).toMatch(/^karma_tasks_skipped_total\{reason="not_running"\} 1$/m);
     } finally {
       await p.stop();
     }

@@ -5,15 +5,14 @@
 // skipped with its reason, since runtime/ keeps moving.
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import { createRequire } from 'node:module';
 import * as path from 'node:path';
+import { bundleRuntime } from '../../../scripts/build.mjs';
 import { BENCH_DIR, ROOT } from './subjects.mjs';
 
 export async function buildPrototypes(dir, say) {
   const pdir = path.join(BENCH_DIR, 'prototypes');
   if (!fs.existsSync(pdir)) return [];
   const only = process.env.BENCH_PROTOTYPE_NAMES ? new Set(process.env.BENCH_PROTOTYPE_NAMES.split(',')) : undefined;
-  const { build } = createRequire(path.join(ROOT, 'package.json'))('esbuild');
   const out = [];
   for (const f of fs.readdirSync(pdir).filter((f) => f.endsWith('.patch')).sort()) {
     const name = f.replace(/\.patch$/, '');
@@ -28,15 +27,9 @@ export async function buildPrototypes(dir, say) {
       continue;
     }
     const bundle = path.join(dir, `karma-${name}.js`);
-    await build({
-      entryPoints: [path.join(work, 'runtime', 'main.ts')],
+    await bundleRuntime({
+      runtimeDir: path.join(work, 'runtime'),
       outfile: bundle,
-      bundle: true,
-      platform: 'node',
-      target: 'node20',
-      format: 'cjs',
-      minify: false,
-      logLevel: 'warning',
       nodePaths: [path.join(ROOT, 'node_modules')],
       tsconfig: path.join(ROOT, 'tsconfig.json'),
     });
