@@ -16,7 +16,7 @@ import type { Duplex } from 'node:stream';
 import httpProxy from 'http-proxy';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
 import type * as net from 'node:net';
-import type { RenderedHeaders, UpstreamHandler, UpstreamRequest, UpstreamResponse } from './upstream';
+import { flat, type RenderedHeaders, type UpstreamHandler, type UpstreamRequest, type UpstreamResponse } from './upstream';
 import { countSuccess, failedConnections, limitHits, rejectedRequests, retriesTotal, upstreamErrors } from './metrics';
 
 export interface ForwardOptions {
@@ -165,7 +165,7 @@ export function upstreamHeaderLines(req: http.IncomingMessage, listenPort: strin
   const ip = clientIp(req);
   lines += `X-Forwarded-For: ${xff ? `${xff}, ${ip}` : ip}\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Port: ${listenPort}\r\n`;
   if (req.headers.host !== undefined) lines += `X-Forwarded-Host: ${req.headers.host}\r\n`;
-  return { lines, hasLength };
+  return { lines: flat(lines), hasLength };
 }
 
 /** The response headers for the client: upstream's minus hop-by-hop. Flat [k, v, k, v]. */
@@ -449,7 +449,7 @@ class Exchange implements UpstreamHandler {
     const status = (this.status = upRes.statusCode ?? 502);
     if (!res.headersSent) res.writeHead(status, upRes.statusMessage, downstreamHeaders(upRes));
     upRes.pipe(res);
-    res.once('finish', onResponseFinish);
+    res.on('finish', onResponseFinish); // not once(): it finishes once anyway, and once() allocates a wrapper
   }
 
   onError(err: NodeJS.ErrnoException): void {
