@@ -12,6 +12,7 @@ import { Coordinator, providerFor } from './coordinator';
 import type { ToPrimary } from './ipc';
 import { errorFields, log } from './log';
 import { register } from './metrics';
+import { workerEnv, workerV8Flags } from './memory';
 
 const EXIT_BAD_CONFIG = 2;
 
@@ -26,24 +27,12 @@ function configOrExit(): Config {
   }
 }
 
-/** V8 flags for workers (see runPrimary). */
-export const WORKER_V8_FLAGS = ['--max-semi-space-size=4', '--heap-growing-percent=100'];
-
 async function runPrimary(config: Config): Promise<void> {
   // Workers accept from the shared listening socket themselves rather than through the primary
   // (node's default on Linux is round-robin by the primary): no IPC hand-off per connection, and a
   // connection queued while a worker dies waits for another worker instead of being lost with it.
   cluster.schedulingPolicy = cluster.SCHED_NONE;
-  // The worker's memory shape, part of the bundle rather than of the unit so that every way of running
-  // it (systemd, `npm run proxy`, the tests, the benchmark) gets the same. Flags given to node itself
-  // come after and win. Measured (test/bench/README-bench.md): V8's young generation grows to 32 MB
-  // under load by default; 4 MB semi-spaces cap it at 8 MB at no throughput cost. With only that, at
-  // 1,000 open connections the old space filled with promoted garbage to ~68 MB before a full
-  // collection; a growing step of 2x (--heap-growing-percent=100) holds a worker near 104 MiB there
-  // (137-141 without) for ~14 % of POST-64 KB throughput and about half of 1 MB-response throughput
-  // (frequent full collections driven by body buffers). Kept: on a t4g.nano memory binds first, and
-  // its network (32 Mbit/s baseline) caps large transfers far below either rate. 1.3x: 96 MiB, -40 %.
-  cluster.setupPrimary({ execArgv: [...WORKER_V8_FLAGS, ...process.execArgv] });
+  cluster.setupPrimary({ execArgv: [...workerV8Flags(config), ...process.execArgv] });
   const coordinator = new Coordinator(config, await providerFor(config));
   // Cached discoveries live as long as a route could (routes expire in the workers after the idle TTL).
   setInterval(() => coordinator.prune(config.routeIdleTtlMs), config.nodeCheckPeriodMs).unref();
@@ -54,8 +43,7 @@ async function runPrimary(config: Config): Promise<void> {
   const recentDeaths: number[] = [];
 
   const fork = (): Worker => {
-    // glibc gives every thread its own malloc arena by default (V8's helper threads too): two are enough.
-    const w = cluster.fork({ MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '2' });
+    const w = cluster.fork(workerEnv(process.env));
     coordinator.add(w);
     w.on('message', (m: ToPrimary, handle?: unknown) => {
       if (answerAcceptorRequest(w, m, handle)) return;
@@ -157,7 +145,7 @@ function main(): void {
       process.exit(1);
     });
   }
-  // Only workers load the proxy itself (and the AWS SDK with it): the primary stays small.
+  // Only workers load the proxy itself; only the primary unpacks discovery (the AWS SDK, see unpack.ts).
   else void import('./worker').then((w) => w.startWorker(config));
 }
 

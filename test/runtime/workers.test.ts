@@ -7,6 +7,7 @@ import * as http from 'node:http';
 import * as net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { ACCEPT_HANDLES } from '../../runtime/acceptors';
+import { workerV8Flags } from '../../runtime/memory';
 import { startAwsStub } from '../support/aws-stub';
 import { startBackend } from '../support/backend';
 import { startBundle } from '../support/bundle';
@@ -112,20 +113,27 @@ test('LOG_CONNECTIONS=true writes one JSON access line per request; the default 
   }
 });
 
-test("workers start with the bundle's memory settings (a small V8 young generation, two malloc arenas)", async () => {
+test("workers start with the bundle's memory settings (a small V8 heap, two malloc arenas)", async () => {
   const target = await startBackend('target');
   const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${target.port}`, HEALTH_CHECK_PATH: 'off', WORKERS: '1' });
   try {
     const [pid] = p.workers();
     const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
     const env = fs.readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
-    expect(argv).toEqual(expect.arrayContaining(['--max-semi-space-size=4', '--heap-growing-percent=100']));
+    expect(argv).toEqual(expect.arrayContaining(['--max-semi-space-size=2', '--heap-growing-percent=50', '--max-old-space-size=256']));
     expect(env).toContain('MALLOC_ARENA_MAX=2');
     expect((await request(p.port, { path: '/' })).status).toBe(200);
   } finally {
     await p.stop('SIGKILL');
     await target.close();
   }
+});
+
+test('a worker allowed many connections gets an old space to match: 64 KiB per connection, never less than 256 MB', () => {
+  const oldSpace = (maxConnections: number) => workerV8Flags({ maxConnections }).find((f) => f.startsWith('--max-old-space-size='));
+  expect(oldSpace(2048)).toBe('--max-old-space-size=256');
+  expect(oldSpace(1)).toBe('--max-old-space-size=256');
+  expect(oldSpace(20_000)).toBe('--max-old-space-size=1250');
 });
 
 /** The inode of the socket listening on `port`, from /proc/net/tcp (state 0A is LISTEN). */
