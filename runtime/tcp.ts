@@ -9,10 +9,14 @@ import * as net from 'node:net';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
 import type { Config } from './config';
 import { log } from './log';
+import { bodyBytes } from './memory';
 import { activeConnections, countSuccess, failedConnections, limitHits, retriesTotal, upstreamErrors } from './metrics';
 import type { RouteTable } from './routes';
 import type { ProxyServer } from './server';
 import { POOL_ROUTE } from './types';
+
+/** Bytes tunnelled either way, for memory.ts's young-generation collections. */
+const countBytes = (chunk: Buffer): void => bodyBytes(chunk.length);
 
 export function createTcpServer(config: Config, routes: RouteTable, registry: TargetRegistry): ProxyServer {
   const sockets = new Set<net.Socket>();
@@ -62,6 +66,8 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
       upstream.setTimeout(config.idleTimeoutMs, () => upstream.destroy());
       client.pipe(upstream);
       upstream.pipe(client);
+      client.on('data', countBytes);
+      upstream.on('data', countBytes);
       client.resume();
     });
     upstream.on('error', (err: NodeJS.ErrnoException) => {

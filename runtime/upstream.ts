@@ -24,6 +24,7 @@ import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 
 import { HTTPParser, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete } from './llhttp';
+import { bodyBytes, uploadBytes } from './memory';
 
 export interface UpstreamPoolOptions {
   readonly host: string;
@@ -197,6 +198,7 @@ class Conn {
       else if (!keep) this.socket.destroy();
     };
     this.socket.on('data', (d: Buffer) => {
+      bodyBytes(d.length);
       let r: number | Error | undefined;
       try {
         r = parser.execute(d);
@@ -523,6 +525,7 @@ export class UpstreamRequest extends EventEmitter {
     if (!s) return true;
     const len = typeof chunk === 'string' ? Buffer.byteLength(chunk) : chunk.length;
     if (len === 0) return true; // a zero-length chunk would end a chunked body
+    uploadBytes(len);
     let ok: boolean;
     if (this.chunked) {
       s.cork();
