@@ -37,11 +37,12 @@ const SHARED_PREFIX = 'karma-shared:'; // runtime/unpack.ts
 
 /**
  * Builds `<runtimeDir>/main.ts` into `outfile` (or returns the text with write: false).
- * `nodePaths`/`tsconfig` let a copy of runtime/ elsewhere (the benchmark's prototypes) use this repo's.
+ * `nodePaths`/`tsconfig` let a copy of runtime/ elsewhere (the benchmark's prototypes) use this repo's;
+ * `minify: false` keeps esbuild's per-module comments, so a CPU profile names every line's module.
  */
-export async function bundleRuntime({ runtimeDir = path.join(ROOT, 'runtime'), outfile, write = true, nodePaths, tsconfig } = {}) {
+export async function bundleRuntime({ runtimeDir = path.join(ROOT, 'runtime'), outfile, write = true, nodePaths, tsconfig, minify = true } = {}) {
   const entry = path.join(runtimeDir, 'main.ts');
-  const where = { nodePaths, tsconfig };
+  const where = { nodePaths, tsconfig, minifyWhitespace: minify, minifySyntax: minify };
   const isPackedImport = (args) => PACKED_IMPORT.test(args.path) && args.importer === path.join(runtimeDir, 'coordinator.ts');
 
   // 1. The bundle without discovery: which runtime modules it holds.
@@ -94,6 +95,9 @@ export async function bundleRuntime({ runtimeDir = path.join(ROOT, 'runtime'), o
   });
 }
 
+// `node scripts/build.mjs [outfile] [--no-minify]`; dist/karma-proxy.js by default.
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
-  await bundleRuntime({ outfile: path.join(ROOT, 'dist', 'karma-proxy.js') });
+  const args = process.argv.slice(2);
+  const outfile = args.find((a) => !a.startsWith('--')) ?? path.join(ROOT, 'dist', 'karma-proxy.js');
+  await bundleRuntime({ outfile, minify: !args.includes('--no-minify') });
 }
