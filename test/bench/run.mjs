@@ -6,7 +6,8 @@
 //   BENCH_DURATION   seconds measured per run (default 6)       BENCH_WARMUP  seconds of warm-up (default 2)
 //   BENCH_SCENARIOS  comma list of: small,1mb,c1000,newconn,post64k,latency,mem1g (default all)
 //   BENCH_SUBJECTS   comma list of subject ids or kinds: direct,karma,nginx,haproxy,alt:node-http,
-//                    alt:undici,alt:http-proxy,alt:http-proxy-3, or baseline,peer,alternative,prototype
+//                    alt:undici,alt:http-proxy,alt:http-proxy-3,alt:raw-upstream,alt:raw-both, or
+//                    baseline,peer,alternative,prototype
 //   BENCH_PROTOTYPES 1: also build and measure test/bench/prototypes/*.patch applied to runtime/
 //   BENCH_PROXY_CORE / BENCH_LOAD_CORE  cores for the proxy / for load generator + backend (1 / 0)
 //   BENCH_BACKEND=node  use test/bench/backend.mjs even when nginx is installed

@@ -283,5 +283,6 @@ export function subjectCatalog(opts) {
     alt('http-proxy', 'http-proxy.mjs', 'http-proxy 1.18'),
     alt('http-proxy-3', 'http-proxy-3.mjs', 'http-proxy-3'),
     alt('raw-upstream', 'raw-upstream.mjs', 'node:http server + own llhttp upstream pool'),
+    alt('raw-both', 'raw-both.mjs', 'sketch: llhttp on both sides, no node:http'),
   ];
 }
