@@ -35,3 +35,40 @@ export function clientIp(req) {
   const a = req.socket.remoteAddress ?? '';
   return a.startsWith('::ffff:') ? a.slice(7) : a;
 }
+
+/**
+ * The sketches' keep-alive pool to the target: at most `max` connections made by `connect(pool)`,
+ * idle ones reused last-in first-out, exchanges beyond that waiting in line. A connection calls
+ * release() when its exchange is done and forget() when it closes; it serves an exchange in send(x).
+ */
+export class Pool {
+  constructor(max, connect) {
+    this.max = max;
+    this.connect = connect;
+    this.idle = [];
+    this.count = 0;
+    this.waiting = [];
+  }
+
+  dispatch(x) {
+    const c = this.idle.pop();
+    if (c) return c.send(x);
+    if (this.count < this.max) {
+      this.count++;
+      return this.connect(this).send(x);
+    }
+    this.waiting.push(x);
+  }
+
+  release(c) {
+    const next = this.waiting.shift();
+    if (next) c.send(next);
+    else this.idle.push(c);
+  }
+
+  forget(c) {
+    const i = this.idle.indexOf(c);
+    if (i !== -1) this.idle.splice(i, 1);
+    this.count--;
+  }
+}

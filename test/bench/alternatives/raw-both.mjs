@@ -6,7 +6,7 @@
 // What this measures: how much of Karma's cost is node:http's server side (streams, ServerResponse).
 import * as net from 'node:net';
 import { createRequire } from 'node:module';
-import { poolSize, ready, target } from './common.mjs';
+import { Pool, poolSize, ready, target } from './common.mjs';
 
 const { HTTPParser, methods: METHODS } = createRequire(import.meta.url)('_http_common');
 const kOnHeaders = HTTPParser.kOnHeaders | 0;
@@ -159,36 +159,5 @@ class Conn {
   }
 }
 
-class Pool {
-  constructor(max) {
-    this.max = max;
-    this.idle = [];
-    this.count = 0;
-    this.waiting = [];
-  }
-
-  dispatch(x) {
-    const c = this.idle.pop();
-    if (c) return c.send(x);
-    if (this.count < this.max) {
-      this.count++;
-      return new Conn(this).send(x);
-    }
-    this.waiting.push(x);
-  }
-
-  release(c) {
-    const next = this.waiting.shift();
-    if (next) c.send(next);
-    else this.idle.push(c);
-  }
-
-  forget(c) {
-    const i = this.idle.indexOf(c);
-    if (i !== -1) this.idle.splice(i, 1);
-    this.count--;
-  }
-}
-
-const pool = new Pool(poolSize);
+const pool = new Pool(poolSize, (p) => new Conn(p));
 ready(net.createServer((socket) => new Client(socket)));

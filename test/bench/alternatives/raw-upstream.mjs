@@ -6,7 +6,7 @@
 import * as http from 'node:http';
 import * as net from 'node:net';
 import { createRequire } from 'node:module';
-import { clientIp, poolSize, ready, target } from './common.mjs';
+import { Pool, clientIp, poolSize, ready, target } from './common.mjs';
 
 const { HTTPParser } = createRequire(import.meta.url)('_http_common');
 const kOnHeaders = HTTPParser.kOnHeaders | 0;
@@ -118,38 +118,7 @@ class Conn {
   }
 }
 
-class Pool {
-  constructor(max) {
-    this.max = max;
-    this.idle = [];
-    this.count = 0;
-    this.waiting = [];
-  }
-
-  dispatch(x) {
-    const c = this.idle.pop();
-    if (c) return c.send(x);
-    if (this.count < this.max) {
-      this.count++;
-      return new Conn(this).send(x);
-    }
-    this.waiting.push(x);
-  }
-
-  release(c) {
-    const next = this.waiting.shift();
-    if (next) c.send(next);
-    else this.idle.push(c);
-  }
-
-  forget(c) {
-    const i = this.idle.indexOf(c);
-    if (i !== -1) this.idle.splice(i, 1);
-    this.count--;
-  }
-}
-
-const pool = new Pool(poolSize);
+const pool = new Pool(poolSize, (p) => new Conn(p));
 const server = http.createServer((req, res) => {
   const hasBody = req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
   pool.dispatch({ req, res, hasBody, head: req.method === 'HEAD', keepAlive: false });
