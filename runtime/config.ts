@@ -400,8 +400,8 @@ export const SETTINGS = {
   maxConnections: {
     env: 'MAX_CONNECTIONS',
     doc: 'Most open client connections per worker; past it new connections are closed.',
-    // ~15 KiB per idle connection, ~26 KiB per proxied one (measured): two workers of 2048 stay within a
-    // t4g.nano's 512 MiB beside three ~70 MiB processes; 10000 would not (see SECURITY.md).
+    // ~28 KiB per proxied connection (measured): two workers of 2048 stay within a t4g.nano's 512 MiB
+    // beside an ~87 MiB primary and two ~47 MiB workers; 10000 would not (see SECURITY.md).
     default: '2048',
     parse: integer(1, 1_000_000),
   },
