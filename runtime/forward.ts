@@ -17,7 +17,7 @@ import httpProxy from 'http-proxy';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
 import type * as net from 'node:net';
 import { flat, type RenderedHeaders, type UpstreamHandler, type UpstreamRequest, type UpstreamResponse } from './upstream';
-import { bodyBytes } from './memory';
+import { countChunk } from './memory';
 import { countSuccess, failedConnections, limitHits, rejectedRequests, retriesTotal, upstreamErrors } from './metrics';
 
 export interface ForwardOptions {
@@ -276,8 +276,8 @@ export class Forwarder {
       // socket into the client's and then the client's back, in one go: 'pipe' comes between, so
       // listeners added then see the same chunks as the pipes (a paused socket resumes on the next tick).
       socket.once('pipe', (from: Duplex) => {
-        from.on('data', countTunnelBytes);
-        socket.on('data', countTunnelBytes);
+        from.on('data', countChunk);
+        socket.on('data', countChunk);
       });
       socket.once('close', () => {
         // The handshake went through (or the client left): either way no verdict against the target.
@@ -621,7 +621,6 @@ function onClientStall(this: http.IncomingMessage): void {
 function onResponseFinish(this: http.ServerResponse): void {
   (this as Carrying)[kExchange]?.responseFinished();
 }
-const countTunnelBytes = (chunk: Buffer): void => bodyBytes(chunk.length);
 const queueTimedOut = (x: Exchange): void => x.failTry('pool_full');
 const connectTimedOut = (x: Exchange): void => x.connectTimedOut();
 const startSending = (x: Exchange): void => x.startSending();

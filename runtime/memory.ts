@@ -40,10 +40,11 @@ let sinceCollection = 0;
  * BODY_BYTES_PER_COLLECTION of them. Each socket read is a fresh buffer of up to 64 KiB outside V8's
  * heap, dead once written on; V8 collects young objects by how much of its own heap they take, which
  * for a buffer is a few hundred bytes, so dead buffers piled up to its external-memory trigger (~64 MB)
- * first. Called for what targets send (upstream.ts) and for WebSocket and TCP tunnels (forward.ts,
- * tcp.ts). Measured (`npm run bench`, one worker): 1 MB responses 88-92 -> 65-69 MiB RSS at a slightly higher rate (1,030-1,100
- * against 860-970 req/s); after a 1 GiB response 86 -> 57 MiB, its peak 92 -> 60 MiB. In a process
- * without --expose-gc (the tests that run a worker in-process) it only counts.
+ * first. Called for what targets send (upstream.ts) and, through countChunk, for WebSocket and TCP
+ * tunnels (forward.ts, tcp.ts). Measured (`npm run bench`, one worker): 1 MB responses 88-92 -> 65-69
+ * MiB RSS at a slightly higher rate (1,030-1,100 against 860-970 req/s); after a 1 GiB response 86 ->
+ * 57 MiB, its peak 92 -> 60 MiB. In a process without --expose-gc (the tests that run a worker
+ * in-process) it only counts.
  */
 export function bodyBytes(n: number): void {
   sinceCollection += n;
@@ -51,6 +52,9 @@ export function bodyBytes(n: number): void {
   sinceCollection = 0;
   collectYoung?.({ type: 'minor' });
 }
+
+/** bodyBytes as a 'data' listener, for sockets piped to each other (tunnels). */
+export const countChunk = (chunk: Buffer): void => bodyBytes(chunk.length);
 
 /**
  * bodyBytes for request bodies, at UPLOAD_BYTES_PER_COLLECTION: a collection then finds the bodies of

@@ -9,14 +9,11 @@ import * as net from 'node:net';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
 import type { Config } from './config';
 import { log } from './log';
-import { bodyBytes } from './memory';
+import { countChunk } from './memory';
 import { activeConnections, countSuccess, failedConnections, limitHits, retriesTotal, upstreamErrors } from './metrics';
 import type { RouteTable } from './routes';
 import type { ProxyServer } from './server';
 import { POOL_ROUTE } from './types';
-
-/** Bytes tunnelled either way, for memory.ts's young-generation collections. */
-const countBytes = (chunk: Buffer): void => bodyBytes(chunk.length);
 
 export function createTcpServer(config: Config, routes: RouteTable, registry: TargetRegistry): ProxyServer {
   const sockets = new Set<net.Socket>();
@@ -66,8 +63,9 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
       upstream.setTimeout(config.idleTimeoutMs, () => upstream.destroy());
       client.pipe(upstream);
       upstream.pipe(client);
-      client.on('data', countBytes);
-      upstream.on('data', countBytes);
+      // Bytes tunnelled either way, for memory.ts's young-generation collections.
+      client.on('data', countChunk);
+      upstream.on('data', countChunk);
       client.resume();
     });
     upstream.on('error', (err: NodeJS.ErrnoException) => {
