@@ -2,6 +2,7 @@
 // package (from the project, or from test/bench/.deps: npm install --prefix test/bench/.deps undici http-proxy-3),
 // and the readiness line the harness waits for.
 import { createRequire } from 'node:module';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -70,5 +71,79 @@ export class Pool {
     const i = this.idle.indexOf(c);
     if (i !== -1) this.idle.splice(i, 1);
     this.count--;
+  }
+}
+
+// Node's own llhttp binding (the parser node:http uses), for the raw-* sketches.
+const common = createRequire(import.meta.url)('_http_common');
+export const { HTTPParser, methods: METHODS } = common;
+export const kOnHeaders = HTTPParser.kOnHeaders | 0;
+export const kOnHeadersComplete = HTTPParser.kOnHeadersComplete | 0;
+export const kOnBody = HTTPParser.kOnBody | 0;
+export const kOnMessageComplete = HTTPParser.kOnMessageComplete | 0;
+export const HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade']);
+
+/**
+ * One keep-alive connection of a sketch's Pool to the target, its responses parsed by llhttp; `current`
+ * is the exchange it serves, if any. A subclass writes the response where it goes: head(x, status,
+ * message, headers, keepAlive) (1 to skip the body), body(x, chunk), done(x) after the last byte, and
+ * fail() when the socket errs or closes; send(x) starts an exchange.
+ */
+export class TargetConn {
+  constructor(pool) {
+    this.pool = pool;
+    this.current = undefined;
+    this.headers = [];
+    this.paused = false;
+    this.resume = () => {
+      this.paused = false;
+      this.socket.resume();
+    };
+    this.socket = net.connect(target.port, target.host);
+    this.socket.setNoDelay(true);
+    const parser = (this.parser = new HTTPParser());
+    parser.initialize(HTTPParser.RESPONSE, {}, 0, 0);
+    parser[kOnHeaders] = (h) => {
+      for (let i = 0; i < h.length; i++) this.headers.push(h[i]);
+    };
+    parser[kOnHeadersComplete] = (_maj, _min, headers, _m, _u, status, message, _upgrade, keepAlive) => {
+      const x = this.current;
+      if (!x) return 0;
+      const h = headers ?? this.headers;
+      this.headers = [];
+      return this.head(x, status, message, h, keepAlive);
+    };
+    parser[kOnBody] = (b) => {
+      if (this.current) this.body(this.current, b);
+    };
+    parser[kOnMessageComplete] = () => {
+      const x = this.current;
+      if (!x) return;
+      this.current = undefined;
+      this.done(x);
+    };
+    this.socket.on('data', (d) => {
+      if (parser.execute(d) instanceof Error) this.fail();
+    });
+    this.socket.on('error', () => this.fail());
+    this.socket.on('close', () => {
+      this.pool.forget(this);
+      this.fail();
+    });
+  }
+
+  /** Stops reading the target until `sink` drains (the client is slower than the target). */
+  pauseFor(sink) {
+    if (this.paused) return;
+    this.paused = true;
+    this.socket.pause();
+    sink.once('drain', this.resume);
+  }
+
+  /** Reads again: the body is complete and buffered in `sink`, which may never say 'drain' now. */
+  unpause(sink) {
+    if (!this.paused) return;
+    sink.off('drain', this.resume);
+    this.resume();
   }
 }

@@ -5,16 +5,7 @@
 // of how fast a server side of our own could go, not a proxy.
 // What this measures: how much of Karma's cost is node:http's server side (streams, ServerResponse).
 import * as net from 'node:net';
-import { createRequire } from 'node:module';
-import { Pool, poolSize, ready, target } from './common.mjs';
-
-const { HTTPParser, methods: METHODS } = createRequire(import.meta.url)('_http_common');
-const kOnHeaders = HTTPParser.kOnHeaders | 0;
-const kOnHeadersComplete = HTTPParser.kOnHeadersComplete | 0;
-const kOnBody = HTTPParser.kOnBody | 0;
-const kOnMessageComplete = HTTPParser.kOnMessageComplete | 0;
-
-const HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade']);
+import { HOP, HTTPParser, METHODS, Pool, TargetConn, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete, poolSize, ready } from './common.mjs';
 
 /** One client connection: its parser and the exchange under way. */
 class Client {
@@ -67,80 +58,40 @@ class Client {
   }
 }
 
-/** One upstream connection and its parser; `current` is the exchange it serves, if any. */
-class Conn {
-  constructor(pool) {
-    this.pool = pool;
-    this.current = undefined;
-    this.headers = [];
-    this.chunkOut = false;
-    this.socket = net.connect(target.port, target.host);
-    this.socket.setNoDelay(true);
-    const parser = (this.parser = new HTTPParser());
-    parser.initialize(HTTPParser.RESPONSE, {}, 0, 0);
-    parser[kOnHeaders] = (h) => {
-      for (let i = 0; i < h.length; i++) this.headers.push(h[i]);
-    };
-    parser[kOnHeadersComplete] = (_maj, _min, headers, _m, _u, status, message, _upgrade, keepAlive) => {
-      const x = this.current;
-      if (!x) return 0;
-      const h = headers ?? this.headers;
-      this.headers = [];
-      x.upstreamKeepAlive = keepAlive;
-      let head = `HTTP/1.1 ${status} ${message}\r\n`;
-      let length = false;
-      for (let i = 0; i < h.length; i += 2) {
-        const lower = h[i].toLowerCase();
-        if (lower === 'content-length') length = true;
-        if (!HOP.has(lower)) head += `${h[i]}: ${h[i + 1]}\r\n`;
-      }
-      this.chunkOut = !length && !x.isHead && status !== 204 && status !== 304;
-      if (this.chunkOut) head += 'Transfer-Encoding: chunked\r\n';
-      if (!x.keepAlive) head += 'Connection: close\r\n';
-      x.client.socket.write(head + '\r\n', 'latin1');
-      return x.isHead ? 1 : 0;
-    };
-    parser[kOnBody] = (b) => {
-      const x = this.current;
-      if (!x) return;
-      const s = x.client.socket;
-      if (this.chunkOut) s.write(`${b.length.toString(16)}\r\n`);
-      const ok = s.write(b);
-      if (this.chunkOut) s.write('\r\n');
-      if (!ok && !this.paused) {
-        this.paused = true;
-        this.socket.pause();
-        s.once('drain', this.resume);
-      }
-    };
-    this.paused = false;
-    this.resume = () => {
-      this.paused = false;
-      this.socket.resume();
-    };
-    parser[kOnMessageComplete] = () => {
-      const x = this.current;
-      if (!x) return;
-      this.current = undefined;
-      const s = x.client.socket;
-      if (this.paused) {
-        s.off('drain', this.resume);
-        this.resume();
-      }
-      if (this.chunkOut) s.write('0\r\n\r\n');
-      x.client.x = undefined;
-      if (!x.keepAlive) s.end();
-      if (x.upstreamKeepAlive) this.pool.release(this);
-      else this.socket.destroy();
-    };
-    this.socket.on('data', (d) => {
-      if (this.parser.execute(d) instanceof Error) this.fail();
-    });
-    this.socket.on('error', () => this.fail());
-    this.socket.on('close', () => {
-      this.pool.forget(this);
-      this.fail();
-    });
+/** Writes the target's response to the client's socket by hand, re-chunked when the target chunks it. */
+class Conn extends TargetConn {
+  head(x, status, message, h, keepAlive) {
+    x.upstreamKeepAlive = keepAlive;
+    let head = `HTTP/1.1 ${status} ${message}\r\n`;
+    let length = false;
+    for (let i = 0; i < h.length; i += 2) {
+      const lower = h[i].toLowerCase();
+      if (lower === 'content-length') length = true;
+      if (!HOP.has(lower)) head += `${h[i]}: ${h[i + 1]}\r\n`;
+    }
+    this.chunkOut = !length && !x.isHead && status !== 204 && status !== 304;
+    if (this.chunkOut) head += 'Transfer-Encoding: chunked\r\n';
+    if (!x.keepAlive) head += 'Connection: close\r\n';
+    x.client.socket.write(head + '\r\n', 'latin1');
+    return x.isHead ? 1 : 0;
+  }
+
+  body(x, b) {
+    const s = x.client.socket;
+    if (this.chunkOut) s.write(`${b.length.toString(16)}\r\n`);
+    const ok = s.write(b);
+    if (this.chunkOut) s.write('\r\n');
+    if (!ok) this.pauseFor(s);
+  }
+
+  done(x) {
+    const s = x.client.socket;
+    this.unpause(s);
+    if (this.chunkOut) s.write('0\r\n\r\n');
+    x.client.x = undefined;
+    if (!x.keepAlive) s.end();
+    if (x.upstreamKeepAlive) this.pool.release(this);
+    else this.socket.destroy();
   }
 
   fail() {

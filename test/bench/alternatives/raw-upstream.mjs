@@ -4,78 +4,27 @@
 // node:http uses) and written to the client through ServerResponse with backpressure.
 // What this measures: how much of a node:http forwarder's cost is ClientRequest + Agent.
 import * as http from 'node:http';
-import * as net from 'node:net';
-import { createRequire } from 'node:module';
-import { Pool, clientIp, poolSize, ready, target } from './common.mjs';
+import { HOP, Pool, TargetConn, clientIp, poolSize, ready } from './common.mjs';
 
-const { HTTPParser } = createRequire(import.meta.url)('_http_common');
-const kOnHeaders = HTTPParser.kOnHeaders | 0;
-const kOnHeadersComplete = HTTPParser.kOnHeadersComplete | 0;
-const kOnBody = HTTPParser.kOnBody | 0;
-const kOnMessageComplete = HTTPParser.kOnMessageComplete | 0;
+/** Writes the target's response through the client's ServerResponse. */
+class Conn extends TargetConn {
+  head(x, status, message, h, keepAlive) {
+    x.keepAlive = keepAlive;
+    const out = [];
+    for (let i = 0; i < h.length; i += 2) if (!HOP.has(h[i].toLowerCase())) out.push(h[i], h[i + 1]);
+    x.res.writeHead(status, message, out);
+    return x.head ? 1 : 0; // a HEAD response has no body whatever Content-Length says
+  }
 
-const HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade']);
+  body(x, b) {
+    if (!x.res.write(b)) this.pauseFor(x.res);
+  }
 
-/** One upstream connection and its parser; `current` is the exchange it serves, if any. */
-class Conn {
-  constructor(pool) {
-    this.pool = pool;
-    this.current = undefined;
-    this.headers = [];
-    this.socket = net.connect(target.port, target.host);
-    this.socket.setNoDelay(true);
-    const parser = (this.parser = new HTTPParser());
-    parser.initialize(HTTPParser.RESPONSE, {}, 0, 0);
-    parser[kOnHeaders] = (h) => {
-      for (let i = 0; i < h.length; i++) this.headers.push(h[i]);
-    };
-    parser[kOnHeadersComplete] = (_maj, _min, headers, _m, _u, status, message, _upgrade, keepAlive) => {
-      const x = this.current;
-      if (!x) return 0;
-      const h = headers ?? this.headers;
-      this.headers = [];
-      x.keepAlive = keepAlive;
-      const out = [];
-      for (let i = 0; i < h.length; i += 2) if (!HOP.has(h[i].toLowerCase())) out.push(h[i], h[i + 1]);
-      x.res.writeHead(status, message, out);
-      return x.head ? 1 : 0; // a HEAD response has no body whatever Content-Length says
-    };
-    parser[kOnBody] = (b) => {
-      const x = this.current;
-      if (x && !x.res.write(b) && !this.paused) {
-        this.paused = true;
-        this.socket.pause();
-        x.res.once('drain', this.resume);
-      }
-    };
-    this.paused = false;
-    this.resume = () => {
-      this.paused = false;
-      this.socket.resume();
-    };
-    parser[kOnMessageComplete] = () => {
-      const x = this.current;
-      if (!x) return;
-      this.current = undefined;
-      if (this.paused) {
-        // The body is complete and buffered in the response: this socket serves the next exchange now,
-        // and a finished response may never say 'drain'.
-        x.res.off('drain', this.resume);
-        this.resume();
-      }
-      x.res.end();
-      if (x.keepAlive) this.pool.release(this);
-      else this.socket.destroy();
-    };
-    this.socket.on('data', (d) => {
-      const r = parser.execute(d);
-      if (r instanceof Error) this.fail();
-    });
-    this.socket.on('error', () => this.fail());
-    this.socket.on('close', () => {
-      this.pool.forget(this);
-      this.fail();
-    });
+  done(x) {
+    this.unpause(x.res);
+    x.res.end();
+    if (x.keepAlive) this.pool.release(this);
+    else this.socket.destroy();
   }
 
   fail() {
