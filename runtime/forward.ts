@@ -209,7 +209,9 @@ export function answer(res: http.ServerResponse, status: number, message: string
 }
 
 export class Forwarder {
-  private readonly wsProxy = httpProxy.createProxyServer({ ws: true, xfwd: false, changeOrigin: false });
+  // toProxy: the request-target goes to the target as the client sent it, as for plain requests (and
+  // without http-proxy's url.parse, which Node deprecates: DEP0169).
+  private readonly wsProxy = httpProxy.createProxyServer({ ws: true, xfwd: false, changeOrigin: false, toProxy: true });
 
   constructor(
     private readonly registry: TargetRegistry,

@@ -8,6 +8,7 @@
 // packed. The packed module's imports of runtime modules that the bundle holds anyway (metrics, log,
 // types, …) are served by the bundle's own instances, so each exists once (one metrics registry).
 import { build } from 'esbuild';
+import { readFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { brotliCompressSync, constants } from 'node:zlib';
@@ -25,6 +26,23 @@ const common = {
   sourcemap: false,
   legalComments: 'none',
   logLevel: 'warning',
+};
+
+/**
+ * http-proxy 1.18 (WebSocket upgrades, in every worker) copies objects with `util._extend`, which Node 22,
+ * the instance's runtime, deprecates at run time: the first WebSocket would put a warning, not a JSON line,
+ * in the log. Object.assign is the same copy. The build fails if the text it replaces is gone.
+ */
+const httpProxyWithoutUtilExtend = {
+  name: 'http-proxy-without-util-extend',
+  setup(b) {
+    b.onLoad({ filter: /[\\/]http-proxy[\\/]lib[\\/]http-proxy[\\/](index|common)\.js$/ }, async (a) => {
+      const text = await readFile(a.path, 'utf8');
+      const patched = text.replace("require('util')._extend", 'Object.assign');
+      if (patched === text) throw new Error(`${a.path}: no require('util')._extend to replace (http-proxy changed: review this shim)`);
+      return { contents: patched, loader: 'js' };
+    });
+  },
 };
 
 /** The import that is packed, as runtime/coordinator.ts writes it. */
@@ -83,7 +101,7 @@ export async function bundleRuntime({ runtimeDir = path.join(ROOT, 'runtime'), o
   return build({
     ...common, ...where, entryPoints: [entry], write, outfile,
     banner: { js: '#!/usr/bin/env node' },
-    plugins: [{
+    plugins: [httpProxyWithoutUtilExtend, {
       name: 'packed-discovery',
       setup(b) {
         b.onResolve({ filter: PACKED_IMPORT }, (a) => (isPackedImport(a) ? { path: discoveryEntry, namespace: 'packed' } : undefined));
