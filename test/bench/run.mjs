@@ -24,7 +24,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { drive, loadGenerator } from './lib/load.mjs';
 import { buildPrototypes } from './lib/prototypes.mjs';
-import { hasProc, memory, Sampler, sleep, spawnPinned, taskset } from './lib/proc.mjs';
+import { hasProc, memory, privateMemory, Sampler, sleep, spawnPinned, taskset } from './lib/proc.mjs';
 import { BENCH_DIR, ROOT, startBackend, subjectCatalog, version } from './lib/subjects.mjs';
 
 const say = (s = '') => process.stdout.write(s + '\n');
@@ -195,12 +195,13 @@ async function main() {
       const url = `http://127.0.0.1:${inst.port}${sc.path}`;
       const base = { url, connections: sc.connections, method: sc.method, bodyBytes: sc.bodyBytes, close: sc.close, dir, core: LOAD_CORE, ...loadOpts };
       if (WARMUP > 0) await drive(gen, { ...base, seconds: WARMUP });
-      const sampler = new Sampler({ proxy: inst.pids, backend: backend.pids });
+      const sampler = new Sampler({ proxy: inst.pids, backend: backend.pids }, ['proxy']);
       sampler.start();
       const r = await drive(gen, { ...base, seconds: DURATION });
       const s = sampler.stop();
       const workers = inst.workers();
       const peakWorker = Math.max(0, ...workers.map((p) => s.peakRss[`proxy:${p}`] ?? 0));
+      const peakWorkerPrivate = Math.max(0, ...workers.map((p) => s.peakPrivate[`proxy:${p}`] ?? 0));
       const peakAll = Object.entries(s.peakRss).filter(([k]) => k.startsWith('proxy:')).reduce((a, [, v]) => a + v, 0);
       const now = workers.map((p) => memory(p));
       const row = {
@@ -212,6 +213,7 @@ async function main() {
         proxyCpuCores: subject.kind === 'baseline' ? undefined : s.cpu.proxy / s.wall,
         rpsPerCore: subject.kind === 'baseline' || s.cpu.proxy <= 0 ? undefined : r.requests / s.cpu.proxy,
         workerRssPeakMiB: workers.length ? peakWorker : undefined,
+        workerPrivatePeakMiB: workers.length && peakWorkerPrivate > 0 ? peakWorkerPrivate : undefined,
         allProcessesRssPeakMiB: workers.length ? peakAll : undefined,
         workerRssEndMiB: workers.length ? Math.max(...now.map((m) => m.rss)) : undefined,
         workerHwmMiB: workers.length ? Math.max(...now.map((m) => m.hwm)) : undefined,
@@ -275,6 +277,7 @@ async function main() {
             workerRssIdleMiB: before,
             workerRssAfterMiB: Math.max(...after.map((m) => m.rss)),
             workerHwmMiB: Math.max(...after.map((m) => m.hwm)),
+            workerPrivateAfterMiB: Math.max(0, ...inst.workers().map((p) => privateMemory(p) ?? 0)) || undefined,
           };
           rows.push(row);
           say(`  ${s.id.padEnd(18)} ${num(row.bytes / 2 ** 30, 2)} GiB at ${num(row.mbps)} MB/s  rss idle ${num(row.workerRssIdleMiB, 1)} → after ${num(row.workerRssAfterMiB, 1)} MiB, peak ${num(row.workerHwmMiB, 1)} MiB${d.error || d.status !== 200 ? ` error ${d.error ?? `status ${d.status}`}` : ''}`);
@@ -353,9 +356,11 @@ async function main() {
   const kl = find('latency', 'karma');
   if (kl && kl.addedP99 !== undefined) t.push({ target: 'p99 added over direct ≤ 1 ms at half Karma’s maximum rate', value: `${num(kl.addedP99, 3)} ms (p99 ${num(kl.p99, 3)} ms vs direct ${num(find('latency', 'direct')?.p99, 3)} ms)`, met: kl.addedP99 <= 1 });
   const kc = find('c1000', 'karma');
-  if (kc) t.push({ target: 'RSS ≤ 80 MB per worker at 1,000 connections', value: `${num(kc.workerRssPeakMiB, 1)} MiB peak`, met: kc.workerRssPeakMiB * 1.048576 <= 80 });
+  // Private memory beside RSS: what a worker costs on top of the node executable's pages, which it shares.
+  const own = (mib) => (mib === undefined ? '' : ` (${num(mib, 1)} MiB its own)`);
+  if (kc) t.push({ target: 'RSS ≤ 80 MB per worker at 1,000 connections', value: `${num(kc.workerRssPeakMiB, 1)} MiB peak${own(kc.workerPrivatePeakMiB)}`, met: kc.workerRssPeakMiB * 1.048576 <= 80 });
   const km = find('mem1g', 'karma');
-  if (km) t.push({ target: 'RSS per worker after a 1 GB transfer (reported; same 80 MB budget)', value: `${num(km.workerRssAfterMiB, 1)} MiB after, ${num(km.workerHwmMiB, 1)} MiB peak`, met: km.workerHwmMiB * 1.048576 <= 80 });
+  if (km) t.push({ target: 'RSS per worker after a 1 GB transfer (reported; same 80 MB budget)', value: `${num(km.workerRssAfterMiB, 1)} MiB after${own(km.workerPrivateAfterMiB)}, ${num(km.workerHwmMiB, 1)} MiB peak`, met: km.workerHwmMiB * 1.048576 <= 80 });
   if (t.length) {
     p('**Targets of issue 6**');
     p();

@@ -53,6 +53,18 @@ export function memory(pid) {
   return { rss: kb('VmRSS') / 1024, hwm: kb('VmHWM') / 1024 };
 }
 
+/**
+ * The part of a process's RSS no other process shares (USS: Private_Clean + Private_Dirty), in MiB, or
+ * undefined where /proc has no smaps_rollup. What RSS adds on top is mostly pages of the node executable
+ * itself, which every node process on the machine (the primary, the other workers) maps the same.
+ */
+export function privateMemory(pid) {
+  const s = read(`/proc/${pid}/smaps_rollup`);
+  if (!s) return undefined;
+  const kb = (name) => Number((new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(s) ?? [])[1] ?? 0);
+  return (kb('Private_Clean') + kb('Private_Dirty')) / 1024;
+}
+
 /** Busy and total seconds of the machine (all cores) from /proc/stat. */
 export function machineSeconds() {
   const line = (read('/proc/stat') ?? '').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
@@ -141,10 +153,12 @@ export function stopChild(child, signal = 'SIGTERM', ms = 5000) {
  * resident memory of each named process.
  */
 export class Sampler {
-  constructor(groups) {
-    // groups: { name: () => pid[] }
+  /** groups: { name: () => pid[] }; privateOf: the group names whose private memory is sampled too. */
+  constructor(groups, privateOf = []) {
     this.groups = groups;
+    this.privateOf = privateOf;
     this.peak = {};
+    this.privatePeak = {};
     this.cpu0 = {};
     this.timer = undefined;
   }
@@ -167,6 +181,10 @@ export class Sampler {
           const key = `${name}:${p}`;
           const m = memory(p).rss;
           if (m > (this.peak[key] ?? 0)) this.peak[key] = m;
+          if (this.privateOf.includes(name)) {
+            const u = privateMemory(p);
+            if (u !== undefined && u > (this.privatePeak[key] ?? 0)) this.privatePeak[key] = u;
+          }
         }
       }
     };
@@ -186,6 +204,6 @@ export class Sampler {
       ours += cpu[name];
     }
     const busy = m1.busy - this.machine0.busy;
-    return { wall, cpu, peakRss: this.peak, foreignCores: Math.max(0, (busy - ours) / wall) };
+    return { wall, cpu, peakRss: this.peak, peakPrivate: this.privatePeak, foreignCores: Math.max(0, (busy - ours) / wall) };
   }
 }
