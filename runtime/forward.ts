@@ -131,11 +131,31 @@ function portString(port: number): string {
   return lastPortString;
 }
 
-/** Names listed in a Connection header are hop-by-hop too. */
-function connectionTokens(req: http.IncomingMessage): Set<string> | undefined {
-  const c = req.headers.connection;
-  if (!c) return undefined;
-  return new Set(c.split(',').map((t) => t.trim().toLowerCase()));
+/**
+ * The names a Connection header lists (hop-by-hop too, RFC 9110 §7.6.1), lower-cased, and every length
+ * a header name must have to be dropped with them: a name of another length is passed on without
+ * lower-casing it.
+ */
+interface Listed {
+  readonly names: ReadonlySet<string>;
+  readonly lengths: ReadonlySet<number>;
+}
+/** Connection values seen, parsed: clients and targets send a handful (`keep-alive`, `close`, `Upgrade`). */
+const listedCache = new Map<string, Listed>();
+const LISTED_CACHE_SIZE = 64;
+
+function listedIn(connection: string | undefined): Listed | undefined {
+  if (!connection) return undefined;
+  let l = listedCache.get(connection);
+  if (l === undefined) {
+    const names = new Set(connection.split(',').map((t) => t.trim().toLowerCase()));
+    l = { names, lengths: new Set([...SPECIAL_LENGTHS, ...[...names].map((n) => n.length)]) };
+    // Values are chosen by clients: only short ones are kept, and the cache starts over when full.
+    if (connection.length > 256) return l;
+    if (listedCache.size >= LISTED_CACHE_SIZE) listedCache.clear();
+    listedCache.set(connection, l);
+  }
+  return l;
 }
 
 /**
@@ -144,16 +164,17 @@ function connectionTokens(req: http.IncomingMessage): Set<string> | undefined {
  */
 export function upstreamHeaderLines(req: http.IncomingMessage, listenPort: string): RenderedHeaders {
   const raw = req.rawHeaders;
-  const extra = connectionTokens(req);
+  const listed = listedIn(req.headers.connection);
+  const lengths = listed?.lengths ?? SPECIAL_LENGTHS;
   let lines = '';
   let hasLength = false;
   let xff: string | undefined;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i];
-    if (extra !== undefined || SPECIAL_LENGTHS.has(name.length) || name.includes('_')) {
+    if (lengths.has(name.length) || name.includes('_')) {
       const lower = name.toLowerCase();
       // Connection may name extra hop-by-hop headers, but never Host: the target must see where the request went.
-      if (HOP_BY_HOP.has(lower) || (extra?.has(lower) && lower !== 'host')) continue;
+      if (HOP_BY_HOP.has(lower) || (listed?.names.has(lower) && lower !== 'host')) continue;
       if (lower.includes('_') && GUARDED.has(lower.replace(/_/g, '-'))) continue;
       if (OWN.has(lower)) {
         if (lower === 'x-forwarded-for') xff = xff === undefined ? raw[i + 1] : `${xff}, ${raw[i + 1]}`;
@@ -172,13 +193,13 @@ export function upstreamHeaderLines(req: http.IncomingMessage, listenPort: strin
 /** The response headers for the client: upstream's minus hop-by-hop. Flat [k, v, k, v]. */
 function downstreamHeaders(res: { readonly rawHeaders: string[]; readonly headers: { connection?: string } }): string[] {
   const raw = res.rawHeaders;
-  const c = res.headers.connection;
-  const extra = c ? new Set(c.split(',').map((t) => t.trim().toLowerCase())) : undefined;
+  const listed = listedIn(res.headers.connection);
+  const lengths = listed?.lengths ?? SPECIAL_LENGTHS;
   const out: string[] = [];
   for (let i = 0; i < raw.length; i += 2) {
-    if (extra !== undefined || SPECIAL_LENGTHS.has(raw[i].length)) {
+    if (lengths.has(raw[i].length)) {
       const lower = raw[i].toLowerCase();
-      if (HOP_BY_HOP.has(lower) || extra?.has(lower)) continue;
+      if (HOP_BY_HOP.has(lower) || listed?.names.has(lower)) continue;
     }
     out.push(raw[i], raw[i + 1]);
   }
