@@ -87,7 +87,8 @@ export const HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te'
  * One keep-alive connection of a sketch's Pool to the target, its responses parsed by llhttp; `current`
  * is the exchange it serves, if any. A subclass writes the response where it goes: head(x, status,
  * message, headers, keepAlive) (1 to skip the body), body(x, chunk), done(x) after the last byte, and
- * fail() when the socket errs or closes; send(x) starts an exchange.
+ * failed(x) when the socket errs or closes during exchange x (the socket is destroyed already); send(x)
+ * starts an exchange.
  */
 export class TargetConn {
   constructor(pool) {
@@ -130,6 +131,14 @@ export class TargetConn {
       this.pool.forget(this);
       this.fail();
     });
+  }
+
+  /** The socket erred or closed: it is destroyed, and the exchange under way, if any, is failed(). */
+  fail() {
+    const x = this.current;
+    this.current = undefined;
+    this.socket.destroy();
+    if (x) this.failed(x);
   }
 
   /** Stops reading the target until `sink` drains (the client is slower than the target). */

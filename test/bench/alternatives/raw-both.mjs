@@ -94,11 +94,8 @@ class Conn extends TargetConn {
     else this.socket.destroy();
   }
 
-  fail() {
-    const x = this.current;
-    this.current = undefined;
-    this.socket.destroy();
-    if (x) x.client.socket.end('HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+  failed(x) {
+    x.client.socket.end('HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
   }
 
   send(x) {

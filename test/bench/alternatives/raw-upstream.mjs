@@ -27,11 +27,7 @@ class Conn extends TargetConn {
     else this.socket.destroy();
   }
 
-  fail() {
-    const x = this.current;
-    this.current = undefined;
-    this.socket.destroy();
-    if (!x) return;
+  failed(x) {
     if (!x.res.headersSent) x.res.writeHead(502).end();
     else x.res.destroy();
   }
