@@ -46,11 +46,15 @@ export function cpuSeconds(pid) {
   return (Number(f[11]) + Number(f[12])) / CLK_TCK;
 }
 
+/** The number of a `Name:   123 kB` line of a /proc file's text, 0 when absent. */
+function kb(text, name) {
+  return Number((new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(text) ?? [])[1] ?? 0);
+}
+
 /** Resident and peak resident memory of one process, in MiB. */
 export function memory(pid) {
   const s = read(`/proc/${pid}/status`) ?? '';
-  const kb = (name) => Number((new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(s) ?? [])[1] ?? 0);
-  return { rss: kb('VmRSS') / 1024, hwm: kb('VmHWM') / 1024 };
+  return { rss: kb(s, 'VmRSS') / 1024, hwm: kb(s, 'VmHWM') / 1024 };
 }
 
 /**
@@ -61,8 +65,7 @@ export function memory(pid) {
 export function privateMemory(pid) {
   const s = read(`/proc/${pid}/smaps_rollup`);
   if (!s) return undefined;
-  const kb = (name) => Number((new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(s) ?? [])[1] ?? 0);
-  return (kb('Private_Clean') + kb('Private_Dirty')) / 1024;
+  return (kb(s, 'Private_Clean') + kb(s, 'Private_Dirty')) / 1024;
 }
 
 /** Busy and total seconds of the machine (all cores) from /proc/stat. */
