@@ -11,11 +11,11 @@
  * Outcomes map to statuses as fastify-reply-from does: refused or reset is 502, a silent upstream
  * 504, no target 503 (with Retry-After). The cause is kept for the log and the metric.
  */
-import * as http from 'node:http';
-import type { Duplex } from 'node:stream';
+import type * as http from 'node:http';
 import httpProxy from 'http-proxy';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
 import type * as net from 'node:net';
+import { rawAnswer, type Request, type Response, type ResponseHandler } from './downstream';
 import { flat, type RenderedHeaders, type UpstreamHandler, type UpstreamRequest, type UpstreamResponse } from './upstream';
 import { countChunk } from './memory';
 import { countSuccess, failedConnections, limitHits, rejectedRequests, retriesTotal, upstreamErrors } from './metrics';
@@ -40,7 +40,7 @@ export type FailureKind = 'refused' | 'reset' | 'timeout' | 'connect_timeout' | 
  * Told once what became of a forwarded request; `tag` is what the caller gave forward() (the route), so
  * one function serves every request.
  */
-export type Done = (req: http.IncomingMessage, tag: string, o: Outcome) => void;
+export type Done = (req: Request, tag: string, o: Outcome) => void;
 
 /** What became of one forwarded request, for the access log and metrics. */
 export interface Outcome {
@@ -115,11 +115,6 @@ function kindOf(err: NodeJS.ErrnoException): FailureKind {
   }
 }
 
-function clientIp(req: http.IncomingMessage): string {
-  const a = req.socket.remoteAddress ?? '';
-  return a.startsWith('::ffff:') ? a.slice(7) : a;
-}
-
 let lastPort = -1;
 let lastPortString = '';
 /** The listening port as a header value, made once rather than per request. */
@@ -158,11 +153,14 @@ function listedIn(connection: string | undefined): Listed | undefined {
   return l;
 }
 
+/** What upstreamHeaderLines reads of a request. */
+export type HeadSource = Pick<Request, 'rawHeaders' | 'ip'> & { readonly headers: { readonly connection?: string; readonly host?: string } };
+
 /**
  * The upstream request's header lines (`Name: value\r\n` each, one string, as they go on the wire): the
  * client's headers minus hop-by-hop ones, plus X-Forwarded-*.
  */
-export function upstreamHeaderLines(req: http.IncomingMessage, listenPort: string): RenderedHeaders {
+export function upstreamHeaderLines(req: HeadSource, listenPort: string): RenderedHeaders {
   const raw = req.rawHeaders;
   const listed = listedIn(req.headers.connection);
   const lengths = listed?.lengths ?? SPECIAL_LENGTHS;
@@ -184,48 +182,47 @@ export function upstreamHeaderLines(req: http.IncomingMessage, listenPort: strin
     if (name.length === 14 && name.toLowerCase() === 'content-length') hasLength = true;
     lines += `${name}: ${raw[i + 1]}\r\n`;
   }
-  const ip = clientIp(req);
+  const ip = req.ip;
   lines += `X-Forwarded-For: ${xff ? `${xff}, ${ip}` : ip}\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Port: ${listenPort}\r\n`;
   if (req.headers.host !== undefined) lines += `X-Forwarded-Host: ${req.headers.host}\r\n`;
   return { lines: flat(lines), hasLength };
 }
 
-/** The response headers for the client: upstream's minus hop-by-hop. Flat [k, v, k, v]. */
-function downstreamHeaders(res: { readonly rawHeaders: string[]; readonly headers: { connection?: string } }): string[] {
-  const raw = res.rawHeaders;
-  const listed = listedIn(res.headers.connection);
+/**
+ * The response head for the client: upstream's header lines minus hop-by-hop ones, rendered as they go
+ * on the wire, and whether Content-Length and Date are among them.
+ */
+function writeDownstreamHead(res: Response, up: UpstreamResponse): void {
+  const raw = up.rawHeaders;
+  const listed = listedIn(up.headers.connection);
   const lengths = listed?.lengths ?? SPECIAL_LENGTHS;
-  const out: string[] = [];
+  let lines = '';
+  let hasLength = false;
+  let hasDate = false;
   for (let i = 0; i < raw.length; i += 2) {
-    if (lengths.has(raw[i].length)) {
-      const lower = raw[i].toLowerCase();
+    const name = raw[i];
+    const n = name.length;
+    if (lengths.has(n)) {
+      const lower = name.toLowerCase();
       if (HOP_BY_HOP.has(lower) || listed?.names.has(lower)) continue;
     }
-    out.push(raw[i], raw[i + 1]);
+    if (n === 14) hasLength ||= name.toLowerCase() === 'content-length';
+    else if (n === 4) hasDate ||= name.toLowerCase() === 'date';
+    lines += `${name}: ${raw[i + 1]}\r\n`;
   }
-  return out;
-}
-
-function hasBody(req: http.IncomingMessage): boolean {
-  const te = req.headers['transfer-encoding'];
-  if (te !== undefined) return true;
-  const cl = req.headers['content-length'];
-  return cl !== undefined && cl !== '0';
+  res.writeHead(up.statusCode, up.statusMessage, lines, hasLength, hasDate);
 }
 
 /** Writes a short plain-text answer of the proxy's own, if the response has not started. */
-export function answer(res: http.ServerResponse, status: number, message: string, headers?: Record<string, string>): void {
+export function answer(res: Response, status: number, message: string, headers?: Record<string, string>): void {
   if (res.headersSent) {
     res.destroy();
     return;
   }
   const body = message + '\n';
-  res.writeHead(status, {
-    'Content-Type': 'text/plain; charset=utf-8',
-    'Content-Length': Buffer.byteLength(body),
-    'Cache-Control': 'no-store',
-    ...headers,
-  });
+  let lines = `Content-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nCache-Control: no-store\r\n`;
+  if (headers) for (const k in headers) lines += `${k}: ${headers[k]}\r\n`;
+  res.writeHead(status, undefined, lines, true);
   res.end(body);
 }
 
@@ -249,17 +246,17 @@ export class Forwarder {
    * not a failure: the request moves to a fresh connection. Calls `done` once, when the response is
    * finished or abandoned.
    */
-  forward(req: http.IncomingMessage, res: http.ServerResponse, pool: Pool, done: Done, tag = ''): void {
+  forward(req: Request, res: Response, pool: Pool, done: Done, tag = ''): void {
     new Exchange(this.registry, this.opts, req, res, pool, done, tag).next();
   }
 
   /** forward(), as a promise that never rejects. */
-  web(req: http.IncomingMessage, res: http.ServerResponse, pool: Pool): Promise<Outcome> {
+  web(req: Request, res: Response, pool: Pool): Promise<Outcome> {
     return new Promise((resolve) => this.forward(req, res, pool, (_req, _tag, o) => resolve(o)));
   }
 
   /** Forwards a WebSocket (or other Upgrade) handshake and then the raw bytes both ways. */
-  ws(req: http.IncomingMessage, socket: Duplex, head: Buffer, pool: Pool): Promise<Outcome> {
+  ws(req: Request, socket: net.Socket, head: Buffer, pool: Pool): Promise<Outcome> {
     const outcome: Outcome = { status: 101, target: undefined, attempts: 1, error: undefined };
     const pick = pool.pick();
     if (!pick) {
@@ -279,13 +276,15 @@ export class Forwarder {
     }
     s.inflight++;
     s.tunnels++;
-    // X-Forwarded-* as for plain requests; http-proxy copies req.headers to the upstream request.
-    const ip = clientIp(req);
-    const prior = req.headers['x-forwarded-for'];
-    req.headers['x-forwarded-for'] = prior ? `${prior}, ${ip}` : ip;
-    req.headers['x-forwarded-proto'] = 'http';
-    req.headers['x-forwarded-port'] = String(this.opts.listenPort());
-    if (req.headers.host !== undefined) req.headers['x-forwarded-host'] = req.headers.host;
+    // X-Forwarded-* as for plain requests; http-proxy copies these headers to the upstream request.
+    const headers = req.allHeaders();
+    const prior = headers['x-forwarded-for'];
+    headers['x-forwarded-for'] = prior ? `${String(prior)}, ${req.ip}` : req.ip;
+    headers['x-forwarded-proto'] = 'http';
+    headers['x-forwarded-port'] = String(this.opts.listenPort());
+    if (req.headers.host !== undefined) headers['x-forwarded-host'] = req.headers.host;
+    // What http-proxy's WebSocket pass reads of a request.
+    const handshake = { method: req.method, url: req.url, headers, socket } as unknown as http.IncomingMessage;
     return new Promise((resolve) => {
       let done = false;
       const end = (): void => {
@@ -298,7 +297,7 @@ export class Forwarder {
       // Both directions of the tunnel count for memory.ts's collections. http-proxy pipes the target's
       // socket into the client's and then the client's back, in one go: 'pipe' comes between, so
       // listeners added then see the same chunks as the pipes (a paused socket resumes on the next tick).
-      socket.once('pipe', (from: Duplex) => {
+      socket.once('pipe', (from: net.Socket) => {
         from.on('data', countChunk);
         socket.on('data', countChunk);
       });
@@ -308,7 +307,7 @@ export class Forwarder {
         end();
       });
       this.wsProxy.ws(
-        req,
+        handshake,
         socket,
         head,
         { target: { host: s.target.host, port: s.target.port }, proxyTimeout: this.opts.upstreamTimeoutMs },
@@ -336,7 +335,7 @@ export class Forwarder {
  * One object per request whose methods the upstream client calls directly (UpstreamHandler): the hot path
  * allocates no promises, closures or listeners per try.
  */
-class Exchange implements UpstreamHandler {
+class Exchange implements UpstreamHandler, ResponseHandler {
   private readonly outcome: Outcome = { status: 0, target: undefined, attempts: 0, error: undefined };
   private readonly headers: RenderedHeaders;
   private readonly body: boolean;
@@ -345,7 +344,6 @@ class Exchange implements UpstreamHandler {
   private tried: Set<TargetState> | undefined;
   private retries = 0;
   private stale = 0;
-  private listening = false;
 
   // The try under way.
   private s!: TargetState;
@@ -363,14 +361,14 @@ class Exchange implements UpstreamHandler {
   constructor(
     private readonly registry: TargetRegistry,
     private readonly opts: ForwardOptions,
-    private readonly req: http.IncomingMessage,
-    private readonly res: http.ServerResponse,
+    private readonly req: Request,
+    private readonly res: Response,
     private readonly pool: Pool,
     private readonly report: Done,
     private readonly tag: string,
   ) {
     this.headers = upstreamHeaderLines(req, portString(opts.listenPort()));
-    this.body = hasBody(req);
+    this.body = req.hasBody;
     this.retryOnReset = IDEMPOTENT.has(req.method ?? '') && !this.body;
   }
 
@@ -417,16 +415,9 @@ class Exchange implements UpstreamHandler {
     this.replayable = this.retryOnReset;
     this.up = undefined;
     const { req, res } = this;
-    if (!this.listening) {
-      this.listening = true;
-      (res as Carrying)[kExchange] = this;
-      res.on('close', onClientClose);
-      if (this.body) {
-        (req as Carrying)[kExchange] = this;
-        req.on('timeout', onClientStall);
-      }
-    }
-    const ask = { method: req.method ?? 'GET', path: req.url ?? '/', headers: this.headers, body: this.body, timeoutMs: this.opts.upstreamTimeoutMs };
+    // The connection tells this exchange when the client leaves or stalls, and when the answer is out.
+    res.handler = this;
+    const ask = { method: req.method, path: req.url, headers: this.headers, body: this.body, timeoutMs: this.opts.upstreamTimeoutMs };
     // A socket at hand is announced (onSocket) before request() returns.
     const up = fresh ? s.pool.fresh(ask, this) : s.pool.request(ask, this);
     this.up = up;
@@ -477,10 +468,9 @@ class Exchange implements UpstreamHandler {
     if (this.connectTimer) clearTimeout(this.connectTimer);
     s.breaker.onSuccess();
     countSuccess(s.target.id);
-    const status = (this.status = upRes.statusCode ?? 502);
-    if (!res.headersSent) res.writeHead(status, upRes.statusMessage, downstreamHeaders(upRes));
+    this.status = upRes.statusCode;
+    if (!res.headersSent) writeDownstreamHead(res, upRes);
     upRes.pipe(res);
-    res.on('finish', onResponseFinish); // not once(): it finishes once anyway, and once() allocates a wrapper
   }
 
   onError(err: NodeJS.ErrnoException): void {
@@ -500,17 +490,16 @@ class Exchange implements UpstreamHandler {
     this.settle(this.status);
   }
 
-  // The client went away before the response ended: stop the upstream work too. (`req` emits
-  // 'close' once its body is read, so the response's 'close' is the signal that the client left.)
+  // The client went away before the response ended: stop the upstream work too.
   clientClosed(): void {
-    if (this.settled || this.res.writableFinished) return;
+    if (this.settled || this.res.finished) return;
     this.up?.destroy();
     if (this.responded) this.settle(this.res.statusCode);
     else this.settle(undefined, new UpstreamError('client_gone', false));
   }
 
-  // Node's idle timer of the client socket (IDLE_TIMEOUT) fired while the body was still coming: the
-  // client stalled. Listening keeps Node from destroying the socket, so the client can hear a 408.
+  // The client socket's idle timer (IDLE_TIMEOUT) fired while the body was still coming: the client
+  // stalled, and hears a 408.
   clientStalled(): void {
     if (this.settled) return;
     this.up?.destroy();
@@ -590,7 +579,7 @@ class Exchange implements UpstreamHandler {
       answer(res, 408, 'request body timed out');
       return this.done();
     }
-    const unsent = !res.headersSent && !req.socket.destroyed;
+    const unsent = !res.headersSent && !res.dead && !req.conn.destroyed;
     if (err.kind === 'stale') {
       // The target had closed that keep-alive connection: nothing was lost, try a fresh one (same target allowed).
       if (this.stale < MAX_STALE && unsent) {
@@ -618,7 +607,7 @@ class Exchange implements UpstreamHandler {
   }
 
   retryStale(): void {
-    if (this.req.socket.destroyed || this.res.headersSent) {
+    if (this.req.conn.destroyed || this.res.headersSent || this.res.dead) {
       this.outcome.status = 499;
       return this.done();
     }
@@ -631,30 +620,10 @@ function afterPoll(fn: (x: Exchange) => void, x: Exchange): void {
   setImmediate(fn, x);
 }
 
-// Listeners and timer callbacks shared by every Exchange (found through the request or response), so a
-// request allocates no closures for them.
-const kExchange = Symbol('karma.exchange');
-type Carrying = { [kExchange]?: Exchange };
-function onClientClose(this: http.ServerResponse): void {
-  (this as Carrying)[kExchange]?.clientClosed();
-}
-function onClientStall(this: http.IncomingMessage): void {
-  (this as Carrying)[kExchange]?.clientStalled();
-}
-function onResponseFinish(this: http.ServerResponse): void {
-  (this as Carrying)[kExchange]?.responseFinished();
-}
+// Timer callbacks shared by every Exchange, so a request allocates no closures for them.
 const queueTimedOut = (x: Exchange): void => x.failTry('pool_full');
 const connectTimedOut = (x: Exchange): void => x.connectTimedOut();
 const startSending = (x: Exchange): void => x.startSending();
 const retryStale = (x: Exchange): void => x.retryStale();
 
-/** An answer written straight to a socket (for upgrade requests, which have no ServerResponse). */
-export function rawAnswer(socket: Duplex, status: number, message: string, extraHeaders = ''): void {
-  if (socket.destroyed || !socket.writable) return;
-  const body = message + '\n';
-  socket.end(
-    `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ''}\r\nContent-Type: text/plain; charset=utf-8\r\n` +
-      `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n${extraHeaders}\r\n${body}`,
-  );
-}
+export { rawAnswer };

@@ -361,10 +361,18 @@ export class UpstreamPool {
   }
 }
 
+/** Where a response body goes: the client's answer (downstream.ts's Response), or any Writable. */
+export interface ResponseSink {
+  write(chunk: Buffer): boolean;
+  end(): unknown;
+  once(event: 'drain', fn: () => void): unknown;
+  removeListener(event: 'drain', fn: () => void): unknown;
+}
+
 /** The response as forward.ts reads it: status, raw headers, `headers.connection`, pipe(res). */
 export class UpstreamResponse {
   readonly headers: { connection?: string } = {};
-  private sink: NodeJS.WritableStream | undefined;
+  private sink: ResponseSink | undefined;
   private paused = false;
   private onAbort: (() => void) | undefined;
 
@@ -392,7 +400,7 @@ export class UpstreamResponse {
     this.onAbort?.();
   }
 
-  pipe<T extends NodeJS.WritableStream>(res: T): T {
+  pipe<T extends ResponseSink>(res: T): T {
     this.sink = res;
     return res;
   }

@@ -76,17 +76,12 @@ describe('defaults', () => {
     const registry = new TargetRegistry({ poolSize: 1, breakerThreshold: 5, breakerTimeoutMs: 1000 });
     const routes = new RouteTable({ name: 'none', discover: async () => [] }, registry, { negativeCacheTtlMs: 1000, maxRoutes: 1, routeIdleTtlMs: 1000, refreshMs: 60_000 });
     const forwarder = new Forwarder(registry, { connectTimeoutMs: 1000, upstreamTimeoutMs: 1000, retries: 0, listenPort: () => 0 });
-    const { server } = createProxyServer(config, routes, forwarder);
+    const { server, front } = createProxyServer(config, routes, forwarder);
     try {
-      expect({
-        headersTimeout: server.headersTimeout,
-        requestTimeout: server.requestTimeout,
-        keepAliveTimeout: server.keepAliveTimeout,
-        timeout: server.timeout,
-        maxConnections: server.maxConnections,
-        maxHeaderSize: (server as unknown as { maxHeaderSize: number }).maxHeaderSize,
-        maxHeadersCount: server.maxHeadersCount,
-      }).toEqual({ headersTimeout: 7000, requestTimeout: 70_000, keepAliveTimeout: 0, timeout: 17_000, maxConnections: 123, maxHeaderSize: 4096, maxHeadersCount: 101 });
+      expect(front.opts).toEqual({ headersTimeoutMs: 7000, requestTimeoutMs: 70_000, idleTimeoutMs: 17_000, maxConnections: 123, maxHeaderSize: 4096 });
+      expect(server.maxConnections).toBe(123);
+      // Idle keep-alive connections are told IDLE_TIMEOUT (and closed a second after it).
+      expect(front.keepAliveLines).toBe('Connection: keep-alive\r\nKeep-Alive: timeout=17\r\n');
     } finally {
       routes.close();
       forwarder.close();

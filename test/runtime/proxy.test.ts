@@ -100,6 +100,34 @@ describe('forwarding to a static pool', () => {
     for (const h of ['x-private', 'keep-alive', 'proxy-authorization', 'te']) expect(seen.headers[h]).toBeUndefined();
   });
 
+  test('Expect: 100-continue is answered with a 100 before the body, which then reaches the target whole', async () => {
+    backends.forEach((b) => {
+      b.handle = (req, res) => {
+        let body = '';
+        req.on('data', (c) => (body += c));
+        req.on('end', () => res.end(`got ${body}`));
+      };
+    });
+    const r = await new Promise<{ continued: boolean; status: number; body: string }>((resolve, reject) => {
+      let continued = false;
+      const req = http.request({ host: '127.0.0.1', port: p.port, method: 'PUT', path: '/upload', agent: false, headers: { Expect: '100-continue', 'Content-Length': '5' } });
+      req.on('continue', () => {
+        continued = true;
+        req.end('hello');
+      });
+      req.on('response', (res) => {
+        let body = '';
+        res.on('data', (c) => (body += c));
+        res.on('end', () => resolve({ continued, status: res.statusCode ?? 0, body }));
+      });
+      req.on('error', reject);
+      req.setTimeout(5000, () => req.destroy(new Error('client timeout')));
+    });
+    expect(r).toEqual({ continued: true, status: 200, body: 'got hello' });
+    // The expectation was met here; the target is not asked to meet it again.
+    expect(backends.flatMap((b) => b.seen)[0].headers.expect).toBeUndefined();
+  });
+
   test('an absolute-form request target is refused, never followed', async () => {
     const reply = await new Promise<string>((resolve) => {
       const s = net.connect(p.port, '127.0.0.1', () => s.write('GET http://169.254.169.254/latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n'));

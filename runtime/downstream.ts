@@ -1,0 +1,1041 @@
+/**
+ * The client side of a worker: a lean HTTP/1.1 server on net sockets and node's own llhttp parser (the
+ * binding node:http runs), in place of node:http's server. upstream.ts did the same for the target side.
+ *
+ * Why: under small GETs node:http's server side (IncomingMessage and ServerResponse streams, their
+ * listeners, ticks and timers per request) was about a third of a worker's CPU, and its per-connection
+ * state most of a worker's heap at 1,000 connections (test/bench/README-bench.md). Here a request is one
+ * plain object, its answer another, and both talk to their owner (forward.ts's Exchange) by direct calls.
+ *
+ * What it keeps of node:http, on purpose the same: llhttp in strict mode bounded by MAX_HEADER_SIZE (so
+ * every framing, character and version check node:http makes), 400 / 413 / 431 for what the parser
+ * refuses and 408 for HEADERS_TIMEOUT (first byte of a request to its last header line) and
+ * REQUEST_TIMEOUT (to its last body byte), checked twice a second; one idle timer per connection
+ * (IDLE_TIMEOUT); keep-alive as the client's version and Connection header say, `Keep-Alive: timeout=`
+ * advertised; answers framed by Content-Length or chunked (close-delimited for HTTP/1.0 clients), with a
+ * Date when the target sent none; pipelined requests answered in order; the rest of an unread request
+ * body read and dropped so the connection can serve the next request.
+ *
+ * What it does differently: pipelined requests are handled one at a time (node:http ran them all at
+ * once, so they reached the target in any order); a client that half-closes after a whole request still
+ * gets its answer (node:http's default closed the connection unanswered); a parse error behind an answer
+ * still under way waits for that answer instead of being spliced into it.
+ */
+import { STATUS_CODES } from 'node:http';
+import * as net from 'node:net';
+import { HTTPParser, kOnBody, kOnExecute, kOnHeaders, kOnHeadersComplete, kOnMessageBegin, kOnMessageComplete, METHOD_NAMES, type Parser } from './llhttp';
+import { errorFields, log } from './log';
+import { activeConnections, limitHits, rejectedRequests } from './metrics';
+
+export interface DownstreamOptions {
+  /** MAX_HEADER_SIZE: request line and headers together; more is a 431. */
+  readonly maxHeaderSize: number;
+  /** HEADERS_TIMEOUT: from a request's first byte (or the connection's start) to its last header line. */
+  readonly headersTimeoutMs: number;
+  /** REQUEST_TIMEOUT: from a request's first byte to its last body byte; 0 for none. */
+  readonly requestTimeoutMs: number;
+  /** IDLE_TIMEOUT: silence on a connection, either way. */
+  readonly idleTimeoutMs: number;
+  /** MAX_CONNECTIONS: open client connections; the one past it is closed at once. */
+  readonly maxConnections: number;
+}
+
+/** What the server hands its owner (server.ts). */
+export interface DownstreamHandlers {
+  /** A request whose head is complete; its body, if any, follows through `req.pipe()`. */
+  request(req: Request, res: Response): void;
+  /** A WebSocket handshake: from here on the socket is the handler's, `head` the bytes read past it. */
+  upgrade(req: Request, socket: net.Socket, head: Buffer): void;
+}
+
+/** What an answer's owner (forward.ts's Exchange) is told, as direct calls. */
+export interface ResponseHandler {
+  /** The client connection is gone (closed, or cut by a timeout) before the answer ended. */
+  clientClosed(): void;
+  /** The client was silent for IDLE_TIMEOUT while the body of this request was still due. */
+  clientStalled(): void;
+  /** The answer's last byte was handed to the socket. */
+  responseFinished(): void;
+}
+
+/** Where a request body goes (upstream.ts's UpstreamRequest, or any Writable). */
+export interface BodySink {
+  write(chunk: Buffer): boolean;
+  end(): unknown;
+  once(event: 'drain', fn: () => void): unknown;
+}
+
+/** How long past IDLE_TIMEOUT an idle keep-alive connection stays open (Node's own margin), so that a
+ * client honouring `Keep-Alive: timeout=` closes first and no request is lost to the close race. */
+export const KEEP_ALIVE_GRACE_MS = 1000;
+/** How often HEADERS_TIMEOUT and REQUEST_TIMEOUT are enforced. */
+const TIMEOUT_CHECK_MS = 500;
+/** Requests parsed ahead of their turn on one connection (pipelining); the rest of that read is refused. */
+export const MAX_PIPELINED = 32;
+
+/** The few request headers the proxy itself reads, found in one pass over the raw ones. */
+class KnownHeaders {
+  host: string | undefined = undefined;
+  connection: string | undefined = undefined;
+  'content-length': string | undefined = undefined;
+  'transfer-encoding': string | undefined = undefined;
+  upgrade: string | undefined = undefined;
+  expect: string | undefined = undefined;
+}
+
+const join = (a: string | undefined, b: string): string => (a === undefined ? b : `${a}, ${b}`);
+
+// What a parsed request turns out to be.
+const PLAIN = 0;
+const WEBSOCKET = 1;
+const CONNECT = 2;
+
+/** One request from a client: its head as parsed, and its body on the way. */
+export class Request {
+  /** When its head was complete (performance.now()), for the duration metric and the access log. */
+  readonly startedAt = performance.now();
+  readonly headers = new KnownHeaders();
+  /** Host header fields (more than one is refused). */
+  hosts = 0;
+  /** The client may send another request after this one (llhttp's verdict, from version and Connection). */
+  keepAlive: boolean;
+  /** The whole body has been read (at once for a request without one). */
+  complete = false;
+  /** PLAIN, WEBSOCKET or CONNECT. */
+  kind = PLAIN;
+  /** It asked to switch to a protocol other than WebSocket: it is answered as plain HTTP, its body unread. */
+  upgradeIgnored = false;
+  /** For a WebSocket: the bytes read past its head. */
+  head: Buffer | undefined;
+  /** Put in line while its head was parsed (behind an answer under way). */
+  queued = false;
+  private sink: BodySink | undefined;
+  private held: Buffer[] | undefined;
+  private dropping = false;
+
+  constructor(
+    readonly conn: ClientConn,
+    readonly method: string,
+    readonly url: string,
+    readonly httpVersionMajor: number,
+    readonly httpVersionMinor: number,
+    readonly rawHeaders: string[],
+    keepAlive: boolean,
+  ) {
+    this.keepAlive = keepAlive;
+    const h = this.headers;
+    for (let i = 0; i < rawHeaders.length; i += 2) {
+      const name = rawHeaders[i];
+      switch (name.length) {
+        case 4:
+          if (name.toLowerCase() === 'host') {
+            this.hosts++;
+            h.host ??= rawHeaders[i + 1];
+          }
+          break;
+        case 6:
+          if (name.toLowerCase() === 'expect') h.expect = join(h.expect, rawHeaders[i + 1]);
+          break;
+        case 7:
+          if (name.toLowerCase() === 'upgrade') h.upgrade = join(h.upgrade, rawHeaders[i + 1]);
+          break;
+        case 10:
+          if (name.toLowerCase() === 'connection') h.connection = join(h.connection, rawHeaders[i + 1]);
+          break;
+        case 14:
+          if (name.toLowerCase() === 'content-length') h['content-length'] ??= rawHeaders[i + 1];
+          break;
+        case 17:
+          if (name.toLowerCase() === 'transfer-encoding') h['transfer-encoding'] = join(h['transfer-encoding'], rawHeaders[i + 1]);
+          break;
+      }
+    }
+  }
+
+  get socket(): net.Socket {
+    return this.conn.socket;
+  }
+
+  /** The client's address, without the `::ffff:` of an IPv4 client on a dual-stack socket. */
+  get ip(): string {
+    return this.conn.ip;
+  }
+
+  /** A body is announced (chunked, or a Content-Length other than 0). */
+  get hasBody(): boolean {
+    const cl = this.headers['content-length'];
+    return this.headers['transfer-encoding'] !== undefined || (cl !== undefined && cl !== '0');
+  }
+
+  /** Every header, lower-cased, repeated ones joined as node:http joins them (for http-proxy's WebSocket pass). */
+  allHeaders(): Record<string, string | string[]> {
+    const out: Record<string, string | string[]> = {};
+    const raw = this.rawHeaders;
+    for (let i = 0; i < raw.length; i += 2) {
+      const k = raw[i].toLowerCase();
+      const v = raw[i + 1];
+      const had = out[k];
+      if (k === 'set-cookie') out[k] = had === undefined ? [v] : [...(had as string[]), v];
+      else if (had === undefined) out[k] = v;
+      else if (!FIRST_WINS.has(k)) out[k] = `${had as string}${k === 'cookie' ? '; ' : ', '}${v}`;
+    }
+    return out;
+  }
+
+  /**
+   * Sends the body to `sink` from here on: what was read before goes first, then each chunk as it is
+   * parsed, then sink.end(). The client is not read while the sink pushes back.
+   */
+  pipe<T extends BodySink>(sink: T): T {
+    this.sink = sink;
+    this.dropping = false;
+    const held = this.held;
+    this.held = undefined;
+    let ok = true;
+    if (held) for (const b of held) ok = sink.write(b) && ok;
+    this.conn.resume(PAUSE_UNPIPED);
+    if (this.complete) sink.end();
+    else if (!ok) this.conn.waitForDrain(sink);
+    return sink;
+  }
+
+  /** The body has somewhere to go that still takes it. */
+  get piped(): boolean {
+    return this.sink !== undefined && (this.sink as { destroyed?: boolean }).destroyed !== true;
+  }
+
+  /** Nobody will read the rest of the body: read and drop it, so the connection can go on. */
+  drop(): void {
+    this.dropping = true;
+    this.held = undefined;
+    this.sink = undefined;
+    this.conn.resume(PAUSE_UNPIPED);
+    this.conn.stopWaitingForDrain();
+  }
+
+  /** A body chunk from the parser. */
+  received(b: Buffer): void {
+    if (this.dropping) return;
+    const sink = this.sink;
+    if (sink) {
+      if (!sink.write(b)) this.conn.waitForDrain(sink);
+      return;
+    }
+    // Not piped yet (the target is still being connected): keep what this read brought, read no more.
+    (this.held ??= []).push(b);
+    this.conn.pause(PAUSE_UNPIPED);
+  }
+
+  /** The last body byte was parsed. */
+  ended(): void {
+    this.complete = true;
+    if (this.sink && !this.dropping) this.sink.end();
+  }
+}
+
+// node:http keeps the first of these when repeated, and drops the rest.
+const FIRST_WINS = new Set([
+  'age', 'authorization', 'content-length', 'content-type', 'etag', 'expires', 'from', 'host', 'if-modified-since',
+  'if-unmodified-since', 'last-modified', 'location', 'max-forwards', 'proxy-authorization', 'referer',
+  'retry-after', 'server', 'user-agent',
+]);
+
+let dateSecond = -1;
+let dateValue = '';
+/** The Date header's value, made once a second. */
+function httpDate(): string {
+  const now = Date.now();
+  const s = Math.floor(now / 1000);
+  if (s !== dateSecond) {
+    dateSecond = s;
+    dateValue = new Date(now).toUTCString();
+  }
+  return dateValue;
+}
+
+/** The answer to one request, written straight to the client's socket. */
+export class Response {
+  statusCode = 0;
+  /** writeHead was called: what the client gets is decided. */
+  headersSent = false;
+  /** end() was called. */
+  finished = false;
+  /** The connection may serve another request after this one. */
+  shouldKeepAlive: boolean;
+  handler: ResponseHandler | undefined;
+  /** The connection was cut or answered otherwise: what is written now goes nowhere. */
+  dead = false;
+  /** The head, rendered, until the first body bytes (or end()) take it out with them. */
+  private head: string | undefined;
+  private chunked = false;
+  /** HEAD, 204 and 304 answers carry no body whatever the headers say. */
+  private bodiless = false;
+
+  constructor(
+    readonly conn: ClientConn,
+    readonly req: Request,
+  ) {
+    this.shouldKeepAlive = req.keepAlive;
+  }
+
+  /** `100 Continue`, for a client that waits for it before sending its body. */
+  writeContinue(): void {
+    if (!this.headersSent && !this.dead) this.conn.socket.write('HTTP/1.1 100 Continue\r\n\r\n', 'latin1');
+  }
+
+  /**
+   * The status line and headers. `lines` are `Name: value\r\n` each, hop-by-hop ones already gone;
+   * Date, Connection, Keep-Alive and the framing are added here, as node:http adds them.
+   */
+  writeHead(status: number, reason: string | undefined, lines: string, hasLength: boolean, hasDate = false): void {
+    if (this.headersSent) return;
+    this.headersSent = true;
+    this.statusCode = status;
+    const http11 = this.req.httpVersionMajor === 1 && this.req.httpVersionMinor === 1;
+    this.bodiless = this.req.method === 'HEAD' || status === 204 || status === 304 || (status >= 100 && status < 200);
+    let keepAlive = this.shouldKeepAlive && !this.conn.lastToAnswer;
+    let head = `HTTP/1.1 ${status} ${reason || STATUS_CODES[status] || 'unknown'}\r\n${lines}`;
+    if (!hasDate) head += `Date: ${httpDate()}\r\n`;
+    if (!hasLength && !this.bodiless) {
+      // A body of unknown length: chunked for HTTP/1.1, delimited by the close for HTTP/1.0.
+      if (http11) this.chunked = true;
+      else keepAlive = false;
+    } else if (!http11 && !hasLength) keepAlive = false;
+    this.shouldKeepAlive = keepAlive;
+    head += keepAlive ? this.conn.server.keepAliveLines : 'Connection: close\r\n';
+    if (this.chunked) head += 'Transfer-Encoding: chunked\r\n';
+    this.head = head + '\r\n';
+  }
+
+  /** A body chunk; false when the socket's buffer is full ('drain' follows). */
+  write(chunk: Buffer | string): boolean {
+    if (this.dead || this.finished) return true;
+    const len = typeof chunk === 'string' ? Buffer.byteLength(chunk) : chunk.length;
+    const s = this.conn.socket;
+    if (this.bodiless || len === 0) {
+      if (this.head !== undefined) this.flushHead(s);
+      return true;
+    }
+    const head = this.head;
+    if (head === undefined && !this.chunked) return s.write(chunk);
+    this.head = undefined;
+    // Head and chunk (and its framing) leave in one write.
+    s.cork();
+    if (head !== undefined) s.write(head, 'latin1');
+    if (this.chunked) s.write(`${len.toString(16)}\r\n`, 'latin1');
+    let ok = s.write(chunk);
+    if (this.chunked) ok = s.write('\r\n', 'latin1');
+    s.uncork();
+    return ok;
+  }
+
+  private flushHead(s: net.Socket): void {
+    const head = this.head!;
+    this.head = undefined;
+    s.write(head, 'latin1');
+  }
+
+  /** The end of the answer (with a last chunk, for the proxy's own short answers). */
+  end(chunk?: Buffer | string): void {
+    if (this.finished) return;
+    if (!this.dead) {
+      const s = this.conn.socket;
+      if (chunk !== undefined && typeof chunk === 'string' && this.head !== undefined && !this.chunked && !this.bodiless) {
+        // The proxy's own answers: head and body as one string, one write.
+        const head = this.head;
+        this.head = undefined;
+        s.write(head + chunk, 'latin1');
+      } else {
+        if (chunk !== undefined) this.write(chunk);
+        if (this.head !== undefined) {
+          const head = this.head;
+          this.head = undefined;
+          s.write(this.chunked && !this.bodiless ? head + '0\r\n\r\n' : head, 'latin1');
+        } else if (this.chunked && !this.bodiless) s.write('0\r\n\r\n', 'latin1');
+      }
+    }
+    this.finished = true;
+    this.handler?.responseFinished();
+    this.conn.answered(this);
+  }
+
+  /** Cuts the connection: the answer cannot be finished (its target failed mid-body). */
+  destroy(): void {
+    this.conn.socket.destroy();
+  }
+
+  // For UpstreamResponse, which pipes into this as into a Writable.
+  once(event: 'drain', fn: () => void): this {
+    this.conn.socket.once(event, fn);
+    return this;
+  }
+
+  removeListener(event: 'drain', fn: () => void): this {
+    this.conn.socket.removeListener(event, fn);
+    return this;
+  }
+}
+
+/** An answer written straight to a socket (upgrade requests, parse errors), closing the connection after. */
+export function rawAnswer(socket: net.Socket | import('node:stream').Duplex, status: number, message: string, extraHeaders = ''): void {
+  if (socket.destroyed || !socket.writable) return;
+  const body = message + '\n';
+  socket.end(
+    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\nContent-Type: text/plain; charset=utf-8\r\n` +
+      `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n${extraHeaders}\r\n${body}`,
+  );
+}
+
+/** A whole first read that is one HTTP/0.9 request line: `GET /path` and a line end, no version. */
+function isHttp09(chunk: Buffer): boolean {
+  const lf = chunk.indexOf(10);
+  if (lf === -1 || lf !== chunk.length - 1 || lf > 8192) return false;
+  const line = chunk.toString('latin1', 0, chunk[lf - 1] === 13 ? lf - 1 : lf);
+  return /^[A-Z]+ \S+$/.test(line);
+}
+
+// Where a connection is in reading the current request (for the headers and request timeouts).
+const IDLE = 0;
+const HEAD = 1;
+const BODY = 2;
+
+// Why a connection is not being read (any of them).
+const PAUSE_QUEUE = 1;
+const PAUSE_UNPIPED = 2;
+const PAUSE_DRAIN = 4;
+/** A tunnel's bytes follow: they are for its handler, not for the parser. */
+const PAUSE_UPGRADE = 8;
+
+// Why the idle timer was given one more period.
+const GRACE_KEEP_ALIVE = 1;
+const GRACE_DRAIN = 2;
+
+/** A parse error or timeout to answer once the answers before it are out. */
+interface Refusal {
+  readonly status: number;
+  readonly message: string;
+}
+
+type Pending = Request | Refusal;
+
+const kConn = Symbol('karma.conn');
+type WithConn = { [kConn]: ClientConn };
+
+/** The parts of net.Socket's native side that node:http uses to let its parser read a socket. */
+interface StreamHandle {
+  isStreamBase?: boolean;
+  _consumed?: boolean;
+  reading?: boolean;
+  readStart(): number;
+  readStop(): number;
+}
+type SocketInternals = { _handle?: StreamHandle | null; _unrefTimer?: () => void };
+
+/**
+ * Lets the parser read the socket natively, as node:http does: each read goes from libuv into one shared
+ * buffer and straight through llhttp, with no Buffer per read and no 'data' event; only body bytes are
+ * copied out. Half the garbage of a 'data' listener on an upload, and less work per request.
+ */
+function consume(parser: Parser, socket: net.Socket): boolean {
+  const h = (socket as unknown as SocketInternals)._handle;
+  if (!h?.isStreamBase || h._consumed || typeof (socket as unknown as SocketInternals)._unrefTimer !== 'function') return false;
+  if (typeof parser.consume !== 'function') return false;
+  h._consumed = true;
+  parser.consume(h);
+  return true;
+}
+
+/** One client connection: its parser, the request being read, the one being answered, those waiting. */
+export class ClientConn {
+  readonly parser: Parser;
+  /** The request the parser is reading (head or body). */
+  private reading: Request | undefined;
+  /** The answer under way. */
+  private current: Response | undefined;
+  /** Requests parsed ahead of their turn (pipelining), answered in order. */
+  private readonly waiting: Pending[] = [];
+  /** IDLE, HEAD or BODY, and since when (performance.now()), for the timeouts. */
+  state = HEAD;
+  since = performance.now();
+  /** Any of PAUSE_*. */
+  private paused = 0;
+  /** No request after the ones already read will be read: the connection ends after their answers. */
+  closing = false;
+  /** Nothing more is parsed: the connection is refused, handed over, or being closed. */
+  private done = false;
+  private grace = 0;
+  private first = true;
+  /** A request that stops parsing when the current read has been parsed (an upgrade). */
+  private stopAfter: Request | undefined;
+  private draining: BodySink | undefined;
+  /** The parser reads the socket natively (consume()); otherwise through 'data'. */
+  private consumed = false;
+  private headerParts: string[] = [];
+  private urlParts = '';
+  private address: string | undefined;
+
+  constructor(
+    readonly server: DownstreamServer,
+    readonly socket: net.Socket,
+  ) {
+    const parser = (this.parser = new HTTPParser());
+    parser.initialize(HTTPParser.REQUEST, {}, server.opts.maxHeaderSize, 0);
+    (parser as unknown as WithConn)[kConn] = this;
+    parser[kOnMessageBegin] = onMessageBegin;
+    parser[kOnHeaders] = onHeaders;
+    parser[kOnHeadersComplete] = onHeadersComplete;
+    parser[kOnBody] = onBody;
+    parser[kOnMessageComplete] = onMessageComplete;
+    (socket as unknown as WithConn)[kConn] = this;
+    // Reading natively, 'data' never comes; the listener keeps the socket flowing so that 'end' does.
+    socket.on('data', onData);
+    if (consume(parser, socket)) {
+      this.consumed = true;
+      parser[kOnExecute] = onExecute;
+    }
+    socket.on('end', onEnd);
+    socket.on('timeout', onTimeout);
+    socket.on('error', onError);
+    socket.on('close', onClose);
+    socket.setTimeout(server.opts.idleTimeoutMs);
+  }
+
+  get ip(): string {
+    if (this.address === undefined) {
+      const a = this.socket.remoteAddress ?? '';
+      this.address = a.startsWith('::ffff:') ? a.slice(7) : a;
+    }
+    return this.address;
+  }
+
+  /** The answer being written is the connection's last: it says `Connection: close`. */
+  get lastToAnswer(): boolean {
+    return this.closing && this.waiting.length === 0;
+  }
+
+  get destroyed(): boolean {
+    return this.socket.destroyed;
+  }
+
+  /** Nothing read of a request, nothing being answered or waiting: safe to close. */
+  get idle(): boolean {
+    return !this.current && this.waiting.length === 0 && this.state !== BODY && !this.reading && (this.state === IDLE || this.first);
+  }
+
+  // ---- reading
+
+  /** A read, when the parser does not consume the socket. */
+  read(d: Buffer): void {
+    if (this.done) return;
+    let r: number | Error | undefined;
+    try {
+      r = this.parser.execute(d);
+    } catch (err) {
+      // A fault of ours while handling a request: this connection goes, the worker stays.
+      log('error', 'request handling failed', errorFields(err));
+      this.socket.destroy();
+      return;
+    }
+    this.parsed(r, d);
+  }
+
+  /** After the parser consumed a read natively. */
+  executed(r: number | Error | undefined): void {
+    // The socket's idle timer is refreshed by reads through JavaScript; these are not.
+    (this.socket as unknown as SocketInternals)._unrefTimer!();
+    if (this.done && !this.stopAfter) return;
+    this.parsed(r, undefined);
+  }
+
+  /** What a read parsed to; `d` is the read, or undefined to ask the parser for a copy. */
+  private parsed(r: number | Error | undefined, d: Buffer | undefined): void {
+    if (this.first) {
+      this.first = false;
+      // llhttp reads `GET /\r\n` (HTTP/0.9) as a request line still waiting for its headers: answer it
+      // now rather than after HEADERS_TIMEOUT.
+      if (this.state === HEAD && !this.reading && typeof r === 'number' && isHttp09(d ?? this.parser.getCurrentBuffer!())) {
+        rejectedRequests.labels({ reason: 'bad_version' }).inc();
+        return this.refuse(400, 'only HTTP/1.0 and HTTP/1.1 are supported');
+      }
+    }
+    const stop = this.stopAfter;
+    if (stop) {
+      this.stopAfter = undefined;
+      this.stopParsing();
+      if (stop.kind !== PLAIN) {
+        this.pause(PAUSE_UPGRADE);
+        stop.head = (d ?? this.parser.getCurrentBuffer!()).subarray(r as number);
+        if (!stop.queued) this.enqueue(stop);
+      }
+      return;
+    }
+    // Parsing stopped during this read (too many requests ahead of their turn): the rest is not looked at.
+    if (this.done) return;
+    if (typeof r === 'object' && r !== null) this.parseError(r as NodeJS.ErrnoException);
+  }
+
+  messageBegin(): void {
+    if (this.done) return;
+    this.state = HEAD;
+    this.since = performance.now();
+    this.headerParts.length = 0;
+    this.urlParts = '';
+    if (this.grace !== 0) {
+      this.grace = 0;
+      this.socket.setTimeout(this.server.opts.idleTimeoutMs);
+    }
+  }
+
+  headerPart(h: string[], url: string): void {
+    if (this.done) return;
+    // Bounded by MAX_HEADER_SIZE: llhttp counts these bytes.
+    for (let i = 0; i < h.length; i++) this.headerParts.push(h[i]);
+    this.urlParts += url;
+  }
+
+  headersComplete(major: number, minor: number, headers: string[] | undefined, method: number, url: string | undefined, upgrade: boolean, keepAlive: boolean): number {
+    if (this.done) return 1;
+    if (headers === undefined) {
+      headers = this.headerParts;
+      this.headerParts = [];
+    }
+    url ??= this.urlParts;
+    this.state = BODY;
+    const req = new Request(this, METHOD_NAMES[method] ?? '', url, major, minor, headers, keepAlive);
+    this.reading = req;
+    if (upgrade) {
+      // The rest of this read is not HTTP to parse: a tunnel's first bytes, or nothing we will read.
+      this.stopAfter = req;
+      if (req.method === 'CONNECT') req.kind = CONNECT;
+      else if (req.method === 'GET' && req.headers.upgrade?.toLowerCase() === 'websocket') req.kind = WEBSOCKET;
+      if (req.kind !== PLAIN) {
+        // Behind an answer under way, it takes its place in line now, so that answer is not the last.
+        if (this.current || this.waiting.length > 0) {
+          req.queued = true;
+          this.waiting.push(req);
+          this.pause(PAUSE_QUEUE);
+        }
+      } else {
+        // Any other Upgrade (h2c from `curl --http2`, `TLS/1.0`): RFC 9110 §7.8 lets a server ignore it, as
+        // the ALB does. It is answered as the HTTP/1.1 request it also is, and the connection closes after.
+        req.keepAlive = false;
+        req.upgradeIgnored = true;
+        this.enqueue(req);
+      }
+      return 2; // no body is parsed: the message ends here
+    }
+    this.enqueue(req);
+    return 0;
+  }
+
+  received(b: Buffer): void {
+    if (!this.done) this.reading?.received(b);
+  }
+
+  messageComplete(): void {
+    const req = this.reading;
+    this.reading = undefined;
+    this.state = IDLE;
+    this.headerParts.length = 0;
+    req?.ended();
+  }
+
+  private enqueue(p: Pending): void {
+    if (!this.current && this.waiting.length === 0) return this.dispatch(p);
+    if (this.waiting.length >= MAX_PIPELINED) {
+      // More requests ahead of their turn than anyone pipelines: answer those, then close.
+      this.stopParsing();
+      return;
+    }
+    this.waiting.push(p);
+    this.pause(PAUSE_QUEUE);
+  }
+
+  private dispatch(p: Pending): void {
+    if (!(p instanceof Request)) return this.refuse(p.status, p.message);
+    if (p.kind === WEBSOCKET) return this.handOver(p);
+    if (p.kind === CONNECT) {
+      rejectedRequests.labels({ reason: 'connect_method' }).inc();
+      return this.refuse(405, 'CONNECT is not supported', 'Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n');
+    }
+    const res = new Response(this, p);
+    this.current = res;
+    try {
+      this.server.handlers.request(p, res);
+    } catch (err) {
+      // A fault of ours while handling a request: this connection goes, the worker stays.
+      log('error', 'request handling failed', errorFields(err));
+      this.socket.destroy();
+    }
+  }
+
+  /** The answer under way has ended: the next request's turn, or the connection's end. */
+  answered(res: Response): void {
+    if (this.current !== res) return;
+    this.current = undefined;
+    const req = res.req;
+    if (!res.shouldKeepAlive || res.dead) {
+      this.closing = true;
+      this.stopParsing();
+      this.socket.destroySoon();
+      return;
+    }
+    // A body still coming that nobody takes (not asked for, or its target gone): read and dropped.
+    if (!req.complete && !req.piped) req.drop();
+    if (this.waiting.length > 0) process.nextTick(next, this);
+    else {
+      this.resume(PAUSE_QUEUE);
+      if (this.closing) this.socket.end();
+    }
+  }
+
+  /** Dispatches the next waiting request (on its own tick, not inside the answer before it). */
+  next(): void {
+    if (this.current || this.socket.destroyed) return;
+    const p = this.waiting.shift();
+    if (p === undefined) return;
+    if (this.waiting.length === 0) this.resume(PAUSE_QUEUE);
+    this.dispatch(p);
+  }
+
+  // ---- flow control
+
+  pause(why: number): void {
+    if (this.paused === 0) this.readStop();
+    this.paused |= why;
+  }
+
+  resume(why: number): void {
+    if ((this.paused & why) === 0) return;
+    this.paused &= ~why;
+    if (this.paused === 0 && !this.done) this.readStart();
+  }
+
+  // A consumed socket's reads are started and stopped on its handle, as node:http does (socket.pause()
+  // only pauses the JavaScript stream, which these reads bypass).
+  private readStop(): void {
+    if (!this.consumed) return void this.socket.pause();
+    const h = (this.socket as unknown as SocketInternals)._handle;
+    if (h?.reading) {
+      h.reading = false;
+      h.readStop();
+    }
+  }
+
+  private readStart(): void {
+    if (!this.consumed) return void this.socket.resume();
+    const h = (this.socket as unknown as SocketInternals)._handle;
+    if (h && !h.reading) {
+      h.reading = true;
+      h.readStart();
+    }
+  }
+
+  stopWaitingForDrain(): void {
+    this.draining = undefined;
+    this.resume(PAUSE_DRAIN);
+  }
+
+  /** A request body's sink is full: read the client again once it drains. */
+  waitForDrain(sink: BodySink): void {
+    if (this.draining === sink) return;
+    this.draining = sink;
+    this.pause(PAUSE_DRAIN);
+    sink.once('drain', () => {
+      if (this.draining === sink) this.draining = undefined;
+      this.resume(PAUSE_DRAIN);
+    });
+  }
+
+  // ---- ends
+
+  /** Parses nothing more; what was read is still answered, and then the connection ends. */
+  private stopParsing(): void {
+    this.done = true;
+    this.closing = true;
+    this.state = IDLE;
+    this.reading = undefined;
+  }
+
+  private parseError(err: NodeJS.ErrnoException): void {
+    const code = err.code ?? '';
+    // Data after a request that said `Connection: close`: ignored, the connection ends after its answer.
+    if (code === 'HPE_CLOSED_CONNECTION') return this.stopParsing();
+    rejectedRequests.labels({ reason: 'client_error' }).inc();
+    // Always a 4xx: unknown versions (`HTTP/1.2`, `HTTP/3.0`, a bare-LF request line) are malformed
+    // HTTP/1.x to us, not a version to negotiate, and nothing hostile earns a 5xx.
+    const status = code === 'HPE_HEADER_OVERFLOW' ? 431 : code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW' ? 413 : 400;
+    if (status === 431) limitHits.labels({ limit: 'headers' }).inc();
+    this.refuseInTurn(status, STATUS_CODES[status] ?? 'Bad Request');
+  }
+
+  /** HEADERS_TIMEOUT or REQUEST_TIMEOUT passed: a 408, in turn. */
+  timedOut(): void {
+    rejectedRequests.labels({ reason: 'client_error' }).inc();
+    this.refuseInTurn(408, STATUS_CODES[408]!);
+  }
+
+  /**
+   * Answers `status` for the request being read once the answers before it are out (at once when there
+   * are none), then closes. A request of which only part was read never goes on: if it is the one being
+   * answered (its body trickled in), the answer is cut off for this one; if it waits, it is dropped.
+   */
+  private refuseInTurn(status: number, message: string): void {
+    const req = this.reading;
+    this.stopParsing();
+    if (req && !req.complete) {
+      if (this.current?.req === req) return this.refuse(status, message);
+      const i = this.waiting.indexOf(req);
+      if (i !== -1) this.waiting.splice(i, 1);
+    }
+    if (!this.current && this.waiting.length === 0) return this.refuse(status, message);
+    this.waiting.push({ status, message });
+  }
+
+  /**
+   * Answers with the proxy's own `status` straight on the socket and closes the connection; an answer
+   * already under way is cut instead (nothing is spliced into it). Whoever forwards the current request
+   * is told the client is gone.
+   */
+  refuse(status: number, message: string, extraHeaders = ''): void {
+    this.stopParsing();
+    this.closing = true;
+    this.waiting.length = 0;
+    const res = this.current;
+    this.current = undefined;
+    if (res && !res.finished) {
+      res.dead = true;
+      res.handler?.clientClosed();
+      if (res.headersSent) {
+        this.socket.destroy();
+        return;
+      }
+    }
+    // Keep reading (and dropping) what the client still sends, so that closing does not reset the
+    // connection under the answer; the client's close, or the idle timer, ends it.
+    this.paused = 0;
+    this.readStart();
+    rawAnswer(this.socket, status, message, extraHeaders);
+  }
+
+  /** A WebSocket: the socket leaves this server for the handler, with the bytes read past the head. */
+  private handOver(req: Request): void {
+    const s = this.socket;
+    s.removeListener('data', onData);
+    s.removeListener('end', onEnd);
+    s.removeListener('timeout', onTimeout);
+    if (this.consumed) {
+      this.consumed = false;
+      this.parser.unconsume!();
+      (s as unknown as SocketInternals)._handle!._consumed = false;
+    }
+    // As node:http leaves an upgraded socket: what arrives is kept until the handler reads (a flowing
+    // socket with no listener would lose it), and its first 'data' listener or pipe() starts the flow.
+    (s as { readableFlowing: boolean | null }).readableFlowing = null;
+    // Reads stopped here would wait for a stream read that never comes (the stream asked once, before
+    // the parser took the socket): they restart now, into the stream.
+    this.paused = 0;
+    const h = (s as unknown as SocketInternals)._handle;
+    if (h && !h.reading) {
+      h.reading = true;
+      h.readStart();
+    }
+    this.server.conns.delete(this);
+    this.server.handlers.upgrade(req, s, req.head ?? Buffer.alloc(0));
+  }
+
+  /** The client half-closed: a whole request still gets its answer; a partial one ends the connection. */
+  ended(): void {
+    if (this.done) {
+      if (!this.current && this.waiting.length === 0) this.socket.end();
+      return;
+    }
+    const r = this.parser.finish();
+    if (typeof r === 'object' && r !== null) {
+      this.stopParsing();
+      this.socket.destroy();
+      return;
+    }
+    this.closing = true;
+    this.stopParsing();
+    if (!this.current && this.waiting.length === 0) this.socket.end();
+  }
+
+  /**
+   * IDLE_TIMEOUT of silence. A body still due for the request being answered: the client stalled (its
+   * forwarder answers 408). Then: an answer still to come is the target's or discovery's to give
+   * (UPSTREAM_TIMEOUT and the discovery wait bound them), so the clock starts again; an answer written but
+   * not yet read by the client gets one more period; a connection idle between requests gets
+   * KEEP_ALIVE_GRACE_MS more, as Node gives past the `Keep-Alive: timeout` it advertises; anything else
+   * (a client that stopped reading mid-answer) is closed.
+   */
+  idleTimeout(): void {
+    const s = this.socket;
+    const res = this.current;
+    if (res && this.reading === res.req && !res.req.complete) res.handler?.clientStalled();
+    if (s.destroyed) return;
+    const now = this.current;
+    if (now) {
+      if (!now.headersSent) {
+        s.setTimeout(this.server.opts.idleTimeoutMs);
+        return;
+      }
+      s.destroy();
+      return;
+    }
+    if (s.writableLength > 0) {
+      if (this.grace === GRACE_DRAIN) return void s.destroy();
+      this.grace = GRACE_DRAIN;
+      s.setTimeout(this.server.opts.idleTimeoutMs);
+      return;
+    }
+    if (this.grace === GRACE_KEEP_ALIVE) return void s.destroy();
+    this.grace = GRACE_KEEP_ALIVE;
+    s.setTimeout(KEEP_ALIVE_GRACE_MS);
+  }
+
+  closed(): void {
+    this.server.conns.delete(this);
+    const res = this.current;
+    this.current = undefined;
+    this.waiting.length = 0;
+    this.done = true;
+    if (res && !res.finished) {
+      res.dead = true;
+      res.handler?.clientClosed();
+    }
+    // Off the socket before the parser goes (the handle would call back into a freed parser), and freed
+    // on a later turn (it may be on the stack: a close inside a callback).
+    if (this.consumed) {
+      this.consumed = false;
+      this.parser.unconsume!();
+    }
+    setImmediate(closeParser, this.parser);
+  }
+}
+
+// Parser callbacks and socket listeners shared by every connection (found through kConn).
+function onMessageBegin(this: WithConn): number {
+  this[kConn].messageBegin();
+  return 0;
+}
+function onHeaders(this: WithConn, h: string[], url: string): void {
+  this[kConn].headerPart(h, url);
+}
+function onHeadersComplete(
+  this: WithConn,
+  major: number,
+  minor: number,
+  headers: string[] | undefined,
+  method: number,
+  url: string | undefined,
+  _status: unknown,
+  _message: unknown,
+  upgrade: boolean,
+  keepAlive: boolean,
+): number {
+  return this[kConn].headersComplete(major, minor, headers, method, url, upgrade, keepAlive);
+}
+function onBody(this: WithConn, b: Buffer): void {
+  this[kConn].received(b);
+}
+function onMessageComplete(this: WithConn): void {
+  this[kConn].messageComplete();
+}
+function onData(this: WithConn, d: Buffer): void {
+  this[kConn].read(d);
+}
+function onExecute(this: WithConn, r: number | Error | undefined): void {
+  this[kConn].executed(r);
+}
+function onEnd(this: WithConn): void {
+  this[kConn].ended();
+}
+function onTimeout(this: WithConn): void {
+  this[kConn].idleTimeout();
+}
+function onError(this: net.Socket): void {
+  this.destroy();
+}
+function onClose(this: WithConn): void {
+  this[kConn].closed();
+}
+const next = (c: ClientConn): void => c.next();
+const closeParser = (p: Parser): void => p.close();
+
+/** The server: a net.Server whose connections are ClientConns, the timeouts' clock, and a graceful stop. */
+export class DownstreamServer {
+  readonly server: net.Server;
+  /** Connections still speaking HTTP. */
+  readonly conns = new Set<ClientConn>();
+  /** Every open client socket, those handed over to WebSockets too. */
+  private readonly sockets = new Set<net.Socket>();
+  /** `Connection: keep-alive` and the `Keep-Alive: timeout=` Node would advertise for IDLE_TIMEOUT. */
+  readonly keepAliveLines: string;
+  private readonly checker: NodeJS.Timeout;
+  shuttingDown = false;
+
+  constructor(
+    readonly opts: DownstreamOptions,
+    readonly handlers: DownstreamHandlers,
+  ) {
+    this.keepAliveLines = `Connection: keep-alive\r\nKeep-Alive: timeout=${Math.floor(opts.idleTimeoutMs / 1000)}\r\n`;
+    this.server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => this.accept(socket));
+    this.server.maxConnections = opts.maxConnections;
+    this.server.on('drop', () => limitHits.labels({ limit: 'connections' }).inc());
+    this.checker = setInterval(() => this.checkTimeouts(), TIMEOUT_CHECK_MS).unref();
+    this.server.once('close', () => clearInterval(this.checker));
+  }
+
+  private accept(socket: net.Socket): void {
+    activeConnections.inc();
+    this.sockets.add(socket);
+    socket.once('close', () => {
+      activeConnections.dec();
+      this.sockets.delete(socket);
+    });
+    const c = new ClientConn(this, socket);
+    this.conns.add(c);
+    if (this.shuttingDown) c.closing = true;
+  }
+
+  /** HEADERS_TIMEOUT and REQUEST_TIMEOUT, as node:http checks them: every connection, twice a second. */
+  private checkTimeouts(): void {
+    const { headersTimeoutMs, requestTimeoutMs } = this.opts;
+    const now = performance.now();
+    for (const c of this.conns) {
+      if (c.state === IDLE) continue;
+      const age = now - c.since;
+      if ((c.state === HEAD && headersTimeoutMs > 0 && age > headersTimeoutMs) || (requestTimeoutMs > 0 && age > requestTimeoutMs)) c.timedOut();
+    }
+  }
+
+  /** Stops accepting, lets in-flight requests finish within `timeoutMs`, closes idle keep-alive connections. */
+  shutdown(timeoutMs: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      this.shuttingDown = true;
+      let done = false;
+      const finish = (): void => {
+        if (done) return;
+        done = true;
+        clearInterval(sweep);
+        clearTimeout(deadline);
+        resolve();
+      };
+      const closeIdle = (): void => {
+        for (const c of this.conns) {
+          c.closing = true;
+          if (c.idle) c.socket.destroy();
+        }
+      };
+      this.server.close(() => finish());
+      closeIdle();
+      // Connections whose last answer just ended become idle: close them as they do.
+      const sweep = setInterval(closeIdle, 100);
+      const deadline = setTimeout(() => {
+        for (const s of this.sockets) s.destroy();
+        setImmediate(finish);
+      }, timeoutMs);
+    });
+  }
+}

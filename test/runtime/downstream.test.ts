@@ -1,0 +1,298 @@
+/**
+ * The client side on its own (runtime/downstream.ts): a DownstreamServer on 127.0.0.1 port 0 with a
+ * handler chosen by each test, spoken to over raw sockets, so that framing, ordering and connection
+ * handling are seen byte for byte.
+ */
+import * as net from 'node:net';
+import { Writable } from 'node:stream';
+import { DownstreamHandlers, DownstreamServer, MAX_PIPELINED, Request, Response } from '../../runtime/downstream';
+import { parseResponses, rawExchange } from '../hardening/support';
+import { listen, until } from '../support/net';
+
+jest.setTimeout(20_000);
+
+const OPTS = { maxHeaderSize: 16384, headersTimeoutMs: 1000, requestTimeoutMs: 3000, idleTimeoutMs: 2000, maxConnections: 100 };
+
+/** `Name: value` lines of a short text answer. */
+const textLines = (body: string): string => `Content-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(body)}\r\n`;
+
+function ok(res: Response, body: string): void {
+  res.writeHead(200, undefined, textLines(body), true);
+  res.end(body);
+}
+
+type Handle = (req: Request, res: Response) => void;
+
+let server: DownstreamServer;
+let port: number;
+let handle: Handle;
+let upgraded: { req: Request; socket: net.Socket; head: Buffer }[];
+
+beforeEach(async () => {
+  upgraded = [];
+  handle = (req, res) => ok(res, `${req.method} ${req.url}`);
+  const handlers: DownstreamHandlers = {
+    request: (req, res) => handle(req, res),
+    upgrade: (req, socket, head) => upgraded.push({ req, socket, head }),
+  };
+  server = new DownstreamServer(OPTS, handlers);
+  port = await listen(server.server);
+});
+
+afterEach(async () => {
+  for (const u of upgraded) u.socket.destroy();
+  await server.shutdown(100);
+});
+
+/** A raw client connection: write bytes, read what came so far. */
+async function connect(): Promise<{ socket: net.Socket; received: () => string; closed: () => boolean }> {
+  const socket = net.connect({ host: '127.0.0.1', port });
+  const chunks: Buffer[] = [];
+  let closed = false;
+  socket.on('data', (d: Buffer) => chunks.push(d));
+  socket.on('close', () => (closed = true));
+  socket.on('error', () => undefined);
+  await new Promise((r) => socket.once('connect', r));
+  return { socket, received: () => Buffer.concat(chunks).toString('latin1'), closed: () => closed };
+}
+
+const GET = (path: string, extra = ''): string => `GET ${path} HTTP/1.1\r\nHost: a.example.com\r\n${extra}\r\n`;
+
+describe('pipelining and keep-alive', () => {
+  test('pipelined requests are answered in order, one at a time, the slowest first', async () => {
+    const order: string[] = [];
+    let inFlight = 0;
+    let most = 0;
+    handle = (req, res) => {
+      order.push(req.url);
+      most = Math.max(most, ++inFlight);
+      setTimeout(() => {
+        inFlight--;
+        ok(res, req.url);
+      }, req.url === '/slow' ? 150 : 5);
+    };
+    const r = await rawExchange(port, GET('/slow') + GET('/a') + GET('/b', 'Connection: close\r\n'));
+    expect(r.responses.map((x) => x.body)).toEqual(['/slow', '/a', '/b']);
+    expect(order).toEqual(['/slow', '/a', '/b']);
+    expect(most).toBe(1);
+    expect(r.closed).toBe(true);
+    expect(r.rest).toBe('');
+  });
+
+  test(`more than ${MAX_PIPELINED} requests ahead of their turn: those are answered, then the connection closes`, async () => {
+    handle = (req, res) => setTimeout(() => ok(res, req.url), 1);
+    const r = await rawExchange(port, Array.from({ length: MAX_PIPELINED + 20 }, (_, i) => GET(`/${i}`)).join(''));
+    expect(r.responses.map((x) => x.body)).toEqual(Array.from({ length: MAX_PIPELINED + 1 }, (_, i) => `/${i}`));
+    expect(r.closed).toBe(true);
+  });
+
+  test('a body that came with its head waits for its reader, and the connection then serves the next request', async () => {
+    const bodies: string[] = [];
+    handle = (req, res) => {
+      if (!req.hasBody) return ok(res, 'next');
+      // The reader comes later, as the target's connection does.
+      setTimeout(() => {
+        const parts: Buffer[] = [];
+        req.pipe(
+          new Writable({
+            write: (c: Buffer, _e, cb) => (parts.push(c), cb()),
+            final: (cb) => {
+              bodies.push(Buffer.concat(parts).toString());
+              ok(res, 'stored');
+              cb();
+            },
+          }),
+        );
+      }, 20);
+    };
+    const c = await connect();
+    c.socket.write(`POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello`);
+    await until('the POST answered', () => c.received().includes('stored'), 5000, 5);
+    c.socket.write(GET('/next'));
+    await until('the GET answered', () => c.received().includes('next'), 5000, 5);
+    expect(bodies).toEqual(['hello']);
+    expect(parseResponses(c.received()).responses.map((x) => x.status)).toEqual([200, 200]);
+    c.socket.destroy();
+  });
+
+  test('a request body nobody reads is read and dropped, and the connection serves the next request', async () => {
+    handle = (req, res) => ok(res, req.hasBody ? 'refused' : 'next');
+    const c = await connect();
+    c.socket.write(`POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n${'x'.repeat(30_000)}`);
+    await until('the POST answered', () => c.received().includes('refused'), 5000, 5);
+    c.socket.write('x'.repeat(70_000) + GET('/next'));
+    await until('the GET answered', () => c.received().includes('next'), 5000, 5);
+    expect(c.closed()).toBe(false);
+    c.socket.destroy();
+  });
+
+  test('a large body reaches a slow reader whole: the client is not read faster than the reader takes it', async () => {
+    let got = 0;
+    handle = (req, res) => {
+      req.pipe(
+        new Writable({
+          highWaterMark: 16 * 1024,
+          write: (c: Buffer, _e, cb) => {
+            got += c.length;
+            setTimeout(cb, 1);
+          },
+          final: (cb) => {
+            ok(res, String(got));
+            cb();
+          },
+        }),
+      );
+    };
+    const size = 8 * 1024 * 1024;
+    const r = await rawExchange(port, `POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: ${size}\r\nConnection: close\r\n\r\n${'y'.repeat(size)}`, { deadlineMs: 15_000 });
+    expect(r.responses.map((x) => x.body)).toEqual([String(size)]);
+  });
+
+  test('a client that half-closes after a whole request still gets its answer', async () => {
+    handle = (req, res) => setTimeout(() => ok(res, 'late but here'), 50);
+    const r = await rawExchange(port, (s) => s.end(GET('/x')));
+    expect(r.responses.map((x) => x.body)).toEqual(['late but here']);
+    expect(r.responses[0].headers.connection).toBe('close');
+    expect(r.closed).toBe(true);
+  });
+
+  test('a parse error behind an answer under way waits for that answer, then is a 400 and the end', async () => {
+    handle = (req, res) => setTimeout(() => ok(res, 'first'), 100);
+    const r = await rawExchange(port, GET('/first') + 'NOT HTTP AT ALL\r\n\r\n');
+    expect(r.responses.map((x) => [x.status, x.body.trim()])).toEqual([[200, 'first'], [400, 'Bad Request']]);
+    expect(r.closed).toBe(true);
+  });
+});
+
+describe('framing of answers', () => {
+  const answerWith = (status: number, lines: string, body?: string): Handle => (req, res) => {
+    res.writeHead(status, undefined, lines, /content-length/i.test(lines), /^date:/im.test(lines));
+    if (body !== undefined) res.write(Buffer.from(body));
+    res.end();
+  };
+
+  test('without Content-Length: chunked to HTTP/1.1 clients, delimited by the close for HTTP/1.0 ones', async () => {
+    handle = answerWith(200, 'X-A: 1\r\n', 'streamed');
+    const h11 = await rawExchange(port, GET('/', 'Connection: close\r\n'));
+    expect(h11.data).toMatch(/\r\nTransfer-Encoding: chunked\r\n/);
+    expect(h11.responses.map((x) => x.body)).toEqual(['streamed']);
+    const h10 = await rawExchange(port, 'GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n');
+    expect(h10.data).not.toMatch(/Transfer-Encoding/i);
+    expect(h10.data).toMatch(/\r\nConnection: close\r\n/);
+    expect(h10.data.endsWith('\r\n\r\nstreamed')).toBe(true);
+    expect(h10.closed).toBe(true);
+  });
+
+  test('HTTP/1.0 with keep-alive is kept alive when the answer has a length', async () => {
+    const c = await connect();
+    c.socket.write('GET /one HTTP/1.0\r\nConnection: keep-alive\r\n\r\n');
+    await until('the first answer', () => c.received().includes('GET /one'), 5000, 5);
+    expect(c.received()).toMatch(/\r\nConnection: keep-alive\r\nKeep-Alive: timeout=2\r\n/);
+    c.socket.write('GET /two HTTP/1.0\r\n\r\n');
+    await until('the second answer and the close', () => c.received().includes('GET /two') && c.closed(), 5000, 5);
+  });
+
+  test('HEAD, 204 and 304 answers carry no body, whatever is written', async () => {
+    handle = (req, res) => {
+      const status = req.url === '/204' ? 204 : req.url === '/304' ? 304 : 200;
+      res.writeHead(status, undefined, 'X-A: 1\r\n', false);
+      res.write(Buffer.from('must not appear'));
+      res.end();
+    };
+    for (const [method, path] of [['HEAD', '/'], ['GET', '/204'], ['GET', '/304']]) {
+      const r = await rawExchange(port, `${method} ${path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n`);
+      expect(r.data).not.toContain('must not appear');
+      expect(r.data).not.toMatch(/Transfer-Encoding/i);
+      expect(r.data.endsWith('\r\n\r\n')).toBe(true);
+    }
+  });
+
+  test("Date is added to an answer without one and kept on one with its own; Keep-Alive advertises IDLE_TIMEOUT", async () => {
+    handle = answerWith(200, 'Content-Length: 2\r\n', 'hi');
+    const without = await rawExchange(port, GET('/', 'Connection: close\r\n'));
+    expect(without.responses[0].headers.date).toMatch(/^\w{3}, \d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2} GMT$/);
+    handle = answerWith(200, 'Date: Tue, 01 Dec 2026 00:00:00 GMT\r\nContent-Length: 2\r\n', 'hi');
+    const own = await rawExchange(port, GET('/'), { deadlineMs: 300 });
+    expect(own.data.match(/Date:/g)).toHaveLength(1);
+    expect(own.responses[0].headers.date).toBe('Tue, 01 Dec 2026 00:00:00 GMT');
+    expect(own.responses[0].headers['keep-alive']).toBe('timeout=2');
+  });
+
+  test('the status line uses the reason given, or the standard one', async () => {
+    handle = (req, res) => {
+      res.writeHead(req.url === '/teapot' ? 418 : 299, req.url === '/teapot' ? undefined : 'Custom Reason', 'Content-Length: 0\r\n', true);
+      res.end();
+    };
+    expect((await rawExchange(port, GET('/teapot', 'Connection: close\r\n'))).data).toMatch(/^HTTP\/1\.1 418 I'm a Teapot\r\n/i);
+    expect((await rawExchange(port, GET('/x', 'Connection: close\r\n'))).data).toMatch(/^HTTP\/1\.1 299 Custom Reason\r\n/);
+  });
+});
+
+describe('upgrades', () => {
+  test('a WebSocket handshake hands the socket over with the bytes read past its head', async () => {
+    const c = await connect();
+    c.socket.write(GET('/ws', 'Connection: Upgrade\r\nUpgrade: websocket\r\n') + 'FIRST-FRAME');
+    await until('the hand-over', () => upgraded.length === 1, 5000, 5);
+    expect(upgraded[0].req.url).toBe('/ws');
+    expect(upgraded[0].head.toString()).toBe('FIRST-FRAME');
+    // The socket is the handler's now: what follows reaches it untouched.
+    const more: Buffer[] = [];
+    upgraded[0].socket.on('data', (d: Buffer) => more.push(d));
+    c.socket.write('GET / HTTP/1.1\r\n\r\n');
+    await until('raw bytes through', () => Buffer.concat(more).toString() === 'GET / HTTP/1.1\r\n\r\n', 5000, 5);
+    c.socket.destroy();
+  });
+
+  test('a WebSocket handshake pipelined behind a request waits for its answer', async () => {
+    let answered = false;
+    handle = (req, res) => setTimeout(() => (ok(res, 'before'), (answered = true)), 100);
+    const c = await connect();
+    c.socket.write(GET('/plain') + GET('/ws', 'Connection: Upgrade\r\nUpgrade: websocket\r\n'));
+    await until('the hand-over', () => upgraded.length === 1, 5000, 5);
+    expect(answered).toBe(true);
+    await until('the answer before it', () => c.received().includes('before'), 5000, 5);
+    c.socket.destroy();
+  });
+
+  test('CONNECT is a 405 and the end of the connection', async () => {
+    const r = await rawExchange(port, 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n');
+    expect(r.responses.map((x) => x.status)).toEqual([405]);
+    expect(r.responses[0].headers.allow).toContain('GET');
+    expect(r.closed).toBe(true);
+  });
+});
+
+describe('timeouts and shutdown', () => {
+  test('HEADERS_TIMEOUT runs from the first byte of a request pipelined after an answered one', async () => {
+    // The second request's head trickles in a line at a time, each read well within the idle timer:
+    // its own clock, not the connection's activity, must end it.
+    const t0 = Date.now();
+    const r = await rawExchange(
+      port,
+      (s) => {
+        s.write(GET('/first') + 'GET /second HTTP/1.1\r\n');
+        const tick = setInterval(() => (s.destroyed ? clearInterval(tick) : s.write('X-Slow: 1\r\n')), 100);
+      },
+      { deadlineMs: 6000 },
+    );
+    expect(r.responses.map((x) => x.status)).toEqual([200, 408]);
+    expect(r.closed).toBe(true);
+    expect(Date.now() - t0).toBeLessThan(OPTS.headersTimeoutMs + 1500);
+  });
+
+  test('shutdown closes idle connections at once and lets an answer under way finish, saying Connection: close', async () => {
+    let pending: Response | undefined;
+    handle = (_req, res) => (pending = res);
+    const idle = await connect();
+    const busy = await connect();
+    busy.socket.write(GET('/busy'));
+    await until('the request in flight', () => pending !== undefined, 5000, 5);
+    const stopped = server.shutdown(5000);
+    await until('the idle connection closed', () => idle.closed(), 2000, 5);
+    expect(busy.closed()).toBe(false);
+    ok(pending!, 'done');
+    await until('the busy one answered and closed', () => busy.closed(), 2000, 5);
+    expect(parseResponses(busy.received()).responses[0].headers.connection).toBe('close');
+    await stopped;
+  });
+});
