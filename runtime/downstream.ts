@@ -23,7 +23,22 @@
  */
 import { STATUS_CODES } from 'node:http';
 import * as net from 'node:net';
-import { HTTPParser, kOnBody, kOnExecute, kOnHeaders, kOnHeadersComplete, kOnMessageBegin, kOnMessageComplete, METHOD_NAMES, type Parser } from './llhttp';
+import {
+  consume,
+  HTTPParser,
+  kOnBody,
+  kOnExecute,
+  kOnHeaders,
+  kOnHeadersComplete,
+  kOnMessageBegin,
+  kOnMessageComplete,
+  METHOD_NAMES,
+  type Parser,
+  readStart,
+  readStop,
+  touch,
+  unconsume,
+} from './llhttp';
 import { errorFields, log } from './log';
 import { activeConnections, limitHits, rejectedRequests } from './metrics';
 
@@ -70,6 +85,8 @@ export interface BodySink {
 export const KEEP_ALIVE_GRACE_MS = 1000;
 /** How often HEADERS_TIMEOUT and REQUEST_TIMEOUT are enforced. */
 const TIMEOUT_CHECK_MS = 500;
+/** Body chunks up to this size go out with the head as one latin1 string (bytes map one to one). */
+const SMALL_BODY = 4096;
 /** Requests parsed ahead of their turn on one connection (pipelining); the rest of that read is refused. */
 export const MAX_PIPELINED = 32;
 
@@ -319,6 +336,12 @@ export class Response {
     const head = this.head;
     if (head === undefined && !this.chunked) return s.write(chunk);
     this.head = undefined;
+    if (len <= SMALL_BODY && typeof chunk !== 'string') {
+      // A small answer leaves as one string: one write of the stream's simplest kind, not a writev.
+      const body = chunk.toString('latin1', 0, len);
+      const out = this.chunked ? `${head ?? ''}${len.toString(16)}\r\n${body}\r\n` : head + body;
+      return s.write(out, 'latin1');
+    }
     // Head and chunk (and its framing) leave in one write.
     s.cork();
     if (head !== undefined) s.write(head, 'latin1');
@@ -421,30 +444,6 @@ type Pending = Request | Refusal;
 const kConn = Symbol('karma.conn');
 type WithConn = { [kConn]: ClientConn };
 
-/** The parts of net.Socket's native side that node:http uses to let its parser read a socket. */
-interface StreamHandle {
-  isStreamBase?: boolean;
-  _consumed?: boolean;
-  reading?: boolean;
-  readStart(): number;
-  readStop(): number;
-}
-type SocketInternals = { _handle?: StreamHandle | null; _unrefTimer?: () => void };
-
-/**
- * Lets the parser read the socket natively, as node:http does: each read goes from libuv into one shared
- * buffer and straight through llhttp, with no Buffer per read and no 'data' event; only body bytes are
- * copied out. Half the garbage of a 'data' listener on an upload, and less work per request.
- */
-function consume(parser: Parser, socket: net.Socket): boolean {
-  const h = (socket as unknown as SocketInternals)._handle;
-  if (!h?.isStreamBase || h._consumed || typeof (socket as unknown as SocketInternals)._unrefTimer !== 'function') return false;
-  if (typeof parser.consume !== 'function') return false;
-  h._consumed = true;
-  parser.consume(h);
-  return true;
-}
-
 /** One client connection: its parser, the request being read, the one being answered, those waiting. */
 export class ClientConn {
   readonly parser: Parser;
@@ -541,8 +540,7 @@ export class ClientConn {
 
   /** After the parser consumed a read natively. */
   executed(r: number | Error | undefined): void {
-    // The socket's idle timer is refreshed by reads through JavaScript; these are not.
-    (this.socket as unknown as SocketInternals)._unrefTimer!();
+    touch(this.socket);
     if (this.done && !this.stopAfter) return;
     this.parsed(r, undefined);
   }
@@ -711,24 +709,14 @@ export class ClientConn {
     if (this.paused === 0 && !this.done) this.readStart();
   }
 
-  // A consumed socket's reads are started and stopped on its handle, as node:http does (socket.pause()
-  // only pauses the JavaScript stream, which these reads bypass).
   private readStop(): void {
-    if (!this.consumed) return void this.socket.pause();
-    const h = (this.socket as unknown as SocketInternals)._handle;
-    if (h?.reading) {
-      h.reading = false;
-      h.readStop();
-    }
+    if (this.consumed) readStop(this.socket);
+    else this.socket.pause();
   }
 
   private readStart(): void {
-    if (!this.consumed) return void this.socket.resume();
-    const h = (this.socket as unknown as SocketInternals)._handle;
-    if (h && !h.reading) {
-      h.reading = true;
-      h.readStart();
-    }
+    if (this.consumed) readStart(this.socket);
+    else this.socket.resume();
   }
 
   stopWaitingForDrain(): void {
@@ -826,8 +814,7 @@ export class ClientConn {
     s.removeListener('timeout', onTimeout);
     if (this.consumed) {
       this.consumed = false;
-      this.parser.unconsume!();
-      (s as unknown as SocketInternals)._handle!._consumed = false;
+      unconsume(this.parser, s);
     }
     // As node:http leaves an upgraded socket: what arrives is kept until the handler reads (a flowing
     // socket with no listener would lose it), and its first 'data' listener or pipe() starts the flow.
@@ -835,11 +822,7 @@ export class ClientConn {
     // Reads stopped here would wait for a stream read that never comes (the stream asked once, before
     // the parser took the socket): they restart now, into the stream.
     this.paused = 0;
-    const h = (s as unknown as SocketInternals)._handle;
-    if (h && !h.reading) {
-      h.reading = true;
-      h.readStart();
-    }
+    readStart(s);
     this.server.conns.delete(this);
     this.server.handlers.upgrade(req, s, req.head ?? Buffer.alloc(0));
   }
@@ -908,7 +891,7 @@ export class ClientConn {
     // on a later turn (it may be on the stack: a close inside a callback).
     if (this.consumed) {
       this.consumed = false;
-      this.parser.unconsume!();
+      unconsume(this.parser, this.socket);
     }
     setImmediate(closeParser, this.parser);
   }

@@ -5,6 +5,7 @@
  * without it fails here, at load, so every bundle test fails loudly rather than a request quietly.
  */
 import { METHODS as HTTP_METHODS } from 'node:http';
+import type * as net from 'node:net';
 
 export interface Parser {
   /** `maxHeaderSize` bounds the request line and headers together (0: node's default); `lenient` 0 is strict. */
@@ -68,3 +69,60 @@ export const METHOD_NAMES: readonly string[] = (() => {
   if (names[1] !== 'GET' || names[2] !== 'HEAD') throw new Error(`this Node (${process.version}) numbers llhttp's methods unexpectedly`);
   return names;
 })();
+
+/** The parts of net.Socket's native side that node:http uses to let its parser read a socket. */
+interface StreamHandle {
+  isStreamBase?: boolean;
+  _consumed?: boolean;
+  reading?: boolean;
+  readStart(): number;
+  readStop(): number;
+}
+type SocketInternals = { _handle?: StreamHandle | null; _unrefTimer?: () => void };
+const internals = (socket: net.Socket): SocketInternals => socket as unknown as SocketInternals;
+
+/**
+ * Lets `parser` read `socket` natively, as node:http does: each read goes from libuv into one shared
+ * buffer and straight through llhttp, with no Buffer per read and no 'data' event; only body bytes are
+ * copied out (half the garbage of a 'data' listener on a large body). kOnExecute is called after each
+ * read. False when this socket (or this Node) does not allow it: the caller reads through 'data' then.
+ * The caller keeps a 'data' listener anyway (it is never called, but keeps the socket flowing so that
+ * 'end' is emitted), calls touch() after each read and unconsume() before the parser goes.
+ */
+export function consume(parser: Parser, socket: net.Socket): boolean {
+  const h = internals(socket)._handle;
+  if (!h?.isStreamBase || h._consumed || typeof internals(socket)._unrefTimer !== 'function' || typeof parser.consume !== 'function') return false;
+  h._consumed = true;
+  parser.consume(h);
+  return true;
+}
+
+/** Gives the socket's reads back to its stream (a consumed parser must be off the handle before it is freed). */
+export function unconsume(parser: Parser, socket: net.Socket): void {
+  parser.unconsume!();
+  const h = internals(socket)._handle;
+  if (h) h._consumed = false;
+}
+
+/** A consumed socket's idle timer, refreshed by reads through JavaScript and so not by these. */
+export function touch(socket: net.Socket): void {
+  internals(socket)._unrefTimer!();
+}
+
+/** Stops a consumed socket's reads on its handle (socket.pause() only pauses the stream these bypass). */
+export function readStop(socket: net.Socket): void {
+  const h = internals(socket)._handle;
+  if (h?.reading) {
+    h.reading = false;
+    h.readStop();
+  }
+}
+
+/** Starts them again. */
+export function readStart(socket: net.Socket): void {
+  const h = internals(socket)._handle;
+  if (h && !h.reading) {
+    h.reading = true;
+    h.readStart();
+  }
+}

@@ -23,7 +23,8 @@
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 
-import { HTTPParser, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete } from './llhttp';
+import { consume, HTTPParser, kOnBody, kOnExecute, kOnHeaders, kOnHeadersComplete, kOnMessageComplete, type Parser, readStart, readStop, touch, unconsume } from './llhttp';
+import { errorFields, log } from './log';
 import { bodyBytes, uploadBytes } from './memory';
 
 export interface UpstreamPoolOptions {
@@ -115,6 +116,8 @@ function badResponse(code: string, message: string): NodeJS.ErrnoException {
 
 class Conn {
   readonly socket: net.Socket;
+  /** The parser reads the socket natively (llhttp.ts consume()); otherwise through 'data'. */
+  private consumed = false;
   current: UpstreamRequest | undefined;
   private pendingHeaders: string[] = [];
   /** Served a request already: a failure before the answer may be a keep-alive race. */
@@ -134,7 +137,7 @@ class Conn {
     port: number,
   ) {
     this.socket = net.connect({ host, port, noDelay: true });
-    const parser = new HTTPParser();
+    const parser: Parser = new HTTPParser();
     parser.initialize(HTTPParser.RESPONSE, {}, 0, 0);
     // Over 32 header lines llhttp hands them over in parts before headers-complete.
     parser[kOnHeaders] = (h: string[]) => {
@@ -174,10 +177,22 @@ class Conn {
       }
       this.informational = false;
       x.keepAlive = keepAlive;
-      x.respond(status, message, raw);
+      try {
+        x.respond(status, message, raw);
+      } catch (err) {
+        this.fault(err);
+      }
       return x.method === 'HEAD' ? 1 : 0;
     };
-    parser[kOnBody] = (b: Buffer) => this.current?.res?.body(b);
+    parser[kOnBody] = (b: Buffer) => {
+      // Each body chunk is a buffer of its own, dead once written on (memory.ts).
+      bodyBytes(b.length);
+      try {
+        this.current?.res?.body(b);
+      } catch (err) {
+        this.fault(err);
+      }
+    };
     parser[kOnMessageComplete] = () => {
       if (this.informational) {
         this.informational = false;
@@ -193,25 +208,31 @@ class Conn {
       // socket is reused once it is all sent, as node:http's client does. (Destroying it instead cost a
       // new upstream connection per such request.)
       if (keep && !x.ended) x.releaseWhenSent = true;
-      x.complete();
+      try {
+        x.complete();
+      } catch (err) {
+        return this.fault(err);
+      }
       if (keep && x.ended) this.pool!.release(this);
       else if (!keep) this.socket.destroy();
     };
+    // Reading natively, 'data' never comes; the listener keeps the socket flowing so that 'end' does.
     this.socket.on('data', (d: Buffer) => {
-      bodyBytes(d.length);
       let r: number | Error | undefined;
       try {
         r = parser.execute(d);
       } catch (e) {
         r = e as Error;
       }
-      // execute() returns bytes parsed, or an Error of node's own realm (not `instanceof` ours under a vm).
-      if (this.upgraded && typeof r !== 'object') r = badResponse('HPE_UNEXPECTED_UPGRADE', 'an upgrade or an answer nobody asked for');
-      if (typeof r === 'object' && r !== null) {
-        const code = (r as NodeJS.ErrnoException).code;
-        this.socket.destroy(badResponse(code?.startsWith('HPE_') ? code : 'HPE_INTERNAL', `bad upstream response: ${r.message}`));
-      }
+      this.parsed(r);
     });
+    if (consume(parser, this.socket)) {
+      this.consumed = true;
+      parser[kOnExecute] = (r: number | Error | undefined) => {
+        touch(this.socket);
+        this.parsed(r);
+      };
+    }
     // The target closed its side: a close-delimited body ends here. Anything else under way is cut short,
     // and said at once (as node:http does), not when our own FIN is out: a request waiting to send on a
     // keep-alive socket must learn it is stale before it sends what cannot be replayed.
@@ -227,11 +248,42 @@ class Conn {
     this.socket.on('close', () => {
       const x = this.current;
       this.current = undefined;
-      // The parser may be on the stack (close inside a callback): free it on a later turn.
+      // Off the handle before the parser goes, and freed on a later turn (it may be on the stack: a
+      // close inside a callback).
+      if (this.consumed) {
+        this.consumed = false;
+        unconsume(parser, this.socket);
+      }
       setImmediate(() => parser.close());
       this.pool?.forget(this);
       x?.socketClosed();
     });
+  }
+
+  /** What a read parsed to: bytes parsed, or an Error of node's own realm (not `instanceof` ours under a vm). */
+  private parsed(r: number | Error | undefined): void {
+    if (this.upgraded && typeof r !== 'object') r = badResponse('HPE_UNEXPECTED_UPGRADE', 'an upgrade or an answer nobody asked for');
+    if (typeof r === 'object' && r !== null) {
+      const code = (r as NodeJS.ErrnoException).code;
+      this.socket.destroy(badResponse(code?.startsWith('HPE_') ? code : 'HPE_INTERNAL', `bad upstream response: ${r.message}`));
+    }
+  }
+
+  /** A fault of ours while passing an answer on: this connection goes (its request fails), the worker stays. */
+  private fault(err: unknown): void {
+    log('error', 'response handling failed', errorFields(err));
+    this.socket.destroy(badResponse('HPE_INTERNAL', 'response handling failed'));
+  }
+
+  /** Stops reading the target (the client is slower), and starts again. */
+  pauseReading(): void {
+    if (this.consumed) readStop(this.socket);
+    else this.socket.pause();
+  }
+
+  resumeReading(): void {
+    if (this.consumed) readStart(this.socket);
+    else this.socket.resume();
   }
 
   /** Hands the socket to `x`. */
@@ -377,7 +429,7 @@ export class UpstreamResponse {
   private onAbort: (() => void) | undefined;
 
   constructor(
-    private readonly socket: net.Socket,
+    private readonly conn: Conn,
     readonly statusCode: number,
     readonly statusMessage: string,
     readonly rawHeaders: string[],
@@ -407,7 +459,7 @@ export class UpstreamResponse {
 
   private readonly resume = (): void => {
     this.paused = false;
-    this.socket.resume();
+    this.conn.resumeReading();
   };
 
   body(b: Buffer): void {
@@ -416,7 +468,7 @@ export class UpstreamResponse {
     // The client is slower than the target: stop reading the target until the client drains.
     if (!res.write(b) && !this.paused) {
       this.paused = true;
-      this.socket.pause();
+      this.conn.pauseReading();
       res.once('drain', this.resume);
     }
   }
@@ -570,7 +622,7 @@ export class UpstreamRequest extends EventEmitter {
   }
 
   respond(status: number, message: string, raw: string[]): void {
-    this.res = new UpstreamResponse(this.conn!.socket, status, message, raw);
+    this.res = new UpstreamResponse(this.conn!, status, message, raw);
     this.handler.onResponse(this.res);
   }
 
