@@ -30,7 +30,7 @@ export function workerV8Flags(config: Pick<Config, 'maxConnections'>): string[] 
 /** Bytes a worker passes on (targets' answers, TCP tunnels) between two young-generation collections. */
 export const BODY_BYTES_PER_COLLECTION = 2 * 1024 * 1024;
 /** The same for request bodies, which are still alive in flight when a collection comes (see uploadBytes). */
-export const UPLOAD_BYTES_PER_COLLECTION = 16 * 1024 * 1024;
+export const UPLOAD_BYTES_PER_COLLECTION = 8 * 1024 * 1024;
 
 const collectYoung = (globalThis as { gc?: (options: { type: 'minor' }) => void }).gc;
 let sinceCollection = 0;
@@ -57,10 +57,12 @@ export function bodyBytes(n: number): void {
 export const countChunk = (chunk: Buffer): void => bodyBytes(chunk.length);
 
 /**
- * bodyBytes for request bodies, at UPLOAD_BYTES_PER_COLLECTION: a collection then finds the bodies of
- * the requests in flight alive, copies them and promotes some. Measured: a 50 MB upload grew a worker
- * by 36-38 MB without, 21 with 16 MB, 12-13 with 8 MB; 64 KB POSTs (CPU-bound, 50 connections) lost
- * nothing, 7 % and 17 %, and every 2 MB 30 %.
+ * bodyBytes for request bodies, at UPLOAD_BYTES_PER_COLLECTION: a collection may find the bodies of the
+ * requests in flight alive, copy them and promote some. Under node:http's server (bodies waited in its
+ * streams) 16 MB cost 64 KB POSTs 7 % and 8 MB 17 %. Since downstream.ts writes each body chunk on as
+ * llhttp copies it out, those chunks are dead when a collection comes: 8 MB costs no CPU per POST we
+ * could measure (six interleaved runs each) and holds a worker under 64 KB POSTs at 71-74 MiB instead
+ * of 103-109 (each 64 KiB copy is malloc'd, and freed only once a collection has seen it dead).
  */
 export function uploadBytes(n: number): void {
   bodyBytes(n * (BODY_BYTES_PER_COLLECTION / UPLOAD_BYTES_PER_COLLECTION));
