@@ -16,7 +16,7 @@ import httpProxy from 'http-proxy';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
 import type * as net from 'node:net';
 import { rawAnswer, type Request, type Response, type ResponseHandler } from './downstream';
-import { flat, type RenderedHeaders, type UpstreamHandler, type UpstreamRequest, type UpstreamResponse } from './upstream';
+import { flat, type RenderedHead, type UpstreamHandler, type UpstreamRequest, type UpstreamResponse } from './upstream';
 import { countChunk } from './memory';
 import { countSuccess, failedConnections, limitHits, rejectedRequests, retriesTotal, upstreamErrors } from './metrics';
 
@@ -153,18 +153,19 @@ function listedIn(connection: string | undefined): Listed | undefined {
   return l;
 }
 
-/** What upstreamHeaderLines reads of a request. */
-export type HeadSource = Pick<Request, 'rawHeaders' | 'ip'> & { readonly headers: { readonly connection?: string; readonly host?: string } };
+/** What upstreamHead reads of a request. */
+export type HeadSource = Pick<Request, 'method' | 'url' | 'rawHeaders' | 'ip'> & { readonly headers: { readonly connection?: string; readonly host?: string } };
 
 /**
- * The upstream request's header lines (`Name: value\r\n` each, one string, as they go on the wire): the
- * client's headers minus hop-by-hop ones, plus X-Forwarded-*.
+ * The upstream request's head, as it goes on the wire, in one string: the request line as the client
+ * sent it, the client's headers minus hop-by-hop ones, X-Forwarded-*, and the empty line. Made once per
+ * request (retries send it again) and written as it is.
  */
-export function upstreamHeaderLines(req: HeadSource, listenPort: string): RenderedHeaders {
+export function upstreamHead(req: HeadSource, listenPort: string): RenderedHead {
   const raw = req.rawHeaders;
   const listed = listedIn(req.headers.connection);
   const lengths = listed?.lengths ?? SPECIAL_LENGTHS;
-  let lines = '';
+  let lines = `${req.method} ${req.url} HTTP/1.1\r\n`;
   let hasLength = false;
   let xff: string | undefined;
   for (let i = 0; i < raw.length; i += 2) {
@@ -185,7 +186,7 @@ export function upstreamHeaderLines(req: HeadSource, listenPort: string): Render
   const ip = req.ip;
   lines += `X-Forwarded-For: ${xff ? `${xff}, ${ip}` : ip}\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Port: ${listenPort}\r\n`;
   if (req.headers.host !== undefined) lines += `X-Forwarded-Host: ${req.headers.host}\r\n`;
-  return { lines: flat(lines), hasLength };
+  return { head: flat(lines + '\r\n'), hasLength };
 }
 
 /**
@@ -337,7 +338,7 @@ export class Forwarder {
  */
 class Exchange implements UpstreamHandler, ResponseHandler {
   private readonly outcome: Outcome = { status: 0, target: undefined, attempts: 0, error: undefined };
-  private readonly headers: RenderedHeaders;
+  private readonly head: RenderedHead;
   private readonly body: boolean;
   private readonly retryOnReset: boolean;
   /** Targets this request already failed on (made on the first retry). */
@@ -356,7 +357,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   private replayable = false;
   private status = 0;
   private connectTimer: NodeJS.Timeout | undefined;
-  private queueTimer: NodeJS.Timeout | undefined;
+  /** Waiting in the target's line for a socket. */
+  private waiting = false;
 
   constructor(
     private readonly registry: TargetRegistry,
@@ -367,7 +369,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     private readonly report: Done,
     private readonly tag: string,
   ) {
-    this.headers = upstreamHeaderLines(req, portString(opts.listenPort()));
+    this.head = upstreamHead(req, portString(opts.listenPort()));
     this.body = req.hasBody;
     this.retryOnReset = IDEMPOTENT.has(req.method ?? '') && !this.body;
   }
@@ -417,23 +419,22 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     const { req, res } = this;
     // The connection tells this exchange when the client leaves or stalls, and when the answer is out.
     res.handler = this;
-    const ask = { method: req.method, path: req.url, headers: this.headers, body: this.body, timeoutMs: this.opts.upstreamTimeoutMs };
+    const ask = { method: req.method, path: req.url, headers: this.head, body: this.body, timeoutMs: this.opts.upstreamTimeoutMs };
     // A socket at hand is announced (onSocket) before request() returns.
     const up = fresh ? s.pool.fresh(ask, this) : s.pool.request(ask, this);
     this.up = up;
     // Every socket of the target busy (POOL_SIZE): the request waits in the pool's FIFO line, which the
-    // pool says synchronously. The wait is bounded like a silent target, and counted.
+    // pool says synchronously. The pool bounds the wait like a silent target (onQueueTimeout); counted.
     if (up.queued && !this.settled) {
       limitHits.labels({ limit: 'target_sockets' }).inc();
-      this.queueTimer = setTimeout(queueTimedOut, this.opts.upstreamTimeoutMs, this);
+      this.waiting = true;
     }
   }
 
 
   onSocket(up: UpstreamRequest, socket: net.Socket): void {
     this.up = up;
-    if (this.queueTimer) clearTimeout(this.queueTimer);
-    this.queueTimer = undefined;
+    this.waiting = false;
     if (this.settled) return;
     if (socket.connecting) {
       this.connectTimer = setTimeout(connectTimedOut, this.opts.connectTimeoutMs, this);
@@ -479,6 +480,11 @@ class Exchange implements UpstreamHandler, ResponseHandler {
 
   onAborted(): void {
     this.failTry('reset');
+  }
+
+  onQueueTimeout(): void {
+    // Every socket of the target stayed busy for UPSTREAM_TIMEOUT.
+    this.failTry('pool_full');
   }
 
   onTimeout(): void {
@@ -541,9 +547,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     const s = this.s;
     if (this.connectTimer) clearTimeout(this.connectTimer);
     this.connectTimer = undefined;
-    if (this.queueTimer) {
-      clearTimeout(this.queueTimer);
-      this.queueTimer = undefined;
+    if (this.waiting) {
+      this.waiting = false;
       // Still queued (given up, or the client left): take it out of the line, or it would wait until a
       // socket frees, which for a target whose sockets stay busy is never.
       this.up?.destroy();
@@ -621,7 +626,6 @@ function afterPoll(fn: (x: Exchange) => void, x: Exchange): void {
 }
 
 // Timer callbacks shared by every Exchange, so a request allocates no closures for them.
-const queueTimedOut = (x: Exchange): void => x.failTry('pool_full');
 const connectTimedOut = (x: Exchange): void => x.connectTimedOut();
 const startSending = (x: Exchange): void => x.startSending();
 const retryStale = (x: Exchange): void => x.retryStale();

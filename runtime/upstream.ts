@@ -36,11 +36,19 @@ export interface UpstreamPoolOptions {
   readonly maxFreeSockets: number;
   /** An idle socket is closed after this long, before a typical target would close it. */
   readonly freeSocketTimeoutMs: number;
+  /**
+   * A request that waited this long for a socket is taken out of the line and told (onQueueTimeout).
+   * @default 0, no bound
+   */
+  readonly maxWaitMs?: number;
 }
 
-/** Header lines as they go on the wire (`Name: value\r\n` each), and whether one is Content-Length. */
-export interface RenderedHeaders {
-  readonly lines: string;
+/**
+ * A request head as it goes on the wire (request line, `Name: value\r\n` each, the empty line), made
+ * once per request and written as it is, and whether a Content-Length is among its headers.
+ */
+export interface RenderedHead {
+  readonly head: string;
   readonly hasLength: boolean;
 }
 
@@ -48,10 +56,10 @@ export interface UpstreamRequestOptions {
   method: string;
   path: string;
   /**
-   * Flat [name, value, …], names as the client spelled them, or already rendered as header lines;
-   * hop-by-hop headers removed either way.
+   * Flat [name, value, …], names as the client spelled them, or the whole head already rendered (then
+   * `method` and `path` are in it); hop-by-hop headers removed either way.
    */
-  headers: string[] | RenderedHeaders;
+  headers: string[] | RenderedHead;
   /** The request has a body: it goes out with the client's Content-Length, or chunked without one. */
   body: boolean;
   /** Idle timeout of the socket while it serves this request (UPSTREAM_TIMEOUT); 0 for none. @default 0 */
@@ -73,6 +81,8 @@ export interface UpstreamHandler {
   onAborted(): void;
   /** The socket was silent for `timeoutMs`. */
   onTimeout(): void;
+  /** Every socket of the target stayed busy for the pool's `maxWaitMs`: the request left the line. */
+  onQueueTimeout(): void;
 }
 
 /** For callers that prefer events (the upstream tests): 'socket', 'response', 'error', 'timeout', and 'aborted' on the response. */
@@ -95,6 +105,9 @@ class Emitting implements UpstreamHandler {
   }
   onTimeout(): void {
     this.up.emit('timeout');
+  }
+  onQueueTimeout(): void {
+    this.up.emit('error', Object.assign(new Error('no socket to the target within the wait'), { code: 'POOL_TIMEOUT' }));
   }
 }
 
@@ -306,12 +319,13 @@ export class UpstreamPool {
   private readonly waiting: UpstreamRequest[] = [];
   private closed = false;
   private sweeper: NodeJS.Timeout | undefined;
+  private waitSweeper: NodeJS.Timeout | undefined;
 
   constructor(private readonly opts: UpstreamPoolOptions) {}
 
   /**
-   * A request to the target. It gets an idle socket, a new one, or (every socket busy) waits in line:
-   * `queued` says which, synchronously, for the forwarder's pool_full timer.
+   * A request to the target. It gets an idle socket, a new one, or (every socket busy) waits in line, at
+   * most `maxWaitMs`: `queued` says which, synchronously.
    */
   request(opts: UpstreamRequestOptions, handler?: UpstreamHandler): UpstreamRequest {
     const x = new UpstreamRequest(opts, this, true, handler);
@@ -343,8 +357,23 @@ export class UpstreamPool {
     }
     if (!this.closed && this.all.size < this.opts.maxSockets) return x.assign(this.open());
     x.queued = true;
+    x.queuedAt = Date.now();
     this.waiting.push(x);
+    const maxWait = this.opts.maxWaitMs ?? 0;
+    // One sweep for the whole line rather than a timer per request: under 1,000 client connections and
+    // POOL_SIZE 100, 900 requests wait at any moment, and each timer outlived the young generation.
+    if (maxWait > 0) this.waitSweeper ??= setInterval(this.expire, Math.min(100, Math.max(10, maxWait / 10))).unref();
   }
+
+  /** Requests that waited `maxWaitMs` leave the line, oldest first (the line is in arrival order). */
+  private readonly expire = (): void => {
+    const cutoff = Date.now() - (this.opts.maxWaitMs ?? 0);
+    while (this.waiting.length > 0 && this.waiting[0].queuedAt <= cutoff) this.waiting.shift()!.waitedTooLong();
+    if (this.waiting.length === 0 && this.waitSweeper) {
+      clearInterval(this.waitSweeper);
+      this.waitSweeper = undefined;
+    }
+  };
 
   private open(): Conn {
     const c = new Conn(this, this.opts.host, this.opts.port);
@@ -407,7 +436,9 @@ export class UpstreamPool {
   destroy(): void {
     this.closed = true;
     if (this.sweeper) clearInterval(this.sweeper);
+    if (this.waitSweeper) clearInterval(this.waitSweeper);
     this.sweeper = undefined;
+    this.waitSweeper = undefined;
     for (const c of [...this.all]) c.socket.destroy();
     this.idle.length = 0;
   }
@@ -491,8 +522,9 @@ export class UpstreamRequest extends EventEmitter {
   destroyed = false;
   /** The socket served an earlier request (a failure before the answer may be a keep-alive race). */
   reusedSocket = false;
-  /** Waited for a socket (every one of the target's was busy). */
+  /** Waited for a socket (every one of the target's was busy), since queuedAt (Date.now()). */
   queued = false;
+  queuedAt = 0;
   writableNeedDrain = false;
   /** For Readable.pipe: this takes writes until end(). */
   get writable(): boolean {
@@ -523,24 +555,28 @@ export class UpstreamRequest extends EventEmitter {
     this.method = opts.method;
     this.timeoutMs = opts.timeoutMs ?? 0;
     const h = opts.headers;
-    let head = `${opts.method} ${opts.path} HTTP/1.1\r\n`;
+    let head: string;
     let length = false;
     if (Array.isArray(h)) {
+      head = `${opts.method} ${opts.path} HTTP/1.1\r\n`;
       for (let i = 0; i < h.length; i += 2) {
         head += `${h[i]}: ${h[i + 1]}\r\n`;
         if (h[i].length === 14 && h[i].toLowerCase() === 'content-length') length = true;
       }
+      head += '\r\n';
     } else {
-      head += h.lines;
+      head = h.head;
       length = h.hasLength;
     }
-    if (!keepAlive) head += 'Connection: close\r\n';
+    let extra = '';
+    if (!keepAlive) extra += 'Connection: close\r\n';
     // forward.ts drops Transfer-Encoding (hop-by-hop): a body of unknown length goes out chunked.
     if (opts.body && !length) {
       this.chunked = true;
-      head += 'Transfer-Encoding: chunked\r\n';
+      extra += 'Transfer-Encoding: chunked\r\n';
     }
-    this.head = flat(head + '\r\n');
+    // The everyday request (keep-alive, no body or a Content-Length) sends the rendered head itself.
+    this.head = extra || Array.isArray(h) ? flat(head.slice(0, -2) + extra + '\r\n') : head;
   }
 
   assign(c: Conn): void {
@@ -567,6 +603,10 @@ export class UpstreamRequest extends EventEmitter {
 
   timedOut(): void {
     this.handler.onTimeout();
+  }
+
+  waitedTooLong(): void {
+    if (!this.destroyed) this.handler.onQueueTimeout();
   }
 
   private sendHead(): net.Socket | undefined {

@@ -2,23 +2,24 @@
  * The header lines a request goes upstream with: names its Connection header lists are dropped, by that
  * request's own Connection value, however many values came before (they are parsed once and kept).
  */
-import { HeadSource, upstreamHeaderLines } from '../../runtime/forward';
+import { HeadSource, upstreamHead } from '../../runtime/forward';
 
-/** The parts of a request upstreamHeaderLines reads, from raw [name, value, …] pairs. */
+/** The parts of a request upstreamHead reads, from raw [name, value, …] pairs. */
 function request(raw: string[]): HeadSource {
   const headers: Record<string, string> = {};
   for (let i = 0; i < raw.length; i += 2) {
     const k = raw[i].toLowerCase();
     headers[k] = headers[k] === undefined ? raw[i + 1] : `${headers[k]}, ${raw[i + 1]}`;
   }
-  return { rawHeaders: raw, headers, ip: '198.51.100.4' };
+  return { method: 'GET', url: '/', rawHeaders: raw, headers, ip: '198.51.100.4' };
 }
 
-const names = (lines: string): string[] => lines.split('\r\n').filter(Boolean).map((l) => l.slice(0, l.indexOf(':')));
+/** The header names of a rendered head (its request line left out). */
+const names = (head: string): string[] => head.split('\r\n').slice(1).filter(Boolean).map((l) => l.slice(0, l.indexOf(':')));
 
 test('each request drops what its own Connection header lists, whatever came before', () => {
   const raw = (connection: string): string[] => ['Host', 'a.example.com', 'Connection', connection, 'X-A', '1', 'X-Longer-Name', '2', 'Accept', '*/*'];
-  const sent = (connection: string): string[] => names(upstreamHeaderLines(request(raw(connection)), '6969').lines);
+  const sent = (connection: string): string[] => names(upstreamHead(request(raw(connection)), '6969').head);
   const kept = ['Host', 'Accept', 'X-Forwarded-For', 'X-Forwarded-Proto', 'X-Forwarded-Port', 'X-Forwarded-Host'];
   for (let round = 0; round < 3; round++) {
     expect(sent('keep-alive, X-A')).toEqual(['Host', 'X-Longer-Name', ...kept.slice(1)]);
@@ -32,8 +33,16 @@ test('hundreds of distinct Connection values, and very long ones, are each read 
   for (let i = 0; i < 300; i++) {
     const listed = `X-Drop-${i}`;
     const padding = i % 50 === 0 ? `, ${'x'.repeat(400)}` : '';
-    const lines = upstreamHeaderLines(request(['Host', 'a.example.com', 'Connection', `keep-alive, ${listed}${padding}`, listed, 'secret', 'X-Drop-0', 'zero']), '80').lines;
+    const lines = upstreamHead(request(['Host', 'a.example.com', 'Connection', `keep-alive, ${listed}${padding}`, listed, 'secret', 'X-Drop-0', 'zero']), '80').head;
     expect(lines).not.toContain(`${listed}:`);
     if (i !== 0) expect(lines).toContain('X-Drop-0: zero');
   }
+});
+
+test('the head is whole: the request line as the client sent it, the headers, the empty line', () => {
+  const { head, hasLength } = upstreamHead({ ...request(['Host', 'a.example.com', 'Content-Length', '3']), method: 'PUT', url: '/a%20b?x=1' }, '80');
+  expect(head.startsWith('PUT /a%20b?x=1 HTTP/1.1\r\nHost: a.example.com\r\nContent-Length: 3\r\n')).toBe(true);
+  expect(head.endsWith('X-Forwarded-Host: a.example.com\r\n\r\n')).toBe(true);
+  expect(head.indexOf('\r\n\r\n')).toBe(head.length - 4);
+  expect(hasLength).toBe(true);
 });
