@@ -33,6 +33,8 @@ export interface RegistryOptions {
   readonly breakerTimeoutMs: number;
   /** Free keep-alive sockets are closed after this idle time, before a typical upstream would close them. */
   readonly freeSocketTimeoutMs?: number;
+  /** A request waits at most this long for one of a target's POOL_SIZE sockets (UPSTREAM_TIMEOUT). @default no bound */
+  readonly maxWaitMs?: number;
 }
 
 export class TargetRegistry implements StatusSetter {
@@ -72,6 +74,7 @@ export class TargetRegistry implements StatusSetter {
           maxSockets: this.opts.poolSize,
           maxFreeSockets: Math.min(this.opts.poolSize, 256),
           freeSocketTimeoutMs: this.opts.freeSocketTimeoutMs ?? 4000,
+          maxWaitMs: this.opts.maxWaitMs,
         }),
         inflight: 0,
         tunnels: 0,

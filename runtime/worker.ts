@@ -36,6 +36,8 @@ export async function start(config: Config, deps: { provider?: Provider; primary
     poolSize: config.poolSize,
     breakerThreshold: config.circuitBreakerThreshold,
     breakerTimeoutMs: config.circuitBreakerTimeoutMs,
+    // Every socket of a target busy for UPSTREAM_TIMEOUT is a 503, as a silent target is a 504.
+    maxWaitMs: config.upstreamTimeoutMs,
   });
   let provider: Provider;
   if (deps.primary) {

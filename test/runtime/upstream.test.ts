@@ -76,8 +76,8 @@ async function rawServer(answer: (head: string) => string, end = false): Promise
   return listen(s);
 }
 
-function pool(port: number, maxSockets = 10, freeSocketTimeoutMs = 4000): UpstreamPool {
-  const p = new UpstreamPool({ host: '127.0.0.1', port, maxSockets, maxFreeSockets: maxSockets, freeSocketTimeoutMs });
+function pool(port: number, maxSockets = 10, freeSocketTimeoutMs = 4000, maxWaitMs = 0): UpstreamPool {
+  const p = new UpstreamPool({ host: '127.0.0.1', port, maxSockets, maxFreeSockets: maxSockets, freeSocketTimeoutMs, maxWaitMs });
   pools.push(p);
   return p;
 }
@@ -294,6 +294,27 @@ describe('upstream client', () => {
     while (held.length === 0) await sleep(5);
     held[0].end('x');
     expect((await first).body).toBe('x');
+  });
+
+  test('a request that waits maxWaitMs for a socket leaves the line and is told so; the next in line keeps its place', async () => {
+    const held: http.ServerResponse[] = [];
+    const port = await listen(http.createServer((_req, res) => held.push(res)));
+    const p = pool(port, 1, 4000, 200);
+    const first = send(p.request(get('/1')));
+    const t0 = Date.now();
+    const waited = send(p.request(get('/2'))).catch((e: NodeJS.ErrnoException) => ({ code: e.code, ms: Date.now() - t0 }));
+    await sleep(150);
+    const later = p.request(get('/3'));
+    const laterDone = send(later);
+    expect(await waited).toMatchObject({ code: 'POOL_TIMEOUT' });
+    expect((await waited as { ms: number }).ms).toBeGreaterThanOrEqual(190);
+    expect(p.queued).toBe(1);
+    while (held.length === 0) await sleep(5);
+    held.shift()!.end('one');
+    expect((await first).body).toBe('one');
+    while (held.length === 0) await sleep(5);
+    held.shift()!.end('three');
+    expect((await laterDone).body).toBe('three');
   });
 
   test('a socket closed while others wait: the next in line gets a new connection', async () => {
