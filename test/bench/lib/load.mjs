@@ -29,7 +29,9 @@ function run(core, cmd, args) {
 const luaString = (s) => JSON.stringify(s); // a JSON string literal is a valid Lua string literal here
 
 /**
- * One load run. opts: { url, connections, seconds, method, bodyBytes, close, delayMs, rate, dir, core }.
+ * One load run. opts: { url, connections, seconds, method, bodyBytes, close, delayMs, randomDelay, rate, dir,
+ * core }. With randomDelay, each wait after an answer is drawn from an exponential distribution of mean
+ * delayMs (wrk only; autocannon's -R rate is used otherwise).
  * Returns { requests, seconds, rps, bytes, p50, p90, p99, p999, max (ms), errors, non2xx }.
  */
 export async function drive(gen, opts) {
@@ -42,7 +44,9 @@ export async function drive(gen, opts) {
       lines.push(`wrk.headers["Content-Type"] = "application/octet-stream"`);
     }
     if (opts.close) lines.push(`wrk.headers["Connection"] = "close"`);
-    if (opts.delayMs) lines.push(`function delay() return ${Math.max(1, Math.round(opts.delayMs))} end`);
+    if (opts.delayMs && opts.randomDelay) {
+      lines.push(`math.randomseed(${Date.now() % 1e9})`, `function delay() return math.floor(-${opts.delayMs} * math.log(1 - math.random()) + 0.5) end`);
+    } else if (opts.delayMs) lines.push(`function delay() return ${Math.max(1, Math.round(opts.delayMs))} end`);
     lines.push(
       'done = function(s, l, r)',
       '  io.write(string.format("\\nBENCHJSON {\\"requests\\":%d,\\"duration_us\\":%d,\\"bytes\\":%d,\\"connect\\":%d,\\"read\\":%d,\\"write\\":%d,\\"status\\":%d,\\"timeout\\":%d,\\"p50\\":%d,\\"p90\\":%d,\\"p99\\":%d,\\"p999\\":%d,\\"max\\":%d}\\n",',
