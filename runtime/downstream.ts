@@ -324,21 +324,21 @@ export class Response {
     this.head = head + '\r\n';
   }
 
-  /** A body chunk; false when the socket's buffer is full ('drain' follows). */
+  /** A body chunk (a string is written as latin1, byte for byte); false when the socket's buffer is full ('drain' follows). */
   write(chunk: Buffer | string): boolean {
     if (this.dead || this.finished) return true;
-    const len = typeof chunk === 'string' ? Buffer.byteLength(chunk) : chunk.length;
+    const len = chunk.length;
     const s = this.conn.socket;
     if (this.bodiless || len === 0) {
       if (this.head !== undefined) this.flushHead(s);
       return true;
     }
     const head = this.head;
-    if (head === undefined && !this.chunked) return s.write(chunk);
+    if (head === undefined && !this.chunked) return typeof chunk === 'string' ? s.write(chunk, 'latin1') : s.write(chunk);
     this.head = undefined;
-    if (len <= SMALL_BODY && typeof chunk !== 'string') {
+    if (len <= SMALL_BODY) {
       // A small answer leaves as one string: one write of the stream's simplest kind, not a writev.
-      const body = chunk.toString('latin1', 0, len);
+      const body = typeof chunk === 'string' ? chunk : chunk.toString('latin1', 0, len);
       const out = this.chunked ? `${head ?? ''}${len.toString(16)}\r\n${body}\r\n` : head + body;
       return s.write(out, 'latin1');
     }
@@ -346,7 +346,7 @@ export class Response {
     s.cork();
     if (head !== undefined) s.write(head, 'latin1');
     if (this.chunked) s.write(`${len.toString(16)}\r\n`, 'latin1');
-    let ok = s.write(chunk);
+    let ok = typeof chunk === 'string' ? s.write(chunk, 'latin1') : s.write(chunk);
     if (this.chunked) ok = s.write('\r\n', 'latin1');
     s.uncork();
     return ok;
@@ -358,7 +358,7 @@ export class Response {
     s.write(head, 'latin1');
   }
 
-  /** The end of the answer (with a last chunk, for the proxy's own short answers). */
+  /** The end of the answer (with a last chunk, for the proxy's own short answers; a string is latin1). */
   end(chunk?: Buffer | string): void {
     if (this.finished) return;
     if (!this.dead) {

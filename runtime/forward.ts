@@ -221,10 +221,12 @@ export function answer(res: Response, status: number, message: string, headers?:
     return;
   }
   const body = message + '\n';
-  let lines = `Content-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nCache-Control: no-store\r\n`;
+  const length = Buffer.byteLength(body);
+  let lines = `Content-Type: text/plain; charset=utf-8\r\nContent-Length: ${length}\r\nCache-Control: no-store\r\n`;
   if (headers) for (const k in headers) lines += `${k}: ${headers[k]}\r\n`;
   res.writeHead(status, undefined, lines, true);
-  res.end(body);
+  // Response writes strings as latin1 (byte for byte); text that is not ASCII goes as its UTF-8 bytes.
+  res.end(length === body.length ? body : Buffer.from(body));
 }
 
 export class Forwarder {

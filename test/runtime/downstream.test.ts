@@ -6,6 +6,7 @@
 import * as net from 'node:net';
 import { Writable } from 'node:stream';
 import { DownstreamHandlers, DownstreamServer, MAX_PIPELINED, Request, Response } from '../../runtime/downstream';
+import { answer } from '../../runtime/forward';
 import { parseResponses, rawExchange } from '../hardening/support';
 import { listen, until } from '../support/net';
 
@@ -216,6 +217,16 @@ describe('framing of answers', () => {
     expect(own.data.match(/Date:/g)).toHaveLength(1);
     expect(own.responses[0].headers.date).toBe('Tue, 01 Dec 2026 00:00:00 GMT');
     expect(own.responses[0].headers['keep-alive']).toBe('timeout=2');
+  });
+
+  test("the proxy's own answers are framed by their bytes, whatever their text", async () => {
+    handle = (req, res) => answer(res, 503, req.url === '/ascii' ? 'no target' : 'no target — café');
+    for (const [path, text] of [['/ascii', 'no target\n'], ['/utf8', 'no target — café\n']]) {
+      const r = await rawExchange(port, GET(path, 'Connection: close\r\n'));
+      expect(r.rest).toBe('');
+      expect(Number(r.responses[0].headers['content-length'])).toBe(Buffer.byteLength(text));
+      expect(Buffer.from(r.responses[0].body, 'latin1').toString('utf8')).toBe(text);
+    }
   });
 
   test('the status line uses the reason given, or the standard one', async () => {
