@@ -63,7 +63,7 @@ describe('defaults', () => {
     }
   });
 
-  test('the client-facing server gets its timeouts and limits set explicitly, not left to Node', async () => {
+  test('the client-facing server takes its timeouts and limits from the settings, none left to defaults', async () => {
     const config = loadConfig({
       NODE_FILTER: 'static',
       STATIC_TARGETS: '127.0.0.1:8080',

@@ -32,7 +32,7 @@ export function parseResponses(data: string): { responses: ParsedResponse[]; res
       if (c > 0) headers[line.slice(0, c).toLowerCase()] = line.slice(c + 1).trim();
     }
     if (headers['transfer-encoding']?.toLowerCase() === 'chunked') {
-      // Node's own answers (a 400 for a missing Host, a 417) come chunked.
+      // Chunked answers: the proxy re-chunks a target's answer of unknown length.
       let pos = end + 4;
       let body = '';
       let complete = false;
