@@ -34,8 +34,9 @@ import {
   kOnMessageComplete,
   METHOD_NAMES,
   type Parser,
+  pauseReads,
   readStart,
-  readStop,
+  resumeReads,
   touch,
   unconsume,
 } from './llhttp';
@@ -699,24 +700,14 @@ export class ClientConn {
   // ---- flow control
 
   pause(why: number): void {
-    if (this.paused === 0) this.readStop();
+    if (this.paused === 0) pauseReads(this.socket, this.consumed);
     this.paused |= why;
   }
 
   resume(why: number): void {
     if ((this.paused & why) === 0) return;
     this.paused &= ~why;
-    if (this.paused === 0 && !this.done) this.readStart();
-  }
-
-  private readStop(): void {
-    if (this.consumed) readStop(this.socket);
-    else this.socket.pause();
-  }
-
-  private readStart(): void {
-    if (this.consumed) readStart(this.socket);
-    else this.socket.resume();
+    if (this.paused === 0 && !this.done) resumeReads(this.socket, this.consumed);
   }
 
   stopWaitingForDrain(): void {
@@ -802,7 +793,7 @@ export class ClientConn {
     // Keep reading (and dropping) what the client still sends, so that closing does not reset the
     // connection under the answer; the client's close, or the idle timer, ends it.
     this.paused = 0;
-    this.readStart();
+    resumeReads(this.socket, this.consumed);
     rawAnswer(this.socket, status, message, extraHeaders);
   }
 

@@ -110,7 +110,7 @@ export function touch(socket: net.Socket): void {
 }
 
 /** Stops a consumed socket's reads on its handle (socket.pause() only pauses the stream these bypass). */
-export function readStop(socket: net.Socket): void {
+function readStop(socket: net.Socket): void {
   const h = internals(socket)._handle;
   if (h?.reading) {
     h.reading = false;
@@ -125,4 +125,16 @@ export function readStart(socket: net.Socket): void {
     h.reading = true;
     h.readStart();
   }
+}
+
+/** Stops reading `socket`: on its handle when a parser consumes it, else its stream. */
+export function pauseReads(socket: net.Socket, consumed: boolean): void {
+  if (consumed) readStop(socket);
+  else socket.pause();
+}
+
+/** Starts reading `socket` again, the way pauseReads stopped it. */
+export function resumeReads(socket: net.Socket, consumed: boolean): void {
+  if (consumed) readStart(socket);
+  else socket.resume();
 }

@@ -23,7 +23,7 @@
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 
-import { consume, HTTPParser, kOnBody, kOnExecute, kOnHeaders, kOnHeadersComplete, kOnMessageComplete, type Parser, readStart, readStop, touch, unconsume } from './llhttp';
+import { consume, HTTPParser, kOnBody, kOnExecute, kOnHeaders, kOnHeadersComplete, kOnMessageComplete, type Parser, pauseReads, resumeReads, touch, unconsume } from './llhttp';
 import { errorFields, log } from './log';
 import { bodyBytes, uploadBytes } from './memory';
 
@@ -290,13 +290,11 @@ class Conn {
 
   /** Stops reading the target (the client is slower), and starts again. */
   pauseReading(): void {
-    if (this.consumed) readStop(this.socket);
-    else this.socket.pause();
+    pauseReads(this.socket, this.consumed);
   }
 
   resumeReading(): void {
-    if (this.consumed) readStart(this.socket);
-    else this.socket.resume();
+    resumeReads(this.socket, this.consumed);
   }
 
   /** Hands the socket to `x`. */
