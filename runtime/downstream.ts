@@ -674,7 +674,6 @@ export class ClientConn {
     this.current = undefined;
     const req = res.req;
     if (!res.shouldKeepAlive || res.dead) {
-      this.closing = true;
       this.stopParsing();
       this.socket.destroySoon();
       return;
@@ -778,7 +777,6 @@ export class ClientConn {
    */
   refuse(status: number, message: string, extraHeaders = ''): void {
     this.stopParsing();
-    this.closing = true;
     this.waiting.length = 0;
     const res = this.current;
     this.current = undefined;
@@ -830,7 +828,6 @@ export class ClientConn {
       this.socket.destroy();
       return;
     }
-    this.closing = true;
     this.stopParsing();
     if (!this.current && this.waiting.length === 0) this.socket.end();
   }
@@ -848,9 +845,10 @@ export class ClientConn {
     const res = this.current;
     if (res && this.reading === res.req && !res.req.complete) res.handler?.clientStalled();
     if (s.destroyed) return;
-    const now = this.current;
-    if (now) {
-      if (!now.headersSent) {
+    // Read again: the stalled request's 408 may have ended the answer under way.
+    const answering = this.current;
+    if (answering) {
+      if (!answering.headersSent) {
         s.setTimeout(this.server.opts.idleTimeoutMs);
         return;
       }

@@ -190,8 +190,8 @@ export function upstreamHead(req: HeadSource, listenPort: string): RenderedHead 
 }
 
 /**
- * The response head for the client: upstream's header lines minus hop-by-hop ones, rendered as they go
- * on the wire, and whether Content-Length and Date are among them.
+ * Writes the response head for the client: upstream's header lines minus hop-by-hop ones, rendered as
+ * they go on the wire, and whether Content-Length and Date are among them (Response adds what is not).
  */
 function writeDownstreamHead(res: Response, up: UpstreamResponse): void {
   const raw = up.rawHeaders;
@@ -373,7 +373,9 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   ) {
     this.head = upstreamHead(req, portString(opts.listenPort()));
     this.body = req.hasBody;
-    this.retryOnReset = IDEMPOTENT.has(req.method ?? '') && !this.body;
+    this.retryOnReset = IDEMPOTENT.has(req.method) && !this.body;
+    // The connection tells this exchange when the client leaves or stalls, and when the answer is out.
+    res.handler = this;
   }
 
   private done(): void {
@@ -418,9 +420,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     this.responded = false;
     this.replayable = this.retryOnReset;
     this.up = undefined;
-    const { req, res } = this;
-    // The connection tells this exchange when the client leaves or stalls, and when the answer is out.
-    res.handler = this;
+    const { req } = this;
     const ask = { method: req.method, path: req.url, headers: this.head, body: this.body, timeoutMs: this.opts.upstreamTimeoutMs };
     // A socket at hand is announced (onSocket) before request() returns.
     const up = fresh ? s.pool.fresh(ask, this) : s.pool.request(ask, this);
@@ -631,5 +631,3 @@ function afterPoll(fn: (x: Exchange) => void, x: Exchange): void {
 const connectTimedOut = (x: Exchange): void => x.connectTimedOut();
 const startSending = (x: Exchange): void => x.startSending();
 const retryStale = (x: Exchange): void => x.retryStale();
-
-export { rawAnswer };
