@@ -3,7 +3,8 @@
 // generator, stops the proxy (the worker writes its profile on exit), and summarises self and
 // inclusive time by function, naming the runtime/*.ts module of each bundle line.
 //
-// Env: PROFILE_SECONDS (default 10), PROFILE_BUNDLE (default dist/karma-proxy.js),
+// Env: PROFILE_SECONDS (default 10), PROFILE_BUNDLE (default: an unminified build of runtime/ made for
+//      the run, so that every bundle line names its module; the minified dist/ bundle would not),
 //      PROFILE_CONNECTIONS (default 50), PROFILE_INTERVAL_US (sampling interval, default 200),
 //      PROFILE_SUBJECT (default karma; alt:node-http etc. profile an alternative for comparison),
 //      PROFILE_OUT (default results/profile-latest.json), PROFILE_SCENARIO (small, 1mb or post64k;
@@ -11,9 +12,10 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { bundleRuntime } from '../../scripts/build.mjs';
 import { drive, loadGenerator } from './lib/load.mjs';
 import { sleep } from './lib/proc.mjs';
-import { BENCH_DIR, ROOT, startBackend, subjectCatalog } from './lib/subjects.mjs';
+import { BENCH_DIR, startBackend, subjectCatalog } from './lib/subjects.mjs';
 
 const say = (s = '') => process.stdout.write(s + '\n');
 const SECONDS = Number(process.env.PROFILE_SECONDS ?? 10);
@@ -132,11 +134,11 @@ export function summarise(profile, bundle, window) {
 }
 
 async function main() {
-  const bundleSrc = process.env.PROFILE_BUNDLE ?? path.join(ROOT, 'dist', 'karma-proxy.js');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'karma-prof-'));
   fs.chmodSync(dir, 0o755);
   const bundle = path.join(dir, 'karma-proxy.js');
-  fs.copyFileSync(bundleSrc, bundle);
+  if (process.env.PROFILE_BUNDLE) fs.copyFileSync(process.env.PROFILE_BUNDLE, bundle);
+  else await bundleRuntime({ outfile: bundle, minify: false });
   const profDir = path.join(dir, 'prof');
   fs.mkdirSync(profDir);
   const gen = loadGenerator();
