@@ -1,4 +1,4 @@
-// CPU profile of Karma's worker under the small-GET load: `node test/bench/profile.mjs` (after npm run build).
+// CPU profile of Karma's worker under the small-GET load: `node test/bench/profile.mjs`. Needs no build first: it bundles runtime/ unminified for the run.
 // Starts the backend and the bundle with --cpu-prof, drives small GETs with the harness's load
 // generator, stops the proxy (the worker writes its profile on exit), and summarises self and
 // inclusive time by function, naming the runtime/*.ts module of each bundle line.
