@@ -17,13 +17,15 @@
  * body did (the body is still sent, then the socket reused, as node:http does); request bodies with Content-Length or, when the client sent chunked,
  * re-chunked; raw header names and repeated headers as sent; POOL_SIZE sockets per target with a FIFO
  * queue; idle sockets reused most recently used first, and closed by a sweep after the free-socket timeout.
+ * Bytes after the end of an answer (a body on a HEAD answer, a Content-Length too short, an answer
+ * nobody asked for) drop the socket, as node:http's client does: they are never the next request's answer.
  * Does not handle: Upgrade (forward.ts `ws` stays on http-proxy), trailers (dropped, as hop-by-hop),
  * pipelining, TLS to targets.
  */
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 
-import { consume, HTTPParser, kOnBody, kOnExecute, kOnHeaders, kOnHeadersComplete, kOnMessageComplete, type Parser, pauseReads, resumeReads, touch, unconsume } from './llhttp';
+import { consume, HTTPParser, kOnBody, kOnExecute, kOnHeaders, kOnHeadersComplete, kOnMessageBegin, kOnMessageComplete, type Parser, pauseReads, resumeReads, touch, unconsume } from './llhttp';
 import { errorFields, log } from './log';
 import { bodyBytes, uploadBytes } from './memory';
 
@@ -139,6 +141,11 @@ class Conn {
   private informational = false;
   /** The target switched protocols (or answered unasked): the socket is no HTTP any more. */
   private upgraded = false;
+  /**
+   * The exchange ended cleanly and the socket goes back to the pool once the read that ended it is
+   * parsed: bytes after the end of an answer in the same read must not become the next request's.
+   */
+  private releaseAfterRead = false;
   /** The idle timeout the socket has now (set only when it changes: each setTimeout allocates a timer). */
   timeoutMs = 0;
   /** When the socket last went idle in its pool (Date.now()). */
@@ -152,7 +159,15 @@ class Conn {
     this.socket = net.connect({ host, port, noDelay: true });
     const parser: Parser = new HTTPParser();
     parser.initialize(HTTPParser.RESPONSE, {}, 0, 0);
-    // Over 32 header lines llhttp hands them over in parts before headers-complete.
+    // A message starting with no request of ours under way (bytes after an answer's end, in the same
+    // read or on an idle socket: a body on a HEAD answer, a Content-Length too short, a second answer) is
+    // an answer nobody asked for. node:http's client destroys such a socket; handing it on would make
+    // those bytes the next request's answer, whoever sent that.
+    parser[kOnMessageBegin] = () => {
+      if (!this.current) this.upgraded = true;
+    };
+    // Over 32 header lines llhttp hands them over in parts before headers-complete; trailers come the
+    // same way, just before message-complete, which drops them.
     parser[kOnHeaders] = (h: string[]) => {
       for (const x of h) this.pendingHeaders.push(x);
     };
@@ -207,6 +222,8 @@ class Conn {
       }
     };
     parser[kOnMessageComplete] = () => {
+      // Trailers (hop-by-hop, not passed on), so that they never become the next answer's headers.
+      if (this.pendingHeaders.length > 0) this.pendingHeaders = [];
       if (this.informational) {
         this.informational = false;
         return;
@@ -226,7 +243,7 @@ class Conn {
       } catch (err) {
         return this.fault(err);
       }
-      if (keep && x.ended) this.pool!.release(this);
+      if (keep && x.ended) this.releaseAfterRead = true;
       else if (!keep) this.socket.destroy();
     };
     // Reading natively, 'data' never comes; the listener keeps the socket flowing so that 'end' does.
@@ -251,6 +268,7 @@ class Conn {
     // keep-alive socket must learn it is stale before it sends what cannot be replayed.
     this.socket.on('end', () => {
       parser.finish();
+      this.releaseAfterRead = false; // a socket the target closed serves nobody else
       if (this.current) this.socket.destroy(badResponse('ECONNRESET', 'socket hang up'));
     });
     this.socket.on('timeout', () => {
@@ -279,6 +297,10 @@ class Conn {
     if (typeof r === 'object' && r !== null) {
       const code = (r as NodeJS.ErrnoException).code;
       this.socket.destroy(badResponse(code?.startsWith('HPE_') ? code : 'HPE_INTERNAL', `bad upstream response: ${r.message}`));
+    }
+    if (this.releaseAfterRead) {
+      this.releaseAfterRead = false;
+      if (!this.socket.destroyed) this.pool!.release(this);
     }
   }
 

@@ -164,6 +164,57 @@ describe('upstream client', () => {
     expect(a.raw.slice(98)).toEqual(['X-H49', '49', 'Content-Length', '0']);
   });
 
+  test('trailers are dropped, and never become the next answer’s headers on the same socket', async () => {
+    let n = 0;
+    const port = await rawServer(() =>
+      n++ === 0
+        ? 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: Set-Cookie\r\n\r\n2\r\nok\r\n0\r\nSet-Cookie: session=first-client\r\ngrpc-status: 0\r\n\r\n'
+        : 'HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext',
+    );
+    const p = pool(port);
+    const first = await send(p.request(get()));
+    expect([first.body, first.raw]).toEqual(['ok', ['Transfer-Encoding', 'chunked', 'Trailer', 'Set-Cookie']]);
+    const second = await send(p.request(get()));
+    expect([second.body, second.reused, second.raw]).toEqual(['next', true, ['Content-Length', '4']]);
+  });
+
+  describe('bytes after the end of an answer are nobody’s answer: the socket is dropped, not handed on', () => {
+    const injected = 'HTTP/1.1 200 OK\r\nX-Injected: yes\r\nContent-Length: 8\r\n\r\nINJECTED';
+    const real = 'HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal';
+
+    test('in the same read: a body on a HEAD answer, with the next request waiting for the socket', async () => {
+      const port = await rawServer((head) => (head.startsWith('HEAD') ? `HTTP/1.1 200 OK\r\nContent-Length: ${injected.length}\r\n\r\n${injected}` : real));
+      const p = pool(port, 1);
+      const head = send(p.request(get('/', 'HEAD')));
+      const next = p.request(get('/next'));
+      expect(next.queued).toBe(true);
+      expect(await head).toMatchObject({ status: 200, body: '' });
+      const got = await send(next);
+      expect([got.body, got.raw, got.reused]).toEqual(['real', ['Content-Length', '4'], false]);
+    });
+
+    test('split over reads: the start of a second answer, its rest after the next request could have gone out', async () => {
+      const s = net.createServer((sock) => {
+        let buf = '';
+        sock.on('data', (d) => {
+          buf += d.toString('latin1');
+          if (!buf.includes('\r\n\r\n')) return;
+          const first = buf.startsWith('GET /first');
+          buf = '';
+          if (!first) return void sock.write(real);
+          sock.write(`${real}${injected.slice(0, 20)}`);
+          setTimeout(() => sock.writable && sock.write(injected.slice(20)), 50);
+        });
+        sock.on('error', () => undefined);
+      });
+      const port = await listen(s);
+      const p = pool(port, 1);
+      expect(await send(p.request(get('/first')))).toMatchObject({ body: 'real' });
+      const got = await send(p.request(get('/second')));
+      expect([got.body, got.raw, got.reused]).toEqual(['real', ['Content-Length', '4'], false]);
+    });
+  });
+
   test('Connection: close from the target: the socket is not reused', async () => {
     const port = await listen(http.createServer((_req, res) => res.writeHead(200, { Connection: 'close' }).end('x')));
     const p = pool(port);
