@@ -125,6 +125,13 @@ export function flat(s: string): string {
   return s;
 }
 
+const INVALID: Record<string, string> = {
+  HPE_UNEXPECTED_UPGRADE: 'a protocol switch nobody asked for',
+  HPE_UNEXPECTED_CONTENT: 'bytes after the end of an answer, or an answer nobody asked for',
+  HPE_INVALID_STATUS: 'a status line that is not HTTP/1.x with a status of 100-599',
+  HPE_INVALID_TRANSFER_ENCODING: 'a transfer coding other than chunked',
+};
+
 function badResponse(code: string, message: string): NodeJS.ErrnoException {
   return Object.assign(new Error(message), { code });
 }
@@ -139,8 +146,12 @@ class Conn {
   reused = false;
   /** The exchange under way is a 1xx: its end is not the end of the response. */
   private informational = false;
-  /** The target switched protocols (or answered unasked): the socket is no HTTP any more. */
-  private upgraded = false;
+  /**
+   * What makes the answer under way unusable, as an llhttp-style code (checked after execute): a
+   * protocol switch or an answer nobody asked for (the socket is no HTTP any more), a status outside
+   * 100-599, a transfer coding we cannot pass on.
+   */
+  private invalid: string | undefined = undefined;
   /**
    * The exchange ended cleanly and the socket goes back to the pool once the read that ended it is
    * parsed: bytes after the end of an answer in the same read must not become the next request's.
@@ -164,7 +175,7 @@ class Conn {
     // an answer nobody asked for. node:http's client destroys such a socket; handing it on would make
     // those bytes the next request's answer, whoever sent that.
     parser[kOnMessageBegin] = () => {
-      if (!this.current) this.upgraded = true;
+      if (!this.current) this.invalid = 'HPE_UNEXPECTED_CONTENT';
     };
     // Over 32 header lines llhttp hands them over in parts before headers-complete; trailers come the
     // same way, just before message-complete, which drops them.
@@ -172,7 +183,7 @@ class Conn {
       for (const x of h) this.pendingHeaders.push(x);
     };
     parser[kOnHeadersComplete] = (
-      _maj: number,
+      maj: number,
       _min: number,
       headers: string[] | undefined,
       _method: unknown,
@@ -190,14 +201,28 @@ class Conn {
       const x = this.current;
       if (!x || upgrade) {
         // An answer nobody asked for, or a protocol switch nobody asked for: the socket is dropped.
-        this.upgraded = true;
+        this.invalid ??= 'HPE_UNEXPECTED_UPGRADE';
         return 1;
       }
-      if (status >= 100 && status < 200) {
+      // RFC 9110 §15: a status outside 100-599 is invalid, to be taken as a server error (a 502 from
+      // us); an HTTP/2.0 or /0.9 status line on this socket is not an HTTP/1.x answer either.
+      if (status < 100 || status > 599 || maj !== 1) {
+        this.invalid = 'HPE_INVALID_STATUS';
+        return 1;
+      }
+      // Only chunked is taken off (and put back on for the client as needed): any other transfer
+      // coding (`gzip`, `gzip, chunked`) would reach the client undone and unmarked. nginx refuses it too.
+      for (let i = 0; i < raw.length; i += 2) {
+        if (raw[i].length === 17 && raw[i].toLowerCase() === 'transfer-encoding' && raw[i + 1].trim().toLowerCase() !== 'chunked') {
+          this.invalid = 'HPE_INVALID_TRANSFER_ENCODING';
+          return 1;
+        }
+      }
+      if (status < 200) {
         // 101 to a request that asked for no upgrade is not HTTP any more: a bad response. (llhttp errors
         // are not reported once it has seen an upgrade, so this is flagged and checked after execute.)
         if (status === 101) {
-          this.upgraded = true;
+          this.invalid = 'HPE_UNEXPECTED_UPGRADE';
           return 1;
         }
         this.informational = true;
@@ -228,7 +253,7 @@ class Conn {
         this.informational = false;
         return;
       }
-      if (this.upgraded) return; // failed after execute returns
+      if (this.invalid) return; // failed after execute returns
       const x = this.current;
       if (!x) return;
       this.current = undefined;
@@ -293,7 +318,7 @@ class Conn {
 
   /** What a read parsed to: bytes parsed, or an Error of node's own realm (not `instanceof` ours under a vm). */
   private parsed(r: number | Error | undefined): void {
-    if (this.upgraded && typeof r !== 'object') r = badResponse('HPE_UNEXPECTED_UPGRADE', 'an upgrade or an answer nobody asked for');
+    if (this.invalid && typeof r !== 'object') r = badResponse(this.invalid, INVALID[this.invalid] ?? 'an invalid answer');
     if (typeof r === 'object' && r !== null) {
       const code = (r as NodeJS.ErrnoException).code;
       this.socket.destroy(badResponse(code?.startsWith('HPE_') ? code : 'HPE_INTERNAL', `bad upstream response: ${r.message}`));
