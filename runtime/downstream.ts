@@ -353,6 +353,27 @@ export class Response {
     return ok;
   }
 
+  /** The head, if it still waits for body bytes, goes out now (the target sent its head and no body yet). */
+  flush(): void {
+    if (this.head !== undefined && !this.dead && !this.finished) this.flushHead(this.conn.socket);
+  }
+
+  /**
+   * Takes back a head that has not left yet, as if writeHead had not been called (the target's answer
+   * went bad before any byte of it reached the client, so another answer may still be given): false
+   * when it has left.
+   */
+  retract(): boolean {
+    if (this.head === undefined || this.dead || this.finished) return false;
+    this.head = undefined;
+    this.headersSent = false;
+    this.statusCode = 0;
+    this.chunked = false;
+    this.bodiless = false;
+    this.shouldKeepAlive = this.req.keepAlive;
+    return true;
+  }
+
   private flushHead(s: net.Socket): void {
     const head = this.head!;
     this.head = undefined;

@@ -520,6 +520,10 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   failTry(kind: FailureKind): void {
     if (this.settled) return;
     const up = this.up;
+    // The target's head came but none of it has left for the client yet (it went bad in the same read):
+    // taken back, and this try fails as one without an answer would (a retry, or a 502).
+    const retracted = this.responded && this.res.retract();
+    if (retracted) this.responded = false;
     if (this.responded) {
       // Mid-response: the status is on its way already; cut the client off so it sees a short body.
       upstreamErrors.labels({ kind }).inc();
@@ -529,7 +533,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       return;
     }
     up?.destroy();
-    if (kind === 'reset' && up?.reusedSocket) {
+    if (kind === 'reset' && up?.reusedSocket && !retracted) {
       // A keep-alive connection looks alive until its FIN is read: the target most likely closed it just
       // before our request came. Tried again when nothing unrepeatable was sent; a 502 otherwise (the
       // body is gone), but no mark against a target that is fine on a fresh connection.

@@ -326,6 +326,10 @@ class Conn {
     if (this.releaseAfterRead) {
       this.releaseAfterRead = false;
       if (!this.socket.destroyed) this.pool!.release(this);
+    } else if (typeof r !== 'object') {
+      // A head whose body did not come with it (a stream, a long poll) goes to the client now rather
+      // than with the first body bytes.
+      this.current?.res?.readDone();
     }
   }
 
@@ -495,6 +499,8 @@ export interface ResponseSink {
   end(): unknown;
   once(event: 'drain', fn: () => void): unknown;
   removeListener(event: 'drain', fn: () => void): unknown;
+  /** Sends what is held back for the first body bytes (the head), when there is such a thing. */
+  flush?(): void;
 }
 
 /** The response as forward.ts reads it: status, raw headers, `headers.connection`, pipe(res). */
@@ -547,6 +553,11 @@ export class UpstreamResponse {
       this.conn.pauseReading();
       res.once('drain', this.resume);
     }
+  }
+
+  /** A read of the target has been parsed and the body is not complete. */
+  readDone(): void {
+    this.sink?.flush?.();
   }
 
   end(): void {
