@@ -727,7 +727,17 @@ export class ClientConn {
   resume(why: number): void {
     if ((this.paused & why) === 0) return;
     this.paused &= ~why;
-    if (this.paused === 0 && !this.done) resumeReads(this.socket, this.consumed);
+    if (this.paused === 0 && !this.done) {
+      // A head begun before reading stopped (pipelined behind a slow answer) gets its HEADERS_TIMEOUT
+      // afresh: the wait was ours, not the client's.
+      if (this.state === HEAD) this.since = performance.now();
+      resumeReads(this.socket, this.consumed);
+    }
+  }
+
+  /** Reads are stopped by us (a request ahead in line, a target not yet taking the body): not the client's delay. */
+  get heldBack(): boolean {
+    return this.paused !== 0;
   }
 
   stopWaitingForDrain(): void {
@@ -864,7 +874,12 @@ export class ClientConn {
   idleTimeout(): void {
     const s = this.socket;
     const res = this.current;
-    if (res && this.reading === res.req && !res.req.complete) res.handler?.clientStalled();
+    if (res && this.reading === res.req && !res.req.complete) {
+      // Its body waits on the target (not taking it yet, or pushing back): the client is not the slow
+      // one. The clock starts again; UPSTREAM_TIMEOUT bounds a target that stopped reading (a 504).
+      if ((this.paused & (PAUSE_DRAIN | PAUSE_UNPIPED)) !== 0) return void s.setTimeout(this.server.opts.idleTimeoutMs);
+      res.handler?.clientStalled();
+    }
     if (s.destroyed) return;
     // Read again: the stalled request's 408 may have ended the answer under way.
     const answering = this.current;
@@ -997,7 +1012,7 @@ export class DownstreamServer {
     const { headersTimeoutMs, requestTimeoutMs } = this.opts;
     const now = performance.now();
     for (const c of this.conns) {
-      if (c.state === IDLE) continue;
+      if (c.state === IDLE || (c.state === HEAD && c.heldBack)) continue;
       const age = now - c.since;
       if ((c.state === HEAD && headersTimeoutMs > 0 && age > headersTimeoutMs) || (requestTimeoutMs > 0 && age > requestTimeoutMs)) c.timedOut();
     }

@@ -291,6 +291,21 @@ describe('timeouts and shutdown', () => {
     expect(Date.now() - t0).toBeLessThan(OPTS.headersTimeoutMs + 1500);
   });
 
+  test('a head pipelined behind a slow answer is not timed while it waits its turn', async () => {
+    // The third request's head is half-read when reading stops for the answers ahead of it; those take
+    // longer than HEADERS_TIMEOUT, and its rest comes soon after: all three are answered (node:http too).
+    handle = (req, res) => setTimeout(() => ok(res, req.url), req.url === '/slow' ? OPTS.headersTimeoutMs + 800 : 5);
+    const r = await rawExchange(
+      port,
+      (s) => {
+        s.write(GET('/slow') + GET('/b') + 'GET /c HTTP/1.1\r\nHo');
+        setTimeout(() => s.write('st: a.example.com\r\nConnection: close\r\n\r\n'), 100);
+      },
+      { deadlineMs: 8000 },
+    );
+    expect(r.responses.map((x) => `${x.status} ${x.body}`)).toEqual(['200 /slow', '200 /b', '200 /c']);
+  });
+
   test('shutdown closes idle connections at once and lets an answer under way finish, saying Connection: close', async () => {
     let pending: Response | undefined;
     handle = (_req, res) => (pending = res);

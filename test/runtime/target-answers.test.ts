@@ -1,0 +1,172 @@
+/**
+ * What targets send, through the whole request path: raw targets on 127.0.0.1 write exactly the bytes
+ * each test chooses (broken, stray, slow), and real clients see what comes out of the proxy.
+ */
+import * as http from 'node:http';
+import * as net from 'node:net';
+import { loadConfig } from '../../runtime/config';
+import { makeTarget } from '../../runtime/types';
+import { Running, start } from '../../runtime/worker';
+import { rawExchange } from '../hardening/support';
+import { close, listen, request } from '../support/net';
+
+jest.setTimeout(20_000);
+
+interface RawTarget {
+  readonly id: string;
+  /** Request heads read, in order. */
+  readonly heads: string[];
+  readonly server: net.Server;
+  readonly sockets: Set<net.Socket>;
+}
+
+/** A target that calls `answer` with each request head it reads (bodies are not looked at). */
+async function rawTarget(answer: (head: string, socket: net.Socket, n: number) => void): Promise<RawTarget> {
+  const heads: string[] = [];
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    let buf = '';
+    socket.on('data', (d: Buffer) => {
+      buf += d.toString('latin1');
+      let i: number;
+      while ((i = buf.indexOf('\r\n\r\n')) !== -1) {
+        const head = buf.slice(0, i);
+        buf = buf.slice(i + 4);
+        heads.push(head);
+        answer(head, socket, heads.length);
+      }
+    });
+    socket.on('error', () => undefined);
+  });
+  const port = await listen(server);
+  return { id: `127.0.0.1:${port}`, heads, server, sockets };
+}
+
+let targets: RawTarget[] = [];
+let proxy: Running | undefined;
+afterEach(async () => {
+  await proxy?.stop();
+  proxy = undefined;
+  for (const t of targets) {
+    for (const s of t.sockets) s.destroy();
+    await close(t.server);
+  }
+  targets = [];
+});
+
+/** A proxy in front of `ts`, the one with the lowest id first (a fresh proxy's first pick). */
+async function proxyFor(ts: RawTarget[], env: Record<string, string> = {}): Promise<number> {
+  targets.push(...ts);
+  const ids = ts.map((t) => makeTarget('127.0.0.1', Number(t.id.split(':')[1])).id).join(',');
+  proxy = await start(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: ids, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', ...env }), {});
+  return proxy.port;
+}
+
+const byId = (a: RawTarget, b: RawTarget): number => (a.id < b.id ? -1 : 1);
+
+describe('answers that are not HTTP/1.x as a client may receive it are a 502', () => {
+  test.each([
+    ['a status of 000', 'HTTP/1.1 000 Zero\r\nContent-Length: 2\r\n\r\nok'],
+    ['a status of 099', 'HTTP/1.1 099 Low\r\nContent-Length: 2\r\n\r\nok'],
+    ['a status of 600', 'HTTP/1.1 600 High\r\nContent-Length: 2\r\n\r\nok'],
+    ['an HTTP/2.0 status line', 'HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nok'],
+    ['Transfer-Encoding: gzip, close-delimited', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\n\x1f\x8b\x08\x00'],
+    ['Transfer-Encoding: gzip, chunked', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n4\r\n\x1f\x8b\x08\x00\r\n0\r\n\r\n'],
+  ])('%s', async (_what, bytes) => {
+    const t = await rawTarget((_h, s) => s.end(bytes, 'latin1'));
+    const port = await proxyFor([t]);
+    expect(await request(port)).toMatchObject({ status: 502 });
+  });
+});
+
+describe('a head reaches the client when it comes, not with the first body bytes', () => {
+  test('a stream whose first event comes later: the client has status and headers before it', async () => {
+    let eventSent = false;
+    const t = await rawTarget((_h, s) => {
+      s.write('HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n');
+      setTimeout(() => {
+        eventSent = true;
+        s.write('c\r\ndata: hello\n\r\n0\r\n\r\n');
+      }, 1000);
+    });
+    const port = await proxyFor([t]);
+    const got = await new Promise<{ eventSentAtHead: boolean; body: string }>((resolve, reject) => {
+      http
+        .get({ host: '127.0.0.1', port, path: '/events', agent: false }, (res) => {
+          const eventSentAtHead = eventSent;
+          let body = '';
+          res.on('data', (c) => (body += c));
+          res.on('end', () => resolve({ eventSentAtHead, body }));
+        })
+        .on('error', reject);
+    });
+    expect(got).toEqual({ eventSentAtHead: false, body: 'data: hello\n' });
+  });
+
+  test('an answer garbled in the read that brought its head never reached the client: a GET goes to the next target', async () => {
+    const [bad, good] = (
+      await Promise.all([
+        rawTarget((_h, s) => s.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nnot a chunk\r\n', 'latin1')),
+        rawTarget((_h, s) => s.write('HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood')),
+      ])
+    ).sort(byId);
+    const port = await proxyFor([bad, good]);
+    expect(await request(port)).toMatchObject({ status: 200, body: 'good' });
+    expect([bad.heads.length, good.heads.length]).toEqual([1, 1]);
+  });
+});
+
+describe('one client never gets what a target sent for another', () => {
+  test('trailers of one answer (a Set-Cookie among them) do not become the next client’s headers', async () => {
+    const t = await rawTarget((_h, s, n) =>
+      s.write(
+        n === 1
+          ? 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nSet-Cookie: session=first-client\r\ngrpc-status: 0\r\n\r\n'
+          : 'HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond',
+      ),
+    );
+    const port = await proxyFor([t], { POOL_SIZE: '1' });
+    expect(await request(port)).toMatchObject({ status: 200, body: 'ok' });
+    const second = await request(port);
+    expect(second).toMatchObject({ status: 200, body: 'second' });
+    expect(second.headers['set-cookie']).toBeUndefined();
+    expect(second.headers['grpc-status']).toBeUndefined();
+    expect(t.heads).toHaveLength(2);
+  });
+
+  test('a body on a HEAD answer is not the answer of the request waiting for that socket', async () => {
+    const injected = 'HTTP/1.1 200 OK\r\nX-Injected: yes\r\nContent-Length: 8\r\n\r\nINJECTED';
+    const t = await rawTarget((h, s) => {
+      if (h.startsWith('HEAD')) setTimeout(() => s.write(`HTTP/1.1 200 OK\r\nContent-Length: ${injected.length}\r\n\r\n${injected}`), 200);
+      else s.write('HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal');
+    });
+    const port = await proxyFor([t], { POOL_SIZE: '1' });
+    const head = request(port, { method: 'HEAD' });
+    await new Promise((r) => setTimeout(r, 50)); // the HEAD has the only socket; the GET waits for it
+    const get = await request(port);
+    expect(await head).toMatchObject({ status: 200, body: '' });
+    expect(get).toMatchObject({ status: 200, body: 'real' });
+    expect(get.headers['x-injected']).toBeUndefined();
+  });
+});
+
+describe('a client held back by its target is not blamed for it', () => {
+  test('an upload to a target that stopped reading is a 504 when UPSTREAM_TIMEOUT passes, not a 408 at IDLE_TIMEOUT', async () => {
+    // The target reads the head, then nothing: the body backs up, and reading the client stops.
+    const t = await rawTarget((_h, s) => s.pause());
+    const port = await proxyFor([t], { IDLE_TIMEOUT: '1', UPSTREAM_TIMEOUT: '2.5' });
+    const body = Buffer.alloc(32 * 1024 * 1024, 'x');
+    const r = await rawExchange(
+      port,
+      (s) => {
+        s.write(`POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: ${body.length}\r\n\r\n`);
+        s.write(body);
+        s.once('data', () => setTimeout(() => s.destroy(), 100)); // the answer is all we wait for
+      },
+      { deadlineMs: 8000 },
+    );
+    expect(r.responses.map((x) => x.status)).toEqual([504]);
+  });
+});
