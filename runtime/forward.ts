@@ -190,6 +190,18 @@ export function upstreamHead(req: HeadSource, listenPort: string): RenderedHead 
 }
 
 /**
+ * The head for one try. An HTTP/1.0 client may send no Host, but what goes upstream is HTTP/1.1, which
+ * requires one (RFC 9112 §3.2; node:http and nginx targets answer 400 without): the target's address
+ * then, as nginx's `proxy_set_header Host $proxy_host` default gives.
+ */
+function withHost(head: RenderedHead, req: Request, s: TargetState): RenderedHead {
+  if (req.headers.host !== undefined) return head;
+  const line = head.head.indexOf('\r\n') + 2;
+  const host = s.target.host.includes(':') ? `[${s.target.host}]` : s.target.host;
+  return { head: `${head.head.slice(0, line)}Host: ${host}:${s.target.port}\r\n${head.head.slice(line)}`, hasLength: head.hasLength };
+}
+
+/**
  * Writes the response head for the client: upstream's header lines minus hop-by-hop ones, rendered as
  * they go on the wire, and whether Content-Length and Date are among them (Response adds what is not).
  */
@@ -421,7 +433,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     this.replayable = this.retryOnReset;
     this.up = undefined;
     const { req } = this;
-    const ask = { method: req.method, path: req.url, headers: this.head, body: this.body, timeoutMs: this.opts.upstreamTimeoutMs };
+    const ask = { method: req.method, path: req.url, headers: withHost(this.head, req, s), body: this.body, timeoutMs: this.opts.upstreamTimeoutMs };
     // A socket at hand is announced (onSocket) before request() returns.
     const up = fresh ? s.pool.fresh(ask, this) : s.pool.request(ask, this);
     this.up = up;

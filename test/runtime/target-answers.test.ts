@@ -170,3 +170,21 @@ describe('a client held back by its target is not blamed for it', () => {
     expect(r.responses.map((x) => x.status)).toEqual([504]);
   });
 });
+
+describe('what goes upstream is valid HTTP/1.1', () => {
+  test('an HTTP/1.0 request without Host reaches the target with the target’s address as Host', async () => {
+    const t = await rawTarget((_h, s) => s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'));
+    const port = await proxyFor([t]);
+    const r = await rawExchange(port, 'GET /old HTTP/1.0\r\nUser-Agent: old\r\n\r\n');
+    expect(r.responses.map((x) => `${x.status} ${x.body}`)).toEqual(['200 ok']);
+    const hosts = t.heads[0].split('\r\n').filter((l) => /^host:/i.test(l));
+    expect([t.heads[0].split('\r\n')[0], hosts]).toEqual(['GET /old HTTP/1.1', [`Host: ${t.id}`]]);
+  });
+
+  test('a request with a Host keeps it as the client sent it', async () => {
+    const t = await rawTarget((_h, s) => s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'));
+    const port = await proxyFor([t]);
+    await rawExchange(port, 'GET /new HTTP/1.0\r\nHost: app.example.com\r\n\r\n');
+    expect(t.heads[0].split('\r\n').filter((l) => /^host:/i.test(l))).toEqual(['Host: app.example.com']);
+  });
+});
