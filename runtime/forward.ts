@@ -11,7 +11,7 @@
  * Outcomes map to statuses as fastify-reply-from does: refused or reset is 502, a silent upstream
  * 504, no target 503 (with Retry-After). The cause is kept for the log and the metric.
  */
-import type * as http from 'node:http';
+import { type ClientRequest, type IncomingMessage, STATUS_CODES } from 'node:http';
 import httpProxy from 'http-proxy';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
 import type * as net from 'node:net';
@@ -241,6 +241,28 @@ export function answer(res: Response, status: number, message: string, headers?:
   res.end(length === body.length ? body : Buffer.from(body));
 }
 
+const kHandshake = Symbol('karma.handshake');
+type WithHandshake = { [kHandshake]?: (proxyReq: ClientRequest) => void };
+
+/**
+ * A target's refusal of a WebSocket handshake (a 401, a 426, …), to the client: status and headers as
+ * sent minus hop-by-hop ones, the body as the target framed it by length, else delimited by the close;
+ * the connection ends after it either way.
+ */
+function passRefusal(refusal: IncomingMessage, socket: net.Socket): void {
+  const raw = refusal.rawHeaders;
+  const listed = listedIn(refusal.headers.connection);
+  let head = `HTTP/1.1 ${refusal.statusCode} ${refusal.statusMessage || STATUS_CODES[refusal.statusCode ?? 502] || ''}\r\n`;
+  for (let i = 0; i < raw.length; i += 2) {
+    const lower = raw[i].toLowerCase();
+    if (HOP_BY_HOP.has(lower) || listed?.names.has(lower)) continue;
+    head += `${raw[i]}: ${raw[i + 1]}\r\n`;
+  }
+  if (socket.destroyed) return void refusal.resume();
+  socket.write(`${head}Connection: close\r\n\r\n`, 'latin1');
+  refusal.pipe(socket);
+}
+
 export class Forwarder {
   // toProxy: the request-target goes to the target as the client sent it, as for plain requests (and
   // without http-proxy's url.parse, which Node deprecates: DEP0169).
@@ -252,6 +274,12 @@ export class Forwarder {
   ) {
     // http-proxy re-throws errors no one handles; each ws() call passes its own callback, this is a backstop.
     this.wsProxy.on('error', () => undefined);
+    // The handshake request to the target, handed to the ws() call that made it (through its client socket).
+    this.wsProxy.on('proxyReqWs', (proxyReq: ClientRequest, _req: unknown, socket: net.Socket) => {
+      const watch = (socket as WithHandshake)[kHandshake];
+      (socket as WithHandshake)[kHandshake] = undefined;
+      watch?.(proxyReq);
+    });
   }
 
   /**
@@ -299,15 +327,33 @@ export class Forwarder {
     headers['x-forwarded-port'] = String(this.opts.listenPort());
     if (req.headers.host !== undefined) headers['x-forwarded-host'] = req.headers.host;
     // What http-proxy's WebSocket pass reads of a request.
-    const handshake = { method: req.method, url: req.url, headers, socket } as unknown as http.IncomingMessage;
+    const handshake = { method: req.method, url: req.url, headers, socket } as unknown as IncomingMessage;
     return new Promise((resolve) => {
       let done = false;
+      /** The target switched protocols: the socket carries the tunnel, no HTTP answer may go into it. */
+      let switched = false;
       const end = (): void => {
         if (done) return;
         done = true;
         s.tunnels--;
         this.registry.done(s);
         resolve(outcome);
+      };
+      (socket as WithHandshake)[kHandshake] = (proxyReq) => {
+        // An answer to the handshake within UPSTREAM_TIMEOUT, or a 504: http-proxy's proxyTimeout does not
+        // reach its WebSocket pass. The tunnel itself has no such clock (http-proxy sets it to 0 on switching).
+        proxyReq.setTimeout(this.opts.upstreamTimeoutMs, () => proxyReq.destroy(Object.assign(new Error('no answer to the handshake'), { code: 'HANDSHAKE_TIMEOUT' })));
+        proxyReq.once('upgrade', () => (switched = true));
+        // A refusal (any answer but 101) is passed on framed as its own answer. http-proxy's listener would
+        // write the target's headers as parsed (Transfer-Encoding and Connection among them) over the
+        // decoded body; it is added right after this event, and replaced here before any answer can be read.
+        process.nextTick(() => {
+          proxyReq.removeAllListeners('response');
+          proxyReq.on('response', (refusal: IncomingMessage) => {
+            outcome.status = refusal.statusCode ?? 502;
+            passRefusal(refusal, socket);
+          });
+        });
       };
       // Both directions of the tunnel count for memory.ts's collections. http-proxy pipes the target's
       // socket into the client's and then the client's back, in one go: 'pipe' comes between, so
@@ -327,13 +373,20 @@ export class Forwarder {
         head,
         { target: { host: s.target.host, port: s.target.port }, proxyTimeout: this.opts.upstreamTimeoutMs },
         (err: NodeJS.ErrnoException) => {
-          const kind = kindOf(err);
+          if (switched) {
+            // The tunnel broke after the switch (the target reset it): it closes, as a tunnel does.
+            socket.destroy();
+            end();
+            return;
+          }
+          const timedOut = err.code === 'HANDSHAKE_TIMEOUT';
+          const kind = timedOut ? 'timeout' : kindOf(err);
           outcome.error = kind;
-          outcome.status = 502;
+          outcome.status = timedOut ? 504 : 502;
           s.breaker.onFailure();
           failedConnections.labels({ target: s.target.id }).inc();
           upstreamErrors.labels({ kind }).inc();
-          rawAnswer(socket, 502, 'upstream connection failed');
+          rawAnswer(socket, outcome.status, timedOut ? 'upstream timed out' : 'upstream connection failed');
           end();
         },
       );

@@ -1,9 +1,11 @@
 import * as http from 'node:http';
+import * as net from 'node:net';
 import { WebSocket, WebSocketServer } from 'ws';
 import { loadConfig } from '../../runtime/config';
 import { limitHits } from '../../runtime/metrics';
 import { makeTarget } from '../../runtime/types';
-import { start } from '../../runtime/worker';
+import { Running, start } from '../../runtime/worker';
+import { rawExchange } from '../hardening/support';
 import { close, listen } from '../support/net';
 
 /** Opens a WebSocket; resolves with it once open, or with the HTTP status that refused it. */
@@ -53,4 +55,75 @@ test('at most POOL_SIZE WebSockets are open to one target; past it a 503, counte
     wss.close();
     await close(server);
   }
+});
+
+describe('handshakes a target does not complete', () => {
+  const HANDSHAKE = 'GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n';
+  let target: net.Server;
+  let sockets: net.Socket[] = [];
+  let proxy: Running | undefined;
+
+  /** A raw target that calls `onHandshake` once it has read a handshake's head. */
+  async function proxyTo(onHandshake: (s: net.Socket) => void, env: Record<string, string> = {}): Promise<number> {
+    target = net.createServer((s) => {
+      sockets.push(s);
+      s.on('error', () => undefined);
+      let buf = '';
+      s.on('data', (d) => {
+        buf += d.toString('latin1');
+        if (buf.includes('\r\n\r\n')) {
+          buf = '';
+          onHandshake(s);
+        }
+      });
+    });
+    const t = makeTarget('127.0.0.1', await listen(target));
+    proxy = await start(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: t.id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', ...env }), {
+      provider: { name: 'test', discover: async () => [t] },
+    });
+    return proxy.port;
+  }
+
+  afterEach(async () => {
+    await proxy?.stop();
+    proxy = undefined;
+    for (const s of sockets) s.destroy();
+    sockets = [];
+    await close(target);
+  });
+
+  test('no answer to the handshake within UPSTREAM_TIMEOUT is a 504', async () => {
+    const port = await proxyTo(() => undefined, { UPSTREAM_TIMEOUT: '1' });
+    const r = await rawExchange(port, HANDSHAKE, { deadlineMs: 5000 });
+    expect(r.responses.map((x) => x.status)).toEqual([504]);
+    expect(r.closed).toBe(true);
+    expect(r.ms).toBeLessThan(4000);
+  });
+
+  test('a refusal with a chunked body reaches the client as a well-framed answer, without hop-by-hop headers', async () => {
+    const port = await proxyTo((s) =>
+      s.end('HTTP/1.1 426 Upgrade Required\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-Why: version\r\n\r\n5\r\nhello\r\n0\r\n\r\n'),
+    );
+    const r = await rawExchange(port, HANDSHAKE);
+    expect(r.responses).toHaveLength(1);
+    const [refusal] = r.responses;
+    expect([refusal.status, refusal.headers['x-why'], refusal.headers.connection]).toEqual([426, 'version', 'close']);
+    expect(refusal.headers['transfer-encoding']).toBeUndefined();
+    expect(refusal.headers['keep-alive']).toBeUndefined();
+    // Without a length, the body runs to the close.
+    expect(refusal.headers['content-length']).toBeUndefined();
+    expect([r.data.slice(r.data.indexOf('\r\n\r\n') + 4), r.closed]).toEqual(['hello', true]);
+  });
+
+  test('a tunnel the target resets after switching closes, with no HTTP answer written into it', async () => {
+    const port = await proxyTo((s) => {
+      s.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x02hi', 'latin1');
+      setTimeout(() => s.resetAndDestroy(), 100);
+    });
+    const r = await rawExchange(port, HANDSHAKE);
+    expect(r.closed).toBe(true);
+    expect(r.data.startsWith('HTTP/1.1 101 Switching Protocols\r\n')).toBe(true);
+    expect(r.data.endsWith('\r\n\r\n\x81\x02hi')).toBe(true);
+    expect(r.data.match(/HTTP\/1\.1/g)).toHaveLength(1);
+  });
 });
