@@ -219,12 +219,19 @@ function writeDownstreamHead(res: Response, up: UpstreamResponse): void {
       const lower = name.toLowerCase();
       if (HOP_BY_HOP.has(lower) || listed?.names.has(lower)) continue;
     }
-    if (n === 14) hasLength ||= name.toLowerCase() === 'content-length';
-    else if (n === 4) hasDate ||= name.toLowerCase() === 'date';
+    if (n === 14 && name.toLowerCase() === 'content-length') {
+      // RFC 9110 §8.6: never on a 204 (a target's mistake; the answer has no body whatever it says).
+      if (up.statusCode === 204) continue;
+      hasLength = true;
+    } else if (n === 4) hasDate ||= name.toLowerCase() === 'date';
     lines += `${name}: ${raw[i + 1]}\r\n`;
   }
-  res.writeHead(up.statusCode, up.statusMessage, lines, hasLength, hasDate);
+  // A reason phrase is HTAB, SP and visible characters (RFC 9112 §4); llhttp lets other controls through.
+  const reason = INVALID_REASON.test(up.statusMessage) ? undefined : up.statusMessage;
+  res.writeHead(up.statusCode, reason, lines, hasLength, hasDate);
 }
+
+const INVALID_REASON = /[^\t\x20-\x7e\x80-\xff]/;
 
 /** Writes a short plain-text answer of the proxy's own, if the response has not started. */
 export function answer(res: Response, status: number, message: string, headers?: Record<string, string>): void {

@@ -187,3 +187,20 @@ describe('what goes upstream is valid HTTP/1.1', () => {
     expect(t.heads[0].split('\r\n').filter((l) => /^host:/i.test(l))).toEqual(['Host: app.example.com']);
   });
 });
+
+describe('what a target gets wrong in small ways is mended, not passed on', () => {
+  test('a 204 loses the Content-Length it should not have; its body is never read as one', async () => {
+    const t = await rawTarget((_h, s) => s.write('HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-Kept: yes\r\n\r\n'));
+    const port = await proxyFor([t]);
+    const r = await rawExchange(port, 'GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n');
+    expect(r.responses.map((x) => [x.status, x.headers['content-length'], x.headers['x-kept']])).toEqual([[204, undefined, 'yes']]);
+    expect(r.rest).toBe('');
+  });
+
+  test('a reason phrase with a control character is replaced by the standard one', async () => {
+    const t = await rawTarget((_h, s) => s.write('HTTP/1.1 200 O\x01K\r\nContent-Length: 2\r\n\r\nok', 'latin1'));
+    const port = await proxyFor([t]);
+    const r = await rawExchange(port, 'GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n');
+    expect(r.data.split('\r\n')[0]).toBe('HTTP/1.1 200 OK');
+  });
+});
