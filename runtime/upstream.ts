@@ -342,10 +342,14 @@ class Conn {
   /** Stops reading the target (the client is slower), and starts again. */
   pauseReading(): void {
     pauseReads(this.socket, this.consumed);
+    // Not reading is our doing: UPSTREAM_TIMEOUT is for a silent target, and a client that stops reading
+    // is IDLE_TIMEOUT's to judge (downstream.ts). The clock stops until reading starts again.
+    if (this.timeoutMs > 0) this.socket.setTimeout(0);
   }
 
   resumeReading(): void {
     resumeReads(this.socket, this.consumed);
+    if (this.timeoutMs > 0) this.socket.setTimeout(this.timeoutMs);
   }
 
   /** Hands the socket to `x`. */

@@ -151,7 +151,26 @@ describe('one client never gets what a target sent for another', () => {
   });
 });
 
-describe('a client held back by its target is not blamed for it', () => {
+describe('a client held back by its target is not blamed for it, nor a target held back by its client', () => {
+  test('a client that stops reading for longer than UPSTREAM_TIMEOUT still gets the whole answer: the target is not silent, we stopped reading it', async () => {
+    const size = 16 * 1024 * 1024;
+    const t = await rawTarget((_h, s) => {
+      s.write(`HTTP/1.1 200 OK\r\nContent-Length: ${size}\r\n\r\n`);
+      s.write(Buffer.alloc(size, 'x'));
+    });
+    const port = await proxyFor([t], { UPSTREAM_TIMEOUT: '1', IDLE_TIMEOUT: '10' });
+    const r = await rawExchange(
+      port,
+      (s) => {
+        s.write('GET /big HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n');
+        s.pause();
+        setTimeout(() => s.resume(), 2500);
+      },
+      { deadlineMs: 10_000 },
+    );
+    expect(r.responses.map((x) => [x.status, x.body.length])).toEqual([[200, size]]);
+  });
+
   test('an upload to a target that stopped reading is a 504 when UPSTREAM_TIMEOUT passes, not a 408 at IDLE_TIMEOUT', async () => {
     // The target reads the head, then nothing: the body backs up, and reading the client stops.
     const t = await rawTarget((_h, s) => s.pause());
