@@ -254,20 +254,30 @@ type WithHandshake = { [kHandshake]?: (proxyReq: ClientRequest) => void };
 /**
  * A target's refusal of a WebSocket handshake (a 401, a 426, …), to the client: status and headers as
  * sent minus hop-by-hop ones, the body as the target framed it by length, else delimited by the close;
- * the connection ends after it either way.
+ * the connection ends after it either way. The same checks as for plain answers (writeDownstreamHead,
+ * upstream.ts): false, and nothing written, for a status outside 100-599 or a transfer coding other
+ * than chunked (the caller answers 502).
  */
-function passRefusal(refusal: IncomingMessage, socket: net.Socket): void {
+function passRefusal(refusal: IncomingMessage, socket: net.Socket): boolean {
+  const status = refusal.statusCode ?? 0;
+  const te = refusal.headers['transfer-encoding'];
+  if (status < 100 || status > 599 || (te !== undefined && te.trim().toLowerCase() !== 'chunked')) return false;
   const raw = refusal.rawHeaders;
   const listed = listedIn(refusal.headers.connection);
-  let head = `HTTP/1.1 ${refusal.statusCode} ${refusal.statusMessage || STATUS_CODES[refusal.statusCode ?? 502] || ''}\r\n`;
+  const reason = INVALID_REASON.test(refusal.statusMessage ?? '') ? '' : refusal.statusMessage;
+  let head = `HTTP/1.1 ${status} ${reason || STATUS_CODES[status] || ''}\r\n`;
   for (let i = 0; i < raw.length; i += 2) {
     const lower = raw[i].toLowerCase();
-    if (HOP_BY_HOP.has(lower) || listed?.names.has(lower)) continue;
+    if (HOP_BY_HOP.has(lower) || listed?.names.has(lower) || (status === 204 && lower === 'content-length')) continue;
     head += `${raw[i]}: ${raw[i + 1]}\r\n`;
   }
-  if (socket.destroyed) return void refusal.resume();
+  if (socket.destroyed) {
+    refusal.resume();
+    return true;
+  }
   socket.write(`${head}Connection: close\r\n\r\n`, 'latin1');
   refusal.pipe(socket);
+  return true;
 }
 
 export class Forwarder {
@@ -337,7 +347,7 @@ export class Forwarder {
     const handshake = { method: req.method, url: req.url, headers, socket } as unknown as IncomingMessage;
     return new Promise((resolve) => {
       let done = false;
-      /** The target switched protocols: the socket carries the tunnel, no HTTP answer may go into it. */
+      /** The target switched protocols, or its refusal is under way: no answer of ours may go into the socket. */
       let switched = false;
       const end = (): void => {
         if (done) return;
@@ -357,8 +367,18 @@ export class Forwarder {
         process.nextTick(() => {
           proxyReq.removeAllListeners('response');
           proxyReq.on('response', (refusal: IncomingMessage) => {
-            outcome.status = refusal.statusCode ?? 502;
-            passRefusal(refusal, socket);
+            if (passRefusal(refusal, socket)) {
+              outcome.status = refusal.statusCode!;
+              switched = true;
+              return;
+            }
+            refusal.destroy();
+            outcome.error = 'bad_response';
+            outcome.status = 502;
+            s.breaker.onFailure();
+            failedConnections.labels({ target: s.target.id }).inc();
+            upstreamErrors.labels({ kind: 'bad_response' }).inc();
+            rawAnswer(socket, 502, 'upstream connection failed');
           });
         });
       };
@@ -380,8 +400,8 @@ export class Forwarder {
         head,
         { target: { host: s.target.host, port: s.target.port }, proxyTimeout: this.opts.upstreamTimeoutMs },
         (err: NodeJS.ErrnoException) => {
-          if (switched) {
-            // The tunnel broke after the switch (the target reset it): it closes, as a tunnel does.
+          if (switched || outcome.error) {
+            // The tunnel (or the refusal being passed on) broke: it closes, nothing is written into it.
             socket.destroy();
             end();
             return;

@@ -115,6 +115,20 @@ describe('handshakes a target does not complete', () => {
     expect([r.data.slice(r.data.indexOf('\r\n\r\n') + 4), r.closed]).toEqual(['hello', true]);
   });
 
+  test('a refusal with an invalid status is a 502', async () => {
+    const port = await proxyTo((s) => s.end('HTTP/1.1 099 Low\r\nContent-Length: 2\r\n\r\nno'));
+    const r = await rawExchange(port, HANDSHAKE);
+    expect(r.responses.map((x) => x.status)).toEqual([502]);
+  });
+
+  test('a refusal whose target falls silent mid-body is cut, with no answer of ours spliced into it', async () => {
+    const port = await proxyTo((s) => s.write('HTTP/1.1 403 Forbidden\r\nContent-Length: 10\r\n\r\nno'), { UPSTREAM_TIMEOUT: '1' });
+    const r = await rawExchange(port, HANDSHAKE, { deadlineMs: 5000 });
+    expect(r.closed).toBe(true);
+    expect(r.data.match(/HTTP\/1\.1/g)).toHaveLength(1);
+    expect(r.data.endsWith('\r\n\r\nno')).toBe(true);
+  });
+
   test('a tunnel the target resets after switching closes, with no HTTP answer written into it', async () => {
     const port = await proxyTo((s) => {
       s.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x02hi', 'latin1');
