@@ -356,6 +356,15 @@ export class Forwarder {
         this.registry.done(s);
         resolve(outcome);
       };
+      /** The handshake failed before anything of the target's reached the client: our own answer. */
+      const fail = (kind: FailureKind, status: number, message: string): void => {
+        outcome.error = kind;
+        outcome.status = status;
+        s.breaker.onFailure();
+        failedConnections.labels({ target: s.target.id }).inc();
+        upstreamErrors.labels({ kind }).inc();
+        rawAnswer(socket, status, message);
+      };
       (socket as WithHandshake)[kHandshake] = (proxyReq) => {
         // An answer to the handshake within UPSTREAM_TIMEOUT, or a 504: http-proxy's proxyTimeout does not
         // reach its WebSocket pass. The tunnel itself has no such clock (http-proxy sets it to 0 on switching).
@@ -373,12 +382,7 @@ export class Forwarder {
               return;
             }
             refusal.destroy();
-            outcome.error = 'bad_response';
-            outcome.status = 502;
-            s.breaker.onFailure();
-            failedConnections.labels({ target: s.target.id }).inc();
-            upstreamErrors.labels({ kind: 'bad_response' }).inc();
-            rawAnswer(socket, 502, 'upstream connection failed');
+            fail('bad_response', 502, 'upstream connection failed');
           });
         });
       };
@@ -406,14 +410,8 @@ export class Forwarder {
             end();
             return;
           }
-          const timedOut = err.code === 'HANDSHAKE_TIMEOUT';
-          const kind = timedOut ? 'timeout' : kindOf(err);
-          outcome.error = kind;
-          outcome.status = timedOut ? 504 : 502;
-          s.breaker.onFailure();
-          failedConnections.labels({ target: s.target.id }).inc();
-          upstreamErrors.labels({ kind }).inc();
-          rawAnswer(socket, outcome.status, timedOut ? 'upstream timed out' : 'upstream connection failed');
+          if (err.code === 'HANDSHAKE_TIMEOUT') fail('timeout', 504, 'upstream timed out');
+          else fail(kindOf(err), 502, 'upstream connection failed');
           end();
         },
       );
