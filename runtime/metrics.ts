@@ -43,7 +43,7 @@ export const nodeHealthStatus = new Gauge({
 // ---- requests ----
 export const requestsTotal = new Counter({
   name: 'karma_requests_total',
-  help: 'Requests answered, by route and status class (2xx, 3xx, 4xx, 5xx).',
+  help: 'Requests answered, by route and status class (2xx, 3xx, 4xx, 5xx); route "none" for requests no known route took (a bad Host, no target, discovery not done). The series of a route goes when the route is forgotten.',
   labelNames: ['route', 'code'] as const,
   collect() {
     for (const row of requestTallies.values()) fold(this, row);
@@ -179,6 +179,17 @@ export function countRequest(route: string, status: number, seconds: number): vo
       break;
     }
   }
+}
+
+/**
+ * A route the route table forgot: its karma_requests_total series go too, so that series stay bounded
+ * by MAX_ROUTES however many routes come and go (clients choose Hosts).
+ */
+export function forgetRoute(route: string): void {
+  const row = requestTallies.get(route);
+  if (row === undefined) return;
+  requestTallies.delete(route);
+  for (const t of row) if (t) requestsTotal.remove(t.labels);
 }
 
 /** A target that answered (or, in tcp mode, accepted): load_balancer_successful_connections_total. */

@@ -9,7 +9,7 @@
  */
 import { Pool, TargetRegistry } from './balancer';
 import { errorFields, log } from './log';
-import { discoveryDuration, discoveryErrors, limitHits, routesKnown } from './metrics';
+import { discoveryDuration, discoveryErrors, forgetRoute, limitHits, routesKnown } from './metrics';
 import { Provider, RouteKey, routeId } from './types';
 
 export interface RouteTableOptions {
@@ -238,6 +238,12 @@ export class RouteTable {
   private forget(e: Entry): void {
     this.entries.delete(e.id);
     e.pool?.clear();
+    forgetRoute(e.id);
+  }
+
+  /** The route is in the table with targets found (now or before): its requests are counted under its id. */
+  known(id: string): boolean {
+    return this.entries.get(id)?.pool !== undefined;
   }
 
   private gauge(): void {

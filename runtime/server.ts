@@ -94,7 +94,10 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
 
   const record = (req: Request, routeLabel: string, o: Outcome): void => {
     const seconds = (performance.now() - req.startedAt) / 1000;
-    countRequest(routeLabel, o.status, seconds);
+    // A series per route only for routes the table holds with targets: Hosts are the client's to invent,
+    // and each invented one would otherwise be a series for good (MAX_ROUTES and NEW_ROUTE_RATE bound
+    // the table, not the metrics). The access log keeps the route either way.
+    countRequest(routeLabel === 'none' || routes.known(routeLabel) ? routeLabel : 'none', o.status, seconds);
     if (config.logConnections) {
       log('info', 'access', {
         method: req.method,

@@ -6,6 +6,7 @@ import * as http from 'node:http';
 import * as net from 'node:net';
 import { loadConfig } from '../../runtime/config';
 import { Running, start } from '../../runtime/worker';
+import { requestsTotal } from '../../runtime/metrics';
 import { makeTarget, Provider, RouteKey, Target } from '../../runtime/types';
 import { Backend, startBackend } from '../support/backend';
 import { freePort, request } from '../support/net';
@@ -180,6 +181,28 @@ describe('errors map to statuses', () => {
       expect(provider.calls).toEqual([{ service: 'api', port: 8080, cluster: 'prod' }]);
     } finally {
       await p.stop();
+    }
+  });
+
+  test('invented Hosts add no metric series: only routes with targets get their own, and a forgotten route’s series go', async () => {
+    const backend = await startBackend('api');
+    const api = makeTarget('127.0.0.1', backend.port);
+    const provider: Provider = { name: 'test', discover: async (route) => (route.service === 'api' ? [api] : []) };
+    const p = await proxy({ DOMAIN: 'example.com', NEW_ROUTE_RATE: '1000', ROUTE_IDLE_TTL: '0.3', NODE_CHECK_PERIOD: '0.1' }, provider);
+    // Earlier tests' routes may still be counted: only this test's are looked at.
+    const ours = /^(made-up|api-)/;
+    const routesCounted = async (): Promise<string[]> =>
+      [...new Set((await requestsTotal.get()).values.map((v) => String(v.labels.route)))].filter((r) => ours.test(r) || r === 'none').sort();
+    try {
+      for (let i = 0; i < 200; i++) expect((await request(p.port, { headers: { Host: `made-up${i}-80-prod.example.com` } })).status).toBe(503);
+      expect((await request(p.port, { headers: { Host: 'api-80-prod.example.com' } })).status).toBe(200);
+      expect(await routesCounted()).toEqual(['api-80-prod', 'none']);
+      // Idle past ROUTE_IDLE_TTL: the route is forgotten at the next refresh, and its series with it.
+      await new Promise((r) => setTimeout(r, 800));
+      expect(await routesCounted()).toEqual(['none']);
+    } finally {
+      await p.stop();
+      await backend.close();
     }
   });
 
