@@ -6,6 +6,7 @@
  * and unit (seconds, and minutes for CIRCUIT_BREAKER_TIMEOUT); Karma's REDIS_URL keeps its forms.
  */
 import * as os from 'node:os';
+import { isIP } from 'node:net';
 import { makeTarget, Target } from './types';
 
 export type NodeFilter = 'ecs' | 'asg' | 'tag' | 'static';
@@ -101,6 +102,8 @@ const duration = (unit: 'seconds' | 'minutes', opts: { zero?: boolean } = {}) =>
   const n = Number(t);
   if (!(n > 0 || (opts.zero && n === 0))) throw new Invalid(`a number of ${unit}${opts.zero ? '' : ' above 0'}`);
   const ms = Math.round(n * (unit === 'minutes' ? 60_000 : 1000));
+  // Timers count whole milliseconds: a positive value that rounds to 0 would mean "never" to some of them.
+  if (ms === 0 && n > 0) throw new Invalid(`${opts.zero ? '0 or ' : ''}at least ${unit === 'minutes' ? '0.00002' : '0.001'} ${unit}`);
   if (ms > 2_147_483_647) throw new Invalid(`at most ${unit === 'minutes' ? 35_000 : 2_147_483} ${unit}`);
   return ms;
 };
@@ -121,6 +124,19 @@ const oneOf = <T extends string>(...values: T[]) => (raw: string): T => {
 const text = (raw: string): string => {
   if (raw.trim() === '') throw new Invalid('a non-empty string');
   return raw.trim();
+};
+
+/** An address to listen on: an IPv4 or IPv6 literal, or a host name (resolved when listening). */
+const listenAddress = (raw: string): string => {
+  const t = raw.trim();
+  if (isIP(t) !== 0) return t;
+  // A name is letters, digits and hyphens in dot-separated labels; all-numeric labels are a mistyped IPv4.
+  const label = /^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$/;
+  const labels = t.split('.');
+  if (t.length > 253 || !labels.every((l) => label.test(l)) || labels.every((l) => /^\d+$/.test(l))) {
+    throw new Invalid('an IP address (0.0.0.0, ::, 127.0.0.1) or a host name');
+  }
+  return t;
 };
 
 const optionalText = (raw: string): string | undefined => (raw.trim() === '' ? undefined : raw.trim());
@@ -190,7 +206,7 @@ const cpus = String(typeof os.availableParallelism === 'function' ? os.available
  */
 export const SETTINGS = {
   port: { env: 'PORT', doc: 'Port the proxy listens on.', default: '6969', parse: integer(0, 65535) },
-  host: { env: 'HOST', doc: 'Address the proxy listens on.', default: '0.0.0.0', parse: text },
+  host: { env: 'HOST', doc: 'Address the proxy listens on.', default: '0.0.0.0', parse: listenAddress },
   domain: {
     env: 'DOMAIN',
     doc: 'Domain under which `<service>-<port>-<cluster>.<DOMAIN>` is routed. Required in ecs mode.',
@@ -335,7 +351,7 @@ export const SETTINGS = {
     default: '6970',
     parse: integer(0, 65535),
   },
-  metricsHost: { env: 'METRICS_HOST', doc: 'Address of the metrics endpoint.', default: '0.0.0.0', parse: text },
+  metricsHost: { env: 'METRICS_HOST', doc: 'Address of the metrics endpoint.', default: '0.0.0.0', parse: listenAddress },
   workers: {
     env: 'WORKERS',
     doc: 'Worker processes sharing the port. Default: the number of CPUs.',

@@ -150,6 +150,20 @@ describe('configuration', () => {
     expect(e.message).toMatch(/^invalid configuration: PORT must be/);
   });
 
+  test('listen addresses are IP literals or host names; durations too small for a millisecond timer are refused', () => {
+    const pool = { NODE_FILTER: 'asg' };
+    expect(errorOf({ ...pool, HOST: 'not a host', METRICS_HOST: '999.1.1.1' }).problems).toEqual([
+      "HOST must be an IP address (0.0.0.0, ::, 127.0.0.1) or a host name (got 'not a host')",
+      "METRICS_HOST must be an IP address (0.0.0.0, ::, 127.0.0.1) or a host name (got '999.1.1.1')",
+    ]);
+    for (const host of ['0.0.0.0', '::', '::1', '127.0.0.1', 'localhost', 'ip-10-0-0-1.ec2.internal']) expect(loadConfig({ ...pool, HOST: host }).host).toBe(host);
+    expect(errorOf({ ...pool, UPSTREAM_TIMEOUT: '0.0001', REQUEST_TIMEOUT: '0.0004' }).problems).toEqual([
+      "UPSTREAM_TIMEOUT must be at least 0.001 seconds (got '0.0001')",
+      "REQUEST_TIMEOUT must be 0 or at least 0.001 seconds (got '0.0004')",
+    ]);
+    expect(loadConfig({ ...pool, UPSTREAM_TIMEOUT: '0.001' }).upstreamTimeoutMs).toBe(1);
+  });
+
   test('mode-specific requirements', () => {
     expect(errorOf({ NODE_FILTER: 'static' }).problems).toEqual(['STATIC_TARGETS is required when NODE_FILTER=static (ip:port,ip:port)']);
     expect(errorOf({ NODE_FILTER: 'nope' }).problems[0]).toBe("NODE_FILTER must be one of ecs, asg, tag, static (got 'nope')");
