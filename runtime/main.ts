@@ -15,6 +15,9 @@ import { register } from './metrics';
 import { workerEnv, workerV8Flags } from './memory';
 
 const EXIT_BAD_CONFIG = 2;
+/** The metrics endpoint: connections at once, and seconds a connection may be silent or a request take. */
+const METRICS_MAX_CONNECTIONS = 64;
+const METRICS_TIMEOUT_MS = 10_000;
 
 function configOrExit(): Config {
   try {
@@ -103,6 +106,13 @@ async function runPrimary(config: Config): Promise<void> {
       res.end('not found\n');
     }
   });
+  // Scrapers and health checkers: a few connections, quick requests. Bounds so that silent or slow ones
+  // cannot pile up in the primary (which also runs health checks and discovery) until it runs out of
+  // file descriptors; node:http's defaults leave a silent connection open for good.
+  metricsServer.maxConnections = METRICS_MAX_CONNECTIONS;
+  metricsServer.headersTimeout = METRICS_TIMEOUT_MS;
+  metricsServer.requestTimeout = METRICS_TIMEOUT_MS;
+  metricsServer.setTimeout(METRICS_TIMEOUT_MS, (socket) => socket.destroy());
   metricsServer.on('error', (err) => {
     // The proxy itself keeps serving without its metrics endpoint.
     log('error', 'metrics endpoint cannot listen', { port: config.metricsPort, ...errorFields(err) });

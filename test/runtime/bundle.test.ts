@@ -5,6 +5,7 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as net from 'node:net';
 import { WebSocket, WebSocketServer } from 'ws';
 import { Backend, startBackend } from '../support/backend';
 import { BUNDLE, Proxy, rssBytes, runBundle, startBundle } from '../support/bundle';
@@ -180,6 +181,29 @@ describe('the bundle, on a static pool', () => {
     const h = await request(p.metricsPort, { path: '/healthz' });
     expect(h.status).toBe(200);
   });
+
+  test('the metrics endpoint holds at most 64 connections and closes silent ones after 10 s', async () => {
+    const opened: net.Socket[] = [];
+    const closedAt: number[] = [];
+    const t0 = Date.now();
+    try {
+      for (let i = 0; i < 70; i++) {
+        const s = net.connect({ host: '127.0.0.1', port: p.metricsPort });
+        s.on('error', () => undefined);
+        s.on('close', () => closedAt.push(Date.now() - t0));
+        opened.push(s);
+      }
+      // Past the limit connections are dropped at once; the rest are silent until the timeout.
+      await new Promise((r) => setTimeout(r, 1000));
+      expect(closedAt.length).toBeGreaterThanOrEqual(6);
+      expect(closedAt.length).toBeLessThan(70);
+      await new Promise((r) => setTimeout(r, 11_000));
+      expect(closedAt.length).toBe(70);
+      expect((await request(p.metricsPort, { path: '/healthz' })).status).toBe(200);
+    } finally {
+      for (const s of opened) s.destroy();
+    }
+  }, 20_000);
 });
 
 describe('the bundle answers failures with the right status', () => {
