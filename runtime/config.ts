@@ -317,7 +317,7 @@ export const SETTINGS = {
   },
   poolSize: {
     env: 'POOL_SIZE',
-    doc: 'Maximum sockets per target (keep-alive pool), and WebSocket tunnels per target.',
+    doc: 'Maximum sockets per target in each worker (keep-alive pool), and WebSocket tunnels (tcp mode: connections) per target in each worker.',
     default: '100',
     parse: integer(1, 100_000),
   },
