@@ -137,7 +137,8 @@ function heredoc(target: string, mode: string, body: string, delimiter: string):
  * The first-boot script: install Node.js 22 and the CloudFormation helpers, fetch the bundle, write
  * the settings and the unit, start the service, wait until it answers /healthz, claim a free Elastic
  * IP of this fleet, then signal CloudFormation. Any failure signals failure, so a broken bundle
- * stops a rolling update and CloudFormation rolls it back.
+ * stops a rolling update and CloudFormation rolls it back, and powers the instance off, so that a
+ * replacement that fails outside a deploy is replaced in turn rather than left in service.
  */
 export function renderBootstrap(o: BootstrapOptions): string {
   return `#!/bin/bash
@@ -171,6 +172,12 @@ on_exit() {
   if [ "$rc" != 0 ]; then
     log "failed with status $rc"
     signal 1
+    # Outside a deploy (a replacement, a rebalance) nobody reads that signal, and the group checks EC2
+    # health only: a half-booted instance would stay in service for good, holding its address slot.
+    # Powering off terminates it (instanceInitiatedShutdownBehavior), and the group starts another;
+    # the minute's delay leaves time to read this log from the console.
+    log "powering off in a minute; the group will replace this instance"
+    shutdown -h +1 || true
   fi
 }
 trap on_exit EXIT

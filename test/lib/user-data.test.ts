@@ -92,6 +92,30 @@ test('a here-document body that would end it early is refused', () => {
   })).toThrow('contains the line KARMA_PROXY_ENV');
 });
 
+test('a boot that fails signals failure and powers the instance off, so that the group replaces it', () => {
+  // Stand-ins on PATH for what the instance has: dnf fails for good; the rest record how they were called.
+  const bin = fs.mkdtempSync(path.join(tmp, 'bin-'));
+  const calls = path.join(bin, 'calls');
+  const stub = (name: string, rc: number): void =>
+    fs.writeFileSync(path.join(bin, name), `#!/bin/bash\necho "${name} $*" >> ${calls}\nexit ${rc}\n`, { mode: 0o755 });
+  stub('dnf', 1);
+  stub('sleep', 0);
+  stub('cfn-signal', 0);
+  stub('shutdown', 0);
+  const script = renderBootstrap({
+    stackName: 'Stack', signalResource: 'ProxyGroup', region: 'eu-west-1', bundleUrl: 's3://b/k', addressTagKey: 'k', addressTagValue: 'v',
+    healthUrl: 'http://127.0.0.1:1/healthz', healthWaitSeconds: 1, addressWaitSeconds: 1,
+    envFile: 'A=1\n', unit: renderUnit({ timeoutStopSec: 45, limitNoFile: 65536 }),
+  });
+  const file = path.join(tmp, 'failing-boot.sh');
+  fs.writeFileSync(file, script);
+  const r = spawnSync('bash', [file], { encoding: 'utf8', env: { PATH: `${bin}:/usr/bin:/bin` }, timeout: 10_000 });
+  expect(r.status).toBe(1);
+  const lines = fs.readFileSync(calls, 'utf8').trim().split('\n');
+  expect(lines.filter((l) => l.startsWith('dnf'))).toHaveLength(5);
+  expect(lines.slice(-2)).toEqual(['cfn-signal -e 1 --stack Stack --resource ProxyGroup --region eu-west-1', 'shutdown -h +1']);
+});
+
 describe('systemd-analyze verify', () => {
   const tool = ['/usr/bin/systemd-analyze', '/bin/systemd-analyze'].find((p) => fs.existsSync(p));
   const unit = heredocBody(userDataText(Template.fromStack(configs.default)), 'KARMA_PROXY_UNIT');
