@@ -334,13 +334,16 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     this.role = props.role ?? new iam.Role(this, 'Role', {
       assumedBy: new iam.ServicePrincipal('ec2.amazonaws.com'),
       description: 'Karma Proxy instances: discovery reads, its bundle, its cache secret, its addresses, Session Manager',
-      managedPolicies: [iam.ManagedPolicy.fromAwsManagedPolicyName('AmazonSSMManagedInstanceCore')],
     });
     if (ownRole) {
-      Validations.of(this.role).acknowledge({
-        id: 'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore]',
-        reason: 'Session Manager is the only way in (no SSH key, no open port); AWS maintains this policy for it.',
-      });
+      // Session Manager is the only way in (no SSH key, no open port). What its agent needs and no more:
+      // AmazonSSMManagedInstanceCore would also let an internet-facing instance read every Parameter
+      // Store value of the account (ssm:GetParameter* on *).
+      this.role.addToPrincipalPolicy(new iam.PolicyStatement({
+        sid: 'SessionManagerAgent',
+        actions: ['ssm:UpdateInstanceInformation', 'ssmmessages:CreateControlChannel', 'ssmmessages:CreateDataChannel', 'ssmmessages:OpenControlChannel', 'ssmmessages:OpenDataChannel'],
+        resources: ['*'],
+      }));
     }
     this.addDiscoveryPermissions(discovery, props.clusters);
 
@@ -446,7 +449,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     });
     Validations.of(this.role).acknowledge({
       id: 'AwsSolutions-IAM5[Resource::*]',
-      reason: 'Describe and List calls (ec2:DescribeAddresses, ec2:DescribeInstances, ec2:DescribeNetworkInterfaces, autoscaling:DescribeAutoScalingGroups, ecs:ListTasks) support no resource-level permissions; ECS calls are conditioned on the allowed clusters when clusters are given.',
+      reason: 'Describe and List calls (ec2:DescribeAddresses, ec2:DescribeInstances, ec2:DescribeNetworkInterfaces, autoscaling:DescribeAutoScalingGroups, ecs:ListTasks) and the Session Manager agent\'s ssmmessages channels support no resource-level permissions; ECS calls are conditioned on the allowed clusters when clusters are given.',
     });
 
     // ---- runtime settings ----

@@ -16,6 +16,7 @@ function statements(template: Template): Statement[] {
   return Object.values(template.findResources('AWS::IAM::Policy'))
     .flatMap((p) => (p as { Properties: { PolicyDocument: { Statement: Statement[] } } }).Properties.PolicyDocument.Statement);
 }
+const SESSION_MANAGER = ['ssm:UpdateInstanceInformation', 'ssmmessages:CreateControlChannel', 'ssmmessages:CreateDataChannel', 'ssmmessages:OpenControlChannel', 'ssmmessages:OpenDataChannel'];
 const actionsOf = (s: Statement): string[] => (Array.isArray(s.Action) ? s.Action : [s.Action]);
 function allActions(template: Template): string[] {
   return statements(template).flatMap(actionsOf);
@@ -139,8 +140,16 @@ describe('default stack', () => {
     test('an EC2 role with Session Manager, and no SSH key anywhere', () => {
       template.hasResourceProperties('AWS::IAM::Role', {
         AssumeRolePolicyDocument: { Statement: [Match.objectLike({ Principal: { Service: 'ec2.amazonaws.com' } })] },
-        ManagedPolicyArns: [{ 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':iam::aws:policy/AmazonSSMManagedInstanceCore']] }],
+        ManagedPolicyArns: Match.absent(),
       });
+      // The agent's calls only: not AmazonSSMManagedInstanceCore, whose ssm:GetParameter* on * reads every parameter.
+      template.hasResourceProperties('AWS::IAM::Policy', {
+        PolicyDocument: { Statement: Match.arrayWith([Match.objectLike({
+          Sid: 'SessionManagerAgent',
+          Action: ['ssm:UpdateInstanceInformation', 'ssmmessages:CreateControlChannel', 'ssmmessages:CreateDataChannel', 'ssmmessages:OpenControlChannel', 'ssmmessages:OpenDataChannel'],
+        })]) },
+      });
+      expect(allActions(template).filter((a) => a.startsWith('ssm:') && a !== 'ssm:UpdateInstanceInformation')).toEqual([]);
       template.hasResourceProperties('AWS::EC2::LaunchTemplate', {
         LaunchTemplateData: Match.objectLike({ KeyName: Match.absent() }),
       });
@@ -157,6 +166,7 @@ describe('default stack', () => {
         's3:GetObject*', 's3:GetBucket*', 's3:List*',
         'ec2:DescribeAddresses', 'ec2:AssociateAddress',
         'cloudformation:SignalResource',
+        ...SESSION_MANAGER,
       ]));
     });
 
