@@ -186,7 +186,10 @@ export function propsFromContext(
   const metricsCidr = str('metricsCidr');
   const peer = (cidr: string): ec2.IPeer | undefined => {
     try {
-      return cidr.includes(':') ? ec2.Peer.ipv6(cidr) : ec2.Peer.ipv4(cidr);
+      const v6 = cidr.includes(':');
+      // Peer checks the shape only: a prefix past the address's length would fail at deploy, not here.
+      if (Number(cidr.split('/')[1]) > (v6 ? 128 : 32)) throw new Error('prefix too long');
+      return v6 ? ec2.Peer.ipv6(cidr) : ec2.Peer.ipv4(cidr);
     } catch {
       problems.push(`metricsCidr '${cidr}' is not a CIDR such as 10.0.0.0/16`);
       return undefined;

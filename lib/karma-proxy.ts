@@ -71,7 +71,8 @@ export interface KarmaProxyProps {
   /** CIDRs (IPv4 or IPv6) allowed to reach ports 80 and 443. An empty list opens nothing: use `connections`.
    * @default ['0.0.0.0/0'] */
   readonly allowedCidrs?: string[];
-  /** Who may scrape `/metrics` and read `/healthz` on `metricsPort`.
+  /** Who may scrape `/metrics` and read `/healthz` on `metricsPort`: your monitoring's CIDR or security
+   * group. The whole internet (0.0.0.0/0, ::/0) is refused: /metrics names every route and target.
    * @default nobody from outside the instance */
   readonly metricsPeer?: ec2.IPeer;
   /** Port of `/metrics` and `/healthz` (METRICS_PORT).
@@ -638,6 +639,12 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
   }): void {
     const problems: string[] = [];
     const known = (x: unknown): boolean => !unresolved(x);
+
+    // /metrics names every route and target, and /healthz is the boot's readiness check: never public.
+    const metricsPeer = props.metricsPeer?.uniqueId;
+    if (metricsPeer === '0.0.0.0/0' || metricsPeer === '::/0') {
+      problems.push(`metricsPeer ${metricsPeer} would open the metrics port to the internet: give your monitoring's own CIDR or security group`);
+    }
 
     // Capacities size the address pool and the cost estimate, so they must be plain numbers at synth.
     if (!known(v.maxCapacity)) problems.push('maxCapacity must be a number at synth time (it is the number of Elastic IPs)');

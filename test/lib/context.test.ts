@@ -87,3 +87,9 @@ test('every bad value in one error, naming where it came from', () => {
     "  - metricsCidr 'nope' is not a CIDR such as 10.0.0.0/16",
   ].join('\n'));
 });
+
+test('a metricsCidr whose prefix is longer than its address is refused at synth, not at deploy', () => {
+  expect(() => propsFromContext(ctx({ domain: 'a.acme.io', metricsCidr: '10.0.0.0/33' }), {})).toThrow("metricsCidr '10.0.0.0/33' is not a CIDR such as 10.0.0.0/16");
+  expect(() => propsFromContext(ctx({ domain: 'a.acme.io', metricsCidr: 'fd00::/129' }), {})).toThrow("metricsCidr 'fd00::/129' is not a CIDR");
+  expect(propsFromContext(ctx({ domain: 'a.acme.io', metricsCidr: 'fd00::/8' }), {}).props.metricsPeer).toBeDefined();
+});
