@@ -140,13 +140,18 @@ export async function send<I extends object, O>(
   }
 }
 
+/** Pages one paginated discovery call may take: 100 ListTasks pages are 10,000 tasks of one service. */
+export const MAX_PAGES = 100;
+
 /**
  * Iterates an SDK paginator, counting each page's call like `send` does. The paginator reuses one
  * input object for every page, which is why the mark is cleared after each page.
  */
 export async function* pages<P>(api: string, input: object, paginator: AsyncIterable<P>): AsyncGenerator<P> {
   const it = paginator[Symbol.asyncIterator]();
-  for (;;) {
+  for (let n = 1; ; n++) {
+    // An answer whose next token never ends (a broken or hostile endpoint) must not page for ever.
+    if (n > MAX_PAGES) throw new Error(`${api}: more than ${MAX_PAGES} pages`);
     let step: IteratorResult<P>;
     try {
       step = await it.next();
@@ -172,6 +177,9 @@ function baseConfig(opts: AwsClientOptions) {
       connectionTimeout: opts.connectionTimeoutMs ?? 3000,
       requestTimeout: opts.requestTimeoutMs ?? 10_000,
       throwOnRequestTimeout: true,
+      // requestTimeout ends with the response's headers: a body that stalls after them is bounded by
+      // the socket's silence instead.
+      socketTimeout: opts.requestTimeoutMs ?? 10_000,
     },
   };
 }

@@ -44,6 +44,9 @@ interface Cached {
   readonly targets: readonly Target[];
 }
 
+/** The longest one discovery (every page and call of it) may take before it fails and can be tried again. */
+export const DISCOVERY_DEADLINE_MS = 30_000;
+
 export class Coordinator {
   private readonly workers = new Map<number, Worker>();
   private readonly inUse = new Map<number, readonly Target[]>();
@@ -63,6 +66,7 @@ export class Coordinator {
     config: Config,
     private readonly provider: Provider,
     private readonly now: () => number = Date.now,
+    private readonly deadlineMs: number = DISCOVERY_DEADLINE_MS,
   ) {
     this.freshMs = config.nodeCheckPeriodMs * 0.9;
     this.emptyFreshMs = Math.min(this.freshMs, config.negativeCacheTtlMs * 0.9);
@@ -119,7 +123,13 @@ export class Coordinator {
     if (hit && this.now() - hit.at < (hit.targets.length ? this.freshMs : this.emptyFreshMs)) return Promise.resolve([...hit.targets]);
     let p = this.inflight.get(id);
     if (!p) {
-      p = this.provider.discover(route).then(
+      // A deadline for the whole discovery: an AWS answer that stalls mid-body, or pages without end,
+      // must not leave the route's one discovery pending for good (every later ask joins it).
+      const deadline = AbortSignal.timeout(this.deadlineMs);
+      // Raced as well as passed on: whatever part of a provider does not heed the signal cannot hold it.
+      const aborted = new Promise<never>((_, reject) => deadline.addEventListener('abort', () => reject(new Error(`discovery took over ${this.deadlineMs / 1000} s`)), { once: true }));
+      aborted.catch(() => undefined);
+      p = Promise.race([this.provider.discover(route, deadline), aborted]).then(
         (targets) => {
           this.inflight.delete(id);
           this.fresh.set(id, { at: this.now(), targets });

@@ -83,7 +83,7 @@ export async function describeInstancesPaged(
   signal?: AbortSignal,
 ): Promise<Reservation[]> {
   const reservations: Reservation[] = [];
-  const paginator = paginateDescribeInstances({ client: ec2, pageSize: 1000 }, input, ...(signal ? [{ abortSignal: signal }] : []));
+  const paginator = paginateDescribeInstances({ client: ec2, pageSize: 1000, stopOnSameToken: true }, input, ...(signal ? [{ abortSignal: signal }] : []));
   for await (const page of pages('DescribeInstances', input, paginator)) reservations.push(...(page.Reservations ?? []));
   return reservations;
 }

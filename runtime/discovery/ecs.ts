@@ -284,7 +284,7 @@ export class EcsProvider implements Provider {
     };
     const arns: string[] = [];
     try {
-      const paginator = paginateListTasks({ client: this.ecs, pageSize: 100 }, input, ...(signal ? [{ abortSignal: signal }] : []));
+      const paginator = paginateListTasks({ client: this.ecs, pageSize: 100, stopOnSameToken: true }, input, ...(signal ? [{ abortSignal: signal }] : []));
       for await (const page of pages(apiOf(ListTasksCommand), input, paginator)) arns.push(...(page.taskArns ?? []));
     } catch (err) {
       if (isNotFound(err)) return undefined;
@@ -318,7 +318,7 @@ export class EcsProvider implements Provider {
       const enis: NetworkInterface[] = [];
       for (const values of chunk(ids, 200)) {
         const input: DescribeNetworkInterfacesCommandInput = { Filters: [{ Name: 'network-interface-id', Values: values }], MaxResults: 1000 };
-        const paginator = paginateDescribeNetworkInterfaces({ client: this.ec2, pageSize: 1000 }, input, ...(signal ? [{ abortSignal: signal }] : []));
+        const paginator = paginateDescribeNetworkInterfaces({ client: this.ec2, pageSize: 1000, stopOnSameToken: true }, input, ...(signal ? [{ abortSignal: signal }] : []));
         for await (const page of pages('DescribeNetworkInterfaces', input, paginator)) enis.push(...(page.NetworkInterfaces ?? []));
       }
       return enis;

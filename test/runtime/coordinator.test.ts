@@ -26,6 +26,29 @@ describe('the primary shares discovery among workers', () => {
     await c.close();
   });
 
+  test('a discovery that never settles fails at the deadline, and the next ask starts a new one', async () => {
+    let hang = true;
+    const signals: AbortSignal[] = [];
+    const provider: Provider & { calls: number } = {
+      name: 'test',
+      calls: 0,
+      discover: (_route, signal) => {
+        provider.calls++;
+        signals.push(signal!);
+        // Heeds nothing: an answer that stalls after its headers, as an SDK call once did.
+        return hang ? new Promise<Target[]>(() => undefined) : Promise.resolve([makeTarget('10.0.0.1', 80)]);
+      },
+    };
+    const c = new Coordinator(config, provider, () => clock, 200);
+    await expect(Promise.all([c.discover(route), c.discover(route)])).rejects.toThrow('discovery took over 0.2 s');
+    expect(provider.calls).toBe(1);
+    expect(signals[0].aborted).toBe(true);
+    hang = false;
+    expect(await c.discover(route)).toEqual([makeTarget('10.0.0.1', 80)]);
+    expect(provider.calls).toBe(2);
+    await c.close();
+  });
+
   test('an empty answer is shared no longer than NEGATIVE_CACHE_TTL', async () => {
     let targets: Target[] = [];
     const provider = counting(() => targets);

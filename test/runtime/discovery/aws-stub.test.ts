@@ -3,7 +3,10 @@
  * AWS_ENDPOINT_URL_* wiring and that the providers read the real wire formats (ECS JSON, EC2 and
  * Auto Scaling XML), paging and errors included.
  */
-import { fetchSecretString, createSecretsManagerClient } from '../../../runtime/aws';
+import * as http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { ListTasksCommand } from '@aws-sdk/client-ecs';
+import { createEcsClient, fetchSecretString, createSecretsManagerClient } from '../../../runtime/aws';
 import { loadConfig } from '../../../runtime/config';
 import { createProvider } from '../../../runtime/discovery';
 import { awsCalls } from '../../../runtime/metrics';
@@ -179,4 +182,26 @@ describe('discovery through the AWS stub with real SDK clients', () => {
       sm.destroy();
     }
   });
+});
+
+test('an AWS answer that stalls after its headers fails at the client timeout rather than hanging', async () => {
+  // Headers and the start of a JSON body, then nothing: the SDK's request timeout ends with the headers.
+  const server = http.createServer((_req, res) => {
+    res.writeHead(200, { 'Content-Type': 'application/x-amz-json-1.1' });
+    res.write('{"taskArns":[');
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const before = process.env.AWS_ENDPOINT_URL_ECS;
+  process.env.AWS_ENDPOINT_URL_ECS = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const ecs = createEcsClient({ region: 'us-east-1', maxAttempts: 1, requestTimeoutMs: 300, connectionTimeoutMs: 300 });
+  try {
+    const t0 = Date.now();
+    await expect(ecs.send(new ListTasksCommand({ cluster: 'prod' }))).rejects.toThrow(/timed out/);
+    expect(Date.now() - t0).toBeLessThan(5000);
+  } finally {
+    process.env.AWS_ENDPOINT_URL_ECS = before;
+    ecs.destroy();
+    server.closeAllConnections();
+    server.close();
+  }
 });

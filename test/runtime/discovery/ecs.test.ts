@@ -9,6 +9,7 @@ import { DescribeInstancesCommand, DescribeNetworkInterfacesCommand, EC2Client }
 import { mockClient } from 'aws-sdk-client-mock';
 import { createProvider, EcsProvider, transformEcs } from '../../../runtime/discovery';
 import { awsCalls, tasksSkipped } from '../../../runtime/metrics';
+import { MAX_PAGES } from '../../../runtime/aws';
 import type { RouteKey } from '../../../runtime/types';
 
 const ecsMock = mockClient(ECSClient);
@@ -118,6 +119,21 @@ describe('EcsProvider with mocked SDK clients', () => {
     expect(describes.map((c) => c.args[0].input.tasks?.length)).toEqual([100, 100, 50]);
     expect(describes.every((c) => c.args[0].input.cluster === 'prod')).toBe(true);
     expect(ec2Mock.calls()).toHaveLength(0); // private IPs need no EC2 call
+  });
+
+  test('ListTasks pages without end stop at MAX_PAGES with an error; a token repeated stops the paging', async () => {
+    let n = 0;
+    ecsMock.on(ListTasksCommand).callsFake(() => ({ taskArns: [fargateTask(n).taskArn as string], nextToken: `t${n++}` }));
+    describeFrom([]);
+    await expect(provider().discover(route)).rejects.toThrow(`ListTasks: more than ${MAX_PAGES} pages`);
+    expect(ecsMock.commandCalls(ListTasksCommand)).toHaveLength(MAX_PAGES);
+
+    ecsMock.reset();
+    const task = fargateTask(1);
+    ecsMock.on(ListTasksCommand).resolves({ taskArns: [task.taskArn as string], nextToken: 'same' });
+    describeFrom([task]);
+    expect(await provider().discover(route)).toHaveLength(1);
+    expect(ecsMock.commandCalls(ListTasksCommand).length).toBeLessThanOrEqual(2);
   });
 
   test('PENDING, STOPPED, stopping and UNHEALTHY tasks are left out and counted', async () => {
