@@ -242,7 +242,9 @@ export class SharedProvider implements Provider {
     if (ttlErr) throw ttlErr;
     const value = decodeTargets(raw);
     if (!value) return undefined;
-    const ageMs = pttl >= 0 ? Math.max(0, value.ttl - pttl) + value.took : Infinity;
+    // Aged by the TTL this proxy writes with, not the one the entry claims: an entry that claims a short
+    // TTL but was stored with a longer expiry (not one of ours) would otherwise look fresh for good.
+    const ageMs = pttl >= 0 && pttl <= this.ttlMs ? this.ttlMs - pttl + value.took : Infinity;
     return { targets: value.targets, ageMs };
   }
 

@@ -56,6 +56,7 @@ export interface Config {
   /** Empty means any. */
   readonly allowedPorts: readonly Range[];
   readonly healthyTasksOnly: boolean;
+  readonly loopbackTargets: boolean;
   readonly ipPreference: IpPreference;
   readonly negativeCacheTtlMs: number;
   readonly maxRoutes: number;
@@ -373,6 +374,12 @@ export const SETTINGS = {
   healthyTasksOnly: {
     env: 'HEALTHY_TASKS_ONLY',
     doc: 'Route only to ECS tasks whose container health check says HEALTHY.',
+    default: 'false',
+    parse: bool,
+  },
+  loopbackTargets: {
+    env: 'LOOPBACK_TARGETS',
+    doc: 'Let discovery (AWS or Redis) give loopback addresses (127.0.0.0/8, ::1): only for running against a local AWS stand-in, never on an instance. Link-local and metadata addresses are refused always.',
     default: 'false',
     parse: bool,
   },

@@ -38,7 +38,7 @@ export interface AsgRecords {
 export function transformAsg(records: AsgRecords, name: string, port: number): { targets: Target[]; skipped: Skipped } {
   const inService = inServiceInstanceIds(records.groups, name);
   const wanted = new Set(inService.ids);
-  const instances = instancesOf(records.reservations).filter((i) => !i.InstanceId || wanted.has(i.InstanceId));
+  const instances = instancesOf(records.reservations).filter((i) => i.InstanceId !== undefined && wanted.has(i.InstanceId));
   const out = transformInstances(instances, port);
   const skipped: Skipped = { ...inService.skipped };
   for (const [k, n] of Object.entries(out.skipped) as [keyof Skipped, number][]) skipped[k] = (skipped[k] ?? 0) + n;

@@ -11,6 +11,7 @@ import { AsgProvider } from './asg';
 import { TagProvider } from './ec2';
 import { EcsProvider } from './ecs';
 import { StaticProvider } from './static';
+import { ScreenedProvider } from './screen';
 
 export { AsgProvider, inServiceInstanceIds, transformAsg } from './asg';
 export { sortTargets, TagProvider, transformInstances, type SkipReason, type Skipped, type TransformResult } from './ec2';
@@ -21,7 +22,7 @@ export type ProviderConfig = Pick<
   Config,
   'nodeFilter' | 'awsRegion' | 'tagName' | 'tagValue' | 'asgName' | 'targetPort' | 'healthyTasksOnly' | 'ipPreference' | 'staticTargets'
 > &
-  Partial<Pick<Config, 'redisUrl' | 'redisAuthSecretArn' | 'nodeCheckPeriodMs'>>;
+  Partial<Pick<Config, 'redisUrl' | 'redisAuthSecretArn' | 'nodeCheckPeriodMs' | 'loopbackTargets'>>;
 
 export interface CreateProviderOptions extends AwsClientOptions {
   /** Options of the Redis client when REDIS_URL is set. */
@@ -40,12 +41,15 @@ export function createProvider(
   options: CreateProviderOptions = {},
 ): Provider {
   const inner = createBaseProvider(config, clients, options);
-  if (!config.redisUrl || config.nodeFilter === 'static') return inner;
+  if (config.nodeFilter === 'static') return inner;
+  const loopback = config.loopbackTargets ?? false;
+  if (!config.redisUrl) return new ScreenedProvider(inner, loopback);
   const redis = createRedis(
     { redisUrl: config.redisUrl, redisAuthSecretArn: config.redisAuthSecretArn, awsRegion: config.awsRegion },
     options.redis,
   );
-  return new SharedProvider(inner, redis, { periodMs: config.nodeCheckPeriodMs ?? (config.nodeFilter === 'ecs' ? 30_000 : 10_000) });
+  // Screened outside the sharing: what comes from Redis is checked as what comes from AWS.
+  return new ScreenedProvider(new SharedProvider(inner, redis, { periodMs: config.nodeCheckPeriodMs ?? (config.nodeFilter === 'ecs' ? 30_000 : 10_000) }), loopback);
 }
 
 /** The provider of `config.nodeFilter` alone, without Redis sharing. */

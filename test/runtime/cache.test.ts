@@ -15,6 +15,7 @@ import {
 } from '../../runtime/cache';
 import { loadConfig } from '../../runtime/config';
 import { createProvider } from '../../runtime/discovery';
+import { ScreenedProvider } from '../../runtime/discovery/screen';
 import { cacheLookups } from '../../runtime/metrics';
 import { makeTarget, type Provider, type RouteKey, type Target } from '../../runtime/types';
 import { startAwsStub, type AwsStub } from '../support/aws-stub';
@@ -64,8 +65,11 @@ function proxy(env: Record<string, string> = {}): SharedProvider {
     { maxAttempts: 1, requestTimeoutMs: 2000, redis: { commandTimeoutMs: 200, maxReconnectDelayMs: 100 } },
   );
   open.push(p);
-  expect(p).toBeInstanceOf(SharedProvider);
-  return p as SharedProvider;
+  // Shared, and what it shares screened like what AWS says (discovery/screen.ts).
+  expect(p).toBeInstanceOf(ScreenedProvider);
+  const shared = (p as ScreenedProvider).inner;
+  expect(shared).toBeInstanceOf(SharedProvider);
+  return shared as SharedProvider;
 }
 
 const route: RouteKey = { service: 'web', port: 8080, cluster: 'prod' };
@@ -152,6 +156,22 @@ describe('SharedProvider on a real redis-server', () => {
     await admin.set(targetsKey('ecs.private.all', route), encodeTargets([makeTarget('10.9.9.9', 8080)], 5000, 0), 'PX', 5000);
     expect(ids(await pending)).toEqual(['10.9.9.9:8080']);
     expect(stub.count('ListTasks')).toBe(0);
+  });
+
+  test('what Redis holds is screened as AWS answers are, and aged by our own TTL, not the one it claims', async () => {
+    const a = proxy();
+    await a.connected();
+    const screened = open[open.length - 1];
+    const key = targetsKey('ecs.private.all', route);
+    // A poisoned entry that looks fresh: the metadata address and loopback beside a real one.
+    const poisoned = [makeTarget('169.254.169.254', 80), makeTarget('127.0.0.1', 22), makeTarget('10.9.9.9', 8080)];
+    await admin.set(key, encodeTargets(poisoned, 3 * PERIOD_MS, 0), 'PX', 3 * PERIOD_MS);
+    expect(ids(await screened.discover(route))).toEqual(['10.9.9.9:8080']);
+    expect(stub.count('ListTasks')).toBe(0);
+    // One that claims a 1 ms TTL but was stored to live for days is none of ours: AWS is asked.
+    await admin.set(key, encodeTargets(poisoned, 1, 0), 'PX', 100_000_000);
+    expect(ids(await screened.discover(route))).toEqual(ALL);
+    expect(stub.count('ListTasks')).toBe(1);
   });
 
   test('an empty service is shared as empty, and AWS failures are not cached', async () => {

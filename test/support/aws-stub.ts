@@ -545,6 +545,8 @@ export async function startAwsStub(model: Partial<StubModel> = {}, opts: AwsStub
     AWS_REGION: REGION,
     AWS_EC2_METADATA_DISABLED: 'true',
     AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
+    // The stub's tasks and instances live on loopback, where the tests' backends are.
+    LOOPBACK_TARGETS: 'true',
   });
 
   return {

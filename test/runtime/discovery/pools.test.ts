@@ -163,6 +163,18 @@ describe('pure transforms', () => {
     expect(out.targets.map((t) => t.id)).toEqual(['10.2.0.1:80']);
     expect(out.skipped).toEqual({ not_in_service: 1 });
   });
+
+  test('transformAsg takes no instance record without an id: it cannot be the group’s', () => {
+    const out = transformAsg(
+      {
+        groups: [{ AutoScalingGroupName: 'g', Instances: [{ InstanceId: 'i-1', LifecycleState: 'InService' }] }] as never,
+        reservations: [{ Instances: [instance(1), { State: { Name: 'running' }, PrivateIpAddress: '10.9.9.9' }] }],
+      },
+      'g',
+      80,
+    );
+    expect(out.targets.map((t) => t.id)).toEqual(['10.2.0.1:80']);
+  });
 });
 
 describe('static mode and createProvider', () => {
