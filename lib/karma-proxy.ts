@@ -768,6 +768,13 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     const envMetrics = v.environment.METRICS_PORT;
     if (envMetrics !== undefined && known(envMetrics) && !/^\d{1,5}$/.test(envMetrics.trim())) {
       problems.push(`environment.METRICS_PORT '${envMetrics}' must be a port number`);
+    } else if (envMetrics !== undefined && known(envMetrics) && [KarmaProxy.HTTP_PORT, KarmaProxy.HTTPS_PORT].includes(Number(envMetrics.trim()))) {
+      problems.push(`environment.METRICS_PORT (${envMetrics.trim()}) must differ from the proxy's ports ${KarmaProxy.HTTP_PORT} and ${KarmaProxy.HTTPS_PORT}`);
+    }
+    // The security group, the addresses and the health probe are wired for the proxy on port 80.
+    const envPort = v.environment.PORT;
+    if (envPort !== undefined && known(envPort) && envPort.trim() !== String(KarmaProxy.HTTP_PORT)) {
+      problems.push(`environment.PORT '${envPort}' cannot move the proxy off port ${KarmaProxy.HTTP_PORT}: the security group and the health probe are wired for it`);
     }
     const envShutdown = v.environment.SHUTDOWN_TIMEOUT;
     if (envShutdown !== undefined && known(envShutdown) && !/^\d+(\.\d+)?$/.test(envShutdown.trim())) {
