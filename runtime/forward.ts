@@ -16,7 +16,7 @@ import httpProxy from 'http-proxy';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
 import type * as net from 'node:net';
 import { rawAnswer, type Request, type Response, type ResponseHandler } from './downstream';
-import { flat, type RenderedHead, type UpstreamHandler, type UpstreamRequest, type UpstreamResponse } from './upstream';
+import { answerFault, flat, type RenderedHead, type UpstreamHandler, type UpstreamRequest, type UpstreamResponse } from './upstream';
 import { countChunk } from './memory';
 import { countSuccess, failedConnections, limitHits, rejectedRequests, retriesTotal, upstreamErrors } from './metrics';
 
@@ -202,12 +202,13 @@ function withHost(head: RenderedHead, req: Request, s: TargetState): RenderedHea
 }
 
 /**
- * Writes the response head for the client: upstream's header lines minus hop-by-hop ones, rendered as
- * they go on the wire, and whether Content-Length and Date are among them (Response adds what is not).
+ * A target's header lines for the client, rendered as they go on the wire: minus hop-by-hop ones (and
+ * those its Connection header names), minus a 204's Content-Length (RFC 9110 §8.6: never on a 204, a
+ * target's mistake; the answer has no body whatever it says); and whether Content-Length and Date are
+ * among them (Response adds what is not).
  */
-function writeDownstreamHead(res: Response, up: UpstreamResponse): void {
-  const raw = up.rawHeaders;
-  const listed = listedIn(up.headers.connection);
+function clientLines(raw: readonly string[], connection: string | undefined, status: number): { lines: string; hasLength: boolean; hasDate: boolean } {
+  const listed = listedIn(connection);
   const lengths = listed?.lengths ?? SPECIAL_LENGTHS;
   let lines = '';
   let hasLength = false;
@@ -220,18 +221,23 @@ function writeDownstreamHead(res: Response, up: UpstreamResponse): void {
       if (HOP_BY_HOP.has(lower) || listed?.names.has(lower)) continue;
     }
     if (n === 14 && name.toLowerCase() === 'content-length') {
-      // RFC 9110 §8.6: never on a 204 (a target's mistake; the answer has no body whatever it says).
-      if (up.statusCode === 204) continue;
+      if (status === 204) continue;
       hasLength = true;
     } else if (n === 4) hasDate ||= name.toLowerCase() === 'date';
     lines += `${name}: ${raw[i + 1]}\r\n`;
   }
-  // A reason phrase is HTAB, SP and visible characters (RFC 9112 §4); llhttp lets other controls through.
-  const reason = INVALID_REASON.test(up.statusMessage) ? undefined : up.statusMessage;
-  res.writeHead(up.statusCode, reason, lines, hasLength, hasDate);
+  return { lines, hasLength, hasDate };
 }
 
+/** A reason phrase is HTAB, SP and visible characters (RFC 9112 §4); llhttp lets other controls through: then none (the standard one is used). */
+const clientReason = (reason: string | undefined): string | undefined => (reason === undefined || INVALID_REASON.test(reason) ? undefined : reason);
 const INVALID_REASON = /[^\t\x20-\x7e\x80-\xff]/;
+
+/** Writes the response head for the client from the target's. */
+function writeDownstreamHead(res: Response, up: UpstreamResponse): void {
+  const { lines, hasLength, hasDate } = clientLines(up.rawHeaders, up.headers.connection, up.statusCode);
+  res.writeHead(up.statusCode, clientReason(up.statusMessage), lines, hasLength, hasDate);
+}
 
 /** Writes a short plain-text answer of the proxy's own, if the response has not started. */
 export function answer(res: Response, status: number, message: string, headers?: Record<string, string>): void {
@@ -254,23 +260,15 @@ type WithHandshake = { [kHandshake]?: (proxyReq: ClientRequest) => void };
 /**
  * A target's refusal of a WebSocket handshake (a 401, a 426, …), to the client: status and headers as
  * sent minus hop-by-hop ones, the body as the target framed it by length, else delimited by the close;
- * the connection ends after it either way. The same checks as for plain answers (writeDownstreamHead,
- * upstream.ts): false, and nothing written, for a status outside 100-599 or a transfer coding other
- * than chunked (the caller answers 502).
+ * the connection ends after it either way. The same checks and header lines as for plain answers
+ * (answerFault, clientLines, clientReason): false, and nothing written, when answerFault finds the head
+ * unusable (the caller answers 502).
  */
 function passRefusal(refusal: IncomingMessage, socket: net.Socket): boolean {
   const status = refusal.statusCode ?? 0;
-  const te = refusal.headers['transfer-encoding'];
-  if (status < 100 || status > 599 || (te !== undefined && te.trim().toLowerCase() !== 'chunked')) return false;
-  const raw = refusal.rawHeaders;
-  const listed = listedIn(refusal.headers.connection);
-  const reason = INVALID_REASON.test(refusal.statusMessage ?? '') ? '' : refusal.statusMessage;
-  let head = `HTTP/1.1 ${status} ${reason || STATUS_CODES[status] || ''}\r\n`;
-  for (let i = 0; i < raw.length; i += 2) {
-    const lower = raw[i].toLowerCase();
-    if (HOP_BY_HOP.has(lower) || listed?.names.has(lower) || (status === 204 && lower === 'content-length')) continue;
-    head += `${raw[i]}: ${raw[i + 1]}\r\n`;
-  }
+  if (answerFault(status, refusal.httpVersionMajor, refusal.rawHeaders)) return false;
+  const { lines } = clientLines(refusal.rawHeaders, refusal.headers.connection, status);
+  const head = `HTTP/1.1 ${status} ${clientReason(refusal.statusMessage) || STATUS_CODES[status] || ''}\r\n${lines}`;
   if (socket.destroyed) {
     refusal.resume();
     return true;

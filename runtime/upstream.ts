@@ -125,12 +125,30 @@ export function flat(s: string): string {
   return s;
 }
 
-const INVALID: Record<string, string> = {
+const INVALID = {
   HPE_UNEXPECTED_UPGRADE: 'a protocol switch nobody asked for',
   HPE_UNEXPECTED_CONTENT: 'bytes after the end of an answer, or an answer nobody asked for',
   HPE_INVALID_STATUS: 'a status line that is not HTTP/1.x with a status of 100-599',
   HPE_INVALID_TRANSFER_ENCODING: 'a transfer coding other than chunked',
-};
+} as const;
+type Invalid = keyof typeof INVALID;
+
+/**
+ * Why a target's answer head cannot be passed on, or undefined. RFC 9110 §15: a status outside 100-599
+ * is invalid, to be taken as a server error (a 502 from us); an HTTP/2.0 or /0.9 status line is not an
+ * HTTP/1.x answer either. Only chunked is taken off (and put back on for the client as needed): any
+ * other transfer coding (`gzip`, `gzip, chunked`) would reach the client undone and unmarked; nginx
+ * refuses it too. For our own answers and for WebSocket refusals (forward.ts) alike.
+ */
+export function answerFault(status: number, major: number, raw: readonly string[]): Invalid | undefined {
+  if (status < 100 || status > 599 || major !== 1) return 'HPE_INVALID_STATUS';
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i].length === 17 && raw[i].toLowerCase() === 'transfer-encoding' && raw[i + 1].trim().toLowerCase() !== 'chunked') {
+      return 'HPE_INVALID_TRANSFER_ENCODING';
+    }
+  }
+  return undefined;
+}
 
 function badResponse(code: string, message: string): NodeJS.ErrnoException {
   return Object.assign(new Error(message), { code });
@@ -151,7 +169,7 @@ class Conn {
    * protocol switch or an answer nobody asked for (the socket is no HTTP any more), a status outside
    * 100-599, a transfer coding we cannot pass on.
    */
-  private invalid: string | undefined = undefined;
+  private invalid: Invalid | undefined = undefined;
   /**
    * The exchange ended cleanly and the socket goes back to the pool once the read that ended it is
    * parsed: bytes after the end of an answer in the same read must not become the next request's.
@@ -204,19 +222,10 @@ class Conn {
         this.invalid ??= 'HPE_UNEXPECTED_UPGRADE';
         return 1;
       }
-      // RFC 9110 §15: a status outside 100-599 is invalid, to be taken as a server error (a 502 from
-      // us); an HTTP/2.0 or /0.9 status line on this socket is not an HTTP/1.x answer either.
-      if (status < 100 || status > 599 || maj !== 1) {
-        this.invalid = 'HPE_INVALID_STATUS';
+      const fault = answerFault(status, maj, raw);
+      if (fault) {
+        this.invalid = fault;
         return 1;
-      }
-      // Only chunked is taken off (and put back on for the client as needed): any other transfer
-      // coding (`gzip`, `gzip, chunked`) would reach the client undone and unmarked. nginx refuses it too.
-      for (let i = 0; i < raw.length; i += 2) {
-        if (raw[i].length === 17 && raw[i].toLowerCase() === 'transfer-encoding' && raw[i + 1].trim().toLowerCase() !== 'chunked') {
-          this.invalid = 'HPE_INVALID_TRANSFER_ENCODING';
-          return 1;
-        }
       }
       if (status < 200) {
         // 101 to a request that asked for no upgrade is not HTTP any more: a bad response. (llhttp errors
@@ -318,7 +327,7 @@ class Conn {
 
   /** What a read parsed to: bytes parsed, or an Error of node's own realm (not `instanceof` ours under a vm). */
   private parsed(r: number | Error | undefined): void {
-    if (this.invalid && typeof r !== 'object') r = badResponse(this.invalid, INVALID[this.invalid] ?? 'an invalid answer');
+    if (this.invalid && typeof r !== 'object') r = badResponse(this.invalid, INVALID[this.invalid]);
     if (typeof r === 'object' && r !== null) {
       const code = (r as NodeJS.ErrnoException).code;
       this.socket.destroy(badResponse(code?.startsWith('HPE_') ? code : 'HPE_INTERNAL', `bad upstream response: ${r.message}`));
