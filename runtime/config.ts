@@ -127,19 +127,6 @@ const text = (raw: string): string => {
   return raw.trim();
 };
 
-/** An address to listen on: an IPv4 or IPv6 literal, or a host name (resolved when listening). */
-const listenAddress = (raw: string): string => {
-  const t = raw.trim();
-  if (isIP(t) !== 0) return t;
-  // A name is letters, digits and hyphens in dot-separated labels; all-numeric labels are a mistyped IPv4.
-  const label = /^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$/;
-  const labels = t.split('.');
-  if (t.length > 253 || !labels.every((l) => label.test(l)) || labels.every((l) => /^\d+$/.test(l))) {
-    throw new Invalid('an IP address (0.0.0.0, ::, 127.0.0.1) or a host name');
-  }
-  return t;
-};
-
 const optionalText = (raw: string): string | undefined => (raw.trim() === '' ? undefined : raw.trim());
 
 const list = (raw: string): string[] =>
@@ -161,6 +148,17 @@ export const parseRanges = (min: number, max: number, what: string) => (raw: str
   });
 
 const hostnameRe = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
+
+/** An address to listen on: an IPv4 or IPv6 literal, or a host name (resolved when listening). */
+const listenAddress = (raw: string): string => {
+  const t = raw.trim();
+  if (isIP(t) !== 0) return t;
+  // All-numeric labels are a mistyped IPv4 (999.1.1.1), not a name.
+  if (t.length > 253 || !hostnameRe.test(t.toLowerCase()) || t.split('.').every((l) => /^\d+$/.test(l))) {
+    throw new Invalid('an IP address (0.0.0.0, ::, 127.0.0.1) or a host name');
+  }
+  return t;
+};
 
 const domainName = (raw: string): string => {
   const d = raw.trim().toLowerCase().replace(/^\.+|\.+$/g, '');
