@@ -238,3 +238,37 @@ export function chunk<T>(items: readonly T[], size: number): T[][] {
   for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
   return out;
 }
+
+/** Calls of one kind a discovery has in flight at once. */
+export const BATCH_CONCURRENCY = 4;
+
+/**
+ * `call` for every batch of at most `size` items, at most `concurrency` at a time, results in batch
+ * order. A service of 10,000 tasks is 100 DescribeTasks calls: all at once they would empty the
+ * account's request bucket (which every ECS and EC2 caller in the account shares) in one burst, and
+ * the adaptive retry mode would then slow every later call. The first failure stops new calls.
+ */
+export async function inBatches<T, R>(
+  items: readonly T[],
+  size: number,
+  call: (batch: T[]) => Promise<R>,
+  concurrency = BATCH_CONCURRENCY,
+): Promise<R[]> {
+  const batches = chunk(items, size);
+  const out = new Array<R>(batches.length);
+  let next = 0;
+  let failed = false;
+  const lane = async (): Promise<void> => {
+    while (!failed && next < batches.length) {
+      const i = next++;
+      try {
+        out[i] = await call(batches[i]!);
+      } catch (err) {
+        failed = true;
+        throw err;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(concurrency, batches.length) }, lane));
+  return out;
+}

@@ -14,7 +14,7 @@ import {
   type Instance,
   type Reservation,
 } from '@aws-sdk/client-ec2';
-import { chunk, pages, send } from '../aws';
+import { inBatches, pages, send } from '../aws';
 import { tasksSkipped } from '../metrics';
 import { makeTarget, Provider, RouteKey, sortTargets, Target } from '../types';
 
@@ -94,17 +94,15 @@ export async function describeInstancesPaged(
  * through an `instance-id` filter, which ignores unknown ones.
  */
 export async function describeInstancesById(ec2: EC2Client, ids: readonly string[], signal?: AbortSignal): Promise<Reservation[]> {
-  const outs = await Promise.all(
-    chunk(ids, 100).map(async (batch) => {
-      try {
-        const out = await send<object, { Reservations?: Reservation[] }>(ec2, new DescribeInstancesCommand({ InstanceIds: batch }), signal);
-        return out.Reservations ?? [];
-      } catch (err) {
-        if ((err as { name?: string }).name !== 'InvalidInstanceID.NotFound') throw err;
-        return describeInstancesPaged(ec2, { Filters: [{ Name: 'instance-id', Values: batch }], MaxResults: 1000 }, signal);
-      }
-    }),
-  );
+  const outs = await inBatches(ids, 100, async (batch) => {
+    try {
+      const out = await send<object, { Reservations?: Reservation[] }>(ec2, new DescribeInstancesCommand({ InstanceIds: batch }), signal);
+      return out.Reservations ?? [];
+    } catch (err) {
+      if ((err as { name?: string }).name !== 'InvalidInstanceID.NotFound') throw err;
+      return describeInstancesPaged(ec2, { Filters: [{ Name: 'instance-id', Values: batch }], MaxResults: 1000 }, signal);
+    }
+  });
   return outs.flat();
 }
 

@@ -29,7 +29,7 @@ import {
   type DescribeNetworkInterfacesCommandInput,
   type NetworkInterface,
 } from '@aws-sdk/client-ec2';
-import { chunk, isNotFound, pages, send } from '../aws';
+import { chunk, inBatches, isNotFound, pages, send } from '../aws';
 import type { IpPreference } from '../config';
 import { makeTarget, Provider, RouteKey, Target } from '../types';
 import {
@@ -254,13 +254,11 @@ export class EcsProvider implements Provider {
     const arns = await this.listTaskArns(route, signal);
     if (arns === undefined || arns.length === 0) return empty;
 
-    const described = await Promise.all(
-      chunk(arns, 100).map((batch) =>
-        send<object, { tasks?: Task[]; failures?: unknown[] }>(
-          this.ecs,
-          new DescribeTasksCommand({ cluster: route.cluster, tasks: batch }),
-          signal,
-        ),
+    const described = await inBatches(arns, 100, (batch) =>
+      send<object, { tasks?: Task[]; failures?: unknown[] }>(
+        this.ecs,
+        new DescribeTasksCommand({ cluster: route.cluster, tasks: batch }),
+        signal,
       ),
     );
     const tasks = described.flatMap((d) => d.tasks ?? []);
@@ -299,7 +297,7 @@ export class EcsProvider implements Provider {
    */
   private async publicIps(eniIds: string[], signal?: AbortSignal): Promise<Record<string, string>> {
     if (eniIds.length === 0) return {};
-    const batches = await Promise.all(chunk(eniIds, 1000).map((ids) => this.describeEnis(ids, signal)));
+    const batches = await inBatches(eniIds, 1000, (ids) => this.describeEnis(ids, signal));
     return publicIpsByEni(batches.flat());
   }
 
@@ -337,13 +335,11 @@ export class EcsProvider implements Provider {
     }
     if (unknown.length === 0) return out;
 
-    const described = await Promise.all(
-      chunk(unknown, 100).map((batch) =>
-        send<object, { containerInstances?: ContainerInstance[] }>(
-          this.ecs,
-          new DescribeContainerInstancesCommand({ cluster, containerInstances: batch }),
-          signal,
-        ),
+    const described = await inBatches(unknown, 100, (batch) =>
+      send<object, { containerInstances?: ContainerInstance[] }>(
+        this.ecs,
+        new DescribeContainerInstancesCommand({ cluster, containerInstances: batch }),
+        signal,
       ),
     );
     const instanceOf = new Map<string, string>();

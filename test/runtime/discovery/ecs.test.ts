@@ -9,7 +9,7 @@ import { DescribeInstancesCommand, DescribeNetworkInterfacesCommand, EC2Client }
 import { mockClient } from 'aws-sdk-client-mock';
 import { createProvider, EcsProvider, transformEcs } from '../../../runtime/discovery';
 import { awsCalls, tasksSkipped } from '../../../runtime/metrics';
-import { MAX_PAGES } from '../../../runtime/aws';
+import { BATCH_CONCURRENCY, MAX_PAGES } from '../../../runtime/aws';
 import type { RouteKey } from '../../../runtime/types';
 
 const ecsMock = mockClient(ECSClient);
@@ -134,6 +134,41 @@ describe('EcsProvider with mocked SDK clients', () => {
     describeFrom([task]);
     expect(await provider().discover(route)).toHaveLength(1);
     expect(ecsMock.commandCalls(ListTasksCommand).length).toBeLessThanOrEqual(2);
+  });
+
+  test(`a service of 2,000 tasks is described 100 at a time with at most ${BATCH_CONCURRENCY} calls in flight`, async () => {
+    const tasks = Array.from({ length: 2000 }, (_, i) => fargateTask(i));
+    ecsMock.on(ListTasksCommand).callsFake((input: { nextToken?: string }) => {
+      const from = Number(input.nextToken ?? 0);
+      return { taskArns: tasks.slice(from, from + 100).map((t) => t.taskArn as string), nextToken: from + 100 < 2000 ? String(from + 100) : undefined };
+    });
+    const byArn = new Map(tasks.map((t) => [t.taskArn as string, t]));
+    let inFlight = 0;
+    let most = 0;
+    ecsMock.on(DescribeTasksCommand).callsFake(async (input: { tasks: string[] }) => {
+      most = Math.max(most, ++inFlight);
+      await new Promise((r) => setTimeout(r, 2));
+      inFlight--;
+      return { tasks: input.tasks.map((a) => byArn.get(a)), failures: [] };
+    });
+
+    const targets = await provider().discover(route);
+
+    expect(targets).toHaveLength(2000);
+    expect(ecsMock.commandCalls(DescribeTasksCommand)).toHaveLength(20);
+    expect(most).toBe(BATCH_CONCURRENCY);
+  });
+
+  test('a failed DescribeTasks call fails the discovery and starts no further calls', async () => {
+    const tasks = Array.from({ length: 2000 }, (_, i) => fargateTask(i));
+    ecsMock.on(ListTasksCommand).callsFake((input: { nextToken?: string }) => {
+      const from = Number(input.nextToken ?? 0);
+      return { taskArns: tasks.slice(from, from + 100).map((t) => t.taskArn as string), nextToken: from + 100 < 2000 ? String(from + 100) : undefined };
+    });
+    ecsMock.on(DescribeTasksCommand).rejects(Object.assign(new Error('boom'), { name: 'ServerException' }));
+
+    await expect(provider().discover(route)).rejects.toThrow('boom');
+    expect(ecsMock.commandCalls(DescribeTasksCommand)).toHaveLength(BATCH_CONCURRENCY);
   });
 
   test('PENDING, STOPPED, stopping and UNHEALTHY tasks are left out and counted', async () => {
