@@ -12,7 +12,9 @@
 //   BENCH_PROXY_CORE / BENCH_LOAD_CORE  cores for the proxy / for load generator + backend (1 / 0)
 //   BENCH_BACKEND=node  use test/bench/backend.mjs even when nginx is installed
 //   BENCH_LOADGEN=autocannon  use autocannon even when wrk is installed
-//   BENCH_NODE_OPTIONS  NODE_OPTIONS for Karma's processes (e.g. --max-semi-space-size=2)
+//   BENCH_NODE_OPTIONS  NODE_OPTIONS for Karma's processes; loses to the workers' own V8 flags
+//   BENCH_NODE_ARGS  node flags for Karma's primary, which its workers inherit after their own V8 flags,
+//                    so these win (e.g. "--max-semi-space-size=1 --heap-growing-percent=20")
 //   BENCH_KARMA_ENV  more env for Karma, space-separated K=V (e.g. "MALLOC_ARENA_MAX=2 POOL_SIZE=200")
 //   BENCH_REPEAT     runs per subject and scenario, interleaved (default 1); the table keeps the run with
 //                    the most req/s (the latency table the median p99), the JSON keeps them all
@@ -135,10 +137,12 @@ async function main() {
     if (i > 0) karmaEnv[kv.slice(0, i)] = kv.slice(i + 1);
   }
 
+  const karmaNodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
+
   const prototypes = process.env.BENCH_PROTOTYPES === '1' ? await buildPrototypes(dir, say) : [];
 
   const backend = await startBackend(dir, LOAD_CORE);
-  const catalog = subjectCatalog({ dir, core: PROXY_CORE, backendPort: backend.port, bundle, karmaEnv, prototypes });
+  const catalog = subjectCatalog({ dir, core: PROXY_CORE, backendPort: backend.port, bundle, karmaEnv, karmaNodeArgs, prototypes });
   const subjects = [];
   const skipped = {};
   for (const s of wanted(process.env.BENCH_SUBJECTS, catalog)) {
@@ -168,6 +172,7 @@ async function main() {
     repeat: REPEAT,
     warmupSeconds: WARMUP,
     karmaEnv: { WORKERS: '1', HEALTH_CHECK_PATH: 'off', NODE_FILTER: 'static', ...karmaEnv },
+    karmaNodeArgs,
     loadavgAtStart: os.loadavg().map((x) => Number(x.toFixed(2))),
   };
 
@@ -176,7 +181,7 @@ async function main() {
   say(`- Machine: ${meta.cores} × ${meta.cpu} (${meta.arch}), ${meta.memoryGiB} GiB, Linux ${meta.kernel}, Node ${meta.node}`);
   say(`- Layout: ${layout}`);
   say(`- Load generator: ${meta.loadGenerator}; backend: ${meta.backend}`);
-  say(`- Karma: commit ${meta.commit}${meta.runtimeDirty ? ' (runtime/ has uncommitted changes)' : ''}, bundle sha256 ${bundleSha ?? '–'}, env ${Object.entries(meta.karmaEnv).map(([k, v]) => `${k}=${v}`).join(' ')}`);
+  say(`- Karma: commit ${meta.commit}${meta.runtimeDirty ? ' (runtime/ has uncommitted changes)' : ''}, bundle sha256 ${bundleSha ?? '–'}, env ${Object.entries(meta.karmaEnv).map(([k, v]) => `${k}=${v}`).join(' ')}${karmaNodeArgs.length ? `, node ${karmaNodeArgs.join(' ')}` : ''}`);
   say(`- ${DURATION} s measured after ${WARMUP} s of warm-up per run${REPEAT > 1 ? `, ${REPEAT} runs each (best kept)` : ''}; load average at start ${meta.loadavgAtStart.join(' ')}`);
   for (const [id, why] of Object.entries(skipped)) say(`- SKIPPED ${id}: ${why}`);
   if (gen.name !== 'wrk') say('- wrk not found: autocannon drives the load; its latencies are whole milliseconds');

@@ -191,7 +191,7 @@ backend be
  * kind: 'baseline' | 'karma' | 'peer' | 'alternative' | 'prototype'.
  */
 export function subjectCatalog(opts) {
-  const { dir, core, backendPort, bundle, karmaEnv, prototypes = [] } = opts;
+  const { dir, core, backendPort, bundle, karmaEnv, karmaNodeArgs = [], prototypes = [] } = opts;
   const alt = (name, file, desc) => ({
     id: `alt:${name}`,
     kind: 'alternative',
@@ -227,7 +227,7 @@ export function subjectCatalog(opts) {
         ...extraEnv,
       };
       // Workers inherit the primary's node flags (cluster's execArgv), so --cpu-prof reaches them.
-      const child = spawnPinned(core, process.execPath, [...nodeArgs, file], { env });
+      const child = spawnPinned(core, process.execPath, [...karmaNodeArgs, ...nodeArgs, file], { env });
       await firstJsonLine(child, id, 20000);
       await until(port, child, id);
       const workers = () => tree(child.pid).slice(1);
