@@ -16,6 +16,8 @@ export const INSTANCE_PATHS = {
   envFile: '/etc/karma-proxy/env',
   unitName: 'karma-proxy.service',
   unitFile: '/etc/systemd/system/karma-proxy.service',
+  swapFile: '/swapfile',
+  swapSysctl: '/etc/sysctl.d/90-karma-proxy-swap.conf',
 } as const;
 
 export interface UnitOptions {
@@ -133,10 +135,75 @@ function heredoc(target: string, mode: string, body: string, delimiter: string):
   return `install -m ${mode} /dev/null ${target}\ncat > ${target} <<'${delimiter}'\n${text}${delimiter}`;
 }
 
+export interface SwapOptions {
+  /** A swap file is made when MemTotal is below this (KiB) and there is no swap at all.
+   * @default 1 GiB: the 512 MiB and 1 GiB types, whose MemTotal is a little under their size */
+  readonly belowMemKib: number;
+  /** Size of the swap file.
+   * @default 1024 MiB: twice a t4g.nano's memory, an eighth of the smallest root volume allowed (8 GB) */
+  readonly sizeMib: number;
+  /** vm.swappiness while the swap is on.
+   * @default 10: pages go out under memory pressure only */
+  readonly swappiness: number;
+  /** @default INSTANCE_PATHS.swapFile */
+  readonly file: string;
+  /** Where MemTotal and SwapTotal are read. @default /proc/meminfo */
+  readonly meminfo: string;
+  /** @default /etc/fstab */
+  readonly fstab: string;
+  /** @default INSTANCE_PATHS.swapSysctl */
+  readonly sysctlFile: string;
+}
+
+export const SWAP_DEFAULTS: SwapOptions = {
+  belowMemKib: 1024 * 1024,
+  sizeMib: 1024,
+  swappiness: 10,
+  file: INSTANCE_PATHS.swapFile,
+  meminfo: '/proc/meminfo',
+  fstab: '/etc/fstab',
+  sysctlFile: INSTANCE_PATHS.swapSysctl,
+};
+
 /**
- * The first-boot script: install Node.js 22 and the CloudFormation helpers, fetch the bundle, write
- * the settings and the unit, start the service, wait until it answers /healthz, claim a free Elastic
- * IP of this fleet, then signal CloudFormation. Any failure signals failure, so a broken bundle
+ * The boot's first step on a small instance: a swap file, before dnf. On a 512 MiB t4g.nano, dnf
+ * loading Amazon Linux 2023's repository metadata can be OOM-killed, and the boot with it. Safe to
+ * run again: with the swap on (the fstab entry turns it on at every boot) it does nothing, and after
+ * a run cut short it redoes only what is missing. Uses the bootstrap's `log`.
+ */
+export function renderSwapSetup(options: Partial<SwapOptions> = {}): string {
+  const o = { ...SWAP_DEFAULTS, ...options };
+  for (const p of [o.file, o.meminfo, o.fstab, o.sysctlFile]) {
+    if (!/^\/[\w./-]+$/.test(p)) throw new Error(`swap path '${p}' must be a plain absolute path`);
+  }
+  const file = o.file;
+  return `# Swap on a small instance, made before dnf, which can be OOM-killed on 512 MiB. It stays after the
+# boot: on 512 MiB a burst (worker heaps growing under many connections, discoveries of many routes)
+# would otherwise get the proxy OOM-killed, and with a low swappiness the kernel pages out only under
+# pressure. ${o.sizeMib} MiB of the root volume: 8 GB at least, of which the image and Node.js use about 2.
+mem_kib=$(awk '$1 == "MemTotal:" { print $2 }' ${o.meminfo})
+swap_kib=$(awk '$1 == "SwapTotal:" { print $2 }' ${o.meminfo})
+if [ "$mem_kib" -lt ${o.belowMemKib} ] && [ "$swap_kib" = 0 ]; then
+  if [ "$(stat -c %s ${file} 2>/dev/null || echo 0)" != ${o.sizeMib * 1024 * 1024} ]; then
+    # Written out with dd, not fallocate: swapon refuses a file with holes or unwritten extents.
+    rm -f ${file}
+    install -m 0600 /dev/null ${file}
+    dd if=/dev/zero of=${file} bs=1M count=${o.sizeMib} status=none
+  fi
+  chmod 0600 ${file}
+  mkswap ${file} >/dev/null
+  swapon ${file}
+  grep -qF '${file} none swap ' ${o.fstab} || echo '${file} none swap defaults 0 0' >> ${o.fstab}
+  echo 'vm.swappiness = ${o.swappiness}' > ${o.sysctlFile}
+  sysctl -q -w vm.swappiness=${o.swappiness}
+  log "swap on: ${o.sizeMib} MiB in ${file}, for $((mem_kib / 1024)) MiB of memory"
+fi`;
+}
+
+/**
+ * The first-boot script: give a small instance swap, install Node.js 22 and the CloudFormation
+ * helpers, fetch the bundle, write the settings and the unit, start the service, wait until it
+ * answers /healthz, claim a free Elastic IP of this fleet, then signal CloudFormation. Any failure signals failure, so a broken bundle
  * stops a rolling update and CloudFormation rolls it back, and powers the instance off, so that a
  * replacement that fails outside a deploy is replaced in turn rather than left in service.
  */
@@ -181,6 +248,8 @@ on_exit() {
   fi
 }
 trap on_exit EXIT
+
+${renderSwapSetup()}
 
 # Node.js from the distribution (namespaced: /usr/bin/node-22), and cfn-signal, which not every
 # Amazon Linux 2023 image carries.

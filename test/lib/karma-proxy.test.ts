@@ -251,6 +251,18 @@ describe('default stack', () => {
       expect(JSON.stringify(template.toJSON())).toContain(bundleUrl.slice(1, -1));
     });
 
+    test('on a small instance, a swap file is made and turned on before dnf runs', () => {
+      // dnf can be OOM-killed on the default t4g.nano's 512 MiB.
+      const order = [
+        "awk '$1 == \"MemTotal:\" { print $2 }' /proc/meminfo",
+        'mkswap /swapfile', 'swapon /swapfile', "echo '/swapfile none swap defaults 0 0' >> /etc/fstab",
+        'dnf install -y nodejs22 aws-cfn-bootstrap',
+      ];
+      const at = order.map((s) => userData.indexOf(s));
+      expect(at.every((i) => i > 0)).toBe(true);
+      expect([...at].sort((a, b) => a - b)).toEqual(at);
+    });
+
     test('the systemd unit runs the bundle unprivileged, hardened, always restarted', () => {
       for (const line of [
         'ExecStart=/usr/bin/node-22 /opt/karma-proxy/karma-proxy.js',

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { App, Duration, Stack } from 'aws-cdk-lib';
 import { Template } from 'aws-cdk-lib/assertions';
 import { KarmaProxy } from '../../lib';
-import { renderBootstrap, renderEnvFile, renderUnit } from '../../lib/user-data';
+import { SWAP_DEFAULTS, renderBootstrap, renderEnvFile, renderSwapSetup, renderUnit } from '../../lib/user-data';
 import { ENV_NAMES } from '../../runtime/config';
 import { heredocBody, makeStack, parseEnvFile, userDataText } from './helpers';
 
@@ -107,13 +107,83 @@ test('a boot that fails signals failure and powers the instance off, so that the
     healthUrl: 'http://127.0.0.1:1/healthz', healthWaitSeconds: 1, addressWaitSeconds: 1,
     envFile: 'A=1\n', unit: renderUnit({ timeoutStopSec: 45, limitNoFile: 65536 }),
   });
+  // This runs as whoever runs the tests, maybe root: the host must look big enough to need no swap.
+  const meminfo = path.join(bin, 'meminfo');
+  fs.writeFileSync(meminfo, 'MemTotal:       16384000 kB\nSwapTotal:             0 kB\n');
   const file = path.join(tmp, 'failing-boot.sh');
-  fs.writeFileSync(file, script);
+  fs.writeFileSync(file, script.replaceAll(SWAP_DEFAULTS.meminfo, meminfo));
+  expect(fs.readFileSync(file, 'utf8')).not.toContain(SWAP_DEFAULTS.meminfo);
   const r = spawnSync('bash', [file], { encoding: 'utf8', env: { PATH: `${bin}:/usr/bin:/bin` }, timeout: 10_000 });
   expect(r.status).toBe(1);
   const lines = fs.readFileSync(calls, 'utf8').trim().split('\n');
   expect(lines.filter((l) => l.startsWith('dnf'))).toHaveLength(5);
   expect(lines.slice(-2)).toEqual(['cfn-signal -e 1 --stack Stack --resource ProxyGroup --region eu-west-1', 'shutdown -h +1']);
+});
+
+describe('swap on a small instance', () => {
+  // The swap section alone, on files in a temporary directory, with mkswap, swapon and sysctl stood in for.
+  const root = fs.mkdtempSync(path.join(tmp, 'swap-'));
+  const bin = path.join(root, 'bin');
+  fs.mkdirSync(bin);
+  const calls = path.join(root, 'calls');
+  for (const name of ['mkswap', 'swapon', 'sysctl']) {
+    fs.writeFileSync(path.join(bin, name), `#!/bin/bash\necho "${name} $*" >> ${calls}\n`, { mode: 0o755 });
+  }
+  const o = {
+    sizeMib: 2,
+    file: path.join(root, 'swapfile'),
+    meminfo: path.join(root, 'meminfo'),
+    fstab: path.join(root, 'fstab'),
+    sysctlFile: path.join(root, 'swappiness.conf'),
+  };
+  const script = path.join(root, 'swap.sh');
+  fs.writeFileSync(script, `set -euo pipefail\nlog() { echo "$*" >&2; }\n${renderSwapSetup(o)}\necho done\n`);
+
+  /** One boot with this much memory and swap (MiB); the commands it ran. */
+  function boot(memMib: number, swapMib: number): string[] {
+    fs.writeFileSync(o.meminfo, `MemTotal:       ${memMib * 1024} kB\nMemFree:          1000 kB\nSwapTotal:       ${swapMib * 1024} kB\n`);
+    fs.rmSync(calls, { force: true });
+    const r = spawnSync('bash', [script], { encoding: 'utf8', env: { PATH: `${bin}:/usr/bin:/bin` } });
+    expect(r.stdout).toBe('done\n');
+    expect(r.status).toBe(0);
+    return fs.existsSync(calls) ? fs.readFileSync(calls, 'utf8').trim().split('\n') : [];
+  }
+  beforeEach(() => {
+    for (const f of [o.file, o.fstab, o.sysctlFile]) fs.rmSync(f, { force: true });
+    fs.writeFileSync(o.fstab, 'UUID=root / xfs defaults 0 0\n');
+  });
+
+  test('a t4g.nano (MemTotal ~450 MiB) with no swap gets a private swap file, on now and at every boot', () => {
+    expect(boot(450, 0)).toEqual([`mkswap ${o.file}`, `swapon ${o.file}`, 'sysctl -q -w vm.swappiness=10']);
+    const stat = fs.statSync(o.file);
+    expect(stat.size).toBe(2 * 1024 * 1024);
+    expect(stat.mode & 0o777).toBe(0o600);
+    expect(fs.readFileSync(o.fstab, 'utf8')).toBe(`UUID=root / xfs defaults 0 0\n${o.file} none swap defaults 0 0\n`);
+    expect(fs.readFileSync(o.sysctlFile, 'utf8')).toBe('vm.swappiness = 10\n');
+  });
+
+  test('run again, it adds nothing twice; with the swap on, it does nothing', () => {
+    boot(450, 0);
+    const inode = fs.statSync(o.file).ino;
+    boot(450, 0);
+    expect(fs.statSync(o.file).ino).toBe(inode);
+    expect(fs.readFileSync(o.fstab, 'utf8').split('\n').filter((l) => l.startsWith(o.file))).toHaveLength(1);
+    expect(boot(450, 2)).toEqual([]);
+  });
+
+  test('a file left short by an interrupted boot is made again', () => {
+    fs.writeFileSync(o.file, 'x', { mode: 0o644 });
+    boot(450, 0);
+    expect(fs.statSync(o.file).size).toBe(2 * 1024 * 1024);
+    expect(fs.statSync(o.file).mode & 0o777).toBe(0o600);
+  });
+
+  test('an instance of 2 GiB, or one that already has swap, is left alone', () => {
+    expect(boot(1900, 0)).toEqual([]);
+    expect(boot(450, 512)).toEqual([]);
+    expect(fs.existsSync(o.file)).toBe(false);
+    expect(fs.readFileSync(o.fstab, 'utf8')).toBe('UUID=root / xfs defaults 0 0\n');
+  });
 });
 
 describe('systemd-analyze verify', () => {
