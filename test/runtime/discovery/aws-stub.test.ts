@@ -163,13 +163,17 @@ describe('discovery through the AWS stub with real SDK clients', () => {
     expect(Date.now() - started).toBeLessThan(5000);
   });
 
-  test('an abort signal stops a discovery', async () => {
+  test('an abort signal stops a discovery whose call AWS is holding', async () => {
     stub.model.clusters.prod = { web: [awsvpc(1)] };
     stub.fail('ListTasks', 'hang');
     const ac = new AbortController();
     const p = provider({}, 1).discover(route, ac.signal);
-    setImmediate(() => ac.abort());
+    // Aborted once the call is at the stub: aborted before its socket, the SDK leaves a connection timer behind.
+    while (stub.count('ListTasks') === 0) await new Promise((r) => setTimeout(r, 5));
+    const started = Date.now();
+    ac.abort();
     await expect(p).rejects.toBeInstanceOf(Error);
+    expect(Date.now() - started).toBeLessThan(500); // the request timeout is 1000 ms
   });
 
   test('Secrets Manager: the SecretString of a secret', async () => {
