@@ -106,7 +106,15 @@ export interface KarmaProxyProps {
   /** Run on Spot (about a third of the price; an interrupted instance is replaced and reclaims its address).
    * @default false */
   readonly spot?: boolean;
-  /** The instance role. The construct adds what the instance needs to it.
+  /** The instance role. The construct adds to it what the proxy needs: the discovery mode's reads, the
+   * bundle, the cache secret, its addresses and cfn-signal. A role that takes no statements (imported
+   * with `Role.fromRoleArn(..., { mutable: false })`, or from another account) gets none of them: synth
+   * then warns (`KarmaProxy:RoleNotGranted`) with the actions to grant it yourself.
+   *
+   * Session Manager is not added to a role you give: who may open a shell on your instances is your
+   * role's decision (it may hold AmazonSSMManagedInstanceCore already, or leave shells out on purpose),
+   * and the proxy runs without it. To reach the instances as the README shows, grant the role
+   * `KarmaProxy.SESSION_MANAGER_ACTIONS` on `*`.
    * @default a new role with exactly what the discovery mode, the bundle, the cache secret and the addresses need, plus SSM Session Manager */
   readonly role?: iam.IRole;
   /** Root volume (gp3, encrypted), GB.
@@ -171,6 +179,8 @@ const DNS_NAME = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a
 const CLUSTER_NAME = /^[A-Za-z0-9_-]{1,255}$/;
 const ENV_KEY = /^[A-Z_][A-Z0-9_]*$/;
 const DISCOVERY_MODES: readonly DiscoveryMode[] = ['ecs', 'asg', 'tag', 'static'];
+/** What `asset.grantRead` gives on the CDK asset bucket. */
+const BUNDLE_READ_ACTIONS = ['s3:GetObject*', 's3:GetBucket*', 's3:List*'];
 
 const unresolved = (v: unknown): boolean => Token.isUnresolved(v);
 const stripDot = (s: string): string => s.trim().toLowerCase().replace(/\.+$/, '');
@@ -221,6 +231,11 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
   public static readonly BUNDLE_FILE = INSTANCE_PATHS.bundle;
   /** systemd's LimitNOFILE: a socket to the client and one to the target per request. */
   public static readonly LIMIT_NOFILE = 65536;
+  /** What the Session Manager agent calls (on `*`): the construct's own role has them, a role you give does not. */
+  public static readonly SESSION_MANAGER_ACTIONS: readonly string[] = [
+    'ssm:UpdateInstanceInformation', 'ssmmessages:CreateControlChannel', 'ssmmessages:CreateDataChannel',
+    'ssmmessages:OpenControlChannel', 'ssmmessages:OpenDataChannel',
+  ];
 
   public readonly connections: ec2.Connections;
   public readonly vpc: ec2.IVpc;
@@ -254,6 +269,8 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
   public readonly runtimeEnvironment: Readonly<Record<string, string>>;
   /** Monthly cost of what this construct runs, with the ALB's floor beside it. */
   public readonly costEstimate: CostEstimate;
+  /** Actions of the statements the role did not keep, for the RoleNotGranted warning. */
+  private readonly droppedActions: string[] = [];
 
   constructor(scope: Construct, id: string, props: KarmaProxyProps = {}) {
     super(scope, id);
@@ -340,9 +357,9 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       // Session Manager is the only way in (no SSH key, no open port). What its agent needs and no more:
       // AmazonSSMManagedInstanceCore would also let an internet-facing instance read every Parameter
       // Store value of the account (ssm:GetParameter* on *).
-      this.role.addToPrincipalPolicy(new iam.PolicyStatement({
+      this.grantToRole(new iam.PolicyStatement({
         sid: 'SessionManagerAgent',
-        actions: ['ssm:UpdateInstanceInformation', 'ssmmessages:CreateControlChannel', 'ssmmessages:CreateDataChannel', 'ssmmessages:OpenControlChannel', 'ssmmessages:OpenDataChannel'],
+        actions: [...KarmaProxy.SESSION_MANAGER_ACTIONS],
         resources: ['*'],
       }));
     }
@@ -351,10 +368,12 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     // ---- bundle ----
     this.bundle = new s3assets.Asset(this, 'Bundle', { path: bundlePath });
     // The whole asset prefix, not just this bundle's key: an update that rolls back must still be able to
-    // fetch the previous bundle while the policy is already the new one.
-    this.bundle.grantRead(this.role);
+    // fetch the previous bundle while the policy is already the new one. (What asset.grantRead does, but
+    // the bucket's grantRead returns the Grant, which says whether the role took it.)
+    const bundleGrant = this.bundle.bucket.grantRead(this.role);
+    if (!bundleGrant.success || dropsStatements(this.role)) this.droppedActions.push(...BUNDLE_READ_ACTIONS);
     const bundleReason = 'Read-only access to the CDK asset bucket (asset.grantRead): instances download the bundle at boot, and a rolled-back update needs the previous one.';
-    for (const finding of ['Action::s3:GetObject*', 'Action::s3:GetBucket*', 'Action::s3:List*',
+    for (const finding of [...BUNDLE_READ_ACTIONS.map((a) => `Action::${a}`),
       `Resource::${nagText(this.bundle.bucket.arnForObjects('*'), this)}`]) {
       Validations.of(this.role).acknowledge({ id: `AwsSolutions-IAM5[${finding}]`, reason: bundleReason });
     }
@@ -405,7 +424,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
         id: 'AwsSolutions-AEC5',
         reason: 'Only the proxy security group reaches the cache, over TLS with an AUTH token; a non-default port adds nothing to that.',
       });
-      this.role.addToPrincipalPolicy(new iam.PolicyStatement({
+      this.grantToRole(new iam.PolicyStatement({
         sid: 'ReadCacheAuthToken',
         actions: ['secretsmanager:GetSecretValue'],
         resources: [secret.secretArn],
@@ -426,19 +445,19 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       this.elasticIps.push(new ec2.CfnEIP(this, `Address${slot + 1}`, { domain: 'vpc' }));
     }
     this.addresses = this.elasticIps.map((eip) => eip.attrPublicIp);
-    this.role.addToPrincipalPolicy(new iam.PolicyStatement({
+    this.grantToRole(new iam.PolicyStatement({
       sid: 'FindFleetAddresses',
       actions: ['ec2:DescribeAddresses'],
       resources: ['*'],
     }));
     const stack = Stack.of(this);
-    this.role.addToPrincipalPolicy(new iam.PolicyStatement({
+    this.grantToRole(new iam.PolicyStatement({
       sid: 'ClaimFleetAddress',
       actions: ['ec2:AssociateAddress'],
       resources: this.elasticIps.map((eip) =>
         stack.formatArn({ service: 'ec2', resource: 'elastic-ip', resourceName: eip.attrAllocationId })),
     }));
-    this.role.addToPrincipalPolicy(new iam.PolicyStatement({
+    this.grantToRole(new iam.PolicyStatement({
       sid: 'ClaimAddressForFleetInstance',
       actions: ['ec2:AssociateAddress'],
       resources: [stack.formatArn({ service: 'ec2', resource: 'instance', resourceName: '*' })],
@@ -552,6 +571,15 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     // before an address is released at deletion.
     this.autoScalingGroup.node.addDependency(this.role);
     for (const eip of this.elasticIps) this.autoScalingGroup.node.addDependency(eip);
+    if (this.droppedActions.length > 0) {
+      // The group adds cfn-signal's permission to the same role, which drops it the same way.
+      const actions = [...new Set([...this.droppedActions, 'cloudformation:SignalResource'])];
+      Validations.of(this).addWarning('KarmaProxy:RoleNotGranted',
+        `The role prop (${describeRole(this.role)}) takes no statements: it is immutable (Role.fromRoleArn(..., ` +
+        '{ mutable: false }), or a role of another account). Grant it yourself: ' +
+        `${actions.join(', ')}. Without them the instances fail their boot (bundle, ` +
+        'address, signal) or find no targets; a synth without the role prop shows the exact statements.');
+    }
     Validations.of(this.autoScalingGroup).acknowledge({
       id: 'AwsSolutions-AS3',
       reason: 'Scaling notifications would need a topic and a subscriber; CloudFormation events and the ASG activity history cover this small fleet.',
@@ -587,11 +615,17 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     });
   }
 
+  /** Adds a statement to the role, remembering its actions when the role does not keep it. */
+  private grantToRole(statement: iam.PolicyStatement): void {
+    const { statementAdded } = this.role.addToPrincipalPolicy(statement);
+    if (!statementAdded || dropsStatements(this.role)) this.droppedActions.push(...statement.actions);
+  }
+
   /** The role may read exactly what the discovery mode reads. */
   private addDiscoveryPermissions(discovery: DiscoveryMode, clusters: string[] | undefined): void {
     const stack = Stack.of(this);
     const add = (sid: string, actions: string[], resources: string[], conditions?: Record<string, unknown>): void => {
-      this.role.addToPrincipalPolicy(new iam.PolicyStatement({ sid, actions, resources, conditions }));
+      this.grantToRole(new iam.PolicyStatement({ sid, actions, resources, conditions }));
     };
     switch (discovery) {
       case 'ecs': {
@@ -815,6 +849,21 @@ function nagText(value: string, scope: Construct): string {
     return JSON.stringify(node);
   };
   return visit(Stack.of(scope).resolve(value));
+}
+
+/**
+ * An immutable role (`Role.fromRoleArn(..., { mutable: false })`, a role of another account,
+ * `withoutPolicyUpdates()`) answers `statementAdded: true` and keeps nothing, unless it was imported
+ * with `addGrantsToResources`. aws-cdk-lib does not export its class: its property-injection ID names it.
+ */
+function dropsStatements(role: iam.IRole): boolean {
+  return (role.constructor as { PROPERTY_INJECTION_ID?: string }).PROPERTY_INJECTION_ID === 'aws-cdk-lib.aws-iam.ImmutableRole';
+}
+
+/** The role's name, or its ARN, for a message; tokens say nothing to a reader. */
+function describeRole(role: iam.IRole): string {
+  const known = [role.roleName, role.roleArn].find((v) => !Token.isUnresolved(v));
+  return known ? `'${known}'` : role.node.path;
 }
 
 /** zoneName of an imported zone, or undefined when the zone object does not know it (fromHostedZoneId). */

@@ -515,6 +515,44 @@ describe('IConnectable', () => {
     t.hasResourceProperties('AWS::EC2::SecurityGroupIngress', { GroupId: 'sg-0123456789abcdef0', FromPort: 80, CidrIp: '0.0.0.0/0' });
   });
 
+  test("a role you give gets what the proxy needs and no Session Manager: who may open a shell is its owner's call", () => {
+    const stack = new Stack(new App(), 'Test');
+    const role = iam.Role.fromRoleArn(stack, 'Role', 'arn:aws:iam::123456789012:role/my-proxy-role');
+    new KarmaProxy(stack, 'Proxy', { role, domain: DOMAIN, redis: false });
+    const actions = allActions(Template.fromStack(stack));
+    expect(actions).toEqual(expect.arrayContaining(['ec2:AssociateAddress', 's3:GetObject*', 'cloudformation:SignalResource']));
+    expect(actions.filter((a) => KarmaProxy.SESSION_MANAGER_ACTIONS.includes(a))).toEqual([]);
+    expect(KarmaProxy.SESSION_MANAGER_ACTIONS).toEqual(SESSION_MANAGER);
+    expect(Annotations.fromStack(stack).findWarning('*', Match.stringLikeRegexp('RoleNotGranted'))).toEqual([]);
+  });
+
+  describe('a role that keeps no statements', () => {
+    const ARN = 'arn:aws:iam::123456789012:role/my-proxy-role';
+    test.each<[string, (stack: Stack) => iam.IRole]>([
+      ['imported with mutable: false', (stack) => iam.Role.fromRoleArn(stack, 'Role', ARN, { mutable: false })],
+      ['imported with mutable: false and addGrantsToResources (statementAdded false)',
+        (stack) => iam.Role.fromRoleArn(stack, 'Role', ARN, { mutable: false, addGrantsToResources: true })],
+      ['of another account', (stack) => iam.Role.fromRoleArn(stack, 'Role', 'arn:aws:iam::999999999999:role/my-proxy-role')],
+    ])('%s: synth warns, naming the role prop and every action to grant', (_name, importRole) => {
+      const stack = new Stack(new App(), 'Test', { env: { account: '123456789012', region: 'us-east-1' } });
+      new KarmaProxy(stack, 'Proxy', { role: importRole(stack), domain: DOMAIN, clusters: ['prod'] });
+      Template.fromStack(stack).resourceCountIs('AWS::IAM::Policy', 0);
+      const warnings = Annotations.fromStack(stack).findWarning('/Test/Proxy', Match.stringLikeRegexp('KarmaProxy:RoleNotGranted'));
+      expect(warnings).toHaveLength(1);
+      const text = String(warnings[0].entry.data);
+      expect(text).toMatch(/^The role prop \('my-proxy-role'\) takes no statements: it is immutable/);
+      expect(text).toContain('Grant it yourself: ecs:ListTasks, ecs:DescribeContainerInstances, ecs:DescribeTasks, ' +
+        'ec2:DescribeNetworkInterfaces, ec2:DescribeInstances, s3:GetObject*, s3:GetBucket*, s3:List*, ' +
+        'secretsmanager:GetSecretValue, ec2:DescribeAddresses, ec2:AssociateAddress, cloudformation:SignalResource.');
+    });
+
+    test("the construct's own role takes everything and gets no such warning", () => {
+      const stack = new Stack(new App(), 'Test');
+      new KarmaProxy(stack, 'Proxy', { domain: DOMAIN, clusters: ['prod'] });
+      expect(Annotations.fromStack(stack).findWarning('*', Match.stringLikeRegexp('RoleNotGranted'))).toEqual([]);
+    });
+  });
+
   test('no hosted zone: no record, the addresses are still there', () => {
     const stack = new Stack(new App(), 'Test');
     const proxy = new KarmaProxy(stack, 'Proxy', { domain: DOMAIN, redis: false });
