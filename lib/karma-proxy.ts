@@ -25,7 +25,7 @@ import * as route53 from 'aws-cdk-lib/aws-route53';
 import * as s3assets from 'aws-cdk-lib/aws-s3-assets';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import { Construct } from 'constructs';
-import { CostEstimate, estimateMonthlyCost } from './cost';
+import { CostEstimate, PRICES, estimateMonthlyCost } from './cost';
 import { INSTANCE_PATHS, renderBootstrap, renderEnvFile, renderUnit } from './user-data';
 
 /** How the runtime finds its targets (the runtime's NODE_FILTER). */
@@ -130,6 +130,7 @@ export interface KarmaProxyProps {
   // ---- cache ----
 
   /** An ElastiCache Redis that the fleet shares discovery through. `false`: each instance keeps its own state in memory.
+   * With maxCapacity 1 it shares nothing (one instance's workers share through its primary): synth warns.
    * @default true */
   readonly redis?: boolean;
   /** Cache node type.
@@ -585,6 +586,14 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       reason: 'Scaling notifications would need a topic and a subscriber; CloudFormation events and the ASG activity history cover this small fleet.',
     });
 
+    if (useRedis && maxCapacity === 1) {
+      const price = PRICES.cacheNodes[redisNodeType];
+      Validations.of(this).addWarning('KarmaProxy:RedisWithOneInstance',
+        'redis is on while maxCapacity is 1: the cache shares discovery results between instances, and the ' +
+        'workers of one instance already share them through its primary. The ElastiCache node ' +
+        `(${redisNodeType}${price === undefined ? '' : `, $${price.toFixed(2)}/month`}) is cost without use: ` +
+        'set redis to false, or raise maxCapacity.');
+    }
     if (minCapacity < maxCapacity) {
       Validations.of(this).addWarning('KarmaProxy:IdleAddresses',
         `minCapacity (${minCapacity}) is below maxCapacity (${maxCapacity}): the wildcard record lists all ` +

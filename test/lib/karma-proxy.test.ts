@@ -340,6 +340,31 @@ describe('default stack', () => {
   });
 });
 
+describe('a cache for a single instance', () => {
+  const cacheWarnings = (props: KarmaProxyProps): string[] => {
+    const stack = new Stack(new App(), 'Test');
+    new KarmaProxy(stack, 'Proxy', { domain: DOMAIN, ...props });
+    return Annotations.fromStack(stack).findWarning('/Test/Proxy', Match.stringLikeRegexp('KarmaProxy:RedisWithOneInstance'))
+      .map((w) => String(w.entry.data));
+  };
+
+  test('shares nothing, so synth says the node is cost without use, naming the props to change', () => {
+    const [warning, ...more] = cacheWarnings({});
+    expect(more).toEqual([]);
+    expect(warning.startsWith(
+      'redis is on while maxCapacity is 1: the cache shares discovery results between instances, and the ' +
+      'workers of one instance already share them through its primary. The ElastiCache node ' +
+      '(cache.t4g.micro, $11.68/month) is cost without use: set redis to false, or raise maxCapacity.',
+    )).toBe(true);
+    expect(cacheWarnings({ redisNodeType: 'cache.r7g.large' })[0]).toContain('(cache.r7g.large) is cost without use');
+  });
+
+  test('with room for a second instance, or without a cache, there is nothing to say', () => {
+    expect(cacheWarnings({ maxCapacity: 2 })).toEqual([]);
+    expect(cacheWarnings({ redis: false })).toEqual([]);
+  });
+});
+
 describe('a larger fleet on spot, with allow-lists and runtime settings', () => {
   const { stack, template } = templateOf({
     instanceType: new ec2.InstanceType('t4g.small'),
