@@ -109,10 +109,11 @@ const duration = (unit: 'seconds' | 'minutes', opts: { zero?: boolean } = {}) =>
   return ms;
 };
 
+/** Go's strconv.ParseBool forms (what the seeds read: 1, t, true, 0, f, false, any case), and yes/no, on/off. */
 const bool = (raw: string): boolean => {
   const t = raw.trim().toLowerCase();
-  if (['true', '1', 'yes', 'on'].includes(t)) return true;
-  if (['false', '0', 'no', 'off', ''].includes(t)) return false;
+  if (['true', 't', '1', 'yes', 'on'].includes(t)) return true;
+  if (['false', 'f', '0', 'no', 'off', ''].includes(t)) return false;
   throw new Invalid('true or false');
 };
 
@@ -179,11 +180,11 @@ const staticTargets = (raw: string): Target[] =>
     return makeTarget(host, port);
   });
 
-/** Karma's bare `host:port`, or a redis:// / rediss:// URL (user and password allowed). */
+/** Karma's bare `host:port` (`[v6]:port` too), or a redis:// / rediss:// URL (user and password allowed). */
 const redisUrl = (raw: string): string | undefined => {
   const t = raw.trim();
   if (t === '') return undefined;
-  if (/^[^/:@\s]+:\d{1,5}$/.test(t)) return `redis://${t}`;
+  if (/^(?:[^/:@\s\[\]]+|\[[0-9a-fA-F:.]+\]):\d{1,5}$/.test(t)) return `redis://${t}`;
   let u: URL;
   try {
     u = new URL(t);
@@ -195,6 +196,9 @@ const redisUrl = (raw: string): string | undefined => {
   }
   return t;
 };
+
+/** IDLE_TIMEOUT's default with MODE=tcp: a Network Load Balancer's TCP idle timeout (350 s). */
+export const TCP_IDLE_TIMEOUT_MS = 350_000;
 
 const cpus = String(typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length);
 
@@ -270,7 +274,7 @@ export const SETTINGS = {
   },
   healthCheckTimeoutMs: {
     env: 'HEALTH_CHECK_TIMEOUT',
-    doc: 'Seconds a health check may take.',
+    doc: 'Seconds a health check may take; left unset, never more than `HEALTH_CHECK_PERIOD`.',
     default: { ecs: '5', pool: '2' },
     parse: duration('seconds'),
   },
@@ -428,7 +432,7 @@ export const SETTINGS = {
   },
   idleTimeoutMs: {
     env: 'IDLE_TIMEOUT',
-    doc: 'Seconds an idle client connection (keep-alive or stalled) is kept open, like the ALB idle timeout.',
+    doc: 'Seconds an idle client connection (keep-alive or stalled) is kept open, like the ALB idle timeout; with `MODE=tcp` 350 unless set, like an NLB.',
     default: '60',
     parse: duration('seconds'),
   },
@@ -475,6 +479,7 @@ function defaultFor(setting: Setting<unknown>, filter: NodeFilter): string | und
 export function loadConfig(env: Env = process.env): Config {
   const problems: string[] = [];
   const out: Record<string, unknown> = {};
+  const isSet = (name: string): boolean => (env[name] ?? '').trim() !== '';
   const read = (key: keyof Config, filter: NodeFilter): void => {
     const s = SETTINGS[key] as Setting<unknown>;
     const given = env[s.env];
@@ -494,24 +499,31 @@ export function loadConfig(env: Env = process.env): Config {
   const filter = (out.nodeFilter as NodeFilter | undefined) ?? 'ecs';
   for (const key of Object.keys(SETTINGS) as (keyof Config)[]) if (key !== 'nodeFilter') read(key, filter);
 
-  // Settings that depend on each other.
-  if (filter === 'ecs' && !out.domain && !problems.some((p) => p.startsWith('DOMAIN '))) {
-    problems.push('DOMAIN is required when NODE_FILTER=ecs (routes are <service>-<port>-<cluster>.<DOMAIN>)');
+  // Settings that depend on each other. A NODE_FILTER that is not one of ours is the problem on its
+  // own: nothing that only ecs mode needs is asked for.
+  const filterValid = !problems.some((p) => p.startsWith('NODE_FILTER '));
+  if (filterValid && filter === 'ecs' && !out.domain && !problems.some((p) => p.startsWith('DOMAIN '))) {
+    // The Stateless Load Balancer defaulted to asg; its users who never set NODE_FILTER land here.
+    problems.push(
+      'DOMAIN is required when NODE_FILTER=ecs (routes are <service>-<port>-<cluster>.<DOMAIN>); ' +
+        `for one EC2 pool set NODE_FILTER=asg, tag or static${env.NODE_FILTER?.trim() ? '' : ' (ecs is the default)'}`,
+    );
   }
   if (filter === 'static' && !(out.staticTargets as Target[] | undefined)?.length &&
       !problems.some((p) => p.startsWith('STATIC_TARGETS '))) {
     problems.push('STATIC_TARGETS is required when NODE_FILTER=static (ip:port,ip:port)');
   }
-  if (out.mode === 'tcp' && filter === 'ecs') {
+  if (filterValid && out.mode === 'tcp' && filter === 'ecs') {
     problems.push('MODE=tcp needs a pool: NODE_FILTER must be static, tag or asg (ecs routes by Host, which is HTTP)');
   }
-  if (
-    typeof out.healthCheckTimeoutMs === 'number' &&
-    typeof out.healthCheckPeriodMs === 'number' &&
-    out.healthCheckTimeoutMs > out.healthCheckPeriodMs
-  ) {
-    problems.push('HEALTH_CHECK_TIMEOUT must not exceed HEALTH_CHECK_PERIOD');
+  if (typeof out.healthCheckTimeoutMs === 'number' && typeof out.healthCheckPeriodMs === 'number' &&
+      out.healthCheckTimeoutMs > out.healthCheckPeriodMs) {
+    // Only a timeout that was set can be wrong; the default one shrinks to a shorter period.
+    if (isSet('HEALTH_CHECK_TIMEOUT')) problems.push('HEALTH_CHECK_TIMEOUT must not exceed HEALTH_CHECK_PERIOD');
+    else out.healthCheckTimeoutMs = out.healthCheckPeriodMs;
   }
+  // Raw TCP carries protocols with long quiet spells (databases, SSH): an NLB's idle timeout, not an ALB's.
+  if (out.mode === 'tcp' && !isSet('IDLE_TIMEOUT')) out.idleTimeoutMs = TCP_IDLE_TIMEOUT_MS;
   if (out.port !== 0 && out.port === out.metricsPort && out.host === out.metricsHost) {
     problems.push('METRICS_PORT must differ from PORT');
   }

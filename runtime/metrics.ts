@@ -2,7 +2,8 @@
  * Every Prometheus metric of the proxy, in one place, on prom-client's global registry in every
  * process; the primary serves the sum over itself and its workers (coordinator.ts).
  *
- * The first five names are the stateless load balancer's, kept exactly so its dashboards still work.
+ * The first five names and types are the stateless load balancer's, so dashboards written for them
+ * find them (it registered them but never served them); per-target ones carry a `target` label, ip:port.
  */
 import { Counter, Gauge, Histogram, register } from 'prom-client';
 

@@ -1,4 +1,4 @@
-import { ConfigError, ENV_NAMES, loadConfig } from '../../runtime/config';
+import { ConfigError, ENV_NAMES, loadConfig, TCP_IDLE_TIMEOUT_MS } from '../../runtime/config';
 
 const errorOf = (env: Record<string, string>): ConfigError => {
   try {
@@ -145,7 +145,7 @@ describe('configuration', () => {
       "UPSTREAM_TIMEOUT must be a number of seconds above 0 (got '-1')",
       "LOG_CONNECTIONS must be true or false (got 'maybe')",
       "ALLOWED_PORTS must be a comma-separated list of ports or ranges (1-65535), and '70000' is not one (got '80,70000')",
-      'DOMAIN is required when NODE_FILTER=ecs (routes are <service>-<port>-<cluster>.<DOMAIN>)',
+      'DOMAIN is required when NODE_FILTER=ecs (routes are <service>-<port>-<cluster>.<DOMAIN>); for one EC2 pool set NODE_FILTER=asg, tag or static',
     ]);
     expect(e.message).toMatch(/^invalid configuration: PORT must be/);
   });
@@ -162,6 +162,38 @@ describe('configuration', () => {
       "REQUEST_TIMEOUT must be 0 or at least 0.001 seconds (got '0.0004')",
     ]);
     expect(loadConfig({ ...pool, UPSTREAM_TIMEOUT: '0.001' }).upstreamTimeoutMs).toBe(1);
+  });
+
+  test("booleans take Go's ParseBool forms, as the seeds read them", () => {
+    for (const v of ['1', 't', 'T', 'TRUE', 'true', 'True', 'yes', 'on']) expect(loadConfig({ NODE_FILTER: 'asg', LOG_CONNECTIONS: v }).logConnections).toBe(true);
+    for (const v of ['0', 'f', 'F', 'FALSE', 'false', 'False', 'no', 'off']) expect(loadConfig({ NODE_FILTER: 'asg', LOG_CONNECTIONS: v }).logConnections).toBe(false);
+    expect(errorOf({ NODE_FILTER: 'asg', LOG_CONNECTIONS: 'tru' }).problems).toEqual(["LOG_CONNECTIONS must be true or false (got 'tru')"]);
+  });
+
+  test("a Stateless Load Balancer user who never set NODE_FILTER is told to set it; a misspelt one is the only problem", () => {
+    expect(errorOf({ ASG_NAME: 'workers' }).problems).toEqual([
+      'DOMAIN is required when NODE_FILTER=ecs (routes are <service>-<port>-<cluster>.<DOMAIN>); for one EC2 pool set NODE_FILTER=asg, tag or static (ecs is the default)',
+    ]);
+    expect(errorOf({ NODE_FILTER: 'tags', MODE: 'tcp' }).problems).toEqual(["NODE_FILTER must be one of ecs, asg, tag, static (got 'tags')"]);
+  });
+
+  test('a health check period shorter than the default timeout shortens the timeout; a timeout set longer is an error', () => {
+    expect(loadConfig({ NODE_FILTER: 'asg', HEALTH_CHECK_PERIOD: '1' })).toMatchObject({ healthCheckPeriodMs: 1000, healthCheckTimeoutMs: 1000 });
+    expect(loadConfig({ DOMAIN: 'example.com', HEALTH_CHECK_PERIOD: '3' })).toMatchObject({ healthCheckPeriodMs: 3000, healthCheckTimeoutMs: 3000 });
+    expect(loadConfig({ DOMAIN: 'example.com', HEALTH_CHECK_PERIOD: '10' }).healthCheckTimeoutMs).toBe(5000);
+  });
+
+  test('MODE=tcp keeps quiet connections for 350 s, like an NLB, unless IDLE_TIMEOUT is set', () => {
+    const tcp = { NODE_FILTER: 'static', STATIC_TARGETS: '10.0.0.1:5432', MODE: 'tcp' };
+    expect(loadConfig(tcp).idleTimeoutMs).toBe(TCP_IDLE_TIMEOUT_MS);
+    expect(TCP_IDLE_TIMEOUT_MS).toBe(350_000);
+    expect(loadConfig({ ...tcp, IDLE_TIMEOUT: '60' }).idleTimeoutMs).toBe(60_000);
+    expect(loadConfig({ ...tcp, MODE: 'http' }).idleTimeoutMs).toBe(60_000);
+  });
+
+  test('REDIS_URL takes a bare [IPv6]:port like host:port', () => {
+    expect(loadConfig({ NODE_FILTER: 'asg', REDIS_URL: '[::1]:6379' }).redisUrl).toBe('redis://[::1]:6379');
+    expect(errorOf({ NODE_FILTER: 'asg', REDIS_URL: '[nope]:6379' }).problems[0]).toMatch(/^REDIS_URL must be/);
   });
 
   test('mode-specific requirements', () => {
