@@ -31,7 +31,7 @@ export interface KarmaProxyStackProps extends StackProps, Omit<KarmaProxyProps, 
   /** Private subnets (with egress) of `vpcId`, for the cache when there are no isolated ones.
    * @default none */
   readonly privateSubnetIds?: string[];
-  /** AZs of the subnets, in the same order.
+  /** AZs of the subnets, in the same order: each subnet list has one subnet per AZ (or whole rounds of them).
    * @default the region's first AZs, one per public subnet */
   readonly availabilityZones?: string[];
 }
@@ -56,18 +56,34 @@ export class KarmaProxyStack extends Stack {
       if ((props.redis ?? true) && cacheSubnets === 0) {
         problems.push('vpcId needs isolatedSubnetIds or privateSubnetIds for the cache (or redis: false)');
       }
+      // Vpc.fromVpcAttributes deals each list out over the AZs in turn; a list that does not fill whole
+      // rounds fails there, in words that name neither the setting nor the fix.
+      const givenAzs = props.availabilityZones?.length ? props.availabilityZones : undefined;
+      const azCount = givenAzs?.length ?? pub.length;
+      const azs = givenAzs
+        ? `the ${azCount} availabilityZones`
+        : `${azCount} AZs (one per publicSubnetIds entry, as availabilityZones is not set)`;
+      for (const [name, ids] of [['publicSubnetIds', pub], ['isolatedSubnetIds', props.isolatedSubnetIds ?? []],
+        ['privateSubnetIds', props.privateSubnetIds ?? []]] as const) {
+        if (azCount > 0 && ids.length % azCount !== 0) {
+          problems.push(`${name} lists ${ids.length} subnet${ids.length === 1 ? '' : 's'} for ${azs}: give one ` +
+            `subnet per AZ, in the order of the AZs${givenAzs ? '' : ', or set availabilityZones'}`);
+        }
+      }
       if (problems.length === 0) {
-        const azs = props.availabilityZones ?? pub.map((_, i) => Fn.select(i, Fn.getAzs()));
         vpc = ec2.Vpc.fromVpcAttributes(this, 'Vpc', {
           vpcId: props.vpcId,
-          availabilityZones: azs,
+          availabilityZones: givenAzs ?? pub.map((_, i) => Fn.select(i, Fn.getAzs())),
           publicSubnetIds: pub,
           isolatedSubnetIds: props.isolatedSubnetIds?.length ? props.isolatedSubnetIds : undefined,
           privateSubnetIds: props.privateSubnetIds?.length ? props.privateSubnetIds : undefined,
         });
       }
-    } else if (props.publicSubnetIds || props.isolatedSubnetIds || props.privateSubnetIds) {
-      problems.push('publicSubnetIds, isolatedSubnetIds and privateSubnetIds need vpcId');
+    } else {
+      if (props.publicSubnetIds || props.isolatedSubnetIds || props.privateSubnetIds) {
+        problems.push('publicSubnetIds, isolatedSubnetIds and privateSubnetIds need vpcId');
+      }
+      if (props.availabilityZones?.length) problems.push('availabilityZones needs vpcId (they are the AZs of its subnets)');
     }
     if (props.hostedZoneName && !props.hostedZoneId) problems.push('hostedZoneName needs hostedZoneId');
     if (problems.length > 0) {

@@ -56,10 +56,12 @@ export interface KarmaProxyHealthCheck {
 export interface KarmaProxyProps {
   // ---- network ----
 
-  /** The VPC of the proxy (and of the cache).
+  /** The VPC of the proxy (and of the cache). It needs public subnets (`publicSubnetIds` when imported with
+   * `Vpc.fromVpcAttributes`); a VPC without them, or a selection below that matches none of its subnets,
+   * fails at synth with the subnets the VPC has.
    * @default a new VPC: 2 AZs, public subnets for the proxy, isolated subnets for the cache, no NAT gateway */
   readonly vpc?: ec2.IVpc;
-  /** Where the instances run. They need a route to the internet for the Elastic IPs, packages and AWS APIs.
+  /** Where the instances run: public subnets only, for the Elastic IPs, packages and AWS APIs (no NAT).
    * @default the VPC's public subnets */
   readonly vpcSubnets?: ec2.SubnetSelection;
   /** Where the cache runs.
@@ -294,18 +296,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     const domain = domainInput === undefined || unresolved(domainInput) ? domainInput : stripDot(domainInput);
     const environment = props.environment ?? {};
 
-    this.validate(props, {
-      instanceType, minCapacity, maxCapacity, discovery, redisNodeType, metricsPort, allowedCidrs,
-      bundlePath, rootVolumeSize, shutdownTimeout, domain, environment, useRedis,
-    });
-
-    // environment may override these two: the metrics rule, the health probe and systemd's stop timeout follow it.
-    const overridden = (key: string): string | undefined =>
-      environment[key] !== undefined && !unresolved(environment[key]) ? environment[key].trim() : undefined;
-    const effectiveMetricsPort = Number(overridden('METRICS_PORT') ?? metricsPort);
-    const effectiveShutdownSeconds = Number(overridden('SHUTDOWN_TIMEOUT') ?? shutdownTimeout.toMilliseconds() / 1000);
-
-    // ---- network ----
+    // ---- network ---- (the VPC before the checks: they test the subnet selections against it)
     this.vpc = props.vpc ?? new ec2.Vpc(this, 'Vpc', {
       maxAzs: 2,
       // The proxy sits in public subnets with its own addresses: a NAT gateway would cost ten times the instance.
@@ -323,6 +314,17 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
         reason: 'Flow logs cost more than the proxy itself; the proxy can log each request (LOG_CONNECTIONS).',
       });
     }
+
+    this.validate(props, {
+      instanceType, minCapacity, maxCapacity, discovery, redisNodeType, metricsPort, allowedCidrs,
+      bundlePath, rootVolumeSize, shutdownTimeout, domain, environment, useRedis, vpc: this.vpc,
+    });
+
+    // environment may override these two: the metrics rule, the health probe and systemd's stop timeout follow it.
+    const overridden = (key: string): string | undefined =>
+      environment[key] !== undefined && !unresolved(environment[key]) ? environment[key].trim() : undefined;
+    const effectiveMetricsPort = Number(overridden('METRICS_PORT') ?? metricsPort);
+    const effectiveShutdownSeconds = Number(overridden('SHUTDOWN_TIMEOUT') ?? shutdownTimeout.toMilliseconds() / 1000);
 
     this.securityGroup = props.securityGroup ?? new ec2.SecurityGroup(this, 'SecurityGroup', {
       vpc: this.vpc,
@@ -678,7 +680,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     instanceType: ec2.InstanceType; minCapacity: number; maxCapacity: number; discovery: DiscoveryMode;
     redisNodeType: string; metricsPort: number; allowedCidrs: string[]; bundlePath: string;
     rootVolumeSize: number; shutdownTimeout: Duration; domain: string | undefined;
-    environment: Record<string, string>; useRedis: boolean;
+    environment: Record<string, string>; useRedis: boolean; vpc: ec2.IVpc;
   }): void {
     const problems: string[] = [];
     const known = (x: unknown): boolean => !unresolved(x);
@@ -773,6 +775,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     if (v.useRedis && known(v.redisNodeType) && !/^cache\.[a-z0-9]+\.[a-z0-9]+$/.test(v.redisNodeType)) {
       problems.push(`redisNodeType '${v.redisNodeType}' is not a cache node type such as cache.t4g.micro`);
     }
+    problems.push(...subnetProblems(v.vpc, props.vpcSubnets, v.useRedis ? props.cacheSubnets : undefined));
     if (v.useRedis && props.vpc && !props.cacheSubnets &&
         props.vpc.isolatedSubnets.length === 0 && props.vpc.privateSubnets.length === 0) {
       problems.push('vpc has no isolated or private subnets for the cache: give cacheSubnets, or set redis to false');
@@ -858,6 +861,75 @@ function nagText(value: string, scope: Construct): string {
     return JSON.stringify(node);
   };
   return visit(Stack.of(scope).resolve(value));
+}
+
+/**
+ * What is wrong with where the proxy and the cache would run. Without these checks a VPC without public
+ * subnets, or a selection that matches nothing, fails deep in CDK with a message that names neither the
+ * prop nor the fix, or not at all (an empty AZ filter gives the group no subnet).
+ */
+function subnetProblems(vpc: ec2.IVpc, vpcSubnets: ec2.SubnetSelection | undefined,
+  cacheSubnets: ec2.SubnetSelection | undefined): string[] {
+  const problems: string[] = [];
+  const has = `it has ${describeSubnets(vpc)}`;
+  /** Why the selection matches nothing, or undefined when it matches some subnet. */
+  const mismatch = (name: string, selection: ec2.SubnetSelection): string | undefined => {
+    let names = '';
+    try {
+      if (vpc.selectSubnets(selection).subnets.length > 0) return undefined;
+    } catch (e) {
+      // CDK's message is the one place that lists the VPC's subnet group names.
+      const groups = /Available names: (.*)$/.exec((e as Error).message)?.[1];
+      if (groups) names = `; its subnet groups are ${groups.split(',').join(', ')}`;
+    }
+    return `${name} (${describeSelection(selection)}) matches no subnet of vpc (${has}${names})`;
+  };
+  const onlyPublic = 'the proxy runs in public subnets, the only ones where its Elastic IPs are reachable and it ' +
+    'reaches packages and AWS APIs without a NAT gateway';
+  if (vpcSubnets === undefined) {
+    if (vpc.publicSubnets.length === 0) {
+      problems.push(`vpc has no public subnets (${has}): ${onlyPublic}. Give a VPC with public subnets ` +
+        '(publicSubnetIds, when it is imported with Vpc.fromVpcAttributes)');
+    }
+  } else if (vpcSubnets.subnetType !== undefined && vpcSubnets.subnetType !== ec2.SubnetType.PUBLIC) {
+    problems.push(`vpcSubnets selects subnetType ${subnetTypeName(vpcSubnets.subnetType)}: ${onlyPublic}. ` +
+      'Select public subnets, or leave vpcSubnets out');
+  } else {
+    const why = mismatch('vpcSubnets', vpcSubnets);
+    if (why) problems.push(`${why}: select public subnets it has, or leave vpcSubnets out`);
+  }
+  if (cacheSubnets !== undefined) {
+    const why = mismatch('cacheSubnets', cacheSubnets);
+    if (why) problems.push(`${why}: select subnets it has, or leave cacheSubnets out`);
+  }
+  return problems;
+}
+
+function subnetTypeName(type: ec2.SubnetType): string {
+  return Object.entries(ec2.SubnetType).find(([, value]) => value === type)?.[0] ?? String(type);
+}
+
+/** `2 public (us-east-1a, us-east-1b), 0 private, 2 isolated subnets`: AZs when they are known at synth. */
+function describeSubnets(vpc: ec2.IVpc): string {
+  const kinds: [string, ec2.ISubnet[]][] = [
+    ['public', vpc.publicSubnets], ['private', vpc.privateSubnets], ['isolated', vpc.isolatedSubnets],
+  ];
+  return kinds.map(([kind, subnets]) => {
+    const azs = [...new Set(subnets.map((s) => s.availabilityZone))];
+    const known = azs.length > 0 && azs.every((az) => !Token.isUnresolved(az));
+    return `${subnets.length} ${kind}${known ? ` (${azs.join(', ')})` : ''}`;
+  }).join(', ') + ' subnets';
+}
+
+/** A selection as its props read: `subnetGroupName 'Web', availabilityZones us-east-1z`. */
+function describeSelection(selection: ec2.SubnetSelection): string {
+  const parts: string[] = [];
+  if (selection.subnetType !== undefined) parts.push(`subnetType ${subnetTypeName(selection.subnetType)}`);
+  if (selection.subnetGroupName !== undefined) parts.push(`subnetGroupName '${selection.subnetGroupName}'`);
+  if (selection.availabilityZones !== undefined) parts.push(`availabilityZones ${selection.availabilityZones.join(', ')}`);
+  if (selection.subnets !== undefined) parts.push(`subnets ${selection.subnets.map((s) => s.subnetId).join(', ')}`);
+  if (selection.subnetFilters !== undefined) parts.push(`${selection.subnetFilters.length} subnetFilters`);
+  return parts.join(', ') || 'an empty selection';
 }
 
 /**

@@ -89,6 +89,53 @@ test('a cache needs somewhere private to live', () => {
   expect(() => new KarmaProxy(stack, 'NoCache', { vpc, domain: 'apps.example.com', redis: false })).not.toThrow();
 });
 
+describe('where the proxy and the cache run: checked against the VPC, in words that name the prop', () => {
+  const attrs = { vpcId: 'vpc-0123456789abcdef0', availabilityZones: ['us-east-1a', 'us-east-1b'] };
+  test.each<[string, (stack: Stack) => KarmaProxyProps, string]>([
+    ['an imported VPC without public subnets',
+      (stack) => ({ vpc: ec2.Vpc.fromVpcAttributes(stack, 'Vpc', { ...attrs, privateSubnetIds: ['subnet-0aaaaaaaaaaaaaaa1', 'subnet-0aaaaaaaaaaaaaaa2'] }) }),
+      'vpc has no public subnets (it has 0 public, 2 private (us-east-1a, us-east-1b), 0 isolated subnets): the proxy ' +
+      'runs in public subnets, the only ones where its Elastic IPs are reachable and it reaches packages and AWS APIs ' +
+      'without a NAT gateway. Give a VPC with public subnets (publicSubnetIds, when it is imported with Vpc.fromVpcAttributes)'],
+    ['a VPC of isolated subnets only',
+      (stack) => ({ vpc: new ec2.Vpc(stack, 'Vpc', { maxAzs: 2, subnetConfiguration: [{ name: 'Inside', subnetType: ec2.SubnetType.PRIVATE_ISOLATED }] }) }),
+      'vpc has no public subnets (it has 0 public, 0 private, 2 isolated subnets)'],
+    ['vpcSubnets naming a group the VPC does not have',
+      () => ({ vpcSubnets: { subnetGroupName: 'Web' } }),
+      "vpcSubnets (subnetGroupName 'Web') matches no subnet of vpc (it has 2 public, 0 private, 2 isolated subnets; " +
+      'its subnet groups are Public, Cache): select public subnets it has, or leave vpcSubnets out'],
+    ['vpcSubnets in an AZ the VPC has no subnet in',
+      (stack) => ({ vpc: ec2.Vpc.fromVpcAttributes(stack, 'Vpc', { ...attrs, publicSubnetIds: ['subnet-0aaaaaaaaaaaaaaa1', 'subnet-0aaaaaaaaaaaaaaa2'] }),
+        vpcSubnets: { availabilityZones: ['us-east-1c'] } }),
+      'vpcSubnets (availabilityZones us-east-1c) matches no subnet of vpc (it has 2 public (us-east-1a, us-east-1b), ' +
+      '0 private, 0 isolated subnets): select public subnets it has, or leave vpcSubnets out'],
+    ['vpcSubnets of isolated subnets, where the addresses cannot be reached',
+      () => ({ vpcSubnets: { subnetType: ec2.SubnetType.PRIVATE_ISOLATED } }),
+      'vpcSubnets selects subnetType PRIVATE_ISOLATED: the proxy runs in public subnets, the only ones where its ' +
+      'Elastic IPs are reachable and it reaches packages and AWS APIs without a NAT gateway. Select public subnets, ' +
+      'or leave vpcSubnets out'],
+    ['cacheSubnets of a kind the VPC does not have',
+      () => ({ redis: true, cacheSubnets: { subnetType: ec2.SubnetType.PRIVATE_WITH_EGRESS } }),
+      'cacheSubnets (subnetType PRIVATE_WITH_EGRESS) matches no subnet of vpc (it has 2 public, 0 private, 2 isolated ' +
+      'subnets): select subnets it has, or leave cacheSubnets out'],
+  ])('%s', (_name, props, message) => {
+    const stack = new Stack(new App(), 'Test');
+    const text = messageOf(() => new KarmaProxy(stack, 'Proxy', { domain: 'apps.example.com', redis: false, ...props(stack) }));
+    expect(text).toContain(`  - ${message}`);
+    expect(text.startsWith('Invalid KarmaProxy props (Test/Proxy):')).toBe(true);
+  });
+
+  test('the selections a VPC can satisfy are fine', () => {
+    for (const vpcSubnets of [{ subnetGroupName: 'Public' }, { subnetType: ec2.SubnetType.PUBLIC, onePerAz: true }]) {
+      expect(build({ vpcSubnets })).not.toThrow();
+    }
+    expect(build({ redis: true, cacheSubnets: { subnetGroupName: 'Cache' } })).not.toThrow();
+    const stack = new Stack(new App(), 'Test');
+    const subnets = [ec2.Subnet.fromSubnetId(stack, 'Mine', 'subnet-0aaaaaaaaaaaaaaa9')];
+    expect(() => new KarmaProxy(stack, 'Proxy', { domain: 'apps.example.com', redis: false, vpcSubnets: { subnets } })).not.toThrow();
+  });
+});
+
 test('a zone known only by its id needs a domain', () => {
   const stack = new Stack(new App(), 'Test');
   const hostedZone = route53.HostedZone.fromHostedZoneId(stack, 'Zone', 'Z0BYID');
@@ -125,12 +172,36 @@ describe('the stack', () => {
     ].join('\n'));
   });
 
-  test('subnets need a VPC, a zone name needs a zone id', () => {
-    expect(stackMessage({ publicSubnetIds: ['subnet-1'], hostedZoneName: 'example.com' })).toBe([
+  test('subnets and AZs need a VPC, a zone name needs a zone id', () => {
+    expect(stackMessage({ publicSubnetIds: ['subnet-1'], availabilityZones: ['us-east-1a'], hostedZoneName: 'example.com' })).toBe([
       'Invalid KarmaProxyStack props (KarmaProxy):',
       '  - publicSubnetIds, isolatedSubnetIds and privateSubnetIds need vpcId',
+      '  - availabilityZones needs vpcId (they are the AZs of its subnets)',
       '  - hostedZoneName needs hostedZoneId',
     ].join('\n'));
+  });
+
+  test('each subnet list has one subnet per AZ, in their order', () => {
+    expect(stackMessage({
+      vpcId: 'vpc-1', availabilityZones: ['us-east-1a', 'us-east-1b'],
+      publicSubnetIds: ['subnet-1', 'subnet-2', 'subnet-3'], isolatedSubnetIds: ['subnet-4'],
+    })).toBe([
+      'Invalid KarmaProxyStack props (KarmaProxy):',
+      '  - publicSubnetIds lists 3 subnets for the 2 availabilityZones: give one subnet per AZ, in the order of the AZs',
+      '  - isolatedSubnetIds lists 1 subnet for the 2 availabilityZones: give one subnet per AZ, in the order of the AZs',
+    ].join('\n'));
+  });
+
+  test('without availabilityZones, each public subnet is one AZ', () => {
+    expect(stackMessage({ vpcId: 'vpc-1', publicSubnetIds: ['subnet-1', 'subnet-2', 'subnet-3'], privateSubnetIds: ['subnet-4', 'subnet-5'] })).toBe([
+      'Invalid KarmaProxyStack props (KarmaProxy):',
+      '  - privateSubnetIds lists 2 subnets for 3 AZs (one per publicSubnetIds entry, as availabilityZones is not set): ' +
+      'give one subnet per AZ, in the order of the AZs, or set availabilityZones',
+    ].join('\n'));
+    expect(() => new KarmaProxyStack(new App(), 'KarmaProxy', {
+      domain: 'apps.example.com', vpcId: 'vpc-1', availabilityZones: ['us-east-1a', 'us-east-1b'],
+      publicSubnetIds: ['subnet-1', 'subnet-2', 'subnet-3', 'subnet-4'], isolatedSubnetIds: ['subnet-5', 'subnet-6'],
+    })).not.toThrow();
   });
 
   test("the construct's checks apply through the stack", () => {
