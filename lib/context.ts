@@ -48,10 +48,14 @@ export function envVarName(key: string): string {
   return `KARMA_${key.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase()}`;
 }
 
+/** Reads one context key, e.g. `(key) => app.node.tryGetContext(key)`. */
 export type ContextReader = (key: string) => unknown;
 
+/** What the app builds its stack from, read from context and env vars. */
 export interface ContextResult {
+  /** Name of the CloudFormation stack (`stackName`). */
   readonly stackName: string;
+  /** The stack's props; unset keys are left out, so that the construct's defaults apply. */
   readonly props: KarmaProxyStackProps;
   /** True when the example domain and zone were used. */
   readonly usedExamples: boolean;

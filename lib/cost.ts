@@ -7,6 +7,7 @@
 
 /** When the table below was read. Update the two together. */
 export const PRICE_DATE = '2026-11';
+/** The region of the prices below; others differ by a few percent. */
 export const PRICE_REGION = 'us-east-1';
 /** Hours in the month AWS bills by. */
 export const HOURS_PER_MONTH = 730;
@@ -51,6 +52,7 @@ export interface CostInputs {
   readonly instanceType: string;
   /** Instances that run in steady state (the group's minimum). */
   readonly instances: number;
+  /** Whether they run on Spot (about a third of on-demand). */
   readonly spot: boolean;
   /** Elastic IPs the stack allocates (one per instance slot). */
   readonly elasticIps: number;
@@ -62,8 +64,11 @@ export interface CostInputs {
   readonly hostedZone: boolean;
 }
 
+/** One row of the estimate. */
 export interface CostLine {
+  /** What is billed, e.g. 'EC2 t4g.nano (on-demand)'. */
   readonly item: string;
+  /** How many of it run (0 for the NAT gateway the stack does without). */
   readonly quantity: number;
   /** Monthly USD of one unit; undefined when the table has no price for it. */
   readonly unitMonthlyUsd: number | undefined;
@@ -71,9 +76,13 @@ export interface CostLine {
   readonly monthlyUsd: number;
 }
 
+/** What a stack costs per month, line by line, with the ALB's floor to compare. */
 export interface CostEstimate {
+  /** When the prices were read (PRICE_DATE). */
   readonly priceDate: string;
+  /** The region of the prices (PRICE_REGION). */
   readonly region: string;
+  /** One line per billed item. */
   readonly lines: readonly CostLine[];
   /** Sum of the lines with a known price. */
   readonly totalMonthlyUsd: number;
@@ -88,6 +97,7 @@ const cents = (n: number): number => Math.round(n * 100) / 100;
 /** The ALB's floor: it is billed hourly plus at least one LCU, before any traffic. */
 export const ALB_FLOOR_MONTHLY_USD = cents(PRICES.albBase + PRICES.albLcu);
 
+/** The monthly cost of a stack from the price table: no network, the same answer every time. */
 export function estimateMonthlyCost(inputs: CostInputs): CostEstimate {
   const lines: CostLine[] = [];
   const add = (item: string, quantity: number, unit: number | undefined): void => {

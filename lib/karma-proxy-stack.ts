@@ -11,6 +11,7 @@ import { EXAMPLE_CONTEXT } from './context';
 import { formatCostSummary } from './cost';
 import { KarmaProxy, KarmaProxyProps } from './karma-proxy';
 
+/** Props of KarmaProxyStack: the construct's, with the VPC and the hosted zone as plain IDs (no lookup). */
 export interface KarmaProxyStackProps extends StackProps, Omit<KarmaProxyProps, 'vpc' | 'hostedZone'> {
   /** Route53 hosted zone that receives `*.<domain>`.
    * @default no DNS record; example values (a warning) when there is no domain either */
@@ -36,7 +37,9 @@ export interface KarmaProxyStackProps extends StackProps, Omit<KarmaProxyProps, 
   readonly availabilityZones?: string[];
 }
 
+/** What `cdk deploy` deploys: a KarmaProxy, its hosted zone and VPC imported from IDs (or a new VPC), and outputs. */
 export class KarmaProxyStack extends Stack {
+  /** The proxy fleet of this stack. */
   public readonly proxy: KarmaProxy;
   /** True when neither a domain nor a hosted zone was given and example values stand in for them. */
   public readonly usesExampleValues: boolean;

@@ -53,6 +53,7 @@ export interface KarmaProxyHealthCheck {
   readonly healthyHttpCodes?: string;
 }
 
+/** Props of KarmaProxy. Each is optional, but ecs discovery (the default) needs `domain` or a named `hostedZone`. */
 export interface KarmaProxyProps {
   // ---- network ----
 
@@ -156,7 +157,8 @@ export interface KarmaProxyProps {
   /** Tag key and value of the pool in tag mode (TAG_NAME, TAG_VALUE).
    * @default the runtime's defaults, 'Name' and 'worker-node' */
   readonly tagName?: string;
-  /** @default the runtime's default, 'worker-node' */
+  /** Tag value of the pool in tag mode (TAG_VALUE).
+   * @default the runtime's default, 'worker-node' */
   readonly tagValue?: string;
   /** The pool in static mode, `host:port` each (STATIC_TARGETS). Required in static mode.
    * @default none */
@@ -222,15 +224,21 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
   public static readonly HTTP_PORT = 80;
   /** Opened now for the TLS listener to come. */
   public static readonly HTTPS_PORT = 443;
+  /** Port of `/metrics` and `/healthz` unless `metricsPort` says otherwise (the runtime's METRICS_PORT default). */
   public static readonly DEFAULT_METRICS_PORT = 6970;
+  /** Port of the cache, the only one its security group opens, to the proxy's group. */
   public static readonly REDIS_PORT = 6379;
+  /** Instance type unless `instanceType` says otherwise: the cheapest Graviton. */
   public static readonly DEFAULT_INSTANCE_TYPE = 't4g.nano';
+  /** Cache node type unless `redisNodeType` says otherwise. */
   public static readonly DEFAULT_REDIS_NODE_TYPE = 'cache.t4g.micro';
+  /** The bundle `npm run build` writes, used unless `bundlePath` says otherwise. */
   public static readonly DEFAULT_BUNDLE_PATH = path.join(__dirname, '..', 'dist', 'karma-proxy.js');
   /** Tag key marking the Elastic IPs (and instances) of one fleet. */
   public static readonly POOL_TAG_KEY = 'karma-proxy:pool';
-  /** Paths on the instance. */
+  /** The runtime's settings on the instance: exactly `runtimeEnvironment`. */
   public static readonly ENV_FILE = INSTANCE_PATHS.envFile;
+  /** The bundle on the instance, run by the systemd unit. */
   public static readonly BUNDLE_FILE = INSTANCE_PATHS.bundle;
   /** systemd's LimitNOFILE: a socket to the client and one to the target per request. */
   public static readonly LIMIT_NOFILE = 65536;
@@ -240,12 +248,19 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     'ssmmessages:OpenControlChannel', 'ssmmessages:OpenDataChannel',
   ];
 
+  /** The proxy's security group, default port 80: `service.connections.allowFrom(proxy, port)` lets it in. */
   public readonly connections: ec2.Connections;
+  /** The VPC the fleet (and the cache) runs in: the `vpc` prop, or the one the construct made. */
   public readonly vpc: ec2.IVpc;
+  /** The proxy's security group: the `securityGroup` prop, or the one the construct made. */
   public readonly securityGroup: ec2.ISecurityGroup;
+  /** The instance role: the `role` prop, or the one the construct made. */
   public readonly role: iam.IRole;
+  /** Launch template of the instances: Amazon Linux 2023 arm64, IMDSv2, encrypted gp3 root, the user data. */
   public readonly launchTemplate: ec2.LaunchTemplate;
+  /** The fleet: minCapacity to maxCapacity instances, waiting on their boot signals, updated one at a time. */
   public readonly autoScalingGroup: autoscaling.AutoScalingGroup;
+  /** The first-boot script: swap on small instances, Node.js, the bundle, the unit, health, address, signal. */
   public readonly userData: ec2.UserData;
   /** The runtime bundle as uploaded. */
   public readonly bundle: s3assets.Asset;
@@ -257,6 +272,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
   public readonly poolId: string;
   /** `*.<domain>` when a domain is given. */
   public readonly wildcardDomainName?: string;
+  /** The `*.<domain>` A record listing `addresses`, when a hosted zone and a domain are given. */
   public readonly wildcardRecord?: route53.ARecord;
   /** Primary endpoint address of the cache, when `redis` is on. */
   public readonly cacheEndpoint?: string;
@@ -266,7 +282,9 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
   public readonly redisUrl?: string;
   /** Secret whose SecretString is the cache's AUTH token. */
   public readonly cacheAuthSecret?: secretsmanager.ISecret;
+  /** Security group of the cache: Redis from the proxy's group only. When `redis` is on. */
   public readonly cacheSecurityGroup?: ec2.ISecurityGroup;
+  /** The cache: one encrypted Redis node with an AUTH token. When `redis` is on. */
   public readonly cacheReplicationGroup?: elasticache.CfnReplicationGroup;
   /** Exactly what is written to /etc/karma-proxy/env (values may be tokens). */
   public readonly runtimeEnvironment: Readonly<Record<string, string>>;
