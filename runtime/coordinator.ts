@@ -57,6 +57,8 @@ export class Coordinator {
   /** An empty result is kept no longer than NEGATIVE_CACHE_TTL, so a new service shows up as promised. */
   private readonly emptyFreshMs: number;
   private readonly fresh = new Map<string, Cached>();
+  /** When a worker last asked for each route: what prune() goes by, since a route's last answer may be old. */
+  private readonly asked = new Map<string, number>();
   private readonly inflight = new Map<string, Promise<Target[]>>();
   private n = 0;
   /** Gathers of /metrics under way: the workers still to answer each. */
@@ -119,6 +121,7 @@ export class Coordinator {
   /** One discovery per route at a time, and one per period however many workers ask. */
   discover(route: RouteKey): Promise<Target[]> {
     const id = routeId(route);
+    this.asked.set(id, this.now());
     const hit = this.fresh.get(id);
     if (hit && this.now() - hit.at < (hit.targets.length ? this.freshMs : this.emptyFreshMs)) return Promise.resolve([...hit.targets]);
     let p = this.inflight.get(id);
@@ -137,7 +140,12 @@ export class Coordinator {
         },
         (err: unknown) => {
           this.inflight.delete(id);
-          throw err;
+          // A worker that starts while AWS fails (one replaced after a crash) must get what the others
+          // keep serving, not an empty route: the last answer stands until one succeeds.
+          const last = this.fresh.get(id);
+          if (!last) throw err;
+          log('warn', 'discovery failed: the last targets found stay in use', { route: id, targets: last.targets.length, ...errorFields(err) });
+          return [...last.targets];
         },
       );
       this.inflight.set(id, p);
@@ -148,7 +156,11 @@ export class Coordinator {
   /** Forgets cached results no worker asked for in a while (routes expire in the workers too). */
   prune(maxAgeMs: number): void {
     const now = this.now();
-    for (const [id, c] of this.fresh) if (now - c.at > maxAgeMs) this.fresh.delete(id);
+    for (const [id, at] of this.asked) {
+      if (now - at <= maxAgeMs) continue;
+      this.asked.delete(id);
+      this.fresh.delete(id);
+    }
   }
 
   private syncHealth(): void {

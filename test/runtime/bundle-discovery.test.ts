@@ -5,7 +5,7 @@
 import { startAwsStub, AwsStub } from '../support/aws-stub';
 import { Backend, startBackend } from '../support/backend';
 import { startBundle } from '../support/bundle';
-import { request } from '../support/net';
+import { request, until } from '../support/net';
 
 jest.setTimeout(60_000);
 
@@ -77,6 +77,34 @@ describe('the bundle with AWS discovery', () => {
     try {
       for (let i = 0; i < 3; i++) expect(await request(p.port, { headers: { Host: 'anything.example.org' } })).toMatchObject({ status: 200, body: 'task-1' });
     } finally {
+      await p.stop();
+    }
+  });
+
+  test('workers that replace crashed ones while AWS is failing serve the targets found before', async () => {
+    const [one] = backends;
+    stub.model.clusters.prod = { api: [{ ip: '127.0.0.1', lastStatus: 'RUNNING' }] };
+    const host = `api-${one.port}-prod.example.com`;
+    const p = await startBundle({ ...stub.env(), DOMAIN: 'example.com', HEALTH_CHECK_PATH: 'off', WORKERS: '2', NODE_CHECK_PERIOD: '1', AWS_MAX_ATTEMPTS: '1' });
+    try {
+      // Both workers hold the route (connections spread over them; a few are enough to reach each).
+      for (let i = 0; i < 8; i++) expect(await request(p.port, { headers: { Host: host, Connection: 'close' } })).toMatchObject({ status: 200 });
+      stub.fail('*', 'error500', { times: Infinity });
+      await new Promise((r) => setTimeout(r, 1500)); // a refresh has failed by now
+      // Both replaced (one alone might not be given a connection), one after the other as crashes come.
+      for (const pid of p.workers()) {
+        process.kill(pid, 'SIGKILL');
+        await until('a replacement worker, listening', async () => {
+          if (p.workers().includes(pid)) return false;
+          const health = await request(p.metricsPort, { path: '/healthz' });
+          return (JSON.parse(health.body) as { workers: number }).workers === 2;
+        });
+      }
+      const statuses: number[] = [];
+      for (let i = 0; i < 10; i++) statuses.push((await request(p.port, { headers: { Host: host, Connection: 'close' } })).status);
+      expect(statuses).toEqual(Array(10).fill(200));
+    } finally {
+      stub.clearFaults();
       await p.stop();
     }
   });

@@ -64,6 +64,36 @@ describe('the primary shares discovery among workers', () => {
     await c.close();
   });
 
+  test('when a later discovery fails, the last answer is given (a worker started meanwhile gets the targets), and retried next ask', async () => {
+    let fail = false;
+    const provider: Provider & { calls: number } = {
+      name: 'test',
+      calls: 0,
+      discover: async () => {
+        provider.calls++;
+        if (fail) throw Object.assign(new Error('ServerException'), { name: 'ServerException' });
+        return [makeTarget('10.0.0.1', 80), makeTarget('10.0.0.2', 80)];
+      },
+    };
+    const c = new Coordinator(config, provider, () => clock);
+    expect(await c.discover(route)).toHaveLength(2);
+    fail = true;
+    clock += 60_000;
+    expect(await c.discover(route)).toEqual([makeTarget('10.0.0.1', 80), makeTarget('10.0.0.2', 80)]);
+    expect(await c.discover(route)).toHaveLength(2);
+    expect(provider.calls).toBe(3); // each ask tried AWS again
+    await expect(c.discover({ ...route, service: 'never-seen' })).rejects.toThrow('ServerException');
+    // Kept while workers ask for it, however old the answer; forgotten once nobody has asked for a while.
+    clock += 500_000;
+    await c.discover(route);
+    c.prune(100_000);
+    expect(await c.discover(route)).toHaveLength(2);
+    clock += 200_000;
+    c.prune(100_000);
+    await expect(c.discover(route)).rejects.toThrow('ServerException');
+    await c.close();
+  });
+
   test('a failed discovery is not cached', async () => {
     let fail = true;
     const provider: Provider & { calls: number } = {
