@@ -81,7 +81,10 @@ async function runPrimary(config: Config): Promise<void> {
     while (recentDeaths.length && now - recentDeaths[0] > 10_000) recentDeaths.shift();
     // A crash loop is slowed down rather than spun: one replacement per second past 5 deaths in 10 s.
     const delay = recentDeaths.length > 5 ? 1000 : 0;
-    setTimeout(fork, delay).unref();
+    // Not once shutdown has begun: a worker forked then would serve new requests past the drain.
+    setTimeout(() => {
+      if (!shuttingDown) fork();
+    }, delay).unref();
   });
 
   const metricsServer = http.createServer((req, res) => {

@@ -91,6 +91,37 @@ test('a worker that dies is replaced, and the proxy keeps serving meanwhile', as
   }
 });
 
+test('no worker is started once shutdown has begun, even a replacement the crash-loop brake had put off', async () => {
+  const backend = await startBackend('ok');
+  backend.handle = (_req, res) => void setTimeout(() => res.end('slow'), 2500);
+  const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, WORKERS: '2', HEALTH_CHECK_PATH: 'off', SHUTDOWN_TIMEOUT: '5' });
+  try {
+    // Six deaths in ten seconds: the next replacement waits a second.
+    for (let i = 0; i < 6; i++) {
+      const [pid] = p.workers();
+      process.kill(pid, 'SIGKILL');
+      await until('a replacement worker', () => p.workers().length === 2 && !p.workers().includes(pid), 5000);
+      await until('both serving', async () => (await request(p.metricsPort, { path: '/healthz' })).body.includes('"workers":2'));
+    }
+    // Slow requests on both workers keep the drain (and the primary) going past that second.
+    const slow = Array.from({ length: 6 }, () => request(p.port, { headers: { Connection: 'close' } }).catch(() => undefined));
+    await until('the slow requests at the target', () => backend.seen.length === 6);
+    const [dying, survivor] = p.workers();
+    process.kill(dying, 'SIGKILL');
+    await until('the crash noticed', () => p.stderr.split('worker died; replacing it').length - 1 === 7);
+    const forked = new Set<number>();
+    const watch = setInterval(() => p.workers().forEach((pid) => pid !== survivor && forked.add(pid)), 20);
+    const code = await p.stop('SIGTERM', 15_000);
+    clearInterval(watch);
+    await Promise.all(slow);
+    expect(code).toBe(0);
+    expect([...forked]).toEqual([]);
+  } finally {
+    await p.stop('SIGKILL');
+    await backend.close();
+  }
+});
+
 test('LOG_CONNECTIONS=true writes one JSON access line per request; the default is quiet', async () => {
   const backend = await startBackend('ok');
   const loud = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, HEALTH_CHECK_PATH: 'off', LOG_CONNECTIONS: 'true' });
