@@ -8,6 +8,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
+  Annotations,
   Aws,
   CfnElement,
   Duration,
@@ -608,11 +609,14 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
 
     if (useRedis && maxCapacity === 1) {
       const price = PRICES.cacheNodes[redisNodeType];
-      Validations.of(this).addWarning('KarmaProxy:RedisWithOneInstance',
-        'redis is on while maxCapacity is 1: the cache shares discovery results between instances, and the ' +
+      const message = 'redis is on while maxCapacity is 1: the cache shares discovery results between instances, and the ' +
         'workers of one instance already share them through its primary. The ElastiCache node ' +
         `(${redisNodeType}${price === undefined ? '' : `, $${price.toFixed(2)}/month`}) is cost without use: ` +
-        'set redis to false, or raise maxCapacity.');
+        'set redis to false, or raise maxCapacity.';
+      // A warning when asked for in so many words; for the defaults (the cache is on, ready for a second
+      // instance) a note, so that the default stack synthesizes without warnings.
+      if (props.redis === true) Validations.of(this).addWarning('KarmaProxy:RedisWithOneInstance', message);
+      else Annotations.of(this).addInfo(`[KarmaProxy:RedisWithOneInstance] ${message}`);
     }
     if (minCapacity < maxCapacity) {
       Validations.of(this).addWarning('KarmaProxy:IdleAddresses',

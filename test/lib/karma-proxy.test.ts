@@ -349,14 +349,22 @@ describe('a cache for a single instance', () => {
   };
 
   test('shares nothing, so synth says the node is cost without use, naming the props to change', () => {
-    const [warning, ...more] = cacheWarnings({});
+    const [warning, ...more] = cacheWarnings({ redis: true });
     expect(more).toEqual([]);
     expect(warning.startsWith(
       'redis is on while maxCapacity is 1: the cache shares discovery results between instances, and the ' +
       'workers of one instance already share them through its primary. The ElastiCache node ' +
       '(cache.t4g.micro, $11.68/month) is cost without use: set redis to false, or raise maxCapacity.',
     )).toBe(true);
-    expect(cacheWarnings({ redisNodeType: 'cache.r7g.large' })[0]).toContain('(cache.r7g.large) is cost without use');
+    expect(cacheWarnings({ redis: true, redisNodeType: 'cache.r7g.large' })[0]).toContain('(cache.r7g.large) is cost without use');
+  });
+
+  test('with the defaults it is a note, not a warning: the default stack synthesizes without warnings', () => {
+    expect(cacheWarnings({})).toEqual([]);
+    const stack = new Stack(new App(), 'Test');
+    new KarmaProxy(stack, 'Proxy', { domain: DOMAIN });
+    expect(Annotations.fromStack(stack).findInfo('/Test/Proxy', Match.stringLikeRegexp('RedisWithOneInstance'))).toHaveLength(1);
+    expect(Annotations.fromStack(stack).findWarning('*', Match.anyValue())).toEqual([]);
   });
 
   test('with room for a second instance, or without a cache, there is nothing to say', () => {
