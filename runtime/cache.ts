@@ -210,7 +210,11 @@ export class SharedProvider implements Provider {
     }
 
     if (won) return this.refresh(redis, key, route, signal);
-    if (shared) {
+    // Our locks always expire: one that does not was not set by a proxy, and would hold every proxy
+    // off this route for good. Given an expiry, it goes like one of ours would.
+    const lock = lockKey(this.scope, route);
+    redis.pttl(lock).then((t) => (t === -1 ? redis.pexpire(lock, this.lockMs) : 0)).catch(() => undefined);
+    if (shared && shared.ageMs !== Infinity) {
       // Another proxy is refreshing right now; until it writes, the previous result is the best.
       cacheLookups.inc({ result: 'hit' });
       return shared.targets;
@@ -255,8 +259,9 @@ export class SharedProvider implements Provider {
       signal?.throwIfAborted();
       await new Promise((r) => setTimeout(r, Math.min(this.pollMs, Math.max(0, deadline - Date.now()))));
       try {
-        const value = decodeTargets(await redis.get(key));
-        if (value) return value.targets;
+        // Only a value of ours counts: one already there that never expires is not the holder's answer.
+        const value = await this.read(redis, key);
+        if (value && value.ageMs !== Infinity) return value.targets;
       } catch {
         this.failed();
         return undefined;

@@ -19,6 +19,7 @@ import { ScreenedProvider } from '../../runtime/discovery/screen';
 import { cacheLookups } from '../../runtime/metrics';
 import { makeTarget, type Provider, type RouteKey, type Target } from '../../runtime/types';
 import { startAwsStub, type AwsStub } from '../support/aws-stub';
+import { until } from '../support/net';
 import { startRedisServer, type RedisServer } from '../support/redis';
 
 jest.setTimeout(20_000);
@@ -153,7 +154,7 @@ describe('SharedProvider on a real redis-server', () => {
     await admin.set(lockKey('ecs.private.all', route), 'someone-else', 'PX', 5000);
     const pending = a.discover(route);
     await sleep(20);
-    await admin.set(targetsKey('ecs.private.all', route), encodeTargets([makeTarget('10.9.9.9', 8080)], 5000, 0), 'PX', 5000);
+    await admin.set(targetsKey('ecs.private.all', route), encodeTargets([makeTarget('10.9.9.9', 8080)], 3 * PERIOD_MS, 0), 'PX', 3 * PERIOD_MS);
     expect(ids(await pending)).toEqual(['10.9.9.9:8080']);
     expect(stub.count('ListTasks')).toBe(0);
   });
@@ -172,6 +173,23 @@ describe('SharedProvider on a real redis-server', () => {
     await admin.set(key, encodeTargets(poisoned, 1, 0), 'PX', 100_000_000);
     expect(ids(await screened.discover(route))).toEqual(ALL);
     expect(stub.count('ListTasks')).toBe(1);
+  });
+
+  test('a lock and an entry that never expire (none of ours) hold no proxy on their targets', async () => {
+    const a = proxy();
+    await a.connected();
+    const lock = lockKey('ecs.private.all', route);
+    await admin.set(lock, 'stuck');
+    await admin.set(targetsKey('ecs.private.all', route), encodeTargets([makeTarget('10.9.9.9', 8080)], 3 * PERIOD_MS, 0));
+    // Not served as "the previous result while another proxy refreshes": after the bounded wait, AWS.
+    expect(ids(await a.discover(route))).toEqual(ALL);
+    expect(stub.count('ListTasks')).toBe(1);
+    // The lock was given an expiry (and may be gone already): the next discovery takes it and shares what AWS said.
+    expect(await admin.pttl(lock)).not.toBe(-1);
+    await until('the lock gone', async () => (await admin.exists(lock)) === 0, 5000);
+    await admin.del(targetsKey('ecs.private.all', route));
+    expect(ids(await a.discover(route))).toEqual(ALL);
+    expect(await admin.pttl(targetsKey('ecs.private.all', route))).toBeGreaterThan(0);
   });
 
   test('an empty service is shared as empty, and AWS failures are not cached', async () => {
