@@ -39,6 +39,9 @@ export function healthCheckerFor(config: Config, setter: StatusSetter): HealthCh
   );
 }
 
+/** One process's metrics, as prom-client's getMetricsAsJSON gives them. */
+type MetricsJson = { readonly type?: unknown }[];
+
 interface Cached {
   readonly at: number;
   readonly targets: readonly Target[];
@@ -61,6 +64,14 @@ export class Coordinator {
   private readonly asked = new Map<string, number>();
   private readonly inflight = new Map<string, Promise<Target[]>>();
   private n = 0;
+  /** Each live worker's metrics as of the last gather. */
+  private readonly lastMetrics = new Map<number, MetricsJson>();
+  /**
+   * Counters and histograms of workers that are gone, as of the last gather each answered: kept in the
+   * sums so that a worker's death does not make a counter go down (Prometheus would read a reset, and
+   * rate() and increase() would jump). Folded into one set at the next gather.
+   */
+  private departed: MetricsJson[] = [];
   /** Gathers of /metrics under way: the workers still to answer each. */
   private readonly pendingMetrics = new Map<number, { waiting: Set<number>; json: unknown[]; done: () => void }>();
 
@@ -82,6 +93,9 @@ export class Coordinator {
 
   remove(worker: Worker): void {
     this.workers.delete(worker.id);
+    const last = this.lastMetrics.get(worker.id);
+    this.lastMetrics.delete(worker.id);
+    if (last) this.departed.push(last.filter((m) => m.type === 'counter' || m.type === 'histogram'));
     if (this.inUse.delete(worker.id)) this.syncHealth();
     for (const p of this.pendingMetrics.values()) {
       // A worker that died mid-gather must not hold /metrics up.
@@ -107,6 +121,7 @@ export class Coordinator {
       }
       case 'metrics': {
         const p = this.pendingMetrics.get(m.n);
+        if (Array.isArray(m.json) && this.workers.has(worker.id)) this.lastMetrics.set(worker.id, m.json as MetricsJson);
         if (p) {
           if (p.waiting.delete(worker.id)) p.json.push(m.json);
           if (p.waiting.size === 0) p.done();
@@ -195,7 +210,8 @@ export class Coordinator {
       });
       this.pendingMetrics.delete(n);
     }
-    return AggregatorRegistry.aggregate(json as Parameters<typeof AggregatorRegistry.aggregate>[0]).metrics();
+    if (this.departed.length > 1) this.departed = [await AggregatorRegistry.aggregate(this.departed).getMetricsAsJSON()];
+    return AggregatorRegistry.aggregate([...(json as MetricsJson[]), ...this.departed]).metrics();
   }
 
   async close(): Promise<void> {

@@ -122,6 +122,34 @@ test('no worker is started once shutdown has begun, even a replacement the crash
   }
 });
 
+test("counters do not go down when a worker dies: its last counts stay in the sums", async () => {
+  const backend = await startBackend('ok');
+  const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, WORKERS: '2', HEALTH_CHECK_PATH: 'off' });
+  const total = async (name: string): Promise<number> => {
+    const body = (await request(p.metricsPort, { path: '/metrics' })).body;
+    return [...body.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\d+)$`, 'gm'))].reduce((n, m) => n + Number(m[1]), 0);
+  };
+  try {
+    await until('both serving', async () => (await request(p.metricsPort, { path: '/healthz' })).body.includes('"workers":2'));
+    // Separate connections, so that both workers take some.
+    for (let i = 0; i < 40; i++) expect((await request(p.port, { headers: { Connection: 'close' } })).status).toBe(200);
+    const requests = await total('karma_requests_total');
+    const successes = await total('load_balancer_successful_connections_total');
+    expect(requests).toBe(40);
+    expect(successes).toBe(40);
+    const [first] = p.workers();
+    process.kill(first, 'SIGKILL');
+    await until('the replacement serving', async () => !p.workers().includes(first) && (await request(p.metricsPort, { path: '/healthz' })).body.includes('"workers":2'));
+    expect(await total('karma_requests_total')).toBe(40);
+    expect(await total('load_balancer_successful_connections_total')).toBe(40);
+    for (let i = 0; i < 10; i++) await request(p.port, { headers: { Connection: 'close' } });
+    expect(await total('karma_requests_total')).toBe(50);
+  } finally {
+    await p.stop();
+    await backend.close();
+  }
+});
+
 test('LOG_CONNECTIONS=true writes one JSON access line per request; the default is quiet', async () => {
   const backend = await startBackend('ok');
   const loud = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, HEALTH_CHECK_PATH: 'off', LOG_CONNECTIONS: 'true' });
