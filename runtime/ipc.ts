@@ -28,7 +28,11 @@ export type ToWorker =
 type Send = (m: ToPrimary) => void;
 type Listen = (fn: (m: ToWorker) => void) => void;
 
-const send: Send = (m) => process.send?.(m);
+// Once the primary is gone (a worker draining after it died) there is nobody to tell: sending then
+// would raise an 'error' event on process, which nothing handles.
+const send: Send = (m) => {
+  if (process.connected) process.send?.(m);
+};
 const listen: Listen = (fn) => process.on('message', (m: ToWorker) => fn(m));
 
 /** A worker's discovery: asks the primary, which shares one discovery among all workers. */

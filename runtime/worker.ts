@@ -2,6 +2,7 @@
  * One worker process: discovery and health loops beside the request path, the server on the shared
  * port, and a graceful stop on SIGTERM/SIGINT.
  */
+import cluster from 'node:cluster';
 import type { AddressInfo } from 'node:net';
 import { addAcceptors } from './acceptors';
 import { TargetRegistry } from './balancer';
@@ -128,6 +129,13 @@ export async function startWorker(config: Config): Promise<void> {
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
-  // The primary going away (killed hard) leaves nobody to replace or stop us: stop too.
+  // The primary going away (killed hard, or by the OOM killer: it is the largest process) leaves
+  // nobody to replace or stop us: stop too, draining what is in flight like on SIGTERM. node:cluster
+  // would exit the worker on the spot unless told the disconnect was expected; its 'disconnect' event
+  // comes just before it decides.
+  const self = cluster.worker as { exitedAfterDisconnect?: boolean; once(e: 'disconnect', f: () => void): void } | undefined;
+  self?.once('disconnect', () => {
+    self.exitedAfterDisconnect = true;
+  });
   process.on('disconnect', onSignal);
 }

@@ -122,6 +122,33 @@ test('no worker is started once shutdown has begun, even a replacement the crash
   }
 });
 
+test('when the primary is killed, workers finish the requests in flight, then exit', async () => {
+  const backend = await startBackend('ok');
+  backend.handle = (_req, res) => void setTimeout(() => res.end('slow'), 1500);
+  const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, WORKERS: '1', HEALTH_CHECK_PATH: 'off', SHUTDOWN_TIMEOUT: '10' });
+  const [worker] = p.workers();
+  const alive = (pid: number): boolean => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  try {
+    const inFlight = [request(p.port), request(p.port)];
+    await until('the requests at the target', () => backend.seen.length === 2);
+    process.kill(p.child.pid!, 'SIGKILL');
+    const replies = await Promise.all(inFlight);
+    expect(replies.map((r) => [r.status, r.body])).toEqual([[200, 'slow'], [200, 'slow']]);
+    await until('the worker gone', () => !alive(worker), 5000);
+  } finally {
+    if (alive(worker)) process.kill(worker, 'SIGKILL');
+    await p.stop('SIGKILL');
+    await backend.close();
+  }
+});
+
 test("counters do not go down when a worker dies: its last counts stay in the sums", async () => {
   const backend = await startBackend('ok');
   const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, WORKERS: '2', HEALTH_CHECK_PATH: 'off' });
