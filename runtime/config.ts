@@ -524,7 +524,11 @@ export function loadConfig(env: Env = process.env): Config {
   }
   // Raw TCP carries protocols with long quiet spells (databases, SSH): an NLB's idle timeout, not an ALB's.
   if (out.mode === 'tcp' && !isSet('IDLE_TIMEOUT')) out.idleTimeoutMs = TCP_IDLE_TIMEOUT_MS;
-  if (out.port !== 0 && out.port === out.metricsPort && out.host === out.metricsHost) {
+  // The same port on two addresses conflicts when they are equal or one is the wildcard of its family
+  // (0.0.0.0 holds the port on 127.0.0.1 too; :: on every IPv6 and, dual-stack, every IPv4 address).
+  const wildcard = (h: unknown): boolean => h === '0.0.0.0' || h === '::';
+  if (out.port !== 0 && out.port === out.metricsPort &&
+      (out.host === out.metricsHost || wildcard(out.host) || wildcard(out.metricsHost))) {
     problems.push('METRICS_PORT must differ from PORT');
   }
   if (problems.length > 0) throw new ConfigError(problems);

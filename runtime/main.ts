@@ -117,8 +117,11 @@ async function runPrimary(config: Config): Promise<void> {
   metricsServer.requestTimeout = METRICS_TIMEOUT_MS;
   metricsServer.setTimeout(METRICS_TIMEOUT_MS, (socket) => socket.destroy());
   metricsServer.on('error', (err) => {
-    // The proxy itself keeps serving without its metrics endpoint.
-    log('error', 'metrics endpoint cannot listen', { port: config.metricsPort, ...errorFields(err) });
+    // /healthz is what the instance's boot check and any load balancer probe: a proxy that cannot
+    // serve it would be taken for a dead one. Stop, as for a port that is taken (exit 1).
+    log('error', 'metrics endpoint cannot listen', { port: config.metricsPort, host: config.metricsHost, ...errorFields(err) });
+    process.exitCode = 1;
+    onSignal('SIGTERM');
   });
   metricsServer.listen(config.metricsPort, config.metricsHost);
   const metricsPort = (): number => (metricsServer.address() as AddressInfo | null)?.port ?? config.metricsPort;
@@ -140,7 +143,12 @@ async function runPrimary(config: Config): Promise<void> {
     for (const w of workers) w?.process.kill('SIGTERM');
     // Workers enforce SHUTDOWN_TIMEOUT themselves; this only guards against one that hangs.
     setTimeout(() => {
-      for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGKILL');
+      const hung = Object.values(cluster.workers ?? {}).filter((w) => w !== undefined);
+      if (hung.length > 0) {
+        log('error', 'workers did not stop within SHUTDOWN_TIMEOUT; killed', { workers: hung.map((w) => w.process.pid) });
+        process.exitCode = 1;
+      }
+      for (const w of hung) w.process.kill('SIGKILL');
       void stop();
     }, config.shutdownTimeoutMs + 5000).unref();
   };

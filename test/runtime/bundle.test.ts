@@ -277,6 +277,18 @@ describe('the bundle starts and stops cleanly', () => {
     expect(lines[0]).not.toContain('NODE_FILTER must');
   });
 
+  test('a METRICS_PORT that is taken stops the proxy with exit 1 and a message naming it: /healthz lives there', async () => {
+    const taken = net.createServer();
+    const port = await listen(taken);
+    try {
+      const r = await runBundle({ NODE_FILTER: 'static', STATIC_TARGETS: '127.0.0.1:9', HEALTH_CHECK_PATH: 'off', HOST: '127.0.0.1', PORT: '0', METRICS_HOST: '127.0.0.1', METRICS_PORT: String(port), WORKERS: '1' });
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(new RegExp(`"msg":"metrics endpoint cannot listen","pid":\\d+,"port":${port}`));
+    } finally {
+      await close(taken);
+    }
+  });
+
   test('DOMAIN is required in ecs mode', async () => {
     const r = await runBundle({ NODE_FILTER: 'ecs' });
     expect(r.code).toBe(2);

@@ -191,6 +191,14 @@ describe('configuration', () => {
     expect(loadConfig({ ...tcp, MODE: 'http' }).idleTimeoutMs).toBe(60_000);
   });
 
+  test('PORT and METRICS_PORT conflict on the same address or when either is a wildcard address', () => {
+    const pool = { NODE_FILTER: 'asg', PORT: '8080', METRICS_PORT: '8080' };
+    for (const [host, metricsHost] of [['0.0.0.0', '127.0.0.1'], ['127.0.0.1', '0.0.0.0'], ['::', '127.0.0.1'], ['10.0.0.1', '10.0.0.1']]) {
+      expect(errorOf({ ...pool, HOST: host, METRICS_HOST: metricsHost }).problems).toEqual(['METRICS_PORT must differ from PORT']);
+    }
+    expect(loadConfig({ ...pool, HOST: '10.0.0.1', METRICS_HOST: '127.0.0.1' }).metricsPort).toBe(8080);
+  });
+
   test('REDIS_URL takes a bare [IPv6]:port like host:port', () => {
     expect(loadConfig({ NODE_FILTER: 'asg', REDIS_URL: '[::1]:6379' }).redisUrl).toBe('redis://[::1]:6379');
     expect(errorOf({ NODE_FILTER: 'asg', REDIS_URL: '[nope]:6379' }).problems[0]).toMatch(/^REDIS_URL must be/);

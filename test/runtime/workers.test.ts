@@ -122,6 +122,20 @@ test('no worker is started once shutdown has begun, even a replacement the crash
   }
 });
 
+test('a worker that does not stop within SHUTDOWN_TIMEOUT is killed 5 s later, said so, and the exit code is 1', async () => {
+  const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: '127.0.0.1:9', WORKERS: '1', HEALTH_CHECK_PATH: 'off', SHUTDOWN_TIMEOUT: '0.5' });
+  try {
+    const [worker] = p.workers();
+    process.kill(worker, 'SIGSTOP');
+    const started = Date.now();
+    expect(await p.stop('SIGTERM', 15_000)).toBe(1);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(5000);
+    expect(p.stderr).toContain('"msg":"workers did not stop within SHUTDOWN_TIMEOUT; killed"');
+  } finally {
+    await p.stop('SIGKILL');
+  }
+});
+
 test('when the primary is killed, workers finish the requests in flight, then exit', async () => {
   const backend = await startBackend('ok');
   backend.handle = (_req, res) => void setTimeout(() => res.end('slow'), 1500);
