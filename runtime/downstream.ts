@@ -439,6 +439,9 @@ function isHttp09(chunk: Buffer): boolean {
   return /^[A-Z]+ \S+$/.test(line);
 }
 
+/** How long the 503s written at SHUTDOWN_TIMEOUT have to leave before their connections are cut. */
+const SHUTDOWN_ANSWER_GRACE_MS = 200;
+
 // Where a connection is in reading the current request (for the headers and request timeouts).
 const IDLE = 0;
 const HEAD = 1;
@@ -826,6 +829,18 @@ export class ClientConn {
     rawAnswer(this.socket, status, message, extraHeaders);
   }
 
+  /**
+   * SHUTDOWN_TIMEOUT has passed. A request still without an answer (its target slow, its discovery
+   * pending) gets a 503 and the connection closes: true. One whose answer is under way, or nothing at
+   * all, is left to be cut: false.
+   */
+  answerShutdown(): boolean {
+    const res = this.current;
+    if (this.destroyed || !res || res.finished || res.headersSent) return false;
+    this.refuse(503, 'the proxy is shutting down', 'Retry-After: 1\r\n');
+    return true;
+  }
+
   /** A WebSocket: the socket leaves this server for the handler, with the bytes read past the head. */
   private handOver(req: Request): void {
     const s = this.socket;
@@ -1041,8 +1056,14 @@ export class DownstreamServer {
       // Connections whose last answer just ended become idle: close them as they do.
       const sweep = setInterval(closeIdle, 100);
       const deadline = setTimeout(() => {
-        for (const s of this.sockets) s.destroy();
-        setImmediate(finish);
+        const answered = new Set<net.Socket>();
+        for (const c of this.conns) if (c.answerShutdown()) answered.add(c.socket);
+        for (const s of this.sockets) if (!answered.has(s)) s.destroy();
+        // A moment for those 503s to leave; then whatever is still open is cut.
+        setTimeout(() => {
+          for (const s of this.sockets) s.destroy();
+          finish();
+        }, answered.size > 0 ? SHUTDOWN_ANSWER_GRACE_MS : 0);
       }, timeoutMs);
     });
   }

@@ -9,7 +9,7 @@ import * as net from 'node:net';
 import { WebSocket, WebSocketServer } from 'ws';
 import { Backend, startBackend } from '../support/backend';
 import { BUNDLE, Proxy, rssBytes, runBundle, startBundle } from '../support/bundle';
-import { close, freePort, listen, request } from '../support/net';
+import { close, freePort, listen, request, until } from '../support/net';
 
 jest.setTimeout(60_000);
 
@@ -261,6 +261,34 @@ describe('the bundle starts and stops cleanly', () => {
       const exit = p.stop('SIGTERM');
       const reply = await inflight;
       expect(reply).toMatchObject({ status: 200, body: 'finished' });
+      expect(await exit).toBe(0);
+    } finally {
+      await p.stop('SIGKILL');
+      await backend.close();
+    }
+  });
+
+  test('at SHUTDOWN_TIMEOUT a request still waiting for its target gets a 503 and Connection: close; one being answered is cut', async () => {
+    const backend = await startBackend('slow');
+    backend.handle = (req, res) => {
+      if (req.url === '/stream') {
+        res.writeHead(200, { 'Content-Type': 'text/plain' });
+        res.write('part');
+      } else setTimeout(() => res.end('too late'), 10_000);
+    };
+    const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, HEALTH_CHECK_PATH: 'off', SHUTDOWN_TIMEOUT: '1', UPSTREAM_TIMEOUT: '30' });
+    try {
+      const waiting = request(p.port, { path: '/wait', timeoutMs: 10_000 });
+      const streaming = request(p.port, { path: '/stream', timeoutMs: 10_000 }).then(() => 'answered', (err: Error) => `cut: ${err.message}`);
+      await until('both at the target', () => backend.seen.length === 2);
+      const started = Date.now();
+      const exit = p.stop('SIGTERM');
+      const reply = await waiting;
+      expect(reply.status).toBe(503);
+      expect(reply.headers.connection).toBe('close');
+      expect(reply.headers['retry-after']).toBe('1');
+      expect(Date.now() - started).toBeGreaterThanOrEqual(900);
+      expect(await streaming).toMatch(/^cut: /);
       expect(await exit).toBe(0);
     } finally {
       await p.stop('SIGKILL');
