@@ -491,7 +491,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     });
     Validations.of(this.role).acknowledge({
       id: 'AwsSolutions-IAM5[Resource::*]',
-      reason: 'Describe and List calls (ec2:DescribeAddresses, ec2:DescribeInstances, ec2:DescribeNetworkInterfaces, autoscaling:DescribeAutoScalingGroups, ecs:ListTasks) and the Session Manager agent\'s ssmmessages channels support no resource-level permissions; ECS calls are conditioned on the allowed clusters when clusters are given.',
+      reason: 'Describe and List calls (ec2:DescribeAddresses, ec2:DescribeInstances, ec2:DescribeNetworkInterfaces, autoscaling:DescribeAutoScalingGroups, ecs:ListTasks, ecs:ListServices, ecs:ListClusters) and the Session Manager agent\'s ssmmessages channels support no resource-level permissions; ECS calls are conditioned on the allowed clusters when clusters are given.',
     });
 
     // ---- runtime settings ----
@@ -664,8 +664,9 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       case 'ecs': {
         if (clusters?.length) {
           const clusterArns = clusters.map((c) => stack.formatArn({ service: 'ecs', resource: 'cluster', resourceName: c }));
-          // ListTasks and DescribeContainerInstances are authorized on the cluster through a condition, not a resource.
-          add('EcsListInAllowedClusters', ['ecs:ListTasks', 'ecs:DescribeContainerInstances'], ['*'],
+          // ListTasks, ListServices and DescribeContainerInstances are authorized on the cluster through a
+          // condition, not a resource. ListServices finds a service whose name differs from the Host's in case.
+          add('EcsListInAllowedClusters', ['ecs:ListTasks', 'ecs:ListServices', 'ecs:DescribeContainerInstances'], ['*'],
             { ArnEquals: { 'ecs:cluster': clusterArns } });
           const taskArns = clusters.map((c) => stack.formatArn({ service: 'ecs', resource: 'task', resourceName: `${c}/*` }));
           add('EcsDescribeTasksInAllowedClusters', ['ecs:DescribeTasks'], taskArns);
@@ -676,8 +677,10 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
             });
           }
         } else {
-          add('EcsDiscovery', ['ecs:ListTasks', 'ecs:DescribeTasks', 'ecs:DescribeContainerInstances'], ['*']);
+          add('EcsDiscovery', ['ecs:ListTasks', 'ecs:ListServices', 'ecs:DescribeTasks', 'ecs:DescribeContainerInstances'], ['*']);
         }
+        // Cluster names only: a Host is lower case, and ECS names (CloudFormation's MyStack-Cluster-1A2B) need not be.
+        add('EcsFindClusterName', ['ecs:ListClusters'], ['*']);
         add('Ec2DescribeForEcsTasks', ['ec2:DescribeNetworkInterfaces', 'ec2:DescribeInstances'], ['*']);
         break;
       }

@@ -16,8 +16,12 @@ import {
   DescribeTasksCommand,
   ECSClient,
   ListTasksCommand,
+  paginateListClusters,
+  paginateListServices,
   paginateListTasks,
   type ContainerInstance,
+  type ListClustersCommandInput,
+  type ListServicesCommandInput,
   type ListTasksCommandInput,
   type NetworkBinding,
   type Task,
@@ -191,6 +195,23 @@ export function transformEcs(records: EcsRecords, opts: EcsTransformOptions): Tr
   return { targets: sortTargets(targets), skipped };
 }
 
+/**
+ * Pure: the ECS name among `arns` (cluster or service ARNs; the name is the last path segment) that a
+ * lower-cased Host name stands for. ECS names are case-sensitive, a Host is not: `MyStack-Api-1A2B`
+ * (a CloudFormation-made name) is reached as `mystack-api-1a2b`. undefined when none matches, or when
+ * several differ only in case (which one was meant cannot be told).
+ */
+export function nameFor(arns: readonly string[], lowerName: string): string | undefined {
+  let found: string | undefined;
+  for (const arn of arns) {
+    const name = arn.slice(arn.lastIndexOf('/') + 1);
+    if (name.toLowerCase() !== lowerName) continue;
+    if (found !== undefined && found !== name) return undefined;
+    found = name;
+  }
+  return found;
+}
+
 /** Pure: DescribeNetworkInterfaces output → ENI id → public IPv4. */
 export function publicIpsByEni(enis: readonly NetworkInterface[]): Record<string, string> {
   const out: Record<string, string> = {};
@@ -212,6 +233,9 @@ export interface EcsProviderOptions {
   readonly ownedClients?: readonly { destroy(): void }[];
 }
 
+/** How long a ListClusters or ListServices answer serves to find names that differ only in case. */
+export const NAME_LISTING_TTL_MS = 60_000;
+
 /** The ECS provider: one route = one (service, port, cluster). */
 export class EcsProvider implements Provider {
   readonly name = 'ecs';
@@ -225,6 +249,10 @@ export class EcsProvider implements Provider {
   private readonly hostCacheMax: number;
   /** Container instance ARN → private IP of its EC2 instance. Both never change for its life. */
   private readonly hostCache = new Map<string, { ip: string; until: number }>();
+  /** `cluster:<host name>` / `service:<cluster>/<host name>` → the ECS name of other case it stands for. */
+  private readonly realNames = new Map<string, { name: string; until: number }>();
+  /** ListClusters ('clusters') and ListServices (by cluster) answers, for realName(). */
+  private readonly listings = new Map<string, { arns: string[]; until: number }>();
 
   constructor(private readonly opts: EcsProviderOptions) {
     this.ecs = opts.ecs;
@@ -251,13 +279,14 @@ export class EcsProvider implements Provider {
   /** The I/O: every record the transform needs for one route. */
   async fetch(route: RouteKey, signal?: AbortSignal): Promise<EcsRecords> {
     const empty: EcsRecords = { tasks: [], publicIps: {}, hostIps: {} };
-    const arns = await this.listTaskArns(route, signal);
-    if (arns === undefined || arns.length === 0) return empty;
+    const listed = await this.listTaskArns(route, signal);
+    if (listed === undefined || listed.arns.length === 0) return empty;
+    const { cluster, arns } = listed;
 
     const described = await inBatches(arns, 100, (batch) =>
       send<object, { tasks?: Task[]; failures?: unknown[] }>(
         this.ecs,
-        new DescribeTasksCommand({ cluster: route.cluster, tasks: batch }),
+        new DescribeTasksCommand({ cluster, tasks: batch }),
         signal,
       ),
     );
@@ -267,28 +296,89 @@ export class EcsProvider implements Provider {
 
     const [publicIps, hostIps] = await Promise.all([
       this.publicIps(eniIdsToResolve(tasks, { healthyTasksOnly: this.healthyTasksOnly, ipPreference: this.ipPreference }), signal),
-      this.hostIps(route.cluster, containerInstancesToResolve(tasks, this.healthyTasksOnly), signal),
+      this.hostIps(cluster, containerInstancesToResolve(tasks, this.healthyTasksOnly), signal),
     ]);
     return { tasks, missing, publicIps, hostIps };
   }
 
-  /** Every page of ListTasks; undefined when the cluster or service does not exist. */
-  private async listTaskArns(route: RouteKey, signal?: AbortSignal): Promise<string[] | undefined> {
-    const input: ListTasksCommandInput = {
-      cluster: route.cluster,
-      serviceName: route.service,
-      desiredStatus: 'RUNNING',
-      maxResults: 100,
-    };
-    const arns: string[] = [];
-    try {
-      const paginator = paginateListTasks({ client: this.ecs, pageSize: 100, stopOnSameToken: true }, input, ...(signal ? [{ abortSignal: signal }] : []));
-      for await (const page of pages(apiOf(ListTasksCommand), input, paginator)) arns.push(...(page.taskArns ?? []));
-    } catch (err) {
-      if (isNotFound(err)) return undefined;
-      throw err;
+  /**
+   * Every page of ListTasks, and the cluster's ECS name; undefined when the cluster or service does not
+   * exist. A route's names are lower case (from the Host): when ECS knows no such cluster or service,
+   * the one that differs only in case is looked up (ListClusters, ListServices) and remembered.
+   */
+  private async listTaskArns(route: RouteKey, signal?: AbortSignal): Promise<{ cluster: string; arns: string[] } | undefined> {
+    let cluster = this.remembered(`cluster:${route.cluster}`) ?? route.cluster;
+    let service = this.remembered(`service:${cluster}/${route.service}`) ?? route.service;
+    for (;;) {
+      try {
+        return { cluster, arns: await this.taskArnsOf(cluster, service, signal) };
+      } catch (err) {
+        if (!isNotFound(err)) throw err;
+        const real = (err as { name?: string }).name === 'ClusterNotFoundException'
+          ? await this.realName(`cluster:${route.cluster}`, 'clusters', route.cluster, signal)
+          : await this.realName(`service:${cluster}/${route.service}`, cluster, route.service, signal);
+        if (real === undefined) return undefined;
+        if ((err as { name?: string }).name === 'ClusterNotFoundException') {
+          if (real === cluster) return undefined;
+          cluster = real;
+          service = this.remembered(`service:${cluster}/${route.service}`) ?? route.service;
+        } else {
+          if (real === service) return undefined;
+          service = real;
+        }
+      }
     }
+  }
+
+  private async taskArnsOf(cluster: string, serviceName: string, signal?: AbortSignal): Promise<string[]> {
+    const input: ListTasksCommandInput = { cluster, serviceName, desiredStatus: 'RUNNING', maxResults: 100 };
+    const arns: string[] = [];
+    const paginator = paginateListTasks({ client: this.ecs, pageSize: 100, stopOnSameToken: true }, input, ...(signal ? [{ abortSignal: signal }] : []));
+    for await (const page of pages(apiOf(ListTasksCommand), input, paginator)) arns.push(...(page.taskArns ?? []));
     return [...new Set(arns)];
+  }
+
+  private remembered(key: string): string | undefined {
+    const hit = this.realNames.get(key);
+    return hit && hit.until > Date.now() ? hit.name : undefined;
+  }
+
+  /**
+   * The ECS name that `lowerName` stands for, among the account's clusters (`within` = 'clusters') or a
+   * cluster's services. Listings are kept NAME_LISTING_TTL_MS: Hosts naming nothing cost at most one
+   * listing per cluster per period, however many of them come.
+   */
+  private async realName(key: string, within: string, lowerName: string, signal?: AbortSignal): Promise<string | undefined> {
+    const now = Date.now();
+    let listing = this.listings.get(within);
+    if (!listing || listing.until <= now) {
+      const arns: string[] = [];
+      try {
+        if (within === 'clusters') {
+          const input: ListClustersCommandInput = { maxResults: 100 };
+          const paginator = paginateListClusters({ client: this.ecs, pageSize: 100, stopOnSameToken: true }, input, ...(signal ? [{ abortSignal: signal }] : []));
+          for await (const page of pages('ListClusters', input, paginator)) arns.push(...(page.clusterArns ?? []));
+        } else {
+          const input: ListServicesCommandInput = { cluster: within, maxResults: 100 };
+          const paginator = paginateListServices({ client: this.ecs, pageSize: 100, stopOnSameToken: true }, input, ...(signal ? [{ abortSignal: signal }] : []));
+          for await (const page of pages('ListServices', input, paginator)) arns.push(...(page.serviceArns ?? []));
+        }
+      } catch (err) {
+        if (isNotFound(err)) return undefined;
+        throw err;
+      }
+      listing = { arns, until: now + NAME_LISTING_TTL_MS };
+      this.listings.delete(within);
+      this.listings.set(within, listing);
+      while (this.listings.size > this.hostCacheMax) this.listings.delete(this.listings.keys().next().value as string);
+    }
+    const name = nameFor(listing.arns, lowerName);
+    if (name !== undefined) {
+      this.realNames.delete(key);
+      this.realNames.set(key, { name, until: now + this.hostCacheTtlMs });
+      while (this.realNames.size > this.hostCacheMax) this.realNames.delete(this.realNames.keys().next().value as string);
+    }
+    return name;
   }
 
   /**

@@ -160,7 +160,7 @@ describe('default stack', () => {
 
     test('exactly the ECS discovery reads, its secret, its bundle, its addresses and its signal', () => {
       expect(new Set(allActions(template))).toEqual(new Set([
-        'ecs:ListTasks', 'ecs:DescribeTasks', 'ecs:DescribeContainerInstances',
+        'ecs:ListTasks', 'ecs:ListServices', 'ecs:ListClusters', 'ecs:DescribeTasks', 'ecs:DescribeContainerInstances',
         'ec2:DescribeNetworkInterfaces', 'ec2:DescribeInstances',
         'secretsmanager:GetSecretValue',
         's3:GetObject*', 's3:GetBucket*', 's3:List*',
@@ -433,6 +433,7 @@ describe('a larger fleet on spot, with allow-lists and runtime settings', () => 
   test('ECS reads are limited to the given clusters', () => {
     const all = statements(template);
     const list = all.find((s) => actionsOf(s).includes('ecs:ListTasks'))!;
+    expect(actionsOf(list)).toContain('ecs:ListServices');
     expect(JSON.stringify(list.Condition)).toMatch(/"ArnEquals":\{"ecs:cluster":\[.*:cluster\/prod".*:cluster\/staging"/);
     const describe = all.find((s) => actionsOf(s).includes('ecs:DescribeTasks'))!;
     expect(JSON.stringify(describe.Resource)).toMatch(/:task\/prod\/\*".*:task\/staging\/\*"/);
@@ -507,7 +508,8 @@ describe('discovery modes get exactly their reads', () => {
   test('ecs without clusters reads any cluster', () => {
     const t = constructTemplate({ ...base, domain: DOMAIN });
     const ecs = statementWith(t, 'ecs:ListTasks');
-    expect(actionsOf(ecs).sort()).toEqual(['ecs:DescribeContainerInstances', 'ecs:DescribeTasks', 'ecs:ListTasks']);
+    expect(actionsOf(ecs).sort()).toEqual(['ecs:DescribeContainerInstances', 'ecs:DescribeTasks', 'ecs:ListServices', 'ecs:ListTasks']);
+    expect(statementWith(t, 'ecs:ListClusters').Resource).toBe('*');
     expect(ecs.Resource).toBe('*');
     expect(ecs.Condition).toBeUndefined();
   });
@@ -574,8 +576,8 @@ describe('IConnectable', () => {
       expect(warnings).toHaveLength(1);
       const text = String(warnings[0].entry.data);
       expect(text).toMatch(/^The role prop \('my-proxy-role'\) takes no statements: it is immutable/);
-      expect(text).toContain('Grant it yourself: ecs:ListTasks, ecs:DescribeContainerInstances, ecs:DescribeTasks, ' +
-        'ec2:DescribeNetworkInterfaces, ec2:DescribeInstances, s3:GetObject*, s3:GetBucket*, s3:List*, ' +
+      expect(text).toContain('Grant it yourself: ecs:ListTasks, ecs:ListServices, ecs:DescribeContainerInstances, ecs:DescribeTasks, ' +
+        'ecs:ListClusters, ec2:DescribeNetworkInterfaces, ec2:DescribeInstances, s3:GetObject*, s3:GetBucket*, s3:List*, ' +
         'secretsmanager:GetSecretValue, ec2:DescribeAddresses, ec2:AssociateAddress, cloudformation:SignalResource.');
     });
 

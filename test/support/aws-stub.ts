@@ -254,6 +254,28 @@ export async function startAwsStub(model: Partial<StubModel> = {}, opts: AwsStub
       const next = from + size < tasks.length ? token(from + size) : undefined;
       return { taskArns: tasks.slice(from, from + size).map((t) => t.arn), ...(next ? { nextToken: next } : {}) };
     },
+    ListClusters(b) {
+      if (b.maxResults !== undefined && (Number(b.maxResults) < 1 || Number(b.maxResults) > 100)) {
+        throw new ApiError('InvalidParameterException', 'maxResults must be between 1 and 100.');
+      }
+      const names = Object.keys(m.clusters);
+      const from = fromToken(b.nextToken);
+      const size = page(100, b.maxResults);
+      const next = from + size < names.length ? token(from + size) : undefined;
+      return { clusterArns: names.slice(from, from + size).map((n) => `arn:aws:ecs:${REGION}:${ACCOUNT}:cluster/${n}`), ...(next ? { nextToken: next } : {}) };
+    },
+    ListServices(b) {
+      const [name, services] = cluster(b.cluster);
+      if (b.maxResults !== undefined && (Number(b.maxResults) < 1 || Number(b.maxResults) > 100)) {
+        throw new ApiError('InvalidParameterException', 'maxResults must be between 1 and 100.');
+      }
+      const names = Object.keys(services);
+      const from = fromToken(b.nextToken);
+      // ECS's default page is 10 services.
+      const size = page(b.maxResults === undefined ? 10 : 100, b.maxResults);
+      const next = from + size < names.length ? token(from + size) : undefined;
+      return { serviceArns: names.slice(from, from + size).map((n) => `arn:aws:ecs:${REGION}:${ACCOUNT}:service/${name}/${n}`), ...(next ? { nextToken: next } : {}) };
+    },
     DescribeTasks(b) {
       const [name, services] = cluster(b.cluster);
       const wanted = (b.tasks as string[] | undefined) ?? [];

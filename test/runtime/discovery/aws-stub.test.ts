@@ -66,6 +66,33 @@ describe('discovery through the AWS stub with real SDK clients', () => {
     expect((await count('ListTasks', 'ok')) - okBefore).toBe(3);
   });
 
+  test('ECS names in any case: a lower-case Host reaches the CloudFormation-named cluster and service, looked up once', async () => {
+    const services: Record<string, StubTask[]> = {};
+    for (let i = 0; i < 24; i++) services[`Other-${i}`] = [awsvpc(100 + i)];
+    services['MyStack-ApiService-1A2B3C'] = [awsvpc(1), awsvpc(2)];
+    stub.model.clusters['MyStack-Cluster-9Z8Y'] = services;
+    stub.model.clusters.unrelated = {};
+    const p = provider({});
+    const lower: RouteKey = { service: 'mystack-apiservice-1a2b3c', port: 8080, cluster: 'mystack-cluster-9z8y' };
+
+    expect((await p.discover(lower)).map((t) => t.id)).toEqual(['10.0.0.1:8080', '10.0.0.2:8080']);
+    expect(stub.count('ListClusters')).toBe(1);
+    expect(stub.count('ListServices')).toBe(1); // 100 a page
+    expect(stub.calls.filter((c) => c.api === 'DescribeTasks').map((c) => c.params.cluster)).toEqual(['MyStack-Cluster-9Z8Y']);
+
+    // Remembered: a refresh goes straight to the ECS names.
+    stub.resetCalls();
+    expect(await p.discover(lower)).toHaveLength(2);
+    expect(stub.calls.map((c) => c.api)).toEqual(['ListTasks', 'DescribeTasks']);
+    expect(stub.calls[0].params).toMatchObject({ cluster: 'MyStack-Cluster-9Z8Y', serviceName: 'MyStack-ApiService-1A2B3C' });
+
+    // Hosts naming services that do not exist: empty routes, answered from the listing already made.
+    stub.resetCalls();
+    for (const name of ['nope-1', 'nope-2', 'nope-3']) expect(await p.discover({ ...lower, service: name })).toEqual([]);
+    expect(stub.count('ListTasks')).toBe(3);
+    expect(stub.count('ListServices')).toBe(0);
+  });
+
   test('ECS public IPs: one DescribeNetworkInterfaces, private IP as fallback', async () => {
     stub.model.clusters.prod = { web: [awsvpc(1, { publicIp: '54.1.1.1' }), awsvpc(2), awsvpc(3, { publicIp: '54.1.1.3' })] };
     const targets = await provider({ IP_PREFERENCE: 'public' }).discover(route);

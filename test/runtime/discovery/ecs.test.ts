@@ -2,12 +2,15 @@ import {
   DescribeContainerInstancesCommand,
   DescribeTasksCommand,
   ECSClient,
+  ListClustersCommand,
+  ListServicesCommand,
   ListTasksCommand,
   type Task,
 } from '@aws-sdk/client-ecs';
 import { DescribeInstancesCommand, DescribeNetworkInterfacesCommand, EC2Client } from '@aws-sdk/client-ec2';
 import { mockClient } from 'aws-sdk-client-mock';
 import { createProvider, EcsProvider, transformEcs } from '../../../runtime/discovery';
+import { nameFor } from '../../../runtime/discovery/ecs';
 import { awsCalls, tasksSkipped } from '../../../runtime/metrics';
 import { BATCH_CONCURRENCY, MAX_PAGES } from '../../../runtime/aws';
 import type { RouteKey } from '../../../runtime/types';
@@ -297,8 +300,12 @@ describe('EcsProvider with mocked SDK clients', () => {
 
   test.each(['ClusterNotFoundException', 'ServiceNotFoundException'])('%s is an empty route, not an error', async (name) => {
     ecsMock.on(ListTasksCommand).rejects(Object.assign(new Error(name), { name, $metadata: { httpStatusCode: 400 } }));
+    // No cluster or service of another case either.
+    ecsMock.on(ListClustersCommand).resolves({ clusterArns: ['arn:aws:ecs:us-east-1:123456789012:cluster/other'] });
+    ecsMock.on(ListServicesCommand).resolves({ serviceArns: ['arn:aws:ecs:us-east-1:123456789012:service/prod/other'] });
     await expect(provider().discover(route)).resolves.toEqual([]);
     expect(ecsMock.commandCalls(DescribeTasksCommand)).toHaveLength(0);
+    expect(ecsMock.commandCalls(ListTasksCommand)).toHaveLength(1);
   });
 
   test('a service scaled to zero is empty, with no DescribeTasks call', async () => {
@@ -357,6 +364,24 @@ describe('EcsProvider with mocked SDK clients', () => {
     await expect(p.discover(route)).resolves.toEqual([{ id: '10.0.0.2:8080', host: '10.0.0.2', port: 8080 }]);
     await p.close?.();
   });
+});
+
+describe('nameFor (pure): the ECS name a lower-case Host name stands for', () => {
+  const arns = [
+    'arn:aws:ecs:us-east-1:123456789012:service/Prod/MyStack-Api-1A2B',
+    'arn:aws:ecs:us-east-1:123456789012:service/Prod/web',
+    'arn:aws:ecs:us-east-1:123456789012:service/Prod/Twin',
+    'arn:aws:ecs:us-east-1:123456789012:service/Prod/TWIN',
+    'arn:aws:ecs:us-east-1:123456789012:service/legacy-format',
+  ];
+  test.each<[string, string | undefined]>([
+    ['mystack-api-1a2b', 'MyStack-Api-1A2B'],
+    ['web', 'web'],
+    ['legacy-format', 'legacy-format'],
+    ['twin', undefined], // two services differ only in case: which one was meant cannot be told
+    ['prod', undefined], // a path segment that is not the name
+    ['nope', undefined],
+  ])('%s → %s', (lower, name) => expect(nameFor(arns, lower)).toBe(name));
 });
 
 describe('transformEcs (pure)', () => {
