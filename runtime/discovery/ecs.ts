@@ -34,6 +34,7 @@ import {
   type NetworkInterface,
 } from '@aws-sdk/client-ec2';
 import { chunk, inBatches, isNotFound, pages, send } from '../aws';
+import { errorFields, log } from '../log';
 import type { IpPreference } from '../config';
 import { makeTarget, Provider, RouteKey, Target } from '../types';
 import {
@@ -357,15 +358,17 @@ export class EcsProvider implements Provider {
         if (within === 'clusters') {
           const input: ListClustersCommandInput = { maxResults: 100 };
           const paginator = paginateListClusters({ client: this.ecs, pageSize: 100, stopOnSameToken: true }, input, ...(signal ? [{ abortSignal: signal }] : []));
-          for await (const page of pages('ListClusters', input, paginator)) arns.push(...(page.clusterArns ?? []));
+          for await (const page of pages('ListClusters', input, paginator)) arns.push(...(page?.clusterArns ?? []));
         } else {
           const input: ListServicesCommandInput = { cluster: within, maxResults: 100 };
           const paginator = paginateListServices({ client: this.ecs, pageSize: 100, stopOnSameToken: true }, input, ...(signal ? [{ abortSignal: signal }] : []));
-          for await (const page of pages('ListServices', input, paginator)) arns.push(...(page.serviceArns ?? []));
+          for await (const page of pages('ListServices', input, paginator)) arns.push(...(page?.serviceArns ?? []));
         }
       } catch (err) {
-        if (isNotFound(err)) return undefined;
-        throw err;
+        // A lookup that fails (throttled, not allowed by a role without the new actions) leaves the
+        // Host's name as the only one: the route is what ECS said of it, empty. Not cached.
+        if (!isNotFound(err)) log('warn', 'cannot look up ECS names of another case', { within, ...errorFields(err) });
+        return undefined;
       }
       listing = { arns, until: now + NAME_LISTING_TTL_MS };
       this.listings.delete(within);

@@ -308,6 +308,13 @@ describe('EcsProvider with mocked SDK clients', () => {
     expect(ecsMock.commandCalls(ListTasksCommand)).toHaveLength(1);
   });
 
+  test.each(['ClusterNotFoundException', 'ServiceNotFoundException'])('%s, and the look-up of other cases failing, is still an empty route', async (name) => {
+    ecsMock.on(ListTasksCommand).rejects(Object.assign(new Error(name), { name, $metadata: { httpStatusCode: 400 } }));
+    ecsMock.on(ListClustersCommand).rejects(Object.assign(new Error('not authorized'), { name: 'AccessDeniedException' }));
+    // ListServices not mocked at all: the mock answers undefined.
+    await expect(provider().discover(route)).resolves.toEqual([]);
+  });
+
   test('a service scaled to zero is empty, with no DescribeTasks call', async () => {
     ecsMock.on(ListTasksCommand).resolves({ taskArns: [] });
     await expect(provider().discover(route)).resolves.toEqual([]);
