@@ -252,8 +252,10 @@ export class EcsProvider implements Provider {
   private readonly hostCache = new Map<string, { ip: string; until: number }>();
   /** `cluster:<host name>` / `service:<cluster>/<host name>` → the ECS name of other case it stands for. */
   private readonly realNames = new Map<string, { name: string; until: number }>();
-  /** ListClusters ('clusters') and ListServices (by cluster) answers, for realName(). */
-  private readonly listings = new Map<string, { arns: string[]; until: number }>();
+  /** ListClusters ('account') and ListServices ('cluster:<name>') answers, for realName(). */
+  private readonly listings = new Map<string, { arns: readonly string[]; until: number }>();
+  /** Listings being made: one at a time for each key. */
+  private readonly listing = new Map<string, Promise<string[]>>();
 
   constructor(private readonly opts: EcsProviderOptions) {
     this.ecs = opts.ecs;
@@ -316,8 +318,9 @@ export class EcsProvider implements Provider {
       } catch (err) {
         if (!isNotFound(err)) throw err;
         const real = (err as { name?: string }).name === 'ClusterNotFoundException'
-          ? await this.realName(`cluster:${route.cluster}`, 'clusters', route.cluster, signal)
-          : await this.realName(`service:${cluster}/${route.service}`, cluster, route.service, signal);
+          ? await this.realName(`cluster:${route.cluster}`, { cluster: undefined }, route.cluster)
+          : await this.realName(`service:${cluster}/${route.service}`, { cluster }, route.service);
+        signal?.throwIfAborted();
         if (real === undefined) return undefined;
         if ((err as { name?: string }).name === 'ClusterNotFoundException') {
           if (real === cluster) return undefined;
@@ -345,43 +348,61 @@ export class EcsProvider implements Provider {
   }
 
   /**
-   * The ECS name that `lowerName` stands for, among the account's clusters (`within` = 'clusters') or a
-   * cluster's services. Listings are kept NAME_LISTING_TTL_MS: Hosts naming nothing cost at most one
-   * listing per cluster per period, however many of them come.
+   * The ECS name that `lowerName` stands for, among the account's clusters (`{ cluster: undefined }`)
+   * or one cluster's services. A listing is kept NAME_LISTING_TTL_MS and made once however many
+   * discoveries want it at the same time: Hosts naming nothing cost at most one listing per cluster per
+   * period. A listing that fails counts as an empty one for that period (logged once).
    */
-  private async realName(key: string, within: string, lowerName: string, signal?: AbortSignal): Promise<string | undefined> {
+  private async realName(key: string, scope: { cluster: string | undefined }, lowerName: string): Promise<string | undefined> {
+    const listingKey = scope.cluster === undefined ? 'account' : `cluster:${scope.cluster}`;
     const now = Date.now();
-    let listing = this.listings.get(within);
-    if (!listing || listing.until <= now) {
-      const arns: string[] = [];
-      try {
-        if (within === 'clusters') {
-          const input: ListClustersCommandInput = { maxResults: 100 };
-          const paginator = paginateListClusters({ client: this.ecs, pageSize: 100, stopOnSameToken: true }, input, ...(signal ? [{ abortSignal: signal }] : []));
-          for await (const page of pages('ListClusters', input, paginator)) arns.push(...(page?.clusterArns ?? []));
-        } else {
-          const input: ListServicesCommandInput = { cluster: within, maxResults: 100 };
-          const paginator = paginateListServices({ client: this.ecs, pageSize: 100, stopOnSameToken: true }, input, ...(signal ? [{ abortSignal: signal }] : []));
-          for await (const page of pages('ListServices', input, paginator)) arns.push(...(page?.serviceArns ?? []));
-        }
-      } catch (err) {
-        // A lookup that fails (throttled, not allowed by a role without the new actions) leaves the
-        // Host's name as the only one: the route is what ECS said of it, empty. Not cached.
-        if (!isNotFound(err)) log('warn', 'cannot look up ECS names of another case', { within, ...errorFields(err) });
-        return undefined;
+    const cached = this.listings.get(listingKey);
+    let arns: readonly string[];
+    if (cached && cached.until > now) arns = cached.arns;
+    else {
+      let pending = this.listing.get(listingKey);
+      if (!pending) {
+        // Not bound to this discovery's signal: the listing is shared, and the SDK's timeouts bound it.
+        pending = this.list(scope.cluster).then((listed) => {
+          this.listing.delete(listingKey);
+          this.listings.delete(listingKey);
+          this.listings.set(listingKey, { arns: listed, until: Date.now() + NAME_LISTING_TTL_MS });
+          while (this.listings.size > this.hostCacheMax) this.listings.delete(this.listings.keys().next().value as string);
+          return listed;
+        });
+        this.listing.set(listingKey, pending);
       }
-      listing = { arns, until: now + NAME_LISTING_TTL_MS };
-      this.listings.delete(within);
-      this.listings.set(within, listing);
-      while (this.listings.size > this.hostCacheMax) this.listings.delete(this.listings.keys().next().value as string);
+      arns = await pending;
     }
-    const name = nameFor(listing.arns, lowerName);
+    const name = nameFor(arns, lowerName);
     if (name !== undefined) {
       this.realNames.delete(key);
       this.realNames.set(key, { name, until: now + this.hostCacheTtlMs });
       while (this.realNames.size > this.hostCacheMax) this.realNames.delete(this.realNames.keys().next().value as string);
     }
     return name;
+  }
+
+  /** Every cluster ARN of the account (cluster undefined), or every service ARN of a cluster; [] when that fails. */
+  private async list(cluster: string | undefined): Promise<string[]> {
+    const arns: string[] = [];
+    try {
+      if (cluster === undefined) {
+        const input: ListClustersCommandInput = { maxResults: 100 };
+        const paginator = paginateListClusters({ client: this.ecs, pageSize: 100, stopOnSameToken: true }, input);
+        for await (const page of pages('ListClusters', input, paginator)) arns.push(...(page?.clusterArns ?? []));
+      } else {
+        const input: ListServicesCommandInput = { cluster, maxResults: 100 };
+        const paginator = paginateListServices({ client: this.ecs, pageSize: 100, stopOnSameToken: true }, input);
+        for await (const page of pages('ListServices', input, paginator)) arns.push(...(page?.serviceArns ?? []));
+      }
+    } catch (err) {
+      // Refused (a role of the user's without these actions), throttled, or the cluster gone: the
+      // Host's name stands as the only one, and the route is what ECS said of it.
+      if (!isNotFound(err)) log('warn', 'cannot look up ECS names of another case', { cluster: cluster ?? '(all)', ...errorFields(err) });
+      return [];
+    }
+    return arns;
   }
 
   /**

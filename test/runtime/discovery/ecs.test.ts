@@ -315,6 +315,36 @@ describe('EcsProvider with mocked SDK clients', () => {
     await expect(provider().discover(route)).resolves.toEqual([]);
   });
 
+  test('Hosts naming services that do not exist, all at once, make one listing of the cluster; a refused listing one call', async () => {
+    ecsMock.on(ListTasksCommand).rejects(Object.assign(new Error('ServiceNotFoundException'), { name: 'ServiceNotFoundException' }));
+    ecsMock.on(ListServicesCommand).callsFake(async () => {
+      await new Promise((r) => setTimeout(r, 20));
+      return { serviceArns: ['arn:aws:ecs:us-east-1:123456789012:service/prod/web'] };
+    });
+    const p = provider();
+    const names = Array.from({ length: 50 }, (_, i) => `random-${i}`);
+    expect(await Promise.all(names.map((service) => p.discover({ ...route, service })))).toEqual(names.map(() => []));
+    expect(ecsMock.commandCalls(ListServicesCommand)).toHaveLength(1);
+
+    ecsMock.reset();
+    ecsMock.on(ListTasksCommand).rejects(Object.assign(new Error('ClusterNotFoundException'), { name: 'ClusterNotFoundException' }));
+    ecsMock.on(ListClustersCommand).rejects(Object.assign(new Error('not authorized'), { name: 'AccessDeniedException' }));
+    for (let i = 0; i < 20; i++) expect(await p.discover({ ...route, cluster: `nope-${i}` })).toEqual([]);
+    expect(ecsMock.commandCalls(ListClustersCommand)).toHaveLength(1);
+  });
+
+  test("a cluster named like the listings' own keys is still searched for services", async () => {
+    const task = fargateTask(1);
+    ecsMock.on(ListTasksCommand).callsFake((input: { cluster: string; serviceName: string }) => {
+      if (input.serviceName !== 'Api') throw Object.assign(new Error('ServiceNotFoundException'), { name: 'ServiceNotFoundException' });
+      return { taskArns: [task.taskArn as string] };
+    });
+    ecsMock.on(ListServicesCommand).resolves({ serviceArns: ['arn:aws:ecs:us-east-1:123456789012:service/account/Api'] });
+    ecsMock.on(ListClustersCommand).resolves({ clusterArns: ['arn:aws:ecs:us-east-1:123456789012:cluster/account'] });
+    describeFrom([task]);
+    for (const cluster of ['account', 'clusters']) expect(await provider().discover({ service: 'api', port: 8080, cluster })).toHaveLength(1);
+  });
+
   test('a service scaled to zero is empty, with no DescribeTasks call', async () => {
     ecsMock.on(ListTasksCommand).resolves({ taskArns: [] });
     await expect(provider().discover(route)).resolves.toEqual([]);
