@@ -9,7 +9,7 @@ import { StaticProvider } from './discovery/static';
 import { HealthChecker } from './health';
 import type { ToPrimary, ToWorker } from './ipc';
 import { errorFields, log } from './log';
-import { register } from './metrics';
+import { discoveryErrors, register } from './metrics';
 import { Provider, RouteKey, routeId, sortTargets, StatusSetter, Target } from './types';
 
 /**
@@ -40,7 +40,12 @@ export function healthCheckerFor(config: Config, setter: StatusSetter): HealthCh
 }
 
 /** One process's metrics, as prom-client's getMetricsAsJSON gives them. */
-type MetricsJson = { readonly type?: unknown }[];
+type MetricsJson = {
+  readonly type?: unknown;
+  readonly values?: readonly { readonly labels?: Readonly<Record<string, unknown>> }[];
+}[];
+
+const nonEmpty = (json: unknown): json is MetricsJson => Array.isArray(json) && json.length > 0;
 
 interface Cached {
   readonly at: number;
@@ -73,7 +78,7 @@ export class Coordinator {
    */
   private departed: MetricsJson[] = [];
   /** Gathers of /metrics under way: the workers still to answer each. */
-  private readonly pendingMetrics = new Map<number, { waiting: Set<number>; json: unknown[]; done: () => void }>();
+  private readonly pendingMetrics = new Map<number, { waiting: Set<number>; answers: Map<number, MetricsJson>; done: () => void }>();
 
   constructor(
     config: Config,
@@ -98,6 +103,8 @@ export class Coordinator {
     if (last) this.departed.push(last.filter((m) => m.type === 'counter' || m.type === 'histogram'));
     if (this.inUse.delete(worker.id)) this.syncHealth();
     for (const p of this.pendingMetrics.values()) {
+      // Its counts are in `departed` now: an answer it gave to a gather still under way would count twice.
+      p.answers.delete(worker.id);
       // A worker that died mid-gather must not hold /metrics up.
       if (p.waiting.delete(worker.id) && p.waiting.size === 0) p.done();
     }
@@ -121,9 +128,14 @@ export class Coordinator {
       }
       case 'metrics': {
         const p = this.pendingMetrics.get(m.n);
-        if (Array.isArray(m.json) && this.workers.has(worker.id)) this.lastMetrics.set(worker.id, m.json as MetricsJson);
-        if (p) {
-          if (p.waiting.delete(worker.id)) p.json.push(m.json);
+        // An empty answer is a worker that could not read its own registry: its last one stands.
+        if (!nonEmpty(m.json) || !this.workers.has(worker.id)) {
+          if (p?.waiting.delete(worker.id) && p.waiting.size === 0) p.done();
+          break;
+        }
+        this.lastMetrics.set(worker.id, m.json);
+        if (p?.waiting.delete(worker.id)) {
+          p.answers.set(worker.id, m.json);
           if (p.waiting.size === 0) p.done();
         }
         break;
@@ -159,6 +171,8 @@ export class Coordinator {
           // keep serving, not an empty route: the last answer stands until one succeeds.
           const last = this.fresh.get(id);
           if (!last) throw err;
+          // The workers see a success: the failure is counted here, where it happened.
+          discoveryErrors.labels({ provider: this.provider.name }).inc();
           log('warn', 'discovery failed: the last targets found stay in use', { route: id, targets: last.targets.length, ...errorFields(err) });
           return [...last.targets];
         },
@@ -197,21 +211,42 @@ export class Coordinator {
     if (worker.isConnected()) worker.send(m);
   }
 
-  /** Prometheus text of every worker and the primary, summed (gauges marked so take the max). */
+  /**
+   * Prometheus text of every worker and the primary, summed (gauges marked so take the max). A worker
+   * that does not answer in time counts with its last answer, and the counters and histograms of workers
+   * that are gone stay in the sums, so that no counter goes down (Prometheus would read a reset).
+   */
   async metrics(timeoutMs = 5000): Promise<string> {
     const n = ++this.n;
-    const json: unknown[] = [await register.getMetricsAsJSON()];
+    const own = (await register.getMetricsAsJSON()) as unknown as MetricsJson;
+    const answers = new Map<number, MetricsJson>();
     const live = [...this.workers.values()].filter((w) => w.isConnected());
     if (live.length > 0) {
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, timeoutMs);
-        this.pendingMetrics.set(n, { waiting: new Set(live.map((w) => w.id)), json, done: () => (clearTimeout(timer), resolve()) });
+        this.pendingMetrics.set(n, { waiting: new Set(live.map((w) => w.id)), answers, done: () => (clearTimeout(timer), resolve()) });
         for (const w of live) this.send(w, { t: 'metrics?', n });
       });
       this.pendingMetrics.delete(n);
     }
-    if (this.departed.length > 1) this.departed = [await AggregatorRegistry.aggregate(this.departed).getMetricsAsJSON()];
-    return AggregatorRegistry.aggregate([...(json as MetricsJson[]), ...this.departed]).metrics();
+    for (const id of this.workers.keys()) {
+      const last = this.lastMetrics.get(id);
+      if (!answers.has(id) && last) answers.set(id, last);
+    }
+    if (this.departed.length > 0) this.departed = [this.current(await AggregatorRegistry.aggregate(this.departed as object[]).getMetricsAsJSON() as unknown as MetricsJson)];
+    return AggregatorRegistry.aggregate([own, ...answers.values(), ...this.departed] as object[]).metrics();
+  }
+
+  /**
+   * Departed series of routes no worker has asked for lately, and of targets no worker uses: gone, as
+   * workers drop a forgotten route's series (metrics.ts forgetRoute), so that crashes cannot pile them up.
+   */
+  private current(json: MetricsJson): MetricsJson {
+    const targets = new Set([...this.inUse.values()].flatMap((ts) => ts.map((t) => t.id)));
+    const keep = (labels: Readonly<Record<string, unknown>> = {}): boolean =>
+      (typeof labels.route !== 'string' || labels.route === 'none' || this.asked.has(labels.route)) &&
+      (typeof labels.target !== 'string' || targets.has(labels.target));
+    return json.map((m) => ({ ...m, values: (m.values ?? []).filter((v) => keep(v.labels)) }));
   }
 
   async close(): Promise<void> {

@@ -1,5 +1,9 @@
+import type { Worker } from 'node:cluster';
+import { EventEmitter } from 'node:events';
+import { Counter, Registry } from 'prom-client';
 import { loadConfig } from '../../runtime/config';
 import { Coordinator } from '../../runtime/coordinator';
+import { discoveryErrors } from '../../runtime/metrics';
 import { makeTarget, Provider, RouteKey, Target } from '../../runtime/types';
 
 const route: RouteKey = { service: 'api', port: 80, cluster: 'prod' };
@@ -79,7 +83,10 @@ describe('the primary shares discovery among workers', () => {
     expect(await c.discover(route)).toHaveLength(2);
     fail = true;
     clock += 60_000;
+    const errorsBefore = (await discoveryErrors.get()).values.find((v) => v.labels.provider === 'test')?.value ?? 0;
     expect(await c.discover(route)).toEqual([makeTarget('10.0.0.1', 80), makeTarget('10.0.0.2', 80)]);
+    // Counted where it happened, since the workers see a success.
+    expect((await discoveryErrors.get()).values.find((v) => v.labels.provider === 'test')?.value).toBe(errorsBefore + 1);
     expect(await c.discover(route)).toHaveLength(2);
     expect(provider.calls).toBe(3); // each ask tried AWS again
     await expect(c.discover({ ...route, service: 'never-seen' })).rejects.toThrow('ServerException');
@@ -110,6 +117,92 @@ describe('the primary shares discovery among workers', () => {
     fail = false;
     expect(await c.discover(route)).toHaveLength(1);
     expect(provider.calls).toBe(2);
+    await c.close();
+  });
+});
+
+describe('the primary sums the metrics of its workers', () => {
+  const config = loadConfig({ DOMAIN: 'example.com', HEALTH_CHECK_PATH: 'off' });
+  const web: RouteKey = { service: 'web', port: 80, cluster: 'prod' };
+
+  /** A worker's registry: requests counted by route, as metrics.ts does. */
+  async function counts(byRoute: Record<string, number>): Promise<unknown> {
+    const reg = new Registry();
+    const c = new Counter({ name: 'fake_requests_total', help: 'h', labelNames: ['route'], registers: [reg] });
+    for (const [route, n] of Object.entries(byRoute)) c.inc({ route }, n);
+    return reg.getMetricsAsJSON();
+  }
+
+  /** A stand-in for a cluster worker: answers each gather with `answer` (or not at all: undefined). */
+  class FakeWorker extends EventEmitter {
+    answer: () => Promise<unknown> | undefined = () => undefined;
+    onAsk: () => void = () => undefined;
+    constructor(readonly id: number) {
+      super();
+    }
+    isConnected(): boolean {
+      return true;
+    }
+    send(m: { t: string; n: number }): void {
+      if (m.t !== 'metrics?') return;
+      const a = this.answer();
+      if (a) void a.then((json) => (this.emit('message', { t: 'metrics', n: m.n, json }), this.onAsk()));
+    }
+  }
+
+  const total = (text: string, route?: string): number =>
+    [...text.matchAll(/^fake_requests_total\{route="([^"]+)"\} (\d+)$/gm)].filter((m) => !route || m[1] === route).reduce((n, m) => n + Number(m[2]), 0);
+
+  function setUp(): { c: Coordinator; a: FakeWorker; b: FakeWorker } {
+    const c = new Coordinator(config, counting(() => [makeTarget('10.0.0.1', 80)]));
+    const a = new FakeWorker(1);
+    const b = new FakeWorker(2);
+    c.add(a as unknown as Worker);
+    c.add(b as unknown as Worker);
+    return { c, a, b };
+  }
+
+  test('a worker that answers a gather and dies before the others answer is counted once', async () => {
+    const { c, a, b } = setUp();
+    await c.discover(web);
+    a.answer = () => counts({ 'web-80-prod': 10 });
+    b.answer = () => counts({ 'web-80-prod': 5 });
+    expect(total(await c.metrics())).toBe(15);
+    // B answers only once A has died.
+    let releaseB!: () => void;
+    b.answer = () => new Promise((r) => (releaseB = () => r(counts({ 'web-80-prod': 5 }))));
+    a.onAsk = () => {
+      c.remove(a as unknown as Worker);
+      releaseB();
+    };
+    expect(total(await c.metrics())).toBe(15);
+    b.answer = () => counts({ 'web-80-prod': 6 });
+    expect(total(await c.metrics())).toBe(16);
+    await c.close();
+  });
+
+  test('a worker that answers nothing, or an empty answer, counts with its last answer', async () => {
+    const { c, a, b } = setUp();
+    a.answer = () => counts({ pool: 10 });
+    b.answer = () => counts({ pool: 5 });
+    expect(total(await c.metrics())).toBe(15);
+    a.answer = () => Promise.resolve([]);
+    b.answer = () => undefined;
+    expect(total(await c.metrics(50))).toBe(15);
+    await c.close();
+  });
+
+  test("a dead worker's series of routes still asked for stay; those of routes nobody asks for go", async () => {
+    const { c, a, b } = setUp();
+    await c.discover(web);
+    a.answer = () => counts({ 'web-80-prod': 10, 'old-80-prod': 3 });
+    b.answer = () => counts({ 'web-80-prod': 5 });
+    const before = await c.metrics();
+    expect([total(before, 'web-80-prod'), total(before, 'old-80-prod')]).toEqual([15, 3]);
+    c.remove(a as unknown as Worker);
+    const after = await c.metrics();
+    expect(total(after, 'web-80-prod')).toBe(15);
+    expect(after).not.toContain('old-80-prod');
     await c.close();
   });
 });
