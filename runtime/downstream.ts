@@ -72,6 +72,12 @@ export interface ResponseHandler {
   clientStalled(): void;
   /** The answer's last byte was handed to the socket. */
   responseFinished(): void;
+  /**
+   * SHUTDOWN_TIMEOUT passed with no answer begun. true: nothing of the request reached a target, the
+   * handler has let it go, and the proxy answers 503; false: a target may be acting on it, so the
+   * connection is cut rather than told to try elsewhere.
+   */
+  shutdown(): boolean;
 }
 
 /** Where a request body goes (upstream.ts's UpstreamRequest, or any Writable). */
@@ -830,13 +836,15 @@ export class ClientConn {
   }
 
   /**
-   * SHUTDOWN_TIMEOUT has passed. A request still without an answer (its target slow, its discovery
-   * pending) gets a 503 and the connection closes: true. One whose answer is under way, or nothing at
-   * all, is left to be cut: false.
+   * SHUTDOWN_TIMEOUT has passed. A request still without an answer that no target has seen (waiting
+   * for a socket of its target, or for discovery) gets a 503 and the connection closes: true. One a
+   * target has (it may act on it: a 503 would invite a second POST), one whose answer is under way, or
+   * none at all, is left to be cut: false.
    */
   answerShutdown(): boolean {
     const res = this.current;
     if (this.destroyed || !res || res.finished || res.headersSent) return false;
+    if (res.handler && !res.handler.shutdown()) return false;
     this.refuse(503, 'the proxy is shutting down', 'Retry-After: 1\r\n');
     return true;
   }

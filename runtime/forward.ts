@@ -80,11 +80,12 @@ const MAX_STALE = 3;
  * A try that ended without a response, and whose fault it was:
  * `client_gone` the client left first; `client_timeout` the client stopped sending its body;
  * `stale` a keep-alive connection the target had already closed, before anything that cannot be
- * replayed was sent (safe to try again on a fresh connection, and no mark against the target).
+ * replayed was sent (safe to try again on a fresh connection, and no mark against the target);
+ * `shutting_down` SHUTDOWN_TIMEOUT came before any of it was sent.
  */
 class UpstreamError extends Error {
   constructor(
-    readonly kind: FailureKind | 'client_gone' | 'client_timeout' | 'stale',
+    readonly kind: FailureKind | 'client_gone' | 'client_timeout' | 'stale' | 'shutting_down',
     /** Nothing of the request reached the target: safe to retry with any method. */
     readonly beforeSend: boolean,
     /** Says nothing about the target's health (a keep-alive race), so its breaker is not told. */
@@ -594,6 +595,13 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     else this.settle(undefined, new UpstreamError('client_gone', false));
   }
 
+  // SHUTDOWN_TIMEOUT with no answer: let go of a request no target has seen (the proxy answers 503).
+  shutdown(): boolean {
+    if (this.settled || this.responded || this.sent) return false;
+    this.settle(undefined, new UpstreamError('shutting_down', true));
+    return true;
+  }
+
   // The client socket's idle timer (IDLE_TIMEOUT) fired while the body was still coming: the client
   // stalled, and hears a 408.
   clientStalled(): void {
@@ -654,7 +662,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       outcome.error = undefined;
       return this.done();
     }
-    const notTheTarget = err.kind === 'client_gone' || err.kind === 'client_timeout' || err.kind === 'stale';
+    const notTheTarget = err.kind === 'client_gone' || err.kind === 'client_timeout' || err.kind === 'stale' || err.kind === 'shutting_down';
     if (notTheTarget || err.blameless || err.kind === 'pool_full') s.breaker.release();
     else {
       s.breaker.onFailure();
@@ -668,6 +676,10 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     const { outcome, req, res } = this;
     if (err.kind === 'client_gone') {
       outcome.status = 499; // nginx's code for "client closed request"; only logged, never sent
+      return this.done();
+    }
+    if (err.kind === 'shutting_down') {
+      outcome.status = 503; // written by the server (ClientConn.answerShutdown)
       return this.done();
     }
     if (err.kind === 'client_timeout') {
