@@ -84,7 +84,8 @@ export interface SharedProviderOptions {
   readonly scope?: string;
 }
 
-type Shared = { targets: Target[]; ageMs: number };
+/** A shared value: its targets, its age (Infinity: not written by a proxy like us), its stored form and expiry. */
+type Shared = { targets: Target[]; ageMs: number; raw: string; pttl: number };
 
 /** Clients already watched, so two providers on one client do not log an outage twice. */
 const watched = new WeakSet<Redis>();
@@ -219,7 +220,7 @@ export class SharedProvider implements Provider {
       cacheLookups.inc({ result: 'hit' });
       return shared.targets;
     }
-    const theirs = await this.waitForOther(redis, key, signal);
+    const theirs = await this.waitForOther(redis, key, shared?.raw, signal);
     if (theirs) {
       cacheLookups.inc({ result: 'hit' });
       return theirs;
@@ -249,19 +250,23 @@ export class SharedProvider implements Provider {
     // Aged by the TTL this proxy writes with, not the one the entry claims: an entry that claims a short
     // TTL but was stored with a longer expiry (not one of ours) would otherwise look fresh for good.
     const ageMs = pttl >= 0 && pttl <= this.ttlMs ? this.ttlMs - pttl + value.took : Infinity;
-    return { targets: value.targets, ageMs };
+    return { targets: value.targets, ageMs, raw: raw!, pttl };
   }
 
-  /** Polls for the result of the proxy holding the lock, at most waitMs. undefined: go to AWS. */
-  private async waitForOther(redis: Redis, key: string, signal?: AbortSignal): Promise<Target[] | undefined> {
+  /**
+   * Polls for the result of the proxy holding the lock, at most waitMs. undefined: go to AWS. The
+   * holder's answer is a value written since the wait began (`before` is what was there), with an
+   * expiry: a fleet-mate with a longer NODE_CHECK_PERIOD writes with a longer one, and still counts;
+   * a value that was there all along, or never expires, is not an answer.
+   */
+  private async waitForOther(redis: Redis, key: string, before: string | undefined, signal?: AbortSignal): Promise<Target[] | undefined> {
     const deadline = Date.now() + this.waitMs;
     while (Date.now() < deadline) {
       signal?.throwIfAborted();
       await new Promise((r) => setTimeout(r, Math.min(this.pollMs, Math.max(0, deadline - Date.now()))));
       try {
-        // Only a value of ours counts: one already there that never expires is not the holder's answer.
         const value = await this.read(redis, key);
-        if (value && value.ageMs !== Infinity) return value.targets;
+        if (value && value.raw !== before && value.pttl >= 0) return value.targets;
       } catch {
         this.failed();
         return undefined;

@@ -159,6 +159,19 @@ describe('SharedProvider on a real redis-server', () => {
     expect(stub.count('ListTasks')).toBe(0);
   });
 
+  test("a lock holder with a longer NODE_CHECK_PERIOD (a longer TTL) is waited for, and its answer taken", async () => {
+    const a = proxy();
+    await a.connected();
+    await admin.set(lockKey('ecs.private.all', route), 'slower-fleet-mate', 'PX', 5000);
+    const started = Date.now();
+    const pending = a.discover(route);
+    await sleep(20);
+    await admin.set(targetsKey('ecs.private.all', route), encodeTargets([makeTarget('10.9.9.9', 8080)], 30 * PERIOD_MS, 0), 'PX', 30 * PERIOD_MS);
+    expect(ids(await pending)).toEqual(['10.9.9.9:8080']);
+    expect(Date.now() - started).toBeLessThan(1000); // not the whole wait, then AWS
+    expect(stub.count('ListTasks')).toBe(0);
+  });
+
   test('what Redis holds is screened as AWS answers are, and aged by our own TTL, not the one it claims', async () => {
     const a = proxy();
     await a.connected();
