@@ -462,6 +462,37 @@ export const SETTINGS = {
   },
 } satisfies { [K in keyof Config]: Setting<Config[K]> };
 
+/** An IP literal as the kernel sees it (IPv4-mapped IPv6 is IPv4); undefined for a host name. */
+function canonicalIp(h: string): { family: 4 | 6; text: string } | undefined {
+  const family = isIP(h);
+  if (family === 4) return { family, text: h };
+  if (family !== 6) return undefined;
+  let text = h.toLowerCase();
+  try {
+    text = new URL(`http://[${h}]/`).hostname.slice(1, -1); // ::0 and 0:0:0:0:0:0:0:0 are ::
+  } catch {
+    // A zone index (fe80::1%eth0): compared as written.
+  }
+  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(text);
+  if (!mapped) return { family: 6, text };
+  const [hi, lo] = [parseInt(mapped[1]!, 16), parseInt(mapped[2]!, 16)];
+  return { family: 4, text: `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}` };
+}
+
+/**
+ * Whether one port cannot be listened on at both addresses: the same address, or a wildcard that
+ * covers the other (0.0.0.0 every IPv4 address; ::, which Node opens dual-stack, every address).
+ * Host names are compared as written: what they resolve to is only known when listening.
+ */
+function clash(a: string, b: string): boolean {
+  const x = canonicalIp(a);
+  const y = canonicalIp(b);
+  if (!x || !y) return a.toLowerCase() === b.toLowerCase();
+  if ((x.family === 6 && x.text === '::') || (y.family === 6 && y.text === '::')) return true;
+  if (x.family !== y.family) return false;
+  return x.text === y.text || (x.family === 4 && (x.text === '0.0.0.0' || y.text === '0.0.0.0'));
+}
+
 export class ConfigError extends Error {
   constructor(readonly problems: readonly string[]) {
     super(`invalid configuration: ${problems.join('; ')}`);
@@ -524,11 +555,8 @@ export function loadConfig(env: Env = process.env): Config {
   }
   // Raw TCP carries protocols with long quiet spells (databases, SSH): an NLB's idle timeout, not an ALB's.
   if (out.mode === 'tcp' && !isSet('IDLE_TIMEOUT')) out.idleTimeoutMs = TCP_IDLE_TIMEOUT_MS;
-  // The same port on two addresses conflicts when they are equal or one is the wildcard of its family
-  // (0.0.0.0 holds the port on 127.0.0.1 too; :: on every IPv6 and, dual-stack, every IPv4 address).
-  const wildcard = (h: unknown): boolean => h === '0.0.0.0' || h === '::';
-  if (out.port !== 0 && out.port === out.metricsPort &&
-      (out.host === out.metricsHost || wildcard(out.host) || wildcard(out.metricsHost))) {
+  if (out.port !== 0 && out.port === out.metricsPort && typeof out.host === 'string' && typeof out.metricsHost === 'string' &&
+      clash(out.host, out.metricsHost)) {
     problems.push('METRICS_PORT must differ from PORT');
   }
   if (problems.length > 0) throw new ConfigError(problems);

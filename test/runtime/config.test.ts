@@ -191,12 +191,16 @@ describe('configuration', () => {
     expect(loadConfig({ ...tcp, MODE: 'http' }).idleTimeoutMs).toBe(60_000);
   });
 
-  test('PORT and METRICS_PORT conflict on the same address or when either is a wildcard address', () => {
+  test('PORT and METRICS_PORT conflict where the kernel would refuse the second: same address, or a wildcard covering it', () => {
     const pool = { NODE_FILTER: 'asg', PORT: '8080', METRICS_PORT: '8080' };
-    for (const [host, metricsHost] of [['0.0.0.0', '127.0.0.1'], ['127.0.0.1', '0.0.0.0'], ['::', '127.0.0.1'], ['10.0.0.1', '10.0.0.1']]) {
-      expect(errorOf({ ...pool, HOST: host, METRICS_HOST: metricsHost }).problems).toEqual(['METRICS_PORT must differ from PORT']);
+    const clashes = [['0.0.0.0', '127.0.0.1'], ['127.0.0.1', '0.0.0.0'], ['::', '127.0.0.1'], ['::', '::1'], ['10.0.0.1', '10.0.0.1'],
+      ['::0', '127.0.0.1'], ['0:0:0:0:0:0:0:0', '10.0.0.1'], ['::ffff:127.0.0.1', '127.0.0.1'], ['0.0.0.0', '::ffff:10.0.0.1'], ['::1', '0:0:0:0:0:0:0:1']];
+    for (const [host, metricsHost] of clashes) {
+      expect([host, metricsHost, errorOf({ ...pool, HOST: host, METRICS_HOST: metricsHost }).problems]).toEqual([host, metricsHost, ['METRICS_PORT must differ from PORT']]);
     }
-    expect(loadConfig({ ...pool, HOST: '10.0.0.1', METRICS_HOST: '127.0.0.1' }).metricsPort).toBe(8080);
+    for (const [host, metricsHost] of [['10.0.0.1', '127.0.0.1'], ['0.0.0.0', '::1'], ['::1', '127.0.0.1'], ['localhost', '127.0.0.1']]) {
+      expect(loadConfig({ ...pool, HOST: host, METRICS_HOST: metricsHost }).metricsPort).toBe(8080);
+    }
   });
 
   test('REDIS_URL takes a bare [IPv6]:port like host:port', () => {
