@@ -65,6 +65,8 @@ export class Coordinator {
   /** An empty result is kept no longer than NEGATIVE_CACHE_TTL, so a new service shows up as promised. */
   private readonly emptyFreshMs: number;
   private readonly fresh = new Map<string, Cached>();
+  /** Routes remembered at most: MAX_ROUTES for each worker. */
+  private readonly maxRoutes: number;
   /** When a worker last asked for each route: what prune() goes by, since a route's last answer may be old. */
   private readonly asked = new Map<string, number>();
   private readonly inflight = new Map<string, Promise<Target[]>>();
@@ -86,6 +88,7 @@ export class Coordinator {
     private readonly now: () => number = Date.now,
     private readonly deadlineMs: number = DISCOVERY_DEADLINE_MS,
   ) {
+    this.maxRoutes = config.maxRoutes * config.workers;
     this.freshMs = config.nodeCheckPeriodMs * 0.9;
     this.emptyFreshMs = Math.min(this.freshMs, config.negativeCacheTtlMs * 0.9);
     this.health = healthCheckerFor(config, { setStatus: (target, up) => this.verdict(target.id, up) });
@@ -148,7 +151,15 @@ export class Coordinator {
   /** One discovery per route at a time, and one per period however many workers ask. */
   discover(route: RouteKey): Promise<Target[]> {
     const id = routeId(route);
+    // Most recently asked last; as many routes as all the workers can hold, the oldest going first
+    // (Hosts naming ever new routes churn the workers' tables, and would otherwise grow these maps).
+    this.asked.delete(id);
     this.asked.set(id, this.now());
+    while (this.asked.size > this.maxRoutes) {
+      const oldest = this.asked.keys().next().value as string;
+      this.asked.delete(oldest);
+      this.fresh.delete(oldest);
+    }
     const hit = this.fresh.get(id);
     if (hit && this.now() - hit.at < (hit.targets.length ? this.freshMs : this.emptyFreshMs)) return Promise.resolve([...hit.targets]);
     let p = this.inflight.get(id);

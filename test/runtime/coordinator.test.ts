@@ -101,6 +101,21 @@ describe('the primary shares discovery among workers', () => {
     await c.close();
   });
 
+  test('routes are remembered up to MAX_ROUTES per worker, the least recently asked forgotten first', async () => {
+    const provider = counting(() => [makeTarget('10.0.0.1', 80)]);
+    const c = new Coordinator(loadConfig({ DOMAIN: 'example.com', HEALTH_CHECK_PATH: 'off', MAX_ROUTES: '2', WORKERS: '2' }), provider, () => clock);
+    const r = (i: number): RouteKey => ({ ...route, service: `s${i}` });
+    for (const i of [1, 2, 3, 4]) await c.discover(r(i));
+    await c.discover(r(1)); // asked again: the most recent now
+    await c.discover(r(5)); // one too many: s2, the least recently asked, goes
+    expect(provider.calls).toBe(5);
+    for (const i of [1, 3, 4, 5]) await c.discover(r(i));
+    expect(provider.calls).toBe(5);
+    await c.discover(r(2));
+    expect(provider.calls).toBe(6);
+    await c.close();
+  });
+
   test('a failed discovery is not cached', async () => {
     let fail = true;
     const provider: Provider & { calls: number } = {
