@@ -481,14 +481,17 @@ function canonicalIp(h: string): { family: 4 | 6; text: string } | undefined {
 
 /**
  * Whether one port cannot be listened on at both addresses: the same address, or a wildcard that
- * covers the other (0.0.0.0 every IPv4 address; ::, which Node opens dual-stack, every address).
- * Host names are compared as written: what they resolve to is only known when listening.
+ * covers the other (0.0.0.0 every IPv4 address and any name; ::, which Node opens dual-stack, every
+ * address and name). Otherwise names are compared as written: what they resolve to is only known when
+ * listening.
  */
 function clash(a: string, b: string): boolean {
   const x = canonicalIp(a);
   const y = canonicalIp(b);
+  if ((x?.family === 6 && x.text === '::') || (y?.family === 6 && y.text === '::')) return true;
+  // A name may resolve to any address: the IPv4 wildcard covers it.
+  if ((!x && y?.text === '0.0.0.0') || (!y && x?.text === '0.0.0.0')) return true;
   if (!x || !y) return a.toLowerCase() === b.toLowerCase();
-  if ((x.family === 6 && x.text === '::') || (y.family === 6 && y.text === '::')) return true;
   if (x.family !== y.family) return false;
   return x.text === y.text || (x.family === 4 && (x.text === '0.0.0.0' || y.text === '0.0.0.0'));
 }

@@ -173,7 +173,8 @@ export class Coordinator {
       p = Promise.race([this.provider.discover(route, deadline), aborted]).then(
         (targets) => {
           this.inflight.delete(id);
-          this.fresh.set(id, { at: this.now(), targets });
+          // A route forgotten while its discovery ran (the cap) is not remembered again behind prune's back.
+          if (this.asked.has(id)) this.fresh.set(id, { at: this.now(), targets });
           return targets;
         },
         (err: unknown) => {
@@ -253,7 +254,9 @@ export class Coordinator {
    * workers drop a forgotten route's series (metrics.ts forgetRoute), so that crashes cannot pile them up.
    */
   private current(json: MetricsJson): MetricsJson {
-    const targets = new Set([...this.inUse.values()].flatMap((ts) => ts.map((t) => t.id)));
+    // Targets in use, or found for a route still asked for (a replacement worker reports its targets in
+    // use only once requests come; until then the dead worker's series must not drop).
+    const targets = new Set([...this.inUse.values(), ...[...this.fresh.values()].map((c) => c.targets)].flatMap((ts) => ts.map((t) => t.id)));
     const keep = (labels: Readonly<Record<string, unknown>> = {}): boolean =>
       (typeof labels.route !== 'string' || labels.route === 'none' || this.asked.has(labels.route)) &&
       (typeof labels.target !== 'string' || targets.has(labels.target));

@@ -598,6 +598,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   // SHUTDOWN_TIMEOUT with no answer: let go of a request no target has seen (the proxy answers 503).
   shutdown(): boolean {
     if (this.settled || this.responded || this.sent) return false;
+    this.up?.destroy(); // a connection still being made, or a turn before sending
     this.settle(undefined, new UpstreamError('shutting_down', true));
     return true;
   }

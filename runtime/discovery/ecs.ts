@@ -251,11 +251,11 @@ export class EcsProvider implements Provider {
   /** Container instance ARN → private IP of its EC2 instance. Both never change for its life. */
   private readonly hostCache = new Map<string, { ip: string; until: number }>();
   /** `cluster:<host name>` / `service:<cluster>/<host name>` → the ECS name of other case it stands for. */
-  private readonly realNames = new Map<string, { name: string; until: number }>();
-  /** ListClusters ('account') and ListServices ('cluster:<name>') answers, for realName(). */
-  private readonly listings = new Map<string, { arns: readonly string[]; until: number }>();
+  private readonly realNames = new Map<string, string>();
+  /** ListClusters ('account') and ListServices ('cluster:<name>') answers (undefined: failed), for realName(). */
+  private readonly listings = new Map<string, { arns: readonly string[] | undefined; until: number }>();
   /** Listings being made: one at a time for each key. */
-  private readonly listing = new Map<string, Promise<string[]>>();
+  private readonly listing = new Map<string, Promise<string[] | undefined>>();
 
   constructor(private readonly opts: EcsProviderOptions) {
     this.ecs = opts.ecs;
@@ -307,29 +307,36 @@ export class EcsProvider implements Provider {
   /**
    * Every page of ListTasks, and the cluster's ECS name; undefined when the cluster or service does not
    * exist. A route's names are lower case (from the Host): when ECS knows no such cluster or service,
-   * the one that differs only in case is looked up (ListClusters, ListServices) and remembered.
+   * the one that differs only in case is looked up (ListClusters, ListServices) and remembered for as
+   * long as it is in use. Should that look-up fail (throttled, refused), a route that had found its
+   * names fails (the route keeps its last targets); one that never had is empty, as it was before.
    */
   private async listTaskArns(route: RouteKey, signal?: AbortSignal): Promise<{ cluster: string; arns: string[] } | undefined> {
-    let cluster = this.remembered(`cluster:${route.cluster}`) ?? route.cluster;
+    const clusterKey = `cluster:${route.cluster}`;
+    let cluster = this.remembered(clusterKey) ?? route.cluster;
     let service = this.remembered(`service:${cluster}/${route.service}`) ?? route.service;
     for (;;) {
       try {
-        return { cluster, arns: await this.taskArnsOf(cluster, service, signal) };
+        const arns = await this.taskArnsOf(cluster, service, signal);
+        if (cluster !== route.cluster) this.rememberName(clusterKey, cluster);
+        if (service !== route.service) this.rememberName(`service:${cluster}/${route.service}`, service);
+        return { cluster, arns };
       } catch (err) {
         if (!isNotFound(err)) throw err;
-        const real = (err as { name?: string }).name === 'ClusterNotFoundException'
-          ? await this.realName(`cluster:${route.cluster}`, { cluster: undefined }, route.cluster)
-          : await this.realName(`service:${cluster}/${route.service}`, { cluster }, route.service);
+        const clusterGone = (err as { name?: string }).name === 'ClusterNotFoundException';
+        const real = clusterGone
+          ? await this.realName({ cluster: undefined }, route.cluster)
+          : await this.realName({ cluster }, route.service);
         signal?.throwIfAborted();
-        if (real === undefined) return undefined;
-        if ((err as { name?: string }).name === 'ClusterNotFoundException') {
-          if (real === cluster) return undefined;
+        if (real === null) {
+          if (cluster !== route.cluster || service !== route.service) throw err;
+          return undefined;
+        }
+        if (real === undefined || real === (clusterGone ? cluster : service)) return undefined;
+        if (clusterGone) {
           cluster = real;
           service = this.remembered(`service:${cluster}/${route.service}`) ?? route.service;
-        } else {
-          if (real === service) return undefined;
-          service = real;
-        }
+        } else service = real;
       }
     }
   }
@@ -343,22 +350,27 @@ export class EcsProvider implements Provider {
   }
 
   private remembered(key: string): string | undefined {
-    const hit = this.realNames.get(key);
-    return hit && hit.until > Date.now() ? hit.name : undefined;
+    return this.realNames.get(key);
+  }
+
+  /** Most recently used last, at most hostCacheMax. */
+  private rememberName(key: string, name: string): void {
+    this.realNames.delete(key);
+    this.realNames.set(key, name);
+    while (this.realNames.size > this.hostCacheMax) this.realNames.delete(this.realNames.keys().next().value as string);
   }
 
   /**
    * The ECS name that `lowerName` stands for, among the account's clusters (`{ cluster: undefined }`)
-   * or one cluster's services. A listing is kept NAME_LISTING_TTL_MS and made once however many
-   * discoveries want it at the same time: Hosts naming nothing cost at most one listing per cluster per
-   * period. A listing that fails counts as an empty one for that period (logged once).
+   * or one cluster's services; null when the listing failed. A listing is kept NAME_LISTING_TTL_MS,
+   * failed ones too, and made once however many discoveries want it at the same time: Hosts naming
+   * nothing cost at most one listing per cluster per period.
    */
-  private async realName(key: string, scope: { cluster: string | undefined }, lowerName: string): Promise<string | undefined> {
+  private async realName(scope: { cluster: string | undefined }, lowerName: string): Promise<string | undefined | null> {
     const listingKey = scope.cluster === undefined ? 'account' : `cluster:${scope.cluster}`;
-    const now = Date.now();
     const cached = this.listings.get(listingKey);
-    let arns: readonly string[];
-    if (cached && cached.until > now) arns = cached.arns;
+    let arns: readonly string[] | undefined;
+    if (cached && cached.until > Date.now()) arns = cached.arns;
     else {
       let pending = this.listing.get(listingKey);
       if (!pending) {
@@ -374,17 +386,11 @@ export class EcsProvider implements Provider {
       }
       arns = await pending;
     }
-    const name = nameFor(arns, lowerName);
-    if (name !== undefined) {
-      this.realNames.delete(key);
-      this.realNames.set(key, { name, until: now + this.hostCacheTtlMs });
-      while (this.realNames.size > this.hostCacheMax) this.realNames.delete(this.realNames.keys().next().value as string);
-    }
-    return name;
+    return arns === undefined ? null : nameFor(arns, lowerName);
   }
 
-  /** Every cluster ARN of the account (cluster undefined), or every service ARN of a cluster; [] when that fails. */
-  private async list(cluster: string | undefined): Promise<string[]> {
+  /** Every cluster ARN of the account (cluster undefined), or every service ARN of a cluster; undefined when that fails. */
+  private async list(cluster: string | undefined): Promise<string[] | undefined> {
     const arns: string[] = [];
     try {
       if (cluster === undefined) {
@@ -397,10 +403,11 @@ export class EcsProvider implements Provider {
         for await (const page of pages('ListServices', input, paginator)) arns.push(...(page?.serviceArns ?? []));
       }
     } catch (err) {
-      // Refused (a role of the user's without these actions), throttled, or the cluster gone: the
-      // Host's name stands as the only one, and the route is what ECS said of it.
-      if (!isNotFound(err)) log('warn', 'cannot look up ECS names of another case', { cluster: cluster ?? '(all)', ...errorFields(err) });
-      return [];
+      // The cluster gone: nothing to find in it. Refused (a role of the user's without these actions) or
+      // throttled: said so, and kept as failed for the period.
+      if (isNotFound(err)) return [];
+      log('warn', 'cannot look up ECS names of another case', { cluster: cluster ?? '(all)', ...errorFields(err) });
+      return undefined;
     }
     return arns;
   }

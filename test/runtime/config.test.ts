@@ -194,7 +194,8 @@ describe('configuration', () => {
   test('PORT and METRICS_PORT conflict where the kernel would refuse the second: same address, or a wildcard covering it', () => {
     const pool = { NODE_FILTER: 'asg', PORT: '8080', METRICS_PORT: '8080' };
     const clashes = [['0.0.0.0', '127.0.0.1'], ['127.0.0.1', '0.0.0.0'], ['::', '127.0.0.1'], ['::', '::1'], ['10.0.0.1', '10.0.0.1'],
-      ['::0', '127.0.0.1'], ['0:0:0:0:0:0:0:0', '10.0.0.1'], ['::ffff:127.0.0.1', '127.0.0.1'], ['0.0.0.0', '::ffff:10.0.0.1'], ['::1', '0:0:0:0:0:0:0:1']];
+      ['::0', '127.0.0.1'], ['0:0:0:0:0:0:0:0', '10.0.0.1'], ['::ffff:127.0.0.1', '127.0.0.1'], ['0.0.0.0', '::ffff:10.0.0.1'], ['::1', '0:0:0:0:0:0:0:1'],
+      ['::', 'localhost'], ['localhost', '0.0.0.0'], ['localhost', 'LOCALHOST']];
     for (const [host, metricsHost] of clashes) {
       expect([host, metricsHost, errorOf({ ...pool, HOST: host, METRICS_HOST: metricsHost }).problems]).toEqual([host, metricsHost, ['METRICS_PORT must differ from PORT']]);
     }

@@ -116,6 +116,20 @@ describe('the primary shares discovery among workers', () => {
     await c.close();
   });
 
+  test('a route forgotten while its discovery runs is not remembered when the answer comes', async () => {
+    let release!: () => void;
+    const slow: Provider = { name: 'test', discover: () => new Promise<Target[]>((r) => (release = () => r([makeTarget('10.0.0.1', 80)]))) };
+    const c = new Coordinator(loadConfig({ DOMAIN: 'example.com', HEALTH_CHECK_PATH: 'off', MAX_ROUTES: '1', WORKERS: '1' }), slow, () => clock);
+    const first = c.discover({ ...route, service: 's1' });
+    const release1 = release;
+    const second = c.discover({ ...route, service: 's2' }); // pushes s1 out
+    release1();
+    release();
+    await Promise.all([first, second]);
+    expect((c as unknown as { fresh: Map<string, unknown> }).fresh.size).toBe(1);
+    await c.close();
+  });
+
   test('a failed discovery is not cached', async () => {
     let fail = true;
     const provider: Provider & { calls: number } = {
@@ -140,11 +154,13 @@ describe('the primary sums the metrics of its workers', () => {
   const config = loadConfig({ DOMAIN: 'example.com', HEALTH_CHECK_PATH: 'off' });
   const web: RouteKey = { service: 'web', port: 80, cluster: 'prod' };
 
-  /** A worker's registry: requests counted by route, as metrics.ts does. */
-  async function counts(byRoute: Record<string, number>): Promise<unknown> {
+  /** A worker's registry: requests counted by route, and successes by target, as metrics.ts does. */
+  async function counts(byRoute: Record<string, number>, byTarget: Record<string, number> = {}): Promise<unknown> {
     const reg = new Registry();
     const c = new Counter({ name: 'fake_requests_total', help: 'h', labelNames: ['route'], registers: [reg] });
     for (const [route, n] of Object.entries(byRoute)) c.inc({ route }, n);
+    const t = new Counter({ name: 'fake_successes_total', help: 'h', labelNames: ['target'], registers: [reg] });
+    for (const [target, n] of Object.entries(byTarget)) t.inc({ target }, n);
     return reg.getMetricsAsJSON();
   }
 
@@ -207,17 +223,19 @@ describe('the primary sums the metrics of its workers', () => {
     await c.close();
   });
 
-  test("a dead worker's series of routes still asked for stay; those of routes nobody asks for go", async () => {
+  test("a dead worker's series of routes still asked for, and of their targets, stay; the others go", async () => {
     const { c, a, b } = setUp();
-    await c.discover(web);
-    a.answer = () => counts({ 'web-80-prod': 10, 'old-80-prod': 3 });
+    await c.discover(web); // finds 10.0.0.1:80; no worker has reported it in use
+    a.answer = () => counts({ 'web-80-prod': 10, 'old-80-prod': 3 }, { '10.0.0.1:80': 10, '10.0.0.9:80': 3 });
     b.answer = () => counts({ 'web-80-prod': 5 });
     const before = await c.metrics();
     expect([total(before, 'web-80-prod'), total(before, 'old-80-prod')]).toEqual([15, 3]);
     c.remove(a as unknown as Worker);
     const after = await c.metrics();
     expect(total(after, 'web-80-prod')).toBe(15);
+    expect(after).toMatch(/^fake_successes_total\{target="10\.0\.0\.1:80"\} 10$/m);
     expect(after).not.toContain('old-80-prod');
+    expect(after).not.toContain('10.0.0.9:80');
     await c.close();
   });
 });

@@ -333,6 +333,34 @@ describe('EcsProvider with mocked SDK clients', () => {
     expect(ecsMock.commandCalls(ListClustersCommand)).toHaveLength(1);
   });
 
+  test('a name found in another case is used for as long as it works; when it stops and the look-up fails, the discovery fails', async () => {
+    const task = fargateTask(1);
+    let gone = false;
+    ecsMock.on(ListTasksCommand).callsFake((input: { serviceName: string }) => {
+      if (gone || input.serviceName !== 'MyApi') throw Object.assign(new Error('ServiceNotFoundException'), { name: 'ServiceNotFoundException' });
+      return { taskArns: [task.taskArn as string] };
+    });
+    ecsMock.on(ListServicesCommand).resolves({ serviceArns: ['arn:aws:ecs:us-east-1:123456789012:service/prod/MyApi'] });
+    describeFrom([task]);
+    const p = provider();
+    const myapi: RouteKey = { ...route, service: 'myapi' };
+    expect(await p.discover(myapi)).toHaveLength(1);
+    const now = Date.now();
+    const clock = jest.spyOn(Date, 'now');
+    try {
+      // Hours later: straight to the ECS name, no listing.
+      clock.mockReturnValue(now + 5 * 3_600_000);
+      expect(await p.discover(myapi)).toHaveLength(1);
+      expect(ecsMock.commandCalls(ListServicesCommand)).toHaveLength(1);
+      // The service stops answering and the look-up is throttled: an error, so the route keeps its targets.
+      gone = true;
+      ecsMock.on(ListServicesCommand).rejects(Object.assign(new Error('Rate exceeded'), { name: 'ThrottlingException' }));
+      await expect(p.discover(myapi)).rejects.toThrow('ServiceNotFoundException');
+    } finally {
+      clock.mockRestore();
+    }
+  });
+
   test("a cluster named like the listings' own keys is still searched for services", async () => {
     const task = fargateTask(1);
     ecsMock.on(ListTasksCommand).callsFake((input: { cluster: string; serviceName: string }) => {
