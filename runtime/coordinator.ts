@@ -3,13 +3,13 @@
  * for why), and /metrics gathered from every worker plus the primary itself.
  */
 import type { Worker } from 'node:cluster';
-import { AggregatorRegistry } from 'prom-client';
 import type { Config } from './config';
 import { StaticProvider } from './discovery/static';
+import { MetricsGather } from './gather';
 import { HealthChecker } from './health';
 import type { ToPrimary, ToWorker } from './ipc';
 import { errorFields, log } from './log';
-import { discoveryErrors, register } from './metrics';
+import { discoveryErrors } from './metrics';
 import { Provider, RouteKey, routeId, sortTargets, StatusSetter, Target } from './types';
 
 /**
@@ -39,14 +39,6 @@ export function healthCheckerFor(config: Config, setter: StatusSetter): HealthCh
   );
 }
 
-/** One process's metrics, as prom-client's getMetricsAsJSON gives them. */
-type MetricsJson = {
-  readonly type?: unknown;
-  readonly values?: readonly { readonly labels?: Readonly<Record<string, unknown>> }[];
-}[];
-
-const nonEmpty = (json: unknown): json is MetricsJson => Array.isArray(json) && json.length > 0;
-
 interface Cached {
   readonly at: number;
   readonly targets: readonly Target[];
@@ -70,17 +62,13 @@ export class Coordinator {
   /** When a worker last asked for each route: what prune() goes by, since a route's last answer may be old. */
   private readonly asked = new Map<string, number>();
   private readonly inflight = new Map<string, Promise<Target[]>>();
-  private n = 0;
-  /** Each live worker's metrics as of the last gather. */
-  private readonly lastMetrics = new Map<number, MetricsJson>();
-  /**
-   * Counters and histograms of workers that are gone, as of the last gather each answered: kept in the
-   * sums so that a worker's death does not make a counter go down (Prometheus would read a reset, and
-   * rate() and increase() would jump). Folded into one set at the next gather.
-   */
-  private departed: MetricsJson[] = [];
-  /** Gathers of /metrics under way: the workers still to answer each. */
-  private readonly pendingMetrics = new Map<number, { waiting: Set<number>; answers: Map<number, MetricsJson>; done: () => void }>();
+  /** /metrics summed over this process and its workers. */
+  private readonly gather = new MetricsGather(() => {
+    // Targets in use, or found for a route still asked for (a replacement worker reports its targets in
+    // use only once requests come; until then a dead worker's series of them must not drop).
+    const targets = new Set([...this.inUse.values(), ...[...this.fresh.values()].map((c) => c.targets)].flatMap((ts) => ts.map((t) => t.id)));
+    return { routes: this.asked, targets };
+  });
 
   constructor(
     config: Config,
@@ -101,16 +89,8 @@ export class Coordinator {
 
   remove(worker: Worker): void {
     this.workers.delete(worker.id);
-    const last = this.lastMetrics.get(worker.id);
-    this.lastMetrics.delete(worker.id);
-    if (last) this.departed.push(last.filter((m) => m.type === 'counter' || m.type === 'histogram'));
+    this.gather.gone(worker.id);
     if (this.inUse.delete(worker.id)) this.syncHealth();
-    for (const p of this.pendingMetrics.values()) {
-      // Its counts are in `departed` now: an answer it gave to a gather still under way would count twice.
-      p.answers.delete(worker.id);
-      // A worker that died mid-gather must not hold /metrics up.
-      if (p.waiting.delete(worker.id) && p.waiting.size === 0) p.done();
-    }
   }
 
   private onMessage(worker: Worker, m: ToPrimary): void {
@@ -129,20 +109,9 @@ export class Coordinator {
         this.syncHealth();
         break;
       }
-      case 'metrics': {
-        const p = this.pendingMetrics.get(m.n);
-        // An empty answer is a worker that could not read its own registry: its last one stands.
-        if (!nonEmpty(m.json) || !this.workers.has(worker.id)) {
-          if (p?.waiting.delete(worker.id) && p.waiting.size === 0) p.done();
-          break;
-        }
-        this.lastMetrics.set(worker.id, m.json);
-        if (p?.waiting.delete(worker.id)) {
-          p.answers.set(worker.id, m.json);
-          if (p.waiting.size === 0) p.done();
-        }
+      case 'metrics':
+        if (this.workers.has(worker.id)) this.gather.answered(worker.id, m.n, m.json);
         break;
-      }
       default:
         break;
     }
@@ -223,44 +192,10 @@ export class Coordinator {
     if (worker.isConnected()) worker.send(m);
   }
 
-  /**
-   * Prometheus text of every worker and the primary, summed (gauges marked so take the max). A worker
-   * that does not answer in time counts with its last answer, and the counters and histograms of workers
-   * that are gone stay in the sums, so that no counter goes down (Prometheus would read a reset).
-   */
-  async metrics(timeoutMs = 5000): Promise<string> {
-    const n = ++this.n;
-    const own = (await register.getMetricsAsJSON()) as unknown as MetricsJson;
-    const answers = new Map<number, MetricsJson>();
+  /** Prometheus text of every worker and the primary, summed (see gather.ts). */
+  metrics(timeoutMs = 5000): Promise<string> {
     const live = [...this.workers.values()].filter((w) => w.isConnected());
-    if (live.length > 0) {
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, timeoutMs);
-        this.pendingMetrics.set(n, { waiting: new Set(live.map((w) => w.id)), answers, done: () => (clearTimeout(timer), resolve()) });
-        for (const w of live) this.send(w, { t: 'metrics?', n });
-      });
-      this.pendingMetrics.delete(n);
-    }
-    for (const id of this.workers.keys()) {
-      const last = this.lastMetrics.get(id);
-      if (!answers.has(id) && last) answers.set(id, last);
-    }
-    if (this.departed.length > 0) this.departed = [this.current(await AggregatorRegistry.aggregate(this.departed as object[]).getMetricsAsJSON() as unknown as MetricsJson)];
-    return AggregatorRegistry.aggregate([own, ...answers.values(), ...this.departed] as object[]).metrics();
-  }
-
-  /**
-   * Departed series of routes no worker has asked for lately, and of targets no worker uses: gone, as
-   * workers drop a forgotten route's series (metrics.ts forgetRoute), so that crashes cannot pile them up.
-   */
-  private current(json: MetricsJson): MetricsJson {
-    // Targets in use, or found for a route still asked for (a replacement worker reports its targets in
-    // use only once requests come; until then the dead worker's series must not drop).
-    const targets = new Set([...this.inUse.values(), ...[...this.fresh.values()].map((c) => c.targets)].flatMap((ts) => ts.map((t) => t.id)));
-    const keep = (labels: Readonly<Record<string, unknown>> = {}): boolean =>
-      (typeof labels.route !== 'string' || labels.route === 'none' || this.asked.has(labels.route)) &&
-      (typeof labels.target !== 'string' || targets.has(labels.target));
-    return json.map((m) => ({ ...m, values: (m.values ?? []).filter((v) => keep(v.labels)) }));
+    return this.gather.text(this.workers.keys(), live.map((w) => ({ id: w.id, send: (n: number) => this.send(w, { t: 'metrics?', n }) })), timeoutMs);
   }
 
   async close(): Promise<void> {

@@ -1,0 +1,95 @@
+/**
+ * /metrics of a primary and its workers: each process counts in its own prom-client registry, and the
+ * primary sums them at scrape time (gauges marked so take the max).
+ *
+ * Counters must never go down, or Prometheus reads a reset and rate() and increase() jump. So a worker
+ * that does not answer a gather in time counts with its last answer, and the counters and histograms of
+ * workers that are gone stay in the sums (as of the last gather each answered), folded into one set.
+ * Those departed series go once their route or target is no longer current, as a live worker drops a
+ * forgotten route's series (metrics.ts forgetRoute): crashes cannot pile them up.
+ */
+import { AggregatorRegistry } from 'prom-client';
+import { register } from './metrics';
+
+/** One process's metrics, as prom-client's getMetricsAsJSON gives them. */
+export type MetricsJson = {
+  readonly type?: unknown;
+  readonly values?: readonly { readonly labels?: Readonly<Record<string, unknown>> }[];
+}[];
+
+const nonEmpty = (json: unknown): json is MetricsJson => Array.isArray(json) && json.length > 0;
+
+/** What is current, for departed series: routes still asked for, and targets in use or found for them. */
+export interface Current {
+  readonly routes: { has(id: string): boolean };
+  readonly targets: { has(id: string): boolean };
+}
+
+export class MetricsGather {
+  private n = 0;
+  /** Each live worker's last answer. */
+  private readonly last = new Map<number, MetricsJson>();
+  /** Counters and histograms of workers that are gone. */
+  private departed: MetricsJson[] = [];
+  /** Gathers under way: the workers still to answer each, and the answers so far. */
+  private readonly pending = new Map<number, { waiting: Set<number>; answers: Map<number, MetricsJson>; done: () => void }>();
+
+  constructor(private readonly current: () => Current) {}
+
+  /** A worker's answer to gather `n`. An empty one (it could not read its registry) leaves its last standing. */
+  answered(worker: number, n: number, json: unknown): void {
+    const p = this.pending.get(n);
+    if (nonEmpty(json)) {
+      this.last.set(worker, json);
+      if (p?.waiting.has(worker)) p.answers.set(worker, json);
+    }
+    if (p?.waiting.delete(worker) && p.waiting.size === 0) p.done();
+  }
+
+  /** A worker is gone: its counts join the departed ones, and no gather waits for it. */
+  gone(worker: number): void {
+    const last = this.last.get(worker);
+    this.last.delete(worker);
+    if (last) this.departed.push(last.filter((m) => m.type === 'counter' || m.type === 'histogram'));
+    for (const p of this.pending.values()) {
+      // Its counts are in `departed` now: an answer it gave to a gather still under way would count twice.
+      p.answers.delete(worker);
+      if (p.waiting.delete(worker) && p.waiting.size === 0) p.done();
+    }
+  }
+
+  /**
+   * The Prometheus text: this process, every worker in `workers` (those in `ask` are asked, at most
+   * `timeoutMs`), and the departed.
+   */
+  async text(workers: Iterable<number>, ask: readonly { id: number; send(n: number): void }[], timeoutMs: number): Promise<string> {
+    const n = ++this.n;
+    const own = (await register.getMetricsAsJSON()) as unknown as MetricsJson;
+    const answers = new Map<number, MetricsJson>();
+    if (ask.length > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, timeoutMs);
+        this.pending.set(n, { waiting: new Set(ask.map((w) => w.id)), answers, done: () => (clearTimeout(timer), resolve()) });
+        for (const w of ask) w.send(n);
+      });
+      this.pending.delete(n);
+    }
+    for (const id of workers) {
+      const last = this.last.get(id);
+      if (!answers.has(id) && last) answers.set(id, last);
+    }
+    if (this.departed.length > 0) {
+      const folded = (await AggregatorRegistry.aggregate(this.departed as object[]).getMetricsAsJSON()) as unknown as MetricsJson;
+      this.departed = [this.currentOnly(folded)];
+    }
+    return AggregatorRegistry.aggregate([own, ...answers.values(), ...this.departed] as object[]).metrics();
+  }
+
+  private currentOnly(json: MetricsJson): MetricsJson {
+    const { routes, targets } = this.current();
+    const keep = (labels: Readonly<Record<string, unknown>> = {}): boolean =>
+      (typeof labels.route !== 'string' || labels.route === 'none' || routes.has(labels.route)) &&
+      (typeof labels.target !== 'string' || targets.has(labels.target));
+    return json.map((m) => ({ ...m, values: (m.values ?? []).filter((v) => keep(v.labels)) }));
+  }
+}
