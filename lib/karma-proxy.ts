@@ -503,6 +503,8 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       SHUTDOWN_TIMEOUT: seconds(shutdownTimeout),
     };
     if (domain) env.DOMAIN = domain;
+    // The role below allows ListClusters and ListServices: Hosts reach CloudFormation-named services too.
+    if (discovery === 'ecs') env.ECS_CASE_LOOKUP = 'true';
     if (props.clusters?.length) env.ALLOWED_CLUSTERS = props.clusters.join(',');
     if (props.ports?.length) env.ALLOWED_PORTS = props.ports.map((p) => String(p).trim()).join(',');
     if (props.asgName !== undefined) env.ASG_NAME = props.asgName;

@@ -56,6 +56,7 @@ export interface Config {
   /** Empty means any. */
   readonly allowedPorts: readonly Range[];
   readonly healthyTasksOnly: boolean;
+  readonly ecsCaseLookup: boolean;
   readonly loopbackTargets: boolean;
   readonly ipPreference: IpPreference;
   readonly negativeCacheTtlMs: number;
@@ -376,6 +377,12 @@ export const SETTINGS = {
   healthyTasksOnly: {
     env: 'HEALTHY_TASKS_ONLY',
     doc: 'Route only to ECS tasks whose container health check says HEALTHY.',
+    default: 'false',
+    parse: bool,
+  },
+  ecsCaseLookup: {
+    env: 'ECS_CASE_LOOKUP',
+    doc: 'When ECS knows no cluster or service of a Host\'s (lower-case) name, look up one that differs only in case (`MyStack-ApiService-1A2B`) with ListClusters and ListServices, which the role must allow. The construct turns it on.',
     default: 'false',
     parse: bool,
   },

@@ -226,6 +226,12 @@ export interface EcsProviderOptions {
   readonly ec2: EC2Client;
   readonly healthyTasksOnly?: boolean;
   readonly ipPreference?: IpPreference;
+  /**
+   * Look up cluster and service names that differ from the route's only in case (ListClusters,
+   * ListServices). Off, a route is exactly the calls the seeds made, which a role written for them allows.
+   * @default false
+   */
+  readonly caseLookup?: boolean;
   /** How long a container instance → private IP mapping is kept. @default 1 hour */
   readonly hostCacheTtlMs?: number;
   /** Most container instances remembered. @default 10000 */
@@ -246,6 +252,7 @@ export class EcsProvider implements Provider {
   private readonly ec2: EC2Client;
   private readonly healthyTasksOnly: boolean;
   private readonly ipPreference: IpPreference;
+  private readonly caseLookup: boolean;
   private readonly hostCacheTtlMs: number;
   private readonly hostCacheMax: number;
   /** Container instance ARN → private IP of its EC2 instance. Both never change for its life. */
@@ -264,7 +271,9 @@ export class EcsProvider implements Provider {
     this.ipPreference = opts.ipPreference ?? 'private';
     this.hostCacheTtlMs = opts.hostCacheTtlMs ?? 3_600_000;
     this.hostCacheMax = opts.hostCacheMax ?? 10_000;
-    this.scope = ['ecs', this.ipPreference, this.healthyTasksOnly ? 'healthy' : 'all'].join('.');
+    this.caseLookup = opts.caseLookup ?? false;
+    // Results depend on these options: proxies that differ must not share them through Redis.
+    this.scope = ['ecs', this.ipPreference, this.healthyTasksOnly ? 'healthy' : 'all', ...(this.caseLookup ? ['anycase'] : [])].join('.');
   }
 
   async discover(route: RouteKey, signal?: AbortSignal): Promise<Target[]> {
@@ -306,8 +315,8 @@ export class EcsProvider implements Provider {
 
   /**
    * Every page of ListTasks, and the cluster's ECS name; undefined when the cluster or service does not
-   * exist. A route's names are lower case (from the Host): when ECS knows no such cluster or service,
-   * the one that differs only in case is looked up (ListClusters, ListServices) and remembered for as
+   * exist. A route's names are lower case (from the Host): with caseLookup, when ECS knows no such
+   * cluster or service, the one that differs only in case is looked up (ListClusters, ListServices) and remembered for as
    * long as it is in use. Should that look-up fail (throttled, refused), a route that had found its
    * names fails (the route keeps its last targets); one that never had is empty, as it was before.
    */
@@ -323,6 +332,7 @@ export class EcsProvider implements Provider {
         return { cluster, arns };
       } catch (err) {
         if (!isNotFound(err)) throw err;
+        if (!this.caseLookup) return undefined;
         const clusterGone = (err as { name?: string }).name === 'ClusterNotFoundException';
         const real = clusterGone
           ? await this.realName({ cluster: undefined }, route.cluster)

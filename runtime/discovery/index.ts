@@ -22,7 +22,7 @@ export type ProviderConfig = Pick<
   Config,
   'nodeFilter' | 'awsRegion' | 'tagName' | 'tagValue' | 'asgName' | 'targetPort' | 'healthyTasksOnly' | 'ipPreference' | 'staticTargets'
 > &
-  Partial<Pick<Config, 'redisUrl' | 'redisAuthSecretArn' | 'nodeCheckPeriodMs' | 'loopbackTargets'>>;
+  Partial<Pick<Config, 'redisUrl' | 'redisAuthSecretArn' | 'nodeCheckPeriodMs' | 'loopbackTargets' | 'ecsCaseLookup'>>;
 
 export interface CreateProviderOptions extends AwsClientOptions {
   /** Options of the Redis client when REDIS_URL is set. */
@@ -92,6 +92,7 @@ export function createBaseProvider(
         ec2: make(clients.ec2, createEc2Client),
         healthyTasksOnly: config.healthyTasksOnly,
         ipPreference: config.ipPreference,
+        caseLookup: config.ecsCaseLookup,
         ownedClients: owned,
       });
   }

@@ -441,6 +441,8 @@ describe('a larger fleet on spot, with allow-lists and runtime settings', () => 
 
   test('runtime settings from the props, then environment on top', () => {
     expect(envFile).toMatchObject({
+      // The role allows ListClusters and ListServices: ECS names in any case are looked up.
+      ECS_CASE_LOOKUP: 'true',
       ALLOWED_CLUSTERS: 'prod,staging',
       ALLOWED_PORTS: '80,8000-8100',
       HEALTH_CHECK_PATH: '/health',

@@ -72,7 +72,7 @@ describe('discovery through the AWS stub with real SDK clients', () => {
     services['MyStack-ApiService-1A2B3C'] = [awsvpc(1), awsvpc(2)];
     stub.model.clusters['MyStack-Cluster-9Z8Y'] = services;
     stub.model.clusters.unrelated = {};
-    const p = provider({});
+    const p = provider({ ECS_CASE_LOOKUP: 'true' });
     const lower: RouteKey = { service: 'mystack-apiservice-1a2b3c', port: 8080, cluster: 'mystack-cluster-9z8y' };
 
     expect((await p.discover(lower)).map((t) => t.id)).toEqual(['10.0.0.1:8080', '10.0.0.2:8080']);

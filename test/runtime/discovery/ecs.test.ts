@@ -312,7 +312,13 @@ describe('EcsProvider with mocked SDK clients', () => {
     ecsMock.on(ListTasksCommand).rejects(Object.assign(new Error(name), { name, $metadata: { httpStatusCode: 400 } }));
     ecsMock.on(ListClustersCommand).rejects(Object.assign(new Error('not authorized'), { name: 'AccessDeniedException' }));
     // ListServices not mocked at all: the mock answers undefined.
-    await expect(provider().discover(route)).resolves.toEqual([]);
+    await expect(provider({ caseLookup: true }).discover(route)).resolves.toEqual([]);
+  });
+
+  test('without ECS_CASE_LOOKUP a missing service is one ListTasks call and an empty route, as the seeds did', async () => {
+    ecsMock.on(ListTasksCommand).rejects(Object.assign(new Error('ServiceNotFoundException'), { name: 'ServiceNotFoundException' }));
+    await expect(provider().discover({ ...route, service: 'MyApi'.toLowerCase() })).resolves.toEqual([]);
+    expect(ecsMock.calls()).toHaveLength(1);
   });
 
   test('Hosts naming services that do not exist, all at once, make one listing of the cluster; a refused listing one call', async () => {
@@ -321,7 +327,7 @@ describe('EcsProvider with mocked SDK clients', () => {
       await new Promise((r) => setTimeout(r, 20));
       return { serviceArns: ['arn:aws:ecs:us-east-1:123456789012:service/prod/web'] };
     });
-    const p = provider();
+    const p = provider({ caseLookup: true });
     const names = Array.from({ length: 50 }, (_, i) => `random-${i}`);
     expect(await Promise.all(names.map((service) => p.discover({ ...route, service })))).toEqual(names.map(() => []));
     expect(ecsMock.commandCalls(ListServicesCommand)).toHaveLength(1);
@@ -342,7 +348,7 @@ describe('EcsProvider with mocked SDK clients', () => {
     });
     ecsMock.on(ListServicesCommand).resolves({ serviceArns: ['arn:aws:ecs:us-east-1:123456789012:service/prod/MyApi'] });
     describeFrom([task]);
-    const p = provider();
+    const p = provider({ caseLookup: true });
     const myapi: RouteKey = { ...route, service: 'myapi' };
     expect(await p.discover(myapi)).toHaveLength(1);
     const now = Date.now();
@@ -370,7 +376,7 @@ describe('EcsProvider with mocked SDK clients', () => {
     ecsMock.on(ListServicesCommand).resolves({ serviceArns: ['arn:aws:ecs:us-east-1:123456789012:service/account/Api'] });
     ecsMock.on(ListClustersCommand).resolves({ clusterArns: ['arn:aws:ecs:us-east-1:123456789012:cluster/account'] });
     describeFrom([task]);
-    for (const cluster of ['account', 'clusters']) expect(await provider().discover({ service: 'api', port: 8080, cluster })).toHaveLength(1);
+    for (const cluster of ['account', 'clusters']) expect(await provider({ caseLookup: true }).discover({ service: 'api', port: 8080, cluster })).toHaveLength(1);
   });
 
   test('a service scaled to zero is empty, with no DescribeTasks call', async () => {
