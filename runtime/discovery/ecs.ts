@@ -205,6 +205,7 @@ export function transformEcs(records: EcsRecords, opts: EcsTransformOptions): Tr
 export function nameFor(arns: readonly string[], lowerName: string): string | undefined {
   let found: string | undefined;
   for (const arn of arns) {
+    if (typeof arn !== 'string') continue; // a broken answer's entry: the others still count
     const name = arn.slice(arn.lastIndexOf('/') + 1);
     if (name.toLowerCase() !== lowerName) continue;
     if (found !== undefined && found !== name) return undefined;

@@ -453,6 +453,10 @@ describe('nameFor (pure): the ECS name a lower-case Host name stands for', () =>
     ['prod', undefined], // a path segment that is not the name
     ['nope', undefined],
   ])('%s → %s', (lower, name) => expect(nameFor(arns, lower)).toBe(name));
+
+  test('entries of a broken answer that are not strings are passed over', () => {
+    expect(nameFor([null, 42, 'arn:aws:ecs:us-east-1:123456789012:service/Prod/MyApi'] as unknown as string[], 'myapi')).toBe('MyApi');
+  });
 });
 
 describe('transformEcs (pure)', () => {
