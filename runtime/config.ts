@@ -493,6 +493,9 @@ function canonicalIp(h: string): { family: 4 | 6; text: string } | undefined {
  * listening.
  */
 function clash(a: string, b: string): boolean {
+  // localhost is the loopback of either family, whichever the resolver gives first.
+  if (a.toLowerCase() === 'localhost' && b.toLowerCase() !== 'localhost') return clash('127.0.0.1', b) || clash('::1', b);
+  if (b.toLowerCase() === 'localhost' && a.toLowerCase() !== 'localhost') return clash(a, '127.0.0.1') || clash(a, '::1');
   const x = canonicalIp(a);
   const y = canonicalIp(b);
   if ((x?.family === 6 && x.text === '::') || (y?.family === 6 && y.text === '::')) return true;
@@ -567,7 +570,7 @@ export function loadConfig(env: Env = process.env): Config {
   if (out.mode === 'tcp' && !isSet('IDLE_TIMEOUT')) out.idleTimeoutMs = TCP_IDLE_TIMEOUT_MS;
   if (out.port !== 0 && out.port === out.metricsPort && typeof out.host === 'string' && typeof out.metricsHost === 'string' &&
       clash(out.host, out.metricsHost)) {
-    problems.push('METRICS_PORT must differ from PORT');
+    problems.push(`METRICS_PORT must differ from PORT where HOST (${out.host}) and METRICS_HOST (${out.metricsHost}) overlap`);
   }
   if (problems.length > 0) throw new ConfigError(problems);
   out.staticTargets ??= [];

@@ -195,11 +195,13 @@ describe('configuration', () => {
     const pool = { NODE_FILTER: 'asg', PORT: '8080', METRICS_PORT: '8080' };
     const clashes = [['0.0.0.0', '127.0.0.1'], ['127.0.0.1', '0.0.0.0'], ['::', '127.0.0.1'], ['::', '::1'], ['10.0.0.1', '10.0.0.1'],
       ['::0', '127.0.0.1'], ['0:0:0:0:0:0:0:0', '10.0.0.1'], ['::ffff:127.0.0.1', '127.0.0.1'], ['0.0.0.0', '::ffff:10.0.0.1'], ['::1', '0:0:0:0:0:0:0:1'],
-      ['::', 'localhost'], ['localhost', '0.0.0.0'], ['localhost', 'LOCALHOST']];
+      ['::', 'localhost'], ['localhost', '0.0.0.0'], ['localhost', 'LOCALHOST'], ['127.0.0.1', 'localhost'], ['localhost', '::ffff:127.0.0.1'], ['::1', 'localhost']];
     for (const [host, metricsHost] of clashes) {
-      expect([host, metricsHost, errorOf({ ...pool, HOST: host, METRICS_HOST: metricsHost }).problems]).toEqual([host, metricsHost, ['METRICS_PORT must differ from PORT']]);
+      expect(errorOf({ ...pool, HOST: host, METRICS_HOST: metricsHost }).problems).toEqual([
+        `METRICS_PORT must differ from PORT where HOST (${host}) and METRICS_HOST (${metricsHost}) overlap`,
+      ]);
     }
-    for (const [host, metricsHost] of [['10.0.0.1', '127.0.0.1'], ['0.0.0.0', '::1'], ['::1', '127.0.0.1'], ['localhost', '127.0.0.1']]) {
+    for (const [host, metricsHost] of [['10.0.0.1', '127.0.0.1'], ['0.0.0.0', '::1'], ['::1', '127.0.0.1'], ['localhost', '10.0.0.1'], ['proxy.internal', '127.0.0.1']]) {
       expect(loadConfig({ ...pool, HOST: host, METRICS_HOST: metricsHost }).metricsPort).toBe(8080);
     }
   });
