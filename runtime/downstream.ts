@@ -445,6 +445,22 @@ function isHttp09(chunk: Buffer): boolean {
   return /^[A-Z]+ \S+$/.test(line);
 }
 
+/** The longest shutdown waits for the sockets it cut to say 'close'. */
+const CLOSE_WAIT_MS = 1000;
+
+/** Resolves once `sockets` (a set sockets leave on 'close') is empty, or after CLOSE_WAIT_MS. */
+export function socketsClosed(sockets: { readonly size: number }): Promise<void> {
+  return new Promise((resolve) => {
+    if (sockets.size === 0) return resolve();
+    const until = Date.now() + CLOSE_WAIT_MS;
+    const poll = setInterval(() => {
+      if (sockets.size > 0 && Date.now() < until) return;
+      clearInterval(poll);
+      resolve();
+    }, 5);
+  });
+}
+
 /** How long the 503s written at SHUTDOWN_TIMEOUT have to leave before their connections are cut. */
 const SHUTDOWN_ANSWER_GRACE_MS = 200;
 
@@ -1051,7 +1067,9 @@ export class DownstreamServer {
         done = true;
         clearInterval(sweep);
         clearTimeout(deadline);
-        resolve();
+        // The 'close' of sockets just cut, where their requests are logged and counted, comes a turn or
+        // two after server.close()'s callback: the process must not exit before.
+        void socketsClosed(this.sockets).then(resolve);
       };
       const closeIdle = (): void => {
         for (const c of this.conns) {

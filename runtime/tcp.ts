@@ -8,6 +8,7 @@
 import * as net from 'node:net';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
 import type { Config } from './config';
+import { socketsClosed } from './downstream';
 import { log } from './log';
 import { countChunk } from './memory';
 import { activeConnections, countSuccess, failedConnections, limitHits, retriesTotal, upstreamErrors } from './metrics';
@@ -122,7 +123,8 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
       }, timeoutMs);
       server.close(() => {
         clearTimeout(deadline);
-        resolve();
+        // Tunnels cut at the deadline log their close ('close' comes after server.close's callback).
+        void socketsClosed(sockets).then(resolve);
       });
     });
 

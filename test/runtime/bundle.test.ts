@@ -272,7 +272,7 @@ describe('the bundle starts and stops cleanly', () => {
     const backend = await startBackend('slow');
     backend.handle = (_req, res) => void setTimeout(() => res.end('too late'), 10_000);
     // One socket to the target: the POST holds it, the GET waits in line for it.
-    const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, HEALTH_CHECK_PATH: 'off', SHUTDOWN_TIMEOUT: '1', UPSTREAM_TIMEOUT: '30', POOL_SIZE: '1' });
+    const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, HEALTH_CHECK_PATH: 'off', SHUTDOWN_TIMEOUT: '1', UPSTREAM_TIMEOUT: '30', POOL_SIZE: '1', LOG_CONNECTIONS: 'true' });
     try {
       const posted = request(p.port, { method: 'POST', path: '/order', body: 'pay once', timeoutMs: 10_000 }).then(() => 'answered', (err: Error) => `cut: ${err.message}`);
       await until('the POST at the target', () => backend.seen.length === 1);
@@ -289,8 +289,39 @@ describe('the bundle starts and stops cleanly', () => {
       expect(await posted).toMatch(/^cut: /);
       expect(backend.seen).toHaveLength(1);
       expect(await exit).toBe(0);
+      // Both are in the access log before the process exits: the 503, and the cut one as nginx's 499.
+      const access = p.lines().filter((l) => l.msg === 'access').map((l) => [l.method, l.path, l.status]);
+      expect(access).toEqual(expect.arrayContaining([['GET', '/queued', 503], ['POST', '/order', 499]]));
     } finally {
       await p.stop('SIGKILL');
+      await backend.close();
+    }
+  });
+
+  test('a request cut at SHUTDOWN_TIMEOUT, and a TCP tunnel cut then, are logged before the process exits', async () => {
+    const backend = await startBackend('slow');
+    backend.handle = (_req, res) => void setTimeout(() => res.end('too late'), 10_000);
+    const http1 = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, HEALTH_CHECK_PATH: 'off', SHUTDOWN_TIMEOUT: '0.5', LOG_CONNECTIONS: 'true' });
+    const echo = net.createServer((s) => s.pipe(s));
+    const echoPort = await listen(echo);
+    const tcp = await startBundle({ NODE_FILTER: 'static', MODE: 'tcp', STATIC_TARGETS: `127.0.0.1:${echoPort}`, HEALTH_CHECK_PATH: 'off', SHUTDOWN_TIMEOUT: '0.5', LOG_CONNECTIONS: 'true' });
+    const tunnel = net.connect(tcp.port, '127.0.0.1');
+    tunnel.on('error', () => undefined);
+    const connected = new Promise<void>((r) => tunnel.once('connect', () => r()));
+    try {
+      const cut = request(http1.port, { path: '/slow', timeoutMs: 10_000 }).catch(() => undefined);
+      await until('the request at the target', () => backend.seen.length === 1);
+      await connected;
+      tunnel.write('ping');
+      await new Promise<void>((r) => tunnel.once('data', () => r()));
+      expect(await Promise.all([http1.stop('SIGTERM'), tcp.stop('SIGTERM')])).toEqual([0, 0]);
+      await cut;
+      expect(http1.lines().filter((l) => l.msg === 'access').map((l) => [l.path, l.status])).toEqual([['/slow', 499]]);
+      expect(tcp.lines().filter((l) => l.msg === 'tcp connection closed')).toHaveLength(1);
+    } finally {
+      tunnel.destroy();
+      await Promise.all([http1.stop('SIGKILL'), tcp.stop('SIGKILL')]);
+      await close(echo);
       await backend.close();
     }
   });
