@@ -10,7 +10,7 @@ import { HealthChecker } from './health';
 import type { ToPrimary, ToWorker } from './ipc';
 import { errorFields, log } from './log';
 import { discoveryErrors } from './metrics';
-import { Provider, RouteKey, routeId, sortTargets, StatusSetter, Target } from './types';
+import { Provider, RouteKey, routeId, setRecent, sortTargets, StatusSetter, Target } from './types';
 
 /**
  * The discovery provider of NODE_FILTER. The AWS SDK and the Redis client are loaded only by the modes
@@ -122,13 +122,7 @@ export class Coordinator {
     const id = routeId(route);
     // Most recently asked last; as many routes as all the workers can hold, the oldest going first
     // (Hosts naming ever new routes churn the workers' tables, and would otherwise grow these maps).
-    this.asked.delete(id);
-    this.asked.set(id, this.now());
-    while (this.asked.size > this.maxRoutes) {
-      const oldest = this.asked.keys().next().value as string;
-      this.asked.delete(oldest);
-      this.fresh.delete(oldest);
-    }
+    setRecent(this.asked, id, this.now(), this.maxRoutes, (oldest) => this.fresh.delete(oldest));
     const hit = this.fresh.get(id);
     if (hit && this.now() - hit.at < (hit.targets.length ? this.freshMs : this.emptyFreshMs)) return Promise.resolve([...hit.targets]);
     let p = this.inflight.get(id);

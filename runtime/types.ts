@@ -35,6 +35,20 @@ export function sortTargets(targets: Iterable<Target>): Target[] {
 }
 
 /**
+ * Sets `key` as the most recently used entry of `map` (a Map keeps insertion order, so the first key
+ * is the least recently used), and drops the least recently used past `max`, telling `onDrop` each.
+ */
+export function setRecent<K, V>(map: Map<K, V>, key: K, value: V, max: number, onDrop?: (key: K) => void): void {
+  map.delete(key);
+  map.set(key, value);
+  while (map.size > max) {
+    const oldest = map.keys().next().value as K;
+    map.delete(oldest);
+    onDrop?.(oldest);
+  }
+}
+
+/**
  * A discovery source. `discover` does the I/O and returns plain targets; it throws on an AWS or
  * network failure (the caller keeps the last known targets), and returns [] when the route or pool
  * exists but is empty or does not exist at all (both answer 503).

@@ -36,7 +36,7 @@ import {
 import { chunk, inBatches, isNotFound, pages, send } from '../aws';
 import { errorFields, log } from '../log';
 import type { IpPreference } from '../config';
-import { makeTarget, Provider, RouteKey, Target } from '../types';
+import { makeTarget, Provider, RouteKey, setRecent, Target } from '../types';
 import {
   countSkipped,
   describeInstancesById,
@@ -317,19 +317,20 @@ export class EcsProvider implements Provider {
   /**
    * Every page of ListTasks, and the cluster's ECS name; undefined when the cluster or service does not
    * exist. A route's names are lower case (from the Host): with caseLookup, when ECS knows no such
-   * cluster or service, the one that differs only in case is looked up (ListClusters, ListServices) and remembered for as
-   * long as it is in use. Should that look-up fail (throttled, refused), a route that had found its
-   * names fails (the route keeps its last targets); one that never had is empty, as it was before.
+   * cluster or service, the one that differs only in case is looked up (ListClusters, ListServices)
+   * and remembered for as long as it is in use. Should that look-up fail (throttled, refused), a route
+   * that had found its names fails (the route keeps its last targets); one that never had is empty.
    */
   private async listTaskArns(route: RouteKey, signal?: AbortSignal): Promise<{ cluster: string; arns: string[] } | undefined> {
     const clusterKey = `cluster:${route.cluster}`;
-    let cluster = this.remembered(clusterKey) ?? route.cluster;
-    let service = this.remembered(`service:${cluster}/${route.service}`) ?? route.service;
+    let cluster = this.realNames.get(clusterKey) ?? route.cluster;
+    let service = this.realNames.get(`service:${cluster}/${route.service}`) ?? route.service;
     for (;;) {
       try {
         const arns = await this.taskArnsOf(cluster, service, signal);
-        if (cluster !== route.cluster) this.rememberName(clusterKey, cluster);
-        if (service !== route.service) this.rememberName(`service:${cluster}/${route.service}`, service);
+        // Kept while in use, least recently used going first.
+        if (cluster !== route.cluster) setRecent(this.realNames, clusterKey, cluster, this.hostCacheMax);
+        if (service !== route.service) setRecent(this.realNames, `service:${cluster}/${route.service}`, service, this.hostCacheMax);
         return { cluster, arns };
       } catch (err) {
         if (!isNotFound(err)) throw err;
@@ -346,7 +347,7 @@ export class EcsProvider implements Provider {
         if (real === undefined || real === (clusterGone ? cluster : service)) return undefined;
         if (clusterGone) {
           cluster = real;
-          service = this.remembered(`service:${cluster}/${route.service}`) ?? route.service;
+          service = this.realNames.get(`service:${cluster}/${route.service}`) ?? route.service;
         } else service = real;
       }
     }
@@ -358,17 +359,6 @@ export class EcsProvider implements Provider {
     const paginator = paginateListTasks({ client: this.ecs, pageSize: 100, stopOnSameToken: true }, input, ...(signal ? [{ abortSignal: signal }] : []));
     for await (const page of pages(apiOf(ListTasksCommand), input, paginator)) arns.push(...(page.taskArns ?? []));
     return [...new Set(arns)];
-  }
-
-  private remembered(key: string): string | undefined {
-    return this.realNames.get(key);
-  }
-
-  /** Most recently used last, at most hostCacheMax. */
-  private rememberName(key: string, name: string): void {
-    this.realNames.delete(key);
-    this.realNames.set(key, name);
-    while (this.realNames.size > this.hostCacheMax) this.realNames.delete(this.realNames.keys().next().value as string);
   }
 
   /**
@@ -388,9 +378,7 @@ export class EcsProvider implements Provider {
         // Not bound to this discovery's signal: the listing is shared, and the SDK's timeouts bound it.
         pending = this.list(scope.cluster).then((listed) => {
           this.listing.delete(listingKey);
-          this.listings.delete(listingKey);
-          this.listings.set(listingKey, { arns: listed, until: Date.now() + NAME_LISTING_TTL_MS });
-          while (this.listings.size > this.hostCacheMax) this.listings.delete(this.listings.keys().next().value as string);
+          setRecent(this.listings, listingKey, { arns: listed, until: Date.now() + NAME_LISTING_TTL_MS }, this.hostCacheMax);
           return listed;
         });
         this.listing.set(listingKey, pending);
@@ -492,10 +480,7 @@ export class EcsProvider implements Provider {
   }
 
   private remember(arn: string, ip: string, now: number): void {
-    this.hostCache.delete(arn);
-    this.hostCache.set(arn, { ip, until: now + this.hostCacheTtlMs });
-    // Map keeps insertion order: the first key is the oldest.
-    while (this.hostCache.size > this.hostCacheMax) this.hostCache.delete(this.hostCache.keys().next().value as string);
+    setRecent(this.hostCache, arn, { ip, until: now + this.hostCacheTtlMs }, this.hostCacheMax);
   }
 
   async close(): Promise<void> {
