@@ -523,11 +523,12 @@ function defaultFor(setting: Setting<unknown>, filter: NodeFilter): string | und
 export function loadConfig(env: Env = process.env): Config {
   const problems: string[] = [];
   const out: Record<string, unknown> = {};
+  // An empty value means the default, as in viper.
   const isSet = (name: string): boolean => (env[name] ?? '').trim() !== '';
   const read = (key: keyof Config, filter: NodeFilter): void => {
     const s = SETTINGS[key] as Setting<unknown>;
     const given = env[s.env];
-    const raw = given !== undefined && given.trim() !== '' ? given : defaultFor(s, filter);
+    const raw = isSet(s.env) ? given : defaultFor(s, filter);
     if (raw === undefined) {
       out[key] = undefined;
       return;
@@ -550,7 +551,7 @@ export function loadConfig(env: Env = process.env): Config {
     // The Stateless Load Balancer defaulted to asg; its users who never set NODE_FILTER land here.
     problems.push(
       'DOMAIN is required when NODE_FILTER=ecs (routes are <service>-<port>-<cluster>.<DOMAIN>); ' +
-        `for one EC2 pool set NODE_FILTER=asg, tag or static${env.NODE_FILTER?.trim() ? '' : ' (ecs is the default)'}`,
+        `for one EC2 pool set NODE_FILTER=asg, tag or static${isSet('NODE_FILTER') ? '' : ' (ecs is the default)'}`,
     );
   }
   if (filter === 'static' && !(out.staticTargets as Target[] | undefined)?.length &&
