@@ -134,7 +134,8 @@ export interface KarmaProxyProps {
   // ---- cache ----
 
   /** An ElastiCache Redis that the fleet shares discovery through. `false`: each instance keeps its own state in memory.
-   * With maxCapacity 1 it shares nothing (one instance's workers share through its primary): synth warns.
+   * With maxCapacity 1 it shares nothing (one instance's workers share through its primary): synth notes
+   * it, and warns when `redis: true` is given.
    * @default true */
   readonly redis?: boolean;
   /** Cache node type.
