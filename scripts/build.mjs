@@ -45,6 +45,28 @@ const httpProxyWithoutUtilExtend = {
   },
 };
 
+/**
+ * `https` as the workers' dependencies require it, loaded on first use. http-proxy (WebSocket upgrades),
+ * its follow-redirects and prom-client's Pushgateway each require it when loaded, and with it come tls
+ * and OpenSSL's contexts: ~3 MiB of every worker's RSS (Node 22: 2 MiB more at 1,000 connections),
+ * for a module only an https target or a Pushgateway would use, and Karma has neither. Each property
+ * read goes to the real module, required then; the modules above only read properties of it.
+ */
+const lazyHttps = {
+  name: 'lazy-https',
+  setup(b) {
+    b.onResolve({ filter: /^(node:)?https$/ }, (a) => (a.importer.includes(`${path.sep}node_modules${path.sep}`) ? { path: 'https', namespace: 'lazy-https' } : undefined));
+    b.onLoad({ filter: /.*/, namespace: 'lazy-https' }, () => ({
+      contents: [
+        'let https;',
+        "const load = () => (https ??= require('node:https'));",
+        'module.exports = new Proxy({}, { get: (_, key) => load()[key], has: (_, key) => key in load() });',
+      ].join('\n'),
+      loader: 'js',
+    }));
+  },
+};
+
 /** The import that is packed, as runtime/coordinator.ts writes it. */
 const PACKED_IMPORT = /^\.\/discovery$/;
 const SHARED_PREFIX = 'karma-shared:'; // runtime/unpack.ts
@@ -101,7 +123,7 @@ export async function bundleRuntime({ runtimeDir = path.join(ROOT, 'runtime'), o
   return build({
     ...common, ...where, entryPoints: [entry], write, outfile,
     banner: { js: '#!/usr/bin/env node' },
-    plugins: [httpProxyWithoutUtilExtend, {
+    plugins: [httpProxyWithoutUtilExtend, lazyHttps, {
       name: 'packed-discovery',
       setup(b) {
         b.onResolve({ filter: PACKED_IMPORT }, (a) => (isPackedImport(a) ? { path: discoveryEntry, namespace: 'packed' } : undefined));

@@ -6,6 +6,8 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { WebSocket, WebSocketServer } from 'ws';
 import { Backend, startBackend } from '../support/backend';
 import { BUNDLE, Proxy, rssBytes, runBundle, startBundle } from '../support/bundle';
@@ -156,6 +158,43 @@ describe('the bundle, on a static pool', () => {
       await q.stop();
       wss.close();
       await close(wsServer);
+    }
+  });
+
+  test('a worker that has proxied a request and a WebSocket never loaded https or tls', async () => {
+    // Each worker writes the Node modules it loaded as it exits; https brings tls and OpenSSL's contexts
+    // (~3 MiB of RSS), which only an https target would need.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'karma-modules-'));
+    const preload = path.join(dir, 'preload.js');
+    fs.writeFileSync(
+      preload,
+      `if (require('node:cluster').isWorker) process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(dir)} + '/worker-' + process.pid, process.moduleLoadList.join('\\n')));`,
+    );
+    const wsServer = http.createServer((_req, res) => res.end('ok'));
+    const wss = new WebSocketServer({ server: wsServer });
+    wss.on('connection', (sock) => sock.send('hello'));
+    const wsPort = await listen(wsServer);
+    const q = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${wsPort}`, HEALTH_CHECK_PATH: 'off', NODE_OPTIONS: `--require=${preload}` });
+    try {
+      expect((await request(q.port)).body).toBe('ok');
+      const ws = new WebSocket(`ws://127.0.0.1:${q.port}/socket`);
+      const first = await new Promise<string>((resolve, reject) => {
+        ws.on('message', (m) => resolve(m.toString()));
+        ws.on('error', reject);
+      });
+      expect(first).toBe('hello');
+      ws.close();
+      expect(await q.stop()).toBe(0);
+      const lists = fs.readdirSync(dir).filter((f) => f.startsWith('worker-'));
+      expect(lists).toHaveLength(1);
+      const loaded = fs.readFileSync(path.join(dir, lists[0]), 'utf8').split('\n');
+      expect(loaded).toContain('NativeModule net');
+      expect(loaded.filter((m) => /^NativeModule (https|tls|_tls_wrap)$/.test(m))).toEqual([]);
+    } finally {
+      await q.stop();
+      wss.close();
+      await close(wsServer);
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 
