@@ -60,8 +60,11 @@ export interface DownstreamOptions {
 export interface DownstreamHandlers {
   /** A request whose head is complete; its body, if any, follows through `req.pipe()`. */
   request(req: Request, res: Response): void;
-  /** A WebSocket handshake: from here on the socket is the handler's, `head` the bytes read past it. */
-  upgrade(req: Request, socket: net.Socket, head: Buffer): void;
+  /**
+   * A WebSocket handshake: from here on the socket is the handler's, `head` the bytes read past it. What
+   * it returns is asked at SHUTDOWN_TIMEOUT whether the proxy may still answer the handshake.
+   */
+  upgrade(req: Request, socket: net.Socket, head: Buffer): UpgradeHandler | void;
 }
 
 /** What an answer's owner (forward.ts's Exchange) is told, as direct calls. */
@@ -76,6 +79,16 @@ export interface ResponseHandler {
    * SHUTDOWN_TIMEOUT passed with no answer begun. true: nothing of the request reached a target, the
    * handler has let it go, and the proxy answers 503; false: a target may be acting on it, so the
    * connection is cut rather than told to try elsewhere.
+   */
+  shutdown(): boolean;
+}
+
+/** What a WebSocket's owner (server.ts) is asked once its socket has left the server. */
+export interface UpgradeHandler {
+  /**
+   * SHUTDOWN_TIMEOUT passed. true: no target has seen the handshake (it still waits for its route), the
+   * handler has let it go, and the proxy answers 503 on the socket; false: it went to a target, or was
+   * answered, and the socket is cut.
    */
   shutdown(): boolean;
 }
@@ -463,6 +476,9 @@ export function socketsClosed(sockets: { readonly size: number }): Promise<void>
 
 /** How long the 503s written at SHUTDOWN_TIMEOUT have to leave before their connections are cut. */
 const SHUTDOWN_ANSWER_GRACE_MS = 200;
+/** Those 503s: to requests, and WebSocket handshakes, that no target has seen. */
+const SHUTTING_DOWN = 'the proxy is shutting down';
+const SHUTDOWN_RETRY = 'Retry-After: 1\r\n';
 
 // Where a connection is in reading the current request (for the headers and request timeouts).
 const IDLE = 0;
@@ -861,7 +877,7 @@ export class ClientConn {
     const res = this.current;
     if (this.destroyed || !res || res.finished || res.headersSent) return false;
     if (res.handler && !res.handler.shutdown()) return false;
-    this.refuse(503, 'the proxy is shutting down', 'Retry-After: 1\r\n');
+    this.refuse(503, SHUTTING_DOWN, SHUTDOWN_RETRY);
     return true;
   }
 
@@ -883,7 +899,8 @@ export class ClientConn {
     this.paused = 0;
     readStart(s);
     this.server.conns.delete(this);
-    this.server.handlers.upgrade(req, s, req.head ?? Buffer.alloc(0));
+    const handler = this.server.handlers.upgrade(req, s, req.head ?? Buffer.alloc(0));
+    if (handler) this.server.upgrades.set(s, handler);
   }
 
   /** The client half-closed: a whole request still gets its answer; a partial one ends the connection. */
@@ -1017,6 +1034,8 @@ export class DownstreamServer {
   readonly conns = new Set<ClientConn>();
   /** Every open client socket, those handed over to WebSockets too. */
   private readonly sockets = new Set<net.Socket>();
+  /** Sockets handed over to WebSockets, with what their handler said it would be asked at shutdown. */
+  readonly upgrades = new Map<net.Socket, UpgradeHandler>();
   /** `Connection: keep-alive` and the `Keep-Alive: timeout=` Node would advertise for IDLE_TIMEOUT. */
   readonly keepAliveLines: string;
   private readonly checker: NodeJS.Timeout;
@@ -1040,6 +1059,7 @@ export class DownstreamServer {
     socket.once('close', () => {
       activeConnections.dec();
       this.sockets.delete(socket);
+      this.upgrades.delete(socket);
     });
     const c = new ClientConn(this, socket);
     this.conns.add(c);
@@ -1084,6 +1104,11 @@ export class DownstreamServer {
       const deadline = setTimeout(() => {
         const answered = new Set<net.Socket>();
         for (const c of this.conns) if (c.answerShutdown()) answered.add(c.socket);
+        for (const [s, u] of this.upgrades) {
+          if (s.destroyed || !u.shutdown()) continue;
+          rawAnswer(s, 503, SHUTTING_DOWN, SHUTDOWN_RETRY);
+          answered.add(s);
+        }
         for (const s of this.sockets) if (!answered.has(s)) s.destroy();
         // A moment for those 503s to leave; then whatever is still open is cut.
         setTimeout(() => {

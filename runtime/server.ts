@@ -5,7 +5,7 @@
  */
 import type * as net from 'node:net';
 import type { Config } from './config';
-import { DownstreamServer, rawAnswer, Request, Response } from './downstream';
+import { DownstreamServer, rawAnswer, Request, Response, UpgradeHandler } from './downstream';
 import { answer, Forwarder, Outcome } from './forward';
 import { log } from './log';
 import { limitHits, countRequest, rejectedRequests } from './metrics';
@@ -181,7 +181,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
     record(req, id, { status: 503, target: undefined, attempts: 0, error: undefined });
   };
 
-  const onUpgrade = (req: Request, socket: net.Socket, head: Buffer): void => {
+  const onUpgrade = (req: Request, socket: net.Socket, head: Buffer): UpgradeHandler | void => {
     socket.on('error', () => undefined);
     const bad = screen(req, config.maxHeaders, poolMode);
     if (bad) {
@@ -201,15 +201,17 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
     }
     // A WebSocket lives as long as its peers want; no fixed timeout cuts it (TCP keep-alive finds dead peers).
     socket.setTimeout(0);
-    let late = false;
+    /** Waiting for the route: no target has seen the handshake, and no answer was given. */
+    let waiting = true;
     const timer = setTimeout(() => {
-      late = true;
+      waiting = false;
       rawAnswer(socket, 503, 'route discovery is taking too long', 'Retry-After: 5\r\n');
       record(req, id, { status: 503, target: undefined, attempts: 0, error: undefined });
     }, discoveryWaitMs);
     void lookup(key, id).then((pool) => {
       clearTimeout(timer);
-      if (late || socket.destroyed) return;
+      if (!waiting || socket.destroyed) return;
+      waiting = false;
       if (!pool) {
         rawAnswer(socket, 503, 'no target available for this route', 'Retry-After: 5\r\n');
         record(req, id, { status: 503, target: undefined, attempts: 0, error: undefined });
@@ -217,6 +219,17 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
       }
       void forwarder.ws(req, socket, head, pool).then((o) => record(req, id, o));
     });
+    return {
+      // SHUTDOWN_TIMEOUT with the route still unknown: the handshake is let go, and the server answers 503,
+      // as it answers a plain request no target has seen. One that went to a target is cut instead.
+      shutdown: () => {
+        if (!waiting || socket.destroyed) return false;
+        waiting = false;
+        clearTimeout(timer);
+        record(req, id, { status: 503, target: undefined, attempts: 0, error: undefined });
+        return true;
+      },
+    };
   };
 
   const front = new DownstreamServer(

@@ -34,7 +34,7 @@ beforeEach(async () => {
   handle = (req, res) => ok(res, `${req.method} ${req.url}`);
   const handlers: DownstreamHandlers = {
     request: (req, res) => handle(req, res),
-    upgrade: (req, socket, head) => upgraded.push({ req, socket, head }),
+    upgrade: (req, socket, head) => void upgraded.push({ req, socket, head }),
   };
   server = new DownstreamServer(OPTS, handlers);
   port = await listen(server.server);

@@ -2,11 +2,11 @@ import * as http from 'node:http';
 import * as net from 'node:net';
 import { WebSocket, WebSocketServer } from 'ws';
 import { loadConfig } from '../../runtime/config';
-import { limitHits } from '../../runtime/metrics';
-import { makeTarget } from '../../runtime/types';
+import { limitHits, requestsTotal } from '../../runtime/metrics';
+import { makeTarget, Target } from '../../runtime/types';
 import { Running, start } from '../../runtime/worker';
 import { rawExchange } from '../hardening/support';
-import { close, listen } from '../support/net';
+import { close, listen, until } from '../support/net';
 
 /** Opens a WebSocket; resolves with it once open, or with the HTTP status that refused it. */
 function open(port: number): Promise<WebSocket | number> {
@@ -140,4 +140,57 @@ describe('handshakes a target does not complete', () => {
     expect(r.data.endsWith('\r\n\r\n\x81\x02hi')).toBe(true);
     expect(r.data.match(/HTTP\/1\.1/g)).toHaveLength(1);
   });
+});
+
+test('at SHUTDOWN_TIMEOUT a handshake still waiting for its route gets a 503 with Retry-After: 1, counted as one; an open WebSocket is cut', async () => {
+  const server = http.createServer();
+  const wss = new WebSocketServer({ server });
+  wss.on('connection', (sock) => sock.on('message', (m) => sock.send(m)));
+  const t = makeTarget('127.0.0.1', await listen(server));
+  // The `slow` route's discovery lasts until the test lets it go; every other route has the echo target.
+  const discovering: string[] = [];
+  let release!: (targets: Target[]) => void;
+  const slow = new Promise<Target[]>((r) => (release = r));
+  const p = await start(loadConfig({ DOMAIN: 'example.com', PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', SHUTDOWN_TIMEOUT: '0.5' }), {
+    provider: {
+      name: 'test',
+      discover: async (route) => {
+        discovering.push(route.service);
+        return route.service === 'slow' ? slow : [t];
+      },
+    },
+  });
+  const fiveHundreds = async (): Promise<number> =>
+    (await requestsTotal.get()).values.find((v) => v.labels.route === 'none' && v.labels.code === '5xx')?.value ?? 0;
+  try {
+    const open = new WebSocket(`ws://127.0.0.1:${p.port}/`, { headers: { Host: `echo-${t.port}-prod.example.com` } });
+    open.on('error', () => undefined);
+    await new Promise((r) => open.once('open', r));
+    const cut = new Promise<number>((r) => open.once('close', (code) => r(code)));
+    const before = await fiveHundreds();
+    const handshake = 'GET /chat HTTP/1.1\r\nHost: slow-80-prod.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n';
+    const waiting = rawExchange(p.port, handshake, { deadlineMs: 5000 });
+    await until('the slow discovery under way', () => discovering.includes('slow'), 5000, 5);
+    const started = Date.now();
+    await p.stop();
+    const r = await waiting;
+    expect(r.responses.map((x) => [x.status, x.headers.connection, x.headers['retry-after']])).toEqual([[503, 'close', '1']]);
+    expect(r.closed).toBe(true);
+    expect(r.ms).toBeGreaterThanOrEqual(400);
+    expect(Date.now() - started).toBeLessThan(3000);
+    // The WebSocket its target has is cut, as before: no answer of ours goes into it.
+    expect(await cut).toBe(1006);
+    expect(await fiveHundreds()).toBe(before + 1);
+    // The discovery ending later sends the handshake nowhere and counts nothing more.
+    release([t]);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(await fiveHundreds()).toBe(before + 1);
+  } finally {
+    release([]);
+    await p.stop();
+    // The proxy's side of a tunnel it cut is the process exit's to close: here, the target closes it.
+    for (const c of wss.clients) c.terminate();
+    wss.close();
+    await close(server);
+  }
 });
