@@ -20,6 +20,10 @@ import type { Pool } from './balancer';
  */
 const FIRST_DISCOVERY_WAIT_MS = 10_000;
 
+/** A request waiting for discovery told its client left or stalled, or its answer ended: nothing to do
+ * (the end of the discovery counts a client gone as 499). */
+const ignore = (): void => undefined;
+
 // `100-continue` among the expectations, as node:http reads Expect.
 const CONTINUE = /(?:^|\W)100-continue(?:$|\W)/i;
 
@@ -165,6 +169,19 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
         answer(res, 503, 'route discovery is taking too long', { 'Retry-After': '5' });
         record(req, id, { status: 503, target: undefined, attempts: 0, error: undefined });
       }, discoveryWaitMs);
+      // SHUTDOWN_TIMEOUT while discovery runs: no target has seen the request, and the server answers it
+      // 503. Counted as that, now (the process exits soon after), not as a client gone once discovery ends.
+      res.handler = {
+        shutdown: () => {
+          late = true;
+          clearTimeout(timer);
+          record(req, id, { status: 503, target: undefined, attempts: 0, error: undefined });
+          return true;
+        },
+        clientClosed: ignore,
+        clientStalled: ignore,
+        responseFinished: ignore,
+      };
       void routes.resolve(key, id).then((pool) => {
         if (late) return;
         clearTimeout(timer);

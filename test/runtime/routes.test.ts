@@ -1,10 +1,12 @@
+import * as net from 'node:net';
 import { TargetRegistry } from '../../runtime/balancer';
 import { loadConfig } from '../../runtime/config';
+import { activeConnections, requestsTotal } from '../../runtime/metrics';
 import { RouteTable } from '../../runtime/routes';
 import { makeTarget, Provider, RouteKey, Target } from '../../runtime/types';
 import { Running, start } from '../../runtime/worker';
 import { startBackend } from '../support/backend';
-import { request } from '../support/net';
+import { request, until } from '../support/net';
 
 /** A provider whose answers the test releases by hand, counting calls per route. */
 function gated(answer: (route: RouteKey) => Target[] | Error) {
@@ -134,6 +136,41 @@ describe('route table behind the server', () => {
       expect(g.calls.sort()).toEqual([`api-${backend.port}-prod`, 'nothing-80-prod']);
     } finally {
       await backend.close();
+    }
+  });
+
+  test('a request answered 503 at SHUTDOWN_TIMEOUT while its route is discovered counts as a 503; one whose client left, as 499', async () => {
+    const g = gated(() => []);
+    p = await start(loadConfig({ DOMAIN: 'example.com', PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', SHUTDOWN_TIMEOUT: '0.5' }), { provider: g.provider });
+    const counted = async (code: string): Promise<number> =>
+      (await requestsTotal.get()).values.find((v) => v.labels.route === 'none' && v.labels.code === code)?.value ?? 0;
+    const open = async (): Promise<number> => (await activeConnections.get()).values[0]?.value ?? 0;
+    const before = { '4xx': await counted('4xx'), '5xx': await counted('5xx') };
+    const connections = await open();
+    const leaving = net.connect(p.port, '127.0.0.1');
+    leaving.on('error', () => undefined);
+    try {
+      const waiting = request(p.port, { headers: { Host: 'slow-80-prod.example.com' }, timeoutMs: 10_000 });
+      leaving.write('GET / HTTP/1.1\r\nHost: gone-80-prod.example.com\r\n\r\n');
+      await until('both discoveries under way', () => g.calls.length === 2);
+      // A reset, so that the proxy knows at once (a FIN alone is a client still waiting for its answer).
+      leaving.resetAndDestroy();
+      await until('the client that left gone', async () => (await open()) === connections + 1);
+      const stopped = p.stop();
+      const reply = await waiting;
+      expect([reply.status, reply.headers.connection, reply.headers['retry-after']]).toEqual([503, 'close', '1']);
+      await stopped;
+      // Counted when it is answered (before the process would exit), and as what the client got.
+      expect(await counted('5xx')).toBe(before['5xx'] + 1);
+      expect(await counted('4xx')).toBe(before['4xx']);
+      // The discoveries end: the client that left is counted as nginx's 499, and nothing more.
+      g.release();
+      await until('the client that left counted', async () => (await counted('4xx')) > before['4xx']);
+      await new Promise((r) => setTimeout(r, 50));
+      expect([await counted('4xx'), await counted('5xx')]).toEqual([before['4xx'] + 1, before['5xx'] + 1]);
+    } finally {
+      leaving.destroy();
+      g.release();
     }
   });
 });
