@@ -220,7 +220,7 @@ test("workers start with the bundle's memory settings (a small V8 heap, two mall
     const [pid] = p.workers();
     const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
     const env = fs.readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
-    expect(argv).toEqual(expect.arrayContaining(['--max-semi-space-size=2', '--heap-growing-percent=50', '--max-old-space-size=256', '--expose-gc']));
+    expect(argv).toEqual(expect.arrayContaining(['--max-semi-space-size=2', '--heap-growing-percent=50', '--max-old-space-size=256', '--incremental-marking-soft-trigger=30', '--incremental-marking-hard-trigger=60', '--expose-gc']));
     expect(env).toContain('MALLOC_ARENA_MAX=2');
     expect((await request(p.port, { path: '/' })).status).toBe(200);
   } finally {
