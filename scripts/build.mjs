@@ -48,8 +48,8 @@ const httpProxyWithoutUtilExtend = {
 /**
  * `https` as the workers' dependencies require it, loaded on first use. http-proxy (WebSocket upgrades),
  * its follow-redirects and prom-client's Pushgateway each require it when loaded, and with it come tls
- * and OpenSSL's contexts: ~3 MiB of every worker's RSS (Node 22: 2 MiB more at 1,000 connections),
- * for a module only an https target or a Pushgateway would use, and Karma has neither. Each property
+ * and OpenSSL's contexts: ~3 MiB of an idle worker's RSS, ~2 MiB of its peak at 1,000 connections (Node
+ * 22), for a module only an https target or a Pushgateway would use, and Karma has neither. Each property
  * read goes to the real module, required then; the modules above only read properties of it.
  */
 const lazyHttps = {
