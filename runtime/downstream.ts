@@ -140,8 +140,6 @@ export class Request {
   complete = false;
   /** PLAIN, WEBSOCKET or CONNECT. */
   kind = PLAIN;
-  /** It asked to switch to a protocol other than WebSocket: it is answered as plain HTTP, its body unread. */
-  upgradeIgnored = false;
   /** For a WebSocket: the bytes read past its head. */
   head: Buffer | undefined;
   /** Put in line while its head was parsed (behind an answer under way). */
@@ -665,10 +663,19 @@ export class ClientConn {
     const req = new Request(this, METHOD_NAMES[method] ?? '', url, major, minor, headers, keepAlive);
     this.reading = req;
     if (upgrade) {
-      // The rest of this read is not HTTP to parse: a tunnel's first bytes, or nothing we will read.
-      this.stopAfter = req;
       if (req.method === 'CONNECT') req.kind = CONNECT;
       else if (req.method === 'GET' && req.headers.upgrade?.toLowerCase() === 'websocket') req.kind = WEBSOCKET;
+      // Any other Upgrade (h2c from `curl --http2`, `TLS/1.0`): RFC 9110 §7.8 lets a server ignore it, as
+      // the ALB does. It is answered as the HTTP/1.1 request it also is, and the connection closes after.
+      // Its body is HTTP/1.1's too (another protocol would start only after a 101): llhttp parses it as
+      // any other and stops at the message's end.
+      if (req.kind === PLAIN && req.hasBody) {
+        req.keepAlive = false;
+        this.enqueue(req);
+        return 0;
+      }
+      // The rest of this read is not HTTP to parse: a tunnel's first bytes, or nothing we will read.
+      this.stopAfter = req;
       if (req.kind !== PLAIN) {
         // Behind an answer under way, it takes its place in line now, so that answer is not the last.
         if (this.current || this.waiting.length > 0) {
@@ -677,10 +684,7 @@ export class ClientConn {
           this.pause(PAUSE_QUEUE);
         }
       } else {
-        // Any other Upgrade (h2c from `curl --http2`, `TLS/1.0`): RFC 9110 §7.8 lets a server ignore it, as
-        // the ALB does. It is answered as the HTTP/1.1 request it also is, and the connection closes after.
         req.keepAlive = false;
-        req.upgradeIgnored = true;
         this.enqueue(req);
       }
       return 2; // no body is parsed: the message ends here

@@ -67,11 +67,6 @@ function screen(req: Request, maxHeaders: number, checkHost: boolean): Refusal |
   if (url.charCodeAt(0) !== 47 /* '/' */ && !(url === '*' && req.method === 'OPTIONS')) {
     return { status: 400, reason: 'bad_target', message: 'request target must be a path' };
   }
-  // An Upgrade other than WebSocket is answered as a plain request, but its body was never parsed (it
-  // would be the other protocol's): refused.
-  if (req.upgradeIgnored && req.hasBody) {
-    return { status: 400, reason: 'upgrade_with_body', message: 'an Upgrade request other than WebSocket may not carry a body' };
-  }
   return undefined;
 }
 

@@ -214,6 +214,22 @@ const CONTROLS: Control[] = [
     },
   },
   {
+    name: 'an h2c upgrade with a body (curl --http2 --data) is a plain POST: the body arrives whole',
+    send: (t) => `POST ${t} HTTP/1.1\r\n${H}Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nContent-Length: 11\r\n\r\nhello world`,
+    statuses: [200],
+    check: (r) => {
+      expect(r.map((x) => x.body)).toEqual(['hello world']);
+      const names = r[0].rawHeaders.filter((_, i) => i % 2 === 0).map((h) => h.toLowerCase());
+      expect(names).not.toContain('upgrade');
+    },
+  },
+  {
+    name: 'an h2c upgrade with a chunked body is a plain PUT: the body arrives whole',
+    send: (t) => `PUT ${t} HTTP/1.1\r\n${H}Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n`,
+    statuses: [200],
+    check: (r) => expect(r.map((x) => x.body)).toEqual(['hello world']),
+  },
+  {
     name: 'a chunked body with trailers',
     send: (t) => `POST ${t} HTTP/1.1\r\n${H}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\nhi\r\n0\r\nX-Checksum: 1\r\n\r\n`,
     statuses: [200],
