@@ -32,9 +32,10 @@ export interface ForwardOptions {
 
 /**
  * `pool_full`: every one of the target's POOL_SIZE sockets stayed busy for UPSTREAM_TIMEOUT.
- * `bad_response`: the target answered something that is not HTTP/1.1 (or over our limits).
+ * `bad_response`: the target answered something that is not HTTP/1.1.
+ * `head_too_large`: the target's answer head was over MAX_RESPONSE_HEAD_BYTES (upstream.ts).
  */
-export type FailureKind = 'refused' | 'reset' | 'timeout' | 'connect_timeout' | 'dns' | 'pool_full' | 'bad_response' | 'other';
+export type FailureKind = 'refused' | 'reset' | 'timeout' | 'connect_timeout' | 'dns' | 'pool_full' | 'bad_response' | 'head_too_large' | 'other';
 
 /**
  * Told once what became of a forwarded request; `tag` is what the caller gave forward() (the route), so
@@ -88,7 +89,7 @@ class UpstreamError extends Error {
     readonly kind: FailureKind | 'client_gone' | 'client_timeout' | 'stale' | 'shutting_down',
     /** Nothing of the request reached the target: safe to retry with any method. */
     readonly beforeSend: boolean,
-    /** Says nothing about the target's health (a keep-alive race), so its breaker is not told. */
+    /** Says nothing about the target's health (a keep-alive race, an answer head over our limit), so its breaker is not told. */
     readonly blameless = false,
   ) {
     super(kind);
@@ -110,6 +111,8 @@ function kindOf(err: NodeJS.ErrnoException): FailureKind {
       return 'dns';
     case 'ETIMEDOUT':
       return 'connect_timeout';
+    case 'HPE_HEADER_OVERFLOW':
+      return 'head_too_large';
     default:
       // llhttp's verdicts on the response: HPE_INVALID_CONSTANT, HPE_UNEXPECTED_CONTENT_LENGTH, …
       return err.code?.startsWith('HPE_') ? 'bad_response' : 'other';
@@ -495,7 +498,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       answer(this.res, 503, 'target busy', { 'Retry-After': '5' });
     } else {
       outcome.status = outcome.error === 'timeout' || outcome.error === 'connect_timeout' ? 504 : 502;
-      answer(this.res, outcome.status, outcome.status === 504 ? 'upstream timed out' : 'upstream connection failed');
+      const message = outcome.status === 504 ? 'upstream timed out' : outcome.error === 'head_too_large' ? 'upstream response headers too large' : 'upstream connection failed';
+      answer(this.res, outcome.status, message);
     }
     this.done();
   }
@@ -639,7 +643,9 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       // Silent both ways with the body unfinished and the target not pushing back: the client stalled.
       this.settle(undefined, new UpstreamError('client_timeout', false));
     } else {
-      this.settle(undefined, new UpstreamError(kind, !this.sent));
+      // An answer head over our limit is the application's answer, not a sign of a failing target: a
+      // 502, not retried (any target would say the same), and no mark against the target's breaker.
+      this.settle(undefined, new UpstreamError(kind, !this.sent, kind === 'head_too_large'));
     }
   }
 

@@ -150,6 +150,14 @@ export function answerFault(status: number, major: number, raw: readonly string[
   return undefined;
 }
 
+/**
+ * Most bytes of a target's answer head (status line and headers). node:http's client stops at 16 KiB;
+ * a page's cookies and security headers can pass that, and the Go proxies before us read up to 10 MB
+ * (Go's default). 64 KiB here; more is a 502 that does not count against the target (forward.ts:
+ * head_too_large).
+ */
+export const MAX_RESPONSE_HEAD_BYTES = 64 * 1024;
+
 function badResponse(code: string, message: string): NodeJS.ErrnoException {
   return Object.assign(new Error(message), { code });
 }
@@ -187,7 +195,7 @@ class Conn {
   ) {
     this.socket = net.connect({ host, port, noDelay: true });
     const parser: Parser = new HTTPParser();
-    parser.initialize(HTTPParser.RESPONSE, {}, 0, 0);
+    parser.initialize(HTTPParser.RESPONSE, {}, MAX_RESPONSE_HEAD_BYTES, 0);
     // A message starting with no request of ours under way (bytes after an answer's end, in the same
     // read or on an idle socket: a body on a HEAD answer, a Content-Length too short, a second answer) is
     // an answer nobody asked for. node:http's client destroys such a socket; handing it on would make

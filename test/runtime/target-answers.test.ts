@@ -223,3 +223,42 @@ describe('what a target gets wrong in small ways is mended, not passed on', () =
     expect(r.data.split('\r\n')[0]).toBe('HTTP/1.1 200 OK');
   });
 });
+
+describe('an answer head of up to 64 KiB (cookies, security headers) is passed on; a larger one is a 502 that does not count against the target', () => {
+  /** A head with `n` 1,000-byte Set-Cookie lines. */
+  const bigHead = (n: number): string => {
+    let h = 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n';
+    for (let i = 0; i < n; i++) h += `Set-Cookie: c${i}=${'x'.repeat(1000)}; Path=/\r\n`;
+    return `${h}\r\nok`;
+  };
+  /** A GET read by a client that allows heads of 128 KiB (node:http's own stops at 16). */
+  const get = (port: number, path: string): Promise<{ status: number; cookies: number; body: string }> =>
+    new Promise((resolve, reject) => {
+      http
+        .get({ host: '127.0.0.1', port, path, agent: false, maxHeaderSize: 128 * 1024 }, (res) => {
+          let body = '';
+          res.setEncoding('utf8');
+          res.on('data', (c: string) => (body += c));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, cookies: res.headers['set-cookie']?.length ?? 0, body }));
+        })
+        .on('error', reject);
+    });
+
+  test('20 KiB of Set-Cookie lines arrive, every one', async () => {
+    const t = await rawTarget((_h, s) => s.write(bigHead(20), 'latin1'));
+    const port = await proxyFor([t]);
+    expect(await get(port, '/')).toEqual({ status: 200, cookies: 20, body: 'ok' });
+  });
+
+  test('70 KiB is a 502 that says why, not retried, and ten of them in a row leave the target in rotation', async () => {
+    const t = await rawTarget((h, s) => s.write(h.startsWith('GET /big') ? bigHead(70) : 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok', 'latin1'));
+    const port = await proxyFor([t], { CIRCUIT_BREAKER_THRESHOLD: '3', RETRIES: '2' });
+    const before = t.heads.length;
+    for (let i = 0; i < 10; i++) {
+      const r = await get(port, `/big${i}`);
+      expect(r).toMatchObject({ status: 502, body: expect.stringContaining('upstream response headers too large') });
+    }
+    expect(t.heads.length - before).toBe(10);
+    expect(await get(port, '/small')).toEqual({ status: 200, cookies: 0, body: 'ok' });
+  });
+});
