@@ -89,7 +89,12 @@ async function runPrimary(config: Config): Promise<void> {
 
   const metricsServer = http.createServer((req, res) => {
     const path = (req.url ?? '').split('?')[0];
-    if (req.method === 'GET' && path === '/metrics') {
+    // HEAD wherever GET is (node:http sends the head alone); another method on these paths is a 405.
+    const read = req.method === 'GET' || req.method === 'HEAD';
+    if (!read && (path === '/metrics' || path === '/healthz')) {
+      res.writeHead(405, { 'Content-Type': 'text/plain', Allow: 'GET, HEAD' });
+      res.end('method not allowed\n');
+    } else if (path === '/metrics') {
       coordinator.metrics().then(
         (text) => {
           res.writeHead(200, { 'Content-Type': register.contentType });
@@ -100,7 +105,7 @@ async function runPrimary(config: Config): Promise<void> {
           res.end(`metrics unavailable: ${String(err)}\n`);
         },
       );
-    } else if (req.method === 'GET' && path === '/healthz') {
+    } else if (path === '/healthz') {
       const ok = ready.size > 0 && !shuttingDown;
       res.writeHead(ok ? 200 : 503, { 'Content-Type': 'application/json' });
       res.end(JSON.stringify({ status: ok ? 'ok' : shuttingDown ? 'stopping' : 'starting', workers: ready.size, port: listenPort }) + '\n');

@@ -221,6 +221,18 @@ describe('the bundle, on a static pool', () => {
     expect(h.status).toBe(200);
   });
 
+  test('/metrics and /healthz answer HEAD as GET without the body, and another method with 405 and Allow', async () => {
+    for (const path of ['/metrics', '/healthz']) {
+      const head = await request(p.metricsPort, { path, method: 'HEAD' });
+      expect(head).toMatchObject({ status: 200, body: '' });
+      expect(head.headers['content-type']).toBeDefined();
+      const post = await request(p.metricsPort, { path, method: 'POST', body: 'x' });
+      expect(post.status).toBe(405);
+      expect(post.headers.allow).toBe('GET, HEAD');
+    }
+    expect((await request(p.metricsPort, { path: '/other', method: 'HEAD' })).status).toBe(404);
+  });
+
   test('the metrics endpoint holds at most 64 connections and closes silent ones after 10 s', async () => {
     const opened: net.Socket[] = [];
     const closedAt: number[] = [];
