@@ -271,6 +271,17 @@ describe('upgrades', () => {
     expect(r.responses[0].headers.allow).toContain('GET');
     expect(r.closed).toBe(true);
   });
+
+  test("the server's own refusals (400, 431, 405) carry a Date and Cache-Control: no-store, as its other answers do", async () => {
+    for (const bytes of ['NOT HTTP AT ALL\r\n\r\n', `GET / HTTP/1.1\r\nHost: a\r\nX-Big: ${'b'.repeat(20_000)}\r\n\r\n`, 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n']) {
+      const r = await rawExchange(port, bytes);
+      expect(r.responses).toHaveLength(1);
+      const { status, headers } = r.responses[0];
+      expect([400, 431, 405]).toContain(status);
+      expect(Number.isNaN(Date.parse(String(headers.date)))).toBe(false);
+      expect(headers['cache-control']).toBe('no-store');
+    }
+  });
 });
 
 describe('timeouts and shutdown', () => {
