@@ -331,11 +331,12 @@ export class Response {
     let keepAlive = this.shouldKeepAlive && !this.conn.lastToAnswer;
     let head = `HTTP/1.1 ${status} ${reason || STATUS_CODES[status] || 'unknown'}\r\n${lines}`;
     if (!hasDate) head += `Date: ${httpDate()}\r\n`;
+    // An answer without a body (HEAD, 204, 304) needs no framing, and HTTP/1.0 clients keep their connection.
     if (!hasLength && !this.bodiless) {
       // A body of unknown length: chunked for HTTP/1.1, delimited by the close for HTTP/1.0.
       if (http11) this.chunked = true;
       else keepAlive = false;
-    } else if (!http11 && !hasLength) keepAlive = false;
+    }
     this.shouldKeepAlive = keepAlive;
     head += keepAlive ? this.conn.server.keepAliveLines : 'Connection: close\r\n';
     if (this.chunked) head += 'Transfer-Encoding: chunked\r\n';

@@ -193,6 +193,22 @@ describe('framing of answers', () => {
     await until('the second answer and the close', () => c.received().includes('GET /two') && c.closed(), 5000, 5);
   });
 
+  test('HTTP/1.0 with keep-alive is kept alive after a 204 or a HEAD answer without a length (they need none)', async () => {
+    handle = (req, res) => {
+      res.writeHead(req.url === '/204' ? 204 : 200, undefined, `X-Url: ${req.url}\r\n`, false);
+      res.end();
+    };
+    const c = await connect();
+    c.socket.write('GET /204 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n');
+    await until('the 204', () => c.received().includes('X-Url: /204'), 5000, 5);
+    c.socket.write('HEAD /head HTTP/1.0\r\nConnection: keep-alive\r\n\r\n');
+    await until('the HEAD answer', () => c.received().includes('X-Url: /head'), 5000, 5);
+    expect(c.received().match(/\r\nConnection: keep-alive\r\n/g)).toHaveLength(2);
+    expect(c.closed()).toBe(false);
+    c.socket.write('GET /last HTTP/1.0\r\n\r\n');
+    await until('the last answer and the close', () => c.received().includes('X-Url: /last') && c.closed(), 5000, 5);
+  });
+
   test('HEAD, 204 and 304 answers carry no body, whatever is written', async () => {
     handle = (req, res) => {
       const status = req.url === '/204' ? 204 : req.url === '/304' ? 304 : 200;
