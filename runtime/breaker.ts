@@ -56,8 +56,8 @@ export class CircuitBreaker {
   private failures = 0;
   private openedAt = 0;
   private trialOut = false;
-  /** Bumped on every state change; permits compare against it. */
-  private epoch = 0;
+  /** Bumped on every state change; permits and reported epochs compare against it. */
+  private generation = 0;
 
   constructor(opts: BreakerOptions) {
     if (!Number.isInteger(opts.threshold) || opts.threshold < 1) {
@@ -78,6 +78,16 @@ export class CircuitBreaker {
       this.transition('half-open');
     }
     return this.current;
+  }
+
+  /**
+   * The state's generation, read right after a request is admitted (tryAcquire). Given back with its
+   * outcome, it makes that outcome count only if the breaker has not moved on since: a slow request let
+   * through before the breaker opened must not close, re-open or count against it later (the trial's
+   * verdict is the trial's). As acquire()'s permits do, without an object per request.
+   */
+  get epoch(): number {
+    return this.generation;
   }
 
   /** Consecutive failures counted while closed. */
@@ -115,12 +125,12 @@ export class CircuitBreaker {
    */
   acquire(): BreakerPermit | undefined {
     if (!this.tryAcquire()) return undefined;
-    const epoch = this.epoch;
+    const epoch = this.generation;
     let used = false;
     const once = (fn: () => void) => (): void => {
       if (used) return;
       used = true;
-      if (epoch === this.epoch) fn();
+      if (epoch === this.generation) fn();
     };
     return {
       success: once(() => this.onSuccess()),
@@ -129,8 +139,11 @@ export class CircuitBreaker {
     };
   }
 
-  onSuccess(): void {
-    switch (this.state) {
+  /** A success; `epoch` (from admission), when given, drops it if the breaker has moved on since. */
+  onSuccess(epoch?: number): void {
+    const state = this.state;
+    if (epoch !== undefined && epoch !== this.generation) return;
+    switch (state) {
       case 'closed':
         this.failures = 0;
         return;
@@ -147,8 +160,11 @@ export class CircuitBreaker {
     }
   }
 
-  onFailure(): void {
-    switch (this.state) {
+  /** A failure; `epoch` as for onSuccess. */
+  onFailure(epoch?: number): void {
+    const state = this.state;
+    if (epoch !== undefined && epoch !== this.generation) return;
+    switch (state) {
       case 'closed':
         this.failures += 1;
         if (this.failures >= this.threshold) this.open();
@@ -165,9 +181,12 @@ export class CircuitBreaker {
     }
   }
 
-  release(): void {
+  /** An admitted request ended without a verdict; `epoch` as for onSuccess (a stale one frees no trial). */
+  release(epoch?: number): void {
     // Closed and open hold no trial: a release there is a request that had nothing to give back.
-    if (this.state === 'half-open') this.trialOut = false;
+    const state = this.state;
+    if (epoch !== undefined && epoch !== this.generation) return;
+    if (state === 'half-open') this.trialOut = false;
   }
 
   private open(): void {
@@ -179,7 +198,7 @@ export class CircuitBreaker {
   private transition(next: BreakerState): void {
     if (next === this.current) return;
     this.current = next;
-    this.epoch += 1;
+    this.generation += 1;
     this.onChange?.(next);
   }
 }

@@ -327,10 +327,11 @@ export class Forwarder {
       return Promise.resolve(outcome);
     }
     const s = pick.state;
+    const epoch = s.breaker.epoch;
     outcome.target = s.target.id;
     if (s.tunnels >= (this.opts.maxTunnelsPerTarget ?? Infinity)) {
       // Long-lived tunnels would otherwise pile up on one target without bound.
-      s.breaker.release();
+      s.breaker.release(epoch);
       limitHits.labels({ limit: 'target_sockets' }).inc();
       outcome.status = 503;
       rawAnswer(socket, 503, 'target busy: too many open WebSockets', 'Retry-After: 5\r\n');
@@ -362,7 +363,7 @@ export class Forwarder {
       const fail = (kind: FailureKind, status: number, message: string): void => {
         outcome.error = kind;
         outcome.status = status;
-        s.breaker.onFailure();
+        s.breaker.onFailure(epoch);
         failedConnections.labels({ target: s.target.id }).inc();
         upstreamErrors.labels({ kind }).inc();
         rawAnswer(socket, status, message);
@@ -397,7 +398,7 @@ export class Forwarder {
       });
       socket.once('close', () => {
         // The handshake went through (or the client left): either way no verdict against the target.
-        if (!outcome.error) s.breaker.onSuccess();
+        if (!outcome.error) s.breaker.onSuccess(epoch);
         end();
       });
       this.wsProxy.ws(
@@ -442,6 +443,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
 
   // The try under way.
   private s!: TargetState;
+  /** The target's breaker epoch when this try was admitted: its verdict counts only in that state. */
+  private epoch = 0;
   private up: UpstreamRequest | undefined;
   private settled = true;
   /** Any byte of the request may have reached the target. */
@@ -507,6 +510,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   /** One try against one target; ends in settle(). */
   private attempt(s: TargetState, fresh: boolean): void {
     this.s = s;
+    this.epoch = s.breaker.epoch;
     s.inflight++;
     this.settled = false;
     this.sent = false;
@@ -562,7 +566,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     const { res, s } = this;
     this.responded = true;
     if (this.connectTimer) clearTimeout(this.connectTimer);
-    s.breaker.onSuccess();
+    s.breaker.onSuccess(this.epoch);
     countSuccess(s.target.id);
     this.status = upRes.statusCode;
     if (!res.headersSent) writeDownstreamHead(res, upRes);
@@ -670,9 +674,9 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       return this.done();
     }
     const notTheTarget = err.kind === 'client_gone' || err.kind === 'client_timeout' || err.kind === 'stale' || err.kind === 'shutting_down';
-    if (notTheTarget || err.blameless || err.kind === 'pool_full') s.breaker.release();
+    if (notTheTarget || err.blameless || err.kind === 'pool_full') s.breaker.release(this.epoch);
     else {
-      s.breaker.onFailure();
+      s.breaker.onFailure(this.epoch);
       failedConnections.labels({ target: s.target.id }).inc();
     }
     if (!notTheTarget) upstreamErrors.labels({ kind: err.kind }).inc();

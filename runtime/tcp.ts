@@ -26,10 +26,11 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
       return;
     }
     const s = pick.state;
+    const epoch = s.breaker.epoch;
     tried.add(s);
     if (s.inflight >= config.poolSize) {
       // POOL_SIZE connections to this target already: another target takes this one, or nobody does.
-      s.breaker.release();
+      s.breaker.release(epoch);
       limitHits.labels({ limit: 'target_sockets' }).inc();
       connect(pool, tried, client, attempt, startedAt);
       return;
@@ -58,7 +59,7 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
     upstream.once('connect', () => {
       connected = true;
       clearTimeout(timer);
-      s.breaker.onSuccess();
+      s.breaker.onSuccess(epoch);
       countSuccess(s.target.id);
       upstream.setNoDelay(true);
       upstream.setTimeout(config.idleTimeoutMs, () => upstream.destroy());
@@ -75,7 +76,7 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
         client.destroy();
         return;
       }
-      s.breaker.onFailure();
+      s.breaker.onFailure(epoch);
       failedConnections.labels({ target: s.target.id }).inc();
       upstreamErrors.labels({ kind: err.code === 'ETIMEDOUT' ? 'connect_timeout' : err.code === 'ECONNREFUSED' ? 'refused' : 'other' }).inc();
       done();

@@ -179,6 +179,45 @@ describe('CircuitBreaker', () => {
     expect(changes).toEqual(['open', 'half-open']);
   });
 
+  describe('outcomes given back with the epoch of their admission (what forwarding does)', () => {
+    it('a success from before the breaker opened does not close it while the trial is out (the trial hangs)', () => {
+      const { breaker, advance } = make(2);
+      expect(breaker.tryAcquire()).toBe(true);
+      const slow = breaker.epoch; // admitted while closed, answers much later
+      breaker.onFailure(breaker.epoch);
+      breaker.onFailure(breaker.epoch);
+      expect(breaker.state).toBe('open');
+      advance(TIMEOUT_MS);
+      expect(breaker.tryAcquire()).toBe(true); // the trial, which hangs
+      breaker.onSuccess(slow);
+      expect(breaker.state).toBe('half-open');
+      expect(breaker.tryAcquire()).toBe(false); // still one trial out, nothing else goes
+    });
+
+    it("a failure from before the breaker opened does not re-open it, and the trial's success closes it", () => {
+      const { breaker, advance } = make(2);
+      breaker.tryAcquire();
+      const slow = breaker.epoch;
+      fail(breaker, 2);
+      advance(TIMEOUT_MS);
+      expect(breaker.tryAcquire()).toBe(true);
+      const trial = breaker.epoch;
+      breaker.onFailure(slow); // the old request times out
+      breaker.release(slow); // nor may a stale release free the trial's place
+      expect(breaker.state).toBe('half-open');
+      expect(breaker.tryAcquire()).toBe(false);
+      breaker.onSuccess(trial);
+      expect(breaker.state).toBe('closed');
+    });
+
+    it('a failure reported in the epoch it was admitted in counts as any other', () => {
+      const { breaker } = make(2);
+      breaker.onFailure(breaker.epoch);
+      breaker.onFailure(breaker.epoch);
+      expect(breaker.state).toBe('open');
+    });
+  });
+
   describe('permits', () => {
     it('report like the plain methods while the state has not changed', () => {
       const { breaker, advance } = make(2);

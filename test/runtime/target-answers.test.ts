@@ -8,7 +8,7 @@ import { loadConfig } from '../../runtime/config';
 import { makeTarget } from '../../runtime/types';
 import { Running, start } from '../../runtime/worker';
 import { rawExchange } from '../hardening/support';
-import { close, listen, request } from '../support/net';
+import { close, listen, request, until } from '../support/net';
 
 jest.setTimeout(20_000);
 
@@ -260,5 +260,33 @@ describe('an answer head of up to 64 KiB (cookies, security headers) is passed o
     }
     expect(t.heads.length - before).toBe(10);
     expect(await get(port, '/small')).toEqual({ status: 200, cookies: 0, body: 'ok' });
+  });
+});
+
+describe('the circuit breaker hears each request in the state it was let through in', () => {
+  test('a slow answer to a request sent before the breaker opened does not close it while the half-open trial is out', async () => {
+    let slowSocket: net.Socket | undefined;
+    const t = await rawTarget((head, s) => {
+      if (head.startsWith('GET /slow')) slowSocket = s;
+      else if (head.startsWith('GET /reset')) s.destroy();
+      else if (!head.startsWith('GET /hang')) s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+    });
+    // Threshold 2, open for 60 ms, no retries, no health checks: only the breaker decides.
+    const port = await proxyFor([t], { CIRCUIT_BREAKER_THRESHOLD: '2', CIRCUIT_BREAKER_TIMEOUT: '0.001', RETRIES: '0' });
+    const slow = request(port, { path: '/slow' });
+    await until('the slow request at the target', () => slowSocket);
+    expect((await request(port, { path: '/reset1' })).status).toBe(502);
+    expect((await request(port, { path: '/reset2' })).status).toBe(502);
+    expect((await request(port, { path: '/while-open' })).status).toBe(503);
+    await new Promise((r) => setTimeout(r, 100));
+    const trial = request(port, { path: '/hang', timeoutMs: 3000 }).catch(() => undefined);
+    await until('the trial at the target', () => t.heads.some((h) => h.startsWith('GET /hang')));
+    slowSocket!.write('HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow');
+    expect(await slow).toMatchObject({ status: 200, body: 'slow' });
+    // The trial still hangs: nothing else may go to the target.
+    expect((await request(port, { path: '/after' })).status).toBe(503);
+    expect(t.heads.some((h) => h.startsWith('GET /after'))).toBe(false);
+    for (const s of t.sockets) s.destroy();
+    await trial;
   });
 });
