@@ -100,7 +100,8 @@ const integer = (min: number, max: number) => (raw: string): number => {
 /** A positive duration in `unit`, fractions allowed, returned in milliseconds. */
 const duration = (unit: 'seconds' | 'minutes', opts: { zero?: boolean } = {}) => (raw: string): number => {
   const t = raw.trim();
-  if (!/^\d+(\.\d+)?$/.test(t)) throw new Invalid(`a number of ${unit}${opts.zero ? '' : ' above 0'}`);
+  // Decimal forms as Go's ParseFloat reads them: 2, 0.5, .5, 2., 1e3 (no sign, hex, Inf or NaN).
+  if (!/^(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?$/i.test(t)) throw new Invalid(`a number of ${unit}${opts.zero ? '' : ' above 0'}`);
   const n = Number(t);
   if (!(n > 0 || (opts.zero && n === 0))) throw new Invalid(`a number of ${unit}${opts.zero ? '' : ' above 0'}`);
   const ms = Math.round(n * (unit === 'minutes' ? 60_000 : 1000));

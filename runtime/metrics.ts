@@ -67,7 +67,7 @@ export const upstreamErrors = new Counter({
 });
 export const retriesTotal = new Counter({
   name: 'karma_retries_total',
-  help: 'Requests retried on another target.',
+  help: 'Retries on another target (a request retried twice counts 2).',
 });
 export const failOpenTotal = new Counter({
   name: 'karma_fail_open_total',

@@ -110,6 +110,16 @@ describe('configuration', () => {
     expect(loadConfig({ NODE_FILTER: 'asg', CIRCUIT_BREAKER_TIMEOUT: '0.05' }).circuitBreakerTimeoutMs).toBe(3000);
   });
 
+  test("durations are read in every decimal form Go's ParseFloat takes, and one too long says its limit", () => {
+    for (const [raw, ms] of [['.5', 500], ['2.', 2000], ['1e1', 10_000], ['2.5E-1', 250], [' 3 ', 3000]] as const) {
+      expect(loadConfig({ NODE_FILTER: 'asg', POOL_TIMEOUT: raw }).poolTimeoutMs).toBe(ms);
+    }
+    for (const raw of ['-1', '0x10', 'Inf', 'NaN', '1e', '.', '1..2', '5s']) {
+      expect(() => loadConfig({ NODE_FILTER: 'asg', POOL_TIMEOUT: raw })).toThrow(/POOL_TIMEOUT must be a number of seconds above 0/);
+    }
+    expect(() => loadConfig({ NODE_FILTER: 'asg', CIRCUIT_BREAKER_TIMEOUT: '1e12' })).toThrow(/CIRCUIT_BREAKER_TIMEOUT must be at most 35000 minutes/);
+  });
+
   test('static mode reads STATIC_TARGETS, IPv6 included', () => {
     const c = loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: '10.0.0.1:80, [::1]:8080,localhost:3000' });
     expect(c.staticTargets).toEqual([
