@@ -565,7 +565,9 @@ export function loadConfig(env: Env = process.env): Config {
   if (typeof out.healthCheckTimeoutMs === 'number' && typeof out.healthCheckPeriodMs === 'number' &&
       out.healthCheckTimeoutMs > out.healthCheckPeriodMs) {
     // Only a timeout that was set can be wrong; the default one shrinks to a shorter period.
-    if (isSet('HEALTH_CHECK_TIMEOUT')) problems.push('HEALTH_CHECK_TIMEOUT must not exceed HEALTH_CHECK_PERIOD');
+    if (isSet('HEALTH_CHECK_TIMEOUT')) {
+      problems.push(`HEALTH_CHECK_TIMEOUT (${out.healthCheckTimeoutMs / 1000} s) must not exceed HEALTH_CHECK_PERIOD (${out.healthCheckPeriodMs / 1000} s)`);
+    }
     else out.healthCheckTimeoutMs = out.healthCheckPeriodMs;
   }
   // Raw TCP carries protocols with long quiet spells (databases, SSH): an NLB's idle timeout, not an ALB's.

@@ -227,7 +227,7 @@ describe('configuration', () => {
     expect(errorOf({ DOMAIN: 'example.com', MODE: 'tcp' }).problems[0]).toMatch(/^MODE=tcp needs a pool/);
     expect(errorOf({ NODE_FILTER: 'static', STATIC_TARGETS: '10.0.0.1' }).problems[0]).toMatch(/^STATIC_TARGETS must be/);
     expect(errorOf({ NODE_FILTER: 'asg', HEALTH_CHECK_TIMEOUT: '5', HEALTH_CHECK_PERIOD: '2' }).problems).toEqual([
-      'HEALTH_CHECK_TIMEOUT must not exceed HEALTH_CHECK_PERIOD',
+      'HEALTH_CHECK_TIMEOUT (5 s) must not exceed HEALTH_CHECK_PERIOD (2 s)',
     ]);
   });
 });
