@@ -127,23 +127,21 @@ export class CircuitBreaker {
     if (!this.tryAcquire()) return undefined;
     const epoch = this.generation;
     let used = false;
-    const once = (fn: () => void) => (): void => {
+    const once = (fn: (epoch: number) => void) => (): void => {
       if (used) return;
       used = true;
-      if (epoch === this.generation) fn();
+      fn(epoch);
     };
     return {
-      success: once(() => this.onSuccess()),
-      failure: once(() => this.onFailure()),
-      release: once(() => this.release()),
+      success: once((e) => this.onSuccess(e)),
+      failure: once((e) => this.onFailure(e)),
+      release: once((e) => this.release(e)),
     };
   }
 
   /** A success; `epoch` (from admission), when given, drops it if the breaker has moved on since. */
   onSuccess(epoch?: number): void {
-    const state = this.state;
-    if (epoch !== undefined && epoch !== this.generation) return;
-    switch (state) {
+    switch (this.stateFor(epoch)) {
       case 'closed':
         this.failures = 0;
         return;
@@ -162,9 +160,7 @@ export class CircuitBreaker {
 
   /** A failure; `epoch` as for onSuccess. */
   onFailure(epoch?: number): void {
-    const state = this.state;
-    if (epoch !== undefined && epoch !== this.generation) return;
-    switch (state) {
+    switch (this.stateFor(epoch)) {
       case 'closed':
         this.failures += 1;
         if (this.failures >= this.threshold) this.open();
@@ -184,9 +180,13 @@ export class CircuitBreaker {
   /** An admitted request ended without a verdict; `epoch` as for onSuccess (a stale one frees no trial). */
   release(epoch?: number): void {
     // Closed and open hold no trial: a release there is a request that had nothing to give back.
-    const state = this.state;
-    if (epoch !== undefined && epoch !== this.generation) return;
-    if (state === 'half-open') this.trialOut = false;
+    if (this.stateFor(epoch) === 'half-open') this.trialOut = false;
+  }
+
+  /** The state, or undefined for an outcome whose `epoch` (when given) the breaker has moved on from. */
+  private stateFor(epoch: number | undefined): BreakerState | undefined {
+    const state = this.state; // read first: it may turn open into half-open, a new epoch
+    return epoch === undefined || epoch === this.generation ? state : undefined;
   }
 
   private open(): void {
