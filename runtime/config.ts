@@ -567,8 +567,7 @@ export function loadConfig(env: Env = process.env): Config {
     // Only a timeout that was set can be wrong; the default one shrinks to a shorter period.
     if (isSet('HEALTH_CHECK_TIMEOUT')) {
       problems.push(`HEALTH_CHECK_TIMEOUT (${out.healthCheckTimeoutMs / 1000} s) must not exceed HEALTH_CHECK_PERIOD (${out.healthCheckPeriodMs / 1000} s)`);
-    }
-    else out.healthCheckTimeoutMs = out.healthCheckPeriodMs;
+    } else out.healthCheckTimeoutMs = out.healthCheckPeriodMs;
   }
   // Raw TCP carries protocols with long quiet spells (databases, SSH): an NLB's idle timeout, not an ALB's.
   if (out.mode === 'tcp' && !isSet('IDLE_TIMEOUT')) out.idleTimeoutMs = TCP_IDLE_TIMEOUT_MS;

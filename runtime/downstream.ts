@@ -666,27 +666,23 @@ export class ClientConn {
     if (upgrade) {
       if (req.method === 'CONNECT') req.kind = CONNECT;
       else if (req.method === 'GET' && req.headers.upgrade?.toLowerCase() === 'websocket') req.kind = WEBSOCKET;
-      // Any other Upgrade (h2c from `curl --http2`, `TLS/1.0`): RFC 9110 §7.8 lets a server ignore it, as
-      // the ALB does. It is answered as the HTTP/1.1 request it also is, and the connection closes after.
-      // Its body is HTTP/1.1's too (another protocol would start only after a 101): llhttp parses it as
-      // any other and stops at the message's end.
-      if (req.kind === PLAIN && req.hasBody) {
+      if (req.kind === PLAIN) {
+        // Any other Upgrade (h2c from `curl --http2`, `TLS/1.0`): RFC 9110 §7.8 lets a server ignore it, as
+        // the ALB does. It is answered as the HTTP/1.1 request it also is, and the connection closes after.
+        // Its body is HTTP/1.1's too (another protocol would start only after a 101): llhttp parses it as
+        // any other and stops at the message's end. Without one, nothing after the head is read.
         req.keepAlive = false;
+        if (!req.hasBody) this.stopAfter = req;
         this.enqueue(req);
-        return 0;
+        return req.hasBody ? 0 : 2;
       }
-      // The rest of this read is not HTTP to parse: a tunnel's first bytes, or nothing we will read.
+      // The rest of this read is not HTTP to parse: a tunnel's first bytes.
       this.stopAfter = req;
-      if (req.kind !== PLAIN) {
-        // Behind an answer under way, it takes its place in line now, so that answer is not the last.
-        if (this.current || this.waiting.length > 0) {
-          req.queued = true;
-          this.waiting.push(req);
-          this.pause(PAUSE_QUEUE);
-        }
-      } else {
-        req.keepAlive = false;
-        this.enqueue(req);
+      // Behind an answer under way, it takes its place in line now, so that answer is not the last.
+      if (this.current || this.waiting.length > 0) {
+        req.queued = true;
+        this.waiting.push(req);
+        this.pause(PAUSE_QUEUE);
       }
       return 2; // no body is parsed: the message ends here
     }

@@ -20,6 +20,9 @@ import type { Pool } from './balancer';
  */
 const FIRST_DISCOVERY_WAIT_MS = 10_000;
 
+/** What is recorded of a 503 the proxy gave before any target saw the request. */
+const NOT_FORWARDED_503: Outcome = { status: 503, target: undefined, attempts: 0, error: undefined };
+
 /** A request waiting for discovery told its client left or stalled, or its answer ended: nothing to do
  * (the end of the discovery counts a client gone as 499). */
 const ignore = (): void => undefined;
@@ -162,7 +165,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
       const timer = setTimeout(() => {
         late = true;
         answer(res, 503, 'route discovery is taking too long', { 'Retry-After': '5' });
-        record(req, id, { status: 503, target: undefined, attempts: 0, error: undefined });
+        record(req, id, NOT_FORWARDED_503);
       }, discoveryWaitMs);
       // SHUTDOWN_TIMEOUT while discovery runs: no target has seen the request, and the server answers it
       // 503. Counted as that, now (the process exits soon after), not as a client gone once discovery ends.
@@ -170,7 +173,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
         shutdown: () => {
           late = true;
           clearTimeout(timer);
-          record(req, id, { status: 503, target: undefined, attempts: 0, error: undefined });
+          record(req, id, NOT_FORWARDED_503);
           return true;
         },
         clientClosed: ignore,
@@ -190,7 +193,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
 
   const noTarget = (req: Request, res: Response, id: string): void => {
     answer(res, 503, 'no target available for this route', { 'Retry-After': '5' });
-    record(req, id, { status: 503, target: undefined, attempts: 0, error: undefined });
+    record(req, id, NOT_FORWARDED_503);
   };
 
   const onUpgrade = (req: Request, socket: net.Socket, head: Buffer): UpgradeHandler | void => {
@@ -218,7 +221,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
     const timer = setTimeout(() => {
       waiting = false;
       rawAnswer(socket, 503, 'route discovery is taking too long', 'Retry-After: 5\r\n');
-      record(req, id, { status: 503, target: undefined, attempts: 0, error: undefined });
+      record(req, id, NOT_FORWARDED_503);
     }, discoveryWaitMs);
     void lookup(key, id).then((pool) => {
       clearTimeout(timer);
@@ -226,7 +229,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
       waiting = false;
       if (!pool) {
         rawAnswer(socket, 503, 'no target available for this route', 'Retry-After: 5\r\n');
-        record(req, id, { status: 503, target: undefined, attempts: 0, error: undefined });
+        record(req, id, NOT_FORWARDED_503);
         return;
       }
       void forwarder.ws(req, socket, head, pool).then((o) => record(req, id, o));
@@ -238,7 +241,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
         if (!waiting || socket.destroyed) return false;
         waiting = false;
         clearTimeout(timer);
-        record(req, id, { status: 503, target: undefined, attempts: 0, error: undefined });
+        record(req, id, NOT_FORWARDED_503);
         return true;
       },
     };
