@@ -6,7 +6,7 @@
  * The balancer knows targets and their state, not where they came from (discovery) nor how health
  * is judged (the health checker calls setStatus).
  */
-import { CircuitBreaker, breakerStateValue } from './breaker';
+import { CircuitBreaker, breakerStateValue, type BreakerLink } from './breaker';
 import { breakerState, failOpenTotal, nodeHealthStatus, targetsPerRoute } from './metrics';
 import { sortTargets, type StatusSetter, type Target } from './types';
 import { UpstreamPool } from './upstream';
@@ -35,6 +35,8 @@ export interface RegistryOptions {
   readonly freeSocketTimeoutMs?: number;
   /** A request waits at most this long for one of a target's POOL_SIZE sockets (UPSTREAM_TIMEOUT). @default no bound */
   readonly maxWaitMs?: number;
+  /** The primary's board, which keeps one breaker per target for all workers. @default each breaker counts alone */
+  readonly breakers?: BreakerLink;
 }
 
 export class TargetRegistry implements StatusSetter {
@@ -42,6 +44,11 @@ export class TargetRegistry implements StatusSetter {
   private changed: (() => void) | undefined;
 
   constructor(private readonly opts: RegistryOptions) {}
+
+  /** The primary's board, when the breakers are shared (several workers). */
+  get breakers(): BreakerLink | undefined {
+    return this.opts.breakers;
+  }
 
   /** Called whenever the set of targets in use changes (the health checker re-syncs on it). */
   onChange(fn: () => void): void {
@@ -60,6 +67,7 @@ export class TargetRegistry implements StatusSetter {
     let s = this.states.get(target.id);
     if (!s) {
       const id = target.id;
+      const link = this.opts.breakers;
       s = {
         target,
         healthy: undefined,
@@ -67,6 +75,7 @@ export class TargetRegistry implements StatusSetter {
           threshold: this.opts.breakerThreshold,
           timeoutMs: this.opts.breakerTimeoutMs,
           onChange: (state) => breakerState.labels({ target: id }).set(breakerStateValue(state)),
+          shared: link && { id, link },
         }),
         pool: new UpstreamPool({
           host: target.host,
@@ -80,6 +89,9 @@ export class TargetRegistry implements StatusSetter {
         tunnels: 0,
         refs: 0,
       };
+      // A target another worker has seen fail: its breaker starts where the board's is.
+      const last = link?.last(id);
+      if (last) s.breaker.apply(last);
       this.states.set(id, s);
       this.changed?.();
     }
@@ -165,6 +177,13 @@ export class Pool {
     if (this.members.length > 0) this.cursor %= this.members.length;
     else this.cursor = 0;
     targetsPerRoute.labels({ route: this.id }).set(this.members.length);
+  }
+
+  /** Members whose breaker refuses only because another worker's half-open trial is out (its verdict may be on its way). */
+  trialsElsewhere(): string[] {
+    const ids: string[] = [];
+    for (const s of this.members) if (s.breaker.awaitsTrialElsewhere) ids.push(s.target.id);
+    return ids;
   }
 
   /** Drops every member (the route is forgotten). */

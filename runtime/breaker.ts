@@ -6,8 +6,16 @@
  *                                             └────trial failed──────┘
  *
  * Time is read, never waited on: open turns half-open when someone next looks, so a breaker holds no
- * timer and a forgotten one costs nothing. One breaker belongs to one worker; Node runs it on one
- * thread, so there is no lock to get wrong (the predecessor wrote a shared map under a read lock).
+ * timer and a forgotten one costs nothing. Node runs a breaker on one thread, so there is no lock to
+ * get wrong (the predecessor wrote a shared map under a read lock).
+ *
+ * One target, one breaker, however many workers send to it: a worker's breaker linked to the primary
+ * (BreakerLink) counts nothing itself. It reports failures, trials and the successes that matter to
+ * the primary's BreakerBoard, which holds the one count and the one trial, and mirrors the state the
+ * board sends back to every worker. The request path still only reads local state: a failure waits for
+ * the board's answer before the client hears of it (so the next request, on any worker, already sees an
+ * opened breaker), and nothing else waits. Unlinked (one process, or a worker whose primary is gone), a
+ * breaker counts alone.
  */
 
 export type BreakerState = 'closed' | 'open' | 'half-open';
@@ -32,6 +40,37 @@ export interface BreakerOptions {
   now?: () => number;
   /** Called after every state change, including the lazy open → half-open. */
   onChange?: (state: BreakerState) => void;
+  /** The primary's board and this target's id there: the count and the trial are shared. */
+  shared?: { readonly id: string; readonly link: BreakerLink };
+}
+
+/** What a worker's breaker tells the board: a counted failure or success, a trial taken or given back, or a question. */
+export type BreakerEvent = 'fail' | 'ok' | 'trial' | 'release' | 'ask';
+
+/** The board's state of one target's breaker, as it sends it to the workers. */
+export interface BreakerSnapshot {
+  readonly id: string;
+  readonly state: BreakerState;
+  /** Failures were counted since the last success (closed): workers then report their successes. */
+  readonly failing: boolean;
+  /** The worker whose half-open trial is out, if one is. */
+  readonly holder?: number;
+  /** Open: milliseconds left until half-open. */
+  readonly remainingMs?: number;
+}
+
+/** A worker breaker's line to the primary's board. */
+export interface BreakerLink {
+  /** false once the primary is gone: the breaker then counts alone. */
+  readonly up: boolean;
+  /** This worker's id, as the board names a trial's holder. */
+  readonly self: number;
+  /** Tells the board; `then`, when given, runs once the board has answered (its snapshot applied). */
+  report(id: string, ev: BreakerEvent, then?: () => void): void;
+  /** Asks the board for the state of these targets; `then` runs once it is applied. */
+  ask(ids: readonly string[], then: () => void): void;
+  /** The board's last word on a target this worker does not use yet, for its new breaker. */
+  last(id: string): BreakerSnapshot | undefined;
 }
 
 /**
@@ -51,11 +90,17 @@ export class CircuitBreaker {
   private readonly timeoutMs: number;
   private readonly now: () => number;
   private readonly onChange: ((state: BreakerState) => void) | undefined;
+  private readonly shared: { readonly id: string; readonly link: BreakerLink } | undefined;
 
   private current: BreakerState = 'closed';
   private failures = 0;
   private openedAt = 0;
+  /** This breaker's own half-open trial is out. */
   private trialOut = false;
+  /** Linked: another worker holds the half-open trial. */
+  private trialElsewhere = false;
+  /** Linked: the board has failures counted, so a success here must reach it (it resets the count). */
+  private sharedFailing = false;
   /** Bumped on every state change; permits and reported epochs compare against it. */
   private generation = 0;
 
@@ -70,14 +115,27 @@ export class CircuitBreaker {
     this.timeoutMs = opts.timeoutMs;
     this.now = opts.now ?? Date.now;
     this.onChange = opts.onChange;
+    this.shared = opts.shared;
   }
 
   get state(): BreakerState {
     if (this.current === 'open' && this.now() - this.openedAt >= this.timeoutMs) {
       this.trialOut = false;
+      this.trialElsewhere = false;
       this.transition('half-open');
     }
     return this.current;
+  }
+
+  /** The link to the board, while the board is there. */
+  private get link(): BreakerLink | undefined {
+    const link = this.shared?.link;
+    return link?.up ? link : undefined;
+  }
+
+  /** Half-open with another worker's trial out: a verdict may be on its way from the board. */
+  get awaitsTrialElsewhere(): boolean {
+    return this.state === 'half-open' && this.trialElsewhere && !!this.link;
   }
 
   /**
@@ -95,12 +153,17 @@ export class CircuitBreaker {
     return this.failures;
   }
 
+  /** Open: milliseconds until half-open (0 otherwise). */
+  get remainingMs(): number {
+    return this.state === 'open' ? Math.max(0, this.timeoutMs - (this.now() - this.openedAt)) : 0;
+  }
+
   canPass(): boolean {
     switch (this.state) {
       case 'closed':
         return true;
       case 'half-open':
-        return !this.trialOut;
+        return !this.trialOut && !this.trialElsewhere;
       case 'open':
         return false;
     }
@@ -111,8 +174,9 @@ export class CircuitBreaker {
       case 'closed':
         return true;
       case 'half-open':
-        if (this.trialOut) return false;
+        if (this.trialOut || this.trialElsewhere) return false;
         this.trialOut = true;
+        this.link?.report(this.shared!.id, 'trial');
         return true;
       case 'open':
         return false;
@@ -144,6 +208,11 @@ export class CircuitBreaker {
     switch (this.stateFor(epoch)) {
       case 'closed':
         this.failures = 0;
+        if (this.sharedFailing && this.link) {
+          // Once: the board resets its count and says so to every worker.
+          this.sharedFailing = false;
+          this.link.report(this.shared!.id, 'ok');
+        }
         return;
       case 'half-open':
         // Without a trial out, this is a request admitted before the breaker opened: stale, ignored.
@@ -151,6 +220,7 @@ export class CircuitBreaker {
         this.trialOut = false;
         this.failures = 0;
         this.transition('closed');
+        this.link?.report(this.shared!.id, 'ok');
         return;
       case 'open':
         // Stale too; only the trial decides whether the target is back.
@@ -158,29 +228,70 @@ export class CircuitBreaker {
     }
   }
 
-  /** A failure; `epoch` as for onSuccess. */
-  onFailure(epoch?: number): void {
+  /**
+   * A failure; `epoch` as for onSuccess. `then`, when given, runs once the failure is counted where it
+   * counts: at once unlinked, after the board's answer linked (the client's answer waits for it, so
+   * that a breaker this failure opened is open in every worker before the client can send again).
+   */
+  onFailure(epoch?: number, then?: () => void): void {
+    const link = this.link;
     switch (this.stateFor(epoch)) {
       case 'closed':
+        if (link) return link.report(this.shared!.id, 'fail', then);
         this.failures += 1;
         if (this.failures >= this.threshold) this.open();
-        return;
+        break;
       case 'half-open':
-        if (!this.trialOut) return;
+        if (!this.trialOut) break;
+        // Linked, the trial stays out (no second one from here) until the board's open arrives.
+        if (link) return link.report(this.shared!.id, 'fail', then);
         this.trialOut = false;
         this.open();
-        return;
+        break;
       case 'open':
+      case undefined:
         // Stale: extending the timeout for requests sent before it opened would keep a recovered
         // target out longer than configured.
-        return;
+        break;
     }
+    then?.();
   }
 
   /** An admitted request ended without a verdict; `epoch` as for onSuccess (a stale one frees no trial). */
   release(epoch?: number): void {
     // Closed and open hold no trial: a release there is a request that had nothing to give back.
-    if (this.stateFor(epoch) === 'half-open') this.trialOut = false;
+    if (this.stateFor(epoch) !== 'half-open' || !this.trialOut) return;
+    this.trialOut = false;
+    this.link?.report(this.shared!.id, 'release');
+  }
+
+  /**
+   * The board's state for this target. `reply` marks the answer to this worker's own report, which
+   * says whether the trial it may hold is still its own; a broadcast may predate that report.
+   */
+  apply(snap: BreakerSnapshot, reply = false): void {
+    this.sharedFailing = snap.failing;
+    switch (snap.state) {
+      case 'closed':
+        this.failures = 0;
+        this.trialOut = this.trialElsewhere = false;
+        this.transition('closed');
+        return;
+      case 'open':
+        this.openedAt = this.now() - (this.timeoutMs - (snap.remainingMs ?? this.timeoutMs));
+        this.trialOut = this.trialElsewhere = false;
+        this.transition('open');
+        return;
+      case 'half-open': {
+        const mine = snap.holder !== undefined && snap.holder === this.shared?.link.self;
+        if (this.current !== 'half-open') {
+          this.trialOut = false;
+          this.transition('half-open');
+        } else if (reply) this.trialOut = mine;
+        this.trialElsewhere = snap.holder !== undefined && !mine;
+        return;
+      }
+    }
   }
 
   /** The state, or undefined for an outcome whose `epoch` (when given) the breaker has moved on from. */
@@ -200,5 +311,101 @@ export class CircuitBreaker {
     this.current = next;
     this.generation += 1;
     this.onChange?.(next);
+  }
+}
+
+/**
+ * The primary's breakers, one per target for all workers: the one failure count and the one half-open
+ * trial. Workers report (BreakerLink); every change goes back to all of them as a snapshot. A target
+ * with a closed breaker and nothing counted has no entry.
+ */
+export class BreakerBoard {
+  private readonly entries = new Map<string, { readonly breaker: CircuitBreaker; holder: number | undefined }>();
+
+  constructor(private readonly opts: Omit<BreakerOptions, 'onChange' | 'shared'>) {}
+
+  /** Applies one worker's report: the target's snapshot after it, and whether that changed. */
+  report(worker: number, id: string, ev: BreakerEvent): { readonly snap: BreakerSnapshot; readonly changed: boolean } {
+    let e = this.entries.get(id);
+    if (!e) {
+      // Only a failure or a trial starts a story; anything else about a closed, clean breaker is news to nobody.
+      if (ev !== 'fail' && ev !== 'trial') return { snap: { id, state: 'closed', failing: false }, changed: false };
+      e = { breaker: new CircuitBreaker(this.opts), holder: undefined };
+      this.entries.set(id, e);
+    }
+    const before = this.snapshotOf(id, e);
+    const b = e.breaker;
+    const state = b.state;
+    const trial = state === 'half-open' && e.holder === worker;
+    switch (ev) {
+      case 'fail':
+        if (state === 'closed' || trial) b.onFailure();
+        break;
+      case 'ok':
+        if (state === 'closed' || trial) b.onSuccess();
+        break;
+      case 'trial':
+        if (state === 'half-open' && e.holder === undefined && b.tryAcquire()) e.holder = worker;
+        break;
+      case 'release':
+        if (trial) {
+          b.release();
+          e.holder = undefined;
+        }
+        break;
+      case 'ask':
+        break;
+    }
+    if (b.state !== 'half-open') e.holder = undefined;
+    const snap = this.snapshotOf(id, e);
+    if (snap.state === 'closed' && !snap.failing) this.entries.delete(id);
+    const changed = snap.state !== before.state || snap.failing !== before.failing || snap.holder !== before.holder;
+    return { snap, changed };
+  }
+
+  /** Every breaker that is not closed and clean (for a worker that has not heard of them). */
+  snapshots(ids?: { has(id: string): boolean }): BreakerSnapshot[] {
+    const out: BreakerSnapshot[] = [];
+    for (const [id, e] of this.entries) if (!ids || ids.has(id)) out.push(this.snapshotOf(id, e));
+    return out;
+  }
+
+  snapshot(id: string): BreakerSnapshot {
+    const e = this.entries.get(id);
+    return e ? this.snapshotOf(id, e) : { id, state: 'closed', failing: false };
+  }
+
+  /** A worker is gone: a trial it held is given back. The snapshots that changed. */
+  workerGone(worker: number): BreakerSnapshot[] {
+    const out: BreakerSnapshot[] = [];
+    for (const [id, e] of this.entries) {
+      if (e.holder !== worker) continue;
+      const { snap, changed } = this.report(worker, id, 'release');
+      if (changed) out.push(snap);
+    }
+    return out;
+  }
+
+  /** Forgets the breakers of targets no worker uses any more; the closed snapshots to tell the workers so. */
+  retain(ids: { has(id: string): boolean }): BreakerSnapshot[] {
+    const gone: BreakerSnapshot[] = [];
+    for (const id of this.entries.keys()) {
+      if (ids.has(id)) continue;
+      this.entries.delete(id);
+      gone.push({ id, state: 'closed', failing: false });
+    }
+    return gone;
+  }
+
+  private snapshotOf(id: string, e: { readonly breaker: CircuitBreaker; holder: number | undefined }): BreakerSnapshot {
+    const b = e.breaker;
+    const state = b.state;
+    return {
+      id,
+      state,
+      failing: b.failureCount > 0,
+      ...(e.holder !== undefined ? { holder: e.holder } : {}),
+      ...(state === 'open' ? { remainingMs: b.remainingMs } : {}),
+    };
   }
 }

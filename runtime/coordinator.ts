@@ -3,6 +3,7 @@
  * for why), and /metrics gathered from every worker plus the primary itself.
  */
 import type { Worker } from 'node:cluster';
+import { BreakerBoard } from './breaker';
 import type { Config } from './config';
 import { StaticProvider } from './discovery/static';
 import { MetricsGather } from './gather';
@@ -52,6 +53,8 @@ export class Coordinator {
   private readonly inUse = new Map<number, readonly Target[]>();
   private readonly verdicts = new Map<string, boolean>();
   private readonly health: HealthChecker | undefined;
+  /** One circuit breaker per target for every worker (breaker.ts). */
+  private readonly breakers: BreakerBoard;
   /** Results younger than this serve every worker's request for the route: one discovery per period. */
   private readonly freshMs: number;
   /** An empty result is kept no longer than NEGATIVE_CACHE_TTL, so a new service shows up as promised. */
@@ -80,6 +83,7 @@ export class Coordinator {
     this.freshMs = config.nodeCheckPeriodMs * 0.9;
     this.emptyFreshMs = Math.min(this.freshMs, config.negativeCacheTtlMs * 0.9);
     this.health = healthCheckerFor(config, { setStatus: (target, up) => this.verdict(target.id, up) });
+    this.breakers = new BreakerBoard({ threshold: config.circuitBreakerThreshold, timeoutMs: config.circuitBreakerTimeoutMs, now });
   }
 
   add(worker: Worker): void {
@@ -91,13 +95,21 @@ export class Coordinator {
     this.workers.delete(worker.id);
     this.gather.gone(worker.id);
     if (this.inUse.delete(worker.id)) this.syncHealth();
+    // A trial the worker held is given back, or the target would stay half-open with nobody to try it.
+    const freed = this.breakers.workerGone(worker.id);
+    if (freed.length) this.broadcast({ t: 'breaker', snaps: freed });
   }
 
   private onMessage(worker: Worker, m: ToPrimary): void {
     switch (m.t) {
       case 'discover':
         void this.discover(m.route).then(
-          (targets) => this.send(worker, { t: 'discovered', n: m.n, targets }),
+          (targets) => {
+            // Breakers other workers opened come first: the worker's new targets start in that state.
+            const snaps = this.breakers.snapshots(new Set(targets.map((t) => t.id)));
+            if (snaps.length) this.send(worker, { t: 'breaker', snaps });
+            this.send(worker, { t: 'discovered', n: m.n, targets });
+          },
           (err: unknown) => this.send(worker, { t: 'discovered', n: m.n, error: (err as Error)?.message ?? String(err) }),
         );
         break;
@@ -106,9 +118,23 @@ export class Coordinator {
         // Verdicts the worker has not heard yet (its targets may have been checked for another worker).
         const known = m.targets.filter((t) => this.verdicts.has(t.id)).map((t) => [t.id, this.verdicts.get(t.id)!] as const);
         if (known.length) this.send(worker, { t: 'health', verdicts: known });
+        // Likewise breakers it has not heard of (a replacement worker), and none kept for targets nobody uses.
+        const snaps = this.breakers.snapshots(new Set(m.targets.map((t) => t.id)));
+        if (snaps.length) this.send(worker, { t: 'breaker', snaps });
         this.syncHealth();
         break;
       }
+      case 'breaker': {
+        const { snap, changed } = this.breakers.report(worker.id, m.id, m.ev);
+        if (changed) this.broadcast({ t: 'breaker', snaps: [snap] }, worker);
+        // The reporter hears last, after every other worker: its client's answer waits for this.
+        // A trial always hears back, so a worker whose clock ran ahead of the board's goes back to open.
+        if (changed || m.n !== undefined || m.ev === 'trial') this.send(worker, { t: 'breaker', snaps: [snap], n: m.n });
+        break;
+      }
+      case 'breakers?':
+        this.send(worker, { t: 'breaker', snaps: m.ids.map((id) => this.breakers.snapshot(id)), n: m.n });
+        break;
       case 'metrics':
         if (this.workers.has(worker.id)) this.gather.answered(worker.id, m.n, m.json);
         break;
@@ -168,9 +194,12 @@ export class Coordinator {
   }
 
   private syncHealth(): void {
-    if (!this.health) return;
     const all = sortTargets([...this.inUse.values()].flat());
     const ids = new Set(all.map((t) => t.id));
+    // Workers keep the board's word on targets they do not use (for when they do): let them drop it too.
+    const forgotten = this.breakers.retain(ids);
+    if (forgotten.length) this.broadcast({ t: 'breaker', snaps: forgotten });
+    if (!this.health) return;
     for (const id of this.verdicts.keys()) if (!ids.has(id)) this.verdicts.delete(id);
     this.health.sync(all);
   }
@@ -184,6 +213,10 @@ export class Coordinator {
 
   private send(worker: Worker, m: ToWorker): void {
     if (worker.isConnected()) worker.send(m);
+  }
+
+  private broadcast(m: ToWorker, except?: Worker): void {
+    for (const w of this.workers.values()) if (w !== except) this.send(w, m);
   }
 
   /** Prometheus text of every worker and the primary, summed (see gather.ts). */

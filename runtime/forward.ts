@@ -363,10 +363,10 @@ export class Forwarder {
       const fail = (kind: FailureKind, status: number, message: string): void => {
         outcome.error = kind;
         outcome.status = status;
-        s.breaker.onFailure(epoch);
         failedConnections.labels({ target: s.target.id }).inc();
         upstreamErrors.labels({ kind }).inc();
-        rawAnswer(socket, status, message);
+        // Answered once the failure is counted, as a plain request's is.
+        s.breaker.onFailure(epoch, () => rawAnswer(socket, status, message));
       };
       (socket as WithHandshake)[kHandshake] = (proxyReq) => {
         // An answer to the handshake within UPSTREAM_TIMEOUT, or a 504: http-proxy's proxyTimeout does not
@@ -440,6 +440,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   private tried: Set<TargetState> | undefined;
   private retries = 0;
   private stale = 0;
+  /** The board was asked about targets held by another worker's trial (once per request). */
+  private asked = false;
 
   // The try under way.
   private s!: TargetState;
@@ -484,6 +486,15 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     if (!pick) {
       // Nothing (else) to try: the client hears what went wrong with the last target, if any.
       if (outcome.error) return this.fail();
+      if (!this.asked) {
+        // Refused only because another worker's half-open trial is out: its verdict may be on its way.
+        // Ask the board once before saying 503 (the one wait on the primary a request can have).
+        const ids = this.pool.trialsElsewhere();
+        if (ids.length) {
+          this.asked = true;
+          return this.registry.breakers!.ask(ids, () => this.resume());
+        }
+      }
       outcome.status = 503;
       answer(this.res, 503, 'no target available', { 'Retry-After': '5' });
       return this.done();
@@ -674,13 +685,15 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       return this.done();
     }
     const notTheTarget = err.kind === 'client_gone' || err.kind === 'client_timeout' || err.kind === 'stale' || err.kind === 'shutting_down';
-    if (notTheTarget || err.blameless || err.kind === 'pool_full') s.breaker.release(this.epoch);
-    else {
-      s.breaker.onFailure(this.epoch);
-      failedConnections.labels({ target: s.target.id }).inc();
-    }
     if (!notTheTarget) upstreamErrors.labels({ kind: err.kind }).inc();
-    this.retryOrAnswer(err);
+    if (notTheTarget || err.blameless || err.kind === 'pool_full') {
+      s.breaker.release(this.epoch);
+      return this.retryOrAnswer(err);
+    }
+    failedConnections.labels({ target: s.target.id }).inc();
+    // The retry or the answer once the failure is counted: a breaker it opened is then open in every
+    // worker (with several, after the primary's answer; breaker.ts).
+    s.breaker.onFailure(this.epoch, () => this.retryOrAnswer(err));
   }
 
   private retryOrAnswer(err: UpstreamError): void {
@@ -728,7 +741,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     this.fail();
   }
 
-  retryStale(): void {
+  /** The next try after a wait, unless the client has gone meanwhile. */
+  resume(): void {
     if (this.req.conn.destroyed || this.res.headersSent || this.res.dead) {
       this.outcome.status = 499;
       return this.done();
@@ -745,4 +759,4 @@ function afterPoll(fn: (x: Exchange) => void, x: Exchange): void {
 // Timer callbacks shared by every Exchange, so a request allocates no closures for them.
 const connectTimedOut = (x: Exchange): void => x.connectTimedOut();
 const startSending = (x: Exchange): void => x.startSending();
-const retryStale = (x: Exchange): void => x.retryStale();
+const retryStale = (x: Exchange): void => x.resume();

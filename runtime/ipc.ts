@@ -7,6 +7,7 @@
  * path in memory and ask the primary only when a route is new or due for a refresh.
  */
 import type { TargetRegistry } from './balancer';
+import type { BreakerEvent, BreakerLink, BreakerSnapshot } from './breaker';
 import { register } from './metrics';
 import type { Provider, RouteKey, Target } from './types';
 
@@ -18,12 +19,17 @@ export type ToPrimary =
   | { readonly t: 'in-use'; readonly targets: readonly Target[] }
   | { readonly t: 'metrics'; readonly n: number; readonly json: unknown }
   /** With the listening handle: send it back (acceptors.ts). */
-  | { readonly t: 'acceptor'; readonly n: number };
+  | { readonly t: 'acceptor'; readonly n: number }
+  /** A breaker's report to the board (breaker.ts); with `n`, the answer is awaited. */
+  | { readonly t: 'breaker'; readonly id: string; readonly ev: BreakerEvent; readonly n?: number }
+  | { readonly t: 'breakers?'; readonly n: number; readonly ids: readonly string[] };
 
 export type ToWorker =
   | { readonly t: 'discovered'; readonly n: number; readonly targets?: readonly Target[]; readonly error?: string }
   | { readonly t: 'health'; readonly verdicts: readonly (readonly [string, boolean])[] }
-  | { readonly t: 'metrics?'; readonly n: number };
+  | { readonly t: 'metrics?'; readonly n: number }
+  /** The board's snapshots: a change, the state of a worker's targets, or (with `n`) the answer to a report or ask. */
+  | { readonly t: 'breaker'; readonly snaps: readonly BreakerSnapshot[]; readonly n?: number };
 
 type Send = (m: ToPrimary) => void;
 type Listen = (fn: (m: ToWorker) => void) => void;
@@ -81,10 +87,79 @@ export class PrimaryProvider implements Provider {
 }
 
 /**
- * Connects a worker to its primary: discovery answers to `provider`, health verdicts to `registry`,
- * the targets in use back to the primary, and this worker's metrics on request.
+ * A worker's breakers' line to the primary's board (breaker.ts). Reports go out as they come; a request
+ * waits only where the breaker asks it to (a failure's answer, a 503 that a trial elsewhere may undo),
+ * for at most `waitMs`, and not at all once the primary is gone.
  */
-export function joinPrimary(provider: PrimaryProvider, registry: TargetRegistry, out: Send = send, on: Listen = listen): void {
+export class PrimaryBreakers implements BreakerLink {
+  private n = 0;
+  private readonly waiting = new Map<number, { readonly then: () => void; readonly timer: NodeJS.Timeout }>();
+  /** The board's breakers that are not closed and clean, with when each was heard. */
+  private readonly known = new Map<string, { readonly snap: BreakerSnapshot; readonly at: number }>();
+
+  constructor(
+    readonly self: number,
+    private readonly out: Send = send,
+    private readonly connected: () => boolean = () => process.connected === true,
+    private readonly waitMs = 1000,
+  ) {}
+
+  get up(): boolean {
+    return this.connected();
+  }
+
+  report(id: string, ev: BreakerEvent, then?: () => void): void {
+    if (!then) return this.out({ t: 'breaker', id, ev });
+    this.out({ t: 'breaker', id, ev, n: this.await(then) });
+  }
+
+  ask(ids: readonly string[], then: () => void): void {
+    this.out({ t: 'breakers?', n: this.await(then), ids });
+  }
+
+  last(id: string): BreakerSnapshot | undefined {
+    const k = this.known.get(id);
+    if (!k) return undefined;
+    if (k.snap.remainingMs === undefined) return k.snap;
+    return { ...k.snap, remainingMs: Math.max(0, k.snap.remainingMs - (Date.now() - k.at)) };
+  }
+
+  /** The board's snapshots, applied to the breakers this worker has (`lookup`) and kept for later ones. */
+  receive(m: Extract<ToWorker, { t: 'breaker' }>, lookup: (id: string) => { apply(snap: BreakerSnapshot, reply: boolean): void } | undefined): void {
+    for (const snap of m.snaps) {
+      if (snap.state === 'closed' && !snap.failing) this.known.delete(snap.id);
+      else this.known.set(snap.id, { snap, at: Date.now() });
+      lookup(snap.id)?.apply(snap, m.n !== undefined);
+    }
+    if (m.n !== undefined) this.answered(m.n);
+  }
+
+  /** Runs whatever waits for the board (the primary is gone). */
+  flush(): void {
+    for (const n of [...this.waiting.keys()]) this.answered(n);
+  }
+
+  private await(then: () => void): number {
+    const n = ++this.n;
+    this.waiting.set(n, { then, timer: setTimeout(() => this.answered(n), this.waitMs) });
+    return n;
+  }
+
+  private answered(n: number): void {
+    const w = this.waiting.get(n);
+    if (!w) return;
+    this.waiting.delete(n);
+    clearTimeout(w.timer);
+    w.then();
+  }
+}
+
+/**
+ * Connects a worker to its primary: discovery answers to `provider`, health verdicts to `registry`,
+ * the board's breaker snapshots to `breakers`, the targets in use back to the primary, and this
+ * worker's metrics on request.
+ */
+export function joinPrimary(provider: PrimaryProvider, registry: TargetRegistry, breakers?: PrimaryBreakers, out: Send = send, on: Listen = listen): void {
   let queued = false;
   const report = (): void => {
     if (queued) return;
@@ -98,6 +173,7 @@ export function joinPrimary(provider: PrimaryProvider, registry: TargetRegistry,
   registry.onChange(report);
   on((m) => {
     if (m.t === 'discovered') provider.receive(m);
+    else if (m.t === 'breaker') breakers?.receive(m, (id) => registry.get(id)?.breaker);
     else if (m.t === 'health') {
       // setStatus reads only the id.
       for (const [id, up] of m.verdicts) registry.setStatus({ id, host: '', port: 0 }, up);

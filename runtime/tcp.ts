@@ -76,14 +76,16 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
         client.destroy();
         return;
       }
-      s.breaker.onFailure(epoch);
       failedConnections.labels({ target: s.target.id }).inc();
       upstreamErrors.labels({ kind: err.code === 'ETIMEDOUT' ? 'connect_timeout' : err.code === 'ECONNREFUSED' ? 'refused' : 'other' }).inc();
       done();
-      if (attempt < config.retries && !client.destroyed) {
-        retriesTotal.inc();
-        connect(pool, tried, client, attempt + 1, startedAt);
-      } else client.destroy();
+      // The next target once the failure is counted (with several workers, by the primary: breaker.ts).
+      s.breaker.onFailure(epoch, () => {
+        if (attempt < config.retries && !client.destroyed) {
+          retriesTotal.inc();
+          connect(pool, tried, client, attempt + 1, startedAt);
+        } else client.destroy();
+      });
     });
     upstream.once('close', () => {
       clearTimeout(timer);

@@ -10,7 +10,7 @@ import type { Config } from './config';
 import { Forwarder } from './forward';
 import { errorFields, log } from './log';
 import { healthCheckerFor, providerFor } from './coordinator';
-import { joinPrimary, PrimaryProvider, sendToPrimary } from './ipc';
+import { joinPrimary, PrimaryBreakers, PrimaryProvider, sendToPrimary } from './ipc';
 import { RouteTable } from './routes';
 import { createProxyServer } from './server';
 import { createTcpServer } from './tcp';
@@ -33,18 +33,22 @@ async function firstVerdicts(registry: TargetRegistry, targets: readonly Target[
 
 /** Builds and starts everything one worker runs. Exported for in-process tests. */
 export async function start(config: Config, deps: { provider?: Provider; primary?: boolean } = {}): Promise<Running> {
+  // Under node:cluster one breaker per target for all workers, kept by the primary (breaker.ts).
+  const breakers = deps.primary ? new PrimaryBreakers(cluster.worker?.id ?? 0) : undefined;
+  if (breakers) process.once('disconnect', () => breakers.flush());
   const registry = new TargetRegistry({
     poolSize: config.poolSize,
     breakerThreshold: config.circuitBreakerThreshold,
     breakerTimeoutMs: config.circuitBreakerTimeoutMs,
     // Every socket of a target busy for UPSTREAM_TIMEOUT is a 503, as a silent target is a 504.
     maxWaitMs: config.upstreamTimeoutMs,
+    breakers,
   });
   let provider: Provider;
   if (deps.primary) {
     // Under node:cluster the primary discovers and health-checks for every worker (see ipc.ts).
     const viaPrimary = new PrimaryProvider(config.nodeFilter);
-    joinPrimary(viaPrimary, registry);
+    joinPrimary(viaPrimary, registry, breakers);
     provider = viaPrimary;
   } else {
     provider = deps.provider ?? (await providerFor(config));

@@ -1,0 +1,156 @@
+/**
+ * One circuit breaker per target, however many workers: the bundle with WORKERS=2, each request sent
+ * to a chosen worker (the other one is stopped with SIGSTOP while the request is accepted, so the
+ * kernel can hand the connection only to the one that runs).
+ */
+import { makeTarget } from '../../runtime/types';
+import { Backend, startBackend } from '../support/backend';
+import { Proxy, startBundle } from '../support/bundle';
+import { Reply, request, until } from '../support/net';
+
+jest.setTimeout(60_000);
+
+/** CIRCUIT_BREAKER_TIMEOUT in minutes: 0.01 = 600 ms. */
+const TIMEOUT_MS = 600;
+const BASE = { NODE_FILTER: 'static', HEALTH_CHECK_PATH: 'off', CIRCUIT_BREAKER_THRESHOLD: '3', CIRCUIT_BREAKER_TIMEOUT: '0.01', RETRIES: '0', WORKERS: '2', LOG_CONNECTIONS: 'true' };
+
+let p: Proxy | undefined;
+let backends: Backend[] = [];
+afterEach(async () => {
+  for (const pid of p?.workers() ?? []) process.kill(pid, 'SIGCONT');
+  await p?.stop();
+  p = undefined;
+  await Promise.all(backends.map((b) => b.close()));
+  backends = [];
+});
+
+async function bundleFor(targets: Backend[]): Promise<Proxy> {
+  const proxy = await startBundle({ ...BASE, STATIC_TARGETS: targets.map((b) => makeTarget('127.0.0.1', b.port).id).join(',') });
+  await until('two workers', () => proxy.workers().length === 2);
+  return proxy;
+}
+
+/** One request on a fresh connection, accepted by worker `pid`: every other worker is stopped meanwhile. */
+async function via(proxy: Proxy, pid: number, opts: Parameters<typeof request>[1] = {}): Promise<Reply> {
+  const others = proxy.workers().filter((w) => w !== pid);
+  for (const w of others) process.kill(w, 'SIGSTOP');
+  try {
+    return await request(proxy.port, opts);
+  } finally {
+    for (const w of others) process.kill(w, 'SIGCONT');
+  }
+}
+
+/** Which worker answered each request, from the access log. */
+const answeredBy = (proxy: Proxy): number[] => proxy.lines().filter((l) => l.msg === 'access').map((l) => Number(l.pid));
+
+describe('with several workers, one breaker per target', () => {
+  test('opens after exactly CIRCUIT_BREAKER_THRESHOLD failures counted across workers, sends one half-open trial, re-opens on its failure and closes on its success everywhere', async () => {
+    const good = await startBackend('good');
+    const bad = await startBackend('bad');
+    backends = [good, bad];
+    let broken = true;
+    bad.handle = (req, res) => (broken ? req.socket.destroy() : res.end('bad'));
+    p = await bundleFor(backends);
+    const [a, b] = p.workers();
+    const alternate = async (n: number, opts: Parameters<typeof request>[1] = {}): Promise<number[]> => {
+      const statuses: number[] = [];
+      for (let i = 0; i < n; i++) statuses.push((await via(p!, i % 2 ? b : a, opts)).status);
+      return statuses;
+    };
+
+    const statuses = await alternate(12, { method: 'POST', body: 'x' });
+    expect(new Set(answeredBy(p))).toEqual(new Set([a, b])); // both workers took part
+    expect(bad.seen).toHaveLength(3); // exactly the threshold, wherever the failures happened
+    expect(statuses.filter((s) => s === 502)).toHaveLength(3);
+    expect(statuses.filter((s) => s === 200)).toHaveLength(9);
+
+    // Half-open: one trial for all workers; it fails, and the breaker re-opens in both.
+    await new Promise((r) => setTimeout(r, TIMEOUT_MS + 100));
+    expect((await alternate(8, { method: 'POST', body: 'x' })).filter((s) => s === 502)).toHaveLength(1);
+    expect(bad.seen).toHaveLength(4);
+
+    // Recovered: the next trial succeeds and the breaker closes in both workers.
+    broken = false;
+    await new Promise((r) => setTimeout(r, TIMEOUT_MS + 100));
+    expect(await alternate(8)).toEqual(Array(8).fill(200));
+    expect(bad.seen.length).toBeGreaterThanOrEqual(4 + 3);
+  });
+
+  test('with one target, the request right after a successful trial is forwarded by the other worker, not refused', async () => {
+    const only = await startBackend('only');
+    backends = [only];
+    let broken = true;
+    only.handle = (req, res) => (broken ? req.socket.destroy() : res.end('only'));
+    p = await bundleFor(backends);
+    const [a, b] = p.workers();
+    const failures = [];
+    for (const w of [a, b, a]) failures.push((await via(p, w)).status);
+    expect(failures).toEqual([502, 502, 502]);
+    // Open in both: refused without a connection to the target.
+    expect([(await via(p, b)).status, (await via(p, a)).status]).toEqual([503, 503]);
+    expect(only.seen).toHaveLength(3);
+
+    broken = false;
+    await new Promise((r) => setTimeout(r, TIMEOUT_MS + 100));
+    expect(await via(p, a)).toMatchObject({ status: 200, body: 'only' }); // the trial
+    expect(await via(p, b)).toMatchObject({ status: 200, body: 'only' });
+    expect(await via(p, a)).toMatchObject({ status: 200, body: 'only' });
+  });
+
+  test('a request that finds the trial out on another worker asks the primary before refusing: the trial has just succeeded', async () => {
+    const only = await startBackend('only');
+    backends = [only];
+    let broken = true;
+    let held: (() => void) | undefined;
+    only.handle = (req, res) => {
+      if (broken) req.socket.destroy();
+      else if (held) res.end('only');
+      else held = () => res.end('only'); // the trial: answered when the test says
+    };
+    p = await bundleFor(backends);
+    const primary = p.child.pid!;
+    const [a, b] = p.workers();
+    for (const w of [a, a, a]) expect((await via(p, w)).status).toBe(502);
+    broken = false;
+    await new Promise((r) => setTimeout(r, TIMEOUT_MS + 100));
+    // The trial, on worker a; worker b hears that a holds it.
+    process.kill(b, 'SIGSTOP');
+    const trial = request(p.port);
+    await until('the trial at the target', () => held);
+    process.kill(b, 'SIGCONT');
+    await new Promise((r) => setTimeout(r, 100));
+    // The trial succeeds while the primary is stopped: b has not heard yet when the next request comes.
+    process.kill(primary, 'SIGSTOP');
+    try {
+      held!();
+      expect(await trial).toMatchObject({ status: 200, body: 'only' });
+      process.kill(a, 'SIGSTOP');
+      const next = request(p.port);
+      await new Promise((r) => setTimeout(r, 150));
+      process.kill(primary, 'SIGCONT');
+      expect(await next).toMatchObject({ status: 200, body: 'only' });
+      await until('b to log it', () => answeredBy(p!).includes(b));
+    } finally {
+      process.kill(primary, 'SIGCONT');
+      process.kill(a, 'SIGCONT');
+    }
+  });
+
+  test('a worker started after the breaker opened (a replacement) starts with it open', async () => {
+    const only = await startBackend('only');
+    backends = [only];
+    only.handle = (req) => req.socket.destroy();
+    p = await startBundle({ ...BASE, CIRCUIT_BREAKER_TIMEOUT: '1', STATIC_TARGETS: makeTarget('127.0.0.1', only.port).id });
+    await until('two workers', () => p!.workers().length === 2);
+    const [a, b] = p.workers();
+    for (const w of [a, a, a]) expect((await via(p, w)).status).toBe(502);
+    process.kill(b, 'SIGKILL');
+    await until('a replacement worker', () => p!.workers().length === 2 && !p!.workers().includes(b));
+    const c = p.workers().find((w) => w !== a)!;
+    // Queued in the shared accept queue until the replacement listens (worker a is stopped meanwhile).
+    expect((await via(p, c)).status).toBe(503);
+    await until('the access log line', () => answeredBy(p!).includes(c));
+    expect(only.seen).toHaveLength(3);
+  });
+});

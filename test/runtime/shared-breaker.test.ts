@@ -1,0 +1,200 @@
+/**
+ * One breaker per target for all workers: workers' breakers linked to the primary's board through the
+ * real Coordinator, over an in-memory channel that delivers each message on a later turn and in order,
+ * as node:cluster's IPC pipe does.
+ */
+import type { Worker } from 'node:cluster';
+import { EventEmitter } from 'node:events';
+import { BreakerBoard, CircuitBreaker } from '../../runtime/breaker';
+import { loadConfig } from '../../runtime/config';
+import { Coordinator } from '../../runtime/coordinator';
+import { PrimaryBreakers, ToPrimary, ToWorker } from '../../runtime/ipc';
+
+const TARGET = '10.0.0.1:80';
+const TIMEOUT_MS = 60; // CIRCUIT_BREAKER_TIMEOUT 0.001 minutes
+
+/** Lets every message in flight arrive (each hop is one setImmediate). */
+const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 10));
+
+interface FakeWorker {
+  readonly id: number;
+  readonly breaker: CircuitBreaker;
+  readonly link: PrimaryBreakers;
+  readonly emitter: EventEmitter & Worker;
+  connected: boolean;
+}
+
+function cluster(workers = 2) {
+  let clock = 1_000_000;
+  const config = loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: TARGET, HEALTH_CHECK_PATH: 'off', CIRCUIT_BREAKER_THRESHOLD: '3', CIRCUIT_BREAKER_TIMEOUT: '0.001' });
+  const coordinator = new Coordinator(config, { name: 'test', discover: async () => [] }, () => clock);
+  const all: FakeWorker[] = [];
+  for (let id = 1; id <= workers; id++) {
+    const emitter = new EventEmitter() as EventEmitter & Worker;
+    const w = { id, emitter, connected: true } as FakeWorker;
+    Object.assign(emitter, {
+      id,
+      isConnected: () => w.connected,
+      send: (m: ToWorker) => setImmediate(() => w.link.receive(m as Extract<ToWorker, { t: 'breaker' }>, (t) => (t === TARGET ? w.breaker : undefined))),
+    });
+    Object.assign(w, {
+      link: new PrimaryBreakers(id, (m: ToPrimary) => setImmediate(() => emitter.emit('message', m)), () => w.connected, 500),
+    });
+    Object.assign(w, { breaker: new CircuitBreaker({ threshold: 3, timeoutMs: TIMEOUT_MS, now: () => clock, shared: { id: TARGET, link: w.link } }) });
+    coordinator.add(emitter);
+    all.push(w);
+  }
+  return { coordinator, workers: all, advance: (ms: number) => void (clock += ms) };
+}
+
+/** onFailure, resolved when the breaker lets the request go on (after the board's answer). */
+const failOn = (w: FakeWorker): Promise<void> => new Promise((r) => w.breaker.onFailure(w.breaker.epoch, r));
+
+describe('one breaker per target across workers', () => {
+  test('failures on different workers add up: the threshold opens it in every worker, before the failing request goes on', async () => {
+    const { workers: [a, b] } = cluster();
+    await failOn(a);
+    await failOn(b);
+    expect([a.breaker.state, b.breaker.state]).toEqual(['closed', 'closed']);
+    await failOn(a);
+    // The answer to a's third failure comes after b has heard: b refuses before a's client is answered.
+    expect(b.breaker.state).toBe('open');
+    expect(a.breaker.state).toBe('open');
+    expect(b.breaker.tryAcquire()).toBe(false);
+  });
+
+  test('a success on any worker resets the shared count (consecutive failures of the target, not of one worker)', async () => {
+    const { workers: [a, b] } = cluster();
+    await failOn(a);
+    await failOn(a);
+    await settle();
+    b.breaker.onSuccess(b.breaker.epoch); // b heard the count is running, so it tells the board
+    await settle();
+    await failOn(a);
+    await failOn(b);
+    expect(a.breaker.state).toBe('closed');
+    await failOn(b);
+    expect([a.breaker.state, b.breaker.state]).toEqual(['open', 'open']);
+  });
+
+  test('successes while nothing is counted stay in the worker', () => {
+    const { workers: [a] } = cluster();
+    const sent: unknown[] = [];
+    a.emitter.on('message', (m) => sent.push(m));
+    for (let i = 0; i < 100; i++) a.breaker.onSuccess(a.breaker.epoch);
+    return settle().then(() => expect(sent).toEqual([]));
+  });
+
+  test('half-open lets one trial through for all workers; its success closes the breaker everywhere', async () => {
+    const { workers: [a, b], advance } = cluster();
+    for (const w of [a, b, a]) await failOn(w);
+    advance(TIMEOUT_MS);
+    expect(a.breaker.tryAcquire()).toBe(true); // the trial
+    const epoch = a.breaker.epoch;
+    await settle();
+    expect(b.breaker.state).toBe('half-open');
+    expect(b.breaker.tryAcquire()).toBe(false);
+    expect(b.breaker.awaitsTrialElsewhere).toBe(true);
+    a.breaker.onSuccess(epoch);
+    await settle();
+    expect([a.breaker.state, b.breaker.state]).toEqual(['closed', 'closed']);
+    expect(b.breaker.tryAcquire()).toBe(true);
+  });
+
+  test('a failed trial re-opens the breaker in every worker for another timeout', async () => {
+    const { workers: [a, b], advance } = cluster();
+    for (const w of [a, b, a]) await failOn(w);
+    advance(TIMEOUT_MS);
+    expect(b.breaker.tryAcquire()).toBe(true);
+    await settle();
+    await failOn(b);
+    expect([a.breaker.state, b.breaker.state]).toEqual(['open', 'open']);
+    advance(TIMEOUT_MS - 1);
+    expect([a.breaker.canPass(), b.breaker.canPass()]).toEqual([false, false]);
+    advance(1);
+    expect(a.breaker.canPass()).toBe(true);
+  });
+
+  test('two workers that take a trial in the same instant: the board keeps the first, and only its verdict counts', async () => {
+    const { workers: [a, b], advance } = cluster();
+    for (const w of [a, b, a]) await failOn(w);
+    advance(TIMEOUT_MS);
+    expect(a.breaker.tryAcquire()).toBe(true);
+    expect(b.breaker.tryAcquire()).toBe(true); // before either report reached the board
+    const bEpoch = b.breaker.epoch;
+    await settle();
+    expect(b.breaker.state).toBe('half-open');
+    expect(b.breaker.tryAcquire()).toBe(false);
+    // b's late success is not the trial's verdict: the board waits for a's.
+    b.breaker.onSuccess(bEpoch);
+    await settle();
+    expect(a.breaker.state).toBe('half-open');
+  });
+
+  test('the trial of a worker that dies is given back, so another worker can try', async () => {
+    const { coordinator, workers: [a, b], advance } = cluster();
+    for (const w of [a, b, a]) await failOn(w);
+    advance(TIMEOUT_MS);
+    expect(a.breaker.tryAcquire()).toBe(true);
+    await settle();
+    expect(b.breaker.tryAcquire()).toBe(false);
+    a.connected = false;
+    coordinator.remove(a.emitter);
+    await settle();
+    expect(b.breaker.tryAcquire()).toBe(true);
+  });
+
+  test('without its primary a worker breaker counts alone, and a failure goes on at once', () => {
+    const { workers: [a] } = cluster(1);
+    a.connected = false;
+    let went = 0;
+    for (let i = 0; i < 3; i++) a.breaker.onFailure(a.breaker.epoch, () => went++);
+    expect(went).toBe(3);
+    expect(a.breaker.state).toBe('open');
+  });
+});
+
+describe('PrimaryBreakers (a worker\'s line to the board)', () => {
+  test('a failure waits for the board at most waitMs, and not at all once the primary is gone', async () => {
+    const link = new PrimaryBreakers(1, () => undefined, () => true, 50);
+    const started = Date.now();
+    await new Promise<void>((r) => link.report(TARGET, 'fail', r));
+    expect(Date.now() - started).toBeGreaterThanOrEqual(45);
+    let went = false;
+    link.report(TARGET, 'fail', () => (went = true));
+    link.flush();
+    expect(went).toBe(true);
+  });
+
+  test('keeps what the board said about targets it has no breaker for, the time left counting down', () => {
+    let now = 0;
+    jest.spyOn(Date, 'now').mockImplementation(() => now);
+    try {
+      const link = new PrimaryBreakers(1, () => undefined, () => true);
+      link.receive({ t: 'breaker', snaps: [{ id: TARGET, state: 'open', failing: false, remainingMs: 1000 }] }, () => undefined);
+      now = 400;
+      expect(link.last(TARGET)).toEqual({ id: TARGET, state: 'open', failing: false, remainingMs: 600 });
+      link.receive({ t: 'breaker', snaps: [{ id: TARGET, state: 'closed', failing: false }] }, () => undefined);
+      expect(link.last(TARGET)).toBeUndefined();
+    } finally {
+      jest.restoreAllMocks();
+    }
+  });
+});
+
+describe('BreakerBoard', () => {
+  test('keeps no entry for a closed breaker with nothing counted, and forgets targets nobody uses', () => {
+    const board = new BreakerBoard({ threshold: 2, timeoutMs: 1000 });
+    expect(board.report(1, TARGET, 'ok')).toEqual({ snap: { id: TARGET, state: 'closed', failing: false }, changed: false });
+    expect(board.report(1, TARGET, 'fail').snap).toEqual({ id: TARGET, state: 'closed', failing: true });
+    expect(board.snapshots()).toHaveLength(1);
+    board.report(2, TARGET, 'ok');
+    expect(board.snapshots()).toEqual([]);
+    board.report(1, TARGET, 'fail');
+    board.report(2, TARGET, 'fail');
+    expect(board.snapshot(TARGET)).toMatchObject({ state: 'open', remainingMs: 1000 });
+    expect(board.retain(new Set([TARGET]))).toEqual([]);
+    expect(board.retain(new Set())).toEqual([{ id: TARGET, state: 'closed', failing: false }]);
+    expect(board.snapshot(TARGET)).toEqual({ id: TARGET, state: 'closed', failing: false });
+  });
+});
