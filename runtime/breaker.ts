@@ -44,8 +44,8 @@ export interface BreakerOptions {
   shared?: { readonly id: string; readonly link: BreakerLink };
 }
 
-/** What a worker's breaker tells the board: a counted failure or success, a trial taken or given back, or a question. */
-export type BreakerEvent = 'fail' | 'ok' | 'trial' | 'release' | 'ask';
+/** What a worker's breaker tells the board: a counted failure or success, a trial taken or given back. */
+export type BreakerEvent = 'fail' | 'ok' | 'trial' | 'release';
 
 /** The board's state of one target's breaker, as it sends it to the workers. */
 export interface BreakerSnapshot {
@@ -352,8 +352,6 @@ export class BreakerBoard {
           b.release();
           e.holder = undefined;
         }
-        break;
-      case 'ask':
         break;
     }
     if (b.state !== 'half-open') e.holder = undefined;
