@@ -89,6 +89,8 @@ export class TargetRegistry implements StatusSetter {
         tunnels: 0,
         refs: 0,
       };
+      // A series from the start (0, closed), so dashboards see the target before anything goes wrong.
+      breakerState.labels({ target: id }).set(breakerStateValue('closed'));
       // A target another worker has seen fail: its breaker starts where the board's is.
       const last = link?.last(id);
       if (last) s.breaker.apply(last);

@@ -127,6 +127,7 @@ export class Coordinator {
       case 'breaker': {
         const { snap, changed } = this.breakers.report(worker.id, m.id, m.ev);
         if (changed) this.broadcast({ t: 'breaker', snaps: [snap] }, worker);
+        if (changed && snap.state === 'open') this.halfOpenAfter(snap.id, snap.remainingMs ?? 0);
         // The reporter hears last, after every other worker: its client's answer waits for this.
         // A trial always hears back, so a worker whose clock ran ahead of the board's goes back to open.
         if (changed || m.n !== undefined || m.ev === 'trial') this.send(worker, { t: 'breaker', snaps: [snap], n: m.n });
@@ -213,6 +214,18 @@ export class Coordinator {
 
   private send(worker: Worker, m: ToWorker): void {
     if (worker.isConnected()) worker.send(m);
+  }
+
+  /**
+   * Tells every worker when an open breaker turns half-open (each would find out only when a request
+   * looks), so that karma_circuit_breaker_state says so without traffic. A re-opened breaker's earlier
+   * timer finds it still open and says nothing.
+   */
+  private halfOpenAfter(id: string, ms: number): void {
+    setTimeout(() => {
+      const snap = this.breakers.snapshot(id);
+      if (snap.state === 'half-open' && snap.holder === undefined) this.broadcast({ t: 'breaker', snaps: [snap] });
+    }, ms + 1).unref();
   }
 
   private broadcast(m: ToWorker, except?: Worker): void {

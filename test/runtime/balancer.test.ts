@@ -1,4 +1,5 @@
 import { Pool, TargetRegistry } from '../../runtime/balancer';
+import { breakerState } from '../../runtime/metrics';
 import { makeTarget } from '../../runtime/types';
 
 const registry = (): TargetRegistry => new TargetRegistry({ poolSize: 4, breakerThreshold: 3, breakerTimeoutMs: 60_000 });
@@ -72,5 +73,25 @@ describe('round-robin', () => {
     expect(reg.get(s.target.id)).toBe(s);
     reg.done(s);
     expect(reg.get(s.target.id)).toBeUndefined();
+  });
+});
+
+describe('karma_circuit_breaker_state', () => {
+  const series = async (id: string): Promise<number | undefined> => (await breakerState.get()).values.find((v) => v.labels.target === id)?.value;
+
+  test('has a series (0, closed) for every target in use from the start, gone with the target', async () => {
+    const reg = registry();
+    const pool = new Pool('r', reg);
+    pool.update(targets);
+    expect(await series('10.0.0.2:80')).toBe(0);
+    for (let i = 0; i < 3; i++) pool.pick()!.state.breaker.onFailure();
+    expect(await series('10.0.0.2:80')).toBe(0);
+    expect(await series('10.0.0.1:80')).toBe(0);
+    const s = reg.get('10.0.0.3:80')!;
+    for (let i = 0; i < 3; i++) s.breaker.onFailure();
+    expect(await series('10.0.0.3:80')).toBe(2);
+    pool.clear();
+    expect(await series('10.0.0.3:80')).toBeUndefined();
+    reg.close();
   });
 });

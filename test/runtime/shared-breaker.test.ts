@@ -21,6 +21,8 @@ interface FakeWorker {
   readonly breaker: CircuitBreaker;
   readonly link: PrimaryBreakers;
   readonly emitter: EventEmitter & Worker;
+  /** The worker breaker's state changes, as karma_circuit_breaker_state follows them. */
+  readonly changes: string[];
   connected: boolean;
 }
 
@@ -31,7 +33,7 @@ function cluster(workers = 2) {
   const all: FakeWorker[] = [];
   for (let id = 1; id <= workers; id++) {
     const emitter = new EventEmitter() as EventEmitter & Worker;
-    const w = { id, emitter, connected: true } as FakeWorker;
+    const w = { id, emitter, connected: true, changes: [] as string[] } as FakeWorker;
     Object.assign(emitter, {
       id,
       isConnected: () => w.connected,
@@ -40,7 +42,7 @@ function cluster(workers = 2) {
     Object.assign(w, {
       link: new PrimaryBreakers(id, (m: ToPrimary) => setImmediate(() => emitter.emit('message', m)), () => w.connected, 500),
     });
-    Object.assign(w, { breaker: new CircuitBreaker({ threshold: 3, timeoutMs: TIMEOUT_MS, now: () => clock, shared: { id: TARGET, link: w.link } }) });
+    Object.assign(w, { breaker: new CircuitBreaker({ threshold: 3, timeoutMs: TIMEOUT_MS, now: () => clock, onChange: (state) => w.changes.push(state), shared: { id: TARGET, link: w.link } }) });
     coordinator.add(emitter);
     all.push(w);
   }
@@ -129,6 +131,15 @@ describe('one breaker per target across workers', () => {
     b.breaker.onSuccess(bEpoch);
     await settle();
     expect(a.breaker.state).toBe('half-open');
+  });
+
+  test('an open breaker turns half-open in every worker at its time, with no request to find out (the state metric says so)', async () => {
+    const { workers: [a, b], advance } = cluster();
+    for (const w of [a, b, a]) await failOn(w);
+    expect(b.changes).toEqual(['open']);
+    advance(TIMEOUT_MS);
+    await new Promise((r) => setTimeout(r, TIMEOUT_MS + 30)); // the primary's timer, on the real clock
+    expect(b.changes).toEqual(['open', 'half-open']);
   });
 
   test('the trial of a worker that dies is given back, so another worker can try', async () => {
