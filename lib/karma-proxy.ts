@@ -186,8 +186,8 @@ const DNS_NAME = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a
 const CLUSTER_NAME = /^[A-Za-z0-9_-]{1,255}$/;
 const ENV_KEY = /^[A-Z_][A-Z0-9_]*$/;
 const DISCOVERY_MODES: readonly DiscoveryMode[] = ['ecs', 'asg', 'tag', 'static'];
-/** What `asset.grantRead` gives on the CDK asset bucket. */
-const BUNDLE_READ_ACTIONS = ['s3:GetObject*', 's3:GetBucket*', 's3:List*'];
+/** What an instance needs of the CDK asset bucket: `aws s3 cp` of one object (HeadObject is GetObject's). */
+const BUNDLE_READ_ACTIONS = ['s3:GetObject'];
 
 const unresolved = (v: unknown): boolean => Token.isUnresolved(v);
 const stripDot = (s: string): string => s.trim().toLowerCase().replace(/\.+$/, '');
@@ -294,6 +294,8 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
   public readonly costEstimate: CostEstimate;
   /** Actions of the statements the role did not keep, for the RoleNotGranted warning. */
   private readonly droppedActions: string[] = [];
+  /** Where the statements go and are acknowledged: the construct's role, or its policy on a given role. */
+  private readonly permissions: iam.Role | iam.Policy | iam.IRole;
 
   constructor(scope: Construct, id: string, props: KarmaProxyProps = {}) {
     super(scope, id);
@@ -376,6 +378,10 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       assumedBy: new iam.ServicePrincipal('ec2.amazonaws.com'),
       description: 'Karma Proxy instances: discovery reads, its bundle, its cache secret, its addresses, Session Manager',
     });
+    // A given role gets this construct's statements in a policy of its own, where they are acknowledged
+    // for cdk-nag: acknowledging on the user's role would hide the user's own findings. (Not an immutable
+    // one: a policy would attach to it all the same, which is what immutable forbids.)
+    this.permissions = ownRole || dropsStatements(this.role) ? this.role : new iam.Policy(this, 'RolePolicy', { roles: [this.role] });
     if (ownRole) {
       // Session Manager is the only way in (no SSH key, no open port). What its agent needs and no more:
       // AmazonSSMManagedInstanceCore would also let an internet-facing instance read every Parameter
@@ -390,16 +396,19 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
 
     // ---- bundle ----
     this.bundle = new s3assets.Asset(this, 'Bundle', { path: bundlePath });
-    // The whole asset prefix, not just this bundle's key: an update that rolls back must still be able to
-    // fetch the previous bundle while the policy is already the new one. (What asset.grantRead does, but
-    // the bucket's grantRead returns the Grant, which says whether the role took it.)
-    const bundleGrant = this.bundle.bucket.grantRead(this.role);
-    if (!bundleGrant.success || dropsStatements(this.role)) this.droppedActions.push(...BUNDLE_READ_ACTIONS);
-    const bundleReason = 'Read-only access to the CDK asset bucket (asset.grantRead): instances download the bundle at boot, and a rolled-back update needs the previous one.';
-    for (const finding of [...BUNDLE_READ_ACTIONS.map((a) => `Action::${a}`),
-      `Resource::${nagText(this.bundle.bucket.arnForObjects('*'), this)}`]) {
-      Validations.of(this.role).acknowledge({ id: `AwsSolutions-IAM5[${finding}]`, reason: bundleReason });
-    }
+    // GetObject alone (no listing, no bucket settings), on the asset bucket's objects of the bundle's kind
+    // (`<hash>.js`), not only this bundle's key: an update that rolls back replaces instances while the
+    // policy is still the new one, and they must fetch the previous bundle.
+    const bundleObjects = this.bundle.bucket.arnForObjects(`*${path.extname(bundlePath)}`);
+    this.grantToRole(new iam.PolicyStatement({
+      sid: 'ReadBundle',
+      actions: [...BUNDLE_READ_ACTIONS],
+      resources: [bundleObjects],
+    }));
+    Validations.of(this.permissions).acknowledge({
+      id: `AwsSolutions-IAM5[Resource::${nagText(bundleObjects, this)}]`,
+      reason: 'Instances download the bundle at boot, and those of a rolled-back update the previous one: GetObject on the asset bucket\'s bundle files.',
+    });
 
     // ---- cache ----
     if (useRedis) {
@@ -486,11 +495,11 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       resources: [stack.formatArn({ service: 'ec2', resource: 'instance', resourceName: '*' })],
       conditions: { StringEquals: { [`aws:ResourceTag/${KarmaProxy.POOL_TAG_KEY}`]: this.poolId } },
     }));
-    Validations.of(this.role).acknowledge({
+    Validations.of(this.permissions).acknowledge({
       id: `AwsSolutions-IAM5[Resource::${nagText(stack.formatArn({ service: 'ec2', resource: 'instance', resourceName: '*' }), this)}]`,
       reason: 'An instance can only be named once it exists: AssociateAddress is limited to instances carrying this fleet\'s pool tag, and to this fleet\'s addresses.',
     });
-    Validations.of(this.role).acknowledge({
+    Validations.of(this.permissions).acknowledge({
       id: 'AwsSolutions-IAM5[Resource::*]',
       reason: 'Describe and List calls (ec2:DescribeAddresses, ec2:DescribeInstances, ec2:DescribeNetworkInterfaces, autoscaling:DescribeAutoScalingGroups, ecs:ListTasks, ecs:ListServices, ecs:ListClusters) and the Session Manager agent\'s ssmmessages channels support no resource-level permissions; ECS calls are conditioned on the allowed clusters when clusters are given.',
     });
@@ -595,6 +604,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     // Instances must find their permissions and their addresses in place when they boot, and must be gone
     // before an address is released at deletion.
     this.autoScalingGroup.node.addDependency(this.role);
+    if (this.permissions instanceof iam.Policy) this.autoScalingGroup.node.addDependency(this.permissions);
     for (const eip of this.elasticIps) this.autoScalingGroup.node.addDependency(eip);
     if (this.droppedActions.length > 0) {
       // The group adds cfn-signal's permission to the same role, which drops it the same way.
@@ -653,6 +663,11 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
 
   /** Adds a statement to the role, remembering its actions when the role does not keep it. */
   private grantToRole(statement: iam.PolicyStatement): void {
+    if (this.permissions instanceof iam.Policy) {
+      this.permissions.addStatements(statement);
+      if (dropsStatements(this.role)) this.droppedActions.push(...statement.actions);
+      return;
+    }
     const { statementAdded } = this.role.addToPrincipalPolicy(statement);
     if (!statementAdded || dropsStatements(this.role)) this.droppedActions.push(...statement.actions);
   }
@@ -666,15 +681,19 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     switch (discovery) {
       case 'ecs': {
         if (clusters?.length) {
-          const clusterArns = clusters.map((c) => stack.formatArn({ service: 'ecs', resource: 'cluster', resourceName: c }));
+          // Each name as given and in lower case: with ECS_CASE_LOOKUP the runtime asks first for the Host's
+          // lower-case name (ECS answers "not found", and the lookup finds MyStack-Cluster-1A2B); IAM compares
+          // ARNs case-sensitively, and would refuse that first call instead.
+          const names = [...new Set(clusters.flatMap((c) => (unresolved(c) ? [c] : [c, c.toLowerCase()])))];
+          const clusterArns = names.map((c) => stack.formatArn({ service: 'ecs', resource: 'cluster', resourceName: c }));
           // ListTasks, ListServices and DescribeContainerInstances are authorized on the cluster through a
           // condition, not a resource. ListServices finds a service whose name differs from the Host's in case.
           add('EcsListInAllowedClusters', ['ecs:ListTasks', 'ecs:ListServices', 'ecs:DescribeContainerInstances'], ['*'],
             { ArnEquals: { 'ecs:cluster': clusterArns } });
-          const taskArns = clusters.map((c) => stack.formatArn({ service: 'ecs', resource: 'task', resourceName: `${c}/*` }));
+          const taskArns = names.map((c) => stack.formatArn({ service: 'ecs', resource: 'task', resourceName: `${c}/*` }));
           add('EcsDescribeTasksInAllowedClusters', ['ecs:DescribeTasks'], taskArns);
           for (const arn of taskArns) {
-            Validations.of(this.role).acknowledge({
+            Validations.of(this.permissions).acknowledge({
               id: `AwsSolutions-IAM5[Resource::${nagText(arn, this)}]`,
               reason: 'Task IDs are not known in advance: DescribeTasks is limited to the tasks of the allowed clusters.',
             });

@@ -163,7 +163,7 @@ describe('default stack', () => {
         'ecs:ListTasks', 'ecs:ListServices', 'ecs:ListClusters', 'ecs:DescribeTasks', 'ecs:DescribeContainerInstances',
         'ec2:DescribeNetworkInterfaces', 'ec2:DescribeInstances',
         'secretsmanager:GetSecretValue',
-        's3:GetObject*', 's3:GetBucket*', 's3:List*',
+        's3:GetObject',
         'ec2:DescribeAddresses', 'ec2:AssociateAddress',
         'cloudformation:SignalResource',
         ...SESSION_MANAGER,
@@ -184,9 +184,12 @@ describe('default stack', () => {
       expect(onInstances.Condition).toEqual({ StringEquals: { 'aws:ResourceTag/karma-proxy:pool': stack.proxy.poolId } });
     });
 
-    test('the bundle asset can be read', () => {
-      const s3 = statementWith(template, 's3:GetObject*');
-      expect(JSON.stringify(s3.Resource)).toContain('cdk-hnb659fds-assets');
+    test('the bundle can be read, and nothing else of the asset bucket: no listing, no other kind of asset', () => {
+      const s3 = statementWith(template, 's3:GetObject');
+      expect(actionsOf(s3)).toEqual(['s3:GetObject']);
+      const resource = JSON.stringify(s3.Resource);
+      expect(resource).toContain('cdk-hnb659fds-assets');
+      expect(resource).toMatch(/\/\*\.js"/);
     });
 
     test('no action wildcard beyond the asset grant, and no iam:PassRole', () => {
@@ -439,6 +442,18 @@ describe('a larger fleet on spot, with allow-lists and runtime settings', () => 
     expect(JSON.stringify(describe.Resource)).toMatch(/:task\/prod\/\*".*:task\/staging\/\*"/);
   });
 
+  test('a cluster named in mixed case (CloudFormation\'s) is allowed as given and in lower case, which the runtime asks for first', () => {
+    const stack = new Stack(new App(), 'Test');
+    new KarmaProxy(stack, 'Proxy', { domain: DOMAIN, redis: false, clusters: ['MyStack-Cluster-1A2B'] });
+    const all = statements(Template.fromStack(stack));
+    const list = JSON.stringify(all.find((s) => actionsOf(s).includes('ecs:ListTasks'))!.Condition);
+    expect(list).toContain(':cluster/MyStack-Cluster-1A2B"');
+    expect(list).toContain(':cluster/mystack-cluster-1a2b"');
+    const describe = JSON.stringify(all.find((s) => actionsOf(s).includes('ecs:DescribeTasks'))!.Resource);
+    expect(describe).toContain(':task/MyStack-Cluster-1A2B/*"');
+    expect(describe).toContain(':task/mystack-cluster-1a2b/*"');
+  });
+
   test('runtime settings from the props, then environment on top', () => {
     expect(envFile).toMatchObject({
       // The role allows ListClusters and ListServices: ECS names in any case are looked up.
@@ -557,7 +572,7 @@ describe('IConnectable', () => {
     const role = iam.Role.fromRoleArn(stack, 'Role', 'arn:aws:iam::123456789012:role/my-proxy-role');
     new KarmaProxy(stack, 'Proxy', { role, domain: DOMAIN, redis: false });
     const actions = allActions(Template.fromStack(stack));
-    expect(actions).toEqual(expect.arrayContaining(['ec2:AssociateAddress', 's3:GetObject*', 'cloudformation:SignalResource']));
+    expect(actions).toEqual(expect.arrayContaining(['ec2:AssociateAddress', 's3:GetObject', 'cloudformation:SignalResource']));
     expect(actions.filter((a) => KarmaProxy.SESSION_MANAGER_ACTIONS.includes(a))).toEqual([]);
     expect(KarmaProxy.SESSION_MANAGER_ACTIONS).toEqual(SESSION_MANAGER);
     expect(Annotations.fromStack(stack).findWarning('*', Match.stringLikeRegexp('RoleNotGranted'))).toEqual([]);
@@ -579,7 +594,7 @@ describe('IConnectable', () => {
       const text = String(warnings[0].entry.data);
       expect(text).toMatch(/^The role prop \('my-proxy-role'\) takes no statements: it is immutable/);
       expect(text).toContain('Grant it yourself: ecs:ListTasks, ecs:ListServices, ecs:DescribeContainerInstances, ecs:DescribeTasks, ' +
-        'ecs:ListClusters, ec2:DescribeNetworkInterfaces, ec2:DescribeInstances, s3:GetObject*, s3:GetBucket*, s3:List*, ' +
+        'ecs:ListClusters, ec2:DescribeNetworkInterfaces, ec2:DescribeInstances, s3:GetObject, ' +
         'secretsmanager:GetSecretValue, ec2:DescribeAddresses, ec2:AssociateAddress, cloudformation:SignalResource.');
     });
 

@@ -3,7 +3,9 @@
  * (cdk-nag 3 is a policy validation plugin: acknowledgments are CDK's own `Validations.acknowledge`.)
  */
 import { App, Stack, Validations } from 'aws-cdk-lib';
+import { Match, Template } from 'aws-cdk-lib/assertions';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as iam from 'aws-cdk-lib/aws-iam';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { IConstruct } from 'constructs';
 import { KarmaProxy } from '../../lib';
@@ -40,6 +42,17 @@ test('the checks do find what is not acknowledged: a security group the user bri
   new KarmaProxy(stack, 'Proxy', { vpc, securityGroup, domain: 'apps.example.com', redis: false });
   const rules = new AwsSolutionsChecks().validateScope(stack).violations.map((v) => v.ruleName);
   expect(rules).toContain('AwsSolutions-EC23');
+});
+
+test("a role the user brings keeps its own findings: the proxy's statements come in a policy of their own, acknowledged there", () => {
+  const stack = new Stack(new App(), 'Test');
+  const role = new iam.Role(stack, 'Mine', { assumedBy: new iam.ServicePrincipal('ec2.amazonaws.com') });
+  role.addToPolicy(new iam.PolicyStatement({ actions: ['s3:GetObject'], resources: ['*'] }));
+  new KarmaProxy(stack, 'Proxy', { role, domain: 'apps.example.com', redis: false });
+  const violations = new AwsSolutionsChecks().validateScope(stack).violations;
+  const paths = violations.filter((v) => v.ruleName.startsWith('AwsSolutions-IAM5')).flatMap((v) => v.violatingResources.map((r) => r.constructPath));
+  expect(paths).toEqual(['Test/Mine/DefaultPolicy/Resource']);
+  expect(Template.fromStack(stack).findResources('AWS::IAM::Policy', { Properties: { PolicyName: Match.stringLikeRegexp('ProxyRolePolicy') } })).not.toEqual({});
 });
 
 test('the pack registered on the app the documented way lets synth through', () => {
