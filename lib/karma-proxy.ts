@@ -26,6 +26,7 @@ import * as route53 from 'aws-cdk-lib/aws-route53';
 import * as s3assets from 'aws-cdk-lib/aws-s3-assets';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import { Construct } from 'constructs';
+import { ConfigError, loadConfig } from '../runtime/config';
 import { CostEstimate, PRICES, estimateMonthlyCost } from './cost';
 import { INSTANCE_PATHS, renderBootstrap, renderEnvFile, renderUnit } from './user-data';
 
@@ -536,6 +537,13 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     }
     Object.assign(env, environment);
     this.runtimeEnvironment = Object.freeze({ ...env });
+    // What the proxy itself would refuse at start fails the synth, not the boot (a deploy that times out
+    // and rolls back): the runtime's own checks, on exactly what the env file will say.
+    const refused = runtimeRefusals(this.runtimeEnvironment);
+    if (refused.length > 0) {
+      throw new Error(`Invalid KarmaProxy props (${this.node.path}): the proxy would refuse these settings at start ` +
+        `(props and environment become its env vars):\n  - ${refused.join('\n  - ')}`);
+    }
 
 
     // ---- fleet ----
@@ -858,9 +866,27 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       if (typeof value !== 'string') problems.push(`environment.${key} must be a string`);
       else if (known(value) && /[\n\r\0]/.test(value)) problems.push(`environment.${key} must be one line`);
     }
+    // Settings the construct derives its resources from: overriding them in environment would leave a
+    // role, a record or a cluster policy for something else.
+    const envNodeFilter = v.environment.NODE_FILTER;
+    if (envNodeFilter !== undefined && known(envNodeFilter) && envNodeFilter.trim().toLowerCase() !== v.discovery) {
+      problems.push(`environment.NODE_FILTER '${envNodeFilter}' differs from discovery '${v.discovery}': set discovery instead (the role's permissions follow it)`);
+    }
+    if (v.environment.AWS_REGION !== undefined) {
+      problems.push("environment.AWS_REGION cannot be set: the proxy discovers in the stack's region, where the role's permissions are");
+    }
+    if (envDomain !== undefined && known(envDomain) && v.domain !== undefined && known(v.domain) &&
+        stripDot(envDomain.trim().toLowerCase()) !== v.domain.toLowerCase()) {
+      problems.push(`environment.DOMAIN '${envDomain}' differs from domain '${v.domain}': the wildcard record and the routing would disagree; set domain`);
+    }
+    const envClusters = v.environment.ALLOWED_CLUSTERS;
+    if (envClusters !== undefined && known(envClusters) && props.clusters?.length) {
+      problems.push("environment.ALLOWED_CLUSTERS is set beside clusters: set clusters alone (the role's permissions follow it)");
+    }
     const envMetrics = v.environment.METRICS_PORT;
-    if (envMetrics !== undefined && known(envMetrics) && !/^\d{1,5}$/.test(envMetrics.trim())) {
-      problems.push(`environment.METRICS_PORT '${envMetrics}' must be a port number`);
+    if (envMetrics !== undefined && known(envMetrics) &&
+        (!/^\d{1,5}$/.test(envMetrics.trim()) || Number(envMetrics) < 1 || Number(envMetrics) > 65535)) {
+      problems.push(`environment.METRICS_PORT '${envMetrics}' must be a port number from 1 to 65535 (the boot waits for /healthz on it)`);
     } else if (envMetrics !== undefined && known(envMetrics) && [KarmaProxy.HTTP_PORT, KarmaProxy.HTTPS_PORT].includes(Number(envMetrics.trim()))) {
       problems.push(`environment.METRICS_PORT (${envMetrics.trim()}) must differ from the proxy's ports ${KarmaProxy.HTTP_PORT} and ${KarmaProxy.HTTPS_PORT}`);
     }
@@ -881,6 +907,34 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     if (problems.length > 0) {
       throw new Error(`Invalid KarmaProxy props (${this.node.path}):\n  - ${problems.join('\n  - ')}`);
     }
+  }
+}
+
+/** What stands in for a deploy-time value when the runtime's checks judge the env file at synth. */
+const DEPLOY_TIME_STAND_INS: Readonly<Record<string, string>> = {
+  AWS_REGION: 'us-east-1',
+  REDIS_URL: 'rediss://cache.example.internal:6379',
+  REDIS_AUTH_SECRET_ARN: 'arn:aws:secretsmanager:us-east-1:123456789012:secret:karma-proxy-cache',
+};
+
+/**
+ * The problems the runtime's loadConfig finds in `env`, as it will read the env file. A value known only
+ * at deploy is judged by a stand-in of its kind; with any other, nothing is judged here (the runtime
+ * still checks at start).
+ */
+function runtimeRefusals(env: Readonly<Record<string, string>>): string[] {
+  const judged: Record<string, string> = {};
+  for (const [key, value] of Object.entries(env)) {
+    if (!unresolved(value)) judged[key] = value;
+    else if (DEPLOY_TIME_STAND_INS[key] !== undefined) judged[key] = DEPLOY_TIME_STAND_INS[key];
+    else return [];
+  }
+  try {
+    loadConfig(judged);
+    return [];
+  } catch (err) {
+    if (err instanceof ConfigError) return [...err.problems];
+    throw err;
   }
 }
 

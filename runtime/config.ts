@@ -166,7 +166,7 @@ const listenAddress = (raw: string): string => {
 const domainName = (raw: string): string => {
   const d = raw.trim().toLowerCase().replace(/^\.+|\.+$/g, '');
   if (d === '') return '';
-  if (d.length > 253 || !hostnameRe.test(d)) throw new Invalid(`a DNS domain such as example.com, got '${raw}'`);
+  if (d.length > 253 || !hostnameRe.test(d)) throw new Invalid('a DNS domain such as example.com');
   return d;
 };
 
@@ -177,7 +177,7 @@ const staticTargets = (raw: string): Target[] =>
     const port = m ? Number(m[3]) : NaN;
     const host = m ? (m[1] ?? m[2]).toLowerCase() : '';
     if (!m || port < 1 || port > 65535 || (!m[1] && !hostnameRe.test(host))) {
-      throw new Invalid(`a comma-separated list of host:port, got '${item}'`);
+      throw new Invalid(`a comma-separated list of host:port (ports 1-65535), and '${item}' is not one`);
     }
     return makeTarget(host, port);
   });

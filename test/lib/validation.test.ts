@@ -57,6 +57,16 @@ describe('one problem, its exact message', () => {
     ['a bad health path', { healthCheck: { path: 'health' } }, "healthCheck.path 'health' must start with '/' (or be 'off')"],
     ['a bad env var name', { environment: { 'log-connections': 'true' } }, "environment key 'log-connections' is not an env var name (A-Z, 0-9, _)"],
     ['a two-line env value', { environment: { DOMAIN: 'a\nb' } }, 'environment.DOMAIN must be one line'],
+    ['a discovery mode through environment, leaving the role for another', { environment: { NODE_FILTER: 'asg', ASG_NAME: 'workers' } },
+      "environment.NODE_FILTER 'asg' differs from discovery 'ecs': set discovery instead (the role's permissions follow it)"],
+    ['a region through environment', { environment: { AWS_REGION: 'eu-west-1' } },
+      "environment.AWS_REGION cannot be set: the proxy discovers in the stack's region, where the role's permissions are"],
+    ['a domain through environment that the record does not have', { environment: { DOMAIN: 'other.example.com' } },
+      "environment.DOMAIN 'other.example.com' differs from domain 'apps.example.com': the wildcard record and the routing would disagree; set domain"],
+    ['cluster allow-lists twice', { clusters: ['prod'], environment: { ALLOWED_CLUSTERS: 'prod,staging' } },
+      "environment.ALLOWED_CLUSTERS is set beside clusters: set clusters alone (the role's permissions follow it)"],
+    ['metrics on port 0, where the boot cannot reach /healthz', { environment: { METRICS_PORT: '0' } },
+      "environment.METRICS_PORT '0' must be a port number from 1 to 65535 (the boot waits for /healthz on it)"],
     ['a missing bundle', { bundlePath: '/nonexistent/karma-proxy.js' },
       "bundle '/nonexistent/karma-proxy.js' does not exist: run 'npm run build' first (or set bundlePath)"],
     // (A rest parameter: jest would take a fourth named one for a done callback on three-item rows.)
@@ -77,6 +87,29 @@ test('every problem in one error, one per line', () => {
     "  - instanceType 'm5.large' is not an ARM Graviton (arm64) type: the image and Node.js are arm64 (use t4g, c7g, m7g...)",
     "  - domain 'x.other.com' is not inside hosted zone 'example.com'",
   ].join('\n'));
+});
+
+describe('what the proxy itself would refuse at start fails the synth, in its own words', () => {
+  test.each<[string, KarmaProxyProps, string]>([
+    ['a static target that is no host:port', { discovery: 'static', staticTargets: ['my_host:80'] },
+      "STATIC_TARGETS must be a comma-separated list of host:port (ports 1-65535), and 'my_host:80' is not one (got 'my_host:80')"],
+    ['a static target on port 0', { discovery: 'static', staticTargets: ['10.0.0.1:0'] }, 'STATIC_TARGETS must be'],
+    ['a status code past 599', { healthCheck: { healthyHttpCodes: '600' } }, 'HEALTH_CHECK_MATCHER must be'],
+    ['a health check every 0 seconds', { healthCheck: { interval: Duration.seconds(0) } }, 'HEALTH_CHECK_PERIOD must be'],
+    ['discovery every 0 seconds', { discoveryInterval: Duration.seconds(0) }, 'NODE_CHECK_PERIOD must be'],
+    ['a health timeout above the default interval', { healthCheck: { timeout: Duration.seconds(40) } },
+      'HEALTH_CHECK_TIMEOUT (40 s) must not exceed HEALTH_CHECK_PERIOD (30 s)'],
+    ['raw TCP with ECS discovery', { environment: { MODE: 'tcp' } }, 'MODE=tcp needs a pool'],
+    ['a setting of the runtime mistyped in environment', { environment: { LOG_CONNECTIONS: 'sometimes' } }, 'LOG_CONNECTIONS must be'],
+  ])('%s', (_name, props, message) => {
+    const text = messageOf(build(props));
+    expect(text.startsWith('Invalid KarmaProxy props (Test/Proxy): the proxy would refuse these settings at start')).toBe(true);
+    expect(text).toContain(`  - ${message}`);
+  });
+
+  test('values known only at deploy (the cache, the region) are judged by stand-ins, and pass', () => {
+    expect(build({ redis: true, maxCapacity: 2, minCapacity: 2, clusters: ['prod'], healthCheck: { path: '/health', timeout: Duration.seconds(3) } })).not.toThrow();
+  });
 });
 
 test('a cache needs somewhere private to live', () => {
