@@ -5,6 +5,7 @@
  *
  * This file never imports runtime code: it knows the bundle's path and the runtime's env var names.
  */
+import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
@@ -125,8 +126,9 @@ export interface KarmaProxyProps {
   /** Root volume (gp3, encrypted), GB.
    * @default 8 */
   readonly rootVolumeSize?: number;
-  /** How long CloudFormation waits for an instance to boot, become healthy and claim its address.
-   * @default 15 minutes */
+  /** How long CloudFormation waits for an instance to boot, become healthy and claim its address. The
+   * boot's wait for a free address is what this leaves after 10 minutes (at least 1, at most 10).
+   * @default 20 minutes */
   readonly signalTimeout?: Duration;
   /** Local path of the runtime bundle, uploaded as an asset.
    * @default dist/karma-proxy.js of this package (`npm run build`) */
@@ -187,6 +189,11 @@ const DNS_NAME = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a
 const CLUSTER_NAME = /^[A-Za-z0-9_-]{1,255}$/;
 const ENV_KEY = /^[A-Z_][A-Z0-9_]*$/;
 const DISCOVERY_MODES: readonly DiscoveryMode[] = ['ecs', 'asg', 'tag', 'static'];
+/** How long the boot waits for /healthz. */
+const HEALTH_WAIT_SECONDS = 300;
+/** What the boot may take besides its two waits: swap, dnf, the bundle, the unit (a few minutes at worst). */
+const BOOT_SECONDS = 300;
+
 /** What an instance needs of the CDK asset bucket: `aws s3 cp` of one object (HeadObject is GetObject's). */
 const BUNDLE_READ_ACTIONS = ['s3:GetObject'];
 
@@ -312,7 +319,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     const bundlePath = props.bundlePath ?? KarmaProxy.DEFAULT_BUNDLE_PATH;
     const rootVolumeSize = props.rootVolumeSize ?? 8;
     const shutdownTimeout = props.shutdownTimeout ?? Duration.seconds(30);
-    const signalTimeout = props.signalTimeout ?? Duration.minutes(15);
+    const signalTimeout = props.signalTimeout ?? Duration.minutes(20);
     const recordTtl = props.recordTtl ?? Duration.seconds(60);
     // Without a domain, the zone's own name: the record is then *.<zone>.
     const domainInput = props.domain ?? (props.hostedZone ? tryZoneName(props.hostedZone) : undefined);
@@ -555,11 +562,14 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       signalResource,
       region: Aws.REGION,
       bundleUrl: this.bundle.s3ObjectUrl,
+      bundleSha256: crypto.createHash('sha256').update(fs.readFileSync(bundlePath)).digest('hex'),
       addressTagKey: KarmaProxy.POOL_TAG_KEY,
       addressTagValue: this.poolId,
       healthUrl: `http://127.0.0.1:${effectiveMetricsPort}/healthz`,
-      healthWaitSeconds: 300,
-      addressWaitSeconds: 600,
+      healthWaitSeconds: HEALTH_WAIT_SECONDS,
+      // What the signal timeout leaves after the health wait and the rest of the boot (swap, dnf, the
+      // bundle), so that a boot that fails says so, with its journal, before CloudFormation gives up.
+      addressWaitSeconds: Math.max(60, Math.min(600, signalTimeout.toSeconds() - HEALTH_WAIT_SECONDS - BOOT_SECONDS)),
       envFile: renderEnvFile(this.runtimeEnvironment),
       unit: renderUnit({
         timeoutStopSec: Math.ceil(effectiveShutdownSeconds) + 15,

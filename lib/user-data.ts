@@ -112,6 +112,8 @@ export interface BootstrapOptions {
   readonly region: string;
   /** s3://bucket/key of the bundle. */
   readonly bundleUrl: string;
+  /** SHA-256 of the bundle (hex), checked after the download. */
+  readonly bundleSha256: string;
   /** The tag that marks this fleet's Elastic IPs. */
   readonly addressTagKey: string;
   readonly addressTagValue: string;
@@ -217,6 +219,7 @@ readonly STACK_NAME=${sq(o.stackName)}
 readonly SIGNAL_RESOURCE=${sq(o.signalResource)}
 readonly REGION=${sq(o.region)}
 readonly BUNDLE_URL=${sq(o.bundleUrl)}
+readonly BUNDLE_SHA256=${sq(o.bundleSha256)}
 readonly ADDRESS_TAG_KEY=${sq(o.addressTagKey)}
 readonly ADDRESS_TAG_VALUE=${sq(o.addressTagValue)}
 readonly HEALTH_URL=${sq(o.healthUrl)}
@@ -263,6 +266,11 @@ test -x ${INSTANCE_PATHS.node}
 # The bundle: one file, every dependency inside.
 install -d -m 0755 ${INSTANCE_PATHS.bundleDir} ${INSTANCE_PATHS.envDir}
 aws s3 cp --only-show-errors --region "$REGION" "$BUNDLE_URL" ${INSTANCE_PATHS.bundle}
+# Exactly the bundle synth saw (the asset key is a fingerprint, not the file's hash).
+if ! echo "$BUNDLE_SHA256  ${INSTANCE_PATHS.bundle}" | sha256sum -c --quiet; then
+  log "the bundle does not match its SHA-256 $BUNDLE_SHA256"
+  exit 1
+fi
 chmod 0644 ${INSTANCE_PATHS.bundle}
 
 # Settings from the construct. No secret here: the runtime reads the Redis AUTH token from Secrets Manager.

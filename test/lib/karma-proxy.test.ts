@@ -2,6 +2,8 @@
  * Intent checks: what each resource must be, read from the synthesized template. Stacks are built
  * once per configuration and shared by the assertions about them (synth is the slow part).
  */
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
 import { App, Duration, Stack } from 'aws-cdk-lib';
 import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
@@ -222,10 +224,10 @@ describe('default stack', () => {
     test('an Auto Scaling group of 1 that waits for signals and rolls updates one by one', () => {
       template.hasResource('AWS::AutoScaling::AutoScalingGroup', {
         Properties: Match.objectLike({ MinSize: '1', MaxSize: '1' }),
-        CreationPolicy: { ResourceSignal: { Count: 1, Timeout: 'PT15M' } },
+        CreationPolicy: { ResourceSignal: { Count: 1, Timeout: 'PT20M' } },
         UpdatePolicy: Match.objectLike({
           AutoScalingRollingUpdate: Match.objectLike({
-            MaxBatchSize: 1, MinInstancesInService: 0, WaitOnResourceSignals: true, PauseTime: 'PT15M',
+            MaxBatchSize: 1, MinInstancesInService: 0, WaitOnResourceSignals: true, PauseTime: 'PT20M',
           }),
         }),
       });
@@ -236,6 +238,18 @@ describe('default stack', () => {
       expect(asg.DependsOn).toEqual(expect.arrayContaining([
         logicalId('AWS::IAM::Role'), logicalId('AWS::IAM::Policy'), logicalId('AWS::EC2::EIP'),
       ]));
+    });
+
+    test('the downloaded bundle is checked against the SHA-256 of the file synth uploaded, before anything runs it', () => {
+      const sha = crypto.createHash('sha256').update(fs.readFileSync(KarmaProxy.DEFAULT_BUNDLE_PATH)).digest('hex');
+      expect(userData).toContain(`readonly BUNDLE_SHA256='${sha}'`);
+      expect(userData.indexOf('sha256sum -c')).toBeGreaterThan(userData.indexOf('aws s3 cp'));
+      expect(userData.indexOf('sha256sum -c')).toBeLessThan(userData.indexOf('systemctl enable'));
+    });
+
+    test('the boot waits fit the signal timeout: 20 minutes, the health wait 5, an address 10', () => {
+      expect(userData).toContain('readonly HEALTH_WAIT_SECONDS=300');
+      expect(userData).toContain('readonly ADDRESS_WAIT_SECONDS=600');
     });
 
     test('user data installs Node.js 22 and the cfn helpers, fetches the bundle, signals the group', () => {

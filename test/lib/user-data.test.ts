@@ -4,6 +4,7 @@
  * env var names covers every key the construct writes.
  */
 import { spawnSync } from 'node:child_process';
+import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -86,7 +87,7 @@ test('awkward values reach the runtime intact through systemd quoting', () => {
 
 test('a here-document body that would end it early is refused', () => {
   expect(() => renderBootstrap({
-    stackName: 's', signalResource: 'r', region: 'r', bundleUrl: 's3://b/k', addressTagKey: 'k', addressTagValue: 'v',
+    stackName: 's', signalResource: 'r', region: 'r', bundleUrl: 's3://b/k', bundleSha256: 'ab'.repeat(32), addressTagKey: 'k', addressTagValue: 'v',
     healthUrl: 'http://127.0.0.1:1/healthz', healthWaitSeconds: 1, addressWaitSeconds: 1,
     envFile: 'A=1\nKARMA_PROXY_ENV\n', unit: renderUnit({ timeoutStopSec: 45, limitNoFile: 65536 }),
   })).toThrow('contains the line KARMA_PROXY_ENV');
@@ -103,7 +104,7 @@ test('a boot that fails signals failure and powers the instance off, so that the
   stub('cfn-signal', 0);
   stub('shutdown', 0);
   const script = renderBootstrap({
-    stackName: 'Stack', signalResource: 'ProxyGroup', region: 'eu-west-1', bundleUrl: 's3://b/k', addressTagKey: 'k', addressTagValue: 'v',
+    stackName: 'Stack', signalResource: 'ProxyGroup', region: 'eu-west-1', bundleUrl: 's3://b/k', bundleSha256: 'ab'.repeat(32), addressTagKey: 'k', addressTagValue: 'v',
     healthUrl: 'http://127.0.0.1:1/healthz', healthWaitSeconds: 1, addressWaitSeconds: 1,
     envFile: 'A=1\n', unit: renderUnit({ timeoutStopSec: 45, limitNoFile: 65536 }),
   });
@@ -118,6 +119,44 @@ test('a boot that fails signals failure and powers the instance off, so that the
   const lines = fs.readFileSync(calls, 'utf8').trim().split('\n');
   expect(lines.filter((l) => l.startsWith('dnf'))).toHaveLength(5);
   expect(lines.slice(-2)).toEqual(['cfn-signal -e 1 --stack Stack --resource ProxyGroup --region eu-west-1', 'shutdown -h +1']);
+});
+
+test('a downloaded bundle that is not the one synth hashed fails the boot', () => {
+  const bin = fs.mkdtempSync(path.join(tmp, 'bin-'));
+  const calls = path.join(bin, 'calls');
+  const stub = (name: string, rc: number, body = ''): void =>
+    fs.writeFileSync(path.join(bin, name), `#!/bin/bash\necho "${name} $*" >> ${calls}\n${body}exit ${rc}\n`, { mode: 0o755 });
+  for (const name of ['dnf', 'cfn-signal', 'shutdown', 'systemctl']) stub(name, 0);
+  // What S3 hands over: not the bundle synth saw (it is written to the last argument, the destination).
+  stub('aws', 0, 'echo tampered > "${@: -1}"\n');
+  const good = Buffer.from('the real bundle\n');
+  const script = renderBootstrap({
+    stackName: 'Stack', signalResource: 'ProxyGroup', region: 'eu-west-1', bundleUrl: 's3://b/k',
+    bundleSha256: crypto.createHash('sha256').update(good).digest('hex'), addressTagKey: 'k', addressTagValue: 'v',
+    healthUrl: 'http://127.0.0.1:1/healthz', healthWaitSeconds: 1, addressWaitSeconds: 1,
+    envFile: 'A=1\n', unit: renderUnit({ timeoutStopSec: 45, limitNoFile: 65536 }),
+  });
+  const root = fs.mkdtempSync(path.join(tmp, 'root-'));
+  const meminfo = path.join(bin, 'meminfo');
+  fs.writeFileSync(meminfo, 'MemTotal:       16384000 kB\nSwapTotal:             0 kB\n');
+  fs.writeFileSync(path.join(bin, 'node-22'), '', { mode: 0o755 });
+  let text = script.replaceAll(SWAP_DEFAULTS.meminfo, meminfo).replaceAll('/usr/bin/node-22', path.join(bin, 'node-22'));
+  for (const dir of ['/opt/karma-proxy', '/etc/karma-proxy', '/etc/systemd/system']) text = text.replaceAll(dir, path.join(root, dir));
+  fs.mkdirSync(path.join(root, '/etc/systemd/system'), { recursive: true });
+  const file = path.join(tmp, 'tampered-boot.sh');
+  fs.writeFileSync(file, text);
+  const r = spawnSync('bash', [file], { encoding: 'utf8', env: { PATH: `${bin}:/usr/bin:/bin` }, timeout: 10_000 });
+  expect(r.status).toBe(1);
+  expect(r.stderr).toContain('the bundle does not match its SHA-256');
+  const lines = fs.readFileSync(calls, 'utf8').trim().split('\n');
+  expect(lines.some((l) => l.startsWith('systemctl'))).toBe(false); // never started
+  expect(lines.slice(-2)).toEqual(['cfn-signal -e 1 --stack Stack --resource ProxyGroup --region eu-west-1', 'shutdown -h +1']);
+  // The same boot with the real bundle gets past the check (and on to the unit).
+  fs.writeFileSync(path.join(bin, 'aws'), `#!/bin/bash\nprintf 'the real bundle\\n' > "\${@: -1}"\n`, { mode: 0o755 });
+  fs.rmSync(calls);
+  const ok = spawnSync('bash', [file], { encoding: 'utf8', env: { PATH: `${bin}:/usr/bin:/bin` }, timeout: 10_000 });
+  expect(ok.stderr).not.toContain('does not match');
+  expect(fs.readFileSync(calls, 'utf8')).toContain('systemctl daemon-reload');
 });
 
 describe('swap on a small instance', () => {
