@@ -278,7 +278,8 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
   public readonly elasticIps: ec2.CfnEIP[];
   /** The public addresses of the fleet (tokens resolved at deploy). */
   public readonly addresses: string[];
-  /** Value of the POOL_TAG_KEY tag on this fleet's addresses and instances. */
+  /** Value of the POOL_TAG_KEY tag on this fleet's addresses and instances: the stack's name and the
+   * construct's address, so that no two fleets of an account share it. */
   public readonly poolId: string;
   /** `*.<domain>` when a domain is given. */
   public readonly wildcardDomainName?: string;
@@ -478,7 +479,10 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     }
 
     // ---- addresses ----
-    this.poolId = this.node.addr;
+    // The stack's name and the construct's path: one app deployed twice in an account and region (a
+    // staging and a production stack) has the same paths, and its fleets must not see each other's addresses.
+    const stackName = Stack.of(this).stackName;
+    this.poolId = unresolved(stackName) ? this.node.addr : `${stackName}.${this.node.addr}`;
     Tags.of(this).add(KarmaProxy.POOL_TAG_KEY, this.poolId);
     this.elasticIps = [];
     for (let slot = 0; slot < maxCapacity; slot++) {

@@ -619,6 +619,15 @@ describe('IConnectable', () => {
     });
   });
 
+  test('one app deployed twice (staging, production) gives each fleet a pool of its own', () => {
+    const app = new App();
+    const pools = ['karma-staging', 'karma-production'].map((stackName) =>
+      new KarmaProxy(new Stack(app, stackName), 'Proxy', { domain: DOMAIN, redis: false }).poolId);
+    expect(pools[0]).not.toBe(pools[1]);
+    expect(pools[0].startsWith('karma-staging.')).toBe(true);
+    expect(pools.every((p) => /^[A-Za-z0-9 +=._:/@-]{1,256}$/.test(p))).toBe(true); // what an EC2 tag value may hold
+  });
+
   test('no hosted zone: no record, the addresses are still there', () => {
     const stack = new Stack(new App(), 'Test');
     const proxy = new KarmaProxy(stack, 'Proxy', { domain: DOMAIN, redis: false });
