@@ -11,7 +11,7 @@ type Kind = 'string' | 'int' | 'bool' | 'list' | 'env';
 
 /** Every context key the app reads, what it holds, its default, and what it means (the README's table). */
 export const CONTEXT_KEYS = {
-  domain: { kind: 'string', default: 'none (example value proxy.example.com)', doc: 'Routes are <service>-<port>-<cluster>.<domain>; the record is *.<domain>.' },
+  domain: { kind: 'string', default: 'hostedZoneName; example value proxy.example.com when neither is given', doc: 'Routes are <service>-<port>-<cluster>.<domain>; the record is *.<domain>.' },
   hostedZoneId: { kind: 'string', default: 'none (no DNS record)', doc: 'Route53 hosted zone that receives the wildcard record.' },
   hostedZoneName: { kind: 'string', default: 'the domain', doc: 'Name of that zone (no lookup is made).' },
   vpcId: { kind: 'string', default: 'a new VPC, no NAT gateway', doc: 'Existing VPC; needs publicSubnetIds (and isolatedSubnetIds or privateSubnetIds with redis).' },
@@ -30,6 +30,7 @@ export const CONTEXT_KEYS = {
   discovery: { kind: 'string', default: 'ecs', doc: 'ecs, asg, tag or static (NODE_FILTER).' },
   clusters: { kind: 'list', default: 'any', doc: 'ECS clusters that may be routed to (ALLOWED_CLUSTERS).' },
   ports: { kind: 'list', default: 'any', doc: 'Target ports or ranges that may be routed to (ALLOWED_PORTS).' },
+  staticTargets: { kind: 'list', default: 'none', doc: 'host:port targets with discovery static (STATIC_TARGETS).' },
   proxyEnv: { kind: 'env', default: 'none', doc: 'Runtime env vars: JSON object or KEY=value,KEY=value; overrides the rest.' },
   stackName: { kind: 'string', default: 'KarmaProxy', doc: 'Name of the CloudFormation stack.' },
 } satisfies Record<string, { kind: Kind; default: string; doc: string }>;
@@ -176,8 +177,11 @@ export function propsFromContext(
       `no domain and no hostedZoneId given: synthesizing with example values (domain=${EXAMPLE_CONTEXT.domain}, ` +
       `hostedZoneId=${EXAMPLE_CONTEXT.hostedZoneId}, hostedZoneName=${hostedZoneName}). Deploy with ` +
       '`npx cdk deploy -c domain=<your domain> -c hostedZoneId=<your zone id>`, or set KARMA_DOMAIN and KARMA_HOSTED_ZONE_ID.');
+  } else if (!domain && hostedZoneName) {
+    // The record is then *.<zone name>, as the README's table says.
+    domain = hostedZoneName;
   } else if (!domain) {
-    problems.push('hostedZoneId needs domain (context domain or KARMA_DOMAIN)');
+    problems.push('hostedZoneId needs domain or hostedZoneName (context domain, hostedZoneName, or KARMA_DOMAIN)');
   } else if (!hostedZoneId) {
     warnings.push(`no hostedZoneId: no DNS record is created; point *.${domain} at the Addresses output yourself.`);
   }
@@ -221,6 +225,7 @@ export function propsFromContext(
     discovery: discovery as DiscoveryMode | undefined,
     clusters: list('clusters'),
     ports,
+    staticTargets: list('staticTargets'),
     environment: envMap('proxyEnv'),
   };
   const stackName = str('stackName') ?? 'KarmaProxy';

@@ -69,6 +69,16 @@ test('a domain without a zone: no record, said in a warning', () => {
   expect(r.warnings).toEqual([expect.stringContaining('no DNS record')]);
 });
 
+test('a zone id and name without a domain: the record is *.<zone name>', () => {
+  const r = propsFromContext(ctx({ hostedZoneId: 'Z1', hostedZoneName: 'example.com' }), {});
+  expect(r.props).toMatchObject({ domain: 'example.com', hostedZoneId: 'Z1', hostedZoneName: 'example.com' });
+});
+
+test('static targets from context, as a list', () => {
+  const r = propsFromContext(ctx({ domain: 'a.acme.io', discovery: 'static', staticTargets: '10.0.1.5:8080,10.0.2.7:8080' }), {});
+  expect(r.props.staticTargets).toEqual(['10.0.1.5:8080', '10.0.2.7:8080']);
+});
+
 test('a metrics CIDR becomes the metrics peer', () => {
   const r = propsFromContext(ctx({ domain: 'a.acme.io', metricsCidr: '10.0.0.0/16' }), {});
   expect(r.props.metricsPeer?.uniqueId).toBe(ec2.Peer.ipv4('10.0.0.0/16').uniqueId);
@@ -79,7 +89,7 @@ test('every bad value in one error, naming where it came from', () => {
     hostedZoneId: 'Z1', minCapacity: 'two', spot: 'maybe', discovery: 'dns', metricsCidr: 'nope',
   }), { KARMA_REDIS: 'perhaps' })).toThrow([
     'Invalid Karma Proxy settings:',
-    '  - hostedZoneId needs domain (context domain or KARMA_DOMAIN)',
+    '  - hostedZoneId needs domain or hostedZoneName (context domain, hostedZoneName, or KARMA_DOMAIN)',
     "  - discovery must be ecs, asg, tag or static (got 'dns')",
     "  - context 'minCapacity' must be a whole number (got 'two')",
     "  - context 'spot' must be true or false (got 'maybe')",
