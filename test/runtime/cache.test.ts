@@ -206,15 +206,18 @@ describe('SharedProvider on a real redis-server', () => {
   });
 
   test('an empty service is shared as empty, and AWS failures are not cached', async () => {
-    const a = proxy();
-    const b = proxy();
+    // A longer period than the others': a's lock (0.9 of it) must outlive a's failed call and b's look
+    // on a machine busy with other work.
+    const period = { NODE_CHECK_PERIOD: '2' };
+    const a = proxy(period);
+    const b = proxy(period);
     await Promise.all([a.connected(), b.connected()]);
     stub.model.clusters.prod.web = [];
     expect(await a.discover(route)).toEqual([]);
     expect(await b.discover(route)).toEqual([]);
     expect(stub.count('ListTasks')).toBe(1);
 
-    await sleep(PERIOD_MS);
+    await sleep(2000);
     stub.fail('ListTasks', 'throttle', { times: Infinity });
     await expect(a.discover(route)).rejects.toMatchObject({ name: 'ThrottlingException' });
     // b sees a's lock and the previous (empty) shared answer, and does not pile on AWS.
