@@ -127,6 +127,11 @@ export class TargetRegistry implements StatusSetter {
     if (s) s.healthy = up;
   }
 
+  /** The primary is gone: every breaker counts alone from now on. */
+  detachBreakers(): void {
+    for (const s of this.states.values()) s.breaker.detach();
+  }
+
   close(): void {
     for (const s of this.states.values()) s.pool.destroy();
     this.states.clear();
@@ -181,10 +186,10 @@ export class Pool {
     targetsPerRoute.labels({ route: this.id }).set(this.members.length);
   }
 
-  /** Members whose breaker refuses only because another worker's half-open trial is out (its verdict may be on its way). */
-  trialsElsewhere(): string[] {
+  /** Members whose half-open breaker waits on the board: a claim on the trial unanswered, or another worker's trial out. */
+  awaitingBoard(): string[] {
     const ids: string[] = [];
-    for (const s of this.members) if (s.breaker.awaitsTrialElsewhere) ids.push(s.target.id);
+    for (const s of this.members) if (s.breaker.awaitsBoard) ids.push(s.target.id);
     return ids;
   }
 

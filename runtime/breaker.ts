@@ -10,12 +10,14 @@
  * get wrong (the predecessor wrote a shared map under a read lock).
  *
  * One target, one breaker, however many workers send to it: a worker's breaker linked to the primary
- * (BreakerLink) counts nothing itself. It reports failures, trials and the successes that matter to
- * the primary's BreakerBoard, which holds the one count and the one trial, and mirrors the state the
- * board sends back to every worker. The request path still only reads local state: a failure waits for
- * the board's answer before the client hears of it (so the next request, on any worker, already sees an
- * opened breaker), and nothing else waits. Unlinked (one process, or a worker whose primary is gone), a
- * breaker counts alone.
+ * (BreakerLink) counts nothing itself. It reports failures and the successes that matter to the
+ * primary's BreakerBoard, which holds the one count, and mirrors the state the board sends back to
+ * every worker. Half-open, the board grants the one trial: a worker claims it and lets a request
+ * through only once granted. The request path reads only local state, except where a verdict may be
+ * on its way: a failure waits for the board's answer before the client hears of it (so the next request,
+ * on any worker, already sees an opened breaker), and a request that finds no target but a half-open
+ * one being claimed or tried waits for the board's answer before its 503. Unlinked (one process, or a
+ * worker whose primary is gone), a breaker counts alone.
  */
 
 export type BreakerState = 'closed' | 'open' | 'half-open';
@@ -65,8 +67,11 @@ export interface BreakerLink {
   readonly up: boolean;
   /** This worker's id, as the board names a trial's holder. */
   readonly self: number;
-  /** Tells the board; `then`, when given, runs once the board has answered (its snapshot applied). */
-  report(id: string, ev: BreakerEvent, then?: () => void): void;
+  /**
+   * Tells the board; `then`, when given, runs once the board has answered (its snapshot applied), and
+   * the report's number is returned: the answer's snapshot comes with it (apply's `replyTo`).
+   */
+  report(id: string, ev: BreakerEvent, then?: () => void): number | undefined;
   /** Asks the board for the state of these targets; `then` runs once it is applied. */
   ask(ids: readonly string[], then: () => void): void;
   /** The board's last word on a target this worker does not use yet, for its new breaker. */
@@ -85,6 +90,9 @@ export interface BreakerPermit {
   release(): void;
 }
 
+/** How long a worker keeps a granted half-open trial for a request to take, before giving it back. */
+const GRANT_MS = 1000;
+
 export class CircuitBreaker {
   private readonly threshold: number;
   private readonly timeoutMs: number;
@@ -99,6 +107,13 @@ export class CircuitBreaker {
   private trialOut = false;
   /** Linked: another worker holds the half-open trial. */
   private trialElsewhere = false;
+  /** Linked: the number of this worker's claim on the trial, while the board has not answered it (0: none). */
+  private claiming = 0;
+  /** Linked: the board granted this worker the trial, and no request has taken it yet. */
+  private granted = false;
+  private grantTimer: NodeJS.Timeout | undefined;
+  /** Linked: this worker's trial failed, and the board has not said open yet. */
+  private failPending = false;
   /** Linked: the board has failures counted, so a success here must reach it (it resets the count). */
   private sharedFailing = false;
   /** Bumped on every state change; permits and reported epochs compare against it. */
@@ -119,11 +134,7 @@ export class CircuitBreaker {
   }
 
   get state(): BreakerState {
-    if (this.current === 'open' && this.now() - this.openedAt >= this.timeoutMs) {
-      this.trialOut = false;
-      this.trialElsewhere = false;
-      this.transition('half-open');
-    }
+    if (this.current === 'open' && this.now() - this.openedAt >= this.timeoutMs) this.transition('half-open');
     return this.current;
   }
 
@@ -133,9 +144,9 @@ export class CircuitBreaker {
     return link?.up ? link : undefined;
   }
 
-  /** Half-open with another worker's trial out: a verdict may be on its way from the board. */
-  get awaitsTrialElsewhere(): boolean {
-    return this.state === 'half-open' && this.trialElsewhere && !!this.link;
+  /** Half-open, linked, with a claim unanswered or another worker's trial out: the board's word may change it. */
+  get awaitsBoard(): boolean {
+    return this.state === 'half-open' && (this.claiming !== 0 || this.trialElsewhere) && !!this.link;
   }
 
   /**
@@ -163,7 +174,7 @@ export class CircuitBreaker {
       case 'closed':
         return true;
       case 'half-open':
-        return !this.trialOut && !this.trialElsewhere;
+        return this.link ? this.granted : !this.trialOut;
       case 'open':
         return false;
     }
@@ -173,14 +184,34 @@ export class CircuitBreaker {
     switch (this.state) {
       case 'closed':
         return true;
-      case 'half-open':
-        if (this.trialOut || this.trialElsewhere) return false;
-        this.trialOut = true;
-        this.link?.report(this.shared!.id, 'trial');
-        return true;
+      case 'half-open': {
+        const link = this.link;
+        if (!link) {
+          if (this.trialOut) return false;
+          this.trialOut = true;
+          return true;
+        }
+        if (this.granted) {
+          this.granted = false;
+          clearTimeout(this.grantTimer);
+          this.trialOut = true;
+          return true;
+        }
+        // Not yet: claim the trial from the board; a later request (or this one, waiting) takes the grant.
+        if (!this.trialOut && !this.trialElsewhere && this.claiming === 0) this.claim(link);
+        return false;
+      }
       case 'open':
         return false;
     }
+  }
+
+  private claim(link: BreakerLink): void {
+    const n: number | undefined = link.report(this.shared!.id, 'trial', () => {
+      // No answer in time, or the primary is gone: the claim is over.
+      if (this.claiming === n) this.claiming = 0;
+    });
+    this.claiming = n ?? 0;
   }
 
   /**
@@ -237,15 +268,21 @@ export class CircuitBreaker {
     const link = this.link;
     switch (this.stateFor(epoch)) {
       case 'closed':
-        if (link) return link.report(this.shared!.id, 'fail', then);
+        if (link) {
+          link.report(this.shared!.id, 'fail', then);
+          return;
+        }
         this.failures += 1;
         if (this.failures >= this.threshold) this.open();
         break;
       case 'half-open':
         if (!this.trialOut) break;
         // Linked, the trial stays out (no second one from here) until the board's open arrives.
-        if (link) return link.report(this.shared!.id, 'fail', then);
-        this.trialOut = false;
+        if (link) {
+          this.failPending = true;
+          link.report(this.shared!.id, 'fail', then);
+          return;
+        }
         this.open();
         break;
       case 'open':
@@ -266,32 +303,56 @@ export class CircuitBreaker {
   }
 
   /**
-   * The board's state for this target. `reply` marks the answer to this worker's own report, which
-   * says whether the trial it may hold is still its own; a broadcast may predate that report.
+   * The board's state for this target. `replyTo` is the number of this worker's report or ask that the
+   * snapshot answers (undefined for a broadcast): only the answer to a claim, or a later one, grants.
    */
-  apply(snap: BreakerSnapshot, reply = false): void {
+  apply(snap: BreakerSnapshot, replyTo?: number): void {
     this.sharedFailing = snap.failing;
     switch (snap.state) {
       case 'closed':
         this.failures = 0;
-        this.trialOut = this.trialElsewhere = false;
         this.transition('closed');
         return;
       case 'open':
         this.openedAt = this.now() - (this.timeoutMs - (snap.remainingMs ?? this.timeoutMs));
-        this.trialOut = this.trialElsewhere = false;
         this.transition('open');
         return;
       case 'half-open': {
+        this.transition('half-open');
         const mine = snap.holder !== undefined && snap.holder === this.shared?.link.self;
-        if (this.current !== 'half-open') {
-          this.trialOut = false;
-          this.transition('half-open');
-        } else if (reply) this.trialOut = mine;
         this.trialElsewhere = snap.holder !== undefined && !mine;
+        if (this.claiming !== 0 && replyTo !== undefined && replyTo >= this.claiming) {
+          this.claiming = 0;
+          if (mine && !this.trialOut) this.grant();
+        }
         return;
       }
     }
+  }
+
+  /** The primary is gone: from now on this breaker counts alone. A trial whose failure the board never heard fails here. */
+  detach(): void {
+    if (this.current !== 'half-open') return;
+    if (this.failPending) {
+      this.open();
+      return;
+    }
+    this.trialElsewhere = false;
+    this.claiming = 0;
+    this.granted = false;
+    clearTimeout(this.grantTimer);
+  }
+
+  /** The board's grant, kept GRANT_MS for a request to take; then given back, so another worker can try. */
+  private grant(): void {
+    this.granted = true;
+    clearTimeout(this.grantTimer);
+    this.grantTimer = setTimeout(() => {
+      if (!this.granted) return;
+      this.granted = false;
+      this.link?.report(this.shared!.id, 'release');
+    }, GRANT_MS);
+    this.grantTimer.unref?.();
   }
 
   /** The state, or undefined for an outcome whose `epoch` (when given) the breaker has moved on from. */
@@ -310,6 +371,10 @@ export class CircuitBreaker {
     if (next === this.current) return;
     this.current = next;
     this.generation += 1;
+    // A new state holds no trial of any kind: the previous state's belong to its generation.
+    this.trialOut = this.trialElsewhere = this.granted = this.failPending = false;
+    this.claiming = 0;
+    clearTimeout(this.grantTimer);
     this.onChange?.(next);
   }
 }

@@ -125,12 +125,14 @@ export class Coordinator {
         break;
       }
       case 'breaker': {
+        // A worker already removed holds nothing: a trial granted to it would be held by nobody.
+        if (!this.workers.has(worker.id)) break;
         const { snap, changed } = this.breakers.report(worker.id, m.id, m.ev);
         if (changed) this.broadcast({ t: 'breaker', snaps: [snap] }, worker);
         if (changed && snap.state === 'open') this.halfOpenAfter(snap.id, snap.remainingMs ?? 0);
-        // The reporter hears last, after every other worker: its client's answer waits for this.
-        // A trial always hears back, so a worker whose clock ran ahead of the board's goes back to open.
-        if (changed || m.n !== undefined || m.ev === 'trial') this.send(worker, { t: 'breaker', snaps: [snap], n: m.n });
+        // The reporter hears last, after every other worker: its client's answer waits for this. A claim
+        // on the trial is always answered (granted, held elsewhere, or still open by the board's clock).
+        if (changed || m.n !== undefined) this.send(worker, { t: 'breaker', snaps: [snap], n: m.n });
         break;
       }
       case 'breakers?':

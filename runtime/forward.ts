@@ -359,20 +359,34 @@ export class Forwarder {
         this.registry.done(s);
         resolve(outcome);
       };
+      /** The target's verdict, given once: when the handshake is answered or fails, not when the tunnel ends. */
+      let judged = false;
+      const judge = (ok: boolean): void => {
+        if (judged) return;
+        judged = true;
+        if (ok) s.breaker.onSuccess(epoch);
+        else s.breaker.onFailure(epoch);
+      };
       /** The handshake failed before anything of the target's reached the client: our own answer. */
       const fail = (kind: FailureKind, status: number, message: string): void => {
         outcome.error = kind;
         outcome.status = status;
         failedConnections.labels({ target: s.target.id }).inc();
         upstreamErrors.labels({ kind }).inc();
-        // Answered once the failure is counted, as a plain request's is.
-        s.breaker.onFailure(epoch, () => rawAnswer(socket, status, message));
+        // At once: http-proxy ends the socket right after this callback. Nothing is retried here, so
+        // nothing waits for the breaker's board.
+        rawAnswer(socket, status, message);
+        judge(false);
       };
       (socket as WithHandshake)[kHandshake] = (proxyReq) => {
         // An answer to the handshake within UPSTREAM_TIMEOUT, or a 504: http-proxy's proxyTimeout does not
         // reach its WebSocket pass. The tunnel itself has no such clock (http-proxy sets it to 0 on switching).
         proxyReq.setTimeout(this.opts.upstreamTimeoutMs, () => proxyReq.destroy(Object.assign(new Error('no answer to the handshake'), { code: 'HANDSHAKE_TIMEOUT' })));
-        proxyReq.once('upgrade', () => (switched = true));
+        proxyReq.once('upgrade', () => {
+          switched = true;
+          // The target answered: a half-open trial's verdict now, not when the tunnel closes hours later.
+          judge(true);
+        });
         // A refusal (any answer but 101) is passed on framed as its own answer. http-proxy's listener would
         // write the target's headers as parsed (Transfer-Encoding and Connection among them) over the
         // decoded body; it is added right after this event, and replaced here before any answer can be read.
@@ -382,6 +396,7 @@ export class Forwarder {
             if (passRefusal(refusal, socket)) {
               outcome.status = refusal.statusCode!;
               switched = true;
+              judge(true);
               return;
             }
             refusal.destroy();
@@ -397,8 +412,11 @@ export class Forwarder {
         socket.on('data', countChunk);
       });
       socket.once('close', () => {
-        // The handshake went through (or the client left): either way no verdict against the target.
-        if (!outcome.error) s.breaker.onSuccess(epoch);
+        // The client left before the target answered: no verdict either way (a trial is given back).
+        if (!judged) {
+          judged = true;
+          s.breaker.release(epoch);
+        }
         end();
       });
       this.wsProxy.ws(
@@ -487,9 +505,9 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       // Nothing (else) to try: the client hears what went wrong with the last target, if any.
       if (outcome.error) return this.fail();
       if (!this.asked) {
-        // Refused only because another worker's half-open trial is out: its verdict may be on its way.
-        // Ask the board once before saying 503 (the one wait on the primary a request can have).
-        const ids = this.pool.trialsElsewhere();
+        // Refused only because a half-open target's trial is being claimed, or is out on another worker:
+        // the board's answer (a grant, a verdict) may be on its way. Ask once before saying 503.
+        const ids = this.pool.awaitingBoard();
         if (ids.length) {
           this.asked = true;
           return this.registry.breakers!.ask(ids, () => this.resume());

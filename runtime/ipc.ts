@@ -93,7 +93,9 @@ export class PrimaryProvider implements Provider {
  */
 export class PrimaryBreakers implements BreakerLink {
   private n = 0;
-  private readonly waiting = new Map<number, { readonly then: () => void; readonly timer: NodeJS.Timeout }>();
+  private readonly waiting = new Map<number, { readonly thens: (() => void)[]; readonly timer: NodeJS.Timeout; readonly ask?: string }>();
+  /** Asks under way, by the targets they name: requests that ask the same share one answer. */
+  private readonly asking = new Map<string, number>();
   /** The board's breakers that are not closed and clean, with when each was heard. */
   private readonly known = new Map<string, { readonly snap: BreakerSnapshot; readonly at: number }>();
 
@@ -101,20 +103,33 @@ export class PrimaryBreakers implements BreakerLink {
     readonly self: number,
     private readonly out: Send = send,
     private readonly connected: () => boolean = () => process.connected === true,
-    private readonly waitMs = 1000,
+    private readonly waitMs = 250,
   ) {}
 
   get up(): boolean {
     return this.connected();
   }
 
-  report(id: string, ev: BreakerEvent, then?: () => void): void {
-    if (!then) return this.out({ t: 'breaker', id, ev });
-    this.out({ t: 'breaker', id, ev, n: this.await(then) });
+  report(id: string, ev: BreakerEvent, then?: () => void): number | undefined {
+    if (!then) {
+      this.out({ t: 'breaker', id, ev });
+      return undefined;
+    }
+    const n = this.await(then);
+    this.out({ t: 'breaker', id, ev, n });
+    return n;
   }
 
   ask(ids: readonly string[], then: () => void): void {
-    this.out({ t: 'breakers?', n: this.await(then), ids });
+    const key = ids.join(',');
+    const pending = this.asking.get(key);
+    if (pending !== undefined) {
+      this.waiting.get(pending)?.thens.push(then);
+      return;
+    }
+    const n = this.await(then, key);
+    this.asking.set(key, n);
+    this.out({ t: 'breakers?', n, ids });
   }
 
   last(id: string): BreakerSnapshot | undefined {
@@ -125,11 +140,11 @@ export class PrimaryBreakers implements BreakerLink {
   }
 
   /** The board's snapshots, applied to the breakers this worker has (`lookup`) and kept for later ones. */
-  receive(m: Extract<ToWorker, { t: 'breaker' }>, lookup: (id: string) => { apply(snap: BreakerSnapshot, reply: boolean): void } | undefined): void {
+  receive(m: Extract<ToWorker, { t: 'breaker' }>, lookup: (id: string) => { apply(snap: BreakerSnapshot, replyTo?: number): void } | undefined): void {
     for (const snap of m.snaps) {
       if (snap.state === 'closed' && !snap.failing) this.known.delete(snap.id);
       else this.known.set(snap.id, { snap, at: Date.now() });
-      lookup(snap.id)?.apply(snap, m.n !== undefined);
+      lookup(snap.id)?.apply(snap, m.n);
     }
     if (m.n !== undefined) this.answered(m.n);
   }
@@ -139,9 +154,9 @@ export class PrimaryBreakers implements BreakerLink {
     for (const n of [...this.waiting.keys()]) this.answered(n);
   }
 
-  private await(then: () => void): number {
+  private await(then: () => void, ask?: string): number {
     const n = ++this.n;
-    this.waiting.set(n, { then, timer: setTimeout(() => this.answered(n), this.waitMs) });
+    this.waiting.set(n, { thens: [then], timer: setTimeout(() => this.answered(n), this.waitMs), ask });
     return n;
   }
 
@@ -149,8 +164,9 @@ export class PrimaryBreakers implements BreakerLink {
     const w = this.waiting.get(n);
     if (!w) return;
     this.waiting.delete(n);
+    if (w.ask !== undefined) this.asking.delete(w.ask);
     clearTimeout(w.timer);
-    w.then();
+    for (const then of w.thens) then();
   }
 }
 

@@ -35,7 +35,6 @@ async function firstVerdicts(registry: TargetRegistry, targets: readonly Target[
 export async function start(config: Config, deps: { provider?: Provider; primary?: boolean } = {}): Promise<Running> {
   // Under node:cluster one breaker per target for all workers, kept by the primary (breaker.ts).
   const breakers = deps.primary ? new PrimaryBreakers(cluster.worker?.id ?? 0) : undefined;
-  if (breakers) process.once('disconnect', () => breakers.flush());
   const registry = new TargetRegistry({
     poolSize: config.poolSize,
     breakerThreshold: config.circuitBreakerThreshold,
@@ -44,6 +43,13 @@ export async function start(config: Config, deps: { provider?: Provider; primary
     maxWaitMs: config.upstreamTimeoutMs,
     breakers,
   });
+  if (breakers) {
+    // The primary gone, each breaker counts alone, and whatever waited for the primary goes on.
+    process.once('disconnect', () => {
+      registry.detachBreakers();
+      breakers.flush();
+    });
+  }
   let provider: Provider;
   if (deps.primary) {
     // Under node:cluster the primary discovers and health-checks for every worker (see ipc.ts).

@@ -3,6 +3,7 @@
  * to a chosen worker (the other one is stopped with SIGSTOP while the request is accepted, so the
  * kernel can hand the connection only to the one that runs).
  */
+import * as net from 'node:net';
 import { makeTarget } from '../../runtime/types';
 import { Backend, startBackend } from '../support/backend';
 import { Proxy, startBundle } from '../support/bundle';
@@ -98,7 +99,7 @@ describe('with several workers, one breaker per target', () => {
     expect(await via(p, a)).toMatchObject({ status: 200, body: 'only' });
   });
 
-  test('a request that finds the trial out on another worker asks the primary before refusing: the trial has just succeeded', async () => {
+  test('the request right after a successful trial, on a worker that has not heard of it yet, is forwarded, not refused', async () => {
     const only = await startBackend('only');
     backends = [only];
     let broken = true;
@@ -135,6 +136,25 @@ describe('with several workers, one breaker per target', () => {
       process.kill(primary, 'SIGCONT');
       process.kill(a, 'SIGCONT');
     }
+  });
+
+  test('a WebSocket handshake to a target that refuses gets its 502 at once', async () => {
+    const gone = await startBackend('gone');
+    const port = gone.port;
+    await gone.close();
+    p = await startBundle({ ...BASE, STATIC_TARGETS: makeTarget('127.0.0.1', port).id });
+    const answer = await new Promise<string>((resolve, reject) => {
+      const socket = net.connect(p!.port, '127.0.0.1', () => {
+        socket.write('GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+          'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n');
+      });
+      let text = '';
+      socket.on('data', (d: Buffer) => (text += d));
+      socket.on('close', () => resolve(text));
+      socket.on('error', reject);
+      socket.setTimeout(10_000, () => socket.destroy(new Error('no answer')));
+    });
+    expect(answer).toMatch(/^HTTP\/1\.1 502 /);
   });
 
   test('a worker started after the breaker opened (a replacement) starts with it open', async () => {

@@ -9,6 +9,7 @@ import { BreakerBoard, CircuitBreaker } from '../../runtime/breaker';
 import { loadConfig } from '../../runtime/config';
 import { Coordinator } from '../../runtime/coordinator';
 import { PrimaryBreakers, ToPrimary, ToWorker } from '../../runtime/ipc';
+import { until } from '../support/net';
 
 const TARGET = '10.0.0.1:80';
 const TIMEOUT_MS = 60; // CIRCUIT_BREAKER_TIMEOUT 0.001 minutes
@@ -87,16 +88,24 @@ describe('one breaker per target across workers', () => {
     return settle().then(() => expect(sent).toEqual([]));
   });
 
-  test('half-open lets one trial through for all workers; its success closes the breaker everywhere', async () => {
+  /** Half-open: `w` claims the trial (its first look refuses), and takes it once the board grants it. */
+  async function trialOn(w: FakeWorker): Promise<number> {
+    expect(w.breaker.tryAcquire()).toBe(false);
+    await settle();
+    expect(w.breaker.tryAcquire()).toBe(true);
+    return w.breaker.epoch;
+  }
+
+  test('half-open lets one trial through for all workers, granted by the primary; its success closes the breaker everywhere', async () => {
     const { workers: [a, b], advance } = cluster();
     for (const w of [a, b, a]) await failOn(w);
     advance(TIMEOUT_MS);
-    expect(a.breaker.tryAcquire()).toBe(true); // the trial
-    const epoch = a.breaker.epoch;
+    const epoch = await trialOn(a);
     await settle();
     expect(b.breaker.state).toBe('half-open');
     expect(b.breaker.tryAcquire()).toBe(false);
-    expect(b.breaker.awaitsTrialElsewhere).toBe(true);
+    expect(b.breaker.awaitsBoard).toBe(true);
+    expect(a.breaker.tryAcquire()).toBe(false); // one trial, not one per request either
     a.breaker.onSuccess(epoch);
     await settle();
     expect([a.breaker.state, b.breaker.state]).toEqual(['closed', 'closed']);
@@ -107,30 +116,31 @@ describe('one breaker per target across workers', () => {
     const { workers: [a, b], advance } = cluster();
     for (const w of [a, b, a]) await failOn(w);
     advance(TIMEOUT_MS);
-    expect(b.breaker.tryAcquire()).toBe(true);
-    await settle();
+    await trialOn(b);
     await failOn(b);
     expect([a.breaker.state, b.breaker.state]).toEqual(['open', 'open']);
     advance(TIMEOUT_MS - 1);
     expect([a.breaker.canPass(), b.breaker.canPass()]).toEqual([false, false]);
     advance(1);
-    expect(a.breaker.canPass()).toBe(true);
+    expect(a.breaker.state).toBe('half-open');
   });
 
-  test('two workers that take a trial in the same instant: the board keeps the first, and only its verdict counts', async () => {
-    const { workers: [a, b], advance } = cluster();
-    for (const w of [a, b, a]) await failOn(w);
+  test('every worker claiming the trial in the same instant (a request each, under load): exactly one is granted it', async () => {
+    const { workers, advance } = cluster(4);
+    for (const w of [workers[0], workers[1], workers[2]]) await failOn(w);
     advance(TIMEOUT_MS);
-    expect(a.breaker.tryAcquire()).toBe(true);
-    expect(b.breaker.tryAcquire()).toBe(true); // before either report reached the board
-    const bEpoch = b.breaker.epoch;
+    for (const w of workers) expect(w.breaker.tryAcquire()).toBe(false); // four claims, before any answer
     await settle();
-    expect(b.breaker.state).toBe('half-open');
-    expect(b.breaker.tryAcquire()).toBe(false);
-    // b's late success is not the trial's verdict: the board waits for a's.
-    b.breaker.onSuccess(bEpoch);
+    const took = workers.map((w) => w.breaker.tryAcquire());
+    expect(took.filter(Boolean)).toHaveLength(1);
+    const loser = workers[took.indexOf(false)];
+    expect(loser.breaker.state).toBe('half-open');
+    expect(loser.breaker.awaitsBoard).toBe(true);
+    // The winner's verdict decides for all: a success closes every worker's breaker.
+    const winner = workers[took.indexOf(true)];
+    winner.breaker.onSuccess(winner.breaker.epoch);
     await settle();
-    expect(a.breaker.state).toBe('half-open');
+    expect(workers.map((w) => w.breaker.state)).toEqual(['closed', 'closed', 'closed', 'closed']);
   });
 
   test('an open breaker turns half-open in every worker at its time, with no request to find out (the state metric says so)', async () => {
@@ -138,7 +148,7 @@ describe('one breaker per target across workers', () => {
     for (const w of [a, b, a]) await failOn(w);
     expect(b.changes).toEqual(['open']);
     advance(TIMEOUT_MS);
-    await new Promise((r) => setTimeout(r, TIMEOUT_MS + 30)); // the primary's timer, on the real clock
+    await until('the half-open broadcast', () => b.changes.length === 2, 2000, 5); // the primary's timer, on the real clock
     expect(b.changes).toEqual(['open', 'half-open']);
   });
 
@@ -146,13 +156,43 @@ describe('one breaker per target across workers', () => {
     const { coordinator, workers: [a, b], advance } = cluster();
     for (const w of [a, b, a]) await failOn(w);
     advance(TIMEOUT_MS);
-    expect(a.breaker.tryAcquire()).toBe(true);
+    await trialOn(a);
     await settle();
     expect(b.breaker.tryAcquire()).toBe(false);
     a.connected = false;
     coordinator.remove(a.emitter);
     await settle();
+    await trialOn(b);
+  });
+
+  test('a granted trial that no request takes is given back within a second', async () => {
+    const { workers: [a, b], advance } = cluster();
+    for (const w of [a, b, a]) await failOn(w);
+    advance(TIMEOUT_MS);
+    expect(a.breaker.tryAcquire()).toBe(false); // claimed, then the route's traffic goes elsewhere
+    await settle();
+    expect(b.breaker.tryAcquire()).toBe(false);
+    await until('the grant given back', () => !b.breaker.awaitsBoard, 3000, 20);
+    await trialOn(b);
+  });
+
+  test('the primary gone: a worker waiting on another\'s trial tries on its own, and a trial whose failure the primary never heard opens the breaker', async () => {
+    const { workers: [a, b], advance } = cluster();
+    for (const w of [a, b, a]) await failOn(w);
+    advance(TIMEOUT_MS);
+    const epoch = await trialOn(a);
+    await settle();
+    a.connected = b.connected = false;
+    // What worker.ts does on 'disconnect': the breakers are detached, then what waited goes on.
+    b.breaker.detach();
     expect(b.breaker.tryAcquire()).toBe(true);
+    a.connected = true;
+    const failed = new Promise<void>((r) => a.breaker.onFailure(epoch, r)); // reported, never answered
+    a.connected = false;
+    a.breaker.detach();
+    a.link.flush();
+    await failed;
+    expect(a.breaker.state).toBe('open');
   });
 
   test('without its primary a worker breaker counts alone, and a failure goes on at once', () => {
@@ -175,6 +215,22 @@ describe('PrimaryBreakers (a worker\'s line to the board)', () => {
     link.report(TARGET, 'fail', () => (went = true));
     link.flush();
     expect(went).toBe(true);
+  });
+
+  test('requests asking about the same targets share one question and its answer', () => {
+    const sent: ToPrimary[] = [];
+    const link = new PrimaryBreakers(1, (m) => sent.push(m), () => true);
+    let answered = 0;
+    link.ask([TARGET], () => answered++);
+    link.ask([TARGET], () => answered++);
+    link.ask(['10.0.0.2:80'], () => answered++);
+    expect(sent).toEqual([{ t: 'breakers?', n: 1, ids: [TARGET] }, { t: 'breakers?', n: 2, ids: ['10.0.0.2:80'] }]);
+    link.receive({ t: 'breaker', snaps: [{ id: TARGET, state: 'closed', failing: false }], n: 1 }, () => undefined);
+    expect(answered).toBe(2);
+    link.ask([TARGET], () => answered++); // a new question once the last is answered
+    expect(sent).toHaveLength(3);
+    link.flush();
+    expect(answered).toBe(4);
   });
 
   test('keeps what the board said about targets it has no breaker for, the time left counting down', () => {
