@@ -259,6 +259,21 @@ export function answer(res: Response, status: number, message: string, headers?:
 }
 
 const kHandshake = Symbol('karma.handshake');
+/** WebSocket handshake failures where nothing of the target's answer came: tried on the next target. */
+const WS_RETRYABLE: ReadonlySet<FailureKind> = new Set<FailureKind>(['refused', 'reset', 'dns', 'connect_timeout']);
+const EMPTY = Buffer.alloc(0);
+
+/**
+ * http-proxy ends the client's socket right after its error callback; when the handshake moves to
+ * another target, that one end() is skipped.
+ */
+function keepOpenOnce(socket: net.Socket): void {
+  const end = socket.end;
+  socket.end = function skipped(this: net.Socket) {
+    socket.end = end;
+    return this;
+  } as typeof socket.end;
+}
 type WithHandshake = { [kHandshake]?: (proxyReq: ClientRequest) => void };
 
 /**
@@ -317,28 +332,13 @@ export class Forwarder {
     return new Promise((resolve) => this.forward(req, res, pool, (_req, _tag, o) => resolve(o)));
   }
 
-  /** Forwards a WebSocket (or other Upgrade) handshake and then the raw bytes both ways. */
+  /**
+   * Forwards a WebSocket (or other Upgrade) handshake and then the raw bytes both ways. A handshake whose
+   * connection failed before the target answered (refused, reset) is tried on the next target, up to
+   * RETRIES, as a plain GET would be.
+   */
   ws(req: Request, socket: net.Socket, head: Buffer, pool: Pool): Promise<Outcome> {
-    const outcome: Outcome = { status: 101, target: undefined, attempts: 1, error: undefined };
-    const pick = pool.pick();
-    if (!pick) {
-      outcome.status = 503;
-      rawAnswer(socket, 503, 'no target available', 'Retry-After: 5\r\n');
-      return Promise.resolve(outcome);
-    }
-    const s = pick.state;
-    const epoch = s.breaker.epoch;
-    outcome.target = s.target.id;
-    if (s.tunnels >= (this.opts.maxTunnelsPerTarget ?? Infinity)) {
-      // Long-lived tunnels would otherwise pile up on one target without bound.
-      s.breaker.release(epoch);
-      limitHits.labels({ limit: 'target_sockets' }).inc();
-      outcome.status = 503;
-      rawAnswer(socket, 503, 'target busy: too many open WebSockets', 'Retry-After: 5\r\n');
-      return Promise.resolve(outcome);
-    }
-    s.inflight++;
-    s.tunnels++;
+    const outcome: Outcome = { status: 101, target: undefined, attempts: 0, error: undefined };
     // X-Forwarded-* as for plain requests; http-proxy copies these headers to the upstream request.
     const headers = req.allHeaders();
     const prior = headers['x-forwarded-for'];
@@ -349,61 +349,17 @@ export class Forwarder {
     // What http-proxy's WebSocket pass reads of a request.
     const handshake = { method: req.method, url: req.url, headers, socket } as unknown as IncomingMessage;
     return new Promise((resolve) => {
-      let done = false;
-      /** The target switched protocols, or its refusal is under way: no answer of ours may go into the socket. */
-      let switched = false;
-      const end = (): void => {
-        if (done) return;
-        done = true;
-        s.tunnels--;
-        this.registry.done(s);
+      const tried = new Set<TargetState>();
+      let asked = false;
+      let finished = false;
+      const finish = (): void => {
+        if (finished) return;
+        finished = true;
         resolve(outcome);
       };
-      /** The target's verdict, given once: when the handshake is answered or fails, not when the tunnel ends. */
-      let judged = false;
-      const judge = (ok: boolean): void => {
-        if (judged) return;
-        judged = true;
-        if (ok) s.breaker.onSuccess(epoch);
-        else s.breaker.onFailure(epoch);
-      };
-      /** The handshake failed before anything of the target's reached the client: our own answer. */
-      const fail = (kind: FailureKind, status: number, message: string): void => {
-        outcome.error = kind;
-        outcome.status = status;
-        failedConnections.labels({ target: s.target.id }).inc();
-        upstreamErrors.labels({ kind }).inc();
-        // At once: http-proxy ends the socket right after this callback. Nothing is retried here, so
-        // nothing waits for the breaker's board.
-        rawAnswer(socket, status, message);
-        judge(false);
-      };
-      (socket as WithHandshake)[kHandshake] = (proxyReq) => {
-        // An answer to the handshake within UPSTREAM_TIMEOUT, or a 504: http-proxy's proxyTimeout does not
-        // reach its WebSocket pass. The tunnel itself has no such clock (http-proxy sets it to 0 on switching).
-        proxyReq.setTimeout(this.opts.upstreamTimeoutMs, () => proxyReq.destroy(Object.assign(new Error('no answer to the handshake'), { code: 'HANDSHAKE_TIMEOUT' })));
-        proxyReq.once('upgrade', () => {
-          switched = true;
-          // The target answered: a half-open trial's verdict now, not when the tunnel closes hours later.
-          judge(true);
-        });
-        // A refusal (any answer but 101) is passed on framed as its own answer. http-proxy's listener would
-        // write the target's headers as parsed (Transfer-Encoding and Connection among them) over the
-        // decoded body; it is added right after this event, and replaced here before any answer can be read.
-        process.nextTick(() => {
-          proxyReq.removeAllListeners('response');
-          proxyReq.on('response', (refusal: IncomingMessage) => {
-            if (passRefusal(refusal, socket)) {
-              outcome.status = refusal.statusCode!;
-              switched = true;
-              judge(true);
-              return;
-            }
-            refusal.destroy();
-            fail('bad_response', 502, 'upstream connection failed');
-          });
-        });
-      };
+      /** The attempt under way's part when the client's socket closes. */
+      let onClose: () => void = finish;
+      socket.once('close', () => onClose());
       // Both directions of the tunnel count for memory.ts's collections. http-proxy pipes the target's
       // socket into the client's and then the client's back, in one go: 'pipe' comes between, so
       // listeners added then see the same chunks as the pipes (a paused socket resumes on the next tick).
@@ -411,32 +367,153 @@ export class Forwarder {
         from.on('data', countChunk);
         socket.on('data', countChunk);
       });
-      socket.once('close', () => {
-        // The client left before the target answered: no verdict either way (a trial is given back).
-        if (!judged) {
-          judged = true;
-          s.breaker.release(epoch);
-        }
-        end();
-      });
-      this.wsProxy.ws(
-        handshake,
-        socket,
-        head,
-        { target: { host: s.target.host, port: s.target.port }, proxyTimeout: this.opts.upstreamTimeoutMs },
-        (err: NodeJS.ErrnoException) => {
-          if (switched || outcome.error) {
-            // The tunnel (or the refusal being passed on) broke: it closes, nothing is written into it.
-            socket.destroy();
-            end();
-            return;
+
+      const attempt = (head: Buffer): void => {
+        if (socket.destroyed) return finish();
+        const pick = pool.pick(tried);
+        if (!pick) {
+          // As for a plain request: a half-open target whose trial is being claimed or tried elsewhere
+          // may be granted or closed in a moment; the board is asked once before the 503.
+          const ids = asked ? [] : pool.awaitingBoard();
+          if (ids.length) {
+            asked = true;
+            return this.registry.breakers!.ask(ids, () => attempt(head));
           }
-          if (err.code === 'HANDSHAKE_TIMEOUT') fail('timeout', 504, 'upstream timed out');
-          else fail(kindOf(err), 502, 'upstream connection failed');
+          if (outcome.error) {
+            // Every target tried failed to connect: what went wrong with the last one.
+            rawAnswer(socket, outcome.status, 'upstream connection failed');
+          } else {
+            outcome.status = 503;
+            rawAnswer(socket, 503, 'no target available', 'Retry-After: 5\r\n');
+          }
+          return finish();
+        }
+        const s = pick.state;
+        const epoch = s.breaker.epoch;
+        tried.add(s);
+        outcome.target = s.target.id;
+        outcome.attempts++;
+        if (s.tunnels >= (this.opts.maxTunnelsPerTarget ?? Infinity)) {
+          // Long-lived tunnels would otherwise pile up on one target without bound.
+          s.breaker.release(epoch);
+          limitHits.labels({ limit: 'target_sockets' }).inc();
+          outcome.status = 503;
+          rawAnswer(socket, 503, 'target busy: too many open WebSockets', 'Retry-After: 5\r\n');
+          return finish();
+        }
+        s.inflight++;
+        s.tunnels++;
+        let ended = false;
+        const end = (): void => {
+          if (ended) return;
+          ended = true;
+          s.tunnels--;
+          this.registry.done(s);
+        };
+        /** The target switched protocols, or its refusal is under way: no answer of ours may go into the socket. */
+        let switched = false;
+        /** Our own answer is written (a 502 or 504): the handshake is over. */
+        let answered = false;
+        /** The target's verdict, given once: when the handshake is answered or fails, not when the tunnel ends. */
+        let judged = false;
+        const judge = (ok: boolean): void => {
+          if (judged) return;
+          judged = true;
+          if (ok) s.breaker.onSuccess(epoch);
+          else s.breaker.onFailure(epoch);
+        };
+        /** This try failed before anything of the target's reached the client. */
+        const failed = (kind: FailureKind, status: number): void => {
+          outcome.error = kind;
+          outcome.status = status;
+          failedConnections.labels({ target: s.target.id }).inc();
+          upstreamErrors.labels({ kind }).inc();
+          judge(false);
+        };
+        /** ... and is answered: at once, for http-proxy ends the socket right after its error callback. */
+        const fail = (kind: FailureKind, status: number, message: string): void => {
+          failed(kind, status);
+          answered = true;
+          rawAnswer(socket, status, message);
+        };
+        onClose = (): void => {
+          // The client left before the target answered: no verdict either way (a trial is given back).
+          if (!judged) {
+            judged = true;
+            s.breaker.release(epoch);
+          }
           end();
-        },
-      );
+          finish();
+        };
+        (socket as WithHandshake)[kHandshake] = (proxyReq) => {
+          // An answer to the handshake within UPSTREAM_TIMEOUT, or a 504: http-proxy's proxyTimeout does not
+          // reach its WebSocket pass. The tunnel itself has no such clock (http-proxy sets it to 0 on switching).
+          proxyReq.setTimeout(this.opts.upstreamTimeoutMs, () => proxyReq.destroy(Object.assign(new Error('no answer to the handshake'), { code: 'HANDSHAKE_TIMEOUT' })));
+          proxyReq.once('upgrade', () => {
+            switched = true;
+            outcome.status = 101;
+            outcome.error = undefined;
+            // The target answered: a half-open trial's verdict now, not when the tunnel closes hours later.
+            judge(true);
+          });
+          // A refusal (any answer but 101) is passed on framed as its own answer. http-proxy's listener would
+          // write the target's headers as parsed (Transfer-Encoding and Connection among them) over the
+          // decoded body; it is added right after this event, and replaced here before any answer can be read.
+          process.nextTick(() => {
+            proxyReq.removeAllListeners('response');
+            proxyReq.on('response', (refusal: IncomingMessage) => {
+              if (passRefusal(refusal, socket)) {
+                outcome.status = refusal.statusCode!;
+                outcome.error = undefined;
+                switched = true;
+                judge(true);
+                return;
+              }
+              refusal.destroy();
+              fail('bad_response', 502, 'upstream connection failed');
+            });
+          });
+        };
+        this.wsProxy.ws(
+          handshake,
+          socket,
+          head,
+          { target: { host: s.target.host, port: s.target.port }, proxyTimeout: this.opts.upstreamTimeoutMs },
+          (err: NodeJS.ErrnoException) => {
+            if (switched || answered) {
+              // The tunnel (or the refusal being passed on) broke: it closes, nothing is written into it.
+              socket.destroy();
+              end();
+              return;
+            }
+            if (ended) return; // this try is over (moved on to the next target)
+            if (err.code === 'HANDSHAKE_TIMEOUT') {
+              fail('timeout', 504, 'upstream timed out');
+              return end();
+            }
+            const kind = kindOf(err);
+            // Nothing of the target's has come: another target may answer, as for a GET without a body.
+            if (WS_RETRYABLE.has(kind) && this.retriesLeft(outcome) && !socket.destroyed) {
+              failed(kind, 502);
+              end();
+              retriesTotal.inc();
+              keepOpenOnce(socket);
+              // The head went back into the socket on this try (http-proxy unshifts it): not twice.
+              process.nextTick(attempt, EMPTY);
+              return;
+            }
+            fail(kind, 502, 'upstream connection failed');
+            end();
+          },
+        );
+      };
+      attempt(head);
     });
+  }
+
+  /** Whether a WebSocket handshake tried `outcome.attempts` times may be tried once more (RETRIES). */
+  private retriesLeft(outcome: Outcome): boolean {
+    return outcome.attempts <= this.opts.retries;
   }
 
   close(): void {

@@ -194,3 +194,56 @@ test('at SHUTDOWN_TIMEOUT a handshake still waiting for its route gets a 503 wit
     await close(server);
   }
 });
+
+describe('a handshake whose connection fails before the target answers is tried on the next target', () => {
+  /** A WebSocket echo target, and a port that refuses, ordered so that the refusing one is picked first. */
+  async function deadFirst(env: Record<string, string> = {}): Promise<{ p: Running; echo: http.Server; wss: WebSocketServer; dead: Target }> {
+    const echo = http.createServer();
+    const wss = new WebSocketServer({ server: echo });
+    wss.on('connection', (sock) => sock.on('message', (m) => sock.send(m)));
+    const live = makeTarget('127.0.0.1', await listen(echo));
+    let dead: Target;
+    // A closed port whose id sorts before the live one's: targets are tried in id order from the first.
+    for (;;) {
+      const probe = net.createServer();
+      dead = makeTarget('127.0.0.1', await listen(probe));
+      await close(probe);
+      if (dead.id < live.id) break;
+    }
+    const targets = [dead, live];
+    const p = await start(
+      loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: targets.map((t) => t.id).join(','), PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', ...env }),
+      { provider: { name: 'test', discover: async () => targets } },
+    );
+    return { p, echo, wss, dead };
+  }
+
+  test('refused by the first target, the WebSocket opens on the second and carries messages', async () => {
+    const { p, echo, wss } = await deadFirst();
+    try {
+      const ws = await open(p.port);
+      expect(ws).toBeInstanceOf(WebSocket);
+      const echoed = await new Promise<string>((resolve) => {
+        (ws as WebSocket).once('message', (m) => resolve(String(m)));
+        (ws as WebSocket).send('hello after a retry');
+      });
+      expect(echoed).toBe('hello after a retry');
+      (ws as WebSocket).close();
+    } finally {
+      await p.stop();
+      wss.close();
+      await close(echo);
+    }
+  });
+
+  test('with RETRIES=0 the refusal is the answer: a 502', async () => {
+    const { p, echo, wss } = await deadFirst({ RETRIES: '0' });
+    try {
+      expect(await open(p.port)).toBe(502);
+    } finally {
+      await p.stop();
+      wss.close();
+      await close(echo);
+    }
+  });
+});
