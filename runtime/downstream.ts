@@ -147,6 +147,10 @@ export class Request {
   private sink: BodySink | undefined;
   private held: Buffer[] | undefined;
   private dropping = false;
+  /** A copy of what went to the sink, kept while it fits `keepLimit` (keepBody), for a replay. */
+  private kept: Buffer[] | undefined;
+  private keptBytes = 0;
+  private keepLimit = 0;
 
   constructor(
     readonly conn: ClientConn,
@@ -227,11 +231,42 @@ export class Request {
     const held = this.held;
     this.held = undefined;
     let ok = true;
-    if (held) for (const b of held) ok = sink.write(b) && ok;
+    if (held) {
+      for (const b of held) {
+        this.keep(b);
+        ok = sink.write(b) && ok;
+      }
+    }
     this.conn.resume(PAUSE_UNPIPED);
     if (this.complete) sink.end();
     else if (!ok) this.conn.waitForDrain(sink);
     return sink;
+  }
+
+  /** Keeps a copy of the body as it goes to its sink, while it is at most `limit` bytes: see replay(). */
+  keepBody(limit: number): void {
+    this.kept = [];
+    this.keepLimit = limit;
+  }
+
+  /** The whole body has arrived and a copy of it is kept: it can go to another target. */
+  get replayable(): boolean {
+    return this.complete && this.kept !== undefined;
+  }
+
+  /** Sends the kept copy of the whole body to `sink` (another target's), and ends it. */
+  replay<T extends BodySink>(sink: T): T {
+    this.sink = sink;
+    for (const b of this.kept ?? []) sink.write(b);
+    sink.end();
+    return sink;
+  }
+
+  private keep(b: Buffer): void {
+    if (this.kept === undefined) return;
+    this.keptBytes += b.length;
+    if (this.keptBytes > this.keepLimit) this.kept = undefined;
+    else this.kept.push(b);
   }
 
   /** The body has somewhere to go that still takes it. */
@@ -253,6 +288,7 @@ export class Request {
     if (this.dropping) return;
     const sink = this.sink;
     if (sink) {
+      if (this.kept !== undefined) this.keep(b);
       if (!sink.write(b)) this.conn.waitForDrain(sink);
       return;
     }

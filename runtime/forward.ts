@@ -67,6 +67,12 @@ const HOP_BY_HOP = new Set([
 const OWN = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-port', 'x-forwarded-host', 'expect']);
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
 /**
+ * An idempotent request's body up to this size, announced by Content-Length, is kept as it goes to the
+ * target: when the target resets before answering, the whole body (once it has arrived) goes to the next
+ * one. A larger or chunked body is streamed only, and such a request is not retried after it was sent.
+ */
+const REPLAY_LIMIT = 64 * 1024;
+/**
  * Lengths of the names above: a header whose name has none of them (and no `_`) is none of them, so the
  * everyday header is passed on without lower-casing its name (which allocates a string).
  */
@@ -537,6 +543,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   private stale = 0;
   /** The board was asked about targets held by another worker's trial (once per request). */
   private asked = false;
+  /** A try has taken the client's body (piped it to its target). */
+  private bodyTaken = false;
 
   // The try under way.
   private s!: TargetState;
@@ -565,7 +573,11 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   ) {
     this.head = upstreamHead(req, portString(opts.listenPort()));
     this.body = req.hasBody;
-    this.retryOnReset = IDEMPOTENT.has(req.method) && !this.body;
+    const idempotent = IDEMPOTENT.has(req.method);
+    const length = req.headers['content-length'];
+    const small = this.body && req.headers['transfer-encoding'] === undefined && length !== undefined && Number(length) <= REPLAY_LIMIT;
+    if (idempotent && small) req.keepBody(REPLAY_LIMIT);
+    this.retryOnReset = idempotent && (!this.body || small);
     // The connection tells this exchange when the client leaves or stalls, and when the answer is out.
     res.handler = this;
   }
@@ -621,7 +633,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     this.settled = false;
     this.sent = false;
     this.responded = false;
-    this.replayable = this.retryOnReset;
+    // A keep-alive socket that may be stale carries at once only what needs no copy to be sent again.
+    this.replayable = this.retryOnReset && !this.body;
     this.up = undefined;
     const { req } = this;
     const ask = { method: req.method, path: req.url, headers: withHost(this.head, req, s), body: this.body, timeoutMs: this.opts.upstreamTimeoutMs };
@@ -664,8 +677,13 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     this.connectTimer = undefined;
     this.sent = true;
     const up = this.up!;
-    if (this.body) this.req.pipe(up as unknown as NodeJS.WritableStream); // write/end/drain, as Readable.pipe uses them
-    else up.end();
+    if (!this.body) up.end();
+    // A try after one that took the body: the kept copy (retryOrAnswer retries only when there is one).
+    else if (this.bodyTaken) this.req.replay(up as unknown as NodeJS.WritableStream);
+    else {
+      this.bodyTaken = true;
+      this.req.pipe(up as unknown as NodeJS.WritableStream); // write/end/drain, as Readable.pipe uses them
+    }
   }
 
   onResponse(upRes: UpstreamResponse): void {
@@ -827,7 +845,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     outcome.error = err.kind;
     // Timeouts are not retried: the target may be working on it, and the client has waited long enough.
     // A reset or a garbled answer before any byte reached the client is, for an idempotent request.
-    const retryable = err.beforeSend || (this.retryOnReset && (err.kind === 'reset' || err.kind === 'bad_response'));
+    const retryable = err.beforeSend ||
+      (this.retryOnReset && (err.kind === 'reset' || err.kind === 'bad_response') && (!this.body || this.req.replayable));
     if (retryable && this.retries < this.opts.retries && unsent) {
       this.retries++;
       retriesTotal.inc();

@@ -207,6 +207,47 @@ describe('retry on another target', () => {
     }
   });
 
+  test('a PUT whose whole (small) body had arrived, reset before its answer, is retried with that body on the next target', async () => {
+    const { resetting, good, p } = await resettingFirst();
+    good.handle = (req, res) => {
+      let body = '';
+      req.on('data', (c) => (body += c));
+      req.on('end', () => res.end(`stored ${body}`));
+    };
+    try {
+      const body = 'x'.repeat(10_000) + '-end';
+      expect(await request(p.port, { method: 'PUT', path: '/item/7', body })).toMatchObject({ status: 200, body: `stored ${body}` });
+      expect(resetting.seen).toHaveLength(1);
+      expect(good.seen).toHaveLength(1);
+      expect(good.seen[0]).toMatchObject({ method: 'PUT', url: '/item/7', bodyBytes: body.length });
+    } finally {
+      await p.stop();
+      await Promise.all([resetting.close(), good.close()]);
+    }
+  });
+
+  test.each<[string, (port: number) => Promise<number>]>([
+    ['a PUT whose body is streamed (chunked)', (port) => new Promise<number>((resolve, reject) => {
+      const req = http.request({ host: '127.0.0.1', port, method: 'PUT', path: '/item', headers: { 'Transfer-Encoding': 'chunked' } }, (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      });
+      req.on('error', reject);
+      req.end('a chunked body');
+    })],
+    ['a POST, however small', async (port) => (await request(port, { method: 'POST', body: 'tiny' })).status],
+  ])('not retried after it was sent: %s', async (_name, send) => {
+    const { resetting, good, p } = await resettingFirst();
+    try {
+      expect(await send(p.port)).toBe(502);
+      expect(resetting.seen).toHaveLength(1);
+      expect(good.seen).toHaveLength(0);
+    } finally {
+      await p.stop();
+      await Promise.all([resetting.close(), good.close()]);
+    }
+  });
+
   test('a POST to a target that refuses the connection is retried with its body on the next one', async () => {
     const good = await startBackend('good');
     const dead = await startBackend('dead');
