@@ -251,7 +251,7 @@ describe('PrimaryBreakers (a worker\'s line to the board)', () => {
 
 describe('BreakerBoard', () => {
   test('keeps no entry for a closed breaker with nothing counted, and forgets targets nobody uses', () => {
-    const board = new BreakerBoard({ threshold: 2, timeoutMs: 1000 });
+    const board = new BreakerBoard({ threshold: 2, timeoutMs: 1000, now: () => 5_000 });
     expect(board.report(1, TARGET, 'ok')).toEqual({ snap: { id: TARGET, state: 'closed', failing: false }, changed: false });
     expect(board.report(1, TARGET, 'fail').snap).toEqual({ id: TARGET, state: 'closed', failing: true });
     expect(board.snapshots()).toHaveLength(1);
