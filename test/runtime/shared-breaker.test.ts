@@ -14,8 +14,10 @@ import { until } from '../support/net';
 const TARGET = '10.0.0.1:80';
 const TIMEOUT_MS = 60; // CIRCUIT_BREAKER_TIMEOUT 0.001 minutes
 
-/** Lets every message in flight arrive (each hop is one setImmediate). */
-const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 10));
+/** Lets every message in flight arrive: each hop is one setImmediate, so a few turns, however slow the machine. */
+async function settle(): Promise<void> {
+  for (let turn = 0; turn < 20; turn++) await new Promise((r) => setImmediate(r));
+}
 
 interface FakeWorker {
   readonly id: number;
