@@ -41,6 +41,8 @@ export interface RegistryOptions {
 
 export class TargetRegistry implements StatusSetter {
   private readonly states = new Map<string, TargetState>();
+  /** Half-open trials the primary granted to this worker that no request has taken yet (pick() takes them first). */
+  grants = 0;
   private changed: (() => void) | undefined;
 
   constructor(private readonly opts: RegistryOptions) {}
@@ -75,6 +77,7 @@ export class TargetRegistry implements StatusSetter {
           threshold: this.opts.breakerThreshold,
           timeoutMs: this.opts.breakerTimeoutMs,
           onChange: (state) => breakerState.labels({ target: id }).set(breakerStateValue(state)),
+          onGrant: (delta) => (this.grants += delta),
           shared: link && { id, link },
         }),
         pool: new UpstreamPool({
@@ -116,6 +119,7 @@ export class TargetRegistry implements StatusSetter {
     if (s.refs > 0 || this.states.get(s.target.id) !== s) return;
     if (s.inflight > 0) return; // draining: in-flight requests finish, done() comes back here
     this.states.delete(s.target.id);
+    s.breaker.forget();
     s.pool.destroy();
     breakerState.remove({ target: s.target.id });
     nodeHealthStatus.remove({ target: s.target.id });
@@ -205,6 +209,14 @@ export class Pool {
    * visit each target once per N. Synchronous, so concurrent requests never share a cursor value.
    */
   pick(exclude?: ReadonlySet<TargetState>): Pick | undefined {
+    // A half-open trial the primary granted this worker goes first: waiting for the rotation to come
+    // round to it could outlast the grant (one request a second to one of five targets), and the
+    // target would never be tried.
+    if (this.registry.grants > 0) {
+      for (const s of this.members) {
+        if (s.breaker.hasGrant && s.healthy !== false && !exclude?.has(s) && s.breaker.tryAcquire()) return (s.picked ??= { state: s, failOpen: false });
+      }
+    }
     const n = this.members.length;
     for (let want = HEALTHY; want <= UNHEALTHY; want++) {
       for (let k = 0; k < n; k++) {

@@ -42,6 +42,8 @@ export interface BreakerOptions {
   now?: () => number;
   /** Called after every state change, including the lazy open → half-open. */
   onChange?: (state: BreakerState) => void;
+  /** Called when a granted trial comes (+1) and when it is taken or lapses (-1): pools take it first. */
+  onGrant?: (delta: 1 | -1) => void;
   /** The primary's board and this target's id there: the count and the trial are shared. */
   shared?: { readonly id: string; readonly link: BreakerLink };
 }
@@ -98,6 +100,7 @@ export class CircuitBreaker {
   private readonly timeoutMs: number;
   private readonly now: () => number;
   private readonly onChange: ((state: BreakerState) => void) | undefined;
+  private readonly onGrant: ((delta: 1 | -1) => void) | undefined;
   private readonly shared: { readonly id: string; readonly link: BreakerLink } | undefined;
 
   private current: BreakerState = 'closed';
@@ -109,8 +112,8 @@ export class CircuitBreaker {
   private trialElsewhere = false;
   /** Linked: the number of this worker's claim on the trial, while the board has not answered it (0: none). */
   private claiming = 0;
-  /** Linked: the board granted this worker the trial, and no request has taken it yet. */
-  private granted = false;
+  /** Linked: the board granted this worker the trial, and no request has taken it yet (see hasGrant). */
+  private grantHeld = false;
   private grantTimer: NodeJS.Timeout | undefined;
   /** Linked: this worker's trial failed, and the board has not said open yet. */
   private failPending = false;
@@ -130,6 +133,7 @@ export class CircuitBreaker {
     this.timeoutMs = opts.timeoutMs;
     this.now = opts.now ?? Date.now;
     this.onChange = opts.onChange;
+    this.onGrant = opts.onGrant;
     this.shared = opts.shared;
   }
 
@@ -174,7 +178,7 @@ export class CircuitBreaker {
       case 'closed':
         return true;
       case 'half-open':
-        return this.link ? this.granted : !this.trialOut;
+        return this.link ? this.grantHeld : !this.trialOut;
       case 'open':
         return false;
     }
@@ -191,9 +195,8 @@ export class CircuitBreaker {
           this.trialOut = true;
           return true;
         }
-        if (this.granted) {
+        if (this.grantHeld) {
           this.granted = false;
-          clearTimeout(this.grantTimer);
           this.trialOut = true;
           return true;
         }
@@ -340,19 +343,38 @@ export class CircuitBreaker {
     this.trialElsewhere = false;
     this.claiming = 0;
     this.granted = false;
-    clearTimeout(this.grantTimer);
   }
 
   /** The board's grant, kept GRANT_MS for a request to take; then given back, so another worker can try. */
   private grant(): void {
+    if (this.grantHeld) return;
     this.granted = true;
-    clearTimeout(this.grantTimer);
     this.grantTimer = setTimeout(() => {
-      if (!this.granted) return;
+      if (!this.grantHeld) return;
       this.granted = false;
       this.link?.report(this.shared!.id, 'release');
     }, GRANT_MS);
     this.grantTimer.unref?.();
+  }
+
+  /** The target is forgotten (no route lists it): a grant it holds goes back to the board for another worker. */
+  forget(): void {
+    if (!this.grantHeld) return;
+    this.granted = false;
+    this.link?.report(this.shared!.id, 'release');
+  }
+
+  /** A granted trial no request has taken yet: the next pick of a pool with this target should take it. */
+  get hasGrant(): boolean {
+    return this.grantHeld;
+  }
+
+  /** Holds or drops the grant, telling onGrant, and its timer going with it. */
+  private set granted(held: boolean) {
+    if (held === this.grantHeld) return;
+    this.grantHeld = held;
+    if (!held) clearTimeout(this.grantTimer);
+    this.onGrant?.(held ? 1 : -1);
   }
 
   /** The state, or undefined for an outcome whose `epoch` (when given) the breaker has moved on from. */
@@ -372,9 +394,9 @@ export class CircuitBreaker {
     this.current = next;
     this.generation += 1;
     // A new state holds no trial of any kind: the previous state's belong to its generation.
-    this.trialOut = this.trialElsewhere = this.granted = this.failPending = false;
+    this.trialOut = this.trialElsewhere = this.failPending = false;
+    this.granted = false;
     this.claiming = 0;
-    clearTimeout(this.grantTimer);
     this.onChange?.(next);
   }
 }

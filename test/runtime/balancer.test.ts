@@ -1,4 +1,5 @@
 import { Pool, TargetRegistry } from '../../runtime/balancer';
+import type { BreakerLink } from '../../runtime/breaker';
 import { breakerState } from '../../runtime/metrics';
 import { makeTarget } from '../../runtime/types';
 
@@ -92,6 +93,40 @@ describe('karma_circuit_breaker_state', () => {
     expect(await series('10.0.0.3:80')).toBe(2);
     pool.clear();
     expect(await series('10.0.0.3:80')).toBeUndefined();
+    reg.close();
+  });
+});
+
+describe('a half-open trial the primary granted (several workers)', () => {
+  test('is taken by the very next pick, whatever the rotation: waiting for it could outlast the grant', () => {
+    const answers: (() => void)[] = [];
+    let n = 0;
+    const link: BreakerLink = {
+      up: true,
+      self: 1,
+      report: (id, ev, then) => {
+        if (ev !== 'trial') return undefined;
+        const mine = ++n;
+        answers.push(() => {
+          reg.get(id)!.breaker.apply({ id, state: 'half-open', failing: false, holder: 1 }, mine);
+          then?.();
+        });
+        return mine;
+      },
+      ask: (_ids, then) => then(),
+      last: () => undefined,
+    };
+    const reg = new TargetRegistry({ poolSize: 4, breakerThreshold: 3, breakerTimeoutMs: 60_000, breakers: link });
+    const pool = new Pool('r', reg);
+    pool.update(targets);
+    reg.get('10.0.0.2:80')!.breaker.apply({ id: '10.0.0.2:80', state: 'half-open', failing: false });
+    expect(picks(pool, 2)).toEqual(['10.0.0.1:80', '10.0.0.3:80']); // 10.0.0.2 claimed its trial, and was passed over
+    expect(answers).toHaveLength(1);
+    answers[0](); // granted
+    expect(reg.grants).toBe(1);
+    expect(picks(pool, 1)).toEqual(['10.0.0.2:80']); // the rotation would say 10.0.0.1
+    expect(reg.grants).toBe(0);
+    expect(picks(pool, 2)).toEqual(['10.0.0.1:80', '10.0.0.3:80']); // its one trial is out
     reg.close();
   });
 });
