@@ -327,6 +327,10 @@ export class CircuitBreaker {
         if (this.claiming !== 0 && replyTo !== undefined && replyTo >= this.claiming) {
           this.claiming = 0;
           if (mine && !this.trialOut) this.grant();
+        } else if (mine && this.claiming === 0 && !this.grantHeld && !this.trialOut) {
+          // Granted on a claim this worker stopped waiting for (the primary was slow): nobody here will
+          // take it, and every other worker would refuse the target meanwhile. Given back.
+          this.link?.report(this.shared!.id, 'release');
         }
         return;
       }

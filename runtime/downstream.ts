@@ -249,6 +249,11 @@ export class Request {
     this.keepLimit = limit;
   }
 
+  /** No retry can need the body any more (an answer is on its way): the copy goes. */
+  forgetBody(): void {
+    this.kept = undefined;
+  }
+
   /** The whole body has arrived and a copy of it is kept: it can go to another target. */
   get replayable(): boolean {
     return this.complete && this.kept !== undefined;
@@ -256,6 +261,8 @@ export class Request {
 
   /** Sends the kept copy of the whole body to `sink` (another target's), and ends it. */
   replay<T extends BodySink>(sink: T): T {
+    // The last target may have left the client paused until it drained: it never will now.
+    this.conn.stopWaitingForDrain();
     this.sink = sink;
     for (const b of this.kept ?? []) sink.write(b);
     sink.end();

@@ -387,7 +387,7 @@ export class Forwarder {
           }
           if (outcome.error) {
             // Every target tried failed to connect: what went wrong with the last one.
-            rawAnswer(socket, outcome.status, 'upstream connection failed');
+            rawAnswer(socket, outcome.status, outcome.status === 504 ? 'upstream timed out' : 'upstream connection failed');
           } else {
             outcome.status = 503;
             rawAnswer(socket, 503, 'no target available', 'Retry-After: 5\r\n');
@@ -455,6 +455,14 @@ export class Forwarder {
           // An answer to the handshake within UPSTREAM_TIMEOUT, or a 504: http-proxy's proxyTimeout does not
           // reach its WebSocket pass. The tunnel itself has no such clock (http-proxy sets it to 0 on switching).
           proxyReq.setTimeout(this.opts.upstreamTimeoutMs, () => proxyReq.destroy(Object.assign(new Error('no answer to the handshake'), { code: 'HANDSHAKE_TIMEOUT' })));
+          // That clock starts once connected: a target that drops SYNs gets POOL_TIMEOUT to accept, as for
+          // a plain request (then the next target), not the kernel's two minutes.
+          proxyReq.once('socket', (conn: net.Socket) => {
+            if (!conn.connecting) return;
+            const timer = setTimeout(() => proxyReq.destroy(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' })), this.opts.connectTimeoutMs);
+            conn.once('connect', () => clearTimeout(timer));
+            conn.once('close', () => clearTimeout(timer));
+          });
           proxyReq.once('upgrade', () => {
             switched = true;
             outcome.status = 101;
@@ -500,7 +508,7 @@ export class Forwarder {
             const kind = kindOf(err);
             // Nothing of the target's has come: another target may answer, as for a GET without a body.
             if (WS_RETRYABLE.has(kind) && this.retriesLeft(outcome) && !socket.destroyed) {
-              failed(kind, 502);
+              failed(kind, kind === 'connect_timeout' ? 504 : 502);
               end();
               retriesTotal.inc();
               keepOpenOnce(socket);
@@ -508,7 +516,8 @@ export class Forwarder {
               process.nextTick(attempt, EMPTY);
               return;
             }
-            fail(kind, 502, 'upstream connection failed');
+            if (kind === 'connect_timeout') fail(kind, 504, 'upstream timed out');
+            else fail(kind, 502, 'upstream connection failed');
             end();
           },
         );
@@ -545,6 +554,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   private asked = false;
   /** A try has taken the client's body (piped it to its target). */
   private bodyTaken = false;
+  /** The whole body had arrived when the last try failed. */
+  private bodyWhole = false;
 
   // The try under way.
   private s!: TargetState;
@@ -689,6 +700,9 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   onResponse(upRes: UpstreamResponse): void {
     const { res, s } = this;
     this.responded = true;
+    // Its copy would live as long as the answer streams; a target garbling its head in the same read
+    // is then a 502 for a request with a body, as before bodies were kept.
+    if (this.body) this.req.forgetBody();
     if (this.connectTimer) clearTimeout(this.connectTimer);
     s.breaker.onSuccess(this.epoch);
     countSuccess(s.target.id);
@@ -748,6 +762,9 @@ class Exchange implements UpstreamHandler, ResponseHandler {
 
   failTry(kind: FailureKind): void {
     if (this.settled) return;
+    // Whether the whole body had come when the try failed (the retry is decided later, maybe after
+    // waiting for the primary, while the rest of a body may still arrive).
+    this.bodyWhole = this.req.complete;
     const up = this.up;
     // The target's head came but none of it has left for the client yet (it went bad in the same read):
     // taken back, and this try fails as one without an answer would (a retry, or a 502).
@@ -766,7 +783,9 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       // A keep-alive connection looks alive until its FIN is read: the target most likely closed it just
       // before our request came. Tried again when nothing unrepeatable was sent; a 502 otherwise (the
       // body is gone), but no mark against a target that is fine on a fresh connection.
-      this.settle(undefined, !this.sent || this.replayable ? new UpstreamError('stale', true) : new UpstreamError('reset', false, true));
+      // A kept whole body can go again too, on a fresh connection to the same target.
+      const again = !this.sent || this.replayable || (this.body && this.retryOnReset && this.bodyWhole && this.req.replayable);
+      this.settle(undefined, again ? new UpstreamError('stale', true) : new UpstreamError('reset', false, true));
     } else if (kind === 'timeout' && this.body && !this.req.complete && !up?.writableNeedDrain) {
       // Silent both ways with the body unfinished and the target not pushing back: the client stalled.
       this.settle(undefined, new UpstreamError('client_timeout', false));
@@ -846,7 +865,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     // Timeouts are not retried: the target may be working on it, and the client has waited long enough.
     // A reset or a garbled answer before any byte reached the client is, for an idempotent request.
     const retryable = err.beforeSend ||
-      (this.retryOnReset && (err.kind === 'reset' || err.kind === 'bad_response') && (!this.body || this.req.replayable));
+      (this.retryOnReset && (err.kind === 'reset' || err.kind === 'bad_response') && (!this.body || (this.bodyWhole && this.req.replayable)));
     if (retryable && this.retries < this.opts.retries && unsent) {
       this.retries++;
       retriesTotal.inc();

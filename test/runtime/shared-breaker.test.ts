@@ -167,6 +167,29 @@ describe('one breaker per target across workers', () => {
     await trialOn(b);
   });
 
+  test('a grant that comes after the worker stopped waiting for it (a slow primary) is given back, not held by nobody', () => {
+    const sent: string[] = [];
+    let gaveUp: (() => void) | undefined;
+    const link = {
+      up: true,
+      self: 1,
+      report: (_id: string, ev: string, then?: () => void) => {
+        sent.push(ev);
+        gaveUp = then;
+        return then ? 7 : undefined;
+      },
+      ask: () => undefined,
+      last: () => undefined,
+    };
+    const b = new CircuitBreaker({ threshold: 1, timeoutMs: 0, shared: { id: TARGET, link } });
+    b.apply({ id: TARGET, state: 'half-open', failing: false });
+    expect(b.tryAcquire()).toBe(false); // the claim
+    gaveUp!(); // its wait runs out (PrimaryBreakers' waitMs)
+    b.apply({ id: TARGET, state: 'half-open', failing: false, holder: 1 }, 7); // the primary's late grant
+    expect(sent).toEqual(['trial', 'release']);
+    expect(b.hasGrant).toBe(false);
+  });
+
   test('a granted trial that no request takes is given back within a second', async () => {
     const { workers: [a, b], advance } = cluster();
     for (const w of [a, b, a]) await failOn(w);
