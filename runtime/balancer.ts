@@ -119,7 +119,7 @@ export class TargetRegistry implements StatusSetter {
     if (s.refs > 0 || this.states.get(s.target.id) !== s) return;
     if (s.inflight > 0) return; // draining: in-flight requests finish, done() comes back here
     this.states.delete(s.target.id);
-    s.breaker.forget();
+    s.breaker.giveBack();
     s.pool.destroy();
     breakerState.remove({ target: s.target.id });
     nodeHealthStatus.remove({ target: s.target.id });
@@ -190,11 +190,17 @@ export class Pool {
     targetsPerRoute.labels({ route: this.id }).set(this.members.length);
   }
 
-  /** Members whose half-open breaker waits on the board: a claim on the trial unanswered, or another worker's trial out. */
-  awaitingBoard(): string[] {
+  /**
+   * Asks the primary's board about the members whose half-open breaker waits on it (a claim on the trial
+   * unanswered, or another worker's trial out), and calls `then` once it has answered: true. With none
+   * such, false and nothing asked.
+   */
+  askBoard(then: () => void): boolean {
     const ids: string[] = [];
     for (const s of this.members) if (s.breaker.awaitsBoard) ids.push(s.target.id);
-    return ids;
+    if (ids.length === 0) return false;
+    this.registry.breakers!.ask(ids, then);
+    return true;
   }
 
   /** Drops every member (the route is forgotten). */

@@ -353,16 +353,12 @@ export class CircuitBreaker {
   private grant(): void {
     if (this.grantHeld) return;
     this.granted = true;
-    this.grantTimer = setTimeout(() => {
-      if (!this.grantHeld) return;
-      this.granted = false;
-      this.link?.report(this.shared!.id, 'release');
-    }, GRANT_MS);
+    this.grantTimer = setTimeout(() => this.giveBack(), GRANT_MS);
     this.grantTimer.unref?.();
   }
 
-  /** The target is forgotten (no route lists it): a grant it holds goes back to the board for another worker. */
-  forget(): void {
+  /** A grant no request took (lapsed, or the target is forgotten) goes back to the board for another worker. */
+  giveBack(): void {
     if (!this.grantHeld) return;
     this.granted = false;
     this.link?.report(this.shared!.id, 'release');
@@ -405,6 +401,9 @@ export class CircuitBreaker {
   }
 }
 
+/** A closed breaker with nothing counted: what the board holds no entry for. */
+const clean = (id: string): BreakerSnapshot => ({ id, state: 'closed', failing: false });
+
 /**
  * The primary's breakers, one per target for all workers: the one failure count and the one half-open
  * trial. Workers report (BreakerLink); every change goes back to all of them as a snapshot. A target
@@ -420,7 +419,7 @@ export class BreakerBoard {
     let e = this.entries.get(id);
     if (!e) {
       // Only a failure or a trial starts a story; anything else about a closed, clean breaker is news to nobody.
-      if (ev !== 'fail' && ev !== 'trial') return { snap: { id, state: 'closed', failing: false }, changed: false };
+      if (ev !== 'fail' && ev !== 'trial') return { snap: clean(id), changed: false };
       e = { breaker: new CircuitBreaker(this.opts), holder: undefined };
       this.entries.set(id, e);
     }
@@ -461,7 +460,7 @@ export class BreakerBoard {
 
   snapshot(id: string): BreakerSnapshot {
     const e = this.entries.get(id);
-    return e ? this.snapshotOf(id, e) : { id, state: 'closed', failing: false };
+    return e ? this.snapshotOf(id, e) : clean(id);
   }
 
   /** A worker is gone: a trial it held is given back. The snapshots that changed. */
@@ -481,7 +480,7 @@ export class BreakerBoard {
     for (const id of this.entries.keys()) {
       if (ids.has(id)) continue;
       this.entries.delete(id);
-      gone.push({ id, state: 'closed', failing: false });
+      gone.push(clean(id));
     }
     return gone;
   }

@@ -295,7 +295,7 @@ export class Request {
     if (this.dropping) return;
     const sink = this.sink;
     if (sink) {
-      if (this.kept !== undefined) this.keep(b);
+      this.keep(b);
       if (!sink.write(b)) this.conn.waitForDrain(sink);
       return;
     }

@@ -380,10 +380,9 @@ export class Forwarder {
         if (!pick) {
           // As for a plain request: a half-open target whose trial is being claimed or tried elsewhere
           // may be granted or closed in a moment; the board is asked once before the 503.
-          const ids = asked ? [] : pool.awaitingBoard();
-          if (ids.length) {
+          if (!asked && pool.askBoard(() => attempt(head))) {
             asked = true;
-            return this.registry.breakers!.ask(ids, () => attempt(head));
+            return;
           }
           if (outcome.error) {
             // Every target tried failed to connect: what went wrong with the last one.
@@ -604,14 +603,11 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     if (!pick) {
       // Nothing (else) to try: the client hears what went wrong with the last target, if any.
       if (outcome.error) return this.fail();
-      if (!this.asked) {
-        // Refused only because a half-open target's trial is being claimed, or is out on another worker:
-        // the board's answer (a grant, a verdict) may be on its way. Ask once before saying 503.
-        const ids = this.pool.awaitingBoard();
-        if (ids.length) {
-          this.asked = true;
-          return this.registry.breakers!.ask(ids, () => this.resume());
-        }
+      // Refused only because a half-open target's trial is being claimed, or is out on another worker:
+      // the board's answer (a grant, a verdict) may be on its way. Ask once before saying 503.
+      if (!this.asked && this.pool.askBoard(() => this.resume())) {
+        this.asked = true;
+        return;
       }
       outcome.status = 503;
       answer(this.res, 503, 'no target available', { 'Retry-After': '5' });
