@@ -1,5 +1,7 @@
 // Load generators: wrk when on PATH (C, one thread, microsecond latencies), else autocannon from the
-// project's devDependencies (Node; its latency histogram counts whole milliseconds).
+// project's devDependencies (Node; its latency histogram counts whole milliseconds). For the latency
+// scenarios, pace.c (an open-loop generator at a fixed rate, built here with the system's C compiler).
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { onPath, spawnPinned } from './proc.mjs';
@@ -12,6 +14,23 @@ export function loadGenerator() {
   if (wrkBin && process.env.BENCH_LOADGEN !== 'autocannon') return { name: 'wrk', bin: wrkBin, usPrecision: true };
   if (fs.existsSync(autocannonBin)) return { name: 'autocannon', bin: autocannonBin, usPrecision: false };
   return undefined;
+}
+
+/**
+ * Builds pace.c into `dir` with cc (gcc, clang): { bin } or { why } when there is no compiler or the
+ * build fails. wrk offers no rate, only a wait in whole milliseconds after each answer, which sends its
+ * connections' requests in clumps on millisecond ticks; pace sends each request when it is due.
+ */
+export function buildPacer(dir) {
+  const cc = onPath('cc') ?? onPath('gcc') ?? onPath('clang');
+  if (!cc) return { why: 'no C compiler (cc) to build test/bench/lib/pace.c' };
+  const bin = path.join(dir, 'pace');
+  try {
+    execFileSync(cc, ['-O2', '-o', bin, path.join(ROOT, 'test', 'bench', 'lib', 'pace.c'), '-lm'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    return { bin, name: 'pace (test/bench/lib/pace.c, open loop)' };
+  } catch (e) {
+    return { why: `building test/bench/lib/pace.c failed: ${String(e.stderr ?? e.message).trim().split('\n')[0]}` };
+  }
 }
 
 function run(core, cmd, args) {
@@ -30,11 +49,19 @@ const luaString = (s) => JSON.stringify(s); // a JSON string literal is a valid 
 
 /**
  * One load run. opts: { url, connections, seconds, method, bodyBytes, close, delayMs, randomDelay, rate, dir,
- * core }. With randomDelay, each wait after an answer is drawn from an exponential distribution of mean
+ * core, pacer, arrivals }. With pacer (from buildPacer), GETs are sent at `rate` per second by pace, evenly
+ * spaced or with `arrivals: 'poisson'` at exponentially distributed intervals. With randomDelay, each wait after an answer is drawn from an exponential distribution of mean
  * delayMs (wrk only; autocannon's -R rate is used otherwise).
  * Returns { requests, seconds, rps, bytes, p50, p90, p99, p999, max (ms), errors, non2xx }.
  */
 export async function drive(gen, opts) {
+  if (opts.pacer) {
+    // Open loop: opts.rate requests a second over opts.connections, evenly spaced or (poisson) at random.
+    const u = new URL(opts.url);
+    const out = await run(opts.core, opts.pacer.bin, [u.hostname, u.port, u.pathname, String(opts.connections), String(opts.rate), String(opts.seconds), '0', opts.arrivals ?? 'uniform']);
+    const j = JSON.parse(out.trim().split('\n').pop());
+    return { ...j, errorDetail: { errors: j.errors } };
+  }
   if (gen.name === 'wrk') {
     const script = path.join(opts.dir, `wrk-${process.pid}-${Math.random().toString(36).slice(2)}.lua`);
     const lines = [];
