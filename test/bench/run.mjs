@@ -234,6 +234,7 @@ async function main() {
         workerRssEndMiB: workers.length ? Math.max(...now.map((m) => m.rss)) : undefined,
         workerHwmMiB: workers.length ? Math.max(...now.map((m) => m.hwm)) : undefined,
         foreignCpuCores: s.foreignCores,
+        loadGeneratorCpuCores: s.harnessCores,
         backendCpuCores: s.cpu.backend / s.wall,
       };
       say(

@@ -46,6 +46,17 @@ export function cpuSeconds(pid) {
   return (Number(f[11]) + Number(f[12])) / CLK_TCK;
 }
 
+/**
+ * CPU seconds of this process's children that have exited and been waited for (cutime + cstime): the
+ * load generator of a run, which is spawned and reaped inside the sampled window.
+ */
+export function reapedChildrenSeconds() {
+  const s = read('/proc/self/stat');
+  if (!s) return 0;
+  const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[13]) + Number(f[14])) / CLK_TCK;
+}
+
 /** The number of a `Name:   123 kB` line of a /proc file's text, 0 when absent. */
 function kb(text, name) {
   return Number((new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(text) ?? [])[1] ?? 0);
@@ -153,7 +164,8 @@ export function stopChild(child, signal = 'SIGTERM', ms = 5000) {
 
 /**
  * Samples a set of process trees while a load runs: CPU seconds used (start to stop) and the peak
- * resident memory of each named process.
+ * resident memory of each named process. foreignCores is the machine's busy time that none of them,
+ * nor the harness and its load generator, used: other processes (and the kernel's own work).
  */
 export class Sampler {
   /** groups: { name: () => pid[] }; privateOf: the group names whose private memory is sampled too. */
@@ -177,6 +189,8 @@ export class Sampler {
   start() {
     this.cpu0 = this.cpuNow();
     this.machine0 = machineSeconds();
+    this.reaped0 = reapedChildrenSeconds();
+    this.self0 = process.cpuUsage();
     this.t0 = process.hrtime.bigint();
     const sample = () => {
       for (const [name, pids] of Object.entries(this.groups)) {
@@ -206,7 +220,10 @@ export class Sampler {
       cpu[name] = cpu1[name] - (this.cpu0[name] ?? 0);
       ours += cpu[name];
     }
+    // The load generator (reaped by now) and this harness are part of the run, not other processes.
+    const self = process.cpuUsage(this.self0);
+    const harness = reapedChildrenSeconds() - this.reaped0 + (self.user + self.system) / 1e6;
     const busy = m1.busy - this.machine0.busy;
-    return { wall, cpu, peakRss: this.peak, peakPrivate: this.privatePeak, foreignCores: Math.max(0, (busy - ours) / wall) };
+    return { wall, cpu, harnessCores: harness / wall, peakRss: this.peak, peakPrivate: this.privatePeak, foreignCores: Math.max(0, (busy - ours - harness) / wall) };
   }
 }
