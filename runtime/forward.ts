@@ -63,8 +63,10 @@ const HOP_BY_HOP = new Set([
   'transfer-encoding',
   'upgrade',
 ]);
-// Headers the proxy sets itself.
-const OWN = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-port', 'x-forwarded-host', 'expect']);
+// Headers the proxy sets itself (X-Forwarded-For appended to), or drops: `Forwarded` (RFC 7239) is the
+// client's to invent, and a target that reads it before X-Forwarded-* (Spring does) would take its word
+// for the client's address, scheme and host.
+const OWN = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-port', 'x-forwarded-host', 'forwarded', 'expect']);
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
 /**
  * An idempotent request's body up to this size, announced by Content-Length, is kept as it goes to the
@@ -351,6 +353,7 @@ export class Forwarder {
     headers['x-forwarded-for'] = prior ? `${String(prior)}, ${req.ip}` : req.ip;
     headers['x-forwarded-proto'] = 'http';
     headers['x-forwarded-port'] = String(this.opts.listenPort());
+    delete headers.forwarded;
     if (req.headers.host !== undefined) headers['x-forwarded-host'] = req.headers.host;
     // What http-proxy's WebSocket pass reads of a request.
     const handshake = { method: req.method, url: req.url, headers, socket } as unknown as IncomingMessage;

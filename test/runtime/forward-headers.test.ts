@@ -46,3 +46,11 @@ test('the head is whole: the request line as the client sent it, the headers, th
   expect(head.indexOf('\r\n\r\n')).toBe(head.length - 4);
   expect(hasLength).toBe(true);
 });
+
+test('a client’s Forwarded header, in any spelling, does not go upstream; X-Forwarded-* say who sent it', () => {
+  for (const name of ['Forwarded', 'forwarded', 'FORWARDED']) {
+    const { head } = upstreamHead(request(['Host', 'a.example.com', name, 'for=9.9.9.9;proto=https', 'Accept', '*/*']), '80');
+    expect(names(head)).toEqual(['Host', 'Accept', 'X-Forwarded-For', 'X-Forwarded-Proto', 'X-Forwarded-Port', 'X-Forwarded-Host']);
+    expect(head).toContain('X-Forwarded-For: 198.51.100.4\r\n');
+  }
+});

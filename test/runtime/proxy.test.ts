@@ -84,6 +84,7 @@ describe('forwarding to a static pool', () => {
         'Keep-Alive': 'timeout=5',
         'Proxy-Authorization': 'Basic Zm9vOmJhcg==',
         TE: 'trailers',
+        Forwarded: 'for=9.9.9.9;proto=https;host=evil.example',
         'X-Custom': 'kept',
       },
     });
@@ -98,7 +99,8 @@ describe('forwarding to a static pool', () => {
     expect(seen.headers['x-forwarded-port']).toBe(String(p.port));
     expect(seen.headers['x-forwarded-host']).toBe('app.example.com:6969');
     expect(seen.headers['x-custom']).toBe('kept');
-    for (const h of ['x-private', 'keep-alive', 'proxy-authorization', 'te']) expect(seen.headers[h]).toBeUndefined();
+    // Forwarded (RFC 7239) is the client's invention: a target reading it first would believe it.
+    for (const h of ['x-private', 'keep-alive', 'proxy-authorization', 'te', 'forwarded']) expect(seen.headers[h]).toBeUndefined();
   });
 
   test('Expect: 100-continue is answered with a 100 before the body, which then reaches the target whole', async () => {

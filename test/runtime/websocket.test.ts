@@ -21,6 +21,32 @@ function open(port: number): Promise<WebSocket | number> {
   });
 }
 
+test('a handshake reaches the target with X-Forwarded-* of ours, and without the client’s Forwarded', async () => {
+  const server = http.createServer();
+  const wss = new WebSocketServer({ server });
+  const seen: http.IncomingHttpHeaders[] = [];
+  wss.on('connection', (sock, req) => {
+    seen.push(req.headers);
+    sock.close();
+  });
+  const t = makeTarget('127.0.0.1', await listen(server));
+  const p = await start(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: t.id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off' }), {});
+  try {
+    const ws = new WebSocket(`ws://127.0.0.1:${p.port}/`, { headers: { Forwarded: 'for=9.9.9.9;proto=https', 'X-Forwarded-Proto': 'https', 'X-Forwarded-For': '203.0.113.7' } });
+    await new Promise((resolve, reject) => {
+      ws.once('close', resolve);
+      ws.once('error', reject);
+    });
+    expect(seen).toHaveLength(1);
+    expect(seen[0].forwarded).toBeUndefined();
+    expect([seen[0]['x-forwarded-proto'], seen[0]['x-forwarded-for']]).toEqual(['http', '203.0.113.7, 127.0.0.1']);
+  } finally {
+    await p.stop();
+    wss.close();
+    await close(server);
+  }
+});
+
 test('at most POOL_SIZE WebSockets are open to one target; past it a 503, counted', async () => {
   const server = http.createServer();
   const wss = new WebSocketServer({ server });
