@@ -25,7 +25,7 @@
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 
-import { consume, HTTPParser, kOnBody, kOnExecute, kOnHeaders, kOnHeadersComplete, kOnMessageBegin, kOnMessageComplete, type Parser, pauseReads, resumeReads, touch, unconsume } from './llhttp';
+import { consume, HTTPParser, kOnBody, kOnExecute, kOnHeaders, kOnHeadersComplete, kOnMessageBegin, kOnMessageComplete, type Parser, RESPONSE_LENIENCY, pauseReads, resumeReads, touch, unconsume } from './llhttp';
 import { errorFields, log } from './log';
 import { bodyBytes, uploadBytes } from './memory';
 
@@ -195,7 +195,7 @@ class Conn {
   ) {
     this.socket = net.connect({ host, port, noDelay: true });
     const parser: Parser = new HTTPParser();
-    parser.initialize(HTTPParser.RESPONSE, {}, MAX_RESPONSE_HEAD_BYTES, 0);
+    parser.initialize(HTTPParser.RESPONSE, {}, MAX_RESPONSE_HEAD_BYTES, RESPONSE_LENIENCY);
     // A message starting with no request of ours under way (bytes after an answer's end, in the same
     // read or on an idle socket: a body on a HEAD answer, a Content-Length too short, a second answer) is
     // an answer nobody asked for. node:http's client destroys such a socket; handing it on would make

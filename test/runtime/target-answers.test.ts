@@ -79,6 +79,31 @@ describe('answers that are not HTTP/1.x as a client may receive it are a 502', (
   });
 });
 
+describe('what HTTP lets a recipient accept in an answer is accepted, and reaches the client framed anew', () => {
+  test.each([
+    ['bare LF line ends (RFC 9112 §2.2)', 'HTTP/1.1 200 OK\nContent-Length: 5\nX-A: 1\n\nhello'],
+    ['a space before a chunk extension (BWS, RFC 9112 §7.1.1)', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3 ;ext=1\r\nhel\r\n2\t;x\r\nlo\r\n0\r\n\r\n'],
+  ])('%s', async (_what, bytes) => {
+    const t = await rawTarget((_h, s) => s.write(bytes, 'latin1'));
+    const port = await proxyFor([t]);
+    for (let i = 0; i < 2; i++) {
+      // Twice on the same keep-alive connections: the answer's end was found where it is.
+      const r = await request(port);
+      expect(r).toMatchObject({ status: 200, body: 'hello' });
+    }
+    const raw = await rawExchange(port, 'GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n');
+    expect(raw.responses.map((x) => x.status)).toEqual([200]);
+    expect(raw.data).toMatch(/^HTTP\/1\.1 200 OK\r\n/);
+    expect(raw.data).not.toMatch(/[^\r]\n/);
+  });
+
+  test('a bare CR is still not a line end: a 502', async () => {
+    const t = await rawTarget((_h, s) => s.end('HTTP/1.1 200 OK\rContent-Length: 2\r\n\r\nok', 'latin1'));
+    const port = await proxyFor([t]);
+    expect(await request(port)).toMatchObject({ status: 502 });
+  });
+});
+
 describe('a head reaches the client when it comes, not with the first body bytes', () => {
   test('a stream whose first event comes later: the client has status and headers before it', async () => {
     let eventSent = false;
