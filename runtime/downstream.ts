@@ -362,6 +362,15 @@ export class Response {
   }
 
   /**
+   * A target's informational answer (103 Early Hints), passed on ahead of the final one: never to an
+   * HTTP/1.0 client (RFC 9110 §15.2), nor once the final head is decided. `lines` as for writeHead.
+   */
+  writeInformational(status: number, lines: string): void {
+    if (this.headersSent || this.dead || this.finished || this.req.httpVersionMinor === 0) return;
+    this.conn.socket.write(`HTTP/1.1 ${status} ${STATUS_CODES[status] || 'Informational'}\r\n${lines}\r\n`, 'latin1');
+  }
+
+  /**
    * The status line and headers. `lines` are `Name: value\r\n` each, hop-by-hop ones already gone;
    * Date, Connection, Keep-Alive and the framing are added here, as node:http adds them.
    */

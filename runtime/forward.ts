@@ -16,7 +16,7 @@ import httpProxy from 'http-proxy';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
 import type * as net from 'node:net';
 import { rawAnswer, type Request, type Response, type ResponseHandler } from './downstream';
-import { answerFault, flat, type RenderedHead, type UpstreamHandler, type UpstreamRequest, type UpstreamResponse } from './upstream';
+import { answerFault, connectionOf, flat, type RenderedHead, type UpstreamHandler, type UpstreamRequest, type UpstreamResponse } from './upstream';
 import { countChunk } from './memory';
 import { countSuccess, failedConnections, limitHits, rejectedRequests, retriesTotal, upstreamErrors } from './metrics';
 
@@ -215,8 +215,8 @@ function withHost(head: RenderedHead, req: Request, s: TargetState): RenderedHea
 
 /**
  * A target's header lines for the client, rendered as they go on the wire: minus hop-by-hop ones (and
- * those its Connection header names), minus a 204's Content-Length (RFC 9110 §8.6: never on a 204, a
- * target's mistake; the answer has no body whatever it says); and whether Content-Length and Date are
+ * those its Connection header names), minus a 204's or 1xx's Content-Length (RFC 9110 §8.6: never on
+ * those, a target's mistake; the answer has no body whatever it says); and whether Content-Length and Date are
  * among them (Response adds what is not).
  */
 function clientLines(raw: readonly string[], connection: string | undefined, status: number): { lines: string; hasLength: boolean; hasDate: boolean } {
@@ -233,7 +233,7 @@ function clientLines(raw: readonly string[], connection: string | undefined, sta
       if (HOP_BY_HOP.has(lower) || listed?.names.has(lower)) continue;
     }
     if (n === 14 && name.toLowerCase() === 'content-length') {
-      if (status === 204) continue;
+      if (status === 204 || status < 200) continue;
       hasLength = true;
     } else if (n === 4) hasDate ||= name.toLowerCase() === 'date';
     lines += `${name}: ${raw[i + 1]}\r\n`;
@@ -694,6 +694,11 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       this.bodyTaken = true;
       this.req.pipe(up as unknown as NodeJS.WritableStream); // write/end/drain, as Readable.pipe uses them
     }
+  }
+
+  onInformational(status: number, rawHeaders: string[]): void {
+    if (this.settled || this.responded) return;
+    this.res.writeInformational(status, clientLines(rawHeaders, connectionOf(rawHeaders), status).lines);
   }
 
   onResponse(upRes: UpstreamResponse): void {

@@ -75,6 +75,8 @@ export interface UpstreamRequestOptions {
 export interface UpstreamHandler {
   /** The request has a socket (maybe still connecting); the head goes out with the first write() or end(). */
   onSocket(up: UpstreamRequest, socket: net.Socket): void;
+  /** An informational answer (1xx other than 100 and 101) came ahead of the final one. */
+  onInformational?(status: number, rawHeaders: string[]): void;
   /** The final response's head arrived; its body follows into whatever `res.pipe()` was given. */
   onResponse(res: UpstreamResponse): void;
   /** The request failed before a response started (connection refused or reset, a bad answer, destroy(err)). */
@@ -243,6 +245,15 @@ class Conn {
           return 1;
         }
         this.informational = true;
+        // 100 Continue is ours to give (the client's Expect never reaches the target); any other 1xx
+        // (103 Early Hints) is passed on, as RFC 9110 §15.2 asks of a proxy.
+        if (status !== 100) {
+          try {
+            x.informational(status, raw);
+          } catch (err) {
+            this.fault(err);
+          }
+        }
         return 1; // no body; the final response follows on the same socket
       }
       this.informational = false;
@@ -524,9 +535,19 @@ export interface ResponseSink {
   flush?(): void;
 }
 
+/** The Connection header's values in flat [name, value, …] headers, joined; undefined without one. */
+export function connectionOf(rawHeaders: readonly string[]): string | undefined {
+  let connection: string | undefined;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const n = rawHeaders[i];
+    if (n.length === 10 && n.toLowerCase() === 'connection') connection = connection === undefined ? rawHeaders[i + 1] : `${connection}, ${rawHeaders[i + 1]}`;
+  }
+  return connection;
+}
+
 /** The response as forward.ts reads it: status, raw headers, `headers.connection`, pipe(res). */
 export class UpstreamResponse {
-  readonly headers: { connection?: string } = {};
+  readonly headers: { connection?: string };
   private sink: ResponseSink | undefined;
   private paused = false;
   private onAbort: (() => void) | undefined;
@@ -537,12 +558,7 @@ export class UpstreamResponse {
     readonly statusMessage: string,
     readonly rawHeaders: string[],
   ) {
-    for (let i = 0; i < rawHeaders.length; i += 2) {
-      const n = rawHeaders[i];
-      if (n.length === 10 && n.toLowerCase() === 'connection') {
-        this.headers.connection = this.headers.connection === undefined ? rawHeaders[i + 1] : `${this.headers.connection}, ${rawHeaders[i + 1]}`;
-      }
-    }
+    this.headers = { connection: connectionOf(rawHeaders) };
   }
 
   /** Only 'aborted' (the response was cut short), for callers without a handler. */
@@ -736,6 +752,10 @@ export class UpstreamRequest extends EventEmitter {
     }
     this.emit('finish');
     return this;
+  }
+
+  informational(status: number, raw: string[]): void {
+    this.handler.onInformational?.(status, raw);
   }
 
   respond(status: number, message: string, raw: string[]): void {

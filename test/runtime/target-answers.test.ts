@@ -104,6 +104,32 @@ describe('what HTTP lets a recipient accept in an answer is accepted, and reache
   });
 });
 
+describe('informational answers: 103 Early Hints is passed on ahead of the final answer (RFC 9110 §15.2)', () => {
+  const hints = 'HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\nContent-Length: 0\r\nConnection: X-Hop\r\nX-Hop: 1\r\n\r\n';
+  const final = 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok';
+
+  test('an HTTP/1.1 client gets the 103 with its Link, without hop-by-hop or length headers, then the 200', async () => {
+    const t = await rawTarget((_h, s) => {
+      s.write(hints + 'HTTP/1.1 100 Continue\r\n\r\n', 'latin1');
+      setTimeout(() => s.write(final, 'latin1'), 50);
+    });
+    const port = await proxyFor([t]);
+    const raw = await rawExchange(port, 'GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n');
+    const cut = raw.data.indexOf('\r\n\r\n') + 4;
+    const [early, rest] = [raw.data.slice(0, cut), raw.data.slice(cut)];
+    expect(early).toBe('HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n');
+    // The target's 100 is not passed on: a 100 is the proxy's to give, for the client's Expect.
+    expect(rest).toMatch(/^HTTP\/1\.1 200 OK\r\n[\s\S]*\r\n\r\nok$/);
+  });
+
+  test('an HTTP/1.0 client gets the final answer only', async () => {
+    const t = await rawTarget((_h, s) => s.write(hints + final, 'latin1'));
+    const port = await proxyFor([t]);
+    const raw = await rawExchange(port, 'GET / HTTP/1.0\r\nHost: a\r\n\r\n');
+    expect(raw.data).toMatch(/^HTTP\/1\.1 200 OK\r\n[\s\S]*\r\n\r\nok$/);
+  });
+});
+
 describe('a head reaches the client when it comes, not with the first body bytes', () => {
   test('a stream whose first event comes later: the client has status and headers before it', async () => {
     let eventSent = false;
