@@ -131,6 +131,11 @@ export class TargetRegistry implements StatusSetter {
     if (s) s.healthy = up;
   }
 
+  /** A health check passed (one process, no primary): see CircuitBreaker.healthPassed. */
+  passed(target: Target): void {
+    this.states.get(target.id)?.breaker.healthPassed();
+  }
+
   /** The primary is gone: every breaker counts alone from now on. */
   detachBreakers(): void {
     for (const s of this.states.values()) s.breaker.detach();

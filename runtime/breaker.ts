@@ -18,6 +18,13 @@
  * on any worker, already sees an opened breaker), and a request that finds no target but a half-open
  * one being claimed or tried waits for the board's answer before its 503. Unlinked (one process, or a
  * worker whose primary is gone), a breaker counts alone.
+ *
+ * An active health check that passes turns a breaker opened by connection failures (refused, or no
+ * connection within POOL_TIMEOUT) half-open at once, rather than after the timeout: the check has just
+ * connected and been answered, which is what those failures said could not happen. A target restarted
+ * in a deploy is then back within a health-check period, not CIRCUIT_BREAKER_TIMEOUT later (the ALB
+ * puts a target back once its checks pass). A breaker opened by resets or timeouts of real requests
+ * keeps its timeout: a health path that answers says nothing about those.
  */
 
 export type BreakerState = 'closed' | 'open' | 'half-open';
@@ -48,8 +55,11 @@ export interface BreakerOptions {
   shared?: { readonly id: string; readonly link: BreakerLink };
 }
 
-/** What a worker's breaker tells the board: a counted failure or success, a trial taken or given back. */
-export type BreakerEvent = 'fail' | 'ok' | 'trial' | 'release';
+/**
+ * What a worker's breaker tells the board: a counted failure (`fail-connect`: no connection could be made)
+ * or success, a trial taken or given back.
+ */
+export type BreakerEvent = 'fail' | 'fail-connect' | 'ok' | 'trial' | 'release';
 
 /** The board's state of one target's breaker, as it sends it to the workers. */
 export interface BreakerSnapshot {
@@ -121,6 +131,10 @@ export class CircuitBreaker {
   private sharedFailing = false;
   /** Bumped on every state change; permits and reported epochs compare against it. */
   private generation = 0;
+  /** The last failure counted was a connection that could not be made. */
+  private lastConnect = false;
+  /** Open because a connection could not be made: a passing health check half-opens it (healthPassed). */
+  private openedByConnect = false;
 
   constructor(opts: BreakerOptions) {
     if (!Number.isInteger(opts.threshold) || opts.threshold < 1) {
@@ -266,15 +280,18 @@ export class CircuitBreaker {
    * A failure; `epoch` as for onSuccess. `then`, when given, runs once the failure is counted where it
    * counts: at once unlinked, after the board's answer linked (the client's answer waits for it, so
    * that a breaker this failure opened is open in every worker before the client can send again).
+   * `connect`: no connection could be made (refused, connect timeout), see healthPassed.
    */
-  onFailure(epoch?: number, then?: () => void): void {
+  onFailure(epoch?: number, then?: () => void, connect = false): void {
     const link = this.link;
+    const ev: BreakerEvent = connect ? 'fail-connect' : 'fail';
     switch (this.stateFor(epoch)) {
       case 'closed':
         if (link) {
-          link.report(this.shared!.id, 'fail', then);
+          link.report(this.shared!.id, ev, then);
           return;
         }
+        this.lastConnect = connect;
         this.failures += 1;
         if (this.failures >= this.threshold) this.open();
         break;
@@ -283,9 +300,10 @@ export class CircuitBreaker {
         // Linked, the trial stays out (no second one from here) until the board's open arrives.
         if (link) {
           this.failPending = true;
-          link.report(this.shared!.id, 'fail', then);
+          link.report(this.shared!.id, ev, then);
           return;
         }
+        this.lastConnect = connect;
         this.open();
         break;
       case 'open':
@@ -295,6 +313,16 @@ export class CircuitBreaker {
         break;
     }
     then?.();
+  }
+
+  /**
+   * An active health check of the target passed: a breaker that connection failures opened turns
+   * half-open now (true when it did). Linked, the board decides, and says so to every worker.
+   */
+  healthPassed(): boolean {
+    if (this.link || this.state !== 'open' || !this.openedByConnect) return false;
+    this.openedAt = this.now() - this.timeoutMs;
+    return (this.state as BreakerState) === 'half-open';
   }
 
   /** An admitted request ended without a verdict; `epoch` as for onSuccess (a stale one frees no trial). */
@@ -386,6 +414,7 @@ export class CircuitBreaker {
   private open(): void {
     this.failures = 0;
     this.openedAt = this.now();
+    this.openedByConnect = this.lastConnect;
     this.transition('open');
   }
 
@@ -419,7 +448,7 @@ export class BreakerBoard {
     let e = this.entries.get(id);
     if (!e) {
       // Only a failure or a trial starts a story; anything else about a closed, clean breaker is news to nobody.
-      if (ev !== 'fail' && ev !== 'trial') return { snap: clean(id), changed: false };
+      if (ev !== 'fail' && ev !== 'fail-connect' && ev !== 'trial') return { snap: clean(id), changed: false };
       e = { breaker: new CircuitBreaker(this.opts), holder: undefined };
       this.entries.set(id, e);
     }
@@ -429,7 +458,8 @@ export class BreakerBoard {
     const trial = state === 'half-open' && e.holder === worker;
     switch (ev) {
       case 'fail':
-        if (state === 'closed' || trial) b.onFailure();
+      case 'fail-connect':
+        if (state === 'closed' || trial) b.onFailure(undefined, undefined, ev === 'fail-connect');
         break;
       case 'ok':
         if (state === 'closed' || trial) b.onSuccess();
@@ -461,6 +491,12 @@ export class BreakerBoard {
   snapshot(id: string): BreakerSnapshot {
     const e = this.entries.get(id);
     return e ? this.snapshotOf(id, e) : clean(id);
+  }
+
+  /** An active health check of the target passed (CircuitBreaker.healthPassed): its snapshot when that half-opened it. */
+  healthPassed(id: string): BreakerSnapshot | undefined {
+    const e = this.entries.get(id);
+    return e?.breaker.healthPassed() ? this.snapshotOf(id, e) : undefined;
   }
 
   /** A worker is gone: a trial it held is given back. The snapshots that changed. */

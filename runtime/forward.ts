@@ -127,6 +127,9 @@ function kindOf(err: NodeJS.ErrnoException): FailureKind {
   }
 }
 
+/** No connection could be made: what a passing health check disproves (CircuitBreaker.healthPassed). */
+export const connectFailure = (kind: string): boolean => kind === 'refused' || kind === 'connect_timeout';
+
 let lastPort = -1;
 let lastPortString = '';
 /** The listening port as a header value, made once rather than per request. */
@@ -424,11 +427,11 @@ export class Forwarder {
         let answered = false;
         /** The target's verdict, given once: when the handshake is answered or fails, not when the tunnel ends. */
         let judged = false;
-        const judge = (ok: boolean): void => {
+        const judge = (ok: boolean, connect = false): void => {
           if (judged) return;
           judged = true;
           if (ok) s.breaker.onSuccess(epoch);
-          else s.breaker.onFailure(epoch);
+          else s.breaker.onFailure(epoch, undefined, connect);
         };
         /** This try failed before anything of the target's reached the client. */
         const failed = (kind: FailureKind, status: number): void => {
@@ -436,7 +439,7 @@ export class Forwarder {
           outcome.status = status;
           failedConnections.labels({ target: s.target.id }).inc();
           upstreamErrors.labels({ kind }).inc();
-          judge(false);
+          judge(false, connectFailure(kind));
         };
         /** ... and is answered: at once, for http-proxy ends the socket right after its error callback. */
         const fail = (kind: FailureKind, status: number, message: string): void => {
@@ -829,7 +832,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     failedConnections.labels({ target: s.target.id }).inc();
     // The retry or the answer once the failure is counted: a breaker it opened is then open in every
     // worker (with several, after the primary's answer; breaker.ts).
-    s.breaker.onFailure(this.epoch, () => this.retryOrAnswer(err));
+    s.breaker.onFailure(this.epoch, () => this.retryOrAnswer(err), connectFailure(err.kind));
   }
 
   private retryOrAnswer(err: UpstreamError): void {

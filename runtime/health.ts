@@ -205,9 +205,10 @@ export class HealthChecker {
       }
     }
     nodeHealthStatus.labels({ target: t.target.id }).set(t.verdict ? 1 : 0);
-    if (!flipped) return;
     try {
-      this.setter.setStatus(t.target, t.verdict);
+      if (flipped) this.setter.setStatus(t.target, t.verdict);
+      // Each pass, whatever the thresholds say: it half-opens a breaker that refused connections opened.
+      if (pass) this.setter.passed?.(t.target);
     } catch (err) {
       this.onError(err, t.target);
     }

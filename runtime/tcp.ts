@@ -80,12 +80,16 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
       upstreamErrors.labels({ kind: err.code === 'ETIMEDOUT' ? 'connect_timeout' : err.code === 'ECONNREFUSED' ? 'refused' : 'other' }).inc();
       done();
       // The next target once the failure is counted (with several workers, by the primary: breaker.ts).
-      s.breaker.onFailure(epoch, () => {
-        if (attempt < config.retries && !client.destroyed) {
-          retriesTotal.inc();
-          connect(pool, tried, client, attempt + 1, startedAt);
-        } else client.destroy();
-      });
+      s.breaker.onFailure(
+        epoch,
+        () => {
+          if (attempt < config.retries && !client.destroyed) {
+            retriesTotal.inc();
+            connect(pool, tried, client, attempt + 1, startedAt);
+          } else client.destroy();
+        },
+        err.code === 'ETIMEDOUT' || err.code === 'ECONNREFUSED',
+      );
     });
     upstream.once('close', () => {
       clearTimeout(timer);

@@ -266,6 +266,52 @@ describe('CircuitBreaker', () => {
     });
   });
 
+  describe('a passing health check', () => {
+    const failConnect = (b: CircuitBreaker, n: number): void => {
+      for (let i = 0; i < n; i++) b.onFailure(undefined, undefined, true);
+    };
+
+    it('half-opens at once a breaker that refused connections opened: the check just connected', () => {
+      const { breaker, changes } = make(3, 5 * 60_000);
+      failConnect(breaker, 3);
+      expect(breaker.state).toBe('open');
+      expect(breaker.healthPassed()).toBe(true);
+      expect(breaker.state).toBe('half-open');
+      // One trial, as after the timeout; its success closes the breaker.
+      const trial = breaker.acquire()!;
+      expect(breaker.tryAcquire()).toBe(false);
+      trial.success();
+      expect(changes).toEqual(['open', 'half-open', 'closed']);
+    });
+
+    it('leaves alone a breaker that resets or timeouts of real requests opened: a health path says nothing of those', () => {
+      const { breaker } = make(3, 5 * 60_000);
+      failConnect(breaker, 2);
+      fail(breaker, 1); // the failure that opened it was a reset
+      expect(breaker.healthPassed()).toBe(false);
+      expect(breaker.state).toBe('open');
+      expect(breaker.remainingMs).toBe(5 * 60_000);
+    });
+
+    it('changes nothing closed or half-open, and a trial refused again re-opens it until the next pass', () => {
+      const { breaker, advance } = make(1, 60_000);
+      expect(breaker.healthPassed()).toBe(false);
+      expect(breaker.state).toBe('closed');
+      failConnect(breaker, 1);
+      advance(60_000);
+      expect(breaker.state).toBe('half-open');
+      expect(breaker.healthPassed()).toBe(false);
+      const trial = breaker.acquire()!;
+      trial.failure(); // not a connection failure: the timeout again
+      expect(breaker.healthPassed()).toBe(false);
+      advance(60_000);
+      breaker.acquire()!;
+      breaker.onFailure(breaker.epoch, undefined, true);
+      expect(breaker.state).toBe('open');
+      expect(breaker.healthPassed()).toBe(true);
+    });
+  });
+
   it('maps states to the metric values', () => {
     expect(BREAKER_STATE_VALUE).toEqual({ closed: 0, 'half-open': 1, open: 2 });
     expect(breakerStateValue('closed')).toBe(0);

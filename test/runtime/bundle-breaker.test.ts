@@ -3,11 +3,12 @@
  * to a chosen worker (the other one is stopped with SIGSTOP while the request is accepted, so the
  * kernel can hand the connection only to the one that runs).
  */
+import * as http from 'node:http';
 import * as net from 'node:net';
 import { makeTarget } from '../../runtime/types';
 import { Backend, startBackend } from '../support/backend';
 import { Proxy, startBundle } from '../support/bundle';
-import { Reply, request, until } from '../support/net';
+import { close, Reply, request, until } from '../support/net';
 
 jest.setTimeout(60_000);
 
@@ -172,5 +173,58 @@ describe('with several workers, one breaker per target', () => {
     expect((await via(p, c)).status).toBe(503);
     await until('the access log line', () => answeredBy(p!).includes(c));
     expect(only.seen).toHaveLength(3);
+  });
+});
+
+describe('a target restarted in a deploy is back once its health check passes, not CIRCUIT_BREAKER_TIMEOUT later', () => {
+  // Five minutes, the default: the test would time out long before a breaker left to its timeout.
+  const DEPLOY = { NODE_FILTER: 'static', HEALTH_CHECK_PATH: '/ping', HEALTH_CHECK_PERIOD: '0.3', HEALTH_CHECK_TIMEOUT: '0.3', CIRCUIT_BREAKER_THRESHOLD: '3', CIRCUIT_BREAKER_TIMEOUT: '5', RETRIES: '0', WORKERS: '2' };
+  let again: http.Server | undefined;
+  afterEach(async () => {
+    if (again) await close(again);
+    again = undefined;
+  });
+
+  test('refused while it restarts: 502s open the breaker (503s), and the first passing check lets the next request through', async () => {
+    const app = await startBackend('app');
+    backends = [app];
+    p = await startBundle({ ...DEPLOY, STATIC_TARGETS: makeTarget('127.0.0.1', app.port).id });
+    await until('two workers', () => p!.workers().length === 2);
+    await until('a first answer', async () => (await request(p!.port)).status === 200);
+    await app.close(); // the task stops: connections are refused
+    const statuses: number[] = [];
+    await until('the breaker open', async () => {
+      statuses.push((await request(p!.port)).status);
+      return statuses.at(-1) === 503;
+    });
+    expect(statuses.slice(0, 3)).toEqual([502, 502, 502]);
+    // The new task on the same address: every request after its first passing check is answered.
+    again = http.createServer((_req, res) => res.end('back'));
+    await new Promise<void>((resolve) => again!.listen(app.port, '127.0.0.1', resolve));
+    const back = await until('an answer from the restarted target', async () => {
+      const r = await request(p!.port);
+      return r.status === 200 ? r : undefined;
+    });
+    expect(back?.body).toBe('back');
+    for (let i = 0; i < 4; i++) expect((await request(p!.port)).status).toBe(200);
+  });
+
+  test('a breaker that resets of real requests opened keeps its timeout, however its health path answers', async () => {
+    const app = await startBackend('app');
+    backends = [app];
+    app.handle = (req) => req.socket.destroy();
+    p = await startBundle({ ...DEPLOY, STATIC_TARGETS: makeTarget('127.0.0.1', app.port).id });
+    await until('two workers', () => p!.workers().length === 2);
+    const statuses: number[] = [];
+    await until('the breaker open', async () => {
+      statuses.push((await request(p!.port)).status);
+      return statuses.at(-1) === 503;
+    });
+    expect(statuses).toEqual([502, 502, 502, 503]);
+    app.handle = (_req, res) => res.end('fine now');
+    const checks = app.healthChecks;
+    await until('three more passing health checks', () => app.healthChecks >= checks + 3);
+    expect((await request(p!.port)).status).toBe(503);
+    expect(app.seen).toHaveLength(3);
   });
 });

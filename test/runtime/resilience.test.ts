@@ -159,6 +159,23 @@ describe('circuit breaker', () => {
       await bad.close();
     }
   });
+
+  test('one process: a target whose connections were refused is back at its first passing health check', async () => {
+    const app = await startBackend('app');
+    const port = app.port;
+    const p = await proxyFor([app], { HEALTH_CHECK_PATH: '/ping', HEALTH_CHECK_PERIOD: '0.3', HEALTH_CHECK_TIMEOUT: '0.3', CIRCUIT_BREAKER_THRESHOLD: '2', CIRCUIT_BREAKER_TIMEOUT: '5', RETRIES: '0' });
+    const again = http.createServer((_req, res) => res.end('back'));
+    try {
+      await app.close();
+      expect([(await request(p.port)).status, (await request(p.port)).status, (await request(p.port)).status]).toEqual([502, 502, 503]);
+      await new Promise<void>((resolve) => again.listen(port, '127.0.0.1', resolve));
+      await until('an answer from the restarted target', async () => (await request(p.port)).body === 'back');
+    } finally {
+      await p.stop();
+      again.closeAllConnections();
+      await new Promise((r) => again.close(r));
+    }
+  });
 });
 
 describe('retry on another target', () => {

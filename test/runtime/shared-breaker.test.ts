@@ -289,4 +289,20 @@ describe('BreakerBoard', () => {
     expect(board.retain(new Set())).toEqual([{ id: TARGET, state: 'closed', failing: false }]);
     expect(board.snapshot(TARGET)).toEqual({ id: TARGET, state: 'closed', failing: false });
   });
+
+  test('a passing health check half-opens a breaker that refused connections opened, from whichever workers they came', () => {
+    const board = new BreakerBoard({ threshold: 2, timeoutMs: 300_000, now: () => 5_000 });
+    expect(board.healthPassed(TARGET)).toBeUndefined(); // nothing counted: nothing to change
+    board.report(1, TARGET, 'fail-connect');
+    board.report(2, TARGET, 'fail-connect');
+    expect(board.snapshot(TARGET)).toMatchObject({ state: 'open', remainingMs: 300_000 });
+    expect(board.healthPassed(TARGET)).toEqual({ id: TARGET, state: 'half-open', failing: false });
+    // One trial, granted to one worker, as after the timeout.
+    expect(board.report(2, TARGET, 'trial').snap).toMatchObject({ state: 'half-open', holder: 2 });
+    expect(board.report(1, TARGET, 'trial').snap).toMatchObject({ holder: 2 });
+    // Opened by a reset the next time: the check does not shorten that.
+    board.report(2, TARGET, 'fail');
+    expect(board.snapshot(TARGET)).toMatchObject({ state: 'open' });
+    expect(board.healthPassed(TARGET)).toBeUndefined();
+  });
 });
