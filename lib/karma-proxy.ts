@@ -944,7 +944,12 @@ function runtimeRefusals(env: Readonly<Record<string, string>>): string[] {
     else return [];
   }
   try {
-    loadConfig(judged);
+    const config = loadConfig(judged);
+    // The ALB refuses a check that may outlast its interval, and so does the construct, whose health
+    // check is the ALB's; the runtime takes it (the Stateless Load Balancer's settings keep working).
+    if (judged.HEALTH_CHECK_TIMEOUT !== undefined && config.healthCheckTimeoutMs > config.healthCheckPeriodMs) {
+      return [`HEALTH_CHECK_TIMEOUT (${config.healthCheckTimeoutMs / 1000} s) must not exceed HEALTH_CHECK_PERIOD (${config.healthCheckPeriodMs / 1000} s)`];
+    }
     return [];
   } catch (err) {
     if (err instanceof ConfigError) return [...err.problems];

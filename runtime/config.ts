@@ -564,14 +564,14 @@ export function loadConfig(env: Env = process.env): Config {
   }
   if (typeof out.healthCheckTimeoutMs === 'number' && typeof out.healthCheckPeriodMs === 'number' &&
       out.healthCheckTimeoutMs > out.healthCheckPeriodMs) {
-    // Only a timeout that was set can be wrong; the default one shrinks to a shorter period.
-    if (isSet('HEALTH_CHECK_TIMEOUT')) {
-      problems.push(`HEALTH_CHECK_TIMEOUT (${out.healthCheckTimeoutMs / 1000} s) must not exceed HEALTH_CHECK_PERIOD (${out.healthCheckPeriodMs / 1000} s)`);
-    } else out.healthCheckTimeoutMs = out.healthCheckPeriodMs;
+    // The default timeout shrinks to a shorter period. One that was set stays: the Stateless Load
+    // Balancer took any pair, and its settings must keep working; a target's checks never overlap (the
+    // next one starts when a slow one ends), so the period then stretches to the slow check.
+    if (!isSet('HEALTH_CHECK_TIMEOUT')) out.healthCheckTimeoutMs = out.healthCheckPeriodMs;
   }
   // Raw TCP carries protocols with long quiet spells (databases, SSH): an NLB's idle timeout, not an ALB's.
   if (out.mode === 'tcp' && !isSet('IDLE_TIMEOUT')) out.idleTimeoutMs = TCP_IDLE_TIMEOUT_MS;
-  if (out.port !== 0 && out.port === out.metricsPort && typeof out.host === 'string' && typeof out.metricsHost === 'string' &&
+  if (typeof out.port === 'number' && out.port !== 0 && out.port === out.metricsPort && typeof out.host === 'string' && typeof out.metricsHost === 'string' &&
       clash(out.host, out.metricsHost)) {
     problems.push(`METRICS_PORT must differ from PORT where HOST (${out.host}) and METRICS_HOST (${out.metricsHost}) overlap`);
   }

@@ -226,8 +226,19 @@ describe('configuration', () => {
     expect(errorOf({ NODE_FILTER: 'nope' }).problems[0]).toBe("NODE_FILTER must be one of ecs, asg, tag, static (got 'nope')");
     expect(errorOf({ DOMAIN: 'example.com', MODE: 'tcp' }).problems[0]).toMatch(/^MODE=tcp needs a pool/);
     expect(errorOf({ NODE_FILTER: 'static', STATIC_TARGETS: '10.0.0.1' }).problems[0]).toMatch(/^STATIC_TARGETS must be/);
-    expect(errorOf({ NODE_FILTER: 'asg', HEALTH_CHECK_TIMEOUT: '5', HEALTH_CHECK_PERIOD: '2' }).problems).toEqual([
-      'HEALTH_CHECK_TIMEOUT (5 s) must not exceed HEALTH_CHECK_PERIOD (2 s)',
+  });
+
+  test('a health check timeout above its period, which the Stateless Load Balancer took, is kept as set', () => {
+    const c = loadConfig({ NODE_FILTER: 'asg', HEALTH_CHECK_TIMEOUT: '5', HEALTH_CHECK_PERIOD: '2' });
+    expect([c.healthCheckTimeoutMs, c.healthCheckPeriodMs]).toEqual([5000, 2000]);
+    // Left unset, the mode's default timeout never exceeds a shorter period.
+    expect(loadConfig({ DOMAIN: 'example.com', HEALTH_CHECK_PERIOD: '1' }).healthCheckTimeoutMs).toBe(1000);
+  });
+
+  test('two ports that do not parse are two problems, not also a clash between them', () => {
+    expect(errorOf({ NODE_FILTER: 'static', STATIC_TARGETS: '10.0.0.1:80', PORT: 'abc', METRICS_PORT: 'xyz' }).problems).toEqual([
+      "PORT must be an integer from 0 to 65535 (got 'abc')",
+      "METRICS_PORT must be an integer from 0 to 65535 (got 'xyz')",
     ]);
   });
 });
