@@ -240,6 +240,11 @@ export class Coordinator {
     for (const w of this.workers.values()) if (w !== except) this.send(w, m);
   }
 
+  /** Asks every worker for its metrics, between scrapes: what a worker killed outright loses (gather.ts). */
+  refreshMetrics(): void {
+    for (const w of this.workers.values()) if (w.isConnected()) this.send(w, { t: 'metrics?', n: this.gather.nextNumber() });
+  }
+
   /** Prometheus text of every worker and the primary, summed (see gather.ts). */
   metrics(timeoutMs = 5000): Promise<string> {
     const live = [...this.workers.values()].filter((w) => w.isConnected());

@@ -4,7 +4,9 @@
  *
  * Counters must never go down, or Prometheus reads a reset and rate() and increase() jump. So a worker
  * that does not answer a gather in time counts with its last answer, and the counters and histograms of
- * workers that are gone stay in the sums (as of the last gather each answered), folded into one set.
+ * workers that are gone stay in the sums (as of the last answer each gave), folded into one set. The
+ * primary also asks every worker every METRICS_REFRESH_MS between scrapes, so a worker killed outright
+ * takes at most that much of its counts with it, not all since the last scrape.
  * Those departed series go once their route or target is no longer current, as a live worker drops a
  * forgotten route's series (metrics.ts forgetRoute): crashes cannot pile them up.
  */
@@ -35,6 +37,11 @@ export class MetricsGather {
   private readonly pending = new Map<number, { waiting: Set<number>; answers: Map<number, MetricsJson>; done: () => void }>();
 
   constructor(private readonly current: () => Current) {}
+
+  /** A number for asking a worker outside any gather (refresh): its answer only updates its last. */
+  nextNumber(): number {
+    return ++this.n;
+  }
 
   /** A worker's answer to gather `n`. An empty one (it could not read its registry) leaves its last standing. */
   answered(worker: number, n: number, json: unknown): void {

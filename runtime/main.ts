@@ -18,6 +18,8 @@ const EXIT_BAD_CONFIG = 2;
 /** The metrics endpoint: connections at once, and seconds a connection may be silent or a request take. */
 const METRICS_MAX_CONNECTIONS = 64;
 const METRICS_TIMEOUT_MS = 10_000;
+/** How often the primary takes every worker's counts between scrapes (what a killed worker can lose). */
+const METRICS_REFRESH_MS = 5_000;
 
 function configOrExit(): Config {
   try {
@@ -39,6 +41,7 @@ async function runPrimary(config: Config): Promise<void> {
   const coordinator = new Coordinator(config, await providerFor(config));
   // Cached discoveries live as long as a route could (routes expire in the workers after the idle TTL).
   setInterval(() => coordinator.prune(config.routeIdleTtlMs), config.nodeCheckPeriodMs).unref();
+  setInterval(() => coordinator.refreshMetrics(), METRICS_REFRESH_MS).unref();
   const ready = new Set<number>();
   let listenPort = 0;
   let shuttingDown = false;

@@ -91,6 +91,25 @@ test('a worker that dies is replaced, and the proxy keeps serving meanwhile', as
   }
 });
 
+test('a worker killed outright between scrapes takes at most the last few seconds of its counts with it', async () => {
+  const backend = await startBackend('ok');
+  const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, WORKERS: '1', HEALTH_CHECK_PATH: 'off' });
+  try {
+    for (let i = 0; i < 30; i++) expect((await request(p.port)).status).toBe(200);
+    // No scrape meanwhile: the primary takes the worker's counts by itself (every 5 s).
+    await new Promise((r) => setTimeout(r, 5500));
+    const [worker] = p.workers();
+    process.kill(worker, 'SIGKILL');
+    await until('a replacement worker', () => p.workers().length === 1 && !p.workers().includes(worker));
+    const text = (await request(p.metricsPort, { path: '/metrics' })).body;
+    const count = Number(/^karma_requests_total\{route="pool",code="2xx"\} (\d+)$/m.exec(text)?.[1]);
+    expect(count).toBe(30);
+  } finally {
+    await p.stop();
+    await backend.close();
+  }
+});
+
 test('no worker is started once shutdown has begun, even a replacement the crash-loop brake had put off', async () => {
   const backend = await startBackend('ok');
   backend.handle = (_req, res) => void setTimeout(() => res.end('slow'), 2500);
