@@ -128,7 +128,9 @@ export async function startWorker(config: Config): Promise<void> {
     process.exit(1);
   }
   sendToPrimary({ t: 'ready', port: running.port });
+  let stopping = false;
   const onSignal = (): void => {
+    stopping = true;
     void running.stop().then(
       () => process.exit(0),
       (err: unknown) => {
@@ -147,5 +149,9 @@ export async function startWorker(config: Config): Promise<void> {
   self?.once('disconnect', () => {
     self.exitedAfterDisconnect = true;
   });
-  process.on('disconnect', onSignal);
+  process.on('disconnect', () => {
+    // Said once, by each worker: otherwise its exit would be the only trace of the primary's death.
+    if (!stopping) log('warn', 'the primary is gone: draining and exiting');
+    onSignal();
+  });
 }

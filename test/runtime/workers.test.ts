@@ -85,6 +85,9 @@ test('a worker that dies is replaced, and the proxy keeps serving meanwhile', as
     expect(after).toContain(before[1]);
     await until('the replacement serving', async () => (await request(p.metricsPort, { path: '/healthz' })).body.includes('"workers":2'));
     expect(p.stderr).toContain('worker died; replacing it');
+    expect(await p.stop()).toBe(0);
+    // A shutdown the primary leads is no primary lost.
+    expect(p.stderr).not.toContain('the primary is gone');
   } finally {
     await p.stop();
     await backend.close();
@@ -175,6 +178,8 @@ test('when the primary is killed, workers finish the requests in flight, then ex
     const replies = await Promise.all(inFlight);
     expect(replies.map((r) => [r.status, r.body])).toEqual([[200, 'slow'], [200, 'slow']]);
     await until('the worker gone', () => !alive(worker), 5000);
+    const warned = (): unknown[] => p.stderr.split('\n').filter((l) => l.includes('"msg":"the primary is gone: draining and exiting"')).map((l) => JSON.parse(l).pid);
+    expect(warned()).toEqual([worker]);
   } finally {
     if (alive(worker)) process.kill(worker, 'SIGKILL');
     await p.stop('SIGKILL');
