@@ -520,6 +520,32 @@ function defaultFor(setting: Setting<unknown>, filter: NodeFilter): string | und
   return d;
 }
 
+/** Edit distance (insertions, deletions, substitutions) between two short names. */
+function distance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) row[j] = Math.min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    prev = row;
+  }
+  return prev[b.length];
+}
+
+/**
+ * Variables in `env` that are none of our settings but one letter or two away from one
+ * (`HEALTH_CHECK_PAHT`, `SHUTDOWN_TIMOUT`): a typo would otherwise leave the default in force without a
+ * word. Names under 6 letters are left alone (`HOME`, `USER` are not `HOST`).
+ */
+export function mistypedSettings(env: Env): { readonly name: string; readonly meant: string }[] {
+  const out: { name: string; meant: string }[] = [];
+  for (const name of Object.keys(env)) {
+    if (name.length < 6 || ENV_NAMES.includes(name) || !/^[A-Z][A-Z0-9_]*$/.test(name)) continue;
+    const meant = ENV_NAMES.find((k) => Math.abs(k.length - name.length) <= 2 && distance(k, name) <= 2);
+    if (meant) out.push({ name, meant });
+  }
+  return out;
+}
+
 /** Reads and checks every setting; throws one ConfigError naming every bad or missing variable. */
 export function loadConfig(env: Env = process.env): Config {
   const problems: string[] = [];

@@ -6,7 +6,7 @@
 import cluster, { Worker } from 'node:cluster';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { Config, ConfigError, loadConfig } from './config';
+import { Config, ConfigError, loadConfig, mistypedSettings } from './config';
 import { answerAcceptorRequest } from './acceptors';
 import { Coordinator, providerFor } from './coordinator';
 import type { ToPrimary } from './ipc';
@@ -23,7 +23,9 @@ const METRICS_REFRESH_MS = 5_000;
 
 function configOrExit(): Config {
   try {
-    return loadConfig(process.env);
+    const config = loadConfig(process.env);
+    for (const { name, meant } of mistypedSettings(process.env)) log('warn', `${name} is not a setting and is ignored; did you mean ${meant}?`);
+    return config;
   } catch (e) {
     if (!(e instanceof ConfigError)) throw e;
     // One message naming every bad setting, readable by a person and a log parser alike.

@@ -1,4 +1,4 @@
-import { ConfigError, ENV_NAMES, loadConfig, TCP_IDLE_TIMEOUT_MS } from '../../runtime/config';
+import { ConfigError, ENV_NAMES, loadConfig, mistypedSettings, TCP_IDLE_TIMEOUT_MS } from '../../runtime/config';
 
 const errorOf = (env: Record<string, string>): ConfigError => {
   try {
@@ -233,6 +233,14 @@ describe('configuration', () => {
     expect([c.healthCheckTimeoutMs, c.healthCheckPeriodMs]).toEqual([5000, 2000]);
     // Left unset, the mode's default timeout never exceeds a shorter period.
     expect(loadConfig({ DOMAIN: 'example.com', HEALTH_CHECK_PERIOD: '1' }).healthCheckTimeoutMs).toBe(1000);
+  });
+
+  test('a variable one or two letters from a setting is named as a likely typo; others are not', () => {
+    expect(mistypedSettings({ HEALTH_CHECK_PAHT: '/x', SHUTDOWN_TIMOUT: '5', LOG_CONNECTION: 'true', HOME: '/root', HOSTNAME: 'a', NODE_ENV: 'production', PORT: '1', JOURNAL_STREAM: '8:1' })).toEqual([
+      { name: 'HEALTH_CHECK_PAHT', meant: 'HEALTH_CHECK_PATH' },
+      { name: 'SHUTDOWN_TIMOUT', meant: 'SHUTDOWN_TIMEOUT' },
+      { name: 'LOG_CONNECTION', meant: 'LOG_CONNECTIONS' },
+    ]);
   });
 
   test('two ports that do not parse are two problems, not also a clash between them', () => {

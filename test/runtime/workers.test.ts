@@ -215,6 +215,18 @@ test("counters do not go down when a worker dies: its last counts stay in the su
   }
 });
 
+test('a mistyped setting is named at start with the one it is likely meant to be; the proxy starts with the default', async () => {
+  const backend = await startBackend('ok');
+  const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, WORKERS: '1', HEALTH_CHECK_PATH: 'off', SHUTDOWN_TIMOUT: '5' });
+  try {
+    expect((await request(p.port)).status).toBe(200);
+    expect(p.stderr).toContain('"msg":"SHUTDOWN_TIMOUT is not a setting and is ignored; did you mean SHUTDOWN_TIMEOUT?"');
+  } finally {
+    await p.stop();
+    await backend.close();
+  }
+});
+
 test('LOG_CONNECTIONS=true writes one JSON access line per request; the default is quiet', async () => {
   const backend = await startBackend('ok');
   const loud = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, HEALTH_CHECK_PATH: 'off', LOG_CONNECTIONS: 'true' });
