@@ -132,8 +132,8 @@ export class TargetRegistry implements StatusSetter {
   }
 
   /** A health check passed (one process, no primary): see CircuitBreaker.healthPassed. */
-  passed(target: Target): void {
-    this.states.get(target.id)?.breaker.healthPassed();
+  passed(target: Target, startedAt: number): void {
+    this.states.get(target.id)?.breaker.healthPassed(startedAt);
   }
 
   /** The primary is gone: every breaker counts alone from now on. */

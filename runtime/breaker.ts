@@ -19,12 +19,13 @@
  * one being claimed or tried waits for the board's answer before its 503. Unlinked (one process, or a
  * worker whose primary is gone), a breaker counts alone.
  *
- * An active health check that passes turns a breaker opened by connection failures (refused, or no
- * connection within POOL_TIMEOUT) half-open at once, rather than after the timeout: the check has just
- * connected and been answered, which is what those failures said could not happen. A target restarted
- * in a deploy is then back within a health-check period, not CIRCUIT_BREAKER_TIMEOUT later (the ALB
- * puts a target back once its checks pass). A breaker opened by resets or timeouts of real requests
- * keeps its timeout: a health path that answers says nothing about those.
+ * An active health check that starts after a breaker opened and passes turns it half-open at once,
+ * rather than after the timeout, when every failure that opened it was a refused connection: the check
+ * has just connected and been answered, which is what those failures said could not happen. A target
+ * restarted in a deploy is then back within a health-check period, not CIRCUIT_BREAKER_TIMEOUT later
+ * (the ALB puts a target back once its checks pass). Opened by anything else, it keeps its timeout: a
+ * connect timeout may be an accept queue that a check squeezed through, and a health path that answers
+ * says nothing of resets or timeouts of real requests.
  */
 
 export type BreakerState = 'closed' | 'open' | 'half-open';
@@ -56,10 +57,10 @@ export interface BreakerOptions {
 }
 
 /**
- * What a worker's breaker tells the board: a counted failure (`fail-connect`: no connection could be made)
+ * What a worker's breaker tells the board: a counted failure (`fail-refused`: the connection was refused)
  * or success, a trial taken or given back.
  */
-export type BreakerEvent = 'fail' | 'fail-connect' | 'ok' | 'trial' | 'release';
+export type BreakerEvent = 'fail' | 'fail-refused' | 'ok' | 'trial' | 'release';
 
 /** The board's state of one target's breaker, as it sends it to the workers. */
 export interface BreakerSnapshot {
@@ -131,10 +132,10 @@ export class CircuitBreaker {
   private sharedFailing = false;
   /** Bumped on every state change; permits and reported epochs compare against it. */
   private generation = 0;
-  /** The last failure counted was a connection that could not be made. */
-  private lastConnect = false;
-  /** Open because a connection could not be made: a passing health check half-opens it (healthPassed). */
-  private openedByConnect = false;
+  /** Every failure counted since the last success was a refused connection. */
+  private streakRefused = false;
+  /** Opened by refused connections only: a passing health check half-opens it (healthPassed). */
+  private openedByRefused = false;
 
   constructor(opts: BreakerOptions) {
     if (!Number.isInteger(opts.threshold) || opts.threshold < 1) {
@@ -280,20 +281,20 @@ export class CircuitBreaker {
    * A failure; `epoch` as for onSuccess. `then`, when given, runs once the failure is counted where it
    * counts: at once unlinked, after the board's answer linked (the client's answer waits for it, so
    * that a breaker this failure opened is open in every worker before the client can send again).
-   * `connect`: no connection could be made (refused, connect timeout), see healthPassed.
+   * `refused`: the target refused the connection (see healthPassed).
    */
-  onFailure(epoch?: number, then?: () => void, connect = false): void {
+  onFailure(epoch?: number, then?: () => void, refused = false): void {
     const link = this.link;
-    const ev: BreakerEvent = connect ? 'fail-connect' : 'fail';
+    const ev: BreakerEvent = refused ? 'fail-refused' : 'fail';
     switch (this.stateFor(epoch)) {
       case 'closed':
         if (link) {
           link.report(this.shared!.id, ev, then);
           return;
         }
-        this.lastConnect = connect;
+        this.streakRefused = (this.failures === 0 || this.streakRefused) && refused;
         this.failures += 1;
-        if (this.failures >= this.threshold) this.open();
+        if (this.failures >= this.threshold) this.open(this.streakRefused);
         break;
       case 'half-open':
         if (!this.trialOut) break;
@@ -303,8 +304,7 @@ export class CircuitBreaker {
           link.report(this.shared!.id, ev, then);
           return;
         }
-        this.lastConnect = connect;
-        this.open();
+        this.open(refused);
         break;
       case 'open':
       case undefined:
@@ -316,11 +316,13 @@ export class CircuitBreaker {
   }
 
   /**
-   * An active health check of the target passed: a breaker that connection failures opened turns
-   * half-open now (true when it did). Linked, the board decides, and says so to every worker.
+   * An active health check of the target passed: a breaker that refused connections opened turns
+   * half-open now (true when it did). `startedAt` (this breaker's clock) is when the check began: one
+   * under way before the breaker opened proves nothing. Linked, the board decides, and tells every worker.
    */
-  healthPassed(): boolean {
-    if (this.link || this.state !== 'open' || !this.openedByConnect) return false;
+  healthPassed(startedAt?: number): boolean {
+    if (this.link || this.state !== 'open' || !this.openedByRefused) return false;
+    if (startedAt !== undefined && startedAt < this.openedAt) return false;
     this.openedAt = this.now() - this.timeoutMs;
     return (this.state as BreakerState) === 'half-open';
   }
@@ -411,10 +413,10 @@ export class CircuitBreaker {
     return epoch === undefined || epoch === this.generation ? state : undefined;
   }
 
-  private open(): void {
+  private open(byRefused = false): void {
     this.failures = 0;
     this.openedAt = this.now();
-    this.openedByConnect = this.lastConnect;
+    this.openedByRefused = byRefused;
     this.transition('open');
   }
 
@@ -448,7 +450,7 @@ export class BreakerBoard {
     let e = this.entries.get(id);
     if (!e) {
       // Only a failure or a trial starts a story; anything else about a closed, clean breaker is news to nobody.
-      if (ev !== 'fail' && ev !== 'fail-connect' && ev !== 'trial') return { snap: clean(id), changed: false };
+      if (ev !== 'fail' && ev !== 'fail-refused' && ev !== 'trial') return { snap: clean(id), changed: false };
       e = { breaker: new CircuitBreaker(this.opts), holder: undefined };
       this.entries.set(id, e);
     }
@@ -458,8 +460,8 @@ export class BreakerBoard {
     const trial = state === 'half-open' && e.holder === worker;
     switch (ev) {
       case 'fail':
-      case 'fail-connect':
-        if (state === 'closed' || trial) b.onFailure(undefined, undefined, ev === 'fail-connect');
+      case 'fail-refused':
+        if (state === 'closed' || trial) b.onFailure(undefined, undefined, ev === 'fail-refused');
         break;
       case 'ok':
         if (state === 'closed' || trial) b.onSuccess();
@@ -494,9 +496,9 @@ export class BreakerBoard {
   }
 
   /** An active health check of the target passed (CircuitBreaker.healthPassed): its snapshot when that half-opened it. */
-  healthPassed(id: string): BreakerSnapshot | undefined {
+  healthPassed(id: string, startedAt?: number): BreakerSnapshot | undefined {
     const e = this.entries.get(id);
-    return e?.breaker.healthPassed() ? this.snapshotOf(id, e) : undefined;
+    return e?.breaker.healthPassed(startedAt) ? this.snapshotOf(id, e) : undefined;
   }
 
   /** A worker is gone: a trial it held is given back. The snapshots that changed. */

@@ -82,7 +82,7 @@ export class Coordinator {
     this.maxRoutes = config.maxRoutes * config.workers;
     this.freshMs = config.nodeCheckPeriodMs * 0.9;
     this.emptyFreshMs = Math.min(this.freshMs, config.negativeCacheTtlMs * 0.9);
-    this.health = healthCheckerFor(config, { setStatus: (target, up) => this.verdict(target.id, up), passed: (target) => this.healthPassed(target.id) });
+    this.health = healthCheckerFor(config, { setStatus: (target, up) => this.verdict(target.id, up), passed: (target, startedAt) => this.healthPassed(target.id, startedAt) });
     this.breakers = new BreakerBoard({ threshold: config.circuitBreakerThreshold, timeoutMs: config.circuitBreakerTimeoutMs, now });
   }
 
@@ -218,17 +218,17 @@ export class Coordinator {
     if (worker.isConnected()) worker.send(m);
   }
 
+  /** A health check passed: a breaker that refused connections opened is half-open now, in every worker. */
+  private healthPassed(id: string, startedAt: number): void {
+    const snap = this.breakers.healthPassed(id, startedAt);
+    if (snap) this.broadcast({ t: 'breaker', snaps: [snap] });
+  }
+
   /**
    * Tells every worker when an open breaker turns half-open (each would find out only when a request
    * looks), so that karma_circuit_breaker_state says so without traffic. A re-opened breaker's earlier
    * timer finds it still open and says nothing.
    */
-  /** A health check passed: a breaker that refused connections opened is half-open now, in every worker. */
-  private healthPassed(id: string): void {
-    const snap = this.breakers.healthPassed(id);
-    if (snap) this.broadcast({ t: 'breaker', snaps: [snap] });
-  }
-
   private halfOpenAfter(id: string, ms: number): void {
     setTimeout(() => {
       const snap = this.breakers.snapshot(id);

@@ -367,6 +367,8 @@ export class Response {
    */
   writeInformational(status: number, lines: string): void {
     if (this.headersSent || this.dead || this.finished || this.req.httpVersionMinor === 0) return;
+    // Hints are worth nothing to a client that is not reading: never queued behind unread bytes.
+    if (this.conn.socket.writableLength > 0) return;
     this.conn.socket.write(`HTTP/1.1 ${status} ${STATUS_CODES[status] || 'Informational'}\r\n${lines}\r\n`, 'latin1');
   }
 

@@ -82,6 +82,8 @@ const SPECIAL_LENGTHS = new Set([...HOP_BY_HOP, ...OWN].map((n) => n.length));
 // Names a client may not smuggle past us in underscore spelling (`X_Forwarded_For`, `Transfer_Encoding`):
 // CGI-style backends (PHP, WSGI, Rack) fold `_` and `-` together and would read them as the real thing.
 const GUARDED = new Set([...HOP_BY_HOP, ...OWN, 'host', 'content-length']);
+/** Informational answers (103 Early Hints) one request passes on to its client; more are dropped. */
+const MAX_INFORMATIONAL = 4;
 /** How many keep-alive connections found closed by the target one request may skip. */
 const MAX_STALE = 3;
 
@@ -127,8 +129,8 @@ function kindOf(err: NodeJS.ErrnoException): FailureKind {
   }
 }
 
-/** No connection could be made: what a passing health check disproves (CircuitBreaker.healthPassed). */
-export const connectFailure = (kind: string): boolean => kind === 'refused' || kind === 'connect_timeout';
+/** The target refused the connection (or its host was unreachable): what a passing health check disproves (CircuitBreaker.healthPassed). */
+export const refusedFailure = (kind: string): boolean => kind === 'refused';
 
 let lastPort = -1;
 let lastPortString = '';
@@ -427,11 +429,11 @@ export class Forwarder {
         let answered = false;
         /** The target's verdict, given once: when the handshake is answered or fails, not when the tunnel ends. */
         let judged = false;
-        const judge = (ok: boolean, connect = false): void => {
+        const judge = (ok: boolean, refused = false): void => {
           if (judged) return;
           judged = true;
           if (ok) s.breaker.onSuccess(epoch);
-          else s.breaker.onFailure(epoch, undefined, connect);
+          else s.breaker.onFailure(epoch, undefined, refused);
         };
         /** This try failed before anything of the target's reached the client. */
         const failed = (kind: FailureKind, status: number): void => {
@@ -439,7 +441,7 @@ export class Forwarder {
           outcome.status = status;
           failedConnections.labels({ target: s.target.id }).inc();
           upstreamErrors.labels({ kind }).inc();
-          judge(false, connectFailure(kind));
+          judge(false, refusedFailure(kind));
         };
         /** ... and is answered: at once, for http-proxy ends the socket right after its error callback. */
         const fail = (kind: FailureKind, status: number, message: string): void => {
@@ -555,6 +557,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   private tried: Set<TargetState> | undefined;
   private retries = 0;
   private stale = 0;
+  /** Informational answers passed on so far (at most MAX_INFORMATIONAL). */
+  private informational = 0;
   /** The board was asked about targets held by another worker's trial (once per request). */
   private asked = false;
   /** A try has taken the client's body (piped it to its target). */
@@ -700,7 +704,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   }
 
   onInformational(status: number, rawHeaders: string[]): void {
-    if (this.settled || this.responded) return;
+    // A target may send 1xx without end, and each would reach the client: a few are passed on.
+    if (this.settled || this.responded || ++this.informational > MAX_INFORMATIONAL) return;
     this.res.writeInformational(status, clientLines(rawHeaders, connectionOf(rawHeaders), status).lines);
   }
 
@@ -832,7 +837,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     failedConnections.labels({ target: s.target.id }).inc();
     // The retry or the answer once the failure is counted: a breaker it opened is then open in every
     // worker (with several, after the primary's answer; breaker.ts).
-    s.breaker.onFailure(this.epoch, () => this.retryOrAnswer(err), connectFailure(err.kind));
+    s.breaker.onFailure(this.epoch, () => this.retryOrAnswer(err), refusedFailure(err.kind));
   }
 
   private retryOrAnswer(err: UpstreamError): void {

@@ -130,6 +130,7 @@ export class HealthChecker {
     t.timer = undefined;
     const { host, port } = t.target;
     const started = performance.now();
+    const startedAt = Date.now();
     let req: http.ClientRequest | undefined;
     let done = false;
 
@@ -149,7 +150,7 @@ export class HealthChecker {
       // Period counted from the start of this check, so a slow answer does not stretch the cadence;
       // never two checks of one target at once.
       this.schedule(t, Math.max(0, this.jitteredPeriod() - elapsedMs));
-      this.record(t, pass);
+      this.record(t, pass, startedAt);
     };
     // One deadline for connect, request and status line: a target that accepts and never answers fails here.
     const deadline = setTimeout(() => finish(false), this.opts.timeoutMs);
@@ -186,7 +187,8 @@ export class HealthChecker {
     req.end();
   }
 
-  private record(t: Tracked, pass: boolean): void {
+  /** A check's result; `startedAt` (Date.now()) is when it began. */
+  private record(t: Tracked, pass: boolean, startedAt: number): void {
     let flipped = false;
     if (t.verdict === undefined) {
       // The first result counts at once: a new target should not wait thresholds × period.
@@ -207,8 +209,12 @@ export class HealthChecker {
     nodeHealthStatus.labels({ target: t.target.id }).set(t.verdict ? 1 : 0);
     try {
       if (flipped) this.setter.setStatus(t.target, t.verdict);
+    } catch (err) {
+      this.onError(err, t.target);
+    }
+    try {
       // Each pass, whatever the thresholds say: it half-opens a breaker that refused connections opened.
-      if (pass) this.setter.passed?.(t.target);
+      if (pass) this.setter.passed?.(t.target, startedAt);
     } catch (err) {
       this.onError(err, t.target);
     }

@@ -47,15 +47,14 @@ export const kOnMessageComplete = HTTPParser.kOnMessageComplete | 0;
 export const kOnExecute = HTTPParser.kOnExecute | 0;
 
 /**
- * What llhttp overlooks in a target's answer (the 4th argument of initialize): bare LF line ends
- * (RFC 9112 §2.2: a recipient MAY take LF alone; nginx, curl and browsers do) and whitespace after a
- * chunk size (`5 ;ext`, the BWS of RFC 9112 §7.1.1). Only our parser reads those bytes, and the client
- * gets the answer framed anew, so no two parsers can read them differently. Requests stay strict. 0 on
- * a Node without these flags (strict, as before).
+ * What llhttp overlooks in a target's answer (the 4th argument of initialize): whitespace after a chunk
+ * size (`5 ;ext`), which RFC 9112 §7.1.1's grammar allows (BWS) and nginx reads. Only our parser reads
+ * those bytes, and the client gets the answer framed anew. Bare LF line ends stay an error (a 502),
+ * though RFC 9112 §2.2 lets a recipient take them: a target echoing a client's bare LF into a header
+ * would otherwise let that client add headers, or end the head early and leave bytes on a socket the
+ * next request reuses. Requests stay strict. 0 on a Node without the flag (strict, as before).
  */
-export const RESPONSE_LENIENCY =
-  ((HTTPParser as unknown as { kLenientOptionalCRBeforeLF?: number }).kLenientOptionalCRBeforeLF ?? 0) |
-  ((HTTPParser as unknown as { kLenientSpacesAfterChunkSize?: number }).kLenientSpacesAfterChunkSize ?? 0);
+export const RESPONSE_LENIENCY = (HTTPParser as unknown as { kLenientSpacesAfterChunkSize?: number }).kLenientSpacesAfterChunkSize ?? 0;
 
 /**
  * Request methods by llhttp's number for them, as kOnHeadersComplete reports it. Node keeps this table

@@ -88,7 +88,7 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
             connect(pool, tried, client, attempt + 1, startedAt);
           } else client.destroy();
         },
-        err.code === 'ETIMEDOUT' || err.code === 'ECONNREFUSED',
+        err.code === 'ECONNREFUSED' || err.code === 'EHOSTUNREACH' || err.code === 'ENETUNREACH',
       );
     });
     upstream.once('close', () => {

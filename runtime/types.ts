@@ -63,6 +63,6 @@ export interface Provider {
 /** The one method the health checker knows about the rest of the proxy (Traefik's SetStatus). */
 export interface StatusSetter {
   setStatus(target: Target, up: boolean): void;
-  /** A check of the target passed (each one, not only those that change its status). */
-  passed?(target: Target): void;
+  /** A check of the target that began at `startedAt` (Date.now()) passed: each one, not only those that change its status. */
+  passed?(target: Target, startedAt: number): void;
 }

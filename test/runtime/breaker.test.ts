@@ -267,13 +267,13 @@ describe('CircuitBreaker', () => {
   });
 
   describe('a passing health check', () => {
-    const failConnect = (b: CircuitBreaker, n: number): void => {
+    const failRefused = (b: CircuitBreaker, n: number): void => {
       for (let i = 0; i < n; i++) b.onFailure(undefined, undefined, true);
     };
 
     it('half-opens at once a breaker that refused connections opened: the check just connected', () => {
       const { breaker, changes } = make(3, 5 * 60_000);
-      failConnect(breaker, 3);
+      failRefused(breaker, 3);
       expect(breaker.state).toBe('open');
       expect(breaker.healthPassed()).toBe(true);
       expect(breaker.state).toBe('half-open');
@@ -284,20 +284,38 @@ describe('CircuitBreaker', () => {
       expect(changes).toEqual(['open', 'half-open', 'closed']);
     });
 
-    it('leaves alone a breaker that resets or timeouts of real requests opened: a health path says nothing of those', () => {
-      const { breaker } = make(3, 5 * 60_000);
-      failConnect(breaker, 2);
-      fail(breaker, 1); // the failure that opened it was a reset
-      expect(breaker.healthPassed()).toBe(false);
-      expect(breaker.state).toBe('open');
-      expect(breaker.remainingMs).toBe(5 * 60_000);
+    it('leaves alone a breaker that anything but refusals opened: a reset or a timeout anywhere in the streak', () => {
+      for (const order of [['refused', 'refused', 'other'], ['other', 'refused', 'refused'], ['refused', 'other', 'refused']]) {
+        const { breaker } = make(3, 5 * 60_000);
+        for (const kind of order) breaker.onFailure(undefined, undefined, kind === 'refused');
+        expect(breaker.state).toBe('open');
+        expect(breaker.healthPassed()).toBe(false);
+        expect(breaker.remainingMs).toBe(5 * 60_000);
+      }
+    });
+
+    it('a success between failures starts the streak again', () => {
+      const { breaker } = make(2, 5 * 60_000);
+      fail(breaker, 1);
+      breaker.onSuccess();
+      failRefused(breaker, 2);
+      expect(breaker.healthPassed()).toBe(true);
+    });
+
+    it('ignores a check that began before the breaker opened', () => {
+      const { breaker, advance } = make(1, 5 * 60_000);
+      const before = 1_000_000;
+      advance(10);
+      failRefused(breaker, 1);
+      expect(breaker.healthPassed(before)).toBe(false);
+      expect(breaker.healthPassed(before + 10)).toBe(true);
     });
 
     it('changes nothing closed or half-open, and a trial refused again re-opens it until the next pass', () => {
       const { breaker, advance } = make(1, 60_000);
       expect(breaker.healthPassed()).toBe(false);
       expect(breaker.state).toBe('closed');
-      failConnect(breaker, 1);
+      failRefused(breaker, 1);
       advance(60_000);
       expect(breaker.state).toBe('half-open');
       expect(breaker.healthPassed()).toBe(false);

@@ -293,10 +293,11 @@ describe('BreakerBoard', () => {
   test('a passing health check half-opens a breaker that refused connections opened, from whichever workers they came', () => {
     const board = new BreakerBoard({ threshold: 2, timeoutMs: 300_000, now: () => 5_000 });
     expect(board.healthPassed(TARGET)).toBeUndefined(); // nothing counted: nothing to change
-    board.report(1, TARGET, 'fail-connect');
-    board.report(2, TARGET, 'fail-connect');
+    board.report(1, TARGET, 'fail-refused');
+    board.report(2, TARGET, 'fail-refused');
     expect(board.snapshot(TARGET)).toMatchObject({ state: 'open', remainingMs: 300_000 });
-    expect(board.healthPassed(TARGET)).toEqual({ id: TARGET, state: 'half-open', failing: false });
+    expect(board.healthPassed(TARGET, 4_999)).toBeUndefined(); // a check begun before it opened proves nothing
+    expect(board.healthPassed(TARGET, 5_000)).toEqual({ id: TARGET, state: 'half-open', failing: false });
     // One trial, granted to one worker, as after the timeout.
     expect(board.report(2, TARGET, 'trial').snap).toMatchObject({ state: 'half-open', holder: 2 });
     expect(board.report(1, TARGET, 'trial').snap).toMatchObject({ holder: 2 });
@@ -304,5 +305,16 @@ describe('BreakerBoard', () => {
     board.report(2, TARGET, 'fail');
     expect(board.snapshot(TARGET)).toMatchObject({ state: 'open' });
     expect(board.healthPassed(TARGET)).toBeUndefined();
+  });
+
+  test('one failure other than a refusal in the streak (a timeout on another worker) keeps the timeout', () => {
+    let t = 5_000;
+    const board = new BreakerBoard({ threshold: 3, timeoutMs: 300_000, now: () => t });
+    board.report(1, TARGET, 'fail');
+    board.report(2, TARGET, 'fail-refused');
+    board.report(2, TARGET, 'fail-refused');
+    expect(board.snapshot(TARGET)).toMatchObject({ state: 'open' });
+    t += 1000;
+    expect(board.healthPassed(TARGET, t)).toBeUndefined();
   });
 });
