@@ -943,16 +943,21 @@ function runtimeRefusals(env: Readonly<Record<string, string>>): string[] {
     else if (DEPLOY_TIME_STAND_INS[key] !== undefined) judged[key] = DEPLOY_TIME_STAND_INS[key];
     else return [];
   }
+  // The ALB refuses a check that may outlast its interval, and so does the construct, whose health check
+  // is the ALB's; the runtime takes it (the Stateless Load Balancer's settings keep working).
+  const period = Number(judged.HEALTH_CHECK_PERIOD);
+  const timeout = Number(judged.HEALTH_CHECK_TIMEOUT);
+  const alb = judged.HEALTH_CHECK_TIMEOUT !== undefined && judged.HEALTH_CHECK_PERIOD !== undefined && timeout > period
+    ? [`HEALTH_CHECK_TIMEOUT (${timeout} s) must not exceed HEALTH_CHECK_PERIOD (${period} s)`]
+    : [];
   try {
     const config = loadConfig(judged);
-    // The ALB refuses a check that may outlast its interval, and so does the construct, whose health
-    // check is the ALB's; the runtime takes it (the Stateless Load Balancer's settings keep working).
-    if (judged.HEALTH_CHECK_TIMEOUT !== undefined && config.healthCheckTimeoutMs > config.healthCheckPeriodMs) {
+    if (!alb.length && judged.HEALTH_CHECK_TIMEOUT !== undefined && config.healthCheckTimeoutMs > config.healthCheckPeriodMs) {
       return [`HEALTH_CHECK_TIMEOUT (${config.healthCheckTimeoutMs / 1000} s) must not exceed HEALTH_CHECK_PERIOD (${config.healthCheckPeriodMs / 1000} s)`];
     }
-    return [];
+    return alb;
   } catch (err) {
-    if (err instanceof ConfigError) return [...err.problems];
+    if (err instanceof ConfigError) return [...err.problems, ...alb];
     throw err;
   }
 }

@@ -24,7 +24,8 @@ const METRICS_REFRESH_MS = 5_000;
 function configOrExit(): Config {
   try {
     const config = loadConfig(process.env);
-    for (const { name, meant } of mistypedSettings(process.env)) log('warn', `${name} is not a setting and is ignored; did you mean ${meant}?`);
+    // Said once, by the primary (workers read the same environment).
+    if (cluster.isPrimary) for (const { name, meant } of mistypedSettings(process.env)) log('warn', `${name} is not a setting and is ignored; did you mean ${meant}?`);
     return config;
   } catch (e) {
     if (!(e instanceof ConfigError)) throw e;

@@ -99,8 +99,9 @@ test('a worker killed outright between scrapes takes at most the last few second
   const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, WORKERS: '1', HEALTH_CHECK_PATH: 'off' });
   try {
     for (let i = 0; i < 30; i++) expect((await request(p.port)).status).toBe(200);
-    // No scrape meanwhile: the primary takes the worker's counts by itself (every 5 s).
-    await new Promise((r) => setTimeout(r, 5500));
+    // No scrape meanwhile: the primary takes the worker's counts by itself, every 5 s (two periods, so
+    // that one whole exchange surely falls between the last request and the kill).
+    await new Promise((r) => setTimeout(r, 10_500));
     const [worker] = p.workers();
     process.kill(worker, 'SIGKILL');
     await until('a replacement worker', () => p.workers().length === 1 && !p.workers().includes(worker));
