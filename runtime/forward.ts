@@ -737,6 +737,9 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   }
 
   onTimeout(): void {
+    // Still connecting (UPSTREAM_TIMEOUT shorter than POOL_TIMEOUT): no connection was made, which is
+    // tried on the next target, not a silent target's 504.
+    if (this.connectTimer) return this.connectTimedOut();
     // Idle timeout of the upstream socket: silent before the response is a 504, within it an abort.
     this.failTry('timeout');
   }

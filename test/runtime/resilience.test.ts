@@ -2,9 +2,11 @@
  * Health checks, circuit breaker, retries, fail-open and draining, through the real request path
  * with real backends on 127.0.0.1 that the tests break at chosen moments.
  */
+import { spawn } from 'node:child_process';
 import * as http from 'node:http';
+import * as net from 'node:net';
 import { loadConfig } from '../../runtime/config';
-import { failedConnections, nodeHealthStatus } from '../../runtime/metrics';
+import { failedConnections, nodeHealthStatus, upstreamErrors } from '../../runtime/metrics';
 import { makeTarget, Provider, Target } from '../../runtime/types';
 import { Running, start } from '../../runtime/worker';
 import { Backend, startBackend } from '../support/backend';
@@ -200,6 +202,48 @@ describe('retry on another target', () => {
     } finally {
       await p.stop();
       await Promise.all([resetting.close(), good.close()]);
+    }
+  });
+
+  test('a target that never accepts, under an UPSTREAM_TIMEOUT shorter than POOL_TIMEOUT, is a connect timeout, tried on the next target', async () => {
+    // A listener in a stopped process: the kernel fills its accept queue (backlog 1), then drops SYNs.
+    const child = spawn(process.execPath, ['-e', "require('net').createServer().listen(0, '127.0.0.1', 1, function () { console.log(this.address().port) })"]);
+    const good = await startBackend('good');
+    const fillers: net.Socket[] = [];
+    let p: Running | undefined;
+    try {
+      const port = await new Promise<number>((resolve, reject) => {
+        child.stdout.once('data', (d: Buffer) => resolve(Number(String(d).trim())));
+        child.once('exit', () => reject(new Error('listener exited')));
+      });
+      process.kill(child.pid!, 'SIGSTOP');
+      for (let i = 0; i < 4; i++) {
+        const f = net.connect({ host: '127.0.0.1', port });
+        f.on('error', () => undefined);
+        fillers.push(f);
+      }
+      await new Promise((r) => setTimeout(r, 200));
+      const stalled = makeTarget('127.0.0.1', port);
+      const targets = [stalled, makeTarget('127.0.0.1', good.port)];
+      p = await start(
+        loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: targets.map((t) => t.id).join(','), PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', UPSTREAM_TIMEOUT: '0.3', POOL_TIMEOUT: '2', RETRIES: '1' }),
+        { provider: mutable(targets) },
+      );
+      const kinds = async (): Promise<Record<string, number>> =>
+        Object.fromEntries((await upstreamErrors.get()).values.map((v) => [String(v.labels.kind), v.value]));
+      const before = await kinds();
+      const statuses = [];
+      for (let i = 0; i < 4; i++) statuses.push((await request(p.port)).status);
+      expect(statuses).toEqual([200, 200, 200, 200]);
+      // Counted as what it was: the breaker and the metrics tell a connect timeout from a silent target.
+      const after = await kinds();
+      expect((after.connect_timeout ?? 0) - (before.connect_timeout ?? 0)).toBeGreaterThanOrEqual(1);
+      expect((after.timeout ?? 0) - (before.timeout ?? 0)).toBe(0);
+    } finally {
+      await p?.stop();
+      for (const f of fillers) f.destroy();
+      child.kill('SIGKILL');
+      await good.close();
     }
   });
 
