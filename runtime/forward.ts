@@ -106,7 +106,8 @@ class UpstreamError extends Error {
   }
 }
 
-function kindOf(err: NodeJS.ErrnoException): FailureKind {
+/** What kind of forwarding failure a socket or parser error is (the `kind` of karma_upstream_errors_total). */
+export function kindOf(err: NodeJS.ErrnoException): FailureKind {
   switch (err.code) {
     case 'ECONNREFUSED':
     case 'EHOSTUNREACH':

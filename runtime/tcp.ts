@@ -9,6 +9,7 @@ import * as net from 'node:net';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
 import type { Config } from './config';
 import { socketsClosed } from './downstream';
+import { kindOf, refusedFailure } from './forward';
 import { log } from './log';
 import { countChunk } from './memory';
 import { activeConnections, countSuccess, failedConnections, limitHits, retriesTotal, upstreamErrors } from './metrics';
@@ -88,7 +89,7 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
             connect(pool, tried, client, attempt + 1, startedAt);
           } else client.destroy();
         },
-        err.code === 'ECONNREFUSED' || err.code === 'EHOSTUNREACH' || err.code === 'ENETUNREACH',
+        refusedFailure(kindOf(err)),
       );
     });
     upstream.once('close', () => {
