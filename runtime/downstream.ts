@@ -155,7 +155,8 @@ export class Request {
   constructor(
     readonly conn: ClientConn,
     readonly method: string,
-    readonly url: string,
+    /** The request target as sent; origin-form once retarget() has read an absolute-form one. */
+    public url: string,
     readonly httpVersionMajor: number,
     readonly httpVersionMinor: number,
     readonly rawHeaders: string[],
@@ -193,6 +194,25 @@ export class Request {
 
   get socket(): net.Socket {
     return this.conn.socket;
+  }
+
+  /**
+   * An absolute-form request (`GET http://host/path`) made origin-form, as RFC 9112 §3.2.2 has a proxy do:
+   * the target's path goes on, and the URI's authority replaces the Host header (added when an HTTP/1.0
+   * client sent none), so routing, the target and X-Forwarded-Host all see the one host.
+   */
+  retarget(path: string, authority: string): void {
+    this.url = path;
+    this.headers.host = authority;
+    const raw = this.rawHeaders;
+    for (let i = 0; i < raw.length; i += 2) {
+      if (raw[i].length === 4 && raw[i].toLowerCase() === 'host') {
+        raw[i + 1] = authority;
+        return;
+      }
+    }
+    raw.push('Host', authority);
+    this.hosts = 1;
   }
 
   /** The client's address, without the `::ffff:` of an IPv4 client on a dual-stack socket. */

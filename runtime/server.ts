@@ -38,6 +38,12 @@ export interface ProxyServer {
 
 type Refusal = { status: number; reason: string; message: string };
 
+// An absolute-form request target: scheme and authority (no userinfo: `@` is not in HOST_VALUE).
+const ABSOLUTE_FORM = /^https?:\/\/([^/?#]*)/i;
+// An authority that is an address, as URL parsers read one: an IPv6 literal, `localhost` (or a name
+// under it), or a host whose last label is a number (`169.254.169.254`, `2852039166`, `0xa9fea9fe.`).
+const ADDRESS_AUTHORITY = /^(?:\[|(?:[^:]*\.)?localhost\.?(?::|$)|(?:[^:]*\.)?(?:\d+|0x[0-9a-f]*)\.?(?::|$))/i;
+
 // RFC 9110 §4.2 / RFC 3986 §3.2.2: reg-name or IP literal, then an optional port.
 const HOST_VALUE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::\d{0,5})?$/;
 
@@ -65,11 +71,23 @@ function screen(req: Request, maxHeaders: number, checkHost: boolean): Refusal |
     return { status: 400, reason: 'bad_host', message: 'malformed Host header' };
   }
   const url = req.url;
-  // Origin-form only: an absolute-form target (`GET http://169.254.169.254/`) could name another host
-  // than the Host header; a reverse proxy has no use for it, so it is refused rather than guessed at.
-  if (url.charCodeAt(0) !== 47 /* '/' */ && !(url === '*' && req.method === 'OPTIONS')) {
-    return { status: 400, reason: 'bad_target', message: 'request target must be a path' };
-  }
+  if (url.charCodeAt(0) === 47 /* '/' */ || (url === '*' && req.method === 'OPTIONS')) return undefined;
+  // RFC 9112 §3.2.2: a server MUST accept the absolute-form (what a client configured with an HTTP proxy
+  // sends), and the URI's authority, not the Host header, says where the request goes. It is made
+  // origin-form here, before routing, so the authority meets every rule a Host meets
+  // (`GET http://169.254.169.254/` is a 400 as `Host: 169.254.169.254` is). Authority-form and other
+  // schemes are refused.
+  const m = ABSOLUTE_FORM.exec(url);
+  if (m === null) return { status: 400, reason: 'bad_target', message: 'request target must be a path or an http URI' };
+  const authority = m[1];
+  // The Host header is replaced, but a malformed one is still a bad request (RFC 9112 §3.2).
+  if (req.headers.host !== undefined && !HOST_VALUE.test(req.headers.host)) return { status: 400, reason: 'bad_host', message: 'malformed Host header' };
+  if (authority === '' || !HOST_VALUE.test(authority)) return { status: 400, reason: 'bad_host', message: 'malformed authority in the request target' };
+  // A URI naming an address is a request for a forward proxy, which this is not, in pool mode as well
+  // (where a Host header routes nothing and is never refused for naming one).
+  if (ADDRESS_AUTHORITY.test(authority)) return { status: 400, reason: 'bad_target', message: 'the request target names an address: not a forward proxy' };
+  const rest = url.slice(m[0].length);
+  req.retarget(rest === '' ? '/' : rest.charCodeAt(0) === 47 ? rest : `/${rest}`, authority);
   return undefined;
 }
 

@@ -67,7 +67,16 @@ const ECS_CASES: Case[] = [
   },
   { name: 'absolute-form target at the metadata address', head: (t, p) => `GET http://169.254.169.254${t}/latest/meta-data/ HTTP/1.1\r\nHost: web-${p.web}-prod.example.com\r\n`, status: 400 },
   { name: 'absolute-form target at a loopback port', head: (t, p) => `GET http://127.0.0.1:${p.canary}${t} HTTP/1.1\r\nHost: web-${p.web}-prod.example.com\r\n`, status: 400 },
-  { name: 'absolute-form target naming an allowed route', head: (t, p) => `GET http://web-${p.web}-prod.example.com${t} HTTP/1.1\r\nHost: web-${p.web}-prod.example.com\r\n`, status: 400 },
+  {
+    name: 'absolute-form target naming an allowed route: its authority routes, not the Host header (RFC 9112 §3.2.2)',
+    head: (t, p) => `GET http://web-${p.web}-prod.example.com${t} HTTP/1.1\r\nHost: 127.0.0.1:${p.canary}\r\n`,
+    status: 200,
+    reaches: 'web',
+  },
+  { name: 'absolute-form target naming a disallowed cluster, Host an allowed route', head: (t, p) => `GET http://web-${p.web}-staging.example.com${t} HTTP/1.1\r\nHost: web-${p.web}-prod.example.com\r\n`, status: 403 },
+  { name: 'absolute-form target naming a port outside ALLOWED_PORTS', head: (t, p) => `GET http://web-${p.canary}-prod.example.com${t} HTTP/1.1\r\nHost: web-${p.web}-prod.example.com\r\n`, status: 403 },
+  { name: 'absolute-form target with userinfo before the metadata address', head: (t, p) => `GET http://web-${p.web}-prod.example.com@169.254.169.254${t} HTTP/1.1\r\nHost: web-${p.web}-prod.example.com\r\n`, status: 400 },
+  { name: 'absolute-form target at the decimal metadata address', head: (t, p) => `GET http://2852039166${t} HTTP/1.1\r\nHost: web-${p.web}-prod.example.com\r\n`, status: 400 },
   { name: 'absolute-form https target', head: (t, p) => `GET https://169.254.169.254${t} HTTP/1.1\r\nHost: web-${p.web}-prod.example.com\r\n`, status: 400 },
   { name: 'authority-form target on GET', head: (t, p) => `GET 127.0.0.1:${p.canary} HTTP/1.1\r\nHost: web-${p.web}-prod.example.com\r\nX-Marker: ${t}\r\n`, status: 400 },
   { name: 'CONNECT to the metadata address', head: (t) => `CONNECT 169.254.169.254:80 HTTP/1.1\r\nHost: 169.254.169.254:80\r\nX-Marker: ${t}\r\n`, status: 405 },
@@ -180,13 +189,22 @@ describe('pool mode: the Host header names nothing', () => {
   });
 
   test.each([
-    ['an absolute-form target', (c: number, t: string) => `GET http://127.0.0.1:${c}${t} HTTP/1.1\r\nHost: app.example.com\r\n`, 400],
+    ['an absolute-form target at the canary port', (c: number, t: string) => `GET http://127.0.0.1:${c}${t} HTTP/1.1\r\nHost: app.example.com\r\n`, 400],
+    ['an absolute-form target at the metadata address', (_c: number, t: string) => `GET http://169.254.169.254${t} HTTP/1.1\r\nHost: app.example.com\r\n`, 400],
+    ['an absolute-form target at localhost', (c: number, t: string) => `GET http://localhost:${c}${t} HTTP/1.1\r\nHost: app.example.com\r\n`, 400],
     ['CONNECT', (c: number, t: string) => `CONNECT 127.0.0.1:${c} HTTP/1.1\r\nHost: 127.0.0.1:${c}\r\nX-Marker: ${t}\r\n`, 405],
   ] as const)('%s is refused', async (_what, head, status) => {
     const t = `/pool-${Math.random().toString(36).slice(2)}`;
     const r = await rawExchange(p.port, `${head(canary.port, t)}Connection: close\r\n\r\n`);
     expect(r.responses.map((x) => x.status)).toEqual([status]);
     expect(pool.bytes().includes(t)).toBe(false);
+  });
+
+  test('an absolute-form target naming a name goes to the pool in origin-form', async () => {
+    const t = `/pool-${Math.random().toString(36).slice(2)}`;
+    const r = await rawExchange(p.port, `GET http://app.example.com${t} HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n\r\n`);
+    expect(r.responses.map((x) => x.status)).toEqual([200]);
+    expect(pool.bytes().includes(`GET ${t} HTTP/1.1\r\n`)).toBe(true);
   });
 
   test('the canary was never reached, and the pool is the only target used', () => {

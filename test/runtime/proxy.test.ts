@@ -131,14 +131,57 @@ describe('forwarding to a static pool', () => {
     expect(backends.flatMap((b) => b.seen)[0].headers.expect).toBeUndefined();
   });
 
-  test('an absolute-form request target is refused, never followed', async () => {
-    const reply = await new Promise<string>((resolve) => {
-      const s = net.connect(p.port, '127.0.0.1', () => s.write('GET http://169.254.169.254/latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n'));
+  const exchange = (head: string): Promise<string> =>
+    new Promise<string>((resolve) => {
+      const s = net.connect(p.port, '127.0.0.1', () => s.write(head));
       let data = '';
       s.on('data', (d) => (data += d));
       s.on('close', () => resolve(data));
       s.setTimeout(5000, () => s.destroy());
     });
+
+  test('an absolute-form request target naming an address is refused, never followed', async () => {
+    const reply = await exchange('GET http://169.254.169.254/latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n');
+    expect(reply).toMatch(/^HTTP\/1\.1 400 /);
+    expect(backends.flatMap((b) => b.seen)).toHaveLength(0);
+  });
+
+  test.each([
+    ['a path and query', 'http://App.example.com:8080/a/b?c=d', '/a/b?c=d', 'App.example.com:8080'],
+    ['no path', 'HTTPS://app.example.com', '/', 'app.example.com'],
+    ['only a query', 'http://app.example.com?x=1', '/?x=1', 'app.example.com'],
+  ])('an absolute-form target with %s goes on in origin-form, its authority as Host (RFC 9112 §3.2.2)', async (_what, target, path, authority) => {
+    const reply = await exchange(`GET ${target} HTTP/1.1\r\nHost: other.example.com\r\nConnection: close\r\n\r\n`);
+    expect(reply).toMatch(/^HTTP\/1\.1 200 /);
+    const seen = backends.flatMap((b) => b.seen);
+    expect(seen.map((x) => [x.url, x.headers.host, x.headers['x-forwarded-host']])).toEqual([[path, authority, authority]]);
+    // The authority replaced the client's Host; it was not added beside it.
+    expect(seen[0].rawHeaders.filter((_, i) => i % 2 === 0 && seen[0].rawHeaders[i].toLowerCase() === 'host')).toHaveLength(1);
+  });
+
+  test('an HTTP/1.0 absolute-form request without Host gets its authority as Host', async () => {
+    const reply = await exchange('GET http://app.example.com/old HTTP/1.0\r\n\r\n');
+    expect(reply).toMatch(/^HTTP\/1\.1 200 /);
+    expect(backends.flatMap((b) => b.seen).map((x) => [x.url, x.headers.host])).toEqual([['/old', 'app.example.com']]);
+  });
+
+  test.each([
+    ['another scheme', 'ftp://app.example.com/'],
+    ['userinfo', 'http://app.example.com@169.254.169.254/'],
+    ['an empty authority', 'http:///path'],
+    ['a decimal address', 'http://2852039166/'],
+    ['a hexadecimal address', 'http://0xA9FEA9FE/'],
+    ['localhost', 'http://localhost:22/'],
+    ['an IPv6 literal', 'http://[::1]:22/'],
+    ['authority-form', 'app.example.com:80'],
+  ])('a request target with %s is a 400', async (_what, target) => {
+    const reply = await exchange(`GET ${target} HTTP/1.1\r\nHost: app.example.com\r\n\r\n`);
+    expect(reply).toMatch(/^HTTP\/1\.1 400 /);
+    expect(backends.flatMap((b) => b.seen)).toHaveLength(0);
+  });
+
+  test('with an absolute-form target, a malformed Host header is still a 400', async () => {
+    const reply = await exchange('GET http://app.example.com/ HTTP/1.1\r\nHost: a b\r\n\r\n');
     expect(reply).toMatch(/^HTTP\/1\.1 400 /);
     expect(backends.flatMap((b) => b.seen)).toHaveLength(0);
   });
