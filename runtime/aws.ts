@@ -168,7 +168,8 @@ export async function* pages<P>(api: string, input: object, paginator: AsyncIter
 function baseConfig(opts: AwsClientOptions) {
   const env = opts.env ?? process.env;
   return {
-    ...(opts.region ? { region: opts.region } : {}),
+    // AWS_DEFAULT_REGION as the AWS CLI and the Go SDK the seeds were built with read it; the JS SDK does not.
+    ...(opts.region || env.AWS_DEFAULT_REGION ? { region: opts.region || env.AWS_DEFAULT_REGION } : {}),
     // Adaptive adds client-side rate limiting on top of standard retries: what a fleet sharing one
     // account-wide ECS token bucket wants. AWS_RETRY_MODE still wins, read by the SDK itself.
     ...(env.AWS_RETRY_MODE ? {} : { retryMode: 'adaptive' }),
@@ -206,6 +207,23 @@ export function createSecretsManagerClient(opts: AwsClientOptions = {}): Secrets
   const c = new SecretsManagerClient(baseConfig(opts));
   addCallCounting(c);
   return c;
+}
+
+/**
+ * The region the clients will use, resolved by the SDK's own chain (AWS_REGION, then the shared config's
+ * profile, then the instance metadata service, IMDSv2), or undefined when none names one: asked once at
+ * start, so that a proxy that could never discover anything says so and stops instead of logging
+ * "Region is missing" at every discovery.
+ */
+export async function resolveRegion(opts: AwsClientOptions = {}): Promise<string | undefined> {
+  const c = new ECSClient(baseConfig(opts));
+  try {
+    return await c.config.region();
+  } catch {
+    return undefined;
+  } finally {
+    c.destroy();
+  }
 }
 
 /** The three discovery clients. Cheap: nothing connects until the first call. */

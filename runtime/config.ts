@@ -132,6 +132,13 @@ const text = (raw: string): string => {
 
 const optionalText = (raw: string): string | undefined => (raw.trim() === '' ? undefined : raw.trim());
 
+/** A region name as the SDK takes one (a host label: `eu-west-1`, `us-gov-west-1`), or unset. */
+const region = (raw: string): string | undefined => {
+  const t = optionalText(raw);
+  if (t !== undefined && !/^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/.test(t)) throw new Invalid('a region name such as eu-west-1');
+  return t;
+};
+
 const list = (raw: string): string[] =>
   raw
     .split(',')
@@ -238,9 +245,9 @@ export const SETTINGS = {
   },
   awsRegion: {
     env: 'AWS_REGION',
-    doc: 'AWS region of the ECS clusters and EC2 instances. Unset: the SDK chain (the instance\'s region).',
+    doc: 'AWS region of the ECS clusters and EC2 instances. Unset: `AWS_DEFAULT_REGION`, else the SDK chain (shared config, the instance\'s region); none at all stops start-up.',
     default: undefined,
-    parse: optionalText,
+    parse: region,
   },
   tagName: { env: 'TAG_NAME', doc: 'Tag key of the EC2 pool in tag mode.', default: 'Name', parse: text },
   tagValue: { env: 'TAG_VALUE', doc: 'Tag value of the EC2 pool in tag mode.', default: 'worker-node', parse: text },

@@ -35,7 +35,23 @@ function configOrExit(): Config {
   }
 }
 
+/**
+ * Stops start-up, as a bad setting does, when AWS is needed (discovery, or the Redis AUTH secret) and no
+ * region can be found: the seeds defaulted to one, the SDK has no default, and without one every
+ * discovery would fail for as long as the proxy ran.
+ */
+async function regionOrExit(config: Config): Promise<void> {
+  if (config.nodeFilter === 'static' && config.redisAuthSecretArn === undefined) return;
+  const { resolveRegion } = await import('./aws');
+  if ((await resolveRegion({ region: config.awsRegion })) !== undefined) return;
+  process.stderr.write(
+    'karma-proxy: invalid configuration: AWS_REGION is not set, and neither AWS_DEFAULT_REGION, the shared AWS config nor the instance metadata names a region\n',
+  );
+  process.exit(EXIT_BAD_CONFIG);
+}
+
 async function runPrimary(config: Config): Promise<void> {
+  await regionOrExit(config);
   // Workers accept from the shared listening socket themselves rather than through the primary
   // (node's default on Linux is round-robin by the primary): no IPC hand-off per connection, and a
   // connection queued while a worker dies waits for another worker instead of being lost with it.

@@ -10,6 +10,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { WebSocket, WebSocketServer } from 'ws';
 import { Backend, startBackend } from '../support/backend';
+import { startAwsStub } from '../support/aws-stub';
 import { BUNDLE, Proxy, rssBytes, runBundle, startBundle } from '../support/bundle';
 import { close, freePort, listen, request, until } from '../support/net';
 
@@ -396,6 +397,59 @@ describe('the bundle starts and stops cleanly', () => {
     } finally {
       await close(taken);
     }
+  });
+
+  describe('the AWS region', () => {
+    let home: string;
+    beforeAll(() => (home = fs.mkdtempSync(path.join(os.tmpdir(), 'karma-home-')))); // no shared AWS config
+    afterAll(() => fs.rmSync(home, { recursive: true, force: true }));
+
+    test('none anywhere stops start-up with exit 2 naming AWS_REGION, before any discovery', async () => {
+      const r = await runBundle({ HOME: home, NODE_FILTER: 'asg', AWS_EC2_METADATA_DISABLED: 'true', AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' });
+      expect(r.code).toBe(2);
+      expect(r.stderr.trim().split('\n')).toEqual([expect.stringContaining('AWS_REGION is not set')]);
+    });
+
+    test('a malformed AWS_REGION is a bad setting', async () => {
+      const r = await runBundle({ HOME: home, NODE_FILTER: 'asg', AWS_REGION: 'EU West 1' });
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain('AWS_REGION must be a region name');
+    });
+
+    test.each([
+      ['AWS_DEFAULT_REGION (the AWS CLI and the seeds read it)', 'eu-west-1', false],
+      ['the instance metadata service (IMDSv2, as on EC2)', 'eu-west-3', true],
+    ])('comes from %s when AWS_REGION is unset', async (_from, region, fromImds) => {
+      const stub = await startAwsStub({ asgs: { web: [] } });
+      const tokens: string[] = [];
+      const imds = http.createServer((req, res) => {
+        if (req.method === 'PUT' && req.url === '/latest/api/token') {
+          tokens.push(String(req.headers['x-aws-ec2-metadata-token-ttl-seconds']));
+          res.end('imds-token');
+        } else if (req.url === '/latest/meta-data/placement/region' && req.headers['x-aws-ec2-metadata-token'] === 'imds-token') res.end(region);
+        else res.writeHead(401).end();
+      });
+      const imdsPort = await listen(imds);
+      const { AWS_REGION: _unset, ...env } = stub.env();
+      const p = await startBundle({
+        ...env,
+        HOME: home,
+        NODE_FILTER: 'asg',
+        ASG_NAME: 'web',
+        HEALTH_CHECK_PATH: 'off',
+        ...(fromImds
+          ? { AWS_EC2_METADATA_DISABLED: '', AWS_EC2_METADATA_SERVICE_ENDPOINT: `http://127.0.0.1:${imdsPort}` }
+          : { AWS_DEFAULT_REGION: region }),
+      });
+      try {
+        await until('a discovery call', () => stub.calls.some((c) => c.api === 'DescribeAutoScalingGroups'));
+        expect([...new Set(stub.calls.map((c) => c.region))]).toEqual([region]);
+        expect(tokens.length > 0).toBe(fromImds);
+      } finally {
+        await p.stop('SIGKILL');
+        await Promise.all([stub.close(), close(imds)]);
+      }
+    });
   });
 
   test('DOMAIN is required in ecs mode', async () => {

@@ -86,6 +86,8 @@ export interface StubCall {
   /** `ListTasks`, `DescribeInstances`, … */
   readonly api: string;
   readonly params: Record<string, unknown>;
+  /** The region the call was signed for (its SigV4 credential scope). */
+  readonly region?: string;
 }
 
 export interface AwsStub {
@@ -484,7 +486,8 @@ export async function startAwsStub(model: Partial<StubModel> = {}, opts: AwsStub
       proto = form.get('Version') === '2011-01-01' ? 'query' : 'ec2';
       params = Object.fromEntries(form);
     }
-    calls.push({ api, params });
+    const region = /Credential=[^/]+\/\d{8}\/([^/]+)\//.exec(String(req.headers.authorization ?? ''))?.[1];
+    calls.push({ api, params, region });
 
     if (!String(req.headers.authorization ?? '').startsWith('AWS4-HMAC-SHA256 ')) {
       return sendError(res, proto, new ApiError('MissingAuthenticationToken', 'Request is missing Authentication Token', 403));
