@@ -10,8 +10,30 @@ import { log } from '../log';
 import { tasksSkipped } from '../metrics';
 import type { Provider, RouteKey, Target } from '../types';
 
-/** The metadata service's IPv6 address on Nitro instances (not link-local, so named). */
-const METADATA_V6 = 'fd00:ec2::254';
+/**
+ * An IPv6 literal's eight 16-bit groups, read from the WHATWG URL parser's canonical form, so that
+ * every spelling of one address (`0:0:0:0:0:ffff:7f00:1`, `::ffff:127.0.0.1`, `FD00:EC2:0::254`) is
+ * judged alike; undefined for what it refuses (a zone index such as `::1%lo`).
+ */
+function groupsOf(host: string): number[] | undefined {
+  let c: string;
+  try {
+    c = new URL(`http://[${host}]/`).hostname.slice(1, -1);
+  } catch {
+    return undefined;
+  }
+  const gap = c.indexOf('::');
+  const part = (s: string): string[] => (s === '' ? [] : s.split(':'));
+  const head = part(gap === -1 ? c : c.slice(0, gap));
+  const tail = gap === -1 ? [] : part(c.slice(gap + 2));
+  const groups = [...head, ...Array<string>(8 - head.length - tail.length).fill('0'), ...tail].map((g) => parseInt(g, 16));
+  return groups.length === 8 && groups.every((g) => g >= 0 && g <= 0xffff) ? groups : undefined;
+}
+
+function usableV4(host: string, loopback: boolean): boolean {
+  const [a, b] = host.split('.').map(Number);
+  return !(a === 0 || (a === 127 && !loopback) || (a === 169 && b === 254) || a >= 224);
+}
 
 /**
  * An address discovery may give: a unicast IP literal, none of the instance's own or special ones
@@ -19,15 +41,24 @@ const METADATA_V6 = 'fd00:ec2::254';
  */
 export function usableAddress(host: string, loopback = false): boolean {
   const version = isIP(host);
-  if (version === 4) {
-    const [a, b] = host.split('.').map(Number);
-    return !(a === 0 || (a === 127 && !loopback) || (a === 169 && b === 254) || a >= 224);
-  }
+  if (version === 4) return usableV4(host, loopback);
   if (version !== 6) return false; // a name would be resolved through DNS: not what AWS gives
-  const h = host.toLowerCase();
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(h);
-  if (mapped) return usableAddress(mapped[1], loopback);
-  return !(h === '::' || (h === '::1' && !loopback) || /^fe[89ab]/.test(h) || h.startsWith('ff') || h === METADATA_V6);
+  const g = groupsOf(host);
+  if (g === undefined) return false;
+  if (g[0] === 0) {
+    // ::/16: unspecified, loopback, and the forms that carry an IPv4 address (IPv4-mapped is judged as
+    // that address; IPv4-compatible and IPv4-translated are never what AWS gives).
+    if (g.slice(0, 7).every((x) => x === 0) && g[7] === 1) return loopback;
+    if (g.slice(0, 5).every((x) => x === 0) && g[5] === 0xffff) return usableV4(`${g[6] >> 8}.${g[6] & 255}.${g[7] >> 8}.${g[7] & 255}`, loopback);
+    return false;
+  }
+  return !(
+    (g[0] === 0x64 && g[1] === 0xff9b) || // NAT64: an IPv4 address behind a translator
+    (g[0] & 0xffc0) === 0xfe80 || // link-local
+    (g[0] & 0xffc0) === 0xfec0 || // site-local (deprecated)
+    (g[0] & 0xff00) === 0xff00 || // multicast
+    (g[0] === 0xfd00 && g[1] === 0x0ec2) // the instance's AWS services (metadata fd00:ec2::254, DNS, time)
+  );
 }
 
 /** `inner` with every result screened by usableAddress. */

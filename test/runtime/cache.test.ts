@@ -178,7 +178,15 @@ describe('SharedProvider on a real redis-server', () => {
     const screened = open[open.length - 1];
     const key = targetsKey('ecs.private.all', route);
     // A poisoned entry that looks fresh: the metadata address and loopback beside a real one.
-    const poisoned = [makeTarget('169.254.169.254', 80), makeTarget('127.0.0.1', 22), makeTarget('10.9.9.9', 8080)];
+    // Also spelt as an IPv6 parser reads them (IPv4-mapped in hex, uncompressed): the screen judges the address, not the text.
+    const poisoned = [
+      makeTarget('169.254.169.254', 80),
+      makeTarget('127.0.0.1', 22),
+      makeTarget('::ffff:7f00:1', 22),
+      makeTarget('::ffff:a9fe:a9fe', 80),
+      makeTarget('fd00:ec2:0:0:0:0:0:254', 80),
+      makeTarget('10.9.9.9', 8080),
+    ];
     await admin.set(key, encodeTargets(poisoned, 3 * PERIOD_MS, 0), 'PX', 3 * PERIOD_MS);
     expect(ids(await screened.discover(route))).toEqual(['10.9.9.9:8080']);
     expect(stub.count('ListTasks')).toBe(0);

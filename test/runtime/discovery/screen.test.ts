@@ -12,8 +12,28 @@ test.each([
   expect(usableAddress(host)).toBe(usable);
 });
 
+// A poisoned cache entry may spell a special address any way an IPv6 parser reads it.
+test.each([
+  ['::ffff:7f00:1', 'loopback, IPv4-mapped in hex'], ['0:0:0:0:0:ffff:7f00:1', 'the same, uncompressed'],
+  ['::ffff:a9fe:a9fe', 'the metadata address, IPv4-mapped in hex'], ['::FFFF:169.254.169.254', 'the same, upper case'],
+  ['fd00:ec2:0:0:0:0:0:254', 'the IPv6 metadata address, uncompressed'], ['FD00:EC2:0::254', 'the same, mixed'],
+  ['fd00:ec2::253', 'the instance DNS resolver'], ['0:0:0:0:0:0:0:1', 'loopback, uncompressed'], ['0::0', 'unspecified'],
+  ['::ffff:0:0', 'the IPv4-mapped unspecified address'], ['::7f00:1', 'IPv4-compatible loopback'],
+  ['::ffff:0:7f00:1', 'IPv4-translated loopback'], ['64:ff9b::a9fe:a9fe', 'NAT64 of the metadata address'],
+  ['FE80::1', 'link-local, upper case'], ['fec0::1', 'site-local'], ['FF02::1', 'multicast, upper case'],
+  ['::1%lo', 'loopback with a zone index'], ['fe80::1%eth0', 'link-local with a zone index'],
+])('%s (%s) is not usable', (host) => {
+  expect(usableAddress(host)).toBe(false);
+});
+
+test('a task’s ordinary IPv6 address is usable however it is written', () => {
+  expect(['2600:1F18:0:0:0:0:0:5', '2600:1f18::5', '::ffff:10.0.0.1', '::ffff:a00:1'].map((h) => usableAddress(h))).toEqual([true, true, true, true]);
+});
+
 test('loopback only when asked for (a local AWS stand-in); link-local and metadata never', () => {
-  expect(['127.0.0.1', '::1', '169.254.169.254', 'fd00:ec2::254'].map((h) => usableAddress(h, true))).toEqual([true, true, false, false]);
+  expect(['127.0.0.1', '::1', '0:0:0:0:0:0:0:1', '::ffff:7f00:1', '169.254.169.254', 'fd00:ec2::254', '::ffff:a9fe:a9fe'].map((h) => usableAddress(h, true))).toEqual([
+    true, true, true, true, false, false, false,
+  ]);
 });
 
 test('a provider’s answer loses what is not usable, and keeps the rest in order', async () => {
