@@ -72,6 +72,11 @@ export interface SharedProviderOptions {
   readonly ttlMs?: number;
   /** A shared result younger than this is used as is. @default 0.9 × periodMs */
   readonly freshMs?: number;
+  /**
+   * The same for an empty result (NEGATIVE_CACHE_TTL): a service that gets its first task is found as
+   * soon as without Redis, and the refresh lock of an empty answer lasts no longer. @default freshMs
+   */
+  readonly emptyFreshMs?: number;
   /** How long the refresh lock is held. @default freshMs */
   readonly lockMs?: number;
   /** With nothing shared yet and another proxy refreshing, how long to wait for its result. @default 2000 */
@@ -117,6 +122,7 @@ export class SharedProvider implements Provider {
   private suspendedUntil = 0;
   private readonly ttlMs: number;
   private readonly freshMs: number;
+  private readonly emptyFreshMs: number;
   private readonly lockMs: number;
   private readonly waitMs: number;
   private readonly pollMs: number;
@@ -138,6 +144,7 @@ export class SharedProvider implements Provider {
     const period = Math.max(1, opts.periodMs);
     this.ttlMs = Math.max(1, Math.round(opts.ttlMs ?? 3 * period));
     this.freshMs = Math.max(1, Math.round(opts.freshMs ?? 0.9 * period));
+    this.emptyFreshMs = Math.max(1, Math.min(this.freshMs, Math.round(opts.emptyFreshMs ?? this.freshMs)));
     this.lockMs = Math.max(1, Math.round(opts.lockMs ?? this.freshMs));
     this.waitMs = opts.waitMs ?? 2000;
     this.pollMs = Math.max(1, opts.pollMs ?? 50);
@@ -198,7 +205,7 @@ export class SharedProvider implements Provider {
     let won: boolean;
     try {
       shared = await this.read(redis, key);
-      if (shared && shared.ageMs < this.freshMs) {
+      if (shared && shared.ageMs < (shared.targets.length ? this.freshMs : this.emptyFreshMs)) {
         cacheLookups.inc({ result: 'hit' });
         return shared.targets;
       }
@@ -210,7 +217,7 @@ export class SharedProvider implements Provider {
       return this.inner.discover(route, signal);
     }
 
-    if (won) return this.refresh(redis, key, route, signal);
+    if (won) return this.refresh(redis, key, lockKey(this.scope, route), route, signal);
     // Our locks always expire: one that does not was not set by a proxy, and would hold every proxy
     // off this route for good. Given an expiry, it goes like one of ours would.
     const lock = lockKey(this.scope, route);
@@ -229,12 +236,15 @@ export class SharedProvider implements Provider {
     return this.inner.discover(route, signal);
   }
 
-  private async refresh(redis: Redis, key: string, route: RouteKey, signal?: AbortSignal): Promise<Target[]> {
+  private async refresh(redis: Redis, key: string, lock: string, route: RouteKey, signal?: AbortSignal): Promise<Target[]> {
     cacheLookups.inc({ result: 'miss' });
     const started = Date.now();
     const targets = await this.inner.discover(route, signal);
     // Not awaited: a request never waits on writing the shared copy.
     redis.set(key, encodeTargets(targets, this.ttlMs, Date.now() - started), 'PX', this.ttlMs).catch(() => this.failed());
+    // An empty answer is fresh for less time than the lock was taken for: held longer, it would keep
+    // everyone (this proxy too) on "empty" past NEGATIVE_CACHE_TTL.
+    if (targets.length === 0 && this.emptyFreshMs < this.lockMs) redis.pexpire(lock, this.emptyFreshMs).catch(() => this.failed());
     return targets;
   }
 

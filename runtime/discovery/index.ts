@@ -22,7 +22,7 @@ export type ProviderConfig = Pick<
   Config,
   'nodeFilter' | 'awsRegion' | 'tagName' | 'tagValue' | 'asgName' | 'targetPort' | 'healthyTasksOnly' | 'ipPreference' | 'staticTargets'
 > &
-  Partial<Pick<Config, 'redisUrl' | 'redisAuthSecretArn' | 'nodeCheckPeriodMs' | 'loopbackTargets' | 'ecsCaseLookup'>>;
+  Partial<Pick<Config, 'redisUrl' | 'redisAuthSecretArn' | 'nodeCheckPeriodMs' | 'negativeCacheTtlMs' | 'loopbackTargets' | 'ecsCaseLookup'>>;
 
 export interface CreateProviderOptions extends AwsClientOptions {
   /** Options of the Redis client when REDIS_URL is set. */
@@ -49,7 +49,13 @@ export function createProvider(
     options.redis,
   );
   // Screened outside the sharing: what comes from Redis is checked as what comes from AWS.
-  return new ScreenedProvider(new SharedProvider(inner, redis, { periodMs: config.nodeCheckPeriodMs ?? (config.nodeFilter === 'ecs' ? 30_000 : 10_000) }), loopback);
+  const periodMs = config.nodeCheckPeriodMs ?? (config.nodeFilter === 'ecs' ? 30_000 : 10_000);
+  // Fresh as long as the coordinator keeps an answer (0.9 of the period; of NEGATIVE_CACHE_TTL when empty).
+  const shared = new SharedProvider(inner, redis, {
+    periodMs,
+    ...(config.negativeCacheTtlMs !== undefined ? { emptyFreshMs: 0.9 * config.negativeCacheTtlMs } : {}),
+  });
+  return new ScreenedProvider(shared, loopback);
 }
 
 /** The provider of `config.nodeFilter` alone, without Redis sharing. */

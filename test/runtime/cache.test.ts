@@ -233,6 +233,27 @@ describe('SharedProvider on a real redis-server', () => {
     expect(stub.count('ListTasks')).toBe(2);
   });
 
+  test('an empty answer is shared for NEGATIVE_CACHE_TTL, not a whole period: a first task is found as soon as without Redis', async () => {
+    const env = { NODE_CHECK_PERIOD: '30', NEGATIVE_CACHE_TTL: '0.5' };
+    const a = proxy(env);
+    const b = proxy(env);
+    await Promise.all([a.connected(), b.connected()]);
+    stub.model.clusters.prod.web = [];
+    expect(await a.discover(route)).toEqual([]);
+    expect(await b.discover(route)).toEqual([]); // shared, not asked again
+    expect(stub.count('ListTasks')).toBe(1);
+    // The lock a took for the empty answer lasts no longer than the answer is fresh.
+    const lockTtl = await admin.pttl(lockKey('ecs.private.all', route));
+    expect(lockTtl).toBeGreaterThan(0);
+    expect(lockTtl).toBeLessThanOrEqual(450);
+
+    stub.model.clusters.prod.web = [{ ip: '10.0.0.1' }];
+    await sleep(600);
+    expect(ids(await b.discover(route))).toEqual(['10.0.0.1:8080']);
+    expect(ids(await a.discover(route))).toEqual(['10.0.0.1:8080']); // b's answer, shared
+    expect(stub.count('ListTasks')).toBe(2);
+  });
+
   test('Redis killed mid-test: requests are still served, errors are logged once; a restart is picked up', async () => {
     const a = proxy();
     const b = proxy();
