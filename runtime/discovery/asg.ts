@@ -16,17 +16,22 @@ import { send } from '../aws';
 import { Provider, RouteKey, Target } from '../types';
 import { countSkipped, describeInstancesById, instancesOf, Skipped, transformInstances } from './ec2';
 
-/** Pure: the ids of the group's InService instances, sorted, and how many others were left out. */
+/**
+ * Pure: the ids of the group's InService instances that the group holds healthy, sorted, and how many
+ * others were left out. An instance the group marked Unhealthy (its EC2 or ELB check failed) stays
+ * InService until it is replaced, or for good while ReplaceUnhealthy is suspended.
+ */
 export function inServiceInstanceIds(groups: readonly AutoScalingGroup[], name: string): { ids: string[]; skipped: Skipped } {
   // The call named one group; a group without a name in the answer can only be that one.
   const group = groups.find((g) => g.AutoScalingGroupName === name || g.AutoScalingGroupName === undefined);
   const ids = new Set<string>();
-  let others = 0;
+  const skipped: Skipped = {};
   for (const i of group?.Instances ?? []) {
-    if (i.LifecycleState === 'InService' && i.InstanceId) ids.add(i.InstanceId);
-    else others++;
+    const reason = i.LifecycleState !== 'InService' || !i.InstanceId ? 'not_in_service' : i.HealthStatus === 'Unhealthy' ? 'unhealthy' : undefined;
+    if (reason) skipped[reason] = (skipped[reason] ?? 0) + 1;
+    else ids.add(i.InstanceId!);
   }
-  return { ids: [...ids].sort(), skipped: others ? { not_in_service: others } : {} };
+  return { ids: [...ids].sort(), skipped };
 }
 
 export interface AsgRecords {

@@ -22,7 +22,7 @@ import { makeTarget, Provider, RouteKey, sortTargets, Target } from '../types';
 export type SkipReason =
   | 'not_running' // ECS lastStatus, or EC2 state, is not running
   | 'stopping' // ECS desiredStatus is STOPPED: SIGTERM has been or is about to be sent
-  | 'unhealthy' // ECS healthStatus UNHEALTHY
+  | 'unhealthy' // ECS healthStatus UNHEALTHY, or ASG HealthStatus Unhealthy (about to be replaced)
   | 'not_healthy' // HEALTHY_TASKS_ONLY and healthStatus is not HEALTHY (UNKNOWN: no health check)
   | 'no_address' // no IP to reach it by
   | 'no_binding' // bridge/host task without a TCP networkBinding for the port

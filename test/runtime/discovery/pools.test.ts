@@ -164,6 +164,28 @@ describe('pure transforms', () => {
     expect(out.skipped).toEqual({ not_in_service: 1 });
   });
 
+  test('transformAsg leaves out an InService instance the group marked Unhealthy (replaced soon, or never while ReplaceUnhealthy is suspended)', () => {
+    const out = transformAsg(
+      {
+        groups: [
+          {
+            AutoScalingGroupName: 'g',
+            Instances: [
+              { InstanceId: 'i-1', LifecycleState: 'InService', HealthStatus: 'Healthy' },
+              { InstanceId: 'i-2', LifecycleState: 'InService', HealthStatus: 'Unhealthy' },
+              { InstanceId: 'i-3', LifecycleState: 'Terminating', HealthStatus: 'Unhealthy' },
+            ],
+          },
+        ] as never,
+        reservations: [{ Instances: [instance(1), instance(2), instance(3)] }],
+      },
+      'g',
+      80,
+    );
+    expect(out.targets.map((t) => t.id)).toEqual(['10.2.0.1:80']);
+    expect(out.skipped).toEqual({ unhealthy: 1, not_in_service: 1 });
+  });
+
   test('transformAsg takes no instance record without an id: it cannot be the group’s', () => {
     const out = transformAsg(
       {
