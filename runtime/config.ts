@@ -84,6 +84,8 @@ interface Setting<T> {
   /** Shown in docs; the parse result of this text is the default. undefined = unset/optional. */
   readonly default: Default<string | undefined>;
   readonly parse: (raw: string) => T;
+  /** What of a bad value the error may repeat, when the value can hold a secret. @default the value */
+  readonly shown?: (raw: string) => string;
 }
 
 class Invalid extends Error {}
@@ -193,7 +195,11 @@ const staticTargets = (raw: string): Target[] =>
 const redisUrl = (raw: string): string | undefined => {
   const t = raw.trim();
   if (t === '') return undefined;
-  if (/^(?:[^/:@\s\[\]]+|\[[0-9a-fA-F:.]+\]):\d{1,5}$/.test(t)) return `redis://${t}`;
+  const bare = /^(?:[^/:@\s\[\]]+|\[[0-9a-fA-F:.]+\]):(\d{1,5})$/.exec(t);
+  if (bare) {
+    if (Number(bare[1]) < 1 || Number(bare[1]) > 65535) throw new Invalid('a redis:// or rediss:// URL, or host:port with a port from 1 to 65535');
+    return `redis://${t}`;
+  }
   let u: URL;
   try {
     u = new URL(t);
@@ -203,8 +209,19 @@ const redisUrl = (raw: string): string | undefined => {
   if ((u.protocol !== 'redis:' && u.protocol !== 'rediss:') || u.hostname === '') {
     throw new Invalid('a redis:// or rediss:// URL, or host:port');
   }
+  // The client percent-decodes user and password: a token with a bare `%` (or `#`, `@`, `/`, which end
+  // the password early) must be written encoded, or it fails only at connect, far from its cause.
+  try {
+    decodeURIComponent(u.username);
+    decodeURIComponent(u.password);
+  } catch {
+    throw new Invalid('a URL whose user and password are percent-encoded (% as %25), or the token in REDIS_AUTH_SECRET_ARN');
+  }
   return t;
 };
+
+/** A URL as an error may show it: its user and password (everything before the last `@`) left out. */
+const withoutCredentials = (raw: string): string => raw.replace(/^([^:/]*:\/\/)[^]*@/, '$1***@');
 
 /** IDLE_TIMEOUT's default with MODE=tcp: a Network Load Balancer's TCP idle timeout (350 s). */
 export const TCP_IDLE_TIMEOUT_MS = 350_000;
@@ -427,9 +444,10 @@ export const SETTINGS = {
   },
   redisUrl: {
     env: 'REDIS_URL',
-    doc: 'Optional Redis to share discovery: `redis://[user:pass@]host:port`, `rediss://…` (TLS) or `host:port`.',
+    doc: 'Optional Redis to share discovery: `redis://[user:pass@]host:port` (user and password percent-encoded), `rediss://…` (TLS) or `host:port`.',
     default: undefined,
     parse: redisUrl,
+    shown: withoutCredentials,
   },
   redisAuthSecretArn: {
     env: 'REDIS_AUTH_SECRET_ARN',
@@ -571,7 +589,7 @@ export function loadConfig(env: Env = process.env): Config {
       out[key] = s.parse(raw);
     } catch (e) {
       if (!(e instanceof Invalid)) throw e;
-      problems.push(`${s.env} must be ${e.message} (got '${given}')`);
+      problems.push(`${s.env} must be ${e.message} (got '${s.shown ? s.shown(given ?? '') : given}')`);
     }
   };
   read('nodeFilter', 'ecs');

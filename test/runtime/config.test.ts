@@ -137,6 +137,21 @@ describe('configuration', () => {
     ]);
   });
 
+  test('a bad REDIS_URL is named without its password: the message goes to the journal', () => {
+    const token = 'Tok#en:w1th$chars!&^<>-zz%41';
+    const { problems } = errorOf({ NODE_FILTER: 'asg', REDIS_URL: `redis://:${token}@10.0.0.5:6379` });
+    expect(problems).toEqual(["REDIS_URL must be a redis:// or rediss:// URL, or host:port (got 'redis://***@10.0.0.5:6379')"]);
+    expect(errorOf({ NODE_FILTER: 'asg', REDIS_URL: 'http://admin:s3cret@cache:6380' }).problems.join()).not.toContain('s3cret');
+  });
+
+  test('REDIS_URL with a password that is not percent-encoded, or a port past 65535, is refused at start', () => {
+    expect(errorOf({ NODE_FILTER: 'asg', REDIS_URL: 'redis://:abc%zz@cache:6379' }).problems).toEqual([
+      "REDIS_URL must be a URL whose user and password are percent-encoded (% as %25), or the token in REDIS_AUTH_SECRET_ARN (got 'redis://***@cache:6379')",
+    ]);
+    expect(loadConfig({ NODE_FILTER: 'asg', REDIS_URL: 'redis://:abc%25zz@cache:6379' }).redisUrl).toBe('redis://:abc%25zz@cache:6379');
+    expect(errorOf({ NODE_FILTER: 'asg', REDIS_URL: '127.0.0.1:99999' }).problems[0]).toMatch(/^REDIS_URL must be .*port from 1 to 65535/);
+  });
+
   test('HEALTH_CHECK_PATH=off disables active checks', () => {
     expect(loadConfig({ NODE_FILTER: 'asg', HEALTH_CHECK_PATH: 'off' }).healthCheckPath).toBeNull();
   });
