@@ -3,8 +3,8 @@
  * calls of one proxy.
  *
  * `SharedProvider` wraps the real provider. For a route it reads `karma:v1:targets:<scope>:<route>`:
- *   - fresh enough (younger than ~0.9 NODE_CHECK_PERIOD, measured on Redis's clock with PTTL, so
- *     clock skew between proxies does not matter) → a hit, no AWS call;
+ *   - fresh enough (younger than ~0.9 NODE_CHECK_PERIOD, measured on Redis's clock with PTTL against
+ *     the TTL it was written with, so clock skew between proxies does not matter) → a hit, no AWS call;
  *   - else it takes `karma:v1:lock:<scope>:<route>` (SET NX PX, expiring before the next period) and
  *     the winner calls AWS and writes the result (SET PX, TTL of a few periods); the others keep
  *     serving the previous shared value, or, when there is none yet, wait a bounded moment for the
@@ -257,9 +257,10 @@ export class SharedProvider implements Provider {
     if (ttlErr) throw ttlErr;
     const value = decodeTargets(raw);
     if (!value) return undefined;
-    // Aged by the TTL this proxy writes with, not the one the entry claims: an entry that claims a short
-    // TTL but was stored with a longer expiry (not one of ours) would otherwise look fresh for good.
-    const ageMs = pttl >= 0 && pttl <= this.ttlMs ? this.ttlMs - pttl + value.took : Infinity;
+    // Time since written: the TTL it was stored with, less what is left. A fleet-mate with another
+    // NODE_CHECK_PERIOD writes with another TTL, and its entry ages as truly as ours. One whose expiry
+    // is past the TTL it claims, or that never expires, was not written by a proxy: none of ours.
+    const ageMs = pttl >= 0 && pttl <= value.ttl ? value.ttl - pttl + value.took : Infinity;
     return { targets: value.targets, ageMs, raw: raw!, pttl };
   }
 

@@ -172,7 +172,19 @@ describe('SharedProvider on a real redis-server', () => {
     expect(stub.count('ListTasks')).toBe(0);
   });
 
-  test('what Redis holds is screened as AWS answers are, and aged by our own TTL, not the one it claims', async () => {
+  test('an answer from a fleet-mate with a longer NODE_CHECK_PERIOD is taken while it is young, without waiting on its lock', async () => {
+    // A rolling deploy that changes the period, or two fleets on one cache: the other writes with a longer TTL.
+    const slow = proxy({ NODE_CHECK_PERIOD: '30' });
+    const fast = proxy({ NODE_CHECK_PERIOD: '10' });
+    await Promise.all([slow.connected(), fast.connected()]);
+    expect(ids(await slow.discover(route))).toEqual(ALL);
+    const started = Date.now();
+    expect(ids(await fast.discover(route))).toEqual(ALL);
+    expect(Date.now() - started).toBeLessThan(1000); // not the 2 s wait for a lock holder's answer
+    expect(stub.count('ListTasks')).toBe(1);
+  });
+
+  test('what Redis holds is screened as AWS answers are, and aged since it was written, not by the TTL it claims', async () => {
     const a = proxy();
     await a.connected();
     const screened = open[open.length - 1];
