@@ -120,6 +120,8 @@ export class SharedProvider implements Provider {
   private readonly pending: Promise<void> | undefined;
   private closed = false;
   private suspendedUntil = 0;
+  /** What failed() last logged, until a command answers. */
+  private trouble: 'silent' | 'cluster' | undefined;
   private readonly ttlMs: number;
   private readonly freshMs: number;
   private readonly emptyFreshMs: number;
@@ -190,8 +192,31 @@ export class SharedProvider implements Provider {
     return r;
   }
 
-  private failed(): void {
+  /**
+   * A command failed: Redis is left alone for suspendMs. What the connection's 'error' events do not
+   * tell is logged here, once until Redis answers again: a server that stopped answering (commands
+   * time out on a live connection), and a cluster-mode endpoint, whose MOVED answers mean sharing
+   * never works (ioredis's Cluster client is not used: one node group is what the construct makes).
+   */
+  private failed(err?: unknown): void {
     this.suspendedUntil = Date.now() + this.suspendMs;
+    const message = (err as Error | undefined)?.message ?? '';
+    const why = /^(?:MOVED|ASK|CLUSTERDOWN|CROSSSLOT) /.test(message)
+      ? 'cluster'
+      : /timed out/i.test(message) && this.redis?.status === 'ready'
+        ? 'silent'
+        : undefined;
+    if (why === undefined || this.trouble === why) return;
+    this.trouble = why;
+    if (why === 'cluster') log('error', 'REDIS_URL is a cluster-mode Redis, which is not supported: discovery is not shared', errorFields(err));
+    else log('warn', 'redis is not answering: discovery goes on without sharing', errorFields(err));
+  }
+
+  /** A command answered: a silence failed() logged is over (a cluster's nodes answer for their own slots only: that stays). */
+  private answered(): void {
+    if (this.trouble !== 'silent') return;
+    this.trouble = undefined;
+    log('info', 'redis answering again: discovery is shared');
   }
 
   async discover(route: RouteKey, signal?: AbortSignal): Promise<Target[]> {
@@ -206,13 +231,15 @@ export class SharedProvider implements Provider {
     try {
       shared = await this.read(redis, key);
       if (shared && shared.ageMs < (shared.targets.length ? this.freshMs : this.emptyFreshMs)) {
+        this.answered();
         cacheLookups.inc({ result: 'hit' });
         return shared.targets;
       }
       won = (await redis.set(lockKey(this.scope, route), this.token, 'PX', this.lockMs, 'NX')) === 'OK';
-    } catch {
-      // Down or slow: this proxy discovers by itself. The outage is logged by watch(), once.
-      this.failed();
+      this.answered();
+    } catch (err) {
+      // Down or slow: this proxy discovers by itself. The outage is logged once (watch(), failed()).
+      this.failed(err);
       cacheLookups.inc({ result: 'error' });
       return this.inner.discover(route, signal);
     }
@@ -241,10 +268,10 @@ export class SharedProvider implements Provider {
     const started = Date.now();
     const targets = await this.inner.discover(route, signal);
     // Not awaited: a request never waits on writing the shared copy.
-    redis.set(key, encodeTargets(targets, this.ttlMs, Date.now() - started), 'PX', this.ttlMs).catch(() => this.failed());
+    redis.set(key, encodeTargets(targets, this.ttlMs, Date.now() - started), 'PX', this.ttlMs).catch((err: unknown) => this.failed(err));
     // An empty answer is fresh for less time than the lock was taken for: held longer, it would keep
     // everyone (this proxy too) on "empty" past NEGATIVE_CACHE_TTL.
-    if (targets.length === 0 && this.emptyFreshMs < this.lockMs) redis.pexpire(lock, this.emptyFreshMs).catch(() => this.failed());
+    if (targets.length === 0 && this.emptyFreshMs < this.lockMs) redis.pexpire(lock, this.emptyFreshMs).catch((err: unknown) => this.failed(err));
     return targets;
   }
 
@@ -278,8 +305,8 @@ export class SharedProvider implements Provider {
       try {
         const value = await this.read(redis, key);
         if (value && value.raw !== before && value.pttl >= 0) return value.targets;
-      } catch {
-        this.failed();
+      } catch (err) {
+        this.failed(err);
         return undefined;
       }
     }

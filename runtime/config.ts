@@ -444,7 +444,7 @@ export const SETTINGS = {
   },
   redisUrl: {
     env: 'REDIS_URL',
-    doc: 'Optional Redis to share discovery: `redis://[user:pass@]host:port` (user and password percent-encoded), `rediss://…` (TLS) or `host:port`.',
+    doc: 'Optional Redis to share discovery: `redis://[user:pass@]host:port` (user and password percent-encoded), `rediss://…` (TLS) or `host:port`; not cluster mode.',
     default: undefined,
     parse: redisUrl,
     shown: withoutCredentials,

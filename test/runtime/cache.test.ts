@@ -2,6 +2,9 @@
  * Redis sharing against a real redis-server started here on an ephemeral port, and real ECS
  * providers discovering through the loopback AWS stub, so "AWS calls" are calls the stub counted.
  */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { Redis } from 'ioredis';
 import {
   authTokenOf,
@@ -302,9 +305,12 @@ describe('SharedProvider on a real redis-server', () => {
     expect(stub.count('ListTasks')).toBe(1); // shared again
   });
 
-  test('a slow (paused) Redis costs a request at most the command timeout', async () => {
+  test('a slow (paused) Redis costs a request at most the command timeout, and its silence is logged once', async () => {
     const a = proxy();
     await a.connected();
+    const stderr = jest.spyOn(process.stderr, 'write');
+    const stdout = jest.spyOn(process.stdout, 'write');
+    const said = (text: string): number => [...stderr.mock.calls, ...stdout.mock.calls].filter(([line]) => String(line).includes(text)).length;
     server.pause();
     try {
       const started = Date.now();
@@ -314,8 +320,44 @@ describe('SharedProvider on a real redis-server', () => {
       const again = Date.now();
       expect(ids(await a.discover(route))).toEqual(ALL);
       expect(Date.now() - again).toBeLessThan(150);
-    } finally {
+      // Tried again once the suspension is over: still silent, and not said twice.
+      await sleep(1100);
+      expect(ids(await a.discover(route))).toEqual(ALL);
+      expect(said('redis is not answering')).toBe(1);
       server.resume();
+      await sleep(1100);
+      await a.discover(route);
+      expect(said('redis answering again')).toBe(1);
+      expect(said('redis is not answering')).toBe(1);
+    } finally {
+      stderr.mockRestore();
+      stdout.mockRestore();
+      server.resume();
+    }
+  });
+
+  test('a cluster-mode Redis is said once not to be supported, and discovery goes on unshared', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'karma-cluster-'));
+    // One cluster node with no slots: every key command answers CLUSTERDOWN, as a wrong node answers MOVED.
+    const cluster = await startRedisServer(['--cluster-enabled', 'yes', '--cluster-config-file', path.join(dir, 'nodes.conf')]);
+    const stderr = jest.spyOn(process.stderr, 'write');
+    try {
+      const p = createProvider(
+        loadConfig({ DOMAIN: 'example.com', REDIS_URL: cluster.url, NODE_CHECK_PERIOD: '1' }),
+        {},
+        { maxAttempts: 1 },
+      );
+      open.push(p);
+      await ((p as ScreenedProvider).inner as SharedProvider).connected();
+      expect(ids(await p.discover(route))).toEqual(ALL);
+      await sleep(1100); // past the second a failed Redis is left alone: asked, and refused, again
+      expect(ids(await p.discover(route))).toEqual(ALL);
+      expect(stub.count('ListTasks')).toBe(2);
+      expect(stderr.mock.calls.filter(([line]) => String(line).includes('cluster-mode Redis, which is not supported')).length).toBe(1);
+    } finally {
+      stderr.mockRestore();
+      await cluster.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 
