@@ -547,6 +547,12 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       env.REDIS_AUTH_SECRET_ARN = this.cacheAuthSecret.secretArn;
     }
     Object.assign(env, environment);
+    // A Redis of one's own (redis: false, environment.REDIS_URL) with its token in a secret of one's own:
+    // the role may read that secret, as it reads the construct's.
+    const ownSecret = environment.REDIS_AUTH_SECRET_ARN;
+    if (ownSecret !== undefined && (!this.cacheAuthSecret || ownSecret !== this.cacheAuthSecret.secretArn)) {
+      this.grantToRole(new iam.PolicyStatement({ sid: 'ReadRedisAuthToken', actions: ['secretsmanager:GetSecretValue'], resources: [ownSecret] }));
+    }
     this.runtimeEnvironment = Object.freeze({ ...env });
     // What the proxy itself would refuse at start fails the synth, not the boot (a deploy that times out
     // and rolls back): the runtime's own checks, on exactly what the env file will say.
@@ -885,6 +891,17 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     const envNodeFilter = v.environment.NODE_FILTER;
     if (envNodeFilter !== undefined && known(envNodeFilter) && envNodeFilter.trim().toLowerCase() !== v.discovery) {
       problems.push(`environment.NODE_FILTER '${envNodeFilter}' differs from discovery '${v.discovery}': set discovery instead (the role's permissions follow it)`);
+    }
+    const envRedis = v.environment.REDIS_URL;
+    if (envRedis !== undefined && known(envRedis) && /^[a-z][a-z0-9+.-]*:\/\/[^/]*:[^/]*@/i.test(envRedis.trim())) {
+      problems.push(
+        'environment.REDIS_URL carries a password, which would be written into the template, the user data and the env file: ' +
+          'put the token in a Secrets Manager secret and set environment.REDIS_AUTH_SECRET_ARN to its ARN (the role is granted its read)',
+      );
+    }
+    const envSecret = v.environment.REDIS_AUTH_SECRET_ARN;
+    if (envSecret !== undefined && known(envSecret) && !/^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:.+$/.test(envSecret.trim())) {
+      problems.push(`environment.REDIS_AUTH_SECRET_ARN '${envSecret}' must be a Secrets Manager secret ARN (the role is granted GetSecretValue on it)`);
     }
     if (v.environment.AWS_REGION !== undefined) {
       problems.push("environment.AWS_REGION cannot be set: the proxy discovers in the stack's region, where the role's permissions are");

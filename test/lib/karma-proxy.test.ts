@@ -172,6 +172,17 @@ describe('default stack', () => {
       ]));
     });
 
+    test('a Redis of one\'s own, its token in a secret of one\'s own: that secret, and only it, can be read', () => {
+      const arn = 'arn:aws:secretsmanager:us-east-1:123456789012:secret:own-redis-token-AbCdEf';
+      const own = constructTemplate({
+        domain: 'apps.example.com',
+        redis: false,
+        environment: { REDIS_URL: 'rediss://own-cache.internal:6379', REDIS_AUTH_SECRET_ARN: arn },
+      });
+      expect(statementWith(own, 'secretsmanager:GetSecretValue').Resource).toBe(arn);
+      expect(JSON.stringify(own.toJSON())).not.toMatch(/rediss:\/\/[^"]*@/);
+    });
+
     test('the secret can be read, only that secret', () => {
       expect(statementWith(template, 'secretsmanager:GetSecretValue').Resource)
         .toEqual({ Ref: logicalId('AWS::SecretsManager::Secret') });

@@ -59,6 +59,11 @@ describe('one problem, its exact message', () => {
     ['a two-line env value', { environment: { DOMAIN: 'a\nb' } }, 'environment.DOMAIN must be one line'],
     ['a discovery mode through environment, leaving the role for another', { environment: { NODE_FILTER: 'asg', ASG_NAME: 'workers' } },
       "environment.NODE_FILTER 'asg' differs from discovery 'ecs': set discovery instead (the role's permissions follow it)"],
+    ['a Redis password through environment, which the template and env file would carry', { environment: { REDIS_URL: 'rediss://:s3cret-token@cache.internal:6379' } },
+      'environment.REDIS_URL carries a password, which would be written into the template, the user data and the env file: ' +
+        'put the token in a Secrets Manager secret and set environment.REDIS_AUTH_SECRET_ARN to its ARN (the role is granted its read)'],
+    ['a Redis token secret that is not a secret ARN', { environment: { REDIS_URL: 'rediss://cache.internal:6379', REDIS_AUTH_SECRET_ARN: 'my-token' } },
+      "environment.REDIS_AUTH_SECRET_ARN 'my-token' must be a Secrets Manager secret ARN (the role is granted GetSecretValue on it)"],
     ['a region through environment', { environment: { AWS_REGION: 'eu-west-1' } },
       "environment.AWS_REGION cannot be set: the proxy discovers in the stack's region, where the role's permissions are"],
     ['a domain through environment that the record does not have', { environment: { DOMAIN: 'other.example.com' } },
