@@ -427,7 +427,8 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
         description: 'Karma Proxy cache: Redis from the proxy fleet only',
         allowAllOutbound: false,
       });
-      cacheSg.addIngressRule(this.securityGroup, ec2.Port.tcp(KarmaProxy.REDIS_PORT), 'Redis from the Karma Proxy fleet');
+      // Through connections: an egress rule is added too when the proxy's group (one given) restricts egress.
+      cacheSg.connections.allowFrom(this.connections, ec2.Port.tcp(KarmaProxy.REDIS_PORT), 'Redis from the Karma Proxy fleet');
       const secret = new secretsmanager.Secret(this, 'CacheAuthToken', {
         description: 'Karma Proxy: AUTH token of its Redis (the SecretString is the token)',
         generateSecretString: { passwordLength: 64, excludePunctuation: true, includeSpace: false },

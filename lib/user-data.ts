@@ -78,7 +78,12 @@ export function renderUnit(o: UnitOptions): string {
     // AF_NETLINK: libuv lists interfaces through it (os.networkInterfaces).
     'RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK',
     'SystemCallArchitectures=native',
+    // Other processes' /proc entries are hidden from the service (it reads only its own).
+    'ProtectProc=invisible',
     'UMask=0077',
+    // journald's default per-service limit (10,000 lines in 30 s) would drop LOG_CONNECTIONS access
+    // lines past ~330 requests a second, silently.
+    'LogRateLimitIntervalSec=0',
     // Node's JIT needs writable+executable memory, so no MemoryDenyWriteExecute.
     '',
     '[Install]',

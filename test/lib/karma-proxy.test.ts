@@ -592,6 +592,18 @@ describe('IConnectable', () => {
     t.hasResourceProperties('AWS::EC2::SecurityGroupIngress', { GroupId: 'sg-0123456789abcdef0', FromPort: 80, CidrIp: '0.0.0.0/0' });
   });
 
+  test('a security group you give that restricts egress is given the way out to the cache', () => {
+    const stack = new Stack(new App(), 'Test');
+    const vpc = new ec2.Vpc(stack, 'AppVpc', { natGateways: 0, maxAzs: 2, restrictDefaultSecurityGroup: false });
+    const securityGroup = new ec2.SecurityGroup(stack, 'Locked', { vpc, allowAllOutbound: false });
+    const proxy = new KarmaProxy(stack, 'Proxy', { vpc, securityGroup, domain: DOMAIN });
+    const t = Template.fromStack(stack);
+    const cacheSgId = { 'Fn::GetAtt': [stack.getLogicalId(proxy.cacheSecurityGroup!.node.defaultChild as ec2.CfnSecurityGroup), 'GroupId'] };
+    const proxySgId = { 'Fn::GetAtt': [stack.getLogicalId(securityGroup.node.defaultChild as ec2.CfnSecurityGroup), 'GroupId'] };
+    t.hasResourceProperties('AWS::EC2::SecurityGroupIngress', { GroupId: cacheSgId, SourceSecurityGroupId: proxySgId, FromPort: 6379, ToPort: 6379 });
+    t.hasResourceProperties('AWS::EC2::SecurityGroupEgress', { GroupId: proxySgId, DestinationSecurityGroupId: cacheSgId, FromPort: 6379, ToPort: 6379 });
+  });
+
   test("a role you give gets what the proxy needs and no Session Manager: who may open a shell is its owner's call", () => {
     const stack = new Stack(new App(), 'Test');
     const role = iam.Role.fromRoleArn(stack, 'Role', 'arn:aws:iam::123456789012:role/my-proxy-role');
