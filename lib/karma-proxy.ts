@@ -126,6 +126,12 @@ export interface KarmaProxyProps {
   /** Root volume (gp3, encrypted), GB.
    * @default 8 */
   readonly rootVolumeSize?: number;
+  /** The image the instances boot: an Amazon Linux 2023 arm64 image (the boot script uses dnf, the
+   * `nodejs22` package and the CloudFormation helper scripts). Pin one (`ec2.MachineImage.genericLinux`)
+   * to replace instances only when you change it: the default is read from SSM at every deploy, so a
+   * deploy after AWS publishes a new image replaces the fleet.
+   * @default the latest Amazon Linux 2023 arm64 image (SSM parameter, resolved by CloudFormation) */
+  readonly machineImage?: ec2.IMachineImage;
   /** How long CloudFormation waits for an instance to boot, become healthy and claim its address. The
    * boot's wait for a free address is what this leaves after 10 minutes (at least 1, at most 10).
    * @default 20 minutes */
@@ -591,7 +597,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     this.launchTemplate = new ec2.LaunchTemplate(this, 'LaunchTemplate', {
       instanceType,
       // Resolved from SSM by CloudFormation at deploy: synth needs no lookup.
-      machineImage: ec2.MachineImage.latestAmazonLinux2023({ cpuType: ec2.AmazonLinuxCpuType.ARM_64 }),
+      machineImage: props.machineImage ?? ec2.MachineImage.latestAmazonLinux2023({ cpuType: ec2.AmazonLinuxCpuType.ARM_64 }),
       userData: this.userData,
       role: this.role,
       securityGroup: this.securityGroup,

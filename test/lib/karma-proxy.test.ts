@@ -557,6 +557,15 @@ describe('discovery modes get exactly their reads', () => {
   });
 });
 
+test('a pinned image is the one the instances boot; the default is the latest Amazon Linux 2023 arm64, from SSM', () => {
+  const pinned = constructTemplate({ domain: DOMAIN, redis: false, machineImage: ec2.MachineImage.genericLinux({ 'us-east-1': 'ami-0123456789abcdef0' }) });
+  // env-agnostic stack: the image comes from a region mapping that holds the pinned id.
+  expect(JSON.stringify(pinned.findResources('AWS::EC2::LaunchTemplate'))).toContain('"ImageId":{"Fn::FindInMap"');
+  expect(JSON.stringify(pinned.toJSON().Mappings)).toContain('ami-0123456789abcdef0');
+  const latest = constructTemplate({ domain: DOMAIN, redis: false });
+  expect(JSON.stringify(latest.toJSON().Parameters)).toContain('/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-6.1-arm64');
+});
+
 describe('IConnectable', () => {
   test('a service can let the proxy in with connections.allowFrom', () => {
     const stack = new Stack(new App(), 'Test');
