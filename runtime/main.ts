@@ -4,6 +4,7 @@
  * SIGINT lets every worker finish its in-flight requests before it exits 0.
  */
 import cluster, { Worker } from 'node:cluster';
+import * as fs from 'node:fs';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Config, ConfigError, loadConfig, mistypedSettings } from './config';
@@ -185,7 +186,22 @@ async function runPrimary(config: Config): Promise<void> {
   for (let i = 0; i < config.workers; i++) fork();
 }
 
+/**
+ * Settings from `./.env`, as the Karma Proxy seed read them (godotenv) and its README set them up:
+ * read by the primary only (workers get its environment), never over a variable already set.
+ */
+function readDotEnv(): void {
+  if (!cluster.isPrimary || typeof process.loadEnvFile !== 'function' || !fs.existsSync('.env')) return;
+  try {
+    process.loadEnvFile('.env');
+    log('info', 'settings read from ./.env (variables already set win)');
+  } catch (err) {
+    log('warn', './.env could not be read; settings come from the environment only', errorFields(err));
+  }
+}
+
 function main(): void {
+  readDotEnv();
   const config = configOrExit();
   if (cluster.isPrimary) {
     runPrimary(config).catch((err: unknown) => {

@@ -452,6 +452,23 @@ describe('the bundle starts and stops cleanly', () => {
     });
   });
 
+  test("settings in ./.env are read, as the Karma Proxy seed read them; variables already set win", async () => {
+    const backend = await startBackend('dotenv');
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'karma-dotenv-'));
+    // The seed README's own format: quoted values, a comment.
+    fs.writeFileSync(path.join(dir, '.env'), `# settings\nNODE_FILTER="static"\nSTATIC_TARGETS="127.0.0.1:${backend.port}"\nHEALTH_CHECK_PATH=off\nWORKERS=3\n`);
+    const p = await startBundle({ WORKERS: '1' }, 20_000, dir);
+    try {
+      expect((await request(p.port)).body).toBe('dotenv');
+      expect(p.lines().find((l) => l.msg === 'ready')).toMatchObject({ workers: 1, nodeFilter: 'static' });
+      expect(p.lines().some((l) => l.msg === 'settings read from ./.env (variables already set win)')).toBe(true);
+    } finally {
+      await p.stop();
+      await backend.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test('DOMAIN is required in ecs mode', async () => {
     const r = await runBundle({ NODE_FILTER: 'ecs' });
     expect(r.code).toBe(2);

@@ -4,6 +4,7 @@
  */
 import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { until } from './net';
 
@@ -25,16 +26,25 @@ export interface Proxy {
   workers(): number[];
 }
 
+/**
+ * Where the bundle runs unless a test says: an empty directory, since the proxy reads `./.env` (a
+ * developer's own in the checkout must not leak into the tests).
+ */
+let emptyDir: string | undefined;
+const defaultCwd = (): string => (emptyDir ??= fs.mkdtempSync(path.join(os.tmpdir(), 'karma-cwd-')));
+
 const running = new Set<ChildProcess>();
 afterAll(() => {
   for (const c of running) c.kill('SIGKILL');
+  if (emptyDir) fs.rmSync(emptyDir, { recursive: true, force: true });
+  emptyDir = undefined;
 });
 
 /** Runs the bundle to completion (for configurations that must not start). */
-export function runBundle(env: Record<string, string>, timeoutMs = 15_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+export function runBundle(env: Record<string, string>, timeoutMs = 15_000, cwd = defaultCwd()): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     if (!fs.existsSync(BUNDLE)) return reject(new Error(`${BUNDLE} is missing: run npm run build`));
-    const child = spawn(process.execPath, [BUNDLE], { env: { PATH: process.env.PATH ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [BUNDLE], { cwd, env: { PATH: process.env.PATH ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     running.add(child);
     let stdout = '';
     let stderr = '';
@@ -54,7 +64,7 @@ export function runBundle(env: Record<string, string>, timeoutMs = 15_000): Prom
  * METRICS_PORT are 0 and the ports are read from the `ready` line: two "free" ports picked in advance
  * can be the same one.
  */
-export async function startBundle(env: Record<string, string>, timeoutMs = 20_000): Promise<Proxy> {
+export async function startBundle(env: Record<string, string>, timeoutMs = 20_000, cwd = defaultCwd()): Promise<Proxy> {
   if (!fs.existsSync(BUNDLE)) throw new Error(`${BUNDLE} is missing: run npm run build`);
   const port = env.PORT ?? '0';
   const metricsPort = env.METRICS_PORT ?? '0';
@@ -69,7 +79,7 @@ export async function startBundle(env: Record<string, string>, timeoutMs = 20_00
     PORT: port,
     METRICS_PORT: metricsPort,
   };
-  const child = spawn(process.execPath, [BUNDLE], { env: fullEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [BUNDLE], { cwd, env: fullEnv, stdio: ['ignore', 'pipe', 'pipe'] });
   running.add(child);
   const exited = new Promise<number | string>((resolve) =>
     child.on('exit', (code, signal) => {
