@@ -163,7 +163,9 @@ const hostnameRe = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,6
 
 /** An address to listen on: an IPv4 or IPv6 literal, or a host name (resolved when listening). */
 const listenAddress = (raw: string): string => {
-  const t = raw.trim();
+  let t = raw.trim();
+  // `[::]` as Go's net.Listen and URLs write an IPv6 address next to a port.
+  if (t.startsWith('[') && t.endsWith(']') && isIP(t.slice(1, -1)) === 6) t = t.slice(1, -1);
   if (isIP(t) !== 0) return t;
   // All-numeric labels are a mistyped IPv4 (999.1.1.1), not a name.
   if (t.length > 253 || !hostnameRe.test(t.toLowerCase()) || t.split('.').every((l) => /^\d+$/.test(l))) {
