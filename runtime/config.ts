@@ -51,6 +51,7 @@ export interface Config {
   readonly metricsPort: number;
   readonly metricsHost: string;
   readonly workers: number;
+  readonly workerStuckTimeoutMs: number;
   /** Empty means any. Lower-case. */
   readonly allowedClusters: readonly string[];
   /** Empty means any. */
@@ -388,6 +389,12 @@ export const SETTINGS = {
     doc: 'Worker processes sharing the port. Default: the number of CPUs.',
     default: cpus,
     parse: integer(1, 256),
+  },
+  workerStuckTimeoutMs: {
+    env: 'WORKER_STUCK_TIMEOUT',
+    doc: 'Seconds a worker may go without answering the primary before it is killed and replaced (its event loop is stuck); 0: never.',
+    default: '30',
+    parse: duration('seconds', { zero: true }),
   },
   allowedClusters: {
     env: 'ALLOWED_CLUSTERS',

@@ -23,6 +23,16 @@ export async function providerFor(config: Config): Promise<Provider> {
   return createProvider(config);
 }
 
+/**
+ * The region AWS calls will use (the SDK's chain: AWS_REGION, AWS_DEFAULT_REGION, shared config,
+ * IMDSv2), or undefined when none names one. Through discovery's module, which the bundle keeps packed
+ * (only the primary loads the SDK).
+ */
+export async function awsRegionOf(config: Pick<Config, 'awsRegion'>): Promise<string | undefined> {
+  const { resolveRegion } = await import('./discovery');
+  return resolveRegion({ region: config.awsRegion });
+}
+
 /** The active health checker the settings ask for, or undefined with HEALTH_CHECK_PATH=off. */
 export function healthCheckerFor(config: Config, setter: StatusSetter): HealthChecker | undefined {
   if (config.healthCheckPath === null) return undefined;
@@ -50,6 +60,8 @@ export const DISCOVERY_DEADLINE_MS = 30_000;
 
 export class Coordinator {
   private readonly workers = new Map<number, Worker>();
+  /** When each worker was last heard from (any message), for the watchdog; none before its first. */
+  private readonly heard = new Map<number, number>();
   private readonly inUse = new Map<number, readonly Target[]>();
   private readonly verdicts = new Map<string, boolean>();
   private readonly health: HealthChecker | undefined;
@@ -88,11 +100,38 @@ export class Coordinator {
 
   add(worker: Worker): void {
     this.workers.set(worker.id, worker);
-    worker.on('message', (m: ToPrimary) => this.onMessage(worker, m));
+    worker.on('message', (m: ToPrimary) => {
+      this.heard.set(worker.id, this.now());
+      this.onMessage(worker, m);
+    });
+  }
+
+  /**
+   * The watchdog's turn (every third of WORKER_STUCK_TIMEOUT): a worker not heard from for `stuckMs`
+   * has an event loop that no longer turns (a bug looping, a stall): every connection it holds hangs,
+   * and nothing else would end it. It is killed, and the primary's 'exit' handler replaces it. The
+   * others are pinged, so that an idle worker is heard from too.
+   */
+  watchdog(stuckMs: number): void {
+    const now = this.now();
+    for (const w of this.workers.values()) {
+      if (!w.isConnected()) continue;
+      // Judged once it has spoken: a worker still starting (slow on a loaded machine) is left to start.
+      const heard = this.heard.get(w.id);
+      const silentMs = heard === undefined ? 0 : now - heard;
+      if (silentMs > stuckMs) {
+        log('error', 'a worker has not answered the primary: its event loop is stuck; killing it', { worker: w.id, workerPid: w.process.pid, silentMs });
+        this.heard.delete(w.id);
+        w.process.kill('SIGKILL');
+      } else {
+        this.send(w, { t: 'ping' });
+      }
+    }
   }
 
   remove(worker: Worker): void {
     this.workers.delete(worker.id);
+    this.heard.delete(worker.id);
     this.gather.gone(worker.id);
     if (this.inUse.delete(worker.id)) this.syncHealth();
     // A trial the worker held is given back, or the target would stay half-open with nobody to try it.

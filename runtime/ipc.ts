@@ -22,12 +22,16 @@ export type ToPrimary =
   | { readonly t: 'acceptor'; readonly n: number }
   /** A breaker's report to the board (breaker.ts); with `n`, the answer is awaited. */
   | { readonly t: 'breaker'; readonly id: string; readonly ev: BreakerEvent; readonly n?: number }
-  | { readonly t: 'breakers?'; readonly n: number; readonly ids: readonly string[] };
+  | { readonly t: 'breakers?'; readonly n: number; readonly ids: readonly string[] }
+  /** The answer to a ping: this worker's event loop turns. */
+  | { readonly t: 'pong' };
 
 export type ToWorker =
   | { readonly t: 'discovered'; readonly n: number; readonly targets?: readonly Target[]; readonly error?: string }
   | { readonly t: 'health'; readonly verdicts: readonly (readonly [string, boolean])[] }
   | { readonly t: 'metrics?'; readonly n: number }
+  /** Is your event loop turning? (the primary's watchdog, WORKER_STUCK_TIMEOUT) */
+  | { readonly t: 'ping' }
   /** The board's snapshots: a change, the state of a worker's targets, or (with `n`) the answer to a report or ask. */
   | { readonly t: 'breaker'; readonly snaps: readonly BreakerSnapshot[]; readonly n?: number };
 
@@ -194,6 +198,7 @@ export function joinPrimary(provider: PrimaryProvider, registry: TargetRegistry,
       // setStatus reads only the id.
       for (const [id, up] of m.verdicts) registry.setStatus({ id, host: '', port: 0 }, up);
     }
+    else if (m.t === 'ping') out({ t: 'pong' });
     else if (m.t === 'metrics?') {
       void register.getMetricsAsJSON().then(
         (json) => out({ t: 'metrics', n: m.n, json }),

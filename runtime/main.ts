@@ -9,7 +9,7 @@ import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Config, ConfigError, loadConfig, mistypedSettings } from './config';
 import { answerAcceptorRequest } from './acceptors';
-import { Coordinator, providerFor } from './coordinator';
+import { awsRegionOf, Coordinator, providerFor } from './coordinator';
 import type { ToPrimary } from './ipc';
 import { errorFields, log } from './log';
 import { register } from './metrics';
@@ -43,8 +43,7 @@ function configOrExit(): Config {
  */
 async function regionOrExit(config: Config): Promise<void> {
   if (config.nodeFilter === 'static' && config.redisAuthSecretArn === undefined) return;
-  const { resolveRegion } = await import('./aws');
-  if ((await resolveRegion({ region: config.awsRegion })) !== undefined) return;
+  if ((await awsRegionOf(config)) !== undefined) return;
   process.stderr.write(
     'karma-proxy: invalid configuration: AWS_REGION is not set, and neither AWS_DEFAULT_REGION, the shared AWS config nor the instance metadata names a region\n',
   );
@@ -62,6 +61,9 @@ async function runPrimary(config: Config): Promise<void> {
   // Cached discoveries live as long as a route could (routes expire in the workers after the idle TTL).
   setInterval(() => coordinator.prune(config.routeIdleTtlMs), config.nodeCheckPeriodMs).unref();
   setInterval(() => coordinator.refreshMetrics(), METRICS_REFRESH_MS).unref();
+  // Pings every third of the timeout: a worker is heard from at least twice in it unless it is stuck.
+  const stuckMs = config.workerStuckTimeoutMs;
+  if (stuckMs > 0) setInterval(() => coordinator.watchdog(stuckMs), Math.max(100, stuckMs / 3)).unref();
   const ready = new Set<number>();
   let listenPort = 0;
   let shuttingDown = false;

@@ -94,6 +94,30 @@ test('a worker that dies is replaced, and the proxy keeps serving meanwhile', as
   }
 });
 
+test('a worker whose event loop is stuck (stopped) is killed after WORKER_STUCK_TIMEOUT and replaced; busy ones are not', async () => {
+  const backend = await startBackend('ok');
+  const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, WORKERS: '2', HEALTH_CHECK_PATH: 'off', WORKER_STUCK_TIMEOUT: '1' });
+  try {
+    // Two seconds of steady requests: answering the watchdog while serving, no worker is taken for stuck.
+    const until2s = Date.now() + 2000;
+    while (Date.now() < until2s) expect((await request(p.port)).status).toBe(200);
+    expect(p.stderr).not.toContain('event loop is stuck');
+    const [stuck, other] = p.workers();
+    process.kill(stuck, 'SIGSTOP'); // alive, holding its connections, answering nothing
+    const after = await until('the stuck worker replaced', () => {
+      const now = p.workers();
+      return now.length === 2 && !now.includes(stuck) ? now : undefined;
+    });
+    expect(after).toContain(other);
+    expect(p.stderr).toMatch(new RegExp(`"msg":"a worker has not answered the primary: its event loop is stuck; killing it".*"workerPid":${stuck}[,}]`));
+    await until('the replacement serving', async () => (await request(p.metricsPort, { path: '/healthz' })).body.includes('"workers":2'));
+    for (let i = 0; i < 6; i++) expect((await request(p.port)).status).toBe(200);
+  } finally {
+    await p.stop();
+    await backend.close();
+  }
+});
+
 test('a worker killed outright between scrapes takes at most the last few seconds of its counts with it', async () => {
   const backend = await startBackend('ok');
   const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, WORKERS: '1', HEALTH_CHECK_PATH: 'off' });
