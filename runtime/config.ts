@@ -394,7 +394,12 @@ export const SETTINGS = {
     env: 'WORKER_STUCK_TIMEOUT',
     doc: 'Seconds a worker may go without answering the primary before it is killed and replaced (its event loop is stuck); 0: never.',
     default: '30',
-    parse: duration('seconds', { zero: true }),
+    parse: (raw: string): number => {
+      const ms = duration('seconds', { zero: true })(raw);
+      // Pings go every third of it: below a second, a worker busy for a moment would be taken for stuck.
+      if (ms !== 0 && ms < 1000) throw new Invalid('0 (off) or at least 1 second');
+      return ms;
+    },
   },
   allowedClusters: {
     env: 'ALLOWED_CLUSTERS',

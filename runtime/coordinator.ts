@@ -62,6 +62,8 @@ export class Coordinator {
   private readonly workers = new Map<number, Worker>();
   /** When each worker was last heard from (any message), for the watchdog; none before its first. */
   private readonly heard = new Map<number, number>();
+  /** When the watchdog last looked (performance.now()). */
+  private lastWatch: number | undefined;
   private readonly inUse = new Map<number, readonly Target[]>();
   private readonly verdicts = new Map<string, boolean>();
   private readonly health: HealthChecker | undefined;
@@ -101,7 +103,7 @@ export class Coordinator {
   add(worker: Worker): void {
     this.workers.set(worker.id, worker);
     worker.on('message', (m: ToPrimary) => {
-      this.heard.set(worker.id, this.now());
+      this.heard.set(worker.id, performance.now());
       this.onMessage(worker, m);
     });
   }
@@ -110,23 +112,32 @@ export class Coordinator {
    * The watchdog's turn (every third of WORKER_STUCK_TIMEOUT): a worker not heard from for `stuckMs`
    * has an event loop that no longer turns (a bug looping, a stall): every connection it holds hangs,
    * and nothing else would end it. It is killed, and the primary's 'exit' handler replaces it. The
-   * others are pinged, so that an idle worker is heard from too.
+   * others are pinged, so that an idle worker is heard from too. Silence is judged on a monotonic
+   * clock, after the messages already waiting are read (setImmediate), and not at all after a stall of
+   * the primary itself (a turn late by more than a third of the timeout): its workers' answers may be
+   * waiting unread, and they are heard from again first.
    */
   watchdog(stuckMs: number): void {
-    const now = this.now();
-    for (const w of this.workers.values()) {
-      if (!w.isConnected()) continue;
-      // Judged once it has spoken: a worker still starting (slow on a loaded machine) is left to start.
-      const heard = this.heard.get(w.id);
-      const silentMs = heard === undefined ? 0 : now - heard;
-      if (silentMs > stuckMs) {
-        log('error', 'a worker has not answered the primary: its event loop is stuck; killing it', { worker: w.id, workerPid: w.process.pid, silentMs });
-        this.heard.delete(w.id);
-        w.process.kill('SIGKILL');
-      } else {
-        this.send(w, { t: 'ping' });
+    const now = performance.now();
+    const late = this.lastWatch !== undefined && now - this.lastWatch > stuckMs * (2 / 3);
+    this.lastWatch = now;
+    if (late) for (const id of this.heard.keys()) this.heard.set(id, now);
+    setImmediate(() => {
+      const at = performance.now();
+      for (const w of this.workers.values()) {
+        if (!w.isConnected()) continue;
+        // Judged once it has spoken: a worker still starting (slow on a loaded machine) is left to start.
+        const heard = this.heard.get(w.id);
+        const silentMs = heard === undefined ? 0 : at - heard;
+        if (silentMs > stuckMs) {
+          log('error', 'a worker has not answered the primary: its event loop is stuck; killing it', { worker: w.id, workerPid: w.process.pid, silentMs: Math.round(silentMs) });
+          this.heard.delete(w.id);
+          w.process.kill('SIGKILL');
+        } else {
+          this.send(w, { t: 'ping' });
+        }
       }
-    }
+    });
   }
 
   remove(worker: Worker): void {

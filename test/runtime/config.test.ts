@@ -182,6 +182,8 @@ describe('configuration', () => {
       "METRICS_HOST must be an IP address (0.0.0.0, ::, 127.0.0.1) or a host name (got '999.1.1.1')",
     ]);
     for (const host of ['0.0.0.0', '::', '::1', '127.0.0.1', 'localhost', 'ip-10-0-0-1.ec2.internal']) expect(loadConfig({ ...pool, HOST: host }).host).toBe(host);
+    expect(errorOf({ ...pool, WORKER_STUCK_TIMEOUT: '0.5' }).problems).toEqual(["WORKER_STUCK_TIMEOUT must be 0 (off) or at least 1 second (got '0.5')"]);
+    expect(loadConfig({ ...pool, WORKER_STUCK_TIMEOUT: '0' }).workerStuckTimeoutMs).toBe(0);
     // An IPv6 address in brackets, as Go listen addresses write it, is that address.
     expect(loadConfig({ ...pool, HOST: '[::]', METRICS_HOST: '[::1]' })).toMatchObject({ host: '::', metricsHost: '::1' });
     expect(errorOf({ ...pool, HOST: '[127.0.0.1]' }).problems[0]).toMatch(/^HOST must be/);

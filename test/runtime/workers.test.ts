@@ -102,6 +102,15 @@ test('a worker whose event loop is stuck (stopped) is killed after WORKER_STUCK_
     const until2s = Date.now() + 2000;
     while (Date.now() < until2s) expect((await request(p.port)).status).toBe(200);
     expect(p.stderr).not.toContain('event loop is stuck');
+    // The primary itself stalled (stopped for twice the timeout): its workers' answers wait unread, and
+    // none of them is taken for stuck when it goes on.
+    const workersBefore = p.workers().sort();
+    process.kill(p.child.pid!, 'SIGSTOP');
+    await new Promise((r) => setTimeout(r, 2000));
+    process.kill(p.child.pid!, 'SIGCONT');
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(p.stderr).not.toContain('event loop is stuck');
+    expect(p.workers().sort()).toEqual(workersBefore);
     const [stuck, other] = p.workers();
     process.kill(stuck, 'SIGSTOP'); // alive, holding its connections, answering nothing
     const after = await until('the stuck worker replaced', () => {
