@@ -5,9 +5,11 @@
  */
 import cluster, { Worker } from 'node:cluster';
 import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as util from 'node:util';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { Config, ConfigError, loadConfig, mistypedSettings } from './config';
+import { Config, ConfigError, ENV_NAMES, loadConfig, mistypedSettings } from './config';
 import { answerAcceptorRequest } from './acceptors';
 import { awsRegionOf, Coordinator, providerFor } from './coordinator';
 import type { ToPrimary } from './ipc';
@@ -188,17 +190,29 @@ async function runPrimary(config: Config): Promise<void> {
   for (let i = 0; i < config.workers; i++) fork();
 }
 
+/** What `./.env` may set besides the settings: the region and the credentials the seed's README put there. */
+const DOTENV_AWS = ['AWS_REGION', 'AWS_DEFAULT_REGION', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_PROFILE'];
+
 /**
  * Settings from `./.env`, as the Karma Proxy seed read them (godotenv) and its README set them up:
- * read by the primary only (workers get its environment), never over a variable already set.
+ * read by the primary only (workers get its environment), never over a variable already set, and only
+ * the proxy's settings and the AWS region and credentials: a file in the working directory must not
+ * reach NODE_OPTIONS (code in every worker) or the SDK's endpoints and config files.
  */
 function readDotEnv(): void {
-  if (!cluster.isPrimary || typeof process.loadEnvFile !== 'function' || !fs.existsSync('.env')) return;
+  if (!cluster.isPrimary || !fs.existsSync('.env')) return;
+  const file = path.resolve('.env');
   try {
-    process.loadEnvFile('.env');
-    log('info', 'settings read from ./.env (variables already set win)');
+    const parsed = util.parseEnv(fs.readFileSync(file, 'utf8'));
+    const allowed = new Set([...ENV_NAMES, ...DOTENV_AWS]);
+    const ignored: string[] = [];
+    for (const [name, value] of Object.entries(parsed)) {
+      if (!allowed.has(name)) ignored.push(name);
+      else if (process.env[name] === undefined) process.env[name] = value;
+    }
+    log('info', 'settings read from .env (variables already set win)', { file, ...(ignored.length ? { ignored } : {}) });
   } catch (err) {
-    log('warn', './.env could not be read; settings come from the environment only', errorFields(err));
+    log('warn', '.env could not be read; settings come from the environment only', { file, ...errorFields(err) });
   }
 }
 
