@@ -558,7 +558,9 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     // the role may read that secret, as it reads the construct's.
     const ownSecret = environment.REDIS_AUTH_SECRET_ARN;
     if (ownSecret !== undefined && (!this.cacheAuthSecret || ownSecret !== this.cacheAuthSecret.secretArn)) {
-      this.grantToRole(new iam.PolicyStatement({ sid: 'ReadRedisAuthToken', actions: ['secretsmanager:GetSecretValue'], resources: [ownSecret] }));
+      // A partial ARN (without the 6 characters Secrets Manager adds to the name) names the secret for
+      // the runtime's GetSecretValue, but IAM matches the full ARN: both forms are granted.
+      this.grantToRole(new iam.PolicyStatement({ sid: 'ReadRedisAuthToken', actions: ['secretsmanager:GetSecretValue'], resources: [ownSecret, `${ownSecret}-??????`] }));
     }
     this.runtimeEnvironment = Object.freeze({ ...env });
     // What the proxy itself would refuse at start fails the synth, not the boot (a deploy that times out
@@ -900,7 +902,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       problems.push(`environment.NODE_FILTER '${envNodeFilter}' differs from discovery '${v.discovery}': set discovery instead (the role's permissions follow it)`);
     }
     const envRedis = v.environment.REDIS_URL;
-    if (envRedis !== undefined && known(envRedis) && /^[a-z][a-z0-9+.-]*:\/\/[^/]*:[^/]*@/i.test(envRedis.trim())) {
+    if (envRedis !== undefined && known(envRedis) && (/^[a-z][a-z0-9+.-]*:\/\/[^/]*:[^/]*@/i.test(envRedis.trim()) || /[?&]password=/i.test(envRedis))) {
       problems.push(
         'environment.REDIS_URL carries a password, which would be written into the template, the user data and the env file: ' +
           'put the token in a Secrets Manager secret and set environment.REDIS_AUTH_SECRET_ARN to its ARN (the role is granted its read)',

@@ -113,6 +113,9 @@ function watch(redis: Redis, onReady?: () => void): void {
   });
 }
 
+/** PEXPIRE KEYS[1] to ARGV[2] ms if it holds ARGV[1] (this proxy's lock token), atomically. */
+const SHORTEN_OWN_LOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0";
+
 export class SharedProvider implements Provider {
   readonly name: string;
   readonly scope: string;
@@ -271,7 +274,10 @@ export class SharedProvider implements Provider {
     redis.set(key, encodeTargets(targets, this.ttlMs, Date.now() - started), 'PX', this.ttlMs).catch((err: unknown) => this.failed(err));
     // An empty answer is fresh for less time than the lock was taken for: held longer, it would keep
     // everyone (this proxy too) on "empty" past NEGATIVE_CACHE_TTL.
-    if (targets.length === 0 && this.emptyFreshMs < this.lockMs) redis.pexpire(lock, this.emptyFreshMs).catch((err: unknown) => this.failed(err));
+    // Only if the lock is still ours: a discovery slower than the lock lets another proxy take it.
+    if (targets.length === 0 && this.emptyFreshMs < this.lockMs) {
+      redis.eval(SHORTEN_OWN_LOCK, 1, lock, this.token, this.emptyFreshMs).catch((err: unknown) => this.failed(err));
+    }
     return targets;
   }
 

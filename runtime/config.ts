@@ -223,8 +223,16 @@ const redisUrl = (raw: string): string | undefined => {
   return t;
 };
 
-/** A URL as an error may show it: its user and password (everything before the last `@`) left out. */
-const withoutCredentials = (raw: string): string => raw.replace(/^([^:/]*:\/\/)[^]*@/, '$1***@');
+/**
+ * A Redis URL as an error may show it: everything before its last `@` (user and password, with or
+ * without a scheme) and any `password=` value left out.
+ */
+const withoutCredentials = (raw: string): string => {
+  const at = raw.lastIndexOf('@');
+  const scheme = /^[a-z][a-z0-9+.-]*:\/*/i.exec(raw)?.[0] ?? '';
+  const rest = at === -1 ? raw : `${at >= scheme.length ? scheme : ''}***${raw.slice(at)}`;
+  return rest.replace(/(password=)[^&#]*/gi, '$1***');
+};
 
 /** IDLE_TIMEOUT's default with MODE=tcp: a Network Load Balancer's TCP idle timeout (350 s). */
 export const TCP_IDLE_TIMEOUT_MS = 350_000;

@@ -87,7 +87,9 @@ function screen(req: Request, maxHeaders: number, checkHost: boolean): Refusal |
   // (where a Host header routes nothing and is never refused for naming one).
   if (ADDRESS_AUTHORITY.test(authority)) return { status: 400, reason: 'bad_target', message: 'the request target names an address: not a forward proxy' };
   const rest = url.slice(m[0].length);
-  req.retarget(rest === '' ? '/' : rest.charCodeAt(0) === 47 ? rest : `/${rest}`, authority);
+  // RFC 9112 §3.2.4: OPTIONS of a URI without path or query asks about the server itself: `*`.
+  const path = rest === '' ? (req.method === 'OPTIONS' ? '*' : '/') : rest.charCodeAt(0) === 47 ? rest : `/${rest}`;
+  req.retarget(path, authority);
   return undefined;
 }
 

@@ -179,7 +179,7 @@ describe('default stack', () => {
         redis: false,
         environment: { REDIS_URL: 'rediss://own-cache.internal:6379', REDIS_AUTH_SECRET_ARN: arn },
       });
-      expect(statementWith(own, 'secretsmanager:GetSecretValue').Resource).toBe(arn);
+      expect(statementWith(own, 'secretsmanager:GetSecretValue').Resource).toEqual([arn, `${arn}-??????`]);
       expect(JSON.stringify(own.toJSON())).not.toMatch(/rediss:\/\/[^"]*@/);
     });
 

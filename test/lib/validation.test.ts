@@ -62,6 +62,9 @@ describe('one problem, its exact message', () => {
     ['a Redis password through environment, which the template and env file would carry', { environment: { REDIS_URL: 'rediss://:s3cret-token@cache.internal:6379' } },
       'environment.REDIS_URL carries a password, which would be written into the template, the user data and the env file: ' +
         'put the token in a Secrets Manager secret and set environment.REDIS_AUTH_SECRET_ARN to its ARN (the role is granted its read)'],
+    ['a Redis password in the URL\'s query, which the client reads too', { environment: { REDIS_URL: 'rediss://cache.internal:6379/?password=s3cret' } },
+      'environment.REDIS_URL carries a password, which would be written into the template, the user data and the env file: ' +
+        'put the token in a Secrets Manager secret and set environment.REDIS_AUTH_SECRET_ARN to its ARN (the role is granted its read)'],
     ['a Redis token secret that is not a secret ARN', { environment: { REDIS_URL: 'rediss://cache.internal:6379', REDIS_AUTH_SECRET_ARN: 'my-token' } },
       "environment.REDIS_AUTH_SECRET_ARN 'my-token' must be a Secrets Manager secret ARN (the role is granted GetSecretValue on it)"],
     ['a region through environment', { environment: { AWS_REGION: 'eu-west-1' } },

@@ -141,7 +141,9 @@ describe('configuration', () => {
     const token = 'Tok#en:w1th$chars!&^<>-zz%41';
     const { problems } = errorOf({ NODE_FILTER: 'asg', REDIS_URL: `redis://:${token}@10.0.0.5:6379` });
     expect(problems).toEqual(["REDIS_URL must be a redis:// or rediss:// URL, or host:port (got 'redis://***@10.0.0.5:6379')"]);
-    expect(errorOf({ NODE_FILTER: 'asg', REDIS_URL: 'http://admin:s3cret@cache:6380' }).problems.join()).not.toContain('s3cret');
+    for (const url of ['http://admin:s3cret@cache:6380', 'user:s3cret@cache:6379', ':s3cret@cache:6379', 'redis:/:s3cret@cache:6379', 'rediss://cache:99999/?password=s3cret']) {
+      expect(errorOf({ NODE_FILTER: 'asg', REDIS_URL: url }).problems.join()).not.toContain('s3cret');
+    }
   });
 
   test('REDIS_URL with a password that is not percent-encoded, or a port past 65535, is refused at start', () => {

@@ -159,6 +159,12 @@ describe('forwarding to a static pool', () => {
     expect(seen[0].rawHeaders.filter((_, i) => i % 2 === 0 && seen[0].rawHeaders[i].toLowerCase() === 'host')).toHaveLength(1);
   });
 
+  test('OPTIONS of an absolute-form URI without a path goes on as OPTIONS * (RFC 9112 §3.2.4)', async () => {
+    const reply = await exchange('OPTIONS http://app.example.com HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n\r\n');
+    expect(reply).toMatch(/^HTTP\/1\.1 200 /);
+    expect(backends.flatMap((b) => b.seen).map((x) => [x.method, x.url])).toEqual([['OPTIONS', '*']]);
+  });
+
   test('an HTTP/1.0 absolute-form request without Host gets its authority as Host', async () => {
     const reply = await exchange('GET http://app.example.com/old HTTP/1.0\r\n\r\n');
     expect(reply).toMatch(/^HTTP\/1\.1 200 /);
