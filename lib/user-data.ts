@@ -16,6 +16,10 @@ export const INSTANCE_PATHS = {
   envFile: '/etc/karma-proxy/env',
   unitName: 'karma-proxy.service',
   unitFile: '/etc/systemd/system/karma-proxy.service',
+  livenessScript: '/opt/karma-proxy/liveness.sh',
+  livenessService: '/etc/systemd/system/karma-proxy-liveness.service',
+  livenessTimer: '/etc/systemd/system/karma-proxy-liveness.timer',
+  livenessTimerName: 'karma-proxy-liveness.timer',
   swapFile: '/swapfile',
   swapSysctl: '/etc/sysctl.d/90-karma-proxy-swap.conf',
 } as const;
@@ -134,6 +138,74 @@ export interface BootstrapOptions {
 }
 
 const sq = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
+
+export interface LivenessOptions {
+  /** The runtime's /healthz. */
+  readonly healthUrl: string;
+  /** Checks in a row that must fail before the service is restarted. @default 4 (a minute at 15 s) */
+  readonly failures?: number;
+  /** Where the count of failures in a row is kept. @default /run/karma-proxy-liveness */
+  readonly stateFile?: string;
+}
+
+/**
+ * The liveness check a timer runs every 15 s: when /healthz has not answered for `failures` checks in
+ * a row (a primary that hangs: systemd restarts only a process that exits), the service is restarted,
+ * only if it is running (`try-restart`: a service an operator stopped stays stopped). The worker
+ * watchdog inside the runtime handles a stuck worker; this, the rest.
+ */
+export function renderLivenessScript(o: LivenessOptions): string {
+  const failures = o.failures ?? 4;
+  const state = o.stateFile ?? '/run/karma-proxy-liveness';
+  return `#!/bin/bash
+# Karma Proxy liveness check, run by ${INSTANCE_PATHS.livenessTimerName}.
+set -uo pipefail
+readonly STATE=${sq(state)}
+if curl -fs --max-time 5 -o /dev/null ${sq(o.healthUrl)}; then
+  rm -f "$STATE"
+  exit 0
+fi
+n=$(( $(cat "$STATE" 2>/dev/null || echo 0) + 1 ))
+if [ "$n" -lt ${failures} ]; then
+  echo "$n" > "$STATE"
+  echo "karma-proxy-liveness: /healthz did not answer ($n in a row)"
+  exit 0
+fi
+rm -f "$STATE"
+echo "karma-proxy-liveness: /healthz did not answer ${failures} times in a row: restarting ${INSTANCE_PATHS.unitName}"
+systemctl try-restart ${INSTANCE_PATHS.unitName}
+`;
+}
+
+/** The oneshot service that runs the liveness script, and its timer. */
+export function renderLivenessUnits(): { service: string; timer: string } {
+  return {
+    service: [
+      '[Unit]',
+      'Description=Karma Proxy liveness check (restarts the proxy when /healthz stops answering)',
+      `After=${INSTANCE_PATHS.unitName}`,
+      '',
+      '[Service]',
+      'Type=oneshot',
+      `ExecStart=${INSTANCE_PATHS.livenessScript}`,
+      '',
+    ].join('\n'),
+    timer: [
+      '[Unit]',
+      'Description=Karma Proxy liveness check every 15 s',
+      '',
+      '[Timer]',
+      'OnActiveSec=60s',
+      'OnUnitActiveSec=15s',
+      'AccuracySec=1s',
+      '',
+      '[Install]',
+      'WantedBy=timers.target',
+      '',
+    ].join('\n'),
+  };
+}
+
 
 /** A here-document whose delimiter cannot occur in its body. */
 function heredoc(target: string, mode: string, body: string, delimiter: string): string {
@@ -295,6 +367,13 @@ until curl -fs --max-time 2 -o /dev/null "$HEALTH_URL"; do
   sleep 2
 done
 log "healthy"
+
+# From now on a timer checks /healthz every 15 s and restarts a proxy that stopped answering.
+${heredoc(INSTANCE_PATHS.livenessScript, '0755', renderLivenessScript({ healthUrl: o.healthUrl }), 'KARMA_PROXY_LIVENESS')}
+${heredoc(INSTANCE_PATHS.livenessService, '0644', renderLivenessUnits().service, 'KARMA_PROXY_LIVENESS_UNIT')}
+${heredoc(INSTANCE_PATHS.livenessTimer, '0644', renderLivenessUnits().timer, 'KARMA_PROXY_LIVENESS_TIMER')}
+systemctl daemon-reload
+systemctl enable --now ${INSTANCE_PATHS.livenessTimerName}
 
 # Claim a free Elastic IP of this fleet, so that the wildcard record reaches this instance. Two
 # instances may race for the same one: associate-address refuses the second (no reassociation),

@@ -3,15 +3,17 @@
  * the script, systemd verifies the unit (where systemd-analyze exists), and the runtime's own table of
  * env var names covers every key the construct writes.
  */
-import { spawnSync } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
+import * as http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { App, Duration, Stack } from 'aws-cdk-lib';
 import { Template } from 'aws-cdk-lib/assertions';
 import { KarmaProxy } from '../../lib';
-import { SWAP_DEFAULTS, renderBootstrap, renderEnvFile, renderSwapSetup, renderUnit } from '../../lib/user-data';
+import { INSTANCE_PATHS, SWAP_DEFAULTS, renderBootstrap, renderEnvFile, renderLivenessScript, renderLivenessUnits, renderSwapSetup, renderUnit } from '../../lib/user-data';
 import { ENV_NAMES } from '../../runtime/config';
 import { heredocBody, makeStack, parseEnvFile, userDataText } from './helpers';
 
@@ -222,6 +224,55 @@ describe('swap on a small instance', () => {
     expect(boot(450, 512)).toEqual([]);
     expect(fs.existsSync(o.file)).toBe(false);
     expect(fs.readFileSync(o.fstab, 'utf8')).toBe('UUID=root / xfs defaults 0 0\n');
+  });
+});
+
+describe('the liveness check a timer runs every 15 s', () => {
+  let server: http.Server;
+  let status = 200;
+  let url = '';
+  const dir = path.join(tmp, 'liveness');
+  const calls = path.join(dir, 'systemctl-calls');
+  const state = path.join(dir, 'state');
+  beforeAll(async () => {
+    fs.mkdirSync(dir, { recursive: true });
+    // systemctl as a stand-in that writes down how it was called.
+    fs.writeFileSync(path.join(dir, 'systemctl'), `#!/bin/bash\necho "$*" >> ${calls}\n`, { mode: 0o755 });
+    server = http.createServer((_req, res) => res.writeHead(status).end());
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/healthz`;
+  });
+  afterAll(() => new Promise<void>((r) => server.close(() => r())));
+
+  const check = (): Promise<void> =>
+    new Promise((resolve, reject) => {
+      const script = path.join(dir, 'liveness.sh');
+      fs.writeFileSync(script, renderLivenessScript({ healthUrl: url, stateFile: state }), { mode: 0o755 });
+      execFile('bash', [script], { env: { PATH: `${dir}:${process.env.PATH}` }, timeout: 10_000 }, (err) => (err ? reject(err) : resolve()));
+    });
+  const restarts = (): string[] => (fs.existsSync(calls) ? fs.readFileSync(calls, 'utf8').trim().split('\n') : []);
+
+  test('restarts a running proxy once /healthz has failed four checks in a row, and a pass in between starts the count again', async () => {
+    status = 503;
+    for (let i = 0; i < 3; i++) await check();
+    expect(restarts()).toEqual([]);
+    status = 200;
+    await check();
+    expect(fs.existsSync(state)).toBe(false);
+    status = 503;
+    for (let i = 0; i < 3; i++) await check();
+    expect(restarts()).toEqual([]);
+    await check();
+    // try-restart: a proxy an operator stopped stays stopped.
+    expect(restarts()).toEqual([`try-restart ${INSTANCE_PATHS.unitName}`]);
+    expect(fs.existsSync(state)).toBe(false);
+  });
+
+  test('the boot enables its timer once the proxy is healthy, and the script parses', () => {
+    const script = userDataText(Template.fromStack(configs.default));
+    expect(script.indexOf(`systemctl enable --now ${INSTANCE_PATHS.livenessTimerName}`)).toBeGreaterThan(script.indexOf('log "healthy"'));
+    expect(heredocBody(script, 'KARMA_PROXY_LIVENESS_TIMER')).toBe(renderLivenessUnits().timer);
+    expect(bashSyntax(heredocBody(script, 'KARMA_PROXY_LIVENESS'), 'liveness')).toEqual({ status: 0, stderr: '' });
   });
 });
 
