@@ -48,6 +48,7 @@ export interface Config {
   readonly upstreamTimeoutMs: number;
   readonly shutdownTimeoutMs: number;
   readonly logConnections: boolean;
+  readonly trustForwardedProto: boolean;
   readonly metricsPort: number;
   readonly metricsHost: string;
   readonly workers: number;
@@ -382,6 +383,12 @@ export const SETTINGS = {
   logConnections: {
     env: 'LOG_CONNECTIONS',
     doc: 'Log one JSON access line per request (and per TCP connection in tcp mode).',
+    default: 'false',
+    parse: bool,
+  },
+  trustForwardedProto: {
+    env: 'TRUST_FORWARDED_PROTO',
+    doc: "Keep the X-Forwarded-Proto (`http` or `https`) and X-Forwarded-Port a client sends instead of `http` and the proxy's port: only when a TLS terminator of yours (CloudFront, another load balancer) is the only way in, since any other client could claim `https`.",
     default: 'false',
     parse: bool,
   },

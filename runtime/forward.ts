@@ -28,6 +28,25 @@ export interface ForwardOptions {
   readonly listenPort: () => number;
   /** POOL_SIZE: also the most WebSocket tunnels open to one target. @default unlimited */
   readonly maxTunnelsPerTarget?: number;
+  /** TRUST_FORWARDED_PROTO: keep the X-Forwarded-Proto and -Port a TLS terminator in front sent. @default false */
+  readonly trustForwardedProto?: boolean;
+}
+
+const first = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? v[0] : v);
+
+/**
+ * X-Forwarded-Proto and X-Forwarded-Port for the target: the proxy's own (`http`, the port clients
+ * connected to), or, with TRUST_FORWARDED_PROTO, the first of those the client sent when it is `http` or
+ * `https` (a TLS terminator in front: CloudFront, another load balancer), with its port, or the
+ * scheme's when it sent none.
+ */
+export function forwardedProto(sentProto: string | undefined, sentPort: string | undefined, listenPort: string, trust: boolean): { proto: string; port: string } {
+  if (!trust || sentProto === undefined) return { proto: 'http', port: listenPort };
+  const proto = sentProto.split(',')[0].trim().toLowerCase();
+  if (proto !== 'http' && proto !== 'https') return { proto: 'http', port: listenPort };
+  const n = sentPort?.split(',')[0].trim();
+  const valid = n !== undefined && /^\d{1,5}$/.test(n) && Number(n) >= 1 && Number(n) <= 65535;
+  return { proto, port: valid ? n : proto === 'https' ? '443' : '80' };
 }
 
 /**
@@ -179,13 +198,15 @@ export type HeadSource = Pick<Request, 'method' | 'url' | 'rawHeaders' | 'ip'> &
  * sent it, the client's headers minus hop-by-hop ones, X-Forwarded-*, and the empty line. Made once per
  * request (retries send it again) and written as it is.
  */
-export function upstreamHead(req: HeadSource, listenPort: string): RenderedHead {
+export function upstreamHead(req: HeadSource, listenPort: string, trustForwardedProto = false): RenderedHead {
   const raw = req.rawHeaders;
   const listed = listedIn(req.headers.connection);
   const lengths = listed?.lengths ?? SPECIAL_LENGTHS;
   let lines = `${req.method} ${req.url} HTTP/1.1\r\n`;
   let hasLength = false;
   let xff: string | undefined;
+  let sentProto: string | undefined;
+  let sentPort: string | undefined;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i];
     if (lengths.has(name.length) || name.includes('_')) {
@@ -195,6 +216,8 @@ export function upstreamHead(req: HeadSource, listenPort: string): RenderedHead 
       if (lower.includes('_') && GUARDED.has(lower.replace(/_/g, '-'))) continue;
       if (OWN.has(lower)) {
         if (lower === 'x-forwarded-for') xff = xff === undefined ? raw[i + 1] : `${xff}, ${raw[i + 1]}`;
+        else if (lower === 'x-forwarded-proto') sentProto ??= raw[i + 1];
+        else if (lower === 'x-forwarded-port') sentPort ??= raw[i + 1];
         continue;
       }
     }
@@ -202,7 +225,8 @@ export function upstreamHead(req: HeadSource, listenPort: string): RenderedHead 
     lines += `${name}: ${raw[i + 1]}\r\n`;
   }
   const ip = req.ip;
-  lines += `X-Forwarded-For: ${xff ? `${xff}, ${ip}` : ip}\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Port: ${listenPort}\r\n`;
+  const fwd = forwardedProto(sentProto, sentPort, listenPort, trustForwardedProto);
+  lines += `X-Forwarded-For: ${xff ? `${xff}, ${ip}` : ip}\r\nX-Forwarded-Proto: ${fwd.proto}\r\nX-Forwarded-Port: ${fwd.port}\r\n`;
   if (req.headers.host !== undefined) lines += `X-Forwarded-Host: ${req.headers.host}\r\n`;
   return { head: flat(lines + '\r\n'), hasLength };
 }
@@ -357,8 +381,9 @@ export class Forwarder {
     const headers = req.allHeaders();
     const prior = headers['x-forwarded-for'];
     headers['x-forwarded-for'] = prior ? `${String(prior)}, ${req.ip}` : req.ip;
-    headers['x-forwarded-proto'] = 'http';
-    headers['x-forwarded-port'] = String(this.opts.listenPort());
+    const fwd = forwardedProto(first(headers['x-forwarded-proto']), first(headers['x-forwarded-port']), String(this.opts.listenPort()), this.opts.trustForwardedProto ?? false);
+    headers['x-forwarded-proto'] = fwd.proto;
+    headers['x-forwarded-port'] = fwd.port;
     delete headers.forwarded;
     if (req.headers.host !== undefined) headers['x-forwarded-host'] = req.headers.host;
     // What http-proxy's WebSocket pass reads of a request.
@@ -592,7 +617,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     private readonly report: Done,
     private readonly tag: string,
   ) {
-    this.head = upstreamHead(req, portString(opts.listenPort()));
+    this.head = upstreamHead(req, portString(opts.listenPort()), opts.trustForwardedProto);
     this.body = req.hasBody;
     const idempotent = IDEMPOTENT.has(req.method);
     const length = req.headers['content-length'];

@@ -136,12 +136,12 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
     }
   };
 
-  const refuse = (req: Request, res: Response, status: number, reason: string, message: string): void => {
+  const refuse = (req: Request, res: Response, status: number, reason: string, message: string, headers?: Record<string, string>): void => {
     rejectedRequests.labels({ reason }).inc();
     if (status === 431) limitHits.labels({ limit: 'headers' }).inc();
     // A malformed request says little good about what follows on the same connection: close it.
     if (status === 400 || status === 431) res.shouldKeepAlive = false;
-    answer(res, status, message);
+    answer(res, status, message, headers);
     record(req, 'none', { status, target: undefined, attempts: 0, error: undefined });
   };
 
@@ -156,6 +156,9 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
   const onRequest = (req: Request, res: Response): void => {
     const bad = screen(req, config.maxHeaders, poolMode);
     if (bad) return refuse(req, res, bad.status, bad.reason, bad.message);
+    // TRACE echoes the request (cookies, authorization) back into a page that asks for it: answered
+    // here, as nginx and the ALB do, never by a target.
+    if (req.method === 'TRACE') return refuse(req, res, 405, 'trace_method', 'TRACE is not supported', { Allow: 'GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS' });
     const expect = req.headers.expect;
     if (expect !== undefined && req.httpVersionMinor === 1) {
       // As node:http: `100-continue` is answered at once (the body then comes to us, and goes on to the

@@ -85,6 +85,7 @@ export async function start(config: Config, deps: { provider?: Provider; primary
     retries: config.retries,
     listenPort: () => port,
     maxTunnelsPerTarget: config.poolSize,
+    trustForwardedProto: config.trustForwardedProto,
   });
   const front =
     config.mode === 'tcp'

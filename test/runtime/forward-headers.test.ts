@@ -2,7 +2,7 @@
  * The header lines a request goes upstream with: names its Connection header lists are dropped, by that
  * request's own Connection value, however many values came before (they are parsed once and kept).
  */
-import { HeadSource, upstreamHead } from '../../runtime/forward';
+import { forwardedProto, HeadSource, upstreamHead } from '../../runtime/forward';
 
 /** The parts of a request upstreamHead reads, from raw [name, value, …] pairs. */
 function request(raw: string[]): HeadSource {
@@ -53,4 +53,28 @@ test('a client’s Forwarded header, in any spelling, does not go upstream; X-Fo
     expect(names(head)).toEqual(['Host', 'Accept', 'X-Forwarded-For', 'X-Forwarded-Proto', 'X-Forwarded-Port', 'X-Forwarded-Host']);
     expect(head).toContain('X-Forwarded-For: 198.51.100.4\r\n');
   }
+});
+
+describe('X-Forwarded-Proto and -Port', () => {
+  const lines = (raw: string[], trust: boolean): string[] =>
+    upstreamHead(request(['Host', 'a.example.com', ...raw]), '80', trust).head.split('\r\n').filter((l) => /^X-Forwarded-(Proto|Port):/.test(l));
+
+  test("are the proxy's own by default, whatever the client claims", () => {
+    expect(lines(['X-Forwarded-Proto', 'https', 'X-Forwarded-Port', '443'], false)).toEqual(['X-Forwarded-Proto: http', 'X-Forwarded-Port: 80']);
+  });
+
+  test('with TRUST_FORWARDED_PROTO, a TLS terminator in front is believed: its scheme, and its port or the scheme\'s', () => {
+    expect(lines(['X-Forwarded-Proto', 'https', 'X-Forwarded-Port', '8443'], true)).toEqual(['X-Forwarded-Proto: https', 'X-Forwarded-Port: 8443']);
+    expect(lines(['X-Forwarded-Proto', 'HTTPS'], true)).toEqual(['X-Forwarded-Proto: https', 'X-Forwarded-Port: 443']);
+    expect(lines([], true)).toEqual(['X-Forwarded-Proto: http', 'X-Forwarded-Port: 80']);
+  });
+
+  test.each([
+    ['the first of a list', 'https, http', '443, 80', { proto: 'https', port: '443' }],
+    ['a scheme that is neither http nor https', 'javascript', '443', { proto: 'http', port: '6969' }],
+    ['a port that is not one', 'https', '99999', { proto: 'https', port: '443' }],
+    ['plain http', 'http', undefined, { proto: 'http', port: '80' }],
+  ])('trusted, %s', (_what, proto, port, expected) => {
+    expect(forwardedProto(proto, port, '6969', true)).toEqual(expected);
+  });
 });

@@ -159,6 +159,14 @@ describe('forwarding to a static pool', () => {
     expect(seen[0].rawHeaders.filter((_, i) => i % 2 === 0 && seen[0].rawHeaders[i].toLowerCase() === 'host')).toHaveLength(1);
   });
 
+  test('TRACE is answered 405 by the proxy, with Allow, and reaches no target', async () => {
+    const reply = await exchange('TRACE / HTTP/1.1\r\nHost: app.example.com\r\nCookie: session=secret\r\nConnection: close\r\n\r\n');
+    expect(reply).toMatch(/^HTTP\/1\.1 405 /);
+    expect(reply).toMatch(/\r\nAllow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n/);
+    expect(reply).not.toContain('secret');
+    expect(backends.flatMap((b) => b.seen)).toHaveLength(0);
+  });
+
   test('OPTIONS of an absolute-form URI without a path goes on as OPTIONS * (RFC 9112 §3.2.4)', async () => {
     const reply = await exchange('OPTIONS http://app.example.com HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n\r\n');
     expect(reply).toMatch(/^HTTP\/1\.1 200 /);
@@ -191,6 +199,22 @@ describe('forwarding to a static pool', () => {
     expect(reply).toMatch(/^HTTP\/1\.1 400 /);
     expect(backends.flatMap((b) => b.seen)).toHaveLength(0);
   });
+});
+
+test('with TRUST_FORWARDED_PROTO, the scheme a TLS terminator in front sent reaches the target', async () => {
+  const backend = await startBackend('b');
+  const p = await proxy({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, TRUST_FORWARDED_PROTO: 'true' }, fixed([makeTarget('127.0.0.1', backend.port)]));
+  try {
+    expect((await request(p.port, { headers: { 'X-Forwarded-Proto': 'https' } })).status).toBe(200);
+    expect((await request(p.port)).status).toBe(200);
+    expect(backend.seen.map((x) => [x.headers['x-forwarded-proto'], x.headers['x-forwarded-port']])).toEqual([
+      ['https', '443'],
+      ['http', String(p.port)],
+    ]);
+  } finally {
+    await p.stop();
+    await backend.close();
+  }
 });
 
 describe('errors map to statuses', () => {
