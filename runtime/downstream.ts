@@ -69,8 +69,12 @@ export interface DownstreamHandlers {
 
 /** What an answer's owner (forward.ts's Exchange) is told, as direct calls. */
 export interface ResponseHandler {
-  /** The client connection is gone (closed, or cut by a timeout) before the answer ended. */
-  clientClosed(): void;
+  /**
+   * The client connection is gone (closed, or cut by a timeout) before the answer ended; `answered`: the
+   * proxy answered the client itself before the target did (a 408 at REQUEST_TIMEOUT), so that is the
+   * status the client saw.
+   */
+  clientClosed(answered?: number): void;
   /** The client was silent for IDLE_TIMEOUT while the body of this request was still due. */
   clientStalled(): void;
   /** The answer's last byte was handed to the socket. */
@@ -929,7 +933,7 @@ export class ClientConn {
     this.current = undefined;
     if (res && !res.finished) {
       res.dead = true;
-      res.handler?.clientClosed();
+      res.handler?.clientClosed(res.headersSent ? undefined : status);
       if (res.headersSent) {
         this.socket.destroy();
         return;

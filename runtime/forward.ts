@@ -601,6 +601,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   /** Any byte of the request may have reached the target. */
   private sent = false;
   private responded = false;
+  /** The status the proxy itself answered the client with before the target did (clientClosed). */
+  private answeredBy: number | undefined;
   /** A keep-alive connection that could be stale is about to carry what cannot be replayed. */
   private replayable = false;
   private status = 0;
@@ -774,9 +776,11 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     this.settle(this.status);
   }
 
-  // The client went away before the response ended: stop the upstream work too.
-  clientClosed(): void {
+  // The client went away before the response ended (or the proxy answered it itself: `answered`):
+  // stop the upstream work too.
+  clientClosed(answered?: number): void {
     if (this.settled || this.res.finished) return;
+    this.answeredBy = answered;
     this.up?.destroy();
     if (this.responded) this.settle(this.res.statusCode);
     else this.settle(undefined, new UpstreamError('client_gone', false));
@@ -872,7 +876,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   private retryOrAnswer(err: UpstreamError): void {
     const { outcome, req, res } = this;
     if (err.kind === 'client_gone') {
-      outcome.status = 499; // nginx's code for "client closed request"; only logged, never sent
+      // What the proxy itself answered (a 408), or nginx's code for "client closed request" (only logged).
+      outcome.status = this.answeredBy ?? 499;
       return this.done();
     }
     if (err.kind === 'shutting_down') {

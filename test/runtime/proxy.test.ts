@@ -9,7 +9,7 @@ import { Running, start } from '../../runtime/worker';
 import { requestsTotal } from '../../runtime/metrics';
 import { makeTarget, Provider, RouteKey, Target } from '../../runtime/types';
 import { Backend, startBackend } from '../support/backend';
-import { freePort, request } from '../support/net';
+import { freePort, request, until } from '../support/net';
 
 const QUIET = { HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', LOG_CONNECTIONS: 'false' };
 
@@ -212,6 +212,39 @@ test('with TRUST_FORWARDED_PROTO, the scheme a TLS terminator in front sent reac
       ['http', String(p.port)],
     ]);
   } finally {
+    await p.stop();
+    await backend.close();
+  }
+});
+
+test('a body trickled past REQUEST_TIMEOUT is a 408, and the access line says 408, not 499', async () => {
+  const backend = await startBackend('b');
+  backend.handle = (req, res) => {
+    req.resume();
+    req.on('end', () => res.end('done'));
+  };
+  const p = await proxy(
+    { NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, REQUEST_TIMEOUT: '1', LOG_CONNECTIONS: 'true' },
+    fixed([makeTarget('127.0.0.1', backend.port)]),
+  );
+  const stdout = jest.spyOn(process.stdout, 'write');
+  try {
+    const reply = await new Promise<string>((resolve) => {
+      const s = net.connect(p.port, '127.0.0.1', () => s.write('POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n'));
+      const drip = setInterval(() => s.writable && s.write('x'), 100);
+      let data = '';
+      s.on('data', (d) => (data += d));
+      s.on('error', () => undefined);
+      s.on('close', () => (clearInterval(drip), resolve(data)));
+      s.setTimeout(5000, () => s.destroy());
+    });
+    expect(reply).toMatch(/^HTTP\/1\.1 408 /);
+    const access = await until('the access line', () =>
+      stdout.mock.calls.map(([l]) => String(l)).find((l) => l.includes('"msg":"access"') && l.includes('/upload')),
+    );
+    expect(JSON.parse(access!)).toMatchObject({ path: '/upload', status: 408 });
+  } finally {
+    stdout.mockRestore();
     await p.stop();
     await backend.close();
   }
