@@ -82,7 +82,8 @@ function screen(req: Request, maxHeaders: number, checkHost: boolean): Refusal |
   const authority = m[1];
   // The Host header is replaced, but a malformed one is still a bad request (RFC 9112 §3.2).
   if (req.headers.host !== undefined && !HOST_VALUE.test(req.headers.host)) return { status: 400, reason: 'bad_host', message: 'malformed Host header' };
-  if (authority === '' || !HOST_VALUE.test(authority)) return { status: 400, reason: 'bad_host', message: 'malformed authority in the request target' };
+  // Percent-encoding is refused too: `127.0.0.%31` is an address to a URL parser that decodes it.
+  if (authority === '' || authority.includes('%') || !HOST_VALUE.test(authority)) return { status: 400, reason: 'bad_host', message: 'malformed authority in the request target' };
   // A URI naming an address is a request for a forward proxy, which this is not, in pool mode as well
   // (where a Host header routes nothing and is never refused for naming one).
   if (ADDRESS_AUTHORITY.test(authority)) return { status: 400, reason: 'bad_target', message: 'the request target names an address: not a forward proxy' };

@@ -187,6 +187,7 @@ describe('forwarding to a static pool', () => {
     ['a hexadecimal address', 'http://0xA9FEA9FE/'],
     ['localhost', 'http://localhost:22/'],
     ['an IPv6 literal', 'http://[::1]:22/'],
+    ['a percent-encoded address', 'http://127.0.0.%31:22/'],
     ['authority-form', 'app.example.com:80'],
   ])('a request target with %s is a 400', async (_what, target) => {
     const reply = await exchange(`GET ${target} HTTP/1.1\r\nHost: app.example.com\r\n\r\n`);
