@@ -209,23 +209,6 @@ export function createSecretsManagerClient(opts: AwsClientOptions = {}): Secrets
   return c;
 }
 
-/**
- * The region the clients will use, resolved by the SDK's own chain (AWS_REGION, then the shared config's
- * profile, then the instance metadata service, IMDSv2), or undefined when none names one: asked once at
- * start, so that a proxy that could never discover anything says so and stops instead of logging
- * "Region is missing" at every discovery.
- */
-export async function resolveRegion(opts: AwsClientOptions = {}): Promise<string | undefined> {
-  const c = new ECSClient(baseConfig(opts));
-  try {
-    return await c.config.region();
-  } catch {
-    return undefined;
-  } finally {
-    c.destroy();
-  }
-}
-
 /** The three discovery clients. Cheap: nothing connects until the first call. */
 export function createAwsClients(opts: AwsClientOptions = {}): AwsClients {
   return { ecs: createEcsClient(opts), ec2: createEc2Client(opts), autoScaling: createAutoScalingClient(opts) };

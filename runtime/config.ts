@@ -274,7 +274,7 @@ export const SETTINGS = {
   },
   awsRegion: {
     env: 'AWS_REGION',
-    doc: 'AWS region of the ECS clusters and EC2 instances. Unset: `AWS_DEFAULT_REGION`, else the SDK chain (shared config, the instance\'s region); none at all stops start-up.',
+    doc: 'AWS region of the ECS clusters and EC2 instances. Unset: `AWS_DEFAULT_REGION`, else the SDK chain (shared config, the instance\'s region; a warning at start says none is set).',
     default: undefined,
     parse: region,
   },

@@ -23,16 +23,6 @@ export async function providerFor(config: Config): Promise<Provider> {
   return createProvider(config);
 }
 
-/**
- * The region AWS calls will use (the SDK's chain: AWS_REGION, AWS_DEFAULT_REGION, shared config,
- * IMDSv2), or undefined when none names one. Through discovery's module, which the bundle keeps packed
- * (only the primary loads the SDK).
- */
-export async function awsRegionOf(config: Pick<Config, 'awsRegion'>): Promise<string | undefined> {
-  const { resolveRegion } = await import('./discovery');
-  return resolveRegion({ region: config.awsRegion });
-}
-
 /** The active health checker the settings ask for, or undefined with HEALTH_CHECK_PATH=off. */
 export function healthCheckerFor(config: Config, setter: StatusSetter): HealthChecker | undefined {
   if (config.healthCheckPath === null) return undefined;

@@ -11,7 +11,7 @@ import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Config, ConfigError, ENV_NAMES, loadConfig, mistypedSettings } from './config';
 import { answerAcceptorRequest } from './acceptors';
-import { awsRegionOf, Coordinator, providerFor } from './coordinator';
+import { Coordinator, providerFor } from './coordinator';
 import type { ToPrimary } from './ipc';
 import { errorFields, log } from './log';
 import { register } from './metrics';
@@ -39,21 +39,19 @@ function configOrExit(): Config {
 }
 
 /**
- * Stops start-up, as a bad setting does, when AWS is needed (discovery, or the Redis AUTH secret) and no
- * region can be found: the seeds defaulted to one, the SDK has no default, and without one every
- * discovery would fail for as long as the proxy ran.
+ * Says once, at start, that no region is set where AWS is needed (discovery, or the Redis AUTH secret):
+ * the SDK then looks in the shared AWS config and, on EC2, the instance metadata, and without either
+ * every discovery fails with "Region is missing". A warning, not a refusal: a proxy whose Hosts never
+ * reach discovery still serves, and nothing is asked of the network before the first discovery.
  */
-async function regionOrExit(config: Config): Promise<void> {
+function warnWithoutRegion(config: Config): void {
   if (config.nodeFilter === 'static' && config.redisAuthSecretArn === undefined) return;
-  if ((await awsRegionOf(config)) !== undefined) return;
-  process.stderr.write(
-    'karma-proxy: invalid configuration: AWS_REGION is not set, and neither AWS_DEFAULT_REGION, the shared AWS config nor the instance metadata names a region\n',
-  );
-  process.exit(EXIT_BAD_CONFIG);
+  if (config.awsRegion !== undefined || (process.env.AWS_DEFAULT_REGION ?? '').trim() !== '') return;
+  log('warn', 'AWS_REGION is not set: the region comes from the shared AWS config or, on EC2, the instance metadata; without either, discovery fails');
 }
 
 async function runPrimary(config: Config): Promise<void> {
-  await regionOrExit(config);
+  warnWithoutRegion(config);
   // Workers accept from the shared listening socket themselves rather than through the primary
   // (node's default on Linux is round-robin by the primary): no IPC hand-off per connection, and a
   // connection queued while a worker dies waits for another worker instead of being lost with it.

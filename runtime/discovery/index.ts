@@ -17,7 +17,6 @@ export { AsgProvider, inServiceInstanceIds, transformAsg } from './asg';
 export { sortTargets, TagProvider, transformInstances, type SkipReason, type Skipped, type TransformResult } from './ec2';
 export { EcsProvider, transformEcs, type EcsRecords, type EcsTransformOptions } from './ecs';
 export { StaticProvider } from './static';
-export { resolveRegion } from '../aws';
 
 export type ProviderConfig = Pick<
   Config,

@@ -404,10 +404,15 @@ describe('the bundle starts and stops cleanly', () => {
     beforeAll(() => (home = fs.mkdtempSync(path.join(os.tmpdir(), 'karma-home-')))); // no shared AWS config
     afterAll(() => fs.rmSync(home, { recursive: true, force: true }));
 
-    test('none anywhere stops start-up with exit 2 naming AWS_REGION, before any discovery', async () => {
-      const r = await runBundle({ HOME: home, NODE_FILTER: 'asg', AWS_EC2_METADATA_DISABLED: 'true', AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' });
-      expect(r.code).toBe(2);
-      expect(r.stderr.trim().split('\n')).toEqual([expect.stringContaining('AWS_REGION is not set')]);
+    test('none set is said once at start, and the proxy still serves what needs no discovery', async () => {
+      // ecs mode: a Host outside the domain is refused before any discovery, region or not.
+      const p = await startBundle({ HOME: home, DOMAIN: 'example.com', AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' });
+      try {
+        expect((await request(p.port, { headers: { Host: 'localhost' } })).status).toBe(400);
+        expect(p.stderr.split('AWS_REGION is not set').length - 1).toBe(1);
+      } finally {
+        await p.stop();
+      }
     });
 
     test('a malformed AWS_REGION is a bad setting', async () => {
