@@ -206,7 +206,6 @@ export function renderLivenessUnits(): { service: string; timer: string } {
   };
 }
 
-
 /** A here-document whose delimiter cannot occur in its body. */
 function heredoc(target: string, mode: string, body: string, delimiter: string): string {
   if (body.split('\n').includes(delimiter)) throw new Error(`the text for ${target} contains the line ${delimiter}`);
@@ -287,6 +286,7 @@ fi`;
  * replacement that fails outside a deploy is replaced in turn rather than left in service.
  */
 export function renderBootstrap(o: BootstrapOptions): string {
+  const liveness = renderLivenessUnits();
   return `#!/bin/bash
 # Karma Proxy first boot, rendered by the KarmaProxy construct. Runs once, as root, through cloud-init;
 # its output is in /var/log/cloud-init-output.log.
@@ -370,8 +370,8 @@ log "healthy"
 
 # From now on a timer checks /healthz every 15 s and restarts a proxy that stopped answering.
 ${heredoc(INSTANCE_PATHS.livenessScript, '0755', renderLivenessScript({ healthUrl: o.healthUrl }), 'KARMA_PROXY_LIVENESS')}
-${heredoc(INSTANCE_PATHS.livenessService, '0644', renderLivenessUnits().service, 'KARMA_PROXY_LIVENESS_UNIT')}
-${heredoc(INSTANCE_PATHS.livenessTimer, '0644', renderLivenessUnits().timer, 'KARMA_PROXY_LIVENESS_TIMER')}
+${heredoc(INSTANCE_PATHS.livenessService, '0644', liveness.service, 'KARMA_PROXY_LIVENESS_UNIT')}
+${heredoc(INSTANCE_PATHS.livenessTimer, '0644', liveness.timer, 'KARMA_PROXY_LIVENESS_TIMER')}
 systemctl daemon-reload
 systemctl enable --now ${INSTANCE_PATHS.livenessTimerName}
 

@@ -229,6 +229,7 @@ export class SharedProvider implements Provider {
       return this.inner.discover(route, signal);
     }
     const key = targetsKey(this.scope, route);
+    const lock = lockKey(this.scope, route);
     let shared: Shared | undefined;
     let won: boolean;
     try {
@@ -238,7 +239,7 @@ export class SharedProvider implements Provider {
         cacheLookups.inc({ result: 'hit' });
         return shared.targets;
       }
-      won = (await redis.set(lockKey(this.scope, route), this.token, 'PX', this.lockMs, 'NX')) === 'OK';
+      won = (await redis.set(lock, this.token, 'PX', this.lockMs, 'NX')) === 'OK';
       this.answered();
     } catch (err) {
       // Down or slow: this proxy discovers by itself. The outage is logged once (watch(), failed()).
@@ -247,10 +248,9 @@ export class SharedProvider implements Provider {
       return this.inner.discover(route, signal);
     }
 
-    if (won) return this.refresh(redis, key, lockKey(this.scope, route), route, signal);
+    if (won) return this.refresh(redis, key, lock, route, signal);
     // Our locks always expire: one that does not was not set by a proxy, and would hold every proxy
     // off this route for good. Given an expiry, it goes like one of ours would.
-    const lock = lockKey(this.scope, route);
     redis.pttl(lock).then((t) => (t === -1 ? redis.pexpire(lock, this.lockMs) : 0)).catch(() => undefined);
     if (shared && shared.ageMs !== Infinity) {
       // Another proxy is refreshing right now; until it writes, the previous result is the best.

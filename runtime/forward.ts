@@ -225,8 +225,9 @@ export function upstreamHead(req: HeadSource, listenPort: string, trustForwarded
     lines += `${name}: ${raw[i + 1]}\r\n`;
   }
   const ip = req.ip;
-  const fwd = forwardedProto(sentProto, sentPort, listenPort, trustForwardedProto);
-  lines += `X-Forwarded-For: ${xff ? `${xff}, ${ip}` : ip}\r\nX-Forwarded-Proto: ${fwd.proto}\r\nX-Forwarded-Port: ${fwd.port}\r\n`;
+  // The proxy's own unless a TLS terminator in front is trusted: nothing made per request for it then.
+  const fwd = trustForwardedProto ? forwardedProto(sentProto, sentPort, listenPort, true) : undefined;
+  lines += `X-Forwarded-For: ${xff ? `${xff}, ${ip}` : ip}\r\nX-Forwarded-Proto: ${fwd?.proto ?? 'http'}\r\nX-Forwarded-Port: ${fwd?.port ?? listenPort}\r\n`;
   if (req.headers.host !== undefined) lines += `X-Forwarded-Host: ${req.headers.host}\r\n`;
   return { head: flat(lines + '\r\n'), hasLength };
 }
