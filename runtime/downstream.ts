@@ -370,6 +370,8 @@ export class Response {
   /** The head, rendered, until the first body bytes (or end()) take it out with them. */
   private head: string | undefined;
   private chunked = false;
+  /** The body ends where the connection does (HTTP/1.0 client, no length): only a reset tells a cut. */
+  private closeDelimited = false;
   /** HEAD, 204 and 304 answers carry no body whatever the headers say. */
   private bodiless = false;
 
@@ -413,7 +415,10 @@ export class Response {
     if (!hasLength && !this.bodiless) {
       // A body of unknown length: chunked for HTTP/1.1, delimited by the close for HTTP/1.0.
       if (http11) this.chunked = true;
-      else keepAlive = false;
+      else {
+        keepAlive = false;
+        this.closeDelimited = true;
+      }
     }
     this.shouldKeepAlive = keepAlive;
     head += keepAlive ? this.conn.server.keepAliveLines : 'Connection: close\r\n';
@@ -465,6 +470,7 @@ export class Response {
     this.headersSent = false;
     this.statusCode = 0;
     this.chunked = false;
+    this.closeDelimited = false;
     this.bodiless = false;
     this.shouldKeepAlive = this.req.keepAlive;
     return true;
@@ -500,9 +506,19 @@ export class Response {
     this.conn.answered(this);
   }
 
-  /** Cuts the connection: the answer cannot be finished (its target failed mid-body). */
+  /**
+   * Cuts the connection: the answer cannot be finished (its target failed mid-body). A length or the
+   * missing last chunk tells the client its body is short; a body delimited by the close is cut with a
+   * reset, since a FIN would say it was whole.
+   */
   destroy(): void {
-    this.conn.socket.destroy();
+    const s = this.conn.socket;
+    if (!this.closeDelimited || s.destroyed) return void s.destroy();
+    try {
+      s.resetAndDestroy();
+    } catch {
+      s.destroy(); // not a TCP handle
+    }
   }
 
   // For UpstreamResponse, which pipes into this as into a Writable.

@@ -353,3 +353,48 @@ describe('the circuit breaker hears each request in the state it was let through
     await trial;
   });
 });
+
+describe('an answer its target cuts mid-body reaches the client as cut, never as whole', () => {
+  /** What a raw client sees of one request: the bytes, and whether the connection ended cleanly or was reset. */
+  function ending(port: number, request: string): Promise<{ data: string; how: 'end' | 'reset' | 'other error' }> {
+    return new Promise((resolve, reject) => {
+      const socket = net.connect({ host: '127.0.0.1', port });
+      let data = '';
+      const timer = setTimeout(() => reject(new Error('no end within 5 s')), 5000);
+      const done = (how: 'end' | 'reset' | 'other error'): void => {
+        clearTimeout(timer);
+        socket.destroy();
+        resolve({ data, how });
+      };
+      socket.on('data', (d: Buffer) => (data += d.toString('latin1')));
+      socket.on('end', () => done('end'));
+      socket.on('error', (e: NodeJS.ErrnoException) => done(e.code === 'ECONNRESET' ? 'reset' : 'other error'));
+      socket.write(request, 'latin1');
+    });
+  }
+  /** A target that sends a head without a length and part of a body, then resets its connection. */
+  const cutting = (_h: string, s: net.Socket): void => {
+    s.write('HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npart of it', 'latin1', () => setTimeout(() => s.resetAndDestroy(), 50));
+  };
+
+  test('HTTP/1.0, where the close ends the body: the client connection is reset, not closed', async () => {
+    const port = await proxyFor([await rawTarget(cutting)]);
+    const got = await ending(port, 'GET / HTTP/1.0\r\nHost: a\r\n\r\n');
+    expect(got.how).toBe('reset');
+  });
+
+  test('HTTP/1.1: the chunked answer lacks its last chunk', async () => {
+    const port = await proxyFor([await rawTarget(cutting)]);
+    const got = await ending(port, 'GET / HTTP/1.1\r\nHost: a\r\n\r\n');
+    expect(got.data).toMatch(/^HTTP\/1\.1 200 OK\r\n[\s\S]*Transfer-Encoding: chunked\r\n\r\na\r\npart of it\r\n$/);
+    expect(got.data).not.toContain('0\r\n\r\n');
+  });
+
+  test('HTTP/1.0 with an answer that ends as it should: a clean close', async () => {
+    const t = await rawTarget((_h, s) => s.end('HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it', 'latin1'));
+    const port = await proxyFor([t]);
+    const got = await ending(port, 'GET / HTTP/1.0\r\nHost: a\r\n\r\n');
+    expect(got).toMatchObject({ how: 'end' });
+    expect(got.data).toMatch(/\r\n\r\nall of it$/);
+  });
+});
