@@ -36,11 +36,58 @@ const num = (v, d = 0) => (v === undefined || v === null || Number.isNaN(v) ? '�
 const ratio = (a, b) => (a && b ? a / b : undefined);
 const fmtRatio = (r) => (r === undefined ? '–' : `${r.toFixed(2)}×`);
 
-const DURATION = Number(process.env.BENCH_DURATION ?? 6);
-const WARMUP = Number(process.env.BENCH_WARMUP ?? 2);
-const PROXY_CORE = process.env.BENCH_PROXY_CORE ?? '1';
-const LOAD_CORE = process.env.BENCH_LOAD_CORE ?? '0';
-const REPEAT = Math.max(1, Number(process.env.BENCH_REPEAT ?? 1));
+/**
+ * The run's settings from the environment, every bad one named at once: a typo must not run an empty
+ * or partial benchmark and write it over latest.json.
+ */
+function readSettings(env) {
+  const bad = [];
+  const wholeNumber = (name, dflt, min) => {
+    const raw = env[name];
+    if (raw === undefined || raw.trim() === '') return dflt;
+    const v = Number(raw);
+    if (Number.isInteger(v) && v >= min) return v;
+    bad.push(`${name}=${JSON.stringify(raw)}: a whole number ≥ ${min}`);
+    return dflt;
+  };
+  const cores = (name, dflt) => {
+    const raw = env[name];
+    if (raw === undefined || raw.trim() === '') return dflt;
+    const ids = /^\d+(-\d+)?(,\d+(-\d+)?)*$/.test(raw) ? raw.split(/[,-]/).map(Number) : [];
+    if (ids.length && ids.every((c) => c < os.cpus().length)) return raw;
+    bad.push(`${name}=${JSON.stringify(raw)}: cores as taskset takes them (e.g. 1 or 0,1), of 0–${os.cpus().length - 1}`);
+    return dflt;
+  };
+  const oneOf = (name, values) => {
+    const raw = env[name];
+    if (raw !== undefined && raw !== '' && !values.includes(raw)) bad.push(`${name}=${JSON.stringify(raw)}: one of ${values.join(', ')}`);
+  };
+  const list = (name, known, what) => {
+    const raw = env[name];
+    if (raw === undefined || raw.trim() === '') return;
+    const items = raw.split(',').map((x) => x.trim()).filter(Boolean);
+    const unknown = items.filter((x) => !known(x));
+    if (!items.length || unknown.length) bad.push(`${name}=${JSON.stringify(raw)}: ${unknown.length ? `unknown ${unknown.join(', ')}; ` : ''}${what}`);
+  };
+  const settings = {
+    DURATION: wholeNumber('BENCH_DURATION', 6, 1),
+    WARMUP: wholeNumber('BENCH_WARMUP', 2, 0),
+    REPEAT: wholeNumber('BENCH_REPEAT', 1, 1),
+    PROXY_CORE: cores('BENCH_PROXY_CORE', '1'),
+    LOAD_CORE: cores('BENCH_LOAD_CORE', '0'),
+  };
+  if (env.BENCH_LATENCY_RATE !== undefined && env.BENCH_LATENCY_RATE !== '' && !(Number(env.BENCH_LATENCY_RATE) > 0)) {
+    bad.push(`BENCH_LATENCY_RATE=${JSON.stringify(env.BENCH_LATENCY_RATE)}: requests per second, > 0`);
+  }
+  list('BENCH_SCENARIOS', (x) => SCENARIOS.some((sc) => sc.id === x), `scenarios are ${SCENARIOS.map((sc) => sc.id).join(', ')}`);
+  const catalog = subjectCatalog({ dir: os.tmpdir(), core: '0', backendPort: 0, bundle: '' });
+  const kinds = [...new Set(catalog.map((x) => x.kind)), 'prototype'];
+  list('BENCH_SUBJECTS', (x) => catalog.some((c) => c.id === x) || kinds.includes(x) || x.startsWith('proto:'), `subjects are ${catalog.map((c) => c.id).join(', ')}, or kinds ${kinds.join(', ')}`);
+  oneOf('BENCH_PROTOTYPES', ['0', '1']);
+  oneOf('BENCH_BACKEND', ['node']);
+  oneOf('BENCH_LOADGEN', ['autocannon']);
+  return { settings, bad };
+}
 
 /** Runs every subject REPEAT times, interleaved, and keeps one row per subject: `pick` chooses among its runs. */
 async function repeated(subjects, run, pick) {
@@ -80,6 +127,9 @@ const SCENARIOS = [
   { id: 'mem1g', title: 'Memory after a 1 GB transfer', path: '/1gb', note: 'one 1 GiB response through the proxy, then RSS' },
 ];
 
+const { settings, bad: badSettings } = readSettings(process.env);
+const { DURATION, WARMUP, REPEAT, PROXY_CORE, LOAD_CORE } = settings;
+
 function wanted(list, all) {
   if (!list) return all;
   const want = new Set(list.split(',').map((s) => s.trim()).filter(Boolean));
@@ -117,8 +167,13 @@ async function main() {
     say('The benchmark reads CPU time and memory from /proc: run it on Linux.');
     process.exit(1);
   }
+  if (badSettings.length) {
+    say(`bench: bad settings, nothing run:\n${badSettings.map((b) => `  ${b}`).join('\n')}`);
+    process.exit(2);
+  }
   const started = new Date();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'karma-bench-'));
+  workDir = dir;
   // nginx's workers drop root for an unprivileged user, which must be able to read the backend's files.
   fs.chmodSync(dir, 0o755);
   const gen = loadGenerator();
@@ -198,13 +253,17 @@ async function main() {
   const results = { meta, skipped, scenarios: {} };
   const rowsOf = {};
 
+  // A subject that cannot start is not tried again in later scenarios (one line for it, not one each).
+  const unstartable = new Set();
   const measure = async (subject, sc, loadOpts) => {
+    if (unstartable.has(subject.id)) return undefined;
     let inst;
     try {
       inst = await subject.start();
     } catch (e) {
-      skipped[`${subject.id}@${sc.id}`] = e.message;
-      say(`  ${subject.id}: could not start (${e.message.split('\n')[0]})`);
+      unstartable.add(subject.id);
+      skipped[subject.id] = `could not start: ${e.message.split('\n')[0]}`;
+      say(`  ${subject.id}: could not start (${e.message.split('\n')[0]}); skipped from here on`);
       return undefined;
     }
     try {
@@ -283,6 +342,7 @@ async function main() {
       // the later ones: read it once, unreported, so that no subject (Karma, first in line) pays for it.
       await download(`http://127.0.0.1:${backend.port}/1gb`);
       for (const s of subjects) {
+        if (unstartable.has(s.id)) continue;
         let inst;
         try {
           inst = await s.start();
@@ -342,7 +402,11 @@ async function main() {
     const res = results.scenarios[sc.id];
     if (!res) continue;
     const rows = res.rows;
-    const via = sc.arrivals && sc.via !== 'pace' ? ` (no pace: ${sc.via} instead, arrivals clumped on its millisecond ticks)` : '';
+    // What drove the load when it was not what the scenario's note describes.
+    let via = '';
+    if (sc.arrivals && sc.via !== 'pace') via = ` (no pace: ${sc.via} instead, arrivals clumped on its millisecond ticks)`;
+    else if (sc.id === 'latency-step' && sc.via !== 'wrk') via = ` (no wrk: ${sc.via} at that rate instead, not in step; its latencies are whole milliseconds)`;
+    const usPrecision = sc.via === 'pace' || (sc.via === gen.name && gen.usPrecision);
     p(`**${sc.title}** — ${sc.note}${via}${sc.id.startsWith('latency') && sc.rate ? `; offered ≈ ${num(sc.rate)} req/s` : ''}`);
     p();
     if (sc.id === 'mem1g') {
@@ -352,7 +416,9 @@ async function main() {
     } else if (sc.id.startsWith('latency')) {
       p('| subject | req/s | p50 ms | p99 ms | p99.9 ms | p99 added over direct (ms) | proxy CPU |');
       p('|---|--:|--:|--:|--:|--:|--:|');
-      for (const r of rows) p(`| ${r.label} | ${num(r.rps)} | ${num(r.p50, 3)} | ${num(r.p99, 3)} | ${num(r.p999, 3)} | ${r.kind === 'baseline' ? '–' : num(r.addedP99, 3)} | ${r.proxyCpuCores === undefined ? '–' : num(r.proxyCpuCores * 100) + ' %'} |`);
+      // Whole-millisecond latencies are printed as such (their differences are whole milliseconds too).
+      const d = usPrecision ? 3 : 0;
+      for (const r of rows) p(`| ${r.label} | ${num(r.rps)} | ${num(r.p50, d)} | ${num(r.p99, d)} | ${num(r.p999, d)} | ${r.kind === 'baseline' ? '–' : num(r.addedP99, d)} | ${r.proxyCpuCores === undefined ? '–' : num(r.proxyCpuCores * 100) + ' %'} |`);
     } else {
       const mb = sc.id === '1mb';
       p(`| subject | req/s | × nginx |${mb ? ' MB/s |' : ''} p50 ms | p99 ms | proxy CPU | req/s per core | × nginx per core | worker RSS peak (MiB) | errors |`);
@@ -370,6 +436,7 @@ async function main() {
   const noisy = Object.values(results.scenarios).some((s) => s.rows.some((r) => r.foreignCpuCores > 0.15));
   if (noisy) p('† other processes on the machine used more than 0.15 of a core during that run: its req/s is understated; per core is not.\n');
   for (const [id, why] of Object.entries(skipped)) p(`- skipped ${id}: ${why}`);
+  if (Object.keys(skipped).length) p();
 
   // ---- the issue's targets
   const find = (sc, id) => results.scenarios[sc]?.rows.find((r) => r.subject === id);
@@ -421,8 +488,12 @@ async function main() {
   fs.writeFileSync(file, JSON.stringify(results, null, 2) + '\n');
   fs.writeFileSync(path.join(outDir, 'latest.json'), JSON.stringify(results, null, 2) + '\n');
   say(`Wrote ${path.relative(process.cwd(), file)} and latest.json (${Math.round((Date.now() - started.getTime()) / 1000)} s in all).`);
-  fs.rmSync(dir, { recursive: true, force: true });
 }
+
+/** The run's scratch directory (bundle copy, configs, pace), removed however the run ends. */
+let workDir;
+const removeWorkDir = () => workDir && fs.rmSync(workDir, { recursive: true, force: true });
+process.on('exit', removeWorkDir); // also on SIGINT and SIGTERM, which lib/proc.mjs turns into an exit
 
 main().catch((e) => {
   say(`bench failed: ${e.stack ?? e}`);

@@ -4,12 +4,25 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
+import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { freePort, onPath, sleep, spawnPinned, stopChild, tree } from './proc.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const BENCH_DIR = path.join(here, '..');
 export const ROOT = path.join(BENCH_DIR, '..', '..');
+
+/** Whether an alternative's package resolves where alternatives/common.mjs `need` looks: the project, then test/bench/.deps. */
+function installed(name) {
+  return [path.join(ROOT, 'package.json'), path.join(BENCH_DIR, '.deps', 'package.json')].some((from) => {
+    try {
+      createRequire(from).resolve(name);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
 export const SMALL_BODY = 'hello '.repeat(17).trimEnd() + '\n'; // 102 bytes
 
 function get(port, p) {
@@ -192,11 +205,11 @@ backend be
  */
 export function subjectCatalog(opts) {
   const { dir, core, backendPort, bundle, karmaEnv, karmaNodeArgs = [], prototypes = [] } = opts;
-  const alt = (name, file, desc) => ({
+  const alt = (name, file, desc, pkg) => ({
     id: `alt:${name}`,
     kind: 'alternative',
     label: `alt: ${desc}`,
-    available: () => undefined,
+    available: () => (!pkg || installed(pkg) ? undefined : `${pkg} is not installed (npm install --prefix test/bench/.deps ${pkg})`),
     async start(extraEnv = {}, nodeArgs = []) {
       const child = spawnPinned(core, process.execPath, [...nodeArgs, path.join(BENCH_DIR, 'alternatives', file)], {
         env: { ...process.env, TARGET: `127.0.0.1:${backendPort}`, PORT: '0' },
@@ -279,9 +292,9 @@ export function subjectCatalog(opts) {
       },
     },
     alt('node-http', 'node-http.mjs', 'bare node:http forwarder'),
-    alt('undici', 'undici.mjs', 'node:http + undici Pool'),
-    alt('http-proxy', 'http-proxy.mjs', 'http-proxy 1.18'),
-    alt('http-proxy-3', 'http-proxy-3.mjs', 'http-proxy-3'),
+    alt('undici', 'undici.mjs', 'node:http + undici Pool', 'undici'),
+    alt('http-proxy', 'http-proxy.mjs', 'http-proxy 1.18', 'http-proxy'),
+    alt('http-proxy-3', 'http-proxy-3.mjs', 'http-proxy-3', 'http-proxy-3'),
     alt('raw-upstream', 'raw-upstream.mjs', 'node:http server + own llhttp upstream pool'),
     alt('raw-both', 'raw-both.mjs', 'sketch: llhttp on both sides, no node:http'),
   ];
