@@ -234,7 +234,9 @@ export class Pool {
         const i = (this.cursor + k) % n;
         const s = this.members[i];
         if (tier(s) !== want || exclude?.has(s) || !s.breaker.tryAcquire()) continue;
-        this.cursor = i + 1 === n ? 0 : i + 1;
+        // A retry takes the next target without moving the rotation: first tries go round exactly,
+        // and a failing target is not given every other request (the one after a retry's).
+        if (!exclude?.size) this.cursor = i + 1 === n ? 0 : i + 1;
         if (want === UNHEALTHY) {
           failOpenTotal.labels({ route: this.id }).inc();
           return { state: s, failOpen: true };

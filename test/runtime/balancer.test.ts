@@ -50,6 +50,21 @@ describe('round-robin', () => {
     expect(pool.pick(new Set([reg.get('10.0.0.1:80')!, reg.get('10.0.0.2:80')!, reg.get('10.0.0.3:80')!]))).toBeUndefined();
   });
 
+  test('a retry takes the next target without moving the rotation: first tries still visit each target once per round', () => {
+    const pool = new Pool('r', reg);
+    pool.update(targets);
+    const firsts: string[] = [];
+    const retries: string[] = [];
+    for (let i = 0; i < 6; i++) {
+      const first = pool.pick()!.state;
+      firsts.push(first.target.id);
+      // Every request that lands on 10.0.0.1 fails there and is tried again elsewhere.
+      if (first.target.id === '10.0.0.1:80') retries.push(pool.pick(new Set([first]))!.state.target.id);
+    }
+    expect(firsts).toEqual(['10.0.0.1:80', '10.0.0.2:80', '10.0.0.3:80', '10.0.0.1:80', '10.0.0.2:80', '10.0.0.3:80']);
+    expect(retries).toEqual(['10.0.0.2:80', '10.0.0.2:80']);
+  });
+
   test('an open breaker takes a target out of rotation', () => {
     const pool = new Pool('r', reg);
     pool.update(targets);
