@@ -229,15 +229,22 @@ export class Coordinator {
   /** Forgets cached results no worker asked for in a while (routes expire in the workers too). */
   prune(maxAgeMs: number): void {
     const now = this.now();
+    let pruned = false;
     for (const [id, at] of this.asked) {
       if (now - at <= maxAgeMs) continue;
       this.asked.delete(id);
-      this.fresh.delete(id);
+      pruned = this.fresh.delete(id) || pruned;
     }
+    if (pruned) this.syncHealth();
   }
 
+  /**
+   * Checks and breakers follow the targets in use, and those found for routes still asked for: a
+   * worker that died (and its replacement, which reports its targets only as requests come) must not
+   * take the fleet's word on them along, or a target whose breaker is open would get requests again.
+   */
   private syncHealth(): void {
-    const all = sortTargets([...this.inUse.values()].flat());
+    const all = sortTargets([...this.inUse.values(), ...[...this.fresh.values()].map((c) => c.targets)].flat());
     const ids = new Set(all.map((t) => t.id));
     // Workers keep the board's word on targets they do not use (for when they do): let them drop it too.
     const forgotten = this.breakers.retain(ids);

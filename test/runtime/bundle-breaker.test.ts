@@ -8,7 +8,7 @@ import * as net from 'node:net';
 import { makeTarget } from '../../runtime/types';
 import { Backend, startBackend } from '../support/backend';
 import { Proxy, startBundle } from '../support/bundle';
-import { close, Reply, request, until } from '../support/net';
+import { close, freePort, Reply, request, until } from '../support/net';
 
 jest.setTimeout(60_000);
 
@@ -172,6 +172,25 @@ describe('with several workers, one breaker per target', () => {
     // Queued in the shared accept queue until the replacement listens (worker a is stopped meanwhile).
     expect((await via(p, c)).status).toBe(503);
     await until('the access log line', () => answeredBy(p!).includes(c));
+    expect(only.seen).toHaveLength(3);
+  });
+
+  test('when the only worker that used the target dies, its replacement still starts with the breaker open', async () => {
+    const only = await startBackend('only');
+    backends = [only];
+    only.handle = (req) => req.socket.destroy();
+    // A set port: with one worker the listening socket closes with it, and PORT=0 would pick another.
+    const port = String(await freePort());
+    p = await startBundle({ ...BASE, WORKERS: '1', PORT: port, CIRCUIT_BREAKER_TIMEOUT: '1', STATIC_TARGETS: makeTarget('127.0.0.1', only.port).id });
+    await until('one worker', () => p!.workers().length === 1);
+    const [a] = p.workers();
+    for (let i = 0; i < 3; i++) expect((await request(p.port)).status).toBe(502);
+    expect((await request(p.port)).status).toBe(503);
+    process.kill(a, 'SIGKILL');
+    await until('a replacement worker', () => p!.workers().length === 1 && !p!.workers().includes(a));
+    // Refused until the replacement listens.
+    await until('the replacement listening', () => request(p!.port).then(() => true, () => false));
+    for (let i = 0; i < 3; i++) expect((await request(p.port)).status).toBe(503);
     expect(only.seen).toHaveLength(3);
   });
 });

@@ -11,7 +11,7 @@ import { workerV8Flags } from '../../runtime/memory';
 import { startAwsStub } from '../support/aws-stub';
 import { startBackend } from '../support/backend';
 import { startBundle } from '../support/bundle';
-import { request, until } from '../support/net';
+import { freePort, request, until } from '../support/net';
 
 jest.setTimeout(60_000);
 
@@ -45,6 +45,48 @@ test('each target is health-checked once per period, not once per worker, and a 
     expect(sick.seen).toHaveLength(0);
     const m = await request(p.metricsPort, { path: '/metrics' });
     expect(Number(/^karma_requests_total\{route="pool",code="2xx"\} (\d+)$/m.exec(m.body)?.[1])).toBe(20);
+  } finally {
+    await p.stop();
+    await good.close();
+    await sick.close();
+  }
+});
+
+test("a target's health verdict outlives the only worker that used it: a recovering target still needs HEALTHY_THRESHOLD passing checks", async () => {
+  const good = await startBackend('good');
+  const sick = await startBackend('sick');
+  sick.healthStatus = 500;
+  // A set port: with one worker the listening socket closes with it, and PORT=0 would pick another.
+  const port = String(await freePort());
+  const p = await startBundle({
+    NODE_FILTER: 'static',
+    STATIC_TARGETS: `127.0.0.1:${good.port},127.0.0.1:${sick.port}`,
+    WORKERS: '1',
+    PORT: port,
+    HEALTH_CHECK_PATH: '/health',
+    HEALTH_CHECK_PERIOD: '0.2',
+    HEALTH_CHECK_TIMEOUT: '0.1',
+    UNHEALTHY_THRESHOLD: '2',
+    HEALTHY_THRESHOLD: '20',
+  });
+  try {
+    await until('the sick one judged', async () => {
+      const m = await request(p.metricsPort, { path: '/metrics' });
+      return new RegExp(`load_balancer_node_health_status\\{target="127.0.0.1:${sick.port}"\\} 0`).test(m.body);
+    });
+    // It recovers, and the worker dies: 20 passing checks (about 4 s) still stand between it and traffic.
+    sick.healthStatus = 200;
+    const [w] = p.workers();
+    process.kill(w, 'SIGKILL');
+    await until('a replacement serving', () => p.workers().length === 1 && !p.workers().includes(w) && request(p.port).then(() => true, () => false));
+    const checksBefore = sick.healthChecks;
+    for (let i = 0; i < 10; i++) {
+      expect((await request(p.port)).body).toBe('good');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    // Still under the threshold when the last request went: the verdict was not forgotten and rebuilt.
+    expect(sick.healthChecks - checksBefore).toBeLessThan(15);
+    expect(sick.seen).toHaveLength(0);
   } finally {
     await p.stop();
     await good.close();
