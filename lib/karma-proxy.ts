@@ -39,6 +39,10 @@ export interface KarmaProxyHealthCheck {
   /** Path probed on each target; `'off'` disables active checks (HEALTH_CHECK_PATH).
    * @default '/' in ecs mode, '/ping' in pool modes */
   readonly path?: string;
+  /** `'tcp'`: a check passes when a connection opens, for `MODE=tcp` pools that do not speak HTTP;
+   * `'http'`: a GET of `path` (HEALTH_CHECK_PROTOCOL).
+   * @default 'http' */
+  readonly protocol?: 'http' | 'tcp';
   /** Time between two checks of a target (HEALTH_CHECK_PERIOD).
    * @default 30 seconds in ecs mode, 2 seconds in pool modes */
   readonly interval?: Duration;
@@ -544,6 +548,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     if (props.discoveryInterval) env.NODE_CHECK_PERIOD = seconds(props.discoveryInterval);
     const hc = props.healthCheck ?? {};
     if (hc.path !== undefined) env.HEALTH_CHECK_PATH = hc.path;
+    if (hc.protocol !== undefined) env.HEALTH_CHECK_PROTOCOL = hc.protocol;
     if (hc.interval) env.HEALTH_CHECK_PERIOD = seconds(hc.interval);
     if (hc.timeout) env.HEALTH_CHECK_TIMEOUT = seconds(hc.timeout);
     if (hc.healthyThreshold !== undefined) env.HEALTHY_THRESHOLD = String(hc.healthyThreshold);

@@ -35,6 +35,8 @@ export interface Config {
   readonly nodeCheckPeriodMs: number;
   /** null when HEALTH_CHECK_PATH=off: no active checks. */
   readonly healthCheckPath: string | null;
+  /** `tcp`: a check passes when a connection opens (targets that do not speak HTTP). */
+  readonly healthCheckProtocol: 'http' | 'tcp';
   readonly healthCheckPeriodMs: number;
   readonly healthCheckTimeoutMs: number;
   readonly healthyThreshold: number;
@@ -303,6 +305,12 @@ export const SETTINGS = {
       if (!/^\/[\x21-\x7e]*$/.test(t)) throw new Invalid("a path starting with '/', or off");
       return t;
     },
+  },
+  healthCheckProtocol: {
+    env: 'HEALTH_CHECK_PROTOCOL',
+    doc: '`http`: a check is a GET of `HEALTH_CHECK_PATH` that passes on `HEALTH_CHECK_MATCHER`; `tcp`: it passes when a connection opens (as an NLB checks; for `MODE=tcp` pools that do not speak HTTP).',
+    default: 'http',
+    parse: oneOf<'http' | 'tcp'>('http', 'tcp'),
   },
   healthCheckPeriodMs: {
     env: 'HEALTH_CHECK_PERIOD',

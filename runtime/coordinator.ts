@@ -29,6 +29,7 @@ export function healthCheckerFor(config: Config, setter: StatusSetter): HealthCh
   return new HealthChecker(
     {
       path: config.healthCheckPath,
+      protocol: config.healthCheckProtocol,
       periodMs: config.healthCheckPeriodMs,
       timeoutMs: config.healthCheckTimeoutMs,
       healthyThreshold: config.healthyThreshold,

@@ -1,11 +1,12 @@
 /**
- * Active HTTP health checks, ALB-like: every target in use is probed on its own timer, and its
+ * Active health checks, ALB-like (HTTP) or NLB-like (a TCP connection): every target in use is probed on its own timer, and its
  * verdict flips only after HEALTHY_THRESHOLD / UNHEALTHY_THRESHOLD consecutive results.
  *
  * The checker knows only StatusSetter (Traefik's SetStatus): it does not know routes, pools or
  * discovery, so a slow discovery never delays a check, and a slow target never delays another's.
  */
 import * as http from 'node:http';
+import * as net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Range } from './config';
 import { healthCheckLatency, nodeHealthStatus } from './metrics';
@@ -19,6 +20,8 @@ const PERIOD_JITTER = 0.1;
 export interface HealthOptions {
   /** HEALTH_CHECK_PATH; the caller does not build a checker when it is `off`. */
   path: string;
+  /** `tcp`: a check passes when a connection opens; path and matcher are not used. @default 'http' */
+  protocol?: 'http' | 'tcp';
   periodMs: number;
   timeoutMs: number;
   healthyThreshold: number;
@@ -132,6 +135,7 @@ export class HealthChecker {
     const started = performance.now();
     const startedAt = Date.now();
     let req: http.ClientRequest | undefined;
+    let socket: net.Socket | undefined;
     let done = false;
 
     const end = (): boolean => {
@@ -141,6 +145,7 @@ export class HealthChecker {
       t.cancel = undefined;
       // Connection: close and no agent: destroying frees the socket now, body or not.
       req?.destroy();
+      socket?.destroy();
       return true;
     };
     const finish = (pass: boolean): void => {
@@ -158,6 +163,18 @@ export class HealthChecker {
     t.cancel = () => {
       end();
     };
+    if (this.opts.protocol === 'tcp') {
+      // A target that accepts a connection passes, whatever protocol it speaks; closed at once.
+      try {
+        socket = net.connect({ host, port });
+      } catch {
+        queueMicrotask(() => finish(false));
+        return;
+      }
+      socket.on('connect', () => finish(true));
+      socket.on('error', () => finish(false));
+      return;
+    }
     try {
       req = http.request({
         host,

@@ -50,8 +50,18 @@ function warnWithoutRegion(config: Config): void {
   log('warn', 'AWS_REGION is not set: the region comes from the shared AWS config or, on EC2, the instance metadata; without either, discovery fails');
 }
 
+/**
+ * MODE=tcp keeps the Stateless Load Balancer's HTTP checks (a GET of HEALTH_CHECK_PATH on the target
+ * port) unless told otherwise: said at start, since a pool that does not speak HTTP never passes one.
+ */
+function noteTcpHealthChecks(config: Config): void {
+  if (config.mode !== 'tcp' || config.healthCheckPath === null || config.healthCheckProtocol !== 'http') return;
+  log('info', `MODE=tcp with HTTP health checks (GET ${config.healthCheckPath}): for targets that do not speak HTTP set HEALTH_CHECK_PROTOCOL=tcp, or every target fails its checks`);
+}
+
 async function runPrimary(config: Config): Promise<void> {
   warnWithoutRegion(config);
+  noteTcpHealthChecks(config);
   // Workers accept from the shared listening socket themselves rather than through the primary
   // (node's default on Linux is round-robin by the primary): no IPC hand-off per connection, and a
   // connection queued while a worker dies waits for another worker instead of being lost with it.

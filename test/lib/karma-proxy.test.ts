@@ -545,6 +545,13 @@ describe('discovery modes get exactly their reads', () => {
     expect(discoveryActions(t)).toEqual([]);
     const env = parseEnvFile(heredocBody(userDataText(t), 'KARMA_PROXY_ENV'));
     expect(env).toMatchObject({ NODE_FILTER: 'static', STATIC_TARGETS: '10.0.1.10:8080,10.0.1.11:8080' });
+    expect(env.HEALTH_CHECK_PROTOCOL).toBeUndefined();
+  });
+
+  test('a raw TCP pool of another protocol, checked by connecting', () => {
+    const t = constructTemplate({ ...base, discovery: 'static', staticTargets: ['10.0.1.10:5432'], healthCheck: { protocol: 'tcp' }, environment: { MODE: 'tcp' } });
+    const env = parseEnvFile(heredocBody(userDataText(t), 'KARMA_PROXY_ENV'));
+    expect(env).toMatchObject({ MODE: 'tcp', HEALTH_CHECK_PROTOCOL: 'tcp' });
   });
 
   test('ecs without clusters reads any cluster', () => {

@@ -223,6 +223,13 @@ describe('configuration', () => {
     expect(loadConfig({ ...tcp, MODE: 'http' }).idleTimeoutMs).toBe(60_000);
   });
 
+  test('HEALTH_CHECK_PROTOCOL: http by default in both modes (the Stateless Load Balancer checked its TCP pools over HTTP), tcp on request', () => {
+    const tcp = { NODE_FILTER: 'static', STATIC_TARGETS: '10.0.0.1:5432', MODE: 'tcp' };
+    expect(loadConfig(tcp).healthCheckProtocol).toBe('http');
+    expect(loadConfig({ ...tcp, HEALTH_CHECK_PROTOCOL: 'TCP' }).healthCheckProtocol).toBe('tcp');
+    expect(errorOf({ ...tcp, HEALTH_CHECK_PROTOCOL: 'udp' }).problems).toEqual(["HEALTH_CHECK_PROTOCOL must be one of http, tcp (got 'udp')"]);
+  });
+
   test('PORT and METRICS_PORT conflict where the kernel would refuse the second: same address, or a wildcard covering it', () => {
     const pool = { NODE_FILTER: 'asg', PORT: '8080', METRICS_PORT: '8080' };
     const clashes = [['0.0.0.0', '127.0.0.1'], ['127.0.0.1', '0.0.0.0'], ['::', '127.0.0.1'], ['::', '::1'], ['10.0.0.1', '10.0.0.1'],

@@ -1,4 +1,5 @@
 import * as http from 'node:http';
+import * as net from 'node:net';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Range } from '../../runtime/config';
 import { HEALTH_CHECK_USER_AGENT, HealthChecker, HealthOptions, hostHeader, statusMatches } from '../../runtime/health';
@@ -168,6 +169,49 @@ describe('hostHeader', () => {
     [makeTarget('fd00::5', 443), '[fd00::5]:443'],
   ])('%j → %s', (target, expected) => {
     expect(hostHeader(target)).toBe(expected);
+  });
+});
+
+describe('HEALTH_CHECK_PROTOCOL=tcp: a check passes when a connection opens', () => {
+  test('a target that does not speak HTTP passes, and its connection is closed at once without a byte sent', async () => {
+    const received: Buffer[] = [];
+    let connections = 0;
+    const server = net.createServer((s) => {
+      connections++;
+      s.on('data', (d) => received.push(d));
+      s.write('SSH-2.0-OpenSSH_9.6\r\n'); // a greeting, not HTTP
+      s.on('error', () => undefined);
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const target = makeTarget('127.0.0.1', (server.address() as AddressInfo).port);
+      const setter = recorder();
+      const c = checker(setter, { protocol: 'tcp' });
+      c.sync([target]);
+      await waitFor('first verdict', () => setter.calls.length > 0);
+      expect(setter.of(target.id)).toEqual([true]);
+      await waitFor('three more checks', () => connections >= 4);
+      expect(setter.of(target.id)).toEqual([true]);
+      expect(Buffer.concat(received).length).toBe(0);
+      // The same target with HTTP checks fails them: what MODE=tcp pools of other protocols need this for.
+      const httpSetter = recorder();
+      checker(httpSetter).sync([target]);
+      await waitFor('an HTTP verdict', () => httpSetter.calls.length > 0);
+      expect(httpSetter.of(target.id)).toEqual([false]);
+    } finally {
+      for (const c of checkers.splice(0)) c.stop();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+  });
+
+  test('a port nobody listens on fails', async () => {
+    const target = await closedPort();
+    const setter = recorder();
+    const c = checker(setter, { protocol: 'tcp' });
+    c.sync([target]);
+    await waitFor('first verdict', () => setter.calls.length > 0);
+    expect(setter.of(target.id)).toEqual([false]);
+    expect(await gaugeValue(target.id)).toBe(0);
   });
 });
 

@@ -1,8 +1,9 @@
 import * as net from 'node:net';
 import { loadConfig } from '../../runtime/config';
+import { failOpenTotal, nodeHealthStatus } from '../../runtime/metrics';
 import { makeTarget, Provider, Target } from '../../runtime/types';
 import { Running, start } from '../../runtime/worker';
-import { close, freePort, listen } from '../support/net';
+import { close, freePort, listen, until } from '../support/net';
 
 /** A TCP echo server that names itself first, and ends its side when the client ends its own. */
 async function echo(name: string): Promise<{ server: net.Server; port: number }> {
@@ -10,6 +11,7 @@ async function echo(name: string): Promise<{ server: net.Server; port: number }>
     s.write(`${name}:`);
     s.on('data', (d) => s.write(d));
     s.on('end', () => s.end(':bye'));
+    s.on('error', () => undefined); // a TCP health check closes its connection without reading the name
   });
   return { server, port: await listen(server) };
 }
@@ -57,6 +59,27 @@ describe('MODE=tcp', () => {
     servers.push(a.server);
     const targets = [makeTarget('127.0.0.1', a.port), makeTarget('127.0.0.1', await freePort())];
     p = await start(loadConfig({ NODE_FILTER: 'static', MODE: 'tcp', STATIC_TARGETS: targets.map((t) => t.id).join(','), PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off' }), { provider: fixed(targets) });
+    for (let i = 0; i < 4; i++) expect(await exchange(p.port, 'x')).toBe('a:x:bye');
+  });
+
+  test('HEALTH_CHECK_PROTOCOL=tcp: targets that do not speak HTTP pass their checks, and a stopped one is left out', async () => {
+    const a = await echo('a');
+    const b = await echo('b');
+    servers.push(a.server);
+    const targets = [makeTarget('127.0.0.1', a.port), makeTarget('127.0.0.1', b.port)];
+    const env = { NODE_FILTER: 'static', MODE: 'tcp', STATIC_TARGETS: targets.map((t) => t.id).join(','), PORT: '0', HOST: '127.0.0.1' };
+    p = await start(loadConfig({ ...env, HEALTH_CHECK_PROTOCOL: 'tcp', HEALTH_CHECK_PERIOD: '0.1', UNHEALTHY_THRESHOLD: '1' }), { provider: fixed(targets) });
+    const health = async (t: Target): Promise<number | undefined> => (await nodeHealthStatus.get()).values.find((v) => v.labels.target === t.id)?.value;
+    const failOpen = async (): Promise<number> => (await failOpenTotal.get()).values.reduce((n, v) => n + v.value, 0);
+    await until('both checked', async () => (await health(targets[0])) === 1 && (await health(targets[1])) === 1);
+    const before = await failOpen();
+    const names = [];
+    for (let i = 0; i < 4; i++) names.push((await exchange(p.port, 'x')).split(':')[0]);
+    expect(names.sort()).toEqual(['a', 'a', 'b', 'b']);
+    expect(await failOpen()).toBe(before);
+    // b stops listening: its next check fails, and connections go to a only.
+    await close(b.server);
+    await until('b unhealthy', async () => (await health(targets[1])) === 0);
     for (let i = 0; i < 4; i++) expect(await exchange(p.port, 'x')).toBe('a:x:bye');
   });
 });
