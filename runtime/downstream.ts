@@ -107,6 +107,13 @@ export interface BodySink {
 /** How long past IDLE_TIMEOUT an idle keep-alive connection stays open (Node's own margin), so that a
  * client honouring `Keep-Alive: timeout=` closes first and no request is lost to the close race. */
 export const KEEP_ALIVE_GRACE_MS = 1000;
+/**
+ * At shutdown, a connection that has not sent its first request yet is given this long from its
+ * accept to send it (answered with `Connection: close`): it was opened to be used, and its client may
+ * have written the request already (Go's Shutdown gives such connections 5 s). Idle keep-alive
+ * connections close at once.
+ */
+export const NEW_CONNECTION_GRACE_MS = 2000;
 /** How often HEADERS_TIMEOUT and REQUEST_TIMEOUT are enforced. */
 const TIMEOUT_CHECK_MS = 500;
 /** Body chunks up to this size go out with the head as one latin1 string (bytes map one to one). */
@@ -672,6 +679,11 @@ export class ClientConn {
     return this.socket.destroyed;
   }
 
+  /** Nothing read on it yet: since when, on performance.now()'s clock (undefined once something was). */
+  get unusedSince(): number | undefined {
+    return this.first && this.state === HEAD && !this.reading ? this.since : undefined;
+  }
+
   /** Nothing read of a request, nothing being answered or waiting: safe to close. */
   get idle(): boolean {
     return !this.current && this.waiting.length === 0 && this.state !== BODY && !this.reading && (this.state === IDLE || this.first);
@@ -1172,7 +1184,10 @@ export class DownstreamServer {
     }
   }
 
-  /** Stops accepting, lets in-flight requests finish within `timeoutMs`, closes idle keep-alive connections. */
+  /**
+   * Stops accepting, lets in-flight requests finish within `timeoutMs`, closes idle keep-alive
+   * connections (and, NEW_CONNECTION_GRACE_MS after their accept, connections never used).
+   */
   shutdown(timeoutMs: number): Promise<void> {
     return new Promise<void>((resolve) => {
       this.shuttingDown = true;
@@ -1187,9 +1202,11 @@ export class DownstreamServer {
         void socketsClosed(this.sockets).then(resolve);
       };
       const closeIdle = (): void => {
+        const now = performance.now();
         for (const c of this.conns) {
           c.closing = true;
-          if (c.idle) c.socket.destroy();
+          const unused = c.unusedSince;
+          if (c.idle && (unused === undefined || now - unused >= NEW_CONNECTION_GRACE_MS)) c.socket.destroy();
         }
       };
       this.server.close(() => finish());

@@ -5,7 +5,7 @@
  */
 import * as net from 'node:net';
 import { Writable } from 'node:stream';
-import { DownstreamHandlers, DownstreamServer, MAX_PIPELINED, Request, Response } from '../../runtime/downstream';
+import { DownstreamHandlers, DownstreamServer, MAX_PIPELINED, NEW_CONNECTION_GRACE_MS, Request, Response } from '../../runtime/downstream';
 import { answer } from '../../runtime/forward';
 import { parseResponses, rawExchange } from '../hardening/support';
 import { listen, until } from '../support/net';
@@ -333,10 +333,12 @@ describe('timeouts and shutdown', () => {
     expect(r.responses.map((x) => `${x.status} ${x.body}`)).toEqual(['200 /slow', '200 /b', '200 /c']);
   });
 
-  test('shutdown closes idle connections at once and lets an answer under way finish, saying Connection: close', async () => {
+  test('shutdown closes idle keep-alive connections at once and lets an answer under way finish, saying Connection: close', async () => {
     let pending: Response | undefined;
-    handle = (_req, res) => (pending = res);
     const idle = await connect();
+    idle.socket.write(GET('/first'));
+    await until('the first answer', () => idle.received().includes('GET /first'), 5000, 5);
+    handle = (_req, res) => (pending = res);
     const busy = await connect();
     busy.socket.write(GET('/busy'));
     await until('the request in flight', () => pending !== undefined, 5000, 5);
@@ -346,6 +348,25 @@ describe('timeouts and shutdown', () => {
     ok(pending!, 'done');
     await until('the busy one answered and closed', () => busy.closed(), 2000, 5);
     expect(parseResponses(busy.received()).responses[0].headers.connection).toBe('close');
+    await stopped;
+  });
+
+  test('a connection opened before shutdown gets its first request answered (Connection: close); one never used is closed later', async () => {
+    const late = await connect();
+    const silent = await connect();
+    const opened = Date.now();
+    const stopped = server.shutdown(10_000);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(late.closed()).toBe(false);
+    late.socket.write(GET('/late'));
+    await until('the late request answered and its connection closed', () => late.closed(), 5000, 5);
+    const [answer] = parseResponses(late.received()).responses;
+    expect(answer).toMatchObject({ status: 200, body: 'GET /late' });
+    expect(answer.headers.connection).toBe('close');
+    expect(silent.closed()).toBe(false);
+    // Closed by the grace, or by HEADERS_TIMEOUT (1 s here) if that comes first, as without a shutdown.
+    await until('the silent one closed', () => silent.closed(), 5000, 5);
+    expect(Date.now() - opened).toBeGreaterThanOrEqual(Math.min(NEW_CONNECTION_GRACE_MS, OPTS.headersTimeoutMs) - 50);
     await stopped;
   });
 });
