@@ -79,6 +79,8 @@ async function runPrimary(config: Config): Promise<void> {
   let shuttingDown = false;
   let announced = false;
   const recentDeaths: number[] = [];
+  /** Workers whose end is logged already: one that could not start, one killed for not stopping in time. */
+  const explained = new Set<number>();
 
   const fork = (): Worker => {
     const w = cluster.fork(workerEnv(process.env));
@@ -95,6 +97,7 @@ async function runPrimary(config: Config): Promise<void> {
       } else if (m?.t === 'fatal') {
         // A worker that cannot start (port taken, …) would fail the same way again: stop here.
         log('error', 'worker cannot start', { error: m.error });
+        explained.add(w.id);
         shuttingDown = true;
         for (const other of Object.values(cluster.workers ?? {})) other?.process.kill('SIGTERM');
         process.exitCode = 1;
@@ -107,6 +110,12 @@ async function runPrimary(config: Config): Promise<void> {
     ready.delete(w.id);
     coordinator.remove(w);
     if (shuttingDown) {
+      // A worker that crashed or was killed while draining cut the requests it held: said, and the
+      // exit code says it too.
+      if ((code !== 0 || signal) && !explained.has(w.id)) {
+        log('error', 'a worker died while shutting down; its requests in flight were cut', { worker: w.id, code, signal });
+        process.exitCode = 1;
+      }
       if (Object.keys(cluster.workers ?? {}).length === 0) void stop();
       return;
     }
@@ -188,7 +197,10 @@ async function runPrimary(config: Config): Promise<void> {
         log('error', 'workers did not stop within SHUTDOWN_TIMEOUT; killed', { workers: hung.map((w) => w.process.pid) });
         process.exitCode = 1;
       }
-      for (const w of hung) w.process.kill('SIGKILL');
+      for (const w of hung) {
+        explained.add(w.id);
+        w.process.kill('SIGKILL');
+      }
       void stop();
     }, config.shutdownTimeoutMs + 5000).unref();
   };

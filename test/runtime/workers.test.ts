@@ -234,6 +234,33 @@ test('a worker that does not stop within SHUTDOWN_TIMEOUT is killed 5 s later, s
   }
 });
 
+test('a worker that dies while draining is said, and the exit code is 1; the same drain without it exits 0 and says nothing of it', async () => {
+  const slow = await startBackend('slow');
+  slow.handle = (_req, res) => setTimeout(() => res.end('late'), 1500);
+  try {
+    for (const killOne of [true, false]) {
+      const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${slow.port}`, WORKERS: '2', HEALTH_CHECK_PATH: 'off', SHUTDOWN_TIMEOUT: '5' });
+      try {
+        await until('two workers', () => p.workers().length === 2);
+        const inFlight = [request(p.port).catch((e: Error) => e), request(p.port).catch((e: Error) => e)];
+        await until('both requests at the target', () => slow.seen.length >= 2);
+        slow.seen.length = 0;
+        const [victim] = p.workers();
+        const exited = p.stop('SIGTERM', 15_000);
+        await new Promise((r) => setTimeout(r, 300));
+        if (killOne) process.kill(victim, 'SIGKILL');
+        expect(await exited).toBe(killOne ? 1 : 0);
+        await Promise.all(inFlight);
+        expect(p.stderr.includes('"msg":"a worker died while shutting down; its requests in flight were cut"')).toBe(killOne);
+      } finally {
+        await p.stop('SIGKILL');
+      }
+    }
+  } finally {
+    await slow.close();
+  }
+});
+
 test('when the primary is killed, workers finish the requests in flight, then exit', async () => {
   const backend = await startBackend('ok');
   backend.handle = (_req, res) => void setTimeout(() => res.end('slow'), 1500);
