@@ -72,9 +72,9 @@ export interface ResponseHandler {
   /**
    * The client connection is gone (closed, or cut by a timeout) before the answer ended; `answered`: the
    * proxy answered the client itself before the target did (a 408 at REQUEST_TIMEOUT), so that is the
-   * status the client saw.
+   * status the client saw; `cut`: the proxy cut it at SHUTDOWN_TIMEOUT, not the client.
    */
-  clientClosed(answered?: number): void;
+  clientClosed(answered?: number, cut?: boolean): void;
   /** The client was silent for IDLE_TIMEOUT while the body of this request was still due. */
   clientStalled(): void;
   /** The answer's last byte was handed to the socket. */
@@ -988,6 +988,15 @@ export class ClientConn {
     return true;
   }
 
+  /** SHUTDOWN_TIMEOUT: the answer under way (or awaited from a target) is about to be cut by the proxy, not the client. */
+  cutForShutdown(): void {
+    const res = this.current;
+    if (!res || res.finished || res.dead) return;
+    this.current = undefined;
+    res.dead = true;
+    res.handler?.clientClosed(undefined, true);
+  }
+
   /** A WebSocket: the socket leaves this server for the handler, with the bytes read past the head. */
   private handOver(req: Request): void {
     const s = this.socket;
@@ -1215,7 +1224,10 @@ export class DownstreamServer {
       const sweep = setInterval(closeIdle, 100);
       const deadline = setTimeout(() => {
         const answered = new Set<net.Socket>();
-        for (const c of this.conns) if (c.answerShutdown()) answered.add(c.socket);
+        for (const c of this.conns) {
+          if (c.answerShutdown()) answered.add(c.socket);
+          else c.cutForShutdown();
+        }
         for (const [s, u] of this.upgrades) {
           if (s.destroyed || !u.shutdown()) continue;
           rawAnswer(s, 503, SHUTTING_DOWN, SHUTDOWN_RETRY);

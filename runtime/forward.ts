@@ -67,7 +67,8 @@ export interface Outcome {
   status: number;
   target: string | undefined;
   attempts: number;
-  error: FailureKind | undefined;
+  /** What went wrong with the last try, or `cut_at_shutdown`: the proxy cut it at SHUTDOWN_TIMEOUT. */
+  error: FailureKind | 'cut_at_shutdown' | undefined;
 }
 
 // Hop-by-hop headers (RFC 9110 §7.6.1, plus the old Keep-Alive/Proxy-Connection), never forwarded.
@@ -604,6 +605,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   private responded = false;
   /** The status the proxy itself answered the client with before the target did (clientClosed). */
   private answeredBy: number | undefined;
+  /** The proxy cut this request at SHUTDOWN_TIMEOUT (logged as a 503, or its status, with that error). */
+  private cutAtShutdown = false;
   /** A keep-alive connection that could be stale is about to carry what cannot be replayed. */
   private replayable = false;
   private status = 0;
@@ -632,6 +635,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   }
 
   private done(): void {
+    if (this.cutAtShutdown) this.outcome.error = 'cut_at_shutdown';
     this.report(this.req, this.tag, this.outcome);
   }
 
@@ -779,9 +783,10 @@ class Exchange implements UpstreamHandler, ResponseHandler {
 
   // The client went away before the response ended (or the proxy answered it itself: `answered`):
   // stop the upstream work too.
-  clientClosed(answered?: number): void {
+  clientClosed(answered?: number, cut = false): void {
     if (this.settled || this.res.finished) return;
     this.answeredBy = answered;
+    this.cutAtShutdown = cut;
     this.up?.destroy();
     if (this.responded) this.settle(this.res.statusCode);
     else this.settle(undefined, new UpstreamError('client_gone', false));
@@ -877,8 +882,9 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   private retryOrAnswer(err: UpstreamError): void {
     const { outcome, req, res } = this;
     if (err.kind === 'client_gone') {
-      // What the proxy itself answered (a 408), or nginx's code for "client closed request" (only logged).
-      outcome.status = this.answeredBy ?? 499;
+      // What the proxy itself answered (a 408), or nginx's code for "client closed request" (only logged);
+      // cut by the proxy at SHUTDOWN_TIMEOUT with nothing answered, the client saw the proxy fail: a 503.
+      outcome.status = this.answeredBy ?? (this.cutAtShutdown ? 503 : 499);
       return this.done();
     }
     if (err.kind === 'shutting_down') {

@@ -30,6 +30,15 @@ const ignore = (): void => undefined;
 // `100-continue` among the expectations, as node:http reads Expect.
 const CONTINUE = /(?:^|\W)100-continue(?:$|\W)/i;
 
+
+/**
+ * A request target as the access log may keep it: an absolute-form one refused for its userinfo
+ * (`http://user:password@host/`) keeps the rest, its credentials masked.
+ */
+export function withoutUserinfo(target: string): string {
+  return target.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i, '$1***@');
+}
+
 export interface ProxyServer {
   readonly server: net.Server;
   /** Stops accepting, lets in-flight requests finish within `timeoutMs`, closes idle keep-alive connections. */
@@ -125,7 +134,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
       log('info', 'access', {
         method: req.method,
         host: req.headers.host,
-        path: req.url,
+        path: req.url.charCodeAt(0) === 0x2f ? req.url : withoutUserinfo(req.url),
         status: o.status,
         route: routeLabel,
         target: o.target,

@@ -9,6 +9,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { WebSocket, WebSocketServer } from 'ws';
+import { rawExchange } from '../hardening/support';
 import { Backend, startBackend } from '../support/backend';
 import { startAwsStub } from '../support/aws-stub';
 import { BUNDLE, Proxy, rssBytes, runBundle, startBundle } from '../support/bundle';
@@ -341,10 +342,35 @@ describe('the bundle starts and stops cleanly', () => {
       expect(await posted).toMatch(/^cut: /);
       expect(backend.seen).toHaveLength(1);
       expect(await exit).toBe(0);
-      // Both are in the access log before the process exits: the 503, and the cut one as nginx's 499.
-      const access = p.lines().filter((l) => l.msg === 'access').map((l) => [l.method, l.path, l.status]);
-      expect(access).toEqual(expect.arrayContaining([['GET', '/queued', 503], ['POST', '/order', 499]]));
+      // Both are in the access log before the process exits: the 503, and the cut one, which the proxy
+      // cut (not the client: no 499), as a 503 saying so.
+      const access = p.lines().filter((l) => l.msg === 'access').map((l) => [l.method, l.path, l.status, l.error]);
+      expect(access).toEqual(expect.arrayContaining([['GET', '/queued', 503, undefined], ['POST', '/order', 503, 'cut_at_shutdown']]));
     } finally {
+      await p.stop('SIGKILL');
+      await backend.close();
+    }
+  });
+
+  test('a stream still under way at SHUTDOWN_TIMEOUT is cut visibly (no last chunk) and logged with its status and the cut', async () => {
+    const backend = await startBackend('stream');
+    let ticker: NodeJS.Timeout | undefined;
+    backend.handle = (_req, res) => {
+      res.writeHead(200, { 'Content-Type': 'text/event-stream' });
+      ticker = setInterval(() => res.write('data: tick\n\n'), 50);
+    };
+    const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, HEALTH_CHECK_PATH: 'off', SHUTDOWN_TIMEOUT: '0.5', LOG_CONNECTIONS: 'true' });
+    try {
+      const got = rawExchange(p.port, 'GET /events HTTP/1.1\r\nHost: a\r\n\r\n', { deadlineMs: 10_000 });
+      await until('the stream at the target', () => backend.seen.length === 1);
+      expect(await p.stop('SIGTERM')).toBe(0);
+      const r = await got;
+      expect(r.data).toMatch(/^HTTP\/1\.1 200 OK\r\n[\s\S]*Transfer-Encoding: chunked\r\n/);
+      expect(r.data).toContain('data: tick');
+      expect(r.data.endsWith('0\r\n\r\n')).toBe(false);
+      expect(p.lines().filter((l) => l.msg === 'access').map((l) => [l.path, l.status, l.error])).toEqual([['/events', 200, 'cut_at_shutdown']]);
+    } finally {
+      clearInterval(ticker);
       await p.stop('SIGKILL');
       await backend.close();
     }
@@ -368,7 +394,7 @@ describe('the bundle starts and stops cleanly', () => {
       await new Promise<void>((r) => tunnel.once('data', () => r()));
       expect(await Promise.all([http1.stop('SIGTERM'), tcp.stop('SIGTERM')])).toEqual([0, 0]);
       await cut;
-      expect(http1.lines().filter((l) => l.msg === 'access').map((l) => [l.path, l.status])).toEqual([['/slow', 499]]);
+      expect(http1.lines().filter((l) => l.msg === 'access').map((l) => [l.path, l.status, l.error])).toEqual([['/slow', 503, 'cut_at_shutdown']]);
       expect(tcp.lines().filter((l) => l.msg === 'tcp connection closed')).toHaveLength(1);
     } finally {
       tunnel.destroy();

@@ -8,6 +8,7 @@ import * as net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { ACCEPT_HANDLES } from '../../runtime/acceptors';
 import { workerV8Flags } from '../../runtime/memory';
+import { rawExchange } from '../hardening/support';
 import { startAwsStub } from '../support/aws-stub';
 import { startBackend } from '../support/backend';
 import { startBundle } from '../support/bundle';
@@ -344,6 +345,12 @@ test('LOG_CONNECTIONS=true writes one JSON access line per request; the default 
     expect(access).toHaveLength(1);
     expect(access[0]).toMatchObject({ level: 'info', method: 'GET', path: '/a?b=1', status: 200, target: `127.0.0.1:${backend.port}` });
     expect(typeof access[0].ms).toBe('number');
+    // A refused absolute-form target keeps no credentials in the log.
+    const raw = await rawExchange(loud.port, 'GET http://user:secret@169.254.169.254/latest HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    expect(raw.responses[0].status).toBe(400);
+    const refused = (await until('its access line', () => loud.lines().find((l) => l.msg === 'access' && l.status === 400)))!;
+    expect(refused.path).toBe('http://***@169.254.169.254/latest');
+    expect(JSON.stringify(loud.lines())).not.toContain('secret');
     await new Promise((r) => setTimeout(r, 100));
     expect(quiet.lines().filter((l) => l.msg === 'access')).toEqual([]);
   } finally {
