@@ -1037,8 +1037,9 @@ export class ClientConn {
 
   /**
    * IDLE_TIMEOUT of silence. A body still due for the request being answered: the client stalled (its
-   * forwarder answers 408). Then: an answer still to come is the target's or discovery's to give
-   * (UPSTREAM_TIMEOUT and the discovery wait bound them), so the clock starts again; an answer written but
+   * forwarder answers 408). Then: an answer still to come, or one under way with nothing left unwritten,
+   * is the target's or discovery's to give (UPSTREAM_TIMEOUT and the discovery wait bound them), so the
+   * clock starts again; an answer under way whose bytes wait for the client is cut; one written but
    * not yet read by the client gets one more period; a connection idle between requests gets
    * KEEP_ALIVE_GRACE_MS more, as Node gives past the `Keep-Alive: timeout` it advertises; anything else
    * (a client that stopped reading mid-answer) is closed.
@@ -1056,7 +1057,10 @@ export class ClientConn {
     // Read again: the stalled request's 408 may have ended the answer under way.
     const answering = this.current;
     if (answering) {
-      if (!answering.headersSent) {
+      // Nothing of it waiting to be written (not begun, or all the client was given so far is taken):
+      // the silence is the target's, which UPSTREAM_TIMEOUT bounds (a stream between two events, a
+      // long poll). The clock starts again. Bytes still waiting: the client stopped reading, and goes.
+      if (!answering.headersSent || s.writableLength === 0) {
         s.setTimeout(this.server.opts.idleTimeoutMs);
         return;
       }

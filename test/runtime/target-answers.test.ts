@@ -234,6 +234,36 @@ describe('a client held back by its target is not blamed for it, nor a target he
     expect(r.responses.map((x) => [x.status, x.body.length])).toEqual([[200, size]]);
   });
 
+  test('a stream whose target is silent between events for longer than IDLE_TIMEOUT (within UPSTREAM_TIMEOUT) reaches the client whole', async () => {
+    const t = await rawTarget((_h, s) => {
+      s.write('HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n7\r\nevent 1\r\n');
+      setTimeout(() => s.write('7\r\nevent 2\r\n0\r\n\r\n'), 1800);
+    });
+    const port = await proxyFor([t], { IDLE_TIMEOUT: '1', UPSTREAM_TIMEOUT: '5' });
+    const r = await rawExchange(port, 'GET /events HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n', { deadlineMs: 8000 });
+    expect(r.responses.map((x) => [x.status, x.body])).toEqual([[200, 'event 1event 2']]);
+  });
+
+  test('a client that takes nothing of an answer for IDLE_TIMEOUT is cut (and the target let go)', async () => {
+    const size = 64 * 1024 * 1024;
+    const t = await rawTarget((_h, s) => {
+      s.write(`HTTP/1.1 200 OK\r\nContent-Length: ${size}\r\n\r\n`);
+      s.write(Buffer.alloc(size, 'x'));
+    });
+    const port = await proxyFor([t], { IDLE_TIMEOUT: '1', UPSTREAM_TIMEOUT: '30' });
+    const client = net.connect({ host: '127.0.0.1', port });
+    client.on('error', () => undefined);
+    try {
+      client.write('GET /big HTTP/1.1\r\nHost: a\r\n\r\n');
+      client.pause(); // never reads: what the proxy writes backs up
+      await until('the target connection', () => t.sockets.size === 1, 5000);
+      // The proxy cuts the client and closes its target connection: long before UPSTREAM_TIMEOUT.
+      await until('the target connection closed', () => t.sockets.size === 0, 8000);
+    } finally {
+      client.destroy();
+    }
+  });
+
   test('an upload to a target that stopped reading is a 504 when UPSTREAM_TIMEOUT passes, not a 408 at IDLE_TIMEOUT', async () => {
     // The target reads the head, then nothing: the body backs up, and reading the client stops.
     const t = await rawTarget((_h, s) => s.pause());
