@@ -299,6 +299,31 @@ export function answer(res: Response, status: number, message: string, headers?:
 }
 
 const kHandshake = Symbol('karma.handshake');
+/** After one side of a WebSocket tunnel ends, how long the other has to close before both are cut. */
+export const TUNNEL_HALF_CLOSE_GRACE_MS = 2000;
+/** Idle time before TCP keep-alive probes on a tunnel's sockets (the kernel's default is two hours). */
+export const TUNNEL_KEEPALIVE_MS = 60_000;
+
+/**
+ * A WebSocket tunnel is up between `client` and `target`. A WebSocket has no half-close (its close
+ * handshake is in its frames): once either side ends, the other is passed the FIN and given
+ * TUNNEL_HALF_CLOSE_GRACE_MS to close, then both are cut, as nginx ends an upgraded connection at
+ * either side's end; otherwise a target that ignores the FIN would hold the tunnel (and one of its
+ * POOL_SIZE slots) for good. Keep-alive probes find peers that vanished without a word.
+ */
+function tunnelled(client: net.Socket, target: net.Socket): void {
+  client.setKeepAlive(true, TUNNEL_KEEPALIVE_MS);
+  target.setKeepAlive(true, TUNNEL_KEEPALIVE_MS);
+  const cutLater = (): void => {
+    setTimeout(() => {
+      client.destroy();
+      target.destroy();
+    }, TUNNEL_HALF_CLOSE_GRACE_MS).unref();
+  };
+  client.once('end', cutLater);
+  target.once('end', cutLater);
+}
+
 /** WebSocket handshake failures where nothing of the target's answer came: tried on the next target. */
 const WS_RETRYABLE: ReadonlySet<FailureKind> = new Set<FailureKind>(['refused', 'reset', 'dns', 'connect_timeout']);
 const EMPTY = Buffer.alloc(0);
@@ -498,12 +523,13 @@ export class Forwarder {
             conn.once('connect', () => clearTimeout(timer));
             conn.once('close', () => clearTimeout(timer));
           });
-          proxyReq.once('upgrade', () => {
+          proxyReq.once('upgrade', (_res: IncomingMessage, up: net.Socket) => {
             switched = true;
             outcome.status = 101;
             outcome.error = undefined;
             // The target answered: a half-open trial's verdict now, not when the tunnel closes hours later.
             judge(true);
+            tunnelled(socket, up);
           });
           // A refusal (any answer but 101) is passed on framed as its own answer. http-proxy's listener would
           // write the target's headers as parsed (Transfer-Encoding and Connection among them) over the

@@ -2,6 +2,7 @@ import * as http from 'node:http';
 import * as net from 'node:net';
 import { WebSocket, WebSocketServer } from 'ws';
 import { loadConfig } from '../../runtime/config';
+import { TUNNEL_HALF_CLOSE_GRACE_MS } from '../../runtime/forward';
 import { limitHits, requestsTotal } from '../../runtime/metrics';
 import { makeTarget, Target } from '../../runtime/types';
 import { Running, start } from '../../runtime/worker';
@@ -90,8 +91,8 @@ describe('handshakes a target does not complete', () => {
   let proxy: Running | undefined;
 
   /** A raw target that calls `onHandshake` once it has read a handshake's head. */
-  async function proxyTo(onHandshake: (s: net.Socket) => void, env: Record<string, string> = {}): Promise<number> {
-    target = net.createServer((s) => {
+  async function proxyTo(onHandshake: (s: net.Socket) => void, env: Record<string, string> = {}, allowHalfOpen = false): Promise<number> {
+    target = net.createServer({ allowHalfOpen }, (s) => {
       sockets.push(s);
       s.on('error', () => undefined);
       let buf = '';
@@ -153,6 +154,27 @@ describe('handshakes a target does not complete', () => {
     expect(r.closed).toBe(true);
     expect(r.data.match(/HTTP\/1\.1/g)).toHaveLength(1);
     expect(r.data.endsWith('\r\n\r\nno')).toBe(true);
+  });
+
+  test('a client that ends its side of a tunnel whose target ignores the FIN: both are closed shortly after, and the slot is free', async () => {
+    const SWITCH = 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n';
+    // The target keeps its side open whatever comes (a raw socket server, allowHalfOpen).
+    const port = await proxyTo((s) => s.write(SWITCH), { POOL_SIZE: '1' }, true);
+    for (let i = 0; i < 3; i++) {
+      // Each tunnel is opened, then ended by the client with a FIN only; the next needs its slot (POOL_SIZE=1).
+      const client = net.connect({ host: '127.0.0.1', port, allowHalfOpen: true });
+      client.on('error', () => undefined);
+      let got = '';
+      client.on('data', (d) => (got += d.toString('latin1')));
+      const closed = new Promise<void>((r) => client.once('close', () => r()));
+      client.write(HANDSHAKE);
+      await until('the switch', () => got.startsWith('HTTP/1.1 101 '), 5000);
+      const ended = Date.now();
+      client.end();
+      await closed;
+      expect(Date.now() - ended).toBeGreaterThanOrEqual(TUNNEL_HALF_CLOSE_GRACE_MS - 100);
+      expect(Date.now() - ended).toBeLessThan(TUNNEL_HALF_CLOSE_GRACE_MS + 1500);
+    }
   });
 
   test('a tunnel the target resets after switching closes, with no HTTP answer written into it', async () => {
