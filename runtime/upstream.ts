@@ -196,6 +196,13 @@ class Conn {
     port: number,
   ) {
     this.socket = net.connect({ host, port, noDelay: true });
+    // A write that fails (EPIPE, ECONNRESET: the target closed while a body was going up) must not
+    // destroy the socket, as net.Socket's streams do by themselves: an answer the target sent first (an
+    // early 413) waits in the receive queue, read before the reset. Every other end destroys it
+    // explicitly (a failed read, the target's FIN below, ours).
+    const streams = this.socket as unknown as { _writableState: { autoDestroy: boolean }; _readableState: { autoDestroy: boolean } };
+    streams._writableState.autoDestroy = false;
+    streams._readableState.autoDestroy = false;
     const parser: Parser = new HTTPParser();
     parser.initialize(HTTPParser.RESPONSE, {}, MAX_RESPONSE_HEAD_BYTES, RESPONSE_LENIENCY);
     // A message starting with no request of ours under way (bytes after an answer's end, in the same
@@ -323,12 +330,19 @@ class Conn {
       parser.finish();
       this.releaseAfterRead = false; // a socket the target closed serves nobody else
       if (this.current) this.socket.destroy(badResponse('ECONNRESET', 'socket hang up'));
+      else this.socket.destroy();
     });
     this.socket.on('timeout', () => {
       if (this.current) this.current.timedOut();
       else this.socket.destroy();
     });
-    this.socket.on('error', (err: NodeJS.ErrnoException) => this.current?.socketError(err));
+    this.socket.on('error', (err: NodeJS.ErrnoException) => {
+      const x = this.current;
+      // The body could not go on, but what the target already said may still be read: its answer, or
+      // the read side's own end (a reset, a FIN), decides. Writes from here on wait in the socket.
+      if (err.syscall === 'write' && x && !x.res && !this.socket.destroyed) return;
+      x?.socketError(err);
+    });
     this.socket.on('close', () => {
       const x = this.current;
       this.current = undefined;

@@ -428,3 +428,42 @@ describe('an answer its target cuts mid-body reaches the client as cut, never as
     expect(got.data).toMatch(/\r\n\r\nall of it$/);
   });
 });
+
+describe('a target that refuses an upload early (413 and close, the body unread) is heard, not taken for a broken one', () => {
+  test('each large upload gets the 413, and the breaker stays closed for the GETs after', async () => {
+    const server = http.createServer((req, res) => {
+      if (req.method === 'POST') {
+        // Answers at the head and closes: the rest of the body is never read (the kernel resets it).
+        res.writeHead(413, { 'Content-Type': 'text/plain', Connection: 'close', 'Content-Length': '9' });
+        res.end('too large');
+        return;
+      }
+      res.end('fine');
+    });
+    const port = await listen(server);
+    const target = makeTarget('127.0.0.1', port);
+    proxy = await start(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: target.id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', CIRCUIT_BREAKER_THRESHOLD: '3' }), {});
+    try {
+      const body = Buffer.alloc(16 * 1024 * 1024, 'x');
+      const statuses: number[] = [];
+      for (let i = 0; i < 6; i++) {
+        statuses.push(
+          await new Promise<number>((resolve) => {
+            const req = http.request({ host: '127.0.0.1', port: proxy!.port, method: 'POST', path: '/upload', agent: false, headers: { 'Content-Length': body.length } }, (res) => {
+              res.resume();
+              resolve(res.statusCode ?? 0);
+            });
+            req.on('error', () => resolve(-1));
+            req.end(body);
+          }),
+        );
+      }
+      expect(statuses).toEqual([413, 413, 413, 413, 413, 413]);
+      expect(await request(proxy.port)).toMatchObject({ status: 200, body: 'fine' });
+    } finally {
+      server.closeAllConnections();
+      await close(server);
+    }
+  });
+});
+
