@@ -237,21 +237,6 @@ export class Request {
     return this.headers['transfer-encoding'] !== undefined || (cl !== undefined && cl !== '0');
   }
 
-  /** Every header, lower-cased, repeated ones joined as node:http joins them (for http-proxy's WebSocket pass). */
-  allHeaders(): Record<string, string | string[]> {
-    const out: Record<string, string | string[]> = {};
-    const raw = this.rawHeaders;
-    for (let i = 0; i < raw.length; i += 2) {
-      const k = raw[i].toLowerCase();
-      const v = raw[i + 1];
-      const had = out[k];
-      if (k === 'set-cookie') out[k] = had === undefined ? [v] : [...(had as string[]), v];
-      else if (had === undefined) out[k] = v;
-      else if (!FIRST_WINS.has(k)) out[k] = `${had as string}${k === 'cookie' ? '; ' : ', '}${v}`;
-    }
-    return out;
-  }
-
   /**
    * Sends the body to `sink` from here on: what was read before goes first, then each chunk as it is
    * parsed, then sink.end(). The client is not read while the sink pushes back.
@@ -341,13 +326,6 @@ export class Request {
     if (this.sink && !this.dropping) this.sink.end();
   }
 }
-
-// node:http keeps the first of these when repeated, and drops the rest.
-const FIRST_WINS = new Set([
-  'age', 'authorization', 'content-length', 'content-type', 'etag', 'expires', 'from', 'host', 'if-modified-since',
-  'if-unmodified-since', 'last-modified', 'location', 'max-forwards', 'proxy-authorization', 'referer',
-  'retry-after', 'server', 'user-agent',
-]);
 
 let dateSecond = -1;
 let dateValue = '';

@@ -32,7 +32,6 @@ export interface ForwardOptions {
   readonly trustForwardedProto?: boolean;
 }
 
-const first = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? v[0] : v);
 
 /**
  * X-Forwarded-Proto and X-Forwarded-Port for the target: the proxy's own (`http`, the port clients
@@ -234,6 +233,45 @@ export function upstreamHead(req: HeadSource, listenPort: string, trustForwarded
 }
 
 /**
+ * A WebSocket handshake's headers for http-proxy's pass, filtered as upstreamHead filters a plain
+ * request's (hop-by-hop ones and those Connection names, `X_Forwarded_For`-style spellings of guarded
+ * names, the client's Forwarded and X-Forwarded-*), with `Connection: Upgrade`, the client's Upgrade and
+ * X-Forwarded-* of ours. Lower-cased names, repeated ones joined as node:http joins them.
+ */
+export function handshakeHeaders(req: HeadSource & { readonly headers: { readonly upgrade?: string } }, listenPort: string, trustForwardedProto = false): Record<string, string | string[]> {
+  const raw = req.rawHeaders;
+  const listed = listedIn(req.headers.connection);
+  const out: Record<string, string | string[]> = {};
+  let xff: string | undefined;
+  let sentProto: string | undefined;
+  let sentPort: string | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    const lower = raw[i].toLowerCase();
+    const value = raw[i + 1];
+    if (HOP_BY_HOP.has(lower) || (listed?.names.has(lower) && lower !== 'host')) continue;
+    if (lower.includes('_') && GUARDED.has(lower.replace(/_/g, '-'))) continue;
+    if (OWN.has(lower)) {
+      if (lower === 'x-forwarded-for') xff = xff === undefined ? value : `${xff}, ${value}`;
+      else if (lower === 'x-forwarded-proto') sentProto ??= value;
+      else if (lower === 'x-forwarded-port') sentPort ??= value;
+      continue;
+    }
+    const had = out[lower];
+    if (had === undefined) out[lower] = value;
+    else if (lower === 'cookie') out[lower] = `${had as string}; ${value}`;
+    else out[lower] = Array.isArray(had) ? [...had, value] : [had, value];
+  }
+  out.connection = 'Upgrade';
+  if (req.headers.upgrade !== undefined) out.upgrade = req.headers.upgrade;
+  out['x-forwarded-for'] = xff ? `${xff}, ${req.ip}` : req.ip;
+  const fwd = forwardedProto(sentProto, sentPort, listenPort, trustForwardedProto);
+  out['x-forwarded-proto'] = fwd.proto;
+  out['x-forwarded-port'] = fwd.port;
+  if (req.headers.host !== undefined) out['x-forwarded-host'] = req.headers.host;
+  return out;
+}
+
+/**
  * The head for one try. An HTTP/1.0 client may send no Host, but what goes upstream is HTTP/1.1, which
  * requires one (RFC 9112 §3.2; node:http and nginx targets answer 400 without): the target's address
  * then, as nginx's `proxy_set_header Host $proxy_host` default gives.
@@ -404,15 +442,8 @@ export class Forwarder {
    */
   ws(req: Request, socket: net.Socket, head: Buffer, pool: Pool): Promise<Outcome> {
     const outcome: Outcome = { status: 101, target: undefined, attempts: 0, error: undefined };
-    // X-Forwarded-* as for plain requests; http-proxy copies these headers to the upstream request.
-    const headers = req.allHeaders();
-    const prior = headers['x-forwarded-for'];
-    headers['x-forwarded-for'] = prior ? `${String(prior)}, ${req.ip}` : req.ip;
-    const fwd = forwardedProto(first(headers['x-forwarded-proto']), first(headers['x-forwarded-port']), String(this.opts.listenPort()), this.opts.trustForwardedProto ?? false);
-    headers['x-forwarded-proto'] = fwd.proto;
-    headers['x-forwarded-port'] = fwd.port;
-    delete headers.forwarded;
-    if (req.headers.host !== undefined) headers['x-forwarded-host'] = req.headers.host;
+    // Filtered and X-Forwarded-* as for plain requests; http-proxy copies these headers to the upstream request.
+    const headers = handshakeHeaders(req, String(this.opts.listenPort()), this.opts.trustForwardedProto ?? false);
     // What http-proxy's WebSocket pass reads of a request.
     const handshake = { method: req.method, url: req.url, headers, socket } as unknown as IncomingMessage;
     return new Promise((resolve) => {

@@ -56,6 +56,9 @@ const ADDRESS_AUTHORITY = /^(?:\[|(?:[^:]*\.)?localhost\.?(?::|$)|(?:[^:]*\.)?(?
 // RFC 9110 §4.2 / RFC 3986 §3.2.2: reg-name or IP literal, then an optional port.
 const HOST_VALUE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::\d{0,5})?$/;
 
+/** A WebSocket handshake announcing a body (RFC 6455 §4.1: a GET, whose target would wait for it). */
+const HANDSHAKE_WITH_BODY: Refusal = { status: 400, reason: 'bad_framing', message: 'a WebSocket handshake has no body' };
+
 /**
  * Why a request was refused before routing, or undefined when it may go on. llhttp already refuses
  * most malformed input (Content-Length with Transfer-Encoding, two Content-Lengths, bad characters,
@@ -231,7 +234,9 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
 
   const onUpgrade = (req: Request, socket: net.Socket, head: Buffer): UpgradeHandler | void => {
     socket.on('error', () => undefined);
-    const bad = screen(req, config.maxHeaders, poolMode);
+    // A handshake is a GET without a body (RFC 6455 §4.1): one announcing a body would have its target
+    // wait for bytes that never come, until UPSTREAM_TIMEOUT, each wait a mark against its breaker.
+    const bad = screen(req, config.maxHeaders, poolMode) ?? (req.hasBody ? HANDSHAKE_WITH_BODY : undefined);
     if (bad) {
       rejectedRequests.labels({ reason: bad.reason }).inc();
       return rawAnswer(socket, bad.status, bad.message);

@@ -48,6 +48,60 @@ test('a handshake reaches the target with X-Forwarded-* of ours, and without the
   }
 });
 
+test('a handshake reaches the target without hop-by-hop headers, those its Connection names, or underscore spellings of guarded ones', async () => {
+  const heads: string[] = [];
+  const target = net.createServer((s) => {
+    s.on('error', () => undefined);
+    let buf = '';
+    s.on('data', (d) => {
+      buf += d.toString('latin1');
+      if (!buf.includes('\r\n\r\n')) return;
+      heads.push(buf.slice(0, buf.indexOf('\r\n\r\n')));
+      s.end('HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n');
+    });
+  });
+  const t = makeTarget('127.0.0.1', await listen(target));
+  const p = await start(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: t.id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off' }), {});
+  try {
+    const r = await rawExchange(
+      p.port,
+      'GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade, X-Secret\r\nX-Secret: 1\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n' +
+        'X_Forwarded_For: 6.6.6.6\r\nTransfer_Encoding: chunked\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nProxy-Authorization: Basic eDp5\r\nX-Forwarded-For: 203.0.113.7\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n',
+    );
+    expect(r.responses.map((x) => x.status)).toEqual([403]);
+    expect(heads).toHaveLength(1);
+    const lines = heads[0].split('\r\n').slice(1).map((l) => l.toLowerCase());
+    const names = lines.map((l) => l.slice(0, l.indexOf(':')));
+    for (const gone of ['x-secret', 'x_forwarded_for', 'transfer_encoding', 'keep-alive', 'proxy-connection', 'te', 'proxy-authorization', 'transfer-encoding', 'content-length']) {
+      expect(names).not.toContain(gone);
+    }
+    expect(lines).toEqual(expect.arrayContaining(['connection: upgrade', 'upgrade: websocket', 'x-forwarded-for: 203.0.113.7, 127.0.0.1', 'cookie: a=1; b=2', 'sec-websocket-version: 13']));
+  } finally {
+    await p.stop();
+    await close(target);
+  }
+});
+
+test('a handshake announcing a body is a 400 that reaches no target (a target would wait for it)', async () => {
+  let connections = 0;
+  const target = net.createServer((s) => {
+    connections++;
+    s.destroy();
+  });
+  const t = makeTarget('127.0.0.1', await listen(target));
+  const p = await start(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: t.id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off' }), {});
+  try {
+    for (const framing of ['Content-Length: 1\r\n', 'Transfer-Encoding: chunked\r\n']) {
+      const r = await rawExchange(p.port, `GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n${framing}\r\n`, { deadlineMs: 3000 });
+      expect(r.responses.map((x) => x.status)).toEqual([400]);
+    }
+    expect(connections).toBe(0);
+  } finally {
+    await p.stop();
+    await close(target);
+  }
+});
+
 test('at most POOL_SIZE WebSockets are open to one target; past it a 503, counted', async () => {
   const server = http.createServer();
   const wss = new WebSocketServer({ server });
