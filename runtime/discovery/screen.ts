@@ -54,6 +54,8 @@ export function usableAddress(host: string, loopback = false): boolean {
   }
   return !(
     (g[0] === 0x64 && g[1] === 0xff9b) || // NAT64: an IPv4 address behind a translator
+    g[0] === 0x2002 || // 6to4: an IPv4 address in bits 16-47 (2002:a9fe:a9fe:: carries 169.254.169.254)
+    (g[0] === 0x2001 && g[1] === 0) || // Teredo: an IPv4 server and client inside
     (g[0] & 0xffc0) === 0xfe80 || // link-local
     (g[0] & 0xffc0) === 0xfec0 || // site-local (deprecated)
     (g[0] & 0xff00) === 0xff00 || // multicast

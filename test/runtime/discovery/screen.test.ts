@@ -20,6 +20,8 @@ test.each([
   ['fd00:ec2::253', 'the instance DNS resolver'], ['0:0:0:0:0:0:0:1', 'loopback, uncompressed'], ['0::0', 'unspecified'],
   ['::ffff:0:0', 'the IPv4-mapped unspecified address'], ['::7f00:1', 'IPv4-compatible loopback'],
   ['::ffff:0:7f00:1', 'IPv4-translated loopback'], ['64:ff9b::a9fe:a9fe', 'NAT64 of the metadata address'],
+  ['2002:a9fe:a9fe::1', '6to4 carrying the metadata address'], ['2002:7f00:1::', '6to4 carrying loopback'],
+  ['2001:0:4136:e378:8000:63bf:3fff:fdd2', 'Teredo'],
   ['FE80::1', 'link-local, upper case'], ['fec0::1', 'site-local'], ['FF02::1', 'multicast, upper case'],
   ['::1%lo', 'loopback with a zone index'], ['fe80::1%eth0', 'link-local with a zone index'],
 ])('%s (%s) is not usable', (host) => {
