@@ -3,7 +3,7 @@
  * for why), and /metrics gathered from every worker plus the primary itself.
  */
 import type { Worker } from 'node:cluster';
-import { BreakerBoard } from './breaker';
+import { BreakerBoard, type BreakerState } from './breaker';
 import type { Config } from './config';
 import { StaticProvider } from './discovery/static';
 import { MetricsGather } from './gather';
@@ -57,6 +57,8 @@ export class Coordinator {
   private lastWatch: number | undefined;
   private readonly inUse = new Map<number, readonly Target[]>();
   private readonly verdicts = new Map<string, boolean>();
+  /** Targets whose breaker opened and has not closed since (for the log). */
+  private readonly opened = new Set<string>();
   private readonly health: HealthChecker | undefined;
   /** One circuit breaker per target for every worker (breaker.ts). */
   private readonly breakers: BreakerBoard;
@@ -169,6 +171,7 @@ export class Coordinator {
         // A worker already removed holds nothing: a trial granted to it would be held by nobody.
         if (!this.workers.has(worker.id)) break;
         const { snap, changed } = this.breakers.report(worker.id, m.id, m.ev);
+        if (changed) this.logBreaker(snap.id, snap.state);
         if (changed) this.broadcast({ t: 'breaker', snaps: [snap] }, worker);
         if (changed && snap.state === 'open') this.halfOpenAfter(snap.id, snap.remainingMs ?? 0);
         // The reporter hears last, after every other worker: its client's answer waits for this. A claim
@@ -249,6 +252,7 @@ export class Coordinator {
     const ids = new Set(all.map((t) => t.id));
     // Workers keep the board's word on targets they do not use (for when they do): let them drop it too.
     const forgotten = this.breakers.retain(ids);
+    for (const id of this.opened) if (!ids.has(id)) this.opened.delete(id);
     if (forgotten.length) this.broadcast({ t: 'breaker', snaps: forgotten });
     if (!this.health) return;
     for (const id of this.verdicts.keys()) if (!ids.has(id)) this.verdicts.delete(id);
@@ -256,9 +260,23 @@ export class Coordinator {
   }
 
   private verdict(id: string, up: boolean): void {
+    const before = this.verdicts.get(id);
+    // Said once per change for the fleet of workers: a target leaving rotation, and coming back.
+    if (!up) log('warn', 'target unhealthy', { target: id });
+    else if (before === false) log('info', 'target healthy again', { target: id });
     this.verdicts.set(id, up);
     for (const w of this.workers.values()) {
       if (this.inUse.get(w.id)?.some((t) => t.id === id)) this.send(w, { t: 'health', verdicts: [[id, up]] });
+    }
+  }
+
+  /** A breaker's opening, and its closing after it, said once for all workers. */
+  private logBreaker(id: string, state: BreakerState): void {
+    if (state === 'open' && !this.opened.has(id)) {
+      this.opened.add(id);
+      log('warn', 'circuit breaker open: target gets no requests until a trial succeeds', { target: id });
+    } else if (state === 'closed' && this.opened.delete(id)) {
+      log('info', 'circuit breaker closed: target back in rotation', { target: id });
     }
   }
 

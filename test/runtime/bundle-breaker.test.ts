@@ -77,6 +77,14 @@ describe('with several workers, one breaker per target', () => {
     await new Promise((r) => setTimeout(r, TIMEOUT_MS + 100));
     expect(await alternate(8)).toEqual(Array(8).fill(200));
     expect(bad.seen.length).toBeGreaterThanOrEqual(4 + 3);
+    // Said once for both workers: opened (the re-opening after a failed trial is not news), then closed.
+    const target = makeTarget('127.0.0.1', bad.port).id;
+    await until('the closing logged', () => p!.lines().some((l) => l.msg === 'circuit breaker closed: target back in rotation'));
+    const said = [...p.stderr.split('\n'), ...p.stdout.split('\n')].filter((l) => l.includes('"msg":"circuit breaker'));
+    expect(said.map((l) => [JSON.parse(l).msg, JSON.parse(l).target])).toEqual([
+      ['circuit breaker open: target gets no requests until a trial succeeds', target],
+      ['circuit breaker closed: target back in rotation', target],
+    ]);
   });
 
   test('with one target, the request right after a successful trial is forwarded by the other worker, not refused', async () => {

@@ -46,6 +46,8 @@ test('each target is health-checked once per period, not once per worker, and a 
     expect(sick.seen).toHaveLength(0);
     const m = await request(p.metricsPort, { path: '/metrics' });
     expect(Number(/^karma_requests_total\{route="pool",code="2xx"\} (\d+)$/m.exec(m.body)?.[1])).toBe(20);
+    // The primary says it once, not once per worker.
+    expect(p.stderr.split('\n').filter((l) => l.includes('"msg":"target unhealthy"') && l.includes(`127.0.0.1:${sick.port}`))).toHaveLength(1);
   } finally {
     await p.stop();
     await good.close();
