@@ -879,9 +879,11 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     const retracted = this.responded && this.res.retract();
     if (retracted) this.responded = false;
     if (this.responded) {
-      // Mid-response: the status is on its way already; cut the client off so it sees a short body.
+      // Mid-response: the status is on its way already; cut the client off so it sees a short body,
+      // and let go of the target's socket (a silent target's, timed out, would otherwise stay open).
       upstreamErrors.labels({ kind }).inc();
       failedConnections.labels({ target: this.s.target.id }).inc();
+      up?.destroy();
       this.res.destroy();
       this.settle(this.res.statusCode);
       return;

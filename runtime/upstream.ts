@@ -189,6 +189,8 @@ class Conn {
   timeoutMs = 0;
   /** When the socket last went idle in its pool (Date.now()). */
   idleSince = 0;
+  /** A write failed (the target closed while a body went up): its answer is still read, then it closes. */
+  private writeFailed = false;
 
   constructor(
     readonly pool: UpstreamPool | undefined,
@@ -292,7 +294,7 @@ class Conn {
       const x = this.current;
       if (!x) return;
       this.current = undefined;
-      const keep = x.keepAlive && this.pool !== undefined && !this.socket.destroyed;
+      const keep = x.keepAlive && this.pool !== undefined && !this.socket.destroyed && !this.writeFailed;
       // A target that answered before the whole request body was sent (nginx's `return`, an early 413)
       // and keeps the connection reads and discards the rest, as HTTP/1.1 asks: the body goes on, and the
       // socket is reused once it is all sent, as node:http's client does. (Destroying it instead cost a
@@ -339,9 +341,17 @@ class Conn {
     this.socket.on('error', (err: NodeJS.ErrnoException) => {
       const x = this.current;
       // The body could not go on, but what the target already said may still be read: its answer, or
-      // the read side's own end (a reset, a FIN), decides. Writes from here on wait in the socket.
-      if (err.syscall === 'write' && x && !x.res && !this.socket.destroyed) return;
+      // the read side's own end (a reset, a FIN), decides. Writes from here on wait in the socket, which
+      // serves no other request. net.Socket marked its readable side errored as well, which would hide
+      // the target's FIN ('end' never comes): that side has not failed, and is read on.
+      if (err.syscall === 'write' && x && !x.res && !this.socket.destroyed) {
+        this.writeFailed = true;
+        (this.socket as unknown as { _readableState: { errored: Error | null } })._readableState.errored = null;
+        return;
+      }
       x?.socketError(err);
+      // Not destroyed by net.Socket itself after a failed write (see the constructor): it serves nobody now.
+      if (!this.socket.destroyed) this.socket.destroy();
     });
     this.socket.on('close', () => {
       const x = this.current;

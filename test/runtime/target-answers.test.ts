@@ -465,5 +465,41 @@ describe('a target that refuses an upload early (413 and close, the body unread)
       await close(server);
     }
   });
+
+  test('a target that resets mid-upload without answering: a 502 at once, and no socket of its pool kept', async () => {
+    const server = net.createServer((sock) => {
+      sock.on('error', () => undefined);
+      let seen = 0;
+      sock.on('data', (d: Buffer) => {
+        if (d.toString('latin1').startsWith('GET ')) return void sock.write('HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfine');
+        seen += d.length;
+        if (seen > 64 * 1024) sock.resetAndDestroy();
+      });
+    });
+    const port = await listen(server);
+    const target = makeTarget('127.0.0.1', port);
+    proxy = await start(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: target.id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', RETRIES: '0', POOL_SIZE: '2', UPSTREAM_TIMEOUT: '20', CIRCUIT_BREAKER_THRESHOLD: '1000' }), {});
+    try {
+      const body = Buffer.alloc(4 * 1024 * 1024, 'x');
+      const started = Date.now();
+      for (let i = 0; i < 6; i++) {
+        const status = await new Promise<number>((resolve) => {
+          const req = http.request({ host: '127.0.0.1', port: proxy!.port, method: 'POST', path: '/upload', agent: false, headers: { 'Content-Length': body.length } }, (res) => {
+            res.resume();
+            resolve(res.statusCode ?? 0);
+          });
+          req.on('error', () => resolve(-1)); // the proxy may close before the client finished sending
+          req.end(body);
+        });
+        expect([502, -1]).toContain(status);
+      }
+      // Well within UPSTREAM_TIMEOUT: no try waited for an answer that could not come.
+      expect(Date.now() - started).toBeLessThan(10_000);
+      // POOL_SIZE=2: a socket kept from any of the six would leave no room for these.
+      for (let i = 0; i < 3; i++) expect(await request(proxy.port)).toMatchObject({ status: 200, body: 'fine' });
+    } finally {
+      await close(server);
+    }
+  });
 });
 
