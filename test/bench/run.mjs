@@ -53,8 +53,8 @@ function readSettings(env) {
   const cores = (name, dflt) => {
     const raw = env[name];
     if (raw === undefined || raw.trim() === '') return dflt;
-    const ids = /^\d+(-\d+)?(,\d+(-\d+)?)*$/.test(raw) ? raw.split(/[,-]/).map(Number) : [];
-    if (ids.length && ids.every((c) => c < os.cpus().length)) return raw;
+    const ranges = /^\d+(-\d+)?(,\d+(-\d+)?)*$/.test(raw) ? raw.split(',').map((r) => r.split('-').map(Number)) : [];
+    if (ranges.length && ranges.every(([a, b = a]) => a <= b && b < os.cpus().length)) return raw;
     bad.push(`${name}=${JSON.stringify(raw)}: cores as taskset takes them (e.g. 1 or 0,1), of 0–${os.cpus().length - 1}`);
     return dflt;
   };
@@ -82,7 +82,7 @@ function readSettings(env) {
   list('BENCH_SCENARIOS', (x) => SCENARIOS.some((sc) => sc.id === x), `scenarios are ${SCENARIOS.map((sc) => sc.id).join(', ')}`);
   const catalog = subjectCatalog({ dir: os.tmpdir(), core: '0', backendPort: 0, bundle: '' });
   const kinds = [...new Set(catalog.map((x) => x.kind)), 'prototype'];
-  list('BENCH_SUBJECTS', (x) => catalog.some((c) => c.id === x) || kinds.includes(x) || x.startsWith('proto:'), `subjects are ${catalog.map((c) => c.id).join(', ')}, or kinds ${kinds.join(', ')}`);
+  list('BENCH_SUBJECTS', (x) => catalog.some((c) => c.id === x) || kinds.includes(x) || (x.startsWith('proto:') && env.BENCH_PROTOTYPES === '1'), `subjects are ${catalog.map((c) => c.id).join(', ')}, or kinds ${kinds.join(', ')}`);
   oneOf('BENCH_PROTOTYPES', ['0', '1']);
   oneOf('BENCH_BACKEND', ['node']);
   oneOf('BENCH_LOADGEN', ['autocannon']);
@@ -367,6 +367,7 @@ async function main() {
           rows.push(row);
           say(`  ${s.id.padEnd(18)} ${num(row.bytes / 2 ** 30, 2)} GiB at ${num(row.mbps)} MB/s  rss idle ${num(row.workerRssIdleMiB, 1)} → after ${num(row.workerRssAfterMiB, 1)} MiB, peak ${num(row.workerHwmMiB, 1)} MiB${d.error || d.status !== 200 ? ` error ${d.error ?? `status ${d.status}`}` : ''}`);
         } catch (e) {
+          if (!inst) unstartable.add(s.id);
           skipped[`${s.id}@${sc.id}`] = e.message;
           say(`  ${s.id}: failed (${e.message.split('\n')[0]})`);
         } finally {
