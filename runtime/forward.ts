@@ -32,7 +32,6 @@ export interface ForwardOptions {
   readonly trustForwardedProto?: boolean;
 }
 
-
 /**
  * X-Forwarded-Proto and X-Forwarded-Port for the target: the proxy's own (`http`, the port clients
  * connected to), or, with TRUST_FORWARDED_PROTO, the first of those the client sent when it is `http` or
@@ -233,41 +232,27 @@ export function upstreamHead(req: HeadSource, listenPort: string, trustForwarded
 }
 
 /**
- * A WebSocket handshake's headers for http-proxy's pass, filtered as upstreamHead filters a plain
- * request's (hop-by-hop ones and those Connection names, `X_Forwarded_For`-style spellings of guarded
- * names, the client's Forwarded and X-Forwarded-*), with `Connection: Upgrade`, the client's Upgrade and
- * X-Forwarded-* of ours. Lower-cased names, repeated ones joined as node:http joins them.
+ * A WebSocket handshake's headers for http-proxy's pass: the lines upstreamHead renders for a plain
+ * request (its filters and X-Forwarded-* of ours, one rule for both paths), as an object of lower-cased
+ * names, repeated ones as node:http sends them, with `Connection: Upgrade` and the client's Upgrade.
+ * Handshakes are rare: the head is rendered and read back rather than filtered a second way.
  */
 export function handshakeHeaders(req: HeadSource & { readonly headers: { readonly upgrade?: string } }, listenPort: string, trustForwardedProto = false): Record<string, string | string[]> {
-  const raw = req.rawHeaders;
-  const listed = listedIn(req.headers.connection);
+  const lines = upstreamHead(req, listenPort, trustForwardedProto).head.split('\r\n');
   const out: Record<string, string | string[]> = {};
-  let xff: string | undefined;
-  let sentProto: string | undefined;
-  let sentPort: string | undefined;
-  for (let i = 0; i < raw.length; i += 2) {
-    const lower = raw[i].toLowerCase();
-    const value = raw[i + 1];
-    if (HOP_BY_HOP.has(lower) || (listed?.names.has(lower) && lower !== 'host')) continue;
-    if (lower.includes('_') && GUARDED.has(lower.replace(/_/g, '-'))) continue;
-    if (OWN.has(lower)) {
-      if (lower === 'x-forwarded-for') xff = xff === undefined ? value : `${xff}, ${value}`;
-      else if (lower === 'x-forwarded-proto') sentProto ??= value;
-      else if (lower === 'x-forwarded-port') sentPort ??= value;
-      continue;
-    }
-    const had = out[lower];
-    if (had === undefined) out[lower] = value;
-    else if (lower === 'cookie') out[lower] = `${had as string}; ${value}`;
-    else out[lower] = Array.isArray(had) ? [...had, value] : [had, value];
+  // After the request line, up to the empty line that ends the head.
+  for (let i = 1; i < lines.length && lines[i] !== ''; i++) {
+    const line = lines[i];
+    const colon = line.indexOf(': ');
+    const name = line.slice(0, colon).toLowerCase();
+    const value = line.slice(colon + 2);
+    const had = out[name];
+    if (had === undefined) out[name] = value;
+    else if (name === 'cookie') out[name] = `${had as string}; ${value}`;
+    else out[name] = Array.isArray(had) ? [...had, value] : [had, value];
   }
   out.connection = 'Upgrade';
   if (req.headers.upgrade !== undefined) out.upgrade = req.headers.upgrade;
-  out['x-forwarded-for'] = xff ? `${xff}, ${req.ip}` : req.ip;
-  const fwd = forwardedProto(sentProto, sentPort, listenPort, trustForwardedProto);
-  out['x-forwarded-proto'] = fwd.proto;
-  out['x-forwarded-port'] = fwd.port;
-  if (req.headers.host !== undefined) out['x-forwarded-host'] = req.headers.host;
   return out;
 }
 
