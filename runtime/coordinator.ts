@@ -73,12 +73,7 @@ export class Coordinator {
   private readonly asked = new Map<string, number>();
   private readonly inflight = new Map<string, Promise<Target[]>>();
   /** /metrics summed over this process and its workers. */
-  private readonly gather = new MetricsGather(() => {
-    // Targets in use, or found for a route still asked for (a replacement worker reports its targets in
-    // use only once requests come; until then a dead worker's series of them must not drop).
-    const targets = new Set([...this.inUse.values(), ...[...this.fresh.values()].map((c) => c.targets)].flatMap((ts) => ts.map((t) => t.id)));
-    return { routes: this.asked, targets };
-  });
+  private readonly gather = new MetricsGather(() => ({ routes: this.asked, targets: new Set(this.kept().map((t) => t.id)) }));
 
   constructor(
     config: Config,
@@ -171,9 +166,11 @@ export class Coordinator {
         // A worker already removed holds nothing: a trial granted to it would be held by nobody.
         if (!this.workers.has(worker.id)) break;
         const { snap, changed } = this.breakers.report(worker.id, m.id, m.ev);
-        if (changed) this.logBreaker(snap.id, snap.state);
-        if (changed) this.broadcast({ t: 'breaker', snaps: [snap] }, worker);
-        if (changed && snap.state === 'open') this.halfOpenAfter(snap.id, snap.remainingMs ?? 0);
+        if (changed) {
+          this.logBreaker(snap.id, snap.state);
+          this.broadcast({ t: 'breaker', snaps: [snap] }, worker);
+          if (snap.state === 'open') this.halfOpenAfter(snap.id, snap.remainingMs ?? 0);
+        }
         // The reporter hears last, after every other worker: its client's answer waits for this. A claim
         // on the trial is always answered (granted, held elsewhere, or still open by the board's clock).
         if (changed || m.n !== undefined) this.send(worker, { t: 'breaker', snaps: [snap], n: m.n });
@@ -243,12 +240,17 @@ export class Coordinator {
   }
 
   /**
-   * Checks and breakers follow the targets in use, and those found for routes still asked for: a
-   * worker that died (and its replacement, which reports its targets only as requests come) must not
-   * take the fleet's word on them along, or a target whose breaker is open would get requests again.
+   * The targets the primary keeps what it knows of (metric series, checks, breakers): those in use, and
+   * those found for routes still asked for. A worker that died, and its replacement (which reports its
+   * targets only as requests come), must not take them along: a dead worker's series would drop, and a
+   * target whose breaker is open would get requests again.
    */
+  private kept(): Target[] {
+    return sortTargets([...this.inUse.values(), ...[...this.fresh.values()].map((c) => c.targets)].flat());
+  }
+
   private syncHealth(): void {
-    const all = sortTargets([...this.inUse.values(), ...[...this.fresh.values()].map((c) => c.targets)].flat());
+    const all = this.kept();
     const ids = new Set(all.map((t) => t.id));
     // Workers keep the board's word on targets they do not use (for when they do): let them drop it too.
     const forgotten = this.breakers.retain(ids);
