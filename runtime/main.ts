@@ -1,7 +1,7 @@
 /**
  * Wiring: the primary process checks the configuration, forks WORKERS workers that share the port,
  * replaces any that dies, serves /metrics (summed over all workers) and /healthz, and on SIGTERM or
- * SIGINT lets every worker finish its in-flight requests before it exits 0.
+ * SIGINT lets every worker finish its in-flight requests before it exits 0. SIGHUP is ignored.
  */
 import cluster, { Worker } from 'node:cluster';
 import * as fs from 'node:fs';
@@ -206,6 +206,10 @@ async function runPrimary(config: Config): Promise<void> {
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+  // Node's default for SIGHUP is to exit on the spot, cutting every connection. A proxy is a daemon:
+  // a closed terminal, or a `kill -HUP` meant as nginx's "reload", must not take it down. Settings are
+  // read once, at start, so there is nothing to reload: said, and the proxy serves on.
+  process.on('SIGHUP', () => log('info', 'SIGHUP ignored: settings are read at start; restart the proxy to change them'));
 
   for (let i = 0; i < config.workers; i++) fork();
 }

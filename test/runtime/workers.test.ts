@@ -139,6 +139,24 @@ test('a worker that dies is replaced, and the proxy keeps serving meanwhile', as
   }
 });
 
+test('a hang-up (SIGHUP to the primary and its workers, as a closed terminal sends) is said once and ignored: the same processes serve on', async () => {
+  const backend = await startBackend('ok');
+  const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, WORKERS: '2', HEALTH_CHECK_PATH: 'off' });
+  try {
+    const workers = p.workers();
+    expect(workers).toHaveLength(2);
+    for (const pid of [p.child.pid as number, ...workers]) process.kill(pid, 'SIGHUP');
+    await until('the hang-up said', () => p.stdout.includes('SIGHUP ignored'));
+    for (let i = 0; i < 10; i++) expect((await request(p.port)).body).toBe('ok');
+    expect(p.workers()).toEqual(workers);
+    expect(p.stderr).not.toContain('worker died');
+    expect(p.stdout.split('SIGHUP ignored').length - 1).toBe(1);
+  } finally {
+    await p.stop();
+    await backend.close();
+  }
+});
+
 test('a worker whose event loop is stuck (stopped) is killed after WORKER_STUCK_TIMEOUT and replaced; busy ones are not', async () => {
   const backend = await startBackend('ok');
   const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, WORKERS: '2', HEALTH_CHECK_PATH: 'off', WORKER_STUCK_TIMEOUT: '1' });
