@@ -11,7 +11,8 @@
 //                    alt:undici,alt:http-proxy,alt:http-proxy-3,alt:raw-upstream,alt:raw-both, or
 //                    baseline,peer,alternative,prototype
 //   BENCH_PROTOTYPES 1: also build and measure test/bench/prototypes/*.patch applied to runtime/
-//   BENCH_PROXY_CORE / BENCH_LOAD_CORE  cores for the proxy / for load generator + backend (1 / 0)
+//   BENCH_PROXY_CORE / BENCH_LOAD_CORE  cores for the proxy / for load generator + backend (the
+//                    last / the first CPU the run may use: 1 / 0 on two)
 //   BENCH_BACKEND=node  use test/bench/backend.mjs even when nginx is installed
 //   BENCH_LOADGEN=autocannon  use autocannon even when wrk is installed
 //   BENCH_NODE_OPTIONS  NODE_OPTIONS for Karma's processes; loses to the workers' own V8 flags
@@ -28,7 +29,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { buildPacer, drive, loadGenerator } from './lib/load.mjs';
 import { buildPrototypes } from './lib/prototypes.mjs';
-import { hasProc, memory, privateMemory, Sampler, sleep, spawnPinned, taskset } from './lib/proc.mjs';
+import { allowedCores, hasProc, memory, privateMemory, Sampler, sleep, spawnPinned, taskset } from './lib/proc.mjs';
 import { BENCH_DIR, ROOT, startBackend, subjectCatalog, version } from './lib/subjects.mjs';
 
 const say = (s = '') => process.stdout.write(s + '\n');
@@ -50,12 +51,13 @@ function readSettings(env) {
     bad.push(`${name}=${JSON.stringify(raw)}: a whole number ≥ ${min}`);
     return dflt;
   };
+  const allowed = allowedCores();
   const cores = (name, dflt) => {
     const raw = env[name];
     if (raw === undefined || raw.trim() === '') return dflt;
     const ranges = /^\d+(-\d+)?(,\d+(-\d+)?)*$/.test(raw) ? raw.split(',').map((r) => r.split('-').map(Number)) : [];
-    if (ranges.length && ranges.every(([a, b = a]) => a <= b && b < os.cpus().length)) return raw;
-    bad.push(`${name}=${JSON.stringify(raw)}: cores as taskset takes them (e.g. 1 or 0,1), of 0–${os.cpus().length - 1}`);
+    if (ranges.length && ranges.every(([a, b = a]) => a <= b && Array.from({ length: b - a + 1 }, (_, i) => a + i).every((c) => allowed.includes(c)))) return raw;
+    bad.push(`${name}=${JSON.stringify(raw)}: cores as taskset takes them (e.g. 1 or 0,1), of those this process may use: ${allowed.join(',')}`);
     return dflt;
   };
   const oneOf = (name, values) => {
@@ -73,8 +75,9 @@ function readSettings(env) {
     DURATION: wholeNumber('BENCH_DURATION', 6, 1),
     WARMUP: wholeNumber('BENCH_WARMUP', 2, 0),
     REPEAT: wholeNumber('BENCH_REPEAT', 1, 1),
-    PROXY_CORE: cores('BENCH_PROXY_CORE', '1'),
-    LOAD_CORE: cores('BENCH_LOAD_CORE', '0'),
+    // By default the last CPU this process may use for the proxy, the first for the rest.
+    PROXY_CORE: cores('BENCH_PROXY_CORE', String(allowed[allowed.length - 1])),
+    LOAD_CORE: cores('BENCH_LOAD_CORE', String(allowed[0])),
   };
   if (env.BENCH_LATENCY_RATE !== undefined && env.BENCH_LATENCY_RATE !== '' && !(Number(env.BENCH_LATENCY_RATE) > 0)) {
     bad.push(`BENCH_LATENCY_RATE=${JSON.stringify(env.BENCH_LATENCY_RATE)}: requests per second, > 0`);

@@ -1,5 +1,6 @@
 // Process accounting from /proc: CPU time and memory of a process tree, and of the whole machine,
 // so a run can say how much of a core the proxy used and how much CPU others took meanwhile.
+import * as os from 'node:os';
 import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
@@ -96,6 +97,26 @@ export function onPath(cmd) {
 }
 
 export const taskset = onPath('taskset');
+
+/**
+ * The CPUs this process may run on (Linux's Cpus_allowed_list: a container's cpuset, or a taskset
+ * around the run), which is what taskset may pin to; every CPU where that is not readable.
+ */
+export function allowedCores() {
+  try {
+    const list = /^Cpus_allowed_list:\s*(\S+)$/m.exec(fs.readFileSync('/proc/self/status', 'utf8'))?.[1];
+    if (list) {
+      const cores = list.split(',').flatMap((r) => {
+        const [a, b = a] = r.split('-').map(Number);
+        return Array.from({ length: b - a + 1 }, (_, i) => a + i);
+      });
+      if (cores.length > 0 && cores.every(Number.isInteger)) return cores;
+    }
+  } catch {
+    // not Linux, or no /proc
+  }
+  return os.cpus().map((_, i) => i);
+}
 
 // Every process the bench starts, so none outlives it when it fails or is interrupted.
 const children = new Set();
