@@ -397,10 +397,11 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       assumedBy: new iam.ServicePrincipal('ec2.amazonaws.com'),
       description: 'Karma Proxy instances: discovery reads, its bundle, its cache secret, its addresses, Session Manager',
     });
-    // A given role gets this construct's statements in a policy of its own, where they are acknowledged
-    // for cdk-nag: acknowledging on the user's role would hide the user's own findings. (Not an immutable
-    // one: a policy would attach to it all the same, which is what immutable forbids.)
-    this.permissions = ownRole || dropsStatements(this.role) ? this.role : new iam.Policy(this, 'RolePolicy', { roles: [this.role] });
+    // This construct's statements go in a policy of their own, where they are acknowledged for cdk-nag:
+    // acknowledging on the role would hide the user's own findings, a given role's or what a user adds
+    // to `role` later (its default policy). (Not on an immutable role: a policy would attach to it all
+    // the same, which is what immutable forbids.)
+    this.permissions = dropsStatements(this.role) ? this.role : new iam.Policy(this, 'RolePolicy', { roles: [this.role] });
     if (ownRole) {
       // Session Manager is the only way in (no SSH key, no open port). What its agent needs and no more:
       // AmazonSSMManagedInstanceCore would also let an internet-facing instance read every Parameter

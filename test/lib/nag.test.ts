@@ -55,6 +55,15 @@ test("a role the user brings keeps its own findings: the proxy's statements come
   expect(Template.fromStack(stack).findResources('AWS::IAM::Policy', { Properties: { PolicyName: Match.stringLikeRegexp('ProxyRolePolicy') } })).not.toEqual({});
 });
 
+test("what a user adds to the construct's own role later is checked: the acknowledgments stay on the proxy's own policy", () => {
+  const stack = new Stack(new App(), 'Test');
+  const proxy = new KarmaProxy(stack, 'Proxy', { domain: 'apps.example.com', redis: false });
+  proxy.role.addToPrincipalPolicy(new iam.PolicyStatement({ actions: ['s3:GetObject'], resources: ['*'] }));
+  const violations = new AwsSolutionsChecks().validateScope(stack).violations;
+  const found = violations.filter((v) => v.ruleName.startsWith('AwsSolutions-IAM5')).flatMap((v) => v.violatingResources.map((r) => `${v.ruleName} at ${r.constructPath}`));
+  expect(found).toEqual(['AwsSolutions-IAM5[Resource::*] at Test/Proxy/Role/DefaultPolicy/Resource']);
+});
+
 test('the pack registered on the app the documented way lets synth through', () => {
   const { app } = makeStack({});
   Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
