@@ -136,8 +136,9 @@ export interface KarmaProxyProps {
    * deploy after AWS publishes a new image replaces the fleet.
    * @default the latest Amazon Linux 2023 arm64 image (SSM parameter, resolved by CloudFormation) */
   readonly machineImage?: ec2.IMachineImage;
-  /** How long CloudFormation waits for an instance to boot, become healthy and claim its address. The
-   * boot's wait for a free address is what this leaves after 10 minutes (at least 1, at most 10).
+  /** How long CloudFormation waits for an instance to boot, become healthy and claim its address: from
+   * 5 minutes to 1 hour (a rolling update's pause may not be longer). The boot's wait for a free address
+   * is what this leaves after 10 minutes (at least 1, at most 10).
    * @default 20 minutes */
   readonly signalTimeout?: Duration;
   /** Local path of the runtime bundle, uploaded as an asset.
@@ -191,6 +192,8 @@ export interface KarmaProxyProps {
    * @default 30 seconds */
   readonly shutdownTimeout?: Duration;
   /** Any runtime env var, written last to /etc/karma-proxy/env: it overrides what the props above set.
+   * Not those the resources are wired for: PORT and HOST (port 80 on every address), AWS_REGION, and
+   * NODE_FILTER, ALLOWED_CLUSTERS and DOMAIN unless they agree with the props they come from.
    * @default none */
   readonly environment?: Record<string, string>;
 }
@@ -203,6 +206,9 @@ const DISCOVERY_MODES: readonly DiscoveryMode[] = ['ecs', 'asg', 'tag', 'static'
 const HEALTH_WAIT_SECONDS = 300;
 /** What the boot may take besides its two waits: swap, dnf, the bundle, the unit (a few minutes at worst). */
 const BOOT_SECONDS = 300;
+/** signalTimeout's bounds: a boot's own minimum, and CloudFormation's longest rolling-update pause (PT1H). */
+const MIN_SIGNAL_SECONDS = 5 * 60;
+const MAX_SIGNAL_SECONDS = 60 * 60;
 
 /** What an instance needs of the CDK asset bucket: `aws s3 cp` of one object (HeadObject is GetObject's). */
 const BUNDLE_READ_ACTIONS = ['s3:GetObject'];
@@ -873,6 +879,11 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     if (!v.useRedis && props.redisNodeType !== undefined) {
       problems.push('redisNodeType is set but redis is false');
     }
+    const signalSeconds = props.signalTimeout?.toSeconds({ integral: false });
+    if (signalSeconds !== undefined && known(signalSeconds) && (signalSeconds < MIN_SIGNAL_SECONDS || signalSeconds > MAX_SIGNAL_SECONDS)) {
+      problems.push(`signalTimeout (${props.signalTimeout?.toHumanString()}) must be from 5 minutes to 1 hour: ` +
+        "CloudFormation pauses a rolling update at most an hour, and a shorter wait can end before a new instance's boot does");
+    }
     if (known(v.rootVolumeSize) && (!Number.isInteger(v.rootVolumeSize) || v.rootVolumeSize < 8 || v.rootVolumeSize > 16384)) {
       problems.push(`rootVolumeSize (${v.rootVolumeSize}) must be a whole number of GB from 8 (the image's size) to 16384`);
     }
@@ -940,6 +951,12 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     const envPort = v.environment.PORT;
     if (envPort !== undefined && known(envPort) && envPort.trim() !== String(KarmaProxy.HTTP_PORT)) {
       problems.push(`environment.PORT '${envPort}' cannot move the proxy off port ${KarmaProxy.HTTP_PORT}: the security group and the health probe are wired for it`);
+    }
+    // The health probe asks the metrics listener: a proxy listening on loopback alone would pass it and
+    // serve nobody.
+    const envHost = v.environment.HOST;
+    if (envHost !== undefined && known(envHost) && !['0.0.0.0', '::', '[::]'].includes(envHost.trim())) {
+      problems.push(`environment.HOST '${envHost}' cannot narrow where the proxy listens: clients reach it on the instance's addresses (0.0.0.0 or :: only)`);
     }
     const envShutdown = v.environment.SHUTDOWN_TIMEOUT;
     if (envShutdown !== undefined && known(envShutdown) && !/^\d+(\.\d+)?$/.test(envShutdown.trim())) {
@@ -1054,6 +1071,16 @@ function subnetProblems(vpc: ec2.IVpc, vpcSubnets: ec2.SubnetSelection | undefin
   } else {
     const why = mismatch('vpcSubnets', vpcSubnets);
     if (why) problems.push(`${why}: select public subnets it has, or leave vpcSubnets out`);
+    else {
+      // A group name or explicit subnets may pick the VPC's private or isolated ones (subnets it does not
+      // know the kind of are taken as given).
+      const notPublic = new Set([...vpc.privateSubnets, ...vpc.isolatedSubnets].map((sn) => sn.subnetId));
+      const wrong = vpc.selectSubnets(vpcSubnets).subnets.filter((sn) => notPublic.has(sn.subnetId));
+      if (wrong.length > 0) {
+        problems.push(`vpcSubnets (${describeSelection(vpcSubnets)}) selects ${wrong.length} private or isolated subnet(s): ${onlyPublic}. ` +
+          'Select public subnets, or leave vpcSubnets out');
+      }
+    }
   }
   if (cacheSubnets !== undefined) {
     const why = mismatch('cacheSubnets', cacheSubnets);

@@ -75,6 +75,11 @@ describe('one problem, its exact message', () => {
       "environment.ALLOWED_CLUSTERS is set beside clusters: set clusters alone (the role's permissions follow it)"],
     ['metrics on port 0, where the boot cannot reach /healthz', { environment: { METRICS_PORT: '0' } },
       "environment.METRICS_PORT '0' must be a port number from 1 to 65535 (the boot waits for /healthz on it)"],
+    ['the proxy listening on loopback alone through environment', { environment: { HOST: '127.0.0.1' } },
+      "environment.HOST '127.0.0.1' cannot narrow where the proxy listens: clients reach it on the instance's addresses (0.0.0.0 or :: only)"],
+    ['a signal wait longer than a rolling update may pause', { signalTimeout: Duration.hours(2) },
+      'signalTimeout (2 hours) must be from 5 minutes to 1 hour: CloudFormation pauses a rolling update at most an hour'],
+    ['a signal wait shorter than a boot', { signalTimeout: Duration.minutes(1) }, 'signalTimeout (1 minute) must be from 5 minutes to 1 hour'],
     ['a missing bundle', { bundlePath: '/nonexistent/karma-proxy.js' },
       "bundle '/nonexistent/karma-proxy.js' does not exist: run 'npm run build' first (or set bundlePath)"],
     // (A rest parameter: jest would take a fourth named one for a done callback on three-item rows.)
@@ -155,6 +160,16 @@ describe('where the proxy and the cache run: checked against the VPC, in words t
       'vpcSubnets selects subnetType PRIVATE_ISOLATED: the proxy runs in public subnets, the only ones where its ' +
       'Elastic IPs are reachable and it reaches packages and AWS APIs without a NAT gateway. Select public subnets, ' +
       'or leave vpcSubnets out'],
+    ['vpcSubnets naming the group of isolated subnets',
+      () => ({ vpcSubnets: { subnetGroupName: 'Cache' } }),
+      "vpcSubnets (subnetGroupName 'Cache') selects 2 private or isolated subnet(s): the proxy runs in public subnets"],
+    ['vpcSubnets listing a private subnet of an imported VPC',
+      (stack) => {
+        const vpc = ec2.Vpc.fromVpcAttributes(stack, 'Vpc', { ...attrs, publicSubnetIds: ['subnet-0aaaaaaaaaaaaaaa1', 'subnet-0aaaaaaaaaaaaaaa2'],
+          privateSubnetIds: ['subnet-0bbbbbbbbbbbbbbb1', 'subnet-0bbbbbbbbbbbbbbb2'] });
+        return { vpc, vpcSubnets: { subnets: [ec2.Subnet.fromSubnetId(stack, 'Inside', 'subnet-0bbbbbbbbbbbbbbb1')] } };
+      },
+      'vpcSubnets (subnets subnet-0bbbbbbbbbbbbbbb1) selects 1 private or isolated subnet(s)'],
     ['cacheSubnets of a kind the VPC does not have',
       () => ({ redis: true, cacheSubnets: { subnetType: ec2.SubnetType.PRIVATE_WITH_EGRESS } }),
       'cacheSubnets (subnetType PRIVATE_WITH_EGRESS) matches no subnet of vpc (it has 2 public, 0 private, 2 isolated ' +
@@ -167,6 +182,9 @@ describe('where the proxy and the cache run: checked against the VPC, in words t
   });
 
   test('the selections a VPC can satisfy are fine', () => {
+    expect(build({ signalTimeout: Duration.minutes(5) })).not.toThrow();
+    expect(build({ signalTimeout: Duration.hours(1) })).not.toThrow();
+    expect(build({ environment: { HOST: '::' } })).not.toThrow();
     for (const vpcSubnets of [{ subnetGroupName: 'Public' }, { subnetType: ec2.SubnetType.PUBLIC, onePerAz: true }]) {
       expect(build({ vpcSubnets })).not.toThrow();
     }
