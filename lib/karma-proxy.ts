@@ -26,7 +26,7 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import * as route53 from 'aws-cdk-lib/aws-route53';
 import * as s3assets from 'aws-cdk-lib/aws-s3-assets';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
-import { Construct } from 'constructs';
+import { Construct, IConstruct } from 'constructs';
 import { ConfigError, loadConfig } from '../runtime/config';
 import { CostEstimate, PRICES, estimateMonthlyCost } from './cost';
 import { INSTANCE_PATHS, renderBootstrap, renderEnvFile, renderUnit } from './user-data';
@@ -828,6 +828,11 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
         }
       }
     }
+    const taken = props.hostedZone && v.domain !== undefined && known(v.domain) ? recordOwner(this, props.hostedZone, v.domain) : undefined;
+    if (taken !== undefined) {
+      problems.push(`domain '${v.domain}': ${taken} already has the record *.${v.domain} in this hosted zone, and Route53 ` +
+        'keeps one record of a name: give each proxy a domain of its own');
+    }
     const envDomain = v.environment.DOMAIN;
     if (v.discovery === 'ecs' && !v.domain && !envDomain) {
       problems.push("domain is required when discovery is 'ecs' (routes are <service>-<port>-<cluster>.<domain>)");
@@ -1091,6 +1096,25 @@ function subnetProblems(vpc: ec2.IVpc, vpcSubnets: ec2.SubnetSelection | undefin
 
 function subnetTypeName(type: ec2.SubnetType): string {
   return Object.entries(ec2.SubnetType).find(([, value]) => value === type)?.[0] ?? String(type);
+}
+
+/** The wildcard records of the app's proxies: the app's root, then `<zone> *.<domain>` and who has it. */
+const RECORDS = new WeakMap<IConstruct, Map<string, string>>();
+
+/**
+ * The path of another proxy of this app with the record `*.<domain>` in `zone`, or undefined (and the
+ * record is this proxy's from now on). A zone is its id, or where it is in the app when that is a token.
+ */
+function recordOwner(proxy: Construct, zone: route53.IHostedZone, domain: string): string | undefined {
+  const root = proxy.node.root;
+  const records = RECORDS.get(root) ?? new Map<string, string>();
+  RECORDS.set(root, records);
+  const zoneKey = Token.isUnresolved(zone.hostedZoneId) ? zone.node.path : zone.hostedZoneId;
+  const key = `${zoneKey} *.${domain.toLowerCase()}`;
+  const owner = records.get(key);
+  if (owner !== undefined && owner !== proxy.node.path) return owner;
+  records.set(key, proxy.node.path);
+  return undefined;
 }
 
 /** `2 public (us-east-1a, us-east-1b), 0 private, 2 isolated subnets`: AZs when they are known at synth. */

@@ -268,3 +268,31 @@ describe('the stack', () => {
       .toContain("domain 'x.other.com' is not inside hosted zone 'example.com'");
   });
 });
+
+describe('two proxies of one app cannot share a wildcard record', () => {
+  const zoneOf = (stack: Stack): route53.IHostedZone =>
+    route53.HostedZone.fromHostedZoneAttributes(stack, 'Zone', { hostedZoneId: 'Z0TEST', zoneName: 'example.com' });
+
+  test('in one stack, or in two stacks importing the same zone: the second is refused, naming the first', () => {
+    const app = new App();
+    const blue = new Stack(app, 'Blue');
+    const zone = zoneOf(blue);
+    new KarmaProxy(blue, 'Proxy', { hostedZone: zone, redis: false });
+    expect(messageOf(() => new KarmaProxy(blue, 'Again', { hostedZone: zone, redis: false })))
+      .toContain("domain 'example.com': Blue/Proxy already has the record *.example.com in this hosted zone");
+    const green = new Stack(app, 'Green');
+    expect(messageOf(() => new KarmaProxy(green, 'Proxy', { hostedZone: zoneOf(green), domain: 'Example.com.', redis: false })))
+      .toContain("domain 'example.com': Blue/Proxy already has the record *.example.com in this hosted zone");
+  });
+
+  test('a domain of its own each, or a zone of its own each, is fine', () => {
+    const app = new App();
+    const stack = new Stack(app, 'Test');
+    const zone = zoneOf(stack);
+    expect(() => new KarmaProxy(stack, 'Blue', { hostedZone: zone, domain: 'blue.example.com', redis: false })).not.toThrow();
+    expect(() => new KarmaProxy(stack, 'Green', { hostedZone: zone, domain: 'green.example.com', redis: false })).not.toThrow();
+    const other = route53.HostedZone.fromHostedZoneAttributes(stack, 'Other', { hostedZoneId: 'Z0OTHER', zoneName: 'example.com' });
+    expect(() => new KarmaProxy(stack, 'Elsewhere', { hostedZone: other, domain: 'blue.example.com', redis: false })).not.toThrow();
+  });
+});
+
