@@ -75,7 +75,9 @@ export interface KarmaProxyProps {
   /** Where the cache runs.
    * @default the VPC's isolated subnets, else its private subnets */
   readonly cacheSubnets?: ec2.SubnetSelection;
-  /** The proxy's security group. The construct adds its ingress rules (80, 443, metrics) to it.
+  /** The proxy's security group. The construct adds its ingress rules (80, 443, metrics) to it; it must
+   * allow all outbound traffic (targets on their ports, AWS APIs, packages), and synth warns when it
+   * does not (`KarmaProxy:SecurityGroupOutbound`) or takes no rules (`KarmaProxy:SecurityGroupImmutable`).
    * @default a new group with all outbound traffic allowed */
   readonly securityGroup?: ec2.ISecurityGroup;
   /** CIDRs (IPv4 or IPv6) allowed to reach ports 80 and 443. An empty list opens nothing: use `connections`.
@@ -378,6 +380,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       description: 'Karma Proxy: HTTP(S) from allowedCidrs; out to targets, AWS APIs and packages',
       allowAllOutbound: true,
     });
+    const rulesBefore = this.securityGroup.node.children.length;
     for (const cidr of allowedCidrs) {
       const peer = cidr.includes(':') ? ec2.Peer.ipv6(cidr) : ec2.Peer.ipv4(cidr);
       this.securityGroup.addIngressRule(peer, ec2.Port.tcp(KarmaProxy.HTTP_PORT), `HTTP from ${cidr}`);
@@ -386,6 +389,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     if (props.metricsPeer) {
       this.securityGroup.addIngressRule(props.metricsPeer, ec2.Port.tcp(effectiveMetricsPort), 'Karma Proxy metrics and health');
     }
+    if (props.securityGroup) this.checkGivenSecurityGroup(props.securityGroup, rulesBefore, allowedCidrs.length > 0);
     if (!props.securityGroup && allowedCidrs.some((c) => c.endsWith('/0'))) {
       Validations.of(this.securityGroup).acknowledge({
         id: 'AwsSolutions-EC23',
@@ -708,6 +712,26 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       cacheNodeType: useRedis ? redisNodeType : undefined,
       hostedZone: this.wildcardRecord !== undefined,
     });
+  }
+
+  /**
+   * A security group the user brings is used as given; synth says when it cannot work as the proxy's:
+   * outbound traffic restricted (the proxy reaches targets on any port, AWS APIs and packages on 443:
+   * the boot would fail, or no target would answer), or an imported group that keeps no rules
+   * (`mutable: false`: ports 80 and 443 stay as they are).
+   */
+  private checkGivenSecurityGroup(sg: ec2.ISecurityGroup, rulesBefore: number, rulesAdded: boolean): void {
+    if (!sg.allowAllOutbound) {
+      Validations.of(this).addWarning('KarmaProxy:SecurityGroupOutbound',
+        `The securityGroup prop (${sg.node.path}) does not allow all outbound traffic: the proxy reaches its targets ` +
+        'on their ports, and AWS APIs and packages on 443. Allow them, or every boot fails or no target answers.');
+    }
+    // An owned group holds its rules inline; an imported one holds them as children, unless immutable.
+    if (rulesAdded && !(sg instanceof ec2.SecurityGroup) && sg.node.children.length === rulesBefore) {
+      Validations.of(this).addWarning('KarmaProxy:SecurityGroupImmutable',
+        `The securityGroup prop (${sg.node.path}) takes no rules (imported with mutable: false): open ports 80 and 443 ` +
+        'to allowedCidrs (and the metrics port to metricsPeer) yourself, or no client reaches the proxy.');
+    }
   }
 
   /** Adds a statement to the role, remembering its actions when the role does not keep it. */

@@ -658,6 +658,38 @@ describe('IConnectable', () => {
     });
   });
 
+  describe('a security group the user brings', () => {
+    const find = (stack: Stack, id: string) => Annotations.fromStack(stack).findWarning('/Test/Proxy', Match.stringLikeRegexp(id));
+    test('with outbound traffic restricted: synth warns, naming the prop', () => {
+      const stack = new Stack(new App(), 'Test');
+      const vpc = new ec2.Vpc(stack, 'Vpc', { natGateways: 0, restrictDefaultSecurityGroup: false });
+      const securityGroup = new ec2.SecurityGroup(stack, 'Mine', { vpc, allowAllOutbound: false });
+      new KarmaProxy(stack, 'Proxy', { vpc, securityGroup, domain: DOMAIN, redis: false });
+      const warnings = find(stack, 'KarmaProxy:SecurityGroupOutbound');
+      expect(warnings).toHaveLength(1);
+      expect(String(warnings[0].entry.data)).toMatch(/^The securityGroup prop \(Test\/Mine\) does not allow all outbound traffic/);
+      expect(find(stack, 'KarmaProxy:SecurityGroupImmutable')).toEqual([]);
+    });
+
+    test('imported with mutable: false takes no rules: synth warns that 80 and 443 are the user\'s to open', () => {
+      const stack = new Stack(new App(), 'Test');
+      const securityGroup = ec2.SecurityGroup.fromSecurityGroupId(stack, 'Mine', 'sg-0123456789abcdef0', { mutable: false });
+      new KarmaProxy(stack, 'Proxy', { securityGroup, domain: DOMAIN, redis: false });
+      Template.fromStack(stack).resourceCountIs('AWS::EC2::SecurityGroupIngress', 0);
+      const warnings = find(stack, 'KarmaProxy:SecurityGroupImmutable');
+      expect(warnings).toHaveLength(1);
+      expect(String(warnings[0].entry.data)).toContain('open ports 80 and 443 to allowedCidrs');
+    });
+
+    test('imported as it is by default (mutable, all outbound) gets its rules and no warning', () => {
+      const stack = new Stack(new App(), 'Test');
+      const securityGroup = ec2.SecurityGroup.fromSecurityGroupId(stack, 'Mine', 'sg-0123456789abcdef0');
+      new KarmaProxy(stack, 'Proxy', { securityGroup, domain: DOMAIN, redis: false });
+      Template.fromStack(stack).resourceCountIs('AWS::EC2::SecurityGroupIngress', 2);
+      expect(Annotations.fromStack(stack).findWarning('*', Match.stringLikeRegexp('KarmaProxy:SecurityGroup'))).toEqual([]);
+    });
+  });
+
   test('one app deployed twice (staging, production) gives each fleet a pool of its own', () => {
     const app = new App();
     const pools = ['karma-staging', 'karma-production'].map((stackName) =>
