@@ -806,8 +806,11 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     const known = (x: unknown): boolean => !unresolved(x);
 
     // /metrics names every route and target, and /healthz is the boot's readiness check: never public.
+    // A CIDR as wide as 0.0.0.0/1 is the internet too: no monitoring network is wider than a /8 (or
+    // IPv6's fc00::/7, every private address).
     const metricsPeer = props.metricsPeer?.uniqueId;
-    if (metricsPeer === '0.0.0.0/0' || metricsPeer === '::/0') {
+    const peerPrefix = metricsPeer !== undefined && known(metricsPeer) ? /^[0-9a-f.:]+\/(\d{1,3})$/i.exec(metricsPeer)?.[1] : undefined;
+    if (metricsPeer !== undefined && peerPrefix !== undefined && Number(peerPrefix) < (metricsPeer.includes(':') ? 7 : 8)) {
       problems.push(`metricsPeer ${metricsPeer} would open the metrics port to the internet: give your monitoring's own CIDR or security group`);
     }
 

@@ -46,6 +46,8 @@ describe('one problem, its exact message', () => {
       "metricsPeer 0.0.0.0/0 would open the metrics port to the internet: give your monitoring's own CIDR or security group"],
     ['metrics open to the IPv6 internet', { metricsPeer: ec2.Peer.ipv6('::/0') },
       "metricsPeer ::/0 would open the metrics port to the internet: give your monitoring's own CIDR or security group"],
+    ['metrics open to half the internet', { metricsPeer: ec2.Peer.ipv4('0.0.0.0/1') },
+      "metricsPeer 0.0.0.0/1 would open the metrics port to the internet: give your monitoring's own CIDR or security group"],
     ['a bad port', { ports: [70000] }, "ports entry '70000' must be a port (1-65535) or a range such as 8000-8100"],
     ['a bad cluster name', { clusters: ['prod cluster'] }, "clusters entry 'prod cluster' is not an ECS cluster name"],
     ['clusters outside ecs mode', { discovery: 'tag', clusters: ['prod'] }, "clusters only applies when discovery is 'ecs' (discovery is 'tag')"],
@@ -185,6 +187,8 @@ describe('where the proxy and the cache run: checked against the VPC, in words t
     expect(build({ signalTimeout: Duration.minutes(5) })).not.toThrow();
     expect(build({ signalTimeout: Duration.hours(1) })).not.toThrow();
     expect(build({ environment: { HOST: '::' } })).not.toThrow();
+    for (const cidr of ['10.0.0.0/8', '203.0.113.7/32']) expect(build({ metricsPeer: ec2.Peer.ipv4(cidr) })).not.toThrow();
+    for (const cidr of ['fc00::/7', '2001:db8::/32']) expect(build({ metricsPeer: ec2.Peer.ipv6(cidr) })).not.toThrow();
     for (const vpcSubnets of [{ subnetGroupName: 'Public' }, { subnetType: ec2.SubnetType.PUBLIC, onePerAz: true }]) {
       expect(build({ vpcSubnets })).not.toThrow();
     }
