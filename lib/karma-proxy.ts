@@ -84,7 +84,7 @@ export interface KarmaProxyProps {
    * @default ['0.0.0.0/0'] */
   readonly allowedCidrs?: string[];
   /** Who may scrape `/metrics` and read `/healthz` on `metricsPort`: your monitoring's CIDR or security
-   * group. The whole internet (0.0.0.0/0, ::/0) is refused: /metrics names every route and target.
+   * group. The internet is refused (0.0.0.0/0, ::/0, or any CIDR wider than a /8, IPv6 fc00::/7): /metrics names every route and target.
    * @default nobody from outside the instance */
   readonly metricsPeer?: ec2.IPeer;
   /** Port of `/metrics` and `/healthz` (METRICS_PORT).
