@@ -51,10 +51,14 @@ export function instancesOf(reservations: readonly Reservation[]): Instance[] {
   return reservations.flatMap((r) => r.Instances ?? []);
 }
 
-/** Pure: reservations → instance id → private IP. */
+/** Pure: reservations → instance id → private IP (the IPv6 address of an IPv6-only instance). */
 export function privateIpsById(reservations: readonly Reservation[]): Record<string, string> {
   const out: Record<string, string> = {};
-  for (const i of instancesOf(reservations)) if (i.InstanceId && i.PrivateIpAddress) out[i.InstanceId] = i.PrivateIpAddress;
+  // An IPv6-only instance has its primary IPv6 address instead, as transformInstances reads it.
+  for (const i of instancesOf(reservations)) {
+    const ip = i.PrivateIpAddress || i.Ipv6Address;
+    if (i.InstanceId && ip) out[i.InstanceId] = ip;
+  }
   return out;
 }
 

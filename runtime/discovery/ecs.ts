@@ -46,6 +46,7 @@ import {
   type Skipped,
   type TransformResult,
 } from './ec2';
+import { usablePort } from './screen';
 
 export type { SkipReason, Skipped, TransformResult };
 
@@ -76,7 +77,8 @@ export function eniOf(task: Task): { id?: string; privateIp?: string; ipv6?: str
   );
   const detail = (name: string) => att?.details?.find((d) => d.name === name)?.value || undefined;
   let privateIp = detail('privateIPv4Address');
-  let ipv6 = detail('ipv6Address');
+  // ECS has spelled it both ways (the awsvpc ENI's `ipv6Address`; `privateIPv6Address` beside IPv4's).
+  let ipv6 = detail('ipv6Address') ?? detail('privateIPv6Address');
   const id = detail('networkInterfaceId');
   if (!privateIp && !ipv6) {
     for (const c of task.containers ?? []) {
@@ -124,7 +126,8 @@ export function hostPortsOf(task: Task, containerPort: number): number[] {
   for (const c of task.containers ?? []) {
     for (const b of c.networkBindings ?? []) {
       const p = hostPortFor(b, containerPort);
-      if (p !== undefined) ports.add(p);
+      // A broken answer's port (31001.5, 70000, a range mapped past 65535) is no binding.
+      if (p !== undefined && usablePort(p)) ports.add(p);
     }
   }
   return [...ports].sort((a, b) => a - b);

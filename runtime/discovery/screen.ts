@@ -1,8 +1,8 @@
 /**
  * The last check on what discovery hands the proxy (AWS answers, and what other proxies shared through
  * Redis): only unicast IP literals outside loopback, link-local (the metadata service), unspecified and
- * multicast addresses. A task or instance record, or a cache entry, naming anything else is left out
- * and counted: neither a broken API answer nor a poisoned cache may point the proxy at the instance
+ * multicast addresses, on a port from 1 to 65535. A task or instance record, or a cache entry, naming
+ * anything else is left out and counted: neither a broken API answer nor a poisoned cache may point the proxy at the instance
  * itself or its metadata service. STATIC_TARGETS are the operator's own and are not screened.
  */
 import { isIP } from 'node:net';
@@ -63,7 +63,12 @@ export function usableAddress(host: string, loopback = false): boolean {
   );
 }
 
-/** `inner` with every result screened by usableAddress. */
+/** A port a target may have: a whole number from 1 to 65535 (a broken answer's 31001.5 or 70000 is not). */
+export function usablePort(port: number): boolean {
+  return Number.isInteger(port) && port >= 1 && port <= 65535;
+}
+
+/** `inner` with every result screened by usableAddress and usablePort. */
 export class ScreenedProvider implements Provider {
   readonly name: string;
 
@@ -77,12 +82,19 @@ export class ScreenedProvider implements Provider {
 
   async discover(route: RouteKey, signal?: AbortSignal): Promise<Target[]> {
     const targets = await this.inner.discover(route, signal);
-    const kept = targets.filter((t) => usableAddress(t.host, this.loopback));
-    if (kept.length !== targets.length) {
-      tasksSkipped.inc({ reason: 'bad_address' }, targets.length - kept.length);
-      log('warn', 'discovery gave addresses the proxy does not use', { route: `${route.service}-${route.port}-${route.cluster}`, left: targets.filter((t) => !usableAddress(t.host, this.loopback)).map((t) => t.id).slice(0, 5) });
+    const badAddress = targets.filter((t) => !usableAddress(t.host, this.loopback));
+    const badPort = targets.filter((t) => !usablePort(t.port) && usableAddress(t.host, this.loopback));
+    if (badAddress.length === 0 && badPort.length === 0) return targets;
+    const name = `${route.service}-${route.port}-${route.cluster}`;
+    if (badAddress.length > 0) {
+      tasksSkipped.inc({ reason: 'bad_address' }, badAddress.length);
+      log('warn', 'discovery gave addresses the proxy does not use', { route: name, left: badAddress.map((t) => t.id).slice(0, 5) });
     }
-    return kept;
+    if (badPort.length > 0) {
+      tasksSkipped.inc({ reason: 'bad_port' }, badPort.length);
+      log('warn', 'discovery gave ports outside 1-65535', { route: name, left: badPort.map((t) => t.id).slice(0, 5) });
+    }
+    return targets.filter((t) => usablePort(t.port) && usableAddress(t.host, this.loopback));
   }
 
   close(): Promise<void> {

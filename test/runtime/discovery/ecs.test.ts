@@ -206,6 +206,18 @@ describe('EcsProvider with mocked SDK clients', () => {
     expect(targets.map((t) => t.id)).toEqual(['10.0.0.2:8080']);
   });
 
+  test('bridge mode on an IPv6-only container instance: its IPv6 address, as tag pools read it', async () => {
+    const ci = 'arn:aws:ecs:us-east-1:123456789012:container-instance/prod/ci6';
+    const tasks = [bridgeTask(1, ci, 32768)];
+    ecsMock.on(ListTasksCommand).resolves({ taskArns: tasks.map((t) => t.taskArn as string) });
+    describeFrom(tasks);
+    ecsMock.on(DescribeContainerInstancesCommand).resolves({ containerInstances: [{ containerInstanceArn: ci, ec2InstanceId: 'i-6' }] });
+    ec2Mock.on(DescribeInstancesCommand).resolves({
+      Reservations: [{ Instances: [{ InstanceId: 'i-6', Ipv6Address: '2600:1f18::6', State: { Name: 'running' } }] }],
+    });
+    expect((await provider().discover(route)).map((t) => t.id)).toEqual(['[2600:1f18::6]:32768']);
+  });
+
   test('bridge mode: container instance private IP on the dynamic host port, container instances cached', async () => {
     const ci = (n: number) => `arn:aws:ecs:us-east-1:123456789012:container-instance/prod/ci${n}`;
     const tasks = [bridgeTask(1, ci(1), 32768), bridgeTask(2, ci(1), 32771), bridgeTask(3, ci(2), 49153)];
@@ -494,6 +506,25 @@ describe('transformEcs (pure)', () => {
     [
       'udp binding is not a target',
       { taskArn: 'a', lastStatus: 'RUNNING', containerInstanceArn: 'ci', containers: [{ networkBindings: [{ containerPort: 80, hostPort: 80, protocol: 'udp' }] }] },
+      [],
+    ],
+    [
+      'IPv6-only awsvpc task, the address spelled privateIPv6Address',
+      fargateTask(0, {
+        attachments: [{ type: 'ElasticNetworkInterface', details: [{ name: 'privateIPv6Address', value: '2600:1f18::2' }] }],
+        containers: [],
+      }),
+      ['[2600:1f18::2]:80'],
+    ],
+    [
+      'a host port no socket can have (a broken answer) is no binding',
+      { taskArn: 'a', lastStatus: 'RUNNING', containerInstanceArn: 'ci', containers: [{ networkBindings: [
+        { containerPort: 80, hostPort: 31001.5 }, { containerPort: 80, hostPort: 70000 }, { containerPort: 80, hostPort: -1 }] }] },
+      [],
+    ],
+    [
+      'a port range mapped past 65535 is no binding',
+      { taskArn: 'a', lastStatus: 'RUNNING', containerInstanceArn: 'ci', containers: [{ networkBindings: [{ containerPortRange: '70-90', hostPortRange: '65530-65550' }] }] },
       [],
     ],
     ['DEACTIVATING', fargateTask(0, { lastStatus: 'DEACTIVATING' }), []],

@@ -1,5 +1,6 @@
 /** The last check on what discovery hands the proxy (runtime/discovery/screen.ts). */
 import { ScreenedProvider, usableAddress } from '../../../runtime/discovery/screen';
+import { register } from '../../../runtime/metrics';
 import { makeTarget, type Provider } from '../../../runtime/types';
 
 test.each([
@@ -45,4 +46,16 @@ test('a provider’s answer loses what is not usable, and keeps the rest in orde
   };
   const ids = (await new ScreenedProvider(inner).discover({ service: 'web', port: 80, cluster: 'prod' })).map((t) => t.id);
   expect(ids).toEqual(['10.0.0.1:80', '10.0.0.2:80']);
+});
+
+test('a provider’s answer loses ports no socket can have (a broken answer), counted apart from bad addresses', async () => {
+  const inner: Provider = {
+    name: 'test',
+    discover: async () => [makeTarget('10.0.0.1', 80), makeTarget('10.0.0.2', 31001.5), makeTarget('10.0.0.3', 70000), makeTarget('10.0.0.4', 0), makeTarget('10.0.0.5', 8080)],
+  };
+  const count = async (): Promise<number> => (await register.getSingleMetric('karma_tasks_skipped_total')?.get())?.values.find((v) => v.labels.reason === 'bad_port')?.value ?? 0;
+  const before = await count();
+  const ids = (await new ScreenedProvider(inner).discover({ service: 'web', port: 80, cluster: 'prod' })).map((t) => t.id);
+  expect(ids).toEqual(['10.0.0.1:80', '10.0.0.5:8080']);
+  expect((await count()) - before).toBe(3);
 });
