@@ -148,7 +148,10 @@ export class Coordinator {
             if (snaps.length) this.send(worker, { t: 'breaker', snaps });
             this.send(worker, { t: 'discovered', n: m.n, targets });
           },
-          (err: unknown) => this.send(worker, { t: 'discovered', n: m.n, error: (err as Error)?.message ?? String(err) }),
+          (err: unknown) => {
+            const { error, code } = errorFields(err);
+            this.send(worker, { t: 'discovered', n: m.n, error: String(error), ...(typeof code === 'string' ? { code } : {}) });
+          },
         );
         break;
       case 'in-use': {

@@ -27,7 +27,7 @@ export type ToPrimary =
   | { readonly t: 'pong' };
 
 export type ToWorker =
-  | { readonly t: 'discovered'; readonly n: number; readonly targets?: readonly Target[]; readonly error?: string }
+  | { readonly t: 'discovered'; readonly n: number; readonly targets?: readonly Target[]; readonly error?: string; readonly code?: string }
   | { readonly t: 'health'; readonly verdicts: readonly (readonly [string, boolean])[] }
   | { readonly t: 'metrics?'; readonly n: number }
   /** Is your event loop turning? (the primary's watchdog, WORKER_STUCK_TIMEOUT) */
@@ -64,7 +64,8 @@ export class PrimaryProvider implements Provider {
     if (!w) return;
     this.waiting.delete(m.n);
     clearTimeout(w.timer);
-    if (m.error !== undefined) w.reject(new Error(m.error));
+    // The AWS error's name (AccessDeniedException, ThrottlingException) travels with its message, for the log.
+    if (m.error !== undefined) w.reject(Object.assign(new Error(m.error), m.code === undefined ? {} : { code: m.code }));
     else w.resolve([...(m.targets ?? [])]);
   }
 

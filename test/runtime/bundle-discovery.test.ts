@@ -81,6 +81,22 @@ describe('the bundle with AWS discovery', () => {
     }
   });
 
+  test("a new route whose discovery AWS refuses is a 503, and the log names AWS's error, not a bare Error", async () => {
+    const [one] = backends;
+    stub.model.clusters.prod = { api: [{ ip: '127.0.0.1', lastStatus: 'RUNNING' }] };
+    const p = await startBundle({ ...stub.env(), DOMAIN: 'example.com', HEALTH_CHECK_PATH: 'off', AWS_MAX_ATTEMPTS: '1' });
+    try {
+      stub.fail('ListTasks', 'throttle', { times: Infinity });
+      expect((await request(p.port, { headers: { Host: `api-${one.port}-prod.example.com` } })).status).toBe(503);
+      const failed = await until('the failure logged', () =>
+        p.stderr.split('\n').filter((l) => l.includes('discovery failed')).map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.route === `api-${one.port}-prod`));
+      expect(failed).toMatchObject({ code: 'ThrottlingException' });
+    } finally {
+      stub.clearFaults();
+      await p.stop();
+    }
+  });
+
   test('workers that replace crashed ones while AWS is failing serve the targets found before', async () => {
     const [one] = backends;
     stub.model.clusters.prod = { api: [{ ip: '127.0.0.1', lastStatus: 'RUNNING' }] };
