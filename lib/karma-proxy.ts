@@ -208,6 +208,8 @@ const DISCOVERY_MODES: readonly DiscoveryMode[] = ['ecs', 'asg', 'tag', 'static'
 const HEALTH_WAIT_SECONDS = 300;
 /** What the boot may take besides its two waits: swap, dnf, the bundle, the unit (a few minutes at worst). */
 const BOOT_SECONDS = 300;
+/** The most user data EC2 takes (before base64). */
+const USER_DATA_LIMIT = 16 * 1024;
 /** signalTimeout's bounds: a boot's own minimum, and CloudFormation's longest rolling-update pause (PT1H). */
 const MIN_SIGNAL_SECONDS = 5 * 60;
 const MAX_SIGNAL_SECONDS = 60 * 60;
@@ -611,6 +613,14 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
         limitNoFile: KarmaProxy.LIMIT_NOFILE,
       }),
     }));
+
+    // EC2 refuses user data over 16 KB at launch, which a deploy learns only when its first instance does
+    // not boot. Values known at deploy (the bundle's URL, the stack's name) are counted as 100 bytes each.
+    const userDataBytes = Buffer.byteLength(this.userData.render().replace(/\$\{Token\[[^\]]*\]\}/g, 'x'.repeat(100)));
+    if (userDataBytes > USER_DATA_LIMIT) {
+      throw new Error(`Invalid KarmaProxy props (${this.node.path}):\n  - the instances' user data would be about ${userDataBytes} bytes, ` +
+        `over EC2's ${USER_DATA_LIMIT}: its settings (staticTargets, environment) are too long`);
+    }
 
     this.launchTemplate = new ec2.LaunchTemplate(this, 'LaunchTemplate', {
       instanceType,

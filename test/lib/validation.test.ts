@@ -300,3 +300,10 @@ describe('two proxies of one app cannot share a wildcard record', () => {
   });
 });
 
+
+test('settings too long for EC2 user data (16 KB) fail at synth, not at the first launch', () => {
+  const staticTargets = Array.from({ length: 600 }, (_, i) => `10.0.${i >> 8}.${i & 255}:8080`);
+  expect(messageOf(build({ discovery: 'static', staticTargets })))
+    .toMatch(/the instances' user data would be about \d+ bytes, over EC2's 16384: its settings \(staticTargets, environment\) are too long/);
+  expect(build({ discovery: 'static', staticTargets: staticTargets.slice(0, 100) })).not.toThrow();
+});
