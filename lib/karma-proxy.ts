@@ -27,7 +27,7 @@ import * as route53 from 'aws-cdk-lib/aws-route53';
 import * as s3assets from 'aws-cdk-lib/aws-s3-assets';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import { Construct, IConstruct } from 'constructs';
-import { ConfigError, loadConfig } from '../runtime/config';
+import { ConfigError, loadConfig, mistypedSettings } from '../runtime/config';
 import { CostEstimate, PRICES, estimateMonthlyCost } from './cost';
 import { INSTANCE_PATHS, renderBootstrap, renderEnvFile, renderUnit } from './user-data';
 
@@ -587,6 +587,11 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     if (refused.length > 0) {
       throw new Error(`Invalid KarmaProxy props (${this.node.path}): the proxy would refuse these settings at start ` +
         `(props and environment become its env vars):\n  - ${refused.join('\n  - ')}`);
+    }
+    // A mistyped setting is ignored by the proxy, which says so only in its journal: said here too.
+    for (const { name, meant } of mistypedSettings(environment)) {
+      Validations.of(this).addWarning('KarmaProxy:UnknownSetting',
+        `environment.${name} is not a setting of the proxy and would be ignored; did you mean ${meant}?`);
     }
 
 

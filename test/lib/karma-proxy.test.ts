@@ -658,6 +658,15 @@ describe('IConnectable', () => {
     });
   });
 
+  test('a mistyped setting in environment is named at synth with the one it is likely meant to be', () => {
+    const stack = new Stack(new App(), 'Test');
+    new KarmaProxy(stack, 'Proxy', { domain: DOMAIN, redis: false, environment: { HEALTH_CHEK_PATH: '/health', LOG_CONNECTIONS: 'true' } });
+    const warnings = Annotations.fromStack(stack).findWarning('/Test/Proxy', Match.stringLikeRegexp('KarmaProxy:UnknownSetting'));
+    expect(warnings.map((w) => String(w.entry.data))).toEqual([
+      expect.stringMatching(/^environment\.HEALTH_CHEK_PATH is not a setting of the proxy and would be ignored; did you mean HEALTH_CHECK_PATH\?/),
+    ]);
+  });
+
   describe('a security group the user brings', () => {
     const find = (stack: Stack, id: string) => Annotations.fromStack(stack).findWarning('/Test/Proxy', Match.stringLikeRegexp(id));
     test('with outbound traffic restricted: synth warns, naming the prop', () => {
