@@ -711,7 +711,9 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       answer(this.res, 503, 'target busy', { 'Retry-After': '5' });
     } else {
       outcome.status = outcome.error === 'timeout' || outcome.error === 'connect_timeout' ? 504 : 502;
-      const message = outcome.status === 504 ? 'upstream timed out' : outcome.error === 'head_too_large' ? 'upstream response headers too large' : 'upstream connection failed';
+      const message = outcome.status === 504 ? 'upstream timed out'
+        : outcome.error === 'head_too_large' ? 'upstream response headers too large'
+          : outcome.error === 'bad_response' ? 'upstream sent an invalid response' : 'upstream connection failed';
       answer(this.res, outcome.status, message);
     }
     this.done();
@@ -887,7 +889,10 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     } else {
       // An answer head over our limit is the application's answer, not a sign of a failing target: a
       // 502, not retried (any target would say the same), and no mark against the target's breaker.
-      this.settle(undefined, new UpstreamError(kind, !this.sent, kind === 'head_too_large'));
+      // Nor is an answer that is not HTTP (bare LF, a doubled Content-Length): often one URL of the
+      // application, and five of them would take every target out for CIRCUIT_BREAKER_TIMEOUT. It is
+      // retried elsewhere (a target that speaks no HTTP at all is the health checks' to judge).
+      this.settle(undefined, new UpstreamError(kind, !this.sent, kind === 'head_too_large' || kind === 'bad_response'));
     }
   }
 
