@@ -607,6 +607,8 @@ export class ClientConn {
   private first = true;
   /** A request that stops parsing when the current read has been parsed (an upgrade). */
   private stopAfter: Request | undefined;
+  /** A request whose Upgrade is ignored: llhttp stops at its end, and the rest of that read is parsed here. */
+  private resumeAfter: Request | undefined;
   private draining: BodySink | undefined;
   /** The parser reads the socket natively (consume()); otherwise through 'data'. */
   private consumed = false;
@@ -715,7 +717,14 @@ export class ClientConn {
     }
     // Parsing stopped during this read (too many requests ahead of their turn): the rest is not looked at.
     if (this.done) return;
-    if (typeof r === 'object' && r !== null) this.parseError(r as NodeJS.ErrnoException);
+    if (typeof r === 'object' && r !== null) return this.parseError(r as NodeJS.ErrnoException);
+    const ignored = this.resumeAfter;
+    if (ignored && this.reading !== ignored) {
+      // The message whose Upgrade is ignored ended in this read: what follows it (a pipelined request) is HTTP.
+      this.resumeAfter = undefined;
+      const rest = (d ?? this.parser.getCurrentBuffer!()).subarray(r as number);
+      if (rest.length > 0) this.read(rest);
+    }
   }
 
   messageBegin(): void {
@@ -751,14 +760,14 @@ export class ClientConn {
       if (req.method === 'CONNECT') req.kind = CONNECT;
       else if (req.method === 'GET' && req.headers.upgrade?.toLowerCase() === 'websocket') req.kind = WEBSOCKET;
       if (req.kind === PLAIN) {
-        // Any other Upgrade (h2c from `curl --http2`, `TLS/1.0`): RFC 9110 §7.8 lets a server ignore it, as
-        // the ALB does. It is answered as the HTTP/1.1 request it also is, and the connection closes after.
-        // Its body is HTTP/1.1's too (another protocol would start only after a 101): llhttp parses it as
-        // any other and stops at the message's end. Without one, nothing after the head is read.
-        req.keepAlive = false;
-        if (!req.hasBody) this.stopAfter = req;
+        // Any other Upgrade (h2c from `curl --http2` or Java's HttpClient, `TLS/1.0`): RFC 9110 §7.8 lets a
+        // server ignore it, as the ALB and nginx do. It is answered as the HTTP/1.1 request it also is, and
+        // the connection stays open. Its body is HTTP/1.1's too (another protocol would start only after a
+        // 101): llhttp parses it as any other, stops at the message's end (it takes the rest of that read
+        // for the other protocol) and parses later reads as HTTP again; the rest is parsed here.
+        this.resumeAfter = req;
         this.enqueue(req);
-        return req.hasBody ? 0 : 2;
+        return 0;
       }
       // The rest of this read is not HTTP to parse: a tunnel's first bytes.
       this.stopAfter = req;

@@ -281,6 +281,43 @@ describe('upgrades', () => {
     c.socket.destroy();
   });
 
+  describe('an Upgrade other than WebSocket (h2c from Java\'s HttpClient or curl --http2) is ignored, and the connection kept', () => {
+    const H2C = 'Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n';
+    const bodyReader: Handle = (req, res) => {
+      if (!req.hasBody) return ok(res, `${req.method} ${req.url}`);
+      const parts: Buffer[] = [];
+      req.pipe(new Writable({
+        write: (c: Buffer, _e, cb) => (parts.push(c), cb()),
+        final: (cb) => (ok(res, `${req.method} ${req.url} ${Buffer.concat(parts).toString()}`), cb()),
+      }));
+    };
+
+    test('one request after another, each with the Upgrade, on one connection', async () => {
+      const c = await connect();
+      for (const path of ['/one', '/two', '/three']) {
+        c.socket.write(GET(path, H2C));
+        await until(`${path} answered`, () => c.received().includes(`GET ${path}`), 5000, 5);
+      }
+      const { responses, rest } = parseResponses(c.received());
+      expect(responses.map((x) => [x.status, x.headers.connection])).toEqual([[200, 'keep-alive'], [200, 'keep-alive'], [200, 'keep-alive']]);
+      expect(rest).toBe('');
+      expect(c.closed()).toBe(false);
+      expect(upgraded).toEqual([]);
+      c.socket.destroy();
+    });
+
+    test.each([
+      ['a GET', GET('/up', H2C), ['GET /up']],
+      ['a POST with its body', `POST /up HTTP/1.1\r\nHost: a\r\n${H2C}Content-Length: 5\r\n\r\nhello`, ['POST /up hello']],
+      ['a PUT with a chunked body', `PUT /up HTTP/1.1\r\nHost: a\r\n${H2C}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n`, ['PUT /up hello']],
+    ])('%s pipelined with the next request in one write: both answered, in order', async (_what, first, answers) => {
+      handle = bodyReader;
+      const r = await rawExchange(port, first + GET('/after') + GET('/last', 'Connection: close\r\n'));
+      expect(r.responses.map((x) => x.body)).toEqual([...answers, 'GET /after', 'GET /last']);
+      expect(r.closed).toBe(true);
+    });
+  });
+
   test('CONNECT is a 405 and the end of the connection', async () => {
     const r = await rawExchange(port, 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n');
     expect(r.responses.map((x) => x.status)).toEqual([405]);
