@@ -520,7 +520,7 @@ export const SETTINGS = {
   },
   maxHeaderSize: {
     env: 'MAX_HEADER_SIZE',
-    doc: 'Most bytes of request line and headers; larger is a 431.',
+    doc: 'Most bytes of request line and headers; larger is a 431 (a 414 when the request line alone is).',
     default: '16384',
     parse: integer(1024, 1_048_576),
   },

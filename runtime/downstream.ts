@@ -528,6 +528,19 @@ export function rawAnswer(socket: net.Socket | import('node:stream').Duplex, sta
   );
 }
 
+/**
+ * Whether the parser stopped at `at` of `buf` inside a request line (a method, a space, then no line
+ * end yet): the head overflowed in its request-target. Judged on this read alone; a line that began in
+ * an earlier read is taken for a header.
+ */
+function inRequestLine(buf: Buffer, at: number | undefined): boolean {
+  if (at === undefined || at > buf.length) return false;
+  const start = buf.lastIndexOf(10, at - 1) + 1;
+  // A request line starts a message: at the read's start, or after the blank line ending the one before.
+  if (start > 0 && !(start >= 2 && buf[start - 2] === 10) && !(start >= 3 && buf[start - 2] === 13 && buf[start - 3] === 10)) return false;
+  return /^[A-Z][A-Z0-9!#$%&'*+.^_`|~-]* \S/.test(buf.subarray(start, Math.min(at, start + 64)).toString('latin1'));
+}
+
 /** A whole first read that is one HTTP/0.9 request line: `GET /path` and a line end, no version. */
 function isHttp09(chunk: Buffer): boolean {
   const lf = chunk.indexOf(10);
@@ -717,7 +730,7 @@ export class ClientConn {
     }
     // Parsing stopped during this read (too many requests ahead of their turn): the rest is not looked at.
     if (this.done) return;
-    if (typeof r === 'object' && r !== null) return this.parseError(r as NodeJS.ErrnoException);
+    if (typeof r === 'object' && r !== null) return this.parseError(r as NodeJS.ErrnoException & { bytesParsed?: number }, d);
     const ignored = this.resumeAfter;
     if (ignored && this.reading !== ignored) {
       // The message whose Upgrade is ignored ended in this read: what follows it (a pipelined request) is HTTP.
@@ -901,15 +914,18 @@ export class ClientConn {
     this.reading = undefined;
   }
 
-  private parseError(err: NodeJS.ErrnoException): void {
+  private parseError(err: NodeJS.ErrnoException & { bytesParsed?: number }, d: Buffer | undefined): void {
     const code = err.code ?? '';
     // Data after a request that said `Connection: close`: ignored, the connection ends after its answer.
     if (code === 'HPE_CLOSED_CONNECTION') return this.stopParsing();
     rejectedRequests.labels({ reason: 'client_error' }).inc();
     // Always a 4xx: unknown versions (`HTTP/1.2`, `HTTP/3.0`, a bare-LF request line) are malformed
-    // HTTP/1.x to us, not a version to negotiate, and nothing hostile earns a 5xx.
-    const status = code === 'HPE_HEADER_OVERFLOW' ? 431 : code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW' ? 413 : 400;
-    if (status === 431) limitHits.labels({ limit: 'headers' }).inc();
+    // HTTP/1.x to us, not a version to negotiate, and nothing hostile earns a 5xx. A head over
+    // MAX_HEADER_SIZE is a 431, or a 414 when its request line alone is (RFC 9112 §3, as nginx says it).
+    const status = code === 'HPE_HEADER_OVERFLOW'
+      ? (inRequestLine(d ?? this.parser.getCurrentBuffer!(), err.bytesParsed) ? 414 : 431)
+      : code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW' ? 413 : 400;
+    if (status === 431 || status === 414) limitHits.labels({ limit: 'headers' }).inc();
     this.refuseInTurn(status, STATUS_CODES[status] ?? 'Bad Request');
   }
 

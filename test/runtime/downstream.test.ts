@@ -325,6 +325,18 @@ describe('upgrades', () => {
     expect(r.closed).toBe(true);
   });
 
+  test.each([
+    ['a request-target over MAX_HEADER_SIZE', GET(`/${'q'.repeat(17_000)}`), [414]],
+    ['the same, pipelined behind a request', GET('/first') + GET(`/?${'q'.repeat(17_000)}`), [200, 414]],
+    ['the same with bare LFs', `GET /${'q'.repeat(17_000)} HTTP/1.1\nHost: a\n\n`, [414]],
+    ['one header over it', GET('/', `X-Big: ${'b'.repeat(17_000)}\r\n`), [431]],
+    ['headers adding up past it', GET('/', Array.from({ length: 90 }, (_, i) => `X-H${i}: ${'c'.repeat(200)}\r\n`).join('')), [431]],
+  ])('%s: a 414 for the request line alone (as nginx), else a 431', async (_what, bytes, statuses) => {
+    const r = await rawExchange(port, bytes);
+    expect(r.responses.map((x) => x.status)).toEqual(statuses);
+    expect(r.closed).toBe(true);
+  });
+
   test("the server's own refusals (400, 431, 405) carry a Date and Cache-Control: no-store, as its other answers do", async () => {
     for (const bytes of ['NOT HTTP AT ALL\r\n\r\n', `GET / HTTP/1.1\r\nHost: a\r\nX-Big: ${'b'.repeat(20_000)}\r\n\r\n`, 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n']) {
       const r = await rawExchange(port, bytes);
