@@ -533,9 +533,10 @@ export function rawAnswer(socket: net.Socket | import('node:stream').Duplex, sta
  * end yet): the head overflowed in its request-target. Judged on this read alone; a line that began in
  * an earlier read is taken for a header.
  */
-function inRequestLine(buf: Buffer, at: number | undefined): boolean {
+function inRequestLine(buf: Buffer, at: number | undefined, beganInBuf: boolean): boolean {
   if (at === undefined || at > buf.length) return false;
   const start = buf.lastIndexOf(10, at - 1) + 1;
+  if (start === 0 && !beganInBuf) return false;
   // A request line starts a message: at the read's start, or after the blank line ending the one before.
   if (start > 0 && !(start >= 2 && buf[start - 2] === 10) && !(start >= 3 && buf[start - 2] === 13 && buf[start - 3] === 10)) return false;
   return /^[A-Z][A-Z0-9!#$%&'*+.^_`|~-]* \S/.test(buf.subarray(start, Math.min(at, start + 64)).toString('latin1'));
@@ -622,6 +623,8 @@ export class ClientConn {
   private stopAfter: Request | undefined;
   /** A request whose Upgrade is ignored: llhttp stops at its end, and the rest of that read is parsed here. */
   private resumeAfter: Request | undefined;
+  /** The message being parsed began in the read being parsed (its first line is in this read). */
+  private headInRead = false;
   private draining: BodySink | undefined;
   /** The parser reads the socket natively (consume()); otherwise through 'data'. */
   private consumed = false;
@@ -697,6 +700,7 @@ export class ClientConn {
       return;
     }
     this.parsed(r, d);
+    this.headInRead = false;
   }
 
   /** After the parser consumed a read natively. */
@@ -704,6 +708,7 @@ export class ClientConn {
     touch(this.socket);
     if (this.done && !this.stopAfter) return;
     this.parsed(r, undefined);
+    this.headInRead = false;
   }
 
   /** What a read parsed to; `d` is the read, or undefined to ask the parser for a copy. */
@@ -733,15 +738,19 @@ export class ClientConn {
     if (typeof r === 'object' && r !== null) return this.parseError(r as NodeJS.ErrnoException & { bytesParsed?: number }, d);
     const ignored = this.resumeAfter;
     if (ignored && this.reading !== ignored) {
-      // The message whose Upgrade is ignored ended in this read: what follows it (a pipelined request) is HTTP.
+      // The message whose Upgrade is ignored ended in this read: what follows it (a pipelined request, the
+      // next reads) is HTTP. A fresh parser: llhttp keeps the upgrade mark until the next message's head
+      // is complete, and under it the binding reports no error (garbage would be ignored, not a 400).
       this.resumeAfter = undefined;
       const rest = (d ?? this.parser.getCurrentBuffer!()).subarray(r as number);
+      this.parser.initialize(HTTPParser.REQUEST, {}, this.server.opts.maxHeaderSize, 0);
       if (rest.length > 0) this.read(rest);
     }
   }
 
   messageBegin(): void {
     if (this.done) return;
+    this.headInRead = true;
     this.state = HEAD;
     this.since = performance.now();
     this.headerParts.length = 0;
@@ -923,7 +932,7 @@ export class ClientConn {
     // HTTP/1.x to us, not a version to negotiate, and nothing hostile earns a 5xx. A head over
     // MAX_HEADER_SIZE is a 431, or a 414 when its request line alone is (RFC 9112 §3, as nginx says it).
     const status = code === 'HPE_HEADER_OVERFLOW'
-      ? (inRequestLine(d ?? this.parser.getCurrentBuffer!(), err.bytesParsed) ? 414 : 431)
+      ? (inRequestLine(d ?? this.parser.getCurrentBuffer!(), err.bytesParsed, this.headInRead) ? 414 : 431)
       : code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW' ? 413 : 400;
     if (status === 431 || status === 414) limitHits.labels({ limit: 'headers' }).inc();
     this.refuseInTurn(status, STATUS_CODES[status] ?? 'Bad Request');

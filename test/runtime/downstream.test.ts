@@ -316,6 +316,22 @@ describe('upgrades', () => {
       expect(r.responses.map((x) => x.body)).toEqual([...answers, 'GET /after', 'GET /last']);
       expect(r.closed).toBe(true);
     });
+
+    test.each([
+      ['garbage', 'GARBAGE\r\n\r\n', 400],
+      ['a header over MAX_HEADER_SIZE', GET('/', `X-Big: ${'b'.repeat(17_000)}\r\n`), 431],
+      ['two Content-Lengths', 'POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab', 400],
+    ])('%s after it, in the same write or the next, is refused at once as after any request', async (_what, next, status) => {
+      for (const split of [false, true]) {
+        const r = await rawExchange(port, (sock) => {
+          sock.write(GET('/up', H2C) + (split ? '' : next));
+          if (split) setTimeout(() => sock.write(next), 50);
+        });
+        expect(r.responses.map((x) => x.status)).toEqual([200, status]);
+        expect(r.closed).toBe(true);
+        expect(r.ms).toBeLessThan(OPTS.headersTimeoutMs);
+      }
+    });
   });
 
   test('CONNECT is a 405 and the end of the connection', async () => {
@@ -335,6 +351,14 @@ describe('upgrades', () => {
     const r = await rawExchange(port, bytes);
     expect(r.responses.map((x) => x.status)).toEqual(statuses);
     expect(r.closed).toBe(true);
+  });
+
+  test('a header line that began in an earlier read and overflows is a 431, even when it looks like a request line', async () => {
+    const r = await rawExchange(port, (sock) => {
+      sock.write('GET / HTTP/1.1\r\nHost: a\r\nX-Big: xyz ');
+      setTimeout(() => sock.write(`ABC ${'a'.repeat(20_000)}\r\n\r\n`), 50);
+    });
+    expect(r.responses.map((x) => x.status)).toEqual([431]);
   });
 
   test("the server's own refusals (400, 431, 405) carry a Date and Cache-Control: no-store, as its other answers do", async () => {
