@@ -30,6 +30,8 @@ export interface ForwardOptions {
   readonly maxTunnelsPerTarget?: number;
   /** TRUST_FORWARDED_PROTO: keep the X-Forwarded-Proto and -Port a TLS terminator in front sent. @default false */
   readonly trustForwardedProto?: boolean;
+  /** HTTP health checks judge every target (a target that speaks no HTTP fails them). @default false */
+  readonly httpChecks?: boolean;
 }
 
 /**
@@ -889,10 +891,12 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     } else {
       // An answer head over our limit is the application's answer, not a sign of a failing target: a
       // 502, not retried (any target would say the same), and no mark against the target's breaker.
-      // Nor is an answer that is not HTTP (bare LF, a doubled Content-Length): often one URL of the
-      // application, and five of them would take every target out for CIRCUIT_BREAKER_TIMEOUT. It is
-      // retried elsewhere (a target that speaks no HTTP at all is the health checks' to judge).
-      this.settle(undefined, new UpstreamError(kind, !this.sent, kind === 'head_too_large' || kind === 'bad_response'));
+      // Nor, under HTTP health checks, is an answer that is not HTTP (bare LF, a doubled Content-Length):
+      // often one URL of the application, and five of them would take every target out for
+      // CIRCUIT_BREAKER_TIMEOUT; a target that speaks no HTTP at all fails its checks. Without them the
+      // breaker is all that keeps traffic off such a target. Either way it is retried elsewhere.
+      const blameless = kind === 'head_too_large' || (kind === 'bad_response' && this.opts.httpChecks === true);
+      this.settle(undefined, new UpstreamError(kind, !this.sent, blameless));
     }
   }
 

@@ -86,6 +86,7 @@ export async function start(config: Config, deps: { provider?: Provider; primary
     listenPort: () => port,
     maxTunnelsPerTarget: config.poolSize,
     trustForwardedProto: config.trustForwardedProto,
+    httpChecks: config.healthCheckPath !== null && config.healthCheckProtocol === 'http',
   });
   const front =
     config.mode === 'tcp'

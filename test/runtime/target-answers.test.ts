@@ -78,20 +78,30 @@ describe('answers that are not HTTP/1.x as a client may receive it are a 502', (
     expect(await request(port)).toMatchObject({ status: 502, body: expect.stringContaining('upstream sent an invalid response') });
   });
 
-  test('one URL the application answers with bare LFs or two Content-Lengths does not open the breakers of the targets: the others are served', async () => {
+  test('under HTTP health checks, one URL the application answers with bare LFs or two Content-Lengths does not open the breakers of the targets: the others are served', async () => {
     const answer = (head: string, s: net.Socket): void => {
       if (head.startsWith('GET /lf ')) s.write('HTTP/1.1 200 OK\nContent-Length: 2\n\nok', 'latin1');
       else if (head.startsWith('GET /twice ')) s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok', 'latin1');
       else s.write('HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood', 'latin1');
     };
     const pair = await Promise.all([rawTarget(answer), rawTarget(answer)]);
-    const port = await proxyFor(pair, { CIRCUIT_BREAKER_THRESHOLD: '2' });
+    const port = await proxyFor(pair, { CIRCUIT_BREAKER_THRESHOLD: '2', HEALTH_CHECK_PATH: '/health', HEALTH_CHECK_PERIOD: '60' });
     for (let i = 0; i < 6; i++) {
       expect(await request(port, { path: i % 2 ? '/lf' : '/twice', headers: { Connection: 'close' } })).toMatchObject({ status: 502 });
     }
     // Each was tried on both targets (a garbled answer may be one target's), and neither is taken out.
-    expect(pair.map((t) => t.heads.length)).toEqual([6, 6]);
+    const garbled = (t: RawTarget): number => t.heads.filter((h) => /^GET \/(lf|twice) /.test(h)).length;
+    expect(pair.map(garbled)).toEqual([6, 6]);
     for (let i = 0; i < 4; i++) expect(await request(port, { path: '/fine' })).toMatchObject({ status: 200, body: 'good' });
+  });
+
+  test('without health checks, a target that answers nothing but malformed HTTP is taken out by its breaker', async () => {
+    const bad = await rawTarget((_h, s) => s.write('HTTP/1.1 200 OK\nContent-Length: 2\n\nok', 'latin1'));
+    const good = await rawTarget((_h, s) => s.write('HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood', 'latin1'));
+    const port = await proxyFor([bad, good], { CIRCUIT_BREAKER_THRESHOLD: '2' });
+    for (let i = 0; i < 10; i++) expect(await request(port, { headers: { Connection: 'close' } })).toMatchObject({ status: 200, body: 'good' });
+    // Two marks open its breaker: it hears no more after them.
+    expect(bad.heads).toHaveLength(2);
   });
 });
 
