@@ -46,16 +46,24 @@ export function encodeTargets(targets: readonly Target[], ttlMs: number, tookMs:
   return JSON.stringify(value);
 }
 
-/** Pure: a stored value back to targets, or undefined for anything malformed or of another version. */
+/**
+ * The most a shared entry may hold: more targets than an ECS service has tasks (5,000) and bridge-mode
+ * ports beside them, in fewer bytes than they take. Larger is no proxy's writing: parsed, a poisoned
+ * entry of 10 MB (262,144 targets) ran every worker out of heap, and smaller ones stalled its loop.
+ */
+export const MAX_SHARED_TARGETS = 10_000;
+export const MAX_SHARED_BYTES = 1024 * 1024;
+
+/** Pure: a stored value back to targets, or undefined for anything malformed, oversized or of another version. */
 export function decodeTargets(raw: string | null | undefined): { targets: Target[]; ttl: number; took: number } | undefined {
-  if (typeof raw !== 'string') return undefined;
+  if (typeof raw !== 'string' || raw.length > MAX_SHARED_BYTES) return undefined;
   let v: Partial<StoredTargets>;
   try {
     v = JSON.parse(raw) as Partial<StoredTargets>;
   } catch {
     return undefined;
   }
-  if (!v || v.v !== 1 || !Array.isArray(v.targets) || typeof v.ttl !== 'number') return undefined;
+  if (!v || v.v !== 1 || !Array.isArray(v.targets) || v.targets.length > MAX_SHARED_TARGETS || typeof v.ttl !== 'number') return undefined;
   const targets: Target[] = [];
   for (const t of v.targets) {
     if (!t || typeof t.host !== 'string' || t.host === '' || !Number.isInteger(t.port) || t.port < 1 || t.port > 65535) return undefined;

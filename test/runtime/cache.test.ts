@@ -12,6 +12,7 @@ import {
   decodeTargets,
   encodeTargets,
   lockKey,
+  MAX_SHARED_TARGETS,
   redisOptions,
   SharedProvider,
   targetsKey,
@@ -92,6 +93,13 @@ describe('pure parts', () => {
     for (const bad of [null, '', 'nope', '{"v":2,"ttl":1,"targets":[]}', '{"v":1,"ttl":1,"targets":[{"host":"x","port":0}]}', '{"v":1,"targets":[]}']) {
       expect(decodeTargets(bad)).toBeUndefined();
     }
+  });
+
+  test('an entry no proxy would write (more targets than any service has, or over a megabyte) is a miss, not parsed', () => {
+    const many = (n: number): Target[] => Array.from({ length: n }, (_, i) => makeTarget(`10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`, 8080));
+    expect(decodeTargets(encodeTargets(many(MAX_SHARED_TARGETS), 1000, 0))?.targets).toHaveLength(MAX_SHARED_TARGETS);
+    expect(decodeTargets(encodeTargets(many(MAX_SHARED_TARGETS + 1), 1000, 0))).toBeUndefined();
+    expect(decodeTargets(`{"v":1,"ttl":1000,"took":0,"targets":[],"pad":"${'x'.repeat(2 * 1024 * 1024)}"}`)).toBeUndefined();
   });
 
   test('keys are versioned and name the provider scope and the route', () => {
