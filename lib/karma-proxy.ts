@@ -741,8 +741,9 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
         `The securityGroup prop (${sg.node.path}) does not allow all outbound traffic: the proxy reaches its targets ` +
         'on their ports, and AWS APIs and packages on 443. Allow them, or every boot fails or no target answers.');
     }
-    // An owned group holds its rules inline; an imported one holds them as children, unless immutable.
-    if (rulesAdded && !(sg instanceof ec2.SecurityGroup) && sg.node.children.length === rulesBefore) {
+    // A group of the app (a CfnSecurityGroup inside) holds its rules inline; an imported one holds them
+    // as children, unless immutable. (Not instanceof: the user's aws-cdk-lib may be another copy.)
+    if (rulesAdded && sg.node.defaultChild === undefined && sg.node.children.length === rulesBefore) {
       Validations.of(this).addWarning('KarmaProxy:SecurityGroupImmutable',
         `The securityGroup prop (${sg.node.path}) takes no rules (imported with mutable: false): open ports 80 and 443 ` +
         'to allowedCidrs (and the metrics port to metricsPeer) yourself, or no client reaches the proxy.');
