@@ -264,7 +264,7 @@ export const SETTINGS = {
   },
   mode: {
     env: 'MODE',
-    doc: '`http`, or `tcp` to forward raw TCP to a pool (static, tag, asg).',
+    doc: '`http`, or `tcp` to forward raw TCP to a pool (static, tag, asg): half-closes and resets are passed on both ways.',
     default: 'http',
     parse: oneOf<Mode>('http', 'tcp'),
   },

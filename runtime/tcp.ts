@@ -1,7 +1,7 @@
 /**
  * MODE=tcp: raw TCP to the one pool (static, tag, asg), what the stateless load balancer did.
  * Round-robin with the same health and breaker state as HTTP; a connection that cannot be made is
- * retried on the next target (nothing was sent yet); half-close is passed through both ways. A target
+ * retried on the next target (nothing was sent yet); half-close and resets are passed on both ways. A target
  * holds at most POOL_SIZE connections: past it the next target takes the client, and with every target
  * full the client is closed.
  */
@@ -60,6 +60,11 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
     upstream.once('connect', () => {
       connected = true;
       clearTimeout(timer);
+      // The client left while this connection was being made: nothing to tunnel.
+      if (client.destroyed) {
+        upstream.destroy();
+        return;
+      }
       s.breaker.onSuccess(epoch);
       countSuccess(s.target.id);
       upstream.setNoDelay(true);
@@ -74,7 +79,9 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
     upstream.on('error', (err: NodeJS.ErrnoException) => {
       clearTimeout(timer);
       if (connected) {
-        client.destroy();
+        // The target reset (or the stream failed): the client hears a reset too, not a FIN that would say
+        // the stream ended whole.
+        client.resetAndDestroy();
         return;
       }
       failedConnections.labels({ target: s.target.id }).inc();
@@ -101,7 +108,18 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
       }
     });
     client.once('close', () => {
-      if (connected) upstream.destroy();
+      // A client that reset (an error) is passed on as a reset; one that closed, as a close.
+      if (connected) {
+        if (client.errored) upstream.resetAndDestroy();
+        else upstream.destroy();
+      } else if (!finished) {
+        // Gone while the connection was being made (IDLE_TIMEOUT, or the client itself): no mark against
+        // the target, and its slot is free now.
+        clearTimeout(timer);
+        s.breaker.release(epoch);
+        done();
+        upstream.destroy();
+      }
     });
   };
 

@@ -54,6 +54,48 @@ describe('MODE=tcp', () => {
     expect(replies[0]).toMatch(/^[ab]:hi0:bye$/);
   });
 
+  test('a target that resets mid-stream is a reset for the client, not a close that says the stream ended whole', async () => {
+    const server = net.createServer((sock) => {
+      sock.on('error', () => undefined);
+      sock.write('partial', () => setTimeout(() => sock.resetAndDestroy(), 20));
+    });
+    const port = await listen(server);
+    servers.push(server);
+    const targets = [makeTarget('127.0.0.1', port)];
+    p = await start(loadConfig({ NODE_FILTER: 'static', MODE: 'tcp', STATIC_TARGETS: targets[0].id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off' }), { provider: fixed(targets) });
+    const seen = await new Promise<{ got: string; how: string }>((resolve) => {
+      const c = net.connect({ port: p.port, host: '127.0.0.1' });
+      let got = '';
+      c.on('data', (d) => (got += d));
+      c.on('end', () => resolve({ got, how: 'end' }));
+      c.on('error', (e: NodeJS.ErrnoException) => resolve({ got, how: e.code ?? 'error' }));
+      c.setTimeout(5000, () => resolve({ got, how: 'timeout' }));
+    });
+    expect(seen).toEqual({ got: 'partial', how: 'ECONNRESET' });
+  });
+
+  test('a client that resets is a reset for the target, not a close', async () => {
+    let heard: string | undefined;
+    let connections = 0;
+    const server = net.createServer({ allowHalfOpen: true }, (sock) => {
+      connections++;
+      sock.on('end', () => (heard ??= 'end'));
+      sock.on('error', (e: NodeJS.ErrnoException) => (heard ??= e.code));
+    });
+    const port = await listen(server);
+    servers.push(server);
+    const targets = [makeTarget('127.0.0.1', port)];
+    p = await start(loadConfig({ NODE_FILTER: 'static', MODE: 'tcp', STATIC_TARGETS: targets[0].id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off' }), { provider: fixed(targets) });
+    const c = net.connect({ port: p.port, host: '127.0.0.1' });
+    c.on('error', () => undefined);
+    await new Promise<void>((r) => c.once('connect', () => c.write('hello', () => r())));
+    await until('the target connected', () => connections === 1);
+    await new Promise((r) => setTimeout(r, 50));
+    c.resetAndDestroy();
+    await until('the target heard it', () => heard !== undefined);
+    expect(heard).toBe('ECONNRESET');
+  });
+
   test('a dead target is skipped: the connection is retried on the next one', async () => {
     const a = await echo('a');
     servers.push(a.server);
