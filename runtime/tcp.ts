@@ -60,8 +60,10 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
     upstream.once('connect', () => {
       connected = true;
       clearTimeout(timer);
-      // The client left while this connection was being made: nothing to tunnel.
+      // The client left while this connection was being made: nothing to tunnel. The target accepted
+      // (a half-open breaker's trial passed: left unjudged, it would keep the target out for good).
       if (client.destroyed) {
+        s.breaker.onSuccess(epoch);
         upstream.destroy();
         return;
       }

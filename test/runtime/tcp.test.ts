@@ -96,6 +96,51 @@ describe('MODE=tcp', () => {
     expect(heard).toBe('ECONNRESET');
   });
 
+  test("a half-open target's trial whose client left while it connected still counts: the target is not shut out", async () => {
+    const port = await freePort();
+    const targets = [makeTarget('127.0.0.1', port)];
+    p = await start(loadConfig({
+      NODE_FILTER: 'static', MODE: 'tcp', STATIC_TARGETS: targets[0].id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off',
+      CIRCUIT_BREAKER_THRESHOLD: '1', CIRCUIT_BREAKER_TIMEOUT: '0.005', IDLE_TIMEOUT: '0.1', RETRIES: '0',
+    }), { provider: fixed(targets) });
+    // Nothing listens: one refused connection opens the breaker (the client is closed, or reset with 'x' unread).
+    expect(await exchange(p.port, 'x').catch(() => '')).toBe('');
+    const target = net.createServer({ allowHalfOpen: true }, (sock) => {
+      sock.write('t:');
+      sock.on('data', (d) => sock.write(d));
+      sock.on('end', () => sock.end(':bye'));
+      sock.on('error', () => undefined);
+    });
+    await new Promise<void>((r) => target.listen(port, '127.0.0.1', () => r()));
+    servers.push(target);
+    await new Promise((r) => setTimeout(r, 400)); // half-open after 0.3 s
+    // The trial's connection completes in the same loop turn as its client's idle timer fires.
+    const realConnect = net.Socket.prototype.connect;
+    let held = 0;
+    net.Socket.prototype.connect = function (this: net.Socket, ...args: unknown[]) {
+      const sock = (realConnect as (...a: unknown[]) => net.Socket).apply(this, args);
+      // net.connect passes its normalized arguments as one array.
+      const opts = (Array.isArray(args[0]) ? args[0][0] : args[0]) as net.TcpNetConnectOpts | undefined;
+      if (opts?.port === port) {
+        held++;
+        const end = Date.now() + 200;
+        while (Date.now() < end); // hold the loop
+      }
+      return sock;
+    } as typeof realConnect;
+    const c = net.connect({ port: p.port, host: '127.0.0.1' });
+    c.on('error', () => undefined);
+    try {
+      await until('the trial connection made', () => held > 0);
+    } finally {
+      net.Socket.prototype.connect = realConnect;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+    c.destroy();
+    // The trial passed: clients are served again.
+    await until('served again', async () => (await exchange(p.port, 'hi').catch(() => '')) === 't:hi:bye');
+  });
+
   test('a dead target is skipped: the connection is retried on the next one', async () => {
     const a = await echo('a');
     servers.push(a.server);
