@@ -12,6 +12,7 @@ import {
   Annotations,
   Aws,
   CfnElement,
+  CfnResource,
   Duration,
   Lazy,
   Stack,
@@ -382,7 +383,6 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       description: 'Karma Proxy: HTTP(S) from allowedCidrs; out to targets, AWS APIs and packages',
       allowAllOutbound: true,
     });
-    const rulesBefore = this.securityGroup.node.children.length;
     for (const cidr of allowedCidrs) {
       const peer = cidr.includes(':') ? ec2.Peer.ipv6(cidr) : ec2.Peer.ipv4(cidr);
       this.securityGroup.addIngressRule(peer, ec2.Port.tcp(KarmaProxy.HTTP_PORT), `HTTP from ${cidr}`);
@@ -391,7 +391,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     if (props.metricsPeer) {
       this.securityGroup.addIngressRule(props.metricsPeer, ec2.Port.tcp(effectiveMetricsPort), 'Karma Proxy metrics and health');
     }
-    if (props.securityGroup) this.checkGivenSecurityGroup(props.securityGroup, rulesBefore, allowedCidrs.length > 0);
+    if (props.securityGroup) this.checkGivenSecurityGroup(props.securityGroup, allowedCidrs.length > 0);
     if (!props.securityGroup && allowedCidrs.some((c) => c.endsWith('/0'))) {
       Validations.of(this.securityGroup).acknowledge({
         id: 'AwsSolutions-EC23',
@@ -735,15 +735,17 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
    * the boot would fail, or no target would answer), or an imported group that keeps no rules
    * (`mutable: false`: ports 80 and 443 stay as they are).
    */
-  private checkGivenSecurityGroup(sg: ec2.ISecurityGroup, rulesBefore: number, rulesAdded: boolean): void {
+  private checkGivenSecurityGroup(sg: ec2.ISecurityGroup, rulesAdded: boolean): void {
     if (!sg.allowAllOutbound) {
       Validations.of(this).addWarning('KarmaProxy:SecurityGroupOutbound',
         `The securityGroup prop (${sg.node.path}) does not allow all outbound traffic: the proxy reaches its targets ` +
         'on their ports, and AWS APIs and packages on 443. Allow them, or every boot fails or no target answers.');
     }
     // A group of the app (a CfnSecurityGroup inside) holds its rules inline; an imported one holds them
-    // as children, unless immutable. (Not instanceof: the user's aws-cdk-lib may be another copy.)
-    if (rulesAdded && sg.node.defaultChild === undefined && sg.node.children.length === rulesBefore) {
+    // as children (ours, or the same rules added before), unless immutable. (Not instanceof: the user's
+    // aws-cdk-lib may be another copy.)
+    const ingressRules = sg.node.children.filter((c) => CfnResource.isCfnResource(c) && c.cfnResourceType === 'AWS::EC2::SecurityGroupIngress');
+    if (rulesAdded && sg.node.defaultChild === undefined && ingressRules.length === 0) {
       Validations.of(this).addWarning('KarmaProxy:SecurityGroupImmutable',
         `The securityGroup prop (${sg.node.path}) takes no rules (imported with mutable: false): open ports 80 and 443 ` +
         'to allowedCidrs (and the metrics port to metricsPeer) yourself, or no client reaches the proxy.');
@@ -1152,6 +1154,8 @@ function recordOwner(proxy: Construct, zone: route53.IHostedZone, domain: string
   const root = proxy.node.root;
   const records = RECORDS.get(root) ?? new Map<string, string>();
   RECORDS.set(root, records);
+  // HostedZone.fromLookup's first pass gives every zone the id DUMMY: not judged until it is real.
+  if (zone.hostedZoneId === 'DUMMY') return undefined;
   const zoneKey = Token.isUnresolved(zone.hostedZoneId) ? zone.node.path : zone.hostedZoneId;
   const key = `${zoneKey} *.${domain.toLowerCase()}`;
   const owner = records.get(key);

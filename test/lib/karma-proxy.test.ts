@@ -690,6 +690,17 @@ describe('IConnectable', () => {
       expect(String(warnings[0].entry.data)).toContain('open ports 80 and 443 to allowedCidrs');
     });
 
+    test('imported and mutable, with the rules already there (another proxy, or the user), gets no warning', () => {
+      const stack = new Stack(new App(), 'Test');
+      const securityGroup = ec2.SecurityGroup.fromSecurityGroupId(stack, 'Mine', 'sg-0123456789abcdef0');
+      securityGroup.addIngressRule(ec2.Peer.anyIpv4(), ec2.Port.tcp(80), 'HTTP from 0.0.0.0/0');
+      securityGroup.addIngressRule(ec2.Peer.anyIpv4(), ec2.Port.tcp(443), 'HTTPS from 0.0.0.0/0');
+      new KarmaProxy(stack, 'Proxy', { securityGroup, domain: DOMAIN, redis: false });
+      new KarmaProxy(stack, 'Other', { securityGroup, domain: 'other.example.com', redis: false });
+      Template.fromStack(stack).resourceCountIs('AWS::EC2::SecurityGroupIngress', 2);
+      expect(Annotations.fromStack(stack).findWarning('*', Match.stringLikeRegexp('KarmaProxy:SecurityGroup'))).toEqual([]);
+    });
+
     test('imported as it is by default (mutable, all outbound) gets its rules and no warning', () => {
       const stack = new Stack(new App(), 'Test');
       const securityGroup = ec2.SecurityGroup.fromSecurityGroupId(stack, 'Mine', 'sg-0123456789abcdef0');

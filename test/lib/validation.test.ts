@@ -289,6 +289,16 @@ describe('two proxies of one app cannot share a wildcard record', () => {
       .toContain("domain 'example.com': Blue/Proxy already has the record *.example.com in this hosted zone");
   });
 
+  test('zones still being looked up (HostedZone.fromLookup gives DUMMY first) are not judged: two stages of a pipeline synthesize', () => {
+    const app = new App();
+    for (const [name, account] of [['Dev', '111111111111'], ['Prod', '222222222222']]) {
+      const stack = new Stack(app, name, { env: { account, region: 'us-east-1' } });
+      const hostedZone = route53.HostedZone.fromLookup(stack, 'Zone', { domainName: 'example.com' });
+      expect(hostedZone.hostedZoneId).toBe('DUMMY');
+      expect(() => new KarmaProxy(stack, 'Proxy', { hostedZone, domain: 'apps.example.com', redis: false })).not.toThrow();
+    }
+  });
+
   test('a domain of its own each, or a zone of its own each, is fine', () => {
     const app = new App();
     const stack = new Stack(app, 'Test');
