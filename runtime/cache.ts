@@ -279,7 +279,10 @@ export class SharedProvider implements Provider {
     const started = Date.now();
     const targets = await this.inner.discover(route, signal);
     // Not awaited: a request never waits on writing the shared copy.
-    redis.set(key, encodeTargets(targets, this.ttlMs, Date.now() - started), 'PX', this.ttlMs).catch((err: unknown) => this.failed(err));
+    // More than a reader takes would be written for nobody: each proxy discovers such a pool itself.
+    if (targets.length <= MAX_SHARED_TARGETS) {
+      redis.set(key, encodeTargets(targets, this.ttlMs, Date.now() - started), 'PX', this.ttlMs).catch((err: unknown) => this.failed(err));
+    }
     // An empty answer is fresh for less time than the lock was taken for: held longer, it would keep
     // everyone (this proxy too) on "empty" past NEGATIVE_CACHE_TTL.
     // Only if the lock is still ours: a discovery slower than the lock lets another proxy take it.

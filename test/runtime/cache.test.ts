@@ -159,6 +159,19 @@ describe('SharedProvider on a real redis-server', () => {
     expect(await admin.pttl(targetsKey('ecs.private.all', route))).toBeGreaterThan(PERIOD_MS);
   });
 
+  test('a pool larger than readers take (MAX_SHARED_TARGETS) is not written for nobody', async () => {
+    const big = Array.from({ length: MAX_SHARED_TARGETS + 1 }, (_, i) => makeTarget(`10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`, 8080));
+    const inner: Provider = { name: 'big', discover: async () => big };
+    const redis = new Redis(server.url, { maxRetriesPerRequest: 1 });
+    redis.on('error', () => undefined);
+    const p = new SharedProvider(inner, redis, { periodMs: PERIOD_MS, scope: 'big' });
+    open.push(p);
+    expect(await p.connected()).toBe(true);
+    expect(await p.discover(route)).toHaveLength(MAX_SHARED_TARGETS + 1);
+    await sleep(50);
+    expect(await admin.exists(targetsKey('big', route))).toBe(0);
+  });
+
   test('a proxy with nothing shared waits for the lock holder instead of calling AWS', async () => {
     const a = proxy();
     await a.connected();
