@@ -46,7 +46,7 @@ import {
   type Skipped,
   type TransformResult,
 } from './ec2';
-import { usablePort } from './screen';
+import { usableAddress, usablePort } from './screen';
 
 export type { SkipReason, Skipped, TransformResult };
 
@@ -176,7 +176,9 @@ export function transformEcs(records: EcsRecords, opts: EcsTransformOptions): Tr
     const eni = eniOf(task);
     if (eni?.privateIp || eni?.ipv6) {
       const pub = opts.ipPreference === 'public' && eni.id ? records.publicIps[eni.id] : undefined;
-      targets.push(makeTarget((pub || eni.privateIp || eni.ipv6) as string, opts.port));
+      // A public address the screen would refuse (an odd or hostile answer) falls back to the private one.
+      const usablePub = pub && usableAddress(pub) ? pub : undefined;
+      targets.push(makeTarget((usablePub || eni.privateIp || eni.ipv6) as string, opts.port));
       continue;
     }
     if (eni || !task.containerInstanceArn) {

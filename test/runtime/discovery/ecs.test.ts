@@ -533,6 +533,13 @@ describe('transformEcs (pure)', () => {
     expect(out.targets.map((t) => t.id)).toEqual(ids);
   });
 
+  test('IP_PREFERENCE=public: a public address the screen refuses falls back to the private one, not to nothing', () => {
+    const out = transformEcs({ tasks: [fargateTask(0)], publicIps: { 'eni-0': '169.254.169.254' }, hostIps: {} }, { ...base, ipPreference: 'public' });
+    expect(out.targets.map((t) => t.id)).toEqual(['10.0.0.1:80']);
+    const ok = transformEcs({ tasks: [fargateTask(0)], publicIps: { 'eni-0': '54.0.0.1' }, hostIps: {} }, { ...base, ipPreference: 'public' });
+    expect(ok.targets.map((t) => t.id)).toEqual(['54.0.0.1:80']);
+  });
+
   test('the same address twice is one target', () => {
     const out = transformEcs({ tasks: [fargateTask(0), fargateTask(0, { taskArn: 'dup' })], publicIps: {}, hostIps: {} }, base);
     expect(out.targets).toHaveLength(1);
