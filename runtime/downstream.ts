@@ -619,7 +619,7 @@ export class ClientConn {
   private done = false;
   private grace = 0;
   private first = true;
-  /** A request that stops parsing when the current read has been parsed (an upgrade). */
+  /** A WebSocket handshake or CONNECT: parsing stops when the current read has been parsed. */
   private stopAfter: Request | undefined;
   /** A request whose Upgrade is ignored: llhttp stops at its end, and the rest of that read is parsed here. */
   private resumeAfter: Request | undefined;
@@ -726,11 +726,9 @@ export class ClientConn {
     if (stop) {
       this.stopAfter = undefined;
       this.stopParsing();
-      if (stop.kind !== PLAIN) {
-        this.pause(PAUSE_UPGRADE);
-        stop.head = (d ?? this.parser.getCurrentBuffer!()).subarray(r as number);
-        if (!stop.queued) this.enqueue(stop);
-      }
+      this.pause(PAUSE_UPGRADE);
+      stop.head = (d ?? this.parser.getCurrentBuffer!()).subarray(r as number);
+      if (!stop.queued) this.enqueue(stop);
       return;
     }
     // Parsing stopped during this read (too many requests ahead of their turn): the rest is not looked at.
