@@ -21,6 +21,7 @@ import type { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { createSecretsManagerClient, fetchSecretString } from './aws';
 import type { Config } from './config';
 import { errorFields, log } from './log';
+import { usablePort } from './discovery/screen';
 import { cacheLookups } from './metrics';
 import { makeTarget, Provider, RouteKey, routeId, Target } from './types';
 
@@ -66,7 +67,7 @@ export function decodeTargets(raw: string | null | undefined): { targets: Target
   if (!v || v.v !== 1 || !Array.isArray(v.targets) || v.targets.length > MAX_SHARED_TARGETS || typeof v.ttl !== 'number') return undefined;
   const targets: Target[] = [];
   for (const t of v.targets) {
-    if (!t || typeof t.host !== 'string' || t.host === '' || !Number.isInteger(t.port) || t.port < 1 || t.port > 65535) return undefined;
+    if (!t || typeof t.host !== 'string' || t.host === '' || !usablePort(t.port)) return undefined;
     targets.push(makeTarget(t.host, t.port));
   }
   targets.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));

@@ -82,9 +82,15 @@ export class ScreenedProvider implements Provider {
 
   async discover(route: RouteKey, signal?: AbortSignal): Promise<Target[]> {
     const targets = await this.inner.discover(route, signal);
-    const badAddress = targets.filter((t) => !usableAddress(t.host, this.loopback));
-    const badPort = targets.filter((t) => !usablePort(t.port) && usableAddress(t.host, this.loopback));
-    if (badAddress.length === 0 && badPort.length === 0) return targets;
+    const kept: Target[] = [];
+    const badAddress: Target[] = [];
+    const badPort: Target[] = [];
+    for (const t of targets) {
+      if (!usableAddress(t.host, this.loopback)) badAddress.push(t);
+      else if (!usablePort(t.port)) badPort.push(t);
+      else kept.push(t);
+    }
+    if (kept.length === targets.length) return targets;
     const name = `${route.service}-${route.port}-${route.cluster}`;
     if (badAddress.length > 0) {
       tasksSkipped.inc({ reason: 'bad_address' }, badAddress.length);
@@ -94,7 +100,7 @@ export class ScreenedProvider implements Provider {
       tasksSkipped.inc({ reason: 'bad_port' }, badPort.length);
       log('warn', 'discovery gave ports outside 1-65535', { route: name, left: badPort.map((t) => t.id).slice(0, 5) });
     }
-    return targets.filter((t) => usablePort(t.port) && usableAddress(t.host, this.loopback));
+    return kept;
   }
 
   close(): Promise<void> {
