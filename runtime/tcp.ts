@@ -60,14 +60,14 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
     upstream.once('connect', () => {
       connected = true;
       clearTimeout(timer);
-      // The client left while this connection was being made: nothing to tunnel. The target accepted
-      // (a half-open breaker's trial passed: left unjudged, it would keep the target out for good).
+      // The target accepted: a half-open breaker's trial passed, whether or not the client is still here
+      // (left unjudged, it would keep the target out for good).
+      s.breaker.onSuccess(epoch);
+      // The client left while this connection was being made: nothing to tunnel.
       if (client.destroyed) {
-        s.breaker.onSuccess(epoch);
         upstream.destroy();
         return;
       }
-      s.breaker.onSuccess(epoch);
       countSuccess(s.target.id);
       upstream.setNoDelay(true);
       upstream.setTimeout(config.idleTimeoutMs, () => upstream.destroy());
