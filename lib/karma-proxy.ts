@@ -1151,11 +1151,11 @@ const RECORDS = new WeakMap<IConstruct, Map<string, string>>();
  * record is this proxy's from now on). A zone is its id, or where it is in the app when that is a token.
  */
 function recordOwner(proxy: Construct, zone: route53.IHostedZone, domain: string): string | undefined {
+  // HostedZone.fromLookup's first pass gives every zone the id DUMMY: not judged until it is real.
+  if (zone.hostedZoneId === 'DUMMY') return undefined;
   const root = proxy.node.root;
   const records = RECORDS.get(root) ?? new Map<string, string>();
   RECORDS.set(root, records);
-  // HostedZone.fromLookup's first pass gives every zone the id DUMMY: not judged until it is real.
-  if (zone.hostedZoneId === 'DUMMY') return undefined;
   const zoneKey = Token.isUnresolved(zone.hostedZoneId) ? zone.node.path : zone.hostedZoneId;
   const key = `${zoneKey} *.${domain.toLowerCase()}`;
   const owner = records.get(key);
