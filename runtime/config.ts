@@ -96,8 +96,9 @@ class Invalid extends Error {}
 
 // ---- parsers: each throws Invalid with a message that completes "NAME must be ..." ----
 
+/** A whole number as Go's strconv.Atoi reads it (what the seeds used): decimal digits, a leading + allowed. */
 const integer = (min: number, max: number) => (raw: string): number => {
-  if (!/^\d+$/.test(raw.trim())) throw new Invalid(`an integer from ${min} to ${max}`);
+  if (!/^\+?\d+$/.test(raw.trim())) throw new Invalid(`an integer from ${min} to ${max}`);
   const n = Number(raw.trim());
   if (n < min || n > max) throw new Invalid(`an integer from ${min} to ${max}`);
   return n;
@@ -106,8 +107,8 @@ const integer = (min: number, max: number) => (raw: string): number => {
 /** A positive duration in `unit`, fractions allowed, returned in milliseconds. */
 const duration = (unit: 'seconds' | 'minutes', opts: { zero?: boolean } = {}) => (raw: string): number => {
   const t = raw.trim();
-  // Decimal forms as Go's ParseFloat reads them: 2, 0.5, .5, 2., 1e3 (no sign, hex, Inf or NaN).
-  if (!/^(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?$/i.test(t)) throw new Invalid(`a number of ${unit}${opts.zero ? '' : ' above 0'}`);
+  // Decimal forms as Go's ParseFloat reads them: 2, +2, 0.5, .5, 2., 1e3 (no minus, hex, Inf or NaN).
+  if (!/^\+?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?$/i.test(t)) throw new Invalid(`a number of ${unit}${opts.zero ? '' : ' above 0'}`);
   const n = Number(t);
   if (!(n > 0 || (opts.zero && n === 0))) throw new Invalid(`a number of ${unit}${opts.zero ? '' : ' above 0'}`);
   const ms = Math.round(n * (unit === 'minutes' ? 60_000 : 1000));

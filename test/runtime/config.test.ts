@@ -106,15 +106,23 @@ describe('configuration', () => {
     }
   });
 
+  test("whole numbers take Go's Atoi forms: a leading + and leading zeros", () => {
+    const c = loadConfig({ NODE_FILTER: 'asg', POOL_SIZE: '+200', TARGET_PORT: '08080', CIRCUIT_BREAKER_THRESHOLD: ' +3 ' });
+    expect([c.poolSize, c.targetPort, c.circuitBreakerThreshold]).toEqual([200, 8080, 3]);
+    for (const raw of ['-1', '1.5', '1e2', '0x10', '+', '1_000']) {
+      expect(() => loadConfig({ NODE_FILTER: 'asg', POOL_SIZE: raw })).toThrow(/POOL_SIZE must be an integer from 1 to/);
+    }
+  });
+
   test('CIRCUIT_BREAKER_TIMEOUT takes fractions of a minute', () => {
     expect(loadConfig({ NODE_FILTER: 'asg', CIRCUIT_BREAKER_TIMEOUT: '0.05' }).circuitBreakerTimeoutMs).toBe(3000);
   });
 
   test("durations are read in every decimal form Go's ParseFloat takes, and one too long says its limit", () => {
-    for (const [raw, ms] of [['.5', 500], ['2.', 2000], ['1e1', 10_000], ['2.5E-1', 250], [' 3 ', 3000]] as const) {
+    for (const [raw, ms] of [['.5', 500], ['2.', 2000], ['1e1', 10_000], ['2.5E-1', 250], [' 3 ', 3000], ['+2', 2000]] as const) {
       expect(loadConfig({ NODE_FILTER: 'asg', POOL_TIMEOUT: raw }).poolTimeoutMs).toBe(ms);
     }
-    for (const raw of ['-1', '0x10', 'Inf', 'NaN', '1e', '.', '1..2', '5s']) {
+    for (const raw of ['-1', '0x10', 'Inf', 'NaN', '1e', '.', '1..2', '5s', '++1', '+']) {
       expect(() => loadConfig({ NODE_FILTER: 'asg', POOL_TIMEOUT: raw })).toThrow(/POOL_TIMEOUT must be a number of seconds above 0/);
     }
     expect(() => loadConfig({ NODE_FILTER: 'asg', CIRCUIT_BREAKER_TIMEOUT: '1e12' })).toThrow(/CIRCUIT_BREAKER_TIMEOUT must be at most 35000 minutes/);
