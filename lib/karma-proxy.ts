@@ -164,7 +164,7 @@ export interface KarmaProxyProps {
   /** How targets are found (NODE_FILTER).
    * @default 'ecs' */
   readonly discovery?: DiscoveryMode;
-  /** ECS clusters that may be routed to (ALLOWED_CLUSTERS); the role can only read these.
+  /** ECS clusters that may be routed to (ALLOWED_CLUSTERS), spelled as ECS spells them: the role can only read these, and ARNs are case-sensitive.
    * @default any cluster */
   readonly clusters?: string[];
   /** Target ports that may be routed to: numbers or `'8000-8100'` ranges (ALLOWED_PORTS).
@@ -195,8 +195,9 @@ export interface KarmaProxyProps {
    * @default 30 seconds */
   readonly shutdownTimeout?: Duration;
   /** Any runtime env var, written last to /etc/karma-proxy/env: it overrides what the props above set.
-   * Not those the resources are wired for: PORT and HOST (port 80 on every address), AWS_REGION, and
-   * NODE_FILTER, ALLOWED_CLUSTERS and DOMAIN unless they agree with the props they come from.
+   * Not those the resources are wired for: PORT and HOST (port 80 on every address), AWS_REGION, a
+   * METRICS_HOST other than 0.0.0.0, :: or 127.0.0.1, and NODE_FILTER, ALLOWED_CLUSTERS and DOMAIN unless
+   * they agree with the props they come from; never AWS credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE, ...).
    * @default none */
   readonly environment?: Record<string, string>;
 }
@@ -205,6 +206,13 @@ const DNS_NAME = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a
 const CLUSTER_NAME = /^[A-Za-z0-9_-]{1,255}$/;
 const ENV_KEY = /^[A-Z_][A-Z0-9_]*$/;
 const DISCOVERY_MODES: readonly DiscoveryMode[] = ['ecs', 'asg', 'tag', 'static'];
+/** Env vars that would hand the SDK credentials other than the instance role's. */
+const CREDENTIAL_VARS = [
+  'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_SECURITY_TOKEN', 'AWS_PROFILE',
+  'AWS_SHARED_CREDENTIALS_FILE', 'AWS_CONFIG_FILE', 'AWS_ROLE_ARN', 'AWS_WEB_IDENTITY_TOKEN_FILE',
+  'AWS_CONTAINER_CREDENTIALS_FULL_URI', 'AWS_CONTAINER_CREDENTIALS_RELATIVE_URI', 'AWS_CONTAINER_AUTHORIZATION_TOKEN',
+  'AWS_EC2_METADATA_DISABLED',
+] as const;
 /** How long the boot waits for /healthz. */
 const HEALTH_WAIT_SECONDS = 300;
 /** What the boot may take besides its two waits: swap, dnf, the bundle, the unit (a few minutes at worst). */
@@ -224,6 +232,14 @@ const stripDot = (s: string): string => s.trim().toLowerCase().replace(/\.+$/, '
 /** Seconds as the runtime reads them: `30`, `0.5`. */
 function seconds(d: Duration): string {
   return String(d.toMilliseconds() / 1000);
+}
+
+/** Loopback (127/8, ::1, localhost) or link-local (169.254/16, fe80::/10, and fd00:ec2::254, IMDS over IPv6). */
+function isInstanceLocal(host: string): boolean {
+  if (host === 'localhost' || host.endsWith('.localhost') || host === '::1' || host === '0.0.0.0' || host === '::') return true;
+  if (/^(127|169\.254)\./.test(host) || /^0*127\.|^0+\./.test(host)) return true;
+  if (/^fe[89ab][0-9a-f]?:/.test(host) || /^fd00:ec2:(0*:)*:?0*254$/.test(host) || host === 'fd00:ec2::254') return true;
+  return /^::ffff:(127|169\.254)\./.test(host);
 }
 
 function isCidr(s: string): boolean {
@@ -897,6 +913,23 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     if (props.clusters?.length && v.discovery !== 'ecs') {
       problems.push(`clusters only applies when discovery is 'ecs' (discovery is '${v.discovery}')`);
     }
+    // Pool settings the runtime reads only in their own mode: set in another, they would be written and ignored.
+    const modeOf: Record<string, readonly DiscoveryMode[]> = {
+      staticTargets: ['static'], targetPort: ['asg', 'tag'], asgName: ['asg'], tagName: ['tag'], tagValue: ['tag'],
+    };
+    for (const [prop, modes] of Object.entries(modeOf)) {
+      const value = (props as Record<string, unknown>)[prop];
+      if (value === undefined || (Array.isArray(value) && value.length === 0) || modes.includes(v.discovery)) continue;
+      problems.push(`${prop} only applies when discovery is ${modes.map((m) => `'${m}'`).join(' or ')} (discovery is '${v.discovery}')`);
+    }
+    // On the instance, loopback is the proxy itself (its metrics among it) and link-local is the instance
+    // metadata service: a static target there would serve either to every client.
+    for (const t of [...(props.staticTargets ?? []), ...(v.environment.STATIC_TARGETS ?? '').split(',')]) {
+      const host = known(t) ? t.trim().replace(/:\d{1,5}$/, '').replace(/^\[(.*)\]$/, '$1').toLowerCase() : '';
+      if (host && isInstanceLocal(host)) {
+        problems.push(`static target '${t.trim()}' is on the instance itself (loopback or link-local, the metadata service): give the pool's own addresses`);
+      }
+    }
     for (const c of props.clusters ?? []) {
       if (known(c) && !CLUSTER_NAME.test(c)) problems.push(`clusters entry '${c}' is not an ECS cluster name`);
     }
@@ -979,6 +1012,12 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     if (envSecret !== undefined && known(envSecret) && !/^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:.+$/.test(envSecret.trim())) {
       problems.push(`environment.REDIS_AUTH_SECRET_ARN '${envSecret}' must be a Secrets Manager secret ARN (the role is granted GetSecretValue on it)`);
     }
+    for (const key of CREDENTIAL_VARS) {
+      if (v.environment[key] !== undefined) {
+        problems.push(`environment.${key} cannot be set: the proxy takes its credentials from the instance role, and anything set here ` +
+          'is written into the template, the user data and the env file (grant what it needs to the role instead)');
+      }
+    }
     if (v.environment.AWS_REGION !== undefined) {
       problems.push("environment.AWS_REGION cannot be set: the proxy discovers in the stack's region, where the role's permissions are");
     }
@@ -1007,6 +1046,12 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     const envHost = v.environment.HOST;
     if (envHost !== undefined && known(envHost) && !['0.0.0.0', '::', '[::]'].includes(envHost.trim())) {
       problems.push(`environment.HOST '${envHost}' cannot narrow where the proxy listens: clients reach it on the instance's addresses (0.0.0.0 or :: only)`);
+    }
+    // The boot and the liveness timer ask http://127.0.0.1:<metrics port>/healthz.
+    const envMetricsHost = v.environment.METRICS_HOST;
+    if (envMetricsHost !== undefined && known(envMetricsHost) && !['0.0.0.0', '::', '[::]', '127.0.0.1'].includes(envMetricsHost.trim())) {
+      problems.push(`environment.METRICS_HOST '${envMetricsHost}' must be 0.0.0.0, :: or 127.0.0.1: the boot and the liveness check ask 127.0.0.1 for /healthz ` +
+        '(metricsPeer decides who else may reach it)');
     }
     const envShutdown = v.environment.SHUTDOWN_TIMEOUT;
     if (envShutdown !== undefined && known(envShutdown) && !/^\d+(\.\d+)?$/.test(envShutdown.trim())) {

@@ -12,7 +12,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { App, Duration, Stack } from 'aws-cdk-lib';
 import { Template } from 'aws-cdk-lib/assertions';
-import { KarmaProxy } from '../../lib';
+import { KarmaProxy, type KarmaProxyProps } from '../../lib';
 import { INSTANCE_PATHS, SWAP_DEFAULTS, renderBootstrap, renderEnvFile, renderLivenessScript, renderLivenessUnits, renderSwapSetup, renderUnit } from '../../lib/user-data';
 import { ENV_NAMES } from '../../runtime/config';
 import { heredocBody, makeStack, parseEnvFile, userDataText } from './helpers';
@@ -63,17 +63,25 @@ describe.each(Object.entries(configs))('%s', (name, stack) => {
 });
 
 test('every setting the props can write is a runtime env var', () => {
-  const stack = new Stack(new App(), 'Test');
-  const props = {
-    domain: 'apps.example.com', clusters: ['prod'], ports: [80], asgName: 'a', tagName: 'b', tagValue: 'c',
-    staticTargets: ['10.0.0.1:80'], targetPort: 8080, discoveryInterval: Duration.seconds(5),
-    shutdownTimeout: Duration.seconds(10), redis: true,
+  const common = {
+    domain: 'apps.example.com', discoveryInterval: Duration.seconds(5), shutdownTimeout: Duration.seconds(10), redis: true,
     healthCheck: { path: '/', interval: Duration.seconds(10), timeout: Duration.seconds(2), healthyThreshold: 2, unhealthyThreshold: 2, healthyHttpCodes: '200' },
   };
-  const proxy = new KarmaProxy(stack, 'Proxy', props);
-  const written = Object.keys(proxy.runtimeEnvironment);
-  expect(written.length).toBeGreaterThanOrEqual(20);
-  expect(written.filter((k) => !ENV_NAMES.includes(k))).toEqual([]);
+  // Each mode with the settings of its own (others are refused in it).
+  const byMode: KarmaProxyProps[] = [
+    { discovery: 'ecs', clusters: ['prod'], ports: [80] },
+    { discovery: 'asg', asgName: 'a', targetPort: 8080 },
+    { discovery: 'tag', tagName: 'b', tagValue: 'c', targetPort: 8080 },
+    { discovery: 'static', staticTargets: ['10.0.0.1:80'] },
+  ];
+  const written = new Set<string>();
+  for (const props of byMode) {
+    const proxy = new KarmaProxy(new Stack(new App(), 'Test'), 'Proxy', { ...common, ...props });
+    for (const k of Object.keys(proxy.runtimeEnvironment)) written.add(k);
+  }
+  expect(written.size).toBeGreaterThanOrEqual(20);
+  expect([...written].filter((k) => !ENV_NAMES.includes(k))).toEqual([]);
+  for (const k of ['ALLOWED_CLUSTERS', 'ASG_NAME', 'TAG_NAME', 'TAG_VALUE', 'TARGET_PORT', 'STATIC_TARGETS']) expect(written).toContain(k);
 });
 
 test('awkward values reach the runtime intact through systemd quoting', () => {
