@@ -145,7 +145,10 @@ export function propsFromContext(
       }
     }
     if (v && typeof v === 'object' && !Array.isArray(v)) {
-      return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, String(x)]));
+      // Numbers and booleans read as they print; an object or null would become '[object Object]' or 'null'.
+      const bad = Object.entries(v).filter(([, x]) => !['string', 'number', 'boolean'].includes(typeof x)).map(([k]) => k);
+      if (bad.length > 0) problems.push(`${r.from}: ${bad.join(', ')} must be a string, a number or a boolean`);
+      return Object.fromEntries(Object.entries(v).filter(([k]) => !bad.includes(k)).map(([k, x]) => [k, String(x)]));
     }
     if (typeof v === 'string') {
       const out: Record<string, string> = {};
@@ -168,7 +171,14 @@ export function propsFromContext(
   let hostedZoneId = str('hostedZoneId');
   let hostedZoneName = str('hostedZoneName');
   let usedExamples = false;
-  if (!domain && !hostedZoneId) {
+  // Route53 zone ids are upper-case letters and digits (Z0123456789ABCDEFGHIJ); a zone's name is a common slip.
+  if (hostedZoneId !== undefined && !/^[A-Z0-9]{1,32}$/.test(hostedZoneId)) {
+    problems.push(`hostedZoneId '${hostedZoneId}' is not a Route53 hosted zone id such as Z0123456789ABCDEFGHIJ` +
+      (hostedZoneId.includes('.') ? ' (that looks like the zone\'s name: give it as hostedZoneName)' : ''));
+  }
+  if (!domain && !hostedZoneId && hostedZoneName) {
+    problems.push('hostedZoneName needs hostedZoneId (context hostedZoneId or KARMA_HOSTED_ZONE_ID): no lookup is made');
+  } else if (!domain && !hostedZoneId) {
     usedExamples = true;
     domain = EXAMPLE_CONTEXT.domain;
     hostedZoneId = EXAMPLE_CONTEXT.hostedZoneId;

@@ -37,6 +37,9 @@ export const PRICES = {
     't4g.large': 49.06,
     't4g.xlarge': 98.11,
     't4g.2xlarge': 196.22,
+    // Fixed performance, for steady load (no CPU credits): $0.0363 and $0.0408 an hour.
+    'c7g.medium': 26.5,
+    'm7g.medium': 29.78,
   } as Readonly<Record<string, number>>,
   /** ElastiCache nodes (Redis OSS, on-demand). */
   cacheNodes: {

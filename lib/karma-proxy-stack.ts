@@ -74,6 +74,10 @@ export class KarmaProxyStack extends Stack {
         }
       }
       if (problems.length === 0) {
+        // Imported subnets without route table ids warn that reading one gives undefined; nothing here
+        // reads them (the proxy and the cache need subnet ids alone), and the warning fails `cdk synth --strict`.
+        Annotations.of(this).acknowledgeWarning('@aws-cdk/aws-ec2:noSubnetRouteTableId',
+          'The proxy and the cache need subnet ids alone: no route table is read.');
         vpc = ec2.Vpc.fromVpcAttributes(this, 'Vpc', {
           vpcId: props.vpcId,
           availabilityZones: givenAzs ?? pub.map((_, i) => Fn.select(i, Fn.getAzs())),

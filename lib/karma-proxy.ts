@@ -217,6 +217,8 @@ const CREDENTIAL_VARS = [
 const HEALTH_WAIT_SECONDS = 300;
 /** What the boot may take besides its two waits: swap, dnf, the bundle, the unit (a few minutes at worst). */
 const BOOT_SECONDS = 300;
+/** Elastic IPs a region allows an account unless raised (one per instance slot here). */
+const EIP_DEFAULT_QUOTA = 5;
 /** The most user data EC2 takes (before base64). */
 const USER_DATA_LIMIT = 16 * 1024;
 /** signalTimeout's bounds: a boot's own minimum, and CloudFormation's longest rolling-update pause (PT1H). */
@@ -719,6 +721,12 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       Validations.of(this).addWarning('KarmaProxy:IdleAddresses',
         `minCapacity (${minCapacity}) is below maxCapacity (${maxCapacity}): the wildcard record lists all ` +
         `${maxCapacity} addresses, and clients that pick an address without an instance will time out.`);
+    }
+
+    if (maxCapacity > EIP_DEFAULT_QUOTA) {
+      Validations.of(this).addWarning('KarmaProxy:ElasticIpQuota',
+        `maxCapacity (${maxCapacity}) makes ${maxCapacity} Elastic IPs, more than a region's default quota of ` +
+        `${EIP_DEFAULT_QUOTA} (which other stacks share): raise the quota first, or the deploy fails.`);
     }
 
     // ---- DNS ----

@@ -103,3 +103,21 @@ test('a metricsCidr whose prefix is longer than its address is refused at synth,
   expect(() => propsFromContext(ctx({ domain: 'a.acme.io', metricsCidr: 'fd00::/129' }), {})).toThrow("metricsCidr 'fd00::/129' is not a CIDR");
   expect(propsFromContext(ctx({ domain: 'a.acme.io', metricsCidr: 'fd00::/8' }), {}).props.metricsPeer).toBeDefined();
 });
+
+test("a zone's name given as hostedZoneId is refused, and says where it belongs", () => {
+  expect(() => propsFromContext(ctx({ domain: 'apps.example.com', hostedZoneId: 'example.com' }), {})).toThrow(
+    "hostedZoneId 'example.com' is not a Route53 hosted zone id such as Z0123456789ABCDEFGHIJ (that looks like the zone's name: give it as hostedZoneName)");
+  expect(() => propsFromContext(ctx({ domain: 'apps.example.com', hostedZoneId: 'z-lower' }), {})).toThrow("hostedZoneId 'z-lower' is not a Route53 hosted zone id");
+});
+
+test('hostedZoneName alone is named as what is missing, not as a clash with the example domain', () => {
+  expect(() => propsFromContext(ctx({ hostedZoneName: 'foo.com' }), {})).toThrow(
+    'hostedZoneName needs hostedZoneId (context hostedZoneId or KARMA_HOSTED_ZONE_ID): no lookup is made');
+});
+
+test('proxyEnv as JSON takes strings, numbers and booleans; an object or null is refused, not written as [object Object]', () => {
+  expect(propsFromContext(ctx({ domain: 'a.acme.io', proxyEnv: '{"RETRIES":1,"LOG_CONNECTIONS":true,"IDLE_TIMEOUT":"30"}' }), {}).props.environment)
+    .toEqual({ RETRIES: '1', LOG_CONNECTIONS: 'true', IDLE_TIMEOUT: '30' });
+  expect(() => propsFromContext(ctx({ domain: 'a.acme.io', proxyEnv: '{"A":{"b":1},"B":null,"C":"ok"}' }), {}))
+    .toThrow("context 'proxyEnv': A, B must be a string, a number or a boolean");
+});

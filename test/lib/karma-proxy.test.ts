@@ -368,6 +368,17 @@ describe('default stack', () => {
   });
 });
 
+test("more instance slots than a region's default Elastic IP quota is a warning that says to raise it", () => {
+  const quotaWarnings = (props: KarmaProxyProps): string[] => {
+    const stack = new Stack(new App(), 'Test');
+    new KarmaProxy(stack, 'Proxy', { domain: DOMAIN, redis: false, ...props });
+    return Annotations.fromStack(stack).findWarning('/Test/Proxy', Match.stringLikeRegexp('KarmaProxy:ElasticIpQuota')).map((w) => String(w.entry.data));
+  };
+  expect(quotaWarnings({ minCapacity: 5, maxCapacity: 5 })).toEqual([]);
+  expect(quotaWarnings({ minCapacity: 6, maxCapacity: 6 })[0]).toContain(
+    "maxCapacity (6) makes 6 Elastic IPs, more than a region's default quota of 5 (which other stacks share): raise the quota first, or the deploy fails.");
+});
+
 describe('a cache for a single instance', () => {
   const cacheWarnings = (props: KarmaProxyProps): string[] => {
     const stack = new Stack(new App(), 'Test');
