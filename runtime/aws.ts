@@ -84,6 +84,29 @@ const countedInputs = new WeakSet<object>();
 const COUNTING_MIDDLEWARE = 'karmaAwsCallsMiddleware';
 
 /**
+ * The list every answer of these APIs carries, empty or not (`{"taskArns":[]}`, `<reservationSet/>`).
+ * A 200 without it (an empty body, a captive portal's HTML, `{}`) is read by the SDK as an output with
+ * nothing in it; taken as "no targets" it would empty a pool, so it fails like any other bad answer
+ * and the route keeps its last targets.
+ */
+const ANSWER_LISTS: Readonly<Record<string, string>> = {
+  ListTasks: 'taskArns', DescribeTasks: 'tasks', DescribeContainerInstances: 'containerInstances',
+  ListClusters: 'clusterArns', ListServices: 'serviceArns', DescribeInstances: 'Reservations',
+  DescribeNetworkInterfaces: 'NetworkInterfaces', DescribeAutoScalingGroups: 'AutoScalingGroups',
+};
+
+export class IncompleteAnswerError extends Error {
+  override readonly name = 'IncompleteAnswer';
+}
+
+function checkAnswer(api: string, output: unknown): void {
+  const list = ANSWER_LISTS[api];
+  if (list !== undefined && !Array.isArray((output as Record<string, unknown> | undefined)?.[list])) {
+    throw new IncompleteAnswerError(`${api}: the answer has no ${list} list (an empty or foreign body?)`);
+  }
+}
+
+/**
  * Counts every HTTP attempt (so a throttled attempt that the SDK retried is still seen) by API and
  * outcome. Sits right after the retry middleware, where errors are already deserialised.
  */
@@ -100,6 +123,7 @@ export function addCallCounting(client: { middlewareStack: object }): void {
         if (args.input && typeof args.input === 'object') countedInputs.add(args.input);
         try {
           const out = await next(args);
+          checkAnswer(api, (out as { output?: unknown }).output);
           awsCalls.inc({ api, outcome: 'ok' });
           return out;
         } catch (err) {

@@ -73,7 +73,7 @@ export interface StubModel {
   secrets: Record<string, string>;
 }
 
-export type Fault = 'throttle' | 'error500' | 'hang' | 'reset' | 'malformed' | 'delay';
+export type Fault = 'throttle' | 'error500' | 'hang' | 'reset' | 'malformed' | 'empty200' | 'html200' | 'emptyObject200' | 'delay';
 
 export interface FaultOptions {
   /** How many calls get the fault. @default 1 (Infinity: until clearFaults) */
@@ -509,6 +509,18 @@ export async function startAwsStub(model: Partial<StubModel> = {}, opts: AwsStub
         case 'malformed':
           res.writeHead(200, { 'content-type': proto === 'json' ? 'application/x-amz-json-1.1' : 'text/xml' });
           res.end(proto === 'json' ? '{"taskArns": [' : '<DescribeInstancesResponse><reservationSet><item>');
+          return;
+        case 'empty200':
+          res.writeHead(200, { 'content-type': proto === 'json' ? 'application/x-amz-json-1.1' : 'text/xml' });
+          res.end();
+          return;
+        case 'html200': // what a captive portal or a misrouted endpoint answers
+          res.writeHead(200, { 'content-type': 'text/html' });
+          res.end('<html><body><h1>Service Temporarily Unavailable</h1></body></html>');
+          return;
+        case 'emptyObject200':
+          res.writeHead(200, { 'content-type': 'application/x-amz-json-1.1' });
+          res.end('{}');
           return;
         case 'delay':
           await new Promise((r) => setTimeout(r, f.delayMs));

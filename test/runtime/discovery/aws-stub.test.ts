@@ -190,6 +190,34 @@ describe('discovery through the AWS stub with real SDK clients', () => {
     expect(Date.now() - started).toBeLessThan(5000);
   });
 
+  test.each([
+    ['an empty 200', 'ListTasks', 'empty200', {}],
+    ['{} for ListTasks', 'ListTasks', 'emptyObject200', {}],
+    ['{} for DescribeTasks', 'DescribeTasks', 'emptyObject200', {}],
+    ['an HTML 200 for DescribeInstances', 'DescribeInstances', 'html200', { NODE_FILTER: 'tag' }],
+    ['an empty 200 for DescribeInstances', 'DescribeInstances', 'empty200', { NODE_FILTER: 'tag' }],
+    ['an empty 200 for DescribeAutoScalingGroups', 'DescribeAutoScalingGroups', 'empty200', { NODE_FILTER: 'asg' }],
+  ] as const)('%s is a failed discovery, not an empty pool, and is counted as an error', async (_name, api, fault, env) => {
+    stub.model.clusters.prod = { web: [awsvpc(1)] };
+    stub.model.instances = [{ id: 'i-1', privateIp: '10.0.0.9', tags: { Name: 'worker-node' } }];
+    stub.model.asgs = { 'worker-nodes': [{ id: 'i-1' }] };
+    const p = provider(env, 1);
+    const key = env.NODE_FILTER ? POOL_ROUTE : route;
+    await expect(p.discover(key)).resolves.toHaveLength(1);
+    const errorsBefore = await count(api, 'error');
+    stub.fail(api, fault, { times: Infinity });
+    await expect(p.discover(key)).rejects.toMatchObject({ name: 'IncompleteAnswer' });
+    expect((await count(api, 'error')) - errorsBefore).toBe(1);
+  });
+
+  test('a real empty answer is still an empty pool', async () => {
+    stub.model.clusters.prod = { web: [] };
+    await expect(provider({}, 1).discover(route)).resolves.toEqual([]);
+    stub.model.asgs = { 'worker-nodes': [] };
+    await expect(provider({ NODE_FILTER: 'asg' }, 1).discover(POOL_ROUTE)).resolves.toEqual([]);
+    await expect(provider({ NODE_FILTER: 'tag' }, 1).discover(POOL_ROUTE)).resolves.toEqual([]);
+  });
+
   test('an abort signal stops a discovery whose call AWS is holding', async () => {
     stub.model.clusters.prod = { web: [awsvpc(1)] };
     stub.fail('ListTasks', 'hang');
