@@ -18,3 +18,14 @@ export function errorFields(err: unknown): Record<string, unknown> {
   }
   return { error: String(err) };
 }
+
+/**
+ * Node's process warnings (the AWS SDK's NodeVersionSupportWarning on Node 20, deprecations) as log
+ * lines too: Node's own printer writes them as several lines of plain text, which breaks a JSON-lines log.
+ */
+export function logProcessWarnings(): void {
+  process.removeAllListeners('warning');
+  process.on('warning', (w: Error & { code?: string }) => {
+    log('warn', w.message.replace(/\s+/g, ' ').trim(), { warning: w.name, ...(w.code ? { code: w.code } : {}) });
+  });
+}

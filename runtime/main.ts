@@ -13,7 +13,7 @@ import { Config, ConfigError, ENV_NAMES, loadConfig, mistypedSettings } from './
 import { answerAcceptorRequest } from './acceptors';
 import { Coordinator, providerFor } from './coordinator';
 import type { ToPrimary } from './ipc';
-import { errorFields, log } from './log';
+import { errorFields, log, logProcessWarnings } from './log';
 import { register } from './metrics';
 import { workerEnv, workerV8Flags } from './memory';
 
@@ -241,6 +241,7 @@ function readDotEnv(): void {
 }
 
 function main(): void {
+  logProcessWarnings();
   readDotEnv();
   const config = configOrExit();
   if (cluster.isPrimary) {

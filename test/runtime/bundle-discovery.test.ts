@@ -73,11 +73,20 @@ describe('the bundle with AWS discovery', () => {
     const [one] = backends;
     stub.model.asgs.workers = [{ id: 'i-00000000000000001' }, { id: 'i-00000000000000002', lifecycleState: 'Terminating' }];
     stub.model.instances.push({ id: 'i-00000000000000001', privateIp: '127.0.0.1' }, { id: 'i-00000000000000002', privateIp: '127.0.0.3' });
-    const p = await startBundle({ ...stub.env(), NODE_FILTER: 'asg', ASG_NAME: 'workers', TARGET_PORT: String(one.port), HEALTH_CHECK_PATH: 'off' });
+    // The stub silences the SDK's Node 20 warning; here it may speak, to show it comes out as a log line.
+    const p = await startBundle({ ...stub.env(), AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'false',
+      NODE_FILTER: 'asg', ASG_NAME: 'workers', TARGET_PORT: String(one.port), HEALTH_CHECK_PATH: 'off' });
     try {
       for (let i = 0; i < 3; i++) expect(await request(p.port, { headers: { Host: 'anything.example.org' } })).toMatchObject({ status: 200, body: 'task-1' });
     } finally {
       await p.stop();
+    }
+    // Every line is JSON, the SDK's own warnings (its NodeVersionSupportWarning on Node 20) included.
+    const lines = `${p.stdout}\n${p.stderr}`.split('\n').filter((l) => l.trim() !== '');
+    expect(lines.filter((l) => { try { JSON.parse(l); return false; } catch { return true; } })).toEqual([]);
+    if (Number(process.versions.node.split('.')[0]) < 22) {
+      expect(lines.map((l) => JSON.parse(l)).filter((l) => /^NodeVersionSupportWarning: .* require node >=22\./.test(l.msg)))
+        .toMatchObject([{ level: 'warn', warning: 'Warning' }]);
     }
   });
 
