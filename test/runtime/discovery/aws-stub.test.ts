@@ -202,7 +202,7 @@ describe('discovery through the AWS stub with real SDK clients', () => {
     stub.model.instances = [{ id: 'i-1', privateIp: '10.0.0.9', tags: { Name: 'worker-node' } }];
     stub.model.asgs = { 'worker-nodes': [{ id: 'i-1' }] };
     const p = provider(env, 1);
-    const key = env.NODE_FILTER ? POOL_ROUTE : route;
+    const key = 'NODE_FILTER' in env ? POOL_ROUTE : route;
     await expect(p.discover(key)).resolves.toHaveLength(1);
     const errorsBefore = await count(api, 'error');
     stub.fail(api, fault, { times: Infinity });
