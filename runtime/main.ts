@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as util from 'node:util';
 import * as http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { Config, ConfigError, ENV_NAMES, loadConfig, mistypedSettings } from './config';
 import { answerAcceptorRequest } from './acceptors';
 import { Coordinator, providerFor } from './coordinator';
@@ -131,7 +131,14 @@ async function runPrimary(config: Config): Promise<void> {
     }, delay).unref();
   });
 
+  /** Open metrics connections, oldest first, with their requests in flight. */
+  const metricsSockets = new Map<Socket, { n: number }>();
   const metricsServer = http.createServer((req, res) => {
+    const inFlight = metricsSockets.get(req.socket);
+    if (inFlight) {
+      inFlight.n++;
+      res.on('close', () => inFlight.n--);
+    }
     const path = (req.url ?? '').split('?')[0];
     // HEAD wherever GET is (node:http sends the head alone); another method on these paths is a 405.
     const read = req.method === 'GET' || req.method === 'HEAD';
@@ -161,7 +168,22 @@ async function runPrimary(config: Config): Promise<void> {
   // Scrapers and health checkers: a few connections, quick requests. Bounds so that silent or slow ones
   // cannot pile up in the primary (which also runs health checks and discovery) until it runs out of
   // file descriptors; node:http's defaults leave a silent connection open for good.
-  metricsServer.maxConnections = METRICS_MAX_CONNECTIONS;
+  // At the bound a new connection takes the place of the oldest one with no request in flight (silent,
+  // idle or still sending its head): holding 64 silent connections must not starve /healthz, or the
+  // liveness check would restart a proxy that is fine. Only when every one is busy is the new one dropped.
+  metricsServer.on('connection', (socket: Socket) => {
+    if (metricsSockets.size >= METRICS_MAX_CONNECTIONS) {
+      const oldestIdle = [...metricsSockets].find(([, inFlight]) => inFlight.n === 0)?.[0];
+      if (oldestIdle === undefined) {
+        socket.destroy();
+        return;
+      }
+      metricsSockets.delete(oldestIdle);
+      oldestIdle.destroy();
+    }
+    metricsSockets.set(socket, { n: 0 });
+    socket.on('close', () => metricsSockets.delete(socket));
+  });
   metricsServer.headersTimeout = METRICS_TIMEOUT_MS;
   metricsServer.requestTimeout = METRICS_TIMEOUT_MS;
   metricsServer.setTimeout(METRICS_TIMEOUT_MS, (socket) => socket.destroy());
