@@ -485,6 +485,8 @@ export class Forwarder {
           rawAnswer(socket, 503, 'target busy: too many open WebSockets', 'Retry-After: 5\r\n');
           return finish();
         }
+        // A retry is counted when it reaches a target, not when one is wanted and none is left.
+        if (outcome.attempts > 1) retriesTotal.inc();
         s.inflight++;
         s.tunnels++;
         let ended = false;
@@ -503,8 +505,10 @@ export class Forwarder {
         const judge = (ok: boolean, refused = false): void => {
           if (judged) return;
           judged = true;
-          if (ok) s.breaker.onSuccess(epoch);
-          else s.breaker.onFailure(epoch, undefined, refused);
+          if (ok) {
+            s.breaker.onSuccess(epoch);
+            countSuccess(s.target.id);
+          } else s.breaker.onFailure(epoch, undefined, refused);
         };
         /** This try failed before anything of the target's reached the client. */
         const failed = (kind: FailureKind, status: number): void => {
@@ -589,7 +593,6 @@ export class Forwarder {
             if (WS_RETRYABLE.has(kind) && this.retriesLeft(outcome) && !socket.destroyed) {
               failed(kind, kind === 'connect_timeout' ? 504 : 502);
               end();
-              retriesTotal.inc();
               keepOpenOnce(socket);
               // The head went back into the socket on this try (http-proxy unshifts it): not twice.
               process.nextTick(attempt, EMPTY);
@@ -628,6 +631,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   /** Targets this request already failed on (made on the first retry). */
   private tried: Set<TargetState> | undefined;
   private retries = 0;
+  /** A retry was granted and has not reached a target yet (karma_retries_total counts it then). */
+  private retrying = false;
   private stale = 0;
   /** Informational answers passed on so far (at most MAX_INFORMATIONAL). */
   private informational = 0;
@@ -702,6 +707,11 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     }
     outcome.attempts++;
     outcome.target = pick.state.target.id;
+    // A retry is counted when it reaches a target, not when one is wanted and none is left.
+    if (this.retrying) {
+      this.retrying = false;
+      retriesTotal.inc();
+    }
     this.attempt(pick.state, this.stale > 0);
   }
 
@@ -974,7 +984,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       (this.retryOnReset && (err.kind === 'reset' || err.kind === 'bad_response') && (!this.body || (this.bodyWhole && this.req.replayable)));
     if (retryable && this.retries < this.opts.retries && unsent) {
       this.retries++;
-      retriesTotal.inc();
+      this.retrying = true;
       return this.next();
     }
     this.fail();

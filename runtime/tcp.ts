@@ -36,6 +36,8 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
       connect(pool, tried, client, attempt, startedAt);
       return;
     }
+    // A retry is counted when it reaches a target, not when one is wanted and none is left.
+    if (attempt > 0) retriesTotal.inc();
     s.inflight++;
     const upstream = net.connect({ host: s.target.host, port: s.target.port, allowHalfOpen: true });
     sockets.add(upstream);
@@ -94,7 +96,6 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
         epoch,
         () => {
           if (attempt < config.retries && !client.destroyed) {
-            retriesTotal.inc();
             connect(pool, tried, client, attempt + 1, startedAt);
           } else client.destroy();
         },

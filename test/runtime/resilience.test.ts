@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import * as http from 'node:http';
 import * as net from 'node:net';
 import { loadConfig } from '../../runtime/config';
-import { failedConnections, nodeHealthStatus, upstreamErrors } from '../../runtime/metrics';
+import { failedConnections, nodeHealthStatus, retriesTotal, upstreamErrors } from '../../runtime/metrics';
 import { makeTarget, Provider, Target } from '../../runtime/types';
 import { Running, start } from '../../runtime/worker';
 import { Backend, startBackend } from '../support/backend';
@@ -202,6 +202,22 @@ describe('retry on another target', () => {
     } finally {
       await p.stop();
       await Promise.all([resetting.close(), good.close()]);
+    }
+  });
+
+  test('karma_retries_total counts the retries that reached a target, not those wanted when none was left', async () => {
+    // Two targets that both reset every request, and a retry budget of five: one retry can happen.
+    const resets = await Promise.all(['r1', 'r2'].map(startBackend));
+    for (const b of resets) b.handle = (req) => req.socket.destroy();
+    const p = await proxyFor(resets, { RETRIES: '5', HEALTH_CHECK_PATH: 'off', CIRCUIT_BREAKER_THRESHOLD: '100' });
+    try {
+      const before = (await retriesTotal.get()).values[0]?.value ?? 0;
+      expect((await request(p.port)).status).toBe(502);
+      expect(resets.map((b) => b.seen.length)).toEqual([1, 1]);
+      expect(((await retriesTotal.get()).values[0]?.value ?? 0) - before).toBe(1);
+    } finally {
+      await p.stop();
+      await Promise.all(resets.map((b) => b.close()));
     }
   });
 

@@ -3,7 +3,7 @@ import * as net from 'node:net';
 import { WebSocket, WebSocketServer } from 'ws';
 import { loadConfig } from '../../runtime/config';
 import { TUNNEL_HALF_CLOSE_GRACE_MS } from '../../runtime/forward';
-import { limitHits, requestsTotal } from '../../runtime/metrics';
+import { limitHits, register, requestsTotal } from '../../runtime/metrics';
 import { makeTarget, Target } from '../../runtime/types';
 import { Running, start } from '../../runtime/worker';
 import { rawExchange } from '../hardening/support';
@@ -41,6 +41,10 @@ test('a handshake reaches the target with X-Forwarded-* of ours, and without the
     expect(seen).toHaveLength(1);
     expect(seen[0].forwarded).toBeUndefined();
     expect([seen[0]['x-forwarded-proto'], seen[0]['x-forwarded-for']]).toEqual(['http', '203.0.113.7, 127.0.0.1']);
+    // The target answered the handshake: a successful connection, as an answered GET is.
+    const successes = (await register.getMetricsAsJSON()).find((m) => m.name === 'load_balancer_successful_connections_total') as unknown as
+      { values: { labels: { target?: string }; value: number }[] };
+    expect(successes.values.find((v) => v.labels.target === t.id)?.value).toBe(1);
   } finally {
     await p.stop();
     wss.close();
