@@ -41,7 +41,7 @@ import {
   unconsume,
 } from './llhttp';
 import { errorFields, log } from './log';
-import { activeConnections, limitHits, rejectedRequests } from './metrics';
+import { activeConnections, countRequest, limitHits, rejectedRequests } from './metrics';
 
 export interface DownstreamOptions {
   /** MAX_HEADER_SIZE: request line and headers together; more is a 431. */
@@ -933,13 +933,21 @@ export class ClientConn {
       ? (inRequestLine(d ?? this.parser.getCurrentBuffer!(), err.bytesParsed, this.headInRead) ? 414 : 431)
       : code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW' ? 413 : 400;
     if (status === 431 || status === 414) limitHits.labels({ limit: 'headers' }).inc();
+    this.countRefused(status);
     this.refuseInTurn(status, STATUS_CODES[status] ?? 'Bad Request');
   }
 
   /** HEADERS_TIMEOUT or REQUEST_TIMEOUT passed: a 408, in turn. */
   timedOut(): void {
     rejectedRequests.labels({ reason: 'client_error' }).inc();
+    this.countRefused(408);
     this.refuseInTurn(408, STATUS_CODES[408]!);
+  }
+
+  /** A request refused before it had a route is one of karma_requests_total{route="none"}, as the server's refusals are. */
+  private countRefused(status: number): void {
+    const started = this.reading?.startedAt;
+    countRequest('none', status, started === undefined ? 0 : (performance.now() - started) / 1000);
   }
 
   /**

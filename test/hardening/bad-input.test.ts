@@ -342,6 +342,18 @@ describe('bad input against the bundle', () => {
     expect(p.child.exitCode).toBeNull();
   });
 
+  test('a request refused before it parses is one of karma_requests_total{route="none"}, as a refused Host is', async () => {
+    const none4xx = (): Promise<number> => metric(p.metricsPort, 'karma_requests_total', { route: 'none', code: '4xx' });
+    const before = await none4xx();
+    const bad = [
+      `BAN / HTTP/1.1\r\n${H}\r\n`,
+      `POST /two-lengths HTTP/1.1\r\n${H}Content-Length: 1\r\nContent-Length: 2\r\n\r\nab`,
+      `GET /bad-host HTTP/1.1\r\nHost: a b\r\n\r\n`,
+    ];
+    for (const raw of bad) expect((await rawExchange(p.port, raw, { deadlineMs: 3000 })).responses.map((x) => x.status)).toEqual([400]);
+    expect((await none4xx()) - before).toBe(bad.length);
+  });
+
   test('a stalled body is a 408 by whichever clock is shorter: here UPSTREAM_TIMEOUT, under a long IDLE_TIMEOUT', async () => {
     const q = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, HEALTH_CHECK_PATH: 'off', IDLE_TIMEOUT: '30', UPSTREAM_TIMEOUT: '1' });
     try {
