@@ -141,12 +141,12 @@ export class Coordinator {
   private onMessage(worker: Worker, m: ToPrimary): void {
     switch (m.t) {
       case 'discover':
-        void this.discover(m.route).then(
-          (targets) => {
+        void this.discoverAged(m.route).then(
+          ({ targets, ageMs }) => {
             // Breakers other workers opened come first: the worker's new targets start in that state.
             const snaps = this.breakers.snapshots(new Set(targets.map((t) => t.id)));
             if (snaps.length) this.send(worker, { t: 'breaker', snaps });
-            this.send(worker, { t: 'discovered', n: m.n, targets });
+            this.send(worker, { t: 'discovered', n: m.n, targets, ageMs });
           },
           (err: unknown) => {
             const { error, code } = errorFields(err);
@@ -191,13 +191,27 @@ export class Coordinator {
   }
 
   /** One discovery per route at a time, and one per period however many workers ask. */
-  discover(route: RouteKey): Promise<Target[]> {
+  async discover(route: RouteKey): Promise<Target[]> {
+    return (await this.discoverAged(route)).targets;
+  }
+
+  /**
+   * The same, with the answer's age: one shared from the cache is that old already, and the worker that
+   * takes it refreshes it a period after it was found, not a period after it asked. A fresh answer, or
+   * the last one kept when AWS failed, is 0 old (the next try is a period away).
+   */
+  discoverAged(route: RouteKey): Promise<{ targets: Target[]; ageMs: number }> {
     const id = routeId(route);
     // Most recently asked last; as many routes as all the workers can hold, the oldest going first
     // (Hosts naming ever new routes churn the workers' tables, and would otherwise grow these maps).
     setRecent(this.asked, id, this.now(), this.maxRoutes, (oldest) => this.fresh.delete(oldest));
     const hit = this.fresh.get(id);
-    if (hit && this.now() - hit.at < (hit.targets.length ? this.freshMs : this.emptyFreshMs)) return Promise.resolve([...hit.targets]);
+    const now = this.now();
+    if (hit && now - hit.at < (hit.targets.length ? this.freshMs : this.emptyFreshMs)) return Promise.resolve({ targets: [...hit.targets], ageMs: now - hit.at });
+    return this.fetch(route, id).then((targets) => ({ targets, ageMs: 0 }));
+  }
+
+  private fetch(route: RouteKey, id: string): Promise<Target[]> {
     let p = this.inflight.get(id);
     if (!p) {
       // A deadline for the whole discovery: an AWS answer that stalls mid-body, or pages without end,

@@ -27,7 +27,7 @@ export type ToPrimary =
   | { readonly t: 'pong' };
 
 export type ToWorker =
-  | { readonly t: 'discovered'; readonly n: number; readonly targets?: readonly Target[]; readonly error?: string; readonly code?: string }
+  | { readonly t: 'discovered'; readonly n: number; readonly targets?: readonly Target[]; readonly ageMs?: number; readonly error?: string; readonly code?: string }
   | { readonly t: 'health'; readonly verdicts: readonly (readonly [string, boolean])[] }
   | { readonly t: 'metrics?'; readonly n: number }
   /** Is your event loop turning? (the primary's watchdog, WORKER_STUCK_TIMEOUT) */
@@ -48,7 +48,7 @@ const listen: Listen = (fn) => process.on('message', (m: ToWorker) => fn(m));
 /** A worker's discovery: asks the primary, which shares one discovery among all workers. */
 export class PrimaryProvider implements Provider {
   private n = 0;
-  private readonly waiting = new Map<number, { resolve: (t: Target[]) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
+  private readonly waiting = new Map<number, { resolve: (found: { targets: Target[]; ageMs: number }) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
 
   constructor(
     /** The discovery mode the primary runs (ecs, tag, asg, static), for metrics and logs. */
@@ -66,12 +66,17 @@ export class PrimaryProvider implements Provider {
     clearTimeout(w.timer);
     // The AWS error's name (AccessDeniedException, ThrottlingException) travels with its message, for the log.
     if (m.error !== undefined) w.reject(Object.assign(new Error(m.error), m.code === undefined ? {} : { code: m.code }));
-    else w.resolve([...(m.targets ?? [])]);
+    else w.resolve({ targets: [...(m.targets ?? [])], ageMs: Math.max(0, m.ageMs ?? 0) });
   }
 
-  discover(route: RouteKey): Promise<Target[]> {
+  async discover(route: RouteKey): Promise<Target[]> {
+    return (await this.discoverAged(route)).targets;
+  }
+
+  /** The primary's answer, and how old it was there (one it shared from its cache). */
+  discoverAged(route: RouteKey): Promise<{ targets: Target[]; ageMs: number }> {
     const n = ++this.n;
-    return new Promise<Target[]>((resolve, reject) => {
+    return new Promise<{ targets: Target[]; ageMs: number }>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.waiting.delete(n);
         reject(new Error('the primary did not answer a discovery request'));

@@ -41,6 +41,8 @@ interface Entry {
   absentUntil: number;
   lastUsed: number;
   inflight: Promise<Pool | undefined> | undefined;
+  /** When the targets it holds were found (Date.now() clock), their age at the primary counted: due again a period later. */
+  foundAt: number;
 }
 
 export type Lookup =
@@ -111,7 +113,7 @@ export class RouteTable {
         limitHits.labels({ limit: 'routes' }).inc();
         return Promise.resolve(undefined);
       }
-      e = { key, id, pool: undefined, absentUntil: 0, lastUsed: this.now(), inflight: undefined };
+      e = { key, id, pool: undefined, absentUntil: 0, lastUsed: this.now(), inflight: undefined, foundAt: 0 };
       this.entries.set(id, e);
     }
     const entry = e;
@@ -143,7 +145,7 @@ export class RouteTable {
   async pin(key: RouteKey): Promise<Pool> {
     const id = routeId(key);
     const pool = new Pool(id, this.registry);
-    this.entries.set(id, { key, id, pool, absentUntil: 0, lastUsed: Infinity, inflight: undefined });
+    this.entries.set(id, { key, id, pool, absentUntil: 0, lastUsed: Infinity, inflight: undefined, foundAt: 0 });
     this.gauge();
     try {
       pool.update(await this.discover(this.entries.get(id)!));
@@ -153,13 +155,19 @@ export class RouteTable {
     return pool;
   }
 
+  /**
+   * Refreshes each route a period after its targets were found, not on one clock for all: a route found
+   * just after a shared tick would otherwise wait for the tick after next (the primary answers from its
+   * cache for most of a period), and a change in AWS could take almost two periods to arrive.
+   */
   start(): void {
+    const tickMs = Math.min(1000, Math.max(50, this.opts.refreshMs / 10));
     const tick = (): void => {
       this.timer = setTimeout(() => {
-        void this.refresh().finally(() => {
+        void this.refresh({ dueOnly: true }).finally(() => {
           if (!this.abort.signal.aborted) tick();
         });
-      }, this.opts.refreshMs);
+      }, tickMs);
       this.timer.unref();
     };
     tick();
@@ -170,8 +178,8 @@ export class RouteTable {
     if (this.timer) clearTimeout(this.timer);
   }
 
-  /** One refresh pass: expire idle and negative entries, rediscover the known routes. */
-  async refresh(): Promise<void> {
+  /** One refresh pass: expire idle and negative entries, rediscover the known routes (with dueOnly, those a period old). */
+  async refresh(opts: { dueOnly?: boolean } = {}): Promise<void> {
     if (this.refreshing) return;
     this.refreshing = true;
     try {
@@ -180,7 +188,7 @@ export class RouteTable {
       for (const e of this.entries.values()) {
         if (now - e.lastUsed > this.opts.routeIdleTtlMs && !e.inflight) this.forget(e);
         else if (!e.pool && e.absentUntil <= now && !e.inflight) this.forget(e);
-        else if (e.pool) due.push(e);
+        else if (e.pool && (!opts.dueOnly || now - e.foundAt >= this.opts.refreshMs)) due.push(e);
       }
       this.gauge();
       const limit = this.opts.refreshConcurrency ?? 4;
@@ -207,10 +215,15 @@ export class RouteTable {
     const started = process.hrtime.bigint();
     const seconds = (): number => Number(process.hrtime.bigint() - started) / 1e9;
     try {
-      const targets = await this.provider.discover(e.key, this.abort.signal);
+      const found = this.provider.discoverAged
+        ? await this.provider.discoverAged(e.key, this.abort.signal)
+        : { targets: await this.provider.discover(e.key, this.abort.signal), ageMs: 0 };
+      e.foundAt = this.now() - found.ageMs;
       discoveryDuration.labels({ provider: this.provider.name, outcome: 'ok' }).observe(seconds());
-      return targets;
+      return found.targets;
     } catch (err) {
+      // Tried again a period later, as the last targets would have been refreshed.
+      e.foundAt = this.now();
       discoveryDuration.labels({ provider: this.provider.name, outcome: 'error' }).observe(seconds());
       discoveryErrors.labels({ provider: this.provider.name }).inc();
       log('warn', 'discovery failed; keeping the last known targets', { route: e.id, ...errorFields(err) });

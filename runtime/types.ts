@@ -56,6 +56,8 @@ export function setRecent<K, V>(map: Map<K, V>, key: K, value: V, max: number, o
 export interface Provider {
   readonly name: string;
   discover(route: RouteKey, signal?: AbortSignal): Promise<Target[]>;
+  /** The same, with how old the answer already is (one shared from a cache): the route is due a period after it was found. */
+  discoverAged?(route: RouteKey, signal?: AbortSignal): Promise<{ targets: Target[]; ageMs: number }>;
   /** Release clients, timers, sockets. */
   close?(): Promise<void>;
 }

@@ -69,6 +69,30 @@ describe('the bundle with AWS discovery', () => {
     }
   });
 
+  test.each(['1', '2'])('a change in AWS reaches a route within one NODE_CHECK_PERIOD of it, whenever the route was found (%s workers)', async (workers) => {
+    const [one, two] = backends;
+    const ci = 'arn:aws:ecs:us-east-1:123456789012:container-instance/moving/ci-1';
+    const task = (port: number) => ({ launchType: 'EC2' as const, containerInstanceArn: ci, bindings: [{ containerPort: 80, hostPort: port }] });
+    stub.model.clusters.moving = { web: [task(one.port)] };
+    stub.model.containerInstances[ci] = 'i-0123456789abcdef1';
+    stub.model.instances.push({ id: 'i-0123456789abcdef1', privateIp: '127.0.0.1' });
+    const periodS = 3;
+    const p = await startBundle({ ...stub.env(), DOMAIN: 'example.com', HEALTH_CHECK_PATH: 'off', NODE_CHECK_PERIOD: String(periodS), WORKERS: workers });
+    const host = { Host: 'web-80-moving.example.com' };
+    try {
+      // Found a third of a period into the proxy's life: off any clock the proxy started with.
+      await new Promise((r) => setTimeout(r, periodS * 300));
+      expect((await request(p.port, { headers: host })).body).toBe('task-1');
+      stub.model.clusters.moving = { web: [task(two.port)] };
+      const changed = Date.now();
+      await until('the new task served', async () => (await request(p.port, { headers: host })).body === 'task-2', periodS * 3000, 50);
+      // A period, a refresh tick and the discovery itself; not the two periods a shared clock could take.
+      expect(Date.now() - changed).toBeLessThan(periodS * 1000 * 1.4);
+    } finally {
+      await p.stop();
+    }
+  });
+
   test('asg mode: the InService instances of the group, on TARGET_PORT', async () => {
     const [one] = backends;
     stub.model.asgs.workers = [{ id: 'i-00000000000000001' }, { id: 'i-00000000000000002', lifecycleState: 'Terminating' }];
