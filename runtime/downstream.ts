@@ -625,6 +625,8 @@ export class ClientConn {
   private resumeAfter: Request | undefined;
   /** The message being parsed began in the read being parsed (its first line is in this read). */
   private headInRead = false;
+  /** Part of a request head has come, not all of it. */
+  private headBegun = false;
   private draining: BodySink | undefined;
   /** The parser reads the socket natively (consume()); otherwise through 'data'. */
   private consumed = false;
@@ -748,6 +750,7 @@ export class ClientConn {
 
   messageBegin(): void {
     if (this.done) return;
+    this.headBegun = true;
     this.headInRead = true;
     this.state = HEAD;
     this.since = performance.now();
@@ -767,6 +770,7 @@ export class ClientConn {
   }
 
   headersComplete(major: number, minor: number, headers: string[] | undefined, method: number, url: string | undefined, upgrade: boolean, keepAlive: boolean): number {
+    this.headBegun = false;
     if (this.done) return 1;
     if (headers === undefined) {
       headers = this.headerParts;
@@ -1085,6 +1089,9 @@ export class ClientConn {
       s.destroy();
       return;
     }
+    // A head begun and left unfinished for IDLE_TIMEOUT (shorter than HEADERS_TIMEOUT) is a stalled
+    // request, not an idle connection: a 408, as HEADERS_TIMEOUT would give it.
+    if (this.headBegun && !this.done && this.waiting.length === 0) return this.timedOut();
     if (s.writableLength > 0) {
       if (this.grace === GRACE_DRAIN) return void s.destroy();
       this.grace = GRACE_DRAIN;

@@ -354,6 +354,23 @@ describe('bad input against the bundle', () => {
     expect((await none4xx()) - before).toBe(bad.length);
   });
 
+  test('a stalled head is a 408 by whichever clock is shorter: here IDLE_TIMEOUT, under a long HEADERS_TIMEOUT', async () => {
+    const q = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, HEALTH_CHECK_PATH: 'off', IDLE_TIMEOUT: '1', HEADERS_TIMEOUT: '30' });
+    try {
+      const first = await rawExchange(q.port, `GET /stalled-head HTTP/1.1\r\nHo`, { deadlineMs: 6000 });
+      expect(first.responses.map((x) => x.status)).toEqual([408]);
+      expect(first.closed).toBe(true);
+      // Behind an answered request on the same connection, too.
+      const behind = await rawExchange(q.port, `GET /answered HTTP/1.1\r\n${H}\r\nGET /stalled-head HTTP/1.1\r\nHo`, { deadlineMs: 6000 });
+      expect(behind.responses.map((x) => x.status)).toEqual([200, 408]);
+      // A connection that sent nothing is closed without a word, as before.
+      const silent = await rawExchange(q.port, '', { deadlineMs: 6000 });
+      expect([silent.responses, silent.closed]).toEqual([[], true]);
+    } finally {
+      await q.stop();
+    }
+  });
+
   test('a stalled body is a 408 by whichever clock is shorter: here UPSTREAM_TIMEOUT, under a long IDLE_TIMEOUT', async () => {
     const q = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, HEALTH_CHECK_PATH: 'off', IDLE_TIMEOUT: '30', UPSTREAM_TIMEOUT: '1' });
     try {
