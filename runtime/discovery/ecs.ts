@@ -48,6 +48,9 @@ import {
 } from './ec2';
 import { usableAddress, usablePort } from './screen';
 
+/** How long a container instance that did not resolve to an address is left unasked (its tasks skipped meanwhile). */
+const UNRESOLVED_HOST_TTL_MS = 60_000;
+
 export type { SkipReason, Skipped, TransformResult };
 
 /** What the fetch part returns: plain data, nothing live. */
@@ -262,7 +265,8 @@ export class EcsProvider implements Provider {
   private readonly hostCacheTtlMs: number;
   private readonly hostCacheMax: number;
   /** Container instance ARN → private IP of its EC2 instance. Both never change for its life. */
-  private readonly hostCache = new Map<string, { ip: string; until: number }>();
+  /** Container instance ARN → its private IP; undefined for one that did not resolve (asked again a minute later at most). */
+  private readonly hostCache = new Map<string, { ip: string | undefined; until: number }>();
   /** `cluster:<host name>` / `service:<cluster>/<host name>` → the ECS name of other case it stands for. */
   private readonly realNames = new Map<string, string>();
   /** ListClusters ('account') and ListServices ('cluster:<name>') answers (undefined: failed), for realName(). */
@@ -455,8 +459,9 @@ export class EcsProvider implements Provider {
     const unknown: string[] = [];
     for (const arn of arns) {
       const hit = this.hostCache.get(arn);
-      if (hit && hit.until > now) out[arn] = hit.ip;
-      else unknown.push(arn);
+      if (hit && hit.until > now) {
+        if (hit.ip !== undefined) out[arn] = hit.ip;
+      } else unknown.push(arn);
     }
     if (unknown.length === 0) return out;
 
@@ -472,20 +477,21 @@ export class EcsProvider implements Provider {
       if (ci.containerInstanceArn && ci.ec2InstanceId) instanceOf.set(ci.containerInstanceArn, ci.ec2InstanceId);
     }
     const instanceIds = [...new Set(instanceOf.values())].sort();
-    if (instanceIds.length === 0) return out;
-    const reservations = await describeInstancesById(this.ec2, instanceIds, signal);
-    const ips = privateIpsById(reservations);
-    for (const [arn, id] of instanceOf) {
-      const ip = ips[id];
-      if (!ip) continue;
-      out[arn] = ip;
-      this.remember(arn, ip, now);
+    const ips = instanceIds.length === 0 ? {} : privateIpsById(await describeInstancesById(this.ec2, instanceIds, signal));
+    for (const arn of unknown) {
+      const id = instanceOf.get(arn);
+      const ip = id === undefined ? undefined : ips[id];
+      if (ip) out[arn] = ip;
+      // One that did not resolve (deregistered, no address) is not asked for at every refresh: its tasks
+      // are skipped (no_host) until it is asked again.
+      this.remember(arn, ip || undefined, now);
     }
     return out;
   }
 
-  private remember(arn: string, ip: string, now: number): void {
-    setRecent(this.hostCache, arn, { ip, until: now + this.hostCacheTtlMs }, this.hostCacheMax);
+  private remember(arn: string, ip: string | undefined, now: number): void {
+    const ttl = ip === undefined ? Math.min(this.hostCacheTtlMs, UNRESOLVED_HOST_TTL_MS) : this.hostCacheTtlMs;
+    setRecent(this.hostCache, arn, { ip, until: now + ttl }, this.hostCacheMax);
   }
 
   async close(): Promise<void> {

@@ -120,6 +120,27 @@ describe('discovery through the AWS stub with real SDK clients', () => {
     expect(stub.count('DescribeInstances')).toBe(1);
   });
 
+  test('ECS bridge mode: a container instance that does not resolve is not asked for again at every refresh', async () => {
+    const gone = 'arn:aws:ecs:us-east-1:123456789012:container-instance/prod/gone';
+    const bare = 'arn:aws:ecs:us-east-1:123456789012:container-instance/prod/bare';
+    const good = 'arn:aws:ecs:us-east-1:123456789012:container-instance/prod/good';
+    stub.model.clusters.prod = {
+      web: [
+        { containerInstanceArn: gone, bindings: [{ containerPort: 8080, hostPort: 32768 }] },
+        { containerInstanceArn: bare, bindings: [{ containerPort: 8080, hostPort: 32769 }] },
+        { containerInstanceArn: good, bindings: [{ containerPort: 8080, hostPort: 32770 }] },
+      ],
+    };
+    // 'gone' is unknown to ECS; 'bare' is an instance without an address.
+    stub.model.containerInstances[bare] = 'i-0bare';
+    stub.model.containerInstances[good] = 'i-0good';
+    stub.model.instances.push({ id: 'i-0bare' }, { id: 'i-0good', privateIp: '10.3.0.8' });
+    const p = provider({});
+    for (let i = 0; i < 3; i++) expect((await p.discover(route)).map((t) => t.id)).toEqual(['10.3.0.8:32770']);
+    expect(stub.count('DescribeContainerInstances')).toBe(1);
+    expect(stub.count('DescribeInstances')).toBe(1);
+  });
+
   test('a missing cluster or service is an empty route', async () => {
     stub.model.clusters.prod = { web: [awsvpc(1)] };
     const p = provider({});
