@@ -321,9 +321,9 @@ export const SETTINGS = {
   },
   healthCheckTimeoutMs: {
     env: 'HEALTH_CHECK_TIMEOUT',
-    doc: 'Seconds a health check may take; left unset, never more than `HEALTH_CHECK_PERIOD`.',
+    doc: 'Seconds a health check may take; left unset, never more than `HEALTH_CHECK_PERIOD`. `0` (no timeout, as the Stateless Load Balancer read it): up to `HEALTH_CHECK_PERIOD`.',
     default: { ecs: '5', pool: '2' },
-    parse: duration('seconds'),
+    parse: duration('seconds', { zero: true }),
   },
   healthyThreshold: {
     env: 'HEALTHY_THRESHOLD',
@@ -355,9 +355,9 @@ export const SETTINGS = {
   },
   circuitBreakerTimeoutMs: {
     env: 'CIRCUIT_BREAKER_TIMEOUT',
-    doc: 'Minutes (fractions allowed) an open breaker waits before letting one trial request through.',
+    doc: 'Minutes (fractions allowed) an open breaker waits before letting one trial request through. `0` is read as `5`, as the Stateless Load Balancer did (it ignored the setting).',
     default: '5',
-    parse: duration('minutes'),
+    parse: duration('minutes', { zero: true }),
   },
   retries: {
     env: 'RETRIES',
@@ -373,9 +373,9 @@ export const SETTINGS = {
   },
   poolTimeoutMs: {
     env: 'POOL_TIMEOUT',
-    doc: 'Seconds to connect to a target.',
+    doc: 'Seconds to connect to a target. `0` (no timeout, as the Stateless Load Balancer read it): up to `UPSTREAM_TIMEOUT`.',
     default: '2',
-    parse: duration('seconds'),
+    parse: duration('seconds', { zero: true }),
   },
   upstreamTimeoutMs: {
     env: 'UPSTREAM_TIMEOUT',
@@ -651,6 +651,11 @@ export function loadConfig(env: Env = process.env): Config {
   if (filterValid && out.mode === 'tcp' && filter === 'ecs') {
     problems.push('MODE=tcp needs a pool: NODE_FILTER must be static, tag or asg (ecs routes by Host, which is HTTP)');
   }
+  // Zeros the Stateless Load Balancer took, where Go read 0 as "no timeout" (or, for the breaker, ignored
+  // the setting): bounded here by the clock that already bounds them, and the seed's 5 minutes.
+  if (out.healthCheckTimeoutMs === 0 && typeof out.healthCheckPeriodMs === 'number') out.healthCheckTimeoutMs = out.healthCheckPeriodMs;
+  if (out.poolTimeoutMs === 0 && typeof out.upstreamTimeoutMs === 'number') out.poolTimeoutMs = out.upstreamTimeoutMs;
+  if (out.circuitBreakerTimeoutMs === 0) out.circuitBreakerTimeoutMs = 5 * 60_000;
   if (typeof out.healthCheckTimeoutMs === 'number' && typeof out.healthCheckPeriodMs === 'number' &&
       out.healthCheckTimeoutMs > out.healthCheckPeriodMs) {
     // The default timeout shrinks to a shorter period. One that was set stays: the Stateless Load

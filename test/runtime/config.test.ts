@@ -114,6 +114,16 @@ describe('configuration', () => {
     }
   });
 
+  test("the Stateless Load Balancer's zeros start the proxy: no timeout of their own, bounded by the clock above them", () => {
+    const c = loadConfig({ NODE_FILTER: 'asg', HEALTH_CHECK_TIMEOUT: '0', HEALTH_CHECK_PERIOD: '10', POOL_TIMEOUT: '0', UPSTREAM_TIMEOUT: '30', CIRCUIT_BREAKER_TIMEOUT: '0' });
+    expect([c.healthCheckTimeoutMs, c.poolTimeoutMs, c.circuitBreakerTimeoutMs]).toEqual([10_000, 30_000, 300_000]);
+    // Still no negative, and nothing that rounds to zero.
+    expect(errorOf({ NODE_FILTER: 'asg', POOL_TIMEOUT: '-1', HEALTH_CHECK_TIMEOUT: '0.0001' }).problems).toEqual([
+      "HEALTH_CHECK_TIMEOUT must be 0 or at least 0.001 seconds (got '0.0001')",
+      "POOL_TIMEOUT must be a number of seconds (got '-1')",
+    ]);
+  });
+
   test('CIRCUIT_BREAKER_TIMEOUT takes fractions of a minute', () => {
     expect(loadConfig({ NODE_FILTER: 'asg', CIRCUIT_BREAKER_TIMEOUT: '0.05' }).circuitBreakerTimeoutMs).toBe(3000);
   });
@@ -123,7 +133,7 @@ describe('configuration', () => {
       expect(loadConfig({ NODE_FILTER: 'asg', POOL_TIMEOUT: raw }).poolTimeoutMs).toBe(ms);
     }
     for (const raw of ['-1', '0x10', 'Inf', 'NaN', '1e', '.', '1..2', '5s', '++1', '+']) {
-      expect(() => loadConfig({ NODE_FILTER: 'asg', POOL_TIMEOUT: raw })).toThrow(/POOL_TIMEOUT must be a number of seconds above 0/);
+      expect(() => loadConfig({ NODE_FILTER: 'asg', POOL_TIMEOUT: raw })).toThrow(/POOL_TIMEOUT must be a number of seconds \(got/);
     }
     expect(() => loadConfig({ NODE_FILTER: 'asg', CIRCUIT_BREAKER_TIMEOUT: '1e12' })).toThrow(/CIRCUIT_BREAKER_TIMEOUT must be at most 35000 minutes/);
   });
