@@ -13,6 +13,7 @@ import {
 } from '@aws-sdk/client-auto-scaling';
 import type { EC2Client, Reservation } from '@aws-sdk/client-ec2';
 import { send } from '../aws';
+import { log } from '../log';
 import { Provider, RouteKey, Target } from '../types';
 import { countSkipped, describeInstancesById, instancesOf, Skipped, transformInstances } from './ec2';
 
@@ -67,8 +68,18 @@ export class AsgProvider implements Provider {
     this.scope = `asg.${opts.asgName}.${opts.targetPort}`;
   }
 
+  /** Whether the group was missing at the last look: said once when that changes, not at every refresh. */
+  private missing = false;
+
   async discover(_route: RouteKey, signal?: AbortSignal): Promise<Target[]> {
-    const { targets, skipped } = transformAsg(await this.fetch(signal), this.opts.asgName, this.opts.targetPort);
+    const records = await this.fetch(signal);
+    const missing = !records.groups.some((g) => g.AutoScalingGroupName === this.opts.asgName);
+    if (missing !== this.missing) {
+      this.missing = missing;
+      if (missing) log('warn', 'the Auto Scaling group does not exist in this region: the pool is empty (check ASG_NAME and AWS_REGION)', { asgName: this.opts.asgName });
+      else log('info', 'the Auto Scaling group exists again', { asgName: this.opts.asgName });
+    }
+    const { targets, skipped } = transformAsg(records, this.opts.asgName, this.opts.targetPort);
     countSkipped(skipped);
     return targets;
   }

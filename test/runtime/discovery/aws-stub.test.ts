@@ -174,6 +174,26 @@ describe('discovery through the AWS stub with real SDK clients', () => {
     expect(stub.count('DescribeInstances')).toBe(0);
   });
 
+  test('asg mode: a group that does not exist is said once in the log, and again when it comes back', async () => {
+    const lines: string[] = [];
+    const write = jest.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => (lines.push(String(chunk)), true));
+    const out = jest.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => (lines.push(String(chunk)), true));
+    try {
+      const p = provider({ NODE_FILTER: 'asg', ASG_NAME: 'typo' });
+      for (let i = 0; i < 3; i++) await expect(p.discover(POOL_ROUTE)).resolves.toEqual([]);
+      stub.model.asgs.typo = [];
+      await expect(p.discover(POOL_ROUTE)).resolves.toEqual([]);
+    } finally {
+      write.mockRestore();
+      out.mockRestore();
+    }
+    const said = lines.map((l) => JSON.parse(l) as { level: string; msg: string; asgName?: string }).filter((l) => l.asgName === 'typo');
+    expect(said.map((l) => [l.level, l.msg])).toEqual([
+      ['warn', 'the Auto Scaling group does not exist in this region: the pool is empty (check ASG_NAME and AWS_REGION)'],
+      ['info', 'the Auto Scaling group exists again'],
+    ]);
+  });
+
   test('a throttled call is retried by the SDK and counted per attempt', async () => {
     stub.model.clusters.prod = { web: [awsvpc(1)] };
     stub.fail('ListTasks', 'throttle');
