@@ -64,7 +64,8 @@ export function parseHost(host: string | undefined, rules: RoutingRules): RouteR
     }
   }
   if (at === -1) return fail(400, 'no_port', 'Host has no port label: expected <service>-<port>-<cluster>');
-  const digits = parts[at];
+  // Leading zeros read as Go's Atoi read them in the Karma Proxy seed (030080 is 30080); the route is the number.
+  const digits = parts[at].replace(/^0+(?=\d)/, '');
   const port = digits.length > 5 ? 0 : Number(digits);
   if (port < 1 || port > 65535) return fail(400, 'bad_port', 'port in Host must be 1-65535');
   const service = parts.slice(0, at).join('-');

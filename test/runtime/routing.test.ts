@@ -16,6 +16,8 @@ describe('parseHost: <service>-<port>-<cluster>.<domain>', () => {
     ['123-8080-prod.example.com', '123', 8080, 'prod'],
     ['svc-80-443.example.com', 'svc', 80, '443'],
     ['my_svc-80-my_cluster.example.com', 'my_svc', 80, 'my_cluster'],
+    ['my-api-030080-prod.example.com', 'my-api', 30080, 'prod'],
+    ['svc-0000000000080-c.example.com', 'svc', 80, 'c'],
   ])('%s routes to service %s, port %d, cluster %s', (host, service, port, cluster) => {
     expect(parseHost(host, rules)).toEqual({ ok: true, key: { service, port, cluster } });
   });
@@ -33,6 +35,8 @@ describe('parseHost: <service>-<port>-<cluster>.<domain>', () => {
     ['8080-production.example.com', 'no_port'],
     ['backend-api-production.example.com', 'no_port'],
     ['backend-0-production.example.com', 'bad_port'],
+    ['backend-0000-production.example.com', 'bad_port'],
+    ['backend-0065536-production.example.com', 'bad_port'],
     ['backend-65536-production.example.com', 'bad_port'],
     ['backend-99999999999999999999-production.example.com', 'bad_port'],
     ['a.backend-8080-production.example.com', 'bad_host'],
