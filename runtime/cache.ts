@@ -295,7 +295,9 @@ export class SharedProvider implements Provider {
 
   /** The shared value and its age: time since written (Redis's clock) plus how long its discovery took. */
   private async read(redis: Redis, key: string): Promise<Shared | undefined> {
-    const res = await redis.pipeline().get(key).pttl(key).exec();
+    // At most one byte past the limit: a value larger than any proxy writes is never downloaded whole
+    // (a poisoned 500 MB one would be, into the primary, at every refresh). A missing key reads as ''.
+    const res = await redis.pipeline().getrange(key, 0, MAX_SHARED_BYTES).pttl(key).exec();
     if (!res) throw new Error('redis pipeline aborted');
     const [[getErr, raw], [ttlErr, pttl]] = res as [[Error | null, string | null], [Error | null, number]];
     if (getErr) throw getErr;

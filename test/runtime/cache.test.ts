@@ -172,6 +172,22 @@ describe('SharedProvider on a real redis-server', () => {
     expect(await admin.exists(targetsKey('big', route))).toBe(0);
   });
 
+  test('a shared value larger than any proxy writes is ignored without being downloaded whole', async () => {
+    const key = targetsKey('huge', route);
+    // 8 MiB of a plausible entry's start: a poisoned value, read at every refresh of the route.
+    await admin.set(key, '{"v":1,"ttl":1200,"took":0,"targets":[' + ' '.repeat(8 * 1024 * 1024), 'PX', 60_000);
+    const inner: Provider = { name: 'huge', discover: async () => [makeTarget('10.0.0.7', 8080)] };
+    const redis = new Redis(server.url, { maxRetriesPerRequest: 1 });
+    redis.on('error', () => undefined);
+    const p = new SharedProvider(inner, redis, { periodMs: PERIOD_MS, scope: 'huge' });
+    open.push(p);
+    expect(await p.connected()).toBe(true);
+    const sent = async (): Promise<number> => Number(/total_net_output_bytes:(\d+)/.exec(await admin.info('stats'))![1]);
+    const before = await sent();
+    expect(ids(await p.discover(route))).toEqual(['10.0.0.7:8080']);
+    expect((await sent()) - before).toBeLessThan(2 * 1024 * 1024);
+  });
+
   test('a proxy with nothing shared waits for the lock holder instead of calling AWS', async () => {
     const a = proxy();
     await a.connected();
