@@ -22,7 +22,7 @@ export type ProviderConfig = Pick<
   Config,
   'nodeFilter' | 'awsRegion' | 'tagName' | 'tagValue' | 'asgName' | 'targetPort' | 'healthyTasksOnly' | 'ipPreference' | 'staticTargets'
 > &
-  Partial<Pick<Config, 'redisUrl' | 'redisAuthSecretArn' | 'nodeCheckPeriodMs' | 'negativeCacheTtlMs' | 'loopbackTargets' | 'ecsCaseLookup'>>;
+  Partial<Pick<Config, 'redisUrl' | 'redisAuthSecretArn' | 'nodeCheckPeriodMs' | 'negativeCacheTtlMs' | 'loopbackTargets' | 'ecsCaseLookup' | 'port' | 'metricsPort'>>;
 
 export interface CreateProviderOptions extends AwsClientOptions {
   /** Options of the Redis client when REDIS_URL is set. */
@@ -43,7 +43,9 @@ export function createProvider(
   const inner = createBaseProvider(config, clients, options);
   if (config.nodeFilter === 'static') return inner;
   const loopback = config.loopbackTargets ?? false;
-  if (!config.redisUrl) return new ScreenedProvider(inner, loopback);
+  // The proxy's own ports on this machine's addresses are the proxy itself (its metrics, or a loop).
+  const ownPorts = [config.port, config.metricsPort].filter((p): p is number => typeof p === 'number' && p > 0);
+  if (!config.redisUrl) return new ScreenedProvider(inner, loopback, ownPorts);
   const redis = createRedis(
     { redisUrl: config.redisUrl, redisAuthSecretArn: config.redisAuthSecretArn, awsRegion: config.awsRegion },
     options.redis,
@@ -55,7 +57,7 @@ export function createProvider(
     periodMs,
     ...(config.negativeCacheTtlMs !== undefined ? { emptyFreshMs: 0.9 * config.negativeCacheTtlMs } : {}),
   });
-  return new ScreenedProvider(shared, loopback);
+  return new ScreenedProvider(shared, loopback, ownPorts);
 }
 
 /** The provider of `config.nodeFilter` alone, without Redis sharing. */

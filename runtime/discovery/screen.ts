@@ -6,6 +6,7 @@
  * itself or its metadata service. STATIC_TARGETS are the operator's own and are not screened.
  */
 import { isIP } from 'node:net';
+import * as os from 'node:os';
 import { log } from '../log';
 import { tasksSkipped } from '../metrics';
 import type { Provider, RouteKey, Target } from '../types';
@@ -68,7 +69,29 @@ export function usablePort(port: number): boolean {
   return Number.isInteger(port) && port >= 1 && port <= 65535;
 }
 
-/** `inner` with every result screened by usableAddress and usablePort. */
+/** This machine's own addresses (every interface's), canonical. */
+export function ownAddresses(): Set<string> {
+  const out = new Set<string>();
+  for (const list of Object.values(os.networkInterfaces())) {
+    for (const a of list ?? []) out.add(canonical(a.address.split('%')[0]));
+  }
+  return out;
+}
+
+function canonical(host: string): string {
+  if (isIP(host) !== 6) return host;
+  const g = groupsOf(host);
+  if (g === undefined) return host;
+  // An IPv4-mapped address is the IPv4 address it carries.
+  if (g.slice(0, 5).every((x) => x === 0) && g[5] === 0xffff) return `${g[6] >> 8}.${g[6] & 255}.${g[7] >> 8}.${g[7] & 255}`;
+  return g.map((x) => x.toString(16)).join(':');
+}
+
+/**
+ * `inner` with every result screened by usableAddress and usablePort, and never the proxy itself: one
+ * of `ownPorts` (PORT, METRICS_PORT) on one of this machine's addresses would serve its metrics to
+ * clients, or loop requests back into it (a poisoned shared entry, a broken answer).
+ */
 export class ScreenedProvider implements Provider {
   readonly name: string;
 
@@ -76,6 +99,7 @@ export class ScreenedProvider implements Provider {
     /** The provider screened (the SharedProvider when REDIS_URL is set). */
     readonly inner: Provider,
     private readonly loopback = false,
+    private readonly ownPorts: readonly number[] = [],
   ) {
     this.name = inner.name;
   }
@@ -85,8 +109,9 @@ export class ScreenedProvider implements Provider {
     const kept: Target[] = [];
     const badAddress: Target[] = [];
     const badPort: Target[] = [];
+    const own = this.ownPorts.length > 0 && targets.some((t) => this.ownPorts.includes(t.port)) ? ownAddresses() : undefined;
     for (const t of targets) {
-      if (!usableAddress(t.host, this.loopback)) badAddress.push(t);
+      if (!usableAddress(t.host, this.loopback) || (own?.has(canonical(t.host)) && this.ownPorts.includes(t.port))) badAddress.push(t);
       else if (!usablePort(t.port)) badPort.push(t);
       else kept.push(t);
     }

@@ -1,4 +1,5 @@
 /** The last check on what discovery hands the proxy (runtime/discovery/screen.ts). */
+import * as os from 'node:os';
 import { ScreenedProvider, usableAddress } from '../../../runtime/discovery/screen';
 import { register } from '../../../runtime/metrics';
 import { makeTarget, type Provider } from '../../../runtime/types';
@@ -58,4 +59,22 @@ test('a provider’s answer loses ports no socket can have (a broken answer), co
   const ids = (await new ScreenedProvider(inner).discover({ service: 'web', port: 80, cluster: 'prod' })).map((t) => t.id);
   expect(ids).toEqual(['10.0.0.1:80', '10.0.0.5:8080']);
   expect((await count()) - before).toBe(3);
+});
+
+test("never the proxy itself: its own ports on this machine's addresses, however an answer spells them", async () => {
+  const mine = Object.values(os.networkInterfaces()).flat().find((a) => a && a.family === 'IPv4' && !a.internal)?.address ?? '127.0.0.1';
+  const other = mine === '10.99.0.2' ? '10.99.0.3' : '10.99.0.2';
+  const inner: Provider = {
+    name: 'test',
+    discover: async () => [
+      makeTarget(mine, 6970), // the metrics port: /metrics to every client
+      makeTarget(mine, 6969), // the proxy's port: a loop
+      makeTarget(`::ffff:${mine}`, 6969),
+      makeTarget('127.0.0.1', 6969), // loopback, allowed here, is this machine too
+      makeTarget(mine, 8080), // another port of this machine: a task may listen there
+      makeTarget(other, 6969), // the same port elsewhere: another proxy's, or a task's
+    ],
+  };
+  const ids = (await new ScreenedProvider(inner, true, [6969, 6970]).discover({ service: 'web', port: 80, cluster: 'prod' })).map((t) => t.id);
+  expect(ids).toEqual([`${mine}:8080`, `${other}:6969`]);
 });
