@@ -134,6 +134,8 @@ export class SharedProvider implements Provider {
   private suspendedUntil = 0;
   /** What failed() last logged, until a command answers. */
   private trouble: 'silent' | 'cluster' | undefined;
+  /** Error replies already logged, by code (NOPERM, WRONGTYPE, READONLY...): each said once. */
+  private readonly refusals = new Set<string>();
   private readonly ttlMs: number;
   private readonly freshMs: number;
   private readonly emptyFreshMs: number;
@@ -211,8 +213,20 @@ export class SharedProvider implements Provider {
    * never works (ioredis's Cluster client is not used: one node group is what the construct makes).
    */
   private failed(err?: unknown): void {
-    this.suspendedUntil = Date.now() + this.suspendMs;
     const message = (err as Error | undefined)?.message ?? '';
+    // (NOAUTH and WRONGPASS are the connection's: its 'error' events say them.)
+    if ((err as Error | undefined)?.name === 'ReplyError' && !/^(?:MOVED|ASK|CLUSTERDOWN|CROSSSLOT|NOAUTH|WRONGPASS) /.test(message)) {
+      // Redis answered, with a refusal: an ACL without these keys or commands, a key of another type, a
+      // read-only replica. Sharing stops where it refuses (Redis is not paused for the rest); said once
+      // per kind, not at every refresh.
+      const code = message.split(' ')[0];
+      if (this.refusals.size < 32 && !this.refusals.has(code)) {
+        this.refusals.add(code);
+        log('warn', 'redis refused a command: discovery is not shared where it does (check the ACL, and that nothing else writes these keys)', errorFields(err));
+      }
+      return;
+    }
+    this.suspendedUntil = Date.now() + this.suspendMs;
     const why = /^(?:MOVED|ASK|CLUSTERDOWN|CROSSSLOT) /.test(message)
       ? 'cluster'
       : /timed out/i.test(message) && this.redis?.status === 'ready'

@@ -172,6 +172,23 @@ describe('SharedProvider on a real redis-server', () => {
     expect(await admin.exists(targetsKey('big', route))).toBe(0);
   });
 
+  test('a refusal from Redis (a key of another type, an ACL) is said once, and discovery goes on from AWS', async () => {
+    await admin.hset(targetsKey('ecs.private.all', route), 'not', 'a string');
+    const lines: string[] = [];
+    const spy = jest.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => (lines.push(String(chunk)), true));
+    try {
+      const a = proxy();
+      await a.connected();
+      for (let i = 0; i < 3; i++) expect(ids(await a.discover(route))).toEqual(ALL);
+    } finally {
+      spy.mockRestore();
+    }
+    const said = lines.map((l) => JSON.parse(l) as { msg: string; code?: string }).filter((l) => l.msg.startsWith('redis refused a command'));
+    expect(said).toHaveLength(1);
+    expect(said[0]).toMatchObject({ code: 'ReplyError' });
+    expect(stub.count('ListTasks')).toBe(3);
+  });
+
   test('a shared value larger than any proxy writes is ignored without being downloaded whole', async () => {
     const key = targetsKey('huge', route);
     // 8 MiB of a plausible entry's start: a poisoned value, read at every refresh of the route.
