@@ -272,9 +272,10 @@ export class SharedProvider implements Provider {
     }
 
     if (won) return this.refresh(redis, key, lock, route, signal);
-    // Our locks always expire: one that does not was not set by a proxy, and would hold every proxy
-    // off this route for good. Given an expiry, it goes like one of ours would.
-    redis.pttl(lock).then((t) => (t === -1 ? redis.pexpire(lock, this.lockMs) : 0)).catch(() => undefined);
+    // Our locks always expire, within a period: one that does not, or that is set for ten times as long
+    // (a fleet-mate's period is not that different), was not set by a proxy, and would hold every proxy
+    // off this route for good or for its day. Given our expiry, it goes like one of ours would.
+    redis.pttl(lock).then((t) => (t === -1 || t > 10 * this.lockMs ? redis.pexpire(lock, this.lockMs) : 0)).catch(() => undefined);
     if (shared && shared.ageMs !== Infinity) {
       // Another proxy is refreshing right now; until it writes, the previous result is the best.
       cacheLookups.inc({ result: 'hit' });

@@ -282,6 +282,18 @@ describe('SharedProvider on a real redis-server', () => {
     expect(await admin.pttl(targetsKey('ecs.private.all', route))).toBeGreaterThan(0);
   });
 
+  test('a lock set for a day (none of ours) is cut to our length, and does not hold the route for its day', async () => {
+    const a = proxy();
+    await a.connected();
+    const lock = lockKey('ecs.private.all', route);
+    await admin.set(lock, 'foreign', 'PX', 86_400_000);
+    expect(ids(await a.discover(route))).toEqual(ALL);
+    await until('the lock cut to a period', async () => (await admin.pttl(lock)) <= PERIOD_MS, 2000);
+    await until('the lock gone', async () => (await admin.exists(lock)) === 0, 5000);
+    expect(ids(await a.discover(route))).toEqual(ALL);
+    expect(await admin.pttl(targetsKey('ecs.private.all', route))).toBeGreaterThan(0);
+  });
+
   test('an empty service is shared as empty, and AWS failures are not cached', async () => {
     // A longer period than the others': a's lock (0.9 of it) must outlive a's failed call and b's look
     // on a machine busy with other work.
