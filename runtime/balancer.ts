@@ -230,18 +230,30 @@ export class Pool {
     }
     const n = this.members.length;
     for (let want = HEALTHY; want <= UNHEALTHY; want++) {
-      for (let k = 0; k < n; k++) {
-        const i = (this.cursor + k) % n;
-        const s = this.members[i];
-        if (tier(s) !== want || exclude?.has(s) || !s.breaker.tryAcquire()) continue;
-        // A retry takes the next target without moving the rotation: first tries go round exactly,
-        // and a failing target is not given every other request (the one after a retry's).
-        if (!exclude?.size) this.cursor = i + 1 === n ? 0 : i + 1;
-        if (want === UNHEALTHY) {
-          failOpenTotal.labels({ route: this.id }).inc();
-          return { state: s, failOpen: true };
+      // A target whose POOL_SIZE sockets are all busy is passed over while another of the tier can take
+      // the request now (nginx's max_conns, HAProxy's maxconn): it would otherwise wait in that target's
+      // line beside an idle one. When every one is full, the rotation's turn waits as before.
+      let full = 0;
+      for (let pass = 0; pass < 2; pass++) {
+        for (let k = 0; k < n; k++) {
+          const i = (this.cursor + k) % n;
+          const s = this.members[i];
+          if (tier(s) !== want || exclude?.has(s)) continue;
+          if (pass === 0 && s.pool.full) {
+            full++;
+            continue;
+          }
+          if (!s.breaker.tryAcquire()) continue;
+          // A retry takes the next target without moving the rotation: first tries go round exactly,
+          // and a failing target is not given every other request (the one after a retry's).
+          if (!exclude?.size) this.cursor = i + 1 === n ? 0 : i + 1;
+          if (want === UNHEALTHY) {
+            failOpenTotal.labels({ route: this.id }).inc();
+            return { state: s, failOpen: true };
+          }
+          return (s.picked ??= { state: s, failOpen: false });
         }
-        return (s.picked ??= { state: s, failOpen: false });
+        if (full === 0) break;
       }
     }
     return undefined;

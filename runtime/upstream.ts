@@ -455,6 +455,11 @@ export class UpstreamPool {
     return this.all.size;
   }
 
+  /** A request now would wait in line: every one of POOL_SIZE sockets busy (or requests already waiting). */
+  get full(): boolean {
+    return this.waiting.length > 0 || (this.idle.length === 0 && this.all.size >= this.opts.maxSockets);
+  }
+
   private dispatch(x: UpstreamRequest): void {
     for (let c = this.idle.pop(); c; c = this.idle.pop()) {
       if (c.socket.destroyed || !c.socket.readable) continue; // closed, or the target's FIN already read

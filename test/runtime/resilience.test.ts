@@ -205,6 +205,27 @@ describe('retry on another target', () => {
     }
   });
 
+  test('a target whose POOL_SIZE sockets are all busy is passed over while another is free, not queued behind', async () => {
+    const [slow, fast] = await Promise.all(['slow', 'fast'].map(startBackend));
+    slow.handle = (_req, res) => void setTimeout(() => res.end('slow'), 1500);
+    const p = await proxyFor([slow, fast], { POOL_SIZE: '1', HEALTH_CHECK_PATH: 'off' });
+    try {
+      const timed = async (): Promise<{ body: string; ms: number }> => {
+        const t0 = Date.now();
+        const r = await request(p.port);
+        return { body: r.body, ms: Date.now() - t0 };
+      };
+      const results = await Promise.all(Array.from({ length: 6 }, (_, i) => new Promise((r) => setTimeout(r, i * 50)).then(timed)));
+      // One request holds the slow target's only socket; the rest go to the free one at once.
+      expect(results.filter((r) => r.body === 'slow')).toHaveLength(1);
+      expect(results.filter((r) => r.body === 'fast').every((r) => r.ms < 1000)).toBe(true);
+      expect(slow.seen).toHaveLength(1);
+    } finally {
+      await p.stop();
+      await Promise.all([slow.close(), fast.close()]);
+    }
+  });
+
   test('karma_retries_total counts the retries that reached a target, not those wanted when none was left', async () => {
     // Two targets that both reset every request, and a retry budget of five: one retry can happen.
     const resets = await Promise.all(['r1', 'r2'].map(startBackend));
