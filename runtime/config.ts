@@ -391,7 +391,7 @@ export const SETTINGS = {
   },
   logConnections: {
     env: 'LOG_CONNECTIONS',
-    doc: 'Log one JSON access line per request (and per TCP connection in tcp mode).',
+    doc: 'Log one JSON access line per request (and per TCP connection in tcp mode: `tcp connection closed`, or `tcp connection refused` with why).',
     default: 'false',
     parse: bool,
   },

@@ -3,7 +3,7 @@
  * Round-robin with the same health and breaker state as HTTP; a connection that cannot be made is
  * retried on the next target (nothing was sent yet); half-close and resets are passed on both ways. A target
  * holds at most POOL_SIZE connections: past it the next target takes the client, and with every target
- * full the client is closed.
+ * full (or failed) the client is reset, as an NLB does.
  */
 import * as net from 'node:net';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
@@ -20,10 +20,21 @@ import { POOL_ROUTE } from './types';
 export function createTcpServer(config: Config, routes: RouteTable, registry: TargetRegistry): ProxyServer {
   const sockets = new Set<net.Socket>();
 
-  const connect = (pool: Pool, tried: Set<TargetState>, client: net.Socket, attempt: number, startedAt: number): void => {
+  /**
+   * No target takes the client (every one full, down or failed): a reset, as an NLB answers, not a FIN
+   * that would read as a stream that ended whole.
+   */
+  const refuse = (client: net.Socket, why: string, startedAt: number, target?: string): void => {
+    if (config.logConnections) {
+      log('info', 'tcp connection refused', { client: client.remoteAddress, why, ...(target ? { target } : {}), ms: Date.now() - startedAt });
+    }
+    if (!client.destroyed) client.resetAndDestroy();
+  };
+
+  const connect = (pool: Pool, tried: Set<TargetState>, client: net.Socket, attempt: number, startedAt: number, last?: string, full = false): void => {
     const pick = pool.pick(tried);
     if (!pick) {
-      client.destroy();
+      refuse(client, full ? 'every target full (POOL_SIZE)' : last === undefined ? 'no target available' : 'no other target available', startedAt, last);
       return;
     }
     const s = pick.state;
@@ -33,7 +44,7 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
       // POOL_SIZE connections to this target already: another target takes this one, or nobody does.
       s.breaker.release(epoch);
       limitHits.labels({ limit: 'target_sockets' }).inc();
-      connect(pool, tried, client, attempt, startedAt);
+      connect(pool, tried, client, attempt, startedAt, last, true);
       return;
     }
     // A retry is counted when it reaches a target, not when one is wanted and none is left.
@@ -49,7 +60,8 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
       finished = true;
       sockets.delete(upstream);
       registry.done(s);
-      if (config.logConnections) {
+      // One line per client connection: a try that never connected is in the line that ends it.
+      if (config.logConnections && connected) {
         log('info', 'tcp connection closed', {
           client: client.remoteAddress,
           target: s.target.id,
@@ -95,9 +107,9 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
       s.breaker.onFailure(
         epoch,
         () => {
-          if (attempt < config.retries && !client.destroyed) {
-            connect(pool, tried, client, attempt + 1, startedAt);
-          } else client.destroy();
+          if (client.destroyed) return;
+          if (attempt < config.retries) connect(pool, tried, client, attempt + 1, startedAt, s.target.id);
+          else refuse(client, `target failed: ${err.code ?? err.message}`, startedAt, s.target.id);
         },
         refusedFailure(kindOf(err)),
       );
@@ -137,7 +149,7 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
     client.setTimeout(config.idleTimeoutMs, () => client.destroy());
     const hit = routes.get(POOL_ROUTE);
     if (hit.kind !== 'pool') {
-      client.destroy();
+      refuse(client, 'no target available', Date.now());
       return;
     }
     connect(hit.pool, new Set(), client, 0, Date.now());

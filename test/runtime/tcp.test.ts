@@ -149,6 +149,33 @@ describe('MODE=tcp', () => {
     for (let i = 0; i < 4; i++) expect(await exchange(p.port, 'x')).toBe('a:x:bye');
   });
 
+  test('with every target full (POOL_SIZE) or dead, the client is reset, as an NLB does, and the access log says why', async () => {
+    const a = await echo('a');
+    servers.push(a.server);
+    const targets = [makeTarget('127.0.0.1', a.port)];
+    const lines: string[] = [];
+    const spy = jest.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => (lines.push(String(chunk)), true));
+    const held: net.Socket[] = [];
+    try {
+      p = await start(loadConfig({ NODE_FILTER: 'static', MODE: 'tcp', STATIC_TARGETS: targets[0].id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', POOL_SIZE: '1', LOG_CONNECTIONS: 'true' }), { provider: fixed(targets) });
+      // One connection holds the target's only slot.
+      const first = net.connect({ port: p.port, host: '127.0.0.1', allowHalfOpen: true });
+      held.push(first);
+      await new Promise((r) => first.once('data', r));
+      const second = await new Promise<string>((resolve) => {
+        const c = net.connect({ port: p.port, host: '127.0.0.1' });
+        c.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'));
+        c.on('end', () => resolve('end'));
+      });
+      expect(second).toBe('ECONNRESET');
+    } finally {
+      spy.mockRestore();
+      for (const c of held) c.destroy();
+    }
+    const logged = lines.map((l) => JSON.parse(l) as { msg: string; why?: string }).filter((l) => l.msg === 'tcp connection refused');
+    expect(logged).toMatchObject([{ why: 'every target full (POOL_SIZE)' }]);
+  });
+
   test('HEALTH_CHECK_PROTOCOL=tcp: targets that do not speak HTTP pass their checks, and a stopped one is left out', async () => {
     const a = await echo('a');
     const b = await echo('b');
