@@ -948,8 +948,13 @@ export class ClientConn {
     this.refuseInTurn(408, STATUS_CODES[408]!);
   }
 
-  /** A request refused before it had a route is one of karma_requests_total{route="none"}, as the server's refusals are. */
+  /**
+   * A request refused before it had a route is one of karma_requests_total{route="none"}, as the server's
+   * refusals are. One already handed to the server (a body that stalled or broke mid-way) is counted
+   * there, under its route, with this status.
+   */
   private countRefused(status: number): void {
+    if (this.reading !== undefined && this.current?.req === this.reading) return;
     const started = this.reading?.startedAt;
     countRequest('none', status, started === undefined ? 0 : (performance.now() - started) / 1000);
   }

@@ -371,6 +371,18 @@ describe('bad input against the bundle', () => {
     }
   });
 
+  test('a request with a route whose body stalls past REQUEST_TIMEOUT is counted once, under its route', async () => {
+    const q = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, HEALTH_CHECK_PATH: 'off', REQUEST_TIMEOUT: '1' });
+    try {
+      const count = (route: string): Promise<number> => metric(q.metricsPort, 'karma_requests_total', { route, code: '4xx' });
+      const r = await rawExchange(q.port, `POST /stalled-body HTTP/1.1\r\n${H}Content-Length: 100\r\n\r\n0123456789`, { deadlineMs: 6000 });
+      expect(r.responses.map((x) => x.status)).toEqual([408]);
+      expect([await count('pool'), await count('none')]).toEqual([1, 0]);
+    } finally {
+      await q.stop('SIGKILL');
+    }
+  });
+
   test('a stalled body is a 408 by whichever clock is shorter: here UPSTREAM_TIMEOUT, under a long IDLE_TIMEOUT', async () => {
     const q = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, HEALTH_CHECK_PATH: 'off', IDLE_TIMEOUT: '30', UPSTREAM_TIMEOUT: '1' });
     try {
