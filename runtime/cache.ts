@@ -214,8 +214,10 @@ export class SharedProvider implements Provider {
    */
   private failed(err?: unknown): void {
     const message = (err as Error | undefined)?.message ?? '';
-    // (NOAUTH and WRONGPASS are the connection's: its 'error' events say them.)
-    if ((err as Error | undefined)?.name === 'ReplyError' && !/^(?:MOVED|ASK|CLUSTERDOWN|CROSSSLOT|NOAUTH|WRONGPASS) /.test(message)) {
+    // Only refusals that stay until someone changes something: an ACL (NOPERM) or a foreign key's type
+    // (WRONGTYPE). Passing ones (LOADING, BUSY, OOM, READONLY in a failover) pause Redis as a silence does;
+    // NOAUTH and WRONGPASS are the connection's, which its 'error' events say.
+    if ((err as Error | undefined)?.name === 'ReplyError' && /^(?:NOPERM|WRONGTYPE) /.test(message)) {
       // Redis answered, with a refusal: an ACL without these keys or commands, a key of another type, a
       // read-only replica. Sharing stops where it refuses (Redis is not paused for the rest); said once
       // per kind, not at every refresh.

@@ -226,7 +226,7 @@ export class RouteTable {
       e.foundAt = this.now();
       discoveryDuration.labels({ provider: this.provider.name, outcome: 'error' }).observe(seconds());
       discoveryErrors.labels({ provider: this.provider.name }).inc();
-      log('warn', e.pool ? 'discovery failed; keeping the last known targets' : 'discovery failed; the route has no targets yet', { route: e.id, ...errorFields(err) });
+      log('warn', e.pool?.size ? 'discovery failed; keeping the last known targets' : 'discovery failed; the route has no targets yet', { route: e.id, ...errorFields(err) });
       throw err;
     }
   }
