@@ -40,6 +40,7 @@ import { makeTarget, Provider, RouteKey, setRecent, Target } from '../types';
 import {
   countSkipped,
   describeInstancesById,
+  instancesOf,
   privateIpsById,
   sortTargets,
   type SkipReason,
@@ -477,14 +478,21 @@ export class EcsProvider implements Provider {
       if (ci.containerInstanceArn && ci.ec2InstanceId) instanceOf.set(ci.containerInstanceArn, ci.ec2InstanceId);
     }
     const instanceIds = [...new Set(instanceOf.values())].sort();
-    const ips = instanceIds.length === 0 ? {} : privateIpsById(await describeInstancesById(this.ec2, instanceIds, signal));
+    const reservations = instanceIds.length === 0 ? [] : await describeInstancesById(this.ec2, instanceIds, signal);
+    const ips = privateIpsById(reservations);
+    const seen = new Set(instancesOf(reservations).map((i) => i.InstanceId));
     for (const arn of unknown) {
       const id = instanceOf.get(arn);
       const ip = id === undefined ? undefined : ips[id];
-      if (ip) out[arn] = ip;
-      // One that did not resolve (deregistered, no address) is not asked for at every refresh: its tasks
-      // are skipped (no_host) until it is asked again.
-      this.remember(arn, ip || undefined, now);
+      if (ip) {
+        out[arn] = ip;
+        this.remember(arn, ip, now);
+      } else if (id === undefined || seen.has(id)) {
+        // One that does not resolve (unknown to ECS, an instance without an address) is not asked for at
+        // every refresh: its tasks are skipped (no_host) until it is asked again. An instance EC2 did not
+        // return yet (just launched) is asked again at the next refresh.
+        this.remember(arn, undefined, now);
+      }
     }
     return out;
   }

@@ -141,6 +141,16 @@ describe('discovery through the AWS stub with real SDK clients', () => {
     expect(stub.count('DescribeInstances')).toBe(1);
   });
 
+  test('ECS bridge mode: an instance EC2 does not return yet (just launched) is asked for again at the next refresh', async () => {
+    const late = 'arn:aws:ecs:us-east-1:123456789012:container-instance/prod/late';
+    stub.model.clusters.prod = { web: [{ containerInstanceArn: late, bindings: [{ containerPort: 8080, hostPort: 32771 }] }] };
+    stub.model.containerInstances[late] = 'i-0late';
+    const p = provider({});
+    expect(await p.discover(route)).toEqual([]);
+    stub.model.instances.push({ id: 'i-0late', privateIp: '10.3.0.9' });
+    expect((await p.discover(route)).map((t) => t.id)).toEqual(['10.3.0.9:32771']);
+  });
+
   test('a missing cluster or service is an empty route', async () => {
     stub.model.clusters.prod = { web: [awsvpc(1)] };
     const p = provider({});
