@@ -236,12 +236,22 @@ function seconds(d: Duration): string {
   return String(d.toMilliseconds() / 1000);
 }
 
-/** Loopback (127/8, ::1, localhost) or link-local (169.254/16, fe80::/10, and fd00:ec2::254, IMDS over IPv6). */
+/** Loopback (127/8, ::1, localhost) or link-local (169.254/16, fe80::/10, and fd00:ec2::254, IMDS over IPv6), however spelt. */
 function isInstanceLocal(host: string): boolean {
-  if (host === 'localhost' || host.endsWith('.localhost') || host === '::1' || host === '0.0.0.0' || host === '::') return true;
-  if (/^(127|169\.254)\./.test(host) || /^0*127\.|^0+\./.test(host)) return true;
-  if (/^fe[89ab][0-9a-f]?:/.test(host) || /^fd00:ec2:(0*:)*:?0*254$/.test(host) || host === 'fd00:ec2::254') return true;
-  return /^::ffff:(127|169\.254)\./.test(host);
+  if (host === 'localhost' || host.endsWith('.localhost') || host === '0.0.0.0') return true;
+  const v4 = (h: string): boolean => /^(0*127|169\.0*254|0+)\./.test(h);
+  if (!host.includes(':')) return v4(host);
+  let c: string;
+  try {
+    c = new URL(`http://[${host}]/`).hostname.slice(1, -1); // canonical: ::1, ::ffff:7f00:1, fe80::1
+  } catch {
+    return false;
+  }
+  if (c === '::' || c === '::1' || /^fe[89ab][0-9a-f]:/.test(c) || c === 'fd00:ec2::254') return true;
+  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(c);
+  if (!mapped) return false;
+  const [hi, lo] = [parseInt(mapped[1], 16), parseInt(mapped[2], 16)];
+  return v4(`${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`);
 }
 
 function isCidr(s: string): boolean {
