@@ -233,14 +233,14 @@ export class Pool {
       // A target whose POOL_SIZE sockets are all busy is passed over while another of the tier can take
       // the request now (nginx's max_conns, HAProxy's maxconn): it would otherwise wait in that target's
       // line beside an idle one. When every one is full, the rotation's turn waits as before.
-      let full = 0;
+      let skippedFull = false;
       for (let pass = 0; pass < 2; pass++) {
         for (let k = 0; k < n; k++) {
           const i = (this.cursor + k) % n;
           const s = this.members[i];
           if (tier(s) !== want || exclude?.has(s)) continue;
           if (pass === 0 && s.pool.full) {
-            full++;
+            skippedFull = true;
             continue;
           }
           if (!s.breaker.tryAcquire()) continue;
@@ -253,7 +253,7 @@ export class Pool {
           }
           return (s.picked ??= { state: s, failOpen: false });
         }
-        if (full === 0) break;
+        if (!skippedFull) break;
       }
     }
     return undefined;

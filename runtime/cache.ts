@@ -134,7 +134,7 @@ export class SharedProvider implements Provider {
   private suspendedUntil = 0;
   /** What failed() last logged, until a command answers. */
   private trouble: 'silent' | 'cluster' | undefined;
-  /** Error replies already logged, by code (NOPERM, WRONGTYPE, READONLY...): each said once. */
+  /** Lasting refusals already logged, by code (NOPERM, WRONGTYPE): each said once. */
   private readonly refusals = new Set<string>();
   private readonly ttlMs: number;
   private readonly freshMs: number;
@@ -218,11 +218,10 @@ export class SharedProvider implements Provider {
     // (WRONGTYPE). Passing ones (LOADING, BUSY, OOM, READONLY in a failover) pause Redis as a silence does;
     // NOAUTH and WRONGPASS are the connection's, which its 'error' events say.
     if ((err as Error | undefined)?.name === 'ReplyError' && /^(?:NOPERM|WRONGTYPE) /.test(message)) {
-      // Redis answered, with a refusal: an ACL without these keys or commands, a key of another type, a
-      // read-only replica. Sharing stops where it refuses (Redis is not paused for the rest); said once
-      // per kind, not at every refresh.
+      // Sharing stops where Redis refuses (it is not paused for the rest); said once per kind, not at
+      // every refresh.
       const code = message.split(' ')[0];
-      if (this.refusals.size < 32 && !this.refusals.has(code)) {
+      if (!this.refusals.has(code)) {
         this.refusals.add(code);
         log('warn', 'redis refused a command: discovery is not shared where it does (check the ACL, and that nothing else writes these keys)', errorFields(err));
       }

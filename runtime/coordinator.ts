@@ -11,7 +11,7 @@ import { HealthChecker } from './health';
 import type { ToPrimary, ToWorker } from './ipc';
 import { errorFields, log } from './log';
 import { discoveryErrors } from './metrics';
-import { Provider, RouteKey, routeId, setRecent, sortTargets, StatusSetter, Target } from './types';
+import { Found, Provider, RouteKey, routeId, setRecent, sortTargets, StatusSetter, Target } from './types';
 
 /**
  * The discovery provider of NODE_FILTER. The AWS SDK and the Redis client are loaded only by the modes
@@ -200,7 +200,7 @@ export class Coordinator {
    * takes it refreshes it a period after it was found, not a period after it asked. A fresh answer, or
    * the last one kept when AWS failed, is 0 old (the next try is a period away).
    */
-  discoverAged(route: RouteKey): Promise<{ targets: Target[]; ageMs: number }> {
+  discoverAged(route: RouteKey): Promise<Found> {
     const id = routeId(route);
     // Most recently asked last; as many routes as all the workers can hold, the oldest going first
     // (Hosts naming ever new routes churn the workers' tables, and would otherwise grow these maps).

@@ -9,7 +9,7 @@
 import type { TargetRegistry } from './balancer';
 import type { BreakerEvent, BreakerLink, BreakerSnapshot } from './breaker';
 import { register } from './metrics';
-import type { Provider, RouteKey, Target } from './types';
+import type { Found, Provider, RouteKey, Target } from './types';
 
 export type ToPrimary =
   | { readonly t: 'ready'; readonly port: number }
@@ -48,7 +48,7 @@ const listen: Listen = (fn) => process.on('message', (m: ToWorker) => fn(m));
 /** A worker's discovery: asks the primary, which shares one discovery among all workers. */
 export class PrimaryProvider implements Provider {
   private n = 0;
-  private readonly waiting = new Map<number, { resolve: (found: { targets: Target[]; ageMs: number }) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
+  private readonly waiting = new Map<number, { resolve: (found: Found) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
 
   constructor(
     /** The discovery mode the primary runs (ecs, tag, asg, static), for metrics and logs. */
@@ -74,9 +74,9 @@ export class PrimaryProvider implements Provider {
   }
 
   /** The primary's answer, and how old it was there (one it shared from its cache). */
-  discoverAged(route: RouteKey): Promise<{ targets: Target[]; ageMs: number }> {
+  discoverAged(route: RouteKey): Promise<Found> {
     const n = ++this.n;
-    return new Promise<{ targets: Target[]; ageMs: number }>((resolve, reject) => {
+    return new Promise<Found>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.waiting.delete(n);
         reject(new Error('the primary did not answer a discovery request'));

@@ -53,11 +53,17 @@ export function setRecent<K, V>(map: Map<K, V>, key: K, value: V, max: number, o
  * network failure (the caller keeps the last known targets), and returns [] when the route or pool
  * exists but is empty or does not exist at all (both answer 503).
  */
+/** A discovery's answer and how old it already is (one shared from a cache). */
+export interface Found {
+  readonly targets: Target[];
+  readonly ageMs: number;
+}
+
 export interface Provider {
   readonly name: string;
   discover(route: RouteKey, signal?: AbortSignal): Promise<Target[]>;
   /** The same, with how old the answer already is (one shared from a cache): the route is due a period after it was found. */
-  discoverAged?(route: RouteKey, signal?: AbortSignal): Promise<{ targets: Target[]; ageMs: number }>;
+  discoverAged?(route: RouteKey, signal?: AbortSignal): Promise<Found>;
   /** Release clients, timers, sockets. */
   close?(): Promise<void>;
 }

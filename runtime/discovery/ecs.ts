@@ -265,8 +265,10 @@ export class EcsProvider implements Provider {
   private readonly caseLookup: boolean;
   private readonly hostCacheTtlMs: number;
   private readonly hostCacheMax: number;
-  /** Container instance ARN → private IP of its EC2 instance. Both never change for its life. */
-  /** Container instance ARN → its private IP; undefined for one that did not resolve (asked again a minute later at most). */
+  /**
+   * Container instance ARN → private IP of its EC2 instance (both never change for its life); undefined
+   * for one that did not resolve (asked again a minute later at most).
+   */
   private readonly hostCache = new Map<string, { ip: string | undefined; until: number }>();
   /** `cluster:<host name>` / `service:<cluster>/<host name>` → the ECS name of other case it stands for. */
   private readonly realNames = new Map<string, string>();

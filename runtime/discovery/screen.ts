@@ -31,6 +31,12 @@ function groupsOf(host: string): number[] | undefined {
   return groups.length === 8 && groups.every((g) => g >= 0 && g <= 0xffff) ? groups : undefined;
 }
 
+/** The IPv4 address an IPv4-mapped address (::ffff:a.b.c.d) carries, from its groups; undefined for any other. */
+function mappedV4(g: readonly number[]): string | undefined {
+  if (!(g.slice(0, 5).every((x) => x === 0) && g[5] === 0xffff)) return undefined;
+  return `${g[6] >> 8}.${g[6] & 255}.${g[7] >> 8}.${g[7] & 255}`;
+}
+
 function usableV4(host: string, loopback: boolean): boolean {
   const [a, b] = host.split('.').map(Number);
   return !(a === 0 || (a === 127 && !loopback) || (a === 169 && b === 254) || a >= 224);
@@ -50,7 +56,8 @@ export function usableAddress(host: string, loopback = false): boolean {
     // ::/16: unspecified, loopback, and the forms that carry an IPv4 address (IPv4-mapped is judged as
     // that address; IPv4-compatible and IPv4-translated are never what AWS gives).
     if (g.slice(0, 7).every((x) => x === 0) && g[7] === 1) return loopback;
-    if (g.slice(0, 5).every((x) => x === 0) && g[5] === 0xffff) return usableV4(`${g[6] >> 8}.${g[6] & 255}.${g[7] >> 8}.${g[7] & 255}`, loopback);
+    const v4 = mappedV4(g);
+    if (v4 !== undefined) return usableV4(v4, loopback);
     return false;
   }
   return !(
@@ -83,8 +90,7 @@ function canonical(host: string): string {
   const g = groupsOf(host);
   if (g === undefined) return host;
   // An IPv4-mapped address is the IPv4 address it carries.
-  if (g.slice(0, 5).every((x) => x === 0) && g[5] === 0xffff) return `${g[6] >> 8}.${g[6] & 255}.${g[7] >> 8}.${g[7] & 255}`;
-  return g.map((x) => x.toString(16)).join(':');
+  return mappedV4(g) ?? g.map((x) => x.toString(16)).join(':');
 }
 
 /**
