@@ -23,7 +23,7 @@ import type { Config } from './config';
 import { errorFields, log } from './log';
 import { usablePort } from './discovery/screen';
 import { cacheLookups } from './metrics';
-import { makeTarget, Provider, RouteKey, routeId, Target } from './types';
+import { Found, makeTarget, Provider, RouteKey, routeId, Target } from './types';
 
 /** Bump when the stored shape changes: proxies of two versions then simply do not share. */
 export const KEY_PREFIX = 'karma:v1';
@@ -247,10 +247,21 @@ export class SharedProvider implements Provider {
   }
 
   async discover(route: RouteKey, signal?: AbortSignal): Promise<Target[]> {
+    return (await this.discoverAged(route, signal)).targets;
+  }
+
+  /**
+   * The targets with their age: one shared by a fleet-mate is as old as its discovery, and whoever takes
+   * it (the primary, then its workers) refreshes it a period after that, not a period after asking.
+   * Otherwise a proxy that took an entry late in its life would pass over the next one as still fresh,
+   * and a change would take nearly two periods to reach it.
+   */
+  async discoverAged(route: RouteKey, signal?: AbortSignal): Promise<Found> {
+    const fresh = async (): Promise<Found> => ({ targets: await this.inner.discover(route, signal), ageMs: 0 });
     const redis = this.usable();
     if (!redis) {
       cacheLookups.inc({ result: 'error' });
-      return this.inner.discover(route, signal);
+      return fresh();
     }
     const key = targetsKey(this.scope, route);
     const lock = lockKey(this.scope, route);
@@ -261,7 +272,7 @@ export class SharedProvider implements Provider {
       if (shared && shared.ageMs < (shared.targets.length ? this.freshMs : this.emptyFreshMs)) {
         this.answered();
         cacheLookups.inc({ result: 'hit' });
-        return shared.targets;
+        return { targets: shared.targets, ageMs: shared.ageMs };
       }
       won = (await redis.set(lock, this.token, 'PX', this.lockMs, 'NX')) === 'OK';
       this.answered();
@@ -269,26 +280,28 @@ export class SharedProvider implements Provider {
       // Down or slow: this proxy discovers by itself. The outage is logged once (watch(), failed()).
       this.failed(err);
       cacheLookups.inc({ result: 'error' });
-      return this.inner.discover(route, signal);
+      return fresh();
     }
 
-    if (won) return this.refresh(redis, key, lock, route, signal);
+    if (won) return { targets: await this.refresh(redis, key, lock, route, signal), ageMs: 0 };
     // Our locks always expire, within a period: one that does not, or that is set for ten times as long
     // (a fleet-mate's period is not that different), was not set by a proxy, and would hold every proxy
     // off this route for good or for its day. Given our expiry, it goes like one of ours would.
     redis.pttl(lock).then((t) => (t === -1 || t > 10 * this.lockMs ? redis.pexpire(lock, this.lockMs) : 0)).catch(() => undefined);
     if (shared && shared.ageMs !== Infinity) {
-      // Another proxy is refreshing right now; until it writes, the previous result is the best.
+      // Another proxy is refreshing right now; until it writes, the previous result is the best. Said
+      // to be just fresh no more: asked again a tenth of a period on, once that proxy has written (not
+      // at every tick of the refresh loop, as its true age would have it).
       cacheLookups.inc({ result: 'hit' });
-      return shared.targets;
+      return { targets: shared.targets, ageMs: Math.min(shared.ageMs, this.freshMs) };
     }
     const theirs = await this.waitForOther(redis, key, shared?.raw, signal);
     if (theirs) {
       cacheLookups.inc({ result: 'hit' });
-      return theirs;
+      return { targets: theirs.targets, ageMs: Math.min(theirs.ageMs, this.freshMs) };
     }
     cacheLookups.inc({ result: 'miss' });
-    return this.inner.discover(route, signal);
+    return fresh();
   }
 
   private async refresh(redis: Redis, key: string, lock: string, route: RouteKey, signal?: AbortSignal): Promise<Target[]> {
@@ -333,14 +346,14 @@ export class SharedProvider implements Provider {
    * expiry: a fleet-mate with a longer NODE_CHECK_PERIOD writes with a longer one, and still counts;
    * a value that was there all along, or never expires, is not an answer.
    */
-  private async waitForOther(redis: Redis, key: string, before: string | undefined, signal?: AbortSignal): Promise<Target[] | undefined> {
+  private async waitForOther(redis: Redis, key: string, before: string | undefined, signal?: AbortSignal): Promise<Shared | undefined> {
     const deadline = Date.now() + this.waitMs;
     while (Date.now() < deadline) {
       signal?.throwIfAborted();
       await new Promise((r) => setTimeout(r, Math.min(this.pollMs, Math.max(0, deadline - Date.now()))));
       try {
         const value = await this.read(redis, key);
-        if (value && value.raw !== before && value.pttl >= 0) return value.targets;
+        if (value && value.raw !== before && value.pttl >= 0) return value;
       } catch (err) {
         this.failed(err);
         return undefined;

@@ -71,7 +71,7 @@ export class Coordinator {
   private readonly maxRoutes: number;
   /** When a worker last asked for each route: what prune() goes by, since a route's last answer may be old. */
   private readonly asked = new Map<string, number>();
-  private readonly inflight = new Map<string, Promise<Target[]>>();
+  private readonly inflight = new Map<string, Promise<Found>>();
   /** /metrics summed over this process and its workers. */
   private readonly gather = new MetricsGather(() => ({ routes: this.asked, targets: new Set(this.kept().map((t) => t.id)) }));
 
@@ -208,10 +208,10 @@ export class Coordinator {
     const hit = this.fresh.get(id);
     const now = this.now();
     if (hit && now - hit.at < (hit.targets.length ? this.freshMs : this.emptyFreshMs)) return Promise.resolve({ targets: [...hit.targets], ageMs: now - hit.at });
-    return this.fetch(route, id).then((targets) => ({ targets, ageMs: 0 }));
+    return this.fetch(route, id);
   }
 
-  private fetch(route: RouteKey, id: string): Promise<Target[]> {
+  private fetch(route: RouteKey, id: string): Promise<Found> {
     let p = this.inflight.get(id);
     if (!p) {
       // A deadline for the whole discovery: an AWS answer that stalls mid-body, or pages without end,
@@ -220,12 +220,17 @@ export class Coordinator {
       // Raced as well as passed on: whatever part of a provider does not heed the signal cannot hold it.
       const aborted = new Promise<never>((_, reject) => deadline.addEventListener('abort', () => reject(new Error(`discovery took over ${this.deadlineMs / 1000} s`)), { once: true }));
       aborted.catch(() => undefined);
-      p = Promise.race([this.provider.discover(route, deadline), aborted]).then(
-        (targets) => {
+      const provider = this.provider;
+      const found = provider.discoverAged
+        ? provider.discoverAged(route, deadline)
+        : provider.discover(route, deadline).then((targets) => ({ targets, ageMs: 0 }));
+      p = Promise.race([found, aborted]).then(
+        (f) => {
           this.inflight.delete(id);
           // A route forgotten while its discovery ran (the cap) is not remembered again behind prune's back.
-          if (this.asked.has(id)) this.fresh.set(id, { at: this.now(), targets });
-          return targets;
+          // Found as long ago as the answer is old (one shared through Redis): fresh no longer than that.
+          if (this.asked.has(id)) this.fresh.set(id, { at: this.now() - f.ageMs, targets: f.targets });
+          return f;
         },
         (err: unknown) => {
           this.inflight.delete(id);
@@ -236,12 +241,12 @@ export class Coordinator {
           // The workers see a success: the failure is counted here, where it happened.
           discoveryErrors.labels({ provider: this.provider.name }).inc();
           log('warn', 'discovery failed: the last targets found stay in use', { route: id, targets: last.targets.length, ...errorFields(err) });
-          return [...last.targets];
+          return { targets: [...last.targets], ageMs: 0 };
         },
       );
       this.inflight.set(id, p);
     }
-    return p.then((t) => [...t]);
+    return p.then((f) => ({ targets: [...f.targets], ageMs: f.ageMs }));
   }
 
   /** Forgets cached results no worker asked for in a while (routes expire in the workers too). */

@@ -48,16 +48,17 @@ export function setRecent<K, V>(map: Map<K, V>, key: K, value: V, max: number, o
   }
 }
 
-/**
- * A discovery source. `discover` does the I/O and returns plain targets; it throws on an AWS or
- * network failure (the caller keeps the last known targets), and returns [] when the route or pool
- * exists but is empty or does not exist at all (both answer 503).
- */
 /** A discovery's answer and how old it already is (one shared from a cache). */
 export interface Found {
   readonly targets: Target[];
   readonly ageMs: number;
 }
+
+/**
+ * A discovery source. `discover` does the I/O and returns plain targets; it throws on an AWS or
+ * network failure (the caller keeps the last known targets), and returns [] when the route or pool
+ * exists but is empty or does not exist at all (both answer 503).
+ */
 
 export interface Provider {
   readonly name: string;

@@ -9,7 +9,7 @@ import { isIP } from 'node:net';
 import * as os from 'node:os';
 import { log } from '../log';
 import { tasksSkipped } from '../metrics';
-import type { Provider, RouteKey, Target } from '../types';
+import type { Found, Provider, RouteKey, Target } from '../types';
 
 /**
  * An IPv6 literal's eight 16-bit groups, read from the WHATWG URL parser's canonical form, so that
@@ -111,7 +111,17 @@ export class ScreenedProvider implements Provider {
   }
 
   async discover(route: RouteKey, signal?: AbortSignal): Promise<Target[]> {
-    const targets = await this.inner.discover(route, signal);
+    return this.screen(route, await this.inner.discover(route, signal));
+  }
+
+  /** The inner provider's answer screened, its age (one shared through Redis) passed on. */
+  async discoverAged(route: RouteKey, signal?: AbortSignal): Promise<Found> {
+    if (!this.inner.discoverAged) return { targets: await this.discover(route, signal), ageMs: 0 };
+    const found = await this.inner.discoverAged(route, signal);
+    return { targets: this.screen(route, found.targets), ageMs: found.ageMs };
+  }
+
+  private screen(route: RouteKey, targets: Target[]): Target[] {
     const kept: Target[] = [];
     const badAddress: Target[] = [];
     const badPort: Target[] = [];

@@ -55,6 +55,37 @@ test('a fleet of two proxies shares discovery through Redis, survives its death 
   }
 });
 
+test('with Redis, a change in AWS reaches a proxy that took the route late from a fleet-mate within one NODE_CHECK_PERIOD', async () => {
+  const [one, two] = await Promise.all([startBackend('task-1'), startBackend('task-2')]);
+  const ci = 'arn:aws:ecs:us-east-1:123456789012:container-instance/moving/ci-1';
+  const task = (port: number) => ({ launchType: 'EC2' as const, containerInstanceArn: ci, bindings: [{ containerPort: 80, hostPort: port }] });
+  const stub = await startAwsStub({ clusters: { moving: { web: [task(one.port)] } } });
+  stub.model.containerInstances[ci] = 'i-0123456789abcdef1';
+  stub.model.instances.push({ id: 'i-0123456789abcdef1', privateIp: '127.0.0.1' });
+  const redis = await startRedisServer();
+  const periodS = 4;
+  const env = { ...stub.env(), DOMAIN: 'example.com', REDIS_URL: `127.0.0.1:${redis.port}`, NODE_CHECK_PERIOD: String(periodS), HEALTH_CHECK_PATH: 'off', WORKERS: '1' };
+  const [early, late] = await Promise.all([startBundle(env), startBundle(env)]);
+  const host = { Host: 'web-80-moving.example.com' };
+  try {
+    expect((await request(early.port, { headers: host })).body).toBe('task-1');
+    const found = Date.now();
+    stub.model.clusters.moving = { web: [task(two.port)] };
+    // The late proxy takes the early one's answer from Redis, most of a period old already.
+    await new Promise((r) => setTimeout(r, periodS * 700));
+    expect((await request(late.port, { headers: host })).body).toBe('task-1');
+    expect(stub.count('ListTasks')).toBe(1);
+    await until('the new task served by the late proxy', async () => (await request(late.port, { headers: host })).body === 'task-2', periodS * 3000, 50);
+    // Refreshed with the fleet, a period after the answer was found: not a period after it took it.
+    expect(Date.now() - found).toBeLessThan(periodS * 1000 * 1.45);
+  } finally {
+    await Promise.all([early.stop(), late.stop()]);
+    await redis.stop();
+    await stub.close();
+    await Promise.all([one.close(), two.close()]);
+  }
+});
+
 describe('REDIS_URL=rediss:// (TLS)', () => {
   // A self-signed certificate for 127.0.0.1, made for these tests only (test/support/tls).
   const TLS_DIR = path.join(__dirname, '..', 'support', 'tls');

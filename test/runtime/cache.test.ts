@@ -159,6 +159,28 @@ describe('SharedProvider on a real redis-server', () => {
     expect(await admin.pttl(targetsKey('ecs.private.all', route))).toBeGreaterThan(PERIOD_MS);
   });
 
+  test("a fleet-mate's answer is given with its age, so that the proxy taking it late refreshes it with the fleet", async () => {
+    const a = proxy();
+    const b = proxy();
+    await Promise.all([a.connected(), b.connected()]);
+    expect(await a.discoverAged(route)).toEqual({ targets: expect.any(Array), ageMs: 0 });
+    await sleep(PERIOD_MS / 2);
+    const taken = await b.discoverAged(route);
+    expect(ids(taken.targets)).toEqual(ALL);
+    expect(taken.ageMs).toBeGreaterThanOrEqual(PERIOD_MS / 2 - 20);
+    expect(taken.ageMs).toBeLessThan(0.9 * PERIOD_MS);
+    expect(stub.count('ListTasks')).toBe(1);
+
+    // Stale, and a fleet-mate holds the lock: its previous answer, said to be just past fresh (asked
+    // again in a tenth of a period), not as old as it is (asked again at every tick).
+    await sleep(PERIOD_MS);
+    await admin.set(lockKey('ecs.private.all', route), 'fleet-mate', 'PX', 5000);
+    const meanwhile = await b.discoverAged(route);
+    expect(ids(meanwhile.targets)).toEqual(ALL);
+    expect(meanwhile.ageMs).toBe(Math.round(0.9 * PERIOD_MS));
+    expect(stub.count('ListTasks')).toBe(1);
+  });
+
   test('a pool larger than readers take (MAX_SHARED_TARGETS) is not written for nobody', async () => {
     const big = Array.from({ length: MAX_SHARED_TARGETS + 1 }, (_, i) => makeTarget(`10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`, 8080));
     const inner: Provider = { name: 'big', discover: async () => big };

@@ -53,6 +53,27 @@ describe('the primary shares discovery among workers', () => {
     await c.close();
   });
 
+  test('an answer shared through Redis is as old as its discovery: kept for what is left of the period, and its age passed to the worker', async () => {
+    let age = 20_000;
+    const provider: Provider & { calls: number } = {
+      name: 'test',
+      calls: 0,
+      discover: async () => [],
+      discoverAged: async () => (provider.calls++, { targets: [makeTarget('10.0.0.1', 80)], ageMs: age }),
+    };
+    const c = new Coordinator(config, provider, () => clock);
+    expect(await c.discoverAged(route)).toEqual({ targets: [makeTarget('10.0.0.1', 80)], ageMs: 20_000 });
+    clock += 5_000;
+    expect((await c.discoverAged(route)).ageMs).toBe(25_000);
+    expect(provider.calls).toBe(1);
+    // 27 s old: 0.9 of NODE_CHECK_PERIOD, not 27 s more.
+    clock += 2_000;
+    age = 0;
+    expect(await c.discoverAged(route)).toEqual({ targets: [makeTarget('10.0.0.1', 80)], ageMs: 0 });
+    expect(provider.calls).toBe(2);
+    await c.close();
+  });
+
   test('an empty answer is shared no longer than NEGATIVE_CACHE_TTL', async () => {
     let targets: Target[] = [];
     const provider = counting(() => targets);
