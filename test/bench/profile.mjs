@@ -195,8 +195,9 @@ async function main() {
   md.push('');
   const text = md.join('\n');
   say(text);
-  fs.writeFileSync(process.env.PROFILE_OUT ?? path.join(outDir, 'profile-latest.json'), JSON.stringify({ date: new Date().toISOString(), subject: subjectId, load: r, usPerRequest: us, ...s, markdown: text }, null, 2) + '\n');
-  say(`Profile: ${path.relative(process.cwd(), kept)} (open in Chrome DevTools), summary in results/profile-latest.json`);
+  const summary = process.env.PROFILE_OUT ?? path.join(outDir, 'profile-latest.json');
+  fs.writeFileSync(summary, JSON.stringify({ date: new Date().toISOString(), subject: subjectId, load: r, usPerRequest: us, ...s, markdown: text }, null, 2) + '\n');
+  say(`Profile: ${path.relative(process.cwd(), kept)} (open in Chrome DevTools), summary in ${path.relative(process.cwd(), summary)}`);
   fs.rmSync(dir, { recursive: true, force: true });
 }
 

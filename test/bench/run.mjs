@@ -1,6 +1,7 @@
-// `npm run bench`: Karma Proxy against nginx and HAProxy (when on PATH) and against bare Node
-// forwarders, on one loopback backend, each proxy pinned to one core. Prints markdown tables and
-// writes the same numbers as JSON under test/bench/results/.
+// `npm run bench`: Karma Proxy against nginx and HAProxy (when installed: on PATH, or in the sbin
+// directories Debian puts them in) and against bare Node forwarders, on one loopback backend, each
+// proxy pinned to one core. Prints markdown tables and writes the same numbers as JSON under
+// test/bench/results/ (a timestamped file, and latest.json, which README's table comes from).
 //
 // Env (all optional):
 //   BENCH_DURATION   seconds measured per run (default 6)       BENCH_WARMUP  seconds of warm-up (default 2)
@@ -22,6 +23,8 @@
 //   BENCH_REPEAT     runs per subject and scenario, interleaved (default 1); the table keeps the run with
 //                    the most req/s (the latency table the median p99), the JSON keeps them all
 //   BENCH_NGINX_EXTRA  directives added to the nginx peer's location block
+//   BENCH_OUT        directory for the JSON files instead of test/bench/results/ (a trial run that must
+//                    not replace the committed latest.json)
 import * as crypto from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -83,6 +86,11 @@ function readSettings(env) {
     bad.push(`BENCH_LATENCY_RATE=${JSON.stringify(env.BENCH_LATENCY_RATE)}: requests per second, > 0`);
   }
   list('BENCH_SCENARIOS', (x) => SCENARIOS.some((sc) => sc.id === x), `scenarios are ${SCENARIOS.map((sc) => sc.id).join(', ')}`);
+  // The latency scenarios offer half of Karma's maximum rate: measured by small in the same run, or given.
+  const asked = wanted(env.BENCH_SCENARIOS, SCENARIOS).map((sc) => sc.id);
+  if (asked.some((id) => id.startsWith('latency')) && !asked.includes('small') && !(Number(env.BENCH_LATENCY_RATE) > 0)) {
+    bad.push(`BENCH_SCENARIOS=${JSON.stringify(env.BENCH_SCENARIOS)}: the latency scenarios need small in the same run (Karma's maximum rate, of which they offer half), or BENCH_LATENCY_RATE`);
+  }
   const catalog = subjectCatalog({ dir: os.tmpdir(), core: '0', backendPort: 0, bundle: '' });
   const kinds = [...new Set(catalog.map((x) => x.kind)), 'prototype'];
   list('BENCH_SUBJECTS', (x) => catalog.some((c) => c.id === x) || kinds.includes(x) || (x.startsWith('proto:') && env.BENCH_PROTOTYPES === '1'), `subjects are ${catalog.map((c) => c.id).join(', ')}, or kinds ${kinds.join(', ')}`);
@@ -457,10 +465,13 @@ async function main() {
   const latencyTarget = (sc, target) => {
     const k = find(sc, 'karma');
     if (!k || k.addedP99 === undefined) return;
-    const value = `${num(k.addedP99, 3)} ms (p99 ${num(k.p99, 3)} ms vs direct ${num(find(sc, 'direct')?.p99, 3)} ms)`;
     const usPrecision = results.scenarios[sc].loadGenerator === 'pace' || gen.usPrecision;
+    const d = usPrecision ? 3 : 0;
+    const value = `${num(k.addedP99, d)} ms (p99 ${num(k.p99, d)} ms vs direct ${num(find(sc, 'direct')?.p99, d)} ms)`;
+    // The open-loop scenarios use pace when a C compiler builds it; the in-step one is wrk's alone.
+    const remedy = SCENARIOS.find((x) => x.id === sc)?.arrivals ? 'install wrk, or a C compiler for pace' : 'install wrk';
     if (usPrecision) t.push({ target, value, met: k.addedP99 <= 1 });
-    else t.push({ target, value: `not measurable: ${gen.name}'s latencies are whole milliseconds (install wrk, or a C compiler for pace); ${value}`, met: undefined });
+    else t.push({ target, value: `not measurable: ${gen.name}'s latencies are whole milliseconds (${remedy}); ${value}`, met: undefined });
   };
   // The verdict is on a constant offered rate, the issue's "at half the proxy's maximum rate"; the
   // other two arrival patterns are reported beside it.
@@ -485,6 +496,11 @@ async function main() {
   results.markdown = md.join('\n');
 
   say(results.markdown);
+  // A run that measured nothing (every subject skipped or failing) leaves the last results as they were.
+  if (!Object.values(results.scenarios).some((s) => s.rows.length > 0)) {
+    say('bench: nothing was measured (see the skipped lines above): no results written.');
+    process.exit(1);
+  }
   const outDir = process.env.BENCH_OUT ?? path.join(BENCH_DIR, 'results');
   fs.mkdirSync(outDir, { recursive: true });
   const stamp = meta.date.replace(/[:.]/g, '-');

@@ -265,7 +265,7 @@ export function subjectCatalog(opts) {
       id: 'nginx',
       kind: 'peer',
       label: 'nginx proxy_pass',
-      available: () => (nginx ? undefined : 'nginx is not on PATH (apt-get install nginx)'),
+      available: () => (nginx ? undefined : 'nginx is not installed (not on PATH nor in /usr/sbin, /sbin, /usr/local/sbin; apt-get install nginx)'),
       async start() {
         const port = await freePort();
         const conf = path.join(dir, `peer-nginx-${port}.conf`);
@@ -280,7 +280,7 @@ export function subjectCatalog(opts) {
       id: 'haproxy',
       kind: 'peer',
       label: 'HAProxy',
-      available: () => (haproxy ? undefined : 'haproxy is not on PATH (apt-get install haproxy)'),
+      available: () => (haproxy ? undefined : 'haproxy is not installed (not on PATH nor in /usr/sbin, /sbin, /usr/local/sbin; apt-get install haproxy)'),
       async start() {
         const port = await freePort();
         const conf = path.join(dir, `peer-haproxy-${port}.cfg`);
