@@ -806,10 +806,10 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     switch (discovery) {
       case 'ecs': {
         if (clusters?.length) {
-          // Each name as given and in lower case: with ECS_CASE_LOOKUP the runtime asks first for the Host's
-          // lower-case name (ECS answers "not found", and the lookup finds MyStack-Cluster-1A2B); IAM compares
-          // ARNs case-sensitively, and would refuse that first call instead.
-          const names = [...new Set(clusters.flatMap((c) => (unresolved(c) ? [c] : [c, c.toLowerCase()])))];
+          // Each name as given: the runtime asks ECS for an allowed cluster by its ALLOWED_CLUSTERS spelling,
+          // not by the Host's lower case (IAM compares ARNs case-sensitively). A token (cluster.clusterName)
+          // works alike.
+          const names = [...new Set(clusters)];
           const clusterArns = names.map((c) => stack.formatArn({ service: 'ecs', resource: 'cluster', resourceName: c }));
           // ListTasks, ListServices and DescribeContainerInstances are authorized on the cluster through a
           // condition, not a resource. ListServices finds a service whose name differs from the Host's in case.

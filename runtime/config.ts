@@ -427,9 +427,9 @@ export const SETTINGS = {
   },
   allowedClusters: {
     env: 'ALLOWED_CLUSTERS',
-    doc: 'Comma-separated ECS clusters that may be routed to; empty means any.',
+    doc: 'Comma-separated ECS clusters that may be routed to; empty means any. A Host matches them in any case (it is lower case); ECS is asked for the name as spelled here (`MyStack-Cluster-1A2B`), which a role limited to that cluster allows.',
     default: '',
-    parse: (raw: string) => list(raw.toLowerCase()),
+    parse: list,
   },
   allowedPorts: {
     env: 'ALLOWED_PORTS',

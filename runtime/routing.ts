@@ -30,7 +30,8 @@ export interface RoutingRules {
 }
 
 export function rulesFrom(config: Config): RoutingRules {
-  return { domain: config.domain, allowedClusters: config.allowedClusters, allowedPorts: config.allowedPorts };
+  // A Host's names are lower case: the allow-list matches them in any case.
+  return { domain: config.domain, allowedClusters: config.allowedClusters.map((c) => c.toLowerCase()), allowedPorts: config.allowedPorts };
 }
 
 /** Strips a `:port` suffix; undefined when the authority is malformed (e.g. an IPv6 literal or junk after ':'). */

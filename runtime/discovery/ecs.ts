@@ -242,6 +242,13 @@ export interface EcsProviderOptions {
    * @default false
    */
   readonly caseLookup?: boolean;
+  /**
+   * Cluster names as configured (ALLOWED_CLUSTERS): a route's lower-case cluster is asked for by the
+   * name spelled here, with or without caseLookup. A role limited to `MyStack-Cluster-1A2B` refuses a call
+   * for `mystack-cluster-1a2b` (IAM compares ARNs case-sensitively) rather than answering "not found".
+   * Two names that differ only in case are left to caseLookup. @default none
+   */
+  readonly clusterNames?: readonly string[];
   /** How long a container instance → private IP mapping is kept. @default 1 hour */
   readonly hostCacheTtlMs?: number;
   /** Most container instances remembered. @default 10000 */
@@ -272,6 +279,8 @@ export class EcsProvider implements Provider {
   private readonly hostCache = new Map<string, { ip: string | undefined; until: number }>();
   /** `cluster:<host name>` / `service:<cluster>/<host name>` → the ECS name of other case it stands for. */
   private readonly realNames = new Map<string, string>();
+  /** Lower-case cluster name → the ECS name configured for it (clusterNames), when it is not lower case. */
+  private readonly givenNames = new Map<string, string>();
   /** ListClusters ('account') and ListServices ('cluster:<name>') answers (undefined: failed), for realName(). */
   private readonly listings = new Map<string, { arns: readonly string[] | undefined; until: number }>();
   /** Listings being made: one at a time for each key. */
@@ -285,6 +294,9 @@ export class EcsProvider implements Provider {
     this.hostCacheTtlMs = opts.hostCacheTtlMs ?? 3_600_000;
     this.hostCacheMax = opts.hostCacheMax ?? 10_000;
     this.caseLookup = opts.caseLookup ?? false;
+    const spelled = new Map<string, Set<string>>();
+    for (const name of opts.clusterNames ?? []) spelled.set(name.toLowerCase(), (spelled.get(name.toLowerCase()) ?? new Set()).add(name));
+    for (const [lower, names] of spelled) if (names.size === 1 && !names.has(lower)) this.givenNames.set(lower, [...names][0]);
     // Results depend on these options: proxies that differ must not share them through Redis.
     this.scope = ['ecs', this.ipPreference, this.healthyTasksOnly ? 'healthy' : 'all', ...(this.caseLookup ? ['anycase'] : [])].join('.');
   }
@@ -335,7 +347,7 @@ export class EcsProvider implements Provider {
    */
   private async listTaskArns(route: RouteKey, signal?: AbortSignal): Promise<{ cluster: string; arns: string[] } | undefined> {
     const clusterKey = `cluster:${route.cluster}`;
-    let cluster = this.realNames.get(clusterKey) ?? route.cluster;
+    let cluster = this.realNames.get(clusterKey) ?? this.givenNames.get(route.cluster) ?? route.cluster;
     let service = this.realNames.get(`service:${cluster}/${route.service}`) ?? route.service;
     for (;;) {
       try {

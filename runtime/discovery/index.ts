@@ -22,7 +22,7 @@ export type ProviderConfig = Pick<
   Config,
   'nodeFilter' | 'awsRegion' | 'tagName' | 'tagValue' | 'asgName' | 'targetPort' | 'healthyTasksOnly' | 'ipPreference' | 'staticTargets'
 > &
-  Partial<Pick<Config, 'redisUrl' | 'redisAuthSecretArn' | 'nodeCheckPeriodMs' | 'negativeCacheTtlMs' | 'loopbackTargets' | 'ecsCaseLookup' | 'port' | 'metricsPort'>>;
+  Partial<Pick<Config, 'allowedClusters' | 'redisUrl' | 'redisAuthSecretArn' | 'nodeCheckPeriodMs' | 'negativeCacheTtlMs' | 'loopbackTargets' | 'ecsCaseLookup' | 'port' | 'metricsPort'>>;
 
 export interface CreateProviderOptions extends AwsClientOptions {
   /** Options of the Redis client when REDIS_URL is set. */
@@ -101,6 +101,7 @@ export function createBaseProvider(
         healthyTasksOnly: config.healthyTasksOnly,
         ipPreference: config.ipPreference,
         caseLookup: config.ecsCaseLookup,
+        clusterNames: config.allowedClusters,
         ownedClients: owned,
       });
   }

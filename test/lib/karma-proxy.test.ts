@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import { App, Duration, Stack } from 'aws-cdk-lib';
 import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as ecs from 'aws-cdk-lib/aws-ecs';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as route53 from 'aws-cdk-lib/aws-route53';
 import { KarmaProxy, KarmaProxyProps, KarmaProxyStack } from '../../lib';
@@ -478,16 +479,21 @@ describe('a larger fleet on spot, with allow-lists and runtime settings', () => 
     expect(JSON.stringify(describe.Resource)).toMatch(/:task\/prod\/\*".*:task\/staging\/\*"/);
   });
 
-  test('a cluster named in mixed case (CloudFormation\'s) is allowed as given and in lower case, which the runtime asks for first', () => {
+  test.each([
+    ['a name in mixed case (CloudFormation\'s)', () => 'MyStack-Cluster-1A2B', ':cluster/MyStack-Cluster-1A2B"'],
+    ['a token (cluster.clusterName)', (stack: Stack) => new ecs.Cluster(stack, 'C', { vpc: new ec2.Vpc(stack, 'V', { natGateways: 0 }) }).clusterName, '":cluster/",{"Ref":"C'],
+  ])('clusters as %s: the role allows that cluster alone, and the runtime asks ECS for it by that spelling', (_what, name, arnEnd) => {
     const stack = new Stack(new App(), 'Test');
-    new KarmaProxy(stack, 'Proxy', { domain: DOMAIN, redis: false, clusters: ['MyStack-Cluster-1A2B'] });
-    const all = statements(Template.fromStack(stack));
-    const list = JSON.stringify(all.find((s) => actionsOf(s).includes('ecs:ListTasks'))!.Condition);
-    expect(list).toContain(':cluster/MyStack-Cluster-1A2B"');
-    expect(list).toContain(':cluster/mystack-cluster-1a2b"');
-    const describe = JSON.stringify(all.find((s) => actionsOf(s).includes('ecs:DescribeTasks'))!.Resource);
-    expect(describe).toContain(':task/MyStack-Cluster-1A2B/*"');
-    expect(describe).toContain(':task/mystack-cluster-1a2b/*"');
+    new KarmaProxy(stack, 'Proxy', { domain: DOMAIN, redis: false, clusters: [name(stack)] });
+    const template = Template.fromStack(stack);
+    const all = statements(template);
+    const list = all.find((s) => actionsOf(s).includes('ecs:ListTasks'))!.Condition as { ArnEquals: Record<string, unknown[]> };
+    // One cluster: not also a lower-case namesake the role has no business reading.
+    expect(list.ArnEquals['ecs:cluster']).toHaveLength(1);
+    expect(JSON.stringify(list)).toContain(arnEnd);
+    expect(JSON.stringify(all.find((s) => actionsOf(s).includes('ecs:DescribeTasks'))!.Resource)).not.toMatch(/mystack-cluster-1a2b/);
+    // The runtime is given the name as spelled (ALLOWED_CLUSTERS), and asks ECS by it (test/runtime/discovery/ecs.test.ts).
+    expect(parseEnvFile(userDataText(template)).ALLOWED_CLUSTERS).toBe(arnEnd.includes('Ref') ? 'TOKEN' : 'MyStack-Cluster-1A2B');
   });
 
   test('runtime settings from the props, then environment on top', () => {

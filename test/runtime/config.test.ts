@@ -1,4 +1,5 @@
 import { ConfigError, ENV_NAMES, loadConfig, mistypedSettings, TCP_IDLE_TIMEOUT_MS } from '../../runtime/config';
+import { parseHost, rulesFrom } from '../../runtime/routing';
 
 const errorOf = (env: Record<string, string>): ConfigError => {
   try {
@@ -176,9 +177,11 @@ describe('configuration', () => {
     expect(loadConfig({ NODE_FILTER: 'asg', HEALTH_CHECK_PATH: 'off' }).healthCheckPath).toBeNull();
   });
 
-  test('allow-lists: clusters lower-cased, ports and ranges', () => {
+  test('allow-lists: clusters as ECS spells them (a Host matches them in any case), ports and ranges', () => {
     const c = loadConfig({ DOMAIN: 'example.com', ALLOWED_CLUSTERS: 'Prod, staging', ALLOWED_PORTS: '80,8000-8100' });
-    expect(c.allowedClusters).toEqual(['prod', 'staging']);
+    expect(c.allowedClusters).toEqual(['Prod', 'staging']);
+    expect(rulesFrom(c).allowedClusters).toEqual(['prod', 'staging']);
+    expect(parseHost('api-80-prod.example.com', rulesFrom(c))).toMatchObject({ ok: true, key: { cluster: 'prod' } });
     expect(c.allowedPorts).toEqual([{ from: 80, to: 80 }, { from: 8000, to: 8100 }]);
   });
 

@@ -351,6 +351,22 @@ describe('EcsProvider with mocked SDK clients', () => {
     expect(ecsMock.commandCalls(ListClustersCommand)).toHaveLength(1);
   });
 
+  test('ALLOWED_CLUSTERS spelled as ECS spells it: the cluster is asked for by that name, which a role limited to it allows', async () => {
+    // IAM compares cluster ARNs case-sensitively: a role for MyStack-Cluster-1A2B refuses the Host's spelling.
+    const denied = Object.assign(new Error('not authorized to perform: ecs:ListTasks'), { name: 'AccessDeniedException', $metadata: { httpStatusCode: 400 } });
+    ecsMock.on(ListTasksCommand).rejects(denied);
+    ecsMock.on(ListTasksCommand, { cluster: 'MyStack-Cluster-1A2B' }).resolves({ taskArns: [arn(1)] });
+    describeFrom([fargateTask(1)]);
+    const mixed = { ...route, cluster: 'mystack-cluster-1a2b' };
+    for (const caseLookup of [false, true]) {
+      const found = await provider({ caseLookup, clusterNames: ['prod', 'MyStack-Cluster-1A2B'] }).discover(mixed);
+      expect(found.map((t) => t.id)).toEqual(['10.0.0.2:8080']);
+    }
+    expect(ecsMock.commandCalls(ListTasksCommand).map((c) => c.args[0].input.cluster)).toEqual(['MyStack-Cluster-1A2B', 'MyStack-Cluster-1A2B']);
+    // Without the spelling, the refusal is a failed discovery (the route keeps its last targets), not an empty route.
+    await expect(provider({ caseLookup: true }).discover(mixed)).rejects.toThrow('not authorized');
+  });
+
   test('a name found in another case is used for as long as it works; when it stops and the look-up fails, the discovery fails', async () => {
     const task = fargateTask(1);
     let gone = false;
