@@ -78,6 +78,12 @@ export function propsFromContext(
   const raw = (key: ContextKey): { value: unknown; from: string } | undefined => {
     const c = readContext(key);
     if (c !== undefined && c !== null && c !== '') return { value: c, from: `context '${key}'` };
+    // `-c allowedCidrs=` reads as nothing given, whose default opens the proxy to everyone: not what an
+    // empty value asks for. Said rather than guessed (`[]` opens ports 80 and 443 to no one).
+    if (c === '' && key === 'allowedCidrs') {
+      problems.push("context 'allowedCidrs' is empty: leave it out for the default (0.0.0.0/0), or give [] to open ports 80 and 443 to no one");
+      return undefined;
+    }
     const name = envVarName(key);
     const e = env[name];
     if (e !== undefined && e.trim() !== '') return { value: e, from: name };
@@ -117,7 +123,8 @@ export function propsFromContext(
     const r = raw(key);
     if (!r) return undefined;
     let v: unknown = r.value;
-    if (typeof v === 'string' && v.trim().startsWith('[')) {
+    // A JSON list, unless it is a comma-separated list of IPv6 targets ([fd00::1]:80,[fd00::2]:80).
+    if (typeof v === 'string' && v.trim().startsWith('[') && !/^\[[0-9a-f:.]+\]:\d+(\s*,\s*\S+)*$/i.test(v.trim())) {
       try {
         v = JSON.parse(v);
       } catch {

@@ -144,7 +144,7 @@ export interface KarmaProxyProps {
    * is what this leaves after 10 minutes (at least 1, at most 10).
    * @default 20 minutes */
   readonly signalTimeout?: Duration;
-  /** Local path of the runtime bundle, uploaded as an asset.
+  /** Local path of the runtime bundle (a `.js` file), uploaded as an asset.
    * @default dist/karma-proxy.js of this package (`npm run build`) */
   readonly bundlePath?: string;
 
@@ -459,7 +459,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     // GetObject alone (no listing, no bucket settings), on the asset bucket's objects of the bundle's kind
     // (`<hash>.js`), not only this bundle's key: an update that rolls back replaces instances while the
     // policy is still the new one, and they must fetch the previous bundle.
-    const bundleObjects = this.bundle.bucket.arnForObjects(`*${path.extname(bundlePath)}`);
+    const bundleObjects = this.bundle.bucket.arnForObjects('*.js');
     this.grantToRole(new iam.PolicyStatement({
       sid: 'ReadBundle',
       actions: [...BUNDLE_READ_ACTIONS],
@@ -1012,6 +1012,12 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       if (!ENV_KEY.test(key)) problems.push(`environment key '${key}' is not an env var name (A-Z, 0-9, _)`);
       if (typeof value !== 'string') problems.push(`environment.${key} must be a string`);
       else if (known(value) && /[\n\r\0]/.test(value)) problems.push(`environment.${key} must be one line`);
+      // A secret's value (secretValue, a secure parameter) is resolved by CloudFormation into the launch
+      // template: readable by DescribeLaunchTemplateVersions and by anything on the instance through IMDS.
+      else if (typeof value === 'string' && /\{\{resolve:(?:secretsmanager|ssm-secure):/.test(JSON.stringify(Stack.of(this).resolve(value)))) {
+        problems.push(`environment.${key} holds a secret's value, which CloudFormation would write into the user data in plain text: ` +
+          'for the Redis AUTH token set environment.REDIS_AUTH_SECRET_ARN to the secret\'s ARN (the runtime reads it at start)');
+      }
     }
     // Settings the construct derives its resources from: overriding them in environment would leave a
     // role, a record or a cluster policy for something else.
@@ -1020,7 +1026,8 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       problems.push(`environment.NODE_FILTER '${envNodeFilter}' differs from discovery '${v.discovery}': set discovery instead (the role's permissions follow it)`);
     }
     const envRedis = v.environment.REDIS_URL;
-    if (envRedis !== undefined && known(envRedis) && (/^[a-z][a-z0-9+.-]*:\/\/[^/]*:[^/]*@/i.test(envRedis.trim()) || /[?&]password=/i.test(envRedis))) {
+    // Judged on the text with its tokens in place: `rediss://:${token}@host` carries a password all the same.
+    if (typeof envRedis === 'string' && (/^[a-z][a-z0-9+.-]*:\/\/[^/]*:[^/]*@/i.test(envRedis.trim()) || /[?&]password=/i.test(envRedis))) {
       problems.push(
         'environment.REDIS_URL carries a password, which would be written into the template, the user data and the env file: ' +
           'put the token in a Secrets Manager secret and set environment.REDIS_AUTH_SECRET_ARN to its ARN (the role is granted its read)',
@@ -1078,6 +1085,9 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
 
     if (known(v.bundlePath) && !fs.existsSync(v.bundlePath)) {
       problems.push(`bundle '${v.bundlePath}' does not exist: run 'npm run build' first (or set bundlePath)`);
+    } else if (known(v.bundlePath) && (path.extname(v.bundlePath) !== '.js' || !fs.statSync(v.bundlePath).isFile())) {
+      // The role reads the asset bucket's `*.js` objects: any other name would need the whole bucket.
+      problems.push(`bundlePath '${v.bundlePath}' must be the bundle's .js file (the role may read only .js objects of the asset bucket)`);
     }
 
     if (problems.length > 0) {

@@ -351,7 +351,8 @@ fi
 chmod 0644 ${INSTANCE_PATHS.bundle}
 
 # Settings from the construct. No secret here: the runtime reads the Redis AUTH token from Secrets Manager.
-${heredoc(INSTANCE_PATHS.envFile, '0644', o.envFile, 'KARMA_PROXY_ENV')}
+# Root's alone all the same (systemd reads it as root): a setting is no business of other local users.
+${heredoc(INSTANCE_PATHS.envFile, '0600', o.envFile, 'KARMA_PROXY_ENV')}
 
 ${heredoc(INSTANCE_PATHS.unitFile, '0644', o.unit, 'KARMA_PROXY_UNIT')}
 systemctl daemon-reload

@@ -79,6 +79,21 @@ test('static targets from context, as a list', () => {
   expect(r.props.staticTargets).toEqual(['10.0.1.5:8080', '10.0.2.7:8080']);
 });
 
+test('static targets on IPv6, as a comma-separated list: read as such, not as broken JSON', () => {
+  const r = propsFromContext(ctx({ domain: 'a.acme.io', discovery: 'static', staticTargets: '[fd00:ec2::10]:80, [fd00:ec2::11]:80' }), {});
+  expect(r.props.staticTargets).toEqual(['[fd00:ec2::10]:80', '[fd00:ec2::11]:80']);
+  const json = propsFromContext(ctx({ domain: 'a.acme.io', discovery: 'static', staticTargets: '["[fd00:ec2::10]:80"]' }), {});
+  expect(json.props.staticTargets).toEqual(['[fd00:ec2::10]:80']);
+});
+
+test('-c allowedCidrs= (empty) is refused rather than read as the default that opens the proxy to everyone; [] is no one', () => {
+  expect(() => propsFromContext(ctx({ domain: 'a.acme.io', allowedCidrs: '' }), {})).toThrow(
+    "context 'allowedCidrs' is empty: leave it out for the default (0.0.0.0/0), or give [] to open ports 80 and 443 to no one",
+  );
+  expect(propsFromContext(ctx({ domain: 'a.acme.io', allowedCidrs: '[]' }), {}).props.allowedCidrs).toEqual([]);
+  expect(propsFromContext(ctx({ domain: 'a.acme.io' }), {}).props.allowedCidrs).toBeUndefined();
+});
+
 test('a metrics CIDR becomes the metrics peer', () => {
   const r = propsFromContext(ctx({ domain: 'a.acme.io', metricsCidr: '10.0.0.0/16' }), {});
   expect(r.props.metricsPeer?.uniqueId).toBe(ec2.Peer.ipv4('10.0.0.0/16').uniqueId);

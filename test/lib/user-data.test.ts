@@ -47,9 +47,11 @@ describe.each(Object.entries(configs))('%s', (name, stack) => {
     expect(bashSyntax(script, name.replace(/\W+/g, '-'))).toEqual({ status: 0, stderr: '' });
   });
 
-  test('the env file carries exactly the construct\'s runtime settings', () => {
+  test('the env file carries exactly the construct\'s runtime settings, readable by root alone', () => {
     const env = parseEnvFile(heredocBody(script, 'KARMA_PROXY_ENV'));
     expect(Object.keys(env).sort()).toEqual(Object.keys(stack.proxy.runtimeEnvironment).sort());
+    // Made empty with its mode before it is written: never readable by others, not even for a moment.
+    expect(script).toContain(`install -m 0600 /dev/null ${INSTANCE_PATHS.envFile}\ncat > ${INSTANCE_PATHS.envFile} <<'KARMA_PROXY_ENV'`);
   });
 
   test('every key the construct writes is a runtime env var (runtime/config.ts)', () => {

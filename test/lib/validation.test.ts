@@ -1,5 +1,9 @@
 /** Bad props fail at synth with one error that names every problem, in words a user can act on. */
-import { App, CfnParameter, Duration, Stack } from 'aws-cdk-lib';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { App, CfnParameter, Duration, SecretValue, Stack } from 'aws-cdk-lib';
+import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as route53 from 'aws-cdk-lib/aws-route53';
 import { KarmaProxy, KarmaProxyProps, KarmaProxyStack } from '../../lib';
@@ -105,12 +109,40 @@ describe('one problem, its exact message', () => {
     ['a signal wait shorter than a boot', { signalTimeout: Duration.minutes(1) }, 'signalTimeout (1 minute) must be from 5 minutes to 1 hour'],
     ['a missing bundle', { bundlePath: '/nonexistent/karma-proxy.js' },
       "bundle '/nonexistent/karma-proxy.js' does not exist: run 'npm run build' first (or set bundlePath)"],
+    ['a bundle file not named .js, whose read would need the whole asset bucket', { bundlePath: path.join(__dirname, '..', '..', 'package.json') },
+      "must be the bundle's .js file (the role may read only .js objects of the asset bucket)"],
     // (A rest parameter: jest would take a fourth named one for a done callback on three-item rows.)
   ])('%s', (_name, props, message, ...zone) => {
     const text = messageOf(build(props, zone[0] ?? false));
     expect(text).toContain(message);
     expect(text.startsWith('Invalid KarmaProxy props (Test/Proxy):')).toBe(true);
   });
+});
+
+test('a directory named like a bundle is refused: it would be uploaded as a zip', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'karma-bundle-'));
+  try {
+    fs.mkdirSync(path.join(dir, 'karma-proxy.js'));
+    expect(messageOf(build({ bundlePath: path.join(dir, 'karma-proxy.js') }))).toContain("must be the bundle's .js file");
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a secret's value in environment is refused, token or not: CloudFormation would write it into the user data", () => {
+  const stack = new Stack(new App(), 'Test');
+  const secret = new secretsmanager.Secret(stack, 'Token');
+  const text = messageOf(() => new KarmaProxy(stack, 'Proxy', {
+    domain: 'apps.example.com',
+    redis: false,
+    environment: {
+      REDIS_URL: `rediss://:${secret.secretValue.unsafeUnwrap()}@cache.internal:6379`,
+      LOG_LEVEL: SecretValue.ssmSecure('/karma/level').unsafeUnwrap(),
+    },
+  }));
+  expect(text).toContain('environment.REDIS_URL carries a password');
+  expect(text).toContain("environment.REDIS_URL holds a secret's value, which CloudFormation would write into the user data in plain text");
+  expect(text).toContain("environment.LOG_LEVEL holds a secret's value");
 });
 
 test('every problem in one error, one per line', () => {
