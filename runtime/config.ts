@@ -234,7 +234,10 @@ const redisUrl = (raw: string): string | undefined => {
 const withoutCredentials = (raw: string): string => {
   const at = raw.lastIndexOf('@');
   const scheme = /^[a-z][a-z0-9+.-]*:\/*/i.exec(raw)?.[0] ?? '';
-  const rest = at === -1 ? raw : `${at >= scheme.length ? scheme : ''}***${raw.slice(at)}`;
+  // Without an @, only a plain host[:port][/db] is shown: `redis://:token` (its @ lost, or cut at a
+  // `#` in .env), or a token pasted alone, is a password all the same.
+  if (at === -1) return /^([a-z][a-z0-9+.-]*:\/\/)?[a-z0-9.-]*(:\d*)?(\/\d*)?$/i.test(raw.trim()) ? raw : `${scheme}***`;
+  const rest = `${at >= scheme.length ? scheme : ''}***${raw.slice(at)}`;
   return rest.replace(/(password=)[^&#]*/gi, '$1***');
 };
 

@@ -24,16 +24,18 @@ const METRICS_TIMEOUT_MS = 10_000;
 /** How often the primary takes every worker's counts between scrapes (what a killed worker can lose). */
 const METRICS_REFRESH_MS = 5_000;
 
-function configOrExit(): Config {
+function configOrExit(dotEnvProblems: readonly string[] = []): Config {
   try {
     const config = loadConfig(process.env);
+    if (dotEnvProblems.length) throw new ConfigError(dotEnvProblems);
     // Said once, by the primary (workers read the same environment).
     if (cluster.isPrimary) for (const { name, meant } of mistypedSettings(process.env)) log('warn', `${name} is not a setting and is ignored; did you mean ${meant}?`);
     return config;
   } catch (e) {
     if (!(e instanceof ConfigError)) throw e;
     // One message naming every bad setting, readable by a person and a log parser alike.
-    process.stderr.write(`karma-proxy: ${e.message}\n`);
+    const all = e.problems.some((p) => dotEnvProblems.includes(p)) ? e : new ConfigError([...dotEnvProblems, ...e.problems]);
+    process.stderr.write(`karma-proxy: ${all.message}\n`);
     process.exit(EXIT_BAD_CONFIG);
   }
 }
@@ -245,11 +247,17 @@ const DOTENV_AWS = ['AWS_REGION', 'AWS_DEFAULT_REGION', 'AWS_ACCESS_KEY_ID', 'AW
  * the proxy's settings and the AWS region and credentials: a file in the working directory must not
  * reach NODE_OPTIONS (code in every worker) or the SDK's endpoints and config files.
  */
-function readDotEnv(): void {
-  if (!cluster.isPrimary || !fs.existsSync('.env')) return;
+function readDotEnv(): string[] {
+  if (!cluster.isPrimary || !fs.existsSync('.env')) return [];
   const file = path.resolve('.env');
   try {
-    const parsed = util.parseEnv(fs.readFileSync(file, 'utf8'));
+    const text = fs.readFileSync(file, 'utf8');
+    // A line that is no setting would be merged by Node 20's parser into the next one (which is then
+    // lost): it stops the start, named by its number only (its text may be a password).
+    const bad = dotEnvBadLines(text);
+    if (bad.length) return bad.map((n) => `${file} line ${n} is not KEY=value (its text is not shown)`);
+    // godotenv's `KEY: value` lines, as the seed read them, in the form Node's parser reads.
+    const parsed = util.parseEnv(text.replace(/^(\s*(?:export\s+)?[A-Za-z_][A-Za-z0-9_.-]*):(?=[ \t])/gm, '$1='));
     const allowed = new Set([...ENV_NAMES, ...DOTENV_AWS]);
     const ignored: string[] = [];
     for (const [name, value] of Object.entries(parsed)) {
@@ -260,12 +268,38 @@ function readDotEnv(): void {
   } catch (err) {
     log('warn', '.env could not be read; settings come from the environment only', { file, ...errorFields(err) });
   }
+  return [];
+}
+
+/**
+ * The numbers of the lines of a .env text that are neither blank, a comment, nor `[export ]KEY=value`
+ * (or godotenv's `KEY: value`; a quoted value may run over several lines, as godotenv and Node read it).
+ */
+export function dotEnvBadLines(text: string): number[] {
+  const bad: number[] = [];
+  const lines = text.split(/\r?\n/);
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i].trim();
+    if (line === '' || line.startsWith('#')) continue;
+    const m = /^(?:export\s+)?[A-Za-z_][A-Za-z0-9_.-]*(?:\s*=|:(?=[ \t]))\s*(.*)$/.exec(line);
+    if (!m) {
+      bad.push(i + 1);
+      continue;
+    }
+    // An opening quote not closed on its line: the value goes on to the line that closes it.
+    const quote = m[1][0];
+    if ((quote === '"' || quote === "'" || quote === '`') && m[1].indexOf(quote, 1) === -1) {
+      let j = i + 1;
+      while (j < lines.length && !lines[j].includes(quote)) j++;
+      i = j;
+    }
+  }
+  return bad;
 }
 
 function main(): void {
   logProcessWarnings();
-  readDotEnv();
-  const config = configOrExit();
+  const config = configOrExit(readDotEnv());
   if (cluster.isPrimary) {
     runPrimary(config).catch((err: unknown) => {
       log('error', 'cannot start', errorFields(err));

@@ -512,6 +512,37 @@ describe('the bundle starts and stops cleanly', () => {
     }
   });
 
+  test('a .env line that is no setting stops the start with its number, never its text; godotenv\'s KEY: value is read', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'karma-dotenv-'));
+    try {
+      // A space for the '=': Node 20's parser would take it into the next line's name and lose PORT.
+      fs.writeFileSync(path.join(dir, '.env'), 'NODE_FILTER=static\nREDIS_URL redis://:Sup3rS3cret@10.0.0.5:6379\nPORT=1\nMULTI="a\nb"\nWORKERS 2\n');
+      const r = await runBundle({ STATIC_TARGETS: '10.0.0.1:80', HEALTH_CHECK_PATH: 'nope' }, 15_000, dir);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain(`${path.join(dir, '.env')} line 2 is not KEY=value (its text is not shown)`);
+      expect(r.stderr).toContain('.env line 6 is not KEY=value');
+      expect(r.stderr).not.toMatch(/line [1345] /);
+      // The other bad settings in the same message.
+      expect(r.stderr).toContain('HEALTH_CHECK_PATH');
+      expect(r.stderr + r.stdout).not.toContain('Sup3rS3cret');
+
+      const backend = await startBackend('yaml-ish');
+      try {
+        fs.writeFileSync(path.join(dir, '.env'), `NODE_FILTER: static\nexport STATIC_TARGETS: 127.0.0.1:${backend.port}\nHEALTH_CHECK_PATH: off\n`);
+        const p = await startBundle({}, 20_000, dir);
+        try {
+          expect((await request(p.port)).body).toBe('yaml-ish');
+        } finally {
+          await p.stop();
+        }
+      } finally {
+        await backend.close();
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test('DOMAIN is required in ecs mode', async () => {
     const r = await runBundle({ NODE_FILTER: 'ecs' });
     expect(r.code).toBe(2);

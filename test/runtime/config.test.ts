@@ -160,7 +160,7 @@ describe('configuration', () => {
     const token = 'Tok#en:w1th$chars!&^<>-zz%41';
     const { problems } = errorOf({ NODE_FILTER: 'asg', REDIS_URL: `redis://:${token}@10.0.0.5:6379` });
     expect(problems).toEqual(["REDIS_URL must be a redis:// or rediss:// URL, or host:port (got 'redis://***@10.0.0.5:6379')"]);
-    for (const url of ['http://admin:s3cret@cache:6380', 'user:s3cret@cache:6379', ':s3cret@cache:6379', 'redis:/:s3cret@cache:6379', 'rediss://cache:99999/?password=s3cret']) {
+    for (const url of ['redis://:s3cret', 'rediss://:s3cret-token-without-its-host', 'aGVsbG8s3cret+/x==', 'http://admin:s3cret@cache:6380', 'user:s3cret@cache:6379', ':s3cret@cache:6379', 'redis:/:s3cret@cache:6379', 'rediss://cache:99999/?password=s3cret']) {
       expect(errorOf({ NODE_FILTER: 'asg', REDIS_URL: url }).problems.join()).not.toContain('s3cret');
     }
   });
