@@ -19,6 +19,8 @@ import { POOL_ROUTE } from './types';
 
 export function createTcpServer(config: Config, routes: RouteTable, registry: TargetRegistry): ProxyServer {
   const sockets = new Set<net.Socket>();
+  /** Each client's address, read at accept: a destroyed socket no longer says it (for the closing line). */
+  const addresses = new WeakMap<net.Socket, string | undefined>();
 
   /**
    * No target takes the client (every one full, down or failed): a reset, as an NLB answers, not a FIN
@@ -26,7 +28,7 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
    */
   const refuse = (client: net.Socket, why: string, startedAt: number, target?: string): void => {
     if (config.logConnections) {
-      log('info', 'tcp connection refused', { client: client.remoteAddress, why, ...(target ? { target } : {}), ms: Date.now() - startedAt });
+      log('info', 'tcp connection refused', { client: addresses.get(client) ?? client.remoteAddress, why, ...(target ? { target } : {}), ms: Date.now() - startedAt });
     }
     if (!client.destroyed) client.resetAndDestroy();
   };
@@ -63,7 +65,7 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
       // One line per client connection: a try that never connected is in the line that ends it.
       if (config.logConnections && connected) {
         log('info', 'tcp connection closed', {
-          client: client.remoteAddress,
+          client: addresses.get(client),
           target: s.target.id,
           bytesIn: client.bytesRead,
           bytesOut: client.bytesWritten,
@@ -141,6 +143,7 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
   const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (client) => {
     activeConnections.inc();
     sockets.add(client);
+    if (config.logConnections) addresses.set(client, client.remoteAddress);
     client.on('error', () => undefined);
     client.once('close', () => {
       activeConnections.dec();

@@ -399,7 +399,10 @@ describe('the bundle starts and stops cleanly', () => {
       expect(await Promise.all([http1.stop('SIGTERM'), tcp.stop('SIGTERM')])).toEqual([0, 0]);
       await cut;
       expect(http1.lines().filter((l) => l.msg === 'access').map((l) => [l.path, l.status, l.error])).toEqual([['/slow', 503, 'cut_at_shutdown']]);
-      expect(tcp.lines().filter((l) => l.msg === 'tcp connection closed')).toHaveLength(1);
+      const closed = tcp.lines().filter((l) => l.msg === 'tcp connection closed');
+      expect(closed).toHaveLength(1);
+      // Who it was, though the socket is gone by the time the line is written.
+      expect(closed[0]).toMatchObject({ client: '127.0.0.1', target: `127.0.0.1:${echoPort}`, bytesIn: 4 });
     } finally {
       tunnel.destroy();
       await Promise.all([http1.stop('SIGKILL'), tcp.stop('SIGKILL')]);
