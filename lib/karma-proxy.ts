@@ -847,6 +847,15 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     return { subnetType: ec2.SubnetType.PRIVATE_WITH_EGRESS };
   }
 
+  /** A value as CloudFormation will read it (its tokens resolved), or '' when it cannot be resolved yet. */
+  private resolvedText(value: string): string {
+    try {
+      return JSON.stringify(Stack.of(this).resolve(value)) ?? '';
+    } catch {
+      return '';
+    }
+  }
+
   /** Every problem with the props, in one error that names them. Tokens are not judged. */
   private validate(props: KarmaProxyProps, v: {
     instanceType: ec2.InstanceType; minCapacity: number; maxCapacity: number; discovery: DiscoveryMode;
@@ -1014,7 +1023,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       else if (known(value) && /[\n\r\0]/.test(value)) problems.push(`environment.${key} must be one line`);
       // A secret's value (secretValue, a secure parameter) is resolved by CloudFormation into the launch
       // template: readable by DescribeLaunchTemplateVersions and by anything on the instance through IMDS.
-      else if (typeof value === 'string' && /\{\{resolve:(?:secretsmanager|ssm-secure):/.test(JSON.stringify(Stack.of(this).resolve(value)))) {
+      else if (typeof value === 'string' && /\{\{resolve:(?:secretsmanager|ssm-secure):/.test(this.resolvedText(value))) {
         problems.push(`environment.${key} holds a secret's value, which CloudFormation would write into the user data in plain text: ` +
           'for the Redis AUTH token set environment.REDIS_AUTH_SECRET_ARN to the secret\'s ARN (the runtime reads it at start)');
       }

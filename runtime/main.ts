@@ -275,7 +275,7 @@ function readDotEnv(): string[] {
  * The numbers of the lines of a .env text that are neither blank, a comment, nor `[export ]KEY=value`
  * (or godotenv's `KEY: value`; a quoted value may run over several lines, as godotenv and Node read it).
  */
-export function dotEnvBadLines(text: string): number[] {
+function dotEnvBadLines(text: string): number[] {
   const bad: number[] = [];
   const lines = text.split(/\r?\n/);
   for (let i = 0; i < lines.length; i++) {
