@@ -220,10 +220,9 @@ export class Coordinator {
       // Raced as well as passed on: whatever part of a provider does not heed the signal cannot hold it.
       const aborted = new Promise<never>((_, reject) => deadline.addEventListener('abort', () => reject(new Error(`discovery took over ${this.deadlineMs / 1000} s`)), { once: true }));
       aborted.catch(() => undefined);
-      const provider = this.provider;
-      const found = provider.discoverAged
-        ? provider.discoverAged(route, deadline)
-        : provider.discover(route, deadline).then((targets) => ({ targets, ageMs: 0 }));
+      const found = this.provider.discoverAged
+        ? this.provider.discoverAged(route, deadline)
+        : this.provider.discover(route, deadline).then((targets) => ({ targets, ageMs: 0 }));
       p = Promise.race([found, aborted]).then(
         (f) => {
           this.inflight.delete(id);

@@ -24,20 +24,24 @@ const METRICS_TIMEOUT_MS = 10_000;
 /** How often the primary takes every worker's counts between scrapes (what a killed worker can lose). */
 const METRICS_REFRESH_MS = 5_000;
 
+/** The settings, or exit 2 with one message naming every bad one (the .env file's bad lines first). */
 function configOrExit(dotEnvProblems: readonly string[] = []): Config {
+  const problems = [...dotEnvProblems];
+  let config: Config | undefined;
   try {
-    const config = loadConfig(process.env);
-    if (dotEnvProblems.length) throw new ConfigError(dotEnvProblems);
-    // Said once, by the primary (workers read the same environment).
-    if (cluster.isPrimary) for (const { name, meant } of mistypedSettings(process.env)) log('warn', `${name} is not a setting and is ignored; did you mean ${meant}?`);
-    return config;
+    config = loadConfig(process.env);
   } catch (e) {
     if (!(e instanceof ConfigError)) throw e;
-    // One message naming every bad setting, readable by a person and a log parser alike.
-    const all = e.problems.some((p) => dotEnvProblems.includes(p)) ? e : new ConfigError([...dotEnvProblems, ...e.problems]);
-    process.stderr.write(`karma-proxy: ${all.message}\n`);
+    problems.push(...e.problems);
+  }
+  if (config === undefined || problems.length > 0) {
+    // Readable by a person and a log parser alike.
+    process.stderr.write(`karma-proxy: ${new ConfigError(problems).message}\n`);
     process.exit(EXIT_BAD_CONFIG);
   }
+  // Said once, by the primary (workers read the same environment).
+  if (cluster.isPrimary) for (const { name, meant } of mistypedSettings(process.env)) log('warn', `${name} is not a setting and is ignored; did you mean ${meant}?`);
+  return config;
 }
 
 /**

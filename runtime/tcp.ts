@@ -28,7 +28,7 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
    */
   const refuse = (client: net.Socket, why: string, startedAt: number, target?: string): void => {
     if (config.logConnections) {
-      log('info', 'tcp connection refused', { client: addresses.get(client) ?? client.remoteAddress, why, ...(target ? { target } : {}), ms: Date.now() - startedAt });
+      log('info', 'tcp connection refused', { client: addresses.get(client), why, ...(target ? { target } : {}), ms: Date.now() - startedAt });
     }
     if (!client.destroyed) client.resetAndDestroy();
   };
