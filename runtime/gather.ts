@@ -7,19 +7,44 @@
  * workers that are gone stay in the sums (as of the last answer each gave), folded into one set. The
  * primary also asks every worker every METRICS_REFRESH_MS between scrapes, so a worker killed outright
  * takes at most that much of its counts with it, not all since the last scrape.
- * Those departed series go once their route or target is no longer current, as a live worker drops a
- * forgotten route's series (metrics.ts forgetRoute): crashes cannot pile them up.
+ * A live worker's series that leave its answer (it forgot a route that another worker still serves) join
+ * the departed ones too. Those departed series go once their route or target is no longer current in
+ * the primary, as a worker drops a forgotten route's series (metrics.ts forgetRoute): neither crashes
+ * nor routes coming and going can pile them up.
  */
 import { AggregatorRegistry } from 'prom-client';
 import { register } from './metrics';
 
 /** One process's metrics, as prom-client's getMetricsAsJSON gives them. */
 export type MetricsJson = {
+  readonly name?: unknown;
   readonly type?: unknown;
-  readonly values?: readonly { readonly labels?: Readonly<Record<string, unknown>> }[];
+  readonly values?: readonly { readonly metricName?: unknown; readonly labels?: Readonly<Record<string, unknown>> }[];
 }[];
 
 const nonEmpty = (json: unknown): json is MetricsJson => Array.isArray(json) && json.length > 0;
+
+const counts = (json: MetricsJson): MetricsJson => json.filter((m) => m.type === 'counter' || m.type === 'histogram');
+
+const seriesKey = (v: { readonly metricName?: unknown; readonly labels?: Readonly<Record<string, unknown>> }): string =>
+  JSON.stringify([v.metricName ?? '', Object.entries(v.labels ?? {}).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))]);
+
+/**
+ * The counter and histogram series of `before` that `after` no longer has: what a live worker forgot (a
+ * route idle in that worker while another still serves it). They stay in the sums as a departed
+ * worker's do, or the route's total would go down.
+ */
+function forgotten(before: MetricsJson, after: MetricsJson): MetricsJson {
+  const kept = new Map<unknown, Set<string>>();
+  for (const m of counts(after)) kept.set(m.name, new Set((m.values ?? []).map(seriesKey)));
+  const out: MetricsJson = [];
+  for (const m of counts(before)) {
+    const now = kept.get(m.name);
+    const gone = (m.values ?? []).filter((v) => !now?.has(seriesKey(v)));
+    if (gone.length > 0) out.push({ ...m, values: gone });
+  }
+  return out;
+}
 
 /** What is current, for departed series: routes still asked for, and targets in use or found for them. */
 export interface Current {
@@ -47,6 +72,9 @@ export class MetricsGather {
   answered(worker: number, n: number, json: unknown): void {
     const p = this.pending.get(n);
     if (nonEmpty(json)) {
+      const before = this.last.get(worker);
+      const lost = before ? forgotten(before, json) : [];
+      if (lost.length > 0) this.departed.push(lost);
       this.last.set(worker, json);
       if (p?.waiting.has(worker)) p.answers.set(worker, json);
     }
@@ -57,7 +85,7 @@ export class MetricsGather {
   gone(worker: number): void {
     const last = this.last.get(worker);
     this.last.delete(worker);
-    if (last) this.departed.push(last.filter((m) => m.type === 'counter' || m.type === 'histogram'));
+    if (last) this.departed.push(counts(last));
     for (const p of this.pending.values()) {
       // Its counts are in `departed` now: an answer it gave to a gather still under way would count twice.
       p.answers.delete(worker);
