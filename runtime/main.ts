@@ -101,8 +101,9 @@ async function runPrimary(config: Config): Promise<void> {
           log('info', 'ready', { port: listenPort, workers: config.workers, metricsPort: metricsPort(), mode: config.mode, nodeFilter: config.nodeFilter });
         }
       } else if (m?.t === 'fatal') {
-        // A worker that cannot start (port taken, …) would fail the same way again: stop here.
-        log('error', 'worker cannot start', { error: m.error });
+        // A worker that cannot start (port taken, …) would fail the same way again: stop here. Said
+        // once, though its fellows may fail alike before the stop reaches them.
+        if (!shuttingDown) log('error', 'worker cannot start', { error: m.error });
         explained.add(w.id);
         shuttingDown = true;
         for (const other of Object.values(cluster.workers ?? {})) other?.process.kill('SIGTERM');
@@ -113,12 +114,13 @@ async function runPrimary(config: Config): Promise<void> {
   };
 
   cluster.on('exit', (w, code, signal) => {
-    ready.delete(w.id);
+    const served = ready.delete(w.id);
     coordinator.remove(w);
     if (shuttingDown) {
       // A worker that crashed or was killed while draining cut the requests it held: said, and the
-      // exit code says it too.
-      if ((code !== 0 || signal) && !explained.has(w.id)) {
+      // exit code says it too. One that was not serving yet held none (a stop during start-up, or its
+      // fellows stopped because one could not listen): a SIGTERM may end it before its handler is set.
+      if ((code !== 0 || signal) && !explained.has(w.id) && served) {
         log('error', 'a worker died while shutting down; its requests in flight were cut', { worker: w.id, code, signal });
         process.exitCode = 1;
       }

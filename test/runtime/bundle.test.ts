@@ -432,6 +432,54 @@ describe('the bundle starts and stops cleanly', () => {
     }
   });
 
+  test('a PORT that is taken stops every worker with exit 1, said once, and no request is said to be cut', async () => {
+    const taken = net.createServer();
+    const port = await listen(taken);
+    try {
+      const r = await runBundle({ NODE_FILTER: 'static', STATIC_TARGETS: '127.0.0.1:9', HEALTH_CHECK_PATH: 'off', HOST: '127.0.0.1', PORT: String(port), METRICS_HOST: '127.0.0.1', METRICS_PORT: '0', WORKERS: '2' });
+      expect(r.code).toBe(1);
+      expect((r.stdout + r.stderr).match(/"msg":"worker cannot start"/g)).toHaveLength(1);
+      // No worker was serving: there was nothing in flight to cut.
+      expect(r.stdout + r.stderr).not.toContain('requests in flight were cut');
+    } finally {
+      await close(taken);
+    }
+  });
+
+  test('a SIGTERM during start-up, before the workers serve, is a clean stop: exit 0, nothing said to be cut', async () => {
+    const { spawn } = await import('node:child_process');
+    const child = spawn(process.execPath, [BUNDLE], {
+      cwd: os.tmpdir(),
+      env: { PATH: process.env.PATH ?? '', NODE_FILTER: 'static', STATIC_TARGETS: '127.0.0.1:9', HEALTH_CHECK_PATH: 'off', HOST: '127.0.0.1', PORT: '0', METRICS_HOST: '127.0.0.1', METRICS_PORT: '0', WORKERS: '2' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => (out += d));
+    child.stderr!.on('data', (d: Buffer) => (out += d));
+    const exited = new Promise<number | string>((resolve) => child.on('exit', (code, signal) => resolve(code ?? signal ?? -1)));
+    try {
+      // The primary forks once its own handlers are set: signal it as soon as a worker exists, while
+      // that worker is still loading.
+      const children = (): string => {
+        try {
+          return fs.readFileSync(`/proc/${child.pid}/task/${child.pid}/children`, 'utf8').trim();
+        } catch {
+          return '';
+        }
+      };
+      await until('a worker forked', () => children() !== '', 10_000, 1);
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+      expect(await exited).toBe(0);
+      clearTimeout(timer);
+      expect(out).toContain('"msg":"shutting down"');
+      expect(out).not.toContain('"msg":"ready"');
+      expect(out).not.toContain('requests in flight were cut');
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
+
   describe('the AWS region', () => {
     let home: string;
     beforeAll(() => (home = fs.mkdtempSync(path.join(os.tmpdir(), 'karma-home-')))); // no shared AWS config
