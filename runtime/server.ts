@@ -256,6 +256,8 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
     socket.setTimeout(0);
     /** Waiting for the route: no target has seen the handshake, and no answer was given. */
     let waiting = true;
+    /** Open at SHUTDOWN_TIMEOUT, past its route: the server cuts it, and its access line says so. */
+    let cut = false;
     const timer = setTimeout(() => {
       waiting = false;
       rawAnswer(socket, 503, 'route discovery is taking too long', 'Retry-After: 5\r\n');
@@ -270,13 +272,17 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
         record(req, id, NOT_FORWARDED_503);
         return;
       }
-      void forwarder.ws(req, socket, head, pool).then((o) => record(req, id, o));
+      void forwarder.ws(req, socket, head, pool).then((o) => record(req, id, cut ? { ...o, error: 'cut_at_shutdown' } : o));
     });
     return {
       // SHUTDOWN_TIMEOUT with the route still unknown: the handshake is let go, and the server answers 503,
       // as it answers a plain request no target has seen. One that went to a target is cut instead.
       shutdown: () => {
-        if (!waiting || socket.destroyed) return false;
+        if (socket.destroyed) return false;
+        if (!waiting) {
+          cut = true;
+          return false;
+        }
         waiting = false;
         clearTimeout(timer);
         record(req, id, NOT_FORWARDED_503);

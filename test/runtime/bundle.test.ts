@@ -356,6 +356,28 @@ describe('the bundle starts and stops cleanly', () => {
     }
   });
 
+  test('a WebSocket still open at SHUTDOWN_TIMEOUT is closed, and its access line says the proxy cut it', async () => {
+    const wsServer = http.createServer();
+    const wss = new WebSocketServer({ server: wsServer });
+    wss.on('connection', (sock) => sock.send('hello'));
+    const wsPort = await listen(wsServer);
+    const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${wsPort}`, HEALTH_CHECK_PATH: 'off', SHUTDOWN_TIMEOUT: '0.5', LOG_CONNECTIONS: 'true' });
+    try {
+      const ws = new WebSocket(`ws://127.0.0.1:${p.port}/live`);
+      ws.on('error', () => undefined);
+      const closed = new Promise<number>((resolve) => ws.on('close', (code) => resolve(code)));
+      await new Promise<void>((resolve) => ws.once('message', () => resolve()));
+      expect(await p.stop('SIGTERM')).toBe(0);
+      expect(await closed).toBe(1006); // cut, not closed by either peer
+      expect(p.lines().filter((l) => l.msg === 'access').map((l) => [l.path, l.status, l.error])).toEqual([['/live', 101, 'cut_at_shutdown']]);
+    } finally {
+      await p.stop('SIGKILL');
+      for (const c of wss.clients) c.terminate();
+      wss.close();
+      await close(wsServer);
+    }
+  });
+
   test('a stream still under way at SHUTDOWN_TIMEOUT is cut visibly (no last chunk) and logged with its status and the cut', async () => {
     const backend = await startBackend('stream');
     let ticker: NodeJS.Timeout | undefined;
