@@ -72,6 +72,8 @@ export class Coordinator {
   /** When a worker last asked for each route: what prune() goes by, since a route's last answer may be old. */
   private readonly asked = new Map<string, number>();
   private readonly inflight = new Map<string, Promise<Found>>();
+  /** When a failed discovery of each route was last logged: said once a period for all the workers. */
+  private readonly failureSaid = new Map<string, number>();
   /** /metrics summed over this process and its workers. */
   private readonly gather = new MetricsGather(() => ({ routes: this.asked, targets: new Set(this.kept().map((t) => t.id)) }));
 
@@ -150,7 +152,8 @@ export class Coordinator {
           },
           (err: unknown) => {
             const { error, code } = errorFields(err);
-            this.send(worker, { t: 'discovered', n: m.n, error: String(error), ...(typeof code === 'string' ? { code } : {}) });
+            const logged = (err as { logged?: unknown } | undefined)?.logged === true;
+            this.send(worker, { t: 'discovered', n: m.n, error: String(error), ...(typeof code === 'string' ? { code } : {}), ...(logged ? { logged } : {}) });
           },
         );
         break;
@@ -204,7 +207,7 @@ export class Coordinator {
     const id = routeId(route);
     // Most recently asked last; as many routes as all the workers can hold, the oldest going first
     // (Hosts naming ever new routes churn the workers' tables, and would otherwise grow these maps).
-    setRecent(this.asked, id, this.now(), this.maxRoutes, (oldest) => this.fresh.delete(oldest));
+    setRecent(this.asked, id, this.now(), this.maxRoutes, (oldest) => (this.fresh.delete(oldest), this.failureSaid.delete(oldest)));
     const hit = this.fresh.get(id);
     const now = this.now();
     if (hit && now - hit.at < (hit.targets.length ? this.freshMs : this.emptyFreshMs)) return Promise.resolve({ targets: [...hit.targets], ageMs: now - hit.at });
@@ -229,6 +232,7 @@ export class Coordinator {
           // A route forgotten while its discovery ran (the cap) is not remembered again behind prune's back.
           // Found as long ago as the answer is old (one shared through Redis): fresh no longer than that.
           if (this.asked.has(id)) this.fresh.set(id, { at: this.now() - f.ageMs, targets: f.targets });
+          this.failureSaid.delete(id);
           return f;
         },
         (err: unknown) => {
@@ -236,16 +240,32 @@ export class Coordinator {
           // A worker that starts while AWS fails (one replaced after a crash) must get what the others
           // keep serving, not an empty route: the last answer stands until one succeeds.
           const last = this.fresh.get(id);
-          if (!last) throw err;
+          if (!last) {
+            // Logged here for every worker (each would say it once a period), and counted by each.
+            this.sayFailure(id, 'discovery failed; the route has no targets yet', { route: id, ...errorFields(err) });
+            throw Object.assign(err instanceof Error ? err : new Error(String(err)), { logged: true });
+          }
           // The workers see a success: the failure is counted here, where it happened.
           discoveryErrors.labels({ provider: this.provider.name }).inc();
-          log('warn', 'discovery failed: the last targets found stay in use', { route: id, targets: last.targets.length, ...errorFields(err) });
+          this.sayFailure(id, 'discovery failed: the last targets found stay in use', { route: id, targets: last.targets.length, ...errorFields(err) });
           return { targets: [...last.targets], ageMs: 0 };
         },
       );
       this.inflight.set(id, p);
     }
     return p.then((f) => ({ targets: [...f.targets], ageMs: f.ageMs }));
+  }
+
+  /**
+   * A route's failed discovery, logged once a period however many workers ask (each asks once a period,
+   * each at its own time, and each ask tries AWS again).
+   */
+  private sayFailure(id: string, msg: string, fields: Record<string, unknown>): void {
+    const now = this.now();
+    const said = this.failureSaid.get(id);
+    if (said !== undefined && now - said < this.freshMs) return;
+    this.failureSaid.set(id, now);
+    log('warn', msg, fields);
   }
 
   /** Forgets cached results no worker asked for in a while (routes expire in the workers too). */
@@ -255,6 +275,7 @@ export class Coordinator {
     for (const [id, at] of this.asked) {
       if (now - at <= maxAgeMs) continue;
       this.asked.delete(id);
+      this.failureSaid.delete(id);
       pruned = this.fresh.delete(id) || pruned;
     }
     if (pruned) this.syncHealth();

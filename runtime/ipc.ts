@@ -27,7 +27,7 @@ export type ToPrimary =
   | { readonly t: 'pong' };
 
 export type ToWorker =
-  | { readonly t: 'discovered'; readonly n: number; readonly targets?: readonly Target[]; readonly ageMs?: number; readonly error?: string; readonly code?: string }
+  | { readonly t: 'discovered'; readonly n: number; readonly targets?: readonly Target[]; readonly ageMs?: number; readonly error?: string; readonly code?: string; readonly logged?: boolean }
   | { readonly t: 'health'; readonly verdicts: readonly (readonly [string, boolean])[] }
   | { readonly t: 'metrics?'; readonly n: number }
   /** Is your event loop turning? (the primary's watchdog, WORKER_STUCK_TIMEOUT) */
@@ -65,7 +65,8 @@ export class PrimaryProvider implements Provider {
     this.waiting.delete(m.n);
     clearTimeout(w.timer);
     // The AWS error's name (AccessDeniedException, ThrottlingException) travels with its message, for the log.
-    if (m.error !== undefined) w.reject(Object.assign(new Error(m.error), m.code === undefined ? {} : { code: m.code }));
+    // `logged`: the primary said it already, once for every worker.
+    if (m.error !== undefined) w.reject(Object.assign(new Error(m.error), m.code === undefined ? {} : { code: m.code }, m.logged ? { logged: true } : {}));
     else w.resolve({ targets: [...(m.targets ?? [])], ageMs: Math.max(0, m.ageMs ?? 0) });
   }
 

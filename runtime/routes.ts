@@ -226,7 +226,10 @@ export class RouteTable {
       e.foundAt = this.now();
       discoveryDuration.labels({ provider: this.provider.name, outcome: 'error' }).observe(seconds());
       discoveryErrors.labels({ provider: this.provider.name }).inc();
-      log('warn', e.pool?.size ? 'discovery failed; keeping the last known targets' : 'discovery failed; the route has no targets yet', { route: e.id, ...errorFields(err) });
+      // Not again when the primary said it already, for every worker.
+      if ((err as { logged?: unknown } | undefined)?.logged !== true) {
+        log('warn', e.pool?.size ? 'discovery failed; keeping the last known targets' : 'discovery failed; the route has no targets yet', { route: e.id, ...errorFields(err) });
+      }
       throw err;
     }
   }

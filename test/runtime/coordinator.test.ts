@@ -151,6 +151,48 @@ describe('the primary shares discovery among workers', () => {
     await c.close();
   });
 
+  test('a failing discovery is logged once a period for all the workers, though each ask tries AWS again', async () => {
+    const lines: string[] = [];
+    const stderr = jest.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => (lines.push(String(chunk)), true));
+    let fail = true;
+    const provider: Provider & { calls: number } = {
+      name: 'test',
+      calls: 0,
+      discover: async () => {
+        provider.calls++;
+        if (fail) throw Object.assign(new Error('Rate exceeded'), { name: 'ThrottlingException' });
+        return [makeTarget('10.0.0.1', 80)];
+      },
+    };
+    const c = new Coordinator(config, provider, () => clock);
+    const failures = (): Record<string, unknown>[] => lines.map((l) => JSON.parse(l)).filter((l) => String(l.msg).startsWith('discovery failed'));
+    try {
+      // Two workers asking a few seconds apart, as their periods fall.
+      const first = await c.discover(route).catch((e: unknown) => e);
+      clock += 3_000;
+      const second = await c.discover(route).catch((e: unknown) => e);
+      expect(provider.calls).toBe(2);
+      expect(failures()).toEqual([expect.objectContaining({ level: 'warn', msg: 'discovery failed; the route has no targets yet', route: 'api-80-prod', code: 'ThrottlingException' })]);
+      // The workers are told it was said, so that they do not say it again.
+      expect([first, second]).toEqual([expect.objectContaining({ logged: true }), expect.objectContaining({ logged: true })]);
+      clock += 30_000;
+      await c.discover(route).catch(() => undefined);
+      expect(failures()).toHaveLength(2);
+      // Once it succeeds, the next failure is said at once, with the targets that stay in use.
+      fail = false;
+      clock += 30_000;
+      await c.discover(route);
+      fail = true;
+      clock += 30_000;
+      expect(await c.discover(route)).toHaveLength(1);
+      expect(failures()).toHaveLength(3);
+      expect(failures()[2]).toMatchObject({ msg: 'discovery failed: the last targets found stay in use', targets: 1 });
+    } finally {
+      stderr.mockRestore();
+      await c.close();
+    }
+  });
+
   test('a failed discovery is not cached', async () => {
     let fail = true;
     const provider: Provider & { calls: number } = {

@@ -72,6 +72,22 @@ describe('route table', () => {
     expect(g.calls).toHaveLength(2);
   });
 
+  test('a failed discovery is logged by the worker, unless the primary says it logged it for every worker', async () => {
+    const lines: string[] = [];
+    const stderr = jest.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => (lines.push(String(chunk)), true));
+    try {
+      const g = gated((r) => Object.assign(new Error('Rate exceeded'), { name: 'ThrottlingException' }, r.service === 'shared' ? { logged: true } : {}));
+      g.release();
+      const t = table(g.provider);
+      await t.resolve(key('own')).catch(() => undefined);
+      await t.resolve(key('shared')).catch(() => undefined);
+      const said = lines.map((l) => JSON.parse(l)).filter((l) => String(l.msg).startsWith('discovery failed'));
+      expect(said.map((l) => [l.route, l.code])).toEqual([['own-80-prod', 'ThrottlingException']]);
+    } finally {
+      stderr.mockRestore();
+    }
+  });
+
   test('at most MAX_ROUTES routes are kept: absent ones go first, then the least recently used', async () => {
     const g = gated((r) => (r.service.startsWith('junk') ? [] : [makeTarget('10.0.0.1', r.port)]));
     g.release();
