@@ -28,6 +28,7 @@ import * as route53 from 'aws-cdk-lib/aws-route53';
 import * as s3assets from 'aws-cdk-lib/aws-s3-assets';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import { Construct, IConstruct } from 'constructs';
+import { groupsOf, isV6InstanceServices, isV6LinkLocal, isV6Loopback, mappedV4 } from '../runtime/address';
 import { ConfigError, loadConfig, mistypedSettings } from '../runtime/config';
 import { CostEstimate, PRICES, estimateMonthlyCost } from './cost';
 import { INSTANCE_PATHS, renderBootstrap, renderEnvFile, renderUnit } from './user-data';
@@ -236,22 +237,16 @@ function seconds(d: Duration): string {
   return String(d.toMilliseconds() / 1000);
 }
 
-/** Loopback (127/8, ::1, localhost) or link-local (169.254/16, fe80::/10, and fd00:ec2::254, IMDS over IPv6), however spelt. */
+/** Loopback (127/8, ::1, localhost) or link-local (169.254/16, fe80::/10, and fd00:ec2::/32, IMDS over IPv6), however spelt. */
 function isInstanceLocal(host: string): boolean {
   if (host === 'localhost' || host.endsWith('.localhost') || host === '0.0.0.0') return true;
   const v4 = (h: string): boolean => /^(0*127|169\.0*254|0+)\./.test(h);
   if (!host.includes(':')) return v4(host);
-  let c: string;
-  try {
-    c = new URL(`http://[${host}]/`).hostname.slice(1, -1); // canonical: ::1, ::ffff:7f00:1, fe80::1
-  } catch {
-    return false;
-  }
-  if (c === '::' || c === '::1' || /^fe[89ab][0-9a-f]:/.test(c) || c === 'fd00:ec2::254') return true;
-  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(c);
-  if (!mapped) return false;
-  const [hi, lo] = [parseInt(mapped[1], 16), parseInt(mapped[2], 16)];
-  return v4(`${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`);
+  const g = groupsOf(host);
+  if (g === undefined) return false;
+  const v4Inside = mappedV4(g);
+  if (v4Inside !== undefined) return v4(v4Inside);
+  return g.every((x) => x === 0) || isV6Loopback(g) || isV6LinkLocal(g) || isV6InstanceServices(g);
 }
 
 function isCidr(s: string): boolean {

@@ -7,35 +7,10 @@
  */
 import { isIP } from 'node:net';
 import * as os from 'node:os';
+import { groupsOf, isV6InstanceServices, isV6LinkLocal, isV6Loopback, mappedV4 } from '../address';
 import { log } from '../log';
 import { tasksSkipped } from '../metrics';
 import type { Found, Provider, RouteKey, Target } from '../types';
-
-/**
- * An IPv6 literal's eight 16-bit groups, read from the WHATWG URL parser's canonical form, so that
- * every spelling of one address (`0:0:0:0:0:ffff:7f00:1`, `::ffff:127.0.0.1`, `FD00:EC2:0::254`) is
- * judged alike; undefined for what it refuses (a zone index such as `::1%lo`).
- */
-function groupsOf(host: string): number[] | undefined {
-  let c: string;
-  try {
-    c = new URL(`http://[${host}]/`).hostname.slice(1, -1);
-  } catch {
-    return undefined;
-  }
-  const gap = c.indexOf('::');
-  const part = (s: string): string[] => (s === '' ? [] : s.split(':'));
-  const head = part(gap === -1 ? c : c.slice(0, gap));
-  const tail = gap === -1 ? [] : part(c.slice(gap + 2));
-  const groups = [...head, ...Array<string>(8 - head.length - tail.length).fill('0'), ...tail].map((g) => parseInt(g, 16));
-  return groups.length === 8 && groups.every((g) => g >= 0 && g <= 0xffff) ? groups : undefined;
-}
-
-/** The IPv4 address an IPv4-mapped address (::ffff:a.b.c.d) carries, from its groups; undefined for any other. */
-function mappedV4(g: readonly number[]): string | undefined {
-  if (!(g.slice(0, 5).every((x) => x === 0) && g[5] === 0xffff)) return undefined;
-  return `${g[6] >> 8}.${g[6] & 255}.${g[7] >> 8}.${g[7] & 255}`;
-}
 
 function usableV4(host: string, loopback: boolean): boolean {
   const [a, b] = host.split('.').map(Number);
@@ -55,7 +30,7 @@ export function usableAddress(host: string, loopback = false): boolean {
   if (g[0] === 0) {
     // ::/16: unspecified, loopback, and the forms that carry an IPv4 address (IPv4-mapped is judged as
     // that address; IPv4-compatible and IPv4-translated are never what AWS gives).
-    if (g.slice(0, 7).every((x) => x === 0) && g[7] === 1) return loopback;
+    if (isV6Loopback(g)) return loopback;
     const v4 = mappedV4(g);
     if (v4 !== undefined) return usableV4(v4, loopback);
     return false;
@@ -64,10 +39,10 @@ export function usableAddress(host: string, loopback = false): boolean {
     (g[0] === 0x64 && g[1] === 0xff9b) || // NAT64: an IPv4 address behind a translator
     g[0] === 0x2002 || // 6to4: an IPv4 address in bits 16-47 (2002:a9fe:a9fe:: carries 169.254.169.254)
     (g[0] === 0x2001 && g[1] === 0) || // Teredo: an IPv4 server and client inside
-    (g[0] & 0xffc0) === 0xfe80 || // link-local
+    isV6LinkLocal(g) ||
     (g[0] & 0xffc0) === 0xfec0 || // site-local (deprecated)
     (g[0] & 0xff00) === 0xff00 || // multicast
-    (g[0] === 0xfd00 && g[1] === 0x0ec2) // the instance's AWS services (metadata fd00:ec2::254, DNS, time)
+    isV6InstanceServices(g)
   );
 }
 

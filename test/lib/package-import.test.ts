@@ -2,6 +2,8 @@
  * A user's own stack: the construct comes from the package's entry point, the VPC and the hosted zone
  * are imported from attributes (no lookup), and it synthesizes.
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { App, Stack } from 'aws-cdk-lib';
 import { Match, Template } from 'aws-cdk-lib/assertions';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
@@ -12,6 +14,24 @@ test('the entry point exports the construct, its stack and the cost estimate', (
   expect(typeof pkg.KarmaProxy).toBe('function');
   expect(typeof pkg.KarmaProxyStack).toBe('function');
   expect(typeof pkg.estimateMonthlyCost).toBe('function');
+});
+
+test("the package's file list holds every module the entry point reaches (a consumer's import must resolve)", () => {
+  const root = path.join(__dirname, '..', '..');
+  const files: string[] = JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')).files;
+  const listed = (rel: string): boolean =>
+    files.some((f) => f === rel || (f.endsWith('/**/*.js') && rel.startsWith(f.slice(0, -'**/*.js'.length)) && rel.endsWith('.js')));
+  const reached = new Set<string>();
+  const visit = (file: string): void => {
+    if (reached.has(file)) return;
+    reached.add(file);
+    const text = fs.readFileSync(path.join(root, file), 'utf8');
+    // Runtime imports only: an `import type` leaves nothing in the compiled module.
+    for (const m of text.matchAll(/^(?:import|export) (?!type )[^;]*?from '(\.[^']+)';/gms)) visit(path.posix.join(path.posix.dirname(file), `${m[1]}.ts`));
+  };
+  visit('lib/index.ts');
+  expect([...reached].some((f) => f.startsWith('runtime/'))).toBe(true);
+  expect([...reached].map((f) => f.replace(/\.ts$/, '.js')).filter((f) => !listed(f))).toEqual([]);
 });
 
 test('imported into another stack with an imported VPC and hosted zone, it synthesizes', () => {
