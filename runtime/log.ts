@@ -4,10 +4,32 @@
  */
 type Level = 'debug' | 'info' | 'warn' | 'error';
 
+/**
+ * Bytes a log stream may hold unwritten. stdout and stderr are pipes (journald's socket under systemd)
+ * that Node writes asynchronously: were journald to stall, or nobody read a pipe, every access line would
+ * stay in memory. Past this, lines are dropped and counted (karma_log_lines_dropped_total), and how many
+ * is said once the log is read again.
+ */
+export const LOG_BACKLOG_MAX_BYTES = 4 * 1024 * 1024;
+let droppedSinceSaid = 0;
+let droppedTotal = 0;
+
+/** Log lines dropped so far because the log was not read fast enough. */
+export const logLinesDropped = (): number => droppedTotal;
+
 export function log(level: Level, msg: string, fields?: Record<string, unknown>): void {
-  const line = JSON.stringify({ time: new Date().toISOString(), level, msg, pid: process.pid, ...fields });
-  if (level === 'error' || level === 'warn') process.stderr.write(line + '\n');
-  else process.stdout.write(line + '\n');
+  const stream = level === 'error' || level === 'warn' ? process.stderr : process.stdout;
+  if (stream.writableLength > LOG_BACKLOG_MAX_BYTES) {
+    droppedSinceSaid++;
+    droppedTotal++;
+    return;
+  }
+  if (droppedSinceSaid > 0 && process.stderr.writableLength <= LOG_BACKLOG_MAX_BYTES) {
+    const dropped = droppedSinceSaid;
+    droppedSinceSaid = 0;
+    process.stderr.write(JSON.stringify({ time: new Date().toISOString(), level: 'warn', msg: 'log lines dropped: the log was not read fast enough', pid: process.pid, dropped }) + '\n');
+  }
+  stream.write(JSON.stringify({ time: new Date().toISOString(), level, msg, pid: process.pid, ...fields }) + '\n');
 }
 
 /** Error fields that are safe and useful in a log line. */

@@ -6,6 +6,7 @@
  * find them (it registered them but never served them); per-target ones carry a `target` label, ip:port.
  */
 import { Counter, Gauge, Histogram, register } from 'prom-client';
+import { logLinesDropped } from './log';
 
 export { register };
 
@@ -129,6 +130,18 @@ export const tasksSkipped = new Counter({
   name: 'karma_tasks_skipped_total',
   help: 'ECS tasks or EC2 instances left out of a pool, by reason.',
   labelNames: ['reason'] as const,
+});
+
+// ---- the process ----
+export const logLinesDroppedTotal = new Counter({
+  name: 'karma_log_lines_dropped_total',
+  help: 'Log lines dropped because stdout or stderr held more than 4 MiB not yet read (journald stalled, a pipe nobody reads).',
+  collect() {
+    const total = logLinesDropped();
+    // log.ts keeps the total (it cannot import this module: this one imports it).
+    this.reset();
+    if (total > 0) this.inc(total);
+  },
 });
 
 // ---- counting on the request path ----
