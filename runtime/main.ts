@@ -6,11 +6,11 @@
 import cluster, { Worker } from 'node:cluster';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import * as util from 'node:util';
 import * as http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { Config, ConfigError, ENV_NAMES, loadConfig, mistypedSettings } from './config';
 import { answerAcceptorRequest } from './acceptors';
+import { parseDotEnv } from './dotenv';
 import { Coordinator, providerFor } from './coordinator';
 import type { ToPrimary } from './ipc';
 import { errorFields, log, logProcessWarnings } from './log';
@@ -248,25 +248,22 @@ async function runPrimary(config: Config): Promise<void> {
 const DOTENV_AWS = ['AWS_REGION', 'AWS_DEFAULT_REGION', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_PROFILE'];
 
 /**
- * Settings from `./.env`, as the Karma Proxy seed read them (godotenv) and its README set them up:
- * read by the primary only (workers get its environment), never over a variable already set, and only
- * the proxy's settings and the AWS region and credentials: a file in the working directory must not
- * reach NODE_OPTIONS (code in every worker) or the SDK's endpoints and config files.
+ * Settings from `./.env`, as the Karma Proxy seed read them (godotenv, dotenv.ts) and its README set
+ * them up: read by the primary only (workers get its environment), never over a variable already set,
+ * and only the proxy's settings and the AWS region and credentials: a file in the working directory
+ * must not reach NODE_OPTIONS (code in every worker) or the SDK's endpoints and config files.
  */
 function readDotEnv(): string[] {
   if (!cluster.isPrimary || !fs.existsSync('.env')) return [];
   const file = path.resolve('.env');
   try {
-    const text = fs.readFileSync(file, 'utf8');
+    const { values, badLines } = parseDotEnv(fs.readFileSync(file, 'utf8'), process.env);
     // A line that is no setting would be merged by Node 20's parser into the next one (which is then
     // lost): it stops the start, named by its number only (its text may be a password).
-    const bad = dotEnvBadLines(text);
-    if (bad.length) return bad.map((n) => `${file} line ${n} is not KEY=value (its text is not shown)`);
-    // godotenv's `KEY: value` lines, as the seed read them, in the form Node's parser reads.
-    const parsed = util.parseEnv(text.replace(/^(\s*(?:export\s+)?[A-Za-z_][A-Za-z0-9_.-]*):(?=[ \t])/gm, '$1='));
+    if (badLines.length) return badLines.map((n) => `${file} line ${n} is not KEY=value (its text is not shown)`);
     const allowed = new Set([...ENV_NAMES, ...DOTENV_AWS]);
     const ignored: string[] = [];
-    for (const [name, value] of Object.entries(parsed)) {
+    for (const [name, value] of values) {
       if (!allowed.has(name)) ignored.push(name);
       else if (process.env[name] === undefined) process.env[name] = value;
     }
@@ -275,32 +272,6 @@ function readDotEnv(): string[] {
     log('warn', '.env could not be read; settings come from the environment only', { file, ...errorFields(err) });
   }
   return [];
-}
-
-/**
- * The numbers of the lines of a .env text that are neither blank, a comment, nor `[export ]KEY=value`
- * (or godotenv's `KEY: value`; a quoted value may run over several lines, as godotenv and Node read it).
- */
-function dotEnvBadLines(text: string): number[] {
-  const bad: number[] = [];
-  const lines = text.split(/\r?\n/);
-  for (let i = 0; i < lines.length; i++) {
-    const line = lines[i].trim();
-    if (line === '' || line.startsWith('#')) continue;
-    const m = /^(?:export\s+)?[A-Za-z_][A-Za-z0-9_.-]*(?:\s*=|:(?=[ \t]))\s*(.*)$/.exec(line);
-    if (!m) {
-      bad.push(i + 1);
-      continue;
-    }
-    // An opening quote not closed on its line: the value goes on to the line that closes it.
-    const quote = m[1][0];
-    if ((quote === '"' || quote === "'" || quote === '`') && m[1].indexOf(quote, 1) === -1) {
-      let j = i + 1;
-      while (j < lines.length && !lines[j].includes(quote)) j++;
-      i = j;
-    }
-  }
-  return bad;
 }
 
 function main(): void {
