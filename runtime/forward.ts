@@ -36,15 +36,18 @@ export interface ForwardOptions {
 
 /**
  * X-Forwarded-Proto and X-Forwarded-Port for the target: the proxy's own (`http`, the port clients
- * connected to), or, with TRUST_FORWARDED_PROTO, the first of those the client sent when it is `http` or
+ * connected to), or, with TRUST_FORWARDED_PROTO, the last of those the client sent when it is `http` or
  * `https` (a TLS terminator in front: CloudFront, another load balancer), with its port, or the
  * scheme's when it sent none.
  */
 export function forwardedProto(sentProto: string | undefined, sentPort: string | undefined, listenPort: string, trust: boolean): { proto: string; port: string } {
   if (!trust || sentProto === undefined) return { proto: 'http', port: listenPort };
-  const proto = sentProto.split(',')[0].trim().toLowerCase();
+  // The last of a list, as for X-Forwarded-For: the front in front of the proxy appended it; whatever
+  // comes before is what its client claimed.
+  const last = (list: string): string => list.slice(list.lastIndexOf(',') + 1).trim();
+  const proto = last(sentProto).toLowerCase();
   if (proto !== 'http' && proto !== 'https') return { proto: 'http', port: listenPort };
-  const n = sentPort?.split(',')[0].trim();
+  const n = sentPort === undefined ? undefined : last(sentPort);
   const valid = n !== undefined && /^\d{1,5}$/.test(n) && Number(n) >= 1 && Number(n) <= 65535;
   return { proto, port: valid ? n : proto === 'https' ? '443' : '80' };
 }
@@ -217,12 +220,19 @@ export function upstreamHead(req: HeadSource, listenPort: string, trustForwarded
       if (lower.includes('_') && GUARDED.has(lower.replace(/_/g, '-'))) continue;
       if (OWN.has(lower)) {
         if (lower === 'x-forwarded-for') xff = xff === undefined ? raw[i + 1] : `${xff}, ${raw[i + 1]}`;
-        else if (lower === 'x-forwarded-proto') sentProto ??= raw[i + 1];
-        else if (lower === 'x-forwarded-port') sentPort ??= raw[i + 1];
+        // The last line's: a front that adds rather than replaces puts its own after the client's.
+        else if (lower === 'x-forwarded-proto') sentProto = raw[i + 1];
+        else if (lower === 'x-forwarded-port') sentPort = raw[i + 1];
         continue;
       }
     }
-    if (name.length === 14 && name.toLowerCase() === 'content-length') hasLength = true;
+    if (name.length === 14 && name.toLowerCase() === 'content-length') {
+      hasLength = true;
+      // Digits only (the parser saw to it), but without leading zeros: a target reading `010` as octal
+      // would take 8 bytes for the body and the rest for a request of its own.
+      lines += `${name}: ${raw[i + 1].replace(/^0+(?=\d)/, '')}\r\n`;
+      continue;
+    }
     lines += `${name}: ${raw[i + 1]}\r\n`;
   }
   const ip = req.ip;

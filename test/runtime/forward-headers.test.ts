@@ -67,10 +67,20 @@ describe('X-Forwarded-Proto and -Port', () => {
     expect(lines(['X-Forwarded-Proto', 'https', 'X-Forwarded-Port', '8443'], true)).toEqual(['X-Forwarded-Proto: https', 'X-Forwarded-Port: 8443']);
     expect(lines(['X-Forwarded-Proto', 'HTTPS'], true)).toEqual(['X-Forwarded-Proto: https', 'X-Forwarded-Port: 443']);
     expect(lines([], true)).toEqual(['X-Forwarded-Proto: http', 'X-Forwarded-Port: 80']);
+    // Two lines: the client's, then the one a front added. The front's counts.
+    expect(lines(['X-Forwarded-Proto', 'https', 'X-Forwarded-Proto', 'http'], true)).toEqual(['X-Forwarded-Proto: http', 'X-Forwarded-Port: 80']);
+  });
+
+  test('Content-Length goes upstream without leading zeros (a target reading 010 as octal would desync)', () => {
+    const head = upstreamHead({ ...request(['Host', 'a.example.com', 'Content-Length', '010']), method: 'POST' }, '80').head;
+    expect(head).toContain('\r\nContent-Length: 10\r\n');
+    expect(upstreamHead({ ...request(['Host', 'a', 'content-length', '0']), method: 'POST' }, '80').head).toContain('\r\ncontent-length: 0\r\n');
   });
 
   test.each([
-    ['the first of a list', 'https, http', '443, 80', { proto: 'https', port: '443' }],
+    // A front that appends: its own value comes last, after what its client claimed.
+    ['the last of a list', 'https, http', '443, 80', { proto: 'http', port: '80' }],
+    ['the last of a list, https', 'http,https', '80,8443', { proto: 'https', port: '8443' }],
     ['a scheme that is neither http nor https', 'javascript', '443', { proto: 'http', port: '6969' }],
     ['a port that is not one', 'https', '99999', { proto: 'https', port: '443' }],
     ['plain http', 'http', undefined, { proto: 'http', port: '80' }],
