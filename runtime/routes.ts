@@ -43,6 +43,8 @@ interface Entry {
   inflight: Promise<Pool | undefined> | undefined;
   /** When the targets it holds were found (Date.now() clock), their age at the primary counted: due again a period later. */
   foundAt: number;
+  /** Being rediscovered in the background. */
+  refreshing?: boolean;
 }
 
 export type Lookup =
@@ -56,7 +58,8 @@ const UNKNOWN: Lookup = Object.freeze({ kind: 'unknown' });
 export class RouteTable {
   private readonly entries = new Map<string, Entry>();
   private timer: NodeJS.Timeout | undefined;
-  private refreshing = false;
+  /** Rediscoveries of known routes under way. */
+  private refreshing = 0;
   private readonly now: () => number;
   private readonly abort = new AbortController();
   private tokens: number;
@@ -164,9 +167,9 @@ export class RouteTable {
     const tickMs = Math.min(1000, Math.max(50, this.opts.refreshMs / 10));
     const tick = (): void => {
       this.timer = setTimeout(() => {
-        void this.refresh({ dueOnly: true }).finally(() => {
-          if (!this.abort.signal.aborted) tick();
-        });
+        // Not awaited: a pass holds only the routes it rediscovers, and the next tick may start others.
+        void this.refresh({ dueOnly: true });
+        if (!this.abort.signal.aborted) tick();
       }, tickMs);
       this.timer.unref();
     };
@@ -178,36 +181,51 @@ export class RouteTable {
     if (this.timer) clearTimeout(this.timer);
   }
 
-  /** One refresh pass: expire idle and negative entries, rediscover the known routes (with dueOnly, those a period old). */
+  /**
+   * One refresh pass: expire idle and negative entries, rediscover the known routes (with dueOnly, those
+   * a period old; one without targets as soon as NEGATIVE_CACHE_TTL, as a new route would be) that are
+   * not being rediscovered already, oldest first, in the slots of REFRESH_CONCURRENCY still free. A
+   * route whose discovery hangs holds its own slot until the discovery deadline, not the whole pass:
+   * the next tick goes on with the others.
+   */
   async refresh(opts: { dueOnly?: boolean } = {}): Promise<void> {
-    if (this.refreshing) return;
-    this.refreshing = true;
-    try {
-      const now = this.now();
-      const due: Entry[] = [];
-      for (const e of this.entries.values()) {
-        if (now - e.lastUsed > this.opts.routeIdleTtlMs && !e.inflight) this.forget(e);
-        else if (!e.pool && e.absentUntil <= now && !e.inflight) this.forget(e);
-        else if (e.pool && (!opts.dueOnly || now - e.foundAt >= this.opts.refreshMs)) due.push(e);
+    const now = this.now();
+    const due: Entry[] = [];
+    for (const e of this.entries.values()) {
+      if (now - e.lastUsed > this.opts.routeIdleTtlMs && !e.inflight && !e.refreshing) this.forget(e);
+      else if (!e.pool && e.absentUntil <= now && !e.inflight) this.forget(e);
+      else if (e.pool && !e.refreshing && (!opts.dueOnly || now - e.foundAt >= this.periodOf(e.pool))) due.push(e);
+    }
+    this.gauge();
+    due.sort((a, b) => a.foundAt - b.foundAt);
+    const free = (this.opts.refreshConcurrency ?? 4) - this.refreshing;
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < due.length && !this.abort.signal.aborted) {
+        const e = due[next++];
+        if (!e.refreshing) await this.refreshOne(e);
       }
-      this.gauge();
-      const limit = this.opts.refreshConcurrency ?? 4;
-      let next = 0;
-      const worker = async (): Promise<void> => {
-        while (next < due.length && !this.abort.signal.aborted) {
-          const e = due[next++];
-          try {
-            const targets = await this.discover(e);
-            // A service scaled to zero becomes empty (503), not stale.
-            if (e.pool && this.entries.get(e.id) === e) e.pool.update(targets);
-          } catch {
-            // Stale on error: the last known targets keep serving.
-          }
-        }
-      };
-      await Promise.all(Array.from({ length: Math.min(limit, due.length) }, worker));
+    };
+    await Promise.all(Array.from({ length: Math.min(Math.max(free, 0), due.length) }, worker));
+  }
+
+  /** A route's targets are due again a period after they were found; an empty route's sooner. */
+  private periodOf(pool: Pool): number {
+    return pool.size === 0 ? Math.min(this.opts.refreshMs, this.opts.negativeCacheTtlMs) : this.opts.refreshMs;
+  }
+
+  private async refreshOne(e: Entry): Promise<void> {
+    this.refreshing++;
+    e.refreshing = true;
+    try {
+      const targets = await this.discover(e);
+      // A service scaled to zero becomes empty (503), not stale.
+      if (e.pool && this.entries.get(e.id) === e) e.pool.update(targets);
+    } catch {
+      // Stale on error: the last known targets keep serving.
     } finally {
-      this.refreshing = false;
+      this.refreshing--;
+      e.refreshing = false;
     }
   }
 

@@ -88,6 +88,60 @@ describe('route table', () => {
     }
   });
 
+  test("a route whose rediscovery hangs holds only itself: the next pass refreshes the others", async () => {
+    let release!: () => void;
+    const hung = new Promise<void>((r) => (release = r));
+    let stuck = false;
+    const fastAnswers: Target[][] = [[makeTarget('10.0.0.1', 80)], [makeTarget('10.0.0.2', 80)]];
+    const provider: Provider = {
+      name: 'test',
+      discover: async (route) => {
+        if (route.service === 'slow') {
+          if (stuck) await hung;
+          return [makeTarget('10.0.1.1', 80)];
+        }
+        return fastAnswers.length > 1 ? fastAnswers.shift()! : fastAnswers[0];
+      },
+    };
+    const t = table(provider);
+    await t.resolve(key('slow'));
+    await t.resolve(key('fast'));
+    stuck = true;
+    clock += 30_000;
+    const first = t.refresh({ dueOnly: true }); // slow hangs in it
+    await new Promise((r) => setImmediate(r));
+    const fast = t.get(key('fast'));
+    expect(fast.kind === 'pool' && fast.pool.targets.map((x) => x.host)).toEqual(['10.0.0.2']);
+    fastAnswers.splice(0, 1, [makeTarget('10.0.0.3', 80)]);
+    clock += 30_000;
+    await t.refresh({ dueOnly: true }); // slow is still hanging: fast goes on alone
+    const later = t.get(key('fast'));
+    expect(later.kind === 'pool' && later.pool.targets.map((x) => x.host)).toEqual(['10.0.0.3']);
+    release();
+    await first;
+  });
+
+  test('a known route that became empty is asked again after NEGATIVE_CACHE_TTL, not a whole period', async () => {
+    let answer: Target[] = [makeTarget('10.0.0.1', 80)];
+    const calls: number[] = [];
+    const provider: Provider = { name: 'test', discover: async () => (calls.push(clock), answer) };
+    const t = table(provider, { negativeCacheTtlMs: 10_000, refreshMs: 30_000 });
+    await t.resolve(key('api'));
+    answer = [];
+    clock += 30_000;
+    await t.refresh({ dueOnly: true });
+    expect(t.get(key('api'))).toMatchObject({ kind: 'pool' });
+    answer = [makeTarget('10.0.0.2', 80)];
+    clock += 9_000;
+    await t.refresh({ dueOnly: true });
+    expect(calls).toHaveLength(2);
+    clock += 1_000;
+    await t.refresh({ dueOnly: true }); // NEGATIVE_CACHE_TTL after it was found empty
+    expect(calls).toHaveLength(3);
+    const found = t.get(key('api'));
+    expect(found.kind === 'pool' && found.pool.targets.map((x) => x.host)).toEqual(['10.0.0.2']);
+  });
+
   test('at most MAX_ROUTES routes are kept: absent ones go first, then the least recently used', async () => {
     const g = gated((r) => (r.service.startsWith('junk') ? [] : [makeTarget('10.0.0.1', r.port)]));
     g.release();
