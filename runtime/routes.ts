@@ -184,7 +184,7 @@ export class RouteTable {
   /**
    * One refresh pass: expire idle and negative entries, rediscover the known routes (with dueOnly, those
    * a period old; one without targets as soon as NEGATIVE_CACHE_TTL, as a new route would be) that are
-   * not being rediscovered already, oldest first, in the slots of REFRESH_CONCURRENCY still free. A
+   * not being rediscovered already, oldest first, in the slots of refreshConcurrency still free. A
    * route whose discovery hangs holds its own slot until the discovery deadline, not the whole pass:
    * the next tick goes on with the others.
    */
