@@ -88,6 +88,13 @@ async function runPrimary(config: Config): Promise<void> {
   /** Workers whose end is logged already: one that could not start, one killed for not stopping in time. */
   const explained = new Set<number>();
 
+  /**
+   * Workers whose process has not exited. node:cluster keeps an exited one in cluster.workers until its
+   * IPC channel closes too, which can come after its 'exit': counted by that, the last exit of a stop
+   * could find a worker left and never end the primary.
+   */
+  const liveWorkers = (): Worker[] => Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined && !w.isDead());
+
   const fork = (): Worker => {
     const w = cluster.fork(workerEnv(process.env));
     coordinator.add(w);
@@ -108,6 +115,8 @@ async function runPrimary(config: Config): Promise<void> {
         shuttingDown = true;
         for (const other of Object.values(cluster.workers ?? {})) other?.process.kill('SIGTERM');
         process.exitCode = 1;
+        // Its 'exit' (and its fellows') may have come before this message: no exit is left to end the primary.
+        if (liveWorkers().length === 0) void stop();
       }
     });
     return w;
@@ -124,7 +133,7 @@ async function runPrimary(config: Config): Promise<void> {
         log('error', 'a worker died while shutting down; its requests in flight were cut', { worker: w.id, code, signal });
         process.exitCode = 1;
       }
-      if (Object.keys(cluster.workers ?? {}).length === 0) void stop();
+      if (liveWorkers().length === 0) void stop();
       return;
     }
     log('error', 'worker died; replacing it', { worker: w.id, code, signal });
@@ -217,12 +226,12 @@ async function runPrimary(config: Config): Promise<void> {
     if (shuttingDown && signal !== 'SIGINT') return;
     shuttingDown = true;
     log('info', 'shutting down', { signal, timeoutSeconds: config.shutdownTimeoutMs / 1000 });
-    const workers = Object.values(cluster.workers ?? {});
+    const workers = liveWorkers();
     if (workers.length === 0) void stop();
     for (const w of workers) w?.process.kill('SIGTERM');
     // Workers enforce SHUTDOWN_TIMEOUT themselves; this only guards against one that hangs.
     setTimeout(() => {
-      const hung = Object.values(cluster.workers ?? {}).filter((w) => w !== undefined);
+      const hung = liveWorkers();
       if (hung.length > 0) {
         log('error', 'workers did not stop within SHUTDOWN_TIMEOUT; killed', { workers: hung.map((w) => w.process.pid) });
         process.exitCode = 1;
