@@ -25,6 +25,9 @@ import { usablePort } from './discovery/screen';
 import { cacheLookups } from './metrics';
 import { Found, makeTarget, Provider, RouteKey, routeId, Target } from './types';
 
+/** How often the fleet may ask AWS for a route whose targets refuse (SharedProvider, maxAgeMs): once a second. */
+const EARLY_LOCK_MS = 1000;
+
 /** Bump when the stored shape changes: proxies of two versions then simply do not share. */
 export const KEY_PREFIX = 'karma:v1';
 
@@ -256,7 +259,7 @@ export class SharedProvider implements Provider {
    * Otherwise a proxy that took an entry late in its life would pass over the next one as still fresh,
    * and a change would take nearly two periods to reach it.
    */
-  async discoverAged(route: RouteKey, signal?: AbortSignal): Promise<Found> {
+  async discoverAged(route: RouteKey, signal?: AbortSignal, maxAgeMs = Infinity): Promise<Found> {
     const fresh = async (): Promise<Found> => ({ targets: await this.inner.discover(route, signal), ageMs: 0 });
     const redis = this.usable();
     if (!redis) {
@@ -265,16 +268,21 @@ export class SharedProvider implements Provider {
     }
     const key = targetsKey(this.scope, route);
     const lock = lockKey(this.scope, route);
+    const early = Number.isFinite(maxAgeMs);
+    const earlyLock = `${lock}:early`;
     let shared: Shared | undefined;
     let won: boolean;
     try {
       shared = await this.read(redis, key);
-      if (shared && shared.ageMs < (shared.targets.length ? this.freshMs : this.emptyFreshMs)) {
+      if (shared && shared.ageMs < Math.min(shared.targets.length ? this.freshMs : this.emptyFreshMs, maxAgeMs)) {
         this.answered();
         cacheLookups.inc({ result: 'hit' });
         return { targets: shared.targets, ageMs: shared.ageMs };
       }
-      won = (await redis.set(lock, this.token, 'PX', this.lockMs, 'NX')) === 'OK';
+      // An answer found since its targets refused is wanted (maxAgeMs): the period's lock, which may
+      // be held for most of a period after the last refresh, does not hold it off; a short one of its
+      // own does, so that one proxy of the fleet asks AWS and the others take its answer.
+      won = (await redis.set(early ? earlyLock : lock, this.token, 'PX', early ? EARLY_LOCK_MS : this.lockMs, 'NX')) === 'OK';
       this.answered();
     } catch (err) {
       // Down or slow: this proxy discovers by itself. The outage is logged once (watch(), failed()).
@@ -283,7 +291,16 @@ export class SharedProvider implements Provider {
       return fresh();
     }
 
-    if (won) return { targets: await this.refresh(redis, key, lock, route, signal), ageMs: 0 };
+    if (won) return { targets: await this.refresh(redis, key, early ? earlyLock : lock, route, signal), ageMs: 0 };
+    if (early) {
+      const theirs = await this.waitForOther(redis, key, shared?.raw, signal);
+      if (theirs) {
+        cacheLookups.inc({ result: 'hit' });
+        return { targets: theirs.targets, ageMs: Math.min(theirs.ageMs, this.freshMs) };
+      }
+      cacheLookups.inc({ result: 'miss' });
+      return fresh();
+    }
     // Our locks always expire, within a period: one that does not, or that is set for ten times as long
     // (a fleet-mate's period is not that different), was not set by a proxy, and would hold every proxy
     // off this route for good or for its day. Given our expiry, it goes like one of ours would.

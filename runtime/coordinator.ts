@@ -143,7 +143,7 @@ export class Coordinator {
   private onMessage(worker: Worker, m: ToPrimary): void {
     switch (m.t) {
       case 'discover':
-        void this.discoverAged(m.route).then(
+        void this.discoverAged(m.route, m.maxAgeMs).then(
           ({ targets, ageMs }) => {
             // Breakers other workers opened come first: the worker's new targets start in that state.
             const snaps = this.breakers.snapshots(new Set(targets.map((t) => t.id)));
@@ -203,18 +203,18 @@ export class Coordinator {
    * takes it refreshes it a period after it was found, not a period after it asked. A fresh answer, or
    * the last one kept when AWS failed, is 0 old (the next try is a period away).
    */
-  discoverAged(route: RouteKey): Promise<Found> {
+  discoverAged(route: RouteKey, maxAgeMs = Infinity): Promise<Found> {
     const id = routeId(route);
     // Most recently asked last; as many routes as all the workers can hold, the oldest going first
     // (Hosts naming ever new routes churn the workers' tables, and would otherwise grow these maps).
     setRecent(this.asked, id, this.now(), this.maxRoutes, (oldest) => (this.fresh.delete(oldest), this.failureSaid.delete(oldest)));
     const hit = this.fresh.get(id);
     const now = this.now();
-    if (hit && now - hit.at < (hit.targets.length ? this.freshMs : this.emptyFreshMs)) return Promise.resolve({ targets: [...hit.targets], ageMs: now - hit.at });
-    return this.fetch(route, id);
+    if (hit && now - hit.at < Math.min(hit.targets.length ? this.freshMs : this.emptyFreshMs, maxAgeMs)) return Promise.resolve({ targets: [...hit.targets], ageMs: now - hit.at });
+    return this.fetch(route, id, maxAgeMs);
   }
 
-  private fetch(route: RouteKey, id: string): Promise<Found> {
+  private fetch(route: RouteKey, id: string, maxAgeMs: number): Promise<Found> {
     let p = this.inflight.get(id);
     if (!p) {
       // A deadline for the whole discovery: an AWS answer that stalls mid-body, or pages without end,
@@ -224,7 +224,7 @@ export class Coordinator {
       const aborted = new Promise<never>((_, reject) => deadline.addEventListener('abort', () => reject(new Error(`discovery took over ${this.deadlineMs / 1000} s`)), { once: true }));
       aborted.catch(() => undefined);
       const found = this.provider.discoverAged
-        ? this.provider.discoverAged(route, deadline)
+        ? this.provider.discoverAged(route, deadline, maxAgeMs)
         : this.provider.discover(route, deadline).then((targets) => ({ targets, ageMs: 0 }));
       p = Promise.race([found, aborted]).then(
         (f) => {

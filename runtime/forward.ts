@@ -32,6 +32,12 @@ export interface ForwardOptions {
   readonly trustForwardedProto?: boolean;
   /** HTTP health checks judge every target (a target that speaks no HTTP fails them). @default false */
   readonly httpChecks?: boolean;
+  /**
+   * A target of `pool` refused a connection or took none within POOL_TIMEOUT, or every one is shut off
+   * by its breaker: they may have left the route (routes.ts suspect()). The rediscovery under way, if
+   * any: a request with a retry left and no other target waits for it (at most REDISCOVERY_WAIT_MS).
+   */
+  readonly onRefused?: (pool: Pool) => Promise<unknown> | undefined;
 }
 
 /**
@@ -57,6 +63,12 @@ export function forwardedProto(sentProto: string | undefined, sentPort: string |
  * `bad_response`: the target answered something that is not HTTP/1.1.
  * `head_too_large`: the target's answer head was over MAX_RESPONSE_HEAD_BYTES (upstream.ts).
  */
+/**
+ * The longest a retry waits for its route's rediscovery when its target refused and no other is left:
+ * a discovery's usual time, well inside a client's patience; a slower one ends in the 502 it would have had.
+ */
+export const REDISCOVERY_WAIT_MS = 2000;
+
 export type FailureKind = 'refused' | 'reset' | 'timeout' | 'connect_timeout' | 'dns' | 'pool_full' | 'bad_response' | 'head_too_large' | 'other';
 
 /**
@@ -479,6 +491,7 @@ export class Forwarder {
           } else {
             outcome.status = 503;
             rawAnswer(socket, 503, 'no target available', 'Retry-After: 5\r\n');
+            if (pool.size > 0) void this.opts.onRefused?.(pool);
           }
           return finish();
         }
@@ -526,6 +539,7 @@ export class Forwarder {
           outcome.status = status;
           failedConnections.labels({ target: s.target.id }).inc();
           upstreamErrors.labels({ kind }).inc();
+          if (kind === 'refused' || kind === 'connect_timeout') void this.opts.onRefused?.(pool);
           judge(false, refusedFailure(kind));
         };
         /** ... and is answered: at once, for http-proxy ends the socket right after its error callback. */
@@ -672,6 +686,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   private connectTimer: NodeJS.Timeout | undefined;
   /** Waiting in the target's line for a socket. */
   private waiting = false;
+  /** The route's rediscovery a refusal started (onRefused), not waited for yet. */
+  private rediscovery: Promise<unknown> | undefined;
 
   constructor(
     private readonly registry: TargetRegistry,
@@ -703,6 +719,18 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     const pick = this.pool.pick(this.tried);
     const outcome = this.outcome;
     if (!pick) {
+      // A retry with no other target, its route being rediscovered since its target refused (a deploy
+      // replaced it): the retry waits for the new targets, once, as briefly as REDISCOVERY_WAIT_MS.
+      if (outcome.error && this.rediscovery) {
+        const rediscovery = this.rediscovery;
+        this.rediscovery = undefined;
+        let timer: NodeJS.Timeout | undefined;
+        void Promise.race([rediscovery, new Promise((r) => (timer = setTimeout(r, REDISCOVERY_WAIT_MS)))]).then(() => {
+          clearTimeout(timer);
+          this.resume();
+        });
+        return;
+      }
       // Nothing (else) to try: the client hears what went wrong with the last target, if any.
       if (outcome.error) return this.fail();
       // Refused only because a half-open target's trial is being claimed, or is out on another worker:
@@ -713,6 +741,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       }
       outcome.status = 503;
       answer(this.res, 503, 'no target available', { 'Retry-After': '5' });
+      // Targets, but every one's breaker open: they may all have left (a deploy that replaced them).
+      if (this.pool.size > 0) void this.opts.onRefused?.(this.pool);
       return this.done();
     }
     outcome.attempts++;
@@ -947,6 +977,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       return this.retryOrAnswer(err);
     }
     failedConnections.labels({ target: s.target.id }).inc();
+    if (err.kind === 'refused' || err.kind === 'connect_timeout') this.rediscovery = this.opts.onRefused?.(this.pool) ?? this.rediscovery;
     // The retry or the answer once the failure is counted: a breaker it opened is then open in every
     // worker (with several, after the primary's answer; breaker.ts).
     s.breaker.onFailure(this.epoch, () => this.retryOrAnswer(err), refusedFailure(err.kind));

@@ -14,7 +14,7 @@ import type { Found, Provider, RouteKey, Target } from './types';
 export type ToPrimary =
   | { readonly t: 'ready'; readonly port: number }
   | { readonly t: 'fatal'; readonly error: string }
-  | { readonly t: 'discover'; readonly n: number; readonly route: RouteKey }
+  | { readonly t: 'discover'; readonly n: number; readonly route: RouteKey; readonly maxAgeMs?: number }
   /** Every target this worker has in use now (the health checker checks the union). */
   | { readonly t: 'in-use'; readonly targets: readonly Target[] }
   | { readonly t: 'metrics'; readonly n: number; readonly json: unknown }
@@ -75,7 +75,7 @@ export class PrimaryProvider implements Provider {
   }
 
   /** The primary's answer, and how old it was there (one it shared from its cache). */
-  discoverAged(route: RouteKey): Promise<Found> {
+  discoverAged(route: RouteKey, _signal?: AbortSignal, maxAgeMs?: number): Promise<Found> {
     const n = ++this.n;
     return new Promise<Found>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -84,7 +84,8 @@ export class PrimaryProvider implements Provider {
       }, this.timeoutMs);
       timer.unref();
       this.waiting.set(n, { resolve, reject, timer });
-      this.out({ t: 'discover', n, route });
+      // Infinity does not survive IPC's JSON: only a bound is sent.
+      this.out({ t: 'discover', n, route, ...(maxAgeMs !== undefined && Number.isFinite(maxAgeMs) ? { maxAgeMs } : {}) });
     });
   }
 

@@ -10,7 +10,9 @@
 import { Pool, TargetRegistry } from './balancer';
 import { errorFields, log } from './log';
 import { discoveryDuration, discoveryErrors, forgetRoute, limitHits, routesKnown } from './metrics';
-import { Provider, RouteKey, routeId } from './types';
+import { Provider, RouteKey, routeId, Target } from './types';
+
+const sameIds = (a: readonly Target[], b: readonly Target[]): boolean => a.length === b.length && a.every((t, i) => t.id === b[i].id);
 
 export interface RouteTableOptions {
   readonly negativeCacheTtlMs: number;
@@ -43,9 +45,24 @@ interface Entry {
   inflight: Promise<Pool | undefined> | undefined;
   /** When the targets it holds were found (Date.now() clock), their age at the primary counted: due again a period later. */
   foundAt: number;
-  /** Being rediscovered in the background. */
-  refreshing?: boolean;
+  /** Being rediscovered in the background: settles when it is done. */
+  refreshing?: Promise<boolean>;
+  /** A target refused: no rediscovery for it before this time (suspect()). */
+  earlyNotBefore?: number;
+  /** The wait after the next rediscovery for a refusal, doubled while they find nothing new. */
+  earlyGapMs?: number;
 }
+
+/**
+ * The first wait between rediscoveries a refusing target asks for. Doubled, up to a period, while they
+ * change nothing: a task that refuses but stays RUNNING must not cost an AWS call every second for good.
+ */
+export const EARLY_REFRESH_MS = 1000;
+/**
+ * How old a shared answer (the primary's, Redis's) may be to count as found since the refusal: one
+ * another worker or proxy asked for on the same refusals a moment ago.
+ */
+export const EARLY_ANSWER_MAX_AGE_MS = 250;
 
 export type Lookup =
   | { readonly kind: 'pool'; readonly pool: Pool }
@@ -214,27 +231,57 @@ export class RouteTable {
     return pool.size === 0 ? Math.min(this.opts.refreshMs, this.opts.negativeCacheTtlMs) : this.opts.refreshMs;
   }
 
-  private async refreshOne(e: Entry): Promise<void> {
+  private refreshOne(e: Entry, maxAgeMs?: number): Promise<boolean> {
+    const p = this.rediscover(e, maxAgeMs);
+    e.refreshing = p;
+    return p;
+  }
+
+  private async rediscover(e: Entry, maxAgeMs?: number): Promise<boolean> {
     this.refreshing++;
-    e.refreshing = true;
     try {
-      const targets = await this.discover(e);
+      const targets = await this.discover(e, maxAgeMs);
+      if (!e.pool || this.entries.get(e.id) !== e) return false;
+      const before = e.pool.targets;
       // A service scaled to zero becomes empty (503), not stale.
-      if (e.pool && this.entries.get(e.id) === e) e.pool.update(targets);
+      e.pool.update(targets);
+      return !sameIds(before, e.pool.targets);
     } catch {
       // Stale on error: the last known targets keep serving.
+      return false;
     } finally {
       this.refreshing--;
-      e.refreshing = false;
+      e.refreshing = undefined;
     }
   }
 
-  private async discover(e: Entry): Promise<import('./types').Target[]> {
+  /**
+   * A target of the route `id` refused a connection, or took none within POOL_TIMEOUT: it may have left
+   * (a task stopped in a rolling deploy; ECS stops the old tasks once the new ones run, and a load
+   * balancer it does not know of hears nothing). The route is rediscovered now rather than at its next
+   * period, with an answer no older than EARLY_ANSWER_MAX_AGE_MS, and at most once per EARLY_REFRESH_MS, a gap
+   * that doubles up to a period while rediscoveries find nothing new.
+   */
+  suspect(id: string): Promise<unknown> | undefined {
+    const e = this.entries.get(id);
+    const now = this.now();
+    if (!e?.pool || this.abort.signal.aborted) return undefined;
+    // One under way (this one's, or the period's) is as good, and the one to wait for.
+    if (e.refreshing || (e.earlyNotBefore ?? 0) > now) return e.refreshing;
+    const gap = e.earlyGapMs ?? EARLY_REFRESH_MS;
+    e.earlyNotBefore = Infinity; // until this one is done
+    return this.refreshOne(e, EARLY_ANSWER_MAX_AGE_MS).then((changed) => {
+      e.earlyGapMs = changed ? EARLY_REFRESH_MS : Math.min(gap * 2, this.opts.refreshMs);
+      e.earlyNotBefore = this.now() + (changed ? EARLY_REFRESH_MS : gap);
+    });
+  }
+
+  private async discover(e: Entry, maxAgeMs?: number): Promise<import('./types').Target[]> {
     const started = process.hrtime.bigint();
     const seconds = (): number => Number(process.hrtime.bigint() - started) / 1e9;
     try {
       const found = this.provider.discoverAged
-        ? await this.provider.discoverAged(e.key, this.abort.signal)
+        ? await this.provider.discoverAged(e.key, this.abort.signal, maxAgeMs)
         : { targets: await this.provider.discover(e.key, this.abort.signal), ageMs: 0 };
       e.foundAt = this.now() - found.ageMs;
       discoveryDuration.labels({ provider: this.provider.name, outcome: 'ok' }).observe(seconds());

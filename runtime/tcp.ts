@@ -103,7 +103,10 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
         return;
       }
       failedConnections.labels({ target: s.target.id }).inc();
-      upstreamErrors.labels({ kind: err.code === 'ETIMEDOUT' ? 'connect_timeout' : err.code === 'ECONNREFUSED' ? 'refused' : 'other' }).inc();
+      const kind = err.code === 'ETIMEDOUT' ? 'connect_timeout' : err.code === 'ECONNREFUSED' ? 'refused' : 'other';
+      upstreamErrors.labels({ kind }).inc();
+      // The target may have left the pool (an instance terminated): the pool is rediscovered now.
+      if (kind !== 'other') void routes.suspect(pool.id);
       done();
       // The next target once the failure is counted (with several workers, by the primary: breaker.ts).
       s.breaker.onFailure(

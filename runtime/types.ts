@@ -63,8 +63,12 @@ export interface Found {
 export interface Provider {
   readonly name: string;
   discover(route: RouteKey, signal?: AbortSignal): Promise<Target[]>;
-  /** The same, with how old the answer already is (one shared from a cache): the route is due a period after it was found. */
-  discoverAged?(route: RouteKey, signal?: AbortSignal): Promise<Found>;
+  /**
+   * The same, with how old the answer already is (one shared from a cache): the route is due a period
+   * after it was found. `maxAgeMs`: no cached answer older than that will do (a route whose targets
+   * refuse connections wants one found since).
+   */
+  discoverAged?(route: RouteKey, signal?: AbortSignal, maxAgeMs?: number): Promise<Found>;
   /** Release clients, timers, sockets. */
   close?(): Promise<void>;
 }

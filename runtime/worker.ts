@@ -87,6 +87,7 @@ export async function start(config: Config, deps: { provider?: Provider; primary
     maxTunnelsPerTarget: config.poolSize,
     trustForwardedProto: config.trustForwardedProto,
     httpChecks: config.healthCheckPath !== null && config.healthCheckProtocol === 'http',
+    onRefused: (pool) => routes.suspect(pool.id),
   });
   const front =
     config.mode === 'tcp'

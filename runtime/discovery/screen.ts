@@ -90,9 +90,9 @@ export class ScreenedProvider implements Provider {
   }
 
   /** The inner provider's answer screened, its age (one shared through Redis) passed on. */
-  async discoverAged(route: RouteKey, signal?: AbortSignal): Promise<Found> {
+  async discoverAged(route: RouteKey, signal?: AbortSignal, maxAgeMs?: number): Promise<Found> {
     if (!this.inner.discoverAged) return { targets: await this.discover(route, signal), ageMs: 0 };
-    const found = await this.inner.discoverAged(route, signal);
+    const found = await this.inner.discoverAged(route, signal, maxAgeMs);
     return { targets: this.screen(route, found.targets), ageMs: found.ageMs };
   }
 

@@ -114,6 +114,39 @@ describe('the bundle with AWS discovery', () => {
     }
   });
 
+  test.each(['1', '2'])('a rolling deploy: when the old task refuses, the route is rediscovered at once and the request retried on the new task (%s workers)', async (workers) => {
+    const old = await startBackend('old');
+    const fresh = await startBackend('new');
+    const ci = 'arn:aws:ecs:us-east-1:123456789012:container-instance/deploy/ci-1';
+    const task = (port: number) => ({ launchType: 'EC2' as const, containerInstanceArn: ci, bindings: [{ containerPort: 80, hostPort: port }] });
+    stub.model.clusters.deploy = { web: [task(old.port)] };
+    stub.model.containerInstances[ci] = 'i-0123456789abcdef2';
+    stub.model.instances.push({ id: 'i-0123456789abcdef2', privateIp: '127.0.0.1' });
+    // The default period (30 s): without a rediscovery the refusal asks for, the new task would be found half a minute on.
+    const p = await startBundle({ ...stub.env(), DOMAIN: 'example.com', HEALTH_CHECK_PATH: 'off', WORKERS: workers });
+    const host = { Host: 'web-80-deploy.example.com' };
+    try {
+      expect((await request(p.port, { headers: host })).body).toBe('old');
+      // The deploy comes a while after the route was found (longer than a shared answer counts as new).
+      await new Promise((r) => setTimeout(r, 400));
+      const before = stub.count('ListTasks');
+      // ECS has started the new task and stops the old one: its port now refuses.
+      stub.model.clusters.deploy = { web: [task(fresh.port)] };
+      await old.close();
+      // Each request (on its own connection, so that every worker takes some) meets the refusal or
+      // its outcome: the retry waits for the route's rediscovery and reaches the new task.
+      const bodies: string[] = [];
+      for (let i = 0; i < 12; i++) bodies.push((await request(p.port, { headers: { ...host, Connection: 'close' } })).body);
+      expect(bodies).toEqual(Array(12).fill('new'));
+      // A handful of discoveries, not one per request.
+      expect(stub.count('ListTasks') - before).toBeLessThanOrEqual(2 * Number(workers));
+      for (let i = 0; i < 3; i++) expect((await request(p.port, { headers: host })).body).toBe('new');
+    } finally {
+      await p.stop();
+      await fresh.close();
+    }
+  });
+
   test("a new route whose discovery AWS refuses is a 503, and the log names AWS's error, not a bare Error", async () => {
     const [one] = backends;
     stub.model.clusters.prod = { api: [{ ip: '127.0.0.1', lastStatus: 'RUNNING' }] };

@@ -181,6 +181,18 @@ describe('SharedProvider on a real redis-server', () => {
     expect(stub.count('ListTasks')).toBe(1);
   });
 
+  test('an ask for an answer no older than maxAgeMs (its targets refuse) passes over an older shared one', async () => {
+    const a = proxy();
+    const b = proxy();
+    await Promise.all([a.connected(), b.connected()]);
+    await a.discoverAged(route);
+    await sleep(60);
+    expect((await b.discoverAged(route, undefined, 1000)).ageMs).toBeGreaterThan(0); // young enough: shared
+    expect(stub.count('ListTasks')).toBe(1);
+    expect((await b.discoverAged(route, undefined, 50)).ageMs).toBe(0); // older than asked: from AWS
+    expect(stub.count('ListTasks')).toBe(2);
+  });
+
   test('a pool larger than readers take (MAX_SHARED_TARGETS) is not written for nobody', async () => {
     const big = Array.from({ length: MAX_SHARED_TARGETS + 1 }, (_, i) => makeTarget(`10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`, 8080));
     const inner: Provider = { name: 'big', discover: async () => big };

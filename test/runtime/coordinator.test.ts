@@ -193,6 +193,19 @@ describe('the primary shares discovery among workers', () => {
     }
   });
 
+  test('an ask for an answer no older than maxAgeMs passes over a cached one that is older', async () => {
+    const provider = counting(() => [makeTarget('10.0.0.1', 80)]);
+    const c = new Coordinator(config, provider, () => clock);
+    await c.discover(route);
+    clock += 200;
+    expect((await c.discoverAged(route, 250)).ageMs).toBe(200); // young enough
+    expect(provider.calls).toBe(1);
+    clock += 100;
+    expect((await c.discoverAged(route, 250)).ageMs).toBe(0);
+    expect(provider.calls).toBe(2);
+    await c.close();
+  });
+
   test('a failed discovery is not cached', async () => {
     let fail = true;
     const provider: Provider & { calls: number } = {

@@ -2,7 +2,7 @@ import * as net from 'node:net';
 import { TargetRegistry } from '../../runtime/balancer';
 import { loadConfig } from '../../runtime/config';
 import { activeConnections, requestsTotal } from '../../runtime/metrics';
-import { RouteTable } from '../../runtime/routes';
+import { EARLY_ANSWER_MAX_AGE_MS, RouteTable } from '../../runtime/routes';
 import { makeTarget, Provider, RouteKey, Target } from '../../runtime/types';
 import { Running, start } from '../../runtime/worker';
 import { startBackend } from '../support/backend';
@@ -140,6 +140,53 @@ describe('route table', () => {
     expect(calls).toHaveLength(3);
     const found = t.get(key('api'));
     expect(found.kind === 'pool' && found.pool.targets.map((x) => x.host)).toEqual(['10.0.0.2']);
+  });
+
+  test('a refusing target has its route rediscovered at once, with a fresh answer; then at most once a second, less often while nothing changes', async () => {
+    let answer = [makeTarget('10.0.0.1', 80)];
+    const asked: (number | undefined)[] = [];
+    const provider: Provider = {
+      name: 'test',
+      discover: async () => answer,
+      discoverAged: async (_route, _signal, maxAgeMs) => (asked.push(maxAgeMs), { targets: answer, ageMs: 0 }),
+    };
+    const t = table(provider);
+    await t.resolve(key('api'));
+    asked.length = 0;
+    const settle = () => new Promise((r) => setImmediate(r));
+
+    t.suspect('api-80-prod');
+    t.suspect('api-80-prod'); // the same refusals: one rediscovery
+    await settle();
+    expect(asked).toEqual([EARLY_ANSWER_MAX_AGE_MS]);
+    clock += 999;
+    t.suspect('api-80-prod');
+    await settle();
+    expect(asked).toHaveLength(1);
+    clock += 1;
+    t.suspect('api-80-prod'); // a second on; nothing changed: the next gap is two seconds
+    await settle();
+    expect(asked).toHaveLength(2);
+    clock += 1_999;
+    t.suspect('api-80-prod');
+    await settle();
+    expect(asked).toHaveLength(2);
+    clock += 1;
+    answer = [makeTarget('10.0.0.2', 80)]; // the new task is listed now
+    t.suspect('api-80-prod');
+    await settle();
+    expect(asked).toHaveLength(3);
+    const found = t.get(key('api'));
+    expect(found.kind === 'pool' && found.pool.targets.map((x) => x.host)).toEqual(['10.0.0.2']);
+    // A change brings the gap back to a second.
+    clock += 1_000;
+    t.suspect('api-80-prod');
+    await settle();
+    expect(asked).toHaveLength(4);
+    // Routes the table does not hold are not discovered this way.
+    t.suspect('nope-80-prod');
+    await settle();
+    expect(asked).toHaveLength(4);
   });
 
   test('at most MAX_ROUTES routes are kept: absent ones go first, then the least recently used', async () => {
