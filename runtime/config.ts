@@ -164,6 +164,20 @@ export const parseRanges = (min: number, max: number, what: string) => (raw: str
     return { from, to };
   });
 
+/**
+ * ECS cluster names, each as ECS names it (letters, digits, hyphens, underscores; up to 255), or its
+ * ARN, which stands for the name at its end: a Host can only ever name the cluster, so an ARN kept
+ * whole would refuse every request.
+ */
+const clusterNames = (raw: string): string[] =>
+  list(raw).map((item) => {
+    const name = /^arn:aws[a-z-]*:ecs:[a-z0-9-]*:\d{12}:cluster\/(.+)$/.exec(item)?.[1] ?? item;
+    if (!/^[A-Za-z0-9_-]{1,255}$/.test(name)) {
+      throw new Invalid(`a comma-separated list of ECS cluster names (letters, digits, - and _) or ARNs, and '${item}' is neither`);
+    }
+    return name;
+  });
+
 const hostnameRe = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
 
 /** An address to listen on: an IPv4 or IPv6 literal, or a host name (resolved when listening). */
@@ -430,9 +444,9 @@ export const SETTINGS = {
   },
   allowedClusters: {
     env: 'ALLOWED_CLUSTERS',
-    doc: 'Comma-separated ECS clusters that may be routed to; empty means any. A Host matches them in any case (it is lower case); ECS is asked for the name as spelled here (`MyStack-Cluster-1A2B`), which a role limited to that cluster allows.',
+    doc: 'Comma-separated ECS clusters (names, or ARNs for the name at their end) that may be routed to; empty means any. A Host matches them in any case (it is lower case); ECS is asked for the name as spelled here (`MyStack-Cluster-1A2B`), which a role limited to that cluster allows.',
     default: '',
-    parse: list,
+    parse: clusterNames,
   },
   allowedPorts: {
     env: 'ALLOWED_PORTS',

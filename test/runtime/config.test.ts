@@ -185,6 +185,15 @@ describe('configuration', () => {
     expect(c.allowedPorts).toEqual([{ from: 80, to: 80 }, { from: 8000, to: 8100 }]);
   });
 
+  test('ALLOWED_CLUSTERS takes a cluster ARN as the name at its end; an entry no Host could name stops the start', () => {
+    const c = loadConfig({ DOMAIN: 'example.com', ALLOWED_CLUSTERS: 'arn:aws:ecs:us-east-1:123456789012:cluster/Prod, arn:aws-us-gov:ecs:us-gov-west-1:123456789012:cluster/gov_1' });
+    expect(c.allowedClusters).toEqual(['Prod', 'gov_1']);
+    expect(parseHost('api-80-prod.example.com', rulesFrom(c))).toMatchObject({ ok: true, key: { cluster: 'prod' } });
+    expect(errorOf({ DOMAIN: 'example.com', ALLOWED_CLUSTERS: 'prod, prod.east' }).problems).toEqual([
+      "ALLOWED_CLUSTERS must be a comma-separated list of ECS cluster names (letters, digits, - and _) or ARNs, and 'prod.east' is neither (got 'prod, prod.east')",
+    ]);
+  });
+
   test('every bad or missing setting is named in one error', () => {
     const e = errorOf({ PORT: 'http', POOL_SIZE: '0', NODE_FILTER: 'ecs', LOG_CONNECTIONS: 'maybe', ALLOWED_PORTS: '80,70000', UPSTREAM_TIMEOUT: '-1' });
     expect(e.problems).toEqual([
