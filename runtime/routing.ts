@@ -38,7 +38,9 @@ export function rulesFrom(config: Config): RoutingRules {
 function hostname(host: string): string | undefined {
   const colon = host.indexOf(':');
   if (colon === -1) return host;
-  if (!DIGITS.test(host.slice(colon + 1))) return undefined;
+  const port = host.slice(colon + 1);
+  // A port as URL parsers take one: none, or up to 65535.
+  if (!DIGITS.test(port) || port.length > 5 || Number(port) > 65535) return undefined;
   return host.slice(0, colon);
 }
 

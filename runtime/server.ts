@@ -54,7 +54,12 @@ const ABSOLUTE_FORM = /^https?:\/\/([^/?#]*)/i;
 const ADDRESS_AUTHORITY = /^(?:\[|(?:[^:]*\.)?localhost\.?(?::|$)|(?:[^:]*\.)?(?:\d+|0x[0-9a-f]*)\.?(?::|$))/i;
 
 // RFC 9110 §4.2 / RFC 3986 §3.2.2: reg-name or IP literal, then an optional port.
-const HOST_VALUE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::\d{0,5})?$/;
+const HOST_SYNTAX = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::\d{0,5})?$/;
+const FIVE_DIGIT_PORT = /:\d{5}$/;
+/** A Host or authority as RFC 9110 writes one, with a port no higher than 65535 (as URL parsers take one). */
+const HOST_VALUE = {
+  test: (v: string): boolean => HOST_SYNTAX.test(v) && !(FIVE_DIGIT_PORT.test(v) && Number(v.slice(-5)) > 65535),
+};
 
 /** A WebSocket handshake announcing a body (RFC 6455 §4.1: a GET, whose target would wait for it). */
 const HANDSHAKE_WITH_BODY: Refusal = { status: 400, reason: 'bad_framing', message: 'a WebSocket handshake has no body' };

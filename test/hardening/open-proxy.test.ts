@@ -46,6 +46,7 @@ const ECS_CASES: Case[] = [
   { name: 'the domain followed by another domain', head: (t, p) => req(`web-${p.web}-prod.example.com.attacker.test`, t), status: 400 },
   { name: 'userinfo pointing at the metadata address', head: (t, p) => req(`web-${p.web}-prod.example.com@169.254.169.254`, t), status: 400 },
   { name: 'a port label beyond 65535', head: (t) => req('web-99999-prod.example.com', t), status: 400 },
+  { name: 'a :port suffix beyond 65535 on an allowed Host', head: (t, p) => req(`web-${p.web}-prod.example.com:99999`, t), status: 400 },
   {
     name: 'a :port suffix on an allowed Host is ignored, never dialled',
     head: (t, p) => req(`web-${p.web}-prod.example.com:${p.canary}`, t),
@@ -74,6 +75,7 @@ const ECS_CASES: Case[] = [
     reaches: 'web',
   },
   { name: 'absolute-form target naming a disallowed cluster, Host an allowed route', head: (t, p) => `GET http://web-${p.web}-staging.example.com${t} HTTP/1.1\r\nHost: web-${p.web}-prod.example.com\r\n`, status: 403 },
+  { name: 'absolute-form target with a port beyond 65535', head: (t, p) => `GET http://web-${p.web}-prod.example.com:99999${t} HTTP/1.1\r\nHost: web-${p.web}-prod.example.com\r\n`, status: 400 },
   { name: 'absolute-form target naming a port outside ALLOWED_PORTS', head: (t, p) => `GET http://web-${p.canary}-prod.example.com${t} HTTP/1.1\r\nHost: web-${p.web}-prod.example.com\r\n`, status: 403 },
   { name: 'absolute-form target with userinfo before the metadata address', head: (t, p) => `GET http://web-${p.web}-prod.example.com@169.254.169.254${t} HTTP/1.1\r\nHost: web-${p.web}-prod.example.com\r\n`, status: 400 },
   { name: 'absolute-form target at the decimal metadata address', head: (t, p) => `GET http://2852039166${t} HTTP/1.1\r\nHost: web-${p.web}-prod.example.com\r\n`, status: 400 },
