@@ -162,6 +162,8 @@ export class Request {
   private kept: Buffer[] | undefined;
   private keptBytes = 0;
   private keepLimit = 0;
+  /** collectRest()'s callback, while the rest of the body is read into the copy. */
+  private collecting: ((whole: boolean) => void) | undefined;
 
   constructor(
     readonly conn: ClientConn,
@@ -275,6 +277,23 @@ export class Request {
     return this.complete && this.kept !== undefined;
   }
 
+  /** A copy of the body is being kept (it has fit so far). */
+  get keeping(): boolean {
+    return this.kept !== undefined;
+  }
+
+  /**
+   * The target the body was going to failed before all of it had arrived: the rest is read into the
+   * kept copy, and `then(whole)` is called once the last byte has come (whole: the copy has all of it).
+   */
+  collectRest(then: (whole: boolean) => void): void {
+    this.sink = undefined;
+    this.conn.stopWaitingForDrain();
+    this.conn.resume(PAUSE_UNPIPED);
+    if (this.complete) then(this.kept !== undefined);
+    else this.collecting = then;
+  }
+
   /** Sends the kept copy of the whole body to `sink` (another target's), and ends it. */
   replay<T extends BodySink>(sink: T): T {
     // The last target may have left the client paused until it drained: it never will now.
@@ -309,6 +328,10 @@ export class Request {
   /** A body chunk from the parser. */
   received(b: Buffer): void {
     if (this.dropping) return;
+    if (this.collecting) {
+      this.keep(b);
+      return;
+    }
     const sink = this.sink;
     if (sink) {
       this.keep(b);
@@ -323,6 +346,12 @@ export class Request {
   /** The last body byte was parsed. */
   ended(): void {
     this.complete = true;
+    const collecting = this.collecting;
+    if (collecting) {
+      this.collecting = undefined;
+      collecting(this.kept !== undefined);
+      return;
+    }
     if (this.sink && !this.dropping) this.sink.end();
   }
 }

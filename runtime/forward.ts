@@ -686,6 +686,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   private connectTimer: NodeJS.Timeout | undefined;
   /** Waiting in the target's line for a socket. */
   private waiting = false;
+  /** The rest of a small body is being read for a retry (retryOrAnswer, Request.collectRest). */
+  private collecting = false;
   /** The route's rediscovery a refusal started (onRefused), not waited for yet. */
   private rediscovery: Promise<unknown> | undefined;
 
@@ -880,6 +882,13 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   // The client went away before the response ended (or the proxy answered it itself: `answered`):
   // stop the upstream work too.
   clientClosed(answered?: number, cut = false): void {
+    if (this.collecting) {
+      // Gone while the rest of its body was awaited for a retry: nothing is under way.
+      this.collecting = false;
+      this.answeredBy = answered;
+      this.cutAtShutdown = cut;
+      return this.retryOrAnswer(new UpstreamError('client_gone', false));
+    }
     if (this.settled || this.res.finished) return;
     this.answeredBy = answered;
     this.cutAtShutdown = cut;
@@ -899,6 +908,10 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   // The client socket's idle timer (IDLE_TIMEOUT) fired while the body was still coming: the client
   // stalled, and hears a 408.
   clientStalled(): void {
+    if (this.collecting) {
+      this.collecting = false;
+      return this.retryOrAnswer(new UpstreamError('client_timeout', false));
+    }
     if (this.settled) return;
     this.up?.destroy();
     if (this.responded) {
@@ -1027,6 +1040,22 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       this.retries++;
       this.retrying = true;
       return this.next();
+    }
+    // The same, but the target failed before the client had sent all of a small body: the rest is read
+    // into the kept copy, and the whole body goes to the next target once it has come.
+    const wouldReplay = this.retryOnReset && (err.kind === 'reset' || err.kind === 'bad_response') && this.body && !this.bodyWhole && this.req.keeping;
+    if (wouldReplay && this.retries < this.opts.retries && unsent) {
+      this.retries++;
+      this.retrying = true;
+      this.collecting = true;
+      this.req.collectRest((whole) => {
+        if (!this.collecting) return;
+        this.collecting = false;
+        this.bodyWhole = whole;
+        if (whole) this.resume();
+        else this.fail();
+      });
+      return;
     }
     this.fail();
   }

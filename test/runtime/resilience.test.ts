@@ -324,6 +324,52 @@ describe('retry on another target', () => {
     }
   });
 
+  test('a PUT whose small body was still arriving when its target reset is retried with the whole body once the rest has come', async () => {
+    const { resetting, good, p } = await resettingFirst();
+    good.handle = (req, res) => {
+      let body = '';
+      req.on('data', (c) => (body += c));
+      req.on('end', () => res.end(`stored ${body}`));
+    };
+    try {
+      const status = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const req = http.request({ host: '127.0.0.1', port: p.port, method: 'PUT', path: '/item/8', headers: { 'Content-Length': '20' } }, (res) => {
+          let body = '';
+          res.on('data', (c) => (body += c));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        });
+        req.on('error', reject);
+        req.write('0123456789');
+        // The rest comes after the first target has reset.
+        void until('the reset', () => resetting.seen.length === 1).then(() => setTimeout(() => req.end('abcdefghij'), 100));
+      });
+      expect(status).toEqual({ status: 200, body: 'stored 0123456789abcdefghij' });
+      expect(good.seen).toHaveLength(1);
+      expect(good.seen[0]).toMatchObject({ method: 'PUT', url: '/item/8', bodyBytes: 20 });
+    } finally {
+      await p.stop();
+      await Promise.all([resetting.close(), good.close()]);
+    }
+  });
+
+  test('a client that leaves while the rest of its body is awaited for a retry is let go, and nothing is sent on', async () => {
+    const { resetting, good, p } = await resettingFirst();
+    try {
+      const s = net.connect(p.port, '127.0.0.1', () => s.write('PUT /item/9 HTTP/1.1\r\nHost: a\r\nContent-Length: 20\r\n\r\n0123456789'));
+      s.on('error', () => undefined);
+      await until('the reset', () => resetting.seen.length === 1);
+      await new Promise((r) => setTimeout(r, 100));
+      s.destroy();
+      await new Promise((r) => setTimeout(r, 200));
+      expect(good.seen).toHaveLength(0);
+      // The proxy serves on.
+      expect((await request(p.port)).status).toBe(200);
+    } finally {
+      await p.stop();
+      await Promise.all([resetting.close(), good.close()]);
+    }
+  });
+
   test.each<[string, (port: number) => Promise<number>]>([
     ['a PUT whose body is streamed (chunked)', (port) => new Promise<number>((resolve, reject) => {
       const req = http.request({ host: '127.0.0.1', port, method: 'PUT', path: '/item', headers: { 'Transfer-Encoding': 'chunked' } }, (res) => {
