@@ -512,7 +512,7 @@ export const SETTINGS = {
   },
   maxConnections: {
     env: 'MAX_CONNECTIONS',
-    doc: 'Most open client connections per worker; past it new connections are closed.',
+    doc: 'Most open client connections per worker; past it a keep-alive connection idle for 5 s or more gives its place to a new one (the longest open first), and otherwise new connections are closed.',
     // ~28 KiB per proxied connection (measured): two workers of 2048 stay within a t4g.nano's 512 MiB
     // beside an ~87 MiB primary and two ~47 MiB workers; 10000 would not (see SECURITY.md).
     default: '2048',

@@ -114,6 +114,13 @@ export const KEEP_ALIVE_GRACE_MS = 1000;
  * connections close at once.
  */
 export const NEW_CONNECTION_GRACE_MS = 2000;
+/**
+ * At MAX_CONNECTIONS, a keep-alive connection idle between requests for this long gives its place to
+ * the next one (the longest open first), as nginx reuses idle keep-alive connections when it runs out:
+ * idle connections a client never uses must not lock every other client out until IDLE_TIMEOUT. One
+ * idle for less is a client between two requests of a page, and is kept.
+ */
+export const IDLE_EVICT_MS = 5000;
 /** How often HEADERS_TIMEOUT and REQUEST_TIMEOUT are enforced. */
 const TIMEOUT_CHECK_MS = 500;
 /** Body chunks up to this size go out with the head as one latin1 string (bytes map one to one). */
@@ -640,6 +647,8 @@ export class ClientConn {
   /** IDLE, HEAD or BODY, and since when (performance.now()), for the timeouts. */
   state = HEAD;
   since = performance.now();
+  /** When the last answer ended (performance.now()), for IDLE_EVICT_MS; 0 before the first. */
+  answeredAt = 0;
   /** Any of PAUSE_*. */
   private paused = 0;
   /** No request after the ones already read will be read: the connection ends after their answers. */
@@ -881,6 +890,7 @@ export class ClientConn {
   answered(res: Response): void {
     if (this.current !== res) return;
     this.current = undefined;
+    this.answeredAt = performance.now();
     const req = res.req;
     if (!res.shouldKeepAlive || res.dead) {
       this.stopParsing();
@@ -1226,13 +1236,22 @@ export class DownstreamServer {
   ) {
     this.keepAliveLines = `Connection: keep-alive\r\nKeep-Alive: timeout=${Math.floor(opts.idleTimeoutMs / 1000)}\r\n`;
     this.server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => this.accept(socket));
-    this.server.maxConnections = opts.maxConnections;
+    this.server.maxConnections = opts.maxConnections + 1;
     this.server.on('drop', () => limitHits.labels({ limit: 'connections' }).inc());
     this.checker = setInterval(() => this.checkTimeouts(), TIMEOUT_CHECK_MS).unref();
     this.server.once('close', () => clearInterval(this.checker));
   }
 
   private accept(socket: net.Socket): void {
+    // MAX_CONNECTIONS open: this one takes the place of a long-idle keep-alive connection, or is closed
+    // at once (net lets one past the limit through to here; the one after is dropped by net itself).
+    if (this.sockets.size >= this.opts.maxConnections) {
+      limitHits.labels({ limit: 'connections' }).inc();
+      if (!this.evictIdle()) {
+        socket.destroy();
+        return;
+      }
+    }
     activeConnections.inc();
     this.sockets.add(socket);
     socket.once('close', () => {
@@ -1243,6 +1262,18 @@ export class DownstreamServer {
     const c = new ClientConn(this, socket);
     this.conns.add(c);
     if (this.shuttingDown) c.closing = true;
+  }
+
+  /** Closes the longest-open keep-alive connection idle for IDLE_EVICT_MS; false when there is none. */
+  private evictIdle(): boolean {
+    const now = performance.now();
+    for (const c of this.conns) {
+      if (c.answeredAt === 0 || !c.idle || c.state !== IDLE || now - c.answeredAt < IDLE_EVICT_MS) continue;
+      if (c.socket.writableLength > 0) continue; // its last answer is still leaving
+      c.socket.destroy();
+      return true;
+    }
+    return false;
   }
 
   /** HEADERS_TIMEOUT and REQUEST_TIMEOUT, as node:http checks them: every connection, twice a second. */

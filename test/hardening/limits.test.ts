@@ -12,6 +12,7 @@ import * as path from 'node:path';
 import { TargetRegistry } from '../../runtime/balancer';
 import { loadConfig, SETTINGS } from '../../runtime/config';
 import { Forwarder } from '../../runtime/forward';
+import { IDLE_EVICT_MS } from '../../runtime/downstream';
 import { RouteTable } from '../../runtime/routes';
 import { createProxyServer } from '../../runtime/server';
 import { Proxy, startBundle } from '../support/bundle';
@@ -123,6 +124,31 @@ describe('against the bundle', () => {
       held.pop()!.destroy();
       await until('a free slot', async () => (await metric(p.metricsPort, 'load_balancer_active_connections')) === 4);
       expect((await request(p.port, { path: '/after' })).status).toBe(200);
+    } finally {
+      for (const s of held) s.destroy();
+      await p.stop('SIGKILL');
+    }
+  });
+
+  test('MAX_CONNECTIONS: at the limit, a keep-alive connection idle for IDLE_EVICT_MS gives its place to a new client, the longest open first', async () => {
+    const p = await startBundle({
+      NODE_FILTER: 'static',
+      STATIC_TARGETS: `127.0.0.1:${backend.port}`,
+      HEALTH_CHECK_PATH: 'off',
+      MAX_CONNECTIONS: '3',
+      IDLE_TIMEOUT: '60',
+    });
+    const held: net.Socket[] = [];
+    try {
+      for (let i = 0; i < 3; i++) held.push(await idleConnection(p.port));
+      const closed = held.map((s) => new Promise<boolean>((r) => { s.once('close', () => r(true)); setTimeout(() => r(false), IDLE_EVICT_MS + 3000); }));
+      await new Promise((r) => setTimeout(r, IDLE_EVICT_MS + 300));
+      // Idle ever since their one request: the oldest makes room, the others stay.
+      expect(await request(p.port, { path: '/newcomer' })).toMatchObject({ status: 200 });
+      expect(await closed[0]).toBe(true);
+      held[1].write('GET /still HTTP/1.1\r\nHost: app.example.com\r\n\r\n');
+      await new Promise((r) => held[1].once('data', r));
+      expect(await metric(p.metricsPort, 'karma_limit_hits_total', { limit: 'connections' })).toBeGreaterThanOrEqual(1);
     } finally {
       for (const s of held) s.destroy();
       await p.stop('SIGKILL');
