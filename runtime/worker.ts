@@ -18,6 +18,13 @@ import { POOL_ROUTE, Provider, Target } from './types';
 
 /** The accept queue nginx and HAProxy use (node's default is 511), for connection bursts. */
 const ACCEPT_BACKLOG = 4096;
+/**
+ * The longest a pool-mode worker waits for its pool's first discovery before it listens anyway: AWS
+ * slow or down at boot is then a 503 until it answers, not a port that refuses connections (and a
+ * /healthz that says "starting") for the whole discovery deadline. The server's wait for a new route's
+ * first discovery in ecs mode, alike.
+ */
+const POOL_START_WAIT_MS = 10_000;
 
 export interface Running {
   readonly port: number;
@@ -71,10 +78,13 @@ export async function start(config: Config, deps: { provider?: Provider; primary
     refreshMs: config.nodeCheckPeriodMs,
   });
   if (config.nodeFilter !== 'ecs') {
-    const pool = await routes.pin(POOL_ROUTE);
+    let timer: NodeJS.Timeout | undefined;
+    const pool = await Promise.race([routes.pin(POOL_ROUTE), new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), POOL_START_WAIT_MS)))]);
+    clearTimeout(timer);
+    if (pool === undefined) log('warn', 'the pool is not discovered yet: serving 503 until it is', { waitedSeconds: POOL_START_WAIT_MS / 1000 });
     // Serve once every target of the pool has its first verdict (bounded by one check's timeout), so
     // the first requests are not all sent to whichever target happened to be judged first.
-    if (config.healthCheckPath !== null) await firstVerdicts(registry, pool.targets, config.healthCheckTimeoutMs + 1000);
+    else if (config.healthCheckPath !== null) await firstVerdicts(registry, pool.targets, config.healthCheckTimeoutMs + 1000);
   }
   routes.start();
 

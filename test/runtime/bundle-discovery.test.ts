@@ -147,6 +147,22 @@ describe('the bundle with AWS discovery', () => {
     }
   });
 
+  test('asg mode with AWS hanging at boot: the proxy listens after a bounded wait and answers 503, not a refused port', async () => {
+    const [one] = backends;
+    stub.fail('DescribeAutoScalingGroups', 'hang', { times: Infinity });
+    try {
+      const p = await startBundle({ ...stub.env(), NODE_FILTER: 'asg', ASG_NAME: 'workers', TARGET_PORT: String(one.port), HEALTH_CHECK_PATH: 'off' }, 25_000);
+      try {
+        expect(await request(p.port)).toMatchObject({ status: 503 });
+        expect(p.stderr).toContain('"msg":"the pool is not discovered yet: serving 503 until it is"');
+      } finally {
+        await p.stop('SIGKILL');
+      }
+    } finally {
+      stub.clearFaults();
+    }
+  });
+
   test("a new route whose discovery AWS refuses is a 503, and the log names AWS's error, not a bare Error", async () => {
     const [one] = backends;
     stub.model.clusters.prod = { api: [{ ip: '127.0.0.1', lastStatus: 'RUNNING' }] };
