@@ -820,7 +820,8 @@ export class ClientConn {
     this.reading = req;
     if (upgrade) {
       if (req.method === 'CONNECT') req.kind = CONNECT;
-      else if (req.method === 'GET' && req.headers.upgrade?.toLowerCase() === 'websocket') req.kind = WEBSOCKET;
+      // Not from an HTTP/1.0 client: RFC 9110 §7.8 has the Upgrade of a 1.0 request ignored.
+      else if (req.method === 'GET' && req.headers.upgrade?.toLowerCase() === 'websocket' && (major > 1 || minor >= 1)) req.kind = WEBSOCKET;
       if (req.kind === PLAIN) {
         // Any other Upgrade (h2c from `curl --http2` or Java's HttpClient, `TLS/1.0`): RFC 9110 §7.8 lets a
         // server ignore it, as the ALB and nginx do. It is answered as the HTTP/1.1 request it also is, and

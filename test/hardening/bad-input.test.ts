@@ -214,6 +214,15 @@ const CONTROLS: Control[] = [
     },
   },
   {
+    name: 'a WebSocket Upgrade from an HTTP/1.0 client is ignored (RFC 9110 §7.8): a plain GET, never tunnelled',
+    send: (t) => `GET ${t} HTTP/1.0\r\n${H}Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+    statuses: [200],
+    check: (r) => {
+      const names = r[0].rawHeaders.filter((_, i) => i % 2 === 0).map((h) => h.toLowerCase());
+      expect(names).not.toContain('upgrade');
+    },
+  },
+  {
     name: 'an h2c upgrade with a body (curl --http2 --data) is a plain POST: the body arrives whole',
     send: (t) => `POST ${t} HTTP/1.1\r\n${H}Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nContent-Length: 11\r\n\r\nhello world`,
     statuses: [200],
