@@ -292,20 +292,12 @@ export class SharedProvider implements Provider {
     }
 
     if (won) return { targets: await this.refresh(redis, key, early ? earlyLock : lock, route, signal), ageMs: 0 };
-    if (early) {
-      const theirs = await this.waitForOther(redis, key, shared?.raw, signal);
-      if (theirs) {
-        cacheLookups.inc({ result: 'hit' });
-        return { targets: theirs.targets, ageMs: Math.min(theirs.ageMs, this.freshMs) };
-      }
-      cacheLookups.inc({ result: 'miss' });
-      return fresh();
-    }
     // Our locks always expire, within a period: one that does not, or that is set for ten times as long
     // (a fleet-mate's period is not that different), was not set by a proxy, and would hold every proxy
     // off this route for good or for its day. Given our expiry, it goes like one of ours would.
-    redis.pttl(lock).then((t) => (t === -1 || t > 10 * this.lockMs ? redis.pexpire(lock, this.lockMs) : 0)).catch(() => undefined);
-    if (shared && shared.ageMs !== Infinity) {
+    if (!early) redis.pttl(lock).then((t) => (t === -1 || t > 10 * this.lockMs ? redis.pexpire(lock, this.lockMs) : 0)).catch(() => undefined);
+    // An answer found since is wanted: not the previous one, but the one the lock's holder writes.
+    if (!early && shared && shared.ageMs !== Infinity) {
       // Another proxy is refreshing right now; until it writes, the previous result is the best. Said
       // to be just fresh no more: asked again a tenth of a period on, once that proxy has written (not
       // at every tick of the refresh loop, as its true age would have it).
