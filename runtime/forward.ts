@@ -59,16 +59,16 @@ export function forwardedProto(sentProto: string | undefined, sentPort: string |
 }
 
 /**
- * `pool_full`: every one of the target's POOL_SIZE sockets stayed busy for UPSTREAM_TIMEOUT.
- * `bad_response`: the target answered something that is not HTTP/1.1.
- * `head_too_large`: the target's answer head was over MAX_RESPONSE_HEAD_BYTES (upstream.ts).
- */
-/**
  * The longest a retry waits for its route's rediscovery when its target refused and no other is left:
  * a discovery's usual time, well inside a client's patience; a slower one ends in the 502 it would have had.
  */
 export const REDISCOVERY_WAIT_MS = 2000;
 
+/**
+ * `pool_full`: every one of the target's POOL_SIZE sockets stayed busy for UPSTREAM_TIMEOUT.
+ * `bad_response`: the target answered something that is not HTTP/1.1.
+ * `head_too_large`: the target's answer head was over MAX_RESPONSE_HEAD_BYTES (upstream.ts).
+ */
 export type FailureKind = 'refused' | 'reset' | 'timeout' | 'connect_timeout' | 'dns' | 'pool_full' | 'bad_response' | 'head_too_large' | 'other';
 
 /**
