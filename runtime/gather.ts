@@ -19,7 +19,7 @@ import { register } from './metrics';
 export type MetricsJson = {
   readonly name?: unknown;
   readonly type?: unknown;
-  readonly values?: readonly { readonly metricName?: unknown; readonly labels?: Readonly<Record<string, unknown>> }[];
+  readonly values?: readonly { readonly value?: unknown; readonly metricName?: unknown; readonly labels?: Readonly<Record<string, unknown>> }[];
 }[];
 
 const nonEmpty = (json: unknown): json is MetricsJson => Array.isArray(json) && json.length > 0;
@@ -30,21 +30,28 @@ const seriesKey = (v: { readonly metricName?: unknown; readonly labels?: Readonl
   JSON.stringify([v.metricName ?? '', Object.entries(v.labels ?? {}).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))]);
 
 /**
- * The counter and histogram series of `before` that `after` no longer has: what a live worker forgot (a
- * route idle in that worker while another still serves it). They stay in the sums as a departed
- * worker's do, or the route's total would go down.
+ * The counter and histogram series of `before` that `after` no longer has, or has lower: what a live
+ * worker forgot (a route idle in that worker while another still serves it), or forgot and took up
+ * again from zero between two answers. Their last values stay in the sums as a departed worker's do,
+ * or the route's total would go down.
  */
 function forgotten(before: MetricsJson, after: MetricsJson): MetricsJson {
-  const kept = new Map<unknown, Set<string>>();
-  for (const m of counts(after)) kept.set(m.name, new Set((m.values ?? []).map(seriesKey)));
+  const kept = new Map<unknown, Map<string, number>>();
+  for (const m of counts(after)) kept.set(m.name, new Map((m.values ?? []).map((v) => [seriesKey(v), Number(v.value)])));
   const out: MetricsJson = [];
   for (const m of counts(before)) {
     const now = kept.get(m.name);
-    const gone = (m.values ?? []).filter((v) => !now?.has(seriesKey(v)));
+    const gone = (m.values ?? []).filter((v) => {
+      const value = now?.get(seriesKey(v));
+      return value === undefined || value < Number(v.value);
+    });
     if (gone.length > 0) out.push({ ...m, values: gone });
   }
   return out;
 }
+
+/** Departed sets kept before they are folded into one (at a scrape, or here past this many). */
+const DEPARTED_FOLD_AT = 32;
 
 /** What is current, for departed series: routes still asked for, and targets in use or found for them. */
 export interface Current {
@@ -56,8 +63,9 @@ export class MetricsGather {
   private n = 0;
   /** Each live worker's last answer. */
   private readonly last = new Map<number, MetricsJson>();
-  /** Counters and histograms of workers that are gone. */
+  /** Counters and histograms of workers that are gone, and series live workers let go. */
   private departed: MetricsJson[] = [];
+  private folding: Promise<void> | undefined;
   /** Gathers under way: the workers still to answer each, and the answers so far. */
   private readonly pending = new Map<number, { waiting: Set<number>; answers: Map<number, MetricsJson>; done: () => void }>();
 
@@ -75,6 +83,8 @@ export class MetricsGather {
       const before = this.last.get(worker);
       const lost = before ? forgotten(before, json) : [];
       if (lost.length > 0) this.departed.push(lost);
+      // Folded now and then without a scrape too, or a proxy nobody scrapes would keep every set.
+      if (this.departed.length > DEPARTED_FOLD_AT) void this.fold();
       this.last.set(worker, json);
       if (p?.waiting.has(worker)) p.answers.set(worker, json);
     }
@@ -113,11 +123,21 @@ export class MetricsGather {
       const last = this.last.get(id);
       if (!answers.has(id) && last) answers.set(id, last);
     }
-    if (this.departed.length > 0) {
-      const folded = (await AggregatorRegistry.aggregate(this.departed as object[]).getMetricsAsJSON()) as unknown as MetricsJson;
-      this.departed = [this.currentOnly(folded)];
-    }
+    await this.fold();
     return AggregatorRegistry.aggregate([own, ...answers.values(), ...this.departed] as object[]).metrics();
+  }
+
+  /** The departed sets as one, without the series of routes and targets no longer current; one fold at a time. */
+  private fold(): Promise<void> {
+    return (this.folding ??= this.foldOnce().finally(() => (this.folding = undefined)));
+  }
+
+  private async foldOnce(): Promise<void> {
+    if (this.departed.length === 0) return;
+    const sets = [...this.departed];
+    const folded = (await AggregatorRegistry.aggregate(sets as object[]).getMetricsAsJSON()) as unknown as MetricsJson;
+    // Sets that came while these were folded stay beside them.
+    this.departed = [this.currentOnly(folded), ...this.departed.filter((d) => !sets.includes(d))];
   }
 
   private currentOnly(json: MetricsJson): MetricsJson {

@@ -85,3 +85,27 @@ test('a worker whose answer is late counts with its last answer, and is not coun
   gather.answered(1, gather.nextNumber(), await w.json());
   expect(totalOf(await gather.text([1], [], 20), 'api-80-prod')).toBe(5);
 });
+
+test('a route a worker forgets and takes up again between two answers (its count starting over) does not lower the sum', async () => {
+  const current = new Set(['api-80-prod']);
+  const { workers, scrape } = setUp(current);
+  workers.get(1)!.count('api-80-prod', 100);
+  expect(totalOf(await scrape(), 'api-80-prod')).toBe(100);
+  workers.get(1)!.forget('api-80-prod');
+  workers.get(1)!.count('api-80-prod', 3);
+  expect(totalOf(await scrape(), 'api-80-prod')).toBe(103);
+});
+
+test('with nobody scraping, what live workers let go is folded as it comes, not kept set by set', async () => {
+  const current = new Set<string>();
+  const gather = new MetricsGather(() => ({ routes: current, targets: new Set<string>() }));
+  const w = worker();
+  for (let i = 0; i < 200; i++) {
+    w.count(`r${i}-80-prod`, 1);
+    gather.answered(1, gather.nextNumber(), await w.json());
+    w.forget(`r${i}-80-prod`);
+    gather.answered(1, gather.nextNumber(), await w.json());
+  }
+  await new Promise((r) => setImmediate(r));
+  expect((gather as unknown as { departed: unknown[] }).departed.length).toBeLessThanOrEqual(40);
+});
