@@ -102,7 +102,8 @@ export interface SharedProviderOptions {
 }
 
 /** A shared value: its targets, its age (Infinity: not written by a proxy like us), its stored form and expiry. */
-type Shared = { targets: Target[]; ageMs: number; raw: string; pttl: number };
+/** ageMs: since the discovery began (its time to answer counted); writtenMs: since it was written. */
+type Shared = { targets: Target[]; ageMs: number; writtenMs: number; raw: string; pttl: number };
 
 /** Clients already watched, so two providers on one client do not log an outage twice. */
 const watched = new WeakSet<Redis>();
@@ -274,7 +275,9 @@ export class SharedProvider implements Provider {
     let won: boolean;
     try {
       shared = await this.read(redis, key);
-      if (shared && shared.ageMs < Math.min(shared.targets.length ? this.freshMs : this.emptyFreshMs, maxAgeMs)) {
+      // An early ask (maxAgeMs) judges by when the answer was written: one a fleet-mate wrote a moment
+      // ago on the same refusals is as new as any, however long its discovery took.
+      if (shared && shared.ageMs < (shared.targets.length ? this.freshMs : this.emptyFreshMs) && (early ? shared.writtenMs : shared.ageMs) < maxAgeMs) {
         this.answered();
         cacheLookups.inc({ result: 'hit' });
         return { targets: shared.targets, ageMs: shared.ageMs };
@@ -345,8 +348,8 @@ export class SharedProvider implements Provider {
     // Time since written: the TTL it was stored with, less what is left. A fleet-mate with another
     // NODE_CHECK_PERIOD writes with another TTL, and its entry ages as truly as ours. One whose expiry
     // is past the TTL it claims, or that never expires, was not written by a proxy: none of ours.
-    const ageMs = pttl >= 0 && pttl <= value.ttl ? value.ttl - pttl + value.took : Infinity;
-    return { targets: value.targets, ageMs, raw: raw!, pttl };
+    const writtenMs = pttl >= 0 && pttl <= value.ttl ? value.ttl - pttl : Infinity;
+    return { targets: value.targets, ageMs: writtenMs + value.took, writtenMs, raw: raw!, pttl };
   }
 
   /**
