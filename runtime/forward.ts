@@ -690,6 +690,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   private collecting = false;
   /** The route's rediscovery a refusal started (onRefused), not waited for yet. */
   private rediscovery: Promise<unknown> | undefined;
+  /** Set while a retry waits for that rediscovery (next()): the wait under way. */
+  private awaitingRoute: object | undefined;
 
   constructor(
     private readonly registry: TargetRegistry,
@@ -727,8 +729,12 @@ class Exchange implements UpstreamHandler, ResponseHandler {
         const rediscovery = this.rediscovery;
         this.rediscovery = undefined;
         let timer: NodeJS.Timeout | undefined;
+        const waited = (this.awaitingRoute = {});
         void Promise.race([rediscovery, new Promise((r) => (timer = setTimeout(r, REDISCOVERY_WAIT_MS)))]).then(() => {
           clearTimeout(timer);
+          // Not if the client left, or shutdown let it go, meanwhile (clientClosed, shutdown).
+          if (this.awaitingRoute !== waited) return;
+          this.awaitingRoute = undefined;
           this.resume();
         });
         return;
@@ -882,9 +888,11 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   // The client went away before the response ended (or the proxy answered it itself: `answered`):
   // stop the upstream work too.
   clientClosed(answered?: number, cut = false): void {
-    if (this.collecting) {
-      // Gone while the rest of its body was awaited for a retry: nothing is under way.
+    if (this.collecting || this.awaitingRoute) {
+      // Gone while the rest of its body, or its route's new targets, were awaited for a retry: nothing
+      // is under way.
       this.collecting = false;
+      this.awaitingRoute = undefined;
       this.answeredBy = answered;
       this.cutAtShutdown = cut;
       return this.retryOrAnswer(new UpstreamError('client_gone', false));
@@ -899,6 +907,12 @@ class Exchange implements UpstreamHandler, ResponseHandler {
 
   // SHUTDOWN_TIMEOUT with no answer: let go of a request no target has seen (the proxy answers 503).
   shutdown(): boolean {
+    if (this.awaitingRoute) {
+      // Waiting for its route's new targets, its last target having refused: nothing reached a target.
+      this.awaitingRoute = undefined;
+      this.retryOrAnswer(new UpstreamError('shutting_down', true));
+      return true;
+    }
     if (this.settled || this.responded || this.sent) return false;
     this.up?.destroy(); // a connection still being made, or a turn before sending
     this.settle(undefined, new UpstreamError('shutting_down', true));
@@ -908,8 +922,9 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   // The client socket's idle timer (IDLE_TIMEOUT) fired while the body was still coming: the client
   // stalled, and hears a 408.
   clientStalled(): void {
-    if (this.collecting) {
+    if (this.collecting || this.awaitingRoute) {
       this.collecting = false;
+      this.awaitingRoute = undefined;
       return this.retryOrAnswer(new UpstreamError('client_timeout', false));
     }
     if (this.settled) return;

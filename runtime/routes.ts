@@ -268,6 +268,9 @@ export class RouteTable {
     if (!e?.pool || this.abort.signal.aborted) return undefined;
     // One under way (this one's, or the period's) is as good, and the one to wait for.
     if (e.refreshing || (e.earlyNotBefore ?? 0) > now) return e.refreshing;
+    // Every target of every route refusing at once (the network, not a deploy) must not become a
+    // discovery of every route at once: no more than refreshConcurrency beside the period's.
+    if (this.refreshing >= 2 * (this.opts.refreshConcurrency ?? 4)) return undefined;
     const gap = e.earlyGapMs ?? EARLY_REFRESH_MS;
     e.earlyNotBefore = Infinity; // until this one is done
     return this.refreshOne(e, EARLY_ANSWER_MAX_AGE_MS).then((changed) => {
