@@ -414,6 +414,24 @@ describe('retry on another target', () => {
 });
 
 describe('draining', () => {
+  test('a retry waiting for its route to be rediscovered, its target having refused, is answered 503 at SHUTDOWN_TIMEOUT, not cut', async () => {
+    const dead = await startBackend('dead');
+    await dead.close();
+    let calls = 0;
+    // The first discovery finds the dead target; the rediscovery its refusal asks for never answers.
+    const provider: Provider = { name: 'test', discover: () => (++calls === 1 ? Promise.resolve([makeTarget('127.0.0.1', dead.port)]) : new Promise<Target[]>(() => undefined)) };
+    const p = await proxyFor([dead], { HEALTH_CHECK_PATH: 'off', SHUTDOWN_TIMEOUT: '0.3' }, provider);
+    try {
+      const reply = request(p.port);
+      await until('the rediscovery asked for', () => calls === 2);
+      const stopped = p.stop();
+      expect(await reply).toMatchObject({ status: 503 });
+      await stopped;
+    } finally {
+      await p.stop();
+    }
+  });
+
   test('a target that leaves the discovered set gets no new request, and its in-flight one finishes', async () => {
     const a = await startBackend('a');
     const b = await startBackend('b');
