@@ -165,13 +165,13 @@ export class RouteTable {
   async pin(key: RouteKey): Promise<Pool> {
     const id = routeId(key);
     const pool = new Pool(id, this.registry);
-    this.entries.set(id, { key, id, pool, absentUntil: 0, lastUsed: Infinity, inflight: undefined, foundAt: 0 });
+    const e: Entry = { key, id, pool, absentUntil: 0, lastUsed: Infinity, inflight: undefined, foundAt: 0 };
+    this.entries.set(id, e);
     this.gauge();
-    try {
-      pool.update(await this.discover(this.entries.get(id)!));
-    } catch {
-      // Logged and counted in discover(); the refresh loop tries again.
-    }
+    // As a refresh: the refresh loop does not start another while this one runs (a start that waits
+    // no longer for it, POOL_START_WAIT_MS, must not have two answers race). A failure is logged and
+    // counted in discover(), and the loop tries again.
+    await this.refreshOne(e);
     return pool;
   }
 
@@ -220,7 +220,8 @@ export class RouteTable {
     const worker = async (): Promise<void> => {
       while (next < due.length && !this.abort.signal.aborted) {
         const e = due[next++];
-        if (!e.refreshing) await this.refreshOne(e);
+        // Not one rediscovered meanwhile (by suspect()), or forgotten.
+        if (!e.refreshing && this.entries.get(e.id) === e && (!opts.dueOnly || this.now() - e.foundAt >= this.periodOf(e.pool!))) await this.refreshOne(e);
       }
     };
     await Promise.all(Array.from({ length: Math.min(Math.max(free, 0), due.length) }, worker));
