@@ -45,8 +45,10 @@ interface Entry {
   inflight: Promise<Pool | undefined> | undefined;
   /** When the targets it holds were found (Date.now() clock), their age at the primary counted: due again a period later. */
   foundAt: number;
-  /** Being rediscovered in the background: settles when it is done. */
+  /** Being rediscovered in the background: settles when it is done (true: the targets changed). */
   refreshing?: Promise<boolean>;
+  /** That rediscovery is suspect()'s, asking past the caches. */
+  refreshingEarly?: boolean;
   /** A target refused: no rediscovery for it before this time (suspect()). */
   earlyNotBefore?: number;
   /** The wait after the next rediscovery for a refusal, doubled while they find nothing new. */
@@ -253,6 +255,7 @@ export class RouteTable {
     } finally {
       this.refreshing--;
       e.refreshing = undefined;
+      e.refreshingEarly = false;
     }
   }
 
@@ -267,14 +270,18 @@ export class RouteTable {
     const e = this.entries.get(id);
     const now = this.now();
     if (!e?.pool || this.abort.signal.aborted) return undefined;
-    // One under way (this one's, or the period's) is as good, and the one to wait for.
-    if (e.refreshing || (e.earlyNotBefore ?? 0) > now) return e.refreshing;
+    // suspect()'s own under way is the one to wait for. The period's may answer from a cache nearly a
+    // period old: unless it changes the targets, an early one follows it.
+    if (e.refreshing) return e.refreshingEarly ? e.refreshing : e.refreshing.then((changed) => (changed ? undefined : this.suspect(id)));
+    if ((e.earlyNotBefore ?? 0) > now) return undefined;
     // Every target of every route refusing at once (the network, not a deploy) must not become a
     // discovery of every route at once: no more than refreshConcurrency beside the period's.
     if (this.refreshing >= 2 * (this.opts.refreshConcurrency ?? 4)) return undefined;
     const gap = e.earlyGapMs ?? EARLY_REFRESH_MS;
     e.earlyNotBefore = Infinity; // until this one is done
-    return this.refreshOne(e, EARLY_ANSWER_MAX_AGE_MS).then((changed) => {
+    const early = this.refreshOne(e, EARLY_ANSWER_MAX_AGE_MS);
+    e.refreshingEarly = true;
+    return early.then((changed) => {
       e.earlyGapMs = changed ? EARLY_REFRESH_MS : Math.min(gap * 2, this.opts.refreshMs);
       e.earlyNotBefore = this.now() + (changed ? EARLY_REFRESH_MS : gap);
     });

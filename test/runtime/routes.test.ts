@@ -189,6 +189,33 @@ describe('route table', () => {
     expect(asked).toHaveLength(4);
   });
 
+  test("a refusal during the period's rediscovery waits for it, then asks past the caches unless it brought new targets", async () => {
+    let release!: () => void;
+    const asked: (number | undefined)[] = [];
+    const provider: Provider = {
+      name: 'test',
+      discover: async () => [makeTarget('10.0.0.1', 80)],
+      discoverAged: async (_route, _signal, maxAgeMs) => {
+        asked.push(maxAgeMs);
+        if (asked.length === 2) await new Promise<void>((r) => (release = r)); // the period's, answered from a cache
+        return { targets: [makeTarget(maxAgeMs === undefined ? '10.0.0.1' : '10.0.0.2', 80)], ageMs: 0 };
+      },
+    };
+    const t = table(provider);
+    await t.resolve(key('api'));
+    clock += 30_000;
+    const periodic = t.refresh({ dueOnly: true });
+    await new Promise((r) => setImmediate(r));
+    const waited = t.suspect('api-80-prod');
+    expect(waited).toBeDefined();
+    release();
+    await periodic;
+    await waited;
+    expect(asked).toEqual([undefined, undefined, EARLY_ANSWER_MAX_AGE_MS]);
+    const found = t.get(key('api'));
+    expect(found.kind === 'pool' && found.pool.targets.map((x) => x.host)).toEqual(['10.0.0.2']);
+  });
+
   test('at most MAX_ROUTES routes are kept: absent ones go first, then the least recently used', async () => {
     const g = gated((r) => (r.service.startsWith('junk') ? [] : [makeTarget('10.0.0.1', r.port)]));
     g.release();
