@@ -151,7 +151,8 @@ describe('the bundle with AWS discovery', () => {
     const [one] = backends;
     stub.fail('DescribeAutoScalingGroups', 'hang', { times: Infinity });
     try {
-      const p = await startBundle({ ...stub.env(), NODE_FILTER: 'asg', ASG_NAME: 'workers', TARGET_PORT: String(one.port), HEALTH_CHECK_PATH: 'off' }, 25_000);
+      // Ready 10 s in (POOL_START_WAIT_MS), and the start itself: a bound with room for a loaded machine.
+      const p = await startBundle({ ...stub.env(), NODE_FILTER: 'asg', ASG_NAME: 'workers', TARGET_PORT: String(one.port), HEALTH_CHECK_PATH: 'off' }, 45_000);
       try {
         expect(await request(p.port)).toMatchObject({ status: 503 });
         expect(p.stderr).toContain('"msg":"the pool is not discovered yet: serving 503 until it is"');
