@@ -270,7 +270,8 @@ export class SharedProvider implements Provider {
     const key = targetsKey(this.scope, route);
     const lock = lockKey(this.scope, route);
     const early = Number.isFinite(maxAgeMs);
-    const earlyLock = `${lock}:early`;
+    // A short lock of its own for an early ask (see below), the period's otherwise.
+    const ownLock = early ? `${lock}:early` : lock;
     let shared: Shared | undefined;
     let won: boolean;
     try {
@@ -285,7 +286,7 @@ export class SharedProvider implements Provider {
       // An answer found since its targets refused is wanted (maxAgeMs): the period's lock, which may
       // be held for most of a period after the last refresh, does not hold it off; a short one of its
       // own does, so that one proxy of the fleet asks AWS and the others take its answer.
-      won = (await redis.set(early ? earlyLock : lock, this.token, 'PX', early ? EARLY_LOCK_MS : this.lockMs, 'NX')) === 'OK';
+      won = (await redis.set(ownLock, this.token, 'PX', early ? EARLY_LOCK_MS : this.lockMs, 'NX')) === 'OK';
       this.answered();
     } catch (err) {
       // Down or slow: this proxy discovers by itself. The outage is logged once (watch(), failed()).
@@ -294,7 +295,7 @@ export class SharedProvider implements Provider {
       return fresh();
     }
 
-    if (won) return { targets: await this.refresh(redis, key, early ? earlyLock : lock, route, signal), ageMs: 0 };
+    if (won) return { targets: await this.refresh(redis, key, ownLock, route, signal), ageMs: 0 };
     // Our locks always expire, within a period: one that does not, or that is set for ten times as long
     // (a fleet-mate's period is not that different), was not set by a proxy, and would hold every proxy
     // off this route for good or for its day. Given our expiry, it goes like one of ours would.

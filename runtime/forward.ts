@@ -168,6 +168,9 @@ export function kindOf(err: NodeJS.ErrnoException): FailureKind {
 /** The target refused the connection (or its host was unreachable): what a passing health check disproves (CircuitBreaker.healthPassed). */
 export const refusedFailure = (kind: string): boolean => kind === 'refused';
 
+/** The target took no connection (refused, or none within POOL_TIMEOUT): it may have left its route (onRefused). */
+export const mayHaveLeft = (kind: string): boolean => kind === 'refused' || kind === 'connect_timeout';
+
 let lastPort = -1;
 let lastPortString = '';
 /** The listening port as a header value, made once rather than per request. */
@@ -539,7 +542,7 @@ export class Forwarder {
           outcome.status = status;
           failedConnections.labels({ target: s.target.id }).inc();
           upstreamErrors.labels({ kind }).inc();
-          if (kind === 'refused' || kind === 'connect_timeout') void this.opts.onRefused?.(pool);
+          if (mayHaveLeft(kind)) void this.opts.onRefused?.(pool);
           judge(false, refusedFailure(kind));
         };
         /** ... and is answered: at once, for http-proxy ends the socket right after its error callback. */
@@ -1005,7 +1008,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       return this.retryOrAnswer(err);
     }
     failedConnections.labels({ target: s.target.id }).inc();
-    if (err.kind === 'refused' || err.kind === 'connect_timeout') this.rediscovery = this.opts.onRefused?.(this.pool) ?? this.rediscovery;
+    if (mayHaveLeft(err.kind)) this.rediscovery = this.opts.onRefused?.(this.pool) ?? this.rediscovery;
     // The retry or the answer once the failure is counted: a breaker it opened is then open in every
     // worker (with several, after the primary's answer; breaker.ts).
     s.breaker.onFailure(this.epoch, () => this.retryOrAnswer(err), refusedFailure(err.kind));

@@ -9,7 +9,7 @@ import * as net from 'node:net';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
 import type { Config } from './config';
 import { socketsClosed } from './downstream';
-import { kindOf, refusedFailure } from './forward';
+import { kindOf, mayHaveLeft, refusedFailure } from './forward';
 import { log } from './log';
 import { countChunk } from './memory';
 import { activeConnections, countSuccess, failedConnections, limitHits, retriesTotal, upstreamErrors } from './metrics';
@@ -106,7 +106,7 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
       const kind = err.code === 'ETIMEDOUT' ? 'connect_timeout' : err.code === 'ECONNREFUSED' ? 'refused' : 'other';
       upstreamErrors.labels({ kind }).inc();
       // The target may have left the pool (an instance terminated): the pool is rediscovered now.
-      if (kind !== 'other') void routes.suspect(pool.id);
+      if (mayHaveLeft(kind)) void routes.suspect(pool.id);
       done();
       // The next target once the failure is counted (with several workers, by the primary: breaker.ts).
       s.breaker.onFailure(
