@@ -9,7 +9,7 @@ import { StaticProvider } from './discovery/static';
 import { MetricsGather } from './gather';
 import { HealthChecker } from './health';
 import type { ToPrimary, ToWorker } from './ipc';
-import { errorFields, log } from './log';
+import { errorFields, log, markLogged, wasLogged } from './log';
 import { discoveryErrors } from './metrics';
 import { Found, Provider, RouteKey, routeId, setRecent, sortTargets, StatusSetter, Target } from './types';
 
@@ -152,8 +152,7 @@ export class Coordinator {
           },
           (err: unknown) => {
             const { error, code } = errorFields(err);
-            const logged = (err as { logged?: unknown } | undefined)?.logged === true;
-            this.send(worker, { t: 'discovered', n: m.n, error: String(error), ...(typeof code === 'string' ? { code } : {}), ...(logged ? { logged } : {}) });
+            this.send(worker, { t: 'discovered', n: m.n, error: String(error), ...(typeof code === 'string' ? { code } : {}), ...(wasLogged(err) ? { logged: true } : {}) });
           },
         );
         break;
@@ -243,7 +242,7 @@ export class Coordinator {
           if (!last) {
             // Logged here for every worker (each would say it once a period), and counted by each.
             this.sayFailure(id, 'discovery failed; the route has no targets yet', { route: id, ...errorFields(err) });
-            throw Object.assign(err instanceof Error ? err : new Error(String(err)), { logged: true });
+            throw markLogged(err);
           }
           // The workers see a success: the failure is counted here, where it happened.
           discoveryErrors.labels({ provider: this.provider.name }).inc();

@@ -8,6 +8,7 @@
  */
 import type { TargetRegistry } from './balancer';
 import type { BreakerEvent, BreakerLink, BreakerSnapshot } from './breaker';
+import { markLogged } from './log';
 import { register } from './metrics';
 import type { Found, Provider, RouteKey, Target } from './types';
 
@@ -66,7 +67,10 @@ export class PrimaryProvider implements Provider {
     clearTimeout(w.timer);
     // The AWS error's name (AccessDeniedException, ThrottlingException) travels with its message, for the log.
     // `logged`: the primary said it already, once for every worker.
-    if (m.error !== undefined) w.reject(Object.assign(new Error(m.error), m.code === undefined ? {} : { code: m.code }, m.logged ? { logged: true } : {}));
+    if (m.error !== undefined) {
+      const err = Object.assign(new Error(m.error), m.code === undefined ? {} : { code: m.code });
+      w.reject(m.logged ? markLogged(err) : err);
+    }
     else w.resolve({ targets: [...(m.targets ?? [])], ageMs: Math.max(0, m.ageMs ?? 0) });
   }
 

@@ -32,6 +32,13 @@ export function log(level: Level, msg: string, fields?: Record<string, unknown>)
   stream.write(JSON.stringify({ time: new Date().toISOString(), level, msg, pid: process.pid, ...fields }) + '\n');
 }
 
+/**
+ * An error logged where it happened, marked so that whoever it reaches next does not say it again (a
+ * discovery failure the primary logged once for every worker).
+ */
+export const markLogged = (err: unknown): Error & { logged: true } => Object.assign(err instanceof Error ? err : new Error(String(err)), { logged: true as const });
+export const wasLogged = (err: unknown): boolean => (err as { logged?: unknown } | undefined)?.logged === true;
+
 /** Error fields that are safe and useful in a log line. */
 export function errorFields(err: unknown): Record<string, unknown> {
   if (err instanceof Error) {

@@ -8,7 +8,7 @@
  * refreshed in the background every NODE_CHECK_PERIOD, and keep their last targets when AWS fails.
  */
 import { Pool, TargetRegistry } from './balancer';
-import { errorFields, log } from './log';
+import { errorFields, log, wasLogged } from './log';
 import { discoveryDuration, discoveryErrors, forgetRoute, limitHits, routesKnown } from './metrics';
 import { Provider, RouteKey, routeId, Target } from './types';
 
@@ -303,7 +303,7 @@ export class RouteTable {
       discoveryDuration.labels({ provider: this.provider.name, outcome: 'error' }).observe(seconds());
       discoveryErrors.labels({ provider: this.provider.name }).inc();
       // Not again when the primary said it already, for every worker.
-      if ((err as { logged?: unknown } | undefined)?.logged !== true) {
+      if (!wasLogged(err)) {
         log('warn', e.pool?.size ? 'discovery failed; keeping the last known targets' : 'discovery failed; the route has no targets yet', { route: e.id, ...errorFields(err) });
       }
       throw err;
