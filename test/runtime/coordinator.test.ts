@@ -13,6 +13,21 @@ function counting(answer: () => Target[]): Provider & { calls: number } {
   return p;
 }
 
+/** A provider that fails with AWS's error `name` (and `message`) while `failing`, else answers `targets`; it counts its calls. */
+function flaky(targets: Target[], name: string, message = name): Provider & { calls: number; failing: boolean } {
+  const p = {
+    name: 'test',
+    calls: 0,
+    failing: false,
+    discover: async () => {
+      p.calls++;
+      if (p.failing) throw Object.assign(new Error(message), { name });
+      return targets;
+    },
+  };
+  return p;
+}
+
 describe('the primary shares discovery among workers', () => {
   let clock = 0;
   const config = loadConfig({ DOMAIN: 'example.com', NODE_CHECK_PERIOD: '30', NEGATIVE_CACHE_TTL: '10', HEALTH_CHECK_PATH: 'off' });
@@ -90,19 +105,10 @@ describe('the primary shares discovery among workers', () => {
   });
 
   test('when a later discovery fails, the last answer is given (a worker started meanwhile gets the targets), and retried next ask', async () => {
-    let fail = false;
-    const provider: Provider & { calls: number } = {
-      name: 'test',
-      calls: 0,
-      discover: async () => {
-        provider.calls++;
-        if (fail) throw Object.assign(new Error('ServerException'), { name: 'ServerException' });
-        return [makeTarget('10.0.0.1', 80), makeTarget('10.0.0.2', 80)];
-      },
-    };
+    const provider = flaky([makeTarget('10.0.0.1', 80), makeTarget('10.0.0.2', 80)], 'ServerException');
     const c = new Coordinator(config, provider, () => clock);
     expect(await c.discover(route)).toHaveLength(2);
-    fail = true;
+    provider.failing = true;
     clock += 60_000;
     const errorsBefore = (await discoveryErrors.get()).values.find((v) => v.labels.provider === 'test')?.value ?? 0;
     expect(await c.discover(route)).toEqual([makeTarget('10.0.0.1', 80), makeTarget('10.0.0.2', 80)]);
@@ -154,16 +160,8 @@ describe('the primary shares discovery among workers', () => {
   test('a failing discovery is logged once a period for all the workers, though each ask tries AWS again', async () => {
     const lines: string[] = [];
     const stderr = jest.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => (lines.push(String(chunk)), true));
-    let fail = true;
-    const provider: Provider & { calls: number } = {
-      name: 'test',
-      calls: 0,
-      discover: async () => {
-        provider.calls++;
-        if (fail) throw Object.assign(new Error('Rate exceeded'), { name: 'ThrottlingException' });
-        return [makeTarget('10.0.0.1', 80)];
-      },
-    };
+    const provider = flaky([makeTarget('10.0.0.1', 80)], 'ThrottlingException', 'Rate exceeded');
+    provider.failing = true;
     const c = new Coordinator(config, provider, () => clock);
     const failures = (): Record<string, unknown>[] => lines.map((l) => JSON.parse(l)).filter((l) => String(l.msg).startsWith('discovery failed'));
     try {
@@ -179,10 +177,10 @@ describe('the primary shares discovery among workers', () => {
       await c.discover(route).catch(() => undefined);
       expect(failures()).toHaveLength(2);
       // Once it succeeds, the next failure is said at once, with the targets that stay in use.
-      fail = false;
+      provider.failing = false;
       clock += 30_000;
       await c.discover(route);
-      fail = true;
+      provider.failing = true;
       clock += 30_000;
       expect(await c.discover(route)).toHaveLength(1);
       expect(failures()).toHaveLength(3);
@@ -207,19 +205,11 @@ describe('the primary shares discovery among workers', () => {
   });
 
   test('a failed discovery is not cached', async () => {
-    let fail = true;
-    const provider: Provider & { calls: number } = {
-      name: 'test',
-      calls: 0,
-      discover: async () => {
-        provider.calls++;
-        if (fail) throw new Error('ThrottlingException');
-        return [makeTarget('10.0.0.1', 80)];
-      },
-    };
+    const provider = flaky([makeTarget('10.0.0.1', 80)], 'ThrottlingException');
+    provider.failing = true;
     const c = new Coordinator(config, provider, () => clock);
     await expect(c.discover(route)).rejects.toThrow('ThrottlingException');
-    fail = false;
+    provider.failing = false;
     expect(await c.discover(route)).toHaveLength(1);
     expect(provider.calls).toBe(2);
     await c.close();

@@ -30,6 +30,15 @@ async function proxyFor(backends: Backend[], env: Record<string, string>, provid
   );
 }
 
+/** A backend handler that answers `<word> <the request body>`, so a test sees the body that arrived. */
+function answersWithBody(word: string): Backend['handle'] {
+  return (req, res) => {
+    let body = '';
+    req.on('data', (c) => (body += c));
+    req.on('end', () => res.end(`${word} ${body}`));
+  };
+}
+
 /** Kills a backend the hard way: no new connections, open ones reset. */
 function kill(b: Backend): void {
   b.server.close();
@@ -307,11 +316,7 @@ describe('retry on another target', () => {
 
   test('a PUT whose whole (small) body had arrived, reset before its answer, is retried with that body on the next target', async () => {
     const { resetting, good, p } = await resettingFirst();
-    good.handle = (req, res) => {
-      let body = '';
-      req.on('data', (c) => (body += c));
-      req.on('end', () => res.end(`stored ${body}`));
-    };
+    good.handle = answersWithBody('stored');
     try {
       const body = 'x'.repeat(10_000) + '-end';
       expect(await request(p.port, { method: 'PUT', path: '/item/7', body })).toMatchObject({ status: 200, body: `stored ${body}` });
@@ -326,11 +331,7 @@ describe('retry on another target', () => {
 
   test('a PUT whose small body was still arriving when its target reset is retried with the whole body once the rest has come', async () => {
     const { resetting, good, p } = await resettingFirst();
-    good.handle = (req, res) => {
-      let body = '';
-      req.on('data', (c) => (body += c));
-      req.on('end', () => res.end(`stored ${body}`));
-    };
+    good.handle = answersWithBody('stored');
     try {
       const status = await new Promise<{ status: number; body: string }>((resolve, reject) => {
         const req = http.request({ host: '127.0.0.1', port: p.port, method: 'PUT', path: '/item/8', headers: { 'Content-Length': '20' } }, (res) => {
@@ -396,11 +397,7 @@ describe('retry on another target', () => {
     const good = await startBackend('good');
     const dead = await startBackend('dead');
     await dead.close();
-    good.handle = (req, res) => {
-      let body = '';
-      req.on('data', (c) => (body += c));
-      req.on('end', () => res.end(`got ${body}`));
-    };
+    good.handle = answersWithBody('got');
     const p = await proxyFor([good, dead], { HEALTH_CHECK_PATH: 'off' });
     try {
       for (let i = 0; i < 4; i++) {
