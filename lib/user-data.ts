@@ -310,9 +310,20 @@ signal() {
   # Tells CloudFormation whether this instance came up; a failure stops the deploy or rolls the update back.
   [ "$signalled" = 1 ] && return 0
   signalled=1
-  local bin
+  local bin status
   bin=$(command -v cfn-signal || echo /opt/aws/bin/cfn-signal)
-  "$bin" -e "$1" --stack "$STACK_NAME" --resource "$SIGNAL_RESOURCE" --region "$REGION" || log "cfn-signal failed"
+  if [ -x "$bin" ] && "$bin" -e "$1" --stack "$STACK_NAME" --resource "$SIGNAL_RESOURCE" --region "$REGION"; then return 0; fi
+  # No cfn-signal (its package may be what failed to install): the AWS CLI, which the image carries,
+  # sends the same signal, so that a failed boot fails the deploy now rather than at its timeout.
+  if [ "$1" = 0 ]; then status=SUCCESS; else status=FAILURE; fi
+  aws cloudformation signal-resource --region "$REGION" --stack-name "$STACK_NAME" \\
+    --logical-resource-id "$SIGNAL_RESOURCE" --unique-id "$(instance_id)" --status "$status" \\
+    || log "cfn-signal and aws cloudformation signal-resource failed"
+}
+instance_id() {
+  local token
+  token=$(curl -fsS --max-time 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' http://169.254.169.254/latest/api/token) &&
+    curl -fsS --max-time 5 -H "X-aws-ec2-metadata-token: $token" http://169.254.169.254/latest/meta-data/instance-id
 }
 on_exit() {
   local rc=$?
@@ -379,8 +390,7 @@ systemctl enable --now ${INSTANCE_PATHS.livenessTimerName}
 # Claim a free Elastic IP of this fleet, so that the wildcard record reaches this instance. Two
 # instances may race for the same one: associate-address refuses the second (no reassociation),
 # which then tries another.
-imds_token=$(curl -fsS -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' http://169.254.169.254/latest/api/token)
-INSTANCE_ID=$(curl -fsS -H "X-aws-ec2-metadata-token: $imds_token" http://169.254.169.254/latest/meta-data/instance-id)
+INSTANCE_ID=$(instance_id)
 readonly INSTANCE_ID
 
 claim_address() {

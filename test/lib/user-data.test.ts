@@ -133,6 +133,37 @@ test('a boot that fails signals failure and powers the instance off, so that the
   expect(lines.slice(-2)).toEqual(['cfn-signal -e 1 --stack Stack --resource ProxyGroup --region eu-west-1', 'shutdown -h +1']);
 });
 
+test('a boot whose dnf failed, so that there is no cfn-signal, signals failure through the AWS CLI', () => {
+  const bin = fs.mkdtempSync(path.join(tmp, 'bin-'));
+  const calls = path.join(bin, 'calls');
+  const stub = (name: string, rc: number, body = ''): void =>
+    fs.writeFileSync(path.join(bin, name), `#!/bin/bash\necho "${name} $*" >> ${calls}\n${body}exit ${rc}\n`, { mode: 0o755 });
+  stub('dnf', 1);
+  stub('sleep', 0);
+  stub('shutdown', 0);
+  stub('aws', 0);
+  // The metadata service (IMDSv2): a token, then the instance's ID.
+  fs.writeFileSync(path.join(bin, 'curl'), '#!/bin/bash\ncase "$*" in *api/token*) echo tok;; *instance-id*) echo i-0123456789abcdef0;; *) exit 22;; esac\n', { mode: 0o755 });
+  const script = renderBootstrap({
+    stackName: 'Stack', signalResource: 'ProxyGroup', region: 'eu-west-1', bundleUrl: 's3://b/k', bundleSha256: 'ab'.repeat(32), addressTagKey: 'k', addressTagValue: 'v',
+    healthUrl: 'http://127.0.0.1:1/healthz', healthWaitSeconds: 1, addressWaitSeconds: 1,
+    envFile: 'A=1\n', unit: renderUnit({ timeoutStopSec: 45, limitNoFile: 65536 }),
+  });
+  const meminfo = path.join(bin, 'meminfo');
+  fs.writeFileSync(meminfo, 'MemTotal:       16384000 kB\nSwapTotal:             0 kB\n');
+  const file = path.join(tmp, 'no-cfn-signal-boot.sh');
+  // No cfn-signal anywhere: not on PATH, and not where aws-cfn-bootstrap would have put it.
+  fs.writeFileSync(file, script.replaceAll(SWAP_DEFAULTS.meminfo, meminfo).replaceAll('/opt/aws/bin/cfn-signal', path.join(bin, 'missing-cfn-signal')));
+  const r = spawnSync('bash', [file], { encoding: 'utf8', env: { PATH: `${bin}:/usr/bin:/bin` }, timeout: 10_000 });
+  expect(r.status).toBe(1);
+  const lines = fs.readFileSync(calls, 'utf8').trim().split('\n');
+  expect(lines.slice(-2)).toEqual([
+    'aws cloudformation signal-resource --region eu-west-1 --stack-name Stack --logical-resource-id ProxyGroup ' +
+      '--unique-id i-0123456789abcdef0 --status FAILURE',
+    'shutdown -h +1',
+  ]);
+});
+
 test('a downloaded bundle that is not the one synth hashed fails the boot', () => {
   const bin = fs.mkdtempSync(path.join(tmp, 'bin-'));
   const calls = path.join(bin, 'calls');
