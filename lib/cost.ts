@@ -24,6 +24,8 @@ export const PRICES = {
   gp3PerGb: 0.08,
   /** One public hosted zone. */
   route53Zone: 0.5,
+  /** One Secrets Manager secret. */
+  secret: 0.4,
   /** What a NAT gateway would add (hourly fee only); the stack creates none. */
   natGateway: 32.85,
   /** Spot price as a share of on-demand for the t4g family: about a third, and it moves. */
@@ -120,6 +122,8 @@ export function estimateMonthlyCost(inputs: CostInputs): CostEstimate {
   add(`EBS gp3 root volume, ${inputs.volumeGb} GB each`, inputs.instances, inputs.volumeGb * PRICES.gp3PerGb);
   if (inputs.cacheNodeType !== undefined) {
     add(`ElastiCache ${inputs.cacheNodeType} (Redis)`, 1, PRICES.cacheNodes[inputs.cacheNodeType]);
+    // The stack's cache comes with its AUTH token in Secrets Manager.
+    add('Secrets Manager secret (the cache\'s AUTH token)', 1, PRICES.secret);
   }
   if (inputs.hostedZone) add('Route53 hosted zone', 1, PRICES.route53Zone);
   add('NAT gateway (none: the proxy sits in public subnets)', 0, PRICES.natGateway);

@@ -6,19 +6,19 @@ const base = { instanceType: 't4g.nano', instances: 1, spot: false, elasticIps: 
 test('the table is dated and holds the prices we compare with', () => {
   expect(PRICE_DATE).toBe('2026-11');
   expect(PRICES).toMatchObject({
-    albBase: 16.43, albLcu: 5.84, publicIpv4: 3.65, gp3PerGb: 0.08, route53Zone: 0.5, natGateway: 32.85,
+    albBase: 16.43, albLcu: 5.84, publicIpv4: 3.65, gp3PerGb: 0.08, route53Zone: 0.5, secret: 0.4, natGateway: 32.85,
   });
   expect(PRICES.instances['t4g.nano']).toBe(3.07);
   expect(PRICES.cacheNodes['cache.t4g.micro']).toBe(11.68);
   expect(ALB_FLOOR_MONTHLY_USD).toBe(22.27);
 });
 
-test('default: instance, address, volume, cache and zone', () => {
+test('default: instance, address, volume, cache with its AUTH token secret, and zone', () => {
   const e = estimateMonthlyCost({ ...base, cacheNodeType: 'cache.t4g.micro' });
   expect(e.lines.map((l) => [l.item.split(' ')[0], l.monthlyUsd])).toEqual([
-    ['EC2', 3.07], ['Elastic', 3.65], ['EBS', 0.64], ['ElastiCache', 11.68], ['Route53', 0.5], ['NAT', 0],
+    ['EC2', 3.07], ['Elastic', 3.65], ['EBS', 0.64], ['ElastiCache', 11.68], ['Secrets', 0.4], ['Route53', 0.5], ['NAT', 0],
   ]);
-  expect(e.totalMonthlyUsd).toBe(19.54);
+  expect(e.totalMonthlyUsd).toBe(19.94);
   expect(e.complete).toBe(true);
   expect(e.albFloorMonthlyUsd).toBe(22.27);
 });
@@ -44,6 +44,6 @@ test('a type outside the table is said, not guessed', () => {
 test('the printed table', () => {
   const table = formatCostTable(estimateMonthlyCost({ ...base, cacheNodeType: 'cache.t4g.micro' }));
   expect(table).toContain('us-east-1 list prices of 2026-11');
-  expect(table).toMatch(/Total \(Karma Proxy\)\s+\$19\.54/);
+  expect(table).toMatch(/Total \(Karma Proxy\)\s+\$19\.94/);
   expect(table).toMatch(/ALB floor .*\$22\.27/);
 });
