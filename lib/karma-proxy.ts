@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
   Annotations,
+  Arn,
   Aws,
   CfnElement,
   CfnResource,
@@ -166,6 +167,7 @@ export interface KarmaProxyProps {
    * @default 'ecs' */
   readonly discovery?: DiscoveryMode;
   /** ECS clusters that may be routed to (ALLOWED_CLUSTERS), spelled as ECS spells them: the role can only read these, and ARNs are case-sensitive.
+   * A cluster's name or its ARN (`cluster.clusterName` or `cluster.clusterArn`).
    * @default any cluster */
   readonly clusters?: string[];
   /** Target ports that may be routed to: numbers or `'8000-8100'` ranges (ALLOWED_PORTS).
@@ -249,11 +251,27 @@ function isInstanceLocal(host: string): boolean {
   return g.every((x) => x === 0) || isV6Loopback(g) || isV6LinkLocal(g) || isV6InstanceServices(g);
 }
 
-function isCidr(s: string): boolean {
+/**
+ * Why `s` is no CIDR a security group takes, or undefined: its shape, and for IPv4 the bits past its
+ * prefix (`10.0.0.1/8` is most likely a slip for `10.0.0.1/32` or `10.0.0.0/8`; EC2 would widen it).
+ */
+function cidrProblem(s: string): string | undefined {
   const v4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/.exec(s);
-  if (v4) return v4.slice(1, 5).every((o) => Number(o) <= 255) && Number(v4[5]) <= 32;
+  if (v4) {
+    const octets = v4.slice(1, 5).map(Number);
+    const prefix = Number(v4[5]);
+    if (octets.some((o) => o > 255) || prefix > 32) return 'is not a CIDR';
+    const address = octets.reduce((a, o) => a * 256 + o, 0);
+    const size = 2 ** (32 - prefix);
+    if (address % size !== 0) {
+      const base = address - (address % size);
+      const network = [24, 16, 8, 0].map((shift) => Math.floor(base / 2 ** shift) % 256).join('.');
+      return `has bits set past its /${prefix} prefix: give ${network}/${prefix}, or ${octets.join('.')}/32 for one address`;
+    }
+    return undefined;
+  }
   const v6 = /^([0-9a-fA-F:]+)\/(\d{1,3})$/.exec(s);
-  return !!v6 && v6[1].includes(':') && Number(v6[2]) <= 128;
+  return v6 && v6[1].includes(':') && Number(v6[2]) <= 128 ? undefined : 'is not a CIDR';
 }
 
 function isPortSpec(p: number | string): boolean {
@@ -447,7 +465,9 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
         resources: ['*'],
       }));
     }
-    this.addDiscoveryPermissions(discovery, props.clusters);
+    // Names, whether given as names or as ARNs: the IAM condition and ALLOWED_CLUSTERS are built from them.
+    const clusters = props.clusters?.map((c) => clusterNameOf(c, this));
+    this.addDiscoveryPermissions(discovery, clusters);
 
     // ---- bundle ----
     this.bundle = new s3assets.Asset(this, 'Bundle', { path: bundlePath });
@@ -574,7 +594,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     if (domain) env.DOMAIN = domain;
     // The role below allows ListClusters and ListServices: Hosts reach CloudFormation-named services too.
     if (discovery === 'ecs') env.ECS_CASE_LOOKUP = 'true';
-    if (props.clusters?.length) env.ALLOWED_CLUSTERS = props.clusters.join(',');
+    if (clusters?.length) env.ALLOWED_CLUSTERS = clusters.join(',');
     if (props.ports?.length) env.ALLOWED_PORTS = props.ports.map((p) => String(p).trim()).join(',');
     if (props.asgName !== undefined) env.ASG_NAME = props.asgName;
     if (props.tagName !== undefined) env.TAG_NAME = props.tagName;
@@ -692,6 +712,12 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
         pauseTime: signalTimeout,
       }),
     });
+    // The group grants cfn-signal on `AWS::StackId` in the role's own default policy: for a role of
+    // another stack, that is the other stack's ID, and every boot's signal would be refused. Granted here
+    // on this stack, in this construct's policy.
+    if (Stack.of(this.role) !== stack && !dropsStatements(this.role)) {
+      this.grantToRole(new iam.PolicyStatement({ sid: 'SignalThisStack', actions: ['cloudformation:SignalResource'], resources: [stack.stackId] }));
+    }
     // Instances must find their permissions and their addresses in place when they boot, and must be gone
     // before an address is released at deletion.
     this.autoScalingGroup.node.addDependency(this.role);
@@ -866,7 +892,10 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     // IPv6's fc00::/7, every private address).
     const metricsPeer = props.metricsPeer?.uniqueId;
     const peerPrefix = metricsPeer !== undefined && known(metricsPeer) ? /^[0-9a-f.:]+\/(\d{1,3})$/i.exec(metricsPeer)?.[1] : undefined;
-    if (metricsPeer !== undefined && peerPrefix !== undefined && Number(peerPrefix) < (metricsPeer.includes(':') ? 7 : 8)) {
+    // A CIDR peer (Peer.ipv4 checks its shape only; a prefix list or a security group has no CIDR).
+    const peerProblem = peerPrefix !== undefined ? cidrProblem(metricsPeer!) : undefined;
+    if (peerProblem) problems.push(`metricsPeer ${metricsPeer} ${peerProblem}${peerProblem === 'is not a CIDR' ? ' such as 10.0.0.0/16' : ''}`);
+    else if (metricsPeer !== undefined && peerPrefix !== undefined && Number(peerPrefix) < (metricsPeer.includes(':') ? 7 : 8)) {
       problems.push(`metricsPeer ${metricsPeer} would open the metrics port to the internet: give your monitoring's own CIDR or security group`);
     }
 
@@ -953,7 +982,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       }
     }
     for (const c of props.clusters ?? []) {
-      if (known(c) && !CLUSTER_NAME.test(c)) problems.push(`clusters entry '${c}' is not an ECS cluster name`);
+      if (known(c) && !CLUSTER_NAME.test(clusterNameOf(c, this))) problems.push(`clusters entry '${c}' is not an ECS cluster name or ARN`);
     }
     for (const p of props.ports ?? []) {
       if (known(p) && !isPortSpec(p)) problems.push(`ports entry '${p}' must be a port (1-65535) or a range such as 8000-8100`);
@@ -963,7 +992,8 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     }
 
     for (const cidr of v.allowedCidrs) {
-      if (known(cidr) && !isCidr(cidr)) problems.push(`allowedCidrs entry '${cidr}' is not a CIDR such as 0.0.0.0/0 or 203.0.113.0/24`);
+      const problem = known(cidr) ? cidrProblem(cidr) : undefined;
+      if (problem) problems.push(`allowedCidrs entry '${cidr}' ${problem}${problem === 'is not a CIDR' ? ' such as 0.0.0.0/0 or 203.0.113.0/24' : ''}`);
     }
     if (known(v.metricsPort)) {
       if (!Number.isInteger(v.metricsPort) || v.metricsPort < 1 || v.metricsPort > 65535) {
@@ -1277,6 +1307,28 @@ function dropsStatements(role: iam.IRole): boolean {
 function describeRole(role: iam.IRole): string {
   const known = [role.roleName, role.roleArn].find((v) => !Token.isUnresolved(v));
   return known ? `'${known}'` : role.node.path;
+}
+
+/**
+ * A cluster's name from its name or its ARN (`arn:aws:ecs:us-east-1:123456789012:cluster/prod`); a
+ * token that stands for an ARN (`cluster.clusterArn`, a GetAtt or a formatted ARN) is cut to its name in
+ * the template.
+ */
+function clusterNameOf(cluster: string, scope: IConstruct): string {
+  if (!Token.isUnresolved(cluster)) return CLUSTER_ARN.exec(cluster)?.[1] ?? cluster;
+  return standsForArn(Stack.of(scope).resolve(cluster)) ? Arn.extractResourceName(cluster, 'cluster') : cluster;
+}
+const CLUSTER_ARN = /^arn:[a-z-]+:ecs:[a-z0-9-]*:\d*:cluster\/(.+)$/;
+
+/** `{ 'Fn::GetAtt': [id, 'Arn'] }`, or a join that starts `arn:`; a Ref (a cluster's name) is not. */
+function standsForArn(resolved: unknown): boolean {
+  if (typeof resolved === 'string') return resolved.startsWith('arn:');
+  if (typeof resolved !== 'object' || resolved === null) return false;
+  const getAtt = (resolved as Record<string, unknown>)['Fn::GetAtt'];
+  if (Array.isArray(getAtt)) return typeof getAtt[1] === 'string' && getAtt[1].endsWith('Arn');
+  const join = (resolved as Record<string, unknown>)['Fn::Join'];
+  if (Array.isArray(join) && Array.isArray(join[1])) return typeof join[1][0] === 'string' && join[1][0].startsWith('arn:');
+  return false;
 }
 
 /** zoneName of an imported zone, or undefined when the zone object does not know it (fromHostedZoneId). */

@@ -364,7 +364,7 @@ describe('default stack', () => {
       expect(outputs.WildcardDomain.Value).toBe(`*.${DOMAIN}`);
       expect(outputs.Addresses.Value).toEqual({ 'Fn::GetAtt': [logicalId('AWS::EC2::EIP'), 'PublicIp'] });
       expect(outputs.MonthlyCostEstimate.Value).toBe(
-        '$19.54/month (us-east-1, 2026-11 prices); an ALB starts at $22.27/month before traffic');
+        '$19.94/month (us-east-1, 2026-11 prices); an ALB starts at $22.27/month before traffic');
     });
   });
 });
@@ -479,10 +479,14 @@ describe('a larger fleet on spot, with allow-lists and runtime settings', () => 
     expect(JSON.stringify(describe.Resource)).toMatch(/:task\/prod\/\*".*:task\/staging\/\*"/);
   });
 
+  const newCluster = (stack: Stack): ecs.Cluster => new ecs.Cluster(stack, 'C', { vpc: new ec2.Vpc(stack, 'V', { natGateways: 0 }) });
   test.each([
-    ['a name in mixed case (CloudFormation\'s)', () => 'MyStack-Cluster-1A2B', ':cluster/MyStack-Cluster-1A2B"'],
-    ['a token (cluster.clusterName)', (stack: Stack) => new ecs.Cluster(stack, 'C', { vpc: new ec2.Vpc(stack, 'V', { natGateways: 0 }) }).clusterName, '":cluster/",{"Ref":"C'],
-  ])('clusters as %s: the role allows that cluster alone, and the runtime asks ECS for it by that spelling', (_what, name, arnEnd) => {
+    ['a name in mixed case (CloudFormation\'s)', () => 'MyStack-Cluster-1A2B', ':cluster/MyStack-Cluster-1A2B"', 'MyStack-Cluster-1A2B'],
+    ['a token (cluster.clusterName)', (stack: Stack) => newCluster(stack).clusterName, '":cluster/",{"Ref":"C', 'TOKEN'],
+    ['an ARN', () => 'arn:aws:ecs:us-east-1:123456789012:cluster/MyStack-Cluster-1A2B', ':cluster/MyStack-Cluster-1A2B"', 'MyStack-Cluster-1A2B'],
+    // The ARN's name, cut out by CloudFormation: not an ARN inside an ARN.
+    ['a token (cluster.clusterArn)', (stack: Stack) => newCluster(stack).clusterArn, '":cluster/",{"Fn::Select":[1,{"Fn::Split":[":cluster/",{"Fn::GetAtt":["C', 'TOKEN'],
+  ])('clusters as %s: the role allows that cluster alone, and the runtime asks ECS for it by that spelling', (_what, name, arnEnd, allowed) => {
     const stack = new Stack(new App(), 'Test');
     new KarmaProxy(stack, 'Proxy', { domain: DOMAIN, redis: false, clusters: [name(stack)] });
     const template = Template.fromStack(stack);
@@ -493,7 +497,7 @@ describe('a larger fleet on spot, with allow-lists and runtime settings', () => 
     expect(JSON.stringify(list)).toContain(arnEnd);
     expect(JSON.stringify(all.find((s) => actionsOf(s).includes('ecs:DescribeTasks'))!.Resource)).not.toMatch(/mystack-cluster-1a2b/);
     // The runtime is given the name as spelled (ALLOWED_CLUSTERS), and asks ECS by it (test/runtime/discovery/ecs.test.ts).
-    expect(parseEnvFile(userDataText(template)).ALLOWED_CLUSTERS).toBe(arnEnd.includes('Ref') ? 'TOKEN' : 'MyStack-Cluster-1A2B');
+    expect(parseEnvFile(userDataText(template)).ALLOWED_CLUSTERS).toBe(allowed);
   });
 
   test('runtime settings from the props, then environment on top', () => {
@@ -646,6 +650,22 @@ describe('IConnectable', () => {
     expect(actions.filter((a) => KarmaProxy.SESSION_MANAGER_ACTIONS.includes(a))).toEqual([]);
     expect(KarmaProxy.SESSION_MANAGER_ACTIONS).toEqual(SESSION_MANAGER);
     expect(Annotations.fromStack(stack).findWarning('*', Match.stringLikeRegexp('RoleNotGranted'))).toEqual([]);
+  });
+
+  test("a role of another stack: the boot's cfn-signal is granted on this stack, in this construct's policy", () => {
+    // The group grants SignalResource on AWS::StackId in the role's own stack, which is the other stack's ID.
+    const app = new App();
+    const net = new Stack(app, 'Net');
+    const role = new iam.Role(net, 'ProxyRole', { assumedBy: new iam.ServicePrincipal('ec2.amazonaws.com') });
+    const stack = new Stack(app, 'Proxy');
+    new KarmaProxy(stack, 'P', { role, domain: DOMAIN, redis: false });
+    const signal = statements(Template.fromStack(stack)).filter((s) => actionsOf(s).includes('cloudformation:SignalResource'));
+    expect(signal).toHaveLength(1);
+    expect(signal[0].Resource).toEqual({ Ref: 'AWS::StackId' });
+    // The same role in the construct's own stack keeps the group's grant alone.
+    const same = new Stack(new App(), 'Same');
+    new KarmaProxy(same, 'P', { role: new iam.Role(same, 'R', { assumedBy: new iam.ServicePrincipal('ec2.amazonaws.com') }), domain: DOMAIN, redis: false });
+    expect(statements(Template.fromStack(same)).filter((s) => actionsOf(s).includes('cloudformation:SignalResource'))).toHaveLength(1);
   });
 
   describe('a role that keeps no statements', () => {
