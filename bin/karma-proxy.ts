@@ -5,7 +5,7 @@
  * Messages go to stderr so that `cdk synth > template.yaml` stays a template.
  */
 import { App } from 'aws-cdk-lib';
-import { propsFromContext } from '../lib/context';
+import { propsFromContext, straySettings } from '../lib/context';
 import { formatCostTable } from '../lib/cost';
 import { KarmaProxyStack } from '../lib/karma-proxy-stack';
 
@@ -18,7 +18,8 @@ function main(): void {
     process.stderr.write(`karma-proxy: ${(e as Error).message}\n`);
     process.exit(1);
   }
-  for (const w of settings.warnings) process.stderr.write(`karma-proxy: warning: ${w}\n`);
+  const warnings = [...straySettings(Object.keys(app.node.getAllContext()), process.env), ...settings.warnings];
+  for (const w of warnings) process.stderr.write(`karma-proxy: warning: ${w}\n`);
 
   let stack: KarmaProxyStack;
   try {

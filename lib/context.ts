@@ -4,6 +4,7 @@
  * are read. Every problem is collected into one error.
  */
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import { editDistance } from '../runtime/config';
 import type { DiscoveryMode } from './karma-proxy';
 import type { KarmaProxyStackProps } from './karma-proxy-stack';
 
@@ -67,6 +68,30 @@ export interface ContextResult {
 const TRUE = ['true', '1', 'yes', 'on'];
 const FALSE = ['false', '0', 'no', 'off'];
 
+/**
+ * What the app would ignore without a word: a context key (`-c instanceTpye=c7g.large`) or a `KARMA_*`
+ * env var that is none of its settings. CDK's own keys (`@aws-cdk/...`, `aws:cdk:...`, `cli-telemetry`)
+ * hold a `/`, a `:` or a dash, and are left alone.
+ */
+export function straySettings(contextKeys: readonly string[], env: Readonly<Record<string, string | undefined>>): string[] {
+  const keys = Object.keys(CONTEXT_KEYS);
+  const envNames = keys.map(envVarName);
+  const nearest = (name: string, among: readonly string[]): string | undefined =>
+    among.find((k) => k.toLowerCase() === name.toLowerCase()) ?? among.find((k) => editDistance(k.toLowerCase(), name.toLowerCase()) <= 2);
+  const out: string[] = [];
+  for (const key of contextKeys) {
+    if (keys.includes(key) || !/^[A-Za-z][A-Za-z0-9_]*$/.test(key)) continue;
+    const meant = nearest(key, keys);
+    out.push(`context '${key}' is not a setting of this app and is ignored${meant ? `; did you mean ${meant}?` : ''}`);
+  }
+  for (const name of Object.keys(env)) {
+    if (!name.startsWith('KARMA_') || envNames.includes(name) || env[name] === undefined) continue;
+    const meant = nearest(name, envNames);
+    out.push(`${name} is not a setting of this app and is ignored${meant ? `; did you mean ${meant}?` : ''}`);
+  }
+  return out;
+}
+
 /** Reads every key; throws one error naming every bad one. */
 export function propsFromContext(
   readContext: ContextReader,
@@ -87,6 +112,9 @@ export function propsFromContext(
     const name = envVarName(key);
     const e = env[name];
     if (e !== undefined && e.trim() !== '') return { value: e, from: name };
+    if (c === undefined && e !== undefined && key === 'allowedCidrs') {
+      problems.push(`${name} is empty: unset it for the default (0.0.0.0/0), or give [] to open ports 80 and 443 to no one`);
+    }
     return undefined;
   };
 
@@ -103,7 +131,8 @@ export function propsFromContext(
     const r = raw(key);
     if (!r) return undefined;
     const s = String(r.value).trim();
-    if (!/^\d+$/.test(s)) {
+    // `[2]` in cdk.json prints as 2, but is a list.
+    if ((typeof r.value !== 'string' && typeof r.value !== 'number') || !/^\d+$/.test(s)) {
       problems.push(`${r.from} must be a whole number (got '${s}')`);
       return undefined;
     }

@@ -601,7 +601,8 @@ function defaultFor(setting: Setting<unknown>, filter: NodeFilter): string | und
 }
 
 /** Edit distance (insertions, deletions, substitutions) between two short names. */
-function distance(a: string, b: string): number {
+/** Levenshtein distance: how many letters to add, drop or change to turn one name into the other. */
+export function editDistance(a: string, b: string): number {
   let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
   for (let i = 1; i <= a.length; i++) {
     const row = [i];
@@ -620,7 +621,7 @@ export function mistypedSettings(env: Env): { readonly name: string; readonly me
   const out: { name: string; meant: string }[] = [];
   for (const name of Object.keys(env)) {
     if (name.length < 6 || ENV_NAMES.includes(name) || !/^[A-Z][A-Z0-9_]*$/.test(name)) continue;
-    const meant = ENV_NAMES.find((k) => Math.abs(k.length - name.length) <= 2 && distance(k, name) <= 2);
+    const meant = ENV_NAMES.find((k) => Math.abs(k.length - name.length) <= 2 && editDistance(k, name) <= 2);
     if (meant) out.push({ name, meant });
   }
   return out;

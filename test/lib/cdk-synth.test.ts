@@ -61,7 +61,7 @@ test('with no context at all it succeeds offline, with example values said in a 
   expect(fs.existsSync(path.join(dir, 'dist', 'karma-proxy.js'))).toBe(true);
   // The warning and the cost table go to stderr; stdout is the template alone.
   expect(r.stderr).toMatch(/warning: no domain and no hostedZoneId given: synthesizing with example values/);
-  expect(r.stderr).toMatch(/Total \(Karma Proxy\)\s+\$19\.54/);
+  expect(r.stderr).toMatch(/Total \(Karma Proxy\)\s+\$19\.94/);
   expect(r.stdout).toMatch(/^Description: /);
   expect(template.Resources).not.toHaveProperty('CDKMetadata');
 }, TIMEOUT_MS + 10_000);
@@ -69,11 +69,15 @@ test('with no context at all it succeeds offline, with example values said in a 
 test('context keys and KARMA_* env vars reach the template', () => {
   const out = path.join(dir, 'out-context');
   const r = synth(
-    ['-o', out, '-c', 'domain=apps.acme.io', '-c', 'hostedZoneId=Z0ACME', '-c', 'hostedZoneName=acme.io', '-c', 'redis=false'],
-    cleanEnv({ KARMA_SPOT: 'true', KARMA_MAX_CAPACITY: '2' }),
+    ['-o', out, '-c', 'domain=apps.acme.io', '-c', 'hostedZoneId=Z0ACME', '-c', 'hostedZoneName=acme.io', '-c', 'redis=false',
+      '-c', 'instanceTpye=c7g.large'],
+    cleanEnv({ KARMA_SPOT: 'true', KARMA_MAX_CAPACITY: '2', KARMA_INSTANCETYPE: 'c7g.large' }),
   );
   if (r.status !== 0) throw new Error(`cdk synth failed (${r.status}):\n${r.stderr}`);
   expect(r.stderr).not.toContain('example values');
+  // Typos are ignored, as they must be, but not without a word.
+  expect(r.stderr).toContain("warning: context 'instanceTpye' is not a setting of this app and is ignored; did you mean instanceType?");
+  expect(r.stderr).toContain('warning: KARMA_INSTANCETYPE is not a setting of this app and is ignored; did you mean KARMA_INSTANCE_TYPE?');
   const template = JSON.parse(fs.readFileSync(path.join(out, 'KarmaProxy.template.json'), 'utf8'));
   const types = Object.values(template.Resources).map((res) => (res as { Type: string }).Type);
   expect(types).not.toContain('AWS::ElastiCache::ReplicationGroup');

@@ -1,7 +1,7 @@
 /** The app's settings: context keys first, then KARMA_* env vars, then example values with a warning. */
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import { CONTEXT_KEYS, EXAMPLE_CONTEXT, propsFromContext } from '../../lib';
-import { envVarName } from '../../lib/context';
+import { envVarName, straySettings } from '../../lib/context';
 
 const none = (): undefined => undefined;
 const ctx = (values: Record<string, unknown>) => (key: string): unknown => values[key];
@@ -135,4 +135,29 @@ test('proxyEnv as JSON takes strings, numbers and booleans; an object or null is
     .toEqual({ RETRIES: '1', LOG_CONNECTIONS: 'true', IDLE_TIMEOUT: '30' });
   expect(() => propsFromContext(ctx({ domain: 'a.acme.io', proxyEnv: '{"A":{"b":1},"B":null,"C":"ok"}' }), {}))
     .toThrow("context 'proxyEnv': A, B must be a string, a number or a boolean");
+});
+
+test('a context key or KARMA_* env var that is no setting is named, with the one it likely means; CDK\'s own keys are not', () => {
+  expect(straySettings(
+    ['domain', 'instanceTpye', 'mincapacity', 'frobnicate', '@aws-cdk/core:newStyleStackSynthesis', 'aws:cdk:enable-path-metadata', 'cli-telemetry'],
+    { KARMA_DOMAIN: 'a.io', KARMA_INSTANCETYPE: 'c7g.large', KARMA_REDIS_NODETYPE: 'x', HOME: '/root', KARMA_UNRELATED: '1' },
+  )).toEqual([
+    "context 'instanceTpye' is not a setting of this app and is ignored; did you mean instanceType?",
+    "context 'mincapacity' is not a setting of this app and is ignored; did you mean minCapacity?",
+    "context 'frobnicate' is not a setting of this app and is ignored",
+    'KARMA_INSTANCETYPE is not a setting of this app and is ignored; did you mean KARMA_INSTANCE_TYPE?',
+    'KARMA_REDIS_NODETYPE is not a setting of this app and is ignored; did you mean KARMA_REDIS_NODE_TYPE?',
+    'KARMA_UNRELATED is not a setting of this app and is ignored',
+  ]);
+});
+
+test('KARMA_ALLOWED_CIDRS set but empty is refused like -c allowedCidrs=, not read as the default that opens the proxy to everyone', () => {
+  expect(() => propsFromContext(ctx({ domain: 'a.io' }), { KARMA_ALLOWED_CIDRS: '' }))
+    .toThrow('KARMA_ALLOWED_CIDRS is empty: unset it for the default (0.0.0.0/0), or give [] to open ports 80 and 443 to no one');
+  // Context wins: an empty env var beside a context value is not read at all.
+  expect(propsFromContext(ctx({ domain: 'a.io', allowedCidrs: '10.0.0.0/8' }), { KARMA_ALLOWED_CIDRS: '' }).props.allowedCidrs).toEqual(['10.0.0.0/8']);
+});
+
+test('a number given as a list in cdk.json ([2]) is refused, not read as 2', () => {
+  expect(() => propsFromContext(ctx({ domain: 'a.io', minCapacity: [2] }), {})).toThrow("context 'minCapacity' must be a whole number (got '2')");
 });
