@@ -242,13 +242,28 @@ function seconds(d: Duration): string {
 /** Loopback (127/8, ::1, localhost) or link-local (169.254/16, fe80::/10, and fd00:ec2::/32, IMDS over IPv6), however spelt. */
 function isInstanceLocal(host: string): boolean {
   if (host === 'localhost' || host.endsWith('.localhost') || host === '0.0.0.0') return true;
+  // The metadata service's own names (instance-data, instance-data.ec2.internal).
+  if (host === 'instance-data' || host.startsWith('instance-data.')) return true;
   const v4 = (h: string): boolean => /^(0*127|169\.0*254|0+)\./.test(h);
-  if (!host.includes(':')) return v4(host);
+  // inet_aton, which resolves a target, reads 2852039166, 0xa9fea9fe and 0251.0376.0251.0376 as
+  // 169.254.169.254, and so does the URL parser: judged on its dotted form.
+  if (!host.includes(':')) return v4(host) || v4(dottedV4(host) ?? '');
   const g = groupsOf(host);
   if (g === undefined) return false;
   const v4Inside = mappedV4(g);
   if (v4Inside !== undefined) return v4(v4Inside);
   return g.every((x) => x === 0) || isV6Loopback(g) || isV6LinkLocal(g) || isV6InstanceServices(g);
+}
+
+/** An IPv4 address however spelt (decimal, hex, octal, shortened), as a dotted quad; undefined for a name. */
+function dottedV4(host: string): string | undefined {
+  if (!/^[0-9a-fx.]+$/i.test(host)) return undefined;
+  try {
+    const h = new URL(`http://${host}/`).hostname;
+    return /^\d+\.\d+\.\d+\.\d+$/.test(h) ? h : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /**
