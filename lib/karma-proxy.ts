@@ -323,6 +323,8 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
   public static readonly DEFAULT_BUNDLE_PATH = path.join(__dirname, '..', 'dist', 'karma-proxy.js');
   /** Tag key marking the Elastic IPs (and instances) of one fleet. */
   public static readonly POOL_TAG_KEY = 'karma-proxy:pool';
+  /** Tag key numbering a fleet's Elastic IPs, its slots, from 1 to maxCapacity. */
+  public static readonly SLOT_TAG_KEY = 'karma-proxy:slot';
   /** The runtime's settings on the instance: exactly `runtimeEnvironment`. */
   public static readonly ENV_FILE = INSTANCE_PATHS.envFile;
   /** The bundle on the instance, run by the systemd unit. */
@@ -568,7 +570,9 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     Tags.of(this).add(KarmaProxy.POOL_TAG_KEY, this.poolId);
     this.elasticIps = [];
     for (let slot = 0; slot < maxCapacity; slot++) {
-      this.elasticIps.push(new ec2.CfnEIP(this, `Address${slot + 1}`, { domain: 'vpc' }));
+      const eip = new ec2.CfnEIP(this, `Address${slot + 1}`, { domain: 'vpc' });
+      Tags.of(eip).add(KarmaProxy.SLOT_TAG_KEY, String(slot + 1));
+      this.elasticIps.push(eip);
     }
     this.addresses = this.elasticIps.map((eip) => eip.attrPublicIp);
     this.grantToRole(new iam.PolicyStatement({
@@ -665,6 +669,8 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       bundleSha256: crypto.createHash('sha256').update(fs.readFileSync(bundlePath)).digest('hex'),
       addressTagKey: KarmaProxy.POOL_TAG_KEY,
       addressTagValue: this.poolId,
+      slotTagKey: KarmaProxy.SLOT_TAG_KEY,
+      addressSlots: maxCapacity,
       healthUrl: `http://127.0.0.1:${effectiveMetricsPort}/healthz`,
       healthWaitSeconds: HEALTH_WAIT_SECONDS,
       // What the signal timeout leaves after the health wait and the rest of the boot (swap, dnf, the

@@ -126,6 +126,13 @@ export interface BootstrapOptions {
   /** The tag that marks this fleet's Elastic IPs. */
   readonly addressTagKey: string;
   readonly addressTagValue: string;
+  /**
+   * The tag that numbers them, and how many slots the fleet has: an instance claims slots 1 to
+   * `addressSlots` only, so that an address of a slot being removed (a lower maxCapacity) is never
+   * claimed again, and a change of their number replaces the instances (it changes this script).
+   */
+  readonly slotTagKey: string;
+  readonly addressSlots: number;
   /** The runtime's /healthz, polled before the instance claims an address and signals success. */
   readonly healthUrl: string;
   readonly healthWaitSeconds: number;
@@ -299,6 +306,8 @@ readonly BUNDLE_URL=${sq(o.bundleUrl)}
 readonly BUNDLE_SHA256=${sq(o.bundleSha256)}
 readonly ADDRESS_TAG_KEY=${sq(o.addressTagKey)}
 readonly ADDRESS_TAG_VALUE=${sq(o.addressTagValue)}
+readonly SLOT_TAG_KEY=${sq(o.slotTagKey)}
+readonly SLOTS=${sq(Array.from({ length: o.addressSlots }, (_, i) => i + 1).join(','))}
 readonly HEALTH_URL=${sq(o.healthUrl)}
 readonly HEALTH_WAIT_SECONDS=${o.healthWaitSeconds}
 readonly ADDRESS_WAIT_SECONDS=${o.addressWaitSeconds}
@@ -403,7 +412,7 @@ claim_address() {
     return 0
   fi
   free=$(aws ec2 describe-addresses --region "$REGION" --output text \\
-    --filters "Name=tag:$ADDRESS_TAG_KEY,Values=$ADDRESS_TAG_VALUE" \\
+    --filters "Name=tag:$ADDRESS_TAG_KEY,Values=$ADDRESS_TAG_VALUE" "Name=tag:$SLOT_TAG_KEY,Values=$SLOTS" \\
     --query 'Addresses[?AssociationId==null].AllocationId') || return 1
   alloc=$(printf '%s\\n' $free | grep '^eipalloc-' | shuf -n 1 || true)
   if [ -z "$alloc" ]; then

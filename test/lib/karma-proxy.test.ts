@@ -341,6 +341,22 @@ describe('default stack', () => {
       expect(userData).toContain('--no-allow-reassociation');
     });
 
+    test('each address is numbered by its slot, and a change of maxCapacity replaces the instances', () => {
+      const build = (maxCapacity: number) => {
+        const s = new Stack(new App(), 'Test');
+        new KarmaProxy(s, 'Proxy', { domain: DOMAIN, redis: false, minCapacity: 1, maxCapacity });
+        return Template.fromStack(s);
+      };
+      const three = build(3);
+      const slots = Object.values(three.findResources('AWS::EC2::EIP')).map((r) =>
+        (r.Properties.Tags as { Key: string; Value: string }[]).find((t) => t.Key === KarmaProxy.SLOT_TAG_KEY)?.Value);
+      expect(slots).toEqual(['1', '2', '3']);
+      expect(userDataText(three)).toContain("readonly SLOTS='1,2,3'");
+      // From 3 to 2: the user data (and with it the launch template) changes, so a rolling update replaces every
+      // instance and none keeps slot 3's address, which CloudFormation then releases.
+      expect(userDataText(build(2))).toContain("readonly SLOTS='1,2'");
+    });
+
     test('instances carry the fleet tag that the AssociateAddress condition checks', () => {
       template.hasResourceProperties('AWS::AutoScaling::AutoScalingGroup', {
         Tags: Match.arrayWith([{ Key: 'karma-proxy:pool', Value: stack.proxy.poolId, PropagateAtLaunch: true }]),

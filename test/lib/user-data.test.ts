@@ -99,7 +99,7 @@ test('awkward values reach the runtime intact through systemd quoting', () => {
 
 test('a here-document body that would end it early is refused', () => {
   expect(() => renderBootstrap({
-    stackName: 's', signalResource: 'r', region: 'r', bundleUrl: 's3://b/k', bundleSha256: 'ab'.repeat(32), addressTagKey: 'k', addressTagValue: 'v',
+    stackName: 's', signalResource: 'r', region: 'r', bundleUrl: 's3://b/k', bundleSha256: 'ab'.repeat(32), addressTagKey: 'k', addressTagValue: 'v', slotTagKey: 's', addressSlots: 2,
     healthUrl: 'http://127.0.0.1:1/healthz', healthWaitSeconds: 1, addressWaitSeconds: 1,
     envFile: 'A=1\nKARMA_PROXY_ENV\n', unit: renderUnit({ timeoutStopSec: 45, limitNoFile: 65536 }),
   })).toThrow('contains the line KARMA_PROXY_ENV');
@@ -116,7 +116,7 @@ test('a boot that fails signals failure and powers the instance off, so that the
   stub('cfn-signal', 0);
   stub('shutdown', 0);
   const script = renderBootstrap({
-    stackName: 'Stack', signalResource: 'ProxyGroup', region: 'eu-west-1', bundleUrl: 's3://b/k', bundleSha256: 'ab'.repeat(32), addressTagKey: 'k', addressTagValue: 'v',
+    stackName: 'Stack', signalResource: 'ProxyGroup', region: 'eu-west-1', bundleUrl: 's3://b/k', bundleSha256: 'ab'.repeat(32), addressTagKey: 'k', addressTagValue: 'v', slotTagKey: 's', addressSlots: 2,
     healthUrl: 'http://127.0.0.1:1/healthz', healthWaitSeconds: 1, addressWaitSeconds: 1,
     envFile: 'A=1\n', unit: renderUnit({ timeoutStopSec: 45, limitNoFile: 65536 }),
   });
@@ -145,7 +145,7 @@ test('a boot whose dnf failed, so that there is no cfn-signal, signals failure t
   // The metadata service (IMDSv2): a token, then the instance's ID.
   fs.writeFileSync(path.join(bin, 'curl'), '#!/bin/bash\ncase "$*" in *api/token*) echo tok;; *instance-id*) echo i-0123456789abcdef0;; *) exit 22;; esac\n', { mode: 0o755 });
   const script = renderBootstrap({
-    stackName: 'Stack', signalResource: 'ProxyGroup', region: 'eu-west-1', bundleUrl: 's3://b/k', bundleSha256: 'ab'.repeat(32), addressTagKey: 'k', addressTagValue: 'v',
+    stackName: 'Stack', signalResource: 'ProxyGroup', region: 'eu-west-1', bundleUrl: 's3://b/k', bundleSha256: 'ab'.repeat(32), addressTagKey: 'k', addressTagValue: 'v', slotTagKey: 's', addressSlots: 2,
     healthUrl: 'http://127.0.0.1:1/healthz', healthWaitSeconds: 1, addressWaitSeconds: 1,
     envFile: 'A=1\n', unit: renderUnit({ timeoutStopSec: 45, limitNoFile: 65536 }),
   });
@@ -175,7 +175,7 @@ test('a downloaded bundle that is not the one synth hashed fails the boot', () =
   const good = Buffer.from('the real bundle\n');
   const script = renderBootstrap({
     stackName: 'Stack', signalResource: 'ProxyGroup', region: 'eu-west-1', bundleUrl: 's3://b/k',
-    bundleSha256: crypto.createHash('sha256').update(good).digest('hex'), addressTagKey: 'k', addressTagValue: 'v',
+    bundleSha256: crypto.createHash('sha256').update(good).digest('hex'), addressTagKey: 'k', addressTagValue: 'v', slotTagKey: 's', addressSlots: 2,
     healthUrl: 'http://127.0.0.1:1/healthz', healthWaitSeconds: 1, addressWaitSeconds: 1,
     envFile: 'A=1\n', unit: renderUnit({ timeoutStopSec: 45, limitNoFile: 65536 }),
   });
@@ -200,6 +200,50 @@ test('a downloaded bundle that is not the one synth hashed fails the boot', () =
   const ok = spawnSync('bash', [file], { encoding: 'utf8', env: { PATH: `${bin}:/usr/bin:/bin` }, timeout: 10_000 });
   expect(ok.stderr).not.toContain('does not match');
   expect(fs.readFileSync(calls, 'utf8')).toContain('systemctl daemon-reload');
+});
+
+test('a boot claims a free address of its own slots only (1 to maxCapacity), then signals success', () => {
+  // Stand-ins for the instance: the proxy is healthy at once, and EC2 lists two free addresses.
+  const bin = fs.mkdtempSync(path.join(tmp, 'bin-'));
+  const calls = path.join(bin, 'calls');
+  const stub = (name: string, rc: number, body = ''): void =>
+    fs.writeFileSync(path.join(bin, name), `#!/bin/bash\necho "${name} $*" >> ${calls}\n${body}exit ${rc}\n`, { mode: 0o755 });
+  for (const name of ['dnf', 'cfn-signal', 'shutdown', 'systemctl', 'sleep']) stub(name, 0);
+  stub('aws', 0, [
+    'case "$1 $2" in',
+    '  "s3 cp") printf \'bundle\\n\' > "${@: -1}";;',
+    '  "ec2 describe-addresses") if [[ "$*" == *instance-id* ]]; then echo None; else echo "eipalloc-0a eipalloc-0b"; fi;;',
+    'esac',
+    '',
+  ].join('\n'));
+  fs.writeFileSync(path.join(bin, 'curl'), '#!/bin/bash\ncase "$*" in *api/token*) echo tok;; *instance-id*) echo i-0123456789abcdef0;; esac\nexit 0\n', { mode: 0o755 });
+  fs.writeFileSync(path.join(bin, 'node-22'), '', { mode: 0o755 });
+  const script = renderBootstrap({
+    stackName: 'Stack', signalResource: 'ProxyGroup', region: 'eu-west-1', bundleUrl: 's3://b/k',
+    bundleSha256: crypto.createHash('sha256').update('bundle\n').digest('hex'), addressTagKey: 'karma-proxy:pool', addressTagValue: 'Stack.c8abc',
+    slotTagKey: 'karma-proxy:slot', addressSlots: 2,
+    healthUrl: 'http://127.0.0.1:1/healthz', healthWaitSeconds: 1, addressWaitSeconds: 5,
+    envFile: 'A=1\n', unit: renderUnit({ timeoutStopSec: 45, limitNoFile: 65536 }),
+  });
+  const root = fs.mkdtempSync(path.join(tmp, 'root-'));
+  const meminfo = path.join(bin, 'meminfo');
+  fs.writeFileSync(meminfo, 'MemTotal:       16384000 kB\nSwapTotal:             0 kB\n');
+  let text = script.replaceAll(SWAP_DEFAULTS.meminfo, meminfo).replaceAll('/usr/bin/node-22', path.join(bin, 'node-22'));
+  for (const dir of ['/opt/karma-proxy', '/etc/karma-proxy', '/etc/systemd/system']) text = text.replaceAll(dir, path.join(root, dir));
+  fs.mkdirSync(path.join(root, '/etc/systemd/system'), { recursive: true });
+  const file = path.join(tmp, 'claiming-boot.sh');
+  fs.writeFileSync(file, text);
+  const r = spawnSync('bash', [file], { encoding: 'utf8', env: { PATH: `${bin}:/usr/bin:/bin` }, timeout: 10_000 });
+  expect(r.stderr).toContain('claimed eipalloc-0');
+  expect(r.status).toBe(0);
+  const lines = fs.readFileSync(calls, 'utf8').trim().split('\n');
+  // The free addresses asked for are this fleet's, of slots 1 and 2: not the address of a slot that a lower
+  // maxCapacity is removing, which CloudFormation could not release while an instance held it.
+  expect(lines).toContain('aws ec2 describe-addresses --region eu-west-1 --output text --filters ' +
+    'Name=tag:karma-proxy:pool,Values=Stack.c8abc Name=tag:karma-proxy:slot,Values=1,2 --query Addresses[?AssociationId==null].AllocationId');
+  expect(lines.find((l) => l.startsWith('aws ec2 associate-address'))).toMatch(
+    /^aws ec2 associate-address --region eu-west-1 --instance-id i-0123456789abcdef0 --allocation-id eipalloc-0[ab] --no-allow-reassociation/);
+  expect(lines[lines.length - 1]).toBe('cfn-signal -e 0 --stack Stack --resource ProxyGroup --region eu-west-1');
 });
 
 describe('swap on a small instance', () => {
