@@ -17,9 +17,9 @@
  * body read and dropped so the connection can serve the next request.
  *
  * What it does differently: pipelined requests are handled one at a time (node:http ran them all at
- * once, so they reached the target in any order); a client that half-closes after a whole request still
- * gets its answer (node:http's default closed the connection unanswered); a parse error behind an answer
- * still under way waits for that answer instead of being spliced into it.
+ * once, so they reached the target in any order); a parse error behind an answer still under way waits
+ * for that answer instead of being spliced into it. Alike: a client's FIN before its answer ends the
+ * connection and the request with it (node:http's default, as nginx does).
  */
 import { STATUS_CODES } from 'node:http';
 import * as net from 'node:net';
@@ -1086,20 +1086,22 @@ export class ClientConn {
     if (handler) this.server.upgrades.set(s, handler);
   }
 
-  /** The client half-closed: a whole request still gets its answer; a partial one ends the connection. */
+  /**
+   * The client closed its side (FIN). Between requests the connection ends. With a request not yet
+   * answered, or its answer under way, the client has left: a close and a half-close look the same,
+   * and nginx, an ALB, node:http and Go's server all take it as the client leaving. So does the proxy:
+   * the connection goes, and with it the request at its target (logged 499), instead of a target socket
+   * held for nobody (an abandoned long poll or event stream kept one until its next write failed).
+   */
   ended(): void {
-    if (this.done) {
-      if (!this.current && this.waiting.length === 0) this.socket.end();
-      return;
-    }
-    const r = this.parser.finish();
-    if (typeof r === 'object' && r !== null) {
+    if (!this.done) {
+      const r = this.parser.finish();
       this.stopParsing();
-      this.socket.destroy();
-      return;
+      // A partial request: nothing to answer.
+      if (typeof r === 'object' && r !== null) return void this.socket.destroy();
     }
-    this.stopParsing();
-    if (!this.current && this.waiting.length === 0) this.socket.end();
+    if (this.current || this.waiting.length > 0) this.socket.destroy();
+    else this.socket.end();
   }
 
   /**

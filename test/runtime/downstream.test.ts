@@ -149,11 +149,26 @@ describe('pipelining and keep-alive', () => {
     expect(r.responses.map((x) => x.body)).toEqual([String(size)]);
   });
 
-  test('a client that half-closes after a whole request still gets its answer', async () => {
-    handle = (req, res) => setTimeout(() => ok(res, 'late but here'), 50);
+  test("a client's FIN before its answer ends the connection: the answer's owner hears the client left", async () => {
+    // A close and a half-close look the same; nginx, node:http and Go take both as the client leaving.
+    let left = false;
+    handle = (req, res) => {
+      res.handler = { clientClosed: () => (left = true), clientStalled: () => undefined, responseFinished: () => undefined, shutdown: () => false };
+      setTimeout(() => ok(res, 'too late'), 200);
+    };
     const r = await rawExchange(port, (s) => s.end(GET('/x')));
-    expect(r.responses.map((x) => x.body)).toEqual(['late but here']);
-    expect(r.responses[0].headers.connection).toBe('close');
+    expect(r.responses).toEqual([]);
+    expect(r.closed).toBe(true);
+    expect(left).toBe(true);
+  });
+
+  test('a FIN between requests ends the connection after the answers given', async () => {
+    handle = (req, res) => ok(res, 'at once');
+    const r = await rawExchange(port, (s) => {
+      s.write(GET('/x'));
+      s.once('data', () => s.end());
+    });
+    expect(r.responses.map((x) => x.body)).toEqual(['at once']);
     expect(r.closed).toBe(true);
   });
 

@@ -251,6 +251,46 @@ test('a body trickled past REQUEST_TIMEOUT is a 408, and the access line says 40
   }
 });
 
+test('a client that leaves a long poll cancels it at the target at once, frees its socket, and is logged 499', async () => {
+  // One socket per target (POOL_SIZE=1): a long poll held for a client that left would keep the next
+  // request waiting until the poll's answer (10 s here).
+  const backend = await startBackend('b');
+  let cancelledAfterMs: number | undefined;
+  backend.handle = (req, res) => {
+    if (req.url !== '/poll') return void res.end('quick');
+    const t0 = Date.now();
+    const answer = setTimeout(() => res.end('too late'), 10_000);
+    res.on('close', () => {
+      clearTimeout(answer);
+      if (!res.writableFinished) cancelledAfterMs = Date.now() - t0;
+    });
+  };
+  const p = await proxy(
+    { NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, POOL_SIZE: '1', LOG_CONNECTIONS: 'true' },
+    fixed([makeTarget('127.0.0.1', backend.port)]),
+  );
+  const stdout = jest.spyOn(process.stdout, 'write');
+  try {
+    // As curl does when its --max-time passes, or a browser when a tab closes: a close, which sends a FIN.
+    const s = net.connect(p.port, '127.0.0.1', () => s.write('GET /poll HTTP/1.1\r\nHost: a\r\n\r\n'));
+    s.on('error', () => undefined);
+    await until('the poll at the target', () => backend.seen.some((r) => r.url === '/poll'));
+    s.end();
+    await until('the poll cancelled at the target', () => cancelledAfterMs !== undefined, 5000);
+    expect(cancelledAfterMs).toBeLessThan(5000);
+    const quick = await request(p.port, { path: '/quick' });
+    expect([quick.status, quick.body]).toEqual([200, 'quick']);
+    const access = await until('the access line', () =>
+      stdout.mock.calls.map(([l]) => String(l)).find((l) => l.includes('"msg":"access"') && l.includes('/poll')),
+    );
+    expect(JSON.parse(access!)).toMatchObject({ path: '/poll', status: 499 });
+  } finally {
+    stdout.mockRestore();
+    await p.stop();
+    await backend.close();
+  }
+});
+
 describe('errors map to statuses', () => {
   test('a dead target is a 502', async () => {
     const dead = makeTarget('127.0.0.1', await freePort());
