@@ -7,7 +7,7 @@
  * is judged (the health checker calls setStatus).
  */
 import { CircuitBreaker, breakerStateValue, type BreakerLink } from './breaker';
-import { breakerState, failOpenTotal, nodeHealthStatus, targetsPerRoute } from './metrics';
+import { breakerState, failOpenTotal, forgetTarget, nodeHealthStatus, targetsPerRoute } from './metrics';
 import { sortTargets, type StatusSetter, type Target } from './types';
 import { UpstreamPool } from './upstream';
 
@@ -123,6 +123,7 @@ export class TargetRegistry implements StatusSetter {
     s.pool.destroy();
     breakerState.remove({ target: s.target.id });
     nodeHealthStatus.remove({ target: s.target.id });
+    forgetTarget(s.target.id);
     this.changed?.();
   }
 

@@ -9,7 +9,7 @@ import { StaticProvider } from './discovery/static';
 import { MetricsGather } from './gather';
 import { HealthChecker } from './health';
 import type { ToPrimary, ToWorker } from './ipc';
-import { errorFields, log, markLogged, wasLogged } from './log';
+import { LogBudget, errorFields, log, markLogged, wasLogged } from './log';
 import { discoveryErrors } from './metrics';
 import { Found, Provider, RouteKey, routeId, setRecent, sortTargets, StatusSetter, Target } from './types';
 
@@ -48,6 +48,10 @@ interface Cached {
 
 /** The longest one discovery (every page and call of it) may take before it fails and can be tried again. */
 export const DISCOVERY_DEADLINE_MS = 30_000;
+/** Target health and breaker lines logged at once before the budget holds them back (a deploy's worth). */
+export const TARGET_LINE_BURST = 60;
+/** Then one such line per this many ms (720 an hour at most); the next one says how many were held back. */
+export const TARGET_LINE_EVERY_MS = 5000;
 
 export class Coordinator {
   private readonly workers = new Map<number, Worker>();
@@ -59,6 +63,11 @@ export class Coordinator {
   private readonly verdicts = new Map<string, boolean>();
   /** Targets whose breaker opened and has not closed since (for the log). */
   private readonly opened = new Set<string>();
+  /**
+   * Health and breaker lines: a few at once, then one per TARGET_LINE_EVERY_MS. Hosts naming new ports
+   * of a service are new targets that fail their checks, each a line: clients must not fill the journal.
+   */
+  private readonly targetLines = new LogBudget(TARGET_LINE_BURST, TARGET_LINE_EVERY_MS);
   private readonly health: HealthChecker | undefined;
   /** One circuit breaker per target for every worker (breaker.ts). */
   private readonly breakers: BreakerBoard;
@@ -305,8 +314,8 @@ export class Coordinator {
   private verdict(id: string, up: boolean): void {
     const before = this.verdicts.get(id);
     // Said once per change for the fleet of workers: a target leaving rotation, and coming back.
-    if (!up) log('warn', 'target unhealthy', { target: id });
-    else if (before === false) log('info', 'target healthy again', { target: id });
+    if (!up) this.targetLines.log('warn', 'target unhealthy', { target: id });
+    else if (before === false) this.targetLines.log('info', 'target healthy again', { target: id });
     this.verdicts.set(id, up);
     for (const w of this.workers.values()) {
       if (this.inUse.get(w.id)?.some((t) => t.id === id)) this.send(w, { t: 'health', verdicts: [[id, up]] });
@@ -317,9 +326,9 @@ export class Coordinator {
   private logBreaker(id: string, state: BreakerState): void {
     if (state === 'open' && !this.opened.has(id)) {
       this.opened.add(id);
-      log('warn', 'circuit breaker open: target gets no requests until a trial succeeds', { target: id });
+      this.targetLines.log('warn', 'circuit breaker open: target gets no requests until a trial succeeds', { target: id });
     } else if (state === 'closed' && this.opened.delete(id)) {
-      log('info', 'circuit breaker closed: target back in rotation', { target: id });
+      this.targetLines.log('info', 'circuit breaker closed: target back in rotation', { target: id });
     }
   }
 

@@ -33,6 +33,36 @@ export function log(level: Level, msg: string, fields?: Record<string, unknown>)
 }
 
 /**
+ * A budget for lines that clients can multiply (a target's health and breaker changes: every Host with
+ * a new port is a route with targets of its own): `burst` lines at once, then one per `everyMs`. What is
+ * held back is counted, and the next line let through says how many (`heldBack`).
+ */
+export class LogBudget {
+  private tokens: number;
+  private at = performance.now();
+  private held = 0;
+
+  constructor(private readonly burst: number, private readonly everyMs: number) {
+    this.tokens = burst;
+  }
+
+  /** Logs the line if the budget allows, else counts it. */
+  log(level: Level, msg: string, fields: Record<string, unknown>): void {
+    const now = performance.now();
+    this.tokens = Math.min(this.burst, this.tokens + (now - this.at) / this.everyMs);
+    this.at = now;
+    if (this.tokens < 1) {
+      this.held++;
+      return;
+    }
+    this.tokens--;
+    const held = this.held;
+    this.held = 0;
+    log(level, msg, held > 0 ? { ...fields, heldBack: held } : fields);
+  }
+}
+
+/**
  * An error logged where it happened, marked so that whoever it reaches next does not say it again (a
  * discovery failure the primary logged once for every worker).
  */

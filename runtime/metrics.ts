@@ -206,6 +206,17 @@ export function forgetRoute(route: string): void {
   for (const t of row) if (t) requestsTotal.remove(t.labels);
 }
 
+/**
+ * A target that no pool of this process holds any more: its per-target counters go too, so that series
+ * stay bounded by the targets in use however many Hosts clients invent (each new port of a service is
+ * a target of its own). The primary keeps their counts while the target is still current (gather.ts).
+ */
+export function forgetTarget(target: string): void {
+  successTallies.delete(target);
+  successfulConnections.remove({ target });
+  failedConnections.remove({ target });
+}
+
 /** A target that answered (or, in tcp mode, accepted): load_balancer_successful_connections_total. */
 export function countSuccess(target: string): void {
   let t = successTallies.get(target);

@@ -1,6 +1,6 @@
 import { Pool, TargetRegistry } from '../../runtime/balancer';
 import type { BreakerLink } from '../../runtime/breaker';
-import { breakerState } from '../../runtime/metrics';
+import { breakerState, countSuccess, failedConnections, successfulConnections } from '../../runtime/metrics';
 import { makeTarget } from '../../runtime/types';
 
 const registry = (): TargetRegistry => new TargetRegistry({ poolSize: 4, breakerThreshold: 3, breakerTimeoutMs: 60_000 });
@@ -110,6 +110,22 @@ describe('karma_circuit_breaker_state', () => {
     expect(await series('10.0.0.3:80')).toBeUndefined();
     reg.close();
   });
+});
+
+test('a target that leaves every pool takes its connection counters with it: Hosts naming new ports cannot pile up series', async () => {
+  const has = async (counter: typeof failedConnections, id: string): Promise<boolean> =>
+    (await counter.get()).values.some((v) => v.labels.target === id);
+  const reg = registry();
+  const pool = new Pool('api-31337-prod', reg);
+  pool.update([makeTarget('10.9.0.1', 31337)]);
+  failedConnections.labels({ target: '10.9.0.1:31337' }).inc();
+  countSuccess('10.9.0.1:31337');
+  expect(await has(failedConnections, '10.9.0.1:31337')).toBe(true);
+  expect(await has(successfulConnections, '10.9.0.1:31337')).toBe(true);
+  pool.clear();
+  expect(await has(failedConnections, '10.9.0.1:31337')).toBe(false);
+  expect(await has(successfulConnections, '10.9.0.1:31337')).toBe(false);
+  reg.close();
 });
 
 describe('a half-open trial the primary granted (several workers)', () => {

@@ -2,7 +2,7 @@
  * The log stays bounded in memory when nobody reads it: past LOG_BACKLOG_MAX_BYTES unwritten, lines are
  * dropped, counted, and said once the log is read again.
  */
-import { log, LOG_BACKLOG_MAX_BYTES } from '../../runtime/log';
+import { log, LogBudget, LOG_BACKLOG_MAX_BYTES } from '../../runtime/log';
 import { register } from '../../runtime/metrics';
 
 /** Makes a stream look as if that many bytes wait unwritten (as a stalled pipe would hold them). */
@@ -34,6 +34,27 @@ test('lines past the backlog bound are dropped and counted, and the count is sai
   } finally {
     restore();
     stdout.mockRestore();
+    stderr.mockRestore();
+  }
+});
+
+test('a log budget lets a burst through, then one line per period, and the next line says how many it held back', () => {
+  const err: string[] = [];
+  const stderr = jest.spyOn(process.stderr, 'write').mockImplementation((c: string | Uint8Array) => (err.push(String(c)), true));
+  const now = jest.spyOn(performance, 'now');
+  let t = 1_000_000;
+  now.mockImplementation(() => t);
+  try {
+    const budget = new LogBudget(3, 5000);
+    for (let i = 0; i < 10; i++) budget.log('warn', 'target unhealthy', { target: `10.0.0.${i}:80` });
+    expect(err.map((l) => JSON.parse(l).target)).toEqual(['10.0.0.0:80', '10.0.0.1:80', '10.0.0.2:80']);
+    t += 5000;
+    budget.log('warn', 'target unhealthy', { target: '10.0.0.10:80' });
+    expect(JSON.parse(err[3])).toMatchObject({ target: '10.0.0.10:80', heldBack: 7 });
+    budget.log('warn', 'target unhealthy', { target: '10.0.0.11:80' });
+    expect(err).toHaveLength(4);
+  } finally {
+    now.mockRestore();
     stderr.mockRestore();
   }
 });
