@@ -115,6 +115,13 @@ function watch(redis: Redis, onReady?: () => void): void {
   watched.add(redis);
   let down = false;
   redis.on('error', (err: unknown) => {
+    // A database this Redis does not have (REDIS_URL's /N): the client would go on in database 0, shared
+    // with whatever else uses it. Nothing changes that but the setting: sharing stops, said once.
+    if (/^ERR (?:DB index is out of range|invalid DB index)/.test((err as Error | undefined)?.message ?? '')) {
+      log('error', 'REDIS_URL names a database this Redis does not have: discovery is not shared', errorFields(err));
+      redis.disconnect();
+      return;
+    }
     if (down) return;
     down = true;
     log('warn', 'redis unavailable: discovery goes on without sharing', errorFields(err));
@@ -137,7 +144,7 @@ export class SharedProvider implements Provider {
   private closed = false;
   private suspendedUntil = 0;
   /** What failed() last logged, until a command answers. */
-  private trouble: 'silent' | 'cluster' | undefined;
+  private trouble: 'silent' | 'cluster' | 'full' | undefined;
   /** Lasting refusals already logged, by code (NOPERM, WRONGTYPE): each said once. */
   private readonly refusals = new Set<string>();
   private readonly ttlMs: number;
@@ -234,18 +241,24 @@ export class SharedProvider implements Provider {
     this.suspendedUntil = Date.now() + this.suspendMs;
     const why = /^(?:MOVED|ASK|CLUSTERDOWN|CROSSSLOT) /.test(message)
       ? 'cluster'
-      : /timed out/i.test(message) && this.redis?.status === 'ready'
-        ? 'silent'
-        : undefined;
+      : /^OOM /.test(message)
+        ? 'full'
+        : /timed out/i.test(message) && this.redis?.status === 'ready'
+          ? 'silent'
+          : undefined;
     if (why === undefined || this.trouble === why) return;
     this.trouble = why;
     if (why === 'cluster') log('error', 'REDIS_URL is a cluster-mode Redis, which is not supported: discovery is not shared', errorFields(err));
+    else if (why === 'full') log('warn', 'redis is full (maxmemory) and refuses writes: discovery goes on without sharing', errorFields(err));
     else log('warn', 'redis is not answering: discovery goes on without sharing', errorFields(err));
   }
 
-  /** A command answered: a silence failed() logged is over (a cluster's nodes answer for their own slots only: that stays). */
-  private answered(): void {
-    if (this.trouble !== 'silent') return;
+  /**
+   * A command answered: a silence or a full Redis failed() logged is over (a cluster's nodes answer for
+   * their own slots only: that stays). A full Redis still answers reads: its end is a write that passes.
+   */
+  private answered(wrote = false): void {
+    if (this.trouble !== 'silent' && !(this.trouble === 'full' && wrote)) return;
     this.trouble = undefined;
     log('info', 'redis answering again: discovery is shared');
   }
@@ -287,7 +300,7 @@ export class SharedProvider implements Provider {
       // be held for most of a period after the last refresh, does not hold it off; a short one of its
       // own does, so that one proxy of the fleet asks AWS and the others take its answer.
       won = (await redis.set(ownLock, this.token, 'PX', early ? EARLY_LOCK_MS : this.lockMs, 'NX')) === 'OK';
-      this.answered();
+      this.answered(true);
     } catch (err) {
       // Down or slow: this proxy discovers by itself. The outage is logged once (watch(), failed()).
       this.failed(err);

@@ -230,6 +230,11 @@ const redisUrl = (raw: string): string | undefined => {
   if ((u.protocol !== 'redis:' && u.protocol !== 'rediss:') || u.hostname === '') {
     throw new Invalid('a redis:// or rediss:// URL, or host:port');
   }
+  // The path is the database number (redis://host:6379/2): anything else the client would send as
+  // SELECT NaN, whose refusal it throws where nobody catches it.
+  if (u.pathname !== '' && u.pathname !== '/' && !/^\/\d{1,9}$/.test(u.pathname)) {
+    throw new Invalid('a redis:// or rediss:// URL whose path, if any, is a database number such as /0');
+  }
   // The client percent-decodes user and password: a token with a bare `%` (or `#`, `@`, `/`, which end
   // the password early) must be written encoded, or it fails only at connect, far from its cause.
   try {
@@ -499,7 +504,7 @@ export const SETTINGS = {
   },
   redisUrl: {
     env: 'REDIS_URL',
-    doc: 'Optional Redis to share discovery: `redis://[user:pass@]host:port` (user and password percent-encoded), `rediss://…` (TLS) or `host:port`; not cluster mode.',
+    doc: 'Optional Redis to share discovery: `redis://[user:pass@]host:port[/db]` (user and password percent-encoded; a database this Redis does not have is logged and sharing stays off), `rediss://…` (TLS) or `host:port`; not cluster mode.',
     default: undefined,
     parse: redisUrl,
     shown: withoutCredentials,

@@ -461,6 +461,48 @@ describe('SharedProvider on a real redis-server', () => {
     }
   });
 
+  test('a database this Redis does not have is said once, and nothing is shared in database 0 instead', async () => {
+    // The client would select it, be refused, and go on in database 0 with whatever else uses it.
+    const stderr = jest.spyOn(process.stderr, 'write');
+    try {
+      const p = proxy({ REDIS_URL: `${server.url}/99` });
+      await sleep(300);
+      for (let i = 0; i < 2; i++) expect(ids(await p.discover(route))).toEqual(ALL);
+      expect(stub.count('ListTasks')).toBe(2);
+      expect(await admin.dbsize()).toBe(0);
+      const said = stderr.mock.calls.map(([l]) => String(l)).filter((l) => l.includes('names a database this Redis does not have'));
+      expect(said).toHaveLength(1);
+      expect(JSON.parse(said[0])).toMatchObject({ level: 'error', error: expect.stringMatching(/DB index/) });
+    } finally {
+      stderr.mockRestore();
+    }
+  });
+
+  test('a full Redis (maxmemory, noeviction) is said once, and so is its recovery', async () => {
+    const stderr = jest.spyOn(process.stderr, 'write');
+    const stdout = jest.spyOn(process.stdout, 'write');
+    const said = (spy: jest.SpyInstance, text: string): number => spy.mock.calls.filter(([l]) => String(l).includes(text)).length;
+    await admin.config('SET', 'maxmemory-policy', 'noeviction');
+    await admin.config('SET', 'maxmemory', '1');
+    try {
+      const a = proxy();
+      await a.connected();
+      expect(ids(await a.discover(route))).toEqual(ALL);
+      await sleep(1100); // past the second a failed Redis is left alone
+      expect(ids(await a.discover(route))).toEqual(ALL);
+      expect(said(stderr, 'redis is full (maxmemory)')).toBe(1);
+      await admin.config('SET', 'maxmemory', '0');
+      await sleep(1100);
+      expect(ids(await a.discover(route))).toEqual(ALL);
+      expect(said(stdout, 'redis answering again')).toBe(1);
+      expect(await admin.exists(targetsKey('ecs.private.all', route))).toBe(1);
+    } finally {
+      await admin.config('SET', 'maxmemory', '0');
+      stderr.mockRestore();
+      stdout.mockRestore();
+    }
+  });
+
   test('without a reachable Redis at start the proxy discovers by itself', async () => {
     const p = createProvider(
       loadConfig({ DOMAIN: 'example.com', REDIS_URL: 'redis://127.0.0.1:1', NODE_CHECK_PERIOD: '1' }),

@@ -156,6 +156,17 @@ describe('configuration', () => {
     ]);
   });
 
+  test('REDIS_URL names its database by number, or not at all: anything else the client would send as SELECT NaN', () => {
+    expect(loadConfig({ NODE_FILTER: 'asg', REDIS_URL: 'redis://cache:6379/' }).redisUrl).toBe('redis://cache:6379/');
+    expect(loadConfig({ NODE_FILTER: 'asg', REDIS_URL: 'redis://cache:6379/3' }).redisUrl).toBe('redis://cache:6379/3');
+    for (const url of ['redis://cache:6379/abc', 'redis://cache:6379/%20', 'redis://cache:6379/1.5', 'redis://cache:6379/0x1', 'redis://cache:6379/1/2']) {
+      // (Shown masked: a path that is not a number may be a token pasted in the wrong place.)
+      expect(errorOf({ NODE_FILTER: 'asg', REDIS_URL: url }).problems).toEqual([
+        "REDIS_URL must be a redis:// or rediss:// URL whose path, if any, is a database number such as /0 (got 'redis://***')",
+      ]);
+    }
+  });
+
   test('a bad REDIS_URL is named without its password: the message goes to the journal', () => {
     const token = 'Tok#en:w1th$chars!&^<>-zz%41';
     const { problems } = errorOf({ NODE_FILTER: 'asg', REDIS_URL: `redis://:${token}@10.0.0.5:6379` });
