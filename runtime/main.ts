@@ -65,8 +65,23 @@ function noteTcpHealthChecks(config: Config): void {
   log('info', `MODE=tcp with HTTP health checks (GET ${config.healthCheckPath}): for targets that do not speak HTTP set HEALTH_CHECK_PROTOCOL=tcp, or every target fails its checks`);
 }
 
+/**
+ * Periods under a second are allowed (tests use them) but said at start: the seeds' periods are in
+ * seconds, and one written in milliseconds (NODE_CHECK_PERIOD=0.01 meant as 10 s?) would ask AWS for
+ * every route that often, past ECS's account-wide read budget (about 20 calls a second).
+ */
+function warnShortPeriods(config: Config): void {
+  if (config.nodeFilter !== 'static' && config.nodeCheckPeriodMs < 1000) {
+    log('warn', `NODE_CHECK_PERIOD is ${config.nodeCheckPeriodMs / 1000} s (it is in seconds): every route asks AWS that often, and ECS's read APIs allow about 20 calls a second for the whole account`);
+  }
+  if (config.healthCheckPath !== null && config.healthCheckPeriodMs < 1000) {
+    log('warn', `HEALTH_CHECK_PERIOD is ${config.healthCheckPeriodMs / 1000} s (it is in seconds): every target is checked that often`);
+  }
+}
+
 async function runPrimary(config: Config): Promise<void> {
   warnWithoutRegion(config);
+  warnShortPeriods(config);
   noteTcpHealthChecks(config);
   // Workers accept from the shared listening socket themselves rather than through the primary
   // (node's default on Linux is round-robin by the primary): no IPC hand-off per connection, and a
@@ -277,6 +292,10 @@ function readDotEnv(): string[] {
       else if (process.env[name] === undefined) process.env[name] = value;
     }
     log('info', 'settings read from .env (variables already set win)', { file, ...(ignored.length ? { ignored } : {}) });
+    // A typo there is as likely as in the environment, and said the same way.
+    for (const { name, meant } of mistypedSettings(Object.fromEntries(ignored.map((n) => [n, ''])))) {
+      log('warn', `${name} in .env is not a setting and is ignored; did you mean ${meant}?`);
+    }
   } catch (err) {
     log('warn', '.env could not be read; settings come from the environment only', { file, ...errorFields(err) });
   }

@@ -569,7 +569,7 @@ describe('the bundle starts and stops cleanly', () => {
     // Not settings: never taken from a file in the working directory (NODE_OPTIONS would run code in every worker).
     const foreign = `NODE_OPTIONS="--require ${evil}"\nAWS_EC2_METADATA_SERVICE_ENDPOINT=http://127.0.0.1:1\n`;
     // A value made of another line's, as godotenv expands it.
-    fs.writeFileSync(path.join(dir, '.env'), `# settings\nNODE_FILTER="static"\nBACKEND=127.0.0.1\nSTATIC_TARGETS="\${BACKEND}:${backend.port}"\nHEALTH_CHECK_PATH=off\nWORKERS=3\n${foreign}`);
+    fs.writeFileSync(path.join(dir, '.env'), `# settings\nNODE_FILTER="static"\nBACKEND=127.0.0.1\nSTATIC_TARGETS="\${BACKEND}:${backend.port}"\nHEALTH_CHECK_PATH=off\nWORKERS=3\nSHUTDOWN_TIMOUT=5\n${foreign}`);
     const p = await startBundle({ WORKERS: '1' }, 20_000, dir);
     try {
       expect((await request(p.port)).body).toBe('dotenv');
@@ -579,6 +579,8 @@ describe('the bundle starts and stops cleanly', () => {
         ignored: expect.arrayContaining(['BACKEND', 'NODE_OPTIONS', 'AWS_EC2_METADATA_SERVICE_ENDPOINT']),
       });
       expect(fs.existsSync(`${evil}.ran`)).toBe(false);
+      // A typo in the file is said as one in the environment is.
+      expect(p.stderr).toContain('"msg":"SHUTDOWN_TIMOUT in .env is not a setting and is ignored; did you mean SHUTDOWN_TIMEOUT?"');
     } finally {
       await p.stop();
       await backend.close();

@@ -48,6 +48,8 @@ test('each target is health-checked once per period, not once per worker, and a 
     expect(Number(/^karma_requests_total\{route="pool",code="2xx"\} (\d+)$/m.exec(m.body)?.[1])).toBe(20);
     // The primary says it once, not once per worker.
     expect(p.stderr.split('\n').filter((l) => l.includes('"msg":"target unhealthy"') && l.includes(`127.0.0.1:${sick.port}`))).toHaveLength(1);
+    // A period under a second is allowed, and said (the seeds' periods are seconds; 0.2 may be meant as ms).
+    expect(p.stderr).toContain('"msg":"HEALTH_CHECK_PERIOD is 0.2 s (it is in seconds): every target is checked that often"');
   } finally {
     await p.stop();
     await good.close();
