@@ -19,8 +19,6 @@ export interface TargetState {
   /** Keep-alive connections: POOL_SIZE sockets at most to this target, more requests wait in line. */
   readonly pool: UpstreamPool;
   inflight: number;
-  /** Open WebSocket (Upgrade) tunnels: POOL_SIZE at most, besides the keep-alive pool. */
-  tunnels: number;
   /** How many pools list this target; at 0 with nothing in flight it is forgotten (drained). */
   refs: number;
   /** The answer pick() gives for this target when it is not a fail-open one, made once. */
@@ -89,7 +87,6 @@ export class TargetRegistry implements StatusSetter {
           maxWaitMs: this.opts.maxWaitMs,
         }),
         inflight: 0,
-        tunnels: 0,
         refs: 0,
       };
       // A series from the start (0, closed), so dashboards see the target before anything goes wrong.

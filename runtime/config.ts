@@ -389,7 +389,7 @@ export const SETTINGS = {
   },
   poolSize: {
     env: 'POOL_SIZE',
-    doc: 'Maximum sockets per target in each worker (keep-alive pool), and WebSocket tunnels (tcp mode: connections) per target in each worker.',
+    doc: 'Maximum sockets per target in each worker (keep-alive pool; tcp mode: connections per target in each worker). WebSocket tunnels are not counted (`MAX_CONNECTIONS` bounds them).',
     default: '100',
     parse: integer(1, 100_000),
   },

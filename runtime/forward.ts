@@ -26,8 +26,6 @@ export interface ForwardOptions {
   readonly retries: number;
   /** The port clients connected to, for X-Forwarded-Port. */
   readonly listenPort: () => number;
-  /** POOL_SIZE: also the most WebSocket tunnels open to one target. @default unlimited */
-  readonly maxTunnelsPerTarget?: number;
   /** TRUST_FORWARDED_PROTO: keep the X-Forwarded-Proto and -Port a TLS terminator in front sent. @default false */
   readonly trustForwardedProto?: boolean;
   /** HTTP health checks judge every target (a target that speaks no HTTP fails them). @default false */
@@ -503,23 +501,13 @@ export class Forwarder {
         tried.add(s);
         outcome.target = s.target.id;
         outcome.attempts++;
-        if (s.tunnels >= (this.opts.maxTunnelsPerTarget ?? Infinity)) {
-          // Long-lived tunnels would otherwise pile up on one target without bound.
-          s.breaker.release(epoch);
-          limitHits.labels({ limit: 'target_sockets' }).inc();
-          outcome.status = 503;
-          rawAnswer(socket, 503, 'target busy: too many open WebSockets', 'Retry-After: 5\r\n');
-          return finish();
-        }
         // A retry is counted when it reaches a target, not when one is wanted and none is left.
         if (outcome.attempts > 1) retriesTotal.inc();
         s.inflight++;
-        s.tunnels++;
         let ended = false;
         const end = (): void => {
           if (ended) return;
           ended = true;
-          s.tunnels--;
           this.registry.done(s);
         };
         /** The target switched protocols, or its refusal is under way: no answer of ours may go into the socket. */

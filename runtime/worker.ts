@@ -94,7 +94,6 @@ export async function start(config: Config, deps: { provider?: Provider; primary
     upstreamTimeoutMs: config.upstreamTimeoutMs,
     retries: config.retries,
     listenPort: () => port,
-    maxTunnelsPerTarget: config.poolSize,
     trustForwardedProto: config.trustForwardedProto,
     httpChecks: config.healthCheckPath !== null && config.healthCheckProtocol === 'http',
     onRefused: (pool) => routes.suspect(pool.id),
