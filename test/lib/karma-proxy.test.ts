@@ -415,6 +415,20 @@ describe('a cache for a single instance', () => {
     expect(cacheWarnings({ redis: true, redisNodeType: 'cache.r7g.large' })[0]).toContain('(cache.r7g.large) is cost without use');
   });
 
+  test('ecs routing open to every cluster and port is a note at synth; either allow-list ends it', () => {
+    const note = (props: Partial<KarmaProxyProps>) => {
+      const stack = new Stack(new App(), 'Test');
+      new KarmaProxy(stack, 'Proxy', { domain: DOMAIN, redis: false, ...props });
+      return Annotations.fromStack(stack).findInfo('/Test/Proxy', Match.stringLikeRegexp('KarmaProxy:OpenRouting'));
+    };
+    expect(note({})).toHaveLength(1);
+    expect(String(note({})[0].entry.data)).toContain('any port of its RUNNING tasks, in any cluster of the account');
+    expect(note({ clusters: ['prod'] })).toEqual([]);
+    expect(note({ ports: [8080] })).toEqual([]);
+    expect(note({ environment: { ALLOWED_PORTS: '8080' } })).toEqual([]);
+    expect(note({ discovery: 'static', staticTargets: ['10.0.0.5:80'] })).toEqual([]);
+  });
+
   test('with the defaults it is a note, not a warning: the default stack synthesizes without warnings', () => {
     expect(cacheWarnings({})).toEqual([]);
     const stack = new Stack(new App(), 'Test');
