@@ -195,6 +195,8 @@ const listenAddress = (raw: string): string => {
 
 const domainName = (raw: string): string => {
   const d = raw.trim().toLowerCase().replace(/^\.+|\.+$/g, '');
+  // Only dots (`..`) is a domain given wrong, not one left out.
+  if (d === '' && raw.trim() !== '') throw new Invalid('a DNS domain such as example.com');
   if (d === '') return '';
   if (d.length > 253 || !hostnameRe.test(d)) throw new Invalid('a DNS domain such as example.com');
   return d;

@@ -238,7 +238,7 @@ async function runPrimary(config: Config): Promise<void> {
     })().then(() => process.exit(process.exitCode ?? 0)));
 
   const onSignal = (signal: NodeJS.Signals): void => {
-    if (shuttingDown && signal !== 'SIGINT') return;
+    if (shuttingDown && signal !== 'SIGINT') return void log('info', 'already shutting down', { signal });
     shuttingDown = true;
     log('info', 'shutting down', { signal, timeoutSeconds: config.shutdownTimeoutMs / 1000 });
     const workers = liveWorkers();

@@ -316,9 +316,14 @@ describe('the bundle starts and stops cleanly', () => {
       await new Promise((r) => setTimeout(r, 300));
       expect(backend.seen).toHaveLength(1);
       const exit = p.stop('SIGTERM');
+      // A second SIGTERM (an impatient operator, a supervisor) changes nothing, and is said.
+      await new Promise((r) => setTimeout(r, 200));
+      const again = p.stop('SIGTERM');
       const reply = await inflight;
       expect(reply).toMatchObject({ status: 200, body: 'finished' });
       expect(await exit).toBe(0);
+      expect(await again).toBe(0);
+      expect(p.lines().filter((l) => l.msg === 'already shutting down')).toEqual([expect.objectContaining({ signal: 'SIGTERM' })]);
     } finally {
       await p.stop('SIGKILL');
       await backend.close();

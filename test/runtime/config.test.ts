@@ -156,6 +156,10 @@ describe('configuration', () => {
     ]);
   });
 
+  test('a DOMAIN of dots alone is named as given wrong, not as missing', () => {
+    expect(errorOf({ DOMAIN: '..' }).problems).toEqual(["DOMAIN must be a DNS domain such as example.com (got '..')"]);
+  });
+
   test('REDIS_URL names its database by number, or not at all: anything else the client would send as SELECT NaN', () => {
     expect(loadConfig({ NODE_FILTER: 'asg', REDIS_URL: 'redis://cache:6379/' }).redisUrl).toBe('redis://cache:6379/');
     expect(loadConfig({ NODE_FILTER: 'asg', REDIS_URL: 'redis://cache:6379/3' }).redisUrl).toBe('redis://cache:6379/3');

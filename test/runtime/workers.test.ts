@@ -85,12 +85,15 @@ test("a target's health verdict outlives the only worker that used it: a recover
     process.kill(w, 'SIGKILL');
     await until('a replacement serving', () => p.workers().length === 1 && !p.workers().includes(w) && request(p.port).then(() => true, () => false));
     const checksBefore = sick.healthChecks;
-    for (let i = 0; i < 10; i++) {
+    // Requests while the new worker is still well under the threshold (counted in checks, not in time: a
+    // loaded machine may take longer than 4 s over these), each to the good one: the verdict was not
+    // forgotten and rebuilt.
+    let sent = 0;
+    for (; sent < 10 && sick.healthChecks - checksBefore < 15; sent++) {
       expect((await request(p.port)).body).toBe('good');
       await new Promise((r) => setTimeout(r, 100));
     }
-    // Still under the threshold when the last request went: the verdict was not forgotten and rebuilt.
-    expect(sick.healthChecks - checksBefore).toBeLessThan(15);
+    expect(sent).toBeGreaterThanOrEqual(3);
     expect(sick.seen).toHaveLength(0);
   } finally {
     await p.stop();
