@@ -387,6 +387,16 @@ function keepOpenOnce(socket: net.Socket): void {
     return this;
   } as typeof socket.end;
 }
+/** Headers keyed as they were sent (`Sec-WebSocket-Accept`), repeated ones as lists; no prototype to write through. */
+function headersAsSent(raw: readonly string[]): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = Object.create(null);
+  for (let i = 0; i < raw.length; i += 2) {
+    const had = out[raw[i]];
+    out[raw[i]] = had === undefined ? raw[i + 1] : Array.isArray(had) ? [...had, raw[i + 1]] : [had, raw[i + 1]];
+  }
+  return out;
+}
+
 type WithHandshake = { [kHandshake]?: (proxyReq: ClientRequest) => void };
 
 /**
@@ -560,7 +570,9 @@ export class Forwarder {
             conn.once('connect', () => clearTimeout(timer));
             conn.once('close', () => clearTimeout(timer));
           });
-          proxyReq.once('upgrade', (_res: IncomingMessage, up: net.Socket) => {
+          proxyReq.once('upgrade', (res: IncomingMessage, up: net.Socket) => {
+            // http-proxy writes the 101 from this object's keys, which node lower-cases: as the target spelt them.
+            res.headers = headersAsSent(res.rawHeaders);
             switched = true;
             outcome.status = 101;
             outcome.error = undefined;

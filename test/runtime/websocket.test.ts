@@ -52,6 +52,30 @@ test('a handshake reaches the target with X-Forwarded-* of ours, and without the
   }
 });
 
+test("the target's 101 reaches the client with its header names as the target spelt them, repeated ones kept", async () => {
+  // What node's parser gives in lower case: hand-written clients and devices may compare names case-sensitively.
+  const target = net.createServer((s) => {
+    s.on('error', () => undefined);
+    s.once('data', () => s.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+      'Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nX-CamelCase: 1\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n__proto__: x\r\n\r\n'));
+  });
+  const t = makeTarget('127.0.0.1', await listen(target));
+  const p = await start(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: t.id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off' }), {});
+  try {
+    const r = await rawExchange(p.port, 'GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+      'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n', { deadlineMs: 1000 });
+    const head = r.data.slice(0, r.data.indexOf('\r\n\r\n')).split('\r\n');
+    expect(head[0]).toBe('HTTP/1.1 101 Switching Protocols');
+    expect(head.slice(1)).toEqual(expect.arrayContaining([
+      'Upgrade: websocket', 'Connection: Upgrade', 'Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=', 'X-CamelCase: 1',
+      'Set-Cookie: a=1', 'Set-Cookie: b=2', '__proto__: x',
+    ]));
+  } finally {
+    await p.stop();
+    await close(target);
+  }
+});
+
 test('a handshake reaches the target without hop-by-hop headers, those its Connection names, or underscore spellings of guarded ones', async () => {
   const heads: string[] = [];
   const target = net.createServer((s) => {
