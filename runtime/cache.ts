@@ -27,6 +27,8 @@ import { Found, makeTarget, Provider, RouteKey, routeId, Target } from './types'
 
 /** How often the fleet may ask AWS for a route whose targets refuse (SharedProvider, maxAgeMs): once a second. */
 const EARLY_LOCK_MS = 1000;
+/** The longest a failing Redis is left alone between two tries (suspendMs, doubled while it keeps failing). */
+export const MAX_SUSPEND_MS = 16_000;
 
 /** Bump when the stored shape changes: proxies of two versions then simply do not share. */
 export const KEY_PREFIX = 'karma:v1';
@@ -143,6 +145,8 @@ export class SharedProvider implements Provider {
   private readonly pending: Promise<void> | undefined;
   private closed = false;
   private suspendedUntil = 0;
+  /** Commands failed in a row: each leaves Redis alone twice as long as the one before, up to MAX_SUSPEND_MS. */
+  private failuresInRow = 0;
   /** What failed() last logged, until a command answers. */
   private trouble: 'silent' | 'cluster' | 'full' | undefined;
   /** Lasting refusals already logged, by code (NOPERM, WRONGTYPE): each said once. */
@@ -195,6 +199,7 @@ export class SharedProvider implements Provider {
     this.redis = redis;
     watch(redis, () => {
       this.suspendedUntil = 0;
+      this.failuresInRow = 0;
     });
   }
 
@@ -238,7 +243,10 @@ export class SharedProvider implements Provider {
       }
       return;
     }
-    this.suspendedUntil = Date.now() + this.suspendMs;
+    // A Redis that hangs (frozen, or its network) costs each new route's lookup the command timeout: once a
+    // second at first, then ever less often while it stays silent.
+    this.failuresInRow++;
+    this.suspendedUntil = Date.now() + Math.min(this.suspendMs * 2 ** Math.min(this.failuresInRow - 1, 10), Math.max(this.suspendMs, MAX_SUSPEND_MS));
     const why = /^(?:MOVED|ASK|CLUSTERDOWN|CROSSSLOT) /.test(message)
       ? 'cluster'
       : /^OOM /.test(message)
@@ -258,6 +266,7 @@ export class SharedProvider implements Provider {
    * their own slots only: that stays). A full Redis still answers reads: its end is a write that passes.
    */
   private answered(wrote = false): void {
+    this.failuresInRow = 0;
     if (this.trouble !== 'silent' && !(this.trouble === 'full' && wrote)) return;
     this.trouble = undefined;
     log('info', 'redis answering again: discovery is shared');
