@@ -965,6 +965,11 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       // body is gone), but no mark against a target that is fine on a fresh connection.
       // A kept whole body can go again too, on a fresh connection to the same target.
       const again = !this.sent || this.replayable || (this.body && this.retryOnReset && this.bodyWhole && this.req.replayable);
+      // Not tried again, its idle siblings go all the same: were they dead too (a restart), or is the target
+      // resetting requests, the next request finds out on a fresh connection, where a reset counts. Kept,
+      // each of them would be one more excused reset (30 warm sockets: 33 POSTs answered 502 before the
+      // breaker of threshold 3 opened).
+      if (!again) this.s.pool.destroyIdle();
       this.settle(undefined, again ? new UpstreamError('stale', true) : new UpstreamError('reset', false, true));
     } else if (kind === 'timeout' && this.body && !this.req.complete && !up?.writableNeedDrain) {
       // Silent both ways with the body unfinished and the target not pushing back: the client stalled.

@@ -171,6 +171,26 @@ describe('circuit breaker', () => {
     }
   });
 
+  test('POSTs reset on warm keep-alive sockets: one is excused as a keep-alive race, then the threshold counts', async () => {
+    // A reset on a kept socket may be the target closing it just as the request came; a POST is not sent
+    // again, so each warm socket would have been one more excused 502.
+    const bad = await startBackend('bad');
+    let broken = false;
+    bad.handle = (req, res) => (broken ? req.socket.destroy() : setTimeout(() => res.end('warm'), 50));
+    const p = await proxyFor([bad], { HEALTH_CHECK_PATH: 'off', CIRCUIT_BREAKER_THRESHOLD: '3', CIRCUIT_BREAKER_TIMEOUT: '1', RETRIES: '0' });
+    try {
+      // Ten sockets to the target, kept alive in the proxy's pool.
+      expect((await Promise.all(Array.from({ length: 10 }, () => request(p.port)))).map((r) => r.body)).toEqual(Array(10).fill('warm'));
+      broken = true;
+      const statuses: number[] = [];
+      for (let i = 0; i < 8; i++) statuses.push((await request(p.port, { method: 'POST', body: 'x' })).status);
+      expect(statuses).toEqual([502, 502, 502, 502, 503, 503, 503, 503]);
+    } finally {
+      await p.stop();
+      await bad.close();
+    }
+  });
+
   test('one process: a target whose connections were refused is back at its first passing health check', async () => {
     const app = await startBackend('app');
     const port = app.port;
