@@ -607,8 +607,7 @@ function defaultFor(setting: Setting<unknown>, filter: NodeFilter): string | und
   return d;
 }
 
-/** Edit distance (insertions, deletions, substitutions) between two short names. */
-/** Levenshtein distance: how many letters to add, drop or change to turn one name into the other. */
+/** Edit distance (Levenshtein): how many letters to add, drop or change to turn one short name into the other. */
 export function editDistance(a: string, b: string): number {
   let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
   for (let i = 1; i <= a.length; i++) {
