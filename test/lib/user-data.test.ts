@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import { App, Duration, Stack } from 'aws-cdk-lib';
 import { Template } from 'aws-cdk-lib/assertions';
 import { KarmaProxy, type KarmaProxyProps } from '../../lib';
-import { INSTANCE_PATHS, SWAP_DEFAULTS, renderBootstrap, renderEnvFile, renderLivenessScript, renderLivenessUnits, renderSwapSetup, renderUnit } from '../../lib/user-data';
+import { INSTANCE_PATHS, SWAP_DEFAULTS, type BootstrapOptions, renderBootstrap, renderEnvFile, renderLivenessScript, renderLivenessUnits, renderSwapSetup, renderUnit } from '../../lib/user-data';
 import { ENV_NAMES } from '../../runtime/config';
 import { heredocBody, makeStack, parseEnvFile, userDataText } from './helpers';
 
@@ -105,59 +105,72 @@ test('a here-document body that would end it early is refused', () => {
   })).toThrow('contains the line KARMA_PROXY_ENV');
 });
 
-test('a boot that fails signals failure and powers the instance off, so that the group replaces it', () => {
-  // Stand-ins on PATH for what the instance has: dnf fails for good; the rest record how they were called.
+/** What renderBootstrap is given in the boot tests below, unless a test says otherwise. */
+const BOOT: BootstrapOptions = {
+  stackName: 'Stack', signalResource: 'ProxyGroup', region: 'eu-west-1', bundleUrl: 's3://b/k', bundleSha256: 'ab'.repeat(32),
+  addressTagKey: 'karma-proxy:pool', addressTagValue: 'Stack.c8abc', slotTagKey: 'karma-proxy:slot', addressSlots: 2,
+  healthUrl: 'http://127.0.0.1:1/healthz', healthWaitSeconds: 1, addressWaitSeconds: 1,
+  envFile: 'A=1\n', unit: renderUnit({ timeoutStopSec: 45, limitNoFile: 65536 }),
+};
+
+/**
+ * A boot script run for real by bash, with stand-ins on PATH for what the instance has (each records how
+ * it was called), the instance's directories under a temporary root, and a host big enough to need no
+ * swap (the tests may run as root).
+ */
+function bootHarness() {
   const bin = fs.mkdtempSync(path.join(tmp, 'bin-'));
   const calls = path.join(bin, 'calls');
-  const stub = (name: string, rc: number): void =>
-    fs.writeFileSync(path.join(bin, name), `#!/bin/bash\necho "${name} $*" >> ${calls}\nexit ${rc}\n`, { mode: 0o755 });
-  stub('dnf', 1);
-  stub('sleep', 0);
-  stub('cfn-signal', 0);
-  stub('shutdown', 0);
-  const script = renderBootstrap({
-    stackName: 'Stack', signalResource: 'ProxyGroup', region: 'eu-west-1', bundleUrl: 's3://b/k', bundleSha256: 'ab'.repeat(32), addressTagKey: 'k', addressTagValue: 'v', slotTagKey: 's', addressSlots: 2,
-    healthUrl: 'http://127.0.0.1:1/healthz', healthWaitSeconds: 1, addressWaitSeconds: 1,
-    envFile: 'A=1\n', unit: renderUnit({ timeoutStopSec: 45, limitNoFile: 65536 }),
-  });
-  // This runs as whoever runs the tests, maybe root: the host must look big enough to need no swap.
   const meminfo = path.join(bin, 'meminfo');
   fs.writeFileSync(meminfo, 'MemTotal:       16384000 kB\nSwapTotal:             0 kB\n');
-  const file = path.join(tmp, 'failing-boot.sh');
-  fs.writeFileSync(file, script.replaceAll(SWAP_DEFAULTS.meminfo, meminfo));
-  expect(fs.readFileSync(file, 'utf8')).not.toContain(SWAP_DEFAULTS.meminfo);
-  const r = spawnSync('bash', [file], { encoding: 'utf8', env: { PATH: `${bin}:/usr/bin:/bin` }, timeout: 10_000 });
-  expect(r.status).toBe(1);
-  const lines = fs.readFileSync(calls, 'utf8').trim().split('\n');
-  expect(lines.filter((l) => l.startsWith('dnf'))).toHaveLength(5);
-  expect(lines.slice(-2)).toEqual(['cfn-signal -e 1 --stack Stack --resource ProxyGroup --region eu-west-1', 'shutdown -h +1']);
+  fs.writeFileSync(path.join(bin, 'node-22'), '', { mode: 0o755 });
+  const root = fs.mkdtempSync(path.join(tmp, 'root-'));
+  fs.mkdirSync(path.join(root, '/etc/systemd/system'), { recursive: true });
+  return {
+    bin,
+    /** A command that records its call, runs `body`, and exits with `rc`. */
+    stub(name: string, rc: number, body = ''): void {
+      fs.writeFileSync(path.join(bin, name), `#!/bin/bash\necho "${name} $*" >> ${calls}\n${body}exit ${rc}\n`, { mode: 0o755 });
+    },
+    /** The metadata service (IMDSv2) as curl reaches it: a token, then the instance's ID; anything else answers. */
+    imds(): void {
+      fs.writeFileSync(path.join(bin, 'curl'), '#!/bin/bash\ncase "$*" in *api/token*) echo tok;; *instance-id*) echo i-0123456789abcdef0;; esac\nexit 0\n', { mode: 0o755 });
+    },
+    /** Writes the script (BOOT with `options`, then `edit`) and runs it. */
+    boot(name: string, options: Partial<BootstrapOptions> = {}, edit = (text: string): string => text) {
+      let text = renderBootstrap({ ...BOOT, ...options }).replaceAll(SWAP_DEFAULTS.meminfo, meminfo).replaceAll('/usr/bin/node-22', path.join(bin, 'node-22'));
+      for (const dir of ['/opt/karma-proxy', '/etc/karma-proxy', '/etc/systemd/system']) text = text.replaceAll(dir, path.join(root, dir));
+      const file = path.join(tmp, `${name}.sh`);
+      fs.writeFileSync(file, edit(text));
+      return spawnSync('bash', [file], { encoding: 'utf8', env: { PATH: `${bin}:/usr/bin:/bin` }, timeout: 10_000 });
+    },
+    /** The stand-ins' calls so far, one line each; forget() starts again. */
+    calls: (): string[] => fs.readFileSync(calls, 'utf8').trim().split('\n'),
+    forget: (): void => fs.rmSync(calls, { force: true }),
+  };
+}
+
+const SIGNALLED_FAILURE = 'cfn-signal -e 1 --stack Stack --resource ProxyGroup --region eu-west-1';
+
+test('a boot that fails signals failure and powers the instance off, so that the group replaces it', () => {
+  // dnf fails for good.
+  const h = bootHarness();
+  h.stub('dnf', 1);
+  for (const name of ['sleep', 'cfn-signal', 'shutdown']) h.stub(name, 0);
+  expect(h.boot('failing-boot').status).toBe(1);
+  expect(h.calls().filter((l) => l.startsWith('dnf'))).toHaveLength(5);
+  expect(h.calls().slice(-2)).toEqual([SIGNALLED_FAILURE, 'shutdown -h +1']);
 });
 
 test('a boot whose dnf failed, so that there is no cfn-signal, signals failure through the AWS CLI', () => {
-  const bin = fs.mkdtempSync(path.join(tmp, 'bin-'));
-  const calls = path.join(bin, 'calls');
-  const stub = (name: string, rc: number, body = ''): void =>
-    fs.writeFileSync(path.join(bin, name), `#!/bin/bash\necho "${name} $*" >> ${calls}\n${body}exit ${rc}\n`, { mode: 0o755 });
-  stub('dnf', 1);
-  stub('sleep', 0);
-  stub('shutdown', 0);
-  stub('aws', 0);
-  // The metadata service (IMDSv2): a token, then the instance's ID.
-  fs.writeFileSync(path.join(bin, 'curl'), '#!/bin/bash\ncase "$*" in *api/token*) echo tok;; *instance-id*) echo i-0123456789abcdef0;; *) exit 22;; esac\n', { mode: 0o755 });
-  const script = renderBootstrap({
-    stackName: 'Stack', signalResource: 'ProxyGroup', region: 'eu-west-1', bundleUrl: 's3://b/k', bundleSha256: 'ab'.repeat(32), addressTagKey: 'k', addressTagValue: 'v', slotTagKey: 's', addressSlots: 2,
-    healthUrl: 'http://127.0.0.1:1/healthz', healthWaitSeconds: 1, addressWaitSeconds: 1,
-    envFile: 'A=1\n', unit: renderUnit({ timeoutStopSec: 45, limitNoFile: 65536 }),
-  });
-  const meminfo = path.join(bin, 'meminfo');
-  fs.writeFileSync(meminfo, 'MemTotal:       16384000 kB\nSwapTotal:             0 kB\n');
-  const file = path.join(tmp, 'no-cfn-signal-boot.sh');
+  const h = bootHarness();
+  h.stub('dnf', 1);
+  for (const name of ['sleep', 'shutdown', 'aws']) h.stub(name, 0);
+  h.imds();
   // No cfn-signal anywhere: not on PATH, and not where aws-cfn-bootstrap would have put it.
-  fs.writeFileSync(file, script.replaceAll(SWAP_DEFAULTS.meminfo, meminfo).replaceAll('/opt/aws/bin/cfn-signal', path.join(bin, 'missing-cfn-signal')));
-  const r = spawnSync('bash', [file], { encoding: 'utf8', env: { PATH: `${bin}:/usr/bin:/bin` }, timeout: 10_000 });
+  const r = h.boot('no-cfn-signal-boot', {}, (text) => text.replaceAll('/opt/aws/bin/cfn-signal', path.join(h.bin, 'missing-cfn-signal')));
   expect(r.status).toBe(1);
-  const lines = fs.readFileSync(calls, 'utf8').trim().split('\n');
-  expect(lines.slice(-2)).toEqual([
+  expect(h.calls().slice(-2)).toEqual([
     'aws cloudformation signal-resource --region eu-west-1 --stack-name Stack --logical-resource-id ProxyGroup ' +
       '--unique-id i-0123456789abcdef0 --status FAILURE',
     'shutdown -h +1',
@@ -165,78 +178,39 @@ test('a boot whose dnf failed, so that there is no cfn-signal, signals failure t
 });
 
 test('a downloaded bundle that is not the one synth hashed fails the boot', () => {
-  const bin = fs.mkdtempSync(path.join(tmp, 'bin-'));
-  const calls = path.join(bin, 'calls');
-  const stub = (name: string, rc: number, body = ''): void =>
-    fs.writeFileSync(path.join(bin, name), `#!/bin/bash\necho "${name} $*" >> ${calls}\n${body}exit ${rc}\n`, { mode: 0o755 });
-  for (const name of ['dnf', 'cfn-signal', 'shutdown', 'systemctl']) stub(name, 0);
+  const h = bootHarness();
+  for (const name of ['dnf', 'cfn-signal', 'shutdown', 'systemctl']) h.stub(name, 0);
   // What S3 hands over: not the bundle synth saw (it is written to the last argument, the destination).
-  stub('aws', 0, 'echo tampered > "${@: -1}"\n');
-  const good = Buffer.from('the real bundle\n');
-  const script = renderBootstrap({
-    stackName: 'Stack', signalResource: 'ProxyGroup', region: 'eu-west-1', bundleUrl: 's3://b/k',
-    bundleSha256: crypto.createHash('sha256').update(good).digest('hex'), addressTagKey: 'k', addressTagValue: 'v', slotTagKey: 's', addressSlots: 2,
-    healthUrl: 'http://127.0.0.1:1/healthz', healthWaitSeconds: 1, addressWaitSeconds: 1,
-    envFile: 'A=1\n', unit: renderUnit({ timeoutStopSec: 45, limitNoFile: 65536 }),
-  });
-  const root = fs.mkdtempSync(path.join(tmp, 'root-'));
-  const meminfo = path.join(bin, 'meminfo');
-  fs.writeFileSync(meminfo, 'MemTotal:       16384000 kB\nSwapTotal:             0 kB\n');
-  fs.writeFileSync(path.join(bin, 'node-22'), '', { mode: 0o755 });
-  let text = script.replaceAll(SWAP_DEFAULTS.meminfo, meminfo).replaceAll('/usr/bin/node-22', path.join(bin, 'node-22'));
-  for (const dir of ['/opt/karma-proxy', '/etc/karma-proxy', '/etc/systemd/system']) text = text.replaceAll(dir, path.join(root, dir));
-  fs.mkdirSync(path.join(root, '/etc/systemd/system'), { recursive: true });
-  const file = path.join(tmp, 'tampered-boot.sh');
-  fs.writeFileSync(file, text);
-  const r = spawnSync('bash', [file], { encoding: 'utf8', env: { PATH: `${bin}:/usr/bin:/bin` }, timeout: 10_000 });
+  h.stub('aws', 0, 'echo tampered > "${@: -1}"\n');
+  const bundleSha256 = crypto.createHash('sha256').update('the real bundle\n').digest('hex');
+  const r = h.boot('tampered-boot', { bundleSha256 });
   expect(r.status).toBe(1);
   expect(r.stderr).toContain('the bundle does not match its SHA-256');
-  const lines = fs.readFileSync(calls, 'utf8').trim().split('\n');
-  expect(lines.some((l) => l.startsWith('systemctl'))).toBe(false); // never started
-  expect(lines.slice(-2)).toEqual(['cfn-signal -e 1 --stack Stack --resource ProxyGroup --region eu-west-1', 'shutdown -h +1']);
+  expect(h.calls().some((l) => l.startsWith('systemctl'))).toBe(false); // never started
+  expect(h.calls().slice(-2)).toEqual([SIGNALLED_FAILURE, 'shutdown -h +1']);
   // The same boot with the real bundle gets past the check (and on to the unit).
-  fs.writeFileSync(path.join(bin, 'aws'), `#!/bin/bash\nprintf 'the real bundle\\n' > "\${@: -1}"\n`, { mode: 0o755 });
-  fs.rmSync(calls);
-  const ok = spawnSync('bash', [file], { encoding: 'utf8', env: { PATH: `${bin}:/usr/bin:/bin` }, timeout: 10_000 });
-  expect(ok.stderr).not.toContain('does not match');
-  expect(fs.readFileSync(calls, 'utf8')).toContain('systemctl daemon-reload');
+  h.stub('aws', 0, "printf 'the real bundle\\n' > \"${@: -1}\"\n");
+  h.forget();
+  expect(h.boot('untampered-boot', { bundleSha256 }).stderr).not.toContain('does not match');
+  expect(h.calls()).toContain('systemctl daemon-reload');
 });
 
 test('a boot claims a free address of its own slots only (1 to maxCapacity), then signals success', () => {
-  // Stand-ins for the instance: the proxy is healthy at once, and EC2 lists two free addresses.
-  const bin = fs.mkdtempSync(path.join(tmp, 'bin-'));
-  const calls = path.join(bin, 'calls');
-  const stub = (name: string, rc: number, body = ''): void =>
-    fs.writeFileSync(path.join(bin, name), `#!/bin/bash\necho "${name} $*" >> ${calls}\n${body}exit ${rc}\n`, { mode: 0o755 });
-  for (const name of ['dnf', 'cfn-signal', 'shutdown', 'systemctl', 'sleep']) stub(name, 0);
-  stub('aws', 0, [
+  // The proxy is healthy at once, and EC2 lists two free addresses.
+  const h = bootHarness();
+  for (const name of ['dnf', 'cfn-signal', 'shutdown', 'systemctl', 'sleep']) h.stub(name, 0);
+  h.stub('aws', 0, [
     'case "$1 $2" in',
     '  "s3 cp") printf \'bundle\\n\' > "${@: -1}";;',
     '  "ec2 describe-addresses") if [[ "$*" == *instance-id* ]]; then echo None; else echo "eipalloc-0a eipalloc-0b"; fi;;',
     'esac',
     '',
   ].join('\n'));
-  fs.writeFileSync(path.join(bin, 'curl'), '#!/bin/bash\ncase "$*" in *api/token*) echo tok;; *instance-id*) echo i-0123456789abcdef0;; esac\nexit 0\n', { mode: 0o755 });
-  fs.writeFileSync(path.join(bin, 'node-22'), '', { mode: 0o755 });
-  const script = renderBootstrap({
-    stackName: 'Stack', signalResource: 'ProxyGroup', region: 'eu-west-1', bundleUrl: 's3://b/k',
-    bundleSha256: crypto.createHash('sha256').update('bundle\n').digest('hex'), addressTagKey: 'karma-proxy:pool', addressTagValue: 'Stack.c8abc',
-    slotTagKey: 'karma-proxy:slot', addressSlots: 2,
-    healthUrl: 'http://127.0.0.1:1/healthz', healthWaitSeconds: 1, addressWaitSeconds: 5,
-    envFile: 'A=1\n', unit: renderUnit({ timeoutStopSec: 45, limitNoFile: 65536 }),
-  });
-  const root = fs.mkdtempSync(path.join(tmp, 'root-'));
-  const meminfo = path.join(bin, 'meminfo');
-  fs.writeFileSync(meminfo, 'MemTotal:       16384000 kB\nSwapTotal:             0 kB\n');
-  let text = script.replaceAll(SWAP_DEFAULTS.meminfo, meminfo).replaceAll('/usr/bin/node-22', path.join(bin, 'node-22'));
-  for (const dir of ['/opt/karma-proxy', '/etc/karma-proxy', '/etc/systemd/system']) text = text.replaceAll(dir, path.join(root, dir));
-  fs.mkdirSync(path.join(root, '/etc/systemd/system'), { recursive: true });
-  const file = path.join(tmp, 'claiming-boot.sh');
-  fs.writeFileSync(file, text);
-  const r = spawnSync('bash', [file], { encoding: 'utf8', env: { PATH: `${bin}:/usr/bin:/bin` }, timeout: 10_000 });
+  h.imds();
+  const r = h.boot('claiming-boot', { bundleSha256: crypto.createHash('sha256').update('bundle\n').digest('hex'), addressWaitSeconds: 5 });
   expect(r.stderr).toContain('claimed eipalloc-0');
   expect(r.status).toBe(0);
-  const lines = fs.readFileSync(calls, 'utf8').trim().split('\n');
+  const lines = h.calls();
   // The free addresses asked for are this fleet's, of slots 1 and 2: not the address of a slot that a lower
   // maxCapacity is removing, which CloudFormation could not release while an instance held it.
   expect(lines).toContain('aws ec2 describe-addresses --region eu-west-1 --output text --filters ' +
