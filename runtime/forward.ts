@@ -965,11 +965,11 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       // body is gone), but no mark against a target that is fine on a fresh connection.
       // A kept whole body can go again too, on a fresh connection to the same target.
       const again = !this.sent || this.replayable || (this.body && this.retryOnReset && this.bodyWhole && this.req.replayable);
-      // Not tried again, its idle siblings go all the same: were they dead too (a restart), or is the target
-      // resetting requests, the next request finds out on a fresh connection, where a reset counts. Kept,
-      // each of them would be one more excused reset (30 warm sockets: 33 POSTs answered 502 before the
-      // breaker of threshold 3 opened).
-      if (!again) this.s.pool.destroyIdle();
+      // Its idle siblings are likely just as dead (an idle timeout, a restart), and a target that closes
+      // after every response leaves only dead ones; and were the target resetting requests, each kept one
+      // would excuse one more reset (30 warm sockets: 33 POSTs answered 502 before a breaker of threshold 3
+      // opened). They go: the next request, or this one tried again, finds out on a fresh connection.
+      this.s.pool.destroyIdle();
       this.settle(undefined, again ? new UpstreamError('stale', true) : new UpstreamError('reset', false, true));
     } else if (kind === 'timeout' && this.body && !this.req.complete && !up?.writableNeedDrain) {
       // Silent both ways with the body unfinished and the target not pushing back: the client stalled.
@@ -999,6 +999,12 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       // socket frees, which for a target whose sockets stay busy is never.
       this.up?.destroy();
     }
+    const notTheTarget = err !== undefined &&
+      (err.kind === 'client_gone' || err.kind === 'client_timeout' || err.kind === 'stale' || err.kind === 'shutting_down');
+    const counted = err !== undefined && !notTheTarget && !err.blameless && err.kind !== 'pool_full';
+    // Counted before done(), which forgets a target that has left every pool, and its series with it: a
+    // count after would bring the series back for good.
+    if (counted) failedConnections.labels({ target: s.target.id }).inc();
     this.registry.done(s);
     const outcome = this.outcome;
     if (!err) {
@@ -1006,13 +1012,11 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       outcome.error = undefined;
       return this.done();
     }
-    const notTheTarget = err.kind === 'client_gone' || err.kind === 'client_timeout' || err.kind === 'stale' || err.kind === 'shutting_down';
     if (!notTheTarget) upstreamErrors.labels({ kind: err.kind }).inc();
-    if (notTheTarget || err.blameless || err.kind === 'pool_full') {
+    if (!counted) {
       s.breaker.release(this.epoch);
       return this.retryOrAnswer(err);
     }
-    failedConnections.labels({ target: s.target.id }).inc();
     if (mayHaveLeft(err.kind)) this.rediscovery = this.opts.onRefused?.(this.pool) ?? this.rediscovery;
     // The retry or the answer once the failure is counted: a breaker it opened is then open in every
     // worker (with several, after the primary's answer; breaker.ts).
@@ -1044,9 +1048,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       // The target had closed that keep-alive connection: nothing was lost, try a fresh one (same target allowed).
       if (this.stale < MAX_STALE && unsent) {
         this.stale++;
-        // Its idle siblings are likely just as dead (an idle timeout, a restart), and a target that closes
-        // after every response leaves only dead ones: the next try opens a connection of its own.
-        this.s.pool.destroyIdle();
+        // Its idle siblings went with it (failTry): the next try opens a connection of its own.
         setImmediate(afterPoll, retryStale, this);
         return;
       }

@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import * as http from 'node:http';
 import * as net from 'node:net';
 import { loadConfig } from '../../runtime/config';
-import { failedConnections, nodeHealthStatus, retriesTotal, upstreamErrors } from '../../runtime/metrics';
+import { failedConnections, nodeHealthStatus, retriesTotal, targetsPerRoute, upstreamErrors } from '../../runtime/metrics';
 import { makeTarget, Provider, Target } from '../../runtime/types';
 import { Running, start } from '../../runtime/worker';
 import { Backend, startBackend } from '../support/backend';
@@ -446,6 +446,31 @@ describe('draining', () => {
       await stopped;
     } finally {
       await p.stop();
+    }
+  });
+
+  test("a target that left the discovered set and then fails its last request leaves no series behind", async () => {
+    // Its failure is counted before the target is forgotten, not after (which would bring the series back for good).
+    const a = await startBackend('a');
+    const b = await startBackend('b');
+    let cut: (() => void) | undefined;
+    b.handle = (req) => void (cut = () => req.socket.destroy());
+    const provider = mutable([makeTarget('127.0.0.1', a.port), makeTarget('127.0.0.1', b.port)]);
+    const p = await proxyFor([a, b], { HEALTH_CHECK_PATH: 'off', NODE_CHECK_PERIOD: '0.1', RETRIES: '0' }, provider);
+    const inRoute = async (): Promise<number | undefined> => (await targetsPerRoute.get()).values.find((v) => v.labels.route === 'pool')?.value;
+    try {
+      const replies = [request(p.port, { method: 'POST', body: 'x' }), request(p.port, { method: 'POST', body: 'x' })];
+      await until('b has its request', () => cut !== undefined);
+      expect(await metricValue(failedConnections, idOf(b))).toBeUndefined();
+      provider.set([makeTarget('127.0.0.1', a.port)]);
+      await until('b out of the route', async () => (await inRoute()) === 1);
+      cut!();
+      expect((await Promise.all(replies)).map((r) => r.status).sort()).toEqual([200, 502]);
+      expect(await metricValue(failedConnections, idOf(b))).toBeUndefined();
+    } finally {
+      await p.stop();
+      await a.close();
+      await b.close();
     }
   });
 
