@@ -245,7 +245,8 @@ export class SharedProvider implements Provider {
     }
     // A Redis that hangs (frozen, or its network) costs each new route's lookup the command timeout: once a
     // second at first, then ever less often while it stays silent.
-    this.failuresInRow++;
+    // Once per try: lookups that were already under way when it began fail with it, and are one failure.
+    if (Date.now() >= this.suspendedUntil) this.failuresInRow++;
     this.suspendedUntil = Date.now() + Math.min(this.suspendMs * 2 ** Math.min(this.failuresInRow - 1, 10), Math.max(this.suspendMs, MAX_SUSPEND_MS));
     const why = /^(?:MOVED|ASK|CLUSTERDOWN|CROSSSLOT) /.test(message)
       ? 'cluster'
