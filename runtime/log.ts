@@ -46,19 +46,40 @@ export class LogBudget {
     this.tokens = burst;
   }
 
+  private flush: NodeJS.Timeout | undefined;
+
   /** Logs the line if the budget allows, else counts it. */
   log(level: Level, msg: string, fields: Record<string, unknown>): void {
-    const now = performance.now();
-    this.tokens = Math.min(this.burst, this.tokens + (now - this.at) / this.everyMs);
-    this.at = now;
-    if (this.tokens < 1) {
+    if (!this.take()) {
       this.held++;
+      // Said even if no other line comes: once the budget has room again.
+      this.flush ??= setTimeout(() => this.sayHeld(), this.everyMs).unref();
       return;
     }
-    this.tokens--;
     const held = this.held;
     this.held = 0;
     log(level, msg, held > 0 ? { ...fields, heldBack: held } : fields);
+  }
+
+  private take(): boolean {
+    const now = performance.now();
+    this.tokens = Math.min(this.burst, this.tokens + (now - this.at) / this.everyMs);
+    this.at = now;
+    if (this.tokens < 1) return false;
+    this.tokens--;
+    return true;
+  }
+
+  private sayHeld(): void {
+    this.flush = undefined;
+    if (this.held === 0) return;
+    if (!this.take()) {
+      this.flush = setTimeout(() => this.sayHeld(), this.everyMs).unref();
+      return;
+    }
+    const held = this.held;
+    this.held = 0;
+    log('warn', 'log lines held back: too many at once (the metrics have every change)', { heldBack: held });
   }
 }
 

@@ -41,6 +41,7 @@ test('lines past the backlog bound are dropped and counted, and the count is sai
 test('a log budget lets a burst through, then one line per period, and the next line says how many it held back', () => {
   const err: string[] = [];
   const stderr = jest.spyOn(process.stderr, 'write').mockImplementation((c: string | Uint8Array) => (err.push(String(c)), true));
+  jest.useFakeTimers({ doNotFake: ['performance'] });
   const now = jest.spyOn(performance, 'now');
   let t = 1_000_000;
   now.mockImplementation(() => t);
@@ -54,7 +55,36 @@ test('a log budget lets a burst through, then one line per period, and the next 
     budget.log('warn', 'target unhealthy', { target: '10.0.0.11:80' });
     expect(err).toHaveLength(4);
   } finally {
+    jest.clearAllTimers();
+    jest.useRealTimers();
     now.mockRestore();
+    stderr.mockRestore();
+  }
+});
+
+test('lines held back are said once the budget has room, even if no other line comes', () => {
+  const err: string[] = [];
+  const stderr = jest.spyOn(process.stderr, 'write').mockImplementation((c: string | Uint8Array) => (err.push(String(c)), true));
+  jest.useFakeTimers({ doNotFake: ['performance'] });
+  let t = 2_000_000;
+  const now = jest.spyOn(performance, 'now').mockImplementation(() => t);
+  try {
+    const budget = new LogBudget(1, 5000);
+    for (let i = 0; i < 3; i++) budget.log('warn', 'target unhealthy', { target: `10.0.1.${i}:80` });
+    expect(err).toHaveLength(1);
+    t += 5000;
+    jest.advanceTimersByTime(5000);
+    expect(err.map((l) => JSON.parse(l))).toEqual([
+      expect.objectContaining({ target: '10.0.1.0:80' }),
+      expect.objectContaining({ level: 'warn', msg: 'log lines held back: too many at once (the metrics have every change)', heldBack: 2 }),
+    ]);
+    // Nothing more to say: the timer is not set again.
+    t += 50_000;
+    jest.advanceTimersByTime(50_000);
+    expect(err).toHaveLength(2);
+  } finally {
+    now.mockRestore();
+    jest.useRealTimers();
     stderr.mockRestore();
   }
 });
