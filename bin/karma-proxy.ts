@@ -11,6 +11,8 @@ import { KarmaProxyStack } from '../lib/karma-proxy-stack';
 
 function main(): void {
   const app = new App();
+  // Said first: a mistyped key may be why the settings below are refused (-c hostedZoneID=...).
+  for (const w of straySettings(Object.keys(app.node.getAllContext()), process.env)) process.stderr.write(`karma-proxy: warning: ${w}\n`);
   let settings;
   try {
     settings = propsFromContext((key) => app.node.tryGetContext(key), process.env);
@@ -18,8 +20,7 @@ function main(): void {
     process.stderr.write(`karma-proxy: ${(e as Error).message}\n`);
     process.exit(1);
   }
-  const warnings = [...straySettings(Object.keys(app.node.getAllContext()), process.env), ...settings.warnings];
-  for (const w of warnings) process.stderr.write(`karma-proxy: warning: ${w}\n`);
+  for (const w of settings.warnings) process.stderr.write(`karma-proxy: warning: ${w}\n`);
 
   let stack: KarmaProxyStack;
   try {

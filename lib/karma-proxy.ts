@@ -240,7 +240,9 @@ function seconds(d: Duration): string {
 }
 
 /** Loopback (127/8, ::1, localhost) or link-local (169.254/16, fe80::/10, and fd00:ec2::/32, IMDS over IPv6), however spelt. */
-function isInstanceLocal(host: string): boolean {
+function isInstanceLocal(name: string): boolean {
+  // A name with its root's dot (`localhost.`) is the same name.
+  const host = name.endsWith('.') ? name.slice(0, -1) : name;
   if (host === 'localhost' || host.endsWith('.localhost') || host === '0.0.0.0') return true;
   // The metadata service's own names (instance-data, instance-data.ec2.internal).
   if (host === 'instance-data' || host.startsWith('instance-data.')) return true;
@@ -1009,8 +1011,17 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
         problems.push(`static target '${t.trim()}' is on the instance itself (loopback or link-local, the metadata service): give the pool's own addresses`);
       }
     }
+    const stack = Stack.of(this);
     for (const c of props.clusters ?? []) {
       if (known(c) && !CLUSTER_NAME.test(clusterNameOf(c, this))) problems.push(`clusters entry '${c}' is not an ECS cluster name or ARN`);
+      // The role and the proxy read clusters of this stack's account and region: an ARN of another would
+      // name a namesake here (or nothing).
+      const arn = known(c) ? CLUSTER_ARN_PARTS.exec(c) : null;
+      if (arn) {
+        const [, region, account] = arn;
+        if (!unresolved(stack.region) && region !== stack.region) problems.push(`clusters entry '${c}' is in ${region}, not in this stack's region ${stack.region}`);
+        if (!unresolved(stack.account) && account !== stack.account) problems.push(`clusters entry '${c}' is in account ${account}, not in this stack's account ${stack.account}`);
+      }
     }
     for (const p of props.ports ?? []) {
       if (known(p) && !isPortSpec(p)) problems.push(`ports entry '${p}' must be a port (1-65535) or a range such as 8000-8100`);
@@ -1347,6 +1358,8 @@ function clusterNameOf(cluster: string, scope: IConstruct): string {
   return standsForArn(Stack.of(scope).resolve(cluster)) ? Arn.extractResourceName(cluster, 'cluster') : cluster;
 }
 const CLUSTER_ARN = /^arn:[a-z-]+:ecs:[a-z0-9-]*:\d*:cluster\/(.+)$/;
+/** A cluster ARN's region and account. */
+const CLUSTER_ARN_PARTS = /^arn:[a-z-]+:ecs:([a-z0-9-]*):(\d*):cluster\//;
 
 /** `{ 'Fn::GetAtt': [id, 'Arn'] }`, or a join that starts `arn:`; a Ref (a cluster's name) is not. */
 function standsForArn(resolved: unknown): boolean {

@@ -530,6 +530,20 @@ describe('a larger fleet on spot, with allow-lists and runtime settings', () => 
     expect(parseEnvFile(userDataText(template)).ALLOWED_CLUSTERS).toBe(allowed);
   });
 
+  test("a cluster ARN of another region or account is refused where the stack's are known: it would name a namesake here", () => {
+    const build = (arn: string) => () => {
+      const stack = new Stack(new App(), 'Test', { env: { account: '123456789012', region: 'us-east-1' } });
+      new KarmaProxy(stack, 'Proxy', { domain: DOMAIN, redis: false, clusters: [arn] });
+    };
+    expect(build('arn:aws:ecs:eu-west-1:123456789012:cluster/prod'))
+      .toThrow("clusters entry 'arn:aws:ecs:eu-west-1:123456789012:cluster/prod' is in eu-west-1, not in this stack's region us-east-1");
+    expect(build('arn:aws:ecs:us-east-1:999999999999:cluster/prod'))
+      .toThrow("clusters entry 'arn:aws:ecs:us-east-1:999999999999:cluster/prod' is in account 999999999999, not in this stack's account 123456789012");
+    expect(build('arn:aws:ecs:us-east-1:123456789012:cluster/prod')).not.toThrow();
+    // An environment-agnostic stack cannot tell: the ARN's name is taken.
+    expect(() => new KarmaProxy(new Stack(new App(), 'Test'), 'Proxy', { domain: DOMAIN, redis: false, clusters: ['arn:aws:ecs:eu-west-1:999999999999:cluster/prod'] })).not.toThrow();
+  });
+
   test('runtime settings from the props, then environment on top', () => {
     expect(envFile).toMatchObject({
       // The role allows ListClusters and ListServices: ECS names in any case are looked up.

@@ -97,6 +97,7 @@ describe('one problem, its exact message', () => {
     ['a static target on the metadata service, spelt as one decimal number', { discovery: 'static', staticTargets: ['2852039166:80'] }, "static target '2852039166:80' is on the instance itself"],
     ['a static target on the metadata service, spelt in hex', { discovery: 'static', staticTargets: ['0xa9fea9fe:80'] }, "static target '0xa9fea9fe:80' is on the instance itself"],
     ['a static target on loopback, spelt in octal and short', { discovery: 'static', staticTargets: ['0177.1:80'] }, "static target '0177.1:80' is on the instance itself"],
+    ['a static target on loopback by its name, with the root\'s dot', { discovery: 'static', staticTargets: ['localhost.:8080'] }, "static target 'localhost.:8080' is on the instance itself"],
     ['a static target on the metadata service by its name', { discovery: 'static', staticTargets: ['instance-data.ec2.internal:80'] }, "static target 'instance-data.ec2.internal:80' is on the instance itself"],
     ['a static target on the metadata service, IPv4-mapped', { discovery: 'static', staticTargets: ['[::ffff:169.254.169.254]:80'] }, "static target '[::ffff:169.254.169.254]:80' is on the instance itself"],
     ['static targets outside static mode, which the runtime would ignore', { staticTargets: ['10.0.0.1:8080'] },
