@@ -82,6 +82,11 @@ export function renderUnit(o: UnitOptions): string {
     // AF_NETLINK: libuv lists interfaces through it (os.networkInterfaces).
     'RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK',
     'SystemCallArchitectures=native',
+    // The system calls of an ordinary service, no more (no mount, kexec, module loading, raw I/O, ...).
+    // Refused with EPERM rather than killed: libuv and V8 try a few optional ones (io_uring, pkeys) and
+    // fall back when refused.
+    'SystemCallFilter=@system-service',
+    'SystemCallErrorNumber=EPERM',
     // Other processes' /proc entries are hidden from the service (it reads only its own).
     'ProtectProc=invisible',
     'UMask=0077',
