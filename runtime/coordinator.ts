@@ -313,8 +313,10 @@ export class Coordinator {
 
   private verdict(id: string, up: boolean): void {
     const before = this.verdicts.get(id);
-    // Said once per change for the fleet of workers: a target leaving rotation, and coming back.
-    if (!up) this.targetLines.log('warn', 'target unhealthy', { target: id });
+    // Said once per change for the fleet of workers: a target leaving rotation, and coming back. One that
+    // was healthy is no target a client made up (a Host naming a port nothing listens on): said whatever
+    // the budget.
+    if (!up) this.targetLines.log('warn', 'target unhealthy', { target: id }, before === true);
     else if (before === false) this.targetLines.log('info', 'target healthy again', { target: id });
     this.verdicts.set(id, up);
     for (const w of this.workers.values()) {
@@ -326,7 +328,7 @@ export class Coordinator {
   private logBreaker(id: string, state: BreakerState): void {
     if (state === 'open' && !this.opened.has(id)) {
       this.opened.add(id);
-      this.targetLines.log('warn', 'circuit breaker open: target gets no requests until a trial succeeds', { target: id });
+      this.targetLines.log('warn', 'circuit breaker open: target gets no requests until a trial succeeds', { target: id }, this.verdicts.get(id) === true);
     } else if (state === 'closed' && this.opened.delete(id)) {
       this.targetLines.log('info', 'circuit breaker closed: target back in rotation', { target: id });
     }

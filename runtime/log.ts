@@ -48,8 +48,12 @@ export class LogBudget {
 
   private flush: NodeJS.Timeout | undefined;
 
-  /** Logs the line if the budget allows, else counts it. */
-  log(level: Level, msg: string, fields: Record<string, unknown>): void {
+  /**
+   * Logs the line if the budget allows, else counts it. `always`: a line no client can multiply (a target
+   * that served, or passed a check, going bad), which the budget neither holds back nor pays for.
+   */
+  log(level: Level, msg: string, fields: Record<string, unknown>, always = false): void {
+    if (always) return log(level, msg, fields);
     if (!this.take()) {
       this.held++;
       // Said even if no other line comes: once the budget has room again.

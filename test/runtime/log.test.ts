@@ -88,3 +88,23 @@ test('lines held back are said once the budget has room, even if no other line c
     stderr.mockRestore();
   }
 });
+
+test("a line marked always (a target that was healthy going bad) is neither held back nor paid for", () => {
+  const err: string[] = [];
+  const stderr = jest.spyOn(process.stderr, 'write').mockImplementation((c: string | Uint8Array) => (err.push(String(c)), true));
+  jest.useFakeTimers({ doNotFake: ['performance'] });
+  const now = jest.spyOn(performance, 'now').mockImplementation(() => 3_000_000);
+  try {
+    const budget = new LogBudget(1, 5000);
+    budget.log('warn', 'target unhealthy', { target: 'made-up:1' });
+    budget.log('warn', 'target unhealthy', { target: 'made-up:2' }); // held back
+    budget.log('warn', 'target unhealthy', { target: '10.0.0.5:8080' }, true);
+    expect(err.map((l) => JSON.parse(l).target)).toEqual(['made-up:1', '10.0.0.5:8080']);
+    expect(JSON.parse(err[1]).heldBack).toBeUndefined();
+  } finally {
+    jest.clearAllTimers();
+    jest.useRealTimers();
+    now.mockRestore();
+    stderr.mockRestore();
+  }
+});
