@@ -30,7 +30,7 @@ import * as s3assets from 'aws-cdk-lib/aws-s3-assets';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import { Construct, IConstruct } from 'constructs';
 import { groupsOf, isV6InstanceServices, isV6LinkLocal, isV6Loopback, mappedV4 } from '../runtime/address';
-import { ConfigError, loadConfig, mistypedSettings } from '../runtime/config';
+import { CLUSTER_ARN, CLUSTER_NAME, ConfigError, loadConfig, mistypedSettings } from '../runtime/config';
 import { CostEstimate, PRICES, estimateMonthlyCost } from './cost';
 import { INSTANCE_PATHS, renderBootstrap, renderEnvFile, renderUnit } from './user-data';
 
@@ -206,7 +206,6 @@ export interface KarmaProxyProps {
 }
 
 const DNS_NAME = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$/;
-const CLUSTER_NAME = /^[A-Za-z0-9_-]{1,255}$/;
 const ENV_KEY = /^[A-Z_][A-Z0-9_]*$/;
 const DISCOVERY_MODES: readonly DiscoveryMode[] = ['ecs', 'asg', 'tag', 'static'];
 /** Env vars that would hand the SDK credentials other than the instance role's. */
@@ -1016,7 +1015,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       if (known(c) && !CLUSTER_NAME.test(clusterNameOf(c, this))) problems.push(`clusters entry '${c}' is not an ECS cluster name or ARN`);
       // The role and the proxy read clusters of this stack's account and region: an ARN of another would
       // name a namesake here (or nothing).
-      const arn = known(c) ? CLUSTER_ARN_PARTS.exec(c) : null;
+      const arn = known(c) ? CLUSTER_ARN.exec(c) : null;
       if (arn) {
         const [, region, account] = arn;
         if (!unresolved(stack.region) && region !== stack.region) problems.push(`clusters entry '${c}' is in ${region}, not in this stack's region ${stack.region}`);
@@ -1354,12 +1353,9 @@ function describeRole(role: iam.IRole): string {
  * the template.
  */
 function clusterNameOf(cluster: string, scope: IConstruct): string {
-  if (!Token.isUnresolved(cluster)) return CLUSTER_ARN.exec(cluster)?.[1] ?? cluster;
+  if (!Token.isUnresolved(cluster)) return CLUSTER_ARN.exec(cluster)?.[3] ?? cluster;
   return standsForArn(Stack.of(scope).resolve(cluster)) ? Arn.extractResourceName(cluster, 'cluster') : cluster;
 }
-const CLUSTER_ARN = /^arn:[a-z-]+:ecs:[a-z0-9-]*:\d*:cluster\/(.+)$/;
-/** A cluster ARN's region and account. */
-const CLUSTER_ARN_PARTS = /^arn:[a-z-]+:ecs:([a-z0-9-]*):(\d*):cluster\//;
 
 /** `{ 'Fn::GetAtt': [id, 'Arn'] }`, or a join that starts `arn:`; a Ref (a cluster's name) is not. */
 function standsForArn(resolved: unknown): boolean {

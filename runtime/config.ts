@@ -164,15 +164,19 @@ export const parseRanges = (min: number, max: number, what: string) => (raw: str
     return { from, to };
   });
 
+/** An ECS cluster's name as ECS allows it: letters, digits, hyphens, underscores; up to 255. */
+export const CLUSTER_NAME = /^[A-Za-z0-9_-]{1,255}$/;
+/** An ECS cluster's ARN: its region, its account and its name. */
+export const CLUSTER_ARN = /^arn:aws[a-z-]*:ecs:([a-z0-9-]*):(\d{12}):cluster\/(.+)$/;
+
 /**
- * ECS cluster names, each as ECS names it (letters, digits, hyphens, underscores; up to 255), or its
- * ARN, which stands for the name at its end: a Host can only ever name the cluster, so an ARN kept
- * whole would refuse every request.
+ * ECS cluster names, each as ECS names it, or its ARN, which stands for the name at its end: a Host
+ * can only ever name the cluster, so an ARN kept whole would refuse every request.
  */
 const clusterNames = (raw: string): string[] =>
   list(raw).map((item) => {
-    const name = /^arn:aws[a-z-]*:ecs:[a-z0-9-]*:\d{12}:cluster\/(.+)$/.exec(item)?.[1] ?? item;
-    if (!/^[A-Za-z0-9_-]{1,255}$/.test(name)) {
+    const name = CLUSTER_ARN.exec(item)?.[3] ?? item;
+    if (!CLUSTER_NAME.test(name)) {
       throw new Invalid(`a comma-separated list of ECS cluster names (letters, digits, - and _) or ARNs, and '${item}' is neither`);
     }
     return name;
