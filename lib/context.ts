@@ -4,7 +4,7 @@
  * are read. Every problem is collected into one error.
  */
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
-import { editDistance } from '../runtime/config';
+import { likelyMeant } from '../runtime/config';
 import type { DiscoveryMode } from './karma-proxy';
 import type { KarmaProxyStackProps } from './karma-proxy-stack';
 
@@ -76,17 +76,15 @@ const FALSE = ['false', '0', 'no', 'off'];
 export function straySettings(contextKeys: readonly string[], env: Readonly<Record<string, string | undefined>>): string[] {
   const keys = Object.keys(CONTEXT_KEYS);
   const envNames = keys.map(envVarName);
-  const nearest = (name: string, among: readonly string[]): string | undefined =>
-    among.find((k) => k.toLowerCase() === name.toLowerCase()) ?? among.find((k) => editDistance(k.toLowerCase(), name.toLowerCase()) <= 2);
   const out: string[] = [];
   for (const key of contextKeys) {
     if (keys.includes(key) || !/^[A-Za-z][A-Za-z0-9_]*$/.test(key)) continue;
-    const meant = nearest(key, keys);
+    const meant = likelyMeant(key, keys);
     out.push(`context '${key}' is not a setting of this app and is ignored${meant ? `; did you mean ${meant}?` : ''}`);
   }
   for (const name of Object.keys(env)) {
     if (!name.startsWith('KARMA_') || envNames.includes(name) || env[name] === undefined) continue;
-    const meant = nearest(name, envNames);
+    const meant = likelyMeant(name, envNames);
     out.push(`${name} is not a setting of this app and is ignored${meant ? `; did you mean ${meant}?` : ''}`);
   }
   return out;

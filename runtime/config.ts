@@ -612,7 +612,7 @@ function defaultFor(setting: Setting<unknown>, filter: NodeFilter): string | und
 }
 
 /** Edit distance (Levenshtein): how many letters to add, drop or change to turn one short name into the other. */
-export function editDistance(a: string, b: string): number {
+function editDistance(a: string, b: string): number {
   let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
   for (let i = 1; i <= a.length; i++) {
     const row = [i];
@@ -620,6 +620,13 @@ export function editDistance(a: string, b: string): number {
     prev = row;
   }
   return prev[b.length];
+}
+
+/** The name of `among` that `name` is likely a slip for: the same but for case, else one or two letters away. */
+export function likelyMeant(name: string, among: readonly string[]): string | undefined {
+  const lower = name.toLowerCase();
+  return among.find((k) => k.toLowerCase() === lower) ??
+    among.find((k) => Math.abs(k.length - name.length) <= 2 && editDistance(k.toLowerCase(), lower) <= 2);
 }
 
 /**
@@ -631,7 +638,7 @@ export function mistypedSettings(env: Env): { readonly name: string; readonly me
   const out: { name: string; meant: string }[] = [];
   for (const name of Object.keys(env)) {
     if (name.length < 6 || ENV_NAMES.includes(name) || !/^[A-Z][A-Z0-9_]*$/.test(name)) continue;
-    const meant = ENV_NAMES.find((k) => Math.abs(k.length - name.length) <= 2 && editDistance(k, name) <= 2);
+    const meant = likelyMeant(name, ENV_NAMES);
     if (meant) out.push({ name, meant });
   }
   return out;
