@@ -38,73 +38,64 @@ test('lines past the backlog bound are dropped and counted, and the count is sai
   }
 });
 
-test('a log budget lets a burst through, then one line per period, and the next line says how many it held back', () => {
+/**
+ * Runs `body` with stderr captured (each line as written), timers faked, and a clock the test moves
+ * (`clock.t`, what performance.now() answers); everything is put back after.
+ */
+function withBudgetClock(body: (err: string[], clock: { t: number }) => void): void {
   const err: string[] = [];
   const stderr = jest.spyOn(process.stderr, 'write').mockImplementation((c: string | Uint8Array) => (err.push(String(c)), true));
   jest.useFakeTimers({ doNotFake: ['performance'] });
-  const now = jest.spyOn(performance, 'now');
-  let t = 1_000_000;
-  now.mockImplementation(() => t);
+  const clock = { t: 1_000_000 };
+  const now = jest.spyOn(performance, 'now').mockImplementation(() => clock.t);
   try {
-    const budget = new LogBudget(3, 5000);
-    for (let i = 0; i < 10; i++) budget.log('warn', 'target unhealthy', { target: `10.0.0.${i}:80` });
-    expect(err.map((l) => JSON.parse(l).target)).toEqual(['10.0.0.0:80', '10.0.0.1:80', '10.0.0.2:80']);
-    t += 5000;
-    budget.log('warn', 'target unhealthy', { target: '10.0.0.10:80' });
-    expect(JSON.parse(err[3])).toMatchObject({ target: '10.0.0.10:80', heldBack: 7 });
-    budget.log('warn', 'target unhealthy', { target: '10.0.0.11:80' });
-    expect(err).toHaveLength(4);
+    body(err, clock);
   } finally {
     jest.clearAllTimers();
     jest.useRealTimers();
     now.mockRestore();
     stderr.mockRestore();
   }
+}
+
+test('a log budget lets a burst through, then one line per period, and the next line says how many it held back', () => {
+  withBudgetClock((err, clock) => {
+    const budget = new LogBudget(3, 5000);
+    for (let i = 0; i < 10; i++) budget.log('warn', 'target unhealthy', { target: `10.0.0.${i}:80` });
+    expect(err.map((l) => JSON.parse(l).target)).toEqual(['10.0.0.0:80', '10.0.0.1:80', '10.0.0.2:80']);
+    clock.t += 5000;
+    budget.log('warn', 'target unhealthy', { target: '10.0.0.10:80' });
+    expect(JSON.parse(err[3])).toMatchObject({ target: '10.0.0.10:80', heldBack: 7 });
+    budget.log('warn', 'target unhealthy', { target: '10.0.0.11:80' });
+    expect(err).toHaveLength(4);
+  });
 });
 
 test('lines held back are said once the budget has room, even if no other line comes', () => {
-  const err: string[] = [];
-  const stderr = jest.spyOn(process.stderr, 'write').mockImplementation((c: string | Uint8Array) => (err.push(String(c)), true));
-  jest.useFakeTimers({ doNotFake: ['performance'] });
-  let t = 2_000_000;
-  const now = jest.spyOn(performance, 'now').mockImplementation(() => t);
-  try {
+  withBudgetClock((err, clock) => {
     const budget = new LogBudget(1, 5000);
     for (let i = 0; i < 3; i++) budget.log('warn', 'target unhealthy', { target: `10.0.1.${i}:80` });
     expect(err).toHaveLength(1);
-    t += 5000;
+    clock.t += 5000;
     jest.advanceTimersByTime(5000);
     expect(err.map((l) => JSON.parse(l))).toEqual([
       expect.objectContaining({ target: '10.0.1.0:80' }),
       expect.objectContaining({ level: 'warn', msg: 'log lines held back: too many at once (the metrics have every change)', heldBack: 2 }),
     ]);
     // Nothing more to say: the timer is not set again.
-    t += 50_000;
+    clock.t += 50_000;
     jest.advanceTimersByTime(50_000);
     expect(err).toHaveLength(2);
-  } finally {
-    now.mockRestore();
-    jest.useRealTimers();
-    stderr.mockRestore();
-  }
+  });
 });
 
 test("a line marked always (a target that was healthy going bad) is neither held back nor paid for", () => {
-  const err: string[] = [];
-  const stderr = jest.spyOn(process.stderr, 'write').mockImplementation((c: string | Uint8Array) => (err.push(String(c)), true));
-  jest.useFakeTimers({ doNotFake: ['performance'] });
-  const now = jest.spyOn(performance, 'now').mockImplementation(() => 3_000_000);
-  try {
+  withBudgetClock((err) => {
     const budget = new LogBudget(1, 5000);
     budget.log('warn', 'target unhealthy', { target: 'made-up:1' });
     budget.log('warn', 'target unhealthy', { target: 'made-up:2' }); // held back
     budget.log('warn', 'target unhealthy', { target: '10.0.0.5:8080' }, true);
     expect(err.map((l) => JSON.parse(l).target)).toEqual(['made-up:1', '10.0.0.5:8080']);
     expect(JSON.parse(err[1]).heldBack).toBeUndefined();
-  } finally {
-    jest.clearAllTimers();
-    jest.useRealTimers();
-    now.mockRestore();
-    stderr.mockRestore();
-  }
+  });
 });

@@ -18,6 +18,14 @@ function fixed(targets: Target[]): Provider & { calls: RouteKey[] } {
   return { name: 'test', calls, discover: async (route) => (calls.push(route), targets) };
 }
 
+/** The access line a request for `path` left on stdout (spied on), once it is there. */
+async function accessLine(stdout: jest.SpyInstance, path: string): Promise<Record<string, unknown>> {
+  const line = await until('the access line', () =>
+    stdout.mock.calls.map(([l]) => String(l)).find((l) => l.includes('"msg":"access"') && l.includes(path)),
+  );
+  return JSON.parse(line!);
+}
+
 async function proxy(env: Record<string, string>, provider: Provider): Promise<Running> {
   return start(loadConfig({ ...QUIET, PORT: '0', ...env }), { provider });
 }
@@ -240,10 +248,7 @@ test('a body trickled past REQUEST_TIMEOUT is a 408, and the access line says 40
       s.setTimeout(5000, () => s.destroy());
     });
     expect(reply).toMatch(/^HTTP\/1\.1 408 /);
-    const access = await until('the access line', () =>
-      stdout.mock.calls.map(([l]) => String(l)).find((l) => l.includes('"msg":"access"') && l.includes('/upload')),
-    );
-    expect(JSON.parse(access!)).toMatchObject({ path: '/upload', status: 408 });
+    expect(await accessLine(stdout, '/upload')).toMatchObject({ path: '/upload', status: 408 });
   } finally {
     stdout.mockRestore();
     await p.stop();
@@ -280,10 +285,7 @@ test('a client that leaves a long poll cancels it at the target at once, frees i
     expect(cancelledAfterMs).toBeLessThan(5000);
     const quick = await request(p.port, { path: '/quick' });
     expect([quick.status, quick.body]).toEqual([200, 'quick']);
-    const access = await until('the access line', () =>
-      stdout.mock.calls.map(([l]) => String(l)).find((l) => l.includes('"msg":"access"') && l.includes('/poll')),
-    );
-    expect(JSON.parse(access!)).toMatchObject({ path: '/poll', status: 499 });
+    expect(await accessLine(stdout, '/poll')).toMatchObject({ path: '/poll', status: 499 });
   } finally {
     stdout.mockRestore();
     await p.stop();
