@@ -23,7 +23,7 @@ import type { Config } from './config';
 import { errorFields, log } from './log';
 import { usablePort } from './discovery/screen';
 import { cacheLookups } from './metrics';
-import { Found, makeTarget, Provider, RouteKey, routeId, Target } from './types';
+import { Found, makeTarget, Provider, RouteKey, routeId, Target, within } from './types';
 
 /** How often the fleet may ask AWS for a route whose targets refuse (SharedProvider, maxAgeMs): once a second. */
 const EARLY_LOCK_MS = 1000;
@@ -404,15 +404,11 @@ export class SharedProvider implements Provider {
     this.redis = undefined;
     if (r) {
       // QUIT is polite but waits on the server; a dead or slow server must not delay shutdown.
-      const bounded = (p: Promise<unknown>, ms: number) => {
-        let timer: NodeJS.Timeout | undefined;
-        return Promise.race([p, new Promise((res) => (timer = setTimeout(res, ms)))]).finally(() => clearTimeout(timer));
-      };
-      if (r.status === 'ready') await bounded(r.quit().catch(() => undefined), 500);
+      if (r.status === 'ready') await within(r.quit().catch(() => undefined), 500);
       if (r.status !== 'end') {
         const ended = new Promise((res) => r.once('end', res));
         r.disconnect();
-        await bounded(ended, 1000);
+        await within(ended, 1000);
       }
     }
     await this.inner.close?.();

@@ -18,6 +18,7 @@ import type * as net from 'node:net';
 import { rawAnswer, type Request, type Response, type ResponseHandler } from './downstream';
 import { answerFault, connectionOf, flat, type RenderedHead, type UpstreamHandler, type UpstreamRequest, type UpstreamResponse } from './upstream';
 import { countChunk } from './memory';
+import { within } from './types';
 import { countSuccess, failedConnections, limitHits, rejectedRequests, retriesTotal, upstreamErrors } from './metrics';
 
 export interface ForwardOptions {
@@ -731,10 +732,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       if (outcome.error && this.rediscovery) {
         const rediscovery = this.rediscovery;
         this.rediscovery = undefined;
-        let timer: NodeJS.Timeout | undefined;
         const waited = (this.awaitingRoute = {});
-        void Promise.race([rediscovery, new Promise((r) => (timer = setTimeout(r, REDISCOVERY_WAIT_MS)))]).then(() => {
-          clearTimeout(timer);
+        void within(rediscovery, REDISCOVERY_WAIT_MS).then(() => {
           // Not if the client left, or shutdown let it go, meanwhile (clientClosed, shutdown).
           if (this.awaitingRoute !== waited) return;
           this.awaitingRoute = undefined;

@@ -48,6 +48,15 @@ export function setRecent<K, V>(map: Map<K, V>, key: K, value: V, max: number, o
   }
 }
 
+/**
+ * `p`'s value, or undefined once `ms` have passed first (a wait that must not hold up what comes after
+ * it: a shutdown, a retry, a start); the timer goes either way.
+ */
+export function within<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([p, new Promise<undefined>((resolve) => (timer = setTimeout(resolve, ms, undefined)))]).finally(() => clearTimeout(timer));
+}
+
 /** A discovery's answer and how old it already is (one shared from a cache). */
 export interface Found {
   readonly targets: Target[];

@@ -14,7 +14,7 @@ import { joinPrimary, PrimaryBreakers, PrimaryProvider, sendToPrimary } from './
 import { RouteTable } from './routes';
 import { createProxyServer } from './server';
 import { createTcpServer } from './tcp';
-import { POOL_ROUTE, Provider, Target } from './types';
+import { POOL_ROUTE, Provider, Target, within } from './types';
 
 /** The accept queue nginx and HAProxy use (node's default is 511), for connection bursts. */
 const ACCEPT_BACKLOG = 4096;
@@ -78,9 +78,7 @@ export async function start(config: Config, deps: { provider?: Provider; primary
     refreshMs: config.nodeCheckPeriodMs,
   });
   if (config.nodeFilter !== 'ecs') {
-    let timer: NodeJS.Timeout | undefined;
-    const pool = await Promise.race([routes.pin(POOL_ROUTE), new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), POOL_START_WAIT_MS)))]);
-    clearTimeout(timer);
+    const pool = await within(routes.pin(POOL_ROUTE), POOL_START_WAIT_MS);
     if (pool === undefined) log('warn', 'the pool is not discovered yet: serving 503 until it is', { waitedSeconds: POOL_START_WAIT_MS / 1000 });
     // Serve once every target of the pool has its first verdict (bounded by one check's timeout), so
     // the first requests are not all sent to whichever target happened to be judged first.
