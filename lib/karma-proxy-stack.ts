@@ -134,6 +134,10 @@ export class KarmaProxyStack extends Stack {
       description: 'Find the instances: aws ssm start-session --target <instance id>',
       value: this.proxy.autoScalingGroup.autoScalingGroupName,
     });
+    new CfnOutput(this, 'SecurityGroupId', {
+      description: 'The proxy\'s security group: allow it in on your targets\' ports',
+      value: this.proxy.securityGroup.securityGroupId,
+    });
     if (this.proxy.cacheEndpoint) {
       new CfnOutput(this, 'CacheEndpoint', { value: this.proxy.cacheEndpoint });
     }

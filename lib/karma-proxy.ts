@@ -70,6 +70,8 @@ export interface KarmaProxyProps {
   /** The VPC of the proxy (and of the cache). It needs public subnets (`publicSubnetIds` when imported with
    * `Vpc.fromVpcAttributes`); a VPC without them, or a selection below that matches none of its subnets,
    * fails at synth with the subnets the VPC has.
+   * Give the VPC of your targets: from a new one, the proxy reaches them only at public addresses (or
+   * through peering you add); synth says so in a note.
    * @default a new VPC: 2 AZs, public subnets for the proxy, isolated subnets for the cache, no NAT gateway */
   readonly vpc?: ec2.IVpc;
   /** Where the instances run: public subnets only, for the Elastic IPs, packages and AWS APIs (no NAT).
@@ -221,6 +223,8 @@ const HEALTH_WAIT_SECONDS = 300;
 const BOOT_SECONDS = 300;
 /** Elastic IPs a region allows an account unless raised (one per instance slot here). */
 const EIP_DEFAULT_QUOTA = 5;
+/** Inbound rules per security group and IP version, by default (the quota can be raised). */
+const SG_RULES_DEFAULT_QUOTA = 60;
 /** The most user data EC2 takes (before base64). */
 const USER_DATA_LIMIT = 16 * 1024;
 /** signalTimeout's bounds: a boot's own minimum, and CloudFormation's longest rolling-update pause (PT1H). */
@@ -500,7 +504,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     }));
     Validations.of(this.permissions).acknowledge({
       id: `AwsSolutions-IAM5[Resource::${nagText(bundleObjects, this)}]`,
-      reason: 'Instances download the bundle at boot, and those of a rolled-back update the previous one: GetObject on the asset bucket\'s bundle files.',
+      reason: 'Instances download the bundle at boot, and those of a rolled-back update the previous one, whose key the policy cannot know: GetObject on the asset bucket\'s `*.js` objects (single-file JavaScript assets of this account and region: code, not data).',
     });
 
     // ---- cache ----
@@ -600,7 +604,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     });
     Validations.of(this.permissions).acknowledge({
       id: 'AwsSolutions-IAM5[Resource::*]',
-      reason: 'Describe and List calls (ec2:DescribeAddresses, ec2:DescribeInstances, ec2:DescribeNetworkInterfaces, autoscaling:DescribeAutoScalingGroups, ecs:ListTasks, ecs:ListServices, ecs:ListClusters) and the Session Manager agent\'s ssmmessages channels support no resource-level permissions; ECS calls are conditioned on the allowed clusters when clusters are given.',
+      reason: 'Describe and List calls (ec2:DescribeAddresses, ec2:DescribeInstances, ec2:DescribeNetworkInterfaces, autoscaling:DescribeAutoScalingGroups, ecs:ListTasks, ecs:ListServices, ecs:ListClusters) and the Session Manager agent\'s ssmmessages channels support no resource-level permissions. ECS reads are limited to the allowed clusters when clusters are given; without clusters any cluster may be routed to, so ecs:DescribeTasks and ecs:DescribeContainerInstances are on every cluster too.',
     });
 
     // ---- runtime settings ----
@@ -718,9 +722,10 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
         : undefined,
     });
 
+    const fleetSubnets = props.vpcSubnets ?? { subnetType: ec2.SubnetType.PUBLIC };
     this.autoScalingGroup = new autoscaling.AutoScalingGroup(this, 'Fleet', {
       vpc: this.vpc,
-      vpcSubnets: props.vpcSubnets ?? { subnetType: ec2.SubnetType.PUBLIC },
+      vpcSubnets: fleetSubnets,
       launchTemplate: this.launchTemplate,
       minCapacity,
       maxCapacity,
@@ -745,6 +750,11 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     this.autoScalingGroup.node.addDependency(this.role);
     if (this.permissions instanceof iam.Policy) this.autoScalingGroup.node.addDependency(this.permissions);
     for (const eip of this.elasticIps) this.autoScalingGroup.node.addDependency(eip);
+    // And the subnets' internet route: an instance booting before it cannot fetch packages, and one still
+    // holding an address when the gateway is detached at deletion makes the detach fail (mapped public
+    // addresses). (Nothing for imported subnets, whose route is not this stack's.)
+    this.autoScalingGroup.node.addDependency(
+      this.vpc.selectSubnets(fleetSubnets).internetConnectivityEstablished);
     if (this.droppedActions.length > 0) {
       // The group adds cfn-signal's permission to the same role, which drops it the same way.
       const actions = [...new Set([...this.droppedActions, 'cloudformation:SignalResource'])];
@@ -777,10 +787,30 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
         'names a service reaches any port of its RUNNING tasks, in any cluster of the account. Set clusters and ' +
         'ports to what you serve (ALLOWED_CLUSTERS, ALLOWED_PORTS).');
     }
+    if (!props.vpc && discovery !== 'static') {
+      // A note, not a warning: the default stack synthesizes without warnings, and a first try may well
+      // serve tasks with public addresses. But private addresses of another VPC are out of reach.
+      Annotations.of(this).addInfo('[KarmaProxy:NewVpc] The proxy runs in a VPC of its own (no vpc given): it reaches ' +
+        'your targets only at their public addresses (IP_PREFERENCE=public) or through peering you add. ' +
+        'Give the VPC of your services (vpc; vpcId and publicSubnetIds in the app) to reach them at their private addresses.');
+    }
     if (minCapacity < maxCapacity) {
       Validations.of(this).addWarning('KarmaProxy:IdleAddresses',
         `minCapacity (${minCapacity}) is below maxCapacity (${maxCapacity}): the wildcard record lists all ` +
         `${maxCapacity} addresses, and clients that pick an address without an instance will time out.`);
+    }
+
+    // Each allowedCidrs entry is two inbound rules (80, 443); a group holds 60 per IP version by default, and
+    // a rule naming a group or prefix list counts in both. Past it, the group's creation fails at deploy.
+    const peerRules = props.metricsPeer ? (/^[0-9a-f.:]+\/\d+$/i.test(props.metricsPeer.uniqueId) ? props.metricsPeer.uniqueId : 'both') : undefined;
+    for (const [version, isIt] of [['IPv4', (c: string) => !c.includes(':')], ['IPv6', (c: string) => c.includes(':')]] as const) {
+      const rules = 2 * allowedCidrs.filter(isIt).length + (peerRules === undefined ? 0 : peerRules === 'both' || isIt(peerRules) ? 1 : 0);
+      if (rules > SG_RULES_DEFAULT_QUOTA) {
+        Validations.of(this).addWarning('KarmaProxy:SecurityGroupRuleQuota',
+          `allowedCidrs makes ${rules} inbound ${version} rules (two per CIDR: ports 80 and 443${peerRules === undefined ? '' : ', and one for metricsPeer'}), ` +
+          `more than a security group's default quota of ${SG_RULES_DEFAULT_QUOTA}: raise the quota first, or the deploy fails; ` +
+          'or merge the CIDRs into fewer, wider ones.');
+      }
     }
 
     if (maxCapacity > EIP_DEFAULT_QUOTA) {

@@ -253,6 +253,18 @@ describe('default stack', () => {
       ]));
     });
 
+    test("instances boot only once the public subnets' internet route is in place (and are gone before it is removed)", () => {
+      const asg = only(template, 'AWS::AutoScaling::AutoScalingGroup') as { DependsOn: string[] };
+      const publicRoutes = template.findResources('AWS::EC2::Route', {
+        Properties: { DestinationCidrBlock: '0.0.0.0/0', GatewayId: Match.anyValue() },
+      }) as Record<string, { DependsOn: string[] }>;
+      expect(Object.keys(publicRoutes)).toHaveLength(2);
+      expect(asg.DependsOn).toEqual(expect.arrayContaining(Object.keys(publicRoutes)));
+      // Each route waits for the gateway's attachment, so the group does too.
+      const [attachment] = Object.keys(template.findResources('AWS::EC2::VPCGatewayAttachment'));
+      for (const route of Object.values(publicRoutes)) expect(route.DependsOn).toContain(attachment);
+    });
+
     test('the downloaded bundle is checked against the SHA-256 of the file synth uploaded, before anything runs it', () => {
       const sha = crypto.createHash('sha256').update(fs.readFileSync(KarmaProxy.DEFAULT_BUNDLE_PATH)).digest('hex');
       expect(userData).toContain(`readonly BUNDLE_SHA256='${sha}'`);
@@ -387,6 +399,10 @@ describe('default stack', () => {
       expect(outputs.MonthlyCostEstimate.Value).toBe(
         '$19.94/month (us-east-1, 2026-11 prices); an ALB starts at $22.27/month before traffic');
     });
+
+    test("the proxy's security group, for the targets' rules that let it in", () => {
+      expect(template.toJSON().Outputs.SecurityGroupId.Value).toEqual({ 'Fn::GetAtt': [logicalId('AWS::EC2::SecurityGroup'), 'GroupId'] });
+    });
   });
 });
 
@@ -399,6 +415,45 @@ test("more instance slots than a region's default Elastic IP quota is a warning 
   expect(quotaWarnings({ minCapacity: 5, maxCapacity: 5 })).toEqual([]);
   expect(quotaWarnings({ minCapacity: 6, maxCapacity: 6 })[0]).toContain(
     "maxCapacity (6) makes 6 Elastic IPs, more than a region's default quota of 5 (which other stacks share): raise the quota first, or the deploy fails.");
+});
+
+test("more inbound rules than a security group's default quota is a warning, counted per IP version", () => {
+  const ruleWarnings = (props: Partial<KarmaProxyProps>): string[] => {
+    const stack = new Stack(new App(), 'Test');
+    new KarmaProxy(stack, 'Proxy', { domain: DOMAIN, redis: false, ...props });
+    return Annotations.fromStack(stack).findWarning('/Test/Proxy', Match.stringLikeRegexp('KarmaProxy:SecurityGroupRuleQuota')).map((w) => String(w.entry.data));
+  };
+  const v4 = (n: number) => Array.from({ length: n }, (_, i) => `198.51.${i}.0/24`);
+  const v6 = (n: number) => Array.from({ length: n }, (_, i) => `2001:db8:${i.toString(16)}::/48`);
+  expect(ruleWarnings({ allowedCidrs: v4(30) })).toEqual([]);
+  expect(ruleWarnings({ allowedCidrs: [...v4(30), ...v6(30)] })).toEqual([]);
+  expect(ruleWarnings({ allowedCidrs: v4(31) })[0]).toContain(
+    "allowedCidrs makes 62 inbound IPv4 rules (two per CIDR: ports 80 and 443), more than a security group's default quota of 60: raise the quota first, or the deploy fails");
+  // A metrics CIDR counts in its own version, a security group peer in both.
+  expect(ruleWarnings({ allowedCidrs: v4(30), metricsPeer: ec2.Peer.ipv6('2001:db8::/32') })).toEqual([]);
+  expect(ruleWarnings({ allowedCidrs: v4(30), metricsPeer: ec2.Peer.ipv4('10.0.0.0/16') })[0]).toContain('61 inbound IPv4 rules');
+  const withGroupPeer = (() => {
+    const stack = new Stack(new App(), 'Test');
+    const vpc = new ec2.Vpc(stack, 'Vpc', { natGateways: 0, subnetConfiguration: [{ name: 'Public', subnetType: ec2.SubnetType.PUBLIC }] });
+    new KarmaProxy(stack, 'Proxy', { domain: DOMAIN, redis: false, vpc, allowedCidrs: v6(30), metricsPeer: new ec2.SecurityGroup(stack, 'Monitoring', { vpc }) });
+    return Annotations.fromStack(stack).findWarning('/Test/Proxy', Match.stringLikeRegexp('SecurityGroupRuleQuota')).map((w) => String(w.entry.data));
+  })();
+  expect(withGroupPeer).toHaveLength(1);
+  expect(withGroupPeer[0]).toContain('61 inbound IPv6 rules');
+});
+
+test('a VPC of its own is a note at synth: targets elsewhere are reached only at public addresses', () => {
+  const note = (props: Partial<KarmaProxyProps>, withVpc = false) => {
+    const stack = new Stack(new App(), 'Test');
+    const vpc = withVpc ? new ec2.Vpc(stack, 'Services', { natGateways: 0, subnetConfiguration: [{ name: 'Public', subnetType: ec2.SubnetType.PUBLIC }] }) : undefined;
+    new KarmaProxy(stack, 'Proxy', { domain: DOMAIN, redis: false, vpc, ...props });
+    return Annotations.fromStack(stack).findInfo('/Test/Proxy', Match.stringLikeRegexp('KarmaProxy:NewVpc')).map((n) => String(n.entry.data));
+  };
+  expect(note({})).toHaveLength(1);
+  expect(note({})[0]).toContain('it reaches your targets only at their public addresses (IP_PREFERENCE=public) or through peering you add');
+  expect(note({ discovery: 'asg', asgName: 'web' })).toHaveLength(1);
+  expect(note({}, true)).toEqual([]);
+  expect(note({ discovery: 'static', staticTargets: ['203.0.113.5:80'] })).toEqual([]);
 });
 
 describe('a cache for a single instance', () => {
