@@ -11,7 +11,7 @@ import { HealthChecker } from './health';
 import type { ToPrimary, ToWorker } from './ipc';
 import { LogBudget, errorFields, log, markLogged, wasLogged } from './log';
 import { discoveryErrors } from './metrics';
-import { Found, Provider, RouteKey, routeId, setRecent, sortTargets, StatusSetter, Target } from './types';
+import { DISCOVERY_DEADLINE_MS, DiscoveryError, Found, Provider, RouteKey, routeId, setRecent, sortTargets, StatusSetter, Target } from './types';
 
 /**
  * The discovery provider of NODE_FILTER. The AWS SDK and the Redis client are loaded only by the modes
@@ -46,8 +46,9 @@ interface Cached {
   readonly targets: readonly Target[];
 }
 
-/** The longest one discovery (every page and call of it) may take before it fails and can be tried again. */
-export const DISCOVERY_DEADLINE_MS = 30_000;
+export { DISCOVERY_DEADLINE_MS };
+/** The first wait before a route whose first discovery failed is tried again; doubled while it fails, up to NEGATIVE_CACHE_TTL. */
+export const FAILED_ROUTE_RETRY_MS = 1000;
 /** Target health and breaker lines logged at once before the budget holds them back (a deploy's worth). */
 export const TARGET_LINE_BURST = 60;
 /** Then one such line per this many ms (720 an hour at most); the next one says how many were held back. */
@@ -83,6 +84,13 @@ export class Coordinator {
   private readonly inflight = new Map<string, Promise<Found>>();
   /** When a failed discovery of each route was last logged: said once a period for all the workers. */
   private readonly failureSaid = new Map<string, number>();
+  /**
+   * Routes without targets whose discovery failed: answered with that failure until `until`, the wait
+   * doubling with each failure in a row (FAILED_ROUTE_RETRY_MS up to NEGATIVE_CACHE_TTL). A refused or
+   * failing AWS must not be asked for every such route every second by every worker.
+   */
+  private readonly failed = new Map<string, { readonly until: number; readonly waitMs: number; readonly err: DiscoveryError }>();
+  private readonly negativeCacheTtlMs: number;
   /** /metrics summed over this process and its workers. */
   private readonly gather = new MetricsGather(() => ({ routes: this.asked, targets: new Set(this.kept().map((t) => t.id)) }));
 
@@ -95,6 +103,7 @@ export class Coordinator {
     this.maxRoutes = config.maxRoutes * config.workers;
     this.freshMs = config.nodeCheckPeriodMs * 0.9;
     this.emptyFreshMs = Math.min(this.freshMs, config.negativeCacheTtlMs * 0.9);
+    this.negativeCacheTtlMs = config.negativeCacheTtlMs;
     this.health = healthCheckerFor(config, { setStatus: (target, up) => this.verdict(target.id, up), passed: (target, startedAt) => this.healthPassed(target.id, startedAt) });
     this.breakers = new BreakerBoard({ threshold: config.circuitBreakerThreshold, timeoutMs: config.circuitBreakerTimeoutMs, now });
   }
@@ -153,15 +162,19 @@ export class Coordinator {
     switch (m.t) {
       case 'discover':
         void this.discoverAged(m.route, m.maxAgeMs).then(
-          ({ targets, ageMs }) => {
+          ({ targets, ageMs, stale }) => {
             // Breakers other workers opened come first: the worker's new targets start in that state.
             const snaps = this.breakers.snapshots(new Set(targets.map((t) => t.id)));
             if (snaps.length) this.send(worker, { t: 'breaker', snaps });
-            this.send(worker, { t: 'discovered', n: m.n, targets, ageMs });
+            this.send(worker, { t: 'discovered', n: m.n, targets, ageMs, ...(stale ? { stale } : {}) });
           },
           (err: unknown) => {
             const { error, code } = errorFields(err);
-            this.send(worker, { t: 'discovered', n: m.n, error: String(error), ...(typeof code === 'string' ? { code } : {}), ...(wasLogged(err) ? { logged: true } : {}) });
+            const retryInMs = (err as DiscoveryError).retryInMs;
+            this.send(worker, {
+              t: 'discovered', n: m.n, error: String(error),
+              ...(typeof code === 'string' ? { code } : {}), ...(wasLogged(err) ? { logged: true } : {}), ...(retryInMs === undefined ? {} : { retryInMs }),
+            });
           },
         );
         break;
@@ -215,10 +228,15 @@ export class Coordinator {
     const id = routeId(route);
     // Most recently asked last; as many routes as all the workers can hold, the oldest going first
     // (Hosts naming ever new routes churn the workers' tables, and would otherwise grow these maps).
-    setRecent(this.asked, id, this.now(), this.maxRoutes, (oldest) => (this.fresh.delete(oldest), this.failureSaid.delete(oldest)));
+    setRecent(this.asked, id, this.now(), this.maxRoutes, (oldest) => this.forgetRoute(oldest));
     const hit = this.fresh.get(id);
     const now = this.now();
     if (hit && now - hit.at < Math.min(hit.targets.length ? this.freshMs : this.emptyFreshMs, maxAgeMs)) return Promise.resolve({ targets: [...hit.targets], ageMs: now - hit.at });
+    const failed = this.failed.get(id);
+    if (failed && failed.until > now && !hit) {
+      const { message, name, code } = failed.err as DiscoveryError & { code?: string };
+      return Promise.reject(Object.assign(new Error(message), { name, code, logged: true, retryInMs: failed.until - now }));
+    }
     return this.fetch(route, id, maxAgeMs);
   }
 
@@ -241,6 +259,7 @@ export class Coordinator {
           // Found as long ago as the answer is old (one shared through Redis): fresh no longer than that.
           if (this.asked.has(id)) this.fresh.set(id, { at: this.now() - f.ageMs, targets: f.targets });
           this.failureSaid.delete(id);
+          this.failed.delete(id);
           return f;
         },
         (err: unknown) => {
@@ -250,18 +269,21 @@ export class Coordinator {
           const last = this.fresh.get(id);
           if (!last) {
             // Logged here for every worker (each would say it once a period), and counted by each.
-            this.sayFailure(id, 'discovery failed; the route has no targets yet', { route: id, ...errorFields(err) });
-            throw markLogged(err);
+            const waitMs = Math.min(2 * (this.failed.get(id)?.waitMs ?? FAILED_ROUTE_RETRY_MS / 2), Math.max(FAILED_ROUTE_RETRY_MS, this.negativeCacheTtlMs));
+            this.sayFailure(id, 'discovery failed; the route has no targets yet', { route: id, retryInMs: waitMs, ...errorFields(err) });
+            const failure = markLogged(err) as DiscoveryError;
+            if (this.asked.has(id)) this.failed.set(id, { until: this.now() + waitMs, waitMs, err: failure });
+            throw Object.assign(failure, { retryInMs: waitMs });
           }
-          // The workers see a success: the failure is counted here, where it happened.
+          // The workers keep serving the last targets: the failure is counted here, where it happened.
           discoveryErrors.labels({ provider: this.provider.name }).inc();
           this.sayFailure(id, 'discovery failed: the last targets found stay in use', { route: id, targets: last.targets.length, ...errorFields(err) });
-          return { targets: [...last.targets], ageMs: 0 };
+          return { targets: [...last.targets], ageMs: 0, stale: true };
         },
       );
       this.inflight.set(id, p);
     }
-    return p.then((f) => ({ targets: [...f.targets], ageMs: f.ageMs }));
+    return p.then((f) => ({ targets: [...f.targets], ageMs: f.ageMs, ...(f.stale ? { stale: true } : {}) }));
   }
 
   /**
@@ -283,10 +305,16 @@ export class Coordinator {
     for (const [id, at] of this.asked) {
       if (now - at <= maxAgeMs) continue;
       this.asked.delete(id);
-      this.failureSaid.delete(id);
-      pruned = this.fresh.delete(id) || pruned;
+      pruned = this.forgetRoute(id) || pruned;
     }
     if (pruned) this.syncHealth();
+  }
+
+  /** Drops what is kept of a route no worker asks for; true when it had an answer. */
+  private forgetRoute(id: string): boolean {
+    this.failureSaid.delete(id);
+    this.failed.delete(id);
+    return this.fresh.delete(id);
   }
 
   /**

@@ -10,7 +10,14 @@ import type { TargetRegistry } from './balancer';
 import type { BreakerEvent, BreakerLink, BreakerSnapshot } from './breaker';
 import { markLogged } from './log';
 import { register } from './metrics';
-import type { Found, Provider, RouteKey, Target } from './types';
+import { DISCOVERY_DEADLINE_MS, type DiscoveryError, type Found, type Provider, type RouteKey, type Target } from './types';
+
+/**
+ * How long a worker waits for the primary's answer to a discovery: past the primary's own deadline, so
+ * that a hung AWS is answered (and logged, and counted) by the primary, as a failure of AWS, and the
+ * worker's own timeout means only what it says: the primary did not answer.
+ */
+export const PRIMARY_ANSWER_TIMEOUT_MS = DISCOVERY_DEADLINE_MS + 5000;
 
 export type ToPrimary =
   | { readonly t: 'ready'; readonly port: number }
@@ -28,7 +35,10 @@ export type ToPrimary =
   | { readonly t: 'pong' };
 
 export type ToWorker =
-  | { readonly t: 'discovered'; readonly n: number; readonly targets?: readonly Target[]; readonly ageMs?: number; readonly error?: string; readonly code?: string; readonly logged?: boolean }
+  | {
+    readonly t: 'discovered'; readonly n: number; readonly targets?: readonly Target[]; readonly ageMs?: number; readonly stale?: boolean;
+    readonly error?: string; readonly code?: string; readonly logged?: boolean; readonly retryInMs?: number;
+  }
   | { readonly t: 'health'; readonly verdicts: readonly (readonly [string, boolean])[] }
   | { readonly t: 'metrics?'; readonly n: number }
   /** Is your event loop turning? (the primary's watchdog, WORKER_STUCK_TIMEOUT) */
@@ -54,7 +64,7 @@ export class PrimaryProvider implements Provider {
   constructor(
     /** The discovery mode the primary runs (ecs, tag, asg, static), for metrics and logs. */
     readonly name: string,
-    private readonly timeoutMs = 30_000,
+    private readonly timeoutMs = PRIMARY_ANSWER_TIMEOUT_MS,
     private readonly out: Send = send,
   ) {}
 
@@ -67,11 +77,12 @@ export class PrimaryProvider implements Provider {
     clearTimeout(w.timer);
     // The AWS error's name (AccessDeniedException, ThrottlingException) travels with its message, for the log.
     // `logged`: the primary said it already, once for every worker.
+    // `retryInMs`: the primary's wait before it asks AWS for this route again.
     if (m.error !== undefined) {
-      const err = Object.assign(new Error(m.error), m.code === undefined ? {} : { code: m.code });
+      const err: DiscoveryError = Object.assign(new Error(m.error), m.code === undefined ? {} : { code: m.code }, m.retryInMs === undefined ? {} : { retryInMs: m.retryInMs });
       w.reject(m.logged ? markLogged(err) : err);
     }
-    else w.resolve({ targets: [...(m.targets ?? [])], ageMs: Math.max(0, m.ageMs ?? 0) });
+    else w.resolve({ targets: [...(m.targets ?? [])], ageMs: Math.max(0, m.ageMs ?? 0), ...(m.stale ? { stale: true } : {}) });
   }
 
   async discover(route: RouteKey): Promise<Target[]> {

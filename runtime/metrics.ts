@@ -107,7 +107,7 @@ export const targetsPerRoute = new Gauge({
 });
 export const discoveryDuration = new Histogram({
   name: 'karma_discovery_duration_seconds',
-  help: 'Time one discovery of a route or pool took.',
+  help: 'Time one discovery of a route or pool took; outcome error when it failed, even if the last targets stay in use.',
   labelNames: ['provider', 'outcome'] as const,
   buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
 });

@@ -10,7 +10,7 @@
 import { Pool, TargetRegistry } from './balancer';
 import { errorFields, log, wasLogged } from './log';
 import { discoveryDuration, discoveryErrors, forgetRoute, limitHits, routesKnown } from './metrics';
-import { Provider, RouteKey, routeId, Target } from './types';
+import { DiscoveryError, Provider, RouteKey, routeId, Target } from './types';
 
 const sameIds = (a: readonly Target[], b: readonly Target[]): boolean => a.length === b.length && a.every((t, i) => t.id === b[i].id);
 
@@ -153,9 +153,10 @@ export class RouteTable {
         this.gauge();
         return entry.pool;
       },
-      () => {
+      (err: DiscoveryError) => {
         entry.inflight = undefined;
-        entry.absentUntil = this.now() + (this.opts.errorCacheTtlMs ?? 1000);
+        // As long as the primary holds the failure (its backoff), else errorCacheTtlMs.
+        entry.absentUntil = this.now() + (err?.retryInMs ?? this.opts.errorCacheTtlMs ?? 1000);
         this.gauge();
         return undefined;
       },
@@ -295,7 +296,8 @@ export class RouteTable {
         ? await this.provider.discoverAged(e.key, this.abort.signal, maxAgeMs)
         : { targets: await this.provider.discover(e.key, this.abort.signal), ageMs: 0 };
       e.foundAt = this.now() - found.ageMs;
-      discoveryDuration.labels({ provider: this.provider.name, outcome: 'ok' }).observe(seconds());
+      // A failure the primary answered with the last targets (it counted the error) is still a failure.
+      discoveryDuration.labels({ provider: this.provider.name, outcome: found.stale ? 'error' : 'ok' }).observe(seconds());
       return found.targets;
     } catch (err) {
       // Tried again a period later, as the last targets would have been refreshed.

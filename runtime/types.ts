@@ -61,7 +61,18 @@ export function within<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
 export interface Found {
   readonly targets: Target[];
   readonly ageMs: number;
+  /** The discovery failed, and these are the last targets found, kept in use (counted where it failed). */
+  readonly stale?: boolean;
 }
+
+/** The longest one discovery (every page and call of it) may take before it fails and can be tried again. */
+export const DISCOVERY_DEADLINE_MS = 30_000;
+
+/**
+ * A discovery error, with how long the route's failure holds before AWS is asked again (the primary's
+ * backoff): a route whose discovery keeps failing must not be tried every second by every worker.
+ */
+export type DiscoveryError = Error & { retryInMs?: number };
 
 /**
  * A discovery source. `discover` does the I/O and returns plain targets; it throws on an AWS or

@@ -45,7 +45,7 @@ describe('the primary shares discovery among workers', () => {
     await c.close();
   });
 
-  test('a discovery that never settles fails at the deadline, and the next ask starts a new one', async () => {
+  test('a discovery that never settles fails at the deadline, and the next ask after the failure\'s hold starts a new one', async () => {
     let hang = true;
     const signals: AbortSignal[] = [];
     const provider: Provider & { calls: number } = {
@@ -63,6 +63,7 @@ describe('the primary shares discovery among workers', () => {
     expect(provider.calls).toBe(1);
     expect(signals[0].aborted).toBe(true);
     hang = false;
+    clock += 1000; // past the failure's hold (FAILED_ROUTE_RETRY_MS)
     expect(await c.discover(route)).toEqual([makeTarget('10.0.0.1', 80)]);
     expect(provider.calls).toBe(2);
     await c.close();
@@ -204,14 +205,27 @@ describe('the primary shares discovery among workers', () => {
     await c.close();
   });
 
-  test('a failed discovery is not cached', async () => {
-    const provider = flaky([makeTarget('10.0.0.1', 80)], 'ThrottlingException');
+  test('a route whose first discovery failed is answered with that failure for a second, twice as long at each failure in a row up to NEGATIVE_CACHE_TTL, until one succeeds', async () => {
+    const provider = flaky([makeTarget('10.0.0.1', 80)], 'AccessDeniedException', 'not authorized to perform ecs:ListTasks');
     provider.failing = true;
     const c = new Coordinator(config, provider, () => clock);
-    await expect(c.discover(route)).rejects.toThrow('ThrottlingException');
+    const failure = (): Promise<unknown> => c.discover(route).then(() => 'answered', (e: unknown) => e);
+    // The waits AWS is left alone for: 1, 2, 4, 8, then NEGATIVE_CACHE_TTL (10 s).
+    for (const waitMs of [1000, 2000, 4000, 8000, 10_000, 10_000]) {
+      const calls = provider.calls;
+      expect(await failure()).toMatchObject({ message: 'not authorized to perform ecs:ListTasks', name: 'AccessDeniedException', logged: true, retryInMs: waitMs });
+      expect(provider.calls).toBe(calls + 1);
+      // Every worker asking meanwhile gets the same failure, and how long it still holds, without a call.
+      clock += waitMs - 1;
+      expect(await failure()).toMatchObject({ name: 'AccessDeniedException', retryInMs: 1 });
+      expect(provider.calls).toBe(calls + 1);
+      clock += 1;
+    }
     provider.failing = false;
     expect(await c.discover(route)).toHaveLength(1);
-    expect(provider.calls).toBe(2);
+    // A success ends it: the next failure (of another route without targets) starts again at a second.
+    provider.failing = true;
+    expect(await c.discover({ ...route, service: 'other' }).catch((e: unknown) => e)).toMatchObject({ retryInMs: 1000 });
     await c.close();
   });
 });

@@ -1,7 +1,7 @@
 import * as net from 'node:net';
 import { TargetRegistry } from '../../runtime/balancer';
 import { loadConfig } from '../../runtime/config';
-import { activeConnections, requestsTotal } from '../../runtime/metrics';
+import { activeConnections, discoveryDuration, requestsTotal } from '../../runtime/metrics';
 import { EARLY_ANSWER_MAX_AGE_MS, RouteTable } from '../../runtime/routes';
 import { makeTarget, Provider, RouteKey, Target } from '../../runtime/types';
 import { Running, start } from '../../runtime/worker';
@@ -86,6 +86,36 @@ describe('route table', () => {
     } finally {
       stderr.mockRestore();
     }
+  });
+
+  test("a route whose first discovery failed is absent for as long as the primary holds the failure, else for a second", async () => {
+    const g = gated((r) => Object.assign(new Error('denied'), { name: 'AccessDeniedException', logged: true }, r.service === 'held' ? { retryInMs: 8000 } : {}));
+    g.release();
+    const t = table(g.provider);
+    expect(await t.resolve(key('held'))).toBeUndefined();
+    expect(await t.resolve(key('own'))).toBeUndefined();
+    clock += 1001;
+    expect([t.get(key('held')).kind, t.get(key('own')).kind]).toEqual(['absent', 'unknown']);
+    clock += 7000;
+    expect(t.get(key('held')).kind).toBe('unknown');
+  });
+
+  test('a rediscovery the primary answered with the last targets, because AWS failed, is timed as a failure', async () => {
+    const outcomes = async (): Promise<Record<string, number>> => Object.fromEntries((await discoveryDuration.get()).values
+      .filter((v) => v.metricName === 'karma_discovery_duration_seconds_count' && v.labels.provider === 'stale-test')
+      .map((v) => [String(v.labels.outcome), v.value]));
+    let stale = false;
+    const provider: Provider = {
+      name: 'stale-test',
+      discover: async () => [],
+      discoverAged: async () => ({ targets: [makeTarget('10.0.0.1', 80)], ageMs: 0, ...(stale ? { stale } : {}) }),
+    };
+    const t = table(provider);
+    await t.resolve(key('api'));
+    stale = true;
+    await t.refresh();
+    expect(await outcomes()).toEqual({ ok: 1, error: 1 });
+    expect(t.get(key('api'))).toMatchObject({ kind: 'pool', pool: { size: 1 } });
   });
 
   test("a route whose rediscovery hangs holds only itself: the next pass refreshes the others", async () => {
