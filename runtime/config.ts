@@ -455,7 +455,7 @@ export const SETTINGS = {
   },
   allowedClusters: {
     env: 'ALLOWED_CLUSTERS',
-    doc: 'Comma-separated ECS clusters (names, or ARNs for the name at their end) that may be routed to; empty means any. A Host matches them in any case (it is lower case); ECS is asked for the name as spelled here (`MyStack-Cluster-1A2B`), which a role limited to that cluster allows.',
+    doc: 'Comma-separated ECS clusters (names, or ARNs for the name at their end) that may be routed to; empty means any. A Host matches them in any case (it is lower case); ECS is asked for the name as spelled here (`MyStack-Cluster-1A2B`), which a role limited to that cluster allows. One that ECS does not know (a wrong `AWS_REGION`, a typo) is logged, once until it is found.',
     default: '',
     parse: clusterNames,
   },
@@ -485,7 +485,7 @@ export const SETTINGS = {
   },
   ipPreference: {
     env: 'IP_PREFERENCE',
-    doc: '`private` (in-VPC traffic is free) or `public` (falls back to private) for awsvpc tasks.',
+    doc: '`private` (in-VPC traffic is free) or `public` (falls back to private) for awsvpc tasks. With `public`, should `DescribeNetworkInterfaces` fail (throttled, refused), the public IPs known from earlier lookups stand and the other tasks are reached at their private IPs (logged once a minute at most).',
     default: 'private',
     parse: oneOf<IpPreference>('private', 'public'),
   },

@@ -285,6 +285,14 @@ export class EcsProvider implements Provider {
   private readonly listings = new Map<string, { arns: readonly string[] | undefined; until: number }>();
   /** Listings being made: one at a time for each key. */
   private readonly listing = new Map<string, Promise<string[] | undefined>>();
+  /** ENI ID → its public IP (undefined: none), from the last lookups: what stays known when one fails. */
+  private readonly eniPublicIps = new Map<string, string | undefined>();
+  /** When a failed ENI lookup was last logged (once a minute at most). */
+  private eniFailureSaidAt = -Infinity;
+  /** Lower-case names of ALLOWED_CLUSTERS: one of them missing is the operator's to know (a wrong region). */
+  private readonly configuredClusters: ReadonlySet<string>;
+  /** Configured clusters found missing, said once until they are found. */
+  private readonly missingClusters = new Set<string>();
 
   constructor(private readonly opts: EcsProviderOptions) {
     this.ecs = opts.ecs;
@@ -297,6 +305,7 @@ export class EcsProvider implements Provider {
     const spelled = new Map<string, Set<string>>();
     for (const name of opts.clusterNames ?? []) spelled.set(name.toLowerCase(), (spelled.get(name.toLowerCase()) ?? new Set()).add(name));
     for (const [lower, names] of spelled) if (names.size === 1 && !names.has(lower)) this.givenNames.set(lower, [...names][0]);
+    this.configuredClusters = new Set(spelled.keys());
     // Results depend on these options: proxies that differ must not share them through Redis.
     this.scope = ['ecs', this.ipPreference, this.healthyTasksOnly ? 'healthy' : 'all', ...(this.caseLookup ? ['anycase'] : [])].join('.');
   }
@@ -352,29 +361,45 @@ export class EcsProvider implements Provider {
     for (;;) {
       try {
         const arns = await this.taskArnsOf(cluster, service, signal);
+        this.missingClusters.delete(route.cluster);
         // Kept while in use, least recently used going first.
         if (cluster !== route.cluster) setRecent(this.realNames, clusterKey, cluster, this.hostCacheMax);
         if (service !== route.service) setRecent(this.realNames, `service:${cluster}/${route.service}`, service, this.hostCacheMax);
         return { cluster, arns };
       } catch (err) {
         if (!isNotFound(err)) throw err;
-        if (!this.caseLookup) return undefined;
         const clusterGone = (err as { name?: string }).name === 'ClusterNotFoundException';
+        if (!this.caseLookup) return this.notFound(route, clusterGone);
         const real = clusterGone
           ? await this.realName({ cluster: undefined }, route.cluster)
           : await this.realName({ cluster }, route.service);
         signal?.throwIfAborted();
         if (real === null) {
           if (cluster !== route.cluster || service !== route.service) throw err;
-          return undefined;
+          return this.notFound(route, clusterGone);
         }
-        if (real === undefined || real === (clusterGone ? cluster : service)) return undefined;
+        if (real === undefined || real === (clusterGone ? cluster : service)) return this.notFound(route, clusterGone);
         if (clusterGone) {
           cluster = real;
           service = this.realNames.get(`service:${cluster}/${route.service}`) ?? route.service;
         } else service = real;
       }
     }
+  }
+
+  /**
+   * A route whose cluster or service ECS does not know is empty (a 503, remembered for
+   * NEGATIVE_CACHE_TTL). A cluster of ALLOWED_CLUSTERS that does not exist is said, once until it is
+   * found: it is configuration, most likely a wrong AWS_REGION or a typo, not a client's invention.
+   */
+  private notFound(route: RouteKey, clusterGone: boolean): undefined {
+    if (clusterGone && this.configuredClusters.has(route.cluster) && !this.missingClusters.has(route.cluster)) {
+      this.missingClusters.add(route.cluster);
+      log('warn', 'an ECS cluster of ALLOWED_CLUSTERS does not exist in this region: its routes are empty (check ALLOWED_CLUSTERS and AWS_REGION)', {
+        cluster: this.givenNames.get(route.cluster) ?? route.cluster,
+      });
+    }
+    return undefined;
   }
 
   private async taskArnsOf(cluster: string, serviceName: string, signal?: AbortSignal): Promise<string[]> {
@@ -437,12 +462,33 @@ export class EcsProvider implements Provider {
 
   /**
    * One DescribeNetworkInterfaces for every ENI (batches of 1000 beyond that); ENIs without a public
-   * IP fall back to private in the transform.
+   * IP fall back to private in the transform. When the lookup fails (throttled: EC2's limits are the
+   * account's; refused), the ENIs' public IPs known from earlier lookups stand, and the others fall back
+   * to private: the route's discovery goes on rather than failing with it.
    */
   private async publicIps(eniIds: string[], signal?: AbortSignal): Promise<Record<string, string>> {
     if (eniIds.length === 0) return {};
-    const batches = await inBatches(eniIds, 1000, (ids) => this.describeEnis(ids, signal));
-    return publicIpsByEni(batches.flat());
+    try {
+      const batches = await inBatches(eniIds, 1000, (ids) => this.describeEnis(ids, signal));
+      const found = publicIpsByEni(batches.flat());
+      for (const id of eniIds) setRecent(this.eniPublicIps, id, found[id], this.hostCacheMax);
+      return found;
+    } catch (err) {
+      if (signal?.aborted) throw err;
+      const known: Record<string, string> = {};
+      for (const id of eniIds) {
+        const ip = this.eniPublicIps.get(id);
+        if (ip !== undefined) known[id] = ip;
+      }
+      const now = Date.now();
+      if (now - this.eniFailureSaidAt >= 60_000) {
+        this.eniFailureSaidAt = now;
+        log('warn', 'cannot look up the public IPs of tasks (DescribeNetworkInterfaces): those not known from an earlier lookup are reached at their private IPs', {
+          enis: eniIds.length, privateFallback: eniIds.length - Object.keys(known).length, ...errorFields(err),
+        });
+      }
+      return known;
+    }
   }
 
   private async describeEnis(ids: string[], signal?: AbortSignal): Promise<NetworkInterface[]> {

@@ -85,6 +85,13 @@ async function metricValue(metric: typeof awsCalls | typeof tasksSkipped, labels
     .reduce((n, v) => n + v.value, 0);
 }
 
+/** The JSON log lines written while it is on (restore() ends it). */
+function captureLog(): Record<string, unknown>[] & { restore: () => void } {
+  const lines: Record<string, unknown>[] = [];
+  const spy = jest.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => (lines.push(JSON.parse(String(chunk))), true));
+  return Object.assign(lines, { restore: () => spy.mockRestore() });
+}
+
 function provider(over: Partial<ConstructorParameters<typeof EcsProvider>[0]> = {}): EcsProvider {
   return new EcsProvider({ ecs: new ECSClient({ region: 'us-east-1' }), ec2: new EC2Client({ region: 'us-east-1' }), ...over });
 }
@@ -289,6 +296,30 @@ describe('EcsProvider with mocked SDK clients', () => {
     });
   });
 
+  test('IP_PREFERENCE=public with DescribeNetworkInterfaces failing: public IPs known from before stand, the other tasks are reached privately, said once', async () => {
+    const lines = captureLog();
+    try {
+      const tasks = [fargateTask(1), fargateTask(2)];
+      ecsMock.on(ListTasksCommand).resolves({ taskArns: tasks.map((t) => t.taskArn as string) });
+      describeFrom(tasks);
+      ec2Mock.on(DescribeNetworkInterfacesCommand).resolves({ NetworkInterfaces: [{ NetworkInterfaceId: 'eni-1', Association: { PublicIp: '54.0.0.9' } }] });
+      const p = provider({ ipPreference: 'public' });
+      expect((await p.discover(route)).map((t) => t.id)).toEqual(['10.0.0.3:8080', '54.0.0.9:8080']);
+
+      // EC2's limits are the account's: throttled (after the SDK's own retries), or refused.
+      const third = fargateTask(3);
+      ecsMock.on(ListTasksCommand).resolves({ taskArns: [...tasks, third].map((t) => t.taskArn as string) });
+      describeFrom([...tasks, third]);
+      ec2Mock.on(DescribeNetworkInterfacesCommand).rejects(Object.assign(new Error('Request limit exceeded.'), { name: 'RequestLimitExceeded', $metadata: { httpStatusCode: 503 } }));
+      expect((await p.discover(route)).map((t) => t.id)).toEqual(['10.0.0.3:8080', '10.0.0.4:8080', '54.0.0.9:8080']);
+      await p.discover(route);
+      const said = lines.filter((l) => String(l.msg).startsWith('cannot look up the public IPs'));
+      expect(said).toEqual([expect.objectContaining({ level: 'warn', enis: 3, privateFallback: 2, code: 'RequestLimitExceeded' })]);
+    } finally {
+      lines.restore();
+    }
+  });
+
   test('tasks with missing fields are skipped and counted, never a crash', async () => {
     const tasks: Task[] = [
       fargateTask(1),
@@ -318,6 +349,27 @@ describe('EcsProvider with mocked SDK clients', () => {
     await expect(provider().discover(route)).resolves.toEqual([]);
     expect(ecsMock.commandCalls(DescribeTasksCommand)).toHaveLength(0);
     expect(ecsMock.commandCalls(ListTasksCommand)).toHaveLength(1);
+  });
+
+  test('a cluster of ALLOWED_CLUSTERS that ECS does not know is said once until it is found (a wrong region); a cluster a Host made up is not', async () => {
+    const lines = captureLog();
+    try {
+      const notFound = Object.assign(new Error('Cluster not found.'), { name: 'ClusterNotFoundException', $metadata: { httpStatusCode: 400 } });
+      ecsMock.on(ListTasksCommand).rejects(notFound);
+      const p = provider({ clusterNames: ['Prod'] });
+      const missing = () => lines.filter((l) => String(l.msg).startsWith('an ECS cluster of ALLOWED_CLUSTERS does not exist'));
+      await expect(p.discover(route)).resolves.toEqual([]);
+      await expect(p.discover({ ...route, service: 'web' })).resolves.toEqual([]);
+      await expect(p.discover({ ...route, cluster: 'made-up' })).resolves.toEqual([]);
+      expect(missing()).toEqual([expect.objectContaining({ level: 'warn', cluster: 'Prod' })]);
+      ecsMock.on(ListTasksCommand).resolves({ taskArns: [] });
+      await p.discover(route);
+      ecsMock.on(ListTasksCommand).rejects(notFound);
+      await p.discover(route);
+      expect(missing()).toHaveLength(2);
+    } finally {
+      lines.restore();
+    }
   });
 
   test.each(['ClusterNotFoundException', 'ServiceNotFoundException'])('%s, and the look-up of other cases failing, is still an empty route', async (name) => {
