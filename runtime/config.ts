@@ -96,7 +96,11 @@ class Invalid extends Error {}
 
 // ---- parsers: each throws Invalid with a message that completes "NAME must be ..." ----
 
-/** A whole number as Go's strconv.Atoi reads it (what the seeds used): decimal digits, a leading + allowed. */
+/**
+ * A whole number in decimal digits, a leading + allowed (Go's strconv.Atoi form). The Stateless Load
+ * Balancer's viper also read Go literals (`0x10`, `1_000`, and `010` as octal 8): no setting is written
+ * so, and those are refused rather than read another way, except that a leading zero stays decimal.
+ */
 const integer = (min: number, max: number) => (raw: string): number => {
   if (!/^\+?\d+$/.test(raw.trim())) throw new Invalid(`an integer from ${min} to ${max}`);
   const n = Number(raw.trim());
@@ -377,9 +381,9 @@ export const SETTINGS = {
   },
   circuitBreakerThreshold: {
     env: 'CIRCUIT_BREAKER_THRESHOLD',
-    doc: 'Consecutive forwarding failures that open a target\'s circuit breaker.',
+    doc: 'Consecutive forwarding failures that open a target\'s circuit breaker. `0` is read as `5`, as the Stateless Load Balancer did (it ignored the setting).',
     default: '5',
-    parse: integer(1, 1_000_000),
+    parse: integer(0, 1_000_000),
   },
   circuitBreakerTimeoutMs: {
     env: 'CIRCUIT_BREAKER_TIMEOUT',
@@ -435,7 +439,12 @@ export const SETTINGS = {
     default: '6970',
     parse: integer(0, 65535),
   },
-  metricsHost: { env: 'METRICS_HOST', doc: 'Address of the metrics endpoint.', default: '0.0.0.0', parse: listenAddress },
+  metricsHost: {
+    env: 'METRICS_HOST',
+    doc: 'Address of the metrics endpoint. Default: `HOST`\'s (a proxy kept to one address keeps its metrics there too).',
+    default: undefined,
+    parse: listenAddress,
+  },
   workers: {
     env: 'WORKERS',
     doc: 'Worker processes sharing the port. Default: the number of CPUs.',
@@ -691,6 +700,8 @@ export function loadConfig(env: Env = process.env): Config {
   if (out.healthCheckTimeoutMs === 0 && typeof out.healthCheckPeriodMs === 'number') out.healthCheckTimeoutMs = out.healthCheckPeriodMs;
   if (out.poolTimeoutMs === 0 && typeof out.upstreamTimeoutMs === 'number') out.poolTimeoutMs = out.upstreamTimeoutMs;
   if (out.circuitBreakerTimeoutMs === 0) out.circuitBreakerTimeoutMs = 5 * 60_000;
+  if (out.circuitBreakerThreshold === 0) out.circuitBreakerThreshold = 5;
+  if (out.metricsHost === undefined && typeof out.host === 'string') out.metricsHost = out.host;
   if (typeof out.healthCheckTimeoutMs === 'number' && typeof out.healthCheckPeriodMs === 'number' &&
       out.healthCheckTimeoutMs > out.healthCheckPeriodMs) {
     // The default timeout shrinks to a shorter period. One that was set stays: the Stateless Load

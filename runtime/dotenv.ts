@@ -9,7 +9,7 @@ import * as util from 'node:util';
 export interface DotEnv {
   /** Every KEY of the file with its value, expanded, in the file's order (a repeated key: the last). */
   readonly values: ReadonlyMap<string, string>;
-  /** Numbers of the lines that are neither blank, a comment, nor a setting. */
+  /** Numbers of the lines that are neither blank, a comment, nor a setting (left out of `values`). */
   readonly badLines: readonly number[];
 }
 
@@ -39,9 +39,12 @@ export function parseDotEnv(text: string, env: Readonly<Record<string, string | 
       i = j;
     }
   }
-  if (badLines.length > 0) return { values: new Map(), badLines };
-  // Node's parser for the rest (quotes, escapes, comments), given godotenv's `KEY: value` as `KEY=value`.
-  const parsed = util.parseEnv(text.replace(/^(\s*(?:export\s+)?[A-Za-z_][A-Za-z0-9_.-]*):(?=[ \t])/gm, '$1='));
+  // Bad lines are left out, so that the rest can be read (and checked) all the same: Node's parser would
+  // take one into the next line's name. Node's parser for the rest (quotes, escapes, comments), given
+  // godotenv's `KEY: value` as `KEY=value`.
+  const bad = new Set(badLines.map((n) => n - 1));
+  const good = bad.size === 0 ? text : lines.map((l, i) => (bad.has(i) ? '' : l)).join('\n');
+  const parsed = util.parseEnv(good.replace(/^(\s*(?:export\s+)?[A-Za-z_][A-Za-z0-9_.-]*):(?=[ \t])/gm, '$1='));
   const values = new Map<string, string>();
   for (const [name, value = ''] of Object.entries(parsed)) {
     values.set(name, literal.has(name) ? value : expand(value, (v) => values.get(v) ?? env[v] ?? ''));

@@ -222,7 +222,11 @@ async function runPrimary(config: Config): Promise<void> {
   metricsServer.on('error', (err) => {
     // /healthz is what the instance's boot check and any load balancer probe: a proxy that cannot
     // serve it would be taken for a dead one. Stop, as for a port that is taken (exit 1).
-    log('error', 'metrics endpoint cannot listen', { port: config.metricsPort, host: config.metricsHost, ...errorFields(err) });
+    log('error', 'metrics endpoint cannot listen', {
+      port: config.metricsPort, host: config.metricsHost, ...errorFields(err),
+      // The seeds had no such port: two of their processes on one host (one per pool) never met on it.
+      ...((err as NodeJS.ErrnoException).code === 'EADDRINUSE' ? { hint: 'another process has this port (a second proxy on this host?): give each its own METRICS_PORT' } : {}),
+    });
     process.exitCode = 1;
     onSignal('SIGTERM');
   });
@@ -282,15 +286,16 @@ function readDotEnv(): string[] {
   const file = path.resolve('.env');
   try {
     const { values, badLines } = parseDotEnv(fs.readFileSync(file, 'utf8'), process.env);
-    // A line that is no setting would be merged by Node 20's parser into the next one (which is then
-    // lost): it stops the start, named by its number only (its text may be a password).
-    if (badLines.length) return badLines.map((n) => `${file} line ${n} is not KEY=value (its text is not shown)`);
     const allowed = new Set([...ENV_NAMES, ...DOTENV_AWS]);
     const ignored: string[] = [];
     for (const [name, value] of values) {
       if (!allowed.has(name)) ignored.push(name);
       else if (process.env[name] === undefined) process.env[name] = value;
     }
+    // A line that is no setting would be merged by Node 20's parser into the next one (which is then
+    // lost): it stops the start, named by its number only (its text may be a password), together with
+    // whatever is wrong in the file's other lines, which are read for that.
+    if (badLines.length) return badLines.map((n) => `${file} line ${n} is not KEY=value (its text is not shown)`);
     log('info', 'settings read from .env (variables already set win)', { file, ...(ignored.length ? { ignored } : {}) });
     // A typo there is as likely as in the environment, and said the same way.
     for (const { name, meant } of mistypedSettings(Object.fromEntries(ignored.map((n) => [n, ''])))) {

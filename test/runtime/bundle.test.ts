@@ -454,6 +454,8 @@ describe('the bundle starts and stops cleanly', () => {
       const r = await runBundle({ NODE_FILTER: 'static', STATIC_TARGETS: '127.0.0.1:9', HEALTH_CHECK_PATH: 'off', HOST: '127.0.0.1', PORT: '0', METRICS_HOST: '127.0.0.1', METRICS_PORT: String(port), WORKERS: '1' });
       expect(r.code).toBe(1);
       expect(r.stderr).toMatch(new RegExp(`"msg":"metrics endpoint cannot listen","pid":\\d+,"port":${port}`));
+      // The seeds had no such port: two of their processes on one host never met on it.
+      expect(r.stderr).toContain('"hint":"another process has this port (a second proxy on this host?): give each its own METRICS_PORT"');
     } finally {
       await close(taken);
     }
@@ -597,14 +599,15 @@ describe('the bundle starts and stops cleanly', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'karma-dotenv-'));
     try {
       // A space for the '=': Node 20's parser would take it into the next line's name and lose PORT.
-      fs.writeFileSync(path.join(dir, '.env'), 'NODE_FILTER=static\nREDIS_URL redis://:Sup3rS3cret@10.0.0.5:6379\nPORT=1\nMULTI="a\nb"\nWORKERS 2\n');
+      fs.writeFileSync(path.join(dir, '.env'), 'NODE_FILTER=static\nREDIS_URL redis://:Sup3rS3cret@10.0.0.5:6379\nPORT=1\nMULTI="a\nb"\nWORKERS 2\nPOOL_TIMEOUT=abc\n');
       const r = await runBundle({ STATIC_TARGETS: '10.0.0.1:80', HEALTH_CHECK_PATH: 'nope' }, 15_000, dir);
       expect(r.code).toBe(2);
       expect(r.stderr).toContain(`${path.join(dir, '.env')} line 2 is not KEY=value (its text is not shown)`);
       expect(r.stderr).toContain('.env line 6 is not KEY=value');
-      expect(r.stderr).not.toMatch(/line [1345] /);
-      // The other bad settings in the same message.
+      expect(r.stderr).not.toMatch(/line [13457] /);
+      // The other bad settings in the same message, the file's own among them.
       expect(r.stderr).toContain('HEALTH_CHECK_PATH');
+      expect(r.stderr).toContain("POOL_TIMEOUT must be");
       expect(r.stderr + r.stdout).not.toContain('Sup3rS3cret');
 
       const backend = await startBackend('yaml-ish');

@@ -116,13 +116,22 @@ describe('configuration', () => {
   });
 
   test("the Stateless Load Balancer's zeros start the proxy: no timeout of their own, bounded by the clock above them", () => {
-    const c = loadConfig({ NODE_FILTER: 'asg', HEALTH_CHECK_TIMEOUT: '0', HEALTH_CHECK_PERIOD: '10', POOL_TIMEOUT: '0', UPSTREAM_TIMEOUT: '30', CIRCUIT_BREAKER_TIMEOUT: '0' });
+    const c = loadConfig({ NODE_FILTER: 'asg', HEALTH_CHECK_TIMEOUT: '0', HEALTH_CHECK_PERIOD: '10', POOL_TIMEOUT: '0', UPSTREAM_TIMEOUT: '30', CIRCUIT_BREAKER_TIMEOUT: '0', CIRCUIT_BREAKER_THRESHOLD: '0' });
     expect([c.healthCheckTimeoutMs, c.poolTimeoutMs, c.circuitBreakerTimeoutMs]).toEqual([10_000, 30_000, 300_000]);
+    // It ignored both breaker settings, and ran with 5 failures and 5 minutes.
+    expect(c.circuitBreakerThreshold).toBe(5);
     // Still no negative, and nothing that rounds to zero.
     expect(errorOf({ NODE_FILTER: 'asg', POOL_TIMEOUT: '-1', HEALTH_CHECK_TIMEOUT: '0.0001' }).problems).toEqual([
       "HEALTH_CHECK_TIMEOUT must be 0 or at least 0.001 seconds (got '0.0001')",
       "POOL_TIMEOUT must be a number of seconds (got '-1')",
     ]);
+  });
+
+  test("the metrics endpoint listens where the proxy does, unless METRICS_HOST says otherwise", () => {
+    expect(loadConfig({ NODE_FILTER: 'asg' }).metricsHost).toBe('0.0.0.0');
+    expect(loadConfig({ NODE_FILTER: 'asg', HOST: '127.0.0.1' }).metricsHost).toBe('127.0.0.1');
+    expect(loadConfig({ NODE_FILTER: 'asg', HOST: '[::]' }).metricsHost).toBe('::');
+    expect(loadConfig({ NODE_FILTER: 'asg', HOST: '127.0.0.1', METRICS_HOST: '0.0.0.0' }).metricsHost).toBe('0.0.0.0');
   });
 
   test('CIRCUIT_BREAKER_TIMEOUT takes fractions of a minute', () => {

@@ -20,3 +20,9 @@ test("godotenv's KEY: value and export lines are read; a line that is no setting
   expect(read('export NODE_FILTER: static\n# comment\nWORKERS = 2\n')).toEqual({ NODE_FILTER: 'static', WORKERS: '2' });
   expect(parseDotEnv('A=1\nnot a setting\nB="multi\nline"\nC 2\n', {}).badLines).toEqual([2, 5]);
 });
+
+test('the lines around a bad one are read all the same (for their own checks), and the bad one takes none of them along', () => {
+  const { values, badLines } = parseDotEnv('A=1\nREDIS_URL redis://:secret@h:6379\nPORT=1\nB="multi\nline"\nC 2\nD=4\n', {});
+  expect(badLines).toEqual([2, 6]);
+  expect(Object.fromEntries(values)).toEqual({ A: '1', PORT: '1', B: 'multi\nline', D: '4' });
+});
