@@ -70,8 +70,8 @@ export interface KarmaProxyProps {
   /** The VPC of the proxy (and of the cache). It needs public subnets (`publicSubnetIds` when imported with
    * `Vpc.fromVpcAttributes`); a VPC without them, or a selection below that matches none of its subnets,
    * fails at synth with the subnets the VPC has.
-   * Give the VPC of your targets: from a new one, the proxy reaches them only at public addresses (or
-   * through peering you add); synth says so in a note.
+   * Give the VPC of your targets: from a new one, the proxy reaches awsvpc tasks only at public
+   * addresses, and other targets only through peering you add; synth says so in a note.
    * @default a new VPC: 2 AZs, public subnets for the proxy, isolated subnets for the cache, no NAT gateway */
   readonly vpc?: ec2.IVpc;
   /** Where the instances run: public subnets only, for the Elastic IPs, packages and AWS APIs (no NAT).
@@ -790,8 +790,12 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     if (!props.vpc && discovery !== 'static') {
       // A note, not a warning: the default stack synthesizes without warnings, and a first try may well
       // serve tasks with public addresses. But private addresses of another VPC are out of reach.
-      Annotations.of(this).addInfo('[KarmaProxy:NewVpc] The proxy runs in a VPC of its own (no vpc given): it reaches ' +
-        'your targets only at their public addresses (IP_PREFERENCE=public) or through peering you add. ' +
+      // Only awsvpc tasks can be reached at a public address (IP_PREFERENCE=public): pools and bridge-mode
+      // tasks are found at their instances' private addresses.
+      const reach = discovery === 'ecs'
+        ? 'it reaches your awsvpc tasks only at their public addresses (IP_PREFERENCE=public), and other targets only through peering you add'
+        : 'it reaches your instances (found at their private addresses) only through peering you add';
+      Annotations.of(this).addInfo(`[KarmaProxy:NewVpc] The proxy runs in a VPC of its own (no vpc given): ${reach}. ` +
         'Give the VPC of your services (vpc; vpcId and publicSubnetIds in the app) to reach them at their private addresses.');
     }
     if (minCapacity < maxCapacity) {

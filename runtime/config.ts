@@ -494,7 +494,7 @@ export const SETTINGS = {
   },
   ipPreference: {
     env: 'IP_PREFERENCE',
-    doc: '`private` (in-VPC traffic is free) or `public` (falls back to private) for awsvpc tasks. With `public`, should `DescribeNetworkInterfaces` fail (throttled, refused), the public IPs known from earlier lookups stand and the other tasks are reached at their private IPs (logged once a minute at most).',
+    doc: '`private` (in-VPC traffic is free) or `public` (falls back to private) for awsvpc tasks. With `public`, should `DescribeNetworkInterfaces` fail (throttled, refused), the public IPs this proxy knows from earlier lookups stand (logged once a minute at most); with a task whose it does not know, the discovery fails rather than give a private address that may be out of reach (a known route keeps its last targets).',
     default: 'private',
     parse: oneOf<IpPreference>('private', 'public'),
   },

@@ -463,8 +463,10 @@ export class EcsProvider implements Provider {
   /**
    * One DescribeNetworkInterfaces for every ENI (batches of 1000 beyond that); ENIs without a public
    * IP fall back to private in the transform. When the lookup fails (throttled: EC2's limits are the
-   * account's; refused), the ENIs' public IPs known from earlier lookups stand, and the others fall back
-   * to private: the route's discovery goes on rather than failing with it.
+   * account's; refused) and this process knows every ENI's public IP from earlier lookups, those stand
+   * and the discovery goes on (tasks that left are dropped). With one it does not know, the discovery
+   * fails, as before: a private address in their place may be unreachable (a proxy in another VPC), and
+   * the answer would go to every proxy through Redis. A known route keeps its last targets then.
    */
   private async publicIps(eniIds: string[], signal?: AbortSignal): Promise<Record<string, string>> {
     if (eniIds.length === 0) return {};
@@ -474,7 +476,7 @@ export class EcsProvider implements Provider {
       for (const id of eniIds) setRecent(this.eniPublicIps, id, found[id], this.hostCacheMax);
       return found;
     } catch (err) {
-      if (signal?.aborted) throw err;
+      if (signal?.aborted || !eniIds.every((id) => this.eniPublicIps.has(id))) throw err;
       const known: Record<string, string> = {};
       for (const id of eniIds) {
         const ip = this.eniPublicIps.get(id);
@@ -483,9 +485,7 @@ export class EcsProvider implements Provider {
       const now = Date.now();
       if (now - this.eniFailureSaidAt >= 60_000) {
         this.eniFailureSaidAt = now;
-        log('warn', 'cannot look up the public IPs of tasks (DescribeNetworkInterfaces): those not known from an earlier lookup are reached at their private IPs', {
-          enis: eniIds.length, privateFallback: eniIds.length - Object.keys(known).length, ...errorFields(err),
-        });
+        log('warn', 'cannot look up the public IPs of tasks (DescribeNetworkInterfaces): those known from earlier lookups stand', { enis: eniIds.length, ...errorFields(err) });
       }
       return known;
     }

@@ -450,8 +450,9 @@ test('a VPC of its own is a note at synth: targets elsewhere are reached only at
     return Annotations.fromStack(stack).findInfo('/Test/Proxy', Match.stringLikeRegexp('KarmaProxy:NewVpc')).map((n) => String(n.entry.data));
   };
   expect(note({})).toHaveLength(1);
-  expect(note({})[0]).toContain('it reaches your targets only at their public addresses (IP_PREFERENCE=public) or through peering you add');
-  expect(note({ discovery: 'asg', asgName: 'web' })).toHaveLength(1);
+  expect(note({})[0]).toContain('it reaches your awsvpc tasks only at their public addresses (IP_PREFERENCE=public), and other targets only through peering you add');
+  // A pool's instances are found at their private addresses: no public way round.
+  expect(note({ discovery: 'asg', asgName: 'web' })[0]).toContain('it reaches your instances (found at their private addresses) only through peering you add');
   expect(note({}, true)).toEqual([]);
   expect(note({ discovery: 'static', staticTargets: ['203.0.113.5:80'] })).toEqual([]);
 });

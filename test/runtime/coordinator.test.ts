@@ -1,5 +1,6 @@
 import type { Worker } from 'node:cluster';
 import { EventEmitter } from 'node:events';
+import { until } from '../support/net';
 import { Counter, Registry } from 'prom-client';
 import { loadConfig } from '../../runtime/config';
 import { Coordinator } from '../../runtime/coordinator';
@@ -223,9 +224,34 @@ describe('the primary shares discovery among workers', () => {
     }
     provider.failing = false;
     expect(await c.discover(route)).toHaveLength(1);
-    // A success ends it: the next failure (of another route without targets) starts again at a second.
+    // A success ends it: with targets found, the next failure is answered with them, not held.
     provider.failing = true;
-    expect(await c.discover({ ...route, service: 'other' }).catch((e: unknown) => e)).toMatchObject({ retryInMs: 1000 });
+    clock += 60_000;
+    expect(await c.discoverAged(route)).toEqual({ targets: [makeTarget('10.0.0.1', 80)], ageMs: 0, stale: true });
+    // Once nobody asks for the route and it is forgotten, a failure starts again at a second.
+    clock += 200_000;
+    c.prune(100_000);
+    expect(await failure()).toMatchObject({ retryInMs: 1000 });
+    await c.close();
+  });
+
+  test("a worker is told how long a failed route is held, and that a known route's answer is the last targets kept through a failure", async () => {
+    const provider = flaky([makeTarget('10.0.0.1', 80)], 'ServerException');
+    const c = new Coordinator(config, provider, () => clock);
+    const sent: Record<string, unknown>[] = [];
+    const worker = Object.assign(new EventEmitter(), { id: 1, isConnected: () => true, send: (m: Record<string, unknown>) => sent.push(m) });
+    c.add(worker as unknown as Worker);
+    const ask = async (n: number, r: RouteKey): Promise<Record<string, unknown>> => {
+      worker.emit('message', { t: 'discover', n, route: r });
+      await until(`the answer to ask ${n}`, () => sent.some((m) => m.n === n), 2000);
+      return sent.find((m) => m.n === n)!;
+    };
+    expect(await ask(1, route)).toMatchObject({ t: 'discovered', targets: [makeTarget('10.0.0.1', 80)] });
+    expect(sent[0].stale).toBeUndefined();
+    provider.failing = true;
+    clock += 60_000;
+    expect(await ask(2, route)).toMatchObject({ t: 'discovered', targets: [makeTarget('10.0.0.1', 80)], stale: true });
+    expect(await ask(3, { ...route, service: 'new' })).toMatchObject({ t: 'discovered', error: 'ServerException', code: 'ServerException', logged: true, retryInMs: 1000 });
     await c.close();
   });
 });

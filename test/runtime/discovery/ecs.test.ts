@@ -296,7 +296,7 @@ describe('EcsProvider with mocked SDK clients', () => {
     });
   });
 
-  test('IP_PREFERENCE=public with DescribeNetworkInterfaces failing: public IPs known from before stand, the other tasks are reached privately, said once', async () => {
+  test('IP_PREFERENCE=public with DescribeNetworkInterfaces failing: public IPs known from before stand, said once; a task whose is not known fails the discovery', async () => {
     const lines = captureLog();
     try {
       const tasks = [fargateTask(1), fargateTask(2)];
@@ -306,15 +306,20 @@ describe('EcsProvider with mocked SDK clients', () => {
       const p = provider({ ipPreference: 'public' });
       expect((await p.discover(route)).map((t) => t.id)).toEqual(['10.0.0.3:8080', '54.0.0.9:8080']);
 
-      // EC2's limits are the account's: throttled (after the SDK's own retries), or refused.
+      // EC2's limits are the account's: throttled (after the SDK's own retries), or refused. A task
+      // that left is dropped meanwhile.
+      ecsMock.on(ListTasksCommand).resolves({ taskArns: [tasks[0].taskArn as string] });
+      ec2Mock.on(DescribeNetworkInterfacesCommand).rejects(Object.assign(new Error('Request limit exceeded.'), { name: 'RequestLimitExceeded', $metadata: { httpStatusCode: 503 } }));
+      expect((await p.discover(route)).map((t) => t.id)).toEqual(['54.0.0.9:8080']);
+      await p.discover(route);
+      const said = lines.filter((l) => String(l.msg).startsWith('cannot look up the public IPs'));
+      expect(said).toEqual([expect.objectContaining({ level: 'warn', enis: 1, code: 'RequestLimitExceeded' })]);
+      // A new task's public IP is not known: its private address may be out of reach, so no answer
+      // rather than a wrong one (the route keeps its last targets; a new one is retried).
       const third = fargateTask(3);
       ecsMock.on(ListTasksCommand).resolves({ taskArns: [...tasks, third].map((t) => t.taskArn as string) });
       describeFrom([...tasks, third]);
-      ec2Mock.on(DescribeNetworkInterfacesCommand).rejects(Object.assign(new Error('Request limit exceeded.'), { name: 'RequestLimitExceeded', $metadata: { httpStatusCode: 503 } }));
-      expect((await p.discover(route)).map((t) => t.id)).toEqual(['10.0.0.3:8080', '10.0.0.4:8080', '54.0.0.9:8080']);
-      await p.discover(route);
-      const said = lines.filter((l) => String(l.msg).startsWith('cannot look up the public IPs'));
-      expect(said).toEqual([expect.objectContaining({ level: 'warn', enis: 3, privateFallback: 2, code: 'RequestLimitExceeded' })]);
+      await expect(p.discover(route)).rejects.toMatchObject({ name: 'RequestLimitExceeded' });
     } finally {
       lines.restore();
     }
