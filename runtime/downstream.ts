@@ -564,6 +564,30 @@ export function rawAnswer(socket: net.Socket | import('node:stream').Duplex, sta
   );
 }
 
+/** How long a handed-over socket whose answer is written waits for the client's close (nginx's lingering_timeout). */
+export const LINGER_MS = 5000;
+
+/**
+ * A socket this server handed over (a WebSocket handshake) whose answer, ours or the target's refusal,
+ * has ended the connection. Nobody reads it any more: a byte the client sent after its head would sit
+ * unread, its FIN behind it never seen, and on this half-open server the socket would stay open for
+ * good (a client could pile them up until the worker runs out of descriptors). What comes is read and
+ * dropped, so the client's close ends it, and it goes after LINGER_MS whatever the client does.
+ */
+export function linger(socket: net.Socket | import('node:stream').Duplex): void {
+  if (socket.destroyed) return;
+  socket.resume();
+  const timer = setTimeout(() => socket.destroy(), LINGER_MS);
+  timer.unref();
+  socket.once('close', () => clearTimeout(timer));
+}
+
+/** rawAnswer() to a handed-over socket (a WebSocket handshake refused, or failed at its target), then linger(). */
+export function answerHandshake(socket: net.Socket | import('node:stream').Duplex, status: number, message: string, extraHeaders = ''): void {
+  rawAnswer(socket, status, message, extraHeaders);
+  linger(socket);
+}
+
 /**
  * Whether the parser stopped at `at` of `buf` inside a request line (a method, a space, then no line
  * end yet): the head overflowed in its request-target. Judged on this read alone; a line that began in
@@ -1327,7 +1351,7 @@ export class DownstreamServer {
         }
         for (const [s, u] of this.upgrades) {
           if (s.destroyed || !u.shutdown()) continue;
-          rawAnswer(s, 503, SHUTTING_DOWN, SHUTDOWN_RETRY);
+          answerHandshake(s, 503, SHUTTING_DOWN, SHUTDOWN_RETRY);
           answered.add(s);
         }
         for (const s of this.sockets) if (!answered.has(s)) s.destroy();

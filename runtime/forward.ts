@@ -15,8 +15,8 @@ import { type ClientRequest, type IncomingMessage, STATUS_CODES } from 'node:htt
 import httpProxy from 'http-proxy';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
 import type * as net from 'node:net';
-import { rawAnswer, type Request, type Response, type ResponseHandler } from './downstream';
-import { answerFault, connectionOf, flat, type RenderedHead, type UpstreamHandler, type UpstreamRequest, type UpstreamResponse } from './upstream';
+import { answerHandshake, linger, type Request, type Response, type ResponseHandler } from './downstream';
+import { answerFault, connectionOf, flat, MAX_RESPONSE_HEAD_BYTES, type RenderedHead, type UpstreamHandler, type UpstreamRequest, type UpstreamResponse } from './upstream';
 import { countChunk } from './memory';
 import { within } from './types';
 import { countSuccess, failedConnections, limitHits, rejectedRequests, retriesTotal, upstreamErrors } from './metrics';
@@ -169,6 +169,16 @@ export const refusedFailure = (kind: string): boolean => kind === 'refused';
 
 /** The target took no connection (refused, or none within POOL_TIMEOUT): it may have left its route (onRefused). */
 export const mayHaveLeft = (kind: string): boolean => kind === 'refused' || kind === 'connect_timeout';
+/**
+ * Failures that are no mark against the target's breaker. An answer head over our limit is the
+ * application's answer, not a sign of a failing target (any target would say the same). Nor, under HTTP
+ * health checks, is an answer that is not HTTP (bare LF, a doubled Content-Length): often one URL of the
+ * application, and five of them would take every target out for CIRCUIT_BREAKER_TIMEOUT; a target that
+ * speaks no HTTP at all fails its checks. Without them the breaker is all that keeps traffic off such a
+ * target.
+ */
+export const blameless = (kind: FailureKind, httpChecks: boolean | undefined): boolean =>
+  kind === 'head_too_large' || (kind === 'bad_response' && httpChecks === true);
 
 let lastPort = -1;
 let lastPortString = '';
@@ -418,6 +428,8 @@ function passRefusal(refusal: IncomingMessage, socket: net.Socket): boolean {
   }
   socket.write(`${head}Connection: close\r\n\r\n`, 'latin1');
   refusal.pipe(socket);
+  // Once it is written, the connection ends as after an answer of ours.
+  socket.once('finish', () => linger(socket));
   return true;
 }
 
@@ -499,10 +511,10 @@ export class Forwarder {
           }
           if (outcome.error) {
             // Every target tried failed to connect: what went wrong with the last one.
-            rawAnswer(socket, outcome.status, outcome.status === 504 ? 'upstream timed out' : 'upstream connection failed');
+            answerHandshake(socket, outcome.status, outcome.status === 504 ? 'upstream timed out' : 'upstream connection failed');
           } else {
             outcome.status = 503;
-            rawAnswer(socket, 503, 'no target available', 'Retry-After: 5\r\n');
+            answerHandshake(socket, 503, 'no target available', 'Retry-After: 5\r\n');
             if (pool.size > 0) void this.opts.onRefused?.(pool);
           }
           return finish();
@@ -539,8 +551,14 @@ export class Forwarder {
         const failed = (kind: FailureKind, status: number): void => {
           outcome.error = kind;
           outcome.status = status;
-          failedConnections.labels({ target: s.target.id }).inc();
           upstreamErrors.labels({ kind }).inc();
+          // As for a plain request: an answer too large or (under HTTP checks) not HTTP is no mark.
+          if (blameless(kind, this.opts.httpChecks)) {
+            judged = true;
+            s.breaker.release(epoch);
+            return;
+          }
+          failedConnections.labels({ target: s.target.id }).inc();
           if (mayHaveLeft(kind)) void this.opts.onRefused?.(pool);
           judge(false, refusedFailure(kind));
         };
@@ -548,7 +566,7 @@ export class Forwarder {
         const fail = (kind: FailureKind, status: number, message: string): void => {
           failed(kind, status);
           answered = true;
-          rawAnswer(socket, status, message);
+          answerHandshake(socket, status, message);
         };
         onClose = (): void => {
           // The client left before the target answered: no verdict either way (a trial is given back).
@@ -563,6 +581,10 @@ export class Forwarder {
           // An answer to the handshake within UPSTREAM_TIMEOUT, or a 504: http-proxy's proxyTimeout does not
           // reach its WebSocket pass. The tunnel itself has no such clock (http-proxy sets it to 0 on switching).
           proxyReq.setTimeout(this.opts.upstreamTimeoutMs, () => proxyReq.destroy(Object.assign(new Error('no answer to the handshake'), { code: 'HANDSHAKE_TIMEOUT' })));
+          // The answer head limit of plain requests, not node:http's 16 KiB: a handshake to a URL whose
+          // plain GET is answered must not be a 502 for the same head. Read once the request has its
+          // socket (node's ClientRequest sets its parser up then), which is after this event.
+          (proxyReq as ClientRequest & { maxHeaderSize?: number }).maxHeaderSize = MAX_RESPONSE_HEAD_BYTES;
           // That clock starts once connected: a target that drops SYNs gets POOL_TIMEOUT to accept, as for
           // a plain request (then the next target), not the kernel's two minutes.
           proxyReq.once('socket', (conn: net.Socket) => {
@@ -974,14 +996,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       // Silent both ways with the body unfinished and the target not pushing back: the client stalled.
       this.settle(undefined, new UpstreamError('client_timeout', false));
     } else {
-      // An answer head over our limit is the application's answer, not a sign of a failing target: a
-      // 502, not retried (any target would say the same), and no mark against the target's breaker.
-      // Nor, under HTTP health checks, is an answer that is not HTTP (bare LF, a doubled Content-Length):
-      // often one URL of the application, and five of them would take every target out for
-      // CIRCUIT_BREAKER_TIMEOUT; a target that speaks no HTTP at all fails its checks. Without them the
-      // breaker is all that keeps traffic off such a target. Either way it is retried elsewhere.
-      const blameless = kind === 'head_too_large' || (kind === 'bad_response' && this.opts.httpChecks === true);
-      this.settle(undefined, new UpstreamError(kind, !this.sent, blameless));
+      // A head over our limit is a 502, not retried; see blameless() for which failures the breaker hears.
+      this.settle(undefined, new UpstreamError(kind, !this.sent, blameless(kind, this.opts.httpChecks)));
     }
   }
 

@@ -5,7 +5,7 @@
  */
 import type * as net from 'node:net';
 import type { Config } from './config';
-import { DownstreamServer, rawAnswer, Request, Response, UpgradeHandler } from './downstream';
+import { answerHandshake, DownstreamServer, Request, Response, UpgradeHandler } from './downstream';
 import { answer, Forwarder, Outcome } from './forward';
 import { log } from './log';
 import { limitHits, countRequest, rejectedRequests } from './metrics';
@@ -244,7 +244,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
     const bad = screen(req, config.maxHeaders, poolMode) ?? (req.hasBody ? HANDSHAKE_WITH_BODY : undefined);
     if (bad) {
       rejectedRequests.labels({ reason: bad.reason }).inc();
-      return rawAnswer(socket, bad.status, bad.message);
+      return answerHandshake(socket, bad.status, bad.message);
     }
     let key: RouteKey = POOL_ROUTE;
     let id = poolId;
@@ -252,7 +252,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
       const r = route(req.headers.host);
       if (!r.ok) {
         rejectedRequests.labels({ reason: r.reason }).inc();
-        return rawAnswer(socket, r.status, r.message);
+        return answerHandshake(socket, r.status, r.message);
       }
       key = r.key;
       id = r.id!;
@@ -265,7 +265,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
     let cut = false;
     const timer = setTimeout(() => {
       waiting = false;
-      rawAnswer(socket, 503, 'route discovery is taking too long', 'Retry-After: 5\r\n');
+      answerHandshake(socket, 503, 'route discovery is taking too long', 'Retry-After: 5\r\n');
       record(req, id, NOT_FORWARDED_503);
     }, discoveryWaitMs);
     void lookup(key, id).then((pool) => {
@@ -273,7 +273,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
       if (!waiting || socket.destroyed) return;
       waiting = false;
       if (!pool) {
-        rawAnswer(socket, 503, 'no target available for this route', 'Retry-After: 5\r\n');
+        answerHandshake(socket, 503, 'no target available for this route', 'Retry-After: 5\r\n');
         record(req, id, NOT_FORWARDED_503);
         return;
       }

@@ -3,7 +3,8 @@ import * as net from 'node:net';
 import { WebSocket, WebSocketServer } from 'ws';
 import { loadConfig } from '../../runtime/config';
 import { TUNNEL_HALF_CLOSE_GRACE_MS } from '../../runtime/forward';
-import { register, requestsTotal } from '../../runtime/metrics';
+import { LINGER_MS } from '../../runtime/downstream';
+import { activeConnections, register, requestsTotal } from '../../runtime/metrics';
 import { makeTarget, Target } from '../../runtime/types';
 import { Running, start } from '../../runtime/worker';
 import { rawExchange } from '../hardening/support';
@@ -161,6 +162,100 @@ test('WebSockets are not held to POOL_SIZE (the keep-alive pool): a chat app on 
     await p.stop();
     wss.close();
     await close(server);
+  }
+});
+
+describe('a handshake whose answer ends the connection does not keep it', () => {
+  const HANDSHAKE = 'GET /chat HTTP/1.1\r\nHost: HOST\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n';
+  const open = async (): Promise<number> => (await activeConnections.get()).values[0]?.value ?? 0;
+
+  /**
+   * Clients that send one byte more once they have their answer: `closing` of them then close their
+   * side, the others never do. The server must see each close, and close the others itself.
+   */
+  function handshakes(port: number, host: string, n: number, closing: boolean): Promise<string[]> {
+    return Promise.all(Array.from({ length: n }, () => new Promise<string>((resolve) => {
+      const c = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+      let got = '';
+      c.on('error', () => undefined);
+      c.write(HANDSHAKE.replace('HOST', host));
+      c.on('data', (d) => {
+        if (!got) {
+          c.write('X');
+          if (closing) c.end();
+        }
+        got += d.toString('latin1');
+      });
+      c.on('end', () => resolve(got.split('\r\n')[0]));
+      sockets.push(c);
+    })));
+  }
+  let sockets: net.Socket[] = [];
+  afterEach(() => {
+    for (const s of sockets) s.destroy();
+    sockets = [];
+  });
+
+  test.each([
+    ['refused before any target (a bad Host)', 'a b', 'HTTP/1.1 400 Bad Request', (_s: net.Socket) => undefined],
+    ["refused by the target (its answer passed on)", 'a', 'HTTP/1.1 403 Forbidden', (s: net.Socket) => s.end('HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno')],
+    ['failed at the target (its answer garbled)', 'a', 'HTTP/1.1 502 Bad Gateway', (s: net.Socket) => s.end('HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nno')],
+  ])('%s: a client that sends a byte more and closes is gone at once; one that never closes goes after LINGER_MS', async (_what, host, statusLine, answer) => {
+    const target = net.createServer((s) => {
+      s.on('error', () => undefined);
+      s.once('data', () => answer(s));
+    });
+    const t = makeTarget('127.0.0.1', await listen(target));
+    // A breaker that opens would turn the target's 502s into 503s: not what this is about.
+    const p = await start(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: t.id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', RETRIES: '0', CIRCUIT_BREAKER_THRESHOLD: '1000' }), {});
+    try {
+      const before = await open();
+      expect(await handshakes(p.port, host, 20, true)).toEqual(Array(20).fill(statusLine));
+      // Well before LINGER_MS: their closes were read.
+      await until('the closed connections to be let go', async () => (await open()) === before, LINGER_MS - 2000);
+      expect(await handshakes(p.port, host, 5, false)).toEqual(Array(5).fill(statusLine));
+      expect(await open()).toBe(before + 5);
+      await until('the silent connections to be let go', async () => (await open()) === before, LINGER_MS + 3000);
+    } finally {
+      await p.stop();
+      await close(target);
+    }
+  }, 20_000);
+});
+
+test("a handshake's answer is held to the limits of a plain request's, and under HTTP checks its failures are no mark against the target's breaker", async () => {
+  const bigHead = Array.from({ length: 200 }, (_, i) => `X-Header-${i}: ${'v'.repeat(100)}\r\n`).join('');
+  // Plain requests (and health checks) are answered; a handshake gets a 22 KB head, or a garbled answer.
+  const target = net.createServer((s) => {
+    s.on('error', () => undefined);
+    let buf = '';
+    s.on('data', (d) => {
+      buf += d.toString('latin1');
+      if (!buf.includes('\r\n\r\n')) return;
+      const head = buf;
+      buf = '';
+      if (!/upgrade: websocket/i.test(head)) s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+      else if (head.startsWith('GET /big ')) s.end(`HTTP/1.1 200 OK\r\n${bigHead}Content-Length: 2\r\n\r\nok`);
+      else s.end('HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nno');
+    });
+  });
+  const t = makeTarget('127.0.0.1', await listen(target));
+  const p = await start(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: t.id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: '/ping', RETRIES: '0', CIRCUIT_BREAKER_THRESHOLD: '2' }), {});
+  const handshake = (path: string) =>
+    `GET ${path} HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`;
+  try {
+    await until('the target to pass its check', async () => (await request(p.port)).status === 200);
+    const big = await rawExchange(p.port, handshake('/big'), { deadlineMs: 5000 });
+    expect(big.responses.map((r) => [r.status, r.headers['x-header-199']])).toEqual([[200, 'v'.repeat(100)]]);
+    for (let i = 0; i < 4; i++) {
+      const r = await rawExchange(p.port, handshake('/garbled'), { deadlineMs: 5000 });
+      expect(r.responses.map((x) => x.status)).toEqual([502]);
+    }
+    // Twice the threshold, and the target still takes requests.
+    expect((await request(p.port)).status).toBe(200);
+  } finally {
+    await p.stop();
+    await close(target);
   }
 });
 
