@@ -888,8 +888,9 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     this.failTry(kindOf(err));
   }
 
-  onAborted(): void {
-    this.failTry('reset');
+  onAborted(err?: NodeJS.ErrnoException): void {
+    // Bad framing in the body (a chunk size that is no number) is a bad answer, not a reset.
+    this.failTry(err !== undefined && kindOf(err) === 'bad_response' ? 'bad_response' : 'reset');
   }
 
   onQueueTimeout(): void {

@@ -81,8 +81,8 @@ export interface UpstreamHandler {
   onResponse(res: UpstreamResponse): void;
   /** The request failed before a response started (connection refused or reset, a bad answer, destroy(err)). */
   onError(err: NodeJS.ErrnoException): void;
-  /** The response was cut short after it started. */
-  onAborted(): void;
+  /** The response was cut short after it started: by the connection (no `err`, or a socket error), or by bytes that are not HTTP (`err.code` HPE_*). */
+  onAborted(err?: NodeJS.ErrnoException): void;
   /** The socket was silent for `timeoutMs`. */
   onTimeout(): void;
   /** Every socket of the target stayed busy for the pool's `maxWaitMs`: the request left the line. */
@@ -802,7 +802,7 @@ export class UpstreamRequest extends EventEmitter {
   socketError(err: NodeJS.ErrnoException): void {
     if (this.errored) return;
     this.errored = true;
-    if (this.res) this.handler.onAborted();
+    if (this.res) this.handler.onAborted(err);
     else if (!this.destroyed) this.handler.onError(err);
   }
 

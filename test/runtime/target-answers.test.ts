@@ -5,6 +5,7 @@
 import * as http from 'node:http';
 import * as net from 'node:net';
 import { loadConfig } from '../../runtime/config';
+import { upstreamErrors } from '../../runtime/metrics';
 import { makeTarget } from '../../runtime/types';
 import { Running, start } from '../../runtime/worker';
 import { rawExchange } from '../hardening/support';
@@ -72,10 +73,17 @@ describe('answers that are not HTTP/1.x as a client may receive it are a 502', (
     ['an HTTP/2.0 status line', 'HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nok'],
     ['Transfer-Encoding: gzip, close-delimited', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\n\x1f\x8b\x08\x00'],
     ['Transfer-Encoding: gzip, chunked', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n4\r\n\x1f\x8b\x08\x00\r\n0\r\n\r\n'],
+    // Bad framing in the body, read with the head: a bad answer, not a reset of the connection.
+    ['a chunk size that is no number', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2x\r\nok\r\n0\r\n\r\n'],
+    ['a chunk size past 64 bits', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nok\r\n0\r\n\r\n'],
+    ['a chunk line ended by a bare LF', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\nok\r\n0\r\n\r\n'],
   ])('%s', async (_what, bytes) => {
     const t = await rawTarget((_h, s) => s.end(bytes, 'latin1'));
     const port = await proxyFor([t]);
+    const errors = async (kind: string): Promise<number> => (await upstreamErrors.get()).values.find((v) => v.labels.kind === kind)?.value ?? 0;
+    const [resets, bad] = [await errors('reset'), await errors('bad_response')];
     expect(await request(port)).toMatchObject({ status: 502, body: expect.stringContaining('upstream sent an invalid response') });
+    expect([await errors('reset') - resets, await errors('bad_response') - bad]).toEqual([0, 1]);
   });
 
   test('under HTTP health checks, one URL the application answers with bare LFs or two Content-Lengths does not open the breakers of the targets: the others are served', async () => {
