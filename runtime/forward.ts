@@ -81,7 +81,10 @@ export interface Outcome {
   status: number;
   target: string | undefined;
   attempts: number;
-  /** What went wrong with the last try, or `cut_at_shutdown`: the proxy cut it at SHUTDOWN_TIMEOUT. */
+  /**
+   * What went wrong with the last try (also of an answer the target cut after its status was on its
+   * way: the status stays), or `cut_at_shutdown`: the proxy cut it at SHUTDOWN_TIMEOUT.
+   */
   error: FailureKind | 'cut_at_shutdown' | undefined;
 }
 
@@ -977,7 +980,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       failedConnections.labels({ target: this.s.target.id }).inc();
       up?.destroy();
       this.res.destroy();
-      this.settle(this.res.statusCode);
+      // Logged with its status and what cut it: an access line must not show a cut answer as a clean one.
+      this.settle(this.res.statusCode, undefined, kind);
       return;
     }
     up?.destroy();
@@ -1003,7 +1007,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   }
 
   /** Ends the try: the target's books, then the outcome, or the next try. */
-  private settle(status: number | undefined, err?: UpstreamError): void {
+  private settle(status: number | undefined, err?: UpstreamError, cutBy?: FailureKind): void {
     if (this.settled) return;
     this.settled = true;
     const s = this.s;
@@ -1025,7 +1029,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     const outcome = this.outcome;
     if (!err) {
       outcome.status = status!;
-      outcome.error = undefined;
+      outcome.error = cutBy;
       return this.done();
     }
     if (!notTheTarget) upstreamErrors.labels({ kind: err.kind }).inc();

@@ -447,11 +447,19 @@ describe('an answer its target cuts mid-body reaches the client as cut, never as
     expect(got.how).toBe('reset');
   });
 
-  test('HTTP/1.1: the chunked answer lacks its last chunk', async () => {
-    const port = await proxyFor([await rawTarget(cutting)]);
-    const got = await ending(port, 'GET / HTTP/1.1\r\nHost: a\r\n\r\n');
-    expect(got.data).toMatch(/^HTTP\/1\.1 200 OK\r\n[\s\S]*Transfer-Encoding: chunked\r\n\r\na\r\npart of it\r\n$/);
-    expect(got.data).not.toContain('0\r\n\r\n');
+  test('HTTP/1.1: the chunked answer lacks its last chunk, and its access line says what cut it', async () => {
+    const lines: string[] = [];
+    const stdout = jest.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => (lines.push(String(chunk)), true));
+    try {
+      const port = await proxyFor([await rawTarget(cutting)], { LOG_CONNECTIONS: 'true' });
+      const got = await ending(port, 'GET / HTTP/1.1\r\nHost: a\r\n\r\n');
+      expect(got.data).toMatch(/^HTTP\/1\.1 200 OK\r\n[\s\S]*Transfer-Encoding: chunked\r\n\r\na\r\npart of it\r\n$/);
+      expect(got.data).not.toContain('0\r\n\r\n');
+      const access = await until('its access line', () => lines.map((l) => JSON.parse(l)).find((l) => l.msg === 'access'));
+      expect(access).toMatchObject({ status: 200, error: 'reset' });
+    } finally {
+      stdout.mockRestore();
+    }
   });
 
   test('HTTP/1.0 with an answer that ends as it should: a clean close', async () => {
