@@ -10,6 +10,23 @@ import { Running, start } from '../../runtime/worker';
 import { rawExchange } from '../hardening/support';
 import { close, listen, request, until } from '../support/net';
 
+/** A raw target that calls `onHead` with each request head it reads (bodies are not looked at). */
+function rawTarget(onHead: (head: string, s: net.Socket) => void): net.Server {
+  return net.createServer((s) => {
+    s.on('error', () => undefined);
+    let buf = '';
+    s.on('data', (d) => {
+      buf += d.toString('latin1');
+      let i: number;
+      while ((i = buf.indexOf('\r\n\r\n')) !== -1) {
+        const head = buf.slice(0, i);
+        buf = buf.slice(i + 4);
+        onHead(head, s);
+      }
+    });
+  });
+}
+
 /** Opens a WebSocket; resolves with it once open, or with the HTTP status that refused it. */
 function open(port: number): Promise<WebSocket | number> {
   return new Promise((resolve, reject) => {
@@ -79,15 +96,9 @@ test("the target's 101 reaches the client with its header names as the target sp
 
 test('a handshake reaches the target without hop-by-hop headers, those its Connection names, or underscore spellings of guarded ones', async () => {
   const heads: string[] = [];
-  const target = net.createServer((s) => {
-    s.on('error', () => undefined);
-    let buf = '';
-    s.on('data', (d) => {
-      buf += d.toString('latin1');
-      if (!buf.includes('\r\n\r\n')) return;
-      heads.push(buf.slice(0, buf.indexOf('\r\n\r\n')));
-      s.end('HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n');
-    });
+  const target = rawTarget((head, s) => {
+    heads.push(head);
+    s.end('HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n');
   });
   const t = makeTarget('127.0.0.1', await listen(target));
   const p = await start(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: t.id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off' }), {});
@@ -226,18 +237,10 @@ describe('a handshake whose answer ends the connection does not keep it', () => 
 test("a handshake's answer is held to the limits of a plain request's, and under HTTP checks its failures are no mark against the target's breaker", async () => {
   const bigHead = Array.from({ length: 200 }, (_, i) => `X-Header-${i}: ${'v'.repeat(100)}\r\n`).join('');
   // Plain requests (and health checks) are answered; a handshake gets a 22 KB head, or a garbled answer.
-  const target = net.createServer((s) => {
-    s.on('error', () => undefined);
-    let buf = '';
-    s.on('data', (d) => {
-      buf += d.toString('latin1');
-      if (!buf.includes('\r\n\r\n')) return;
-      const head = buf;
-      buf = '';
-      if (!/upgrade: websocket/i.test(head)) s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
-      else if (head.startsWith('GET /big ')) s.end(`HTTP/1.1 200 OK\r\n${bigHead}Content-Length: 2\r\n\r\nok`);
-      else s.end('HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nno');
-    });
+  const target = rawTarget((head, s) => {
+    if (!/upgrade: websocket/i.test(head)) s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+    else if (head.startsWith('GET /big ')) s.end(`HTTP/1.1 200 OK\r\n${bigHead}Content-Length: 2\r\n\r\nok`);
+    else s.end('HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nno');
   });
   const t = makeTarget('127.0.0.1', await listen(target));
   const p = await start(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: t.id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: '/ping', RETRIES: '0', CIRCUIT_BREAKER_THRESHOLD: '2' }), {});
