@@ -183,6 +183,12 @@ export const mayHaveLeft = (kind: string): boolean => kind === 'refused' || kind
 export const blameless = (kind: FailureKind, httpChecks: boolean | undefined): boolean =>
   kind === 'head_too_large' || (kind === 'bad_response' && httpChecks === true);
 
+/** The body of the proxy's own 502 or 504 for a failed try: the same for plain requests and handshakes. */
+const failureMessage = (kind: FailureKind | 'cut_at_shutdown' | undefined, status: number): string =>
+  status === 504 ? 'upstream timed out'
+    : kind === 'head_too_large' ? 'upstream response headers too large'
+      : kind === 'bad_response' ? 'upstream sent an invalid response' : 'upstream connection failed';
+
 let lastPort = -1;
 let lastPortString = '';
 /** The listening port as a header value, made once rather than per request. */
@@ -433,6 +439,11 @@ function passRefusal(refusal: IncomingMessage, socket: net.Socket): boolean {
   refusal.pipe(socket);
   // Once it is written, the connection ends as after an answer of ours.
   socket.once('finish', () => linger(socket));
+  // Cut short by its target's close (a FIN before its Content-Length): node ends the refusal without an
+  // error, and without its end the pipe never ends the client's socket. Cut, as any answer cut short.
+  refusal.once('close', () => {
+    if (!refusal.complete) socket.destroy();
+  });
   return true;
 }
 
@@ -651,8 +662,8 @@ export class Forwarder {
               process.nextTick(attempt, EMPTY);
               return;
             }
-            if (kind === 'connect_timeout') fail(kind, 504, 'upstream timed out');
-            else fail(kind, 502, 'upstream connection failed');
+            const status = kind === 'connect_timeout' ? 504 : 502;
+            fail(kind, status, failureMessage(kind, status));
             end();
           },
         );
@@ -798,10 +809,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       answer(this.res, 503, 'target busy', { 'Retry-After': '5' });
     } else {
       outcome.status = outcome.error === 'timeout' || outcome.error === 'connect_timeout' ? 504 : 502;
-      const message = outcome.status === 504 ? 'upstream timed out'
-        : outcome.error === 'head_too_large' ? 'upstream response headers too large'
-          : outcome.error === 'bad_response' ? 'upstream sent an invalid response' : 'upstream connection failed';
-      answer(this.res, outcome.status, message);
+      answer(this.res, outcome.status, failureMessage(outcome.error, outcome.status));
     }
     this.done();
   }
@@ -892,8 +900,10 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   }
 
   onAborted(err?: NodeJS.ErrnoException): void {
-    // Bad framing in the body (a chunk size that is no number) is a bad answer, not a reset.
-    this.failTry(err !== undefined && kindOf(err) === 'bad_response' ? 'bad_response' : 'reset');
+    // Bad framing in the body (a chunk size that is no number, a trailer section over the limit) is a
+    // bad answer, not a reset; HPE_INTERNAL is a fault of ours handling it.
+    const code = err?.code;
+    this.failTry(code !== undefined && code.startsWith('HPE_') && code !== 'HPE_INTERNAL' ? 'bad_response' : 'reset');
   }
 
   onQueueTimeout(): void {

@@ -113,6 +113,16 @@ describe('answers that are not HTTP/1.x as a client may receive it are a 502', (
   });
 });
 
+test('a trailer section over the head limit is a bad answer, not a reset', async () => {
+  const trailers = Array.from({ length: 700 }, (_, i) => `X-T-${i}: ${'t'.repeat(100)}\r\n`).join('');
+  const t = await rawTarget((_h, s) => s.end(`HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n${trailers}\r\n`, 'latin1'));
+  const port = await proxyFor([t]);
+  const errors = async (kind: string): Promise<number> => (await upstreamErrors.get()).values.find((v) => v.labels.kind === kind)?.value ?? 0;
+  const [resets, bad] = [await errors('reset'), await errors('bad_response')];
+  await rawExchange(port, 'GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n');
+  expect([await errors('reset') - resets, await errors('bad_response') - bad]).toEqual([0, 1]);
+});
+
 describe('what the chunk grammar allows in an answer is accepted, and reaches the client framed anew', () => {
   test.each([
     ['a space before a chunk extension (BWS, RFC 9112 §7.1.1)', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3 ;ext=1\r\nhel\r\n2\t;x\r\nlo\r\n0\r\n\r\n'],

@@ -240,6 +240,7 @@ test("a handshake's answer is held to the limits of a plain request's, and under
   const target = rawTarget((head, s) => {
     if (!/upgrade: websocket/i.test(head)) s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
     else if (head.startsWith('GET /big ')) s.end(`HTTP/1.1 200 OK\r\n${bigHead}Content-Length: 2\r\n\r\nok`);
+    else if (head.startsWith('GET /huge ')) s.end(`HTTP/1.1 200 OK\r\n${bigHead.repeat(4)}Content-Length: 2\r\n\r\nok`);
     else s.end('HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nno');
   });
   const t = makeTarget('127.0.0.1', await listen(target));
@@ -250,6 +251,9 @@ test("a handshake's answer is held to the limits of a plain request's, and under
     await until('the target to pass its check', async () => (await request(p.port)).status === 200);
     const big = await rawExchange(p.port, handshake('/big'), { deadlineMs: 5000 });
     expect(big.responses.map((r) => [r.status, r.headers['x-header-199']])).toEqual([[200, 'v'.repeat(100)]]);
+    // Past 64 KiB, what a plain request gets: the same 502, said the same way, and no mark.
+    const huge = await rawExchange(p.port, handshake('/huge'), { deadlineMs: 5000 });
+    expect(huge.responses.map((r) => [r.status, r.body])).toEqual([[502, 'upstream response headers too large\n']]);
     for (let i = 0; i < 4; i++) {
       const r = await rawExchange(p.port, handshake('/garbled'), { deadlineMs: 5000 });
       expect(r.responses.map((x) => x.status)).toEqual([502]);
@@ -318,6 +322,14 @@ describe('handshakes a target does not complete', () => {
     // Without a length, the body runs to the close.
     expect(refusal.headers['content-length']).toBeUndefined();
     expect([r.data.slice(r.data.indexOf('\r\n\r\n') + 4), r.closed]).toEqual(['hello', true]);
+  });
+
+  test("a refusal its target cuts short with a FIN (before its Content-Length) is cut: the client's connection goes", async () => {
+    const port = await proxyTo((s) => s.end('HTTP/1.1 401 Unauthorized\r\nContent-Length: 100\r\n\r\nshort'));
+    const r = await rawExchange(port, HANDSHAKE, { deadlineMs: 4000 });
+    expect(r.data.startsWith('HTTP/1.1 401 Unauthorized\r\n')).toBe(true);
+    expect(r.data.endsWith('\r\n\r\nshort')).toBe(true);
+    expect(r.closed).toBe(true);
   });
 
   test('a refusal with an invalid status is a 502', async () => {
