@@ -143,6 +143,8 @@ const join = (a: string | undefined, b: string): string => (a === undefined ? b 
 // What a parsed request turns out to be.
 const PLAIN = 0;
 const WEBSOCKET = 1;
+/** `upgrade` among the tokens of a Connection value. */
+const UPGRADE_TOKEN = /(?:^|,)[ \t]*upgrade[ \t]*(?:,|$)/i;
 const CONNECT = 2;
 
 /** One request from a client: its head as parsed, and its body on the way. */
@@ -844,8 +846,13 @@ export class ClientConn {
     this.reading = req;
     if (upgrade) {
       if (req.method === 'CONNECT') req.kind = CONNECT;
-      // Not from an HTTP/1.0 client: RFC 9110 §7.8 has the Upgrade of a 1.0 request ignored.
-      else if (req.method === 'GET' && req.headers.upgrade?.toLowerCase() === 'websocket' && (major > 1 || minor >= 1)) req.kind = WEBSOCKET;
+      // Not from an HTTP/1.0 client: RFC 9110 §7.8 has the Upgrade of a 1.0 request ignored. And only with
+      // `upgrade` in Connection: llhttp takes Proxy-Connection's too, which RFC 9110 §7.6.1 has removed,
+      // not acted on. A front proxy (CloudFront, a load balancer of the user's) that passes it as an
+      // unknown header would see a plain GET while the connection behind it became a tunnel: its next
+      // requests, other clients' among them, would go into the tunnel.
+      else if (req.method === 'GET' && req.headers.upgrade?.toLowerCase() === 'websocket' && (major > 1 || minor >= 1) &&
+        UPGRADE_TOKEN.test(req.headers.connection ?? '')) req.kind = WEBSOCKET;
       if (req.kind === PLAIN) {
         // Any other Upgrade (h2c from `curl --http2` or Java's HttpClient, `TLS/1.0`): RFC 9110 §7.8 lets a
         // server ignore it, as the ALB and nginx do. It is answered as the HTTP/1.1 request it also is, and

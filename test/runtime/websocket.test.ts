@@ -122,6 +122,27 @@ test('a handshake reaches the target without hop-by-hop headers, those its Conne
   }
 });
 
+test('Proxy-Connection: upgrade is no Connection: upgrade: the request is a plain GET, and the connection stays HTTP (no tunnel a front proxy would not know of)', async () => {
+  const heads: string[] = [];
+  const target = rawTarget((head, s) => {
+    heads.push(head);
+    s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+  });
+  const t = makeTarget('127.0.0.1', await listen(target));
+  const p = await start(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: t.id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off' }), {});
+  try {
+    const r = await rawExchange(p.port,
+      'GET /chat HTTP/1.1\r\nHost: a\r\nProxy-Connection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n' +
+      'GET /next HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n', { deadlineMs: 5000 });
+    expect(r.responses.map((x) => [x.status, x.body])).toEqual([[200, 'ok'], [200, 'ok']]);
+    expect(heads.map((h) => h.split('\r\n')[0])).toEqual(['GET /chat HTTP/1.1', 'GET /next HTTP/1.1']);
+    expect(heads[0]).not.toMatch(/^connection:.*upgrade/im);
+  } finally {
+    await p.stop();
+    await close(target);
+  }
+});
+
 test('a handshake announcing a body is a 400 that reaches no target (a target would wait for it)', async () => {
   let connections = 0;
   const target = net.createServer((s) => {
