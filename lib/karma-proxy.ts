@@ -806,12 +806,13 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
 
     // Each allowedCidrs entry is two inbound rules (80, 443); a group holds 60 per IP version by default, and
     // a rule naming a group or prefix list counts in both. Past it, the group's creation fails at deploy.
-    const peerRules = props.metricsPeer ? (/^[0-9a-f.:]+\/\d+$/i.test(props.metricsPeer.uniqueId) ? props.metricsPeer.uniqueId : 'both') : undefined;
+    const peerCidr = props.metricsPeer && cidrOfPeer(props.metricsPeer);
     for (const [version, isIt] of [['IPv4', (c: string) => !c.includes(':')], ['IPv6', (c: string) => c.includes(':')]] as const) {
-      const rules = 2 * allowedCidrs.filter(isIt).length + (peerRules === undefined ? 0 : peerRules === 'both' || isIt(peerRules) ? 1 : 0);
+      const peerRule = props.metricsPeer === undefined ? 0 : peerCidr === undefined || isIt(peerCidr) ? 1 : 0;
+      const rules = 2 * allowedCidrs.filter(isIt).length + peerRule;
       if (rules > SG_RULES_DEFAULT_QUOTA) {
         Validations.of(this).addWarning('KarmaProxy:SecurityGroupRuleQuota',
-          `allowedCidrs makes ${rules} inbound ${version} rules (two per CIDR: ports 80 and 443${peerRules === undefined ? '' : ', and one for metricsPeer'}), ` +
+          `allowedCidrs makes ${rules} inbound ${version} rules (two per CIDR: ports 80 and 443${props.metricsPeer === undefined ? '' : ', and one for metricsPeer'}), ` +
           `more than a security group's default quota of ${SG_RULES_DEFAULT_QUOTA}: raise the quota first, or the deploy fails; ` +
           'or merge the CIDRs into fewer, wider ones.');
       }
@@ -953,12 +954,11 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     // /metrics names every route and target, and /healthz is the boot's readiness check: never public.
     // A CIDR as wide as 0.0.0.0/1 is the internet too: no monitoring network is wider than a /8 (or
     // IPv6's fc00::/7, every private address).
-    const metricsPeer = props.metricsPeer?.uniqueId;
-    const peerPrefix = metricsPeer !== undefined && known(metricsPeer) ? /^[0-9a-f.:]+\/(\d{1,3})$/i.exec(metricsPeer)?.[1] : undefined;
     // A CIDR peer (Peer.ipv4 checks its shape only; a prefix list or a security group has no CIDR).
-    const peerProblem = peerPrefix !== undefined ? cidrProblem(metricsPeer!) : undefined;
+    const metricsPeer = props.metricsPeer && cidrOfPeer(props.metricsPeer);
+    const peerProblem = metricsPeer === undefined ? undefined : cidrProblem(metricsPeer);
     if (peerProblem) problems.push(`metricsPeer ${metricsPeer} ${peerProblem}${peerProblem === 'is not a CIDR' ? ' such as 10.0.0.0/16' : ''}`);
-    else if (metricsPeer !== undefined && peerPrefix !== undefined && Number(peerPrefix) < (metricsPeer.includes(':') ? 7 : 8)) {
+    else if (metricsPeer !== undefined && Number(metricsPeer.split('/')[1]) < (metricsPeer.includes(':') ? 7 : 8)) {
       problems.push(`metricsPeer ${metricsPeer} would open the metrics port to the internet: give your monitoring's own CIDR or security group`);
     }
 
@@ -1389,6 +1389,11 @@ function describeRole(role: iam.IRole): string {
 function clusterNameOf(cluster: string, scope: IConstruct): string {
   if (!Token.isUnresolved(cluster)) return CLUSTER_ARN.exec(cluster)?.[3] ?? cluster;
   return standsForArn(Stack.of(scope).resolve(cluster)) ? Arn.extractResourceName(cluster, 'cluster') : cluster;
+}
+
+/** A peer's CIDR (Peer.ipv4, Peer.ipv6), or undefined for a security group, a prefix list or a token. */
+function cidrOfPeer(peer: ec2.IPeer): string | undefined {
+  return /^[0-9a-f.:]+\/\d{1,3}$/i.test(peer.uniqueId) ? peer.uniqueId : undefined;
 }
 
 /** `{ 'Fn::GetAtt': [id, 'Arn'] }`, or a join that starts `arn:`; a Ref (a cluster's name) is not. */

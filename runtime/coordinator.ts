@@ -269,7 +269,8 @@ export class Coordinator {
           const last = this.fresh.get(id);
           if (!last) {
             // Logged here for every worker (each would say it once a period), and counted by each.
-            const waitMs = Math.min(2 * (this.failed.get(id)?.waitMs ?? FAILED_ROUTE_RETRY_MS / 2), Math.max(FAILED_ROUTE_RETRY_MS, this.negativeCacheTtlMs));
+            const before = this.failed.get(id)?.waitMs;
+            const waitMs = before === undefined ? FAILED_ROUTE_RETRY_MS : Math.min(2 * before, Math.max(FAILED_ROUTE_RETRY_MS, this.negativeCacheTtlMs));
             this.sayFailure(id, 'discovery failed; the route has no targets yet', { route: id, retryInMs: waitMs, ...errorFields(err) });
             const failure = markLogged(err) as DiscoveryError;
             if (this.asked.has(id)) this.failed.set(id, { until: this.now() + waitMs, waitMs, err: failure });

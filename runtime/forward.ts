@@ -183,9 +183,11 @@ export const mayHaveLeft = (kind: string): boolean => kind === 'refused' || kind
 export const blameless = (kind: FailureKind, httpChecks: boolean | undefined): boolean =>
   kind === 'head_too_large' || (kind === 'bad_response' && httpChecks === true);
 
-/** The body of the proxy's own 502 or 504 for a failed try: the same for plain requests and handshakes. */
-const failureMessage = (kind: FailureKind | 'cut_at_shutdown' | undefined, status: number): string =>
-  status === 504 ? 'upstream timed out'
+/** The proxy's own answer to a failed try, the same for plain requests and handshakes: 504 when the target was silent, else 502. */
+const failureStatus = (kind: Outcome['error']): number => (kind === 'timeout' || kind === 'connect_timeout' ? 504 : 502);
+/** ... and its body. */
+const failureMessage = (kind: Outcome['error']): string =>
+  failureStatus(kind) === 504 ? 'upstream timed out'
     : kind === 'head_too_large' ? 'upstream response headers too large'
       : kind === 'bad_response' ? 'upstream sent an invalid response' : 'upstream connection failed';
 
@@ -525,7 +527,7 @@ export class Forwarder {
           }
           if (outcome.error) {
             // Every target tried failed to connect: what went wrong with the last one.
-            answerHandshake(socket, outcome.status, outcome.status === 504 ? 'upstream timed out' : 'upstream connection failed');
+            answerHandshake(socket, outcome.status, failureMessage(outcome.error));
           } else {
             outcome.status = 503;
             answerHandshake(socket, 503, 'no target available', 'Retry-After: 5\r\n');
@@ -562,9 +564,9 @@ export class Forwarder {
           } else s.breaker.onFailure(epoch, undefined, refused);
         };
         /** This try failed before anything of the target's reached the client. */
-        const failed = (kind: FailureKind, status: number): void => {
+        const failed = (kind: FailureKind): void => {
           outcome.error = kind;
-          outcome.status = status;
+          outcome.status = failureStatus(kind);
           upstreamErrors.labels({ kind }).inc();
           // As for a plain request: an answer too large or (under HTTP checks) not HTTP is no mark.
           if (blameless(kind, this.opts.httpChecks)) {
@@ -577,10 +579,10 @@ export class Forwarder {
           judge(false, refusedFailure(kind));
         };
         /** ... and is answered: at once, for http-proxy ends the socket right after its error callback. */
-        const fail = (kind: FailureKind, status: number, message: string): void => {
-          failed(kind, status);
+        const fail = (kind: FailureKind, message = failureMessage(kind)): void => {
+          failed(kind);
           answered = true;
-          answerHandshake(socket, status, message);
+          answerHandshake(socket, outcome.status, message);
         };
         onClose = (): void => {
           // The client left before the target answered: no verdict either way (a trial is given back).
@@ -631,7 +633,7 @@ export class Forwarder {
                 return;
               }
               refusal.destroy();
-              fail('bad_response', 502, 'upstream connection failed');
+              fail('bad_response', 'upstream connection failed');
             });
           });
         };
@@ -649,21 +651,20 @@ export class Forwarder {
             }
             if (ended) return; // this try is over (moved on to the next target)
             if (err.code === 'HANDSHAKE_TIMEOUT') {
-              fail('timeout', 504, 'upstream timed out');
+              fail('timeout');
               return end();
             }
             const kind = kindOf(err);
             // Nothing of the target's has come: another target may answer, as for a GET without a body.
             if (WS_RETRYABLE.has(kind) && this.retriesLeft(outcome) && !socket.destroyed) {
-              failed(kind, kind === 'connect_timeout' ? 504 : 502);
+              failed(kind);
               end();
               keepOpenOnce(socket);
               // The head went back into the socket on this try (http-proxy unshifts it): not twice.
               process.nextTick(attempt, EMPTY);
               return;
             }
-            const status = kind === 'connect_timeout' ? 504 : 502;
-            fail(kind, status, failureMessage(kind, status));
+            fail(kind);
             end();
           },
         );
@@ -808,8 +809,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       outcome.status = 503;
       answer(this.res, 503, 'target busy', { 'Retry-After': '5' });
     } else {
-      outcome.status = outcome.error === 'timeout' || outcome.error === 'connect_timeout' ? 504 : 502;
-      answer(this.res, outcome.status, failureMessage(outcome.error, outcome.status));
+      outcome.status = failureStatus(outcome.error);
+      answer(this.res, outcome.status, failureMessage(outcome.error));
     }
     this.done();
   }
