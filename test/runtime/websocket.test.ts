@@ -27,6 +27,12 @@ function rawTarget(onHead: (head: string, s: net.Socket) => void): net.Server {
   });
 }
 
+/** A proxy (in this process) in front of `target` alone, without health checks unless `env` says. */
+async function proxyFor(target: net.Server, env: Record<string, string> = {}): Promise<Running> {
+  const t = makeTarget('127.0.0.1', await listen(target));
+  return start(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: t.id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', ...env }), {});
+}
+
 /** Opens a WebSocket; resolves with it once open, or with the HTTP status that refused it. */
 function open(port: number): Promise<WebSocket | number> {
   return new Promise((resolve, reject) => {
@@ -77,8 +83,7 @@ test("the target's 101 reaches the client with its header names as the target sp
     s.once('data', () => s.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
       'Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nX-CamelCase: 1\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n__proto__: x\r\n\r\n'));
   });
-  const t = makeTarget('127.0.0.1', await listen(target));
-  const p = await start(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: t.id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off' }), {});
+  const p = await proxyFor(target);
   try {
     const r = await rawExchange(p.port, 'GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
       'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n', { deadlineMs: 1000 });
@@ -100,8 +105,7 @@ test('a handshake reaches the target without hop-by-hop headers, those its Conne
     heads.push(head);
     s.end('HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n');
   });
-  const t = makeTarget('127.0.0.1', await listen(target));
-  const p = await start(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: t.id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off' }), {});
+  const p = await proxyFor(target);
   try {
     const r = await rawExchange(
       p.port,
@@ -128,8 +132,7 @@ test('Proxy-Connection: upgrade is no Connection: upgrade: the request is a plai
     heads.push(head);
     s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
   });
-  const t = makeTarget('127.0.0.1', await listen(target));
-  const p = await start(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: t.id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off' }), {});
+  const p = await proxyFor(target);
   try {
     const r = await rawExchange(p.port,
       'GET /chat HTTP/1.1\r\nHost: a\r\nProxy-Connection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n' +
@@ -149,8 +152,7 @@ test('a handshake announcing a body is a 400 that reaches no target (a target wo
     connections++;
     s.destroy();
   });
-  const t = makeTarget('127.0.0.1', await listen(target));
-  const p = await start(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: t.id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off' }), {});
+  const p = await proxyFor(target);
   try {
     for (const framing of ['Content-Length: 1\r\n', 'Transfer-Encoding: chunked\r\n']) {
       const r = await rawExchange(p.port, `GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n${framing}\r\n`, { deadlineMs: 3000 });
@@ -237,9 +239,8 @@ describe('a handshake whose answer ends the connection does not keep it', () => 
       s.on('error', () => undefined);
       s.once('data', () => answer(s));
     });
-    const t = makeTarget('127.0.0.1', await listen(target));
     // A breaker that opens would turn the target's 502s into 503s: not what this is about.
-    const p = await start(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: t.id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', RETRIES: '0', CIRCUIT_BREAKER_THRESHOLD: '1000' }), {});
+    const p = await proxyFor(target, { RETRIES: '0', CIRCUIT_BREAKER_THRESHOLD: '1000' });
     try {
       const before = await open();
       expect(await handshakes(p.port, host, 20, true)).toEqual(Array(20).fill(statusLine));
@@ -264,8 +265,7 @@ test("a handshake's answer is held to the limits of a plain request's, and under
     else if (head.startsWith('GET /huge ')) s.end(`HTTP/1.1 200 OK\r\n${bigHead.repeat(4)}Content-Length: 2\r\n\r\nok`);
     else s.end('HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nno');
   });
-  const t = makeTarget('127.0.0.1', await listen(target));
-  const p = await start(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: t.id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: '/ping', RETRIES: '0', CIRCUIT_BREAKER_THRESHOLD: '2' }), {});
+  const p = await proxyFor(target, { HEALTH_CHECK_PATH: '/ping', RETRIES: '0', CIRCUIT_BREAKER_THRESHOLD: '2' });
   const handshake = (path: string) =>
     `GET ${path} HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`;
   try {
