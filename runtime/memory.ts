@@ -76,8 +76,17 @@ export function uploadBytes(n: number): void {
   bodyBytes(n * (BODY_BYTES_PER_COLLECTION / UPLOAD_BYTES_PER_COLLECTION));
 }
 
-/** The environment a worker is forked with, beside the primary's. */
-export function workerEnv(env: NodeJS.ProcessEnv): Record<string, string> {
-  // glibc gives every thread its own malloc arena by default (V8's helper threads too): two are enough.
-  return { MALLOC_ARENA_MAX: env.MALLOC_ARENA_MAX ?? '2' };
+/**
+ * What a worker's environment changes from the primary's (node:cluster merges the two; undefined
+ * leaves a variable out).
+ */
+export function workerEnv(env: NodeJS.ProcessEnv): Record<string, string | undefined> {
+  return {
+    // glibc gives every thread its own malloc arena by default (V8's helper threads too): two are enough.
+    MALLOC_ARENA_MAX: env.MALLOC_ARENA_MAX ?? '2',
+    // Only the primary talks to Redis. Workers, which parse what clients send, do not hold its address
+    // and password (a REDIS_URL may carry one), nor the name of the secret holding its token.
+    REDIS_URL: undefined,
+    REDIS_AUTH_SECRET_ARN: undefined,
+  };
 }

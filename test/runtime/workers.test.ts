@@ -413,6 +413,25 @@ test("workers start with the bundle's memory settings (a small V8 heap, two mall
   }
 });
 
+test("workers, which parse what clients send, do not hold Redis's address and password: only the primary talks to it", async () => {
+  const target = await startBackend('target');
+  const closed = await freePort();
+  const p = await startBundle({
+    NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${target.port}`, HEALTH_CHECK_PATH: 'off', WORKERS: '1',
+    REDIS_URL: `redis://:hunter2@127.0.0.1:${closed}`,
+  });
+  try {
+    const environ = (pid: number): string[] => fs.readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
+    expect(environ(p.child.pid!)).toContain(`REDIS_URL=redis://:hunter2@127.0.0.1:${closed}`);
+    const [pid] = p.workers();
+    expect(environ(pid).filter((v) => v.startsWith('REDIS_'))).toEqual([]);
+    expect((await request(p.port, { path: '/' })).status).toBe(200);
+  } finally {
+    await p.stop('SIGKILL');
+    await target.close();
+  }
+});
+
 test('a worker allowed many connections gets an old space to match: 64 KiB per connection, never less than 256 MB', () => {
   const oldSpace = (maxConnections: number) => workerV8Flags({ maxConnections }).find((f) => f.startsWith('--max-old-space-size='));
   expect(oldSpace(2048)).toBe('--max-old-space-size=256');
