@@ -513,7 +513,7 @@ export const SETTINGS = {
   },
   routeIdleTtlMs: {
     env: 'ROUTE_IDLE_TTL',
-    doc: 'Seconds after which an unused route is forgotten.',
+    doc: 'Seconds after which an unused route is forgotten (`ecs` mode; the one pool of the other modes is kept).',
     default: '600',
     parse: duration('seconds'),
   },

@@ -42,6 +42,8 @@ interface Entry {
   /** Absent until this time (negative cache). */
   absentUntil: number;
   lastUsed: number;
+  /** The one pool of static, tag and asg modes: never forgotten, however long it goes unused. */
+  readonly pinned: boolean;
   inflight: Promise<Pool | undefined> | undefined;
   /** When the targets it holds were found (Date.now() clock), their age at the primary counted: due again a period later. */
   foundAt: number;
@@ -135,7 +137,7 @@ export class RouteTable {
         limitHits.labels({ limit: 'routes' }).inc();
         return Promise.resolve(undefined);
       }
-      e = { key, id, pool: undefined, absentUntil: 0, lastUsed: this.now(), inflight: undefined, foundAt: 0 };
+      e = { key, id, pool: undefined, absentUntil: 0, lastUsed: this.now(), inflight: undefined, foundAt: 0, pinned: false };
       this.entries.set(id, e);
     }
     const entry = e;
@@ -168,7 +170,8 @@ export class RouteTable {
   async pin(key: RouteKey): Promise<Pool> {
     const id = routeId(key);
     const pool = new Pool(id, this.registry);
-    const e: Entry = { key, id, pool, absentUntil: 0, lastUsed: Infinity, inflight: undefined, foundAt: 0 };
+    // lastUsed moves with every request (get() stays one store); pinned is what keeps it.
+    const e: Entry = { key, id, pool, absentUntil: 0, lastUsed: this.now(), inflight: undefined, foundAt: 0, pinned: true };
     this.entries.set(id, e);
     this.gauge();
     // As a refresh: the refresh loop does not start another while this one runs (a start that waits
@@ -212,7 +215,7 @@ export class RouteTable {
     const now = this.now();
     const due: Entry[] = [];
     for (const e of this.entries.values()) {
-      if (now - e.lastUsed > this.opts.routeIdleTtlMs && !e.inflight && !e.refreshing) this.forget(e);
+      if (!e.pinned && now - e.lastUsed > this.opts.routeIdleTtlMs && !e.inflight && !e.refreshing) this.forget(e);
       else if (!e.pool && e.absentUntil <= now && !e.inflight) this.forget(e);
       else if (e.pool && !e.refreshing && (!opts.dueOnly || now - e.foundAt >= this.periodOf(e.pool))) due.push(e);
     }
@@ -316,7 +319,7 @@ export class RouteTable {
   private evictOne(): boolean {
     let victim: Entry | undefined;
     for (const e of this.entries.values()) {
-      if (e.inflight || e.lastUsed === Infinity) continue;
+      if (e.inflight || e.pinned) continue;
       if (!e.pool) {
         victim = e;
         break;

@@ -274,6 +274,21 @@ describe('route table', () => {
     expect(registry.targets()).toEqual([]);
   });
 
+  test("the one pool of static, tag and asg modes is never forgotten: not when idle past ROUTE_IDLE_TTL, not to make room", async () => {
+    const g = gated((r) => [makeTarget('10.0.0.1', r.port)]);
+    g.release();
+    const t = table(g.provider, { routeIdleTtlMs: 60_000, maxRoutes: 1 });
+    const pool = await t.pin(key('pool'));
+    expect(t.get(key('pool'))).toMatchObject({ kind: 'pool', pool }); // a request, as the server's get() makes
+    clock += 60_001;
+    await t.refresh();
+    expect(t.get(key('pool'))).toMatchObject({ kind: 'pool', pool });
+    expect(registry.targets().map((x) => x.id)).toEqual(['10.0.0.1:80']);
+    clock += 1;
+    expect(await t.resolve(key('other'))).toBeUndefined(); // no room: the pool is not evicted for it
+    expect(t.get(key('pool')).kind).toBe('pool');
+  });
+
   test('refresh: a service scaled to zero becomes empty, and a failing discovery keeps the last targets', async () => {
     let answer: Target[] | Error = [makeTarget('10.0.0.1', 80), makeTarget('10.0.0.2', 80)];
     const g = gated(() => answer);

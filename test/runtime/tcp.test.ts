@@ -149,6 +149,17 @@ describe('MODE=tcp', () => {
     for (let i = 0; i < 4; i++) expect(await exchange(p.port, 'x')).toBe('a:x:bye');
   });
 
+  test('the one pool is kept however long no connection comes: past ROUTE_IDLE_TTL the next one is served as the first was', async () => {
+    const a = await echo('a');
+    servers.push(a.server);
+    const t = makeTarget('127.0.0.1', a.port);
+    p = await start(loadConfig({ NODE_FILTER: 'static', MODE: 'tcp', STATIC_TARGETS: t.id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off',
+      ROUTE_IDLE_TTL: '0.3', NODE_CHECK_PERIOD: '0.1' }), { provider: fixed([t]) });
+    expect(await exchange(p.port, 'x')).toBe('a:x:bye');
+    await new Promise((r) => setTimeout(r, 1000)); // idle past ROUTE_IDLE_TTL, with refresh passes every 50 ms
+    expect(await exchange(p.port, 'y')).toBe('a:y:bye');
+  });
+
   test('with every target full (POOL_SIZE) or dead, the client is reset, as an NLB does, and the access log says why', async () => {
     const a = await echo('a');
     servers.push(a.server);
