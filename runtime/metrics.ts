@@ -196,10 +196,11 @@ export function countRequest(route: string, status: number, seconds: number): vo
 }
 
 /**
- * A route the route table forgot: its karma_requests_total series go too, so that series stay bounded
- * by MAX_ROUTES however many routes come and go (clients choose Hosts).
+ * A route the route table forgot: its karma_requests_total and karma_fail_open_total series go too, so
+ * that series stay bounded by MAX_ROUTES however many routes come and go (clients choose Hosts).
  */
 export function forgetRoute(route: string): void {
+  failOpenTotal.remove({ route });
   const row = requestTallies.get(route);
   if (row === undefined) return;
   requestTallies.delete(route);

@@ -1,7 +1,7 @@
 import * as net from 'node:net';
 import { TargetRegistry } from '../../runtime/balancer';
 import { loadConfig } from '../../runtime/config';
-import { activeConnections, discoveryDuration, requestsTotal } from '../../runtime/metrics';
+import { activeConnections, discoveryDuration, failOpenTotal, requestsTotal } from '../../runtime/metrics';
 import { EARLY_ANSWER_MAX_AGE_MS, RouteTable } from '../../runtime/routes';
 import { makeTarget, Provider, RouteKey, Target } from '../../runtime/types';
 import { Running, start } from '../../runtime/worker';
@@ -272,6 +272,23 @@ describe('route table', () => {
     await t.refresh();
     expect(t.size).toBe(0);
     expect(registry.targets()).toEqual([]);
+  });
+
+  test('a forgotten route takes its karma_fail_open_total series along: clients naming ever new ports cannot pile them up', async () => {
+    const g = gated((r) => [makeTarget('10.0.0.1', r.port)]);
+    g.release();
+    const t = table(g.provider, { routeIdleTtlMs: 60_000 });
+    const series = async (): Promise<string[]> => (await failOpenTotal.get()).values.map((v) => String(v.labels.route)).filter((r) => r.startsWith('failopen-'));
+    for (const port of [1001, 1002, 1003]) {
+      const pool = (await t.resolve(key('failopen', port)))!;
+      registry.setStatus(pool.targets[0], false);
+      expect(pool.pick()!.failOpen).toBe(true);
+    }
+    expect(await series()).toHaveLength(3);
+    clock += 60_001;
+    await t.refresh();
+    expect(t.size).toBe(0);
+    expect(await series()).toEqual([]);
   });
 
   test("the one pool of static, tag and asg modes is never forgotten: not when idle past ROUTE_IDLE_TTL, not to make room", async () => {
