@@ -177,19 +177,21 @@ export class Pool {
   }
 
   /**
-   * Replaces the members, idempotently: a target already present keeps its state, and the cursor is
-   * not reset, so a refresh with the same members does not disturb the rotation. Leaving targets are
-   * drained (no new requests; in-flight ones finish).
+   * Replaces the members, idempotently: a target already present keeps its state, and the rotation
+   * goes on where it was: the target due next stays due, or, if it left, the one after it in the
+   * order (members are sorted by id), so a change of targets neither skips one nor repeats one.
+   * Leaving targets are drained (no new requests; in-flight ones finish).
    */
   update(targets: readonly Target[]): void {
     const next = sortTargets(targets);
     const same = next.length === this.members.length && next.every((t, i) => t.id === this.members[i].target.id);
     if (same) return;
     const old = this.members;
+    const due = old.length > 0 ? old[this.cursor].target.id : undefined;
     this.members = next.map((t) => this.registry.acquire(t));
     for (const s of old) this.registry.release(s);
-    if (this.members.length > 0) this.cursor %= this.members.length;
-    else this.cursor = 0;
+    const at = due === undefined ? -1 : next.findIndex((t) => t.id >= due);
+    this.cursor = at === -1 ? 0 : at;
     targetsPerRoute.labels({ route: this.id }).set(this.members.length);
   }
 

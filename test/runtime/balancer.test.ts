@@ -26,6 +26,24 @@ describe('round-robin', () => {
     expect(picks(pool, 2)).toEqual(['10.0.0.3:80', '10.0.0.1:80']);
   });
 
+  test('a change of members goes on from the target due next: one leaving before it skips nobody, one joining before it repeats nobody', () => {
+    const t = (n: number) => makeTarget(`10.0.0.${n}`, 80);
+    const pool = new Pool('r', reg);
+    pool.update([t(1), t(2), t(3), t(4)]);
+    expect(picks(pool, 2)).toEqual(['10.0.0.1:80', '10.0.0.2:80']); // .3 is due
+    pool.update([t(2), t(3), t(4)]);
+    expect(picks(pool, 3)).toEqual(['10.0.0.3:80', '10.0.0.4:80', '10.0.0.2:80']);
+    pool.update([t(1), t(2), t(3), t(4)]); // .3 is due again
+    expect(picks(pool, 4)).toEqual(['10.0.0.3:80', '10.0.0.4:80', '10.0.0.1:80', '10.0.0.2:80']);
+    // The target due next leaves: the one after it in the order is due, wrapping round past the last.
+    expect(picks(pool, 3)).toEqual(['10.0.0.3:80', '10.0.0.4:80', '10.0.0.1:80']); // .2 is due
+    pool.update([t(1), t(3), t(4)]);
+    expect(picks(pool, 1)).toEqual(['10.0.0.3:80']);
+    expect(picks(pool, 1)).toEqual(['10.0.0.4:80']); // .1 is due
+    pool.update([t(3), t(4)]);
+    expect(picks(pool, 2)).toEqual(['10.0.0.3:80', '10.0.0.4:80']);
+  });
+
   test('healthy targets first; not-yet-checked ones only while none is healthy; unhealthy ones as a last resort (fail open)', () => {
     const pool = new Pool('r', reg);
     pool.update(targets);
