@@ -318,7 +318,7 @@ export class SharedProvider implements Provider {
       return fresh();
     }
 
-    if (won) return { targets: await this.refresh(redis, key, ownLock, route, signal), ageMs: 0 };
+    if (won) return { targets: await this.refresh(redis, key, ownLock, early ? EARLY_LOCK_MS : this.lockMs, route, signal), ageMs: 0 };
     // Our locks always expire, within a period: one that does not, or that is set for ten times as long
     // (a fleet-mate's period is not that different), was not set by a proxy, and would hold every proxy
     // off this route for good or for its day. Given our expiry, it goes like one of ours would.
@@ -340,7 +340,7 @@ export class SharedProvider implements Provider {
     return fresh();
   }
 
-  private async refresh(redis: Redis, key: string, lock: string, route: RouteKey, signal?: AbortSignal): Promise<Target[]> {
+  private async refresh(redis: Redis, key: string, lock: string, lockMs: number, route: RouteKey, signal?: AbortSignal): Promise<Target[]> {
     cacheLookups.inc({ result: 'miss' });
     const started = Date.now();
     const targets = await this.inner.discover(route, signal);
@@ -350,9 +350,10 @@ export class SharedProvider implements Provider {
       redis.set(key, encodeTargets(targets, this.ttlMs, Date.now() - started), 'PX', this.ttlMs).catch((err: unknown) => this.failed(err));
     }
     // An empty answer is fresh for less time than the lock was taken for: held longer, it would keep
-    // everyone (this proxy too) on "empty" past NEGATIVE_CACHE_TTL.
+    // everyone (this proxy too) on "empty" past NEGATIVE_CACHE_TTL. Never lengthened (an early ask's
+    // lock is shorter than that already).
     // Only if the lock is still ours: a discovery slower than the lock lets another proxy take it.
-    if (targets.length === 0 && this.emptyFreshMs < this.lockMs) {
+    if (targets.length === 0 && this.emptyFreshMs < lockMs) {
       redis.eval(SHORTEN_OWN_LOCK, 1, lock, this.token, this.emptyFreshMs).catch((err: unknown) => this.failed(err));
     }
     return targets;

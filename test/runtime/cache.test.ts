@@ -369,6 +369,17 @@ describe('SharedProvider on a real redis-server', () => {
     expect(stub.count('ListTasks')).toBe(2);
   });
 
+  test("an early ask's empty answer keeps its lock's short life: the fleet's next early ask is not held off for NEGATIVE_CACHE_TTL", async () => {
+    const a = proxy({ NODE_CHECK_PERIOD: '30', NEGATIVE_CACHE_TTL: '9' });
+    await a.connected();
+    stub.model.clusters.prod.web = []; // scaled to zero
+    expect(await a.discoverAged(route, undefined, 250)).toEqual({ targets: [], ageMs: 0 }); // asked early, after a refusal
+    await sleep(50);
+    const lockTtl = await admin.pttl(`${lockKey('ecs.private.all', route)}:early`);
+    expect(lockTtl).toBeGreaterThan(0);
+    expect(lockTtl).toBeLessThanOrEqual(1000); // EARLY_LOCK_MS, not stretched to 9 s
+  });
+
   test('Redis killed mid-test: requests are still served, errors are logged once; a restart is picked up', async () => {
     const a = proxy();
     const b = proxy();
