@@ -10,7 +10,7 @@
  * What it keeps of node:http, on purpose the same: llhttp in strict mode bounded by MAX_HEADER_SIZE (so
  * every framing, character and version check node:http makes), 400 / 413 / 431 for what the parser
  * refuses and 408 for HEADERS_TIMEOUT (first byte of a request to its last header line) and
- * REQUEST_TIMEOUT (to its last body byte), checked twice a second; one idle timer per connection
+ * REQUEST_TIMEOUT (to its last body byte, off by default), checked twice a second; one idle timer per connection
  * (IDLE_TIMEOUT); keep-alive as the client's version and Connection header say, `Keep-Alive: timeout=`
  * advertised; answers framed by Content-Length or chunked (close-delimited for HTTP/1.0 clients), with a
  * Date when the target sent none; pipelined requests answered in order; the rest of an unread request
@@ -48,7 +48,7 @@ export interface DownstreamOptions {
   readonly maxHeaderSize: number;
   /** HEADERS_TIMEOUT: from a request's first byte (or the connection's start) to its last header line. */
   readonly headersTimeoutMs: number;
-  /** REQUEST_TIMEOUT: from a request's first byte to its last body byte; 0 for none. */
+  /** REQUEST_TIMEOUT: from a request's first byte to its last body byte, less the time its target held the body back; 0 for none. */
   readonly requestTimeoutMs: number;
   /** IDLE_TIMEOUT: silence on a connection, either way. */
   readonly idleTimeoutMs: number;
@@ -645,6 +645,8 @@ const PAUSE_UNPIPED = 2;
 const PAUSE_DRAIN = 4;
 /** A tunnel's bytes follow: they are for its handler, not for the parser. */
 const PAUSE_UPGRADE = 8;
+/** The target holds the body back: not taking it yet, or pushing back. */
+const BY_TARGET = PAUSE_UNPIPED | PAUSE_DRAIN;
 
 // Why the idle timer was given one more period.
 const GRACE_KEEP_ALIVE = 1;
@@ -677,6 +679,8 @@ export class ClientConn {
   answeredAt = 0;
   /** Any of PAUSE_*. */
   private paused = 0;
+  /** Since when (performance.now()) the target has held the body back (PAUSE_DRAIN or PAUSE_UNPIPED). */
+  private heldByTargetAt = 0;
   /** No request after the ones already read will be read: the connection ends after their answers. */
   closing = false;
   /** Nothing more is parsed: the connection is refused, handed over, or being closed. */
@@ -951,12 +955,16 @@ export class ClientConn {
 
   pause(why: number): void {
     if (this.paused === 0) pauseReads(this.socket, this.consumed);
+    if ((this.paused & BY_TARGET) === 0 && (why & BY_TARGET) !== 0) this.heldByTargetAt = performance.now();
     this.paused |= why;
   }
 
   resume(why: number): void {
     if ((this.paused & why) === 0) return;
+    const wasHeld = (this.paused & BY_TARGET) !== 0;
     this.paused &= ~why;
+    // The time the target held the body back is not the client's: REQUEST_TIMEOUT does not count it.
+    if (wasHeld && (this.paused & BY_TARGET) === 0) this.since += performance.now() - this.heldByTargetAt;
     if (this.paused === 0 && !this.done) {
       // A head begun before reading stopped (pipelined behind a slow answer) gets its HEADERS_TIMEOUT
       // afresh: the wait was ours, not the client's.
@@ -968,6 +976,11 @@ export class ClientConn {
   /** Reads are stopped by us (a request ahead in line, a target not yet taking the body): not the client's delay. */
   get heldBack(): boolean {
     return this.paused !== 0;
+  }
+
+  /** Its body waits on the target (not taking it yet, or pushing back): REQUEST_TIMEOUT's clock is stopped. */
+  get heldByTarget(): boolean {
+    return (this.paused & BY_TARGET) !== 0;
   }
 
   stopWaitingForDrain(): void {
@@ -1150,7 +1163,7 @@ export class ClientConn {
     if (res && this.reading === res.req && !res.req.complete) {
       // Its body waits on the target (not taking it yet, or pushing back): the client is not the slow
       // one. The clock starts again; UPSTREAM_TIMEOUT bounds a target that stopped reading (a 504).
-      if ((this.paused & (PAUSE_DRAIN | PAUSE_UNPIPED)) !== 0) return void s.setTimeout(this.server.opts.idleTimeoutMs);
+      if (this.heldByTarget) return void s.setTimeout(this.server.opts.idleTimeoutMs);
       res.handler?.clientStalled();
     }
     if (s.destroyed) return;
@@ -1315,7 +1328,7 @@ export class DownstreamServer {
     const { headersTimeoutMs, requestTimeoutMs } = this.opts;
     const now = performance.now();
     for (const c of this.conns) {
-      if (c.state === IDLE || (c.state === HEAD && c.heldBack)) continue;
+      if (c.state === IDLE || (c.state === HEAD && c.heldBack) || c.heldByTarget) continue;
       const age = now - c.since;
       if ((c.state === HEAD && headersTimeoutMs > 0 && age > headersTimeoutMs) || (requestTimeoutMs > 0 && age > requestTimeoutMs)) c.timedOut();
     }

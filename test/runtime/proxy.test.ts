@@ -256,6 +256,49 @@ test('a body trickled past REQUEST_TIMEOUT is a 408, and the access line says 40
   }
 });
 
+test("the time a target holds an upload back is not the client's: REQUEST_TIMEOUT does not count it", async () => {
+  const backend = await startBackend('b');
+  backend.handle = (req, res) => {
+    req.pause(); // busy for 2.5 s: the proxy's writes fill the sockets' buffers, and it stops reading the client
+    setTimeout(() => {
+      let n = 0;
+      req.on('data', (d: Buffer) => (n += d.length));
+      req.on('end', () => res.end(`got ${n}`));
+      req.resume();
+    }, 2500);
+  };
+  const p = await proxy(
+    { NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, REQUEST_TIMEOUT: '1' },
+    fixed([makeTarget('127.0.0.1', backend.port)]),
+  );
+  try {
+    const size = 64 * 1024 * 1024;
+    const reply = await new Promise<{ status?: number; body: string }>((resolve, reject) => {
+      const req = http.request({ port: p.port, host: '127.0.0.1', method: 'POST', path: '/upload', headers: { 'content-length': size } }, (res) => {
+        let body = '';
+        res.on('data', (d) => (body += d));
+        res.on('end', () => resolve({ status: res.statusCode, body }));
+      });
+      req.on('error', reject);
+      req.setTimeout(15_000, () => req.destroy(new Error('no answer in 15 s')));
+      const chunk = Buffer.alloc(1024 * 1024, 'x');
+      let sent = 0;
+      const pump = (): void => {
+        while (sent < size) {
+          sent += chunk.length;
+          if (!req.write(chunk)) return void req.once('drain', pump);
+        }
+        req.end();
+      };
+      pump();
+    });
+    expect(reply).toEqual({ status: 200, body: `got ${64 * 1024 * 1024}` });
+  } finally {
+    await p.stop();
+    await backend.close();
+  }
+});
+
 test('a client that leaves a long poll cancels it at the target at once, frees its socket, and is logged 499', async () => {
   // One socket per target (POOL_SIZE=1): a long poll held for a client that left would keep the next
   // request waiting until the poll's answer (10 s here).
