@@ -552,8 +552,8 @@ export const SETTINGS = {
   },
   requestTimeoutMs: {
     env: 'REQUEST_TIMEOUT',
-    doc: 'Seconds a client has to send a whole request, body included; 0 disables it.',
-    default: '300',
+    doc: 'Seconds a client has to send a whole request, body included (time its target holds the body back is not counted); 0, the default, sets no limit: as with an ALB or nginx, a body takes as long as it keeps coming, and one that stalls for `IDLE_TIMEOUT` is cut.',
+    default: '0',
     parse: duration('seconds', { zero: true }),
   },
   maxHeaderSize: {

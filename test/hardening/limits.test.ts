@@ -48,7 +48,7 @@ describe('defaults', () => {
       maxHeaders: 100,
       maxHeaderSize: 16_384,
       headersTimeoutMs: 10_000,
-      requestTimeoutMs: 300_000,
+      requestTimeoutMs: 0,
       idleTimeoutMs: 60_000,
       upstreamTimeoutMs: 60_000,
       poolTimeoutMs: 2000,
