@@ -29,6 +29,13 @@ import { Found, makeTarget, Provider, RouteKey, routeId, Target, within } from '
 const EARLY_LOCK_MS = 1000;
 /** The longest a failing Redis is left alone between two tries (suspendMs, doubled while it keeps failing). */
 export const MAX_SUSPEND_MS = 16_000;
+/**
+ * Tries in a row that time out on a connection said to be up before it is dropped and made anew: a
+ * node that died or was cut off sends no FIN, and the client would wait on it for as long as TCP's
+ * retransmissions last (about 15 minutes) instead of reaching the replacement (an ElastiCache failover
+ * moves the endpoint's name to it). With tries 1, 2 and 4 s apart, about 3 s into a silence.
+ */
+export const SILENT_TRIES_BEFORE_RECONNECT = 3;
 
 /** Bump when the stored shape changes: proxies of two versions then simply do not share. */
 export const KEY_PREFIX = 'karma:v1';
@@ -255,6 +262,13 @@ export class SharedProvider implements Provider {
         : /timed out/i.test(message) && this.redis?.status === 'ready'
           ? 'silent'
           : undefined;
+    if (why === 'silent' && this.failuresInRow >= SILENT_TRIES_BEFORE_RECONNECT) {
+      // No answer on this connection for several tries: it is made anew (ioredis reconnects, with a
+      // fresh look-up of the endpoint's name); 'ready' on it ends the suspension.
+      log('warn', 'redis has not answered on its connection for several tries: reconnecting', { tries: this.failuresInRow });
+      this.failuresInRow = 0;
+      this.redis?.disconnect(true);
+    }
     if (why === undefined || this.trouble === why) return;
     this.trouble = why;
     if (why === 'cluster') log('error', 'REDIS_URL is a cluster-mode Redis, which is not supported: discovery is not shared', errorFields(err));

@@ -3,6 +3,7 @@
  * providers discovering through the loopback AWS stub, so "AWS calls" are calls the stub counted.
  */
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Redis } from 'ioredis';
@@ -450,6 +451,55 @@ describe('SharedProvider on a real redis-server', () => {
       stderr.mockRestore();
       stdout.mockRestore();
       server.resume();
+    }
+  });
+
+  test('a connection that goes silent without a FIN (a dead node, a partition) is dropped after three tries and made anew', async () => {
+    // A relay in front of Redis that can freeze the connections it has (no FIN, no RST: nothing more
+    // passes), while new ones go through: what a node that died or was cut off looks like.
+    const pairs: net.Socket[][] = [];
+    const all: net.Socket[] = [];
+    let accepted = 0;
+    const relay = net.createServer((c) => {
+      accepted++;
+      const r = net.connect(Number(new URL(server.url).port), '127.0.0.1');
+      c.pipe(r).pipe(c);
+      for (const s of [c, r]) s.on('error', () => undefined);
+      pairs.push([c, r]);
+      all.push(c, r);
+    });
+    await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
+    const freeze = (): void => {
+      for (const [c, r] of pairs.splice(0)) {
+        c.unpipe(r);
+        r.unpipe(c);
+        c.pause();
+        r.pause();
+      }
+    };
+    const stderr = jest.spyOn(process.stderr, 'write').mockImplementation(() => true);
+    const stdout = jest.spyOn(process.stdout, 'write').mockImplementation(() => true);
+    const said = (text: string): number => [...stderr.mock.calls, ...stdout.mock.calls].filter(([l]) => String(l).includes(text)).length;
+    try {
+      const a = proxy({ REDIS_URL: `127.0.0.1:${(relay.address() as net.AddressInfo).port}` });
+      await a.connected();
+      expect(accepted).toBe(1);
+      freeze();
+      // Tries 1, 2 and 4 s apart: the third silent one drops the connection.
+      await until('a new connection', async () => {
+        await a.discover(route);
+        return accepted === 2 && said('redis answering again') === 1 ? true : undefined;
+      }, 12_000);
+      expect(said('redis is not answering')).toBe(1);
+      expect(said('reconnecting')).toBe(1);
+      await admin.flushall();
+      await a.discoverAged(route, undefined, 0); // asks AWS and shares the answer again
+      await until('the shared answer', async () => ((await admin.exists(targetsKey('ecs.private.all', route))) === 1 ? true : undefined));
+    } finally {
+      stderr.mockRestore();
+      stdout.mockRestore();
+      for (const x of all) x.destroy();
+      await new Promise((r) => relay.close(r));
     }
   });
 
