@@ -933,8 +933,10 @@ export class ClientConn {
       this.socket.destroySoon();
       return;
     }
-    // A body still coming that nobody takes (not asked for, or its target gone): read and dropped.
-    if (!req.complete && !req.piped) req.drop();
+    // A body nobody takes (not asked for, or its target gone): what is still coming is read and dropped,
+    // and what was held for a target that never took it goes. Reads stopped for it start again, or the
+    // next request on the connection would never be read (a whole body held while its target refused).
+    if (!req.piped) req.drop();
     if (this.waiting.length > 0) process.nextTick(next, this);
     else {
       this.resume(PAUSE_QUEUE);

@@ -256,6 +256,33 @@ test('a body trickled past REQUEST_TIMEOUT is a 408, and the access line says 40
   }
 });
 
+test('a request whose whole body came with its head, refused by its target (502), leaves its keep-alive connection serving the next', async () => {
+  const t = makeTarget('127.0.0.1', await freePort()); // nothing listens: every connection is refused
+  const p = await proxy({ NODE_FILTER: 'static', STATIC_TARGETS: t.id }, fixed([t]));
+  try {
+    const answers = await new Promise<string[]>((resolve) => {
+      const s = net.connect(p.port, '127.0.0.1', () => s.write('POST /form HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello'));
+      let data = '';
+      let second = false;
+      s.on('data', (d) => {
+        data += d;
+        // The first answer is whole (its body ends it): the next request goes on the same connection.
+        if (!second && /\r\n\r\n[^]*\n$/.test(data)) {
+          second = true;
+          s.write('GET /next HTTP/1.1\r\nHost: a\r\n\r\n');
+        }
+        const heads = data.match(/^HTTP\/1\.1 \d{3}/gm) ?? [];
+        if (heads.length === 2) (s.destroy(), resolve(heads));
+      });
+      s.on('error', () => undefined);
+      s.setTimeout(3000, () => (s.destroy(), resolve(data.match(/^HTTP\/1\.1 \d{3}/gm) ?? [])));
+    });
+    expect(answers).toEqual(['HTTP/1.1 502', 'HTTP/1.1 502']);
+  } finally {
+    await p.stop();
+  }
+});
+
 test("the time a target holds an upload back is not the client's: REQUEST_TIMEOUT does not count it", async () => {
   const backend = await startBackend('b');
   backend.handle = (req, res) => {
