@@ -236,6 +236,32 @@ describe('a target restarted in a deploy is back once its health check passes, n
     for (let i = 0; i < 4; i++) expect((await request(p!.port)).status).toBe(200);
   });
 
+  test('without health checks, a target that refused while it restarted is tried again within seconds, not CIRCUIT_BREAKER_TIMEOUT later', async () => {
+    const app = await startBackend('app');
+    backends = [app];
+    p = await startBundle({ ...DEPLOY, HEALTH_CHECK_PATH: 'off', STATIC_TARGETS: makeTarget('127.0.0.1', app.port).id });
+    await until('two workers', () => p!.workers().length === 2);
+    expect((await request(p!.port)).status).toBe(200);
+    await app.close();
+    const statuses: number[] = [];
+    await until('the breaker open', async () => {
+      statuses.push((await request(p!.port)).status);
+      return statuses.at(-1) === 503;
+    });
+    expect(statuses.slice(0, 3)).toEqual([502, 502, 502]);
+    again = http.createServer((_req, res) => res.end('back'));
+    await new Promise<void>((resolve) => again!.listen(app.port, '127.0.0.1', resolve));
+    const reopened = Date.now();
+    // Open for a second (its first opening by refusals), then one trial: nothing near the 5 minutes.
+    const back = await until('an answer from the restarted target', async () => {
+      const r = await request(p!.port);
+      return r.status === 200 ? r : undefined;
+    }, 5000, 100);
+    expect(back?.body).toBe('back');
+    expect(Date.now() - reopened).toBeLessThan(5000);
+    for (let i = 0; i < 4; i++) expect((await request(p!.port)).status).toBe(200);
+  });
+
   test('a breaker that resets of real requests opened keeps its timeout, however its health path answers', async () => {
     const app = await startBackend('app');
     backends = [app];
