@@ -618,6 +618,9 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     if (domain) env.DOMAIN = domain;
     // The role below allows ListClusters and ListServices: Hosts reach CloudFormation-named services too.
     if (discovery === 'ecs') env.ECS_CASE_LOOKUP = 'true';
+    // A VPC of its own reaches the tasks of another only at their public addresses (the private ones may
+    // even be the same numbers as its own subnets'): tasks without one still fall back to private.
+    if (discovery === 'ecs' && !props.vpc) env.IP_PREFERENCE = 'public';
     if (clusters?.length) env.ALLOWED_CLUSTERS = clusters.join(',');
     if (props.ports?.length) env.ALLOWED_PORTS = props.ports.map((p) => String(p).trim()).join(',');
     if (props.asgName !== undefined) env.ASG_NAME = props.asgName;
@@ -793,7 +796,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       // Only awsvpc tasks can be reached at a public address (IP_PREFERENCE=public): pools and bridge-mode
       // tasks are found at their instances' private addresses.
       const reach = discovery === 'ecs'
-        ? 'it reaches your awsvpc tasks only at their public addresses (IP_PREFERENCE=public), and other targets only through peering you add'
+        ? 'it reaches your awsvpc tasks only at their public addresses (so IP_PREFERENCE=public is set; environment may say otherwise), and other targets only through peering you add'
         : 'it reaches your instances (found at their private addresses) only through peering you add';
       Annotations.of(this).addInfo(`[KarmaProxy:NewVpc] The proxy runs in a VPC of its own (no vpc given): ${reach}. ` +
         'Give the VPC of your services (vpc; vpcId and publicSubnetIds in the app) to reach them at their private addresses.');
