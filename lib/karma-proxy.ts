@@ -488,7 +488,11 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       }));
     }
     // Names, whether given as names or as ARNs: the IAM condition and ALLOWED_CLUSTERS are built from them.
-    const clusters = props.clusters?.map((c) => clusterNameOf(c, this));
+    // ALLOWED_CLUSTERS given in environment instead (proxyEnv in the app) scopes the role as clusters would.
+    const envClusters = environment.ALLOWED_CLUSTERS;
+    const clusters = (props.clusters ?? (envClusters !== undefined && !Token.isUnresolved(envClusters)
+      ? envClusters.split(',').map((c) => c.trim()).filter((c) => c !== '')
+      : undefined))?.map((c) => clusterNameOf(c, this));
     this.addDiscoveryPermissions(discovery, clusters);
 
     // ---- bundle ----

@@ -579,6 +579,15 @@ describe('a larger fleet on spot, with allow-lists and runtime settings', () => 
     expect(JSON.stringify(describe.Resource)).toMatch(/:task\/prod\/\*".*:task\/staging\/\*"/);
   });
 
+  test('ALLOWED_CLUSTERS given in environment (proxyEnv) limits the role as clusters does', () => {
+    const stack = new Stack(new App(), 'Test');
+    new KarmaProxy(stack, 'Proxy', { domain: DOMAIN, redis: false, environment: { ALLOWED_CLUSTERS: 'prod, staging' } });
+    const all = statements(Template.fromStack(stack));
+    const list = all.find((s) => actionsOf(s).includes('ecs:ListTasks'))!;
+    expect(JSON.stringify(list.Condition)).toMatch(/"ArnEquals":\{"ecs:cluster":\[.*:cluster\/prod".*:cluster\/staging"/);
+    expect(JSON.stringify(all.find((s) => actionsOf(s).includes('ecs:DescribeTasks'))!.Resource)).toMatch(/:task\/prod\/\*".*:task\/staging\/\*"/);
+  });
+
   const newCluster = (stack: Stack): ecs.Cluster => new ecs.Cluster(stack, 'C', { vpc: new ec2.Vpc(stack, 'V', { natGateways: 0 }) });
   test.each([
     ['a name in mixed case (CloudFormation\'s)', () => 'MyStack-Cluster-1A2B', ':cluster/MyStack-Cluster-1A2B"', 'MyStack-Cluster-1A2B'],
