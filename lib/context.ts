@@ -186,8 +186,9 @@ export function propsFromContext(
     }
     if (typeof v === 'string') {
       const out: Record<string, string> = {};
-      // Split before each NAME=, so that a value may itself hold commas: ALLOWED_PORTS=80,8080.
-      for (const pair of v.split(/[,;\n](?=\s*[A-Za-z_][A-Za-z0-9_]*=)/)) {
+      // Split before each NAME= (upper case, as env var names are), so that a value may itself hold
+      // commas, and lower-case query keys: ALLOWED_PORTS=80,8080, HEALTH_CHECK_PATH=/health?a=1,b=2.
+      for (const pair of v.split(/[,;\n](?=\s*[A-Z_][A-Z0-9_]*=)/)) {
         const m = /^\s*([A-Za-z_][A-Za-z0-9_]*)=(.*)$/s.exec(pair);
         if (!m) {
           if (pair.trim() !== '') problems.push(`${r.from}: '${pair.trim()}' is not KEY=value`);

@@ -130,6 +130,11 @@ test('hostedZoneName alone is named as what is missing, not as a clash with the 
     'hostedZoneName needs hostedZoneId (context hostedZoneId or KARMA_HOSTED_ZONE_ID): no lookup is made');
 });
 
+test('proxyEnv as KEY=value pairs splits before upper-case names only: a health path with a query keeps its commas', () => {
+  expect(propsFromContext(ctx({ domain: 'a.acme.io', proxyEnv: 'HEALTH_CHECK_PATH=/health?a=1,b=2,LOG_CONNECTIONS=true' }), {}).props.environment)
+    .toEqual({ HEALTH_CHECK_PATH: '/health?a=1,b=2', LOG_CONNECTIONS: 'true' });
+});
+
 test('proxyEnv as JSON takes strings, numbers and booleans; an object or null is refused, not written as [object Object]', () => {
   expect(propsFromContext(ctx({ domain: 'a.acme.io', proxyEnv: '{"RETRIES":1,"LOG_CONNECTIONS":true,"IDLE_TIMEOUT":"30"}' }), {}).props.environment)
     .toEqual({ RETRIES: '1', LOG_CONNECTIONS: 'true', IDLE_TIMEOUT: '30' });
