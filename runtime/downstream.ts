@@ -102,6 +102,8 @@ export interface BodySink {
   write(chunk: Buffer): boolean;
   end(): unknown;
   once(event: 'drain', fn: () => void): unknown;
+  /** The rest of the body will never come (the client left). */
+  destroy?(): unknown;
 }
 
 /** How long past IDLE_TIMEOUT an idle keep-alive connection stays open (Node's own margin), so that a
@@ -323,6 +325,16 @@ export class Request {
   /** The body has somewhere to go that still takes it. */
   get piped(): boolean {
     return this.sink !== undefined && (this.sink as { destroyed?: boolean }).destroyed !== true;
+  }
+
+  /**
+   * The client left before the whole body came: its sink (a target that answered already, and was
+   * taking the rest so that its socket could serve again) is not to wait for what never comes.
+   */
+  abandon(): void {
+    const sink = this.sink;
+    this.sink = undefined;
+    if (!this.complete) sink?.destroy?.();
   }
 
   /** Nobody will read the rest of the body: read and drop it, so the connection can go on. */
@@ -679,6 +691,8 @@ export class ClientConn {
   answeredAt = 0;
   /** Any of PAUSE_*. */
   private paused = 0;
+  /** The request whose body was being read when parsing stopped (stopParsing), while it is incomplete. */
+  private unread: Request | undefined;
   /** Since when (performance.now()) the target has held the body back (PAUSE_DRAIN or PAUSE_UNPIPED). */
   private heldByTargetAt = 0;
   /** No request after the ones already read will be read: the connection ends after their answers. */
@@ -1008,6 +1022,8 @@ export class ClientConn {
     this.done = true;
     this.closing = true;
     this.state = IDLE;
+    // Its body will not be read on: closed() lets its sink go.
+    if (this.reading && !this.reading.complete) this.unread = this.reading;
     this.reading = undefined;
   }
 
@@ -1206,6 +1222,9 @@ export class ClientConn {
       res.dead = true;
       res.handler?.clientClosed();
     }
+    // A body cut short, still going to a target that answered already (an early 413 or redirect): the
+    // target's socket goes now, rather than wait for the rest until UPSTREAM_TIMEOUT, a POOL_SIZE slot held.
+    (this.reading ?? this.unread)?.abandon();
     // Off the socket before the parser goes (the handle would call back into a freed parser), and freed
     // on a later turn (it may be on the stack: a close inside a callback).
     if (this.consumed) {

@@ -191,6 +191,8 @@ class Conn {
   idleSince = 0;
   /** A write failed (the target closed while a body went up): its answer is still read, then it closes. */
   private writeFailed = false;
+  /** Answered already, its body still going up (releaseWhenSent): told if the socket closes first. */
+  sending: UpstreamRequest | undefined;
 
   constructor(
     readonly pool: UpstreamPool | undefined,
@@ -299,7 +301,10 @@ class Conn {
       // and keeps the connection reads and discards the rest, as HTTP/1.1 asks: the body goes on, and the
       // socket is reused once it is all sent, as node:http's client does. (Destroying it instead cost a
       // new upstream connection per such request.)
-      if (keep && !x.ended) x.releaseWhenSent = true;
+      if (keep && !x.ended) {
+        x.releaseWhenSent = true;
+        this.sending = x;
+      }
       try {
         x.complete();
       } catch (err) {
@@ -365,6 +370,10 @@ class Conn {
       setImmediate(() => parser.close());
       this.pool?.forget(this);
       x?.socketClosed();
+      // An answered request whose body was still going up: the rest has nowhere to go.
+      const sending = this.sending;
+      this.sending = undefined;
+      sending?.bodyGone();
     });
   }
 
@@ -777,6 +786,7 @@ export class UpstreamRequest extends EventEmitter {
       this.releaseWhenSent = false;
       const c = this.conn;
       this.conn = undefined;
+      if (c) c.sending = undefined;
       if (c?.pool && !c.socket.destroyed) c.pool.release(c);
     }
     this.emit('finish');
@@ -806,6 +816,22 @@ export class UpstreamRequest extends EventEmitter {
     else if (!this.destroyed) this.handler.onError(err);
   }
 
+  /**
+   * Answered already, with the body still going up, and the socket closed (the target stopped reading
+   * it): what is left of the body goes nowhere. Writes are dropped from now on, and a write waiting for
+   * 'drain' gets it, so the client's connection reads (and drops) the rest and serves its next request.
+   */
+  bodyGone(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    this.releaseWhenSent = false;
+    this.conn = undefined;
+    if (this.writableNeedDrain) {
+      this.writableNeedDrain = false;
+      this.emit('drain');
+    }
+  }
+
   socketClosed(): void {
     if (this.errored) return;
     this.errored = true;
@@ -823,6 +849,7 @@ export class UpstreamRequest extends EventEmitter {
       // Mid-exchange, or answered with the body only partly sent: the socket cannot serve another request.
       this.releaseWhenSent = false;
       if (c.current === this) c.current = undefined;
+      if (c.sending === this) c.sending = undefined;
       c.socket.destroy();
     }
     if (err && !this.errored) {

@@ -1,0 +1,112 @@
+/**
+ * A target that answers before the request's body has all come (an early 413, nginx's `return`): the
+ * bundle keeps sending the body so that the socket can serve again, but never holds the socket, or the
+ * client, for a body that cannot arrive or go anywhere.
+ */
+import * as http from 'node:http';
+import * as net from 'node:net';
+import { Proxy, startBundle } from '../support/bundle';
+import { close, listen } from '../support/net';
+
+jest.setTimeout(30_000);
+
+const QUIET = { NODE_FILTER: 'static', HEALTH_CHECK_PATH: 'off' };
+
+/** A GET on a fresh connection, timed. */
+function timedGet(port: number): Promise<{ status: number; ms: number }> {
+  const t0 = Date.now();
+  return new Promise((resolve, reject) => {
+    const req = http.get({ port, host: '127.0.0.1', path: '/', agent: false }, (r) => {
+      r.resume();
+      r.on('end', () => resolve({ status: r.statusCode!, ms: Date.now() - t0 }));
+    });
+    req.on('error', reject);
+    req.setTimeout(15_000, () => req.destroy(new Error('no answer in 15 s')));
+  });
+}
+
+let p: Proxy | undefined;
+const servers: net.Server[] = [];
+afterEach(async () => {
+  await p?.stop();
+  p = undefined;
+  await Promise.all(servers.splice(0).map(close));
+});
+
+async function target(onConnection: (s: net.Socket) => void): Promise<number> {
+  const server = net.createServer((s) => {
+    s.on('error', () => undefined);
+    onConnection(s);
+  });
+  servers.push(server);
+  return listen(server);
+}
+
+test('a client that leaves mid-upload after an early answer frees its target socket at once, not at UPSTREAM_TIMEOUT', async () => {
+  // Answers a POST at once (413, keep-alive) and reads and drops its body; anything else 200.
+  const port = await target((s) => {
+    s.once('data', (d: Buffer) => {
+      s.write(d.toString('latin1').startsWith('POST') ? 'HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\n\r\nbig' : 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+      s.on('data', () => undefined);
+    });
+  });
+  p = await startBundle({ ...QUIET, STATIC_TARGETS: `127.0.0.1:${port}`, POOL_SIZE: '1', UPSTREAM_TIMEOUT: '8' });
+  const c = net.connect(p.port, '127.0.0.1');
+  c.on('error', () => undefined);
+  c.write('POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n');
+  c.write(Buffer.alloc(100_000, 97));
+  await new Promise((r) => c.once('data', r)); // the 413
+  c.destroy(); // 9.9 MB of the body will never come
+  await new Promise((r) => setTimeout(r, 300));
+  // POOL_SIZE=1: the next request needs that one socket (or its place, on a new connection).
+  const r = await timedGet(p.port);
+  expect(r.status).toBe(200);
+  expect(r.ms).toBeLessThan(4000); // not UPSTREAM_TIMEOUT's 8 s
+});
+
+test('a target that answers early and then closes: the rest of the upload is read and dropped, and the connection serves on', async () => {
+  // Answers at once (keep-alive), and closes 100 ms later without reading the body.
+  let connections = 0;
+  const port = await target((s) => {
+    connections++;
+    s.once('data', () => {
+      s.write('HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\n\r\nbig');
+      setTimeout(() => s.destroy(), 100);
+    });
+  });
+  p = await startBundle({ ...QUIET, STATIC_TARGETS: `127.0.0.1:${port}`, IDLE_TIMEOUT: '6' });
+  const total = 64 * 1024 * 1024;
+  const c = net.connect(p.port, '127.0.0.1');
+  c.on('error', () => undefined);
+  let answer = '';
+  c.on('data', (d) => (answer += d));
+  const t0 = Date.now();
+  c.write(`POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: ${total}\r\n\r\n`);
+  let sent = 0;
+  const chunk = Buffer.alloc(1 << 16, 97);
+  const pump = (): void => {
+    while (sent < total) {
+      sent += chunk.length;
+      if (!c.write(chunk)) return void c.once('drain', pump);
+    }
+  };
+  pump();
+  const uploadedMs = await new Promise<number>((resolve) => {
+    const t = setInterval(() => {
+      if (sent >= total && c.writableLength === 0) (clearInterval(t), resolve(Date.now() - t0));
+    }, 20);
+    c.on('close', () => (clearInterval(t), resolve(-1)));
+  });
+  expect(answer).toMatch(/^HTTP\/1\.1 413 /);
+  expect(uploadedMs).toBeGreaterThan(0); // all sent, the connection still open
+  expect(uploadedMs).toBeLessThan(5000); // not paused until IDLE_TIMEOUT's 6 s
+  // The same connection serves the next request.
+  answer = '';
+  c.write('GET /next HTTP/1.1\r\nHost: x\r\n\r\n');
+  await new Promise<void>((resolve) => {
+    const t = setInterval(() => /\r\n\r\nbig$/.test(answer) && (clearInterval(t), resolve()), 20);
+  });
+  expect(answer).toMatch(/^HTTP\/1\.1 413 /);
+  expect(connections).toBe(2);
+  c.destroy();
+});
