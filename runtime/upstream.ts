@@ -296,7 +296,10 @@ class Conn {
       const x = this.current;
       if (!x) return;
       this.current = undefined;
-      const keep = x.keepAlive && this.pool !== undefined && !this.socket.destroyed && !this.writeFailed;
+      // Not after a HEAD: a target that sends the body anyway (a common bug) may send it a moment later,
+      // in a read of its own, when the socket would be serving the next request in line: those bytes
+      // would be that request's answer, another client's. One connection per HEAD is the price.
+      const keep = x.keepAlive && this.pool !== undefined && !this.socket.destroyed && !this.writeFailed && x.method !== 'HEAD';
       // A target that answered before the whole request body was sent (nginx's `return`, an early 413)
       // and keeps the connection reads and discards the rest, as HTTP/1.1 asks: the body goes on, and the
       // socket is reused once it is all sent, as node:http's client does. (Destroying it instead cost a
