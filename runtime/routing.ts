@@ -39,8 +39,8 @@ function hostname(host: string): string | undefined {
   const colon = host.indexOf(':');
   if (colon === -1) return host;
   const port = host.slice(colon + 1);
-  // A port as URL parsers take one: none, or up to 65535.
-  if (!DIGITS.test(port) || port.length > 5 || Number(port) > 65535) return undefined;
+  // A port as URL parsers take one: none (`host:`, which RFC 3986 allows), or up to 65535.
+  if (port !== '' && (!DIGITS.test(port) || port.length > 5 || Number(port) > 65535)) return undefined;
   return host.slice(0, colon);
 }
 

@@ -11,6 +11,7 @@ describe('parseHost: <service>-<port>-<cluster>.<domain>', () => {
     ['svc-65535-c.example.com', 'svc', 65535, 'c'],
     ['BACKEND-8080-Production.EXAMPLE.com', 'backend', 8080, 'production'],
     ['backend-8080-production.example.com:6969', 'backend', 8080, 'production'],
+    ['backend-8080-production.example.com:', 'backend', 8080, 'production'], // an empty port (RFC 3986), as in pool mode
     ['backend-8080-production.example.com.', 'backend', 8080, 'production'],
     ['backend-8080-production.example.com.:80', 'backend', 8080, 'production'],
     ['123-8080-prod.example.com', '123', 8080, 'prod'],
@@ -44,6 +45,8 @@ describe('parseHost: <service>-<port>-<cluster>.<domain>', () => {
     ['backend-8080-production-.example.com', 'bad_host'],
     ['back end-8080-prod.example.com', 'bad_host'],
     ['backend-8080-prod.example.com:http', 'bad_host'],
+    ['backend-8080-prod.example.com:65536', 'bad_host'],
+    ['backend-8080-prod.example.com::80', 'bad_host'],
     ['[::1]:80', 'bad_host'],
     ['127.0.0.1', 'wrong_domain'],
     ['localhost', 'wrong_domain'],
