@@ -79,6 +79,8 @@ function proxy(env: Record<string, string> = {}): SharedProvider {
 }
 
 const route: RouteKey = { service: 'web', port: 8080, cluster: 'prod' };
+/** The key scope of proxy()'s providers: what they discover (no AWS_REGION is set: none is named). */
+const SCOPE = 'ecs.private.all';
 const ids = (ts: Target[]) => ts.map((t) => t.id);
 const ALL = ['10.0.0.1:8080', '10.0.0.2:8080', '10.0.0.3:8080'];
 
@@ -155,9 +157,9 @@ describe('SharedProvider on a real redis-server', () => {
     expect(ids(await b.discover(route))).toEqual(ALL.slice(0, 2));
     expect(stub.count('ListTasks')).toBe(4);
 
-    const stored = decodeTargets(await admin.get(targetsKey('ecs.private.all', route)));
+    const stored = decodeTargets(await admin.get(targetsKey(SCOPE, route)));
     expect(stored?.targets.map((t) => t.id)).toEqual(ALL.slice(0, 2));
-    expect(await admin.pttl(targetsKey('ecs.private.all', route))).toBeGreaterThan(PERIOD_MS);
+    expect(await admin.pttl(targetsKey(SCOPE, route))).toBeGreaterThan(PERIOD_MS);
   });
 
   test("a fleet-mate's answer is given with its age, so that the proxy taking it late refreshes it with the fleet", async () => {
@@ -175,7 +177,7 @@ describe('SharedProvider on a real redis-server', () => {
     // Stale, and a fleet-mate holds the lock: its previous answer, said to be just past fresh (asked
     // again in a tenth of a period), not as old as it is (asked again at every tick).
     await sleep(PERIOD_MS);
-    await admin.set(lockKey('ecs.private.all', route), 'fleet-mate', 'PX', 5000);
+    await admin.set(lockKey(SCOPE, route), 'fleet-mate', 'PX', 5000);
     const meanwhile = await b.discoverAged(route);
     expect(ids(meanwhile.targets)).toEqual(ALL);
     expect(meanwhile.ageMs).toBe(Math.round(0.9 * PERIOD_MS));
@@ -194,6 +196,20 @@ describe('SharedProvider on a real redis-server', () => {
     expect(stub.count('ListTasks')).toBe(2);
   });
 
+  test('fleets of two regions on one Redis share nothing: a cluster of the same name elsewhere is another cluster', async () => {
+    const east = proxy({ AWS_REGION: 'us-east-1' });
+    const west = proxy({ AWS_REGION: 'eu-west-1' });
+    await Promise.all([east.connected(), west.connected()]);
+    expect(east.scope).toBe('ecs.private.all@us-east-1');
+    expect(west.scope).toBe('ecs.private.all@eu-west-1');
+    await east.discover(route);
+    expect(await admin.exists(targetsKey(east.scope, route))).toBe(1);
+    expect(await admin.exists(targetsKey(west.scope, route))).toBe(0);
+    stub.resetCalls();
+    await west.discover(route);
+    expect(stub.count('ListTasks')).toBe(1); // asked its own region, not given the other's answer
+  });
+
   test('a pool larger than readers take (MAX_SHARED_TARGETS) is not written for nobody', async () => {
     const big = Array.from({ length: MAX_SHARED_TARGETS + 1 }, (_, i) => makeTarget(`10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`, 8080));
     const inner: Provider = { name: 'big', discover: async () => big };
@@ -208,7 +224,7 @@ describe('SharedProvider on a real redis-server', () => {
   });
 
   test('a refusal from Redis (a key of another type, an ACL) is said once, and discovery goes on from AWS', async () => {
-    await admin.hset(targetsKey('ecs.private.all', route), 'not', 'a string');
+    await admin.hset(targetsKey(SCOPE, route), 'not', 'a string');
     const lines: string[] = [];
     const spy = jest.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => (lines.push(String(chunk)), true));
     try {
@@ -243,10 +259,10 @@ describe('SharedProvider on a real redis-server', () => {
   test('a proxy with nothing shared waits for the lock holder instead of calling AWS', async () => {
     const a = proxy();
     await a.connected();
-    await admin.set(lockKey('ecs.private.all', route), 'someone-else', 'PX', 5000);
+    await admin.set(lockKey(SCOPE, route), 'someone-else', 'PX', 5000);
     const pending = a.discover(route);
     await sleep(20);
-    await admin.set(targetsKey('ecs.private.all', route), encodeTargets([makeTarget('10.9.9.9', 8080)], 3 * PERIOD_MS, 0), 'PX', 3 * PERIOD_MS);
+    await admin.set(targetsKey(SCOPE, route), encodeTargets([makeTarget('10.9.9.9', 8080)], 3 * PERIOD_MS, 0), 'PX', 3 * PERIOD_MS);
     expect(ids(await pending)).toEqual(['10.9.9.9:8080']);
     expect(stub.count('ListTasks')).toBe(0);
   });
@@ -254,11 +270,11 @@ describe('SharedProvider on a real redis-server', () => {
   test("a lock holder with a longer NODE_CHECK_PERIOD (a longer TTL) is waited for, and its answer taken", async () => {
     const a = proxy();
     await a.connected();
-    await admin.set(lockKey('ecs.private.all', route), 'slower-fleet-mate', 'PX', 5000);
+    await admin.set(lockKey(SCOPE, route), 'slower-fleet-mate', 'PX', 5000);
     const started = Date.now();
     const pending = a.discover(route);
     await sleep(20);
-    await admin.set(targetsKey('ecs.private.all', route), encodeTargets([makeTarget('10.9.9.9', 8080)], 30 * PERIOD_MS, 0), 'PX', 30 * PERIOD_MS);
+    await admin.set(targetsKey(SCOPE, route), encodeTargets([makeTarget('10.9.9.9', 8080)], 30 * PERIOD_MS, 0), 'PX', 30 * PERIOD_MS);
     expect(ids(await pending)).toEqual(['10.9.9.9:8080']);
     expect(Date.now() - started).toBeLessThan(1000); // not the whole wait, then AWS
     expect(stub.count('ListTasks')).toBe(0);
@@ -280,7 +296,7 @@ describe('SharedProvider on a real redis-server', () => {
     const a = proxy();
     await a.connected();
     const screened = open[open.length - 1];
-    const key = targetsKey('ecs.private.all', route);
+    const key = targetsKey(SCOPE, route);
     // A poisoned entry that looks fresh: the metadata address and loopback beside a real one.
     // Also spelt as an IPv6 parser reads them (IPv4-mapped in hex, uncompressed): the screen judges the address, not the text.
     const poisoned = [
@@ -303,30 +319,30 @@ describe('SharedProvider on a real redis-server', () => {
   test('a lock and an entry that never expire (none of ours) hold no proxy on their targets', async () => {
     const a = proxy();
     await a.connected();
-    const lock = lockKey('ecs.private.all', route);
+    const lock = lockKey(SCOPE, route);
     await admin.set(lock, 'stuck');
-    await admin.set(targetsKey('ecs.private.all', route), encodeTargets([makeTarget('10.9.9.9', 8080)], 3 * PERIOD_MS, 0));
+    await admin.set(targetsKey(SCOPE, route), encodeTargets([makeTarget('10.9.9.9', 8080)], 3 * PERIOD_MS, 0));
     // Not served as "the previous result while another proxy refreshes": after the bounded wait, AWS.
     expect(ids(await a.discover(route))).toEqual(ALL);
     expect(stub.count('ListTasks')).toBe(1);
     // The lock was given an expiry (and may be gone already): the next discovery takes it and shares what AWS said.
     expect(await admin.pttl(lock)).not.toBe(-1);
     await until('the lock gone', async () => (await admin.exists(lock)) === 0, 5000);
-    await admin.del(targetsKey('ecs.private.all', route));
+    await admin.del(targetsKey(SCOPE, route));
     expect(ids(await a.discover(route))).toEqual(ALL);
-    expect(await admin.pttl(targetsKey('ecs.private.all', route))).toBeGreaterThan(0);
+    expect(await admin.pttl(targetsKey(SCOPE, route))).toBeGreaterThan(0);
   });
 
   test('a lock set for a day (none of ours) is cut to our length, and does not hold the route for its day', async () => {
     const a = proxy();
     await a.connected();
-    const lock = lockKey('ecs.private.all', route);
+    const lock = lockKey(SCOPE, route);
     await admin.set(lock, 'foreign', 'PX', 86_400_000);
     expect(ids(await a.discover(route))).toEqual(ALL);
     await until('the lock cut to a period', async () => (await admin.pttl(lock)) <= PERIOD_MS, 2000);
     await until('the lock gone', async () => (await admin.exists(lock)) === 0, 5000);
     expect(ids(await a.discover(route))).toEqual(ALL);
-    expect(await admin.pttl(targetsKey('ecs.private.all', route))).toBeGreaterThan(0);
+    expect(await admin.pttl(targetsKey(SCOPE, route))).toBeGreaterThan(0);
   });
 
   test('an empty service is shared as empty, and AWS failures are not cached', async () => {
@@ -359,7 +375,7 @@ describe('SharedProvider on a real redis-server', () => {
     expect(await b.discover(route)).toEqual([]); // shared, not asked again
     expect(stub.count('ListTasks')).toBe(1);
     // The lock a took for the empty answer lasts no longer than the answer is fresh.
-    const lockTtl = await admin.pttl(lockKey('ecs.private.all', route));
+    const lockTtl = await admin.pttl(lockKey(SCOPE, route));
     expect(lockTtl).toBeGreaterThan(0);
     expect(lockTtl).toBeLessThanOrEqual(450);
 
@@ -376,7 +392,7 @@ describe('SharedProvider on a real redis-server', () => {
     stub.model.clusters.prod.web = []; // scaled to zero
     expect(await a.discoverAged(route, undefined, 250)).toEqual({ targets: [], ageMs: 0 }); // asked early, after a refusal
     await sleep(50);
-    const lockTtl = await admin.pttl(`${lockKey('ecs.private.all', route)}:early`);
+    const lockTtl = await admin.pttl(`${lockKey(SCOPE, route)}:early`);
     expect(lockTtl).toBeGreaterThan(0);
     expect(lockTtl).toBeLessThanOrEqual(1000); // EARLY_LOCK_MS, not stretched to 9 s
   });
@@ -494,7 +510,7 @@ describe('SharedProvider on a real redis-server', () => {
       expect(said('reconnecting')).toBe(1);
       await admin.flushall();
       await a.discoverAged(route, undefined, 0); // asks AWS and shares the answer again
-      await until('the shared answer', async () => ((await admin.exists(targetsKey('ecs.private.all', route))) === 1 ? true : undefined));
+      await until('the shared answer', async () => ((await admin.exists(targetsKey(SCOPE, route))) === 1 ? true : undefined));
     } finally {
       stderr.mockRestore();
       stdout.mockRestore();
@@ -581,7 +597,7 @@ describe('SharedProvider on a real redis-server', () => {
       await sleep(2100); // refused twice in a row: left alone for 2 s
       expect(ids(await a.discover(route))).toEqual(ALL);
       expect(said(stdout, 'redis answering again')).toBe(1);
-      expect(await admin.exists(targetsKey('ecs.private.all', route))).toBe(1);
+      expect(await admin.exists(targetsKey(SCOPE, route))).toBe(1);
     } finally {
       await admin.config('SET', 'maxmemory', '0');
       stderr.mockRestore();
