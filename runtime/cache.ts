@@ -441,9 +441,13 @@ export interface RedisClientOptions {
   readonly secretsClient?: SecretsManagerClient;
 }
 
+/** How often a Redis that keeps answering READONLY is said to (a replica given as REDIS_URL does for good). */
+export const READONLY_SAID_EVERY_MS = 60_000;
+
 /** The ioredis options of the proxy: fail fast, never queue, reconnect forever with a capped backoff. */
 export function redisOptions(opts: RedisClientOptions = {}): RedisOptions {
   const cap = opts.maxReconnectDelayMs ?? 2000;
+  let readOnlySaidAt = -Infinity;
   return {
     enableOfflineQueue: false,
     commandTimeout: opts.commandTimeoutMs ?? 300,
@@ -451,8 +455,17 @@ export function redisOptions(opts: RedisClientOptions = {}): RedisOptions {
     maxRetriesPerRequest: 1,
     autoResendUnfulfilledCommands: false,
     retryStrategy: (times: number) => Math.min(50 * 2 ** Math.min(times, 10), cap),
-    // After an ElastiCache failover the old primary answers READONLY: reconnect to the new one.
-    reconnectOnError: (err: Error) => (err.message.startsWith('READONLY') ? 2 : false),
+    // After an ElastiCache failover the old primary answers READONLY: reconnect to the new one. A
+    // REDIS_URL naming a replica (a reader endpoint) answers it for good: said, or sharing would stop
+    // without a word (each command times out while the client reconnects).
+    reconnectOnError: (err: Error) => {
+      if (!err.message.startsWith('READONLY')) return false;
+      if (Date.now() - readOnlySaidAt >= READONLY_SAID_EVERY_MS) {
+        readOnlySaidAt = Date.now();
+        log('warn', 'redis refuses writes as a read-only replica: discovery is not shared while it does (a failover under way, or REDIS_URL names a replica or reader endpoint: give the primary)', errorFields(err));
+      }
+      return 2;
+    },
     // RESP2: every Redis and ElastiCache version speaks it; we need GET, SET and PTTL only.
     protocol: 2,
     connectionName: 'karma-proxy',

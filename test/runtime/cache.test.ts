@@ -605,6 +605,25 @@ describe('SharedProvider on a real redis-server', () => {
     }
   });
 
+  test('a read-only replica as REDIS_URL (a reader endpoint) is said, and discovery goes on from AWS', async () => {
+    const replica = await startRedisServer(['--replicaof', '127.0.0.1', new URL(server.url).port]);
+    const stderr = jest.spyOn(process.stderr, 'write').mockImplementation(() => true);
+    try {
+      const a = proxy({ REDIS_URL: replica.url.replace('redis://', '') });
+      await a.connected();
+      expect(ids(await a.discover(route))).toEqual(ALL); // its lock (a write) refused: from AWS
+      await until('the warning', () => stderr.mock.calls.some(([l]) => String(l).includes('read-only replica')));
+      for (let i = 0; i < 3; i++) {
+        await sleep(1100);
+        expect(ids((await a.discoverAged(route, undefined, 0)).targets)).toEqual(ALL);
+      }
+      expect(stderr.mock.calls.filter(([l]) => String(l).includes('read-only replica'))).toHaveLength(1); // not per command
+    } finally {
+      stderr.mockRestore();
+      await replica.stop();
+    }
+  });
+
   test('without a reachable Redis at start the proxy discovers by itself', async () => {
     const p = createProvider(
       loadConfig({ DOMAIN: 'example.com', REDIS_URL: 'redis://127.0.0.1:1', NODE_CHECK_PERIOD: '1' }),
