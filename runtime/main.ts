@@ -241,8 +241,20 @@ async function runPrimary(config: Config): Promise<void> {
       await coordinator.close().catch(() => undefined);
     })().then(() => process.exit(process.exitCode ?? 0)));
 
+  let forced = false;
   const onSignal = (signal: NodeJS.Signals): void => {
-    if (shuttingDown && signal !== 'SIGINT') return void log('info', 'already shutting down', { signal });
+    if (shuttingDown && signal === 'SIGINT' && !forced) {
+      // Ctrl-C twice: the operator will not wait out SHUTDOWN_TIMEOUT (systemd stops with one SIGTERM).
+      forced = true;
+      log('warn', 'second SIGINT: stopping now, cutting what is in flight', { signal });
+      process.exitCode = 130;
+      for (const w of liveWorkers()) {
+        explained.add(w.id);
+        w.process.kill('SIGKILL');
+      }
+      return void stop();
+    }
+    if (shuttingDown) return void log('info', 'already shutting down', { signal });
     shuttingDown = true;
     log('info', 'shutting down', { signal, timeoutSeconds: config.shutdownTimeoutMs / 1000 });
     const workers = liveWorkers();

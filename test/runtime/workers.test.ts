@@ -296,6 +296,27 @@ test('a worker that dies while draining is said, and the exit code is 1; the sam
   }
 });
 
+test('a second SIGINT (Ctrl-C twice) stops at once, cutting what is in flight, with exit code 130', async () => {
+  const slow = await startBackend('slow');
+  slow.handle = (_req, res) => setTimeout(() => res.end('late'), 10_000);
+  const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${slow.port}`, WORKERS: '1', HEALTH_CHECK_PATH: 'off', SHUTDOWN_TIMEOUT: '30' });
+  try {
+    const inFlight = request(p.port).catch((e: Error) => e);
+    await until('the request at the target', () => slow.seen.length >= 1);
+    const exited = p.stop('SIGINT', 15_000);
+    await until('the drain', () => p.stdout.includes('"msg":"shutting down"'));
+    const t0 = Date.now();
+    p.child.kill('SIGINT');
+    expect(await exited).toBe(130);
+    expect(Date.now() - t0).toBeLessThan(3000); // not SHUTDOWN_TIMEOUT's 30 s, nor the request's 10 s
+    expect(p.stderr).toContain('"msg":"second SIGINT: stopping now, cutting what is in flight"');
+    expect(await inFlight).toMatchObject({ message: expect.any(String) }); // cut, not answered
+  } finally {
+    await p.stop('SIGKILL');
+    await slow.close();
+  }
+});
+
 test('when the primary is killed, workers finish the requests in flight, then exit', async () => {
   const backend = await startBackend('ok');
   backend.handle = (_req, res) => void setTimeout(() => res.end('slow'), 1500);
