@@ -2,6 +2,7 @@
  * Structured logs: one JSON object per line on stdout (errors on stderr), so journald and any log
  * shipper can parse them. Never log secrets: callers pass only what they mean to show.
  */
+import { format } from 'node:util';
 type Level = 'debug' | 'info' | 'warn' | 'error';
 
 /**
@@ -104,12 +105,19 @@ export function errorFields(err: unknown): Record<string, unknown> {
 }
 
 /**
- * Node's process warnings (the AWS SDK's NodeVersionSupportWarning on Node 20, deprecations) as log
- * lines too: Node's own printer writes them as several lines of plain text, which breaks a JSON-lines log.
+ * Node's process warnings (the AWS SDK's NodeVersionSupportWarning on Node 20, deprecations) and what
+ * libraries print with console as log lines too: Node's own printer writes warnings as several lines of
+ * plain text, which breaks a JSON-lines log.
  */
 export function logProcessWarnings(): void {
   process.removeAllListeners('warning');
   process.on('warning', (w: Error & { code?: string }) => {
     log('warn', w.message.replace(/\s+/g, ' ').trim(), { warning: w.name, ...(w.code ? { code: w.code } : {}) });
   });
+  // What a library prints itself (ioredis's "Skipping the ready check …" for an ACL user without INFO)
+  // becomes a JSON line too: one plain line would break every reader of the log that parses it.
+  const to = (level: Level) => (...args: unknown[]): void => log(level, format(...args).replace(/\s+/g, ' ').trim(), { from: 'console' });
+  console.log = console.info = console.debug = to('info');
+  console.warn = to('warn');
+  console.error = to('error');
 }

@@ -2,7 +2,7 @@
  * The log stays bounded in memory when nobody reads it: past LOG_BACKLOG_MAX_BYTES unwritten, lines are
  * dropped, counted, and said once the log is read again.
  */
-import { log, LogBudget, LOG_BACKLOG_MAX_BYTES } from '../../runtime/log';
+import { log, LogBudget, LOG_BACKLOG_MAX_BYTES, logProcessWarnings } from '../../runtime/log';
 import { register } from '../../runtime/metrics';
 
 /** Makes a stream look as if that many bytes wait unwritten (as a stalled pipe would hold them). */
@@ -98,4 +98,25 @@ test("a line marked always (a target that was healthy going bad) is neither held
     expect(err.map((l) => JSON.parse(l).target)).toEqual(['made-up:1', '10.0.0.5:8080']);
     expect(JSON.parse(err[1]).heldBack).toBeUndefined();
   });
+});
+
+test("what a library prints with console (ioredis's ready-check notice) is a JSON line like any other", () => {
+  const saved = { log: console.log, info: console.info, debug: console.debug, warn: console.warn, error: console.error };
+  const warnings = process.listeners('warning');
+  const stderr = jest.spyOn(process.stderr, 'write').mockImplementation(() => true);
+  const stdout = jest.spyOn(process.stdout, 'write').mockImplementation(() => true);
+  try {
+    logProcessWarnings();
+    console.warn('Skipping the ready check because INFO command fails: "%s".\nYou can disable it.', 'NOPERM');
+    console.log('plain', 42);
+    const [line] = stderr.mock.calls.map(([l]) => String(l));
+    expect(JSON.parse(line)).toMatchObject({ level: 'warn', from: 'console', msg: 'Skipping the ready check because INFO command fails: "NOPERM". You can disable it.' });
+    expect(JSON.parse(String(stdout.mock.calls[0][0]))).toMatchObject({ level: 'info', msg: 'plain 42' });
+  } finally {
+    stderr.mockRestore();
+    stdout.mockRestore();
+    Object.assign(console, saved);
+    process.removeAllListeners('warning');
+    for (const l of warnings) process.on('warning', l as (w: Error) => void);
+  }
 });
