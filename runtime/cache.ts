@@ -123,15 +123,18 @@ function watch(redis: Redis, onReady?: () => void): void {
   if (watched.has(redis)) return;
   watched.add(redis);
   let down = false;
+  let noDatabase = false;
   redis.on('error', (err: unknown) => {
     // A database this Redis does not have (REDIS_URL's /N): the client would go on in database 0, shared
-    // with whatever else uses it. Nothing changes that but the setting: sharing stops, said once.
+    // with whatever else uses it. Nothing changes that but the setting: sharing stops, said once (what
+    // the client says as it goes, "Stream isn't writeable", is no outage of its own).
     if (/^ERR (?:DB index is out of range|invalid DB index)/.test((err as Error | undefined)?.message ?? '')) {
-      log('error', 'REDIS_URL names a database this Redis does not have: discovery is not shared', errorFields(err));
+      if (!noDatabase) log('error', 'REDIS_URL names a database this Redis does not have: discovery is not shared', errorFields(err));
+      noDatabase = true;
       redis.disconnect();
       return;
     }
-    if (down) return;
+    if (down || noDatabase) return;
     down = true;
     log('warn', 'redis unavailable: discovery goes on without sharing', errorFields(err));
   });

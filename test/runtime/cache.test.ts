@@ -575,6 +575,8 @@ describe('SharedProvider on a real redis-server', () => {
       const said = stderr.mock.calls.map(([l]) => String(l)).filter((l) => l.includes('names a database this Redis does not have'));
       expect(said).toHaveLength(1);
       expect(JSON.parse(said[0])).toMatchObject({ level: 'error', error: expect.stringMatching(/DB index/) });
+      // Nothing else: the client going away is no outage to report.
+      expect(stderr.mock.calls.map(([l]) => String(l)).filter((l) => l.includes('redis unavailable'))).toEqual([]);
     } finally {
       stderr.mockRestore();
     }
