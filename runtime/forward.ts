@@ -778,8 +778,10 @@ class Exchange implements UpstreamHandler, ResponseHandler {
         });
         return;
       }
-      // Nothing (else) to try: the client hears what went wrong with the last target, if any.
-      if (outcome.error) return this.fail();
+      // Nothing (else) to try: the client hears what went wrong with the last target, if any; unless
+      // it refused and the route's rediscovery since found none left (the last task stopped): that is an
+      // empty route, a 503 as an empty target group is to an ALB.
+      if (outcome.error && !(mayHaveLeft(outcome.error) && this.pool.size === 0)) return this.fail();
       // Refused only because a half-open target's trial is being claimed, or is out on another worker:
       // the board's answer (a grant, a verdict) may be on its way. Ask once before saying 503.
       if (!this.asked && this.pool.askBoard(() => this.resume())) {

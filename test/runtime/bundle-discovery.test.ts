@@ -147,6 +147,27 @@ describe('the bundle with AWS discovery', () => {
     }
   });
 
+  test('the last task stopping: the request its refusal held for the rediscovery gets 503 (an empty route), not 502', async () => {
+    const last = await startBackend('last');
+    const ci = 'arn:aws:ecs:us-east-1:123456789012:container-instance/deploy/ci-1';
+    stub.model.clusters.deploy = { web: [{ launchType: 'EC2' as const, containerInstanceArn: ci, bindings: [{ containerPort: 80, hostPort: last.port }] }] };
+    stub.model.containerInstances[ci] = 'i-0123456789abcdef2';
+    stub.model.instances.push({ id: 'i-0123456789abcdef2', privateIp: '127.0.0.1' });
+    const p = await startBundle({ ...stub.env(), DOMAIN: 'example.com', HEALTH_CHECK_PATH: 'off', WORKERS: '1' });
+    const host = { Host: 'web-80-deploy.example.com' };
+    try {
+      expect((await request(p.port, { headers: host })).body).toBe('last');
+      await new Promise((r) => setTimeout(r, 400));
+      stub.model.clusters.deploy = { web: [] }; // scaled to zero: the task stops
+      await last.close();
+      const r = await request(p.port, { headers: host });
+      expect(r.status).toBe(503);
+      expect(r.headers['retry-after']).toBeDefined();
+    } finally {
+      await p.stop();
+    }
+  });
+
   test('asg mode with AWS hanging at boot: the proxy listens after a bounded wait and answers 503, not a refused port', async () => {
     const [one] = backends;
     stub.fail('DescribeAutoScalingGroups', 'hang', { times: Infinity });
