@@ -39,6 +39,37 @@ export function withoutUserinfo(target: string): string {
   return target.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i, '$1***@');
 }
 
+/** Query parameters whose values are credentials by their name (OAuth tokens, API keys, presigned URLs' signatures). */
+const SECRET_PARAM = /^(?:.*(?:token|secret|passw|signature|credential|api[-_]?key).*|(?:.*[-_.])?auth(?:orization)?(?:[-_.].*)?|sig|pwd)$/i;
+
+/**
+ * A request target as the access log keeps it: credentials masked, in userinfo (an absolute-form target
+ * refused for it) and in query parameters named as credentials (`?access_token=…`, `X-Amz-Signature=…`),
+ * so that turning LOG_CONNECTIONS on does not put them in the journal.
+ */
+export function targetForLog(target: string): string {
+  const t = target.charCodeAt(0) === 0x2f ? target : withoutUserinfo(target);
+  const q = t.indexOf('?');
+  if (q === -1) return t;
+  const params = t.slice(q + 1).split('&');
+  let masked = false;
+  for (let i = 0; i < params.length; i++) {
+    const eq = params[i].indexOf('=');
+    if (eq <= 0) continue;
+    let name = params[i].slice(0, eq);
+    try {
+      name = decodeURIComponent(name.replace(/\+/g, ' '));
+    } catch {
+      // Not valid percent-encoding: judged as written.
+    }
+    if (SECRET_PARAM.test(name)) {
+      params[i] = `${params[i].slice(0, eq)}=***`;
+      masked = true;
+    }
+  }
+  return masked ? `${t.slice(0, q)}?${params.join('&')}` : t;
+}
+
 export interface ProxyServer {
   readonly server: net.Server;
   /** Stops accepting, lets in-flight requests finish within `timeoutMs`, closes idle keep-alive connections. */
@@ -142,7 +173,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
       log('info', 'access', {
         method: req.method,
         host: req.headers.host,
-        path: req.url.charCodeAt(0) === 0x2f ? req.url : withoutUserinfo(req.url),
+        path: targetForLog(req.url),
         status: o.status,
         route: routeLabel,
         target: o.target,

@@ -2,6 +2,7 @@
  * The log stays bounded in memory when nobody reads it: past LOG_BACKLOG_MAX_BYTES unwritten, lines are
  * dropped, counted, and said once the log is read again.
  */
+import { targetForLog } from '../../runtime/server';
 import { log, LogBudget, LOG_BACKLOG_MAX_BYTES, logProcessWarnings } from '../../runtime/log';
 import { register } from '../../runtime/metrics';
 
@@ -119,4 +120,20 @@ test("what a library prints with console (ioredis's ready-check notice) is a JSO
     process.removeAllListeners('warning');
     for (const l of warnings) process.on('warning', l as (w: Error) => void);
   }
+});
+
+describe('what the access log keeps of a request target', () => {
+  test.each([
+    ['/a?b=1', '/a?b=1'],
+    ['/callback?access_token=eyJhbGciOi&state=xyz', '/callback?access_token=***&state=xyz'],
+    ['/o/k?X-Amz-Algorithm=AWS4&X-Amz-Credential=AKIA%2F20261204&X-Amz-Signature=abc123&X-Amz-Security-Token=IQo', '/o/k?X-Amz-Algorithm=AWS4&X-Amz-Credential=***&X-Amz-Signature=***&X-Amz-Security-Token=***'],
+    ['/login?user=bob&password=hunter2', '/login?user=bob&password=***'],
+    ['/x?api_key=1&apikey=2&api-key=3&client_secret=4&auth=5&Authorization=6&sig=7&pwd=8', '/x?api_key=***&apikey=***&api-key=***&client_secret=***&auth=***&Authorization=***&sig=***&pwd=***'],
+    ['/books?author=bob&code=US', '/books?author=bob&code=US'], // named so, not credentials
+    ['/x?%74oken=1', '/x?%74oken=***'], // the name as decoded
+    ['/x?token', '/x?token'], // no value to hide
+    ['http://user:secret@169.254.169.254/latest?token=1', 'http://***@169.254.169.254/latest?token=***'],
+  ])('%s is logged as %s', (target, logged) => {
+    expect(targetForLog(target)).toBe(logged);
+  });
 });

@@ -409,7 +409,12 @@ test('LOG_CONNECTIONS=true writes one JSON access line per request; the default 
     expect(raw.responses[0].status).toBe(400);
     const refused = (await until('its access line', () => loud.lines().find((l) => l.msg === 'access' && l.status === 400)))!;
     expect(refused.path).toBe('http://***@169.254.169.254/latest');
+    // Nor a credential in a query parameter named as one (an OAuth callback, a presigned URL).
+    await request(loud.port, { path: '/callback?access_token=tok-s3cr3t&state=1' });
+    const callback = (await until('its access line', () => loud.lines().find((l) => l.msg === 'access' && String(l.path).startsWith('/callback'))))!;
+    expect(callback.path).toBe('/callback?access_token=***&state=1');
     expect(JSON.stringify(loud.lines())).not.toContain('secret');
+    expect(JSON.stringify(loud.lines())).not.toContain('s3cr3t');
     await new Promise((r) => setTimeout(r, 100));
     expect(quiet.lines().filter((l) => l.msg === 'access')).toEqual([]);
   } finally {
