@@ -1,10 +1,14 @@
 /**
  * A real redis-server for tests, on an ephemeral loopback port, never the system one on 6379.
- * No persistence (`--save '' --appendonly no`). kill/restart/pause keep the same port so clients can
+ * No persistence (`--save '' --appendonly no`), and a directory of its own for what it writes anyway (a
+ * replica's copy of its primary). kill/restart/pause keep the same port so clients can
  * reconnect by themselves. Always stop() it in afterAll.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { freePort } from './net';
 
 // Found on PATH (.ci/run installs it when missing); REDIS_SERVER_BIN picks another build.
@@ -43,10 +47,11 @@ function ping(port: number, timeoutMs = 1000): Promise<boolean> {
 /** Starts redis-server with `args` added; resolves once it is ready to accept connections. */
 export async function startRedisServer(args: readonly string[] = [], port?: number): Promise<RedisServer> {
   const p = port ?? (await freePort());
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'karma-redis-'));
   let child: ChildProcess | undefined;
 
   const launch = async (): Promise<void> => {
-    const c = spawn(REDIS_SERVER, ['--port', String(p), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no', ...args], {
+    const c = spawn(REDIS_SERVER, ['--port', String(p), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--daemonize', 'no', ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     child = c;
@@ -101,6 +106,6 @@ export async function startRedisServer(args: readonly string[] = [], port?: numb
     resume() {
       child?.kill('SIGCONT');
     },
-    stop: () => exit('SIGKILL'),
+    stop: () => exit('SIGKILL').finally(() => fs.rmSync(dir, { recursive: true, force: true })),
   };
 }
