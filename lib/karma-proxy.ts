@@ -622,9 +622,6 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     if (domain) env.DOMAIN = domain;
     // The role below allows ListClusters and ListServices: Hosts reach CloudFormation-named services too.
     if (discovery === 'ecs') env.ECS_CASE_LOOKUP = 'true';
-    // A VPC of its own reaches the tasks of another only at their public addresses (the private ones may
-    // even be the same numbers as its own subnets'): tasks without one still fall back to private.
-    if (discovery === 'ecs' && !props.vpc) env.IP_PREFERENCE = 'public';
     if (clusters?.length) env.ALLOWED_CLUSTERS = clusters.join(',');
     if (props.ports?.length) env.ALLOWED_PORTS = props.ports.map((p) => String(p).trim()).join(',');
     if (props.asgName !== undefined) env.ASG_NAME = props.asgName;
@@ -795,12 +792,15 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
         'ports to what you serve (ALLOWED_CLUSTERS, ALLOWED_PORTS).');
     }
     if (!props.vpc && discovery !== 'static') {
-      // A note, not a warning: the default stack synthesizes without warnings, and a first try may well
-      // serve tasks with public addresses. But private addresses of another VPC are out of reach.
-      // Only awsvpc tasks can be reached at a public address (IP_PREFERENCE=public): pools and bridge-mode
-      // tasks are found at their instances' private addresses.
+      // A note, not a warning: the default stack synthesizes without warnings. But private addresses of
+      // another VPC are out of reach. Only awsvpc tasks can be reached at a public address
+      // (IP_PREFERENCE=public): pools and bridge-mode tasks are found at their instances' private
+      // addresses. Not set here: services placed in this very VPC are reached, and allowed in by
+      // security group (connections.allowFrom), at their private addresses only.
       const reach = discovery === 'ecs'
-        ? 'it reaches your awsvpc tasks only at their public addresses (so IP_PREFERENCE=public is set; environment may say otherwise), and other targets only through peering you add'
+        ? 'it reaches awsvpc tasks of another VPC only at their public addresses, with environment IP_PREFERENCE=public ' +
+          '(proxyEnv in the app) and their security groups allowing the proxy\'s Elastic IPs (the Addresses output), ' +
+          'and other targets only through peering you add'
         : 'it reaches your instances (found at their private addresses) only through peering you add';
       Annotations.of(this).addInfo(`[KarmaProxy:NewVpc] The proxy runs in a VPC of its own (no vpc given): ${reach}. ` +
         'Give the VPC of your services (vpc; vpcId and publicSubnetIds in the app) to reach them at their private addresses.');
