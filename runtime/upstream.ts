@@ -160,6 +160,10 @@ export function answerFault(status: number, major: number, raw: readonly string[
  */
 export const MAX_RESPONSE_HEAD_BYTES = 64 * 1024;
 
+/** How long a target that said `Connection: close` has to close after its answer, before the proxy does. */
+const CLOSE_WAIT_MS = 1000;
+const destroySocket = (s: net.Socket): void => void s.destroy();
+
 function badResponse(code: string, message: string): NodeJS.ErrnoException {
   return Object.assign(new Error(message), { code });
 }
@@ -314,7 +318,11 @@ class Conn {
         return this.fault(err);
       }
       if (keep && x.ended) this.releaseAfterRead = true;
-      else if (!keep) this.socket.destroy();
+      else if (!keep && !x.keepAlive && x.ended && !this.writeFailed) {
+        // The target said close: its FIN follows, and 'end' destroys the socket. Waiting for it leaves the
+        // TIME_WAIT on the target's side; a target that does not close gets a second.
+        setTimeout(destroySocket, CLOSE_WAIT_MS, this.socket).unref();
+      } else if (!keep) this.socket.destroy();
     };
     // Reading natively, 'data' never comes; the listener keeps the socket flowing so that 'end' does.
     this.socket.on('data', (d: Buffer) => {
@@ -703,7 +711,9 @@ export class UpstreamRequest extends EventEmitter {
       length = h.hasLength;
     }
     let extra = '';
-    if (!keepAlive) extra += 'Connection: close\r\n';
+    // A HEAD's socket is not reused (see kOnMessageComplete): the target is told, so that it closes
+    // first and keeps the TIME_WAIT, not this proxy, whose ports to one target a stream of HEADs would use up.
+    if (!keepAlive || opts.method === 'HEAD') extra += 'Connection: close\r\n';
     // forward.ts drops Transfer-Encoding (hop-by-hop): a body of unknown length goes out chunked.
     if (opts.body && !length) {
       this.chunked = true;

@@ -139,6 +139,27 @@ describe('upstream client', () => {
     expect(p.sockets).toBe(1);
   });
 
+  test("a HEAD asks the target to close, and its socket waits for the target's FIN: the TIME_WAIT is the target's, not ours", async () => {
+    let head = '';
+    let ourFinFirst: boolean | undefined;
+    const s = net.createServer((sock) => {
+      sock.on('error', () => undefined);
+      let theirs = false;
+      sock.on('end', () => (ourFinFirst ??= !theirs));
+      sock.once('data', (d) => {
+        head = d.toString('latin1');
+        sock.write('HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n');
+        // A moment later, as a target closing after its answer: the proxy must not have closed first.
+        setTimeout(() => ((theirs = true), sock.end()), 100);
+      });
+    });
+    const p = pool(await listen(s));
+    expect(await send(p.request(get('/', 'HEAD')))).toMatchObject({ status: 200, body: '' });
+    expect(head).toMatch(/\r\nConnection: close\r\n/i);
+    await until(() => ourFinFirst !== undefined);
+    expect(ourFinFirst).toBe(false);
+  });
+
   test('1xx informational answers are skipped until the final one', async () => {
     const port = await rawServer(
       () => 'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok',
