@@ -784,8 +784,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       if (props.redis === true) Validations.of(this).addWarning('KarmaProxy:RedisWithOneInstance', message);
       else Annotations.of(this).addInfo(`[KarmaProxy:RedisWithOneInstance] ${message}`);
     }
-    if (discovery === 'ecs' && !props.clusters?.length && !props.ports?.length &&
-        environment.ALLOWED_CLUSTERS === undefined && environment.ALLOWED_PORTS === undefined) {
+    if (discovery === 'ecs' && !clusters?.length && !props.ports?.length && !environment.ALLOWED_PORTS?.trim()) {
       // The default, as an ALB's listener rules would not be: said, not refused (a first deploy works as is).
       Annotations.of(this).addInfo('[KarmaProxy:OpenRouting] Neither clusters nor ports is set: any client that ' +
         'names a service reaches any port of its RUNNING tasks, in any cluster of the account. Set clusters and ' +

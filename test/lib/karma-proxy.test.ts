@@ -487,6 +487,9 @@ describe('a cache for a single instance', () => {
     expect(note({ clusters: ['prod'] })).toEqual([]);
     expect(note({ ports: [8080] })).toEqual([]);
     expect(note({ environment: { ALLOWED_PORTS: '8080' } })).toEqual([]);
+    expect(note({ environment: { ALLOWED_CLUSTERS: 'prod' } })).toEqual([]);
+    // Empty lists allow any: the note stays, as the role stays on every cluster.
+    expect(note({ environment: { ALLOWED_CLUSTERS: ' ', ALLOWED_PORTS: '' } })).toHaveLength(1);
     expect(note({ discovery: 'static', staticTargets: ['10.0.0.5:80'] })).toEqual([]);
   });
 
