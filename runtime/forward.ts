@@ -83,9 +83,10 @@ export interface Outcome {
   attempts: number;
   /**
    * What went wrong with the last try (also of an answer the target cut after its status was on its
-   * way: the status stays), or `cut_at_shutdown`: the proxy cut it at SHUTDOWN_TIMEOUT.
+   * way: the status stays), `client_gone`: the client left with its answer under way (its status
+   * stays), or `cut_at_shutdown`: the proxy cut it at SHUTDOWN_TIMEOUT.
    */
-  error: FailureKind | 'cut_at_shutdown' | undefined;
+  error: FailureKind | 'client_gone' | 'cut_at_shutdown' | undefined;
 }
 
 // Hop-by-hop headers (RFC 9110 §7.6.1, plus the old Keep-Alive/Proxy-Connection), never forwarded.
@@ -942,7 +943,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     this.answeredBy = answered;
     this.cutAtShutdown = cut;
     this.up?.destroy();
-    if (this.responded) this.settle(this.res.statusCode);
+    // Its status already on its way: logged as sent, and said to be cut short by the client.
+    if (this.responded) this.settle(this.res.statusCode, undefined, 'client_gone');
     else this.settle(undefined, new UpstreamError('client_gone', false));
   }
 
@@ -1020,7 +1022,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   }
 
   /** Ends the try: the target's books, then the outcome, or the next try. */
-  private settle(status: number | undefined, err?: UpstreamError, cutBy?: FailureKind): void {
+  private settle(status: number | undefined, err?: UpstreamError, cutBy?: Outcome['error']): void {
     if (this.settled) return;
     this.settled = true;
     const s = this.s;

@@ -363,6 +363,34 @@ test('a client that leaves a long poll cancels it at the target at once, frees i
   }
 });
 
+test('a client that leaves an event stream under way is logged with the status it was sent and error client_gone', async () => {
+  const backend = await startBackend('b');
+  let cancelled = false;
+  backend.handle = (_req, res) => {
+    res.writeHead(200, { 'Content-Type': 'text/event-stream' });
+    res.write('data: first\n\n');
+    const more = setInterval(() => res.write('data: more\n\n'), 50);
+    res.on('close', () => ((cancelled = true), clearInterval(more)));
+  };
+  const p = await proxy(
+    { NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, LOG_CONNECTIONS: 'true' },
+    fixed([makeTarget('127.0.0.1', backend.port)]),
+  );
+  const stdout = jest.spyOn(process.stdout, 'write');
+  try {
+    const s = net.connect(p.port, '127.0.0.1', () => s.write('GET /events HTTP/1.1\r\nHost: a\r\n\r\n'));
+    s.on('error', () => undefined);
+    await new Promise((r) => s.once('data', r)); // the head and a first event
+    s.destroy();
+    await until('the stream cancelled at the target', () => cancelled, 5000);
+    expect(await accessLine(stdout, '/events')).toMatchObject({ path: '/events', status: 200, error: 'client_gone' });
+  } finally {
+    stdout.mockRestore();
+    await p.stop();
+    await backend.close();
+  }
+});
+
 describe('errors map to statuses', () => {
   test('a dead target is a 502', async () => {
     const dead = makeTarget('127.0.0.1', await freePort());
