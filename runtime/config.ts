@@ -270,6 +270,13 @@ const withoutCredentials = (raw: string): string => {
   return rest.replace(/(password=)[^&#]*/gi, '$1***');
 };
 
+/**
+ * Any value as an error may show it: userinfo (`http://user:password@host`, or `user:password@host` in
+ * a list) masked, since a URL pasted where an address belongs may carry a password.
+ */
+export const withoutUserinfo = (text: string): string =>
+  text.replace(/((?:^|[\s,'])(?:[a-z][a-z0-9+.-]*:\/\/)?)[^\s,'/@]*@/gi, '$1***@');
+
 /** IDLE_TIMEOUT's default with MODE=tcp: a Network Load Balancer's TCP idle timeout (350 s). */
 export const TCP_IDLE_TIMEOUT_MS = 350_000;
 
@@ -671,7 +678,7 @@ export function loadConfig(env: Env = process.env): Config {
       out[key] = s.parse(raw);
     } catch (e) {
       if (!(e instanceof Invalid)) throw e;
-      problems.push(`${s.env} must be ${e.message} (got '${s.shown ? s.shown(given ?? '') : given}')`);
+      problems.push(s.shown ? `${s.env} must be ${e.message} (got '${s.shown(given ?? '')}')` : withoutUserinfo(`${s.env} must be ${e.message} (got '${given}')`));
     }
   };
   read('nodeFilter', 'ecs');

@@ -333,3 +333,11 @@ describe('configuration', () => {
     ]);
   });
 });
+
+test('a password in a URL given where an address belongs is not shown in the error', () => {
+  const message = errorOf({ NODE_FILTER: 'static', STATIC_TARGETS: 'http://u:TopSecretPw3@127.0.0.1:8080,a:b@10.0.0.1:80' }).message;
+  expect(message).toContain('STATIC_TARGETS must be');
+  expect(message).toContain("'http://***@127.0.0.1:8080,***@10.0.0.1:80'");
+  expect(message).not.toMatch(/TopSecretPw3|a:b@/);
+});
+
