@@ -65,6 +65,11 @@ export interface DownstreamHandlers {
    * it returns is asked at SHUTDOWN_TIMEOUT whether the proxy may still answer the handshake.
    */
   upgrade(req: Request, socket: net.Socket, head: Buffer): UpgradeHandler | void;
+  /**
+   * A request the server answered itself before it could be handed over (malformed or oversized, too
+   * slow, a CONNECT), for the access log: `req` when its head was parsed, `client` the peer's address.
+   */
+  refused?(status: number, client: string, req: Request | undefined, seconds: number): void;
 }
 
 /** What an answer's owner (forward.ts's Exchange) is told, as direct calls. */
@@ -923,6 +928,9 @@ export class ClientConn {
     if (p.kind === WEBSOCKET) return this.handOver(p);
     if (p.kind === CONNECT) {
       rejectedRequests.labels({ reason: 'connect_method' }).inc();
+      const seconds = (performance.now() - p.startedAt) / 1000;
+      countRequest('none', 405, seconds);
+      this.server.handlers.refused?.(405, this.ip, p, seconds);
       return this.refuse(405, 'CONNECT is not supported', 'Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n');
     }
     const res = new Response(this, p);
@@ -1058,7 +1066,9 @@ export class ClientConn {
   private countRefused(status: number): void {
     if (this.reading !== undefined && this.current?.req === this.reading) return;
     const started = this.reading?.startedAt;
-    countRequest('none', status, started === undefined ? 0 : (performance.now() - started) / 1000);
+    const seconds = started === undefined ? 0 : (performance.now() - started) / 1000;
+    countRequest('none', status, seconds);
+    this.server.handlers.refused?.(status, this.ip, this.reading, seconds);
   }
 
   /**

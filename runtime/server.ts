@@ -185,6 +185,21 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
     }
   };
 
+  /** A request the HTTP server answered itself, before it had a route (downstream.ts): counted there, logged here. */
+  const onRefused = (status: number, client: string, req: Request | undefined, seconds: number): void => {
+    if (!config.logConnections) return;
+    log('info', 'access', {
+      method: req?.method,
+      host: req?.headers.host,
+      path: req && targetForLog(req.url),
+      status,
+      route: 'none',
+      attempts: 0,
+      ms: Math.round(seconds * 1000),
+      client,
+    });
+  };
+
   const refuse = (req: Request, res: Response, status: number, reason: string, message: string, headers?: Record<string, string>): void => {
     rejectedRequests.labels({ reason }).inc();
     if (status === 431) limitHits.labels({ limit: 'headers' }).inc();
@@ -336,7 +351,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
       idleTimeoutMs: config.idleTimeoutMs,
       maxConnections: config.maxConnections,
     },
-    { request: onRequest, upgrade: onUpgrade },
+    { request: onRequest, upgrade: onUpgrade, refused: onRefused },
   );
   return { server: front.server, front, shutdown: (timeoutMs) => front.shutdown(timeoutMs) };
 }
