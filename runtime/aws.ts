@@ -37,7 +37,7 @@ export interface AwsClientOptions {
   readonly env?: Readonly<Record<string, string | undefined>>;
 }
 
-type Outcome = 'ok' | 'throttled' | 'error';
+type Outcome = 'ok' | 'throttled' | 'not_found' | 'error';
 
 /** Error codes the SDK itself treats as throttling (@smithy/core retry), and the ones of our APIs. */
 const THROTTLING_CODES = new Set([
@@ -55,12 +55,17 @@ const THROTTLING_CODES = new Set([
   'SlowDown',
 ]);
 
-/** ok, throttled or error, from an SDK error (name or Code, or HTTP 429). */
+/**
+ * ok, throttled, not_found or error, from an SDK error (name or Code, or HTTP 429). not_found is an
+ * answer, not a failure: a cluster or service no Host should have named (junk Hosts make many), kept
+ * apart so that an alert on errors means AWS failing.
+ */
 export function outcomeOf(err: unknown): Outcome {
   if (err === undefined || err === null) return 'ok';
   const e = err as { name?: unknown; Code?: unknown; code?: unknown; $metadata?: { httpStatusCode?: number } };
   if (e.$metadata?.httpStatusCode === 429) return 'throttled';
   for (const c of [e.name, e.Code, e.code]) if (typeof c === 'string' && THROTTLING_CODES.has(c)) return 'throttled';
+  if (isNotFound(err)) return 'not_found';
   return 'error';
 }
 

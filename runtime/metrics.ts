@@ -118,7 +118,7 @@ export const discoveryErrors = new Counter({
 });
 export const awsCalls = new Counter({
   name: 'karma_aws_calls_total',
-  help: 'AWS API calls by API and outcome (ok, throttled, error).',
+  help: 'AWS API calls by API and outcome (ok, throttled, not_found: a cluster or service ECS does not know, error).',
   labelNames: ['api', 'outcome'] as const,
 });
 export const cacheLookups = new Counter({

@@ -66,6 +66,16 @@ describe('discovery through the AWS stub with real SDK clients', () => {
     expect((await count('ListTasks', 'ok')) - okBefore).toBe(3);
   });
 
+  test("a cluster or service ECS does not know is counted as not_found, not as an AWS error: junk Hosts trip no alert", async () => {
+    stub.model.clusters.prod = { web: [awsvpc(1)] };
+    const before = { notFound: await count('ListTasks', 'not_found'), error: await count('ListTasks', 'error') };
+    const p = provider({}, 1);
+    expect(await p.discover({ service: 'junk', port: 8080, cluster: 'prod' })).toEqual([]);
+    expect(await p.discover({ service: 'web', port: 8080, cluster: 'nosuchcluster' })).toEqual([]);
+    expect((await count('ListTasks', 'not_found')) - before.notFound).toBe(2);
+    expect((await count('ListTasks', 'error')) - before.error).toBe(0);
+  });
+
   test('ECS names in any case: a lower-case Host reaches the CloudFormation-named cluster and service, looked up once', async () => {
     const services: Record<string, StubTask[]> = {};
     for (let i = 0; i < 24; i++) services[`Other-${i}`] = [awsvpc(100 + i)];
