@@ -50,6 +50,9 @@ function forgotten(before: MetricsJson, after: MetricsJson): MetricsJson {
   return out;
 }
 
+/** How much smaller than last served a sum may come out from addition in another order alone (a few ulps). */
+const ROUNDING = 1e-12;
+
 /** Departed sets kept before they are folded into one (at a scrape, or here past this many). */
 const DEPARTED_FOLD_AT = 32;
 
@@ -63,6 +66,8 @@ export class MetricsGather {
   private n = 0;
   /** Each live worker's last answer. */
   private readonly last = new Map<number, MetricsJson>();
+  /** The counter and histogram values last served, by series (steady()). */
+  private served = new Map<string, number>();
   /** Counters and histograms of workers that are gone, and series live workers let go. */
   private departed: MetricsJson[] = [];
   private folding: Promise<void> | undefined;
@@ -124,7 +129,33 @@ export class MetricsGather {
       if (!answers.has(id) && last) answers.set(id, last);
     }
     await this.fold();
-    return AggregatorRegistry.aggregate([own, ...answers.values(), ...this.departed] as object[]).metrics();
+    const sum = AggregatorRegistry.aggregate([own, ...answers.values(), ...this.departed] as object[]);
+    await this.steady(sum);
+    return sum.metrics();
+  }
+
+  /**
+   * Floating-point sums added up in another order (a worker's counts moved into the departed set) can
+   * come out a hair smaller than the scrape before, which Prometheus takes for a counter reset (rate()
+   * jumps by the whole sum). A counter or histogram series that is smaller than last served by no more
+   * than such rounding is served as before. The aggregate's metrics hand out their values themselves
+   * (prom-client's AggregatorRegistry.aggregate), so they are set in place.
+   */
+  private async steady(sum: { getMetricsAsArray(): unknown[] }): Promise<void> {
+    const served = new Map<string, number>();
+    for (const m of sum.getMetricsAsArray() as { get?: () => unknown }[]) {
+      const got = (await m.get?.()) as MetricsJson[number] | undefined;
+      if (!got || (got.type !== 'counter' && got.type !== 'histogram')) continue;
+      for (const v of (got.values ?? []) as { value?: unknown; metricName?: unknown; labels?: Readonly<Record<string, unknown>> }[]) {
+        if (typeof v.value !== 'number') continue;
+        let value: number = v.value;
+        const key = `${String(got.name)} ${seriesKey(v)}`;
+        const last = this.served.get(key);
+        if (last !== undefined && value < last && last - value <= Math.abs(last) * ROUNDING) v.value = value = last;
+        served.set(key, value);
+      }
+    }
+    this.served = served;
   }
 
   /** The departed sets as one, without the series of routes and targets no longer current; one fold at a time. */
