@@ -547,9 +547,9 @@ export const SETTINGS = {
   },
   idleTimeoutMs: {
     env: 'IDLE_TIMEOUT',
-    doc: 'Seconds an idle client connection (keep-alive or stalled) is kept open, like the ALB idle timeout; with `MODE=tcp` 350 unless set, like an NLB.',
+    doc: 'Seconds an idle client connection (keep-alive or stalled) is kept open, like the ALB idle timeout; with `MODE=tcp` 350 unless set, like an NLB, and `0` keeps idle tunnels open for good, as the Stateless Load Balancer did (TCP keep-alive probes do not count as activity here, as they do for an NLB).',
     default: '60',
-    parse: duration('seconds'),
+    parse: duration('seconds', { zero: true }),
   },
   headersTimeoutMs: {
     env: 'HEADERS_TIMEOUT',
@@ -718,6 +718,8 @@ export function loadConfig(env: Env = process.env): Config {
   }
   // Raw TCP carries protocols with long quiet spells (databases, SSH): an NLB's idle timeout, not an ALB's.
   if (out.mode === 'tcp' && !isSet('IDLE_TIMEOUT')) out.idleTimeoutMs = TCP_IDLE_TIMEOUT_MS;
+  // HTTP needs an idle timeout (it is what Keep-Alive: timeout= says, and what cuts a stalled body).
+  if (out.idleTimeoutMs === 0 && out.mode !== 'tcp') problems.push("IDLE_TIMEOUT may be 0 (no idle timeout) only with MODE=tcp (got '0')");
   if (typeof out.port === 'number' && out.port !== 0 && out.port === out.metricsPort && typeof out.host === 'string' && typeof out.metricsHost === 'string' &&
       clash(out.host, out.metricsHost)) {
     problems.push(`METRICS_PORT must differ from PORT where HOST (${out.host}) and METRICS_HOST (${out.metricsHost}) overlap`);

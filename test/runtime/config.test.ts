@@ -277,6 +277,12 @@ describe('configuration', () => {
     expect(loadConfig({ ...tcp, MODE: 'http' }).idleTimeoutMs).toBe(60_000);
   });
 
+  test('IDLE_TIMEOUT=0 keeps idle tunnels open for good in MODE=tcp, as the Stateless Load Balancer did; HTTP needs one', () => {
+    const tcp = { NODE_FILTER: 'static', STATIC_TARGETS: '10.0.0.1:5432', MODE: 'tcp' };
+    expect(loadConfig({ ...tcp, IDLE_TIMEOUT: '0' }).idleTimeoutMs).toBe(0);
+    expect(errorOf({ ...tcp, MODE: 'http', IDLE_TIMEOUT: '0' }).problems).toEqual(["IDLE_TIMEOUT may be 0 (no idle timeout) only with MODE=tcp (got '0')"]);
+  });
+
   test('HEALTH_CHECK_PROTOCOL: http by default in both modes (the Stateless Load Balancer checked its TCP pools over HTTP), tcp on request', () => {
     const tcp = { NODE_FILTER: 'static', STATIC_TARGETS: '10.0.0.1:5432', MODE: 'tcp' };
     expect(loadConfig(tcp).healthCheckProtocol).toBe('http');

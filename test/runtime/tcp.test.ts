@@ -160,6 +160,27 @@ describe('MODE=tcp', () => {
     expect(await exchange(p.port, 'y')).toBe('a:y:bye');
   });
 
+  test('IDLE_TIMEOUT=0: an idle tunnel (a database connection between queries) stays open, as with the Stateless Load Balancer', async () => {
+    const a = await echo('a');
+    servers.push(a.server);
+    const t = makeTarget('127.0.0.1', a.port);
+    const open = async (idle: string): Promise<boolean> => {
+      p = await start(loadConfig({ NODE_FILTER: 'static', MODE: 'tcp', STATIC_TARGETS: t.id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', IDLE_TIMEOUT: idle }), { provider: fixed([t]) });
+      const s = net.connect(p.port, '127.0.0.1');
+      s.on('error', () => undefined);
+      await new Promise((r) => s.once('data', r)); // the target's name: the tunnel is up
+      let closed = false;
+      s.on('close', () => (closed = true));
+      await new Promise((r) => setTimeout(r, 800)); // idle
+      const stillOpen = !closed;
+      s.destroy();
+      await p.stop();
+      return stillOpen;
+    };
+    expect(await open('0.3')).toBe(false); // cut at its idle timeout
+    expect(await open('0')).toBe(true);
+  });
+
   test('with every target full (POOL_SIZE) or dead, the client is reset, as an NLB does, and the access log says why', async () => {
     const a = await echo('a');
     servers.push(a.server);
