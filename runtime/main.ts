@@ -79,8 +79,22 @@ function warnShortPeriods(config: Config): void {
   }
 }
 
+/**
+ * A pool (static, tag, asg) run with the defaults that differ from the Stateless Load Balancer's, said
+ * at start: its users switch with their settings unchanged, and it forwarded raw TCP on port 8080.
+ */
+function notePoolDefaults(config: Config, env: NodeJS.ProcessEnv): void {
+  if (config.nodeFilter === 'ecs') return;
+  const unset = (name: string): boolean => (env[name] ?? '').trim() === '';
+  const notes: string[] = [];
+  if (unset('MODE')) notes.push('MODE is http (the Stateless Load Balancer forwarded raw TCP: set MODE=tcp for TLS passed through or protocols other than HTTP)');
+  if (unset('PORT')) notes.push(`PORT is ${config.port} (the Stateless Load Balancer's was 8080)`);
+  if (notes.length > 0) log('info', `defaults that differ from the Stateless Load Balancer's: ${notes.join('; ')}`);
+}
+
 async function runPrimary(config: Config): Promise<void> {
   warnWithoutRegion(config);
+  notePoolDefaults(config, process.env);
   warnShortPeriods(config);
   noteTcpHealthChecks(config);
   // Workers accept from the shared listening socket themselves rather than through the primary

@@ -390,6 +390,23 @@ test('a mistyped setting is named at start with the one it is likely meant to be
   }
 });
 
+test("a pool run with a default that differs from the Stateless Load Balancer's (HTTP, not raw TCP) is told so at start", async () => {
+  const backend = await startBackend('ok');
+  const pool = { NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, HEALTH_CHECK_PATH: 'off' };
+  const note = 'MODE is http (the Stateless Load Balancer forwarded raw TCP: set MODE=tcp';
+  try {
+    const unset = await startBundle(pool);
+    await unset.stop();
+    expect(unset.stdout).toContain(note);
+    expect(unset.stdout).not.toContain('PORT is'); // set (to 0 here)
+    const set = await startBundle({ ...pool, MODE: 'http' });
+    await set.stop();
+    expect(set.stdout).not.toContain(note);
+  } finally {
+    await backend.close();
+  }
+});
+
 test('LOG_CONNECTIONS=true writes one JSON access line per request; the default is quiet', async () => {
   const backend = await startBackend('ok');
   const loud = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, HEALTH_CHECK_PATH: 'off', LOG_CONNECTIONS: 'true' });
