@@ -81,7 +81,9 @@ export async function start(config: Config, deps: { provider?: Provider; primary
   });
   if (config.nodeFilter !== 'ecs') {
     const pool = await within(routes.pin(POOL_ROUTE), POOL_START_WAIT_MS);
-    if (pool === undefined) log('warn', 'the pool is not discovered yet: serving 503 until it is', { waitedSeconds: POOL_START_WAIT_MS / 1000 });
+    if (pool === undefined) {
+      log('warn', `the pool is not discovered yet: ${config.mode === 'tcp' ? 'resetting connections' : 'serving 503'} until it is`, { waitedSeconds: POOL_START_WAIT_MS / 1000 });
+    }
     // Serve once every target of the pool has its first verdict (bounded by one check's timeout), so
     // the first requests are not all sent to whichever target happened to be judged first.
     else if (config.healthCheckPath !== null) await firstVerdicts(registry, pool.targets, config.healthCheckTimeoutMs + 1000);
