@@ -197,6 +197,8 @@ class Conn {
   private writeFailed = false;
   /** Answered already, its body still going up (releaseWhenSent): told if the socket closes first. */
   sending: UpstreamRequest | undefined;
+  /** Waiting for the FIN of a target that said `Connection: close` (at most CLOSE_WAIT_MS). */
+  private closeWait: NodeJS.Timeout | undefined;
 
   constructor(
     readonly pool: UpstreamPool | undefined,
@@ -318,10 +320,13 @@ class Conn {
         return this.fault(err);
       }
       if (keep && x.ended) this.releaseAfterRead = true;
-      else if (!keep && !x.keepAlive && x.ended && !this.writeFailed) {
+      else if (!keep && !x.keepAlive && x.ended && !this.writeFailed && !this.socket.readableEnded) {
         // The target said close: its FIN follows, and 'end' destroys the socket. Waiting for it leaves the
-        // TIME_WAIT on the target's side; a target that does not close gets a second.
-        setTimeout(destroySocket, CLOSE_WAIT_MS, this.socket).unref();
+        // TIME_WAIT on the target's side; a target that does not close gets a second. The socket serves
+        // nobody meanwhile: its place in the pool goes now.
+        this.closeWait = setTimeout(destroySocket, CLOSE_WAIT_MS, this.socket);
+        this.closeWait.unref();
+        this.pool?.forget(this);
       } else if (!keep) this.socket.destroy();
     };
     // Reading natively, 'data' never comes; the listener keeps the socket flowing so that 'end' does.
@@ -379,6 +384,7 @@ class Conn {
         unconsume(parser, this.socket);
       }
       setImmediate(() => parser.close());
+      if (this.closeWait) clearTimeout(this.closeWait);
       this.pool?.forget(this);
       x?.socketClosed();
       // An answered request whose body was still going up: the rest has nowhere to go.

@@ -160,6 +160,17 @@ describe('upstream client', () => {
     expect(ourFinFirst).toBe(false);
   });
 
+  test('a target that says close and does not close holds no place in the pool meanwhile', async () => {
+    const s = net.createServer((sock) => {
+      sock.on('error', () => undefined);
+      sock.on('data', () => sock.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok')); // and stays open
+    });
+    const p = pool(await listen(s), 1);
+    const t0 = Date.now();
+    for (let i = 0; i < 4; i++) expect(await send(p.request(get('/')))).toMatchObject({ status: 200, body: 'ok' });
+    expect(Date.now() - t0).toBeLessThan(1000); // not a second each, waiting for FINs that never come
+  });
+
   test('1xx informational answers are skipped until the final one', async () => {
     const port = await rawServer(
       () => 'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok',
