@@ -171,6 +171,8 @@ export class Request {
   head: Buffer | undefined;
   /** Put in line while its head was parsed (behind an answer under way). */
   queued = false;
+  /** Given to the server to answer (and to count, and log): the connection neither counts nor answers it again. */
+  handedOver = false;
   private sink: BodySink | undefined;
   private held: Buffer[] | undefined;
   private dropping = false;
@@ -808,6 +810,7 @@ export class ClientConn {
       // now rather than after HEADERS_TIMEOUT.
       if (this.state === HEAD && !this.reading && typeof r === 'number' && isHttp09(d ?? this.parser.getCurrentBuffer!())) {
         rejectedRequests.labels({ reason: 'bad_version' }).inc();
+        this.countRefused(400);
         return this.refuse(400, 'only HTTP/1.0 and HTTP/1.1 are supported');
       }
     }
@@ -933,6 +936,7 @@ export class ClientConn {
       this.server.handlers.refused?.(405, this.ip, p, seconds);
       return this.refuse(405, 'CONNECT is not supported', 'Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n');
     }
+    p.handedOver = true;
     const res = new Response(this, p);
     this.current = res;
     try {
@@ -1064,9 +1068,9 @@ export class ClientConn {
    * there, under its route, with this status.
    */
   private countRefused(status: number): void {
-    if (this.reading !== undefined && this.current?.req === this.reading) return;
-    const started = this.reading?.startedAt;
-    const seconds = started === undefined ? 0 : (performance.now() - started) / 1000;
+    if (this.reading?.handedOver) return;
+    // A head left unfinished: from its first byte (or the connection's start).
+    const seconds = (performance.now() - (this.reading?.startedAt ?? this.since)) / 1000;
     countRequest('none', status, seconds);
     this.server.handlers.refused?.(status, this.ip, this.reading, seconds);
   }
@@ -1081,6 +1085,9 @@ export class ClientConn {
     this.stopParsing();
     if (req && !req.complete) {
       if (this.current?.req === req) return this.refuse(status, message);
+      // Answered already (its target answered before the body was all in): what is left of it is broken,
+      // and gets no second answer; the connection ends.
+      if (req.handedOver) return void this.socket.destroySoon();
       const i = this.waiting.indexOf(req);
       if (i !== -1) this.waiting.splice(i, 1);
     }

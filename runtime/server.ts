@@ -180,7 +180,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
         attempts: o.attempts,
         error: o.error,
         ms: Math.round(seconds * 1000),
-        client: req.socket.remoteAddress,
+        client: req.ip,
       });
     }
   };

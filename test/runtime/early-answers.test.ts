@@ -110,3 +110,39 @@ test('a target that answers early and then closes: the rest of the upload is rea
   expect(connections).toBe(2);
   c.destroy();
 });
+
+test('a body that breaks after its target answered early gets no second answer, and the request is logged and counted once', async () => {
+  const port = await target((s) => {
+    s.once('data', () => {
+      s.write('HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\n\r\nbig');
+      s.on('data', () => undefined);
+    });
+  });
+  p = await startBundle({ ...QUIET, STATIC_TARGETS: `127.0.0.1:${port}`, LOG_CONNECTIONS: 'true' });
+  const c = net.connect(p.port, '127.0.0.1');
+  c.on('error', () => undefined);
+  let got = '';
+  c.on('data', (d) => (got += d));
+  const closed = new Promise((r) => c.on('close', r));
+  c.write('POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n');
+  await new Promise<void>((resolve) => {
+    const t = setInterval(() => got.includes('\r\n\r\nbig') && (clearInterval(t), resolve()), 20);
+  });
+  c.write('zz-not-a-chunk-size\r\n'); // the rest of the body, broken
+  await closed;
+  expect(got.match(/HTTP\/1\.1 \d{3}/g)).toEqual(['HTTP/1.1 413']);
+  await new Promise((r) => setTimeout(r, 200));
+  expect(p.lines().filter((l) => l.msg === 'access').map((l) => [l.path, l.status])).toEqual([['/upload', 413]]);
+  const metrics = (await getBody(p.metricsPort, '/metrics'));
+  expect(metrics).not.toMatch(/karma_requests_total\{route="none"/);
+});
+
+function getBody(port: number, path: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    http.get({ port, host: '127.0.0.1', path, agent: false }, (r) => {
+      let b = '';
+      r.on('data', (d) => (b += d));
+      r.on('end', () => resolve(b));
+    }).on('error', reject);
+  });
+}

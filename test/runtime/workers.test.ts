@@ -390,6 +390,30 @@ test('a mistyped setting is named at start with the one it is likely meant to be
   }
 });
 
+test('a request head left unfinished (408) and an HTTP/0.9 line (400) are logged and counted once, the 408 with the time it took', async () => {
+  const backend = await startBackend('ok');
+  const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, HEALTH_CHECK_PATH: 'off', LOG_CONNECTIONS: 'true', HEADERS_TIMEOUT: '0.6' });
+  try {
+    const slow = await rawExchange(p.port, 'GET /slow HTTP/1.1\r\nHost: x\r\n', { deadlineMs: 5000 });
+    expect(slow.responses[0]?.status).toBe(408);
+    const old = await rawExchange(p.port, 'GET /\r\n');
+    expect(old.responses[0]?.status).toBe(400);
+    const lines = await until('both lines', () => {
+      const l = p.lines().filter((x) => x.msg === 'access');
+      return l.length >= 2 ? l : undefined;
+    });
+    await new Promise((r) => setTimeout(r, 200));
+    const access = p.lines().filter((x) => x.msg === 'access');
+    expect(access.map((l) => l.status).sort()).toEqual([400, 408]);
+    expect(Number(lines!.find((l) => l.status === 408)!.ms)).toBeGreaterThanOrEqual(500);
+    const metrics = (await request(p.metricsPort, { path: '/metrics' })).body;
+    expect(metrics).toMatch(/karma_requests_total\{route="none",code="4xx"\} 2\n/);
+  } finally {
+    await p.stop();
+    await backend.close();
+  }
+});
+
 test("a pool run with a default that differs from the Stateless Load Balancer's (HTTP, not raw TCP) is told so at start", async () => {
   const backend = await startBackend('ok');
   const pool = { NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, HEALTH_CHECK_PATH: 'off' };
