@@ -275,7 +275,7 @@ const withoutCredentials = (raw: string): string => {
  * a list) masked, since a URL pasted where an address belongs may carry a password.
  */
 export const withoutUserinfo = (text: string): string =>
-  text.replace(/((?:^|[\s,'])(?:[a-z][a-z0-9+.-]*:\/\/)?)[^\s,'/@]*@/gi, '$1***@');
+  text.replace(/((?:^|[\s,'])(?:[a-z][a-z0-9+.-]*:\/\/)?)[^\s,']*@/gi, '$1***@');
 
 /** IDLE_TIMEOUT's default with MODE=tcp: a Network Load Balancer's TCP idle timeout (350 s). */
 export const TCP_IDLE_TIMEOUT_MS = 350_000;

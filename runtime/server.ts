@@ -39,8 +39,11 @@ export function withoutUserinfo(target: string): string {
   return target.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i, '$1***@');
 }
 
-/** Query parameters whose values are credentials by their name (OAuth tokens, API keys, presigned URLs' signatures). */
-const SECRET_PARAM = /^(?:.*(?:token|secret|passw|signature|credential|api[-_]?key).*|(?:.*[-_.])?auth(?:orization)?(?:[-_.].*)?|sig|pwd)$/i;
+/**
+ * Query parameters whose values are credentials by their name: OAuth tokens and codes, API keys,
+ * presigned URLs' signatures, session ids. (`code` and `key` hide some harmless values too.)
+ */
+const SECRET_PARAM = /^(?:.*(?:token|secret|passw|signature|credential|api[-_]?key|sess(?:ion)?[-_]?id).*|(?:.*[-_.])?auth(?:orization)?(?:[-_.].*)?|sig|pwd|code|key|jwt|sid|session)$/i;
 
 /**
  * A request target as the access log keeps it: credentials masked, in userinfo (an absolute-form target

@@ -345,5 +345,7 @@ test('a password in a URL given where an address belongs is not shown in the err
   expect(message).toContain('STATIC_TARGETS must be');
   expect(message).toContain("'http://***@127.0.0.1:8080,***@10.0.0.1:80'");
   expect(message).not.toMatch(/TopSecretPw3|a:b@/);
+  // Up to the last @ of a value: a password may hold @ or /.
+  expect(errorOf({ NODE_FILTER: 'static', STATIC_TARGETS: 'http://admin:p@s/s@10.0.0.1:80' }).message).toContain("'http://***@10.0.0.1:80'");
 });
 

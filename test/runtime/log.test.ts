@@ -129,7 +129,9 @@ describe('what the access log keeps of a request target', () => {
     ['/o/k?X-Amz-Algorithm=AWS4&X-Amz-Credential=AKIA%2F20261204&X-Amz-Signature=abc123&X-Amz-Security-Token=IQo', '/o/k?X-Amz-Algorithm=AWS4&X-Amz-Credential=***&X-Amz-Signature=***&X-Amz-Security-Token=***'],
     ['/login?user=bob&password=hunter2', '/login?user=bob&password=***'],
     ['/x?api_key=1&apikey=2&api-key=3&client_secret=4&auth=5&Authorization=6&sig=7&pwd=8', '/x?api_key=***&apikey=***&api-key=***&client_secret=***&auth=***&Authorization=***&sig=***&pwd=***'],
-    ['/books?author=bob&code=US', '/books?author=bob&code=US'], // named so, not credentials
+    ['/books?author=bob&page=2', '/books?author=bob&page=2'], // named so, not credentials
+    ['/cb?code=4%2F0Ad&state=xyz', '/cb?code=***&state=xyz'], // an OAuth authorization code
+    ['/maps?key=AIzaSy&q=x&jwt=eyJ&sid=1&session=2&PHPSESSID=3', '/maps?key=***&q=x&jwt=***&sid=***&session=***&PHPSESSID=***'],
     ['/x?%74oken=1', '/x?%74oken=***'], // the name as decoded
     ['/x?token', '/x?token'], // no value to hide
     ['http://user:secret@169.254.169.254/latest?token=1', 'http://***@169.254.169.254/latest?token=***'],
