@@ -394,8 +394,12 @@ export class Coordinator {
     for (const w of this.workers.values()) if (w.isConnected()) this.send(w, { t: 'metrics?', n: this.gather.nextNumber() });
   }
 
-  /** Prometheus text of every worker and the primary, summed (see gather.ts). */
-  metrics(timeoutMs = 5000): Promise<string> {
+  /**
+   * Prometheus text of every worker and the primary, summed (see gather.ts). A worker that has not
+   * answered within `timeoutMs` (a loaded one answers in milliseconds; a stuck one never, until the
+   * watchdog replaces it) counts with its last answer, so that a scrape is not held up with it.
+   */
+  metrics(timeoutMs = 1500): Promise<string> {
     const live = [...this.workers.values()].filter((w) => w.isConnected());
     return this.gather.text(this.workers.keys(), live.map((w) => ({ id: w.id, send: (n: number) => this.send(w, { t: 'metrics?', n }) })), timeoutMs);
   }

@@ -195,6 +195,25 @@ test('a worker whose event loop is stuck (stopped) is killed after WORKER_STUCK_
   }
 });
 
+test('a scrape does not wait long for a worker that does not answer: its last counts stand in', async () => {
+  const backend = await startBackend('ok');
+  const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, WORKERS: '2', HEALTH_CHECK_PATH: 'off' });
+  const [stopped] = p.workers();
+  try {
+    for (let i = 0; i < 10; i++) expect((await request(p.port, { headers: { Connection: 'close' } })).status).toBe(200);
+    await request(p.metricsPort, { path: '/metrics' }); // every worker's counts taken once
+    process.kill(stopped, 'SIGSTOP');
+    const t0 = Date.now();
+    const text = (await request(p.metricsPort, { path: '/metrics' })).body;
+    expect(Date.now() - t0).toBeLessThan(3000);
+    expect(Number(/^karma_requests_total\{route="pool",code="2xx"\} (\d+)$/m.exec(text)?.[1])).toBe(10);
+  } finally {
+    process.kill(stopped, 'SIGCONT');
+    await p.stop();
+    await backend.close();
+  }
+});
+
 test('a worker killed outright between scrapes takes at most the last few seconds of its counts with it', async () => {
   const backend = await startBackend('ok');
   const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, WORKERS: '1', HEALTH_CHECK_PATH: 'off' });
