@@ -27,8 +27,8 @@ const NOT_FORWARDED_503: Outcome = { status: 503, target: undefined, attempts: 0
  * (the end of the discovery counts a client gone as 499). */
 const ignore = (): void => undefined;
 
-// `100-continue` among the expectations, as node:http reads Expect.
-const CONTINUE = /(?:^|\W)100-continue(?:$|\W)/i;
+// `100-continue` and nothing else (RFC 9110 §10.1.1: an expectation the proxy cannot meet is a 417).
+const CONTINUE = /^\s*100-continue\s*(?:,\s*100-continue\s*)*$/i;
 
 
 /**

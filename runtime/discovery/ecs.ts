@@ -369,7 +369,9 @@ export class EcsProvider implements Provider {
       } catch (err) {
         if (!isNotFound(err)) throw err;
         const clusterGone = (err as { name?: string }).name === 'ClusterNotFoundException';
-        if (!this.caseLookup) return this.notFound(route, clusterGone);
+        // A cluster of ALLOWED_CLUSTERS is the one spelled there: another that differs only in case is
+        // another cluster, which the allow-list does not name.
+        if (!this.caseLookup || (clusterGone && this.configuredClusters.has(route.cluster))) return this.notFound(route, clusterGone);
         const real = clusterGone
           ? await this.realName({ cluster: undefined }, route.cluster)
           : await this.realName({ cluster }, route.service);

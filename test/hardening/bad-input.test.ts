@@ -140,6 +140,7 @@ const CASES: Case[] = [
   { group: 'timing', name: 'Expect: 100-continue, then no body', send: (t) => `POST ${t} HTTP/1.1\r\n${H}Content-Length: 10\r\nExpect: 100-continue\r\n\r\n`, expect: bad(408), withinMs: IDLE_TIMEOUT_S * 1000 + MARGIN_MS, headersMayReachTarget: true },
   { group: 'timing', name: 'a body owed, then the client half-closes', send: (t) => (s) => s.end(`POST ${t} HTTP/1.1\r\n${H}Content-Length: 100\r\n\r\nabc`), expect: { closed: true }, headersMayReachTarget: true },
   { group: 'timing', name: 'an expectation the proxy cannot meet', send: (t) => `GET ${t} HTTP/1.1\r\n${H}Expect: teapot\r\n\r\n`, expect: { status: 417, keepAlive: true } },
+  { group: 'timing', name: 'an expectation the proxy cannot meet beside 100-continue', send: (t) => `GET ${t} HTTP/1.1\r\n${H}Expect: 100-continue, teapot\r\n\r\n`, expect: { status: 417, keepAlive: true } },
 ];
 
 /** Inputs a careful proxy must still pass on, intact (so that refusing is not all it does). */

@@ -408,6 +408,23 @@ describe('EcsProvider with mocked SDK clients', () => {
     expect(ecsMock.commandCalls(ListClustersCommand)).toHaveLength(1);
   });
 
+  test('a cluster of ALLOWED_CLUSTERS is only ever that cluster: no look-up turns it into another that differs in case', async () => {
+    const notFound = Object.assign(new Error('Cluster not found.'), { name: 'ClusterNotFoundException', $metadata: { httpStatusCode: 400 } });
+    ecsMock.on(ListTasksCommand).rejects(notFound);
+    ecsMock.on(ListTasksCommand, { cluster: 'PROD' }).resolves({ taskArns: [arn(1)] });
+    ecsMock.on(ListClustersCommand).resolves({ clusterArns: ['arn:aws:ecs:us-east-1:123456789012:cluster/PROD'] });
+    describeFrom([fargateTask(1)]);
+    const lines = captureLog();
+    try {
+      await expect(provider({ caseLookup: true, clusterNames: ['prod'] }).discover(route)).resolves.toEqual([]); // 'prod' is allowed, 'PROD' is not
+      expect(ecsMock.commandCalls(ListClustersCommand)).toHaveLength(0);
+      // Not named in ALLOWED_CLUSTERS (no list: any cluster), the look-up finds it.
+      expect((await provider({ caseLookup: true }).discover(route)).map((t) => t.id)).toEqual(['10.0.0.2:8080']);
+    } finally {
+      lines.restore();
+    }
+  });
+
   test('ALLOWED_CLUSTERS spelled as ECS spells it: the cluster is asked for by that name, which a role limited to it allows', async () => {
     // IAM compares cluster ARNs case-sensitively: a role for MyStack-Cluster-1A2B refuses the Host's spelling.
     const denied = Object.assign(new Error('not authorized to perform: ecs:ListTasks'), { name: 'AccessDeniedException', $metadata: { httpStatusCode: 400 } });
