@@ -54,6 +54,8 @@ export interface DownstreamOptions {
   readonly idleTimeoutMs: number;
   /** MAX_CONNECTIONS: open client connections; the one past it is closed at once. */
   readonly maxConnections: number;
+  /** How long the rest of a body is read after its answer. @default BODY_AFTER_ANSWER_MS */
+  readonly bodyAfterAnswerMs?: number;
 }
 
 /** What the server hands its owner (server.ts). */
@@ -114,6 +116,9 @@ export interface BodySink {
 /** How long past IDLE_TIMEOUT an idle keep-alive connection stays open (Node's own margin), so that a
  * client honouring `Keep-Alive: timeout=` closes first and no request is lost to the close race. */
 export const KEEP_ALIVE_GRACE_MS = 1000;
+/** How long the rest of a request's body is read after its answer is out, before the connection goes (nginx's lingering_time). */
+export const BODY_AFTER_ANSWER_MS = 30_000;
+const destroySocket = (s: net.Socket): void => void s.destroy();
 /**
  * At shutdown, a connection that has not sent its first request yet is given this long from its
  * accept to send it (answered with `Connection: close`): it was opened to be used, and its client may
@@ -700,6 +705,8 @@ export class ClientConn {
   private paused = 0;
   /** The request whose body was being read when parsing stopped (stopParsing), while it is incomplete. */
   private unread: Request | undefined;
+  /** The connection's end, should the body of a request already answered not be all in by then. */
+  private afterAnswer: NodeJS.Timeout | undefined;
   /** Since when (performance.now()) the target has held the body back (PAUSE_DRAIN or PAUSE_UNPIPED). */
   private heldByTargetAt = 0;
   /** No request after the ones already read will be read: the connection ends after their answers. */
@@ -910,6 +917,10 @@ export class ClientConn {
   messageComplete(): void {
     const req = this.reading;
     this.reading = undefined;
+    if (this.afterAnswer) {
+      clearTimeout(this.afterAnswer);
+      this.afterAnswer = undefined;
+    }
     this.state = IDLE;
     this.headerParts.length = 0;
     req?.ended();
@@ -963,6 +974,13 @@ export class ClientConn {
     // and what was held for a target that never took it goes. Reads stopped for it start again, or the
     // next request on the connection would never be read (a whole body held while its target refused).
     if (!req.piped) req.drop();
+    // The rest of a body after its answer is read on for at most BODY_AFTER_ANSWER_MS (nginx's
+    // lingering_time): a client trickling an endless body after a 503 or a 413 would otherwise hold its
+    // connection, one of MAX_CONNECTIONS, for good.
+    if (!req.complete) {
+      this.afterAnswer = setTimeout(destroySocket, this.server.opts.bodyAfterAnswerMs ?? BODY_AFTER_ANSWER_MS, this.socket);
+      this.afterAnswer.unref();
+    }
     if (this.waiting.length > 0) process.nextTick(next, this);
     else {
       this.resume(PAUSE_QUEUE);
@@ -1231,6 +1249,7 @@ export class ClientConn {
 
   closed(): void {
     this.server.conns.delete(this);
+    if (this.afterAnswer) clearTimeout(this.afterAnswer);
     const res = this.current;
     this.current = undefined;
     this.waiting.length = 0;

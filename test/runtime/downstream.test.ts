@@ -458,3 +458,48 @@ describe('timeouts and shutdown', () => {
     await stopped;
   });
 });
+
+test('the rest of a body after its answer is read on for a while, then the connection goes: a trickle after a 503 holds no place for good', async () => {
+  const quick = new DownstreamServer({ ...OPTS, idleTimeoutMs: 5000, bodyAfterAnswerMs: 500 }, {
+    request: (_req, res) => ok(res, 'answered before the body'),
+    upgrade: () => undefined,
+  });
+  const quickPort = await listen(quick.server);
+  try {
+    const socket = net.connect({ host: '127.0.0.1', port: quickPort });
+    socket.on('error', () => undefined);
+    let got = '';
+    socket.on('data', (d) => (got += d));
+    const closedAt = new Promise<number>((r) => socket.on('close', () => r(Date.now())));
+    await new Promise((r) => socket.once('connect', r));
+    socket.write('POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\nab');
+    await until('the answer', () => got.includes('answered before the body'));
+    const t0 = Date.now();
+    const drip = setInterval(() => socket.writable && socket.write('x'), 100); // never pauses long enough for IDLE_TIMEOUT
+    const at = await closedAt;
+    clearInterval(drip);
+    expect(at - t0).toBeGreaterThanOrEqual(400);
+    expect(at - t0).toBeLessThan(3000);
+  } finally {
+    await quick.shutdown(100);
+  }
+});
+
+test('a body that is all in soon after its answer keeps its keep-alive connection', async () => {
+  const quick = new DownstreamServer({ ...OPTS, bodyAfterAnswerMs: 500 }, {
+    request: (req, res) => ok(res, `answered ${req.url}`),
+    upgrade: () => undefined,
+  });
+  const quickPort = await listen(quick.server);
+  try {
+    const r = await rawExchange(quickPort, (s) => {
+      s.write('POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nab');
+      setTimeout(() => s.write('cd'), 100); // the rest of the body, after its answer
+      setTimeout(() => s.write(GET('/next')), 900); // past bodyAfterAnswerMs: the timer ended with the body
+    }, { deadlineMs: 2000 });
+    expect(r.responses.map((x) => x.body)).toEqual(['answered /x', 'answered /next']);
+  } finally {
+    await quick.shutdown(100);
+  }
+});
+
