@@ -1094,8 +1094,10 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     outcome.error = err.kind;
     // Timeouts are not retried: the target may be working on it, and the client has waited long enough.
     // A reset or a garbled answer before any byte reached the client is, for an idempotent request.
-    const retryable = err.beforeSend ||
-      (this.retryOnReset && (err.kind === 'reset' || err.kind === 'bad_response') && (!this.body || (this.bodyWhole && this.req.replayable)));
+    // Not one that waited UPSTREAM_TIMEOUT for a socket: it went to that target's line because every
+    // target was full, and the client is not to wait that long again at the next.
+    const retryable = err.kind !== 'pool_full' && (err.beforeSend ||
+      (this.retryOnReset && (err.kind === 'reset' || err.kind === 'bad_response') && (!this.body || (this.bodyWhole && this.req.replayable))));
     if (retryable && this.retries < this.opts.retries && unsent) {
       this.retries++;
       this.retrying = true;

@@ -219,6 +219,34 @@ describe('against the bundle', () => {
     }
   });
 
+  test('POOL_SIZE with every target full: the 503 comes after one UPSTREAM_TIMEOUT, not one per target', async () => {
+    const timers: NodeJS.Timeout[] = [];
+    const busy = (): http.Server => http.createServer((req, res) => {
+      req.resume();
+      res.writeHead(200, { 'Content-Type': 'text/plain' });
+      timers.push(setInterval(() => res.write('.'), 200));
+    });
+    const [a, b] = [busy(), busy()];
+    const ports = [await listen(a), await listen(b)];
+    const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: ports.map((x) => `127.0.0.1:${x}`).join(','), HEALTH_CHECK_PATH: 'off', POOL_SIZE: '1', UPSTREAM_TIMEOUT: '2' });
+    const streams: http.IncomingMessage[] = [];
+    try {
+      for (let i = 0; i < 2; i++) {
+        streams.push(await new Promise<http.IncomingMessage>((resolve, reject) =>
+          http.get({ host: '127.0.0.1', port: p.port, path: `/stream${i}`, agent: false }, resolve).on('error', reject)));
+      }
+      const t0 = Date.now();
+      const queued = await request(p.port, { path: '/queued' });
+      expect(queued.status).toBe(503);
+      expect(Date.now() - t0).toBeLessThan(2000 + 1500); // not 2 × 2 s
+    } finally {
+      for (const s of streams) s.destroy();
+      await p.stop('SIGKILL');
+      for (const t of timers) clearInterval(t);
+      await Promise.all([close(a), close(b)]);
+    }
+  });
+
   test('MAX_HEADERS and MAX_HEADER_SIZE: a 431 and a count, and the next client is served', async () => {
     const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, HEALTH_CHECK_PATH: 'off', MAX_HEADERS: '10', MAX_HEADER_SIZE: '2048' });
     try {
