@@ -25,6 +25,7 @@ import { STATUS_CODES } from 'node:http';
 import * as net from 'node:net';
 import {
   consume,
+  destroySocket,
   HTTPParser,
   kOnBody,
   kOnExecute,
@@ -118,7 +119,6 @@ export interface BodySink {
 export const KEEP_ALIVE_GRACE_MS = 1000;
 /** How long the rest of a request's body is read after its answer is out, before the connection goes (nginx's lingering_time). */
 export const BODY_AFTER_ANSWER_MS = 30_000;
-const destroySocket = (s: net.Socket): void => void s.destroy();
 /**
  * At shutdown, a connection that has not sent its first request yet is given this long from its
  * accept to send it (answered with `Connection: close`): it was opened to be used, and its client may
@@ -942,9 +942,7 @@ export class ClientConn {
     if (p.kind === WEBSOCKET) return this.handOver(p);
     if (p.kind === CONNECT) {
       rejectedRequests.labels({ reason: 'connect_method' }).inc();
-      const seconds = (performance.now() - p.startedAt) / 1000;
-      countRequest('none', 405, seconds);
-      this.server.handlers.refused?.(405, this.ip, p, seconds);
+      this.refusedBeforeRoute(405, p, (performance.now() - p.startedAt) / 1000);
       return this.refuse(405, 'CONNECT is not supported', 'Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n');
     }
     p.handedOver = true;
@@ -1088,9 +1086,13 @@ export class ClientConn {
   private countRefused(status: number): void {
     if (this.reading?.handedOver) return;
     // A head left unfinished: from its first byte (or the connection's start).
-    const seconds = (performance.now() - (this.reading?.startedAt ?? this.since)) / 1000;
+    this.refusedBeforeRoute(status, this.reading, (performance.now() - (this.reading?.startedAt ?? this.since)) / 1000);
+  }
+
+  /** A request answered here, never handed to the server: counted under route none, and told for the access log. */
+  private refusedBeforeRoute(status: number, req: Request | undefined, seconds: number): void {
     countRequest('none', status, seconds);
-    this.server.handlers.refused?.(status, this.ip, this.reading, seconds);
+    this.server.handlers.refused?.(status, this.ip, req, seconds);
   }
 
   /**

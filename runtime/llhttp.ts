@@ -114,6 +114,9 @@ export function unconsume(parser: Parser, socket: net.Socket): void {
   if (h) h._consumed = false;
 }
 
+/** Destroys `socket`: a timer's callback that needs no closure (setTimeout(destroySocket, ms, socket)). */
+export const destroySocket = (socket: net.Socket): void => void socket.destroy();
+
 /** A consumed socket's idle timer, refreshed by reads through JavaScript and so not by these. */
 export function touch(socket: net.Socket): void {
   internals(socket)._unrefTimer!();

@@ -25,7 +25,7 @@
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 
-import { consume, HTTPParser, kOnBody, kOnExecute, kOnHeaders, kOnHeadersComplete, kOnMessageBegin, kOnMessageComplete, type Parser, RESPONSE_LENIENCY, pauseReads, resumeReads, touch, unconsume } from './llhttp';
+import { consume, destroySocket, HTTPParser, kOnBody, kOnExecute, kOnHeaders, kOnHeadersComplete, kOnMessageBegin, kOnMessageComplete, type Parser, RESPONSE_LENIENCY, pauseReads, resumeReads, touch, unconsume } from './llhttp';
 import { errorFields, log } from './log';
 import { bodyBytes, uploadBytes } from './memory';
 
@@ -162,7 +162,6 @@ export const MAX_RESPONSE_HEAD_BYTES = 64 * 1024;
 
 /** How long a target that said `Connection: close` has to close after its answer, before the proxy does. */
 const CLOSE_WAIT_MS = 1000;
-const destroySocket = (s: net.Socket): void => void s.destroy();
 
 function badResponse(code: string, message: string): NodeJS.ErrnoException {
   return Object.assign(new Error(message), { code });
