@@ -166,41 +166,34 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
 
   const discoveryWaitMs = Math.min(config.upstreamTimeoutMs, FIRST_DISCOVERY_WAIT_MS);
 
+  /** One access line (LOG_CONNECTIONS): `req` undefined for bytes the server refused before any head. */
+  const accessLine = (req: Request | undefined, client: string, routeLabel: string, o: Outcome, seconds: number): void => {
+    log('info', 'access', {
+      method: req?.method,
+      host: req?.headers.host,
+      path: req && targetForLog(req.url),
+      status: o.status,
+      route: routeLabel,
+      target: o.target,
+      attempts: o.attempts,
+      error: o.error,
+      ms: Math.round(seconds * 1000),
+      client,
+    });
+  };
+
   const record = (req: Request, routeLabel: string, o: Outcome): void => {
     const seconds = (performance.now() - req.startedAt) / 1000;
     // A series per route only for routes the table holds with targets: Hosts are the client's to invent,
     // and each invented one would otherwise be a series for good (MAX_ROUTES and NEW_ROUTE_RATE bound
     // the table, not the metrics). The access log keeps the route either way.
     countRequest(routeLabel === 'none' || routes.known(routeLabel) ? routeLabel : 'none', o.status, seconds);
-    if (config.logConnections) {
-      log('info', 'access', {
-        method: req.method,
-        host: req.headers.host,
-        path: targetForLog(req.url),
-        status: o.status,
-        route: routeLabel,
-        target: o.target,
-        attempts: o.attempts,
-        error: o.error,
-        ms: Math.round(seconds * 1000),
-        client: req.ip,
-      });
-    }
+    if (config.logConnections) accessLine(req, req.ip, routeLabel, o, seconds);
   };
 
   /** A request the HTTP server answered itself, before it had a route (downstream.ts): counted there, logged here. */
   const onRefused = (status: number, client: string, req: Request | undefined, seconds: number): void => {
-    if (!config.logConnections) return;
-    log('info', 'access', {
-      method: req?.method,
-      host: req?.headers.host,
-      path: req && targetForLog(req.url),
-      status,
-      route: 'none',
-      attempts: 0,
-      ms: Math.round(seconds * 1000),
-      client,
-    });
+    if (config.logConnections) accessLine(req, client, 'none', { status, target: undefined, attempts: 0, error: undefined }, seconds);
   };
 
   const refuse = (req: Request, res: Response, status: number, reason: string, message: string, headers?: Record<string, string>): void => {
