@@ -271,10 +271,11 @@ const withoutCredentials = (raw: string): string => {
 };
 
 /**
- * Any value as an error may show it: userinfo (`http://user:password@host`, or `user:password@host` in
- * a list) masked, since a URL pasted where an address belongs may carry a password.
+ * An error's text with the userinfo of any value in it masked (`http://user:password@host`, or
+ * `user:password@host` in a list), up to the value's last `@`: a URL pasted where an address belongs may
+ * carry a password. (server.ts's withoutUserinfo masks one URL's, stopping at its path.)
  */
-export const withoutUserinfo = (text: string): string =>
+const userinfoMasked = (text: string): string =>
   text.replace(/((?:^|[\s,'])(?:[a-z][a-z0-9+.-]*:\/\/)?)[^\s,']*@/gi, '$1***@');
 
 /** IDLE_TIMEOUT's default with MODE=tcp: a Network Load Balancer's TCP idle timeout (350 s). */
@@ -678,7 +679,7 @@ export function loadConfig(env: Env = process.env): Config {
       out[key] = s.parse(raw);
     } catch (e) {
       if (!(e instanceof Invalid)) throw e;
-      problems.push(s.shown ? `${s.env} must be ${e.message} (got '${s.shown(given ?? '')}')` : withoutUserinfo(`${s.env} must be ${e.message} (got '${given}')`));
+      problems.push(s.shown ? `${s.env} must be ${e.message} (got '${s.shown(given ?? '')}')` : userinfoMasked(`${s.env} must be ${e.message} (got '${given}')`));
     }
   };
   read('nodeFilter', 'ecs');
