@@ -108,6 +108,11 @@ export interface SharedProviderOptions {
   readonly suspendMs?: number;
   /** Key part naming what was discovered. @default inner.scope, else inner.name */
   readonly scope?: string;
+  /**
+   * The AWS region discovered in, added to the scope: fleets of two regions on one Redis (whose
+   * clusters may share names) must not serve each other's targets. @default none named
+   */
+  readonly region?: string;
 }
 
 /** A shared value: its targets, its age (Infinity: not written by a proxy like us), its stored form and expiry. */
@@ -181,7 +186,8 @@ export class SharedProvider implements Provider {
     opts: SharedProviderOptions,
   ) {
     this.name = inner.name;
-    this.scope = opts.scope ?? (inner as { scope?: unknown }).scope?.toString() ?? inner.name;
+    const scope = opts.scope ?? (inner as { scope?: unknown }).scope?.toString() ?? inner.name;
+    this.scope = opts.region ? `${scope}@${opts.region}` : scope;
     const period = Math.max(1, opts.periodMs);
     this.ttlMs = Math.max(1, Math.round(opts.ttlMs ?? 3 * period));
     this.freshMs = Math.max(1, Math.round(opts.freshMs ?? 0.9 * period));

@@ -55,9 +55,7 @@ export function createProvider(
   // Fresh as long as the coordinator keeps an answer (0.9 of the period; of NEGATIVE_CACHE_TTL when empty).
   const shared = new SharedProvider(inner, redis, {
     periodMs,
-    // Keys name the region too: fleets of two regions on one Redis (whose clusters may share names)
-    // must not serve each other's targets.
-    scope: [(inner as { scope?: unknown }).scope?.toString() ?? inner.name, config.awsRegion].filter(Boolean).join('@'),
+    ...(config.awsRegion ? { region: config.awsRegion } : {}),
     ...(config.negativeCacheTtlMs !== undefined ? { emptyFreshMs: 0.9 * config.negativeCacheTtlMs } : {}),
   });
   return new ScreenedProvider(shared, loopback, ownPorts);
