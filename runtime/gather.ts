@@ -24,7 +24,9 @@ export type MetricsJson = {
 
 const nonEmpty = (json: unknown): json is MetricsJson => Array.isArray(json) && json.length > 0;
 
-const counts = (json: MetricsJson): MetricsJson => json.filter((m) => m.type === 'counter' || m.type === 'histogram');
+/** A counter or a histogram: what only ever goes up. */
+const counted = (m: { readonly type?: unknown }): boolean => m.type === 'counter' || m.type === 'histogram';
+const counts = (json: MetricsJson): MetricsJson => json.filter(counted);
 
 const seriesKey = (v: { readonly metricName?: unknown; readonly labels?: Readonly<Record<string, unknown>> }): string =>
   JSON.stringify([v.metricName ?? '', Object.entries(v.labels ?? {}).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))]);
@@ -145,7 +147,7 @@ export class MetricsGather {
     const served = new Map<string, number>();
     for (const m of sum.getMetricsAsArray() as { get?: () => unknown }[]) {
       const got = (await m.get?.()) as MetricsJson[number] | undefined;
-      if (!got || (got.type !== 'counter' && got.type !== 'histogram')) continue;
+      if (!got || !counted(got)) continue;
       for (const v of (got.values ?? []) as { value?: unknown; metricName?: unknown; labels?: Readonly<Record<string, unknown>> }[]) {
         if (typeof v.value !== 'number') continue;
         let value: number = v.value;
