@@ -192,6 +192,8 @@ class Conn {
   timeoutMs = 0;
   /** When the socket last went idle in its pool (Date.now()). */
   idleSince = 0;
+  /** How long the target keeps it idle, less a second, from its last `Keep-Alive: timeout=`; -1 without one. */
+  keepAliveMs = -1;
   /** A write failed (the target closed while a body went up): its answer is still read, then it closes. */
   private writeFailed = false;
   /** Answered already, its body still going up (releaseWhenSent): told if the socket closes first. */
@@ -274,6 +276,7 @@ class Conn {
       }
       this.informational = false;
       x.keepAlive = keepAlive;
+      if (keepAlive) this.keepAliveMs = keepAliveHintMs(raw);
       try {
         x.respond(status, message, raw);
       } catch (err) {
@@ -304,7 +307,7 @@ class Conn {
       // Not after a HEAD: a target that sends the body anyway (a common bug) may send it a moment later,
       // in a read of its own, when the socket would be serving the next request in line: those bytes
       // would be that request's answer, another client's. One connection per HEAD is the price.
-      const keep = x.keepAlive && this.pool !== undefined && !this.socket.destroyed && !this.writeFailed && x.method !== 'HEAD';
+      const keep = x.keepAlive && this.keepAliveMs !== 0 && this.pool !== undefined && !this.socket.destroyed && !this.writeFailed && x.method !== 'HEAD';
       // A target that answered before the whole request body was sent (nginx's `return`, an early 413)
       // and keeps the connection reads and discards the rest, as HTTP/1.1 asks: the body goes on, and the
       // socket is reused once it is all sent, as node:http's client does. (Destroying it instead cost a
@@ -488,6 +491,12 @@ export class UpstreamPool {
   private dispatch(x: UpstreamRequest): void {
     for (let c = this.idle.pop(); c; c = this.idle.pop()) {
       if (c.socket.destroyed || !c.socket.readable) continue; // closed, or the target's FIN already read
+      if (c.keepAliveMs > 0 && Date.now() - c.idleSince >= c.keepAliveMs) {
+        // Idle for about as long as the target said it keeps a connection: it may be closing it now.
+        this.all.delete(c);
+        c.socket.destroy();
+        continue;
+      }
       return x.assign(c);
     }
     if (!this.closed && this.all.size < this.opts.maxSockets) return x.assign(this.open());
@@ -587,6 +596,22 @@ export interface ResponseSink {
   removeListener(event: 'drain', fn: () => void): unknown;
   /** Sends what is held back for the first body bytes (the head), when there is such a thing. */
   flush?(): void;
+}
+
+/**
+ * A target's `Keep-Alive: timeout=N` (RFC 2068 §19.7.1.1; node:http, Apache and others send it), as
+ * the milliseconds an idle socket of it may still be reused: N seconds less one, so that a request
+ * never leaves as the target closes (node:http's client does the same); 0 for none at all, -1 without
+ * a hint (the pool's free-socket timeout alone applies).
+ */
+export function keepAliveHintMs(rawHeaders: readonly string[]): number {
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const n = rawHeaders[i];
+    if (n.length !== 10 || n.toLowerCase() !== 'keep-alive') continue;
+    const m = /(?:^|[\s,;])timeout\s*=\s*"?(\d{1,9})/i.exec(rawHeaders[i + 1]);
+    if (m) return Math.max(0, Number(m[1]) * 1000 - 1000);
+  }
+  return -1;
 }
 
 /** The Connection header's values in flat [name, value, …] headers, joined; undefined without one. */

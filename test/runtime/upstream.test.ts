@@ -2,7 +2,7 @@ import * as http from 'node:http';
 import * as net from 'node:net';
 import { Readable, Writable } from 'node:stream';
 import type { AddressInfo } from 'node:net';
-import { UpstreamPool, type UpstreamRequest, type UpstreamRequestOptions } from '../../runtime/upstream';
+import { keepAliveHintMs, UpstreamPool, type UpstreamRequest, type UpstreamRequestOptions } from '../../runtime/upstream';
 
 interface Got {
   status: number;
@@ -268,6 +268,38 @@ describe('upstream client', () => {
     const p = pool(port);
     await send(p.request(get()));
     expect(await send(p.request(get()))).toMatchObject({ reused: false });
+  });
+
+  describe("a target's Keep-Alive: timeout= hint", () => {
+    const hinted = (hint: string) => (head: string) => `HTTP/1.1 200 OK\r\nContent-Length: 1\r\nKeep-Alive: ${hint}\r\n\r\n${head.length % 10}`;
+
+    test('a socket idle for the hint less a second is not reused: the target may be closing it', async () => {
+      const port = await rawServer(hinted('timeout=2, max=100'));
+      const p = pool(port);
+      await send(p.request(get()));
+      expect(await send(p.request(get()))).toMatchObject({ status: 200, reused: true });
+      await sleep(1100);
+      expect(await send(p.request(get()))).toMatchObject({ status: 200, reused: false });
+      expect(p.sockets).toBe(1);
+    });
+
+    test('timeout=1 (or 0): the socket is never reused', async () => {
+      const port = await rawServer(hinted('timeout=1'));
+      const p = pool(port);
+      await send(p.request(get()));
+      expect(await send(p.request(get()))).toMatchObject({ status: 200, reused: false });
+    });
+
+    test.each([
+      [['Keep-Alive', 'timeout=5, max=1000'], 4000],
+      [['keep-alive', 'max=5; TIMEOUT = "3"'], 2000],
+      [['Keep-Alive', 'timeout=0'], 0],
+      [['Keep-Alive', 'max=5'], -1],
+      [['Keep-Alive', 'xtimeout=5'], -1],
+      [['Connection', 'keep-alive'], -1],
+    ])('%j reads as %d ms', (raw, ms) => {
+      expect(keepAliveHintMs(raw)).toBe(ms);
+    });
   });
 
   test('a socket the target closed while idle is not handed out again', async () => {
