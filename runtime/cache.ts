@@ -130,11 +130,22 @@ function watch(redis: Redis, onReady?: () => void): void {
   let down = false;
   let noDatabase = false;
   redis.on('error', (err: unknown) => {
-    // A database this Redis does not have (REDIS_URL's /N): the client would go on in database 0, shared
-    // with whatever else uses it. Nothing changes that but the setting: sharing stops, said once (what
-    // the client says as it goes, "Stream isn't writeable", is no outage of its own).
-    if (/^ERR (?:DB index is out of range|invalid DB index)/.test((err as Error | undefined)?.message ?? '')) {
-      if (!noDatabase) log('error', 'REDIS_URL names a database this Redis does not have: discovery is not shared', errorFields(err));
+    // REDIS_URL's /N not selected: a database this Redis does not have, or an ACL user without SELECT.
+    // The client would go on in database 0, shared with whatever else uses it (another fleet kept apart
+    // by its /N would serve this one's targets). Nothing changes that but the setting: sharing stops,
+    // said once (what the client says as it goes, "Stream isn't writeable", is no outage of its own).
+    const message = (err as Error | undefined)?.message ?? '';
+    const noSelect = /^NOPERM .*'select'/.test(message);
+    if (noSelect || /^ERR (?:DB index is out of range|invalid DB index)/.test(message)) {
+      if (!noDatabase) {
+        log(
+          'error',
+          noSelect
+            ? "REDIS_URL's user may not SELECT the database REDIS_URL names (its ACL needs +select): discovery is not shared"
+            : 'REDIS_URL names a database this Redis does not have: discovery is not shared',
+          errorFields(err),
+        );
+      }
       noDatabase = true;
       redis.disconnect();
       return;
@@ -249,10 +260,12 @@ export class SharedProvider implements Provider {
     // Only refusals that stay until someone changes something: an ACL (NOPERM) or a foreign key's type
     // (WRONGTYPE). Passing ones (LOADING, BUSY, OOM, READONLY in a failover) pause Redis as a silence does;
     // NOAUTH and WRONGPASS are the connection's, which its 'error' events say.
-    if ((err as Error | undefined)?.name === 'ReplyError' && /^(?:NOPERM|WRONGTYPE) /.test(message)) {
+    // A script's command an ACL refuses is an ERR of its own words, not a NOPERM.
+    const scriptRefused = /^ERR The user executing the script can't run /.test(message);
+    if ((err as Error | undefined)?.name === 'ReplyError' && (scriptRefused || /^(?:NOPERM|WRONGTYPE) /.test(message))) {
       // Sharing stops where Redis refuses (it is not paused for the rest); said once per kind, not at
       // every refresh.
-      const code = message.split(' ')[0];
+      const code = scriptRefused ? 'NOPERM' : message.split(' ')[0];
       if (!this.refusals.has(code)) {
         this.refusals.add(code);
         log('warn', 'redis refused a command: discovery is not shared where it does (check the ACL, and that nothing else writes these keys)', errorFields(err));

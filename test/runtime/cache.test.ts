@@ -582,6 +582,91 @@ describe('SharedProvider on a real redis-server', () => {
     }
   });
 
+  describe('an ACL user', () => {
+    /** The README's ACL command for the proxy's user, as written there (its password put in). */
+    const readmeAcl = (): string[] => {
+      const line = /`(ACL SETUSER karma on >… [^`]*)`/.exec(fs.readFileSync(path.join(__dirname, '../../README.md'), 'utf8'));
+      expect(line).not.toBeNull();
+      return line![1].replace('>…', '>pw').split(' ').slice(2);
+    };
+    const users: string[] = [];
+    afterEach(async () => {
+      for (const u of users.splice(0)) await admin.call('ACL', 'DELUSER', u);
+    });
+    async function user(name: string, rules: string[]): Promise<string> {
+      await admin.call('ACL', 'SETUSER', name, 'reset', ...rules);
+      users.push(name);
+      return `redis://${name}:pw@127.0.0.1:${server.port}`;
+    }
+    const said = (spy: jest.SpyInstance, text: string): string[] => spy.mock.calls.map(([l]) => String(l)).filter((l) => l.includes(text));
+
+    test("with the README's commands shares discovery in its /db, empty answers short-lived, and nothing is refused", async () => {
+      const url = await user('karma-readme', readmeAcl().slice(1));
+      const stderr = jest.spyOn(process.stderr, 'write');
+      try {
+        const env = { REDIS_URL: `${url}/2`, NODE_CHECK_PERIOD: '30', NEGATIVE_CACHE_TTL: '0.5' };
+        const a = proxy(env);
+        const b = proxy(env);
+        await Promise.all([a.connected(), b.connected()]);
+        expect(ids(await a.discover(route))).toEqual(ALL);
+        expect(ids(await b.discover(route))).toEqual(ALL);
+        expect(stub.count('ListTasks')).toBe(1);
+        const other: RouteKey = { ...route, service: 'api' };
+        stub.model.clusters.prod.api = [];
+        expect(await a.discover(other)).toEqual([]);
+        await sleep(100);
+        expect(await admin.pttl(lockKey(SCOPE, other))).toBeLessThanOrEqual(450); // the script ran
+        expect(await admin.dbsize()).toBe(0); // database 0 untouched
+        expect(said(stderr, 'redis')).toEqual([]);
+      } finally {
+        stderr.mockRestore();
+      }
+    });
+
+    test('that may not SELECT its /db is said once, and nothing is shared in database 0 instead (another fleet may use it)', async () => {
+      const url = await user('karma-noselect', readmeAcl().slice(1).filter((r) => r !== '+select'));
+      const stderr = jest.spyOn(process.stderr, 'write');
+      try {
+        const a = proxy({ REDIS_URL: `${url}/3` });
+        const b = proxy({ REDIS_URL: `${url}/3` });
+        await sleep(300);
+        for (const p of [a, b]) expect(ids(await p.discover(route))).toEqual(ALL);
+        expect(stub.count('ListTasks')).toBe(2);
+        expect(await admin.dbsize()).toBe(0);
+        const lines = said(stderr, 'may not SELECT');
+        expect(lines.length).toBeGreaterThanOrEqual(1);
+        expect(lines.length).toBeLessThanOrEqual(2); // once per client
+        expect(JSON.parse(lines[0])).toMatchObject({ level: 'error', error: expect.stringMatching(/NOPERM/) });
+        expect(said(stderr, 'redis available again')).toEqual([]);
+      } finally {
+        stderr.mockRestore();
+      }
+    });
+
+    test("whose script may not GET is said once as a refusal, and Redis is not left alone for it", async () => {
+      const url = await user('karma-noget', readmeAcl().slice(1).filter((r) => r !== '+get'));
+      const stderr = jest.spyOn(process.stderr, 'write');
+      try {
+        const a = proxy({ REDIS_URL: url, NODE_CHECK_PERIOD: '30', NEGATIVE_CACHE_TTL: '0.5' });
+        const b = proxy({ REDIS_URL: url, NODE_CHECK_PERIOD: '30', NEGATIVE_CACHE_TTL: '0.5' });
+        await Promise.all([a.connected(), b.connected()]);
+        for (const service of ['x1', 'x2', 'x3']) {
+          stub.model.clusters.prod[service] = [];
+          expect(await a.discover({ ...route, service })).toEqual([]);
+        }
+        await sleep(100);
+        // Still shared: b finds a's answers without asking AWS.
+        for (const service of ['x1', 'x2', 'x3']) expect(await b.discover({ ...route, service })).toEqual([]);
+        expect(stub.count('ListTasks')).toBe(3);
+        const lines = said(stderr, 'redis refused a command');
+        expect(lines).toHaveLength(1);
+        expect(JSON.parse(lines[0]).error).toMatch(/can't run this command/);
+      } finally {
+        stderr.mockRestore();
+      }
+    });
+  });
+
   test('a full Redis (maxmemory, noeviction) is said once, and so is its recovery', async () => {
     const stderr = jest.spyOn(process.stderr, 'write');
     const stdout = jest.spyOn(process.stdout, 'write');
