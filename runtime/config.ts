@@ -222,13 +222,17 @@ const staticTargets = (raw: string): Target[] =>
     return makeTarget(host, port);
   });
 
+/** A Redis host: an IP literal (`[v6]`) or a DNS name, `_` allowed (a compose service's); no stray quote. */
+const redisHostRe = /^(?:\[[0-9a-f:.]+\]|[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*\.?)$/i;
+
 /** Karma's bare `host:port` (`[v6]:port` too), or a redis:// / rediss:// URL (user and password allowed). */
 const redisUrl = (raw: string): string | undefined => {
   const t = raw.trim();
   if (t === '') return undefined;
-  const bare = /^(?:[^/:@\s\[\]]+|\[[0-9a-fA-F:.]+\]):(\d{1,5})$/.exec(t);
+  const bare = /^([^/:@\s\[\]]+|\[[0-9a-fA-F:.]+\]):(\d{1,5})$/.exec(t);
   if (bare) {
-    if (Number(bare[1]) < 1 || Number(bare[1]) > 65535) throw new Invalid('a redis:// or rediss:// URL, or host:port with a port from 1 to 65535');
+    if (!redisHostRe.test(bare[1])) throw new Invalid(`host:port whose host is an IP address or a DNS name, and '${bare[1]}' is not one`);
+    if (Number(bare[2]) < 1 || Number(bare[2]) > 65535) throw new Invalid('a redis:// or rediss:// URL, or host:port with a port from 1 to 65535');
     return `redis://${t}`;
   }
   let u: URL;
@@ -240,6 +244,7 @@ const redisUrl = (raw: string): string | undefined => {
   if ((u.protocol !== 'redis:' && u.protocol !== 'rediss:') || u.hostname === '') {
     throw new Invalid('a redis:// or rediss:// URL, or host:port');
   }
+  if (u.hostname.length > 253 || !redisHostRe.test(u.hostname)) throw new Invalid('a redis:// or rediss:// URL whose host is an IP address or a DNS name');
   // The path is the database number (redis://host:6379/2): anything else the client would send as
   // SELECT NaN, whose refusal it throws where nobody catches it.
   if (u.pathname !== '' && u.pathname !== '/' && !/^\/\d{1,9}$/.test(u.pathname)) {

@@ -165,6 +165,15 @@ describe('configuration', () => {
     ]);
   });
 
+  test('REDIS_URL\'s host is an IP address or a DNS name (a compose service\'s my_redis too); a stray quote is refused at start', () => {
+    for (const ok of ['my_redis:6379', '[::1]:6379', 'redis://my_redis:6379', 'redis://[fd00::5]:6379/1', 'rediss://master.x.cache.amazonaws.com.:6379']) {
+      expect(loadConfig({ NODE_FILTER: 'asg', REDIS_URL: ok }).redisUrl).toContain(ok.replace(/^(?!redis)/, 'redis://'));
+    }
+    for (const bad of ['"127.0.0.1:6379', 'my_redis!:6379', 'redis://"cache:6379', 'redis://ca che:6379', "rediss://cache':6379"]) {
+      expect(errorOf({ NODE_FILTER: 'asg', REDIS_URL: bad }).problems).toEqual([expect.stringMatching(/^REDIS_URL must be .*(host is an IP address or a DNS name|URL, or host:port)/)]);
+    }
+  });
+
   test('a DOMAIN of dots alone is named as given wrong, not as missing', () => {
     expect(errorOf({ DOMAIN: '..' }).problems).toEqual(["DOMAIN must be a DNS domain such as example.com (got '..')"]);
   });
