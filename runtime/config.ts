@@ -101,6 +101,9 @@ class Invalid extends Error {}
  * Balancer's viper also read Go literals (`0x10`, `1_000`, and `010` as octal 8): no setting is written
  * so, and those are refused rather than read another way, except that a leading zero stays decimal.
  */
+/** POOL_SIZE's largest value, and what 0 stands for. */
+const NO_POOL_CAP = 100_000;
+
 const integer = (min: number, max: number) => (raw: string): number => {
   if (!/^\+?\d+$/.test(raw.trim())) throw new Invalid(`an integer from ${min} to ${max}`);
   const n = Number(raw.trim());
@@ -412,9 +415,10 @@ export const SETTINGS = {
   },
   poolSize: {
     env: 'POOL_SIZE',
-    doc: 'Maximum sockets per target in each worker (keep-alive pool; tcp mode: connections per target in each worker). WebSocket tunnels are not counted (`MAX_CONNECTIONS` bounds them).',
+    doc: 'Maximum sockets per target in each worker (keep-alive pool; tcp mode: connections per target in each worker). WebSocket tunnels are not counted (`MAX_CONNECTIONS` bounds them). `0`: no cap (as the Stateless Load Balancer read it; `MAX_CONNECTIONS` still bounds them).',
     default: '100',
-    parse: integer(1, 100_000),
+    // 0 is the seed's "no cap": as many as a worker may have connections at all.
+    parse: (raw) => integer(0, NO_POOL_CAP)(raw) || NO_POOL_CAP,
   },
   poolTimeoutMs: {
     env: 'POOL_TIMEOUT',

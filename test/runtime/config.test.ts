@@ -111,13 +111,14 @@ describe('configuration', () => {
     const c = loadConfig({ NODE_FILTER: 'asg', POOL_SIZE: '+200', TARGET_PORT: '08080', CIRCUIT_BREAKER_THRESHOLD: ' +3 ' });
     expect([c.poolSize, c.targetPort, c.circuitBreakerThreshold]).toEqual([200, 8080, 3]);
     for (const raw of ['-1', '1.5', '1e2', '0x10', '+', '1_000']) {
-      expect(() => loadConfig({ NODE_FILTER: 'asg', POOL_SIZE: raw })).toThrow(/POOL_SIZE must be an integer from 1 to/);
+      expect(() => loadConfig({ NODE_FILTER: 'asg', POOL_SIZE: raw })).toThrow(/POOL_SIZE must be an integer from 0 to/);
     }
   });
 
   test("the Stateless Load Balancer's zeros start the proxy: no timeout of their own, bounded by the clock above them", () => {
-    const c = loadConfig({ NODE_FILTER: 'asg', HEALTH_CHECK_TIMEOUT: '0', HEALTH_CHECK_PERIOD: '10', POOL_TIMEOUT: '0', UPSTREAM_TIMEOUT: '30', CIRCUIT_BREAKER_TIMEOUT: '0', CIRCUIT_BREAKER_THRESHOLD: '0' });
+    const c = loadConfig({ NODE_FILTER: 'asg', HEALTH_CHECK_TIMEOUT: '0', HEALTH_CHECK_PERIOD: '10', POOL_TIMEOUT: '0', UPSTREAM_TIMEOUT: '30', CIRCUIT_BREAKER_TIMEOUT: '0', CIRCUIT_BREAKER_THRESHOLD: '0', POOL_SIZE: '0' });
     expect([c.healthCheckTimeoutMs, c.poolTimeoutMs, c.circuitBreakerTimeoutMs]).toEqual([10_000, 30_000, 300_000]);
+    expect(c.poolSize).toBe(100_000); // no cap of its own: MAX_CONNECTIONS bounds it
     // It ignored both breaker settings, and ran with 5 failures and 5 minutes.
     expect(c.circuitBreakerThreshold).toBe(5);
     // Still no negative, and nothing that rounds to zero.
@@ -228,10 +229,10 @@ describe('configuration', () => {
   });
 
   test('every bad or missing setting is named in one error', () => {
-    const e = errorOf({ PORT: 'http', POOL_SIZE: '0', NODE_FILTER: 'ecs', LOG_CONNECTIONS: 'maybe', ALLOWED_PORTS: '80,70000', UPSTREAM_TIMEOUT: '-1' });
+    const e = errorOf({ PORT: 'http', POOL_SIZE: '-1', NODE_FILTER: 'ecs', LOG_CONNECTIONS: 'maybe', ALLOWED_PORTS: '80,70000', UPSTREAM_TIMEOUT: '-1' });
     expect(e.problems).toEqual([
       "PORT must be an integer from 0 to 65535 (got 'http')",
-      "POOL_SIZE must be an integer from 1 to 100000 (got '0')",
+      "POOL_SIZE must be an integer from 0 to 100000 (got '-1')",
       "UPSTREAM_TIMEOUT must be a number of seconds above 0 (got '-1')",
       "LOG_CONNECTIONS must be true or false (got 'maybe')",
       "ALLOWED_PORTS must be a comma-separated list of ports or ranges (1-65535), and '70000' is not one (got '80,70000')",
