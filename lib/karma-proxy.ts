@@ -659,6 +659,8 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       throw new Error(`Invalid KarmaProxy props (${this.node.path}): the proxy would refuse these settings at start ` +
         `(props and environment become its env vars):\n  - ${refused.join('\n  - ')}`);
     }
+    const albTimeout = albTimeoutProblem(props, this.runtimeEnvironment);
+    if (albTimeout) throw new Error(`Invalid KarmaProxy props (${this.node.path}):\n  - ${albTimeout}`);
     // A mistyped setting is ignored by the proxy, which says so only in its journal: said here too.
     for (const { name, meant } of mistypedSettings(environment)) {
       Validations.of(this).addWarning('KarmaProxy:UnknownSetting',
@@ -1215,35 +1217,48 @@ const DEPLOY_TIME_STAND_INS: Readonly<Record<string, string>> = {
   REDIS_AUTH_SECRET_ARN: 'arn:aws:secretsmanager:us-east-1:123456789012:secret:karma-proxy-cache',
 };
 
+/** `env` with each value known only at deploy put as a stand-in of its kind; undefined if one has none. */
+function judgedEnv(env: Readonly<Record<string, string>>): Record<string, string> | undefined {
+  const judged: Record<string, string> = {};
+  for (const [key, value] of Object.entries(env)) {
+    if (!unresolved(value)) judged[key] = value;
+    else if (DEPLOY_TIME_STAND_INS[key] !== undefined) judged[key] = DEPLOY_TIME_STAND_INS[key];
+    else return undefined;
+  }
+  return judged;
+}
+
 /**
  * The problems the runtime's loadConfig finds in `env`, as it will read the env file. A value known only
  * at deploy is judged by a stand-in of its kind; with any other, nothing is judged here (the runtime
  * still checks at start).
  */
 function runtimeRefusals(env: Readonly<Record<string, string>>): string[] {
-  const judged: Record<string, string> = {};
-  for (const [key, value] of Object.entries(env)) {
-    if (!unresolved(value)) judged[key] = value;
-    else if (DEPLOY_TIME_STAND_INS[key] !== undefined) judged[key] = DEPLOY_TIME_STAND_INS[key];
-    else return [];
-  }
-  // The ALB refuses a check that may outlast its interval, and so does the construct, whose health check
-  // is the ALB's; the runtime takes it (the Stateless Load Balancer's settings keep working).
-  const period = Number(judged.HEALTH_CHECK_PERIOD);
-  const timeout = Number(judged.HEALTH_CHECK_TIMEOUT);
-  const alb = judged.HEALTH_CHECK_TIMEOUT !== undefined && judged.HEALTH_CHECK_PERIOD !== undefined && timeout > period
-    ? [`HEALTH_CHECK_TIMEOUT (${timeout} s) must not exceed HEALTH_CHECK_PERIOD (${period} s)`]
-    : [];
+  const judged = judgedEnv(env);
+  if (!judged) return [];
   try {
-    const config = loadConfig(judged);
-    if (!alb.length && judged.HEALTH_CHECK_TIMEOUT !== undefined && config.healthCheckTimeoutMs > config.healthCheckPeriodMs) {
-      return [`HEALTH_CHECK_TIMEOUT (${config.healthCheckTimeoutMs / 1000} s) must not exceed HEALTH_CHECK_PERIOD (${config.healthCheckPeriodMs / 1000} s)`];
-    }
-    return alb;
+    loadConfig(judged);
+    return [];
   } catch (err) {
-    if (err instanceof ConfigError) return [...err.problems, ...alb];
+    if (err instanceof ConfigError) return err.problems;
     throw err;
   }
+}
+
+/**
+ * props.healthCheck is an ALB's, and an ALB refuses a check that may outlast its interval: so does the
+ * construct, against the interval the proxy will use (the mode's default when none is given). The same
+ * pair written as HEALTH_CHECK_TIMEOUT and HEALTH_CHECK_PERIOD in environment is the Stateless Load
+ * Balancer's, and kept, as the runtime keeps it. Undefined when judged elsewhere or not at all.
+ */
+function albTimeoutProblem(props: KarmaProxyProps, env: Readonly<Record<string, string>>): string | undefined {
+  const timeout = props.healthCheck?.timeout;
+  if (!timeout || props.environment?.HEALTH_CHECK_TIMEOUT !== undefined || unresolved(timeout.toMilliseconds())) return undefined;
+  const judged = judgedEnv(env);
+  if (!judged || runtimeRefusals(env).length > 0) return undefined;
+  const config = loadConfig(judged);
+  if (config.healthCheckTimeoutMs <= config.healthCheckPeriodMs) return undefined;
+  return `healthCheck.timeout (${seconds(timeout)} s) must not exceed the health check interval (${config.healthCheckPeriodMs / 1000} s), as an ALB's`;
 }
 
 /**

@@ -67,6 +67,10 @@ describe('one problem, its exact message', () => {
     ['a small root volume', { rootVolumeSize: 4 }, "rootVolumeSize (4) must be a whole number of GB from 8 (the image's size) to 16384"],
     ['a health timeout above its interval', { healthCheck: { interval: Duration.seconds(5), timeout: Duration.seconds(10) } },
       'healthCheck.timeout (10 s) must not exceed healthCheck.interval (5 s)'],
+    ['a health timeout above the default interval', { healthCheck: { timeout: Duration.seconds(40) } },
+      'healthCheck.timeout (40 s) must not exceed the health check interval (30 s), as an ALB\'s'],
+    ['a health timeout above the interval environment gives', { healthCheck: { timeout: Duration.seconds(10) }, environment: { HEALTH_CHECK_PERIOD: '5' } },
+      'healthCheck.timeout (10 s) must not exceed the health check interval (5 s), as an ALB\'s'],
     ['a bad health path', { healthCheck: { path: 'health' } }, "healthCheck.path 'health' must start with '/' (or be 'off')"],
     ['a bad env var name', { environment: { 'log-connections': 'true' } }, "environment key 'log-connections' is not an env var name (A-Z, 0-9, _)"],
     ['a two-line env value', { environment: { DOMAIN: 'a\nb' } }, 'environment.DOMAIN must be one line'],
@@ -157,6 +161,10 @@ test("a secret's value in environment is refused, token or not: CloudFormation w
   expect(text).toContain("environment.LOG_LEVEL holds a secret's value");
 });
 
+test("the Stateless Load Balancer's HEALTH_CHECK_TIMEOUT above its HEALTH_CHECK_PERIOD, in environment, is kept, as the proxy keeps it", () => {
+  expect(build({ environment: { HEALTH_CHECK_PERIOD: '2', HEALTH_CHECK_TIMEOUT: '5' } })().runtimeEnvironment).toMatchObject({ HEALTH_CHECK_PERIOD: '2', HEALTH_CHECK_TIMEOUT: '5' });
+});
+
 test('every problem in one error, one per line', () => {
   const text = messageOf(build({
     minCapacity: 3, maxCapacity: 2, domain: 'x.other.com', instanceType: new ec2.InstanceType('m5.large'),
@@ -177,8 +185,6 @@ describe('what the proxy itself would refuse at start fails the synth, in its ow
     ['a status code past 599', { healthCheck: { healthyHttpCodes: '600' } }, 'HEALTH_CHECK_MATCHER must be'],
     ['a health check every 0 seconds', { healthCheck: { interval: Duration.seconds(0) } }, 'HEALTH_CHECK_PERIOD must be'],
     ['discovery every 0 seconds', { discoveryInterval: Duration.seconds(0) }, 'NODE_CHECK_PERIOD must be'],
-    ['a health timeout above the default interval', { healthCheck: { timeout: Duration.seconds(40) } },
-      'HEALTH_CHECK_TIMEOUT (40 s) must not exceed HEALTH_CHECK_PERIOD (30 s)'],
     ['raw TCP with ECS discovery', { environment: { MODE: 'tcp' } }, 'MODE=tcp needs a pool'],
     ['a setting of the runtime mistyped in environment', { environment: { LOG_CONNECTIONS: 'sometimes' } }, 'LOG_CONNECTIONS must be'],
   ])('%s', (_name, props, message) => {
