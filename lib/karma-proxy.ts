@@ -1240,7 +1240,7 @@ function runtimeRefusals(env: Readonly<Record<string, string>>): string[] {
     loadConfig(judged);
     return [];
   } catch (err) {
-    if (err instanceof ConfigError) return err.problems;
+    if (err instanceof ConfigError) return [...err.problems];
     throw err;
   }
 }
