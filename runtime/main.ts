@@ -35,6 +35,8 @@ function configOrExit(dotEnvProblems: readonly string[] = []): Config {
     problems.push(...e.problems);
   }
   if (config === undefined || problems.length > 0) {
+    // A likely typo is said with the problems: it may be why a setting is missing (HEALTH_CHECK_TIMOUT).
+    for (const { name, meant } of mistypedSettings(process.env)) problems.push(`${name} is not a setting and is ignored; did you mean ${meant}?`);
     // Readable by a person and a log parser alike.
     process.stderr.write(`karma-proxy: ${new ConfigError(problems).message}\n`);
     process.exit(EXIT_BAD_CONFIG);
@@ -323,6 +325,11 @@ function readDotEnv(): string[] {
     // whatever is wrong in the file's other lines, which are read for that.
     if (badLines.length) return badLines.map((n) => `${file} line ${n} is not KEY=value (its text is not shown)`);
     log('info', 'settings read from .env (variables already set win)', { file, ...(ignored.length ? { ignored } : {}) });
+    // The Karma Proxy seed listened on 6969 whatever PORT said, and its config library's .env templates
+    // carry a PORT for the app: one taken from there moves the listener, said so.
+    if (values.has('PORT') && process.env.PORT === values.get('PORT') && values.get('PORT')!.trim() !== '' && Number(values.get('PORT')) !== 6969) {
+      log('warn', `PORT=${values.get('PORT')!.trim()} from .env: the proxy listens there (the Karma Proxy seed ignored PORT and always listened on 6969)`, { file });
+    }
     // A typo there is as likely as in the environment, and said the same way.
     for (const { name, meant } of mistypedSettings(Object.fromEntries(ignored.map((n) => [n, ''])))) {
       log('warn', `${name} in .env is not a setting and is ignored; did you mean ${meant}?`);

@@ -439,12 +439,14 @@ describe('the bundle starts and stops cleanly', () => {
   });
 
   test('a bad configuration exits 2 with one message naming each bad variable', async () => {
-    const r = await runBundle({ PORT: 'eighty', NODE_FILTER: 'static', POOL_SIZE: '-3', LOG_CONNECTIONS: 'sometimes' });
+    const r = await runBundle({ PORT: 'eighty', NODE_FILTER: 'static', POOL_SIZE: '-3', LOG_CONNECTIONS: 'sometimes', HEALTH_CHECK_TIMOUT: '5' });
     expect(r.code).toBe(2);
     const lines = r.stderr.trim().split('\n');
     expect(lines).toHaveLength(1);
     for (const name of ['PORT', 'POOL_SIZE', 'LOG_CONNECTIONS', 'STATIC_TARGETS']) expect(lines[0]).toContain(name);
     expect(lines[0]).not.toContain('NODE_FILTER must');
+    // A likely typo is in the same message, not left for the next start.
+    expect(lines[0]).toContain('HEALTH_CHECK_TIMOUT is not a setting and is ignored; did you mean HEALTH_CHECK_TIMEOUT?');
   });
 
   test('a METRICS_PORT that is taken stops the proxy with exit 1 and a message naming it: /healthz lives there', async () => {
@@ -591,6 +593,21 @@ describe('the bundle starts and stops cleanly', () => {
     } finally {
       await p.stop();
       await backend.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("a PORT from ./.env is said to move the listener: the Karma Proxy seed ignored it (its .env templates carry the app's)", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'karma-dotenv-'));
+    try {
+      fs.writeFileSync(path.join(dir, '.env'), 'PORT=3000\nJWT_SECRET=x\nNODE_FILTER=static\n'); // no STATIC_TARGETS: it stops after reading
+      const r = await runBundle({}, 15_000, dir);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain('"msg":"PORT=3000 from .env: the proxy listens there (the Karma Proxy seed ignored PORT and always listened on 6969)"');
+      // Set in the environment, it is the user's own: nothing said.
+      fs.writeFileSync(path.join(dir, '.env'), 'PORT=4000\nNODE_FILTER=static\n');
+      expect((await runBundle({ PORT: '3000' }, 15_000, dir)).stderr).not.toContain('from .env: the proxy listens there');
+    } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
   });
