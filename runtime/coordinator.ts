@@ -11,7 +11,7 @@ import { HealthChecker } from './health';
 import type { ToPrimary, ToWorker } from './ipc';
 import { LogBudget, errorFields, log, markLogged, wasLogged } from './log';
 import { discoveryErrors } from './metrics';
-import { DISCOVERY_DEADLINE_MS, DiscoveryError, Found, Provider, RouteKey, routeId, setRecent, sortTargets, StatusSetter, Target } from './types';
+import { DISCOVERY_DEADLINE_MS, DiscoveryError, Found, Provider, RouteKey, routeId, setRecent, sortTargets, StatusSetter, Target, within } from './types';
 
 /**
  * The discovery provider of NODE_FILTER. The AWS SDK and the Redis client are loaded only by the modes
@@ -47,6 +47,13 @@ interface Cached {
 }
 
 export { DISCOVERY_DEADLINE_MS };
+/**
+ * A route found before and due again: a worker that asks (one started since, one that never served the
+ * route) waits this long for the new answer, then gets the last one, as the other workers keep serving
+ * it. A slow or hanging AWS (throttled retries, a hang until DISCOVERY_DEADLINE_MS) must not turn a known
+ * route into a 503 in one worker while the others serve it.
+ */
+export const STALE_ANSWER_AFTER_MS = 1000;
 /** The first wait before a route whose first discovery failed is tried again; doubled while it fails, up to NEGATIVE_CACHE_TTL. */
 export const FAILED_ROUTE_RETRY_MS = 1000;
 /** Target health and breaker lines logged at once before the budget holds them back (a deploy's worth). */
@@ -237,7 +244,11 @@ export class Coordinator {
       const { message, name, code } = failed.err as DiscoveryError & { code?: string };
       return Promise.reject(Object.assign(new Error(message), { name, code, logged: true, retryInMs: failed.until - now }));
     }
-    return this.fetch(route, id, maxAgeMs);
+    const found = this.fetch(route, id, maxAgeMs);
+    // Not for an ask that wants a young answer (its targets refused): that worker serves its own meanwhile.
+    // The last answer goes as old as it is, so the worker asks again at its next turn; the discovery goes on.
+    if (!hit || maxAgeMs !== Infinity) return found;
+    return within(found, STALE_ANSWER_AFTER_MS).then((f) => f ?? { targets: [...hit.targets], ageMs: this.now() - hit.at });
   }
 
   private fetch(route: RouteKey, id: string, maxAgeMs: number): Promise<Found> {

@@ -202,6 +202,35 @@ describe('the bundle with AWS discovery', () => {
     }
   });
 
+  test('while AWS hangs, a worker that replaces a crashed one serves the targets found before at once, not after the discovery deadline', async () => {
+    const [one] = backends;
+    stub.model.clusters.prod = { api: [{ ip: '127.0.0.1', lastStatus: 'RUNNING' }] };
+    const host = `api-${one.port}-prod.example.com`;
+    const p = await startBundle({ ...stub.env(), DOMAIN: 'example.com', HEALTH_CHECK_PATH: 'off', WORKERS: '2', NODE_CHECK_PERIOD: '1', AWS_MAX_ATTEMPTS: '1' });
+    try {
+      expect(await request(p.port, { headers: { Host: host, Connection: 'close' } })).toMatchObject({ status: 200 });
+      stub.fail('*', 'hang', { times: Infinity });
+      await new Promise((r) => setTimeout(r, 1500)); // the route is due again: its refresh hangs
+      // Both replaced, one after the other (the listening port stays open): every request meets a new worker.
+      for (const pid of p.workers()) {
+        process.kill(pid, 'SIGKILL');
+        await until('a replacement worker, listening', async () => {
+          if (p.workers().includes(pid)) return false;
+          const health = await request(p.metricsPort, { path: '/healthz' });
+          return (JSON.parse(health.body) as { workers: number }).workers === 2;
+        });
+      }
+      for (let i = 0; i < 4; i++) {
+        const started = Date.now();
+        expect(await request(p.port, { headers: { Host: host, Connection: 'close' } })).toMatchObject({ status: 200 });
+        expect(Date.now() - started).toBeLessThan(5_000); // the discovery deadline is 30 s, a first request's wait 10 s
+      }
+    } finally {
+      stub.clearFaults();
+      await p.stop('SIGKILL');
+    }
+  }, 60_000);
+
   test('workers that replace crashed ones while AWS is failing serve the targets found before', async () => {
     const [one] = backends;
     stub.model.clusters.prod = { api: [{ ip: '127.0.0.1', lastStatus: 'RUNNING' }] };

@@ -3,7 +3,7 @@ import { EventEmitter } from 'node:events';
 import { until } from '../support/net';
 import { Counter, Registry } from 'prom-client';
 import { loadConfig } from '../../runtime/config';
-import { Coordinator } from '../../runtime/coordinator';
+import { Coordinator, STALE_ANSWER_AFTER_MS } from '../../runtime/coordinator';
 import { discoveryErrors } from '../../runtime/metrics';
 import { makeTarget, Provider, RouteKey, Target } from '../../runtime/types';
 
@@ -232,6 +232,38 @@ describe('the primary shares discovery among workers', () => {
     clock += 200_000;
     c.prune(100_000);
     expect(await failure()).toMatchObject({ retryInMs: 1000 });
+    await c.close();
+  });
+
+  test('while a known route\'s new discovery hangs, an ask gets the last answer after STALE_ANSWER_AFTER_MS, as old as it is; one that wants a young answer waits', async () => {
+    let hang = false;
+    let release: ((t: Target[]) => void) | undefined;
+    const provider: Provider & { calls: number } = {
+      name: 'test',
+      calls: 0,
+      discover: () => {
+        provider.calls++;
+        return hang ? new Promise<Target[]>((resolve) => (release = resolve)) : Promise.resolve([makeTarget('10.0.0.1', 80)]);
+      },
+    };
+    const c = new Coordinator(config, provider, () => clock);
+    await c.discover(route);
+    hang = true;
+    clock += 40_000; // due again: a worker started since asks
+    const started = Date.now();
+    expect(await c.discoverAged(route)).toEqual({ targets: [makeTarget('10.0.0.1', 80)], ageMs: 40_000 });
+    expect(Date.now() - started).toBeGreaterThanOrEqual(STALE_ANSWER_AFTER_MS - 50);
+    expect(Date.now() - started).toBeLessThan(STALE_ANSWER_AFTER_MS + 2000);
+    // The discovery goes on, joined by the next ask rather than started again.
+    const young = c.discoverAged(route, 5_000);
+    let settled = false;
+    void young.then(() => (settled = true));
+    await new Promise((r) => setTimeout(r, STALE_ANSWER_AFTER_MS + 200));
+    expect(settled).toBe(false);
+    expect(provider.calls).toBe(2);
+    release!([makeTarget('10.0.0.2', 80)]);
+    expect((await young).targets).toEqual([makeTarget('10.0.0.2', 80)]);
+    expect((await c.discoverAged(route)).targets).toEqual([makeTarget('10.0.0.2', 80)]);
     await c.close();
   });
 
