@@ -456,7 +456,8 @@ export class Response {
     const http11 = this.req.httpVersionMajor === 1 && this.req.httpVersionMinor === 1;
     this.bodiless = this.req.method === 'HEAD' || status === 204 || status === 304 || (status >= 100 && status < 200);
     let keepAlive = this.shouldKeepAlive && !this.conn.lastToAnswer;
-    let head = `HTTP/1.1 ${status} ${reason || STATUS_CODES[status] || 'unknown'}\r\n${lines}`;
+    // A status without a phrase of ours keeps the target's, even none (RFC 9112 §4: the phrase is optional).
+    let head = `HTTP/1.1 ${status} ${reason || STATUS_CODES[status] || ''}\r\n${lines}`;
     if (!hasDate) head += `Date: ${httpDate()}\r\n`;
     // An answer without a body (HEAD, 204, 304) needs no framing, and HTTP/1.0 clients keep their connection.
     if (!hasLength && !this.bodiless) {

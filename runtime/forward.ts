@@ -335,11 +335,15 @@ function clientLines(raw: readonly string[], connection: string | undefined, sta
       const lower = name.toLowerCase();
       if (HOP_BY_HOP.has(lower) || listed?.names.has(lower)) continue;
     }
+    let value = raw[i + 1];
     if (n === 14 && name.toLowerCase() === 'content-length') {
       if (status === 204 || status < 200) continue;
       hasLength = true;
+      // As a request's (outgoingLines): a client reading `010` as octal would take 8 bytes of the body,
+      // and the rest for the start of its next answer.
+      if (value.length > 1 && value.charCodeAt(0) === 48) value = value.replace(/^0+(?=\d)/, '');
     } else if (n === 4) hasDate ||= name.toLowerCase() === 'date';
-    lines += `${name}: ${raw[i + 1]}\r\n`;
+    lines += `${name}: ${value}\r\n`;
   }
   return { lines, hasLength, hasDate };
 }

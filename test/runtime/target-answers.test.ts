@@ -353,6 +353,21 @@ describe('what a target gets wrong in small ways is mended, not passed on', () =
     expect(r.rest).toBe('');
   });
 
+  test("an answer's Content-Length with leading zeros reaches the client without them (never read as octal)", async () => {
+    const t = await rawTarget((_h, s) => s.write('HTTP/1.1 200 OK\r\nContent-Length: 010\r\n\r\n0123456789'));
+    const port = await proxyFor([t]);
+    const r = await rawExchange(port, 'GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n');
+    expect(r.data).toMatch(/\r\nContent-Length: 10\r\n/);
+    expect(r.responses.map((x) => x.body)).toEqual(['0123456789']);
+  });
+
+  test('a status with no standard phrase keeps the target\'s, even none, rather than one made up', async () => {
+    const t = await rawTarget((h, s) => s.write(h.startsWith('GET /none') ? 'HTTP/1.1 299\r\nContent-Length: 0\r\n\r\n' : 'HTTP/1.1 599 Network Read Timeout\r\nContent-Length: 0\r\n\r\n'));
+    const port = await proxyFor([t]);
+    expect((await rawExchange(port, 'GET /none HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n')).data.split('\r\n')[0]).toBe('HTTP/1.1 299 ');
+    expect((await rawExchange(port, 'GET /own HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n')).data.split('\r\n')[0]).toBe('HTTP/1.1 599 Network Read Timeout');
+  });
+
   test('a reason phrase with a control character is replaced by the standard one', async () => {
     const t = await rawTarget((_h, s) => s.write('HTTP/1.1 200 O\x01K\r\nContent-Length: 2\r\n\r\nok', 'latin1'));
     const port = await proxyFor([t]);
