@@ -281,22 +281,27 @@ export function upstreamHead(req: HeadSource, listenPort: string, trustForwarded
 
 /**
  * A WebSocket handshake's headers for http-proxy's pass: the lines upstreamHead renders for a plain
- * request (its filters and X-Forwarded-* of ours, one rule for both paths), as an object of lower-cased
- * names, repeated ones as node:http sends them, with `Connection: Upgrade` and the client's Upgrade.
+ * request (its filters and X-Forwarded-* of ours, one rule for both paths), as an object of names as
+ * the client wrote them (lines of one name under the first's spelling), repeated ones as node:http sends
+ * them, with `connection: Upgrade` and the client's `upgrade` (http-proxy reads those in lower case).
  * Handshakes are rare: the head is rendered and read back rather than filtered a second way.
  */
 export function handshakeHeaders(req: HeadSource & { readonly headers: { readonly upgrade?: string } }, listenPort: string, trustForwardedProto = false): Record<string, string | string[]> {
   const lines = upstreamHead(req, listenPort, trustForwardedProto).head.split('\r\n');
   const out: Record<string, string | string[]> = {};
+  /** Each name as the client first wrote it (node:http sends an object's keys as they are). */
+  const written = new Map<string, string>();
   // After the request line, up to the empty line that ends the head.
   for (let i = 1; i < lines.length && lines[i] !== ''; i++) {
     const line = lines[i];
     const colon = line.indexOf(': ');
-    const name = line.slice(0, colon).toLowerCase();
+    const lower = line.slice(0, colon).toLowerCase();
+    let name = written.get(lower);
+    if (name === undefined) written.set(lower, (name = line.slice(0, colon)));
     const value = line.slice(colon + 2);
     const had = out[name];
     if (had === undefined) out[name] = value;
-    else if (name === 'cookie') out[name] = `${had as string}; ${value}`;
+    else if (lower === 'cookie') out[name] = `${had as string}; ${value}`;
     else out[name] = Array.isArray(had) ? [...had, value] : [had, value];
   }
   out.connection = 'Upgrade';
