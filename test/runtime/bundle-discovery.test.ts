@@ -202,16 +202,20 @@ describe('the bundle with AWS discovery', () => {
     }
   });
 
-  test('while AWS hangs, a worker that replaces a crashed one serves the targets found before at once, not after the discovery deadline', async () => {
+  test.each([
+    ['failing', 'error500'],
+    ['hanging (answered after a second, not at the 30 s discovery deadline)', 'hang'],
+  ] as const)('workers that replace crashed ones while AWS is %s serve the targets found before', async (_how, fault) => {
     const [one] = backends;
     stub.model.clusters.prod = { api: [{ ip: '127.0.0.1', lastStatus: 'RUNNING' }] };
     const host = `api-${one.port}-prod.example.com`;
     const p = await startBundle({ ...stub.env(), DOMAIN: 'example.com', HEALTH_CHECK_PATH: 'off', WORKERS: '2', NODE_CHECK_PERIOD: '1', AWS_MAX_ATTEMPTS: '1' });
     try {
       expect(await request(p.port, { headers: { Host: host, Connection: 'close' } })).toMatchObject({ status: 200 });
-      stub.fail('*', 'hang', { times: Infinity });
-      await new Promise((r) => setTimeout(r, 1500)); // the route is due again: its refresh hangs
-      // Both replaced, one after the other (the listening port stays open): every request meets a new worker.
+      stub.fail('*', fault, { times: Infinity });
+      await new Promise((r) => setTimeout(r, 1500)); // the route is due again: its refresh has failed, or hangs
+      // Both replaced (one alone might not be given a connection), one after the other as crashes come
+      // (the listening port stays open): every request meets a worker that never served the route.
       for (const pid of p.workers()) {
         process.kill(pid, 'SIGKILL');
         await until('a replacement worker, listening', async () => {
@@ -220,42 +224,14 @@ describe('the bundle with AWS discovery', () => {
           return (JSON.parse(health.body) as { workers: number }).workers === 2;
         });
       }
-      for (let i = 0; i < 4; i++) {
+      for (let i = 0; i < 6; i++) {
         const started = Date.now();
         expect(await request(p.port, { headers: { Host: host, Connection: 'close' } })).toMatchObject({ status: 200 });
-        expect(Date.now() - started).toBeLessThan(5_000); // the discovery deadline is 30 s, a first request's wait 10 s
+        expect(Date.now() - started).toBeLessThan(5_000); // a first request's wait for discovery is 10 s
       }
     } finally {
       stub.clearFaults();
       await p.stop('SIGKILL');
     }
   }, 60_000);
-
-  test('workers that replace crashed ones while AWS is failing serve the targets found before', async () => {
-    const [one] = backends;
-    stub.model.clusters.prod = { api: [{ ip: '127.0.0.1', lastStatus: 'RUNNING' }] };
-    const host = `api-${one.port}-prod.example.com`;
-    const p = await startBundle({ ...stub.env(), DOMAIN: 'example.com', HEALTH_CHECK_PATH: 'off', WORKERS: '2', NODE_CHECK_PERIOD: '1', AWS_MAX_ATTEMPTS: '1' });
-    try {
-      // Both workers hold the route (connections spread over them; a few are enough to reach each).
-      for (let i = 0; i < 8; i++) expect(await request(p.port, { headers: { Host: host, Connection: 'close' } })).toMatchObject({ status: 200 });
-      stub.fail('*', 'error500', { times: Infinity });
-      await new Promise((r) => setTimeout(r, 1500)); // a refresh has failed by now
-      // Both replaced (one alone might not be given a connection), one after the other as crashes come.
-      for (const pid of p.workers()) {
-        process.kill(pid, 'SIGKILL');
-        await until('a replacement worker, listening', async () => {
-          if (p.workers().includes(pid)) return false;
-          const health = await request(p.metricsPort, { path: '/healthz' });
-          return (JSON.parse(health.body) as { workers: number }).workers === 2;
-        });
-      }
-      const statuses: number[] = [];
-      for (let i = 0; i < 10; i++) statuses.push((await request(p.port, { headers: { Host: host, Connection: 'close' } })).status);
-      expect(statuses).toEqual(Array(10).fill(200));
-    } finally {
-      stub.clearFaults();
-      await p.stop();
-    }
-  });
 });
