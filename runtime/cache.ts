@@ -320,7 +320,7 @@ export class SharedProvider implements Provider {
    * and a change would take nearly two periods to reach it.
    */
   async discoverAged(route: RouteKey, signal?: AbortSignal, maxAgeMs = Infinity): Promise<Found> {
-    const fresh = async (): Promise<Found> => ({ targets: await this.inner.discover(route, signal), ageMs: 0 });
+    const fresh = async (): Promise<Found> => ({ targets: await this.innerTargets(route, signal, maxAgeMs), ageMs: 0 });
     const redis = this.usable();
     if (!redis) {
       cacheLookups.inc({ result: 'error' });
@@ -354,7 +354,7 @@ export class SharedProvider implements Provider {
       return fresh();
     }
 
-    if (won) return { targets: await this.refresh(redis, key, ownLock, early ? EARLY_LOCK_MS : this.lockMs, route, signal), ageMs: 0 };
+    if (won) return { targets: await this.refresh(redis, key, ownLock, early ? EARLY_LOCK_MS : this.lockMs, route, signal, maxAgeMs), ageMs: 0 };
     // Our locks always expire, within a period: one that does not, or that is set for ten times as long
     // (a fleet-mate's period is not that different), was not set by a proxy, and would hold every proxy
     // off this route for good or for its day. Given our expiry, it goes like one of ours would.
@@ -376,10 +376,15 @@ export class SharedProvider implements Provider {
     return fresh();
   }
 
-  private async refresh(redis: Redis, key: string, lock: string, lockMs: number, route: RouteKey, signal?: AbortSignal): Promise<Target[]> {
+  /** What this proxy discovers itself: an answer no older than maxAgeMs (ecs.ts shares one service's tasks among its ports). */
+  private async innerTargets(route: RouteKey, signal: AbortSignal | undefined, maxAgeMs: number): Promise<Target[]> {
+    return this.inner.discoverAged ? (await this.inner.discoverAged(route, signal, maxAgeMs)).targets : this.inner.discover(route, signal);
+  }
+
+  private async refresh(redis: Redis, key: string, lock: string, lockMs: number, route: RouteKey, signal: AbortSignal | undefined, maxAgeMs: number): Promise<Target[]> {
     cacheLookups.inc({ result: 'miss' });
     const started = Date.now();
-    const targets = await this.inner.discover(route, signal);
+    const targets = await this.innerTargets(route, signal, maxAgeMs);
     // Not awaited: a request never waits on writing the shared copy.
     // More than a reader takes would be written for nobody: each proxy discovers such a pool itself.
     if (targets.length <= MAX_SHARED_TARGETS) {

@@ -36,7 +36,7 @@ import {
 import { chunk, inBatches, isNotFound, pages, send } from '../aws';
 import { errorFields, log } from '../log';
 import type { IpPreference } from '../config';
-import { makeTarget, Provider, RouteKey, setRecent, Target } from '../types';
+import { Found, makeTarget, Provider, RouteKey, setRecent, Target } from '../types';
 import {
   countSkipped,
   describeInstancesById,
@@ -253,6 +253,12 @@ export interface EcsProviderOptions {
   readonly hostCacheTtlMs?: number;
   /** Most container instances remembered. @default 10000 */
   readonly hostCacheMax?: number;
+  /**
+   * How long one service's tasks serve the discoveries of all its routes (ports): Hosts naming ever new
+   * ports of one real service must not each cost their own ListTasks and DescribeTasks, then again every
+   * period while remembered. @default 0 (each discovery asks)
+   */
+  readonly serviceShareMs?: number;
   /** Clients made for this provider, destroyed by close(). @default none */
   readonly ownedClients?: readonly { destroy(): void }[];
 }
@@ -293,6 +299,8 @@ export class EcsProvider implements Provider {
   private readonly configuredClusters: ReadonlySet<string>;
   /** Configured clusters found missing, said once until they are found. */
   private readonly missingClusters = new Set<string>();
+  /** `cluster/service` → its records being fetched or fetched, when the fetch began, and the ports that took them (serviceShareMs). */
+  private readonly services = new Map<string, { readonly at: number; readonly records: Promise<EcsRecords>; readonly ports: Set<number> }>();
 
   constructor(private readonly opts: EcsProviderOptions) {
     this.ecs = opts.ecs;
@@ -311,15 +319,35 @@ export class EcsProvider implements Provider {
   }
 
   async discover(route: RouteKey, signal?: AbortSignal): Promise<Target[]> {
-    if (route.service === '*') return [];
-    const records = await this.fetch(route, signal);
+    return (await this.discoverAged(route, signal)).targets;
+  }
+
+  /**
+   * A route's targets, from its service's records: fetched now, or by a discovery of another of its
+   * ports begun less than serviceShareMs (and maxAgeMs) ago, then as old as that. A route asking again
+   * (its next period, an early ask) never takes the records it had.
+   */
+  async discoverAged(route: RouteKey, signal?: AbortSignal, maxAgeMs = Infinity): Promise<Found> {
+    if (route.service === '*') return { targets: [], ageMs: 0 };
+    const key = `${route.cluster}/${route.service}`;
+    let shared = this.services.get(key);
+    if (!shared || shared.ports.has(route.port) || Date.now() - shared.at >= Math.min(this.opts.serviceShareMs ?? 0, maxAgeMs)) {
+      const fetched = { at: Date.now(), records: this.fetch(route, signal), ports: new Set<number>() };
+      shared = fetched;
+      // One per service at most (hostCacheMax in all), each of no use after serviceShareMs; a failure is
+      // nobody's answer.
+      setRecent(this.services, key, fetched, this.hostCacheMax);
+      fetched.records.catch(() => (this.services.get(key) === fetched ? this.services.delete(key) : undefined));
+    }
+    shared.ports.add(route.port);
+    const records = await shared.records;
     const { targets, skipped } = transformEcs(records, {
       port: route.port,
       healthyTasksOnly: this.healthyTasksOnly,
       ipPreference: this.ipPreference,
     });
     countSkipped(skipped);
-    return targets;
+    return { targets, ageMs: Date.now() - shared.at };
   }
 
   /** The I/O: every record the transform needs for one route. */

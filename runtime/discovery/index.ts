@@ -24,6 +24,13 @@ export type ProviderConfig = Pick<
 > &
   Partial<Pick<Config, 'allowedClusters' | 'redisUrl' | 'redisAuthSecretArn' | 'nodeCheckPeriodMs' | 'negativeCacheTtlMs' | 'loopbackTargets' | 'ecsCaseLookup' | 'port' | 'metricsPort'>>;
 
+/**
+ * How long one ECS service's tasks answer for all its ports (a tenth of NODE_CHECK_PERIOD, at most this):
+ * Hosts naming a thousand ports of one real service cost a fetch of it every 2 s at most, not a thousand
+ * fetches a period; a route's targets are at most that much older than it believes.
+ */
+export const SERVICE_SHARE_MAX_MS = 2000;
+
 export interface CreateProviderOptions extends AwsClientOptions {
   /** Options of the Redis client when REDIS_URL is set. */
   readonly redis?: RedisClientOptions;
@@ -103,6 +110,7 @@ export function createBaseProvider(
         ipPreference: config.ipPreference,
         caseLookup: config.ecsCaseLookup,
         clusterNames: config.allowedClusters,
+        serviceShareMs: config.nodeCheckPeriodMs === undefined ? 0 : Math.min(config.nodeCheckPeriodMs / 10, SERVICE_SHARE_MAX_MS),
         ownedClients: owned,
       });
   }

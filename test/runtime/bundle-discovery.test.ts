@@ -93,6 +93,18 @@ describe('the bundle with AWS discovery', () => {
     }
   });
 
+  test('Hosts naming many ports of one service cost one discovery of it, not one per port', async () => {
+    stub.model.clusters.prod = { api: [{ ip: '127.0.0.1', lastStatus: 'RUNNING' }] };
+    const p = await startBundle({ ...stub.env(), DOMAIN: 'example.com', HEALTH_CHECK_PATH: 'off', NEW_ROUTE_RATE: '100', UPSTREAM_TIMEOUT: '1' });
+    try {
+      stub.resetCalls();
+      await Promise.all(Array.from({ length: 40 }, (_, i) => request(p.port, { headers: { Host: `api-${40000 + i}-prod.example.com`, Connection: 'close' } })));
+      expect(stub.count('ListTasks')).toBe(1);
+    } finally {
+      await p.stop();
+    }
+  });
+
   test('asg mode: the InService instances of the group, on TARGET_PORT', async () => {
     const [one] = backends;
     stub.model.asgs.workers = [{ id: 'i-00000000000000001' }, { id: 'i-00000000000000002', lifecycleState: 'Terminating' }];

@@ -513,6 +513,31 @@ describe('EcsProvider with mocked SDK clients', () => {
     expect((await metricValue(awsCalls, { api: 'ListTasks', outcome: 'throttled' })) - throttledBefore).toBe(2);
   });
 
+  test('Hosts naming many ports of one service share its fetch within serviceShareMs; a port asking again, a later one and a failed fetch do not', async () => {
+    const tasks = [fargateTask(1), fargateTask(2)];
+    describeFrom(tasks);
+    ecsMock
+      .on(ListTasksCommand)
+      .resolvesOnce({ taskArns: tasks.map((t) => t.taskArn as string) })
+      .rejectsOnce(Object.assign(new Error('Rate exceeded'), { name: 'ThrottlingException', $metadata: { httpStatusCode: 400 } }))
+      .resolves({ taskArns: tasks.map((t) => t.taskArn as string) });
+    const p = provider({ serviceShareMs: 300 });
+    const ports = await Promise.all(Array.from({ length: 50 }, (_, i) => p.discoverAged({ ...route, port: 1000 + i })));
+    expect(ports.map((f) => f.targets[0].id)).toEqual(Array.from({ length: 50 }, (_, i) => `10.0.0.2:${1000 + i}`));
+    const again = await p.discoverAged({ ...route, port: 9000 });
+    expect(again.targets.map((t) => t.id)).toEqual(['10.0.0.2:9000', '10.0.0.3:9000']);
+    expect(ecsMock.commandCalls(ListTasksCommand)).toHaveLength(1);
+    // A route asking again (an early ask after a refusal) never takes what it had: a fetch of its own.
+    await expect(p.discoverAged({ ...route, port: 9000 })).rejects.toMatchObject({ name: 'ThrottlingException' });
+    expect(ecsMock.commandCalls(ListTasksCommand)).toHaveLength(2);
+    // The failure is nobody's answer; the shared answer it replaced is gone with it.
+    expect((await p.discoverAged(route)).ageMs).toBeLessThan(300);
+    expect(ecsMock.commandCalls(ListTasksCommand)).toHaveLength(3);
+    await new Promise((r) => setTimeout(r, 350));
+    await p.discover({ ...route, port: 81 });
+    expect(ecsMock.commandCalls(ListTasksCommand)).toHaveLength(4);
+  });
+
   test('the route of the pool modes is not an ECS service', async () => {
     await expect(provider().discover({ service: '*', port: 0, cluster: '*' })).resolves.toEqual([]);
     expect(ecsMock.calls()).toHaveLength(0);
