@@ -168,7 +168,7 @@ export class Coordinator {
   private onMessage(worker: Worker, m: ToPrimary): void {
     switch (m.t) {
       case 'discover':
-        void this.discoverAged(m.route, m.maxAgeMs).then(
+        void (m.heldOnly ? this.held(m.route) : this.discoverAged(m.route, m.maxAgeMs)).then(
           ({ targets, ageMs, stale }) => {
             // Breakers other workers opened come first: the worker's new targets start in that state.
             const snaps = this.breakers.snapshots(new Set(targets.map((t) => t.id)));
@@ -219,6 +219,19 @@ export class Coordinator {
       default:
         break;
     }
+  }
+
+  /**
+   * The targets held for a route, whatever their age, and never a discovery: what a worker whose
+   * NEW_ROUTE_RATE is spent may still take (a route it forgot to Hosts made up, or never served: a
+   * replacement's), since it costs AWS nothing. Refused when none are held.
+   */
+  held(route: RouteKey): Promise<Found> {
+    const id = routeId(route);
+    const hit = this.fresh.get(id);
+    if (!hit || hit.targets.length === 0) return Promise.reject(markLogged(Object.assign(new Error('no targets held for this route'), { name: 'NotHeld' })));
+    setRecent(this.asked, id, this.now(), this.maxRoutes, (oldest) => this.forgetRoute(oldest));
+    return Promise.resolve({ targets: [...hit.targets], ageMs: this.now() - hit.at });
   }
 
   /** One discovery per route at a time, and one per period however many workers ask. */

@@ -22,7 +22,7 @@ export const PRIMARY_ANSWER_TIMEOUT_MS = DISCOVERY_DEADLINE_MS + 5000;
 export type ToPrimary =
   | { readonly t: 'ready'; readonly port: number }
   | { readonly t: 'fatal'; readonly error: string }
-  | { readonly t: 'discover'; readonly n: number; readonly route: RouteKey; readonly maxAgeMs?: number }
+  | { readonly t: 'discover'; readonly n: number; readonly route: RouteKey; readonly maxAgeMs?: number; readonly heldOnly?: true }
   /** Every target this worker has in use now (the health checker checks the union). */
   | { readonly t: 'in-use'; readonly targets: readonly Target[] }
   | { readonly t: 'metrics'; readonly n: number; readonly json: unknown }
@@ -91,6 +91,18 @@ export class PrimaryProvider implements Provider {
 
   /** The primary's answer, and how old it was there (one it shared from its cache). */
   discoverAged(route: RouteKey, _signal?: AbortSignal, maxAgeMs?: number): Promise<Found> {
+    return this.ask(route, maxAgeMs, false);
+  }
+
+  /** The targets the primary holds for the route already, if any: it asks AWS nothing for this. */
+  held(route: RouteKey): Promise<Found | undefined> {
+    return this.ask(route, undefined, true).then(
+      (found) => (found.targets.length ? found : undefined),
+      () => undefined,
+    );
+  }
+
+  private ask(route: RouteKey, maxAgeMs: number | undefined, heldOnly: boolean): Promise<Found> {
     const n = ++this.n;
     return new Promise<Found>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -100,7 +112,7 @@ export class PrimaryProvider implements Provider {
       timer.unref();
       this.waiting.set(n, { resolve, reject, timer });
       // Infinity does not survive IPC's JSON: only a bound is sent.
-      this.out({ t: 'discover', n, route, ...(maxAgeMs !== undefined && Number.isFinite(maxAgeMs) ? { maxAgeMs } : {}) });
+      this.out({ t: 'discover', n, route, ...(maxAgeMs !== undefined && Number.isFinite(maxAgeMs) ? { maxAgeMs } : {}), ...(heldOnly ? { heldOnly } : {}) });
     });
   }
 

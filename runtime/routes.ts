@@ -128,17 +128,10 @@ export class RouteTable {
     let e = this.entries.get(id);
     if (e?.inflight) return e.inflight;
     if (e?.pool) return Promise.resolve(e.pool);
-    if (!this.mayDiscoverNew()) {
-      limitHits.labels({ limit: 'new_routes' }).inc();
-      return Promise.resolve(undefined);
-    }
+    if (!this.mayDiscoverNew()) return this.admitHeld(key, id);
     if (!e) {
-      if (this.entries.size >= this.opts.maxRoutes && !this.evictOne()) {
-        limitHits.labels({ limit: 'routes' }).inc();
-        return Promise.resolve(undefined);
-      }
-      e = { key, id, pool: undefined, absentUntil: 0, lastUsed: this.now(), inflight: undefined, foundAt: 0, pinned: false };
-      this.entries.set(id, e);
+      e = this.newEntry(key, id);
+      if (!e) return Promise.resolve(undefined);
     }
     const entry = e;
     entry.inflight = this.discover(entry).then(
@@ -150,10 +143,7 @@ export class RouteTable {
           return undefined;
         }
         if (this.entries.get(id) !== entry) return undefined; // forgotten meanwhile
-        entry.pool = new Pool(id, this.registry);
-        entry.pool.update(targets);
-        this.gauge();
-        return entry.pool;
+        return this.admit(entry, targets);
       },
       (err: DiscoveryError) => {
         entry.inflight = undefined;
@@ -164,6 +154,50 @@ export class RouteTable {
       },
     );
     return entry.inflight;
+  }
+
+  /** A place in the table for a route, another forgotten for it at MAX_ROUTES; undefined when none can go. */
+  private newEntry(key: RouteKey, id: string): Entry | undefined {
+    if (this.entries.size >= this.opts.maxRoutes && !this.evictOne()) {
+      limitHits.labels({ limit: 'routes' }).inc();
+      return undefined;
+    }
+    const e: Entry = { key, id, pool: undefined, absentUntil: 0, lastUsed: this.now(), inflight: undefined, foundAt: 0, pinned: false };
+    this.entries.set(id, e);
+    return e;
+  }
+
+  private admit(e: Entry, targets: Target[]): Pool {
+    e.pool = new Pool(e.id, this.registry);
+    e.pool.update(targets);
+    this.gauge();
+    return e.pool;
+  }
+
+  /**
+   * With the new-route budget spent, a route still comes in when the primary holds its targets already
+   * (no AWS call): one this worker forgot to Hosts made up, or never served (a replacement worker's, in
+   * a flood of junk Hosts). Hosts the primary knows nothing of are answered 503 (`new_routes`), without
+   * a place in the table, so that they forget no route.
+   */
+  private admitHeld(key: RouteKey, id: string): Promise<Pool | undefined> {
+    const refused = (): undefined => {
+      limitHits.labels({ limit: 'new_routes' }).inc();
+      return undefined;
+    };
+    if (!this.provider.held) return Promise.resolve(refused());
+    return this.provider.held(key).then(
+      (found) => {
+        if (!found) return refused();
+        const e = this.entries.get(id) ?? this.newEntry(key, id);
+        if (!e) return undefined;
+        if (e.pool) return e.pool; // found meanwhile
+        if (e.inflight) return e.inflight;
+        e.foundAt = this.now() - found.ageMs;
+        return this.admit(e, found.targets);
+      },
+      () => refused(),
+    );
   }
 
   /** Adds a route that is always kept (the one pool of static, tag and asg modes) and discovers it. */

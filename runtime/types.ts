@@ -89,6 +89,11 @@ export interface Provider {
    * refuse connections wants one found since).
    */
   discoverAged?(route: RouteKey, signal?: AbortSignal, maxAgeMs?: number): Promise<Found>;
+  /**
+   * The route's answer only if one is held already (no discovery, no AWS call), whatever its age;
+   * undefined when none is, or it is empty.
+   */
+  held?(route: RouteKey): Promise<Found | undefined>;
   /** Release clients, timers, sockets. */
   close?(): Promise<void>;
 }

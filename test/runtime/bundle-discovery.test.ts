@@ -105,6 +105,32 @@ describe('the bundle with AWS discovery', () => {
     }
   });
 
+  test('Hosts made up that spend NEW_ROUTE_RATE keep no worker from a route the primary holds: a replacement worker serves it', async () => {
+    const [one] = backends;
+    stub.model.clusters.prod = { api: [{ ip: '127.0.0.1', lastStatus: 'RUNNING' }] };
+    const host = `api-${one.port}-prod.example.com`;
+    const p = await startBundle({ ...stub.env(), DOMAIN: 'example.com', HEALTH_CHECK_PATH: 'off', WORKERS: '2', NEW_ROUTE_RATE: '1' });
+    const junk = (n: number) => Promise.all(Array.from({ length: n }, (_, i) => request(p.port, { headers: { Host: `nope${i}-80-prod.example.com`, Connection: 'close' } })));
+    try {
+      expect(await request(p.port, { headers: { Host: host, Connection: 'close' } })).toMatchObject({ status: 200 });
+      for (const pid of p.workers()) {
+        process.kill(pid, 'SIGKILL');
+        await until('a replacement worker, listening', async () => {
+          if (p.workers().includes(pid)) return false;
+          const health = await request(p.metricsPort, { path: '/healthz' });
+          return (JSON.parse(health.body) as { workers: number }).workers === 2;
+        });
+      }
+      await junk(40); // both new workers' budgets (4 each) spent on Hosts made up
+      stub.resetCalls();
+      for (let i = 0; i < 6; i++) expect(await request(p.port, { headers: { Host: host, Connection: 'close' } })).toMatchObject({ status: 200, body: 'task-1' });
+      expect(stub.count('ListTasks')).toBe(0); // held by the primary: no AWS call
+      expect((await junk(4)).map((r) => r.status)).toEqual([503, 503, 503, 503]);
+    } finally {
+      await p.stop();
+    }
+  });
+
   test('asg mode: the InService instances of the group, on TARGET_PORT', async () => {
     const [one] = backends;
     stub.model.asgs.workers = [{ id: 'i-00000000000000001' }, { id: 'i-00000000000000002', lifecycleState: 'Terminating' }];

@@ -267,6 +267,21 @@ describe('the primary shares discovery among workers', () => {
     await c.close();
   });
 
+  test('held(): the targets held for a route whatever their age, never a discovery; refused when none or none but an empty answer are held', async () => {
+    const provider = counting(() => [makeTarget('10.0.0.1', 80)]);
+    const c = new Coordinator(config, provider, () => clock);
+    await expect(c.held(route)).rejects.toMatchObject({ name: 'NotHeld' });
+    await c.discover(route);
+    clock += 120_000; // four periods old: still held
+    expect(await c.held(route)).toEqual({ targets: [makeTarget('10.0.0.1', 80)], ageMs: 120_000 });
+    expect(provider.calls).toBe(1);
+    const empty = counting(() => []);
+    const d = new Coordinator(config, empty, () => clock);
+    await d.discover(route);
+    await expect(d.held(route)).rejects.toMatchObject({ name: 'NotHeld' });
+    await Promise.all([c.close(), d.close()]);
+  });
+
   test("a worker is told how long a failed route is held, and that a known route's answer is the last targets kept through a failure", async () => {
     const provider = flaky([makeTarget('10.0.0.1', 80)], 'ServerException');
     const c = new Coordinator(config, provider, () => clock);

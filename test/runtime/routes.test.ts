@@ -401,4 +401,32 @@ describe('new-route budget', () => {
     expect(g.calls).toHaveLength(9);
     registry.close();
   });
+
+  test('with the budget spent, a route whose targets the primary holds comes in without a discovery; one it does not hold is refused and takes no place', async () => {
+    let clock = 0;
+    const registry = new TargetRegistry({ poolSize: 1, breakerThreshold: 5, breakerTimeoutMs: 1000 });
+    const g = gated(() => []);
+    g.release();
+    const asked: string[] = [];
+    const provider: Provider = {
+      ...g.provider,
+      held: async (route) => (asked.push(route.service), route.service === 'real' ? { targets: [makeTarget('10.0.0.9', 80)], ageMs: 40_000 } : undefined),
+    };
+    const t = new RouteTable(provider, registry, {
+      negativeCacheTtlMs: 10_000, maxRoutes: 5, routeIdleTtlMs: 600_000, refreshMs: 30_000, newRoutesPerSecond: 1, now: () => clock,
+    });
+    for (let i = 0; i < 4; i++) await t.resolve(key(`junk${i}`)); // the budget, spent on Hosts made up
+    expect(g.calls).toHaveLength(4);
+    const pool = await t.resolve(key('real'));
+    expect(pool?.targets.map((x) => x.id)).toEqual(['10.0.0.9:80']);
+    expect(t.get(key('real'))).toMatchObject({ kind: 'pool' });
+    expect(await t.resolve(key('junk4'))).toBeUndefined();
+    expect(t.get(key('junk4'))).toEqual({ kind: 'unknown' });
+    expect(asked).toEqual(['real', 'junk4']);
+    expect(g.calls).toHaveLength(4); // no discovery for either
+    // Held 40 s already: due again at once, a refresh of a known route, which needs no budget.
+    await t.refresh({ dueOnly: true });
+    expect(g.calls).toHaveLength(5);
+    registry.close();
+  });
 });
