@@ -98,6 +98,8 @@ export class Coordinator {
    */
   private readonly failed = new Map<string, { readonly until: number; readonly waitMs: number; readonly err: DiscoveryError }>();
   private readonly negativeCacheTtlMs: number;
+  /** A /metrics gather under way, which scrapes arriving meanwhile share. */
+  private scrape: Promise<string> | undefined;
   /** /metrics summed over this process and its workers. */
   private readonly gather = new MetricsGather(() => ({ routes: this.asked, targets: new Set(this.kept().map((t) => t.id)) }));
 
@@ -424,8 +426,14 @@ export class Coordinator {
    * watchdog replaces it) counts with its last answer, so that a scrape is not held up with it.
    */
   metrics(timeoutMs = 1500): Promise<string> {
+    // Scrapes at the same time share one gather: each costs the primary CPU in proportion to the series
+    // (a fifth of a second near MAX_ROUTES), and the primary also runs discovery and the health checks.
+    if (this.scrape) return this.scrape;
     const live = [...this.workers.values()].filter((w) => w.isConnected());
-    return this.gather.text(this.workers.keys(), live.map((w) => ({ id: w.id, send: (n: number) => this.send(w, { t: 'metrics?', n }) })), timeoutMs);
+    const scrape = this.gather.text(this.workers.keys(), live.map((w) => ({ id: w.id, send: (n: number) => this.send(w, { t: 'metrics?', n }) })), timeoutMs);
+    this.scrape = scrape;
+    void scrape.finally(() => (this.scrape = undefined)).catch(() => undefined);
+    return scrape;
   }
 
   async close(): Promise<void> {

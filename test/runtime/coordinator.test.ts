@@ -365,6 +365,20 @@ describe('the primary sums the metrics of its workers', () => {
     await c.close();
   });
 
+  test('scrapes at the same time share one gather: the workers are asked once', async () => {
+    const { c, a, b } = setUp();
+    let asked = 0;
+    a.answer = () => (asked++, counts({ pool: 10 }));
+    b.answer = () => counts({ pool: 5 });
+    const texts = await Promise.all(Array.from({ length: 16 }, () => c.metrics()));
+    expect(texts.map((t) => total(t))).toEqual(Array(16).fill(15));
+    expect(asked).toBe(1);
+    a.answer = () => (asked++, counts({ pool: 11 }));
+    expect(total(await c.metrics())).toBe(16); // the next one is a gather of its own
+    expect(asked).toBe(2);
+    await c.close();
+  });
+
   test('a worker that answers nothing, or an empty answer, counts with its last answer', async () => {
     const { c, a, b } = setUp();
     a.answer = () => counts({ pool: 10 });
