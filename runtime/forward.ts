@@ -124,6 +124,12 @@ const GUARDED = new Set([...HOP_BY_HOP, ...OWN, 'host', 'content-length']);
 const MAX_INFORMATIONAL = 4;
 /** How many keep-alive connections found closed by the target one request may skip. */
 const MAX_STALE = 3;
+/**
+ * A reset on a kept-alive socket counts as the keep-alive race (the target closed it as the request
+ * came: its RST follows within a round trip) only this soon after the request went out. Later, the
+ * target had it, and may have acted on it: an ordinary reset, under RETRIES and told to the breaker.
+ */
+export const STALE_RESET_WITHIN_MS = 200;
 
 /**
  * A try that ended without a response, and whose fault it was:
@@ -709,6 +715,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   /** A retry was granted and has not reached a target yet (karma_retries_total counts it then). */
   private retrying = false;
   private stale = 0;
+  /** When this try began to send (performance.now()): a reset long after is no keep-alive race. */
+  private sentAt = 0;
   /** Informational answers passed on so far (at most MAX_INFORMATIONAL). */
   private informational = 0;
   /** The board was asked about targets held by another worker's trial (once per request). */
@@ -878,6 +886,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     if (this.connectTimer) clearTimeout(this.connectTimer);
     this.connectTimer = undefined;
     this.sent = true;
+    this.sentAt = performance.now();
     const up = this.up!;
     if (!this.body) up.end();
     // A try after one that took the body: the kept copy (retryOrAnswer retries only when there is one).
@@ -1009,7 +1018,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       return;
     }
     up?.destroy();
-    if (kind === 'reset' && up?.reusedSocket && !retracted) {
+    if (kind === 'reset' && up?.reusedSocket && !retracted && (!this.sent || performance.now() - this.sentAt < STALE_RESET_WITHIN_MS)) {
       // A keep-alive connection looks alive until its FIN is read: the target most likely closed it just
       // before our request came. Tried again when nothing unrepeatable was sent; a 502 otherwise (the
       // body is gone), but no mark against a target that is fine on a fresh connection.

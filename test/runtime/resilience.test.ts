@@ -8,6 +8,7 @@ import * as net from 'node:net';
 import { loadConfig } from '../../runtime/config';
 import { failedConnections, nodeHealthStatus, retriesTotal, targetsPerRoute, upstreamErrors } from '../../runtime/metrics';
 import { makeTarget, Provider, Target } from '../../runtime/types';
+import { STALE_RESET_WITHIN_MS } from '../../runtime/forward';
 import { Running, start } from '../../runtime/worker';
 import { Backend, startBackend } from '../support/backend';
 import { request, until } from '../support/net';
@@ -188,6 +189,26 @@ describe('circuit breaker', () => {
     } finally {
       await p.stop();
       await bad.close();
+    }
+  });
+
+  test('a reset on a warm keep-alive socket long after the request went out is no keep-alive race: with RETRIES=0, no second target gets it', async () => {
+    // The target read the request, worked on it, then reset: it may have acted on it (a PUT, a DELETE).
+    const [x, y] = await Promise.all(['x', 'y'].map(startBackend));
+    let broken = false;
+    const handle = (req: http.IncomingMessage, res: http.ServerResponse) => (broken ? setTimeout(() => req.socket.destroy(), STALE_RESET_WITHIN_MS + 300) : res.end('warm'));
+    x.handle = handle;
+    y.handle = handle;
+    const p = await proxyFor([x, y], { HEALTH_CHECK_PATH: 'off', RETRIES: '0' });
+    try {
+      for (let i = 0; i < 4; i++) expect((await request(p.port)).body).toBe('warm'); // warm sockets to both
+      broken = true;
+      const before = x.seen.length + y.seen.length;
+      expect((await request(p.port, { method: 'DELETE', path: '/item/1' })).status).toBe(502);
+      expect(x.seen.length + y.seen.length - before).toBe(1);
+    } finally {
+      await p.stop();
+      await Promise.all([x.close(), y.close()]);
     }
   });
 
