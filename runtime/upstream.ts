@@ -132,7 +132,14 @@ const INVALID = {
   HPE_UNEXPECTED_CONTENT: 'bytes after the end of an answer, or an answer nobody asked for',
   HPE_INVALID_STATUS: 'a status line that is not HTTP/1.x with a status of 100-599',
   HPE_INVALID_TRANSFER_ENCODING: 'a transfer coding other than chunked',
+  HPE_TOO_MANY_INTERIM: 'more than 1000 interim (1xx) answers to one request',
 } as const;
+/**
+ * Interim (1xx) answers one request may get before its final one: each resets the target's silence
+ * clock (a 102 Processing every few seconds keeps a long request alive, as it is meant to), so a target
+ * sending them without end would hold the request, and its socket, for good.
+ */
+export const MAX_INTERIM_ANSWERS = 1000;
 type Invalid = keyof typeof INVALID;
 
 /**
@@ -177,6 +184,8 @@ class Conn {
   reused = false;
   /** The exchange under way is a 1xx: its end is not the end of the response. */
   private informational = false;
+  /** Interim answers to the request under way (MAX_INTERIM_ANSWERS). */
+  private interim = 0;
   /**
    * What makes the answer under way unusable, as an llhttp-style code (checked after execute): a
    * protocol switch or an answer nobody asked for (the socket is no HTTP any more), a status outside
@@ -263,6 +272,10 @@ class Conn {
           return 1;
         }
         this.informational = true;
+        if (++this.interim > MAX_INTERIM_ANSWERS) {
+          this.invalid = 'HPE_TOO_MANY_INTERIM';
+          return 1;
+        }
         // 100 Continue is ours to give (the client's Expect never reaches the target); any other 1xx
         // (103 Early Hints) is passed on, as RFC 9110 §15.2 asks of a proxy.
         if (status !== 100) {
@@ -436,6 +449,7 @@ class Conn {
   attach(x: UpstreamRequest): void {
     this.current = x;
     this.informational = false;
+    this.interim = 0;
   }
 
   setTimeout(ms: number): void {

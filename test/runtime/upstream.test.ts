@@ -2,7 +2,7 @@ import * as http from 'node:http';
 import * as net from 'node:net';
 import { Readable, Writable } from 'node:stream';
 import type { AddressInfo } from 'node:net';
-import { keepAliveHintMs, UpstreamPool, type UpstreamRequest, type UpstreamRequestOptions } from '../../runtime/upstream';
+import { keepAliveHintMs, MAX_INTERIM_ANSWERS, UpstreamPool, type UpstreamRequest, type UpstreamRequestOptions } from '../../runtime/upstream';
 
 interface Got {
   status: number;
@@ -466,6 +466,13 @@ describe('upstream client', () => {
   test('a 101 to a plain request is an error with an llhttp code', async () => {
     const upgrade = await rawServer(() => 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n');
     await expect(send(pool(upgrade).request(get()))).rejects.toMatchObject({ code: expect.stringMatching(/^HPE_/) });
+  });
+
+  test(`interim (1xx) answers without end are an error after ${MAX_INTERIM_ANSWERS}, not a request held for good`, async () => {
+    const storm = await rawServer(() => 'HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n'.repeat(MAX_INTERIM_ANSWERS + 1));
+    await expect(send(pool(storm).request(get()))).rejects.toMatchObject({ code: 'HPE_TOO_MANY_INTERIM' });
+    const some = await rawServer(() => 'HTTP/1.1 102 Processing\r\n\r\n'.repeat(50) + 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+    expect(await send(pool(some).request(get()))).toMatchObject({ status: 200, body: 'ok' });
   });
 
   test('a one-off connection says Connection: close and is not pooled', async () => {
