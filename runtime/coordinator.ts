@@ -54,6 +54,8 @@ export { DISCOVERY_DEADLINE_MS };
  * route into a 503 in one worker while the others serve it.
  */
 export const STALE_ANSWER_AFTER_MS = 1000;
+/** held() gives targets found at most this many NODE_CHECK_PERIODs ago. */
+export const HELD_MAX_PERIODS = 2;
 /** The first wait before a route whose first discovery failed is tried again; doubled while it fails, up to NEGATIVE_CACHE_TTL. */
 export const FAILED_ROUTE_RETRY_MS = 1000;
 /** Target health and breaker lines logged at once before the budget holds them back (a deploy's worth). */
@@ -79,6 +81,7 @@ export class Coordinator {
   private readonly health: HealthChecker | undefined;
   /** One circuit breaker per target for every worker (breaker.ts). */
   private readonly breakers: BreakerBoard;
+  private readonly periodMs: number;
   /** Results younger than this serve every worker's request for the route: one discovery per period. */
   private readonly freshMs: number;
   /** An empty result is kept no longer than NEGATIVE_CACHE_TTL, so a new service shows up as promised. */
@@ -110,6 +113,7 @@ export class Coordinator {
     private readonly deadlineMs: number = DISCOVERY_DEADLINE_MS,
   ) {
     this.maxRoutes = config.maxRoutes * config.workers;
+    this.periodMs = config.nodeCheckPeriodMs;
     this.freshMs = config.nodeCheckPeriodMs * 0.9;
     this.emptyFreshMs = Math.min(this.freshMs, config.negativeCacheTtlMs * 0.9);
     this.negativeCacheTtlMs = config.negativeCacheTtlMs;
@@ -224,14 +228,16 @@ export class Coordinator {
   }
 
   /**
-   * The targets held for a route, whatever their age, and never a discovery: what a worker whose
-   * NEW_ROUTE_RATE is spent may still take (a route it forgot to Hosts made up, or never served: a
-   * replacement's), since it costs AWS nothing. Refused when none are held.
+   * The targets held for a route, never a discovery: what a worker whose NEW_ROUTE_RATE is spent may
+   * still take (a route it forgot to Hosts made up, or never served: a replacement's), since it costs
+   * AWS nothing. None (an empty answer, made without an Error: Hosts made up ask this at the rate they
+   * come) when none are held, or only ones older than HELD_MAX_PERIODS periods.
    */
   held(route: RouteKey): Promise<Found> {
     const id = routeId(route);
     const hit = this.fresh.get(id);
-    if (!hit || hit.targets.length === 0) return Promise.reject(markLogged(Object.assign(new Error('no targets held for this route'), { name: 'NotHeld' })));
+    // Not one so old its tasks may be long gone (a route no worker asked for since, kept ROUTE_IDLE_TTL).
+    if (!hit || hit.targets.length === 0 || this.now() - hit.at > HELD_MAX_PERIODS * this.periodMs) return Promise.resolve({ targets: [], ageMs: 0 });
     setRecent(this.asked, id, this.now(), this.maxRoutes, (oldest) => this.forgetRoute(oldest));
     return Promise.resolve({ targets: [...hit.targets], ageMs: this.now() - hit.at });
   }
@@ -261,8 +267,10 @@ export class Coordinator {
     }
     const found = this.fetch(route, id, maxAgeMs);
     // Not for an ask that wants a young answer (its targets refused): that worker serves its own meanwhile.
-    // The last answer goes as old as it is, so the worker asks again at its next turn; the discovery goes on.
-    if (!hit || maxAgeMs !== Infinity) return found;
+    // Nor an empty one: a worker holds that as absent for NEGATIVE_CACHE_TTL, past the task that is
+    // coming back. The last answer goes as old as it is, so the worker asks again at its next turn; the
+    // discovery goes on.
+    if (!hit || hit.targets.length === 0 || maxAgeMs !== Infinity) return found;
     return within(found, STALE_ANSWER_AFTER_MS).then((f) => f ?? { targets: [...hit.targets], ageMs: this.now() - hit.at });
   }
 

@@ -94,7 +94,7 @@ export class PrimaryProvider implements Provider {
     return this.ask(route, maxAgeMs, false);
   }
 
-  /** The targets the primary holds for the route already, if any: it asks AWS nothing for this. */
+  /** The targets the primary holds for the route already, if any (undefined: none): it asks AWS nothing for this. */
   held(route: RouteKey): Promise<Found | undefined> {
     return this.ask(route, undefined, true).then(
       (found) => (found.targets.length ? found : undefined),

@@ -267,18 +267,31 @@ describe('the primary shares discovery among workers', () => {
     await c.close();
   });
 
-  test('held(): the targets held for a route whatever their age, never a discovery; refused when none or none but an empty answer are held', async () => {
+  test('an empty last answer is not given while the new discovery is slow: a worker would hold it as absent for NEGATIVE_CACHE_TTL', async () => {
+    let answer: Target[] = [];
+    const provider: Provider = { name: 'test', discover: () => new Promise((r) => setTimeout(r, STALE_ANSWER_AFTER_MS + 300, answer)) };
+    const c = new Coordinator(config, provider, () => clock);
+    expect(await c.discover(route)).toEqual([]); // scaled to zero
+    answer = [makeTarget('10.0.0.3', 80)]; // and back
+    clock += 12_000; // past NEGATIVE_CACHE_TTL
+    expect(await c.discover(route)).toEqual([makeTarget('10.0.0.3', 80)]);
+    await c.close();
+  });
+
+  test('held(): the targets held for a route up to HELD_MAX_PERIODS periods old, never a discovery; none when none, an empty answer or older ones are held', async () => {
     const provider = counting(() => [makeTarget('10.0.0.1', 80)]);
     const c = new Coordinator(config, provider, () => clock);
-    await expect(c.held(route)).rejects.toMatchObject({ name: 'NotHeld' });
+    expect(await c.held(route)).toEqual({ targets: [], ageMs: 0 });
     await c.discover(route);
-    clock += 120_000; // four periods old: still held
-    expect(await c.held(route)).toEqual({ targets: [makeTarget('10.0.0.1', 80)], ageMs: 120_000 });
+    clock += 50_000; // past its period, within two: held
+    expect(await c.held(route)).toEqual({ targets: [makeTarget('10.0.0.1', 80)], ageMs: 50_000 });
+    clock += 20_000; // 70 s: its tasks may be long gone
+    expect((await c.held(route)).targets).toEqual([]);
     expect(provider.calls).toBe(1);
     const empty = counting(() => []);
     const d = new Coordinator(config, empty, () => clock);
     await d.discover(route);
-    await expect(d.held(route)).rejects.toMatchObject({ name: 'NotHeld' });
+    expect((await d.held(route)).targets).toEqual([]);
     await Promise.all([c.close(), d.close()]);
   });
 
