@@ -10,7 +10,7 @@
 import { Pool, TargetRegistry } from './balancer';
 import { errorFields, log, wasLogged } from './log';
 import { discoveryDuration, discoveryErrors, forgetRoute, limitHits, routesKnown } from './metrics';
-import { DiscoveryError, Provider, RouteKey, routeId, Target } from './types';
+import { DiscoveryError, Provider, RouteKey, routeId, setRecent, Target } from './types';
 
 const sameIds = (a: readonly Target[], b: readonly Target[]): boolean => a.length === b.length && a.every((t, i) => t.id === b[i].id);
 
@@ -68,6 +68,36 @@ export const EARLY_REFRESH_MS = 1000;
  */
 export const EARLY_ANSWER_MAX_AGE_MS = 250;
 
+/** Asks per second a worker may make for targets the primary holds, once NEW_ROUTE_RATE is spent. */
+export const HELD_ASKS_PER_SECOND = 100;
+/** A route the primary held nothing for is not asked for again for this long. */
+export const NOT_HELD_MS = 1000;
+
+/** A token bucket: `perSecond`, holding up to `seconds` worth. */
+class Bucket {
+  private tokens: number;
+  private at: number;
+
+  constructor(
+    private readonly perSecond: number,
+    private readonly seconds: number,
+    private readonly now: () => number,
+  ) {
+    this.tokens = perSecond * seconds;
+    this.at = now();
+  }
+
+  /** One token; false when the bucket is empty for now. */
+  take(): boolean {
+    const now = this.now();
+    this.tokens = Math.min(this.perSecond * this.seconds, this.tokens + ((now - this.at) * this.perSecond) / 1000);
+    this.at = now;
+    if (this.tokens < 1) return false;
+    this.tokens--;
+    return true;
+  }
+}
+
 export type Lookup =
   | { readonly kind: 'pool'; readonly pool: Pool }
   | { readonly kind: 'absent' }
@@ -83,8 +113,14 @@ export class RouteTable {
   private refreshing = 0;
   private readonly now: () => number;
   private readonly abort = new AbortController();
-  private tokens: number;
-  private tokensAt: number;
+  /** NEW_ROUTE_RATE's budget. */
+  private readonly newRoutes: Bucket | undefined;
+  /** Asks for targets the primary holds, past that budget (admitHeld): each is an IPC round trip. */
+  private readonly heldAsks: Bucket;
+  /** Those under way, one per route. */
+  private readonly heldAsking = new Map<string, Promise<Pool | undefined>>();
+  /** Routes the primary held nothing for, not asked again until the time given. */
+  private readonly notHeld = new Map<string, number>();
 
   constructor(
     private readonly provider: Provider,
@@ -92,20 +128,14 @@ export class RouteTable {
     private readonly opts: RouteTableOptions,
   ) {
     this.now = opts.now ?? Date.now;
-    this.tokens = (opts.newRoutesPerSecond ?? 0) * 4;
-    this.tokensAt = this.now();
+    const rate = opts.newRoutesPerSecond;
+    this.newRoutes = rate === undefined ? undefined : new Bucket(rate, 4, this.now);
+    this.heldAsks = new Bucket(HELD_ASKS_PER_SECOND, 1, this.now);
   }
 
   /** Takes one token of the new-route budget; false when it is spent for now. */
   private mayDiscoverNew(): boolean {
-    const rate = this.opts.newRoutesPerSecond;
-    if (rate === undefined) return true;
-    const now = this.now();
-    this.tokens = Math.min(rate * 4, this.tokens + ((now - this.tokensAt) * rate) / 1000);
-    this.tokensAt = now;
-    if (this.tokens < 1) return false;
-    this.tokens--;
-    return true;
+    return this.newRoutes?.take() ?? true;
   }
 
   get size(): number {
@@ -185,10 +215,17 @@ export class RouteTable {
       limitHits.labels({ limit: 'new_routes' }).inc();
       return undefined;
     };
-    if (!this.provider.held) return Promise.resolve(refused());
-    return this.provider.held(key).then(
+    const asking = this.heldAsking.get(id);
+    if (asking) return asking;
+    // Hosts made up come at any rate: each is asked once a while at most, and all of them within a budget.
+    if (!this.provider.held || (this.notHeld.get(id) ?? 0) > this.now() || !this.heldAsks.take()) return Promise.resolve(refused());
+    const ask = this.provider.held(key).then(
       (found) => {
-        if (!found) return refused();
+        this.heldAsking.delete(id);
+        if (!found) {
+          setRecent(this.notHeld, id, this.now() + NOT_HELD_MS, this.opts.maxRoutes);
+          return refused();
+        }
         const e = this.entries.get(id) ?? this.newEntry(key, id);
         if (!e) return undefined;
         if (e.pool) return e.pool; // found meanwhile
@@ -196,8 +233,10 @@ export class RouteTable {
         e.foundAt = this.now() - found.ageMs;
         return this.admit(e, found.targets);
       },
-      () => refused(),
+      () => (this.heldAsking.delete(id), refused()),
     );
+    this.heldAsking.set(id, ask);
+    return ask;
   }
 
   /** Adds a route that is always kept (the one pool of static, tag and asg modes) and discovers it. */

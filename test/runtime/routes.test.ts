@@ -2,7 +2,7 @@ import * as net from 'node:net';
 import { TargetRegistry } from '../../runtime/balancer';
 import { loadConfig } from '../../runtime/config';
 import { activeConnections, discoveryDuration, failOpenTotal, requestsTotal } from '../../runtime/metrics';
-import { EARLY_ANSWER_MAX_AGE_MS, RouteTable } from '../../runtime/routes';
+import { EARLY_ANSWER_MAX_AGE_MS, HELD_ASKS_PER_SECOND, NOT_HELD_MS, RouteTable } from '../../runtime/routes';
 import { makeTarget, Provider, RouteKey, Target } from '../../runtime/types';
 import { Running, start } from '../../runtime/worker';
 import { startBackend } from '../support/backend';
@@ -424,9 +424,35 @@ describe('new-route budget', () => {
     expect(t.get(key('junk4'))).toEqual({ kind: 'unknown' });
     expect(asked).toEqual(['real', 'junk4']);
     expect(g.calls).toHaveLength(4); // no discovery for either
+    // Hosts made up at any rate: one ask per route at a time, and not again for NOT_HELD_MS.
+    await Promise.all([...Array.from({ length: 10 }, () => t.resolve(key('junk5'))), t.resolve(key('junk4'))]);
+    expect(asked).toEqual(['real', 'junk4', 'junk5']);
+    clock += NOT_HELD_MS;
+    await t.resolve(key('spend')); // the token that second brought: a discovery
+    await t.resolve(key('junk4'));
+    expect(asked).toEqual(['real', 'junk4', 'junk5', 'junk4']);
+    expect(g.calls).toHaveLength(5);
     // Held 40 s already: due again at once, a refresh of a known route, which needs no budget.
     await t.refresh({ dueOnly: true });
-    expect(g.calls).toHaveLength(5);
+    expect(g.calls).toHaveLength(6);
+    registry.close();
+  });
+
+  test(`past the budget, asks for held targets are themselves bounded: ${HELD_ASKS_PER_SECOND} a second`, async () => {
+    let clock = 0;
+    const registry = new TargetRegistry({ poolSize: 1, breakerThreshold: 5, breakerTimeoutMs: 1000 });
+    const g = gated(() => []);
+    g.release();
+    let asks = 0;
+    const provider: Provider = { ...g.provider, held: async () => (asks++, undefined) };
+    const t = new RouteTable(provider, registry, {
+      negativeCacheTtlMs: 10_000, maxRoutes: 10_000, routeIdleTtlMs: 600_000, refreshMs: 30_000, newRoutesPerSecond: 1, now: () => clock,
+    });
+    for (let i = 0; i < 4 + 3 * HELD_ASKS_PER_SECOND; i++) await t.resolve(key(`junk${i}`));
+    expect(asks).toBe(HELD_ASKS_PER_SECOND);
+    clock += 500;
+    for (let i = 0; i < HELD_ASKS_PER_SECOND; i++) await t.resolve(key(`more${i}`));
+    expect(asks).toBe(HELD_ASKS_PER_SECOND * 1.5);
     registry.close();
   });
 });
