@@ -130,6 +130,14 @@ const MAX_STALE = 3;
  * target had it, and may have acted on it: an ordinary reset, under RETRIES and told to the breaker.
  */
 export const STALE_RESET_WITHIN_MS = 200;
+/**
+ * Time as the event loop lives it: a tick every STALE_TICK_MS that a busy loop does not catch up on. A
+ * reset read late because this worker was busy (a stall of 300 ms) is still read as soon after the
+ * request as the loop allowed, and still the race.
+ */
+const STALE_TICK_MS = 50;
+let loopTicks = 0;
+setInterval(() => loopTicks++, STALE_TICK_MS).unref();
 
 /**
  * A try that ended without a response, and whose fault it was:
@@ -715,8 +723,14 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   /** A retry was granted and has not reached a target yet (karma_retries_total counts it then). */
   private retrying = false;
   private stale = 0;
-  /** When this try began to send (performance.now()): a reset long after is no keep-alive race. */
+  /** When this try began to send (performance.now(), and loopTicks): a reset long after is no keep-alive race. */
   private sentAt = 0;
+  private sentTick = 0;
+
+  /** Within STALE_RESET_WITHIN_MS of sending, by the clock or by the turns of a loop that was busy meanwhile. */
+  private soonAfterSending(): boolean {
+    return performance.now() - this.sentAt < STALE_RESET_WITHIN_MS || (loopTicks - this.sentTick) * STALE_TICK_MS < STALE_RESET_WITHIN_MS;
+  }
   /** Informational answers passed on so far (at most MAX_INFORMATIONAL). */
   private informational = 0;
   /** The board was asked about targets held by another worker's trial (once per request). */
@@ -887,6 +901,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     this.connectTimer = undefined;
     this.sent = true;
     this.sentAt = performance.now();
+    this.sentTick = loopTicks;
     const up = this.up!;
     if (!this.body) up.end();
     // A try after one that took the body: the kept copy (retryOrAnswer retries only when there is one).
@@ -1018,7 +1033,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       return;
     }
     up?.destroy();
-    if (kind === 'reset' && up?.reusedSocket && !retracted && (!this.sent || performance.now() - this.sentAt < STALE_RESET_WITHIN_MS)) {
+    if (kind === 'reset' && up?.reusedSocket && !retracted && (!this.sent || this.soonAfterSending())) {
       // A keep-alive connection looks alive until its FIN is read: the target most likely closed it just
       // before our request came. Tried again when nothing unrepeatable was sent; a 502 otherwise (the
       // body is gone), but no mark against a target that is fine on a fresh connection.

@@ -212,6 +212,29 @@ describe('circuit breaker', () => {
     }
   });
 
+  test('a reset read late only because the worker was busy is still the keep-alive race: the GET goes again, even with RETRIES=0', async () => {
+    const x = await startBackend('x');
+    let resets = 0;
+    x.handle = (req, res) => {
+      if (resets === 1) {
+        resets++;
+        // The proxy runs in this process: its loop stalls here for longer than the race's window.
+        const until = Date.now() + STALE_RESET_WITHIN_MS + 150;
+        while (Date.now() < until);
+        req.socket.destroy();
+      } else res.end('warm');
+    };
+    const p = await proxyFor([x], { HEALTH_CHECK_PATH: 'off', RETRIES: '0' });
+    try {
+      expect((await request(p.port)).body).toBe('warm'); // a warm socket
+      resets = 1;
+      expect(await request(p.port)).toMatchObject({ status: 200, body: 'warm' });
+    } finally {
+      await p.stop();
+      await x.close();
+    }
+  });
+
   test('one process: a target whose connections were refused is back at its first passing health check', async () => {
     const app = await startBackend('app');
     const port = app.port;
