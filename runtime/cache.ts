@@ -161,6 +161,18 @@ function watch(redis: Redis, onReady?: () => void): void {
   });
 }
 
+/**
+ * A refusal that stays until someone changes something, by its kind: an ACL's (NOPERM; a script's
+ * command refused is an ERR in each version's own words: Redis 6's, 7.0's, 7.2's and Valkey's) or a
+ * foreign key's type (WRONGTYPE). Undefined for any other error.
+ */
+export function lastingRefusal(message: string): 'NOPERM' | 'WRONGTYPE' | undefined {
+  if (/^NOPERM /.test(message)) return 'NOPERM';
+  if (/^WRONGTYPE /.test(message)) return 'WRONGTYPE';
+  if (/^ERR (?:The user executing the script can't|ACL failure in script|Error running script .*(?:can't run this command|can't access at least one of the keys|no permissions? to))/.test(message)) return 'NOPERM';
+  return undefined;
+}
+
 /** PEXPIRE KEYS[1] to ARGV[2] ms if it holds ARGV[1] (this proxy's lock token), atomically. */
 const SHORTEN_OWN_LOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0";
 
@@ -260,12 +272,10 @@ export class SharedProvider implements Provider {
     // Only refusals that stay until someone changes something: an ACL (NOPERM) or a foreign key's type
     // (WRONGTYPE). Passing ones (LOADING, BUSY, OOM, READONLY in a failover) pause Redis as a silence does;
     // NOAUTH and WRONGPASS are the connection's, which its 'error' events say.
-    // A script's command an ACL refuses is an ERR of its own words, not a NOPERM.
-    const scriptRefused = /^ERR The user executing the script can't run /.test(message);
-    if ((err as Error | undefined)?.name === 'ReplyError' && (scriptRefused || /^(?:NOPERM|WRONGTYPE) /.test(message))) {
+    const code = (err as Error | undefined)?.name === 'ReplyError' ? lastingRefusal(message) : undefined;
+    if (code) {
       // Sharing stops where Redis refuses (it is not paused for the rest); said once per kind, not at
       // every refresh.
-      const code = scriptRefused ? 'NOPERM' : message.split(' ')[0];
       if (!this.refusals.has(code)) {
         this.refusals.add(code);
         log('warn', 'redis refused a command: discovery is not shared where it does (check the ACL, and that nothing else writes these keys)', errorFields(err));

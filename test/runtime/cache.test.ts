@@ -12,6 +12,7 @@ import {
   createRedis,
   decodeTargets,
   encodeTargets,
+  lastingRefusal,
   lockKey,
   MAX_SHARED_TARGETS,
   redisOptions,
@@ -103,6 +104,21 @@ describe('pure parts', () => {
     expect(decodeTargets(encodeTargets(many(MAX_SHARED_TARGETS), 1000, 0))?.targets).toHaveLength(MAX_SHARED_TARGETS);
     expect(decodeTargets(encodeTargets(many(MAX_SHARED_TARGETS + 1), 1000, 0))).toBeUndefined();
     expect(decodeTargets(`{"v":1,"ttl":1000,"took":0,"targets":[],"pad":"${'x'.repeat(2 * 1024 * 1024)}"}`)).toBeUndefined();
+  });
+
+  test("refusals that stay (an ACL's, a key's type) are told from passing errors, in each Redis version's words", () => {
+    for (const m of [
+      "NOPERM this user has no permissions to run the 'select' command",
+      "NOPERM User karma has no permissions to access one of the keys used as arguments",
+      'ERR The user executing the script can\'t run this command or subcommand script: 4e6d8fc8bb01276962cce5371fa795a7763657ae, on @user_script:1.',
+      "ERR ACL failure in script: User 'karma' has no permissions to run the 'get' command script: 4e6d8f, on @user_script:1.",
+      "ERR Error running script (call to f_4e6d8fc8): @user_script:1: @user_script: 1: The user executing the script can't run this command or subcommand",
+      "ERR Error running script (call to f_4e6d8fc8): @user_script:1: The user executing the script can't access at least one of the keys mentioned in the command",
+    ]) expect([m, lastingRefusal(m)]).toEqual([m, 'NOPERM']);
+    expect(lastingRefusal('WRONGTYPE Operation against a key holding the wrong kind of value')).toBe('WRONGTYPE');
+    for (const m of ['LOADING Redis is loading the dataset in memory', 'OOM command not allowed when used memory > maxmemory', "READONLY You can't write against a read only replica.", 'ERR Error running script (call to f_1): @user_script:1: user_script:1: Script attempted to access nonexistent global variable']) {
+      expect([m, lastingRefusal(m)]).toEqual([m, undefined]);
+    }
   });
 
   test('keys are versioned and name the provider scope and the route', () => {
