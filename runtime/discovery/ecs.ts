@@ -329,14 +329,24 @@ export class EcsProvider implements Provider {
    */
   async discoverAged(route: RouteKey, signal?: AbortSignal, maxAgeMs = Infinity): Promise<Found> {
     if (route.service === '*') return { targets: [], ageMs: 0 };
+    const shareMs = this.opts.serviceShareMs ?? 0;
     const key = `${route.cluster}/${route.service}`;
+    const now = Date.now();
+    // Records past their use go (the map is in the order fetches began): a service's tasks, whole, are
+    // not kept beyond serviceShareMs.
+    for (const [k, v] of this.services) {
+      if (now - v.at < shareMs) break;
+      this.services.delete(k);
+    }
     let shared = this.services.get(key);
-    if (!shared || shared.ports.has(route.port) || Date.now() - shared.at >= Math.min(this.opts.serviceShareMs ?? 0, maxAgeMs)) {
-      const fetched = { at: Date.now(), records: this.fetch(route, signal), ports: new Set<number>() };
+    let own = false;
+    if (!shared || shared.ports.has(route.port) || now - shared.at >= Math.min(shareMs, maxAgeMs)) {
+      own = true;
+      // Others joining it share its first asker's deadline: theirs end at most serviceShareMs later.
+      const fetched = { at: now, records: this.fetch(route, signal), ports: new Set<number>() };
       shared = fetched;
-      // One per service at most (hostCacheMax in all), each of no use after serviceShareMs; a failure is
-      // nobody's answer.
-      setRecent(this.services, key, fetched, this.hostCacheMax);
+      // A failure is nobody's answer.
+      if (shareMs > 0) setRecent(this.services, key, fetched, this.hostCacheMax);
       fetched.records.catch(() => (this.services.get(key) === fetched ? this.services.delete(key) : undefined));
     }
     shared.ports.add(route.port);
@@ -347,7 +357,8 @@ export class EcsProvider implements Provider {
       ipPreference: this.ipPreference,
     });
     countSkipped(skipped);
-    return { targets, ageMs: Date.now() - shared.at };
+    // Its own fetch is a fresh answer (0 old, as any provider's); another port's is as old as it began.
+    return { targets, ageMs: own ? 0 : Date.now() - shared.at };
   }
 
   /** The I/O: every record the transform needs for one route. */
