@@ -330,7 +330,7 @@ export class SharedProvider implements Provider {
    * and a change would take nearly two periods to reach it.
    */
   async discoverAged(route: RouteKey, signal?: AbortSignal, maxAgeMs = Infinity): Promise<Found> {
-    const fresh = async (): Promise<Found> => ({ targets: await this.innerTargets(route, signal, maxAgeMs), ageMs: 0 });
+    const fresh = (): Promise<Found> => this.innerFound(route, signal, maxAgeMs);
     const redis = this.usable();
     if (!redis) {
       cacheLookups.inc({ result: 'error' });
@@ -364,7 +364,7 @@ export class SharedProvider implements Provider {
       return fresh();
     }
 
-    if (won) return { targets: await this.refresh(redis, key, ownLock, early ? EARLY_LOCK_MS : this.lockMs, route, signal, maxAgeMs), ageMs: 0 };
+    if (won) return this.refresh(redis, key, ownLock, early ? EARLY_LOCK_MS : this.lockMs, route, signal, maxAgeMs);
     // Our locks always expire, within a period: one that does not, or that is set for ten times as long
     // (a fleet-mate's period is not that different), was not set by a proxy, and would hold every proxy
     // off this route for good or for its day. Given our expiry, it goes like one of ours would.
@@ -386,19 +386,24 @@ export class SharedProvider implements Provider {
     return fresh();
   }
 
-  /** What this proxy discovers itself: an answer no older than maxAgeMs (ecs.ts shares one service's tasks among its ports). */
-  private async innerTargets(route: RouteKey, signal: AbortSignal | undefined, maxAgeMs: number): Promise<Target[]> {
-    return this.inner.discoverAged ? (await this.inner.discoverAged(route, signal, maxAgeMs)).targets : this.inner.discover(route, signal);
+  /**
+   * What this proxy discovers itself: an answer no older than maxAgeMs, and its age (ecs.ts shares one
+   * service's tasks among its ports for a moment).
+   */
+  private async innerFound(route: RouteKey, signal: AbortSignal | undefined, maxAgeMs: number): Promise<Found> {
+    return this.inner.discoverAged ? this.inner.discoverAged(route, signal, maxAgeMs) : { targets: await this.inner.discover(route, signal), ageMs: 0 };
   }
 
-  private async refresh(redis: Redis, key: string, lock: string, lockMs: number, route: RouteKey, signal: AbortSignal | undefined, maxAgeMs: number): Promise<Target[]> {
+  private async refresh(redis: Redis, key: string, lock: string, lockMs: number, route: RouteKey, signal: AbortSignal | undefined, maxAgeMs: number): Promise<Found> {
     cacheLookups.inc({ result: 'miss' });
     const started = Date.now();
-    const targets = await this.innerTargets(route, signal, maxAgeMs);
-    // Not awaited: a request never waits on writing the shared copy.
+    const found = await this.innerFound(route, signal, maxAgeMs);
+    const { targets } = found;
+    // Not awaited: a request never waits on writing the shared copy. Its age is the time since what it
+    // says was found: the wait for it, or the shared records' age when that is more.
     // More than a reader takes would be written for nobody: each proxy discovers such a pool itself.
     if (targets.length <= MAX_SHARED_TARGETS) {
-      redis.set(key, encodeTargets(targets, this.ttlMs, Date.now() - started), 'PX', this.ttlMs).catch((err: unknown) => this.failed(err));
+      redis.set(key, encodeTargets(targets, this.ttlMs, Math.max(Date.now() - started, found.ageMs)), 'PX', this.ttlMs).catch((err: unknown) => this.failed(err));
     }
     // An empty answer is fresh for less time than the lock was taken for: held longer, it would keep
     // everyone (this proxy too) on "empty" past NEGATIVE_CACHE_TTL. Never lengthened (an early ask's
@@ -407,7 +412,7 @@ export class SharedProvider implements Provider {
     if (targets.length === 0 && this.emptyFreshMs < lockMs) {
       redis.eval(SHORTEN_OWN_LOCK, 1, lock, this.token, this.emptyFreshMs).catch((err: unknown) => this.failed(err));
     }
-    return targets;
+    return found;
   }
 
   /** The shared value and its age: time since written (Redis's clock) plus how long its discovery took. */
