@@ -316,9 +316,13 @@ function readDotEnv(): string[] {
     const { values, badLines } = parseDotEnv(fs.readFileSync(file, 'utf8'), process.env);
     const allowed = new Set([...ENV_NAMES, ...DOTENV_AWS]);
     const ignored: string[] = [];
+    const taken = new Set<string>();
     for (const [name, value] of values) {
       if (!allowed.has(name)) ignored.push(name);
-      else if (process.env[name] === undefined) process.env[name] = value;
+      else if (process.env[name] === undefined) {
+        process.env[name] = value;
+        taken.add(name);
+      }
     }
     // A line that is no setting would be merged by Node 20's parser into the next one (which is then
     // lost): it stops the start, named by its number only (its text may be a password), together with
@@ -327,7 +331,7 @@ function readDotEnv(): string[] {
     log('info', 'settings read from .env (variables already set win)', { file, ...(ignored.length ? { ignored } : {}) });
     // The Karma Proxy seed listened on 6969 whatever PORT said, and its config library's .env templates
     // carry a PORT for the app: one taken from there moves the listener, said so.
-    if (values.has('PORT') && process.env.PORT === values.get('PORT') && values.get('PORT')!.trim() !== '' && Number(values.get('PORT')) !== 6969) {
+    if (taken.has('PORT') && values.get('PORT')!.trim() !== '' && Number(values.get('PORT')) !== 6969) {
       log('warn', `PORT=${values.get('PORT')!.trim()} from .env: the proxy listens there (the Karma Proxy seed ignored PORT and always listened on 6969)`, { file });
     }
     // A typo there is as likely as in the environment, and said the same way.

@@ -605,7 +605,7 @@ describe('the bundle starts and stops cleanly', () => {
       expect(r.code).toBe(2);
       expect(r.stderr).toContain('"msg":"PORT=3000 from .env: the proxy listens there (the Karma Proxy seed ignored PORT and always listened on 6969)"');
       // Set in the environment, it is the user's own: nothing said.
-      fs.writeFileSync(path.join(dir, '.env'), 'PORT=4000\nNODE_FILTER=static\n');
+      fs.writeFileSync(path.join(dir, '.env'), 'PORT=3000\nNODE_FILTER=static\n');
       expect((await runBundle({ PORT: '3000' }, 15_000, dir)).stderr).not.toContain('from .env: the proxy listens there');
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
