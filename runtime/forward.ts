@@ -1071,8 +1071,9 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       (err.kind === 'client_gone' || err.kind === 'client_timeout' || err.kind === 'stale' || err.kind === 'shutting_down');
     const counted = err !== undefined && !notTheTarget && !err.blameless && err.kind !== 'pool_full';
     // Counted before done(), which forgets a target that has left every pool, and its series with it: a
-    // count after would bring the series back for good.
-    if (counted) failedConnections.labels({ target: s.target.id }).inc();
+    // count after would bring the series back for good. What the breaker excuses (a keep-alive race that
+    // cut a POST, an answer head over our limit) still failed with this target: the metric says so.
+    if (err !== undefined && !notTheTarget && err.kind !== 'pool_full') failedConnections.labels({ target: s.target.id }).inc();
     this.registry.done(s);
     const outcome = this.outcome;
     if (!err) {

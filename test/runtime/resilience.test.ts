@@ -186,6 +186,8 @@ describe('circuit breaker', () => {
       const statuses: number[] = [];
       for (let i = 0; i < 8; i++) statuses.push((await request(p.port, { method: 'POST', body: 'x' })).status);
       expect(statuses).toEqual([502, 502, 502, 502, 503, 503, 503, 503]);
+      // The one the breaker excused still failed with this target, as its clients saw.
+      expect(await metricValue(failedConnections, idOf(bad))).toBe(4);
     } finally {
       await p.stop();
       await bad.close();
