@@ -140,6 +140,8 @@ const INVALID = {
  * sending them without end would hold the request, and its socket, for good.
  */
 export const MAX_INTERIM_ANSWERS = 1000;
+/** How long a target that sent bytes past an answer gets a connection per request (UpstreamPool.distrust). */
+export const DISTRUST_MS = 600_000;
 type Invalid = keyof typeof INVALID;
 
 /**
@@ -186,6 +188,8 @@ class Conn {
   private informational = false;
   /** Interim answers to the request under way (MAX_INTERIM_ANSWERS). */
   private interim = 0;
+  /** Its last exchange ended with the socket kept for another request. */
+  private kept = false;
   /**
    * What makes the answer under way unusable, as an llhttp-style code (checked after execute): a
    * protocol switch or an answer nobody asked for (the socket is no HTTP any more), a status outside
@@ -230,7 +234,11 @@ class Conn {
     // an answer nobody asked for. node:http's client destroys such a socket; handing it on would make
     // those bytes the next request's answer, whoever sent that.
     parser[kOnMessageBegin] = () => {
-      if (!this.current) this.invalid = 'HPE_UNEXPECTED_CONTENT';
+      if (this.current) return;
+      this.invalid = 'HPE_UNEXPECTED_CONTENT';
+      // On a socket kept for the next request: this target sends bytes past its answers, and the next
+      // time they may come after that request went out, as another client's answer (see distrust()).
+      if (this.kept) this.pool?.distrust();
     };
     // Over 32 header lines llhttp hands them over in parts before headers-complete; trailers come the
     // same way, just before message-complete, which drops them.
@@ -320,7 +328,8 @@ class Conn {
       // Not after a HEAD: a target that sends the body anyway (a common bug) may send it a moment later,
       // in a read of its own, when the socket would be serving the next request in line: those bytes
       // would be that request's answer, another client's. One connection per HEAD is the price.
-      const keep = x.keepAlive && this.keepAliveMs !== 0 && this.pool !== undefined && !this.socket.destroyed && !this.writeFailed && x.method !== 'HEAD';
+      const keep = x.keepAlive && this.keepAliveMs !== 0 && this.pool?.reusable === true && !this.socket.destroyed && !this.writeFailed && x.method !== 'HEAD';
+      this.kept = keep;
       // A target that answered before the whole request body was sent (nginx's `return`, an early 413)
       // and keeps the connection reads and discards the rest, as HTTP/1.1 asks: the body goes on, and the
       // socket is reused once it is all sent, as node:http's client does. (Destroying it instead cost a
@@ -450,6 +459,7 @@ class Conn {
     this.current = x;
     this.informational = false;
     this.interim = 0;
+    this.kept = false;
   }
 
   setTimeout(ms: number): void {
@@ -465,6 +475,8 @@ export class UpstreamPool {
   private readonly all = new Set<Conn>();
   private readonly waiting: UpstreamRequest[] = [];
   private closed = false;
+  /** Until when (Date.now()) no socket of this target is reused: it sent bytes past an answer (distrust()). */
+  private distrustedUntil = 0;
   private sweeper: NodeJS.Timeout | undefined;
   private waitSweeper: NodeJS.Timeout | undefined;
 
@@ -475,7 +487,7 @@ export class UpstreamPool {
    * most `maxWaitMs`: `queued` says which, synchronously.
    */
   request(opts: UpstreamRequestOptions, handler?: UpstreamHandler): UpstreamRequest {
-    const x = new UpstreamRequest(opts, this, true, handler);
+    const x = new UpstreamRequest(opts, this, this.reusable, handler);
     this.dispatch(x);
     return x;
   }
@@ -490,6 +502,27 @@ export class UpstreamPool {
   /** Requests waiting for a socket. */
   get queued(): number {
     return this.waiting.length;
+  }
+
+  /** Its sockets may serve another request: it has not sent bytes past an answer lately. */
+  get reusable(): boolean {
+    return this.distrustedUntil === 0 || Date.now() >= this.distrustedUntil;
+  }
+
+  /**
+   * The target sent bytes past the end of an answer on a socket kept for the next request (a body it
+   * owed nobody, a second answer). Caught this time; the next time they may come just after another
+   * request went out on that socket, and be taken for that request's answer: another client's. For
+   * DISTRUST_MS, every request gets a connection of its own (`Connection: close`), said once a time.
+   */
+  distrust(): void {
+    if (!this.reusable || this.closed) return;
+    this.distrustedUntil = Date.now() + DISTRUST_MS;
+    this.destroyIdle();
+    log('warn', 'a target sent bytes past the end of an answer: its connections are not reused for a while, so that none reach another client', {
+      target: `${this.opts.host.includes(':') ? `[${this.opts.host}]` : this.opts.host}:${this.opts.port}`,
+      seconds: DISTRUST_MS / 1000,
+    });
   }
 
   /** Sockets open (busy or idle). */

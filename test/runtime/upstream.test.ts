@@ -263,6 +263,33 @@ describe('upstream client', () => {
     });
   });
 
+  test('a target that sent bytes past an answer on a kept socket gets a connection per request from then on (Connection: close), said once', async () => {
+    const heads: string[] = [];
+    const s = net.createServer((sock) => {
+      sock.on('data', (d) => {
+        const head = d.toString('latin1');
+        heads.push(head);
+        sock.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+        // A second answer nobody asked for, a moment after the first: as another client's, had a request gone out.
+        if (head.startsWith('GET /first')) setTimeout(() => sock.writable && sock.write('HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!'), 30);
+      });
+      sock.on('error', () => undefined);
+    });
+    const port = await listen(s);
+    const p = pool(port);
+    const warn = jest.spyOn(process.stderr, 'write').mockImplementation(() => true);
+    try {
+      expect(await send(p.request(get('/first')))).toMatchObject({ body: 'ok' });
+      await sleep(100);
+      expect(p.sockets).toBe(0);
+      for (const path of ['/second', '/third']) expect(await send(p.request(get(path)))).toMatchObject({ body: 'ok', reused: false });
+      expect(heads.filter((h) => /^GET \/(second|third) /.test(h)).every((h) => /\r\nConnection: close\r\n/i.test(h))).toBe(true);
+      expect(warn.mock.calls.filter(([l]) => String(l).includes('sent bytes past the end of an answer'))).toHaveLength(1);
+    } finally {
+      warn.mockRestore();
+    }
+  });
+
   test('Connection: close from the target: the socket is not reused', async () => {
     const port = await listen(http.createServer((_req, res) => res.writeHead(200, { Connection: 'close' }).end('x')));
     const p = pool(port);
