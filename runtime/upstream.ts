@@ -190,6 +190,8 @@ class Conn {
   private interim = 0;
   /** Its last exchange ended with the socket kept for another request. */
   private kept = false;
+  /** A message nobody asked for began on it while it was kept: the pool hears of it once the read is parsed. */
+  private unasked = false;
   /**
    * What makes the answer under way unusable, as an llhttp-style code (checked after execute): a
    * protocol switch or an answer nobody asked for (the socket is no HTTP any more), a status outside
@@ -238,7 +240,8 @@ class Conn {
       this.invalid = 'HPE_UNEXPECTED_CONTENT';
       // On a socket kept for the next request: this target sends bytes past its answers, and the next
       // time they may come after that request went out, as another client's answer (see distrust()).
-      if (this.kept) this.pool?.distrust();
+      // Judged once the read is parsed (parsed()): a 408 on an idle connection is a server's goodbye.
+      this.unasked = this.kept;
     };
     // Over 32 header lines llhttp hands them over in parts before headers-complete; trailers come the
     // same way, just before message-complete, which drops them.
@@ -262,6 +265,8 @@ class Conn {
         this.pendingHeaders = [];
       }
       const x = this.current;
+      // RFC 9110 §15.5.9: a server may send a 408 on an idle connection it closes. Not bytes past an answer.
+      if (!x && status === 408) this.unasked = false;
       if (!x || upgrade) {
         // An answer nobody asked for, or a protocol switch nobody asked for: the socket is dropped.
         this.invalid ??= 'HPE_UNEXPECTED_UPGRADE';
@@ -420,6 +425,10 @@ class Conn {
 
   /** What a read parsed to: bytes parsed, or an Error of node's own realm (not `instanceof` ours under a vm). */
   private parsed(r: number | Error | undefined): void {
+    if (this.unasked) {
+      this.unasked = false;
+      this.pool?.distrust();
+    }
     if (this.invalid && typeof r !== 'object') r = badResponse(this.invalid, INVALID[this.invalid]);
     if (typeof r === 'object' && r !== null) {
       const code = (r as NodeJS.ErrnoException).code;
@@ -506,7 +515,8 @@ export class UpstreamPool {
 
   /** Its sockets may serve another request: it has not sent bytes past an answer lately. */
   get reusable(): boolean {
-    return this.distrustedUntil === 0 || Date.now() >= this.distrustedUntil;
+    if (this.distrustedUntil !== 0 && Date.now() >= this.distrustedUntil) this.distrustedUntil = 0;
+    return this.distrustedUntil === 0;
   }
 
   /**

@@ -290,6 +290,22 @@ describe('upstream client', () => {
     }
   });
 
+  test('a 408 a target sends on an idle connection it closes (RFC 9110 §15.5.9) is no such bytes: its connections stay reusable', async () => {
+    const s = net.createServer((sock) => {
+      sock.on('data', () => {
+        sock.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+        setTimeout(() => sock.writable && sock.end('HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n'), 30);
+      });
+      sock.on('error', () => undefined);
+    });
+    const p = pool(await listen(s));
+    await send(p.request(get()));
+    await sleep(100);
+    expect(p.reusable).toBe(true);
+    await send(p.request(get()));
+    expect(await send(p.request(get()))).toMatchObject({ body: 'ok', reused: true });
+  });
+
   test('Connection: close from the target: the socket is not reused', async () => {
     const port = await listen(http.createServer((_req, res) => res.writeHead(200, { Connection: 'close' }).end('x')));
     const p = pool(port);
