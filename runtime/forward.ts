@@ -592,13 +592,14 @@ export class Forwarder {
           outcome.error = kind;
           outcome.status = failureStatus(kind);
           upstreamErrors.labels({ kind }).inc();
+          // Counted with the target either way, as for a plain request.
+          failedConnections.labels({ target: s.target.id }).inc();
           // As for a plain request: an answer too large or (under HTTP checks) not HTTP is no mark.
           if (blameless(kind, this.opts.httpChecks)) {
             judged = true;
             s.breaker.release(epoch);
             return;
           }
-          failedConnections.labels({ target: s.target.id }).inc();
           if (mayHaveLeft(kind)) void this.opts.onRefused?.(pool);
           judge(false, refusedFailure(kind));
         };

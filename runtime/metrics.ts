@@ -23,7 +23,7 @@ export const healthCheckLatency = new Histogram({
 });
 export const failedConnections = new Counter({
   name: 'load_balancer_failed_connections_total',
-  help: 'Attempts to reach a target that failed (refused, reset, timed out).',
+  help: 'Attempts to reach a target that failed (refused, reset, timed out, or answered what cannot be passed on), the keep-alive race and answers over the head limit included.',
   labelNames: ['target'] as const,
 });
 export const successfulConnections = new Counter({

@@ -72,6 +72,7 @@ export const EARLY_ANSWER_MAX_AGE_MS = 250;
 export const HELD_ASKS_PER_SECOND = 100;
 /** A route the primary held nothing for is not asked for again for this long. */
 export const NOT_HELD_MS = 1000;
+const NOT_HELD: unique symbol = Symbol('not held');
 
 /** A token bucket: `perSecond`, holding up to `seconds` worth. */
 class Bucket {
@@ -118,7 +119,7 @@ export class RouteTable {
   /** Asks for targets the primary holds, past that budget (admitHeld): each is an IPC round trip. */
   private readonly heldAsks: Bucket;
   /** Those under way, one per route. */
-  private readonly heldAsking = new Map<string, Promise<Pool | undefined>>();
+  private readonly heldAsking = new Map<string, Promise<Pool | undefined | typeof NOT_HELD>>();
   /** Routes the primary held nothing for, not asked again until the time given. */
   private readonly notHeld = new Map<string, number>();
 
@@ -215,16 +216,18 @@ export class RouteTable {
       limitHits.labels({ limit: 'new_routes' }).inc();
       return undefined;
     };
+    // Each request refused is a hit, those that share one ask too.
+    const answered = (ask: Promise<Pool | undefined | typeof NOT_HELD>): Promise<Pool | undefined> => ask.then((a) => (a === NOT_HELD ? refused() : a));
     const asking = this.heldAsking.get(id);
-    if (asking) return asking;
+    if (asking) return answered(asking);
     // Hosts made up come at any rate: each is asked once a while at most, and all of them within a budget.
     if (!this.provider.held || (this.notHeld.get(id) ?? 0) > this.now() || !this.heldAsks.take()) return Promise.resolve(refused());
-    const ask = this.provider.held(key).then(
-      (found) => {
+    const ask: Promise<Pool | undefined | typeof NOT_HELD> = this.provider.held(key).then(
+      (found): Pool | undefined | typeof NOT_HELD | Promise<Pool | undefined> => {
         this.heldAsking.delete(id);
         if (!found) {
           setRecent(this.notHeld, id, this.now() + NOT_HELD_MS, this.opts.maxRoutes);
-          return refused();
+          return NOT_HELD;
         }
         const e = this.entries.get(id) ?? this.newEntry(key, id);
         if (!e) return undefined;
@@ -233,10 +236,10 @@ export class RouteTable {
         e.foundAt = this.now() - found.ageMs;
         return this.admit(e, found.targets);
       },
-      () => (this.heldAsking.delete(id), refused()),
+      (): typeof NOT_HELD => (this.heldAsking.delete(id), NOT_HELD),
     );
     this.heldAsking.set(id, ask);
-    return ask;
+    return answered(ask);
   }
 
   /** Adds a route that is always kept (the one pool of static, tag and asg modes) and discovers it. */

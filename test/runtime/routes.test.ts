@@ -1,7 +1,7 @@
 import * as net from 'node:net';
 import { TargetRegistry } from '../../runtime/balancer';
 import { loadConfig } from '../../runtime/config';
-import { activeConnections, discoveryDuration, failOpenTotal, requestsTotal } from '../../runtime/metrics';
+import { activeConnections, discoveryDuration, failOpenTotal, limitHits, requestsTotal } from '../../runtime/metrics';
 import { EARLY_ANSWER_MAX_AGE_MS, HELD_ASKS_PER_SECOND, NOT_HELD_MS, RouteTable } from '../../runtime/routes';
 import { makeTarget, Provider, RouteKey, Target } from '../../runtime/types';
 import { Running, start } from '../../runtime/worker';
@@ -424,9 +424,13 @@ describe('new-route budget', () => {
     expect(t.get(key('junk4'))).toEqual({ kind: 'unknown' });
     expect(asked).toEqual(['real', 'junk4']);
     expect(g.calls).toHaveLength(4); // no discovery for either
-    // Hosts made up at any rate: one ask per route at a time, and not again for NOT_HELD_MS.
+    // Hosts made up at any rate: one ask per route at a time, and not again for NOT_HELD_MS; each
+    // request refused is a limit hit.
+    const hits = async (): Promise<number> => (await limitHits.get()).values.find((v) => v.labels.limit === 'new_routes')?.value ?? 0;
+    const before = await hits();
     await Promise.all([...Array.from({ length: 10 }, () => t.resolve(key('junk5'))), t.resolve(key('junk4'))]);
     expect(asked).toEqual(['real', 'junk4', 'junk5']);
+    expect((await hits()) - before).toBe(11);
     clock += NOT_HELD_MS;
     await t.resolve(key('spend')); // the token that second brought: a discovery
     await t.resolve(key('junk4'));
