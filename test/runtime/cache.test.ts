@@ -226,6 +226,26 @@ describe('SharedProvider on a real redis-server', () => {
     expect(stub.count('ListTasks')).toBe(1); // asked its own region, not given the other's answer
   });
 
+  test('an answer its provider had already aged (another port\'s shared ECS records) is given and written as old as it is', async () => {
+    const inner: Provider = {
+      name: 'aged',
+      discover: async () => [makeTarget('10.0.0.7', 8080)],
+      discoverAged: async () => ({ targets: [makeTarget('10.0.0.7', 8080)], ageMs: 1500 }),
+    };
+    const redis = new Redis(server.url, { maxRetriesPerRequest: 1 });
+    redis.on('error', () => undefined);
+    const periodMs = 10_000;
+    const a = new SharedProvider(inner, redis, { periodMs, scope: 'aged' });
+    const b = new SharedProvider(inner, redis, { periodMs, scope: 'aged' });
+    open.push(a, b);
+    expect(await a.connected()).toBe(true);
+    expect((await a.discoverAged(route)).ageMs).toBe(1500);
+    await sleep(50);
+    const taken = await b.discoverAged(route);
+    expect(taken.ageMs).toBeGreaterThanOrEqual(1500);
+    expect(taken.ageMs).toBeLessThan(2500);
+  });
+
   test('a pool larger than readers take (MAX_SHARED_TARGETS) is not written for nobody', async () => {
     const big = Array.from({ length: MAX_SHARED_TARGETS + 1 }, (_, i) => makeTarget(`10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`, 8080));
     const inner: Provider = { name: 'big', discover: async () => big };
