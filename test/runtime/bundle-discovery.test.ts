@@ -9,6 +9,21 @@ import { request, until } from '../support/net';
 
 jest.setTimeout(60_000);
 
+/**
+ * Kills every worker of `p`, one after the other as crashes come, each once its replacement listens:
+ * the listening port stays open, and every request after meets a worker that never served a route.
+ */
+async function replaceWorkers(p: Awaited<ReturnType<typeof startBundle>>, workers: number): Promise<void> {
+  for (const pid of p.workers()) {
+    process.kill(pid, 'SIGKILL');
+    await until('a replacement worker, listening', async () => {
+      if (p.workers().includes(pid)) return false;
+      const health = await request(p.metricsPort, { path: '/healthz' });
+      return (JSON.parse(health.body) as { workers: number }).workers === workers;
+    });
+  }
+}
+
 describe('the bundle with AWS discovery', () => {
   let stub: AwsStub;
   let backends: Backend[];
@@ -113,14 +128,7 @@ describe('the bundle with AWS discovery', () => {
     const junk = (n: number) => Promise.all(Array.from({ length: n }, (_, i) => request(p.port, { headers: { Host: `nope${i}-80-prod.example.com`, Connection: 'close' } })));
     try {
       expect(await request(p.port, { headers: { Host: host, Connection: 'close' } })).toMatchObject({ status: 200 });
-      for (const pid of p.workers()) {
-        process.kill(pid, 'SIGKILL');
-        await until('a replacement worker, listening', async () => {
-          if (p.workers().includes(pid)) return false;
-          const health = await request(p.metricsPort, { path: '/healthz' });
-          return (JSON.parse(health.body) as { workers: number }).workers === 2;
-        });
-      }
+      await replaceWorkers(p, 2);
       await junk(40); // both new workers' budgets (4 each) spent on Hosts made up
       stub.resetCalls();
       for (let i = 0; i < 6; i++) expect(await request(p.port, { headers: { Host: host, Connection: 'close' } })).toMatchObject({ status: 200, body: 'task-1' });
@@ -252,16 +260,8 @@ describe('the bundle with AWS discovery', () => {
       expect(await request(p.port, { headers: { Host: host, Connection: 'close' } })).toMatchObject({ status: 200 });
       stub.fail('*', fault, { times: Infinity });
       await new Promise((r) => setTimeout(r, 1500)); // the route is due again: its refresh has failed, or hangs
-      // Both replaced (one alone might not be given a connection), one after the other as crashes come
-      // (the listening port stays open): every request meets a worker that never served the route.
-      for (const pid of p.workers()) {
-        process.kill(pid, 'SIGKILL');
-        await until('a replacement worker, listening', async () => {
-          if (p.workers().includes(pid)) return false;
-          const health = await request(p.metricsPort, { path: '/healthz' });
-          return (JSON.parse(health.body) as { workers: number }).workers === 2;
-        });
-      }
+      // Both replaced (one alone might not be given a connection).
+      await replaceWorkers(p, 2);
       for (let i = 0; i < 6; i++) {
         const started = Date.now();
         expect(await request(p.port, { headers: { Host: host, Connection: 'close' } })).toMatchObject({ status: 200 });
