@@ -192,6 +192,8 @@ class Conn {
   private kept = false;
   /** A message nobody asked for began on it while it was kept: the pool hears of it once the read is parsed. */
   private unasked = false;
+  /** Its head was whole, and no 408. */
+  private unaskedHead = false;
   /**
    * What makes the answer under way unusable, as an llhttp-style code (checked after execute): a
    * protocol switch or an answer nobody asked for (the socket is no HTTP any more), a status outside
@@ -266,6 +268,7 @@ class Conn {
       }
       const x = this.current;
       // RFC 9110 §15.5.9: a server may send a 408 on an idle connection it closes. Not bytes past an answer.
+      if (!x) this.unaskedHead = status !== 408;
       if (!x && status === 408) this.unasked = false;
       if (!x || upgrade) {
         // An answer nobody asked for, or a protocol switch nobody asked for: the socket is dropped.
@@ -426,8 +429,11 @@ class Conn {
   /** What a read parsed to: bytes parsed, or an Error of node's own realm (not `instanceof` ours under a vm). */
   private parsed(r: number | Error | undefined): void {
     if (this.unasked) {
+      // Judged on a whole head (not a 408) or on bytes that are no HTTP at all; a head cut by the end of
+      // the read is given the benefit of the doubt (the socket goes either way).
+      if (this.unaskedHead || (typeof r === 'object' && r !== null)) this.pool?.distrust();
       this.unasked = false;
-      this.pool?.distrust();
+      this.unaskedHead = false;
     }
     if (this.invalid && typeof r !== 'object') r = badResponse(this.invalid, INVALID[this.invalid]);
     if (typeof r === 'object' && r !== null) {

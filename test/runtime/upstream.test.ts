@@ -294,7 +294,9 @@ describe('upstream client', () => {
     const s = net.createServer((sock) => {
       sock.on('data', () => {
         sock.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
-        setTimeout(() => sock.writable && sock.end('HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n'), 30);
+        // In two segments, as TCP may deliver it.
+        setTimeout(() => sock.writable && sock.write('HTTP/1.1 40'), 30);
+        setTimeout(() => sock.writable && sock.end('8 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n'), 50);
       });
       sock.on('error', () => undefined);
     });
