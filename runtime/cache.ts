@@ -23,7 +23,7 @@ import type { Config } from './config';
 import { errorFields, log } from './log';
 import { usablePort } from './discovery/screen';
 import { cacheLookups } from './metrics';
-import { Found, makeTarget, Provider, RouteKey, routeId, Target, within } from './types';
+import { Found, foundBy, makeTarget, Provider, RouteKey, routeId, Target, within } from './types';
 
 /** How often the fleet may ask AWS for a route whose targets refuse (SharedProvider, maxAgeMs): once a second. */
 const EARLY_LOCK_MS = 1000;
@@ -330,7 +330,7 @@ export class SharedProvider implements Provider {
    * and a change would take nearly two periods to reach it.
    */
   async discoverAged(route: RouteKey, signal?: AbortSignal, maxAgeMs = Infinity): Promise<Found> {
-    const fresh = (): Promise<Found> => this.innerFound(route, signal, maxAgeMs);
+    const fresh = (): Promise<Found> => foundBy(this.inner, route, signal, maxAgeMs);
     const redis = this.usable();
     if (!redis) {
       cacheLookups.inc({ result: 'error' });
@@ -386,18 +386,10 @@ export class SharedProvider implements Provider {
     return fresh();
   }
 
-  /**
-   * What this proxy discovers itself: an answer no older than maxAgeMs, and its age (ecs.ts shares one
-   * service's tasks among its ports for a moment).
-   */
-  private async innerFound(route: RouteKey, signal: AbortSignal | undefined, maxAgeMs: number): Promise<Found> {
-    return this.inner.discoverAged ? this.inner.discoverAged(route, signal, maxAgeMs) : { targets: await this.inner.discover(route, signal), ageMs: 0 };
-  }
-
   private async refresh(redis: Redis, key: string, lock: string, lockMs: number, route: RouteKey, signal: AbortSignal | undefined, maxAgeMs: number): Promise<Found> {
     cacheLookups.inc({ result: 'miss' });
     const started = Date.now();
-    const found = await this.innerFound(route, signal, maxAgeMs);
+    const found = await foundBy(this.inner, route, signal, maxAgeMs);
     const { targets } = found;
     // Not awaited: a request never waits on writing the shared copy. Its age is the time since what it
     // says was found: the wait for it, or the shared records' age when that is more.

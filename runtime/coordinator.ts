@@ -11,7 +11,7 @@ import { HealthChecker } from './health';
 import type { ToPrimary, ToWorker } from './ipc';
 import { LogBudget, errorFields, log, markLogged, wasLogged } from './log';
 import { discoveryErrors } from './metrics';
-import { DISCOVERY_DEADLINE_MS, DiscoveryError, Found, Provider, RouteKey, routeId, setRecent, sortTargets, StatusSetter, Target, within } from './types';
+import { DISCOVERY_DEADLINE_MS, DiscoveryError, Found, foundBy, Provider, RouteKey, routeId, setRecent, sortTargets, StatusSetter, Target, within } from './types';
 
 /**
  * The discovery provider of NODE_FILTER. The AWS SDK and the Redis client are loaded only by the modes
@@ -283,9 +283,7 @@ export class Coordinator {
       // Raced as well as passed on: whatever part of a provider does not heed the signal cannot hold it.
       const aborted = new Promise<never>((_, reject) => deadline.addEventListener('abort', () => reject(new Error(`discovery took over ${this.deadlineMs / 1000} s`)), { once: true }));
       aborted.catch(() => undefined);
-      const found = this.provider.discoverAged
-        ? this.provider.discoverAged(route, deadline, maxAgeMs)
-        : this.provider.discover(route, deadline).then((targets) => ({ targets, ageMs: 0 }));
+      const found = foundBy(this.provider, route, deadline, maxAgeMs);
       p = Promise.race([found, aborted]).then(
         (f) => {
           this.inflight.delete(id);

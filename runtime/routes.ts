@@ -10,7 +10,7 @@
 import { Pool, TargetRegistry } from './balancer';
 import { errorFields, log, wasLogged } from './log';
 import { discoveryDuration, discoveryErrors, forgetRoute, limitHits, routesKnown } from './metrics';
-import { DiscoveryError, Provider, RouteKey, routeId, setRecent, Target } from './types';
+import { DiscoveryError, foundBy, Provider, RouteKey, routeId, setRecent, Target } from './types';
 
 const sameIds = (a: readonly Target[], b: readonly Target[]): boolean => a.length === b.length && a.every((t, i) => t.id === b[i].id);
 
@@ -371,9 +371,7 @@ export class RouteTable {
     const started = process.hrtime.bigint();
     const seconds = (): number => Number(process.hrtime.bigint() - started) / 1e9;
     try {
-      const found = this.provider.discoverAged
-        ? await this.provider.discoverAged(e.key, this.abort.signal, maxAgeMs)
-        : { targets: await this.provider.discover(e.key, this.abort.signal), ageMs: 0 };
+      const found = await foundBy(this.provider, e.key, this.abort.signal, maxAgeMs);
       e.foundAt = this.now() - found.ageMs;
       // A failure the primary answered with the last targets (it counted the error) is still a failure.
       discoveryDuration.labels({ provider: this.provider.name, outcome: found.stale ? 'error' : 'ok' }).observe(seconds());

@@ -65,6 +65,11 @@ export interface Found {
   readonly stale?: boolean;
 }
 
+/** `provider`'s answer and its age: discoverAged where it has one, else discover's, 0 old. */
+export async function foundBy(provider: Provider, route: RouteKey, signal?: AbortSignal, maxAgeMs?: number): Promise<Found> {
+  return provider.discoverAged ? provider.discoverAged(route, signal, maxAgeMs) : { targets: await provider.discover(route, signal), ageMs: 0 };
+}
+
 /** The longest one discovery (every page and call of it) may take before it fails and can be tried again. */
 export const DISCOVERY_DEADLINE_MS = 30_000;
 
