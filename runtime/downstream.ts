@@ -385,7 +385,12 @@ export class Request {
       collecting(this.kept !== undefined);
       return;
     }
-    if (this.sink && !this.dropping) this.sink.end();
+    if (this.sink && !this.dropping) {
+      this.sink.end();
+      // Nothing more goes to the sink: reads need not wait for it to drain. A target that answered and
+      // closed never drains, and the connection's next request would never be read.
+      this.conn.stopWaitingForDrain();
+    }
   }
 }
 
@@ -1039,7 +1044,9 @@ export class ClientConn {
     this.draining = sink;
     this.pause(PAUSE_DRAIN);
     sink.once('drain', () => {
-      if (this.draining === sink) this.draining = undefined;
+      // Not a sink let go of since (its body ended, another target took the rest): reads wait for the current one.
+      if (this.draining !== sink) return;
+      this.draining = undefined;
       this.resume(PAUSE_DRAIN);
     });
   }

@@ -14,7 +14,8 @@
  * Handles: Content-Length, chunked and close-delimited responses; HEAD, 204 and 304 without a body; 1xx
  * informational responses skipped until the final one (101 to a plain request is a bad response);
  * `Connection: close` and HTTP/1.0 answers (socket not reused); a response that ends before the request
- * body did (the body is still sent, then the socket reused, as node:http does); request bodies with Content-Length or, when the client sent chunked,
+ * body did (the body is still sent, then the socket reused, as node:http does; after `Connection: close`
+ * the rest is dropped); request bodies with Content-Length or, when the client sent chunked,
  * re-chunked; raw header names and repeated headers as sent; POOL_SIZE sockets per target with a FIFO
  * queue; idle sockets reused most recently used first, and closed by a sweep after the free-socket timeout.
  * Bytes after the end of an answer (a body on a HEAD answer, a Content-Length too short, an answer
@@ -346,6 +347,11 @@ class Conn {
         x.releaseWhenSent = true;
         this.sending = x;
       }
+      // Answered early on a socket that will not serve again (the target said close, or sent a body on a
+      // HEAD): the rest of the body has nowhere to go. Said before the answer ends, so that the client's
+      // connection reads and drops the rest and serves its next request; left piped, its reads waited
+      // for a 'drain' from a socket already gone, and its next request was never answered.
+      else if (!keep && !x.ended) x.bodyGone();
       try {
         x.complete();
       } catch (err) {

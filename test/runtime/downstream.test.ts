@@ -149,6 +149,60 @@ describe('pipelining and keep-alive', () => {
     expect(r.responses.map((x) => x.body)).toEqual([String(size)]);
   });
 
+  test('a body whose last bytes its reader pushed back on, the reader then gone for good (a target that answered and closed): the next request is still read', async () => {
+    // A sink that is full from its first write and never drains, as a closed target's socket.
+    const stuck = { write: () => false, end: () => undefined, once: () => stuck };
+    handle = (req, res) => {
+      if (!req.hasBody) return ok(res, 'next');
+      req.pipe(stuck);
+      ok(res, 'refused');
+    };
+    const c = await connect();
+    c.socket.write(`POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello`);
+    await until('the POST answered', () => c.received().includes('refused'), 5000, 5);
+    c.socket.write(GET('/next'));
+    await until('the GET answered', () => c.received().includes('next'), 5000, 5);
+    expect(c.closed()).toBe(false);
+    c.socket.destroy();
+  });
+
+  test("a drain from a reader let go of does not start reads the current body's reader is holding back", async () => {
+    // The first body's reader pushes back on its last bytes and drains later, once the second body's
+    // reader (full from its first write, until released) holds the connection's reads.
+    let releaseSecond = (): void => undefined;
+    let secondWrites = 0;
+    const drainLater = (ms: number) => {
+      const sink = {
+        write: () => false,
+        end: () => undefined,
+        once: (_e: string, fn: () => void) => (setTimeout(fn, ms), sink),
+      };
+      return sink;
+    };
+    handle = (req, res) => {
+      if (req.url === '/first') {
+        req.pipe(drainLater(300));
+        return ok(res, 'first');
+      }
+      req.pipe({
+        write: () => (secondWrites++, false),
+        end: () => ok(res, 'second'),
+        once: (_e: string, fn: () => void) => ((releaseSecond = fn), undefined),
+      });
+    };
+    const c = await connect();
+    c.socket.write(`POST /first HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello`);
+    await until('the first answered', () => c.received().includes('first'), 5000, 5);
+    c.socket.write(`POST /second HTTP/1.1\r\nHost: a\r\nContent-Length: 4000000\r\n\r\n`);
+    c.socket.write(Buffer.alloc(4_000_000, 98));
+    await until('the second body reaches its reader', () => secondWrites > 0, 5000, 5);
+    await new Promise((r) => setTimeout(r, 600)); // the first reader's drain has come and gone
+    expect(secondWrites).toBe(1);
+    releaseSecond();
+    await until('more of the second body once its reader drains', () => secondWrites > 1, 5000, 5);
+    c.socket.destroy();
+  });
+
   test("a client's FIN before its answer ends the connection: the answer's owner hears the client left", async () => {
     // A close and a half-close look the same; nginx, node:http and Go take both as the client leaving.
     let left = false;

@@ -33,6 +33,19 @@ afterEach(async () => {
   await Promise.all(servers.splice(0).map(close));
 });
 
+/** Whether `check` comes true within `ms`. */
+function within(ms: number, check: () => boolean): Promise<boolean> {
+  return new Promise((resolve) => {
+    const end = Date.now() + ms;
+    const t = setInterval(() => {
+      if (check()) resolve(true);
+      else if (Date.now() < end) return;
+      else resolve(false);
+      clearInterval(t);
+    }, 20);
+  });
+}
+
 async function target(onConnection: (s: net.Socket) => void): Promise<number> {
   const server = net.createServer((s) => {
     s.on('error', () => undefined);
@@ -146,3 +159,65 @@ function getBody(port: number, path: string): Promise<string> {
     }).on('error', reject);
   });
 }
+
+test('a target that answers early with Connection: close and stops reading: the rest of the upload is read and dropped, and the connection serves on', async () => {
+  // Reads a POST's head and nothing more; 300 ms later (the proxy's writes to it long stuck) answers
+  // 413 with Connection: close and closes. Anything else is a 200.
+  const port = await target((s) => {
+    s.once('data', (d: Buffer) => {
+      if (!d.toString('latin1').startsWith('POST')) return void s.end('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok');
+      s.pause();
+      setTimeout(() => s.end('HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig', () => s.destroy()), 300);
+    });
+  });
+  p = await startBundle({ ...QUIET, STATIC_TARGETS: `127.0.0.1:${port}`, IDLE_TIMEOUT: '8' });
+  const total = 32 * 1024 * 1024; // far more than loopback buffers hold
+  const c = net.connect(p.port, '127.0.0.1');
+  c.on('error', () => undefined);
+  let answer = '';
+  c.on('data', (d) => (answer += d));
+  c.write(`POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: ${total}\r\n\r\n`);
+  let sent = 0;
+  const chunk = Buffer.alloc(1 << 16, 97);
+  const pump = (): void => {
+    while (sent < total) {
+      sent += chunk.length;
+      if (!c.write(chunk)) return void c.once('drain', pump);
+    }
+  };
+  pump();
+  const uploaded = await within(6000, () => sent >= total && c.writableLength === 0);
+  expect(answer).toMatch(/^HTTP\/1\.1 413 /);
+  expect(uploaded).toBe(true); // not held until IDLE_TIMEOUT's 8 s by a target that will never read
+  answer = '';
+  c.write('GET /next HTTP/1.1\r\nHost: x\r\n\r\n');
+  expect(await within(5000, () => /\r\n\r\nok$/.test(answer))).toBe(true);
+  expect(answer).toMatch(/^HTTP\/1\.1 200 /);
+  c.destroy();
+});
+
+test("a keep-alive client whose 200 KB POSTs a target refuses at once (node:http, Connection: close, body unread) has each next request answered", async () => {
+  const t = http.createServer((req, res) => {
+    if (req.method === 'POST') return void res.writeHead(413, { connection: 'close' }).end();
+    res.end('plain');
+  });
+  servers.push(t);
+  const port = await listen(t);
+  p = await startBundle({ ...QUIET, STATIC_TARGETS: `127.0.0.1:${port}` });
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  const send = (method: string, body?: Buffer): Promise<string> =>
+    new Promise((resolve) => {
+      const r = http.request({ port: p!.port, host: '127.0.0.1', method, path: '/', agent, headers: { 'content-length': body?.length ?? 0 } }, (a) => {
+        a.resume();
+        a.on('end', () => resolve(String(a.statusCode)));
+      });
+      r.setTimeout(3000, () => r.destroy(new Error('no answer in 3 s')));
+      r.on('error', (e) => resolve(e.message));
+      r.end(body);
+    });
+  const body = Buffer.alloc(200_000, 97);
+  const seen: string[] = [];
+  for (let i = 0; i < 30; i++) seen.push(`${await send('POST', body)} ${await send('GET')}`);
+  agent.destroy();
+  expect(seen.filter((s) => s !== '413 200')).toEqual([]);
+});

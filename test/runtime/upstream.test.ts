@@ -401,6 +401,31 @@ describe('upstream client', () => {
     expect(p.sockets).toBe(1);
   });
 
+  test('a target that answers early with Connection: close and stops reading lets the body go: a write waiting for drain gets it', async () => {
+    const s = net.createServer((sock) => {
+      sock.once('data', () => {
+        sock.pause(); // reads the head (and what came with it), nothing more
+        setTimeout(() => sock.end('HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n', () => sock.destroy()), 300);
+      });
+      sock.on('error', () => undefined);
+    });
+    const p = pool(await listen(s));
+    const size = 32 * 1024 * 1024; // far more than loopback buffers hold
+    const up = p.request({ method: 'POST', path: '/', headers: ['Host', 'x', 'Content-Length', String(size)], body: true });
+    let status = 0;
+    let drained = false;
+    up.on('error', () => undefined);
+    up.on('response', (res) => ((status = res.statusCode), res.resume()));
+    up.on('socket', () => {
+      expect(up.write(Buffer.alloc(size, 97))).toBe(false);
+      up.once('drain', () => (drained = true));
+    });
+    await until(() => status === 413);
+    await until(() => drained);
+    expect(up.destroyed).toBe(true);
+    expect(up.write(Buffer.from('the rest'))).toBe(true); // dropped, not waiting for a socket long gone
+  });
+
   test('idle sockets close after the free-socket timeout', async () => {
     const port = await listen(http.createServer((_req, res) => res.end('x')));
     const p = pool(port, 10, 100);
