@@ -33,6 +33,20 @@ afterEach(async () => {
   await Promise.all(servers.splice(0).map(close));
 });
 
+/** Writes `total` body bytes to `c` as fast as it takes them; the getter says when all have left. */
+function upload(c: net.Socket, total: number): () => boolean {
+  let sent = 0;
+  const chunk = Buffer.alloc(1 << 16, 97);
+  const pump = (): void => {
+    while (sent < total) {
+      sent += chunk.length;
+      if (!c.write(chunk)) return void c.once('drain', pump);
+    }
+  };
+  pump();
+  return () => sent >= total && c.writableLength === 0;
+}
+
 /** Whether `check` comes true within `ms`. */
 function within(ms: number, check: () => boolean): Promise<boolean> {
   return new Promise((resolve) => {
@@ -95,18 +109,10 @@ test('a target that answers early and then closes: the rest of the upload is rea
   c.on('data', (d) => (answer += d));
   const t0 = Date.now();
   c.write(`POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: ${total}\r\n\r\n`);
-  let sent = 0;
-  const chunk = Buffer.alloc(1 << 16, 97);
-  const pump = (): void => {
-    while (sent < total) {
-      sent += chunk.length;
-      if (!c.write(chunk)) return void c.once('drain', pump);
-    }
-  };
-  pump();
+  const uploaded = upload(c, total);
   const uploadedMs = await new Promise<number>((resolve) => {
     const t = setInterval(() => {
-      if (sent >= total && c.writableLength === 0) (clearInterval(t), resolve(Date.now() - t0));
+      if (uploaded()) (clearInterval(t), resolve(Date.now() - t0));
     }, 20);
     c.on('close', () => (clearInterval(t), resolve(-1)));
   });
@@ -177,18 +183,10 @@ test('a target that answers early with Connection: close and stops reading: the 
   let answer = '';
   c.on('data', (d) => (answer += d));
   c.write(`POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: ${total}\r\n\r\n`);
-  let sent = 0;
-  const chunk = Buffer.alloc(1 << 16, 97);
-  const pump = (): void => {
-    while (sent < total) {
-      sent += chunk.length;
-      if (!c.write(chunk)) return void c.once('drain', pump);
-    }
-  };
-  pump();
-  const uploaded = await within(6000, () => sent >= total && c.writableLength === 0);
+  const uploaded = upload(c, total);
+  const allSent = await within(6000, uploaded);
   expect(answer).toMatch(/^HTTP\/1\.1 413 /);
-  expect(uploaded).toBe(true); // not held until IDLE_TIMEOUT's 8 s by a target that will never read
+  expect(allSent).toBe(true); // not held until IDLE_TIMEOUT's 8 s by a target that will never read
   answer = '';
   c.write('GET /next HTTP/1.1\r\nHost: x\r\n\r\n');
   expect(await within(5000, () => /\r\n\r\nok$/.test(answer))).toBe(true);
