@@ -970,8 +970,19 @@ export class ClientConn {
     this.answeredAt = performance.now();
     const req = res.req;
     if (!res.shouldKeepAlive || res.dead) {
+      const bodyComing = !res.dead && !req.complete;
       this.stopParsing();
-      this.socket.destroySoon();
+      if (!bodyComing) return void this.socket.destroySoon();
+      // The last answer is whole, its request's body still coming (an early 413 to a `Connection: close`
+      // or HTTP/1.0 upload): closing now would reset the connection under the answer, and the client
+      // would lose it. Its target gets no more of the body; the rest is read and dropped, the answer ends
+      // with a FIN, and the client's close ends the connection, or BODY_AFTER_ANSWER_MS does (nginx's
+      // lingering close).
+      req.abandon();
+      this.dropReads();
+      this.socket.end();
+      this.afterAnswer = setTimeout(destroySocket, this.server.opts.bodyAfterAnswerMs ?? BODY_AFTER_ANSWER_MS, this.socket);
+      this.afterAnswer.unref();
       return;
     }
     // A body nobody takes (not asked for, or its target gone): what is still coming is read and dropped,
@@ -1143,9 +1154,15 @@ export class ClientConn {
     }
     // Keep reading (and dropping) what the client still sends, so that closing does not reset the
     // connection under the answer; the client's close, or the idle timer, ends it.
-    this.paused = 0;
-    resumeReads(this.socket, this.consumed);
+    this.dropReads();
     rawAnswer(this.socket, status, message, extraHeaders);
+  }
+
+  /** Parsing has stopped: whatever the client still sends is read and dropped, held back by nothing. */
+  private dropReads(): void {
+    this.paused = 0;
+    this.draining = undefined;
+    resumeReads(this.socket, this.consumed);
   }
 
   /**

@@ -539,6 +539,37 @@ test('the rest of a body after its answer is read on for a while, then the conne
   }
 });
 
+test.each([
+  ['Connection: close', 'HTTP/1.1', 'Connection: close\r\n'],
+  ['HTTP/1.0', 'HTTP/1.0', ''],
+])('an upload answered before its body is in, on a connection that ends after it (%s): the rest is read and dropped, and the connection ends with a FIN, not a reset under the answer', async (_name, version, extra) => {
+  handle = (_req, res) => ok(res, 'refused early');
+  // Sends all of its body whatever it hears, as curl does.
+  const socket = net.connect({ host: '127.0.0.1', port, allowHalfOpen: true });
+  let got = '';
+  let error = '';
+  socket.on('data', (d) => (got += d));
+  socket.on('error', (e) => (error = e.message));
+  const closed = new Promise((r) => socket.on('close', r));
+  await new Promise((r) => socket.once('connect', r));
+  const total = 32 * 1024 * 1024;
+  socket.write(`POST /x ${version}\r\nHost: a\r\n${extra}Content-Length: ${total}\r\n\r\n`);
+  let sent = 0;
+  const chunk = Buffer.alloc(1 << 16, 97);
+  const pump = (): void => {
+    while (sent < total && socket.writable) {
+      sent += chunk.length;
+      if (!socket.write(chunk)) return void socket.once('drain', pump);
+    }
+    if (sent >= total) socket.end();
+  };
+  pump();
+  await closed;
+  expect(error).toBe('');
+  expect(sent).toBe(total);
+  expect(got).toMatch(/^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nrefused early$/);
+});
+
 test('a body that is all in soon after its answer keeps its keep-alive connection', async () => {
   const quick = new DownstreamServer({ ...OPTS, bodyAfterAnswerMs: 500 }, {
     request: (req, res) => ok(res, `answered ${req.url}`),
