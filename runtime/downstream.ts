@@ -1186,6 +1186,9 @@ export class ClientConn {
     this.current = undefined;
     res.dead = true;
     res.handler?.clientClosed(undefined, true);
+    // A body delimited by the close is cut with a reset (Response.destroy): the deadline's plain close
+    // of the socket would tell the client it was whole.
+    if (res.headersSent) res.destroy();
   }
 
   /** A WebSocket: the socket leaves this server for the handler, with the bytes read past the head. */
@@ -1440,7 +1443,8 @@ export class DownstreamServer {
         for (const c of this.conns) {
           c.closing = true;
           const unused = c.unusedSince;
-          if (c.idle && (unused === undefined || now - unused >= NEW_CONNECTION_GRACE_MS)) c.socket.destroy();
+          // Not while its last answer is still leaving (a slow reader's download): cut, it would be lost.
+          if (c.idle && c.socket.writableLength === 0 && (unused === undefined || now - unused >= NEW_CONNECTION_GRACE_MS)) c.socket.destroy();
         }
       };
       this.server.close(() => finish());

@@ -493,6 +493,40 @@ describe('timeouts and shutdown', () => {
     await stopped;
   });
 
+  test('at the shutdown deadline, an answer delimited by the close (HTTP/1.0) is cut with a reset, not a FIN that would say it was whole', async () => {
+    handle = (_req, res) => {
+      res.writeHead(200, undefined, 'Content-Type: text/plain\r\n', false);
+      res.write('the first part, and no more');
+    };
+    const c = await connect();
+    let error = '';
+    c.socket.on('error', (e) => (error = (e as NodeJS.ErrnoException).code ?? e.message));
+    c.socket.write('GET /stream HTTP/1.0\r\nHost: a\r\n\r\n');
+    await until('the first part', () => c.received().includes('the first part'), 5000, 5);
+    await server.shutdown(200);
+    await until('the connection closed', () => c.closed(), 3000, 5);
+    expect(error).toBe('ECONNRESET');
+  });
+
+  test("shutdown does not cut the last answer of a keep-alive connection while it is still leaving for a slow reader", async () => {
+    const size = 16 * 1024 * 1024;
+    handle = (_req, res) => {
+      res.writeHead(200, undefined, `Content-Length: ${size}\r\n`, true);
+      res.end(Buffer.alloc(size, 122));
+    };
+    const c = await connect();
+    c.socket.pause(); // reads nothing for now
+    c.socket.write(GET('/big'));
+    await new Promise((r) => setTimeout(r, 200)); // answered: all of it in the socket's buffer
+    const stopped = server.shutdown(10_000);
+    await new Promise((r) => setTimeout(r, 500)); // several sweeps of idle connections
+    c.socket.resume();
+    await until('the connection closed', () => c.closed(), 8000, 5);
+    await stopped;
+    const body = c.received().split('\r\n\r\n')[1] ?? '';
+    expect(body.length).toBe(size);
+  });
+
   test('a connection opened before shutdown gets its first request answered (Connection: close); one never used is closed later', async () => {
     const late = await connect();
     const silent = await connect();
