@@ -921,6 +921,9 @@ export class ClientConn {
   }
 
   messageComplete(): void {
+    // Parsing stopped (the connection ends after its answers): the parser may still run through what
+    // comes, which is dropped, and must not end a lingering close's bound.
+    if (this.done) return;
     const req = this.reading;
     this.reading = undefined;
     if (this.afterAnswer) {
@@ -930,6 +933,7 @@ export class ClientConn {
     this.state = IDLE;
     this.headerParts.length = 0;
     req?.ended();
+    if (this.closing && !this.done && this.server.shuttingDown) this.stopParsing();
   }
 
   private enqueue(p: Pending): void {
@@ -969,19 +973,23 @@ export class ClientConn {
     this.current = undefined;
     this.answeredAt = performance.now();
     const req = res.req;
-    if (!res.shouldKeepAlive || res.dead) {
-      const bodyComing = !res.dead && !req.complete;
+    if (res.dead) {
       this.stopParsing();
-      if (!bodyComing) return void this.socket.destroySoon();
-      // The last answer is whole, its request's body still coming (an early 413 to a `Connection: close`
-      // or HTTP/1.0 upload): closing now would reset the connection under the answer, and the client
-      // would lose it. Its target gets no more of the body; the rest is read and dropped, the answer ends
-      // with a FIN, and the client's close ends the connection, or BODY_AFTER_ANSWER_MS does (nginx's
-      // lingering close).
-      req.abandon();
+      return void this.socket.destroySoon();
+    }
+    if (!res.shouldKeepAlive) {
+      // The connection's last answer is whole. Closing the socket with bytes of the client's still
+      // unread (the rest of a body an early 413 refused, a request pipelined behind the last answer at
+      // shutdown) would reset the connection under the answer, and the client would lose it. The answer
+      // ends with a FIN; whatever still comes is read and dropped until the client closes, for at most
+      // LINGER_MS, or BODY_AFTER_ANSWER_MS while a body is due (nginx's lingering close). The body's
+      // target gets no more of it.
+      const bodyComing = !req.complete;
+      this.stopParsing();
+      if (bodyComing) req.abandon();
       this.dropReads();
       this.socket.end();
-      this.afterAnswer = setTimeout(destroySocket, this.server.opts.bodyAfterAnswerMs ?? BODY_AFTER_ANSWER_MS, this.socket);
+      this.afterAnswer = setTimeout(destroySocket, bodyComing ? this.server.opts.bodyAfterAnswerMs ?? BODY_AFTER_ANSWER_MS : LINGER_MS, this.socket);
       this.afterAnswer.unref();
       return;
     }
@@ -1189,6 +1197,19 @@ export class ClientConn {
     // A body delimited by the close is cut with a reset (Response.destroy): the deadline's plain close
     // of the socket would tell the client it was whole.
     if (res.headersSent) res.destroy();
+  }
+
+  /**
+   * The proxy is shutting down: no request after those already read is read, so that the answer to the
+   * last of them says `Connection: close` and the connection ends after it. A client that pipelines
+   * (always a request ahead of its answer) was otherwise answered keep-alive until SHUTDOWN_TIMEOUT cut
+   * it. A body being read is read to its end first; a connection with nothing to answer yet (just
+   * opened, or between requests) reads the request it is owed, answered with `Connection: close`.
+   */
+  closeAfterAnswers(): void {
+    this.closing = true;
+    if (this.done || this.state === BODY) return; // messageComplete() stops parsing after the body
+    if (this.current || this.waiting.length > 0) this.stopParsing();
   }
 
   /** A WebSocket: the socket leaves this server for the handler, with the bytes read past the head. */
@@ -1441,10 +1462,11 @@ export class DownstreamServer {
       const closeIdle = (): void => {
         const now = performance.now();
         for (const c of this.conns) {
-          c.closing = true;
+          c.closeAfterAnswers();
           const unused = c.unusedSince;
-          // Not while its last answer is still leaving (a slow reader's download): cut, it would be lost.
-          if (c.idle && c.socket.writableLength === 0 && (unused === undefined || now - unused >= NEW_CONNECTION_GRACE_MS)) c.socket.destroy();
+          // Not while its last answer is still leaving (a slow reader's download: cut, it would be lost),
+          // nor one ending already (its FIN sent, lingering until the client's: answered()).
+          if (c.idle && !c.socket.writableEnded && c.socket.writableLength === 0 && (unused === undefined || now - unused >= NEW_CONNECTION_GRACE_MS)) c.socket.destroy();
         }
       };
       this.server.close(() => finish());

@@ -493,6 +493,34 @@ describe('timeouts and shutdown', () => {
     await stopped;
   });
 
+  test('a client that pipelines (always a request ahead of its answer) hears Connection: close at shutdown, on the answers to what was read, and is not reset', async () => {
+    handle = (req, res) => setTimeout(() => ok(res, req.url), 20);
+    const c = await connect();
+    let asked = 0;
+    let error = '';
+    c.socket.on('error', (e) => (error = e.message));
+    const ask = (): void => void (c.socket.writable && c.socket.write(GET(`/r${asked++}`)));
+    ask();
+    ask();
+    // Each answer brings the next request: two are always on their way.
+    let seen = 0;
+    c.socket.on('data', () => {
+      const n = parseResponses(c.received()).responses.length;
+      for (; seen < n; seen++) ask();
+    });
+    await until('a few answers', () => seen >= 5, 5000, 5);
+    const t0 = Date.now();
+    const stopped = server.shutdown(5000);
+    await until('the connection closed', () => c.closed(), 3000, 5);
+    expect(Date.now() - t0).toBeLessThan(2000); // not at the 5 s deadline
+    await stopped;
+    const answers = parseResponses(c.received()).responses;
+    expect(answers.at(-1)!.headers.connection).toBe('close');
+    expect(answers.filter((a) => a.headers.connection === 'close')).toHaveLength(1);
+    expect(answers.map((a) => a.body)).toEqual(answers.map((_a, i) => `/r${i}`)); // in order, none lost before the last
+    expect(error).toBe('');
+  });
+
   test('at the shutdown deadline, an answer delimited by the close (HTTP/1.0) is cut with a reset, not a FIN that would say it was whole', async () => {
     handle = (_req, res) => {
       res.writeHead(200, undefined, 'Content-Type: text/plain\r\n', false);
