@@ -7,7 +7,7 @@
  */
 import * as os from 'node:os';
 import { isIP } from 'node:net';
-import { makeTarget, Target } from './types';
+import { makeTarget, MAX_TIMER_MS, Target } from './types';
 
 export type NodeFilter = 'ecs' | 'asg' | 'tag' | 'static';
 export type Mode = 'http' | 'tcp';
@@ -121,7 +121,7 @@ const duration = (unit: 'seconds' | 'minutes', opts: { zero?: boolean } = {}) =>
   const ms = Math.round(n * (unit === 'minutes' ? 60_000 : 1000));
   // Timers count whole milliseconds: a positive value that rounds to 0 would mean "never" to some of them.
   if (ms === 0 && n > 0) throw new Invalid(`${opts.zero ? '0 or ' : ''}at least ${unit === 'minutes' ? '0.00002' : '0.001'} ${unit}`);
-  if (ms > 2_147_483_647) throw new Invalid(`at most ${unit === 'minutes' ? 35_000 : 2_147_483} ${unit}`);
+  if (ms > MAX_TIMER_MS) throw new Invalid(`at most ${unit === 'minutes' ? 35_000 : 2_147_483} ${unit}`);
   return ms;
 };
 

@@ -16,6 +16,7 @@ import type { ToPrimary } from './ipc';
 import { errorFields, log, logProcessWarnings } from './log';
 import { register } from './metrics';
 import { workerEnv, workerV8Flags } from './memory';
+import { timerMs } from './types';
 
 const EXIT_BAD_CONFIG = 2;
 /** The metrics endpoint: connections at once, and seconds a connection may be silent or a request take. */
@@ -288,7 +289,7 @@ async function runPrimary(config: Config): Promise<void> {
         w.process.kill('SIGKILL');
       }
       void stop();
-    }, config.shutdownTimeoutMs + 5000).unref();
+    }, timerMs(config.shutdownTimeoutMs + 5000)).unref();
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);

@@ -48,6 +48,12 @@ export function setRecent<K, V>(map: Map<K, V>, key: K, value: V, max: number, o
   }
 }
 
+/** The longest delay a Node timer takes (2^31 - 1 ms, about 24.8 days); longer ones fire at once. */
+export const MAX_TIMER_MS = 2_147_483_647;
+
+/** A delay made of settings and margins, kept within MAX_TIMER_MS: each setting is, their sum may not be. */
+export const timerMs = (ms: number): number => Math.min(ms, MAX_TIMER_MS);
+
 /**
  * `p`'s value, or undefined once `ms` have passed first (a wait that must not hold up what comes after
  * it: a shutdown, a retry, a start); the timer goes either way.

@@ -330,6 +330,18 @@ describe('the bundle starts and stops cleanly', () => {
     }
   });
 
+  test('the longest SHUTDOWN_TIMEOUT accepted is a long wait, not none: an idle proxy still stops cleanly at once', async () => {
+    const backend = await startBackend('idle');
+    const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, HEALTH_CHECK_PATH: 'off', SHUTDOWN_TIMEOUT: '2147483' });
+    try {
+      expect(await p.stop('SIGTERM', 10_000)).toBe(0);
+      expect(p.lines().filter((l) => l.level !== 'info')).toEqual([]); // no timer overflow, no workers killed
+    } finally {
+      await p.stop('SIGKILL');
+      await backend.close();
+    }
+  });
+
   test('at SHUTDOWN_TIMEOUT a request no target has seen gets a 503 and Connection: close; one a target has is cut', async () => {
     const backend = await startBackend('slow');
     backend.handle = (_req, res) => void setTimeout(() => res.end('too late'), 10_000);
