@@ -910,6 +910,10 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     else {
       this.bodyTaken = true;
       this.req.pipe(up as unknown as NodeJS.WritableStream); // write/end/drain, as Readable.pipe uses them
+      // None of the body has come yet: the head goes now, as an ALB sends it. A target may answer from
+      // the head alone (a 401 or 413 before an upload), or answer a streaming body as it streams; held
+      // for the first body byte, its answer waited on a client that waited on it.
+      up.flushHeaders();
     }
   }
 

@@ -862,6 +862,14 @@ export class UpstreamRequest extends EventEmitter {
     return c.socket;
   }
 
+  /**
+   * Sends the head now, before any of the body (node's ClientRequest.flushHeaders): a target may answer
+   * from the head alone, or stream its answer while the body streams in.
+   */
+  flushHeaders(): void {
+    this.sendHead();
+  }
+
   /** A body chunk (from req.pipe). Data for a request already given up is dropped. */
   write(chunk: Buffer | string): boolean {
     const s = this.sendHead();

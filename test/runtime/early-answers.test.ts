@@ -219,3 +219,31 @@ test("a keep-alive client whose 200 KB POSTs a target refuses at once (node:http
   agent.destroy();
   expect(seen.filter((s) => s !== '413 200')).toEqual([]);
 });
+
+test('a target gets a request head before any of its body has come, and may answer from the head alone', async () => {
+  // Answers each head as soon as it is in, body or not (a 401 before an upload, a stream answering a stream).
+  const port = await target((s) => {
+    let buf = '';
+    let answered = 0;
+    s.on('data', (d: Buffer) => {
+      buf += d.toString('latin1');
+      for (const heads = buf.split('\r\n\r\n').length - 1; answered < heads; answered++) s.write('HTTP/1.1 401 Unauthorized\r\nContent-Length: 4\r\n\r\nnope');
+    });
+  });
+  p = await startBundle({ ...QUIET, STATIC_TARGETS: `127.0.0.1:${port}` });
+  const c = net.connect(p.port, '127.0.0.1');
+  c.on('error', () => undefined);
+  try {
+    let answer = '';
+    c.on('data', (d) => (answer += d));
+    c.write('POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n'); // the body is not sent yet
+    expect(await within(3000, () => answer.endsWith('nope'))).toBe(true);
+    expect(answer).toMatch(/^HTTP\/1\.1 401 /);
+    c.write('hello'); // the body, late
+    answer = '';
+    c.write('POST /again HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n');
+    expect(await within(3000, () => answer.endsWith('nope'))).toBe(true);
+  } finally {
+    c.destroy();
+  }
+});
