@@ -1098,9 +1098,15 @@ export class ClientConn {
     this.refuseInTurn(status, STATUS_CODES[status] ?? 'Bad Request');
   }
 
-  /** HEADERS_TIMEOUT or REQUEST_TIMEOUT passed: a 408, in turn. */
+  /**
+   * HEADERS_TIMEOUT or REQUEST_TIMEOUT passed: a 408, in turn. A body past REQUEST_TIMEOUT is a
+   * body_timeout, as a body stalled past IDLE_TIMEOUT is; one whose answer has begun (its target answered
+   * before the body was in) gets no 408 and is no rejection: the connection just ends.
+   */
   timedOut(): void {
-    rejectedRequests.labels({ reason: 'client_error' }).inc();
+    const req = this.reading;
+    const answered = req?.handedOver === true && (this.current?.req !== req || this.current.headersSent);
+    if (!answered) rejectedRequests.labels({ reason: this.state === BODY ? 'body_timeout' : 'client_error' }).inc();
     this.countRefused(408);
     this.refuseInTurn(408, STATUS_CODES[408]!);
   }

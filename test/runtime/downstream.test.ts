@@ -7,6 +7,7 @@ import * as net from 'node:net';
 import { Writable } from 'node:stream';
 import { DownstreamHandlers, DownstreamServer, MAX_PIPELINED, NEW_CONNECTION_GRACE_MS, Request, Response } from '../../runtime/downstream';
 import { answer } from '../../runtime/forward';
+import { rejectedRequests } from '../../runtime/metrics';
 import { parseResponses, rawExchange } from '../hardening/support';
 import { listen, until } from '../support/net';
 
@@ -650,3 +651,34 @@ test('a body that is all in soon after its answer keeps its keep-alive connectio
   }
 });
 
+
+describe('REQUEST_TIMEOUT on a body', () => {
+  const rejected = async (reason: string): Promise<number> => (await rejectedRequests.get()).values.find((v) => v.labels.reason === reason)?.value ?? 0;
+
+  test.each([
+    ['its reader takes it: a 408, counted as a body timeout (as a body stalled past IDLE_TIMEOUT is)', true],
+    ['answered before it was in: the connection ends, no 408, no rejection counted', false],
+  ])('a body trickled past REQUEST_TIMEOUT, %s', async (_name, taken) => {
+    const slow = new DownstreamServer({ ...OPTS, requestTimeoutMs: 600, idleTimeoutMs: 5000 }, {
+      request: (req, res) => {
+        if (!taken) return ok(res, 'answered early');
+        req.pipe(new Writable({ write: (_c, _e, cb) => cb(), final: (cb) => (ok(res, 'stored'), cb()) }));
+      },
+      upgrade: () => undefined,
+    });
+    const slowPort = await listen(slow.server);
+    try {
+      const before = { body: await rejected('body_timeout'), client: await rejected('client_error') };
+      const r = await rawExchange(slowPort, (sock) => {
+        sock.write('POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n');
+        const drip = setInterval(() => (sock.destroyed ? clearInterval(drip) : sock.write('x')), 100);
+      }, { deadlineMs: 4000 });
+      expect(r.closed).toBe(true);
+      expect(r.responses.map((x) => x.status)).toEqual(taken ? [408] : [200]);
+      expect(await rejected('body_timeout')).toBe(before.body + (taken ? 1 : 0));
+      expect(await rejected('client_error')).toBe(before.client);
+    } finally {
+      await slow.shutdown(100);
+    }
+  });
+});
