@@ -76,13 +76,17 @@ export interface DownstreamHandlers {
 }
 
 /** What an answer's owner (forward.ts's Exchange) is told, as direct calls. */
+/** Why the proxy, not the client, ended a connection with an answer under way. */
+export type ClientCut = 'shutdown' | 'idle';
+
 export interface ResponseHandler {
   /**
    * The client connection is gone (closed, or cut by a timeout) before the answer ended; `answered`: the
    * proxy answered the client itself before the target did (a 408 at REQUEST_TIMEOUT), so that is the
-   * status the client saw; `cut`: the proxy cut it at SHUTDOWN_TIMEOUT, not the client.
+   * status the client saw; `cut`: the proxy cut it, not the client: at SHUTDOWN_TIMEOUT, or a client that
+   * took none of its answer for IDLE_TIMEOUT.
    */
-  clientClosed(answered?: number, cut?: boolean): void;
+  clientClosed(answered?: number, cut?: ClientCut): void;
   /** The client was silent for IDLE_TIMEOUT while the body of this request was still due. */
   clientStalled(): void;
   /** The answer's last byte was handed to the socket. */
@@ -1199,7 +1203,7 @@ export class ClientConn {
     if (!res || res.finished || res.dead) return;
     this.current = undefined;
     res.dead = true;
-    res.handler?.clientClosed(undefined, true);
+    res.handler?.clientClosed(undefined, 'shutdown');
     // A body delimited by the close is cut with a reset (Response.destroy): the deadline's plain close
     // of the socket would tell the client it was whole.
     if (res.headersSent) res.destroy();
@@ -1287,7 +1291,11 @@ export class ClientConn {
         s.setTimeout(this.server.opts.idleTimeoutMs);
         return;
       }
-      s.destroy();
+      // Cut by the proxy, not left by the client: its owner logs it so.
+      this.current = undefined;
+      answering.dead = true;
+      answering.handler?.clientClosed(undefined, 'idle');
+      answering.destroy(); // a body delimited by the close is reset: a FIN would say it was whole
       return;
     }
     // A head begun and left unfinished for IDLE_TIMEOUT (shorter than HEADERS_TIMEOUT) is a stalled

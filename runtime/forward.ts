@@ -15,7 +15,7 @@ import { type ClientRequest, type IncomingMessage, STATUS_CODES } from 'node:htt
 import httpProxy from 'http-proxy';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
 import type * as net from 'node:net';
-import { answerHandshake, linger, type Request, type Response, type ResponseHandler } from './downstream';
+import { answerHandshake, type ClientCut, linger, type Request, type Response, type ResponseHandler } from './downstream';
 import { answerFault, connectionOf, flat, MAX_RESPONSE_HEAD_BYTES, type RenderedHead, type UpstreamHandler, type UpstreamRequest, type UpstreamResponse } from './upstream';
 import { countChunk } from './memory';
 import { within } from './types';
@@ -84,9 +84,10 @@ export interface Outcome {
   /**
    * What went wrong with the last try (also of an answer the target cut after its status was on its
    * way: the status stays), `client_gone`: the client left with its answer under way (its status
-   * stays), or `cut_at_shutdown`: the proxy cut it at SHUTDOWN_TIMEOUT.
+   * stays), `client_timeout`: the proxy cut a client that took none of its answer for IDLE_TIMEOUT (its
+   * status stays), or `cut_at_shutdown`: the proxy cut it at SHUTDOWN_TIMEOUT.
    */
-  error: FailureKind | 'client_gone' | 'cut_at_shutdown' | undefined;
+  error: FailureKind | 'client_gone' | 'client_timeout' | 'cut_at_shutdown' | undefined;
 }
 
 // Hop-by-hop headers (RFC 9110 §7.6.1, plus the old Keep-Alive/Proxy-Connection), never forwarded.
@@ -752,8 +753,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   private responded = false;
   /** The status the proxy itself answered the client with before the target did (clientClosed). */
   private answeredBy: number | undefined;
-  /** The proxy cut this request at SHUTDOWN_TIMEOUT (logged as a 503, or its status, with that error). */
-  private cutAtShutdown = false;
+  /** The proxy cut this request: at SHUTDOWN_TIMEOUT (logged as a 503, or its status, with that error), or for IDLE_TIMEOUT. */
+  private cutBy: ClientCut | undefined;
   /** A keep-alive connection that could be stale is about to carry what cannot be replayed. */
   private replayable = false;
   private status = 0;
@@ -788,7 +789,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   }
 
   private done(): void {
-    if (this.cutAtShutdown) this.outcome.error = 'cut_at_shutdown';
+    if (this.cutBy === 'shutdown') this.outcome.error = 'cut_at_shutdown';
     this.report(this.req, this.tag, this.outcome);
   }
 
@@ -967,22 +968,23 @@ class Exchange implements UpstreamHandler, ResponseHandler {
 
   // The client went away before the response ended (or the proxy answered it itself: `answered`):
   // stop the upstream work too.
-  clientClosed(answered?: number, cut = false): void {
+  clientClosed(answered?: number, cut?: ClientCut): void {
     if (this.collecting || this.awaitingRoute) {
       // Gone while the rest of its body, or its route's new targets, were awaited for a retry: nothing
       // is under way.
       this.collecting = false;
       this.awaitingRoute = undefined;
       this.answeredBy = answered;
-      this.cutAtShutdown = cut;
+      this.cutBy = cut;
       return this.retryOrAnswer(new UpstreamError('client_gone', false));
     }
     if (this.settled || this.res.finished) return;
     this.answeredBy = answered;
-    this.cutAtShutdown = cut;
+    this.cutBy = cut;
     this.up?.destroy();
-    // Its status already on its way: logged as sent, and said to be cut short by the client.
-    if (this.responded) this.settle(this.res.statusCode, undefined, 'client_gone');
+    // Its status already on its way: logged as sent, and said to be cut short by the client (or by the
+    // proxy, the client having taken none of it for IDLE_TIMEOUT).
+    if (this.responded) this.settle(this.res.statusCode, undefined, cut === 'idle' ? 'client_timeout' : 'client_gone');
     else this.settle(undefined, new UpstreamError('client_gone', false));
   }
 
@@ -1102,7 +1104,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     if (err.kind === 'client_gone') {
       // What the proxy itself answered (a 408), or nginx's code for "client closed request" (only logged);
       // cut by the proxy at SHUTDOWN_TIMEOUT with nothing answered, the client saw the proxy fail: a 503.
-      outcome.status = this.answeredBy ?? (this.cutAtShutdown ? 503 : 499);
+      outcome.status = this.answeredBy ?? (this.cutBy === 'shutdown' ? 503 : 499);
       return this.done();
     }
     if (err.kind === 'shutting_down') {

@@ -391,6 +391,45 @@ test('a client that leaves an event stream under way is logged with the status i
   }
 });
 
+test.each([
+  ['HTTP/1.1', '/big'],
+  ['HTTP/1.0', '/stream'],
+])('a client that takes none of its answer for IDLE_TIMEOUT is cut by the proxy, logged error client_timeout, not client_gone (%s %s)', async (version, path) => {
+  const backend = await startBackend('b');
+  const size = 64 * 1024 * 1024; // far more than loopback buffers hold
+  backend.handle = (req, res) => {
+    if (req.url === '/big') res.setHeader('Content-Length', size); // else chunked: close-delimited to an HTTP/1.0 client
+    const chunk = Buffer.alloc(1 << 16, 97);
+    let sent = 0;
+    const pump = (): void => {
+      while (sent < size) {
+        sent += chunk.length;
+        if (!res.write(chunk)) return void res.once('drain', pump);
+      }
+      res.end();
+    };
+    pump();
+  };
+  const p = await proxy(
+    { NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, LOG_CONNECTIONS: 'true', IDLE_TIMEOUT: '1' },
+    fixed([makeTarget('127.0.0.1', backend.port)]),
+  );
+  const stdout = jest.spyOn(process.stdout, 'write');
+  try {
+    const s = net.connect(p.port, '127.0.0.1', () => s.write(`GET ${path} ${version}\r\nHost: a\r\n\r\n`));
+    s.on('error', () => undefined);
+    await new Promise((r) => s.once('data', r));
+    s.pause(); // takes nothing more
+    expect(await accessLine(stdout, path)).toMatchObject({ path, status: 200, error: 'client_timeout' });
+    s.resume();
+    await until('the connection closed', () => s.destroyed, 5000);
+  } finally {
+    stdout.mockRestore();
+    await p.stop();
+    await backend.close();
+  }
+});
+
 describe('errors map to statuses', () => {
   test('a dead target is a 502', async () => {
     const dead = makeTarget('127.0.0.1', await freePort());
