@@ -213,17 +213,21 @@ const domainName = (raw: string): string => {
   return d;
 };
 
-/** `ip:port,[v6]:port,host:port`: the pool of static mode. */
-const staticTargets = (raw: string): Target[] =>
-  list(raw).map((item) => {
+/** `ip:port,[v6]:port,host:port`: the pool of static mode. Every entry that is not one is named. */
+const staticTargets = (raw: string): Target[] => {
+  const targets: Target[] = [];
+  const bad: string[] = [];
+  for (const item of list(raw)) {
     const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\[\]]+)):(\d+)$/.exec(item);
     const port = m ? Number(m[3]) : NaN;
     const host = m ? (m[1] ?? m[2]).toLowerCase() : '';
-    if (!m || port < 1 || port > 65535 || (!m[1] && !hostnameRe.test(host))) {
-      throw new Invalid(`a comma-separated list of host:port (ports 1-65535), and '${item}' is not one`);
-    }
-    return makeTarget(host, port);
-  });
+    if (!m || port < 1 || port > 65535 || (!m[1] && !hostnameRe.test(host))) bad.push(`'${item}'`);
+    else targets.push(makeTarget(host, port));
+  }
+  if (bad.length === 1) throw new Invalid(`a comma-separated list of host:port (ports 1-65535), and ${bad[0]} is not one`);
+  if (bad.length > 1) throw new Invalid(`a comma-separated list of host:port (ports 1-65535), and ${bad.join(', ')} are not`);
+  return targets;
+};
 
 /** A Redis host: an IP literal (`[v6]`) or a DNS name, `_` allowed (a compose service's); no stray quote. */
 const redisHostRe = /^(?:\[[0-9a-f:.]+\]|[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*\.?)$/i;

@@ -327,6 +327,12 @@ describe('configuration', () => {
     expect(errorOf({ NODE_FILTER: 'static', STATIC_TARGETS: '10.0.0.1' }).problems[0]).toMatch(/^STATIC_TARGETS must be/);
   });
 
+  test('STATIC_TARGETS names every entry that is not host:port, not just the first', () => {
+    expect(errorOf({ NODE_FILTER: 'static', STATIC_TARGETS: '10.0.0.1:80,10.0.0.2,10.0.0.3:80,10.0.0.4:99999' }).problems).toEqual([
+      "STATIC_TARGETS must be a comma-separated list of host:port (ports 1-65535), and '10.0.0.2', '10.0.0.4:99999' are not (got '10.0.0.1:80,10.0.0.2,10.0.0.3:80,10.0.0.4:99999')",
+    ]);
+  });
+
   test('a health check timeout above its period, which the Stateless Load Balancer took, is kept as set', () => {
     const c = loadConfig({ NODE_FILTER: 'asg', HEALTH_CHECK_TIMEOUT: '5', HEALTH_CHECK_PERIOD: '2' });
     expect([c.healthCheckTimeoutMs, c.healthCheckPeriodMs]).toEqual([5000, 2000]);
