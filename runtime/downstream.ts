@@ -438,9 +438,14 @@ export class Response {
     this.shouldKeepAlive = req.keepAlive;
   }
 
-  /** `100 Continue`, for a client that waits for it before sending its body. */
+  /** The client sent `Expect: 100-continue` and has not had its 100: it may be holding its body back. */
+  continueDue = false;
+
+  /** `100 Continue`, when it is due: the body is wanted (it goes to a target), and has not come anyway. */
   writeContinue(): void {
-    if (!this.headersSent && !this.dead) this.conn.socket.write('HTTP/1.1 100 Continue\r\n\r\n', 'latin1');
+    if (!this.continueDue) return;
+    this.continueDue = false;
+    if (!this.headersSent && !this.dead && !this.req.complete) this.conn.socket.write('HTTP/1.1 100 Continue\r\n\r\n', 'latin1');
   }
 
   /**
@@ -464,7 +469,9 @@ export class Response {
     this.statusCode = status;
     const http11 = this.req.httpVersionMajor === 1 && this.req.httpVersionMinor === 1;
     this.bodiless = this.req.method === 'HEAD' || status === 204 || status === 304 || (status >= 100 && status < 200);
-    let keepAlive = this.shouldKeepAlive && !this.conn.lastToAnswer;
+    // Answered without the 100 its client waits for (refused before any target wanted the body): the body
+    // may never come, or come after all; the connection ends after this answer (RFC 9110 §10.1.1).
+    let keepAlive = this.shouldKeepAlive && !this.conn.lastToAnswer && !(this.continueDue && !this.req.complete);
     // A status without a phrase of ours keeps the target's, even none (RFC 9112 §4: the phrase is optional).
     let head = `HTTP/1.1 ${status} ${reason || STATUS_CODES[status] || ''}\r\n${lines}`;
     if (!hasDate) head += `Date: ${httpDate()}\r\n`;

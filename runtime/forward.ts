@@ -501,6 +501,7 @@ export class Forwarder {
    * finished or abandoned.
    */
   forward(req: Request, res: Response, pool: Pool, done: Done, tag = ''): void {
+    res.writeContinue(); // the body is wanted now: a client waiting on `Expect: 100-continue` may send it
     new Exchange(this.registry, this.opts, req, res, pool, done, tag).next();
   }
 

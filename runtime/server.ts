@@ -221,10 +221,12 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
     if (req.method === 'TRACE') return refuse(req, res, 405, 'trace_method', 'TRACE is not supported', { Allow: 'GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS' });
     const expect = req.headers.expect;
     if (expect !== undefined && req.httpVersionMinor === 1) {
-      // As node:http: `100-continue` is answered at once (the body then comes to us, and goes on to the
-      // target as it arrives); any other expectation cannot be met.
+      // `100-continue` is answered once the request goes to a target (forward): a request refused first
+      // (a bad Host, a route with no targets) is answered without it, and its client need not send a
+      // body that would be dropped (curl holds back any upload over 1 MB for it). Any other expectation
+      // cannot be met.
       if (!CONTINUE.test(expect)) return refuse(req, res, 417, 'expectation_failed', 'only 100-continue can be expected');
-      res.writeContinue();
+      res.continueDue = true;
     }
     let key: RouteKey;
     let id: string;
