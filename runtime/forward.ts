@@ -1045,8 +1045,10 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       // A keep-alive connection looks alive until its FIN is read: the target most likely closed it just
       // before our request came. Tried again when nothing unrepeatable was sent; a 502 otherwise (the
       // body is gone), but no mark against a target that is fine on a fresh connection.
-      // A kept whole body can go again too, on a fresh connection to the same target.
-      const again = !this.sent || this.replayable || (this.body && this.retryOnReset && this.bodyWhole && this.req.replayable);
+      // A kept body can go again too, on a fresh connection to the same target: a whole one at once, one
+      // still coming (its head went ahead of it) once the rest has come into the copy.
+      const again = !this.sent || this.replayable ||
+        (this.body && this.retryOnReset && (this.bodyWhole ? this.req.replayable : this.req.keeping));
       // Its idle siblings are likely just as dead (an idle timeout, a restart), and a target that closes
       // after every response leaves only dead ones; and were the target resetting requests, each kept one
       // would excuse one more reset (30 warm sockets: 33 POSTs answered 502 before a breaker of threshold 3
@@ -1125,6 +1127,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       // The target had closed that keep-alive connection: nothing was lost, try a fresh one (same target allowed).
       if (this.stale < MAX_STALE && unsent) {
         this.stale++;
+        if (this.body && !this.bodyWhole) return this.collectThen(() => this.resume());
         // Its idle siblings went with it (failTry): the next try opens a connection of its own.
         setImmediate(afterPoll, retryStale, this);
         return;
@@ -1151,17 +1154,25 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     if (wouldReplay && this.retries < this.opts.retries && unsent) {
       this.retries++;
       this.retrying = true;
-      this.collecting = true;
-      this.req.collectRest((whole) => {
-        if (!this.collecting) return;
-        this.collecting = false;
-        this.bodyWhole = whole;
-        if (whole) this.resume();
-        else this.fail();
-      });
-      return;
+      return this.collectThen(() => this.resume());
     }
     this.fail();
+  }
+
+  /**
+   * The rest of a small body is read into its kept copy; `then()` once it has all come, or a 502 (what
+   * failed the try, a reset) if it outgrew the copy.
+   */
+  private collectThen(then: () => void): void {
+    this.collecting = true;
+    this.req.collectRest((whole) => {
+      if (!this.collecting) return;
+      this.collecting = false;
+      this.bodyWhole = whole;
+      if (whole) return then();
+      this.outcome.error ??= 'reset';
+      this.fail();
+    });
   }
 
   /** The next try after a wait, unless the client has gone meanwhile. */

@@ -214,6 +214,54 @@ describe('circuit breaker', () => {
     }
   });
 
+  test.each([0, 50])('a small PUT whose body follows its head by %i ms, reset by the keep-alive race, goes again whole on a fresh connection, even with RETRIES=0', async (bodyAfterMs) => {
+    // One target that closes a kept connection as a second request arrives on it (its idle timeout
+    // meeting the request): the reset comes back once the head has gone, before the body has.
+    const bodies: string[] = [];
+    const server = net.createServer((sock) => {
+      let buf = Buffer.alloc(0);
+      let answered = 0;
+      sock.on('error', () => undefined);
+      sock.on('data', (d: Buffer) => {
+        buf = Buffer.concat([buf, d]);
+        for (;;) {
+          const end = buf.indexOf('\r\n\r\n');
+          if (end === -1) return;
+          if (answered > 0) return void sock.resetAndDestroy();
+          const length = Number(/content-length: *(\d+)/i.exec(buf.subarray(0, end).toString('latin1'))?.[1] ?? 0);
+          if (buf.length < end + 4 + length) return;
+          const body = buf.subarray(end + 4, end + 4 + length).toString();
+          buf = buf.subarray(end + 4 + length);
+          bodies.push(body);
+          answered++;
+          sock.write(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length + 4}\r\n\r\ngot ${body}`);
+        }
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as net.AddressInfo).port;
+    const p = await start(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${port}`, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', RETRIES: '0' }), { provider: mutable([makeTarget('127.0.0.1', port)]) });
+    try {
+      expect((await request(p.port, { method: 'PUT', body: 'warm' })).body).toBe('got warm'); // a warm socket
+      const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const req = http.request({ host: '127.0.0.1', port: p.port, method: 'PUT', path: '/item', agent: false, headers: { 'Content-Length': '5' } }, (res) => {
+          let body = '';
+          res.on('data', (c) => (body += c));
+          res.on('end', () => resolve({ status: res.statusCode!, body }));
+        });
+        req.on('error', reject);
+        req.setTimeout(5000, () => req.destroy(new Error('no answer in 5 s')));
+        req.flushHeaders(); // the head now, the body after
+        setTimeout(() => req.end('hello'), bodyAfterMs);
+      });
+      expect(answer).toEqual({ status: 200, body: 'got hello' });
+      expect(bodies).toEqual(['warm', 'hello']);
+    } finally {
+      await p.stop();
+      await new Promise((r) => server.close(r));
+    }
+  });
+
   test('a reset read late only because the worker was busy is still the keep-alive race: the GET goes again, even with RETRIES=0', async () => {
     const x = await startBackend('x');
     let resets = 0;
