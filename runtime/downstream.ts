@@ -57,6 +57,8 @@ export interface DownstreamOptions {
   readonly maxConnections: number;
   /** How long the rest of a body is read after its answer. @default BODY_AFTER_ANSWER_MS */
   readonly bodyAfterAnswerMs?: number;
+  /** How long a connection whose last answer has left waits for the client's close. @default LINGER_MS */
+  readonly lingerMs?: number;
 }
 
 /** What the server hands its owner (server.ts). */
@@ -75,10 +77,10 @@ export interface DownstreamHandlers {
   refused?(status: number, client: string, req: Request | undefined, seconds: number): void;
 }
 
-/** What an answer's owner (forward.ts's Exchange) is told, as direct calls. */
 /** Why the proxy, not the client, ended a connection with an answer under way. */
 export type ClientCut = 'shutdown' | 'idle';
 
+/** What an answer's owner (forward.ts's Exchange) is told, as direct calls. */
 export interface ResponseHandler {
   /**
    * The client connection is gone (closed, or cut by a timeout) before the answer ended; `answered`: the
@@ -625,6 +627,13 @@ export function linger(socket: net.Socket | import('node:stream').Duplex): void 
   socket.once('close', () => clearTimeout(timer));
 }
 
+/** lingerFor()'s end: the socket goes, unless its last answer is still leaving (then `ms` more). */
+function endLinger(socket: net.Socket, ms: number): void {
+  if (socket.destroyed) return;
+  if (!socket.writableFinished) return void setTimeout(endLinger, ms, socket, ms).unref();
+  socket.destroy();
+}
+
 /** rawAnswer() to a handed-over socket (a WebSocket handshake refused, or failed at its target), then linger(). */
 export function answerHandshake(socket: net.Socket | import('node:stream').Duplex, status: number, message: string, extraHeaders = ''): void {
   rawAnswer(socket, status, message, extraHeaders);
@@ -988,20 +997,21 @@ export class ClientConn {
       this.stopParsing();
       return void this.socket.destroySoon();
     }
-    if (!res.shouldKeepAlive) {
-      // The connection's last answer is whole. Closing the socket with bytes of the client's still
-      // unread (the rest of a body an early 413 refused, a request pipelined behind the last answer at
-      // shutdown) would reset the connection under the answer, and the client would lose it. The answer
-      // ends with a FIN; whatever still comes is read and dropped until the client closes, for at most
-      // LINGER_MS, or BODY_AFTER_ANSWER_MS while a body is due (nginx's lingering close). The body's
-      // target gets no more of it.
-      const bodyComing = !req.complete;
+    // The last answer (said `Connection: close`, or the proxy began shutting down after its head had
+    // gone out keep-alive, with nothing else to answer): the connection ends.
+    if (!res.shouldKeepAlive || (this.closing && this.waiting.length === 0)) {
+      // Closing the socket with bytes of the client's still unread (the rest of a body an early 413
+      // refused, a request pipelined behind the last answer at shutdown) would reset the connection
+      // under the answer, and the client would lose it. The answer ends with a FIN; whatever still comes
+      // is read and dropped until the client closes (nginx's lingering close). The body's target gets no
+      // more of it.
+      // (A request without a body answered at once is not complete yet either: its end is parsed next.)
+      const bodyComing = req.hasBody && !req.complete;
       this.stopParsing();
       if (bodyComing) req.abandon();
       this.dropReads();
       this.socket.end();
-      this.afterAnswer = setTimeout(destroySocket, bodyComing ? this.server.opts.bodyAfterAnswerMs ?? BODY_AFTER_ANSWER_MS : LINGER_MS, this.socket);
-      this.afterAnswer.unref();
+      this.lingerFor(bodyComing ? this.server.opts.bodyAfterAnswerMs ?? BODY_AFTER_ANSWER_MS : this.server.opts.lingerMs ?? LINGER_MS);
       return;
     }
     // A body nobody takes (not asked for, or its target gone): what is still coming is read and dropped,
@@ -1016,10 +1026,19 @@ export class ClientConn {
       this.afterAnswer.unref();
     }
     if (this.waiting.length > 0) process.nextTick(next, this);
-    else {
-      this.resume(PAUSE_QUEUE);
-      if (this.closing) this.socket.end();
-    }
+    else this.resume(PAUSE_QUEUE);
+  }
+
+  /**
+   * Our side of the connection is ending (its last answer written, a FIN to follow it): the socket goes
+   * when the client closes, or `ms` after the answer's last byte has left, whichever comes first. Not
+   * before that byte has left: a slow reader would lose the end of its answer (IDLE_TIMEOUT bounds a
+   * client that stopped reading).
+   */
+  private lingerFor(ms: number): void {
+    if (this.afterAnswer) clearTimeout(this.afterAnswer);
+    this.afterAnswer = setTimeout(endLinger, ms, this.socket, ms);
+    this.afterAnswer.unref();
   }
 
   /** Dispatches the next waiting request (on its own tick, not inside the answer before it). */
@@ -1181,6 +1200,7 @@ export class ClientConn {
     // connection under the answer; the client's close, or the idle timer, ends it.
     this.dropReads();
     rawAnswer(this.socket, status, message, extraHeaders);
+    this.lingerFor(this.unread?.hasBody ? this.server.opts.bodyAfterAnswerMs ?? BODY_AFTER_ANSWER_MS : this.server.opts.lingerMs ?? LINGER_MS);
   }
 
   /** Parsing has stopped: whatever the client still sends is read and dropped, held back by nothing. */

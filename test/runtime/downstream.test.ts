@@ -682,3 +682,63 @@ describe('REQUEST_TIMEOUT on a body', () => {
     }
   });
 });
+
+describe('the end of a connection (lingering close)', () => {
+  test.each([
+    ['Connection: close', 'HTTP/1.1', 'Connection: close\r\n'],
+    ['HTTP/1.0', 'HTTP/1.0', ''],
+  ])('a last answer (%s) reaches a client that reads it long after it was written, whole', async (_name, version, extra) => {
+    const size = 16 * 1024 * 1024; // far more than loopback buffers hold
+    const quick = new DownstreamServer({ ...OPTS, idleTimeoutMs: 5000, lingerMs: 200 }, {
+      request: (_req, res) => {
+        res.writeHead(200, undefined, `Content-Length: ${size}\r\n`, true);
+        res.end(Buffer.alloc(size, 122));
+      },
+      upgrade: () => undefined,
+    });
+    const quickPort = await listen(quick.server);
+    try {
+      const socket = net.connect({ host: '127.0.0.1', port: quickPort });
+      socket.on('error', () => undefined);
+      let got = 0;
+      socket.on('data', (d: Buffer) => (got += d.length));
+      const closed = new Promise((r) => socket.on('close', r));
+      await new Promise((r) => socket.once('connect', r));
+      socket.write(`GET /big ${version}\r\nHost: a\r\n${extra}\r\n`);
+      await new Promise((r) => socket.once('data', r));
+      socket.pause();
+      await new Promise((r) => setTimeout(r, 1000)); // five times lingerMs
+      socket.resume();
+      await closed;
+      const head = 'HTTP/1.1 200 OK\r\n'.length; // at least; the whole head is a little more
+      expect(got).toBeGreaterThan(size + head);
+    } finally {
+      await quick.shutdown(100);
+    }
+  });
+
+  test('shutdown with an answer that went out keep-alive before it: the client that keeps its side open after the FIN holds the drain for lingerMs, not SHUTDOWN_TIMEOUT', async () => {
+    const quick = new DownstreamServer({ ...OPTS, lingerMs: 300 }, {
+      request: (_req, res) => {
+        res.writeHead(200, undefined, 'Content-Length: 4\r\n', true);
+        res.flush();
+        setTimeout(() => res.end('done'), 300);
+      },
+      upgrade: () => undefined,
+    });
+    const quickPort = await listen(quick.server);
+    // Keeps its side open after the proxy's FIN, as an idle pooled connection of urllib3 does.
+    const socket = net.connect({ host: '127.0.0.1', port: quickPort, allowHalfOpen: true });
+    socket.on('error', () => undefined);
+    let got = '';
+    socket.on('data', (d) => (got += d));
+    await new Promise((r) => socket.once('connect', r));
+    socket.write(GET('/slow'));
+    await until('the head', () => got.includes('keep-alive'), 5000, 5);
+    const t0 = Date.now();
+    await quick.shutdown(5000);
+    expect(Date.now() - t0).toBeLessThan(2500);
+    expect(got).toMatch(/\r\n\r\ndone$/);
+    socket.destroy();
+  });
+});
