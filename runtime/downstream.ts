@@ -1008,6 +1008,9 @@ export class ClientConn {
       // (A request without a body answered at once is not complete yet either: its end is parsed next.)
       const bodyComing = req.hasBody && !req.complete;
       this.stopParsing();
+      // The client asked for the close (`Connection: close`, HTTP/1.0) and owes nothing more: no more
+      // will come, and the socket goes once the answer has left (nginx lingers only when more may come).
+      if (!req.keepAlive && !bodyComing) return void this.socket.destroySoon();
       if (bodyComing) req.abandon();
       this.dropReads();
       this.socket.end();

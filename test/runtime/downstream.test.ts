@@ -717,6 +717,27 @@ describe('the end of a connection (lingering close)', () => {
     }
   });
 
+  test('a client that asked for the close and owes nothing more holds no connection once its answer has left, even keeping its side open', async () => {
+    const quick = new DownstreamServer({ ...OPTS, idleTimeoutMs: 10_000, lingerMs: 10_000 }, {
+      request: (_req, res) => ok(res, 'bye'),
+      upgrade: () => undefined,
+    });
+    const quickPort = await listen(quick.server);
+    try {
+      const socket = net.connect({ host: '127.0.0.1', port: quickPort, allowHalfOpen: true });
+      socket.on('error', () => undefined);
+      let got = '';
+      socket.on('data', (d) => (got += d));
+      await new Promise((r) => socket.once('connect', r));
+      socket.write('GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n');
+      await until('the answer', () => got.endsWith('bye'), 5000, 5);
+      await until('its connection let go', () => quick.conns.size === 0, 2000, 5);
+      socket.destroy();
+    } finally {
+      await quick.shutdown(100);
+    }
+  });
+
   test('shutdown with an answer that went out keep-alive before it: the client that keeps its side open after the FIN holds the drain for lingerMs, not SHUTDOWN_TIMEOUT', async () => {
     const quick = new DownstreamServer({ ...OPTS, lingerMs: 300 }, {
       request: (_req, res) => {
