@@ -473,7 +473,7 @@ export class Response {
     this.bodiless = this.req.method === 'HEAD' || status === 204 || status === 304 || (status >= 100 && status < 200);
     // Answered without the 100 its client waits for (refused before any target wanted the body): the body
     // may never come, or come after all; the connection ends after this answer (RFC 9110 §10.1.1).
-    let keepAlive = this.shouldKeepAlive && !this.conn.lastToAnswer && !(this.continueDue && !this.req.complete);
+    let keepAlive = this.shouldKeepAlive && !this.conn.lastToAnswer && !(this.continueDue && this.req.hasBody && !this.req.complete);
     // A status without a phrase of ours keeps the target's, even none (RFC 9112 §4: the phrase is optional).
     let head = `HTTP/1.1 ${status} ${reason || STATUS_CODES[status] || ''}\r\n${lines}`;
     if (!hasDate) head += `Date: ${httpDate()}\r\n`;

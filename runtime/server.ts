@@ -214,20 +214,21 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
   };
 
   const onRequest = (req: Request, res: Response): void => {
+    const expect = req.headers.expect;
+    // A client expecting `100 Continue` may hold its body back until it comes: any answer before it
+    // (a refusal, below) ends the connection (Response.writeHead), or its body could be read as the
+    // next request.
+    if (expect !== undefined && req.httpVersionMinor === 1) res.continueDue = true;
     const bad = screen(req, config.maxHeaders, poolMode);
     if (bad) return refuse(req, res, bad.status, bad.reason, bad.message);
     // TRACE echoes the request (cookies, authorization) back into a page that asks for it: answered
     // here, as nginx and the ALB do, never by a target.
     if (req.method === 'TRACE') return refuse(req, res, 405, 'trace_method', 'TRACE is not supported', { Allow: 'GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS' });
-    const expect = req.headers.expect;
-    if (expect !== undefined && req.httpVersionMinor === 1) {
-      // `100-continue` is answered once the request goes to a target (forward): a request refused first
-      // (a bad Host, a route with no targets) is answered without it, and its client need not send a
-      // body that would be dropped (curl holds back any upload over 1 MB for it). Any other expectation
-      // cannot be met.
-      if (!CONTINUE.test(expect)) return refuse(req, res, 417, 'expectation_failed', 'only 100-continue can be expected');
-      res.continueDue = true;
-    }
+    // `100-continue` is answered once the request goes to a target (forward): a request refused first
+    // (a bad Host, a route with no targets) is answered without it, and its client need not send a
+    // body that would be dropped (curl holds back any upload over 1 MB for it). Any other expectation
+    // cannot be met.
+    if (res.continueDue && !CONTINUE.test(expect!)) return refuse(req, res, 417, 'expectation_failed', 'only 100-continue can be expected');
     let key: RouteKey;
     let id: string;
     if (poolMode) {

@@ -458,9 +458,11 @@ describe('errors map to statuses', () => {
   });
 
   test.each([
-    ['a Host that names no route', 'not-a-route.example.com', 400],
-    ['a route with no target', 'api-8080-prod.example.com', 503],
-  ])('Expect: 100-continue refused before any target (%s) is answered without the 100, and the connection ends after it', async (_name, host, status) => {
+    ['a Host that names no route', 'PUT', 'not-a-route.example.com', '100-continue', 400],
+    ['a route with no target', 'PUT', 'api-8080-prod.example.com', '100-continue', 503],
+    ['TRACE', 'TRACE', 'api-8080-prod.example.com', '100-continue', 405],
+    ['an expectation beside 100-continue', 'PUT', 'api-8080-prod.example.com', '100-continue, teapot', 417],
+  ])('Expect: 100-continue refused before any target (%s) is answered without the 100, and the connection ends after it', async (_name, method, host, expectation, status) => {
     const p = await proxy({ DOMAIN: 'example.com' }, fixed([]));
     try {
       const s = net.connect(p.port, '127.0.0.1');
@@ -469,7 +471,7 @@ describe('errors map to statuses', () => {
       s.on('data', (d) => (got += d));
       const closed = new Promise((r) => s.on('close', r));
       // As curl sends an upload over 1 MB: the head, then the body only after a 100 (or a second).
-      s.write(`PUT /upload HTTP/1.1\r\nHost: ${host}\r\nExpect: 100-continue\r\nContent-Length: 10000000\r\n\r\n`);
+      s.write(`${method} /upload HTTP/1.1\r\nHost: ${host}\r\nExpect: ${expectation}\r\nContent-Length: 10000000\r\n\r\n`);
       await until('the answer', () => got.includes('\r\n\r\n'), 5000);
       expect(got).toMatch(new RegExp(`^HTTP/1\\.1 ${status} `));
       expect(got).toMatch(/\r\nConnection: close\r\n/i);
