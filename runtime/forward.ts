@@ -991,9 +991,11 @@ class Exchange implements UpstreamHandler, ResponseHandler {
 
   // SHUTDOWN_TIMEOUT with no answer: let go of a request no target has seen (the proxy answers 503).
   shutdown(): boolean {
-    if (this.awaitingRoute) {
-      // Waiting for its route's new targets, its last target having refused: nothing reached a target.
+    if (this.awaitingRoute || this.collecting) {
+      // Waiting for its route's new targets, its last target having refused, or for the rest of its body
+      // to go again, its last target having reset: no target is acting on it.
       this.awaitingRoute = undefined;
+      this.collecting = false;
       this.retryOrAnswer(new UpstreamError('shutting_down', true));
       return true;
     }

@@ -214,9 +214,8 @@ describe('circuit breaker', () => {
     }
   });
 
-  test.each([0, 50])('a small PUT whose body follows its head by %i ms, reset by the keep-alive race, goes again whole on a fresh connection, even with RETRIES=0', async (bodyAfterMs) => {
-    // One target that closes a kept connection as a second request arrives on it (its idle timeout
-    // meeting the request): the reset comes back once the head has gone, before the body has.
+  /** One target that closes a kept connection as a second request arrives on it (its idle timeout meeting the request), answering `got <body>` otherwise. */
+  async function racingTarget(): Promise<{ port: number; bodies: string[]; close(): Promise<unknown> }> {
     const bodies: string[] = [];
     const server = net.createServer((sock) => {
       let buf = Buffer.alloc(0);
@@ -239,26 +238,52 @@ describe('circuit breaker', () => {
       });
     });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    const port = (server.address() as net.AddressInfo).port;
-    const p = await start(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${port}`, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', RETRIES: '0' }), { provider: mutable([makeTarget('127.0.0.1', port)]) });
+    return { port: (server.address() as net.AddressInfo).port, bodies, close: () => new Promise((r) => server.close(r)) };
+  }
+
+  /** A PUT whose head goes at once and whose 5-byte body follows after `bodyAfterMs` (never, for -1). */
+  function slowPut(port: number, bodyAfterMs: number): Promise<{ status: number; body: string }> {
+    return new Promise((resolve, reject) => {
+      const req = http.request({ host: '127.0.0.1', port, method: 'PUT', path: '/item', agent: false, headers: { 'Content-Length': '5' } }, (res) => {
+        let body = '';
+        res.on('data', (c) => (body += c));
+        res.on('end', () => resolve({ status: res.statusCode!, body }));
+      });
+      req.on('error', reject);
+      req.setTimeout(5000, () => req.destroy(new Error('no answer in 5 s')));
+      req.flushHeaders(); // the head now, the body after
+      if (bodyAfterMs >= 0) setTimeout(() => req.end('hello'), bodyAfterMs);
+    });
+  }
+
+  test.each([0, 50])('a small PUT whose body follows its head by %i ms, reset by the keep-alive race, goes again whole on a fresh connection, even with RETRIES=0', async (bodyAfterMs) => {
+    // The reset comes back once the head has gone, before the body has.
+    const target = await racingTarget();
+    const p = await start(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${target.port}`, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', RETRIES: '0' }), { provider: mutable([makeTarget('127.0.0.1', target.port)]) });
     try {
       expect((await request(p.port, { method: 'PUT', body: 'warm' })).body).toBe('got warm'); // a warm socket
-      const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
-        const req = http.request({ host: '127.0.0.1', port: p.port, method: 'PUT', path: '/item', agent: false, headers: { 'Content-Length': '5' } }, (res) => {
-          let body = '';
-          res.on('data', (c) => (body += c));
-          res.on('end', () => resolve({ status: res.statusCode!, body }));
-        });
-        req.on('error', reject);
-        req.setTimeout(5000, () => req.destroy(new Error('no answer in 5 s')));
-        req.flushHeaders(); // the head now, the body after
-        setTimeout(() => req.end('hello'), bodyAfterMs);
-      });
-      expect(answer).toEqual({ status: 200, body: 'got hello' });
-      expect(bodies).toEqual(['warm', 'hello']);
+      expect(await slowPut(p.port, bodyAfterMs)).toEqual({ status: 200, body: 'got hello' });
+      expect(target.bodies).toEqual(['warm', 'hello']);
     } finally {
       await p.stop();
-      await new Promise((r) => server.close(r));
+      await target.close();
+    }
+  });
+
+  test('at SHUTDOWN_TIMEOUT, a PUT still waiting for the rest of its body to go again after the keep-alive race gets a 503 (no target is acting on it)', async () => {
+    const target = await racingTarget();
+    const p = await start(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${target.port}`, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', SHUTDOWN_TIMEOUT: '0.5' }), { provider: mutable([makeTarget('127.0.0.1', target.port)]) });
+    try {
+      expect((await request(p.port, { method: 'PUT', body: 'warm' })).body).toBe('got warm'); // a warm socket
+      const put = slowPut(p.port, -1); // its body never comes
+      await new Promise((r) => setTimeout(r, 200));
+      const stopped = p.stop();
+      expect(await put).toMatchObject({ status: 503 });
+      await stopped;
+      expect(target.bodies).toEqual(['warm']);
+    } finally {
+      await p.stop();
+      await target.close();
     }
   });
 
