@@ -1200,7 +1200,7 @@ export class ClientConn {
       }
     }
     // Keep reading (and dropping) what the client still sends, so that closing does not reset the
-    // connection under the answer; the client's close, or the idle timer, ends it.
+    // connection under the answer; the client's close ends it, or the linger's bound.
     this.dropReads();
     rawAnswer(this.socket, status, message, extraHeaders);
     this.lingerFor(this.unread?.hasBody ? this.server.opts.bodyAfterAnswerMs ?? BODY_AFTER_ANSWER_MS : this.server.opts.lingerMs ?? LINGER_MS);
