@@ -1129,7 +1129,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       // The target had closed that keep-alive connection: nothing was lost, try a fresh one (same target allowed).
       if (this.stale < MAX_STALE && unsent) {
         this.stale++;
-        if (this.body && !this.bodyWhole) return this.collectThen(() => this.resume());
+        if (this.body && !this.bodyWhole) return this.resumeOnceWhole();
         // Its idle siblings went with it (failTry): the next try opens a connection of its own.
         setImmediate(afterPoll, retryStale, this);
         return;
@@ -1156,22 +1156,22 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     if (wouldReplay && this.retries < this.opts.retries && unsent) {
       this.retries++;
       this.retrying = true;
-      return this.collectThen(() => this.resume());
+      return this.resumeOnceWhole();
     }
     this.fail();
   }
 
   /**
-   * The rest of a small body is read into its kept copy; `then()` once it has all come, or a 502 (what
-   * failed the try, a reset) if it outgrew the copy.
+   * The rest of a small body is read into its kept copy; the next try once it has all come, or a 502
+   * (what failed the try, a reset) if it outgrew the copy.
    */
-  private collectThen(then: () => void): void {
+  private resumeOnceWhole(): void {
     this.collecting = true;
     this.req.collectRest((whole) => {
       if (!this.collecting) return;
       this.collecting = false;
       this.bodyWhole = whole;
-      if (whole) return then();
+      if (whole) return this.resume();
       this.outcome.error ??= 'reset';
       this.fail();
     });
