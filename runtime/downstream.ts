@@ -1014,7 +1014,7 @@ export class ClientConn {
       if (bodyComing) req.abandon();
       this.dropReads();
       this.socket.end();
-      this.lingerFor(bodyComing ? this.server.opts.bodyAfterAnswerMs ?? BODY_AFTER_ANSWER_MS : this.server.opts.lingerMs ?? LINGER_MS);
+      this.lingerFor(bodyComing);
       return;
     }
     // A body nobody takes (not asked for, or its target gone): what is still coming is read and dropped,
@@ -1034,11 +1034,12 @@ export class ClientConn {
 
   /**
    * Our side of the connection is ending (its last answer written, a FIN to follow it): the socket goes
-   * when the client closes, or `ms` after the answer's last byte has left, whichever comes first. Not
-   * before that byte has left: a slow reader would lose the end of its answer (IDLE_TIMEOUT bounds a
-   * client that stopped reading).
+   * when the client closes, or after the answer's last byte has left by LINGER_MS (BODY_AFTER_ANSWER_MS
+   * while a body is still due), whichever comes first. Not before that byte has left: a slow reader would
+   * lose the end of its answer (IDLE_TIMEOUT bounds a client that stopped reading).
    */
-  private lingerFor(ms: number): void {
+  private lingerFor(bodyDue: boolean): void {
+    const ms = bodyDue ? this.server.opts.bodyAfterAnswerMs ?? BODY_AFTER_ANSWER_MS : this.server.opts.lingerMs ?? LINGER_MS;
     if (this.afterAnswer) clearTimeout(this.afterAnswer);
     this.afterAnswer = setTimeout(endLinger, ms, this.socket, ms);
     this.afterAnswer.unref();
@@ -1203,7 +1204,7 @@ export class ClientConn {
     // connection under the answer; the client's close ends it, or the linger's bound.
     this.dropReads();
     rawAnswer(this.socket, status, message, extraHeaders);
-    this.lingerFor(this.unread?.hasBody ? this.server.opts.bodyAfterAnswerMs ?? BODY_AFTER_ANSWER_MS : this.server.opts.lingerMs ?? LINGER_MS);
+    this.lingerFor(this.unread?.hasBody === true);
   }
 
   /** Parsing has stopped: whatever the client still sends is read and dropped, held back by nothing. */
