@@ -15,7 +15,7 @@ import { joinPrimary, PrimaryBreakers, PrimaryProvider, sendToPrimary } from './
 import { RouteTable } from './routes';
 import { createProxyServer } from './server';
 import { createTcpServer } from './tcp';
-import { POOL_ROUTE, Provider, Target, timerMs, within } from './types';
+import { POOL_ROUTE, Provider, Target, within } from './types';
 
 /** The accept queue nginx and HAProxy use (node's default is 511), for connection bursts. */
 const ACCEPT_BACKLOG = 4096;
@@ -86,7 +86,7 @@ export async function start(config: Config, deps: { provider?: Provider; primary
     }
     // Serve once every target of the pool has its first verdict (bounded by one check's timeout), so
     // the first requests are not all sent to whichever target happened to be judged first.
-    else if (config.healthCheckPath !== null) await firstVerdicts(registry, pool.targets, timerMs(config.healthCheckTimeoutMs + 1000));
+    else if (config.healthCheckPath !== null) await firstVerdicts(registry, pool.targets, config.healthCheckTimeoutMs + 1000);
   }
   routes.start();
 
