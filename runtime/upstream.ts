@@ -29,6 +29,7 @@ import * as net from 'node:net';
 import { consume, destroySocket, HTTPParser, kOnBody, kOnExecute, kOnHeaders, kOnHeadersComplete, kOnMessageBegin, kOnMessageComplete, type Parser, RESPONSE_LENIENCY, pauseReads, resumeReads, touch, unconsume } from './llhttp';
 import { errorFields, log } from './log';
 import { bodyBytes, uploadBytes } from './memory';
+import { makeTarget } from './types';
 
 export interface UpstreamPoolOptions {
   readonly host: string;
@@ -542,7 +543,7 @@ export class UpstreamPool {
     this.distrustedUntil = Date.now() + DISTRUST_MS;
     this.destroyIdle();
     log('warn', 'a target sent bytes past the end of an answer: its connections are not reused for a while, so that none reach another client', {
-      target: `${this.opts.host.includes(':') ? `[${this.opts.host}]` : this.opts.host}:${this.opts.port}`,
+      target: makeTarget(this.opts.host, this.opts.port).id,
       seconds: DISTRUST_MS / 1000,
     });
   }
