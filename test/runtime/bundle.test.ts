@@ -13,7 +13,7 @@ import { rawExchange } from '../hardening/support';
 import { Backend, startBackend } from '../support/backend';
 import { startAwsStub } from '../support/aws-stub';
 import { BUNDLE, Proxy, rssBytes, runBundle, startBundle } from '../support/bundle';
-import { close, freePort, listen, request, until } from '../support/net';
+import { close, freePort, listen, pump, request, until } from '../support/net';
 
 jest.setTimeout(60_000);
 
@@ -80,13 +80,7 @@ describe('the bundle, on a static pool', () => {
     const chunk = crypto.randomBytes(MB);
     backend.handle = (_req, res) => {
       res.writeHead(200, { 'Content-Type': 'application/octet-stream', 'Content-Length': 50 * MB });
-      let sent = 0;
-      const pump = (): void => {
-        while (sent < 50 && res.write(chunk)) sent++;
-        if (sent >= 50) res.end();
-        else res.once('drain', () => { sent++; pump(); });
-      };
-      pump();
+      pump(res, 50 * MB, { chunk });
     };
     // Warm up first (JIT, buffers, first sockets), so growth measures what the body costs.
     expect(await download(p.port)).toBe(50 * MB);
@@ -113,15 +107,7 @@ describe('the bundle, on a static pool', () => {
           res.on('end', resolve);
         });
         req.on('error', reject);
-        let sent = 0;
-        const pump = (): void => {
-          while (sent < 50) {
-            sent++;
-            if (!req.write(chunk)) return void req.once('drain', pump);
-          }
-          req.end();
-        };
-        pump();
+        pump(req, 50 * MB, { chunk });
       }),
     );
     expect(answer).toBe(String(50 * MB));

@@ -9,7 +9,7 @@ import { DownstreamHandlers, DownstreamServer, MAX_PIPELINED, NEW_CONNECTION_GRA
 import { answer } from '../../runtime/forward';
 import { rejectedRequests } from '../../runtime/metrics';
 import { parseResponses, rawExchange } from '../hardening/support';
-import { listen, until } from '../support/net';
+import { listen, pump, until } from '../support/net';
 
 jest.setTimeout(20_000);
 
@@ -617,19 +617,10 @@ test.each([
   await new Promise((r) => socket.once('connect', r));
   const total = 32 * 1024 * 1024;
   socket.write(`POST /x ${version}\r\nHost: a\r\n${extra}Content-Length: ${total}\r\n\r\n`);
-  let sent = 0;
-  const chunk = Buffer.alloc(1 << 16, 97);
-  const pump = (): void => {
-    while (sent < total && socket.writable) {
-      sent += chunk.length;
-      if (!socket.write(chunk)) return void socket.once('drain', pump);
-    }
-    if (sent >= total) socket.end();
-  };
-  pump();
+  const sent = pump(socket, total);
   await closed;
   expect(error).toBe('');
-  expect(sent).toBe(total);
+  expect(sent()).toBe(total);
   expect(got).toMatch(/^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nrefused early$/);
 });
 

@@ -6,7 +6,7 @@
 import * as http from 'node:http';
 import * as net from 'node:net';
 import { Proxy, startBundle } from '../support/bundle';
-import { close, listen } from '../support/net';
+import { close, listen, pump } from '../support/net';
 
 jest.setTimeout(30_000);
 
@@ -33,18 +33,10 @@ afterEach(async () => {
   await Promise.all(servers.splice(0).map(close));
 });
 
-/** Writes `total` body bytes to `c` as fast as it takes them; the getter says when all have left. */
+/** Writes `total` body bytes to `c` as fast as it takes them, keeping it open; the getter says when all have left. */
 function upload(c: net.Socket, total: number): () => boolean {
-  let sent = 0;
-  const chunk = Buffer.alloc(1 << 16, 97);
-  const pump = (): void => {
-    while (sent < total) {
-      sent += chunk.length;
-      if (!c.write(chunk)) return void c.once('drain', pump);
-    }
-  };
-  pump();
-  return () => sent >= total && c.writableLength === 0;
+  const sent = pump(c, total, { end: false });
+  return () => sent() >= total && c.writableLength === 0;
 }
 
 /** Whether `check` comes true within `ms`. */

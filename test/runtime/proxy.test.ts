@@ -9,7 +9,7 @@ import { Running, start } from '../../runtime/worker';
 import { requestsTotal } from '../../runtime/metrics';
 import { makeTarget, Provider, RouteKey, Target } from '../../runtime/types';
 import { Backend, startBackend } from '../support/backend';
-import { freePort, request, until } from '../support/net';
+import { freePort, pump, request, until } from '../support/net';
 
 const QUIET = { HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', LOG_CONNECTIONS: 'false' };
 
@@ -308,16 +308,7 @@ test("the time a target holds an upload back is not the client's: REQUEST_TIMEOU
       });
       req.on('error', reject);
       req.setTimeout(15_000, () => req.destroy(new Error('no answer in 15 s')));
-      const chunk = Buffer.alloc(1024 * 1024, 'x');
-      let sent = 0;
-      const pump = (): void => {
-        while (sent < size) {
-          sent += chunk.length;
-          if (!req.write(chunk)) return void req.once('drain', pump);
-        }
-        req.end();
-      };
-      pump();
+      pump(req, size, { chunk: Buffer.alloc(1024 * 1024, 'x') });
     });
     expect(reply).toEqual({ status: 200, body: `got ${64 * 1024 * 1024}` });
   } finally {
@@ -399,16 +390,7 @@ test.each([
   const size = 64 * 1024 * 1024; // far more than loopback buffers hold
   backend.handle = (req, res) => {
     if (req.url === '/big') res.setHeader('Content-Length', size); // else chunked: close-delimited to an HTTP/1.0 client
-    const chunk = Buffer.alloc(1 << 16, 97);
-    let sent = 0;
-    const pump = (): void => {
-      while (sent < size) {
-        sent += chunk.length;
-        if (!res.write(chunk)) return void res.once('drain', pump);
-      }
-      res.end();
-    };
-    pump();
+    pump(res, size);
   };
   const p = await proxy(
     { NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, LOG_CONNECTIONS: 'true', IDLE_TIMEOUT: '1' },

@@ -26,6 +26,32 @@ export async function close(server: net.Server): Promise<void> {
   await new Promise<void>((r) => server.close(() => r()));
 }
 
+/** What pump() writes into: a socket, a request, or an answer. */
+export interface PumpSink {
+  write(chunk: Buffer): boolean;
+  once(event: 'drain', fn: () => void): unknown;
+  end(): unknown;
+  readonly writable: boolean;
+}
+
+/**
+ * Writes `total` bytes, `chunk` at a time, as fast as `w` takes them (waiting for 'drain' when it pushes
+ * back), and ends it after the last unless `end` is false. Stops early should `w` stop taking writes.
+ * Returns a getter of the bytes written so far.
+ */
+export function pump(w: PumpSink, total: number, { chunk = Buffer.alloc(1 << 16, 97), end = true }: { chunk?: Buffer; end?: boolean } = {}): () => number {
+  let sent = 0;
+  const more = (): void => {
+    while (sent < total && w.writable) {
+      sent += chunk.length;
+      if (!w.write(chunk)) return void w.once('drain', more);
+    }
+    if (end && sent >= total) w.end();
+  };
+  more();
+  return () => sent;
+}
+
 export interface Reply {
   status: number;
   headers: http.IncomingHttpHeaders;
