@@ -5,7 +5,7 @@
  */
 import * as net from 'node:net';
 import { Writable } from 'node:stream';
-import { DownstreamHandlers, DownstreamServer, MAX_PIPELINED, NEW_CONNECTION_GRACE_MS, Request, Response } from '../../runtime/downstream';
+import { DownstreamHandlers, DownstreamOptions, DownstreamServer, MAX_PIPELINED, NEW_CONNECTION_GRACE_MS, Request, Response } from '../../runtime/downstream';
 import { answer } from '../../runtime/forward';
 import { rejectedRequests } from '../../runtime/metrics';
 import { parseResponses, rawExchange } from '../hardening/support';
@@ -44,7 +44,18 @@ beforeEach(async () => {
 afterEach(async () => {
   for (const u of upgraded) u.socket.destroy();
   await server.shutdown(100);
+  await Promise.all(owned.splice(0).map((s) => s.shutdown(100)));
 });
+
+/** Servers tests made with options of their own (ownServer), shut down after each test. */
+const owned: DownstreamServer[] = [];
+
+/** A server with the test's own options and request handler: it and its port. */
+async function ownServer(opts: Partial<DownstreamOptions>, request: Handle): Promise<{ own: DownstreamServer; ownPort: number }> {
+  const own = new DownstreamServer({ ...OPTS, ...opts }, { request, upgrade: () => undefined });
+  owned.push(own);
+  return { own, ownPort: await listen(own.server) };
+}
 
 /** A raw client connection: write bytes, read what came so far. */
 async function connect(): Promise<{ socket: net.Socket; received: () => string; closed: () => boolean }> {
@@ -577,29 +588,21 @@ describe('timeouts and shutdown', () => {
 });
 
 test('the rest of a body after its answer is read on for a while, then the connection goes: a trickle after a 503 holds no place for good', async () => {
-  const quick = new DownstreamServer({ ...OPTS, idleTimeoutMs: 5000, bodyAfterAnswerMs: 500 }, {
-    request: (_req, res) => ok(res, 'answered before the body'),
-    upgrade: () => undefined,
-  });
-  const quickPort = await listen(quick.server);
-  try {
-    const socket = net.connect({ host: '127.0.0.1', port: quickPort });
-    socket.on('error', () => undefined);
-    let got = '';
-    socket.on('data', (d) => (got += d));
-    const closedAt = new Promise<number>((r) => socket.on('close', () => r(Date.now())));
-    await new Promise((r) => socket.once('connect', r));
-    socket.write('POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\nab');
-    await until('the answer', () => got.includes('answered before the body'));
-    const t0 = Date.now();
-    const drip = setInterval(() => socket.writable && socket.write('x'), 100); // never pauses long enough for IDLE_TIMEOUT
-    const at = await closedAt;
-    clearInterval(drip);
-    expect(at - t0).toBeGreaterThanOrEqual(400);
-    expect(at - t0).toBeLessThan(3000);
-  } finally {
-    await quick.shutdown(100);
-  }
+  const { ownPort: quickPort } = await ownServer({ idleTimeoutMs: 5000, bodyAfterAnswerMs: 500 }, (_req, res) => ok(res, 'answered before the body'));
+  const socket = net.connect({ host: '127.0.0.1', port: quickPort });
+  socket.on('error', () => undefined);
+  let got = '';
+  socket.on('data', (d) => (got += d));
+  const closedAt = new Promise<number>((r) => socket.on('close', () => r(Date.now())));
+  await new Promise((r) => socket.once('connect', r));
+  socket.write('POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\nab');
+  await until('the answer', () => got.includes('answered before the body'));
+  const t0 = Date.now();
+  const drip = setInterval(() => socket.writable && socket.write('x'), 100); // never pauses long enough for IDLE_TIMEOUT
+  const at = await closedAt;
+  clearInterval(drip);
+  expect(at - t0).toBeGreaterThanOrEqual(400);
+  expect(at - t0).toBeLessThan(3000);
 });
 
 test.each([
@@ -625,21 +628,13 @@ test.each([
 });
 
 test('a body that is all in soon after its answer keeps its keep-alive connection', async () => {
-  const quick = new DownstreamServer({ ...OPTS, bodyAfterAnswerMs: 500 }, {
-    request: (req, res) => ok(res, `answered ${req.url}`),
-    upgrade: () => undefined,
-  });
-  const quickPort = await listen(quick.server);
-  try {
-    const r = await rawExchange(quickPort, (s) => {
-      s.write('POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nab');
-      setTimeout(() => s.write('cd'), 100); // the rest of the body, after its answer
-      setTimeout(() => s.write(GET('/next')), 900); // past bodyAfterAnswerMs: the timer ended with the body
-    }, { deadlineMs: 2000 });
-    expect(r.responses.map((x) => x.body)).toEqual(['answered /x', 'answered /next']);
-  } finally {
-    await quick.shutdown(100);
-  }
+  const { ownPort: quickPort } = await ownServer({ bodyAfterAnswerMs: 500 }, (req, res) => ok(res, `answered ${req.url}`));
+  const r = await rawExchange(quickPort, (s) => {
+    s.write('POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nab');
+    setTimeout(() => s.write('cd'), 100); // the rest of the body, after its answer
+    setTimeout(() => s.write(GET('/next')), 900); // past bodyAfterAnswerMs: the timer ended with the body
+  }, { deadlineMs: 2000 });
+  expect(r.responses.map((x) => x.body)).toEqual(['answered /x', 'answered /next']);
 });
 
 
@@ -650,27 +645,19 @@ describe('REQUEST_TIMEOUT on a body', () => {
     ['its reader takes it: a 408, counted as a body timeout (as a body stalled past IDLE_TIMEOUT is)', true],
     ['answered before it was in: the connection ends, no 408, no rejection counted', false],
   ])('a body trickled past REQUEST_TIMEOUT, %s', async (_name, taken) => {
-    const slow = new DownstreamServer({ ...OPTS, requestTimeoutMs: 600, idleTimeoutMs: 5000 }, {
-      request: (req, res) => {
+    const { ownPort: slowPort } = await ownServer({ requestTimeoutMs: 600, idleTimeoutMs: 5000 }, (req, res) => {
         if (!taken) return ok(res, 'answered early');
         req.pipe(new Writable({ write: (_c, _e, cb) => cb(), final: (cb) => (ok(res, 'stored'), cb()) }));
-      },
-      upgrade: () => undefined,
-    });
-    const slowPort = await listen(slow.server);
-    try {
-      const before = { body: await rejected('body_timeout'), client: await rejected('client_error') };
-      const r = await rawExchange(slowPort, (sock) => {
-        sock.write('POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n');
-        const drip = setInterval(() => (sock.destroyed ? clearInterval(drip) : sock.write('x')), 100);
-      }, { deadlineMs: 4000 });
-      expect(r.closed).toBe(true);
-      expect(r.responses.map((x) => x.status)).toEqual(taken ? [408] : [200]);
-      expect(await rejected('body_timeout')).toBe(before.body + (taken ? 1 : 0));
-      expect(await rejected('client_error')).toBe(before.client);
-    } finally {
-      await slow.shutdown(100);
-    }
+      });
+    const before = { body: await rejected('body_timeout'), client: await rejected('client_error') };
+    const r = await rawExchange(slowPort, (sock) => {
+      sock.write('POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n');
+      const drip = setInterval(() => (sock.destroyed ? clearInterval(drip) : sock.write('x')), 100);
+    }, { deadlineMs: 4000 });
+    expect(r.closed).toBe(true);
+    expect(r.responses.map((x) => x.status)).toEqual(taken ? [408] : [200]);
+    expect(await rejected('body_timeout')).toBe(before.body + (taken ? 1 : 0));
+    expect(await rejected('client_error')).toBe(before.client);
   });
 });
 
@@ -680,65 +667,45 @@ describe('the end of a connection (lingering close)', () => {
     ['HTTP/1.0', 'HTTP/1.0', ''],
   ])('a last answer (%s) reaches a client that reads it long after it was written, whole', async (_name, version, extra) => {
     const size = 16 * 1024 * 1024; // far more than loopback buffers hold
-    const quick = new DownstreamServer({ ...OPTS, idleTimeoutMs: 5000, lingerMs: 200 }, {
-      request: (_req, res) => {
+    const { ownPort: quickPort } = await ownServer({ idleTimeoutMs: 5000, lingerMs: 200 }, (_req, res) => {
         res.writeHead(200, undefined, `Content-Length: ${size}\r\n`, true);
         res.end(Buffer.alloc(size, 122));
-      },
-      upgrade: () => undefined,
-    });
-    const quickPort = await listen(quick.server);
-    try {
-      const socket = net.connect({ host: '127.0.0.1', port: quickPort });
-      socket.on('error', () => undefined);
-      let got = 0;
-      socket.on('data', (d: Buffer) => (got += d.length));
-      const closed = new Promise((r) => socket.on('close', r));
-      await new Promise((r) => socket.once('connect', r));
-      socket.write(`GET /big ${version}\r\nHost: a\r\n${extra}\r\n`);
-      await new Promise((r) => socket.once('data', r));
-      socket.pause();
-      await new Promise((r) => setTimeout(r, 1000)); // five times lingerMs
-      socket.resume();
-      await closed;
-      const head = 'HTTP/1.1 200 OK\r\n'.length; // at least; the whole head is a little more
-      expect(got).toBeGreaterThan(size + head);
-    } finally {
-      await quick.shutdown(100);
-    }
+      });
+    const socket = net.connect({ host: '127.0.0.1', port: quickPort });
+    socket.on('error', () => undefined);
+    let got = 0;
+    socket.on('data', (d: Buffer) => (got += d.length));
+    const closed = new Promise((r) => socket.on('close', r));
+    await new Promise((r) => socket.once('connect', r));
+    socket.write(`GET /big ${version}\r\nHost: a\r\n${extra}\r\n`);
+    await new Promise((r) => socket.once('data', r));
+    socket.pause();
+    await new Promise((r) => setTimeout(r, 1000)); // five times lingerMs
+    socket.resume();
+    await closed;
+    const head = 'HTTP/1.1 200 OK\r\n'.length; // at least; the whole head is a little more
+    expect(got).toBeGreaterThan(size + head);
   });
 
   test('a client that asked for the close and owes nothing more holds no connection once its answer has left, even keeping its side open', async () => {
-    const quick = new DownstreamServer({ ...OPTS, idleTimeoutMs: 10_000, lingerMs: 10_000 }, {
-      request: (_req, res) => ok(res, 'bye'),
-      upgrade: () => undefined,
-    });
-    const quickPort = await listen(quick.server);
-    try {
-      const socket = net.connect({ host: '127.0.0.1', port: quickPort, allowHalfOpen: true });
-      socket.on('error', () => undefined);
-      let got = '';
-      socket.on('data', (d) => (got += d));
-      await new Promise((r) => socket.once('connect', r));
-      socket.write('GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n');
-      await until('the answer', () => got.endsWith('bye'), 5000, 5);
-      await until('its connection let go', () => quick.conns.size === 0, 2000, 5);
-      socket.destroy();
-    } finally {
-      await quick.shutdown(100);
-    }
+    const { own: quick, ownPort: quickPort } = await ownServer({ idleTimeoutMs: 10_000, lingerMs: 10_000 }, (_req, res) => ok(res, 'bye'));
+    const socket = net.connect({ host: '127.0.0.1', port: quickPort, allowHalfOpen: true });
+    socket.on('error', () => undefined);
+    let got = '';
+    socket.on('data', (d) => (got += d));
+    await new Promise((r) => socket.once('connect', r));
+    socket.write('GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n');
+    await until('the answer', () => got.endsWith('bye'), 5000, 5);
+    await until('its connection let go', () => quick.conns.size === 0, 2000, 5);
+    socket.destroy();
   });
 
   test('shutdown with an answer that went out keep-alive before it: the client that keeps its side open after the FIN holds the drain for lingerMs, not SHUTDOWN_TIMEOUT', async () => {
-    const quick = new DownstreamServer({ ...OPTS, lingerMs: 300 }, {
-      request: (_req, res) => {
+    const { own: quick, ownPort: quickPort } = await ownServer({ lingerMs: 300 }, (_req, res) => {
         res.writeHead(200, undefined, 'Content-Length: 4\r\n', true);
         res.flush();
         setTimeout(() => res.end('done'), 300);
-      },
-      upgrade: () => undefined,
-    });
-    const quickPort = await listen(quick.server);
+      });
     // Keeps its side open after the proxy's FIN, as an idle pooled connection of urllib3 does.
     const socket = net.connect({ host: '127.0.0.1', port: quickPort, allowHalfOpen: true });
     socket.on('error', () => undefined);
