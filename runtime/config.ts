@@ -509,7 +509,7 @@ export const SETTINGS = {
   },
   loopbackTargets: {
     env: 'LOOPBACK_TARGETS',
-    doc: 'Let discovery (AWS or Redis) give loopback addresses (127.0.0.0/8, ::1): only for running against a local AWS stand-in, never on an instance. Link-local and metadata addresses are refused always.',
+    doc: 'Let discovery (AWS or Redis) give loopback addresses (127.0.0.0/8, ::1): only for running against a local AWS stand-in, never on an instance. Unset, it is on when an `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_ECS`, `_EC2` or `_AUTO_SCALING` names a loopback address (AWS is then a local stand-in, whose tasks are local too). Link-local and metadata addresses are refused always.',
     default: 'false',
     parse: bool,
   },
@@ -628,6 +628,24 @@ function clash(a: string, b: string): boolean {
   return x.text === y.text || (x.family === 4 && (x.text === '0.0.0.0' || y.text === '0.0.0.0'));
 }
 
+/** The SDK's endpoint settings (AWS_ENDPOINT_URL and its per-service forms) for the clients the proxy makes. */
+const AWS_ENDPOINT_VARS = ['AWS_ENDPOINT_URL', 'AWS_ENDPOINT_URL_ECS', 'AWS_ENDPOINT_URL_EC2', 'AWS_ENDPOINT_URL_AUTO_SCALING'];
+
+/** An AWS endpoint is set to a loopback address: AWS is a local stand-in (a test, a development set-up). */
+function awsEndpointOnLoopback(env: Env): boolean {
+  return AWS_ENDPOINT_VARS.some((name) => {
+    const value = env[name]?.trim();
+    if (!value) return false;
+    let host: string;
+    try {
+      host = new URL(value).hostname.replace(/^\[(.*)\]$/, '$1').toLowerCase();
+    } catch {
+      return false;
+    }
+    return host === 'localhost' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host) || host === '::1';
+  });
+}
+
 export class ConfigError extends Error {
   constructor(readonly problems: readonly string[]) {
     super(`invalid configuration: ${problems.join('; ')}`);
@@ -730,6 +748,8 @@ export function loadConfig(env: Env = process.env): Config {
     // next one starts when a slow one ends), so the period then stretches to the slow check.
     if (!isSet('HEALTH_CHECK_TIMEOUT')) out.healthCheckTimeoutMs = out.healthCheckPeriodMs;
   }
+  // A local AWS stand-in answers with local addresses: its tasks and instances are the operator's own.
+  if (!isSet('LOOPBACK_TARGETS') && awsEndpointOnLoopback(env)) out.loopbackTargets = true;
   // Raw TCP carries protocols with long quiet spells (databases, SSH): an NLB's idle timeout, not an ALB's.
   if (out.mode === 'tcp' && !isSet('IDLE_TIMEOUT')) out.idleTimeoutMs = TCP_IDLE_TIMEOUT_MS;
   // HTTP needs an idle timeout (it is what Keep-Alive: timeout= says, and what cuts a stalled body).

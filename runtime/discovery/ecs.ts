@@ -71,6 +71,8 @@ export interface EcsTransformOptions {
   readonly port: number;
   readonly healthyTasksOnly: boolean;
   readonly ipPreference: IpPreference;
+  /** A loopback public IP is usable (LOOPBACK_TARGETS: a local AWS stand-in). @default false */
+  readonly loopback?: boolean;
 }
 
 /** The task's ENI (awsvpc network mode), from its attachment, else from its containers. */
@@ -181,7 +183,7 @@ export function transformEcs(records: EcsRecords, opts: EcsTransformOptions): Tr
     if (eni?.privateIp || eni?.ipv6) {
       const pub = opts.ipPreference === 'public' && eni.id ? records.publicIps[eni.id] : undefined;
       // A public address the screen would refuse (an odd or hostile answer) falls back to the private one.
-      const usablePub = pub && usableAddress(pub) ? pub : undefined;
+      const usablePub = pub && usableAddress(pub, opts.loopback) ? pub : undefined;
       targets.push(makeTarget((usablePub || eni.privateIp || eni.ipv6) as string, opts.port));
       continue;
     }
@@ -236,6 +238,8 @@ export interface EcsProviderOptions {
   readonly ec2: EC2Client;
   readonly healthyTasksOnly?: boolean;
   readonly ipPreference?: IpPreference;
+  /** Loopback addresses are usable (LOOPBACK_TARGETS): see EcsTransformOptions.loopback. @default false */
+  readonly loopback?: boolean;
   /**
    * Look up cluster and service names that differ from the route's only in case (ListClusters,
    * ListServices). Off, a route is exactly the calls the seeds made, which a role written for them allows.
@@ -275,6 +279,7 @@ export class EcsProvider implements Provider {
   private readonly ec2: EC2Client;
   private readonly healthyTasksOnly: boolean;
   private readonly ipPreference: IpPreference;
+  private readonly loopback: boolean;
   private readonly caseLookup: boolean;
   private readonly hostCacheTtlMs: number;
   private readonly hostCacheMax: number;
@@ -307,6 +312,7 @@ export class EcsProvider implements Provider {
     this.ec2 = opts.ec2;
     this.healthyTasksOnly = opts.healthyTasksOnly ?? false;
     this.ipPreference = opts.ipPreference ?? 'private';
+    this.loopback = opts.loopback ?? false;
     this.hostCacheTtlMs = opts.hostCacheTtlMs ?? 3_600_000;
     this.hostCacheMax = opts.hostCacheMax ?? 10_000;
     this.caseLookup = opts.caseLookup ?? false;
@@ -355,6 +361,7 @@ export class EcsProvider implements Provider {
       port: route.port,
       healthyTasksOnly: this.healthyTasksOnly,
       ipPreference: this.ipPreference,
+      loopback: this.loopback,
     });
     countSkipped(skipped);
     // Its own fetch is a fresh answer (0 old, as any provider's); another port's is as old as it began.

@@ -108,6 +108,7 @@ export function createBaseProvider(
         ec2: make(clients.ec2, createEc2Client),
         healthyTasksOnly: config.healthyTasksOnly,
         ipPreference: config.ipPreference,
+        loopback: config.loopbackTargets,
         caseLookup: config.ecsCaseLookup,
         clusterNames: config.allowedClusters,
         serviceShareMs: config.nodeCheckPeriodMs === undefined ? 0 : Math.min(config.nodeCheckPeriodMs / 10, SERVICE_SHARE_MAX_MS),

@@ -292,6 +292,69 @@ describe('the bundle answers failures with the right status', () => {
   });
 });
 
+describe('the bundle against a local AWS stand-in', () => {
+  /** A minimal ECS endpoint (awsJson1_1) whose every service has one RUNNING awsvpc task at 127.0.0.1. */
+  const oneTaskOnLoopback = () => http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const op = String(req.headers['x-amz-target']).split('.').pop();
+      const arn = 'arn:aws:ecs:us-east-1:123456789012:task/prod/0123456789abcdef';
+      const body = op === 'ListTasks'
+        ? { taskArns: [arn] }
+        : {
+          tasks: [{
+            taskArn: arn, lastStatus: 'RUNNING', desiredStatus: 'RUNNING', healthStatus: 'UNKNOWN',
+            attachments: [{ type: 'ElasticNetworkInterface', status: 'ATTACHED', details: [{ name: 'privateIPv4Address', value: '127.0.0.1' }] }],
+          }],
+          failures: [],
+        };
+      res.writeHead(200, { 'Content-Type': 'application/x-amz-json-1.1' });
+      res.end(JSON.stringify(body));
+    });
+  });
+  const stubEnv = (port: number): Record<string, string> => ({
+    DOMAIN: 'example.com',
+    HEALTH_CHECK_PATH: 'off',
+    AWS_REGION: 'us-east-1',
+    AWS_ACCESS_KEY_ID: 'test',
+    AWS_SECRET_ACCESS_KEY: 'test',
+    AWS_ENDPOINT_URL_ECS: `http://127.0.0.1:${port}`,
+  });
+
+  test('routes to the RUNNING task the stand-in reports on loopback, with no setting beyond the endpoint', async () => {
+    const backend = await startBackend('task');
+    const ecs = oneTaskOnLoopback();
+    const ecsPort = await listen(ecs);
+    const p = await startBundle(stubEnv(ecsPort));
+    try {
+      const r = await request(p.port, { headers: { Host: `web-${backend.port}-prod.example.com` } });
+      expect(r).toMatchObject({ status: 200, body: 'task' });
+      expect(backend.seen).toHaveLength(1);
+    } finally {
+      await p.stop();
+      await close(ecs);
+      await backend.close();
+    }
+  });
+
+  test('LOOPBACK_TARGETS=false still refuses the stand-in\'s loopback task', async () => {
+    const backend = await startBackend('task');
+    const ecs = oneTaskOnLoopback();
+    const ecsPort = await listen(ecs);
+    const p = await startBundle({ ...stubEnv(ecsPort), LOOPBACK_TARGETS: 'false' });
+    try {
+      const r = await request(p.port, { headers: { Host: `web-${backend.port}-prod.example.com` } });
+      expect(r.status).toBe(503);
+      expect(backend.seen).toHaveLength(0);
+    } finally {
+      await p.stop();
+      await close(ecs);
+      await backend.close();
+    }
+  });
+});
+
 describe('the bundle starts and stops cleanly', () => {
   test('SIGTERM during a 2 s request: the request completes and the process exits 0', async () => {
     const backend = await startBackend('slowish');

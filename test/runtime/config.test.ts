@@ -207,6 +207,20 @@ describe('configuration', () => {
     expect(errorOf({ NODE_FILTER: 'asg', REDIS_URL: '127.0.0.1:99999' }).problems[0]).toMatch(/^REDIS_URL must be .*port from 1 to 65535/);
   });
 
+  test('LOOPBACK_TARGETS is on by itself when an AWS endpoint is on loopback (a local stand-in), and only then', () => {
+    const ecs = { DOMAIN: 'example.com' };
+    expect(loadConfig(ecs).loopbackTargets).toBe(false);
+    for (const [name, url] of [['AWS_ENDPOINT_URL_ECS', 'http://127.0.0.1:4566'], ['AWS_ENDPOINT_URL', 'http://localhost:4566/'],
+      ['AWS_ENDPOINT_URL_EC2', 'http://[::1]:8080'], ['AWS_ENDPOINT_URL_AUTO_SCALING', 'http://127.0.0.2']]) {
+      expect(loadConfig({ ...ecs, [name]: url }).loopbackTargets).toBe(true);
+    }
+    expect(loadConfig({ ...ecs, AWS_ENDPOINT_URL_ECS: 'https://ecs.us-east-1.amazonaws.com' }).loopbackTargets).toBe(false);
+    expect(loadConfig({ ...ecs, AWS_ENDPOINT_URL_ECS: 'http://10.0.0.5:4566' }).loopbackTargets).toBe(false);
+    expect(loadConfig({ ...ecs, AWS_ENDPOINT_URL_ECS: 'not a url' }).loopbackTargets).toBe(false);
+    // Said in so many words, it stands.
+    expect(loadConfig({ ...ecs, AWS_ENDPOINT_URL_ECS: 'http://127.0.0.1:4566', LOOPBACK_TARGETS: 'false' }).loopbackTargets).toBe(false);
+  });
+
   test('HEALTH_CHECK_PATH=off disables active checks', () => {
     expect(loadConfig({ NODE_FILTER: 'asg', HEALTH_CHECK_PATH: 'off' }).healthCheckPath).toBeNull();
   });

@@ -655,6 +655,15 @@ describe('transformEcs (pure)', () => {
     expect(ok.targets.map((t) => t.id)).toEqual(['54.0.0.1:80']);
   });
 
+  test('IP_PREFERENCE=public with LOOPBACK_TARGETS: a local stand-in\'s loopback public address is the one used', () => {
+    const records = { tasks: [fargateTask(0)], publicIps: { 'eni-0': '127.0.0.12' }, hostIps: {} };
+    expect(transformEcs(records, { ...base, ipPreference: 'public' }).targets.map((t) => t.id)).toEqual(['10.0.0.1:80']);
+    expect(transformEcs(records, { ...base, ipPreference: 'public', loopback: true }).targets.map((t) => t.id)).toEqual(['127.0.0.12:80']);
+    // Link-local is refused whatever: the private address stands.
+    const imds = { ...records, publicIps: { 'eni-0': '169.254.169.254' } };
+    expect(transformEcs(imds, { ...base, ipPreference: 'public', loopback: true }).targets.map((t) => t.id)).toEqual(['10.0.0.1:80']);
+  });
+
   test('the same address twice is one target', () => {
     const out = transformEcs({ tasks: [fargateTask(0), fargateTask(0, { taskArn: 'dup' })], publicIps: {}, hostIps: {} }, base);
     expect(out.targets).toHaveLength(1);
