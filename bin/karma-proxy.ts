@@ -5,28 +5,27 @@
  * Messages go to stderr so that `cdk synth > template.yaml` stays a template.
  */
 import { App } from 'aws-cdk-lib';
-import { propsFromContext, straySettings } from '../lib/context';
+import { contextSettings, straySettings } from '../lib/context';
 import { formatCostTable } from '../lib/cost';
+import { InvalidPropsError } from '../lib/karma-proxy';
 import { KarmaProxyStack } from '../lib/karma-proxy-stack';
 
 function main(): void {
   const app = new App();
   // Said first: a mistyped key may be why the settings below are refused (-c hostedZoneID=...).
   for (const w of straySettings(Object.keys(app.node.getAllContext()), process.env)) process.stderr.write(`karma-proxy: warning: ${w}\n`);
-  let settings;
-  try {
-    settings = propsFromContext((key) => app.node.tryGetContext(key), process.env);
-  } catch (e) {
-    process.stderr.write(`karma-proxy: ${(e as Error).message}\n`);
-    process.exit(1);
-  }
+  const { result: settings, problems } = contextSettings((key) => app.node.tryGetContext(key), process.env);
   for (const w of settings.warnings) process.stderr.write(`karma-proxy: warning: ${w}\n`);
 
-  let stack: KarmaProxyStack;
+  let stack: KarmaProxyStack | undefined;
   try {
+    // Built even when some settings are bad (those left out), to learn what it refuses of the rest.
     stack = new KarmaProxyStack(app, settings.stackName, settings.props);
   } catch (e) {
-    process.stderr.write(`karma-proxy: ${(e as Error).message}\n`);
+    problems.push(...(e instanceof InvalidPropsError ? e.problems : [(e as Error).message]));
+  }
+  if (problems.length > 0 || !stack) {
+    process.stderr.write(`karma-proxy: Invalid Karma Proxy settings:\n  - ${problems.join('\n  - ')}\n`);
     process.exit(1);
   }
   process.stderr.write(`${formatCostTable(stack.proxy.costEstimate)}\n`);

@@ -22,7 +22,7 @@ export const CONTEXT_KEYS = {
   availabilityZones: { kind: 'list', default: "the region's first AZs", doc: 'AZs of those subnets, in order.' },
   instanceType: { kind: 'string', default: 't4g.nano', doc: 'ARM Graviton instance type.' },
   minCapacity: { kind: 'int', default: '1', doc: 'Instances in steady state.' },
-  maxCapacity: { kind: 'int', default: 'minCapacity', doc: 'Most instances; one Elastic IP each.' },
+  maxCapacity: { kind: 'int', default: 'minCapacity', doc: 'Most instances (at most 50); one Elastic IP each.' },
   spot: { kind: 'bool', default: 'false', doc: 'Run on Spot.' },
   redis: { kind: 'bool', default: 'true', doc: 'ElastiCache Redis shared by the fleet; false keeps state in memory.' },
   redisNodeType: { kind: 'string', default: 'cache.t4g.micro', doc: 'Cache node type.' },
@@ -44,6 +44,16 @@ export const EXAMPLE_CONTEXT = {
   hostedZoneId: 'Z0123456789EXAMPLE',
   hostedZoneName: 'example.com',
 } as const;
+
+/**
+ * Keys whose default opens the proxy wide, so that an empty value (a template's unset variable) is
+ * refused rather than read as that default; what the default is.
+ */
+const EMPTY_IS_WIDE: Partial<Record<ContextKey, string>> = {
+  allowedCidrs: 'the default (0.0.0.0/0), or give [] to open ports 80 and 443 to no one',
+  clusters: 'the default (any cluster of the account), or name the clusters to serve',
+  ports: 'the default (any port), or name the ports to serve',
+};
 
 /** `hostedZoneId` -> `KARMA_HOSTED_ZONE_ID`. */
 export function envVarName(key: string): string {
@@ -95,24 +105,36 @@ export function propsFromContext(
   readContext: ContextReader,
   env: Readonly<Record<string, string | undefined>> = process.env,
 ): ContextResult {
+  const { result, problems } = contextSettings(readContext, env);
+  if (problems.length > 0) throw new Error(`Invalid Karma Proxy settings:\n  - ${problems.join('\n  - ')}`);
+  return result;
+}
+
+/**
+ * Reads every key: the props from what is good, and every problem with the rest (its key left out), so
+ * that the app can also learn what the stack would refuse of the good ones, and say all in one error.
+ */
+export function contextSettings(
+  readContext: ContextReader,
+  env: Readonly<Record<string, string | undefined>> = process.env,
+): { result: ContextResult; problems: string[] } {
   const problems: string[] = [];
   const warnings: string[] = [];
 
   const raw = (key: ContextKey): { value: unknown; from: string } | undefined => {
     const c = readContext(key);
     if (c !== undefined && c !== null && c !== '') return { value: c, from: `context '${key}'` };
-    // `-c allowedCidrs=` reads as nothing given, whose default opens the proxy to everyone: not what an
-    // empty value asks for. Said rather than guessed (`[]` opens ports 80 and 443 to no one).
-    if (c === '' && key === 'allowedCidrs') {
-      problems.push("context 'allowedCidrs' is empty: leave it out for the default (0.0.0.0/0), or give [] to open ports 80 and 443 to no one");
+    // `-c allowedCidrs=` (or `-c clusters=$UNSET`) reads as nothing given, whose default opens the proxy
+    // to everyone (or to every cluster and port): not what an empty value asks for. Said, not guessed.
+    const wide = EMPTY_IS_WIDE[key];
+    if (c === '' && wide) {
+      problems.push(`context '${key}' is empty: leave it out for ${wide}`);
       return undefined;
     }
     const name = envVarName(key);
     const e = env[name];
     if (e !== undefined && e.trim() !== '') return { value: e, from: name };
-    if (c === undefined && e !== undefined && key === 'allowedCidrs') {
-      problems.push(`${name} is empty: unset it for the default (0.0.0.0/0), or give [] to open ports 80 and 443 to no one`);
-    }
+    if (c === undefined && e !== undefined && wide) problems.push(`${name} is empty: unset it for ${wide}`);
     return undefined;
   };
 
@@ -159,10 +181,15 @@ export function propsFromContext(
         return undefined;
       }
     }
-    if (Array.isArray(v)) return v.map((x) => String(x).trim()).filter((x) => x !== '');
-    if (typeof v === 'string' || typeof v === 'number') {
-      return String(v).split(',').map((x) => x.trim()).filter((x) => x !== '');
+    let items: string[] | undefined;
+    if (Array.isArray(v)) items = v.map((x) => String(x).trim()).filter((x) => x !== '');
+    else if (typeof v === 'string' || typeof v === 'number') items = String(v).split(',').map((x) => x.trim()).filter((x) => x !== '');
+    // An allow-list of nothing would allow everything (the construct reads an empty list as "not set").
+    if (items?.length === 0 && (key === 'clusters' || key === 'ports')) {
+      problems.push(`${r.from} is an empty list: leave it out for ${EMPTY_IS_WIDE[key]}`);
+      return undefined;
     }
+    if (items) return items;
     problems.push(`${r.from} must be a list (a,b,c or a JSON list)`);
     return undefined;
   };
@@ -211,8 +238,13 @@ export function propsFromContext(
     problems.push(`hostedZoneId '${hostedZoneId}' is not a Route53 hosted zone id such as Z0123456789ABCDEFGHIJ` +
       (hostedZoneId.includes('.') ? ' (that looks like the zone\'s name: give it as hostedZoneName)' : ''));
   }
+  // A pool (asg, tag, static) serves every Host: it needs no domain, and no record unless one is asked for.
+  const discovery = str('discovery');
+  const pool = discovery === 'asg' || discovery === 'tag' || discovery === 'static';
   if (!domain && !hostedZoneId && hostedZoneName) {
     problems.push('hostedZoneName needs hostedZoneId (context hostedZoneId or KARMA_HOSTED_ZONE_ID): no lookup is made');
+  } else if (!domain && !hostedZoneId && pool) {
+    warnings.push(`no domain and no hostedZoneId: no DNS record is created; clients reach the ${discovery} pool on the Addresses output.`);
   } else if (!domain && !hostedZoneId) {
     usedExamples = true;
     domain = EXAMPLE_CONTEXT.domain;
@@ -232,7 +264,6 @@ export function propsFromContext(
   }
 
   const instanceTypeName = str('instanceType');
-  const discovery = str('discovery');
   if (discovery !== undefined && !['ecs', 'asg', 'tag', 'static'].includes(discovery)) {
     problems.push(`discovery must be ecs, asg, tag or static (got '${discovery}')`);
   }
@@ -273,15 +304,13 @@ export function propsFromContext(
     staticTargets: list('staticTargets'),
     environment: envMap('proxyEnv'),
   };
-  const stackName = str('stackName') ?? 'KarmaProxy';
+  let stackName = str('stackName') ?? 'KarmaProxy';
   if (!/^[A-Za-z][A-Za-z0-9-]{0,127}$/.test(stackName)) {
     problems.push(`stackName '${stackName}' must start with a letter and hold only letters, digits and dashes`);
+    stackName = 'KarmaProxy';
   }
 
-  if (problems.length > 0) {
-    throw new Error(`Invalid Karma Proxy settings:\n  - ${problems.join('\n  - ')}`);
-  }
   // Leave unset keys out, so that the construct's defaults apply.
   const defined = Object.fromEntries(Object.entries(props).filter(([, v]) => v !== undefined)) as KarmaProxyStackProps;
-  return { stackName, props: defined, usedExamples, warnings };
+  return { result: { stackName, props: defined, usedExamples, warnings }, problems };
 }

@@ -9,12 +9,12 @@ import * as route53 from 'aws-cdk-lib/aws-route53';
 import { Construct } from 'constructs';
 import { EXAMPLE_CONTEXT } from './context';
 import { formatCostSummary } from './cost';
-import { KarmaProxy, KarmaProxyProps } from './karma-proxy';
+import { InvalidPropsError, KarmaProxy, KarmaProxyProps } from './karma-proxy';
 
 /** Props of KarmaProxyStack: the construct's, with the VPC and the hosted zone as plain IDs (no lookup). */
 export interface KarmaProxyStackProps extends StackProps, Omit<KarmaProxyProps, 'vpc' | 'hostedZone'> {
   /** Route53 hosted zone that receives `*.<domain>`.
-   * @default no DNS record; example values (a warning) when there is no domain either */
+   * @default no DNS record; example values (a warning) when there is no domain either and discovery is ecs */
   readonly hostedZoneId?: string;
   /** Name of that zone. Only used to build and check the record name.
    * @default the domain itself (the record is then `*.<domain>` whatever the zone's apex is) */
@@ -93,13 +93,13 @@ export class KarmaProxyStack extends Stack {
       if (props.availabilityZones?.length) problems.push('availabilityZones needs vpcId (they are the AZs of its subnets)');
     }
     if (props.hostedZoneName && !props.hostedZoneId) problems.push('hostedZoneName needs hostedZoneId');
-    if (problems.length > 0) {
-      throw new Error(`Invalid KarmaProxyStack props (${this.node.path}):\n  - ${problems.join('\n  - ')}`);
-    }
+    // With problems of its own, the stack still builds its proxy (in a VPC of its own) to learn the
+    // construct's problems too: one error names them all.
 
     // Nothing to route by: synthesize anyway, with example values and a warning (a deploy would fail at the record).
     let { domain, hostedZoneId, hostedZoneName } = props;
-    this.usesExampleValues = !domain && !hostedZoneId;
+    // (A pool, asg, tag or static, serves every Host: without a domain it is reached on its addresses.)
+    this.usesExampleValues = !domain && !hostedZoneId && (props.discovery ?? 'ecs') === 'ecs';
     if (this.usesExampleValues) {
       ({ domain, hostedZoneId, hostedZoneName } = EXAMPLE_CONTEXT);
       Annotations.of(this).addWarningV2('karma-proxy:example-values',
@@ -114,7 +114,13 @@ export class KarmaProxyStack extends Stack {
       })
       : undefined;
 
-    this.proxy = new KarmaProxy(this, 'Proxy', { ...props, domain, vpc, hostedZone });
+    try {
+      this.proxy = new KarmaProxy(this, 'Proxy', { ...props, domain, vpc, hostedZone });
+    } catch (e) {
+      if (problems.length === 0 || !(e instanceof InvalidPropsError)) throw e;
+      problems.push(...e.problems);
+    }
+    if (problems.length > 0) throw new InvalidPropsError(`KarmaProxyStack props (${this.node.path})`, problems);
 
     if (this.proxy.wildcardDomainName) {
       new CfnOutput(this, 'WildcardDomain', {

@@ -221,6 +221,11 @@ const CREDENTIAL_VARS = [
 const HEALTH_WAIT_SECONDS = 300;
 /** What the boot may take besides its two waits: swap, dnf, the bundle, the unit (a few minutes at worst). */
 const BOOT_SECONDS = 300;
+/**
+ * The most instance slots: each is an Elastic IP (paid for, used or not) and an ARN in the role's
+ * policy, whose size IAM bounds (10,240 characters of inline policy per role).
+ */
+const MAX_CAPACITY = 50;
 /** Elastic IPs a region allows an account unless raised (one per instance slot here). */
 const EIP_DEFAULT_QUOTA = 5;
 /** Inbound rules per security group and IP version, by default (the quota can be raised). */
@@ -290,8 +295,20 @@ function cidrProblem(s: string): string | undefined {
     }
     return undefined;
   }
-  const v6 = /^([0-9a-fA-F:]+)\/(\d{1,3})$/.exec(s);
-  return v6 && v6[1].includes(':') && Number(v6[2]) <= 128 ? undefined : 'is not a CIDR';
+  const v6 = /^([0-9a-fA-F:.]+)\/(\d{1,3})$/.exec(s);
+  const groups = v6 && v6[1].includes(':') ? groupsOf(v6[1]) : undefined;
+  const prefix = Number(v6?.[2]);
+  if (!groups || prefix > 128) return 'is not a CIDR';
+  // Bits past the prefix, group by group.
+  const hostBits = groups.some((g, i) => (g & (0xffff >> Math.min(16, Math.max(0, prefix - i * 16)))) !== 0);
+  return hostBits ? `has bits set past its /${prefix} prefix` : undefined;
+}
+
+/** An IPv6 CIDR in the one spelling Peer.ipv6 takes (lower case, no dotted IPv4 tail); a token as it is. */
+function canonicalV6Cidr(cidr: string): string {
+  if (unresolved(cidr)) return cidr;
+  const [address, prefix] = cidr.split('/');
+  return `${new URL(`http://[${address}]/`).hostname.slice(1, -1)}/${prefix}`;
 }
 
 function isPortSpec(p: number | string): boolean {
@@ -430,10 +447,19 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       });
     }
 
-    this.validate(props, {
+    const problems = this.validate(props, {
       instanceType, minCapacity, maxCapacity, discovery, redisNodeType, metricsPort, allowedCidrs,
       bundlePath, rootVolumeSize, shutdownTimeout, domain, environment, useRedis, vpc: this.vpc,
     });
+    if (problems.length > 0) {
+      // Said in the same error: what the proxy would refuse of `environment` (judged with stand-ins for
+      // what the resources below would give), so that one synth names every problem.
+      const preview = this.runtimeEnv(props, { discovery, metricsPort, shutdownTimeout, domain, environment },
+        useRedis ? { url: DEPLOY_TIME_STAND_INS.REDIS_URL, secretArn: DEPLOY_TIME_STAND_INS.REDIS_AUTH_SECRET_ARN } : undefined);
+      const own = Object.keys(environment);
+      const refused = runtimeRefusals(preview).filter((p) => names(p, own));
+      throw new InvalidPropsError(`KarmaProxy props (${this.node.path})`, [...problems, ...refused.map(asEnvironment)]);
+    }
 
     // environment may override these two: the metrics rule, the health probe and systemd's stop timeout follow it.
     const overridden = (key: string): string | undefined =>
@@ -447,7 +473,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       allowAllOutbound: true,
     });
     for (const cidr of allowedCidrs) {
-      const peer = cidr.includes(':') ? ec2.Peer.ipv6(cidr) : ec2.Peer.ipv4(cidr);
+      const peer = cidr.includes(':') ? ec2.Peer.ipv6(canonicalV6Cidr(cidr)) : ec2.Peer.ipv4(cidr);
       this.securityGroup.addIngressRule(peer, ec2.Port.tcp(KarmaProxy.HTTP_PORT), `HTTP from ${cidr}`);
       this.securityGroup.addIngressRule(peer, ec2.Port.tcp(KarmaProxy.HTTPS_PORT), `HTTPS from ${cidr}`);
     }
@@ -488,11 +514,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       }));
     }
     // Names, whether given as names or as ARNs: the IAM condition and ALLOWED_CLUSTERS are built from them.
-    // ALLOWED_CLUSTERS given in environment instead (proxyEnv in the app) scopes the role as clusters would.
-    const envClusters = environment.ALLOWED_CLUSTERS;
-    const clusters = (props.clusters ?? (envClusters !== undefined && !Token.isUnresolved(envClusters)
-      ? envClusters.split(',').map((c) => c.trim()).filter((c) => c !== '')
-      : undefined))?.map((c) => clusterNameOf(c, this));
+    const clusters = this.allowedClusters(props, environment);
     this.addDiscoveryPermissions(discovery, clusters);
 
     // ---- bundle ----
@@ -612,37 +634,8 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     });
 
     // ---- runtime settings ----
-    const env: Record<string, string> = {
-      PORT: String(KarmaProxy.HTTP_PORT),
-      NODE_FILTER: discovery,
-      AWS_REGION: Aws.REGION,
-      METRICS_PORT: String(metricsPort),
-      SHUTDOWN_TIMEOUT: seconds(shutdownTimeout),
-    };
-    if (domain) env.DOMAIN = domain;
-    // The role below allows ListClusters and ListServices: Hosts reach CloudFormation-named services too.
-    if (discovery === 'ecs') env.ECS_CASE_LOOKUP = 'true';
-    if (clusters?.length) env.ALLOWED_CLUSTERS = clusters.join(',');
-    if (props.ports?.length) env.ALLOWED_PORTS = props.ports.map((p) => String(p).trim()).join(',');
-    if (props.asgName !== undefined) env.ASG_NAME = props.asgName;
-    if (props.tagName !== undefined) env.TAG_NAME = props.tagName;
-    if (props.tagValue !== undefined) env.TAG_VALUE = props.tagValue;
-    if (props.staticTargets?.length) env.STATIC_TARGETS = props.staticTargets.join(',');
-    if (props.targetPort !== undefined) env.TARGET_PORT = String(props.targetPort);
-    if (props.discoveryInterval) env.NODE_CHECK_PERIOD = seconds(props.discoveryInterval);
-    const hc = props.healthCheck ?? {};
-    if (hc.path !== undefined) env.HEALTH_CHECK_PATH = hc.path;
-    if (hc.protocol !== undefined) env.HEALTH_CHECK_PROTOCOL = hc.protocol;
-    if (hc.interval) env.HEALTH_CHECK_PERIOD = seconds(hc.interval);
-    if (hc.timeout) env.HEALTH_CHECK_TIMEOUT = seconds(hc.timeout);
-    if (hc.healthyThreshold !== undefined) env.HEALTHY_THRESHOLD = String(hc.healthyThreshold);
-    if (hc.unhealthyThreshold !== undefined) env.UNHEALTHY_THRESHOLD = String(hc.unhealthyThreshold);
-    if (hc.healthyHttpCodes !== undefined) env.HEALTH_CHECK_MATCHER = hc.healthyHttpCodes;
-    if (this.redisUrl && this.cacheAuthSecret) {
-      env.REDIS_URL = this.redisUrl;
-      env.REDIS_AUTH_SECRET_ARN = this.cacheAuthSecret.secretArn;
-    }
-    Object.assign(env, environment);
+    const env = this.runtimeEnv(props, { discovery, metricsPort, shutdownTimeout, domain, environment },
+      this.redisUrl && this.cacheAuthSecret ? { url: this.redisUrl, secretArn: this.cacheAuthSecret.secretArn } : undefined);
     // A Redis of one's own (redis: false, environment.REDIS_URL) with its token in a secret of one's own:
     // the role may read that secret, as it reads the construct's.
     const ownSecret = environment.REDIS_AUTH_SECRET_ARN;
@@ -656,11 +649,11 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     // and rolls back): the runtime's own checks, on exactly what the env file will say.
     const refused = runtimeRefusals(this.runtimeEnvironment);
     if (refused.length > 0) {
-      throw new Error(`Invalid KarmaProxy props (${this.node.path}): the proxy would refuse these settings at start ` +
-        `(props and environment become its env vars):\n  - ${refused.join('\n  - ')}`);
+      throw new InvalidPropsError(`KarmaProxy props (${this.node.path}): the proxy would refuse these settings at start ` +
+        '(props and environment become its env vars)', refused);
     }
     const albTimeout = albTimeoutProblem(props, this.runtimeEnvironment);
-    if (albTimeout) throw new Error(`Invalid KarmaProxy props (${this.node.path}):\n  - ${albTimeout}`);
+    if (albTimeout) throw new InvalidPropsError(`KarmaProxy props (${this.node.path})`, [albTimeout]);
     // A mistyped setting is ignored by the proxy, which says so only in its journal: said here too.
     for (const { name, meant } of mistypedSettings(environment)) {
       Validations.of(this).addWarning('KarmaProxy:UnknownSetting',
@@ -698,8 +691,8 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     // not boot. Values known at deploy (the bundle's URL, the stack's name) are counted as 100 bytes each.
     const userDataBytes = Buffer.byteLength(this.userData.render().replace(/\$\{Token\[[^\]]*\]\}/g, 'x'.repeat(100)));
     if (userDataBytes > USER_DATA_LIMIT) {
-      throw new Error(`Invalid KarmaProxy props (${this.node.path}):\n  - the instances' user data would be about ${userDataBytes} bytes, ` +
-        `over EC2's ${USER_DATA_LIMIT}: its settings (staticTargets, environment) are too long`);
+      throw new InvalidPropsError(`KarmaProxy props (${this.node.path})`, [`the instances' user data would be about ${userDataBytes} bytes, ` +
+        `over EC2's ${USER_DATA_LIMIT}: its settings (staticTargets, environment) are too long`]);
     }
 
     this.launchTemplate = new ec2.LaunchTemplate(this, 'LaunchTemplate', {
@@ -949,13 +942,61 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     }
   }
 
-  /** Every problem with the props, in one error that names them. Tokens are not judged. */
+  /** The allowed clusters' names, whether given as names or as ARNs, in clusters or in environment.ALLOWED_CLUSTERS. */
+  private allowedClusters(props: KarmaProxyProps, environment: Readonly<Record<string, string>>): string[] | undefined {
+    // ALLOWED_CLUSTERS given in environment instead (proxyEnv in the app) scopes the role as clusters would.
+    const envClusters = environment.ALLOWED_CLUSTERS;
+    return (props.clusters ?? (envClusters !== undefined && !Token.isUnresolved(envClusters)
+      ? envClusters.split(',').map((c) => c.trim()).filter((c) => c !== '')
+      : undefined))?.map((c) => clusterNameOf(c, this));
+  }
+
+  /** The proxy's env vars as the env file will say them: what the props set, then environment over them. */
+  private runtimeEnv(props: KarmaProxyProps, v: {
+    discovery: DiscoveryMode; metricsPort: number; shutdownTimeout: Duration; domain: string | undefined;
+    environment: Readonly<Record<string, string>>;
+  }, redis: { url: string; secretArn: string } | undefined): Record<string, string> {
+    const env: Record<string, string> = {
+      PORT: String(KarmaProxy.HTTP_PORT),
+      NODE_FILTER: v.discovery,
+      AWS_REGION: Aws.REGION,
+      METRICS_PORT: String(v.metricsPort),
+      SHUTDOWN_TIMEOUT: seconds(v.shutdownTimeout),
+    };
+    if (v.domain) env.DOMAIN = v.domain;
+    // The role allows ListClusters and ListServices: Hosts reach CloudFormation-named services too.
+    if (v.discovery === 'ecs') env.ECS_CASE_LOOKUP = 'true';
+    const clusters = this.allowedClusters(props, v.environment);
+    if (clusters?.length) env.ALLOWED_CLUSTERS = clusters.join(',');
+    if (props.ports?.length) env.ALLOWED_PORTS = props.ports.map((p) => String(p).trim()).join(',');
+    if (props.asgName !== undefined) env.ASG_NAME = props.asgName;
+    if (props.tagName !== undefined) env.TAG_NAME = props.tagName;
+    if (props.tagValue !== undefined) env.TAG_VALUE = props.tagValue;
+    if (props.staticTargets?.length) env.STATIC_TARGETS = props.staticTargets.join(',');
+    if (props.targetPort !== undefined) env.TARGET_PORT = String(props.targetPort);
+    if (props.discoveryInterval) env.NODE_CHECK_PERIOD = seconds(props.discoveryInterval);
+    const hc = props.healthCheck ?? {};
+    if (hc.path !== undefined) env.HEALTH_CHECK_PATH = hc.path;
+    if (hc.protocol !== undefined) env.HEALTH_CHECK_PROTOCOL = hc.protocol;
+    if (hc.interval) env.HEALTH_CHECK_PERIOD = seconds(hc.interval);
+    if (hc.timeout) env.HEALTH_CHECK_TIMEOUT = seconds(hc.timeout);
+    if (hc.healthyThreshold !== undefined) env.HEALTHY_THRESHOLD = String(hc.healthyThreshold);
+    if (hc.unhealthyThreshold !== undefined) env.UNHEALTHY_THRESHOLD = String(hc.unhealthyThreshold);
+    if (hc.healthyHttpCodes !== undefined) env.HEALTH_CHECK_MATCHER = hc.healthyHttpCodes;
+    if (redis) {
+      env.REDIS_URL = redis.url;
+      env.REDIS_AUTH_SECRET_ARN = redis.secretArn;
+    }
+    return Object.assign(env, v.environment);
+  }
+
+  /** Every problem with the props, for the one error that names them. Tokens are not judged. */
   private validate(props: KarmaProxyProps, v: {
     instanceType: ec2.InstanceType; minCapacity: number; maxCapacity: number; discovery: DiscoveryMode;
     redisNodeType: string; metricsPort: number; allowedCidrs: string[]; bundlePath: string;
     rootVolumeSize: number; shutdownTimeout: Duration; domain: string | undefined;
     environment: Record<string, string>; useRedis: boolean; vpc: ec2.IVpc;
-  }): void {
+  }): string[] {
     const problems: string[] = [];
     const known = (x: unknown): boolean => !unresolved(x);
 
@@ -978,6 +1019,10 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     }
     if (known(v.maxCapacity) && (!Number.isInteger(v.maxCapacity) || v.maxCapacity < 1)) {
       problems.push(`maxCapacity (${v.maxCapacity}) must be a whole number of at least 1`);
+    }
+    if (known(v.maxCapacity) && v.maxCapacity > MAX_CAPACITY) {
+      problems.push(`maxCapacity (${v.maxCapacity}) must be at most ${MAX_CAPACITY}: each instance slot is an Elastic IP, ` +
+        "paid for whether used or not, and a line of the role's policy, whose size IAM limits");
     }
     if (known(v.minCapacity) && known(v.maxCapacity) && v.minCapacity > v.maxCapacity) {
       problems.push(`minCapacity (${v.minCapacity}) must not exceed maxCapacity (${v.maxCapacity})`);
@@ -1115,7 +1160,9 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       }
     }
     if (hc?.path !== undefined && known(hc.path) && hc.path !== 'off' && !/^\/[\x21-\x7e]*$/.test(hc.path)) {
-      problems.push(`healthCheck.path '${hc.path}' must start with '/' (or be 'off')`);
+      problems.push(hc.path.startsWith('/')
+        ? `healthCheck.path '${hc.path}' must hold no spaces, control or non-ASCII characters (percent-encode them)`
+        : `healthCheck.path '${hc.path}' must start with '/' (or be 'off')`);
     }
     if (hc?.healthyHttpCodes !== undefined && known(hc.healthyHttpCodes) &&
         !/^\d{3}(-\d{3})?(,\d{3}(-\d{3})?)*$/.test(hc.healthyHttpCodes.replace(/\s/g, ''))) {
@@ -1204,9 +1251,15 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       problems.push(`bundlePath '${v.bundlePath}' must be the bundle's .js file (the role may read only .js objects of the asset bucket)`);
     }
 
-    if (problems.length > 0) {
-      throw new Error(`Invalid KarmaProxy props (${this.node.path}):\n  - ${problems.join('\n  - ')}`);
-    }
+    return problems;
+  }
+}
+
+/** Props the construct (or its stack) cannot build from: every problem, one line each. */
+export class InvalidPropsError extends Error {
+  constructor(what: string, readonly problems: readonly string[]) {
+    super(`Invalid ${what}:\n  - ${problems.join('\n  - ')}`);
+    this.name = 'InvalidPropsError';
   }
 }
 
@@ -1217,32 +1270,46 @@ const DEPLOY_TIME_STAND_INS: Readonly<Record<string, string>> = {
   REDIS_AUTH_SECRET_ARN: 'arn:aws:secretsmanager:us-east-1:123456789012:secret:karma-proxy-cache',
 };
 
-/** `env` with each value known only at deploy put as a stand-in of its kind; undefined if one has none. */
-function judgedEnv(env: Readonly<Record<string, string>>): Record<string, string> | undefined {
+/**
+ * `env` as the runtime's checks judge it at synth: each value known only at deploy put as a stand-in of
+ * its kind, or left out (`dropped`) when it has none (a CfnParameter, a cluster's name from another
+ * construct).
+ */
+function judgedEnv(env: Readonly<Record<string, string>>): { judged: Record<string, string>; dropped: string[] } {
   const judged: Record<string, string> = {};
+  const dropped: string[] = [];
   for (const [key, value] of Object.entries(env)) {
     if (!unresolved(value)) judged[key] = value;
     else if (DEPLOY_TIME_STAND_INS[key] !== undefined) judged[key] = DEPLOY_TIME_STAND_INS[key];
-    else return undefined;
+    else dropped.push(key);
   }
-  return judged;
+  return { judged, dropped };
+}
+
+/** `problem` names one of `keys` (a setting left out of the judged env, whose absence it may be about). */
+function names(problem: string, keys: readonly string[]): boolean {
+  return keys.some((key) => new RegExp(`\\b${key}\\b`).test(problem));
 }
 
 /**
  * The problems the runtime's loadConfig finds in `env`, as it will read the env file. A value known only
- * at deploy is judged by a stand-in of its kind; with any other, nothing is judged here (the runtime
- * still checks at start).
+ * at deploy is judged by a stand-in of its kind; one with none is left out, and a problem that names it
+ * is not counted (the runtime still checks it at start).
  */
 function runtimeRefusals(env: Readonly<Record<string, string>>): string[] {
-  const judged = judgedEnv(env);
-  if (!judged) return [];
+  const { judged, dropped } = judgedEnv(env);
   try {
     loadConfig(judged);
     return [];
   } catch (err) {
-    if (err instanceof ConfigError) return [...err.problems];
+    if (err instanceof ConfigError) return err.problems.filter((p) => !names(p, dropped));
     throw err;
   }
+}
+
+/** A runtime refusal as a line of the construct's error. */
+function asEnvironment(problem: string): string {
+  return `the proxy would refuse this setting at start (props and environment become its env vars): ${problem}`;
 }
 
 /**
@@ -1254,9 +1321,14 @@ function runtimeRefusals(env: Readonly<Record<string, string>>): string[] {
 function albTimeoutProblem(props: KarmaProxyProps, env: Readonly<Record<string, string>>): string | undefined {
   const timeout = props.healthCheck?.timeout;
   if (!timeout || props.environment?.HEALTH_CHECK_TIMEOUT !== undefined || unresolved(timeout.toMilliseconds())) return undefined;
-  const judged = judgedEnv(env);
-  if (!judged || runtimeRefusals(env).length > 0) return undefined;
-  const config = loadConfig(judged);
+  const { judged, dropped } = judgedEnv(env);
+  if (dropped.includes('NODE_FILTER') || dropped.includes('HEALTH_CHECK_PERIOD') || runtimeRefusals(env).length > 0) return undefined;
+  let config;
+  try {
+    config = loadConfig(judged);
+  } catch {
+    return undefined; // a problem with a setting known only at deploy, left to the runtime
+  }
   if (config.healthCheckTimeoutMs <= config.healthCheckPeriodMs) return undefined;
   return `healthCheck.timeout (${seconds(timeout)} s) must not exceed the health check interval (${config.healthCheckPeriodMs / 1000} s), as an ALB's`;
 }

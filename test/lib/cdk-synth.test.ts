@@ -87,3 +87,22 @@ test('context keys and KARMA_* env vars reach the template', () => {
   expect(record.Properties).toMatchObject({ Name: '*.apps.acme.io.', HostedZoneId: 'Z0ACME' });
   expect(JSON.stringify(template)).toContain('"MarketType":"spot"');
 }, TIMEOUT_MS + 10_000);
+
+test("bad settings of the app's and of the construct's are named in one error, and the synth fails", () => {
+  const out = path.join(dir, 'out-bad');
+  const r = synth(
+    ['-o', out, '-c', 'domain=apps.acme.io', '-c', 'spot=maybe', '-c', 'minCapacity=3', '-c', 'maxCapacity=2', '-c', 'clusters=',
+      '-c', 'proxyEnv=WORKERS=abc'],
+    cleanEnv(),
+  );
+  expect(r.status).not.toBe(0);
+  const message = r.stderr.slice(r.stderr.indexOf('karma-proxy: Invalid Karma Proxy settings:'));
+  expect(message.split('\n').slice(0, 4)).toEqual([
+    'karma-proxy: Invalid Karma Proxy settings:',
+    "  - context 'spot' must be true or false (got 'maybe')",
+    "  - context 'clusters' is empty: leave it out for the default (any cluster of the account), or name the clusters to serve",
+    '  - minCapacity (3) must not exceed maxCapacity (2)',
+  ]);
+  expect(message).toContain('\n  - the proxy would refuse this setting at start (props and environment become its env vars): WORKERS must be');
+  expect(fs.existsSync(path.join(out, 'KarmaProxy.template.json'))).toBe(false);
+}, TIMEOUT_MS + 10_000);

@@ -1,6 +1,8 @@
 /** The app's settings: context keys first, then KARMA_* env vars, then example values with a warning. */
+import { App } from 'aws-cdk-lib';
+import { Template } from 'aws-cdk-lib/assertions';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
-import { CONTEXT_KEYS, EXAMPLE_CONTEXT, propsFromContext } from '../../lib';
+import { CONTEXT_KEYS, EXAMPLE_CONTEXT, KarmaProxyStack, propsFromContext } from '../../lib';
 import { envVarName, straySettings } from '../../lib/context';
 
 const none = (): undefined => undefined;
@@ -92,6 +94,30 @@ test('-c allowedCidrs= (empty) is refused rather than read as the default that o
   );
   expect(propsFromContext(ctx({ domain: 'a.acme.io', allowedCidrs: '[]' }), {}).props.allowedCidrs).toEqual([]);
   expect(propsFromContext(ctx({ domain: 'a.acme.io' }), {}).props.allowedCidrs).toBeUndefined();
+});
+
+test('-c clusters= or ports=, or an empty list of them, is refused rather than read as "any cluster", "any port"', () => {
+  expect(() => propsFromContext(ctx({ domain: 'a.acme.io', clusters: '' }), {})).toThrow(
+    "context 'clusters' is empty: leave it out for the default (any cluster of the account), or name the clusters to serve");
+  expect(() => propsFromContext(ctx({ domain: 'a.acme.io', ports: '[]' }), {})).toThrow(
+    "context 'ports' is an empty list: leave it out for the default (any port), or name the ports to serve");
+  expect(() => propsFromContext(ctx({ domain: 'a.acme.io' }), { KARMA_CLUSTERS: '' })).toThrow(
+    'KARMA_CLUSTERS is empty: unset it for the default (any cluster of the account), or name the clusters to serve');
+  expect(() => propsFromContext(ctx({ domain: 'a.acme.io', clusters: ' , ' }), {})).toThrow("context 'clusters' is an empty list");
+  expect(propsFromContext(ctx({ domain: 'a.acme.io', clusters: 'prod', ports: '80,8080' }), {}).props).toMatchObject({ clusters: ['prod'], ports: [80, 8080] });
+});
+
+test('a pool (asg, tag, static) with no domain and no zone gets no example DNS: it is reached on its addresses', () => {
+  const r = propsFromContext(ctx({ discovery: 'static', staticTargets: '10.0.0.1:80' }), {});
+  expect(r.usedExamples).toBe(false);
+  expect(r.props).not.toHaveProperty('domain');
+  expect(r.props).not.toHaveProperty('hostedZoneId');
+  expect(r.warnings).toContain('no domain and no hostedZoneId: no DNS record is created; clients reach the static pool on the Addresses output.');
+  const stack = new KarmaProxyStack(new App(), 'KarmaProxy', { ...r.props, redis: false });
+  expect(stack.usesExampleValues).toBe(false);
+  expect(Object.keys(Template.fromStack(stack).findResources('AWS::Route53::RecordSet'))).toEqual([]);
+  // ECS routes by domain: there the examples still stand in, said in a warning.
+  expect(propsFromContext(ctx({}), {}).usedExamples).toBe(true);
 });
 
 test('a metrics CIDR becomes the metrics peer', () => {

@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { App, CfnParameter, Duration, SecretValue, Stack } from 'aws-cdk-lib';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as ecs from 'aws-cdk-lib/aws-ecs';
 import * as route53 from 'aws-cdk-lib/aws-route53';
 import { KarmaProxy, KarmaProxyProps, KarmaProxyStack } from '../../lib';
 
@@ -72,6 +73,15 @@ describe('one problem, its exact message', () => {
     ['a health timeout above the interval environment gives', { healthCheck: { timeout: Duration.seconds(10) }, environment: { HEALTH_CHECK_PERIOD: '5' } },
       'healthCheck.timeout (10 s) must not exceed the health check interval (5 s), as an ALB\'s'],
     ['a bad health path', { healthCheck: { path: 'health' } }, "healthCheck.path 'health' must start with '/' (or be 'off')"],
+    ['a health path with a space', { healthCheck: { path: '/he alth' } },
+      "healthCheck.path '/he alth' must hold no spaces, control or non-ASCII characters (percent-encode them)"],
+    ['an IPv6 CIDR that is no address', { allowedCidrs: [':::::/64'] }, "allowedCidrs entry ':::::/64' is not a CIDR such as 0.0.0.0/0 or 203.0.113.0/24"],
+    ['an IPv6 CIDR of nine groups', { allowedCidrs: ['1:2:3:4:5:6:7:8:9/64'] }, "allowedCidrs entry '1:2:3:4:5:6:7:8:9/64' is not a CIDR"],
+    ['an IPv6 CIDR with a group too long', { allowedCidrs: ['fffff::/16'] }, "allowedCidrs entry 'fffff::/16' is not a CIDR"],
+    ['an IPv6 CIDR of one colon', { allowedCidrs: [':/0'] }, "allowedCidrs entry ':/0' is not a CIDR"],
+    ['an IPv6 CIDR with bits past its prefix', { allowedCidrs: ['2001:db8::1/64'] }, "allowedCidrs entry '2001:db8::1/64' has bits set past its /64 prefix"],
+    ['more instance slots than a role\'s policy holds', { minCapacity: 1, maxCapacity: 51 },
+      "maxCapacity (51) must be at most 50: each instance slot is an Elastic IP, paid for whether used or not, and a line of the role's policy, whose size IAM limits"],
     ['a bad env var name', { environment: { 'log-connections': 'true' } }, "environment key 'log-connections' is not an env var name (A-Z, 0-9, _)"],
     ['a two-line env value', { environment: { DOMAIN: 'a\nb' } }, 'environment.DOMAIN must be one line'],
     ['a discovery mode through environment, leaving the role for another', { environment: { NODE_FILTER: 'asg', ASG_NAME: 'workers' } },
@@ -175,6 +185,38 @@ test('every problem in one error, one per line', () => {
     "  - instanceType 'm5.large' is not an ARM Graviton (arm64) type: the image and Node.js are arm64 (use t4g, c7g, m7g...)",
     "  - domain 'x.other.com' is not inside hosted zone 'example.com'",
   ].join('\n'));
+});
+
+test('IPv6 CIDRs in every spelling of a network pass', () => {
+  for (const cidr of ['::/0', '2001:db8::/32', '2001:DB8:0:0:8::/80', 'fd00::/8', '2001:db8::1/128', '::ffff:203.0.113.0/120']) {
+    expect(build({ allowedCidrs: [cidr] })).not.toThrow();
+  }
+});
+
+test("the props' problems and what the proxy would refuse of environment, in one error", () => {
+  const text = messageOf(build({ minCapacity: 3, maxCapacity: 2, environment: { WORKERS: 'abc', IDLE_TIMEOUT: '-5' } }));
+  expect(text.startsWith('Invalid KarmaProxy props (Test/Proxy):\n  - minCapacity (3) must not exceed maxCapacity (2)\n')).toBe(true);
+  expect(text).toContain("\n  - the proxy would refuse this setting at start (props and environment become its env vars): WORKERS must be");
+  expect(text).toContain("\n  - the proxy would refuse this setting at start (props and environment become its env vars): IDLE_TIMEOUT must be");
+});
+
+test('a cluster given as a token (another construct\'s name or ARN) still leaves environment judged at synth', () => {
+  for (const clusterOf of [(c: ecs.Cluster) => c.clusterName, (c: ecs.Cluster) => c.clusterArn]) {
+    const stack = new Stack(new App(), 'Test');
+    const cluster = new ecs.Cluster(stack, 'Cluster', { vpc: new ec2.Vpc(stack, 'Vpc', { natGateways: 0 }) });
+    const text = messageOf(() => new KarmaProxy(stack, 'Proxy', {
+      domain: 'apps.example.com', redis: false, clusters: [clusterOf(cluster)], environment: { WORKERS: 'abc', LOG_CONNECTIONS: 'maybe' },
+    }));
+    expect(text).toContain('  - WORKERS must be');
+    expect(text).toContain('  - LOG_CONNECTIONS must be');
+  }
+  // A domain from a parameter: the rest is judged all the same, and the domain is left to the runtime.
+  const stack = new Stack(new App(), 'Test');
+  const domain = new CfnParameter(stack, 'Domain').valueAsString;
+  expect(messageOf(() => new KarmaProxy(stack, 'Proxy', { domain, redis: false, environment: { WORKERS: '0' } }))).toContain('  - WORKERS must be');
+  const fine = new Stack(new App(), 'Test');
+  const param = new CfnParameter(fine, 'Domain').valueAsString;
+  expect(() => new KarmaProxy(fine, 'Proxy', { domain: param, redis: false })).not.toThrow();
 });
 
 describe('what the proxy itself would refuse at start fails the synth, in its own words', () => {
@@ -336,6 +378,16 @@ describe('the stack', () => {
       domain: 'apps.example.com', vpcId: 'vpc-1', availabilityZones: ['us-east-1a', 'us-east-1b'],
       publicSubnetIds: ['subnet-1', 'subnet-2', 'subnet-3', 'subnet-4'], isolatedSubnetIds: ['subnet-5', 'subnet-6'],
     })).not.toThrow();
+  });
+
+  test("the stack's problems and the construct's, in one error", () => {
+    const text = stackMessage({ vpcId: 'vpc-1', publicSubnetIds: ['subnet-1'], minCapacity: 5, maxCapacity: 1, environment: { WORKERS: 'abc' } });
+    expect(text.split('\n').slice(0, 3)).toEqual([
+      'Invalid KarmaProxyStack props (KarmaProxy):',
+      '  - vpcId needs isolatedSubnetIds or privateSubnetIds for the cache (or redis: false)',
+      '  - minCapacity (5) must not exceed maxCapacity (1)',
+    ]);
+    expect(text).toContain('\n  - the proxy would refuse this setting at start (props and environment become its env vars): WORKERS must be');
   });
 
   test("the construct's checks apply through the stack", () => {
