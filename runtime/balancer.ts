@@ -29,8 +29,6 @@ export interface RegistryOptions {
   readonly poolSize: number;
   readonly breakerThreshold: number;
   readonly breakerTimeoutMs: number;
-  /** See BreakerOptions.refusedRetryMs. @default none */
-  readonly breakerRefusedRetryMs?: number;
   /** Free keep-alive sockets are closed after this idle time, before a typical upstream would close them. */
   readonly freeSocketTimeoutMs?: number;
   /** A request waits at most this long for one of a target's POOL_SIZE sockets (UPSTREAM_TIMEOUT). @default no bound */
@@ -76,7 +74,6 @@ export class TargetRegistry implements StatusSetter {
         breaker: new CircuitBreaker({
           threshold: this.opts.breakerThreshold,
           timeoutMs: this.opts.breakerTimeoutMs,
-          refusedRetryMs: this.opts.breakerRefusedRetryMs,
           onChange: (state) => breakerState.labels({ target: id }).set(breakerStateValue(state)),
           onGrant: (delta) => (this.grants += delta),
           shared: link && { id, link },

@@ -27,10 +27,8 @@
  * connect timeout may be an accept queue that a check squeezed through, and a health path that answers
  * says nothing of resets or timeouts of real requests.
  *
- * Without active health checks (HEALTH_CHECK_PATH=off) nothing would ever say that a refusing target
- * listens again: such a breaker half-opens after `refusedRetryMs` instead, doubled each time its trial
- * is refused too, up to the timeout. A trial that is refused costs nothing (the request goes to another
- * target, as any refused one does), and a target restarted in place is back within seconds.
+ * Without active health checks (HEALTH_CHECK_PATH=off) every breaker keeps its timeout, as the
+ * CIRCUIT_BREAKER_TIMEOUT setting says.
  */
 
 export type BreakerState = 'closed' | 'open' | 'half-open';
@@ -51,12 +49,6 @@ export interface BreakerOptions {
   threshold: number;
   /** How long the breaker stays open before one trial goes through (CIRCUIT_BREAKER_TIMEOUT). */
   timeoutMs: number;
-  /**
-   * Opened by refused connections only, it stays open this long instead (doubled after each refused
-   * trial, up to timeoutMs): for targets without active health checks, whose passing check would
-   * otherwise half-open it. @default none: timeoutMs
-   */
-  refusedRetryMs?: number;
   /** Clock in milliseconds; tests inject one. @default Date.now */
   now?: () => number;
   /** Called after every state change, including the lazy open → half-open. */
@@ -114,24 +106,12 @@ export interface BreakerPermit {
   release(): void;
 }
 
-/**
- * Without health checks, the first wait of a breaker refused connections opened (then 2, 4, 8 s … up
- * to CIRCUIT_BREAKER_TIMEOUT while its trials are refused too).
- */
-export const REFUSED_RETRY_MS = 1000;
-
-/** The refusedRetryMs of a proxy's breakers: only when no active health check will half-open them. */
-export function refusedRetryMs(config: { readonly healthCheckPath: string | null }): number | undefined {
-  return config.healthCheckPath === null ? REFUSED_RETRY_MS : undefined;
-}
-
 /** How long a worker keeps a granted half-open trial for a request to take, before giving it back. */
 const GRANT_MS = 1000;
 
 export class CircuitBreaker {
   private readonly threshold: number;
   private readonly timeoutMs: number;
-  private readonly refusedRetryMs: number | undefined;
   private readonly now: () => number;
   private readonly onChange: ((state: BreakerState) => void) | undefined;
   private readonly onGrant: ((delta: 1 | -1) => void) | undefined;
@@ -159,8 +139,6 @@ export class CircuitBreaker {
   private streakRefused = false;
   /** Opened by refused connections only: a passing health check half-opens it (healthPassed). */
   private openedByRefused = false;
-  /** Trials refused in a row since it was opened by refusals: each doubles refusedRetryMs. */
-  private refusedTrials = 0;
 
   constructor(opts: BreakerOptions) {
     if (!Number.isInteger(opts.threshold) || opts.threshold < 1) {
@@ -171,7 +149,6 @@ export class CircuitBreaker {
     }
     this.threshold = opts.threshold;
     this.timeoutMs = opts.timeoutMs;
-    this.refusedRetryMs = opts.refusedRetryMs;
     this.now = opts.now ?? Date.now;
     this.onChange = opts.onChange;
     this.onGrant = opts.onGrant;
@@ -179,14 +156,8 @@ export class CircuitBreaker {
   }
 
   get state(): BreakerState {
-    if (this.current === 'open' && this.now() - this.openedAt >= this.openMs) this.transition('half-open');
+    if (this.current === 'open' && this.now() - this.openedAt >= this.timeoutMs) this.transition('half-open');
     return this.current;
-  }
-
-  /** How long this opening lasts: the timeout, or a refusal's retry when there are no health checks. */
-  private get openMs(): number {
-    if (!this.openedByRefused || this.refusedRetryMs === undefined) return this.timeoutMs;
-    return Math.min(this.timeoutMs, this.refusedRetryMs * 2 ** Math.min(this.refusedTrials, 30));
   }
 
   /** The link to the board, while the board is there. */
@@ -217,7 +188,7 @@ export class CircuitBreaker {
 
   /** Open: milliseconds until half-open (0 otherwise). */
   get remainingMs(): number {
-    return this.state === 'open' ? Math.max(0, this.openMs - (this.now() - this.openedAt)) : 0;
+    return this.state === 'open' ? Math.max(0, this.timeoutMs - (this.now() - this.openedAt)) : 0;
   }
 
   canPass(): boolean {
@@ -448,8 +419,6 @@ export class CircuitBreaker {
   }
 
   private open(byRefused = false): void {
-    // A refused trial of a breaker refusals opened: the next wait is twice as long.
-    this.refusedTrials = byRefused && this.openedByRefused && this.current === 'half-open' ? this.refusedTrials + 1 : 0;
     this.failures = 0;
     this.openedAt = this.now();
     this.openedByRefused = byRefused;

@@ -3,7 +3,7 @@
  * for why), and /metrics gathered from every worker plus the primary itself.
  */
 import type { Worker } from 'node:cluster';
-import { BreakerBoard, type BreakerState, refusedRetryMs } from './breaker';
+import { BreakerBoard, type BreakerState } from './breaker';
 import type { Config } from './config';
 import { StaticProvider } from './discovery/static';
 import { MetricsGather } from './gather';
@@ -118,7 +118,7 @@ export class Coordinator {
     this.emptyFreshMs = Math.min(this.freshMs, config.negativeCacheTtlMs * 0.9);
     this.negativeCacheTtlMs = config.negativeCacheTtlMs;
     this.health = healthCheckerFor(config, { setStatus: (target, up) => this.verdict(target.id, up), passed: (target, startedAt) => this.healthPassed(target.id, startedAt) });
-    this.breakers = new BreakerBoard({ threshold: config.circuitBreakerThreshold, timeoutMs: config.circuitBreakerTimeoutMs, refusedRetryMs: refusedRetryMs(config), now });
+    this.breakers = new BreakerBoard({ threshold: config.circuitBreakerThreshold, timeoutMs: config.circuitBreakerTimeoutMs, now });
   }
 
   add(worker: Worker): void {

@@ -10,7 +10,6 @@ import type { Config } from './config';
 import { Forwarder } from './forward';
 import { errorFields, log } from './log';
 import { healthCheckerFor, providerFor } from './coordinator';
-import { refusedRetryMs } from './breaker';
 import { joinPrimary, PrimaryBreakers, PrimaryProvider, sendToPrimary } from './ipc';
 import { RouteTable } from './routes';
 import { createProxyServer } from './server';
@@ -47,7 +46,6 @@ export async function start(config: Config, deps: { provider?: Provider; primary
     poolSize: config.poolSize,
     breakerThreshold: config.circuitBreakerThreshold,
     breakerTimeoutMs: config.circuitBreakerTimeoutMs,
-    breakerRefusedRetryMs: refusedRetryMs(config),
     // Every socket of a target busy for UPSTREAM_TIMEOUT is a 503, as a silent target is a 504.
     maxWaitMs: config.upstreamTimeoutMs,
     breakers,

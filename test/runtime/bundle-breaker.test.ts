@@ -247,11 +247,41 @@ describe('a target restarted in a deploy is back once its health check passes, n
     expect(ms).toBeLessThan(5000); // a check period (0.3 s) or so, not CIRCUIT_BREAKER_TIMEOUT's 5 minutes
   });
 
-  test('without health checks, a target that refused while it restarted is tried again within seconds, not CIRCUIT_BREAKER_TIMEOUT later', async () => {
-    // Open for a second (its first opening by refusals), then one trial.
-    const { body, ms } = await restartedInPlace({ HEALTH_CHECK_PATH: 'off' });
-    expect(body).toBe('back');
-    expect(ms).toBeLessThan(5000);
+  test('without health checks, a breaker refusals opened half-opens after CIRCUIT_BREAKER_TIMEOUT, not before, however soon the target listens again', async () => {
+    const app = await startBackend('app');
+    backends = [app];
+    p = await startBundle({ ...DEPLOY, HEALTH_CHECK_PATH: 'off', CIRCUIT_BREAKER_TIMEOUT: '0.05', STATIC_TARGETS: makeTarget('127.0.0.1', app.port).id });
+    await until('two workers', () => p!.workers().length === 2);
+    expect((await request(p.port)).status).toBe(200);
+    await app.close();
+    const statuses: number[] = [];
+    const sent: number[] = [];
+    await until('the breaker open', async () => {
+      sent.push(Date.now());
+      statuses.push((await request(p!.port)).status);
+      return statuses.at(-1) === 503;
+    });
+    expect(statuses).toEqual([502, 502, 502, 503]);
+    const opened = sent[2]; // the breaker opened once the third request had been sent, and before the fourth
+    let served = 0;
+    again = http.createServer((_req, res) => {
+      served++;
+      res.end('back');
+    });
+    await new Promise<void>((resolve) => again!.listen(app.port, '127.0.0.1', resolve));
+    // Open for the whole 3 s: every request meanwhile is a 503, and none reaches the target.
+    while (Date.now() - sent[3] < 2500) {
+      expect((await request(p.port)).status).toBe(503);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(served).toBe(0);
+    const back = await until('the trial after the timeout', async () => {
+      const r = await request(p!.port);
+      return r.status === 200 ? r : undefined;
+    }, 5000, 100);
+    expect(back?.body).toBe('back');
+    expect(Date.now() - opened).toBeGreaterThanOrEqual(3000);
+    for (let i = 0; i < 4; i++) expect((await request(p.port)).status).toBe(200);
   });
 
   test('a breaker that resets of real requests opened keeps its timeout, however its health path answers', async () => {
