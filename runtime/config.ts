@@ -221,7 +221,10 @@ const staticTargets = (raw: string): Target[] => {
     const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\[\]]+)):(\d+)$/.exec(item);
     const port = m ? Number(m[3]) : NaN;
     const host = m ? (m[1] ?? m[2]).toLowerCase() : '';
-    if (!m || port < 1 || port > 65535 || (!m[1] && !hostnameRe.test(host))) bad.push(`'${item}'`);
+    // A bracketed host is an IPv6 literal; an unbracketed one an IPv4 literal or a name, whose labels
+    // are not all numbers (999.1.1.1 is a mistyped address, not a name).
+    const hostOk = m && (m[1] ? isIP(host) === 6 : isIP(host) === 4 || (hostnameRe.test(host) && !host.split('.').every((l) => /^\d+$/.test(l))));
+    if (!m || port < 1 || port > 65535 || !hostOk) bad.push(`'${item}'`);
     else targets.push(makeTarget(host, port));
   }
   if (bad.length === 1) throw new Invalid(`a comma-separated list of host:port (ports 1-65535), and ${bad[0]} is not one`);

@@ -39,6 +39,12 @@ export function withoutUserinfo(target: string): string {
   return target.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i, '$1***@');
 }
 
+/** A Host header as the access log keeps it: userinfo (`user:password@host`, refused with a 400) masked. */
+export function hostForLog(host: string | undefined): string | undefined {
+  const at = host === undefined ? -1 : host.lastIndexOf('@');
+  return at === -1 ? host : `***${host!.slice(at)}`;
+}
+
 /**
  * Query parameters whose values are credentials by their name: OAuth tokens and codes, API keys,
  * presigned URLs' signatures, session ids. (`code` and `key` hide some harmless values too.)
@@ -170,7 +176,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
   const accessLine = (req: Request | undefined, client: string, routeLabel: string, o: Outcome, seconds: number): void => {
     log('info', 'access', {
       method: req?.method,
-      host: req?.headers.host,
+      host: hostForLog(req?.headers.host),
       path: req && targetForLog(req.url),
       status: o.status,
       route: routeLabel,

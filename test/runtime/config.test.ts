@@ -158,6 +158,15 @@ describe('configuration', () => {
     ]);
   });
 
+  test('STATIC_TARGETS: brackets hold an IPv6 address, and all-numeric labels an IPv4 one; anything else is named', () => {
+    expect(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: '[::ffff:10.0.0.1]:80,[fd00::1]:81,10.0.0.2:82,api-1.internal:83' })
+      .staticTargets.map((t) => t.id)).toEqual(['[::ffff:10.0.0.1]:80', '[fd00::1]:81', '10.0.0.2:82', 'api-1.internal:83']);
+    expect(errorOf({ NODE_FILTER: 'static', STATIC_TARGETS: '[::::]:80,999.1.1.1:80,[1.2.3.4]:80,10.0.0.1:80,1.2.3:80' }).problems).toEqual([
+      "STATIC_TARGETS must be a comma-separated list of host:port (ports 1-65535), and '[::::]:80', '999.1.1.1:80', '[1.2.3.4]:80', '1.2.3:80' are not " +
+        "(got '[::::]:80,999.1.1.1:80,[1.2.3.4]:80,10.0.0.1:80,1.2.3:80')",
+    ]);
+  });
+
   test("REDIS_URL takes redis://, rediss:// with credentials, and Karma's bare host:port", () => {
     expect(loadConfig({ NODE_FILTER: 'asg', REDIS_URL: 'cache.local:6379' }).redisUrl).toBe('redis://cache.local:6379');
     expect(loadConfig({ NODE_FILTER: 'asg', REDIS_URL: 'rediss://u:p@cache:6380/0' }).redisUrl).toBe('rediss://u:p@cache:6380/0');

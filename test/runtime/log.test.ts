@@ -2,7 +2,7 @@
  * The log stays bounded in memory when nobody reads it: past LOG_BACKLOG_MAX_BYTES unwritten, lines are
  * dropped, counted, and said once the log is read again.
  */
-import { targetForLog } from '../../runtime/server';
+import { hostForLog, targetForLog } from '../../runtime/server';
 import { log, LogBudget, LOG_BACKLOG_MAX_BYTES, logProcessWarnings } from '../../runtime/log';
 import { register } from '../../runtime/metrics';
 
@@ -137,5 +137,16 @@ describe('what the access log keeps of a request target', () => {
     ['http://user:secret@169.254.169.254/latest?token=1', 'http://***@169.254.169.254/latest?token=***'],
   ])('%s is logged as %s', (target, logged) => {
     expect(targetForLog(target)).toBe(logged);
+  });
+});
+
+describe('what the access log keeps of a Host header', () => {
+  test.each([
+    ['web-8080-prod.example.com', 'web-8080-prod.example.com'],
+    ['user:HOSTSECRET@web-8080-prod.example.com', '***@web-8080-prod.example.com'],
+    ['a@b@web-8080-prod.example.com:80', '***@web-8080-prod.example.com:80'],
+    [undefined, undefined],
+  ])('%s is logged as %s', (host, logged) => {
+    expect(hostForLog(host)).toBe(logged);
   });
 });

@@ -473,6 +473,12 @@ test('LOG_CONNECTIONS=true writes one JSON access line per request; the default 
     await request(loud.port, { path: '/callback?access_token=tok-s3cr3t&state=1' });
     const callback = (await until('its access line', () => loud.lines().find((l) => l.msg === 'access' && String(l.path).startsWith('/callback'))))!;
     expect(callback.path).toBe('/callback?access_token=***&state=1');
+    // Nor userinfo in a Host header (refused with a 400).
+    const hosted = await rawExchange(loud.port, 'GET /h HTTP/1.1\r\nHost: user:hostsecret@app.example.com\r\nConnection: close\r\n\r\n');
+    expect(hosted.responses[0].status).toBe(400);
+    const hostLine = (await until('its access line', () => loud.lines().find((l) => l.msg === 'access' && l.path === '/h')))!;
+    expect(hostLine.host).toBe('***@app.example.com');
+    expect(JSON.stringify(loud.lines())).not.toContain('hostsecret');
     expect(JSON.stringify(loud.lines())).not.toContain('secret');
     expect(JSON.stringify(loud.lines())).not.toContain('s3cr3t');
     // What the HTTP server refuses before any route (a smuggling shape, non-HTTP bytes, CONNECT) has its line too.
@@ -480,7 +486,7 @@ test('LOG_CONNECTIONS=true writes one JSON access line per request; the default 
     await rawExchange(loud.port, '\x16\x03\x01 not http\r\n\r\n');
     await rawExchange(loud.port, 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n');
     const refusedLines = await until('their access lines', () => {
-      const lines = loud.lines().filter((l) => l.msg === 'access' && l.route === 'none' && [400, 405].includes(Number(l.status)) && l.path !== 'http://***@169.254.169.254/latest');
+      const lines = loud.lines().filter((l) => l.msg === 'access' && l.route === 'none' && [400, 405].includes(Number(l.status)) && l.path !== 'http://***@169.254.169.254/latest' && l.path !== '/h');
       return lines.length >= 3 ? lines : undefined;
     });
     expect(refusedLines!.map((l) => l.status).sort()).toEqual([400, 400, 405]);
