@@ -10,7 +10,7 @@ import { MetricsGather } from './gather';
 import { HealthChecker } from './health';
 import type { ToPrimary, ToWorker } from './ipc';
 import { LogBudget, errorFields, log, markLogged, wasLogged } from './log';
-import { discoveryErrors } from './metrics';
+import { discoveryErrors, nodeHealthStatus } from './metrics';
 import { DISCOVERY_DEADLINE_MS, DiscoveryError, Found, foundBy, Provider, RouteKey, routeId, setRecent, sortTargets, StatusSetter, Target, within } from './types';
 
 /**
@@ -73,6 +73,12 @@ export class Coordinator {
   private readonly verdicts = new Map<string, boolean>();
   /** Targets whose breaker opened and has not closed since (for the log). */
   private readonly opened = new Set<string>();
+  /**
+   * Without active checks (HEALTH_CHECK_PATH=off), the targets in use, each reported healthy in
+   * load_balancer_node_health_status (1: in rotation): the seed's gauge, that dashboards are built on,
+   * does not go blank.
+   */
+  private readonly unchecked = new Set<string>();
   /**
    * Health and breaker lines: a few at once, then one per TARGET_LINE_EVERY_MS. Hosts naming new ports
    * of a service are new targets that fail their checks, each a line: clients must not fill the journal.
@@ -367,7 +373,19 @@ export class Coordinator {
     const forgotten = this.breakers.retain(ids);
     for (const id of this.opened) if (!ids.has(id)) this.opened.delete(id);
     if (forgotten.length) this.broadcast({ t: 'breaker', snaps: forgotten });
-    if (!this.health) return;
+    if (!this.health) {
+      for (const id of this.unchecked) {
+        if (ids.has(id)) continue;
+        this.unchecked.delete(id);
+        nodeHealthStatus.remove({ target: id });
+      }
+      for (const id of ids) {
+        if (this.unchecked.has(id)) continue;
+        this.unchecked.add(id);
+        nodeHealthStatus.labels({ target: id }).set(1);
+      }
+      return;
+    }
     for (const id of this.verdicts.keys()) if (!ids.has(id)) this.verdicts.delete(id);
     this.health.sync(all);
   }

@@ -209,6 +209,23 @@ describe('the bundle, on a static pool', () => {
     expect(h.status).toBe(200);
   });
 
+  test('without active health checks, load_balancer_node_health_status still has each target, at 1 (in rotation)', async () => {
+    const other = await startBackend('other');
+    const q = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port},127.0.0.1:${other.port}`, HEALTH_CHECK_PATH: 'off', WORKERS: '2' });
+    try {
+      const m = await until('both series', async () => {
+        const r = await request(q.metricsPort, { path: '/metrics' });
+        return (r.body.match(/^load_balancer_node_health_status\{/gm) ?? []).length === 2 ? r : undefined;
+      });
+      for (const port of [backend.port, other.port]) {
+        expect(m!.body).toMatch(new RegExp(`^load_balancer_node_health_status\\{target="127\\.0\\.0\\.1:${port}"\\} 1$`, 'm'));
+      }
+    } finally {
+      await q.stop();
+      await other.close();
+    }
+  });
+
   test('/metrics and /healthz answer HEAD as GET without the body, and another method with 405 and Allow', async () => {
     for (const path of ['/metrics', '/healthz']) {
       const head = await request(p.metricsPort, { path, method: 'HEAD' });
