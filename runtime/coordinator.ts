@@ -10,7 +10,7 @@ import { MetricsGather } from './gather';
 import { HealthChecker } from './health';
 import type { ToPrimary, ToWorker } from './ipc';
 import { LogBudget, errorFields, log, markLogged, wasLogged } from './log';
-import { discoveryErrors, nodeHealthStatus } from './metrics';
+import { discoveryErrors, memoryCacheLookups, nodeHealthStatus } from './metrics';
 import { DISCOVERY_DEADLINE_MS, DiscoveryError, Found, foundBy, Provider, RouteKey, routeId, setRecent, sortTargets, StatusSetter, Target, within } from './types';
 
 /**
@@ -265,12 +265,17 @@ export class Coordinator {
     setRecent(this.asked, id, this.now(), this.maxRoutes, (oldest) => this.forgetRoute(oldest));
     const hit = this.fresh.get(id);
     const now = this.now();
-    if (hit && now - hit.at < Math.min(hit.targets.length ? this.freshMs : this.emptyFreshMs, maxAgeMs)) return Promise.resolve({ targets: [...hit.targets], ageMs: now - hit.at });
+    if (hit && now - hit.at < Math.min(hit.targets.length ? this.freshMs : this.emptyFreshMs, maxAgeMs)) {
+      memoryCacheLookups.inc({ result: 'hit' });
+      return Promise.resolve({ targets: [...hit.targets], ageMs: now - hit.at });
+    }
     const failed = this.failed.get(id);
     if (failed && failed.until > now && !hit) {
+      memoryCacheLookups.inc({ result: 'hit' });
       const { message, name, code } = failed.err as DiscoveryError & { code?: string };
       return Promise.reject(Object.assign(new Error(message), { name, code, logged: true, retryInMs: failed.until - now }));
     }
+    memoryCacheLookups.inc({ result: 'miss' });
     const found = this.fetch(route, id, maxAgeMs);
     // Not for an ask that wants a young answer (its targets refused): that worker serves its own meanwhile.
     // Nor an empty one: a worker holds that as absent for NEGATIVE_CACHE_TTL, past the task that is

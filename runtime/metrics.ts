@@ -126,6 +126,11 @@ export const cacheLookups = new Counter({
   help: 'Shared (Redis) discovery cache lookups: hit, miss, error.',
   labelNames: ['result'] as const,
 });
+export const memoryCacheLookups = new Counter({
+  name: 'karma_discovery_memory_cache_total',
+  help: "The primary's in-memory discovery cache, asked by the workers: hit (answered from it, a route found absent or failing included), miss (a discovery started or joined).",
+  labelNames: ['result'] as const,
+});
 export const tasksSkipped = new Counter({
   name: 'karma_tasks_skipped_total',
   help: 'ECS tasks or EC2 instances left out of a pool, by reason.',

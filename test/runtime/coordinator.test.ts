@@ -4,7 +4,7 @@ import { until } from '../support/net';
 import { Counter, Registry } from 'prom-client';
 import { loadConfig } from '../../runtime/config';
 import { Coordinator, STALE_ANSWER_AFTER_MS } from '../../runtime/coordinator';
-import { discoveryErrors } from '../../runtime/metrics';
+import { discoveryErrors, memoryCacheLookups } from '../../runtime/metrics';
 import { makeTarget, Provider, RouteKey, Target } from '../../runtime/types';
 
 const route: RouteKey = { service: 'api', port: 80, cluster: 'prod' };
@@ -44,6 +44,24 @@ describe('the primary shares discovery among workers', () => {
     await c.discover(route);
     expect(provider.calls).toBe(2);
     await c.close();
+  });
+
+  test('its in-memory cache counts hits and misses (karma_discovery_memory_cache_total), with no Redis at all', async () => {
+    const count = async (result: string) => (await memoryCacheLookups.get()).values.find((v) => v.labels.result === result)?.value ?? 0;
+    const [hits, misses] = [await count('hit'), await count('miss')];
+    const provider = counting(() => [makeTarget('10.0.0.1', 80)]);
+    const c = new Coordinator(config, provider, () => clock);
+    await c.discover(route); // the first ask: a discovery
+    await c.discover(route);
+    await c.discover(route);
+    const absent = counting(() => []);
+    const d = new Coordinator(config, absent, () => clock);
+    await d.discover(route); // a service with no task: found absent once
+    await d.discover(route); // and held so for NEGATIVE_CACHE_TTL
+    expect([await count('hit') - hits, await count('miss') - misses]).toEqual([3, 2]);
+    expect([provider.calls, absent.calls]).toEqual([1, 1]);
+    await c.close();
+    await d.close();
   });
 
   test('a discovery that never settles fails at the deadline, and the next ask after the failure\'s hold starts a new one', async () => {
