@@ -751,6 +751,16 @@ export function loadConfig(env: Env = process.env): Config {
     // next one starts when a slow one ends), so the period then stretches to the slow check.
     if (!isSet('HEALTH_CHECK_TIMEOUT')) out.healthCheckTimeoutMs = out.healthCheckPeriodMs;
   }
+  // The SDK's own retry settings, which it reads itself and would take a typo of without a word
+  // (AWS_MAX_ATTEMPTS=abc ran with its default): checked here with the rest.
+  const attempts = env.AWS_MAX_ATTEMPTS?.trim();
+  if (attempts && !(/^\d{1,3}$/.test(attempts) && Number(attempts) >= 1)) {
+    problems.push(`AWS_MAX_ATTEMPTS must be a whole number of attempts from 1 to 999 (got '${attempts}')`);
+  }
+  const retryMode = env.AWS_RETRY_MODE?.trim();
+  if (retryMode && !['standard', 'adaptive', 'legacy'].includes(retryMode)) {
+    problems.push(`AWS_RETRY_MODE must be standard, adaptive or legacy (got '${retryMode}')`);
+  }
   // A local AWS stand-in answers with local addresses: its tasks and instances are the operator's own.
   if (!isSet('LOOPBACK_TARGETS') && awsEndpointOnLoopback(env)) out.loopbackTargets = true;
   // Raw TCP carries protocols with long quiet spells (databases, SSH): an NLB's idle timeout, not an ALB's.

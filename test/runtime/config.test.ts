@@ -230,6 +230,17 @@ describe('configuration', () => {
     expect(loadConfig({ ...ecs, AWS_ENDPOINT_URL_ECS: 'http://127.0.0.1:4566', LOOPBACK_TARGETS: 'false' }).loopbackTargets).toBe(false);
   });
 
+  test("the SDK's AWS_MAX_ATTEMPTS and AWS_RETRY_MODE are checked at start with the rest, not taken silently", () => {
+    expect(() => loadConfig({ DOMAIN: 'example.com', AWS_MAX_ATTEMPTS: '5', AWS_RETRY_MODE: 'standard' })).not.toThrow();
+    expect(() => loadConfig({ DOMAIN: 'example.com', AWS_RETRY_MODE: 'adaptive' })).not.toThrow();
+    expect(errorOf({ DOMAIN: 'example.com', AWS_MAX_ATTEMPTS: 'abc', AWS_RETRY_MODE: 'bogus', PORT: 'x' }).problems).toEqual([
+      "PORT must be an integer from 0 to 65535 (got 'x')",
+      "AWS_MAX_ATTEMPTS must be a whole number of attempts from 1 to 999 (got 'abc')",
+      "AWS_RETRY_MODE must be standard, adaptive or legacy (got 'bogus')",
+    ]);
+    expect(errorOf({ DOMAIN: 'example.com', AWS_MAX_ATTEMPTS: '0' }).problems).toEqual(["AWS_MAX_ATTEMPTS must be a whole number of attempts from 1 to 999 (got '0')"]);
+  });
+
   test('HEALTH_CHECK_PATH=off disables active checks', () => {
     expect(loadConfig({ NODE_FILTER: 'asg', HEALTH_CHECK_PATH: 'off' }).healthCheckPath).toBeNull();
   });
