@@ -184,6 +184,10 @@ export class Request {
   queued = false;
   /** Given to the server to answer (and to count, and log): the connection neither counts nor answers it again. */
   handedOver = false;
+  /** Body bytes read from the client (for the access log). */
+  bodyBytes = 0;
+  /** Its answer, once one is begun (for the access log). */
+  response: Response | undefined = undefined;
   private sink: BodySink | undefined;
   private held: Buffer[] | undefined;
   private dropping = false;
@@ -366,6 +370,7 @@ export class Request {
 
   /** A body chunk from the parser. */
   received(b: Buffer): void {
+    this.bodyBytes += b.length;
     if (this.dropping) return;
     if (this.collecting) {
       this.keep(b);
@@ -432,12 +437,15 @@ export class Response {
   private closeDelimited = false;
   /** HEAD, 204 and 304 answers carry no body whatever the headers say. */
   private bodiless = false;
+  /** Body bytes handed to the client's socket (for the access log). */
+  bodyBytes = 0;
 
   constructor(
     readonly conn: ClientConn,
     readonly req: Request,
   ) {
     this.shouldKeepAlive = req.keepAlive;
+    req.response = this;
   }
 
   /** The client sent `Expect: 100-continue` and has not had its 100: it may be holding its body back. */
@@ -501,6 +509,7 @@ export class Response {
       if (this.head !== undefined) this.flushHead(s);
       return true;
     }
+    this.bodyBytes += len;
     const head = this.head;
     if (head === undefined && !this.chunked) return typeof chunk === 'string' ? s.write(chunk, 'latin1') : s.write(chunk);
     this.head = undefined;
@@ -557,6 +566,7 @@ export class Response {
         // The proxy's own answers: head and body as one string, one write.
         const head = this.head;
         this.head = undefined;
+        this.bodyBytes += chunk.length;
         s.write(head + chunk, 'latin1');
       } else {
         if (chunk !== undefined) this.write(chunk);

@@ -184,6 +184,8 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
       attempts: o.attempts,
       error: o.error,
       ms: Math.round(seconds * 1000),
+      bytesIn: req?.bodyBytes,
+      bytesOut: req?.response?.bodyBytes,
       client,
     });
   };

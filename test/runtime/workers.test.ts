@@ -464,6 +464,12 @@ test('LOG_CONNECTIONS=true writes one JSON access line per request; the default 
     expect(access).toHaveLength(1);
     expect(access[0]).toMatchObject({ level: 'info', method: 'GET', path: '/a?b=1', status: 200, target: `127.0.0.1:${backend.port}` });
     expect(typeof access[0].ms).toBe('number');
+    // The body bytes each way, as an ALB's received_bytes and sent_bytes: a 1,000-byte upload answered
+    // with 'ok' (chunked there: the count is of body bytes, not of their framing).
+    await request(loud.port, { method: 'POST', path: '/upload', body: Buffer.alloc(1000, 'u') });
+    const upload = (await until('its access line', () => loud.lines().find((l) => l.msg === 'access' && l.path === '/upload')))!;
+    expect(upload).toMatchObject({ status: 200, bytesIn: 1000, bytesOut: 2 });
+    expect(access[0]).toMatchObject({ bytesIn: 0, bytesOut: 2 });
     // A refused absolute-form target keeps no credentials in the log.
     const raw = await rawExchange(loud.port, 'GET http://user:secret@169.254.169.254/latest HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
     expect(raw.responses[0].status).toBe(400);
