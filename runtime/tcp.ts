@@ -73,31 +73,18 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
         });
       }
     };
-    /**
-     * A tunnel is judged once: a success at the target's first byte, or at a close that is no error (the
-     * target's FIN, or the client leaving); a failure when the target resets it before sending anything,
-     * as a reset before a response is in HTTP. (Judged at the connect alone, a target that accepts and
-     * resets every connection would never open its breaker.)
-     */
-    let judged = false;
-    const succeeded = (): void => {
-      if (judged) return;
-      judged = true;
-      s.breaker.onSuccess(epoch);
-      countSuccess(s.target.id);
-    };
     upstream.once('connect', () => {
       connected = true;
       clearTimeout(timer);
-      // The client left while this connection was being made: nothing to tunnel. The target accepted: a
-      // half-open breaker's trial passed (left unjudged, it would keep the target out for good).
+      // The target accepted: a half-open breaker's trial passed, whether or not the client is still here
+      // (left unjudged, it would keep the target out for good).
+      s.breaker.onSuccess(epoch);
+      // The client left while this connection was being made: nothing to tunnel.
       if (client.destroyed) {
-        judged = true;
-        s.breaker.onSuccess(epoch);
         upstream.destroy();
         return;
       }
-      upstream.once('data', succeeded);
+      countSuccess(s.target.id);
       upstream.setNoDelay(true);
       upstream.setTimeout(config.idleTimeoutMs, () => upstream.destroy());
       client.pipe(upstream);
@@ -110,14 +97,6 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
     upstream.on('error', (err: NodeJS.ErrnoException) => {
       clearTimeout(timer);
       if (connected) {
-        if (!judged) {
-          // Reset before the target sent anything: a failure of the target's (nothing to retry: the
-          // client's bytes may have gone to it).
-          judged = true;
-          failedConnections.labels({ target: s.target.id }).inc();
-          upstreamErrors.labels({ kind: 'reset' }).inc();
-          s.breaker.onFailure(epoch);
-        }
         // The target reset (or the stream failed): the client hears a reset too, not a FIN that would say
         // the stream ended whole.
         client.resetAndDestroy();
@@ -143,7 +122,6 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
     upstream.once('close', () => {
       clearTimeout(timer);
       if (connected) {
-        succeeded(); // a close that no error came before
         done();
         // The client may still be reading what was piped; end() flushes then closes.
         if (!client.destroyed) client.end();
