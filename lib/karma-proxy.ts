@@ -987,7 +987,11 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       env.REDIS_URL = redis.url;
       env.REDIS_AUTH_SECRET_ARN = redis.secretArn;
     }
-    return Object.assign(env, v.environment);
+    Object.assign(env, v.environment);
+    // The runtime lets loopback targets through when an AWS endpoint is on loopback (a local stand-in); on
+    // an instance such an endpoint is a local forwarder, and loopback its own services: kept off unless asked.
+    if (env.LOOPBACK_TARGETS === undefined && Object.keys(v.environment).some((k) => k.startsWith('AWS_ENDPOINT_URL'))) env.LOOPBACK_TARGETS = 'false';
+    return env;
   }
 
   /** Every problem with the props, for the one error that names them. Tokens are not judged. */

@@ -634,18 +634,25 @@ function clash(a: string, b: string): boolean {
 /** The SDK's endpoint settings (AWS_ENDPOINT_URL and its per-service forms) for the clients the proxy makes. */
 const AWS_ENDPOINT_VARS = ['AWS_ENDPOINT_URL', 'AWS_ENDPOINT_URL_ECS', 'AWS_ENDPOINT_URL_EC2', 'AWS_ENDPOINT_URL_AUTO_SCALING'];
 
-/** An AWS endpoint is set to a loopback address: AWS is a local stand-in (a test, a development set-up). */
-function awsEndpointOnLoopback(env: Env): boolean {
+/**
+ * An AWS endpoint is set to this machine (a loopback address, `localhost`, the unspecified address): AWS
+ * is a local stand-in (a test, a development set-up). Not when the SDK is told to ignore those settings.
+ */
+export function awsEndpointOnLoopback(env: Env): boolean {
+  if (/^(?:1|t|true)$/i.test(env.AWS_IGNORE_CONFIGURED_ENDPOINT_URLS?.trim() ?? '')) return false;
   return AWS_ENDPOINT_VARS.some((name) => {
     const value = env[name]?.trim();
     if (!value) return false;
     let host: string;
     try {
-      host = new URL(value).hostname.replace(/^\[(.*)\]$/, '$1').toLowerCase();
+      host = new URL(value).hostname.toLowerCase();
     } catch {
       return false;
     }
-    return host === 'localhost' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host) || host === '::1';
+    if (host === 'localhost' || host.endsWith('.localhost')) return true;
+    const ip = canonicalIp(host.replace(/^\[(.*)\]$/, '$1'));
+    if (!ip) return false;
+    return ip.family === 4 ? ip.text.startsWith('127.') || ip.text === '0.0.0.0' : ip.text === '::1' || ip.text === '::';
   });
 }
 
@@ -757,9 +764,11 @@ export function loadConfig(env: Env = process.env): Config {
   if (attempts && !(/^\d{1,3}$/.test(attempts) && Number(attempts) >= 1)) {
     problems.push(`AWS_MAX_ATTEMPTS must be a whole number of attempts from 1 to 999 (got '${attempts}')`);
   }
-  const retryMode = env.AWS_RETRY_MODE?.trim();
-  if (retryMode && !['standard', 'adaptive', 'legacy'].includes(retryMode)) {
-    problems.push(`AWS_RETRY_MODE must be standard, adaptive or legacy (got '${retryMode}')`);
+  // Compared as the SDK compares it (as written: ' adaptive ' or 'ADAPTIVE' would be standard there);
+  // JavaScript's SDK knows no 'legacy'.
+  const retryMode = env.AWS_RETRY_MODE;
+  if (retryMode !== undefined && retryMode !== '' && retryMode !== 'standard' && retryMode !== 'adaptive') {
+    problems.push(`AWS_RETRY_MODE must be standard or adaptive (got '${retryMode}')`);
   }
   // A local AWS stand-in answers with local addresses: its tasks and instances are the operator's own.
   if (!isSet('LOOPBACK_TARGETS') && awsEndpointOnLoopback(env)) out.loopbackTargets = true;

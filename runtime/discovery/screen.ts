@@ -60,6 +60,15 @@ export function ownAddresses(): Set<string> {
   return out;
 }
 
+/**
+ * A loopback address (127.0.0.0/8, ::1, an IPv4-mapped 127.x): each reaches this machine, listed by its
+ * interfaces or not (127.0.0.2 reaches a proxy listening on 0.0.0.0).
+ */
+function loopbackAddress(host: string): boolean {
+  const c = canonical(host);
+  return c.startsWith('127.') || c === '0:0:0:0:0:0:0:1';
+}
+
 function canonical(host: string): string {
   if (isIP(host) !== 6) return host;
   const g = groupsOf(host);
@@ -102,7 +111,7 @@ export class ScreenedProvider implements Provider {
     const badPort: Target[] = [];
     const own = this.ownPorts.length > 0 && targets.some((t) => this.ownPorts.includes(t.port)) ? ownAddresses() : undefined;
     for (const t of targets) {
-      if (!usableAddress(t.host, this.loopback) || (own?.has(canonical(t.host)) && this.ownPorts.includes(t.port))) badAddress.push(t);
+      if (!usableAddress(t.host, this.loopback) || (own && this.ownPorts.includes(t.port) && (own.has(canonical(t.host)) || loopbackAddress(t.host)))) badAddress.push(t);
       else if (!usablePort(t.port)) badPort.push(t);
       else kept.push(t);
     }

@@ -187,6 +187,13 @@ test('every problem in one error, one per line', () => {
   ].join('\n'));
 });
 
+test('an AWS endpoint given in environment (a forwarder on the instance) does not let loopback targets through', () => {
+  expect(build({ environment: { AWS_ENDPOINT_URL_ECS: 'http://127.0.0.1:8000' } })().runtimeEnvironment).toMatchObject({ LOOPBACK_TARGETS: 'false' });
+  expect(build({ environment: { AWS_ENDPOINT_URL_ECS: 'http://127.0.0.1:8000', LOOPBACK_TARGETS: 'true' } })().runtimeEnvironment)
+    .toMatchObject({ LOOPBACK_TARGETS: 'true' });
+  expect(build({})().runtimeEnvironment).not.toHaveProperty('LOOPBACK_TARGETS');
+});
+
 test('IPv6 CIDRs in every spelling of a network pass', () => {
   for (const cidr of ['::/0', '2001:db8::/32', '2001:DB8:0:0:8::/80', 'fd00::/8', '2001:db8::1/128', '::ffff:203.0.113.0/120']) {
     expect(build({ allowedCidrs: [cidr] })).not.toThrow();

@@ -348,6 +348,8 @@ describe('the bundle against a local AWS stand-in', () => {
       const r = await request(p.port, { headers: { Host: `web-${backend.port}-prod.example.com` } });
       expect(r).toMatchObject({ status: 200, body: 'task' });
       expect(backend.seen).toHaveLength(1);
+      // Said at start: on an instance, loopback would be its own services.
+      expect(p.stderr.split('"msg":"LOOPBACK_TARGETS is on: an AWS endpoint is on loopback').length - 1).toBe(1);
     } finally {
       await p.stop();
       await close(ecs);
@@ -364,6 +366,7 @@ describe('the bundle against a local AWS stand-in', () => {
       const r = await request(p.port, { headers: { Host: `web-${backend.port}-prod.example.com` } });
       expect(r.status).toBe(503);
       expect(backend.seen).toHaveLength(0);
+      expect(p.stderr).not.toContain('LOOPBACK_TARGETS is on');
     } finally {
       await p.stop();
       await close(ecs);

@@ -226,6 +226,11 @@ describe('configuration', () => {
     expect(loadConfig({ ...ecs, AWS_ENDPOINT_URL_ECS: 'https://ecs.us-east-1.amazonaws.com' }).loopbackTargets).toBe(false);
     expect(loadConfig({ ...ecs, AWS_ENDPOINT_URL_ECS: 'http://10.0.0.5:4566' }).loopbackTargets).toBe(false);
     expect(loadConfig({ ...ecs, AWS_ENDPOINT_URL_ECS: 'not a url' }).loopbackTargets).toBe(false);
+    for (const url of ['http://0.0.0.0:4566', 'http://[::ffff:127.0.0.1]:4566', 'http://127.1:4566', 'http://s3.localhost:4566']) {
+      expect(loadConfig({ ...ecs, AWS_ENDPOINT_URL: url }).loopbackTargets).toBe(true);
+    }
+    // The SDK told to ignore the endpoint settings talks to AWS itself.
+    expect(loadConfig({ ...ecs, AWS_ENDPOINT_URL: 'http://127.0.0.1:4566', AWS_IGNORE_CONFIGURED_ENDPOINT_URLS: 'true' }).loopbackTargets).toBe(false);
     // Said in so many words, it stands.
     expect(loadConfig({ ...ecs, AWS_ENDPOINT_URL_ECS: 'http://127.0.0.1:4566', LOOPBACK_TARGETS: 'false' }).loopbackTargets).toBe(false);
   });
@@ -236,8 +241,12 @@ describe('configuration', () => {
     expect(errorOf({ DOMAIN: 'example.com', AWS_MAX_ATTEMPTS: 'abc', AWS_RETRY_MODE: 'bogus', PORT: 'x' }).problems).toEqual([
       "PORT must be an integer from 0 to 65535 (got 'x')",
       "AWS_MAX_ATTEMPTS must be a whole number of attempts from 1 to 999 (got 'abc')",
-      "AWS_RETRY_MODE must be standard, adaptive or legacy (got 'bogus')",
+      "AWS_RETRY_MODE must be standard or adaptive (got 'bogus')",
     ]);
+    // As the SDK reads it: any other spelling would silently be standard there.
+    for (const mode of [' adaptive ', 'ADAPTIVE', 'legacy']) {
+      expect(errorOf({ DOMAIN: 'example.com', AWS_RETRY_MODE: mode }).problems).toEqual([`AWS_RETRY_MODE must be standard or adaptive (got '${mode}')`]);
+    }
     expect(errorOf({ DOMAIN: 'example.com', AWS_MAX_ATTEMPTS: '0' }).problems).toEqual(["AWS_MAX_ATTEMPTS must be a whole number of attempts from 1 to 999 (got '0')"]);
   });
 

@@ -71,10 +71,14 @@ test("never the proxy itself: its own ports on this machine's addresses, however
       makeTarget(mine, 6969), // the proxy's port: a loop
       makeTarget(`::ffff:${mine}`, 6969),
       makeTarget('127.0.0.1', 6969), // loopback, allowed here, is this machine too
+      makeTarget('127.0.0.2', 6970), // and every loopback address reaches a proxy listening on 0.0.0.0
+      makeTarget('::ffff:127.9.9.9', 6969),
+      makeTarget('::1', 6970),
+      makeTarget('127.0.0.2', 8080), // another port of loopback: a local stand-in's task
       makeTarget(mine, 8080), // another port of this machine: a task may listen there
       makeTarget(other, 6969), // the same port elsewhere: another proxy's, or a task's
     ],
   };
   const ids = (await new ScreenedProvider(inner, true, [6969, 6970]).discover({ service: 'web', port: 80, cluster: 'prod' })).map((t) => t.id);
-  expect(ids).toEqual([`${mine}:8080`, `${other}:6969`]);
+  expect([...ids].sort()).toEqual([`${mine}:8080`, '127.0.0.2:8080', `${other}:6969`].sort());
 });
