@@ -104,6 +104,9 @@ function notePoolDefaults(config: Config, env: NodeJS.ProcessEnv): void {
   if (notes.length > 0) log('info', `defaults that differ from the Stateless Load Balancer's: ${notes.join('; ')}`);
 }
 
+/** A second SIGINT sooner than this after the first is the same Ctrl-C, delivered twice (see onSignal). */
+const ONE_KEYPRESS_MS = 200;
+
 async function runPrimary(config: Config): Promise<void> {
   warnWithoutRegion(config);
   notePoolDefaults(config, process.env);
@@ -269,8 +272,12 @@ async function runPrimary(config: Config): Promise<void> {
     })().then(() => process.exit(process.exitCode ?? 0)));
 
   let forced = false;
+  let firstSignalAt = 0;
   const onSignal = (signal: NodeJS.Signals): void => {
-    if (shuttingDown && signal === 'SIGINT' && !forced) {
+    // One Ctrl-C may come twice: the terminal sends it to the whole foreground group, and `npm run proxy`
+    // passes its own on to the proxy a moment later. A second SIGINT that close is the same keypress.
+    const samePress = performance.now() - firstSignalAt < ONE_KEYPRESS_MS;
+    if (shuttingDown && signal === 'SIGINT' && !forced && !samePress) {
       // Ctrl-C twice: the operator will not wait out SHUTDOWN_TIMEOUT (systemd stops with one SIGTERM).
       forced = true;
       log('warn', 'second SIGINT: stopping now, cutting what is in flight', { signal });
@@ -283,6 +290,7 @@ async function runPrimary(config: Config): Promise<void> {
     }
     if (shuttingDown) return void log('info', 'already shutting down', { signal });
     shuttingDown = true;
+    firstSignalAt = performance.now();
     log('info', 'shutting down', { signal, timeoutSeconds: config.shutdownTimeoutMs / 1000 });
     const workers = liveWorkers();
     if (workers.length === 0) void stop();

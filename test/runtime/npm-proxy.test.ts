@@ -48,8 +48,13 @@ const refused = (port: number): Promise<boolean> =>
     s.once('error', () => resolve(true));
   });
 
-test.each(['SIGTERM', 'SIGINT'] as const)('`npm run proxy` serves, and a %s to npm stops the proxy itself, cleanly', async (signal) => {
+test.each([
+  ['a SIGTERM to npm', 'SIGTERM', false],
+  ['a SIGINT to npm', 'SIGINT', false],
+  ["a terminal's Ctrl-C (SIGINT to the whole group, npm passing its own on too)", 'SIGINT', true],
+] as const)('`npm run proxy` serves, and %s stops the proxy itself, cleanly, its request in flight answered', async (_name, signal, group) => {
   backend ??= await startBackend('local');
+  backend.handle = (_req, res) => setTimeout(() => res.end('local'), 500);
   const [port, metricsPort] = [await freePort(), await freePort()];
   const child = spawn('npm', ['run', 'proxy'], {
     cwd: dir,
@@ -58,6 +63,7 @@ test.each(['SIGTERM', 'SIGINT'] as const)('`npm run proxy` serves, and a %s to n
       PORT: String(port), METRICS_PORT: String(metricsPort), HOST: '127.0.0.1', WORKERS: '1',
     },
     stdio: ['ignore', 'pipe', 'pipe'],
+    detached: group, // a process group of its own, as a terminal's foreground job
   });
   npm = child;
   let output = '';
@@ -68,8 +74,12 @@ test.each(['SIGTERM', 'SIGINT'] as const)('`npm run proxy` serves, and a %s to n
   proxyPid = Number(/"msg":"ready","pid":(\d+)/.exec(output)?.[1]);
   expect(await request(port)).toMatchObject({ status: 200, body: 'local' });
 
-  child.kill(signal); // npm alone, as systemd or a test harness does, not the whole process group
+  const inFlight = request(port, { timeoutMs: 10_000 });
+  await new Promise((r) => setTimeout(r, 100));
+  if (group) process.kill(-child.pid!, signal);
+  else child.kill(signal); // npm alone, as systemd or a test harness does
   const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(r, 15_000, 'still running'))]);
+  expect(await inFlight).toMatchObject({ status: 200, body: 'local' });
   expect(code).toBe(0);
   expect(output).toContain(`"signal":"${signal}"`);
   // Nothing left holding the ports.

@@ -324,12 +324,32 @@ test('a second SIGINT (Ctrl-C twice) stops at once, cutting what is in flight, w
     await until('the request at the target', () => slow.seen.length >= 1);
     const exited = p.stop('SIGINT', 15_000);
     await until('the drain', () => p.stdout.includes('"msg":"shutting down"'));
+    await new Promise((r) => setTimeout(r, 400)); // a second keypress, not the first one delivered twice
     const t0 = Date.now();
     p.child.kill('SIGINT');
     expect(await exited).toBe(130);
     expect(Date.now() - t0).toBeLessThan(3000); // not SHUTDOWN_TIMEOUT's 30 s, nor the request's 10 s
     expect(p.stderr).toContain('"msg":"second SIGINT: stopping now, cutting what is in flight"');
     expect(await inFlight).toMatchObject({ message: expect.any(String) }); // cut, not answered
+  } finally {
+    await p.stop('SIGKILL');
+    await slow.close();
+  }
+});
+
+test('one Ctrl-C delivered twice at once (the terminal to the group, npm to its child) is one: what is in flight finishes', async () => {
+  const slow = await startBackend('slow');
+  slow.handle = (_req, res) => setTimeout(() => res.end('finished'), 1500);
+  const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${slow.port}`, WORKERS: '1', HEALTH_CHECK_PATH: 'off' });
+  try {
+    const inFlight = request(p.port, { timeoutMs: 10_000 });
+    await until('the request at the target', () => slow.seen.length >= 1);
+    p.child.kill('SIGINT');
+    p.child.kill('SIGINT');
+    expect(await inFlight).toMatchObject({ status: 200, body: 'finished' });
+    expect(await p.stop('SIGTERM', 15_000)).toBe(0);
+    expect(p.stderr).not.toContain('second SIGINT');
+    expect(p.stdout).toContain('"msg":"already shutting down"');
   } finally {
     await p.stop('SIGKILL');
     await slow.close();
