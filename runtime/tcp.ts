@@ -33,9 +33,16 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
     if (!client.destroyed) client.resetAndDestroy();
   };
 
-  const connect = (pool: Pool, tried: Set<TargetState>, client: net.Socket, attempt: number, startedAt: number, last?: string, full = false): void => {
+  const connect = (pool: Pool, tried: Set<TargetState>, client: net.Socket, attempt: number, startedAt: number, last?: string, full = false, asked = false): void => {
     const pick = pool.pick(tried);
     if (!pick) {
+      // Refused only because a half-open target's trial is being claimed from the primary, or is out on
+      // another worker: the board's answer (a grant) may be on its way. Asked once, as for HTTP, before
+      // the client is reset (the first client after CIRCUIT_BREAKER_TIMEOUT would otherwise be).
+      const again = (): void => {
+        if (!client.destroyed) connect(pool, tried, client, attempt, startedAt, last, full, true);
+      };
+      if (!asked && pool.askBoard(again)) return;
       refuse(client, full ? 'every target full (POOL_SIZE)' : last === undefined ? 'no target available' : 'no other target available', startedAt, last);
       return;
     }

@@ -203,6 +203,41 @@ describe('with several workers, one breaker per target', () => {
   });
 });
 
+describe('MODE=tcp, with several workers', () => {
+  /** Connects, sends `text`, half-closes, and collects what comes until the close; an error says its code. */
+  const tunnel = (port: number, text: string): Promise<string> =>
+    new Promise((resolve) => {
+      const s = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true }, () => s.end(text));
+      let got = '';
+      s.on('data', (d) => (got += d));
+      s.on('close', () => resolve(got));
+      s.on('error', (e: NodeJS.ErrnoException) => resolve(`error ${e.code}`));
+      s.setTimeout(5000, () => s.destroy());
+    });
+
+  test('the first connection after CIRCUIT_BREAKER_TIMEOUT is the trial, not reset while the worker claims it', async () => {
+    const port = await freePort();
+    p = await startBundle({ ...BASE, MODE: 'tcp', CIRCUIT_BREAKER_TIMEOUT: '0.02', STATIC_TARGETS: makeTarget('127.0.0.1', port).id });
+    await until('two workers', () => p!.workers().length === 2);
+    // Nothing listens: three refusals open the breaker.
+    for (let i = 0; i < 3; i++) expect(await tunnel(p.port, 'x')).toBe('error ECONNRESET');
+    const opened = Date.now();
+    const echo = net.createServer({ allowHalfOpen: true }, (sock) => {
+      sock.on('error', () => undefined);
+      sock.on('data', (d) => sock.write(d));
+      sock.on('end', () => sock.end());
+    });
+    await new Promise<void>((resolve) => echo.listen(port, '127.0.0.1', resolve));
+    try {
+      await new Promise((r) => setTimeout(r, 1200 + 300 - (Date.now() - opened)));
+      expect(await tunnel(p.port, 'first')).toBe('first');
+      expect(await tunnel(p.port, 'second')).toBe('second');
+    } finally {
+      await close(echo);
+    }
+  });
+});
+
 describe('a target restarted in a deploy is back once its health check passes, not CIRCUIT_BREAKER_TIMEOUT later', () => {
   // Five minutes, the default: the test would time out long before a breaker left to its timeout.
   const DEPLOY = { NODE_FILTER: 'static', HEALTH_CHECK_PATH: '/ping', HEALTH_CHECK_PERIOD: '0.3', HEALTH_CHECK_TIMEOUT: '0.3', CIRCUIT_BREAKER_THRESHOLD: '3', CIRCUIT_BREAKER_TIMEOUT: '5', RETRIES: '0', WORKERS: '2' };
