@@ -213,8 +213,11 @@ class Conn {
   idleSince = 0;
   /** How long the target keeps it idle, less a second, from its last `Keep-Alive: timeout=`; -1 without one. */
   keepAliveMs = -1;
-  /** A write failed (the target closed while a body went up): its answer is still read, then it closes. */
-  private writeFailed = false;
+  /**
+   * A write failed (the target closed while a body went up): its answer is still read, then it closes;
+   * the rest of the body is dropped (see watchAfterWriteFailed).
+   */
+  writeFailed = false;
   /** Answered already, its body still going up (releaseWhenSent): told if the socket closes first. */
   sending: UpstreamRequest | undefined;
   /** Waiting for the FIN of a target that said `Connection: close` (at most CLOSE_WAIT_MS). */
@@ -388,12 +391,30 @@ class Conn {
     // The target closed its side: a close-delimited body ends here. Anything else under way is cut short,
     // and said at once (as node:http does), not when our own FIN is out: a request waiting to send on a
     // keep-alive socket must learn it is stale before it sends what cannot be replayed.
-    this.socket.on('end', () => {
+    const targetEnded = (): void => {
       parser.finish();
       this.releaseAfterRead = false; // a socket the target closed serves nobody else
       if (this.current) this.socket.destroy(badResponse('ECONNRESET', 'socket hang up'));
       else this.socket.destroy();
-    });
+    };
+    this.socket.on('end', targetEnded);
+    const readable = (this.socket as unknown as { _readableState: { errored: Error | null; ended: boolean; endEmitted: boolean } })._readableState;
+    /**
+     * After a failed write, until the socket goes: the readable side kept unerrored, and its end (the
+     * target's FIN, or the end a reset leaves) taken as the target's. Writes already on their way fail
+     * too, each marking that side errored again without a word ('error' is said once), and an end read
+     * meanwhile would never be emitted: only UPSTREAM_TIMEOUT would end the try (a probe found 504s
+     * after the whole timeout for a target that reset a streamed upload).
+     */
+    const watchAfterWriteFailed = (): void => {
+      if (this.socket.destroyed) return;
+      readable.errored = null;
+      if (readable.ended && !readable.endEmitted) {
+        readable.endEmitted = true;
+        return targetEnded();
+      }
+      setTimeout(watchAfterWriteFailed, 5).unref();
+    };
     this.socket.on('timeout', () => {
       if (this.current) this.current.timedOut();
       else this.socket.destroy();
@@ -406,7 +427,7 @@ class Conn {
       // the target's FIN ('end' never comes): that side has not failed, and is read on.
       if (err.syscall === 'write' && x && !x.res && !this.socket.destroyed) {
         this.writeFailed = true;
-        (this.socket as unknown as { _readableState: { errored: Error | null } })._readableState.errored = null;
+        watchAfterWriteFailed();
         return;
       }
       x?.socketError(err);
@@ -855,7 +876,7 @@ export class UpstreamRequest extends EventEmitter {
 
   private sendHead(): net.Socket | undefined {
     const c = this.conn;
-    if (!c || this.destroyed) return undefined;
+    if (!c || this.destroyed || c.writeFailed) return undefined;
     if (!this.headSent) {
       this.headSent = true;
       c.socket.write(this.head, 'latin1');

@@ -282,6 +282,42 @@ describe('the bundle answers failures with the right status', () => {
     }
   });
 
+  test('a streamed upload to a target that resets every connection gets its 502 at once, never a 504 after UPSTREAM_TIMEOUT', async () => {
+    const resetting = net.createServer((sock) => {
+      sock.on('error', () => undefined);
+      sock.resetAndDestroy();
+    });
+    const port = await listen(resetting);
+    const p = await startBundle({
+      NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${port}`, HEALTH_CHECK_PATH: 'off', WORKERS: '1',
+      UPSTREAM_TIMEOUT: '5', RETRIES: '0', CIRCUIT_BREAKER_THRESHOLD: '1000000',
+    });
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      const seen: { status: number; ms: number }[] = [];
+      // The reset meets the body's writes in every order; some once left the try waiting for an end
+      // that was read but never said (a failed write marks the read side errored), until the timeout.
+      for (let i = 0; i < 400; i++) {
+        seen.push(await new Promise((resolve, reject) => {
+          const t0 = Date.now();
+          const req = http.request({ host: '127.0.0.1', port: p.port, method: 'POST', path: '/upload', agent, headers: { 'Transfer-Encoding': 'chunked' } }, (res) => {
+            res.resume();
+            res.on('end', () => resolve({ status: res.statusCode ?? 0, ms: Date.now() - t0 }));
+          });
+          req.on('error', reject);
+          req.write('x'.repeat(50_000));
+          setTimeout(() => req.end('y'.repeat(50_000)), 2);
+        }));
+      }
+      expect(seen.filter((r) => r.status !== 502)).toEqual([]);
+      expect(Math.max(...seen.map((r) => r.ms))).toBeLessThan(2000);
+    } finally {
+      agent.destroy();
+      await p.stop();
+      await close(resetting);
+    }
+  }, 60_000);
+
   test('a service with no running task gives 503 with Retry-After', async () => {
     // A minimal ECS endpoint (awsJson1_1) whose services have no task.
     const ecs = http.createServer((req, res) => {
