@@ -142,6 +142,12 @@ async function runPrimary(config: Config): Promise<void> {
 
   const fork = (): Worker => {
     const w = cluster.fork(workerEnv(process.env));
+    // A message to a worker that is dying fails on its own turn (EPIPE): said as an 'error' of the
+    // Worker, which, unheard, would end the primary and the whole proxy with it. Its 'exit' replaces it.
+    w.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EPIPE' || err.code === 'ERR_IPC_CHANNEL_CLOSED' || err.code === 'ECONNRESET' || !w.isConnected()) return;
+      log('warn', 'a message to a worker failed', { worker: w.id, workerPid: w.process.pid, ...errorFields(err) });
+    });
     coordinator.add(w);
     w.on('message', (m: ToPrimary, handle?: unknown) => {
       if (answerAcceptorRequest(w, m, handle)) return;

@@ -120,6 +120,34 @@ test('concurrent requests for a new route on two workers make one ECS discovery'
   }
 });
 
+test('workers killed while /metrics is scraped are replaced; the primary, whose messages to them fail, stays up', async () => {
+  const backend = await startBackend('ok');
+  const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, HEALTH_CHECK_PATH: 'off', WORKERS: '4' });
+  let scraping = true;
+  const scrapes = Array.from({ length: 6 }, async () => {
+    while (scraping) await request(p.metricsPort, { path: '/metrics', timeoutMs: 5000 }).catch(() => undefined);
+  });
+  try {
+    for (let i = 0; i < 12; i++) {
+      await until('four workers', () => p.workers().length === 4, 15_000);
+      const ws = p.workers();
+      process.kill(ws[i % ws.length], 'SIGKILL');
+      await new Promise((r) => setTimeout(r, 150));
+    }
+    scraping = false;
+    await Promise.all(scrapes);
+    expect(p.child.exitCode).toBeNull();
+    expect(p.stderr).not.toContain('Unhandled');
+    await until('four workers again', () => p.workers().length === 4, 15_000);
+    expect((await request(p.port)).status).toBe(200);
+    expect((await request(p.metricsPort, { path: '/metrics' })).status).toBe(200);
+  } finally {
+    scraping = false;
+    await p.stop('SIGKILL');
+    await backend.close();
+  }
+});
+
 test('a worker that dies is replaced, and the proxy keeps serving meanwhile', async () => {
   const backend = await startBackend('ok');
   const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, WORKERS: '2', HEALTH_CHECK_PATH: 'off' });
