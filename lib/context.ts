@@ -5,7 +5,7 @@
  */
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import { likelyMeant } from '../runtime/config';
-import type { DiscoveryMode } from './karma-proxy';
+import { canonicalV6Cidr, type DiscoveryMode } from './karma-proxy';
 import type { KarmaProxyStackProps } from './karma-proxy-stack';
 
 type Kind = 'string' | 'int' | 'bool' | 'list' | 'env';
@@ -112,13 +112,16 @@ export function propsFromContext(
 
 /**
  * Reads every key: the props from what is good, and every problem with the rest (its key left out), so
- * that the app can also learn what the stack would refuse of the good ones, and say all in one error.
+ * that the app can also learn what the stack would refuse of the good ones, and say all in one error;
+ * `settled` false when discovery, the domain or its zone is refused, on which the stack's checks hang.
  */
 export function contextSettings(
   readContext: ContextReader,
   env: Readonly<Record<string, string | undefined>> = process.env,
-): { result: ContextResult; problems: string[] } {
+): { result: ContextResult; problems: string[]; settled: boolean } {
   const problems: string[] = [];
+  /** What everything else hangs on (discovery, the domain and its zone) is refused: the rest is not judged. */
+  let unsettled = false;
   const warnings: string[] = [];
 
   const raw = (key: ContextKey): { value: unknown; from: string } | undefined => {
@@ -143,6 +146,7 @@ export function contextSettings(
     if (!r) return undefined;
     if (typeof r.value !== 'string' && typeof r.value !== 'number') {
       problems.push(`${r.from} must be a string`);
+      if (key === 'domain' || key === 'hostedZoneId' || key === 'hostedZoneName' || key === 'discovery') unsettled = true;
       return undefined;
     }
     return String(r.value).trim();
@@ -235,6 +239,7 @@ export function contextSettings(
   let usedExamples = false;
   // Route53 zone ids are upper-case letters and digits (Z0123456789ABCDEFGHIJ); a zone's name is a common slip.
   if (hostedZoneId !== undefined && !/^[A-Z0-9]{1,32}$/.test(hostedZoneId)) {
+    unsettled = true;
     problems.push(`hostedZoneId '${hostedZoneId}' is not a Route53 hosted zone id such as Z0123456789ABCDEFGHIJ` +
       (hostedZoneId.includes('.') ? ' (that looks like the zone\'s name: give it as hostedZoneName)' : ''));
   }
@@ -242,6 +247,7 @@ export function contextSettings(
   const discovery = str('discovery');
   const pool = discovery === 'asg' || discovery === 'tag' || discovery === 'static';
   if (!domain && !hostedZoneId && hostedZoneName) {
+    unsettled = true;
     problems.push('hostedZoneName needs hostedZoneId (context hostedZoneId or KARMA_HOSTED_ZONE_ID): no lookup is made');
   } else if (!domain && !hostedZoneId && pool) {
     warnings.push(`no domain and no hostedZoneId: no DNS record is created; clients reach the ${discovery} pool on the Addresses output.`);
@@ -258,6 +264,7 @@ export function contextSettings(
     // The record is then *.<zone name>, as the README's table says.
     domain = hostedZoneName;
   } else if (!domain) {
+    unsettled = true;
     problems.push('hostedZoneId needs domain or hostedZoneName (context domain, hostedZoneName, or KARMA_DOMAIN)');
   } else if (!hostedZoneId) {
     warnings.push(`no hostedZoneId: no DNS record is created; point *.${domain} at the Addresses output yourself.`);
@@ -265,6 +272,7 @@ export function contextSettings(
 
   const instanceTypeName = str('instanceType');
   if (discovery !== undefined && !['ecs', 'asg', 'tag', 'static'].includes(discovery)) {
+    unsettled = true;
     problems.push(`discovery must be ecs, asg, tag or static (got '${discovery}')`);
   }
   const metricsCidr = str('metricsCidr');
@@ -273,7 +281,7 @@ export function contextSettings(
       const v6 = cidr.includes(':');
       // Peer checks the shape only: a prefix past the address's length would fail at deploy, not here.
       if (Number(cidr.split('/')[1]) > (v6 ? 128 : 32)) throw new Error('prefix too long');
-      return v6 ? ec2.Peer.ipv6(cidr) : ec2.Peer.ipv4(cidr);
+      return v6 ? ec2.Peer.ipv6(canonicalV6Cidr(cidr)) : ec2.Peer.ipv4(cidr);
     } catch {
       problems.push(`metricsCidr '${cidr}' is not a CIDR such as 10.0.0.0/16`);
       return undefined;
@@ -312,5 +320,5 @@ export function contextSettings(
 
   // Leave unset keys out, so that the construct's defaults apply.
   const defined = Object.fromEntries(Object.entries(props).filter(([, v]) => v !== undefined)) as KarmaProxyStackProps;
-  return { result: { stackName, props: defined, usedExamples, warnings }, problems };
+  return { result: { stackName, props: defined, usedExamples, warnings }, problems, settled: !unsettled };
 }

@@ -114,11 +114,14 @@ export class KarmaProxyStack extends Stack {
       })
       : undefined;
 
+    // A VPC refused above is not built: the proxy is built in one of its own, where the subnet choices
+    // made for the one refused mean nothing.
+    const subnets = props.vpcId && !vpc ? { vpcSubnets: undefined, cacheSubnets: undefined } : {};
     try {
-      this.proxy = new KarmaProxy(this, 'Proxy', { ...props, domain, vpc, hostedZone });
+      this.proxy = new KarmaProxy(this, 'Proxy', { ...props, domain, vpc, hostedZone, ...subnets });
     } catch (e) {
-      if (problems.length === 0 || !(e instanceof InvalidPropsError)) throw e;
-      problems.push(...e.problems);
+      if (problems.length === 0) throw e;
+      problems.push(...(e instanceof InvalidPropsError ? e.problems : [(e as Error).message]));
     }
     if (problems.length > 0) throw new InvalidPropsError(`KarmaProxyStack props (${this.node.path})`, problems);
 

@@ -242,9 +242,21 @@ const BUNDLE_READ_ACTIONS = ['s3:GetObject'];
 const unresolved = (v: unknown): boolean => Token.isUnresolved(v);
 const stripDot = (s: string): string => s.trim().toLowerCase().replace(/\.+$/, '');
 
-/** Seconds as the runtime reads them: `30`, `0.5`. */
+/** Seconds as the runtime reads them: `30`, `0.5`; a duration of a deploy-time number of seconds, as its token. */
 function seconds(d: Duration): string {
-  return String(d.toMilliseconds() / 1000);
+  try {
+    return String(d.toMilliseconds() / 1000);
+  } catch (err) {
+    // Duration.seconds(parameter): CDK converts no token between units, but the seconds are the seconds.
+    const s = d.toSeconds();
+    if (unresolved(s)) return Token.asString(s);
+    throw err;
+  }
+}
+
+/** A number as the env file says it: a deploy-time one (a Number parameter) as its token, not as its encoding. */
+function numberText(n: number): string {
+  return unresolved(n) ? Token.asString(n) : String(n);
 }
 
 /** Loopback (127/8, ::1, localhost) or link-local (169.254/16, fe80::/10, and fd00:ec2::/32, IMDS over IPv6), however spelt. */
@@ -305,7 +317,7 @@ function cidrProblem(s: string): string | undefined {
 }
 
 /** An IPv6 CIDR in the one spelling Peer.ipv6 takes (lower case, no dotted IPv4 tail); a token as it is. */
-function canonicalV6Cidr(cidr: string): string {
+export function canonicalV6Cidr(cidr: string): string {
   if (unresolved(cidr)) return cidr;
   const [address, prefix] = cidr.split('/');
   return `${new URL(`http://[${address}]/`).hostname.slice(1, -1)}/${prefix}`;
@@ -454,10 +466,16 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     if (problems.length > 0) {
       // Said in the same error: what the proxy would refuse of `environment` (judged with stand-ins for
       // what the resources below would give), so that one synth names every problem.
-      const preview = this.runtimeEnv(props, { discovery, metricsPort, shutdownTimeout, domain, environment },
-        useRedis ? { url: DEPLOY_TIME_STAND_INS.REDIS_URL, secretArn: DEPLOY_TIME_STAND_INS.REDIS_AUTH_SECRET_ARN } : undefined);
-      const own = Object.keys(environment);
-      const refused = runtimeRefusals(preview).filter((p) => names(p, own));
+      // Only environment's own settings, and none its checks above named already.
+      const own = Object.keys(environment).filter((key) => ENV_KEY.test(key) && !problems.some((p) => p.includes(`environment.${key}`)));
+      let refused: string[] = [];
+      try {
+        const preview = this.runtimeEnv(props, { discovery, metricsPort, shutdownTimeout, domain, environment },
+          useRedis ? { url: DEPLOY_TIME_STAND_INS.REDIS_URL, secretArn: DEPLOY_TIME_STAND_INS.REDIS_AUTH_SECRET_ARN } : undefined);
+        refused = runtimeRefusals(preview).filter((p) => names(p, own));
+      } catch {
+        // Props too broken to make their env (a string for a list, said above): judged once they are right.
+      }
       throw new InvalidPropsError(`KarmaProxy props (${this.node.path})`, [...problems, ...refused.map(asEnvironment)]);
     }
 
@@ -649,8 +667,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     // and rolls back): the runtime's own checks, on exactly what the env file will say.
     const refused = runtimeRefusals(this.runtimeEnvironment);
     if (refused.length > 0) {
-      throw new InvalidPropsError(`KarmaProxy props (${this.node.path}): the proxy would refuse these settings at start ` +
-        '(props and environment become its env vars)', refused);
+      throw new InvalidPropsError(`KarmaProxy props (${this.node.path})`, refused.map(asEnvironment));
     }
     const albTimeout = albTimeoutProblem(props, this.runtimeEnvironment);
     if (albTimeout) throw new InvalidPropsError(`KarmaProxy props (${this.node.path})`, [albTimeout]);
@@ -960,7 +977,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       PORT: String(KarmaProxy.HTTP_PORT),
       NODE_FILTER: v.discovery,
       AWS_REGION: Aws.REGION,
-      METRICS_PORT: String(v.metricsPort),
+      METRICS_PORT: numberText(v.metricsPort),
       SHUTDOWN_TIMEOUT: seconds(v.shutdownTimeout),
     };
     if (v.domain) env.DOMAIN = v.domain;
@@ -973,15 +990,15 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     if (props.tagName !== undefined) env.TAG_NAME = props.tagName;
     if (props.tagValue !== undefined) env.TAG_VALUE = props.tagValue;
     if (props.staticTargets?.length) env.STATIC_TARGETS = props.staticTargets.join(',');
-    if (props.targetPort !== undefined) env.TARGET_PORT = String(props.targetPort);
+    if (props.targetPort !== undefined) env.TARGET_PORT = numberText(props.targetPort);
     if (props.discoveryInterval) env.NODE_CHECK_PERIOD = seconds(props.discoveryInterval);
     const hc = props.healthCheck ?? {};
     if (hc.path !== undefined) env.HEALTH_CHECK_PATH = hc.path;
     if (hc.protocol !== undefined) env.HEALTH_CHECK_PROTOCOL = hc.protocol;
     if (hc.interval) env.HEALTH_CHECK_PERIOD = seconds(hc.interval);
     if (hc.timeout) env.HEALTH_CHECK_TIMEOUT = seconds(hc.timeout);
-    if (hc.healthyThreshold !== undefined) env.HEALTHY_THRESHOLD = String(hc.healthyThreshold);
-    if (hc.unhealthyThreshold !== undefined) env.UNHEALTHY_THRESHOLD = String(hc.unhealthyThreshold);
+    if (hc.healthyThreshold !== undefined) env.HEALTHY_THRESHOLD = numberText(hc.healthyThreshold);
+    if (hc.unhealthyThreshold !== undefined) env.UNHEALTHY_THRESHOLD = numberText(hc.unhealthyThreshold);
     if (hc.healthyHttpCodes !== undefined) env.HEALTH_CHECK_MATCHER = hc.healthyHttpCodes;
     if (redis) {
       env.REDIS_URL = redis.url;
@@ -1163,8 +1180,8 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
         problems.push(`healthCheck.${k} (${n}) must be a whole number from 1 to 100`);
       }
     }
-    if (hc?.path !== undefined && known(hc.path) && hc.path !== 'off' && !/^\/[\x21-\x7e]*$/.test(hc.path)) {
-      problems.push(hc.path.startsWith('/')
+    if (hc?.path !== undefined && known(hc.path) && hc.path !== 'off' && !(typeof hc.path === 'string' && /^\/[\x21-\x7e]*$/.test(hc.path))) {
+      problems.push(typeof hc.path === 'string' && hc.path.startsWith('/')
         ? `healthCheck.path '${hc.path}' must hold no spaces, control or non-ASCII characters (percent-encode them)`
         : `healthCheck.path '${hc.path}' must start with '/' (or be 'off')`);
     }
@@ -1292,7 +1309,8 @@ function judgedEnv(env: Readonly<Record<string, string>>): { judged: Record<stri
 
 /** `problem` names one of `keys` (a setting left out of the judged env, whose absence it may be about). */
 function names(problem: string, keys: readonly string[]): boolean {
-  return keys.some((key) => new RegExp(`\\b${key}\\b`).test(problem));
+  const words = new Set(problem.split(/[^A-Za-z0-9_]+/));
+  return keys.some((key) => words.has(key));
 }
 
 /**

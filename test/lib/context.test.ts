@@ -3,7 +3,7 @@ import { App } from 'aws-cdk-lib';
 import { Template } from 'aws-cdk-lib/assertions';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import { CONTEXT_KEYS, EXAMPLE_CONTEXT, KarmaProxyStack, propsFromContext } from '../../lib';
-import { envVarName, straySettings } from '../../lib/context';
+import { contextSettings, envVarName, straySettings } from '../../lib/context';
 
 const none = (): undefined => undefined;
 const ctx = (values: Record<string, unknown>) => (key: string): unknown => values[key];
@@ -118,6 +118,20 @@ test('a pool (asg, tag, static) with no domain and no zone gets no example DNS: 
   expect(Object.keys(Template.fromStack(stack).findResources('AWS::Route53::RecordSet'))).toEqual([]);
   // ECS routes by domain: there the examples still stand in, said in a warning.
   expect(propsFromContext(ctx({}), {}).usedExamples).toBe(true);
+});
+
+test("a refused discovery, domain or zone leaves the stack's checks out of the error (they would all be about it)", () => {
+  expect(contextSettings(ctx({ discovery: 'foo', staticTargets: '10.0.0.1:80' }), {}).settled).toBe(false);
+  expect(contextSettings(ctx({ hostedZoneId: 'Z0123456789ABCDEFGHIJ' }), {}).settled).toBe(false);
+  expect(contextSettings(ctx({ hostedZoneName: 'example.com', discovery: 'static' }), {}).settled).toBe(false);
+  const fine = contextSettings(ctx({ domain: 'a.acme.io', spot: 'maybe' }), {});
+  expect(fine.settled).toBe(true);
+  expect(fine.problems).toEqual(["context 'spot' must be true or false (got 'maybe')"]);
+});
+
+test('a metrics CIDR of IPv6 in upper case is the same CIDR', () => {
+  const r = propsFromContext(ctx({ domain: 'a.acme.io', metricsCidr: '2001:DB8::/48' }), {});
+  expect(r.props.metricsPeer?.uniqueId).toBe('2001:db8::/48');
 });
 
 test('a metrics CIDR becomes the metrics peer', () => {

@@ -194,6 +194,33 @@ test('an AWS endpoint given in environment (a forwarder on the instance) does no
   expect(build({})().runtimeEnvironment).not.toHaveProperty('LOOPBACK_TARGETS');
 });
 
+test('bad props of the wrong type, or environment keys no env var has, are named, not crashed on', () => {
+  const odd = (props: Record<string, unknown>) => messageOf(build({ discovery: 'static', staticTargets: ['10.0.0.1:80'], ...props } as KarmaProxyProps));
+  expect(odd({ environment: { 'X(': '1', WORKERS: 'x' } })).toContain("environment key 'X(' is not an env var name (A-Z, 0-9, _)");
+  expect(odd({ environment: { 'X(': '1', WORKERS: 'x' } })).toContain('its env vars): WORKERS must be');
+  expect(odd({ environment: { WORKERS: 4 } })).toContain('environment.WORKERS must be a string');
+  expect(odd({ healthCheck: { path: 5 } })).toContain("healthCheck.path '5' must start with '/' (or be 'off')");
+  // Said once: environment.METRICS_PORT's own check, not the runtime's words for it again.
+  const once = messageOf(build({ maxCapacity: 60, environment: { METRICS_PORT: '80' } }));
+  expect(once).toContain("environment.METRICS_PORT (80) must differ from the proxy's ports 80 and 443");
+  expect(once).not.toContain('METRICS_PORT must differ from PORT');
+});
+
+test('a Number parameter in a numeric prop is left to the proxy at start, not judged by its encoding', () => {
+  const stack = new Stack(new App(), 'Test');
+  const port = new CfnParameter(stack, 'TargetPort', { type: 'Number' }).valueAsNumber;
+  const healthy = new CfnParameter(stack, 'Healthy', { type: 'Number' }).valueAsNumber;
+  const every = new CfnParameter(stack, 'Every', { type: 'Number' }).valueAsNumber;
+  const proxy = new KarmaProxy(stack, 'Proxy', {
+    redis: false, discovery: 'asg', asgName: 'workers', targetPort: port,
+    healthCheck: { healthyThreshold: healthy, interval: Duration.seconds(every) },
+  });
+  const env = Stack.of(proxy).resolve(proxy.runtimeEnvironment);
+  expect(env.TARGET_PORT).toEqual({ Ref: 'TargetPort' });
+  expect(env.HEALTHY_THRESHOLD).toEqual({ Ref: 'Healthy' });
+  expect(env.HEALTH_CHECK_PERIOD).toEqual({ Ref: 'Every' });
+});
+
 test('IPv6 CIDRs in every spelling of a network pass', () => {
   for (const cidr of ['::/0', '2001:db8::/32', '2001:DB8:0:0:8::/80', 'fd00::/8', '2001:db8::1/128', '::ffff:203.0.113.0/120']) {
     expect(build({ allowedCidrs: [cidr] })).not.toThrow();
@@ -214,13 +241,13 @@ test('a cluster given as a token (another construct\'s name or ARN) still leaves
     const text = messageOf(() => new KarmaProxy(stack, 'Proxy', {
       domain: 'apps.example.com', redis: false, clusters: [clusterOf(cluster)], environment: { WORKERS: 'abc', LOG_CONNECTIONS: 'maybe' },
     }));
-    expect(text).toContain('  - WORKERS must be');
-    expect(text).toContain('  - LOG_CONNECTIONS must be');
+    expect(text).toContain('its env vars): WORKERS must be');
+    expect(text).toContain('its env vars): LOG_CONNECTIONS must be');
   }
   // A domain from a parameter: the rest is judged all the same, and the domain is left to the runtime.
   const stack = new Stack(new App(), 'Test');
   const domain = new CfnParameter(stack, 'Domain').valueAsString;
-  expect(messageOf(() => new KarmaProxy(stack, 'Proxy', { domain, redis: false, environment: { WORKERS: '0' } }))).toContain('  - WORKERS must be');
+  expect(messageOf(() => new KarmaProxy(stack, 'Proxy', { domain, redis: false, environment: { WORKERS: '0' } }))).toContain('its env vars): WORKERS must be');
   const fine = new Stack(new App(), 'Test');
   const param = new CfnParameter(fine, 'Domain').valueAsString;
   expect(() => new KarmaProxy(fine, 'Proxy', { domain: param, redis: false })).not.toThrow();
@@ -238,8 +265,8 @@ describe('what the proxy itself would refuse at start fails the synth, in its ow
     ['a setting of the runtime mistyped in environment', { environment: { LOG_CONNECTIONS: 'sometimes' } }, 'LOG_CONNECTIONS must be'],
   ])('%s', (_name, props, message) => {
     const text = messageOf(build(props));
-    expect(text.startsWith('Invalid KarmaProxy props (Test/Proxy): the proxy would refuse these settings at start')).toBe(true);
-    expect(text).toContain(`  - ${message}`);
+    expect(text.startsWith('Invalid KarmaProxy props (Test/Proxy):\n  - the proxy would refuse this setting at start (props and environment become its env vars): ')).toBe(true);
+    expect(text).toContain(`its env vars): ${message}`);
   });
 
   test('values known only at deploy (the cache, the region) are judged by stand-ins, and pass', () => {
@@ -395,6 +422,19 @@ describe('the stack', () => {
       '  - minCapacity (5) must not exceed maxCapacity (1)',
     ]);
     expect(text).toContain('\n  - the proxy would refuse this setting at start (props and environment become its env vars): WORKERS must be');
+  });
+
+  test('a VPC refused leaves no problems of the VPC built in its place; a crash of the proxy does not hide the stack\'s problems', () => {
+    expect(stackMessage({
+      vpcId: 'vpc-1', publicSubnetIds: ['subnet-1', 'subnet-2'], isolatedSubnetIds: ['subnet-3'], availabilityZones: ['us-east-1a', 'us-east-1b'],
+      vpcSubnets: { availabilityZones: ['us-east-1a'] },
+    })).toBe([
+      'Invalid KarmaProxyStack props (KarmaProxy):',
+      '  - isolatedSubnetIds lists 1 subnet for the 2 availabilityZones: give one subnet per AZ, in the order of the AZs',
+    ].join('\n'));
+    const text = stackMessage({ availabilityZones: ['us-east-1a'], environment: { WORKERS: 4 as unknown as string } });
+    expect(text).toContain('  - availabilityZones needs vpcId (they are the AZs of its subnets)');
+    expect(text).toContain('  - environment.WORKERS must be a string');
   });
 
   test("the construct's checks apply through the stack", () => {
