@@ -178,6 +178,9 @@ function badResponse(code: string, message: string): NodeJS.ErrnoException {
   return Object.assign(new Error(message), { code });
 }
 
+/** How often a socket whose write failed is looked at for the end its reset left (watchAfterWriteFailed). */
+const WRITE_FAILED_WATCH_MS = 20;
+
 class Conn {
   readonly socket: net.Socket;
   /** The parser reads the socket natively (llhttp.ts consume()); otherwise through 'data'. */
@@ -391,29 +394,33 @@ class Conn {
     // The target closed its side: a close-delimited body ends here. Anything else under way is cut short,
     // and said at once (as node:http does), not when our own FIN is out: a request waiting to send on a
     // keep-alive socket must learn it is stale before it sends what cannot be replayed.
-    const targetEnded = (): void => {
-      parser.finish();
+    /** The target's end; `reset`: one a reset left, where no answer delimited by the close may end whole. */
+    const targetEnded = (reset = false): void => {
+      if (!reset) parser.finish();
       this.releaseAfterRead = false; // a socket the target closed serves nobody else
       if (this.current) this.socket.destroy(badResponse('ECONNRESET', 'socket hang up'));
       else this.socket.destroy();
     };
-    this.socket.on('end', targetEnded);
-    const readable = (this.socket as unknown as { _readableState: { errored: Error | null; ended: boolean; endEmitted: boolean } })._readableState;
+    // After a failed write (a reset came), the end is where the reset cut, whichever way it is read.
+    this.socket.on('end', () => targetEnded(this.writeFailed));
+    const readable = (this.socket as unknown as { _readableState: { errored: Error | null; ended: boolean; endEmitted: boolean; length: number } })._readableState;
     /**
-     * After a failed write, until the socket goes: the readable side kept unerrored, and its end (the
-     * target's FIN, or the end a reset leaves) taken as the target's. Writes already on their way fail
-     * too, each marking that side errored again without a word ('error' is said once), and an end read
-     * meanwhile would never be emitted: only UPSTREAM_TIMEOUT would end the try (a probe found 504s
-     * after the whole timeout for a target that reset a streamed upload).
+     * After a failed write, until the socket goes: the readable side kept unerrored, and its end, once
+     * read (all of it parsed), taken as the target's. Writes already on their way fail too, each marking
+     * that side errored again without a word ('error' is said once), and an end read meanwhile would never
+     * be emitted: only UPSTREAM_TIMEOUT would end the try (a probe found 504s after the whole timeout for a
+     * target that reset a streamed upload). A failed write means a reset came: that end is where it cut,
+     * and an answer delimited by the close is cut with it, not ended whole (the target's kernel dropped
+     * what it had not sent).
      */
     const watchAfterWriteFailed = (): void => {
       if (this.socket.destroyed) return;
       readable.errored = null;
-      if (readable.ended && !readable.endEmitted) {
+      if (readable.ended && !readable.endEmitted && readable.length === 0) {
         readable.endEmitted = true;
-        return targetEnded();
+        return targetEnded(true);
       }
-      setTimeout(watchAfterWriteFailed, 5).unref();
+      setTimeout(watchAfterWriteFailed, WRITE_FAILED_WATCH_MS).unref();
     };
     this.socket.on('timeout', () => {
       if (this.current) this.current.timedOut();

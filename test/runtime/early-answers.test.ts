@@ -239,3 +239,41 @@ test('a target gets a request head before any of its body has come, and may answ
     c.destroy();
   }
 });
+
+test('an early answer delimited by the close, its target resetting under the upload, is never passed on as a whole answer cut short', async () => {
+  const BODY = 100_000;
+  // An HTTP/1.0-style answer (no length: it ends where the connection does) sent as soon as the head is
+  // in, then the connection reset with the upload unread: the target's kernel drops what it had not sent.
+  const server = net.createServer((s) => {
+    s.on('error', () => undefined);
+    let head = '';
+    let answered = false;
+    s.on('data', (d: Buffer) => {
+      if (answered) return;
+      head += d.toString('latin1');
+      if (!head.includes('\r\n\r\n')) return;
+      answered = true;
+      s.pause();
+      s.write(Buffer.concat([Buffer.from('HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n'), Buffer.alloc(BODY, 'a')]), () => s.destroy());
+    });
+  });
+  servers.push(server);
+  const port = await listen(server);
+  p = await startBundle({ ...QUIET, STATIC_TARGETS: `127.0.0.1:${port}`, RETRIES: '0', UPSTREAM_TIMEOUT: '10', CIRCUIT_BREAKER_THRESHOLD: '1000000' });
+  const outcomes: string[] = [];
+  for (let i = 0; i < 60; i++) {
+    outcomes.push(await new Promise<string>((resolve) => {
+      const req = http.request({ port: p!.port, host: '127.0.0.1', method: 'POST', path: '/up', agent: false, headers: { 'Transfer-Encoding': 'chunked' } }, (res) => {
+        let got = 0;
+        res.on('data', (c: Buffer) => (got += c.length));
+        res.on('end', () => resolve(got === BODY ? 'whole' : `ended short at ${got}`));
+        res.on('aborted', () => resolve('cut'));
+        res.on('error', () => resolve('cut'));
+      });
+      req.on('error', () => resolve('cut'));
+      pump(req, 8 << 20);
+    }));
+  }
+  // Whole, or visibly cut (a reset): never a clean end short of the body.
+  expect(outcomes.filter((o) => o.startsWith('ended short'))).toEqual([]);
+});
