@@ -1344,12 +1344,12 @@ function albTimeoutProblem(props: KarmaProxyProps, env: Readonly<Record<string, 
   const timeout = props.healthCheck?.timeout;
   if (!timeout || props.environment?.HEALTH_CHECK_TIMEOUT !== undefined || unresolved(timeout.toMilliseconds())) return undefined;
   const { judged, dropped } = judgedEnv(env);
-  if (dropped.includes('NODE_FILTER') || dropped.includes('HEALTH_CHECK_PERIOD') || runtimeRefusals(env).length > 0) return undefined;
+  if (dropped.includes('NODE_FILTER') || dropped.includes('HEALTH_CHECK_PERIOD')) return undefined;
   let config;
   try {
     config = loadConfig(judged);
   } catch {
-    return undefined; // a problem with a setting known only at deploy, left to the runtime
+    return undefined; // a refusal is said as one (runtimeRefusals), or left to the runtime when it names a deploy-time setting
   }
   if (config.healthCheckTimeoutMs <= config.healthCheckPeriodMs) return undefined;
   return `healthCheck.timeout (${seconds(timeout)} s) must not exceed the health check interval (${config.healthCheckPeriodMs / 1000} s), as an ALB's`;
