@@ -638,7 +638,7 @@ const AWS_ENDPOINT_VARS = ['AWS_ENDPOINT_URL', 'AWS_ENDPOINT_URL_ECS', 'AWS_ENDP
  * An AWS endpoint is set to this machine (a loopback address, `localhost`, the unspecified address): AWS
  * is a local stand-in (a test, a development set-up). Not when the SDK is told to ignore those settings.
  */
-export function awsEndpointOnLoopback(env: Env): boolean {
+function awsEndpointOnLoopback(env: Env): boolean {
   if (/^(?:1|t|true)$/i.test(env.AWS_IGNORE_CONFIGURED_ENDPOINT_URLS?.trim() ?? '')) return false;
   return AWS_ENDPOINT_VARS.some((name) => {
     const value = env[name]?.trim();
@@ -654,6 +654,11 @@ export function awsEndpointOnLoopback(env: Env): boolean {
     if (!ip) return false;
     return ip.family === 4 ? ip.text.startsWith('127.') || ip.text === '0.0.0.0' : ip.text === '::1' || ip.text === '::';
   });
+}
+
+/** LOOPBACK_TARGETS not set, and turned on by an AWS endpoint on loopback (a local stand-in). */
+export function loopbackTargetsByEndpoint(env: Env): boolean {
+  return (env.LOOPBACK_TARGETS ?? '').trim() === '' && awsEndpointOnLoopback(env);
 }
 
 export class ConfigError extends Error {
@@ -771,7 +776,7 @@ export function loadConfig(env: Env = process.env): Config {
     problems.push(`AWS_RETRY_MODE must be standard or adaptive (got '${retryMode}')`);
   }
   // A local AWS stand-in answers with local addresses: its tasks and instances are the operator's own.
-  if (!isSet('LOOPBACK_TARGETS') && awsEndpointOnLoopback(env)) out.loopbackTargets = true;
+  if (loopbackTargetsByEndpoint(env)) out.loopbackTargets = true;
   // Raw TCP carries protocols with long quiet spells (databases, SSH): an NLB's idle timeout, not an ALB's.
   if (out.mode === 'tcp' && !isSet('IDLE_TIMEOUT')) out.idleTimeoutMs = TCP_IDLE_TIMEOUT_MS;
   // HTTP needs an idle timeout (it is what Keep-Alive: timeout= says, and what cuts a stalled body).

@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import { awsEndpointOnLoopback, Config, ConfigError, ENV_NAMES, loadConfig, mistypedSettings } from './config';
+import { Config, ConfigError, ENV_NAMES, loadConfig, loopbackTargetsByEndpoint, mistypedSettings } from './config';
 import { answerAcceptorRequest } from './acceptors';
 import { parseDotEnv } from './dotenv';
 import { Coordinator, providerFor } from './coordinator';
@@ -63,8 +63,8 @@ function warnWithoutRegion(config: Config): void {
  * LOOPBACK_TARGETS turned on by an AWS endpoint on loopback (a local stand-in), said at start: it lets
  * discovery's loopback addresses through, which on an instance would be its own services.
  */
-function noteLoopbackTargets(config: Config, env: NodeJS.ProcessEnv): void {
-  if (!config.loopbackTargets || (env.LOOPBACK_TARGETS ?? '').trim() !== '' || !awsEndpointOnLoopback(env)) return;
+function noteLoopbackTargets(env: NodeJS.ProcessEnv): void {
+  if (!loopbackTargetsByEndpoint(env)) return;
   log('warn', 'LOOPBACK_TARGETS is on: an AWS endpoint is on loopback (a local stand-in), so discovery may give loopback addresses; set LOOPBACK_TARGETS=false to refuse them');
 }
 
@@ -110,7 +110,7 @@ const ONE_KEYPRESS_MS = 200;
 async function runPrimary(config: Config): Promise<void> {
   warnWithoutRegion(config);
   notePoolDefaults(config, process.env);
-  noteLoopbackTargets(config, process.env);
+  noteLoopbackTargets(process.env);
   warnShortPeriods(config);
   noteTcpHealthChecks(config);
   // Workers accept from the shared listening socket themselves rather than through the primary
