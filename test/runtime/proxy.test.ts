@@ -286,16 +286,18 @@ test('a request whose whole body came with its head, refused by its target (502)
 test("the time a target holds an upload back is not the client's: REQUEST_TIMEOUT does not count it", async () => {
   const backend = await startBackend('b');
   backend.handle = (req, res) => {
-    req.pause(); // busy for 2.5 s: the proxy's writes fill the sockets' buffers, and it stops reading the client
+    req.pause(); // busy for 5 s: the proxy's writes fill the sockets' buffers, and it stops reading the client
     setTimeout(() => {
       let n = 0;
       req.on('data', (d: Buffer) => (n += d.length));
       req.on('end', () => res.end(`got ${n}`));
       req.resume();
-    }, 2500);
+    }, 5000);
   };
+  // Held back longer than REQUEST_TIMEOUT, which leaves the client's own sending of 64 MB (client, proxy
+  // and target share this process's one core) room on a busy machine.
   const p = await proxy(
-    { NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, REQUEST_TIMEOUT: '1' },
+    { NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, REQUEST_TIMEOUT: '3' },
     fixed([makeTarget('127.0.0.1', backend.port)]),
   );
   try {
