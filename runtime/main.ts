@@ -315,15 +315,46 @@ async function runPrimary(config: Config): Promise<void> {
       void stop();
     }, timerMs(config.shutdownTimeoutMs + 5000)).unref();
   };
+  await heldSignals.heard();
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
   // Node's default for SIGHUP is to exit on the spot, cutting every connection. A proxy is a daemon:
   // a closed terminal, or a `kill -HUP` meant as nginx's "reload", must not take it down. Settings are
   // read once, at start, so there is nothing to reload: said, and the proxy serves on.
   process.on('SIGHUP', () => log('info', 'SIGHUP ignored: settings are read at start; restart the proxy to change them'));
+  const held = heldSignals.release();
+  // A stop asked for while discovery was loading: nothing is started, and the stop is as any other.
+  if (held && !shuttingDown) onSignal(held);
+  // Stopping already (that, or the metrics port could not be had): no worker to start.
+  if (shuttingDown) return;
 
   for (let i = 0; i < config.workers; i++) fork();
 }
+
+/**
+ * Signals that come while the primary starts (loading the AWS SDK for discovery takes a moment), before
+ * its handlers are set: held rather than left to Node's default, which ends the process by the signal
+ * (exit 143 on a `systemctl stop` right after a start) or, for SIGHUP, at once.
+ */
+const heldSignals = {
+  first: undefined as NodeJS.Signals | undefined,
+  hold(this: void, signal: NodeJS.Signals): void {
+    if (signal !== 'SIGHUP') heldSignals.first ??= signal;
+  },
+  start(): void {
+    for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(s, heldSignals.hold);
+  },
+  /**
+   * A signal is heard on a turn of the event loop: one that came during synchronous work (loading the
+   * SDK) is heard after this, while still held.
+   */
+  heard: (): Promise<void> => new Promise((resolve) => setImmediate(resolve)),
+  /** Stops holding (the proxy's own handlers are set); the first stop signal that came meanwhile, if any. */
+  release(): NodeJS.Signals | undefined {
+    for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.off(s, heldSignals.hold);
+    return heldSignals.first;
+  },
+};
 
 /** What `./.env` may set besides the settings: the region and the credentials the seed's README put there. */
 const DOTENV_AWS = ['AWS_REGION', 'AWS_DEFAULT_REGION', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_PROFILE'];
@@ -371,6 +402,7 @@ function readDotEnv(): string[] {
 
 function main(): void {
   logProcessWarnings();
+  if (cluster.isPrimary) heldSignals.start();
   const config = configOrExit(readDotEnv());
   if (cluster.isPrimary) {
     runPrimary(config).catch((err: unknown) => {

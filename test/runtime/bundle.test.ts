@@ -628,6 +628,48 @@ describe('the bundle starts and stops cleanly', () => {
     }
   });
 
+  test('a SIGTERM while discovery is still loading (the AWS SDK) stops the proxy cleanly: exit 0, and no worker is started', async () => {
+    const { spawn } = await import('node:child_process');
+    const home = fs.mkdtempSync(path.join(os.tmpdir(), 'karma-home-')); // no shared AWS config: no region
+    const child = spawn(process.execPath, [BUNDLE], {
+      cwd: os.tmpdir(),
+      env: {
+        PATH: process.env.PATH ?? '', HOME: home, DOMAIN: 'example.com', AWS_EC2_METADATA_DISABLED: 'true',
+        HOST: '127.0.0.1', PORT: '0', METRICS_HOST: '127.0.0.1', METRICS_PORT: '0', WORKERS: '2',
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => (out += d));
+    child.stderr!.on('data', (d: Buffer) => (out += d));
+    const exited = new Promise<number | string>((resolve) => child.on('exit', (code, signal) => resolve(code ?? signal ?? -1)));
+    let forked = false;
+    // Watched every millisecond until the exit: a worker forked and stopped at once still lives for a few.
+    const watch = setInterval(() => {
+      try {
+        forked ||= fs.readFileSync(`/proc/${child.pid}/task/${child.pid}/children`, 'utf8').trim() !== '';
+      } catch {
+        // exited
+      }
+    }, 1);
+    try {
+      // The missing region is said just before the primary loads the SDK behind ECS discovery, which
+      // takes a few hundred milliseconds: the signal comes while it loads.
+      await until('the missing region said', () => out.includes('AWS_REGION is not set'), 10_000, 1);
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+      expect(await exited).toBe(0);
+      clearTimeout(timer);
+      expect(out).toContain('"msg":"shutting down"');
+      expect(out).not.toContain('"msg":"ready"');
+      expect(forked).toBe(false);
+    } finally {
+      clearInterval(watch);
+      child.kill('SIGKILL');
+      fs.rmSync(home, { recursive: true, force: true });
+    }
+  });
+
   describe('the AWS region', () => {
     let home: string;
     beforeAll(() => (home = fs.mkdtempSync(path.join(os.tmpdir(), 'karma-home-')))); // no shared AWS config
