@@ -13,6 +13,7 @@ import {
   Arn,
   Aws,
   CfnElement,
+  CfnParameter,
   CfnResource,
   Duration,
   Lazy,
@@ -140,7 +141,8 @@ export interface KarmaProxyProps {
   /** The image the instances boot: an Amazon Linux 2023 arm64 image (the boot script uses dnf, the
    * `nodejs22` package and the CloudFormation helper scripts). Pin one (`ec2.MachineImage.genericLinux`)
    * to replace instances only when you change it: the default is read from SSM at every deploy, so a
-   * deploy after AWS publishes a new image replaces the fleet.
+   * deploy after AWS publishes a new image replaces the fleet. Refused at synth when it tells that it
+   * will not do: not Linux, or an SSM parameter name that says x86_64 or Amazon Linux 2.
    * @default the latest Amazon Linux 2023 arm64 image (SSM parameter, resolved by CloudFormation) */
   readonly machineImage?: ec2.IMachineImage;
   /** How long CloudFormation waits for an instance to boot, become healthy and claim its address: from
@@ -1062,6 +1064,9 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       }
     }
 
+    const imageProblem = props.machineImage && machineImageProblem(props.machineImage, this);
+    if (imageProblem) problems.push(imageProblem);
+
     if (!DISCOVERY_MODES.includes(v.discovery)) {
       problems.push(`discovery '${v.discovery}' must be one of ${DISCOVERY_MODES.join(', ')}`);
     }
@@ -1507,6 +1512,41 @@ function clusterNameOf(cluster: string, scope: IConstruct): string {
 }
 
 /** A peer's CIDR (Peer.ipv4, Peer.ipv6), or undefined for a security group, a prefix list or a token. */
+/**
+ * What a machineImage says of itself at synth that rules it out: not Linux, or, for an image named by
+ * an SSM parameter (AWS's own, such as `latestAmazonLinux2023()`, whose CPU type defaults to x86_64),
+ * a parameter name that says x86_64 or Amazon Linux 2. An image given by its id says neither.
+ */
+function machineImageProblem(image: ec2.IMachineImage, scope: Construct): string | undefined {
+  let config: ec2.MachineImageConfig;
+  try {
+    config = image.getImage(scope);
+  } catch {
+    return undefined; // a lookup that needs context, or an image of a kind that cannot tell: EC2 judges it at launch
+  }
+  if (config.osType !== ec2.OperatingSystemType.LINUX) {
+    return `machineImage is a ${ec2.OperatingSystemType[config.osType].toLowerCase()} image: the instances boot a Linux script (Amazon Linux 2023 arm64)`;
+  }
+  const stack = Stack.of(scope);
+  const resolved: unknown = stack.resolve(config.imageId);
+  let name: string | undefined;
+  if (typeof resolved === 'string' && resolved.startsWith('resolve:ssm:')) name = resolved.slice('resolve:ssm:'.length);
+  else if (resolved && typeof resolved === 'object' && 'Ref' in resolved) {
+    const param = stack.node.findAll().find((c): c is CfnParameter => c instanceof CfnParameter && stack.resolve(c.logicalId) === (resolved as { Ref: unknown }).Ref);
+    if (typeof param?.default === 'string') name = param.default;
+  }
+  if (name === undefined) return undefined;
+  const last = name.split('/').pop() ?? name;
+  if (/x86_64|amd64/i.test(last) && !/arm64|aarch64/i.test(last)) {
+    return `machineImage is an x86_64 image (SSM parameter ${name}): Graviton instances need arm64 ` +
+      '(ec2.MachineImage.latestAmazonLinux2023({ cpuType: ec2.AmazonLinuxCpuType.ARM_64 }))';
+  }
+  if (/^amzn2-/i.test(last)) {
+    return `machineImage is Amazon Linux 2 (SSM parameter ${name}): the boot script needs Amazon Linux 2023 (dnf and its nodejs22 package)`;
+  }
+  return undefined;
+}
+
 function cidrOfPeer(peer: ec2.IPeer): string | undefined {
   return /^[0-9a-f.:]+\/\d{1,3}$/i.test(peer.uniqueId) ? peer.uniqueId : undefined;
 }

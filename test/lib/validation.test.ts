@@ -36,6 +36,16 @@ describe('one problem, its exact message', () => {
     ['min of zero', { minCapacity: 0, maxCapacity: 1 }, 'minCapacity (0) must be a whole number of at least 1'],
     ['an x86 instance type', { instanceType: new ec2.InstanceType('t3.micro') },
       "instanceType 't3.micro' is not an ARM Graviton (arm64) type: the image and Node.js are arm64 (use t4g, c7g, m7g...)"],
+    ['an x86 image, as latestAmazonLinux2023() is unless told arm64', { machineImage: ec2.MachineImage.latestAmazonLinux2023() },
+      'machineImage is an x86_64 image (SSM parameter /aws/service/ami-amazon-linux-latest/al2023-ami-kernel-6.1-x86_64): Graviton instances need arm64 ' +
+        '(ec2.MachineImage.latestAmazonLinux2023({ cpuType: ec2.AmazonLinuxCpuType.ARM_64 }))'],
+    ['an x86 image resolved at launch', { machineImage: ec2.MachineImage.resolveSsmParameterAtLaunch('/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64') },
+      'machineImage is an x86_64 image (SSM parameter /aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64)'],
+    ['an Amazon Linux 2 image', { machineImage: ec2.MachineImage.latestAmazonLinux2({ cpuType: ec2.AmazonLinuxCpuType.ARM_64 }) },
+      'machineImage is Amazon Linux 2 (SSM parameter /aws/service/ami-amazon-linux-latest/amzn2-ami-kernel-5.10-hvm-arm64-gp2): ' +
+        'the boot script needs Amazon Linux 2023 (dnf and its nodejs22 package)'],
+    ['a Windows image', { machineImage: ec2.MachineImage.latestWindows(ec2.WindowsVersion.WINDOWS_SERVER_2022_ENGLISH_FULL_BASE) },
+      'machineImage is a windows image: the instances boot a Linux script (Amazon Linux 2023 arm64)'],
     ['no domain in ecs mode', { domain: undefined },
       "domain is required when discovery is 'ecs' (routes are <service>-<port>-<cluster>.<domain>)"],
     ['a bad domain', { domain: 'not a domain' }, "domain 'not a domain' is not a DNS name such as apps.example.com"],
@@ -344,6 +354,17 @@ describe('where the proxy and the cache run: checked against the VPC, in words t
     const subnets = [ec2.Subnet.fromSubnetId(stack, 'Mine', 'subnet-0aaaaaaaaaaaaaaa9')];
     expect(() => new KarmaProxy(stack, 'Proxy', { domain: 'apps.example.com', redis: false, vpcSubnets: { subnets } })).not.toThrow();
   });
+});
+
+test('arm64 Amazon Linux 2023, and images whose names say nothing of their CPU (an id, a parameter of your own), are fine', () => {
+  for (const machineImage of [
+    ec2.MachineImage.latestAmazonLinux2023({ cpuType: ec2.AmazonLinuxCpuType.ARM_64 }),
+    ec2.MachineImage.genericLinux({ 'us-east-1': 'ami-0123456789abcdef0' }),
+    ec2.MachineImage.fromSsmParameter('/my/images/proxy'),
+    ec2.MachineImage.resolveSsmParameterAtLaunch('/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64'),
+  ]) {
+    expect(build({ machineImage })).not.toThrow();
+  }
 });
 
 test('a zone known only by its id needs a domain', () => {
