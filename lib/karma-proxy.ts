@@ -1212,6 +1212,14 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     if (envNodeFilter !== undefined && known(envNodeFilter) && envNodeFilter.trim().toLowerCase() !== v.discovery) {
       problems.push(`environment.NODE_FILTER '${envNodeFilter}' differs from discovery '${v.discovery}': set discovery instead (the role's permissions follow it)`);
     }
+    // The managed cache's URL and AUTH token are set for the runtime: a URL of one's own beside them would
+    // get that token (in plain text to a bare host:port), and the cache would be paid for unused.
+    for (const key of ['REDIS_URL', 'REDIS_AUTH_SECRET_ARN'] as const) {
+      if (v.useRedis && v.environment[key] !== undefined) {
+        problems.push(`environment.${key} is set while redis is on (the stack's own cache, whose AUTH token the proxy would send to it): ` +
+          'set redis to false to use a Redis of your own');
+      }
+    }
     const envRedis = v.environment.REDIS_URL;
     // Judged on the text with its tokens in place: `rediss://:${token}@host` carries a password all the same.
     if (typeof envRedis === 'string' && (/^[a-z][a-z0-9+.-]*:\/\/[^/]*:[^/]*@/i.test(envRedis.trim()) || /[?&]password=/i.test(envRedis))) {

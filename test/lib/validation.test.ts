@@ -102,6 +102,10 @@ describe('one problem, its exact message', () => {
     ['a Redis password in the URL\'s query, which the client reads too', { environment: { REDIS_URL: 'rediss://cache.internal:6379/?password=s3cret' } },
       'environment.REDIS_URL carries a password, which would be written into the template, the user data and the env file: ' +
         'put the token in a Secrets Manager secret and set environment.REDIS_AUTH_SECRET_ARN to its ARN (the role is granted its read)'],
+    ['a Redis of one\'s own beside the stack\'s cache, which would get the cache\'s AUTH token', { redis: true, environment: { REDIS_URL: 'my-redis:6379' } },
+      "environment.REDIS_URL is set while redis is on (the stack's own cache, whose AUTH token the proxy would send to it): set redis to false to use a Redis of your own"],
+    ['a token secret of one\'s own beside the stack\'s cache', { redis: true, environment: { REDIS_AUTH_SECRET_ARN: 'arn:aws:secretsmanager:us-east-1:123456789012:secret:mine-AbCdEf' } },
+      'environment.REDIS_AUTH_SECRET_ARN is set while redis is on'],
     ['a Redis token secret that is not a secret ARN', { environment: { REDIS_URL: 'rediss://cache.internal:6379', REDIS_AUTH_SECRET_ARN: 'my-token' } },
       "environment.REDIS_AUTH_SECRET_ARN 'my-token' must be a Secrets Manager secret ARN (the role is granted GetSecretValue on it)"],
     ['static AWS keys through environment, which would replace the role and sit in the template', { environment: { AWS_ACCESS_KEY_ID: 'AKIAEXAMPLE' } },
