@@ -4,7 +4,7 @@
  * are read. Every problem is collected into one error.
  */
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
-import { likelyMeant } from '../runtime/config';
+import { ENV_NAMES, likelyMeant } from '../runtime/config';
 import { canonicalV6Cidr, type DiscoveryMode } from './karma-proxy';
 import type { KarmaProxyStackProps } from './karma-proxy-stack';
 
@@ -89,16 +89,42 @@ export function straySettings(contextKeys: readonly string[], env: Readonly<Reco
   const out: string[] = [];
   for (const key of contextKeys) {
     if (keys.includes(key) || !/^[A-Za-z][A-Za-z0-9_]*$/.test(key)) continue;
-    const meant = likelyMeant(key, keys);
+    const setting = proxySetting(key);
+    const meant = setting ? asContext(setting) : likelyMeant(key, keys);
     out.push(`context '${key}' is not a setting of this app and is ignored${meant ? `; did you mean ${meant}?` : ''}`);
   }
   for (const name of Object.keys(env)) {
     if (!name.startsWith('KARMA_') || envNames.includes(name) || env[name] === undefined) continue;
-    const meant = likelyMeant(name, envNames);
+    const setting = proxySetting(name.slice('KARMA_'.length));
+    const meant = setting ? asKarmaEnv(setting) : likelyMeant(name, envNames);
     out.push(`${name} is not a setting of this app and is ignored${meant ? `; did you mean ${meant}?` : ''}`);
   }
   return out;
 }
+
+/**
+ * The proxy's settings that are keys of this app under another name: a seed user's `-c nodeFilter=tag`
+ * (or `NODE_FILTER`) means `discovery`, whose IAM permissions follow it.
+ */
+const SETTING_KEYS: Readonly<Record<string, ContextKey>> = {
+  NODE_FILTER: 'discovery',
+  ALLOWED_CLUSTERS: 'clusters',
+  ALLOWED_PORTS: 'ports',
+  STATIC_TARGETS: 'staticTargets',
+  DOMAIN: 'domain',
+};
+
+/** The proxy's env var a stray key names (`nodeFilter`, `NODE_FILTER`, `node_filter`), if any. */
+function proxySetting(key: string): string | undefined {
+  const name = key.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase();
+  return ENV_NAMES.includes(name) ? name : undefined;
+}
+
+const asContext = (setting: string): string =>
+  SETTING_KEYS[setting] ?? `proxyEnv (-c proxyEnv='${setting}=...', the proxy's own setting)`;
+
+const asKarmaEnv = (setting: string): string =>
+  SETTING_KEYS[setting] ? envVarName(SETTING_KEYS[setting]) : `KARMA_PROXY_ENV='${setting}=...' (the proxy's own setting)`;
 
 /** Reads every key; throws one error naming every bad one. */
 export function propsFromContext(

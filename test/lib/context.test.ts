@@ -196,6 +196,21 @@ test('a context key or KARMA_* env var that is no setting is named, with the one
   ]);
 });
 
+test("a seed's setting given as a context key or KARMA_* env var is pointed to the key that sets it, or to proxyEnv", () => {
+  expect(straySettings(
+    ['nodeFilter', 'tagName', 'TARGET_PORT', 'healthCheckPath', 'allowedClusters'],
+    { KARMA_NODE_FILTER: 'tag', KARMA_TAG_VALUE: 'Production' },
+  )).toEqual([
+    "context 'nodeFilter' is not a setting of this app and is ignored; did you mean discovery?",
+    "context 'tagName' is not a setting of this app and is ignored; did you mean proxyEnv (-c proxyEnv='TAG_NAME=...', the proxy's own setting)?",
+    "context 'TARGET_PORT' is not a setting of this app and is ignored; did you mean proxyEnv (-c proxyEnv='TARGET_PORT=...', the proxy's own setting)?",
+    "context 'healthCheckPath' is not a setting of this app and is ignored; did you mean proxyEnv (-c proxyEnv='HEALTH_CHECK_PATH=...', the proxy's own setting)?",
+    "context 'allowedClusters' is not a setting of this app and is ignored; did you mean clusters?",
+    'KARMA_NODE_FILTER is not a setting of this app and is ignored; did you mean KARMA_DISCOVERY?',
+    "KARMA_TAG_VALUE is not a setting of this app and is ignored; did you mean KARMA_PROXY_ENV='TAG_VALUE=...' (the proxy's own setting)?",
+  ]);
+});
+
 test('KARMA_ALLOWED_CIDRS set but empty is refused like -c allowedCidrs=, not read as the default that opens the proxy to everyone', () => {
   expect(() => propsFromContext(ctx({ domain: 'a.io' }), { KARMA_ALLOWED_CIDRS: '' }))
     .toThrow('KARMA_ALLOWED_CIDRS is empty: unset it for the default (0.0.0.0/0), or give [] to open ports 80 and 443 to no one');
