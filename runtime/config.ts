@@ -570,7 +570,7 @@ export const SETTINGS = {
   },
   headersTimeoutMs: {
     env: 'HEADERS_TIMEOUT',
-    doc: 'Seconds a client has to send the request line and headers.',
+    doc: 'Seconds a client has to send the request line and headers (a `408` after); a new connection that sends nothing in that time is closed without an answer, as nginx closes it.',
     default: '10',
     parse: duration('seconds'),
   },

@@ -1143,11 +1143,14 @@ export class ClientConn {
   }
 
   /**
-   * HEADERS_TIMEOUT or REQUEST_TIMEOUT passed: a 408, in turn. A body past REQUEST_TIMEOUT is a
+   * HEADERS_TIMEOUT or REQUEST_TIMEOUT passed: a 408, in turn (nothing, on a connection that sent nothing). A body past REQUEST_TIMEOUT is a
    * body_timeout, as a body stalled past IDLE_TIMEOUT is; one whose answer has begun (its target answered
    * before the body was in) gets no 408 and is no rejection: the connection just ends.
    */
   timedOut(): void {
+    // A connection that never sent a byte asked for nothing: closed quietly, as nginx closes it (an ALB at
+    // its idle timeout). No 408 and no request counted: a browser's preconnect is not a client error.
+    if (this.unusedSince !== undefined) return void this.socket.destroy();
     const req = this.reading;
     const answered = req?.handedOver === true && (this.current?.req !== req || this.current.headersSent);
     if (!answered) rejectedRequests.labels({ reason: this.state === BODY ? 'body_timeout' : 'client_error' }).inc();

@@ -472,6 +472,24 @@ describe('timeouts and shutdown', () => {
     expect(Date.now() - t0).toBeLessThan(OPTS.headersTimeoutMs + 1500);
   });
 
+  test('a connection that sends nothing is closed quietly at HEADERS_TIMEOUT: no 408, no request counted or logged (a browser\'s preconnect)', async () => {
+    const refused = jest.fn();
+    const own = new DownstreamServer(OPTS, { request: (req, res) => ok(res, req.url), upgrade: () => undefined, refused });
+    owned.push(own);
+    const ownPort = await listen(own.server);
+    const before = (await rejectedRequests.get()).values.reduce((n, v) => n + v.value, 0);
+    const t0 = Date.now();
+    const silent = await rawExchange(ownPort, () => undefined, { deadlineMs: 6000 });
+    expect(silent.closed).toBe(true);
+    expect(silent.data).toBe('');
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(OPTS.headersTimeoutMs - 50);
+    // A head begun and left is still a 408, counted and told.
+    const stalled = await rawExchange(ownPort, (s) => s.write('GET /x HTTP/1.1\r\n'), { deadlineMs: 6000 });
+    expect(stalled.responses.map((x) => x.status)).toEqual([408]);
+    expect(refused.mock.calls.map((c) => c[0])).toEqual([408]);
+    expect((await rejectedRequests.get()).values.reduce((n, v) => n + v.value, 0)).toBe(before + 1);
+  });
+
   test('a head pipelined behind a slow answer is not timed while it waits its turn', async () => {
     // The third request's head is half-read when reading stops for the answers ahead of it; those take
     // longer than HEADERS_TIMEOUT, and its rest comes soon after: all three are answered (node:http too).
