@@ -1110,6 +1110,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       // What the proxy itself answered (a 408), or nginx's code for "client closed request" (only logged);
       // cut by the proxy at SHUTDOWN_TIMEOUT with nothing answered, the client saw the proxy fail: a 503.
       outcome.status = this.answeredBy ?? (this.cutBy === 'shutdown' ? 503 : 499);
+      // The status says it all; what an earlier try met (a target that refused) is not this try's.
+      outcome.error = undefined;
       return this.done();
     }
     if (err.kind === 'shutting_down') {

@@ -356,6 +356,35 @@ test('a client that leaves a long poll cancels it at the target at once, frees i
   }
 });
 
+test("a 499 after a retry carries no error of the target tried before: the line's error is the last try's", async () => {
+  const backend = await startBackend('b');
+  backend.handle = (req, res) => void setTimeout(() => res.end('too late'), 10_000).unref();
+  const dead = await freePort(); // nothing listens: refused, and retried on the other target
+  const p = await proxy(
+    { NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${dead},127.0.0.1:${backend.port}`, LOG_CONNECTIONS: 'true' },
+    fixed([makeTarget('127.0.0.1', dead), makeTarget('127.0.0.1', backend.port)]),
+  );
+  const stdout = jest.spyOn(process.stdout, 'write');
+  try {
+    // Round-robin: of two requests, one starts at the dead target.
+    for (const path of ['/poll-1', '/poll-2']) {
+      const s = net.connect(p.port, '127.0.0.1', () => s.write(`GET ${path} HTTP/1.1\r\nHost: a\r\n\r\n`));
+      s.on('error', () => undefined);
+      await until('the poll at the target', () => backend.seen.some((r) => r.url === path));
+      s.end();
+      await accessLine(stdout, path);
+    }
+    const lines = [await accessLine(stdout, '/poll-1'), await accessLine(stdout, '/poll-2')];
+    expect(lines.map((l) => l.status)).toEqual([499, 499]);
+    expect(lines.map((l) => l.attempts).sort()).toEqual([1, 2]);
+    for (const l of lines) expect(l).not.toHaveProperty('error');
+  } finally {
+    stdout.mockRestore();
+    await p.stop();
+    await backend.close();
+  }
+});
+
 test('a client that leaves an event stream under way is logged with the status it was sent and error client_gone', async () => {
   const backend = await startBackend('b');
   let cancelled = false;
