@@ -743,6 +743,8 @@ export class ClientConn {
   private unread: Request | undefined;
   /** The connection's end, should the body of a request already answered not be all in by then. */
   private afterAnswer: NodeJS.Timeout | undefined;
+  /** Its last answer is out, and the body of that request still goes to the target taking it: the end follows the body. */
+  private endAfterBody = false;
   /** Since when (performance.now()) the target has held the body back (PAUSE_DRAIN or PAUSE_UNPIPED). */
   private heldByTargetAt = 0;
   /** No request after the ones already read will be read: the connection ends after their answers. */
@@ -963,6 +965,15 @@ export class ClientConn {
     this.state = IDLE;
     this.headerParts.length = 0;
     req?.ended();
+    if (this.endAfterBody) {
+      // The body of the last answer's request is all in (endAfterBody): the connection ends as after any last answer.
+      this.endAfterBody = false;
+      this.stopParsing();
+      this.dropReads();
+      this.socket.end();
+      this.lingerFor(false);
+      return;
+    }
     if (this.closing && !this.done && this.server.shuttingDown) this.stopParsing();
   }
 
@@ -1017,6 +1028,15 @@ export class ClientConn {
       // more of it.
       // (A request without a body answered at once is not complete yet either: its end is parsed next.)
       const bodyComing = req.hasBody && !req.complete;
+      // The client asked for the close (urllib always does; HTTP/1.0) and its target, which answered
+      // early, still takes the body: the rest goes on to it, as on a keep-alive connection and bounded
+      // the same, and the connection ends after it. A target that reads on gets the whole upload.
+      if (bodyComing && req.piped && !req.keepAlive && !this.closing) {
+        this.endAfterBody = true;
+        this.afterAnswer = setTimeout(destroySocket, this.server.opts.bodyAfterAnswerMs ?? BODY_AFTER_ANSWER_MS, this.socket);
+        this.afterAnswer.unref();
+        return;
+      }
       this.stopParsing();
       // The client asked for the close (`Connection: close`, HTTP/1.0) and owes nothing more: no more
       // will come, and the socket goes once the answer has left (nginx lingers only when more may come).

@@ -645,6 +645,26 @@ test.each([
   expect(got).toMatch(/^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nrefused early$/);
 });
 
+test.each([
+  ['Connection: close', 'HTTP/1.1', 'Connection: close\r\n'],
+  ['HTTP/1.0', 'HTTP/1.0', ''],
+])('a reader that answered early and reads on gets the whole body on a connection that ends after it (%s); the end follows the body, with a FIN', async (_name, version, extra) => {
+  let taken = 0;
+  let ended = false;
+  const { ownPort: quickPort } = await ownServer({ idleTimeoutMs: 5000, bodyAfterAnswerMs: 3000 }, (req, res) => {
+    req.pipe(new Writable({ write: (c: Buffer, _e, cb) => ((taken += c.length), cb()), final: (cb) => ((ended = true), cb()) }));
+    ok(res, 'answered early');
+  });
+  const r = await rawExchange(quickPort, (sock) => {
+    sock.write(`POST /x ${version}\r\nHost: a\r\n${extra}Content-Length: 300000\r\n\r\n` + 'a'.repeat(100_000));
+    setTimeout(() => sock.write('b'.repeat(100_000)), 150); // after its answer
+    setTimeout(() => sock.write('c'.repeat(100_000)), 300);
+  }, { deadlineMs: 4000 });
+  expect(r.responses.map((x) => [x.status, x.body])).toEqual([[200, 'answered early']]);
+  expect(r.closed).toBe(true);
+  expect({ taken, ended }).toEqual({ taken: 300_000, ended: true });
+});
+
 test('a body that is all in soon after its answer keeps its keep-alive connection', async () => {
   const { ownPort: quickPort } = await ownServer({ bodyAfterAnswerMs: 500 }, (req, res) => ok(res, `answered ${req.url}`));
   const r = await rawExchange(quickPort, (s) => {

@@ -319,6 +319,38 @@ test("the time a target holds an upload back is not the client's: REQUEST_TIMEOU
   }
 });
 
+test('a target that answers an upload early and reads on gets the whole body, also from a client that asked for the close (urllib, HTTP/1.0)', async () => {
+  const backend = await startBackend('b');
+  const received: number[] = [];
+  backend.handle = (req, res) => {
+    let n = 0;
+    res.end('stored as it comes');
+    req.on('data', (c: Buffer) => (n += c.length));
+    req.on('end', () => received.push(n));
+  };
+  const p = await proxy({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}` }, fixed([makeTarget('127.0.0.1', backend.port)]));
+  try {
+    for (const [version, extra] of [['HTTP/1.1', 'Connection: close\r\n'], ['HTTP/1.0', '']]) {
+      const s = net.connect(p.port, '127.0.0.1');
+      s.on('error', () => undefined);
+      let got = '';
+      s.on('data', (d) => (got += d));
+      const closed = new Promise((r) => s.on('close', r));
+      await new Promise((r) => s.once('connect', r));
+      s.write(`POST /up ${version}\r\nHost: a\r\n${extra}Content-Length: 3000000\r\n\r\n` + 'a'.repeat(1_000_000));
+      await until('the early answer', () => got.includes('stored as it comes'));
+      s.write('b'.repeat(1_000_000)); // the rest, after the answer
+      s.write('c'.repeat(1_000_000));
+      await closed;
+      await until('the whole body at the target', () => received.length > 0);
+      expect(received.splice(0)).toEqual([3_000_000]);
+    }
+  } finally {
+    await p.stop();
+    await backend.close();
+  }
+});
+
 test('a client that leaves a long poll cancels it at the target at once, frees its socket, and is logged 499', async () => {
   // One socket per target (POOL_SIZE=1): a long poll held for a client that left would keep the next
   // request waiting until the poll's answer (10 s here).
