@@ -1109,22 +1109,15 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     if (err.kind === 'client_gone') {
       // What the proxy itself answered (a 408), or nginx's code for "client closed request" (only logged);
       // cut by the proxy at SHUTDOWN_TIMEOUT with nothing answered, the client saw the proxy fail: a 503.
-      outcome.status = this.answeredBy ?? (this.cutBy === 'shutdown' ? 503 : 499);
-      // The status says it all; what an earlier try met (a target that refused) is not this try's.
-      outcome.error = undefined;
-      return this.done();
+      return this.endedHere(this.answeredBy ?? (this.cutBy === 'shutdown' ? 503 : 499));
     }
-    if (err.kind === 'shutting_down') {
-      outcome.status = 503; // written by the server (ClientConn.answerShutdown)
-      return this.done();
-    }
+    if (err.kind === 'shutting_down') return this.endedHere(503); // written by the server (ClientConn.answerShutdown)
     if (err.kind === 'client_timeout') {
       // The client stopped sending its body: its fault, said as nginx says it, and the connection is done.
       rejectedRequests.labels({ reason: 'body_timeout' }).inc();
-      outcome.status = 408;
       res.shouldKeepAlive = false;
       answer(res, 408, 'request body timed out');
-      return this.done();
+      return this.endedHere(408);
     }
     const unsent = !res.headersSent && !res.dead && !req.conn.destroyed;
     if (err.kind === 'stale') {
@@ -1181,11 +1174,18 @@ class Exchange implements UpstreamHandler, ResponseHandler {
 
   /** The next try after a wait, unless the client has gone meanwhile. */
   resume(): void {
-    if (this.req.conn.destroyed || this.res.headersSent || this.res.dead) {
-      this.outcome.status = 499;
-      return this.done();
-    }
+    if (this.req.conn.destroyed || this.res.headersSent || this.res.dead) return this.endedHere(499);
     this.next();
+  }
+
+  /**
+   * Ended by the client or the proxy, not by a target (499, 408, 503 at shutdown): the status says it
+   * all, and what an earlier try met (a target that refused) is not the line's error.
+   */
+  private endedHere(status: number): void {
+    this.outcome.status = status;
+    this.outcome.error = undefined;
+    this.done();
   }
 }
 

@@ -417,6 +417,33 @@ test("a 499 after a retry carries no error of the target tried before: the line'
   }
 });
 
+test('a 408 for a body that stalled after a retry carries no error of the target tried before either', async () => {
+  const backend = await startBackend('b');
+  backend.handle = (req, res) => void req.resume().on('end', () => res.end('stored')); // answers once the whole body is in
+  const dead = await freePort();
+  const p = await proxy(
+    { NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${dead},127.0.0.1:${backend.port}`, LOG_CONNECTIONS: 'true', IDLE_TIMEOUT: '1' },
+    fixed([makeTarget('127.0.0.1', dead), makeTarget('127.0.0.1', backend.port)]),
+  );
+  const stdout = jest.spyOn(process.stdout, 'write');
+  try {
+    for (const path of ['/up-1', '/up-2']) {
+      const s = net.connect(p.port, '127.0.0.1', () => s.write(`POST ${path} HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc`));
+      s.on('error', () => undefined);
+      await accessLine(stdout, path);
+      s.destroy();
+    }
+    const lines = [await accessLine(stdout, '/up-1'), await accessLine(stdout, '/up-2')];
+    expect(lines.map((l) => l.status)).toEqual([408, 408]);
+    expect(lines.map((l) => l.attempts).sort()).toEqual([1, 2]);
+    for (const l of lines) expect(l).not.toHaveProperty('error');
+  } finally {
+    stdout.mockRestore();
+    await p.stop();
+    await backend.close();
+  }
+});
+
 test('a client that leaves an event stream under way is logged with the status it was sent and error client_gone', async () => {
   const backend = await startBackend('b');
   let cancelled = false;
