@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
   Annotations,
+  App,
   Arn,
   Aws,
   CfnElement,
@@ -1214,11 +1215,13 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     }
     // The managed cache's URL and AUTH token are set for the runtime: a URL of one's own beside them would
     // get that token (in plain text to a bare host:port), and the cache would be paid for unused.
-    for (const key of ['REDIS_URL', 'REDIS_AUTH_SECRET_ARN'] as const) {
-      if (v.useRedis && v.environment[key] !== undefined) {
-        problems.push(`environment.${key} is set while redis is on (the stack's own cache, whose AUTH token the proxy would send to it): ` +
-          'set redis to false to use a Redis of your own');
-      }
+    if (v.useRedis && v.environment.REDIS_URL !== undefined) {
+      problems.push("environment.REDIS_URL is set while redis is on (the stack's own cache, whose AUTH token the proxy would send to it): " +
+        'set redis to false to use a Redis of your own');
+    }
+    if (v.useRedis && v.environment.REDIS_AUTH_SECRET_ARN !== undefined) {
+      problems.push("environment.REDIS_AUTH_SECRET_ARN is set while redis is on (the stack's own cache, to which the proxy would send this secret's token): " +
+        'set redis to false to use a Redis of your own');
     }
     const envRedis = v.environment.REDIS_URL;
     // Judged on the text with its tokens in place: `rediss://:${token}@host` carries a password all the same.
@@ -1519,28 +1522,32 @@ function clusterNameOf(cluster: string, scope: IConstruct): string {
   return standsForArn(Stack.of(scope).resolve(cluster)) ? Arn.extractResourceName(cluster, 'cluster') : cluster;
 }
 
-/** A peer's CIDR (Peer.ipv4, Peer.ipv6), or undefined for a security group, a prefix list or a token. */
 /**
  * What a machineImage says of itself at synth that rules it out: not Linux, or, for an image named by
  * an SSM parameter (AWS's own, such as `latestAmazonLinux2023()`, whose CPU type defaults to x86_64),
  * a parameter name that says x86_64 or Amazon Linux 2. An image given by its id says neither.
  */
 function machineImageProblem(image: ec2.IMachineImage, scope: Construct): string | undefined {
+  // Asked in a stack of its own: getImage() adds to the stack it is given (a CfnMapping for
+  // genericLinux, a parameter, a context lookup), and the launch template asks again in the real one.
+  const { account, region } = Stack.of(scope);
+  const probe = new Stack(new App(), 'MachineImageProbe', {
+    env: { account: unresolved(account) ? undefined : account, region: unresolved(region) ? undefined : region },
+  });
   let config: ec2.MachineImageConfig;
   try {
-    config = image.getImage(scope);
+    config = image.getImage(probe);
   } catch {
     return undefined; // a lookup that needs context, or an image of a kind that cannot tell: EC2 judges it at launch
   }
   if (config.osType !== ec2.OperatingSystemType.LINUX) {
     return `machineImage is a ${ec2.OperatingSystemType[config.osType].toLowerCase()} image: the instances boot a Linux script (Amazon Linux 2023 arm64)`;
   }
-  const stack = Stack.of(scope);
-  const resolved: unknown = stack.resolve(config.imageId);
+  const resolved: unknown = probe.resolve(config.imageId);
   let name: string | undefined;
   if (typeof resolved === 'string' && resolved.startsWith('resolve:ssm:')) name = resolved.slice('resolve:ssm:'.length);
   else if (resolved && typeof resolved === 'object' && 'Ref' in resolved) {
-    const param = stack.node.findAll().find((c): c is CfnParameter => c instanceof CfnParameter && stack.resolve(c.logicalId) === (resolved as { Ref: unknown }).Ref);
+    const param = probe.node.findAll().find((c): c is CfnParameter => c instanceof CfnParameter && probe.resolve(c.logicalId) === (resolved as { Ref: unknown }).Ref);
     if (typeof param?.default === 'string') name = param.default;
   }
   if (name === undefined) return undefined;
@@ -1555,6 +1562,7 @@ function machineImageProblem(image: ec2.IMachineImage, scope: Construct): string
   return undefined;
 }
 
+/** A peer's CIDR (Peer.ipv4, Peer.ipv6), or undefined for a security group, a prefix list or a token. */
 function cidrOfPeer(peer: ec2.IPeer): string | undefined {
   return /^[0-9a-f.:]+\/\d{1,3}$/i.test(peer.uniqueId) ? peer.uniqueId : undefined;
 }

@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { App, CfnParameter, Duration, SecretValue, Stack } from 'aws-cdk-lib';
+import { Template } from 'aws-cdk-lib/assertions';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
@@ -369,6 +370,10 @@ test('arm64 Amazon Linux 2023, and images whose names say nothing of their CPU (
   ]) {
     expect(build({ machineImage })).not.toThrow();
   }
+  // Judging an image adds nothing to the template: genericLinux's map of AMIs is there once, the launch template's.
+  const proxy = build({ machineImage: ec2.MachineImage.genericLinux({ 'us-east-1': 'ami-0123456789abcdef0' }) })();
+  const mappings = Object.keys(Template.fromStack(Stack.of(proxy)).toJSON().Mappings ?? {});
+  expect(mappings.filter((m) => m.includes('AmiMap'))).toHaveLength(1);
 });
 
 test('a zone known only by its id needs a domain', () => {
