@@ -90,14 +90,16 @@ export function straySettings(contextKeys: readonly string[], env: Readonly<Reco
   for (const key of contextKeys) {
     if (keys.includes(key) || !/^[A-Za-z][A-Za-z0-9_]*$/.test(key)) continue;
     const setting = proxySetting(key);
-    const meant = setting ? asContext(setting) : likelyMeant(key, keys);
-    out.push(`context '${key}' is not a setting of this app and is ignored${meant ? `; did you mean ${meant}?` : ''}`);
+    const meant = setting ? undefined : likelyMeant(key, keys);
+    const hint = setting ? settingHint(setting, (k) => k, `-c proxyEnv='${setting}=...'`) : meant && `did you mean ${meant}?`;
+    out.push(`context '${key}' is not a setting of this app and is ignored${hint ? `; ${hint}` : ''}`);
   }
   for (const name of Object.keys(env)) {
     if (!name.startsWith('KARMA_') || envNames.includes(name) || env[name] === undefined) continue;
     const setting = proxySetting(name.slice('KARMA_'.length));
-    const meant = setting ? asKarmaEnv(setting) : likelyMeant(name, envNames);
-    out.push(`${name} is not a setting of this app and is ignored${meant ? `; did you mean ${meant}?` : ''}`);
+    const meant = setting ? undefined : likelyMeant(name, envNames);
+    const hint = setting ? settingHint(setting, envVarName, `KARMA_PROXY_ENV='${setting}=...'`) : meant && `did you mean ${meant}?`;
+    out.push(`${name} is not a setting of this app and is ignored${hint ? `; ${hint}` : ''}`);
   }
   return out;
 }
@@ -120,11 +122,22 @@ function proxySetting(key: string): string | undefined {
   return ENV_NAMES.includes(name) ? name : undefined;
 }
 
-const asContext = (setting: string): string =>
-  SETTING_KEYS[setting] ?? `proxyEnv (-c proxyEnv='${setting}=...', the proxy's own setting)`;
+/** The proxy's settings that the deployment fixes: what it is there, in place of a key that would be refused. */
+const FIXED_BY_THE_STACK: Readonly<Record<string, string>> = {
+  PORT: 'the deployed proxy listens on port 80 (its security group and health probe are wired for it)',
+  HOST: "the deployed proxy listens on every address of its instance",
+  AWS_REGION: "the proxy discovers in the stack's region: deploy the stack there",
+  AWS_DEFAULT_REGION: "the proxy discovers in the stack's region: deploy the stack there",
+  REDIS_URL: "a Redis of your own is redis=false with REDIS_URL in proxyEnv (the stack's own cache is the default)",
+  REDIS_AUTH_SECRET_ARN: 'its secret goes with a Redis of your own: redis=false with REDIS_URL and REDIS_AUTH_SECRET_ARN in proxyEnv',
+};
 
-const asKarmaEnv = (setting: string): string =>
-  SETTING_KEYS[setting] ? envVarName(SETTING_KEYS[setting]) : `KARMA_PROXY_ENV='${setting}=...' (the proxy's own setting)`;
+/** Where a stray key that names one of the proxy's settings goes instead: the app's key for it, or proxyEnv. */
+function settingHint(setting: string, keyName: (key: ContextKey) => string, throughProxyEnv: string): string {
+  const key = SETTING_KEYS[setting];
+  if (key) return `did you mean ${keyName(key)}?`;
+  return FIXED_BY_THE_STACK[setting] ?? `did you mean ${throughProxyEnv} (the proxy's own setting)?`;
+}
 
 /** Reads every key; throws one error naming every bad one. */
 export function propsFromContext(

@@ -202,12 +202,21 @@ test("a seed's setting given as a context key or KARMA_* env var is pointed to t
     { KARMA_NODE_FILTER: 'tag', KARMA_TAG_VALUE: 'Production' },
   )).toEqual([
     "context 'nodeFilter' is not a setting of this app and is ignored; did you mean discovery?",
-    "context 'tagName' is not a setting of this app and is ignored; did you mean proxyEnv (-c proxyEnv='TAG_NAME=...', the proxy's own setting)?",
-    "context 'TARGET_PORT' is not a setting of this app and is ignored; did you mean proxyEnv (-c proxyEnv='TARGET_PORT=...', the proxy's own setting)?",
-    "context 'healthCheckPath' is not a setting of this app and is ignored; did you mean proxyEnv (-c proxyEnv='HEALTH_CHECK_PATH=...', the proxy's own setting)?",
+    "context 'tagName' is not a setting of this app and is ignored; did you mean -c proxyEnv='TAG_NAME=...' (the proxy's own setting)?",
+    "context 'TARGET_PORT' is not a setting of this app and is ignored; did you mean -c proxyEnv='TARGET_PORT=...' (the proxy's own setting)?",
+    "context 'healthCheckPath' is not a setting of this app and is ignored; did you mean -c proxyEnv='HEALTH_CHECK_PATH=...' (the proxy's own setting)?",
     "context 'allowedClusters' is not a setting of this app and is ignored; did you mean clusters?",
     'KARMA_NODE_FILTER is not a setting of this app and is ignored; did you mean KARMA_DISCOVERY?',
     "KARMA_TAG_VALUE is not a setting of this app and is ignored; did you mean KARMA_PROXY_ENV='TAG_VALUE=...' (the proxy's own setting)?",
+  ]);
+});
+
+test('a setting the deployment fixes (the port, the region, the cache) is said to be fixed, not sent to proxyEnv, which would refuse it', () => {
+  expect(straySettings(['port', 'awsRegion', 'redisUrl'], { KARMA_HOST: '0.0.0.0' })).toEqual([
+    "context 'port' is not a setting of this app and is ignored; the deployed proxy listens on port 80 (its security group and health probe are wired for it)",
+    "context 'awsRegion' is not a setting of this app and is ignored; the proxy discovers in the stack's region: deploy the stack there",
+    "context 'redisUrl' is not a setting of this app and is ignored; a Redis of your own is redis=false with REDIS_URL in proxyEnv (the stack's own cache is the default)",
+    'KARMA_HOST is not a setting of this app and is ignored; the deployed proxy listens on every address of its instance',
   ]);
 });
 
