@@ -3,6 +3,8 @@
  * replaces any that dies, serves /metrics (summed over all workers) and /healthz, and on SIGTERM or
  * SIGINT lets every worker finish its in-flight requests before it exits 0. SIGHUP is ignored.
  */
+// First: signals are held from before the rest of the bundle is evaluated (see held-signals.ts).
+import { heldSignals } from './held-signals';
 import cluster, { Worker } from 'node:cluster';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -331,30 +333,6 @@ async function runPrimary(config: Config): Promise<void> {
   for (let i = 0; i < config.workers; i++) fork();
 }
 
-/**
- * Signals that come while the primary starts (loading the AWS SDK for discovery takes a moment), before
- * its handlers are set: held rather than left to Node's default, which ends the process by the signal
- * (exit 143 on a `systemctl stop` right after a start) or, for SIGHUP, at once.
- */
-const heldSignals = {
-  first: undefined as NodeJS.Signals | undefined,
-  hold(this: void, signal: NodeJS.Signals): void {
-    if (signal !== 'SIGHUP') heldSignals.first ??= signal;
-  },
-  start(): void {
-    for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(s, heldSignals.hold);
-  },
-  /**
-   * A signal is heard on a turn of the event loop: one that came during synchronous work (loading the
-   * SDK) is heard after this, while still held.
-   */
-  heard: (): Promise<void> => new Promise((resolve) => setImmediate(resolve)),
-  /** Stops holding (the proxy's own handlers are set); the first stop signal that came meanwhile, if any. */
-  release(): NodeJS.Signals | undefined {
-    for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.off(s, heldSignals.hold);
-    return heldSignals.first;
-  },
-};
 
 /** What `./.env` may set besides the settings: the region and the credentials the seed's README put there. */
 const DOTENV_AWS = ['AWS_REGION', 'AWS_DEFAULT_REGION', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_PROFILE'];
@@ -402,7 +380,6 @@ function readDotEnv(): string[] {
 
 function main(): void {
   logProcessWarnings();
-  if (cluster.isPrimary) heldSignals.start();
   const config = configOrExit(readDotEnv());
   if (cluster.isPrimary) {
     runPrimary(config).catch((err: unknown) => {
