@@ -761,6 +761,8 @@ export class ClientConn {
   private headInRead = false;
   /** Part of a request head has come, not all of it. */
   private headBegun = false;
+  /** A request has begun on this connection (empty lines before one, which HTTP allows, are none). */
+  private begun = false;
   private draining: BodySink | undefined;
   /** The parser reads the socket natively (consume()); otherwise through 'data'. */
   private consumed = false;
@@ -811,14 +813,14 @@ export class ClientConn {
     return this.socket.destroyed;
   }
 
-  /** Nothing read on it yet: since when, on performance.now()'s clock (undefined once something was). */
+  /** No request begun on it yet: since when, on performance.now()'s clock (undefined once one was). */
   get unusedSince(): number | undefined {
-    return this.first && this.state === HEAD && !this.reading ? this.since : undefined;
+    return !this.begun && this.state === HEAD && !this.reading ? this.since : undefined;
   }
 
   /** Nothing read of a request, nothing being answered or waiting: safe to close. */
   get idle(): boolean {
-    return !this.current && this.waiting.length === 0 && this.state !== BODY && !this.reading && (this.state === IDLE || this.first);
+    return !this.current && this.waiting.length === 0 && this.state !== BODY && !this.reading && (this.state === IDLE || !this.begun);
   }
 
   // ---- reading
@@ -886,6 +888,7 @@ export class ClientConn {
   messageBegin(): void {
     if (this.done) return;
     this.headBegun = true;
+    this.begun = true;
     this.headInRead = true;
     this.state = HEAD;
     this.since = performance.now();
@@ -1168,8 +1171,9 @@ export class ClientConn {
    * before the body was in) gets no 408 and is no rejection: the connection just ends.
    */
   timedOut(): void {
-    // A connection that never sent a byte asked for nothing: closed quietly, as nginx closes it (an ALB at
-    // its idle timeout). No 408 and no request counted: a browser's preconnect is not a client error.
+    // A connection that never began a request (sent nothing, or empty lines only) asked for nothing: closed
+    // quietly, as nginx closes it (an ALB at its idle timeout). No 408 and no request counted: a browser's
+    // preconnect is not a client error.
     if (this.unusedSince !== undefined) return void this.socket.destroy();
     const req = this.reading;
     const answered = req?.handedOver === true && (this.current?.req !== req || this.current.headersSent);

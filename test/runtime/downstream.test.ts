@@ -479,9 +479,15 @@ describe('timeouts and shutdown', () => {
     const ownPort = await listen(own.server);
     const before = (await rejectedRequests.get()).values.reduce((n, v) => n + v.value, 0);
     const t0 = Date.now();
-    const silent = await rawExchange(ownPort, () => undefined, { deadlineMs: 6000 });
-    expect(silent.closed).toBe(true);
-    expect(silent.data).toBe('');
+    const [silent, emptyLines] = await Promise.all([
+      rawExchange(ownPort, () => undefined, { deadlineMs: 6000 }),
+      // Empty lines before a request are allowed (RFC 9112 §2.2) and begin none.
+      rawExchange(ownPort, (sock) => sock.write('\r\n\r\n'), { deadlineMs: 6000 }),
+    ]);
+    for (const r of [silent, emptyLines]) {
+      expect(r.closed).toBe(true);
+      expect(r.data).toBe('');
+    }
     expect(Date.now() - t0).toBeGreaterThanOrEqual(OPTS.headersTimeoutMs - 50);
     // A head begun and left is still a 408, counted and told.
     const stalled = await rawExchange(ownPort, (s) => s.write('GET /x HTTP/1.1\r\n'), { deadlineMs: 6000 });
