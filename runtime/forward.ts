@@ -768,6 +768,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   private rediscovery: Promise<unknown> | undefined;
   /** Set while a retry waits for that rediscovery (next()): the wait under way. */
   private awaitingRoute: object | undefined;
+  /** A rediscovery of the route was waited for (at most once a request). */
+  private waitedForRoute = false;
 
   constructor(
     private readonly registry: TargetRegistry,
@@ -804,14 +806,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       if (outcome.error && this.rediscovery) {
         const rediscovery = this.rediscovery;
         this.rediscovery = undefined;
-        const waited = (this.awaitingRoute = {});
-        void within(rediscovery, REDISCOVERY_WAIT_MS).then(() => {
-          // Not if the client left, or shutdown let it go, meanwhile (clientClosed, shutdown).
-          if (this.awaitingRoute !== waited) return;
-          this.awaitingRoute = undefined;
-          this.resume();
-        });
-        return;
+        return this.awaitRoute(rediscovery);
       }
       // Nothing (else) to try: the client hears what went wrong with the last target, if any; unless
       // it refused and the route's rediscovery since found none left (the last task stopped): that is an
@@ -823,10 +818,16 @@ class Exchange implements UpstreamHandler, ResponseHandler {
         this.asked = true;
         return;
       }
+      // Targets, but every one's breaker open: they may all have left (a deploy that replaced them). A
+      // rediscovery for that (under way since their refusals, or begun now) is waited for once, as a
+      // retry waits for it: a request that came in between would otherwise get a 503 a moment before
+      // the new tasks are known. When none may begin (one ended a moment ago), the 503 is at once.
+      if (this.pool.size > 0) {
+        const rediscovery = this.opts.onRefused?.(this.pool);
+        if (rediscovery && !this.waitedForRoute) return this.awaitRoute(rediscovery);
+      }
       outcome.status = 503;
       answer(this.res, 503, 'no target available', { 'Retry-After': '5' });
-      // Targets, but every one's breaker open: they may all have left (a deploy that replaced them).
-      if (this.pool.size > 0) void this.opts.onRefused?.(this.pool);
       return this.done();
     }
     outcome.attempts++;
@@ -1169,6 +1170,18 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       if (whole) return this.resume();
       this.outcome.error ??= 'reset';
       this.fail();
+    });
+  }
+
+  /** Waits for the route's rediscovery, once and for at most REDISCOVERY_WAIT_MS, then tries again. */
+  private awaitRoute(rediscovery: Promise<unknown>): void {
+    this.waitedForRoute = true;
+    const waited = (this.awaitingRoute = {});
+    void within(rediscovery, REDISCOVERY_WAIT_MS).then(() => {
+      // Not if the client left, or shutdown let it go, meanwhile (clientClosed, shutdown).
+      if (this.awaitingRoute !== waited) return;
+      this.awaitingRoute = undefined;
+      this.resume();
     });
   }
 

@@ -550,6 +550,33 @@ describe('retry on another target', () => {
 });
 
 describe('draining', () => {
+  test('a request that finds every target refused and their route being rediscovered waits for the new targets, not a 503 (a deploy that replaced them)', async () => {
+    const [oldA, oldB] = [await startBackend('oldA'), await startBackend('oldB')];
+    const fresh = await startBackend('fresh');
+    const olds = [oldA, oldB].map((b) => makeTarget('127.0.0.1', b.port));
+    let deployed = false;
+    const provider: Provider = {
+      name: 'test',
+      // After the deploy the discovery takes a moment (AWS), then finds only the new task.
+      discover: () => (deployed ? new Promise<Target[]>((r) => setTimeout(() => r([makeTarget('127.0.0.1', fresh.port)]), 300)) : Promise.resolve(olds)),
+    };
+    const p = await proxyFor([oldA, oldB], { HEALTH_CHECK_PATH: 'off', CIRCUIT_BREAKER_THRESHOLD: '1', NODE_CHECK_PERIOD: '60' }, provider);
+    try {
+      expect((await request(p.port)).status).toBe(200);
+      // The old tasks stop before discovery says so: their refusals open both breakers, and the
+      // rediscovery those refusals ask for still finds them (the 502 of the request that met them).
+      await Promise.all([oldA.close(), oldB.close()]);
+      expect((await request(p.port)).status).toBe(502);
+      deployed = true;
+      await new Promise((r) => setTimeout(r, 1100)); // past the wait between rediscoveries for refusals
+      // Every breaker open: this request starts the rediscovery and waits for it.
+      expect(await request(p.port)).toMatchObject({ status: 200, body: 'fresh' });
+    } finally {
+      await p.stop();
+      await fresh.close();
+    }
+  });
+
   test('a retry waiting for its route to be rediscovered, its target having refused, is answered 503 at SHUTDOWN_TIMEOUT, not cut', async () => {
     const dead = await startBackend('dead');
     await dead.close();
