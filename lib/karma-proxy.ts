@@ -10,11 +10,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
   Annotations,
-  App,
   Arn,
   Aws,
   CfnElement,
-  CfnParameter,
   CfnResource,
   Duration,
   Lazy,
@@ -1065,7 +1063,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       }
     }
 
-    const imageProblem = props.machineImage && machineImageProblem(props.machineImage, this);
+    const imageProblem = props.machineImage && machineImageProblem(props.machineImage);
     if (imageProblem) problems.push(imageProblem);
 
     if (!DISCOVERY_MODES.includes(v.discovery)) {
@@ -1523,34 +1521,21 @@ function clusterNameOf(cluster: string, scope: IConstruct): string {
 }
 
 /**
- * What a machineImage says of itself at synth that rules it out: not Linux, or, for an image named by
- * an SSM parameter (AWS's own, such as `latestAmazonLinux2023()`, whose CPU type defaults to x86_64),
- * a parameter name that says x86_64 or Amazon Linux 2. An image given by its id says neither.
+ * What a machineImage says of itself at synth that rules it out: Windows, or, for an image named by an
+ * SSM parameter (AWS's own, such as `latestAmazonLinux2023()`, whose CPU type defaults to x86_64), a
+ * parameter name that says x86_64 or Amazon Linux 2. Read off the image, not asked with getImage(): that
+ * adds to the stack it is given (a map, a parameter, a context lookup). An image given by its id says
+ * neither, and is left to EC2.
  */
-function machineImageProblem(image: ec2.IMachineImage, scope: Construct): string | undefined {
-  // Asked in a stack of its own: getImage() adds to the stack it is given (a CfnMapping for
-  // genericLinux, a parameter, a context lookup), and the launch template asks again in the real one.
-  const { account, region } = Stack.of(scope);
-  const probe = new Stack(new App(), 'MachineImageProbe', {
-    env: { account: unresolved(account) ? undefined : account, region: unresolved(region) ? undefined : region },
-  });
-  let config: ec2.MachineImageConfig;
-  try {
-    config = image.getImage(probe);
-  } catch {
-    return undefined; // a lookup that needs context, or an image of a kind that cannot tell: EC2 judges it at launch
+function machineImageProblem(image: ec2.IMachineImage): string | undefined {
+  // The parameter's name is public on most of these images, and in the props of Amazon Linux 2023's and 2's.
+  const own = image as { parameterName?: unknown; os?: unknown; props?: { parameterName?: unknown; os?: unknown } };
+  const os = own.os ?? own.props?.os;
+  if (os === ec2.OperatingSystemType.WINDOWS || image instanceof ec2.GenericWindowsImage) {
+    return 'machineImage is a Windows image: the instances boot a Linux script (Amazon Linux 2023 arm64)';
   }
-  if (config.osType !== ec2.OperatingSystemType.LINUX) {
-    return `machineImage is a ${ec2.OperatingSystemType[config.osType].toLowerCase()} image: the instances boot a Linux script (Amazon Linux 2023 arm64)`;
-  }
-  const resolved: unknown = probe.resolve(config.imageId);
-  let name: string | undefined;
-  if (typeof resolved === 'string' && resolved.startsWith('resolve:ssm:')) name = resolved.slice('resolve:ssm:'.length);
-  else if (resolved && typeof resolved === 'object' && 'Ref' in resolved) {
-    const param = probe.node.findAll().find((c): c is CfnParameter => c instanceof CfnParameter && probe.resolve(c.logicalId) === (resolved as { Ref: unknown }).Ref);
-    if (typeof param?.default === 'string') name = param.default;
-  }
-  if (name === undefined) return undefined;
+  const name = typeof own.parameterName === 'string' ? own.parameterName : typeof own.props?.parameterName === 'string' ? own.props.parameterName : undefined;
+  if (name === undefined || unresolved(name)) return undefined;
   const last = name.split('/').pop() ?? name;
   if (/x86_64|amd64/i.test(last) && !/arm64|aarch64/i.test(last)) {
     return `machineImage is an x86_64 image (SSM parameter ${name}): Graviton instances need arm64 ` +

@@ -2,7 +2,9 @@
  * A user's own stack: the construct comes from the package's entry point, the VPC and the hosted zone
  * are imported from attributes (no lookup), and it synthesizes.
  */
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { App, Stack } from 'aws-cdk-lib';
 import { Match, Template } from 'aws-cdk-lib/assertions';
@@ -101,3 +103,30 @@ test('redis: false leaves the cache, its secret and its permissions out', () => 
   expect(proxy.cacheEndpoint).toBeUndefined();
   expect(proxy.costEstimate.lines.some((l) => l.item.includes('ElastiCache'))).toBe(false);
 });
+
+test("under the CDK CLI (CDK_OUTDIR set), a stack with its own machineImage is the one the cloud assembly holds", () => {
+  // The CLI runs the app with CDK_OUTDIR; any other App made meanwhile would synthesize into the same
+  // directory as the process exits, replacing the manifest (a judge of the image once did).
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'karma-cdk-out-'));
+  // Plain JS, run from the project's root so that its node_modules resolve; the construct through ts-node.
+  const script = [
+    "const { App, Stack } = require('aws-cdk-lib');",
+    "const ec2 = require('aws-cdk-lib/aws-ec2');",
+    "const { KarmaProxy } = require('./lib');",
+    'const app = new App();',
+    "const stack = new Stack(app, 'MyServices', { env: { account: '123456789012', region: 'eu-west-1' } });",
+    "new KarmaProxy(stack, 'Proxy', { domain: 'svc.acme.io', redis: false,",
+    '  machineImage: ec2.MachineImage.latestAmazonLinux2023({ cpuType: ec2.AmazonLinuxCpuType.ARM_64 }) });',
+    'app.synth();',
+  ].join('\n');
+  try {
+    const r = spawnSync(process.execPath, ['-r', 'ts-node/register/transpile-only', '-e', script], {
+      cwd: path.join(__dirname, '..', '..'), env: { ...process.env, CDK_OUTDIR: path.join(out, 'cdk.out') }, encoding: 'utf8', timeout: 120_000,
+    });
+    expect({ status: r.status, stderr: r.status === 0 ? '' : r.stderr }).toEqual({ status: 0, stderr: '' });
+    const manifest = JSON.parse(fs.readFileSync(path.join(out, 'cdk.out', 'manifest.json'), 'utf8'));
+    expect(Object.entries(manifest.artifacts).filter(([, a]) => (a as { type: string }).type === 'aws:cloudformation:stack').map(([id]) => id)).toEqual(['MyServices']);
+  } finally {
+    fs.rmSync(out, { recursive: true, force: true });
+  }
+}, 130_000);

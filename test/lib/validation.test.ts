@@ -46,7 +46,11 @@ describe('one problem, its exact message', () => {
       'machineImage is Amazon Linux 2 (SSM parameter /aws/service/ami-amazon-linux-latest/amzn2-ami-kernel-5.10-hvm-arm64-gp2): ' +
         'the boot script needs Amazon Linux 2023 (dnf and its nodejs22 package)'],
     ['a Windows image', { machineImage: ec2.MachineImage.latestWindows(ec2.WindowsVersion.WINDOWS_SERVER_2022_ENGLISH_FULL_BASE) },
-      'machineImage is a windows image: the instances boot a Linux script (Amazon Linux 2023 arm64)'],
+      'machineImage is a Windows image: the instances boot a Linux script (Amazon Linux 2023 arm64)'],
+    ['an x86 image cached in context', { machineImage: ec2.MachineImage.latestAmazonLinux2023({ cachedInContext: true }) },
+      'machineImage is an x86_64 image (SSM parameter /aws/service/ami-amazon-linux-latest/al2023-ami-kernel-6.1-x86_64)'],
+    ['a Windows image by its id', { machineImage: ec2.MachineImage.genericWindows({ 'us-east-1': 'ami-0123456789abcdef0' }) },
+      'machineImage is a Windows image'],
     ['no domain in ecs mode', { domain: undefined },
       "domain is required when discovery is 'ecs' (routes are <service>-<port>-<cluster>.<domain>)"],
     ['a bad domain', { domain: 'not a domain' }, "domain 'not a domain' is not a DNS name such as apps.example.com"],
