@@ -435,6 +435,11 @@ export class Response {
   private chunked = false;
   /** The body ends where the connection does (HTTP/1.0 client, no length): only a reset tells a cut. */
   private closeDelimited = false;
+
+  /** Its body ends where the connection does: the close is part of the answer. */
+  get delimitedByClose(): boolean {
+    return this.closeDelimited;
+  }
   /** HEAD, 204 and 304 answers carry no body whatever the headers say. */
   private bodiless = false;
   /** Body bytes handed to the client's socket (for the access log). */
@@ -1033,8 +1038,9 @@ export class ClientConn {
       const bodyComing = req.hasBody && !req.complete;
       // The client asked for the close (urllib always does; HTTP/1.0) and its target, which answered
       // early, still takes the body: the rest goes on to it, as on a keep-alive connection and bounded
-      // the same, and the connection ends after it. A target that reads on gets the whole upload.
-      if (bodyComing && req.piped && !req.keepAlive && !this.closing) {
+      // the same, and the connection ends after it. A target that reads on gets the whole upload. Not an
+      // answer that only the close ends (no length, to HTTP/1.0): its client would wait for the body's end.
+      if (bodyComing && req.piped && !req.keepAlive && !this.closing && !res.delimitedByClose) {
         this.endAfterBody = true;
         this.afterAnswer = setTimeout(destroySocket, this.server.opts.bodyAfterAnswerMs ?? BODY_AFTER_ANSWER_MS, this.socket);
         this.afterAnswer.unref();

@@ -671,6 +671,19 @@ test.each([
   expect({ taken, ended }).toEqual({ taken: 300_000, ended: true });
 });
 
+test('an early answer that only the close ends (no length, to HTTP/1.0) ends at once, its body not awaited', async () => {
+  const { ownPort: quickPort } = await ownServer({ idleTimeoutMs: 5000, bodyAfterAnswerMs: 3000 }, (req, res) => {
+    req.pipe(new Writable({ write: (_c, _e, cb) => cb() }));
+    res.writeHead(413, undefined, 'Content-Type: text/plain\r\n', false);
+    res.end('too large\n');
+  });
+  const t0 = Date.now();
+  const r = await rawExchange(quickPort, (sock) => sock.write('POST /up HTTP/1.0\r\nHost: a\r\nContent-Length: 10000000\r\n\r\n' + 'a'.repeat(100_000)), { deadlineMs: 4000 });
+  expect(r.closed).toBe(true);
+  expect(r.data).toMatch(/^HTTP\/1\.1 413 [^]*\r\n\r\ntoo large\n$/);
+  expect(Date.now() - t0).toBeLessThan(2000);
+});
+
 test('a body that is all in soon after its answer keeps its keep-alive connection', async () => {
   const { ownPort: quickPort } = await ownServer({ bodyAfterAnswerMs: 500 }, (req, res) => ok(res, `answered ${req.url}`));
   const r = await rawExchange(quickPort, (s) => {
