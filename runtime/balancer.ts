@@ -162,6 +162,8 @@ const tier = (s: TargetState): number => (s.healthy === true ? HEALTHY : s.healt
 export class Pool {
   private members: TargetState[] = [];
   private cursor = 0;
+  /** When (performance.now()) one of its targets last refused a connection here: it may have left. */
+  refusedAt = -Infinity;
 
   constructor(
     readonly id: string,

@@ -62,6 +62,11 @@ export function forwardedProto(sentProto: string | undefined, sentPort: string |
  * a discovery's usual time, well inside a client's patience; a slower one ends in the 502 it would have had.
  */
 export const REDISCOVERY_WAIT_MS = 2000;
+/**
+ * How long after a refusal a request that finds every breaker open waits for its route's rediscovery:
+ * a deploy's new tasks are found within it; an outage's refusals make no more than this of waits.
+ */
+export const RECENT_REFUSAL_MS = 3000;
 
 /**
  * `pool_full`: every one of the target's POOL_SIZE sockets stayed busy for UPSTREAM_TIMEOUT.
@@ -818,13 +823,15 @@ class Exchange implements UpstreamHandler, ResponseHandler {
         this.asked = true;
         return;
       }
-      // Targets, but every one's breaker open: they may all have left (a deploy that replaced them). A
-      // rediscovery for that (under way since their refusals, or begun now) is waited for once, as a
-      // retry waits for it: a request that came in between would otherwise get a 503 a moment before
-      // the new tasks are known. When none may begin (one ended a moment ago), the 503 is at once.
+      // Targets, but every one's breaker open: they may all have left (a deploy that replaced them). Just
+      // after they refused, a rediscovery for that (under way since, or begun now) is waited for once,
+      // as a retry waits for it: a request that came in between would otherwise get a 503 a moment
+      // before the new tasks are known. Later (an outage: they refuse but AWS still lists them), or
+      // when none may begin (one ended a moment ago), the 503 is at once.
       if (this.pool.size > 0) {
         const rediscovery = this.opts.onRefused?.(this.pool);
-        if (rediscovery && !this.waitedForRoute) return this.awaitRoute(rediscovery);
+        const justRefused = performance.now() - this.pool.refusedAt <= RECENT_REFUSAL_MS;
+        if (rediscovery && justRefused && !this.waitedForRoute) return this.awaitRoute(rediscovery);
       }
       outcome.status = 503;
       answer(this.res, 503, 'no target available', { 'Retry-After': '5' });
@@ -1099,7 +1106,10 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       s.breaker.release(this.epoch);
       return this.retryOrAnswer(err);
     }
-    if (mayHaveLeft(err.kind)) this.rediscovery = this.opts.onRefused?.(this.pool) ?? this.rediscovery;
+    if (mayHaveLeft(err.kind)) {
+      this.pool.refusedAt = performance.now();
+      this.rediscovery = this.opts.onRefused?.(this.pool) ?? this.rediscovery;
+    }
     // The retry or the answer once the failure is counted: a breaker it opened is then open in every
     // worker (with several, after the primary's answer; breaker.ts).
     s.breaker.onFailure(this.epoch, () => this.retryOrAnswer(err), refusedFailure(err.kind));

@@ -8,7 +8,7 @@ import * as net from 'node:net';
 import { loadConfig } from '../../runtime/config';
 import { failedConnections, nodeHealthStatus, retriesTotal, targetsPerRoute, upstreamErrors } from '../../runtime/metrics';
 import { makeTarget, Provider, Target } from '../../runtime/types';
-import { STALE_RESET_WITHIN_MS } from '../../runtime/forward';
+import { RECENT_REFUSAL_MS, REDISCOVERY_WAIT_MS, STALE_RESET_WITHIN_MS } from '../../runtime/forward';
 import { Running, start } from '../../runtime/worker';
 import { Backend, startBackend } from '../support/backend';
 import { request, until } from '../support/net';
@@ -550,6 +550,25 @@ describe('retry on another target', () => {
 });
 
 describe('draining', () => {
+  test('in an outage (every target refusing for good, still listed) a request that finds every breaker open is answered 503 at once, not after a rediscovery', async () => {
+    const [a, b] = [await startBackend('a'), await startBackend('b')];
+    const targets = [a, b].map((x) => makeTarget('127.0.0.1', x.port));
+    await Promise.all([a.close(), b.close()]);
+    let calls = 0;
+    // The first two discoveries answer; every later one hangs (AWS slow): a request that waited for one
+    // would take REDISCOVERY_WAIT_MS.
+    const provider: Provider = { name: 'test', discover: () => (++calls <= 2 ? Promise.resolve(targets) : new Promise<Target[]>(() => undefined)) };
+    const p = await proxyFor([], { NODE_FILTER: 'static', STATIC_TARGETS: targets.map((t) => t.id).join(','), HEALTH_CHECK_PATH: 'off', CIRCUIT_BREAKER_THRESHOLD: '1', NODE_CHECK_PERIOD: '60' }, provider);
+    try {
+      expect((await request(p.port)).status).toBe(502); // both refused: both breakers open
+      await new Promise((r) => setTimeout(r, RECENT_REFUSAL_MS + 300));
+      const t0 = Date.now();
+      expect((await request(p.port)).status).toBe(503);
+      expect(Date.now() - t0).toBeLessThan(REDISCOVERY_WAIT_MS / 2);
+    } finally {
+      await p.stop();
+    }
+  });
   test('a request that finds every target refused and their route being rediscovered waits for the new targets, not a 503 (a deploy that replaced them)', async () => {
     const [oldA, oldB] = [await startBackend('oldA'), await startBackend('oldB')];
     const fresh = await startBackend('fresh');
