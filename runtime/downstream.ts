@@ -671,9 +671,12 @@ function inRequestLine(buf: Buffer, at: number | undefined, beganInBuf: boolean)
 
 /** A whole first read that is one HTTP/0.9 request line: `GET /path` and a line end, no version. */
 function isHttp09(chunk: Buffer): boolean {
-  const lf = chunk.indexOf(10);
-  if (lf === -1 || lf !== chunk.length - 1 || lf > 8192) return false;
-  const line = chunk.toString('latin1', 0, chunk[lf - 1] === 13 ? lf - 1 : lf);
+  // Empty lines before a request line are allowed (RFC 9112 §2.2).
+  let start = 0;
+  while (start < chunk.length && (chunk[start] === 13 || chunk[start] === 10)) start++;
+  const lf = chunk.indexOf(10, start);
+  if (lf === -1 || lf !== chunk.length - 1 || lf - start > 8192) return false;
+  const line = chunk.toString('latin1', start, chunk[lf - 1] === 13 ? lf - 1 : lf);
   return /^[A-Z]+ \S+$/.test(line);
 }
 
@@ -757,6 +760,7 @@ export class ClientConn {
   /** Nothing more is parsed: the connection is refused, handed over, or being closed. */
   private done = false;
   private grace = 0;
+  /** The read in which the connection's first request begins is yet to be parsed (the HTTP/0.9 check). */
   private first = true;
   /** A WebSocket handshake or CONNECT: parsing stops when the current read has been parsed. */
   private stopAfter: Request | undefined;
@@ -856,7 +860,7 @@ export class ClientConn {
 
   /** What a read parsed to; `d` is the read, or undefined to ask the parser for a copy. */
   private parsed(r: number | Error | undefined, d: Buffer | undefined): void {
-    if (this.first) {
+    if (this.first && this.begun) {
       this.first = false;
       // llhttp reads `GET /\r\n` (HTTP/0.9) as a request line still waiting for its headers: answer it
       // now rather than after HEADERS_TIMEOUT.

@@ -120,6 +120,8 @@ const CASES: Case[] = [
   // ---- versions ----
   { group: 'versions', name: 'HTTP/0.9 simple request, alone', send: (t) => `GET ${t}\r\n`, expect: bad() },
   { group: 'versions', name: 'HTTP/0.9 simple request and an empty line', send: (t) => `GET ${t}\r\n\r\n`, expect: bad() },
+  { group: 'versions', name: 'HTTP/0.9 simple request after an empty line', send: (t) => `\r\nGET ${t}\r\n`, expect: bad() },
+  { group: 'versions', name: 'HTTP/0.9 simple request after an empty line sent before it', send: (t) => trickle(['\r\n', `GET ${t}\r\n`], 100), expect: bad() },
   { group: 'versions', name: 'HTTP/0.9 spelled out', send: (t) => `GET ${t} HTTP/0.9\r\n${H}\r\n`, expect: bad() },
   { group: 'versions', name: 'HTTP/1.2', send: (t) => `GET ${t} HTTP/1.2\r\n${H}\r\n`, expect: bad() },
   { group: 'versions', name: 'HTTP/2.0 on an HTTP/1 request line', send: (t) => `GET ${t} HTTP/2.0\r\n${H}\r\n`, expect: bad() },
