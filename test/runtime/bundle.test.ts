@@ -594,6 +594,16 @@ describe('the bundle starts and stops cleanly', () => {
     }
   });
 
+  /** A SIGTERM now stops the starting proxy cleanly: exit 0, said, and never ready. */
+  async function stoppedBeforeReady(child: import('node:child_process').ChildProcess, exited: Promise<number | string>, out: () => string): Promise<void> {
+    child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+    expect(await exited).toBe(0);
+    clearTimeout(timer);
+    expect(out()).toContain('"msg":"shutting down"');
+    expect(out()).not.toContain('"msg":"ready"');
+  }
+
   test('a SIGTERM during start-up, before the workers serve, is a clean stop: exit 0, nothing said to be cut', async () => {
     const { spawn } = await import('node:child_process');
     const child = spawn(process.execPath, [BUNDLE], {
@@ -616,12 +626,7 @@ describe('the bundle starts and stops cleanly', () => {
         }
       };
       await until('a worker forked', () => children() !== '', 10_000, 1);
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
-      expect(await exited).toBe(0);
-      clearTimeout(timer);
-      expect(out).toContain('"msg":"shutting down"');
-      expect(out).not.toContain('"msg":"ready"');
+      await stoppedBeforeReady(child, exited, () => out);
       expect(out).not.toContain('requests in flight were cut');
     } finally {
       child.kill('SIGKILL');
@@ -656,12 +661,7 @@ describe('the bundle starts and stops cleanly', () => {
       // The missing region is said just before the primary loads the SDK behind ECS discovery, which
       // takes a few hundred milliseconds: the signal comes while it loads.
       await until('the missing region said', () => out.includes('AWS_REGION is not set'), 10_000, 1);
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
-      expect(await exited).toBe(0);
-      clearTimeout(timer);
-      expect(out).toContain('"msg":"shutting down"');
-      expect(out).not.toContain('"msg":"ready"');
+      await stoppedBeforeReady(child, exited, () => out);
       expect(forked).toBe(false);
     } finally {
       clearInterval(watch);

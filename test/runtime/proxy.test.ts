@@ -388,53 +388,55 @@ test('a client that leaves a long poll cancels it at the target at once, frees i
   }
 });
 
-test("a 499 after a retry carries no error of the target tried before: the line's error is the last try's", async () => {
+/** How a request after a retry ends without its target's answer: the client leaves it, or its body stalls. */
+interface EndedHere {
+  readonly status: number;
+  readonly env: Record<string, string>;
+  readonly handle: Backend['handle'];
+  /** Sends the request for `path`, and ends it the client's way once it is at the target (or at once). */
+  readonly send: (s: net.Socket, path: string, backend: Backend) => Promise<void>;
+}
+const LEFT_A_LONG_POLL: EndedHere = {
+  status: 499,
+  env: {},
+  handle: () => undefined, // never answers
+  send: async (s, path, backend) => {
+    s.write(`GET ${path} HTTP/1.1\r\nHost: a\r\n\r\n`);
+    await until('the poll at the target', () => backend.seen.some((r) => r.url === path));
+    s.end();
+  },
+};
+const STALLED_ITS_BODY: EndedHere = {
+  status: 408,
+  env: { IDLE_TIMEOUT: '1' },
+  handle: (req, res) => void req.resume().on('end', () => res.end('stored')), // answers once the whole body is in
+  send: async (s, path) => void s.write(`POST ${path} HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc`),
+};
+
+test.each([
+  ['a 499 (the client left a long poll)', LEFT_A_LONG_POLL],
+  ['a 408 (its body stalled)', STALLED_ITS_BODY],
+])("%s after a retry carries no error of the target tried before: the line's error is the last try's", async (_name, how) => {
   const backend = await startBackend('b');
-  backend.handle = (req, res) => void setTimeout(() => res.end('too late'), 10_000).unref();
+  backend.handle = how.handle;
   const dead = await freePort(); // nothing listens: refused, and retried on the other target
   const p = await proxy(
-    { NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${dead},127.0.0.1:${backend.port}`, LOG_CONNECTIONS: 'true' },
+    { NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${dead},127.0.0.1:${backend.port}`, LOG_CONNECTIONS: 'true', ...how.env },
     fixed([makeTarget('127.0.0.1', dead), makeTarget('127.0.0.1', backend.port)]),
   );
   const stdout = jest.spyOn(process.stdout, 'write');
   try {
     // Round-robin: of two requests, one starts at the dead target.
-    for (const path of ['/poll-1', '/poll-2']) {
-      const s = net.connect(p.port, '127.0.0.1', () => s.write(`GET ${path} HTTP/1.1\r\nHost: a\r\n\r\n`));
+    for (const path of ['/r-1', '/r-2']) {
+      const s = net.connect(p.port, '127.0.0.1');
       s.on('error', () => undefined);
-      await until('the poll at the target', () => backend.seen.some((r) => r.url === path));
-      s.end();
-      await accessLine(stdout, path);
-    }
-    const lines = [await accessLine(stdout, '/poll-1'), await accessLine(stdout, '/poll-2')];
-    expect(lines.map((l) => l.status)).toEqual([499, 499]);
-    expect(lines.map((l) => l.attempts).sort()).toEqual([1, 2]);
-    for (const l of lines) expect(l).not.toHaveProperty('error');
-  } finally {
-    stdout.mockRestore();
-    await p.stop();
-    await backend.close();
-  }
-});
-
-test('a 408 for a body that stalled after a retry carries no error of the target tried before either', async () => {
-  const backend = await startBackend('b');
-  backend.handle = (req, res) => void req.resume().on('end', () => res.end('stored')); // answers once the whole body is in
-  const dead = await freePort();
-  const p = await proxy(
-    { NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${dead},127.0.0.1:${backend.port}`, LOG_CONNECTIONS: 'true', IDLE_TIMEOUT: '1' },
-    fixed([makeTarget('127.0.0.1', dead), makeTarget('127.0.0.1', backend.port)]),
-  );
-  const stdout = jest.spyOn(process.stdout, 'write');
-  try {
-    for (const path of ['/up-1', '/up-2']) {
-      const s = net.connect(p.port, '127.0.0.1', () => s.write(`POST ${path} HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc`));
-      s.on('error', () => undefined);
+      await new Promise((r) => s.once('connect', r));
+      await how.send(s, path, backend);
       await accessLine(stdout, path);
       s.destroy();
     }
-    const lines = [await accessLine(stdout, '/up-1'), await accessLine(stdout, '/up-2')];
-    expect(lines.map((l) => l.status)).toEqual([408, 408]);
+    const lines = [await accessLine(stdout, '/r-1'), await accessLine(stdout, '/r-2')];
+    expect(lines.map((l) => l.status)).toEqual([how.status, how.status]);
     expect(lines.map((l) => l.attempts).sort()).toEqual([1, 2]);
     for (const l of lines) expect(l).not.toHaveProperty('error');
   } finally {
