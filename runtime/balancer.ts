@@ -162,8 +162,6 @@ const tier = (s: TargetState): number => (s.healthy === true ? HEALTHY : s.healt
 export class Pool {
   private members: TargetState[] = [];
   private cursor = 0;
-  /** When (performance.now()) one of its targets last refused a connection here: it may have left. */
-  refusedAt = -Infinity;
 
   constructor(
     readonly id: string,
@@ -172,6 +170,14 @@ export class Pool {
 
   get size(): number {
     return this.members.length;
+  }
+
+  /**
+   * Some target's breaker opened within the last `ms` (on any worker: a breaker mirrors the board's
+   * time): its targets just began to fail, as a deploy's old tasks do when they stop.
+   */
+  openedWithin(ms: number): boolean {
+    return this.members.some((m) => m.breaker.openedMsAgo <= ms);
   }
 
   get targets(): readonly Target[] {

@@ -186,6 +186,11 @@ export class CircuitBreaker {
     return this.failures;
   }
 
+  /** Open: milliseconds since it opened, here or on the board (Infinity otherwise). */
+  get openedMsAgo(): number {
+    return this.state === 'open' ? this.now() - this.openedAt : Infinity;
+  }
+
   /** Open: milliseconds until half-open (0 otherwise). */
   get remainingMs(): number {
     return this.state === 'open' ? Math.max(0, this.timeoutMs - (this.now() - this.openedAt)) : 0;

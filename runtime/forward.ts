@@ -63,10 +63,10 @@ export function forwardedProto(sentProto: string | undefined, sentPort: string |
  */
 export const REDISCOVERY_WAIT_MS = 2000;
 /**
- * How long after a refusal a request that finds every breaker open waits for its route's rediscovery:
- * a deploy's new tasks are found within it; an outage's refusals make no more than this of waits.
+ * How long after a target's breaker opened a request that finds every breaker open waits for its route's
+ * rediscovery: a deploy's new tasks are found within it; an outage makes no more than this of waits.
  */
-export const RECENT_REFUSAL_MS = 3000;
+export const RECENT_OPEN_MS = 5000;
 
 /**
  * `pool_full`: every one of the target's POOL_SIZE sockets stayed busy for UPSTREAM_TIMEOUT.
@@ -824,14 +824,13 @@ class Exchange implements UpstreamHandler, ResponseHandler {
         return;
       }
       // Targets, but every one's breaker open: they may all have left (a deploy that replaced them). Just
-      // after they refused, a rediscovery for that (under way since, or begun now) is waited for once,
-      // as a retry waits for it: a request that came in between would otherwise get a 503 a moment
-      // before the new tasks are known. Later (an outage: they refuse but AWS still lists them), or
-      // when none may begin (one ended a moment ago), the 503 is at once.
+      // after a breaker opened (on any worker), a rediscovery for that (under way since, or begun now) is
+      // waited for once, as a retry waits for it: a request that came in between would otherwise get a
+      // 503 a moment before the new tasks are known. Later (an outage: they fail but AWS still lists
+      // them), or when none may begin (one ended a moment ago), the 503 is at once.
       if (this.pool.size > 0) {
         const rediscovery = this.opts.onRefused?.(this.pool);
-        const justRefused = performance.now() - this.pool.refusedAt <= RECENT_REFUSAL_MS;
-        if (rediscovery && justRefused && !this.waitedForRoute) return this.awaitRoute(rediscovery);
+        if (rediscovery && this.pool.openedWithin(RECENT_OPEN_MS) && !this.waitedForRoute) return this.awaitRoute(rediscovery);
       }
       outcome.status = 503;
       answer(this.res, 503, 'no target available', { 'Retry-After': '5' });
@@ -1106,10 +1105,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       s.breaker.release(this.epoch);
       return this.retryOrAnswer(err);
     }
-    if (mayHaveLeft(err.kind)) {
-      this.pool.refusedAt = performance.now();
-      this.rediscovery = this.opts.onRefused?.(this.pool) ?? this.rediscovery;
-    }
+    if (mayHaveLeft(err.kind)) this.rediscovery = this.opts.onRefused?.(this.pool) ?? this.rediscovery;
     // The retry or the answer once the failure is counted: a breaker it opened is then open in every
     // worker (with several, after the primary's answer; breaker.ts).
     s.breaker.onFailure(this.epoch, () => this.retryOrAnswer(err), refusedFailure(err.kind));

@@ -193,6 +193,33 @@ describe('the bundle with AWS discovery', () => {
     }
   });
 
+  test('a rolling deploy with several workers: requests on workers that met no refusal, finding the shared breaker open, wait for the rediscovery too', async () => {
+    const old = await startBackend('old');
+    const fresh = await startBackend('new');
+    const ci = 'arn:aws:ecs:us-east-1:123456789012:container-instance/deploy/ci-1';
+    const task = (port: number, arn: string) => ({ arn, launchType: 'EC2' as const, containerInstanceArn: ci, bindings: [{ containerPort: 80, hostPort: port }] });
+    stub.model.clusters.deploy = { web: [task(old.port, 'arn:aws:ecs:us-east-1:123456789012:task/deploy/old')] };
+    stub.model.containerInstances[ci] = 'i-0123456789abcdef2';
+    stub.model.instances.push({ id: 'i-0123456789abcdef2', privateIp: '127.0.0.1' });
+    const p = await startBundle({ ...stub.env(), DOMAIN: 'example.com', HEALTH_CHECK_PATH: 'off', WORKERS: '4', CIRCUIT_BREAKER_THRESHOLD: '1' });
+    const host = { Host: 'web-80-deploy.example.com' };
+    try {
+      // Every worker holds the route (connections of their own spread over the workers).
+      for (let i = 0; i < 16; i++) expect((await request(p.port, { headers: { ...host, Connection: 'close' } })).body).toBe('old');
+      await new Promise((r) => setTimeout(r, 400));
+      stub.model.clusters.deploy = { web: [task(fresh.port, 'arn:aws:ecs:us-east-1:123456789012:task/deploy/new')] };
+      await old.close();
+      // One request meets the refusal: the breaker opens for every worker.
+      expect((await request(p.port, { headers: { ...host, Connection: 'close' } })).body).toBe('new');
+      await new Promise((r) => setTimeout(r, 300));
+      const replies = await Promise.all(Array.from({ length: 40 }, () => request(p.port, { headers: { ...host, Connection: 'close' } })));
+      expect(replies.map((r) => `${r.status} ${r.body}`)).toEqual(Array(40).fill('200 new'));
+    } finally {
+      await p.stop();
+      await fresh.close();
+    }
+  });
+
   test('the last task stopping: the request its refusal held for the rediscovery gets 503 (an empty route), not 502', async () => {
     const last = await startBackend('last');
     const ci = 'arn:aws:ecs:us-east-1:123456789012:container-instance/deploy/ci-1';

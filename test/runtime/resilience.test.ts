@@ -8,7 +8,7 @@ import * as net from 'node:net';
 import { loadConfig } from '../../runtime/config';
 import { failedConnections, nodeHealthStatus, retriesTotal, targetsPerRoute, upstreamErrors } from '../../runtime/metrics';
 import { makeTarget, Provider, Target } from '../../runtime/types';
-import { RECENT_REFUSAL_MS, REDISCOVERY_WAIT_MS, STALE_RESET_WITHIN_MS } from '../../runtime/forward';
+import { RECENT_OPEN_MS, REDISCOVERY_WAIT_MS, STALE_RESET_WITHIN_MS } from '../../runtime/forward';
 import { Running, start } from '../../runtime/worker';
 import { Backend, startBackend } from '../support/backend';
 import { request, until } from '../support/net';
@@ -561,7 +561,7 @@ describe('draining', () => {
     const p = await proxyFor([], { NODE_FILTER: 'static', STATIC_TARGETS: targets.map((t) => t.id).join(','), HEALTH_CHECK_PATH: 'off', CIRCUIT_BREAKER_THRESHOLD: '1', NODE_CHECK_PERIOD: '60' }, provider);
     try {
       expect((await request(p.port)).status).toBe(502); // both refused: both breakers open
-      await new Promise((r) => setTimeout(r, RECENT_REFUSAL_MS + 300));
+      await new Promise((r) => setTimeout(r, RECENT_OPEN_MS + 300));
       const t0 = Date.now();
       expect((await request(p.port)).status).toBe(503);
       expect(Date.now() - t0).toBeLessThan(REDISCOVERY_WAIT_MS / 2);
