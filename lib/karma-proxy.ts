@@ -1528,21 +1528,28 @@ function clusterNameOf(cluster: string, scope: IConstruct): string {
  * neither, and is left to EC2.
  */
 function machineImageProblem(image: ec2.IMachineImage): string | undefined {
-  // The parameter's name is public on most of these images, and in the props of Amazon Linux 2023's and 2's.
-  const own = image as { parameterName?: unknown; os?: unknown; props?: { parameterName?: unknown; os?: unknown } };
+  // The parameter's name is public on most of these images, amiParameterName on the ECS-optimized ones,
+  // and in the props of Amazon Linux 2023's and 2's; a Windows image says so by its OS, a lookup by
+  // `windows`, the ECS-optimized one by its version.
+  const own = image as {
+    parameterName?: unknown; amiParameterName?: unknown; os?: unknown; windowsVersion?: unknown;
+    props?: { parameterName?: unknown; os?: unknown; windows?: unknown };
+  };
+  const name = [own.parameterName, own.amiParameterName, own.props?.parameterName].find((n): n is string => typeof n === 'string');
+  const known = name !== undefined && !unresolved(name);
   const os = own.os ?? own.props?.os;
-  if (os === ec2.OperatingSystemType.WINDOWS || image instanceof ec2.GenericWindowsImage) {
+  if (os === ec2.OperatingSystemType.WINDOWS || own.props?.windows === true || own.windowsVersion !== undefined ||
+      image instanceof ec2.GenericWindowsImage || (known && /windows/i.test(name))) {
     return 'machineImage is a Windows image: the instances boot a Linux script (Amazon Linux 2023 arm64)';
   }
-  const name = typeof own.parameterName === 'string' ? own.parameterName : typeof own.props?.parameterName === 'string' ? own.props.parameterName : undefined;
-  if (name === undefined || unresolved(name)) return undefined;
-  const last = name.split('/').pop() ?? name;
-  if (/x86_64|amd64/i.test(last) && !/arm64|aarch64/i.test(last)) {
+  if (!known) return undefined;
+  if (/x86_64|amd64/i.test(name) && !/arm64|aarch64/i.test(name)) {
     return `machineImage is an x86_64 image (SSM parameter ${name}): Graviton instances need arm64 ` +
       '(ec2.MachineImage.latestAmazonLinux2023({ cpuType: ec2.AmazonLinuxCpuType.ARM_64 }))';
   }
-  if (/^amzn2-/i.test(last)) {
-    return `machineImage is Amazon Linux 2 (SSM parameter ${name}): the boot script needs Amazon Linux 2023 (dnf and its nodejs22 package)`;
+  // amzn2-ami-… (AWS's Amazon Linux 2 parameters), …/amazon-linux-2/… (the ECS-optimized ones), Bottlerocket.
+  if (/(^|\/)amzn2-|\/amazon-linux-2\/|bottlerocket/i.test(name)) {
+    return `machineImage is not Amazon Linux 2023 (SSM parameter ${name}): the boot script needs it (dnf and its nodejs22 package)`;
   }
   return undefined;
 }

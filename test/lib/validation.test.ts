@@ -43,8 +43,18 @@ describe('one problem, its exact message', () => {
     ['an x86 image resolved at launch', { machineImage: ec2.MachineImage.resolveSsmParameterAtLaunch('/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64') },
       'machineImage is an x86_64 image (SSM parameter /aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64)'],
     ['an Amazon Linux 2 image', { machineImage: ec2.MachineImage.latestAmazonLinux2({ cpuType: ec2.AmazonLinuxCpuType.ARM_64 }) },
-      'machineImage is Amazon Linux 2 (SSM parameter /aws/service/ami-amazon-linux-latest/amzn2-ami-kernel-5.10-hvm-arm64-gp2): ' +
-        'the boot script needs Amazon Linux 2023 (dnf and its nodejs22 package)'],
+      'machineImage is not Amazon Linux 2023 (SSM parameter /aws/service/ami-amazon-linux-latest/amzn2-ami-kernel-5.10-hvm-arm64-gp2): ' +
+        'the boot script needs it (dnf and its nodejs22 package)'],
+    ['the ECS-optimized Amazon Linux 2, arm64', { machineImage: ecs.EcsOptimizedImage.amazonLinux2(ecs.AmiHardwareType.ARM) },
+      'machineImage is not Amazon Linux 2023 (SSM parameter /aws/service/ecs/optimized-ami/amazon-linux-2/arm64/recommended/image_id)'],
+    ['Bottlerocket', { machineImage: new ecs.BottleRocketImage({ architecture: ec2.InstanceArchitecture.ARM_64 }) },
+      'machineImage is not Amazon Linux 2023'],
+    ['a Windows image by its SSM parameter alone', { machineImage: ec2.MachineImage.fromSsmParameter('/aws/service/ami-windows-latest/Windows_Server-2022-English-Full-Base') },
+      'machineImage is a Windows image'],
+    ['a Windows image looked up', { machineImage: ec2.MachineImage.lookup({ name: 'Windows_Server-2022-*', windows: true }) },
+      'machineImage is a Windows image'],
+    ['the ECS-optimized Windows image', { machineImage: ecs.EcsOptimizedImage.windows(ecs.WindowsOptimizedVersion.SERVER_2022) },
+      'machineImage is a Windows image'],
     ['a Windows image', { machineImage: ec2.MachineImage.latestWindows(ec2.WindowsVersion.WINDOWS_SERVER_2022_ENGLISH_FULL_BASE) },
       'machineImage is a Windows image: the instances boot a Linux script (Amazon Linux 2023 arm64)'],
     ['an x86 image cached in context', { machineImage: ec2.MachineImage.latestAmazonLinux2023({ cachedInContext: true }) },
@@ -371,6 +381,7 @@ test('arm64 Amazon Linux 2023, and images whose names say nothing of their CPU (
     ec2.MachineImage.genericLinux({ 'us-east-1': 'ami-0123456789abcdef0' }),
     ec2.MachineImage.fromSsmParameter('/my/images/proxy'),
     ec2.MachineImage.resolveSsmParameterAtLaunch('/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64'),
+    ecs.EcsOptimizedImage.amazonLinux2023(ecs.AmiHardwareType.ARM),
   ]) {
     expect(build({ machineImage })).not.toThrow();
   }
