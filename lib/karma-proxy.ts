@@ -1539,7 +1539,7 @@ function machineImageProblem(image: ec2.IMachineImage): string | undefined {
   const known = name !== undefined && !unresolved(name);
   const os = own.os ?? own.props?.os;
   if (os === ec2.OperatingSystemType.WINDOWS || own.props?.windows === true || own.windowsVersion !== undefined ||
-      image instanceof ec2.GenericWindowsImage || (known && /windows/i.test(name))) {
+      image instanceof ec2.GenericWindowsImage || (known && /ami-windows-latest\/|windows_server/i.test(name))) {
     return 'machineImage is a Windows image: the instances boot a Linux script (Amazon Linux 2023 arm64)';
   }
   if (!known) return undefined;

@@ -382,6 +382,7 @@ test('arm64 Amazon Linux 2023, and images whose names say nothing of their CPU (
     ec2.MachineImage.fromSsmParameter('/my/images/proxy'),
     ec2.MachineImage.resolveSsmParameterAtLaunch('/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64'),
     ecs.EcsOptimizedImage.amazonLinux2023(ecs.AmiHardwareType.ARM),
+    ec2.MachineImage.fromSsmParameter('/my/windows-build-agents/al2023-arm64'), // a name of one's own that says windows
   ]) {
     expect(build({ machineImage })).not.toThrow();
   }
