@@ -1543,12 +1543,17 @@ function machineImageProblem(image: ec2.IMachineImage): string | undefined {
     return 'machineImage is a Windows image: the instances boot a Linux script (Amazon Linux 2023 arm64)';
   }
   if (!known) return undefined;
-  if (/x86_64|amd64/i.test(name) && !/arm64|aarch64/i.test(name)) {
+  // AWS's own parameters are read whole (their paths name the distribution and the CPU); a name of
+  // one's own only by its last part, where such a name would say it (its folders may say anything).
+  const judged = name.startsWith('/aws/service/') ? name : name.split('/').pop() ?? name;
+  // The ECS-optimized images name their CPU only when it is not x86_64 (…/amazon-linux-2023/arm64/…).
+  const ecsOptimized = /^\/aws\/service\/ecs\/optimized-ami\/([^/]+)\/(.*)$/.exec(name);
+  if ((/x86_64|amd64/i.test(judged) && !/arm64|aarch64/i.test(judged)) || (ecsOptimized && !/(^|\/)arm64\//.test(ecsOptimized[2]))) {
     return `machineImage is an x86_64 image (SSM parameter ${name}): Graviton instances need arm64 ` +
       '(ec2.MachineImage.latestAmazonLinux2023({ cpuType: ec2.AmazonLinuxCpuType.ARM_64 }))';
   }
-  // amzn2-ami-… (AWS's Amazon Linux 2 parameters), …/amazon-linux-2/… (the ECS-optimized ones), Bottlerocket.
-  if (/(^|\/)amzn2-|\/amazon-linux-2\/|bottlerocket/i.test(name)) {
+  // amzn2-ami-… (AWS's Amazon Linux 2 parameters), an ECS-optimized image of another distribution, Bottlerocket.
+  if (/(^|\/)amzn2-/i.test(judged) || (ecsOptimized && ecsOptimized[1] !== 'amazon-linux-2023') || /^\/aws\/service\/bottlerocket\//.test(name)) {
     return `machineImage is not Amazon Linux 2023 (SSM parameter ${name}): the boot script needs it (dnf and its nodejs22 package)`;
   }
   return undefined;

@@ -410,7 +410,7 @@ export const SETTINGS = {
   },
   circuitBreakerTimeoutMs: {
     env: 'CIRCUIT_BREAKER_TIMEOUT',
-    doc: 'Minutes (fractions allowed) an open breaker waits before letting one trial request through; one that only refused connections opened tries at the next passing health check, or, with HEALTH_CHECK_PATH=off, after 1 s, doubling while it keeps refusing. `0` is read as `5`, as the Stateless Load Balancer did (it ignored the setting).',
+    doc: 'Minutes (fractions allowed) an open breaker waits before letting one trial request through; one that only refused connections opened tries at the next passing health check instead (with HEALTH_CHECK_PATH=off it keeps the timeout). `0` is read as `5`, as the Stateless Load Balancer did (it ignored the setting).',
     default: '5',
     parse: duration('minutes', { zero: true }),
   },

@@ -47,6 +47,10 @@ describe('one problem, its exact message', () => {
         'the boot script needs it (dnf and its nodejs22 package)'],
     ['the ECS-optimized Amazon Linux 2, arm64', { machineImage: ecs.EcsOptimizedImage.amazonLinux2(ecs.AmiHardwareType.ARM) },
       'machineImage is not Amazon Linux 2023 (SSM parameter /aws/service/ecs/optimized-ami/amazon-linux-2/arm64/recommended/image_id)'],
+    ['the ECS-optimized Amazon Linux 2023 on x86 (its name says no CPU)', { machineImage: ecs.EcsOptimizedImage.amazonLinux2023() },
+      'machineImage is an x86_64 image (SSM parameter /aws/service/ecs/optimized-ami/amazon-linux-2023/recommended/image_id)'],
+    ['the ECS-optimized Amazon Linux 1', { machineImage: ecs.EcsOptimizedImage.amazonLinux() },
+      'machineImage is'],
     ['Bottlerocket', { machineImage: new ecs.BottleRocketImage({ architecture: ec2.InstanceArchitecture.ARM_64 }) },
       'machineImage is not Amazon Linux 2023'],
     ['a Windows image by its SSM parameter alone', { machineImage: ec2.MachineImage.fromSsmParameter('/aws/service/ami-windows-latest/Windows_Server-2022-English-Full-Base') },
@@ -382,7 +386,10 @@ test('arm64 Amazon Linux 2023, and images whose names say nothing of their CPU (
     ec2.MachineImage.fromSsmParameter('/my/images/proxy'),
     ec2.MachineImage.resolveSsmParameterAtLaunch('/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64'),
     ecs.EcsOptimizedImage.amazonLinux2023(ecs.AmiHardwareType.ARM),
-    ec2.MachineImage.fromSsmParameter('/my/windows-build-agents/al2023-arm64'), // a name of one's own that says windows
+    // Names of one's own whose folders say anything.
+    ec2.MachineImage.fromSsmParameter('/my/windows-build-agents/al2023-arm64'),
+    ec2.MachineImage.fromSsmParameter('/teams/amd64-migration/proxy-ami'),
+    ec2.MachineImage.fromSsmParameter('/platform/bottlerocket-replacements/al2023-arm64'),
   ]) {
     expect(build({ machineImage })).not.toThrow();
   }
