@@ -435,11 +435,6 @@ export class Response {
   private chunked = false;
   /** The body ends where the connection does (HTTP/1.0 client, no length): only a reset tells a cut. */
   private closeDelimited = false;
-
-  /** Its body ends where the connection does: the close is part of the answer. */
-  get delimitedByClose(): boolean {
-    return this.closeDelimited;
-  }
   /** HEAD, 204 and 304 answers carry no body whatever the headers say. */
   private bodiless = false;
   /** Body bytes handed to the client's socket (for the access log). */
@@ -537,6 +532,11 @@ export class Response {
   /** The head, if it still waits for body bytes, goes out now (the target sent its head and no body yet). */
   flush(): void {
     if (this.head !== undefined && !this.dead && !this.finished) this.flushHead(this.conn.socket);
+  }
+
+  /** Its body ends where the connection does: the close is part of the answer. */
+  get delimitedByClose(): boolean {
+    return this.closeDelimited;
   }
 
   /**
@@ -1176,9 +1176,10 @@ export class ClientConn {
   }
 
   /**
-   * HEADERS_TIMEOUT or REQUEST_TIMEOUT passed: a 408, in turn (nothing, on a connection that sent nothing). A body past REQUEST_TIMEOUT is a
-   * body_timeout, as a body stalled past IDLE_TIMEOUT is; one whose answer has begun (its target answered
-   * before the body was in) gets no 408 and is no rejection: the connection just ends.
+   * HEADERS_TIMEOUT or REQUEST_TIMEOUT passed: a 408, in turn (nothing, on a connection that began no
+   * request). A body past REQUEST_TIMEOUT is a body_timeout, as a body stalled past IDLE_TIMEOUT is; one
+   * whose answer has begun (its target answered before the body was in) gets no 408 and is no rejection:
+   * the connection just ends.
    */
   timedOut(): void {
     // A connection that never began a request (sent nothing, or empty lines only) asked for nothing: closed
