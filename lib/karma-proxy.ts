@@ -141,7 +141,8 @@ export interface KarmaProxyProps {
    * `nodejs22` package and the CloudFormation helper scripts). Pin one (`ec2.MachineImage.genericLinux`)
    * to replace instances only when you change it: the default is read from SSM at every deploy, so a
    * deploy after AWS publishes a new image replaces the fleet. Refused at synth when it tells that it
-   * will not do: not Linux, or an SSM parameter name that says x86_64 or Amazon Linux 2.
+   * will not do: Windows, or an SSM parameter of AWS's (or a name of one's own) that says x86_64, or a
+   * distribution other than Amazon Linux 2023.
    * @default the latest Amazon Linux 2023 arm64 image (SSM parameter, resolved by CloudFormation) */
   readonly machineImage?: ec2.IMachineImage;
   /** How long CloudFormation waits for an instance to boot, become healthy and claim its address: from
@@ -1523,7 +1524,7 @@ function clusterNameOf(cluster: string, scope: IConstruct): string {
 /**
  * What a machineImage says of itself at synth that rules it out: Windows, or, for an image named by an
  * SSM parameter (AWS's own, such as `latestAmazonLinux2023()`, whose CPU type defaults to x86_64), a
- * parameter name that says x86_64 or Amazon Linux 2. Read off the image, not asked with getImage(): that
+ * parameter name that says x86_64 or another distribution than Amazon Linux 2023. Read off the image, not asked with getImage(): that
  * adds to the stack it is given (a map, a parameter, a context lookup). An image given by its id says
  * neither, and is left to EC2.
  */
