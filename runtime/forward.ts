@@ -529,6 +529,7 @@ export class Forwarder {
     return new Promise((resolve) => {
       const tried = new Set<TargetState>();
       let asked = false;
+      let waitedForRoute = false;
       let finished = false;
       const finish = (): void => {
         if (finished) return;
@@ -559,11 +560,18 @@ export class Forwarder {
           if (outcome.error) {
             // Every target tried failed to connect: what went wrong with the last one.
             answerHandshake(socket, outcome.status, failureMessage(outcome.error));
-          } else {
-            outcome.status = 503;
-            answerHandshake(socket, 503, 'no target available', 'Retry-After: 5\r\n');
-            if (pool.size > 0) void this.opts.onRefused?.(pool);
+            return finish();
           }
+          // Every breaker open just after one opened (a deploy's old tasks stopping): as for a plain
+          // request, the route's rediscovery is waited for once before the 503.
+          const rediscovery = pool.size > 0 ? this.opts.onRefused?.(pool) : undefined;
+          if (rediscovery && !waitedForRoute && pool.openedWithin(RECENT_OPEN_MS)) {
+            waitedForRoute = true;
+            void within(rediscovery, REDISCOVERY_WAIT_MS).then(() => attempt(head));
+            return;
+          }
+          outcome.status = 503;
+          answerHandshake(socket, 503, 'no target available', 'Retry-After: 5\r\n');
           return finish();
         }
         const s = pick.state;

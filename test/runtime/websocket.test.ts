@@ -403,6 +403,40 @@ describe('handshakes a target does not complete', () => {
   });
 });
 
+test('a handshake that finds every breaker open just after the old targets refused waits for the rediscovery and opens on the new one (a deploy)', async () => {
+  const echo = http.createServer();
+  const wss = new WebSocketServer({ server: echo });
+  wss.on('connection', (sock) => sock.on('message', (m) => sock.send(m)));
+  const fresh = makeTarget('127.0.0.1', await listen(echo));
+  const gone = net.createServer();
+  const old = makeTarget('127.0.0.1', await listen(gone));
+  await close(gone); // the old task stopped: its port refuses
+  let deployed = false;
+  // After the deploy the discovery takes a moment (AWS), then finds only the new task.
+  const discover = (): Promise<Target[]> => (deployed ? new Promise((r) => setTimeout(() => r([fresh]), 300)) : Promise.resolve([old]));
+  const p = await start(
+    loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: old.id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', CIRCUIT_BREAKER_THRESHOLD: '1', NODE_CHECK_PERIOD: '60' }),
+    { provider: { name: 'test', discover } },
+  );
+  try {
+    expect((await request(p.port)).status).toBe(502); // refused: the breaker opens, the rediscovery still finds it
+    deployed = true;
+    await new Promise((r) => setTimeout(r, 1100)); // past the wait between rediscoveries for refusals
+    const ws = await open(p.port);
+    expect(ws).toBeInstanceOf(WebSocket);
+    const echoed = await new Promise<string>((resolve) => {
+      (ws as WebSocket).once('message', (m) => resolve(String(m)));
+      (ws as WebSocket).send('on the new task');
+    });
+    expect(echoed).toBe('on the new task');
+    (ws as WebSocket).close();
+  } finally {
+    await p.stop();
+    wss.close();
+    await close(echo);
+  }
+});
+
 test('at SHUTDOWN_TIMEOUT a handshake still waiting for its route gets a 503 with Retry-After: 1, counted as one; an open WebSocket is cut', async () => {
   const server = http.createServer();
   const wss = new WebSocketServer({ server });
