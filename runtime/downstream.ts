@@ -981,10 +981,7 @@ export class ClientConn {
       // The body of the last answer's request is all in (endAfterBody): the connection ends as after any last answer.
       this.endAfterBody = false;
       this.stopParsing();
-      this.dropReads();
-      this.socket.end();
-      this.lingerFor(false);
-      return;
+      return this.endAfterLastAnswer(false);
     }
     if (this.closing && !this.done && this.server.shuttingDown) this.stopParsing();
   }
@@ -1046,19 +1043,14 @@ export class ClientConn {
       // answer that only the close ends (no length, to HTTP/1.0): its client would wait for the body's end.
       if (bodyComing && req.piped && !req.keepAlive && !this.closing && !res.delimitedByClose) {
         this.endAfterBody = true;
-        this.afterAnswer = setTimeout(destroySocket, this.server.opts.bodyAfterAnswerMs ?? BODY_AFTER_ANSWER_MS, this.socket);
-        this.afterAnswer.unref();
-        return;
+        return this.boundBodyAfterAnswer();
       }
       this.stopParsing();
       // The client asked for the close (`Connection: close`, HTTP/1.0) and owes nothing more: no more
       // will come, and the socket goes once the answer has left (nginx lingers only when more may come).
       if (!req.keepAlive && !bodyComing) return void this.socket.destroySoon();
       if (bodyComing) req.abandon();
-      this.dropReads();
-      this.socket.end();
-      this.lingerFor(bodyComing);
-      return;
+      return this.endAfterLastAnswer(bodyComing);
     }
     // A body nobody takes (not asked for, or its target gone): what is still coming is read and dropped,
     // and what was held for a target that never took it goes. Reads stopped for it start again, or the
@@ -1067,12 +1059,22 @@ export class ClientConn {
     // The rest of a body after its answer is read on for at most BODY_AFTER_ANSWER_MS (nginx's
     // lingering_time): a client trickling an endless body after a 503 or a 413 would otherwise hold its
     // connection, one of MAX_CONNECTIONS, for good.
-    if (!req.complete) {
-      this.afterAnswer = setTimeout(destroySocket, this.server.opts.bodyAfterAnswerMs ?? BODY_AFTER_ANSWER_MS, this.socket);
-      this.afterAnswer.unref();
-    }
+    if (!req.complete) this.boundBodyAfterAnswer();
     if (this.waiting.length > 0) process.nextTick(next, this);
     else this.resume(PAUSE_QUEUE);
+  }
+
+  /** The rest of a body after its answer is read on for at most BODY_AFTER_ANSWER_MS, then the connection goes. */
+  private boundBodyAfterAnswer(): void {
+    this.afterAnswer = setTimeout(destroySocket, this.server.opts.bodyAfterAnswerMs ?? BODY_AFTER_ANSWER_MS, this.socket);
+    this.afterAnswer.unref();
+  }
+
+  /** Parsing stopped, the last answer written: our FIN follows it, and what the client still sends is dropped (lingerFor). */
+  private endAfterLastAnswer(bodyDue: boolean): void {
+    this.dropReads();
+    this.socket.end();
+    this.lingerFor(bodyDue);
   }
 
   /**

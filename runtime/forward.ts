@@ -69,6 +69,19 @@ export const REDISCOVERY_WAIT_MS = 2000;
 export const RECENT_OPEN_MS = 5000;
 
 /**
+ * Every breaker of `pool` open: its targets may all have left (a deploy that replaced them), and its
+ * rediscovery is asked for (begun now, or the one under way). Just after a breaker opened (on any worker)
+ * that rediscovery is the one to wait for: a request that came in between would otherwise get a 503 a
+ * moment before the new tasks are known. Later (an outage: they fail but AWS still lists them), or when
+ * none may begin (one ended a moment ago), undefined: the 503 is at once.
+ */
+function rediscoveryToAwait(opts: ForwardOptions, pool: Pool): Promise<unknown> | undefined {
+  if (pool.size === 0) return undefined;
+  const rediscovery = opts.onRefused?.(pool);
+  return rediscovery && pool.openedWithin(RECENT_OPEN_MS) ? rediscovery : undefined;
+}
+
+/**
  * `pool_full`: every one of the target's POOL_SIZE sockets stayed busy for UPSTREAM_TIMEOUT.
  * `bad_response`: the target answered something that is not HTTP/1.1.
  * `head_too_large`: the target's answer head was over MAX_RESPONSE_HEAD_BYTES (upstream.ts).
@@ -564,8 +577,8 @@ export class Forwarder {
           }
           // Every breaker open just after one opened (a deploy's old tasks stopping): as for a plain
           // request, the route's rediscovery is waited for once before the 503.
-          const rediscovery = pool.size > 0 ? this.opts.onRefused?.(pool) : undefined;
-          if (rediscovery && !waitedForRoute && pool.openedWithin(RECENT_OPEN_MS)) {
+          const rediscovery = rediscoveryToAwait(this.opts, pool);
+          if (rediscovery && !waitedForRoute) {
             waitedForRoute = true;
             void within(rediscovery, REDISCOVERY_WAIT_MS).then(() => attempt(head));
             return;
@@ -831,15 +844,9 @@ class Exchange implements UpstreamHandler, ResponseHandler {
         this.asked = true;
         return;
       }
-      // Targets, but every one's breaker open: they may all have left (a deploy that replaced them). Just
-      // after a breaker opened (on any worker), a rediscovery for that (under way since, or begun now) is
-      // waited for once, as a retry waits for it: a request that came in between would otherwise get a
-      // 503 a moment before the new tasks are known. Later (an outage: they fail but AWS still lists
-      // them), or when none may begin (one ended a moment ago), the 503 is at once.
-      if (this.pool.size > 0) {
-        const rediscovery = this.opts.onRefused?.(this.pool);
-        if (rediscovery && this.pool.openedWithin(RECENT_OPEN_MS) && !this.waitedForRoute) return this.awaitRoute(rediscovery);
-      }
+      // Targets, but every one's breaker open: a rediscovery to wait for once, as a retry waits for it (rediscoveryToAwait).
+      const rediscovery = rediscoveryToAwait(this.opts, this.pool);
+      if (rediscovery && !this.waitedForRoute) return this.awaitRoute(rediscovery);
       outcome.status = 503;
       answer(this.res, 503, 'no target available', { 'Retry-After': '5' });
       return this.done();
