@@ -27,6 +27,14 @@ function rawTarget(onHead: (head: string, s: net.Socket) => void): net.Server {
   });
 }
 
+/** Sends `text` on an open WebSocket; what comes back. */
+function echoOf(ws: WebSocket, text: string): Promise<string> {
+  return new Promise((resolve) => {
+    ws.once('message', (m) => resolve(String(m)));
+    ws.send(text);
+  });
+}
+
 /** A proxy (in this process) in front of `target` alone, without health checks unless `env` says. */
 async function proxyFor(target: net.Server, env: Record<string, string> = {}): Promise<Running> {
   const t = makeTarget('127.0.0.1', await listen(target));
@@ -424,11 +432,7 @@ test('a handshake that finds every breaker open just after the old targets refus
     await new Promise((r) => setTimeout(r, 1100)); // past the wait between rediscoveries for refusals
     const ws = await open(p.port);
     expect(ws).toBeInstanceOf(WebSocket);
-    const echoed = await new Promise<string>((resolve) => {
-      (ws as WebSocket).once('message', (m) => resolve(String(m)));
-      (ws as WebSocket).send('on the new task');
-    });
-    expect(echoed).toBe('on the new task');
+    expect(await echoOf(ws as WebSocket, 'on the new task')).toBe('on the new task');
     (ws as WebSocket).close();
   } finally {
     await p.stop();
@@ -518,11 +522,7 @@ describe('a handshake whose connection fails before the target answers is tried 
     try {
       const ws = await open(p.port);
       expect(ws).toBeInstanceOf(WebSocket);
-      const echoed = await new Promise<string>((resolve) => {
-        (ws as WebSocket).once('message', (m) => resolve(String(m)));
-        (ws as WebSocket).send('hello after a retry');
-      });
-      expect(echoed).toBe('hello after a retry');
+      expect(await echoOf(ws as WebSocket, 'hello after a retry')).toBe('hello after a retry');
       (ws as WebSocket).close();
     } finally {
       await p.stop();
