@@ -83,10 +83,11 @@ function rediscoveryToAwait(opts: ForwardOptions, pool: Pool): Promise<unknown> 
 
 /**
  * `pool_full`: every one of the target's POOL_SIZE sockets stayed busy for UPSTREAM_TIMEOUT.
- * `bad_response`: the target answered something that is not HTTP/1.1.
+ * `bad_response`: the target answered HTTP that breaks HTTP/1.1's rules (bare LF, two Content-Lengths, …).
+ * `not_http`: the target answered bytes that are no HTTP at all (another protocol on that port).
  * `head_too_large`: the target's answer head was over MAX_RESPONSE_HEAD_BYTES (upstream.ts).
  */
-export type FailureKind = 'refused' | 'reset' | 'timeout' | 'connect_timeout' | 'dns' | 'pool_full' | 'bad_response' | 'head_too_large' | 'other';
+export type FailureKind = 'refused' | 'reset' | 'timeout' | 'connect_timeout' | 'dns' | 'pool_full' | 'bad_response' | 'not_http' | 'head_too_large' | 'other';
 
 /**
  * Told once what became of a forwarded request; `tag` is what the caller gave forward() (the route), so
@@ -195,6 +196,9 @@ export function kindOf(err: NodeJS.ErrnoException): FailureKind {
       return 'connect_timeout';
     case 'HPE_HEADER_OVERFLOW':
       return 'head_too_large';
+    case 'HPE_INVALID_CONSTANT':
+      // "Expected HTTP/": the answer did not even begin as HTTP does.
+      return 'not_http';
     default:
       // llhttp's verdicts on the response: HPE_INVALID_CONSTANT, HPE_UNEXPECTED_CONTENT_LENGTH, …
       return err.code?.startsWith('HPE_') ? 'bad_response' : 'other';
@@ -208,14 +212,18 @@ export const refusedFailure = (kind: string): boolean => kind === 'refused';
 export const mayHaveLeft = (kind: string): boolean => kind === 'refused' || kind === 'connect_timeout';
 /**
  * Failures that are no mark against the target's breaker. An answer head over our limit is the
- * application's answer, not a sign of a failing target (any target would say the same). Nor, under HTTP
- * health checks, is an answer that is not HTTP (bare LF, a doubled Content-Length): often one URL of the
- * application, and five of them would take every target out for CIRCUIT_BREAKER_TIMEOUT; a target that
- * speaks no HTTP at all fails its checks. Without them the breaker is all that keeps traffic off such a
- * target.
+ * application's answer, not a sign of a failing target (any target would say the same). Nor is HTTP that
+ * breaks the rules (bare LF, a doubled Content-Length): the target is alive and speaks HTTP, and it is
+ * most often one URL of the application, which every target answers alike; five requests for it, from
+ * anyone, would take every target out for CIRCUIT_BREAKER_TIMEOUT. An answer that is no HTTP at all
+ * (another protocol on the port) is a mark unless HTTP health checks judge the targets: they fail such a
+ * target, and without them the breaker is all that keeps traffic off it.
  */
 export const blameless = (kind: FailureKind, httpChecks: boolean | undefined): boolean =>
-  kind === 'head_too_large' || (kind === 'bad_response' && httpChecks === true);
+  kind === 'head_too_large' || kind === 'bad_response' || (kind === 'not_http' && httpChecks === true);
+
+/** An answer that could not be relayed: tried again where a reset would be (the next target may answer well). */
+const garbled = (kind: Outcome['error']): boolean => kind === 'bad_response' || kind === 'not_http';
 
 /** The proxy's own answer to a failed try, the same for plain requests and handshakes: 504 when the target was silent, else 502. */
 const failureStatus = (kind: Outcome['error']): number => (kind === 'timeout' || kind === 'connect_timeout' ? 504 : 502);
@@ -223,7 +231,7 @@ const failureStatus = (kind: Outcome['error']): number => (kind === 'timeout' ||
 const failureMessage = (kind: Outcome['error']): string =>
   failureStatus(kind) === 504 ? 'upstream timed out'
     : kind === 'head_too_large' ? 'upstream response headers too large'
-      : kind === 'bad_response' ? 'upstream sent an invalid response' : 'upstream connection failed';
+      : garbled(kind) ? 'upstream sent an invalid response' : 'upstream connection failed';
 
 let lastPort = -1;
 let lastPortString = '';
@@ -622,7 +630,7 @@ export class Forwarder {
           upstreamErrors.labels({ kind }).inc();
           // Counted with the target either way, as for a plain request.
           failedConnections.labels({ target: s.target.id }).inc();
-          // As for a plain request: an answer too large or (under HTTP checks) not HTTP is no mark.
+          // As for a plain request: an answer too large, malformed, or (under HTTP checks) not HTTP is no mark.
           if (blameless(kind, this.opts.httpChecks)) {
             judged = true;
             s.breaker.release(epoch);
@@ -1161,7 +1169,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     // Not one that waited UPSTREAM_TIMEOUT for a socket: it went to that target's line because every
     // target was full, and the client is not to wait that long again at the next.
     const retryable = err.kind !== 'pool_full' && (err.beforeSend ||
-      (this.retryOnReset && (err.kind === 'reset' || err.kind === 'bad_response') && (!this.body || (this.bodyWhole && this.req.replayable))));
+      (this.retryOnReset && (err.kind === 'reset' || garbled(err.kind)) && (!this.body || (this.bodyWhole && this.req.replayable))));
     if (retryable && this.retries < this.opts.retries && unsent) {
       this.retries++;
       this.retrying = true;
@@ -1169,7 +1177,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     }
     // The same, but the target failed before the client had sent all of a small body: the rest is read
     // into the kept copy, and the whole body goes to the next target once it has come.
-    const wouldReplay = this.retryOnReset && (err.kind === 'reset' || err.kind === 'bad_response') && this.body && !this.bodyWhole && this.req.keeping;
+    const wouldReplay = this.retryOnReset && (err.kind === 'reset' || garbled(err.kind)) && this.body && !this.bodyWhole && this.req.keeping;
     if (wouldReplay && this.retries < this.opts.retries && unsent) {
       this.retries++;
       this.retrying = true;

@@ -63,7 +63,7 @@ export const requestDuration = new Histogram({
 });
 export const upstreamErrors = new Counter({
   name: 'karma_upstream_errors_total',
-  help: 'Forwarding failures by kind: refused, reset, timeout, connect_timeout, dns, bad_response, head_too_large, pool_full, other.',
+  help: 'Forwarding failures by kind: refused, reset, timeout, connect_timeout, dns, bad_response, not_http, head_too_large, pool_full, other.',
   labelNames: ['kind'] as const,
 });
 export const retriesTotal = new Counter({

@@ -470,7 +470,9 @@ class Conn {
       this.unasked = false;
       this.unaskedHead = false;
     }
-    if (this.invalid && typeof r !== 'object') r = badResponse(this.invalid, INVALID[this.invalid]);
+    // The first fault found is the one said: what llhttp makes of the bytes after a refused head (its body
+    // read as the next answer) is no HTTP, a consequence.
+    if (this.invalid) r = badResponse(this.invalid, INVALID[this.invalid]);
     if (typeof r === 'object' && r !== null) {
       const code = (r as NodeJS.ErrnoException).code;
       this.socket.destroy(badResponse(code?.startsWith('HPE_') ? code : 'HPE_INTERNAL', `bad upstream response: ${r.message}`));

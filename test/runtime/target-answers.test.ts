@@ -103,13 +103,45 @@ describe('answers that are not HTTP/1.x as a client may receive it are a 502', (
     for (let i = 0; i < 4; i++) expect(await request(port, { path: '/fine' })).toMatchObject({ status: 200, body: 'good' });
   });
 
-  test('without health checks, a target that answers nothing but malformed HTTP is taken out by its breaker', async () => {
+  test.each([
+    ['without health checks', { HEALTH_CHECK_PATH: 'off' }],
+    ['under TCP health checks', { HEALTH_CHECK_PATH: '/health', HEALTH_CHECK_PROTOCOL: 'tcp', HEALTH_CHECK_PERIOD: '60' }],
+  ])('%s, one URL every target answers with malformed HTTP does not open their breakers, whoever asks for it', async (_what, env) => {
+    const answer = (head: string, s: net.Socket): void => {
+      if (head.startsWith('GET /twice ')) s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok', 'latin1');
+      else s.write('HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood', 'latin1');
+    };
+    const pair = await Promise.all([rawTarget(answer), rawTarget(answer)]);
+    const port = await proxyFor(pair, { CIRCUIT_BREAKER_THRESHOLD: '2', ...env });
+    for (let i = 0; i < 6; i++) expect(await request(port, { path: '/twice', headers: { Connection: 'close' } })).toMatchObject({ status: 502 });
+    for (let i = 0; i < 4; i++) expect(await request(port, { path: '/fine' })).toMatchObject({ status: 200, body: 'good' });
+    expect(pair.map((t) => t.heads.filter((h) => h.startsWith('GET /fine ')).length)).toEqual([2, 2]);
+  });
+
+  test('without health checks, a target whose every answer is malformed HTTP stays in, and what it garbles is tried on the next', async () => {
     const bad = await rawTarget((_h, s) => s.write('HTTP/1.1 200 OK\nContent-Length: 2\n\nok', 'latin1'));
     const good = await rawTarget((_h, s) => s.write('HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood', 'latin1'));
     const port = await proxyFor([bad, good], { CIRCUIT_BREAKER_THRESHOLD: '2' });
     for (let i = 0; i < 10; i++) expect(await request(port, { headers: { Connection: 'close' } })).toMatchObject({ status: 200, body: 'good' });
+    expect(bad.heads).toHaveLength(5);
+  });
+
+  test('an answer that is no HTTP at all (another protocol on the port) is a 502 of its own kind, not_http', async () => {
+    const t = await rawTarget((_h, s) => s.end('SSH-2.0-OpenSSH_9.6\r\n', 'latin1'));
+    const port = await proxyFor([t]);
+    const errors = async (kind: string): Promise<number> => (await upstreamErrors.get()).values.find((v) => v.labels.kind === kind)?.value ?? 0;
+    const [notHttp, bad] = [await errors('not_http'), await errors('bad_response')];
+    expect(await request(port)).toMatchObject({ status: 502, body: expect.stringContaining('upstream sent an invalid response') });
+    expect([await errors('not_http') - notHttp, await errors('bad_response') - bad]).toEqual([1, 0]);
+  });
+
+  test('without health checks, a target that speaks no HTTP at all is taken out by its breaker', async () => {
+    const other = await rawTarget((_h, s) => s.end('SSH-2.0-OpenSSH_9.6\r\n', 'latin1'));
+    const good = await rawTarget((_h, s) => s.write('HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood', 'latin1'));
+    const port = await proxyFor([other, good], { CIRCUIT_BREAKER_THRESHOLD: '2' });
+    for (let i = 0; i < 10; i++) expect(await request(port, { headers: { Connection: 'close' } })).toMatchObject({ status: 200, body: 'good' });
     // Two marks open its breaker: it hears no more after them.
-    expect(bad.heads).toHaveLength(2);
+    expect(other.heads).toHaveLength(2);
   });
 });
 
