@@ -460,12 +460,24 @@ function keepOpenOnce(socket: net.Socket): void {
     return this;
   } as typeof socket.end;
 }
-/** Headers keyed as they were sent (`Sec-WebSocket-Accept`), repeated ones as lists; no prototype to write through. */
-function headersAsSent(raw: readonly string[]): Record<string, string | string[]> {
+/**
+ * A 101's headers for the client, keyed as they were sent (`Sec-WebSocket-Accept`), repeated ones as
+ * lists, no prototype to write through: hop-by-hop ones dropped as from any answer (Keep-Alive, those
+ * its Connection header names), but for the switch itself, `Connection: Upgrade` and `Upgrade`.
+ */
+function switchHeaders(raw: readonly string[], connection: string | undefined): Record<string, string | string[]> {
+  const listed = listedIn(connection);
   const out: Record<string, string | string[]> = Object.create(null);
   for (let i = 0; i < raw.length; i += 2) {
-    const had = out[raw[i]];
-    out[raw[i]] = had === undefined ? raw[i + 1] : Array.isArray(had) ? [...had, raw[i + 1]] : [had, raw[i + 1]];
+    const name = raw[i];
+    const lower = name.toLowerCase();
+    if (lower === 'connection') {
+      out[name] = 'Upgrade';
+      continue;
+    }
+    if (lower !== 'upgrade' && (HOP_BY_HOP.has(lower) || listed?.names.has(lower))) continue;
+    const had = out[name];
+    out[name] = had === undefined ? raw[i + 1] : Array.isArray(had) ? [...had, raw[i + 1]] : [had, raw[i + 1]];
   }
   return out;
 }
@@ -672,7 +684,7 @@ export class Forwarder {
           });
           proxyReq.once('upgrade', (res: IncomingMessage, up: net.Socket) => {
             // http-proxy writes the 101 from this object's keys, which node lower-cases: as the target spelt them.
-            res.headers = headersAsSent(res.rawHeaders);
+            res.headers = switchHeaders(res.rawHeaders, res.headers.connection);
             switched = true;
             outcome.status = 101;
             outcome.error = undefined;
