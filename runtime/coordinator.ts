@@ -44,6 +44,8 @@ export function healthCheckerFor(config: Config, setter: StatusSetter): HealthCh
 interface Cached {
   readonly at: number;
   readonly targets: readonly Target[];
+  /** When a failed discovery last kept these targets in use (the workers go on serving them). */
+  keptAt?: number;
 }
 
 export { DISCOVERY_DEADLINE_MS };
@@ -237,13 +239,14 @@ export class Coordinator {
    * The targets held for a route, never a discovery: what a worker whose NEW_ROUTE_RATE is spent may
    * still take (a route it forgot to Hosts made up, or never served: a replacement's), since it costs
    * AWS nothing. None (an empty answer, made without an Error: Hosts made up ask this at the rate they
-   * come) when none are held, or only ones older than HELD_MAX_PERIODS periods.
+   * come) when none are held, or only ones older than HELD_MAX_PERIODS periods. Targets a failing
+   * discovery keeps in use are as old as that last failure: the others serve them, and so may this one.
    */
   held(route: RouteKey): Promise<Found> {
     const id = routeId(route);
     const hit = this.fresh.get(id);
     // Not one so old its tasks may be long gone (a route no worker asked for since, kept ROUTE_IDLE_TTL).
-    if (!hit || hit.targets.length === 0 || this.now() - hit.at > HELD_MAX_PERIODS * this.periodMs) return Promise.resolve({ targets: [], ageMs: 0 });
+    if (!hit || hit.targets.length === 0 || this.now() - Math.max(hit.at, hit.keptAt ?? -Infinity) > HELD_MAX_PERIODS * this.periodMs) return Promise.resolve({ targets: [], ageMs: 0 });
     setRecent(this.asked, id, this.now(), this.maxRoutes, (oldest) => this.forgetRoute(oldest));
     return Promise.resolve({ targets: [...hit.targets], ageMs: this.now() - hit.at });
   }
@@ -320,6 +323,7 @@ export class Coordinator {
             throw Object.assign(failure, { retryInMs: waitMs });
           }
           // The workers keep serving the last targets: the failure is counted here, where it happened.
+          last.keptAt = this.now();
           discoveryErrors.labels({ provider: this.provider.name }).inc();
           this.sayFailure(id, 'discovery failed: the last targets found stay in use', { route: id, targets: last.targets.length, ...errorFields(err) });
           return { targets: [...last.targets], ageMs: 0, stale: true };

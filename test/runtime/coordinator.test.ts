@@ -313,6 +313,22 @@ describe('the primary shares discovery among workers', () => {
     await Promise.all([c.close(), d.close()]);
   });
 
+  test('held(): targets a failing discovery keeps in use are held as long as it keeps them (a worker replaced during an AWS outage serves them too)', async () => {
+    const provider = flaky([makeTarget('10.0.0.1', 80)], 'ExpiredTokenException');
+    const c = new Coordinator(config, provider, () => clock);
+    await c.discover(route);
+    provider.failing = true;
+    for (let i = 0; i < 4; i++) {
+      clock += 30_000; // each period, a worker's refresh fails and the last targets stay in use
+      expect(await c.discover(route)).toEqual([makeTarget('10.0.0.1', 80)]);
+    }
+    clock += 20_000; // found 140 s ago, kept 20 s ago
+    expect(await c.held(route)).toMatchObject({ targets: [makeTarget('10.0.0.1', 80)] });
+    clock += 50_000; // and no worker has asked since: its tasks may be long gone
+    expect((await c.held(route)).targets).toEqual([]);
+    await c.close();
+  });
+
   test("a worker is told how long a failed route is held, and that a known route's answer is the last targets kept through a failure", async () => {
     const provider = flaky([makeTarget('10.0.0.1', 80)], 'ServerException');
     const c = new Coordinator(config, provider, () => clock);
