@@ -49,6 +49,8 @@ import {
 } from './ec2';
 import { usableAddress, usablePort } from './screen';
 
+/** How often HEALTHY_TASKS_ONLY leaving a service no task is said. */
+const NONE_HEALTHY_SAID_EVERY_MS = 3_600_000;
 /** How long a container instance that did not resolve to an address is left unasked (its tasks skipped meanwhile). */
 const UNRESOLVED_HOST_TTL_MS = 60_000;
 
@@ -304,6 +306,8 @@ export class EcsProvider implements Provider {
   private readonly configuredClusters: ReadonlySet<string>;
   /** Configured clusters found missing, said once until they are found. */
   private readonly missingClusters = new Set<string>();
+  /** `cluster/service` → when it was last said that HEALTHY_TASKS_ONLY left it no task (once an hour each). */
+  private readonly noneHealthySaid = new Map<string, number>();
   /** `cluster/service` → its records being fetched or fetched, when the fetch began, and the ports that took them (serviceShareMs). */
   private readonly services = new Map<string, { readonly at: number; readonly records: Promise<EcsRecords>; readonly ports: Set<number> }>();
 
@@ -364,8 +368,25 @@ export class EcsProvider implements Provider {
       loopback: this.loopback,
     });
     countSkipped(skipped);
+    if (targets.length === 0 && skipped.not_healthy) this.sayNoneHealthy(key, route, skipped.not_healthy);
     // Its own fetch is a fresh answer (0 old, as any provider's); another port's is as old as it began.
     return { targets, ageMs: own ? 0 : Date.now() - shared.at };
+  }
+
+  /**
+   * HEALTHY_TASKS_ONLY left a route no target because its running tasks are UNKNOWN: what a service
+   * without a container health check reports, forever. Said (once an hour a service), not left to a 503
+   * and a metric to explain.
+   */
+  private sayNoneHealthy(key: string, route: RouteKey, tasks: number): void {
+    const now = Date.now();
+    if (now - (this.noneHealthySaid.get(key) ?? -Infinity) < NONE_HEALTHY_SAID_EVERY_MS) return;
+    setRecent(this.noneHealthySaid, key, now, this.hostCacheMax);
+    log('warn', 'HEALTHY_TASKS_ONLY: no task of this service is HEALTHY, so its route has no target (a task definition without a container health check reports UNKNOWN for good)', {
+      cluster: route.cluster,
+      service: route.service,
+      unknownTasks: tasks,
+    });
   }
 
   /** The I/O: every record the transform needs for one route. */

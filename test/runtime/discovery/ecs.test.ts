@@ -213,6 +213,28 @@ describe('EcsProvider with mocked SDK clients', () => {
     expect(targets.map((t) => t.id)).toEqual(['10.0.0.2:8080']);
   });
 
+  test('HEALTHY_TASKS_ONLY leaving a service no task (no container health check: every task UNKNOWN) is said once, not left to a silent 503', async () => {
+    const lines = captureLog();
+    try {
+      const tasks = [fargateTask(1, { healthStatus: 'UNKNOWN' }), fargateTask(2, { healthStatus: 'UNKNOWN' })];
+      ecsMock.on(ListTasksCommand).resolves({ taskArns: tasks.map((t) => t.taskArn as string) });
+      describeFrom(tasks);
+      const p = provider({ healthyTasksOnly: true });
+      expect(await p.discover(route)).toEqual([]);
+      expect(await p.discover(route)).toEqual([]);
+      const said = lines.filter((l) => String(l.msg).startsWith('HEALTHY_TASKS_ONLY'));
+      expect(said).toEqual([expect.objectContaining({ level: 'warn', cluster: route.cluster, service: route.service, unknownTasks: 2 })]);
+      // One HEALTHY task among them: nothing to say.
+      const other = { ...route, service: 'other' };
+      describeFrom([fargateTask(3, { healthStatus: 'HEALTHY' }), fargateTask(4, { healthStatus: 'UNKNOWN' })]);
+      ecsMock.on(ListTasksCommand).resolves({ taskArns: [fargateTask(3).taskArn as string, fargateTask(4).taskArn as string] });
+      expect(await p.discover(other)).toHaveLength(1);
+      expect(lines.filter((l) => String(l.msg).startsWith('HEALTHY_TASKS_ONLY'))).toHaveLength(1);
+    } finally {
+      lines.restore();
+    }
+  });
+
   test('bridge mode on an IPv6-only container instance: its IPv6 address, as tag pools read it', async () => {
     const ci = 'arn:aws:ecs:us-east-1:123456789012:container-instance/prod/ci6';
     const tasks = [bridgeTask(1, ci, 32768)];
