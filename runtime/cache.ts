@@ -13,12 +13,14 @@
  * goes straight to the inner provider and AWS. The client reconnects by itself with a capped backoff;
  * an outage is logged once when it starts and once when it ends, never per request.
  *
- * The lock is not released after a refresh: while it lives the value is fresh anyway, and when the
- * refresh failed (AWS throttling) holding it keeps the rest of the fleet from piling on.
+ * The lock is not released after a refresh: while it lives the value is fresh anyway, and when AWS
+ * throttled the refresh, holding it keeps the rest of the fleet from piling on. A refresh that failed
+ * otherwise (this proxy's credentials, network or AWS endpoint) lets it go at once: a fleet-mate whose
+ * AWS works takes it, and one waiting for this proxy's answer stops waiting.
  */
 import { Redis, type RedisOptions } from 'ioredis';
 import type { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
-import { createSecretsManagerClient, fetchSecretString } from './aws';
+import { createSecretsManagerClient, fetchSecretString, isThrottling } from './aws';
 import type { Config } from './config';
 import { errorFields, log } from './log';
 import { usablePort } from './discovery/screen';
@@ -377,7 +379,7 @@ export class SharedProvider implements Provider {
       cacheLookups.inc({ result: 'hit' });
       return { targets: shared.targets, ageMs: Math.min(shared.ageMs, this.freshMs) };
     }
-    const theirs = await this.waitForOther(redis, key, shared?.raw, signal);
+    const theirs = await this.waitForOther(redis, key, ownLock, shared?.raw, signal);
     if (theirs) {
       cacheLookups.inc({ result: 'hit' });
       return { targets: theirs.targets, ageMs: Math.min(theirs.ageMs, this.freshMs) };
@@ -389,7 +391,14 @@ export class SharedProvider implements Provider {
   private async refresh(redis: Redis, key: string, lock: string, lockMs: number, route: RouteKey, signal: AbortSignal | undefined, maxAgeMs: number): Promise<Found> {
     cacheLookups.inc({ result: 'miss' });
     const started = Date.now();
-    const found = await foundBy(this.inner, route, signal, maxAgeMs);
+    let found: Found;
+    try {
+      found = await foundBy(this.inner, route, signal, maxAgeMs);
+    } catch (err) {
+      // Only if the lock is still ours (expired to 1 ms: gone).
+      if (!isThrottling(err)) redis.eval(SHORTEN_OWN_LOCK, 1, lock, this.token, 1).catch((e: unknown) => this.failed(e));
+      throw err;
+    }
     const { targets } = found;
     // Not awaited: a request never waits on writing the shared copy. Its age is the time since what it
     // says was found: the wait for it, or the shared records' age when that is more.
@@ -426,12 +435,13 @@ export class SharedProvider implements Provider {
   }
 
   /**
-   * Polls for the result of the proxy holding the lock, at most waitMs. undefined: go to AWS. The
+   * Polls for the result of the proxy holding `lock`, at most waitMs. undefined: go to AWS. The
    * holder's answer is a value written since the wait began (`before` is what was there), with an
    * expiry: a fleet-mate with a longer NODE_CHECK_PERIOD writes with a longer one, and still counts;
-   * a value that was there all along, or never expires, is not an answer.
+   * a value that was there all along, or never expires, is not an answer. A lock gone with no answer
+   * written (its holder's discovery failed, or the lock expired) is waited on no more.
    */
-  private async waitForOther(redis: Redis, key: string, before: string | undefined, signal?: AbortSignal): Promise<Shared | undefined> {
+  private async waitForOther(redis: Redis, key: string, lock: string, before: string | undefined, signal?: AbortSignal): Promise<Shared | undefined> {
     const deadline = Date.now() + this.waitMs;
     while (Date.now() < deadline) {
       signal?.throwIfAborted();
@@ -439,6 +449,7 @@ export class SharedProvider implements Provider {
       try {
         const value = await this.read(redis, key);
         if (value && value.raw !== before && value.pttl >= 0) return value;
+        if ((await redis.exists(lock)) === 0) return undefined;
       } catch (err) {
         this.failed(err);
         return undefined;

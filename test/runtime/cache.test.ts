@@ -303,6 +303,29 @@ describe('SharedProvider on a real redis-server', () => {
     expect(stub.count('ListTasks')).toBe(0);
   });
 
+  test("a lock holder whose AWS call fails (not throttled) lets the lock go: a fleet-mate waiting on it goes to AWS then, not after the whole wait", async () => {
+    const a = proxy();
+    const b = proxy();
+    await Promise.all([a.connected(), b.connected()]);
+    stub.fail('ListTasks', 'error500', { delayMs: 300 }); // a's credentials, network or endpoint
+    const failing = a.discover(route);
+    await sleep(50);
+    const started = Date.now();
+    const waiting = b.discover(route); // nothing shared yet: b waits for a's answer
+    await expect(failing).rejects.toMatchObject({ name: 'ServerException' });
+    expect(ids(await waiting)).toEqual(ALL);
+    expect(Date.now() - started).toBeLessThan(1500); // the wait is 2 s
+    expect(stub.count('ListTasks')).toBe(2);
+  });
+
+  test('a lock holder that AWS throttles keeps the lock: the fleet does not pile on', async () => {
+    const a = proxy();
+    await a.connected();
+    stub.fail('ListTasks', 'throttle');
+    await expect(a.discover(route)).rejects.toMatchObject({ name: 'ThrottlingException' });
+    expect(await admin.pttl(lockKey(SCOPE, route))).toBeGreaterThan(0);
+  });
+
   test("a lock holder with a longer NODE_CHECK_PERIOD (a longer TTL) is waited for, and its answer taken", async () => {
     const a = proxy();
     await a.connected();

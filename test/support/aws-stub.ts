@@ -78,7 +78,7 @@ export type Fault = 'throttle' | 'error500' | 'hang' | 'reset' | 'malformed' | '
 export interface FaultOptions {
   /** How many calls get the fault. @default 1 (Infinity: until clearFaults) */
   times?: number;
-  /** For 'delay': milliseconds before the normal answer. */
+  /** For 'delay': milliseconds before the normal answer (default 1000); for the others, before the fault (default none). */
   delayMs?: number;
 }
 
@@ -162,7 +162,7 @@ export interface AwsStubOptions {
 export async function startAwsStub(model: Partial<StubModel> = {}, opts: AwsStubOptions = {}): Promise<AwsStub> {
   const m: StubModel = { clusters: {}, containerInstances: {}, instances: [], asgs: {}, secrets: {}, ...model };
   const calls: StubCall[] = [];
-  const faults: { api: string; fault: Fault; left: number; delayMs: number }[] = [];
+  const faults: { api: string; fault: Fault; left: number; delayMs: number | undefined }[] = [];
   const sockets = new Set<import('node:net').Socket>();
   let closing = false;
 
@@ -496,6 +496,10 @@ export async function startAwsStub(model: Partial<StubModel> = {}, opts: AwsStub
     const f = faults.find((x) => x.left > 0 && (x.api === api || x.api === '*'));
     if (f) {
       f.left--;
+      if (f.fault !== 'delay' && f.delayMs !== undefined) {
+        await new Promise((r) => setTimeout(r, f.delayMs));
+        if (closing) return;
+      }
       switch (f.fault) {
         case 'throttle':
           return sendError(res, proto, throttleOf[proto]);
@@ -523,7 +527,7 @@ export async function startAwsStub(model: Partial<StubModel> = {}, opts: AwsStub
           res.end('{}');
           return;
         case 'delay':
-          await new Promise((r) => setTimeout(r, f.delayMs));
+          await new Promise((r) => setTimeout(r, f.delayMs ?? 1000));
           if (closing) return;
           break;
       }
@@ -593,7 +597,7 @@ export async function startAwsStub(model: Partial<StubModel> = {}, opts: AwsStub
     calls,
     count: (api?: string) => (api ? calls.filter((c) => c.api === api).length : calls.length),
     fail(api, fault, o = {}) {
-      faults.push({ api, fault, left: o.times ?? 1, delayMs: o.delayMs ?? 1000 });
+      faults.push({ api, fault, left: o.times ?? 1, delayMs: o.delayMs });
     },
     clearFaults() {
       faults.length = 0;
