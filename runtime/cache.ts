@@ -115,6 +115,8 @@ export interface SharedProviderOptions {
    * clusters may share names) must not serve each other's targets. @default none named
    */
   readonly region?: string;
+  /** Aborted by close(): a client still being made (its AUTH secret read again and again) is not made. */
+  readonly connecting?: AbortController;
 }
 
 /** A shared value: its targets, its age (Infinity: not written by a proxy like us), its stored form and expiry. */
@@ -183,6 +185,7 @@ export class SharedProvider implements Provider {
   readonly scope: string;
   private redis: Redis | undefined;
   private readonly pending: Promise<void> | undefined;
+  private readonly connecting: AbortController | undefined;
   private closed = false;
   private suspendedUntil = 0;
   /** Commands failed in a row: each leaves Redis alone twice as long as the one before, up to MAX_SUSPEND_MS. */
@@ -221,6 +224,7 @@ export class SharedProvider implements Provider {
     this.waitMs = opts.waitMs ?? 2000;
     this.pollMs = Math.max(1, opts.pollMs ?? 50);
     this.suspendMs = opts.suspendMs ?? 1000;
+    this.connecting = opts.connecting;
     if (redis instanceof Promise) {
       this.pending = redis.then(
         (r) => this.attach(r),
@@ -460,6 +464,7 @@ export class SharedProvider implements Provider {
 
   async close(): Promise<void> {
     this.closed = true;
+    this.connecting?.abort();
     const r = this.redis;
     this.redis = undefined;
     if (r) {
@@ -484,7 +489,14 @@ export interface RedisClientOptions {
   readonly maxReconnectDelayMs?: number;
   /** Client for REDIS_AUTH_SECRET_ARN; one is made (and destroyed) when absent. */
   readonly secretsClient?: SecretsManagerClient;
+  /** First wait before REDIS_AUTH_SECRET_ARN is read again after a failure; doubled each time up to MAX_SECRET_RETRY_MS. @default 10000 */
+  readonly secretRetryMs?: number;
+  /** Ends those tries (the provider closing): the client is then never made. */
+  readonly signal?: AbortSignal;
 }
+
+/** The longest wait between two reads of an AUTH secret that could not be read. */
+export const MAX_SECRET_RETRY_MS = 300_000;
 
 /** How often a Redis that keeps answering READONLY is said to (a replica given as REDIS_URL does for good). */
 export const READONLY_SAID_EVERY_MS = 60_000;
@@ -517,6 +529,40 @@ export function redisOptions(opts: RedisClientOptions = {}): RedisOptions {
   };
 }
 
+/** REDIS_AUTH_SECRET_ARN's token, read until it is (createRedis), or undefined once `opts.signal` ends the tries. */
+async function readAuthToken(arn: string, region: string | undefined, opts: RedisClientOptions): Promise<string | undefined> {
+  const sm = opts.secretsClient ?? createSecretsManagerClient({ region });
+  let waitMs = opts.secretRetryMs ?? 10_000;
+  let failed = false;
+  try {
+    while (!opts.signal?.aborted) {
+      try {
+        const token = authTokenOf(await fetchSecretString(arn, sm));
+        if (failed) log('info', 'read the Redis AUTH token: discovery is shared', { secret: arn });
+        return token;
+      } catch (err) {
+        // Said once; the tries after it are quiet until one succeeds.
+        if (!failed) log('error', 'cannot read the Redis AUTH token: discovery is not shared until it can be (tried again, at most every 5 minutes)', { secret: arn, retryInMs: waitMs, ...errorFields(err) });
+        failed = true;
+      }
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(done, waitMs);
+        timer.unref();
+        opts.signal?.addEventListener('abort', done, { once: true });
+        function done(): void {
+          clearTimeout(timer);
+          opts.signal?.removeEventListener('abort', done);
+          resolve();
+        }
+      });
+      waitMs = Math.min(2 * waitMs, MAX_SECRET_RETRY_MS);
+    }
+    return undefined;
+  } finally {
+    if (!opts.secretsClient) sm.destroy();
+  }
+}
+
 /** The AUTH token from a SecretString: the string itself, or a JSON object's token/password field. */
 export function authTokenOf(secret: string): string {
   const t = secret.trim();
@@ -534,8 +580,10 @@ export function authTokenOf(secret: string): string {
 /**
  * The Redis client of REDIS_URL (`redis://`, `rediss://` for TLS, user and password allowed; a bare
  * `host:port` arrives here already as `redis://host:port`), or undefined without REDIS_URL. With
- * REDIS_AUTH_SECRET_ARN, the secret is read once, now, and its SecretString is the password. A secret
- * that cannot be read leaves the proxy without Redis (logged), not without service.
+ * REDIS_AUTH_SECRET_ARN, the secret's SecretString is the password: a secret that cannot be read (the
+ * network or credentials not up yet at boot, throttling, a policy fixed later) leaves the proxy without
+ * Redis (logged), not without service, and is read again, 10 s later and then less and less often (at
+ * most every 5 minutes), until it is (logged too) or `opts.signal` ends the tries (then undefined).
  */
 export async function createRedis(
   config: Pick<Config, 'redisUrl' | 'redisAuthSecretArn' | 'awsRegion'>,
@@ -544,17 +592,11 @@ export async function createRedis(
   if (!config.redisUrl) return undefined;
   let url = config.redisUrl;
   if (config.redisAuthSecretArn) {
-    const sm = opts.secretsClient ?? createSecretsManagerClient({ region: config.awsRegion });
-    try {
-      const u = new URL(url);
-      u.password = encodeURIComponent(authTokenOf(await fetchSecretString(config.redisAuthSecretArn, sm)));
-      url = u.toString();
-    } catch (err) {
-      log('error', 'cannot read the Redis AUTH token: discovery is not shared', { secret: config.redisAuthSecretArn, ...errorFields(err) });
-      return undefined;
-    } finally {
-      if (!opts.secretsClient) sm.destroy();
-    }
+    const token = await readAuthToken(config.redisAuthSecretArn, config.awsRegion, opts);
+    if (token === undefined) return undefined;
+    const u = new URL(url);
+    u.password = encodeURIComponent(token);
+    url = u.toString();
   }
   const redis = new Redis(url, redisOptions(opts));
   watch(redis);

@@ -53,15 +53,17 @@ export function createProvider(
   // The proxy's own ports on this machine's addresses are the proxy itself (its metrics, or a loop).
   const ownPorts = [config.port, config.metricsPort].filter((p): p is number => typeof p === 'number' && p > 0);
   if (!config.redisUrl) return new ScreenedProvider(inner, loopback, ownPorts);
+  const connecting = new AbortController();
   const redis = createRedis(
     { redisUrl: config.redisUrl, redisAuthSecretArn: config.redisAuthSecretArn, awsRegion: config.awsRegion },
-    options.redis,
+    { ...options.redis, signal: connecting.signal },
   );
   // Screened outside the sharing: what comes from Redis is checked as what comes from AWS.
   const periodMs = config.nodeCheckPeriodMs ?? (config.nodeFilter === 'ecs' ? 30_000 : 10_000);
   // Fresh as long as the coordinator keeps an answer (0.9 of the period; of NEGATIVE_CACHE_TTL when empty).
   const shared = new SharedProvider(inner, redis, {
     periodMs,
+    connecting,
     ...(config.awsRegion ? { region: config.awsRegion } : {}),
     ...(config.negativeCacheTtlMs !== undefined ? { emptyFreshMs: 0.9 * config.negativeCacheTtlMs } : {}),
   });

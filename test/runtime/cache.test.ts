@@ -826,10 +826,47 @@ describe('createRedis', () => {
     expect(stub.count('GetSecretValue')).toBe(1);
   });
 
-  test('an unreadable secret leaves the proxy without Redis, not without service', async () => {
-    await expect(
-      createRedis({ redisUrl: `redis://127.0.0.1:${secured.port}`, redisAuthSecretArn: 'arn:aws:secretsmanager:us-east-1:123456789012:secret:missing', awsRegion: 'us-east-1' }),
-    ).resolves.toBeUndefined();
+  test('an unreadable secret leaves the proxy without Redis, not without service, and is read again until it is', async () => {
+    // The network or credentials not up yet at boot, throttling, a policy fixed later: not for the process's life.
+    const arn = 'arn:aws:secretsmanager:us-east-1:123456789012:secret:later';
+    const errors = jest.spyOn(process.stderr, 'write').mockImplementation(() => true);
+    const infos = jest.spyOn(process.stdout, 'write').mockImplementation(() => true);
+    try {
+      const made = createRedis({ redisUrl: `redis://127.0.0.1:${secured.port}`, redisAuthSecretArn: arn, awsRegion: 'us-east-1' }, { secretRetryMs: 50 });
+      await until('three reads of the secret', () => stub.count('GetSecretValue') >= 3, 5000);
+      stub.model.secrets[arn] = 'pa:ss@word';
+      const r = await made;
+      try {
+        expect(r).toBeDefined();
+        await until('connected', () => r!.status === 'ready', 5000);
+        expect(await r!.ping()).toBe('PONG');
+      } finally {
+        r?.disconnect();
+      }
+      const said = (spy: jest.SpyInstance): string[] => spy.mock.calls.map((c) => String(c[0])).filter((l) => l.includes('Redis AUTH token'));
+      expect(said(errors)).toEqual([expect.stringContaining('cannot read the Redis AUTH token')]);
+      expect(said(infos)).toEqual([expect.stringContaining('read the Redis AUTH token: discovery is shared')]);
+    } finally {
+      errors.mockRestore();
+      infos.mockRestore();
+    }
+  });
+
+  test('a provider closed while its AUTH secret cannot be read stops reading it, and has no Redis', async () => {
+    const errors = jest.spyOn(process.stderr, 'write').mockImplementation(() => true);
+    try {
+      const config = loadConfig({ DOMAIN: 'example.com', REDIS_URL: `redis://127.0.0.1:${secured.port}`, REDIS_AUTH_SECRET_ARN: 'arn:aws:secretsmanager:us-east-1:123456789012:secret:missing' });
+      const p = createProvider(config, {}, { maxAttempts: 1, redis: { secretRetryMs: 50 } });
+      await until('a read of the secret', () => stub.count('GetSecretValue') >= 1, 5000);
+      await p.close?.();
+      const shared = (p as ScreenedProvider).inner as SharedProvider;
+      await expect(shared.connected()).resolves.toBe(false);
+      const reads = stub.count('GetSecretValue');
+      await new Promise((r) => setTimeout(r, 300));
+      expect(stub.count('GetSecretValue')).toBe(reads);
+    } finally {
+      errors.mockRestore();
+    }
   });
 
   test('rediss:// turns TLS on', async () => {
