@@ -192,7 +192,7 @@ export class SharedProvider implements Provider {
   private failuresInRow = 0;
   /** What failed() last logged, until a command answers. */
   private trouble: 'silent' | 'cluster' | 'full' | undefined;
-  /** Lasting refusals already logged, by code (NOPERM, WRONGTYPE): each said once. */
+  /** Lasting refusals already logged, by code (NOPERM, WRONGTYPE; `WRONGTYPE read`: a targets key replaced): each said once. */
   private readonly refusals = new Set<string>();
   private readonly ttlMs: number;
   private readonly freshMs: number;
@@ -427,6 +427,16 @@ export class SharedProvider implements Provider {
     const res = await redis.pipeline().getrange(key, 0, MAX_SHARED_BYTES).pttl(key).exec();
     if (!res) throw new Error('redis pipeline aborted');
     const [[getErr, raw], [ttlErr, pttl]] = res as [[Error | null, string | null], [Error | null, number]];
+    if (getErr && getErr.name === 'ReplyError' && lastingRefusal(getErr.message) === 'WRONGTYPE') {
+      // Something else's key of another type where ours goes (a hash, a list): nothing of ours to read.
+      // Read as none, so that this proxy refreshes and its SET replaces it, rather than every proxy
+      // asking AWS each period for as long as it stays.
+      if (!this.refusals.has('WRONGTYPE read')) {
+        this.refusals.add('WRONGTYPE read');
+        log('warn', 'a Redis key of ours holds another type (something else writes these keys): it is replaced (said once)', { key });
+      }
+      return undefined;
+    }
     if (getErr) throw getErr;
     if (ttlErr) throw ttlErr;
     const value = decodeTargets(raw);
