@@ -123,15 +123,29 @@ export interface SharedProviderOptions {
 /** ageMs: since the discovery began (its time to answer counted); writtenMs: since it was written. */
 type Shared = { targets: Target[]; ageMs: number; writtenMs: number; raw: string; pttl: number };
 
+/** Kinds of failure said in one outage, at most (each reconnection may fail anew, for ever). */
+const MAX_FAILURE_KINDS_SAID = 4;
 /** Clients already watched, so two providers on one client do not log an outage twice. */
 const watched = new WeakSet<Redis>();
 
-/** Logs an outage once when it starts and once when it ends; also keeps 'error' from ever being unhandled. */
+/** What kind of failure a Redis connection error is, for saying each once an outage: a reply's first word (NOAUTH, WRONGPASS), else its code. */
+const failureKind = (err: unknown): string => {
+  const e = err as { code?: unknown; message?: unknown } | undefined;
+  return /^[A-Z]+\b/.exec(String(e?.message ?? ''))?.[0] ?? (typeof e?.code === 'string' ? e.code : 'other');
+};
+
+/**
+ * Logs an outage once when it starts and once when it ends, and once each refusal it turns into (the
+ * connection refused, then a Redis back with a password: NOAUTH), so that the last reason on record is
+ * true; also keeps 'error' from ever being unhandled.
+ */
 function watch(redis: Redis, onReady?: () => void): void {
   if (onReady) redis.on('ready', onReady);
   if (watched.has(redis)) return;
   watched.add(redis);
   let down = false;
+  /** The kinds of failure said this outage. */
+  const said = new Set<string>();
   let noDatabase = false;
   redis.on('error', (err: unknown) => {
     // REDIS_URL's /N not selected: a database this Redis does not have, or an ACL user without SELECT.
@@ -154,13 +168,18 @@ function watch(redis: Redis, onReady?: () => void): void {
       redis.disconnect();
       return;
     }
-    if (down || noDatabase) return;
+    if (noDatabase) return;
+    // Once down, only a refusal by a Redis that answers is news (a reset, then refusals, is one outage).
+    const kind = failureKind(err);
+    if (down && ((err as Error | undefined)?.name !== 'ReplyError' || said.has(kind) || said.size >= MAX_FAILURE_KINDS_SAID)) return;
+    said.add(kind);
+    log('warn', down ? 'redis still unavailable, now for another reason: discovery goes on without sharing' : 'redis unavailable: discovery goes on without sharing', errorFields(err));
     down = true;
-    log('warn', 'redis unavailable: discovery goes on without sharing', errorFields(err));
   });
   redis.on('ready', () => {
     if (!down) return;
     down = false;
+    said.clear();
     log('info', 'redis available again: discovery is shared');
   });
 }

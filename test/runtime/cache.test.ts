@@ -494,6 +494,31 @@ describe('SharedProvider on a real redis-server', () => {
     expect(stub.count('ListTasks')).toBe(1); // shared again
   });
 
+  test('an outage that turns into a refusal (the Redis back wants a password) says so: the last reason on record is the true one', async () => {
+    const own = await startRedisServer();
+    let back: RedisServer | undefined;
+    const stderr = jest.spyOn(process.stderr, 'write').mockImplementation(() => true);
+    const lines = (): string[] => stderr.mock.calls.map(([l]) => String(l)).filter((l) => l.includes('redis'));
+    try {
+      const p = createProvider(
+        loadConfig({ DOMAIN: 'example.com', REDIS_URL: `127.0.0.1:${own.port}`, NODE_CHECK_PERIOD: String(PERIOD_S) }),
+        {},
+        { maxAttempts: 1, redis: { commandTimeoutMs: 200, maxReconnectDelayMs: 100 } },
+      );
+      open.push(p);
+      await ((p as ScreenedProvider).inner as SharedProvider).connected();
+      await own.kill();
+      await until('the outage said', () => lines().some((l) => l.includes('redis unavailable')), 5000);
+      back = await startRedisServer(['--requirepass', 'one-now'], own.port);
+      await until('the refusal said', () => lines().some((l) => l.includes('now for another reason') && l.includes('NOAUTH')), 5000);
+      await sleep(500); // reconnecting all the while: said once
+      expect(lines().filter((l) => l.includes('unavailable'))).toHaveLength(2);
+    } finally {
+      stderr.mockRestore();
+      await Promise.all([back?.stop(), own.stop()]);
+    }
+  });
+
   test('a slow (paused) Redis costs a request at most the command timeout, and its silence is logged once', async () => {
     const a = proxy();
     await a.connected();
