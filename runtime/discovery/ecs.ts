@@ -128,10 +128,15 @@ function hostPortFor(b: NetworkBinding, containerPort: number): number | undefin
   return undefined;
 }
 
-/** The distinct host ports of the task's containers for `containerPort` (bridge/host mode). */
+/**
+ * The distinct host ports of the task's running containers for `containerPort` (bridge/host mode). A
+ * container that exited in a task still running (one not essential) keeps its bindings in ECS's answer,
+ * but Docker gave their host ports back: another container may have one now.
+ */
 export function hostPortsOf(task: Task, containerPort: number): number[] {
   const ports = new Set<number>();
   for (const c of task.containers ?? []) {
+    if (c.lastStatus !== undefined && c.lastStatus !== 'RUNNING') continue;
     for (const b of c.networkBindings ?? []) {
       const p = hostPortFor(b, containerPort);
       // A broken answer's port (31001.5, 70000, a range mapped past 65535) is no binding.

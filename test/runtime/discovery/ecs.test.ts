@@ -665,6 +665,15 @@ describe('transformEcs (pure)', () => {
       [],
     ],
     ['DEACTIVATING', fargateTask(0, { lastStatus: 'DEACTIVATING' }), []],
+    [
+      // Docker gave its host port back when it exited: another container may have it now.
+      "a container that exited in a running task (a sidecar that is not essential): its binding is no target",
+      { taskArn: 'a', lastStatus: 'RUNNING', containerInstanceArn: 'ci', containers: [
+        { name: 'app', lastStatus: 'RUNNING', networkBindings: [{ containerPort: 80, hostPort: 32768 }] },
+        { name: 'old', lastStatus: 'STOPPED', networkBindings: [{ containerPort: 80, hostPort: 32769 }] },
+      ] },
+      ['10.9.9.9:32768'],
+    ],
   ])('%s', (_name, task, ids) => {
     const out = transformEcs({ tasks: [task], publicIps: {}, hostIps: { ci: '10.9.9.9' } }, base);
     expect(out.targets.map((t) => t.id)).toEqual(ids);
