@@ -9,7 +9,8 @@ import cluster, { Worker } from 'node:cluster';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as http from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import { lookup } from 'node:dns/promises';
+import { isIP, type AddressInfo, type Socket } from 'node:net';
 import { Config, ConfigError, ENV_NAMES, loadConfig, loopbackTargetsByEndpoint, mistypedSettings } from './config';
 import { answerAcceptorRequest } from './acceptors';
 import { parseDotEnv } from './dotenv';
@@ -47,6 +48,25 @@ function configOrExit(dotEnvProblems: readonly string[] = []): Config {
   // Said once, by the primary (workers read the same environment).
   if (cluster.isPrimary) for (const { name, meant } of mistypedSettings(process.env)) log('warn', `${name} is not a setting and is ignored; did you mean ${meant}?`);
   return config;
+}
+
+/**
+ * HOST and METRICS_HOST given as names that do not exist (NXDOMAIN: `HOST=abc`) are bad settings as
+ * much as a malformed address is: exit 2 naming them, not a failed listen's exit 1. A lookup that fails
+ * otherwise (the resolver not up yet at boot) is left to the listen, which a restart retries.
+ */
+async function listenNamesOrExit(config: Config): Promise<void> {
+  const named = [['HOST', config.host], ['METRICS_HOST', config.metricsHost]].filter(([, v]) => isIP(v) === 0);
+  const problems: string[] = [];
+  for (const [env, name] of named) {
+    if (problems.some((p) => p.includes(`'${name}'`))) continue;
+    await lookup(name).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOTFOUND') problems.push(`${env}: must be an IP address (0.0.0.0, ::, 127.0.0.1) or a host name this machine resolves, and '${name}' resolves to nothing`);
+    });
+  }
+  if (problems.length === 0) return;
+  process.stderr.write(`karma-proxy: ${new ConfigError(problems).message}\n`);
+  process.exit(EXIT_BAD_CONFIG);
 }
 
 /**
@@ -381,7 +401,7 @@ function main(): void {
   logProcessWarnings();
   const config = configOrExit(readDotEnv());
   if (cluster.isPrimary) {
-    runPrimary(config).catch((err: unknown) => {
+    listenNamesOrExit(config).then(() => runPrimary(config)).catch((err: unknown) => {
       log('error', 'cannot start', errorFields(err));
       process.exit(1);
     });

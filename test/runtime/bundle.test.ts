@@ -566,6 +566,16 @@ describe('the bundle starts and stops cleanly', () => {
     expect(lines[0]).toContain('HEALTH_CHECK_TIMOUT is not a setting and is ignored; did you mean HEALTH_CHECK_TIMEOUT?');
   });
 
+  test('a HOST named but resolving to nothing is a bad setting: exit 2 naming it, not a failed listen', async () => {
+    // `.invalid` never resolves (RFC 2606); the metrics endpoint listens there too (METRICS_HOST defaults to HOST).
+    const r = await runBundle({ NODE_FILTER: 'static', STATIC_TARGETS: '127.0.0.1:9', HEALTH_CHECK_PATH: 'off', HOST: 'nosuch.invalid', PORT: '0', METRICS_PORT: '0', WORKERS: '1' });
+    expect(r.code).toBe(2);
+    const lines = r.stderr.trim().split('\n');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toContain("HOST: must be an IP address (0.0.0.0, ::, 127.0.0.1) or a host name this machine resolves, and 'nosuch.invalid' resolves to nothing");
+    expect(lines[0]).not.toContain('METRICS_HOST');
+  });
+
   test('a METRICS_PORT that is taken stops the proxy with exit 1 and a message naming it: /healthz lives there', async () => {
     const taken = net.createServer();
     const port = await listen(taken);
