@@ -369,7 +369,7 @@ export class SharedProvider implements Provider {
     let shared: Shared | undefined;
     let won: boolean;
     try {
-      shared = await this.read(redis, key);
+      ({ shared } = await this.read(redis, key));
       // An early ask (maxAgeMs) judges by when the answer was written: one a fleet-mate wrote a moment
       // ago on the same refusals is as new as any, however long its discovery took.
       if (shared && shared.ageMs < (shared.targets.length ? this.freshMs : this.emptyFreshMs) && (early ? shared.writtenMs : shared.ageMs) < maxAgeMs) {
@@ -439,13 +439,24 @@ export class SharedProvider implements Provider {
     return found;
   }
 
-  /** The shared value and its age: time since written (Redis's clock) plus how long its discovery took. */
-  private async read(redis: Redis, key: string): Promise<Shared | undefined> {
+  /**
+   * The shared value and its age: time since written (Redis's clock) plus how long its discovery took;
+   * with `lock`, that lock's PTTL too (-2: none), in the same round trip (PTTL, not EXISTS: what
+   * README's ACL line allows).
+   */
+  private async read(redis: Redis, key: string, lock?: string): Promise<{ shared: Shared | undefined; lockPttl?: number }> {
     // At most one byte past the limit: a value larger than any proxy writes is never downloaded whole
     // (a poisoned 500 MB one would be, into the primary, at every refresh). A missing key reads as ''.
-    const res = await redis.pipeline().getrange(key, 0, MAX_SHARED_BYTES).pttl(key).exec();
+    const pipeline = redis.pipeline().getrange(key, 0, MAX_SHARED_BYTES).pttl(key);
+    const res = await (lock === undefined ? pipeline : pipeline.pttl(lock)).exec();
     if (!res) throw new Error('redis pipeline aborted');
-    const [[getErr, raw], [ttlErr, pttl]] = res as [[Error | null, string | null], [Error | null, number]];
+    const [[getErr, raw], [ttlErr, pttl], lockRes] = res as [[Error | null, string | null], [Error | null, number], [Error | null, number]?];
+    if (lockRes?.[0]) throw lockRes[0];
+    return { shared: this.parse(key, getErr, raw, ttlErr, pttl), ...(lockRes ? { lockPttl: lockRes[1] } : {}) };
+  }
+
+  /** GETRANGE's and PTTL's replies for `key`, as the shared value (undefined: none of ours). */
+  private parse(key: string, getErr: Error | null, raw: string | null, ttlErr: Error | null, pttl: number): Shared | undefined {
     if (getErr && getErr.name === 'ReplyError' && lastingRefusal(getErr.message) === 'WRONGTYPE') {
       // Something else's key of another type where ours goes (a hash, a list): nothing of ours to read.
       // Read as none, so that this proxy refreshes and its SET replaces it, rather than every proxy
@@ -480,9 +491,9 @@ export class SharedProvider implements Provider {
       signal?.throwIfAborted();
       await new Promise((r) => setTimeout(r, Math.min(this.pollMs, Math.max(0, deadline - Date.now()))));
       try {
-        const value = await this.read(redis, key);
+        const { shared: value, lockPttl } = await this.read(redis, key, lock);
         if (value && value.raw !== before && value.pttl >= 0) return value;
-        if ((await redis.exists(lock)) === 0) return undefined;
+        if (lockPttl === -2) return undefined;
       } catch (err) {
         this.failed(err);
         return undefined;
@@ -566,14 +577,17 @@ async function readAuthToken(arn: string, region: string | undefined, opts: Redi
   try {
     while (!opts.signal?.aborted) {
       try {
-        const token = authTokenOf(await fetchSecretString(arn, sm));
+        const token = authTokenOf(await fetchSecretString(arn, sm, opts.signal));
         if (failed) log('info', 'read the Redis AUTH token: discovery is shared', { secret: arn });
         return token;
       } catch (err) {
-        // Said once; the tries after it are quiet until one succeeds.
+        // Said once; the tries after it are quiet until one succeeds. An abort (closing) is no failure.
+        if (opts.signal?.aborted) break;
         if (!failed) log('error', 'cannot read the Redis AUTH token: discovery is not shared until it can be (tried again, at most every 5 minutes)', { secret: arn, retryInMs: waitMs, ...errorFields(err) });
         failed = true;
       }
+      // Ended while that read was under way: its 'abort' is said already, and would not end the wait.
+      if (opts.signal?.aborted) break;
       await new Promise<void>((resolve) => {
         const timer = setTimeout(done, waitMs);
         timer.unref();

@@ -325,7 +325,8 @@ describe('SharedProvider on a real redis-server', () => {
     await a.connected();
     stub.fail('ListTasks', 'throttle');
     await expect(a.discover(route)).rejects.toMatchObject({ name: 'ThrottlingException' });
-    expect(await admin.pttl(lockKey(SCOPE, route))).toBeGreaterThan(0);
+    await sleep(50); // a lock let go expires in 1 ms
+    expect(await admin.pttl(lockKey(SCOPE, route))).toBeGreaterThan(50);
   });
 
   test("a lock holder with a longer NODE_CHECK_PERIOD (a longer TTL) is waited for, and its answer taken", async () => {
@@ -702,6 +703,17 @@ describe('SharedProvider on a real redis-server', () => {
         expect(await a.discover(other)).toEqual([]);
         await sleep(100);
         expect(await admin.pttl(lockKey(SCOPE, other))).toBeLessThanOrEqual(450); // the script ran
+        // A fleet-mate waits on the holder of the lock, for a new route and for an early ask (its targets refused).
+        const late: RouteKey = { ...route, service: 'late' };
+        stub.model.clusters.prod.late = [{ ip: '10.0.0.9' }];
+        for (const maxAgeMs of [Infinity, 1]) {
+          stub.fail('ListTasks', 'delay', { delayMs: 300 });
+          const holding = a.discoverAged(late, undefined, maxAgeMs);
+          await sleep(50);
+          expect(ids((await b.discoverAged(late, undefined, maxAgeMs)).targets)).toEqual(['10.0.0.9:8080']);
+          await holding;
+        }
+        expect(stub.count('ListTasks')).toBe(4); // web, api, and late twice: once each time
         expect(await admin.dbsize()).toBe(0); // database 0 untouched
         expect(said(stderr, 'redis')).toEqual([]);
       } finally {
@@ -891,6 +903,25 @@ describe('createRedis', () => {
       const reads = stub.count('GetSecretValue');
       await new Promise((r) => setTimeout(r, 300));
       expect(stub.count('GetSecretValue')).toBe(reads);
+    } finally {
+      errors.mockRestore();
+    }
+  });
+
+  test('ended while a read of its AUTH secret is under way, no client is made and no retry waited for', async () => {
+    const errors = jest.spyOn(process.stderr, 'write').mockImplementation(() => true);
+    try {
+      stub.fail('GetSecretValue', 'error500', { delayMs: 300 });
+      const ending = new AbortController();
+      const started = Date.now();
+      const made = createRedis(
+        { redisUrl: `redis://127.0.0.1:${secured.port}`, redisAuthSecretArn: 'arn:aws:secretsmanager:us-east-1:123456789012:secret:slow', awsRegion: 'us-east-1' },
+        { secretRetryMs: 10_000, signal: ending.signal },
+      );
+      await sleep(50);
+      ending.abort();
+      await expect(made).resolves.toBeUndefined();
+      expect(Date.now() - started).toBeLessThan(5000); // not the 10 s wait before the next read
     } finally {
       errors.mockRestore();
     }
