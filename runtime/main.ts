@@ -19,9 +19,11 @@ import type { ToPrimary } from './ipc';
 import { errorFields, log, logProcessWarnings } from './log';
 import { register } from './metrics';
 import { workerEnv, workerV8Flags } from './memory';
-import { timerMs } from './types';
+import { timerMs, within } from './types';
 
 const EXIT_BAD_CONFIG = 2;
+/** How long HOST or METRICS_HOST given as a name is looked up for at start (listenNamesOrExit). */
+const LISTEN_NAME_LOOKUP_MS = 2_000;
 /** The metrics endpoint: connections at once, and seconds a connection may be silent or a request take. */
 const METRICS_MAX_CONNECTIONS = 64;
 const METRICS_TIMEOUT_MS = 10_000;
@@ -60,7 +62,8 @@ async function listenNamesOrExit(config: Config): Promise<void> {
   const problems: string[] = [];
   for (const [env, name] of named) {
     if (problems.some((p) => p.includes(`'${name}'`))) continue;
-    await lookup(name).catch((err: NodeJS.ErrnoException) => {
+    // Bounded: a resolver that does not answer at boot must not hold the start (the listen asks again).
+    await within(lookup(name), LISTEN_NAME_LOOKUP_MS).catch((err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOTFOUND') problems.push(`${env}: must be an IP address (0.0.0.0, ::, 127.0.0.1) or a host name this machine resolves, and '${name}' resolves to nothing`);
     });
   }
