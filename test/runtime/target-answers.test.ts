@@ -65,6 +65,9 @@ async function proxyFor(ts: RawTarget[], env: Record<string, string> = {}): Prom
   return proxy.port;
 }
 
+/** karma_upstream_errors_total{kind} so far. */
+const errors = async (kind: string): Promise<number> => (await upstreamErrors.get()).values.find((v) => v.labels.kind === kind)?.value ?? 0;
+
 describe('answers that are not HTTP/1.x as a client may receive it are a 502', () => {
   test.each([
     ['a status of 000', 'HTTP/1.1 000 Zero\r\nContent-Length: 2\r\n\r\nok'],
@@ -80,7 +83,6 @@ describe('answers that are not HTTP/1.x as a client may receive it are a 502', (
   ])('%s', async (_what, bytes) => {
     const t = await rawTarget((_h, s) => s.end(bytes, 'latin1'));
     const port = await proxyFor([t]);
-    const errors = async (kind: string): Promise<number> => (await upstreamErrors.get()).values.find((v) => v.labels.kind === kind)?.value ?? 0;
     const [resets, bad] = [await errors('reset'), await errors('bad_response')];
     expect(await request(port)).toMatchObject({ status: 502, body: expect.stringContaining('upstream sent an invalid response') });
     expect([await errors('reset') - resets, await errors('bad_response') - bad]).toEqual([0, 1]);
@@ -129,7 +131,6 @@ describe('answers that are not HTTP/1.x as a client may receive it are a 502', (
   test('an answer that is no HTTP at all (another protocol on the port) is a 502 of its own kind, not_http', async () => {
     const t = await rawTarget((_h, s) => s.end('SSH-2.0-OpenSSH_9.6\r\n', 'latin1'));
     const port = await proxyFor([t]);
-    const errors = async (kind: string): Promise<number> => (await upstreamErrors.get()).values.find((v) => v.labels.kind === kind)?.value ?? 0;
     const [notHttp, bad] = [await errors('not_http'), await errors('bad_response')];
     expect(await request(port)).toMatchObject({ status: 502, body: expect.stringContaining('upstream sent an invalid response') });
     expect([await errors('not_http') - notHttp, await errors('bad_response') - bad]).toEqual([1, 0]);
@@ -149,7 +150,6 @@ test('a trailer section over the head limit is a bad answer, not a reset', async
   const trailers = Array.from({ length: 700 }, (_, i) => `X-T-${i}: ${'t'.repeat(100)}\r\n`).join('');
   const t = await rawTarget((_h, s) => s.end(`HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n${trailers}\r\n`, 'latin1'));
   const port = await proxyFor([t]);
-  const errors = async (kind: string): Promise<number> => (await upstreamErrors.get()).values.find((v) => v.labels.kind === kind)?.value ?? 0;
   const [resets, bad] = [await errors('reset'), await errors('bad_response')];
   await rawExchange(port, 'GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n');
   expect([await errors('reset') - resets, await errors('bad_response') - bad]).toEqual([0, 1]);

@@ -84,46 +84,39 @@ test('a handshake reaches the target with X-Forwarded-* of ours, and without the
   }
 });
 
-test("the target's 101 reaches the client with its header names as the target spelt them, repeated ones kept", async () => {
-  // What node's parser gives in lower case: hand-written clients and devices may compare names case-sensitively.
+/** The head lines of the 101 a client gets through the proxy when the target switches with `answer`. */
+async function switchHeadVia(answer: string): Promise<string[]> {
   const target = net.createServer((s) => {
     s.on('error', () => undefined);
-    s.once('data', () => s.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
-      'Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nX-CamelCase: 1\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n__proto__: x\r\n\r\n'));
+    s.once('data', () => s.write(answer));
   });
   const p = await proxyFor(target);
   try {
     const r = await rawExchange(p.port, 'GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
       'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n', { deadlineMs: 1000 });
-    const head = r.data.slice(0, r.data.indexOf('\r\n\r\n')).split('\r\n');
-    expect(head[0]).toBe('HTTP/1.1 101 Switching Protocols');
-    expect(head.slice(1)).toEqual(expect.arrayContaining([
-      'Upgrade: websocket', 'Connection: Upgrade', 'Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=', 'X-CamelCase: 1',
-      'Set-Cookie: a=1', 'Set-Cookie: b=2', '__proto__: x',
-    ]));
+    return r.data.slice(0, r.data.indexOf('\r\n\r\n')).split('\r\n');
   } finally {
     await p.stop();
     await close(target);
   }
+}
+
+test("the target's 101 reaches the client with its header names as the target spelt them, repeated ones kept", async () => {
+  // What node's parser gives in lower case: hand-written clients and devices may compare names case-sensitively.
+  const head = await switchHeadVia('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+    'Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nX-CamelCase: 1\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n__proto__: x\r\n\r\n');
+  expect(head[0]).toBe('HTTP/1.1 101 Switching Protocols');
+  expect(head.slice(1)).toEqual(expect.arrayContaining([
+    'Upgrade: websocket', 'Connection: Upgrade', 'Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=', 'X-CamelCase: 1',
+    'Set-Cookie: a=1', 'Set-Cookie: b=2', '__proto__: x',
+  ]));
 });
 
 test("the target's 101 reaches the client without hop-by-hop headers or those its Connection names, but for the switch's own", async () => {
-  const target = net.createServer((s) => {
-    s.on('error', () => undefined);
-    s.once('data', () => s.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade, X-Hop\r\n' +
-      'X-Hop: 1\r\nKeep-Alive: timeout=5\r\nProxy-Authenticate: Basic\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nX-End: 2\r\n\r\n'));
-  });
-  const p = await proxyFor(target);
-  try {
-    const r = await rawExchange(p.port, 'GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
-      'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n', { deadlineMs: 1000 });
-    const head = r.data.slice(0, r.data.indexOf('\r\n\r\n')).split('\r\n');
-    expect(head[0]).toBe('HTTP/1.1 101 Switching Protocols');
-    expect(head.slice(1).sort()).toEqual(['Connection: Upgrade', 'Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=', 'Upgrade: websocket', 'X-End: 2']);
-  } finally {
-    await p.stop();
-    await close(target);
-  }
+  const head = await switchHeadVia('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade, X-Hop\r\n' +
+    'X-Hop: 1\r\nKeep-Alive: timeout=5\r\nProxy-Authenticate: Basic\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nX-End: 2\r\n\r\n');
+  expect(head[0]).toBe('HTTP/1.1 101 Switching Protocols');
+  expect(head.slice(1).sort()).toEqual(['Connection: Upgrade', 'Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=', 'Upgrade: websocket', 'X-End: 2']);
 });
 
 test('a handshake reaches the target without hop-by-hop headers, those its Connection names, or underscore spellings of guarded ones', async () => {
