@@ -9,7 +9,7 @@ import * as net from 'node:net';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
 import type { Config } from './config';
 import { socketsClosed } from './downstream';
-import { kindOf, mayHaveLeft, refusedFailure } from './forward';
+import { kindOf, mayHaveLeft, refusedFailure, TUNNEL_KEEPALIVE_MS } from './forward';
 import { log } from './log';
 import { countChunk } from './memory';
 import { activeConnections, countSuccess, failedConnections, limitHits, retriesTotal, upstreamErrors } from './metrics';
@@ -21,6 +21,16 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
   const sockets = new Set<net.Socket>();
   /** Each client's address, read at accept: a destroyed socket no longer says it (for the closing line). */
   const addresses = new WeakMap<net.Socket, string | undefined>();
+  /** Tunnels the proxy cut, and why (the closing line's `error`). */
+  const cutFor = new WeakMap<net.Socket, 'idle_timeout' | 'cut_at_shutdown' | 'reset'>();
+  /**
+   * Cuts a tunnel's socket with a reset, its peer's too when it has one: a FIN would read as a stream
+   * that ended whole, to a protocol that ends its data with the connection (a file sent as is, syslog).
+   */
+  const cut = (socket: net.Socket, why: 'idle_timeout' | 'cut_at_shutdown'): void => {
+    if (!cutFor.has(socket)) cutFor.set(socket, why);
+    if (!socket.destroyed) socket.resetAndDestroy();
+  };
 
   /**
    * No target takes the client (every one full, down or failed): a reset, as an NLB answers, not a FIN
@@ -59,7 +69,8 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
     // A retry is counted when it reaches a target, not when one is wanted and none is left.
     if (attempt > 0) retriesTotal.inc();
     s.inflight++;
-    const upstream = net.connect({ host: s.target.host, port: s.target.port, allowHalfOpen: true });
+    // Keep-alive probes find a target that vanished without a word (IDLE_TIMEOUT=0 waits on it for good).
+    const upstream = net.connect({ host: s.target.host, port: s.target.port, allowHalfOpen: true, keepAlive: true, keepAliveInitialDelay: TUNNEL_KEEPALIVE_MS });
     sockets.add(upstream);
     let connected = false;
     let finished = false;
@@ -77,6 +88,7 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
           bytesIn: client.bytesRead,
           bytesOut: client.bytesWritten,
           ms: Date.now() - startedAt,
+          ...((cutFor.get(client) ?? cutFor.get(upstream)) ? { error: cutFor.get(client) ?? cutFor.get(upstream) } : {}),
         });
       }
     };
@@ -93,7 +105,10 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
       }
       countSuccess(s.target.id);
       upstream.setNoDelay(true);
-      upstream.setTimeout(config.idleTimeoutMs, () => upstream.destroy());
+      upstream.setTimeout(config.idleTimeoutMs, () => {
+        cut(upstream, 'idle_timeout');
+        cut(client, 'idle_timeout');
+      });
       client.pipe(upstream);
       upstream.pipe(client);
       // Bytes tunnelled either way, for memory.ts's young-generation collections.
@@ -106,6 +121,7 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
       if (connected) {
         // The target reset (or the stream failed): the client hears a reset too, not a FIN that would say
         // the stream ended whole.
+        cutFor.set(client, 'reset');
         client.resetAndDestroy();
         return;
       }
@@ -135,10 +151,12 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
       }
     });
     client.once('close', () => {
-      // A client that reset (an error) is passed on as a reset; one that closed, as a close.
+      // A client that reset (an error) or that the proxy cut is passed on as a reset; one that closed, as a close: after what
+      // is still queued for the target (its side closed first, it may read on; the pipe ended it already).
       if (connected) {
-        if (client.errored) upstream.resetAndDestroy();
-        else upstream.destroy();
+        if (client.errored || cutFor.has(client)) upstream.resetAndDestroy();
+        else if (upstream.writableFinished) upstream.destroy();
+        else upstream.end();
       } else if (!finished) {
         // Gone while the connection was being made (IDLE_TIMEOUT, or the client itself): no mark against
         // the target, and its slot is free now.
@@ -159,7 +177,8 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
       activeConnections.dec();
       sockets.delete(client);
     });
-    client.setTimeout(config.idleTimeoutMs, () => client.destroy());
+    client.setKeepAlive(true, TUNNEL_KEEPALIVE_MS);
+    client.setTimeout(config.idleTimeoutMs, () => cut(client, 'idle_timeout'));
     const hit = routes.get(POOL_ROUTE);
     if (hit.kind !== 'pool') {
       refuse(client, 'no target available', Date.now());
@@ -173,7 +192,7 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
   const shutdown = (timeoutMs: number): Promise<void> =>
     new Promise<void>((resolve) => {
       const deadline = setTimeout(() => {
-        for (const s of sockets) s.destroy();
+        for (const s of sockets) cut(s, 'cut_at_shutdown');
       }, timeoutMs);
       server.close(() => {
         clearTimeout(deadline);

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import * as net from 'node:net';
 import { loadConfig } from '../../runtime/config';
 import { failOpenTotal, nodeHealthStatus } from '../../runtime/metrics';
@@ -181,6 +182,92 @@ describe('MODE=tcp', () => {
     expect(await exchange(p.port, 'x')).toBe('a:x:bye');
     await new Promise((r) => setTimeout(r, 1000)); // idle past ROUTE_IDLE_TTL, with refresh passes every 50 ms
     expect(await exchange(p.port, 'y')).toBe('a:y:bye');
+  });
+
+  test('a target that answers and closes its side first, then reads an upload slowly, gets all of it: what was queued is not dropped at the client\'s close', async () => {
+    const SIZE = 4 * 1024 * 1024 + 5000; // a last chunk short of the write buffer's mark: written without waiting
+    let got = -1;
+    const server = net.createServer({ allowHalfOpen: true }, (sock) => {
+      sock.on('error', () => undefined);
+      let n = 0;
+      sock.end('ready');
+      // Nothing read for a while, then slowly: the proxy's writes to it wait in its queue.
+      sock.pause();
+      setTimeout(() => sock.resume(), 300);
+      sock.on('data', (d) => {
+        n += d.length;
+        sock.pause();
+        setTimeout(() => sock.resume(), 10);
+      });
+      sock.on('end', () => (got = n));
+    });
+    const port = await listen(server);
+    servers.push(server);
+    const targets = [makeTarget('127.0.0.1', port)];
+    p = await start(loadConfig({ NODE_FILTER: 'static', MODE: 'tcp', STATIC_TARGETS: targets[0].id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off' }), { provider: fixed(targets) });
+    await new Promise<void>((resolve, reject) => {
+      const c = net.connect({ port: p.port, host: '127.0.0.1', allowHalfOpen: true }, () => c.end(Buffer.alloc(SIZE, 7)));
+      c.resume();
+      c.on('close', () => resolve());
+      c.on('error', reject);
+      c.setTimeout(20_000, () => c.destroy(new Error('timeout')));
+    });
+    await until('the target read to its end', () => got >= 0, 20_000);
+    expect(got).toBe(SIZE);
+  });
+
+  test.each([
+    ['at IDLE_TIMEOUT', 'idle_timeout'],
+    ['at SHUTDOWN_TIMEOUT', 'cut_at_shutdown'],
+  ])('a tunnel the proxy cuts %s is a reset for both sides, not an end that says the stream ended whole, and its line says why', async (_when, why) => {
+    let targetHeard: string | undefined;
+    const server = net.createServer({ allowHalfOpen: true }, (sock) => {
+      sock.write('ready');
+      sock.on('end', () => (targetHeard ??= 'end'));
+      sock.on('error', (e: NodeJS.ErrnoException) => (targetHeard ??= e.code));
+    });
+    const port = await listen(server);
+    servers.push(server);
+    const targets = [makeTarget('127.0.0.1', port)];
+    const lines: string[] = [];
+    const spy = jest.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => (lines.push(String(chunk)), true));
+    try {
+      const idle = why === 'idle_timeout' ? '0.3' : '0';
+      p = await start(loadConfig({ NODE_FILTER: 'static', MODE: 'tcp', STATIC_TARGETS: targets[0].id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', IDLE_TIMEOUT: idle, SHUTDOWN_TIMEOUT: '0.2', LOG_CONNECTIONS: 'true' }), { provider: fixed(targets) });
+      const c = net.connect({ port: p.port, host: '127.0.0.1', allowHalfOpen: true });
+      let clientHeard: string | undefined;
+      c.on('end', () => (clientHeard ??= 'end'));
+      c.on('error', (e: NodeJS.ErrnoException) => (clientHeard ??= e.code));
+      await new Promise((r) => c.once('data', r)); // the tunnel is up
+      c.write('half of a file'); // then nothing more, and no end
+      if (why === 'cut_at_shutdown') void p.stop();
+      await until('both sides heard', () => clientHeard !== undefined && targetHeard !== undefined, 5000);
+      expect([clientHeard, targetHeard]).toEqual(['ECONNRESET', 'ECONNRESET']);
+      await until('the line', () => lines.some((l) => l.includes('tcp connection closed')), 2000);
+      expect(JSON.parse(lines.find((l) => l.includes('tcp connection closed'))!)).toMatchObject({ error: why });
+      c.destroy();
+    } finally {
+      spy.mockRestore();
+    }
+  });
+
+  test('both sockets of a tunnel send keep-alive probes: with IDLE_TIMEOUT=0 a peer that vanished without a word is found', async () => {
+    const a = await echo('a');
+    servers.push(a.server);
+    const t = makeTarget('127.0.0.1', a.port);
+    p = await start(loadConfig({ NODE_FILTER: 'static', MODE: 'tcp', STATIC_TARGETS: t.id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', IDLE_TIMEOUT: '0' }), { provider: fixed([t]) });
+    const c = net.connect(p.port, '127.0.0.1');
+    c.on('error', () => undefined);
+    try {
+      await new Promise((r) => c.once('data', r)); // the tunnel is up
+      // The kernel's view (ss -o shows each socket's timer): the proxy's side towards the client, and its
+      // connection to the target.
+      const timers = (filter: string): string => execFileSync('ss', ['-tnoH', 'state', 'established', filter], { encoding: 'utf8' });
+      expect(timers(`( sport = :${p.port} )`)).toMatch(/timer:\(keepalive/);
+      expect(timers(`( dport = :${a.port} )`)).toMatch(/timer:\(keepalive/);
+    } finally {
+      c.destroy();
+    }
   });
 
   test('IDLE_TIMEOUT=0: an idle tunnel (a database connection between queries) stays open, as with the Stateless Load Balancer', async () => {
