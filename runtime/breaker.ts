@@ -63,7 +63,7 @@ export interface BreakerOptions {
  * What a worker's breaker tells the board: a counted failure (`fail-refused`: the connection was refused)
  * or success, a trial taken or given back.
  */
-export type BreakerEvent = 'fail' | 'fail-refused' | 'ok' | 'trial' | 'release';
+export type BreakerEvent = 'fail' | 'fail-refused' | 'ok' | 'trial' | 'release' | 'renew';
 
 /** The board's state of one target's breaker, as it sends it to the workers. */
 export interface BreakerSnapshot {
@@ -106,7 +106,13 @@ export interface BreakerPermit {
   release(): void;
 }
 
-/** How long a worker keeps a granted half-open trial for a request to take, before giving it back. */
+/**
+ * How long a worker keeps a granted half-open trial for a request to take before asking the board to
+ * renew it: the board hands it to another worker whose claim it refused meanwhile, else this worker
+ * keeps it. Given back and claimed anew at each request instead, it was never taken where requests
+ * come more than this apart: each claim sent its own request elsewhere, and the grant lapsed before the
+ * next one (a target back after a blip stayed out of a quiet service for good).
+ */
 const GRANT_MS = 1000;
 
 export class CircuitBreaker {
@@ -124,6 +130,9 @@ export class CircuitBreaker {
   private trialOut = false;
   /** Linked: another worker holds the half-open trial. */
   private trialElsewhere = false;
+  /** Linked: which worker holds it, as the board last said, and the holder this worker has said it wants the trial of. */
+  private holderSeen: number | undefined;
+  private wantSaidTo: number | undefined;
   /** Linked: the number of this worker's claim on the trial, while the board has not answered it (0: none). */
   private claiming = 0;
   /** Linked: the board granted this worker the trial, and no request has taken it yet (see hasGrant). */
@@ -225,6 +234,12 @@ export class CircuitBreaker {
         }
         // Not yet: claim the trial from the board; a later request (or this one, waiting) takes the grant.
         if (!this.trialOut && !this.trialElsewhere && this.claiming === 0) this.claim(link);
+        else if (this.trialElsewhere && this.wantSaidTo !== this.holderSeen) {
+          // Held by another worker: the board is told once that this one wants it (the holder's next
+          // renewal hands it over, should no request of the holder's take it).
+          this.wantSaidTo = this.holderSeen;
+          link.report(this.shared!.id, 'trial');
+        }
         return false;
       }
       case 'open':
@@ -364,13 +379,17 @@ export class CircuitBreaker {
         this.transition('half-open');
         const mine = snap.holder !== undefined && snap.holder === this.shared?.link.self;
         this.trialElsewhere = snap.holder !== undefined && !mine;
+        this.holderSeen = snap.holder;
         if (this.claiming !== 0 && replyTo !== undefined && replyTo >= this.claiming) {
           this.claiming = 0;
           if (mine && !this.trialOut) this.grant();
-        } else if (mine && this.claiming === 0 && !this.grantHeld && !this.trialOut) {
-          // Granted on a claim this worker stopped waiting for (the primary was slow): nobody here will
-          // take it, and every other worker would refuse the target meanwhile. Given back.
-          this.link?.report(this.shared!.id, 'release');
+        } else if (mine && !this.grantHeld && !this.trialOut) {
+          // Granted on a claim this worker stopped waiting for (the primary was slow), or handed over at
+          // another worker's renewal (it refused this worker's claim meanwhile): held for a request.
+          this.grant();
+        } else if (!mine && this.grantHeld) {
+          // Handed to a worker that asked meanwhile (renewal): not this one's to give any more.
+          this.granted = false;
         }
         return;
       }
@@ -389,11 +408,21 @@ export class CircuitBreaker {
     this.granted = false;
   }
 
-  /** The board's grant, kept GRANT_MS for a request to take; then given back, so another worker can try. */
+  /** The board's grant, kept for a request to take; renewed every GRANT_MS (the board may hand it on). */
   private grant(): void {
     if (this.grantHeld) return;
     this.granted = true;
-    this.grantTimer = setTimeout(() => this.giveBack(), GRANT_MS);
+    this.renewLater();
+  }
+
+  private renewLater(): void {
+    this.grantTimer = setTimeout(() => {
+      if (!this.grantHeld) return;
+      const link = this.link;
+      if (!link || this.current !== 'half-open') return this.giveBack();
+      link.report(this.shared!.id, 'renew');
+      this.renewLater();
+    }, GRANT_MS);
     this.grantTimer.unref?.();
   }
 
@@ -436,6 +465,7 @@ export class CircuitBreaker {
     this.generation += 1;
     // A new state holds no trial of any kind: the previous state's belong to its generation.
     this.trialOut = this.trialElsewhere = this.failPending = false;
+    this.holderSeen = this.wantSaidTo = undefined;
     this.granted = false;
     this.claiming = 0;
     this.onChange?.(next);
@@ -451,7 +481,8 @@ const clean = (id: string): BreakerSnapshot => ({ id, state: 'closed', failing: 
  * with a closed breaker and nothing counted has no entry.
  */
 export class BreakerBoard {
-  private readonly entries = new Map<string, { readonly breaker: CircuitBreaker; holder: number | undefined }>();
+  /** `wanted`: workers whose claim on the trial was refused while `holder` held it, in order: handed it at a renewal. */
+  private readonly entries = new Map<string, { readonly breaker: CircuitBreaker; holder: number | undefined; readonly wanted: number[] }>();
 
   constructor(private readonly opts: Omit<BreakerOptions, 'onChange' | 'shared'>) {}
 
@@ -461,7 +492,7 @@ export class BreakerBoard {
     if (!e) {
       // Only a failure or a trial starts a story; anything else about a closed, clean breaker is news to nobody.
       if (ev !== 'fail' && ev !== 'fail-refused' && ev !== 'trial') return { snap: clean(id), changed: false };
-      e = { breaker: new CircuitBreaker(this.opts), holder: undefined };
+      e = { breaker: new CircuitBreaker(this.opts), holder: undefined, wanted: [] };
       this.entries.set(id, e);
     }
     const before = this.snapshotOf(id, e);
@@ -478,6 +509,7 @@ export class BreakerBoard {
         break;
       case 'trial':
         if (state === 'half-open' && e.holder === undefined && b.tryAcquire()) e.holder = worker;
+        else if (state === 'half-open' && e.holder !== undefined && e.holder !== worker && !e.wanted.includes(worker)) e.wanted.push(worker);
         break;
       case 'release':
         if (trial) {
@@ -485,8 +517,13 @@ export class BreakerBoard {
           e.holder = undefined;
         }
         break;
+      case 'renew':
+        // A grant no request of its holder took: to the first worker that asked meanwhile, if one did.
+        if (trial && e.wanted.length > 0) e.holder = e.wanted.shift();
+        break;
     }
     if (b.state !== 'half-open') e.holder = undefined;
+    if (e.holder === undefined) e.wanted.length = 0;
     const snap = this.snapshotOf(id, e);
     if (snap.state === 'closed' && !snap.failing) this.entries.delete(id);
     const changed = snap.state !== before.state || snap.failing !== before.failing || snap.holder !== before.holder;
@@ -515,6 +552,8 @@ export class BreakerBoard {
   workerGone(worker: number): BreakerSnapshot[] {
     const out: BreakerSnapshot[] = [];
     for (const [id, e] of this.entries) {
+      const i = e.wanted.indexOf(worker);
+      if (i !== -1) e.wanted.splice(i, 1);
       if (e.holder !== worker) continue;
       const { snap, changed } = this.report(worker, id, 'release');
       if (changed) out.push(snap);
@@ -533,7 +572,7 @@ export class BreakerBoard {
     return gone;
   }
 
-  private snapshotOf(id: string, e: { readonly breaker: CircuitBreaker; holder: number | undefined }): BreakerSnapshot {
+  private snapshotOf(id: string, e: { readonly breaker: CircuitBreaker; holder: number | undefined; readonly wanted: number[] }): BreakerSnapshot {
     const b = e.breaker;
     const state = b.state;
     return {

@@ -282,6 +282,27 @@ describe('a target restarted in a deploy is back once its health check passes, n
     expect(ms).toBeLessThan(5000); // a check period (0.3 s) or so, not CIRCUIT_BREAKER_TIMEOUT's 5 minutes
   });
 
+  test('in a quiet service (a request every 1.5 s, two workers) the restarted target gets its trial and is back, not left out while the other serves', async () => {
+    const [app, other] = await Promise.all([startBackend('app'), startBackend('other')]);
+    backends = [app, other];
+    p = await startBundle({ ...DEPLOY, STATIC_TARGETS: [app, other].map((b) => makeTarget('127.0.0.1', b.port).id).join(',') });
+    await until('two workers', () => p!.workers().length === 2);
+    await until('both answering', async () => (await request(p!.port)).status === 200);
+    await app.close(); // its refusals open its breaker; the other target answers the rest
+    await until('the breaker open', async () => {
+      await request(p!.port);
+      return p!.stderr.includes('circuit breaker open');
+    });
+    again = http.createServer((_req, res) => res.end('back'));
+    await new Promise<void>((resolve) => again!.listen(app.port, '127.0.0.1', resolve));
+    const bodies: string[] = [];
+    for (let i = 0; i < 8 && !bodies.includes('back'); i++) {
+      await new Promise((r) => setTimeout(r, 1500));
+      bodies.push((await request(p!.port)).body);
+    }
+    expect(bodies).toContain('back');
+  });
+
   test('without health checks, a breaker refusals opened half-opens after CIRCUIT_BREAKER_TIMEOUT, not before, however soon the target listens again', async () => {
     const app = await startBackend('app');
     backends = [app];
