@@ -379,6 +379,8 @@ export class CircuitBreaker {
         this.transition('half-open');
         const mine = snap.holder !== undefined && snap.holder === this.shared?.link.self;
         this.trialElsewhere = snap.holder !== undefined && !mine;
+        // A new holder (or none) is told anew that this worker wants the trial: the board forgets its wanted list.
+        if (snap.holder !== this.holderSeen) this.wantSaidTo = undefined;
         this.holderSeen = snap.holder;
         if (this.claiming !== 0 && replyTo !== undefined && replyTo >= this.claiming) {
           this.claiming = 0;
@@ -420,8 +422,9 @@ export class CircuitBreaker {
       if (!this.grantHeld) return;
       const link = this.link;
       if (!link || this.current !== 'half-open') return this.giveBack();
-      link.report(this.shared!.id, 'renew');
-      this.renewLater();
+      // Not taken while the board decides: it may hand the trial on, and a request here meanwhile would be a second trial.
+      this.granted = false;
+      link.report(this.shared!.id, 'renew', () => undefined);
     }, GRANT_MS);
     this.grantTimer.unref?.();
   }

@@ -183,7 +183,10 @@ export class PrimaryBreakers implements BreakerLink {
     for (const snap of m.snaps) {
       if (snap.state === 'closed' && !snap.failing) this.known.delete(snap.id);
       else this.known.set(snap.id, { snap, at: Date.now() });
-      lookup(snap.id)?.apply(snap, m.n);
+      const b = lookup(snap.id);
+      if (b) b.apply(snap, m.n);
+      // A trial handed to this worker for a target it no longer has: nobody here will take it.
+      else if (snap.state === 'half-open' && snap.holder === this.self) this.out({ t: 'breaker', id: snap.id, ev: 'release' });
     }
     if (m.n !== undefined) this.answered(m.n);
   }

@@ -26,7 +26,12 @@ interface FakeWorker {
   readonly emitter: EventEmitter & Worker;
   /** The worker breaker's state changes, as karma_circuit_breaker_state follows them. */
   readonly changes: string[];
+  /** What it sent the primary, and a look at each message as it goes. */
+  readonly sent: ToPrimary[];
+  onSend?: (m: ToPrimary) => void;
   connected: boolean;
+  /** It still has the target (false: its registry forgot it, and the board's word finds no breaker). */
+  has: boolean;
 }
 
 function cluster(workers = 2) {
@@ -36,15 +41,18 @@ function cluster(workers = 2) {
   const all: FakeWorker[] = [];
   for (let id = 1; id <= workers; id++) {
     const emitter = new EventEmitter() as EventEmitter & Worker;
-    const w = { id, emitter, connected: true, changes: [] as string[] } as FakeWorker;
+    const w = { id, emitter, connected: true, has: true, changes: [] as string[], sent: [] as ToPrimary[] } as FakeWorker;
     Object.assign(emitter, {
       id,
       isConnected: () => w.connected,
-      send: (m: ToWorker) => setImmediate(() => w.link.receive(m as Extract<ToWorker, { t: 'breaker' }>, (t) => (t === TARGET ? w.breaker : undefined))),
+      send: (m: ToWorker) => setImmediate(() => w.link.receive(m as Extract<ToWorker, { t: 'breaker' }>, (t) => (t === TARGET && w.has ? w.breaker : undefined))),
     });
-    Object.assign(w, {
-      link: new PrimaryBreakers(id, (m: ToPrimary) => setImmediate(() => emitter.emit('message', m)), () => w.connected, 500),
-    });
+    const toPrimary = (m: ToPrimary): void => {
+      w.sent.push(m);
+      w.onSend?.(m);
+      setImmediate(() => emitter.emit('message', m));
+    };
+    Object.assign(w, { link: new PrimaryBreakers(id, toPrimary, () => w.connected, 500) });
     Object.assign(w, { breaker: new CircuitBreaker({ threshold: 3, timeoutMs: TIMEOUT_MS, now: () => clock, onChange: (state) => w.changes.push(state), shared: { id: TARGET, link: w.link } }) });
     coordinator.add(emitter);
     all.push(w);
@@ -221,6 +229,91 @@ describe('one breaker per target across workers', () => {
     expect(b.breaker.tryAcquire()).toBe(true);
     expect(a.breaker.tryAcquire()).toBe(false); // one trial for all workers
   });
+
+  /** Two workers, the breaker opened by three failures and its timeout past: half-open. */
+  async function halfOpen() {
+    const c = cluster();
+    const [a, b] = c.workers;
+    for (const w of [a, b, a]) await failOn(w);
+    c.advance(TIMEOUT_MS);
+    return c;
+  }
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+  test('after a hand-over each way, a busy worker still says it wants the trial, and gets it from a quiet holder', async () => {
+    const { workers: [a, b] } = await halfOpen();
+    expect(a.breaker.tryAcquire()).toBe(false);
+    await settle();
+    expect(a.breaker.hasGrant).toBe(true);
+    expect(b.breaker.tryAcquire()).toBe(false); // b wants (wantSaidTo = a)
+    await settle();
+    await sleep(1100);
+    expect(b.breaker.hasGrant).toBe(true); // handed to b
+    expect(a.breaker.tryAcquire()).toBe(false); // a wants (wantSaidTo = b)
+    await settle();
+    await sleep(1100);
+    expect(a.breaker.hasGrant).toBe(true); // handed back to a; a now quiet
+    // b is busy: 50 requests a second for 4 s, each finds a holding it
+    let got = false;
+    for (let i = 0; i < 200 && !got; i++) {
+      got = b.breaker.tryAcquire();
+      await sleep(20);
+    }
+    expect(got).toBe(true);
+  }, 20_000);
+
+  test('a trial handed to a worker that has forgotten the target since it asked is given back, not held by nobody', async () => {
+    const { workers: [a, b] } = await halfOpen();
+    expect(a.breaker.tryAcquire()).toBe(false);
+    await settle();
+    expect(b.breaker.tryAcquire()).toBe(false); // b wants
+    await settle();
+    b.has = false; // b's registry collects the target (route forgotten): no grant held, nothing sent
+    await sleep(1200); // a's renewal hands it to b
+    let got = false;
+    for (let i = 0; i < 150 && !got; i++) {
+      got = a.breaker.tryAcquire();
+      await sleep(20);
+    }
+    expect(got).toBe(true);
+  }, 20_000);
+
+  test('a request on the holder while its renewal is under way is no second trial beside the one handed on', async () => {
+    const { workers: [a, b] } = await halfOpen();
+    expect(a.breaker.tryAcquire()).toBe(false);
+    await settle();
+    expect(b.breaker.tryAcquire()).toBe(false);
+    await settle();
+    let tookA = false;
+    // a's request comes just as its renewal has gone to the board, which hands the trial to b.
+    a.onSend = (m) => {
+      if (m.t === 'breaker' && m.ev === 'renew') setImmediate(() => (tookA = a.breaker.tryAcquire()));
+    };
+    await sleep(1100);
+    await settle();
+    const tookB = b.breaker.tryAcquire();
+    expect(tookA && tookB).toBe(false);
+  }, 20_000);
+
+  test('after a trial given back (its client left), a busy worker says again that it wants the next one', async () => {
+    const { workers: [a, b] } = await halfOpen();
+    expect(a.breaker.tryAcquire()).toBe(false);
+    await settle();
+    expect(b.breaker.tryAcquire()).toBe(false); // b wants (wantSaidTo = a)
+    await settle();
+    expect(a.breaker.tryAcquire()).toBe(true); // a's request takes the trial
+    a.breaker.release(a.breaker.epoch); // its client went away: no verdict; board holder none, wanted cleared
+    await settle();
+    expect(a.breaker.tryAcquire()).toBe(false); // a's next request claims again first; goes elsewhere
+    await settle();
+    expect(a.breaker.hasGrant).toBe(true);
+    let got = false;
+    for (let i = 0; i < 150 && !got; i++) {
+      got = b.breaker.tryAcquire();
+      await sleep(20);
+    }
+    expect(got).toBe(true);
+  }, 20_000);
 
   test('the primary gone: a worker waiting on another\'s trial tries on its own, and a trial whose failure the primary never heard opens the breaker', async () => {
     const { workers: [a, b], advance } = cluster();
