@@ -528,7 +528,12 @@ describe('the bundle starts and stops cleanly', () => {
     const backend = await startBackend('slow');
     backend.handle = (_req, res) => void setTimeout(() => res.end('too late'), 10_000);
     const http1 = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, HEALTH_CHECK_PATH: 'off', SHUTDOWN_TIMEOUT: '0.5', LOG_CONNECTIONS: 'true' });
-    const echo = net.createServer((s) => s.pipe(s));
+    let echoHeard: string | undefined;
+    const echo = net.createServer((s) => {
+      s.pipe(s);
+      s.on('end', () => (echoHeard ??= 'end'));
+      s.on('error', (e: NodeJS.ErrnoException) => (echoHeard ??= e.code));
+    });
     const echoPort = await listen(echo);
     const tcp = await startBundle({ NODE_FILTER: 'static', MODE: 'tcp', STATIC_TARGETS: `127.0.0.1:${echoPort}`, HEALTH_CHECK_PATH: 'off', SHUTDOWN_TIMEOUT: '0.5', LOG_CONNECTIONS: 'true' });
     const tunnel = net.connect(tcp.port, '127.0.0.1');
@@ -546,7 +551,10 @@ describe('the bundle starts and stops cleanly', () => {
       const closed = tcp.lines().filter((l) => l.msg === 'tcp connection closed');
       expect(closed).toHaveLength(1);
       // Who it was, though the socket is gone by the time the line is written.
-      expect(closed[0]).toMatchObject({ client: '127.0.0.1', target: `127.0.0.1:${echoPort}`, bytesIn: 4 });
+      expect(closed[0]).toMatchObject({ client: '127.0.0.1', target: `127.0.0.1:${echoPort}`, bytesIn: 4, error: 'cut_at_shutdown' });
+      // Cut, and told so: a reset, not the end of a stream that ended whole.
+      await until('the target heard', () => echoHeard !== undefined);
+      expect(echoHeard).toBe('ECONNRESET');
     } finally {
       tunnel.destroy();
       await Promise.all([http1.stop('SIGKILL'), tcp.stop('SIGKILL')]);
