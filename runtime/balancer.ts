@@ -114,7 +114,9 @@ export class TargetRegistry implements StatusSetter {
 
   private collect(s: TargetState): void {
     if (s.refs > 0 || this.states.get(s.target.id) !== s) return;
-    if (s.inflight > 0) return; // draining: in-flight requests finish, done() comes back here
+    // Draining: requests under way finish, done() comes back here; those still waiting for one of its
+    // sockets go to another target.
+    if (s.inflight > 0) return s.pool.leave();
     this.states.delete(s.target.id);
     s.breaker.giveBack();
     s.pool.destroy();

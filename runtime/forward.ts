@@ -164,11 +164,12 @@ setInterval(() => loopTicks++, STALE_TICK_MS).unref();
  * `client_gone` the client left first; `client_timeout` the client stopped sending its body;
  * `stale` a keep-alive connection the target had already closed, before anything that cannot be
  * replayed was sent (safe to try again on a fresh connection, and no mark against the target);
- * `shutting_down` SHUTDOWN_TIMEOUT came before any of it was sent.
+ * `shutting_down` SHUTDOWN_TIMEOUT came before any of it was sent; `target_left` the target left its
+ * route while the request waited for one of its sockets (nothing sent: another target takes it).
  */
 class UpstreamError extends Error {
   constructor(
-    readonly kind: FailureKind | 'client_gone' | 'client_timeout' | 'stale' | 'shutting_down',
+    readonly kind: FailureKind | 'client_gone' | 'client_timeout' | 'stale' | 'shutting_down' | 'target_left',
     /** Nothing of the request reached the target: safe to retry with any method. */
     readonly beforeSend: boolean,
     /** Says nothing about the target's health (a keep-alive race, an answer head over our limit), so its breaker is not told. */
@@ -997,6 +998,10 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     this.failTry('pool_full');
   }
 
+  onTargetLeft(): void {
+    if (!this.settled) this.settle(undefined, new UpstreamError('target_left', true));
+  }
+
   onTimeout(): void {
     // Still connecting (UPSTREAM_TIMEOUT shorter than POOL_TIMEOUT): no connection was made, which is
     // tried on the next target, not a silent target's 504.
@@ -1122,7 +1127,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       this.up?.destroy();
     }
     const notTheTarget = err !== undefined &&
-      (err.kind === 'client_gone' || err.kind === 'client_timeout' || err.kind === 'stale' || err.kind === 'shutting_down');
+      (err.kind === 'client_gone' || err.kind === 'client_timeout' || err.kind === 'stale' || err.kind === 'shutting_down' || err.kind === 'target_left');
     const counted = err !== undefined && !notTheTarget && !err.blameless && err.kind !== 'pool_full';
     // Counted before done(), which forgets a target that has left every pool, and its series with it: a
     // count after would bring the series back for good. What the breaker excuses (a keep-alive race that
@@ -1162,6 +1167,9 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       return this.endedHere(408);
     }
     const unsent = !res.headersSent && !res.dead && !req.conn.destroyed;
+    // Its target left the route while it waited in the line: no failure, the route's others take it
+    // (or nobody: its client is gone already).
+    if (err.kind === 'target_left') return unsent ? this.next() : this.retryOrAnswer(new UpstreamError('client_gone', true));
     if (err.kind === 'stale') {
       // The target had closed that keep-alive connection: nothing was lost, try a fresh one (same target allowed).
       if (this.stale < MAX_STALE && unsent) {

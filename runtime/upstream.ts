@@ -89,6 +89,8 @@ export interface UpstreamHandler {
   onTimeout(): void;
   /** Every socket of the target stayed busy for the pool's `maxWaitMs`: the request left the line. */
   onQueueTimeout(): void;
+  /** The target left every route while the request waited in its line (UpstreamPool.leave): nothing was sent. */
+  onTargetLeft?(): void;
 }
 
 /** For callers that prefer events (the upstream tests): 'socket', 'response', 'error', 'timeout', and 'aborted' on the response. */
@@ -677,6 +679,15 @@ export class UpstreamPool {
   }
 
   /** Closes every socket; later requests are refused a socket and wait (none should come). */
+  /**
+   * The target left every route (its task stopped, its instance left the group): requests still waiting
+   * for one of its sockets leave the line, to go to a target of their route, as an ALB sends nothing new
+   * to a target it deregisters. Those it is answering go on (draining).
+   */
+  leave(): void {
+    for (const x of this.waiting.splice(0)) x.targetLeft();
+  }
+
   destroy(): void {
     this.closed = true;
     if (this.sweeper) clearInterval(this.sweeper);
@@ -881,6 +892,12 @@ export class UpstreamRequest extends EventEmitter {
 
   waitedTooLong(): void {
     if (!this.destroyed) this.handler.onQueueTimeout();
+  }
+
+  targetLeft(): void {
+    if (this.destroyed) return;
+    if (this.handler.onTargetLeft) this.handler.onTargetLeft();
+    else this.handler.onQueueTimeout();
   }
 
   private sendHead(): net.Socket | undefined {

@@ -610,3 +610,27 @@ describe('errors map to statuses', () => {
     }
   });
 });
+
+test('requests waiting for a socket of a target that leaves its route go to a target still in it, not to the one that left', async () => {
+  // POOL_SIZE=1 and both targets busy: the third request waits in the line of the rotation's turn (a).
+  // Then a leaves discovery (its task stopped): as an ALB sends nothing new to a deregistered target,
+  // that request goes to b, once b is free; a finishes what it was answering (draining).
+  const [a, b] = await Promise.all([startBackend('a'), startBackend('b')]);
+  for (const x of [a, b]) x.handle = (req, res) => void setTimeout(() => res.end(x === a ? 'a' : 'b'), req.url === '/slow' ? 1500 : 0);
+  let targets = [a, b].map((x) => makeTarget('127.0.0.1', x.port));
+  const provider: Provider = { name: 'test', discover: async () => targets };
+  const p = await proxy({ NODE_FILTER: 'static', STATIC_TARGETS: targets.map((t) => t.id).join(','), POOL_SIZE: '1', NODE_CHECK_PERIOD: '0.2' }, provider);
+  try {
+    const slow = [request(p.port, { path: '/slow' }), request(p.port, { path: '/slow' })];
+    await until('both targets busy', () => a.seen.length === 1 && b.seen.length === 1);
+    const waiting = request(p.port, { path: '/waits' });
+    await new Promise((r) => setTimeout(r, 100));
+    targets = [makeTarget('127.0.0.1', b.port)];
+    expect((await waiting).body).toBe('b');
+    expect((await Promise.all(slow)).map((r) => r.body).sort()).toEqual(['a', 'b']); // a drained
+    expect(a.seen.map((r) => r.url)).toEqual(['/slow']);
+  } finally {
+    await p.stop();
+    await Promise.all([a.close(), b.close()]);
+  }
+});
