@@ -201,7 +201,7 @@ export function kindOf(err: NodeJS.ErrnoException): FailureKind {
       // "Expected HTTP/": the answer did not even begin as HTTP does.
       return 'not_http';
     default:
-      // llhttp's verdicts on the response: HPE_INVALID_CONSTANT, HPE_UNEXPECTED_CONTENT_LENGTH, …
+      // llhttp's other verdicts on the response (HPE_UNEXPECTED_CONTENT_LENGTH, HPE_CR_EXPECTED, …) and ours (answerFault).
       return err.code?.startsWith('HPE_') ? 'bad_response' : 'other';
   }
 }

@@ -678,7 +678,6 @@ export class UpstreamPool {
     for (const c of this.idle.splice(0)) c.socket.destroy();
   }
 
-  /** Closes every socket; later requests are refused a socket and wait (none should come). */
   /**
    * The target left every route (its task stopped, its instance left the group): requests still waiting
    * for one of its sockets leave the line, to go to a target of their route, as an ALB sends nothing new
@@ -688,6 +687,7 @@ export class UpstreamPool {
     for (const x of this.waiting.splice(0)) x.targetLeft();
   }
 
+  /** Closes every socket; later requests are refused a socket and wait (none should come). */
   destroy(): void {
     this.closed = true;
     if (this.sweeper) clearInterval(this.sweeper);
