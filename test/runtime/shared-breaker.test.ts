@@ -239,6 +239,14 @@ describe('one breaker per target across workers', () => {
     return c;
   }
   const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  /** A busy worker: a request every 20 ms for `ms`, until one takes the trial. */
+  async function takesTrial(w: FakeWorker, ms: number): Promise<boolean> {
+    for (let waited = 0; waited < ms; waited += 20) {
+      if (w.breaker.tryAcquire()) return true;
+      await sleep(20);
+    }
+    return false;
+  }
 
   test('after a hand-over each way, a busy worker still says it wants the trial, and gets it from a quiet holder', async () => {
     const { workers: [a, b] } = await halfOpen();
@@ -254,12 +262,7 @@ describe('one breaker per target across workers', () => {
     await sleep(1100);
     expect(a.breaker.hasGrant).toBe(true); // handed back to a; a now quiet
     // b is busy: 50 requests a second for 4 s, each finds a holding it
-    let got = false;
-    for (let i = 0; i < 200 && !got; i++) {
-      got = b.breaker.tryAcquire();
-      await sleep(20);
-    }
-    expect(got).toBe(true);
+    expect(await takesTrial(b, 4000)).toBe(true);
   }, 20_000);
 
   test('a trial handed to a worker that has forgotten the target since it asked is given back, not held by nobody', async () => {
@@ -270,12 +273,7 @@ describe('one breaker per target across workers', () => {
     await settle();
     b.has = false; // b's registry collects the target (route forgotten): no grant held, nothing sent
     await sleep(1200); // a's renewal hands it to b
-    let got = false;
-    for (let i = 0; i < 150 && !got; i++) {
-      got = a.breaker.tryAcquire();
-      await sleep(20);
-    }
-    expect(got).toBe(true);
+    expect(await takesTrial(a, 3000)).toBe(true);
   }, 20_000);
 
   test('a request on the holder while its renewal is under way is no second trial beside the one handed on', async () => {
@@ -307,12 +305,7 @@ describe('one breaker per target across workers', () => {
     expect(a.breaker.tryAcquire()).toBe(false); // a's next request claims again first; goes elsewhere
     await settle();
     expect(a.breaker.hasGrant).toBe(true);
-    let got = false;
-    for (let i = 0; i < 150 && !got; i++) {
-      got = b.breaker.tryAcquire();
-      await sleep(20);
-    }
-    expect(got).toBe(true);
+    expect(await takesTrial(b, 3000)).toBe(true);
   }, 20_000);
 
   test('the primary gone: a worker waiting on another\'s trial tries on its own, and a trial whose failure the primary never heard opens the breaker', async () => {
