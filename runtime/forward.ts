@@ -16,7 +16,7 @@ import httpProxy from 'http-proxy';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
 import type * as net from 'node:net';
 import { answerHandshake, type ClientCut, linger, type Request, type Response, type ResponseHandler } from './downstream';
-import { answerFault, connectionOf, flat, MAX_RESPONSE_HEAD_BYTES, type RenderedHead, type UpstreamHandler, type UpstreamRequest, type UpstreamResponse } from './upstream';
+import { answerFault, connectionOf, flat, MAX_RESPONSE_HEAD_BYTES, type RenderedHead, type UpstreamHandler, type UpstreamRequest, type UpstreamRequestOptions, type UpstreamResponse } from './upstream';
 import { countChunk } from './memory';
 import { within } from './types';
 import { countSuccess, failedConnections, limitHits, rejectedRequests, retriesTotal, upstreamErrors } from './metrics';
@@ -773,6 +773,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   /** A retry was granted and has not reached a target yet (karma_retries_total counts it then). */
   private retrying = false;
   private stale = 0;
+  /** Moved from the line of a target that left: since when it has waited for a socket (onTargetLeft). */
+  private movedSince: number | undefined;
   /** When this try began to send (performance.now(), and loopTicks): a reset long after is no keep-alive race. */
   private sentAt = 0;
   private sentTick = 0;
@@ -907,14 +909,20 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     this.replayable = this.retryOnReset && !this.body;
     this.up = undefined;
     const { req } = this;
-    const ask = { method: req.method, path: req.url, headers: withHost(this.head, req, s), body: this.body, timeoutMs: this.opts.upstreamTimeoutMs };
+    const ask: UpstreamRequestOptions = { method: req.method, path: req.url, headers: withHost(this.head, req, s), body: this.body, timeoutMs: this.opts.upstreamTimeoutMs };
+    const moved = this.movedSince;
+    if (moved !== undefined) {
+      this.movedSince = undefined;
+      ask.queuedSince = moved;
+    }
     // A socket at hand is announced (onSocket) before request() returns.
     const up = fresh ? s.pool.fresh(ask, this) : s.pool.request(ask, this);
     this.up = up;
     // Every socket of the target busy (POOL_SIZE): the request waits in the pool's FIFO line, which the
     // pool says synchronously. The pool bounds the wait like a silent target (onQueueTimeout); counted.
     if (up.queued && !this.settled) {
-      limitHits.labels({ limit: 'target_sockets' }).inc();
+      // Counted once a request: not again when it moved here from a target that left.
+      if (moved === undefined) limitHits.labels({ limit: 'target_sockets' }).inc();
       this.waiting = true;
     }
   }
@@ -998,8 +1006,14 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     this.failTry('pool_full');
   }
 
-  onTargetLeft(): void {
-    if (!this.settled) this.settle(undefined, new UpstreamError('target_left', true));
+  onTargetLeft(): boolean {
+    if (this.settled) return true;
+    // No other target in its route (the last one left, or the route was forgotten): it stays in the
+    // line of the one that left, which is still answering.
+    if (this.pool.size === 0) return false;
+    this.movedSince = this.up?.queuedAt;
+    this.settle(undefined, new UpstreamError('target_left', true));
+    return true;
   }
 
   onTimeout(): void {
@@ -1169,7 +1183,12 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     const unsent = !res.headersSent && !res.dead && !req.conn.destroyed;
     // Its target left the route while it waited in the line: no failure, the route's others take it
     // (or nobody: its client is gone already).
-    if (err.kind === 'target_left') return unsent ? this.next() : this.retryOrAnswer(new UpstreamError('client_gone', true));
+    if (err.kind === 'target_left') {
+      // Nothing reached that target: no attempt of its own in the access line.
+      outcome.attempts--;
+      outcome.target = undefined;
+      return unsent ? this.next() : this.retryOrAnswer(new UpstreamError('client_gone', true));
+    }
     if (err.kind === 'stale') {
       // The target had closed that keep-alive connection: nothing was lost, try a fresh one (same target allowed).
       if (this.stale < MAX_STALE && unsent) {

@@ -68,6 +68,11 @@ export interface UpstreamRequestOptions {
   body: boolean;
   /** Idle timeout of the socket while it serves this request (UPSTREAM_TIMEOUT); 0 for none. @default 0 */
   timeoutMs?: number;
+  /**
+   * Moved here from the line of a target that left (UpstreamPool.leave): when it began waiting. Should it
+   * wait here too, it keeps its place in the line and its deadline.
+   */
+  queuedSince?: number;
 }
 
 /**
@@ -89,8 +94,11 @@ export interface UpstreamHandler {
   onTimeout(): void;
   /** Every socket of the target stayed busy for the pool's `maxWaitMs`: the request left the line. */
   onQueueTimeout(): void;
-  /** The target left every route while the request waited in its line (UpstreamPool.leave): nothing was sent. */
-  onTargetLeft?(): void;
+  /**
+   * The target left every route while the request waited in its line (UpstreamPool.leave): nothing was
+   * sent. false: it stays in this line (its route has no other target).
+   */
+  onTargetLeft?(): boolean;
 }
 
 /** For callers that prefer events (the upstream tests): 'socket', 'response', 'error', 'timeout', and 'aborted' on the response. */
@@ -603,8 +611,13 @@ export class UpstreamPool {
     }
     if (!this.closed && this.all.size < this.opts.maxSockets) return x.assign(this.open());
     x.queued = true;
-    x.queuedAt = Date.now();
-    this.waiting.push(x);
+    const since = x.queuedSince;
+    x.queuedAt = since ?? Date.now();
+    if (since === undefined) this.waiting.push(x);
+    else {
+      const at = this.waiting.findIndex((w) => w.queuedAt > since);
+      this.waiting.splice(at === -1 ? this.waiting.length : at, 0, x);
+    }
     const maxWait = this.opts.maxWaitMs ?? 0;
     // One sweep for the whole line rather than a timer per request: under 1,000 client connections and
     // POOL_SIZE 100, 900 requests wait at any moment, and each timer outlived the young generation.
@@ -684,7 +697,9 @@ export class UpstreamPool {
    * to a target it deregisters. Those it is answering go on (draining).
    */
   leave(): void {
-    for (const x of this.waiting.splice(0)) x.targetLeft();
+    const stay: UpstreamRequest[] = [];
+    for (const x of this.waiting.splice(0)) if (!x.targetLeft()) stay.push(x);
+    if (stay.length > 0) this.waiting.unshift(...stay);
   }
 
   /** Closes every socket; later requests are refused a socket and wait (none should come). */
@@ -805,6 +820,8 @@ export class UpstreamRequest extends EventEmitter {
   destroyed = false;
   /** The socket served an earlier request (a failure before the answer may be a keep-alive race). */
   reusedSocket = false;
+  /** UpstreamRequestOptions.queuedSince. */
+  readonly queuedSince: number | undefined;
   /** Waited for a socket (every one of the target's was busy), since queuedAt (Date.now()). */
   queued = false;
   queuedAt = 0;
@@ -837,6 +854,7 @@ export class UpstreamRequest extends EventEmitter {
     this.handler = handler ?? new Emitting(this);
     this.method = opts.method;
     this.timeoutMs = opts.timeoutMs ?? 0;
+    this.queuedSince = opts.queuedSince;
     const h = opts.headers;
     let head: string;
     let length = false;
@@ -894,10 +912,12 @@ export class UpstreamRequest extends EventEmitter {
     if (!this.destroyed) this.handler.onQueueTimeout();
   }
 
-  targetLeft(): void {
-    if (this.destroyed) return;
-    if (this.handler.onTargetLeft) this.handler.onTargetLeft();
-    else this.handler.onQueueTimeout();
+  /** false: the request stays in the line (its route has no other target). */
+  targetLeft(): boolean {
+    if (this.destroyed) return true;
+    if (this.handler.onTargetLeft) return this.handler.onTargetLeft();
+    this.handler.onQueueTimeout();
+    return true;
   }
 
   private sendHead(): net.Socket | undefined {

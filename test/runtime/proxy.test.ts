@@ -611,26 +611,44 @@ describe('errors map to statuses', () => {
   });
 });
 
-test('requests waiting for a socket of a target that leaves its route go to a target still in it, not to the one that left', async () => {
-  // POOL_SIZE=1 and both targets busy: the third request waits in the line of the rotation's turn (a).
-  // Then a leaves discovery (its task stopped): as an ALB sends nothing new to a deregistered target,
-  // that request goes to b, once b is free; a finishes what it was answering (draining).
-  const [a, b] = await Promise.all([startBackend('a'), startBackend('b')]);
-  for (const x of [a, b]) x.handle = (req, res) => void setTimeout(() => res.end(x === a ? 'a' : 'b'), req.url === '/slow' ? 1500 : 0);
-  let targets = [a, b].map((x) => makeTarget('127.0.0.1', x.port));
-  const provider: Provider = { name: 'test', discover: async () => targets };
-  const p = await proxy({ NODE_FILTER: 'static', STATIC_TARGETS: targets.map((t) => t.id).join(','), POOL_SIZE: '1', NODE_CHECK_PERIOD: '0.2' }, provider);
-  try {
-    const slow = [request(p.port, { path: '/slow' }), request(p.port, { path: '/slow' })];
-    await until('both targets busy', () => a.seen.length === 1 && b.seen.length === 1);
-    const waiting = request(p.port, { path: '/waits' });
-    await new Promise((r) => setTimeout(r, 100));
-    targets = [makeTarget('127.0.0.1', b.port)];
-    expect((await waiting).body).toBe('b');
-    expect((await Promise.all(slow)).map((r) => r.body).sort()).toEqual(['a', 'b']); // a drained
-    expect(a.seen.map((r) => r.url)).toEqual(['/slow']);
-  } finally {
-    await p.stop();
-    await Promise.all([a.close(), b.close()]);
+describe('requests waiting for a socket (POOL_SIZE) of a target that leaves its route', () => {
+  // POOL_SIZE=1 and both targets busy: a third request waits in the line of the rotation's turn, the
+  // target whose id sorts first. Then that one leaves discovery (its task stopped).
+  async function leaving(stays: 'other' | 'none'): Promise<{ body: string; line: Record<string, unknown>; leftSaw: string[] }> {
+    const backends = await Promise.all([startBackend('x'), startBackend('y')]);
+    const id = (x: Backend): string => makeTarget('127.0.0.1', x.port).id;
+    const [first, second] = [...backends].sort((u, v) => (id(u) < id(v) ? -1 : 1));
+    for (const x of backends) x.handle = (req, res) => void setTimeout(() => res.end(x === first ? 'first' : 'second'), req.url === '/slow' ? 1500 : 0);
+    let targets = [first, second].map((x) => makeTarget('127.0.0.1', x.port));
+    const provider: Provider = { name: 'test', discover: async () => targets };
+    const p = await proxy({ NODE_FILTER: 'static', STATIC_TARGETS: targets.map((t) => t.id).join(','), POOL_SIZE: '1', NODE_CHECK_PERIOD: '0.2', LOG_CONNECTIONS: 'true' }, provider);
+    const stdout = jest.spyOn(process.stdout, 'write');
+    try {
+      const slow = [request(p.port, { path: '/slow' }), request(p.port, { path: '/slow' })];
+      await until('both targets busy', () => first.seen.length === 1 && second.seen.length === 1);
+      const waiting = request(p.port, { path: '/waits' });
+      await new Promise((r) => setTimeout(r, 100));
+      targets = stays === 'other' ? [makeTarget('127.0.0.1', second.port)] : [];
+      const { body } = await waiting;
+      expect((await Promise.all(slow)).map((r) => r.body).sort()).toEqual(['first', 'second']); // drained
+      return { body, line: await accessLine(stdout, '/waits'), leftSaw: first.seen.map((r) => r.url!) };
+    } finally {
+      stdout.mockRestore();
+      await p.stop();
+      await Promise.all(backends.map((x) => x.close()));
+    }
   }
+
+  test('go to a target still in it, not to the one that left, and the access line shows one attempt', async () => {
+    const { body, line, leftSaw } = await leaving('other');
+    expect(body).toBe('second');
+    expect(leftSaw).toEqual(['/slow']);
+    expect(line).toMatchObject({ status: 200, attempts: 1 });
+  });
+
+  test('stay in its line when it was the route\'s last (a 503 for a request the target is still there to answer would be worse)', async () => {
+    const { body, leftSaw } = await leaving('none');
+    expect(body).toBe('first');
+    expect(leftSaw).toEqual(['/slow', '/waits']);
+  });
 });

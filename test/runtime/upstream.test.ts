@@ -518,6 +518,24 @@ describe('upstream client', () => {
     expect((await laterDone).body).toBe('three');
   });
 
+  test('a request moved from the line of a target that left (queuedSince) keeps its place and its deadline', async () => {
+    const held: http.ServerResponse[] = [];
+    const port = await listen(http.createServer((_req, res) => held.push(res)));
+    const p = pool(port, 1, 4000, 300);
+    const first = send(p.request(get('/1')));
+    const newer = p.request(get('/new'));
+    const t0 = Date.now();
+    // It began waiting 250 ms ago at the target that left: ahead of /new, and out of the line 50 ms on.
+    const moved = send(p.request({ ...get('/moved'), queuedSince: t0 - 250 })).catch((e: NodeJS.ErrnoException) => ({ code: e.code, ms: Date.now() - t0 }));
+    expect(await moved).toMatchObject({ code: 'POOL_TIMEOUT' });
+    expect((await moved as { ms: number }).ms).toBeLessThan(250);
+    expect(p.queued).toBe(1); // /new waits on
+    newer.destroy();
+    while (held.length === 0) await sleep(5);
+    held.shift()!.end('one');
+    expect((await first).body).toBe('one');
+  });
+
   test('a socket closed while others wait: the next in line gets a new connection', async () => {
     const port = await listen(http.createServer((req, res) => (req.url === '/die' ? req.socket.destroy() : res.end('ok'))));
     const p = pool(port, 1);
