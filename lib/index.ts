@@ -1,5 +1,5 @@
 /** The package's face: the construct, its stack, and the cost estimate they print. */
-export { KarmaProxy } from './karma-proxy';
+export { InvalidPropsError, KarmaProxy } from './karma-proxy';
 export type { DiscoveryMode, KarmaProxyHealthCheck, KarmaProxyProps } from './karma-proxy';
 export { KarmaProxyStack } from './karma-proxy-stack';
 export type { KarmaProxyStackProps } from './karma-proxy-stack';

@@ -673,6 +673,13 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     }
     const albTimeout = albTimeoutProblem(props, this.runtimeEnvironment);
     if (albTimeout) throw new InvalidPropsError(`KarmaProxy props (${this.node.path})`, [albTimeout]);
+    // A token read from a secret, then sent in the clear: ElastiCache itself takes an AUTH token only with TLS.
+    const ownUrl = environment.REDIS_URL;
+    if (ownSecret !== undefined && typeof ownUrl === 'string' && !Token.isUnresolved(ownUrl) && !/^rediss:\/\//i.test(ownUrl.trim())) {
+      Validations.of(this).addWarning('KarmaProxy:PlaintextRedisAuth',
+        `environment.REDIS_URL '${ownUrl}' is not rediss:// (TLS) while environment.REDIS_AUTH_SECRET_ARN is set: the AUTH token read ` +
+        'from that secret would cross the network in the clear; use rediss:// with a Redis that has in-transit encryption on.');
+    }
     // A mistyped setting is ignored by the proxy, which says so only in its journal: said here too.
     for (const { name, meant } of mistypedSettings(environment)) {
       Validations.of(this).addWarning('KarmaProxy:UnknownSetting',

@@ -406,6 +406,17 @@ describe('default stack', () => {
   });
 });
 
+test('a Redis of one\'s own reached without TLS while its AUTH token comes from a secret is a warning: the token would cross the network in the clear', () => {
+  const arn = 'arn:aws:secretsmanager:us-east-1:123456789012:secret:own-redis-token-AbCdEf';
+  const plaintext = (url: string): string[] => {
+    const stack = new Stack(new App(), 'Test');
+    new KarmaProxy(stack, 'Proxy', { domain: DOMAIN, redis: false, environment: { REDIS_URL: url, REDIS_AUTH_SECRET_ARN: arn } });
+    return Annotations.fromStack(stack).findWarning('/Test/Proxy', Match.stringLikeRegexp('KarmaProxy:PlaintextRedisAuth')).map((w) => String(w.entry.data));
+  };
+  expect(plaintext('rediss://own-cache.internal:6379')).toEqual([]);
+  expect(plaintext('redis://own-cache.internal:6379')[0]).toContain("environment.REDIS_URL 'redis://own-cache.internal:6379' is not rediss:// (TLS)");
+});
+
 test("more instance slots than a region's default Elastic IP quota is a warning that says to raise it", () => {
   const quotaWarnings = (props: KarmaProxyProps): string[] => {
     const stack = new Stack(new App(), 'Test');

@@ -16,6 +16,8 @@ test('the entry point exports the construct, its stack and the cost estimate', (
   expect(typeof pkg.KarmaProxy).toBe('function');
   expect(typeof pkg.KarmaProxyStack).toBe('function');
   expect(typeof pkg.estimateMonthlyCost).toBe('function');
+  // What a bad prop throws, for a consumer's app to catch and print as the CDK app does.
+  expect(new pkg.InvalidPropsError('KarmaProxy props', ['x'])).toBeInstanceOf(Error);
 });
 
 test("the package's file list holds every module the entry point reaches (a consumer's import must resolve)", () => {
