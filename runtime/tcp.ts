@@ -187,7 +187,11 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
     connect(hit.pool, new Set(), client, 0, Date.now());
   });
   server.maxConnections = config.maxConnections;
-  server.on('drop', () => limitHits.labels({ limit: 'connections' }).inc());
+  server.on('drop', (d?: { remoteAddress?: string }) => {
+    limitHits.labels({ limit: 'connections' }).inc();
+    // Closed by node:net as it was accepted: no target was asked, and the line says why.
+    if (config.logConnections) log('info', 'tcp connection refused', { client: d?.remoteAddress, why: 'MAX_CONNECTIONS reached' });
+  });
 
   const shutdown = (timeoutMs: number): Promise<void> =>
     new Promise<void>((resolve) => {

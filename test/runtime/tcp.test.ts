@@ -318,6 +318,33 @@ describe('MODE=tcp', () => {
     expect(logged).toMatchObject([{ why: 'every target full (POOL_SIZE)' }]);
   });
 
+  test('a client over MAX_CONNECTIONS is closed, counted, and the access log says why', async () => {
+    const a = await echo('a');
+    servers.push(a.server);
+    const targets = [makeTarget('127.0.0.1', a.port)];
+    const lines: string[] = [];
+    const spy = jest.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => (lines.push(String(chunk)), true));
+    const held: net.Socket[] = [];
+    try {
+      p = await start(loadConfig({ NODE_FILTER: 'static', MODE: 'tcp', STATIC_TARGETS: targets[0].id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', MAX_CONNECTIONS: '1', LOG_CONNECTIONS: 'true' }), { provider: fixed(targets) });
+      const first = net.connect({ port: p.port, host: '127.0.0.1', allowHalfOpen: true });
+      held.push(first);
+      await new Promise((r) => first.once('data', r)); // the one place is taken
+      await new Promise<void>((resolve) => {
+        const c = net.connect({ port: p.port, host: '127.0.0.1' });
+        held.push(c);
+        c.on('error', () => resolve());
+        c.on('close', () => resolve());
+      });
+      await until('the line', () => lines.some((l) => l.includes('tcp connection refused')), 2000);
+    } finally {
+      spy.mockRestore();
+      for (const c of held) c.destroy();
+    }
+    const logged = lines.map((l) => JSON.parse(l) as { msg: string; why?: string; client?: string }).filter((l) => l.msg === 'tcp connection refused');
+    expect(logged).toMatchObject([{ why: 'MAX_CONNECTIONS reached', client: '127.0.0.1' }]);
+  });
+
   test('HEALTH_CHECK_PROTOCOL=tcp: targets that do not speak HTTP pass their checks, and a stopped one is left out', async () => {
     const a = await echo('a');
     const b = await echo('b');
