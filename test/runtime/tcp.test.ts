@@ -291,58 +291,48 @@ describe('MODE=tcp', () => {
     expect(await open('0')).toBe(true);
   });
 
-  test('with every target full (POOL_SIZE) or dead, the client is reset, as an NLB does, and the access log says why', async () => {
+  /**
+   * With the one place `limit` leaves taken by a tunnel held open, how a second client's connection ends
+   * ('ECONNRESET', 'end', 'close'), and the access log's `tcp connection refused` lines.
+   */
+  async function secondClient(limit: Record<string, string>): Promise<{ how: string; refused: { why?: string; client?: string }[] }> {
     const a = await echo('a');
     servers.push(a.server);
     const targets = [makeTarget('127.0.0.1', a.port)];
     const lines: string[] = [];
     const spy = jest.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => (lines.push(String(chunk)), true));
     const held: net.Socket[] = [];
+    let how: string;
     try {
-      p = await start(loadConfig({ NODE_FILTER: 'static', MODE: 'tcp', STATIC_TARGETS: targets[0].id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', POOL_SIZE: '1', LOG_CONNECTIONS: 'true' }), { provider: fixed(targets) });
-      // One connection holds the target's only slot.
-      const first = net.connect({ port: p.port, host: '127.0.0.1', allowHalfOpen: true });
-      held.push(first);
-      await new Promise((r) => first.once('data', r));
-      const second = await new Promise<string>((resolve) => {
-        const c = net.connect({ port: p.port, host: '127.0.0.1' });
-        c.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'));
-        c.on('end', () => resolve('end'));
-      });
-      expect(second).toBe('ECONNRESET');
-    } finally {
-      spy.mockRestore();
-      for (const c of held) c.destroy();
-    }
-    const logged = lines.map((l) => JSON.parse(l) as { msg: string; why?: string }).filter((l) => l.msg === 'tcp connection refused');
-    expect(logged).toMatchObject([{ why: 'every target full (POOL_SIZE)' }]);
-  });
-
-  test('a client over MAX_CONNECTIONS is closed, counted, and the access log says why', async () => {
-    const a = await echo('a');
-    servers.push(a.server);
-    const targets = [makeTarget('127.0.0.1', a.port)];
-    const lines: string[] = [];
-    const spy = jest.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => (lines.push(String(chunk)), true));
-    const held: net.Socket[] = [];
-    try {
-      p = await start(loadConfig({ NODE_FILTER: 'static', MODE: 'tcp', STATIC_TARGETS: targets[0].id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', MAX_CONNECTIONS: '1', LOG_CONNECTIONS: 'true' }), { provider: fixed(targets) });
+      p = await start(loadConfig({ NODE_FILTER: 'static', MODE: 'tcp', STATIC_TARGETS: targets[0].id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', LOG_CONNECTIONS: 'true', ...limit }), { provider: fixed(targets) });
       const first = net.connect({ port: p.port, host: '127.0.0.1', allowHalfOpen: true });
       held.push(first);
       await new Promise((r) => first.once('data', r)); // the one place is taken
-      await new Promise<void>((resolve) => {
+      how = await new Promise<string>((resolve) => {
         const c = net.connect({ port: p.port, host: '127.0.0.1' });
         held.push(c);
-        c.on('error', () => resolve());
-        c.on('close', () => resolve());
+        c.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'));
+        c.on('end', () => resolve('end'));
+        c.on('close', () => resolve('close'));
       });
       await until('the line', () => lines.some((l) => l.includes('tcp connection refused')), 2000);
     } finally {
       spy.mockRestore();
       for (const c of held) c.destroy();
     }
-    const logged = lines.map((l) => JSON.parse(l) as { msg: string; why?: string; client?: string }).filter((l) => l.msg === 'tcp connection refused');
-    expect(logged).toMatchObject([{ why: 'MAX_CONNECTIONS reached', client: '127.0.0.1' }]);
+    const refused = lines.map((l) => JSON.parse(l) as { msg: string; why?: string; client?: string }).filter((l) => l.msg === 'tcp connection refused');
+    return { how, refused };
+  }
+
+  test('with every target full (POOL_SIZE) or dead, the client is reset, as an NLB does, and the access log says why', async () => {
+    const { how, refused } = await secondClient({ POOL_SIZE: '1' });
+    expect(how).toBe('ECONNRESET');
+    expect(refused).toMatchObject([{ why: 'every target full (POOL_SIZE)' }]);
+  });
+
+  test('a client over MAX_CONNECTIONS is closed, counted, and the access log says why', async () => {
+    const { refused } = await secondClient({ MAX_CONNECTIONS: '1' });
+    expect(refused).toMatchObject([{ why: 'MAX_CONNECTIONS reached', client: '127.0.0.1' }]);
   });
 
   test('HEALTH_CHECK_PROTOCOL=tcp: targets that do not speak HTTP pass their checks, and a stopped one is left out', async () => {
