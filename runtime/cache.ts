@@ -18,6 +18,7 @@
  * otherwise (this proxy's credentials, network or AWS endpoint) lets it go at once: a fleet-mate whose
  * AWS works takes it, and one waiting for this proxy's answer stops waiting.
  */
+import { setTimeout as wait } from 'node:timers/promises';
 import { Redis, type RedisOptions } from 'ioredis';
 import type { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { createSecretsManagerClient, fetchSecretString, isThrottling } from './aws';
@@ -586,18 +587,8 @@ async function readAuthToken(arn: string, region: string | undefined, opts: Redi
         if (!failed) log('error', 'cannot read the Redis AUTH token: discovery is not shared until it can be (tried again, at most every 5 minutes)', { secret: arn, retryInMs: waitMs, ...errorFields(err) });
         failed = true;
       }
-      // Ended while that read was under way: its 'abort' is said already, and would not end the wait.
-      if (opts.signal?.aborted) break;
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(done, waitMs);
-        timer.unref();
-        opts.signal?.addEventListener('abort', done, { once: true });
-        function done(): void {
-          clearTimeout(timer);
-          opts.signal?.removeEventListener('abort', done);
-          resolve();
-        }
-      });
+      // Ends at once on an abort, one said while the read was under way too (the loop then stops).
+      await wait(waitMs, undefined, { signal: opts.signal, ref: false }).catch(() => undefined);
       waitMs = Math.min(2 * waitMs, MAX_SECRET_RETRY_MS);
     }
     return undefined;
