@@ -60,8 +60,11 @@ function configOrExit(dotEnvProblems: readonly string[] = []): Config {
 async function listenNamesOrExit(config: Config): Promise<void> {
   const named = [['HOST', config.host], ['METRICS_HOST', config.metricsHost]].filter(([, v]) => isIP(v) === 0);
   const problems: string[] = [];
+  const looked = new Set<string>();
   for (const [env, name] of named) {
-    if (problems.some((p) => p.includes(`'${name}'`))) continue;
+    // METRICS_HOST is HOST unless set: one name is looked up once, and said under the first setting.
+    if (looked.has(name)) continue;
+    looked.add(name);
     // Bounded: a resolver that does not answer at boot must not hold the start (the listen asks again).
     await within(lookup(name), LISTEN_NAME_LOOKUP_MS).catch((err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOTFOUND') problems.push(`${env}: must be an IP address (0.0.0.0, ::, 127.0.0.1) or a host name this machine resolves, and '${name}' resolves to nothing`);

@@ -24,8 +24,9 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
   /** Tunnels the proxy cut, and why (the closing line's `error`). */
   const cutFor = new WeakMap<net.Socket, 'idle_timeout' | 'cut_at_shutdown' | 'reset'>();
   /**
-   * Cuts a tunnel's socket with a reset, its peer's too when it has one: a FIN would read as a stream
-   * that ended whole, to a protocol that ends its data with the connection (a file sent as is, syslog).
+   * Cuts one of a tunnel's sockets with a reset, saying why: a FIN would read as a stream that ended
+   * whole, to a protocol that ends its data with the connection (a file sent as is, syslog). A cut
+   * client's target is reset in turn as it closes ('close' below); a target is cut with its client.
    */
   const cut = (socket: net.Socket, why: 'idle_timeout' | 'cut_at_shutdown'): void => {
     if (!cutFor.has(socket)) cutFor.set(socket, why);
@@ -82,13 +83,14 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
       registry.done(s);
       // One line per client connection: a try that never connected is in the line that ends it.
       if (config.logConnections && connected) {
+        const why = cutFor.get(client) ?? cutFor.get(upstream);
         log('info', 'tcp connection closed', {
           client: addresses.get(client),
           target: s.target.id,
           bytesIn: client.bytesRead,
           bytesOut: client.bytesWritten,
           ms: Date.now() - startedAt,
-          ...((cutFor.get(client) ?? cutFor.get(upstream)) ? { error: cutFor.get(client) ?? cutFor.get(upstream) } : {}),
+          ...(why ? { error: why } : {}),
         });
       }
     };
@@ -151,8 +153,9 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
       }
     });
     client.once('close', () => {
-      // A client that reset (an error) or that the proxy cut is passed on as a reset; one that closed, as a close: after what
-      // is still queued for the target (its side closed first, it may read on; the pipe ended it already).
+      // A client that reset (an error) or that the proxy cut is passed on as a reset; one that closed, as
+      // a close: after what is still queued for the target (its side closed first, it may read on; the
+      // pipe ended it already).
       if (connected) {
         if (client.errored || cutFor.has(client)) upstream.resetAndDestroy();
         else if (upstream.writableFinished) upstream.destroy();
