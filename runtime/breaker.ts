@@ -108,8 +108,8 @@ export interface BreakerPermit {
 
 /**
  * How long a worker keeps a granted half-open trial for a request to take before asking the board to
- * renew it: the board hands it to another worker whose claim it refused meanwhile, else this worker
- * keeps it. Given back and claimed anew at each request instead, it was never taken where requests
+ * renew it: the board hands it to another worker whose claim it refused meanwhile, else grants it to
+ * this worker again. Given back and claimed anew at each request instead, it was never taken where requests
  * come more than this apart: each claim sent its own request elsewhere, and the grant lapsed before the
  * next one (a target back after a blip stayed out of a quiet service for good).
  */
@@ -410,19 +410,19 @@ export class CircuitBreaker {
     this.granted = false;
   }
 
-  /** The board's grant, kept for a request to take; renewed every GRANT_MS (the board may hand it on). */
+  /**
+   * The board's grant, kept for a request to take; after GRANT_MS untaken, put to the board to renew
+   * (its answer grants it here again, or it went to a worker that asked meanwhile).
+   */
   private grant(): void {
     if (this.grantHeld) return;
     this.granted = true;
-    this.renewLater();
-  }
-
-  private renewLater(): void {
     this.grantTimer = setTimeout(() => {
       if (!this.grantHeld) return;
       const link = this.link;
       if (!link || this.current !== 'half-open') return this.giveBack();
-      // Not taken while the board decides: it may hand the trial on, and a request here meanwhile would be a second trial.
+      // Not taken while the board decides: it may hand the trial on, and a request here meanwhile would
+      // be a second trial.
       this.granted = false;
       link.report(this.shared!.id, 'renew', () => undefined);
     }, GRANT_MS);
