@@ -561,7 +561,7 @@ export class UpstreamPool {
    */
   request(opts: UpstreamRequestOptions, handler?: UpstreamHandler): UpstreamRequest {
     const x = new UpstreamRequest(opts, this, this.reusable, handler);
-    this.dispatch(x);
+    this.dispatch(x, opts.queuedSince);
     return x;
   }
 
@@ -609,7 +609,8 @@ export class UpstreamPool {
     return this.waiting.length > 0 || (this.idle.length === 0 && this.all.size >= this.opts.maxSockets);
   }
 
-  private dispatch(x: UpstreamRequest): void {
+  /** A socket for `x` now, else a place in the line: the back, or by `since` (UpstreamRequestOptions.queuedSince). */
+  private dispatch(x: UpstreamRequest, since?: number): void {
     for (let c = this.idle.pop(); c; c = this.idle.pop()) {
       if (c.socket.destroyed || !c.socket.readable) continue; // closed, or the target's FIN already read
       if (c.keepAliveMs > 0 && Date.now() - c.idleSince >= c.keepAliveMs) {
@@ -622,7 +623,6 @@ export class UpstreamPool {
     }
     if (!this.closed && this.all.size < this.opts.maxSockets) return x.assign(this.open());
     x.queued = true;
-    const since = x.queuedSince;
     x.queuedAt = since ?? Date.now();
     if (since === undefined) this.waiting.push(x);
     else {
@@ -831,8 +831,6 @@ export class UpstreamRequest extends EventEmitter {
   destroyed = false;
   /** The socket served an earlier request (a failure before the answer may be a keep-alive race). */
   reusedSocket = false;
-  /** UpstreamRequestOptions.queuedSince. */
-  readonly queuedSince: number | undefined;
   /** Waited for a socket (every one of the target's was busy), since queuedAt (Date.now()). */
   queued = false;
   queuedAt = 0;
@@ -867,7 +865,6 @@ export class UpstreamRequest extends EventEmitter {
     this.handler = handler ?? new Emitting(this);
     this.method = opts.method;
     this.timeoutMs = opts.timeoutMs ?? 0;
-    this.queuedSince = opts.queuedSince;
     const h = opts.headers;
     let head: string;
     let length = false;
