@@ -171,7 +171,8 @@ export interface KarmaProxyProps {
    * @default 'ecs' */
   readonly discovery?: DiscoveryMode;
   /** ECS clusters that may be routed to (ALLOWED_CLUSTERS), spelled as ECS spells them: the role can only read these, and ARNs are case-sensitive.
-   * A cluster's name or its ARN (`cluster.clusterName` or `cluster.clusterArn`).
+   * A cluster's name or its ARN (`cluster.clusterName` or `cluster.clusterArn`). Each is two ARNs in the role's
+   * policy, which IAM bounds: about 30 fit beside 50 instance slots, 60 beside one (synth says when over).
    * @default any cluster */
   readonly clusters?: string[];
   /** Target ports that may be routed to: numbers or `'8000-8100'` ranges (ALLOWED_PORTS).
@@ -225,13 +226,15 @@ const HEALTH_WAIT_SECONDS = 300;
 const BOOT_SECONDS = 300;
 /**
  * The most instance slots: each is an Elastic IP (paid for, used or not) and an ARN in the role's
- * policy, whose size IAM bounds (10,240 characters of inline policy per role).
+ * policy, whose size IAM bounds (ROLE_INLINE_POLICY_LIMIT; 50 slots take about half of it).
  */
 const MAX_CAPACITY = 50;
 /** Elastic IPs a region allows an account unless raised (one per instance slot here). */
 const EIP_DEFAULT_QUOTA = 5;
 /** Inbound rules per security group and IP version, by default (the quota can be raised). */
 const SG_RULES_DEFAULT_QUOTA = 60;
+/** IAM's bound on a role's inline policies together, in characters without whitespace (not adjustable). */
+const ROLE_INLINE_POLICY_LIMIT = 10_240;
 /** The most user data EC2 takes (before base64). */
 const USER_DATA_LIMIT = 16 * 1024;
 /** signalTimeout's bounds: a boot's own minimum, and CloudFormation's longest rolling-update pause (PT1H). */
@@ -851,6 +854,10 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
         `${EIP_DEFAULT_QUOTA} (which other stacks share): raise the quota first, or the deploy fails.`);
     }
 
+    // At synth, once every statement is in (a user may add to the role after this constructor): a role
+    // whose inline policies IAM refuses fails the deploy and rolls it back.
+    this.node.addValidation({ validate: () => this.policySizeProblems(maxCapacity, clusters?.length ?? 0) });
+
     // ---- DNS ----
     if (domain) this.wildcardDomainName = `*.${domain}`;
     if (props.hostedZone && domain) {
@@ -896,6 +903,25 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
         `The securityGroup prop (${sg.node.path}) takes no rules (imported with mutable: false): open ports 80 and 443 ` +
         'to allowedCidrs (and the metrics port to metricsPeer) yourself, or no client reaches the proxy.');
     }
+  }
+
+  /**
+   * The role's inline policies as IAM will measure them (this construct's and the role's default policy),
+   * deploy-time values at a typical length: a problem naming what makes them long when over IAM's bound.
+   */
+  private policySizeProblems(maxCapacity: number, clusters: number): string[] {
+    if (Stack.of(this.role) !== Stack.of(this)) return [];
+    const policies = [this.permissions, this.role.node.tryFindChild('DefaultPolicy')]
+      .filter((p): p is iam.Policy => p instanceof iam.Policy);
+    const length = policies.reduce((sum, p) => sum + renderedLength(p.document, this), 0);
+    if (length <= ROLE_INLINE_POLICY_LIMIT) return [];
+    return [
+      `The role's inline policies would be about ${length.toLocaleString('en-US')} characters, over IAM's ` +
+      `${ROLE_INLINE_POLICY_LIMIT.toLocaleString('en-US')} for a role (the deploy would fail): each instance slot ` +
+      `(maxCapacity, ${maxCapacity}) is an Elastic IP's ARN and each allowed cluster (clusters or ` +
+      `ALLOWED_CLUSTERS, ${clusters}) two ARNs. Lower maxCapacity, allow fewer clusters (without any, the role reads ` +
+      'every cluster), or give a role of your own (role) with these permissions in a managed policy.',
+    ];
   }
 
   /** Adds a statement to the role, remembering its actions when the role does not keep it. */
@@ -1401,6 +1427,37 @@ function nagText(value: string, scope: Construct): string {
     return JSON.stringify(node);
   };
   return visit(Stack.of(scope).resolve(value));
+}
+
+/** Deploy-time values at a typical length, for measuring a policy at synth. */
+const RENDERED_REFS: Readonly<Record<string, string>> = {
+  'AWS::Partition': 'aws',
+  'AWS::Region': 'ap-southeast-2',
+  'AWS::AccountId': '123456789012',
+  'AWS::URLSuffix': 'amazonaws.com',
+  'AWS::StackName': 'karma-proxy-stack',
+  'AWS::StackId': 'arn:aws:cloudformation:ap-southeast-2:123456789012:stack/karma-proxy-stack/0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d',
+};
+/** An Elastic IP's allocation ID (`eipalloc-` and 17 hex digits); other deploy-time values (a secret's ARN). */
+const RENDERED_ALLOCATION_ID = 'eipalloc-0123456789abcdef0';
+const RENDERED_OTHER = `arn:aws:secretsmanager:ap-southeast-2:123456789012:secret:${'x'.repeat(40)}-AbCdEf`;
+
+/** A policy document's length as IAM counts it (JSON without whitespace), its tokens at a typical length. */
+function renderedLength(document: iam.PolicyDocument, scope: Construct): number {
+  const render = (node: unknown): unknown => {
+    if (Array.isArray(node)) return node.map(render);
+    if (node === null || typeof node !== 'object') return node;
+    const o = node as Record<string, unknown>;
+    if (Array.isArray(o['Fn::Join'])) {
+      const [sep, items] = o['Fn::Join'] as [string, unknown[]];
+      return items.map((i) => String(render(i))).join(sep);
+    }
+    if (typeof o.Ref === 'string') return RENDERED_REFS[o.Ref] ?? RENDERED_OTHER;
+    if (Array.isArray(o['Fn::GetAtt'])) return o['Fn::GetAtt'][1] === 'AllocationId' ? RENDERED_ALLOCATION_ID : RENDERED_OTHER;
+    if (Object.keys(o).some((k) => k.startsWith('Fn::'))) return RENDERED_OTHER;
+    return Object.fromEntries(Object.entries(o).map(([k, v]) => [k, render(v)]));
+  };
+  return JSON.stringify(render(Stack.of(scope).resolve(document.toJSON())) ?? {}).length;
 }
 
 /**

@@ -7,6 +7,7 @@ import { Template } from 'aws-cdk-lib/assertions';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
+import * as iam from 'aws-cdk-lib/aws-iam';
 import * as route53 from 'aws-cdk-lib/aws-route53';
 import { KarmaProxy, KarmaProxyProps, KarmaProxyStack } from '../../lib';
 
@@ -539,4 +540,31 @@ test('settings too long for EC2 user data (16 KB) fail at synth, not at the firs
   expect(messageOf(build({ discovery: 'static', staticTargets })))
     .toMatch(/the instances' user data would be about \d+ bytes, over EC2's 16384: its settings \(staticTargets, environment\) are too long/);
   expect(build({ discovery: 'static', staticTargets: staticTargets.slice(0, 100) })).not.toThrow();
+});
+
+describe("the role's inline policies stay within IAM's 10,240 characters", () => {
+  const clusters = (n: number) => Array.from({ length: n }, (_, i) => `production-cluster-${String(i).padStart(3, '0')}`);
+  const synth = (props: KarmaProxyProps) => () => Template.fromStack(Stack.of(build(props)()));
+
+  test('fifty slots and many clusters fail at synth, naming both props, not at deploy', () => {
+    const message = messageOf(synth({ minCapacity: 50, maxCapacity: 50, clusters: clusters(40) }));
+    expect(message).toMatch(/The role's inline policies would be about [\d,]+ characters, over IAM's 10,240 for a role \(the deploy would fail\)/);
+    expect(message).toContain('(maxCapacity, 50)');
+    expect(message).toContain('(clusters or ALLOWED_CLUSTERS, 40)');
+  });
+
+  test('so does what a user adds to the role after the construct', () => {
+    const stack = new Stack(new App(), 'Test');
+    const proxy = new KarmaProxy(stack, 'Proxy', { domain: 'apps.example.com', redis: false });
+    for (let i = 0; i < 120; i++) {
+      proxy.role.addToPrincipalPolicy(new iam.PolicyStatement({ actions: ['s3:GetObject'], resources: [`arn:aws:s3:::bucket-number-${i}-of-many/*`] }));
+    }
+    expect(messageOf(() => Template.fromStack(stack))).toContain("The role's inline policies would be about");
+  });
+
+  test('the largest fleet with two dozen clusters, fifty clusters, or any number of slots alone, is fine', () => {
+    expect(synth({ minCapacity: 50, maxCapacity: 50, clusters: clusters(25) })).not.toThrow();
+    expect(synth({ minCapacity: 50, maxCapacity: 50 })).not.toThrow();
+    expect(synth({ clusters: clusters(50) })).not.toThrow();
+  });
 });
