@@ -154,8 +154,10 @@ const sq = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
 export interface LivenessOptions {
   /** The runtime's /healthz. */
   readonly healthUrl: string;
-  /** Checks in a row that must fail before the service is restarted. @default 4 (a minute at 15 s) */
+  /** Checks in a row that must fail before the service is restarted (and again after each restart). @default 4 (a minute at 15 s) */
   readonly failures?: number;
+  /** Checks in a row, restarts between them, after which the instance powers off to be replaced. @default 20 (five minutes at 15 s) */
+  readonly replaceAfter?: number;
   /** Where the count of failures in a row is kept. @default /run/karma-proxy-liveness */
   readonly stateFile?: string;
 }
@@ -163,11 +165,15 @@ export interface LivenessOptions {
 /**
  * The liveness check a timer runs every 15 s: when /healthz has not answered for `failures` checks in
  * a row (a primary that hangs: systemd restarts only a process that exits), the service is restarted,
- * only if it is running (`try-restart`: a service an operator stopped stays stopped). The worker
- * watchdog inside the runtime handles a stuck worker; this, the rest.
+ * only if it is running (`try-restart`: a service an operator stopped stays stopped, and is not
+ * checked). When restarts do not help for `replaceAfter` checks, the instance powers off: it terminates
+ * (instanceInitiatedShutdownBehavior), its address goes free and the group starts another, as an ALB
+ * would stop sending to a target that stays unhealthy; the group itself sees EC2's health only. The
+ * worker watchdog inside the runtime handles a stuck worker; this, the rest.
  */
 export function renderLivenessScript(o: LivenessOptions): string {
   const failures = o.failures ?? 4;
+  const replaceAfter = o.replaceAfter ?? 20;
   const state = o.stateFile ?? '/run/karma-proxy-liveness';
   return `#!/bin/bash
 # Karma Proxy liveness check, run by ${INSTANCE_PATHS.livenessTimerName}.
@@ -177,14 +183,24 @@ if curl -fs --max-time 5 -o /dev/null ${sq(o.healthUrl)}; then
   rm -f "$STATE"
   exit 0
 fi
+# A proxy an operator stopped is not checked (a crash loop is "activating", not "inactive"), nor one
+# draining on its way to a stop or a restart (TimeoutStopSec bounds that).
+case "$(systemctl is-active ${INSTANCE_PATHS.unitName})" in
+  inactive) rm -f "$STATE"; exit 0 ;;
+  deactivating) exit 0 ;;
+esac
 n=$(( $(cat "$STATE" 2>/dev/null || echo 0) + 1 ))
-if [ "$n" -lt ${failures} ]; then
-  echo "$n" > "$STATE"
+echo "$n" > "$STATE"
+if [ "$n" -eq ${replaceAfter} ]; then
+  echo "karma-proxy-liveness: /healthz did not answer ${replaceAfter} times in a row, restarts between: powering off; the group will replace this instance"
+  shutdown -h now
+  exit 0
+fi
+if [ "$n" -gt ${replaceAfter} ] || [ $(( n % ${failures} )) -ne 0 ]; then
   echo "karma-proxy-liveness: /healthz did not answer ($n in a row)"
   exit 0
 fi
-rm -f "$STATE"
-echo "karma-proxy-liveness: /healthz did not answer ${failures} times in a row: restarting ${INSTANCE_PATHS.unitName}"
+echo "karma-proxy-liveness: /healthz did not answer $n times in a row: restarting ${INSTANCE_PATHS.unitName}"
 systemctl try-restart ${INSTANCE_PATHS.unitName}
 `;
 }
@@ -194,7 +210,7 @@ export function renderLivenessUnits(): { service: string; timer: string } {
   return {
     service: [
       '[Unit]',
-      'Description=Karma Proxy liveness check (restarts the proxy when /healthz stops answering)',
+      'Description=Karma Proxy liveness check (restarts the proxy when /healthz stops answering, replaces the instance when that does not help)',
       `After=${INSTANCE_PATHS.unitName}`,
       '',
       '[Service]',

@@ -293,10 +293,20 @@ describe('the liveness check a timer runs every 15 s', () => {
   const dir = path.join(tmp, 'liveness');
   const calls = path.join(dir, 'systemctl-calls');
   const state = path.join(dir, 'state');
+  const unitState = path.join(dir, 'unit-state');
+  const unitIs = (what: string): void => fs.writeFileSync(unitState, `${what}\n`);
+  beforeEach(() => {
+    fs.rmSync(calls, { force: true });
+    fs.rmSync(state, { force: true });
+    unitIs('active');
+  });
   beforeAll(async () => {
     fs.mkdirSync(dir, { recursive: true });
-    // systemctl as a stand-in that writes down how it was called.
-    fs.writeFileSync(path.join(dir, 'systemctl'), `#!/bin/bash\necho "$*" >> ${calls}\n`, { mode: 0o755 });
+    // systemctl and shutdown as stand-ins that write down how they were called; is-active answers what
+    // the test says the unit is.
+    fs.writeFileSync(path.join(dir, 'systemctl'),
+      `#!/bin/bash\nif [ "$1" = is-active ]; then cat ${unitState}; exit 0; fi\necho "$*" >> ${calls}\n`, { mode: 0o755 });
+    fs.writeFileSync(path.join(dir, 'shutdown'), `#!/bin/bash\necho "shutdown $*" >> ${calls}\n`, { mode: 0o755 });
     server = http.createServer((_req, res) => res.writeHead(status).end());
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/healthz`;
@@ -324,7 +334,32 @@ describe('the liveness check a timer runs every 15 s', () => {
     await check();
     // try-restart: a proxy an operator stopped stays stopped.
     expect(restarts()).toEqual([`try-restart ${INSTANCE_PATHS.unitName}`]);
+  });
+
+  test('when restarts do not help for five minutes (20 checks), the instance powers off, once, to be replaced', async () => {
+    status = 503;
+    for (let i = 0; i < 19; i++) await check();
+    expect(restarts()).toEqual(Array(4).fill(`try-restart ${INSTANCE_PATHS.unitName}`));
+    await check();
+    expect(restarts().slice(4)).toEqual(['shutdown -h now']);
+    await check();
+    expect(restarts()).toHaveLength(5);
+  });
+
+  test('a proxy an operator stopped is left alone, and one draining on its way to a restart is not counted', async () => {
+    status = 503;
+    unitIs('inactive');
+    for (let i = 0; i < 25; i++) await check();
+    expect(restarts()).toEqual([]);
     expect(fs.existsSync(state)).toBe(false);
+    unitIs('activating');
+    for (let i = 0; i < 3; i++) await check();
+    unitIs('deactivating');
+    for (let i = 0; i < 25; i++) await check();
+    expect(restarts()).toEqual([]);
+    unitIs('activating');
+    await check();
+    expect(restarts()).toEqual([`try-restart ${INSTANCE_PATHS.unitName}`]);
   });
 
   test('the boot enables its timer once the proxy is healthy, and the script parses', () => {
