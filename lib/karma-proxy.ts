@@ -1073,11 +1073,13 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     if (known(v.minCapacity) && (!Number.isInteger(v.minCapacity) || v.minCapacity < 1)) {
       problems.push(`minCapacity (${v.minCapacity}) must be a whole number of at least 1`);
     }
-    if (known(v.maxCapacity) && (!Number.isInteger(v.maxCapacity) || v.maxCapacity < 1)) {
+    // Not given, maxCapacity is minCapacity: minCapacity's own problem says it all, and a bound names both.
+    const maxGiven = props.maxCapacity !== undefined;
+    if (maxGiven && known(v.maxCapacity) && (!Number.isInteger(v.maxCapacity) || v.maxCapacity < 1)) {
       problems.push(`maxCapacity (${v.maxCapacity}) must be a whole number of at least 1`);
     }
     if (known(v.maxCapacity) && v.maxCapacity > MAX_CAPACITY) {
-      problems.push(`maxCapacity (${v.maxCapacity}) must be at most ${MAX_CAPACITY}: each instance slot is an Elastic IP, ` +
+      problems.push(`maxCapacity (${v.maxCapacity}${maxGiven ? '' : ', minCapacity\'s when not given'}) must be at most ${MAX_CAPACITY}: each instance slot is an Elastic IP, ` +
         "paid for whether used or not, and a line of the role's policy, whose size IAM limits");
     }
     if (known(v.minCapacity) && known(v.maxCapacity) && v.minCapacity > v.maxCapacity) {

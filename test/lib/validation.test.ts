@@ -179,6 +179,13 @@ describe('one problem, its exact message', () => {
   });
 });
 
+test('minCapacity alone, when wrong, is named alone: maxCapacity, not given, is only its echo', () => {
+  expect(messageOf(build({ minCapacity: 1.5 }))).toBe(
+    'Invalid KarmaProxy props (Test/Proxy):\n  - minCapacity (1.5) must be a whole number of at least 1');
+  expect(messageOf(build({ minCapacity: 60 })))
+    .toContain("maxCapacity (60, minCapacity's when not given) must be at most 50: each instance slot is an Elastic IP");
+});
+
 test('a directory named like a bundle is refused: it would be uploaded as a zip', () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'karma-bundle-'));
   try {
