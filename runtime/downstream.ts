@@ -186,6 +186,8 @@ export class Request {
   handedOver = false;
   /** Body bytes read from the client (for the access log). */
   bodyBytes = 0;
+  /** The X-Amzn-Trace-Id sent to its target, once its head is rendered (for the access log). */
+  trace: string | undefined = undefined;
   /** Its answer, once one is begun (for the access log). */
   response: Response | undefined = undefined;
   private sink: BodySink | undefined;

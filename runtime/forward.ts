@@ -12,6 +12,7 @@
  * 504, no target 503 (with Retry-After). The cause is kept for the log and the metric.
  */
 import { type ClientRequest, type IncomingMessage, STATUS_CODES } from 'node:http';
+import { randomFillSync } from 'node:crypto';
 import httpProxy from 'http-proxy';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
 import type * as net from 'node:net';
@@ -124,7 +125,7 @@ const HOP_BY_HOP = new Set([
 // Headers the proxy sets itself (X-Forwarded-For appended to), or drops: `Forwarded` (RFC 7239) is the
 // client's to invent, and a target that reads it before X-Forwarded-* (Spring does) would take its word
 // for the client's address, scheme and host.
-const OWN = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-port', 'x-forwarded-host', 'forwarded', 'expect']);
+const OWN = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-port', 'x-forwarded-host', 'x-amzn-trace-id', 'forwarded', 'expect']);
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
 /**
  * An idempotent request's body up to this size, announced by Content-Length, is kept as it goes to the
@@ -273,7 +274,35 @@ function listedIn(connection: string | undefined): Listed | undefined {
 }
 
 /** What upstreamHead reads of a request. */
-export type HeadSource = Pick<Request, 'method' | 'url' | 'rawHeaders' | 'ip'> & { readonly headers: { readonly connection?: string; readonly host?: string } };
+export type HeadSource = Pick<Request, 'method' | 'url' | 'rawHeaders' | 'ip'> & { readonly headers: { readonly connection?: string; readonly host?: string }; trace?: string };
+
+/** A trace header's Root as an ALB reads it: version 1, the epoch second in 8 hex digits, 24 hex digits. */
+const TRACE_ROOT = /(?:^|;)[ \t]*Root=1-[0-9a-fA-F]{8}-[0-9a-fA-F]{24}[ \t]*(?:;|$)/;
+const SELF_FIELD = /^[ \t]*Self=/i;
+/** Random bytes for trace IDs, drawn 12 at a time: one system call per 512 requests. */
+const traceRandom = Buffer.alloc(12 * 512);
+let traceRandomAt = traceRandom.length;
+
+/** A new trace ID as an ALB makes it: `1-<epoch seconds, 8 hex digits>-<96 random bits>`. */
+function traceId(): string {
+  if (traceRandomAt === traceRandom.length) {
+    randomFillSync(traceRandom);
+    traceRandomAt = 0;
+  }
+  const random = traceRandom.toString('hex', traceRandomAt, (traceRandomAt += 12));
+  return `1-${Math.floor(Date.now() / 1000).toString(16).padStart(8, '0')}-${random}`;
+}
+
+/**
+ * The X-Amzn-Trace-Id a target gets, as an ALB sends it: a new `Root=` when the client sent none with a
+ * valid Root; otherwise the client's fields (a trace begun before us, its own fields kept) behind a
+ * `Self=` of this hop, which replaces an earlier hop's Self.
+ */
+export function traceHeader(sent: string | undefined): string {
+  if (sent === undefined || !TRACE_ROOT.test(sent)) return `Root=${traceId()}`;
+  const fields = sent.split(';').filter((f) => !SELF_FIELD.test(f) && f.trim() !== '');
+  return `Self=${traceId()};${fields.map((f) => f.trim()).join(';')}`;
+}
 
 /**
  * The upstream request's head, as it goes on the wire, in one string: the request line as the client
@@ -289,6 +318,8 @@ export function upstreamHead(req: HeadSource, listenPort: string, trustForwarded
   let xff: string | undefined;
   let sentProto: string | undefined;
   let sentPort: string | undefined;
+  let sentHost: string | undefined;
+  let sentTrace: string | undefined;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i];
     if (lengths.has(name.length) || name.includes('_')) {
@@ -297,10 +328,17 @@ export function upstreamHead(req: HeadSource, listenPort: string, trustForwarded
       if (HOP_BY_HOP.has(lower) || (listed?.names.has(lower) && lower !== 'host')) continue;
       if (lower.includes('_') && GUARDED.has(lower.replace(/_/g, '-'))) continue;
       if (OWN.has(lower)) {
-        if (lower === 'x-forwarded-for') xff = xff === undefined ? raw[i + 1] : `${xff}, ${raw[i + 1]}`;
+        const value = raw[i + 1];
+        // An empty line adds no empty entry to the list.
+        if (lower === 'x-forwarded-for') {
+          if (value.trim() !== '') xff = xff === undefined ? value : `${xff}, ${value}`;
+        }
         // The last line's: a front that adds rather than replaces puts its own after the client's.
-        else if (lower === 'x-forwarded-proto') sentProto = raw[i + 1];
-        else if (lower === 'x-forwarded-port') sentPort = raw[i + 1];
+        else if (lower === 'x-forwarded-proto') sentProto = value;
+        else if (lower === 'x-forwarded-port') sentPort = value;
+        else if (lower === 'x-forwarded-host') sentHost = value;
+        // The first line's: a second one is not another trace of this request.
+        else if (lower === 'x-amzn-trace-id') sentTrace ??= value;
         continue;
       }
     }
@@ -317,7 +355,15 @@ export function upstreamHead(req: HeadSource, listenPort: string, trustForwarded
   // The proxy's own unless a TLS terminator in front is trusted: nothing made per request for it then.
   const fwd = trustForwardedProto ? forwardedProto(sentProto, sentPort, listenPort, true) : undefined;
   lines += `X-Forwarded-For: ${xff ? `${xff}, ${ip}` : ip}\r\nX-Forwarded-Proto: ${fwd?.proto ?? 'http'}\r\nX-Forwarded-Port: ${fwd?.port ?? listenPort}\r\n`;
-  if (req.headers.host !== undefined) lines += `X-Forwarded-Host: ${req.headers.host}\r\n`;
+  // Behind a trusted front, the host it was asked for (in ECS mode the Host is the route's name, and
+  // a CDN's public name travels here); otherwise the Host.
+  const forwardedHost = trustForwardedProto && sentHost !== undefined && sentHost.trim() !== ''
+    ? sentHost.slice(sentHost.lastIndexOf(',') + 1).trim()
+    : req.headers.host;
+  if (forwardedHost !== undefined) lines += `X-Forwarded-Host: ${forwardedHost}\r\n`;
+  const trace = traceHeader(sentTrace);
+  req.trace = trace;
+  lines += `X-Amzn-Trace-Id: ${trace}\r\n`;
   return { head: flat(lines + '\r\n'), hasLength };
 }
 
@@ -525,7 +571,10 @@ export class Forwarder {
     // http-proxy re-throws errors no one handles; each ws() call passes its own callback, this is a backstop.
     this.wsProxy.on('error', () => undefined);
     // The handshake request to the target, handed to the ws() call that made it (through its client socket).
-    this.wsProxy.on('proxyReqWs', (proxyReq: ClientRequest, _req: unknown, socket: net.Socket) => {
+    this.wsProxy.on('proxyReqWs', (proxyReq: ClientRequest, handshake: IncomingMessage, socket: net.Socket) => {
+      // The request-target as the client sent it: http-proxy's urlJoin folds `//` into `/` and turns
+      // `http:/` into `http://`. The head is not rendered yet (node:http renders it at end()).
+      if (handshake.url !== undefined) proxyReq.path = handshake.url;
       const watch = (socket as WithHandshake)[kHandshake];
       (socket as WithHandshake)[kHandshake] = undefined;
       watch?.(proxyReq);

@@ -187,6 +187,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
       bytesIn: req?.bodyBytes,
       bytesOut: req?.response?.bodyBytes,
       client,
+      trace: req?.trace,
     });
   };
 

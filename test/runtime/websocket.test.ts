@@ -148,6 +148,28 @@ test('a handshake reaches the target without hop-by-hop headers, those its Conne
   }
 });
 
+test("a handshake's request-target reaches the target as the client sent it, as a plain request's does, with the ALB's trace header", async () => {
+  const heads: string[] = [];
+  const target = rawTarget((head, s) => {
+    heads.push(head);
+    s.end('HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n');
+  });
+  const p = await proxyFor(target);
+  const paths = ['//a//b/../c;x=1?x=%2F&y=//z', '/go/http:/x', '/s/https:/y//z'];
+  try {
+    for (const path of paths) {
+      const r = await rawExchange(p.port, `GET ${path} HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+        'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n');
+      expect(r.responses.map((x) => x.status)).toEqual([403]);
+    }
+    expect(heads.map((h) => h.slice(0, h.indexOf('\r\n')))).toEqual(paths.map((path) => `GET ${path} HTTP/1.1`));
+    expect(heads[0]).toMatch(/\r\nX-Amzn-Trace-Id: Root=1-[0-9a-f]{8}-[0-9a-f]{24}(\r\n|$)/);
+  } finally {
+    await p.stop();
+    await close(target);
+  }
+});
+
 test('Proxy-Connection: upgrade is no Connection: upgrade: the request is a plain GET, and the connection stays HTTP (no tunnel a front proxy would not know of)', async () => {
   const heads: string[] = [];
   const target = rawTarget((head, s) => {

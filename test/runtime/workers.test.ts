@@ -512,6 +512,9 @@ test('LOG_CONNECTIONS=true writes one JSON access line per request; the default 
     expect(access).toHaveLength(1);
     expect(access[0]).toMatchObject({ level: 'info', method: 'GET', path: '/a?b=1', status: 200, target: `127.0.0.1:${backend.port}` });
     expect(typeof access[0].ms).toBe('number');
+    // The trace ID its target got (X-Amzn-Trace-Id), as an ALB's access log has it.
+    expect(access[0].trace).toMatch(/^Root=1-[0-9a-f]{8}-[0-9a-f]{24}$/);
+    expect(backend.seen[0].headers['x-amzn-trace-id']).toBe(access[0].trace);
     // The body bytes each way, as an ALB's received_bytes and sent_bytes: a 1,000-byte upload answered
     // with 'ok' (chunked there: the count is of body bytes, not of their framing).
     await request(loud.port, { method: 'POST', path: '/upload', body: Buffer.alloc(1000, 'u') });
