@@ -30,8 +30,16 @@ export function log(level: Level, msg: string, fields?: Record<string, unknown>)
     droppedSinceSaid = 0;
     process.stderr.write(JSON.stringify({ time: new Date().toISOString(), level: 'warn', msg: 'log lines dropped: the log was not read fast enough', pid: process.pid, dropped }) + '\n');
   }
-  stream.write(JSON.stringify({ time: new Date().toISOString(), level, msg, pid: process.pid, ...fields }) + '\n');
+  stream.write(JSON.stringify({ time: new Date().toISOString(), level, msg, pid: process.pid, ...fields }).replace(UNSAFE, escaped) + '\n');
 }
+
+/**
+ * What JSON.stringify leaves raw and a reader of the log must not get raw: DEL and the C1 controls
+ * (U+009B starts a terminal escape sequence, as ESC [ does), and the Unicode line separators. A client's
+ * Host or path reaches a line as latin1 text, so any byte 0x80-0x9f comes out as one of these.
+ */
+const UNSAFE = /[\u007f-\u009f\u2028\u2029]/g;
+const escaped = (c: string): string => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`;
 
 /**
  * A budget for lines that clients can multiply (a target's health and breaker changes: every Host with

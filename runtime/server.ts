@@ -49,7 +49,7 @@ export function hostForLog(host: string | undefined): string | undefined {
  * Query parameters whose values are credentials by their name: OAuth tokens and codes, API keys,
  * presigned URLs' signatures, session ids. (`code` and `key` hide some harmless values too.)
  */
-const SECRET_PARAM = /^(?:.*(?:token|secret|passw|signature|credential|api[-_]?key|sess(?:ion)?[-_]?id).*|(?:.*[-_.])?auth(?:orization)?(?:[-_.].*)?|sig|pwd|code|key|jwt|sid|session)$/i;
+const SECRET_PARAM = /^(?:.*(?:token|secret|passw|signature|credential|(?:api|access|private)[-_]?key|sess(?:ion)?[-_]?id|ticket|bearer).*|(?:.*[-_.])?auth(?:orization)?(?:[-_.].*)?|sig|pwd|pass|code|key|jwt|sid|session)$/i;
 
 /**
  * A request target as the access log keeps it: credentials masked, in userinfo (an absolute-form target
@@ -60,9 +60,10 @@ export function targetForLog(target: string): string {
   const t = target.charCodeAt(0) === 0x2f ? target : withoutUserinfo(target);
   const q = t.indexOf('?');
   if (q === -1) return t;
-  const params = t.slice(q + 1).split('&');
+  // `;` separates parameters too (old HTML forms, Java's and Rails' parsers): the separators are kept, at odd places.
+  const params = t.slice(q + 1).split(/([&;])/);
   let masked = false;
-  for (let i = 0; i < params.length; i++) {
+  for (let i = 0; i < params.length; i += 2) {
     const eq = params[i].indexOf('=');
     if (eq <= 0) continue;
     let name = params[i].slice(0, eq);
@@ -76,7 +77,7 @@ export function targetForLog(target: string): string {
       masked = true;
     }
   }
-  return masked ? `${t.slice(0, q)}?${params.join('&')}` : t;
+  return masked ? `${t.slice(0, q)}?${params.join('')}` : t;
 }
 
 export interface ProxyServer {

@@ -122,6 +122,22 @@ test("what a library prints with console (ioredis's ready-check notice) is a JSO
   }
 });
 
+test("a line never holds a raw C1 control or line separator: a client's U+009B would start a terminal escape in whoever tails the log", () => {
+  const stdout = jest.spyOn(process.stdout, 'write').mockImplementation(() => true);
+  try {
+    log('info', 'access', { host: '\u009b2J\u009b31mFORGED.x', path: '/a\u007f\u2028b', plain: 'é ü' });
+    const line = String(stdout.mock.calls[0][0]);
+    expect(line).not.toMatch(/[\u007f-\u009f\u2028\u2029]/);
+    expect(line).toContain('\\u009b2J');
+    expect(line.endsWith('\n')).toBe(true);
+    expect(line.slice(0, -1)).not.toContain('\n');
+    // Still the same JSON: a reader gets the value back.
+    expect(JSON.parse(line)).toMatchObject({ host: '\u009b2J\u009b31mFORGED.x', path: '/a\u007f\u2028b', plain: 'é ü' });
+  } finally {
+    stdout.mockRestore();
+  }
+});
+
 describe('what the access log keeps of a request target', () => {
   test.each([
     ['/a?b=1', '/a?b=1'],
@@ -135,6 +151,9 @@ describe('what the access log keeps of a request target', () => {
     ['/x?%74oken=1', '/x?%74oken=***'], // the name as decoded
     ['/x?token', '/x?token'], // no value to hide
     ['http://user:secret@169.254.169.254/latest?token=1', 'http://***@169.254.169.254/latest?token=***'],
+    ['/s?private_key=1&access_key=2&pass=3&ticket=4&bearer=5&passage=6', '/s?private_key=***&access_key=***&pass=***&ticket=***&bearer=***&passage=6'],
+    ['/s2?a=1;token=2;b=3&sid=4', '/s2?a=1;token=***;b=3&sid=***'], // `;` separates parameters too
+    ['/keys?monkey=1&keyword=2&page;x=1', '/keys?monkey=1&keyword=2&page;x=1'],
   ])('%s is logged as %s', (target, logged) => {
     expect(targetForLog(target)).toBe(logged);
   });
