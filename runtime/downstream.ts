@@ -42,7 +42,7 @@ import {
   unconsume,
 } from './llhttp';
 import { errorFields, log } from './log';
-import { activeConnections, countRequest, limitHits, rejectedRequests } from './metrics';
+import { activeConnections, countRequest, limitHits, proxyErrors, rejectedRequests } from './metrics';
 
 export interface DownstreamOptions {
   /** MAX_HEADER_SIZE: request line and headers together; more is a 431. */
@@ -619,6 +619,7 @@ export class Response {
 /** An answer written straight to a socket (upgrade requests, parse errors), closing the connection after. */
 export function rawAnswer(socket: net.Socket | import('node:stream').Duplex, status: number, message: string, extraHeaders = ''): void {
   if (socket.destroyed || !socket.writable) return;
+  if (status >= 500) proxyErrors.labels({ code: String(status) }).inc();
   const body = message + '\n';
   socket.end(
     `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\nDate: ${httpDate()}\r\nContent-Type: text/plain; charset=utf-8\r\n` +

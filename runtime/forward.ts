@@ -20,7 +20,7 @@ import { answerHandshake, type ClientCut, linger, type Request, type Response, t
 import { answerFault, connectionOf, flat, MAX_RESPONSE_HEAD_BYTES, type RenderedHead, type UpstreamHandler, type UpstreamRequest, type UpstreamRequestOptions, type UpstreamResponse } from './upstream';
 import { countChunk } from './memory';
 import { within } from './types';
-import { countSuccess, failedConnections, limitHits, rejectedRequests, retriesTotal, upstreamErrors } from './metrics';
+import { countSuccess, failedConnections, limitHits, proxyErrors, rejectedRequests, retriesTotal, upstreamErrors } from './metrics';
 
 export interface ForwardOptions {
   readonly connectTimeoutMs: number;
@@ -462,6 +462,7 @@ export function answer(res: Response, status: number, message: string, headers?:
   let lines = `Content-Type: text/plain; charset=utf-8\r\nContent-Length: ${length}\r\nCache-Control: no-store\r\n`;
   if (headers) for (const k in headers) lines += `${k}: ${headers[k]}\r\n`;
   res.writeHead(status, undefined, lines, true);
+  if (status >= 500) proxyErrors.labels({ code: String(status) }).inc();
   // Response writes strings as latin1 (byte for byte); text that is not ASCII goes as its UTF-8 bytes.
   res.end(length === body.length ? body : Buffer.from(body));
 }

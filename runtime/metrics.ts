@@ -91,6 +91,11 @@ export const rejectedRequests = new Counter({
   help: 'Requests answered by the proxy itself with 4xx, by reason.',
   labelNames: ['reason'] as const,
 });
+export const proxyErrors = new Counter({
+  name: 'karma_proxy_errors_total',
+  help: "Requests the proxy itself answered with 5xx, not passing on a target's answer (an ALB's HTTPCode_ELB_5XX), by status: 502 the target failed, 503 no target (or the proxy stopping), 504 the target did not answer in time. karma_requests_total's 5xx less these are the targets' own.",
+  labelNames: ['code'] as const,
+});
 
 // ---- routes and discovery ----
 export const routesKnown = new Gauge({

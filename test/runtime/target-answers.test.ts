@@ -602,3 +602,37 @@ describe('a target that refuses an upload early (413 and close, the body unread)
   });
 });
 
+
+test("the proxy's own 5xx are counted apart from the targets' (an ALB's HTTPCode_ELB_5XX): a target's 500 or 503 is not, a 502, 503 or 504 of ours is", async () => {
+  const { proxyErrors } = await import('../../runtime/metrics');
+  const ours = async (): Promise<Record<string, number>> =>
+    Object.fromEntries((await proxyErrors.get()).values.map((v) => [String(v.labels.code), v.value]));
+  const answers = await rawTarget((head, s) => {
+    if (head.startsWith('GET /500 ')) s.write('HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n');
+    else if (head.startsWith('GET /503 ')) s.write('HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n');
+    else if (head.startsWith('GET /bad ')) s.end('HTTP/1.1 999 What\r\n\r\n');
+    // GET /slow: no answer at all.
+  });
+  const port = await proxyFor([answers], { RETRIES: '0', UPSTREAM_TIMEOUT: '1', CIRCUIT_BREAKER_THRESHOLD: '2' });
+  const before = await ours();
+  const delta = async (): Promise<Record<string, number>> => {
+    const now = await ours();
+    return Object.fromEntries(Object.entries(now).map(([k, v]) => [k, v - (before[k] ?? 0)]).filter(([, v]) => v !== 0));
+  };
+  expect((await request(port, { path: '/500' })).status).toBe(500);
+  expect((await request(port, { path: '/503' })).status).toBe(503);
+  expect(await delta()).toEqual({});
+  expect((await request(port, { path: '/bad', headers: { Connection: 'close' } })).status).toBe(502);
+  expect((await request(port, { path: '/slow', headers: { Connection: 'close' } })).status).toBe(504);
+  expect(await delta()).toEqual({ 502: 1, 504: 1 });
+  // A WebSocket handshake the proxy refuses, once the target is gone: a 502 (refused) written raw.
+  await close(answers.server);
+  for (const s of answers.sockets) s.destroy();
+  const r = await rawExchange(port, 'GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+    'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n');
+  expect(r.responses.map((x) => x.status)).toEqual([502]);
+  expect(await delta()).toEqual({ 502: 2, 504: 1 });
+  // Two failures opened the target's breaker: no target is left, a 503 of ours.
+  expect((await request(port, { path: '/', headers: { Connection: 'close' } })).status).toBe(503);
+  expect(await delta()).toEqual({ 502: 2, 503: 1, 504: 1 });
+});
