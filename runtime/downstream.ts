@@ -1193,7 +1193,7 @@ export class ClientConn {
     if (this.unusedSince !== undefined) return void this.socket.destroy();
     const req = this.reading;
     const answered = req?.handedOver === true && (this.current?.req !== req || this.current.headersSent);
-    if (!answered) rejectedRequests.labels({ reason: this.state === BODY ? 'body_timeout' : 'client_error' }).inc();
+    if (!answered) rejectedRequests.labels({ reason: this.state === BODY ? 'body_timeout' : 'head_timeout' }).inc();
     this.countRefused(408);
     this.refuseInTurn(408, STATUS_CODES[408]!);
   }

@@ -478,6 +478,8 @@ describe('timeouts and shutdown', () => {
     owned.push(own);
     const ownPort = await listen(own.server);
     const before = (await rejectedRequests.get()).values.reduce((n, v) => n + v.value, 0);
+    const headTimeouts = async (): Promise<number> => (await rejectedRequests.get()).values.find((v) => v.labels.reason === 'head_timeout')?.value ?? 0;
+    const timeoutsBefore = await headTimeouts();
     const t0 = Date.now();
     const [silent, emptyLines] = await Promise.all([
       rawExchange(ownPort, () => undefined, { deadlineMs: 6000 }),
@@ -494,6 +496,8 @@ describe('timeouts and shutdown', () => {
     expect(stalled.responses.map((x) => x.status)).toEqual([408]);
     expect(refused.mock.calls.map((c) => c[0])).toEqual([408]);
     expect((await rejectedRequests.get()).values.reduce((n, v) => n + v.value, 0)).toBe(before + 1);
+    // As a head timeout, not a malformed request.
+    expect(await headTimeouts()).toBe(timeoutsBefore + 1);
   });
 
   test('a head pipelined behind a slow answer is not timed while it waits its turn', async () => {
