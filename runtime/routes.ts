@@ -377,6 +377,8 @@ export class RouteTable {
       discoveryDuration.labels({ provider: this.provider.name, outcome: found.stale ? 'error' : 'ok' }).observe(seconds());
       return found.targets;
     } catch (err) {
+      // Stopping: an ask cut short by the shutdown is no failure of discovery, to count or to say.
+      if (this.abort.signal.aborted) throw err;
       // Tried again a period later, as the last targets would have been refreshed.
       e.foundAt = this.now();
       discoveryDuration.labels({ provider: this.provider.name, outcome: 'error' }).observe(seconds());

@@ -88,6 +88,26 @@ describe('route table', () => {
     }
   });
 
+  test('an ask the shutdown cuts short (the primary line closing) is no discovery failure: not said, not counted', async () => {
+    const lines: string[] = [];
+    const stderr = jest.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => (lines.push(String(chunk)), true));
+    const failures = async (): Promise<number> => (await discoveryDuration.get()).values
+      .filter((v) => v.labels.outcome === 'error' && v.metricName === 'karma_discovery_duration_seconds_count').reduce((n, v) => n + v.value, 0);
+    try {
+      const g = gated(() => new Error('closing'));
+      const t = table(g.provider);
+      const before = await failures();
+      const asked = t.resolve(key('pending')).catch(() => undefined);
+      t.stop();
+      g.release();
+      await asked;
+      expect(lines.filter((l) => l.includes('discovery failed'))).toEqual([]);
+      expect(await failures()).toBe(before);
+    } finally {
+      stderr.mockRestore();
+    }
+  });
+
   test("a route whose first discovery failed is absent for as long as the primary holds the failure, else for a second", async () => {
     const g = gated((r) => Object.assign(new Error('denied'), { name: 'AccessDeniedException', logged: true }, r.service === 'held' ? { retryInMs: 8000 } : {}));
     g.release();
