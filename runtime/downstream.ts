@@ -42,7 +42,7 @@ import {
   unconsume,
 } from './llhttp';
 import { errorFields, log } from './log';
-import { activeConnections, countRequest, limitHits, proxyErrors, rejectedRequests } from './metrics';
+import { acceptedConnections, activeConnections, countRequest, limitHits, proxyErrors, rejectedRequests } from './metrics';
 
 export interface DownstreamOptions {
   /** MAX_HEADER_SIZE: request line and headers together; more is a 431. */
@@ -1506,6 +1506,7 @@ export class DownstreamServer {
       }
     }
     activeConnections.inc();
+    acceptedConnections.inc();
     this.sockets.add(socket);
     socket.once('close', () => {
       activeConnections.dec();

@@ -15,6 +15,10 @@ export const activeConnections = new Gauge({
   name: 'load_balancer_active_connections',
   help: 'Client connections currently open.',
 });
+export const acceptedConnections = new Counter({
+  name: 'karma_client_connections_total',
+  help: "Client connections accepted (an ALB's NewConnectionCount); those refused at MAX_CONNECTIONS are karma_limit_hits_total{limit=\"connections\"}.",
+});
 export const healthCheckLatency = new Histogram({
   name: 'load_balancer_health_check_latency_seconds',
   help: 'Latency of active health checks.',

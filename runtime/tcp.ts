@@ -12,7 +12,7 @@ import { socketsClosed } from './downstream';
 import { kindOf, mayHaveLeft, refusedFailure, TUNNEL_KEEPALIVE_MS } from './forward';
 import { log } from './log';
 import { countChunk } from './memory';
-import { activeConnections, countSuccess, failedConnections, limitHits, retriesTotal, upstreamErrors } from './metrics';
+import { acceptedConnections, activeConnections, countSuccess, failedConnections, limitHits, retriesTotal, upstreamErrors } from './metrics';
 import type { RouteTable } from './routes';
 import type { ProxyServer } from './server';
 import { POOL_ROUTE } from './types';
@@ -173,6 +173,7 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
 
   const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (client) => {
     activeConnections.inc();
+    acceptedConnections.inc();
     sockets.add(client);
     if (config.logConnections) addresses.set(client, client.remoteAddress);
     client.on('error', () => undefined);

@@ -53,6 +53,20 @@ describe('forwarding to a static pool', () => {
     expect(names).toEqual(expected);
   });
 
+  test("each client connection accepted is counted once, however many requests it carries (an ALB's NewConnectionCount)", async () => {
+    const { acceptedConnections } = await import('../../runtime/metrics');
+    const count = async (): Promise<number> => (await acceptedConnections.get()).values[0]?.value ?? 0;
+    const before = await count();
+    const answered = await Promise.all(Array.from({ length: 3 }, () => new Promise<number>((resolve) => {
+      const s = net.connect(p.port, '127.0.0.1', () => s.write('GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n'));
+      let text = '';
+      s.on('data', (d) => (text += d));
+      s.on('close', () => resolve(text.split('HTTP/1.1 200').length - 1));
+    })));
+    expect(answered).toEqual([2, 2, 2]);
+    expect(await count()).toBe(before + 3);
+  });
+
   test('round-robin stays fair with 50 concurrent clients', async () => {
     const agent = new http.Agent({ keepAlive: true, maxSockets: 50 });
     const one = (): Promise<string> =>
