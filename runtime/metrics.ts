@@ -52,7 +52,15 @@ export const requestsTotal = new Counter({
   help: 'Requests answered, by route and status class (2xx, 3xx, 4xx, 5xx); route "none" for requests no known route took (a bad Host, no target, discovery not done). The series of a route goes when the route is forgotten.',
   labelNames: ['route', 'code'] as const,
   collect() {
-    for (const row of requestTallies.values()) fold(this, row);
+    for (const row of requestTallies.values()) fold(this, row.byClass);
+  },
+});
+export const requestSeconds = new Counter({
+  name: 'karma_request_seconds_total',
+  help: "Time spent on requests (from the request to the end of its response), summed by route: over karma_requests_total's rate, each route's mean time (an ALB's TargetResponseTime, as CloudWatch averages it). The series of a route goes when the route is forgotten.",
+  labelNames: ['route'] as const,
+  collect() {
+    fold(this, [...requestTallies.values()].map((row) => row.seconds));
   },
 });
 const DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
@@ -178,8 +186,8 @@ function fold(counter: Counter<string>, tallies: Iterable<Tally | undefined>): v
   }
 }
 
-/** route → tallies by status class (status / 100). */
-const requestTallies = new Map<string, (Tally | undefined)[]>();
+/** route → its requests by status class (status / 100), and the seconds they took. */
+const requestTallies = new Map<string, { readonly byClass: (Tally | undefined)[]; readonly seconds: Tally }>();
 /** target → successful connections. */
 const successTallies = new Map<string, Tally>();
 
@@ -196,8 +204,9 @@ const durationCells: (DurationCell | undefined)[] = [];
 export function countRequest(route: string, status: number, seconds: number): void {
   const k = Math.floor(status / 100);
   let row = requestTallies.get(route);
-  if (row === undefined) requestTallies.set(route, (row = []));
-  (row[k] ??= new Tally({ route, code: `${k}xx` })).n++;
+  if (row === undefined) requestTallies.set(route, (row = { byClass: [], seconds: new Tally({ route }) }));
+  (row.byClass[k] ??= new Tally({ route, code: `${k}xx` })).n++;
+  row.seconds.n += seconds;
   const cell = (durationCells[k] ??= { code: `${k}xx`, buckets: DURATION_BUCKETS.map(() => 0), sum: 0, count: 0 });
   cell.sum += seconds;
   cell.count++;
@@ -210,7 +219,8 @@ export function countRequest(route: string, status: number, seconds: number): vo
 }
 
 /**
- * A route the route table forgot: its karma_requests_total and karma_fail_open_total series go too, so
+ * A route the route table forgot: its karma_requests_total, karma_request_seconds_total and
+ * karma_fail_open_total series go too, so
  * that series stay bounded by MAX_ROUTES however many routes come and go (clients choose Hosts).
  */
 export function forgetRoute(route: string): void {
@@ -218,7 +228,8 @@ export function forgetRoute(route: string): void {
   const row = requestTallies.get(route);
   if (row === undefined) return;
   requestTallies.delete(route);
-  for (const t of row) if (t) requestsTotal.remove(t.labels);
+  for (const t of row.byClass) if (t) requestsTotal.remove(t.labels);
+  requestSeconds.remove({ route });
 }
 
 /**

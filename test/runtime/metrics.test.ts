@@ -3,7 +3,7 @@
  * the metrics are read: a scrape must show exactly what per-request inc()/observe() calls would have.
  */
 import { Counter, Histogram, Registry } from 'prom-client';
-import { countRequest, countSuccess, register, requestDuration, requestsTotal, successfulConnections } from '../../runtime/metrics';
+import { countRequest, countSuccess, forgetRoute, register, requestDuration, requestSeconds, requestsTotal, successfulConnections } from '../../runtime/metrics';
 
 const BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 
@@ -71,4 +71,18 @@ test('the JSON form the primary aggregates from its workers includes the tallies
   expect((requests as unknown as { values: { labels: object; value: number }[] }).values).toEqual([expect.objectContaining({ labels: { route: 'api-80-prod', code: '2xx' }, value: 1 })]);
   expect((success as unknown as { values: { labels: object; value: number }[] }).values).toEqual([expect.objectContaining({ labels: { target: '10.0.0.9:80' }, value: 1 })]);
   expect((count as unknown as { values: { metricName: string; value: number }[] }).values.find((v) => v.metricName === 'karma_request_duration_seconds_count')?.value).toBe(1);
+});
+
+test("each route's request seconds are summed (with karma_requests_total, its mean time), and go when the route is forgotten", async () => {
+  const seconds = async (): Promise<Record<string, number>> =>
+    Object.fromEntries((await requestSeconds.get()).values.map((v) => [String(v.labels.route), v.value]));
+  for (const [route, s] of [['api-80-prod', 0.5], ['api-80-prod', 1.5], ['web-8080-prod', 2], ['api-80-prod', 0.25]] as const) countRequest(route, 200, s);
+  expect(await seconds()).toEqual({ 'api-80-prod': 2.25, 'web-8080-prod': 2 });
+  // Read once: a second read adds nothing.
+  expect(await seconds()).toEqual({ 'api-80-prod': 2.25, 'web-8080-prod': 2 });
+  countRequest('api-80-prod', 503, 1);
+  expect(await seconds()).toEqual({ 'api-80-prod': 3.25, 'web-8080-prod': 2 });
+  forgetRoute('api-80-prod');
+  expect(await seconds()).toEqual({ 'web-8080-prod': 2 });
+  expect((await register.getSingleMetricAsString('karma_requests_total'))).not.toContain('api-80-prod');
 });
