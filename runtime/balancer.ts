@@ -7,7 +7,7 @@
  * is judged (the health checker calls setStatus).
  */
 import { CircuitBreaker, breakerStateValue, type BreakerLink } from './breaker';
-import { breakerState, failOpenTotal, forgetTarget, nodeHealthStatus, targetsPerRoute } from './metrics';
+import { breakerState, countUnhealthyWith, failOpenTotal, forgetTarget, nodeHealthStatus, targetsPerRoute } from './metrics';
 import { sortTargets, type StatusSetter, type Target } from './types';
 import { UpstreamPool } from './upstream';
 
@@ -160,6 +160,12 @@ const UNCHECKED = 1;
 const UNHEALTHY = 2;
 const tier = (s: TargetState): number => (s.healthy === true ? HEALTHY : s.healthy === undefined ? UNCHECKED : UNHEALTHY);
 
+/** Pools with members, for karma_route_unhealthy_targets. */
+const livePools = new Set<Pool>();
+countUnhealthyWith(function* () {
+  for (const pool of livePools) yield [pool.id, pool.unhealthy] as const;
+});
+
 /** One route's members, in a stable order, and its round-robin cursor. */
 export class Pool {
   private members: TargetState[] = [];
@@ -172,6 +178,13 @@ export class Pool {
 
   get size(): number {
     return this.members.length;
+  }
+
+  /** Members that health checks judge unhealthy. */
+  get unhealthy(): number {
+    let n = 0;
+    for (const s of this.members) if (s.healthy === false) n++;
+    return n;
   }
 
   /**
@@ -203,6 +216,8 @@ export class Pool {
     const at = due === undefined ? -1 : next.findIndex((t) => t.id >= due);
     this.cursor = at === -1 ? 0 : at;
     targetsPerRoute.labels({ route: this.id }).set(this.members.length);
+    if (this.members.length > 0) livePools.add(this);
+    else livePools.delete(this);
   }
 
   /**
@@ -221,6 +236,7 @@ export class Pool {
   /** Drops every member (the route is forgotten). */
   clear(): void {
     this.update([]);
+    livePools.delete(this);
     targetsPerRoute.remove({ route: this.id });
   }
 

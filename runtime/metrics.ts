@@ -122,6 +122,23 @@ export const targetsPerRoute = new Gauge({
   labelNames: ['route'] as const,
   aggregator: 'max',
 });
+/** Each route's targets that health checks judge unhealthy, as balancer.ts counts them when asked. */
+let unhealthyByRoute: () => Iterable<readonly [string, number]> = () => [];
+export function countUnhealthyWith(source: () => Iterable<readonly [string, number]>): void {
+  unhealthyByRoute = source;
+}
+export const unhealthyPerRoute = new Gauge({
+  name: 'karma_route_unhealthy_targets',
+  help: "Targets of each route that health checks judge unhealthy (an ALB's UnHealthyHostCount per target group); karma_route_targets less these are the route's healthy or not yet checked ones.",
+  labelNames: ['route'] as const,
+  aggregator: 'max',
+  collect() {
+    // Counted when read: health turns in the primary and reaches each worker's targets, which many
+    // routes may share. Routes gone are gone from the reading.
+    this.reset();
+    for (const [route, n] of unhealthyByRoute()) this.set({ route }, n);
+  },
+});
 export const discoveryDuration = new Histogram({
   name: 'karma_discovery_duration_seconds',
   help: 'Time one discovery of a route or pool took; outcome error when it failed, even if the last targets stay in use.',

@@ -226,6 +226,25 @@ describe('the bundle, on a static pool', () => {
     }
   });
 
+  test("each route's unhealthy targets are a series of their own (an ALB's UnHealthyHostCount), read once for all workers, not added up", async () => {
+    const sick = await startBackend('sick');
+    sick.healthStatus = 500;
+    const q = await startBundle({
+      NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port},127.0.0.1:${sick.port}`, HEALTH_CHECK_PATH: '/health',
+      HEALTH_CHECK_PERIOD: '1', UNHEALTHY_THRESHOLD: '2', HEALTHY_THRESHOLD: '2', WORKERS: '2',
+    });
+    const unhealthy = async (): Promise<string | undefined> =>
+      /^karma_route_unhealthy_targets\{route="pool"\} (\d+)$/m.exec((await request(q.metricsPort, { path: '/metrics' })).body)?.[1];
+    try {
+      await until('one unhealthy target', async () => ((await unhealthy()) === '1' ? true : undefined), 15_000);
+      sick.healthStatus = 200;
+      await until('none unhealthy', async () => ((await unhealthy()) === '0' ? true : undefined), 15_000);
+    } finally {
+      await q.stop();
+      await sick.close();
+    }
+  });
+
   test('/metrics and /healthz answer HEAD as GET without the body, and another method with 405 and Allow', async () => {
     for (const path of ['/metrics', '/healthz']) {
       const head = await request(p.metricsPort, { path, method: 'HEAD' });
