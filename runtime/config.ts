@@ -453,7 +453,7 @@ export const SETTINGS = {
   },
   trustForwardedProto: {
     env: 'TRUST_FORWARDED_PROTO',
-    doc: "Keep the X-Forwarded-Proto (`http` or `https`), X-Forwarded-Port and X-Forwarded-Host a client sends instead of `http`, the proxy's port and the Host: only when a TLS terminator of yours (CloudFront, another load balancer) is the only way in, since any other client could claim `https`.",
+    doc: "Keep the X-Forwarded-Proto (`http` or `https`) and X-Forwarded-Port a client sends instead of `http` and the proxy's port: only when a TLS terminator of yours (CloudFront, another load balancer) is the only way in, since any other client could claim `https`.",
     default: 'false',
     parse: bool,
   },

@@ -276,6 +276,7 @@ function listedIn(connection: string | undefined): Listed | undefined {
 /** What upstreamHead reads of a request. */
 export type HeadSource = Pick<Request, 'method' | 'url' | 'rawHeaders' | 'ip'> & { readonly headers: { readonly connection?: string; readonly host?: string }; trace?: string };
 
+const EMPTY_LIST = /^[ \t,]*$/;
 /** A trace header's Root as an ALB reads it: version 1, the epoch second in 8 hex digits, 24 hex digits. */
 const TRACE_ROOT = /(?:^|;)[ \t]*Root=1-[0-9a-fA-F]{8}-[0-9a-fA-F]{24}[ \t]*(?:;|$)/;
 const SELF_FIELD = /^[ \t]*Self=/i;
@@ -318,7 +319,6 @@ export function upstreamHead(req: HeadSource, listenPort: string, trustForwarded
   let xff: string | undefined;
   let sentProto: string | undefined;
   let sentPort: string | undefined;
-  let sentHost: string | undefined;
   let sentTrace: string | undefined;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i];
@@ -329,14 +329,13 @@ export function upstreamHead(req: HeadSource, listenPort: string, trustForwarded
       if (lower.includes('_') && GUARDED.has(lower.replace(/_/g, '-'))) continue;
       if (OWN.has(lower)) {
         const value = raw[i + 1];
-        // An empty line adds no empty entry to the list.
+        // An empty line (or commas alone) adds no empty entry to the list.
         if (lower === 'x-forwarded-for') {
-          if (value.trim() !== '') xff = xff === undefined ? value : `${xff}, ${value}`;
+          if (!EMPTY_LIST.test(value)) xff = xff === undefined ? value : `${xff}, ${value}`;
         }
         // The last line's: a front that adds rather than replaces puts its own after the client's.
         else if (lower === 'x-forwarded-proto') sentProto = value;
         else if (lower === 'x-forwarded-port') sentPort = value;
-        else if (lower === 'x-forwarded-host') sentHost = value;
         // The first line's: a second one is not another trace of this request.
         else if (lower === 'x-amzn-trace-id') sentTrace ??= value;
         continue;
@@ -355,12 +354,10 @@ export function upstreamHead(req: HeadSource, listenPort: string, trustForwarded
   // The proxy's own unless a TLS terminator in front is trusted: nothing made per request for it then.
   const fwd = trustForwardedProto ? forwardedProto(sentProto, sentPort, listenPort, true) : undefined;
   lines += `X-Forwarded-For: ${xff ? `${xff}, ${ip}` : ip}\r\nX-Forwarded-Proto: ${fwd?.proto ?? 'http'}\r\nX-Forwarded-Port: ${fwd?.port ?? listenPort}\r\n`;
-  // Behind a trusted front, the host it was asked for (in ECS mode the Host is the route's name, and
-  // a CDN's public name travels here); otherwise the Host.
-  const forwardedHost = trustForwardedProto && sentHost !== undefined && sentHost.trim() !== ''
-    ? sentHost.slice(sentHost.lastIndexOf(',') + 1).trim()
-    : req.headers.host;
-  if (forwardedHost !== undefined) lines += `X-Forwarded-Host: ${forwardedHost}\r\n`;
+  // The Host, whatever the client (or a front) sent: no front in common use sets it (an ALB and
+  // CloudFront pass a client's on as it is), so a value "from the front" would be the client's choice,
+  // which apps use for absolute URLs (a password reset link pointing elsewhere).
+  if (req.headers.host !== undefined) lines += `X-Forwarded-Host: ${req.headers.host}\r\n`;
   const trace = traceHeader(sentTrace);
   req.trace = trace;
   lines += `X-Amzn-Trace-Id: ${trace}\r\n`;

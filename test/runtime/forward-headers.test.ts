@@ -97,6 +97,7 @@ test('X-Forwarded-For: empty lines of the client add no empty entries', () => {
   const head = (raw: string[]): string[] => lineOf(upstreamHead(request(['Host', 'a', ...raw]), '80').head, 'X-Forwarded-For');
   expect(head(['X-Forwarded-For', '', 'X-Forwarded-For', '1.1.1.1'])).toEqual(['1.1.1.1, 198.51.100.4']);
   expect(head(['X-Forwarded-For', ' ', 'X-Forwarded-For', ''])).toEqual(['198.51.100.4']);
+  expect(head(['X-Forwarded-For', ',', 'X-Forwarded-For', ' , ,'])).toEqual(['198.51.100.4']);
   expect(head(['X-Forwarded-For', '1.1.1.1', 'X-Forwarded-For', '2.2.2.2'])).toEqual(['1.1.1.1, 2.2.2.2, 198.51.100.4']);
 });
 
@@ -104,15 +105,11 @@ describe('X-Forwarded-Host', () => {
   const sent = (raw: string[], trust: boolean): string[] =>
     lineOf(upstreamHead(request(['Host', 'web-8080-prod.apps.example.com', ...raw]), '80', trust).head, 'X-Forwarded-Host');
 
-  test("is the Host by default, whatever the client claims", () => {
-    expect(sent(['X-Forwarded-Host', 'evil.example'], false)).toEqual(['web-8080-prod.apps.example.com']);
-  });
-
-  test('with TRUST_FORWARDED_PROTO, the front\'s (a CDN\'s public name, the last of a list), else the Host', () => {
-    expect(sent(['X-Forwarded-Host', 'www.example.com'], true)).toEqual(['www.example.com']);
-    expect(sent(['X-Forwarded-Host', 'claimed.example, www.example.com'], true)).toEqual(['www.example.com']);
-    expect(sent(['X-Forwarded-Host', ''], true)).toEqual(['web-8080-prod.apps.example.com']);
-    expect(sent([], true)).toEqual(['web-8080-prod.apps.example.com']);
+  test("is the Host, whatever the client claims, also with TRUST_FORWARDED_PROTO: no common front sets it, so a sent one is the client's", () => {
+    for (const trust of [false, true]) {
+      expect(sent(['X-Forwarded-Host', 'evil.example'], trust)).toEqual(['web-8080-prod.apps.example.com']);
+      expect(sent(['X-Forwarded-Host', 'www.example.com,'], trust)).toEqual(['web-8080-prod.apps.example.com']);
+    }
   });
 });
 
