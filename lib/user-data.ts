@@ -183,20 +183,22 @@ if curl -fs --max-time 5 -o /dev/null ${sq(o.healthUrl)}; then
   rm -f "$STATE"
   exit 0
 fi
-# A proxy an operator stopped is not checked (a crash loop is "activating", not "inactive"), nor one
-# draining on its way to a stop or a restart (TimeoutStopSec bounds that).
+# A proxy an operator stopped is not checked: "inactive", or "failed" when its stop ended in an error
+# (a worker lost while draining, TimeoutStopSec's SIGKILL); with Restart=always and no start limit a
+# crash loop is "activating", never "failed". Nor is one draining on its way to a stop or a restart
+# (TimeoutStopSec bounds that).
 case "$(systemctl is-active ${INSTANCE_PATHS.unitName})" in
-  inactive) rm -f "$STATE"; exit 0 ;;
+  inactive|failed) rm -f "$STATE"; exit 0 ;;
   deactivating) exit 0 ;;
 esac
 n=$(( $(cat "$STATE" 2>/dev/null || echo 0) + 1 ))
 echo "$n" > "$STATE"
-if [ "$n" -eq ${replaceAfter} ]; then
-  echo "karma-proxy-liveness: /healthz did not answer ${replaceAfter} times in a row, restarts between: powering off; the group will replace this instance"
-  shutdown -h now
-  exit 0
+if [ $(( n % ${replaceAfter} )) -eq 0 ]; then
+  echo "karma-proxy-liveness: /healthz did not answer $n times in a row, restarts between: powering off; the group will replace this instance"
+  shutdown -h now && exit 0
+  echo "karma-proxy-liveness: shutdown failed: restarting again meanwhile"
 fi
-if [ "$n" -gt ${replaceAfter} ] || [ $(( n % ${failures} )) -ne 0 ]; then
+if [ $(( n % ${failures} )) -ne 0 ]; then
   echo "karma-proxy-liveness: /healthz did not answer ($n in a row)"
   exit 0
 fi
