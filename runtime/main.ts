@@ -17,7 +17,7 @@ import { parseDotEnv } from './dotenv';
 import { Coordinator, providerFor } from './coordinator';
 import type { ToPrimary } from './ipc';
 import { errorFields, log, logProcessWarnings } from './log';
-import { register } from './metrics';
+import { register, workerRestarts } from './metrics';
 import { workerEnv, workerV8Flags } from './memory';
 import { timerMs, within } from './types';
 
@@ -216,6 +216,7 @@ async function runPrimary(config: Config): Promise<void> {
       return;
     }
     log('error', 'worker died; replacing it', { worker: w.id, code, signal });
+    workerRestarts.inc();
     const now = Date.now();
     recentDeaths.push(now);
     while (recentDeaths.length && now - recentDeaths[0] > 10_000) recentDeaths.shift();

@@ -172,6 +172,10 @@ export const tasksSkipped = new Counter({
 });
 
 // ---- the process ----
+export const workerRestarts = new Counter({
+  name: 'karma_worker_restarts_total',
+  help: 'Workers that died (a crash, the OOM killer, WORKER_STUCK_TIMEOUT) and were replaced; each one cut the requests it held.',
+});
 export const logLinesDroppedTotal = new Counter({
   name: 'karma_log_lines_dropped_total',
   help: 'Log lines dropped because stdout or stderr held more than 4 MiB not yet read (journald stalled, a pipe nobody reads).',

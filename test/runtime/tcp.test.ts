@@ -75,7 +75,7 @@ describe('MODE=tcp', () => {
     expect(seen).toEqual({ got: 'partial', how: 'ECONNRESET' });
   });
 
-  test('a client that resets is a reset for the target, not a close', async () => {
+  test('a client that resets is a reset for the target, not a close, and its line says reset', async () => {
     let heard: string | undefined;
     let connections = 0;
     const server = net.createServer({ allowHalfOpen: true }, (sock) => {
@@ -86,15 +86,23 @@ describe('MODE=tcp', () => {
     const port = await listen(server);
     servers.push(server);
     const targets = [makeTarget('127.0.0.1', port)];
-    p = await start(loadConfig({ NODE_FILTER: 'static', MODE: 'tcp', STATIC_TARGETS: targets[0].id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off' }), { provider: fixed(targets) });
-    const c = net.connect({ port: p.port, host: '127.0.0.1' });
-    c.on('error', () => undefined);
-    await new Promise<void>((r) => c.once('connect', () => c.write('hello', () => r())));
-    await until('the target connected', () => connections === 1);
-    await new Promise((r) => setTimeout(r, 50));
-    c.resetAndDestroy();
-    await until('the target heard it', () => heard !== undefined);
-    expect(heard).toBe('ECONNRESET');
+    const lines: string[] = [];
+    const spy = jest.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => (lines.push(String(chunk)), true));
+    try {
+      p = await start(loadConfig({ NODE_FILTER: 'static', MODE: 'tcp', STATIC_TARGETS: targets[0].id, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', LOG_CONNECTIONS: 'true' }), { provider: fixed(targets) });
+      const c = net.connect({ port: p.port, host: '127.0.0.1' });
+      c.on('error', () => undefined);
+      await new Promise<void>((r) => c.once('connect', () => c.write('hello', () => r())));
+      await until('the target connected', () => connections === 1);
+      await new Promise((r) => setTimeout(r, 50));
+      c.resetAndDestroy();
+      await until('the target heard it', () => heard !== undefined);
+      expect(heard).toBe('ECONNRESET');
+      await until('the line', () => lines.some((l) => l.includes('tcp connection closed')), 2000);
+      expect(JSON.parse(lines.find((l) => l.includes('tcp connection closed'))!)).toMatchObject({ error: 'reset' });
+    } finally {
+      spy.mockRestore();
+    }
   });
 
   test("a half-open target's trial whose client left while it connected still counts: the target is not shut out", async () => {

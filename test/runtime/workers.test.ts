@@ -163,6 +163,8 @@ test('a worker that dies is replaced, and the proxy keeps serving meanwhile', as
     expect(after).toContain(before[1]);
     await until('the replacement serving', async () => (await request(p.metricsPort, { path: '/healthz' })).body.includes('"workers":2'));
     expect(p.stderr).toContain('worker died; replacing it');
+    // Counted, so that a crash can be alerted on from /metrics.
+    expect((await request(p.metricsPort, { path: '/metrics' })).body).toMatch(/^karma_worker_restarts_total 1$/m);
     await p.stop();
     // A shutdown the primary leads is no primary lost.
     expect(p.stderr).not.toContain('the primary is gone');
