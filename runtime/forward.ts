@@ -1217,7 +1217,12 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     if (err.kind === 'client_gone') {
       // What the proxy itself answered (a 408), or nginx's code for "client closed request" (only logged);
       // cut by the proxy at SHUTDOWN_TIMEOUT with nothing answered, the client saw the proxy fail: a 503.
-      return this.endedHere(this.answeredBy ?? (this.cutBy === 'shutdown' ? 503 : 499));
+      if (this.answeredBy === undefined && this.cutBy === 'shutdown') {
+        // No answer was written, but the 503 is the proxy's, as counted and logged.
+        proxyErrors.labels({ code: '503' }).inc();
+        return this.endedHere(503);
+      }
+      return this.endedHere(this.answeredBy ?? 499);
     }
     if (err.kind === 'shutting_down') return this.endedHere(503); // written by the server (ClientConn.answerShutdown)
     if (err.kind === 'client_timeout') {

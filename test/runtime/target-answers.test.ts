@@ -636,3 +636,17 @@ test("the proxy's own 5xx are counted apart from the targets' (an ALB's HTTPCode
   expect((await request(port, { path: '/', headers: { Connection: 'close' } })).status).toBe(503);
   expect(await delta()).toEqual({ 502: 2, 503: 1, 504: 1 });
 });
+
+test('a request its target still held at SHUTDOWN_TIMEOUT, cut with nothing answered, is a 503 of the proxy\'s in both counts', async () => {
+  const { proxyErrors, requestsTotal } = await import('../../runtime/metrics');
+  const ours503 = async (): Promise<number> => (await proxyErrors.get()).values.find((v) => v.labels.code === '503')?.value ?? 0;
+  const all5xx = async (): Promise<number> => (await requestsTotal.get()).values.filter((v) => v.labels.code === '5xx').reduce((n, v) => n + v.value, 0);
+  const silent = await rawTarget(() => undefined);
+  const port = await proxyFor([silent], { SHUTDOWN_TIMEOUT: '0.3', UPSTREAM_TIMEOUT: '30' });
+  const [ours, all] = [await ours503(), await all5xx()];
+  const held = request(port, { path: '/held' }).then(() => 'answered', () => 'cut');
+  await until('the target has it', () => silent.heads.length === 1);
+  await proxy!.stop();
+  expect(await held).toBe('cut');
+  expect([await ours503() - ours, await all5xx() - all]).toEqual([1, 1]);
+});
