@@ -119,7 +119,7 @@ export class PrimaryProvider implements Provider {
   async close(): Promise<void> {
     for (const w of this.waiting.values()) {
       clearTimeout(w.timer);
-      w.reject(new Error('closing'));
+      w.reject(Object.assign(new Error('closing'), { closing: true }));
     }
     this.waiting.clear();
   }

@@ -377,8 +377,10 @@ export class RouteTable {
       discoveryDuration.labels({ provider: this.provider.name, outcome: found.stale ? 'error' : 'ok' }).observe(seconds());
       return found.targets;
     } catch (err) {
-      // Stopping: an ask cut short by the shutdown is no failure of discovery, to count or to say.
-      if (this.abort.signal.aborted) throw err;
+      // An ask the stop cut short (aborted, or the primary's line closed) is no failure of discovery, to
+      // count or to say; AWS failing during the drain still is.
+      const cut = (err as { name?: unknown } | undefined)?.name === 'AbortError' || (err as { closing?: unknown } | undefined)?.closing === true;
+      if (cut && this.abort.signal.aborted) throw err;
       // Tried again a period later, as the last targets would have been refreshed.
       e.foundAt = this.now();
       discoveryDuration.labels({ provider: this.provider.name, outcome: 'error' }).observe(seconds());
