@@ -51,33 +51,55 @@ export function hostForLog(host: string | undefined): string | undefined {
  */
 const SECRET_PARAM = /^(?:.*(?:token|secret|passw|signature|credential|(?:api|access|private)[-_]?key|sess(?:ion)?[-_]?id|ticket|bearer).*|(?:.*[-_.])?auth(?:orization)?(?:[-_.].*)?|sig|pwd|pass|code|key|jwt|sid|session)$/i;
 
+/** A parameter's name as written or, when it is valid percent-encoding, as decoded, is a credential's. */
+function secretName(written: string): boolean {
+  let name = written;
+  try {
+    name = decodeURIComponent(written.replace(/\+/g, ' '));
+  } catch {
+    // Not valid percent-encoding: judged as written.
+  }
+  return SECRET_PARAM.test(name);
+}
+
+/** A path parameter (`/cart;jsessionid=…/x`): its name, and its value up to the next `;`, `/` or the query. */
+const PATH_PARAM = /;([^;/=?]+)=([^;/?]*)/g;
+
 /**
  * A request target as the access log keeps it: credentials masked, in userinfo (an absolute-form target
- * refused for it) and in query parameters named as credentials (`?access_token=…`, `X-Amz-Signature=…`),
- * so that turning LOG_CONNECTIONS on does not put them in the journal.
+ * refused for it), in query parameters named as credentials (`?access_token=…`, `X-Amz-Signature=…`)
+ * and in path parameters so named (`;jsessionid=…`), so that turning LOG_CONNECTIONS on does not put
+ * them in the journal.
  */
 export function targetForLog(target: string): string {
   const t = target.charCodeAt(0) === 0x2f ? target : withoutUserinfo(target);
   const q = t.indexOf('?');
-  if (q === -1) return t;
-  // `;` separates parameters too (old HTML forms, Java's and Rails' parsers): the separators are kept, at odd places.
-  const params = t.slice(q + 1).split(/([&;])/);
-  let masked = false;
-  for (let i = 0; i < params.length; i += 2) {
-    const eq = params[i].indexOf('=');
-    if (eq <= 0) continue;
-    let name = params[i].slice(0, eq);
-    try {
-      name = decodeURIComponent(name.replace(/\+/g, ' '));
-    } catch {
-      // Not valid percent-encoding: judged as written.
+  const path = q === -1 ? t : t.slice(0, q);
+  const shownPath = path.includes(';') ? path.replace(PATH_PARAM, (whole, name: string) => (secretName(name) ? `;${name}=***` : whole)) : path;
+  if (q === -1) return shownPath;
+  let masked = shownPath !== path;
+  const params = t.slice(q + 1).split('&');
+  for (let i = 0; i < params.length; i++) {
+    // `;` separates parameters too for some parsers (old HTML forms, Java's, Rails'), not for others
+    // (WHATWG's, Node's): a piece with no name of its own after a masked value may be the rest of it.
+    const pieces = params[i].split(';');
+    let after = false;
+    for (let j = 0; j < pieces.length; j++) {
+      const eq = pieces[j].indexOf('=');
+      if (eq <= 0) {
+        if (after && j > 0) pieces[j] = '***';
+        continue;
+      }
+      after = secretName(pieces[j].slice(0, eq));
+      if (after) pieces[j] = `${pieces[j].slice(0, eq)}=***`;
     }
-    if (SECRET_PARAM.test(name)) {
-      params[i] = `${params[i].slice(0, eq)}=***`;
+    const shown = pieces.join(';');
+    if (shown !== params[i]) {
+      params[i] = shown;
       masked = true;
     }
   }
-  return masked ? `${t.slice(0, q)}?${params.join('')}` : t;
+  return masked ? `${shownPath}?${params.join('&')}` : t;
 }
 
 export interface ProxyServer {

@@ -154,6 +154,10 @@ describe('what the access log keeps of a request target', () => {
     ['/s?private_key=1&access_key=2&pass=3&ticket=4&bearer=5&passage=6', '/s?private_key=***&access_key=***&pass=***&ticket=***&bearer=***&passage=6'],
     ['/s2?a=1;token=2;b=3&sid=4', '/s2?a=1;token=***;b=3&sid=***'], // `;` separates parameters too
     ['/keys?monkey=1&keyword=2&page;x=1', '/keys?monkey=1&keyword=2&page;x=1'],
+    ['/s3?token=abc;rest&b=1', '/s3?token=***;***&b=1'], // the rest of a value with a raw `;` in it
+    ['/cart;jsessionid=SECRET123/items;v=2?q=1', '/cart;jsessionid=***/items;v=2?q=1'], // path parameters
+    ['/cart;JSESSIONID=S', '/cart;JSESSIONID=***'],
+    ['/a;b/c', '/a;b/c'],
   ])('%s is logged as %s', (target, logged) => {
     expect(targetForLog(target)).toBe(logged);
   });
