@@ -912,15 +912,23 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
   private policySizeProblems(maxCapacity: number, clusters: number): string[] {
     if (Stack.of(this.role) !== Stack.of(this)) return [];
     const policies = [this.permissions, this.role.node.tryFindChild('DefaultPolicy')]
-      .filter((p): p is iam.Policy => p instanceof iam.Policy);
-    const length = policies.reduce((sum, p) => sum + renderedLength(p.document, this), 0);
+      .filter((p): p is iam.Policy => p instanceof iam.Policy)
+      .map((p) => p.document as unknown);
+    // A role of the app's own may hold inline policies of its own (inlinePolicies): they count too.
+    const cfnRole = this.role.node.defaultChild;
+    if (cfnRole instanceof iam.CfnRole && cfnRole.policies !== undefined) {
+      const own = Stack.of(this).resolve(cfnRole.policies) as unknown;
+      if (Array.isArray(own)) for (const p of own) policies.push((p as { policyDocument?: unknown }).policyDocument);
+    }
+    const length = policies.reduce<number>((sum, p) => sum + renderedLength(p, this), 0);
     if (length <= ROLE_INLINE_POLICY_LIMIT) return [];
     return [
       `The role's inline policies would be about ${length.toLocaleString('en-US')} characters, over IAM's ` +
       `${ROLE_INLINE_POLICY_LIMIT.toLocaleString('en-US')} for a role (the deploy would fail): each instance slot ` +
       `(maxCapacity, ${maxCapacity}) is an Elastic IP's ARN and each allowed cluster (clusters or ` +
-      `ALLOWED_CLUSTERS, ${clusters}) two ARNs. Lower maxCapacity, allow fewer clusters (without any, the role reads ` +
-      'every cluster), or give a role of your own (role) with these permissions in a managed policy.',
+      `ALLOWED_CLUSTERS, ${clusters}) two ARNs. Lower maxCapacity, or allow fewer clusters (without any, the role ` +
+      'reads every cluster); or give, as role, one that takes no statements (role.withoutPolicyUpdates()) and ' +
+      'holds these permissions in managed policies of yours.',
     ];
   }
 
@@ -1431,21 +1439,38 @@ function nagText(value: string, scope: Construct): string {
   return visit(Stack.of(scope).resolve(value));
 }
 
-/** Deploy-time values at a typical length, for measuring a policy at synth. */
-const RENDERED_REFS: Readonly<Record<string, string>> = {
-  'AWS::Partition': 'aws',
-  'AWS::Region': 'ap-southeast-2',
-  'AWS::AccountId': '123456789012',
-  'AWS::URLSuffix': 'amazonaws.com',
-  'AWS::StackName': 'karma-proxy-stack',
-  'AWS::StackId': 'arn:aws:cloudformation:ap-southeast-2:123456789012:stack/karma-proxy-stack/0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d',
-};
-/** An Elastic IP's allocation ID (`eipalloc-` and 17 hex digits); other deploy-time values (a secret's ARN). */
-const RENDERED_ALLOCATION_ID = 'eipalloc-0123456789abcdef0';
-const RENDERED_OTHER = `arn:aws:secretsmanager:ap-southeast-2:123456789012:secret:${'x'.repeat(40)}-AbCdEf`;
+/** The partition of a region (`aws` where the region is not known at synth: most accounts). */
+function partitionOf(region: string): string {
+  if (region.startsWith('us-gov-')) return 'aws-us-gov';
+  if (region.startsWith('cn-')) return 'aws-cn';
+  if (region.startsWith('us-isob-')) return 'aws-iso-b';
+  if (region.startsWith('us-iso-')) return 'aws-iso';
+  return 'aws';
+}
 
-/** A policy document's length as IAM counts it (JSON without whitespace), its tokens at a typical length. */
-function renderedLength(document: iam.PolicyDocument, scope: Construct): number {
+/** An Elastic IP's allocation ID (`eipalloc-` and 17 hex digits). */
+const RENDERED_ALLOCATION_ID = 'eipalloc-0123456789abcdef0';
+/** A physical name CloudFormation makes (`MyStack-ClusterEB0386A7-M5Xq0sHPaA1e`), or an ID. */
+const RENDERED_NAME = 'x'.repeat(40);
+
+/**
+ * A policy document's length as IAM counts it (JSON without whitespace), deploy-time values at a
+ * typical length: the stack's region and partition when known (the longest common region otherwise),
+ * a resource's name or ID, an ARN.
+ */
+function renderedLength(document: unknown, scope: Construct): number {
+  const stack = Stack.of(scope);
+  const region = Token.isUnresolved(stack.region) ? 'ap-southeast-2' : stack.region;
+  const partition = partitionOf(region);
+  const refs: Readonly<Record<string, string>> = {
+    'AWS::Partition': partition,
+    'AWS::Region': region,
+    'AWS::AccountId': '123456789012',
+    'AWS::URLSuffix': partition === 'aws-cn' ? 'amazonaws.com.cn' : 'amazonaws.com',
+    'AWS::StackName': Token.isUnresolved(stack.stackName) ? 'karma-proxy-stack' : stack.stackName,
+    'AWS::StackId': `arn:${partition}:cloudformation:${region}:123456789012:stack/${stack.stackName}/0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d`,
+  };
+  const arn = `arn:${partition}:service:${region}:123456789012:resource/${RENDERED_NAME}`;
   const render = (node: unknown): unknown => {
     if (Array.isArray(node)) return node.map(render);
     if (node === null || typeof node !== 'object') return node;
@@ -1454,12 +1479,16 @@ function renderedLength(document: iam.PolicyDocument, scope: Construct): number 
       const [sep, items] = o['Fn::Join'] as [string, unknown[]];
       return items.map((i) => String(render(i))).join(sep);
     }
-    if (typeof o.Ref === 'string') return RENDERED_REFS[o.Ref] ?? RENDERED_OTHER;
-    if (Array.isArray(o['Fn::GetAtt'])) return o['Fn::GetAtt'][1] === 'AllocationId' ? RENDERED_ALLOCATION_ID : RENDERED_OTHER;
-    if (Object.keys(o).some((k) => k.startsWith('Fn::'))) return RENDERED_OTHER;
+    if (typeof o.Ref === 'string') return refs[o.Ref] ?? RENDERED_NAME;
+    if (Array.isArray(o['Fn::GetAtt'])) {
+      const attribute = String(o['Fn::GetAtt'][1]);
+      return attribute === 'AllocationId' ? RENDERED_ALLOCATION_ID : attribute.endsWith('Arn') ? arn : RENDERED_NAME;
+    }
+    // Fn::Select of a split ARN (a cluster's name from cluster.clusterArn), Fn::ImportValue, ...
+    if (Object.keys(o).some((k) => k.startsWith('Fn::'))) return RENDERED_NAME;
     return Object.fromEntries(Object.entries(o).map(([k, v]) => [k, render(v)]));
   };
-  return JSON.stringify(render(Stack.of(scope).resolve(document.toJSON())) ?? {}).length;
+  return JSON.stringify(render(stack.resolve(document)) ?? {}).length;
 }
 
 /**

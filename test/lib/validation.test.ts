@@ -569,6 +569,36 @@ describe("the role's inline policies stay within IAM's 10,240 characters", () =>
     expect(messageOf(() => Template.fromStack(stack))).toContain("The role's inline policies would be about");
   });
 
+  test("clusters of the app itself (cluster.clusterName, cluster.clusterArn) are measured as the names CloudFormation gives", () => {
+    for (const use of ['clusterName', 'clusterArn'] as const) {
+      const stack = new Stack(new App(), 'Test');
+      const vpc = new ec2.Vpc(stack, 'Vpc', { maxAzs: 1, natGateways: 0 });
+      const made = Array.from({ length: 20 }, (_, i) => new ecs.Cluster(stack, `Cluster${i}`, { vpc })[use]);
+      new KarmaProxy(stack, 'Proxy', { domain: 'apps.example.com', redis: false, vpc, minCapacity: 50, maxCapacity: 50, clusters: made });
+      expect(() => Template.fromStack(stack)).not.toThrow();
+    }
+  });
+
+  test("a stack in another partition is measured with that partition's longer ARNs", () => {
+    const inRegion = (region: string) => () => {
+      const stack = new Stack(new App(), 'Test', { env: { account: '123456789012', region } });
+      new KarmaProxy(stack, 'Proxy', { domain: 'apps.example.com', redis: false, minCapacity: 50, maxCapacity: 50, clusters: clusters(31) });
+      Template.fromStack(stack);
+    };
+    expect(inRegion('us-east-1')).not.toThrow();
+    expect(messageOf(inRegion('us-gov-west-1'))).toContain("The role's inline policies would be about");
+  });
+
+  test("a role of the app's own is measured with its own inline policies, and the advice names one that takes no statements", () => {
+    const stack = new Stack(new App(), 'Test');
+    const big = new iam.PolicyDocument({ statements: Array.from({ length: 100 }, (_, i) => new iam.PolicyStatement({ actions: ['s3:GetObject'], resources: [`arn:aws:s3:::bucket-number-${i}-of-many/*`] })) });
+    const role = new iam.Role(stack, 'Own', { assumedBy: new iam.ServicePrincipal('ec2.amazonaws.com'), inlinePolicies: { big } });
+    new KarmaProxy(stack, 'Proxy', { domain: 'apps.example.com', redis: false, role });
+    const message = messageOf(() => Template.fromStack(stack));
+    expect(message).toContain("The role's inline policies would be about");
+    expect(message).toContain('role.withoutPolicyUpdates()');
+  });
+
   test('the largest fleet with two dozen clusters, fifty clusters, or any number of slots alone, is fine', () => {
     expect(synth({ minCapacity: 50, maxCapacity: 50, clusters: clusters(25) })).not.toThrow();
     expect(synth({ minCapacity: 50, maxCapacity: 50 })).not.toThrow();
