@@ -279,7 +279,9 @@ export type HeadSource = Pick<Request, 'method' | 'url' | 'rawHeaders' | 'ip'> &
 const EMPTY_LIST = /^[ \t,]*$/;
 /** A trace header's Root as an ALB reads it: version 1, the epoch second in 8 hex digits, 24 hex digits. */
 const TRACE_ROOT = /(?:^|;)[ \t]*Root=1-[0-9a-fA-F]{8}-[0-9a-fA-F]{24}[ \t]*(?:;|$)/;
-const SELF_FIELD = /^[ \t]*Self=/i;
+const SELF_FIELD = /^[ \t]*Self=/;
+/** Past this an ALB keeps none of a client's trace header and starts a new one. */
+const TRACE_MAX = 7 * 1024;
 /** Random bytes for trace IDs, drawn 12 at a time: one system call per 512 requests. */
 const traceRandom = Buffer.alloc(12 * 512);
 let traceRandomAt = traceRandom.length;
@@ -296,13 +298,17 @@ function traceId(): string {
 
 /**
  * The X-Amzn-Trace-Id a target gets, as an ALB sends it: a new `Root=` when the client sent none with a
- * valid Root; otherwise the client's fields (a trace begun before us, its own fields kept) behind a
- * `Self=` of this hop, which replaces an earlier hop's Self.
+ * valid Root or a Self (or one over 7 KiB); otherwise the client's fields (a trace begun before us, its
+ * own fields kept) behind a `Self=` of this hop, which replaces an earlier hop's Self. Field names are
+ * case-sensitive, as AWS reads them.
  */
 export function traceHeader(sent: string | undefined): string {
-  if (sent === undefined || !TRACE_ROOT.test(sent)) return `Root=${traceId()}`;
-  const fields = sent.split(';').filter((f) => !SELF_FIELD.test(f) && f.trim() !== '');
-  return `Self=${traceId()};${fields.map((f) => f.trim()).join(';')}`;
+  if (sent === undefined || sent.length > TRACE_MAX) return `Root=${traceId()}`;
+  const fields = sent.split(';');
+  const hadSelf = fields.some((f) => SELF_FIELD.test(f));
+  if (!hadSelf && !TRACE_ROOT.test(sent)) return `Root=${traceId()}`;
+  const kept = fields.filter((f) => !SELF_FIELD.test(f) && f.trim() !== '').map((f) => f.trim());
+  return kept.length > 0 ? `Self=${traceId()};${kept.join(';')}` : `Self=${traceId()}`;
 }
 
 /**

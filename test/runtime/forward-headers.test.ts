@@ -141,8 +141,19 @@ describe('X-Amzn-Trace-Id, as an ALB sends it', () => {
     expect(self(again)).not.toBe('Self=1-00000001-000000000000000000000001');
   });
 
+  test('one with a Self alone has its Self updated; one over 7 KiB starts over; field names are case-sensitive', () => {
+    expect(sent(['X-Amzn-Trace-Id', 'Self=1-00000001-000000000000000000000001;CalledFrom=app']).value)
+      .toEqual([expect.stringMatching(/^Self=1-[0-9a-f]{8}-[0-9a-f]{24};CalledFrom=app$/)]);
+    expect(sent(['X-Amzn-Trace-Id', 'Self=1-00000001-000000000000000000000001']).value)
+      .toEqual([expect.stringMatching(/^Self=1-[0-9a-f]{8}-[0-9a-f]{24}$/)]);
+    const root = 'Root=1-67891233-abcdef012345678912345678';
+    expect(sent(['X-Amzn-Trace-Id', `${root};Big=${'x'.repeat(7 * 1024)}`]).value).toEqual([expect.stringMatching(/^Root=1-[0-9a-f]{8}-[0-9a-f]{24}$/)]);
+    // `self=` is no Self: a field of the client's, kept (the header has a valid Root).
+    expect(sent(['X-Amzn-Trace-Id', `${root};self=x`]).value).toEqual([expect.stringMatching(new RegExp(`^Self=1-[0-9a-f]{8}-[0-9a-f]{24};${root};self=x$`))]);
+  });
+
   test('one without a valid Root is replaced by a new one; a second line, or an underscore spelling, is not passed on', () => {
-    for (const bad of ['CalledFrom=app', 'Root=1-xyz-abc', 'Root=2-67891233-abcdef012345678912345678', '']) {
+    for (const bad of ['CalledFrom=app', 'Root=1-xyz-abc', 'Root=2-67891233-abcdef012345678912345678', 'root=1-67891233-abcdef012345678912345678', '']) {
       expect(sent(['X-Amzn-Trace-Id', bad]).value).toEqual([expect.stringMatching(/^Root=1-[0-9a-f]{8}-[0-9a-f]{24}$/)]);
     }
     const root = 'Root=1-67891233-abcdef012345678912345678';
