@@ -17,7 +17,7 @@ import { parseDotEnv } from './dotenv';
 import { Coordinator, providerFor } from './coordinator';
 import type { ToPrimary } from './ipc';
 import { errorFields, log, logProcessWarnings } from './log';
-import { register, workerRestarts } from './metrics';
+import { register, watchEventLoop, workerRestarts } from './metrics';
 import { workerEnv, workerV8Flags } from './memory';
 import { timerMs, within } from './types';
 
@@ -406,6 +406,7 @@ function readDotEnv(): string[] {
 
 function main(): void {
   logProcessWarnings();
+  watchEventLoop();
   const config = configOrExit(readDotEnv());
   if (cluster.isPrimary) {
     listenNamesOrExit(config).then(() => runPrimary(config)).catch((err: unknown) => {

@@ -5,6 +5,8 @@
  * The first five names and types are the stateless load balancer's, so dashboards written for them
  * find them (it registered them but never served them); per-target ones carry a `target` label, ip:port.
  */
+import { readdirSync } from 'node:fs';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { Counter, Gauge, Histogram, register } from 'prom-client';
 import { logLinesDropped } from './log';
 
@@ -184,6 +186,61 @@ export const logLinesDroppedTotal = new Counter({
     // log.ts keeps the total (it cannot import this module: this one imports it).
     this.reset();
     if (total > 0) this.inc(total);
+  },
+});
+
+// ---- the processes ----
+// Read when the metrics are read (a scrape, and the primary's gather every few seconds), summed over the
+// primary and its workers; nothing on the request path.
+
+const loopDelay = monitorEventLoopDelay({ resolution: 20 });
+/** Starts measuring this process's event loop delay (main.ts, for the primary and each worker). */
+export function watchEventLoop(): void {
+  loopDelay.enable();
+}
+export const residentMemory = new Gauge({
+  name: 'process_resident_memory_bytes',
+  help: "Resident memory of the proxy's processes (the primary and its workers), summed.",
+  collect() {
+    this.set(process.memoryUsage.rss());
+  },
+});
+export const heapUsed = new Gauge({
+  name: 'nodejs_heap_size_used_bytes',
+  help: "JavaScript heap in use in the proxy's processes, summed.",
+  collect() {
+    this.set(process.memoryUsage().heapUsed);
+  },
+});
+export const openFds = new Gauge({
+  name: 'process_open_fds',
+  help: "Open file descriptors of the proxy's processes (client and target sockets among them), summed.",
+  collect() {
+    try {
+      // The directory's own descriptor, open while it is read, is not counted.
+      this.set(readdirSync('/proc/self/fd').length - 1);
+    } catch {
+      // Not Linux: no series.
+    }
+  },
+});
+export const cpuSeconds = new Counter({
+  name: 'process_cpu_seconds_total',
+  help: "CPU time (user and system) the proxy's processes used, summed (workers replaced included).",
+  collect() {
+    const { user, system } = process.cpuUsage();
+    this.reset();
+    this.inc((user + system) / 1e6);
+  },
+});
+export const eventLoopDelayMax = new Gauge({
+  name: 'nodejs_eventloop_delay_max_seconds',
+  help: "The longest an event loop was held up (a stall every request on that process waited out), over the proxy's processes, since the last reading (a few seconds).",
+  aggregator: 'max',
+  collect() {
+    if (loopDelay.count === 0) return;
+    this.set(loopDelay.max / 1e9);
+    loopDelay.reset();
   },
 });
 

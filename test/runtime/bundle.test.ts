@@ -205,6 +205,13 @@ describe('the bundle, on a static pool', () => {
     expect(Number(ok?.[1])).toBeGreaterThanOrEqual(3);
     expect(m.body).toMatch(/^load_balancer_successful_connections_total\{target="127\.0\.0\.1:\d+"\} \d+/m);
     expect(m.body).toMatch(/^karma_request_duration_seconds_count\{code="2xx"\} \d+/m);
+    // The processes, summed over the primary and its workers: memory, descriptors, CPU, event loop stalls.
+    const value = (name: string): number => Number(new RegExp(`^${name} ([\\d.e+-]+)$`, 'm').exec(m.body)?.[1]);
+    expect(value('process_resident_memory_bytes')).toBeGreaterThan(20 * 1024 * 1024);
+    expect(value('nodejs_heap_size_used_bytes')).toBeGreaterThan(1024 * 1024);
+    expect(value('process_open_fds')).toBeGreaterThan(5);
+    expect(value('process_cpu_seconds_total')).toBeGreaterThan(0);
+    expect(value('nodejs_eventloop_delay_max_seconds')).toBeGreaterThanOrEqual(0);
     const h = await request(p.metricsPort, { path: '/healthz' });
     expect(h.status).toBe(200);
   });
