@@ -58,6 +58,8 @@ const listen: Listen = (fn) => process.on('message', (m: ToWorker) => fn(m));
 
 /** A worker's discovery: asks the primary, which shares one discovery among all workers. */
 export class PrimaryProvider implements Provider {
+  /** The primary discovers, and counts its failures (karma_discovery_errors_total) once for all workers. */
+  readonly countsFailures = true;
   private n = 0;
   private readonly waiting = new Map<number, { resolve: (found: Found) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
 

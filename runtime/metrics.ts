@@ -143,13 +143,13 @@ export const unhealthyPerRoute = new Gauge({
 });
 export const discoveryDuration = new Histogram({
   name: 'karma_discovery_duration_seconds',
-  help: 'Time one discovery of a route or pool took; outcome error when it failed, even if the last targets stay in use.',
+  help: "Time a worker waited for a route's or pool's targets (from the primary's memory, the shared Redis cache or AWS: see karma_discovery_memory_cache_total and karma_aws_calls_total); outcome error when the answer was a failure, even if the last targets stay in use.",
   labelNames: ['provider', 'outcome'] as const,
   buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
 });
 export const discoveryErrors = new Counter({
   name: 'karma_discovery_errors_total',
-  help: 'Discoveries that failed; the last known targets kept serving.',
+  help: 'Discoveries that failed, each once however many workers asked; the last known targets kept serving.',
   labelNames: ['provider'] as const,
 });
 export const awsCalls = new Counter({

@@ -384,7 +384,8 @@ export class RouteTable {
       // Tried again a period later, as the last targets would have been refreshed.
       e.foundAt = this.now();
       discoveryDuration.labels({ provider: this.provider.name, outcome: 'error' }).observe(seconds());
-      discoveryErrors.labels({ provider: this.provider.name }).inc();
+      // Once per failure: with workers, the primary counts it (every worker that asks would count it again).
+      if (!(this.provider as { countsFailures?: boolean }).countsFailures) discoveryErrors.labels({ provider: this.provider.name }).inc();
       // Not again when the primary said it already, for every worker.
       if (!wasLogged(err)) {
         log('warn', e.pool?.size ? 'discovery failed; keeping the last known targets' : 'discovery failed; the route has no targets yet', { route: e.id, ...errorFields(err) });

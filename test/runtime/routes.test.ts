@@ -1,7 +1,7 @@
 import * as net from 'node:net';
 import { TargetRegistry } from '../../runtime/balancer';
 import { loadConfig } from '../../runtime/config';
-import { activeConnections, discoveryDuration, failOpenTotal, limitHits, requestsTotal } from '../../runtime/metrics';
+import { activeConnections, discoveryDuration, discoveryErrors, failOpenTotal, limitHits, requestsTotal } from '../../runtime/metrics';
 import { EARLY_ANSWER_MAX_AGE_MS, HELD_ASKS_PER_SECOND, NOT_HELD_MS, RouteTable } from '../../runtime/routes';
 import { makeTarget, Provider, RouteKey, Target } from '../../runtime/types';
 import { Running, start } from '../../runtime/worker';
@@ -83,6 +83,24 @@ describe('route table', () => {
       await t.resolve(key('shared')).catch(() => undefined);
       const said = lines.map((l) => JSON.parse(l)).filter((l) => String(l.msg).startsWith('discovery failed'));
       expect(said.map((l) => [l.route, l.code])).toEqual([['own-80-prod', 'ThrottlingException']]);
+    } finally {
+      stderr.mockRestore();
+    }
+  });
+
+  test("a failed discovery is counted once: by the route table of a single process, not by a worker whose primary counted it", async () => {
+    const errors = async (): Promise<number> => (await discoveryErrors.get()).values.find((v) => v.labels.provider === 'gated')?.value ?? 0;
+    const stderr = jest.spyOn(process.stderr, 'write').mockImplementation(() => true);
+    try {
+      const own = gated(() => new Error('denied'));
+      own.release();
+      const before = await errors();
+      await table(own.provider).resolve(key('a')).catch(() => undefined);
+      expect(await errors()).toBe(before + 1);
+      const viaPrimary = gated(() => new Error('denied'));
+      viaPrimary.release();
+      await table({ ...viaPrimary.provider, countsFailures: true } as Provider).resolve(key('b')).catch(() => undefined);
+      expect(await errors()).toBe(before + 1);
     } finally {
       stderr.mockRestore();
     }
