@@ -42,7 +42,7 @@ import {
   unconsume,
 } from './llhttp';
 import { errorFields, log } from './log';
-import { acceptedConnections, activeConnections, countRequest, limitHits, proxyErrors, rejectedRequests } from './metrics';
+import { acceptedConnections, activeConnections, ClientBytes, countRequest, limitHits, proxyErrors, rejectedRequests } from './metrics';
 
 export interface DownstreamOptions {
   /** MAX_HEADER_SIZE: request line and headers together; more is a 431. */
@@ -1476,6 +1476,8 @@ export class DownstreamServer {
   readonly conns = new Set<ClientConn>();
   /** Every open client socket, those handed over to WebSockets too. */
   private readonly sockets = new Set<net.Socket>();
+  /** Their bytes, for karma_processed_bytes_total. */
+  private readonly bytes = new ClientBytes(this.sockets);
   /** Sockets handed over to WebSockets, with what their handler said it would be asked at shutdown. */
   readonly upgrades = new Map<net.Socket, UpgradeHandler>();
   /** `Connection: keep-alive` and the `Keep-Alive: timeout=` Node would advertise for IDLE_TIMEOUT. */
@@ -1492,7 +1494,10 @@ export class DownstreamServer {
     this.server.maxConnections = opts.maxConnections + 1;
     this.server.on('drop', () => limitHits.labels({ limit: 'connections' }).inc());
     this.checker = setInterval(() => this.checkTimeouts(), TIMEOUT_CHECK_MS).unref();
-    this.server.once('close', () => clearInterval(this.checker));
+    this.server.once('close', () => {
+      clearInterval(this.checker);
+      this.bytes.stop();
+    });
   }
 
   private accept(socket: net.Socket): void {
@@ -1511,6 +1516,7 @@ export class DownstreamServer {
     socket.once('close', () => {
       activeConnections.dec();
       this.sockets.delete(socket);
+      this.bytes.closed(socket);
       this.upgrades.delete(socket);
     });
     const c = new ClientConn(this, socket);

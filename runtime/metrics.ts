@@ -6,6 +6,7 @@
  * find them (it registered them but never served them); per-target ones carry a `target` label, ip:port.
  */
 import { readdirSync } from 'node:fs';
+import type { Socket } from 'node:net';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { Counter, Gauge, Histogram, register } from 'prom-client';
 import { logLinesDropped } from './log';
@@ -174,6 +175,70 @@ export const tasksSkipped = new Counter({
 });
 
 // ---- the process ----
+/**
+ * The bytes of a server's client connections, heads and bodies, taken when the metrics are read: what
+ * each open socket moved since the last reading, and what closed ones moved since theirs (nothing on
+ * the request path).
+ */
+export class ClientBytes {
+  private readonly seen = new WeakMap<Socket, { read: number; written: number }>();
+  private closedIn = 0;
+  private closedOut = 0;
+
+  constructor(private readonly open: Iterable<Socket>) {
+    byteSources.add(this);
+  }
+
+  /** A client socket closed: what it moved since the last reading is kept for the next. */
+  closed(socket: Socket): void {
+    const seen = this.seen.get(socket);
+    this.closedIn += socket.bytesRead - (seen?.read ?? 0);
+    this.closedOut += socket.bytesWritten - (seen?.written ?? 0);
+    this.seen.delete(socket);
+  }
+
+  /** Bytes in and out since the last take(). */
+  take(): [number, number] {
+    let bytesIn = this.closedIn;
+    let bytesOut = this.closedOut;
+    this.closedIn = this.closedOut = 0;
+    for (const socket of this.open) {
+      const seen = this.seen.get(socket) ?? { read: 0, written: 0 };
+      const read = socket.bytesRead;
+      const written = socket.bytesWritten;
+      bytesIn += read - seen.read;
+      bytesOut += written - seen.written;
+      seen.read = read;
+      seen.written = written;
+      this.seen.set(socket, seen);
+    }
+    return [bytesIn, bytesOut];
+  }
+
+  /** The server is closed: its last bytes are taken at the next reading, then it is let go. */
+  stop(): void {
+    stopping.add(this);
+  }
+}
+const byteSources = new Set<ClientBytes>();
+const stopping = new Set<ClientBytes>();
+export const processedBytes = new Counter({
+  name: 'karma_processed_bytes_total',
+  help: "Bytes received from clients (in) and sent to them (out), heads and bodies, tunnels included (an ALB's ProcessedBytes, by direction).",
+  labelNames: ['direction'] as const,
+  collect() {
+    let bytesIn = 0;
+    let bytesOut = 0;
+    for (const source of byteSources) {
+      const [i, o] = source.take();
+      bytesIn += i;
+      bytesOut += o;
+      if (stopping.delete(source)) byteSources.delete(source);
+    }
+    if (bytesIn > 0) this.inc({ direction: 'in' }, bytesIn);
+    if (bytesOut > 0) this.inc({ direction: 'out' }, bytesOut);
+  },
+});
 export const workerRestarts = new Counter({
   name: 'karma_worker_restarts_total',
   help: 'Workers that died (a crash, the OOM killer, WORKER_STUCK_TIMEOUT) and were replaced; each one cut the requests it held.',

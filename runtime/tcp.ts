@@ -12,13 +12,16 @@ import { socketsClosed } from './downstream';
 import { kindOf, mayHaveLeft, refusedFailure, TUNNEL_KEEPALIVE_MS } from './forward';
 import { log } from './log';
 import { countChunk } from './memory';
-import { acceptedConnections, activeConnections, countSuccess, failedConnections, limitHits, retriesTotal, upstreamErrors } from './metrics';
+import { acceptedConnections, activeConnections, ClientBytes, countSuccess, failedConnections, limitHits, retriesTotal, upstreamErrors } from './metrics';
 import type { RouteTable } from './routes';
 import type { ProxyServer } from './server';
 import { POOL_ROUTE } from './types';
 
 export function createTcpServer(config: Config, routes: RouteTable, registry: TargetRegistry): ProxyServer {
   const sockets = new Set<net.Socket>();
+  /** The client sockets among them, and their bytes (karma_processed_bytes_total). */
+  const clients = new Set<net.Socket>();
+  const bytes = new ClientBytes(clients);
   /** Each client's address, read at accept: a destroyed socket no longer says it (for the closing line). */
   const addresses = new WeakMap<net.Socket, string | undefined>();
   /** Tunnels the proxy cut, and why (the closing line's `error`). */
@@ -179,9 +182,12 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
     sockets.add(client);
     if (config.logConnections) addresses.set(client, client.remoteAddress);
     client.on('error', () => undefined);
+    clients.add(client);
     client.once('close', () => {
       activeConnections.dec();
       sockets.delete(client);
+      clients.delete(client);
+      bytes.closed(client);
     });
     client.setKeepAlive(true, TUNNEL_KEEPALIVE_MS);
     client.setTimeout(config.idleTimeoutMs, () => cut(client, 'idle_timeout'));
@@ -193,6 +199,7 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
     connect(hit.pool, new Set(), client, 0, Date.now());
   });
   server.maxConnections = config.maxConnections;
+  server.once('close', () => bytes.stop());
   server.on('drop', (d?: { remoteAddress?: string }) => {
     limitHits.labels({ limit: 'connections' }).inc();
     // Closed by node:net as it was accepted: no target was asked, and the line says why.

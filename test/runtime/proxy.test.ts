@@ -67,6 +67,32 @@ describe('forwarding to a static pool', () => {
     expect(await count()).toBe(before + 3);
   });
 
+  test("every byte a client sends and receives is counted, heads and bodies (an ALB's ProcessedBytes), while its connection is open too", async () => {
+    const { processedBytes } = await import('../../runtime/metrics');
+    const bytes = async (): Promise<Record<string, number>> =>
+      Object.fromEntries((await processedBytes.get()).values.map((v) => [String(v.labels.direction), v.value]));
+    const before = await bytes();
+    const sent = 'POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello';
+    const s = net.connect(p.port, '127.0.0.1');
+    let got = 0;
+    s.on('data', (d: Buffer) => (got += d.length));
+    s.write(sent);
+    await until('the answer', () => got > 0 && got);
+    await new Promise((r) => setTimeout(r, 50));
+    // Still open: what it moved so far is in the reading already.
+    const open = await bytes();
+    expect([open.in - (before.in ?? 0), open.out - (before.out ?? 0)]).toEqual([sent.length, got]);
+    const last = 'GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n';
+    const answered = got;
+    await new Promise<void>((resolve) => {
+      s.on('close', () => resolve());
+      s.write(last);
+    });
+    const after = await bytes();
+    expect([after.in - (before.in ?? 0), after.out - (before.out ?? 0)]).toEqual([sent.length + last.length, got]);
+    expect(got).toBeGreaterThan(answered);
+  });
+
   test('round-robin stays fair with 50 concurrent clients', async () => {
     const agent = new http.Agent({ keepAlive: true, maxSockets: 50 });
     const one = (): Promise<string> =>

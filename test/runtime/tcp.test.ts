@@ -46,8 +46,15 @@ describe('MODE=tcp', () => {
     servers.push(a.server, b.server);
     const targets = [makeTarget('127.0.0.1', a.port), makeTarget('127.0.0.1', b.port)];
     p = await start(loadConfig({ NODE_FILTER: 'static', MODE: 'tcp', STATIC_TARGETS: targets.map((t) => t.id).join(','), PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off' }), { provider: fixed(targets) });
+    const { processedBytes } = await import('../../runtime/metrics');
+    const bytes = async (): Promise<Record<string, number>> =>
+      Object.fromEntries((await processedBytes.get()).values.map((v) => [String(v.labels.direction), v.value]));
+    const before = await bytes();
     const replies = [];
     for (let i = 0; i < 4; i++) replies.push(await exchange(p.port, `hi${i}`));
+    // Every byte each way, counted as an ALB's ProcessedBytes.
+    const after = await bytes();
+    expect([after.in - (before.in ?? 0), after.out - (before.out ?? 0)]).toEqual([4 * 'hi0'.length, replies.join('').length]);
     const names = replies.map((r) => r.split(':')[0]);
     expect(names.filter((n) => n === 'a')).toHaveLength(2);
     expect(names.filter((n) => n === 'b')).toHaveLength(2);
