@@ -5,9 +5,8 @@
  * The first five names and types are the stateless load balancer's, so dashboards written for them
  * find them (it registered them but never served them); per-target ones carry a `target` label, ip:port.
  */
-import { readdirSync } from 'node:fs';
+import { readdir } from 'node:fs/promises';
 import type { Socket } from 'node:net';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { Counter, Gauge, Histogram, register } from 'prom-client';
 import { logLinesDropped } from './log';
 
@@ -258,10 +257,30 @@ export const logLinesDroppedTotal = new Counter({
 // Read when the metrics are read (a scrape, and the primary's gather every few seconds), summed over the
 // primary and its workers; nothing on the request path.
 
-const loopDelay = monitorEventLoopDelay({ resolution: 20 });
-/** Starts measuring this process's event loop delay (main.ts, for the primary and each worker). */
+/** How often the event loop's stalls are looked for, and how long one is remembered. */
+const STALL_TICK_MS = 20;
+const STALL_WINDOW_MS = 60_000;
+/** Stalls of this process over the window: [when it ended (performance.now()), how long past the tick]. */
+const stalls: [number, number][] = [];
+let stallTimer: NodeJS.Timeout | undefined;
+/**
+ * Starts watching this process's event loop (main.ts, for the primary and each worker): a timer every
+ * STALL_TICK_MS that finds itself late was held up that much. Its own stalls are remembered for a minute,
+ * so that a scrape sees the longest of the last minute whatever read the metrics in between (the
+ * primary's gathers every few seconds).
+ */
 export function watchEventLoop(): void {
-  loopDelay.enable();
+  if (stallTimer) return;
+  let last = performance.now();
+  stallTimer = setInterval(() => {
+    const now = performance.now();
+    const late = now - last - STALL_TICK_MS;
+    last = now;
+    if (late >= STALL_TICK_MS) {
+      stalls.push([now, late]);
+      if (stalls.length > 1000) stalls.shift();
+    }
+  }, STALL_TICK_MS).unref();
 }
 export const residentMemory = new Gauge({
   name: 'process_resident_memory_bytes',
@@ -280,12 +299,14 @@ export const heapUsed = new Gauge({
 export const openFds = new Gauge({
   name: 'process_open_fds',
   help: "Open file descriptors of the proxy's processes (client and target sockets among them), summed.",
-  collect() {
+  async collect() {
     try {
-      // The directory's own descriptor, open while it is read, is not counted.
-      this.set(readdirSync('/proc/self/fd').length - 1);
+      // Read off the event loop (tens of milliseconds with tens of thousands open). The directory's own
+      // descriptor, open while it is read, is not counted.
+      this.set((await readdir('/proc/self/fd')).length - 1);
     } catch {
-      // Not Linux: no series.
+      // Not Linux, or no descriptor left to read the directory with (EMFILE): not known, not the last value.
+      this.set(NaN);
     }
   },
 });
@@ -298,14 +319,16 @@ export const cpuSeconds = new Counter({
     this.inc((user + system) / 1e6);
   },
 });
-export const eventLoopDelayMax = new Gauge({
-  name: 'nodejs_eventloop_delay_max_seconds',
-  help: "The longest an event loop was held up (a stall every request on that process waited out), over the proxy's processes, since the last reading (a few seconds).",
+export const eventLoopStallMax = new Gauge({
+  name: 'nodejs_eventloop_stall_max_seconds',
+  help: `The longest any of the proxy's event loops was held up over the last minute (a stall every request on that process waited out), 0 for none past ${STALL_TICK_MS} ms.`,
   aggregator: 'max',
   collect() {
-    if (loopDelay.count === 0) return;
-    this.set(loopDelay.max / 1e9);
-    loopDelay.reset();
+    const since = performance.now() - STALL_WINDOW_MS;
+    while (stalls.length > 0 && stalls[0][0] < since) stalls.shift();
+    let longest = 0;
+    for (const [, late] of stalls) longest = Math.max(longest, late);
+    this.set(longest / 1000);
   },
 });
 

@@ -211,7 +211,7 @@ describe('the bundle, on a static pool', () => {
     expect(value('nodejs_heap_size_used_bytes')).toBeGreaterThan(1024 * 1024);
     expect(value('process_open_fds')).toBeGreaterThan(5);
     expect(value('process_cpu_seconds_total')).toBeGreaterThan(0);
-    expect(value('nodejs_eventloop_delay_max_seconds')).toBeGreaterThanOrEqual(0);
+    expect(value('nodejs_eventloop_stall_max_seconds')).toBeGreaterThanOrEqual(0);
     const h = await request(p.metricsPort, { path: '/healthz' });
     expect(h.status).toBe(200);
   });

@@ -3,7 +3,7 @@
  * the metrics are read: a scrape must show exactly what per-request inc()/observe() calls would have.
  */
 import { Counter, Histogram, Registry } from 'prom-client';
-import { countRequest, countSuccess, forgetRoute, register, requestDuration, requestSeconds, requestsTotal, successfulConnections } from '../../runtime/metrics';
+import { countRequest, countSuccess, eventLoopStallMax, forgetRoute, openFds, register, requestDuration, requestSeconds, requestsTotal, successfulConnections, watchEventLoop } from '../../runtime/metrics';
 
 const BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 
@@ -85,4 +85,23 @@ test("each route's request seconds are summed (with karma_requests_total, its me
   forgetRoute('api-80-prod');
   expect(await seconds()).toEqual({ 'web-8080-prod': 2 });
   expect((await register.getSingleMetricAsString('karma_requests_total'))).not.toContain('api-80-prod');
+});
+
+test('an event loop stall is seen for a minute, however often the metrics are read meanwhile', async () => {
+  const stall = async (): Promise<number> => (await eventLoopStallMax.get()).values[0]?.value ?? 0;
+  watchEventLoop();
+  await new Promise((r) => setTimeout(r, 100));
+  const calm = await stall();
+  const until = Date.now() + 300;
+  while (Date.now() < until) {
+    // Held up, as a long synchronous task holds a worker.
+  }
+  await new Promise((r) => setTimeout(r, 60));
+  // Read as the primary's gathers read it, every few seconds, before a scrape: each sees it.
+  for (let i = 0; i < 3; i++) expect(await stall()).toBeGreaterThan(Math.max(0.2, calm));
+});
+
+test('open descriptors are counted off the event loop', async () => {
+  const n = (await openFds.get()).values[0]?.value ?? NaN;
+  expect(n).toBeGreaterThan(3);
 });
