@@ -58,6 +58,9 @@ export function renderUnit(o: UnitOptions): string {
     `ExecStart=${o.node ?? INSTANCE_PATHS.node} ${o.bundle ?? INSTANCE_PATHS.bundle}`,
     'Restart=always',
     'RestartSec=2',
+    // A worker the kernel's OOM killer ends is replaced by the primary, as any worker that dies; systemd's
+    // default (stop) would take the whole proxy down with it, every connection of every worker.
+    'OOMPolicy=continue',
     'KillSignal=SIGTERM',
     `TimeoutStopSec=${o.timeoutStopSec}`,
     `LimitNOFILE=${o.limitNoFile}`,
@@ -185,11 +188,11 @@ if curl -fs --max-time 5 -o /dev/null ${sq(o.healthUrl)}; then
 fi
 # A proxy an operator stopped is not checked: "inactive", or "failed" when its stop ended in an error
 # (a worker lost while draining, TimeoutStopSec's SIGKILL); with Restart=always and no start limit a
-# crash loop is "activating", never "failed". Nor is one draining on its way to a stop or a restart
-# (TimeoutStopSec bounds that).
+# crash loop is "activating", never "failed". Nor is one draining on its way to a stop or a restart.
+# A stop or restart under way is someone else's (this script's own try-restart returns once it is
+# done): the count starts over with the proxy that comes back.
 case "$(systemctl is-active ${INSTANCE_PATHS.unitName})" in
-  inactive|failed) rm -f "$STATE"; exit 0 ;;
-  deactivating) exit 0 ;;
+  inactive|failed|deactivating) rm -f "$STATE"; exit 0 ;;
 esac
 n=$(( $(cat "$STATE" 2>/dev/null || echo 0) + 1 ))
 echo "$n" > "$STATE"

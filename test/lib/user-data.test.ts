@@ -356,7 +356,7 @@ describe('the liveness check a timer runs every 15 s', () => {
     }
   });
 
-  test('a proxy an operator stopped is left alone, and one draining on its way to a restart is not counted', async () => {
+  test('a proxy an operator stopped is left alone, and one draining on its way to a restart starts the count over', async () => {
     status = 503;
     // A stop that ended in an error (a worker lost while draining, a SIGKILL at TimeoutStopSec) is "failed".
     for (const stopped of ['inactive', 'failed']) {
@@ -365,14 +365,18 @@ describe('the liveness check a timer runs every 15 s', () => {
       expect(restarts()).toEqual([]);
       expect(fs.existsSync(state)).toBe(false);
     }
+    // Nineteen failed checks, then an operator's restart under way: the proxy that comes back starts at
+    // nought, not one check from a power-off.
     unitIs('activating');
-    for (let i = 0; i < 3; i++) await check();
+    for (let i = 0; i < 19; i++) await check();
+    expect(restarts()).toHaveLength(4);
     unitIs('deactivating');
-    for (let i = 0; i < 25; i++) await check();
-    expect(restarts()).toEqual([]);
-    unitIs('activating');
+    for (let i = 0; i < 2; i++) await check();
+    unitIs('active');
+    for (let i = 0; i < 3; i++) await check();
+    expect(restarts()).toHaveLength(4);
     await check();
-    expect(restarts()).toEqual([`try-restart ${INSTANCE_PATHS.unitName}`]);
+    expect(restarts()).toEqual(Array(5).fill(`try-restart ${INSTANCE_PATHS.unitName}`));
   });
 
   test('the boot enables its timer once the proxy is healthy, and the script parses', () => {
