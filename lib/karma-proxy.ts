@@ -909,6 +909,8 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
    * The role's inline policies as IAM will measure them (this construct's and the role's default policy),
    * deploy-time values at a typical length: a problem naming what makes them long when over IAM's bound.
    */
+  private policySizeSaid = false;
+
   private policySizeProblems(maxCapacity: number, clusters: number): string[] {
     if (Stack.of(this.role) !== Stack.of(this)) return [];
     const policies = [this.permissions, this.role.node.tryFindChild('DefaultPolicy')]
@@ -920,15 +922,32 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       const own = Stack.of(this).resolve(cfnRole.policies) as unknown;
       if (Array.isArray(own)) for (const p of own) policies.push((p as { policyDocument?: unknown }).policyDocument);
     }
-    const length = policies.reduce<number>((sum, p) => sum + renderedLength(p, this), 0);
-    if (length <= ROLE_INLINE_POLICY_LIMIT) return [];
+    const measured = (region: string): number => policies.reduce<number>((sum, p) => sum + renderedLength(p, this, region), 0);
+    const region = Stack.of(this).region;
+    const known = !Token.isUnresolved(region);
+    // A stack for any region: refused only when even the shortest region's ARNs are too long; when only
+    // a long one's are, said.
+    const length = measured(known ? region : SHORTEST_REGION);
+    const cause = `each instance slot (maxCapacity, ${maxCapacity}) is an Elastic IP's ARN and each allowed cluster ` +
+      `(clusters or ALLOWED_CLUSTERS, ${clusters}) two ARNs`;
+    if (length <= ROLE_INLINE_POLICY_LIMIT) {
+      const longest = known ? length : measured(LONGEST_REGION);
+      // Validation runs at every synth of the app; the warning is said once.
+      if (longest > ROLE_INLINE_POLICY_LIMIT && !this.policySizeSaid) {
+        this.policySizeSaid = true;
+        Validations.of(this).addWarning('KarmaProxy:PolicySize',
+          `The role's inline policies would be about ${longest.toLocaleString('en-US')} characters in ${LONGEST_REGION}, over ` +
+          `IAM's ${ROLE_INLINE_POLICY_LIMIT.toLocaleString('en-US')} for a role (about ${length.toLocaleString('en-US')} in ${SHORTEST_REGION}): ` +
+          `${cause}. Deployed to a region with a long name, the deploy would fail: give the stack its region (env), ` +
+          'or lower maxCapacity or the clusters.');
+      }
+      return [];
+    }
     return [
       `The role's inline policies would be about ${length.toLocaleString('en-US')} characters, over IAM's ` +
-      `${ROLE_INLINE_POLICY_LIMIT.toLocaleString('en-US')} for a role (the deploy would fail): each instance slot ` +
-      `(maxCapacity, ${maxCapacity}) is an Elastic IP's ARN and each allowed cluster (clusters or ` +
-      `ALLOWED_CLUSTERS, ${clusters}) two ARNs. Lower maxCapacity, or allow fewer clusters (without any, the role ` +
-      'reads every cluster); or give, as role, one that takes no statements (role.withoutPolicyUpdates()) and ' +
-      'holds these permissions in managed policies of yours.',
+      `${ROLE_INLINE_POLICY_LIMIT.toLocaleString('en-US')} for a role (the deploy would fail): ${cause}. Lower maxCapacity, ` +
+      'or allow fewer clusters (without any, the role reads every cluster); or give, as role, one that takes no ' +
+      'statements (role.withoutPolicyUpdates()) and holds these permissions in managed policies of yours.',
     ];
   }
 
@@ -1450,41 +1469,74 @@ function partitionOf(region: string): string {
 
 /** An Elastic IP's allocation ID (`eipalloc-` and 17 hex digits). */
 const RENDERED_ALLOCATION_ID = 'eipalloc-0123456789abcdef0';
-/** A physical name CloudFormation makes (`MyStack-ClusterEB0386A7-M5Xq0sHPaA1e`), or an ID. */
+/** Where nothing better is known: an ID, a name from another stack. */
 const RENDERED_NAME = 'x'.repeat(40);
+/** The region where the stack's is not known at synth: the shortest and the longest in common use. */
+const SHORTEST_REGION = 'us-east-1';
+const LONGEST_REGION = 'ap-southeast-2';
 
 /**
- * A policy document's length as IAM counts it (JSON without whitespace), deploy-time values at a
- * typical length: the stack's region and partition when known (the longest common region otherwise),
- * a resource's name or ID, an ARN.
+ * A policy document's length as IAM counts it (JSON without whitespace), deploy-time values as
+ * CloudFormation will make them: the stack's region and partition (`region` where the stack's is not
+ * known), a resource's physical name (`<stack>-<logical ID>-<12 characters>`), its ARN, Fn::Select and
+ * Fn::Split worked out (a cluster's name cut from its ARN).
  */
-function renderedLength(document: unknown, scope: Construct): number {
+function renderedLength(document: unknown, scope: Construct, region: string): number {
   const stack = Stack.of(scope);
-  const region = Token.isUnresolved(stack.region) ? 'ap-southeast-2' : stack.region;
   const partition = partitionOf(region);
+  const account = '123456789012';
   const refs: Readonly<Record<string, string>> = {
     'AWS::Partition': partition,
     'AWS::Region': region,
-    'AWS::AccountId': '123456789012',
+    'AWS::AccountId': account,
     'AWS::URLSuffix': partition === 'aws-cn' ? 'amazonaws.com.cn' : 'amazonaws.com',
-    'AWS::StackName': Token.isUnresolved(stack.stackName) ? 'karma-proxy-stack' : stack.stackName,
-    'AWS::StackId': `arn:${partition}:cloudformation:${region}:123456789012:stack/${stack.stackName}/0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d`,
+    'AWS::StackName': stack.stackName,
+    'AWS::StackId': `arn:${partition}:cloudformation:${region}:${account}:stack/${stack.stackName}/0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d`,
   };
-  const arn = `arn:${partition}:service:${region}:123456789012:resource/${RENDERED_NAME}`;
+  // The stack's resources by logical ID, for what a Ref or an Arn of one gives.
+  const types = new Map<string, string>();
+  for (const c of stack.node.findAll()) {
+    if (CfnResource.isCfnResource(c) && Stack.of(c) === stack) types.set(stack.resolve(c.logicalId) as string, c.cfnResourceType);
+  }
+  const physicalName = (id: string): string => `${stack.stackName}-${id}-ABCDEFGHIJKL`.slice(0, 128);
+  const arnOf = (id: string): string => {
+    const type = types.get(id) ?? '';
+    const service = type.split('::')[1]?.toLowerCase() ?? 'service';
+    const resource = type.split('::')[2]?.toLowerCase() ?? 'resource';
+    if (type === 'AWS::SecretsManager::Secret') return `arn:${partition}:secretsmanager:${region}:${account}:secret:${id}-ABCDEFGHIJKL-AbCdEf`;
+    return `arn:${partition}:${service}:${region}:${account}:${resource}/${types.has(id) ? physicalName(id) : RENDERED_NAME}`;
+  };
   const render = (node: unknown): unknown => {
     if (Array.isArray(node)) return node.map(render);
     if (node === null || typeof node !== 'object') return node;
     const o = node as Record<string, unknown>;
     if (Array.isArray(o['Fn::Join'])) {
-      const [sep, items] = o['Fn::Join'] as [string, unknown[]];
-      return items.map((i) => String(render(i))).join(sep);
+      const [sep, items] = o['Fn::Join'] as [string, unknown];
+      const parts = render(items);
+      return Array.isArray(parts) ? parts.map(String).join(sep) : String(parts);
     }
-    if (typeof o.Ref === 'string') return refs[o.Ref] ?? RENDERED_NAME;
+    if (Array.isArray(o['Fn::Split'])) {
+      const [sep, text] = o['Fn::Split'] as [string, unknown];
+      return String(render(text)).split(sep);
+    }
+    if (Array.isArray(o['Fn::Select'])) {
+      const [index, list] = o['Fn::Select'] as [unknown, unknown];
+      const items = render(list);
+      return Array.isArray(items) ? (items[Number(render(index))] ?? RENDERED_NAME) : RENDERED_NAME;
+    }
+    if (typeof o.Ref === 'string') {
+      if (refs[o.Ref] !== undefined) return refs[o.Ref];
+      // A secret's Ref is its ARN; another resource's, its physical name (a cluster's: its name).
+      return types.get(o.Ref) === 'AWS::SecretsManager::Secret' ? arnOf(o.Ref) : types.has(o.Ref) ? physicalName(o.Ref) : RENDERED_NAME;
+    }
     if (Array.isArray(o['Fn::GetAtt'])) {
-      const attribute = String(o['Fn::GetAtt'][1]);
-      return attribute === 'AllocationId' ? RENDERED_ALLOCATION_ID : attribute.endsWith('Arn') ? arn : RENDERED_NAME;
+      const [id, attribute] = (o['Fn::GetAtt'] as unknown[]).map(String);
+      return attribute === 'AllocationId' ? RENDERED_ALLOCATION_ID : attribute.endsWith('Arn') ? arnOf(id) : RENDERED_NAME;
     }
-    // Fn::Select of a split ARN (a cluster's name from cluster.clusterArn), Fn::ImportValue, ...
+    if (typeof o['Fn::Sub'] === 'string') {
+      return (o['Fn::Sub'] as string).replace(/\$\{([^}]+)\}/g, (_m, name: string) => refs[name] ?? (types.has(name) ? physicalName(name) : RENDERED_NAME));
+    }
+    // Fn::ImportValue and the like: a value of another stack.
     if (Object.keys(o).some((k) => k.startsWith('Fn::'))) return RENDERED_NAME;
     return Object.fromEntries(Object.entries(o).map(([k, v]) => [k, render(v)]));
   };

@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { App, CfnParameter, Duration, SecretValue, Stack } from 'aws-cdk-lib';
-import { Template } from 'aws-cdk-lib/assertions';
+import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
@@ -569,14 +569,28 @@ describe("the role's inline policies stay within IAM's 10,240 characters", () =>
     expect(messageOf(() => Template.fromStack(stack))).toContain("The role's inline policies would be about");
   });
 
-  test("clusters of the app itself (cluster.clusterName, cluster.clusterArn) are measured as the names CloudFormation gives", () => {
-    for (const use of ['clusterName', 'clusterArn'] as const) {
-      const stack = new Stack(new App(), 'Test');
+  test("clusters of the app itself (cluster.clusterName, cluster.clusterArn) are measured as the names CloudFormation gives them", () => {
+    const synthWith = (stackName: string, use: 'clusterName' | 'clusterArn') => () => {
+      const stack = new Stack(new App(), stackName, { env: { account: '123456789012', region: 'eu-central-1' } });
       const vpc = new ec2.Vpc(stack, 'Vpc', { maxAzs: 1, natGateways: 0 });
       const made = Array.from({ length: 20 }, (_, i) => new ecs.Cluster(stack, `Cluster${i}`, { vpc })[use]);
       new KarmaProxy(stack, 'Proxy', { domain: 'apps.example.com', redis: false, vpc, minCapacity: 50, maxCapacity: 50, clusters: made });
-      expect(() => Template.fromStack(stack)).not.toThrow();
+      Template.fromStack(stack);
+    };
+    for (const use of ['clusterName', 'clusterArn'] as const) {
+      // `Test-Cluster0...-<12>`: 20 of them fit beside 50 slots; with a long stack name in each, they do not.
+      expect(synthWith('Test', use)).not.toThrow();
+      expect(messageOf(synthWith('karma-proxy-production-eu-central-stack', use))).toContain("The role's inline policies would be about");
     }
+  });
+
+  test('a stack for any region is refused only when the shortest region is too long; when only a long one is, synth warns', () => {
+    const stack = new Stack(new App(), 'Test');
+    new KarmaProxy(stack, 'Proxy', { domain: 'apps.example.com', redis: false, minCapacity: 50, maxCapacity: 50, clusters: clusters(33) });
+    expect(() => Template.fromStack(stack)).not.toThrow();
+    const warnings = Annotations.fromStack(stack).findWarning('/Test/Proxy', Match.stringLikeRegexp('KarmaProxy:PolicySize')).map((w) => String(w.entry.data));
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toMatch(/in ap-southeast-2, over IAM's 10,240 for a role \(about [\d,]+ in us-east-1\)/);
   });
 
   test("a stack in another partition is measured with that partition's longer ARNs", () => {
