@@ -62,8 +62,25 @@ function secretName(written: string): boolean {
   return SECRET_PARAM.test(name);
 }
 
-/** A path parameter (`/cart;jsessionid=…/x`): its name, and its value up to the next `;`, `/` or the query. */
-const PATH_PARAM = /;([^;/=?]+)=([^;/?]*)/g;
+/**
+ * `;`-separated parameters with credentials' names masked: `name=value` pieces after `first` (the
+ * first piece is kept as it is: a path segment's name), and a piece with no name of its own after a
+ * masked value, which some parsers read as the rest of it (WHATWG's and Node's: `token=abc;rest`).
+ */
+function maskPieces(text: string, first: number): string {
+  const pieces = text.split(';');
+  let after = false;
+  for (let j = first; j < pieces.length; j++) {
+    const eq = pieces[j].indexOf('=');
+    if (eq <= 0) {
+      if (after && j > 0) pieces[j] = '***';
+      continue;
+    }
+    after = secretName(pieces[j].slice(0, eq));
+    if (after) pieces[j] = `${pieces[j].slice(0, eq)}=***`;
+  }
+  return pieces.join(';');
+}
 
 /**
  * A request target as the access log keeps it: credentials masked, in userinfo (an absolute-form target
@@ -75,25 +92,14 @@ export function targetForLog(target: string): string {
   const t = target.charCodeAt(0) === 0x2f ? target : withoutUserinfo(target);
   const q = t.indexOf('?');
   const path = q === -1 ? t : t.slice(0, q);
-  const shownPath = path.includes(';') ? path.replace(PATH_PARAM, (whole, name: string) => (secretName(name) ? `;${name}=***` : whole)) : path;
+  // Path parameters, segment by segment (`/cart;jsessionid=…/items`).
+  const shownPath = path.includes(';') ? path.split('/').map((segment) => (segment.includes(';') ? maskPieces(segment, 1) : segment)).join('/') : path;
   if (q === -1) return shownPath;
   let masked = shownPath !== path;
   const params = t.slice(q + 1).split('&');
   for (let i = 0; i < params.length; i++) {
-    // `;` separates parameters too for some parsers (old HTML forms, Java's, Rails'), not for others
-    // (WHATWG's, Node's): a piece with no name of its own after a masked value may be the rest of it.
-    const pieces = params[i].split(';');
-    let after = false;
-    for (let j = 0; j < pieces.length; j++) {
-      const eq = pieces[j].indexOf('=');
-      if (eq <= 0) {
-        if (after && j > 0) pieces[j] = '***';
-        continue;
-      }
-      after = secretName(pieces[j].slice(0, eq));
-      if (after) pieces[j] = `${pieces[j].slice(0, eq)}=***`;
-    }
-    const shown = pieces.join(';');
+    // `;` separates parameters too for some parsers (old HTML forms, Java's, Rails'), not for others.
+    const shown = maskPieces(params[i], 0);
     if (shown !== params[i]) {
       params[i] = shown;
       masked = true;

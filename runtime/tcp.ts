@@ -160,8 +160,9 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
       // a close: after what is still queued for the target (its side closed first, it may read on; the
       // pipe ended it already).
       if (connected) {
-        // A client that reset is said as one in the closing line, as a target's reset is.
-        if (client.errored && !cutFor.has(client)) cutFor.set(client, 'reset');
+        // A client that reset is said as one in the closing line, as a target's reset is (not any error:
+        // keep-alive probes unanswered are ETIMEDOUT).
+        if ((client.errored as NodeJS.ErrnoException | null)?.code === 'ECONNRESET' && !cutFor.has(client)) cutFor.set(client, 'reset');
         if (client.errored || cutFor.has(client)) upstream.resetAndDestroy();
         else if (upstream.writableFinished) upstream.destroy();
         else upstream.end();

@@ -158,6 +158,7 @@ describe('what the access log keeps of a request target', () => {
     ['/cart;jsessionid=SECRET123/items;v=2?q=1', '/cart;jsessionid=***/items;v=2?q=1'], // path parameters
     ['/cart;JSESSIONID=S', '/cart;JSESSIONID=***'],
     ['/a;b/c', '/a;b/c'],
+    ['/a;token=abc;def/b', '/a;token=***;***/b'], // a raw `;` in a path parameter's value too
   ])('%s is logged as %s', (target, logged) => {
     expect(targetForLog(target)).toBe(logged);
   });
