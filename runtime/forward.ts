@@ -286,14 +286,23 @@ const TRACE_MAX = 7 * 1024;
 const traceRandom = Buffer.alloc(12 * 512);
 let traceRandomAt = traceRandom.length;
 
+/** `1-<epoch seconds, 8 hex digits>-`, made once a second. */
+let tracePrefix = '';
+let tracePrefixUntil = 0;
+
 /** A new trace ID as an ALB makes it: `1-<epoch seconds, 8 hex digits>-<96 random bits>`. */
 function traceId(): string {
+  const now = Date.now();
+  if (now >= tracePrefixUntil) {
+    const second = Math.floor(now / 1000);
+    tracePrefix = `1-${second.toString(16).padStart(8, '0')}-`;
+    tracePrefixUntil = (second + 1) * 1000;
+  }
   if (traceRandomAt === traceRandom.length) {
     randomFillSync(traceRandom);
     traceRandomAt = 0;
   }
-  const random = traceRandom.toString('hex', traceRandomAt, (traceRandomAt += 12));
-  return `1-${Math.floor(Date.now() / 1000).toString(16).padStart(8, '0')}-${random}`;
+  return tracePrefix + traceRandom.toString('hex', traceRandomAt, (traceRandomAt += 12));
 }
 
 /**
