@@ -189,10 +189,11 @@ fi
 # A proxy an operator stopped is not checked: "inactive", or "failed" when its stop ended in an error
 # (a worker lost while draining, TimeoutStopSec's SIGKILL); with Restart=always and no start limit a
 # crash loop is "activating", never "failed". Nor is one draining on its way to a stop or a restart.
-# A stop or restart under way is someone else's (this script's own try-restart returns once it is
-# done): the count starts over with the proxy that comes back.
+# A stop or restart under way is neither counted nor a new start: it may be systemd's own, stopping what
+# is left after the primary died, again and again in a crash loop, which must still come to a power-off.
 case "$(systemctl is-active ${INSTANCE_PATHS.unitName})" in
-  inactive|failed|deactivating) rm -f "$STATE"; exit 0 ;;
+  inactive|failed) rm -f "$STATE"; exit 0 ;;
+  deactivating) exit 0 ;;
 esac
 n=$(( $(cat "$STATE" 2>/dev/null || echo 0) + 1 ))
 echo "$n" > "$STATE"

@@ -293,7 +293,8 @@ let tracePrefixUntil = 0;
 /** A new trace ID as an ALB makes it: `1-<epoch seconds, 8 hex digits>-<96 random bits>`. */
 function traceId(): string {
   const now = Date.now();
-  if (now >= tracePrefixUntil) {
+  // (Made again after the clock stepped back too.)
+  if (now >= tracePrefixUntil || now < tracePrefixUntil - 1000) {
     const second = Math.floor(now / 1000);
     tracePrefix = `1-${second.toString(16).padStart(8, '0')}-`;
     tracePrefixUntil = (second + 1) * 1000;

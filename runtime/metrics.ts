@@ -191,8 +191,10 @@ export class ClientBytes {
   /** A client socket closed: what it moved since the last reading is kept for the next. */
   closed(socket: Socket): void {
     const seen = this.seen.get(socket);
-    this.closedIn += socket.bytesRead - (seen?.read ?? 0);
-    this.closedOut += socket.bytesWritten - (seen?.written ?? 0);
+    // Never less than read before: a destroyed socket's bytesWritten drops what was still queued, which
+    // an earlier reading counted (it went nowhere, but a counter cannot give it back).
+    this.closedIn += Math.max(0, socket.bytesRead - (seen?.read ?? 0));
+    this.closedOut += Math.max(0, socket.bytesWritten - (seen?.written ?? 0));
     this.seen.delete(socket);
   }
 
@@ -203,8 +205,8 @@ export class ClientBytes {
     this.closedIn = this.closedOut = 0;
     for (const socket of this.open) {
       const seen = this.seen.get(socket) ?? { read: 0, written: 0 };
-      const read = socket.bytesRead;
-      const written = socket.bytesWritten;
+      const read = Math.max(socket.bytesRead, seen.read);
+      const written = Math.max(socket.bytesWritten, seen.written);
       bytesIn += read - seen.read;
       bytesOut += written - seen.written;
       seen.read = read;
@@ -257,17 +259,18 @@ export const logLinesDroppedTotal = new Counter({
 // Read when the metrics are read (a scrape, and the primary's gather every few seconds), summed over the
 // primary and its workers; nothing on the request path.
 
-/** How often the event loop's stalls are looked for, and how long one is remembered. */
+/** How often the event loop's stalls are looked for. */
 const STALL_TICK_MS = 20;
-const STALL_WINDOW_MS = 60_000;
-/** Stalls of this process over the window: [when it ended (performance.now()), how long past the tick]. */
-const stalls: [number, number][] = [];
+/** The longest stall of each of the last 60 seconds, by second (performance.now()), ring-indexed. */
+const STALL_SECONDS = 60;
+const stallLongest = new Float64Array(STALL_SECONDS);
+const stallSecond = new Float64Array(STALL_SECONDS).fill(-1);
 let stallTimer: NodeJS.Timeout | undefined;
 /**
  * Starts watching this process's event loop (main.ts, for the primary and each worker): a timer every
- * STALL_TICK_MS that finds itself late was held up that much. Its own stalls are remembered for a minute,
- * so that a scrape sees the longest of the last minute whatever read the metrics in between (the
- * primary's gathers every few seconds).
+ * STALL_TICK_MS that finds itself late was held up that much (stalls under twice the tick may not show).
+ * The longest of each second is kept for a minute, so that a scrape sees the longest of the last minute
+ * whatever read the metrics in between (the primary's gathers every few seconds).
  */
 export function watchEventLoop(): void {
   if (stallTimer) return;
@@ -276,10 +279,14 @@ export function watchEventLoop(): void {
     const now = performance.now();
     const late = now - last - STALL_TICK_MS;
     last = now;
-    if (late >= STALL_TICK_MS) {
-      stalls.push([now, late]);
-      if (stalls.length > 1000) stalls.shift();
+    if (late < STALL_TICK_MS) return;
+    const second = Math.floor(now / 1000);
+    const i = second % STALL_SECONDS;
+    if (stallSecond[i] !== second) {
+      stallSecond[i] = second;
+      stallLongest[i] = 0;
     }
+    stallLongest[i] = Math.max(stallLongest[i], late);
   }, STALL_TICK_MS).unref();
 }
 export const residentMemory = new Gauge({
@@ -296,18 +303,24 @@ export const heapUsed = new Gauge({
     this.set(process.memoryUsage().heapUsed);
   },
 });
+/** The last count of this process's descriptors, and the read under way. */
+let fdsKnown = NaN;
+let fdsReading: Promise<void> | undefined;
+/** How long a reading waits for the count: the read runs on libuv's threads, which DNS lookups may hold. */
+const FDS_WAIT_MS = 50;
 export const openFds = new Gauge({
   name: 'process_open_fds',
   help: "Open file descriptors of the proxy's processes (client and target sockets among them), summed.",
   async collect() {
-    try {
-      // Read off the event loop (tens of milliseconds with tens of thousands open). The directory's own
-      // descriptor, open while it is read, is not counted.
-      this.set((await readdir('/proc/self/fd')).length - 1);
-    } catch {
-      // Not Linux, or no descriptor left to read the directory with (EMFILE): not known, not the last value.
-      this.set(NaN);
-    }
+    // Read off the event loop (tens of milliseconds with tens of thousands open); a reading waits for it
+    // briefly and takes the last count when it is slow. The directory's own descriptor is not counted.
+    fdsReading ??= readdir('/proc/self/fd').then(
+      (names) => void (fdsKnown = names.length - 1),
+      // Not Linux, or no descriptor left to read the directory with (EMFILE): not known.
+      () => void (fdsKnown = NaN),
+    ).finally(() => (fdsReading = undefined));
+    await Promise.race([fdsReading, new Promise((r) => setTimeout(r, FDS_WAIT_MS).unref())]);
+    this.set(fdsKnown);
   },
 });
 export const cpuSeconds = new Counter({
@@ -321,13 +334,12 @@ export const cpuSeconds = new Counter({
 });
 export const eventLoopStallMax = new Gauge({
   name: 'nodejs_eventloop_stall_max_seconds',
-  help: `The longest any of the proxy's event loops was held up over the last minute (a stall every request on that process waited out), 0 for none past ${STALL_TICK_MS} ms.`,
+  help: `The longest any of the proxy's event loops was held up over the last minute (a stall every request on that process waited out); stalls under ${2 * STALL_TICK_MS} ms may not show.`,
   aggregator: 'max',
   collect() {
-    const since = performance.now() - STALL_WINDOW_MS;
-    while (stalls.length > 0 && stalls[0][0] < since) stalls.shift();
+    const now = Math.floor(performance.now() / 1000);
     let longest = 0;
-    for (const [, late] of stalls) longest = Math.max(longest, late);
+    for (let i = 0; i < STALL_SECONDS; i++) if (now - stallSecond[i] < STALL_SECONDS) longest = Math.max(longest, stallLongest[i]);
     this.set(longest / 1000);
   },
 });

@@ -17,6 +17,11 @@ import type { RouteTable } from './routes';
 import type { ProxyServer } from './server';
 import { POOL_ROUTE } from './types';
 
+/** What a tunnel's closing line says of a socket's error: a reset, keep-alive probes unanswered, or else. */
+function socketFailure(err: NodeJS.ErrnoException): 'reset' | 'timeout' | 'error' {
+  return err.code === 'ECONNRESET' || err.code === 'EPIPE' ? 'reset' : err.code === 'ETIMEDOUT' ? 'timeout' : 'error';
+}
+
 export function createTcpServer(config: Config, routes: RouteTable, registry: TargetRegistry): ProxyServer {
   const sockets = new Set<net.Socket>();
   /** The client sockets among them, and their bytes (karma_processed_bytes_total). */
@@ -25,7 +30,7 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
   /** Each client's address, read at accept: a destroyed socket no longer says it (for the closing line). */
   const addresses = new WeakMap<net.Socket, string | undefined>();
   /** Tunnels the proxy cut, and why (the closing line's `error`). */
-  const cutFor = new WeakMap<net.Socket, 'idle_timeout' | 'cut_at_shutdown' | 'reset'>();
+  const cutFor = new WeakMap<net.Socket, 'idle_timeout' | 'cut_at_shutdown' | 'reset' | 'timeout' | 'error'>();
   /**
    * Cuts one of a tunnel's sockets with a reset, saying why: a FIN would read as a stream that ended
    * whole, to a protocol that ends its data with the connection (a file sent as is, syslog). A cut
@@ -126,7 +131,7 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
       if (connected) {
         // The target reset (or the stream failed): the client hears a reset too, not a FIN that would say
         // the stream ended whole.
-        cutFor.set(client, 'reset');
+        cutFor.set(client, socketFailure(err));
         client.resetAndDestroy();
         return;
       }
@@ -160,9 +165,8 @@ export function createTcpServer(config: Config, routes: RouteTable, registry: Ta
       // a close: after what is still queued for the target (its side closed first, it may read on; the
       // pipe ended it already).
       if (connected) {
-        // A client that reset is said as one in the closing line, as a target's reset is (not any error:
-        // keep-alive probes unanswered are ETIMEDOUT).
-        if ((client.errored as NodeJS.ErrnoException | null)?.code === 'ECONNRESET' && !cutFor.has(client)) cutFor.set(client, 'reset');
+        // A client that failed is said in the closing line as a target that failed is.
+        if (client.errored && !cutFor.has(client)) cutFor.set(client, socketFailure(client.errored as NodeJS.ErrnoException));
         if (client.errored || cutFor.has(client)) upstream.resetAndDestroy();
         else if (upstream.writableFinished) upstream.destroy();
         else upstream.end();

@@ -155,7 +155,7 @@ export async function startWorker(config: Config): Promise<void> {
   process.on('SIGINT', onSignal);
   // A hang-up reaches the whole process group (a closed terminal); the primary says it is ignored.
   process.on('SIGHUP', () => undefined);
-  // The primary going away (killed hard, or by the OOM killer: it is the largest process) leaves
+  // The primary going away (killed hard, or by the OOM killer: in ECS mode it is the largest process) leaves
   // nobody to replace or stop us: stop too, draining what is in flight like on SIGTERM. node:cluster
   // would exit the worker on the spot unless told the disconnect was expected; its 'disconnect' event
   // comes just before it decides.

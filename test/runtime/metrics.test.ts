@@ -3,7 +3,7 @@
  * the metrics are read: a scrape must show exactly what per-request inc()/observe() calls would have.
  */
 import { Counter, Histogram, Registry } from 'prom-client';
-import { countRequest, countSuccess, eventLoopStallMax, forgetRoute, openFds, register, requestDuration, requestSeconds, requestsTotal, successfulConnections, watchEventLoop } from '../../runtime/metrics';
+import { ClientBytes, countRequest, countSuccess, eventLoopStallMax, forgetRoute, openFds, register, requestDuration, requestSeconds, requestsTotal, successfulConnections, watchEventLoop } from '../../runtime/metrics';
 
 const BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 
@@ -104,4 +104,19 @@ test('an event loop stall is seen for a minute, however often the metrics are re
 test('open descriptors are counted off the event loop', async () => {
   const n = (await openFds.get()).values[0]?.value ?? NaN;
   expect(n).toBeGreaterThan(3);
+});
+
+test("a socket whose queued bytes were dropped at its destruction takes nothing back, nor any other socket's bytes", () => {
+  const a = { bytesRead: 100, bytesWritten: 4_259_840 };
+  const b = { bytesRead: 10, bytesWritten: 20 };
+  const open = new Set([a, b]) as unknown as Set<import('node:net').Socket>;
+  const bytes = new ClientBytes(open);
+  expect(bytes.take()).toEqual([110, 4_259_860]);
+  // Destroyed with 64 KiB still queued: bytesWritten falls back to what went out.
+  a.bytesWritten = 4_194_304;
+  b.bytesWritten = 30;
+  open.delete(a as unknown as import('node:net').Socket);
+  bytes.closed(a as unknown as import('node:net').Socket);
+  expect(bytes.take()).toEqual([0, 10]);
+  bytes.stop();
 });
