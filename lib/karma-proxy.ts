@@ -938,8 +938,8 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
         Validations.of(this).addWarning('KarmaProxy:PolicySize',
           `The role's inline policies would be about ${longest.toLocaleString('en-US')} characters in ${LONGEST_REGION}, over ` +
           `IAM's ${ROLE_INLINE_POLICY_LIMIT.toLocaleString('en-US')} for a role (about ${length.toLocaleString('en-US')} in ${SHORTEST_REGION}): ` +
-          `${cause}. Deployed to a region with a long name, the deploy would fail: give the stack its region (env), ` +
-          'or lower maxCapacity or the clusters.');
+          `${cause}. In a region with a long name (ap-southeast-2, GovCloud, China) the deploy would fail: lower ` +
+          'maxCapacity or the clusters, or give the stack its region (env), which synth then measures.');
       }
       return [];
     }
