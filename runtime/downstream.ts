@@ -672,13 +672,26 @@ function inRequestLine(buf: Buffer, at: number | undefined, beganInBuf: boolean)
   return /^[A-Z][A-Z0-9!#$%&'*+.^_`|~-]* \S/.test(buf.subarray(start, Math.min(at, start + 64)).toString('latin1'));
 }
 
-/** A whole first read that is one HTTP/0.9 request line: `GET /path` and a line end, no version. */
-function isHttp09(chunk: Buffer): boolean {
-  // Empty lines before a request line are allowed (RFC 9112 §2.2).
+/** The longest request line the HTTP/0.9 check looks at. */
+const MAX_HTTP09_LINE = 8192;
+
+/** Past the empty lines a request may begin with (RFC 9112 §2.2), where the request line starts. */
+function lineStart(chunk: Buffer): number {
   let start = 0;
   while (start < chunk.length && (chunk[start] === 13 || chunk[start] === 10)) start++;
+  return start;
+}
+
+/** The request line in `chunk` has ended (its LF has come). */
+function lineEnded(chunk: Buffer): boolean {
+  return chunk.indexOf(10, lineStart(chunk)) !== -1;
+}
+
+/** What came of the first request so far is one HTTP/0.9 request line: `GET /path` and a line end, no version. */
+function isHttp09(chunk: Buffer): boolean {
+  const start = lineStart(chunk);
   const lf = chunk.indexOf(10, start);
-  if (lf === -1 || lf !== chunk.length - 1 || lf - start > 8192) return false;
+  if (lf === -1 || lf !== chunk.length - 1 || lf - start > MAX_HTTP09_LINE) return false;
   const line = chunk.toString('latin1', start, chunk[lf - 1] === 13 ? lf - 1 : lf);
   return /^[A-Z]+ \S+$/.test(line);
 }
@@ -763,8 +776,10 @@ export class ClientConn {
   /** Nothing more is parsed: the connection is refused, handed over, or being closed. */
   private done = false;
   private grace = 0;
-  /** The read in which the connection's first request begins is yet to be parsed (the HTTP/0.9 check). */
+  /** The connection's first request line is yet to be checked (the HTTP/0.9 check), read by read until it ends. */
   private first = true;
+  /** That line's bytes so far, while it comes in pieces (`GET /`, then its CRLF). */
+  private firstLine: Buffer | undefined;
   /** A WebSocket handshake or CONNECT: parsing stops when the current read has been parsed. */
   private stopAfter: Request | undefined;
   /** A request whose Upgrade is ignored: llhttp stops at its end, and the rest of that read is parsed here. */
@@ -864,13 +879,22 @@ export class ClientConn {
   /** What a read parsed to; `d` is the read, or undefined to ask the parser for a copy. */
   private parsed(r: number | Error | undefined, d: Buffer | undefined): void {
     if (this.first && this.begun) {
-      this.first = false;
+      const read = d ?? this.parser.getCurrentBuffer!();
+      const seen = this.firstLine === undefined ? read : Buffer.concat([this.firstLine, read]);
+      const heading = this.state === HEAD && !this.reading && typeof r === 'number';
       // llhttp reads `GET /\r\n` (HTTP/0.9) as a request line still waiting for its headers: answer it
-      // now rather than after HEADERS_TIMEOUT.
-      if (this.state === HEAD && !this.reading && typeof r === 'number' && isHttp09(d ?? this.parser.getCurrentBuffer!())) {
+      // now rather than after HEADERS_TIMEOUT, however many reads the line came in.
+      if (heading && isHttp09(seen)) {
+        this.first = false;
+        this.firstLine = undefined;
         rejectedRequests.labels({ reason: 'bad_version' }).inc();
         this.countRefused(400);
         return this.refuse(400, 'only HTTP/1.0 and HTTP/1.1 are supported');
+      }
+      if (heading && !lineEnded(seen) && seen.length <= MAX_HTTP09_LINE) this.firstLine = Buffer.from(seen);
+      else {
+        this.first = false;
+        this.firstLine = undefined;
       }
     }
     const stop = this.stopAfter;
