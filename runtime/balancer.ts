@@ -236,7 +236,6 @@ export class Pool {
   /** Drops every member (the route is forgotten). */
   clear(): void {
     this.update([]);
-    livePools.delete(this);
     targetsPerRoute.remove({ route: this.id });
   }
 

@@ -385,7 +385,7 @@ export class RouteTable {
       e.foundAt = this.now();
       discoveryDuration.labels({ provider: this.provider.name, outcome: 'error' }).observe(seconds());
       // Once per failure: with workers, the primary counts it (every worker that asks would count it again).
-      if (!(this.provider as { countsFailures?: boolean }).countsFailures) discoveryErrors.labels({ provider: this.provider.name }).inc();
+      if (!this.provider.countsFailures) discoveryErrors.labels({ provider: this.provider.name }).inc();
       // Not again when the primary said it already, for every worker.
       if (!wasLogged(err)) {
         log('warn', e.pool?.size ? 'discovery failed; keeping the last known targets' : 'discovery failed; the route has no targets yet', { route: e.id, ...errorFields(err) });

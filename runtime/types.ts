@@ -93,6 +93,8 @@ export type DiscoveryError = Error & { retryInMs?: number };
 
 export interface Provider {
   readonly name: string;
+  /** Its failures are counted where it discovers (the primary, for a worker's line to it), not by the route table. */
+  readonly countsFailures?: boolean;
   discover(route: RouteKey, signal?: AbortSignal): Promise<Target[]>;
   /**
    * The same, with how old the answer already is (one shared from a cache): the route is due a period

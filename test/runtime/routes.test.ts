@@ -99,7 +99,7 @@ describe('route table', () => {
       expect(await errors()).toBe(before + 1);
       const viaPrimary = gated(() => new Error('denied'));
       viaPrimary.release();
-      await table({ ...viaPrimary.provider, countsFailures: true } as Provider).resolve(key('b')).catch(() => undefined);
+      await table({ ...viaPrimary.provider, countsFailures: true }).resolve(key('b')).catch(() => undefined);
       expect(await errors()).toBe(before + 1);
     } finally {
       stderr.mockRestore();
