@@ -74,7 +74,7 @@ export interface DownstreamHandlers {
    * A request the server answered itself before it could be handed over (malformed or oversized, too
    * slow, a CONNECT), for the access log: `req` when its head was parsed, `client` the peer's address.
    */
-  refused?(status: number, client: string, req: Request | undefined, seconds: number): void;
+  refused?(status: number, client: string, req: Request | undefined, seconds: number, bodyBytes: number): void;
 }
 
 /** Why the proxy, not the client, ended a connection with an answer under way. */
@@ -617,10 +617,15 @@ export class Response {
 }
 
 /** An answer written straight to a socket (upgrade requests, parse errors), closing the connection after. */
+/** The body of an answer of the proxy's own, as rawAnswer writes it. */
+function answerBody(message: string): string {
+  return message + '\n';
+}
+
 export function rawAnswer(socket: net.Socket | import('node:stream').Duplex, status: number, message: string, extraHeaders = ''): void {
   if (socket.destroyed || !socket.writable) return;
   if (status >= 500) proxyErrors.labels({ code: String(status) }).inc();
-  const body = message + '\n';
+  const body = answerBody(message);
   socket.end(
     `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\nDate: ${httpDate()}\r\nContent-Type: text/plain; charset=utf-8\r\n` +
       `Content-Length: ${Buffer.byteLength(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n${extraHeaders}\r\n${body}`,
@@ -888,8 +893,9 @@ export class ClientConn {
         this.first = false;
         this.firstLine = undefined;
         rejectedRequests.labels({ reason: 'bad_version' }).inc();
-        this.countRefused(400);
-        return this.refuse(400, 'only HTTP/1.0 and HTTP/1.1 are supported');
+        const message = 'only HTTP/1.0 and HTTP/1.1 are supported';
+        this.countRefused(400, message);
+        return this.refuse(400, message);
       }
       if (heading && !lineEnded(seen) && seen.length <= MAX_HTTP09_LINE) this.firstLine = Buffer.from(seen);
       else {
@@ -1029,8 +1035,9 @@ export class ClientConn {
     if (p.kind === WEBSOCKET) return this.handOver(p);
     if (p.kind === CONNECT) {
       rejectedRequests.labels({ reason: 'connect_method' }).inc();
-      this.refusedBeforeRoute(405, p, (performance.now() - p.startedAt) / 1000);
-      return this.refuse(405, 'CONNECT is not supported', 'Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n');
+      const message = 'CONNECT is not supported';
+      this.refusedBeforeRoute(405, p, (performance.now() - p.startedAt) / 1000, message);
+      return this.refuse(405, message, 'Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n');
     }
     p.handedOver = true;
     const res = new Response(this, p);
@@ -1200,8 +1207,9 @@ export class ClientConn {
       ? (inRequestLine(d ?? this.parser.getCurrentBuffer!(), err.bytesParsed, this.headInRead) ? 414 : 431)
       : code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW' ? 413 : 400;
     if (status === 431 || status === 414) limitHits.labels({ limit: 'headers' }).inc();
-    this.countRefused(status);
-    this.refuseInTurn(status, STATUS_CODES[status] ?? 'Bad Request');
+    const message = STATUS_CODES[status] ?? 'Bad Request';
+    this.countRefused(status, message);
+    this.refuseInTurn(status, message);
   }
 
   /**
@@ -1218,7 +1226,7 @@ export class ClientConn {
     const req = this.reading;
     const answered = req?.handedOver === true && (this.current?.req !== req || this.current.headersSent);
     if (!answered) rejectedRequests.labels({ reason: this.state === BODY ? 'body_timeout' : 'head_timeout' }).inc();
-    this.countRefused(408);
+    this.countRefused(408, STATUS_CODES[408]!);
     this.refuseInTurn(408, STATUS_CODES[408]!);
   }
 
@@ -1227,16 +1235,16 @@ export class ClientConn {
    * refusals are. One already handed to the server (a body that stalled or broke mid-way) is counted
    * there, under its route, with this status.
    */
-  private countRefused(status: number): void {
+  private countRefused(status: number, message: string): void {
     if (this.reading?.handedOver) return;
     // A head left unfinished: from its first byte (or the connection's start).
-    this.refusedBeforeRoute(status, this.reading, (performance.now() - (this.reading?.startedAt ?? this.since)) / 1000);
+    this.refusedBeforeRoute(status, this.reading, (performance.now() - (this.reading?.startedAt ?? this.since)) / 1000, message);
   }
 
   /** A request answered here, never handed to the server: counted under route none, and told for the access log. */
-  private refusedBeforeRoute(status: number, req: Request | undefined, seconds: number): void {
+  private refusedBeforeRoute(status: number, req: Request | undefined, seconds: number, message: string): void {
     countRequest('none', status, seconds);
-    this.server.handlers.refused?.(status, this.ip, req, seconds);
+    this.server.handlers.refused?.(status, this.ip, req, seconds, Buffer.byteLength(answerBody(message)));
   }
 
   /**

@@ -202,7 +202,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
   const discoveryWaitMs = Math.min(config.upstreamTimeoutMs, FIRST_DISCOVERY_WAIT_MS);
 
   /** One access line (LOG_CONNECTIONS): `req` undefined for bytes the server refused before any head. */
-  const accessLine = (req: Request | undefined, client: string, routeLabel: string, o: Outcome, seconds: number): void => {
+  const accessLine = (req: Request | undefined, client: string, routeLabel: string, o: Outcome, seconds: number, bytesOut = req?.response?.bodyBytes): void => {
     log('info', 'access', {
       method: req?.method,
       host: hostForLog(req?.headers.host),
@@ -214,7 +214,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
       error: o.error,
       ms: Math.round(seconds * 1000),
       bytesIn: req?.bodyBytes,
-      bytesOut: req?.response?.bodyBytes,
+      bytesOut,
       client,
       trace: req?.trace,
     });
@@ -230,8 +230,8 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
   };
 
   /** A request the HTTP server answered itself, before it had a route (downstream.ts): counted there, logged here. */
-  const onRefused = (status: number, client: string, req: Request | undefined, seconds: number): void => {
-    if (config.logConnections) accessLine(req, client, 'none', { status, target: undefined, attempts: 0, error: undefined }, seconds);
+  const onRefused = (status: number, client: string, req: Request | undefined, seconds: number, bodyBytes: number): void => {
+    if (config.logConnections) accessLine(req, client, 'none', { status, target: undefined, attempts: 0, error: undefined }, seconds, bodyBytes);
   };
 
   const refuse = (req: Request, res: Response, status: number, reason: string, message: string, headers?: Record<string, string>): void => {

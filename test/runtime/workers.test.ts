@@ -541,9 +541,12 @@ test('LOG_CONNECTIONS=true writes one JSON access line per request; the default 
     expect(JSON.stringify(loud.lines())).not.toContain('secret');
     expect(JSON.stringify(loud.lines())).not.toContain('s3cr3t');
     // What the HTTP server refuses before any route (a smuggling shape, non-HTTP bytes, CONNECT) has its line too.
-    await rawExchange(loud.port, 'POST /smuggle HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n');
-    await rawExchange(loud.port, '\x16\x03\x01 not http\r\n\r\n');
-    await rawExchange(loud.port, 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n');
+    // Its bytesOut is the body of the proxy's answer, as for any other answer.
+    const answered = [
+      await rawExchange(loud.port, 'POST /smuggle HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n'),
+      await rawExchange(loud.port, '\x16\x03\x01 not http\r\n\r\n'),
+      await rawExchange(loud.port, 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n'),
+    ].map((r) => r.responses[0]);
     const refusedLines = await until('their access lines', () => {
       const lines = loud.lines().filter((l) => l.msg === 'access' && l.route === 'none' && [400, 405].includes(Number(l.status)) && l.path !== 'http://***@169.254.169.254/latest' && l.path !== '/h');
       return lines.length >= 3 ? lines : undefined;
@@ -551,6 +554,9 @@ test('LOG_CONNECTIONS=true writes one JSON access line per request; the default 
     expect(refusedLines!.map((l) => l.status).sort()).toEqual([400, 400, 405]);
     expect(refusedLines!.every((l) => l.client === '127.0.0.1')).toBe(true);
     expect(refusedLines!.find((l) => l.status === 405)).toMatchObject({ method: 'CONNECT' });
+    const bodyBytes = (status: number) => Buffer.byteLength(answered.find((r) => r.status === status)!.body);
+    expect(bodyBytes(400)).toBeGreaterThan(0);
+    expect(refusedLines!.map((l) => l.bytesOut)).toEqual(refusedLines!.map((l) => bodyBytes(Number(l.status))));
     await new Promise((r) => setTimeout(r, 100));
     expect(quiet.lines().filter((l) => l.msg === 'access')).toEqual([]);
   } finally {
