@@ -668,13 +668,27 @@ export function answerHandshake(socket: net.Socket | import('node:stream').Duple
  * end yet): the head overflowed in its request-target. Judged on this read alone; a line that began in
  * an earlier read is taken for a header.
  */
-function inRequestLine(buf: Buffer, at: number | undefined, beganInBuf: boolean): boolean {
+function inRequestLine(buf: Buffer, at: number | undefined, beganInBuf: boolean, lineOpen = false): boolean {
   if (at === undefined || at > buf.length) return false;
   const start = buf.lastIndexOf(10, at - 1) + 1;
-  if (start === 0 && !beganInBuf) return false;
+  // A head begun in an earlier read: still in its request line if that had not ended and this read has no line end before `at`.
+  if (start === 0 && !beganInBuf) return lineOpen;
   // A request line starts a message: at the read's start, or after the blank line ending the one before.
   if (start > 0 && !(start >= 2 && buf[start - 2] === 10) && !(start >= 3 && buf[start - 2] === 13 && buf[start - 3] === 10)) return false;
   return /^[A-Z][A-Z0-9!#$%&'*+.^_`|~-]* \S/.test(buf.subarray(start, Math.min(at, start + 64)).toString('latin1'));
+}
+
+/**
+ * A read in which a head began and did not end ends in that head's request line: it has no line end,
+ * or its last one ends an empty line (the message before it ended there, or an empty line came before
+ * the request line, RFC 9112 §2.2).
+ */
+function requestLineOpen(buf: Buffer): boolean {
+  const lf = buf.lastIndexOf(10);
+  if (lf === -1) return true;
+  let i = lf - 1;
+  if (i >= 0 && buf[i] === 13) i--;
+  return i < 0 || buf[i] === 10;
 }
 
 /** The longest request line the HTTP/0.9 check looks at. */
@@ -791,6 +805,8 @@ export class ClientConn {
   private resumeAfter: Request | undefined;
   /** The message being parsed began in the read being parsed (its first line is in this read). */
   private headInRead = false;
+  /** The head being read began in an earlier read and its request line has not ended yet (a 414, not a 431, if it overflows). */
+  private lineOpen = false;
   /** Part of a request head has come, not all of it. */
   private headBegun = false;
   /** A request has begun on this connection (empty lines before one, which HTTP allows, are none). */
@@ -915,6 +931,11 @@ export class ClientConn {
     // Parsing stopped during this read (too many requests ahead of their turn): the rest is not looked at.
     if (this.done) return;
     if (typeof r === 'object' && r !== null) return this.parseError(r as NodeJS.ErrnoException & { bytesParsed?: number }, d);
+    // A head left unfinished by this read (a slow or large one, never the everyday request): is its request line?
+    if (this.state === HEAD) {
+      const read = d ?? this.parser.getCurrentBuffer!();
+      this.lineOpen = this.headInRead ? requestLineOpen(read) : this.lineOpen && read.indexOf(10) === -1;
+    }
     const ignored = this.resumeAfter;
     if (ignored && this.reading !== ignored) {
       // The message whose Upgrade is ignored ended in this read: what follows it (a pipelined request, the
@@ -1204,7 +1225,7 @@ export class ClientConn {
     // HTTP/1.x to us, not a version to negotiate, and nothing hostile earns a 5xx. A head over
     // MAX_HEADER_SIZE is a 431, or a 414 when its request line alone is (RFC 9112 §3, as nginx says it).
     const status = code === 'HPE_HEADER_OVERFLOW'
-      ? (inRequestLine(d ?? this.parser.getCurrentBuffer!(), err.bytesParsed, this.headInRead) ? 414 : 431)
+      ? (inRequestLine(d ?? this.parser.getCurrentBuffer!(), err.bytesParsed, this.headInRead, this.lineOpen) ? 414 : 431)
       : code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW' ? 413 : 400;
     if (status === 431 || status === 414) limitHits.labels({ limit: 'headers' }).inc();
     const message = STATUS_CODES[status] ?? 'Bad Request';

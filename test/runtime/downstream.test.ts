@@ -8,7 +8,7 @@ import { Writable } from 'node:stream';
 import { DownstreamHandlers, DownstreamOptions, DownstreamServer, MAX_PIPELINED, NEW_CONNECTION_GRACE_MS, Request, Response } from '../../runtime/downstream';
 import { answer } from '../../runtime/forward';
 import { rejectedRequests } from '../../runtime/metrics';
-import { parseResponses, rawExchange } from '../hardening/support';
+import { parseResponses, rawExchange, trickle } from '../hardening/support';
 import { listen, pump, until } from '../support/net';
 
 jest.setTimeout(20_000);
@@ -430,6 +430,18 @@ describe('upgrades', () => {
     ['headers adding up past it', GET('/', Array.from({ length: 90 }, (_, i) => `X-H${i}: ${'c'.repeat(200)}\r\n`).join('')), [431]],
   ])('%s: a 414 for the request line alone (as nginx), else a 431', async (_what, bytes, statuses) => {
     const r = await rawExchange(port, bytes);
+    expect(r.responses.map((x) => x.status)).toEqual(statuses);
+    expect(r.closed).toBe(true);
+  });
+
+  test.each([
+    ['sent in pieces', ['GET /', 'q'.repeat(6000), 'q'.repeat(6000), `${'q'.repeat(6000)} HTTP/1.1\r\nHost: a\r\n\r\n`], [414]],
+    ['its method in one read and the rest in the next', ['GE', `T /${'q'.repeat(17_000)} HTTP/1.1\r\nHost: a\r\n\r\n`], [414]],
+    ['pipelined behind a request, begun in its read', [GET('/first') + 'GET /', `${'q'.repeat(17_000)} HTTP/1.1\r\nHost: a\r\n\r\n`], [200, 414]],
+    ['after a request line that ended in an earlier read', ['GET / HTTP/1.1\r\n', `X-Big: ${'b'.repeat(17_000)}\r\n\r\n`], [431]],
+    ['a header that ended in an earlier read', ['GET / HTTP/1.1\r\nHost: a\r\n', `X-Big: ${'b'.repeat(17_000)}\r\n\r\n`], [431]],
+  ])('a request line over MAX_HEADER_SIZE across reads is a 414 too (%s); a header is a 431', async (_what, pieces, statuses) => {
+    const r = await rawExchange(port, trickle(pieces, 30));
     expect(r.responses.map((x) => x.status)).toEqual(statuses);
     expect(r.closed).toBe(true);
   });
