@@ -708,6 +708,28 @@ export function mistypedSettings(env: Env): { readonly name: string; readonly me
 }
 
 /** Reads and checks every setting; throws one ConfigError naming every bad or missing variable. */
+/**
+ * HOST and METRICS_HOST as the names they give (not IP addresses), for a look-up at start: each one
+ * that is well formed, METRICS_HOST's default (HOST's) included, under the first setting that gives it.
+ */
+export function listenNames(env: Env): { readonly env: string; readonly name: string }[] {
+  const parsed = (raw: string | undefined): string | undefined => {
+    if ((raw ?? '').trim() === '') return undefined;
+    try {
+      return listenAddress(raw!);
+    } catch {
+      return undefined; // malformed: loadConfig says so
+    }
+  };
+  const host = parsed(env.HOST) ?? SETTINGS.host.default;
+  const metricsHost = (env.METRICS_HOST ?? '').trim() === '' ? host : parsed(env.METRICS_HOST);
+  const named: { env: string; name: string }[] = [];
+  for (const [name, value] of [['HOST', host], ['METRICS_HOST', metricsHost]] as const) {
+    if (value !== undefined && isIP(value) === 0 && !named.some((n) => n.name === value)) named.push({ env: name, name: value });
+  }
+  return named;
+}
+
 export function loadConfig(env: Env = process.env): Config {
   const problems: string[] = [];
   const out: Record<string, unknown> = {};

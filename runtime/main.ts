@@ -10,8 +10,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as http from 'node:http';
 import { lookup } from 'node:dns/promises';
-import { isIP, type AddressInfo, type Socket } from 'node:net';
-import { Config, ConfigError, ENV_NAMES, loadConfig, loopbackTargetsByEndpoint, mistypedSettings } from './config';
+import type { AddressInfo, Socket } from 'node:net';
+import { Config, ConfigError, ENV_NAMES, listenNames, loadConfig, loopbackTargetsByEndpoint, mistypedSettings } from './config';
 import { answerAcceptorRequest } from './acceptors';
 import { parseDotEnv } from './dotenv';
 import { Coordinator, providerFor } from './coordinator';
@@ -22,7 +22,7 @@ import { workerEnv, workerV8Flags } from './memory';
 import { timerMs, within } from './types';
 
 const EXIT_BAD_CONFIG = 2;
-/** How long HOST or METRICS_HOST given as a name is looked up for at start (listenNamesOrExit). */
+/** How long HOST or METRICS_HOST given as a name is looked up for at start (unresolvedListenNames). */
 const LISTEN_NAME_LOOKUP_MS = 2_000;
 /** The metrics endpoint: connections at once, and seconds a connection may be silent or a request take. */
 const METRICS_MAX_CONNECTIONS = 64;
@@ -30,8 +30,11 @@ const METRICS_TIMEOUT_MS = 10_000;
 /** How often the primary takes every worker's counts between scrapes (what a killed worker can lose). */
 const METRICS_REFRESH_MS = 5_000;
 
-/** The settings, or exit 2 with one message naming every bad one (the .env file's bad lines first). */
-function configOrExit(dotEnvProblems: readonly string[] = []): Config {
+/**
+ * The settings, or exit 2 with one message naming every bad one: the .env file's bad lines first, then
+ * the settings', then HOST or METRICS_HOST named but resolving to nothing (`nameProblems`, the primary's).
+ */
+function configOrExit(dotEnvProblems: readonly string[] = [], nameProblems: readonly string[] = []): Config {
   const problems = [...dotEnvProblems];
   let config: Config | undefined;
   try {
@@ -40,6 +43,7 @@ function configOrExit(dotEnvProblems: readonly string[] = []): Config {
     if (!(e instanceof ConfigError)) throw e;
     problems.push(...e.problems);
   }
+  problems.push(...nameProblems);
   if (config === undefined || problems.length > 0) {
     // A likely typo is said with the problems: it may be why a setting is missing (HEALTH_CHECK_TIMOUT).
     for (const { name, meant } of mistypedSettings(process.env)) problems.push(`${name} is not a setting and is ignored; did you mean ${meant}?`);
@@ -54,25 +58,19 @@ function configOrExit(dotEnvProblems: readonly string[] = []): Config {
 
 /**
  * HOST and METRICS_HOST given as names that do not exist (NXDOMAIN: `HOST=abc`) are bad settings as
- * much as a malformed address is: exit 2 naming them, not a failed listen's exit 1. A lookup that fails
- * otherwise (the resolver not up yet at boot) is left to the listen, which a restart retries.
+ * much as a malformed address is: named with the others (exit 2), not a failed listen's exit 1. A
+ * lookup that fails otherwise (the resolver not up yet at boot) is left to the listen, which a restart
+ * retries. Looked up whatever else is wrong, so that one start names every problem.
  */
-async function listenNamesOrExit(config: Config): Promise<void> {
-  const named = [['HOST', config.host], ['METRICS_HOST', config.metricsHost]].filter(([, v]) => isIP(v) === 0);
+async function unresolvedListenNames(env: NodeJS.ProcessEnv): Promise<string[]> {
   const problems: string[] = [];
-  const looked = new Set<string>();
-  for (const [env, name] of named) {
-    // METRICS_HOST is HOST unless set: one name is looked up once, and said under the first setting.
-    if (looked.has(name)) continue;
-    looked.add(name);
+  for (const { env: setting, name } of listenNames(env)) {
     // Bounded: a resolver that does not answer at boot must not hold the start (the listen asks again).
     await within(lookup(name), LISTEN_NAME_LOOKUP_MS).catch((err: NodeJS.ErrnoException) => {
-      if (err.code === 'ENOTFOUND') problems.push(`${env}: must be an IP address (0.0.0.0, ::, 127.0.0.1) or a host name this machine resolves, and '${name}' resolves to nothing`);
+      if (err.code === 'ENOTFOUND') problems.push(`${setting} must be an IP address (0.0.0.0, ::, 127.0.0.1) or a host name this machine resolves (got '${name}', which resolves to nothing)`);
     });
   }
-  if (problems.length === 0) return;
-  process.stderr.write(`karma-proxy: ${new ConfigError(problems).message}\n`);
-  process.exit(EXIT_BAD_CONFIG);
+  return problems;
 }
 
 /**
@@ -407,15 +405,17 @@ function readDotEnv(): string[] {
 function main(): void {
   logProcessWarnings();
   watchEventLoop();
-  const config = configOrExit(readDotEnv());
+  const dotEnvProblems = readDotEnv();
   if (cluster.isPrimary) {
-    listenNamesOrExit(config).then(() => runPrimary(config)).catch((err: unknown) => {
+    unresolvedListenNames(process.env).then((named) => runPrimary(configOrExit(dotEnvProblems, named))).catch((err: unknown) => {
       log('error', 'cannot start', errorFields(err));
       process.exit(1);
     });
+    return;
   }
   // Only workers load the proxy itself; only the primary unpacks discovery (the AWS SDK, see unpack.ts).
-  else void import('./worker').then((w) => w.startWorker(config));
+  const config = configOrExit(dotEnvProblems);
+  void import('./worker').then((w) => w.startWorker(config));
 }
 
 main();

@@ -606,8 +606,18 @@ describe('the bundle starts and stops cleanly', () => {
     expect(r.code).toBe(2);
     const lines = r.stderr.trim().split('\n');
     expect(lines).toHaveLength(1);
-    expect(lines[0]).toContain("HOST: must be an IP address (0.0.0.0, ::, 127.0.0.1) or a host name this machine resolves, and 'nosuch.invalid' resolves to nothing");
+    expect(lines[0]).toContain("HOST must be an IP address (0.0.0.0, ::, 127.0.0.1) or a host name this machine resolves (got 'nosuch.invalid', which resolves to nothing)");
     expect(lines[0]).not.toContain('METRICS_HOST');
+  });
+
+  test('a HOST resolving to nothing is named in the same message as the other bad settings, not at the next start', async () => {
+    const r = await runBundle({ NODE_FILTER: 'static', STATIC_TARGETS: '127.0.0.1:9', HEALTH_CHECK_PATH: 'off', HOST: 'nosuch.invalid', PORT: 'abc', METRICS_HOST: 'other.invalid', METRICS_PORT: '0', WORKERS: '1' });
+    expect(r.code).toBe(2);
+    const lines = r.stderr.trim().split('\n');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toContain("PORT must be");
+    expect(lines[0]).toContain("HOST must be an IP address (0.0.0.0, ::, 127.0.0.1) or a host name this machine resolves (got 'nosuch.invalid', which resolves to nothing)");
+    expect(lines[0]).toContain("METRICS_HOST must be an IP address (0.0.0.0, ::, 127.0.0.1) or a host name this machine resolves (got 'other.invalid', which resolves to nothing)");
   });
 
   test('a METRICS_PORT that is taken stops the proxy with exit 1 and a message naming it: /healthz lives there', async () => {
