@@ -291,7 +291,7 @@ async function runPrimary(config: Config): Promise<void> {
       ...((err as NodeJS.ErrnoException).code === 'EADDRINUSE' ? { hint: 'another process has this port (a second proxy on this host?): give each its own METRICS_PORT' } : {}),
     });
     process.exitCode = 1;
-    onSignal('SIGTERM');
+    onSignal('SIGTERM', 'metrics endpoint cannot listen');
   });
   metricsServer.listen(config.metricsPort, config.metricsHost);
   const metricsPort = (): number => (metricsServer.address() as AddressInfo | null)?.port ?? config.metricsPort;
@@ -306,7 +306,8 @@ async function runPrimary(config: Config): Promise<void> {
 
   let forced = false;
   let firstSignalAt = 0;
-  const onSignal = (signal: NodeJS.Signals): void => {
+  /** A stop: asked for by `signal`, or for a `reason` of the proxy's own, stopped as SIGTERM stops it. */
+  const onSignal = (signal: NodeJS.Signals, reason?: string): void => {
     // One Ctrl-C may come twice: the terminal sends it to the whole foreground group, and `npm run proxy`
     // passes its own on to the proxy a moment later. A second SIGINT that close is the same keypress.
     const samePress = performance.now() - firstSignalAt < ONE_KEYPRESS_MS;
@@ -324,7 +325,7 @@ async function runPrimary(config: Config): Promise<void> {
     if (shuttingDown) return void log('info', 'already shutting down', { signal });
     shuttingDown = true;
     firstSignalAt = performance.now();
-    log('info', 'shutting down', { signal, timeoutSeconds: config.shutdownTimeoutMs / 1000 });
+    log('info', 'shutting down', { ...(reason === undefined ? { signal } : { reason }), timeoutSeconds: config.shutdownTimeoutMs / 1000 });
     const workers = liveWorkers();
     if (workers.length === 0) void stop();
     for (const w of workers) w?.process.kill('SIGTERM');
@@ -343,8 +344,8 @@ async function runPrimary(config: Config): Promise<void> {
     }, timerMs(config.shutdownTimeoutMs + 5000)).unref();
   };
   await heldSignals.heard();
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', (signal: NodeJS.Signals) => onSignal(signal));
+  process.on('SIGINT', (signal: NodeJS.Signals) => onSignal(signal));
   // Node's default for SIGHUP is to exit on the spot, cutting every connection. A proxy is a daemon:
   // a closed terminal, or a `kill -HUP` meant as nginx's "reload", must not take it down. Settings are
   // read once, at start, so there is nothing to reload: said, and the proxy serves on.

@@ -629,6 +629,10 @@ describe('the bundle starts and stops cleanly', () => {
       expect(r.stderr).toMatch(new RegExp(`"msg":"metrics endpoint cannot listen","pid":\\d+,"port":${port}`));
       // The seeds had no such port: two of their processes on one host never met on it.
       expect(r.stderr).toContain('"hint":"another process has this port (a second proxy on this host?): give each its own METRICS_PORT"');
+      // No signal came: the stop says why it is, not a SIGTERM nobody sent.
+      expect(r.stdout).toContain('"msg":"shutting down","pid":');
+      expect(r.stdout).toContain('"reason":"metrics endpoint cannot listen"');
+      expect(r.stderr + r.stdout).not.toContain('"signal":"SIGTERM"');
     } finally {
       await close(taken);
     }
