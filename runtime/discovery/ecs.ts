@@ -288,6 +288,8 @@ export class EcsProvider implements Provider {
   private readonly ipPreference: IpPreference;
   private readonly loopback: boolean;
   private readonly caseLookup: boolean;
+  /** Without caseLookup, whether a route ECS does not know has been said (notFound). */
+  private saidCaseHint = false;
   private readonly hostCacheTtlMs: number;
   private readonly hostCacheMax: number;
   /**
@@ -467,6 +469,15 @@ export class EcsProvider implements Provider {
    * found: it is configuration, most likely a wrong AWS_REGION or a typo, not a client's invention.
    */
   private notFound(route: RouteKey, clusterGone: boolean): undefined {
+    // Without caseLookup, `MyCluster` is unreachable by any Host (lower-cased), and its 503s would say
+    // nothing of why: said once, with the route that first met it (maybe a client's invention).
+    if (!this.caseLookup && !this.saidCaseHint) {
+      this.saidCaseHint = true;
+      log('warn', `ECS knows no ${clusterGone ? 'cluster' : 'service'} of a route, which is empty (a 503). A Host's names are lower case and ECS's are case-sensitive: ` +
+        'for clusters or services with capitals set ECS_CASE_LOOKUP=true (the role must allow ecs:ListClusters and ecs:ListServices). Said once', {
+        cluster: route.cluster, ...(clusterGone ? {} : { service: route.service }),
+      });
+    }
     if (clusterGone && this.configuredClusters.has(route.cluster) && !this.missingClusters.has(route.cluster)) {
       this.missingClusters.add(route.cluster);
       log('warn', 'an ECS cluster of ALLOWED_CLUSTERS does not exist in this region: its routes are empty (check ALLOWED_CLUSTERS and AWS_REGION)', {

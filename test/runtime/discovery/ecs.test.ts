@@ -412,6 +412,26 @@ describe('EcsProvider with mocked SDK clients', () => {
     expect(ecsMock.calls()).toHaveLength(1);
   });
 
+  test('without ECS_CASE_LOOKUP, the first route ECS does not know says once why a mixed-case name is not found', async () => {
+    const lines = captureLog();
+    try {
+      ecsMock.on(ListTasksCommand).rejects(Object.assign(new Error('ServiceNotFoundException'), { name: 'ServiceNotFoundException' }));
+      const p = provider();
+      await expect(p.discover({ ...route, service: 'myapi' })).resolves.toEqual([]);
+      ecsMock.on(ListTasksCommand).rejects(Object.assign(new Error('ClusterNotFoundException'), { name: 'ClusterNotFoundException' }));
+      await expect(p.discover({ ...route, cluster: 'mycluster' })).resolves.toEqual([]);
+      const said = lines.filter((l) => String(l.msg).includes('ECS_CASE_LOOKUP=true'));
+      expect(said).toEqual([expect.objectContaining({ level: 'warn', cluster: route.cluster, service: 'myapi' })]);
+      // With the look-up on, there is nothing to suggest.
+      const before = lines.length;
+      ecsMock.on(ListClustersCommand).resolves({ clusterArns: [] });
+      await expect(provider({ caseLookup: true }).discover({ ...route, cluster: 'other' })).resolves.toEqual([]);
+      expect(lines.slice(before).filter((l) => String(l.msg).includes('ECS_CASE_LOOKUP'))).toEqual([]);
+    } finally {
+      lines.restore();
+    }
+  });
+
   test('Hosts naming services that do not exist, all at once, make one listing of the cluster; a refused listing one call', async () => {
     ecsMock.on(ListTasksCommand).rejects(Object.assign(new Error('ServiceNotFoundException'), { name: 'ServiceNotFoundException' }));
     ecsMock.on(ListServicesCommand).callsFake(async () => {
