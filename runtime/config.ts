@@ -235,10 +235,15 @@ const staticTargets = (raw: string): Target[] => {
 /** A Redis host: an IP literal (`[v6]`) or a DNS name, `_` allowed (a compose service's); no stray quote. */
 const redisHostRe = /^(?:\[[0-9a-f:.]+\]|[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*\.?)$/i;
 
-/** Karma's bare `host:port` (`[v6]:port` too), or a redis:// / rediss:// URL (user and password allowed). */
+/**
+ * Karma's bare `host:port` (`[v6]:port` too), or a redis:// / rediss:// URL (user and password allowed).
+ * As go-redis's address read them: a host alone is on Redis's port, 6379, and `:port` is this machine.
+ */
 const redisUrl = (raw: string): string | undefined => {
-  const t = raw.trim();
+  let t = raw.trim();
   if (t === '') return undefined;
+  if (/^:\d{1,5}$/.test(t)) t = `127.0.0.1${t}`;
+  else if (/^([^/:@\s\[\]]+|\[[0-9a-fA-F:.]+\])$/.test(t) && redisHostRe.test(t)) t = `${t}:6379`;
   const bare = /^([^/:@\s\[\]]+|\[[0-9a-fA-F:.]+\]):(\d{1,5})$/.exec(t);
   if (bare) {
     if (!redisHostRe.test(bare[1])) throw new Invalid(`host:port whose host is an IP address or a DNS name, and '${bare[1]}' is not one`);
@@ -543,7 +548,7 @@ export const SETTINGS = {
   },
   redisUrl: {
     env: 'REDIS_URL',
-    doc: 'Optional Redis to share discovery: `redis://[user:pass@]host:port[/db]` (user and password percent-encoded; a database this Redis does not have is logged and sharing stays off), `rediss://…` (TLS) or `host:port`; not cluster mode.',
+    doc: 'Optional Redis to share discovery: `redis://[user:pass@]host:port[/db]` (user and password percent-encoded; a database this Redis does not have is logged and sharing stays off), `rediss://…` (TLS) or `host:port` (a host alone is port 6379; `:port` is this machine, as go-redis read it); not cluster mode.',
     default: undefined,
     parse: redisUrl,
     shown: withoutCredentials,

@@ -175,6 +175,14 @@ describe('configuration', () => {
     ]);
   });
 
+  test("REDIS_URL as go-redis's address took it: a host alone is on port 6379, `:port` is this machine", () => {
+    expect(loadConfig({ NODE_FILTER: 'asg', REDIS_URL: 'my-redis.cache.amazonaws.com' }).redisUrl).toBe('redis://my-redis.cache.amazonaws.com:6379');
+    expect(loadConfig({ NODE_FILTER: 'asg', REDIS_URL: ' redis ' }).redisUrl).toBe('redis://redis:6379');
+    expect(loadConfig({ NODE_FILTER: 'asg', REDIS_URL: '[::1]' }).redisUrl).toBe('redis://[::1]:6379');
+    expect(loadConfig({ NODE_FILTER: 'asg', REDIS_URL: ':6380' }).redisUrl).toBe('redis://127.0.0.1:6380');
+    for (const bad of [':', ':0', ':70000', 'my redis', 'cache!']) expect(errorOf({ NODE_FILTER: 'asg', REDIS_URL: bad }).problems).toEqual([expect.stringMatching(/^REDIS_URL must be /)]);
+  });
+
   test('REDIS_URL\'s host is an IP address or a DNS name (a compose service\'s my_redis too); a stray quote is refused at start', () => {
     for (const ok of ['my_redis:6379', '[::1]:6379', 'redis://my_redis:6379', 'redis://[fd00::5]:6379/1', 'rediss://master.x.cache.amazonaws.com.:6379']) {
       expect(loadConfig({ NODE_FILTER: 'asg', REDIS_URL: ok }).redisUrl).toContain(ok.replace(/^(?!redis)/, 'redis://'));
