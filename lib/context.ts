@@ -75,8 +75,9 @@ export interface ContextResult {
   readonly warnings: string[];
 }
 
-const TRUE = ['true', '1', 'yes', 'on'];
-const FALSE = ['false', '0', 'no', 'off'];
+// As the runtime reads its own (config.ts's bool), Go's `t` and `f` too: one spelling of a boolean works everywhere.
+const TRUE = ['true', 't', '1', 'yes', 'on'];
+const FALSE = ['false', 'f', '0', 'no', 'off'];
 
 /**
  * What the app would ignore without a word: a context key (`-c instanceTpye=c7g.large`) or a `KARMA_*`

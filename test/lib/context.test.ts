@@ -129,6 +129,13 @@ test("a refused discovery, domain or zone leaves the stack's checks out of the e
   expect(fine.problems).toEqual(["context 'spot' must be true or false (got 'maybe')"]);
 });
 
+test("booleans are read as the runtime reads its own: Go's t and f too, in any case", () => {
+  for (const [given, read] of [['t', true], ['F', false], ['Yes', true], ['OFF', false], ['1', true]] as const) {
+    expect(propsFromContext(ctx({ domain: 'a.acme.io', spot: given }), {}).props.spot).toBe(read);
+    expect(propsFromContext(ctx({ domain: 'a.acme.io' }), { KARMA_SPOT: given }).props.spot).toBe(read);
+  }
+});
+
 test('a metrics CIDR of IPv6 in upper case is the same CIDR', () => {
   const r = propsFromContext(ctx({ domain: 'a.acme.io', metricsCidr: '2001:DB8::/48' }), {});
   expect(r.props.metricsPeer?.uniqueId).toBe('2001:db8::/48');
