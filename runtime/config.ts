@@ -697,22 +697,29 @@ export function likelyMeant(name: string, among: readonly string[]): string | un
     among.find((k) => Math.abs(k.length - name.length) <= 2 && editDistance(k.toLowerCase(), lower) <= 2);
 }
 
+/** `a` is `b` with two letters side by side swapped (`PROT`, `PORT`). */
+function swapped(a: string, b: string): boolean {
+  if (a.length !== b.length) return false;
+  const i = [...a].findIndex((c, k) => c !== b[k]);
+  return i !== -1 && i + 1 < a.length && a[i] === b[i + 1] && a[i + 1] === b[i] && a.slice(i + 2) === b.slice(i + 2);
+}
+
 /**
  * Variables in `env` that are none of our settings but one letter or two away from one
  * (`HEALTH_CHECK_PAHT`, `SHUTDOWN_TIMOUT`): a typo would otherwise leave the default in force without a
- * word. Names under 6 letters are left alone (`HOME`, `USER` are not `HOST`).
+ * word. Names under 6 letters only when two letters of a setting are swapped (`PROT`, `HSOT`, `MDOE`):
+ * any other slip that short is as likely another program's variable (`HOME`, `USER` are not `HOST`).
  */
 export function mistypedSettings(env: Env): { readonly name: string; readonly meant: string }[] {
   const out: { name: string; meant: string }[] = [];
   for (const name of Object.keys(env)) {
-    if (name.length < 6 || ENV_NAMES.includes(name) || !/^[A-Z][A-Z0-9_]*$/.test(name)) continue;
-    const meant = likelyMeant(name, ENV_NAMES);
+    if (ENV_NAMES.includes(name) || !/^[A-Z][A-Z0-9_]*$/.test(name)) continue;
+    const meant = name.length < 6 ? ENV_NAMES.find((k) => swapped(name, k)) : likelyMeant(name, ENV_NAMES);
     if (meant) out.push({ name, meant });
   }
   return out;
 }
 
-/** Reads and checks every setting; throws one ConfigError naming every bad or missing variable. */
 /**
  * HOST and METRICS_HOST as the names they give (not IP addresses), for a look-up at start: each one
  * that is well formed, METRICS_HOST's default (HOST's) included, under the first setting that gives it.
@@ -735,6 +742,7 @@ export function listenNames(env: Env): { readonly env: string; readonly name: st
   return named;
 }
 
+/** Reads and checks every setting; throws one ConfigError naming every bad or missing variable. */
 export function loadConfig(env: Env = process.env): Config {
   const problems: string[] = [];
   const out: Record<string, unknown> = {};

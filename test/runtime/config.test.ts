@@ -397,6 +397,13 @@ describe('configuration', () => {
       { name: 'SHUTDOWN_TIMOUT', meant: 'SHUTDOWN_TIMEOUT' },
       { name: 'LOG_CONNECTION', meant: 'LOG_CONNECTIONS' },
     ]);
+    // Short names only for two letters swapped: PROT is PORT, but HOME, USER, TERM, PWD, LANG are their own.
+    expect(mistypedSettings({ PROT: '80', HSOT: '::', MDOE: 'tcp', HOME: '/root', USER: 'a', TERM: 'xterm', PWD: '/', LANG: 'C', SHELL: 'sh', POST: 'x', HOTS: '1' })).toEqual([
+      { name: 'PROT', meant: 'PORT' },
+      { name: 'HSOT', meant: 'HOST' },
+      { name: 'MDOE', meant: 'MODE' },
+      { name: 'HOTS', meant: 'HOST' },
+    ]);
   });
 
   test('two ports that do not parse are two problems, not also a clash between them', () => {
