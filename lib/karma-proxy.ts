@@ -503,6 +503,15 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     if (props.metricsPeer) {
       this.securityGroup.addIngressRule(props.metricsPeer, ec2.Port.tcp(effectiveMetricsPort), 'Karma Proxy metrics and health');
     }
+    // The rules open IPv6, but the proxy listens where HOST says (0.0.0.0 unless told: IPv4 only) and
+    // the record is an A record: said, rather than an opening nothing answers.
+    const host = overridden('HOST');
+    if (allowedCidrs.some((c) => !unresolved(c) && c.includes(':')) && host !== '::' && host !== '[::]') {
+      Validations.of(this).addWarning('KarmaProxy:Ipv6NotServed',
+        'allowedCidrs has IPv6 CIDRs, but the proxy listens on IPv4 only (HOST 0.0.0.0) and the wildcard record is an A record: ' +
+        "for IPv6 clients set HOST to '::' in environment (proxyEnv in the app; it takes IPv4 too), give the instances IPv6 " +
+        'addresses (their subnets) and add an AAAA record of your own.');
+    }
     if (props.securityGroup) this.checkGivenSecurityGroup(props.securityGroup, allowedCidrs.length > 0);
     if (!props.securityGroup && allowedCidrs.some((c) => c.endsWith('/0'))) {
       Validations.of(this.securityGroup).acknowledge({

@@ -518,6 +518,17 @@ describe('a cache for a single instance', () => {
   });
 });
 
+test('IPv6 CIDRs in allowedCidrs are a warning unless HOST takes IPv6: the rules would open what nothing answers', () => {
+  const ipv6Warnings = (props: Partial<KarmaProxyProps>): string[] => {
+    const stack = new Stack(new App(), 'Test');
+    new KarmaProxy(stack, 'Proxy', { domain: DOMAIN, redis: false, ...props });
+    return Annotations.fromStack(stack).findWarning('/Test/Proxy', Match.stringLikeRegexp('KarmaProxy:Ipv6NotServed')).map((w) => String(w.entry.data));
+  };
+  expect(ipv6Warnings({ allowedCidrs: ['203.0.113.0/24', '2001:db8::/32'] })).toEqual([expect.stringContaining("for IPv6 clients set HOST to '::' in environment")]);
+  expect(ipv6Warnings({ allowedCidrs: ['203.0.113.0/24', '2001:db8::/32'], environment: { HOST: '::' } })).toEqual([]);
+  expect(ipv6Warnings({ allowedCidrs: ['0.0.0.0/0'] })).toEqual([]);
+});
+
 describe('a larger fleet on spot, with allow-lists and runtime settings', () => {
   const { stack, template } = templateOf({
     instanceType: new ec2.InstanceType('t4g.small'),
