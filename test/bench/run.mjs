@@ -515,7 +515,12 @@ let workDir;
 const removeWorkDir = () => workDir && fs.rmSync(workDir, { recursive: true, force: true });
 process.on('exit', removeWorkDir); // also on SIGINT and SIGTERM, which lib/proc.mjs turns into an exit
 
-main().catch((e) => {
-  say(`bench failed: ${e.stack ?? e}`);
-  process.exit(1);
-});
+// Exit explicitly: a child, timer or socket left behind by a failed start must not keep the run from
+// ending (the 'exit' handlers above and in lib/proc.mjs then clean up).
+main().then(
+  () => process.exit(0),
+  (e) => {
+    say(`bench failed: ${e.stack ?? e}`);
+    process.exit(1);
+  },
+);

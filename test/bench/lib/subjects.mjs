@@ -46,6 +46,19 @@ async function until(port, child, what, ms = 15000) {
   throw new Error(`${what} did not answer GET /small with 200 within ${ms} ms`);
 }
 
+/**
+ * Waits for a just-spawned child to be ready (`ready()`), and stops it (waiting for its exit) when it
+ * never is: a subject or backend that fails to start must not outlive the run, nor keep it from ending.
+ */
+async function readyOrStopped(child, ready) {
+  try {
+    return await ready();
+  } catch (e) {
+    await stopChild(child, 'SIGTERM', 5000); // nginx, HAProxy and Karma's primary all stop at once on SIGTERM
+    throw e;
+  }
+}
+
 function collect(child) {
   const out = { text: '' };
   child.stdout?.on('data', (d) => (out.text += d));
@@ -131,11 +144,11 @@ export async function startBackend(dir, core) {
     fs.writeFileSync(path.join(dir, 'backend.conf'), nginxBackendConf(dir, port));
     const child = spawnPinned(core, nginx, ['-p', dir, '-c', path.join(dir, 'backend.conf')]);
     const log = collect(child);
-    await until(port, child, `nginx backend (${log.text})`);
+    await readyOrStopped(child, () => until(port, child, `nginx backend (${log.text})`));
     return { kind: `nginx ${version(nginx, ['-v'])} (worker_processes 1)`, port, pids: () => tree(child.pid), stop: () => stopChild(child, 'SIGQUIT') };
   }
   const child = spawnPinned(core, process.execPath, [path.join(BENCH_DIR, 'backend.mjs')], { env: { ...process.env, PORT: String(port) } });
-  await firstJsonLine(child, 'node backend');
+  await readyOrStopped(child, () => firstJsonLine(child, 'node backend'));
   return { kind: `node:http ${process.version} (test/bench/backend.mjs)`, port, pids: () => tree(child.pid), stop: () => stopChild(child) };
 }
 
@@ -214,7 +227,7 @@ export function subjectCatalog(opts) {
       const child = spawnPinned(core, process.execPath, [...nodeArgs, path.join(BENCH_DIR, 'alternatives', file)], {
         env: { ...process.env, TARGET: `127.0.0.1:${backendPort}`, PORT: '0' },
       });
-      const { port } = await firstJsonLine(child, name);
+      const { port } = await readyOrStopped(child, () => firstJsonLine(child, name));
       return { port, pids: () => tree(child.pid), workers: () => [child.pid], stop: () => stopChild(child) };
     },
   });
@@ -241,8 +254,10 @@ export function subjectCatalog(opts) {
       };
       // Workers inherit the primary's node flags (cluster's execArgv), so --cpu-prof reaches them.
       const child = spawnPinned(core, process.execPath, [...karmaNodeArgs, ...nodeArgs, file], { env });
-      await firstJsonLine(child, id, 20000);
-      await until(port, child, id);
+      await readyOrStopped(child, async () => {
+        await firstJsonLine(child, id, 20000);
+        await until(port, child, id);
+      });
       const workers = () => tree(child.pid).slice(1);
       return { port, pids: () => tree(child.pid), workers, stop: () => stopChild(child, 'SIGTERM', 8000) };
     },
@@ -272,7 +287,7 @@ export function subjectCatalog(opts) {
         fs.writeFileSync(conf, nginxProxyConf(dir, port, backendPort));
         const child = spawnPinned(core, nginx, ['-p', dir, '-c', conf]);
         const log = collect(child);
-        await until(port, child, `nginx peer ${log.text}`);
+        await readyOrStopped(child, () => until(port, child, `nginx peer ${log.text}`));
         return { port, pids: () => tree(child.pid), workers: () => tree(child.pid).slice(1), stop: () => stopChild(child, 'SIGQUIT') };
       },
     },
@@ -287,7 +302,7 @@ export function subjectCatalog(opts) {
         fs.writeFileSync(conf, haproxyConf(port, backendPort));
         const child = spawnPinned(core, haproxy, ['-db', '-f', conf]);
         const log = collect(child);
-        await until(port, child, `haproxy ${log.text}`);
+        await readyOrStopped(child, () => until(port, child, `haproxy ${log.text}`));
         return { port, pids: () => tree(child.pid), workers: () => [child.pid], stop: () => stopChild(child, 'SIGUSR1') };
       },
     },
