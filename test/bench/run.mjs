@@ -513,7 +513,7 @@ async function main() {
 /** The run's scratch directory (bundle copy, configs, pace), removed however the run ends. */
 let workDir;
 const removeWorkDir = () => workDir && fs.rmSync(workDir, { recursive: true, force: true });
-process.on('exit', removeWorkDir); // also on SIGINT and SIGTERM, which lib/proc.mjs turns into an exit
+process.on('exit', removeWorkDir); // also on SIGINT, SIGTERM and SIGHUP, which lib/proc.mjs turns into an exit
 
 // Exit explicitly: a child, timer or socket left behind by a failed start must not keep the run from
 // ending (the 'exit' handlers above and in lib/proc.mjs then clean up).

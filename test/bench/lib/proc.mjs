@@ -130,10 +130,12 @@ const killAll = () => {
   }
 };
 process.on('exit', killAll);
-for (const sig of ['SIGINT', 'SIGTERM']) {
+// Interrupted (Ctrl-C), stopped, or its terminal closed: no child may outlive the run. The exit code is
+// the shell's for that signal, 128 + its number.
+for (const [sig, code] of [['SIGINT', 130], ['SIGTERM', 143], ['SIGHUP', 129]]) {
   process.on(sig, () => {
     killAll();
-    process.exit(130);
+    process.exit(code);
   });
 }
 
