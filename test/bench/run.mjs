@@ -74,7 +74,16 @@ function readSettings(env) {
     const unknown = items.filter((x) => !known(x));
     if (!items.length || unknown.length) bad.push(`${name}=${JSON.stringify(raw)}: ${unknown.length ? `unknown ${unknown.join(', ')}; ` : ''}${what}`);
   };
+  // Where the JSON goes, made and checked now: a path that cannot hold it must not cost a whole run.
+  const outDir = (name, dflt) => {
+    const raw = env[name];
+    const dir = path.resolve(raw === undefined || raw.trim() === '' ? dflt : raw);
+    const why = writableDir(dir);
+    if (why) bad.push(`${name}=${JSON.stringify(raw ?? '')}: ${dir} ${why}; a writable directory (created when missing)`);
+    return dir;
+  };
   const settings = {
+    OUT_DIR: outDir('BENCH_OUT', path.join(BENCH_DIR, 'results')),
     DURATION: wholeNumber('BENCH_DURATION', 6, 1),
     WARMUP: wholeNumber('BENCH_WARMUP', 2, 0),
     REPEAT: wholeNumber('BENCH_REPEAT', 1, 1),
@@ -98,6 +107,38 @@ function readSettings(env) {
   oneOf('BENCH_BACKEND', ['node']);
   oneOf('BENCH_LOADGEN', ['autocannon']);
   return { settings, bad };
+}
+
+/**
+ * Makes `dir` (and its missing parents) and says why it cannot hold the results, or undefined when it
+ * can. Under /proc or /sys it does not try: those are the kernel's, and a recursive mkdirSync there
+ * retries forever. Parents are made one at a time, never with mkdirSync's recursive option.
+ */
+function writableDir(dir) {
+  let existing = dir;
+  while (!fs.existsSync(existing) && path.dirname(existing) !== existing) existing = path.dirname(existing);
+  let real;
+  try {
+    real = path.join(fs.realpathSync(existing), path.relative(existing, dir));
+  } catch (e) {
+    return `cannot be resolved (${e.code ?? e.message})`;
+  }
+  if (['/proc', '/sys'].some((k) => real === k || real.startsWith(k + '/'))) return `is under ${real.split('/')[1] === 'proc' ? '/proc' : '/sys'}, the kernel's`;
+  try {
+    for (let d = existing; d !== dir; ) {
+      d = path.join(d, path.relative(d, dir).split(path.sep)[0]);
+      fs.mkdirSync(d);
+    }
+  } catch (e) {
+    return `cannot be created (${e.code ?? e.message})`;
+  }
+  try {
+    if (!fs.statSync(dir).isDirectory()) return 'is not a directory';
+    fs.accessSync(dir, fs.constants.W_OK);
+  } catch (e) {
+    return `is not writable (${e.code ?? e.message})`;
+  }
+  return undefined;
 }
 
 /** Runs every subject REPEAT times, interleaved, and keeps one row per subject: `pick` chooses among its runs. */
@@ -139,7 +180,7 @@ const SCENARIOS = [
 ];
 
 const { settings, bad: badSettings } = readSettings(process.env);
-const { DURATION, WARMUP, REPEAT, PROXY_CORE, LOAD_CORE } = settings;
+const { DURATION, WARMUP, REPEAT, PROXY_CORE, LOAD_CORE, OUT_DIR } = settings;
 
 function wanted(list, all) {
   if (!list) return all;
@@ -501,8 +542,7 @@ async function main() {
     say('bench: nothing was measured (see the skipped lines above): no results written.');
     process.exit(1);
   }
-  const outDir = process.env.BENCH_OUT ?? path.join(BENCH_DIR, 'results');
-  fs.mkdirSync(outDir, { recursive: true });
+  const outDir = OUT_DIR; // made and checked by readSettings
   const stamp = meta.date.replace(/[:.]/g, '-');
   const file = path.join(outDir, `bench-${stamp}.json`);
   fs.writeFileSync(file, JSON.stringify(results, null, 2) + '\n');
