@@ -182,8 +182,9 @@ const SCENARIOS = [
 const { settings, bad: badSettings } = readSettings(process.env);
 const { DURATION, WARMUP, REPEAT, PROXY_CORE, LOAD_CORE, OUT_DIR } = settings;
 
+/** The entries of `all` a comma list names (by id or kind); a blank or unset list is all of them, as readSettings takes it. */
 function wanted(list, all) {
-  if (!list) return all;
+  if (list === undefined || list.trim() === '') return all;
   const want = new Set(list.split(',').map((s) => s.trim()).filter(Boolean));
   return all.filter((x) => want.has(x.id) || want.has(x.kind));
 }
