@@ -91,13 +91,19 @@ function readSettings(env) {
     PROXY_CORE: cores('BENCH_PROXY_CORE', String(allowed[allowed.length - 1])),
     LOAD_CORE: cores('BENCH_LOAD_CORE', String(allowed[0])),
   };
-  if (env.BENCH_LATENCY_RATE !== undefined && env.BENCH_LATENCY_RATE !== '' && !(Number(env.BENCH_LATENCY_RATE) > 0)) {
-    bad.push(`BENCH_LATENCY_RATE=${JSON.stringify(env.BENCH_LATENCY_RATE)}: requests per second, > 0`);
+  // Karma's maximum rate when given: a finite number of requests per second, half of which (at least 1
+  // a second, at most 5 million) the latency scenarios offer.
+  const rawRate = env.BENCH_LATENCY_RATE;
+  const rateGiven = rawRate !== undefined && rawRate.trim() !== '';
+  if (rateGiven) {
+    const v = Number(rawRate);
+    if (Number.isFinite(v) && v >= 2 && v <= 10_000_000) settings.LATENCY_RATE = v;
+    else bad.push(`BENCH_LATENCY_RATE=${JSON.stringify(rawRate)}: Karma's maximum rate in requests per second, a number from 2 to 10,000,000 (half of it is offered)`);
   }
   list('BENCH_SCENARIOS', (x) => SCENARIOS.some((sc) => sc.id === x), `scenarios are ${SCENARIOS.map((sc) => sc.id).join(', ')}`);
   // The latency scenarios offer half of Karma's maximum rate: measured by small in the same run, or given.
   const asked = wanted(env.BENCH_SCENARIOS, SCENARIOS).map((sc) => sc.id);
-  if (asked.some((id) => id.startsWith('latency')) && !asked.includes('small') && !(Number(env.BENCH_LATENCY_RATE) > 0)) {
+  if (asked.some((id) => id.startsWith('latency')) && !asked.includes('small') && !rateGiven) {
     bad.push(`BENCH_SCENARIOS=${JSON.stringify(env.BENCH_SCENARIOS)}: the latency scenarios need small in the same run (Karma's maximum rate, of which they offer half), or BENCH_LATENCY_RATE`);
   }
   const catalog = subjectCatalog({ dir: os.tmpdir(), core: '0', backendPort: 0, bundle: '' });
@@ -368,7 +374,7 @@ async function main() {
     say(`## ${sc.title}`);
     const rows = [];
     if (sc.id.startsWith('latency')) {
-      const karmaMax = rowsOf.small?.find((r) => r.subject === 'karma')?.rps ?? Number(process.env.BENCH_LATENCY_RATE ?? 0);
+      const karmaMax = rowsOf.small?.find((r) => r.subject === 'karma')?.rps ?? settings.LATENCY_RATE;
       if (!karmaMax) {
         say('  skipped: needs the small scenario (or BENCH_LATENCY_RATE) to know Karma’s maximum rate');
         continue;
