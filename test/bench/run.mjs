@@ -287,6 +287,7 @@ async function main() {
     kernel: os.release(),
     layout,
     loadGenerator: gen.name === 'wrk' ? `${version(gen.bin, ['-v'])} (-t1)` : `autocannon ${JSON.parse(fs.readFileSync(path.join(ROOT, 'node_modules', 'autocannon', 'package.json'), 'utf8')).version}`,
+    loadGeneratorWhy: gen.why,
     latencyLoadGenerator: pacer?.bin ? pacer.name : undefined,
     backend: backend.kind,
     durationSeconds: DURATION,
@@ -306,7 +307,7 @@ async function main() {
   say(`- Karma: commit ${meta.commit}${meta.runtimeDirty ? ' (runtime/ has uncommitted changes)' : ''}, bundle sha256 ${bundleSha ?? '–'}, env ${Object.entries(meta.karmaEnv).map(([k, v]) => `${k}=${v}`).join(' ')}${karmaNodeArgs.length ? `, node ${karmaNodeArgs.join(' ')}` : ''}`);
   say(`- ${DURATION} s measured after ${WARMUP} s of warm-up per run${REPEAT > 1 ? `, ${REPEAT} runs each (best kept)` : ''}; load average at start ${meta.loadavgAtStart.join(' ')}`);
   for (const [id, why] of Object.entries(skipped)) say(`- SKIPPED ${id}: ${why}`);
-  if (gen.name !== 'wrk') say('- wrk not found: autocannon drives the load; its latencies are whole milliseconds');
+  if (gen.name !== 'wrk') say(`- autocannon drives the load (${gen.why}); its latencies are whole milliseconds`);
   say();
 
   const results = { meta, skipped, scenarios: {} };
@@ -453,7 +454,7 @@ async function main() {
   const p = (s = '') => md.push(s);
   p(`### Results (${meta.date.slice(0, 10)}, commit ${meta.commit ?? '–'})`);
   p();
-  p(`${meta.cores} × ${meta.cpu}, Node ${meta.node}. ${layout}. Load: ${meta.loadGenerator}. Backend: ${meta.backend}.`);
+  p(`${meta.cores} × ${meta.cpu}, Node ${meta.node}. ${layout}. Load: ${meta.loadGenerator}${gen.why ? ` (${gen.why})` : ''}. Backend: ${meta.backend}.`);
   p(`Each run: ${WARMUP} s warm-up, ${DURATION} s measured${REPEAT > 1 ? `; ${REPEAT} runs per row, interleaved, the best kept (latency: the median p99)` : ''}. "× nginx" compares with nginx in this same run.`);
   p('"req/s per core" is requests divided by the CPU seconds the proxy\'s processes used: it does not move when other');
   p('processes share the machine, where req/s does.');
@@ -465,7 +466,7 @@ async function main() {
     // What drove the load when it was not what the scenario's note describes.
     let via = '';
     if (sc.arrivals && sc.via !== 'pace') via = ` (no pace: ${sc.via} instead, arrivals clumped on its millisecond ticks)`;
-    else if (sc.id === 'latency-step' && sc.via !== 'wrk') via = ` (no wrk: ${sc.via} at that rate instead, not in step; its latencies are whole milliseconds)`;
+    else if (sc.id === 'latency-step' && sc.via !== 'wrk') via = ` (${sc.via} at that rate instead of wrk, ${gen.why}: not in step; its latencies are whole milliseconds)`;
     const usPrecision = sc.via === 'pace' || (sc.via === gen.name && gen.usPrecision);
     p(`**${sc.title}** — ${sc.note}${via}${sc.id.startsWith('latency') && sc.rate ? `; offered ≈ ${num(sc.rate)} req/s` : ''}`);
     p();
@@ -517,7 +518,7 @@ async function main() {
     const d = usPrecision ? 3 : 0;
     const value = `${num(k.addedP99, d)} ms (p99 ${num(k.p99, d)} ms vs direct ${num(find(sc, 'direct')?.p99, d)} ms)`;
     // The open-loop scenarios use pace when a C compiler builds it; the in-step one is wrk's alone.
-    const remedy = SCENARIOS.find((x) => x.id === sc)?.arrivals ? 'install wrk, or a C compiler for pace' : 'install wrk';
+    const remedy = SCENARIOS.find((x) => x.id === sc)?.arrivals ? `a C compiler for pace, or wrk: ${gen.instead}` : gen.instead;
     if (usPrecision) t.push({ target, value, met: k.addedP99 <= 1 });
     else t.push({ target, value: `not measurable: ${gen.name}'s latencies are whole milliseconds (${remedy}); ${value}`, met: undefined });
   };

@@ -10,9 +10,18 @@ import { ROOT } from './subjects.mjs';
 const wrkBin = onPath('wrk');
 const autocannonBin = path.join(ROOT, 'node_modules', 'autocannon', 'autocannon.js');
 
+/**
+ * { name, bin, usPrecision }, and for autocannon `why` it drives the load: asked for, or no wrk; and
+ * `instead` what to do to get wrk's microsecond latencies.
+ */
 export function loadGenerator() {
-  if (wrkBin && process.env.BENCH_LOADGEN !== 'autocannon') return { name: 'wrk', bin: wrkBin, usPrecision: true };
-  if (fs.existsSync(autocannonBin)) return { name: 'autocannon', bin: autocannonBin, usPrecision: false };
+  const asked = process.env.BENCH_LOADGEN === 'autocannon';
+  if (wrkBin && !asked) return { name: 'wrk', bin: wrkBin, usPrecision: true };
+  if (fs.existsSync(autocannonBin)) {
+    return asked
+      ? { name: 'autocannon', bin: autocannonBin, usPrecision: false, why: `asked for by BENCH_LOADGEN=autocannon${wrkBin ? ', though wrk is installed' : ''}`, instead: wrkBin ? 'run without BENCH_LOADGEN=autocannon' : 'install wrk, and run without BENCH_LOADGEN=autocannon' }
+      : { name: 'autocannon', bin: autocannonBin, usPrecision: false, why: 'wrk not found', instead: 'install wrk' };
+  }
   return undefined;
 }
 
