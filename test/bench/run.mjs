@@ -468,10 +468,11 @@ async function main() {
   // ---- the report
   const md = [];
   const p = (s = '') => md.push(s);
+  const hadNginx = Object.values(results.scenarios).some((x) => x.rows.some((r) => r.subject === 'nginx'));
   p(`### Results (${meta.date.slice(0, 10)}, commit ${meta.commit ?? '–'})`);
   p();
   p(`${meta.cores} × ${meta.cpu}, Node ${meta.node}. ${layout}. Load: ${meta.loadGenerator}${gen.why ? ` (${gen.why})` : ''}. Backend: ${meta.backend}.`);
-  p(`Each run: ${WARMUP} s warm-up, ${DURATION} s measured${REPEAT > 1 ? `; ${REPEAT} runs per row, interleaved, the best kept (latency: the median p99)` : ''}. "× nginx" compares with nginx in this same run.`);
+  p(`Each run: ${WARMUP} s warm-up, ${DURATION} s measured${REPEAT > 1 ? `; ${REPEAT} runs per row, interleaved, the best kept (latency: the median p99)` : ''}. "× nginx" compares with nginx in this same run${hadNginx ? '' : ' (no nginx in this run: ratios –)'}.`);
   p('"req/s per core" is requests divided by the CPU seconds the proxy\'s processes used: it does not move when other');
   p('processes share the machine, where req/s does.');
   p();
