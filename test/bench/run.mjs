@@ -281,9 +281,11 @@ async function main() {
     else subjects.push(s);
   }
 
+  // Without taskset the cores asked for cannot be honoured: the layout line says so, not silence.
+  const ignoredCores = ['BENCH_PROXY_CORE', 'BENCH_LOAD_CORE'].filter((n) => (process.env[n] ?? '').trim() !== '').map((n) => `${n}=${process.env[n]}`);
   const layout = taskset
     ? `proxy under test pinned to core ${PROXY_CORE}; load generator and backend pinned to core ${LOAD_CORE} (taskset)`
-    : 'taskset not found: processes are not pinned, numbers are noisier';
+    : `taskset not found: processes are not pinned, numbers are noisier${ignoredCores.length ? `; ${ignoredCores.join(' and ')} ignored` : ''}`;
   const meta = {
     date: started.toISOString(),
     commit: git(['rev-parse', '--short', 'HEAD']),
