@@ -21,7 +21,8 @@
 //                    so these win (e.g. "--max-semi-space-size=1 --heap-growing-percent=20")
 //   BENCH_KARMA_ENV  more env for Karma, space-separated K=V (e.g. "MALLOC_ARENA_MAX=2 POOL_SIZE=200")
 //   BENCH_REPEAT     runs per subject and scenario, interleaved (default 1); the table keeps the run with
-//                    the most req/s (the latency table the median p99), the JSON keeps them all
+//                    the most req/s (the latency table the median p99, the upper median for an even
+//                    count: the higher of two), the JSON keeps them all
 //   BENCH_NGINX_EXTRA  directives added to the nginx peer's location block
 //   BENCH_OUT        directory for the JSON files instead of test/bench/results/ (a trial run that must
 //                    not replace the committed latest.json)
@@ -167,7 +168,9 @@ async function repeated(subjects, run, pick) {
   return rows;
 }
 const mostRps = (rs) => rs.reduce((a, b) => (b.rps > a.rps ? b : a));
-const medianP99 = (rs) => [...rs].sort((a, b) => a.p99 - b.p99)[Math.floor((rs.length - 1) / 2)];
+// The median p99 of the runs, the upper of the middle two for an even count: of two runs the worse,
+// not the better (the lower of two would be the optimistic pick, as "best kept" is for req/s).
+const medianP99 = (rs) => [...rs].sort((a, b) => a.p99 - b.p99)[Math.floor(rs.length / 2)];
 
 // autocannon's latencies with Connection: close on every request are not those of the requests: a
 // p50 of ~430 ms where its own throughput over 50 connections implies ~19 ms. They are left out (null).
@@ -317,7 +320,7 @@ async function main() {
   say(`- Load generator: ${meta.loadGenerator}${meta.latencyLoadGenerator ? `, and ${meta.latencyLoadGenerator} for the open-loop latency runs` : ''}; backend: ${meta.backend}`);
   if (pacer?.why) say(`- ${pacer.why}: the open-loop latency scenarios use ${gen.name === 'wrk' ? 'wrk’s whole-millisecond waits (clumped arrivals)' : 'autocannon’s rate (whole-millisecond latencies)'} instead`);
   say(`- Karma: commit ${meta.commit}${meta.runtimeDirty ? ' (runtime/ has uncommitted changes)' : ''}, bundle sha256 ${bundleSha ?? '–'}, env ${Object.entries(meta.karmaEnv).map(([k, v]) => `${k}=${v}`).join(' ')}${karmaNodeArgs.length ? `, node ${karmaNodeArgs.join(' ')}` : ''}`);
-  say(`- ${DURATION} s measured after ${WARMUP} s of warm-up per run${REPEAT > 1 ? `, ${REPEAT} runs each (best kept)` : ''}; load average at start ${meta.loadavgAtStart.join(' ')}`);
+  say(`- ${DURATION} s measured after ${WARMUP} s of warm-up per run${REPEAT > 1 ? `, ${REPEAT} runs each (best kept; latency: the median p99, of an even count the higher middle one)` : ''}; load average at start ${meta.loadavgAtStart.join(' ')}`);
   for (const [id, why] of Object.entries(skipped)) say(`- SKIPPED ${id}: ${why}`);
   if (gen.name !== 'wrk') say(`- autocannon drives the load (${gen.why}); its latencies are whole milliseconds`);
   say();
@@ -456,7 +459,8 @@ async function main() {
       rows.push(...(await repeated(subjects, (s) => measure(s, sc, {}), mostRps)));
     }
     const nginx = rows.find((r) => r.subject === 'nginx');
-    for (const r of rows) {
+    // No ratio for direct (no proxy), as its row shows –: the JSON says what the table says.
+    for (const r of rows.filter((x) => x.kind !== 'baseline')) {
       r.vsNginx = ratio(r.rps, nginx?.rps);
       r.vsNginxPerCore = ratio(r.rpsPerCore, nginx?.rpsPerCore);
     }
@@ -474,7 +478,7 @@ async function main() {
   p(`### Results (${meta.date.slice(0, 10)}, commit ${meta.commit ?? '–'})`);
   p();
   p(`${meta.cores} × ${meta.cpu}, Node ${meta.node}. ${layout}. Load: ${meta.loadGenerator}${gen.why ? ` (${gen.why})` : ''}. Backend: ${meta.backend}.`);
-  p(`Each run: ${WARMUP} s warm-up, ${DURATION} s measured${REPEAT > 1 ? `; ${REPEAT} runs per row, interleaved, the best kept (latency: the median p99)` : ''}. "× nginx" compares with nginx in this same run${hadNginx ? '' : ' (no nginx in this run: ratios –)'}.`);
+  p(`Each run: ${WARMUP} s warm-up, ${DURATION} s measured${REPEAT > 1 ? `; ${REPEAT} runs per row, interleaved, the best kept (latency: the median p99, of an even count the higher middle one)` : ''}. "× nginx" compares with nginx in this same run${hadNginx ? '' : ' (no nginx in this run: ratios –)'}.`);
   p('"req/s per core" is requests divided by the CPU seconds the proxy\'s processes used: it does not move when other');
   p('processes share the machine, where req/s does.');
   p();
@@ -524,13 +528,13 @@ async function main() {
   const t = [];
   const ks = find('small', 'karma');
   const ns = find('small', 'nginx');
-  // A target this run cannot judge says why (met: undefined), rather than passing or failing it. The
+  // A target this run cannot judge says why (met: null), rather than passing or failing it. The
   // ratio judged is shown with 3 decimals: 0.4979 printed as 0.50× beside "met: no" reads as a contradiction.
   const smallTarget = 'small-GET throughput per core ≥ 0.5× nginx (same run)';
   if (ks && ns) {
     t.push({ target: smallTarget, value: `${fmtRatio(ks.vsNginxPerCore, 3)} per core (${num(ks.rpsPerCore)} vs ${num(ns.rpsPerCore)}); ${fmtRatio(ks.vsNginx, 3)} in req/s`, met: ks.vsNginxPerCore >= 0.5 });
   } else if (ks) {
-    t.push({ target: smallTarget, value: `not measured: no nginx in this run (${num(ks.rpsPerCore)} req/s per core alone)`, met: undefined });
+    t.push({ target: smallTarget, value: `not measured: no nginx in this run (${num(ks.rpsPerCore)} req/s per core alone)`, met: null });
   }
   const latencyTarget = (sc, target) => {
     const k = find(sc, 'karma');
@@ -541,9 +545,9 @@ async function main() {
     // The open-loop scenarios use pace when a C compiler builds it; the in-step one is wrk's alone.
     const remedy = SCENARIOS.find((x) => x.id === sc)?.arrivals ? `a C compiler for pace, or wrk: ${gen.instead}` : gen.instead;
     const from = results.scenarios[sc].maxRateFrom;
-    if (from?.scenario && !from.cpuBound) t.push({ target, value: `not judged: ${notCpuBound(from)}, so half of its req/s is not half its maximum rate; ${value}`, met: undefined });
+    if (from?.scenario && !from.cpuBound) t.push({ target, value: `not judged: ${notCpuBound(from)}, so half of its req/s is not half its maximum rate; ${value}`, met: null });
     else if (usPrecision) t.push({ target, value, met: k.addedP99 <= 1 });
-    else t.push({ target, value: `not measurable: ${gen.name}'s latencies are whole milliseconds (${remedy}); ${value}`, met: undefined });
+    else t.push({ target, value: `not measurable: ${gen.name}'s latencies are whole milliseconds (${remedy}); ${value}`, met: null });
   };
   // The verdict is on a constant offered rate, the issue's "at half the proxy's maximum rate"; the
   // other two arrival patterns are reported beside it.
@@ -561,7 +565,7 @@ async function main() {
     p();
     p('| target | reached | met |');
     p('|---|---|---|');
-    for (const x of t) p(`| ${x.target} | ${x.value} | ${x.met === undefined ? '–' : x.met ? 'yes' : 'no'} |`);
+    for (const x of t) p(`| ${x.target} | ${x.value} | ${x.met === null || x.met === undefined ? '–' : x.met ? 'yes' : 'no'} |`);
     p();
   }
   results.targets = t;
