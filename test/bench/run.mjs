@@ -179,8 +179,9 @@ const latencyUnreliable = (sc, loadOpts = {}) => gen?.name === 'autocannon' && s
 
 // Karma's small-GET run counts as CPU-bound (its req/s as its maximum) from this share of a core up.
 const CPU_BOUND = 0.9;
-const notCpuBound = (from) => `Karma’s small-GET run used ${num((from.proxyCpuCores ?? 0) * 100)}% of a core (not CPU-bound, < ${CPU_BOUND * 100}%)`;
-const maxCaveat = (from) => (from?.scenario && !from.cpuBound ? `, not its maximum: ${notCpuBound(from)}` : from?.setting ? `, given by ${from.setting}` : '');
+// One decimal: 89.7% must not print as 90% beside "< 90%".
+const notCpuBound = (from) => `Karma’s small-GET run used ${num((from.proxyCpuCores ?? 0) * 100, 1)}% of a core (not CPU-bound, < ${CPU_BOUND * 100}%)`;
+const maxCaveat = (from) => (from?.scenario && !from.cpuBound ? `, not its maximum: ${notCpuBound(from)}` : from?.setting ? `, half of a maximum from ${from.setting}` : '');
 
 const SCENARIOS = [
   { id: 'small', title: 'Small GET, keep-alive', path: '/small', connections: 50, note: '102-byte body, 50 keep-alive connections' },
