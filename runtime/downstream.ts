@@ -673,9 +673,17 @@ function inRequestLine(buf: Buffer, at: number | undefined, beganInBuf: boolean,
   const start = buf.lastIndexOf(10, at - 1) + 1;
   // A head begun in an earlier read: still in its request line if that had not ended and this read has no line end before `at`.
   if (start === 0 && !beganInBuf) return lineOpen;
-  // A request line starts a message: at the read's start, or after the blank line ending the one before.
-  if (start > 0 && !(start >= 2 && buf[start - 2] === 10) && !(start >= 3 && buf[start - 2] === 13 && buf[start - 3] === 10)) return false;
+  // A request line starts a message: at the read's start, after the blank line ending the one before, or
+  // (a head begun in this read) after nothing but the empty lines a request may begin with (RFC 9112 §2.2).
+  if (start > 0 && !(start >= 2 && buf[start - 2] === 10) && !(start >= 3 && buf[start - 2] === 13 && buf[start - 3] === 10) &&
+      !(beganInBuf && onlyLineEnds(buf, start))) return false;
   return /^[A-Z][A-Z0-9!#$%&'*+.^_`|~-]* \S/.test(buf.subarray(start, Math.min(at, start + 64)).toString('latin1'));
+}
+
+/** The first `end` bytes of `buf` are CRs and LFs only. */
+function onlyLineEnds(buf: Buffer, end: number): boolean {
+  for (let i = 0; i < end; i++) if (buf[i] !== 13 && buf[i] !== 10) return false;
+  return true;
 }
 
 /**
@@ -899,8 +907,10 @@ export class ClientConn {
 
   /** What a read parsed to; `d` is the read, or undefined to ask the parser for a copy. */
   private parsed(r: number | Error | undefined, d: Buffer | undefined): void {
+    // The read, copied out of the parser at most once, and only when a check below needs it.
+    let read = d;
     if (this.first && this.begun) {
-      const read = d ?? this.parser.getCurrentBuffer!();
+      read ??= this.parser.getCurrentBuffer!();
       const seen = this.firstLine === undefined ? read : Buffer.concat([this.firstLine, read]);
       const heading = this.state === HEAD && !this.reading && typeof r === 'number';
       // llhttp reads `GET /\r\n` (HTTP/0.9) as a request line still waiting for its headers: answer it
@@ -924,18 +934,18 @@ export class ClientConn {
       this.stopAfter = undefined;
       this.stopParsing();
       this.pause(PAUSE_UPGRADE);
-      stop.head = (d ?? this.parser.getCurrentBuffer!()).subarray(r as number);
+      stop.head = (read ?? this.parser.getCurrentBuffer!()).subarray(r as number);
       if (!stop.queued) this.enqueue(stop);
       return;
     }
     // Parsing stopped during this read (too many requests ahead of their turn): the rest is not looked at.
     if (this.done) return;
-    if (typeof r === 'object' && r !== null) return this.parseError(r as NodeJS.ErrnoException & { bytesParsed?: number }, d);
+    if (typeof r === 'object' && r !== null) return this.parseError(r as NodeJS.ErrnoException & { bytesParsed?: number }, read);
     // A head left unfinished by this read (a slow or large one, never the everyday request): is its request line?
-    if (this.state === HEAD) {
-      const read = d ?? this.parser.getCurrentBuffer!();
-      this.lineOpen = this.headInRead ? requestLineOpen(read) : this.lineOpen && read.indexOf(10) === -1;
-    }
+    if (this.state === HEAD && (this.headInRead || this.lineOpen)) {
+      read ??= this.parser.getCurrentBuffer!();
+      this.lineOpen = this.headInRead ? requestLineOpen(read) : read.indexOf(10) === -1;
+    } else this.lineOpen = false;
     const ignored = this.resumeAfter;
     if (ignored && this.reading !== ignored) {
       // The message whose Upgrade is ignored ended in this read: what follows it (a pipelined request, the

@@ -440,6 +440,9 @@ describe('upgrades', () => {
     ['pipelined behind a request, begun in its read', [GET('/first') + 'GET /', `${'q'.repeat(17_000)} HTTP/1.1\r\nHost: a\r\n\r\n`], [200, 414]],
     ['after a request line that ended in an earlier read', ['GET / HTTP/1.1\r\n', `X-Big: ${'b'.repeat(17_000)}\r\n\r\n`], [431]],
     ['a header that ended in an earlier read', ['GET / HTTP/1.1\r\nHost: a\r\n', `X-Big: ${'b'.repeat(17_000)}\r\n\r\n`], [431]],
+    ['after an empty line, in one read', [`\r\nGET /${'q'.repeat(17_000)} HTTP/1.1\r\nHost: a\r\n\r\n`], [414]],
+    ['after an empty line split from it', ['\r', `\nGET /${'q'.repeat(17_000)} HTTP/1.1\r\nHost: a\r\n\r\n`], [414]],
+    ['behind a request whose blank line comes with it', ['GET /first HTTP/1.1\r\nHost: a\r\n', `\r\nGET /${'q'.repeat(17_000)} HTTP/1.1\r\nHost: a\r\n\r\n`], [200, 414]],
   ])('a request line over MAX_HEADER_SIZE across reads is a 414 too (%s); a header is a 431', async (_what, pieces, statuses) => {
     const r = await rawExchange(port, trickle(pieces, 30));
     expect(r.responses.map((x) => x.status)).toEqual(statuses);
