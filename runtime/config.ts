@@ -121,7 +121,7 @@ const duration = (unit: 'seconds' | 'minutes', opts: { zero?: boolean } = {}) =>
   const ms = Math.round(n * (unit === 'minutes' ? 60_000 : 1000));
   // Timers count whole milliseconds: a positive value that rounds to 0 would mean "never" to some of them.
   if (ms === 0 && n > 0) throw new Invalid(`${opts.zero ? '0 or ' : ''}at least ${unit === 'minutes' ? '0.00002' : '0.001'} ${unit}`);
-  if (ms > MAX_TIMER_MS) throw new Invalid(`at most ${unit === 'minutes' ? 35_000 : 2_147_483} ${unit}`);
+  if (ms > MAX_TIMER_MS) throw new Invalid(`at most ${unit === 'minutes' ? 35_791 : 2_147_483} ${unit}`);
   return ms;
 };
 
@@ -237,13 +237,15 @@ const redisHostRe = /^(?:\[[0-9a-f:.]+\]|[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?
 
 /**
  * Karma's bare `host:port` (`[v6]:port` too), or a redis:// / rediss:// URL (user and password allowed).
- * As go-redis's address read them: a host alone is on Redis's port, 6379, and `:port` is this machine.
+ * `:port` is this machine, as go-redis dialled it. A host alone is on Redis's port, 6379, when it is
+ * plainly a host (a dotted name, localhost, an IP address): a single word is refused, as it may be a
+ * token pasted in the wrong place (which a look-up would send to DNS) or `true` meant as "on".
  */
 const redisUrl = (raw: string): string | undefined => {
   let t = raw.trim();
   if (t === '') return undefined;
   if (/^:\d{1,5}$/.test(t)) t = `127.0.0.1${t}`;
-  else if (/^([^/:@\s\[\]]+|\[[0-9a-fA-F:.]+\])$/.test(t) && redisHostRe.test(t)) t = `${t}:6379`;
+  else if (/^([^/:@\s\[\]]+|\[[0-9a-fA-F:.]+\])$/.test(t) && redisHostRe.test(t) && (/^\[|\./.test(t) || t.toLowerCase() === 'localhost')) t = `${t}:6379`;
   const bare = /^([^/:@\s\[\]]+|\[[0-9a-fA-F:.]+\]):(\d{1,5})$/.exec(t);
   if (bare) {
     if (!redisHostRe.test(bare[1])) throw new Invalid(`host:port whose host is an IP address or a DNS name, and '${bare[1]}' is not one`);
@@ -285,7 +287,8 @@ const withoutCredentials = (raw: string): string => {
   const scheme = /^[a-z][a-z0-9+.-]*:\/*/i.exec(raw)?.[0] ?? '';
   // Without an @, only a plain host[:port][/db] is shown: `redis://:token` (its @ lost, or cut at a
   // `#` in .env), or a token pasted alone, is a password all the same.
-  if (at === -1) return /^([a-z][a-z0-9+.-]*:\/\/)?[a-z0-9.-]*(:\d*)?(\/\d*)?$/i.test(raw.trim()) ? raw : `${scheme}***`;
+  // A single word with neither scheme, dot nor port may be a token pasted alone: not shown either.
+  if (at === -1) return /^([a-z][a-z0-9+.-]*:\/\/)?[a-z0-9.-]*(:\d*)?(\/\d*)?$/i.test(raw.trim()) && /[.:/]/.test(raw) ? raw : `${scheme}***`;
   const rest = `${at >= scheme.length ? scheme : ''}***${raw.slice(at)}`;
   return rest.replace(/(password=)[^&#]*/gi, '$1***');
 };
@@ -548,7 +551,7 @@ export const SETTINGS = {
   },
   redisUrl: {
     env: 'REDIS_URL',
-    doc: 'Optional Redis to share discovery: `redis://[user:pass@]host:port[/db]` (user and password percent-encoded; a database this Redis does not have is logged and sharing stays off), `rediss://…` (TLS) or `host:port` (a host alone is port 6379; `:port` is this machine, as go-redis read it); not cluster mode.',
+    doc: 'Optional Redis to share discovery: `redis://[user:pass@]host:port[/db]` (user and password percent-encoded; a database this Redis does not have is logged and sharing stays off), `rediss://…` (TLS) or `host:port` (a host name with a dot, `localhost` or an IP address alone is port 6379; `:port` is this machine, as go-redis read it); not cluster mode.',
     default: undefined,
     parse: redisUrl,
     shown: withoutCredentials,
@@ -737,7 +740,7 @@ export function listenNames(env: Env): { readonly env: string; readonly name: st
   const metricsHost = (env.METRICS_HOST ?? '').trim() === '' ? host : parsed(env.METRICS_HOST);
   const named: { env: string; name: string }[] = [];
   for (const [name, value] of [['HOST', host], ['METRICS_HOST', metricsHost]] as const) {
-    if (value !== undefined && isIP(value) === 0 && !named.some((n) => n.name === value)) named.push({ env: name, name: value });
+    if (value !== undefined && isIP(value) === 0 && !named.some((n) => n.name.toLowerCase() === value.toLowerCase())) named.push({ env: name, name: value });
   }
   return named;
 }

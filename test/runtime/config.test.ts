@@ -146,7 +146,7 @@ describe('configuration', () => {
     for (const raw of ['-1', '0x10', 'Inf', 'NaN', '1e', '.', '1..2', '5s', '++1', '+']) {
       expect(() => loadConfig({ NODE_FILTER: 'asg', POOL_TIMEOUT: raw })).toThrow(/POOL_TIMEOUT must be a number of seconds \(got/);
     }
-    expect(() => loadConfig({ NODE_FILTER: 'asg', CIRCUIT_BREAKER_TIMEOUT: '1e12' })).toThrow(/CIRCUIT_BREAKER_TIMEOUT must be at most 35000 minutes/);
+    expect(() => loadConfig({ NODE_FILTER: 'asg', CIRCUIT_BREAKER_TIMEOUT: '1e12' })).toThrow(/CIRCUIT_BREAKER_TIMEOUT must be at most 35791 minutes/);
   });
 
   test('static mode reads STATIC_TARGETS, IPv6 included', () => {
@@ -175,12 +175,16 @@ describe('configuration', () => {
     ]);
   });
 
-  test("REDIS_URL as go-redis's address took it: a host alone is on port 6379, `:port` is this machine", () => {
+  test("REDIS_URL: a plain host alone is on port 6379, `:port` is this machine (go-redis's reading); a single word is refused, unshown", () => {
     expect(loadConfig({ NODE_FILTER: 'asg', REDIS_URL: 'my-redis.cache.amazonaws.com' }).redisUrl).toBe('redis://my-redis.cache.amazonaws.com:6379');
-    expect(loadConfig({ NODE_FILTER: 'asg', REDIS_URL: ' redis ' }).redisUrl).toBe('redis://redis:6379');
+    expect(loadConfig({ NODE_FILTER: 'asg', REDIS_URL: ' localhost ' }).redisUrl).toBe('redis://localhost:6379');
+    expect(loadConfig({ NODE_FILTER: 'asg', REDIS_URL: '10.0.0.5' }).redisUrl).toBe('redis://10.0.0.5:6379');
     expect(loadConfig({ NODE_FILTER: 'asg', REDIS_URL: '[::1]' }).redisUrl).toBe('redis://[::1]:6379');
     expect(loadConfig({ NODE_FILTER: 'asg', REDIS_URL: ':6380' }).redisUrl).toBe('redis://127.0.0.1:6380');
-    for (const bad of [':', ':0', ':70000', 'my redis', 'cache!']) expect(errorOf({ NODE_FILTER: 'asg', REDIS_URL: bad }).problems).toEqual([expect.stringMatching(/^REDIS_URL must be /)]);
+    for (const bad of [':', ':0', ':70000', 'my redis', 'cache!', 'true', '1', 'redis']) expect(errorOf({ NODE_FILTER: 'asg', REDIS_URL: bad }).problems).toEqual([expect.stringMatching(/^REDIS_URL must be /)]);
+    // A token pasted alone is neither taken as a host (and sent to DNS) nor shown.
+    const token = 'Xk9fP2qLm7Rt4vWzS3cr3t';
+    expect(errorOf({ NODE_FILTER: 'asg', REDIS_URL: token }).problems).toEqual(["REDIS_URL must be a redis:// or rediss:// URL, or host:port (got '***')"]);
   });
 
   test('REDIS_URL\'s host is an IP address or a DNS name (a compose service\'s my_redis too); a stray quote is refused at start', () => {
