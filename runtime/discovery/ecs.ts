@@ -471,7 +471,8 @@ export class EcsProvider implements Provider {
   private notFound(route: RouteKey, clusterGone: boolean): undefined {
     // Without caseLookup, `MyCluster` is unreachable by any Host (lower-cased), and its 503s would say
     // nothing of why: said once, with the route that first met it (maybe a client's invention).
-    if (!this.caseLookup && !this.saidCaseHint) {
+    // Not for a cluster of ALLOWED_CLUSTERS: it is asked for as spelled there, with or without the look-up.
+    if (!this.caseLookup && !this.saidCaseHint && !(clusterGone && this.configuredClusters.has(route.cluster))) {
       this.saidCaseHint = true;
       log('warn', `ECS knows no ${clusterGone ? 'cluster' : 'service'} of a route, which is empty (a 503). A Host's names are lower case and ECS's are case-sensitive: ` +
         'for clusters or services with capitals set ECS_CASE_LOOKUP=true (the role must allow ecs:ListClusters and ecs:ListServices). Said once', {

@@ -422,6 +422,11 @@ describe('EcsProvider with mocked SDK clients', () => {
       await expect(p.discover({ ...route, cluster: 'mycluster' })).resolves.toEqual([]);
       const said = lines.filter((l) => String(l.msg).includes('ECS_CASE_LOOKUP=true'));
       expect(said).toEqual([expect.objectContaining({ level: 'warn', cluster: route.cluster, service: 'myapi' })]);
+      // A cluster of ALLOWED_CLUSTERS is asked for as spelled there: the look-up would not help it.
+      const since = lines.length;
+      await expect(provider({ clusterNames: ['Prod'] }).discover(route)).resolves.toEqual([]);
+      expect(lines.slice(since).filter((l) => String(l.msg).includes('ECS_CASE_LOOKUP'))).toEqual([]);
+      expect(lines.slice(since).filter((l) => String(l.msg).startsWith('an ECS cluster of ALLOWED_CLUSTERS does not exist'))).toHaveLength(1);
       // With the look-up on, there is nothing to suggest.
       const before = lines.length;
       ecsMock.on(ListClustersCommand).resolves({ clusterArns: [] });
