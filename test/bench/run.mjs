@@ -460,8 +460,9 @@ async function main() {
       rows.push(...(await repeated(subjects, (s) => measure(s, sc, {}), mostRps)));
     }
     const nginx = rows.find((r) => r.subject === 'nginx');
-    // No ratio for direct (no proxy), as its row shows –: the JSON says what the table says.
-    for (const r of rows.filter((x) => x.kind !== 'baseline')) {
+    // No ratio for direct (no proxy), as its row shows –, nor in the latency scenarios, whose rate is
+    // the same offered one for every subject and whose tables show none: the JSON says what the table says.
+    for (const r of sc.id.startsWith('latency') ? [] : rows.filter((x) => x.kind !== 'baseline')) {
       r.vsNginx = ratio(r.rps, nginx?.rps);
       r.vsNginxPerCore = ratio(r.rpsPerCore, nginx?.rpsPerCore);
     }
