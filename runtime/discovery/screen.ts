@@ -2,8 +2,10 @@
  * The last check on what discovery hands the proxy (AWS answers, and what other proxies shared through
  * Redis): only unicast IP literals outside loopback, link-local (the metadata service), unspecified and
  * multicast addresses, on a port from 1 to 65535. A task or instance record, or a cache entry, naming
- * anything else is left out and counted: neither a broken API answer nor a poisoned cache may point the proxy at the instance
- * itself or its metadata service. STATIC_TARGETS are the operator's own and are not screened.
+ * anything else is left out and counted: neither a broken API answer nor a poisoned cache may point the proxy at its own
+ * listeners (PORT, METRICS_PORT on any of its addresses), a loopback-only service or the metadata service. Its host's
+ * other addresses stay targets on other ports: a proxy on an ECS container instance serves that host's bridge-mode
+ * tasks there. STATIC_TARGETS are the operator's own and are not screened.
  */
 import { isIP } from 'node:net';
 import * as os from 'node:os';
