@@ -1,7 +1,10 @@
 /**
  * IP literals read alike however they are spelt: pure helpers, with no log or metrics, for the
- * discovery screen (discovery/screen.ts) and for the construct's checks of STATIC_TARGETS (lib/).
+ * discovery screen (discovery/screen.ts), the settings' check of STATIC_TARGETS (config.ts) and the
+ * construct's (lib/).
  */
+import { isIP } from 'node:net';
+import * as os from 'node:os';
 
 /**
  * An IPv6 literal's eight 16-bit groups, read from the WHATWG URL parser's canonical form, so that
@@ -37,3 +40,29 @@ export const isV6LinkLocal = (g: readonly number[]): boolean => (g[0] & 0xffc0) 
 
 /** fd00:ec2::/32, from its groups: the instance's own AWS services (metadata fd00:ec2::254, DNS, time). */
 export const isV6InstanceServices = (g: readonly number[]): boolean => g[0] === 0xfd00 && g[1] === 0x0ec2;
+
+/** An IP literal in one spelling: IPv6 as its eight groups in hex, an IPv4-mapped one as the IPv4 address it carries. */
+export function canonicalAddress(host: string): string {
+  if (isIP(host) !== 6) return host;
+  const g = groupsOf(host);
+  if (g === undefined) return host;
+  return mappedV4(g) ?? g.map((x) => x.toString(16)).join(':');
+}
+
+/**
+ * A loopback address (127.0.0.0/8, ::1, an IPv4-mapped 127.x): each reaches this machine, listed by its
+ * interfaces or not (127.0.0.2 reaches a proxy listening on 0.0.0.0).
+ */
+export function isLoopbackAddress(host: string): boolean {
+  const c = canonicalAddress(host);
+  return c.startsWith('127.') || c === '0:0:0:0:0:0:0:1';
+}
+
+/** This machine's own addresses (every interface's), canonical. */
+export function ownAddresses(): Set<string> {
+  const out = new Set<string>();
+  for (const list of Object.values(os.networkInterfaces())) {
+    for (const a of list ?? []) out.add(canonicalAddress(a.address.split('%')[0]));
+  }
+  return out;
+}

@@ -7,6 +7,7 @@
  */
 import * as os from 'node:os';
 import { isIP } from 'node:net';
+import { canonicalAddress, isLoopbackAddress, ownAddresses } from './address';
 import { makeTarget, MAX_TIMER_MS, Target } from './types';
 
 export type NodeFilter = 'ecs' | 'asg' | 'tag' | 'static';
@@ -783,6 +784,17 @@ export function loadConfig(env: Env = process.env): Config {
   if (filter === 'static' && !(out.staticTargets as Target[] | undefined)?.length &&
       !problems.some((p) => p.startsWith('STATIC_TARGETS '))) {
     problems.push('STATIC_TARGETS is required when NODE_FILTER=static (ip:port,ip:port)');
+  }
+  // A static target that is the proxy itself (its PORT or METRICS_PORT at an address of this machine)
+  // sends every request, in MODE=tcp every connection, back into it, until POOL_SIZE runs out.
+  if (filter === 'static' && (out.staticTargets as Target[] | undefined)?.length) {
+    const ports = [out.port, out.metricsPort].filter((p): p is number => typeof p === 'number' && p > 0);
+    const own = ownAddresses();
+    const selves = (out.staticTargets as Target[]).filter((t) => ports.includes(t.port) && isIP(t.host) !== 0 &&
+      (isLoopbackAddress(t.host) || own.has(canonicalAddress(t.host)) || /^(0\.0\.0\.0|0:0:0:0:0:0:0:0)$/.test(canonicalAddress(t.host))));
+    if (selves.length > 0) {
+      problems.push(`STATIC_TARGETS must not name the proxy itself (${selves.map((t) => t.id).join(', ')}: its own PORT or METRICS_PORT on this machine), which would send every request back into it`);
+    }
   }
   if (filterValid && out.mode === 'tcp' && filter === 'ecs') {
     problems.push('MODE=tcp needs a pool: NODE_FILTER must be static, tag or asg (ecs routes by Host, which is HTTP)');

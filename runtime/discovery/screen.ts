@@ -8,8 +8,7 @@
  * tasks there. STATIC_TARGETS are the operator's own and are not screened.
  */
 import { isIP } from 'node:net';
-import * as os from 'node:os';
-import { groupsOf, isV6InstanceServices, isV6LinkLocal, isV6Loopback, mappedV4 } from '../address';
+import { canonicalAddress, groupsOf, isLoopbackAddress, isV6InstanceServices, isV6LinkLocal, isV6Loopback, mappedV4, ownAddresses } from '../address';
 import { log } from '../log';
 import { tasksSkipped } from '../metrics';
 import type { Found, Provider, RouteKey, Target } from '../types';
@@ -53,32 +52,6 @@ export function usablePort(port: number): boolean {
   return Number.isInteger(port) && port >= 1 && port <= 65535;
 }
 
-/** This machine's own addresses (every interface's), canonical. */
-export function ownAddresses(): Set<string> {
-  const out = new Set<string>();
-  for (const list of Object.values(os.networkInterfaces())) {
-    for (const a of list ?? []) out.add(canonical(a.address.split('%')[0]));
-  }
-  return out;
-}
-
-/**
- * A loopback address (127.0.0.0/8, ::1, an IPv4-mapped 127.x): each reaches this machine, listed by its
- * interfaces or not (127.0.0.2 reaches a proxy listening on 0.0.0.0).
- */
-function loopbackAddress(host: string): boolean {
-  const c = canonical(host);
-  return c.startsWith('127.') || c === '0:0:0:0:0:0:0:1';
-}
-
-function canonical(host: string): string {
-  if (isIP(host) !== 6) return host;
-  const g = groupsOf(host);
-  if (g === undefined) return host;
-  // An IPv4-mapped address is the IPv4 address it carries.
-  return mappedV4(g) ?? g.map((x) => x.toString(16)).join(':');
-}
-
 /**
  * `inner` with every result screened by usableAddress and usablePort, and never the proxy itself: one
  * of `ownPorts` (PORT, METRICS_PORT) on one of this machine's addresses would serve its metrics to
@@ -113,7 +86,7 @@ export class ScreenedProvider implements Provider {
     const badPort: Target[] = [];
     const own = this.ownPorts.length > 0 && targets.some((t) => this.ownPorts.includes(t.port)) ? ownAddresses() : undefined;
     for (const t of targets) {
-      if (!usableAddress(t.host, this.loopback) || (own && this.ownPorts.includes(t.port) && (own.has(canonical(t.host)) || loopbackAddress(t.host)))) badAddress.push(t);
+      if (!usableAddress(t.host, this.loopback) || (own && this.ownPorts.includes(t.port) && (own.has(canonicalAddress(t.host)) || isLoopbackAddress(t.host)))) badAddress.push(t);
       else if (!usablePort(t.port)) badPort.push(t);
       else kept.push(t);
     }

@@ -382,6 +382,17 @@ describe('configuration', () => {
     expect(errorOf({ NODE_FILTER: 'static', STATIC_TARGETS: '10.0.0.1' }).problems[0]).toMatch(/^STATIC_TARGETS must be/);
   });
 
+  test('STATIC_TARGETS naming the proxy itself (its PORT or METRICS_PORT on this machine) is refused: every request would come back to it', () => {
+    const pool = { NODE_FILTER: 'static', PORT: '46040', METRICS_PORT: '46041' };
+    for (const self of ['127.0.0.1:46040', '127.0.0.2:46041', '[::1]:46040', '[::ffff:127.0.0.1]:46040', '0.0.0.0:46040']) {
+      expect(errorOf({ ...pool, STATIC_TARGETS: `10.0.0.5:80,${self}` }).problems).toEqual([
+        expect.stringMatching(/^STATIC_TARGETS must not name the proxy itself \(.*: its own PORT or METRICS_PORT on this machine\)/),
+      ]);
+    }
+    // Another port of this machine, or the same port elsewhere, is a target like any.
+    expect(loadConfig({ ...pool, STATIC_TARGETS: '127.0.0.1:46042,10.0.0.5:46040' }).staticTargets).toHaveLength(2);
+  });
+
   test('STATIC_TARGETS names every entry that is not host:port, not just the first', () => {
     expect(errorOf({ NODE_FILTER: 'static', STATIC_TARGETS: '10.0.0.1:80,10.0.0.2,10.0.0.3:80,10.0.0.4:99999' }).problems).toEqual([
       "STATIC_TARGETS must be a comma-separated list of host:port (ports 1-65535), and '10.0.0.2', '10.0.0.4:99999' are not (got '10.0.0.1:80,10.0.0.2,10.0.0.3:80,10.0.0.4:99999')",
