@@ -236,6 +236,9 @@ const staticTargets = (raw: string): Target[] => {
 /** A Redis host: an IP literal (`[v6]`) or a DNS name, `_` allowed (a compose service's); no stray quote. */
 const redisHostRe = /^(?:\[[0-9a-f:.]+\]|[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*\.?)$/i;
 
+/** A Redis host: redisHostRe's, and all-numeric labels only as an IPv4 address (`1.2`, `999.1.1.1` are mistyped ones). */
+const redisHost = (h: string): boolean => redisHostRe.test(h) && (isIP(h) !== 0 || !h.replace(/\.$/, '').split('.').every((l) => /^\d+$/.test(l)));
+
 /**
  * Karma's bare `host:port` (`[v6]:port` too), or a redis:// / rediss:// URL (user and password allowed).
  * `:port` is this machine, as go-redis dialled it. A host alone is on Redis's port, 6379, when it is
@@ -246,10 +249,10 @@ const redisUrl = (raw: string): string | undefined => {
   let t = raw.trim();
   if (t === '') return undefined;
   if (/^:\d{1,5}$/.test(t)) t = `127.0.0.1${t}`;
-  else if (/^([^/:@\s\[\]]+|\[[0-9a-fA-F:.]+\])$/.test(t) && redisHostRe.test(t) && (/^\[|\./.test(t) || t.toLowerCase() === 'localhost')) t = `${t}:6379`;
+  else if (/^([^/:@\s\[\]]+|\[[0-9a-fA-F:.]+\])$/.test(t) && redisHost(t) && (/^\[|\./.test(t) || t.toLowerCase() === 'localhost')) t = `${t}:6379`;
   const bare = /^([^/:@\s\[\]]+|\[[0-9a-fA-F:.]+\]):(\d{1,5})$/.exec(t);
   if (bare) {
-    if (!redisHostRe.test(bare[1])) throw new Invalid(`host:port whose host is an IP address or a DNS name, and '${bare[1]}' is not one`);
+    if (!redisHost(bare[1])) throw new Invalid(`host:port whose host is an IP address or a DNS name, and '${bare[1]}' is not one`);
     if (Number(bare[2]) < 1 || Number(bare[2]) > 65535) throw new Invalid('a redis:// or rediss:// URL, or host:port with a port from 1 to 65535');
     return `redis://${t}`;
   }
@@ -262,7 +265,7 @@ const redisUrl = (raw: string): string | undefined => {
   if ((u.protocol !== 'redis:' && u.protocol !== 'rediss:') || u.hostname === '') {
     throw new Invalid('a redis:// or rediss:// URL, or host:port');
   }
-  if (u.hostname.length > 253 || !redisHostRe.test(u.hostname)) throw new Invalid('a redis:// or rediss:// URL whose host is an IP address or a DNS name');
+  if (u.hostname.length > 253 || !redisHost(u.hostname)) throw new Invalid('a redis:// or rediss:// URL whose host is an IP address or a DNS name');
   // The path is the database number (redis://host:6379/2): anything else the client would send as
   // SELECT NaN, whose refusal it throws where nobody catches it.
   if (u.pathname !== '' && u.pathname !== '/' && !/^\/\d{1,9}$/.test(u.pathname)) {

@@ -181,7 +181,7 @@ describe('configuration', () => {
     expect(loadConfig({ NODE_FILTER: 'asg', REDIS_URL: '10.0.0.5' }).redisUrl).toBe('redis://10.0.0.5:6379');
     expect(loadConfig({ NODE_FILTER: 'asg', REDIS_URL: '[::1]' }).redisUrl).toBe('redis://[::1]:6379');
     expect(loadConfig({ NODE_FILTER: 'asg', REDIS_URL: ':6380' }).redisUrl).toBe('redis://127.0.0.1:6380');
-    for (const bad of [':', ':0', ':70000', 'my redis', 'cache!', 'true', '1', 'redis']) expect(errorOf({ NODE_FILTER: 'asg', REDIS_URL: bad }).problems).toEqual([expect.stringMatching(/^REDIS_URL must be /)]);
+    for (const bad of [':', ':0', ':70000', 'my redis', 'cache!', 'true', '1', 'redis', '1.2', '999.1.1.1', '999.1.1.1:6379', 'redis://1.2.3:6379']) expect(errorOf({ NODE_FILTER: 'asg', REDIS_URL: bad }).problems).toEqual([expect.stringMatching(/^REDIS_URL must be /)]);
     // A token pasted alone is neither taken as a host (and sent to DNS) nor shown.
     const token = 'Xk9fP2qLm7Rt4vWzS3cr3t';
     expect(errorOf({ NODE_FILTER: 'asg', REDIS_URL: token }).problems).toEqual(["REDIS_URL must be a redis:// or rediss:// URL, or host:port (got '***')"]);
