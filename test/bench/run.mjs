@@ -251,7 +251,12 @@ async function main() {
     say(`bench: bad settings, nothing run:\n${badSettings.map((b) => `  ${b}`).join('\n')}`);
     process.exit(2);
   }
-  makeDir(OUT_DIR);
+  try {
+    makeDir(OUT_DIR);
+  } catch (e) {
+    say(`bench: bad settings, nothing run:\n  BENCH_OUT=${JSON.stringify(process.env.BENCH_OUT ?? '')}: ${OUT_DIR} cannot be created (${e.code ?? e.message}); a writable directory (created when missing)`);
+    process.exit(2);
+  }
   const started = new Date();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'karma-bench-'));
   workDir = dir;
@@ -591,10 +596,10 @@ async function main() {
   results.markdown = md.join('\n');
 
   say(results.markdown);
-  // A run that measured no proxy (every subject skipped or failing: the backend alone always answers),
-  // or not Karma when it was asked for, leaves the last results as they were, and fails.
+  // A run that measured nothing (every subject skipped or failing), or not Karma when it was asked for,
+  // leaves the last results as they were, and fails.
   const measured = (id) => Object.values(results.scenarios).some((s) => s.rows.some((r) => r.subject === id));
-  if (!Object.values(results.scenarios).some((s) => s.rows.some((r) => r.kind !== 'baseline'))) {
+  if (!Object.values(results.scenarios).some((s) => s.rows.length > 0)) {
     say('bench: nothing was measured (see the skipped lines above): no results written.');
     process.exit(1);
   }
