@@ -749,6 +749,44 @@ export function listenNames(env: Env): { readonly env: string; readonly name: st
   return named;
 }
 
+/**
+ * STATIC_TARGETS that are the proxy itself: its PORT or METRICS_PORT at an address its listener is
+ * reached at (the one address it listens on, or with 0.0.0.0 / `::` loopback, the unspecified address
+ * and this machine's own), which would send every request, in MODE=tcp every connection, back into it
+ * until POOL_SIZE runs out. It reads this machine's interfaces, so it is the running proxy's check
+ * (main.ts), never loadConfig's: a synth elsewhere must not judge by its own addresses. Only IP
+ * literals and `localhost` are judged; other names are the operator's.
+ */
+export function selfTargets(config: Config): Target[] {
+  if (config.nodeFilter !== 'static') return [];
+  const listeners = ([[config.port, config.host], [config.metricsPort, config.metricsHost]] as const).filter(([port]) => port > 0);
+  let own: Set<string> | undefined;
+  const ownAddressSet = (): Set<string> => {
+    if (own === undefined) {
+      try {
+        own = ownAddresses();
+      } catch {
+        own = new Set(); // interfaces unreadable (some sandboxes): loopback and unspecified are still judged
+      }
+    }
+    return own;
+  };
+  const reaches = (listenHost: string, targetHost: string): boolean => {
+    const host = targetHost.toLowerCase() === 'localhost' ? '127.0.0.1' : targetHost;
+    if (isIP(host) === 0 || isIP(listenHost) === 0) return false;
+    const t = canonicalAddress(host);
+    const l = canonicalAddress(listenHost);
+    const anyV4 = l === '0.0.0.0';
+    const anyV6 = l === '0:0:0:0:0:0:0:0';
+    // A listener on one address is reached at that address only (127.0.0.2 is not 127.0.0.1).
+    if (!anyV4 && !anyV6) return t === l;
+    // On every address: 0.0.0.0 takes IPv4 only (an IPv4-mapped target is its IPv4 address), `::` both.
+    if (anyV4 && isIP(t) === 6) return false;
+    return t === '0.0.0.0' || t === '0:0:0:0:0:0:0:0' || isLoopbackAddress(t) || ownAddressSet().has(t);
+  };
+  return config.staticTargets.filter((t) => listeners.some(([port, host]) => t.port === port && reaches(host, t.host)));
+}
+
 /** Reads and checks every setting; throws one ConfigError naming every bad or missing variable. */
 export function loadConfig(env: Env = process.env): Config {
   const problems: string[] = [];
@@ -787,17 +825,6 @@ export function loadConfig(env: Env = process.env): Config {
   if (filter === 'static' && !(out.staticTargets as Target[] | undefined)?.length &&
       !problems.some((p) => p.startsWith('STATIC_TARGETS '))) {
     problems.push('STATIC_TARGETS is required when NODE_FILTER=static (ip:port,ip:port)');
-  }
-  // A static target that is the proxy itself (its PORT or METRICS_PORT at an address of this machine)
-  // sends every request, in MODE=tcp every connection, back into it, until POOL_SIZE runs out.
-  if (filter === 'static' && (out.staticTargets as Target[] | undefined)?.length) {
-    const ports = [out.port, out.metricsPort].filter((p): p is number => typeof p === 'number' && p > 0);
-    const own = ownAddresses();
-    const selves = (out.staticTargets as Target[]).filter((t) => ports.includes(t.port) && isIP(t.host) !== 0 &&
-      (isLoopbackAddress(t.host) || own.has(canonicalAddress(t.host)) || /^(0\.0\.0\.0|0:0:0:0:0:0:0:0)$/.test(canonicalAddress(t.host))));
-    if (selves.length > 0) {
-      problems.push(`STATIC_TARGETS must not name the proxy itself (${selves.map((t) => t.id).join(', ')}: its own PORT or METRICS_PORT on this machine), which would send every request back into it`);
-    }
   }
   if (filterValid && out.mode === 'tcp' && filter === 'ecs') {
     problems.push('MODE=tcp needs a pool: NODE_FILTER must be static, tag or asg (ecs routes by Host, which is HTTP)');

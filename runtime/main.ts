@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import * as http from 'node:http';
 import { lookup } from 'node:dns/promises';
 import type { AddressInfo, Socket } from 'node:net';
-import { Config, ConfigError, ENV_NAMES, listenNames, loadConfig, loopbackTargetsByEndpoint, mistypedSettings } from './config';
+import { Config, ConfigError, ENV_NAMES, listenNames, loadConfig, loopbackTargetsByEndpoint, mistypedSettings, selfTargets } from './config';
 import { answerAcceptorRequest } from './acceptors';
 import { parseDotEnv } from './dotenv';
 import { Coordinator, providerFor } from './coordinator';
@@ -44,6 +44,11 @@ function configOrExit(dotEnvProblems: readonly string[] = [], nameProblems: read
     problems.push(...e.problems);
   }
   problems.push(...nameProblems);
+  // Judged by this machine's addresses: the running proxy's check, not the settings' (selfTargets).
+  const selves = config && cluster.isPrimary ? selfTargets(config) : [];
+  if (selves.length > 0) {
+    problems.push(`STATIC_TARGETS must not name the proxy itself (${selves.map((t) => t.id).join(', ')}: its own PORT or METRICS_PORT at an address it listens on), which would send every request back into it`);
+  }
   if (config === undefined || problems.length > 0) {
     // A likely typo is said with the problems: it may be why a setting is missing (HEALTH_CHECK_TIMOUT).
     for (const { name, meant } of mistypedSettings(process.env)) problems.push(`${name} is not a setting and is ignored; did you mean ${meant}?`);

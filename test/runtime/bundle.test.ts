@@ -610,6 +610,13 @@ describe('the bundle starts and stops cleanly', () => {
     expect(lines[0]).not.toContain('METRICS_HOST');
   });
 
+  test('STATIC_TARGETS naming the proxy itself stops the start (exit 2) rather than looping every connection back into it', async () => {
+    const port = await freePort();
+    const r = await runBundle({ NODE_FILTER: 'static', MODE: 'tcp', STATIC_TARGETS: `127.0.0.1:${port}`, HEALTH_CHECK_PATH: 'off', HOST: '127.0.0.1', PORT: String(port), METRICS_HOST: '127.0.0.1', METRICS_PORT: '0', WORKERS: '1' });
+    expect(r.code).toBe(2);
+    expect(r.stderr.trim().split('\n')).toEqual([expect.stringContaining(`STATIC_TARGETS must not name the proxy itself (127.0.0.1:${port}: its own PORT or METRICS_PORT at an address it listens on)`)]);
+  });
+
   test('a HOST resolving to nothing is named in the same message as the other bad settings, not at the next start', async () => {
     const r = await runBundle({ NODE_FILTER: 'static', STATIC_TARGETS: '127.0.0.1:9', HEALTH_CHECK_PATH: 'off', HOST: 'nosuch.invalid', PORT: 'abc', METRICS_HOST: 'other.invalid', METRICS_PORT: '0', WORKERS: '1' });
     expect(r.code).toBe(2);

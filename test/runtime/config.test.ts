@@ -1,4 +1,5 @@
-import { ConfigError, ENV_NAMES, loadConfig, mistypedSettings, TCP_IDLE_TIMEOUT_MS } from '../../runtime/config';
+import * as os from 'node:os';
+import { ConfigError, ENV_NAMES, loadConfig, mistypedSettings, selfTargets, TCP_IDLE_TIMEOUT_MS } from '../../runtime/config';
 import { parseHost, rulesFrom } from '../../runtime/routing';
 
 const errorOf = (env: Record<string, string>): ConfigError => {
@@ -382,15 +383,21 @@ describe('configuration', () => {
     expect(errorOf({ NODE_FILTER: 'static', STATIC_TARGETS: '10.0.0.1' }).problems[0]).toMatch(/^STATIC_TARGETS must be/);
   });
 
-  test('STATIC_TARGETS naming the proxy itself (its PORT or METRICS_PORT on this machine) is refused: every request would come back to it', () => {
-    const pool = { NODE_FILTER: 'static', PORT: '46040', METRICS_PORT: '46041' };
-    for (const self of ['127.0.0.1:46040', '127.0.0.2:46041', '[::1]:46040', '[::ffff:127.0.0.1]:46040', '0.0.0.0:46040']) {
-      expect(errorOf({ ...pool, STATIC_TARGETS: `10.0.0.5:80,${self}` }).problems).toEqual([
-        expect.stringMatching(/^STATIC_TARGETS must not name the proxy itself \(.*: its own PORT or METRICS_PORT on this machine\)/),
-      ]);
-    }
-    // Another port of this machine, or the same port elsewhere, is a target like any.
-    expect(loadConfig({ ...pool, STATIC_TARGETS: '127.0.0.1:46042,10.0.0.5:46040' }).staticTargets).toHaveLength(2);
+  test('STATIC_TARGETS naming the proxy itself: its PORT or METRICS_PORT at an address its listener is reached at', () => {
+    const selves = (env: Record<string, string>) => selfTargets(loadConfig({ NODE_FILTER: 'static', PORT: '46040', METRICS_PORT: '46041', ...env })).map((t) => t.id);
+    const own = Object.values(os.networkInterfaces()).flat().find((a) => a && a.family === 'IPv4' && !a.internal)?.address;
+    // Listening on every IPv4 address: loopback, the unspecified address, this machine's own.
+    const targets = ['127.0.0.1:46040', '127.0.0.2:46041', '[::ffff:127.0.0.1]:46040', '0.0.0.0:46040', 'localhost:46040', ...(own ? [`${own}:46040`] : [])];
+    expect(selves({ STATIC_TARGETS: ['10.0.0.5:80', ...targets].join(',') })).toEqual(targets);
+    // Another port, the same port elsewhere, or IPv6 loopback when only IPv4 is listened on: targets like any.
+    expect(selves({ STATIC_TARGETS: '127.0.0.1:46042,10.0.0.5:46040,[::1]:46040' })).toEqual([]);
+    expect(selves({ HOST: '::', STATIC_TARGETS: '[::1]:46040' })).toEqual(['[::1]:46040']);
+    // A listener on one address is reached there only: 127.0.0.2:46040 in front of an app on 127.0.0.1:46040.
+    expect(selves({ HOST: '127.0.0.2', STATIC_TARGETS: '127.0.0.1:46040' })).toEqual([]);
+    expect(selves({ HOST: '127.0.0.2', STATIC_TARGETS: '127.0.0.2:46040' })).toEqual(['127.0.0.2:46040']);
+    expect(selves({ HOST: '127.0.0.1', METRICS_HOST: '127.0.0.1', STATIC_TARGETS: `${own ?? '10.9.9.9'}:46041` })).toEqual([]);
+    // Not a static pool, or the ports left to the system (0): nothing to judge.
+    expect(selves({ PORT: '0', METRICS_PORT: '0', STATIC_TARGETS: '127.0.0.1:46040' })).toEqual([]);
   });
 
   test('STATIC_TARGETS names every entry that is not host:port, not just the first', () => {
