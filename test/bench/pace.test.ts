@@ -95,7 +95,8 @@ d('pace, the open-loop load generator', () => {
     server = undefined;
   });
 
-  const pace = (port: number, connections: number, rate: number, seconds: number, arrivals = 'uniform', trace?: string): Promise<Result> =>
+  /** Runs pace; `paused` stops it (SIGSTOP) over [from, to) ms after its start, as a busy machine might. */
+  const pace = (port: number, connections: number, rate: number, seconds: number, arrivals = 'uniform', trace?: string, paused?: [number, number]): Promise<Result> =>
     new Promise((resolve, reject) => {
       const child = spawn(bin, ['127.0.0.1', String(port), '/small', String(connections), String(rate), String(seconds), '0', arrivals], {
         env: { ...process.env, ...(trace ? { PACE_TRACE: trace } : {}) },
@@ -103,10 +104,12 @@ d('pace, the open-loop load generator', () => {
       let out = '';
       let err = '';
       const timer = setTimeout(() => child.kill('SIGKILL'), (seconds + 10) * 1000);
+      const pauses = paused ? [setTimeout(() => child.kill('SIGSTOP'), paused[0]), setTimeout(() => child.kill('SIGCONT'), paused[1])] : [];
       child.stdout.on('data', (c) => (out += c));
       child.stderr.on('data', (c) => (err += c));
       child.on('exit', (code) => {
         clearTimeout(timer);
+        for (const t of pauses) clearTimeout(t);
         if (code === 0) resolve(JSON.parse(out) as Result);
         else reject(new Error(`pace exited ${code}: ${err}`));
       });
@@ -131,6 +134,15 @@ d('pace, the open-loop load generator', () => {
     expect(median).toBeLessThan(7);
     expect(gaps.filter((g) => g < 1).length).toBeLessThan(gaps.length / 4);
     expect(sent[sent.length - 1] / 1e6).toBeGreaterThan(0.9);
+  });
+
+  test('still sends the requests due before the end when it wakes up after it (a stalled machine), and counts their wait', async () => {
+    server = await backend();
+    // Stopped from 0.8 s to 1.3 s of a 1 s run at 100/s: the ~20 requests due in between go when it wakes.
+    const r = await pace(server.port, 2, 100, 1, 'uniform', undefined, [800, 1300]);
+    expect(r).toMatchObject({ requests: 100, errors: 0 });
+    expect(server.arrivals).toHaveLength(100);
+    expect(r.max).toBeGreaterThan(300);
   });
 
   test('counts latency from when a request was due, so a slow server shows its queue', async () => {

@@ -144,8 +144,9 @@ int main(int argc, char **argv) {
 
   for (;;) {
     uint64_t t = now_ns();
-    // Past the end nothing new is sent; the requests already due are answered (at most 2 s more).
-    if (t >= stop && ((idle_count == (size_t)n && w_count == 0) || t >= stop + 2000000000ull)) break;
+    // Past the end nothing new is sent; the requests due before it are sent (a late wake-up must not
+    // drop them) and answered (at most 2 s more).
+    if (t >= stop && ((next_due >= stop && idle_count == (size_t)n && w_count == 0) || t >= stop + 2000000000ull)) break;
     // Every request now due goes to an idle connection, or waits for one.
     while (next_due <= t && next_due < stop) {
       if (idle_count > 0) {
