@@ -191,6 +191,8 @@ const clusterNames = (raw: string): string[] =>
   });
 
 const hostnameRe = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
+/** Labels that are all numbers (`999.1.1.1`, `1.2`): a mistyped IPv4 address, never a host name. */
+const numericLabels = (name: string): boolean => name.split('.').every((l) => /^\d+$/.test(l));
 
 /** An address to listen on: an IPv4 or IPv6 literal, or a host name (resolved when listening). */
 const listenAddress = (raw: string): string => {
@@ -199,7 +201,7 @@ const listenAddress = (raw: string): string => {
   if (t.startsWith('[') && t.endsWith(']') && isIP(t.slice(1, -1)) === 6) t = t.slice(1, -1);
   if (isIP(t) !== 0) return t;
   // All-numeric labels are a mistyped IPv4 (999.1.1.1), not a name.
-  if (t.length > 253 || !hostnameRe.test(t.toLowerCase()) || t.split('.').every((l) => /^\d+$/.test(l))) {
+  if (t.length > 253 || !hostnameRe.test(t.toLowerCase()) || numericLabels(t)) {
     throw new Invalid('an IP address (0.0.0.0, ::, 127.0.0.1) or a host name');
   }
   return t;
@@ -224,7 +226,7 @@ const staticTargets = (raw: string): Target[] => {
     const host = m ? (m[1] ?? m[2]).toLowerCase() : '';
     // A bracketed host is an IPv6 literal; an unbracketed one an IPv4 literal or a name, whose labels
     // are not all numbers (999.1.1.1 is a mistyped address, not a name).
-    const hostOk = m && (m[1] ? isIP(host) === 6 : isIP(host) === 4 || (hostnameRe.test(host) && !host.split('.').every((l) => /^\d+$/.test(l))));
+    const hostOk = m && (m[1] ? isIP(host) === 6 : isIP(host) === 4 || (hostnameRe.test(host) && !numericLabels(host)));
     if (!m || port < 1 || port > 65535 || !hostOk) bad.push(`'${item}'`);
     else targets.push(makeTarget(host, port));
   }
@@ -236,8 +238,13 @@ const staticTargets = (raw: string): Target[] => {
 /** A Redis host: an IP literal (`[v6]`) or a DNS name, `_` allowed (a compose service's); no stray quote. */
 const redisHostRe = /^(?:\[[0-9a-f:.]+\]|[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*\.?)$/i;
 
+/** A host as Karma's bare `host:port` writes it (no scheme, userinfo or path; IPv6 in brackets): alone, and with its port. */
+const BARE_REDIS_HOST = '[^/:@\\s\\[\\]]+|\\[[0-9a-fA-F:.]+\\]';
+const bareRedisHostRe = new RegExp(`^(?:${BARE_REDIS_HOST})$`);
+const bareRedisAddressRe = new RegExp(`^(${BARE_REDIS_HOST}):(\\d{1,5})$`);
+
 /** A Redis host: redisHostRe's, and all-numeric labels only as an IPv4 address (`1.2`, `999.1.1.1` are mistyped ones). */
-const redisHost = (h: string): boolean => redisHostRe.test(h) && (isIP(h) !== 0 || !h.replace(/\.$/, '').split('.').every((l) => /^\d+$/.test(l)));
+const redisHost = (h: string): boolean => redisHostRe.test(h) && (isIP(h) !== 0 || !numericLabels(h.replace(/\.$/, '')));
 
 /**
  * Karma's bare `host:port` (`[v6]:port` too), or a redis:// / rediss:// URL (user and password allowed).
@@ -249,8 +256,8 @@ const redisUrl = (raw: string): string | undefined => {
   let t = raw.trim();
   if (t === '') return undefined;
   if (/^:\d{1,5}$/.test(t)) t = `127.0.0.1${t}`;
-  else if (/^([^/:@\s\[\]]+|\[[0-9a-fA-F:.]+\])$/.test(t) && redisHost(t) && (/^\[|\./.test(t) || t.toLowerCase() === 'localhost')) t = `${t}:6379`;
-  const bare = /^([^/:@\s\[\]]+|\[[0-9a-fA-F:.]+\]):(\d{1,5})$/.exec(t);
+  else if (bareRedisHostRe.test(t) && redisHost(t) && (/^\[|\./.test(t) || t.toLowerCase() === 'localhost')) t = `${t}:6379`;
+  const bare = bareRedisAddressRe.exec(t);
   if (bare) {
     if (!redisHost(bare[1])) throw new Invalid(`host:port whose host is an IP address or a DNS name, and '${bare[1]}' is not one`);
     if (Number(bare[2]) < 1 || Number(bare[2]) > 65535) throw new Invalid('a redis:// or rediss:// URL, or host:port with a port from 1 to 65535');
