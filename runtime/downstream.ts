@@ -616,12 +616,12 @@ export class Response {
   }
 }
 
-/** An answer written straight to a socket (upgrade requests, parse errors), closing the connection after. */
 /** The body of an answer of the proxy's own, as rawAnswer writes it. */
 function answerBody(message: string): string {
   return message + '\n';
 }
 
+/** An answer written straight to a socket (upgrade requests, parse errors), closing the connection after. */
 export function rawAnswer(socket: net.Socket | import('node:stream').Duplex, status: number, message: string, extraHeaders = ''): void {
   if (socket.destroyed || !socket.writable) return;
   if (status >= 500) proxyErrors.labels({ code: String(status) }).inc();
@@ -676,14 +676,8 @@ function inRequestLine(buf: Buffer, at: number | undefined, beganInBuf: boolean,
   // A request line starts a message: at the read's start, after the blank line ending the one before, or
   // (a head begun in this read) after nothing but the empty lines a request may begin with (RFC 9112 §2.2).
   if (start > 0 && !(start >= 2 && buf[start - 2] === 10) && !(start >= 3 && buf[start - 2] === 13 && buf[start - 3] === 10) &&
-      !(beganInBuf && onlyLineEnds(buf, start))) return false;
+      !(beganInBuf && lineStart(buf) >= start)) return false;
   return /^[A-Z][A-Z0-9!#$%&'*+.^_`|~-]* \S/.test(buf.subarray(start, Math.min(at, start + 64)).toString('latin1'));
-}
-
-/** The first `end` bytes of `buf` are CRs and LFs only. */
-function onlyLineEnds(buf: Buffer, end: number): boolean {
-  for (let i = 0; i < end; i++) if (buf[i] !== 13 && buf[i] !== 10) return false;
-  return true;
 }
 
 /**
