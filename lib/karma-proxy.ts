@@ -914,12 +914,13 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     }
   }
 
+  /** The policy-size warning has been said (validation runs at every synth of the app). */
+  private policySizeSaid = false;
+
   /**
    * The role's inline policies as IAM will measure them (this construct's and the role's default policy),
    * deploy-time values at a typical length: a problem naming what makes them long when over IAM's bound.
    */
-  private policySizeSaid = false;
-
   private policySizeProblems(maxCapacity: number, clusters: number): string[] {
     if (Stack.of(this.role) !== Stack.of(this)) return [];
     const policies = [this.permissions, this.role.node.tryFindChild('DefaultPolicy')]
