@@ -119,6 +119,13 @@ function readSettings(env) {
   return { settings, bad };
 }
 
+/** `dir`, or the nearest of its parents that exists. */
+function nearestExisting(dir) {
+  let existing = dir;
+  while (!fs.existsSync(existing) && path.dirname(existing) !== existing) existing = path.dirname(existing);
+  return existing;
+}
+
 /**
  * Why `dir` cannot hold the results, or undefined when it can: it is a writable directory, or the
  * nearest of its parents that exists is one (makeDir makes the rest once every setting is good, so
@@ -126,8 +133,7 @@ function readSettings(env) {
  * are the kernel's, and a recursive mkdirSync there retries forever.
  */
 function writableDir(dir) {
-  let existing = dir;
-  while (!fs.existsSync(existing) && path.dirname(existing) !== existing) existing = path.dirname(existing);
+  const existing = nearestExisting(dir);
   let real;
   try {
     real = path.join(fs.realpathSync(existing), path.relative(existing, dir));
@@ -146,8 +152,7 @@ function writableDir(dir) {
 
 /** Makes `dir` and its missing parents, one at a time (never mkdirSync's recursive option: see writableDir). */
 function makeDir(dir) {
-  let existing = dir;
-  while (!fs.existsSync(existing) && path.dirname(existing) !== existing) existing = path.dirname(existing);
+  const existing = nearestExisting(dir);
   for (let d = existing; d !== dir; ) {
     d = path.join(d, path.relative(d, dir).split(path.sep)[0]);
     fs.mkdirSync(d);
@@ -186,8 +191,9 @@ const latencyUnreliable = (sc, loadOpts = {}) => gen?.name === 'autocannon' && s
 
 // Karma's small-GET run counts as CPU-bound (its req/s as its maximum) from this share of a core up.
 const CPU_BOUND = 0.9;
-// One decimal: 89.7% must not print as 90% beside "< 90%".
-const notCpuBound = (from) => `Karma’s small-GET run used ${num(Math.floor((from.proxyCpuCores ?? 0) * 1000) / 10, 1)}% of a core (not CPU-bound, < ${CPU_BOUND * 100}%)`;
+// One decimal, cut: 89.96% must not print as 90.0% beside "< 90%".
+const notCpuBoundShare = (name, cores) => `${name} used ${num(Math.floor((cores ?? 0) * 1000) / 10, 1)}% of a core (not CPU-bound, < ${CPU_BOUND * 100}%)`;
+const notCpuBound = (from) => notCpuBoundShare('Karma’s small-GET run', from.proxyCpuCores);
 const maxCaveat = (from) => (from?.scenario && !from.cpuBound ? `, not its maximum: ${notCpuBound(from)}` : from?.setting ? `, half of a maximum from ${from.setting}` : '');
 
 const SCENARIOS = [
@@ -553,7 +559,7 @@ async function main() {
     // So a miss stands unless Karma was held back, and a pass unless nginx was.
     const pass = ks.vsNginxPerCore >= 0.5;
     const held = pass ? (ns.proxyCpuCores < CPU_BOUND ? ['nginx', ns] : undefined) : (ks.proxyCpuCores < CPU_BOUND ? ['Karma', ks] : undefined);
-    if (held) t.push({ target: smallTarget, value: `not judged: ${held[0]} used ${num(Math.floor(held[1].proxyCpuCores * 1000) / 10, 1)}% of a core (not CPU-bound, < ${CPU_BOUND * 100}%), so its req/s per core is not its best; ${value}`, met: null });
+    if (held) t.push({ target: smallTarget, value: `not judged: ${notCpuBoundShare(held[0], held[1].proxyCpuCores)}, so its req/s per core is not its best; ${value}`, met: null });
     else t.push({ target: smallTarget, value, met: pass });
   } else if (ks) {
     t.push({ target: smallTarget, value: `not measured: no nginx in this run (${num(ks.rpsPerCore)} req/s per core alone)`, met: null });
