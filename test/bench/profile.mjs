@@ -7,7 +7,7 @@
 //      the run, so that every bundle line names its module; the minified dist/ bundle would not),
 //      PROFILE_CONNECTIONS (default 50), PROFILE_INTERVAL_US (sampling interval, default 200),
 //      PROFILE_SUBJECT (default karma; alt:node-http etc. profile an alternative for comparison),
-//      PROFILE_OUT (default results/profile-latest.json), PROFILE_SCENARIO (small, 1mb or post64k;
+//      PROFILE_OUT (default results/profile-latest.json), PROFILE_SCENARIO (small, 1mb, post64k or newconn;
 //      default small).
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -26,6 +26,7 @@ const SCENARIOS = {
   small: { title: 'small GET', path: '/small' },
   '1mb': { title: '1 MB responses', path: '/1mb', connections: 10 },
   post64k: { title: 'POST 64 KB', path: '/post', method: 'POST', bodyBytes: 64 * 1024 },
+  newconn: { title: 'new connection per request', path: '/small', close: true },
 };
 const SCENARIO = process.env.PROFILE_SCENARIO ?? 'small';
 
@@ -150,7 +151,7 @@ async function main() {
   const sc = SCENARIOS[SCENARIO];
   if (!sc) throw new Error(`PROFILE_SCENARIO must be one of ${Object.keys(SCENARIOS).join(', ')}`);
   const url = `http://127.0.0.1:${inst.port}${sc.path}`;
-  const load = { url, connections: process.env.PROFILE_CONNECTIONS ? CONNECTIONS : (sc.connections ?? CONNECTIONS), method: sc.method, bodyBytes: sc.bodyBytes, dir, core: '0' };
+  const load = { url, connections: process.env.PROFILE_CONNECTIONS ? CONNECTIONS : (sc.connections ?? CONNECTIONS), method: sc.method, bodyBytes: sc.bodyBytes, close: sc.close, dir, core: '0' };
   await drive(gen, { ...load, seconds: 2 });
   const t0 = Number(process.hrtime.bigint() / 1000n);
   const r = await drive(gen, { ...load, seconds: SECONDS });
