@@ -1282,6 +1282,15 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       this.retrying = true;
       return this.next();
     }
+    // Its retries spent on targets that refused, the route's rediscovery begun since: a deploy that
+    // replaced more tasks than RETRIES. One more try, once it is found, as when no other target is left
+    // (next()): nothing reached any of them.
+    if (err.beforeSend && mayHaveLeft(err.kind) && unsent && this.rediscovery && !this.waitedForRoute) {
+      const rediscovery = this.rediscovery;
+      this.rediscovery = undefined;
+      this.retrying = true;
+      return this.awaitRoute(rediscovery);
+    }
     // The same, but the target failed before the client had sent all of a small body: the rest is read
     // into the kept copy, and the whole body goes to the next target once it has come.
     const wouldReplay = this.retryOnReset && (err.kind === 'reset' || garbled(err.kind)) && this.body && !this.bodyWhole && this.req.keeping;

@@ -596,6 +596,30 @@ describe('draining', () => {
     }
   });
 
+  test('a deploy that replaced more tasks than RETRIES: the request whose retries all met old tasks refusing waits for the rediscovery and goes to a new task, not a 502', async () => {
+    const olds = await Promise.all(['old1', 'old2', 'old3', 'old4', 'old5'].map((n) => startBackend(n)));
+    const fresh = await startBackend('fresh');
+    const oldTargets = olds.map((b) => makeTarget('127.0.0.1', b.port));
+    let deployed = false;
+    const provider: Provider = {
+      name: 'test',
+      discover: () => (deployed ? new Promise<Target[]>((r) => setTimeout(() => r([makeTarget('127.0.0.1', fresh.port)]), 300)) : Promise.resolve(oldTargets)),
+    };
+    const p = await proxyFor(olds, { HEALTH_CHECK_PATH: 'off', NODE_CHECK_PERIOD: '60' }, provider);
+    try {
+      expect((await request(p.port)).status).toBe(200);
+      // ECS has stopped the old tasks and started new ones; the proxy has not rediscovered yet.
+      await Promise.all(olds.map((b) => b.close()));
+      deployed = true;
+      await new Promise((r) => setTimeout(r, 1100)); // past the wait between rediscoveries for refusals
+      // Three tries (RETRIES=2) meet three old tasks refusing; the first refusal began the rediscovery.
+      expect(await request(p.port)).toMatchObject({ status: 200, body: 'fresh' });
+    } finally {
+      await p.stop();
+      await fresh.close();
+    }
+  });
+
   test('a retry waiting for its route to be rediscovered, its target having refused, is answered 503 at SHUTDOWN_TIMEOUT, not cut', async () => {
     const dead = await startBackend('dead');
     await dead.close();
