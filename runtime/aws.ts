@@ -178,6 +178,7 @@ export const MAX_PAGES = 100;
  */
 export async function* pages<P>(api: string, input: object, paginator: AsyncIterable<P>): AsyncGenerator<P> {
   const it = paginator[Symbol.asyncIterator]();
+  const tokens = new Set<string>();
   for (let n = 1; ; n++) {
     // An answer whose next token never ends (a broken or hostile endpoint) must not page for ever.
     if (n > MAX_PAGES) throw new Error(`${api}: more than ${MAX_PAGES} pages`);
@@ -190,8 +191,23 @@ export async function* pages<P>(api: string, input: object, paginator: AsyncIter
     }
     if (step.done) return;
     countIfUncounted(api, input);
+    // A token given twice (AWS never does): the listing would go round, or, as the SDK's paginator takes
+    // a token answered back as the last page (stopOnSameToken), end short. Either way the answer is not
+    // whole, and the last one found is kept rather than this part of it.
+    const token = nextToken(step.value);
+    if (token !== undefined) {
+      if (tokens.has(token)) throw new Error(`${api}: the same page token twice (a listing that is not whole)`);
+      tokens.add(token);
+    }
     yield step.value;
   }
+}
+
+/** A page's token for the next (ECS spells it nextToken, EC2 and Auto Scaling NextToken). */
+function nextToken(page: unknown): string | undefined {
+  const p = page as { nextToken?: unknown; NextToken?: unknown } | undefined;
+  const t = p?.nextToken ?? p?.NextToken;
+  return typeof t === 'string' && t !== '' ? t : undefined;
 }
 
 function baseConfig(opts: AwsClientOptions) {

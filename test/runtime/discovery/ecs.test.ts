@@ -131,19 +131,31 @@ describe('EcsProvider with mocked SDK clients', () => {
     expect(ec2Mock.calls()).toHaveLength(0); // private IPs need no EC2 call
   });
 
-  test('ListTasks pages without end stop at MAX_PAGES with an error; a token repeated stops the paging', async () => {
+  test('ListTasks pages without end stop at MAX_PAGES with an error; a token given twice is an error at once (the listing is not whole)', async () => {
     let n = 0;
     ecsMock.on(ListTasksCommand).callsFake(() => ({ taskArns: [fargateTask(n).taskArn as string], nextToken: `t${n++}` }));
     describeFrom([]);
     await expect(provider().discover(route)).rejects.toThrow(`ListTasks: more than ${MAX_PAGES} pages`);
     expect(ecsMock.commandCalls(ListTasksCommand)).toHaveLength(MAX_PAGES);
 
+    // The token sent answered back: the SDK's paginator would take that page as the last, 100 tasks of 250.
     ecsMock.reset();
-    const task = fargateTask(1);
-    ecsMock.on(ListTasksCommand).resolves({ taskArns: [task.taskArn as string], nextToken: 'same' });
-    describeFrom([task]);
-    expect(await provider().discover(route)).toHaveLength(1);
-    expect(ecsMock.commandCalls(ListTasksCommand).length).toBeLessThanOrEqual(2);
+    const tasks = Array.from({ length: 250 }, (_, i) => fargateTask(i));
+    ecsMock.on(ListTasksCommand).callsFake((input: { nextToken?: string }) => {
+      const from = Number(input.nextToken ?? 0);
+      return { taskArns: tasks.slice(from, from + 100).map((t) => t.taskArn as string), nextToken: '100' };
+    });
+    describeFrom(tasks);
+    await expect(provider().discover(route)).rejects.toThrow('ListTasks: the same page token twice');
+    expect(ecsMock.commandCalls(ListTasksCommand)).toHaveLength(2);
+
+    // Tokens taking turns (a, b, a, …): an error at the third page, not after MAX_PAGES.
+    ecsMock.reset();
+    let turn = 0;
+    ecsMock.on(ListTasksCommand).callsFake(() => ({ taskArns: [tasks[0].taskArn as string], nextToken: turn++ % 2 === 0 ? 'a' : 'b' }));
+    describeFrom(tasks);
+    await expect(provider().discover(route)).rejects.toThrow('ListTasks: the same page token twice');
+    expect(ecsMock.commandCalls(ListTasksCommand)).toHaveLength(3);
   });
 
   test(`a service of 2,000 tasks is described 100 at a time with at most ${BATCH_CONCURRENCY} calls in flight`, async () => {
