@@ -100,14 +100,24 @@ const ANSWER_LISTS: Readonly<Record<string, string>> = {
   DescribeNetworkInterfaces: 'NetworkInterfaces', DescribeAutoScalingGroups: 'AutoScalingGroups',
 };
 
+/**
+ * The list every item of those lists carries too, empty or not (`<Instances/>`, `<instancesSet/>`): an
+ * Auto Scaling group without its Instances would read as a group with none, an empty pool.
+ */
+const ITEM_LISTS: Readonly<Record<string, string>> = { DescribeAutoScalingGroups: 'Instances', DescribeInstances: 'Instances' };
+
 export class IncompleteAnswerError extends Error {
   override readonly name = 'IncompleteAnswer';
 }
 
 function checkAnswer(api: string, output: unknown): void {
   const list = ANSWER_LISTS[api];
-  if (list !== undefined && !Array.isArray((output as Record<string, unknown> | undefined)?.[list])) {
-    throw new IncompleteAnswerError(`${api}: the answer has no ${list} list (an empty or foreign body?)`);
+  if (list === undefined) return;
+  const items = (output as Record<string, unknown> | undefined)?.[list];
+  if (!Array.isArray(items)) throw new IncompleteAnswerError(`${api}: the answer has no ${list} list (an empty or foreign body?)`);
+  const inner = ITEM_LISTS[api];
+  if (inner !== undefined && !items.every((item) => Array.isArray((item as Record<string, unknown> | null)?.[inner]))) {
+    throw new IncompleteAnswerError(`${api}: an item of the answer's ${list} has no ${inner} list`);
   }
 }
 

@@ -73,7 +73,8 @@ export interface StubModel {
   secrets: Record<string, string>;
 }
 
-export type Fault = 'throttle' | 'error500' | 'hang' | 'reset' | 'malformed' | 'empty200' | 'html200' | 'emptyObject200' | 'delay';
+/** `noItemList`: the answer as usual, but its items without their own list (an Auto Scaling group without `Instances`, a reservation without `instancesSet`). */
+export type Fault = 'throttle' | 'error500' | 'hang' | 'reset' | 'malformed' | 'empty200' | 'html200' | 'emptyObject200' | 'delay' | 'noItemList';
 
 export interface FaultOptions {
   /** How many calls get the fault. @default 1 (Infinity: until clearFaults) */
@@ -494,6 +495,7 @@ export async function startAwsStub(model: Partial<StubModel> = {}, opts: AwsStub
     }
 
     const f = faults.find((x) => x.left > 0 && (x.api === api || x.api === '*'));
+    let itemListsLeftOut = false;
     if (f) {
       f.left--;
       if (f.fault !== 'delay' && f.delayMs !== undefined) {
@@ -530,6 +532,9 @@ export async function startAwsStub(model: Partial<StubModel> = {}, opts: AwsStub
           await new Promise((r) => setTimeout(r, f.delayMs ?? 1000));
           if (closing) return;
           break;
+        case 'noItemList':
+          itemListsLeftOut = true;
+          break;
       }
     }
 
@@ -542,7 +547,8 @@ export async function startAwsStub(model: Partial<StubModel> = {}, opts: AwsStub
       const table = proto === 'ec2' ? ec2 : autoScaling;
       const fn = table[api];
       if (!fn) throw new ApiError('InvalidAction', `The action ${api} is not valid for this web service.`);
-      const body = fn(form as URLSearchParams);
+      let body = fn(form as URLSearchParams);
+      if (itemListsLeftOut) body = body.replace(/<instancesSet>.*?<\/instancesSet>|<Instances>.*?<\/Instances>/g, '');
       if (proto === 'ec2') {
         return sendXml(res, 200, `<${api}Response xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">${tag('requestId', requestId())}${body}</${api}Response>`);
       }

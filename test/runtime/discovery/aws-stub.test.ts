@@ -258,6 +258,8 @@ describe('discovery through the AWS stub with real SDK clients', () => {
     ['an HTML 200 for DescribeInstances', 'DescribeInstances', 'html200', { NODE_FILTER: 'tag' }],
     ['an empty 200 for DescribeInstances', 'DescribeInstances', 'empty200', { NODE_FILTER: 'tag' }],
     ['an empty 200 for DescribeAutoScalingGroups', 'DescribeAutoScalingGroups', 'empty200', { NODE_FILTER: 'asg' }],
+    ['a group without its Instances list', 'DescribeAutoScalingGroups', 'noItemList', { NODE_FILTER: 'asg' }],
+    ['a reservation without its instances list', 'DescribeInstances', 'noItemList', { NODE_FILTER: 'tag' }],
   ] as const)('%s is a failed discovery, not an empty pool, and is counted as an error', async (_name, api, fault, env) => {
     stub.model.clusters.prod = { web: [awsvpc(1)] };
     stub.model.instances = [{ id: 'i-1', privateIp: '10.0.0.9', tags: { Name: 'worker-node' } }];
