@@ -51,11 +51,17 @@ export function instancesOf(reservations: readonly Reservation[]): Instance[] {
   return reservations.flatMap((r) => r.Instances ?? []);
 }
 
-/** Pure: reservations → instance id → private IP (the IPv6 address of an IPv6-only instance). */
+/**
+ * Pure: reservations → instance id → private IP (the IPv6 address of an IPv6-only instance), for the
+ * hosts of bridge and host mode tasks. Not an instance EC2 says is other than running (stopped, being
+ * terminated): its tasks cannot answer, and its address (a stopped instance keeps it) would hold each
+ * try for POOL_TIMEOUT.
+ */
 export function privateIpsById(reservations: readonly Reservation[]): Record<string, string> {
   const out: Record<string, string> = {};
   // An IPv6-only instance has its primary IPv6 address instead, as transformInstances reads it.
   for (const i of instancesOf(reservations)) {
+    if (i.State?.Name !== undefined && i.State.Name !== 'running') continue;
     const ip = i.PrivateIpAddress || i.Ipv6Address;
     if (i.InstanceId && ip) out[i.InstanceId] = ip;
   }

@@ -295,6 +295,24 @@ describe('EcsProvider with mocked SDK clients', () => {
     expect(ec2Mock.commandCalls(DescribeInstancesCommand)).toHaveLength(1);
   });
 
+  test('bridge mode: a task on a container instance EC2 says is stopped or terminating is no target (its address would hold each try)', async () => {
+    const ci = (n: number) => `arn:aws:ecs:us-east-1:123456789012:container-instance/prod/ci${n}`;
+    const tasks = [bridgeTask(1, ci(1), 32768), bridgeTask(2, ci(2), 32768), bridgeTask(3, ci(3), 32768)];
+    ecsMock.on(ListTasksCommand).resolves({ taskArns: tasks.map((t) => t.taskArn as string) });
+    describeFrom(tasks);
+    ecsMock.on(DescribeContainerInstancesCommand).resolves({
+      containerInstances: [1, 2, 3].map((n) => ({ containerInstanceArn: ci(n), ec2InstanceId: `i-${n}` })),
+    });
+    ec2Mock.on(DescribeInstancesCommand).resolves({
+      Reservations: [
+        { Instances: [{ InstanceId: 'i-1', PrivateIpAddress: '10.1.0.1', State: { Name: 'running' } }] },
+        { Instances: [{ InstanceId: 'i-2', PrivateIpAddress: '10.1.0.2', State: { Name: 'stopped' } }] },
+        { Instances: [{ InstanceId: 'i-3', PrivateIpAddress: '10.1.0.3', State: { Name: 'shutting-down' } }] },
+      ],
+    });
+    expect((await provider().discover(route)).map((t) => t.id)).toEqual(['10.1.0.1:32768']);
+  });
+
   test('IP_PREFERENCE=public: one DescribeNetworkInterfaces for all ENIs, private IP when no public one', async () => {
     const tasks = Array.from({ length: 5 }, (_, i) => fargateTask(i));
     ecsMock.on(ListTasksCommand).resolves({ taskArns: tasks.map((t) => t.taskArn as string) });
