@@ -133,6 +133,13 @@ export const BODY_AFTER_ANSWER_MS = 30_000;
  */
 export const NEW_CONNECTION_GRACE_MS = 2000;
 /**
+ * At shutdown, a keep-alive connection whose last answer left less than this ago is given the rest of
+ * it before it is closed: a busy client writes its next request as soon as an answer is in, and a close
+ * then would meet that request (a reset, the request unanswered). A request in that time is answered,
+ * with `Connection: close`. One idle for longer closes at once, as nginx and Go close every idle one.
+ */
+export const RECENT_ANSWER_GRACE_MS = 1000;
+/**
  * At MAX_CONNECTIONS, a keep-alive connection idle between requests for this long gives its place to
  * the next one (the longest open first), as nginx reuses idle keep-alive connections when it runs out:
  * idle connections a client never uses must not lock every other client out until IDLE_TIMEOUT. One
@@ -1606,7 +1613,8 @@ export class DownstreamServer {
 
   /**
    * Stops accepting, lets in-flight requests finish within `timeoutMs`, closes idle keep-alive
-   * connections (and, NEW_CONNECTION_GRACE_MS after their accept, connections never used).
+   * connections (RECENT_ANSWER_GRACE_MS after their last answer, and NEW_CONNECTION_GRACE_MS after
+   * their accept for connections never used).
    */
   shutdown(timeoutMs: number): Promise<void> {
     return new Promise<void>((resolve) => {
@@ -1627,8 +1635,10 @@ export class DownstreamServer {
           c.closeAfterAnswers();
           const unused = c.unusedSince;
           // Not while its last answer is still leaving (a slow reader's download: cut, it would be lost),
-          // nor one ending already (its FIN sent, lingering until the client's: answered()).
-          if (c.idle && !c.socket.writableEnded && c.socket.writableLength === 0 && (unused === undefined || now - unused >= NEW_CONNECTION_GRACE_MS)) c.socket.destroy();
+          // nor one ending already (its FIN sent, lingering until the client's: answered()), nor one just
+          // answered (its next request may be on its way).
+          const recent = c.answeredAt !== 0 && now - c.answeredAt < RECENT_ANSWER_GRACE_MS;
+          if (c.idle && !recent && !c.socket.writableEnded && c.socket.writableLength === 0 && (unused === undefined || now - unused >= NEW_CONNECTION_GRACE_MS)) c.socket.destroy();
         }
       };
       this.server.close(() => finish());

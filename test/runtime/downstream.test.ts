@@ -5,7 +5,7 @@
  */
 import * as net from 'node:net';
 import { Writable } from 'node:stream';
-import { DownstreamHandlers, DownstreamOptions, DownstreamServer, MAX_PIPELINED, NEW_CONNECTION_GRACE_MS, Request, Response } from '../../runtime/downstream';
+import { DownstreamHandlers, DownstreamOptions, DownstreamServer, MAX_PIPELINED, NEW_CONNECTION_GRACE_MS, RECENT_ANSWER_GRACE_MS, Request, Response } from '../../runtime/downstream';
 import { answer } from '../../runtime/forward';
 import { rejectedRequests } from '../../runtime/metrics';
 import { parseResponses, rawExchange, trickle } from '../hardening/support';
@@ -535,6 +535,7 @@ describe('timeouts and shutdown', () => {
     const idle = await connect();
     idle.socket.write(GET('/first'));
     await until('the first answer', () => idle.received().includes('GET /first'), 5000, 5);
+    await new Promise((r) => setTimeout(r, RECENT_ANSWER_GRACE_MS)); // idle, not just answered
     handle = (_req, res) => (pending = res);
     const busy = await connect();
     busy.socket.write(GET('/busy'));
@@ -546,6 +547,33 @@ describe('timeouts and shutdown', () => {
     await until('the busy one answered and closed', () => busy.closed(), 2000, 5);
     expect(parseResponses(busy.received()).responses[0].headers.connection).toBe('close');
     await stopped;
+  });
+
+  test('a busy keep-alive client, its next request on its way when shutdown begins right after an answer, has it answered with Connection: close, not reset', async () => {
+    handle = (req, res) => ok(res, req.url);
+    const c = await connect();
+    let error = '';
+    c.socket.on('error', (e) => (error = (e as NodeJS.ErrnoException).code ?? e.message));
+    let asked = 0;
+    let seen = 0;
+    let stopped: Promise<void> | undefined;
+    const ask = (): void => void (c.socket.writable && c.socket.write(GET(`/r${asked++}`)));
+    c.socket.on('data', () => {
+      const n = parseResponses(c.received()).responses.length;
+      if (n === seen) return;
+      seen = n;
+      // Shutdown the moment the fifth answer is in: the connection is idle, and its next request comes 30 ms later.
+      if (n === 5) stopped = server.shutdown(5000);
+      setTimeout(ask, 30);
+    });
+    ask();
+    await until('the connection closed', () => c.closed(), 5000, 5);
+    await stopped;
+    const answers = parseResponses(c.received()).responses;
+    expect(error).toBe('');
+    expect(answers).toHaveLength(6);
+    expect(answers.at(-1)!.headers.connection).toBe('close');
+    expect(answers.map((a) => a.body)).toEqual(answers.map((_a, i) => `/r${i}`));
   });
 
   test('a client that pipelines (always a request ahead of its answer) hears Connection: close at shutdown, on the answers to what was read, and is not reset', async () => {
