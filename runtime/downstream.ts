@@ -1340,7 +1340,13 @@ export class ClientConn {
   answerShutdown(): boolean {
     const res = this.current;
     if (this.destroyed || !res || res.finished || res.headersSent) return false;
-    if (res.handler && !res.handler.shutdown()) return false;
+    // The 503 goes straight on the socket (refuse), after its owner has logged it (shutdown()): the
+    // access line's bytesOut is its body's, as for the proxy's other answers.
+    res.bodyBytes = Buffer.byteLength(answerBody(SHUTTING_DOWN));
+    if (res.handler && !res.handler.shutdown()) {
+      res.bodyBytes = 0;
+      return false;
+    }
     this.refuse(503, SHUTTING_DOWN, SHUTDOWN_RETRY);
     return true;
   }

@@ -498,6 +498,9 @@ describe('the bundle starts and stops cleanly', () => {
       // cut (not the client: no 499), as a 503 saying so.
       const access = p.lines().filter((l) => l.msg === 'access').map((l) => [l.method, l.path, l.status, l.error]);
       expect(access).toEqual(expect.arrayContaining([['GET', '/queued', 503, undefined], ['POST', '/order', 503, 'cut_at_shutdown']]));
+      // The 503's bytes, as for the proxy's other answers; none for the one cut.
+      const bytesOut = Object.fromEntries(p.lines().filter((l) => l.msg === 'access').map((l) => [l.path, l.bytesOut]));
+      expect(bytesOut).toEqual({ '/queued': Buffer.byteLength(reply.body), '/order': 0 });
     } finally {
       await p.stop('SIGKILL');
       await backend.close();
