@@ -1040,6 +1040,14 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   }
 
   onResponse(upRes: UpstreamResponse): void {
+    // A 408 closing a kept connection just as our request went on it: the notice a target may send as
+    // it closes an idle connection (RFC 9110 §15.5.9), written before our request came, which it never
+    // read. The keep-alive race, as a reset then is: tried again on a fresh connection where the request
+    // can go again (browsers resend such a 408 too); passed on where it cannot.
+    if (upRes.statusCode === 408 && this.up?.reusedSocket && this.up.keepAlive === false && this.soonAfterSending()) {
+      this.bodyWhole = this.req.complete;
+      if (this.raceRepeatable()) return this.failTry('reset');
+    }
     const { res, s } = this;
     this.responded = true;
     // Its copy would live as long as the answer streams; a target garbling its head in the same read
@@ -1173,8 +1181,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       // body is gone), but no mark against a target that is fine on a fresh connection.
       // A kept body can go again too, on a fresh connection to the same target: a whole one at once, one
       // still coming (its head went ahead of it) once the rest has come into the copy.
-      const again = !this.sent || this.replayable ||
-        (this.body && this.retryOnReset && (this.bodyWhole ? this.req.replayable : this.req.keeping));
+      const again = this.raceRepeatable();
       // Its idle siblings are likely just as dead (an idle timeout, a restart), and a target that closes
       // after every response leaves only dead ones; and were the target resetting requests, each kept one
       // would excuse one more reset (30 warm sockets: 33 POSTs answered 502 before a breaker of threshold 3
@@ -1188,6 +1195,11 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       // A head over our limit is a 502, not retried; see blameless() for which failures the breaker hears.
       this.settle(undefined, new UpstreamError(kind, !this.sent, blameless(kind, this.opts.httpChecks)));
     }
+  }
+
+  /** After the keep-alive race on a reused socket: nothing that cannot be sent again has gone (a kept body can). */
+  private raceRepeatable(): boolean {
+    return !this.sent || this.replayable || (this.body && this.retryOnReset && (this.bodyWhole ? this.req.replayable : this.req.keeping));
   }
 
   /** Ends the try: the target's books, then the outcome, or the next try. */

@@ -214,8 +214,12 @@ describe('circuit breaker', () => {
     }
   });
 
-  /** One target that closes a kept connection as a second request arrives on it (its idle timeout meeting the request), answering `got <body>` otherwise. */
-  async function racingTarget(): Promise<{ port: number; bodies: string[]; close(): Promise<unknown> }> {
+  /**
+   * One target that closes a kept connection as a second request arrives on it (its idle timeout meeting
+   * the request), answering `got <body>` otherwise: with a reset, or (`with408`) with the 408 a server
+   * may send as it closes an idle connection (RFC 9110 §15.5.9), then its FIN.
+   */
+  async function racingTarget(with408 = false): Promise<{ port: number; bodies: string[]; close(): Promise<unknown> }> {
     const bodies: string[] = [];
     const server = net.createServer((sock) => {
       let buf = Buffer.alloc(0);
@@ -226,6 +230,7 @@ describe('circuit breaker', () => {
         for (;;) {
           const end = buf.indexOf('\r\n\r\n');
           if (end === -1) return;
+          if (answered > 0 && with408) return void sock.end('HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
           if (answered > 0) return void sock.resetAndDestroy();
           const length = Number(/content-length: *(\d+)/i.exec(buf.subarray(0, end).toString('latin1'))?.[1] ?? 0);
           if (buf.length < end + 4 + length) return;
@@ -264,6 +269,21 @@ describe('circuit breaker', () => {
       expect((await request(p.port, { method: 'PUT', body: 'warm' })).body).toBe('got warm'); // a warm socket
       expect(await slowPut(p.port, bodyAfterMs)).toEqual({ status: 200, body: 'got hello' });
       expect(target.bodies).toEqual(['warm', 'hello']);
+    } finally {
+      await p.stop();
+      await target.close();
+    }
+  });
+
+  test("a 408 the target sends as it closes a kept connection, crossing the next request, is the keep-alive race: a GET and a small PUT go again on a fresh connection, even with RETRIES=0; a POST, whose body is not kept, gets the 408", async () => {
+    const target = await racingTarget(true);
+    const p = await start(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${target.port}`, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', RETRIES: '0' }), { provider: mutable([makeTarget('127.0.0.1', target.port)]) });
+    try {
+      expect((await request(p.port, { method: 'PUT', body: 'warm' })).body).toBe('got warm'); // a warm socket
+      expect(await request(p.port)).toMatchObject({ status: 200, body: 'got ' });
+      expect(await request(p.port, { method: 'PUT', body: 'again' })).toMatchObject({ status: 200, body: 'got again' });
+      expect((await request(p.port, { method: 'POST', body: 'once' })).status).toBe(408);
+      expect(target.bodies).toEqual(['warm', '', 'again']);
     } finally {
       await p.stop();
       await target.close();
