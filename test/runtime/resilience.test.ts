@@ -589,16 +589,21 @@ describe('draining', () => {
       await p.stop();
     }
   });
+  /** A route's discovery: the old backends until deploy(), then, after a moment (AWS), only the fresh one. */
+  function deploying(olds: { port: number }[], fresh: { port: number }): { provider: Provider; deploy(): void } {
+    let deployed = false;
+    const before = olds.map((b) => makeTarget('127.0.0.1', b.port));
+    const provider: Provider = {
+      name: 'test',
+      discover: () => (deployed ? new Promise<Target[]>((r) => setTimeout(() => r([makeTarget('127.0.0.1', fresh.port)]), 300)) : Promise.resolve(before)),
+    };
+    return { provider, deploy: () => (deployed = true) };
+  }
+
   test('a request that finds every target refused and their route being rediscovered waits for the new targets, not a 503 (a deploy that replaced them)', async () => {
     const [oldA, oldB] = [await startBackend('oldA'), await startBackend('oldB')];
     const fresh = await startBackend('fresh');
-    const olds = [oldA, oldB].map((b) => makeTarget('127.0.0.1', b.port));
-    let deployed = false;
-    const provider: Provider = {
-      name: 'test',
-      // After the deploy the discovery takes a moment (AWS), then finds only the new task.
-      discover: () => (deployed ? new Promise<Target[]>((r) => setTimeout(() => r([makeTarget('127.0.0.1', fresh.port)]), 300)) : Promise.resolve(olds)),
-    };
+    const { provider, deploy } = deploying([oldA, oldB], fresh);
     const p = await proxyFor([oldA, oldB], { HEALTH_CHECK_PATH: 'off', CIRCUIT_BREAKER_THRESHOLD: '1', NODE_CHECK_PERIOD: '60' }, provider);
     try {
       expect((await request(p.port)).status).toBe(200);
@@ -606,7 +611,7 @@ describe('draining', () => {
       // rediscovery those refusals ask for still finds them (the 502 of the request that met them).
       await Promise.all([oldA.close(), oldB.close()]);
       expect((await request(p.port)).status).toBe(502);
-      deployed = true;
+      deploy();
       await new Promise((r) => setTimeout(r, 1100)); // past the wait between rediscoveries for refusals
       // Every breaker open: this request starts the rediscovery and waits for it.
       expect(await request(p.port)).toMatchObject({ status: 200, body: 'fresh' });
@@ -619,18 +624,13 @@ describe('draining', () => {
   test('a deploy that replaced more tasks than RETRIES: the request whose retries all met old tasks refusing waits for the rediscovery and goes to a new task, not a 502', async () => {
     const olds = await Promise.all(['old1', 'old2', 'old3', 'old4', 'old5'].map((n) => startBackend(n)));
     const fresh = await startBackend('fresh');
-    const oldTargets = olds.map((b) => makeTarget('127.0.0.1', b.port));
-    let deployed = false;
-    const provider: Provider = {
-      name: 'test',
-      discover: () => (deployed ? new Promise<Target[]>((r) => setTimeout(() => r([makeTarget('127.0.0.1', fresh.port)]), 300)) : Promise.resolve(oldTargets)),
-    };
+    const { provider, deploy } = deploying(olds, fresh);
     const p = await proxyFor(olds, { HEALTH_CHECK_PATH: 'off', NODE_CHECK_PERIOD: '60' }, provider);
     try {
       expect((await request(p.port)).status).toBe(200);
       // ECS has stopped the old tasks and started new ones; the proxy has not rediscovered yet.
       await Promise.all(olds.map((b) => b.close()));
-      deployed = true;
+      deploy();
       await new Promise((r) => setTimeout(r, 1100)); // past the wait between rediscoveries for refusals
       // Three tries (RETRIES=2) meet three old tasks refusing; the first refusal began the rediscovery.
       expect(await request(p.port)).toMatchObject({ status: 200, body: 'fresh' });
