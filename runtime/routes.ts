@@ -32,9 +32,6 @@ export interface RouteTableOptions {
   readonly now?: () => number;
 }
 
-/** The service a route is a port of: its routes share one discovery. */
-const serviceOf = (key: RouteKey): string => `${key.cluster}/${key.service}`;
-
 interface Entry {
   /** The lookup answer for this entry's pool, made once rather than per request. */
   hit?: Lookup & { kind: 'pool' };
@@ -293,23 +290,10 @@ export class RouteTable {
   async refresh(opts: { dueOnly?: boolean } = {}): Promise<void> {
     const now = this.now();
     const due: Entry[] = [];
-    const dueServices = new Set<string>();
     for (const e of this.entries.values()) {
       if (!e.pinned && now - e.lastUsed > this.opts.routeIdleTtlMs && !e.inflight && !e.refreshing) this.forget(e);
       else if (!e.pool && e.absentUntil <= now && !e.inflight) this.forget(e);
-      else if (e.pool && !e.refreshing && (!opts.dueOnly || now - e.foundAt >= this.periodOf(e.pool))) {
-        due.push(e);
-        dueServices.add(serviceOf(e.key));
-      }
-    }
-    // The other ports of a service with a route due come along: discovery fetches a service's tasks once
-    // for all of its ports asked within a moment (the ECS provider's serviceShareMs), so a service's
-    // routes refreshed together cost one discovery a period, however many ports Hosts have named (each
-    // refreshed on its own clock, 300 ports of one service were 300).
-    if (opts.dueOnly && due.length > 0) {
-      for (const e of this.entries.values()) {
-        if (e.pool && !e.refreshing && !e.pinned && now - e.foundAt < this.periodOf(e.pool) && dueServices.has(serviceOf(e.key))) due.push(e);
-      }
+      else if (e.pool && !e.refreshing && (!opts.dueOnly || now - e.foundAt >= this.periodOf(e.pool))) due.push(e);
     }
     this.gauge();
     due.sort((a, b) => a.foundAt - b.foundAt);
@@ -319,7 +303,7 @@ export class RouteTable {
       while (next < due.length && !this.abort.signal.aborted) {
         const e = due[next++];
         // Not one rediscovered meanwhile (by suspect()), or forgotten.
-        if (!e.refreshing && this.entries.get(e.id) === e && (!opts.dueOnly || e.foundAt <= now)) await this.refreshOne(e);
+        if (!e.refreshing && this.entries.get(e.id) === e && (!opts.dueOnly || this.now() - e.foundAt >= this.periodOf(e.pool!))) await this.refreshOne(e);
       }
     };
     await Promise.all(Array.from({ length: Math.min(Math.max(free, 0), due.length) }, worker));
