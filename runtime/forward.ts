@@ -1044,7 +1044,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     // it closes an idle connection (RFC 9110 §15.5.9), written before our request came, which it never
     // read. The keep-alive race, as a reset then is: tried again on a fresh connection where the request
     // can go again (browsers resend such a 408 too); passed on where it cannot.
-    if (upRes.statusCode === 408 && this.up?.reusedSocket && this.up.keepAlive === false && this.soonAfterSending()) {
+    if (upRes.statusCode === 408 && this.up?.reusedSocket && this.up.keepAlive === false && (!this.sent || this.soonAfterSending())) {
       this.bodyWhole = this.req.complete;
       if (this.raceRepeatable()) return this.failTry('reset');
     }
@@ -1296,8 +1296,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     }
     // Its retries spent on targets that refused, the route's rediscovery begun since: a deploy that
     // replaced more tasks than RETRIES. One more try, once it is found, as when no other target is left
-    // (next()): nothing reached any of them.
-    if (err.beforeSend && mayHaveLeft(err.kind) && unsent && this.rediscovery && !this.waitedForRoute) {
+    // (next()): nothing reached any of them. Not with RETRIES=0, which asks for no second try.
+    if (this.opts.retries > 0 && err.beforeSend && mayHaveLeft(err.kind) && unsent && this.rediscovery && !this.waitedForRoute) {
       const rediscovery = this.rediscovery;
       this.rediscovery = undefined;
       this.retrying = true;

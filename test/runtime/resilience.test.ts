@@ -290,6 +290,53 @@ describe('circuit breaker', () => {
     }
   });
 
+  test.each(['PUT', 'POST'])("a 408 closing the kept socket a %s with a body was given, before anything was sent on it, is the keep-alive race too: the request goes on a fresh connection", async (method) => {
+    // The target answers `got <body>`; its kept connection is the one the next request picks.
+    const socks: net.Socket[] = [];
+    const server = net.createServer((sock) => {
+      socks.push(sock);
+      let buf = Buffer.alloc(0);
+      sock.on('error', () => undefined);
+      sock.on('data', (d: Buffer) => {
+        buf = Buffer.concat([buf, d]);
+        const end = buf.indexOf('\r\n\r\n');
+        if (end === -1) return;
+        const length = Number(/content-length: *(\d+)/i.exec(buf.subarray(0, end).toString('latin1'))?.[1] ?? 0);
+        if (buf.length < end + 4 + length) return;
+        const body = buf.subarray(end + 4, end + 4 + length).toString();
+        buf = buf.subarray(end + 4 + length);
+        sock.write(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length + 4}\r\n\r\ngot ${body}`);
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as net.AddressInfo).port;
+    const p = await start(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${port}`, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off' }), { provider: mutable([makeTarget('127.0.0.1', port)]) });
+    const client = net.connect(p.port, '127.0.0.1');
+    let got = '';
+    client.on('data', (d) => (got += d.toString('latin1')));
+    client.on('error', () => undefined);
+    const send = (m: string, body: string): void => void client.write(`${m} /x HTTP/1.1\r\nHost: a\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+    try {
+      await new Promise((r) => client.once('connect', r));
+      send('PUT', 'warm');
+      await until('the warm answer', () => got.includes('got warm'));
+      await new Promise((r) => setTimeout(r, 50)); // the target socket idle in the pool
+      const before = got.length;
+      send(method, 'again');
+      // Once the proxy's poll has read that request and picked the kept socket, before it sends on it
+      // (it waits a poll first when the body cannot be sent again): the target's goodbye.
+      setImmediate(() => socks[0].end('HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n'));
+      await until('the answer', () => /\r\n\r\n/.test(got.slice(before)));
+      await new Promise((r) => setTimeout(r, 50));
+      expect(got.slice(before)).toMatch(/^HTTP\/1\.1 200 OK\r\n[\s\S]*got again$/);
+    } finally {
+      client.destroy();
+      await p.stop();
+      for (const s of socks) s.destroy();
+      await new Promise((r) => server.close(r));
+    }
+  });
+
   test('at SHUTDOWN_TIMEOUT, a PUT still waiting for the rest of its body to go again after the keep-alive race gets a 503 (no target is acting on it)', async () => {
     const target = await racingTarget();
     const p = await start(loadConfig({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${target.port}`, PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', SHUTDOWN_TIMEOUT: '0.5' }), { provider: mutable([makeTarget('127.0.0.1', target.port)]) });
@@ -634,6 +681,24 @@ describe('draining', () => {
       await new Promise((r) => setTimeout(r, 1100)); // past the wait between rediscoveries for refusals
       // Three tries (RETRIES=2) meet three old tasks refusing; the first refusal began the rediscovery.
       expect(await request(p.port)).toMatchObject({ status: 200, body: 'fresh' });
+    } finally {
+      await p.stop();
+      await fresh.close();
+    }
+  });
+
+  test('with RETRIES=0 a request whose target refused is a 502 at once, not a wait for the rediscovery (no second try asked for)', async () => {
+    const old = await startBackend('old');
+    const fresh = await startBackend('fresh');
+    const { provider, deploy } = deploying([old], fresh);
+    const p = await proxyFor([old], { HEALTH_CHECK_PATH: 'off', NODE_CHECK_PERIOD: '60', RETRIES: '0' }, provider);
+    try {
+      expect((await request(p.port)).status).toBe(200);
+      await old.close();
+      deploy();
+      await new Promise((r) => setTimeout(r, 1100)); // past the wait between rediscoveries for refusals
+      // Waiting for the rediscovery (300 ms), it would have gone to the new task.
+      expect((await request(p.port)).status).toBe(502);
     } finally {
       await p.stop();
       await fresh.close();
