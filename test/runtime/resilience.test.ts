@@ -668,41 +668,35 @@ describe('draining', () => {
     }
   });
 
-  test('a deploy that replaced more tasks than RETRIES: the request whose retries all met old tasks refusing waits for the rediscovery and goes to a new task, not a 502', async () => {
-    const olds = await Promise.all(['old1', 'old2', 'old3', 'old4', 'old5'].map((n) => startBackend(n)));
+  /**
+   * The answer to a request a moment after a deploy replaced `count` old tasks with a new one, ECS having
+   * stopped the old ones before the proxy rediscovered (the old ones refuse, the rediscovery takes 300 ms).
+   */
+  async function acrossDeploy(count: number, env: Record<string, string> = {}): Promise<{ status: number; body: string }> {
+    const olds = await Promise.all(Array.from({ length: count }, (_, i) => startBackend(`old${i + 1}`)));
     const fresh = await startBackend('fresh');
     const { provider, deploy } = deploying(olds, fresh);
-    const p = await proxyFor(olds, { HEALTH_CHECK_PATH: 'off', NODE_CHECK_PERIOD: '60' }, provider);
+    const p = await proxyFor(olds, { HEALTH_CHECK_PATH: 'off', NODE_CHECK_PERIOD: '60', ...env }, provider);
     try {
       expect((await request(p.port)).status).toBe(200);
-      // ECS has stopped the old tasks and started new ones; the proxy has not rediscovered yet.
       await Promise.all(olds.map((b) => b.close()));
       deploy();
       await new Promise((r) => setTimeout(r, 1100)); // past the wait between rediscoveries for refusals
-      // Three tries (RETRIES=2) meet three old tasks refusing; the first refusal began the rediscovery.
-      expect(await request(p.port)).toMatchObject({ status: 200, body: 'fresh' });
+      return await request(p.port);
     } finally {
       await p.stop();
       await fresh.close();
     }
+  }
+
+  test('a deploy that replaced more tasks than RETRIES: the request whose retries all met old tasks refusing waits for the rediscovery and goes to a new task, not a 502', async () => {
+    // Three tries (RETRIES=2) meet three of the five old tasks refusing; the first refusal began the rediscovery.
+    expect(await acrossDeploy(5)).toMatchObject({ status: 200, body: 'fresh' });
   });
 
   test('with RETRIES=0 a request whose target refused is a 502 at once, not a wait for the rediscovery (no second try asked for)', async () => {
-    const old = await startBackend('old');
-    const fresh = await startBackend('fresh');
-    const { provider, deploy } = deploying([old], fresh);
-    const p = await proxyFor([old], { HEALTH_CHECK_PATH: 'off', NODE_CHECK_PERIOD: '60', RETRIES: '0' }, provider);
-    try {
-      expect((await request(p.port)).status).toBe(200);
-      await old.close();
-      deploy();
-      await new Promise((r) => setTimeout(r, 1100)); // past the wait between rediscoveries for refusals
-      // Waiting for the rediscovery (300 ms), it would have gone to the new task.
-      expect((await request(p.port)).status).toBe(502);
-    } finally {
-      await p.stop();
-      await fresh.close();
-    }
+    // Waiting for the rediscovery, it would have gone to the new task.
+    expect((await acrossDeploy(1, { RETRIES: '0' })).status).toBe(502);
   });
 
   test('a retry waiting for its route to be rediscovered, its target having refused, is answered 503 at SHUTDOWN_TIMEOUT, not cut', async () => {
