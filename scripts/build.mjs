@@ -117,7 +117,9 @@ export async function bundleRuntime({ runtimeDir = path.join(ROOT, 'runtime'), o
   const stub = [
     `const { unpack } = require(${JSON.stringify(path.join(runtimeDir, 'unpack.ts'))});`,
     `module.exports = unpack(${JSON.stringify(packed)}, __filename + '#discovery', {`,
-    ...[...shared].map(([rel, abs]) => `  ${JSON.stringify(rel)}: () => require(${JSON.stringify(abs)}),`),
+    // In a fixed order: esbuild's resolve callbacks fill `shared` in whatever order they finish, and a
+    // bundle that differs from build to build is a new asset, new user data, a fleet replaced at deploy.
+    ...[...shared].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([rel, abs]) => `  ${JSON.stringify(rel)}: () => require(${JSON.stringify(abs)}),`),
     '});',
   ].join('\n');
   return build({
@@ -126,7 +128,8 @@ export async function bundleRuntime({ runtimeDir = path.join(ROOT, 'runtime'), o
     plugins: [httpProxyWithoutUtilExtend, lazyHttps, {
       name: 'packed-discovery',
       setup(b) {
-        b.onResolve({ filter: PACKED_IMPORT }, (a) => (isPackedImport(a) ? { path: discoveryEntry, namespace: 'packed' } : undefined));
+        // Named relative to the checkout: the name lands in the bundle, which must not depend on where it was built.
+        b.onResolve({ filter: PACKED_IMPORT }, (a) => (isPackedImport(a) ? { path: path.relative(ROOT, discoveryEntry).split(path.sep).join('/'), namespace: 'packed' } : undefined));
         b.onLoad({ filter: /.*/, namespace: 'packed' }, () => ({ contents: stub, loader: 'js', resolveDir: runtimeDir }));
       },
     }],
