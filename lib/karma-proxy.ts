@@ -1091,7 +1091,17 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     environment: Record<string, string>; useRedis: boolean; vpc: ec2.IVpc;
   }): string[] {
     const problems: string[] = [];
-    const known = (x: unknown): boolean => !unresolved(x);
+    // An entry of a list known only at deploy (a CommaDelimitedList parameter's valueAsList) is a token
+    // too, spelled `#{Token[…]}`, which a string's check does not see.
+    const known = (x: unknown): boolean => !unresolved(x) && !(typeof x === 'string' && unresolved([x]));
+    // Such a list as a whole: the proxy needs each entry (one security group rule, one IAM resource, one
+    // setting each), and its length is known only at deploy.
+    const lists: [string, readonly unknown[] | undefined][] = [['allowedCidrs', props.allowedCidrs], ['clusters', props.clusters], ['ports', props.ports], ['staticTargets', props.staticTargets]];
+    for (const [name, list] of lists) {
+      if (list !== undefined && list.length === 1 && unresolved(list)) {
+        problems.push(`${name} is a list known only at deploy (a CommaDelimitedList parameter): give a list whose entries may each be a token, such as [param.valueAsString]`);
+      }
+    }
 
     // /metrics names every route and target, and /healthz is the boot's readiness check: never public.
     // A CIDR as wide as 0.0.0.0/1 is the internet too: no monitoring network is wider than a /8 (or

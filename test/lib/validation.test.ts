@@ -294,6 +294,22 @@ test('a cluster given as a token (another construct\'s name or ARN) still leaves
   expect(() => new KarmaProxy(fine, 'Proxy', { domain: param, redis: false })).not.toThrow();
 });
 
+test('a list known only at deploy (a CommaDelimitedList parameter) is named as such; entries that are tokens each pass', () => {
+  const stack = new Stack(new App(), 'Test');
+  const cidrs = new CfnParameter(stack, 'Cidrs', { type: 'CommaDelimitedList' }).valueAsList;
+  const clusters = new CfnParameter(stack, 'Clusters', { type: 'CommaDelimitedList' }).valueAsList;
+  const text = messageOf(() => new KarmaProxy(stack, 'Proxy', { domain: 'apps.example.com', redis: false, allowedCidrs: cidrs, clusters }));
+  expect(text).toContain('allowedCidrs is a list known only at deploy (a CommaDelimitedList parameter)');
+  expect(text).toContain('clusters is a list known only at deploy');
+  // Not taken for a malformed entry.
+  expect(text).not.toContain('is not a CIDR');
+  expect(text).not.toContain('is not an ECS cluster name');
+  const fine = new Stack(new App(), 'Test');
+  const cidr = new CfnParameter(fine, 'Cidr').valueAsString;
+  const cluster = new CfnParameter(fine, 'Cluster').valueAsString;
+  expect(() => new KarmaProxy(fine, 'Proxy', { domain: 'apps.example.com', redis: false, allowedCidrs: [cidr], clusters: [cluster] })).not.toThrow();
+});
+
 describe('what the proxy itself would refuse at start fails the synth, in its own words', () => {
   test.each<[string, KarmaProxyProps, string]>([
     ['a static target that is no host:port', { discovery: 'static', staticTargets: ['my_host:80'] },
