@@ -89,7 +89,15 @@ export function straySettings(contextKeys: readonly string[], env: Readonly<Reco
   const envNames = keys.map(envVarName);
   const out: string[] = [];
   for (const key of contextKeys) {
-    if (keys.includes(key) || !/^[A-Za-z][A-Za-z0-9_]*$/.test(key)) continue;
+    if (keys.includes(key)) continue;
+    if (!/^[A-Za-z][A-Za-z0-9_]*$/.test(key)) {
+      // CDK's own keys (`@aws-cdk/...`, `aws:cdk:...`, `cli-telemetry`) are none of ours; one of ours spelt
+      // in kebab or dotted case (`instance-type`) is.
+      const flat = key.replace(/[-.]/g, '').toLowerCase();
+      const meant = keys.find((k) => k.toLowerCase() === flat);
+      if (meant) out.push(`context '${key}' is not a setting of this app and is ignored; did you mean ${meant}?`);
+      continue;
+    }
     const setting = proxySetting(key);
     const meant = setting ? undefined : likelyMeant(key, keys);
     const hint = setting ? settingHint(setting, (k) => k, `-c proxyEnv='${setting}=...'`) : meant && `did you mean ${meant}?`;

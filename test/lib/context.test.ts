@@ -191,12 +191,14 @@ test('proxyEnv as JSON takes strings, numbers and booleans; an object or null is
 
 test('a context key or KARMA_* env var that is no setting is named, with the one it likely means; CDK\'s own keys are not', () => {
   expect(straySettings(
-    ['domain', 'instanceTpye', 'mincapacity', 'frobnicate', '@aws-cdk/core:newStyleStackSynthesis', 'aws:cdk:enable-path-metadata', 'cli-telemetry'],
+    ['domain', 'instanceTpye', 'mincapacity', 'frobnicate', 'instance-type', 'min.capacity', '@aws-cdk/core:newStyleStackSynthesis', 'aws:cdk:enable-path-metadata', 'cli-telemetry'],
     { KARMA_DOMAIN: 'a.io', KARMA_INSTANCETYPE: 'c7g.large', KARMA_REDIS_NODETYPE: 'x', HOME: '/root', KARMA_UNRELATED: '1' },
   )).toEqual([
     "context 'instanceTpye' is not a setting of this app and is ignored; did you mean instanceType?",
     "context 'mincapacity' is not a setting of this app and is ignored; did you mean minCapacity?",
     "context 'frobnicate' is not a setting of this app and is ignored",
+    "context 'instance-type' is not a setting of this app and is ignored; did you mean instanceType?",
+    "context 'min.capacity' is not a setting of this app and is ignored; did you mean minCapacity?",
     'KARMA_INSTANCETYPE is not a setting of this app and is ignored; did you mean KARMA_INSTANCE_TYPE?',
     'KARMA_REDIS_NODETYPE is not a setting of this app and is ignored; did you mean KARMA_REDIS_NODE_TYPE?',
     'KARMA_UNRELATED is not a setting of this app and is ignored',
