@@ -32,16 +32,6 @@ export interface RouteTableOptions {
   readonly now?: () => number;
 }
 
-/** The service a route is a port of: its routes share one discovery. */
-const serviceOf = (key: RouteKey): string => `${key.cluster}/${key.service}`;
-/**
- * How old an answer a route taken along with its service's due one (refresh()) accepts: younger than
- * the discovery its service's due route is starting, which the ECS provider shares with every port asked
- * within its serviceShareMs (at most 2 s); an older copy (the primary's, Redis's) would keep the route on
- * its own clock, and its own fetch.
- */
-export const ALONG_MAX_AGE_MS = 2000;
-
 interface Entry {
   /** The lookup answer for this entry's pool, made once rather than per request. */
   hit?: Lookup & { kind: 'pool' };
@@ -300,28 +290,10 @@ export class RouteTable {
   async refresh(opts: { dueOnly?: boolean } = {}): Promise<void> {
     const now = this.now();
     const due: Entry[] = [];
-    const dueServices = new Set<string>();
     for (const e of this.entries.values()) {
       if (!e.pinned && now - e.lastUsed > this.opts.routeIdleTtlMs && !e.inflight && !e.refreshing) this.forget(e);
       else if (!e.pool && e.absentUntil <= now && !e.inflight) this.forget(e);
-      else if (e.pool && !e.refreshing && (!opts.dueOnly || now - e.foundAt >= this.periodOf(e.pool))) {
-        due.push(e);
-        if (e.pool.size > 0 && !e.pinned) dueServices.add(serviceOf(e.key));
-      }
-    }
-    // A service's other ports with targets come along when one of them is due a whole period, asking past
-    // the caches (ALONG_MAX_AGE_MS): discovery fetches a service once for all of its ports asked within a
-    // moment, so its routes then cost one fetch a period together, and stay in step, however many ports
-    // Hosts have named (each on its own clock, 300 ports of one service were 300 fetches a period).
-    // Empty routes keep their own, shorter, clock.
-    const along = new Set<Entry>();
-    if (opts.dueOnly && dueServices.size > 0) {
-      for (const e of this.entries.values()) {
-        if (e.pool && e.pool.size > 0 && !e.refreshing && !e.pinned && now - e.foundAt < this.periodOf(e.pool) && dueServices.has(serviceOf(e.key))) {
-          due.push(e);
-          along.add(e);
-        }
-      }
+      else if (e.pool && !e.refreshing && (!opts.dueOnly || now - e.foundAt >= this.periodOf(e.pool))) due.push(e);
     }
     this.gauge();
     due.sort((a, b) => a.foundAt - b.foundAt);
@@ -331,7 +303,7 @@ export class RouteTable {
       while (next < due.length && !this.abort.signal.aborted) {
         const e = due[next++];
         // Not one rediscovered meanwhile (by suspect()), or forgotten.
-        if (!e.refreshing && this.entries.get(e.id) === e && (!opts.dueOnly || e.foundAt <= now)) await this.refreshOne(e, along.has(e) ? ALONG_MAX_AGE_MS : undefined);
+        if (!e.refreshing && this.entries.get(e.id) === e && (!opts.dueOnly || this.now() - e.foundAt >= this.periodOf(e.pool!))) await this.refreshOne(e);
       }
     };
     await Promise.all(Array.from({ length: Math.min(Math.max(free, 0), due.length) }, worker));

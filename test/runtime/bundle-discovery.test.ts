@@ -299,24 +299,4 @@ describe('the bundle with AWS discovery', () => {
       await p.stop('SIGKILL');
     }
   }, 60_000);
-  test("ports of one service found at different times are rediscovered together, one ListTasks a period, not one each", async () => {
-    // awsvpc: the target port is the Host's, so three backends, one per port, all on 127.0.0.1.
-    const ports = await Promise.all(['p1', 'p2', 'p3'].map(startBackend));
-    stub.model.clusters.prod = { api: [{ ip: '127.0.0.1', lastStatus: 'RUNNING' }] };
-    const p = await startBundle({ ...stub.env(), DOMAIN: 'example.com', HEALTH_CHECK_PATH: 'off', NODE_CHECK_PERIOD: '3', WORKERS: '2' });
-    try {
-      for (const b of ports) {
-        expect((await request(p.port, { headers: { Host: `api-${b.port}-prod.example.com` } })).status).toBe(200);
-        await new Promise((r) => setTimeout(r, 1000)); // each found on a clock of its own
-      }
-      await new Promise((r) => setTimeout(r, 3000)); // a first pass brings them into step
-      stub.resetCalls();
-      await new Promise((r) => setTimeout(r, 9000)); // three periods
-      // Each on its own clock: 9 (three ports, three periods).
-      expect(stub.count('ListTasks')).toBeLessThanOrEqual(5);
-    } finally {
-      await p.stop();
-      await Promise.all(ports.map((b) => b.close()));
-    }
-  });
 });

@@ -190,31 +190,6 @@ describe('route table', () => {
     await first;
   });
 
-  test("a service's routes (ports) are refreshed together, when the first of them is due: one discovery of the service a period, however many ports Hosts name", async () => {
-    const calls: string[] = [];
-    const provider: Provider = { name: 'test', discover: async (route) => (calls.push(`${route.service}:${route.port}@${clock}`), [makeTarget('10.0.0.1', route.port)]) };
-    const t = table(provider, { refreshMs: 30_000 });
-    // Found 10 s apart: each on its own clock, they would be due at three times a period.
-    await t.resolve(key('api', 80));
-    clock += 10_000;
-    await t.resolve(key('api', 81));
-    clock += 10_000;
-    await t.resolve(key('api', 82));
-    await t.resolve(key('web', 80));
-    calls.length = 0;
-    clock += 10_000; // api:80 is a period old: its service's other ports come along; web is not due
-    await t.refresh({ dueOnly: true });
-    expect(calls.sort()).toEqual([`api:80@${clock}`, `api:81@${clock}`, `api:82@${clock}`]);
-    calls.length = 0;
-    clock += 20_000; // web's period
-    await t.refresh({ dueOnly: true });
-    expect(calls).toEqual([`web:80@${clock}`]);
-    calls.length = 0;
-    clock += 10_000; // api's next period: all three again, together
-    await t.refresh({ dueOnly: true });
-    expect(calls.sort()).toEqual([`api:80@${clock}`, `api:81@${clock}`, `api:82@${clock}`]);
-  });
-
   test('a known route that became empty is asked again after NEGATIVE_CACHE_TTL, not a whole period', async () => {
     let answer: Target[] = [makeTarget('10.0.0.1', 80)];
     const calls: number[] = [];
