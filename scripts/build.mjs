@@ -26,6 +26,9 @@ const common = {
   sourcemap: false,
   legalComments: 'none',
   logLevel: 'warning',
+  // Module names in the bundle are relative to this, not to wherever the build was started from: the
+  // same source gives the same bytes (the CDK asset) from any folder.
+  absWorkingDir: ROOT,
 };
 
 /**
@@ -88,7 +91,7 @@ export async function bundleRuntime({ runtimeDir = path.join(ROOT, 'runtime'), o
     ...common, ...where, entryPoints: [entry], write: false, outfile: 'outer.js', metafile: true,
     plugins: [{ name: 'leave-out-discovery', setup: (b) => b.onResolve({ filter: PACKED_IMPORT }, (a) => (isPackedImport(a) ? { path: a.path, external: true } : undefined)) }],
   });
-  const held = new Set(Object.keys(Object.values(outer.metafile.outputs)[0].inputs).map((p) => path.resolve(p)));
+  const held = new Set(Object.keys(Object.values(outer.metafile.outputs)[0].inputs).map((p) => path.resolve(ROOT, p)));
 
   // 2. Discovery alone; runtime modules the bundle holds stay outside, named for unpack's `shared`.
   const discoveryEntry = path.join(runtimeDir, 'discovery', 'index.ts');
