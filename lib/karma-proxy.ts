@@ -1098,7 +1098,8 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     // setting each), and its length is known only at deploy.
     const lists: [string, readonly unknown[] | undefined][] = [['allowedCidrs', props.allowedCidrs], ['clusters', props.clusters], ['ports', props.ports], ['staticTargets', props.staticTargets]];
     for (const [name, list] of lists) {
-      if (list !== undefined && list.length === 1 && unresolved(list)) {
+      // The whole list, or spread among other entries ([...param.valueAsList, '10.0.0.0/8']).
+      if (list?.some((x) => typeof x === 'string' && unresolved([x]))) {
         problems.push(`${name} is a list known only at deploy (a CommaDelimitedList parameter): give a list whose entries may each be a token, such as [param.valueAsString]`);
       }
     }

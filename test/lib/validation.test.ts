@@ -298,7 +298,7 @@ test('a list known only at deploy (a CommaDelimitedList parameter) is named as s
   const stack = new Stack(new App(), 'Test');
   const cidrs = new CfnParameter(stack, 'Cidrs', { type: 'CommaDelimitedList' }).valueAsList;
   const clusters = new CfnParameter(stack, 'Clusters', { type: 'CommaDelimitedList' }).valueAsList;
-  const text = messageOf(() => new KarmaProxy(stack, 'Proxy', { domain: 'apps.example.com', redis: false, allowedCidrs: cidrs, clusters }));
+  const text = messageOf(() => new KarmaProxy(stack, 'Proxy', { domain: 'apps.example.com', redis: false, allowedCidrs: cidrs, clusters: [...clusters, 'prod'] }));
   expect(text).toContain('allowedCidrs is a list known only at deploy (a CommaDelimitedList parameter)');
   expect(text).toContain('clusters is a list known only at deploy');
   // Not taken for a malformed entry.
