@@ -1093,13 +1093,14 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     const problems: string[] = [];
     // An entry of a list known only at deploy (a CommaDelimitedList parameter's valueAsList) is a token
     // too, spelled `#{Token[…]}`, which a string's check does not see.
-    const known = (x: unknown): boolean => !unresolved(x) && !(typeof x === 'string' && unresolved([x]));
+    const listTokenEntry = (x: unknown): boolean => typeof x === 'string' && unresolved([x]);
+    const known = (x: unknown): boolean => !unresolved(x) && !listTokenEntry(x);
     // Such a list as a whole: the proxy needs each entry (one security group rule, one IAM resource, one
     // setting each), and its length is known only at deploy.
     const lists: [string, readonly unknown[] | undefined][] = [['allowedCidrs', props.allowedCidrs], ['clusters', props.clusters], ['ports', props.ports], ['staticTargets', props.staticTargets]];
     for (const [name, list] of lists) {
       // The whole list, or spread among other entries ([...param.valueAsList, '10.0.0.0/8']).
-      if (list?.some((x) => typeof x === 'string' && unresolved([x]))) {
+      if (list?.some(listTokenEntry)) {
         problems.push(`${name} is a list known only at deploy (a CommaDelimitedList parameter): give a list whose entries may each be a token, such as [param.valueAsString]`);
       }
     }

@@ -915,11 +915,7 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     if (!pick) {
       // A retry with no other target, its route being rediscovered since its target refused (a deploy
       // replaced it): the retry waits for the new targets, once, as briefly as REDISCOVERY_WAIT_MS.
-      if (outcome.error && this.rediscovery) {
-        const rediscovery = this.rediscovery;
-        this.rediscovery = undefined;
-        return this.awaitRoute(rediscovery);
-      }
+      if (outcome.error && this.rediscovery) return this.awaitOwnRediscovery(this.rediscovery);
       // Nothing (else) to try: the client hears what went wrong with the last target, if any; unless
       // it refused and the route's rediscovery since found none left (the last task stopped): that is an
       // empty route, a 503 as an empty target group is to an ALB.
@@ -1298,10 +1294,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     // replaced more tasks than RETRIES. One more try, once it is found, as when no other target is left
     // (next()): nothing reached any of them. Not with RETRIES=0, which asks for no second try.
     if (this.opts.retries > 0 && err.beforeSend && mayHaveLeft(err.kind) && unsent && this.rediscovery && !this.waitedForRoute) {
-      const rediscovery = this.rediscovery;
-      this.rediscovery = undefined;
       this.retrying = true;
-      return this.awaitRoute(rediscovery);
+      return this.awaitOwnRediscovery(this.rediscovery);
     }
     // The same, but the target failed before the client had sent all of a small body: the rest is read
     // into the kept copy, and the whole body goes to the next target once it has come.
@@ -1328,6 +1322,12 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       this.outcome.error ??= 'reset';
       this.fail();
     });
+  }
+
+  /** Waits for the rediscovery a refusal of this request's began (taken, so that it is waited for once). */
+  private awaitOwnRediscovery(rediscovery: Promise<unknown>): void {
+    this.rediscovery = undefined;
+    this.awaitRoute(rediscovery);
   }
 
   /** Waits for the route's rediscovery, once and for at most REDISCOVERY_WAIT_MS, then tries again. */
