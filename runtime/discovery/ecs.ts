@@ -146,6 +146,23 @@ export function hostPortsOf(task: Task, containerPort: number): number[] {
   return [...ports].sort((a, b) => a - b);
 }
 
+/**
+ * Pure: a task with only what transformEcs reads: its statuses, container instance and ENI attachments,
+ * and its containers' statuses, bindings and addresses. A service's records serve its other ports for
+ * most of a period (serviceShareMs), and DescribeTasks's tasks, whole (overrides, tags, containers'
+ * images and digests, other attachments), are several KB each.
+ */
+export function slimTask(t: Task): Task {
+  return {
+    lastStatus: t.lastStatus,
+    desiredStatus: t.desiredStatus,
+    healthStatus: t.healthStatus,
+    containerInstanceArn: t.containerInstanceArn,
+    attachments: (t.attachments ?? []).filter((a) => a.type === 'ElasticNetworkInterface').map((a) => ({ type: a.type, status: a.status, details: a.details })),
+    containers: (t.containers ?? []).map((c) => ({ lastStatus: c.lastStatus, networkBindings: c.networkBindings, networkInterfaces: c.networkInterfaces })),
+  };
+}
+
 /** Tasks that pass the status filters. */
 export function usableTasks(tasks: readonly Task[], healthyTasksOnly: boolean): Task[] {
   return tasks.filter((t) => statusSkip(t, healthyTasksOnly) === undefined);
@@ -267,11 +284,29 @@ export interface EcsProviderOptions {
   /**
    * How long one service's tasks serve the discoveries of all its routes (ports): Hosts naming ever new
    * ports of one real service must not each cost their own ListTasks and DescribeTasks, then again every
-   * period while remembered. @default 0 (each discovery asks)
+   * period while remembered. A route that takes another port's records is as old as they are, so its
+   * next refresh comes with theirs, and a service's routes keep in step: one fetch a period, however many
+   * ports are named. @default 0 (each discovery asks)
    */
   readonly serviceShareMs?: number;
+  /**
+   * The same for records that found no task: a service that starts its first one is found by a new
+   * route as soon as before. @default serviceShareMs
+   */
+  readonly emptyShareMs?: number;
   /** Clients made for this provider, destroyed by close(). @default none */
   readonly ownedClients?: readonly { destroy(): void }[];
+}
+
+/** One fetch of a service's records, shared by its ports (EcsProvider.discoverAged). */
+interface ServiceRecords {
+  /** When the fetch began: the age of every answer taken from it. */
+  readonly at: number;
+  readonly records: Promise<EcsRecords>;
+  /** The ports whose routes took it: asking again, they fetch anew. */
+  readonly ports: Set<number>;
+  /** It found no task (emptyShareMs). */
+  empty: boolean;
 }
 
 /** How long a ListClusters or ListServices answer serves to find names that differ only in case. */
@@ -316,7 +351,7 @@ export class EcsProvider implements Provider {
   /** `cluster/service` → when it was last said that HEALTHY_TASKS_ONLY left it no task (once an hour each). */
   private readonly noneHealthySaid = new Map<string, number>();
   /** `cluster/service` → its records being fetched or fetched, when the fetch began, and the ports that took them (serviceShareMs). */
-  private readonly services = new Map<string, { readonly at: number; readonly records: Promise<EcsRecords>; readonly ports: Set<number> }>();
+  private readonly services = new Map<string, ServiceRecords>();
 
   constructor(private readonly opts: EcsProviderOptions) {
     this.ecs = opts.ecs;
@@ -341,30 +376,34 @@ export class EcsProvider implements Provider {
 
   /**
    * A route's targets, from its service's records: fetched now, or by a discovery of another of its
-   * ports begun less than serviceShareMs (and maxAgeMs) ago, then as old as that. A route asking again
-   * (its next period, an early ask) never takes the records it had.
+   * ports begun less than serviceShareMs (emptyShareMs when they found no task; and maxAgeMs) ago, then
+   * as old as that. A route asking again (its next period, an early ask) never takes the records it had.
    */
   async discoverAged(route: RouteKey, signal?: AbortSignal, maxAgeMs = Infinity): Promise<Found> {
     if (route.service === '*') return { targets: [], ageMs: 0 };
     const shareMs = this.opts.serviceShareMs ?? 0;
     const key = `${route.cluster}/${route.service}`;
     const now = Date.now();
-    // Records past their use go (the map is in the order fetches began): a service's tasks, whole, are
-    // not kept beyond serviceShareMs.
+    // Records past their use go (the map is in the order fetches began): a service's tasks are not kept
+    // beyond serviceShareMs.
     for (const [k, v] of this.services) {
       if (now - v.at < shareMs) break;
       this.services.delete(k);
     }
     let shared = this.services.get(key);
     let own = false;
-    if (!shared || shared.ports.has(route.port) || now - shared.at >= Math.min(shareMs, maxAgeMs)) {
+    const limitMs = Math.min(shared?.empty ? Math.min(shareMs, this.opts.emptyShareMs ?? shareMs) : shareMs, maxAgeMs);
+    if (!shared || shared.ports.has(route.port) || now - shared.at >= limitMs) {
       own = true;
       // Others joining it share its first asker's deadline: theirs end at most serviceShareMs later.
-      const fetched = { at: now, records: this.fetch(route, signal), ports: new Set<number>() };
+      const fetched: ServiceRecords = { at: now, records: this.fetch(route, signal), ports: new Set<number>(), empty: false };
       shared = fetched;
-      // A failure is nobody's answer.
       if (shareMs > 0) setRecent(this.services, key, fetched, this.hostCacheMax);
-      fetched.records.catch(() => (this.services.get(key) === fetched ? this.services.delete(key) : undefined));
+      fetched.records.then(
+        (r) => void (fetched.empty = r.tasks.length === 0),
+        // A failure is nobody's answer.
+        () => (this.services.get(key) === fetched ? this.services.delete(key) : undefined),
+      );
     }
     shared.ports.add(route.port);
     const records = await shared.records;
@@ -418,7 +457,7 @@ export class EcsProvider implements Provider {
       this.publicIps(eniIdsToResolve(tasks, { healthyTasksOnly: this.healthyTasksOnly, ipPreference: this.ipPreference }), signal),
       this.hostIps(cluster, containerInstancesToResolve(tasks, this.healthyTasksOnly), signal),
     ]);
-    return { tasks, missing, publicIps, hostIps };
+    return { tasks: tasks.map(slimTask), missing, publicIps, hostIps };
   }
 
   /**

@@ -25,11 +25,14 @@ export type ProviderConfig = Pick<
   Partial<Pick<Config, 'allowedClusters' | 'redisUrl' | 'redisAuthSecretArn' | 'nodeCheckPeriodMs' | 'negativeCacheTtlMs' | 'loopbackTargets' | 'ecsCaseLookup' | 'port' | 'metricsPort'>>;
 
 /**
- * How long one ECS service's tasks answer for all its ports (a tenth of NODE_CHECK_PERIOD, at most this):
- * Hosts naming a thousand ports of one real service cost a fetch of it every 2 s at most, not a thousand
- * fetches a period; a route's targets are at most that much older than it believes.
+ * How long one ECS service's tasks answer for all its ports: as long as the coordinator and Redis call
+ * an answer fresh (0.9 of NODE_CHECK_PERIOD). Hosts naming a thousand ports of one real service cost one
+ * fetch of it a period, not a thousand; each route knows its answer's age, and is refreshed a period after
+ * the fetch it took. Records that found no task serve other ports a tenth of the period (2 s at most),
+ * so that a service's first task is found by a new route as soon as without sharing.
  */
-export const SERVICE_SHARE_MAX_MS = 2000;
+export const SERVICE_SHARE_OF_PERIOD = 0.9;
+export const EMPTY_SERVICE_SHARE_MAX_MS = 2000;
 
 export interface CreateProviderOptions extends AwsClientOptions {
   /** Options of the Redis client when REDIS_URL is set. */
@@ -113,7 +116,9 @@ export function createBaseProvider(
         loopback: config.loopbackTargets,
         caseLookup: config.ecsCaseLookup,
         clusterNames: config.allowedClusters,
-        serviceShareMs: config.nodeCheckPeriodMs === undefined ? 0 : Math.min(config.nodeCheckPeriodMs / 10, SERVICE_SHARE_MAX_MS),
+        ...(config.nodeCheckPeriodMs === undefined
+          ? {}
+          : { serviceShareMs: SERVICE_SHARE_OF_PERIOD * config.nodeCheckPeriodMs, emptyShareMs: Math.min(config.nodeCheckPeriodMs / 10, EMPTY_SERVICE_SHARE_MAX_MS) }),
         ownedClients: owned,
       });
   }

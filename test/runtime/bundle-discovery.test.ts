@@ -120,6 +120,35 @@ describe('the bundle with AWS discovery', () => {
     }
   });
 
+  test.each(['1', '2'])('ports of one service named at different times are refreshed together: one discovery of it a period, not one per port (%s workers)', async (workers) => {
+    stub.model.clusters.spread = { api: [{ ip: '127.0.0.1', lastStatus: 'RUNNING' }] };
+    // A port each, all of one task: answers, so that no refusal asks for a discovery of its own.
+    const ports = await Promise.all(Array.from({ length: 6 }, (_, i) => startBackend(`port-${i}`)));
+    const periodS = 2;
+    const p = await startBundle({ ...stub.env(), DOMAIN: 'example.com', HEALTH_CHECK_PATH: 'off', NEW_ROUTE_RATE: '100', NODE_CHECK_PERIOD: String(periodS), WORKERS: workers });
+    const get = async (b: Backend) => (await request(p.port, { headers: { Host: `api-${b.port}-spread.example.com`, Connection: 'close' } })).body;
+    try {
+      // Named a sixth of a period apart: each on a clock of its own, each was a fetch of its own a period.
+      for (const [i, b] of ports.entries()) {
+        expect(await get(b)).toBe(`port-${i}`);
+        await new Promise((r) => setTimeout(r, (periodS * 1000) / 6));
+      }
+      stub.resetCalls();
+      // Kept in use (ROUTE_IDLE_TTL) while three periods go by.
+      const ends = Date.now() + periodS * 3000;
+      while (Date.now() < ends) {
+        for (const [i, b] of ports.entries()) expect(await get(b)).toBe(`port-${i}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      // Three periods: three fetches, or four as the clocks meet.
+      expect(stub.count('ListTasks')).toBeLessThanOrEqual(4);
+      expect(stub.count('ListTasks')).toBeGreaterThanOrEqual(2);
+    } finally {
+      await p.stop();
+      await Promise.all(ports.map((b) => b.close()));
+    }
+  });
+
   test('Hosts made up that spend NEW_ROUTE_RATE keep no worker from a route the primary holds: a replacement worker serves it', async () => {
     const [one] = backends;
     stub.model.clusters.prod = { api: [{ ip: '127.0.0.1', lastStatus: 'RUNNING' }] };

@@ -132,3 +132,34 @@ describe('REDIS_URL=rediss:// (TLS)', () => {
     }
   });
 });
+
+test('with Redis, ports of one service named at different times on two proxies cost the fleet a discovery of it a period or two, not one per port', async () => {
+  // A port each, all of one task: answers, so that no refusal asks for a discovery of its own.
+  const ports = await Promise.all(Array.from({ length: 6 }, (_, i) => startBackend(`port-${i}`)));
+  const stub = await startAwsStub({ clusters: { spread: { api: [{ ip: '127.0.0.1' }] } } });
+  const redis = await startRedisServer();
+  const periodS = 2;
+  const env = { ...stub.env(), DOMAIN: 'example.com', REDIS_URL: `127.0.0.1:${redis.port}`, NODE_CHECK_PERIOD: String(periodS), HEALTH_CHECK_PATH: 'off', WORKERS: '1', NEW_ROUTE_RATE: '100' };
+  const fleet = await Promise.all([startBundle(env), startBundle(env)]);
+  const get = async (p: Proxy, i: number) => (await request(p.port, { headers: { Host: `api-${ports[i].port}-spread.example.com`, Connection: 'close' } })).body;
+  try {
+    // Named a sixth of a period apart, on one proxy then the other: each route on a clock of its own.
+    for (let i = 0; i < ports.length; i++) {
+      expect(await get(fleet[i % 2], i)).toBe(`port-${i}`);
+      await new Promise((r) => setTimeout(r, (periodS * 1000) / 6));
+    }
+    stub.resetCalls();
+    const ends = Date.now() + periodS * 3000;
+    while (Date.now() < ends) {
+      for (const p of fleet) for (let i = 0; i < ports.length; i++) expect(await get(p, i)).toBe(`port-${i}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    // Three periods: at most a fetch per proxy a period (each may hold some of the routes' locks).
+    expect(stub.count('ListTasks')).toBeLessThanOrEqual(8);
+  } finally {
+    await Promise.all(fleet.map((p) => p.stop()));
+    await redis.stop();
+    await stub.close();
+    await Promise.all(ports.map((b) => b.close()));
+  }
+});

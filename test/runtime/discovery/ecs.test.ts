@@ -10,7 +10,7 @@ import {
 import { DescribeInstancesCommand, DescribeNetworkInterfacesCommand, EC2Client } from '@aws-sdk/client-ec2';
 import { mockClient } from 'aws-sdk-client-mock';
 import { createProvider, EcsProvider, transformEcs } from '../../../runtime/discovery';
-import { nameFor } from '../../../runtime/discovery/ecs';
+import { nameFor, slimTask } from '../../../runtime/discovery/ecs';
 import { awsCalls, tasksSkipped } from '../../../runtime/metrics';
 import { BATCH_CONCURRENCY, MAX_PAGES } from '../../../runtime/aws';
 import type { RouteKey } from '../../../runtime/types';
@@ -615,6 +615,25 @@ describe('EcsProvider with mocked SDK clients', () => {
     expect(ecsMock.commandCalls(ListTasksCommand)).toHaveLength(4);
   });
 
+  test('a service found with no task serves its other ports only emptyShareMs: its first task is found by a new route as soon as without sharing', async () => {
+    const tasks = [fargateTask(1)];
+    describeFrom(tasks);
+    ecsMock.on(ListTasksCommand).resolvesOnce({ taskArns: [] }).resolves({ taskArns: tasks.map((t) => t.taskArn as string) });
+    const p = provider({ serviceShareMs: 5000, emptyShareMs: 100 });
+    expect((await p.discoverAged(route)).targets).toEqual([]);
+    expect((await p.discoverAged({ ...route, port: 81 })).targets).toEqual([]); // within emptyShareMs: shared
+    expect(ecsMock.commandCalls(ListTasksCommand)).toHaveLength(1);
+    await new Promise((r) => setTimeout(r, 150));
+    expect((await p.discoverAged({ ...route, port: 82 })).targets.map((t) => t.id)).toEqual(['10.0.0.2:82']);
+    expect(ecsMock.commandCalls(ListTasksCommand)).toHaveLength(2);
+    // Records with a task serve the service's other ports for serviceShareMs, as old as they are.
+    await new Promise((r) => setTimeout(r, 150));
+    const later = await p.discoverAged({ ...route, port: 83 });
+    expect(later.targets.map((t) => t.id)).toEqual(['10.0.0.2:83']);
+    expect(later.ageMs).toBeGreaterThanOrEqual(140);
+    expect(ecsMock.commandCalls(ListTasksCommand)).toHaveLength(2);
+  });
+
   test('the route of the pool modes is not an ECS service', async () => {
     await expect(provider().discover({ service: '*', port: 0, cluster: '*' })).resolves.toEqual([]);
     expect(ecsMock.calls()).toHaveLength(0);
@@ -665,7 +684,7 @@ describe('nameFor (pure): the ECS name a lower-case Host name stands for', () =>
 
 describe('transformEcs (pure)', () => {
   const base = { port: 80, healthyTasksOnly: false, ipPreference: 'private' as const };
-  test.each<[string, Task, string[]]>([
+  const cases: [string, Task, string[]][] = [
     ['awsvpc from the attachment', fargateTask(0), ['10.0.0.1:80']],
     [
       'awsvpc from the container when the attachment has no IP',
@@ -729,9 +748,41 @@ describe('transformEcs (pure)', () => {
       ] },
       ['10.9.9.9:32768'],
     ],
-  ])('%s', (_name, task, ids) => {
+  ];
+  test.each(cases)('%s', (_name, task, ids) => {
     const out = transformEcs({ tasks: [task], publicIps: {}, hostIps: { ci: '10.9.9.9' } }, base);
     expect(out.targets.map((t) => t.id)).toEqual(ids);
+  });
+
+  /** Cases whose answer turns on a part slimTask might have dropped. */
+  const edges: [string, Task][] = [
+    ['an ENI attachment with details but no address yet', fargateTask(0, { attachments: [{ type: 'ElasticNetworkInterface', details: [{ name: 'subnetId', value: 'subnet-1' }] }], containers: [] })],
+    ['a detached ENI attachment', fargateTask(0, { attachments: [{ type: 'ElasticNetworkInterface', status: 'DETACHED', details: [{ name: 'privateIPv4Address', value: '10.0.0.9' }] }] })],
+    ['an UNHEALTHY task', fargateTask(0, { healthStatus: 'UNHEALTHY' })],
+    ['a HEALTHY task', fargateTask(0, { healthStatus: 'HEALTHY' })],
+    ['a task being stopped', fargateTask(0, { desiredStatus: 'STOPPED' })],
+    ['a bridge task', bridgeTask(1, 'ci', 32768)],
+    ['a task with nothing to reach it by', { taskArn: 'a', lastStatus: 'RUNNING' }],
+  ];
+  test.each([...cases.map(([n, t]): [string, Task] => [n, t]), ...edges])('slimTask keeps what the transform reads: %s', (_name, task) => {
+    for (const opts of [base, { ...base, port: 8080 }, { ...base, healthyTasksOnly: true }, { ...base, ipPreference: 'public' as const }]) {
+      const records = (t: Task) => ({ tasks: [t], publicIps: { 'eni-0': '54.0.0.1' }, hostIps: { ci: '10.9.9.9' } });
+      expect(transformEcs(records(slimTask(task)), opts)).toEqual(transformEcs(records(task), opts));
+    }
+  });
+
+  test('slimTask drops what the transform does not read: a task as DescribeTasks gives it is a fraction of its size', () => {
+    const full = fargateTask(7, {
+      taskDefinitionArn: 'arn:aws:ecs:us-east-1:123456789012:task-definition/api:42',
+      group: 'service:api',
+      overrides: { containerOverrides: [{ name: 'app', environment: Array.from({ length: 20 }, (_, i) => ({ name: `VAR_${i}`, value: 'x'.repeat(40) })) }] },
+      tags: Array.from({ length: 10 }, (_, i) => ({ key: `tag-${i}`, value: 'y'.repeat(40) })),
+      containers: [{ name: 'app', image: 'x'.repeat(120), imageDigest: `sha256:${'0'.repeat(64)}`, lastStatus: 'RUNNING', networkInterfaces: [{ attachmentId: 'att-7', privateIpv4Address: '10.0.0.8' }] }],
+    });
+    const slim = slimTask(full);
+    expect(JSON.stringify(slim).length).toBeLessThan(JSON.stringify(full).length / 4);
+    expect(slim).not.toHaveProperty('overrides');
+    expect(slim).not.toHaveProperty('tags');
   });
 
   test('IP_PREFERENCE=public: a public address the screen refuses falls back to the private one, not to nothing', () => {
