@@ -7,7 +7,7 @@
  * is judged (the health checker calls setStatus).
  */
 import { CircuitBreaker, breakerStateValue, type BreakerLink } from './breaker';
-import { breakerState, countUnhealthyWith, failOpenTotal, forgetTarget, nodeHealthStatus, targetsPerRoute } from './metrics';
+import { breakerState, countersFromStart, countUnhealthyWith, failOpenTotal, forgetTarget, nodeHealthStatus, targetsPerRoute } from './metrics';
 import { sortTargets, type StatusSetter, type Target } from './types';
 import { UpstreamPool } from './upstream';
 
@@ -91,6 +91,7 @@ export class TargetRegistry implements StatusSetter {
       };
       // A series from the start (0, closed), so dashboards see the target before anything goes wrong.
       breakerState.labels({ target: id }).set(breakerStateValue('closed'));
+      countersFromStart(id);
       // A target another worker has seen fail: its breaker starts where the board's is.
       const last = link?.last(id);
       if (last) s.breaker.apply(last);

@@ -421,6 +421,15 @@ export function forgetTarget(target: string): void {
   failedConnections.remove({ target });
 }
 
+/**
+ * A target's connection counters from the start, at 0: the seed's counters (unlabelled) always showed a
+ * value, and a series that appears only at the first failure leaves `rate()` and `== 0` alerts with no data.
+ */
+export function countersFromStart(target: string): void {
+  failedConnections.labels({ target }).inc(0);
+  successfulConnections.labels({ target }).inc(0);
+}
+
 /** A target that answered (or, in tcp mode, accepted): load_balancer_successful_connections_total. */
 export function countSuccess(target: string): void {
   let t = successTallies.get(target);

@@ -186,6 +186,21 @@ describe('the bundle, on a static pool', () => {
     }
   });
 
+  test('a target has its connection counters at 0 before any traffic, as the seed\'s counters showed 0', async () => {
+    const q = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, HEALTH_CHECK_PATH: 'off', WORKERS: '2' });
+    try {
+      const series = (body: string, name: string) => new RegExp(`^${name}\\{target="127\\.0\\.0\\.1:${backend.port}"\\} (\\d+)$`, 'm').exec(body)?.[1];
+      const m = await until('the workers\' series', async () => {
+        const body = (await request(q.metricsPort, { path: '/metrics' })).body;
+        return series(body, 'load_balancer_failed_connections_total') !== undefined ? body : undefined;
+      });
+      expect(series(m, 'load_balancer_failed_connections_total')).toBe('0');
+      expect(series(m, 'load_balancer_successful_connections_total')).toBe('0');
+    } finally {
+      await q.stop();
+    }
+  });
+
   test('/metrics has the five seed metric names and the request counters after traffic', async () => {
     backend.handle = (_req, res) => res.end('ok');
     for (let i = 0; i < 3; i++) expect((await request(p.port)).status).toBe(200);
