@@ -255,6 +255,9 @@ const redisHost = (h: string): boolean => redisHostRe.test(h) && (isIP(h) !== 0 
 const redisUrl = (raw: string): string | undefined => {
   let t = raw.trim();
   if (t === '') return undefined;
+  // The seed's README wrote REDIS_URL="..." for its .env file, which drops the quotes; docker's
+  // --env-file and a unit's Environment= of the wrong shape keep them.
+  if (/^(["']).*\1$/s.test(t)) throw new Invalid('a redis:// or rediss:// URL, or host:port, without the quotes around it');
   if (/^:\d{1,5}$/.test(t)) t = `127.0.0.1${t}`;
   else if (bareRedisHostRe.test(t) && redisHost(t) && (/^\[|\./.test(t) || t.toLowerCase() === 'localhost')) t = `${t}:6379`;
   const bare = bareRedisAddressRe.exec(t);
@@ -294,6 +297,9 @@ const redisUrl = (raw: string): string | undefined => {
  * without a scheme) and any `password=` value left out.
  */
 const withoutCredentials = (raw: string): string => {
+  // Quoted, it is masked as the same value unquoted would be (a quoted host:port is shown whole).
+  const quoted = /^(\s*)(["'])(.*)\2(\s*)$/s.exec(raw);
+  if (quoted) return `${quoted[1]}${quoted[2]}${withoutCredentials(quoted[3])}${quoted[2]}${quoted[4]}`;
   const at = raw.lastIndexOf('@');
   const scheme = /^[a-z][a-z0-9+.-]*:\/*/i.exec(raw)?.[0] ?? '';
   // Without an @, only a plain host[:port][/db] is shown: `redis://:token` (its @ lost, or cut at a
@@ -351,7 +357,7 @@ export const SETTINGS = {
   },
   awsRegion: {
     env: 'AWS_REGION',
-    doc: 'AWS region of the ECS clusters and EC2 instances. Unset: `AWS_DEFAULT_REGION`, else the SDK chain (shared config, the instance\'s region; a warning at start says none is set).',
+    doc: 'AWS region of the ECS clusters and EC2 instances. Unset: `AWS_DEFAULT_REGION` (checked alike), else the SDK chain (shared config, the instance\'s region; a warning at start says none is set).',
     default: undefined,
     parse: region,
   },
@@ -849,6 +855,17 @@ export function loadConfig(env: Env = process.env): Config {
     // Balancer took any pair, and its settings must keep working; a target's checks never overlap (the
     // next one starts when a slow one ends), so the period then stretches to the slow check.
     if (!isSet('HEALTH_CHECK_TIMEOUT')) out.healthCheckTimeoutMs = out.healthCheckPeriodMs;
+  }
+  // AWS_DEFAULT_REGION, as the AWS CLI and the seeds' Go SDK read it when AWS_REGION is unset: checked as
+  // AWS_REGION is (a stray space or a comment in it was every discovery's "Region not accepted"), and the
+  // region used.
+  if (!isSet('AWS_REGION') && isSet('AWS_DEFAULT_REGION')) {
+    try {
+      out.awsRegion = region(env.AWS_DEFAULT_REGION!);
+    } catch (e) {
+      if (!(e instanceof Invalid)) throw e;
+      problems.push(`AWS_DEFAULT_REGION must be ${e.message} (got '${env.AWS_DEFAULT_REGION}')`);
+    }
   }
   // The SDK's own retry settings, which it reads itself and would take a typo of without a word
   // (AWS_MAX_ATTEMPTS=abc ran with its default): checked here with the rest.

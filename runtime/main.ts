@@ -365,7 +365,16 @@ async function runPrimary(config: Config): Promise<void> {
 }
 
 /** What `./.env` may set besides the settings: the region and the credentials the seed's README put there. */
-const DOTENV_AWS = ['AWS_REGION', 'AWS_DEFAULT_REGION', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_PROFILE'];
+const DOTENV_AWS = ['AWS_REGION', 'AWS_DEFAULT_REGION', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_PROFILE', 'AWS_DEFAULT_PROFILE'];
+
+/**
+ * AWS_DEFAULT_PROFILE, as the AWS CLI and the seeds' Go SDK read it when AWS_PROFILE is unset, and the JS
+ * SDK does not: its credentials and region would be passed over for the default profile's without a
+ * word. Set as AWS_PROFILE for this process and its workers, which read the environment they inherit.
+ */
+function bridgeDefaultProfile(env: NodeJS.ProcessEnv): void {
+  if ((env.AWS_PROFILE ?? '').trim() === '' && (env.AWS_DEFAULT_PROFILE ?? '').trim() !== '') env.AWS_PROFILE = env.AWS_DEFAULT_PROFILE!.trim();
+}
 
 /**
  * Settings from `./.env`, as the Karma Proxy seed read them (godotenv, dotenv.ts) and its README set
@@ -412,6 +421,7 @@ function main(): void {
   logProcessWarnings();
   watchEventLoop();
   const dotEnvProblems = readDotEnv();
+  bridgeDefaultProfile(process.env);
   if (cluster.isPrimary) {
     unresolvedListenNames(process.env).then((named) => runPrimary(configOrExit(dotEnvProblems, named))).catch((err: unknown) => {
       log('error', 'cannot start', errorFields(err));

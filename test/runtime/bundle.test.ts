@@ -190,10 +190,10 @@ describe('the bundle, on a static pool', () => {
     const q = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, HEALTH_CHECK_PATH: 'off', WORKERS: '2' });
     try {
       const series = (body: string, name: string) => new RegExp(`^${name}\\{target="127\\.0\\.0\\.1:${backend.port}"\\} (\\d+)$`, 'm').exec(body)?.[1];
-      const m = await until('the workers\' series', async () => {
+      const m = (await until('the workers\' series', async () => {
         const body = (await request(q.metricsPort, { path: '/metrics' })).body;
         return series(body, 'load_balancer_failed_connections_total') !== undefined ? body : undefined;
-      });
+      })) as string;
       expect(series(m, 'load_balancer_failed_connections_total')).toBe('0');
       expect(series(m, 'load_balancer_successful_connections_total')).toBe('0');
     } finally {
@@ -809,6 +809,24 @@ describe('the bundle starts and stops cleanly', () => {
         await Promise.all([stub.close(), close(imds)]);
       }
     });
+  });
+
+  test('AWS_DEFAULT_PROFILE names the profile when AWS_PROFILE is unset, as the AWS CLI and the seeds\' Go SDK read it: its credentials and region', async () => {
+    const home = fs.mkdtempSync(path.join(os.tmpdir(), 'karma-profile-'));
+    fs.mkdirSync(path.join(home, '.aws'));
+    fs.writeFileSync(path.join(home, '.aws', 'config'), '[default]\nregion = sa-east-1\n[profile seedprof]\nregion = ap-south-1\n');
+    fs.writeFileSync(path.join(home, '.aws', 'credentials'), '[default]\naws_access_key_id = AKIDDEFAULT\naws_secret_access_key = x\n[seedprof]\naws_access_key_id = AKIDSEEDPROF\naws_secret_access_key = y\n');
+    const stub = await startAwsStub({ asgs: { web: [] } });
+    const { AWS_REGION: _r, AWS_ACCESS_KEY_ID: _k, AWS_SECRET_ACCESS_KEY: _s, ...env } = stub.env();
+    const p = await startBundle({ ...env, HOME: home, AWS_DEFAULT_PROFILE: 'seedprof', NODE_FILTER: 'asg', ASG_NAME: 'web', HEALTH_CHECK_PATH: 'off' });
+    try {
+      await until('a discovery call', () => stub.calls.some((c) => c.api === 'DescribeAutoScalingGroups'));
+      expect([...new Set(stub.calls.map((c) => `${c.accessKeyId}@${c.region}`))]).toEqual(['AKIDSEEDPROF@ap-south-1']);
+    } finally {
+      await p.stop('SIGKILL');
+      await stub.close();
+      fs.rmSync(home, { recursive: true, force: true });
+    }
   });
 
   test("settings in ./.env are read, as the Karma Proxy seed read them; variables already set win", async () => {

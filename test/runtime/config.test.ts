@@ -197,6 +197,30 @@ describe('configuration', () => {
     }
   });
 
+  test('REDIS_URL in quotes (the seed README\'s REDIS_URL="...", through docker --env-file) is refused saying so, shown as the same value unquoted would be', () => {
+    expect(errorOf({ NODE_FILTER: 'asg', REDIS_URL: '"redis://127.0.0.1:6379"' }).problems).toEqual([
+      `REDIS_URL must be a redis:// or rediss:// URL, or host:port, without the quotes around it (got '"redis://127.0.0.1:6379"')`,
+    ]);
+    expect(errorOf({ NODE_FILTER: 'asg', REDIS_URL: "'cache.local:6379'" }).problems).toEqual([
+      `REDIS_URL must be a redis:// or rediss:// URL, or host:port, without the quotes around it (got ''cache.local:6379'')`,
+    ]);
+    // A password stays hidden, quoted or not.
+    const problems = errorOf({ NODE_FILTER: 'asg', REDIS_URL: '"redis://:s3cr3t-token@cache:6379"' }).problems;
+    expect(problems).toEqual([`REDIS_URL must be a redis:// or rediss:// URL, or host:port, without the quotes around it (got '"redis://***@cache:6379"')`]);
+    expect(errorOf({ NODE_FILTER: 'asg', REDIS_URL: '"Xk9fP2qLm7Rt4vWzS3cr3t"' }).problems[0]).not.toContain('Xk9f');
+  });
+
+  test('AWS_DEFAULT_REGION, the region when AWS_REGION is unset, is checked as AWS_REGION is and named when wrong', () => {
+    expect(loadConfig({ NODE_FILTER: 'asg', AWS_DEFAULT_REGION: ' eu-west-1 ' }).awsRegion).toBe('eu-west-1');
+    expect(loadConfig({ NODE_FILTER: 'asg', AWS_REGION: 'us-east-1', AWS_DEFAULT_REGION: 'eu-west-1' }).awsRegion).toBe('us-east-1');
+    expect(loadConfig({ NODE_FILTER: 'asg', AWS_REGION: ' ', AWS_DEFAULT_REGION: 'eu-west-1' }).awsRegion).toBe('eu-west-1');
+    for (const bad of ['EU-WEST-1', 'eu-west-1 # the region', 'eu west 1']) {
+      expect(errorOf({ NODE_FILTER: 'asg', AWS_DEFAULT_REGION: bad }).problems).toEqual([`AWS_DEFAULT_REGION must be a region name such as eu-west-1 (got '${bad}')`]);
+    }
+    // Set aside by AWS_REGION, as the SDKs and the CLI set it aside.
+    expect(loadConfig({ NODE_FILTER: 'asg', AWS_REGION: 'us-east-1', AWS_DEFAULT_REGION: 'EU-WEST-1' }).awsRegion).toBe('us-east-1');
+  });
+
   test('a DOMAIN of dots alone is named as given wrong, not as missing', () => {
     expect(errorOf({ DOMAIN: '..' }).problems).toEqual(["DOMAIN must be a DNS domain such as example.com (got '..')"]);
   });

@@ -89,6 +89,8 @@ export interface StubCall {
   readonly params: Record<string, unknown>;
   /** The region the call was signed for (its SigV4 credential scope). */
   readonly region?: string;
+  /** The access key it was signed with. */
+  readonly accessKeyId?: string;
 }
 
 export interface AwsStub {
@@ -487,8 +489,8 @@ export async function startAwsStub(model: Partial<StubModel> = {}, opts: AwsStub
       proto = form.get('Version') === '2011-01-01' ? 'query' : 'ec2';
       params = Object.fromEntries(form);
     }
-    const region = /Credential=[^/]+\/\d{8}\/([^/]+)\//.exec(String(req.headers.authorization ?? ''))?.[1];
-    calls.push({ api, params, region });
+    const scope = /Credential=([^/]+)\/\d{8}\/([^/]+)\//.exec(String(req.headers.authorization ?? ''));
+    calls.push({ api, params, region: scope?.[2], accessKeyId: scope?.[1] });
 
     if (!String(req.headers.authorization ?? '').startsWith('AWS4-HMAC-SHA256 ')) {
       return sendError(res, proto, new ApiError('MissingAuthenticationToken', 'Request is missing Authentication Token', 403));
