@@ -275,10 +275,10 @@ export class Request {
     return this.conn.ip;
   }
 
-  /** A body is announced (chunked, or a Content-Length other than 0). */
+  /** A body is announced (chunked, or a Content-Length other than 0: `00` is 0 too). */
   get hasBody(): boolean {
     const cl = this.headers['content-length'];
-    return this.headers['transfer-encoding'] !== undefined || (cl !== undefined && cl !== '0');
+    return this.headers['transfer-encoding'] !== undefined || (cl !== undefined && cl !== '0' && !/^\s*0+\s*$/.test(cl));
   }
 
   /**

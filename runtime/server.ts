@@ -133,6 +133,15 @@ const HOST_VALUE = {
 /** A WebSocket handshake announcing a body (RFC 6455 §4.1: a GET, whose target would wait for it). */
 const HANDSHAKE_WITH_BODY: Refusal = { status: 400, reason: 'bad_framing', message: 'a WebSocket handshake has no body' };
 
+/** The most a signed 64-bit length holds (2^63 - 1). */
+const INT63_MAX = '9223372036854775807';
+
+/** A Content-Length's digits (llhttp checked them) as a number a signed 64-bit length holds. */
+function fitsInt63(value: string): boolean {
+  const digits = value.trim().replace(/^0+(?=\d)/, '');
+  return digits.length < INT63_MAX.length || (digits.length === INT63_MAX.length && digits <= INT63_MAX);
+}
+
 /**
  * Why a request was refused before routing, or undefined when it may go on. llhttp already refuses
  * most malformed input (Content-Length with Transfer-Encoding, two Content-Lengths, bad characters,
@@ -153,6 +162,11 @@ function screen(req: Request, maxHeaders: number, checkHost: boolean): Refusal |
     if (req.httpVersionMinor === 0) return { status: 400, reason: 'bad_framing', message: 'Transfer-Encoding in an HTTP/1.0 request' };
     if (te.trim().toLowerCase() !== 'chunked') return { status: 400, reason: 'bad_framing', message: 'Transfer-Encoding must be chunked' };
   }
+  // llhttp takes any length up to 2^64 - 1; targets that read it as a signed 64-bit number (Go, Java,
+  // nginx's off_t) find it malformed, and one that refused it but kept the connection would read the
+  // body as its next request. nginx answers 400, as here. Only a value of 19 digits or more is looked at.
+  const cl = req.headers['content-length'];
+  if (cl !== undefined && cl.length >= 19 && !fitsInt63(cl)) return { status: 400, reason: 'bad_framing', message: 'Content-Length too large' };
   if (checkHost && req.headers.host !== undefined && !HOST_VALUE.test(req.headers.host)) {
     return { status: 400, reason: 'bad_host', message: 'malformed Host header' };
   }

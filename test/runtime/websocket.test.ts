@@ -209,6 +209,27 @@ test('a handshake announcing a body is a 400 that reaches no target (a target wo
   }
 });
 
+test('a handshake with Content-Length 0, spelt 0 or 00, announces no body and reaches its target', async () => {
+  const heads: string[] = [];
+  const target = net.createServer((s) => {
+    s.once('data', (d) => {
+      heads.push(d.toString('latin1'));
+      s.end('HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n');
+    });
+  });
+  const p = await proxyFor(target);
+  try {
+    for (const length of ['0', '00']) {
+      const r = await rawExchange(p.port, `GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nContent-Length: ${length}\r\n\r\n`, { deadlineMs: 3000 });
+      expect(r.responses.map((x) => x.status)).toEqual([101]);
+    }
+    expect(heads).toHaveLength(2);
+  } finally {
+    await p.stop();
+    await close(target);
+  }
+});
+
 test('WebSockets are not held to POOL_SIZE (the keep-alive pool): a chat app on one task takes more than it, and requests still go', async () => {
   // An ALB does not cap them per target either; MAX_CONNECTIONS bounds them, as every client connection.
   const server = http.createServer((req, res) => res.end('plain'));
