@@ -54,11 +54,16 @@ interface StoredTargets {
   /** TTL it was written with, and how long its discovery took (the data is that much older). */
   readonly ttl: number;
   readonly took: number;
+  /**
+   * Of `took`, how old the answer already was when its discovery began (records another port of the
+   * service had fetched): none of it is since a refusal that wants a new answer. Absent: 0.
+   */
+  readonly aged?: number;
   readonly targets: readonly { readonly host: string; readonly port: number }[];
 }
 
-export function encodeTargets(targets: readonly Target[], ttlMs: number, tookMs: number, now = Date.now()): string {
-  const value: StoredTargets = { v: 1, at: now, ttl: ttlMs, took: tookMs, targets: targets.map((t) => ({ host: t.host, port: t.port })) };
+export function encodeTargets(targets: readonly Target[], ttlMs: number, tookMs: number, now = Date.now(), agedMs = 0): string {
+  const value: StoredTargets = { v: 1, at: now, ttl: ttlMs, took: tookMs, ...(agedMs > 0 ? { aged: agedMs } : {}), targets: targets.map((t) => ({ host: t.host, port: t.port })) };
   return JSON.stringify(value);
 }
 
@@ -71,7 +76,7 @@ export const MAX_SHARED_TARGETS = 10_000;
 export const MAX_SHARED_BYTES = 1024 * 1024;
 
 /** Pure: a stored value back to targets, or undefined for anything malformed, oversized or of another version. */
-export function decodeTargets(raw: string | null | undefined): { targets: Target[]; ttl: number; took: number } | undefined {
+export function decodeTargets(raw: string | null | undefined): { targets: Target[]; ttl: number; took: number; aged?: number } | undefined {
   if (typeof raw !== 'string' || raw.length > MAX_SHARED_BYTES) return undefined;
   let v: Partial<StoredTargets>;
   try {
@@ -86,7 +91,8 @@ export function decodeTargets(raw: string | null | undefined): { targets: Target
     targets.push(makeTarget(t.host, t.port));
   }
   targets.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
-  return { targets, ttl: v.ttl, took: typeof v.took === 'number' && v.took > 0 ? v.took : 0 };
+  const took = typeof v.took === 'number' && v.took > 0 ? v.took : 0;
+  return { targets, ttl: v.ttl, took, ...(typeof v.aged === 'number' && v.aged > 0 ? { aged: Math.min(v.aged, took) } : {}) };
 }
 
 export interface SharedProviderOptions {
@@ -121,8 +127,11 @@ export interface SharedProviderOptions {
 }
 
 /** A shared value: its targets, its age (Infinity: not written by a proxy like us), its stored form and expiry. */
-/** ageMs: since the discovery began (its time to answer counted); writtenMs: since it was written. */
-type Shared = { targets: Target[]; ageMs: number; writtenMs: number; raw: string; pttl: number };
+/**
+ * ageMs: since the discovery began (its time to answer counted); writtenMs: since it was written;
+ * agedMs: how old its answer already was when that discovery began (another port's records).
+ */
+type Shared = { targets: Target[]; ageMs: number; writtenMs: number; agedMs: number; raw: string; pttl: number };
 
 /** Kinds of failure said in one outage, at most (each reconnection may fail anew, for ever). */
 const MAX_FAILURE_KINDS_SAID = 4;
@@ -372,8 +381,9 @@ export class SharedProvider implements Provider {
     try {
       ({ shared } = await this.read(redis, key));
       // An early ask (maxAgeMs) judges by when the answer was written: one a fleet-mate wrote a moment
-      // ago on the same refusals is as new as any, however long its discovery took.
-      if (shared && shared.ageMs < (shared.targets.length ? this.freshMs : this.emptyFreshMs) && (early ? shared.writtenMs : shared.ageMs) < maxAgeMs) {
+      // ago on the same refusals is as new as any, however long its discovery took; but not one it took
+      // from records fetched before (agedMs).
+      if (shared && shared.ageMs < (shared.targets.length ? this.freshMs : this.emptyFreshMs) && (early ? shared.writtenMs + shared.agedMs : shared.ageMs) < maxAgeMs) {
         this.answered();
         cacheLookups.inc({ result: 'hit' });
         return { targets: shared.targets, ageMs: shared.ageMs };
@@ -428,14 +438,18 @@ export class SharedProvider implements Provider {
     // says was found: the wait for it, or the shared records' age when that is more.
     // More than a reader takes would be written for nobody: each proxy discovers such a pool itself.
     if (targets.length <= MAX_SHARED_TARGETS) {
-      redis.set(key, encodeTargets(targets, this.ttlMs, Math.max(Date.now() - started, found.ageMs)), 'PX', this.ttlMs).catch((err: unknown) => this.failed(err));
+      redis.set(key, encodeTargets(targets, this.ttlMs, Math.max(Date.now() - started, found.ageMs), Date.now(), found.ageMs), 'PX', this.ttlMs).catch((err: unknown) => this.failed(err));
     }
-    // An empty answer is fresh for less time than the lock was taken for: held longer, it would keep
-    // everyone (this proxy too) on "empty" past NEGATIVE_CACHE_TTL. Never lengthened (an early ask's
-    // lock is shorter than that already).
-    // Only if the lock is still ours: a discovery slower than the lock lets another proxy take it.
-    if (targets.length === 0 && this.emptyFreshMs < lockMs) {
-      redis.eval(SHORTEN_OWN_LOCK, 1, lock, this.token, this.emptyFreshMs).catch((err: unknown) => this.failed(err));
+    // The lock lasts as long as the answer is fresh, from when it was found: an empty answer's less
+    // than a period (held longer, it would keep everyone, this proxy too, on "empty" past
+    // NEGATIVE_CACHE_TTL), and one taken from records another port fetched (found.ageMs old already)
+    // that much less, or the route would be refreshed from them until a period after the lock was
+    // taken: nearly two after they were fetched. Never lengthened (an early ask's lock is shorter than
+    // that already). Only if the lock is still ours: a discovery slower than the lock lets another
+    // proxy take it.
+    const holdMs = Math.max(1, (targets.length === 0 ? Math.min(this.emptyFreshMs, lockMs) : lockMs) - found.ageMs);
+    if (holdMs < lockMs) {
+      redis.eval(SHORTEN_OWN_LOCK, 1, lock, this.token, holdMs).catch((err: unknown) => this.failed(err));
     }
     return found;
   }
@@ -476,7 +490,7 @@ export class SharedProvider implements Provider {
     // NODE_CHECK_PERIOD writes with another TTL, and its entry ages as truly as ours. One whose expiry
     // is past the TTL it claims, or that never expires, was not written by a proxy: none of ours.
     const writtenMs = pttl >= 0 && pttl <= value.ttl ? value.ttl - pttl : Infinity;
-    return { targets: value.targets, ageMs: writtenMs + value.took, writtenMs, raw: raw!, pttl };
+    return { targets: value.targets, ageMs: writtenMs + value.took, writtenMs, agedMs: value.aged ?? 0, raw: raw!, pttl };
   }
 
   /**

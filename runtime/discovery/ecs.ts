@@ -290,10 +290,11 @@ export interface EcsProviderOptions {
    */
   readonly serviceShareMs?: number;
   /**
-   * The same for records that found no task: a service that starts its first one is found by a new
-   * route as soon as before. @default serviceShareMs
+   * How long records that give a port no target serve it (its own fetch follows: a service whose first
+   * task is starting is found by a new route as soon as without sharing), and how long a fetch still
+   * under way may be joined (it carries its first asker's deadline). @default serviceShareMs
    */
-  readonly emptyShareMs?: number;
+  readonly briefShareMs?: number;
   /** Clients made for this provider, destroyed by close(). @default none */
   readonly ownedClients?: readonly { destroy(): void }[];
 }
@@ -305,8 +306,8 @@ interface ServiceRecords {
   readonly records: Promise<EcsRecords>;
   /** The ports whose routes took it: asking again, they fetch anew. */
   readonly ports: Set<number>;
-  /** It found no task (emptyShareMs). */
-  empty: boolean;
+  /** It has answered (or failed): joined, it costs no wait on another asker's deadline (briefShareMs). */
+  settled: boolean;
 }
 
 /** How long a ListClusters or ListServices answer serves to find names that differ only in case. */
@@ -376,12 +377,14 @@ export class EcsProvider implements Provider {
 
   /**
    * A route's targets, from its service's records: fetched now, or by a discovery of another of its
-   * ports begun less than serviceShareMs (emptyShareMs when they found no task; and maxAgeMs) ago, then
-   * as old as that. A route asking again (its next period, an early ask) never takes the records it had.
+   * ports begun less than serviceShareMs (and maxAgeMs) ago, then as old as that; when they give this
+   * port no target, or are still being fetched, less than briefShareMs ago. A route asking again (its
+   * next period, an early ask) never takes the records it had.
    */
   async discoverAged(route: RouteKey, signal?: AbortSignal, maxAgeMs = Infinity): Promise<Found> {
     if (route.service === '*') return { targets: [], ageMs: 0 };
     const shareMs = this.opts.serviceShareMs ?? 0;
+    const briefMs = Math.min(shareMs, this.opts.briefShareMs ?? shareMs);
     const key = `${route.cluster}/${route.service}`;
     const now = Date.now();
     // Records past their use go (the map is in the order fetches began): a service's tasks are not kept
@@ -392,15 +395,14 @@ export class EcsProvider implements Provider {
     }
     let shared = this.services.get(key);
     let own = false;
-    const limitMs = Math.min(shared?.empty ? Math.min(shareMs, this.opts.emptyShareMs ?? shareMs) : shareMs, maxAgeMs);
-    if (!shared || shared.ports.has(route.port) || now - shared.at >= limitMs) {
+    if (!shared || shared.ports.has(route.port) || now - shared.at >= Math.min(shared.settled ? shareMs : briefMs, maxAgeMs)) {
       own = true;
-      // Others joining it share its first asker's deadline: theirs end at most serviceShareMs later.
-      const fetched: ServiceRecords = { at: now, records: this.fetch(route, signal), ports: new Set<number>(), empty: false };
+      // Others joining it share its first asker's deadline, for briefShareMs at most.
+      const fetched: ServiceRecords = { at: now, records: this.fetch(route, signal), ports: new Set<number>(), settled: false };
       shared = fetched;
       if (shareMs > 0) setRecent(this.services, key, fetched, this.hostCacheMax);
       fetched.records.then(
-        (r) => void (fetched.empty = r.tasks.length === 0),
+        () => void (fetched.settled = true),
         // A failure is nobody's answer.
         () => (this.services.get(key) === fetched ? this.services.delete(key) : undefined),
       );
@@ -413,6 +415,10 @@ export class EcsProvider implements Provider {
       ipPreference: this.ipPreference,
       loopback: this.loopback,
     });
+    // Another port's records that give this one nothing (no task running yet, none with an address, none
+    // bound to this port) serve it briefly: a route taken as empty is absent for NEGATIVE_CACHE_TTL.
+    // Asked again, its port is among those that took them: a fetch of its own.
+    if (!own && targets.length === 0 && Date.now() - shared.at >= briefMs) return this.discoverAged(route, signal, maxAgeMs);
     countSkipped(skipped);
     if (targets.length === 0 && skipped.not_healthy) this.sayNoneHealthy(key, route, skipped.not_healthy);
     // Its own fetch is a fresh answer (0 old, as any provider's); another port's is as old as it began.

@@ -28,11 +28,12 @@ export type ProviderConfig = Pick<
  * How long one ECS service's tasks answer for all its ports: as long as the coordinator and Redis call
  * an answer fresh (0.9 of NODE_CHECK_PERIOD). Hosts naming a thousand ports of one real service cost one
  * fetch of it a period, not a thousand; each route knows its answer's age, and is refreshed a period after
- * the fetch it took. Records that found no task serve other ports a tenth of the period (2 s at most),
- * so that a service's first task is found by a new route as soon as without sharing.
+ * the fetch it took. Records that give a port no target serve it a tenth of the period (2 s at most), so
+ * that a service's first task is found by a new route as soon as without sharing; a fetch under way is
+ * joined as briefly.
  */
 export const SERVICE_SHARE_OF_PERIOD = 0.9;
-export const EMPTY_SERVICE_SHARE_MAX_MS = 2000;
+export const BRIEF_SERVICE_SHARE_MAX_MS = 2000;
 
 export interface CreateProviderOptions extends AwsClientOptions {
   /** Options of the Redis client when REDIS_URL is set. */
@@ -118,7 +119,7 @@ export function createBaseProvider(
         clusterNames: config.allowedClusters,
         ...(config.nodeCheckPeriodMs === undefined
           ? {}
-          : { serviceShareMs: SERVICE_SHARE_OF_PERIOD * config.nodeCheckPeriodMs, emptyShareMs: Math.min(config.nodeCheckPeriodMs / 10, EMPTY_SERVICE_SHARE_MAX_MS) }),
+          : { serviceShareMs: SERVICE_SHARE_OF_PERIOD * config.nodeCheckPeriodMs, briefShareMs: Math.min(config.nodeCheckPeriodMs / 10, BRIEF_SERVICE_SHARE_MAX_MS) }),
         ownedClients: owned,
       });
   }

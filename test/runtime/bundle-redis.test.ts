@@ -163,3 +163,33 @@ test('with Redis, ports of one service named at different times on two proxies c
     await Promise.all(ports.map((b) => b.close()));
   }
 });
+
+test("with Redis, a change in AWS reaches a port that took another port's records within one NODE_CHECK_PERIOD of their fetch", async () => {
+  const [one, two] = await Promise.all([startBackend('task-1'), startBackend('task-2')]);
+  const ci = 'arn:aws:ecs:us-east-1:123456789012:container-instance/moving/ci-1';
+  // Container ports 80 and 81, both on the backend's port: two routes of one service.
+  const task = (port: number) => ({ launchType: 'EC2' as const, containerInstanceArn: ci, bindings: [{ containerPort: 80, hostPort: port }, { containerPort: 81, hostPort: port }] });
+  const stub = await startAwsStub({ clusters: { moving: { web: [task(one.port)] } } });
+  stub.model.containerInstances[ci] = 'i-0123456789abcdef1';
+  stub.model.instances.push({ id: 'i-0123456789abcdef1', privateIp: '127.0.0.1' });
+  const redis = await startRedisServer();
+  const periodS = 3;
+  const p = await startBundle({ ...stub.env(), DOMAIN: 'example.com', REDIS_URL: `127.0.0.1:${redis.port}`, NODE_CHECK_PERIOD: String(periodS), HEALTH_CHECK_PATH: 'off', WORKERS: '1' });
+  const get = async (port: number) => (await request(p.port, { headers: { Host: `web-${port}-moving.example.com` } })).body;
+  try {
+    expect(await get(80)).toBe('task-1');
+    const fetched = Date.now();
+    stub.model.clusters.moving = { web: [task(two.port)] };
+    // Port 81 named most of a period later: it takes port 80's records, as old as they are.
+    await new Promise((r) => setTimeout(r, periodS * 700));
+    await get(81);
+    await until('the new task served on port 81', async () => (await get(81)) === 'task-2', periodS * 3000, 50);
+    // A period after the records were fetched (and a refresh tick); not a period after port 81 took them.
+    expect(Date.now() - fetched).toBeLessThan(periodS * 1000 * 1.45);
+  } finally {
+    await p.stop();
+    await redis.stop();
+    await stub.close();
+    await Promise.all([one.close(), two.close()]);
+  }
+});

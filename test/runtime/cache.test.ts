@@ -244,6 +244,18 @@ describe('SharedProvider on a real redis-server', () => {
     const taken = await b.discoverAged(route);
     expect(taken.ageMs).toBeGreaterThanOrEqual(1500);
     expect(taken.ageMs).toBeLessThan(2500);
+    // Its refresh lock lasts as long as the answer is fresh from when it was found (0.9 of the period,
+    // less the 1.5 s it was old already), or the route would be refreshed from it for nearly two periods.
+    const lockTtl = await admin.pttl(lockKey('aged', route));
+    expect(lockTtl).toBeGreaterThan(0.9 * periodMs - 1500 - 500);
+    expect(lockTtl).toBeLessThanOrEqual(0.9 * periodMs - 1500);
+    // An early ask (its targets refused) wants an answer found since: written a moment ago, it was
+    // found 1.5 s before; the inner provider is asked.
+    let asked = 0;
+    const c = new SharedProvider({ ...inner, discoverAged: async () => (asked++, { targets: [makeTarget('10.0.0.8', 8080)], ageMs: 0 }) }, redis, { periodMs, scope: 'aged' });
+    open.push(c);
+    expect(ids((await c.discoverAged(route, undefined, 1000)).targets)).toEqual(['10.0.0.8:8080']);
+    expect(asked).toBe(1);
   });
 
   test('a pool larger than readers take (MAX_SHARED_TARGETS) is not written for nobody', async () => {

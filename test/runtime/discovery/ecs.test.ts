@@ -615,13 +615,13 @@ describe('EcsProvider with mocked SDK clients', () => {
     expect(ecsMock.commandCalls(ListTasksCommand)).toHaveLength(4);
   });
 
-  test('a service found with no task serves its other ports only emptyShareMs: its first task is found by a new route as soon as without sharing', async () => {
+  test('a service found with no task serves its other ports only briefShareMs: its first task is found by a new route as soon as without sharing', async () => {
     const tasks = [fargateTask(1)];
     describeFrom(tasks);
     ecsMock.on(ListTasksCommand).resolvesOnce({ taskArns: [] }).resolves({ taskArns: tasks.map((t) => t.taskArn as string) });
-    const p = provider({ serviceShareMs: 5000, emptyShareMs: 100 });
+    const p = provider({ serviceShareMs: 5000, briefShareMs: 100 });
     expect((await p.discoverAged(route)).targets).toEqual([]);
-    expect((await p.discoverAged({ ...route, port: 81 })).targets).toEqual([]); // within emptyShareMs: shared
+    expect((await p.discoverAged({ ...route, port: 81 })).targets).toEqual([]); // within briefShareMs: shared
     expect(ecsMock.commandCalls(ListTasksCommand)).toHaveLength(1);
     await new Promise((r) => setTimeout(r, 150));
     expect((await p.discoverAged({ ...route, port: 82 })).targets.map((t) => t.id)).toEqual(['10.0.0.2:82']);
@@ -632,6 +632,34 @@ describe('EcsProvider with mocked SDK clients', () => {
     expect(later.targets.map((t) => t.id)).toEqual(['10.0.0.2:83']);
     expect(later.ageMs).toBeGreaterThanOrEqual(140);
     expect(ecsMock.commandCalls(ListTasksCommand)).toHaveLength(2);
+  });
+
+  test('a service whose task is still PENDING serves another port its records briefly: once the task runs, a new route finds it at once', async () => {
+    const task = fargateTask(1, { lastStatus: 'PENDING' });
+    ecsMock.on(ListTasksCommand).resolves({ taskArns: [task.taskArn as string] });
+    ecsMock.on(DescribeTasksCommand).resolvesOnce({ tasks: [task], failures: [] }).resolves({ tasks: [{ ...task, lastStatus: 'RUNNING' }], failures: [] });
+    const p = provider({ serviceShareMs: 5000, briefShareMs: 100 });
+    expect((await p.discoverAged(route)).targets).toEqual([]);
+    await new Promise((r) => setTimeout(r, 150));
+    expect((await p.discoverAged({ ...route, port: 81 })).targets.map((t) => t.id)).toEqual(['10.0.0.2:81']);
+    expect(ecsMock.commandCalls(ListTasksCommand)).toHaveLength(2);
+  });
+
+  test('a fetch still under way is joined for briefShareMs only: past it, another port does not wait on the first asker\'s fetch', async () => {
+    const tasks = [fargateTask(1)];
+    describeFrom(tasks);
+    let release: (() => void) | undefined;
+    ecsMock
+      .on(ListTasksCommand)
+      .callsFakeOnce(() => new Promise((r) => (release = () => r({ taskArns: tasks.map((t) => t.taskArn as string) }))))
+      .resolves({ taskArns: tasks.map((t) => t.taskArn as string) });
+    const p = provider({ serviceShareMs: 5000, briefShareMs: 100 });
+    const hung = p.discoverAged(route);
+    await new Promise((r) => setTimeout(r, 150));
+    expect((await p.discoverAged({ ...route, port: 81 })).targets.map((t) => t.id)).toEqual(['10.0.0.2:81']);
+    expect(ecsMock.commandCalls(ListTasksCommand)).toHaveLength(2);
+    release!();
+    expect((await hung).targets.map((t) => t.id)).toEqual(['10.0.0.2:8080']);
   });
 
   test('the route of the pool modes is not an ECS service', async () => {
