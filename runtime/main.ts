@@ -370,10 +370,14 @@ const DOTENV_AWS = ['AWS_REGION', 'AWS_DEFAULT_REGION', 'AWS_ACCESS_KEY_ID', 'AW
 /**
  * AWS_DEFAULT_PROFILE, as the AWS CLI and the seeds' Go SDK read it when AWS_PROFILE is unset, and the JS
  * SDK does not: its credentials and region would be passed over for the default profile's without a
- * word. Set as AWS_PROFILE for this process and its workers, which read the environment they inherit.
+ * word. Set as AWS_PROFILE for this process and its workers, which read the environment they inherit;
+ * not beside keys in the environment, which those read first (the JS SDK, given AWS_PROFILE, would take
+ * the profile's instead, or fail on a profile that does not exist).
  */
 function bridgeDefaultProfile(env: NodeJS.ProcessEnv): void {
-  if ((env.AWS_PROFILE ?? '').trim() === '' && (env.AWS_DEFAULT_PROFILE ?? '').trim() !== '') env.AWS_PROFILE = env.AWS_DEFAULT_PROFILE!.trim();
+  const set = (name: string): boolean => (env[name] ?? '').trim() !== '';
+  if (set('AWS_PROFILE') || !set('AWS_DEFAULT_PROFILE') || (set('AWS_ACCESS_KEY_ID') && set('AWS_SECRET_ACCESS_KEY'))) return;
+  env.AWS_PROFILE = env.AWS_DEFAULT_PROFILE!.trim();
 }
 
 /**

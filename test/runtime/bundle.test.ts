@@ -811,19 +811,31 @@ describe('the bundle starts and stops cleanly', () => {
     });
   });
 
-  test('AWS_DEFAULT_PROFILE names the profile when AWS_PROFILE is unset, as the AWS CLI and the seeds\' Go SDK read it: its credentials and region', async () => {
+  test('AWS_DEFAULT_PROFILE names the profile when AWS_PROFILE is unset, as the AWS CLI and the seeds\' Go SDK read it: its credentials and region; keys in the environment come first', async () => {
     const home = fs.mkdtempSync(path.join(os.tmpdir(), 'karma-profile-'));
     fs.mkdirSync(path.join(home, '.aws'));
     fs.writeFileSync(path.join(home, '.aws', 'config'), '[default]\nregion = sa-east-1\n[profile seedprof]\nregion = ap-south-1\n');
     fs.writeFileSync(path.join(home, '.aws', 'credentials'), '[default]\naws_access_key_id = AKIDDEFAULT\naws_secret_access_key = x\n[seedprof]\naws_access_key_id = AKIDSEEDPROF\naws_secret_access_key = y\n');
     const stub = await startAwsStub({ asgs: { web: [] } });
     const { AWS_REGION: _r, AWS_ACCESS_KEY_ID: _k, AWS_SECRET_ACCESS_KEY: _s, ...env } = stub.env();
-    const p = await startBundle({ ...env, HOME: home, AWS_DEFAULT_PROFILE: 'seedprof', NODE_FILTER: 'asg', ASG_NAME: 'web', HEALTH_CHECK_PATH: 'off' });
+    const base = { ...env, HOME: home, NODE_FILTER: 'asg', ASG_NAME: 'web', HEALTH_CHECK_PATH: 'off' };
+    /** Who signed the discovery calls of a proxy started with `extra`, and for which region. */
+    const signers = async (extra: Record<string, string>): Promise<string[]> => {
+      stub.resetCalls();
+      const p = await startBundle({ ...base, ...extra });
+      try {
+        await until('a discovery call', () => stub.calls.some((c) => c.api === 'DescribeAutoScalingGroups'));
+        return [...new Set(stub.calls.map((c) => `${c.accessKeyId}@${c.region}`))];
+      } finally {
+        await p.stop('SIGKILL');
+      }
+    };
     try {
-      await until('a discovery call', () => stub.calls.some((c) => c.api === 'DescribeAutoScalingGroups'));
-      expect([...new Set(stub.calls.map((c) => `${c.accessKeyId}@${c.region}`))]).toEqual(['AKIDSEEDPROF@ap-south-1']);
+      expect(await signers({ AWS_DEFAULT_PROFILE: 'seedprof' })).toEqual(['AKIDSEEDPROF@ap-south-1']);
+      // As with the AWS CLI and the Go SDK, keys in the environment are read before any profile, even
+      // one that does not exist.
+      expect(await signers({ AWS_DEFAULT_PROFILE: 'ghost', AWS_REGION: 'eu-west-1', AWS_ACCESS_KEY_ID: 'AKIDENV', AWS_SECRET_ACCESS_KEY: 'z' })).toEqual(['AKIDENV@eu-west-1']);
     } finally {
-      await p.stop('SIGKILL');
       await stub.close();
       fs.rmSync(home, { recursive: true, force: true });
     }
