@@ -129,20 +129,25 @@ export async function start(config: Config, deps: { provider?: Provider; primary
   return { port, stop };
 }
 
+/**
+ * How often a worker looks for its primary gone without a word. Node emits 'disconnect' when the IPC
+ * channel closes, except while a handle the worker sent waits for the primary's acknowledgement (the
+ * accept handles' exchange, acceptors.ts; a listen): the channel is closed and `process.connected`
+ * false, but the event never comes, and neither node:cluster's exit nor our drain would run. Such a
+ * worker (one starting, or replacing a dead one, as the primary was killed) lived on with the port, and
+ * the next proxy could not bind it.
+ */
+const PRIMARY_WATCH_MS = 1000;
+
 /** The worker's entry point under node:cluster. */
 export async function startWorker(config: Config): Promise<void> {
-  let running: Running;
-  try {
-    running = await start(config, { primary: true });
-  } catch (err) {
-    log('error', 'cannot start', errorFields(err));
-    sendToPrimary({ t: 'fatal', error: (err as Error).message });
-    process.exit(1);
-  }
-  sendToPrimary({ t: 'ready', port: running.port });
+  let running: Running | undefined;
   let stopping = false;
+  let primaryGone = false;
   const onSignal = (): void => {
     stopping = true;
+    // Nothing started yet (the primary lost during start-up): nothing to drain.
+    if (!running) process.exit(0);
     void running.stop().then(
       () => process.exit(0),
       (err: unknown) => {
@@ -151,21 +156,45 @@ export async function startWorker(config: Config): Promise<void> {
       },
     );
   };
+  // The primary going away (killed hard, or by the OOM killer: in ECS mode it is the largest process) leaves
+  // nobody to replace or stop us: stop too, draining what is in flight like on SIGTERM.
+  const onPrimaryGone = (): void => {
+    if (primaryGone) return;
+    primaryGone = true;
+    clearInterval(watch);
+    // Said once, by each worker: otherwise its exit would be the only trace of the primary's death.
+    if (!stopping) log('warn', 'the primary is gone: draining and exiting');
+    onSignal();
+  };
+  const watch = setInterval(() => {
+    if (!process.connected) onPrimaryGone();
+  }, PRIMARY_WATCH_MS);
+  watch.unref();
+  // A message to a primary already gone (node:cluster's own, as a listen asks for its handle) fails with
+  // EPIPE on the process: the primary's loss, not a crash with a stack trace.
+  process.on('error', (err: unknown) => {
+    if (!process.connected) onPrimaryGone();
+    else log('warn', 'message to the primary failed', errorFields(err));
+  });
+  try {
+    running = await start(config, { primary: true });
+  } catch (err) {
+    log('error', 'cannot start', errorFields(err));
+    sendToPrimary({ t: 'fatal', error: (err as Error).message });
+    process.exit(1);
+  }
+  sendToPrimary({ t: 'ready', port: running.port });
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
   // A hang-up reaches the whole process group (a closed terminal); the primary says it is ignored.
   process.on('SIGHUP', () => undefined);
-  // The primary going away (killed hard, or by the OOM killer: in ECS mode it is the largest process) leaves
-  // nobody to replace or stop us: stop too, draining what is in flight like on SIGTERM. node:cluster
-  // would exit the worker on the spot unless told the disconnect was expected; its 'disconnect' event
-  // comes just before it decides.
+  // node:cluster would exit the worker on the spot at 'disconnect' unless told it was expected; its
+  // 'disconnect' event comes just before it decides. (Before start() is done it does exit: nothing to drain.)
   const self = cluster.worker as { exitedAfterDisconnect?: boolean; once(e: 'disconnect', f: () => void): void } | undefined;
   self?.once('disconnect', () => {
     self.exitedAfterDisconnect = true;
   });
-  process.on('disconnect', () => {
-    // Said once, by each worker: otherwise its exit would be the only trace of the primary's death.
-    if (!stopping) log('warn', 'the primary is gone: draining and exiting');
-    onSignal();
-  });
+  process.on('disconnect', onPrimaryGone);
+  // Gone while the lines above were being set up.
+  if (!process.connected) onPrimaryGone();
 }

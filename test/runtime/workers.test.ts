@@ -419,6 +419,83 @@ test('when the primary is killed, workers finish the requests in flight, then ex
   }
 });
 
+/** How many of `pid`'s descriptors are the socket of `inode` (listening: its accept handles). */
+function descriptorsOf(pid: number, inode: string): number {
+  let n = 0;
+  try {
+    for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
+      try {
+        if (fs.readlinkSync(`/proc/${pid}/fd/${fd}`) === `socket:[${inode}]`) n++;
+      } catch {
+        // closed meanwhile
+      }
+    }
+  } catch {
+    // gone
+  }
+  return n;
+}
+
+test('a worker whose primary is killed while it exchanges accept handles with it (Node then emits no disconnect) still exits', async () => {
+  const backend = await startBackend('ok');
+  const alive = (pid: number): boolean => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  /** Lets a stopped process run for about `us` microseconds, then stops it again. */
+  const pulse = (pid: number, us: number): void => {
+    process.kill(pid, 'SIGCONT');
+    const until = process.hrtime.bigint() + BigInt(us * 1000);
+    while (process.hrtime.bigint() < until) {
+      // spin: a timer is a millisecond at best
+    }
+    process.kill(pid, 'SIGSTOP');
+  };
+  let caught = 0;
+  try {
+    // The window is a few milliseconds of a replacement's start, met by letting the primary run in
+    // slices of 200 us while the replacement's descriptors are counted; frozen in it, the primary has
+    // not always read the worker's last handle: three times over (each time, the worker must go).
+    for (let attempt = 0; attempt < 10 && caught < 3; attempt++) {
+      // A port of its own: the replacement listens on it again (with PORT=0 it would be another).
+      const port = await freePort();
+      const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, WORKERS: '1', HEALTH_CHECK_PATH: 'off', PORT: String(port) });
+      const primary = p.child.pid!;
+      let pid: number | undefined;
+      try {
+        const [first] = p.workers();
+        process.kill(first, 'SIGKILL');
+        pid = (await until('a replacement forked', () => p.workers().find((w) => w !== first), 10_000, 1)) as number;
+        process.kill(primary, 'SIGSTOP');
+        let n = 0;
+        for (let i = 0; i < 5000 && (n === 0 || n >= ACCEPT_HANDLES); i++) {
+          if (n >= ACCEPT_HANDLES) break;
+          pulse(primary, 200);
+          // The worker runs on meanwhile: its next step waits on the primary.
+          await new Promise((r) => setTimeout(r, 2));
+          const inode = listeningInode(port);
+          n = inode === undefined ? 0 : descriptorsOf(pid, inode);
+        }
+        if (n >= 1 && n < ACCEPT_HANDLES) {
+          process.kill(primary, 'SIGKILL');
+          caught++;
+          await until('the replacement gone, its primary killed mid-exchange', () => !alive(pid!), 5000, 50);
+        } else process.kill(primary, 'SIGCONT');
+      } finally {
+        if (pid !== undefined && alive(pid)) process.kill(pid, 'SIGKILL');
+        await p.stop('SIGKILL');
+      }
+    }
+    expect(caught).toBe(3);
+  } finally {
+    await backend.close();
+  }
+});
+
 test("counters do not go down when a worker dies: its last counts stay in the sums", async () => {
   const backend = await startBackend('ok');
   const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, WORKERS: '2', HEALTH_CHECK_PATH: 'off' });
