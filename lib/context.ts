@@ -55,6 +55,16 @@ const EMPTY_IS_WIDE: Partial<Record<ContextKey, string>> = {
   ports: 'the default (any port), or name the ports to serve',
 };
 
+/**
+ * What is wrong with a hosted zone id, or undefined: Route53 zone ids are upper-case letters and digits
+ * (Z0123456789ABCDEFGHIJ); a zone's name is a common slip. The app's context and the stack's props alike.
+ */
+export function hostedZoneIdProblem(id: string): string | undefined {
+  if (/^[A-Z0-9]{1,32}$/.test(id)) return undefined;
+  return `hostedZoneId '${id}' is not a Route53 hosted zone id such as Z0123456789ABCDEFGHIJ` +
+    (id.includes('.') ? ' (that looks like the zone\'s name: give it as hostedZoneName)' : '');
+}
+
 /** `hostedZoneId` -> `KARMA_HOSTED_ZONE_ID`. */
 export function envVarName(key: string): string {
   return `KARMA_${key.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase()}`;
@@ -285,11 +295,10 @@ export function contextSettings(
   let hostedZoneId = str('hostedZoneId');
   let hostedZoneName = str('hostedZoneName');
   let usedExamples = false;
-  // Route53 zone ids are upper-case letters and digits (Z0123456789ABCDEFGHIJ); a zone's name is a common slip.
-  if (hostedZoneId !== undefined && !/^[A-Z0-9]{1,32}$/.test(hostedZoneId)) {
+  const zoneIdProblem = hostedZoneId === undefined ? undefined : hostedZoneIdProblem(hostedZoneId);
+  if (zoneIdProblem) {
     unsettled = true;
-    problems.push(`hostedZoneId '${hostedZoneId}' is not a Route53 hosted zone id such as Z0123456789ABCDEFGHIJ` +
-      (hostedZoneId.includes('.') ? ' (that looks like the zone\'s name: give it as hostedZoneName)' : ''));
+    problems.push(zoneIdProblem);
   }
   // A pool (asg, tag, static) serves every Host: it needs no domain, and no record unless one is asked for.
   const discovery = str('discovery');

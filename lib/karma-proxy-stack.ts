@@ -3,11 +3,11 @@
  * both from plain attributes so that synth never looks anything up. Outputs the wildcard name, the
  * addresses and the monthly cost estimate.
  */
-import { Annotations, CfnOutput, Fn, Stack, StackProps } from 'aws-cdk-lib';
+import { Annotations, CfnOutput, Fn, Stack, StackProps, Token } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as route53 from 'aws-cdk-lib/aws-route53';
 import { Construct } from 'constructs';
-import { EXAMPLE_CONTEXT } from './context';
+import { EXAMPLE_CONTEXT, hostedZoneIdProblem } from './context';
 import { formatCostSummary } from './cost';
 import { InvalidPropsError, KarmaProxy, KarmaProxyProps } from './karma-proxy';
 
@@ -16,7 +16,8 @@ export interface KarmaProxyStackProps extends StackProps, Omit<KarmaProxyProps, 
   /** Route53 hosted zone that receives `*.<domain>`.
    * @default no DNS record; example values (a warning) when there is no domain either and discovery is ecs */
   readonly hostedZoneId?: string;
-  /** Name of that zone. Only used to build and check the record name.
+  /** Name of that zone. Only used to build and check the record name; without `domain`, the domain
+   * (the record is then `*.<zone name>`, as with the app's context).
    * @default the domain itself (the record is then `*.<domain>` whatever the zone's apex is) */
   readonly hostedZoneName?: string;
   /** An existing VPC, imported from attributes (no lookup): needs `publicSubnetIds`, and
@@ -93,11 +94,17 @@ export class KarmaProxyStack extends Stack {
       if (props.availabilityZones?.length) problems.push('availabilityZones needs vpcId (they are the AZs of its subnets)');
     }
     if (props.hostedZoneName && !props.hostedZoneId) problems.push('hostedZoneName needs hostedZoneId');
+    // Checked as the app checks its context (a token is the deployer's to get right).
+    const zoneIdProblem = props.hostedZoneId === undefined || Token.isUnresolved(props.hostedZoneId) ? undefined : hostedZoneIdProblem(props.hostedZoneId);
+    if (zoneIdProblem) problems.push(zoneIdProblem);
+    if (props.hostedZoneId && !props.domain && !props.hostedZoneName) problems.push('hostedZoneId needs domain or hostedZoneName');
     // With problems of its own, the stack still builds its proxy (in a VPC of its own) to learn the
     // construct's problems too: one error names them all.
 
     // Nothing to route by: synthesize anyway, with example values and a warning (a deploy would fail at the record).
     let { domain, hostedZoneId, hostedZoneName } = props;
+    // The record is then *.<zone name>, as with the app's context.
+    if (!domain && hostedZoneId && hostedZoneName) domain = hostedZoneName;
     // (A pool, asg, tag or static, serves every Host: without a domain it is reached on its addresses.)
     this.usesExampleValues = !domain && !hostedZoneId && (props.discovery ?? 'ecs') === 'ecs';
     if (this.usesExampleValues) {

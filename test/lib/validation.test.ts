@@ -468,6 +468,18 @@ describe('the stack', () => {
     ].join('\n'));
   });
 
+  test('a hosted zone id is checked as the app checks it, and needs a domain or the zone\'s name; the name alone is the domain', () => {
+    expect(stackMessage({ hostedZoneId: 'example.com' })).toBe([
+      'Invalid KarmaProxyStack props (KarmaProxy):',
+      "  - hostedZoneId 'example.com' is not a Route53 hosted zone id such as Z0123456789ABCDEFGHIJ (that looks like the zone's name: give it as hostedZoneName)",
+    ].join('\n'));
+    expect(messageOf(() => new KarmaProxyStack(new App(), 'KarmaProxy', { hostedZoneId: 'Z0123456789ABCDEFGHIJ' }))).toContain(
+      '  - hostedZoneId needs domain or hostedZoneName',
+    );
+    const stack = new KarmaProxyStack(new App(), 'KarmaProxy', { hostedZoneId: 'Z0123456789ABCDEFGHIJ', hostedZoneName: 'apps.example.com' });
+    Template.fromStack(stack).hasResourceProperties('AWS::Route53::RecordSet', { Name: '*.apps.example.com.', HostedZoneId: 'Z0123456789ABCDEFGHIJ' });
+  });
+
   test('each subnet list has one subnet per AZ, in their order', () => {
     expect(stackMessage({
       vpcId: 'vpc-1', availabilityZones: ['us-east-1a', 'us-east-1b'],
