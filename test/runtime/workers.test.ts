@@ -386,19 +386,21 @@ test('one Ctrl-C delivered twice at once (the terminal to the group, npm to its 
   }
 });
 
+/** Whether process `pid` is still alive. */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 test('when the primary is killed, workers finish the requests in flight, then exit', async () => {
   const backend = await startBackend('ok');
   backend.handle = (_req, res) => void setTimeout(() => res.end('slow'), 1500);
   const p = await startBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${backend.port}`, WORKERS: '1', HEALTH_CHECK_PATH: 'off', SHUTDOWN_TIMEOUT: '10' });
   const [worker] = p.workers();
-  const alive = (pid: number): boolean => {
-    try {
-      process.kill(pid, 0);
-      return true;
-    } catch {
-      return false;
-    }
-  };
   try {
     const inFlight = [request(p.port), request(p.port)];
     await until('the requests at the target', () => backend.seen.length === 2);
@@ -438,14 +440,6 @@ function descriptorsOf(pid: number, inode: string): number {
 
 test('a worker whose primary is killed while it exchanges accept handles with it (Node then emits no disconnect) still exits', async () => {
   const backend = await startBackend('ok');
-  const alive = (pid: number): boolean => {
-    try {
-      process.kill(pid, 0);
-      return true;
-    } catch {
-      return false;
-    }
-  };
   /** Lets a stopped process run for about `us` microseconds, then stops it again. */
   const pulse = (pid: number, us: number): void => {
     process.kill(pid, 'SIGCONT');
