@@ -833,6 +833,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
   /** Targets this request already failed on (made on the first retry). */
   private tried: Set<TargetState> | undefined;
   private retries = 0;
+  /** A try of this request failed once it had been sent, and that failure was counted against its target (settle()). */
+  private failedAfterSend = false;
   /** A retry was granted and has not reached a target yet (karma_retries_total counts it then). */
   private retrying = false;
   private stale = 0;
@@ -1213,7 +1215,14 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     }
     const notTheTarget = err !== undefined &&
       (err.kind === 'client_gone' || err.kind === 'client_timeout' || err.kind === 'stale' || err.kind === 'shutting_down' || err.kind === 'target_left');
-    const counted = err !== undefined && !notTheTarget && !err.blameless && err.kind !== 'pool_full';
+    // A request that fails again once sent, on another target, after a try that failed once sent (reset,
+    // garbled answer) is likelier the cause than either target: a URL that crashes whatever serves it.
+    // Counted against the first target only: with retries, each such request would otherwise count
+    // against every target, and CIRCUIT_BREAKER_THRESHOLD requests would open every breaker of the route
+    // at once, the targets passing their checks. (A refused connection is never the request's doing.)
+    const afterSend = err !== undefined && !err.beforeSend;
+    const counted = err !== undefined && !notTheTarget && !err.blameless && err.kind !== 'pool_full' && !(afterSend && this.failedAfterSend);
+    if (counted && afterSend) this.failedAfterSend = true;
     // Counted before done(), which forgets a target that has left every pool, and its series with it: a
     // count after would bring the series back for good. What the breaker excuses (a keep-alive race that
     // cut a POST, an answer head over our limit) still failed with this target: the metric says so.

@@ -29,7 +29,7 @@ export const healthCheckLatency = new Histogram({
 });
 export const failedConnections = new Counter({
   name: 'load_balancer_failed_connections_total',
-  help: 'Attempts to reach a target that failed (refused, reset, timed out, or answered what cannot be passed on), the keep-alive race and answers over the head limit included.',
+  help: 'Attempts to reach a target that failed (refused, reset, timed out, or answered what cannot be passed on), answers over the head limit and a keep-alive race that cut a request included; a race tried again on a fresh connection is not.',
   labelNames: ['target'] as const,
 });
 export const successfulConnections = new Counter({

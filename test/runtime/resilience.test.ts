@@ -172,6 +172,29 @@ describe('circuit breaker', () => {
     }
   });
 
+  test('a URL that resets whatever serves it counts against the first target each request tried, not every target its retries reached: CIRCUIT_BREAKER_THRESHOLD such requests do not close the route', async () => {
+    const backends = await Promise.all(['a', 'b', 'c'].map(startBackend));
+    for (const b of backends) b.handle = (req, res) => (req.url === '/bad' ? req.socket.destroy() : res.end('ok'));
+    // RETRIES=2: each bad GET reaches all three targets.
+    const p = await proxyFor(backends, { HEALTH_CHECK_PATH: 'off', CIRCUIT_BREAKER_THRESHOLD: '5', RETRIES: '2' });
+    try {
+      const bad = await Promise.all(Array.from({ length: 5 }, () => request(p.port, { path: '/bad', headers: { Connection: 'close' } })));
+      expect(bad.map((r) => r.status)).toEqual([502, 502, 502, 502, 502]);
+      expect(backends.reduce((n, b) => n + b.seen.length, 0)).toBe(15); // every target tried by each
+      // Before, every breaker had 5 failures and the route answered 503 for CIRCUIT_BREAKER_TIMEOUT.
+      for (let i = 0; i < 6; i++) expect(await request(p.port, { path: '/ok' })).toMatchObject({ status: 200, body: 'ok' });
+      // A target that fails every request, retried elsewhere, still opens its breaker at the threshold.
+      backends[0].handle = (req) => req.socket.destroy();
+      const before = backends[0].seen.length;
+      for (let i = 0; i < 30; i++) expect(await request(p.port, { path: '/ok' })).toMatchObject({ status: 200 });
+      // (One more when a reset on a kept-alive socket is the keep-alive race, tried again on a fresh one.)
+      expect(backends[0].seen.length - before).toBeLessThanOrEqual(6);
+    } finally {
+      await p.stop();
+      await Promise.all(backends.map((b) => b.close()));
+    }
+  });
+
   test('POSTs reset on warm keep-alive sockets: one is excused as a keep-alive race, then the threshold counts', async () => {
     // A reset on a kept socket may be the target closing it just as the request came; a POST is not sent
     // again, so each warm socket would have been one more excused 502.
