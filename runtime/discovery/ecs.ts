@@ -418,7 +418,9 @@ export class EcsProvider implements Provider {
     // Another port's records that give this one nothing (no task running yet, none with an address, none
     // bound to this port) serve it briefly: a route taken as empty is absent for NEGATIVE_CACHE_TTL.
     // Asked again, its port is among those that took them: a fetch of its own.
-    if (!own && targets.length === 0 && Date.now() - shared.at >= briefMs) return this.discoverAged(route, signal, maxAgeMs);
+    // Judged at the ask, not after the wait: every port that joined a slow fetch within briefShareMs of
+    // its start takes its answer, rather than each fetching again in turn.
+    if (!own && targets.length === 0 && now - shared.at >= briefMs) return this.discoverAged(route, signal, maxAgeMs);
     countSkipped(skipped);
     if (targets.length === 0 && skipped.not_healthy) this.sayNoneHealthy(key, route, skipped.not_healthy);
     // Its own fetch is a fresh answer (0 old, as any provider's); another port's is as old as it began.

@@ -645,6 +645,16 @@ describe('EcsProvider with mocked SDK clients', () => {
     expect(ecsMock.commandCalls(ListTasksCommand)).toHaveLength(2);
   });
 
+  test('ports that joined a fetch slower than briefShareMs and get no target from it take its answer together, not one fetch each in turn', async () => {
+    ecsMock.on(ListTasksCommand).callsFake(() => new Promise((r) => setTimeout(() => r({ taskArns: [] }), 300)));
+    const p = provider({ serviceShareMs: 4500, briefShareMs: 200 });
+    const started = Date.now();
+    const answers = await Promise.all(Array.from({ length: 8 }, (_, i) => p.discoverAged({ ...route, port: 9000 + i })));
+    expect(answers.every((a) => a.targets.length === 0)).toBe(true);
+    expect(ecsMock.commandCalls(ListTasksCommand)).toHaveLength(1);
+    expect(Date.now() - started).toBeLessThan(1000); // one fetch's time, not eight
+  });
+
   test('a fetch still under way is joined for briefShareMs only: past it, another port does not wait on the first asker\'s fetch', async () => {
     const tasks = [fargateTask(1)];
     describeFrom(tasks);
