@@ -55,11 +55,17 @@ const EMPTY_IS_WIDE: Partial<Record<ContextKey, string>> = {
   ports: 'the default (any port), or name the ports to serve',
 };
 
+/** A zone id as `aws route53 list-hosted-zones` prints it (`/hostedzone/Z0123...`), as CloudFormation takes it (`Z0123...`). */
+export function withoutZonePrefix(id: string): string {
+  return id.replace(/^\/hostedzone\//, '');
+}
+
 /**
  * What is wrong with a hosted zone id, or undefined: Route53 zone ids are upper-case letters and digits
  * (Z0123456789ABCDEFGHIJ); a zone's name is a common slip. The app's context and the stack's props alike.
  */
 export function hostedZoneIdProblem(id: string): string | undefined {
+  id = withoutZonePrefix(id);
   if (/^[A-Z0-9]{1,32}$/.test(id)) return undefined;
   return `hostedZoneId '${id}' is not a Route53 hosted zone id such as Z0123456789ABCDEFGHIJ` +
     (id.includes('.') ? ' (that looks like the zone\'s name: give it as hostedZoneName)' : '');
@@ -293,6 +299,7 @@ export function contextSettings(
 
   let domain = str('domain');
   let hostedZoneId = str('hostedZoneId');
+  if (hostedZoneId !== undefined) hostedZoneId = withoutZonePrefix(hostedZoneId);
   let hostedZoneName = str('hostedZoneName');
   let usedExamples = false;
   const zoneIdProblem = hostedZoneId === undefined ? undefined : hostedZoneIdProblem(hostedZoneId);

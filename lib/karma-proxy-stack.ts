@@ -7,7 +7,7 @@ import { Annotations, CfnOutput, Fn, Stack, StackProps, Token } from 'aws-cdk-li
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as route53 from 'aws-cdk-lib/aws-route53';
 import { Construct } from 'constructs';
-import { EXAMPLE_CONTEXT, hostedZoneIdProblem } from './context';
+import { EXAMPLE_CONTEXT, hostedZoneIdProblem, withoutZonePrefix } from './context';
 import { formatCostSummary } from './cost';
 import { InvalidPropsError, KarmaProxy, KarmaProxyProps } from './karma-proxy';
 
@@ -103,6 +103,7 @@ export class KarmaProxyStack extends Stack {
 
     // Nothing to route by: synthesize anyway, with example values and a warning (a deploy would fail at the record).
     let { domain, hostedZoneId, hostedZoneName } = props;
+    if (hostedZoneId !== undefined && !Token.isUnresolved(hostedZoneId)) hostedZoneId = withoutZonePrefix(hostedZoneId);
     // The record is then *.<zone name>, as with the app's context.
     if (!domain && hostedZoneId && hostedZoneName) domain = hostedZoneName;
     // (A pool, asg, tag or static, serves every Host: without a domain it is reached on its addresses.)
@@ -114,7 +115,8 @@ export class KarmaProxyStack extends Stack {
         'Give your own before deploying.');
     }
 
-    const hostedZone = hostedZoneId
+    // A zone with neither name nor domain is named above; the construct is not told of it again.
+    const hostedZone = hostedZoneId && (hostedZoneName ?? domain)
       ? route53.HostedZone.fromHostedZoneAttributes(this, 'Zone', {
         hostedZoneId,
         zoneName: hostedZoneName ?? domain ?? '',

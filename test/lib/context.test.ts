@@ -76,6 +76,11 @@ test('a zone id and name without a domain: the record is *.<zone name>', () => {
   expect(r.props).toMatchObject({ domain: 'example.com', hostedZoneId: 'Z1', hostedZoneName: 'example.com' });
 });
 
+test('a zone id as `aws route53 list-hosted-zones` prints it (/hostedzone/Z...) is taken as the id CloudFormation wants', () => {
+  const r = propsFromContext(ctx({ domain: 'apps.acme.io', hostedZoneId: '/hostedzone/Z0123456789ABCDEFGHIJ' }), {});
+  expect(r.props.hostedZoneId).toBe('Z0123456789ABCDEFGHIJ');
+});
+
 test('static targets from context, as a list', () => {
   const r = propsFromContext(ctx({ domain: 'a.acme.io', discovery: 'static', staticTargets: '10.0.1.5:8080,10.0.2.7:8080' }), {});
   expect(r.props.staticTargets).toEqual(['10.0.1.5:8080', '10.0.2.7:8080']);

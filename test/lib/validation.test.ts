@@ -473,9 +473,15 @@ describe('the stack', () => {
       'Invalid KarmaProxyStack props (KarmaProxy):',
       "  - hostedZoneId 'example.com' is not a Route53 hosted zone id such as Z0123456789ABCDEFGHIJ (that looks like the zone's name: give it as hostedZoneName)",
     ].join('\n'));
-    expect(messageOf(() => new KarmaProxyStack(new App(), 'KarmaProxy', { hostedZoneId: 'Z0123456789ABCDEFGHIJ' }))).toContain(
+    // Named once: not again as the construct's missing domain of a zone whose name is not known.
+    expect(messageOf(() => new KarmaProxyStack(new App(), 'KarmaProxy', { hostedZoneId: 'Z0123456789ABCDEFGHIJ' }))).toBe([
+      'Invalid KarmaProxyStack props (KarmaProxy):',
       '  - hostedZoneId needs domain or hostedZoneName',
-    );
+      "  - domain is required when discovery is 'ecs' (routes are <service>-<port>-<cluster>.<domain>)",
+    ].join('\n'));
+    // As `aws route53 list-hosted-zones` prints it: the id CloudFormation takes.
+    const listed = new KarmaProxyStack(new App(), 'KarmaProxy', { hostedZoneId: '/hostedzone/Z0123456789ABCDEFGHIJ', domain: 'apps.example.com' });
+    Template.fromStack(listed).hasResourceProperties('AWS::Route53::RecordSet', { HostedZoneId: 'Z0123456789ABCDEFGHIJ' });
     const stack = new KarmaProxyStack(new App(), 'KarmaProxy', { hostedZoneId: 'Z0123456789ABCDEFGHIJ', hostedZoneName: 'apps.example.com' });
     Template.fromStack(stack).hasResourceProperties('AWS::Route53::RecordSet', { Name: '*.apps.example.com.', HostedZoneId: 'Z0123456789ABCDEFGHIJ' });
   });
