@@ -66,6 +66,7 @@ export interface Config {
   readonly ipPreference: IpPreference;
   readonly negativeCacheTtlMs: number;
   readonly maxRoutes: number;
+  readonly maxTargets: number;
   readonly newRouteRate: number;
   readonly routeIdleTtlMs: number;
   readonly redisUrl: string | undefined;
@@ -554,6 +555,12 @@ export const SETTINGS = {
     parse: duration('seconds'),
   },
   maxRoutes: { env: 'MAX_ROUTES', doc: 'Most routes kept in memory.', default: '1000', parse: integer(1, 1_000_000) },
+  maxTargets: {
+    env: 'MAX_TARGETS',
+    doc: 'Most targets a worker holds over all its routes (each a few KiB, in the worker and the primary): past it the least recently used routes are forgotten, so that Hosts naming made-up ports of a large service cannot run a worker out of memory.',
+    default: '20000',
+    parse: integer(1, 10_000_000),
+  },
   newRouteRate: {
     env: 'NEW_ROUTE_RATE',
     doc: 'Routes per second (bursts of 4 s worth) a worker may start discovering; past it unknown Hosts get 503, so junk Hosts cannot spend the account\'s ECS API rate limit.',

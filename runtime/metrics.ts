@@ -97,7 +97,7 @@ export const breakerState = new Gauge({
 });
 export const limitHits = new Counter({
   name: 'karma_limit_hits_total',
-  help: 'Times a protective limit was reached: connections, routes, new_routes, target_sockets, headers.',
+  help: 'Times a protective limit was reached: connections, routes, targets, new_routes, target_sockets, headers.',
   labelNames: ['limit'] as const,
 });
 export const rejectedRequests = new Counter({

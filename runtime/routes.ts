@@ -17,6 +17,13 @@ const sameIds = (a: readonly Target[], b: readonly Target[]): boolean => a.lengt
 export interface RouteTableOptions {
   readonly negativeCacheTtlMs: number;
   readonly maxRoutes: number;
+  /**
+   * Most targets held over all routes: past it the least recently used routes are forgotten (not the
+   * pinned pool, nor the route that brought the table past it). Each port a Host names is a route
+   * holding every task of its service: without this, Hosts naming made-up ports of a service of
+   * hundreds of tasks ran a worker out of heap. @default unlimited
+   */
+  readonly maxTargets?: number;
   readonly routeIdleTtlMs: number;
   readonly refreshMs: number;
   /** How long a failed first discovery is remembered, so an AWS outage is not hammered. */
@@ -201,8 +208,28 @@ export class RouteTable {
   private admit(e: Entry, targets: Target[]): Pool {
     e.pool = new Pool(e.id, this.registry);
     e.pool.update(targets);
+    this.boundTargets(e);
     this.gauge();
     return e.pool;
+  }
+
+  /** Forgets the least recently used routes (not `kept`, not pinned, not being discovered) while the table holds more than maxTargets targets. */
+  private boundTargets(kept: Entry): void {
+    const max = this.opts.maxTargets;
+    if (max === undefined) return;
+    let total = 0;
+    for (const e of this.entries.values()) total += e.pool?.targets.length ?? 0;
+    while (total > max) {
+      let victim: Entry | undefined;
+      for (const e of this.entries.values()) {
+        if (e === kept || e.pinned || e.inflight || !e.pool || e.pool.targets.length === 0) continue;
+        if (!victim || e.lastUsed < victim.lastUsed) victim = e;
+      }
+      if (!victim) return;
+      total -= victim.pool!.targets.length;
+      limitHits.labels({ limit: 'targets' }).inc();
+      this.forget(victim);
+    }
   }
 
   /**
@@ -328,6 +355,7 @@ export class RouteTable {
       const before = e.pool.targets;
       // A service scaled to zero becomes empty (503), not stale.
       e.pool.update(targets);
+      if (e.pool.targets.length > before.length) this.boundTargets(e);
       return !sameIds(before, e.pool.targets);
     } catch {
       // Stale on error: the last known targets keep serving.

@@ -73,6 +73,7 @@ export async function start(config: Config, deps: { provider?: Provider; primary
   const routes = new RouteTable(provider, registry, {
     negativeCacheTtlMs: config.negativeCacheTtlMs,
     maxRoutes: config.maxRoutes,
+    maxTargets: config.maxTargets,
     newRoutesPerSecond: config.newRouteRate,
     routeIdleTtlMs: config.routeIdleTtlMs,
     refreshMs: config.nodeCheckPeriodMs,

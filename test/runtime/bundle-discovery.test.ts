@@ -149,6 +149,22 @@ describe('the bundle with AWS discovery', () => {
     }
   });
 
+  test('Hosts naming made-up ports of a large service hold at most MAX_TARGETS targets: the least recently used routes go', async () => {
+    stub.model.clusters.big = { api: Array.from({ length: 100 }, (_, i) => ({ ip: `127.0.1.${i + 1}`, lastStatus: 'RUNNING' })) };
+    const p = await startBundle({ ...stub.env(), DOMAIN: 'example.com', HEALTH_CHECK_PATH: 'off', NEW_ROUTE_RATE: '100', MAX_TARGETS: '250', RETRIES: '0' });
+    try {
+      // Nothing listens there: each is a 502 (or a 503 once its breakers open), but each is a route of 100 targets.
+      for (let i = 0; i < 8; i++) await request(p.port, { headers: { Host: `api-${42000 + i}-big.example.com`, Connection: 'close' } });
+      const body = (await request(p.metricsPort, { path: '/metrics' })).body;
+      const known = Number(/^karma_routes\{state="known"\} (\d+)$/m.exec(body)?.[1]);
+      expect(known).toBeGreaterThanOrEqual(2);
+      expect(known).toBeLessThanOrEqual(3);
+      expect(Number(/^karma_limit_hits_total\{limit="targets"\} (\d+)$/m.exec(body)?.[1])).toBeGreaterThanOrEqual(5);
+    } finally {
+      await p.stop();
+    }
+  });
+
   test('Hosts made up that spend NEW_ROUTE_RATE keep no worker from a route the primary holds: a replacement worker serves it', async () => {
     const [one] = backends;
     stub.model.clusters.prod = { api: [{ ip: '127.0.0.1', lastStatus: 'RUNNING' }] };

@@ -302,6 +302,30 @@ describe('route table', () => {
     expect(t.get(key('a')).kind).toBe('pool');
   });
 
+  test('at most MAX_TARGETS targets are held over all routes: the least recently used routes go, not the one just found, however large', async () => {
+    // Every port of the service is a route holding all of its 100 tasks.
+    const tasks = (port: number) => Array.from({ length: 100 }, (_, i) => makeTarget(`10.0.${i >> 8}.${i & 255}`, port));
+    const g = gated((r) => (r.service === 'huge' ? [...tasks(r.port), ...tasks(r.port + 10_000)] : tasks(r.port)));
+    g.release();
+    const t = table(g.provider, { maxTargets: 250 });
+    const before = (await limitHits.get()).values.find((v) => v.labels.limit === 'targets')?.value ?? 0;
+    for (const port of [1, 2]) {
+      await t.resolve(key('svc', port));
+      clock += 1;
+    }
+    t.get(key('svc', 1)); // port 1 is now more recent than port 2
+    clock += 1;
+    await t.resolve(key('svc', 3)); // 300 held: port 2 goes
+    expect([1, 2, 3].map((p) => t.get(key('svc', p)).kind)).toEqual(['pool', 'unknown', 'pool']);
+    expect(registry.targets()).toHaveLength(200);
+    // A route larger than the bound on its own is kept, the others going for it.
+    await t.resolve(key('huge', 4));
+    expect([1, 3].map((p) => t.get(key('svc', p)).kind)).toEqual(['unknown', 'unknown']);
+    expect(t.get(key('huge', 4)).kind).toBe('pool');
+    expect(((await limitHits.get()).values.find((v) => v.labels.limit === 'targets')?.value ?? 0) - before).toBe(3);
+    t.close();
+  });
+
   test('a route unused for ROUTE_IDLE_TTL is forgotten at the next refresh', async () => {
     const g = gated(() => [makeTarget('10.0.0.1', 80)]);
     g.release();
