@@ -97,6 +97,9 @@ export class Coordinator {
   private readonly fresh = new Map<string, Cached>();
   /** Routes remembered at most: MAX_ROUTES for each worker. */
   private readonly maxRoutes: number;
+  /** Targets remembered at most over those routes' answers, MAX_TARGETS for each worker, and how many are. */
+  private readonly maxTargets: number;
+  private freshTargets = 0;
   /** When a worker last asked for each route: what prune() goes by, since a route's last answer may be old. */
   private readonly asked = new Map<string, number>();
   private readonly inflight = new Map<string, Promise<Found>>();
@@ -121,6 +124,7 @@ export class Coordinator {
     private readonly deadlineMs: number = DISCOVERY_DEADLINE_MS,
   ) {
     this.maxRoutes = config.maxRoutes * config.workers;
+    this.maxTargets = config.maxTargets * config.workers;
     this.periodMs = config.nodeCheckPeriodMs;
     this.freshMs = config.nodeCheckPeriodMs * 0.9;
     this.emptyFreshMs = Math.min(this.freshMs, config.negativeCacheTtlMs * 0.9);
@@ -303,7 +307,7 @@ export class Coordinator {
           this.inflight.delete(id);
           // A route forgotten while its discovery ran (the cap) is not remembered again behind prune's back.
           // Found as long ago as the answer is old (one shared through Redis): fresh no longer than that.
-          if (this.asked.has(id)) this.fresh.set(id, { at: this.now() - f.ageMs, targets: f.targets });
+          if (this.asked.has(id)) this.keepFresh(id, { at: this.now() - f.ageMs, targets: f.targets });
           this.failureSaid.delete(id);
           this.failed.delete(id);
           return f;
@@ -358,10 +362,30 @@ export class Coordinator {
     if (pruned) this.syncHealth();
   }
 
+  /**
+   * Keeps a route's answer; past MAX_TARGETS targets for each worker over all answers kept, the routes
+   * asked for least recently are forgotten (not this one): what the primary remembers, and health-checks,
+   * stays bounded as the workers' tables are, whatever Hosts name.
+   */
+  private keepFresh(id: string, cached: Cached): void {
+    this.freshTargets += cached.targets.length - (this.fresh.get(id)?.targets.length ?? 0);
+    this.fresh.set(id, cached);
+    if (this.freshTargets <= this.maxTargets) return;
+    let pruned = false;
+    for (const old of this.asked.keys()) {
+      if (this.freshTargets <= this.maxTargets) break;
+      if (old === id || !this.fresh.has(old)) continue;
+      this.asked.delete(old);
+      pruned = this.forgetRoute(old) || pruned;
+    }
+    if (pruned) this.syncHealth();
+  }
+
   /** Drops what is kept of a route no worker asks for; true when it had an answer. */
   private forgetRoute(id: string): boolean {
     this.failureSaid.delete(id);
     this.failed.delete(id);
+    this.freshTargets -= this.fresh.get(id)?.targets.length ?? 0;
     return this.fresh.delete(id);
   }
 

@@ -9,8 +9,8 @@ import { makeTarget, Provider, RouteKey, Target } from '../../runtime/types';
 
 const route: RouteKey = { service: 'api', port: 80, cluster: 'prod' };
 
-function counting(answer: () => Target[]): Provider & { calls: number } {
-  const p = { name: 'test', calls: 0, discover: async () => (p.calls++, answer()) };
+function counting(answer: (route: RouteKey) => Target[]): Provider & { calls: number } {
+  const p = { name: 'test', calls: 0, discover: async (route: RouteKey) => (p.calls++, answer(route)) };
   return p;
 }
 
@@ -43,6 +43,21 @@ describe('the primary shares discovery among workers', () => {
     clock += 2_000; // 28 s: past 0.9 × NODE_CHECK_PERIOD
     await c.discover(route);
     expect(provider.calls).toBe(2);
+    await c.close();
+  });
+
+  test('it remembers at most MAX_TARGETS targets for each worker over the routes asked: the least recently asked go first', async () => {
+    const small = loadConfig({ DOMAIN: 'example.com', NODE_CHECK_PERIOD: '30', HEALTH_CHECK_PATH: 'off', WORKERS: '1', MAX_TARGETS: '250' });
+    const provider = counting((r) => Array.from({ length: 100 }, (_, i) => makeTarget(`10.0.0.${i + 1}`, r.port)));
+    const c = new Coordinator(small, provider, () => clock);
+    const port = (p: number) => ({ ...route, port: p });
+    for (const p of [1, 2]) await c.discover(port(p));
+    await c.discover(port(1)); // asked again: port 2 is now the least recently asked
+    await c.discover(port(3)); // 300 held: port 2's answer goes
+    expect(provider.calls).toBe(3);
+    expect((await c.held(port(2))).targets).toEqual([]);
+    expect((await c.held(port(1))).targets).toHaveLength(100);
+    expect((await c.held(port(3))).targets).toHaveLength(100);
     await c.close();
   });
 
