@@ -116,10 +116,10 @@ export class KarmaProxyStack extends Stack {
     }
 
     // A zone with neither name nor domain is named above; the construct is not told of it again.
-    const hostedZone = hostedZoneId && (hostedZoneName ?? domain)
+    const hostedZone = hostedZoneId && (hostedZoneName || domain)
       ? route53.HostedZone.fromHostedZoneAttributes(this, 'Zone', {
         hostedZoneId,
-        zoneName: hostedZoneName ?? domain ?? '',
+        zoneName: (hostedZoneName || domain)!,
       })
       : undefined;
 

@@ -482,6 +482,9 @@ describe('the stack', () => {
     // As `aws route53 list-hosted-zones` prints it: the id CloudFormation takes.
     const listed = new KarmaProxyStack(new App(), 'KarmaProxy', { hostedZoneId: '/hostedzone/Z0123456789ABCDEFGHIJ', domain: 'apps.example.com' });
     Template.fromStack(listed).hasResourceProperties('AWS::Route53::RecordSet', { HostedZoneId: 'Z0123456789ABCDEFGHIJ' });
+    // An empty zone name is none: the zone still gets its record, named by the domain.
+    const unnamed = new KarmaProxyStack(new App(), 'KarmaProxy', { hostedZoneId: 'Z0123456789ABCDEFGHIJ', hostedZoneName: '', domain: 'apps.example.com' });
+    Template.fromStack(unnamed).hasResourceProperties('AWS::Route53::RecordSet', { Name: '*.apps.example.com.' });
     const stack = new KarmaProxyStack(new App(), 'KarmaProxy', { hostedZoneId: 'Z0123456789ABCDEFGHIJ', hostedZoneName: 'apps.example.com' });
     Template.fromStack(stack).hasResourceProperties('AWS::Route53::RecordSet', { Name: '*.apps.example.com.', HostedZoneId: 'Z0123456789ABCDEFGHIJ' });
   });
