@@ -557,7 +557,7 @@ export const SETTINGS = {
   maxRoutes: { env: 'MAX_ROUTES', doc: 'Most routes kept in memory.', default: '1000', parse: integer(1, 1_000_000) },
   maxTargets: {
     env: 'MAX_TARGETS',
-    doc: 'Most targets a worker holds over all its routes (each a few KiB, in the worker and the primary): past it the least recently used routes are forgotten, so that Hosts naming made-up ports of a large service cannot run a worker out of memory.',
+    doc: 'Most targets a worker holds over all its routes (each a few KiB, in the worker and the primary): past it the least recently used routes are forgotten (not one used in the last 2 s: routes in steady use that hold more are kept, and said once), so that Hosts naming made-up ports of a large service cannot run a worker out of memory.',
     default: '20000',
     parse: integer(1, 10_000_000),
   },

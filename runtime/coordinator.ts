@@ -364,17 +364,24 @@ export class Coordinator {
 
   /**
    * Keeps a route's answer; past MAX_TARGETS targets for each worker over all answers kept, the routes
-   * asked for least recently are forgotten (not this one): what the primary remembers, and health-checks,
-   * stays bounded as the workers' tables are, whatever Hosts name.
+   * asked for least recently whose targets no worker uses are forgotten (not this one): what the primary
+   * remembers, and health-checks, stays bounded as the workers' tables are (which bound what they use),
+   * whatever Hosts name. A route a worker serves is asked for once a period only, and Hosts made up many
+   * times a second: by ask alone, those would push it out, and a worker that forgot it with its
+   * NEW_ROUTE_RATE spent could not take it back from here (held()).
    */
   private keepFresh(id: string, cached: Cached): void {
     this.freshTargets += cached.targets.length - (this.fresh.get(id)?.targets.length ?? 0);
     this.fresh.set(id, cached);
     if (this.freshTargets <= this.maxTargets) return;
+    const used = new Set<string>();
+    for (const targets of this.inUse.values()) for (const t of targets) used.add(t.id);
     let pruned = false;
     for (const old of this.asked.keys()) {
       if (this.freshTargets <= this.maxTargets) break;
-      if (old === id || !this.fresh.has(old)) continue;
+      const answer = this.fresh.get(old);
+      // A route's targets are all used or none (a worker holds a route whole).
+      if (old === id || !answer || (answer.targets.length > 0 && used.has(answer.targets[0].id))) continue;
       this.asked.delete(old);
       pruned = this.forgetRoute(old) || pruned;
     }

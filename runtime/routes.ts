@@ -14,6 +14,9 @@ import { DiscoveryError, foundBy, Provider, RouteKey, routeId, setRecent, Target
 
 const sameIds = (a: readonly Target[], b: readonly Target[]): boolean => a.length === b.length && a.every((t, i) => t.id === b[i].id);
 
+/** A route used this recently is not forgotten for MAX_TARGETS (routes.ts boundTargets). */
+export const TARGETS_RESIDENCY_MS = 2000;
+
 export interface RouteTableOptions {
   readonly negativeCacheTtlMs: number;
   readonly maxRoutes: number;
@@ -119,6 +122,8 @@ export class RouteTable {
   private timer: NodeJS.Timeout | undefined;
   /** Rediscoveries of known routes under way. */
   private refreshing = 0;
+  /** Whether routes in use were found to hold more than MAX_TARGETS (said once). */
+  private saidTargetsInUse = false;
   private readonly now: () => number;
   private readonly abort = new AbortController();
   /** NEW_ROUTE_RATE's budget. */
@@ -213,22 +218,32 @@ export class RouteTable {
     return e.pool;
   }
 
-  /** Forgets the least recently used routes (not `kept`, not pinned, not being discovered) while the table holds more than maxTargets targets. */
+  /**
+   * Forgets the least recently used routes while the table holds more than maxTargets targets: not
+   * `kept`, not the pinned pool, not one being discovered, and not one used in the last
+   * TARGETS_RESIDENCY_MS (routes in steady use that hold more than the bound would otherwise be found
+   * again at nearly every request): past the bound then, said once.
+   */
   private boundTargets(kept: Entry): void {
     const max = this.opts.maxTargets;
     if (max === undefined) return;
     let total = 0;
     for (const e of this.entries.values()) total += e.pool?.targets.length ?? 0;
-    while (total > max) {
-      let victim: Entry | undefined;
-      for (const e of this.entries.values()) {
-        if (e === kept || e.pinned || e.inflight || !e.pool || e.pool.targets.length === 0) continue;
-        if (!victim || e.lastUsed < victim.lastUsed) victim = e;
-      }
-      if (!victim) return;
+    if (total <= max) return;
+    const settled = this.now() - TARGETS_RESIDENCY_MS;
+    const victims = [...this.entries.values()]
+      .filter((e) => e !== kept && !e.pinned && !e.inflight && e.pool && e.pool.targets.length > 0 && e.lastUsed < settled)
+      .sort((a, b) => a.lastUsed - b.lastUsed);
+    for (const victim of victims) {
+      if (total <= max) break;
       total -= victim.pool!.targets.length;
       limitHits.labels({ limit: 'targets' }).inc();
       this.forget(victim);
+    }
+    this.gauge();
+    if (total > max && !this.saidTargetsInUse) {
+      this.saidTargetsInUse = true;
+      log('warn', 'the routes in use hold more targets than MAX_TARGETS: raise it, or routes are found again and again (said once)', { maxTargets: max, targets: total });
     }
   }
 

@@ -61,6 +61,19 @@ describe('the primary shares discovery among workers', () => {
     await c.close();
   });
 
+  test('past MAX_TARGETS it keeps the answers of routes a worker uses, however long since they were asked (once a period), over Hosts made up asked since', async () => {
+    const small = loadConfig({ DOMAIN: 'example.com', NODE_CHECK_PERIOD: '30', HEALTH_CHECK_PATH: 'off', WORKERS: '1', MAX_TARGETS: '250' });
+    const provider = counting((r) => Array.from({ length: r.port === 80 ? 1 : 100 }, (_, i) => makeTarget(`10.0.0.${i + 1}`, r.port)));
+    const c = new Coordinator(small, provider, () => clock);
+    const worker = Object.assign(new EventEmitter(), { id: 1, isConnected: () => true, send: () => true });
+    c.add(worker as unknown as Worker);
+    const real = await c.discover(route); // port 80, one target, served by the worker
+    worker.emit('message', { t: 'in-use', targets: real });
+    for (const p of [1, 2, 3, 4]) await c.discover({ ...route, port: p }); // made up, asked since
+    expect((await c.held(route)).targets).toEqual(real);
+    await c.close();
+  });
+
   test('its in-memory cache counts hits and misses (karma_discovery_memory_cache_total), with no Redis at all', async () => {
     const count = async (result: string) => (await memoryCacheLookups.get()).values.find((v) => v.labels.result === result)?.value ?? 0;
     const [hits, misses] = [await count('hit'), await count('miss')];

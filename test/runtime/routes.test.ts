@@ -311,19 +311,43 @@ describe('route table', () => {
     const before = (await limitHits.get()).values.find((v) => v.labels.limit === 'targets')?.value ?? 0;
     for (const port of [1, 2]) {
       await t.resolve(key('svc', port));
-      clock += 1;
+      clock += 3000;
     }
     t.get(key('svc', 1)); // port 1 is now more recent than port 2
-    clock += 1;
+    clock += 3000;
     await t.resolve(key('svc', 3)); // 300 held: port 2 goes
     expect([1, 2, 3].map((p) => t.get(key('svc', p)).kind)).toEqual(['pool', 'unknown', 'pool']);
     expect(registry.targets()).toHaveLength(200);
     // A route larger than the bound on its own is kept, the others going for it.
+    clock += 3000;
     await t.resolve(key('huge', 4));
     expect([1, 3].map((p) => t.get(key('svc', p)).kind)).toEqual(['unknown', 'unknown']);
     expect(t.get(key('huge', 4)).kind).toBe('pool');
     expect(((await limitHits.get()).values.find((v) => v.labels.limit === 'targets')?.value ?? 0) - before).toBe(3);
     t.close();
+  });
+
+  test('routes used in the last two seconds are not forgotten for MAX_TARGETS: past it then, said once, rather than found again at every request', async () => {
+    const g = gated((r) => Array.from({ length: 100 }, (_, i) => makeTarget(`10.0.0.${i + 1}`, r.port)));
+    g.release();
+    const t = table(g.provider, { maxTargets: 250 });
+    const lines: string[] = [];
+    const spy = jest.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => (lines.push(String(chunk)), true));
+    try {
+      for (let round = 0; round < 3; round++) {
+        for (const port of [1, 2, 3]) {
+          const r = t.get(key('svc', port));
+          if (r.kind !== 'pool') await t.resolve(key('svc', port));
+          clock += 100;
+        }
+      }
+      expect(g.calls).toHaveLength(3); // each found once, all three kept: 300 targets
+      expect([1, 2, 3].map((p) => t.get(key('svc', p)).kind)).toEqual(['pool', 'pool', 'pool']);
+      expect(lines.filter((l) => l.includes('hold more targets than MAX_TARGETS'))).toHaveLength(1);
+    } finally {
+      spy.mockRestore();
+      t.close();
+    }
   });
 
   test('a route unused for ROUTE_IDLE_TTL is forgotten at the next refresh', async () => {
