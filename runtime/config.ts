@@ -558,7 +558,7 @@ export const SETTINGS = {
   maxTargets: {
     env: 'MAX_TARGETS',
     doc: 'Most targets a worker holds over all its routes (each a few KiB, in the worker and the primary): past it the least recently used routes are forgotten (not one used in the last 2 s: routes in steady use that hold more are kept, and said once), so that Hosts naming made-up ports of a large service cannot run a worker out of memory.',
-    default: '20000',
+    default: '10000',
     parse: integer(1, 10_000_000),
   },
   newRouteRate: {
