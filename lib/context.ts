@@ -61,11 +61,11 @@ export function withoutZonePrefix(id: string): string {
 }
 
 /**
- * What is wrong with a hosted zone id, or undefined: Route53 zone ids are upper-case letters and digits
- * (Z0123456789ABCDEFGHIJ); a zone's name is a common slip. The app's context and the stack's props alike.
+ * What is wrong with a hosted zone id (its `/hostedzone/` taken off), or undefined: Route53 zone ids are
+ * upper-case letters and digits (Z0123456789ABCDEFGHIJ); a zone's name is a common slip. The app's
+ * context and the stack's props alike.
  */
 export function hostedZoneIdProblem(id: string): string | undefined {
-  id = withoutZonePrefix(id);
   if (/^[A-Z0-9]{1,32}$/.test(id)) return undefined;
   return `hostedZoneId '${id}' is not a Route53 hosted zone id such as Z0123456789ABCDEFGHIJ` +
     (id.includes('.') ? ' (that looks like the zone\'s name: give it as hostedZoneName)' : '');

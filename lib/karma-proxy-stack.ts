@@ -94,16 +94,17 @@ export class KarmaProxyStack extends Stack {
       if (props.availabilityZones?.length) problems.push('availabilityZones needs vpcId (they are the AZs of its subnets)');
     }
     if (props.hostedZoneName && !props.hostedZoneId) problems.push('hostedZoneName needs hostedZoneId');
-    // Checked as the app checks its context (a token is the deployer's to get right).
-    const zoneIdProblem = props.hostedZoneId === undefined || Token.isUnresolved(props.hostedZoneId) ? undefined : hostedZoneIdProblem(props.hostedZoneId);
+    // Taken and checked as the app takes and checks its context (a token is the deployer's to get right).
+    const literalZoneId = props.hostedZoneId !== undefined && !Token.isUnresolved(props.hostedZoneId) ? withoutZonePrefix(props.hostedZoneId) : undefined;
+    const zoneIdProblem = literalZoneId === undefined ? undefined : hostedZoneIdProblem(literalZoneId);
     if (zoneIdProblem) problems.push(zoneIdProblem);
     if (props.hostedZoneId && !props.domain && !props.hostedZoneName) problems.push('hostedZoneId needs domain or hostedZoneName');
     // With problems of its own, the stack still builds its proxy (in a VPC of its own) to learn the
     // construct's problems too: one error names them all.
 
     // Nothing to route by: synthesize anyway, with example values and a warning (a deploy would fail at the record).
-    let { domain, hostedZoneId, hostedZoneName } = props;
-    if (hostedZoneId !== undefined && !Token.isUnresolved(hostedZoneId)) hostedZoneId = withoutZonePrefix(hostedZoneId);
+    let { domain, hostedZoneName } = props;
+    let hostedZoneId = literalZoneId ?? props.hostedZoneId;
     // The record is then *.<zone name>, as with the app's context.
     if (!domain && hostedZoneId && hostedZoneName) domain = hostedZoneName;
     // (A pool, asg, tag or static, serves every Host: without a domain it is reached on its addresses.)
