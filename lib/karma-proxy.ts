@@ -1000,9 +1000,10 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
           }
         } else {
           add('EcsDiscovery', ['ecs:ListTasks', 'ecs:ListServices', 'ecs:DescribeTasks', 'ecs:DescribeContainerInstances'], ['*']);
+          // Cluster names only: a Host is lower case, and ECS names (CloudFormation's MyStack-Cluster-1A2B)
+          // need not be. Not with clusters: an allowed cluster is asked for as spelled there, never looked up.
+          add('EcsFindClusterName', ['ecs:ListClusters'], ['*']);
         }
-        // Cluster names only: a Host is lower case, and ECS names (CloudFormation's MyStack-Cluster-1A2B) need not be.
-        add('EcsFindClusterName', ['ecs:ListClusters'], ['*']);
         add('Ec2DescribeForEcsTasks', ['ec2:DescribeNetworkInterfaces', 'ec2:DescribeInstances'], ['*']);
         break;
       }
@@ -1053,7 +1054,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       SHUTDOWN_TIMEOUT: seconds(v.shutdownTimeout),
     };
     if (v.domain) env.DOMAIN = v.domain;
-    // The role allows ListClusters and ListServices: Hosts reach CloudFormation-named services too.
+    // The role allows ListServices (and, without clusters, ListClusters): Hosts reach CloudFormation-named services too.
     if (v.discovery === 'ecs') env.ECS_CASE_LOOKUP = 'true';
     const clusters = this.allowedClusters(props, v.environment);
     if (clusters?.length) env.ALLOWED_CLUSTERS = clusters.join(',');

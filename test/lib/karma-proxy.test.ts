@@ -593,6 +593,8 @@ describe('a larger fleet on spot, with allow-lists and runtime settings', () => 
     expect(JSON.stringify(list.Condition)).toMatch(/"ArnEquals":\{"ecs:cluster":\[.*:cluster\/prod".*:cluster\/staging"/);
     const describe = all.find((s) => actionsOf(s).includes('ecs:DescribeTasks'))!;
     expect(JSON.stringify(describe.Resource)).toMatch(/:task\/prod\/\*".*:task\/staging\/\*"/);
+     // An allowed cluster is asked for as spelled, never looked up: the account's cluster names are not the role's to list.
+    expect(allActions(template)).not.toContain('ecs:ListClusters');
   });
 
   test('ALLOWED_CLUSTERS given in environment (proxyEnv) limits the role as clusters does', () => {
@@ -823,7 +825,7 @@ describe('IConnectable', () => {
       const text = String(warnings[0].entry.data);
       expect(text).toMatch(/^The role prop \('my-proxy-role'\) takes no statements: it is immutable/);
       expect(text).toContain('Grant it yourself: ecs:ListTasks, ecs:ListServices, ecs:DescribeContainerInstances, ecs:DescribeTasks, ' +
-        'ecs:ListClusters, ec2:DescribeNetworkInterfaces, ec2:DescribeInstances, s3:GetObject, ' +
+        'ec2:DescribeNetworkInterfaces, ec2:DescribeInstances, s3:GetObject, ' +
         'secretsmanager:GetSecretValue, ec2:DescribeAddresses, ec2:AssociateAddress, cloudformation:SignalResource.');
     });
 

@@ -617,7 +617,7 @@ describe("the role's inline policies stay within IAM's 10,240 characters", () =>
     for (const use of ['clusterName', 'clusterArn'] as const) {
       // `Test-Cluster0...-<12>`: 20 of them fit beside 50 slots; with a long stack name in each, they do not.
       expect(synthWith('Test', use)).not.toThrow();
-      expect(messageOf(synthWith('karma-proxy-production-eu-central-stack', use))).toContain("The role's inline policies would be about");
+      expect(messageOf(synthWith('karma-proxy-production-eu-central-1-stack-blue', use))).toContain("The role's inline policies would be about");
     }
   });
 
