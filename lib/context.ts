@@ -24,7 +24,7 @@ export const CONTEXT_KEYS = {
   minCapacity: { kind: 'int', default: '1', doc: 'Instances in steady state.' },
   maxCapacity: { kind: 'int', default: 'minCapacity', doc: 'Most instances (at most 50); one Elastic IP each.' },
   spot: { kind: 'bool', default: 'false', doc: 'Run on Spot.' },
-  redis: { kind: 'bool', default: 'true', doc: 'ElastiCache Redis shared by the fleet; false keeps state in memory.' },
+  redis: { kind: 'bool', default: 'true (false with discovery static)', doc: 'ElastiCache Redis shared by the fleet; false keeps state in memory.' },
   redisNodeType: { kind: 'string', default: 'cache.t4g.micro', doc: 'Cache node type.' },
   allowedCidrs: { kind: 'list', default: '0.0.0.0/0', doc: 'Who may reach ports 80 and 443.' },
   metricsCidr: { kind: 'string', default: 'none', doc: 'CIDR allowed to reach the metrics port (6970).' },

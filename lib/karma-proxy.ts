@@ -158,8 +158,9 @@ export interface KarmaProxyProps {
 
   /** An ElastiCache Redis that the fleet shares discovery through. `false`: each instance keeps its own state in memory.
    * With maxCapacity 1 it shares nothing (one instance's workers share through its primary): synth notes
-   * it, and warns when `redis: true` is given.
-   * @default true */
+   * it, and warns when `redis: true` is given. Static targets are not discovered: with `discovery: 'static'` there
+   * is nothing to share, and `redis: true` is refused.
+   * @default true, except with discovery 'static' */
   readonly redis?: boolean;
   /** Cache node type.
    * @default cache.t4g.micro */
@@ -358,6 +359,10 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
   public static readonly DEFAULT_INSTANCE_TYPE = 't4g.nano';
   /** Cache node type unless `redisNodeType` says otherwise. */
   public static readonly DEFAULT_REDIS_NODE_TYPE = 'cache.t4g.micro';
+  /** Whether the fleet gets a cache unless `redis` says otherwise: it shares discovery, and static targets have none. */
+  public static redisByDefault(discovery: DiscoveryMode = 'ecs'): boolean {
+    return discovery !== 'static';
+  }
   /** The bundle `npm run build` writes, used unless `bundlePath` says otherwise. */
   public static readonly DEFAULT_BUNDLE_PATH = path.join(__dirname, '..', 'dist', 'karma-proxy.js');
   /** Tag key marking the Elastic IPs (and instances) of one fleet. */
@@ -431,7 +436,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     const minCapacity = props.minCapacity ?? 1;
     const maxCapacity = props.maxCapacity ?? Math.max(minCapacity, 1);
     const discovery = props.discovery ?? 'ecs';
-    const useRedis = props.redis ?? true;
+    const useRedis = props.redis ?? KarmaProxy.redisByDefault(discovery);
     const redisNodeType = props.redisNodeType ?? KarmaProxy.DEFAULT_REDIS_NODE_TYPE;
     const metricsPort = props.metricsPort ?? KarmaProxy.DEFAULT_METRICS_PORT;
     const allowedCidrs = props.allowedCidrs ?? ['0.0.0.0/0'];
@@ -1187,6 +1192,10 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       if (known(t) && !/^(\[[0-9a-fA-F:.]+\]|[^:\s,[\]]+):\d{1,5}$/.test(t)) {
         problems.push(`staticTargets entry '${t}' must be host:port`);
       }
+    }
+    if (props.redis === true && v.discovery === 'static') {
+      // The runtime's static pool never opens a Redis: the node would be paid for and hold nothing.
+      problems.push("redis only applies when discovery is not 'static' (static targets are not discovered: the cache would share nothing)");
     }
     if (props.clusters?.length && v.discovery !== 'ecs') {
       problems.push(`clusters only applies when discovery is 'ecs' (discovery is '${v.discovery}')`);

@@ -593,7 +593,7 @@ describe('a larger fleet on spot, with allow-lists and runtime settings', () => 
     expect(JSON.stringify(list.Condition)).toMatch(/"ArnEquals":\{"ecs:cluster":\[.*:cluster\/prod".*:cluster\/staging"/);
     const describe = all.find((s) => actionsOf(s).includes('ecs:DescribeTasks'))!;
     expect(JSON.stringify(describe.Resource)).toMatch(/:task\/prod\/\*".*:task\/staging\/\*"/);
-     // An allowed cluster is asked for as spelled, never looked up: the account's cluster names are not the role's to list.
+    // An allowed cluster is asked for as spelled, never looked up: the account's cluster names are not the role's to list.
     expect(allActions(template)).not.toContain('ecs:ListClusters');
   });
 
@@ -708,6 +708,18 @@ describe('discovery modes get exactly their reads', () => {
     const env = parseEnvFile(heredocBody(userDataText(t), 'KARMA_PROXY_ENV'));
     expect(env).toMatchObject({ NODE_FILTER: 'static', STATIC_TARGETS: '10.0.1.10:8080,10.0.1.11:8080' });
     expect(env.HEALTH_CHECK_PROTOCOL).toBeUndefined();
+  });
+
+  test('static without the redis prop: no cache, no secret, nothing of Redis in the env file (the pool is not discovered: nothing to share)', () => {
+    const t = constructTemplate({ discovery: 'static', staticTargets: ['10.0.1.10:8080'], minCapacity: 2, maxCapacity: 2 });
+    t.resourceCountIs('AWS::ElastiCache::ReplicationGroup', 0);
+    t.resourceCountIs('AWS::SecretsManager::Secret', 0);
+    expect(allActions(t)).not.toContain('secretsmanager:GetSecretValue');
+    const env = parseEnvFile(heredocBody(userDataText(t), 'KARMA_PROXY_ENV'));
+    expect(env.REDIS_URL).toBeUndefined();
+    expect(env.REDIS_AUTH_SECRET_ARN).toBeUndefined();
+    // Every other mode keeps its cache by default.
+    constructTemplate({ discovery: 'tag', tagName: 'Role', tagValue: 'web', minCapacity: 2, maxCapacity: 2 }).resourceCountIs('AWS::ElastiCache::ReplicationGroup', 1);
   });
 
   test('a raw TCP pool of another protocol, checked by connecting', () => {

@@ -74,7 +74,8 @@ test('every setting the props can write is a runtime env var', () => {
     { discovery: 'ecs', clusters: ['prod'], ports: [80] },
     { discovery: 'asg', asgName: 'a', targetPort: 8080 },
     { discovery: 'tag', tagName: 'b', tagValue: 'c', targetPort: 8080 },
-    { discovery: 'static', staticTargets: ['10.0.0.1:80'] },
+    // A static pool is not discovered: no cache to point it at.
+    { discovery: 'static', staticTargets: ['10.0.0.1:80'], redis: false },
   ];
   const written = new Set<string>();
   for (const props of byMode) {

@@ -94,6 +94,8 @@ describe('one problem, its exact message', () => {
     ['a bad cluster name', { clusters: ['prod cluster'] }, "clusters entry 'prod cluster' is not an ECS cluster name or ARN"],
     ['clusters outside ecs mode', { discovery: 'tag', clusters: ['prod'] }, "clusters only applies when discovery is 'ecs' (discovery is 'tag')"],
     ['a cache type without a cache', { redisNodeType: 'cache.t4g.small' }, 'redisNodeType is set but redis is false'],
+    ['a cache for static targets, which are not discovered', { discovery: 'static', staticTargets: ['10.0.1.5:8080'], redis: true },
+      "redis only applies when discovery is not 'static' (static targets are not discovered: the cache would share nothing)"],
     ['a bad cache type', { redis: true, redisNodeType: 't4g.micro' }, "redisNodeType 't4g.micro' is not a cache node type such as cache.t4g.micro"],
     ['a small root volume', { rootVolumeSize: 4 }, "rootVolumeSize (4) must be a whole number of GB from 8 (the image's size) to 16384"],
     ['a health timeout above its interval', { healthCheck: { interval: Duration.seconds(5), timeout: Duration.seconds(10) } },
@@ -457,6 +459,12 @@ describe('the stack', () => {
       '  - vpcId needs publicSubnetIds (the proxy runs in public subnets)',
       '  - vpcId needs isolatedSubnetIds or privateSubnetIds for the cache (or redis: false)',
     ].join('\n'));
+  });
+
+  test('a static pool in an existing VPC needs no cache subnets: it gets no cache', () => {
+    expect(() => new KarmaProxyStack(new App(), 'KarmaProxy', {
+      vpcId: 'vpc-1', publicSubnetIds: ['subnet-1'], availabilityZones: ['us-east-1a'], discovery: 'static', staticTargets: ['10.0.1.5:8080'],
+    })).not.toThrow();
   });
 
   test('subnets and AZs need a VPC, a zone name needs a zone id', () => {
