@@ -185,7 +185,8 @@ export interface KarmaProxyProps {
   /** Tag key and value of the pool in tag mode (TAG_NAME, TAG_VALUE).
    * @default the runtime's defaults, 'Name' and 'worker-node' */
   readonly tagName?: string;
-  /** Tag value of the pool in tag mode (TAG_VALUE).
+  /** Tag value of the pool in tag mode (TAG_VALUE), matched as an EC2 filter matches it: `*` and `?` are
+   * wildcards, `\*` and `\?` literal.
    * @default the runtime's default, 'worker-node' */
   readonly tagValue?: string;
   /** The pool in static mode, `host:port` each (STATIC_TARGETS). Required in static mode.

@@ -363,7 +363,7 @@ export const SETTINGS = {
     parse: region,
   },
   tagName: { env: 'TAG_NAME', doc: 'Tag key of the EC2 pool in tag mode.', default: 'Name', parse: text },
-  tagValue: { env: 'TAG_VALUE', doc: 'Tag value of the EC2 pool in tag mode.', default: 'worker-node', parse: text },
+  tagValue: { env: 'TAG_VALUE', doc: 'Tag value of the EC2 pool in tag mode, matched as an EC2 filter matches it: `*` and `?` are wildcards (`web-*`), `\\*` and `\\?` a literal star or question mark.', default: 'worker-node', parse: text },
   asgName: { env: 'ASG_NAME', doc: 'Auto Scaling group of the pool in asg mode.', default: 'worker-nodes', parse: text },
   targetPort: {
     env: 'TARGET_PORT',
