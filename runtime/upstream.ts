@@ -231,7 +231,7 @@ class Conn {
    * the rest of the body is dropped (see watchAfterWriteFailed).
    */
   writeFailed = false;
-  /** Answered already, its body still going up (releaseWhenSent): told if the socket closes first. */
+  /** Answered already, its body still going up (closeWhenSent): told if the socket closes first. */
   sending: UpstreamRequest | undefined;
   /** Waiting for the FIN of a target that said `Connection: close` (at most CLOSE_WAIT_MS). */
   private closeWait: NodeJS.Timeout | undefined;
@@ -356,12 +356,15 @@ class Conn {
       // would be that request's answer, another client's. One connection per HEAD is the price.
       const keep = x.keepAlive && this.keepAliveMs !== 0 && this.pool?.reusable === true && !this.socket.destroyed && !this.writeFailed && x.method !== 'HEAD';
       this.kept = keep;
-      // A target that answered before the whole request body was sent (nginx's `return`, an early 413)
-      // and keeps the connection reads and discards the rest, as HTTP/1.1 asks: the body goes on, and the
-      // socket is reused once it is all sent, as node:http's client does. (Destroying it instead cost a
-      // new upstream connection per such request.)
+      // A target that answered before the whole request body was sent (an early 413, nginx's `return`,
+      // one that stores an upload as it comes) gets the rest, for one that reads on, but the socket serves
+      // nobody after it: HTTP/1.1 has a target read and drop the rest or close, and one that does neither
+      // (Python's http.server) would take it as the next request on the socket, a request the client
+      // wrote, without the headers this proxy sets, whose answer would go to the next client sharing the
+      // socket. It counts against POOL_SIZE until the body is all sent; then it ends, and the next request
+      // in line gets a new one.
       if (keep && !x.ended) {
-        x.releaseWhenSent = true;
+        x.closeWhenSent = true;
         this.sending = x;
       }
       // Answered early on a socket that will not serve again (the target said close, or sent a body on a
@@ -512,6 +515,21 @@ class Conn {
   private fault(err: unknown): void {
     log('error', 'response handling failed', errorFields(err));
     this.socket.destroy(badResponse('HPE_INTERNAL', 'response handling failed'));
+  }
+
+  /**
+   * The body of a request answered early is all written (kOnMessageComplete): the socket leaves the pool,
+   * ends once it has sent it, and goes if the target has not closed its side CLOSE_WAIT_MS after.
+   */
+  endWhenSent(): void {
+    this.sending = undefined;
+    this.pool?.forget(this);
+    if (this.socket.destroyed) return;
+    this.socket.once('finish', () => {
+      this.closeWait = setTimeout(destroySocket, CLOSE_WAIT_MS, this.socket);
+      this.closeWait.unref();
+    });
+    this.socket.end();
   }
 
   /** Stops reading the target (the client is slower), and starts again. */
@@ -843,8 +861,8 @@ export class UpstreamRequest extends EventEmitter {
   ended = false;
   /** The whole answer has come (complete()). */
   answered = false;
-  /** The response is complete but the body is still going out: end() hands the socket back to the pool. */
-  releaseWhenSent = false;
+  /** The response is complete but the body is still going out: end() closes the socket (see kOnMessageComplete). */
+  closeWhenSent = false;
   res: UpstreamResponse | undefined;
   private conn: Conn | undefined;
   private headSent = false;
@@ -979,13 +997,12 @@ export class UpstreamRequest extends EventEmitter {
     this.ended = true;
     const s = this.sendHead();
     if (s && this.chunked) s.write('0\r\n\r\n', 'latin1');
-    if (this.releaseWhenSent) {
-      // Answered already; now the body is all out too: the socket serves the next request.
-      this.releaseWhenSent = false;
+    if (this.closeWhenSent) {
+      // Answered already; now the body is all out too: the socket ends, once it has sent it.
+      this.closeWhenSent = false;
       const c = this.conn;
       this.conn = undefined;
-      if (c) c.sending = undefined;
-      if (c?.pool && !c.socket.destroyed) c.pool.release(c);
+      c?.endWhenSent();
     }
     this.emit('finish');
     return this;
@@ -1004,7 +1021,7 @@ export class UpstreamRequest extends EventEmitter {
     this.answered = true;
     const res = this.res;
     // Still sending the body: the socket stays this request's until end().
-    if (!this.releaseWhenSent) this.conn = undefined;
+    if (!this.closeWhenSent) this.conn = undefined;
     res?.end();
   }
 
@@ -1023,7 +1040,7 @@ export class UpstreamRequest extends EventEmitter {
   bodyGone(): void {
     if (this.destroyed) return;
     this.destroyed = true;
-    this.releaseWhenSent = false;
+    this.closeWhenSent = false;
     this.conn = undefined;
     if (this.writableNeedDrain) {
       this.writableNeedDrain = false;
@@ -1044,9 +1061,9 @@ export class UpstreamRequest extends EventEmitter {
     this.pool?.withdraw(this);
     const c = this.conn;
     this.conn = undefined;
-    if (c && (c.current === this || this.releaseWhenSent)) {
+    if (c && (c.current === this || this.closeWhenSent)) {
       // Mid-exchange, or answered with the body only partly sent: the socket cannot serve another request.
-      this.releaseWhenSent = false;
+      this.closeWhenSent = false;
       if (c.current === this) c.current = undefined;
       if (c.sending === this) c.sending = undefined;
       c.socket.destroy();

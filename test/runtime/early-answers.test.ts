@@ -1,7 +1,7 @@
 /**
  * A target that answers before the request's body has all come (an early 413, nginx's `return`): the
- * bundle keeps sending the body so that the socket can serve again, but never holds the socket, or the
- * client, for a body that cannot arrive or go anywhere.
+ * bundle keeps sending the body (a target may read on), but never reuses that socket, and never holds
+ * the socket, or the client, for a body that cannot arrive or go anywhere.
  */
 import * as http from 'node:http';
 import * as net from 'node:net';
@@ -276,4 +276,56 @@ test('an early answer delimited by the close, its target resetting under the upl
   }
   // Whole, or visibly cut (a reset): never a clean end short of the body.
   expect(outcomes.filter((o) => o.startsWith('ended short'))).toEqual([]);
+});
+
+test("after an early answer the rest of the body goes on, but the socket never serves another request: a target that reads no body cannot take it as the next client's", async () => {
+  // A naive keep-alive server (as Python's http.server is): it answers every head at once with its path
+  // and the connection's number, reads no body, and so takes whatever comes after a head as the next request.
+  const seen: string[] = [];
+  let connections = 0;
+  const port = await target((s) => {
+    const n = ++connections;
+    let buf = '';
+    s.on('data', (d: Buffer) => {
+      buf += d.toString('latin1');
+      for (let i = buf.indexOf('\r\n\r\n'); i !== -1; i = buf.indexOf('\r\n\r\n')) {
+        const line = buf.slice(0, buf.indexOf('\r\n'));
+        buf = buf.slice(i + 4);
+        seen.push(`${n} ${line}`);
+        const body = `${line.split(' ')[1] ?? '?'}`;
+        s.write(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+      }
+    });
+  });
+  // One socket to the target at a time: the next client's request would go on the one the early answer came on.
+  p = await startBundle({ ...QUIET, STATIC_TARGETS: `127.0.0.1:${port}`, POOL_SIZE: '1' });
+  const a = net.connect(p.port, '127.0.0.1');
+  a.on('error', () => undefined);
+  let answerA = '';
+  a.on('data', (d) => (answerA += d));
+  const smuggled = 'GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n';
+  a.write(`POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: ${smuggled.length}\r\n\r\n`);
+  expect(await within(5000, () => answerA.endsWith('\r\n\r\n/upload'))).toBe(true);
+  // The next client's request comes while the upload's body is still due (with one socket, it waited
+  // for that socket before, and went out on it right behind the body).
+  const b = new Promise<string>((resolve, reject) => {
+    http.get({ port: p!.port, host: '127.0.0.1', path: '/b', agent: false }, (r) => {
+      let body = '';
+      r.on('data', (d) => (body += d));
+      r.on('end', () => resolve(body));
+    }).on('error', reject);
+  });
+  await new Promise((r) => setTimeout(r, 200));
+  // The body, after the answer: to this target, a request of the client's own.
+  a.write(smuggled);
+  // Each gets its own answer, on sockets of their own; so does client A's next request.
+  expect(await b).toBe('/b');
+  answerA = '';
+  a.write('GET /next HTTP/1.1\r\nHost: x\r\n\r\n');
+  expect(await within(5000, () => answerA.endsWith('\r\n\r\n/next'))).toBe(true);
+  a.destroy();
+  // Whatever the target made of the body, it made of it on the upload's own socket, which served nothing after.
+  expect(seen.filter((l) => l.startsWith('1 '))).toEqual(['1 POST /upload HTTP/1.1', '1 GET /smuggled HTTP/1.1']);
+  expect(seen.filter((l) => l.endsWith('/b HTTP/1.1') || l.endsWith('/next HTTP/1.1')).every((l) => !l.startsWith('1 '))).toBe(true);
+  expect(seen).toHaveLength(4);
 });
