@@ -355,14 +355,16 @@ class Conn {
       // in a read of its own, when the socket would be serving the next request in line: those bytes
       // would be that request's answer, another client's. One connection per HEAD is the price.
       const keep = x.keepAlive && this.keepAliveMs !== 0 && this.pool?.reusable === true && !this.socket.destroyed && !this.writeFailed && x.method !== 'HEAD';
-      this.kept = keep;
+      // Bytes the target sends after the answer are a reason to distrust it only on a socket that will
+      // serve again (see kOnMessageBegin): not on one still sending the body of an early answer.
+      this.kept = keep && x.ended;
       // A target that answered before the whole request body was sent (an early 413, nginx's `return`,
       // one that stores an upload as it comes) gets the rest, for one that reads on, but the socket serves
       // nobody after it: HTTP/1.1 has a target read and drop the rest or close, and one that does neither
       // (Python's http.server) would take it as the next request on the socket, a request the client
       // wrote, without the headers this proxy sets, whose answer would go to the next client sharing the
-      // socket. It counts against POOL_SIZE until the body is all sent; then it ends, and the next request
-      // in line gets a new one.
+      // socket. It counts against POOL_SIZE until it is closed: it ends once the body is all sent, and the
+      // next request in line gets a new one.
       if (keep && !x.ended) {
         x.closeWhenSent = true;
         this.sending = x;
@@ -518,12 +520,13 @@ class Conn {
   }
 
   /**
-   * The body of a request answered early is all written (kOnMessageComplete): the socket leaves the pool,
-   * ends once it has sent it, and goes if the target has not closed its side CLOSE_WAIT_MS after.
+   * The body of a request answered early is all written (kOnMessageComplete): the socket ends once it
+   * has sent it, and goes if the target has not closed its side CLOSE_WAIT_MS after. It keeps its place
+   * in the pool (POOL_SIZE) until it closes ('close' gives it up); a target that stops reading leaves it
+   * to UPSTREAM_TIMEOUT.
    */
   endWhenSent(): void {
     this.sending = undefined;
-    this.pool?.forget(this);
     if (this.socket.destroyed) return;
     this.socket.once('finish', () => {
       this.closeWait = setTimeout(destroySocket, CLOSE_WAIT_MS, this.socket);

@@ -328,4 +328,40 @@ test("after an early answer the rest of the body goes on, but the socket never s
   expect(seen.filter((l) => l.startsWith('1 '))).toEqual(['1 POST /upload HTTP/1.1', '1 GET /smuggled HTTP/1.1']);
   expect(seen.filter((l) => l.endsWith('/b HTTP/1.1') || l.endsWith('/next HTTP/1.1')).every((l) => !l.startsWith('1 '))).toBe(true);
   expect(seen).toHaveLength(4);
+  // Its answer to the body reached no one, and does not cost the target its kept sockets: requests one
+  // after another still share one.
+  for (let i = 0; i < 3; i++) expect((await timedGet(p.port)).status).toBe(200);
+  expect(new Set(seen.slice(4).map((l) => l.split(' ')[0])).size).toBe(1);
+});
+
+test('a socket still sending the body of an early answer holds its place under POOL_SIZE until it is closed', async () => {
+  // Answers each upload at its head and reads on, and closes 300 ms after the proxy has sent it all:
+  // the proxy's socket is open until then.
+  let open = 0;
+  let most = 0;
+  const server = net.createServer({ allowHalfOpen: true }, (s) => {
+    most = Math.max(most, ++open);
+    s.on('error', () => undefined);
+    s.once('data', () => s.write('HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\n\r\nbig'));
+    s.on('data', () => undefined);
+    s.on('end', () => setTimeout(() => (open--, s.end()), 300));
+  });
+  servers.push(server);
+  const port = await listen(server);
+  p = await startBundle({ ...QUIET, STATIC_TARGETS: `127.0.0.1:${port}`, POOL_SIZE: '2' });
+  const body = 'x'.repeat(20_000);
+  const uploads = Array.from({ length: 5 }, () => new Promise<string>((resolve, reject) => {
+    const c = net.connect(p!.port, '127.0.0.1');
+    let got = '';
+    c.on('error', reject);
+    c.on('data', (d) => {
+      got += d;
+      // The rest of the body, once the early answer is in.
+      if (got.endsWith('\r\n\r\nbig')) c.end(body.slice(1000));
+    });
+    c.on('close', () => resolve(got));
+    c.write(`POST /up HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: ${body.length}\r\n\r\n${body.slice(0, 1000)}`);
+  }));
+  for (const got of await Promise.all(uploads)) expect(got).toMatch(/^HTTP\/1\.1 413 /);
+  expect(most).toBeLessThanOrEqual(2);
 });
