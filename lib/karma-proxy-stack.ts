@@ -57,7 +57,8 @@ export class KarmaProxyStack extends Stack {
       const pub = props.publicSubnetIds ?? [];
       if (pub.length === 0) problems.push('vpcId needs publicSubnetIds (the proxy runs in public subnets)');
       const cacheSubnets = (props.isolatedSubnetIds?.length ?? 0) + (props.privateSubnetIds?.length ?? 0);
-      if ((props.redis ?? KarmaProxy.redisByDefault(props.discovery)) && cacheSubnets === 0) {
+      // Not for a static pool: redis there is refused by the construct, whose message says why.
+      if (KarmaProxy.redisByDefault(props.discovery) && (props.redis ?? true) && cacheSubnets === 0) {
         problems.push('vpcId needs isolatedSubnetIds or privateSubnetIds for the cache (or redis: false)');
       }
       // Vpc.fromVpcAttributes deals each list out over the AZs in turn; a list that does not fill whole

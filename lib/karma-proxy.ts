@@ -1198,6 +1198,12 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       // The runtime's static pool never opens a Redis: the node would be paid for and hold nothing.
       problems.push("redis only applies when discovery is not 'static' (static targets are not discovered: the cache would share nothing)");
     }
+    for (const key of ['REDIS_URL', 'REDIS_AUTH_SECRET_ARN'] as const) {
+      // A Redis of one's own alike: the runtime's static pool never opens one (its secret would be granted for nothing).
+      if (v.discovery === 'static' && v.environment[key] !== undefined) {
+        problems.push(`environment.${key} only applies when discovery is not 'static' (static targets are not discovered: a Redis would share nothing)`);
+      }
+    }
     if (props.clusters?.length && v.discovery !== 'ecs') {
       problems.push(`clusters only applies when discovery is 'ecs' (discovery is '${v.discovery}')`);
     }
@@ -1258,7 +1264,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       problems.push('vpc has no isolated or private subnets for the cache: give cacheSubnets, or set redis to false');
     }
     if (!v.useRedis && props.redisNodeType !== undefined) {
-      problems.push('redisNodeType is set but redis is false');
+      problems.push(v.discovery === 'static' ? "redisNodeType only applies when discovery is not 'static' (a static pool gets no cache)" : 'redisNodeType is set but redis is false');
     }
     const signalSeconds = props.signalTimeout?.toSeconds({ integral: false });
     if (signalSeconds !== undefined && known(signalSeconds) && (signalSeconds < MIN_SIGNAL_SECONDS || signalSeconds > MAX_SIGNAL_SECONDS)) {

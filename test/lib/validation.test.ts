@@ -96,6 +96,12 @@ describe('one problem, its exact message', () => {
     ['a cache type without a cache', { redisNodeType: 'cache.t4g.small' }, 'redisNodeType is set but redis is false'],
     ['a cache for static targets, which are not discovered', { discovery: 'static', staticTargets: ['10.0.1.5:8080'], redis: true },
       "redis only applies when discovery is not 'static' (static targets are not discovered: the cache would share nothing)"],
+    ['a Redis of one\'s own for static targets', { discovery: 'static', staticTargets: ['10.0.1.5:8080'], environment: { REDIS_URL: 'rediss://r.example.internal:6379' } },
+      "environment.REDIS_URL only applies when discovery is not 'static' (static targets are not discovered: a Redis would share nothing)"],
+    ['its token secret, for static targets', { discovery: 'static', staticTargets: ['10.0.1.5:8080'], environment: { REDIS_AUTH_SECRET_ARN: 'arn:aws:secretsmanager:us-east-1:123456789012:secret:tok-AbCdEf' } },
+      "environment.REDIS_AUTH_SECRET_ARN only applies when discovery is not 'static'"],
+    ['a cache node type for static targets', { discovery: 'static', staticTargets: ['10.0.1.5:8080'], redisNodeType: 'cache.t4g.small' },
+      "redisNodeType only applies when discovery is not 'static' (a static pool gets no cache)"],
     ['a bad cache type', { redis: true, redisNodeType: 't4g.micro' }, "redisNodeType 't4g.micro' is not a cache node type such as cache.t4g.micro"],
     ['a small root volume', { rootVolumeSize: 4 }, "rootVolumeSize (4) must be a whole number of GB from 8 (the image's size) to 16384"],
     ['a health timeout above its interval', { healthCheck: { interval: Duration.seconds(5), timeout: Duration.seconds(10) } },
@@ -459,6 +465,12 @@ describe('the stack', () => {
       '  - vpcId needs publicSubnetIds (the proxy runs in public subnets)',
       '  - vpcId needs isolatedSubnetIds or privateSubnetIds for the cache (or redis: false)',
     ].join('\n'));
+  });
+
+  test('a cache asked for a static pool in an existing VPC is refused once, not also sent for its subnets', () => {
+    const message = stackMessage({ vpcId: 'vpc-1', publicSubnetIds: ['subnet-1'], availabilityZones: ['us-east-1a'], discovery: 'static', staticTargets: ['10.0.1.5:8080'], redis: true });
+    expect(message).toContain("redis only applies when discovery is not 'static'");
+    expect(message).not.toContain('needs isolatedSubnetIds or privateSubnetIds');
   });
 
   test('a static pool in an existing VPC needs no cache subnets: it gets no cache', () => {
