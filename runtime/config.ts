@@ -532,7 +532,7 @@ export const SETTINGS = {
   },
   ecsCaseLookup: {
     env: 'ECS_CASE_LOOKUP',
-    doc: 'When ECS knows no cluster or service of a Host\'s (lower-case) name, look up one that differs only in case (`MyStack-ApiService-1A2B`) with ListClusters and ListServices, which the role must allow. The construct turns it on.',
+    doc: 'When ECS knows no cluster or service of a Host\'s (lower-case) name, look up one that differs only in case (`MyStack-ApiService-1A2B`) with ListClusters and ListServices, which the role must allow (ListClusters only without ALLOWED_CLUSTERS, whose clusters are asked for as spelled there). The construct turns it on.',
     default: 'false',
     parse: bool,
   },
