@@ -6,7 +6,7 @@
 import * as http from 'node:http';
 import * as net from 'node:net';
 import { Proxy, startBundle } from '../support/bundle';
-import { close, listen, pump } from '../support/net';
+import { close, listen, pump, request } from '../support/net';
 
 jest.setTimeout(30_000);
 
@@ -308,18 +308,12 @@ test("after an early answer the rest of the body goes on, but the socket never s
   expect(await within(5000, () => answerA.endsWith('\r\n\r\n/upload'))).toBe(true);
   // The next client's request comes while the upload's body is still due (with one socket, it waited
   // for that socket before, and went out on it right behind the body).
-  const b = new Promise<string>((resolve, reject) => {
-    http.get({ port: p!.port, host: '127.0.0.1', path: '/b', agent: false }, (r) => {
-      let body = '';
-      r.on('data', (d) => (body += d));
-      r.on('end', () => resolve(body));
-    }).on('error', reject);
-  });
+  const b = request(p.port, { path: '/b' });
   await new Promise((r) => setTimeout(r, 200));
   // The body, after the answer: to this target, a request of the client's own.
   a.write(smuggled);
   // Each gets its own answer, on sockets of their own; so does client A's next request.
-  expect(await b).toBe('/b');
+  expect((await b).body).toBe('/b');
   answerA = '';
   a.write('GET /next HTTP/1.1\r\nHost: x\r\n\r\n');
   expect(await within(5000, () => answerA.endsWith('\r\n\r\n/next'))).toBe(true);
