@@ -199,6 +199,9 @@ export class Request {
   response: Response | undefined = undefined;
   private sink: BodySink | undefined;
   private held: Buffer[] | undefined;
+  private heldBytes = 0;
+  /** Body bytes read on into `held` before the body has a sink (readAhead); past it, reads wait for the sink. */
+  private aheadLimit = 0;
   private dropping = false;
   /** A copy of what went to the sink, kept while it fits `keepLimit` (keepBody), for a replay. */
   private kept: Buffer[] | undefined;
@@ -290,6 +293,7 @@ export class Request {
     this.dropping = false;
     const held = this.held;
     this.held = undefined;
+    this.heldBytes = 0;
     let ok = true;
     if (held) {
       for (const b of held) {
@@ -301,6 +305,18 @@ export class Request {
     if (this.complete) sink.end();
     else if (!ok) this.conn.waitForDrain(sink);
     return sink;
+  }
+
+  /**
+   * A body announced at most `limit` bytes long is read on while its target's connection is made (or a
+   * kept one is checked), not just its first read: sent with the head, the whole of such a body is in
+   * before the target can answer from the head, and its socket can serve again (an early answer's cannot).
+   * Nothing waits for it: what has not come when the target is ready streams after, as any body does.
+   */
+  readAhead(limit: number): void {
+    if (this.sink || this.complete) return;
+    this.aheadLimit = limit;
+    this.conn.resume(PAUSE_UNPIPED);
   }
 
   /** Keeps a copy of the body as it goes to its sink, while it is at most `limit` bytes: see replay(). */
@@ -372,6 +388,7 @@ export class Request {
   drop(): void {
     this.dropping = true;
     this.held = undefined;
+    this.heldBytes = 0;
     this.sink = undefined;
     this.conn.resume(PAUSE_UNPIPED);
     this.conn.stopWaitingForDrain();
@@ -391,9 +408,11 @@ export class Request {
       if (!sink.write(b)) this.conn.waitForDrain(sink);
       return;
     }
-    // Not piped yet (the target is still being connected): keep what this read brought, read no more.
+    // Not piped yet (the target is still being connected): keep what this read brought, and read no
+    // more, unless the body is small enough to be read ahead (readAhead).
     (this.held ??= []).push(b);
-    this.conn.pause(PAUSE_UNPIPED);
+    this.heldBytes += b.length;
+    if (this.heldBytes > this.aheadLimit) this.conn.pause(PAUSE_UNPIPED);
   }
 
   /** The last body byte was parsed. */

@@ -900,6 +900,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     const length = req.headers['content-length'];
     const small = this.body && req.headers['transfer-encoding'] === undefined && length !== undefined && Number(length) <= REPLAY_LIMIT;
     if (idempotent && small) req.keepBody(REPLAY_LIMIT);
+    // Read on while the target's connection is made: the whole body then goes with the head.
+    if (small) req.readAhead(REPLAY_LIMIT);
     this.retryOnReset = idempotent && (!this.body || small);
     // The connection tells this exchange when the client leaves or stalls, and when the answer is out.
     res.handler = this;
@@ -1023,7 +1025,10 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     else if (this.bodyTaken) this.req.replay(up as unknown as NodeJS.WritableStream);
     else {
       this.bodyTaken = true;
+      // The head and what has come of the body (all of a small one, often: Request.readAhead) in one send.
+      up.cork();
       this.req.pipe(up as unknown as NodeJS.WritableStream); // write/end/drain, as Readable.pipe uses them
+      up.uncork();
       // None of the body has come yet: the head goes now, as an ALB sends it. A target may answer from
       // the head alone (a 401 or 413 before an upload), or answer a streaming body as it streams; held
       // for the first body byte, its answer waited on a client that waited on it.

@@ -961,6 +961,15 @@ export class UpstreamRequest extends EventEmitter {
     return c.socket;
   }
 
+  /** Writes from here to uncork() leave together: a head and the body read with it, in one send. */
+  cork(): void {
+    this.conn?.socket.cork();
+  }
+
+  uncork(): void {
+    this.conn?.socket.uncork();
+  }
+
   /**
    * Sends the head now, before any of the body (node's ClientRequest.flushHeaders): a target may answer
    * from the head alone, or stream its answer while the body streams in.

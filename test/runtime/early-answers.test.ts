@@ -122,6 +122,51 @@ test('a target that answers early and then closes: the rest of the upload is rea
   c.destroy();
 });
 
+test('a small body the client sends with its head goes to the target with the head: a target answering from the head alone (nginx\'s return) keeps its socket', async () => {
+  // Answers each head at once, then reads and drops its body by Content-Length, keeping the connection
+  // (as nginx's `return 200` does). Sent after the answer, a body would cost the socket (see above).
+  let connections = 0;
+  let bodyBytes = 0;
+  const port = await target((s) => {
+    connections++;
+    let buf = Buffer.alloc(0);
+    let left = 0;
+    s.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      for (;;) {
+        if (left > 0) {
+          const n = Math.min(left, buf.length);
+          left -= n;
+          bodyBytes += n;
+          buf = buf.subarray(n);
+          if (left > 0) return;
+        }
+        const end = buf.indexOf('\r\n\r\n');
+        if (end === -1) return;
+        left = Number(/content-length: *(\d+)/i.exec(buf.subarray(0, end).toString('latin1'))?.[1] ?? 0);
+        buf = buf.subarray(end + 4);
+        s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+      }
+    });
+  });
+  p = await startBundle({ ...QUIET, STATIC_TARGETS: `127.0.0.1:${port}` });
+  const c = net.connect(p.port, '127.0.0.1');
+  c.on('error', () => undefined);
+  let answer = '';
+  c.on('data', (d) => (answer += d));
+  const body = Buffer.alloc(64 * 1024, 97); // more than the proxy reads at once: it comes in two reads or more
+  try {
+    for (let i = 1; i <= 10; i++) {
+      c.write(Buffer.concat([Buffer.from(`POST /form HTTP/1.1\r\nHost: x\r\nContent-Length: ${body.length}\r\n\r\n`), body]));
+      expect(await within(5000, () => answer.split('\r\n\r\nok').length - 1 === i)).toBe(true);
+    }
+  } finally {
+    c.destroy();
+  }
+  expect(await within(5000, () => bodyBytes === 10 * body.length)).toBe(true);
+  expect(connections).toBe(1);
+});
+
 test('a body that breaks after its target answered early gets no second answer, and the request is logged and counted once', async () => {
   const port = await target((s) => {
     s.once('data', () => {
