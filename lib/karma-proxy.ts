@@ -668,7 +668,7 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     });
     Validations.of(this.permissions).acknowledge({
       id: 'AwsSolutions-IAM5[Resource::*]',
-      reason: 'Describe and List calls (ec2:DescribeAddresses, ec2:DescribeInstances, ec2:DescribeNetworkInterfaces, autoscaling:DescribeAutoScalingGroups, ecs:ListTasks, ecs:ListServices, ecs:ListClusters) and the Session Manager agent\'s ssmmessages channels support no resource-level permissions. ECS reads are limited to the allowed clusters when clusters are given; without clusters any cluster may be routed to, so ecs:DescribeTasks and ecs:DescribeContainerInstances are on every cluster too.',
+      reason: 'Describe and List calls (ec2:DescribeAddresses, ec2:DescribeInstances, ec2:DescribeNetworkInterfaces, autoscaling:DescribeAutoScalingGroups, ecs:ListTasks, ecs:ListServices, and ecs:ListClusters where no clusters are given) and the Session Manager agent\'s ssmmessages channels support no resource-level permissions. ECS reads are limited to the allowed clusters when clusters are given; without clusters any cluster may be routed to, so ecs:DescribeTasks and ecs:DescribeContainerInstances are on every cluster too.',
     });
 
     // ---- runtime settings ----
