@@ -778,6 +778,8 @@ const PAUSE_DRAIN = 4;
 const PAUSE_UPGRADE = 8;
 /** The target holds the body back: not taking it yet, or pushing back. */
 const BY_TARGET = PAUSE_UNPIPED | PAUSE_DRAIN;
+/** Reads stopped for the proxy's reasons, not the client's (its turn, its target): REQUEST_TIMEOUT's clock stops. */
+const NOT_THE_CLIENTS = PAUSE_QUEUE | BY_TARGET;
 
 // Why the idle timer was given one more period.
 const GRACE_KEEP_ALIVE = 1;
@@ -816,8 +818,8 @@ export class ClientConn {
   private afterAnswer: NodeJS.Timeout | undefined;
   /** Its last answer is out, and the body of that request still goes to the target taking it: the end follows the body. */
   private endAfterBody = false;
-  /** Since when (performance.now()) the target has held the body back (PAUSE_DRAIN or PAUSE_UNPIPED). */
-  private heldByTargetAt = 0;
+  /** Since when (performance.now()) reads have been stopped for the proxy's reasons (NOT_THE_CLIENTS). */
+  private heldAt = 0;
   /** No request after the ones already read will be read: the connection ends after their answers. */
   closing = false;
   /** Nothing more is parsed: the connection is refused, handed over, or being closed. */
@@ -1188,16 +1190,17 @@ export class ClientConn {
 
   pause(why: number): void {
     if (this.paused === 0) pauseReads(this.socket, this.consumed);
-    if ((this.paused & BY_TARGET) === 0 && (why & BY_TARGET) !== 0) this.heldByTargetAt = performance.now();
+    if ((this.paused & NOT_THE_CLIENTS) === 0 && (why & NOT_THE_CLIENTS) !== 0) this.heldAt = performance.now();
     this.paused |= why;
   }
 
   resume(why: number): void {
     if ((this.paused & why) === 0) return;
-    const wasHeld = (this.paused & BY_TARGET) !== 0;
+    const wasHeld = (this.paused & NOT_THE_CLIENTS) !== 0;
     this.paused &= ~why;
-    // The time the target held the body back is not the client's: REQUEST_TIMEOUT does not count it.
-    if (wasHeld && (this.paused & BY_TARGET) === 0) this.since += performance.now() - this.heldByTargetAt;
+    // The time a request waited for its turn, or its target held the body back, is not the client's:
+    // REQUEST_TIMEOUT does not count it.
+    if (wasHeld && (this.paused & NOT_THE_CLIENTS) === 0) this.since += performance.now() - this.heldAt;
     if (this.paused === 0 && !this.done) {
       // A head begun before reading stopped (pipelined behind a slow answer) gets its HEADERS_TIMEOUT
       // afresh: the wait was ours, not the client's.
@@ -1211,9 +1214,14 @@ export class ClientConn {
     return this.paused !== 0;
   }
 
-  /** Its body waits on the target (not taking it yet, or pushing back): REQUEST_TIMEOUT's clock is stopped. */
+  /** Its body waits on the target (not taking it yet, or pushing back). */
   get heldByTarget(): boolean {
     return (this.paused & BY_TARGET) !== 0;
+  }
+
+  /** Its body waits on the target, or its request for its turn: REQUEST_TIMEOUT's clock is stopped. */
+  get clockStopped(): boolean {
+    return (this.paused & NOT_THE_CLIENTS) !== 0;
   }
 
   stopWaitingForDrain(): void {
@@ -1630,7 +1638,7 @@ export class DownstreamServer {
     const { headersTimeoutMs, requestTimeoutMs } = this.opts;
     const now = performance.now();
     for (const c of this.conns) {
-      if (c.state === IDLE || (c.state === HEAD && c.heldBack) || c.heldByTarget) continue;
+      if (c.state === IDLE || (c.state === HEAD && c.heldBack) || c.clockStopped) continue;
       const age = now - c.since;
       if ((c.state === HEAD && headersTimeoutMs > 0 && age > headersTimeoutMs) || (requestTimeoutMs > 0 && age > requestTimeoutMs)) c.timedOut();
     }

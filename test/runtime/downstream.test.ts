@@ -765,6 +765,24 @@ describe('REQUEST_TIMEOUT on a body', () => {
   });
 });
 
+test("a pipelined request's wait for its turn is not the client's: REQUEST_TIMEOUT does not count it", async () => {
+  const { ownPort: slowPort } = await ownServer({ requestTimeoutMs: 600, idleTimeoutMs: 5000 }, (req, res) => {
+    // Takes the body whole, then answers: the first a moment later (a target's connection being made), and late.
+    const slow = req.url === '/slow';
+    const store = (): unknown => req.pipe(new Writable({ write: (_c, _e, cb) => cb(), final: (cb) => (setTimeout(() => ok(res, slow ? 'slow' : 'stored'), slow ? 1400 : 0), cb()) }));
+    if (slow) setTimeout(store, 100);
+    else store();
+  });
+  const r = await rawExchange(slowPort, (sock) => {
+    // Behind it, in the same write, a head and part of its body; the rest a moment later, which is read
+    // only once the answer ahead is out, 1.5 s on.
+    sock.write('POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\naaaaaPOST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhello');
+    setTimeout(() => sock.write('world'), 150);
+  }, { deadlineMs: 2500 });
+  expect(r.responses.map((x) => x.status)).toEqual([200, 200]);
+  expect(r.responses.map((x) => x.body)).toEqual(['slow', 'stored']);
+});
+
 describe('the end of a connection (lingering close)', () => {
   test.each([
     ['Connection: close', 'HTTP/1.1', 'Connection: close\r\n'],
