@@ -1147,8 +1147,11 @@ export class ClientConn {
     // lingering_time): a client trickling an endless body after a 503 or a 413 would otherwise hold its
     // connection, one of MAX_CONNECTIONS, for good.
     if (!req.complete) this.boundBodyAfterAnswer();
-    if (this.waiting.length > 0) process.nextTick(next, this);
-    else this.resume(PAUSE_QUEUE);
+    // The next in line goes after a turn of the loop with reads on: a client that left while its
+    // pipelined requests waited (its FIN unread, reads stopped behind the answer) is seen to have gone
+    // first, and what it left in line never reaches a target, as nginx drops it.
+    this.resume(PAUSE_QUEUE);
+    if (this.waiting.length > 0) setImmediate(afterPoll, this);
   }
 
   /** The rest of a body after its answer is read on for at most BODY_AFTER_ANSWER_MS, then the connection goes. */
@@ -1182,7 +1185,7 @@ export class ClientConn {
     if (this.current || this.socket.destroyed) return;
     const p = this.waiting.shift();
     if (p === undefined) return;
-    if (this.waiting.length === 0) this.resume(PAUSE_QUEUE);
+    if (this.waiting.length > 0) this.pause(PAUSE_QUEUE);
     this.dispatch(p);
   }
 
@@ -1564,6 +1567,8 @@ function onClose(this: WithConn): void {
   this[kConn].closed();
 }
 const next = (c: ClientConn): void => c.next();
+/** next(), after the loop has polled for I/O once (from a check phase: one more full turn). */
+const afterPoll = (c: ClientConn): void => void setImmediate(next, c);
 const closeParser = (p: Parser): void => p.close();
 
 /** The server: a net.Server whose connections are ClientConns, the timeouts' clock, and a graceful stop. */

@@ -92,6 +92,21 @@ describe('pipelining and keep-alive', () => {
     expect(r.rest).toBe('');
   });
 
+  test('a client that leaves while its pipelined requests wait: none of them reaches a handler after the answer ahead', async () => {
+    const order: string[] = [];
+    handle = (req, res) => {
+      order.push(req.url);
+      setTimeout(() => ok(res, req.url), req.url === '/slow' ? 300 : 5);
+    };
+    const c = await connect();
+    c.socket.write(GET('/slow') + 'POST /charge HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n' + GET('/c'));
+    await until('the first handled', () => order.length === 1, 5000, 5);
+    c.socket.end(); // gone (its FIN) while the answer ahead is under way
+    await until('the connection closed', () => c.closed(), 5000, 5);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(order).toEqual(['/slow']);
+  });
+
   test(`more than ${MAX_PIPELINED} requests ahead of their turn: those are answered, then the connection closes`, async () => {
     handle = (req, res) => setTimeout(() => ok(res, req.url), 1);
     const r = await rawExchange(port, Array.from({ length: MAX_PIPELINED + 20 }, (_, i) => GET(`/${i}`)).join(''));
