@@ -1147,11 +1147,16 @@ export class ClientConn {
     // lingering_time): a client trickling an endless body after a 503 or a 413 would otherwise hold its
     // connection, one of MAX_CONNECTIONS, for good.
     if (!req.complete) this.boundBodyAfterAnswer();
+    if (this.waiting.length === 0) return this.resume(PAUSE_QUEUE);
     // The next in line goes after a turn of the loop with reads on: a client that left while its
     // pipelined requests waited (its FIN unread, reads stopped behind the answer) is seen to have gone
-    // first, and what it left in line never reaches a target, as nginx drops it.
-    this.resume(PAUSE_QUEUE);
-    if (this.waiting.length > 0) setImmediate(afterPoll, this);
+    // first, and what it left in line never reaches a target, as nginx drops it. Reads stopped for the
+    // line, and for a body held in it (the request being read is in line: a read more of it is held, and
+    // stops reads again); with parsing stopped (a shutdown, a refusal in line, too many in line), what
+    // comes is dropped.
+    this.resume(PAUSE_QUEUE | PAUSE_UNPIPED);
+    if (this.done && this.paused === 0) resumeReads(this.socket, this.consumed);
+    setImmediate(afterPoll, this);
   }
 
   /** The rest of a body after its answer is read on for at most BODY_AFTER_ANSWER_MS, then the connection goes. */
