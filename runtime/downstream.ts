@@ -150,6 +150,11 @@ export const IDLE_EVICT_MS = 5000;
 const TIMEOUT_CHECK_MS = 500;
 /** Body chunks up to this size go out with the head as one latin1 string (bytes map one to one). */
 const SMALL_BODY = 4096;
+/**
+ * Body bytes a request may hold with no reader yet, read ahead (Request.readAhead) or while it waits in
+ * line (a read more at each answer ahead of it, ClientConn.answered): past it, reads wait for its reader.
+ */
+const HOLD_LIMIT = 64 * 1024;
 /** Requests parsed ahead of their turn on one connection (pipelining); the rest of that read is refused. */
 export const MAX_PIPELINED = 32;
 
@@ -301,7 +306,7 @@ export class Request {
         ok = sink.write(b) && ok;
       }
     }
-    this.conn.resume(PAUSE_UNPIPED);
+    this.conn.resumeUnpiped();
     if (this.complete) sink.end();
     else if (!ok) this.conn.waitForDrain(sink);
     return sink;
@@ -316,7 +321,7 @@ export class Request {
   readAhead(limit: number): void {
     if (this.sink || this.complete) return;
     this.aheadLimit = limit;
-    this.conn.resume(PAUSE_UNPIPED);
+    this.conn.resumeUnpiped();
   }
 
   /** Keeps a copy of the body as it goes to its sink, while it is at most `limit` bytes: see replay(). */
@@ -347,7 +352,7 @@ export class Request {
   collectRest(then: (whole: boolean) => void): void {
     this.sink = undefined;
     this.conn.stopWaitingForDrain();
-    this.conn.resume(PAUSE_UNPIPED);
+    this.conn.resumeUnpiped();
     if (this.complete) then(this.kept !== undefined);
     else this.collecting = then;
   }
@@ -367,6 +372,11 @@ export class Request {
     this.keptBytes += b.length;
     if (this.keptBytes > this.keepLimit) this.kept = undefined;
     else this.kept.push(b);
+  }
+
+  /** Holds as much of its body as it may with no reader (HOLD_LIMIT): reads wait for its reader. */
+  get holdsEnough(): boolean {
+    return this.heldBytes >= HOLD_LIMIT;
   }
 
   /** The body has somewhere to go that still takes it. */
@@ -390,7 +400,7 @@ export class Request {
     this.held = undefined;
     this.heldBytes = 0;
     this.sink = undefined;
-    this.conn.resume(PAUSE_UNPIPED);
+    this.conn.resumeUnpiped();
     this.conn.stopWaitingForDrain();
   }
 
@@ -1151,10 +1161,11 @@ export class ClientConn {
     // The next in line goes after a turn of the loop with reads on: a client that left while its
     // pipelined requests waited (its FIN unread, reads stopped behind the answer) is seen to have gone
     // first, and what it left in line never reaches a target, as nginx drops it. Reads stopped for the
-    // line, and for a body held in it (the request being read is in line: a read more of it is held, and
-    // stops reads again); with parsing stopped (a shutdown, a refusal in line, too many in line), what
-    // comes is dropped.
-    this.resume(PAUSE_QUEUE | PAUSE_UNPIPED);
+    // line, and for a body held in it (the request being read is in line: a read more of it is held, up
+    // to HOLD_LIMIT, and stops reads again; a body in line past it hides the close behind it); with
+    // parsing stopped (a shutdown, a refusal in line, too many in line), what comes is dropped.
+    this.resume(PAUSE_QUEUE);
+    this.resumeUnpiped();
     if (this.done && this.paused === 0) resumeReads(this.socket, this.consumed);
     setImmediate(afterPoll, this);
   }
@@ -1230,6 +1241,15 @@ export class ClientConn {
   /** Its body waits on the target, or its request for its turn: REQUEST_TIMEOUT's clock is stopped. */
   get clockStopped(): boolean {
     return (this.paused & NOT_THE_CLIENTS) !== 0;
+  }
+
+  /**
+   * Reads stopped for a body with no reader go on: its reader has come, or it is dropped, or (for one in
+   * line) an answer ahead has ended. One flag for the connection: not while the request being read, in
+   * line behind others, holds HOLD_LIMIT already.
+   */
+  resumeUnpiped(): void {
+    if (this.reading?.holdsEnough !== true) this.resume(PAUSE_UNPIPED);
   }
 
   stopWaitingForDrain(): void {

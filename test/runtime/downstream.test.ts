@@ -117,6 +117,24 @@ describe('pipelining and keep-alive', () => {
     expect(order).toEqual(['/slow']);
   });
 
+  test('a body in line behind several slow answers is held up to a bound, not a read more at each answer', async () => {
+    let readAtItsTurn = -1;
+    handle = (req, res) => {
+      if (!req.hasBody) return void setTimeout(() => ok(res, req.url), 50);
+      readAtItsTurn = req.socket.bytesRead;
+      req.pipe(new Writable({ write: (_c, _e, cb) => cb(), final: (cb) => (ok(res, 'stored'), cb()) }));
+    };
+    const c = await connect();
+    const heads = Array.from({ length: 8 }, (_, i) => GET(`/slow${i}`)).join('') + 'POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: 8388608\r\n\r\n';
+    c.socket.write(heads);
+    pump(c.socket, 8 * 1024 * 1024, { end: false }); // as fast as it is taken
+    await until('the upload stored', () => c.received().includes('stored'), 10_000, 10);
+    c.socket.destroy();
+    // Its first read, and a read more (at most 64 KiB each) while it held less than 64 KiB.
+    expect(readAtItsTurn).toBeGreaterThan(0);
+    expect(readAtItsTurn - heads.length).toBeLessThanOrEqual(3 * 64 * 1024);
+  });
+
   test(`more than ${MAX_PIPELINED} requests ahead of their turn: those are answered, then the connection closes`, async () => {
     handle = (req, res) => setTimeout(() => ok(res, req.url), 1);
     const r = await rawExchange(port, Array.from({ length: MAX_PIPELINED + 20 }, (_, i) => GET(`/${i}`)).join(''));
