@@ -351,6 +351,12 @@ export class Request {
    */
   collectRest(then: (whole: boolean) => void): void {
     this.sink = undefined;
+    // What was held for a reader that never came (the try failed before it took the body) goes into the
+    // copy first: the copy is the whole body from here on (replay), and reads no longer wait on it.
+    const held = this.held;
+    this.held = undefined;
+    this.heldBytes = 0;
+    if (held) for (const b of held) this.keep(b);
     this.conn.stopWaitingForDrain();
     this.conn.resumeUnpiped();
     if (this.complete) then(this.kept !== undefined);

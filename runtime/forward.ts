@@ -1283,7 +1283,9 @@ class Exchange implements UpstreamHandler, ResponseHandler {
       // The target had closed that keep-alive connection: nothing was lost, try a fresh one (same target allowed).
       if (this.stale < MAX_STALE && unsent) {
         this.stale++;
-        if (this.body && !this.bodyWhole) return this.resumeOnceWhole();
+        // A body a try took (piped) goes again from its kept copy once whole; one never taken is still
+        // held for the next try as it came, and what has not come of it is read by that try.
+        if (this.body && !this.bodyWhole && this.bodyTaken) return this.resumeOnceWhole();
         // Its idle siblings went with it (failTry): the next try opens a connection of its own.
         setImmediate(afterPoll, retryStale, this);
         return;
@@ -1328,6 +1330,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
    */
   private resumeOnceWhole(): void {
     this.collecting = true;
+    // The kept copy is the body from here on, what was held for a try that never took it included.
+    this.bodyTaken = true;
     this.req.collectRest((whole) => {
       if (!this.collecting) return;
       this.collecting = false;

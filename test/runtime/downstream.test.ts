@@ -826,6 +826,51 @@ test("a pipelined request's wait for its turn is not the client's: REQUEST_TIMEO
   expect(r.responses.map((x) => x.body)).toEqual(['slow', 'stored']);
 });
 
+describe('a body collected for another try (a target failed before it took the body)', () => {
+  test('held in line up to its bound and never taken: the rest is read, and the copy has all of it', async () => {
+    let whole: boolean | undefined;
+    let replayed = -1;
+    const size = 1 << 20;
+    handle = (req, res) => {
+      if (!req.hasBody) return void setTimeout(() => ok(res, 'slow'), 100);
+      req.keepBody(size);
+      // Its try failed before it took the body (a kept socket the target had just closed).
+      setTimeout(() => req.collectRest((w) => {
+        whole = w;
+        let n = 0;
+        req.replay(new Writable({ write: (c: Buffer, _e, cb) => ((n += c.length), cb()), final: (cb) => ((replayed = n), ok(res, 'stored'), cb()) }));
+      }), 20);
+    };
+    const c = await connect();
+    // Behind a slow answer, so that it holds what it may with no reader before its turn.
+    c.socket.write(`${GET('/slow')}PUT /b HTTP/1.1\r\nHost: a\r\nContent-Length: ${size}\r\n\r\n`);
+    pump(c.socket, size, { end: false });
+    await until('the body collected and sent again', () => c.received().includes('stored'), 5000, 10);
+    c.socket.destroy();
+    expect(whole).toBe(true);
+    expect(replayed).toBe(size);
+  });
+
+  test('read before any of it was taken, the rest coming later: the copy has all of it', async () => {
+    let replayed = -1;
+    handle = (req, res) => {
+      req.keepBody(65536);
+      req.readAhead(65536);
+      setTimeout(() => req.collectRest(() => {
+        let n = 0;
+        req.replay(new Writable({ write: (c: Buffer, _e, cb) => ((n += c.length), cb()), final: (cb) => ((replayed = n), ok(res, 'stored'), cb()) }));
+      }), 50);
+    };
+    const c = await connect();
+    c.socket.write('PUT /b HTTP/1.1\r\nHost: a\r\nContent-Length: 60000\r\n\r\n' + 'x'.repeat(1000));
+    await new Promise((r) => setTimeout(r, 150));
+    c.socket.write('y'.repeat(59000));
+    await until('the body sent again', () => c.received().includes('stored'), 5000, 10);
+    c.socket.destroy();
+    expect(replayed).toBe(60000);
+  });
+});
+
 describe('the end of a connection (lingering close)', () => {
   test.each([
     ['Connection: close', 'HTTP/1.1', 'Connection: close\r\n'],
