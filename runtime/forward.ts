@@ -1330,7 +1330,8 @@ class Exchange implements UpstreamHandler, ResponseHandler {
    */
   private resumeOnceWhole(): void {
     this.collecting = true;
-    // The kept copy is the body from here on, what was held for a try that never took it included.
+    // The kept copy is the body from here on (every caller today comes after a try took the body; one
+    // that did not would find what was held in the copy too: Request.collectRest).
     this.bodyTaken = true;
     this.req.collectRest((whole) => {
       if (!this.collecting) return;
