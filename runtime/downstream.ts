@@ -1173,7 +1173,7 @@ export class ClientConn {
     this.resume(PAUSE_QUEUE);
     this.resumeUnpiped();
     if (this.done && this.paused === 0) resumeReads(this.socket, this.consumed);
-    setImmediate(afterPoll, this);
+    setImmediate(afterPoll, next, this);
   }
 
   /** The rest of a body after its answer is read on for at most BODY_AFTER_ANSWER_MS, then the connection goes. */
@@ -1598,8 +1598,10 @@ function onClose(this: WithConn): void {
   this[kConn].closed();
 }
 const next = (c: ClientConn): void => c.next();
-/** next(), after the loop has polled for I/O once (from a check phase: one more full turn). */
-const afterPoll = (c: ClientConn): void => void setImmediate(next, c);
+/** Runs `fn(x)` after the event loop has polled for I/O once (from a check phase: one more full turn). */
+export function afterPoll<T>(fn: (x: T) => void, x: T): void {
+  setImmediate(fn, x);
+}
 const closeParser = (p: Parser): void => p.close();
 
 /** The server: a net.Server whose connections are ClientConns, the timeouts' clock, and a graceful stop. */

@@ -16,7 +16,7 @@ import { randomFillSync } from 'node:crypto';
 import httpProxy from 'http-proxy';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
 import type * as net from 'node:net';
-import { answerHandshake, type ClientCut, linger, type Request, type Response, type ResponseHandler } from './downstream';
+import { afterPoll, answerHandshake, type ClientCut, linger, type Request, type Response, type ResponseHandler } from './downstream';
 import { answerFault, connectionOf, flat, MAX_RESPONSE_HEAD_BYTES, type RenderedHead, type UpstreamHandler, type UpstreamRequest, type UpstreamRequestOptions, type UpstreamResponse } from './upstream';
 import { countChunk } from './memory';
 import { within } from './types';
@@ -1376,11 +1376,6 @@ class Exchange implements UpstreamHandler, ResponseHandler {
     this.outcome.error = undefined;
     this.done();
   }
-}
-
-/** Runs `fn(x)` after the event loop has polled for I/O once (from a check phase: one more full turn). */
-function afterPoll(fn: (x: Exchange) => void, x: Exchange): void {
-  setImmediate(fn, x);
 }
 
 // Timer callbacks shared by every Exchange, so a request allocates no closures for them.
