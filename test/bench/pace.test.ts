@@ -32,15 +32,22 @@ interface Result {
 interface Backend {
   port: number;
   arrivals: number[];
+  /** Connections accepted. */
+  accepted(): number;
   close(): Promise<void>;
 }
 
-/** A loopback HTTP/1.1 server that answers each request after `delayMs`, closing after every `closeEvery`th. */
-function backend(opts: { delayMs?: number; status?: number; closeEvery?: number } = {}): Promise<Backend> {
+/**
+ * A loopback HTTP/1.1 server that answers each request after `delayMs` (the first `slowFirst` after
+ * `slowMs`), closing after every `closeEvery`th.
+ */
+function backend(opts: { delayMs?: number; status?: number; closeEvery?: number; slowFirst?: number; slowMs?: number } = {}): Promise<Backend> {
   const arrivals: number[] = [];
   const sockets = new Set<net.Socket>();
   let answered = 0;
+  let accepted = 0;
   const server = net.createServer((socket) => {
+    accepted++;
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
     socket.on('error', () => undefined);
@@ -52,8 +59,9 @@ function backend(opts: { delayMs?: number; status?: number; closeEvery?: number 
       while ((end = buf.indexOf('\r\n\r\n')) >= 0) {
         buf = buf.slice(end + 4);
         arrivals.push(performance.now());
+        const delayMs = arrivals.length <= (opts.slowFirst ?? 0) ? opts.slowMs : opts.delayMs;
         queue = queue.then(async () => {
-          if (opts.delayMs) await new Promise((r) => setTimeout(r, opts.delayMs));
+          if (delayMs) await new Promise((r) => setTimeout(r, delayMs));
           const close = opts.closeEvery !== undefined && ++answered % opts.closeEvery === 0;
           const body = 'ok\n';
           socket.write(`HTTP/1.1 ${opts.status ?? 200} X\r\nContent-Length: ${body.length}\r\n${close ? 'Connection: close\r\n' : ''}\r\n${body}`);
@@ -67,6 +75,7 @@ function backend(opts: { delayMs?: number; status?: number; closeEvery?: number 
       resolve({
         port: (server.address() as net.AddressInfo).port,
         arrivals,
+        accepted: () => accepted,
         close: () =>
           new Promise((done) => {
             for (const s of sockets) s.destroy();
@@ -95,15 +104,18 @@ d('pace, the open-loop load generator', () => {
     server = undefined;
   });
 
-  /** Runs pace; `paused` stops it (SIGSTOP) over [from, to) ms after its start, as a busy machine might. */
-  const pace = (port: number, connections: number, rate: number, seconds: number, arrivals = 'uniform', trace?: string, paused?: [number, number]): Promise<Result> =>
+  /**
+   * Runs pace; `paused` stops it (SIGSTOP) over [from, to) ms after its start, as a busy machine might;
+   * `warmup` seconds are sent before the `seconds` counted.
+   */
+  const pace = (port: number, connections: number, rate: number, seconds: number, arrivals = 'uniform', trace?: string, paused?: [number, number], warmup = 0): Promise<Result> =>
     new Promise((resolve, reject) => {
-      const child = spawn(bin, ['127.0.0.1', String(port), '/small', String(connections), String(rate), String(seconds), '0', arrivals], {
+      const child = spawn(bin, ['127.0.0.1', String(port), '/small', String(connections), String(rate), String(seconds), String(warmup), arrivals], {
         env: { ...process.env, ...(trace ? { PACE_TRACE: trace } : {}) },
       });
       let out = '';
       let err = '';
-      const timer = setTimeout(() => child.kill('SIGKILL'), (seconds + 10) * 1000);
+      const timer = setTimeout(() => child.kill('SIGKILL'), (warmup + seconds + 10) * 1000);
       const pauses = paused ? [setTimeout(() => child.kill('SIGSTOP'), paused[0]), setTimeout(() => child.kill('SIGCONT'), paused[1])] : [];
       child.stdout.on('data', (c) => (out += c));
       child.stderr.on('data', (c) => (err += c));
@@ -153,6 +165,18 @@ d('pace, the open-loop load generator', () => {
     expect(r.requests).toBe(40);
     expect(r.p50).toBeGreaterThan(200);
     expect(r.max).toBeGreaterThan(600);
+  });
+
+  test('warms up on the connections it measures, counting none of the warm-up', async () => {
+    // The first two answers take 300 ms, and the requests due meanwhile wait for them: all within the
+    // 0.6 s warm-up, so the 0.5 s counted see none of it. The harness relies on this to measure a load,
+    // not the opening of the connections that carry it.
+    server = await backend({ slowFirst: 2, slowMs: 300 });
+    const r = await pace(server.port, 2, 40, 0.5, 'uniform', undefined, undefined, 0.6);
+    expect(r).toMatchObject({ requests: 20, errors: 0 });
+    expect(server.arrivals).toHaveLength(44);
+    expect(server.accepted()).toBe(2);
+    expect(r.max).toBeLessThan(150);
   });
 
   test('opens a new connection when the server closes one, losing no request', async () => {

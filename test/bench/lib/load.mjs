@@ -58,8 +58,9 @@ const luaString = (s) => JSON.stringify(s); // a JSON string literal is a valid 
 
 /**
  * One load run. opts: { url, connections, seconds, method, bodyBytes, close, delayMs, randomDelay, rate, dir,
- * core, pacer, arrivals }. With pacer (from buildPacer), GETs are sent at `rate` per second by pace, evenly
- * spaced or with `arrivals: 'poisson'` at exponentially distributed intervals. With randomDelay, each wait after an answer is drawn from an exponential distribution of mean
+ * core, pacer, arrivals, warmupSeconds }. With pacer (from buildPacer), GETs are sent at `rate` per second by
+ * pace, evenly spaced or with `arrivals: 'poisson'` at exponentially distributed intervals, for
+ * warmupSeconds (default 0) not counted and then `seconds` counted, on the same connections. With randomDelay, each wait after an answer is drawn from an exponential distribution of mean
  * delayMs (wrk only; autocannon's -R rate is used otherwise).
  * Returns { requests, seconds, rps, bytes, p50, p90, p99, p999, max (ms), errors, non2xx }.
  */
@@ -67,7 +68,7 @@ export async function drive(gen, opts) {
   if (opts.pacer) {
     // Open loop: opts.rate requests a second over opts.connections, evenly spaced or (poisson) at random.
     const u = new URL(opts.url);
-    const out = await run(opts.core, opts.pacer.bin, [u.hostname, u.port, u.pathname, String(opts.connections), String(opts.rate), String(opts.seconds), '0', opts.arrivals ?? 'uniform']);
+    const out = await run(opts.core, opts.pacer.bin, [u.hostname, u.port, u.pathname, String(opts.connections), String(opts.rate), String(opts.seconds), String(opts.warmupSeconds ?? 0), opts.arrivals ?? 'uniform']);
     const j = JSON.parse(out.trim().split('\n').pop());
     return { ...j, errorDetail: { errors: j.errors } };
   }
