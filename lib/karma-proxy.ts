@@ -1150,7 +1150,11 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       } catch {
         arch = undefined;
       }
-      if (arch !== ec2.InstanceArchitecture.ARM_64) {
+      // EC2's names are lower case, a family and a size: `T4G.NANO` or `t4g` is no type at all, and
+      // calling it "not Graviton" would send its author to the family they already chose.
+      if (!/^[a-z][a-z0-9-]*\.[a-z0-9]+$/.test(typeName)) {
+        problems.push(`instanceType '${typeName}' is not an EC2 instance type: a family and a size in lower case, such as t4g.nano`);
+      } else if (arch !== ec2.InstanceArchitecture.ARM_64) {
         problems.push(`instanceType '${typeName}' is not an ARM Graviton (arm64) type: the image and Node.js are arm64 (use t4g, c7g, m7g...)`);
       }
     }
@@ -1165,7 +1169,8 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
     const zoneName = props.hostedZone ? tryZoneName(props.hostedZone) : undefined;
     if (v.domain !== undefined && known(v.domain)) {
       if (!DNS_NAME.test(v.domain)) {
-        problems.push(`domain '${v.domain}' is not a DNS name such as apps.example.com`);
+        // As given: v.domain is lower-cased, and the upper-case letters may be what the user must find.
+        problems.push(`domain '${props.domain ?? v.domain}' is not a DNS name such as apps.example.com`);
       } else if (zoneName !== undefined && known(zoneName)) {
         const zone = stripDot(zoneName);
         if (v.domain !== zone && !v.domain.endsWith(`.${zone}`)) {

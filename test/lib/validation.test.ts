@@ -38,6 +38,10 @@ describe('one problem, its exact message', () => {
     ['min of zero', { minCapacity: 0, maxCapacity: 1 }, 'minCapacity (0) must be a whole number of at least 1'],
     ['an x86 instance type', { instanceType: new ec2.InstanceType('t3.micro') },
       "instanceType 't3.micro' is not an ARM Graviton (arm64) type: the image and Node.js are arm64 (use t4g, c7g, m7g...)"],
+    ['an instance type in upper case (EC2 has none)', { instanceType: new ec2.InstanceType('T4G.NANO') },
+      "instanceType 'T4G.NANO' is not an EC2 instance type: a family and a size in lower case, such as t4g.nano"],
+    ['a family without a size', { instanceType: new ec2.InstanceType('t4g') },
+      "instanceType 't4g' is not an EC2 instance type: a family and a size in lower case, such as t4g.nano"],
     ['an x86 image, as latestAmazonLinux2023() is unless told arm64', { machineImage: ec2.MachineImage.latestAmazonLinux2023() },
       'machineImage is an x86_64 image (SSM parameter /aws/service/ami-amazon-linux-latest/al2023-ami-kernel-6.1-x86_64): Graviton instances need arm64 ' +
         '(ec2.MachineImage.latestAmazonLinux2023({ cpuType: ec2.AmazonLinuxCpuType.ARM_64 }))'],
@@ -69,6 +73,7 @@ describe('one problem, its exact message', () => {
     ['no domain in ecs mode', { domain: undefined },
       "domain is required when discovery is 'ecs' (routes are <service>-<port>-<cluster>.<domain>)"],
     ['a bad domain', { domain: 'not a domain' }, "domain 'not a domain' is not a DNS name such as apps.example.com"],
+    ['a bad domain, quoted as given', { domain: 'Bad_Domain.example.com' }, "domain 'Bad_Domain.example.com' is not a DNS name such as apps.example.com"],
     ['static with no targets', { discovery: 'static' }, "staticTargets is required when discovery is 'static' (host:port each)"],
     ['a bad static target', { discovery: 'static', staticTargets: ['10.0.0.1'] }, "staticTargets entry '10.0.0.1' must be host:port"],
     ['a bad CIDR', { allowedCidrs: ['10.0.0.0/33'] }, "allowedCidrs entry '10.0.0.0/33' is not a CIDR such as 0.0.0.0/0 or 203.0.113.0/24"],
