@@ -33,6 +33,7 @@ import {
   kOnHeadersComplete,
   kOnMessageBegin,
   kOnMessageComplete,
+  keptAlive,
   METHOD_NAMES,
   type Parser,
   pauseReads,
@@ -1027,7 +1028,7 @@ export class ClientConn {
     }
     url ??= this.urlParts;
     this.state = BODY;
-    const req = new Request(this, METHOD_NAMES[method] ?? '', url, major, minor, headers, keepAlive);
+    const req = new Request(this, METHOD_NAMES[method] ?? '', url, major, minor, headers, keptAlive(keepAlive, major, minor, headers));
     this.reading = req;
     if (upgrade) {
       if (req.method === 'CONNECT') req.kind = CONNECT;

@@ -117,6 +117,23 @@ export function unconsume(parser: Parser, socket: net.Socket): void {
 /** Destroys `socket`: a timer's callback that needs no closure (setTimeout(destroySocket, ms, socket)). */
 export const destroySocket = (socket: net.Socket): void => void socket.destroy();
 
+/** `close` among the tokens of a Connection value. */
+const CLOSE_TOKEN = /(?:^|,)[ \t]*close[ \t]*(?:,|$)/i;
+
+/**
+ * llhttp's keep-alive verdict, with `close` winning as RFC 9112 §9.3 has it: for an HTTP/1.0 message
+ * llhttp looks for `keep-alive` alone, so `Connection: keep-alive, close` (or the two as separate
+ * fields) kept the connection. `raw` is the head's name/value pairs; only a 1.0 message kept alive is
+ * looked at again (1.1's verdict already lets `close` win).
+ */
+export function keptAlive(keepAlive: boolean, major: number, minor: number, raw: readonly string[]): boolean {
+  if (!keepAlive || major !== 1 || minor !== 0) return keepAlive;
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i].length === 10 && raw[i].toLowerCase() === 'connection' && CLOSE_TOKEN.test(raw[i + 1])) return false;
+  }
+  return true;
+}
+
 /** A consumed socket's idle timer, refreshed by reads through JavaScript and so not by these. */
 export function touch(socket: net.Socket): void {
   internals(socket)._unrefTimer!();

@@ -26,7 +26,7 @@
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 
-import { consume, destroySocket, HTTPParser, kOnBody, kOnExecute, kOnHeaders, kOnHeadersComplete, kOnMessageBegin, kOnMessageComplete, type Parser, RESPONSE_LENIENCY, pauseReads, resumeReads, touch, unconsume } from './llhttp';
+import { consume, destroySocket, HTTPParser, keptAlive, kOnBody, kOnExecute, kOnHeaders, kOnHeadersComplete, kOnMessageBegin, kOnMessageComplete, type Parser, RESPONSE_LENIENCY, pauseReads, resumeReads, touch, unconsume } from './llhttp';
 import { errorFields, log } from './log';
 import { bodyBytes, uploadBytes } from './memory';
 import { makeTarget } from './types';
@@ -270,7 +270,7 @@ class Conn {
     };
     parser[kOnHeadersComplete] = (
       maj: number,
-      _min: number,
+      min: number,
       headers: string[] | undefined,
       _method: unknown,
       _url: unknown,
@@ -322,8 +322,8 @@ class Conn {
         return 1; // no body; the final response follows on the same socket
       }
       this.informational = false;
-      x.keepAlive = keepAlive;
-      if (keepAlive) this.keepAliveMs = keepAliveHintMs(raw);
+      x.keepAlive = keptAlive(keepAlive, maj, min, raw);
+      if (x.keepAlive) this.keepAliveMs = keepAliveHintMs(raw);
       try {
         x.respond(status, message, raw);
       } catch (err) {

@@ -317,6 +317,23 @@ describe('framing of answers', () => {
     await until('the second answer and the close', () => c.received().includes('GET /two') && c.closed(), 5000, 5);
   });
 
+  test.each([
+    ['in one field', 'Connection: keep-alive, close\r\n'],
+    ['in two fields', 'Connection: close\r\nConnection: keep-alive\r\n'],
+  ])('HTTP/1.0 naming both keep-alive and close is closed, %s: close wins (RFC 9112 §9.3)', async (_, fields) => {
+    const seen: string[] = [];
+    handle = (req, res) => {
+      seen.push(req.url);
+      ok(res, `${req.method} ${req.url}`);
+    };
+    const c = await connect();
+    c.socket.write(`GET /one HTTP/1.0\r\n${fields}\r\nGET /two HTTP/1.0\r\nConnection: keep-alive\r\n\r\n`);
+    await until('the answer and the close', () => c.received().includes('GET /one') && c.closed(), 5000, 5);
+    expect(c.received()).toMatch(/\r\nConnection: close\r\n/);
+    expect(c.received()).not.toMatch(/keep-alive/i);
+    expect(seen).toEqual(['/one']);
+  });
+
   test('HTTP/1.0 with keep-alive is kept alive after a 204 or a HEAD answer without a length (they need none)', async () => {
     handle = (req, res) => {
       res.writeHead(req.url === '/204' ? 204 : 200, undefined, `X-Url: ${req.url}\r\n`, false);

@@ -315,6 +315,23 @@ describe('upstream client', () => {
     expect(await send(p.request(get()))).toMatchObject({ reused: false });
   });
 
+  test.each([
+    ['in one field', 'Connection: keep-alive, close\r\n'],
+    ['in two fields', 'Connection: close\r\nConnection: keep-alive\r\n'],
+  ])('an HTTP/1.0 answer naming both keep-alive and close, %s: close wins, the socket is not reused', async (_, fields) => {
+    const port = await rawServer(() => `HTTP/1.0 200 OK\r\n${fields}Content-Length: 2\r\n\r\nok`);
+    const p = pool(port);
+    expect(await send(p.request(get()))).toMatchObject({ status: 200, body: 'ok' });
+    expect(await send(p.request(get()))).toMatchObject({ status: 200, reused: false });
+  });
+
+  test('an HTTP/1.0 answer with keep-alive alone keeps its socket', async () => {
+    const port = await rawServer(() => 'HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok');
+    const p = pool(port);
+    await send(p.request(get()));
+    expect(await send(p.request(get()))).toMatchObject({ status: 200, reused: true });
+  });
+
   describe("a target's Keep-Alive: timeout= hint", () => {
     const hinted = (hint: string) => (head: string) => `HTTP/1.1 200 OK\r\nContent-Length: 1\r\nKeep-Alive: ${hint}\r\n\r\n${head.length % 10}`;
 
