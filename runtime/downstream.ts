@@ -453,7 +453,7 @@ export class Request {
 let dateSecond = -1;
 let dateValue = '';
 /** The Date header's value, made once a second. */
-function httpDate(): string {
+export function httpDate(): string {
   const now = Date.now();
   const s = Math.floor(now / 1000);
   if (s !== dateSecond) {

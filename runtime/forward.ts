@@ -16,7 +16,7 @@ import { randomFillSync } from 'node:crypto';
 import httpProxy from 'http-proxy';
 import type { Pool, TargetRegistry, TargetState } from './balancer';
 import type * as net from 'node:net';
-import { afterPoll, answerHandshake, type ClientCut, linger, type Request, type Response, type ResponseHandler } from './downstream';
+import { afterPoll, answerHandshake, type ClientCut, httpDate, linger, type Request, type Response, type ResponseHandler } from './downstream';
 import { answerFault, connectionOf, flat, MAX_RESPONSE_HEAD_BYTES, type RenderedHead, type UpstreamHandler, type UpstreamRequest, type UpstreamRequestOptions, type UpstreamResponse } from './upstream';
 import { countChunk } from './memory';
 import { within } from './types';
@@ -555,8 +555,9 @@ type WithHandshake = { [kHandshake]?: (proxyReq: ClientRequest) => void };
 function passRefusal(refusal: IncomingMessage, socket: net.Socket): boolean {
   const status = refusal.statusCode ?? 0;
   if (answerFault(status, refusal.httpVersionMajor, refusal.rawHeaders)) return false;
-  const { lines } = clientLines(refusal.rawHeaders, refusal.headers.connection, status);
-  const head = `HTTP/1.1 ${status} ${clientReason(refusal.statusMessage) || STATUS_CODES[status] || ''}\r\n${lines}`;
+  const { lines, hasDate } = clientLines(refusal.rawHeaders, refusal.headers.connection, status);
+  // A Date when the target sent none, as on every other answer (RFC 9110 §6.6.1).
+  const head = `HTTP/1.1 ${status} ${clientReason(refusal.statusMessage) || STATUS_CODES[status] || ''}\r\n${lines}${hasDate ? '' : `Date: ${httpDate()}\r\n`}`;
   if (socket.destroyed) {
     refusal.resume();
     return true;

@@ -410,6 +410,19 @@ describe('handshakes a target does not complete', () => {
     expect([r.data.slice(r.data.indexOf('\r\n\r\n') + 4), r.closed]).toEqual(['hello', true]);
   });
 
+  test("a refusal gets a Date when its target sent none, and keeps the target's own", async () => {
+    const without = await proxyTo((s) => s.end('HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\nno'));
+    const [plain] = (await rawExchange(without, HANDSHAKE)).responses;
+    expect(plain.status).toBe(401);
+    expect(Math.abs(Date.parse(plain.headers.date as string) - Date.now())).toBeLessThan(60_000);
+    await proxy?.stop();
+    await close(target);
+    const own = await proxyTo((s) => s.end('HTTP/1.1 401 Unauthorized\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\nContent-Length: 2\r\n\r\nno'));
+    const r = await rawExchange(own, HANDSHAKE);
+    expect(r.responses[0].headers.date).toBe('Tue, 01 Dec 2026 10:00:00 GMT');
+    expect(r.data.match(/\r\nDate:/gi)).toHaveLength(1);
+  });
+
   test("a refusal its target cuts short with a FIN (before its Content-Length) is cut: the client's connection goes", async () => {
     const port = await proxyTo((s) => s.end('HTTP/1.1 401 Unauthorized\r\nContent-Length: 100\r\n\r\nshort'));
     const r = await rawExchange(port, HANDSHAKE, { deadlineMs: 4000 });
