@@ -17,6 +17,7 @@ import { EC2Client } from '@aws-sdk/client-ec2';
 import { ECSClient } from '@aws-sdk/client-ecs';
 import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { awsCalls } from './metrics';
+import { AWS_ATTEMPT_TIMEOUT_MS } from './types';
 
 export interface AwsClients {
   readonly ecs: ECSClient;
@@ -29,7 +30,7 @@ export interface AwsClientOptions {
   readonly region?: string | undefined;
   /** Milliseconds to open a connection. @default 3000 */
   readonly connectionTimeoutMs?: number;
-  /** Milliseconds for one attempt, request and response. @default 10000 */
+  /** Milliseconds for one attempt, request and response. @default AWS_ATTEMPT_TIMEOUT_MS */
   readonly requestTimeoutMs?: number;
   /** Attempts per call; unset leaves it to the SDK (AWS_MAX_ATTEMPTS, else 3). */
   readonly maxAttempts?: number;
@@ -231,11 +232,11 @@ function baseConfig(opts: AwsClientOptions) {
     ...(opts.maxAttempts !== undefined ? { maxAttempts: opts.maxAttempts } : {}),
     requestHandler: {
       connectionTimeout: opts.connectionTimeoutMs ?? 3000,
-      requestTimeout: opts.requestTimeoutMs ?? 10_000,
+      requestTimeout: opts.requestTimeoutMs ?? AWS_ATTEMPT_TIMEOUT_MS,
       throwOnRequestTimeout: true,
       // requestTimeout ends with the response's headers: a body that stalls after them is bounded by
       // the socket's silence instead.
-      socketTimeout: opts.requestTimeoutMs ?? 10_000,
+      socketTimeout: opts.requestTimeoutMs ?? AWS_ATTEMPT_TIMEOUT_MS,
     },
   };
 }

@@ -11,14 +11,17 @@ import { log } from './log';
 import { limitHits, countRequest, rejectedRequests } from './metrics';
 import type { RouteTable } from './routes';
 import { parseHost, RouteResult, RoutingRules, rulesFrom } from './routing';
-import { POOL_ROUTE, RouteKey, routeId } from './types';
+import { AWS_ATTEMPT_TIMEOUT_MS, POOL_ROUTE, RouteKey, routeId } from './types';
 import type { Pool } from './balancer';
 
 /**
  * Longest wait of a new route's first request for its discovery (UPSTREAM_TIMEOUT if shorter): one AWS
- * call's own timeout (aws.ts). A discovery still running after that is AWS in trouble, not a slow answer.
+ * attempt's own timeout (aws.ts) and 2 s more, for the SDK's retry of a hung attempt to answer (its
+ * backoff is a fraction of a second): when the wait was the attempt's timeout alone, the first client
+ * got its 503 a few milliseconds before the retry found the targets. A discovery still running after
+ * that is AWS in trouble, not a slow answer.
  */
-const FIRST_DISCOVERY_WAIT_MS = 10_000;
+const FIRST_DISCOVERY_WAIT_MS = AWS_ATTEMPT_TIMEOUT_MS + 2_000;
 
 /** What is recorded of a 503 the proxy gave before any target saw the request. */
 const NOT_FORWARDED_503: Outcome = { status: 503, target: undefined, attempts: 0, error: undefined };

@@ -79,6 +79,9 @@ export async function foundBy(provider: Provider, route: RouteKey, signal?: Abor
 /** The longest one discovery (every page and call of it) may take before it fails and can be tried again. */
 export const DISCOVERY_DEADLINE_MS = 30_000;
 
+/** One AWS attempt's bound, request and response (aws.ts), unless a client is given its own. */
+export const AWS_ATTEMPT_TIMEOUT_MS = 10_000;
+
 /**
  * A discovery error, with how long the route's failure holds before AWS is asked again (the primary's
  * backoff): a route whose discovery keeps failing must not be tried every second by every worker.
