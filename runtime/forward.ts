@@ -619,7 +619,9 @@ export class Forwarder {
    * RETRIES, as a plain GET would be.
    */
   ws(req: Request, socket: net.Socket, head: Buffer, pool: Pool): Promise<Outcome> {
-    const outcome: Outcome = { status: 101, target: undefined, attempts: 0, error: undefined };
+    // 499 until something is answered: what a client that leaves first is logged with (server.ts makes
+    // it a 503 when the proxy cut the handshake at shutdown).
+    const outcome: Outcome = { status: 499, target: undefined, attempts: 0, error: undefined };
     // Filtered and X-Forwarded-* as for plain requests; http-proxy copies these headers to the upstream request.
     const headers = handshakeHeaders(req, String(this.opts.listenPort()), this.opts.trustForwardedProto ?? false);
     // What http-proxy's WebSocket pass reads of a request.
@@ -634,9 +636,21 @@ export class Forwarder {
         finished = true;
         resolve(outcome);
       };
+      /** An answer has begun on the socket: the target's 101 or refusal, or one of ours. */
+      let answering = false;
       /** The attempt under way's part when the client's socket closes. */
       let onClose: () => void = finish;
       socket.once('close', () => onClose());
+      // A FIN before any answer: the client has left (a close and a half-close look the same, as for a
+      // plain request), and the handshake is called off at its target. The socket is half-open (the
+      // server's allowHalfOpen), so without this its 'close' never came: the target's socket was held,
+      // and a 101 that came later opened a WebSocket for nobody. One that came while the route was
+      // looked up is seen at once.
+      const clientLeft = (): void => {
+        if (!answering) socket.destroy();
+      };
+      if (socket.readableEnded) clientLeft();
+      else socket.once('end', clientLeft);
       // Both directions of the tunnel count for memory.ts's collections. http-proxy pipes the target's
       // socket into the client's and then the client's back, in one go: 'pipe' comes between, so
       // listeners added then see the same chunks as the pipes (a paused socket resumes on the next tick).
@@ -657,6 +671,7 @@ export class Forwarder {
           }
           if (outcome.error) {
             // Every target tried failed to connect: what went wrong with the last one.
+            answering = true;
             answerHandshake(socket, outcome.status, failureMessage(outcome.error));
             return finish();
           }
@@ -669,6 +684,7 @@ export class Forwarder {
             return;
           }
           outcome.status = 503;
+          answering = true;
           answerHandshake(socket, 503, 'no target available', 'Retry-After: 5\r\n');
           return finish();
         }
@@ -720,18 +736,29 @@ export class Forwarder {
         const fail = (kind: FailureKind, message = failureMessage(kind)): void => {
           failed(kind);
           answered = true;
+          answering = true;
           answerHandshake(socket, outcome.status, message);
         };
+        /** This try's request to the target, once http-proxy has made it. */
+        let toTarget: ClientRequest | undefined;
         onClose = (): void => {
-          // The client left before the target answered: no verdict either way (a trial is given back).
+          // The client left before the target answered: no verdict either way (a trial is given back),
+          // and the handshake is called off at the target.
           if (!judged) {
             judged = true;
             s.breaker.release(epoch);
+          }
+          if (!switched && !answered) {
+            toTarget?.destroy();
+            // Whatever a try before this one met: the client leaving is what ended the handshake.
+            outcome.status = 499;
+            outcome.error = undefined;
           }
           end();
           finish();
         };
         (socket as WithHandshake)[kHandshake] = (proxyReq) => {
+          toTarget = proxyReq;
           // An answer to the handshake within UPSTREAM_TIMEOUT, or a 504: http-proxy's proxyTimeout does not
           // reach its WebSocket pass. The tunnel itself has no such clock (http-proxy sets it to 0 on switching).
           proxyReq.setTimeout(this.opts.upstreamTimeoutMs, () => proxyReq.destroy(Object.assign(new Error('no answer to the handshake'), { code: 'HANDSHAKE_TIMEOUT' })));
@@ -751,6 +778,7 @@ export class Forwarder {
             // http-proxy writes the 101 from this object's keys, which node lower-cases: as the target spelt them.
             res.headers = switchHeaders(res.rawHeaders, res.headers.connection);
             switched = true;
+            answering = true;
             outcome.status = 101;
             outcome.error = undefined;
             // The target answered: a half-open trial's verdict now, not when the tunnel closes hours later.
@@ -767,6 +795,7 @@ export class Forwarder {
                 outcome.status = refusal.statusCode!;
                 outcome.error = undefined;
                 switched = true;
+                answering = true;
                 judge(true);
                 return;
               }

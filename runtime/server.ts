@@ -363,21 +363,38 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
     let waiting = true;
     /** Open at SHUTDOWN_TIMEOUT, past its route: the server cuts it, and its access line says so. */
     let cut = false;
+    const gone = (): void => record(req, id, { status: 499, target: undefined, attempts: 0, error: undefined });
     const timer = setTimeout(() => {
       waiting = false;
+      socket.removeListener('end', left);
+      if (socket.destroyed) return gone();
       answerHandshake(socket, 503, 'route discovery is taking too long', 'Retry-After: 5\r\n');
       record(req, id, NOT_FORWARDED_503);
     }, discoveryWaitMs);
+    // A FIN while the route is looked up: the client has left, and is logged so now (forwarder.ws
+    // watches for it once the handshake goes to a target).
+    const left = (): void => {
+      if (!waiting) return;
+      waiting = false;
+      clearTimeout(timer);
+      gone(); // first: the access line names the client, whose address goes with the socket
+      socket.destroy();
+    };
+    socket.once('end', left);
     void lookup(key, id).then((pool) => {
       clearTimeout(timer);
-      if (!waiting || socket.destroyed) return;
+      socket.removeListener('end', left);
+      if (!waiting) return;
       waiting = false;
+      if (socket.destroyed) return gone();
       if (!pool) {
         answerHandshake(socket, 503, 'no target available for this route', 'Retry-After: 5\r\n');
         record(req, id, NOT_FORWARDED_503);
         return;
       }
-      void forwarder.ws(req, socket, head, pool).then((o) => record(req, id, cut ? { ...o, error: 'cut_at_shutdown' } : o));
+      // Cut at SHUTDOWN_TIMEOUT before the target answered: a 503, as a plain request no answer reached
+      // (ws() took the close for the client's, 499).
+      void forwarder.ws(req, socket, head, pool).then((o) => record(req, id, cut ? { ...o, status: o.status === 499 ? 503 : o.status, error: 'cut_at_shutdown' } : o));
     });
     return {
       // SHUTDOWN_TIMEOUT with the route still unknown: the handshake is let go, and the server answers 503,

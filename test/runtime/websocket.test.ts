@@ -410,6 +410,76 @@ describe('handshakes a target does not complete', () => {
     expect([r.data.slice(r.data.indexOf('\r\n\r\n') + 4), r.closed]).toEqual(['hello', true]);
   });
 
+  /** The access line of the handshake to `path` (LOG_CONNECTIONS), once written to the spied stdout. */
+  const handshakeLine = (stdout: jest.SpyInstance, path: string): Promise<Record<string, unknown> | undefined> =>
+    until('the access line', () => {
+      const line = stdout.mock.calls.map(([l]) => String(l)).find((l) => l.includes('"msg":"access"') && l.includes(`"path":"${path}"`));
+      return line === undefined ? undefined : (JSON.parse(line) as Record<string, unknown>);
+    });
+
+  test.each([
+    ['a FIN', (c: net.Socket) => c.end()],
+    ['a reset', (c: net.Socket) => c.resetAndDestroy()],
+  ])('a client that leaves with %s before the target answers calls the handshake off there, and is logged 499', async (_how, leave) => {
+    let targetSaw: string | undefined;
+    const port = await proxyTo((s) => {
+      const t0 = Date.now();
+      s.once('end', () => (targetSaw ??= `end after ${Date.now() - t0} ms`));
+      s.once('close', () => (targetSaw ??= `close after ${Date.now() - t0} ms`));
+      // A 101 far later, that nobody should get: the target may not hold a socket for a client gone.
+      setTimeout(() => s.writable && s.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n'), 10_000).unref();
+    }, { LOG_CONNECTIONS: 'true' });
+    const stdout = jest.spyOn(process.stdout, 'write');
+    try {
+      const c = net.connect(port, '127.0.0.1', () => c.write(HANDSHAKE));
+      c.on('error', () => undefined);
+      await until('the handshake at the target', () => sockets.length > 0);
+      leave(c);
+      await until('the target told', () => targetSaw, 5000);
+      expect(targetSaw).toMatch(/after \d+ ms/);
+      expect(await handshakeLine(stdout, '/chat')).toMatchObject({ status: 499 });
+    } finally {
+      stdout.mockRestore();
+    }
+  });
+
+  test('a client that leaves while its route is looked up is logged 499, and nothing goes to a target', async () => {
+    target = net.createServer((s) => sockets.push(s));
+    const t = makeTarget('127.0.0.1', await listen(target));
+    let found: (targets: Target[]) => void = () => undefined;
+    // Routes by Host (ECS mode), each looked up when its first request comes.
+    proxy = await start(loadConfig({ DOMAIN: 'example.com', PORT: '0', HOST: '127.0.0.1', HEALTH_CHECK_PATH: 'off', LOG_CONNECTIONS: 'true' }), {
+      provider: { name: 'test', discover: () => new Promise<Target[]>((resolve) => (found = resolve)) },
+    });
+    const stdout = jest.spyOn(process.stdout, 'write');
+    try {
+      const c = net.connect(proxy.port, '127.0.0.1', () => c.end(HANDSHAKE.replace('Host: a', `Host: chat-${t.port}-prod.example.com`)));
+      c.on('error', () => undefined);
+      expect(await handshakeLine(stdout, '/chat')).toMatchObject({ status: 499 });
+      found([t]);
+      await new Promise((r) => setTimeout(r, 200));
+      expect(sockets).toHaveLength(0);
+    } finally {
+      stdout.mockRestore();
+    }
+  });
+
+  test('a handshake cut at SHUTDOWN_TIMEOUT before its target answered is logged 503, not 101', async () => {
+    const port = await proxyTo(() => undefined, { LOG_CONNECTIONS: 'true', SHUTDOWN_TIMEOUT: '0.5' });
+    const stdout = jest.spyOn(process.stdout, 'write');
+    try {
+      const c = net.connect(port, '127.0.0.1', () => c.write(HANDSHAKE));
+      c.on('error', () => undefined);
+      await until('the handshake at the target', () => sockets.length > 0);
+      await proxy!.stop();
+      proxy = undefined;
+      expect(await handshakeLine(stdout, '/chat')).toMatchObject({ status: 503, error: 'cut_at_shutdown' });
+      c.destroy();
+    } finally {
+      stdout.mockRestore();
+    }
+  });
+
   test("a refusal gets a Date when its target sent none, and keeps the target's own", async () => {
     const without = await proxyTo((s) => s.end('HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\nno'));
     const [plain] = (await rawExchange(without, HANDSHAKE)).responses;
