@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import * as http from 'node:http';
 import { lookup } from 'node:dns/promises';
 import type { AddressInfo, Socket } from 'node:net';
-import { Config, ConfigError, ENV_NAMES, listenNames, loadConfig, loopbackTargetsByEndpoint, mistypedSettings, selfTargets } from './config';
+import { Config, ConfigError, ENV_NAMES, listenNames, loadConfig, loopbackTargetsByEndpoint, mistypedSettings, selfTargets, SETTINGS } from './config';
 import { answerAcceptorRequest } from './acceptors';
 import { parseDotEnv } from './dotenv';
 import { Coordinator, providerFor } from './coordinator';
@@ -44,8 +44,10 @@ function configOrExit(dotEnvProblems: readonly string[] = [], nameProblems: read
     problems.push(...e.problems);
   }
   problems.push(...nameProblems);
-  // Judged by this machine's addresses: the running proxy's check, not the settings' (selfTargets).
-  const selves = config && cluster.isPrimary ? selfTargets(config) : [];
+  // Judged by this machine's addresses: the running proxy's check, not the settings' (selfTargets). With
+  // another setting bad, on the settings it reads alone, so that one start still names every problem.
+  const judged = config ?? listenersAndPool(process.env);
+  const selves = judged && cluster.isPrimary ? selfTargets(judged) : [];
   if (selves.length > 0) {
     problems.push(`STATIC_TARGETS must not name the proxy itself (${selves.map((t) => t.id).join(', ')}: its own PORT or METRICS_PORT at an address it listens on), which would send every request back into it`);
   }
@@ -59,6 +61,18 @@ function configOrExit(dotEnvProblems: readonly string[] = [], nameProblems: read
   // Said once, by the primary (workers read the same environment).
   if (cluster.isPrimary) for (const { name, meant } of mistypedSettings(process.env)) log('warn', `${name} is not a setting and is ignored; did you mean ${meant}?`);
   return config;
+}
+
+/** The settings selfTargets reads. */
+const SELF_TARGET_SETTINGS = [SETTINGS.nodeFilter, SETTINGS.staticTargets, SETTINGS.port, SETTINGS.host, SETTINGS.metricsPort, SETTINGS.metricsHost].map((s) => s.env);
+
+/** Those settings alone, when each is good (a bad one is named already), else undefined. */
+function listenersAndPool(env: NodeJS.ProcessEnv): Config | undefined {
+  try {
+    return loadConfig(Object.fromEntries(SELF_TARGET_SETTINGS.filter((k) => env[k] !== undefined).map((k) => [k, env[k]])));
+  } catch {
+    return undefined;
+  }
 }
 
 /**

@@ -635,6 +635,15 @@ describe('the bundle starts and stops cleanly', () => {
     expect(r.stderr.trim().split('\n')).toEqual([expect.stringContaining(`STATIC_TARGETS must not name the proxy itself (127.0.0.1:${port}: its own PORT or METRICS_PORT at an address it listens on)`)]);
   });
 
+  test('STATIC_TARGETS naming the proxy itself is named with the other bad settings, in one message', async () => {
+    const port = await freePort();
+    const r = await runBundle({ NODE_FILTER: 'static', STATIC_TARGETS: `127.0.0.1:${port}`, HEALTH_CHECK_PATH: 'off', HOST: '127.0.0.1', PORT: String(port), METRICS_PORT: '0', WORKERS: '1', RETRIES: '99', IDLE_TIMEOUT: 'abc' });
+    expect(r.code).toBe(2);
+    const lines = r.stderr.trim().split('\n');
+    expect(lines).toHaveLength(1);
+    for (const named of ['RETRIES', 'IDLE_TIMEOUT', `STATIC_TARGETS must not name the proxy itself (127.0.0.1:${port}`]) expect(lines[0]).toContain(named);
+  });
+
   test('a HOST resolving to nothing is named in the same message as the other bad settings, not at the next start', async () => {
     const r = await runBundle({ NODE_FILTER: 'static', STATIC_TARGETS: '127.0.0.1:9', HEALTH_CHECK_PATH: 'off', HOST: 'nosuch.invalid', PORT: 'abc', METRICS_HOST: 'other.invalid', METRICS_PORT: '0', WORKERS: '1' });
     expect(r.code).toBe(2);
