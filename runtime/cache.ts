@@ -430,7 +430,7 @@ export class SharedProvider implements Provider {
       found = await foundBy(this.inner, route, signal, maxAgeMs);
     } catch (err) {
       // Only if the lock is still ours (expired to 1 ms: gone).
-      if (!isThrottling(err)) redis.eval(SHORTEN_OWN_LOCK, 1, lock, this.token, 1).catch((e: unknown) => this.failed(e));
+      if (!isThrottling(err)) this.shortenOwnLock(redis, lock, 1);
       throw err;
     }
     const { targets } = found;
@@ -448,10 +448,23 @@ export class SharedProvider implements Provider {
     // that already). Only if the lock is still ours: a discovery slower than the lock lets another
     // proxy take it.
     const holdMs = Math.max(1, (targets.length === 0 ? Math.min(this.emptyFreshMs, lockMs) : lockMs) - found.ageMs);
-    if (holdMs < lockMs) {
-      redis.eval(SHORTEN_OWN_LOCK, 1, lock, this.token, holdMs).catch((err: unknown) => this.failed(err));
-    }
+    if (holdMs < lockMs) this.shortenOwnLock(redis, lock, holdMs);
     return found;
+  }
+
+  /**
+   * Shortens `lock` to `ms` if it is still this proxy's: atomically, by a script. Where an ACL refuses
+   * the script (EVAL, or the GET in it), by PEXPIRE alone: at worst a fleet-mate's lock, taken since ours
+   * expired, is shortened, which costs one more discovery; left a period long, the lock held every proxy
+   * on an empty or failed answer for that period, not NEGATIVE_CACHE_TTL (or the retry after a failure).
+   */
+  private shortenOwnLock(redis: Redis, lock: string, ms: number): void {
+    redis.eval(SHORTEN_OWN_LOCK, 1, lock, this.token, ms).catch((err: unknown) => {
+      this.failed(err);
+      if ((err as Error | undefined)?.name === 'ReplyError' && lastingRefusal((err as Error).message) === 'NOPERM') {
+        redis.pexpire(lock, ms).catch((e: unknown) => this.failed(e));
+      }
+    });
   }
 
   /**

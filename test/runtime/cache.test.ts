@@ -753,6 +753,30 @@ describe('SharedProvider on a real redis-server', () => {
       }
     });
 
+    test.each(['+eval', '+get'])('without %s, an empty answer holds fleet-mates off for NEGATIVE_CACHE_TTL, not the period', async (rule) => {
+      // The lock of an empty answer is cut to NEGATIVE_CACHE_TTL by a script; refused, it was left a
+      // period long, and every proxy was served the empty answer until then.
+      const url = await user(`karma-no${rule.slice(1)}`, readmeAcl().slice(1).filter((r) => r !== rule));
+      const stderr = jest.spyOn(process.stderr, 'write');
+      try {
+        const env = { REDIS_URL: url, NODE_CHECK_PERIOD: '30', NEGATIVE_CACHE_TTL: '0.5' };
+        const a = proxy(env);
+        const b = proxy(env);
+        await Promise.all([a.connected(), b.connected()]);
+        const soon: RouteKey = { ...route, service: 'soon' };
+        stub.model.clusters.prod.soon = [];
+        expect(await a.discover(soon)).toEqual([]);
+        await sleep(100);
+        expect(await admin.pttl(lockKey(SCOPE, soon))).toBeLessThanOrEqual(450);
+        stub.model.clusters.prod.soon = [{ ip: '10.0.0.7' }]; // the service gets its task
+        await sleep(600);
+        expect(ids(await b.discover(soon))).toEqual(['10.0.0.7:8080']);
+        expect(said(stderr, 'redis refused a command')).toHaveLength(1);
+      } finally {
+        stderr.mockRestore();
+      }
+    });
+
     test("whose script may not GET is said once as a refusal, and Redis is not left alone for it", async () => {
       const url = await user('karma-noget', readmeAcl().slice(1).filter((r) => r !== '+get'));
       const stderr = jest.spyOn(process.stderr, 'write');
