@@ -183,7 +183,10 @@ function watch(redis: Redis, onReady?: () => void): void {
     const kind = failureKind(err);
     if (down && ((err as Error | undefined)?.name !== 'ReplyError' || said.has(kind) || said.size >= MAX_FAILURE_KINDS_SAID)) return;
     said.add(kind);
-    log('warn', down ? 'redis still unavailable, now for another reason: discovery goes on without sharing' : 'redis unavailable: discovery goes on without sharing', errorFields(err));
+    // rediss:// to a Redis without TLS: the server never answers the handshake, and all that comes is a
+    // connect timeout, which says nothing of why.
+    const tlsHint = redis.options.tls && kind === 'ETIMEDOUT' ? { hint: 'REDIS_URL is rediss:// (TLS): is this Redis serving TLS (ElastiCache in-transit encryption)? A plain one never answers the handshake' } : {};
+    log('warn', down ? 'redis still unavailable, now for another reason: discovery goes on without sharing' : 'redis unavailable: discovery goes on without sharing', { ...errorFields(err), ...tlsHint });
     down = true;
   });
   redis.on('ready', () => {

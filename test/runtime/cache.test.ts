@@ -963,6 +963,17 @@ describe('createRedis', () => {
     }
   });
 
+  test('rediss:// to a Redis without TLS is said with a hint, not as a bare connect timeout', async () => {
+    const stderr = jest.spyOn(process.stderr, 'write');
+    try {
+      proxy({ REDIS_URL: `rediss://127.0.0.1:${server.port}` });
+      const line = await until('the outage said', () => stderr.mock.calls.map(([l]) => String(l)).find((l) => l.includes('redis unavailable')), 8000);
+      expect(JSON.parse(line!)).toMatchObject({ code: 'ETIMEDOUT', hint: expect.stringContaining('rediss:// (TLS)') });
+    } finally {
+      stderr.mockRestore();
+    }
+  });
+
   test('rediss:// turns TLS on', async () => {
     const r = await createRedis({ redisUrl: 'rediss://user:pw@127.0.0.1:1', redisAuthSecretArn: undefined, awsRegion: undefined }, { maxReconnectDelayMs: 100 });
     try {
