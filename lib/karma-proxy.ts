@@ -1152,7 +1152,8 @@ export class KarmaProxy extends Construct implements ec2.IConnectable {
       }
       // EC2's names are lower case, a family and a size: `T4G.NANO` or `t4g` is no type at all, and
       // calling it "not Graviton" would send its author to the family they already chose.
-      if (!/^[a-z][a-z0-9-]*\.[a-z0-9]+$/.test(typeName)) {
+      // Sizes may have a hyphen of their own: r8g.metal-24xl (ec2.InstanceSize.XLARGE24METAL).
+      if (!/^[a-z][a-z0-9-]*\.[a-z0-9]+(?:-[a-z0-9]+)*$/.test(typeName)) {
         problems.push(`instanceType '${typeName}' is not an EC2 instance type: a family and a size in lower case, such as t4g.nano`);
       } else if (arch !== ec2.InstanceArchitecture.ARM_64) {
         problems.push(`instanceType '${typeName}' is not an ARM Graviton (arm64) type: the image and Node.js are arm64 (use t4g, c7g, m7g...)`);

@@ -42,6 +42,8 @@ describe('one problem, its exact message', () => {
       "instanceType 'T4G.NANO' is not an EC2 instance type: a family and a size in lower case, such as t4g.nano"],
     ['a family without a size', { instanceType: new ec2.InstanceType('t4g') },
       "instanceType 't4g' is not an EC2 instance type: a family and a size in lower case, such as t4g.nano"],
+    ['an x86 metal type whose size has a hyphen', { instanceType: ec2.InstanceType.of(ec2.InstanceClass.M7I, ec2.InstanceSize.XLARGE24METAL) },
+      "instanceType 'm7i.metal-24xl' is not an ARM Graviton (arm64) type: the image and Node.js are arm64 (use t4g, c7g, m7g...)"],
     ['an x86 image, as latestAmazonLinux2023() is unless told arm64', { machineImage: ec2.MachineImage.latestAmazonLinux2023() },
       'machineImage is an x86_64 image (SSM parameter /aws/service/ami-amazon-linux-latest/al2023-ami-kernel-6.1-x86_64): Graviton instances need arm64 ' +
         '(ec2.MachineImage.latestAmazonLinux2023({ cpuType: ec2.AmazonLinuxCpuType.ARM_64 }))'],
@@ -680,4 +682,8 @@ describe("the role's inline policies stay within IAM's 10,240 characters", () =>
     expect(synth({ minCapacity: 50, maxCapacity: 50 })).not.toThrow();
     expect(synth({ clusters: clusters(50) })).not.toThrow();
   });
+});
+
+test.each(['t4g.nano', 'c7gn.medium', 'm7g.metal', 'im4gn.large', 'x2gd.xlarge', 'r8g.metal-24xl', 'c8g.metal-48xl'])('the Graviton type %s is taken', (type) => {
+  expect(build({ instanceType: new ec2.InstanceType(type) })).not.toThrow();
 });
