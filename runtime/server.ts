@@ -359,6 +359,9 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
     }
     // A WebSocket lives as long as its peers want; no fixed timeout cuts it (TCP keep-alive finds dead peers).
     socket.setTimeout(0);
+    // The client's address, read while the socket has it: a client that resets before its access line
+    // is written is named in it all the same.
+    void req.ip;
     /** Waiting for the route: no target has seen the handshake, and no answer was given. */
     let waiting = true;
     /** Open at SHUTDOWN_TIMEOUT, past its route: the server cuts it, and its access line says so. */
@@ -367,23 +370,26 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
     const timer = setTimeout(() => {
       waiting = false;
       socket.removeListener('end', left);
+      socket.removeListener('close', left);
       if (socket.destroyed) return gone();
       answerHandshake(socket, 503, 'route discovery is taking too long', 'Retry-After: 5\r\n');
       record(req, id, NOT_FORWARDED_503);
     }, discoveryWaitMs);
-    // A FIN while the route is looked up: the client has left, and is logged so now (forwarder.ws
-    // watches for it once the handshake goes to a target).
+    // A FIN (or a reset) while the route is looked up: the client has left, and is logged so now
+    // (forwarder.ws watches for it once the handshake goes to a target).
     const left = (): void => {
       if (!waiting) return;
       waiting = false;
       clearTimeout(timer);
-      gone(); // first: the access line names the client, whose address goes with the socket
+      gone();
       socket.destroy();
     };
     socket.once('end', left);
+    socket.once('close', left);
     void lookup(key, id).then((pool) => {
       clearTimeout(timer);
       socket.removeListener('end', left);
+      socket.removeListener('close', left);
       if (!waiting) return;
       waiting = false;
       if (socket.destroyed) return gone();

@@ -443,7 +443,10 @@ describe('handshakes a target does not complete', () => {
     }
   });
 
-  test('a client that leaves while its route is looked up is logged 499, and nothing goes to a target', async () => {
+  test.each([
+    ['a FIN', (c: net.Socket) => c.end()],
+    ['a reset', (c: net.Socket) => c.resetAndDestroy()],
+  ])('a client that leaves with %s while its route is looked up is logged 499 at once, with its address, and nothing goes to a target', async (_how, leave) => {
     target = net.createServer((s) => sockets.push(s));
     const t = makeTarget('127.0.0.1', await listen(target));
     let found: (targets: Target[]) => void = () => undefined;
@@ -453,9 +456,13 @@ describe('handshakes a target does not complete', () => {
     });
     const stdout = jest.spyOn(process.stdout, 'write');
     try {
-      const c = net.connect(proxy.port, '127.0.0.1', () => c.end(HANDSHAKE.replace('Host: a', `Host: chat-${t.port}-prod.example.com`)));
+      const c = net.connect(proxy.port, '127.0.0.1', () => c.write(HANDSHAKE.replace('Host: a', `Host: chat-${t.port}-prod.example.com`)));
       c.on('error', () => undefined);
-      expect(await handshakeLine(stdout, '/chat')).toMatchObject({ status: 499 });
+      await new Promise((r) => setTimeout(r, 200)); // the route is being looked up (it never is)
+      const left = Date.now();
+      leave(c);
+      expect(await handshakeLine(stdout, '/chat')).toMatchObject({ status: 499, client: '127.0.0.1' });
+      expect(Date.now() - left).toBeLessThan(5000); // not at the discovery wait's end (12 s)
       found([t]);
       await new Promise((r) => setTimeout(r, 200));
       expect(sockets).toHaveLength(0);
