@@ -184,8 +184,11 @@ function watch(redis: Redis, onReady?: () => void): void {
     if (down && ((err as Error | undefined)?.name !== 'ReplyError' || said.has(kind) || said.size >= MAX_FAILURE_KINDS_SAID)) return;
     said.add(kind);
     // rediss:// to a Redis without TLS: the server never answers the handshake, and all that comes is a
-    // connect timeout, which says nothing of why.
-    const tlsHint = redis.options.tls && kind === 'ETIMEDOUT' ? { hint: 'REDIS_URL is rediss:// (TLS): is this Redis serving TLS (ElastiCache in-transit encryption)? A plain one never answers the handshake' } : {};
+    // connect timeout, which says nothing of why. ioredis's timeout runs to the end of the handshake, so
+    // the same error comes from a network that drops the connection itself: the hint names both.
+    const tlsHint = redis.options.tls && kind === 'ETIMEDOUT'
+      ? { hint: 'REDIS_URL is rediss:// (TLS): neither the connection nor its TLS handshake completed in time; a Redis without TLS (ElastiCache in-transit encryption off) never answers the handshake' }
+      : {};
     log('warn', down ? 'redis still unavailable, now for another reason: discovery goes on without sharing' : 'redis unavailable: discovery goes on without sharing', { ...errorFields(err), ...tlsHint });
     down = true;
   });
