@@ -659,13 +659,13 @@ export class Forwarder {
         socket.on('data', countChunk);
       });
 
-      const attempt = (head: Buffer): void => {
+      const attempt = (): void => {
         if (socket.destroyed) return finish();
         const pick = pool.pick(tried);
         if (!pick) {
           // As for a plain request: a half-open target whose trial is being claimed or tried elsewhere
           // may be granted or closed in a moment; the board is asked once before the 503.
-          if (!asked && pool.askBoard(() => attempt(head))) {
+          if (!asked && pool.askBoard(() => attempt())) {
             asked = true;
             return;
           }
@@ -680,7 +680,7 @@ export class Forwarder {
           const rediscovery = rediscoveryToAwait(this.opts, pool);
           if (rediscovery && !waitedForRoute) {
             waitedForRoute = true;
-            void within(rediscovery, REDISCOVERY_WAIT_MS).then(() => attempt(head));
+            void within(rediscovery, REDISCOVERY_WAIT_MS).then(() => attempt());
             return;
           }
           outcome.status = 503;
@@ -781,6 +781,10 @@ export class Forwarder {
             answering = true;
             outcome.status = 101;
             outcome.error = undefined;
+            // The client's bytes read past its handshake go first, ahead of the pipe http-proxy sets up
+            // after this listener. Kept here rather than put back into the client's socket (http-proxy's
+            // way): bytes waiting there unread would hide the client's FIN until the target answered.
+            if (head.length > 0) up.write(head);
             // The target answered: a half-open trial's verdict now, not when the tunnel closes hours later.
             judge(true);
             tunnelled(socket, up);
@@ -807,7 +811,7 @@ export class Forwarder {
         this.wsProxy.ws(
           handshake,
           socket,
-          head,
+          EMPTY,
           { target: { host: s.target.host, port: s.target.port }, proxyTimeout: this.opts.upstreamTimeoutMs },
           (err: NodeJS.ErrnoException) => {
             if (switched || answered) {
@@ -827,8 +831,7 @@ export class Forwarder {
               failed(kind);
               end();
               keepOpenOnce(socket);
-              // The head went back into the socket on this try (http-proxy unshifts it): not twice.
-              process.nextTick(attempt, EMPTY);
+              process.nextTick(attempt);
               return;
             }
             fail(kind);
@@ -836,7 +839,7 @@ export class Forwarder {
           },
         );
       };
-      attempt(head);
+      attempt();
     });
   }
 

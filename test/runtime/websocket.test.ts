@@ -190,6 +190,46 @@ test('Proxy-Connection: upgrade is no Connection: upgrade: the request is a plai
   }
 });
 
+test('bytes a client sends right behind its handshake reach the target after its 101, before what the client sends next, once', async () => {
+  let after = '';
+  let afterAt101 = '';
+  const target = net.createServer((s) => {
+    s.on('error', () => undefined);
+    let buf = '';
+    let switched = false;
+    s.on('data', (d) => {
+      if (switched) return void (after += d.toString('latin1'));
+      buf += d.toString('latin1');
+      if (!buf.includes('\r\n\r\n')) return;
+      switched = true;
+      after = buf.slice(buf.indexOf('\r\n\r\n') + 4); // nothing yet: the proxy holds them until the 101
+      setTimeout(() => {
+        afterAt101 = after;
+        s.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n');
+      }, 200);
+    });
+  });
+  const p = await proxyFor(target);
+  try {
+    const c = net.connect(p.port, '127.0.0.1', () => c.write('GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\nEARLY'));
+    c.on('error', () => undefined);
+    let got = '';
+    c.on('data', (d) => {
+      got += d.toString('latin1');
+      if (got.startsWith('HTTP/1.1 101') && !got.includes('sent')) {
+        got += ' sent';
+        c.write('LATER');
+      }
+    });
+    await until('both at the target', () => after === 'EARLYLATER' || after.length > 10);
+    expect([afterAt101, after]).toEqual(['', 'EARLYLATER']);
+    c.destroy();
+  } finally {
+    await p.stop();
+    await close(target);
+  }
+});
+
 test('a handshake announcing a body is a 400 that reaches no target (a target would wait for it)', async () => {
   let connections = 0;
   const target = net.createServer((s) => {
@@ -418,9 +458,11 @@ describe('handshakes a target does not complete', () => {
     });
 
   test.each([
-    ['a FIN', (c: net.Socket) => c.end()],
-    ['a reset', (c: net.Socket) => c.resetAndDestroy()],
-  ])('a client that leaves with %s before the target answers calls the handshake off there, and is logged 499', async (_how, leave) => {
+    ['a FIN', '', (c: net.Socket) => c.end()],
+    ['a reset', '', (c: net.Socket) => c.resetAndDestroy()],
+    // RFC 6455 has a client wait for the 101; bytes sent before it are kept, and must not hide the FIN.
+    ['a FIN after bytes sent early', 'EARLY', (c: net.Socket) => c.end()],
+  ])('a client that leaves with %s before the target answers calls the handshake off there, and is logged 499', async (_how, early, leave) => {
     let targetSaw: string | undefined;
     const port = await proxyTo((s) => {
       const t0 = Date.now();
@@ -431,7 +473,7 @@ describe('handshakes a target does not complete', () => {
     }, { LOG_CONNECTIONS: 'true' });
     const stdout = jest.spyOn(process.stdout, 'write');
     try {
-      const c = net.connect(port, '127.0.0.1', () => c.write(HANDSHAKE));
+      const c = net.connect(port, '127.0.0.1', () => c.write(HANDSHAKE + early));
       c.on('error', () => undefined);
       await until('the handshake at the target', () => sockets.length > 0);
       leave(c);
@@ -671,6 +713,33 @@ describe('a handshake whose connection fails before the target answers is tried 
       (ws as WebSocket).close();
     } finally {
       await p.stop();
+      wss.close();
+      await close(echo);
+    }
+  });
+
+  test('a frame sent right behind the handshake reaches the second target once, after its 101', async () => {
+    const { p, echo, wss } = await deadFirst({ SHUTDOWN_TIMEOUT: '1' });
+    try {
+      // A masked text frame "early", as a client that does not wait for the 101 sends it.
+      const mask = Buffer.from([1, 2, 3, 4]);
+      const payload = Buffer.from('early');
+      const frame = Buffer.concat([Buffer.from([0x81, 0x80 | payload.length]), mask, Buffer.from(payload.map((b, i) => b ^ mask[i % 4]))]);
+      const handshake = 'GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n';
+      const c = net.connect(p.port, '127.0.0.1', () => c.write(Buffer.concat([Buffer.from(handshake), frame])));
+      c.on('error', () => undefined);
+      let got = Buffer.alloc(0);
+      c.on('data', (d: Buffer) => (got = Buffer.concat([got, d])));
+      await until('the echo', () => got.includes('early'));
+      await new Promise((r) => setTimeout(r, 200)); // a second echo would come by now
+      const text = got.toString('latin1');
+      expect(text.startsWith('HTTP/1.1 101')).toBe(true);
+      // Once, as the echo server sends what it gets: a binary frame.
+      expect([...text.slice(text.indexOf('\r\n\r\n') + 4)].map((ch) => ch.charCodeAt(0))).toEqual([0x82, 5, ...Buffer.from('early')]);
+      c.destroy();
+    } finally {
+      await p.stop();
+      for (const client of wss.clients) client.terminate();
       wss.close();
       await close(echo);
     }
