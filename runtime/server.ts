@@ -25,6 +25,8 @@ const FIRST_DISCOVERY_WAIT_MS = AWS_ATTEMPT_TIMEOUT_MS + 2_000;
 
 /** What is recorded of a 503 the proxy gave before any target saw the request. */
 const NOT_FORWARDED_503: Outcome = { status: 503, target: undefined, attempts: 0, error: undefined };
+/** What is recorded of a client that left before any target saw its request. */
+const LEFT_BEFORE_FORWARDED_499: Outcome = { status: 499, target: undefined, attempts: 0, error: undefined };
 
 /** A request waiting for discovery told its client left or stalled, or its answer ended: nothing to do
  * (the end of the discovery counts a client gone as 499). */
@@ -325,7 +327,7 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
         if (late) return;
         clearTimeout(timer);
         // The client may have left while discovery ran: nothing to forward for it.
-        if (req.conn.destroyed || res.dead) return record(req, id, { status: 499, target: undefined, attempts: 0, error: undefined });
+        if (req.conn.destroyed || res.dead) return record(req, id, LEFT_BEFORE_FORWARDED_499);
         if (pool) forwarder.forward(req, res, pool, record, id);
         else noTarget(req, res, id);
       });
@@ -366,11 +368,10 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
     let waiting = true;
     /** Open at SHUTDOWN_TIMEOUT, past its route: the server cuts it, and its access line says so. */
     let cut = false;
-    const gone = (): void => record(req, id, { status: 499, target: undefined, attempts: 0, error: undefined });
+    const gone = (): void => record(req, id, LEFT_BEFORE_FORWARDED_499);
     const timer = setTimeout(() => {
       waiting = false;
-      socket.removeListener('end', left);
-      socket.removeListener('close', left);
+      unwatch();
       if (socket.destroyed) return gone();
       answerHandshake(socket, 503, 'route discovery is taking too long', 'Retry-After: 5\r\n');
       record(req, id, NOT_FORWARDED_503);
@@ -386,10 +387,10 @@ export function createProxyServer(config: Config, routes: RouteTable, forwarder:
     };
     socket.once('end', left);
     socket.once('close', left);
+    const unwatch = (): void => void socket.removeListener('end', left).removeListener('close', left);
     void lookup(key, id).then((pool) => {
       clearTimeout(timer);
-      socket.removeListener('end', left);
-      socket.removeListener('close', left);
+      unwatch();
       if (!waiting) return;
       waiting = false;
       if (socket.destroyed) return gone();
